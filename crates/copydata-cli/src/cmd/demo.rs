@@ -1,0 +1,255 @@
+//! `copydata demo`: every capability, across real processes.
+//!
+//! The demo re-runs this executable as its children (`copydata __demo-child
+//! ROLE`), so each step crosses a real process boundary. Each step prints what
+//! happened; the exit code is non-zero if any step failed.
+
+#[cfg(windows)]
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use clap::Args as ClapArgs;
+use copydata::{CommandExt, MapError, Section};
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {}
+
+#[derive(ClapArgs, Debug)]
+pub struct ChildArgs {
+    role: String,
+    rest: Vec<String>,
+}
+
+/// How long any child may take before the demo gives up on it.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    let steps: [(&str, fn() -> anyhow::Result<String>); 5] = [
+        ("inheritance", inherit_step),
+        ("open by name", by_name_step),
+        ("read-only hand-out", read_only_step),
+        ("file-backed view at an unaligned offset", file_step),
+        ("hand-over to a running process", handover_step),
+    ];
+    let mut failed = 0;
+    println!("copydata demo: sections across real processes (this is pid {})", std::process::id());
+    for (i, (title, step)) in steps.iter().enumerate() {
+        match step() {
+            Ok(what) => println!("[{}/{}] ok   {title}: {what}", i + 1, steps.len()),
+            Err(e) => {
+                failed += 1;
+                println!("[{}/{}] FAIL {title}: {}", i + 1, steps.len(), crate::exit::one_line(&e));
+            }
+        }
+    }
+    if failed == 0 {
+        println!("all {} steps passed", steps.len());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{failed} of {} steps failed", steps.len());
+        Ok(ExitCode::from(crate::exit::OTHER))
+    }
+}
+
+fn me() -> anyhow::Result<Command> {
+    let mut cmd = Command::new(std::env::current_exe().context("locating the copydata executable")?);
+    cmd.arg("__demo-child");
+    Ok(cmd)
+}
+
+/// Waits for `child` with a deadline; kills it if the deadline passes.
+fn wait(mut child: Child, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + CHILD_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            ensure!(status.success(), "{what} exited with {status}");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{what} did not finish within {CHILD_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn read_text(section: &Section, len: usize) -> anyhow::Result<String> {
+    let bytes = section.map(0, len)?.to_vec();
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    Ok(String::from_utf8_lossy(&bytes[..end]).into_owned())
+}
+
+fn write_text(section: &Section, text: &str) -> anyhow::Result<()> {
+    section.map_mut(0, text.len() + 1)?.write_at(0, format!("{text}\0").as_bytes())?;
+    Ok(())
+}
+
+fn inherit_step() -> anyhow::Result<String> {
+    let section = Section::anonymous(4096)?;
+    let child = me()?.arg("inherit-write").spawn_with_sections(&[&section])?;
+    let pid = child.id();
+    wait(child, "the child")?;
+    let text = read_text(&section, 64)?;
+    ensure!(text == format!("written by child {pid}"), "read back {text:?}");
+    Ok(format!("anonymous 4 KiB section passed to child {pid}; it wrote {text:?}, read back here"))
+}
+
+fn by_name_step() -> anyhow::Result<String> {
+    let name = format!("copydata-demo-{}", std::process::id());
+    let section = Section::create(&name, 64 * 1024)?;
+    write_text(&section, "hello from the creator")?;
+    let child = me()?.args(["by-name", &name]).spawn()?;
+    let pid = child.id();
+    wait(child, "the opener")?;
+    let text = read_text(&section, 64)?;
+    ensure!(text == format!("hello back from {pid}"), "read back {text:?}");
+    drop(section);
+    // The last holder is gone: the name is free again.
+    match Section::open(&name) {
+        Err(copydata::OpenError::NotFound { .. }) => {}
+        other => bail!("the section outlived its holders: {other:?}"),
+    }
+    Ok(format!("{name:?} opened by name in process {pid}, which answered {text:?}; gone after the last holder closed"))
+}
+
+fn read_only_step() -> anyhow::Result<String> {
+    let section = Section::anonymous(4096)?;
+    write_text(&section, "read-only data")?;
+    let frozen = section.read_only()?;
+    let child = me()?.arg("read-only").stdout(Stdio::piped()).spawn_with_sections(&[&frozen])?;
+    let pid = child.id();
+    let out = child.wait_with_output()?;
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    ensure!(out.status.success(), "child {pid} failed: {said}");
+    // The owner still writes through its own handle.
+    write_text(&section, "owner still writes")?;
+    Ok(format!("child {pid}: {said}; the owner can still write"))
+}
+
+fn file_step() -> anyhow::Result<String> {
+    let path = std::env::temp_dir().join(format!("copydata-demo-{}.bin", std::process::id()));
+    let _cleanup = RemoveOnDrop(path.clone());
+    std::fs::write(&path, vec![b'.'; 256 * 1024])?;
+    let offset: u64 = 70_001; // neither page- nor 64 KiB-aligned
+    let child = me()?.args(["file-write", &path.to_string_lossy(), &offset.to_string()]).spawn()?;
+    let pid = child.id();
+    wait(child, "the writer")?;
+    let data = std::fs::read(&path)?;
+    let at = offset as usize;
+    let expect = b"written at an unaligned offset";
+    ensure!(&data[at..at + expect.len()] == expect, "file does not hold the text at {offset}");
+    ensure!(data[at - 1] == b'.' && data[at + expect.len()] == b'.', "bytes around the text changed");
+    Ok(format!("process {pid} mapped {} at offset {offset} and wrote {} bytes; the file holds them", path.display(), expect.len()))
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(unix)]
+fn handover_step() -> anyhow::Result<String> {
+    use std::os::unix::net::UnixListener;
+    let dir = std::env::temp_dir().join(format!("copydata-demo-{}.sock", std::process::id()));
+    let _cleanup = RemoveOnDrop(dir.clone());
+    let listener = UnixListener::bind(&dir)?;
+    let section = Section::anonymous(4096)?;
+    write_text(&section, "handed over by SCM_RIGHTS")?;
+    let child = me()?.args(["handover", &dir.to_string_lossy()]).spawn()?;
+    let pid = child.id();
+    listener.set_nonblocking(false)?;
+    let (stream, _) = listener.accept()?;
+    copydata::os::linux::send_section(&stream, &section)?;
+    wait(child, "the receiver")?;
+    let text = read_text(&section, 64)?;
+    ensure!(text == format!("received by {pid}"), "read back {text:?}");
+    Ok(format!("anonymous section sent to process {pid} over a Unix socket; it answered {text:?}"))
+}
+
+#[cfg(windows)]
+fn handover_step() -> anyhow::Result<String> {
+    let section = Section::anonymous(4096)?;
+    write_text(&section, "handed over by DuplicateHandle")?;
+    let mut child = me()?.arg("handover").stdin(Stdio::piped()).spawn()?;
+    let pid = child.id();
+    let dup = copydata::os::windows::duplicate_into(&section, pid)?;
+    writeln!(child.stdin.take().context("child stdin")?, "{} {}", dup.handle, section.len())?;
+    wait(child, "the receiver")?;
+    let text = read_text(&section, 64)?;
+    ensure!(text == format!("received by {pid}"), "read back {text:?}");
+    Ok(format!("anonymous section duplicated into process {pid} as handle {:#x}; it answered {text:?}", dup.handle))
+}
+
+#[cfg(not(any(unix, windows)))]
+fn handover_step() -> anyhow::Result<String> {
+    bail!("not supported on this platform")
+}
+
+/// The child roles.
+pub fn child(args: ChildArgs) -> anyhow::Result<ExitCode> {
+    let me = std::process::id();
+    match (args.role.as_str(), args.rest.as_slice()) {
+        ("inherit-write", []) => {
+            let sections = copydata::inherited_sections()?;
+            let section = sections.first().context("no section was inherited")?;
+            write_text(section, &format!("written by child {me}"))?;
+        }
+        ("by-name", [name]) => {
+            let section = Section::open(name)?;
+            let text = read_text(&section, 64)?;
+            ensure!(text == "hello from the creator", "read {text:?}");
+            write_text(&section, &format!("hello back from {me}"))?;
+        }
+        ("read-only", []) => {
+            let sections = copydata::inherited_sections()?;
+            let section = sections.first().context("no section was inherited")?;
+            let text = read_text(section, 64)?;
+            match section.map_mut(0, 1) {
+                Err(MapError::ReadOnly) => {}
+                Ok(_) => bail!("a writable view of the read-only hand-out was allowed"),
+                Err(e) => bail!("unexpected error: {e}"),
+            }
+            println!("read {text:?}, a writable view was refused");
+        }
+        ("file-write", [path, offset]) => {
+            let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+            let section = Section::from_file(&file, copydata::Access::ReadWrite)?;
+            let text = b"written at an unaligned offset";
+            let view = section.map_mut(offset.parse()?, text.len())?;
+            view.write_at(0, text)?;
+            view.flush()?;
+        }
+        #[cfg(unix)]
+        ("handover", [path]) => {
+            let stream = std::os::unix::net::UnixStream::connect(path)?;
+            stream.set_read_timeout(Some(CHILD_TIMEOUT))?;
+            let section = copydata::os::linux::recv_section(&stream)?;
+            let text = read_text(&section, 64)?;
+            ensure!(text == "handed over by SCM_RIGHTS", "read {text:?}");
+            write_text(&section, &format!("received by {me}"))?;
+        }
+        #[cfg(windows)]
+        ("handover", []) => {
+            let mut line = String::new();
+            BufReader::new(std::io::stdin()).read_line(&mut line)?;
+            let mut parts = line.split_whitespace();
+            let handle: u64 = parts.next().context("no handle")?.parse()?;
+            let len: u64 = parts.next().context("no length")?.parse()?;
+            // SAFETY: the parent duplicated this handle into this process for
+            // us alone and told us its value; nothing else here owns it.
+            let section = unsafe { copydata::os::windows::adopt_section(handle, len, copydata::Access::ReadWrite, None) }?;
+            let text = read_text(&section, 64)?;
+            ensure!(text == "handed over by DuplicateHandle", "read {text:?}");
+            write_text(&section, &format!("received by {me}"))?;
+        }
+        (role, rest) => bail!(crate::exit::Usage(format!("unknown demo child role {role:?} {rest:?}"))),
+    }
+    Ok(ExitCode::SUCCESS)
+}

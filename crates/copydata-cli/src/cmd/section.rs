@@ -1,0 +1,138 @@
+//! `copydata section create|write|read|rm`.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+use copydata::Section;
+
+use crate::exit::Usage;
+use crate::size::parse_size;
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a named section (zero-filled). It lives while a process holds
+    /// it: with --hold this command holds it until killed or interrupted.
+    Create {
+        /// The section's name (letters, digits, '.', '_', '-').
+        name: String,
+        /// The size: 4096, 64KiB, 1MiB, 2GiB, ...
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// Print a ready line and keep the section alive until killed.
+        #[arg(long)]
+        hold: bool,
+    },
+    /// Write bytes into a live named section.
+    Write {
+        /// The section's name.
+        name: String,
+        /// Where to start writing, in bytes.
+        #[arg(long, default_value_t = 0, value_parser = parse_size)]
+        offset: u64,
+        /// The bytes to write; `-` reads them from standard input.
+        #[arg(conflicts_with = "file")]
+        data: Option<String>,
+        /// Write the contents of this file.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Read bytes from a live named section (raw, to stdout or a file).
+    Read {
+        /// The section's name.
+        name: String,
+        /// Where to start reading, in bytes.
+        #[arg(long, default_value_t = 0, value_parser = parse_size)]
+        offset: u64,
+        /// How many bytes to read (default: to the end).
+        #[arg(long, value_parser = parse_size)]
+        len: Option<u64>,
+        /// Write the bytes to this file instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Remove a section's name (holders keep their memory).
+    Rm {
+        /// The section's name.
+        name: String,
+    },
+}
+
+pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Create { name, size, hold } => create(&name, size, hold),
+        Command::Write { name, offset, data, file } => write(&name, offset, data, file),
+        Command::Read { name, offset, len, out } => read(&name, offset, len, out),
+        Command::Rm { name } => {
+            copydata::remove(&name)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn create(name: &str, size: u64, hold: bool) -> anyhow::Result<ExitCode> {
+    let section = Section::create(name, size)?;
+    if hold {
+        println!("ready {name} {size}");
+        io::stdout().flush()?;
+        // Held until the process is killed or interrupted; the kernel then
+        // drops this holder.
+        loop {
+            std::thread::park();
+        }
+    }
+    drop(section);
+    eprintln!("copydata: created {name:?} ({size} bytes); it is gone again now that no process holds it (use --hold)");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write(name: &str, offset: u64, data: Option<String>, file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let bytes = match (data.as_deref(), file) {
+        (_, Some(path)) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+        (Some("-"), None) => {
+            let mut buf = Vec::new();
+            io::stdin().read_to_end(&mut buf).context("reading standard input")?;
+            buf
+        }
+        (Some(data), None) => data.as_bytes().to_vec(),
+        (None, None) => return Err(Usage("give DATA, --file PATH or - (standard input)".into()).into()),
+    };
+    if bytes.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let section = Section::open(name)?;
+    let view = section.map_mut(offset, bytes.len()).with_context(|| format!("section {name:?}"))?;
+    view.write_at(0, &bytes)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read(name: &str, offset: u64, len: Option<u64>, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let section = Section::open_read_only(name)?;
+    let len = match len {
+        Some(len) => len,
+        None => section.len().saturating_sub(offset),
+    };
+    let mut sink: Box<dyn Write> = match &out {
+        Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
+        None => Box::new(io::stdout().lock()),
+    };
+    if len > 0 {
+        let len = usize::try_from(len).context("length too large")?;
+        let view = section.map(offset, len).with_context(|| format!("section {name:?}"))?;
+        let mut buf = vec![0; len.min(1 << 20)];
+        let mut at = 0;
+        while at < len {
+            let n = buf.len().min(len - at);
+            view.read_at(at, &mut buf[..n])?;
+            sink.write_all(&buf[..n])?;
+            at += n;
+        }
+    } else if offset > section.len() {
+        return Err(copydata::MapError::OutOfRange { offset, len: 0, size: section.len() })
+            .with_context(|| format!("section {name:?}"));
+    }
+    sink.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,125 @@
+//! Exit codes, shared by every subcommand, and the mapping from library
+//! errors to them.
+
+use std::io;
+
+use copydata::{AccessError, CreateError, HandoverError, InheritError, MapError, NameError, OpenError, RemoveError};
+
+pub const OK: u8 = 0;
+pub const OTHER: u8 = 1;
+pub const USAGE: u8 = 2;
+pub const NOT_FOUND: u8 = 3;
+#[allow(dead_code)] // used by the messaging commands
+pub const TIMED_OUT: u8 = 4;
+#[allow(dead_code)] // used by the messaging commands
+pub const PEER_DIED: u8 = 5;
+pub const EXISTS: u8 = 6;
+pub const REFUSED: u8 = 7;
+
+pub const HELP: &str = "\
+Exit codes:
+  0  ok
+  1  other error
+  2  usage error or invalid argument (bad name, size, range)
+  3  no such object
+  4  timed out
+  5  peer died
+  6  already exists
+  7  refused or permission denied (including writing a read-only object)";
+
+/// A usage error found after parsing (a bad combination of arguments).
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// The exit code for an error: the first error in the chain that has one.
+pub fn code_for(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(code) = code_of(cause) {
+            return code;
+        }
+    }
+    OTHER
+}
+
+fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
+    if e.is::<Usage>() || e.is::<NameError>() || e.is::<AccessError>() {
+        return Some(USAGE);
+    }
+    if let Some(e) = e.downcast_ref::<OpenError>() {
+        return Some(match e {
+            OpenError::InvalidName(_) => USAGE,
+            OpenError::NotFound { .. } => NOT_FOUND,
+            OpenError::PermissionDenied { .. } => REFUSED,
+            _ => OTHER,
+        });
+    }
+    if let Some(e) = e.downcast_ref::<CreateError>() {
+        return Some(match e {
+            CreateError::InvalidName(_) | CreateError::InvalidSize { .. } => USAGE,
+            CreateError::AlreadyExists { .. } => EXISTS,
+            CreateError::PermissionDenied { .. } => REFUSED,
+            _ => OTHER,
+        });
+    }
+    if let Some(e) = e.downcast_ref::<MapError>() {
+        return Some(match e {
+            MapError::ZeroLength | MapError::OutOfRange { .. } => USAGE,
+            MapError::ReadOnly => REFUSED,
+            _ => OTHER,
+        });
+    }
+    if let Some(e) = e.downcast_ref::<RemoveError>() {
+        return Some(match e {
+            RemoveError::InvalidName(_) => USAGE,
+            RemoveError::NotFound { .. } => NOT_FOUND,
+            RemoveError::PermissionDenied { .. } => REFUSED,
+            _ => OTHER,
+        });
+    }
+    if let Some(e) = e.downcast_ref::<HandoverError>() {
+        return Some(match e {
+            HandoverError::PeerClosed => PEER_DIED,
+            HandoverError::NoSuchProcess { .. } => NOT_FOUND,
+            HandoverError::PermissionDenied(_) => REFUSED,
+            _ => OTHER,
+        });
+    }
+    if e.is::<InheritError>() {
+        return Some(OTHER);
+    }
+    if let Some(e) = e.downcast_ref::<io::Error>() {
+        return match e.kind() {
+            io::ErrorKind::NotFound => Some(NOT_FOUND),
+            io::ErrorKind::PermissionDenied => Some(REFUSED),
+            io::ErrorKind::AlreadyExists => Some(EXISTS),
+            io::ErrorKind::TimedOut => Some(TIMED_OUT),
+            _ => None,
+        };
+    }
+    None
+}
+
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe))
+}
+
+/// The whole chain on one line: "context: cause: cause".
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        // Library errors often repeat their source in their own message.
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}

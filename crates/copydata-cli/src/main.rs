@@ -1,0 +1,67 @@
+//! `copydata`: the command-line face of the copydata library.
+//!
+//! Each subcommand lives in its own module under `cmd/` and is a thin layer
+//! over the library. `main` maps errors to the documented exit codes (see
+//! `exit.rs`) and prints one line on stderr naming the object and the cause.
+
+mod cmd;
+mod exit;
+mod size;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Local inter-process communication in the Win32 tradition: shared-memory
+/// sections (file mappings) on Linux and Windows.
+///
+/// Exit codes: 0 ok, 1 other error, 2 usage or invalid argument, 3 no such
+/// object, 4 timed out, 5 peer died, 6 already exists, 7 refused or
+/// permission denied.
+#[derive(Parser, Debug)]
+#[command(name = "copydata", version, about, long_about = None, after_help = exit::HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show every capability working across real processes.
+    Demo(cmd::demo::Args),
+    /// Create, read, write and remove named sections.
+    #[command(subcommand)]
+    Section(cmd::section::Command),
+    /// List live named objects (sections).
+    Ls(cmd::ls::Args),
+    /// Internal: the child side of `copydata demo`.
+    #[command(name = "__demo-child", hide = true)]
+    DemoChild(cmd::demo::ChildArgs),
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Demo(args) => cmd::demo::run(args),
+        Command::Section(command) => cmd::section::run(command),
+        Command::Ls(args) => cmd::ls::run(args),
+        Command::DemoChild(args) => cmd::demo::child(args),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) if exit::is_broken_pipe(&e) => ExitCode::from(exit::OK),
+        Err(e) => {
+            eprintln!("copydata: {}", exit::one_line(&e));
+            ExitCode::from(exit::code_for(&e))
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Error types: one per operation, each variant something a caller can act on.
+//!
+//! Unexpected operating-system failures keep the original [`io::Error`] (and
+//! so the raw OS code) as their `source()`. Every error converts into an
+//! [`io::Error`] with a matching [`io::ErrorKind`], for callers that just
+//! want `?` into `io::Result`.
+
+use std::io;
+
+use crate::NameError;
+
+/// Creating a section failed: [`Section::create`](crate::Section::create),
+/// [`Section::anonymous`](crate::Section::anonymous),
+/// [`Section::open_or_create`](crate::Section::open_or_create),
+/// [`Section::from_file`](crate::Section::from_file).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CreateError {
+    /// The name is not a valid copydata name.
+    #[error("invalid section name: {0}")]
+    InvalidName(#[from] NameError),
+    /// The size is zero, or too large for this platform.
+    #[error("invalid size {size}: {reason}")]
+    InvalidSize {
+        /// The requested size in bytes.
+        size: u64,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A live section with this name already exists.
+    #[error("section {name:?} already exists")]
+    AlreadyExists {
+        /// The name asked for.
+        name: String,
+    },
+    /// The shared-memory file system has less free space than the section
+    /// needs (Linux: `/dev/shm`); touching the memory later would crash.
+    #[error("section {name:?}: {size} bytes requested but only {available} are free in the shared-memory file system")]
+    NoSpace {
+        /// The name asked for.
+        name: String,
+        /// The requested size in bytes.
+        size: u64,
+        /// The free space, in bytes.
+        available: u64,
+    },
+    /// The operating system refused access.
+    #[error("{object}: permission denied")]
+    PermissionDenied {
+        /// What was being created (a section name or "anonymous section").
+        object: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Sections are not supported on this platform.
+    #[error("sections are not supported on this platform")]
+    Unsupported,
+    /// Any other operating-system error.
+    #[error("{object}: {source}")]
+    Io {
+        /// What was being created.
+        object: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Opening a named section failed: [`Section::open`](crate::Section::open),
+/// [`Section::open_read_only`](crate::Section::open_read_only).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The name is not a valid copydata name.
+    #[error("invalid section name: {0}")]
+    InvalidName(#[from] NameError),
+    /// No live section has this name.
+    #[error("no section named {name:?}")]
+    NotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// The section exists but this process may not open it with the asked access.
+    #[error("section {name:?}: permission denied")]
+    PermissionDenied {
+        /// The name asked for.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Sections are not supported on this platform.
+    #[error("sections are not supported on this platform")]
+    Unsupported,
+    /// Any other operating-system error.
+    #[error("section {name:?}: {source}")]
+    Io {
+        /// The name asked for.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Mapping a view failed: [`Section::map`](crate::Section::map),
+/// [`Section::map_mut`](crate::Section::map_mut).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MapError {
+    /// A view of zero bytes was asked for.
+    #[error("a view must be at least one byte long")]
+    ZeroLength,
+    /// The range does not lie inside the section.
+    #[error("range {offset}..{offset}+{len} is outside the section of {size} bytes")]
+    OutOfRange {
+        /// The requested start.
+        offset: u64,
+        /// The requested length.
+        len: u64,
+        /// The section's size.
+        size: u64,
+    },
+    /// A writable view of a read-only section was asked for (or the
+    /// operating system refused write access, e.g. a sealed memfd).
+    #[error("the section is read-only")]
+    ReadOnly,
+    /// Any other operating-system error (e.g. out of address space).
+    #[error("mapping failed: {0}")]
+    Io(#[source] io::Error),
+}
+
+/// Reading or writing bytes of a [`View`](crate::View) failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AccessError {
+    /// The range does not lie inside the view.
+    #[error("range {offset}..{offset}+{len} is outside the view of {view_len} bytes")]
+    OutOfRange {
+        /// The requested start, relative to the view.
+        offset: usize,
+        /// The requested length.
+        len: usize,
+        /// The view's length.
+        view_len: usize,
+    },
+    /// An atomic access at an address not aligned to the atomic's size.
+    #[error("offset {offset} is not aligned to {align} bytes")]
+    Misaligned {
+        /// The requested offset, relative to the view.
+        offset: usize,
+        /// The required alignment.
+        align: usize,
+    },
+}
+
+/// Making a read-only hand-out failed: [`Section::read_only`](crate::Section::read_only).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadOnlyError {
+    /// Sections are not supported on this platform.
+    #[error("sections are not supported on this platform")]
+    Unsupported,
+    /// The operating system refused (e.g. out of descriptors).
+    #[error("read-only hand-out failed: {0}")]
+    Io(#[source] io::Error),
+}
+
+/// Removing a section's name failed: [`remove`](crate::remove).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RemoveError {
+    /// The name is not a valid copydata name.
+    #[error("invalid section name: {0}")]
+    InvalidName(#[from] NameError),
+    /// No section has this name.
+    #[error("no section named {name:?}")]
+    NotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// The operating system refused.
+    #[error("section {name:?}: permission denied")]
+    PermissionDenied {
+        /// The name asked for.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Names cannot be removed explicitly on this platform (Windows: a named
+    /// mapping lives exactly as long as its handles).
+    #[error("removing a section name is not supported on this platform")]
+    Unsupported,
+    /// Any other operating-system error.
+    #[error("section {name:?}: {source}")]
+    Io {
+        /// The name asked for.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Listing live named sections failed: [`list`](crate::list).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ListError {
+    /// Listing is not supported on this platform.
+    #[error("listing sections is not supported on this platform")]
+    Unsupported,
+    /// The operating system refused or failed.
+    #[error("listing sections failed: {0}")]
+    Io(#[source] io::Error),
+}
+
+/// Taking the sections a parent passed at spawn failed:
+/// [`inherited_sections`](crate::inherited_sections).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InheritError {
+    /// The environment token is not in copydata's format.
+    #[error("malformed {var} token: {reason}")]
+    Malformed {
+        /// The environment variable.
+        var: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The token was meant for another process (for example it was inherited
+    /// through an intermediate process that did not pass the sections on), or
+    /// the handle it names is not the section the parent passed.
+    #[error("stale {var} token: {reason}")]
+    Stale {
+        /// The environment variable.
+        var: &'static str,
+        /// Why it does not apply to this process.
+        reason: String,
+    },
+    /// The sections were already taken by an earlier call.
+    #[error("the inherited sections were already taken")]
+    AlreadyTaken,
+    /// Sections are not supported on this platform.
+    #[error("sections are not supported on this platform")]
+    Unsupported,
+    /// Any other operating-system error.
+    #[error("taking inherited sections failed: {0}")]
+    Io(#[source] io::Error),
+}
+
+/// Handing a section to another process failed (see [`crate::os`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandoverError {
+    /// The peer sent something that is not a copydata section hand-over.
+    #[error("malformed hand-over: {0}")]
+    Malformed(String),
+    /// The peer closed the channel before a section arrived.
+    #[error("the peer closed the connection")]
+    PeerClosed,
+    /// The target process does not exist (or has exited).
+    #[error("no process with id {pid}")]
+    NoSuchProcess {
+        /// The target's process id.
+        pid: u32,
+    },
+    /// The operating system refused access to the target process.
+    #[error("permission denied: {0}")]
+    PermissionDenied(#[source] io::Error),
+    /// Any other operating-system error.
+    #[error("hand-over failed: {0}")]
+    Io(#[source] io::Error),
+}
+
+/// Implements `From<E> for io::Error`: the OS error itself where there is
+/// one, otherwise a new error of the kind the variant stands for.
+macro_rules! into_io_error {
+    ($ty:ty, |$e:ident| $kind:expr, $($io:pat => $src:expr),* $(,)?) => {
+        impl From<$ty> for io::Error {
+            fn from($e: $ty) -> io::Error {
+                #[allow(unreachable_patterns)]
+                match $e {
+                    $($io => $src,)*
+                    $e => io::Error::new($kind, $e),
+                }
+            }
+        }
+    };
+}
+
+into_io_error!(CreateError, |e| match &e {
+    CreateError::InvalidName(_) | CreateError::InvalidSize { .. } => io::ErrorKind::InvalidInput,
+    CreateError::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
+    CreateError::NoSpace { .. } => io::ErrorKind::StorageFull,
+    CreateError::Unsupported => io::ErrorKind::Unsupported,
+    _ => io::ErrorKind::Other,
+}, CreateError::Io { source, .. } => source, CreateError::PermissionDenied { source, .. } => source);
+
+into_io_error!(OpenError, |e| match &e {
+    OpenError::InvalidName(_) => io::ErrorKind::InvalidInput,
+    OpenError::NotFound { .. } => io::ErrorKind::NotFound,
+    OpenError::Unsupported => io::ErrorKind::Unsupported,
+    _ => io::ErrorKind::Other,
+}, OpenError::Io { source, .. } => source, OpenError::PermissionDenied { source, .. } => source);
+
+into_io_error!(MapError, |e| match &e {
+    MapError::ZeroLength | MapError::OutOfRange { .. } => io::ErrorKind::InvalidInput,
+    MapError::ReadOnly => io::ErrorKind::PermissionDenied,
+    _ => io::ErrorKind::Other,
+}, MapError::Io(source) => source);
+
+into_io_error!(AccessError, |e| io::ErrorKind::InvalidInput,);
+
+into_io_error!(ReadOnlyError, |e| match &e {
+    ReadOnlyError::Unsupported => io::ErrorKind::Unsupported,
+    _ => io::ErrorKind::Other,
+}, ReadOnlyError::Io(source) => source);
+
+into_io_error!(RemoveError, |e| match &e {
+    RemoveError::InvalidName(_) => io::ErrorKind::InvalidInput,
+    RemoveError::NotFound { .. } => io::ErrorKind::NotFound,
+    RemoveError::Unsupported => io::ErrorKind::Unsupported,
+    _ => io::ErrorKind::Other,
+}, RemoveError::Io { source, .. } => source, RemoveError::PermissionDenied { source, .. } => source);
+
+into_io_error!(ListError, |e| io::ErrorKind::Unsupported, ListError::Io(source) => source);
+
+into_io_error!(InheritError, |e| match &e {
+    InheritError::Unsupported => io::ErrorKind::Unsupported,
+    _ => io::ErrorKind::InvalidData,
+}, InheritError::Io(source) => source);
+
+into_io_error!(HandoverError, |e| match &e {
+    HandoverError::Malformed(_) => io::ErrorKind::InvalidData,
+    HandoverError::PeerClosed => io::ErrorKind::UnexpectedEof,
+    HandoverError::NoSuchProcess { .. } => io::ErrorKind::NotFound,
+    _ => io::ErrorKind::Other,
+}, HandoverError::Io(source) => source, HandoverError::PermissionDenied(source) => source);

@@ -1,0 +1,58 @@
+//! # copydata
+//!
+//! Local inter-process communication in the Win32 tradition, native on Linux
+//! and Windows: **sections** (file mappings: shared memory that is anonymous,
+//! named, or backed by a file) handed to children by inheritance or to other
+//! processes by handle.
+//!
+//! ```
+//! use copydata::Section;
+//!
+//! // An anonymous section, as CreateFileMapping(INVALID_HANDLE_VALUE, ...).
+//! let section = Section::anonymous(64 * 1024)?;
+//! // A view at any offset: no alignment needed.
+//! let view = section.map_mut(12_345, 11)?;
+//! view.write_at(0, b"hello world")?;
+//! assert_eq!(section.map(12_345, 11)?.to_vec(), b"hello world");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Named sections are the platform's real named objects: on Linux the POSIX
+//! shared-memory object `/NAME` (so `shm_open("/NAME")` in C or
+//! `multiprocessing.shared_memory.SharedMemory("NAME")` in Python opens the
+//! same memory), on Windows the file mapping `Local\NAME`. A named section
+//! lives while any process holds it and disappears once the last holder is
+//! gone, even if every holder was killed.
+//!
+//! - [`Section`]: create, open, map views, make read-only hand-outs.
+//! - [`CommandExt`] / [`inherited_sections`]: pass sections to a child.
+//! - [`os`]: hand a section to an unrelated running process
+//!   (`SCM_RIGHTS` on Linux, `DuplicateHandle` on Windows).
+//! - [`list`], [`remove`]: the named sections of this user.
+//!
+//! Every operation has its own error type (in [`error`]) whose variants say
+//! what a caller can act on; unexpected OS failures keep the OS error.
+//!
+//! # Platform support
+//!
+//! Linux (kernel 5.1 or later; 6.6 or later for reclaiming named sections left
+//! by crashed processes, which needs extended attributes on tmpfs) and
+//! Windows. On any other OS the crate compiles and every constructor returns
+//! an `Unsupported` error.
+
+#![deny(missing_docs)]
+
+pub mod error;
+mod name;
+pub mod os;
+mod section;
+mod sys;
+mod view;
+
+pub use error::{
+    AccessError, CreateError, HandoverError, InheritError, ListError, MapError, OpenError, ReadOnlyError,
+    RemoveError,
+};
+pub use name::{MAX_NAME_LEN, NameError, validate_name};
+pub use section::{Access, CommandExt, INHERIT_VAR, Section, SectionInfo, inherited_sections, list, remove};
+pub use view::{View, ViewMut};

@@ -1,0 +1,117 @@
+//! Names of shared objects.
+//!
+//! A name is the part a user chooses: `frames`, `my-app.state`. The backends
+//! turn it into the platform's real object name (`/dev/shm/NAME` through
+//! `shm_open("/NAME")` on Linux, `Local\NAME` on Windows), so the rules below
+//! are the intersection of what both platforms accept as a plain name.
+
+use std::fmt;
+
+/// The longest accepted name, in bytes.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// Why a name was refused. Returned by every function that takes a name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// The name is empty.
+    #[error("the name is empty")]
+    Empty,
+    /// The name is longer than [`MAX_NAME_LEN`] bytes.
+    #[error("the name is {len} bytes long; at most {MAX_NAME_LEN} are allowed")]
+    TooLong {
+        /// The length of the refused name, in bytes.
+        len: usize,
+    },
+    /// The name holds a character outside `A-Z a-z 0-9 . _ -`.
+    #[error("the name contains {ch:?}; only letters, digits, '.', '_' and '-' are allowed")]
+    BadChar {
+        /// The first refused character.
+        ch: char,
+    },
+    /// The name starts with a dot (reserved: `.`/`..` and hidden entries).
+    #[error("the name starts with '.'")]
+    LeadingDot,
+}
+
+/// Checks that `name` is a valid copydata object name.
+///
+/// Valid names are 1 to [`MAX_NAME_LEN`] bytes of ASCII letters, digits, `.`,
+/// `_` and `-`, not starting with `.`. In particular a name never contains a
+/// path separator, so it can never reach outside the platform's namespace.
+///
+/// ```
+/// assert!(copydata::validate_name("my-app.state_1").is_ok());
+/// assert!(copydata::validate_name("../etc/passwd").is_err());
+/// assert!(copydata::validate_name("").is_err());
+/// ```
+pub fn validate_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong { len: name.len() });
+    }
+    if let Some(ch) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(NameError::BadChar { ch });
+    }
+    if name.starts_with('.') {
+        return Err(NameError::LeadingDot);
+    }
+    Ok(())
+}
+
+/// A validated name, as handed to the backends.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Name(String);
+
+impl Name {
+    pub(crate) fn new(name: &str) -> Result<Self, NameError> {
+        validate_name(name)?;
+        Ok(Name(name.to_owned()))
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_names() {
+        for ok in ["a", "A-b_c.d", "0", &"x".repeat(MAX_NAME_LEN)] {
+            assert_eq!(validate_name(ok), Ok(()), "{ok}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_names() {
+        assert_eq!(validate_name(""), Err(NameError::Empty));
+        assert_eq!(
+            validate_name(&"x".repeat(MAX_NAME_LEN + 1)),
+            Err(NameError::TooLong { len: MAX_NAME_LEN + 1 })
+        );
+        for (bad, ch) in [("a/b", '/'), ("a\\b", '\\'), ("a b", ' '), ("é", 'é'), ("a\0", '\0')] {
+            assert_eq!(validate_name(bad), Err(NameError::BadChar { ch }), "{bad:?}");
+        }
+        assert_eq!(validate_name(".."), Err(NameError::LeadingDot));
+        assert_eq!(validate_name(".hidden"), Err(NameError::LeadingDot));
+    }
+}

@@ -1,0 +1,24 @@
+//! Platform-specific extensions: handing a section to an unrelated running
+//! process.
+//!
+//! The two platforms move handles between processes differently, so each has
+//! its own primitive (a portable, message-based hand-over rides on top of
+//! these in copydata's mailboxes):
+//!
+//! - Linux ([`linux`]): the descriptor travels over a connected Unix socket as
+//!   `SCM_RIGHTS` ancillary data, together with a small validated header.
+//! - Windows ([`windows`]): `DuplicateHandle` puts a handle into the target
+//!   process; the sender tells the target the handle's value by any channel,
+//!   and the target adopts it.
+
+#[cfg(target_os = "linux")]
+pub mod linux {
+    //! Linux: sections over Unix sockets (`SCM_RIGHTS`).
+    pub use crate::sys::handover::{recv_section, send_section};
+}
+
+#[cfg(windows)]
+pub mod windows {
+    //! Windows: sections by `DuplicateHandle`.
+    pub use crate::sys::handover::{Duplicated, adopt_section, duplicate_into};
+}

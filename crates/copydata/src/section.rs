@@ -1,0 +1,361 @@
+//! The portable section type.
+
+use std::fs::File;
+use std::process::{Child, Command};
+use std::sync::Mutex;
+use std::{fmt, io};
+
+use crate::error::{CreateError, InheritError, ListError, MapError, OpenError, ReadOnlyError, RemoveError};
+use crate::name::Name;
+use crate::sys;
+use crate::view::{View, ViewMut};
+
+/// Whether a section or view may be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// Reading only. A read-only section cannot be mapped writable.
+    ReadOnly,
+    /// Reading and writing.
+    ReadWrite,
+}
+
+/// A section of shared memory: the Win32 *file-mapping object*.
+///
+/// A section is anonymous (only reachable through its handle, which can be
+/// passed to a child or another process), named (any process of the same user
+/// can open it by name), or backed by a file. It has a fixed size; map any part
+/// of it with [`map`](Self::map) or [`map_mut`](Self::map_mut).
+///
+/// The handle is closed when the `Section` is dropped. A named section lives
+/// while any process holds it (a `Section` or a view of it): once every holder
+/// is gone, also through a crash or `kill -9`, the name is free again. On
+/// Linux the object left behind by a crashed last holder is removed lazily by
+/// the next [`create`](Self::create), [`open`](Self::open) or [`list`] that
+/// meets it.
+///
+/// ```
+/// use copydata::Section;
+///
+/// let section = Section::anonymous(4096)?;
+/// let view = section.map_mut(100, 5)?;
+/// view.write_at(0, b"hello")?;
+/// let mut back = [0; 5];
+/// section.map(100, 5)?.read_at(0, &mut back)?;
+/// assert_eq!(&back, b"hello");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Portability
+///
+/// | | Linux | Windows |
+/// |---|---|---|
+/// | anonymous | `memfd_create`, sealed against resizing | `CreateFileMappingW(INVALID_HANDLE_VALUE)` |
+/// | named | `shm_open("/NAME")` object in `/dev/shm`, mode 0600 | `CreateFileMappingW(Local\NAME)` |
+/// | file-backed | the file's descriptor | `CreateFileMappingW(file)` |
+/// | holders tracked by | a shared `flock` per open description | the kernel's handle count |
+/// | read-only hand-out | `F_SEAL_FUTURE_WRITE` + `O_RDONLY` descriptor | handle with `FILE_MAP_READ` only |
+///
+/// # Implementation notes
+///
+/// On Linux a named section is created under a hidden temporary name, sized,
+/// locked and marked (extended attribute `user.copydata`), and then published
+/// with `renameat2(RENAME_NOREPLACE)`, so no process ever sees a half-made
+/// section. Objects without the marker (made by other programs) can be
+/// opened, but are never removed by the lazy reclaim.
+pub struct Section {
+    inner: sys::Section,
+    name: Option<Name>,
+    created: bool,
+}
+
+/// A live named section, as reported by [`list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SectionInfo {
+    /// The section's name.
+    pub name: String,
+    /// The section's size in bytes.
+    pub size: u64,
+}
+
+impl Section {
+    fn wrap(inner: sys::Section, name: Option<Name>, created: bool) -> Section {
+        Section { inner, name, created }
+    }
+
+    /// Creates an anonymous section of `size` bytes, zero-filled.
+    ///
+    /// Only processes that are handed the section (see
+    /// [`CommandExt::spawn_with_sections`] and [`crate::os`]) can reach it.
+    #[doc(alias = "CreateFileMappingW")]
+    #[doc(alias = "memfd_create")]
+    pub fn anonymous(size: u64) -> Result<Section, CreateError> {
+        check_size(size)?;
+        Ok(Self::wrap(sys::Section::anonymous(size)?, None, true))
+    }
+
+    /// Creates a named section of `size` bytes, zero-filled. Fails with
+    /// [`CreateError::AlreadyExists`] while a live section has this name.
+    #[doc(alias = "CreateFileMappingW")]
+    #[doc(alias = "shm_open")]
+    pub fn create(name: &str, size: u64) -> Result<Section, CreateError> {
+        let name = Name::new(name)?;
+        check_size(size)?;
+        let inner = sys::Section::create(&name, size)?;
+        Ok(Self::wrap(inner, Some(name), true))
+    }
+
+    /// Opens the live named section `name` for reading and writing. Fails with
+    /// [`OpenError::NotFound`] if there is none.
+    #[doc(alias = "OpenFileMappingW")]
+    #[doc(alias = "shm_open")]
+    pub fn open(name: &str) -> Result<Section, OpenError> {
+        Self::open_with(name, Access::ReadWrite)
+    }
+
+    /// Opens the live named section `name` for reading only.
+    pub fn open_read_only(name: &str) -> Result<Section, OpenError> {
+        Self::open_with(name, Access::ReadOnly)
+    }
+
+    /// Opens the live named section `name` with the given access.
+    pub fn open_with(name: &str, access: Access) -> Result<Section, OpenError> {
+        let name = Name::new(name)?;
+        let inner = sys::Section::open(&name, access)?;
+        Ok(Self::wrap(inner, Some(name), false))
+    }
+
+    /// Opens the named section if it is live, otherwise creates it with
+    /// `size` bytes. An existing section keeps its own size (see
+    /// [`len`](Self::len)); [`was_created`](Self::was_created) tells which
+    /// happened. Race-free: of many processes calling this at once, exactly
+    /// one creates.
+    pub fn open_or_create(name: &str, size: u64) -> Result<Section, CreateError> {
+        let name = Name::new(name)?;
+        check_size(size)?;
+        let (inner, created) = sys::Section::open_or_create(&name, size)?;
+        Ok(Self::wrap(inner, Some(name), created))
+    }
+
+    /// Makes a section backed by `file`, of the file's current length. Writes
+    /// through a view reach the file. The file must be open for reading (and
+    /// for writing, with [`Access::ReadWrite`]); the section keeps its own
+    /// handle, so `file` may be closed afterwards.
+    ///
+    /// Truncating the file while it is mapped makes access to the cut-off
+    /// part crash the accessing process (SIGBUS on Linux); keep such files
+    /// private to your application.
+    pub fn from_file(file: &File, access: Access) -> Result<Section, CreateError> {
+        Ok(Self::wrap(sys::Section::from_file(file, access)?, None, true))
+    }
+
+    /// The section's size in bytes.
+    pub fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    /// Always `false`: sections have at least one byte.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The section's name, for named sections.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_ref().map(Name::as_str)
+    }
+
+    /// Whether this handle may map writable views.
+    pub fn access(&self) -> Access {
+        self.inner.access()
+    }
+
+    /// `true` if this call's constructor made the object (always `true` for
+    /// anonymous and file-backed sections; for
+    /// [`open_or_create`](Self::open_or_create), whether it created).
+    pub fn was_created(&self) -> bool {
+        self.created
+    }
+
+    /// Returns a read-only handle to the same memory, to pass to a child or
+    /// another process. Its holder cannot map it writable, resize it, or
+    /// upgrade it back to write access.
+    ///
+    /// For anonymous sections the guarantee is enforced by the kernel
+    /// (Linux: `F_SEAL_FUTURE_WRITE`, `F_SEAL_SHRINK`, `F_SEAL_GROW` seals and
+    /// an `O_RDONLY` descriptor; Windows: a handle duplicated with
+    /// `FILE_MAP_READ` only). A named or file-backed section remains
+    /// reachable by its name or path, so whoever may open that may still get
+    /// write access there.
+    ///
+    /// # Platform notes
+    ///
+    /// On Linux the write seal applies to the memory itself: after the first
+    /// read-only hand-out of an anonymous section, new writable views can only
+    /// come from processes that already had one. This process keeps a
+    /// writable mapping of the whole section for its own later
+    /// [`map_mut`](Self::map_mut) calls, so here nothing changes.
+    #[doc(alias = "DuplicateHandle")]
+    #[doc(alias = "F_SEAL_FUTURE_WRITE")]
+    pub fn read_only(&self) -> Result<Section, ReadOnlyError> {
+        Ok(Self::wrap(self.inner.read_only()?, self.name.clone(), false))
+    }
+
+    /// Maps `len` bytes starting at `offset` for reading. The offset needs no
+    /// alignment: the view starts exactly at the requested byte.
+    #[doc(alias = "MapViewOfFile")]
+    #[doc(alias = "mmap")]
+    pub fn map(&self, offset: u64, len: usize) -> Result<View, MapError> {
+        let (map, start) = self.map_raw(offset, len, Access::ReadOnly)?;
+        Ok(View::new(map, start, len, offset))
+    }
+
+    /// Maps `len` bytes starting at `offset` for reading and writing. Fails
+    /// with [`MapError::ReadOnly`] on a read-only section.
+    pub fn map_mut(&self, offset: u64, len: usize) -> Result<ViewMut, MapError> {
+        let (map, start) = self.map_raw(offset, len, Access::ReadWrite)?;
+        Ok(ViewMut::new(View::new(map, start, len, offset)))
+    }
+
+    fn map_raw(
+        &self,
+        offset: u64,
+        len: usize,
+        access: Access,
+    ) -> Result<(std::sync::Arc<sys::Mapping>, usize), MapError> {
+        if len == 0 {
+            return Err(MapError::ZeroLength);
+        }
+        let size = self.len();
+        let in_range = offset.checked_add(len as u64).is_some_and(|end| end <= size);
+        if !in_range {
+            return Err(MapError::OutOfRange { offset, len: len as u64, size });
+        }
+        if access == Access::ReadWrite && self.access() == Access::ReadOnly {
+            return Err(MapError::ReadOnly);
+        }
+        self.inner.map(offset, len, access)
+    }
+
+    pub(crate) fn inner(&self) -> &sys::Section {
+        &self.inner
+    }
+
+    pub(crate) fn from_parts(inner: sys::Section, name: Option<Name>) -> Section {
+        Self::wrap(inner, name, false)
+    }
+}
+
+impl fmt::Debug for Section {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Section")
+            .field("name", &self.name)
+            .field("len", &self.len())
+            .field("access", &self.access())
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_size(size: u64) -> Result<(), CreateError> {
+    if size == 0 {
+        return Err(CreateError::InvalidSize { size, reason: "a section must be at least one byte" });
+    }
+    if size > isize::MAX as u64 {
+        return Err(CreateError::InvalidSize { size, reason: "larger than the address space" });
+    }
+    Ok(())
+}
+
+/// Removes the name of a named section, like `shm_unlink`. Processes that
+/// hold it keep their memory; the name is free for a new section at once.
+///
+/// # Platform notes
+///
+/// Windows has no such operation (a named mapping lives exactly as long as its
+/// handles), so there this returns [`RemoveError::Unsupported`].
+#[doc(alias = "shm_unlink")]
+pub fn remove(name: &str) -> Result<(), RemoveError> {
+    sys::remove(&Name::new(name)?)
+}
+
+/// Lists the live named sections made by copydata, sorted by name, removing
+/// the ones whose every holder has died.
+///
+/// # Platform notes
+///
+/// Windows offers no supported way to enumerate the `Local\` namespace, so
+/// there this returns [`ListError::Unsupported`].
+pub fn list() -> Result<Vec<SectionInfo>, ListError> {
+    let mut all = sys::list()?;
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(all)
+}
+
+/// The environment variable through which a parent tells a child which
+/// sections it passed (see [`CommandExt`]).
+pub const INHERIT_VAR: &str = "COPYDATA_SECTIONS";
+
+/// Spawning a child with sections: an extension of [`std::process::Command`].
+///
+/// Nothing copydata creates is inheritable by default (descriptors are
+/// close-on-exec, handles non-inheritable); only the sections passed here
+/// reach the child. The child takes them with [`inherited_sections`].
+///
+/// ```no_run
+/// use std::process::Command;
+/// use copydata::{CommandExt, Section};
+///
+/// let section = Section::anonymous(1 << 20)?;
+/// let frozen = section.read_only()?;
+/// let mut child = Command::new("worker").spawn_with_sections(&[&section, &frozen])?;
+/// child.wait()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Portability
+///
+/// On Linux the descriptors are duplicated and made inheritable only in the
+/// forked child (a `pre_exec` hook), so concurrent spawns on other threads
+/// never receive them. The duplicates live as long as the `Command`. On
+/// Windows an inheritable duplicate exists only for the duration of the
+/// `CreateProcessW` call; a process spawned by another thread during exactly
+/// that moment may inherit it too (std spawns with `bInheritHandles`).
+pub trait CommandExt {
+    /// Spawns the command with `sections` passed to the child, read-write or
+    /// read-only as each handle is (use [`Section::read_only`] for a
+    /// read-only hand-out).
+    fn spawn_with_sections(&mut self, sections: &[&Section]) -> io::Result<Child>;
+}
+
+impl CommandExt for Command {
+    fn spawn_with_sections(&mut self, sections: &[&Section]) -> io::Result<Child> {
+        let parts: Vec<_> = sections.iter().map(|s| (s.inner(), s.name.as_ref())).collect();
+        sys::spawn_with_sections(self, &parts)
+    }
+}
+
+static TAKEN: Mutex<bool> = Mutex::new(false);
+
+/// Takes the sections the parent passed with
+/// [`CommandExt::spawn_with_sections`], in the order it passed them.
+///
+/// Returns an empty list if this process was started without sections.
+/// The sections can be taken once; a second call fails with
+/// [`InheritError::AlreadyTaken`]. Every entry of the token is validated
+/// (the descriptor or handle must be the section object the parent named)
+/// before ownership is taken, and taken handles are made non-inheritable
+/// again, so they do not leak into this process's own children.
+pub fn inherited_sections() -> Result<Vec<Section>, InheritError> {
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(token) = std::env::var_os(INHERIT_VAR) else {
+        return Ok(Vec::new());
+    };
+    if *taken {
+        return Err(InheritError::AlreadyTaken);
+    }
+    let token = token.into_string().map_err(|_| InheritError::Malformed {
+        var: INHERIT_VAR,
+        reason: "not valid UTF-8".into(),
+    })?;
+    *taken = true;
+    let parts = sys::take_inherited(&token)?;
+    Ok(parts.into_iter().map(|(s, name)| Section::from_parts(s, name)).collect())
+}

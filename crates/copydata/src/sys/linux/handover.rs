@@ -1,0 +1,151 @@
+//! Handing a section to an unrelated process over a connected Unix socket.
+//!
+//! Frame: `CDS1`, a flags byte (bit 0: read-only, bit 1: named), the size as
+//! a little-endian `u64`, the name's length as one byte, the name; the
+//! descriptor rides along as `SCM_RIGHTS` with the first byte. The receiver
+//! treats all of it as untrusted: it checks the frame, that exactly one
+//! descriptor came, and that the descriptor is a regular file at least as
+//! large as announced.
+
+use std::io::{self, IoSlice, IoSliceMut, Read};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::fs as rfs;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+};
+
+use super::{Section as SysSection, access_of, kind_of};
+use crate::error::HandoverError;
+use crate::name::Name;
+use crate::section::{Access, Section};
+
+const MAGIC: &[u8; 4] = b"CDS1";
+const HEADER: usize = 4 + 1 + 8 + 1;
+const FLAG_RO: u8 = 1;
+const FLAG_NAMED: u8 = 2;
+
+fn io(e: impl Into<io::Error>) -> HandoverError {
+    HandoverError::Io(e.into())
+}
+
+/// Sends `section` over the connected Unix socket `socket` (a
+/// [`UnixStream`](std::os::unix::net::UnixStream) or any stream socket
+/// descriptor). The receiver gets its own descriptor of the same memory with
+/// the same access, via [`recv_section`].
+///
+/// To hand over read-only, send [`Section::read_only`]'s result.
+#[doc(alias = "SCM_RIGHTS")]
+#[doc(alias = "sendmsg")]
+pub fn send_section(socket: impl AsFd, section: &Section) -> Result<(), HandoverError> {
+    let mut frame = Vec::with_capacity(HEADER + crate::MAX_NAME_LEN);
+    frame.extend_from_slice(MAGIC);
+    let mut flags = 0;
+    if section.access() == Access::ReadOnly {
+        flags |= FLAG_RO;
+    }
+    if section.name().is_some() {
+        flags |= FLAG_NAMED;
+    }
+    frame.push(flags);
+    frame.extend_from_slice(&section.len().to_le_bytes());
+    let name = section.name().unwrap_or("").as_bytes();
+    frame.push(name.len() as u8);
+    frame.extend_from_slice(name);
+
+    let fds = [section.inner().fd().as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    let mut sent = rustix::net::sendmsg(&socket, &[IoSlice::new(&frame)], &mut control, SendFlags::NOSIGNAL)
+        .map_err(|e| match e {
+            rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET => HandoverError::PeerClosed,
+            e => io(e),
+        })?;
+    // The descriptor went with the first byte; finish any short write.
+    while sent < frame.len() {
+        sent += rustix::net::send(&socket, &frame[sent..], SendFlags::NOSIGNAL).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Receives a section sent with [`send_section`] from the connected Unix
+/// socket `socket`. Blocks until one arrives (set a read timeout on the
+/// socket to bound the wait).
+///
+/// Everything received is validated; anything unexpected gives
+/// [`HandoverError::Malformed`] and closes whatever descriptors came with it.
+#[doc(alias = "SCM_RIGHTS")]
+#[doc(alias = "recvmsg")]
+pub fn recv_section(socket: impl AsFd) -> Result<Section, HandoverError> {
+    let mut header = [0u8; HEADER];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = rustix::net::recvmsg(
+        &socket,
+        &mut [IoSliceMut::new(&mut header)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC | RecvFlags::WAITALL,
+    )
+    .map_err(io)?;
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = msg {
+            fds.extend(received);
+        }
+    }
+    if got.bytes == 0 && fds.is_empty() {
+        return Err(HandoverError::PeerClosed);
+    }
+    if got.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+        return Err(HandoverError::Malformed("too many descriptors".into()));
+    }
+    if got.bytes < HEADER {
+        // With MSG_WAITALL a short read means the peer closed mid-frame.
+        return Err(HandoverError::Malformed(format!("short header ({} bytes)", got.bytes)));
+    }
+    if &header[..4] != MAGIC {
+        return Err(HandoverError::Malformed("bad magic".into()));
+    }
+    let flags = header[4];
+    if flags & !(FLAG_RO | FLAG_NAMED) != 0 {
+        return Err(HandoverError::Malformed(format!("unknown flags {flags:#x}")));
+    }
+    let len = u64::from_le_bytes(header[5..13].try_into().expect("8 bytes"));
+    let name_len = header[13] as usize;
+    let mut name = vec![0u8; name_len];
+    if name_len > 0 {
+        let stream = rustix::io::dup(&socket).map_err(io)?;
+        std::fs::File::from(stream).read_exact(&mut name).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => HandoverError::Malformed("short name".into()),
+            _ => io(e),
+        })?;
+    }
+    let fd = match <[OwnedFd; 1]>::try_from(fds) {
+        Ok([fd]) => fd,
+        Err(v) => return Err(HandoverError::Malformed(format!("{} descriptors instead of 1", v.len()))),
+    };
+    let name = match (flags & FLAG_NAMED != 0, name_len) {
+        (false, 0) => None,
+        (true, n) if n > 0 => {
+            let s = std::str::from_utf8(&name).map_err(|_| HandoverError::Malformed("name is not UTF-8".into()))?;
+            Some(Name::new(s).map_err(|e| HandoverError::Malformed(format!("bad name: {e}")))?)
+        }
+        _ => return Err(HandoverError::Malformed("name flag and name disagree".into())),
+    };
+    let st = rfs::fstat(&fd).map_err(io)?;
+    if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
+        return Err(HandoverError::Malformed("the descriptor is not a section".into()));
+    }
+    if len == 0 || len > st.st_size as u64 {
+        return Err(HandoverError::Malformed(format!("size {len} does not fit the object of {} bytes", st.st_size)));
+    }
+    // The descriptor's own mode decides; the flag can only restrict it.
+    let mut access = access_of(&fd).map_err(HandoverError::Io)?;
+    if flags & FLAG_RO != 0 {
+        access = Access::ReadOnly;
+    }
+        let kind = kind_of(&fd, name.is_some());
+    Ok(Section::from_parts(SysSection::from_fd(fd, len, access, kind), name))
+}

@@ -1,0 +1,258 @@
+//! Linux backend: memfd and POSIX shared-memory objects, `mmap`, `flock` for
+//! holder tracking, `SCM_RIGHTS` for hand-over. All system calls go through
+//! rustix, which returns `Result` (no errno juggling here).
+
+pub(crate) mod handover;
+mod inherit;
+mod namespace;
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, OnceLock};
+
+use rustix::fs::{self as rfs, MemfdFlags, OFlags, SealFlags};
+use rustix::io::Errno;
+use rustix::mm::{self, MapFlags, MsyncFlags, ProtFlags};
+
+use crate::error::{CreateError, MapError, ReadOnlyError};
+use crate::section::Access;
+
+pub(crate) use inherit::{spawn_with_sections, take_inherited};
+pub(crate) use namespace::{list, remove};
+
+/// What kind of object a descriptor refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A memfd: sealable.
+    Anonymous,
+    /// An object in `/dev/shm`: each open description holds a shared `flock`.
+    Named,
+    /// A regular file.
+    File,
+}
+
+#[derive(Debug)]
+pub(crate) struct Section {
+    fd: OwnedFd,
+    len: u64,
+    access: Access,
+    kind: Kind,
+    /// A writable mapping of the whole section, made just before this process
+    /// seals the memfd against new writable mappings (see `read_only`), from
+    /// which its later writable views are served.
+    keeper: OnceLock<Arc<Mapping>>,
+}
+
+fn io_err(e: Errno) -> io::Error {
+    io::Error::from(e)
+}
+
+fn access_of(fd: impl AsFd) -> io::Result<Access> {
+    let fl = rfs::fcntl_getfl(fd)?;
+    Ok(if fl & OFlags::RWMODE == OFlags::RDONLY { Access::ReadOnly } else { Access::ReadWrite })
+}
+
+/// Classifies a received or inherited descriptor. Our memfds carry the
+/// shrink and grow seals from birth; named sections are announced with a name.
+pub(crate) fn kind_of(fd: impl AsFd, named: bool) -> Kind {
+    let anonymous = rfs::fcntl_get_seals(fd).is_ok_and(|s| s.contains(SealFlags::SHRINK | SealFlags::GROW));
+    match (anonymous, named) {
+        (true, _) => Kind::Anonymous,
+        (false, true) => Kind::Named,
+        (false, false) => Kind::File,
+    }
+}
+
+impl Section {
+    pub(crate) fn from_fd(fd: OwnedFd, len: u64, access: Access, kind: Kind) -> Section {
+        Section { fd, len, access, kind, keeper: OnceLock::new() }
+    }
+
+    pub(crate) fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    pub(crate) fn anonymous(size: u64) -> Result<Section, CreateError> {
+        let object = || "anonymous section".to_string();
+        let io = |e: Errno| CreateError::Io { object: object(), source: io_err(e) };
+        let fd = rfs::memfd_create("copydata", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).map_err(io)?;
+        rfs::ftruncate(&fd, size).map_err(|e| match e {
+            Errno::FBIG | Errno::INVAL => CreateError::InvalidSize { size, reason: "too large for a memfd" },
+            e => io(e),
+        })?;
+        // A fixed size: no holder may shrink the memory under another
+        // process's mapping (which would crash it with SIGBUS) or grow it.
+        rfs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).map_err(io)?;
+        Ok(Section::from_fd(fd, size, Access::ReadWrite, Kind::Anonymous))
+    }
+
+    pub(crate) fn create(name: &crate::name::Name, size: u64) -> Result<Section, CreateError> {
+        namespace::create(name, size)
+    }
+
+    pub(crate) fn open(name: &crate::name::Name, access: Access) -> Result<Section, crate::OpenError> {
+        namespace::open(name, access)
+    }
+
+    pub(crate) fn open_or_create(name: &crate::name::Name, size: u64) -> Result<(Section, bool), CreateError> {
+        namespace::open_or_create(name, size)
+    }
+
+    pub(crate) fn from_file(file: &File, access: Access) -> Result<Section, CreateError> {
+        let object = || "file-backed section".to_string();
+        let io = |e: io::Error| match e.kind() {
+            io::ErrorKind::PermissionDenied => CreateError::PermissionDenied { object: object(), source: e },
+            _ => CreateError::Io { object: object(), source: e },
+        };
+        let fd = rustix::io::fcntl_dupfd_cloexec(file, 0).map_err(|e| io(io_err(e)))?;
+        let opened = access_of(&fd).map_err(io)?;
+        if access == Access::ReadWrite && opened == Access::ReadOnly {
+            return Err(io(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the file is open read-only but a writable section was asked for",
+            )));
+        }
+        let st = rfs::fstat(&fd).map_err(|e| io(io_err(e)))?;
+        if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
+            return Err(io(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
+        }
+        let size = st.st_size as u64;
+        if size == 0 {
+            return Err(CreateError::InvalidSize { size, reason: "the file is empty" });
+        }
+        Ok(Section::from_fd(fd, size, access, Kind::File))
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub(crate) fn access(&self) -> Access {
+        self.access
+    }
+
+    pub(crate) fn read_only(&self) -> Result<Section, ReadOnlyError> {
+        let io = |e: Errno| ReadOnlyError::Io(io_err(e));
+        if self.kind == Kind::Anonymous {
+            if self.access == Access::ReadWrite {
+                // Keep write access for this process before the seal forbids
+                // new writable mappings.
+                if self.keeper.get().is_none() {
+                    let whole = map_fd(&self.fd, 0, self.len as usize, Access::ReadWrite).map_err(|e| match e {
+                        MapError::Io(e) => ReadOnlyError::Io(e),
+                        other => ReadOnlyError::Io(io::Error::other(other)),
+                    })?;
+                    let _ = self.keeper.set(Arc::new(whole.0));
+                }
+            }
+            match rfs::fcntl_add_seals(&self.fd, SealFlags::FUTURE_WRITE) {
+                // Already sealed (by an earlier hand-out, possibly elsewhere, or
+                // with F_SEAL_SEAL): fine as long as writes are sealed.
+                Ok(()) | Err(Errno::PERM) => {}
+                Err(e) => return Err(io(e)),
+            }
+            let seals = rfs::fcntl_get_seals(&self.fd).map_err(io)?;
+            if !seals.intersects(SealFlags::FUTURE_WRITE | SealFlags::WRITE) {
+                return Err(ReadOnlyError::Io(io::Error::other("the memfd cannot be sealed against writes")));
+            }
+        }
+        let fd = reopen_read_only(&self.fd).map_err(io)?;
+        if self.kind == Kind::Named {
+            // A new open description: it must hold its own share of the lock
+            // to count as a holder.
+            rfs::flock(&fd, rfs::FlockOperation::LockShared).map_err(io)?;
+        }
+        Ok(Section::from_fd(fd, self.len, Access::ReadOnly, self.kind))
+    }
+
+    pub(crate) fn map(&self, offset: u64, len: usize, access: Access) -> Result<(Arc<Mapping>, usize), MapError> {
+        if access == Access::ReadWrite
+            && let Some(keeper) = self.keeper.get()
+        {
+            return Ok((keeper.clone(), offset as usize));
+        }
+        let (map, start) = map_fd(&self.fd, offset, len, access)?;
+        Ok((Arc::new(map), start))
+    }
+}
+
+/// A new `O_RDONLY` open description of the same object, through
+/// `/proc/self/fd` (a dup would share the read-write description).
+fn reopen_read_only(fd: &OwnedFd) -> Result<OwnedFd, Errno> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    rfs::open(path.as_str(), OFlags::RDONLY | OFlags::CLOEXEC, rfs::Mode::empty())
+}
+
+/// Maps `len` bytes at `offset`, aligning the start down to a page boundary.
+/// Returns the mapping and where the requested byte lies in it.
+fn map_fd(fd: &OwnedFd, offset: u64, len: usize, access: Access) -> Result<(Mapping, usize), MapError> {
+    let page = rustix::param::page_size() as u64;
+    let aligned = offset - offset % page;
+    let start = (offset - aligned) as usize;
+    let map_len = start.checked_add(len).ok_or(MapError::OutOfRange { offset, len: len as u64, size: u64::MAX })?;
+    let prot = match access {
+        Access::ReadOnly => ProtFlags::READ,
+        Access::ReadWrite => ProtFlags::READ | ProtFlags::WRITE,
+    };
+    // SAFETY:
+    // - a null hint lets the kernel choose a fresh address range, so no
+    //   existing memory (and no Rust reference into it) is affected;
+    // - the result is only accessed through `Mapping`, which exposes raw
+    //   pointers, never references.
+    let ptr = unsafe { mm::mmap(std::ptr::null_mut(), map_len, prot, MapFlags::SHARED, fd, aligned) }.map_err(
+        |e| match e {
+            // EACCES: descriptor not open for writing; EPERM: write-sealed memfd.
+            Errno::ACCESS | Errno::PERM if access == Access::ReadWrite => MapError::ReadOnly,
+            e => MapError::Io(io_err(e)),
+        },
+    )?;
+    Ok((Mapping { ptr: ptr.cast(), len: map_len }, start))
+}
+
+/// A mapped range, unmapped on drop.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY:
+// - the mapping is plain shared memory owned by this value; it is not tied to
+//   the thread that made it, and all access goes through raw pointers, atomics
+//   and copies, which are as thread-safe as they are process-safe.
+unsafe impl Send for Mapping {}
+// SAFETY: as for `Send`; `&Mapping` only hands out raw pointers.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    pub(crate) fn ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn flush(&self, start: usize, len: usize) -> io::Result<()> {
+        let page = rustix::param::page_size();
+        let aligned = start - start % page;
+        // SAFETY:
+        // - `aligned..start + len` lies inside this live mapping (the view
+        //   range is inside it, and the mapping starts page-aligned);
+        // - msync does not change the memory's contents.
+        unsafe { mm::msync(self.ptr.add(aligned).cast(), start - aligned + len, MsyncFlags::SYNC) }.map_err(io_err)
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY:
+        // - `ptr`/`len` are exactly what mmap returned and nothing else unmaps
+        //   them;
+        // - every view referring to this mapping holds an `Arc` to it, so none
+        //   is left when it is dropped.
+        let _ = unsafe { mm::munmap(self.ptr.cast(), self.len) };
+    }
+}

@@ -1,0 +1,268 @@
+//! Named sections: POSIX shared-memory objects in `/dev/shm`, which is what
+//! glibc's and musl's `shm_open("/NAME")` open, so other programs see the
+//! same objects under the same names.
+//!
+//! Holders: every open description of a named section holds a shared `flock`
+//! on it. The kernel drops the lock when the last descriptor and mapping of
+//! that description is gone, which includes the death of the process. A
+//! section whose lock can be taken exclusively therefore has no holder left:
+//! it is dead, and whoever meets it (create, open, list) unlinks it. Only
+//! objects carrying copydata's marker (the extended attribute
+//! `user.copydata`) are ever reclaimed; other programs' objects are left
+//! alone.
+//!
+//! Creation never exposes a half-made object: it is made under a hidden
+//! temporary name, sized, locked and marked, then published with
+//! `renameat2(RENAME_NOREPLACE)`. Opening re-checks after locking that the
+//! name still refers to the same object, so a concurrent reclaim cannot hand
+//! out an unlinked one.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rustix::fs::{self as rfs, AtFlags, FlockOperation, Mode, OFlags, RenameFlags, XattrFlags};
+use rustix::io::Errno;
+
+use super::{Kind, Section, io_err};
+use crate::error::{CreateError, ListError, OpenError, RemoveError};
+use crate::name::Name;
+use crate::section::{Access, SectionInfo};
+
+const SHM_DIR: &str = "/dev/shm";
+const MARKER: &str = "user.copydata";
+const MARKER_VALUE: &[u8] = b"section";
+const TEMP_PREFIX: &str = ".copydata-tmp-";
+/// Bound on retries of races with concurrent creators and reclaimers; each
+/// retry means another process made progress, so this is never reached in
+/// practice.
+const MAX_RETRIES: usize = 10_000;
+
+fn shm_dir() -> io::Result<OwnedFd> {
+    rfs::open(SHM_DIR, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(io_err)
+}
+
+fn is_marked(fd: impl AsFd) -> bool {
+    let mut buf = [0u8; 16];
+    matches!(rfs::fgetxattr(fd, MARKER, &mut buf[..]), Ok(n) if &buf[..n] == MARKER_VALUE)
+}
+
+/// Whether `name` in `dir` still refers to the object `fd` is open on.
+fn same_object(dir: &OwnedFd, name: &str, fd: impl AsFd) -> bool {
+    match (rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW), rfs::fstat(fd)) {
+        (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+        _ => false,
+    }
+}
+
+/// Unlinks `name` if it is a copydata object without holders. Returns whether
+/// it did.
+fn reclaim_if_dead(dir: &OwnedFd, name: &str) -> bool {
+    let Ok(fd) = rfs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty())
+    else {
+        return false;
+    };
+    if !is_marked(&fd) {
+        return false;
+    }
+    reclaim_locked(dir, name, &fd)
+}
+
+fn reclaim_locked(dir: &OwnedFd, name: &str, fd: &OwnedFd) -> bool {
+    if rfs::flock(fd, FlockOperation::NonBlockingLockExclusive).is_err() {
+        return false;
+    }
+    // Holding the exclusive lock, nobody can become a holder of this object;
+    // unlink it only if the name still means it.
+    same_object(dir, name, fd) && rfs::unlinkat(dir, name, AtFlags::empty()).is_ok()
+}
+
+fn temp_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{TEMP_PREFIX}{}-{n}-{nanos}", rustix::process::getpid().as_raw_nonzero())
+}
+
+pub(crate) fn create(name: &Name, size: u64) -> Result<Section, CreateError> {
+    let obj = || name.to_string();
+    let io = |e: io::Error| match e.kind() {
+        io::ErrorKind::PermissionDenied => CreateError::PermissionDenied { object: obj(), source: e },
+        _ => CreateError::Io { object: obj(), source: e },
+    };
+    let dir = shm_dir().map_err(io)?;
+    let vfs = rfs::fstatvfs(&dir).map_err(|e| io(io_err(e)))?;
+    let available = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+    if size > available {
+        return Err(CreateError::NoSpace { name: obj(), size, available });
+    }
+    for _ in 0..MAX_RETRIES {
+        let temp = temp_name();
+        let fd = rfs::openat(
+            &dir,
+            temp.as_str(),
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::RUSR | Mode::WUSR,
+        )
+        .map_err(|e| io(io_err(e)))?;
+        let prepared = (|| {
+            rfs::flock(&fd, FlockOperation::LockShared)?;
+            rfs::ftruncate(&fd, size)?;
+            match rfs::fsetxattr(&fd, MARKER, MARKER_VALUE, XattrFlags::empty()) {
+                // Without xattrs on tmpfs (Linux < 6.6) the section works but a
+                // crashed last holder's object is not reclaimed.
+                Ok(()) | Err(Errno::OPNOTSUPP) => {}
+                Err(e) => return Err(e),
+            }
+            Ok(())
+        })();
+        if let Err(e) = prepared {
+            let _ = rfs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
+            return Err(match e {
+                Errno::FBIG | Errno::INVAL => CreateError::InvalidSize { size, reason: "too large for /dev/shm" },
+                e => io(io_err(e)),
+            });
+        }
+        match rfs::renameat_with(&dir, temp.as_str(), &dir, name.as_str(), RenameFlags::NOREPLACE) {
+            Ok(()) => return Ok(Section::from_fd(fd, size, Access::ReadWrite, Kind::Named)),
+            Err(Errno::EXIST) => {
+                let _ = rfs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
+                if !reclaim_if_dead(&dir, name.as_str()) && rfs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+                    return Err(CreateError::AlreadyExists { name: obj() });
+                }
+                // The old object was dead and is gone now: try again.
+            }
+            // A lister took our temporary object for a crashed creator's
+            // leftover (it had not been locked yet): make a new one.
+            Err(Errno::NOENT) => {}
+            Err(e) => {
+                let _ = rfs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
+                return Err(io(io_err(e)));
+            }
+        }
+    }
+    Err(io(io::Error::other("gave up after too many concurrent changes to the name")))
+}
+
+pub(crate) fn open(name: &Name, access: Access) -> Result<Section, OpenError> {
+    let n = || name.to_string();
+    let io = |e: io::Error| match e.kind() {
+        io::ErrorKind::PermissionDenied => OpenError::PermissionDenied { name: n(), source: e },
+        _ => OpenError::Io { name: n(), source: e },
+    };
+    let dir = shm_dir().map_err(io)?;
+    let mode = match access {
+        Access::ReadOnly => OFlags::RDONLY,
+        Access::ReadWrite => OFlags::RDWR,
+    };
+    for _ in 0..MAX_RETRIES {
+        let fd = match rfs::openat(&dir, name.as_str(), mode | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Err(OpenError::NotFound { name: n() }),
+            Err(e) => return Err(io(io_err(e))),
+        };
+        let st = rfs::fstat(&fd).map_err(|e| io(io_err(e)))?;
+        if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
+            return Err(io(io::Error::new(io::ErrorKind::InvalidData, "not a shared-memory object")));
+        }
+        match rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {
+                if is_marked(&fd) {
+                    // A copydata section without holders is dead.
+                    if same_object(&dir, name.as_str(), &fd) {
+                        let _ = rfs::unlinkat(&dir, name.as_str(), AtFlags::empty());
+                    }
+                    return Err(OpenError::NotFound { name: n() });
+                }
+                // Another program's object: from now on we hold it.
+                if rfs::flock(&fd, FlockOperation::NonBlockingLockShared).is_err() {
+                    continue;
+                }
+            }
+            Err(Errno::WOULDBLOCK) => {
+                if rfs::flock(&fd, FlockOperation::NonBlockingLockShared).is_err() {
+                    // A reclaimer holds it exclusively right now.
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+            }
+            Err(e) => return Err(io(io_err(e))),
+        }
+        if !same_object(&dir, name.as_str(), &fd) {
+            continue;
+        }
+        // Re-read the size now that we hold it (a creator sizes the object
+        // before publishing, but a foreign program may have resized it).
+        let st = rfs::fstat(&fd).map_err(|e| io(io_err(e)))?;
+        return Ok(Section::from_fd(fd, st.st_size as u64, access, Kind::Named));
+    }
+    Err(io(io::Error::other("gave up after too many concurrent changes to the name")))
+}
+
+pub(crate) fn open_or_create(name: &Name, size: u64) -> Result<(Section, bool), CreateError> {
+    for _ in 0..MAX_RETRIES {
+        match create(name, size) {
+            Ok(s) => return Ok((s, true)),
+            Err(CreateError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        match open(name, Access::ReadWrite) {
+            Ok(s) => return Ok((s, false)),
+            Err(OpenError::NotFound { .. }) => continue,
+            Err(OpenError::PermissionDenied { name, source }) => {
+                return Err(CreateError::PermissionDenied { object: name, source });
+            }
+            Err(OpenError::Io { name, source }) => return Err(CreateError::Io { object: name, source }),
+            Err(e) => return Err(CreateError::Io { object: name.to_string(), source: io::Error::other(e.to_string()) }),
+        }
+    }
+    Err(CreateError::Io { object: name.to_string(), source: io::Error::other("gave up after too many concurrent changes to the name") })
+}
+
+pub(crate) fn remove(name: &Name) -> Result<(), RemoveError> {
+    let n = || name.to_string();
+    let dir = shm_dir().map_err(|source| RemoveError::Io { name: n(), source })?;
+    match rfs::unlinkat(&dir, name.as_str(), AtFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(Errno::NOENT) => Err(RemoveError::NotFound { name: n() }),
+        Err(e @ (Errno::ACCESS | Errno::PERM)) => Err(RemoveError::PermissionDenied { name: n(), source: io_err(e) }),
+        Err(e) => Err(RemoveError::Io { name: n(), source: io_err(e) }),
+    }
+}
+
+pub(crate) fn list() -> Result<Vec<SectionInfo>, ListError> {
+    let dir = shm_dir().map_err(ListError::Io)?;
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(SHM_DIR).map_err(ListError::Io)? {
+        let Ok(entry) = entry else { continue };
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        if name.starts_with(TEMP_PREFIX) {
+            // A creator holds its temporary object locked; an unlocked one was
+            // left by a creator that died before publishing.
+            if let Ok(fd) = rfs::openat(&dir, name.as_str(), flags, Mode::empty()) {
+                reclaim_locked(&dir, &name, &fd);
+            }
+            continue;
+        }
+        if crate::validate_name(&name).is_err() {
+            continue;
+        }
+        let Ok(fd) = rfs::openat(&dir, name.as_str(), flags, Mode::empty()) else { continue };
+        if !is_marked(&fd) {
+            continue;
+        }
+        if rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            // No holder: dead. Unlink it if the name still means it.
+            if same_object(&dir, &name, &fd) {
+                let _ = rfs::unlinkat(&dir, name.as_str(), AtFlags::empty());
+            }
+            continue;
+        }
+        if let Ok(st) = rfs::fstat(&fd) {
+            out.push(SectionInfo { name, size: st.st_size as u64 });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,49 @@
+//! Operating-system backends.
+//!
+//! Exactly one backend is compiled: `linux`, `windows`, or `unsupported`
+//! (every constructor fails with an `Unsupported` error, so the crate builds
+//! everywhere). Each backend provides, under these names:
+//!
+//! - `struct Section`: owns one OS section object (fd or handle), closed on
+//!   drop, `Send + Sync`, with
+//!   - `anonymous(size: u64) -> Result<Section, CreateError>`
+//!   - `create(name: &Name, size: u64) -> Result<Section, CreateError>`:
+//!     fails with `AlreadyExists` while a live section has the name
+//!   - `open(name: &Name, access: Access) -> Result<Section, OpenError>`
+//!   - `open_or_create(name: &Name, size: u64) -> Result<(Section, bool), CreateError>`
+//!     (`true` when this call created it)
+//!   - `from_file(file: &File, access: Access) -> Result<Section, CreateError>`
+//!   - `len(&self) -> u64`, `access(&self) -> Access`
+//!   - `read_only(&self) -> Result<Section, ReadOnlyError>`: a handle the
+//!     holder cannot turn back into write access
+//!   - `map(&self, offset: u64, len: usize, access: Access) -> Result<(Arc<Mapping>, usize), MapError>`:
+//!     a mapping containing the range and where the range starts inside it;
+//!     the caller has already checked the range against `len()` and the access
+//!     against `access()`
+//! - `struct Mapping`: a mapped range, unmapped on drop, `Send + Sync`, with
+//!   `ptr(&self) -> *mut u8`, `len(&self) -> usize` and `flush(&self, start, len) -> io::Result<()>`.
+//! - `remove(name: &Name) -> Result<(), RemoveError>`
+//! - `list() -> Result<Vec<SectionInfo>, ListError>`
+//! - `spawn_with_sections(cmd: &mut Command, sections: &[(&Section, Option<&Name>)]) -> io::Result<Child>`:
+//!   passes the sections (and nothing else) to the child and sets
+//!   [`INHERIT_VAR`](crate::INHERIT_VAR) to a token describing them
+//! - `take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>, InheritError>`:
+//!   the child's side; validates every entry before taking ownership.
+//!
+//! Platform-specific extras (hand-over to unrelated processes) are public
+//! through [`crate::os`].
+
+#[cfg(target_os = "linux")]
+pub(crate) mod linux;
+#[cfg(target_os = "linux")]
+pub(crate) use linux::*;
+
+#[cfg(windows)]
+pub(crate) mod windows;
+#[cfg(windows)]
+pub(crate) use windows::*;
+
+#[cfg(not(any(target_os = "linux", windows)))]
+mod unsupported;
+#[cfg(not(any(target_os = "linux", windows)))]
+pub(crate) use unsupported::*;
