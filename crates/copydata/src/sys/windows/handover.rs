@@ -1,0 +1,76 @@
+//! Handing a section to an unrelated process with `DuplicateHandle`.
+
+use std::os::windows::io::{FromRawHandle, OwnedHandle, RawHandle};
+
+use windows_sys::Win32::Foundation::{ERROR_ACCESS_DENIED, ERROR_INVALID_PARAMETER};
+use windows_sys::Win32::System::Threading::{OpenProcess, PROCESS_DUP_HANDLE};
+
+use super::{Section as SysSection, duplicate, owned, section_size};
+use crate::error::HandoverError;
+use crate::name::Name;
+use crate::section::{Access, Section};
+
+/// A section handle duplicated into another process: tell that process these
+/// values (by any channel), and it calls [`adopt_section`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duplicated {
+    /// The handle's value, valid in the target process only.
+    pub handle: u64,
+    /// The section's size in bytes.
+    pub len: u64,
+    /// The handle's access (that of the section it was duplicated from).
+    pub access: Access,
+}
+
+/// Duplicates `section`'s handle into the process `pid` (`DuplicateHandle`),
+/// with the section's access; pass a [`Section::read_only`] handle to hand
+/// over read-only.
+///
+/// The new handle belongs to the target process from now on: if it never
+/// adopts it, it stays open there until that process exits.
+#[doc(alias = "DuplicateHandle")]
+pub fn duplicate_into(section: &Section, pid: u32) -> Result<Duplicated, HandoverError> {
+    // SAFETY: opens a process handle by id; no memory is passed.
+    let process = unsafe { OpenProcess(PROCESS_DUP_HANDLE, 0, pid) };
+    let process = owned(process).map_err(|e| match e.raw_os_error().map(|c| c as u32) {
+        Some(ERROR_INVALID_PARAMETER) => HandoverError::NoSuchProcess { pid },
+        Some(ERROR_ACCESS_DENIED) => HandoverError::PermissionDenied(e),
+        _ => HandoverError::Io(e),
+    })?;
+    let inner = section.inner();
+    let value = duplicate(inner.handle(), super::raw(&process), 0, false).map_err(HandoverError::Io)?;
+    Ok(Duplicated { handle: value as usize as u64, len: section.len(), access: section.access() })
+}
+
+/// Takes ownership of a section handle another process duplicated into this
+/// one with [`duplicate_into`].
+///
+/// The handle is checked to be a section at least `len` bytes large;
+/// `access` can only restrict what the handle allows (a write request on a
+/// read-only handle fails at [`Section::map_mut`]).
+///
+/// # Safety
+///
+/// `handle` must be a handle value that was duplicated into this process for
+/// this caller, and that nothing else in this process owns or closes: it is
+/// closed when the returned section is dropped.
+pub unsafe fn adopt_section(
+    handle: u64,
+    len: u64,
+    access: Access,
+    name: Option<&str>,
+) -> Result<Section, HandoverError> {
+    let name = name
+        .map(Name::new)
+        .transpose()
+        .map_err(|e| HandoverError::Malformed(format!("bad name: {e}")))?;
+    let raw = usize::try_from(handle).map_err(|_| HandoverError::Malformed("handle out of range".into()))?;
+    let size = section_size(raw as _).map_err(|e| HandoverError::Malformed(format!("handle {handle:#x}: {e}")))?;
+    if len == 0 || len > size {
+        return Err(HandoverError::Malformed(format!("size {len} does not fit the section of {size} bytes")));
+    }
+    // SAFETY: the caller guarantees the handle was given to us alone; it was
+    // just checked to be a live section.
+    let owned = unsafe { OwnedHandle::from_raw_handle(raw as RawHandle) };
+    Ok(Section::from_parts(SysSection::from_handle(owned, len, access), name))
+}
