@@ -106,10 +106,22 @@ mod tests {
         assert_eq!(validate_name(""), Err(NameError::Empty));
         assert_eq!(
             validate_name(&"x".repeat(MAX_NAME_LEN + 1)),
-            Err(NameError::TooLong { len: MAX_NAME_LEN + 1 })
+            Err(NameError::TooLong {
+                len: MAX_NAME_LEN + 1
+            })
         );
-        for (bad, ch) in [("a/b", '/'), ("a\\b", '\\'), ("a b", ' '), ("é", 'é'), ("a\0", '\0')] {
-            assert_eq!(validate_name(bad), Err(NameError::BadChar { ch }), "{bad:?}");
+        for (bad, ch) in [
+            ("a/b", '/'),
+            ("a\\b", '\\'),
+            ("a b", ' '),
+            ("é", 'é'),
+            ("a\0", '\0'),
+        ] {
+            assert_eq!(
+                validate_name(bad),
+                Err(NameError::BadChar { ch }),
+                "{bad:?}"
+            );
         }
         assert_eq!(validate_name(".."), Err(NameError::LeadingDot));
         assert_eq!(validate_name(".hidden"), Err(NameError::LeadingDot));

@@ -5,7 +5,9 @@ use std::process::{Child, Command};
 use std::sync::Mutex;
 use std::{fmt, io};
 
-use crate::error::{CreateError, InheritError, ListError, MapError, OpenError, ReadOnlyError, RemoveError};
+use crate::error::{
+    CreateError, InheritError, ListError, MapError, OpenError, ReadOnlyError, RemoveError,
+};
 use crate::name::Name;
 use crate::sys;
 use crate::view::{View, ViewMut};
@@ -79,7 +81,11 @@ pub struct SectionInfo {
 
 impl Section {
     fn wrap(inner: sys::Section, name: Option<Name>, created: bool) -> Section {
-        Section { inner, name, created }
+        Section {
+            inner,
+            name,
+            created,
+        }
     }
 
     /// Creates an anonymous section of `size` bytes, zero-filled.
@@ -145,7 +151,11 @@ impl Section {
     /// part crash the accessing process (SIGBUS on Linux); keep such files
     /// private to your application.
     pub fn from_file(file: &File, access: Access) -> Result<Section, CreateError> {
-        Ok(Self::wrap(sys::Section::from_file(file, access)?, None, true))
+        Ok(Self::wrap(
+            sys::Section::from_file(file, access)?,
+            None,
+            true,
+        ))
     }
 
     /// The section's size in bytes.
@@ -196,7 +206,11 @@ impl Section {
     #[doc(alias = "DuplicateHandle")]
     #[doc(alias = "F_SEAL_FUTURE_WRITE")]
     pub fn read_only(&self) -> Result<Section, ReadOnlyError> {
-        Ok(Self::wrap(self.inner.read_only()?, self.name.clone(), false))
+        Ok(Self::wrap(
+            self.inner.read_only()?,
+            self.name.clone(),
+            false,
+        ))
     }
 
     /// Maps `len` bytes starting at `offset` for reading. The offset needs no
@@ -225,9 +239,15 @@ impl Section {
             return Err(MapError::ZeroLength);
         }
         let size = self.len();
-        let in_range = offset.checked_add(len as u64).is_some_and(|end| end <= size);
+        let in_range = offset
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= size);
         if !in_range {
-            return Err(MapError::OutOfRange { offset, len: len as u64, size });
+            return Err(MapError::OutOfRange {
+                offset,
+                len: len as u64,
+                size,
+            });
         }
         if access == Access::ReadWrite && self.access() == Access::ReadOnly {
             return Err(MapError::ReadOnly);
@@ -256,10 +276,16 @@ impl fmt::Debug for Section {
 
 fn check_size(size: u64) -> Result<(), CreateError> {
     if size == 0 {
-        return Err(CreateError::InvalidSize { size, reason: "a section must be at least one byte" });
+        return Err(CreateError::InvalidSize {
+            size,
+            reason: "a section must be at least one byte",
+        });
     }
     if size > isize::MAX as u64 {
-        return Err(CreateError::InvalidSize { size, reason: "larger than the address space" });
+        return Err(CreateError::InvalidSize {
+            size,
+            reason: "larger than the address space",
+        });
     }
     Ok(())
 }
@@ -327,7 +353,10 @@ pub trait CommandExt {
 
 impl CommandExt for Command {
     fn spawn_with_sections(&mut self, sections: &[&Section]) -> io::Result<Child> {
-        let parts: Vec<_> = sections.iter().map(|s| (s.inner(), s.name.as_ref())).collect();
+        let parts: Vec<_> = sections
+            .iter()
+            .map(|s| (s.inner(), s.name.as_ref()))
+            .collect();
         sys::spawn_with_sections(self, &parts)
     }
 }
@@ -357,5 +386,8 @@ pub fn inherited_sections() -> Result<Vec<Section>, InheritError> {
     })?;
     *taken = true;
     let parts = sys::take_inherited(&token)?;
-    Ok(parts.into_iter().map(|(s, name)| Section::from_parts(s, name)).collect())
+    Ok(parts
+        .into_iter()
+        .map(|(s, name)| Section::from_parts(s, name))
+        .collect())
 }

@@ -21,7 +21,10 @@ use crate::error::InheritError;
 use crate::name::Name;
 use crate::section::INHERIT_VAR;
 
-pub(crate) fn spawn_with_sections(cmd: &mut Command, sections: &[(&Section, Option<&Name>)]) -> io::Result<Child> {
+pub(crate) fn spawn_with_sections(
+    cmd: &mut Command,
+    sections: &[(&Section, Option<&Name>)],
+) -> io::Result<Child> {
     let mut fds: Vec<OwnedFd> = Vec::with_capacity(sections.len());
     let mut entries = Vec::with_capacity(sections.len());
     for (section, name) in sections {
@@ -63,11 +66,17 @@ pub(crate) fn spawn_with_sections(cmd: &mut Command, sections: &[(&Section, Opti
 }
 
 fn malformed(reason: impl Into<String>) -> InheritError {
-    InheritError::Malformed { var: INHERIT_VAR, reason: reason.into() }
+    InheritError::Malformed {
+        var: INHERIT_VAR,
+        reason: reason.into(),
+    }
 }
 
 fn stale(reason: impl Into<String>) -> InheritError {
-    InheritError::Stale { var: INHERIT_VAR, reason: reason.into() }
+    InheritError::Stale {
+        var: INHERIT_VAR,
+        reason: reason.into(),
+    }
 }
 
 struct Entry {
@@ -78,7 +87,9 @@ struct Entry {
 }
 
 fn parse(token: &str) -> Result<Vec<Entry>, InheritError> {
-    let rest = token.strip_prefix("1;").ok_or_else(|| malformed("unknown version"))?;
+    let rest = token
+        .strip_prefix("1;")
+        .ok_or_else(|| malformed("unknown version"))?;
     if rest.is_empty() {
         return Ok(Vec::new());
     }
@@ -86,12 +97,18 @@ fn parse(token: &str) -> Result<Vec<Entry>, InheritError> {
         .map(|entry| {
             let mut parts = entry.split(':');
             let mut num = |what: &str| -> Result<u64, InheritError> {
-                parts.next().and_then(|p| p.parse().ok()).ok_or_else(|| malformed(format!("bad {what} in {entry:?}")))
+                parts
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| malformed(format!("bad {what} in {entry:?}")))
             };
             let fd = num("descriptor")?;
             let dev = num("device")?;
             let ino = num("inode")?;
-            let fd = RawFd::try_from(fd).ok().filter(|&fd| fd >= 3).ok_or_else(|| malformed("descriptor out of range"))?;
+            let fd = RawFd::try_from(fd)
+                .ok()
+                .filter(|&fd| fd >= 3)
+                .ok_or_else(|| malformed("descriptor out of range"))?;
             let name = match parts.next() {
                 None => None,
                 Some(n) => Some(Name::new(n).map_err(|e| malformed(format!("bad name: {e}")))?),
@@ -116,7 +133,12 @@ pub(crate) fn take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>
         let inheritable = fcntl_getfd(fd).map(|f| !f.contains(FdFlags::CLOEXEC));
         match (inheritable, rfs::fstat(fd)) {
             (Ok(true), Ok(st)) if st.st_dev == e.dev && st.st_ino == e.ino => {}
-            _ => return Err(stale(format!("descriptor {} is not the section the parent passed", e.fd))),
+            _ => {
+                return Err(stale(format!(
+                    "descriptor {} is not the section the parent passed",
+                    e.fd
+                )));
+            }
         }
     }
     let mut out = Vec::with_capacity(entries.len());
@@ -132,7 +154,10 @@ pub(crate) fn take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>
         let st = rfs::fstat(&fd).map_err(|e| InheritError::Io(e.into()))?;
         let access = access_of(&fd).map_err(InheritError::Io)?;
         let kind = kind_of(&fd, e.name.is_some());
-        out.push((Section::from_fd(fd, st.st_size as u64, access, kind), e.name));
+        out.push((
+            Section::from_fd(fd, st.st_size as u64, access, kind, e.name.as_ref()),
+            e.name,
+        ));
     }
     Ok(out)
 }

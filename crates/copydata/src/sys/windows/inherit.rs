@@ -9,14 +9,19 @@ use std::io;
 use std::os::windows::io::{FromRawHandle, OwnedHandle, RawHandle};
 use std::process::{Child, Command};
 
-use windows_sys::Win32::Foundation::{GetHandleInformation, HANDLE, HANDLE_FLAG_INHERIT, SetHandleInformation};
+use windows_sys::Win32::Foundation::{
+    GetHandleInformation, HANDLE, HANDLE_FLAG_INHERIT, SetHandleInformation,
+};
 
 use super::{Section, current_process, duplicate, section_size};
 use crate::error::InheritError;
 use crate::name::Name;
 use crate::section::{Access, INHERIT_VAR};
 
-pub(crate) fn spawn_with_sections(cmd: &mut Command, sections: &[(&Section, Option<&Name>)]) -> io::Result<Child> {
+pub(crate) fn spawn_with_sections(
+    cmd: &mut Command,
+    sections: &[(&Section, Option<&Name>)],
+) -> io::Result<Child> {
     let mut dups = Vec::with_capacity(sections.len());
     let mut entries = Vec::with_capacity(sections.len());
     for (section, name) in sections {
@@ -24,7 +29,11 @@ pub(crate) fn spawn_with_sections(cmd: &mut Command, sections: &[(&Section, Opti
         // SAFETY: a fresh duplicate in this process, owned by nobody else;
         // closing it after the spawn ends its inheritability here.
         dups.push(unsafe { OwnedHandle::from_raw_handle(h as RawHandle) });
-        let rw = if section.access() == Access::ReadWrite { "w" } else { "r" };
+        let rw = if section.access() == Access::ReadWrite {
+            "w"
+        } else {
+            "r"
+        };
         let mut entry = format!("{}:{}:{rw}", h as usize, section.len());
         if let Some(name) = name {
             entry.push(':');
@@ -39,11 +48,17 @@ pub(crate) fn spawn_with_sections(cmd: &mut Command, sections: &[(&Section, Opti
 }
 
 fn malformed(reason: impl Into<String>) -> InheritError {
-    InheritError::Malformed { var: INHERIT_VAR, reason: reason.into() }
+    InheritError::Malformed {
+        var: INHERIT_VAR,
+        reason: reason.into(),
+    }
 }
 
 fn stale(reason: impl Into<String>) -> InheritError {
-    InheritError::Stale { var: INHERIT_VAR, reason: reason.into() }
+    InheritError::Stale {
+        var: INHERIT_VAR,
+        reason: reason.into(),
+    }
 }
 
 struct Entry {
@@ -54,15 +69,23 @@ struct Entry {
 }
 
 fn parse(token: &str) -> Result<Vec<Entry>, InheritError> {
-    let rest = token.strip_prefix("1;").ok_or_else(|| malformed("unknown version"))?;
+    let rest = token
+        .strip_prefix("1;")
+        .ok_or_else(|| malformed("unknown version"))?;
     if rest.is_empty() {
         return Ok(Vec::new());
     }
     rest.split(',')
         .map(|entry| {
             let mut parts = entry.split(':');
-            let handle = parts.next().and_then(|p| p.parse().ok()).ok_or_else(|| malformed(format!("bad handle in {entry:?}")))?;
-            let len = parts.next().and_then(|p| p.parse().ok()).ok_or_else(|| malformed(format!("bad size in {entry:?}")))?;
+            let handle = parts
+                .next()
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| malformed(format!("bad handle in {entry:?}")))?;
+            let len = parts
+                .next()
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| malformed(format!("bad size in {entry:?}")))?;
             let access = match parts.next() {
                 Some("r") => Access::ReadOnly,
                 Some("w") => Access::ReadWrite,
@@ -75,7 +98,12 @@ fn parse(token: &str) -> Result<Vec<Entry>, InheritError> {
             if parts.next().is_some() {
                 return Err(malformed(format!("extra fields in {entry:?}")));
             }
-            Ok(Entry { handle, len, access, name })
+            Ok(Entry {
+                handle,
+                len,
+                access,
+                name,
+            })
         })
         .collect()
 }
@@ -91,7 +119,10 @@ pub(crate) fn take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>
         // SAFETY: only queries the handle's flags; an invalid value fails.
         let valid = unsafe { GetHandleInformation(h, &mut flags) } != 0;
         if !valid || flags & HANDLE_FLAG_INHERIT == 0 || section_size(h).ok() != Some(e.len) {
-            return Err(stale(format!("handle {:#x} is not the section the parent passed", e.handle)));
+            return Err(stale(format!(
+                "handle {:#x} is not the section the parent passed",
+                e.handle
+            )));
         }
     }
     let mut out = Vec::with_capacity(entries.len());

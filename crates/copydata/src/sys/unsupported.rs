@@ -1,0 +1,99 @@
+//! Stub backend for platforms copydata does not support yet: everything
+//! compiles, and every operation fails with an `Unsupported` error.
+
+use std::fs::File;
+use std::io;
+use std::process::{Child, Command};
+use std::sync::Arc;
+
+use crate::error::{
+    CreateError, InheritError, ListError, MapError, OpenError, ReadOnlyError, RemoveError,
+};
+use crate::name::Name;
+use crate::section::{Access, SectionInfo};
+
+fn unsupported() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "copydata does not support this platform",
+    )
+}
+
+/// Never constructed: every constructor fails. (A struct rather than an
+/// empty enum, so the portable code after a `?` does not count as unreachable.)
+#[derive(Debug)]
+pub(crate) struct Section {
+    _private: (),
+}
+
+impl Section {
+    pub(crate) fn anonymous(_size: u64) -> Result<Section, CreateError> {
+        Err(CreateError::Unsupported)
+    }
+    pub(crate) fn create(_name: &Name, _size: u64) -> Result<Section, CreateError> {
+        Err(CreateError::Unsupported)
+    }
+    pub(crate) fn open(_name: &Name, _access: Access) -> Result<Section, OpenError> {
+        Err(OpenError::Unsupported)
+    }
+    pub(crate) fn open_or_create(_name: &Name, _size: u64) -> Result<(Section, bool), CreateError> {
+        Err(CreateError::Unsupported)
+    }
+    pub(crate) fn from_file(_file: &File, _access: Access) -> Result<Section, CreateError> {
+        Err(CreateError::Unsupported)
+    }
+    pub(crate) fn len(&self) -> u64 {
+        unreachable!("no section exists on this platform")
+    }
+    pub(crate) fn access(&self) -> Access {
+        unreachable!("no section exists on this platform")
+    }
+    pub(crate) fn read_only(&self) -> Result<Section, ReadOnlyError> {
+        unreachable!("no section exists on this platform")
+    }
+    pub(crate) fn map(
+        &self,
+        _offset: u64,
+        _len: usize,
+        _access: Access,
+    ) -> Result<(Arc<Mapping>, usize), MapError> {
+        unreachable!("no section exists on this platform")
+    }
+}
+
+/// Never constructed: only a `Section` could make one.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    _private: (),
+}
+
+impl Mapping {
+    pub(crate) fn ptr(&self) -> *mut u8 {
+        unreachable!("no section exists on this platform")
+    }
+    pub(crate) fn len(&self) -> usize {
+        unreachable!("no section exists on this platform")
+    }
+    pub(crate) fn flush(&self, _start: usize, _len: usize) -> io::Result<()> {
+        unreachable!("no section exists on this platform")
+    }
+}
+
+pub(crate) fn remove(_name: &Name) -> Result<(), RemoveError> {
+    Err(RemoveError::Unsupported)
+}
+
+pub(crate) fn list() -> Result<Vec<SectionInfo>, ListError> {
+    Err(ListError::Unsupported)
+}
+
+pub(crate) fn spawn_with_sections(
+    _cmd: &mut Command,
+    _sections: &[(&Section, Option<&Name>)],
+) -> io::Result<Child> {
+    Err(unsupported())
+}
+
+pub(crate) fn take_inherited(_token: &str) -> Result<Vec<(Section, Option<Name>)>, InheritError> {
+    Err(InheritError::Unsupported)
+}
