@@ -264,6 +264,23 @@ impl Section {
     }
 }
 
+/// The section's descriptor (a memfd, a `/dev/shm` object or a file). Dropping
+/// the `Section` closes it; duplicate it to keep it longer.
+#[cfg(target_os = "linux")]
+impl std::os::fd::AsFd for Section {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self.inner.fd())
+    }
+}
+
+/// The file-mapping handle. Dropping the `Section` closes it.
+#[cfg(windows)]
+impl std::os::windows::io::AsHandle for Section {
+    fn as_handle(&self) -> std::os::windows::io::BorrowedHandle<'_> {
+        self.inner.borrow()
+    }
+}
+
 impl fmt::Debug for Section {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Section")

@@ -118,15 +118,20 @@ fn parse(token: &str) -> Result<Vec<Entry>, InheritError> {
             }
             Ok(Entry { fd, dev, ino, name })
         })
-        .collect()
+        .collect::<Result<Vec<Entry>, InheritError>>()
+        .and_then(|entries| {
+            for (i, e) in entries.iter().enumerate() {
+                if entries[..i].iter().any(|o| o.fd == e.fd) {
+                    return Err(malformed("a descriptor is listed twice"));
+                }
+            }
+            Ok(entries)
+        })
 }
 
 pub(crate) fn take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>, InheritError> {
     let entries = parse(token)?;
-    for (i, e) in entries.iter().enumerate() {
-        if entries[..i].iter().any(|o| o.fd == e.fd) {
-            return Err(malformed("a descriptor is listed twice"));
-        }
+    for e in &entries {
         // SAFETY: only inspected (flags and status), not owned, while it is
         // not yet known to be ours.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(e.fd) };

@@ -105,15 +105,20 @@ fn parse(token: &str) -> Result<Vec<Entry>, InheritError> {
                 name,
             })
         })
-        .collect()
+        .collect::<Result<Vec<Entry>, InheritError>>()
+        .and_then(|entries| {
+            for (i, e) in entries.iter().enumerate() {
+                if entries[..i].iter().any(|o| o.handle == e.handle) {
+                    return Err(malformed("a handle is listed twice"));
+                }
+            }
+            Ok(entries)
+        })
 }
 
 pub(crate) fn take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>, InheritError> {
     let entries = parse(token)?;
-    for (i, e) in entries.iter().enumerate() {
-        if entries[..i].iter().any(|o| o.handle == e.handle) {
-            return Err(malformed("a handle is listed twice"));
-        }
+    for e in &entries {
         let h = e.handle as HANDLE;
         let mut flags = 0u32;
         // SAFETY: only queries the handle's flags; an invalid value fails.

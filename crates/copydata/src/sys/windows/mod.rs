@@ -161,7 +161,10 @@ fn split(v: u64) -> (u32, u32) {
 
 #[derive(Debug)]
 pub(crate) struct Section {
-    handle: OwnedHandle,
+    /// Shared with every view, so a view keeps a named section's name alive
+    /// as on Linux (Windows itself drops the name with the last handle, even
+    /// while views remain).
+    handle: Arc<OwnedHandle>,
     len: u64,
     access: Access,
 }
@@ -169,7 +172,7 @@ pub(crate) struct Section {
 impl Section {
     pub(crate) fn from_handle(handle: OwnedHandle, len: u64, access: Access) -> Section {
         Section {
-            handle,
+            handle: Arc::new(handle),
             len,
             access,
         }
@@ -177,6 +180,11 @@ impl Section {
 
     pub(crate) fn handle(&self) -> HANDLE {
         raw(&self.handle)
+    }
+
+    pub(crate) fn borrow(&self) -> std::os::windows::io::BorrowedHandle<'_> {
+        use std::os::windows::io::AsHandle;
+        self.handle.as_handle()
     }
 
     pub(crate) fn anonymous(size: u64) -> Result<Section, CreateError> {
@@ -414,6 +422,7 @@ impl Section {
             Arc::new(Mapping {
                 base: view.Value.cast(),
                 len: map_len,
+                _handle: self.handle.clone(),
             }),
             start,
         ))
@@ -470,6 +479,7 @@ pub(crate) fn duplicate(
 pub(crate) struct Mapping {
     base: *mut u8,
     len: usize,
+    _handle: Arc<OwnedHandle>,
 }
 
 // SAFETY:

@@ -1,0 +1,230 @@
+//! Test harness: real child processes, made by re-running this test binary.
+//!
+//! A child runs the `child_entry` test with `COPYDATA_TEST_ROLE` set and
+//! speaks a line protocol on stdout: lines starting with `@TAG` are for the
+//! parent, everything else (the test harness's own output) is ignored. Every
+//! wait has a deadline, every child has a watchdog that ends it after
+//! `CHILD_LIMIT`, and a `Kid` is killed when dropped, so a bug fails a test
+//! instead of hanging it or leaving processes behind.
+
+#![allow(dead_code)] // each test file uses a different part
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::Duration;
+
+use copydata::{CommandExt, Section};
+
+const ROLE_VAR: &str = "COPYDATA_TEST_ROLE";
+const ARGS_VAR: &str = "COPYDATA_TEST_ARGS";
+const SEP: char = '\u{1f}';
+
+/// How long a child may live at most.
+pub const CHILD_LIMIT: Duration = Duration::from_secs(90);
+/// How long the parent waits for any one line or exit.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// A name no other test (or test run) uses.
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "copydata-test-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The child side: call from the `child_entry` test. Returns at once when
+/// this process is not a child.
+pub fn child_main(run: fn(&str, &[String]) -> Result<(), String>) {
+    let Ok(role) = std::env::var(ROLE_VAR) else {
+        return;
+    };
+    let args: Vec<String> = std::env::var(ARGS_VAR)
+        .unwrap_or_default()
+        .split(SEP)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    std::thread::spawn(|| {
+        std::thread::sleep(CHILD_LIMIT);
+        eprintln!("child watchdog: giving up after {CHILD_LIMIT:?}");
+        std::process::exit(99);
+    });
+    let code = match run(&role, &args) {
+        Ok(()) => 0,
+        Err(e) => {
+            say("error", &e);
+            eprintln!("child {role}: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Sends `@tag rest` to the parent.
+pub fn say(tag: &str, rest: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "@{tag} {rest}");
+    let _ = out.flush();
+}
+
+/// Reads one line from the parent (stdin).
+pub fn hear() -> String {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .expect("reading stdin");
+    line.trim_end().to_string()
+}
+
+/// Blocks until the process is killed (the watchdog bounds it).
+pub fn park_forever() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// A child process, killed on drop.
+pub struct Kid {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    role: String,
+}
+
+/// A command that re-runs this test binary as a child with `role`.
+pub fn child_command(role: &str, args: &[&str]) -> Command {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "child_entry",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env(ROLE_VAR, role)
+    .env(ARGS_VAR, args.join(&SEP.to_string()))
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped());
+    cmd
+}
+
+impl Kid {
+    pub fn spawn(role: &str, args: &[&str]) -> Kid {
+        Kid::start(child_command(role, args), role, &[])
+    }
+
+    pub fn spawn_with(role: &str, args: &[&str], sections: &[&Section]) -> Kid {
+        Kid::start(child_command(role, args), role, sections)
+    }
+
+    pub fn start(mut cmd: Command, role: &str, sections: &[&Section]) -> Kid {
+        let mut child = if sections.is_empty() {
+            cmd.spawn().expect("spawning a child")
+        } else {
+            cmd.spawn_with_sections(sections)
+                .expect("spawning a child with sections")
+        };
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stdin = child.stdin.take();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with('@') && tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Kid {
+            child,
+            stdin,
+            lines: rx,
+            role: role.to_string(),
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the next `@tag ...` line and returns the rest. Panics on a
+    /// different tag, an `@error` line, an exit or the deadline.
+    pub fn expect(&mut self, tag: &str) -> String {
+        match self.lines.recv_timeout(WAIT) {
+            Ok(line) => {
+                let (t, rest) = line[1..].split_once(' ').unwrap_or((&line[1..], ""));
+                assert_eq!(t, tag, "child {} said {line:?}, expected @{tag}", self.role);
+                rest.to_string()
+            }
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "child {} said nothing within {WAIT:?} (expected @{tag})",
+                self.role
+            ),
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = self.child.wait();
+                panic!(
+                    "child {} ended ({status:?}) before saying @{tag}",
+                    self.role
+                )
+            }
+        }
+    }
+
+    /// Sends a line to the child's stdin.
+    pub fn tell(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("writing to child");
+        stdin.flush().expect("flushing to child");
+    }
+
+    /// Waits (with a deadline) for the exit code.
+    pub fn wait(mut self) -> i32 {
+        drop(self.stdin.take());
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child {} did not exit within {WAIT:?}",
+                self.role
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for a successful exit.
+    pub fn wait_ok(self) {
+        let role = self.role.clone();
+        let code = self.wait();
+        assert_eq!(code, 0, "child {role} exited with {code}");
+    }
+
+    /// `kill -9` (TerminateProcess on Windows), then reap.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reaping the child");
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Whether the object `name` exists in `/dev/shm` (Linux only).
+#[cfg(target_os = "linux")]
+pub fn in_dev_shm(name: &str) -> bool {
+    std::path::Path::new("/dev/shm").join(name).exists()
+}

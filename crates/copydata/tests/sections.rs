@@ -1,0 +1,861 @@
+//! Sections across real processes, on Linux and (from the same sources)
+//! Windows under Wine.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use common::{Kid, hear, park_forever, say, unique};
+use copydata::{Access, AccessError, CreateError, InheritError, MapError, OpenError, Section};
+
+/// The entry point of every child process (see `common`); a no-op otherwise.
+#[test]
+fn child_entry() {
+    common::child_main(role);
+}
+
+fn fail(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn text_at(s: &Section, offset: u64, len: usize) -> Result<String, String> {
+    let bytes = s.map(offset, len).map_err(fail)?.to_vec();
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(len);
+    Ok(String::from_utf8_lossy(&bytes[..end]).into_owned())
+}
+
+fn put(s: &Section, offset: u64, text: &str) -> Result<(), String> {
+    let bytes = format!("{text}\0");
+    s.map_mut(offset, bytes.len())
+        .map_err(fail)?
+        .write_at(0, bytes.as_bytes())
+        .map_err(fail)
+}
+
+/// The child roles.
+fn role(role: &str, args: &[String]) -> Result<(), String> {
+    let me = std::process::id();
+    match role {
+        // Reports every inherited section and writes into the writable ones.
+        "inherit-report" => {
+            let sections = copydata::inherited_sections().map_err(fail)?;
+            for (i, s) in sections.iter().enumerate() {
+                say(
+                    "section",
+                    &format!(
+                        "{i} {} {} {:?} {}",
+                        s.name().unwrap_or("-"),
+                        s.len(),
+                        s.access(),
+                        text_at(s, 0, 64)?
+                    ),
+                );
+                match s.access() {
+                    Access::ReadWrite => put(s, 0, &format!("child {me} wrote {i}"))?,
+                    Access::ReadOnly => match s.map_mut(0, 1) {
+                        Err(MapError::ReadOnly) => {}
+                        other => {
+                            return Err(format!("map_mut on a read-only section gave {other:?}"));
+                        }
+                    },
+                }
+            }
+            say("done", "");
+            Ok(())
+        }
+        // Takes the inherited sections and reports the error, if any.
+        "take" => {
+            let first = copydata::inherited_sections();
+            let second = copydata::inherited_sections();
+            let describe = |r: &Result<Vec<Section>, InheritError>| match r {
+                Ok(v) => format!("ok:{}", v.len()),
+                Err(InheritError::Malformed { .. }) => "malformed".into(),
+                Err(InheritError::Stale { .. }) => "stale".into(),
+                Err(InheritError::AlreadyTaken) => "taken".into(),
+                Err(e) => format!("other:{e}"),
+            };
+            say(
+                "took",
+                &format!("{} {}", describe(&first), describe(&second)),
+            );
+            Ok(())
+        }
+        // Takes its sections, then starts a grandchild with the same
+        // environment (so the same token) but no sections.
+        "take-then-spawn" => {
+            let sections = copydata::inherited_sections().map_err(fail)?;
+            let mut grandchild = Kid::spawn("take", &[]);
+            let took = grandchild.expect("took");
+            grandchild.wait_ok();
+            say("grandchild", &format!("{} {took}", sections.len()));
+            Ok(())
+        }
+        "probe-read-only" => probe_read_only(),
+        "open-write" => {
+            let s = Section::open(&args[0]).map_err(fail)?;
+            say("saw", &format!("{} {}", s.len(), text_at(&s, 0, 64)?));
+            put(&s, 100, &format!("opened by {me}"))?;
+            Ok(())
+        }
+        "create-hold" => {
+            let s = Section::create(&args[0], args[1].parse().map_err(fail)?).map_err(fail)?;
+            put(&s, 0, "made by the creator")?;
+            say("ready", "");
+            let _keep = s;
+            park_forever()
+        }
+        "open-hold" => {
+            let s = Section::open(&args[0]).map_err(fail)?;
+            let _view = s.map(0, 1).map_err(fail)?;
+            say("ready", "");
+            park_forever()
+        }
+        "open-or-create" => {
+            assert_eq!(hear(), "go");
+            let s = Section::open_or_create(&args[0], 4096).map_err(fail)?;
+            let v = s.map_mut(0, 8).map_err(fail)?;
+            v.atomic_u64(0)
+                .map_err(fail)?
+                .fetch_add(1, Ordering::SeqCst);
+            say("result", if s.was_created() { "created" } else { "opened" });
+            assert_eq!(hear(), "exit");
+            Ok(())
+        }
+        "file-write" => {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&args[0])
+                .map_err(fail)?;
+            let s = Section::from_file(&file, Access::ReadWrite).map_err(fail)?;
+            let offset: u64 = args[1].parse().map_err(fail)?;
+            let v = s.map_mut(offset, args[2].len()).map_err(fail)?;
+            v.write_at(0, args[2].as_bytes()).map_err(fail)?;
+            v.flush().map_err(fail)?;
+            say("done", "");
+            Ok(())
+        }
+        "handover-recv" => handover_recv(args),
+        "handover-send" => handover_send(args),
+        _ => Err(format!("unknown role {role}")),
+    }
+}
+
+// ---------------------------------------------------------------- basics
+
+#[test]
+fn views_at_unaligned_offsets_see_the_same_bytes() {
+    let size = 300_000u64; // several pages and more than one 64 KiB granule
+    let s = Section::anonymous(size).unwrap();
+    let whole = s.map_mut(0, size as usize).unwrap();
+    let pattern: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
+    whole.write_at(0, &pattern).unwrap();
+    for offset in [
+        1u64,
+        4095,
+        4096,
+        4097,
+        65_535,
+        65_536,
+        65_537,
+        131_071,
+        200_003,
+        size - 1,
+    ] {
+        let len = (size - offset).min(10_000) as usize;
+        let v = s.map(offset, len).unwrap();
+        assert_eq!(v.offset(), offset);
+        assert_eq!(v.len(), len);
+        assert_eq!(
+            v.to_vec(),
+            &pattern[offset as usize..offset as usize + len],
+            "offset {offset}"
+        );
+        // Writes through an unaligned view land at the right byte.
+        let w = s.map_mut(offset, 1).unwrap();
+        w.write_at(0, &[0xAB]).unwrap();
+        let mut b = [0];
+        whole.read_at(offset as usize, &mut b).unwrap();
+        assert_eq!(b[0], 0xAB);
+        whole
+            .write_at(
+                offset as usize,
+                &pattern[offset as usize..offset as usize + 1],
+            )
+            .unwrap();
+    }
+}
+
+#[test]
+fn out_of_range_requests_are_refused() {
+    let s = Section::anonymous(10_000).unwrap();
+    assert!(matches!(s.map(0, 0), Err(MapError::ZeroLength)));
+    assert!(matches!(
+        s.map(0, 10_001),
+        Err(MapError::OutOfRange {
+            offset: 0,
+            len: 10_001,
+            size: 10_000
+        })
+    ));
+    assert!(matches!(s.map(9_999, 2), Err(MapError::OutOfRange { .. })));
+    assert!(matches!(s.map(10_000, 1), Err(MapError::OutOfRange { .. })));
+    assert!(matches!(
+        s.map(u64::MAX, 1),
+        Err(MapError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        s.map_mut(u64::MAX - 1, usize::MAX),
+        Err(MapError::OutOfRange { .. })
+    ));
+    assert!(s.map(9_999, 1).is_ok());
+
+    let v = s.map_mut(3, 100).unwrap();
+    let mut buf = [0u8; 10];
+    assert_eq!(
+        v.read_at(91, &mut buf),
+        Err(AccessError::OutOfRange {
+            offset: 91,
+            len: 10,
+            view_len: 100
+        })
+    );
+    assert!(v.read_at(90, &mut buf).is_ok());
+    assert!(matches!(
+        v.write_at(usize::MAX, b"x"),
+        Err(AccessError::OutOfRange { .. })
+    ));
+    // The view starts at byte 3 of a page-aligned mapping: offset 1 is
+    // 4-byte aligned, offset 0 is not.
+    assert!(matches!(
+        v.atomic_u32(0),
+        Err(AccessError::Misaligned { align: 4, .. })
+    ));
+    assert!(v.atomic_u32(1).is_ok());
+    assert!(matches!(
+        v.atomic_u64(1),
+        Err(AccessError::Misaligned { align: 8, .. })
+    ));
+    assert!(v.atomic_u64(5).is_ok());
+    assert!(matches!(
+        v.load_u32(97, Ordering::Relaxed),
+        Err(AccessError::OutOfRange { .. })
+    ));
+
+    assert!(matches!(
+        Section::anonymous(0),
+        Err(CreateError::InvalidSize { .. })
+    ));
+    assert!(matches!(
+        Section::create(&unique("zero"), 0),
+        Err(CreateError::InvalidSize { .. })
+    ));
+    assert!(matches!(
+        Section::anonymous(u64::MAX),
+        Err(CreateError::InvalidSize { .. })
+    ));
+}
+
+#[test]
+fn bad_names_are_refused_and_touch_nothing() {
+    let long = "x".repeat(copydata::MAX_NAME_LEN + 1);
+    let bad = [
+        "",
+        "../copydata-escape",
+        "a/b",
+        "a\\b",
+        ".hidden",
+        "..",
+        "Global\\x",
+        "/abs",
+        "sp ace",
+        "nul\0",
+        "é",
+        &long,
+    ];
+    for name in bad {
+        assert!(
+            matches!(
+                Section::create(name, 4096),
+                Err(CreateError::InvalidName(_))
+            ),
+            "create {name:?}"
+        );
+        assert!(
+            matches!(Section::open(name), Err(OpenError::InvalidName(_))),
+            "open {name:?}"
+        );
+        assert!(
+            matches!(
+                Section::open_or_create(name, 1),
+                Err(CreateError::InvalidName(_))
+            ),
+            "open_or_create {name:?}"
+        );
+        assert!(
+            matches!(
+                copydata::remove(name),
+                Err(copydata::RemoveError::InvalidName(_))
+            ),
+            "remove {name:?}"
+        );
+    }
+    #[cfg(target_os = "linux")]
+    {
+        assert!(!std::path::Path::new("/dev/copydata-escape").exists());
+        assert!(!std::path::Path::new("/dev/shm/a").exists());
+    }
+}
+
+// ---------------------------------------------------------------- named
+
+#[test]
+fn named_sections_open_by_name_from_another_process() {
+    let name = unique("byname");
+    let s = Section::create(&name, 8192).unwrap();
+    assert_eq!(s.name(), Some(name.as_str()));
+    assert!(matches!(
+        Section::create(&name, 8192),
+        Err(CreateError::AlreadyExists { .. })
+    ));
+    put(&s, 0, "hello").unwrap();
+    let mut kid = Kid::spawn("open-write", &[&name]);
+    assert_eq!(kid.expect("saw"), "8192 hello");
+    let pid = kid.id();
+    kid.wait_ok();
+    assert_eq!(text_at(&s, 100, 64).unwrap(), format!("opened by {pid}"));
+    let ro = Section::open_read_only(&name).unwrap();
+    assert_eq!(ro.len(), 8192);
+    assert!(matches!(ro.map_mut(0, 1), Err(MapError::ReadOnly)));
+    drop((s, ro));
+    assert!(matches!(
+        Section::open(&name),
+        Err(OpenError::NotFound { .. })
+    ));
+    #[cfg(target_os = "linux")]
+    assert!(
+        !common::in_dev_shm(&name),
+        "the last holder's close removes the object at once"
+    );
+}
+
+#[test]
+fn open_missing_is_not_found() {
+    let name = unique("missing");
+    match Section::open(&name) {
+        Err(OpenError::NotFound { name: n }) => assert_eq!(n, name),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        Section::open_read_only(&name),
+        Err(OpenError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn open_or_create_under_a_race_creates_exactly_once() {
+    let name = unique("race");
+    let mut kids: Vec<Kid> = (0..6)
+        .map(|_| Kid::spawn("open-or-create", &[&name]))
+        .collect();
+    for k in &mut kids {
+        k.tell("go");
+    }
+    let results: Vec<String> = kids.iter_mut().map(|k| k.expect("result")).collect();
+    assert_eq!(
+        results.iter().filter(|r| *r == "created").count(),
+        1,
+        "{results:?}"
+    );
+    let s = Section::open(&name).unwrap();
+    assert_eq!(
+        s.map(0, 8).unwrap().load_u64(0, Ordering::SeqCst).unwrap(),
+        6
+    );
+    drop(s);
+    for mut k in kids {
+        k.tell("exit");
+        k.wait_ok();
+    }
+    assert!(matches!(
+        Section::open(&name),
+        Err(OpenError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn a_view_keeps_the_section_alive() {
+    let name = unique("view");
+    let s = Section::create(&name, 4096).unwrap();
+    let v = s.map_mut(10, 10).unwrap();
+    drop(s);
+    v.write_at(0, b"still here").unwrap();
+    let again = Section::open(&name).expect("a live view holds the section");
+    assert_eq!(text_at(&again, 10, 10).unwrap(), "still here");
+    drop((again, v));
+    assert!(matches!(
+        Section::open(&name),
+        Err(OpenError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn kill_9_of_every_holder_frees_the_name() {
+    for reclaim_by in ["open", "create", "list"] {
+        let name = unique("kill");
+        let mut creator = Kid::spawn("create-hold", &[&name, "65536"]);
+        creator.expect("ready");
+        let mut holders: Vec<Kid> = (0..2).map(|_| Kid::spawn("open-hold", &[&name])).collect();
+        for h in &mut holders {
+            h.expect("ready");
+        }
+        creator.kill();
+        // Still held by the others.
+        assert_eq!(
+            text_at(&Section::open_read_only(&name).unwrap(), 0, 64).unwrap(),
+            "made by the creator"
+        );
+        for h in holders {
+            h.kill();
+        }
+        match reclaim_by {
+            "open" => assert!(matches!(
+                Section::open(&name),
+                Err(OpenError::NotFound { .. })
+            )),
+            "create" => {
+                let fresh = Section::create(&name, 4096).expect("the name is free again");
+                assert_eq!(fresh.len(), 4096);
+                assert_eq!(
+                    fresh.map(0, 64).unwrap().to_vec(),
+                    vec![0; 64],
+                    "a new, zeroed section"
+                );
+            }
+            _ => {
+                if let Ok(list) = copydata::list() {
+                    assert!(list.iter().all(|s| s.name != name), "{list:?}");
+                }
+                assert!(matches!(
+                    Section::open(&name),
+                    Err(OpenError::NotFound { .. })
+                ));
+            }
+        }
+        #[cfg(target_os = "linux")]
+        assert!(
+            !common::in_dev_shm(&name),
+            "{reclaim_by}: /dev/shm/{name} left behind"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- inheritance
+
+#[test]
+fn inheritance_passes_exactly_the_given_sections() {
+    let name = unique("inherit");
+    let anon = Section::anonymous(4096).unwrap();
+    let named = Section::create(&name, 8192).unwrap();
+    let secret = Section::anonymous(4096).unwrap();
+    put(&anon, 0, "anon").unwrap();
+    put(&named, 0, "named").unwrap();
+    put(&secret, 0, "secret").unwrap();
+    let frozen = secret.read_only().unwrap();
+    let mut kid = Kid::spawn_with("inherit-report", &[], &[&anon, &named, &frozen]);
+    assert_eq!(kid.expect("section"), "0 - 4096 ReadWrite anon");
+    assert_eq!(
+        kid.expect("section"),
+        format!("1 {name} 8192 ReadWrite named")
+    );
+    assert_eq!(kid.expect("section"), "2 - 4096 ReadOnly secret");
+    kid.expect("done");
+    let pid = kid.id();
+    kid.wait_ok();
+    assert_eq!(
+        text_at(&anon, 0, 64).unwrap(),
+        format!("child {pid} wrote 0")
+    );
+    assert_eq!(
+        text_at(&named, 0, 64).unwrap(),
+        format!("child {pid} wrote 1")
+    );
+    assert_eq!(text_at(&secret, 0, 64).unwrap(), "secret");
+}
+
+#[test]
+fn a_child_without_sections_gets_none() {
+    let _held = Section::anonymous(4096).unwrap();
+    let mut kid = Kid::spawn("take", &[]);
+    assert_eq!(kid.expect("took"), "ok:0 ok:0");
+    kid.wait_ok();
+}
+
+#[test]
+fn a_forged_or_leaked_token_is_refused() {
+    // A grandchild inherits the environment (and so the token) but not the
+    // handles: it must refuse the token rather than take whatever has those
+    // numbers.
+    let s = Section::anonymous(4096).unwrap();
+    let mut kid = Kid::spawn_with("take-then-spawn", &[], &[&s]);
+    assert_eq!(kid.expect("grandchild"), "1 stale taken");
+    kid.wait_ok();
+
+    for (token, expect) in [
+        ("garbage", "malformed"),
+        ("2;1:2:3", "malformed"),
+        ("1;x:y:z", "malformed"),
+        ("1;5:1:2:bad/name", "malformed"),
+        ("1;5:1:2,5:1:2", "malformed"),
+        ("1;1000:1:2", "stale"),
+        ("1;1000:4096:w", "stale"),
+    ] {
+        let mut cmd = common::child_command("take", &[]);
+        cmd.env(copydata::INHERIT_VAR, token);
+        let mut kid = Kid::start(cmd, "take", &[]);
+        let took = kid.expect("took");
+        kid.wait_ok();
+        // Linux and Windows tokens have different fields, so a token of one
+        // form is malformed for the other; both must refuse it.
+        let (first, second) = took.split_once(' ').unwrap();
+        assert!(first == expect || first == "malformed", "{token:?}: {took}");
+        assert_eq!(second, "taken", "{token:?}");
+    }
+}
+
+// ---------------------------------------------------------------- read-only
+
+#[test]
+fn read_only_hand_out_is_enforced_in_the_receiver() {
+    let s = Section::anonymous(64 * 1024).unwrap();
+    put(&s, 0, "version 1").unwrap();
+    let frozen = s.read_only().unwrap();
+    assert_eq!(frozen.access(), Access::ReadOnly);
+    let mut kid = Kid::spawn_with("probe-read-only", &[], &[&frozen]);
+    assert_eq!(kid.expect("read"), "version 1");
+    let refused = kid.expect("refused");
+    // The owner still writes, also through views made after the hand-out.
+    put(&s, 0, "version 2").unwrap();
+    kid.tell("check");
+    assert_eq!(kid.expect("read"), "version 2");
+    kid.wait_ok();
+    eprintln!("refused in the receiver: {refused}");
+}
+
+fn probe_read_only() -> Result<(), String> {
+    let sections = copydata::inherited_sections().map_err(fail)?;
+    let s = &sections[0];
+    say("read", &text_at(s, 0, 64)?);
+    if !matches!(s.map_mut(0, 1), Err(MapError::ReadOnly)) {
+        return Err("map_mut was allowed".into());
+    }
+    let refused = raw_upgrade_attempts(s)?;
+    say("refused", &refused.join(","));
+    assert_eq!(hear(), "check");
+    say("read", &text_at(s, 0, 64)?);
+    Ok(())
+}
+
+/// Tries every way around the read-only handle; each must fail.
+#[cfg(target_os = "linux")]
+fn raw_upgrade_attempts(s: &Section) -> Result<Vec<&'static str>, String> {
+    use rustix::fs::{FallocateFlags, Mode, OFlags};
+    use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
+    use std::os::fd::{AsFd, AsRawFd};
+
+    let mut refused = Vec::new();
+    let fd = s.as_fd();
+    let rw = ProtFlags::READ | ProtFlags::WRITE;
+    // SAFETY: a fresh mapping at a kernel-chosen address; unmapped at once if
+    // it (wrongly) succeeds.
+    let direct =
+        unsafe { rustix::mm::mmap(std::ptr::null_mut(), 4096, rw, MapFlags::SHARED, fd, 0) };
+    if let Ok(p) = direct {
+        // SAFETY: unmapping the mapping just made.
+        let _ = unsafe { rustix::mm::munmap(p, 4096) };
+        return Err("mmap(PROT_WRITE) of the descriptor succeeded".into());
+    }
+    refused.push("mmap-write");
+    if rustix::io::write(fd, b"x").is_ok() {
+        return Err("write() succeeded".into());
+    }
+    refused.push("write");
+    // SAFETY: a fresh read-only mapping, unmapped below.
+    let p = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            4096,
+            ProtFlags::READ,
+            MapFlags::SHARED,
+            fd,
+            0,
+        )
+    }
+    .map_err(fail)?;
+    // SAFETY: changes protection of our own fresh mapping only.
+    let upgraded =
+        unsafe { rustix::mm::mprotect(p, 4096, MprotectFlags::READ | MprotectFlags::WRITE) };
+    // SAFETY: unmapping the mapping just made.
+    let _ = unsafe { rustix::mm::munmap(p, 4096) };
+    if upgraded.is_ok() {
+        return Err("mprotect(PROT_WRITE) succeeded".into());
+    }
+    refused.push("mprotect");
+    // Re-opening through /proc may give a read-write descriptor, but the
+    // seals still refuse every write path.
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    if let Ok(rw_fd) =
+        rustix::fs::open(path.as_str(), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+    {
+        // SAFETY: as above.
+        if let Ok(p) =
+            unsafe { rustix::mm::mmap(std::ptr::null_mut(), 4096, rw, MapFlags::SHARED, &rw_fd, 0) }
+        {
+            // SAFETY: unmapping the mapping just made.
+            let _ = unsafe { rustix::mm::munmap(p, 4096) };
+            return Err("mmap(PROT_WRITE) of a re-opened descriptor succeeded".into());
+        }
+        if rustix::io::write(&rw_fd, b"x").is_ok() {
+            return Err("write() to a re-opened descriptor succeeded".into());
+        }
+        if rustix::fs::ftruncate(&rw_fd, 1).is_ok()
+            || rustix::fs::ftruncate(&rw_fd, 1 << 30).is_ok()
+        {
+            return Err("ftruncate succeeded".into());
+        }
+        if rustix::fs::fallocate(
+            &rw_fd,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            0,
+            4096,
+        )
+        .is_ok()
+        {
+            return Err("punching a hole succeeded".into());
+        }
+        refused.push("reopen-rw");
+    } else {
+        refused.push("reopen");
+    }
+    Ok(refused)
+}
+
+#[cfg(windows)]
+fn raw_upgrade_attempts(s: &Section) -> Result<Vec<&'static str>, String> {
+    use std::os::windows::io::{AsHandle, AsRawHandle};
+    use windows_sys::Win32::Foundation::{CloseHandle, DuplicateHandle, HANDLE};
+    use windows_sys::Win32::System::Memory::{
+        FILE_MAP_ALL_ACCESS, FILE_MAP_READ, FILE_MAP_WRITE, MapViewOfFile, PAGE_READWRITE,
+        UnmapViewOfFile, VirtualProtect,
+    };
+    use windows_sys::Win32::System::Threading::GetCurrentProcess;
+
+    let mut refused = Vec::new();
+    let h = s.as_handle().as_raw_handle() as HANDLE;
+    // SAFETY: maps a view of our own section handle; unmapped if it succeeds.
+    let view = unsafe { MapViewOfFile(h, FILE_MAP_WRITE, 0, 0, 4096) };
+    if !view.Value.is_null() {
+        // SAFETY: unmapping the view just made.
+        unsafe { UnmapViewOfFile(view) };
+        return Err("MapViewOfFile(FILE_MAP_WRITE) succeeded".into());
+    }
+    refused.push("map-write");
+    for rights in [FILE_MAP_WRITE | FILE_MAP_READ, FILE_MAP_ALL_ACCESS] {
+        let mut dup: HANDLE = std::ptr::null_mut();
+        // SAFETY: duplicates our own handle within this process.
+        let ok = unsafe {
+            DuplicateHandle(
+                GetCurrentProcess(),
+                h,
+                GetCurrentProcess(),
+                &mut dup,
+                rights,
+                0,
+                0,
+            )
+        };
+        if ok != 0 {
+            // SAFETY: `dup` is a handle we own.
+            let view = unsafe { MapViewOfFile(dup, FILE_MAP_WRITE, 0, 0, 4096) };
+            let writable = !view.Value.is_null();
+            if writable {
+                // SAFETY: unmapping the view just made.
+                unsafe { UnmapViewOfFile(view) };
+            }
+            // SAFETY: closing the handle we own.
+            unsafe { CloseHandle(dup) };
+            if writable {
+                return Err(format!("DuplicateHandle({rights:#x}) gave write access"));
+            }
+        }
+    }
+    refused.push("duplicate");
+    // SAFETY: a read-only view of our own section.
+    let view = unsafe { MapViewOfFile(h, FILE_MAP_READ, 0, 0, 4096) };
+    if view.Value.is_null() {
+        return Err("read-only MapViewOfFile failed".into());
+    }
+    let mut old = 0;
+    // SAFETY: changes the protection of our own fresh view only.
+    let ok = unsafe { VirtualProtect(view.Value, 4096, PAGE_READWRITE, &mut old) };
+    // SAFETY: unmapping the view just made.
+    unsafe { UnmapViewOfFile(view) };
+    if ok != 0 {
+        return Err("VirtualProtect(PAGE_READWRITE) succeeded".into());
+    }
+    refused.push("protect");
+    Ok(refused)
+}
+
+// ---------------------------------------------------------------- files
+
+#[test]
+fn file_backed_sections_reach_the_file() {
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!("{}.bin", unique("file")));
+    let _cleanup = Cleanup(path.clone());
+    let size = 300_000usize;
+    std::fs::write(&path, vec![b'.'; size]).unwrap();
+    {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let s = Section::from_file(&file, Access::ReadWrite).unwrap();
+        drop(file);
+        assert_eq!(s.len(), size as u64);
+        let v = s.map_mut(65_537, 5).unwrap();
+        v.write_at(0, b"HELLO").unwrap();
+        v.flush().unwrap();
+    }
+    let mut kid = Kid::spawn("file-write", &[path.to_str().unwrap(), "131075", "child"]);
+    kid.expect("done");
+    kid.wait_ok();
+    let data = std::fs::read(&path).unwrap();
+    assert_eq!(&data[65_537..65_542], b"HELLO");
+    assert_eq!(&data[131_075..131_080], b"child");
+    assert_eq!(data.iter().filter(|&&b| b != b'.').count(), 10);
+
+    let ro_file = std::fs::File::open(&path).unwrap();
+    let ro = Section::from_file(&ro_file, Access::ReadOnly).unwrap();
+    assert_eq!(ro.map(65_537, 5).unwrap().to_vec(), b"HELLO");
+    assert!(matches!(ro.map_mut(0, 1), Err(MapError::ReadOnly)));
+    assert!(Section::from_file(&ro_file, Access::ReadWrite).is_err());
+    drop(ro);
+
+    let empty = dir.join(format!("{}.empty", unique("file")));
+    let _cleanup2 = Cleanup(empty.clone());
+    let f = std::fs::File::create(&empty).unwrap();
+    assert!(matches!(
+        Section::from_file(&f, Access::ReadWrite),
+        Err(CreateError::InvalidSize { .. })
+    ));
+}
+
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+// ---------------------------------------------------------------- hand-over
+
+/// Two sibling processes, neither the other's parent: the sender hands the
+/// receiver a read-write and a read-only section.
+#[test]
+fn hand_over_between_unrelated_processes() {
+    #[cfg(target_os = "linux")]
+    let sock = std::env::temp_dir().join(format!("{}.sock", unique("handover")));
+    #[cfg(target_os = "linux")]
+    let _cleanup = Cleanup(sock.clone());
+    #[cfg(target_os = "linux")]
+    let (mut recv, mut send) = {
+        let mut recv = Kid::spawn("handover-recv", &[sock.to_str().unwrap()]);
+        recv.expect("ready");
+        let send = Kid::spawn("handover-send", &[sock.to_str().unwrap()]);
+        (recv, send)
+    };
+    #[cfg(windows)]
+    let (mut recv, mut send) = {
+        let mut recv = Kid::spawn("handover-recv", &[]);
+        let pid = recv.expect("ready");
+        let mut send = Kid::spawn("handover-send", &[&pid]);
+        let handles = send.expect("handles");
+        recv.tell(&handles);
+        (recv, send)
+    };
+    assert_eq!(recv.expect("got"), "from the sender|read-only data");
+    recv.wait_ok();
+    send.tell("check");
+    assert_eq!(send.expect("back"), "from the receiver");
+    send.wait_ok();
+}
+
+fn handover_recv(args: &[String]) -> Result<(), String> {
+    #[cfg(target_os = "linux")]
+    let (rw, ro) = {
+        let listener = std::os::unix::net::UnixListener::bind(&args[0]).map_err(fail)?;
+        say("ready", "");
+        let (stream, _) = listener.accept().map_err(fail)?;
+        stream.set_read_timeout(Some(common::WAIT)).map_err(fail)?;
+        let rw = copydata::os::linux::recv_section(&stream).map_err(fail)?;
+        let ro = copydata::os::linux::recv_section(&stream).map_err(fail)?;
+        (rw, ro)
+    };
+    #[cfg(windows)]
+    let (rw, ro) = {
+        let _ = args;
+        say("ready", &std::process::id().to_string());
+        let line = hear();
+        let v: Vec<u64> = line.split(' ').map(|x| x.parse().unwrap()).collect();
+        // SAFETY: the sender duplicated these handles into this process for
+        // this test alone.
+        unsafe {
+            (
+                copydata::os::windows::adopt_section(v[0], v[1], Access::ReadWrite, None)
+                    .map_err(fail)?,
+                copydata::os::windows::adopt_section(v[2], v[3], Access::ReadWrite, None)
+                    .map_err(fail)?,
+            )
+        }
+    };
+    if !matches!(ro.map_mut(0, 1), Err(MapError::ReadOnly)) {
+        return Err("the read-only hand-over was writable".into());
+    }
+    say(
+        "got",
+        &format!("{}|{}", text_at(&rw, 0, 64)?, text_at(&ro, 0, 64)?),
+    );
+    put(&rw, 0, "from the receiver")?;
+    Ok(())
+}
+
+fn handover_send(args: &[String]) -> Result<(), String> {
+    let rw = Section::anonymous(4096).map_err(fail)?;
+    let data = Section::anonymous(8192).map_err(fail)?;
+    put(&rw, 0, "from the sender")?;
+    put(&data, 0, "read-only data")?;
+    let ro = data.read_only().map_err(fail)?;
+    #[cfg(target_os = "linux")]
+    {
+        let stream = std::os::unix::net::UnixStream::connect(&args[0]).map_err(fail)?;
+        copydata::os::linux::send_section(&stream, &rw).map_err(fail)?;
+        copydata::os::linux::send_section(&stream, &ro).map_err(fail)?;
+    }
+    #[cfg(windows)]
+    {
+        let pid: u32 = args[0].parse().map_err(fail)?;
+        let a = copydata::os::windows::duplicate_into(&rw, pid).map_err(fail)?;
+        let b = copydata::os::windows::duplicate_into(&ro, pid).map_err(fail)?;
+        say(
+            "handles",
+            &format!("{} {} {} {}", a.handle, a.len, b.handle, b.len),
+        );
+    }
+    assert_eq!(hear(), "check");
+    say("back", &text_at(&rw, 0, 64)?);
+    Ok(())
+}
