@@ -58,7 +58,7 @@ fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
     }
     if let Some(e) = e.downcast_ref::<OpenError>() {
         return Some(match e {
-            OpenError::InvalidName(_) => USAGE,
+            OpenError::InvalidName { .. } => USAGE,
             OpenError::NotFound { .. } => NOT_FOUND,
             OpenError::PermissionDenied { .. } => REFUSED,
             _ => OTHER,
@@ -66,7 +66,7 @@ fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
     }
     if let Some(e) = e.downcast_ref::<CreateError>() {
         return Some(match e {
-            CreateError::InvalidName(_) | CreateError::InvalidSize { .. } => USAGE,
+            CreateError::InvalidName { .. } | CreateError::InvalidSize { .. } => USAGE,
             CreateError::AlreadyExists { .. } => EXISTS,
             CreateError::PermissionDenied { .. } => REFUSED,
             _ => OTHER,
@@ -81,7 +81,7 @@ fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
     }
     if let Some(e) = e.downcast_ref::<RemoveError>() {
         return Some(match e {
-            RemoveError::InvalidName(_) => USAGE,
+            RemoveError::InvalidName { .. } => USAGE,
             RemoveError::NotFound { .. } => NOT_FOUND,
             RemoveError::PermissionDenied { .. } => REFUSED,
             _ => OTHER,

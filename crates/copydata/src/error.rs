@@ -17,8 +17,14 @@ use crate::NameError;
 #[non_exhaustive]
 pub enum CreateError {
     /// The name is not a valid copydata name.
-    #[error("invalid section name: {0}")]
-    InvalidName(#[from] NameError),
+    #[error("invalid section name {name:?}: {reason}")]
+    InvalidName {
+        /// The refused name.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        reason: NameError,
+    },
     /// The size is zero, or too large for this platform.
     #[error("invalid size {size}: {reason}")]
     InvalidSize {
@@ -75,8 +81,14 @@ pub enum CreateError {
 #[non_exhaustive]
 pub enum OpenError {
     /// The name is not a valid copydata name.
-    #[error("invalid section name: {0}")]
-    InvalidName(#[from] NameError),
+    #[error("invalid section name {name:?}: {reason}")]
+    InvalidName {
+        /// The refused name.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        reason: NameError,
+    },
     /// No live section has this name.
     #[error("no section named {name:?}")]
     NotFound {
@@ -174,8 +186,14 @@ pub enum ReadOnlyError {
 #[non_exhaustive]
 pub enum RemoveError {
     /// The name is not a valid copydata name.
-    #[error("invalid section name: {0}")]
-    InvalidName(#[from] NameError),
+    #[error("invalid section name {name:?}: {reason}")]
+    InvalidName {
+        /// The refused name.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        reason: NameError,
+    },
     /// No section has this name.
     #[error("no section named {name:?}")]
     NotFound {
@@ -293,7 +311,7 @@ macro_rules! into_io_error {
 }
 
 into_io_error!(CreateError, |e| match &e {
-    CreateError::InvalidName(_) | CreateError::InvalidSize { .. } => io::ErrorKind::InvalidInput,
+    CreateError::InvalidName { .. } | CreateError::InvalidSize { .. } => io::ErrorKind::InvalidInput,
     CreateError::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
     CreateError::NoSpace { .. } => io::ErrorKind::StorageFull,
     CreateError::Unsupported => io::ErrorKind::Unsupported,
@@ -301,7 +319,7 @@ into_io_error!(CreateError, |e| match &e {
 }, CreateError::Io { source, .. } => source, CreateError::PermissionDenied { source, .. } => source);
 
 into_io_error!(OpenError, |e| match &e {
-    OpenError::InvalidName(_) => io::ErrorKind::InvalidInput,
+    OpenError::InvalidName { .. } => io::ErrorKind::InvalidInput,
     OpenError::NotFound { .. } => io::ErrorKind::NotFound,
     OpenError::Unsupported => io::ErrorKind::Unsupported,
     _ => io::ErrorKind::Other,
@@ -321,7 +339,7 @@ into_io_error!(ReadOnlyError, |e| match &e {
 }, ReadOnlyError::Io(source) => source);
 
 into_io_error!(RemoveError, |e| match &e {
-    RemoveError::InvalidName(_) => io::ErrorKind::InvalidInput,
+    RemoveError::InvalidName { .. } => io::ErrorKind::InvalidInput,
     RemoveError::NotFound { .. } => io::ErrorKind::NotFound,
     RemoveError::Unsupported => io::ErrorKind::Unsupported,
     _ => io::ErrorKind::Other,

@@ -104,7 +104,10 @@ impl Section {
     #[doc(alias = "CreateFileMappingW")]
     #[doc(alias = "shm_open")]
     pub fn create(name: &str, size: u64) -> Result<Section, CreateError> {
-        let name = Name::new(name)?;
+        let name = Name::new(name).map_err(|reason| CreateError::InvalidName {
+            name: name.into(),
+            reason,
+        })?;
         check_size(size)?;
         let inner = sys::Section::create(&name, size)?;
         Ok(Self::wrap(inner, Some(name), true))
@@ -125,7 +128,10 @@ impl Section {
 
     /// Opens the live named section `name` with the given access.
     pub fn open_with(name: &str, access: Access) -> Result<Section, OpenError> {
-        let name = Name::new(name)?;
+        let name = Name::new(name).map_err(|reason| OpenError::InvalidName {
+            name: name.into(),
+            reason,
+        })?;
         let inner = sys::Section::open(&name, access)?;
         Ok(Self::wrap(inner, Some(name), false))
     }
@@ -136,7 +142,10 @@ impl Section {
     /// happened. Race-free: of many processes calling this at once, exactly
     /// one creates.
     pub fn open_or_create(name: &str, size: u64) -> Result<Section, CreateError> {
-        let name = Name::new(name)?;
+        let name = Name::new(name).map_err(|reason| CreateError::InvalidName {
+            name: name.into(),
+            reason,
+        })?;
         check_size(size)?;
         let (inner, created) = sys::Section::open_or_create(&name, size)?;
         Ok(Self::wrap(inner, Some(name), created))
@@ -316,7 +325,11 @@ fn check_size(size: u64) -> Result<(), CreateError> {
 /// handles), so there this returns [`RemoveError::Unsupported`].
 #[doc(alias = "shm_unlink")]
 pub fn remove(name: &str) -> Result<(), RemoveError> {
-    sys::remove(&Name::new(name)?)
+    let valid = Name::new(name).map_err(|reason| RemoveError::InvalidName {
+        name: name.into(),
+        reason,
+    })?;
+    sys::remove(&valid)
 }
 
 /// Lists the live named sections made by copydata, sorted by name, removing

@@ -277,25 +277,25 @@ fn bad_names_are_refused_and_touch_nothing() {
         assert!(
             matches!(
                 Section::create(name, 4096),
-                Err(CreateError::InvalidName(_))
+                Err(CreateError::InvalidName { .. })
             ),
             "create {name:?}"
         );
         assert!(
-            matches!(Section::open(name), Err(OpenError::InvalidName(_))),
+            matches!(Section::open(name), Err(OpenError::InvalidName { .. })),
             "open {name:?}"
         );
         assert!(
             matches!(
                 Section::open_or_create(name, 1),
-                Err(CreateError::InvalidName(_))
+                Err(CreateError::InvalidName { .. })
             ),
             "open_or_create {name:?}"
         );
         assert!(
             matches!(
                 copydata::remove(name),
-                Err(copydata::RemoveError::InvalidName(_))
+                Err(copydata::RemoveError::InvalidName { .. })
             ),
             "remove {name:?}"
         );

@@ -1,0 +1,393 @@
+//! The `copydata` binary, run for real: subcommands, output and exit codes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::channel;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "copydata-clitest-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn copydata() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_copydata"))
+}
+
+struct Output {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Output {
+    fn out(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+/// Runs copydata with `args`, feeding `stdin`, under a deadline.
+fn run_with(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = copydata()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning copydata");
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let code = wait(&mut child, args);
+    let _ = writer.join();
+    Output {
+        code,
+        stdout: reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+fn run(args: &[&str]) -> Output {
+    run_with(args, b"")
+}
+
+fn wait(child: &mut Child, what: &[&str]) -> i32 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("copydata {what:?} did not finish within {WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `copydata section create NAME --size SIZE --hold`, killed on drop.
+struct Holder(Child);
+
+impl Holder {
+    fn start(name: &str, size: &str) -> Holder {
+        let mut child = copydata()
+            .args(["section", "create", name, "--size", size, "--hold"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut holder = Holder(child);
+        let line = rx.recv_timeout(WAIT).expect("no ready line from --hold");
+        assert!(line.starts_with("ready "), "ready line: {line:?}");
+        holder.check_alive();
+        holder
+    }
+
+    fn check_alive(&mut self) {
+        assert!(self.0.try_wait().unwrap().is_none(), "the holder exited");
+    }
+
+    fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn demo_shows_every_step_passing() {
+    let out = run(&["demo"]);
+    assert_eq!(out.code, 0, "{}{}", out.out(), out.stderr);
+    let text = out.out();
+    for step in [
+        "inheritance",
+        "open by name",
+        "read-only hand-out",
+        "unaligned offset",
+        "hand-over",
+    ] {
+        assert!(
+            text.lines().any(|l| l.contains(" ok ") && l.contains(step)),
+            "step {step}: {text}"
+        );
+    }
+    assert!(text.contains("all 5 steps passed"), "{text}");
+}
+
+#[test]
+fn write_read_roundtrip_through_a_held_section() {
+    let name = unique("rw");
+    let mut holder = Holder::start(&name, "64KiB");
+    assert_eq!(
+        run(&["section", "write", &name, "--offset", "100", "hello world"]).code,
+        0
+    );
+    let out = run(&["section", "read", &name, "--offset", "100", "--len", "11"]);
+    assert_eq!((out.code, out.stdout.as_slice()), (0, &b"hello world"[..]));
+
+    // From stdin, binary-safe.
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+    assert_eq!(
+        run_with(
+            &["section", "write", &name, "--offset", "4095", "-"],
+            &bytes
+        )
+        .code,
+        0
+    );
+    let out = run(&[
+        "section", "read", &name, "--offset", "4095", "--len", "5000",
+    ]);
+    assert_eq!(out.stdout, bytes);
+
+    // From a file, and to a file.
+    let dir = std::env::temp_dir();
+    let src = dir.join(format!("{name}.in"));
+    let dst = dir.join(format!("{name}.out"));
+    std::fs::write(&src, b"file contents").unwrap();
+    assert_eq!(
+        run(&["section", "write", &name, "--file", src.to_str().unwrap()]).code,
+        0
+    );
+    let out = run(&[
+        "section",
+        "read",
+        &name,
+        "--len",
+        "13",
+        "--out",
+        dst.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0);
+    assert!(out.stdout.is_empty());
+    assert_eq!(std::fs::read(&dst).unwrap(), b"file contents");
+    let _ = std::fs::remove_file(src);
+    let _ = std::fs::remove_file(dst);
+
+    // Reading to the end by default.
+    let out = run(&["section", "read", &name, "--offset", "65530"]);
+    assert_eq!((out.code, out.stdout.len()), (0, 6));
+    holder.check_alive();
+}
+
+#[test]
+fn exit_codes_are_the_documented_ones() {
+    let name = unique("codes");
+    let _holder = Holder::start(&name, "4096");
+    // (arguments, exit code, what stderr must name, whether copydata itself
+    // (not the argument parser) reports it in one line)
+    let cases: Vec<(Vec<&str>, i32, &str, bool)> = vec![
+        (vec![], 2, "", false),
+        (vec!["frobnicate"], 2, "frobnicate", false),
+        (
+            vec!["section", "create", "x", "--size", "12XB"],
+            2,
+            "12XB",
+            false,
+        ),
+        (
+            vec!["section", "create", "bad/name", "--size", "1"],
+            2,
+            "bad/name",
+            true,
+        ),
+        (
+            vec!["section", "create", "x", "--size", "0"],
+            2,
+            "size",
+            true,
+        ),
+        (
+            vec!["section", "read", "copydata-clitest-none"],
+            3,
+            "copydata-clitest-none",
+            true,
+        ),
+        (
+            vec!["section", "write", "copydata-clitest-none", "x"],
+            3,
+            "copydata-clitest-none",
+            true,
+        ),
+        (
+            vec!["section", "create", &name, "--size", "4096"],
+            6,
+            &name,
+            true,
+        ),
+        (
+            vec!["section", "read", &name, "--offset", "4096", "--len", "1"],
+            2,
+            &name,
+            true,
+        ),
+        (
+            vec!["section", "write", &name, "--offset", "4090", "too long"],
+            2,
+            &name,
+            true,
+        ),
+        (vec!["section", "write", &name], 2, "DATA", true),
+    ];
+    for (args, code, mention, one_line) in cases {
+        let out = run(&args);
+        assert_eq!(out.code, code, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(mention),
+            "{args:?}: stderr {:?} should name {mention:?}",
+            out.stderr
+        );
+        if one_line {
+            assert_eq!(
+                out.stderr.lines().count(),
+                1,
+                "{args:?}: one line: {:?}",
+                out.stderr
+            );
+            assert!(
+                out.stderr.starts_with("copydata: "),
+                "{args:?}: {:?}",
+                out.stderr
+            );
+        }
+    }
+    assert_eq!(run(&["--help"]).code, 0);
+    assert!(run(&["--help"]).out().contains("Exit codes"));
+}
+
+#[test]
+fn killed_holder_leaves_nothing_behind() {
+    let name = unique("kill");
+    let holder = Holder::start(&name, "1MiB");
+    assert_eq!(run(&["section", "write", &name, "x"]).code, 0);
+    holder.kill();
+    let out = run(&["section", "read", &name]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    #[cfg(target_os = "linux")]
+    assert!(!std::path::Path::new("/dev/shm").join(&name).exists());
+}
+
+#[test]
+fn create_without_hold_is_gone_when_the_command_ends() {
+    let name = unique("nohold");
+    let out = run(&["section", "create", &name, "--size", "4096"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("--hold"), "{}", out.stderr);
+    assert_eq!(run(&["section", "read", &name]).code, 3);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn ls_lists_live_sections_and_rm_removes_names() {
+    let name = unique("ls");
+    let holder = Holder::start(&name, "2MiB");
+    let out = run(&["ls", "--json"]);
+    assert_eq!(out.code, 0);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("ls --json prints JSON");
+    let entry = doc["sections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name.as_str())
+        .cloned();
+    assert_eq!(
+        entry,
+        Some(serde_json::json!({ "name": name, "size": 2 * 1024 * 1024 }))
+    );
+    assert!(
+        run(&["ls"])
+            .out()
+            .lines()
+            .any(|l| l.contains(&name) && l.contains("2097152"))
+    );
+
+    assert_eq!(run(&["section", "rm", &name]).code, 0);
+    assert_eq!(run(&["section", "read", &name]).code, 3);
+    assert_eq!(run(&["section", "rm", &name]).code, 3);
+    drop(holder);
+    let out = run(&["ls", "--json"]);
+    assert!(!out.out().contains(&name));
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn other_programs_open_named_sections_by_name() {
+    let Ok(probe) = Command::new("python3")
+        .arg("-c")
+        .arg("import multiprocessing.shared_memory")
+        .output()
+    else {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    };
+    if !probe.status.success() {
+        eprintln!("skipped: python3 has no multiprocessing.shared_memory");
+        return;
+    }
+    let name = unique("py");
+    let _holder = Holder::start(&name, "4096");
+    assert_eq!(
+        run(&["section", "write", &name, "--offset", "10", "from copydata"]).code,
+        0
+    );
+    // Python's resource tracker would unlink the object at exit; unregister.
+    let script = format!(
+        "from multiprocessing import shared_memory as s, resource_tracker as rt\n\
+         m = s.SharedMemory({name:?}); rt.unregister(m._name, 'shared_memory')\n\
+         print(bytes(m.buf[10:23]).decode(), m.size)\n\
+         m.buf[0:6] = b'python'; m.close()"
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "from copydata 4096"
+    );
+    assert_eq!(
+        run(&["section", "read", &name, "--len", "6"]).stdout,
+        b"python"
+    );
+}
