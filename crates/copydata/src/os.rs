@@ -5,9 +5,9 @@
 //! its own primitive (a portable, message-based hand-over rides on top of
 //! these in copydata's mailboxes):
 //!
-//! - Linux ([`linux`]): the descriptor travels over a connected Unix socket as
+//! - Linux (`os::linux`): the descriptor travels over a connected Unix socket as
 //!   `SCM_RIGHTS` ancillary data, together with a small validated header.
-//! - Windows ([`windows`]): `DuplicateHandle` puts a handle into the target
+//! - Windows (`os::windows`): `DuplicateHandle` puts a handle into the target
 //!   process; the sender tells the target the handle's value by any channel,
 //!   and the target adopts it.
 
