@@ -607,10 +607,12 @@ fn raw_upgrade_attempts(s: &Section) -> Result<Vec<&'static str>, String> {
     if let Ok(rw_fd) =
         rustix::fs::open(path.as_str(), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
     {
-        // SAFETY: as above.
-        if let Ok(p) =
-            unsafe { rustix::mm::mmap(std::ptr::null_mut(), 4096, rw, MapFlags::SHARED, &rw_fd, 0) }
-        {
+        // SAFETY: a fresh mapping at a kernel-chosen address; unmapped at
+        // once if it (wrongly) succeeds.
+        let mapped = unsafe {
+            rustix::mm::mmap(std::ptr::null_mut(), 4096, rw, MapFlags::SHARED, &rw_fd, 0)
+        };
+        if let Ok(p) = mapped {
             // SAFETY: unmapping the mapping just made.
             let _ = unsafe { rustix::mm::munmap(p, 4096) };
             return Err("mmap(PROT_WRITE) of a re-opened descriptor succeeded".into());
