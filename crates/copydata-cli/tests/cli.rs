@@ -122,7 +122,21 @@ impl Holder {
 }
 
 impl Drop for Holder {
+    /// Stops the holder as a user would (SIGTERM; Windows has no such
+    /// signal, and there the kernel drops the name with the last handle).
     fn drop(&mut self) {
+        #[cfg(unix)]
+        {
+            let pid = rustix::process::Pid::from_raw(self.0.id() as i32).expect("a child pid");
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let deadline = Instant::now() + WAIT;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -299,6 +313,19 @@ fn killed_holder_leaves_nothing_behind() {
     assert_eq!(out.code, 3, "{}", out.stderr);
     #[cfg(target_os = "linux")]
     assert!(!std::path::Path::new("/dev/shm").join(&name).exists());
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn terminating_a_holder_releases_the_name_at_once() {
+    let name = unique("term");
+    let holder = Holder::start(&name, "4096");
+    assert!(std::path::Path::new("/dev/shm").join(&name).exists());
+    drop(holder); // SIGTERM, then reaped
+    assert!(
+        !std::path::Path::new("/dev/shm").join(&name).exists(),
+        "the holder released the name"
+    );
 }
 
 #[test]

@@ -21,7 +21,8 @@ pub enum Command {
         /// The size: 4096, 64KiB, 1MiB, 2GiB, ...
         #[arg(long, value_parser = parse_size)]
         size: u64,
-        /// Print a ready line and keep the section alive until killed.
+        /// Print a ready line and keep the section alive until interrupted or
+        /// terminated (which releases it).
         #[arg(long)]
         hold: bool,
     },
@@ -85,13 +86,19 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
 fn create(name: &str, size: u64, hold: bool) -> anyhow::Result<ExitCode> {
     let section = Section::create(name, size)?;
     if hold {
+        let (tx, rx) = std::sync::mpsc::channel();
+        ctrlc::set_handler(move || {
+            let _ = tx.send(());
+        })
+        .context("installing the interrupt handler")?;
         println!("ready {name} {size}");
         io::stdout().flush()?;
-        // Held until the process is killed or interrupted; the kernel then
-        // drops this holder.
-        loop {
-            std::thread::park();
-        }
+        // Held until interrupted or terminated: then the section is dropped
+        // here, so the name goes at once. (If the process is killed outright,
+        // the next create, open or ls reclaims the name.)
+        let _ = rx.recv();
+        drop(section);
+        return Ok(ExitCode::SUCCESS);
     }
     drop(section);
     eprintln!(
