@@ -3,10 +3,7 @@
 
 use std::io;
 
-use copydata::{
-    AccessError, CreateError, HandoverError, InheritError, MapError, NameError, OpenError,
-    RemoveError,
-};
+use copydata::{AccessError, CreateError, HandoverError, InheritError, MapError, NameError, OpenError, RemoveError};
 
 pub const OK: u8 = 0;
 pub const OTHER: u8 = 1;
@@ -111,10 +108,7 @@ fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
 }
 
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<io::Error>()
-            .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
-    })
+    e.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe))
 }
 
 /// The whole chain on one line: "context: cause: cause".

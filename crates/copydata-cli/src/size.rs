@@ -5,9 +5,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (digits, unit) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (examples: 4096, 64KiB, 1MiB, 2GiB)"))?;
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size (examples: 4096, 64KiB, 1MiB, 2GiB)"))?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kib" => 10,
@@ -15,13 +13,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "g" | "gib" => 30,
         "t" | "tib" => 40,
         other => {
-            return Err(format!(
-                "unknown unit {other:?} in {s:?} (use B, KiB, MiB, GiB or TiB)"
-            ));
+            return Err(format!("unknown unit {other:?} in {s:?} (use B, KiB, MiB, GiB or TiB)"));
         }
     };
-    n.checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[cfg(test)]

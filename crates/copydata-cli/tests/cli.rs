@@ -10,11 +10,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn unique(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "copydata-clitest-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("copydata-clitest-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 fn copydata() -> Command {
@@ -61,11 +57,7 @@ fn run_with(args: &[&str], stdin: &[u8]) -> Output {
     });
     let code = wait(&mut child, args);
     let _ = writer.join();
-    Output {
-        code,
-        stdout: reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-    }
+    Output { code, stdout: reader.join().unwrap(), stderr: err_reader.join().unwrap() }
 }
 
 fn run(args: &[&str]) -> Output {
@@ -147,17 +139,8 @@ fn demo_shows_every_step_passing() {
     let out = run(&["demo"]);
     assert_eq!(out.code, 0, "{}{}", out.out(), out.stderr);
     let text = out.out();
-    for step in [
-        "inheritance",
-        "open by name",
-        "read-only hand-out",
-        "unaligned offset",
-        "hand-over",
-    ] {
-        assert!(
-            text.lines().any(|l| l.contains(" ok ") && l.contains(step)),
-            "step {step}: {text}"
-        );
+    for step in ["inheritance", "open by name", "read-only hand-out", "unaligned offset", "hand-over"] {
+        assert!(text.lines().any(|l| l.contains(" ok ") && l.contains(step)), "step {step}: {text}");
     }
     assert!(text.contains("all 5 steps passed"), "{text}");
 }
@@ -166,26 +149,14 @@ fn demo_shows_every_step_passing() {
 fn write_read_roundtrip_through_a_held_section() {
     let name = unique("rw");
     let mut holder = Holder::start(&name, "64KiB");
-    assert_eq!(
-        run(&["section", "write", &name, "--offset", "100", "hello world"]).code,
-        0
-    );
+    assert_eq!(run(&["section", "write", &name, "--offset", "100", "hello world"]).code, 0);
     let out = run(&["section", "read", &name, "--offset", "100", "--len", "11"]);
     assert_eq!((out.code, out.stdout.as_slice()), (0, &b"hello world"[..]));
 
     // From stdin, binary-safe.
     let bytes: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
-    assert_eq!(
-        run_with(
-            &["section", "write", &name, "--offset", "4095", "-"],
-            &bytes
-        )
-        .code,
-        0
-    );
-    let out = run(&[
-        "section", "read", &name, "--offset", "4095", "--len", "5000",
-    ]);
+    assert_eq!(run_with(&["section", "write", &name, "--offset", "4095", "-"], &bytes).code, 0);
+    let out = run(&["section", "read", &name, "--offset", "4095", "--len", "5000"]);
     assert_eq!(out.stdout, bytes);
 
     // From a file, and to a file.
@@ -193,19 +164,8 @@ fn write_read_roundtrip_through_a_held_section() {
     let src = dir.join(format!("{name}.in"));
     let dst = dir.join(format!("{name}.out"));
     std::fs::write(&src, b"file contents").unwrap();
-    assert_eq!(
-        run(&["section", "write", &name, "--file", src.to_str().unwrap()]).code,
-        0
-    );
-    let out = run(&[
-        "section",
-        "read",
-        &name,
-        "--len",
-        "13",
-        "--out",
-        dst.to_str().unwrap(),
-    ]);
+    assert_eq!(run(&["section", "write", &name, "--file", src.to_str().unwrap()]).code, 0);
+    let out = run(&["section", "read", &name, "--len", "13", "--out", dst.to_str().unwrap()]);
     assert_eq!(out.code, 0);
     assert!(out.stdout.is_empty());
     assert_eq!(std::fs::read(&dst).unwrap(), b"file contents");
@@ -227,76 +187,23 @@ fn exit_codes_are_the_documented_ones() {
     let cases: Vec<(Vec<&str>, i32, &str, bool)> = vec![
         (vec![], 2, "", false),
         (vec!["frobnicate"], 2, "frobnicate", false),
-        (
-            vec!["section", "create", "x", "--size", "12XB"],
-            2,
-            "12XB",
-            false,
-        ),
-        (
-            vec!["section", "create", "bad/name", "--size", "1"],
-            2,
-            "bad/name",
-            true,
-        ),
-        (
-            vec!["section", "create", "x", "--size", "0"],
-            2,
-            "size",
-            true,
-        ),
-        (
-            vec!["section", "read", "copydata-clitest-none"],
-            3,
-            "copydata-clitest-none",
-            true,
-        ),
-        (
-            vec!["section", "write", "copydata-clitest-none", "x"],
-            3,
-            "copydata-clitest-none",
-            true,
-        ),
-        (
-            vec!["section", "create", &name, "--size", "4096"],
-            6,
-            &name,
-            true,
-        ),
-        (
-            vec!["section", "read", &name, "--offset", "4096", "--len", "1"],
-            2,
-            &name,
-            true,
-        ),
-        (
-            vec!["section", "write", &name, "--offset", "4090", "too long"],
-            2,
-            &name,
-            true,
-        ),
+        (vec!["section", "create", "x", "--size", "12XB"], 2, "12XB", false),
+        (vec!["section", "create", "bad/name", "--size", "1"], 2, "bad/name", true),
+        (vec!["section", "create", "x", "--size", "0"], 2, "size", true),
+        (vec!["section", "read", "copydata-clitest-none"], 3, "copydata-clitest-none", true),
+        (vec!["section", "write", "copydata-clitest-none", "x"], 3, "copydata-clitest-none", true),
+        (vec!["section", "create", &name, "--size", "4096"], 6, &name, true),
+        (vec!["section", "read", &name, "--offset", "4096", "--len", "1"], 2, &name, true),
+        (vec!["section", "write", &name, "--offset", "4090", "too long"], 2, &name, true),
         (vec!["section", "write", &name], 2, "DATA", true),
     ];
     for (args, code, mention, one_line) in cases {
         let out = run(&args);
         assert_eq!(out.code, code, "{args:?}: {}", out.stderr);
-        assert!(
-            out.stderr.contains(mention),
-            "{args:?}: stderr {:?} should name {mention:?}",
-            out.stderr
-        );
+        assert!(out.stderr.contains(mention), "{args:?}: stderr {:?} should name {mention:?}", out.stderr);
         if one_line {
-            assert_eq!(
-                out.stderr.lines().count(),
-                1,
-                "{args:?}: one line: {:?}",
-                out.stderr
-            );
-            assert!(
-                out.stderr.starts_with("copydata: "),
-                "{args:?}: {:?}",
-                out.stderr
-            );
+            assert_eq!(out.stderr.lines().count(), 1, "{args:?}: one line: {:?}", out.stderr);
+            assert!(out.stderr.starts_with("copydata: "), "{args:?}: {:?}", out.stderr);
         }
     }
     assert_eq!(run(&["--help"]).code, 0);
@@ -322,10 +229,7 @@ fn terminating_a_holder_releases_the_name_at_once() {
     let holder = Holder::start(&name, "4096");
     assert!(std::path::Path::new("/dev/shm").join(&name).exists());
     drop(holder); // SIGTERM, then reaped
-    assert!(
-        !std::path::Path::new("/dev/shm").join(&name).exists(),
-        "the holder released the name"
-    );
+    assert!(!std::path::Path::new("/dev/shm").join(&name).exists(), "the holder released the name");
 }
 
 #[test]
@@ -344,24 +248,10 @@ fn ls_lists_live_sections_and_rm_removes_names() {
     let holder = Holder::start(&name, "2MiB");
     let out = run(&["ls", "--json"]);
     assert_eq!(out.code, 0);
-    let doc: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("ls --json prints JSON");
-    let entry = doc["sections"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name.as_str())
-        .cloned();
-    assert_eq!(
-        entry,
-        Some(serde_json::json!({ "name": name, "size": 2 * 1024 * 1024 }))
-    );
-    assert!(
-        run(&["ls"])
-            .out()
-            .lines()
-            .any(|l| l.contains(&name) && l.contains("2097152"))
-    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ls --json prints JSON");
+    let entry = doc["sections"].as_array().unwrap().iter().find(|s| s["name"] == name.as_str()).cloned();
+    assert_eq!(entry, Some(serde_json::json!({ "name": name, "size": 2 * 1024 * 1024 })));
+    assert!(run(&["ls"]).out().lines().any(|l| l.contains(&name) && l.contains("2097152")));
 
     assert_eq!(run(&["section", "rm", &name]).code, 0);
     assert_eq!(run(&["section", "read", &name]).code, 3);
@@ -374,11 +264,7 @@ fn ls_lists_live_sections_and_rm_removes_names() {
 #[cfg(target_os = "linux")]
 #[test]
 fn other_programs_open_named_sections_by_name() {
-    let Ok(probe) = Command::new("python3")
-        .arg("-c")
-        .arg("import multiprocessing.shared_memory")
-        .output()
-    else {
+    let Ok(probe) = Command::new("python3").arg("-c").arg("import multiprocessing.shared_memory").output() else {
         eprintln!("skipped: python3 is not installed");
         return;
     };
@@ -388,10 +274,7 @@ fn other_programs_open_named_sections_by_name() {
     }
     let name = unique("py");
     let _holder = Holder::start(&name, "4096");
-    assert_eq!(
-        run(&["section", "write", &name, "--offset", "10", "from copydata"]).code,
-        0
-    );
+    assert_eq!(run(&["section", "write", &name, "--offset", "10", "from copydata"]).code, 0);
     // Python's resource tracker would unlink the object at exit; unregister.
     let script = format!(
         "from multiprocessing import shared_memory as s, resource_tracker as rt\n\
@@ -399,22 +282,8 @@ fn other_programs_open_named_sections_by_name() {
          print(bytes(m.buf[10:23]).decode(), m.size)\n\
          m.buf[0:6] = b'python'; m.close()"
     );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "from copydata 4096"
-    );
-    assert_eq!(
-        run(&["section", "read", &name, "--len", "6"]).stdout,
-        b"python"
-    );
+    let out = Command::new("python3").arg("-c").arg(&script).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "from copydata 4096");
+    assert_eq!(run(&["section", "read", &name, "--len", "6"]).stdout, b"python");
 }

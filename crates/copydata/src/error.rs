@@ -41,9 +41,7 @@ pub enum CreateError {
     },
     /// The shared-memory file system has less free space than the section
     /// needs (Linux: `/dev/shm`); touching the memory later would crash.
-    #[error(
-        "section {name:?}: {size} bytes requested but only {available} are free in the shared-memory file system"
-    )]
+    #[error("section {name:?}: {size} bytes requested but only {available} are free in the shared-memory file system")]
     NoSpace {
         /// The name asked for.
         name: String,

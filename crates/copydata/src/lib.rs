@@ -50,11 +50,8 @@ mod sys;
 mod view;
 
 pub use error::{
-    AccessError, CreateError, HandoverError, InheritError, ListError, MapError, OpenError,
-    ReadOnlyError, RemoveError,
+    AccessError, CreateError, HandoverError, InheritError, ListError, MapError, OpenError, ReadOnlyError, RemoveError,
 };
 pub use name::{MAX_NAME_LEN, NameError, validate_name};
-pub use section::{
-    Access, CommandExt, INHERIT_VAR, Section, SectionInfo, inherited_sections, list, remove,
-};
+pub use section::{Access, CommandExt, INHERIT_VAR, Section, SectionInfo, inherited_sections, list, remove};
 pub use view::{View, ViewMut};

@@ -51,10 +51,7 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     if name.len() > MAX_NAME_LEN {
         return Err(NameError::TooLong { len: name.len() });
     }
-    if let Some(ch) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
+    if let Some(ch) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
         return Err(NameError::BadChar { ch });
     }
     if name.starts_with('.') {
@@ -104,24 +101,9 @@ mod tests {
     #[test]
     fn refuses_bad_names() {
         assert_eq!(validate_name(""), Err(NameError::Empty));
-        assert_eq!(
-            validate_name(&"x".repeat(MAX_NAME_LEN + 1)),
-            Err(NameError::TooLong {
-                len: MAX_NAME_LEN + 1
-            })
-        );
-        for (bad, ch) in [
-            ("a/b", '/'),
-            ("a\\b", '\\'),
-            ("a b", ' '),
-            ("é", 'é'),
-            ("a\0", '\0'),
-        ] {
-            assert_eq!(
-                validate_name(bad),
-                Err(NameError::BadChar { ch }),
-                "{bad:?}"
-            );
+        assert_eq!(validate_name(&"x".repeat(MAX_NAME_LEN + 1)), Err(NameError::TooLong { len: MAX_NAME_LEN + 1 }));
+        for (bad, ch) in [("a/b", '/'), ("a\\b", '\\'), ("a b", ' '), ("é", 'é'), ("a\0", '\0')] {
+            assert_eq!(validate_name(bad), Err(NameError::BadChar { ch }), "{bad:?}");
         }
         assert_eq!(validate_name(".."), Err(NameError::LeadingDot));
         assert_eq!(validate_name(".hidden"), Err(NameError::LeadingDot));

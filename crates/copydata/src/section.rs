@@ -5,9 +5,7 @@ use std::process::{Child, Command};
 use std::sync::Mutex;
 use std::{fmt, io};
 
-use crate::error::{
-    CreateError, InheritError, ListError, MapError, OpenError, ReadOnlyError, RemoveError,
-};
+use crate::error::{CreateError, InheritError, ListError, MapError, OpenError, ReadOnlyError, RemoveError};
 use crate::name::Name;
 use crate::sys;
 use crate::view::{View, ViewMut};
@@ -81,11 +79,7 @@ pub struct SectionInfo {
 
 impl Section {
     fn wrap(inner: sys::Section, name: Option<Name>, created: bool) -> Section {
-        Section {
-            inner,
-            name,
-            created,
-        }
+        Section { inner, name, created }
     }
 
     /// Creates an anonymous section of `size` bytes, zero-filled.
@@ -104,10 +98,7 @@ impl Section {
     #[doc(alias = "CreateFileMappingW")]
     #[doc(alias = "shm_open")]
     pub fn create(name: &str, size: u64) -> Result<Section, CreateError> {
-        let name = Name::new(name).map_err(|reason| CreateError::InvalidName {
-            name: name.into(),
-            reason,
-        })?;
+        let name = Name::new(name).map_err(|reason| CreateError::InvalidName { name: name.into(), reason })?;
         check_size(size)?;
         let inner = sys::Section::create(&name, size)?;
         Ok(Self::wrap(inner, Some(name), true))
@@ -128,10 +119,7 @@ impl Section {
 
     /// Opens the live named section `name` with the given access.
     pub fn open_with(name: &str, access: Access) -> Result<Section, OpenError> {
-        let name = Name::new(name).map_err(|reason| OpenError::InvalidName {
-            name: name.into(),
-            reason,
-        })?;
+        let name = Name::new(name).map_err(|reason| OpenError::InvalidName { name: name.into(), reason })?;
         let inner = sys::Section::open(&name, access)?;
         Ok(Self::wrap(inner, Some(name), false))
     }
@@ -142,10 +130,7 @@ impl Section {
     /// happened. Race-free: of many processes calling this at once, exactly
     /// one creates.
     pub fn open_or_create(name: &str, size: u64) -> Result<Section, CreateError> {
-        let name = Name::new(name).map_err(|reason| CreateError::InvalidName {
-            name: name.into(),
-            reason,
-        })?;
+        let name = Name::new(name).map_err(|reason| CreateError::InvalidName { name: name.into(), reason })?;
         check_size(size)?;
         let (inner, created) = sys::Section::open_or_create(&name, size)?;
         Ok(Self::wrap(inner, Some(name), created))
@@ -160,11 +145,7 @@ impl Section {
     /// part crash the accessing process (SIGBUS on Linux); keep such files
     /// private to your application.
     pub fn from_file(file: &File, access: Access) -> Result<Section, CreateError> {
-        Ok(Self::wrap(
-            sys::Section::from_file(file, access)?,
-            None,
-            true,
-        ))
+        Ok(Self::wrap(sys::Section::from_file(file, access)?, None, true))
     }
 
     /// The section's size in bytes.
@@ -215,11 +196,7 @@ impl Section {
     #[doc(alias = "DuplicateHandle")]
     #[doc(alias = "F_SEAL_FUTURE_WRITE")]
     pub fn read_only(&self) -> Result<Section, ReadOnlyError> {
-        Ok(Self::wrap(
-            self.inner.read_only()?,
-            self.name.clone(),
-            false,
-        ))
+        Ok(Self::wrap(self.inner.read_only()?, self.name.clone(), false))
     }
 
     /// Maps `len` bytes starting at `offset` for reading. The offset needs no
@@ -248,15 +225,9 @@ impl Section {
             return Err(MapError::ZeroLength);
         }
         let size = self.len();
-        let in_range = offset
-            .checked_add(len as u64)
-            .is_some_and(|end| end <= size);
+        let in_range = offset.checked_add(len as u64).is_some_and(|end| end <= size);
         if !in_range {
-            return Err(MapError::OutOfRange {
-                offset,
-                len: len as u64,
-                size,
-            });
+            return Err(MapError::OutOfRange { offset, len: len as u64, size });
         }
         if access == Access::ReadWrite && self.access() == Access::ReadOnly {
             return Err(MapError::ReadOnly);
@@ -302,16 +273,10 @@ impl fmt::Debug for Section {
 
 fn check_size(size: u64) -> Result<(), CreateError> {
     if size == 0 {
-        return Err(CreateError::InvalidSize {
-            size,
-            reason: "a section must be at least one byte",
-        });
+        return Err(CreateError::InvalidSize { size, reason: "a section must be at least one byte" });
     }
     if size > isize::MAX as u64 {
-        return Err(CreateError::InvalidSize {
-            size,
-            reason: "larger than the address space",
-        });
+        return Err(CreateError::InvalidSize { size, reason: "larger than the address space" });
     }
     Ok(())
 }
@@ -325,10 +290,7 @@ fn check_size(size: u64) -> Result<(), CreateError> {
 /// handles), so there this returns [`RemoveError::Unsupported`].
 #[doc(alias = "shm_unlink")]
 pub fn remove(name: &str) -> Result<(), RemoveError> {
-    let valid = Name::new(name).map_err(|reason| RemoveError::InvalidName {
-        name: name.into(),
-        reason,
-    })?;
+    let valid = Name::new(name).map_err(|reason| RemoveError::InvalidName { name: name.into(), reason })?;
     sys::remove(&valid)
 }
 
@@ -383,10 +345,7 @@ pub trait CommandExt {
 
 impl CommandExt for Command {
     fn spawn_with_sections(&mut self, sections: &[&Section]) -> io::Result<Child> {
-        let parts: Vec<_> = sections
-            .iter()
-            .map(|s| (s.inner(), s.name.as_ref()))
-            .collect();
+        let parts: Vec<_> = sections.iter().map(|s| (s.inner(), s.name.as_ref())).collect();
         sys::spawn_with_sections(self, &parts)
     }
 }
@@ -410,14 +369,10 @@ pub fn inherited_sections() -> Result<Vec<Section>, InheritError> {
     if *taken {
         return Err(InheritError::AlreadyTaken);
     }
-    let token = token.into_string().map_err(|_| InheritError::Malformed {
-        var: INHERIT_VAR,
-        reason: "not valid UTF-8".into(),
-    })?;
+    let token = token
+        .into_string()
+        .map_err(|_| InheritError::Malformed { var: INHERIT_VAR, reason: "not valid UTF-8".into() })?;
     *taken = true;
     let parts = sys::take_inherited(&token)?;
-    Ok(parts
-        .into_iter()
-        .map(|(s, name)| Section::from_parts(s, name))
-        .collect())
+    Ok(parts.into_iter().map(|(s, name)| Section::from_parts(s, name)).collect())
 }

@@ -38,12 +38,7 @@ pub struct ViewMut {
 impl View {
     pub(crate) fn new(map: Arc<sys::Mapping>, start: usize, len: usize, offset: u64) -> View {
         debug_assert!(start + len <= map.len());
-        View {
-            map,
-            start,
-            len,
-            offset,
-        }
+        View { map, start, len, offset }
     }
 
     /// The view's length in bytes.
@@ -76,11 +71,7 @@ impl View {
     fn check(&self, offset: usize, len: usize) -> Result<(), AccessError> {
         match offset.checked_add(len) {
             Some(end) if end <= self.len => Ok(()),
-            _ => Err(AccessError::OutOfRange {
-                offset,
-                len,
-                view_len: self.len,
-            }),
+            _ => Err(AccessError::OutOfRange { offset, len, view_len: self.len }),
         }
     }
 
@@ -91,10 +82,7 @@ impl View {
         //   inside the view.
         let p = unsafe { self.as_ptr().add(offset) } as *mut u8;
         if !(p as usize).is_multiple_of(size) {
-            return Err(AccessError::Misaligned {
-                offset,
-                align: size,
-            });
+            return Err(AccessError::Misaligned { offset, align: size });
         }
         Ok(p)
     }
@@ -121,8 +109,7 @@ impl View {
     /// Copies the whole view into a new vector.
     pub fn to_vec(&self) -> Vec<u8> {
         let mut out = vec![0; self.len];
-        self.read_at(0, &mut out)
-            .expect("the whole view is in range");
+        self.read_at(0, &mut out).expect("the whole view is in range");
         out
     }
 

@@ -26,10 +26,7 @@ fn text_at(s: &Section, offset: u64, len: usize) -> Result<String, String> {
 
 fn put(s: &Section, offset: u64, text: &str) -> Result<(), String> {
     let bytes = format!("{text}\0");
-    s.map_mut(offset, bytes.len())
-        .map_err(fail)?
-        .write_at(0, bytes.as_bytes())
-        .map_err(fail)
+    s.map_mut(offset, bytes.len()).map_err(fail)?.write_at(0, bytes.as_bytes()).map_err(fail)
 }
 
 /// The child roles.
@@ -42,13 +39,7 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
             for (i, s) in sections.iter().enumerate() {
                 say(
                     "section",
-                    &format!(
-                        "{i} {} {} {:?} {}",
-                        s.name().unwrap_or("-"),
-                        s.len(),
-                        s.access(),
-                        text_at(s, 0, 64)?
-                    ),
+                    &format!("{i} {} {} {:?} {}", s.name().unwrap_or("-"), s.len(), s.access(), text_at(s, 0, 64)?),
                 );
                 match s.access() {
                     Access::ReadWrite => put(s, 0, &format!("child {me} wrote {i}"))?,
@@ -74,10 +65,7 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
                 Err(InheritError::AlreadyTaken) => "taken".into(),
                 Err(e) => format!("other:{e}"),
             };
-            say(
-                "took",
-                &format!("{} {}", describe(&first), describe(&second)),
-            );
+            say("took", &format!("{} {}", describe(&first), describe(&second)));
             Ok(())
         }
         // Takes its sections, then starts a grandchild with the same
@@ -91,6 +79,10 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
             Ok(())
         }
         "probe-read-only" => probe_read_only(),
+        "hold-inherited" => {
+            say("ready", "");
+            park_forever()
+        }
         "open-write" => {
             let s = Section::open(&args[0]).map_err(fail)?;
             say("saw", &format!("{} {}", s.len(), text_at(&s, 0, 64)?));
@@ -114,19 +106,13 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
             assert_eq!(hear(), "go");
             let s = Section::open_or_create(&args[0], 4096).map_err(fail)?;
             let v = s.map_mut(0, 8).map_err(fail)?;
-            v.atomic_u64(0)
-                .map_err(fail)?
-                .fetch_add(1, Ordering::SeqCst);
+            v.atomic_u64(0).map_err(fail)?.fetch_add(1, Ordering::SeqCst);
             say("result", if s.was_created() { "created" } else { "opened" });
             assert_eq!(hear(), "exit");
             Ok(())
         }
         "file-write" => {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&args[0])
-                .map_err(fail)?;
+            let file = std::fs::OpenOptions::new().read(true).write(true).open(&args[0]).map_err(fail)?;
             let s = Section::from_file(&file, Access::ReadWrite).map_err(fail)?;
             let offset: u64 = args[1].parse().map_err(fail)?;
             let v = s.map_mut(offset, args[2].len()).map_err(fail)?;
@@ -150,39 +136,19 @@ fn views_at_unaligned_offsets_see_the_same_bytes() {
     let whole = s.map_mut(0, size as usize).unwrap();
     let pattern: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
     whole.write_at(0, &pattern).unwrap();
-    for offset in [
-        1u64,
-        4095,
-        4096,
-        4097,
-        65_535,
-        65_536,
-        65_537,
-        131_071,
-        200_003,
-        size - 1,
-    ] {
+    for offset in [1u64, 4095, 4096, 4097, 65_535, 65_536, 65_537, 131_071, 200_003, size - 1] {
         let len = (size - offset).min(10_000) as usize;
         let v = s.map(offset, len).unwrap();
         assert_eq!(v.offset(), offset);
         assert_eq!(v.len(), len);
-        assert_eq!(
-            v.to_vec(),
-            &pattern[offset as usize..offset as usize + len],
-            "offset {offset}"
-        );
+        assert_eq!(v.to_vec(), &pattern[offset as usize..offset as usize + len], "offset {offset}");
         // Writes through an unaligned view land at the right byte.
         let w = s.map_mut(offset, 1).unwrap();
         w.write_at(0, &[0xAB]).unwrap();
         let mut b = [0];
         whole.read_at(offset as usize, &mut b).unwrap();
         assert_eq!(b[0], 0xAB);
-        whole
-            .write_at(
-                offset as usize,
-                &pattern[offset as usize..offset as usize + 1],
-            )
-            .unwrap();
+        whole.write_at(offset as usize, &pattern[offset as usize..offset as usize + 1]).unwrap();
     }
 }
 
@@ -190,115 +156,44 @@ fn views_at_unaligned_offsets_see_the_same_bytes() {
 fn out_of_range_requests_are_refused() {
     let s = Section::anonymous(10_000).unwrap();
     assert!(matches!(s.map(0, 0), Err(MapError::ZeroLength)));
-    assert!(matches!(
-        s.map(0, 10_001),
-        Err(MapError::OutOfRange {
-            offset: 0,
-            len: 10_001,
-            size: 10_000
-        })
-    ));
+    assert!(matches!(s.map(0, 10_001), Err(MapError::OutOfRange { offset: 0, len: 10_001, size: 10_000 })));
     assert!(matches!(s.map(9_999, 2), Err(MapError::OutOfRange { .. })));
     assert!(matches!(s.map(10_000, 1), Err(MapError::OutOfRange { .. })));
-    assert!(matches!(
-        s.map(u64::MAX, 1),
-        Err(MapError::OutOfRange { .. })
-    ));
-    assert!(matches!(
-        s.map_mut(u64::MAX - 1, usize::MAX),
-        Err(MapError::OutOfRange { .. })
-    ));
+    assert!(matches!(s.map(u64::MAX, 1), Err(MapError::OutOfRange { .. })));
+    assert!(matches!(s.map_mut(u64::MAX - 1, usize::MAX), Err(MapError::OutOfRange { .. })));
     assert!(s.map(9_999, 1).is_ok());
 
     let v = s.map_mut(3, 100).unwrap();
     let mut buf = [0u8; 10];
-    assert_eq!(
-        v.read_at(91, &mut buf),
-        Err(AccessError::OutOfRange {
-            offset: 91,
-            len: 10,
-            view_len: 100
-        })
-    );
+    assert_eq!(v.read_at(91, &mut buf), Err(AccessError::OutOfRange { offset: 91, len: 10, view_len: 100 }));
     assert!(v.read_at(90, &mut buf).is_ok());
-    assert!(matches!(
-        v.write_at(usize::MAX, b"x"),
-        Err(AccessError::OutOfRange { .. })
-    ));
+    assert!(matches!(v.write_at(usize::MAX, b"x"), Err(AccessError::OutOfRange { .. })));
     // The view starts at byte 3 of a page-aligned mapping: offset 1 is
     // 4-byte aligned, offset 0 is not.
-    assert!(matches!(
-        v.atomic_u32(0),
-        Err(AccessError::Misaligned { align: 4, .. })
-    ));
+    assert!(matches!(v.atomic_u32(0), Err(AccessError::Misaligned { align: 4, .. })));
     assert!(v.atomic_u32(1).is_ok());
-    assert!(matches!(
-        v.atomic_u64(1),
-        Err(AccessError::Misaligned { align: 8, .. })
-    ));
+    assert!(matches!(v.atomic_u64(1), Err(AccessError::Misaligned { align: 8, .. })));
     assert!(v.atomic_u64(5).is_ok());
-    assert!(matches!(
-        v.load_u32(97, Ordering::Relaxed),
-        Err(AccessError::OutOfRange { .. })
-    ));
+    assert!(matches!(v.load_u32(97, Ordering::Relaxed), Err(AccessError::OutOfRange { .. })));
 
-    assert!(matches!(
-        Section::anonymous(0),
-        Err(CreateError::InvalidSize { .. })
-    ));
-    assert!(matches!(
-        Section::create(&unique("zero"), 0),
-        Err(CreateError::InvalidSize { .. })
-    ));
-    assert!(matches!(
-        Section::anonymous(u64::MAX),
-        Err(CreateError::InvalidSize { .. })
-    ));
+    assert!(matches!(Section::anonymous(0), Err(CreateError::InvalidSize { .. })));
+    assert!(matches!(Section::create(&unique("zero"), 0), Err(CreateError::InvalidSize { .. })));
+    assert!(matches!(Section::anonymous(u64::MAX), Err(CreateError::InvalidSize { .. })));
 }
 
 #[test]
 fn bad_names_are_refused_and_touch_nothing() {
     let long = "x".repeat(copydata::MAX_NAME_LEN + 1);
-    let bad = [
-        "",
-        "../copydata-escape",
-        "a/b",
-        "a\\b",
-        ".hidden",
-        "..",
-        "Global\\x",
-        "/abs",
-        "sp ace",
-        "nul\0",
-        "é",
-        &long,
-    ];
+    let bad =
+        ["", "../copydata-escape", "a/b", "a\\b", ".hidden", "..", "Global\\x", "/abs", "sp ace", "nul\0", "é", &long];
     for name in bad {
+        assert!(matches!(Section::create(name, 4096), Err(CreateError::InvalidName { .. })), "create {name:?}");
+        assert!(matches!(Section::open(name), Err(OpenError::InvalidName { .. })), "open {name:?}");
         assert!(
-            matches!(
-                Section::create(name, 4096),
-                Err(CreateError::InvalidName { .. })
-            ),
-            "create {name:?}"
-        );
-        assert!(
-            matches!(Section::open(name), Err(OpenError::InvalidName { .. })),
-            "open {name:?}"
-        );
-        assert!(
-            matches!(
-                Section::open_or_create(name, 1),
-                Err(CreateError::InvalidName { .. })
-            ),
+            matches!(Section::open_or_create(name, 1), Err(CreateError::InvalidName { .. })),
             "open_or_create {name:?}"
         );
-        assert!(
-            matches!(
-                copydata::remove(name),
-                Err(copydata::RemoveError::InvalidName { .. })
-            ),
-            "remove {name:?}"
-        );
+        assert!(matches!(copydata::remove(name), Err(copydata::RemoveError::InvalidName { .. })), "remove {name:?}");
     }
     #[cfg(target_os = "linux")]
     {
@@ -314,10 +209,7 @@ fn named_sections_open_by_name_from_another_process() {
     let name = unique("byname");
     let s = Section::create(&name, 8192).unwrap();
     assert_eq!(s.name(), Some(name.as_str()));
-    assert!(matches!(
-        Section::create(&name, 8192),
-        Err(CreateError::AlreadyExists { .. })
-    ));
+    assert!(matches!(Section::create(&name, 8192), Err(CreateError::AlreadyExists { .. })));
     put(&s, 0, "hello").unwrap();
     let mut kid = Kid::spawn("open-write", &[&name]);
     assert_eq!(kid.expect("saw"), "8192 hello");
@@ -328,15 +220,9 @@ fn named_sections_open_by_name_from_another_process() {
     assert_eq!(ro.len(), 8192);
     assert!(matches!(ro.map_mut(0, 1), Err(MapError::ReadOnly)));
     drop((s, ro));
-    assert!(matches!(
-        Section::open(&name),
-        Err(OpenError::NotFound { .. })
-    ));
+    assert!(matches!(Section::open(&name), Err(OpenError::NotFound { .. })));
     #[cfg(target_os = "linux")]
-    assert!(
-        !common::in_dev_shm(&name),
-        "the last holder's close removes the object at once"
-    );
+    assert!(!common::in_dev_shm(&name), "the last holder's close removes the object at once");
 }
 
 #[test]
@@ -346,41 +232,26 @@ fn open_missing_is_not_found() {
         Err(OpenError::NotFound { name: n }) => assert_eq!(n, name),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(
-        Section::open_read_only(&name),
-        Err(OpenError::NotFound { .. })
-    ));
+    assert!(matches!(Section::open_read_only(&name), Err(OpenError::NotFound { .. })));
 }
 
 #[test]
 fn open_or_create_under_a_race_creates_exactly_once() {
     let name = unique("race");
-    let mut kids: Vec<Kid> = (0..6)
-        .map(|_| Kid::spawn("open-or-create", &[&name]))
-        .collect();
+    let mut kids: Vec<Kid> = (0..6).map(|_| Kid::spawn("open-or-create", &[&name])).collect();
     for k in &mut kids {
         k.tell("go");
     }
     let results: Vec<String> = kids.iter_mut().map(|k| k.expect("result")).collect();
-    assert_eq!(
-        results.iter().filter(|r| *r == "created").count(),
-        1,
-        "{results:?}"
-    );
+    assert_eq!(results.iter().filter(|r| *r == "created").count(), 1, "{results:?}");
     let s = Section::open(&name).unwrap();
-    assert_eq!(
-        s.map(0, 8).unwrap().load_u64(0, Ordering::SeqCst).unwrap(),
-        6
-    );
+    assert_eq!(s.map(0, 8).unwrap().load_u64(0, Ordering::SeqCst).unwrap(), 6);
     drop(s);
     for mut k in kids {
         k.tell("exit");
         k.wait_ok();
     }
-    assert!(matches!(
-        Section::open(&name),
-        Err(OpenError::NotFound { .. })
-    ));
+    assert!(matches!(Section::open(&name), Err(OpenError::NotFound { .. })));
 }
 
 #[test]
@@ -393,10 +264,7 @@ fn a_view_keeps_the_section_alive() {
     let again = Section::open(&name).expect("a live view holds the section");
     assert_eq!(text_at(&again, 10, 10).unwrap(), "still here");
     drop((again, v));
-    assert!(matches!(
-        Section::open(&name),
-        Err(OpenError::NotFound { .. })
-    ));
+    assert!(matches!(Section::open(&name), Err(OpenError::NotFound { .. })));
 }
 
 #[test]
@@ -411,42 +279,26 @@ fn kill_9_of_every_holder_frees_the_name() {
         }
         creator.kill();
         // Still held by the others.
-        assert_eq!(
-            text_at(&Section::open_read_only(&name).unwrap(), 0, 64).unwrap(),
-            "made by the creator"
-        );
+        assert_eq!(text_at(&Section::open_read_only(&name).unwrap(), 0, 64).unwrap(), "made by the creator");
         for h in holders {
             h.kill();
         }
         match reclaim_by {
-            "open" => assert!(matches!(
-                Section::open(&name),
-                Err(OpenError::NotFound { .. })
-            )),
+            "open" => assert!(matches!(Section::open(&name), Err(OpenError::NotFound { .. }))),
             "create" => {
                 let fresh = Section::create(&name, 4096).expect("the name is free again");
                 assert_eq!(fresh.len(), 4096);
-                assert_eq!(
-                    fresh.map(0, 64).unwrap().to_vec(),
-                    vec![0; 64],
-                    "a new, zeroed section"
-                );
+                assert_eq!(fresh.map(0, 64).unwrap().to_vec(), vec![0; 64], "a new, zeroed section");
             }
             _ => {
                 if let Ok(list) = copydata::list() {
                     assert!(list.iter().all(|s| s.name != name), "{list:?}");
                 }
-                assert!(matches!(
-                    Section::open(&name),
-                    Err(OpenError::NotFound { .. })
-                ));
+                assert!(matches!(Section::open(&name), Err(OpenError::NotFound { .. })));
             }
         }
         #[cfg(target_os = "linux")]
-        assert!(
-            !common::in_dev_shm(&name),
-            "{reclaim_by}: /dev/shm/{name} left behind"
-        );
+        assert!(!common::in_dev_shm(&name), "{reclaim_by}: /dev/shm/{name} left behind");
     }
 }
 
@@ -464,23 +316,34 @@ fn inheritance_passes_exactly_the_given_sections() {
     let frozen = secret.read_only().unwrap();
     let mut kid = Kid::spawn_with("inherit-report", &[], &[&anon, &named, &frozen]);
     assert_eq!(kid.expect("section"), "0 - 4096 ReadWrite anon");
-    assert_eq!(
-        kid.expect("section"),
-        format!("1 {name} 8192 ReadWrite named")
-    );
+    assert_eq!(kid.expect("section"), format!("1 {name} 8192 ReadWrite named"));
     assert_eq!(kid.expect("section"), "2 - 4096 ReadOnly secret");
     kid.expect("done");
     let pid = kid.id();
     kid.wait_ok();
-    assert_eq!(
-        text_at(&anon, 0, 64).unwrap(),
-        format!("child {pid} wrote 0")
-    );
-    assert_eq!(
-        text_at(&named, 0, 64).unwrap(),
-        format!("child {pid} wrote 1")
-    );
+    assert_eq!(text_at(&anon, 0, 64).unwrap(), format!("child {pid} wrote 0"));
+    assert_eq!(text_at(&named, 0, 64).unwrap(), format!("child {pid} wrote 1"));
     assert_eq!(text_at(&secret, 0, 64).unwrap(), "secret");
+    // The child closing its handle does not end the section the parent holds.
+    let again = Section::open(&name).expect("still held by the parent");
+    assert_eq!(text_at(&again, 0, 64).unwrap(), format!("child {pid} wrote 1"));
+}
+
+#[test]
+fn a_child_holds_an_inherited_section_after_the_parent_lets_go() {
+    let name = unique("inherit-hold");
+    let named = Section::create(&name, 4096).unwrap();
+    put(&named, 0, "from the parent").unwrap();
+    // The child does not even take its sections: holding the inherited
+    // handle is enough.
+    let mut kid = Kid::spawn_with("hold-inherited", &[], &[&named]);
+    kid.expect("ready");
+    drop(named);
+    let again = Section::open(&name).expect("the child still holds it");
+    assert_eq!(text_at(&again, 0, 64).unwrap(), "from the parent");
+    drop(again);
+    kid.kill();
+    assert!(matches!(Section::open(&name), Err(OpenError::NotFound { .. })));
 }
 
 #[test]
@@ -568,8 +431,7 @@ fn raw_upgrade_attempts(s: &Section) -> Result<Vec<&'static str>, String> {
     let rw = ProtFlags::READ | ProtFlags::WRITE;
     // SAFETY: a fresh mapping at a kernel-chosen address; unmapped at once if
     // it (wrongly) succeeds.
-    let direct =
-        unsafe { rustix::mm::mmap(std::ptr::null_mut(), 4096, rw, MapFlags::SHARED, fd, 0) };
+    let direct = unsafe { rustix::mm::mmap(std::ptr::null_mut(), 4096, rw, MapFlags::SHARED, fd, 0) };
     if let Ok(p) = direct {
         // SAFETY: unmapping the mapping just made.
         let _ = unsafe { rustix::mm::munmap(p, 4096) };
@@ -581,20 +443,10 @@ fn raw_upgrade_attempts(s: &Section) -> Result<Vec<&'static str>, String> {
     }
     refused.push("write");
     // SAFETY: a fresh read-only mapping, unmapped below.
-    let p = unsafe {
-        rustix::mm::mmap(
-            std::ptr::null_mut(),
-            4096,
-            ProtFlags::READ,
-            MapFlags::SHARED,
-            fd,
-            0,
-        )
-    }
-    .map_err(fail)?;
+    let p = unsafe { rustix::mm::mmap(std::ptr::null_mut(), 4096, ProtFlags::READ, MapFlags::SHARED, fd, 0) }
+        .map_err(fail)?;
     // SAFETY: changes protection of our own fresh mapping only.
-    let upgraded =
-        unsafe { rustix::mm::mprotect(p, 4096, MprotectFlags::READ | MprotectFlags::WRITE) };
+    let upgraded = unsafe { rustix::mm::mprotect(p, 4096, MprotectFlags::READ | MprotectFlags::WRITE) };
     // SAFETY: unmapping the mapping just made.
     let _ = unsafe { rustix::mm::munmap(p, 4096) };
     if upgraded.is_ok() {
@@ -604,14 +456,10 @@ fn raw_upgrade_attempts(s: &Section) -> Result<Vec<&'static str>, String> {
     // Re-opening through /proc may give a read-write descriptor, but the
     // seals still refuse every write path.
     let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    if let Ok(rw_fd) =
-        rustix::fs::open(path.as_str(), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
-    {
+    if let Ok(rw_fd) = rustix::fs::open(path.as_str(), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()) {
         // SAFETY: a fresh mapping at a kernel-chosen address; unmapped at
         // once if it (wrongly) succeeds.
-        let mapped = unsafe {
-            rustix::mm::mmap(std::ptr::null_mut(), 4096, rw, MapFlags::SHARED, &rw_fd, 0)
-        };
+        let mapped = unsafe { rustix::mm::mmap(std::ptr::null_mut(), 4096, rw, MapFlags::SHARED, &rw_fd, 0) };
         if let Ok(p) = mapped {
             // SAFETY: unmapping the mapping just made.
             let _ = unsafe { rustix::mm::munmap(p, 4096) };
@@ -620,19 +468,10 @@ fn raw_upgrade_attempts(s: &Section) -> Result<Vec<&'static str>, String> {
         if rustix::io::write(&rw_fd, b"x").is_ok() {
             return Err("write() to a re-opened descriptor succeeded".into());
         }
-        if rustix::fs::ftruncate(&rw_fd, 1).is_ok()
-            || rustix::fs::ftruncate(&rw_fd, 1 << 30).is_ok()
-        {
+        if rustix::fs::ftruncate(&rw_fd, 1).is_ok() || rustix::fs::ftruncate(&rw_fd, 1 << 30).is_ok() {
             return Err("ftruncate succeeded".into());
         }
-        if rustix::fs::fallocate(
-            &rw_fd,
-            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
-            0,
-            4096,
-        )
-        .is_ok()
-        {
+        if rustix::fs::fallocate(&rw_fd, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, 0, 4096).is_ok() {
             return Err("punching a hole succeeded".into());
         }
         refused.push("reopen-rw");
@@ -647,8 +486,8 @@ fn raw_upgrade_attempts(s: &Section) -> Result<Vec<&'static str>, String> {
     use std::os::windows::io::{AsHandle, AsRawHandle};
     use windows_sys::Win32::Foundation::{CloseHandle, DuplicateHandle, HANDLE};
     use windows_sys::Win32::System::Memory::{
-        FILE_MAP_ALL_ACCESS, FILE_MAP_READ, FILE_MAP_WRITE, MapViewOfFile, PAGE_READWRITE,
-        UnmapViewOfFile, VirtualProtect,
+        FILE_MAP_ALL_ACCESS, FILE_MAP_READ, FILE_MAP_WRITE, MapViewOfFile, PAGE_READWRITE, UnmapViewOfFile,
+        VirtualProtect,
     };
     use windows_sys::Win32::System::Threading::GetCurrentProcess;
 
@@ -665,17 +504,7 @@ fn raw_upgrade_attempts(s: &Section) -> Result<Vec<&'static str>, String> {
     for rights in [FILE_MAP_WRITE | FILE_MAP_READ, FILE_MAP_ALL_ACCESS] {
         let mut dup: HANDLE = std::ptr::null_mut();
         // SAFETY: duplicates our own handle within this process.
-        let ok = unsafe {
-            DuplicateHandle(
-                GetCurrentProcess(),
-                h,
-                GetCurrentProcess(),
-                &mut dup,
-                rights,
-                0,
-                0,
-            )
-        };
+        let ok = unsafe { DuplicateHandle(GetCurrentProcess(), h, GetCurrentProcess(), &mut dup, rights, 0, 0) };
         if ok != 0 {
             // SAFETY: `dup` is a handle we own.
             let view = unsafe { MapViewOfFile(dup, FILE_MAP_WRITE, 0, 0, 4096) };
@@ -719,11 +548,7 @@ fn file_backed_sections_reach_the_file() {
     let size = 300_000usize;
     std::fs::write(&path, vec![b'.'; size]).unwrap();
     {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
         let s = Section::from_file(&file, Access::ReadWrite).unwrap();
         drop(file);
         assert_eq!(s.len(), size as u64);
@@ -749,10 +574,7 @@ fn file_backed_sections_reach_the_file() {
     let empty = dir.join(format!("{}.empty", unique("file")));
     let _cleanup2 = Cleanup(empty.clone());
     let f = std::fs::File::create(&empty).unwrap();
-    assert!(matches!(
-        Section::from_file(&f, Access::ReadWrite),
-        Err(CreateError::InvalidSize { .. })
-    ));
+    assert!(matches!(Section::from_file(&f, Access::ReadWrite), Err(CreateError::InvalidSize { .. })));
 }
 
 struct Cleanup(std::path::PathBuf);
@@ -766,9 +588,10 @@ impl Drop for Cleanup {
 // ---------------------------------------------------------------- hand-over
 
 /// Two sibling processes, neither the other's parent: the sender hands the
-/// receiver a read-write and a read-only section.
+/// receiver a read-write, a read-only and a named section.
 #[test]
 fn hand_over_between_unrelated_processes() {
+    let name = unique("handover-named");
     #[cfg(target_os = "linux")]
     let sock = std::env::temp_dir().join(format!("{}.sock", unique("handover")));
     #[cfg(target_os = "linux")]
@@ -777,60 +600,59 @@ fn hand_over_between_unrelated_processes() {
     let (mut recv, mut send) = {
         let mut recv = Kid::spawn("handover-recv", &[sock.to_str().unwrap()]);
         recv.expect("ready");
-        let send = Kid::spawn("handover-send", &[sock.to_str().unwrap()]);
+        let send = Kid::spawn("handover-send", &[sock.to_str().unwrap(), &name]);
         (recv, send)
     };
     #[cfg(windows)]
     let (mut recv, mut send) = {
         let mut recv = Kid::spawn("handover-recv", &[]);
         let pid = recv.expect("ready");
-        let mut send = Kid::spawn("handover-send", &[&pid]);
+        let mut send = Kid::spawn("handover-send", &[&pid, &name]);
         let handles = send.expect("handles");
         recv.tell(&handles);
         (recv, send)
     };
-    assert_eq!(recv.expect("got"), "from the sender|read-only data");
+    assert_eq!(recv.expect("got"), format!("from the sender|read-only data|named {name}"));
     recv.wait_ok();
+    // The receiver has closed its handles; the sender's named section lives on.
     send.tell("check");
-    assert_eq!(send.expect("back"), "from the receiver");
+    assert_eq!(send.expect("back"), "from the receiver|still named");
     send.wait_ok();
+    assert!(matches!(Section::open(&name), Err(OpenError::NotFound { .. })));
 }
 
 fn handover_recv(args: &[String]) -> Result<(), String> {
     #[cfg(target_os = "linux")]
-    let (rw, ro) = {
+    let got = {
         let listener = std::os::unix::net::UnixListener::bind(&args[0]).map_err(fail)?;
         say("ready", "");
         let (stream, _) = listener.accept().map_err(fail)?;
         stream.set_read_timeout(Some(common::WAIT)).map_err(fail)?;
-        let rw = copydata::os::linux::recv_section(&stream).map_err(fail)?;
-        let ro = copydata::os::linux::recv_section(&stream).map_err(fail)?;
-        (rw, ro)
+        (0..3).map(|_| copydata::os::linux::recv_section(&stream).map_err(fail)).collect::<Result<Vec<_>, _>>()?
     };
     #[cfg(windows)]
-    let (rw, ro) = {
+    let got = {
         let _ = args;
         say("ready", &std::process::id().to_string());
         let line = hear();
-        let v: Vec<u64> = line.split(' ').map(|x| x.parse().unwrap()).collect();
-        // SAFETY: the sender duplicated these handles into this process for
-        // this test alone.
-        unsafe {
-            (
-                copydata::os::windows::adopt_section(v[0], v[1], Access::ReadWrite, None)
-                    .map_err(fail)?,
-                copydata::os::windows::adopt_section(v[2], v[3], Access::ReadWrite, None)
-                    .map_err(fail)?,
-            )
-        }
+        let (numbers, name) = line.rsplit_once(' ').unwrap();
+        let v: Vec<u64> = numbers.split(' ').map(|x| x.parse().unwrap()).collect();
+        let names = [None, None, Some(name)];
+        (0..3)
+            .map(|i| {
+                // SAFETY: the sender duplicated these handles into this
+                // process for this test alone.
+                unsafe { copydata::os::windows::adopt_section(v[2 * i], v[2 * i + 1], Access::ReadWrite, names[i]) }
+                    .map_err(fail)
+            })
+            .collect::<Result<Vec<_>, _>>()?
     };
+    let [rw, ro, named] = <[Section; 3]>::try_from(got).map_err(|_| "three sections".to_string())?;
     if !matches!(ro.map_mut(0, 1), Err(MapError::ReadOnly)) {
         return Err("the read-only hand-over was writable".into());
     }
-    say(
-        "got",
-        &format!("{}|{}", text_at(&rw, 0, 64)?, text_at(&ro, 0, 64)?),
-    );
+    let named_name = named.name().unwrap_or("-").to_string();
+    say("got", &format!("{}|{}|{} {named_name}", text_at(&rw, 0, 64)?, text_at(&ro, 0, 64)?, text_at(&named, 0, 64)?));
     put(&rw, 0, "from the receiver")?;
     Ok(())
 }
@@ -838,26 +660,31 @@ fn handover_recv(args: &[String]) -> Result<(), String> {
 fn handover_send(args: &[String]) -> Result<(), String> {
     let rw = Section::anonymous(4096).map_err(fail)?;
     let data = Section::anonymous(8192).map_err(fail)?;
+    let named = Section::create(&args[1], 4096).map_err(fail)?;
     put(&rw, 0, "from the sender")?;
     put(&data, 0, "read-only data")?;
+    put(&named, 0, "named")?;
     let ro = data.read_only().map_err(fail)?;
     #[cfg(target_os = "linux")]
     {
         let stream = std::os::unix::net::UnixStream::connect(&args[0]).map_err(fail)?;
-        copydata::os::linux::send_section(&stream, &rw).map_err(fail)?;
-        copydata::os::linux::send_section(&stream, &ro).map_err(fail)?;
+        for s in [&rw, &ro, &named] {
+            copydata::os::linux::send_section(&stream, s).map_err(fail)?;
+        }
     }
     #[cfg(windows)]
     {
         let pid: u32 = args[0].parse().map_err(fail)?;
-        let a = copydata::os::windows::duplicate_into(&rw, pid).map_err(fail)?;
-        let b = copydata::os::windows::duplicate_into(&ro, pid).map_err(fail)?;
-        say(
-            "handles",
-            &format!("{} {} {} {}", a.handle, a.len, b.handle, b.len),
-        );
+        let mut line = String::new();
+        for s in [&rw, &ro, &named] {
+            let d = copydata::os::windows::duplicate_into(s, pid).map_err(fail)?;
+            line.push_str(&format!("{} {} ", d.handle, d.len));
+        }
+        line.push_str(&args[1]);
+        say("handles", &line);
     }
     assert_eq!(hear(), "check");
-    say("back", &text_at(&rw, 0, 64)?);
+    let still = Section::open(&args[1]).map(|_| "still named").map_err(fail)?;
+    say("back", &format!("{}|{still}", text_at(&rw, 0, 64)?));
     Ok(())
 }

@@ -38,21 +38,13 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
         ("hand-over to a running process", handover_step),
     ];
     let mut failed = 0;
-    println!(
-        "copydata demo: sections across real processes (this is pid {})",
-        std::process::id()
-    );
+    println!("copydata demo: sections across real processes (this is pid {})", std::process::id());
     for (i, (title, step)) in steps.iter().enumerate() {
         match step() {
             Ok(what) => println!("[{}/{}] ok   {title}: {what}", i + 1, steps.len()),
             Err(e) => {
                 failed += 1;
-                println!(
-                    "[{}/{}] FAIL {title}: {}",
-                    i + 1,
-                    steps.len(),
-                    crate::exit::one_line(&e)
-                );
+                println!("[{}/{}] FAIL {title}: {}", i + 1, steps.len(), crate::exit::one_line(&e));
             }
         }
     }
@@ -66,8 +58,7 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn me() -> anyhow::Result<Command> {
-    let mut cmd =
-        Command::new(std::env::current_exe().context("locating the copydata executable")?);
+    let mut cmd = Command::new(std::env::current_exe().context("locating the copydata executable")?);
     cmd.arg("__demo-child");
     Ok(cmd)
 }
@@ -96,27 +87,18 @@ fn read_text(section: &Section, len: usize) -> anyhow::Result<String> {
 }
 
 fn write_text(section: &Section, text: &str) -> anyhow::Result<()> {
-    section
-        .map_mut(0, text.len() + 1)?
-        .write_at(0, format!("{text}\0").as_bytes())?;
+    section.map_mut(0, text.len() + 1)?.write_at(0, format!("{text}\0").as_bytes())?;
     Ok(())
 }
 
 fn inherit_step() -> anyhow::Result<String> {
     let section = Section::anonymous(4096)?;
-    let child = me()?
-        .arg("inherit-write")
-        .spawn_with_sections(&[&section])?;
+    let child = me()?.arg("inherit-write").spawn_with_sections(&[&section])?;
     let pid = child.id();
     wait(child, "the child")?;
     let text = read_text(&section, 64)?;
-    ensure!(
-        text == format!("written by child {pid}"),
-        "read back {text:?}"
-    );
-    Ok(format!(
-        "anonymous 4 KiB section passed to child {pid}; it wrote {text:?}, read back here"
-    ))
+    ensure!(text == format!("written by child {pid}"), "read back {text:?}");
+    Ok(format!("anonymous 4 KiB section passed to child {pid}; it wrote {text:?}, read back here"))
 }
 
 fn by_name_step() -> anyhow::Result<String> {
@@ -127,29 +109,21 @@ fn by_name_step() -> anyhow::Result<String> {
     let pid = child.id();
     wait(child, "the opener")?;
     let text = read_text(&section, 64)?;
-    ensure!(
-        text == format!("hello back from {pid}"),
-        "read back {text:?}"
-    );
+    ensure!(text == format!("hello back from {pid}"), "read back {text:?}");
     drop(section);
     // The last holder is gone: the name is free again.
     match Section::open(&name) {
         Err(copydata::OpenError::NotFound { .. }) => {}
         other => bail!("the section outlived its holders: {other:?}"),
     }
-    Ok(format!(
-        "{name:?} opened by name in process {pid}, which answered {text:?}; gone after the last holder closed"
-    ))
+    Ok(format!("{name:?} opened by name in process {pid}, which answered {text:?}; gone after the last holder closed"))
 }
 
 fn read_only_step() -> anyhow::Result<String> {
     let section = Section::anonymous(4096)?;
     write_text(&section, "read-only data")?;
     let frozen = section.read_only()?;
-    let child = me()?
-        .arg("read-only")
-        .stdout(Stdio::piped())
-        .spawn_with_sections(&[&frozen])?;
+    let child = me()?.arg("read-only").stdout(Stdio::piped()).spawn_with_sections(&[&frozen])?;
     let pid = child.id();
     let out = child.wait_with_output()?;
     let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -164,22 +138,14 @@ fn file_step() -> anyhow::Result<String> {
     let _cleanup = RemoveOnDrop(path.clone());
     std::fs::write(&path, vec![b'.'; 256 * 1024])?;
     let offset: u64 = 70_001; // neither page- nor 64 KiB-aligned
-    let child = me()?
-        .args(["file-write", &path.to_string_lossy(), &offset.to_string()])
-        .spawn()?;
+    let child = me()?.args(["file-write", &path.to_string_lossy(), &offset.to_string()]).spawn()?;
     let pid = child.id();
     wait(child, "the writer")?;
     let data = std::fs::read(&path)?;
     let at = offset as usize;
     let expect = b"written at an unaligned offset";
-    ensure!(
-        &data[at..at + expect.len()] == expect,
-        "file does not hold the text at {offset}"
-    );
-    ensure!(
-        data[at - 1] == b'.' && data[at + expect.len()] == b'.',
-        "bytes around the text changed"
-    );
+    ensure!(&data[at..at + expect.len()] == expect, "file does not hold the text at {offset}");
+    ensure!(data[at - 1] == b'.' && data[at + expect.len()] == b'.', "bytes around the text changed");
     Ok(format!(
         "process {pid} mapped {} at offset {offset} and wrote {} bytes; the file holds them",
         path.display(),
@@ -211,9 +177,7 @@ fn handover_step() -> anyhow::Result<String> {
     wait(child, "the receiver")?;
     let text = read_text(&section, 64)?;
     ensure!(text == format!("received by {pid}"), "read back {text:?}");
-    Ok(format!(
-        "anonymous section sent to process {pid} over a Unix socket; it answered {text:?}"
-    ))
+    Ok(format!("anonymous section sent to process {pid} over a Unix socket; it answered {text:?}"))
 }
 
 #[cfg(windows)]
@@ -223,19 +187,11 @@ fn handover_step() -> anyhow::Result<String> {
     let mut child = me()?.arg("handover").stdin(Stdio::piped()).spawn()?;
     let pid = child.id();
     let dup = copydata::os::windows::duplicate_into(&section, pid)?;
-    writeln!(
-        child.stdin.take().context("child stdin")?,
-        "{} {}",
-        dup.handle,
-        section.len()
-    )?;
+    writeln!(child.stdin.take().context("child stdin")?, "{} {}", dup.handle, section.len())?;
     wait(child, "the receiver")?;
     let text = read_text(&section, 64)?;
     ensure!(text == format!("received by {pid}"), "read back {text:?}");
-    Ok(format!(
-        "anonymous section duplicated into process {pid} as handle {:#x}; it answered {text:?}",
-        dup.handle
-    ))
+    Ok(format!("anonymous section duplicated into process {pid} as handle {:#x}; it answered {text:?}", dup.handle))
 }
 
 #[cfg(not(any(target_os = "linux", windows)))]
@@ -270,10 +226,7 @@ pub fn child(args: ChildArgs) -> anyhow::Result<ExitCode> {
             println!("read {text:?}, a writable view was refused");
         }
         ("file-write", [path, offset]) => {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)?;
+            let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
             let section = Section::from_file(&file, copydata::Access::ReadWrite)?;
             let text = b"written at an unaligned offset";
             let view = section.map_mut(offset.parse()?, text.len())?;
@@ -298,16 +251,13 @@ pub fn child(args: ChildArgs) -> anyhow::Result<ExitCode> {
             let len: u64 = parts.next().context("no length")?.parse()?;
             // SAFETY: the parent duplicated this handle into this process for
             // us alone and told us its value; nothing else here owns it.
-            let section = unsafe {
-                copydata::os::windows::adopt_section(handle, len, copydata::Access::ReadWrite, None)
-            }?;
+            let section =
+                unsafe { copydata::os::windows::adopt_section(handle, len, copydata::Access::ReadWrite, None) }?;
             let text = read_text(&section, 64)?;
             ensure!(text == "handed over by DuplicateHandle", "read {text:?}");
             write_text(&section, &format!("received by {me}"))?;
         }
-        (role, rest) => bail!(crate::exit::Usage(format!(
-            "unknown demo child role {role:?} {rest:?}"
-        ))),
+        (role, rest) => bail!(crate::exit::Usage(format!("unknown demo child role {role:?} {rest:?}"))),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -14,10 +14,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let sections = copydata::list()?;
     if args.json {
-        let list: Vec<_> = sections
-            .iter()
-            .map(|s| serde_json::json!({ "name": s.name, "size": s.size }))
-            .collect();
+        let list: Vec<_> = sections.iter().map(|s| serde_json::json!({ "name": s.name, "size": s.size })).collect();
         println!("{}", serde_json::json!({ "sections": list }));
     } else {
         println!("{:<8} {:<40} {:>14}", "KIND", "NAME", "SIZE");

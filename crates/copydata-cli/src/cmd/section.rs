@@ -64,18 +64,8 @@ pub enum Command {
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Create { name, size, hold } => create(&name, size, hold),
-        Command::Write {
-            name,
-            offset,
-            data,
-            file,
-        } => write(&name, offset, data, file),
-        Command::Read {
-            name,
-            offset,
-            len,
-            out,
-        } => read(&name, offset, len, out),
+        Command::Write { name, offset, data, file } => write(&name, offset, data, file),
+        Command::Read { name, offset, len, out } => read(&name, offset, len, out),
         Command::Rm { name } => {
             copydata::remove(&name)?;
             Ok(ExitCode::SUCCESS)
@@ -101,27 +91,16 @@ fn create(name: &str, size: u64, hold: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     drop(section);
-    eprintln!(
-        "copydata: created {name:?} ({size} bytes); it is gone again now that no process holds it (use --hold)"
-    );
+    eprintln!("copydata: created {name:?} ({size} bytes); it is gone again now that no process holds it (use --hold)");
     Ok(ExitCode::SUCCESS)
 }
 
-fn write(
-    name: &str,
-    offset: u64,
-    data: Option<String>,
-    file: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
+fn write(name: &str, offset: u64, data: Option<String>, file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let bytes = match (data.as_deref(), file) {
-        (_, Some(path)) => {
-            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
-        }
+        (_, Some(path)) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
         (Some("-"), None) => {
             let mut buf = Vec::new();
-            io::stdin()
-                .read_to_end(&mut buf)
-                .context("reading standard input")?;
+            io::stdin().read_to_end(&mut buf).context("reading standard input")?;
             buf
         }
         (Some(data), None) => data.as_bytes().to_vec(),
@@ -133,35 +112,24 @@ fn write(
         return Ok(ExitCode::SUCCESS);
     }
     let section = Section::open(name)?;
-    let view = section
-        .map_mut(offset, bytes.len())
-        .with_context(|| format!("section {name:?}"))?;
+    let view = section.map_mut(offset, bytes.len()).with_context(|| format!("section {name:?}"))?;
     view.write_at(0, &bytes)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn read(
-    name: &str,
-    offset: u64,
-    len: Option<u64>,
-    out: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
+fn read(name: &str, offset: u64, len: Option<u64>, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let section = Section::open_read_only(name)?;
     let len = match len {
         Some(len) => len,
         None => section.len().saturating_sub(offset),
     };
     let mut sink: Box<dyn Write> = match &out {
-        Some(path) => Box::new(
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        ),
+        Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
         None => Box::new(io::stdout().lock()),
     };
     if len > 0 {
         let len = usize::try_from(len).context("length too large")?;
-        let view = section
-            .map(offset, len)
-            .with_context(|| format!("section {name:?}"))?;
+        let view = section.map(offset, len).with_context(|| format!("section {name:?}"))?;
         let mut buf = vec![0; len.min(1 << 20)];
         let mut at = 0;
         while at < len {
@@ -171,12 +139,8 @@ fn read(
             at += n;
         }
     } else if offset > section.len() {
-        return Err(copydata::MapError::OutOfRange {
-            offset,
-            len: 0,
-            size: section.len(),
-        })
-        .with_context(|| format!("section {name:?}"));
+        return Err(copydata::MapError::OutOfRange { offset, len: 0, size: section.len() })
+            .with_context(|| format!("section {name:?}"));
     }
     sink.flush()?;
     Ok(ExitCode::SUCCESS)

@@ -6,17 +6,12 @@ use std::io;
 use std::process::{Child, Command};
 use std::sync::Arc;
 
-use crate::error::{
-    CreateError, InheritError, ListError, MapError, OpenError, ReadOnlyError, RemoveError,
-};
+use crate::error::{CreateError, InheritError, ListError, MapError, OpenError, ReadOnlyError, RemoveError};
 use crate::name::Name;
 use crate::section::{Access, SectionInfo};
 
 fn unsupported() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Unsupported,
-        "copydata does not support this platform",
-    )
+    io::Error::new(io::ErrorKind::Unsupported, "copydata does not support this platform")
 }
 
 /// Never constructed: every constructor fails. (A struct rather than an
@@ -51,12 +46,7 @@ impl Section {
     pub(crate) fn read_only(&self) -> Result<Section, ReadOnlyError> {
         unreachable!("no section exists on this platform")
     }
-    pub(crate) fn map(
-        &self,
-        _offset: u64,
-        _len: usize,
-        _access: Access,
-    ) -> Result<(Arc<Mapping>, usize), MapError> {
+    pub(crate) fn map(&self, _offset: u64, _len: usize, _access: Access) -> Result<(Arc<Mapping>, usize), MapError> {
         unreachable!("no section exists on this platform")
     }
 }
@@ -87,10 +77,7 @@ pub(crate) fn list() -> Result<Vec<SectionInfo>, ListError> {
     Err(ListError::Unsupported)
 }
 
-pub(crate) fn spawn_with_sections(
-    _cmd: &mut Command,
-    _sections: &[(&Section, Option<&Name>)],
-) -> io::Result<Child> {
+pub(crate) fn spawn_with_sections(_cmd: &mut Command, _sections: &[(&Section, Option<&Name>)]) -> io::Result<Child> {
     Err(unsupported())
 }
 

@@ -29,11 +29,7 @@ pub const WAIT: Duration = Duration::from_secs(60);
 /// A name no other test (or test run) uses.
 pub fn unique(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "copydata-test-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("copydata-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// The child side: call from the `child_entry` test. Returns at once when
@@ -42,12 +38,8 @@ pub fn child_main(run: fn(&str, &[String]) -> Result<(), String>) {
     let Ok(role) = std::env::var(ROLE_VAR) else {
         return;
     };
-    let args: Vec<String> = std::env::var(ARGS_VAR)
-        .unwrap_or_default()
-        .split(SEP)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let args: Vec<String> =
+        std::env::var(ARGS_VAR).unwrap_or_default().split(SEP).filter(|s| !s.is_empty()).map(str::to_owned).collect();
     std::thread::spawn(|| {
         std::thread::sleep(CHILD_LIMIT);
         eprintln!("child watchdog: giving up after {CHILD_LIMIT:?}");
@@ -74,10 +66,7 @@ pub fn say(tag: &str, rest: &str) {
 /// Reads one line from the parent (stdin).
 pub fn hear() -> String {
     let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .expect("reading stdin");
+    std::io::stdin().lock().read_line(&mut line).expect("reading stdin");
     line.trim_end().to_string()
 }
 
@@ -100,17 +89,11 @@ pub struct Kid {
 pub fn child_command(role: &str, args: &[&str]) -> Command {
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = Command::new(exe);
-    cmd.args([
-        "child_entry",
-        "--exact",
-        "--nocapture",
-        "--test-threads=1",
-        "-q",
-    ])
-    .env(ROLE_VAR, role)
-    .env(ARGS_VAR, args.join(&SEP.to_string()))
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped());
+    cmd.args(["child_entry", "--exact", "--nocapture", "--test-threads=1", "-q"])
+        .env(ROLE_VAR, role)
+        .env(ARGS_VAR, args.join(&SEP.to_string()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
     cmd
 }
 
@@ -127,8 +110,7 @@ impl Kid {
         let mut child = if sections.is_empty() {
             cmd.spawn().expect("spawning a child")
         } else {
-            cmd.spawn_with_sections(sections)
-                .expect("spawning a child with sections")
+            cmd.spawn_with_sections(sections).expect("spawning a child with sections")
         };
         let stdout = child.stdout.take().expect("piped stdout");
         let stdin = child.stdin.take();
@@ -141,12 +123,7 @@ impl Kid {
                 }
             }
         });
-        Kid {
-            child,
-            stdin,
-            lines: rx,
-            role: role.to_string(),
-        }
+        Kid { child, stdin, lines: rx, role: role.to_string() }
     }
 
     pub fn id(&self) -> u32 {
@@ -162,16 +139,12 @@ impl Kid {
                 assert_eq!(t, tag, "child {} said {line:?}, expected @{tag}", self.role);
                 rest.to_string()
             }
-            Err(RecvTimeoutError::Timeout) => panic!(
-                "child {} said nothing within {WAIT:?} (expected @{tag})",
-                self.role
-            ),
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("child {} said nothing within {WAIT:?} (expected @{tag})", self.role)
+            }
             Err(RecvTimeoutError::Disconnected) => {
                 let status = self.child.wait();
-                panic!(
-                    "child {} ended ({status:?}) before saying @{tag}",
-                    self.role
-                )
+                panic!("child {} ended ({status:?}) before saying @{tag}", self.role)
             }
         }
     }
@@ -191,11 +164,7 @@ impl Kid {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status.code().unwrap_or(-1);
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "child {} did not exit within {WAIT:?}",
-                self.role
-            );
+            assert!(std::time::Instant::now() < deadline, "child {} did not exit within {WAIT:?}", self.role);
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -13,8 +13,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs as rfs;
 use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
 };
 
 use super::{Section as SysSection, access_of, kind_of};
@@ -55,20 +54,17 @@ pub fn send_section(socket: impl AsFd, section: &Section) -> Result<(), Handover
     frame.push(name.len() as u8);
     frame.extend_from_slice(name);
 
-    let fds = [section.inner().fd().as_fd()];
+    let fd = section.inner().transfer_fd().map_err(HandoverError::Io)?;
+    let fds = [fd.as_fd()];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     control.push(SendAncillaryMessage::ScmRights(&fds));
-    let mut sent = rustix::net::sendmsg(
-        &socket,
-        &[IoSlice::new(&frame)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )
-    .map_err(|e| match e {
-        rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET => HandoverError::PeerClosed,
-        e => io(e),
-    })?;
+    let mut sent = rustix::net::sendmsg(&socket, &[IoSlice::new(&frame)], &mut control, SendFlags::NOSIGNAL).map_err(
+        |e| match e {
+            rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET => HandoverError::PeerClosed,
+            e => io(e),
+        },
+    )?;
     // The descriptor went with the first byte; finish any short write.
     while sent < frame.len() {
         sent += rustix::net::send(&socket, &frame[sent..], SendFlags::NOSIGNAL).map_err(io)?;
@@ -109,65 +105,47 @@ pub fn recv_section(socket: impl AsFd) -> Result<Section, HandoverError> {
     }
     if got.bytes < HEADER {
         // With MSG_WAITALL a short read means the peer closed mid-frame.
-        return Err(HandoverError::Malformed(format!(
-            "short header ({} bytes)",
-            got.bytes
-        )));
+        return Err(HandoverError::Malformed(format!("short header ({} bytes)", got.bytes)));
     }
     if &header[..4] != MAGIC {
         return Err(HandoverError::Malformed("bad magic".into()));
     }
     let flags = header[4];
     if flags & !(FLAG_RO | FLAG_NAMED) != 0 {
-        return Err(HandoverError::Malformed(format!(
-            "unknown flags {flags:#x}"
-        )));
+        return Err(HandoverError::Malformed(format!("unknown flags {flags:#x}")));
     }
     let len = u64::from_le_bytes(header[5..13].try_into().expect("8 bytes"));
     let name_len = header[13] as usize;
     let mut name = vec![0u8; name_len];
     if name_len > 0 {
         let stream = rustix::io::dup(&socket).map_err(io)?;
-        std::fs::File::from(stream)
-            .read_exact(&mut name)
-            .map_err(|e| match e.kind() {
-                io::ErrorKind::UnexpectedEof => HandoverError::Malformed("short name".into()),
-                _ => io(e),
-            })?;
+        std::fs::File::from(stream).read_exact(&mut name).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => HandoverError::Malformed("short name".into()),
+            _ => io(e),
+        })?;
     }
     let fd = match <[OwnedFd; 1]>::try_from(fds) {
         Ok([fd]) => fd,
         Err(v) => {
-            return Err(HandoverError::Malformed(format!(
-                "{} descriptors instead of 1",
-                v.len()
-            )));
+            return Err(HandoverError::Malformed(format!("{} descriptors instead of 1", v.len())));
         }
     };
     let name = match (flags & FLAG_NAMED != 0, name_len) {
         (false, 0) => None,
         (true, n) if n > 0 => {
-            let s = std::str::from_utf8(&name)
-                .map_err(|_| HandoverError::Malformed("name is not UTF-8".into()))?;
+            let s = std::str::from_utf8(&name).map_err(|_| HandoverError::Malformed("name is not UTF-8".into()))?;
             Some(Name::new(s).map_err(|e| HandoverError::Malformed(format!("bad name: {e}")))?)
         }
         _ => {
-            return Err(HandoverError::Malformed(
-                "name flag and name disagree".into(),
-            ));
+            return Err(HandoverError::Malformed("name flag and name disagree".into()));
         }
     };
     let st = rfs::fstat(&fd).map_err(io)?;
     if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
-        return Err(HandoverError::Malformed(
-            "the descriptor is not a section".into(),
-        ));
+        return Err(HandoverError::Malformed("the descriptor is not a section".into()));
     }
     if len == 0 || len > st.st_size as u64 {
-        return Err(HandoverError::Malformed(format!(
-            "size {len} does not fit the object of {} bytes",
-            st.st_size
-        )));
+        return Err(HandoverError::Malformed(format!("size {len} does not fit the object of {} bytes", st.st_size)));
     }
     // The descriptor's own mode decides; the flag can only restrict it.
     let mut access = access_of(&fd).map_err(HandoverError::Io)?;
@@ -175,8 +153,5 @@ pub fn recv_section(socket: impl AsFd) -> Result<Section, HandoverError> {
         access = Access::ReadOnly;
     }
     let kind = kind_of(&fd, name.is_some());
-    Ok(Section::from_parts(
-        SysSection::from_fd(fd, len, access, kind, name.as_ref()),
-        name,
-    ))
+    Ok(Section::from_parts(SysSection::from_fd(fd, len, access, kind, name.as_ref()), name))
 }

@@ -14,23 +14,20 @@ use std::process::{Child, Command};
 use std::sync::Arc;
 
 use rustix::fs as rfs;
-use rustix::io::{FdFlags, fcntl_dupfd_cloexec, fcntl_getfd, fcntl_setfd};
+use rustix::io::{FdFlags, fcntl_getfd, fcntl_setfd};
 
 use super::{Section, access_of, kind_of};
 use crate::error::InheritError;
 use crate::name::Name;
 use crate::section::INHERIT_VAR;
 
-pub(crate) fn spawn_with_sections(
-    cmd: &mut Command,
-    sections: &[(&Section, Option<&Name>)],
-) -> io::Result<Child> {
+pub(crate) fn spawn_with_sections(cmd: &mut Command, sections: &[(&Section, Option<&Name>)]) -> io::Result<Child> {
     let mut fds: Vec<OwnedFd> = Vec::with_capacity(sections.len());
     let mut entries = Vec::with_capacity(sections.len());
     for (section, name) in sections {
-        // A private duplicate (still close-on-exec here), at 3 or above so it
-        // cannot land on a standard stream number.
-        let fd = fcntl_dupfd_cloexec(section.fd(), 3)?;
+        // A private descriptor (still close-on-exec here), at 3 or above so
+        // it cannot land on a standard stream number.
+        let fd = section.transfer_fd()?;
         let st = rfs::fstat(&fd)?;
         let mut entry = format!("{}:{}:{}", fd.as_raw_fd(), st.st_dev, st.st_ino);
         if let Some(name) = name {
@@ -66,17 +63,11 @@ pub(crate) fn spawn_with_sections(
 }
 
 fn malformed(reason: impl Into<String>) -> InheritError {
-    InheritError::Malformed {
-        var: INHERIT_VAR,
-        reason: reason.into(),
-    }
+    InheritError::Malformed { var: INHERIT_VAR, reason: reason.into() }
 }
 
 fn stale(reason: impl Into<String>) -> InheritError {
-    InheritError::Stale {
-        var: INHERIT_VAR,
-        reason: reason.into(),
-    }
+    InheritError::Stale { var: INHERIT_VAR, reason: reason.into() }
 }
 
 struct Entry {
@@ -87,9 +78,7 @@ struct Entry {
 }
 
 fn parse(token: &str) -> Result<Vec<Entry>, InheritError> {
-    let rest = token
-        .strip_prefix("1;")
-        .ok_or_else(|| malformed("unknown version"))?;
+    let rest = token.strip_prefix("1;").ok_or_else(|| malformed("unknown version"))?;
     if rest.is_empty() {
         return Ok(Vec::new());
     }
@@ -97,18 +86,13 @@ fn parse(token: &str) -> Result<Vec<Entry>, InheritError> {
         .map(|entry| {
             let mut parts = entry.split(':');
             let mut num = |what: &str| -> Result<u64, InheritError> {
-                parts
-                    .next()
-                    .and_then(|p| p.parse().ok())
-                    .ok_or_else(|| malformed(format!("bad {what} in {entry:?}")))
+                parts.next().and_then(|p| p.parse().ok()).ok_or_else(|| malformed(format!("bad {what} in {entry:?}")))
             };
             let fd = num("descriptor")?;
             let dev = num("device")?;
             let ino = num("inode")?;
-            let fd = RawFd::try_from(fd)
-                .ok()
-                .filter(|&fd| fd >= 3)
-                .ok_or_else(|| malformed("descriptor out of range"))?;
+            let fd =
+                RawFd::try_from(fd).ok().filter(|&fd| fd >= 3).ok_or_else(|| malformed("descriptor out of range"))?;
             let name = match parts.next() {
                 None => None,
                 Some(n) => Some(Name::new(n).map_err(|e| malformed(format!("bad name: {e}")))?),
@@ -139,10 +123,7 @@ pub(crate) fn take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>
         match (inheritable, rfs::fstat(fd)) {
             (Ok(true), Ok(st)) if st.st_dev == e.dev && st.st_ino == e.ino => {}
             _ => {
-                return Err(stale(format!(
-                    "descriptor {} is not the section the parent passed",
-                    e.fd
-                )));
+                return Err(stale(format!("descriptor {} is not the section the parent passed", e.fd)));
             }
         }
     }
@@ -159,10 +140,7 @@ pub(crate) fn take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>
         let st = rfs::fstat(&fd).map_err(|e| InheritError::Io(e.into()))?;
         let access = access_of(&fd).map_err(InheritError::Io)?;
         let kind = kind_of(&fd, e.name.is_some());
-        out.push((
-            Section::from_fd(fd, st.st_size as u64, access, kind, e.name.as_ref()),
-            e.name,
-        ));
+        out.push((Section::from_fd(fd, st.st_size as u64, access, kind, e.name.as_ref()), e.name));
     }
     Ok(out)
 }

@@ -67,18 +67,13 @@ fn io_err(e: Errno) -> io::Error {
 
 fn access_of(fd: impl AsFd) -> io::Result<Access> {
     let fl = rfs::fcntl_getfl(fd)?;
-    Ok(if fl & OFlags::RWMODE == OFlags::RDONLY {
-        Access::ReadOnly
-    } else {
-        Access::ReadWrite
-    })
+    Ok(if fl & OFlags::RWMODE == OFlags::RDONLY { Access::ReadOnly } else { Access::ReadWrite })
 }
 
 /// Classifies a received or inherited descriptor. Our memfds carry the
 /// shrink and grow seals from birth; named sections are announced with a name.
 pub(crate) fn kind_of(fd: impl AsFd, named: bool) -> Kind {
-    let anonymous =
-        rfs::fcntl_get_seals(fd).is_ok_and(|s| s.contains(SealFlags::SHRINK | SealFlags::GROW));
+    let anonymous = rfs::fcntl_get_seals(fd).is_ok_and(|s| s.contains(SealFlags::SHRINK | SealFlags::GROW));
     match (anonymous, named) {
         (true, _) => Kind::Anonymous,
         (false, true) => Kind::Named,
@@ -96,18 +91,8 @@ impl Section {
         kind: Kind,
         name: Option<&crate::name::Name>,
     ) -> Section {
-        let name = if kind == Kind::Named {
-            name.cloned()
-        } else {
-            None
-        };
-        Section {
-            holder: Arc::new(Holder { fd, name }),
-            len,
-            access,
-            kind,
-            keeper: OnceLock::new(),
-        }
+        let name = if kind == Kind::Named { name.cloned() } else { None };
+        Section { holder: Arc::new(Holder { fd, name }), len, access, kind, keeper: OnceLock::new() }
     }
 
     pub(crate) fn fd(&self) -> &OwnedFd {
@@ -116,60 +101,35 @@ impl Section {
 
     pub(crate) fn anonymous(size: u64) -> Result<Section, CreateError> {
         let object = || "anonymous section".to_string();
-        let io = |e: Errno| CreateError::Io {
-            object: object(),
-            source: io_err(e),
-        };
-        let fd = rfs::memfd_create("copydata", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
-            .map_err(io)?;
+        let io = |e: Errno| CreateError::Io { object: object(), source: io_err(e) };
+        let fd = rfs::memfd_create("copydata", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).map_err(io)?;
         rfs::ftruncate(&fd, size).map_err(|e| match e {
-            Errno::FBIG | Errno::INVAL => CreateError::InvalidSize {
-                size,
-                reason: "too large for a memfd",
-            },
+            Errno::FBIG | Errno::INVAL => CreateError::InvalidSize { size, reason: "too large for a memfd" },
             e => io(e),
         })?;
         // A fixed size: no holder may shrink the memory under another
         // process's mapping (which would crash it with SIGBUS) or grow it.
         rfs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).map_err(io)?;
-        Ok(Section::from_fd(
-            fd,
-            size,
-            Access::ReadWrite,
-            Kind::Anonymous,
-            None,
-        ))
+        Ok(Section::from_fd(fd, size, Access::ReadWrite, Kind::Anonymous, None))
     }
 
     pub(crate) fn create(name: &crate::name::Name, size: u64) -> Result<Section, CreateError> {
         namespace::create(name, size)
     }
 
-    pub(crate) fn open(
-        name: &crate::name::Name,
-        access: Access,
-    ) -> Result<Section, crate::OpenError> {
+    pub(crate) fn open(name: &crate::name::Name, access: Access) -> Result<Section, crate::OpenError> {
         namespace::open(name, access)
     }
 
-    pub(crate) fn open_or_create(
-        name: &crate::name::Name,
-        size: u64,
-    ) -> Result<(Section, bool), CreateError> {
+    pub(crate) fn open_or_create(name: &crate::name::Name, size: u64) -> Result<(Section, bool), CreateError> {
         namespace::open_or_create(name, size)
     }
 
     pub(crate) fn from_file(file: &File, access: Access) -> Result<Section, CreateError> {
         let object = || "file-backed section".to_string();
         let io = |e: io::Error| match e.kind() {
-            io::ErrorKind::PermissionDenied => CreateError::PermissionDenied {
-                object: object(),
-                source: e,
-            },
-            _ => CreateError::Io {
-                object: object(),
-                source: e,
-            },
+            io::ErrorKind::PermissionDenied => CreateError::PermissionDenied { object: object(), source: e },
+            _ => CreateError::Io { object: object(), source: e },
         };
         let fd = rustix::io::fcntl_dupfd_cloexec(file, 0).map_err(|e| io(io_err(e)))?;
         let opened = access_of(&fd).map_err(io)?;
@@ -181,19 +141,27 @@ impl Section {
         }
         let st = rfs::fstat(&fd).map_err(|e| io(io_err(e)))?;
         if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
-            return Err(io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file",
-            )));
+            return Err(io(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
         }
         let size = st.st_size as u64;
         if size == 0 {
-            return Err(CreateError::InvalidSize {
-                size,
-                reason: "the file is empty",
-            });
+            return Err(CreateError::InvalidSize { size, reason: "the file is empty" });
         }
         Ok(Section::from_fd(fd, size, access, Kind::File, None))
+    }
+
+    /// A close-on-exec descriptor (numbered 3 or above) to give another
+    /// process. For a named section it is a new open description holding its
+    /// own share of the holder lock: `flock` locks belong to descriptions, so
+    /// a description shared between processes would let one of them, closing
+    /// it, take the others for gone (see `namespace::release`).
+    pub(crate) fn transfer_fd(&self) -> io::Result<OwnedFd> {
+        if self.kind != Kind::Named {
+            return Ok(rustix::io::fcntl_dupfd_cloexec(self.fd(), 3)?);
+        }
+        let fresh = reopen(self.fd(), self.access)?;
+        rfs::flock(&fresh, rfs::FlockOperation::LockShared)?;
+        Ok(rustix::io::fcntl_dupfd_cloexec(&fresh, 3)?)
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -211,11 +179,10 @@ impl Section {
                 // Keep write access for this process before the seal forbids
                 // new writable mappings.
                 if self.keeper.get().is_none() {
-                    let whole = map_fd(&self.holder, 0, self.len as usize, Access::ReadWrite)
-                        .map_err(|e| match e {
-                            MapError::Io(e) => ReadOnlyError::Io(e),
-                            other => ReadOnlyError::Io(io::Error::other(other)),
-                        })?;
+                    let whole = map_fd(&self.holder, 0, self.len as usize, Access::ReadWrite).map_err(|e| match e {
+                        MapError::Io(e) => ReadOnlyError::Io(e),
+                        other => ReadOnlyError::Io(io::Error::other(other)),
+                    })?;
                     let _ = self.keeper.set(Arc::new(whole.0));
                 }
             }
@@ -227,32 +194,19 @@ impl Section {
             }
             let seals = rfs::fcntl_get_seals(self.fd()).map_err(io)?;
             if !seals.intersects(SealFlags::FUTURE_WRITE | SealFlags::WRITE) {
-                return Err(ReadOnlyError::Io(io::Error::other(
-                    "the memfd cannot be sealed against writes",
-                )));
+                return Err(ReadOnlyError::Io(io::Error::other("the memfd cannot be sealed against writes")));
             }
         }
-        let fd = reopen_read_only(self.fd()).map_err(io)?;
+        let fd = reopen(self.fd(), Access::ReadOnly).map_err(io)?;
         if self.kind == Kind::Named {
             // A new open description: it must hold its own share of the lock
             // to count as a holder.
             rfs::flock(&fd, rfs::FlockOperation::LockShared).map_err(io)?;
         }
-        Ok(Section::from_fd(
-            fd,
-            self.len,
-            Access::ReadOnly,
-            self.kind,
-            self.holder.name.as_ref(),
-        ))
+        Ok(Section::from_fd(fd, self.len, Access::ReadOnly, self.kind, self.holder.name.as_ref()))
     }
 
-    pub(crate) fn map(
-        &self,
-        offset: u64,
-        len: usize,
-        access: Access,
-    ) -> Result<(Arc<Mapping>, usize), MapError> {
+    pub(crate) fn map(&self, offset: u64, len: usize, access: Access) -> Result<(Arc<Mapping>, usize), MapError> {
         if access == Access::ReadWrite
             && let Some(keeper) = self.keeper.get()
         {
@@ -263,34 +217,25 @@ impl Section {
     }
 }
 
-/// A new `O_RDONLY` open description of the same object, through
-/// `/proc/self/fd` (a dup would share the read-write description).
-fn reopen_read_only(fd: &OwnedFd) -> Result<OwnedFd, Errno> {
+/// A new open description of the same object, through `/proc/self/fd` (a
+/// dup would share the description, its access mode and its lock).
+fn reopen(fd: &OwnedFd, access: Access) -> Result<OwnedFd, Errno> {
     use std::os::fd::AsRawFd;
     let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    rfs::open(
-        path.as_str(),
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        rfs::Mode::empty(),
-    )
+    let mode = match access {
+        Access::ReadOnly => OFlags::RDONLY,
+        Access::ReadWrite => OFlags::RDWR,
+    };
+    rfs::open(path.as_str(), mode | OFlags::CLOEXEC, rfs::Mode::empty())
 }
 
 /// Maps `len` bytes at `offset`, aligning the start down to a page boundary.
 /// Returns the mapping and where the requested byte lies in it.
-fn map_fd(
-    holder: &Arc<Holder>,
-    offset: u64,
-    len: usize,
-    access: Access,
-) -> Result<(Mapping, usize), MapError> {
+fn map_fd(holder: &Arc<Holder>, offset: u64, len: usize, access: Access) -> Result<(Mapping, usize), MapError> {
     let page = rustix::param::page_size() as u64;
     let aligned = offset - offset % page;
     let start = (offset - aligned) as usize;
-    let map_len = start.checked_add(len).ok_or(MapError::OutOfRange {
-        offset,
-        len: len as u64,
-        size: u64::MAX,
-    })?;
+    let map_len = start.checked_add(len).ok_or(MapError::OutOfRange { offset, len: len as u64, size: u64::MAX })?;
     let prot = match access {
         Access::ReadOnly => ProtFlags::READ,
         Access::ReadWrite => ProtFlags::READ | ProtFlags::WRITE,
@@ -300,29 +245,14 @@ fn map_fd(
     //   existing memory (and no Rust reference into it) is affected;
     // - the result is only accessed through `Mapping`, which exposes raw
     //   pointers, never references.
-    let ptr = unsafe {
-        mm::mmap(
-            std::ptr::null_mut(),
-            map_len,
-            prot,
-            MapFlags::SHARED,
-            &holder.fd,
-            aligned,
-        )
-    }
-    .map_err(|e| match e {
-        // EACCES: descriptor not open for writing; EPERM: write-sealed memfd.
-        Errno::ACCESS | Errno::PERM if access == Access::ReadWrite => MapError::ReadOnly,
-        e => MapError::Io(io_err(e)),
-    })?;
-    Ok((
-        Mapping {
-            ptr: ptr.cast(),
-            len: map_len,
-            _holder: holder.clone(),
+    let ptr = unsafe { mm::mmap(std::ptr::null_mut(), map_len, prot, MapFlags::SHARED, &holder.fd, aligned) }.map_err(
+        |e| match e {
+            // EACCES: descriptor not open for writing; EPERM: write-sealed memfd.
+            Errno::ACCESS | Errno::PERM if access == Access::ReadWrite => MapError::ReadOnly,
+            e => MapError::Io(io_err(e)),
         },
-        start,
-    ))
+    )?;
+    Ok((Mapping { ptr: ptr.cast(), len: map_len, _holder: holder.clone() }, start))
 }
 
 /// A mapped range, unmapped on drop.
@@ -358,14 +288,7 @@ impl Mapping {
         // - `aligned..start + len` lies inside this live mapping (the view
         //   range is inside it, and the mapping starts page-aligned);
         // - msync does not change the memory's contents.
-        unsafe {
-            mm::msync(
-                self.ptr.add(aligned).cast(),
-                start - aligned + len,
-                MsyncFlags::SYNC,
-            )
-        }
-        .map_err(io_err)
+        unsafe { mm::msync(self.ptr.add(aligned).cast(), start - aligned + len, MsyncFlags::SYNC) }.map_err(io_err)
     }
 }
 

@@ -40,12 +40,7 @@ const TEMP_PREFIX: &str = ".copydata-tmp-";
 const MAX_RETRIES: usize = 10_000;
 
 fn shm_dir() -> io::Result<OwnedFd> {
-    rfs::open(
-        SHM_DIR,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(io_err)
+    rfs::open(SHM_DIR, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(io_err)
 }
 
 fn is_marked(fd: impl AsFd) -> bool {
@@ -55,10 +50,7 @@ fn is_marked(fd: impl AsFd) -> bool {
 
 /// Whether `name` in `dir` still refers to the object `fd` is open on.
 fn same_object(dir: &OwnedFd, name: &str, fd: impl AsFd) -> bool {
-    match (
-        rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW),
-        rfs::fstat(fd),
-    ) {
+    match (rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW), rfs::fstat(fd)) {
         (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
         _ => false,
     }
@@ -67,12 +59,9 @@ fn same_object(dir: &OwnedFd, name: &str, fd: impl AsFd) -> bool {
 /// Unlinks `name` if it is a copydata object without holders. Returns whether
 /// it did.
 fn reclaim_if_dead(dir: &OwnedFd, name: &str) -> bool {
-    let Ok(fd) = rfs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-        Mode::empty(),
-    ) else {
+    let Ok(fd) =
+        rfs::openat(dir, name, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::empty())
+    else {
         return false;
     };
     if !is_marked(&fd) {
@@ -93,36 +82,21 @@ fn reclaim_locked(dir: &OwnedFd, name: &str, fd: &OwnedFd) -> bool {
 fn temp_name() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "{TEMP_PREFIX}{}-{n}-{nanos}",
-        rustix::process::getpid().as_raw_nonzero()
-    )
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{TEMP_PREFIX}{}-{n}-{nanos}", rustix::process::getpid().as_raw_nonzero())
 }
 
 pub(crate) fn create(name: &Name, size: u64) -> Result<Section, CreateError> {
     let obj = || name.to_string();
     let io = |e: io::Error| match e.kind() {
-        io::ErrorKind::PermissionDenied => CreateError::PermissionDenied {
-            object: obj(),
-            source: e,
-        },
-        _ => CreateError::Io {
-            object: obj(),
-            source: e,
-        },
+        io::ErrorKind::PermissionDenied => CreateError::PermissionDenied { object: obj(), source: e },
+        _ => CreateError::Io { object: obj(), source: e },
     };
     let dir = shm_dir().map_err(io)?;
     let vfs = rfs::fstatvfs(&dir).map_err(|e| io(io_err(e)))?;
     let available = vfs.f_bavail.saturating_mul(vfs.f_frsize);
     if size > available {
-        return Err(CreateError::NoSpace {
-            name: obj(),
-            size,
-            available,
-        });
+        return Err(CreateError::NoSpace { name: obj(), size, available });
     }
     for _ in 0..MAX_RETRIES {
         let temp = temp_name();
@@ -147,28 +121,13 @@ pub(crate) fn create(name: &Name, size: u64) -> Result<Section, CreateError> {
         if let Err(e) = prepared {
             let _ = rfs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
             return Err(match e {
-                Errno::FBIG | Errno::INVAL => CreateError::InvalidSize {
-                    size,
-                    reason: "too large for /dev/shm",
-                },
+                Errno::FBIG | Errno::INVAL => CreateError::InvalidSize { size, reason: "too large for /dev/shm" },
                 e => io(io_err(e)),
             });
         }
-        match rfs::renameat_with(
-            &dir,
-            temp.as_str(),
-            &dir,
-            name.as_str(),
-            RenameFlags::NOREPLACE,
-        ) {
+        match rfs::renameat_with(&dir, temp.as_str(), &dir, name.as_str(), RenameFlags::NOREPLACE) {
             Ok(()) => {
-                return Ok(Section::from_fd(
-                    fd,
-                    size,
-                    Access::ReadWrite,
-                    Kind::Named,
-                    Some(name),
-                ));
+                return Ok(Section::from_fd(fd, size, Access::ReadWrite, Kind::Named, Some(name)));
             }
             Err(Errno::EXIST) => {
                 let _ = rfs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
@@ -188,22 +147,14 @@ pub(crate) fn create(name: &Name, size: u64) -> Result<Section, CreateError> {
             }
         }
     }
-    Err(io(io::Error::other(
-        "gave up after too many concurrent changes to the name",
-    )))
+    Err(io(io::Error::other("gave up after too many concurrent changes to the name")))
 }
 
 pub(crate) fn open(name: &Name, access: Access) -> Result<Section, OpenError> {
     let n = || name.to_string();
     let io = |e: io::Error| match e.kind() {
-        io::ErrorKind::PermissionDenied => OpenError::PermissionDenied {
-            name: n(),
-            source: e,
-        },
-        _ => OpenError::Io {
-            name: n(),
-            source: e,
-        },
+        io::ErrorKind::PermissionDenied => OpenError::PermissionDenied { name: n(), source: e },
+        _ => OpenError::Io { name: n(), source: e },
     };
     let dir = shm_dir().map_err(io)?;
     let mode = match access {
@@ -223,10 +174,7 @@ pub(crate) fn open(name: &Name, access: Access) -> Result<Section, OpenError> {
         };
         let st = rfs::fstat(&fd).map_err(|e| io(io_err(e)))?;
         if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
-            return Err(io(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "not a shared-memory object",
-            )));
+            return Err(io(io::Error::new(io::ErrorKind::InvalidData, "not a shared-memory object")));
         }
         match rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {
@@ -257,17 +205,9 @@ pub(crate) fn open(name: &Name, access: Access) -> Result<Section, OpenError> {
         // Re-read the size now that we hold it (a creator sizes the object
         // before publishing, but a foreign program may have resized it).
         let st = rfs::fstat(&fd).map_err(|e| io(io_err(e)))?;
-        return Ok(Section::from_fd(
-            fd,
-            st.st_size as u64,
-            access,
-            Kind::Named,
-            Some(name),
-        ));
+        return Ok(Section::from_fd(fd, st.st_size as u64, access, Kind::Named, Some(name)));
     }
-    Err(io(io::Error::other(
-        "gave up after too many concurrent changes to the name",
-    )))
+    Err(io(io::Error::other("gave up after too many concurrent changes to the name")))
 }
 
 pub(crate) fn open_or_create(name: &Name, size: u64) -> Result<(Section, bool), CreateError> {
@@ -281,22 +221,13 @@ pub(crate) fn open_or_create(name: &Name, size: u64) -> Result<(Section, bool), 
             Ok(s) => return Ok((s, false)),
             Err(OpenError::NotFound { .. }) => continue,
             Err(OpenError::PermissionDenied { name, source }) => {
-                return Err(CreateError::PermissionDenied {
-                    object: name,
-                    source,
-                });
+                return Err(CreateError::PermissionDenied { object: name, source });
             }
             Err(OpenError::Io { name, source }) => {
-                return Err(CreateError::Io {
-                    object: name,
-                    source,
-                });
+                return Err(CreateError::Io { object: name, source });
             }
             Err(e) => {
-                return Err(CreateError::Io {
-                    object: name.to_string(),
-                    source: io::Error::other(e.to_string()),
-                });
+                return Err(CreateError::Io { object: name.to_string(), source: io::Error::other(e.to_string()) });
             }
         }
     }
@@ -331,14 +262,8 @@ pub(crate) fn remove(name: &Name) -> Result<(), RemoveError> {
     match rfs::unlinkat(&dir, name.as_str(), AtFlags::empty()) {
         Ok(()) => Ok(()),
         Err(Errno::NOENT) => Err(RemoveError::NotFound { name: n() }),
-        Err(e @ (Errno::ACCESS | Errno::PERM)) => Err(RemoveError::PermissionDenied {
-            name: n(),
-            source: io_err(e),
-        }),
-        Err(e) => Err(RemoveError::Io {
-            name: n(),
-            source: io_err(e),
-        }),
+        Err(e @ (Errno::ACCESS | Errno::PERM)) => Err(RemoveError::PermissionDenied { name: n(), source: io_err(e) }),
+        Err(e) => Err(RemoveError::Io { name: n(), source: io_err(e) }),
     }
 }
 
@@ -376,10 +301,7 @@ pub(crate) fn list() -> Result<Vec<SectionInfo>, ListError> {
             continue;
         }
         if let Ok(st) = rfs::fstat(&fd) {
-            out.push(SectionInfo {
-                name,
-                size: st.st_size as u64,
-            });
+            out.push(SectionInfo { name, size: st.st_size as u64 });
         }
     }
     Ok(out)

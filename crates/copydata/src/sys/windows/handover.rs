@@ -38,13 +38,8 @@ pub fn duplicate_into(section: &Section, pid: u32) -> Result<Duplicated, Handove
         _ => HandoverError::Io(e),
     })?;
     let inner = section.inner();
-    let value =
-        duplicate(inner.handle(), super::raw(&process), 0, false).map_err(HandoverError::Io)?;
-    Ok(Duplicated {
-        handle: value as usize as u64,
-        len: section.len(),
-        access: section.access(),
-    })
+    let value = duplicate(inner.handle(), super::raw(&process), 0, false).map_err(HandoverError::Io)?;
+    Ok(Duplicated { handle: value as usize as u64, len: section.len(), access: section.access() })
 }
 
 /// Takes ownership of a section handle another process duplicated into this
@@ -65,24 +60,14 @@ pub unsafe fn adopt_section(
     access: Access,
     name: Option<&str>,
 ) -> Result<Section, HandoverError> {
-    let name = name
-        .map(Name::new)
-        .transpose()
-        .map_err(|e| HandoverError::Malformed(format!("bad name: {e}")))?;
-    let raw = usize::try_from(handle)
-        .map_err(|_| HandoverError::Malformed("handle out of range".into()))?;
-    let size = section_size(raw as _)
-        .map_err(|e| HandoverError::Malformed(format!("handle {handle:#x}: {e}")))?;
+    let name = name.map(Name::new).transpose().map_err(|e| HandoverError::Malformed(format!("bad name: {e}")))?;
+    let raw = usize::try_from(handle).map_err(|_| HandoverError::Malformed("handle out of range".into()))?;
+    let size = section_size(raw as _).map_err(|e| HandoverError::Malformed(format!("handle {handle:#x}: {e}")))?;
     if len == 0 || len > size {
-        return Err(HandoverError::Malformed(format!(
-            "size {len} does not fit the section of {size} bytes"
-        )));
+        return Err(HandoverError::Malformed(format!("size {len} does not fit the section of {size} bytes")));
     }
     // SAFETY: the caller guarantees the handle was given to us alone; it was
     // just checked to be a live section.
     let owned = unsafe { OwnedHandle::from_raw_handle(raw as RawHandle) };
-    Ok(Section::from_parts(
-        SysSection::from_handle(owned, len, access),
-        name,
-    ))
+    Ok(Section::from_parts(SysSection::from_handle(owned, len, access), name))
 }

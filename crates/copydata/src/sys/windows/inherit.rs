@@ -9,19 +9,14 @@ use std::io;
 use std::os::windows::io::{FromRawHandle, OwnedHandle, RawHandle};
 use std::process::{Child, Command};
 
-use windows_sys::Win32::Foundation::{
-    GetHandleInformation, HANDLE, HANDLE_FLAG_INHERIT, SetHandleInformation,
-};
+use windows_sys::Win32::Foundation::{GetHandleInformation, HANDLE, HANDLE_FLAG_INHERIT, SetHandleInformation};
 
 use super::{Section, current_process, duplicate, section_size};
 use crate::error::InheritError;
 use crate::name::Name;
 use crate::section::{Access, INHERIT_VAR};
 
-pub(crate) fn spawn_with_sections(
-    cmd: &mut Command,
-    sections: &[(&Section, Option<&Name>)],
-) -> io::Result<Child> {
+pub(crate) fn spawn_with_sections(cmd: &mut Command, sections: &[(&Section, Option<&Name>)]) -> io::Result<Child> {
     let mut dups = Vec::with_capacity(sections.len());
     let mut entries = Vec::with_capacity(sections.len());
     for (section, name) in sections {
@@ -29,11 +24,7 @@ pub(crate) fn spawn_with_sections(
         // SAFETY: a fresh duplicate in this process, owned by nobody else;
         // closing it after the spawn ends its inheritability here.
         dups.push(unsafe { OwnedHandle::from_raw_handle(h as RawHandle) });
-        let rw = if section.access() == Access::ReadWrite {
-            "w"
-        } else {
-            "r"
-        };
+        let rw = if section.access() == Access::ReadWrite { "w" } else { "r" };
         let mut entry = format!("{}:{}:{rw}", h as usize, section.len());
         if let Some(name) = name {
             entry.push(':');
@@ -48,17 +39,11 @@ pub(crate) fn spawn_with_sections(
 }
 
 fn malformed(reason: impl Into<String>) -> InheritError {
-    InheritError::Malformed {
-        var: INHERIT_VAR,
-        reason: reason.into(),
-    }
+    InheritError::Malformed { var: INHERIT_VAR, reason: reason.into() }
 }
 
 fn stale(reason: impl Into<String>) -> InheritError {
-    InheritError::Stale {
-        var: INHERIT_VAR,
-        reason: reason.into(),
-    }
+    InheritError::Stale { var: INHERIT_VAR, reason: reason.into() }
 }
 
 struct Entry {
@@ -69,9 +54,7 @@ struct Entry {
 }
 
 fn parse(token: &str) -> Result<Vec<Entry>, InheritError> {
-    let rest = token
-        .strip_prefix("1;")
-        .ok_or_else(|| malformed("unknown version"))?;
+    let rest = token.strip_prefix("1;").ok_or_else(|| malformed("unknown version"))?;
     if rest.is_empty() {
         return Ok(Vec::new());
     }
@@ -82,10 +65,8 @@ fn parse(token: &str) -> Result<Vec<Entry>, InheritError> {
                 .next()
                 .and_then(|p| p.parse().ok())
                 .ok_or_else(|| malformed(format!("bad handle in {entry:?}")))?;
-            let len = parts
-                .next()
-                .and_then(|p| p.parse().ok())
-                .ok_or_else(|| malformed(format!("bad size in {entry:?}")))?;
+            let len =
+                parts.next().and_then(|p| p.parse().ok()).ok_or_else(|| malformed(format!("bad size in {entry:?}")))?;
             let access = match parts.next() {
                 Some("r") => Access::ReadOnly,
                 Some("w") => Access::ReadWrite,
@@ -98,12 +79,7 @@ fn parse(token: &str) -> Result<Vec<Entry>, InheritError> {
             if parts.next().is_some() {
                 return Err(malformed(format!("extra fields in {entry:?}")));
             }
-            Ok(Entry {
-                handle,
-                len,
-                access,
-                name,
-            })
+            Ok(Entry { handle, len, access, name })
         })
         .collect::<Result<Vec<Entry>, InheritError>>()
         .and_then(|entries| {
@@ -124,10 +100,7 @@ pub(crate) fn take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>
         // SAFETY: only queries the handle's flags; an invalid value fails.
         let valid = unsafe { GetHandleInformation(h, &mut flags) } != 0;
         if !valid || flags & HANDLE_FLAG_INHERIT == 0 || section_size(h).ok() != Some(e.len) {
-            return Err(stale(format!(
-                "handle {:#x} is not the section the parent passed",
-                e.handle
-            )));
+            return Err(stale(format!("handle {:#x} is not the section the parent passed", e.handle)));
         }
     }
     let mut out = Vec::with_capacity(entries.len());

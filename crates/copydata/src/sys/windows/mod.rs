@@ -13,17 +13,16 @@ use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle};
 use std::sync::Arc;
 
 use windows_sys::Win32::Foundation::{
-    DUPLICATE_SAME_ACCESS, DuplicateHandle, ERROR_ACCESS_DENIED, ERROR_ALREADY_EXISTS,
-    ERROR_FILE_INVALID, ERROR_FILE_NOT_FOUND, ERROR_INVALID_HANDLE, GetLastError, HANDLE,
-    INVALID_HANDLE_VALUE, LocalFree,
+    DUPLICATE_SAME_ACCESS, DuplicateHandle, ERROR_ACCESS_DENIED, ERROR_ALREADY_EXISTS, ERROR_FILE_INVALID,
+    ERROR_FILE_NOT_FOUND, ERROR_INVALID_HANDLE, GetLastError, HANDLE, INVALID_HANDLE_VALUE, LocalFree,
 };
 use windows_sys::Win32::Security::Authorization::{
     ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1,
 };
 use windows_sys::Win32::Security::SECURITY_ATTRIBUTES;
 use windows_sys::Win32::System::Memory::{
-    CreateFileMappingW, FILE_MAP_READ, FILE_MAP_WRITE, FlushViewOfFile, MEMORY_MAPPED_VIEW_ADDRESS,
-    MapViewOfFile, OpenFileMappingW, PAGE_READONLY, PAGE_READWRITE, UnmapViewOfFile,
+    CreateFileMappingW, FILE_MAP_READ, FILE_MAP_WRITE, FlushViewOfFile, MEMORY_MAPPED_VIEW_ADDRESS, MapViewOfFile,
+    OpenFileMappingW, PAGE_READONLY, PAGE_READWRITE, UnmapViewOfFile,
 };
 use windows_sys::Win32::System::SystemInformation::{GetSystemInfo, SYSTEM_INFO};
 use windows_sys::Win32::System::Threading::GetCurrentProcess;
@@ -110,9 +109,7 @@ pub(crate) fn section_size(h: HANDLE) -> io::Result<u64> {
         )
     };
     if status < 0 {
-        return Err(io::Error::other(format!(
-            "not a section handle (NTSTATUS {status:#x})"
-        )));
+        return Err(io::Error::other(format!("not a section handle (NTSTATUS {status:#x})")));
     }
     u64::try_from(info.maximum_size).map_err(|_| io::Error::other("negative section size"))
 }
@@ -171,11 +168,7 @@ pub(crate) struct Section {
 
 impl Section {
     pub(crate) fn from_handle(handle: OwnedHandle, len: u64, access: Access) -> Section {
-        Section {
-            handle: Arc::new(handle),
-            len,
-            access,
-        }
+        Section { handle: Arc::new(handle), len, access }
     }
 
     pub(crate) fn handle(&self) -> HANDLE {
@@ -188,10 +181,7 @@ impl Section {
     }
 
     pub(crate) fn anonymous(size: u64) -> Result<Section, CreateError> {
-        let io = |source| CreateError::Io {
-            object: "anonymous section".into(),
-            source,
-        };
+        let io = |source| CreateError::Io { object: "anonymous section".into(), source };
         let sd = NoNewAccess::new().map_err(io)?;
         let sa = SECURITY_ATTRIBUTES {
             nLength: size_of::<SECURITY_ATTRIBUTES>() as u32,
@@ -203,16 +193,7 @@ impl Section {
         // - INVALID_HANDLE_VALUE asks for a pagefile-backed mapping;
         // - `sa` and the descriptor it points to outlive the call;
         // - a null name makes it anonymous.
-        let h = unsafe {
-            CreateFileMappingW(
-                INVALID_HANDLE_VALUE,
-                &sa,
-                PAGE_READWRITE,
-                hi,
-                lo,
-                std::ptr::null(),
-            )
-        };
+        let h = unsafe { CreateFileMappingW(INVALID_HANDLE_VALUE, &sa, PAGE_READWRITE, hi, lo, std::ptr::null()) };
         let handle = owned(h).map_err(io)?;
         Ok(Section::from_handle(handle, size, Access::ReadWrite))
     }
@@ -226,55 +207,31 @@ impl Section {
         // - INVALID_HANDLE_VALUE asks for a pagefile-backed mapping;
         // - null attributes: default security, not inheritable;
         // - `n` is a NUL-terminated UTF-16 string that outlives the call.
-        let h = unsafe {
-            CreateFileMappingW(
-                INVALID_HANDLE_VALUE,
-                std::ptr::null(),
-                PAGE_READWRITE,
-                hi,
-                lo,
-                n.as_ptr(),
-            )
-        };
+        let h =
+            unsafe { CreateFileMappingW(INVALID_HANDLE_VALUE, std::ptr::null(), PAGE_READWRITE, hi, lo, n.as_ptr()) };
         // SAFETY: reads this thread's last-error value, set by the call above.
         let existed = unsafe { GetLastError() } == ERROR_ALREADY_EXISTS;
         let handle = owned(h).map_err(|e| {
             if is(&e, ERROR_INVALID_HANDLE) {
                 // The name belongs to another kind of object (a mutex, ...).
-                CreateError::AlreadyExists {
-                    name: name.to_string(),
-                }
+                CreateError::AlreadyExists { name: name.to_string() }
             } else if is(&e, ERROR_ACCESS_DENIED) {
-                CreateError::PermissionDenied {
-                    object: name.to_string(),
-                    source: e,
-                }
+                CreateError::PermissionDenied { object: name.to_string(), source: e }
             } else {
-                CreateError::Io {
-                    object: name.to_string(),
-                    source: e,
-                }
+                CreateError::Io { object: name.to_string(), source: e }
             }
         })?;
         let len = if existed {
-            section_size(raw(&handle)).map_err(|source| CreateError::Io {
-                object: name.to_string(),
-                source,
-            })?
+            section_size(raw(&handle)).map_err(|source| CreateError::Io { object: name.to_string(), source })?
         } else {
             size
         };
-        Ok((
-            Section::from_handle(handle, len, Access::ReadWrite),
-            existed,
-        ))
+        Ok((Section::from_handle(handle, len, Access::ReadWrite), existed))
     }
 
     pub(crate) fn create(name: &Name, size: u64) -> Result<Section, CreateError> {
         match Self::create_or_open(name, size)? {
-            (_, true) => Err(CreateError::AlreadyExists {
-                name: name.to_string(),
-            }),
+            (_, true) => Err(CreateError::AlreadyExists { name: name.to_string() }),
             (s, false) => Ok(s),
         }
     }
@@ -296,45 +253,27 @@ impl Section {
         let h = unsafe { OpenFileMappingW(rights, 0, n.as_ptr()) };
         let handle = owned(h).map_err(|e| {
             if is(&e, ERROR_FILE_NOT_FOUND) || is(&e, ERROR_INVALID_HANDLE) {
-                OpenError::NotFound {
-                    name: name.to_string(),
-                }
+                OpenError::NotFound { name: name.to_string() }
             } else if is(&e, ERROR_ACCESS_DENIED) {
-                OpenError::PermissionDenied {
-                    name: name.to_string(),
-                    source: e,
-                }
+                OpenError::PermissionDenied { name: name.to_string(), source: e }
             } else {
-                OpenError::Io {
-                    name: name.to_string(),
-                    source: e,
-                }
+                OpenError::Io { name: name.to_string(), source: e }
             }
         })?;
-        let len = section_size(raw(&handle)).map_err(|source| OpenError::Io {
-            name: name.to_string(),
-            source,
-        })?;
+        let len = section_size(raw(&handle)).map_err(|source| OpenError::Io { name: name.to_string(), source })?;
         Ok(Section::from_handle(handle, len, access))
     }
 
     pub(crate) fn from_file(file: &File, access: Access) -> Result<Section, CreateError> {
         let io = |source: io::Error| match source.kind() {
-            io::ErrorKind::PermissionDenied => CreateError::PermissionDenied {
-                object: "file-backed section".into(),
-                source,
-            },
-            _ => CreateError::Io {
-                object: "file-backed section".into(),
-                source,
-            },
+            io::ErrorKind::PermissionDenied => {
+                CreateError::PermissionDenied { object: "file-backed section".into(), source }
+            }
+            _ => CreateError::Io { object: "file-backed section".into(), source },
         };
         let size = file.metadata().map_err(io)?.len();
         if size == 0 {
-            return Err(CreateError::InvalidSize {
-                size,
-                reason: "the file is empty",
-            });
+            return Err(CreateError::InvalidSize { size, reason: "the file is empty" });
         }
         let protect = match access {
             Access::ReadOnly => PAGE_READONLY,
@@ -345,21 +284,11 @@ impl Section {
         // - size 0/0 means "the file's current size"; null name: anonymous;
         // - the mapping holds its own reference to the file.
         let h = unsafe {
-            CreateFileMappingW(
-                file.as_raw_handle() as HANDLE,
-                std::ptr::null(),
-                protect,
-                0,
-                0,
-                std::ptr::null(),
-            )
+            CreateFileMappingW(file.as_raw_handle() as HANDLE, std::ptr::null(), protect, 0, 0, std::ptr::null())
         };
         let handle = owned(h).map_err(|e| {
             if is(&e, ERROR_FILE_INVALID) {
-                CreateError::InvalidSize {
-                    size,
-                    reason: "the file is empty",
-                }
+                CreateError::InvalidSize { size, reason: "the file is empty" }
             } else {
                 io(e)
             }
@@ -376,24 +305,14 @@ impl Section {
     }
 
     pub(crate) fn read_only(&self) -> Result<Section, ReadOnlyError> {
-        let h = duplicate(
-            self.handle(),
-            current_process(),
-            SECTION_QUERY | FILE_MAP_READ,
-            false,
-        )
-        .map_err(ReadOnlyError::Io)?;
+        let h = duplicate(self.handle(), current_process(), SECTION_QUERY | FILE_MAP_READ, false)
+            .map_err(ReadOnlyError::Io)?;
         // SAFETY: the duplicate is a fresh handle in this process, owned by nobody else.
         let handle = unsafe { OwnedHandle::from_raw_handle(h as RawHandle) };
         Ok(Section::from_handle(handle, self.len, Access::ReadOnly))
     }
 
-    pub(crate) fn map(
-        &self,
-        offset: u64,
-        len: usize,
-        access: Access,
-    ) -> Result<(Arc<Mapping>, usize), MapError> {
+    pub(crate) fn map(&self, offset: u64, len: usize, access: Access) -> Result<(Arc<Mapping>, usize), MapError> {
         let gran = granularity();
         let aligned = offset - offset % gran;
         let start = (offset - aligned) as usize;
@@ -410,22 +329,13 @@ impl Section {
         let view = unsafe { MapViewOfFile(self.handle(), rights, hi, lo, map_len) };
         if view.Value.is_null() {
             let e = last_error();
-            return Err(
-                if is(&e, ERROR_ACCESS_DENIED) && access == Access::ReadWrite {
-                    MapError::ReadOnly
-                } else {
-                    MapError::Io(e)
-                },
-            );
+            return Err(if is(&e, ERROR_ACCESS_DENIED) && access == Access::ReadWrite {
+                MapError::ReadOnly
+            } else {
+                MapError::Io(e)
+            });
         }
-        Ok((
-            Arc::new(Mapping {
-                base: view.Value.cast(),
-                len: map_len,
-                _handle: self.handle.clone(),
-            }),
-            start,
-        ))
+        Ok((Arc::new(Mapping { base: view.Value.cast(), len: map_len, _handle: self.handle.clone() }), start))
     }
 }
 
@@ -444,33 +354,14 @@ pub(crate) fn current_process() -> HANDLE {
 
 /// `DuplicateHandle` from this process into `target` (a process handle).
 /// `rights == 0` keeps the same access. Returns the value valid in `target`.
-pub(crate) fn duplicate(
-    h: HANDLE,
-    target: HANDLE,
-    rights: u32,
-    inherit: bool,
-) -> io::Result<HANDLE> {
+pub(crate) fn duplicate(h: HANDLE, target: HANDLE, rights: u32, inherit: bool) -> io::Result<HANDLE> {
     let mut out: HANDLE = std::ptr::null_mut();
-    let options = if rights == 0 {
-        DUPLICATE_SAME_ACCESS
-    } else {
-        0
-    };
+    let options = if rights == 0 { DUPLICATE_SAME_ACCESS } else { 0 };
     // SAFETY:
     // - `h` is a live handle of this process and `target` a process handle
     //   with PROCESS_DUP_HANDLE (or the current-process pseudo-handle);
     // - `out` is a writable HANDLE.
-    let ok = unsafe {
-        DuplicateHandle(
-            current_process(),
-            h,
-            target,
-            &mut out,
-            rights,
-            inherit.into(),
-            options,
-        )
-    };
+    let ok = unsafe { DuplicateHandle(current_process(), h, target, &mut out, rights, inherit.into(), options) };
     if ok == 0 { Err(last_error()) } else { Ok(out) }
 }
 
@@ -510,11 +401,7 @@ impl Drop for Mapping {
         // SAFETY:
         // - `base` is the address MapViewOfFile returned, unmapped only here;
         // - no view refers to this mapping any more (they hold an `Arc`).
-        unsafe {
-            UnmapViewOfFile(MEMORY_MAPPED_VIEW_ADDRESS {
-                Value: self.base.cast(),
-            })
-        };
+        unsafe { UnmapViewOfFile(MEMORY_MAPPED_VIEW_ADDRESS { Value: self.base.cast() }) };
     }
 }
 
