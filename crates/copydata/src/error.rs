@@ -268,6 +268,16 @@ pub enum InheritError {
     Io(#[source] io::Error),
 }
 
+impl InheritError {
+    pub(crate) fn malformed(reason: impl Into<String>) -> InheritError {
+        InheritError::Malformed { var: crate::INHERIT_VAR, reason: reason.into() }
+    }
+
+    pub(crate) fn stale(reason: impl Into<String>) -> InheritError {
+        InheritError::Stale { var: crate::INHERIT_VAR, reason: reason.into() }
+    }
+}
+
 /// Handing a section to another process failed (see [`crate::os`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

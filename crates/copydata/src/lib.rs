@@ -43,6 +43,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+mod inherit;
 mod name;
 pub mod os;
 mod section;
@@ -52,6 +53,7 @@ mod view;
 pub use error::{
     AccessError, CreateError, HandoverError, InheritError, ListError, MapError, OpenError, ReadOnlyError, RemoveError,
 };
+pub use inherit::{CommandExt, INHERIT_VAR, inherited_sections};
 pub use name::{MAX_NAME_LEN, NameError, validate_name};
-pub use section::{Access, CommandExt, INHERIT_VAR, Section, SectionInfo, inherited_sections, list, remove};
+pub use section::{Access, Section, SectionInfo, list, remove};
 pub use view::{View, ViewMut};

@@ -1,11 +1,9 @@
 //! The portable section type.
 
+use std::fmt;
 use std::fs::File;
-use std::process::{Child, Command};
-use std::sync::Mutex;
-use std::{fmt, io};
 
-use crate::error::{CreateError, InheritError, ListError, MapError, OpenError, ReadOnlyError, RemoveError};
+use crate::error::{CreateError, ListError, MapError, OpenError, ReadOnlyError, RemoveError};
 use crate::name::Name;
 use crate::sys;
 use crate::view::{View, ViewMut};
@@ -239,6 +237,10 @@ impl Section {
         &self.inner
     }
 
+    pub(crate) fn name_ref(&self) -> Option<&Name> {
+        self.name.as_ref()
+    }
+
     pub(crate) fn from_parts(inner: sys::Section, name: Option<Name>) -> Section {
         Self::wrap(inner, name, false)
     }
@@ -305,74 +307,4 @@ pub fn list() -> Result<Vec<SectionInfo>, ListError> {
     let mut all = sys::list()?;
     all.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(all)
-}
-
-/// The environment variable through which a parent tells a child which
-/// sections it passed (see [`CommandExt`]).
-pub const INHERIT_VAR: &str = "COPYDATA_SECTIONS";
-
-/// Spawning a child with sections: an extension of [`std::process::Command`].
-///
-/// Nothing copydata creates is inheritable by default (descriptors are
-/// close-on-exec, handles non-inheritable); only the sections passed here
-/// reach the child. The child takes them with [`inherited_sections`].
-///
-/// ```no_run
-/// use std::process::Command;
-/// use copydata::{CommandExt, Section};
-///
-/// let section = Section::anonymous(1 << 20)?;
-/// let frozen = section.read_only()?;
-/// let mut child = Command::new("worker").spawn_with_sections(&[&section, &frozen])?;
-/// child.wait()?;
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-///
-/// # Portability
-///
-/// On Linux the descriptors are duplicated and made inheritable only in the
-/// forked child (a `pre_exec` hook), so concurrent spawns on other threads
-/// never receive them. The duplicates live as long as the `Command`. On
-/// Windows an inheritable duplicate exists only for the duration of the
-/// `CreateProcessW` call; a process spawned by another thread during exactly
-/// that moment may inherit it too (std spawns with `bInheritHandles`).
-pub trait CommandExt {
-    /// Spawns the command with `sections` passed to the child, read-write or
-    /// read-only as each handle is (use [`Section::read_only`] for a
-    /// read-only hand-out).
-    fn spawn_with_sections(&mut self, sections: &[&Section]) -> io::Result<Child>;
-}
-
-impl CommandExt for Command {
-    fn spawn_with_sections(&mut self, sections: &[&Section]) -> io::Result<Child> {
-        let parts: Vec<_> = sections.iter().map(|s| (s.inner(), s.name.as_ref())).collect();
-        sys::spawn_with_sections(self, &parts)
-    }
-}
-
-static TAKEN: Mutex<bool> = Mutex::new(false);
-
-/// Takes the sections the parent passed with
-/// [`CommandExt::spawn_with_sections`], in the order it passed them.
-///
-/// Returns an empty list if this process was started without sections.
-/// The sections can be taken once; a second call fails with
-/// [`InheritError::AlreadyTaken`]. Every entry of the token is validated
-/// (the descriptor or handle must be the section object the parent named)
-/// before ownership is taken, and taken handles are made non-inheritable
-/// again, so they do not leak into this process's own children.
-pub fn inherited_sections() -> Result<Vec<Section>, InheritError> {
-    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(token) = std::env::var_os(INHERIT_VAR) else {
-        return Ok(Vec::new());
-    };
-    if *taken {
-        return Err(InheritError::AlreadyTaken);
-    }
-    let token = token
-        .into_string()
-        .map_err(|_| InheritError::Malformed { var: INHERIT_VAR, reason: "not valid UTF-8".into() })?;
-    *taken = true;
-    let parts = sys::take_inherited(&token)?;
-    Ok(parts.into_iter().map(|(s, name)| Section::from_parts(s, name)).collect())
 }

@@ -1,0 +1,173 @@
+//! Passing sections to a child process by inheritance.
+//!
+//! The parent makes the chosen handles inheritable for the child only (the
+//! backends say how) and describes them in the environment variable
+//! [`INHERIT_VAR`]. The token format is shared by the backends:
+//!
+//! ```text
+//! 1;ENTRY,ENTRY,...      ENTRY = FIELD:FIELD:FIELD[:NAME]
+//! ```
+//!
+//! The three fields are the backend's (Linux: descriptor, device, inode;
+//! Windows: handle, size, `r`/`w`), `NAME` is the section's name for named
+//! sections. The child treats the token as untrusted: it is parsed strictly
+//! here and every handle is checked by the backend before it is taken.
+
+use std::io;
+use std::process::{Child, Command};
+use std::sync::Mutex;
+
+use crate::error::InheritError;
+use crate::name::Name;
+use crate::section::Section;
+use crate::sys;
+
+/// The environment variable through which a parent tells a child which
+/// sections it passed (see [`CommandExt`]).
+pub const INHERIT_VAR: &str = "COPYDATA_SECTIONS";
+
+/// Spawning a child with sections: an extension of [`std::process::Command`].
+///
+/// Nothing copydata creates is inheritable by default (descriptors are
+/// close-on-exec, handles non-inheritable); only the sections passed here
+/// reach the child. The child takes them with [`inherited_sections`].
+///
+/// ```no_run
+/// use std::process::Command;
+/// use copydata::{CommandExt, Section};
+///
+/// let section = Section::anonymous(1 << 20)?;
+/// let frozen = section.read_only()?;
+/// let mut child = Command::new("worker").spawn_with_sections(&[&section, &frozen])?;
+/// child.wait()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Portability
+///
+/// On Linux the descriptors are duplicated and made inheritable only in the
+/// forked child (a `pre_exec` hook), so concurrent spawns on other threads
+/// never receive them. The duplicates live as long as the `Command`. On
+/// Windows an inheritable duplicate exists only for the duration of the
+/// `CreateProcessW` call; a process spawned by another thread during exactly
+/// that moment may inherit it too (std spawns with `bInheritHandles`).
+pub trait CommandExt {
+    /// Spawns the command with `sections` passed to the child, read-write or
+    /// read-only as each handle is (use [`Section::read_only`] for a
+    /// read-only hand-out).
+    fn spawn_with_sections(&mut self, sections: &[&Section]) -> io::Result<Child>;
+}
+
+impl CommandExt for Command {
+    fn spawn_with_sections(&mut self, sections: &[&Section]) -> io::Result<Child> {
+        let parts: Vec<_> = sections.iter().map(|s| (s.inner(), s.name_ref())).collect();
+        sys::spawn_with_sections(self, &parts)
+    }
+}
+
+static TAKEN: Mutex<bool> = Mutex::new(false);
+
+/// Takes the sections the parent passed with
+/// [`CommandExt::spawn_with_sections`], in the order it passed them.
+///
+/// Returns an empty list if this process was started without sections.
+/// The sections can be taken once; a second call fails with
+/// [`InheritError::AlreadyTaken`]. Every entry of the token is validated
+/// (the descriptor or handle must be the section object the parent named)
+/// before ownership is taken, and taken handles are made non-inheritable
+/// again, so they do not leak into this process's own children.
+pub fn inherited_sections() -> Result<Vec<Section>, InheritError> {
+    let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(token) = std::env::var_os(INHERIT_VAR) else {
+        return Ok(Vec::new());
+    };
+    if *taken {
+        return Err(InheritError::AlreadyTaken);
+    }
+    let token = token.into_string().map_err(|_| InheritError::malformed("not valid UTF-8"))?;
+    *taken = true;
+    let parts = sys::take_inherited(&token)?;
+    Ok(parts.into_iter().map(|(s, name)| Section::from_parts(s, name)).collect())
+}
+
+/// Builds a token from the backend's fields for each section.
+pub(crate) fn encode<'a>(entries: impl IntoIterator<Item = ([String; FIELDS], Option<&'a Name>)>) -> String {
+    let entries: Vec<String> = entries
+        .into_iter()
+        .map(|(fields, name)| {
+            let mut entry = fields.join(":");
+            if let Some(name) = name {
+                entry.push(':');
+                entry.push_str(name.as_str());
+            }
+            entry
+        })
+        .collect();
+    format!("1;{}", entries.join(","))
+}
+
+/// The number of backend fields in a token entry.
+pub(crate) const FIELDS: usize = 3;
+
+/// One parsed entry: the backend's fields, still as text, and the name.
+pub(crate) struct Entry<'a> {
+    pub(crate) fields: [&'a str; FIELDS],
+    pub(crate) name: Option<Name>,
+}
+
+/// Parses a token. Refuses unknown versions, wrong field counts, bad names,
+/// and two entries naming the same handle.
+pub(crate) fn decode(token: &str) -> Result<Vec<Entry<'_>>, InheritError> {
+    let rest = token.strip_prefix("1;").ok_or_else(|| InheritError::malformed("unknown version"))?;
+    if rest.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut entries: Vec<Entry<'_>> = Vec::new();
+    for entry in rest.split(',') {
+        let parts: Vec<&str> = entry.split(':').collect();
+        let (fields, name) = match parts.len() {
+            FIELDS => (&parts[..], None),
+            n if n == FIELDS + 1 => (&parts[..FIELDS], Some(parts[FIELDS])),
+            _ => return Err(InheritError::malformed(format!("wrong number of fields in {entry:?}"))),
+        };
+        let fields: [&str; FIELDS] = fields.try_into().expect("length checked");
+        let name = name
+            .map(|n| Name::new(n).map_err(|e| InheritError::malformed(format!("bad name {n:?}: {e}"))))
+            .transpose()?;
+        if entries.iter().any(|e| e.fields[0] == fields[0]) {
+            return Err(InheritError::malformed(format!("handle {} is listed twice", fields[0])));
+        }
+        entries.push(Entry { fields, name });
+    }
+    Ok(entries)
+}
+
+/// Parses one numeric field of an entry.
+pub(crate) fn number<T: std::str::FromStr>(field: &str, what: &str) -> Result<T, InheritError> {
+    field.parse().map_err(|_| InheritError::malformed(format!("bad {what} {field:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        let name = Name::new("a.b-c").unwrap();
+        let token =
+            encode([(["5".into(), "6".into(), "7".into()], None), (["8".into(), "9".into(), "w".into()], Some(&name))]);
+        assert_eq!(token, "1;5:6:7,8:9:w:a.b-c");
+        let entries = decode(&token).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].fields, ["5", "6", "7"]);
+        assert_eq!(entries[1].name.as_ref().map(Name::as_str), Some("a.b-c"));
+        assert!(decode("1;").unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_tokens_are_malformed() {
+        for bad in ["", "garbage", "2;1:2:3", "1;1:2", "1;1:2:3:n:x", "1;1:2:3:bad/name", "1;1:2:3,1:4:5", "1;,"] {
+            assert!(matches!(decode(bad), Err(InheritError::Malformed { .. })), "{bad:?}");
+        }
+    }
+}
