@@ -147,6 +147,13 @@ impl Section {
     }
 
     /// The section's size in bytes.
+    ///
+    /// # Platform notes
+    ///
+    /// Windows keeps the size of a memory-backed section rounded up to a
+    /// whole page (4 KiB), so there a section opened by name or received from
+    /// another process reports that rounded size; its creator sees the size it
+    /// asked for. On Linux sizes are exact everywhere.
     pub fn len(&self) -> u64 {
         self.inner.len()
     }
@@ -296,13 +303,15 @@ pub fn remove(name: &str) -> Result<(), RemoveError> {
     sys::remove(&valid)
 }
 
-/// Lists the live named sections made by copydata, sorted by name, removing
-/// the ones whose every holder has died.
+/// Lists this user's live named sections, sorted by name.
 ///
 /// # Platform notes
 ///
-/// Windows offers no supported way to enumerate the `Local\` namespace, so
-/// there this returns [`ListError::Unsupported`].
+/// On Linux it lists the sections made by copydata (marked objects in
+/// `/dev/shm`) and removes those whose every holder has died. On Windows it
+/// lists every live section with a valid copydata name in the session's
+/// `Local\` namespace (`NtQueryDirectoryObject`; Windows records no maker),
+/// with sizes rounded up to a page.
 pub fn list() -> Result<Vec<SectionInfo>, ListError> {
     let mut all = sys::list()?;
     all.sort_by(|a, b| a.name.cmp(&b.name));

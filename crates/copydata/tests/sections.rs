@@ -347,6 +347,34 @@ fn a_child_holds_an_inherited_section_after_the_parent_lets_go() {
 }
 
 #[test]
+fn sections_of_any_size_pass_to_a_child() {
+    let odd = Section::anonymous(1000).unwrap();
+    let named = Section::create(&unique("odd"), 12_345).unwrap();
+    put(&odd, 0, "odd").unwrap();
+    put(&named, 0, "named").unwrap();
+    let mut kid = Kid::spawn_with("inherit-report", &[], &[&odd, &named]);
+    assert_eq!(kid.expect("section"), "0 - 1000 ReadWrite odd");
+    let name = named.name().unwrap();
+    assert_eq!(kid.expect("section"), format!("1 {name} 12345 ReadWrite named"));
+    kid.expect("done");
+    kid.wait_ok();
+}
+
+#[test]
+fn opening_by_name_reports_the_size() {
+    let name = unique("size");
+    let _s = Section::create(&name, 12_345).unwrap();
+    let opened = Section::open(&name).unwrap();
+    // Windows keeps only the size rounded up to a page; Linux the exact one.
+    let expect = if cfg!(windows) { 16_384 } else { 12_345 };
+    assert_eq!(opened.len(), expect);
+    assert_eq!(
+        copydata::list().ok().and_then(|l| l.into_iter().find(|i| i.name == name)).map(|i| i.size),
+        Some(expect)
+    );
+}
+
+#[test]
 fn a_child_without_sections_gets_none() {
     let _held = Section::anonymous(4096).unwrap();
     let mut kid = Kid::spawn("take", &[]);

@@ -5,7 +5,7 @@ use std::os::windows::io::{FromRawHandle, OwnedHandle, RawHandle};
 use windows_sys::Win32::Foundation::{ERROR_ACCESS_DENIED, ERROR_INVALID_PARAMETER};
 use windows_sys::Win32::System::Threading::{OpenProcess, PROCESS_DUP_HANDLE};
 
-use super::{Section as SysSection, duplicate, owned, section_size};
+use super::{Section as SysSection, duplicate, owned, section_size, size_matches};
 use crate::error::HandoverError;
 use crate::name::Name;
 use crate::section::{Access, Section};
@@ -45,7 +45,8 @@ pub fn duplicate_into(section: &Section, pid: u32) -> Result<Duplicated, Handove
 /// Takes ownership of a section handle another process duplicated into this
 /// one with [`duplicate_into`].
 ///
-/// The handle is checked to be a section at least `len` bytes large;
+/// The handle is checked to be a section of `len` bytes (the kernel keeps
+/// the size rounded up to a page, so that is what is compared);
 /// `access` can only restrict what the handle allows (a write request on a
 /// read-only handle fails at [`Section::map_mut`]).
 ///
@@ -63,7 +64,7 @@ pub unsafe fn adopt_section(
     let name = name.map(Name::new).transpose().map_err(|e| HandoverError::Malformed(format!("bad name: {e}")))?;
     let raw = usize::try_from(handle).map_err(|_| HandoverError::Malformed("handle out of range".into()))?;
     let size = section_size(raw as _).map_err(|e| HandoverError::Malformed(format!("handle {handle:#x}: {e}")))?;
-    if len == 0 || len > size {
+    if !size_matches(len, size) {
         return Err(HandoverError::Malformed(format!("size {len} does not fit the section of {size} bytes")));
     }
     // SAFETY: the caller guarantees the handle was given to us alone; it was

@@ -4,6 +4,7 @@
 
 pub(crate) mod handover;
 mod inherit;
+mod namespace;
 
 use std::ffi::{OsStr, c_void};
 use std::fs::File;
@@ -27,14 +28,15 @@ use windows_sys::Win32::System::Memory::{
 use windows_sys::Win32::System::SystemInformation::{GetSystemInfo, SYSTEM_INFO};
 use windows_sys::Win32::System::Threading::GetCurrentProcess;
 
-use crate::error::{CreateError, ListError, MapError, OpenError, ReadOnlyError, RemoveError};
+use crate::error::{CreateError, MapError, OpenError, ReadOnlyError};
 use crate::name::Name;
-use crate::section::{Access, SectionInfo};
+use crate::section::Access;
 
 pub(crate) use inherit::{spawn_with_sections, take_inherited};
+pub(crate) use namespace::{list, remove};
 
 /// `SECTION_QUERY`: needed to ask a mapping for its size.
-const SECTION_QUERY: u32 = 0x0001;
+pub(crate) const SECTION_QUERY: u32 = 0x0001;
 
 mod ntdll {
     use std::ffi::c_void;
@@ -64,17 +66,17 @@ fn is(e: &io::Error, code: u32) -> bool {
     e.raw_os_error() == Some(code as i32)
 }
 
-fn wide(s: &str) -> Vec<u16> {
+pub(crate) fn wide(s: &str) -> Vec<u16> {
     OsStr::new(s).encode_wide().chain(Some(0)).collect()
 }
 
 /// The kernel name of a named section.
-fn object_name(name: &Name) -> Vec<u16> {
+pub(crate) fn object_name(name: &Name) -> Vec<u16> {
     wide(&format!("Local\\{name}"))
 }
 
 /// Takes ownership of a handle returned by a Win32 call, or the last error.
-fn owned(h: HANDLE) -> io::Result<OwnedHandle> {
+pub(crate) fn owned(h: HANDLE) -> io::Result<OwnedHandle> {
     if h.is_null() || h == INVALID_HANDLE_VALUE {
         return Err(last_error());
     }
@@ -84,7 +86,7 @@ fn owned(h: HANDLE) -> io::Result<OwnedHandle> {
     Ok(unsafe { OwnedHandle::from_raw_handle(h as RawHandle) })
 }
 
-fn raw(h: &OwnedHandle) -> HANDLE {
+pub(crate) fn raw(h: &OwnedHandle) -> HANDLE {
     h.as_raw_handle() as HANDLE
 }
 
@@ -112,6 +114,14 @@ pub(crate) fn section_size(h: HANDLE) -> io::Result<u64> {
         return Err(io::Error::other(format!("not a section handle (NTSTATUS {status:#x})")));
     }
     u64::try_from(info.maximum_size).map_err(|_| io::Error::other("negative section size"))
+}
+
+/// Whether a mapping whose kernel size is `size` can be the section of `len`
+/// bytes someone announced: Windows keeps pagefile-backed sizes rounded up
+/// to a whole page, so the exact size is known only to the creator.
+pub(crate) fn size_matches(len: u64, size: u64) -> bool {
+    let page = u64::from(system_info().dwPageSize.max(1));
+    len > 0 && len <= size && size - len < page
 }
 
 /// A security descriptor that grants nobody new access to the object:
@@ -339,12 +349,16 @@ impl Section {
     }
 }
 
-fn granularity() -> u64 {
+fn system_info() -> SYSTEM_INFO {
     // SAFETY: an all-zero SYSTEM_INFO is a valid value for this plain C struct.
     let mut info: SYSTEM_INFO = unsafe { std::mem::zeroed() };
     // SAFETY: `info` is a writable SYSTEM_INFO.
     unsafe { GetSystemInfo(&mut info) };
-    u64::from(info.dwAllocationGranularity.max(1))
+    info
+}
+
+fn granularity() -> u64 {
+    u64::from(system_info().dwAllocationGranularity.max(1))
 }
 
 pub(crate) fn current_process() -> HANDLE {
@@ -403,12 +417,4 @@ impl Drop for Mapping {
         // - no view refers to this mapping any more (they hold an `Arc`).
         unsafe { UnmapViewOfFile(MEMORY_MAPPED_VIEW_ADDRESS { Value: self.base.cast() }) };
     }
-}
-
-pub(crate) fn remove(_name: &Name) -> Result<(), RemoveError> {
-    Err(RemoveError::Unsupported)
-}
-
-pub(crate) fn list() -> Result<Vec<SectionInfo>, ListError> {
-    Err(ListError::Unsupported)
 }
