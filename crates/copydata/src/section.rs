@@ -83,7 +83,7 @@ impl Section {
     /// Creates an anonymous section of `size` bytes, zero-filled.
     ///
     /// Only processes that are handed the section (see
-    /// [`CommandExt::spawn_with_sections`] and [`crate::os`]) can reach it.
+    /// [`CommandExt::spawn_with_sections`](crate::CommandExt::spawn_with_sections) and [`crate::os`]) can reach it.
     #[doc(alias = "CreateFileMappingW")]
     #[doc(alias = "memfd_create")]
     pub fn anonymous(size: u64) -> Result<Section, CreateError> {
