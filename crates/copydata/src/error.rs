@@ -268,6 +268,7 @@ pub enum InheritError {
     Io(#[source] io::Error),
 }
 
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))] // used by the inheriting backends
 impl InheritError {
     pub(crate) fn malformed(reason: impl Into<String>) -> InheritError {
         InheritError::Malformed { var: crate::INHERIT_VAR, reason: reason.into() }
@@ -366,3 +367,165 @@ into_io_error!(HandoverError, |e| match &e {
     HandoverError::NoSuchProcess { .. } => io::ErrorKind::NotFound,
     _ => io::ErrorKind::Other,
 }, HandoverError::Io(source) => source, HandoverError::PermissionDenied(source) => source);
+
+/// Binding a mailbox failed: [`Mailbox::bind`](crate::Mailbox::bind).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindError {
+    /// The name is not a valid copydata name.
+    #[error("invalid mailbox name {name:?}: {reason}")]
+    InvalidName {
+        /// The refused name.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        reason: NameError,
+    },
+    /// A live process has bound this name.
+    #[error("mailbox {name:?} is already bound{}", pid.map(|p| format!(" by process {p}")).unwrap_or_default())]
+    AlreadyBound {
+        /// The name asked for.
+        name: String,
+        /// The process that holds it, when known.
+        pid: Option<u32>,
+    },
+    /// The per-user runtime directory is missing and cannot be made, or is
+    /// not safe (owned by someone else, or open to other users).
+    #[error("runtime directory {path}: {reason}")]
+    RuntimeDir {
+        /// The directory.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Mailboxes are not supported on this platform.
+    #[error("mailboxes are not supported on this platform")]
+    Unsupported,
+    /// Any other operating-system error.
+    #[error("mailbox {name:?}: {source}")]
+    Io {
+        /// The name asked for.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Sending a message failed: [`send`](crate::send), [`Sender`](crate::Sender).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The name is not a valid copydata name.
+    #[error("invalid mailbox name {name:?}: {reason}")]
+    InvalidName {
+        /// The refused name.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        reason: NameError,
+    },
+    /// No live mailbox has this name.
+    #[error("no mailbox named {name:?}")]
+    NoSuchMailbox {
+        /// The name asked for.
+        name: String,
+    },
+    /// The receiver did not reply in time. The message may still be handled;
+    /// its reply is discarded and never taken for the answer to a later send.
+    #[error("mailbox {name:?} did not reply within {timeout:?}")]
+    TimedOut {
+        /// The name.
+        name: String,
+        /// The time allowed.
+        timeout: std::time::Duration,
+    },
+    /// The receiving process exited, crashed or closed the mailbox before it
+    /// replied.
+    #[error("the receiver of mailbox {name:?} died before replying")]
+    ReceiverDied {
+        /// The name.
+        name: String,
+    },
+    /// The payload is larger than the receiver (or this platform) accepts.
+    #[error("payload of {size} bytes is too large for mailbox {name:?} (at most {max})")]
+    PayloadTooLarge {
+        /// The name.
+        name: String,
+        /// The payload's size.
+        size: u64,
+        /// The largest accepted size.
+        max: u64,
+    },
+    /// The receiver refused the message (another user, or its handler
+    /// refused or dropped it without replying).
+    #[error("mailbox {name:?} refused the message: {reason}")]
+    Refused {
+        /// The name.
+        name: String,
+        /// Why, as far as it is known.
+        reason: String,
+    },
+    /// Mailboxes are not supported on this platform.
+    #[error("mailboxes are not supported on this platform")]
+    Unsupported,
+    /// Any other operating-system error.
+    #[error("mailbox {name:?}: {source}")]
+    Io {
+        /// The name.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Receiving from a mailbox failed: [`Mailbox::recv`](crate::Mailbox::recv).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// No message arrived in time.
+    #[error("no message arrived in time")]
+    Timeout,
+    /// The mailbox is closed.
+    #[error("the mailbox is closed")]
+    Closed,
+}
+
+/// Replying failed: [`Request::reply`](crate::Request::reply).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplyError {
+    /// The sender is gone (it timed out, exited or crashed).
+    #[error("the sender is gone")]
+    SenderGone,
+    /// Any other operating-system error.
+    #[error("replying failed: {0}")]
+    Io(#[source] io::Error),
+}
+
+into_io_error!(BindError, |e| match &e {
+    BindError::InvalidName { .. } => io::ErrorKind::InvalidInput,
+    BindError::AlreadyBound { .. } => io::ErrorKind::AddrInUse,
+    BindError::RuntimeDir { .. } => io::ErrorKind::PermissionDenied,
+    BindError::Unsupported => io::ErrorKind::Unsupported,
+    _ => io::ErrorKind::Other,
+}, BindError::Io { source, .. } => source);
+
+into_io_error!(SendError, |e| match &e {
+    SendError::InvalidName { .. } => io::ErrorKind::InvalidInput,
+    SendError::NoSuchMailbox { .. } => io::ErrorKind::NotFound,
+    SendError::TimedOut { .. } => io::ErrorKind::TimedOut,
+    SendError::ReceiverDied { .. } => io::ErrorKind::ConnectionReset,
+    SendError::PayloadTooLarge { .. } => io::ErrorKind::InvalidInput,
+    SendError::Refused { .. } => io::ErrorKind::PermissionDenied,
+    SendError::Unsupported => io::ErrorKind::Unsupported,
+    _ => io::ErrorKind::Other,
+}, SendError::Io { source, .. } => source);
+
+into_io_error!(RecvError, |e| match &e {
+    RecvError::Timeout => io::ErrorKind::TimedOut,
+    RecvError::Closed => io::ErrorKind::BrokenPipe,
+},);
+
+into_io_error!(ReplyError, |e| io::ErrorKind::BrokenPipe, ReplyError::Io(source) => source);

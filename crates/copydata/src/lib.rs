@@ -44,6 +44,7 @@
 
 pub mod error;
 mod inherit;
+pub mod mailbox;
 mod name;
 pub mod os;
 mod section;
@@ -51,9 +52,14 @@ mod sys;
 mod view;
 
 pub use error::{
-    AccessError, CreateError, HandoverError, InheritError, ListError, MapError, OpenError, ReadOnlyError, RemoveError,
+    AccessError, BindError, CreateError, HandoverError, InheritError, ListError, MapError, OpenError, ReadOnlyError,
+    RecvError, RemoveError, ReplyError, SendError,
 };
 pub use inherit::{CommandExt, INHERIT_VAR, inherited_sections};
+pub use mailbox::{
+    Mailbox, MailboxInfo, MailboxOptions, Message, Payload, Peer, Reply, Request, Sender, Server, mailboxes, send,
+    send_timeout,
+};
 pub use name::{MAX_NAME_LEN, NameError, validate_name};
 pub use section::{Access, Section, SectionInfo, list, remove};
 pub use view::{View, ViewMut};

@@ -15,6 +15,13 @@
 pub mod linux {
     //! Linux: sections over Unix sockets (`SCM_RIGHTS`).
     pub use crate::sys::handover::{recv_section, send_section};
+
+    /// Where the socket of the mailbox `name` lives (whether or not it is
+    /// bound): for diagnostics and tools. `None` if the name is invalid or the
+    /// runtime directory is unusable.
+    pub fn mailbox_socket_path(name: &str) -> Option<std::path::PathBuf> {
+        crate::sys::mailbox::socket_path_of(name)
+    }
 }
 
 #[cfg(windows)]

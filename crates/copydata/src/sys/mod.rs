@@ -30,6 +30,11 @@
 //! - `take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>, InheritError>`:
 //!   the child's side; validates every entry before taking ownership.
 //!
+//! The `mailbox` module of each backend provides `Mailbox::bind(name,
+//! options, requests)` (pushes every received message into `requests` as a
+//! `Request` whose `Responder` answers it), `Sender::connect(name)` and
+//! `Sender::call(tag, data, sections, timeout)`, and `list()`.
+//!
 //! Platform-specific extras (hand-over to unrelated processes) are public
 //! through [`crate::os`].
 
@@ -47,3 +52,8 @@ pub(crate) use windows::*;
 mod unsupported;
 #[cfg(not(any(target_os = "linux", windows)))]
 pub(crate) use unsupported::*;
+
+/// Mailboxes on platforms without a backend for them.
+#[cfg(not(target_os = "linux"))]
+#[path = "unsupported_mailbox.rs"]
+pub(crate) mod mailbox;

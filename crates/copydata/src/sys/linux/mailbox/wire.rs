@@ -1,0 +1,302 @@
+//! The wire format between senders and a mailbox.
+//!
+//! Every frame starts with a 32-byte header (little-endian):
+//!
+//! ```text
+//! request: "CDQ1" flags:u8 sections:u8 0:u16 seq:u64 tag:u64  len:u64
+//! reply:   "CDR1" status:u8 flags:u8   0:u16 seq:u64 code:i64 len:u64
+//! ```
+//!
+//! The payload follows inline (at most [`INLINE_MAX`] bytes), or, with
+//! [`FLAG_MEMFD`], travels as a memfd sealed against writing, passed with
+//! `SCM_RIGHTS` together with the header. A request then lists its sections:
+//! per section `len:u64 flags:u8 name_len:u8 name`, their descriptors
+//! following the payload's in the same control message. A refused reply
+//! carries its reason as inline text.
+//!
+//! Everything a peer sends is checked before use: magic, flags, counts,
+//! sizes, the number and kind of descriptors, and the seals of a memfd.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{self as rfs, MemfdFlags, SealFlags};
+use rustix::io::Errno;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage,
+    SendFlags,
+};
+
+use super::super::{Kind, Section as SysSection, kind_of};
+use crate::mailbox::Payload;
+use crate::name::Name;
+use crate::section::{Access, Section};
+
+pub(crate) const HEADER: usize = 32;
+pub(crate) const REQUEST: [u8; 4] = *b"CDQ1";
+pub(crate) const REPLY: [u8; 4] = *b"CDR1";
+/// Payloads up to this size travel inline; larger ones in a sealed memfd.
+pub(crate) const INLINE_MAX: u64 = 64 * 1024;
+/// The most sections one message may carry.
+pub(crate) const MAX_SECTIONS: usize = 16;
+pub(crate) const FLAG_MEMFD: u8 = 1;
+pub(crate) const STATUS_OK: u8 = 0;
+pub(crate) const STATUS_REFUSED: u8 = 1;
+pub(crate) const STATUS_TOO_LARGE: u8 = 2;
+const SECTION_RO: u8 = 1;
+const SECTION_NAMED: u8 = 2;
+const MAX_REASON: u64 = 4096;
+
+/// A parsed header: the four numbers after the magic.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Header {
+    pub(crate) magic: [u8; 4],
+    pub(crate) b0: u8,
+    pub(crate) b1: u8,
+    pub(crate) seq: u64,
+    pub(crate) word: u64,
+    pub(crate) len: u64,
+}
+
+impl Header {
+    pub(crate) fn encode(&self) -> [u8; HEADER] {
+        let mut h = [0u8; HEADER];
+        h[..4].copy_from_slice(&self.magic);
+        h[4] = self.b0;
+        h[5] = self.b1;
+        h[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        h[16..24].copy_from_slice(&self.word.to_le_bytes());
+        h[24..32].copy_from_slice(&self.len.to_le_bytes());
+        h
+    }
+
+    fn decode(h: &[u8; HEADER]) -> Header {
+        let word = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().expect("8 bytes"));
+        Header {
+            magic: h[..4].try_into().expect("4 bytes"),
+            b0: h[4],
+            b1: h[5],
+            seq: word(8),
+            word: word(16),
+            len: word(24),
+        }
+    }
+}
+
+/// Sends one frame: header, body, and descriptors with the first byte.
+pub(crate) fn send_frame(sock: impl AsFd, header: &Header, body: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let head = header.encode();
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_SECTIONS + 1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"));
+    }
+    let total = HEADER + body.len();
+    let mut sent =
+        rustix::net::sendmsg(&sock, &[IoSlice::new(&head), IoSlice::new(body)], &mut control, SendFlags::NOSIGNAL)?;
+    while sent < total {
+        let n = if sent < HEADER {
+            rustix::net::send(&sock, &head[sent..], SendFlags::NOSIGNAL)?
+        } else {
+            rustix::net::send(&sock, &body[sent - HEADER..], SendFlags::NOSIGNAL)?
+        };
+        sent += n;
+    }
+    Ok(())
+}
+
+/// Receives a header and the descriptors that came with it. `Ok(None)` is a
+/// clean end of stream before a frame.
+pub(crate) fn recv_header(sock: impl AsFd) -> io::Result<Option<(Header, Vec<OwnedFd>)>> {
+    let mut head = [0u8; HEADER];
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_SECTIONS + 1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = rustix::net::recvmsg(
+        &sock,
+        &mut [IoSliceMut::new(&mut head)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC | RecvFlags::WAITALL,
+    )?;
+    let mut fds = Vec::new();
+    for msg in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = msg {
+            fds.extend(received);
+        }
+    }
+    if got.bytes == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    if got.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(bad("too many descriptors"));
+    }
+    if got.bytes < HEADER {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("short header ({} bytes)", got.bytes)));
+    }
+    Ok(Some((Header::decode(&head), fds)))
+}
+
+/// Reads exactly `buf.len()` bytes.
+pub(crate) fn recv_exact(sock: impl AsFd, buf: &mut [u8]) -> io::Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        let (n, _) = rustix::net::recv(&sock, &mut buf[at..], RecvFlags::WAITALL)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed mid-frame"));
+        }
+        at += n;
+    }
+    Ok(())
+}
+
+pub(crate) fn bad(reason: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, reason.into())
+}
+
+/// Copies `data` into a new memfd and seals it against every change, so the
+/// receiver can read it in place.
+pub(crate) fn sealed_memfd(data: &[u8]) -> io::Result<OwnedFd> {
+    let fd = rfs::memfd_create("copydata-payload", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    rfs::ftruncate(&fd, data.len() as u64)?;
+    let mut at = 0;
+    while at < data.len() {
+        at += rustix::io::pwrite(&fd, &data[at..], at as u64)?;
+    }
+    rfs::fcntl_add_seals(&fd, SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+    Ok(fd)
+}
+
+/// Maps a received payload memfd, after checking it is sealed against
+/// writes and exactly `len` bytes long.
+pub(crate) fn map_sealed(fd: OwnedFd, len: u64) -> io::Result<Payload> {
+    let seals = rfs::fcntl_get_seals(&fd).map_err(|_| bad("the payload is not a memfd"))?;
+    if !seals.contains(SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW) {
+        return Err(bad("the payload memfd is not sealed against writes"));
+    }
+    let st = rfs::fstat(&fd)?;
+    if len == 0 || st.st_size as u64 != len {
+        return Err(bad(format!("payload memfd of {} bytes announced as {len}", st.st_size)));
+    }
+    let len = usize::try_from(len).map_err(|_| bad("payload larger than the address space"))?;
+    let section =
+        Section::from_parts(SysSection::from_fd(fd, len as u64, Access::ReadOnly, Kind::Anonymous, None), None);
+    let view = section.map(0, len).map_err(io::Error::from)?;
+    // SAFETY: the memfd carries F_SEAL_WRITE (checked above, and seals can
+    // only be added): no process can write it, and no writable mapping of it
+    // exists, so the memory cannot change while the payload lives.
+    Ok(unsafe { Payload::frozen(view) })
+}
+
+/// The section records of a request, and the descriptors to send with them.
+pub(crate) fn encode_sections(sections: &[&Section]) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    if sections.len() > MAX_SECTIONS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("at most {MAX_SECTIONS} sections per message"),
+        ));
+    }
+    let mut records = Vec::new();
+    let mut fds = Vec::with_capacity(sections.len());
+    for s in sections {
+        let mut flags = 0;
+        if s.access() == Access::ReadOnly {
+            flags |= SECTION_RO;
+        }
+        let name = s.name().unwrap_or("");
+        if !name.is_empty() {
+            flags |= SECTION_NAMED;
+        }
+        records.extend_from_slice(&s.len().to_le_bytes());
+        records.push(flags);
+        records.push(name.len() as u8);
+        records.extend_from_slice(name.as_bytes());
+        fds.push(s.inner().transfer_fd()?);
+    }
+    Ok((records, fds))
+}
+
+/// Reads `count` section records and pairs them with `fds`, validating each.
+pub(crate) fn decode_sections(sock: impl AsFd, count: usize, fds: Vec<OwnedFd>) -> io::Result<Vec<Section>> {
+    if fds.len() != count {
+        return Err(bad(format!("{} descriptors for {count} sections", fds.len())));
+    }
+    let mut out = Vec::with_capacity(count);
+    for fd in fds {
+        let mut rec = [0u8; 10];
+        recv_exact(&sock, &mut rec)?;
+        let len = u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"));
+        let flags = rec[8];
+        let mut name = vec![0u8; rec[9] as usize];
+        recv_exact(&sock, &mut name)?;
+        if flags & !(SECTION_RO | SECTION_NAMED) != 0 {
+            return Err(bad(format!("unknown section flags {flags:#x}")));
+        }
+        let name = match (flags & SECTION_NAMED != 0, name.is_empty()) {
+            (false, true) => None,
+            (true, false) => {
+                let s = std::str::from_utf8(&name).map_err(|_| bad("section name is not UTF-8"))?;
+                Some(Name::new(s).map_err(|e| bad(format!("bad section name: {e}")))?)
+            }
+            _ => return Err(bad("section name flag and name disagree")),
+        };
+        let st = rfs::fstat(&fd)?;
+        if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile || len == 0 || len > st.st_size as u64
+        {
+            return Err(bad("a section descriptor does not match its record"));
+        }
+        let mut access = super::super::access_of(&fd)?;
+        if flags & SECTION_RO != 0 {
+            access = Access::ReadOnly;
+        }
+        let kind = kind_of(&fd, name.is_some());
+        out.push(Section::from_parts(SysSection::from_fd(fd, len, access, kind, name.as_ref()), name));
+    }
+    Ok(out)
+}
+
+/// Reads a payload: inline bytes, or the memfd among `fds` (taken out).
+pub(crate) fn read_payload(
+    sock: impl AsFd,
+    header: &Header,
+    memfd: bool,
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<Payload> {
+    if memfd {
+        if fds.is_empty() {
+            return Err(bad("payload memfd missing"));
+        }
+        return map_sealed(fds.remove(0), header.len);
+    }
+    if header.len > INLINE_MAX {
+        return Err(bad(format!("inline payload of {} bytes (at most {INLINE_MAX})", header.len)));
+    }
+    let mut data = vec![0u8; header.len as usize];
+    recv_exact(sock, &mut data)?;
+    Ok(Payload::from(data))
+}
+
+/// Reads a refusal's reason text.
+pub(crate) fn read_reason(sock: impl AsFd, len: u64) -> io::Result<String> {
+    if len > MAX_REASON {
+        return Err(bad("refusal reason too long"));
+    }
+    let mut text = vec![0u8; len as usize];
+    recv_exact(sock, &mut text)?;
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
+/// Whether an error means the peer is gone.
+pub(crate) fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::NotConnected
+    )
+}
+
+/// Whether an error is an expired socket timeout.
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(Errno::AGAIN.raw_os_error()) || e.kind() == io::ErrorKind::TimedOut
+}

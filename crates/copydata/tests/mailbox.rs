@@ -1,0 +1,371 @@
+//! Mailboxes across real processes, on Linux and (from the same sources)
+//! Windows under Wine.
+
+// Mailboxes are Linux-only until the Windows backend lands.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Kid, hear, say, unique};
+use copydata::{Mailbox, MailboxOptions, Reply, SendError, Sender};
+
+#[test]
+fn child_entry() {
+    common::child_main(role);
+}
+
+fn fail(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// A checksum both sides compute (word-wise, so that it is quick even in
+/// unoptimised test builds).
+fn sum(data: &[u8]) -> u64 {
+    let mut words = data.chunks_exact(8);
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ data.len() as u64;
+    for w in &mut words {
+        h = (h ^ u64::from_le_bytes(w.try_into().unwrap())).wrapping_mul(0x100_0000_01b3).rotate_left(17);
+    }
+    words.remainder().iter().fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// `len` pseudo-random bytes from `seed`.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The child roles.
+fn role(role: &str, args: &[String]) -> Result<(), String> {
+    match role {
+        // Serves `args[0]`: replies with code = checksum of the payload and
+        // data = the payload reversed; tag 1 sleeps `args[1]` ms first; tag 2
+        // refuses; tag 3 panics; tag 4 answers with the sections it got.
+        "serve" => {
+            let delay: u64 = args.get(1).map_or(Ok(0), |d| d.parse()).map_err(fail)?;
+            let mailbox = Mailbox::bind(&args[0]).map_err(fail)?;
+            say("ready", &std::process::id().to_string());
+            let mut count = 0u64;
+            loop {
+                let Ok(mut request) = mailbox.recv() else { break };
+                count += 1;
+                match request.tag() {
+                    1 => std::thread::sleep(Duration::from_millis(delay)),
+                    2 => {
+                        request.refuse("tag 2 is refused");
+                        continue;
+                    }
+                    3 => {
+                        drop(request);
+                        continue;
+                    }
+                    4 => {
+                        let sections = request.message_mut().take_sections();
+                        let mut text = Vec::new();
+                        for s in &sections {
+                            let v = s.map(0, 16).map_err(fail)?.to_vec();
+                            let end = v.iter().position(|&b| b == 0).unwrap_or(16);
+                            text.push(format!("{}:{:?}", String::from_utf8_lossy(&v[..end]), s.access()));
+                            if let Ok(w) = s.map_mut(0, 6) {
+                                w.write_at(0, b"reply\0").map_err(fail)?;
+                            }
+                        }
+                        let reply = Reply::new(sections.len() as i64, text.join(",").into_bytes());
+                        request.reply(reply).map_err(fail)?;
+                        continue;
+                    }
+                    5 => {
+                        // Echo unchanged (large payloads: compared with memcmp).
+                        let code = sum(request.payload()) as i64;
+                        let data = request.payload().to_vec();
+                        let _ = request.reply(Reply::new(code, data));
+                        continue;
+                    }
+                    99 => {
+                        let _ = request.reply(Reply::code(count as i64));
+                        break;
+                    }
+                    _ => {}
+                }
+                let mut back = request.payload().to_vec();
+                back.reverse();
+                let code = sum(request.payload()) as i64;
+                let _ = request.reply(Reply::new(code, back));
+            }
+            say("served", &count.to_string());
+            Ok(())
+        }
+        // Sends `args[2]` messages to `args[0]` as sender number `args[1]`,
+        // checking every reply.
+        "send-many" => {
+            let id: u64 = args[1].parse().map_err(fail)?;
+            let n: u64 = args[2].parse().map_err(fail)?;
+            let mut sender = Sender::connect(&args[0]).map_err(fail)?;
+            for i in 0..n {
+                let data = pattern((i % 97) as usize * 13, id * 1_000_000 + i);
+                let reply = sender.send(100 + i, &data).map_err(fail)?;
+                let mut expect = data.clone();
+                expect.reverse();
+                if reply.code != sum(&data) as i64 || reply.data[..] != expect[..] {
+                    return Err(format!("sender {id}: reply {i} does not match its message"));
+                }
+            }
+            say("sent", &n.to_string());
+            Ok(())
+        }
+        // Binds and holds `args[0]` until killed.
+        "bind-hold" => {
+            let _m = Mailbox::bind(&args[0]).map_err(fail)?;
+            say("ready", "");
+            common::park_forever()
+        }
+        // Tries to bind `args[0]`; reports the error.
+        "bind-try" => {
+            match Mailbox::bind(&args[0]) {
+                Ok(_) => say("bound", ""),
+                Err(copydata::BindError::AlreadyBound { pid, .. }) => say("taken", &pid.unwrap_or(0).to_string()),
+                Err(e) => return Err(fail(e)),
+            }
+            Ok(())
+        }
+        // Sends once, reports the outcome's kind.
+        "send-once" => {
+            let result = copydata::send_timeout(&args[0], 0, b"x", Duration::from_secs(20));
+            say("result", &kind(&result));
+            Ok(())
+        }
+        "wait" => {
+            hear();
+            Ok(())
+        }
+        _ => Err(format!("unknown role {role}")),
+    }
+}
+
+fn kind(result: &Result<Reply, SendError>) -> String {
+    match result {
+        Ok(r) => format!("ok {}", r.code),
+        Err(SendError::NoSuchMailbox { .. }) => "no-such-mailbox".into(),
+        Err(SendError::TimedOut { .. }) => "timed-out".into(),
+        Err(SendError::ReceiverDied { .. }) => "receiver-died".into(),
+        Err(SendError::Refused { .. }) => "refused".into(),
+        Err(SendError::PayloadTooLarge { .. }) => "too-large".into(),
+        Err(e) => format!("other {e}"),
+    }
+}
+
+fn server(name: &str, delay_ms: u64) -> Kid {
+    let mut kid = Kid::spawn("serve", &[name, &delay_ms.to_string()]);
+    kid.expect("ready");
+    kid
+}
+
+fn stop(mut kid: Kid, name: &str) -> u64 {
+    copydata::send(name, 99, b"").expect("stopping the server");
+    let served = kid.expect("served").parse().unwrap();
+    kid.wait_ok();
+    served
+}
+
+fn check_echo(reply: &Reply, data: &[u8]) {
+    assert_eq!(reply.code, sum(data) as i64, "checksum of {} bytes", data.len());
+    assert_eq!(reply.data.len(), data.len());
+    assert!(reply.data.iter().rev().eq(data.iter()), "reply bytes of {} bytes", data.len());
+}
+
+#[test]
+fn payloads_of_every_size_round_trip() {
+    let name = unique("sizes");
+    let kid = server(&name, 0);
+    let mut sender = Sender::connect(&name).unwrap();
+    for len in [0usize, 1, 5, 65_535, 65_536, 65_537, 1 << 20, 64 << 20] {
+        let data = pattern(len, len as u64);
+        let reply = sender.send(7, &data).unwrap();
+        check_echo(&reply, &data);
+    }
+    let reply = copydata::send(&name, 0, b"Hello").unwrap();
+    check_echo(&reply, b"Hello");
+    assert_eq!(stop(kid, &name), 10);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_one_gib_payload_and_reply() {
+    let name = unique("gib");
+    let kid = server(&name, 0);
+    let data = pattern(1 << 30, 1);
+    let reply = copydata::send(&name, 5, &data).unwrap();
+    assert_eq!(reply.code, sum(&data) as i64);
+    assert!(reply.data[..] == data[..], "the 1 GiB reply differs");
+    stop(kid, &name);
+}
+
+#[test]
+fn eight_senders_times_a_thousand_messages() {
+    let name = unique("many");
+    let kid = server(&name, 0);
+    let senders: Vec<Kid> = (0..8).map(|i| Kid::spawn("send-many", &[&name, &i.to_string(), "1000"])).collect();
+    for mut s in senders {
+        assert_eq!(s.expect("sent"), "1000");
+        s.wait_ok();
+    }
+    assert_eq!(stop(kid, &name), 8000 + 1);
+}
+
+#[test]
+fn a_killed_receiver_is_noticed_within_a_second() {
+    let name = unique("killed");
+    let kid = server(&name, 60_000);
+    let waiter = std::thread::spawn({
+        let name = name.clone();
+        move || {
+            let started = Instant::now();
+            let result = copydata::send(&name, 1, b"slow");
+            (kind(&result), started)
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let killed_at = Instant::now();
+    kid.kill();
+    let (outcome, _) = waiter.join().unwrap();
+    let noticed = killed_at.elapsed();
+    assert_eq!(outcome, "receiver-died");
+    assert!(noticed < Duration::from_secs(1), "noticed after {noticed:?}");
+}
+
+#[test]
+fn a_late_reply_is_never_taken_for_a_later_one() {
+    let name = unique("late");
+    let kid = server(&name, 1500);
+    let mut sender = Sender::connect(&name).unwrap();
+    let started = Instant::now();
+    match sender.send_timeout(1, b"slow one", Duration::from_millis(300)) {
+        Err(SendError::TimedOut { .. }) => {}
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    // The handler is still busy with the slow one; this one gets its own
+    // reply, not the slow one's.
+    let reply = sender.send_timeout(0, b"fast one", Duration::from_secs(30)).unwrap();
+    check_echo(&reply, b"fast one");
+    let reply = sender.send(0, b"").unwrap();
+    check_echo(&reply, b"");
+    stop(kid, &name);
+}
+
+#[test]
+fn refusals_and_panics_are_reported_and_serving_goes_on() {
+    let name = unique("refuse");
+    let kid = server(&name, 0);
+    let mut sender = Sender::connect(&name).unwrap();
+    assert!(matches!(sender.send(2, b"x"), Err(SendError::Refused { reason, .. }) if reason.contains("tag 2")));
+    assert!(matches!(sender.send(3, b"x"), Err(SendError::Refused { .. })));
+    check_echo(&sender.send(0, b"still here").unwrap(), b"still here");
+    stop(kid, &name);
+}
+
+#[test]
+fn the_serve_helper_survives_a_panicking_handler() {
+    let name = unique("serve");
+    let server = Mailbox::bind(&name).unwrap().serve(|msg| {
+        if msg.tag() == 13 {
+            panic!("unlucky");
+        }
+        Reply::new(msg.tag() as i64, msg.payload().to_vec())
+    });
+    assert_eq!(server.name(), name);
+    let mut sender = Sender::connect(&name).unwrap();
+    assert!(matches!(sender.send(13, b""), Err(SendError::Refused { reason, .. }) if reason.contains("panicked")));
+    let reply = sender.send(12, b"ok").unwrap();
+    assert_eq!((reply.code, &reply.data[..]), (12, &b"ok"[..]));
+    drop(server);
+    assert!(matches!(sender.send(1, b""), Err(SendError::ReceiverDied { .. } | SendError::NoSuchMailbox { .. })));
+    assert!(matches!(copydata::send(&name, 1, b""), Err(SendError::NoSuchMailbox { .. })));
+}
+
+#[test]
+fn binding_a_live_name_fails_and_a_dead_one_is_reclaimed() {
+    let name = unique("bind");
+    let mut holder = Kid::spawn("bind-hold", &[&name]);
+    holder.expect("ready");
+    let pid = holder.id();
+    match Mailbox::bind(&name) {
+        Err(copydata::BindError::AlreadyBound { pid: p, .. }) => {
+            if cfg!(target_os = "linux") {
+                assert_eq!(p, Some(pid));
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(copydata::mailboxes().unwrap().iter().any(|m| m.name == name && m.pid == pid));
+    holder.kill();
+    assert!(!copydata::mailboxes().unwrap().iter().any(|m| m.name == name), "a dead binder is not listed");
+    let rebound = Mailbox::bind(&name).expect("the name of a killed binder is free");
+    let mut other = Kid::spawn("bind-try", &[&name]);
+    let taken_by = other.expect("taken");
+    if cfg!(target_os = "linux") {
+        assert_eq!(taken_by, std::process::id().to_string());
+    }
+    other.wait_ok();
+    drop(rebound);
+    assert!(matches!(copydata::send(&name, 0, b""), Err(SendError::NoSuchMailbox { .. })));
+}
+
+#[test]
+fn sending_to_nobody_fails_fast() {
+    let started = Instant::now();
+    assert!(matches!(copydata::send(&unique("nobody"), 0, b"x"), Err(SendError::NoSuchMailbox { .. })));
+    assert!(matches!(Sender::connect("bad/name"), Err(SendError::InvalidName { .. })));
+    assert!(matches!(Mailbox::bind(""), Err(copydata::BindError::InvalidName { .. })));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn oversized_payloads_are_refused_before_transfer() {
+    let name = unique("max");
+    let mailbox = Mailbox::bind_with(&name, &MailboxOptions::new().max_payload(1000)).unwrap();
+    let server = mailbox.serve(|m| Reply::code(m.payload().len() as i64));
+    let mut sender = Sender::connect(&name).unwrap();
+    match sender.send(0, &vec![1u8; 200_000]) {
+        Err(SendError::PayloadTooLarge { size: 200_000, max: 1000, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(sender.send(0, &[1u8; 1000]).unwrap().code, 1000);
+    drop(server);
+}
+
+#[test]
+fn recv_timeout_returns_when_nothing_comes() {
+    let mailbox = Mailbox::bind(&unique("quiet")).unwrap();
+    let started = Instant::now();
+    assert_eq!(mailbox.recv_timeout(Duration::from_millis(100)).unwrap_err(), copydata::RecvError::Timeout);
+    assert!(started.elapsed() >= Duration::from_millis(100));
+}
+
+#[test]
+fn messages_carry_sections() {
+    let name = unique("carry");
+    let kid = server(&name, 0);
+    let rw = copydata::Section::anonymous(4096).unwrap();
+    rw.map_mut(0, 8).unwrap().write_at(0, b"writable").unwrap();
+    let data = copydata::Section::anonymous(4096).unwrap();
+    data.map_mut(0, 6).unwrap().write_at(0, b"frozen").unwrap();
+    let ro = data.read_only().unwrap();
+    let mut sender = Sender::connect(&name).unwrap();
+    let reply = sender.send_with_sections(4, b"", &[&rw, &ro], Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(reply.code, 2);
+    assert_eq!(String::from_utf8_lossy(&reply.data), "writable:ReadWrite,frozen:ReadOnly");
+    assert_eq!(rw.map(0, 6).unwrap().to_vec(), b"reply\0");
+    assert_eq!(data.map(0, 6).unwrap().to_vec(), b"frozen");
+    stop(kid, &name);
+}
