@@ -283,6 +283,7 @@ fn kill_9_of_every_holder_frees_the_name() {
         for h in holders {
             h.kill();
         }
+        common::settle_after_kill(&name);
         match reclaim_by {
             "open" => assert!(matches!(Section::open(&name), Err(OpenError::NotFound { .. }))),
             "create" => {
@@ -343,6 +344,7 @@ fn a_child_holds_an_inherited_section_after_the_parent_lets_go() {
     assert_eq!(text_at(&again, 0, 64).unwrap(), "from the parent");
     drop(again);
     kid.kill();
+    common::settle_after_kill(&name);
     assert!(matches!(Section::open(&name), Err(OpenError::NotFound { .. })));
 }
 

@@ -197,3 +197,24 @@ impl Drop for Kid {
 pub fn in_dev_shm(name: &str) -> bool {
     std::path::Path::new("/dev/shm").join(name).exists()
 }
+
+/// After killing the last holders of the named section `name`: waits until
+/// the system has finished tearing them down.
+///
+/// Linux closes a dead process's descriptors before its parent can reap it,
+/// so there this returns at once (and must not probe: probing would itself
+/// reclaim the name, hiding which path did it). Wine closes a killed
+/// process's handles a moment after the process counts as exited; a name
+/// that is still there after 5 seconds fails the test.
+pub fn settle_after_kill(name: &str) {
+    #[cfg(windows)]
+    {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while copydata::Section::open_read_only(name).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "{name} still open 5 s after its holders were killed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    #[cfg(not(windows))]
+    let _ = name;
+}
