@@ -34,7 +34,7 @@
 //! | peer identity | `SO_PEERCRED` (pid and uid) | the window's process id |
 
 // Constructors used only by the backends that have mailboxes.
-#![cfg_attr(not(target_os = "linux"), allow(dead_code))]
+#![cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
 
 use std::fmt;
 use std::ops::Deref;
@@ -46,6 +46,7 @@ use crate::error::{BindError, ListError, RecvError, ReplyError, SendError};
 use crate::name::Name;
 use crate::section::Section;
 use crate::sys;
+#[cfg(target_os = "linux")]
 use crate::view::View;
 
 /// The largest payload a mailbox accepts by default: 4 GiB.
@@ -69,7 +70,9 @@ pub struct Payload(Repr);
 
 enum Repr {
     Inline(Vec<u8>),
-    /// A view of memory that no process can write any more.
+    /// A view of memory that no process can write any more (Linux: a sealed
+    /// memfd; Windows cannot seal a section, so there payloads are copied).
+    #[cfg(target_os = "linux")]
     Frozen(View),
 }
 
@@ -80,6 +83,7 @@ impl Payload {
     ///
     /// No process may be able to write the view's memory while the payload
     /// lives (for example a memfd with `F_SEAL_WRITE`).
+    #[cfg(target_os = "linux")]
     pub(crate) unsafe fn frozen(view: View) -> Payload {
         Payload(Repr::Frozen(view))
     }
@@ -88,6 +92,7 @@ impl Payload {
     pub fn into_vec(self) -> Vec<u8> {
         match self.0 {
             Repr::Inline(v) => v,
+            #[cfg(target_os = "linux")]
             Repr::Frozen(view) => view.to_vec(),
         }
     }
@@ -98,6 +103,7 @@ impl Deref for Payload {
     fn deref(&self) -> &[u8] {
         match &self.0 {
             Repr::Inline(v) => v,
+            #[cfg(target_os = "linux")]
             // SAFETY: `frozen`'s contract: nothing can write this memory while
             // the payload (and so the view) lives.
             Repr::Frozen(view) => unsafe { view.as_slice() },
@@ -391,12 +397,32 @@ impl Sender {
     /// Sends and waits for the reply, however long the handler takes (a
     /// receiver that dies gives [`SendError::ReceiverDied`] at once).
     pub fn send(&mut self, tag: u64, data: &[u8]) -> Result<Reply, SendError> {
-        self.inner.call(tag, data, &[], None)
+        self.call(tag, data, &[], None)
     }
 
-    /// Sends and waits at most `timeout` for the reply.
+    /// Sends and waits at most `timeout` for the reply. A
+    /// [`SendError::TimedOut`] is never returned before `timeout` has passed.
     pub fn send_timeout(&mut self, tag: u64, data: &[u8], timeout: Duration) -> Result<Reply, SendError> {
-        self.inner.call(tag, data, &[], Some(timeout))
+        self.call(tag, data, &[], Some(timeout))
+    }
+
+    fn call(
+        &mut self,
+        tag: u64,
+        data: &[u8],
+        sections: &[&Section],
+        timeout: Option<Duration>,
+    ) -> Result<Reply, SendError> {
+        let started = std::time::Instant::now();
+        let result = self.inner.call(tag, data, sections, timeout);
+        if let (Err(SendError::TimedOut { .. }), Some(t)) = (&result, timeout) {
+            // Some systems' timers fire a little early; a caller may rely on
+            // the full time having passed.
+            if let Some(rest) = t.checked_sub(started.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
+        result
     }
 
     /// Sends with sections attached (they arrive as [`Message::sections`]);
@@ -409,7 +435,7 @@ impl Sender {
         sections: &[&Section],
         timeout: Option<Duration>,
     ) -> Result<Reply, SendError> {
-        self.inner.call(tag, data, sections, timeout)
+        self.call(tag, data, sections, timeout)
     }
 }
 

@@ -28,4 +28,5 @@ pub mod linux {
 pub mod windows {
     //! Windows: sections by `DuplicateHandle`.
     pub use crate::sys::handover::{Duplicated, adopt_section, duplicate_into};
+    pub use crate::sys::mailbox::send_to_window;
 }

@@ -1,9 +1,6 @@
 //! Mailboxes across real processes, on Linux and (from the same sources)
 //! Windows under Wine.
 
-// Mailboxes are Linux-only until the Windows backend lands.
-#![cfg(target_os = "linux")]
-
 mod common;
 
 use std::time::{Duration, Instant};

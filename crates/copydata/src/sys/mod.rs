@@ -54,6 +54,6 @@ mod unsupported;
 pub(crate) use unsupported::*;
 
 /// Mailboxes on platforms without a backend for them.
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", windows)))]
 #[path = "unsupported_mailbox.rs"]
 pub(crate) mod mailbox;

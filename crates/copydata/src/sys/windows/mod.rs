@@ -4,6 +4,7 @@
 
 pub(crate) mod handover;
 mod inherit;
+pub(crate) mod mailbox;
 mod namespace;
 
 use std::ffi::{OsStr, c_void};
