@@ -3,15 +3,16 @@
 
 use std::io;
 
-use copydata::{AccessError, CreateError, HandoverError, InheritError, MapError, NameError, OpenError, RemoveError};
+use copydata::{
+    AccessError, BindError, CreateError, HandoverError, InheritError, MapError, NameError, OpenError, RemoveError,
+    SendError,
+};
 
 pub const OK: u8 = 0;
 pub const OTHER: u8 = 1;
 pub const USAGE: u8 = 2;
 pub const NOT_FOUND: u8 = 3;
-#[allow(dead_code)] // used by the messaging commands
 pub const TIMED_OUT: u8 = 4;
-#[allow(dead_code)] // used by the messaging commands
 pub const PEER_DIED: u8 = 5;
 pub const EXISTS: u8 = 6;
 pub const REFUSED: u8 = 7;
@@ -25,7 +26,8 @@ Exit codes:
   4  timed out
   5  peer died
   6  already exists
-  7  refused or permission denied (including writing a read-only object)";
+  7  refused or permission denied (including writing a read-only object,
+     another user's mailbox, and a payload larger than the receiver takes)";
 
 /// A usage error found after parsing (a bad combination of arguments).
 #[derive(Debug)]
@@ -89,6 +91,24 @@ fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             HandoverError::PeerClosed => PEER_DIED,
             HandoverError::NoSuchProcess { .. } => NOT_FOUND,
             HandoverError::PermissionDenied(_) => REFUSED,
+            _ => OTHER,
+        });
+    }
+    if let Some(e) = e.downcast_ref::<SendError>() {
+        return Some(match e {
+            SendError::InvalidName { .. } => USAGE,
+            SendError::NoSuchMailbox { .. } => NOT_FOUND,
+            SendError::TimedOut { .. } => TIMED_OUT,
+            SendError::ReceiverDied { .. } => PEER_DIED,
+            SendError::Refused { .. } | SendError::PayloadTooLarge { .. } => REFUSED,
+            _ => OTHER,
+        });
+    }
+    if let Some(e) = e.downcast_ref::<BindError>() {
+        return Some(match e {
+            BindError::InvalidName { .. } => USAGE,
+            BindError::AlreadyBound { .. } => EXISTS,
+            BindError::RuntimeDir { .. } => REFUSED,
             _ => OTHER,
         });
     }

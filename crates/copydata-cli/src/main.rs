@@ -12,8 +12,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Local inter-process communication in the Win32 tradition: shared-memory
-/// sections (file mappings) on Linux and Windows.
+/// Local inter-process communication in the Win32 tradition:
+/// WM_COPYDATA-style messages and shared-memory sections (file mappings), on
+/// Linux and Windows.
 ///
 /// Exit codes: 0 ok, 1 other error, 2 usage or invalid argument, 3 no such
 /// object, 4 timed out, 5 peer died, 6 already exists, 7 refused or
@@ -32,7 +33,11 @@ enum Command {
     /// Create, read, write and remove named sections.
     #[command(subcommand)]
     Section(cmd::section::Command),
-    /// List live named objects (sections).
+    /// Bind a mailbox and print the messages that arrive.
+    Listen(cmd::listen::Args),
+    /// Send a message to a mailbox and print the reply.
+    Send(cmd::send::Args),
+    /// List live named objects (sections and mailboxes).
     Ls(cmd::ls::Args),
     /// Internal: the child side of `copydata demo`.
     #[command(name = "__demo-child", hide = true)]
@@ -43,12 +48,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Section(command) => cmd::section::run(command),
+        Command::Listen(args) => cmd::listen::run(args),
+        Command::Send(args) => cmd::send::run(args),
         Command::Ls(args) => cmd::ls::run(args),
         Command::DemoChild(args) => cmd::demo::child(args),
     }
 }
 
+/// Prints the library's warnings (why a mailbox dropped a connection) on
+/// stderr.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            eprintln!("copydata: {}", record.args());
+        }
+    }
+    fn flush(&self) {}
+}
+
 fn main() -> ExitCode {
+    static LOG: StderrLog = StderrLog;
+    let _ = log::set_logger(&LOG).map(|()| log::set_max_level(log::LevelFilter::Warn));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

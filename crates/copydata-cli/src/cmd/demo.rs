@@ -30,15 +30,19 @@ const CHILD_TIMEOUT: Duration = Duration::from_secs(30);
 type Step = fn() -> anyhow::Result<String>;
 
 pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    let steps: [(&str, Step); 5] = [
+    let steps: [(&str, Step); 9] = [
         ("inheritance", inherit_step),
         ("open by name", by_name_step),
         ("read-only hand-out", read_only_step),
         ("file-backed view at an unaligned offset", file_step),
         ("hand-over to a running process", handover_step),
+        ("messages to a mailbox in another process", messages_step),
+        ("a timeout against a slow receiver", timeout_step),
+        ("a receiver killed mid-send", killed_step),
+        ("a section carried inside a message", carried_step),
     ];
     let mut failed = 0;
-    println!("copydata demo: sections across real processes (this is pid {})", std::process::id());
+    println!("copydata demo: sections and messages across real processes (this is pid {})", std::process::id());
     for (i, (title, step)) in steps.iter().enumerate() {
         match step() {
             Ok(what) => println!("[{}/{}] ok   {title}: {what}", i + 1, steps.len()),
@@ -199,6 +203,150 @@ fn handover_step() -> anyhow::Result<String> {
     bail!("not supported on this platform")
 }
 
+// ---------------------------------------------------------------- mailboxes
+
+/// Tags the demo's receiver understands.
+const TAG_DIGEST: u64 = 1;
+const TAG_SLOW: u64 = 2;
+const TAG_SECTION: u64 = 3;
+const TAG_STOP: u64 = 99;
+
+/// A receiver child, bound to a fresh mailbox name; killed if dropped.
+struct Receiver {
+    child: Option<Child>,
+    name: String,
+}
+
+impl Receiver {
+    fn start(tag: &str) -> anyhow::Result<Receiver> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("copydata-demo-{tag}-{}-{n}", std::process::id());
+        let mut child = me()?.args(["mailbox", &name]).stdout(Stdio::piped()).spawn()?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            let _ = tx.send(line);
+        });
+        let pid = child.id();
+        let receiver = Receiver { child: Some(child), name };
+        let line = rx.recv_timeout(CHILD_TIMEOUT).context("the receiver did not start")?;
+        ensure!(line.starts_with("ready"), "the receiver (pid {pid}) said {line:?}");
+        Ok(receiver)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        copydata::send_timeout(&self.name, TAG_STOP, b"", CHILD_TIMEOUT)?;
+        wait(self.child.take().context("the receiver is gone")?, "the receiver")
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).to_vec()
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn messages_step() -> anyhow::Result<String> {
+    let receiver = Receiver::start("messages")?;
+    let mut sender = copydata::Sender::connect(&receiver.name)?;
+    let mut done = Vec::new();
+    for (label, data) in [
+        ("0 B", Vec::new()),
+        ("\"Hello\"", b"Hello".to_vec()),
+        ("1 MiB", pattern(1 << 20)),
+        ("256 MiB", pattern(256 << 20)),
+    ] {
+        let started = Instant::now();
+        let reply = sender.send_timeout(TAG_DIGEST, &data, CHILD_TIMEOUT)?;
+        ensure!(reply.code == data.len() as i64, "{label}: reply code {} for {} bytes", reply.code, data.len());
+        ensure!(reply.data[..] == sha256(&data)[..], "{label}: the receiver's SHA-256 differs");
+        done.push(format!("{label} in {:.1?}", started.elapsed()));
+    }
+    let pid = receiver.pid();
+    receiver.stop()?;
+    Ok(format!("receiver pid {pid} replied to {} with each payload's SHA-256, all matching", done.join(", ")))
+}
+
+fn timeout_step() -> anyhow::Result<String> {
+    let receiver = Receiver::start("slow")?;
+    let mut sender = copydata::Sender::connect(&receiver.name)?;
+    let limit = Duration::from_millis(300);
+    let started = Instant::now();
+    match sender.send_timeout(TAG_SLOW, b"take your time", limit) {
+        Err(copydata::SendError::TimedOut { .. }) => {}
+        other => bail!("expected a timeout, got {other:?}"),
+    }
+    let waited = started.elapsed();
+    // The slow reply still comes later; it must not be taken for this one.
+    let reply = sender.send_timeout(TAG_DIGEST, b"next", CHILD_TIMEOUT)?;
+    ensure!(reply.data[..] == sha256(b"next")[..], "the next send got another message's reply");
+    receiver.stop()?;
+    Ok(format!("send_timeout({limit:?}) gave TimedOut after {waited:.1?}; the next send got its own reply"))
+}
+
+fn killed_step() -> anyhow::Result<String> {
+    let receiver = Receiver::start("killed")?;
+    let name = receiver.name.clone();
+    let pid = receiver.pid();
+    let waiter = std::thread::spawn(move || copydata::send(&name, TAG_SLOW, b"never answered"));
+    std::thread::sleep(Duration::from_millis(300));
+    let killed = Instant::now();
+    drop(receiver); // kill -9 (TerminateProcess on Windows)
+    let result = waiter.join().map_err(|_| anyhow::anyhow!("the sending thread panicked"))?;
+    let noticed = killed.elapsed();
+    match result {
+        Err(copydata::SendError::ReceiverDied { .. }) => {}
+        other => bail!("expected ReceiverDied, got {other:?}"),
+    }
+    Ok(format!("receiver pid {pid} killed while handling; the waiting send returned ReceiverDied {noticed:.1?} later"))
+}
+
+fn carried_step() -> anyhow::Result<String> {
+    let receiver = Receiver::start("carry")?;
+    let section = Section::anonymous(4096)?;
+    write_text(&section, "a section in a message")?;
+    let mut sender = copydata::Sender::connect(&receiver.name)?;
+    let reply = sender.send_with_sections(TAG_SECTION, b"", &[&section], Some(CHILD_TIMEOUT))?;
+    let pid = receiver.pid();
+    receiver.stop()?;
+    let text = read_text(&section, 64)?;
+    ensure!(text == format!("answered in place by {pid}"), "read back {text:?}");
+    ensure!(
+        &reply.data[..] == b"a section in a message",
+        "the receiver read {:?}",
+        String::from_utf8_lossy(&reply.data)
+    );
+    Ok(format!("receiver pid {pid} read the section it was sent and wrote {text:?} into it"))
+}
+
 /// The child roles.
 pub fn child(args: ChildArgs) -> anyhow::Result<ExitCode> {
     let me = std::process::id();
@@ -256,6 +404,37 @@ pub fn child(args: ChildArgs) -> anyhow::Result<ExitCode> {
             let text = read_text(&section, 64)?;
             ensure!(text == "handed over by DuplicateHandle", "read {text:?}");
             write_text(&section, &format!("received by {me}"))?;
+        }
+        ("mailbox", [name]) => {
+            let mailbox = copydata::Mailbox::bind(name)?;
+            println!("ready");
+            std::io::Write::flush(&mut std::io::stdout())?;
+            loop {
+                let mut request = mailbox.recv()?;
+                let reply = match request.tag() {
+                    TAG_DIGEST => copydata::Reply::new(request.payload().len() as i64, sha256(request.payload())),
+                    TAG_SLOW => {
+                        std::thread::sleep(Duration::from_secs(2));
+                        copydata::Reply::code(0)
+                    }
+                    TAG_SECTION => {
+                        let sections = request.message_mut().take_sections();
+                        let s = sections.first().context("no section came with the message")?;
+                        let text = read_text(s, 64)?;
+                        write_text(s, &format!("answered in place by {me}"))?;
+                        copydata::Reply::new(0, text.into_bytes())
+                    }
+                    TAG_STOP => {
+                        request.reply(copydata::Reply::code(0))?;
+                        break;
+                    }
+                    other => {
+                        request.refuse(&format!("unknown tag {other}"));
+                        continue;
+                    }
+                };
+                let _ = request.reply(reply);
+            }
         }
         (role, rest) => bail!(crate::exit::Usage(format!("unknown demo child role {role:?} {rest:?}"))),
     }

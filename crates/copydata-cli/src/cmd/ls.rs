@@ -1,25 +1,40 @@
-//! `copydata ls`: live named objects of this user.
+//! `copydata ls`: this user's live named objects.
 
 use std::process::ExitCode;
 
 use clap::Args as ClapArgs;
+use copydata::ListError;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Print one JSON document: {"sections": [{"name", "size"}]}.
+    /// Print one JSON document: {"sections": [{"name", "size"}], "mailboxes": [{"name", "pid"}]}.
     #[arg(long)]
     json: bool,
 }
 
+/// A list, or an empty one where the platform cannot list that kind.
+fn or_empty<T>(list: Result<Vec<T>, ListError>) -> anyhow::Result<Vec<T>> {
+    match list {
+        Ok(v) => Ok(v),
+        Err(ListError::Unsupported) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let sections = copydata::list()?;
+    let sections = or_empty(copydata::list())?;
+    let mailboxes = or_empty(copydata::mailboxes())?;
     if args.json {
-        let list: Vec<_> = sections.iter().map(|s| serde_json::json!({ "name": s.name, "size": s.size })).collect();
-        println!("{}", serde_json::json!({ "sections": list }));
+        let sections: Vec<_> = sections.iter().map(|s| serde_json::json!({ "name": s.name, "size": s.size })).collect();
+        let mailboxes: Vec<_> = mailboxes.iter().map(|m| serde_json::json!({ "name": m.name, "pid": m.pid })).collect();
+        println!("{}", serde_json::json!({ "sections": sections, "mailboxes": mailboxes }));
     } else {
-        println!("{:<8} {:<40} {:>14}", "KIND", "NAME", "SIZE");
+        println!("{:<8} {:<40} {:>14} {:>8}", "KIND", "NAME", "SIZE", "PID");
         for s in &sections {
-            println!("{:<8} {:<40} {:>14}", "section", s.name, s.size);
+            println!("{:<8} {:<40} {:>14} {:>8}", "section", s.name, s.size, "-");
+        }
+        for m in &mailboxes {
+            println!("{:<8} {:<40} {:>14} {:>8}", "mailbox", m.name, "-", m.pid);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
 pub mod demo;
+pub mod listen;
 pub mod ls;
 pub mod section;
+pub mod send;

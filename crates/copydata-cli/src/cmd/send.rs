@@ -1,0 +1,58 @@
+//! `copydata send NAME [DATA]`: send a message and print the reply.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args as ClapArgs;
+use copydata::Sender;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// The mailbox's name.
+    name: String,
+    /// The tag (`dwData`).
+    #[arg(long, default_value_t = 0)]
+    tag: u64,
+    /// Give up after this long (e.g. 500ms, 2s); default: wait as long as the
+    /// receiver lives.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Write the reply payload to this file instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The payload; `-` reads it from standard input; none sends an empty one.
+    #[arg(conflicts_with = "file")]
+    data: Option<String>,
+    /// Send the contents of this file.
+    #[arg(long)]
+    file: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let payload = match (args.data.as_deref(), &args.file) {
+        (_, Some(path)) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        (Some("-"), None) => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).context("reading standard input")?;
+            buf
+        }
+        (Some(data), None) => data.as_bytes().to_vec(),
+        (None, None) => Vec::new(),
+    };
+    let mut sender = Sender::connect(&args.name)?;
+    let reply = match args.timeout {
+        Some(t) => sender.send_timeout(args.tag, &payload, t)?,
+        None => sender.send(args.tag, &payload)?,
+    };
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "code {}", reply.code)?;
+    match &args.out {
+        Some(path) => std::fs::write(path, &reply.data[..]).with_context(|| format!("writing {}", path.display()))?,
+        None => stdout.write_all(&reply.data)?,
+    }
+    stdout.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
