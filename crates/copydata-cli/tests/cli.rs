@@ -139,10 +139,20 @@ fn demo_shows_every_step_passing() {
     let out = run(&["demo"]);
     assert_eq!(out.code, 0, "{}{}", out.out(), out.stderr);
     let text = out.out();
-    for step in ["inheritance", "open by name", "read-only hand-out", "unaligned offset", "hand-over"] {
+    for step in [
+        "inheritance",
+        "open by name",
+        "read-only hand-out",
+        "unaligned offset",
+        "hand-over",
+        "messages to a mailbox",
+        "timeout against a slow receiver",
+        "receiver killed mid-send",
+        "section carried inside a message",
+    ] {
         assert!(text.lines().any(|l| l.contains(" ok ") && l.contains(step)), "step {step}: {text}");
     }
-    assert!(text.contains("all 5 steps passed"), "{text}");
+    assert!(text.contains("all 9 steps passed"), "{text}");
 }
 
 #[test]
@@ -299,4 +309,113 @@ fn other_programs_open_named_sections_by_name() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "from copydata 4096");
     assert_eq!(run(&["section", "read", &name, "--len", "6"]).stdout, b"python");
+}
+
+/// `copydata listen NAME ...`, killed on drop; its stdout lines arrive on a
+/// channel.
+struct Listener {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Listener {
+    fn start(args: &[&str]) -> Listener {
+        let mut child = copydata().arg("listen").args(args).stdout(Stdio::piped()).spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let listener = Listener { child, lines: rx };
+        assert!(listener.line().starts_with("ready "));
+        listener
+    }
+
+    fn line(&self) -> String {
+        self.lines.recv_timeout(WAIT).expect("a line from listen")
+    }
+
+    fn wait(mut self) -> i32 {
+        wait(&mut self.child, &["listen"])
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn listen_and_send_exchange_messages() {
+    let name = unique("mbox");
+    let listener = Listener::start(&[&name, "--count", "3", "--echo", "--reply-code", "42"]);
+    let out = run(&["send", &name, "--tag", "7", "Hello"]);
+    assert_eq!((out.code, out.out()), (0, "code 42\nHello".to_string()), "{}", out.stderr);
+    let line = listener.line();
+    assert!(line.starts_with("tag=7 size=5 pid=") && line.ends_with("data=\"Hello\""), "{line}");
+
+    // Empty payload.
+    let out = run(&["send", &name]);
+    assert_eq!((out.code, out.out()), (0, "code 42\n".to_string()));
+    assert!(listener.line().contains("size=0"));
+
+    // A large binary payload from stdin, the reply to a file.
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let dst = std::env::temp_dir().join(format!("{name}.reply"));
+    let out = run_with(&["send", &name, "--out", dst.to_str().unwrap(), "-"], &data);
+    assert_eq!((out.code, out.out()), (0, "code 42\n".to_string()), "{}", out.stderr);
+    assert_eq!(std::fs::read(&dst).unwrap(), data);
+    let _ = std::fs::remove_file(&dst);
+    assert!(listener.line().contains("size=300000"));
+    assert_eq!(listener.wait(), 0, "listen --count 3 exits after three messages");
+    assert_eq!(run(&["send", &name, "x"]).code, 3, "nobody listens any more");
+}
+
+#[test]
+fn listen_json_reports_each_message() {
+    let name = unique("json");
+    let listener = Listener::start(&[&name, "--count", "1", "--json"]);
+    assert_eq!(run(&["send", &name, "--tag", "9", "abc"]).code, 0);
+    let doc: serde_json::Value = serde_json::from_str(&listener.line()).unwrap();
+    assert_eq!(doc["tag"], 9);
+    assert_eq!(doc["size"], 3);
+    assert_eq!(doc["sha256"], "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_eq!(doc["preview"], "abc");
+    assert!(doc["pid"].as_u64().unwrap() > 0);
+    assert_eq!(listener.wait(), 0);
+}
+
+#[test]
+fn mailbox_exit_codes() {
+    let name = unique("mcodes");
+    let slow = Listener::start(&[&name, "--delay", "3s"]);
+    // Timed out: 4.
+    let out = run(&["send", &name, "--timeout", "200ms", "x"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains(&name) && out.stderr.lines().count() == 1, "{}", out.stderr);
+    // Already bound: 6.
+    let out = run(&["listen", &name]);
+    assert_eq!(out.code, 6, "{}", out.stderr);
+    // Listed by ls while bound.
+    let doc: serde_json::Value = serde_json::from_slice(&run(&["ls", "--json"]).stdout).unwrap();
+    assert!(doc["mailboxes"].as_array().unwrap().iter().any(|m| m["name"] == name.as_str()));
+    drop(slow);
+    // No such mailbox: 3; bad name and bad duration: 2.
+    assert_eq!(run(&["send", &unique("none"), "x"]).code, 3);
+    assert_eq!(run(&["send", "bad/name", "x"]).code, 2);
+    assert_eq!(run(&["send", &name, "--timeout", "soon", "x"]).code, 2);
+    // Receiver died while handling: 5.
+    let name = unique("died");
+    let mut dying = Listener::start(&[&name, "--delay", "30s"]);
+    let sender = copydata().args(["send", &name, "x"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    assert!(dying.line().starts_with("tag=0"), "the message arrived");
+    dying.child.kill().unwrap();
+    let mut sender = sender;
+    assert_eq!(wait(&mut sender, &["send"]), 5);
 }
