@@ -155,7 +155,7 @@ fn kind(result: &Result<Reply, SendError>) -> String {
         Err(SendError::NoSuchMailbox { .. }) => "no-such-mailbox".into(),
         Err(SendError::TimedOut { .. }) => "timed-out".into(),
         Err(SendError::ReceiverDied { .. }) => "receiver-died".into(),
-        Err(SendError::Refused { .. }) => "refused".into(),
+        Err(SendError::Refused { reason, .. }) => format!("refused: {reason}"),
         Err(SendError::PayloadTooLarge { .. }) => "too-large".into(),
         Err(e) => format!("other {e}"),
     }
@@ -167,7 +167,7 @@ fn server(name: &str, delay_ms: u64) -> Kid {
     kid
 }
 
-fn stop(mut kid: Kid, name: &str) -> u64 {
+fn stop_server(mut kid: Kid, name: &str) -> u64 {
     copydata::send(name, 99, b"").expect("stopping the server");
     let served = kid.expect("served").parse().unwrap();
     kid.wait_ok();
@@ -192,7 +192,7 @@ fn payloads_of_every_size_round_trip() {
     }
     let reply = copydata::send(&name, 0, b"Hello").unwrap();
     check_echo(&reply, b"Hello");
-    assert_eq!(stop(kid, &name), 10);
+    assert_eq!(stop_server(kid, &name), 10);
 }
 
 #[cfg(target_os = "linux")]
@@ -204,7 +204,7 @@ fn a_one_gib_payload_and_reply() {
     let reply = copydata::send(&name, 5, &data).unwrap();
     assert_eq!(reply.code, sum(&data) as i64);
     assert!(reply.data[..] == data[..], "the 1 GiB reply differs");
-    stop(kid, &name);
+    stop_server(kid, &name);
 }
 
 #[test]
@@ -216,7 +216,7 @@ fn eight_senders_times_a_thousand_messages() {
         assert_eq!(s.expect("sent"), "1000");
         s.wait_ok();
     }
-    assert_eq!(stop(kid, &name), 8000 + 1);
+    assert_eq!(stop_server(kid, &name), 8000 + 1);
 }
 
 #[test]
@@ -257,7 +257,7 @@ fn a_late_reply_is_never_taken_for_a_later_one() {
     check_echo(&reply, b"fast one");
     let reply = sender.send(0, b"").unwrap();
     check_echo(&reply, b"");
-    stop(kid, &name);
+    stop_server(kid, &name);
 }
 
 #[test]
@@ -268,7 +268,7 @@ fn refusals_and_panics_are_reported_and_serving_goes_on() {
     assert!(matches!(sender.send(2, b"x"), Err(SendError::Refused { reason, .. }) if reason.contains("tag 2")));
     assert!(matches!(sender.send(3, b"x"), Err(SendError::Refused { .. })));
     check_echo(&sender.send(0, b"still here").unwrap(), b"still here");
-    stop(kid, &name);
+    stop_server(kid, &name);
 }
 
 #[test]
@@ -364,5 +364,138 @@ fn messages_carry_sections() {
     assert_eq!(String::from_utf8_lossy(&reply.data), "writable:ReadWrite,frozen:ReadOnly");
     assert_eq!(rw.map(0, 6).unwrap().to_vec(), b"reply\0");
     assert_eq!(data.map(0, 6).unwrap().to_vec(), b"frozen");
-    stop(kid, &name);
+    stop_server(kid, &name);
+}
+
+/// Raw bytes written straight to a mailbox's socket are rejected (the
+/// connection dropped) while a well-behaved sender goes on being served.
+#[cfg(target_os = "linux")]
+#[test]
+fn garbage_on_the_socket_is_rejected_and_others_are_served() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    let name = unique("garbage");
+    let kid = server(&name, 0);
+    let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let good = std::thread::spawn({
+        let (name, stop) = (name.clone(), stop.clone());
+        move || {
+            let mut sender = Sender::connect(&name).unwrap();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || n < 50 {
+                let data = pattern(100 + n as usize, n);
+                check_echo(&sender.send_timeout(0, &data, Duration::from_secs(30)).unwrap(), &data);
+                n += 1;
+            }
+            n
+        }
+    });
+    let header = |magic: &[u8; 4], flags: u8, sections: u8, len: u64| {
+        let mut h = Vec::from(&magic[..]);
+        h.extend_from_slice(&[flags, sections, 0, 0]);
+        h.extend_from_slice(&1u64.to_le_bytes());
+        h.extend_from_slice(&7u64.to_le_bytes());
+        h.extend_from_slice(&len.to_le_bytes());
+        h
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("random bytes", pattern(4096, 99)),
+        ("bad magic", header(b"XXXX", 0, 0, 0)),
+        ("unknown flags", header(b"CDQ1", 0x80, 0, 0)),
+        ("too many sections", header(b"CDQ1", 0, 200, 0)),
+        ("sections without descriptors", header(b"CDQ1", 0, 2, 0)),
+        ("memfd flag without a memfd", header(b"CDQ1", 1, 0, 1 << 20)),
+        ("oversized inline payload", header(b"CDQ1", 0, 0, 10 << 20)),
+        ("a reply sent as a request", header(b"CDR1", 0, 0, 0)),
+        ("a short header", b"CDQ1\0\0".to_vec()),
+        ("truncated payload", [header(b"CDQ1", 0, 0, 1000), vec![1; 10]].concat()),
+    ];
+    for (what, bytes) in cases {
+        let mut raw = UnixStream::connect(&path).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let _ = raw.write_all(&bytes);
+        // Ending our side makes the truncated cases definite.
+        let _ = raw.shutdown(std::net::Shutdown::Write);
+        let mut rest = Vec::new();
+        let got = raw.read_to_end(&mut rest);
+        assert!(
+            got.is_ok() || matches!(got, Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "{what}: {got:?}"
+        );
+        assert!(rest.is_empty(), "{what}: the mailbox answered garbage with {} bytes", rest.len());
+    }
+    // An unsealed memfd as the payload: the receiver must refuse to map it.
+    {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        use std::os::fd::AsFd;
+        let raw = UnixStream::connect(&path).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let memfd = rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&memfd, 1 << 20).unwrap();
+        let fds = [memfd.as_fd()];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+        let h = header(b"CDQ1", 1, 0, 1 << 20);
+        rustix::net::sendmsg(&raw, &[std::io::IoSlice::new(&h)], &mut control, SendFlags::NOSIGNAL).unwrap();
+        let mut rest = Vec::new();
+        let _ = (&raw).read_to_end(&mut rest);
+        assert!(rest.is_empty(), "an unsealed memfd payload was answered");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let served = good.join().unwrap();
+    assert!(served >= 50);
+    check_echo(&copydata::send(&name, 0, b"after the garbage").unwrap(), b"after the garbage");
+    stop_server(kid, &name);
+}
+
+/// A sender running as another user is refused: by the file system (the
+/// runtime directory is 0700, the socket 0600), and, where those are opened
+/// up by hand, by the receiver's check of the peer's uid.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_sender_of_another_user_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+
+    if !rustix::process::getuid().is_root() {
+        eprintln!("skipped: needs root to run a sender as another user (nobody)");
+        return;
+    }
+    let nobody = 65534;
+    let name = unique("otheruser");
+    let kid = server(&name, 0);
+    let socket = copydata::os::linux::mailbox_socket_path(&name).unwrap();
+    // A runtime directory of nobody's, holding a link to our socket, whose
+    // mode we widen: only the receiver's uid check stands in the way now.
+    let dir = std::env::temp_dir().join(unique("nobody-dir"));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&dir, Some(nobody), Some(nobody)).unwrap();
+    let link = dir.join(socket.file_name().unwrap());
+    std::fs::hard_link(&socket, &link).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let outcome = |runtime_dir: &std::path::Path| {
+        let mut cmd = common::child_command("send-once", &[&name]);
+        cmd.env("COPYDATA_RUNTIME_DIR", runtime_dir).uid(nobody).gid(nobody);
+        let mut kid = Kid::start(cmd, "send-once", &[]);
+        let result = kid.expect("result");
+        kid.wait_ok();
+        result
+    };
+    assert_eq!(outcome(&dir), "refused: the mailbox accepts only its own user", "the receiver's uid check");
+    std::fs::remove_file(&link).unwrap();
+    std::fs::remove_dir(&dir).unwrap();
+    // Through our own (0700) runtime directory it cannot even look.
+    let ours = socket.parent().unwrap();
+    let through_ours = outcome(ours);
+    eprintln!("another user through our runtime directory: {through_ours}");
+    assert!(
+        through_ours.starts_with("refused: runtime directory") && through_ours.contains("owned by uid 0"),
+        "{through_ours}"
+    );
+    check_echo(&copydata::send(&name, 0, b"own user").unwrap(), b"own user");
+    stop_server(kid, &name);
 }

@@ -289,9 +289,11 @@ pub(crate) struct Sender {
 
 impl Sender {
     pub(crate) fn connect(name: &Name) -> Result<Sender, SendError> {
-        let dir = runtime::runtime_dir().map_err(|(path, reason)| SendError::Io {
+        // A directory that is not safely ours could hold a planted mailbox:
+        // refuse to send there.
+        let dir = runtime::runtime_dir().map_err(|(path, reason)| SendError::Refused {
             name: name.to_string(),
-            source: io::Error::other(format!("runtime directory {path}: {reason}")),
+            reason: format!("runtime directory {path}: {reason}"),
         })?;
         let mut s = Sender { name: name.clone(), path: runtime::socket_path(&dir, name), conn: None, seq: 0 };
         s.conn = Some(s.open()?);
