@@ -113,24 +113,29 @@ impl Holder {
     }
 }
 
-impl Drop for Holder {
-    /// Stops the holder as a user would (SIGTERM; Windows has no such
-    /// signal, and there the kernel drops the name with the last handle).
-    fn drop(&mut self) {
-        #[cfg(unix)]
-        {
-            let pid = rustix::process::Pid::from_raw(self.0.id() as i32).expect("a child pid");
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            let deadline = Instant::now() + WAIT;
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.0.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
+/// Stops a copydata process as a user would: SIGTERM, then waits (Windows
+/// has no such signal; there it is killed, and the kernel drops its names
+/// with its handles).
+fn terminate(child: &mut Child) {
+    #[cfg(unix)]
+    {
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a child pid");
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
             }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        terminate(&mut self.0);
     }
 }
 
@@ -346,8 +351,7 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate(&mut self.child);
     }
 }
 
@@ -418,4 +422,7 @@ fn mailbox_exit_codes() {
     dying.child.kill().unwrap();
     let mut sender = sender;
     assert_eq!(wait(&mut sender, &["send"]), 5);
+    // A killed listener's name is neither listed nor left behind.
+    let doc: serde_json::Value = serde_json::from_slice(&run(&["ls", "--json"]).stdout).unwrap();
+    assert!(!doc["mailboxes"].as_array().unwrap().iter().any(|m| m["name"] == name.as_str()));
 }

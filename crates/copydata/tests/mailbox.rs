@@ -238,6 +238,8 @@ fn a_killed_receiver_is_noticed_within_a_second() {
     let noticed = killed_at.elapsed();
     assert_eq!(outcome, "receiver-died");
     assert!(noticed < Duration::from_secs(1), "noticed after {noticed:?}");
+    // The killed receiver's name is reclaimed by the next look.
+    assert!(!copydata::mailboxes().unwrap().iter().any(|m| m.name == name));
 }
 
 #[test]
@@ -498,4 +500,75 @@ fn a_sender_of_another_user_is_refused() {
     );
     check_echo(&copydata::send(&name, 0, b"own user").unwrap(), b"own user");
     stop_server(kid, &name);
+}
+
+/// The plain Win32 peer built from `tests/c/peer.c` (scripts/test.sh builds
+/// it with mingw and names it in `COPYDATA_C_PEER`).
+#[cfg(windows)]
+fn c_peer() -> Option<String> {
+    let peer = std::env::var("COPYDATA_C_PEER").ok();
+    if peer.is_none() {
+        eprintln!("skipped: COPYDATA_C_PEER is not set (scripts/test.sh builds the C peer)");
+    }
+    peer
+}
+
+#[cfg(windows)]
+fn run_c_peer(peer: &str, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(peer)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the C peer")
+}
+
+/// A plain C program sends `WM_COPYDATA` to a mailbox: `dwData` is the tag,
+/// its bytes the payload, and it gets the reply code as the `LRESULT`.
+#[cfg(windows)]
+#[test]
+fn a_plain_win32_program_sends_to_a_mailbox() {
+    let Some(peer) = c_peer() else { return };
+    let name = unique("cpeer-in");
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel();
+    let server = Mailbox::bind(&name).unwrap().serve(move |msg| {
+        let _ = seen_tx.send((msg.tag(), msg.payload().to_vec(), msg.sender().pid));
+        Reply::code(msg.tag() as i64 * 2 + msg.payload().len() as i64)
+    });
+    let child = run_c_peer(&peer, &["send", &format!("copydata.mailbox.{name}"), "21", "hello from C"]);
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("lresult {}", 21 * 2 + 12));
+    let (tag, payload, from) = seen_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!((tag, payload.as_slice(), from), (21, &b"hello from C"[..], pid));
+    drop(server);
+}
+
+/// copydata sends to a plain window of a C program found by its class: the
+/// reply code is the `LRESULT`, the reply bytes what it sent back.
+#[cfg(windows)]
+#[test]
+fn copydata_sends_to_a_plain_win32_window() {
+    use std::io::BufRead;
+    let Some(peer) = c_peer() else { return };
+    let class = unique("CopydataCPeer");
+    let mut child = run_c_peer(&peer, &["serve", &class]);
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let reply = copydata::os::windows::send_to_window(Some(&class), None, 5, b"abc", Duration::from_secs(30)).unwrap();
+    assert_eq!(reply.code, 1005);
+    assert_eq!(&reply.data[..], b"C got 3 bytes");
+    let reply = copydata::os::windows::send_to_window(Some(&class), None, 6, b"", Duration::from_secs(30)).unwrap();
+    assert_eq!((reply.code, &reply.data[..]), (1006, &b"C got 0 bytes"[..]));
+    assert!(matches!(
+        copydata::os::windows::send_to_window(Some("NoSuchClassAnywhere"), None, 0, b"", Duration::from_secs(1)),
+        Err(SendError::NoSuchMailbox { .. })
+    ));
+    let _ = copydata::os::windows::send_to_window(Some(&class), None, 999, b"", Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the C peer did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -315,6 +315,7 @@ fn timeout_step() -> anyhow::Result<String> {
 fn killed_step() -> anyhow::Result<String> {
     let receiver = Receiver::start("killed")?;
     let name = receiver.name.clone();
+    let name2 = name.clone();
     let pid = receiver.pid();
     let waiter = std::thread::spawn(move || copydata::send(&name, TAG_SLOW, b"never answered"));
     std::thread::sleep(Duration::from_millis(300));
@@ -326,7 +327,12 @@ fn killed_step() -> anyhow::Result<String> {
         Err(copydata::SendError::ReceiverDied { .. }) => {}
         other => bail!("expected ReceiverDied, got {other:?}"),
     }
-    Ok(format!("receiver pid {pid} killed while handling; the waiting send returned ReceiverDied {noticed:.1?} later"))
+    // Listing reclaims what the killed receiver left behind.
+    let listed = copydata::mailboxes().unwrap_or_default().iter().any(|m| m.name == name2);
+    ensure!(!listed, "the killed receiver's mailbox is still listed");
+    Ok(format!(
+        "receiver pid {pid} killed while handling; the waiting send returned ReceiverDied {noticed:.1?} later, and its name was reclaimed"
+    ))
 }
 
 fn carried_step() -> anyhow::Result<String> {

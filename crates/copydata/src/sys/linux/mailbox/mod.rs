@@ -303,6 +303,10 @@ impl Sender {
     fn open(&self) -> Result<UnixStream, SendError> {
         UnixStream::connect(&self.path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                // A dead binder's files: remove them while we are here.
+                if let Some(dir) = self.path.parent() {
+                    reclaim_if_dead(dir, &self.name);
+                }
                 SendError::NoSuchMailbox { name: self.name.to_string() }
             }
             io::ErrorKind::PermissionDenied => {
@@ -432,6 +436,22 @@ impl Sender {
     }
 }
 
+/// Removes the files of the mailbox `name` if no live process has bound it.
+/// Returns the binder's pid if one has.
+fn reclaim_if_dead(dir: &std::path::Path, name: &Name) -> Option<u32> {
+    let path = runtime::lock_path(dir, name);
+    let fd = rfs::open(&path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    if rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok() {
+        // Nobody holds it: left by a dead binder. Clean up under the lock.
+        if same_file(&path, &fd) {
+            let _ = std::fs::remove_file(runtime::socket_path(dir, name));
+            let _ = std::fs::remove_file(&path);
+        }
+        return None;
+    }
+    Some(read_pid(&fd).unwrap_or(0))
+}
+
 pub(crate) fn list() -> Result<Vec<MailboxInfo>, ListError> {
     let dir = runtime::runtime_dir()
         .map_err(|(path, reason)| ListError::Io(io::Error::other(format!("{path}: {reason}"))))?;
@@ -439,19 +459,9 @@ pub(crate) fn list() -> Result<Vec<MailboxInfo>, ListError> {
     for entry in std::fs::read_dir(&dir).map_err(ListError::Io)? {
         let Ok(entry) = entry else { continue };
         let Some(name) = entry.file_name().to_str().and_then(runtime::name_of_lock) else { continue };
-        let path = entry.path();
-        let Ok(fd) = rfs::open(&path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()) else {
-            continue;
-        };
-        if rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok() {
-            // Nobody holds it: left by a dead binder. Clean up under the lock.
-            if same_file(&path, &fd) {
-                let _ = std::fs::remove_file(runtime::socket_path(&dir, &name));
-                let _ = std::fs::remove_file(&path);
-            }
-            continue;
+        if let Some(pid) = reclaim_if_dead(&dir, &name) {
+            out.push(MailboxInfo { name: name.to_string(), pid });
         }
-        out.push(MailboxInfo { name: name.to_string(), pid: read_pid(&fd).unwrap_or(0) });
     }
     Ok(out)
 }

@@ -1,0 +1,91 @@
+/*
+ * A plain Win32 program, built with mingw, that speaks WM_COPYDATA the
+ * classic way, for the interoperability tests:
+ *
+ *   peer send CLASS TAG TEXT   find the message-only window of CLASS and send
+ *                              it TEXT with dwData = TAG; print "lresult N"
+ *   peer serve CLASS           make a message-only window of CLASS; answer each
+ *                              WM_COPYDATA with LRESULT 1000 + dwData and a
+ *                              WM_COPYDATA back to the sender's window saying
+ *                              "C got N bytes"; dwData 999 ends it
+ */
+#include <windows.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static wchar_t *widen(const char *s)
+{
+    int n = MultiByteToWideChar(CP_UTF8, 0, s, -1, NULL, 0);
+    wchar_t *w = malloc(n * sizeof(wchar_t));
+    MultiByteToWideChar(CP_UTF8, 0, s, -1, w, n);
+    return w;
+}
+
+static LRESULT CALLBACK serve_proc(HWND hwnd, UINT msg, WPARAM wp, LPARAM lp)
+{
+    if (msg == WM_COPYDATA) {
+        COPYDATASTRUCT *in = (COPYDATASTRUCT *)lp;
+        char text[64];
+        COPYDATASTRUCT out;
+        if (in->dwData == 999) {
+            PostQuitMessage(0);
+            return 1;
+        }
+        snprintf(text, sizeof text, "C got %lu bytes", (unsigned long)in->cbData);
+        out.dwData = in->dwData;
+        out.cbData = (DWORD)strlen(text);
+        out.lpData = text;
+        if (wp)
+            SendMessageTimeoutW((HWND)wp, WM_COPYDATA, (WPARAM)hwnd, (LPARAM)&out, SMTO_NORMAL, 5000, NULL);
+        return 1000 + (LRESULT)in->dwData;
+    }
+    return DefWindowProcW(hwnd, msg, wp, lp);
+}
+
+static HWND window(const wchar_t *cls, WNDPROC proc)
+{
+    WNDCLASSEXW wc;
+    memset(&wc, 0, sizeof wc);
+    wc.cbSize = sizeof wc;
+    wc.lpfnWndProc = proc;
+    wc.hInstance = GetModuleHandleW(NULL);
+    wc.lpszClassName = cls;
+    RegisterClassExW(&wc);
+    return CreateWindowExW(0, cls, cls, 0, 0, 0, 0, 0, HWND_MESSAGE, NULL, wc.hInstance, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 5 && strcmp(argv[1], "send") == 0) {
+        HWND me = window(L"CopydataCPeerSender", DefWindowProcW);
+        HWND to = FindWindowExW(HWND_MESSAGE, NULL, widen(argv[2]), NULL);
+        COPYDATASTRUCT cds;
+        DWORD_PTR result = 0;
+        if (!to) {
+            printf("no window\n");
+            return 3;
+        }
+        cds.dwData = (ULONG_PTR)_strtoui64(argv[3], NULL, 10);
+        cds.cbData = (DWORD)strlen(argv[4]);
+        cds.lpData = argv[4];
+        if (!SendMessageTimeoutW(to, WM_COPYDATA, (WPARAM)me, (LPARAM)&cds, SMTO_NORMAL, 30000, &result)) {
+            printf("send failed %lu\n", GetLastError());
+            return 4;
+        }
+        printf("lresult %lld\n", (long long)result);
+        return 0;
+    }
+    if (argc == 3 && strcmp(argv[1], "serve") == 0) {
+        MSG msg;
+        if (!window(widen(argv[2]), serve_proc))
+            return 1;
+        printf("ready\n");
+        fflush(stdout);
+        while (GetMessageW(&msg, NULL, 0, 0) > 0)
+            DispatchMessageW(&msg);
+        return 0;
+    }
+    fprintf(stderr, "usage: peer send CLASS TAG TEXT | peer serve CLASS\n");
+    return 2;
+}
