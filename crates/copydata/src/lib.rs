@@ -3,7 +3,8 @@
 //! Local inter-process communication in the Win32 tradition, native on Linux
 //! and Windows: **sections** (file mappings: shared memory that is anonymous,
 //! named, or backed by a file) handed to children by inheritance or to other
-//! processes by handle.
+//! processes by handle, and **mailboxes**: `WM_COPYDATA`-style synchronous
+//! messages with a reply and a timeout (see [`mailbox`]).
 //!
 //! ```
 //! use copydata::Section;
@@ -29,6 +30,8 @@
 //! - [`os`]: hand a section to an unrelated running process
 //!   (`SCM_RIGHTS` on Linux, `DuplicateHandle` on Windows).
 //! - [`list`], [`remove`]: the named sections of this user.
+//! - [`Mailbox`], [`send`], [`send_timeout`], [`Sender`]: messages, see
+//!   [`mailbox`]; [`mailboxes`] lists the live ones.
 //!
 //! Every operation has its own error type (in [`error`]) whose variants say
 //! what a caller can act on; unexpected OS failures keep the OS error.
