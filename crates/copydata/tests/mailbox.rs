@@ -572,3 +572,43 @@ fn copydata_sends_to_a_plain_win32_window() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Malformed envelopes (from a window of copydata's sender class, so they are
+/// parsed as envelopes) are dropped, also ones naming bogus handles, and the
+/// mailbox goes on serving.
+#[cfg(windows)]
+#[test]
+fn malformed_envelopes_are_dropped_and_serving_goes_on() {
+    let name = unique("envelopes");
+    let kid = server(&name, 0);
+    let class = format!("copydata.mailbox.{name}");
+    let envelope = |flags: u32, payload_len: u64, handle: u64, sections: u32| {
+        let mut e = b"CDW1".to_vec();
+        e.extend_from_slice(&flags.to_le_bytes());
+        e.extend_from_slice(&1u64.to_le_bytes());
+        e.extend_from_slice(&payload_len.to_le_bytes());
+        e.extend_from_slice(&handle.to_le_bytes());
+        e.extend_from_slice(&sections.to_le_bytes());
+        e.extend_from_slice(&0u32.to_le_bytes());
+        e
+    };
+    let mut bogus_section = envelope(0, 0, 0, 1);
+    for v in [4u64, 4096, 0, 0] {
+        bogus_section.extend_from_slice(&v.to_le_bytes()[..if v == 0 { 4 } else { 8 }]);
+    }
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", b"CDW1\x01".to_vec()),
+        ("unknown flags", envelope(0x80, 0, 0, 0)),
+        ("too many sections", envelope(0, 0, 0, 500)),
+        ("length mismatch", envelope(0, 100, 0, 0)),
+        ("bogus payload handle", envelope(1, 1 << 20, 4, 0)),
+        ("bogus section handle", bogus_section),
+    ];
+    for (what, bytes) in cases {
+        let reply = copydata::os::windows::send_to_window(Some(&class), None, 0, &bytes, Duration::from_secs(30));
+        let reply = reply.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!((reply.code, reply.data.len()), (0, 0), "{what}: dropped without a reply");
+    }
+    check_echo(&copydata::send(&name, 0, b"still serving").unwrap(), b"still serving");
+    stop_server(kid, &name);
+}

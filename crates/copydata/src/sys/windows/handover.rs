@@ -30,13 +30,7 @@ pub struct Duplicated {
 /// adopts it, it stays open there until that process exits.
 #[doc(alias = "DuplicateHandle")]
 pub fn duplicate_into(section: &Section, pid: u32) -> Result<Duplicated, HandoverError> {
-    // SAFETY: opens a process handle by id; no memory is passed.
-    let process = unsafe { OpenProcess(PROCESS_DUP_HANDLE, 0, pid) };
-    let process = owned(process).map_err(|e| match e.raw_os_error().map(|c| c as u32) {
-        Some(ERROR_INVALID_PARAMETER) => HandoverError::NoSuchProcess { pid },
-        Some(ERROR_ACCESS_DENIED) => HandoverError::PermissionDenied(e),
-        _ => HandoverError::Io(e),
-    })?;
+    let process = open_for_duplication(pid)?;
     let inner = section.inner();
     let value = duplicate(inner.handle(), super::raw(&process), 0, false).map_err(HandoverError::Io)?;
     Ok(Duplicated { handle: value as usize as u64, len: section.len(), access: section.access() })
@@ -71,4 +65,56 @@ pub unsafe fn adopt_section(
     // just checked to be a live section.
     let owned = unsafe { OwnedHandle::from_raw_handle(raw as RawHandle) };
     Ok(Section::from_parts(SysSection::from_handle(owned, len, access), name))
+}
+
+/// A handle on process `pid` that allows moving handles in and out of it.
+fn open_for_duplication(pid: u32) -> Result<OwnedHandle, HandoverError> {
+    // SAFETY: opens a process handle by id; no memory is passed.
+    let process = unsafe { OpenProcess(PROCESS_DUP_HANDLE, 0, pid) };
+    owned(process).map_err(|e| match e.raw_os_error().map(|c| c as u32) {
+        Some(ERROR_INVALID_PARAMETER) => HandoverError::NoSuchProcess { pid },
+        Some(ERROR_ACCESS_DENIED) => HandoverError::PermissionDenied(e),
+        _ => HandoverError::Io(e),
+    })
+}
+
+/// Takes a copy of the section handle `value` of process `pid`
+/// (`DuplicateHandle` out of it), for a message from that process: the
+/// handle made is this process's own, so a peer naming a bogus value can at
+/// worst reach its own objects, never one this process already owns. The
+/// result is checked to be a section of `len` bytes.
+pub(crate) fn duplicate_from(
+    pid: u32,
+    value: u64,
+    len: u64,
+    access: Access,
+    name: Option<&str>,
+) -> Result<Section, HandoverError> {
+    let process = open_for_duplication(pid)?;
+    let value = usize::try_from(value).map_err(|_| HandoverError::Malformed("handle out of range".into()))?;
+    let mut out: windows_sys::Win32::Foundation::HANDLE = std::ptr::null_mut();
+    // SAFETY:
+    // - `process` has PROCESS_DUP_HANDLE; `value` is only interpreted in that
+    //   process (a bogus value makes the call fail);
+    // - `out` receives a new handle in this process, owned below.
+    let ok = unsafe {
+        windows_sys::Win32::Foundation::DuplicateHandle(
+            super::raw(&process),
+            value as _,
+            super::current_process(),
+            &mut out,
+            0,
+            0,
+            windows_sys::Win32::Foundation::DUPLICATE_SAME_ACCESS,
+        )
+    };
+    let handle = if ok == 0 { Err(std::io::Error::last_os_error()) } else { owned(out) }
+        .map_err(|e| HandoverError::Malformed(format!("handle {value:#x} of process {pid}: {e}")))?;
+    let size =
+        section_size(super::raw(&handle)).map_err(|e| HandoverError::Malformed(format!("handle {value:#x}: {e}")))?;
+    if !size_matches(len, size) {
+        return Err(HandoverError::Malformed(format!("size {len} does not fit the section of {size} bytes")));
+    }
+    let name = name.map(Name::new).transpose().map_err(|e| HandoverError::Malformed(format!("bad name: {e}")))?;
+    Ok(Section::from_parts(SysSection::from_handle(handle, len, access), name))
 }

@@ -10,9 +10,11 @@
 //! sends `WM_COPYDATA` with `SendMessageTimeoutW`: `dwData` is the tag and
 //! `wParam` the sender's own message-only window (class `copydata.sender`,
 //! one per sending thread), as the convention says. Copydata senders wrap
-//! the payload in a small envelope (magic `CDW1`) that can also carry
-//! section handles duplicated into the receiver (large payloads, sections in
-//! messages). The receiver answers, before its window procedure returns, with
+//! the payload in a small envelope (magic `CDW1`) that can also name
+//! sections (large payloads, sections in messages) by their handle values in
+//! the sender: the receiver takes its own copies with `DuplicateHandle` out
+//! of the sender's process while the sender waits, so it only ever owns
+//! handles it made itself. The receiver answers, before its window procedure returns, with
 //! a `WM_COPYDATA` back to the sender's window (magic `CDR1`): status, code
 //! and reply bytes. The `LRESULT` is the reply code, so plain Win32 programs
 //! can talk to a mailbox (their payload is taken as is, their reply is the
@@ -229,26 +231,31 @@ impl In<'_> {
     }
 }
 
-/// A payload too large to travel inline: copied into a new section whose
-/// handle is duplicated into `pid`.
-fn payload_section(data: &[u8], pid: u32) -> Result<u64, String> {
+/// A payload too large to travel inline: copied into a new section. The peer
+/// takes its own copy of the handle (by its value in this process) while
+/// this process waits in `SendMessageTimeoutW`, so the section must live
+/// until then.
+fn payload_section(data: &[u8]) -> Result<Section, String> {
     let s = Section::anonymous(data.len() as u64).map_err(|e| e.to_string())?;
     s.map_mut(0, data.len()).map_err(|e| e.to_string())?.write_at(0, data).map_err(|e| e.to_string())?;
-    Ok(handover::duplicate_into(&s, pid).map_err(|e| e.to_string())?.handle)
+    Ok(s)
 }
 
-/// Takes a section handle a peer duplicated into this process.
-fn adopt(handle: u64, len: u64, access: Access, name: Option<&str>) -> Result<Section, String> {
-    // SAFETY: the peer duplicated this handle into this process for this
-    // message alone; nothing else here owns it. `adopt_section` checks that
-    // it is a section of that size before taking it.
-    unsafe { handover::adopt_section(handle, len, access, name) }.map_err(|e| e.to_string())
+/// The value of a section's handle in this process, for an envelope.
+fn handle_value(s: &Section) -> u64 {
+    use std::os::windows::io::{AsHandle, AsRawHandle};
+    s.as_handle().as_raw_handle() as usize as u64
+}
+
+/// Takes a copy of a section handle of the peer `pid`.
+fn adopt(pid: u32, handle: u64, len: u64, access: Access, name: Option<&str>) -> Result<Section, String> {
+    handover::duplicate_from(pid, handle, len, access, name).map_err(|e| e.to_string())
 }
 
 /// Copies a payload received in a section (the sender could still write
 /// it, so it is copied rather than lent).
-fn read_payload_section(handle: u64, len: u64) -> Result<Payload, String> {
-    let s = adopt(handle, len, Access::ReadOnly, None)?;
+fn read_payload_section(pid: u32, handle: u64, len: u64) -> Result<Payload, String> {
+    let s = adopt(pid, handle, len, Access::ReadOnly, None)?;
     let len = usize::try_from(len).map_err(|_| "payload larger than the address space".to_string())?;
     Ok(Payload::from(s.map(0, len).map_err(|e| e.to_string())?.to_vec()))
 }
@@ -269,7 +276,6 @@ pub(crate) struct Responder {
     /// The sender's window, if it is a copydata sender (it gets an envelope).
     reply_to: Option<HWND>,
     from: HWND,
-    sender_pid: u32,
     seq: u64,
     done: mpsc::SyncSender<isize>,
 }
@@ -279,27 +285,30 @@ pub(crate) struct Responder {
 unsafe impl Send for Responder {}
 
 impl Responder {
-    fn envelope(&self, status: u32, code: i64, data: &[u8]) -> Result<Vec<u8>, String> {
+    /// The reply envelope, and the section holding a large reply (to keep
+    /// alive until the sender has taken it).
+    fn envelope(&self, status: u32, code: i64, data: &[u8]) -> Result<(Vec<u8>, Option<Section>), String> {
         let mut out = Out(Vec::with_capacity(48 + data.len().min(INLINE_MAX)));
         out.bytes(&REPLY_MAGIC).u32(status).u64(self.seq).u64(code as u64).u64(data.len() as u64);
         if data.len() > INLINE_MAX {
-            let handle = payload_section(data, self.sender_pid)?;
-            out.u32(FLAG_SECTION).u32(0).u64(handle);
-        } else {
-            out.u32(0).u32(0).u64(0).bytes(data);
+            let section = payload_section(data)?;
+            out.u32(FLAG_SECTION).u32(0).u64(handle_value(&section));
+            return Ok((out.0, Some(section)));
         }
-        Ok(out.0)
+        out.u32(0).u32(0).u64(0).bytes(data);
+        Ok((out.0, None))
     }
 
     fn answer(self, status: u32, code: i64, data: &[u8]) -> Result<(), ReplyError> {
         let mut result = Ok(());
         if let Some(to) = self.reply_to {
-            result =
-                self.envelope(status, code, data).map_err(|e| ReplyError::Io(io::Error::other(e))).and_then(|env| {
+            result = self.envelope(status, code, data).map_err(|e| ReplyError::Io(io::Error::other(e))).and_then(
+                |(env, _keep)| {
                     send_copydata(to, self.from, REPLY_TAG, &env, REPLY_TIMEOUT_MS)
                         .map_err(|_| ReplyError::SenderGone)
                         .map(|_| ())
-                });
+                },
+            );
         }
         let _ = self.done.send(if status == STATUS_OK { code as isize } else { 0 });
         result
@@ -323,7 +332,7 @@ struct Envelope {
     sections: Vec<Section>,
 }
 
-fn parse_request(data: &[u8], max_payload: u64) -> Result<Envelope, String> {
+fn parse_request(data: &[u8], pid: u32, max_payload: u64) -> Result<Envelope, String> {
     let mut r = In(data);
     if r.take(4)? != REQUEST_MAGIC {
         return Err("bad magic".into());
@@ -343,15 +352,14 @@ fn parse_request(data: &[u8], max_payload: u64) -> Result<Envelope, String> {
         let name = std::str::from_utf8(r.take(name_len)?).map_err(|_| "section name is not UTF-8".to_string())?;
         let name = (sflags & SECTION_NAMED != 0).then_some(name);
         let access = if sflags & SECTION_RO != 0 { Access::ReadOnly } else { Access::ReadWrite };
-        sections.push(adopt(handle, len, access, name)?);
+        sections.push(adopt(pid, handle, len, access, name)?);
     }
     let payload = if flags & FLAG_SECTION != 0 {
         if payload_len > max_payload {
-            // Take the handle (and close it) without mapping it.
-            drop(adopt(payload_handle, payload_len, Access::ReadOnly, None));
+            // Refused below; nothing to take.
             Payload::default()
         } else {
-            read_payload_section(payload_handle, payload_len)?
+            read_payload_section(pid, payload_handle, payload_len)?
         }
     } else {
         if r.0.len() as u64 != payload_len {
@@ -390,16 +398,11 @@ unsafe extern "system" fn mailbox_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lpa
     let sender_pid = window_pid(sender);
     let copydata_sender = class_of(sender) == SENDER_CLASS;
     let (done_tx, done_rx) = mpsc::sync_channel(1);
-    let responder = |seq| Responder {
-        reply_to: copydata_sender.then_some(sender),
-        from: state.hwnd,
-        sender_pid,
-        seq,
-        done: done_tx.clone(),
-    };
+    let responder =
+        |seq| Responder { reply_to: copydata_sender.then_some(sender), from: state.hwnd, seq, done: done_tx.clone() };
     let peer = Peer { pid: sender_pid, uid: None };
     let message = if copydata_sender {
-        match parse_request(data, state.max_payload) {
+        match parse_request(data, sender_pid, state.max_payload) {
             Ok(env) if env.payload_len > state.max_payload => {
                 let r = responder(env.seq);
                 let _ = r.answer(STATUS_TOO_LARGE, state.max_payload as i64, &[]);
@@ -585,7 +588,7 @@ unsafe extern "system" fn sender_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lpar
         unsafe { std::slice::from_raw_parts(cds.lpData as *const u8, cds.cbData as usize) }.to_vec()
     };
     let received = if cds.dwData == REPLY_TAG && data.starts_with(&REPLY_MAGIC) {
-        match parse_reply(&data) {
+        match parse_reply(&data, window_pid(wparam as HWND)) {
             Ok(r) => r,
             Err(reason) => {
                 log::warn!("copydata: dropped a malformed reply: {reason}");
@@ -599,13 +602,13 @@ unsafe extern "system" fn sender_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lpar
     1
 }
 
-fn parse_reply(data: &[u8]) -> Result<Received, String> {
+fn parse_reply(data: &[u8], pid: u32) -> Result<Received, String> {
     let mut r = In(data);
     r.take(4)?;
     let (status, seq, code, len) = (r.u32()?, r.u64()?, r.u64()? as i64, r.u64()?);
     let (flags, _pad, handle) = (r.u32()?, r.u32()?, r.u64()?);
     let payload = if flags & FLAG_SECTION != 0 {
-        read_payload_section(handle, len)
+        read_payload_section(pid, handle, len)
     } else if r.0.len() as u64 == len {
         Ok(Payload::from(r.0))
     } else {
@@ -650,38 +653,42 @@ impl Sender {
             self.target = find_mailbox(&self.name).ok_or_else(|| SendError::NoSuchMailbox { name: name() })? as usize;
         }
         let target = self.target as HWND;
-        let pid = window_pid(target);
         if sections.len() > MAX_SECTIONS {
             return Err(io(io::Error::new(io::ErrorKind::InvalidInput, format!("at most {MAX_SECTIONS} sections"))));
         }
         let from = sender_window().map_err(io)?;
         self.seq += 1;
         let mut env = Out(Vec::with_capacity(40 + data.len().min(INLINE_MAX)));
-        let large = data.len() > INLINE_MAX;
-        let payload_handle = if large { payload_section(data, pid).map_err(|e| io(io::Error::other(e)))? } else { 0 };
+        // A large payload's section: the receiver takes its own copy of the
+        // handle while we wait in SendMessageTimeoutW, so it lives until then.
+        let large = if data.len() > INLINE_MAX {
+            Some(payload_section(data).map_err(|e| io(io::Error::other(e)))?)
+        } else {
+            None
+        };
         env.bytes(&REQUEST_MAGIC)
-            .u32(if large { FLAG_SECTION } else { 0 })
+            .u32(if large.is_some() { FLAG_SECTION } else { 0 })
             .u64(self.seq)
             .u64(data.len() as u64)
-            .u64(payload_handle)
+            .u64(large.as_ref().map_or(0, handle_value))
             .u32(sections.len() as u32)
             .u32(0);
         for s in sections {
-            let d = handover::duplicate_into(s, pid).map_err(|e| io(io::Error::other(e)))?;
             let mut flags = if s.access() == Access::ReadOnly { SECTION_RO } else { 0 };
             let n = s.name().unwrap_or("");
             if !n.is_empty() {
                 flags |= SECTION_NAMED;
             }
-            env.u64(d.handle).u64(d.len).u32(flags).u32(n.len() as u32).bytes(n.as_bytes());
+            env.u64(handle_value(s)).u64(s.len()).u32(flags).u32(n.len() as u32).bytes(n.as_bytes());
         }
-        if !large {
+        if large.is_none() {
             env.bytes(data);
         }
         RECEIVED.with(|r| r.borrow_mut().clear());
         let ms = timeout_ms(deadline).ok_or_else(timed_out)?;
         let sent = send_copydata(target, from, tag as usize, &env.0, ms);
         let received = RECEIVED.with(|r| std::mem::take(&mut *r.borrow_mut()));
+        drop(large);
         let lresult = match sent {
             Ok(r) => r,
             Err(e) if e.raw_os_error() == Some(ERROR_TIMEOUT as i32) && is_window(target) => return Err(timed_out()),
