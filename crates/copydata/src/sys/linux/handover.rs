@@ -7,16 +7,12 @@
 //! descriptor came, and that the descriptor is a regular file at least as
 //! large as announced.
 
-use std::io::{self, IoSlice, IoSliceMut, Read};
-use std::mem::MaybeUninit;
+use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs as rfs;
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
-};
 
-use super::{Section as SysSection, access_of, kind_of};
+use super::{Section as SysSection, access_of, kind_of, scm};
 use crate::error::HandoverError;
 use crate::name::Name;
 use crate::section::{Access, Section};
@@ -55,20 +51,10 @@ pub fn send_section(socket: impl AsFd, section: &Section) -> Result<(), Handover
     frame.extend_from_slice(name);
 
     let fd = section.inner().transfer_fd().map_err(HandoverError::Io)?;
-    let fds = [fd.as_fd()];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    control.push(SendAncillaryMessage::ScmRights(&fds));
-    let mut sent = rustix::net::sendmsg(&socket, &[IoSlice::new(&frame)], &mut control, SendFlags::NOSIGNAL).map_err(
-        |e| match e {
-            rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET => HandoverError::PeerClosed,
-            e => io(e),
-        },
-    )?;
-    // The descriptor went with the first byte; finish any short write.
-    while sent < frame.len() {
-        sent += rustix::net::send(&socket, &frame[sent..], SendFlags::NOSIGNAL).map_err(io)?;
-    }
+    scm::send_with_fds(&socket, &[&frame], &[fd.as_fd()]).map_err(|e| match e.kind() {
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => HandoverError::PeerClosed,
+        _ => HandoverError::Io(e),
+    })?;
     Ok(())
 }
 
@@ -82,30 +68,16 @@ pub fn send_section(socket: impl AsFd, section: &Section) -> Result<(), Handover
 #[doc(alias = "recvmsg")]
 pub fn recv_section(socket: impl AsFd) -> Result<Section, HandoverError> {
     let mut header = [0u8; HEADER];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let got = rustix::net::recvmsg(
-        &socket,
-        &mut [IoSliceMut::new(&mut header)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC | RecvFlags::WAITALL,
-    )
-    .map_err(io)?;
-    let mut fds: Vec<OwnedFd> = Vec::new();
-    for msg in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = msg {
-            fds.extend(received);
-        }
-    }
-    if got.bytes == 0 && fds.is_empty() {
+    let (bytes, fds) = scm::recv_with_fds(&socket, &mut header).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidData => HandoverError::Malformed(e.to_string()),
+        _ => HandoverError::Io(e),
+    })?;
+    if bytes == 0 && fds.is_empty() {
         return Err(HandoverError::PeerClosed);
     }
-    if got.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
-        return Err(HandoverError::Malformed("too many descriptors".into()));
-    }
-    if got.bytes < HEADER {
+    if bytes < HEADER {
         // With MSG_WAITALL a short read means the peer closed mid-frame.
-        return Err(HandoverError::Malformed(format!("short header ({} bytes)", got.bytes)));
+        return Err(HandoverError::Malformed(format!("short header ({bytes} bytes)")));
     }
     if &header[..4] != MAGIC {
         return Err(HandoverError::Malformed("bad magic".into()));
@@ -118,8 +90,7 @@ pub fn recv_section(socket: impl AsFd) -> Result<Section, HandoverError> {
     let name_len = header[13] as usize;
     let mut name = vec![0u8; name_len];
     if name_len > 0 {
-        let stream = rustix::io::dup(&socket).map_err(io)?;
-        std::fs::File::from(stream).read_exact(&mut name).map_err(|e| match e.kind() {
+        scm::recv_exact(&socket, &mut name).map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof => HandoverError::Malformed("short name".into()),
             _ => io(e),
         })?;

@@ -6,6 +6,7 @@ pub(crate) mod handover;
 mod inherit;
 pub(crate) mod mailbox;
 mod namespace;
+mod scm;
 
 use std::fs::File;
 use std::io;

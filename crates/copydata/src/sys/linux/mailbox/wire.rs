@@ -17,18 +17,13 @@
 //! Everything a peer sends is checked before use: magic, flags, counts,
 //! sizes, the number and kind of descriptors, and the seals of a memfd.
 
-use std::io::{self, IoSlice, IoSliceMut};
-use std::mem::MaybeUninit;
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{self as rfs, MemfdFlags, SealFlags};
 use rustix::io::Errno;
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage,
-    SendFlags,
-};
 
-use super::super::{Kind, Section as SysSection, kind_of};
+use super::super::{Kind, Section as SysSection, kind_of, scm};
 use crate::mailbox::Payload;
 use crate::name::Name;
 use crate::section::{Access, Section};
@@ -38,8 +33,9 @@ pub(crate) const REQUEST: [u8; 4] = *b"CDQ1";
 pub(crate) const REPLY: [u8; 4] = *b"CDR1";
 /// Payloads up to this size travel inline; larger ones in a sealed memfd.
 pub(crate) const INLINE_MAX: u64 = 64 * 1024;
-/// The most sections one message may carry.
-pub(crate) const MAX_SECTIONS: usize = 16;
+/// The most sections one message may carry (one more descriptor may carry
+/// the payload).
+pub(crate) const MAX_SECTIONS: usize = scm::MAX_FDS - 1;
 pub(crate) const FLAG_MEMFD: u8 = 1;
 pub(crate) const STATUS_OK: u8 = 0;
 pub(crate) const STATUS_REFUSED: u8 = 1;
@@ -86,67 +82,21 @@ impl Header {
 
 /// Sends one frame: header, body, and descriptors with the first byte.
 pub(crate) fn send_frame(sock: impl AsFd, header: &Header, body: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    let head = header.encode();
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_SECTIONS + 1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"));
-    }
-    let total = HEADER + body.len();
-    let mut sent =
-        rustix::net::sendmsg(&sock, &[IoSlice::new(&head), IoSlice::new(body)], &mut control, SendFlags::NOSIGNAL)?;
-    while sent < total {
-        let n = if sent < HEADER {
-            rustix::net::send(&sock, &head[sent..], SendFlags::NOSIGNAL)?
-        } else {
-            rustix::net::send(&sock, &body[sent - HEADER..], SendFlags::NOSIGNAL)?
-        };
-        sent += n;
-    }
-    Ok(())
+    scm::send_with_fds(sock, &[&header.encode(), body], fds)
 }
 
 /// Receives a header and the descriptors that came with it. `Ok(None)` is a
 /// clean end of stream before a frame.
 pub(crate) fn recv_header(sock: impl AsFd) -> io::Result<Option<(Header, Vec<OwnedFd>)>> {
     let mut head = [0u8; HEADER];
-    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_SECTIONS + 1))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let got = rustix::net::recvmsg(
-        &sock,
-        &mut [IoSliceMut::new(&mut head)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC | RecvFlags::WAITALL,
-    )?;
-    let mut fds = Vec::new();
-    for msg in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = msg {
-            fds.extend(received);
-        }
-    }
-    if got.bytes == 0 && fds.is_empty() {
+    let (bytes, fds) = scm::recv_with_fds(sock, &mut head)?;
+    if bytes == 0 && fds.is_empty() {
         return Ok(None);
     }
-    if got.flags.contains(ReturnFlags::CTRUNC) {
-        return Err(bad("too many descriptors"));
-    }
-    if got.bytes < HEADER {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("short header ({} bytes)", got.bytes)));
+    if bytes < HEADER {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("short header ({bytes} bytes)")));
     }
     Ok(Some((Header::decode(&head), fds)))
-}
-
-/// Reads exactly `buf.len()` bytes.
-pub(crate) fn recv_exact(sock: impl AsFd, buf: &mut [u8]) -> io::Result<()> {
-    let mut at = 0;
-    while at < buf.len() {
-        let (n, _) = rustix::net::recv(&sock, &mut buf[at..], RecvFlags::WAITALL)?;
-        if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed mid-frame"));
-        }
-        at += n;
-    }
-    Ok(())
 }
 
 pub(crate) fn bad(reason: impl Into<String>) -> io::Error {
@@ -223,11 +173,11 @@ pub(crate) fn decode_sections(sock: impl AsFd, count: usize, fds: Vec<OwnedFd>) 
     let mut out = Vec::with_capacity(count);
     for fd in fds {
         let mut rec = [0u8; 10];
-        recv_exact(&sock, &mut rec)?;
+        scm::recv_exact(&sock, &mut rec)?;
         let len = u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"));
         let flags = rec[8];
         let mut name = vec![0u8; rec[9] as usize];
-        recv_exact(&sock, &mut name)?;
+        scm::recv_exact(&sock, &mut name)?;
         if flags & !(SECTION_RO | SECTION_NAMED) != 0 {
             return Err(bad(format!("unknown section flags {flags:#x}")));
         }
@@ -271,7 +221,7 @@ pub(crate) fn read_payload(
         return Err(bad(format!("inline payload of {} bytes (at most {INLINE_MAX})", header.len)));
     }
     let mut data = vec![0u8; header.len as usize];
-    recv_exact(sock, &mut data)?;
+    scm::recv_exact(sock, &mut data)?;
     Ok(Payload::from(data))
 }
 
@@ -281,7 +231,7 @@ pub(crate) fn read_reason(sock: impl AsFd, len: u64) -> io::Result<String> {
         return Err(bad("refusal reason too long"));
     }
     let mut text = vec![0u8; len as usize];
-    recv_exact(sock, &mut text)?;
+    scm::recv_exact(sock, &mut text)?;
     Ok(String::from_utf8_lossy(&text).into_owned())
 }
 
