@@ -718,3 +718,63 @@ fn handover_send(args: &[String]) -> Result<(), String> {
     say("back", &format!("{}|{still}", text_at(&rw, 0, 64)?));
     Ok(())
 }
+
+/// `recv_section` treats what arrives as untrusted: every malformed frame is
+/// refused with `Malformed` (closing any descriptors that came), never a
+/// panic or a section that does not match.
+#[cfg(target_os = "linux")]
+#[test]
+fn hostile_hand_over_frames_are_refused() {
+    use copydata::HandoverError;
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    let memfd = Section::anonymous(4096).unwrap();
+    let frame = |magic: &[u8], flags: u8, len: u64, name: &[u8]| {
+        let mut f = magic.to_vec();
+        f.push(flags);
+        f.extend_from_slice(&len.to_le_bytes());
+        f.push(name.len() as u8);
+        f.extend_from_slice(name);
+        f
+    };
+    let send = |bytes: &[u8], fds: usize| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let fds: Vec<_> = (0..fds).map(|_| memfd.as_fd()).collect();
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() {
+            control.push(SendAncillaryMessage::ScmRights(&fds));
+        }
+        rustix::net::sendmsg(&a, &[std::io::IoSlice::new(bytes)], &mut control, SendFlags::empty()).unwrap();
+        drop(a);
+        copydata::os::linux::recv_section(&b)
+    };
+    let cases: Vec<(&str, Vec<u8>, usize)> = vec![
+        ("no descriptor", frame(b"CDS1", 0, 4096, b""), 0),
+        ("two descriptors", frame(b"CDS1", 0, 4096, b""), 2),
+        ("bad magic", frame(b"XXXX", 0, 4096, b""), 1),
+        ("unknown flags", frame(b"CDS1", 0x40, 4096, b""), 1),
+        ("size larger than the object", frame(b"CDS1", 0, 1 << 30, b""), 1),
+        ("zero size", frame(b"CDS1", 0, 0, b""), 1),
+        ("named flag without a name", frame(b"CDS1", 2, 4096, b""), 1),
+        ("a name without the flag", frame(b"CDS1", 0, 4096, b"x"), 1),
+        ("a bad name", frame(b"CDS1", 2, 4096, b"../x"), 1),
+        ("a short name", frame(b"CDS1", 2, 4096, b"abc")[..16].to_vec(), 1),
+        ("a short header", b"CDS1\x00".to_vec(), 1),
+    ];
+    for (what, bytes, fds) in cases {
+        match send(&bytes, fds) {
+            Err(HandoverError::Malformed(_)) => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    // A peer that closes without sending anything.
+    let (a, b) = UnixStream::pair().unwrap();
+    drop(a);
+    assert!(matches!(copydata::os::linux::recv_section(&b), Err(HandoverError::PeerClosed)));
+    // And the well-formed frame is accepted.
+    let s = send(&frame(b"CDS1", 1, 4096, b""), 1).unwrap();
+    assert_eq!((s.len(), s.access()), (4096, copydata::Access::ReadOnly));
+}
