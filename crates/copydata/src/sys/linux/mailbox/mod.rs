@@ -245,7 +245,8 @@ fn serve_connection(
         if fds.len() != sections + usize::from(memfd) {
             return Err(format!("{} descriptors for {sections} sections", fds.len()));
         }
-        let payload = wire::read_payload(stream, &header, memfd, &mut fds).map_err(|e| e.to_string())?;
+        let payload =
+            wire::read_payload(stream, &header, memfd, &mut fds, shared.max_payload).map_err(|e| e.to_string())?;
         let sections = wire::decode_sections(stream, sections, fds).map_err(|e| e.to_string())?;
         if header.len > shared.max_payload {
             let h =
@@ -425,7 +426,7 @@ impl Sender {
                 STATUS_OK => {}
                 other => return Err(io(wire::bad(format!("unknown reply status {other}")))),
             }
-            let payload = wire::read_payload(conn, &h, h.b1 & FLAG_MEMFD != 0, &mut fds).map_err(read_err)?;
+            let payload = wire::read_payload(conn, &h, h.b1 & FLAG_MEMFD != 0, &mut fds, u64::MAX).map_err(read_err)?;
             if h.seq != self.seq {
                 // Cannot happen on a fresh connection per timed-out send, but
                 // never hand out a reply to another message.

@@ -205,17 +205,24 @@ pub(crate) fn decode_sections(sock: impl AsFd, count: usize, fds: Vec<OwnedFd>) 
 }
 
 /// Reads a payload: inline bytes, or the memfd among `fds` (taken out).
+/// A memfd payload larger than `max` is closed unmapped (the caller refuses
+/// it); inline bytes are read whatever their size, to stay in step.
 pub(crate) fn read_payload(
     sock: impl AsFd,
     header: &Header,
     memfd: bool,
     fds: &mut Vec<OwnedFd>,
+    max: u64,
 ) -> io::Result<Payload> {
     if memfd {
         if fds.is_empty() {
             return Err(bad("payload memfd missing"));
         }
-        return map_sealed(fds.remove(0), header.len);
+        let fd = fds.remove(0);
+        if header.len > max {
+            return Ok(Payload::default());
+        }
+        return map_sealed(fd, header.len);
     }
     if header.len > INLINE_MAX {
         return Err(bad(format!("inline payload of {} bytes (at most {INLINE_MAX})", header.len)));
