@@ -195,7 +195,6 @@ fn payloads_of_every_size_round_trip() {
     assert_eq!(stop_server(kid, &name), 10);
 }
 
-#[cfg(target_os = "linux")]
 #[test]
 fn a_one_gib_payload_and_reply() {
     let name = unique("gib");
