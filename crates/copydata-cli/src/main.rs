@@ -39,9 +39,14 @@ enum Command {
     Send(cmd::send::Args),
     /// List live named objects (sections and mailboxes).
     Ls(cmd::ls::Args),
+    /// Measure latency and throughput against OS baselines and floors.
+    Bench(cmd::bench::Args),
     /// Internal: the child side of `copydata demo`.
     #[command(name = "__demo-child", hide = true)]
     DemoChild(cmd::demo::ChildArgs),
+    /// Internal: the child processes of `copydata bench`.
+    #[command(name = "__bench-child", hide = true)]
+    BenchChild(cmd::bench::ChildArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -52,6 +57,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => cmd::send::run(args),
         Command::Ls(args) => cmd::ls::run(args),
         Command::DemoChild(args) => cmd::demo::child(args),
+        Command::Bench(args) => cmd::bench::run(args),
+        Command::BenchChild(args) => cmd::bench::child(args),
     }
 }
 

@@ -1,0 +1,503 @@
+//! `copydata bench`: round-trip latency and throughput of copydata's
+//! mailboxes against OS baselines, hardware floors and (opt-in) peer
+//! libraries, across real processes.
+//!
+//! Every row runs between separate processes: the bench re-runs this
+//! executable as `copydata __bench-child ROLE ...` for the server side of a
+//! row and for extra senders, pins the measuring process and the server to
+//! different CPUs, and times each round trip in the measuring process. Rows
+//! run in three rounds, interleaved (round 1 of every row, then round 2, then
+//! round 3); a row reports the median of its three runs for each figure.
+
+mod baseline;
+mod copydata_rows;
+mod peers;
+mod procs;
+mod report;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use clap::{Args as ClapArgs, ValueEnum};
+
+pub use procs::Cpus;
+
+/// Measure round-trip latency (p50, p99), messages/s and GB/s.
+///
+/// Rows: copydata's `send` (spin-then-park and park waits), `post`, `loan`
+/// and `end-to-end` (loan, fill every byte, send, the receiver sums every
+/// byte, reply); Unix-socket, pipe and TCP-loopback ping-pong; the floors
+/// (spin ping-pong on one shared cache line, single-thread memcpy, and
+/// fill-and-sum in one process); with `--peers`, ipc-channel and iceoryx2.
+/// Payloads 0 B to 64 MiB, and 1, 4 and 16 concurrent sender processes.
+///
+/// Each row is the median of 3 runs interleaved with the other rows. The
+/// table shows each row's p50 as a multiple of the Unix-socket row of the
+/// same payload (`x uds`) and of the floor (`x floor`: the spin floor below
+/// 4 KiB, memcpy of the same size from 4 KiB). Only ratios within one run
+/// mean much: absolute figures move between runs and machines.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Fewer iterations and sizes: only the rows the targets need; under a
+    /// minute on 2 cores.
+    #[arg(long)]
+    quick: bool,
+    /// Add ipc-channel and iceoryx2 rows (needs a build with
+    /// `--features peers`; Linux).
+    #[arg(long)]
+    peers: bool,
+    /// Write the rows as a JSON array to this file.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Write an SVG chart (p50 round trip against payload size, log scales)
+    /// to this file.
+    #[arg(long, value_name = "PATH")]
+    plot: Option<PathBuf>,
+}
+
+/// What a row measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    Copydata,
+    UnixSocket,
+    Pipe,
+    Tcp,
+    IpcChannel,
+    Iceoryx2,
+    FloorSpinPingPong,
+    FloorMemcpy,
+    FloorFillAndSum,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Copydata => "copydata",
+            Transport::UnixSocket => "unix-socket",
+            Transport::Pipe => "pipe",
+            Transport::Tcp => "tcp",
+            Transport::IpcChannel => "ipc-channel",
+            Transport::Iceoryx2 => "iceoryx2",
+            Transport::FloorSpinPingPong => "floor-spin-ping-pong",
+            Transport::FloorMemcpy => "floor-memcpy",
+            Transport::FloorFillAndSum => "floor-fill-and-sum",
+        }
+    }
+}
+
+/// How copydata is driven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mode {
+    /// `send` of a filled buffer, the sender spinning briefly, then parking.
+    SpinThenPark,
+    /// `send` of a filled buffer, the sender parking at once.
+    Park,
+    /// One-way `post`s.
+    Post,
+    /// `loan(len)` + send + reply, the filling not timed.
+    Loan,
+    /// `loan(len)`, fill, send, the receiver sums every byte, reply.
+    EndToEnd,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::SpinThenPark => "spin-then-park",
+            Mode::Park => "park",
+            Mode::Post => "post",
+            Mode::Loan => "loan",
+            Mode::EndToEnd => "end-to-end",
+        }
+    }
+}
+
+/// One row: exactly one per (transport, mode, payload, senders).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Row {
+    pub transport: Transport,
+    pub mode: Option<Mode>,
+    pub payload: usize,
+    pub senders: usize,
+}
+
+impl Row {
+    fn new(transport: Transport, mode: Option<Mode>, payload: usize) -> Row {
+        Row { transport, mode, payload, senders: 1 }
+    }
+
+    pub fn label(&self) -> String {
+        match self.mode {
+            Some(m) => format!("{} {}", self.transport.name(), m.name()),
+            None => self.transport.name().to_string(),
+        }
+    }
+}
+
+/// The figures of one run (or the medians of a row's runs).
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub p50_ns: f64,
+    pub p99_ns: f64,
+    pub msgs_per_s: f64,
+}
+
+/// What a row came to.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Measured(Sample),
+    /// Not measurable in this build or on this platform (never faked).
+    Absent(String),
+    Failed(String),
+}
+
+/// A row that cannot run in this build or on this platform.
+#[derive(Debug)]
+pub struct Unavailable(pub String);
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unavailable {}
+
+/// How many iterations a run does.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Untimed iterations first.
+    pub warmup: usize,
+    /// Timed iterations, at most.
+    pub iters: usize,
+    /// A run stops early after this much timed time (but not before
+    /// [`MIN_ITERS`] iterations).
+    pub max_time: Duration,
+}
+
+/// The fewest timed iterations of any run.
+pub const MIN_ITERS: usize = 10;
+
+impl Budget {
+    /// Many iterations for small payloads, a few dozen at 64 MiB.
+    fn for_payload(payload: usize, quick: bool) -> Budget {
+        let (iters, warmup) = match payload {
+            0..=4096 => (20_000, 2_000),
+            4097..=65_536 => (5_000, 500),
+            65_537..=1_048_576 => (500, 50),
+            _ => (40, 4),
+        };
+        if quick {
+            Budget { warmup: (warmup / 4).max(2), iters: (iters / 10).max(12), max_time: Duration::from_millis(250) }
+        } else {
+            Budget { warmup, iters, max_time: Duration::from_millis(1000) }
+        }
+    }
+}
+
+/// Per-iteration times of one run.
+pub struct Timings {
+    ns: Vec<u64>,
+    total: Duration,
+    budget: Budget,
+}
+
+impl Timings {
+    pub fn new(budget: Budget) -> Timings {
+        Timings { ns: Vec::with_capacity(budget.iters), total: Duration::ZERO, budget }
+    }
+
+    pub fn push(&mut self, d: Duration) {
+        self.ns.push(d.as_nanos().try_into().unwrap_or(u64::MAX));
+        self.total += d;
+    }
+
+    /// Whether the run has done its iterations or used its time.
+    pub fn done(&self) -> bool {
+        self.ns.len() >= self.budget.iters || (self.total >= self.budget.max_time && self.ns.len() >= MIN_ITERS)
+    }
+
+    /// p50, p99, and messages/s over the timed time.
+    pub fn sample(self) -> anyhow::Result<Sample> {
+        let total = self.total;
+        self.sample_over(total)
+    }
+
+    /// p50, p99, and messages/s over `wall` (for runs whose throughput is not
+    /// the sum of the timed calls).
+    pub fn sample_over(mut self, wall: Duration) -> anyhow::Result<Sample> {
+        anyhow::ensure!(!self.ns.is_empty(), "no iteration was timed");
+        self.ns.sort_unstable();
+        let at = |q: usize| self.ns[(self.ns.len() * q / 100).min(self.ns.len() - 1)] as f64;
+        let secs = wall.as_secs_f64();
+        Ok(Sample {
+            p50_ns: at(50),
+            p99_ns: at(99),
+            msgs_per_s: if secs > 0.0 { self.ns.len() as f64 / secs } else { 0.0 },
+        })
+    }
+
+    /// Adds another process's timings (the multi-sender rows).
+    pub fn extend(&mut self, ns: impl IntoIterator<Item = u64>) {
+        for n in ns {
+            self.ns.push(n);
+            self.total += Duration::from_nanos(n);
+        }
+    }
+}
+
+/// What every row runner gets.
+pub struct Ctx {
+    pub cpus: Cpus,
+    pub quick: bool,
+}
+
+impl Ctx {
+    pub fn budget(&self, row: &Row) -> Budget {
+        Budget::for_payload(row.payload, self.quick)
+    }
+}
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+
+/// The rows of a run, in the order they run within a round.
+fn rows(quick: bool, peers: bool) -> Vec<Row> {
+    use Mode::*;
+    use Transport::*;
+    let mut rows = Vec::new();
+    let cd = |m, n| Row::new(Copydata, Some(m), n);
+    if quick {
+        rows.extend([cd(SpinThenPark, 64), cd(SpinThenPark, 64 * MIB)]);
+        rows.push(Row { senders: 16, ..cd(SpinThenPark, 64) });
+        rows.extend([cd(Park, 64), cd(Post, 64), cd(Loan, 64 * KIB), cd(Loan, 64 * MIB), cd(EndToEnd, 64 * MIB)]);
+        rows.extend([Row::new(UnixSocket, None, 64), Row::new(Pipe, None, 64), Row::new(Tcp, None, 64)]);
+        rows.push(Row::new(FloorSpinPingPong, None, 64));
+        rows.extend([Row::new(FloorMemcpy, None, 64 * MIB), Row::new(FloorFillAndSum, None, 64 * MIB)]);
+    } else {
+        let sizes = [0, 64, 4 * KIB, 64 * KIB, MIB, 64 * MIB];
+        for mode in [SpinThenPark, Park, Post, Loan, EndToEnd] {
+            rows.extend(sizes.iter().map(|&n| cd(mode, n)));
+        }
+        rows.extend([4, 16].map(|senders| Row { senders, ..cd(SpinThenPark, 64) }));
+        for t in [UnixSocket, Pipe, Tcp] {
+            rows.extend(sizes.iter().map(|&n| Row::new(t, None, n)));
+        }
+        rows.push(Row::new(FloorSpinPingPong, None, 64));
+        for t in [FloorMemcpy, FloorFillAndSum] {
+            rows.extend(sizes.iter().filter(|&&n| n >= 4 * KIB).map(|&n| Row::new(t, None, n)));
+        }
+    }
+    if peers {
+        let sizes: &[usize] = if quick { &[64] } else { &[64, 4 * KIB, 64 * KIB] };
+        for t in [Iceoryx2, IpcChannel] {
+            rows.extend(sizes.iter().map(|&n| Row::new(t, None, n)));
+        }
+    }
+    rows
+}
+
+fn run_row(row: &Row, ctx: &Ctx) -> anyhow::Result<Sample> {
+    match row.transport {
+        Transport::Copydata => copydata_rows::run(row, ctx),
+        Transport::IpcChannel | Transport::Iceoryx2 => peers::run(row, ctx),
+        _ => baseline::run(row, ctx),
+    }
+}
+
+/// The number of interleaved rounds; each row reports the median.
+const ROUNDS: usize = 3;
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.peers && !peers::BUILT {
+        return Err(crate::exit::Usage(peers::NOT_BUILT.into()).into());
+    }
+    let cpus = Cpus::choose();
+    if let Some(cpu) = cpus.client {
+        procs::pin(cpu)?;
+    }
+    let ctx = Ctx { cpus, quick: args.quick };
+    let rows = rows(args.quick, args.peers);
+    println!(
+        "copydata bench{}: {} rows x {ROUNDS} interleaved rounds (median of the rounds); {}",
+        if args.quick { " --quick" } else { "" },
+        rows.len(),
+        cpus.describe()
+    );
+    let bar = progress_bar((rows.len() * ROUNDS) as u64);
+    let mut runs: Vec<Vec<Sample>> = vec![Vec::new(); rows.len()];
+    let mut broken: Vec<Option<Outcome>> = vec![None; rows.len()];
+    for round in 1..=ROUNDS {
+        for (i, row) in rows.iter().enumerate() {
+            bar.set_message(format!("round {round}/{ROUNDS}: {} {} B", row.label(), row.payload));
+            if broken[i].is_none() {
+                match run_row(row, &ctx) {
+                    Ok(sample) => runs[i].push(sample),
+                    Err(e) => {
+                        broken[i] = Some(match e.downcast_ref::<Unavailable>() {
+                            Some(u) => Outcome::Absent(u.0.clone()),
+                            None => Outcome::Failed(crate::exit::one_line(&e)),
+                        })
+                    }
+                }
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let results: Vec<(Row, Outcome)> = rows
+        .iter()
+        .zip(runs.iter().zip(broken))
+        .map(|(row, (samples, broken))| (*row, broken.unwrap_or_else(|| Outcome::Measured(median(samples)))))
+        .collect();
+    print!("{}", report::table(&results));
+    if let Some(path) = &args.json {
+        report::write_json(path, &results)?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        report::write_svg(path, &results)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress_bar(len: u64) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// The median of each figure on its own.
+fn median(samples: &[Sample]) -> Sample {
+    let mid = |f: fn(&Sample) -> f64| {
+        let mut v: Vec<f64> = samples.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    Sample { p50_ns: mid(|s| s.p50_ns), p99_ns: mid(|s| s.p99_ns), msgs_per_s: mid(|s| s.msgs_per_s) }
+}
+
+// ------------------------------------------------------------ child side
+
+/// The roles of `copydata __bench-child`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// A copydata mailbox that answers every message.
+    Mailbox,
+    /// An extra copydata sender (the multi-sender rows).
+    Sender,
+    /// Echo server on a Unix socket (`--name PATH`).
+    Unix,
+    /// Echo server on TCP loopback (`--name PORT`).
+    Tcp,
+    /// Echo server on standard input and output.
+    Pipe,
+    /// Spin ping-pong partner on an inherited section.
+    Spin,
+    /// ipc-channel request/reply server (`--name` the one-shot server).
+    IpcChannel,
+    /// iceoryx2 request-response server (`--name` the service).
+    Iceoryx2,
+}
+
+/// What the mailbox's handler does with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Handler {
+    /// Reads one byte of the payload (or of the loan).
+    Touch,
+    /// Sums every byte of the loan.
+    Sum,
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct ChildArgs {
+    #[arg(value_enum)]
+    role: Role,
+    /// Pin this process to this CPU.
+    #[arg(long)]
+    cpu: Option<usize>,
+    /// The mailbox, socket path, port or service.
+    #[arg(long, default_value = "")]
+    name: String,
+    #[arg(long, default_value_t = 0)]
+    payload: usize,
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
+    #[arg(long, default_value_t = 0)]
+    iters: usize,
+    #[arg(long, value_enum, default_value_t = Handler::Touch)]
+    handler: Handler,
+    /// Handler threads of the mailbox.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Sender: park at once instead of spinning first.
+    #[arg(long)]
+    park: bool,
+}
+
+/// Set once the bench closed this child's standard input.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Whether the bench has told this child to end.
+pub fn stopping() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+/// Reads standard input by lines on a thread; sets [`stopping`] at its end.
+fn stdin_lines() -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+        STOP.store(true, Ordering::Relaxed);
+    });
+    rx
+}
+
+/// The child roles: each serves one row of one round.
+pub fn child(args: ChildArgs) -> anyhow::Result<ExitCode> {
+    if let Some(cpu) = args.cpu {
+        procs::pin(cpu)?;
+    }
+    procs::self_limit();
+    match args.role {
+        Role::Mailbox => {
+            let lines = stdin_lines();
+            copydata_rows::serve(&args.name, args.handler, args.threads, lines)?
+        }
+        Role::Sender => {
+            let lines = stdin_lines();
+            copydata_rows::extra_sender(&args.name, args.payload, args.warmup, args.iters, args.park, lines)?
+        }
+        Role::Unix | Role::Tcp | Role::Pipe => baseline::echo_server(args.role, &args.name)?,
+        Role::Spin => {
+            let _lines = stdin_lines();
+            baseline::spin_partner()?
+        }
+        Role::IpcChannel | Role::Iceoryx2 => {
+            let _lines = stdin_lines();
+            peers::serve(args.role, &args.name, args.payload)?
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A process-unique name for a mailbox, socket or service of one run.
+pub fn unique_name(what: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!("copydata-bench-{what}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
