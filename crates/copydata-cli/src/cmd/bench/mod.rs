@@ -490,7 +490,7 @@ pub fn child(args: ChildArgs) -> anyhow::Result<ExitCode> {
         }
         Role::IpcChannel | Role::Iceoryx2 => {
             let _lines = stdin_lines();
-            peers::serve(args.role, &args.name, args.payload)?
+            peers::serve(args.role, &args.name)?
         }
     }
     Ok(ExitCode::SUCCESS)

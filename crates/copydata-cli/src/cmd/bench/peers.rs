@@ -3,8 +3,6 @@
 //! busy-polling client and server, each between two processes. The server
 //! reads every byte of each request and replies with their sum.
 
-use super::{Ctx, Role, Row, Sample};
-
 /// Whether this build has the peer rows.
 pub const BUILT: bool = cfg!(all(feature = "peers", target_os = "linux"));
 
@@ -19,12 +17,15 @@ pub const NOT_BUILT: &str = if cfg!(target_os = "linux") {
 pub use imp::{run, serve};
 
 #[cfg(not(all(feature = "peers", target_os = "linux")))]
+use super::{Ctx, Role, Row, Sample};
+
+#[cfg(not(all(feature = "peers", target_os = "linux")))]
 pub fn run(_row: &Row, _ctx: &Ctx) -> anyhow::Result<Sample> {
     Err(super::Unavailable(NOT_BUILT.into()).into())
 }
 
 #[cfg(not(all(feature = "peers", target_os = "linux")))]
-pub fn serve(_role: Role, _name: &str, _payload: usize) -> anyhow::Result<()> {
+pub fn serve(_role: Role, _name: &str) -> anyhow::Result<()> {
     anyhow::bail!(NOT_BUILT)
 }
 
@@ -35,7 +36,7 @@ mod imp {
 
     use anyhow::{Context, anyhow, bail, ensure};
     use iceoryx2::prelude::*;
-    use ipc_channel::ipc::{self, IpcOneShotServer, IpcReceiver, IpcSender};
+    use ipc_channel::ipc::{self as ipcc, IpcOneShotServer, IpcReceiver, IpcSender};
 
     use super::super::baseline::{filled, sum_bytes};
     use super::super::procs::{Proc, Stdout, child_command};
@@ -60,10 +61,10 @@ mod imp {
         }
     }
 
-    pub fn serve(role: Role, name: &str, payload: usize) -> anyhow::Result<()> {
+    pub fn serve(role: Role, name: &str) -> anyhow::Result<()> {
         match role {
             Role::IpcChannel => ipc_channel_server(name),
-            Role::Iceoryx2 => iceoryx2_server(name, payload),
+            Role::Iceoryx2 => iceoryx2_server(name),
             other => bail!("{other:?} is not a peer server"),
         }
     }
@@ -107,8 +108,8 @@ mod imp {
     }
 
     fn ipc_channel_server(name: &str) -> anyhow::Result<()> {
-        let (req_tx, req_rx) = ipc::channel::<Vec<u8>>()?;
-        let (rep_tx, rep_rx) = ipc::channel::<u64>()?;
+        let (req_tx, req_rx) = ipcc::channel::<Vec<u8>>()?;
+        let (rep_tx, rep_rx) = ipcc::channel::<u64>()?;
         let bootstrap = IpcSender::<Bootstrap>::connect(name.to_string()).context("connecting to the bench")?;
         bootstrap.send((req_tx, rep_rx)).map_err(|e| anyhow!("sending the channels: {e:?}"))?;
         // Ends when the bench drops its request sender.
@@ -188,7 +189,7 @@ mod imp {
         Ok(t)
     }
 
-    fn iceoryx2_server(name: &str, payload: usize) -> anyhow::Result<()> {
+    fn iceoryx2_server(name: &str) -> anyhow::Result<()> {
         set_log_level(LogLevel::Error);
         let node = NodeBuilder::new().create::<ipc::Service>().map_err(|e| anyhow!("creating a node: {e:?}"))?;
         let service = node
@@ -196,11 +197,7 @@ mod imp {
             .request_response::<[u8], u64>()
             .create()
             .map_err(|e| anyhow!("creating the service: {e:?}"))?;
-        let server = service
-            .server_builder()
-            .initial_max_slice_len(payload.max(1))
-            .create()
-            .map_err(|e| anyhow!("creating a server: {e:?}"))?;
+        let server = service.server_builder().create().map_err(|e| anyhow!("creating a server: {e:?}"))?;
         println!("ready");
         let mut idle = 0u32;
         loop {
