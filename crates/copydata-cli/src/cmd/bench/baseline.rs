@@ -131,8 +131,10 @@ fn say_ready() -> anyhow::Result<()> {
 }
 
 /// Removes a file (the Unix socket) when dropped.
+#[cfg(unix)]
 struct RemoveOnDrop(std::path::PathBuf);
 
+#[cfg(unix)]
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);

@@ -94,6 +94,16 @@ fn bytes(n: usize) -> String {
     }
 }
 
+/// Axis labels: the log scale's ticks are powers of ten.
+fn si_bytes(x: f64) -> String {
+    match x {
+        x if x >= 1e9 => format!("{} GB", x / 1e9),
+        x if x >= 1e6 => format!("{} MB", x / 1e6),
+        x if x >= 1e3 => format!("{} kB", x / 1e3),
+        x => format!("{x} B"),
+    }
+}
+
 fn nanos(ns: f64) -> String {
     match ns {
         ns if ns < 1e3 => format!("{ns:.0} ns"),
@@ -172,14 +182,14 @@ pub fn write_svg(path: &Path, results: &[(Row, Outcome)]) -> anyhow::Result<()> 
             .configure_mesh()
             .x_desc("payload (bytes)")
             .y_desc("p50 round trip (ns)")
-            .x_label_formatter(&|x| bytes(*x as usize))
+            .x_label_formatter(&|x| si_bytes(*x))
             .y_label_formatter(&|y| nanos(*y))
             .draw()?;
         for (i, (label, mut points)) in series.into_iter().enumerate() {
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
             let color = Palette99::pick(i).to_rgba();
             chart
-                .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+                .draw_series(LineSeries::new(points, color.stroke_width(2)).point_size(3))?
                 .label(label)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         }
