@@ -466,6 +466,31 @@ pub enum SendError {
         /// Why, as far as it is known.
         reason: String,
     },
+    /// The receiver speaks another version of the copydata protocol (or is
+    /// not a copydata mailbox at all).
+    #[error("mailbox {name:?} is an incompatible peer: {reason}")]
+    Incompatible {
+        /// The name.
+        name: String,
+        /// What did not match.
+        reason: String,
+    },
+    /// The receiver broke the protocol (for example it wrote garbage into the
+    /// shared region); the connection was dropped.
+    #[error("mailbox {name:?} broke the protocol: {reason}")]
+    Protocol {
+        /// The name.
+        name: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// [`Sender::try_post`](crate::Sender::try_post) found the connection's
+    /// queue full: the receiver has not caught up yet. Nothing was sent.
+    #[error("the queue to mailbox {name:?} is full")]
+    Full {
+        /// The name.
+        name: String,
+    },
     /// Mailboxes are not supported on this platform.
     #[error("mailboxes are not supported on this platform")]
     Unsupported,
@@ -519,6 +544,9 @@ into_io_error!(SendError, |e| match &e {
     SendError::ReceiverDied { .. } => io::ErrorKind::ConnectionReset,
     SendError::PayloadTooLarge { .. } => io::ErrorKind::InvalidInput,
     SendError::Refused { .. } => io::ErrorKind::PermissionDenied,
+    SendError::Incompatible { .. } => io::ErrorKind::Unsupported,
+    SendError::Protocol { .. } => io::ErrorKind::InvalidData,
+    SendError::Full { .. } => io::ErrorKind::WouldBlock,
     SendError::Unsupported => io::ErrorKind::Unsupported,
     _ => io::ErrorKind::Other,
 }, SendError::Io { source, .. } => source);

@@ -46,7 +46,9 @@
 #![deny(missing_docs)]
 
 pub mod error;
+mod fast;
 mod inherit;
+pub mod loan;
 pub mod mailbox;
 mod name;
 pub mod os;
@@ -59,9 +61,10 @@ pub use error::{
     RecvError, RemoveError, ReplyError, SendError,
 };
 pub use inherit::{CommandExt, INHERIT_VAR, inherited_sections};
+pub use loan::{Loan, LoanView};
 pub use mailbox::{
-    Mailbox, MailboxInfo, MailboxOptions, Message, Payload, Peer, Reply, Request, Sender, Server, mailboxes, send,
-    send_timeout,
+    DEFAULT_CONNECT_TIMEOUT, Mailbox, MailboxInfo, MailboxOptions, Message, Payload, Peer, Reply, Request, Sender,
+    SenderOptions, Server, Wait, mailboxes, send, send_timeout,
 };
 pub use name::{MAX_NAME_LEN, NameError, validate_name};
 pub use section::{Access, Section, SectionInfo, list, remove};

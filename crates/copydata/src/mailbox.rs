@@ -38,11 +38,15 @@
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::{BindError, ListError, RecvError, ReplyError, SendError};
+pub use crate::fast::Wait;
+use crate::fast::conn::{Body, CALL, Client, Fail, LentBuf, POST, ServerConn};
+use crate::fast::serve::{Dispatch, Next, WorkerState};
+pub use crate::loan::{Loan, LoanView};
 use crate::name::Name;
 use crate::section::Section;
 use crate::sys;
@@ -142,11 +146,19 @@ pub struct Message {
     payload: Payload,
     sections: Vec<Section>,
     sender: Peer,
+    loan: Option<LoanView>,
+    call: bool,
 }
 
 impl Message {
     pub(crate) fn new(tag: u64, payload: Payload, sections: Vec<Section>, sender: Peer) -> Message {
-        Message { tag, payload, sections, sender }
+        Message { tag, payload, sections, sender, loan: None, call: true }
+    }
+
+    pub(crate) fn with_loan(mut self, loan: Option<LoanView>, call: bool) -> Message {
+        self.loan = loan;
+        self.call = call;
+        self
     }
 
     /// The tag (`dwData` in Win32 terms).
@@ -154,9 +166,22 @@ impl Message {
         self.tag
     }
 
-    /// The bytes (possibly none).
+    /// The bytes (possibly none). Empty for a loaned message: read it
+    /// through [`loan`](Self::loan).
     pub fn payload(&self) -> &Payload {
         &self.payload
+    }
+
+    /// The payload of a loaned message ([`Sender::loan`]), read in place;
+    /// `None` for an ordinary message.
+    pub fn loan(&self) -> Option<&LoanView> {
+        self.loan.as_ref()
+    }
+
+    /// Whether the sender waits for a reply (`false` for
+    /// [`Sender::post`]: the handler's reply is then discarded).
+    pub fn expects_reply(&self) -> bool {
+        self.call
     }
 
     /// The sections that came with the message.
@@ -172,6 +197,15 @@ impl Message {
     /// Who sent it.
     pub fn sender(&self) -> Peer {
         self.sender
+    }
+
+    /// The payload's buffer, for reuse by the next message.
+    pub(crate) fn into_payload_vec(self) -> Option<Vec<u8>> {
+        match self.payload.0 {
+            Repr::Inline(v) => Some(v),
+            #[cfg(target_os = "linux")]
+            Repr::Frozen(_) => None,
+        }
     }
 }
 
@@ -196,47 +230,102 @@ impl Reply {
     }
 }
 
+/// Who answers a request: a connection of the fast path, or (Windows) a
+/// plain `WM_COPYDATA` sender.
+pub(crate) enum Responder {
+    Ring {
+        conn: Arc<ServerConn>,
+        /// The worker to wake once answered, so it looks at the connection's
+        /// next message (from `recv`; `serve` threads look by themselves).
+        poke: Option<(Arc<Dispatch>, u32)>,
+    },
+    #[allow(dead_code)] // no native senders on Linux
+    Native(sys::mailbox::NativeResponder),
+}
+
+impl Responder {
+    fn finish(&self) {
+        if let Responder::Ring { poke: Some((dispatch, w)), .. } = self {
+            dispatch.poke(*w);
+        }
+    }
+
+    fn reply(self, call: bool, reply: Reply) -> Result<(), ReplyError> {
+        let result = match &self {
+            Responder::Ring { .. } if !call => Ok(()),
+            Responder::Ring { conn, .. } => conn.reply(reply.code, &reply.data).map_err(|reason| {
+                log::warn!("dropped the connection from pid {}: {reason}", conn.peer.pid);
+                conn.link().shutdown();
+                ReplyError::SenderGone
+            }),
+            Responder::Native(n) => n.reply(reply),
+        };
+        self.finish();
+        result
+    }
+
+    fn refuse(self, call: bool, reason: &str) {
+        match &self {
+            Responder::Ring { .. } if !call => {}
+            Responder::Ring { conn, .. } => {
+                if conn.refuse(reason).is_err() {
+                    conn.link().shutdown();
+                }
+            }
+            Responder::Native(n) => n.refuse(reason),
+        }
+        self.finish();
+    }
+}
+
 /// A message waiting for its reply; from [`Mailbox::recv`].
 ///
 /// Dereferences to the [`Message`]. Answer with [`reply`](Self::reply) or
 /// [`refuse`](Self::refuse); a request dropped without either is refused.
+/// For a posted message ([`Message::expects_reply`] is `false`) both do
+/// nothing.
 pub struct Request {
-    message: Message,
-    responder: Option<sys::mailbox::Responder>,
+    message: Option<Message>,
+    responder: Option<Responder>,
 }
 
 impl Request {
-    pub(crate) fn new(message: Message, responder: sys::mailbox::Responder) -> Request {
-        Request { message, responder: Some(responder) }
+    pub(crate) fn new(message: Message, responder: Responder) -> Request {
+        Request { message: Some(message), responder: Some(responder) }
     }
 
     /// The message, mutably (to take its sections).
     pub fn message_mut(&mut self) -> &mut Message {
-        &mut self.message
+        self.message.as_mut().expect("a request holds its message until answered")
     }
 
     /// Sends the reply; the sender's `send` returns it.
     pub fn reply(mut self, reply: Reply) -> Result<(), ReplyError> {
-        self.responder.take().expect("a request is answered once").reply(reply)
+        // The message (and any loan it holds) is done with before the
+        // sender learns so.
+        let call = self.message.take().is_none_or(|m| m.call);
+        self.responder.take().expect("a request is answered once").reply(call, reply)
     }
 
     /// Refuses the message; the sender gets [`SendError::Refused`].
     pub fn refuse(mut self, reason: &str) {
-        self.responder.take().expect("a request is answered once").refuse(reason);
+        let call = self.message.take().is_none_or(|m| m.call);
+        self.responder.take().expect("a request is answered once").refuse(call, reason);
     }
 }
 
 impl Deref for Request {
     type Target = Message;
     fn deref(&self) -> &Message {
-        &self.message
+        self.message.as_ref().expect("a request holds its message until answered")
     }
 }
 
 impl Drop for Request {
     fn drop(&mut self) {
         if let Some(r) = self.responder.take() {
-            r.refuse("the receiver dropped the message without replying");
+            let call = self.message.take().is_none_or(|m| m.call);
+            r.refuse(call, "the receiver dropped the message without replying");
         }
     }
 }
@@ -251,11 +340,12 @@ impl fmt::Debug for Request {
 #[derive(Debug, Clone)]
 pub struct MailboxOptions {
     max_payload: u64,
+    handler_threads: usize,
 }
 
 impl Default for MailboxOptions {
     fn default() -> MailboxOptions {
-        MailboxOptions { max_payload: DEFAULT_MAX_PAYLOAD }
+        MailboxOptions { max_payload: DEFAULT_MAX_PAYLOAD, handler_threads: 1 }
     }
 }
 
@@ -273,8 +363,21 @@ impl MailboxOptions {
         self
     }
 
+    /// How many threads [`Mailbox::serve`] runs the handler on (default 1,
+    /// at most 64). Each sender's connection belongs to one of them, so
+    /// messages from one sender are still handled in order; a slow handler
+    /// call then holds up only the senders of its thread.
+    pub fn handler_threads(mut self, threads: usize) -> MailboxOptions {
+        self.handler_threads = threads.clamp(1, crate::fast::serve::MAX_WORKERS);
+        self
+    }
+
     pub(crate) fn max(&self) -> u64 {
         self.max_payload
+    }
+
+    pub(crate) fn threads(&self) -> usize {
+        self.handler_threads
     }
 }
 
@@ -282,11 +385,12 @@ impl MailboxOptions {
 ///
 /// Receive with [`recv`](Self::recv) / [`recv_timeout`](Self::recv_timeout)
 /// and answer each [`Request`], or hand a handler to
-/// [`serve`](Self::serve), which runs it on a background thread.
+/// [`serve`](Self::serve), which runs it on background threads.
 #[derive(Debug)]
 pub struct Mailbox {
     inner: sys::mailbox::Mailbox,
-    rx: mpsc::Receiver<Request>,
+    dispatch: Arc<Dispatch>,
+    worker: Mutex<WorkerState>,
     name: Name,
 }
 
@@ -301,9 +405,8 @@ impl Mailbox {
     /// Binds `name` with options.
     pub fn bind_with(name: &str, options: &MailboxOptions) -> Result<Mailbox, BindError> {
         let valid = Name::new(name).map_err(|reason| BindError::InvalidName { name: name.into(), reason })?;
-        let (tx, rx) = mpsc::channel();
-        let inner = sys::mailbox::Mailbox::bind(&valid, options, tx)?;
-        Ok(Mailbox { inner, rx, name: valid })
+        let (inner, dispatch) = sys::mailbox::Mailbox::bind(&valid, options)?;
+        Ok(Mailbox { inner, dispatch, worker: Mutex::new(WorkerState::default()), name: valid })
     }
 
     /// The mailbox's name.
@@ -311,52 +414,96 @@ impl Mailbox {
         self.name.as_str()
     }
 
+    fn next(&self, deadline: Option<Instant>) -> Result<Request, RecvError> {
+        let mut worker = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+        match self.dispatch.next(0, &mut worker, deadline) {
+            Some(Next::Ring(conn, incoming)) => {
+                let responder = Responder::Ring { conn, poke: Some((self.dispatch.clone(), 0)) };
+                Ok(Request::new(incoming.message, responder))
+            }
+            Some(Next::Native(message, responder)) => Ok(Request::new(message, Responder::Native(responder))),
+            None if self.dispatch.is_closed() => Err(RecvError::Closed),
+            None => Err(RecvError::Timeout),
+        }
+    }
+
     /// Waits for the next message.
     pub fn recv(&self) -> Result<Request, RecvError> {
-        self.rx.recv().map_err(|_| RecvError::Closed)
+        self.next(None)
     }
 
     /// Waits at most `timeout` for the next message.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Request, RecvError> {
-        self.rx.recv_timeout(timeout).map_err(|e| match e {
-            mpsc::RecvTimeoutError::Timeout => RecvError::Timeout,
-            mpsc::RecvTimeoutError::Disconnected => RecvError::Closed,
-        })
+        self.next(Some(Instant::now() + timeout))
     }
 
-    /// Runs `handler` for every message on a background thread, replying
-    /// with what it returns, until the returned [`Server`] is dropped. A
-    /// handler that panics refuses that message and goes on serving.
-    pub fn serve<F>(self, mut handler: F) -> Server
+    /// Runs `handler` for every message on background threads
+    /// ([`MailboxOptions::handler_threads`], default 1), replying with what
+    /// it returns, until the returned [`Server`] is dropped. The handler runs
+    /// on the thread that takes the message out of shared memory. A handler
+    /// that panics refuses that message and goes on serving. With several
+    /// threads the handler runs concurrently: keep shared state in atomics
+    /// or a `Mutex`.
+    pub fn serve<F>(self, handler: F) -> Server
     where
-        F: FnMut(&mut Message) -> Reply + Send + 'static,
+        F: Fn(&mut Message) -> Reply + Send + Sync + 'static,
     {
-        let Mailbox { inner, rx, name } = self;
-        let thread = std::thread::Builder::new()
-            .name(format!("copydata-serve-{name}"))
-            .spawn(move || {
-                for mut request in rx {
-                    let answer =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(request.message_mut())));
-                    match answer {
-                        Ok(reply) => {
-                            let _ = request.reply(reply);
+        let Mailbox { inner, dispatch, worker, name } = self;
+        let handler = Arc::new(handler);
+        dispatch.activate_all();
+        let first = worker.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut threads = Vec::new();
+        let mut first = Some(first);
+        for w in 0..dispatch.workers() {
+            let (dispatch, handler) = (dispatch.clone(), handler.clone());
+            let mut state = if w == 0 { first.take().unwrap_or_default() } else { WorkerState::default() };
+            let spawned = std::thread::Builder::new().name(format!("copydata-serve-{name}-{w}")).spawn(move || {
+                while let Some(next) = dispatch.next(w, &mut state, None) {
+                    match next {
+                        Next::Ring(conn, incoming) => {
+                            let mut message = incoming.message;
+                            let answer =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&mut message)));
+                            if let Some(v) = message.into_payload_vec() {
+                                conn.recycle(v);
+                            }
+                            let responder = Responder::Ring { conn, poke: None };
+                            match answer {
+                                Ok(reply) => {
+                                    let _ = responder.reply(incoming.call, reply);
+                                }
+                                Err(_) => responder.refuse(incoming.call, "the handler panicked"),
+                            }
                         }
-                        Err(_) => request.refuse("the handler panicked"),
+                        Next::Native(mut message, responder) => {
+                            let answer =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&mut message)));
+                            match answer {
+                                Ok(reply) => {
+                                    let _ = responder.reply(reply);
+                                }
+                                Err(_) => responder.refuse("the handler panicked"),
+                            }
+                        }
                     }
                 }
-            })
-            .expect("spawning the serve thread");
-        Server { inner: Some(inner), thread: Some(thread), name }
+            });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => log::warn!("mailbox {name}: could not start handler thread {w}: {e}"),
+            }
+        }
+        Server { inner: Some(inner), dispatch, threads, name }
     }
 }
 
-/// A mailbox served by a background handler; see [`Mailbox::serve`].
-/// Dropping it unbinds the mailbox and waits for the handler to finish.
+/// A mailbox served by background handler threads; see [`Mailbox::serve`].
+/// Dropping it unbinds the mailbox and waits for the handlers to finish.
 #[derive(Debug)]
 pub struct Server {
     inner: Option<sys::mailbox::Mailbox>,
-    thread: Option<JoinHandle<()>>,
+    dispatch: Arc<Dispatch>,
+    threads: Vec<JoinHandle<()>>,
     name: Name,
 }
 
@@ -369,41 +516,144 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // Unbinding closes every connection, which ends the request stream.
-        self.inner = None;
-        if let Some(t) = self.thread.take() {
+        self.dispatch.close();
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // Unbinding closes every connection.
+        self.inner = None;
     }
 }
+
+/// How a [`Sender`] connects; see [`Sender::connect_with`].
+#[derive(Debug, Clone, Default)]
+pub struct SenderOptions {
+    wait: Wait,
+    connect_timeout: Option<Duration>,
+}
+
+impl SenderOptions {
+    /// Default options: [`Wait::SpinThenPark`], set-up bounded by
+    /// [`DEFAULT_CONNECT_TIMEOUT`].
+    pub fn new() -> SenderOptions {
+        SenderOptions::default()
+    }
+
+    /// How both sides of the connection wait for each other.
+    pub fn wait(mut self, wait: Wait) -> SenderOptions {
+        self.wait = wait;
+        self
+    }
+
+    /// The longest a connection's set-up may take (a receiver that is
+    /// stopped or wedged gives [`SendError::TimedOut`] after it).
+    pub fn connect_timeout(mut self, timeout: Duration) -> SenderOptions {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+}
+
+/// How long setting up a connection may take unless told otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection to a mailbox, reusable for many sends (no lookup per send).
 ///
-/// Messages sent through one `Sender` are handled in order. After a timeout
-/// the connection is dropped and the next send makes a new one, so a late
-/// reply can never be taken for the answer to a later message.
+/// The first send sets up a shared-memory region with the receiver; every
+/// later message and reply travels through it. Messages sent through one
+/// `Sender` are handled in order. After a timeout or an error the
+/// connection is dropped and the next send makes a new one, so a late reply
+/// can never be taken for the answer to a later message.
 #[derive(Debug)]
 pub struct Sender {
-    inner: sys::mailbox::Sender,
+    name: Name,
+    options: SenderOptions,
+    client: Option<Client>,
+}
+
+fn fail(name: &Name, timeout: Option<Duration>, f: Fail) -> SendError {
+    let name = name.to_string();
+    match f {
+        Fail::TimedOut => SendError::TimedOut { name, timeout: timeout.unwrap_or_default() },
+        Fail::PeerGone => SendError::ReceiverDied { name },
+        Fail::Refused(reason) => SendError::Refused { name, reason },
+        Fail::TooLarge { .. } => unreachable!("handled with the payload size"),
+        Fail::Full => SendError::Full { name },
+        Fail::Broken(reason) => SendError::Protocol { name, reason },
+        Fail::Io(source) => SendError::Io { name, source },
+    }
 }
 
 impl Sender {
-    /// Connects to the mailbox `name`.
+    /// Connects to the mailbox `name` (set-up bounded by
+    /// [`DEFAULT_CONNECT_TIMEOUT`]).
     pub fn connect(name: &str) -> Result<Sender, SendError> {
+        Self::connect_with(name, &SenderOptions::default())
+    }
+
+    /// Connects to the mailbox `name`, giving up after `timeout` if the
+    /// receiver does not complete the set-up (it is stopped or wedged).
+    pub fn connect_timeout(name: &str, timeout: Duration) -> Result<Sender, SendError> {
+        Self::connect_with(name, &SenderOptions::default().connect_timeout(timeout))
+    }
+
+    /// Connects to the mailbox `name` with options.
+    pub fn connect_with(name: &str, options: &SenderOptions) -> Result<Sender, SendError> {
         let valid = Name::new(name).map_err(|reason| SendError::InvalidName { name: name.into(), reason })?;
-        Ok(Sender { inner: sys::mailbox::Sender::connect(&valid)? })
+        let mut s = Sender { name: valid, options: options.clone(), client: None };
+        let deadline = Instant::now() + options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        s.client = Some(s.open(Some(deadline), options.connect_timeout)?);
+        Ok(s)
     }
 
-    /// Sends and waits for the reply, however long the handler takes (a
-    /// receiver that dies gives [`SendError::ReceiverDied`] at once).
-    pub fn send(&mut self, tag: u64, data: &[u8]) -> Result<Reply, SendError> {
-        self.call(tag, data, &[], None)
+    fn open(&self, deadline: Option<Instant>, timeout: Option<Duration>) -> Result<Client, SendError> {
+        let setup = match deadline {
+            Some(d) => d.min(Instant::now() + self.options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)),
+            None => Instant::now() + self.options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        };
+        let (link, max) = sys::mailbox::connect(&self.name, self.options.wait, setup).map_err(|e| match e {
+            SendError::TimedOut { name, .. } => SendError::TimedOut {
+                name,
+                timeout: timeout.or(self.options.connect_timeout).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            },
+            other => other,
+        })?;
+        Ok(Client::new(link, self.options.wait, max))
     }
 
-    /// Sends and waits at most `timeout` for the reply. A
-    /// [`SendError::TimedOut`] is never returned before `timeout` has passed.
-    pub fn send_timeout(&mut self, tag: u64, data: &[u8], timeout: Duration) -> Result<Reply, SendError> {
-        self.call(tag, data, &[], Some(timeout))
+    /// Runs `f` on the connection (made first if needed); drops the
+    /// connection if `f` fails, except for errors that leave it clean.
+    fn with_client<T>(
+        &mut self,
+        deadline: Option<Instant>,
+        timeout: Option<Duration>,
+        size: u64,
+        f: impl FnOnce(&mut Client) -> Result<T, Fail>,
+    ) -> Result<T, SendError> {
+        let mut client = match self.client.take() {
+            Some(c) => c,
+            None => self.open(deadline, timeout)?,
+        };
+        match f(&mut client) {
+            Ok(t) => {
+                self.client = Some(client);
+                Ok(t)
+            }
+            Err(Fail::TooLarge { max }) => {
+                // Refused before anything was queued: the connection is fine.
+                self.client = Some(client);
+                Err(SendError::PayloadTooLarge { name: self.name.to_string(), size, max })
+            }
+            Err(Fail::Full) => {
+                self.client = Some(client);
+                Err(SendError::Full { name: self.name.to_string() })
+            }
+            Err(Fail::Refused(reason)) => {
+                // The refusal was the reply: the exchange ended cleanly.
+                self.client = Some(client);
+                Err(SendError::Refused { name: self.name.to_string(), reason })
+            }
+            Err(other) => Err(fail(&self.name, timeout, other)),
+        }
     }
 
     fn call(
@@ -413,8 +663,12 @@ impl Sender {
         sections: &[&Section],
         timeout: Option<Duration>,
     ) -> Result<Reply, SendError> {
-        let started = std::time::Instant::now();
-        let result = self.inner.call(tag, data, sections, timeout);
+        let started = Instant::now();
+        let deadline = timeout.map(|t| started + t);
+        let result = self.with_client(deadline, timeout, data.len() as u64, |c| {
+            c.put(CALL, tag, Body::Bytes(data), sections, true, deadline)?;
+            c.reply(deadline)
+        });
         if let (Err(SendError::TimedOut { .. }), Some(t)) = (&result, timeout) {
             // Some systems' timers fire a little early; a caller may rely on
             // the full time having passed.
@@ -423,6 +677,21 @@ impl Sender {
             }
         }
         result
+    }
+
+    /// Sends and waits for the reply, however long the handler takes (a
+    /// receiver that dies gives [`SendError::ReceiverDied`] at once).
+    #[doc(alias = "SendMessage")]
+    pub fn send(&mut self, tag: u64, data: &[u8]) -> Result<Reply, SendError> {
+        self.call(tag, data, &[], None)
+    }
+
+    /// Sends and waits at most `timeout` for the reply (set-up included, if
+    /// the connection has to be made). A [`SendError::TimedOut`] is never
+    /// returned before `timeout` has passed.
+    #[doc(alias = "SendMessageTimeout")]
+    pub fn send_timeout(&mut self, tag: u64, data: &[u8], timeout: Duration) -> Result<Reply, SendError> {
+        self.call(tag, data, &[], Some(timeout))
     }
 
     /// Sends with sections attached (they arrive as [`Message::sections`]);
@@ -437,6 +706,63 @@ impl Sender {
     ) -> Result<Reply, SendError> {
         self.call(tag, data, sections, timeout)
     }
+
+    /// Posts a notification: no reply is awaited (`PostMessage`). The
+    /// receiver's handler sees it like any message
+    /// ([`Message::expects_reply`] is `false`) and its reply is discarded.
+    /// Posts queue up in shared memory; when the queue is full, `post` waits
+    /// for the receiver to catch up (it never buffers without bound). A
+    /// receiver that dies gives [`SendError::ReceiverDied`].
+    #[doc(alias = "PostMessage")]
+    pub fn post(&mut self, tag: u64, data: &[u8]) -> Result<(), SendError> {
+        self.with_client(None, None, data.len() as u64, |c| c.put(POST, tag, Body::Bytes(data), &[], true, None))
+    }
+
+    /// Posts if the queue has room now, else fails at once with
+    /// [`SendError::Full`] (nothing sent, the connection kept).
+    pub fn try_post(&mut self, tag: u64, data: &[u8]) -> Result<(), SendError> {
+        self.with_client(None, None, data.len() as u64, |c| c.put(POST, tag, Body::Bytes(data), &[], false, None))
+    }
+
+    /// Lends a buffer of `len` bytes in shared memory, to fill in place and
+    /// send without copying ([`Loan::send`], [`Loan::post`]); see
+    /// [`crate::loan`].
+    pub fn loan(&mut self, len: usize) -> Result<Loan<'_>, SendError> {
+        let buf = self.with_client(None, None, len as u64, |c| c.lend(len))?;
+        Ok(Loan::new(self, buf, len))
+    }
+
+    pub(crate) fn call_loan(
+        &mut self,
+        tag: u64,
+        buf: &LentBuf,
+        len: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Reply, SendError> {
+        let started = Instant::now();
+        let deadline = timeout.map(|t| started + t);
+        if self.client.is_none() {
+            // The connection the buffer came from is gone.
+            return Err(SendError::ReceiverDied { name: self.name.to_string() });
+        }
+        let result = self.with_client(deadline, timeout, len as u64, |c| {
+            c.put(CALL, tag, Body::Lent(buf, len), &[], true, deadline)?;
+            c.reply(deadline)
+        });
+        if let (Err(SendError::TimedOut { .. }), Some(t)) = (&result, timeout)
+            && let Some(rest) = t.checked_sub(started.elapsed())
+        {
+            std::thread::sleep(rest);
+        }
+        result
+    }
+
+    pub(crate) fn post_loan(&mut self, tag: u64, buf: &LentBuf, len: usize) -> Result<(), SendError> {
+        if self.client.is_none() {
+            return Err(SendError::ReceiverDied { name: self.name.to_string() });
+        }
+        self.with_client(None, None, len as u64, |c| c.put(POST, tag, Body::Lent(buf, len), &[], true, None))
+    }
 }
 
 /// Sends a message to the mailbox `name` and waits for the reply
@@ -448,10 +774,23 @@ pub fn send(name: &str, tag: u64, data: &[u8]) -> Result<Reply, SendError> {
 }
 
 /// Sends a message to the mailbox `name` and waits at most `timeout` for the
-/// reply (`SendMessageTimeout(WM_COPYDATA)`).
+/// reply, set-up included (`SendMessageTimeout(WM_COPYDATA)`).
 #[doc(alias = "SendMessageTimeout")]
 pub fn send_timeout(name: &str, tag: u64, data: &[u8], timeout: Duration) -> Result<Reply, SendError> {
-    Sender::connect(name)?.send_timeout(tag, data, timeout)
+    let started = Instant::now();
+    let mut sender =
+        Sender::connect_with(name, &SenderOptions::new().connect_timeout(timeout)).map_err(|e| match e {
+            SendError::TimedOut { name, .. } => SendError::TimedOut { name, timeout },
+            other => other,
+        })?;
+    let left = timeout.saturating_sub(started.elapsed());
+    if left.is_zero() {
+        return Err(SendError::TimedOut { name: name.to_string(), timeout });
+    }
+    sender.send_timeout(tag, data, left).map_err(|e| match e {
+        SendError::TimedOut { name, .. } => SendError::TimedOut { name, timeout },
+        other => other,
+    })
 }
 
 /// A live mailbox, as reported by [`mailboxes`].

@@ -1,14 +1,24 @@
 //! Linux mailboxes: a Unix stream socket per mailbox in the per-user runtime
-//! directory, a connection per sender, one thread per connection.
+//! directory for lookup, set-up and hand-over of descriptors; messages
+//! through the shared region of the fast path ([`crate::fast`]).
 //!
 //! Binding takes an exclusive `flock` on `NAME.mailbox` (which records the
 //! binder's pid): the kernel drops it when the binder dies, so a name left by
 //! a crashed process is free for the next `bind`, and `ls` removes what such
 //! a process left behind.
 //!
-//! The transport is the socket; the request/reply exchange (`Sender::call`
-//! and `serve_connection`) is the only place that knows it, so a
-//! shared-memory ring can replace it behind the same types.
+//! Set-up: the sender connects and says hello (protocol version, wait
+//! strategy); the receiver checks the peer's uid (`SO_PEERCRED`), creates the
+//! connection's region (a memfd sealed against shrinking and growing, so no
+//! side can truncate it under the other) and sends it back with
+//! `SCM_RIGHTS`, together with the mailbox's doorbells (one futex word per
+//! handler thread). After that the socket carries only descriptors that go
+//! with a message (new pool buffers, sections), and its hang-up tells each
+//! side that the other is gone: the receiver's acceptor thread polls every
+//! connection for it; a parked sender looks every [`SLICE`].
+//!
+//! Waiting: futexes on words of the shared memory, without
+//! `FUTEX_PRIVATE_FLAG` (private futexes are keyed by address space).
 
 mod runtime;
 mod wire;
@@ -18,68 +28,263 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rustix::fs::{self as rfs, FlockOperation, Mode, OFlags};
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
+use rustix::fs::{self as rfs, FlockOperation, Mode, OFlags, SealFlags};
 use rustix::io::Errno;
 use rustix::net::Shutdown;
+use rustix::thread::futex;
 
-use self::wire::{
-    FLAG_MEMFD, Header, INLINE_MAX, MAX_SECTIONS, REPLY, REQUEST, STATUS_OK, STATUS_REFUSED, STATUS_TOO_LARGE,
-};
+use self::wire::{Header, REPLY, REQUEST, STATUS_REFUSED};
+use super::{Kind, Section as SysSection, access_of, kind_of};
 use crate::error::{BindError, ListError, ReplyError, SendError};
-use crate::mailbox::{MailboxInfo, MailboxOptions, Message, Peer, Reply, Request};
+use crate::fast::conn::ServerConn;
+use crate::fast::region::{PROTOCOL, Region};
+use crate::fast::ring::LINE;
+use crate::fast::serve::{Dispatch, MAX_WORKERS};
+use crate::fast::{Bell, Park, Wait};
+use crate::mailbox::{MailboxInfo, MailboxOptions, Peer, Reply};
 use crate::name::Name;
 use crate::section::Section;
+use crate::view::ViewMut;
 
-/// The receiving side's handle on one request: it writes the answer on the
-/// connection itself, then lets the connection's thread read the next
-/// request (so one sender's messages stay in order).
-pub(crate) struct Responder {
-    stream: Arc<UnixStream>,
-    seq: u64,
-    done: mpsc::SyncSender<()>,
+const HELLO: [u8; 4] = *b"CDH2";
+const WELCOME: [u8; 4] = *b"CDA2";
+const AUX: [u8; 4] = *b"CDX2";
+const SETUP_OK: u8 = 0;
+const SETUP_REFUSED: u8 = 1;
+const SETUP_INCOMPATIBLE: u8 = 2;
+/// How long the receiver gives a connecting sender to say hello, and either
+/// side the other to deliver a message's descriptors.
+const PEER_STEP: Duration = Duration::from_secs(2);
+/// A parked sender checks this often whether the receiver still lives.
+pub(crate) const SLICE: Duration = Duration::from_millis(20);
+const BELLS_LEN: usize = MAX_WORKERS * LINE;
+
+fn timespec(d: Duration) -> futex::Timespec {
+    futex::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
 }
 
-impl Responder {
-    pub(crate) fn reply(self, reply: Reply) -> Result<(), ReplyError> {
-        let written = send_reply(&self.stream, self.seq, &reply);
-        let _ = self.done.send(());
-        written.map_err(|e| if wire::is_disconnect(&e) { ReplyError::SenderGone } else { ReplyError::Io(e) })
+/// Bumps a futex word and wakes one waiter.
+fn ring_word(word: &AtomicU32) {
+    word.fetch_add(1, Ordering::Release);
+    let _ = futex::wake(word, futex::Flags::empty(), 1);
+}
+
+/// A section from a received memfd, after checking it carries the shrink and
+/// grow seals (so no process can truncate it under a mapping: SIGBUS).
+fn sealed_section(fd: OwnedFd, what: &str) -> io::Result<Section> {
+    if kind_of(&fd, false) != Kind::Anonymous {
+        return Err(wire::bad(format!("the {what} is not a memfd sealed against resizing")));
+    }
+    let len = rfs::fstat(&fd)?.st_size as u64;
+    let access = access_of(&fd)?;
+    Ok(Section::from_parts(SysSection::from_fd(fd, len, access, Kind::Anonymous, None), None))
+}
+
+// ---------------------------------------------------------------- doorbells
+
+/// The doorbells of a mailbox's handler threads: one futex word per worker
+/// in a small memfd that every sender maps. A sender can only ring (a
+/// spurious wake-up at worst): the flags that decide whether to ring live
+/// in each connection's own region.
+#[derive(Debug)]
+pub(crate) struct Bells {
+    view: ViewMut,
+    section: Section,
+}
+
+impl Bells {
+    fn new() -> io::Result<Bells> {
+        let section = Section::anonymous(BELLS_LEN as u64).map_err(io::Error::other)?;
+        let view = section.map_mut(0, BELLS_LEN).map_err(io::Error::other)?;
+        Ok(Bells { view, section })
     }
 
-    pub(crate) fn refuse(self, reason: &str) {
-        let _ = send_refusal(&*self.stream, self.seq, reason);
-        let _ = self.done.send(());
+    fn word(&self, w: usize) -> &AtomicU32 {
+        self.view.atomic_u32(w * LINE).expect("doorbell inside its section")
+    }
+
+    pub(crate) fn ring(&self, w: usize) {
+        ring_word(self.word(w));
+    }
+
+    pub(crate) fn load(&self, w: usize) -> u32 {
+        self.word(w).load(Ordering::Acquire)
+    }
+
+    /// Sleeps until rung (or the word moved from `seen`), or `timeout`.
+    /// Returns `false` on timeout.
+    pub(crate) fn wait(&self, w: usize, seen: u32, timeout: Option<Duration>) -> bool {
+        let ts = timeout.map(timespec);
+        !matches!(futex::wait(self.word(w), futex::Flags::empty(), seen, ts.as_ref()), Err(Errno::TIMEDOUT))
     }
 }
 
-struct Shared {
-    name: Name,
-    uid: u32,
-    max_payload: u64,
-    closed: AtomicBool,
-    /// Every live connection, shut down when the mailbox closes.
-    connections: Mutex<Vec<Arc<UnixStream>>>,
+/// Plain Win32 senders do not exist here.
+#[derive(Debug)]
+pub(crate) enum NativeResponder {}
+
+impl NativeResponder {
+    pub(crate) fn reply(&self, _reply: Reply) -> Result<(), ReplyError> {
+        match *self {}
+    }
+    pub(crate) fn refuse(&self, _reason: &str) {
+        match *self {}
+    }
 }
+
+// ---------------------------------------------------------------- link
+
+/// One side's hold on a connection: the region, the socket and (sender)
+/// the mailbox's doorbells.
+#[derive(Debug)]
+pub(crate) struct Link {
+    region: Region,
+    sock: UnixStream,
+    bells: Option<ViewMut>,
+}
+
+impl Link {
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
+    fn word(&self, bell: Bell) -> Option<&AtomicU32> {
+        match bell {
+            Bell::Request => {
+                let w = self.region.worker().load(Ordering::Acquire) as usize;
+                let bells = self.bells.as_ref()?;
+                (w < MAX_WORKERS).then(|| bells.atomic_u32(w * LINE).expect("doorbell inside its section"))
+            }
+            Bell::Reply => Some(self.region.reply_wake()),
+            Bell::Space => Some(self.region.space_wake()),
+        }
+    }
+
+    pub(crate) fn wake(&self, bell: Bell) {
+        if let Some(word) = self.word(bell) {
+            ring_word(word);
+        }
+    }
+
+    /// Whether the peer still holds its end of the socket.
+    fn alive(&self) -> bool {
+        let mut fds = [PollFd::new(&self.sock, PollFlags::RDHUP)];
+        match rustix::event::poll(&mut fds, Some(&timespec(Duration::ZERO))) {
+            Ok(0) => true,
+            Ok(_) => !fds[0].revents().intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL),
+            Err(_) => true,
+        }
+    }
+
+    pub(crate) fn park(&self, bell: Bell, seen: u32, deadline: Option<Instant>) -> Park {
+        let Some(word) = self.word(bell) else { return Park::PeerGone };
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Park::TimedOut;
+            }
+            let slice = left.map_or(SLICE, |l| l.min(SLICE));
+            match futex::wait(word, futex::Flags::empty(), seen, Some(&timespec(slice))) {
+                Err(Errno::TIMEDOUT) => {
+                    if !self.alive() {
+                        return Park::PeerGone;
+                    }
+                }
+                _ => return Park::Woken,
+            }
+        }
+    }
+
+    /// Closes the connection (the peer sees the hang-up).
+    pub(crate) fn shutdown(&self) {
+        let _ = rustix::net::shutdown(&self.sock, Shutdown::Both);
+    }
+
+    /// Attachments travel beside the ring, on the socket.
+    pub(crate) fn aux_len(_buffer: bool, _sections: &[&Section]) -> usize {
+        0
+    }
+
+    pub(crate) fn send_aux(&self, buffer: Option<&Section>, sections: &[&Section]) -> io::Result<Vec<u8>> {
+        let (records, section_fds) = wire::encode_sections(sections)?;
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(1 + sections.len());
+        let buffer_fd = buffer.map(|b| b.inner().transfer_fd()).transpose()?;
+        if let Some(fd) = &buffer_fd {
+            fds.push(fd.as_fd());
+        }
+        fds.extend(section_fds.iter().map(|f| f.as_fd()));
+        let header = Header {
+            magic: AUX,
+            b0: u8::from(buffer.is_some()),
+            b1: sections.len() as u8,
+            seq: 0,
+            word: buffer.map_or(0, |b| b.len()),
+            len: records.len() as u64,
+        };
+        self.sock.set_write_timeout(Some(PEER_STEP))?;
+        wire::send_frame(&self.sock, &header, &records, &fds)?;
+        Ok(Vec::new())
+    }
+
+    pub(crate) fn recv_aux(
+        &self,
+        inline: &[u8],
+        buffer: bool,
+        sections: usize,
+    ) -> io::Result<(Option<Section>, Vec<Section>)> {
+        if !inline.is_empty() {
+            return Err(wire::bad("unexpected attachment bytes in the ring"));
+        }
+        self.sock.set_read_timeout(Some(PEER_STEP))?;
+        let (h, mut fds) = wire::recv_header(&self.sock)?.ok_or_else(|| wire::bad("the peer hung up"))?;
+        if h.magic != AUX || h.b0 != u8::from(buffer) || h.b1 as usize != sections {
+            return Err(wire::bad("the attachment does not match its record"));
+        }
+        if fds.len() != usize::from(buffer) + sections {
+            return Err(wire::bad(format!("{} descriptors for an attachment", fds.len())));
+        }
+        let buf = if buffer {
+            let s = sealed_section(fds.remove(0), "buffer")?;
+            if s.len() != h.word {
+                return Err(wire::bad("buffer size differs from its announcement"));
+            }
+            Some(s)
+        } else {
+            None
+        };
+        let secs = wire::decode_sections(&self.sock, sections, fds)?;
+        Ok((buf, secs))
+    }
+
+    /// A payload too large for the pool: a memfd sealed against every change,
+    /// which the receiver reads in place.
+    pub(crate) fn oneshot(data: &[u8]) -> io::Result<Section> {
+        let fd = wire::sealed_memfd(data)?;
+        sealed_section(fd, "payload")
+    }
+
+    /// Whether no process can write the section any more.
+    pub(crate) fn frozen(section: &Section) -> bool {
+        rfs::fcntl_get_seals(section.inner().fd()).is_ok_and(|s| s.contains(SealFlags::WRITE))
+    }
+}
+
+// ---------------------------------------------------------------- receiving
 
 #[derive(Debug)]
 pub(crate) struct Mailbox {
-    shared: Arc<Shared>,
-    listener: Arc<UnixListener>,
+    dispatch: Arc<Dispatch>,
+    stop: Arc<OwnedFd>,
     acceptor: Option<JoinHandle<()>>,
     lock: OwnedFd,
     lock_path: PathBuf,
     socket_path: PathBuf,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").field("name", &self.name).finish_non_exhaustive()
-    }
 }
 
 fn dir_error((path, reason): runtime::DirError) -> BindError {
@@ -101,7 +306,7 @@ fn read_pid(fd: impl AsFd) -> Option<u32> {
 }
 
 impl Mailbox {
-    pub(crate) fn bind(name: &Name, options: &MailboxOptions, tx: mpsc::Sender<Request>) -> Result<Mailbox, BindError> {
+    pub(crate) fn bind(name: &Name, options: &MailboxOptions) -> Result<(Mailbox, Arc<Dispatch>), BindError> {
         let io = |source: io::Error| BindError::Io { name: name.to_string(), source };
         let dir = runtime::runtime_dir().map_err(dir_error)?;
         let lock_path = runtime::lock_path(&dir, name);
@@ -132,35 +337,40 @@ impl Mailbox {
         let _ = std::fs::remove_file(&socket_path);
         let listener = UnixListener::bind(&socket_path).map_err(io)?;
         std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-        let listener = Arc::new(listener);
-        let shared = Arc::new(Shared {
-            name: name.clone(),
-            uid: rustix::process::getuid().as_raw(),
-            max_payload: options.max(),
-            closed: AtomicBool::new(false),
-            connections: Mutex::new(Vec::new()),
-        });
+        let bells = Bells::new().map_err(io)?;
+        let dispatch = Arc::new(Dispatch::new(name.clone(), options.threads(), bells));
+        let stop = Arc::new(rustix::event::eventfd(0, EventfdFlags::CLOEXEC).map_err(|e| io(e.into()))?);
         let acceptor = {
-            let (shared, listener) = (shared.clone(), listener.clone());
+            let (dispatch, stop) = (dispatch.clone(), stop.clone());
+            let accept = Acceptor {
+                name: name.clone(),
+                uid: rustix::process::getuid().as_raw(),
+                max_payload: options.max(),
+                dispatch,
+                listener,
+                stop,
+                conns: Vec::new(),
+            };
             std::thread::Builder::new()
                 .name(format!("copydata-accept-{name}"))
-                .spawn(move || accept_loop(&shared, &listener, tx))
+                .spawn(move || accept.run())
                 .map_err(io)?
         };
-        Ok(Mailbox { shared, listener, acceptor: Some(acceptor), lock, lock_path, socket_path })
+        let mailbox =
+            Mailbox { dispatch: dispatch.clone(), stop, acceptor: Some(acceptor), lock, lock_path, socket_path };
+        Ok((mailbox, dispatch))
     }
 }
 
 impl Drop for Mailbox {
     fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::SeqCst);
-        // Wakes the blocked accept (Linux returns EINVAL from it).
-        let _ = rustix::net::shutdown(&*self.listener, Shutdown::Both);
+        self.dispatch.close();
+        let _ = rustix::io::write(&*self.stop, &1u64.to_ne_bytes());
         if let Some(t) = self.acceptor.take() {
             let _ = t.join();
         }
-        for c in self.shared.connections.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
-            let _ = rustix::net::shutdown(&*c, Shutdown::Both);
+        for c in self.dispatch.take_all() {
+            c.link().shutdown();
         }
         if same_file(&self.lock_path, &self.lock) {
             let _ = std::fs::remove_file(&self.socket_path);
@@ -169,272 +379,215 @@ impl Drop for Mailbox {
     }
 }
 
-fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener, tx: mpsc::Sender<Request>) {
-    loop {
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(_) if shared.closed.load(Ordering::SeqCst) => return,
-            Err(e) if e.raw_os_error() == Some(Errno::MFILE.raw_os_error()) => {
+/// The mailbox's background thread: accepts and sets up connections, and
+/// watches every connection's socket for the hang-up that says its sender
+/// is gone.
+struct Acceptor {
+    name: Name,
+    uid: u32,
+    max_payload: u64,
+    dispatch: Arc<Dispatch>,
+    listener: UnixListener,
+    stop: Arc<OwnedFd>,
+    conns: Vec<(Arc<ServerConn>, u32)>,
+}
+
+impl Acceptor {
+    fn run(mut self) {
+        loop {
+            let mut fds = Vec::with_capacity(2 + self.conns.len());
+            fds.push(PollFd::new(&*self.stop, PollFlags::IN));
+            fds.push(PollFd::new(&self.listener, PollFlags::IN));
+            for (c, _) in &self.conns {
+                fds.push(PollFd::new(c.link().socket(), PollFlags::RDHUP));
+            }
+            if let Err(e) = rustix::event::poll(&mut fds, None) {
+                if e == Errno::INTR {
+                    continue;
+                }
+                log::warn!("mailbox {}: poll failed: {e}", self.name);
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             }
-            Err(_) => continue,
-        };
-        if shared.closed.load(Ordering::SeqCst) {
-            return;
+            if self.dispatch.is_closed() || !fds[0].revents().is_empty() {
+                return;
+            }
+            let listener_ready = !fds[1].revents().is_empty();
+            let gone: Vec<usize> =
+                fds[2..].iter().enumerate().filter(|(_, f)| !f.revents().is_empty()).map(|(i, _)| i).collect();
+            drop(fds);
+            for i in gone.into_iter().rev() {
+                let (conn, w) = self.conns.swap_remove(i);
+                conn.dead.store(true, Ordering::Release);
+                conn.link().shutdown();
+                self.dispatch.poke(w);
+            }
+            if listener_ready {
+                self.accept_one();
+            }
         }
-        let Ok(cred) = rustix::net::sockopt::socket_peercred(&stream) else { continue };
+    }
+
+    fn accept_one(&mut self) {
+        let stream = match self.listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.raw_os_error() == Some(Errno::MFILE.raw_os_error()) => {
+                std::thread::sleep(Duration::from_millis(10));
+                return;
+            }
+            Err(_) => return,
+        };
+        let Ok(cred) = rustix::net::sockopt::socket_peercred(&stream) else { return };
         let peer = Peer { pid: cred.pid.as_raw_nonzero().get() as u32, uid: Some(cred.uid.as_raw()) };
-        if cred.uid.as_raw() != shared.uid {
-            log::warn!(
-                "mailbox {}: refused a connection from uid {} (pid {})",
-                shared.name,
-                cred.uid.as_raw(),
-                peer.pid
-            );
-            let _ = send_refusal(&stream, 0, "the mailbox accepts only its own user");
-            continue;
-        }
-        let stream = Arc::new(stream);
-        shared.connections.lock().unwrap_or_else(|e| e.into_inner()).push(stream.clone());
-        let (shared2, tx2) = (shared.clone(), tx.clone());
-        let spawned = std::thread::Builder::new().name(format!("copydata-conn-{}", peer.pid)).spawn(move || {
-            if let Err(reason) = serve_connection(&shared2, &stream, peer, &tx2) {
-                log::warn!("mailbox {}: dropped the connection from pid {}: {reason}", shared2.name, peer.pid);
+        match self.set_up(stream, peer, cred.uid.as_raw()) {
+            Ok(Some((conn, w))) => {
+                self.conns.push((conn.clone(), w));
+                self.dispatch.add(w, conn);
             }
-            let _ = rustix::net::shutdown(&*stream, Shutdown::Both);
-            shared2.connections.lock().unwrap_or_else(|e| e.into_inner()).retain(|c| !Arc::ptr_eq(c, &stream));
-        });
-        if spawned.is_err() {
-            log::warn!("mailbox {}: out of threads; dropped a connection", shared.name);
+            Ok(None) => {}
+            Err(reason) => log::warn!("mailbox {}: set-up with pid {} failed: {reason}", self.name, peer.pid),
         }
     }
-}
 
-fn send_refusal(sock: impl AsFd, seq: u64, reason: &str) -> io::Result<()> {
-    let header = Header { magic: REPLY, b0: STATUS_REFUSED, b1: 0, seq, word: 0, len: reason.len() as u64 };
-    wire::send_frame(sock, &header, reason.as_bytes(), &[])
-}
+    fn welcome(stream: &UnixStream, status: u8, reason: &str, fds: &[BorrowedFd<'_>], max: u64) -> io::Result<()> {
+        let h =
+            Header { magic: WELCOME, b0: status, b1: 0, seq: u64::from(PROTOCOL), word: max, len: reason.len() as u64 };
+        wire::send_frame(stream, &h, reason.as_bytes(), fds)
+    }
 
-/// Serves one sender: requests in order, each answered before the next is
-/// read. Returns `Err` with the reason when the sender broke the protocol.
-fn serve_connection(
-    shared: &Shared,
-    stream: &Arc<UnixStream>,
-    peer: Peer,
-    tx: &mpsc::Sender<Request>,
-) -> Result<(), String> {
-    loop {
-        let (header, mut fds) = match wire::recv_header(stream) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return Ok(()),
-            Err(e) if wire::is_disconnect(&e) || shared.closed.load(Ordering::SeqCst) => return Ok(()),
-            Err(e) => return Err(e.to_string()),
+    fn set_up(&self, stream: UnixStream, peer: Peer, uid: u32) -> Result<Option<(Arc<ServerConn>, u32)>, String> {
+        stream.set_read_timeout(Some(PEER_STEP)).map_err(|e| e.to_string())?;
+        stream.set_write_timeout(Some(PEER_STEP)).map_err(|e| e.to_string())?;
+        let (hello, _fds) = match wire::recv_header(&stream) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(format!("no hello: {e}")),
         };
-        if header.magic != REQUEST {
-            return Err("not a copydata request (bad magic)".into());
-        }
-        let (flags, sections) = (header.b0, header.b1 as usize);
-        if flags & !FLAG_MEMFD != 0 {
-            return Err(format!("unknown request flags {flags:#x}"));
-        }
-        if sections > MAX_SECTIONS {
-            return Err(format!("{sections} sections (at most {MAX_SECTIONS})"));
-        }
-        let memfd = flags & FLAG_MEMFD != 0;
-        if fds.len() != sections + usize::from(memfd) {
-            return Err(format!("{} descriptors for {sections} sections", fds.len()));
-        }
-        let payload =
-            wire::read_payload(stream, &header, memfd, &mut fds, shared.max_payload).map_err(|e| e.to_string())?;
-        let sections = wire::decode_sections(stream, sections, fds).map_err(|e| e.to_string())?;
-        if header.len > shared.max_payload {
+        if hello.magic == REQUEST {
+            // A sender of protocol 1 (copydata 0.1): tell it in its own terms.
+            let reason = format!("incompatible peer: this mailbox speaks copydata protocol {PROTOCOL}, the sender 1");
             let h =
-                Header { magic: REPLY, b0: STATUS_TOO_LARGE, b1: 0, seq: header.seq, word: shared.max_payload, len: 0 };
-            wire::send_frame(stream, &h, &[], &[]).map_err(|e| e.to_string())?;
-            continue;
+                Header { magic: REPLY, b0: STATUS_REFUSED, b1: 0, seq: hello.seq, word: 0, len: reason.len() as u64 };
+            let _ = wire::send_frame(&stream, &h, reason.as_bytes(), &[]);
+            return Err(reason);
         }
-        let (done_tx, done_rx) = mpsc::sync_channel(1);
-        let responder = Responder { stream: stream.clone(), seq: header.seq, done: done_tx };
-        // If the mailbox is closing, the request is dropped here, which
-        // refuses it.
-        let _ = tx.send(Request::new(Message::new(header.word, payload, sections, peer), responder));
-        if done_rx.recv().is_err() {
-            return Ok(());
+        if hello.magic != HELLO {
+            return Err("not a copydata hello (bad magic)".into());
         }
+        if uid != self.uid {
+            log::warn!("mailbox {}: refused a connection from uid {uid} (pid {})", self.name, peer.pid);
+            let _ = Self::welcome(&stream, SETUP_REFUSED, "the mailbox accepts only its own user", &[], 0);
+            return Ok(None);
+        }
+        let wait = Wait::from_code(hello.b0);
+        if hello.seq != u64::from(PROTOCOL) || wait.is_none() {
+            let reason = format!(
+                "this mailbox speaks copydata protocol {PROTOCOL}, the sender {} (wait mode {})",
+                hello.seq, hello.b0
+            );
+            let _ = Self::welcome(&stream, SETUP_INCOMPATIBLE, &reason, &[], 0);
+            return Err(reason);
+        }
+        let w = self.dispatch.pick();
+        let region = Region::create(w).map_err(|e| format!("creating the region: {e}"))?;
+        let region_fd = region.section().inner().transfer_fd().map_err(|e| e.to_string())?;
+        let bells_fd = self.dispatch.bells().section.inner().transfer_fd().map_err(|e| e.to_string())?;
+        Self::welcome(&stream, SETUP_OK, "", &[region_fd.as_fd(), bells_fd.as_fd()], self.max_payload)
+            .map_err(|e| format!("sending the region: {e}"))?;
+        stream.set_read_timeout(None).map_err(|e| e.to_string())?;
+        let link = Link { region, sock: stream, bells: None };
+        let conn = Arc::new(ServerConn::new(link, peer, wait.expect("checked"), self.max_payload));
+        Ok(Some((conn, w)))
     }
 }
 
-fn send_reply(stream: &UnixStream, seq: u64, reply: &Reply) -> io::Result<()> {
-    let data: &[u8] = &reply.data;
-    let mut header =
-        Header { magic: REPLY, b0: STATUS_OK, b1: 0, seq, word: reply.code as u64, len: data.len() as u64 };
-    if data.len() as u64 > INLINE_MAX {
-        header.b1 = FLAG_MEMFD;
-        let fd = wire::sealed_memfd(data)?;
-        wire::send_frame(stream, &header, &[], &[fd.as_fd()])
-    } else {
-        wire::send_frame(stream, &header, data, &[])
+impl Link {
+    fn socket(&self) -> &UnixStream {
+        &self.sock
     }
 }
 
-/// The sending side: one connection, made lazily and dropped after a
-/// timeout or error.
-#[derive(Debug)]
-pub(crate) struct Sender {
-    name: Name,
-    path: PathBuf,
-    conn: Option<UnixStream>,
-    seq: u64,
-}
+// ---------------------------------------------------------------- sending
 
-impl Sender {
-    pub(crate) fn connect(name: &Name) -> Result<Sender, SendError> {
-        // A directory that is not safely ours could hold a planted mailbox:
-        // refuse to send there.
-        let dir = runtime::runtime_dir().map_err(|(path, reason)| SendError::Refused {
-            name: name.to_string(),
-            reason: format!("runtime directory {path}: {reason}"),
-        })?;
-        let mut s = Sender { name: name.clone(), path: runtime::socket_path(&dir, name), conn: None, seq: 0 };
-        s.conn = Some(s.open()?);
-        Ok(s)
+/// Connects to the mailbox `name` and sets up the shared region. Returns
+/// the link and the receiver's payload limit.
+pub(crate) fn connect(name: &Name, wait: Wait, deadline: Instant) -> Result<(Link, u64), SendError> {
+    let shown = || name.to_string();
+    let io = |source: io::Error| SendError::Io { name: shown(), source };
+    let timed_out = || SendError::TimedOut { name: shown(), timeout: Duration::ZERO };
+    // A directory that is not safely ours could hold a planted mailbox:
+    // refuse to send there.
+    let dir = runtime::runtime_dir().map_err(|(path, reason)| SendError::Refused {
+        name: shown(),
+        reason: format!("runtime directory {path}: {reason}"),
+    })?;
+    let path = runtime::socket_path(&dir, name);
+    let sock = UnixStream::connect(&path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+            // A dead binder's files: remove them while we are here.
+            reclaim_if_dead(&dir, name);
+            SendError::NoSuchMailbox { name: shown() }
+        }
+        io::ErrorKind::PermissionDenied => {
+            SendError::Refused { name: shown(), reason: format!("permission denied ({e})") }
+        }
+        _ => io(e),
+    })?;
+    let left = deadline.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()).ok_or_else(timed_out)?;
+    sock.set_read_timeout(Some(left)).map_err(io)?;
+    sock.set_write_timeout(Some(left)).map_err(io)?;
+    let hello = Header { magic: HELLO, b0: wait.code(), b1: 0, seq: u64::from(PROTOCOL), word: 0, len: 0 };
+    let step_err = |e: io::Error| {
+        if wire::is_timeout(&e) {
+            timed_out()
+        } else if wire::is_disconnect(&e) {
+            SendError::Incompatible {
+                name: shown(),
+                reason: "the receiver closed the connection during set-up (an older copydata, or it died)".into(),
+            }
+        } else {
+            io(e)
+        }
+    };
+    wire::send_frame(&sock, &hello, &[], &[]).map_err(step_err)?;
+    let (h, mut fds) =
+        wire::recv_header(&sock).map_err(step_err)?.ok_or_else(|| step_err(io::ErrorKind::UnexpectedEof.into()))?;
+    if h.magic != WELCOME {
+        return Err(SendError::Incompatible {
+            name: shown(),
+            reason: "the receiver answered set-up with something else".into(),
+        });
     }
-
-    fn open(&self) -> Result<UnixStream, SendError> {
-        UnixStream::connect(&self.path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-                // A dead binder's files: remove them while we are here.
-                if let Some(dir) = self.path.parent() {
-                    reclaim_if_dead(dir, &self.name);
-                }
-                SendError::NoSuchMailbox { name: self.name.to_string() }
-            }
-            io::ErrorKind::PermissionDenied => {
-                SendError::Refused { name: self.name.to_string(), reason: format!("permission denied ({e})") }
-            }
-            _ => SendError::Io { name: self.name.to_string(), source: e },
-        })
-    }
-
-    pub(crate) fn call(
-        &mut self,
-        tag: u64,
-        data: &[u8],
-        sections: &[&Section],
-        timeout: Option<Duration>,
-    ) -> Result<Reply, SendError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let conn = match self.conn.take() {
-            Some(c) => c,
-            None => self.open()?,
-        };
-        self.seq += 1;
-        let result = self.exchange(&conn, tag, data, sections, deadline, timeout);
-        // Keep the connection only after a clean exchange: after a timeout a
-        // late reply may still come on it, and must never be read as the
-        // answer to a later message.
-        if result.is_ok() {
-            self.conn = Some(conn);
+    match h.b0 {
+        SETUP_OK => {}
+        SETUP_REFUSED | SETUP_INCOMPATIBLE => {
+            let reason = wire::read_reason(&sock, h.len).map_err(step_err)?;
+            return Err(if h.b0 == SETUP_REFUSED {
+                SendError::Refused { name: shown(), reason }
+            } else {
+                SendError::Incompatible { name: shown(), reason }
+            });
         }
-        result
-    }
-
-    fn exchange(
-        &self,
-        conn: &UnixStream,
-        tag: u64,
-        data: &[u8],
-        sections: &[&Section],
-        deadline: Option<Instant>,
-        timeout: Option<Duration>,
-    ) -> Result<Reply, SendError> {
-        let name = || self.name.to_string();
-        let io = |source: io::Error| SendError::Io { name: name(), source };
-        let timed_out = || SendError::TimedOut { name: name(), timeout: timeout.unwrap_or_default() };
-        let remaining = |conn: &UnixStream| -> Result<(), SendError> {
-            let left = match deadline {
-                None => None,
-                Some(d) => {
-                    Some(d.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()).ok_or_else(timed_out)?)
-                }
-            };
-            conn.set_read_timeout(left).and_then(|()| conn.set_write_timeout(left)).map_err(io)
-        };
-
-        let (records, section_fds) = wire::encode_sections(sections).map_err(io)?;
-        let memfd = if data.len() as u64 > INLINE_MAX { Some(wire::sealed_memfd(data).map_err(io)?) } else { None };
-        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
-        if let Some(fd) = &memfd {
-            fds.push(fd.as_fd());
-        }
-        fds.extend(section_fds.iter().map(|f| f.as_fd()));
-        let mut body = Vec::with_capacity(if memfd.is_some() { 0 } else { data.len() } + records.len());
-        if memfd.is_none() {
-            body.extend_from_slice(data);
-        }
-        body.extend_from_slice(&records);
-        let header = Header {
-            magic: REQUEST,
-            b0: if memfd.is_some() { FLAG_MEMFD } else { 0 },
-            b1: sections.len() as u8,
-            seq: self.seq,
-            word: tag,
-            len: data.len() as u64,
-        };
-        remaining(conn)?;
-        if let Err(e) = wire::send_frame(conn, &header, &body, &fds) {
-            if wire::is_timeout(&e) {
-                return Err(timed_out());
-            }
-            if !wire::is_disconnect(&e) {
-                return Err(io(e));
-            }
-            // The receiver closed on us; it may have said why first.
-        }
-        drop((memfd, section_fds));
-
-        loop {
-            remaining(conn)?;
-            let (h, mut fds) = match wire::recv_header(conn) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return Err(SendError::ReceiverDied { name: name() }),
-                Err(e) if wire::is_timeout(&e) => return Err(timed_out()),
-                Err(e) if wire::is_disconnect(&e) => return Err(SendError::ReceiverDied { name: name() }),
-                Err(e) => return Err(io(e)),
-            };
-            if h.magic != REPLY {
-                return Err(io(wire::bad("not a copydata reply")));
-            }
-            let read_err = |e: io::Error| {
-                if wire::is_timeout(&e) {
-                    timed_out()
-                } else if wire::is_disconnect(&e) {
-                    SendError::ReceiverDied { name: name() }
-                } else {
-                    io(e)
-                }
-            };
-            match h.b0 {
-                STATUS_REFUSED => {
-                    let reason = wire::read_reason(conn, h.len).map_err(read_err)?;
-                    return Err(SendError::Refused { name: name(), reason });
-                }
-                STATUS_TOO_LARGE => {
-                    return Err(SendError::PayloadTooLarge { name: name(), size: data.len() as u64, max: h.word });
-                }
-                STATUS_OK => {}
-                other => return Err(io(wire::bad(format!("unknown reply status {other}")))),
-            }
-            let payload = wire::read_payload(conn, &h, h.b1 & FLAG_MEMFD != 0, &mut fds, u64::MAX).map_err(read_err)?;
-            if h.seq != self.seq {
-                // Cannot happen on a fresh connection per timed-out send, but
-                // never hand out a reply to another message.
-                continue;
-            }
-            return Ok(Reply { code: h.word as i64, data: payload });
+        other => {
+            return Err(SendError::Incompatible { name: shown(), reason: format!("unknown set-up status {other}") });
         }
     }
+    let bad = |reason: String| SendError::Protocol { name: shown(), reason };
+    if h.seq != u64::from(PROTOCOL) || fds.len() != 2 || h.len != 0 {
+        return Err(SendError::Incompatible { name: shown(), reason: format!("set-up of protocol {}", h.seq) });
+    }
+    let bells_fd = fds.pop().expect("two descriptors");
+    let region =
+        sealed_section(fds.pop().expect("two descriptors"), "connection region").map_err(|e| bad(e.to_string()))?;
+    let region = Region::adopt(region).map_err(bad)?;
+    let bells = sealed_section(bells_fd, "doorbell section").map_err(|e| bad(e.to_string()))?;
+    if bells.len() != BELLS_LEN as u64 {
+        return Err(bad(format!("doorbell section of {} bytes", bells.len())));
+    }
+    let bells = bells.map_mut(0, BELLS_LEN).map_err(|e| bad(format!("mapping the doorbells: {e}")))?;
+    sock.set_read_timeout(None).map_err(io)?;
+    sock.set_write_timeout(None).map_err(io)?;
+    Ok((Link { region, sock, bells: Some(bells) }, h.word))
 }
 
 /// Removes the files of the mailbox `name` if no live process has bound it.

@@ -1,0 +1,797 @@
+//! The message protocol on the rings of one connection.
+//!
+//! Records (see [`ring`](super::ring) for the header):
+//!
+//! | kind | ring | word | inline bytes |
+//! |---|---|---|---|
+//! | `CALL`, `POST` | requests | tag | [aux] [buffer reference \| payload] |
+//! | `REPLY` | replies | code | [aux] [buffer reference \| payload] |
+//! | `REFUSED` | replies | 0 | the reason (UTF-8, at most 4 KiB) |
+//! | `TOO_LARGE` | replies | the limit | none |
+//! | `RETIRE` | either | a buffer slot | none |
+//!
+//! `len` is the payload's length wherever it is. With the `AUX` flag the
+//! inline bytes start with `aux_len: u32, sections: u32` and `aux_len`
+//! bytes (padded to 8) for the backend (`Link::recv_aux`); with `BUF` a
+//! 16-byte [`BufRef`] follows, else the payload itself.
+//!
+//! A sender has at most one `CALL` outstanding (it waits for the reply), so
+//! the reply ring never fills unless the sender misbehaves: then the
+//! receiver drops the connection rather than wait. Posts fill the request
+//! ring; a full ring blocks `post` (backpressure).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use super::pool::{BUF_LOAN, BUF_NEW, BUF_ONESHOT, BufRef, Lent, ONESHOT, PeerBuffers, Pool};
+use super::region::{REP_CAP, REQ_CAP, SLOTS, Side};
+use super::ring::{Consumer, Corrupt, Producer, Rec, max_inline, pack_flags, record_size, user_flags};
+use super::{Bell, INLINE_MAX, Park, Wait, spin};
+use crate::mailbox::{Message, Payload, Peer, Reply};
+use crate::section::Section;
+use crate::sys::mailbox::Link;
+use crate::view::View;
+
+pub(crate) const CALL: u32 = 1;
+pub(crate) const POST: u32 = 2;
+pub(crate) const REPLY: u32 = 3;
+pub(crate) const REFUSED: u32 = 4;
+pub(crate) const TOO_LARGE: u32 = 5;
+pub(crate) const RETIRE: u32 = 6;
+const F_AUX: u32 = 1;
+const F_BUF: u32 = 2;
+const MAX_REASON: usize = 4096;
+/// The most sections one message may carry.
+pub(crate) const MAX_SECTIONS: usize = 16;
+
+/// Why an exchange failed, before the portable layer names the mailbox.
+#[derive(Debug)]
+pub(crate) enum Fail {
+    TimedOut,
+    PeerGone,
+    Refused(String),
+    TooLarge {
+        max: u64,
+    },
+    /// The request ring is full (`try_post`).
+    Full,
+    /// The peer broke the protocol; the connection is unusable.
+    Broken(String),
+    Io(io::Error),
+}
+
+impl From<Corrupt> for Fail {
+    fn from(c: Corrupt) -> Fail {
+        Fail::Broken(c.to_string())
+    }
+}
+
+/// A payload on its way out.
+pub(crate) enum Body<'a> {
+    Bytes(&'a [u8]),
+    /// A loan, filled in place: `len` bytes of the lent buffer.
+    Lent(&'a LentBuf, usize),
+}
+
+/// A buffer lent to the application for a zero-copy message: pooled, or a
+/// one-shot section when the pool cannot serve it.
+#[derive(Debug)]
+pub(crate) struct LentBuf {
+    pub(crate) ptr: *mut u8,
+    pub(crate) cap: usize,
+    slot: u32,
+    use_no: u64,
+    announce: bool,
+    oneshot: Option<(Section, crate::view::ViewMut)>,
+}
+
+// SAFETY:
+// - the pointer is into a mapping kept alive by the connection's pool (or by
+//   `oneshot`); it is only written by the thread owning the `Loan`.
+unsafe impl Send for LentBuf {}
+
+/// The inline bytes of a request or reply record, parsed and checked.
+struct Parsed {
+    aux: Option<(Vec<u8>, usize)>,
+    buf: Option<BufRef>,
+    /// Offset and length of an inline payload.
+    inline_payload: (usize, usize),
+}
+
+fn parse(c: &Consumer, rec: &Rec) -> Result<Parsed, String> {
+    let flags = user_flags(rec);
+    if flags & !(F_AUX | F_BUF) != 0 {
+        return Err(format!("unknown record flags {flags:#x}"));
+    }
+    let mut at = 0usize;
+    let mut aux = None;
+    if flags & F_AUX != 0 {
+        if rec.inline < 8 {
+            return Err("record too short for its attachment".into());
+        }
+        let mut head = [0u8; 8];
+        c.read(rec, 0, &mut head);
+        let aux_len = u32::from_ne_bytes(head[0..4].try_into().expect("4")) as usize;
+        let sections = u32::from_ne_bytes(head[4..8].try_into().expect("4")) as usize;
+        if sections > MAX_SECTIONS || 8 + aux_len.next_multiple_of(8) > rec.inline {
+            return Err(format!("attachment of {aux_len} bytes and {sections} sections"));
+        }
+        let mut bytes = vec![0u8; aux_len];
+        c.read(rec, 8, &mut bytes);
+        aux = Some((bytes, sections));
+        at = 8 + aux_len.next_multiple_of(8);
+    }
+    let mut buf = None;
+    if flags & F_BUF != 0 {
+        if rec.inline != at + BufRef::LEN {
+            return Err("record with a buffer reference has stray bytes".into());
+        }
+        let mut b = [0u8; BufRef::LEN];
+        c.read(rec, at, &mut b);
+        buf = Some(BufRef::decode(&b)?);
+        at += BufRef::LEN;
+    } else if (rec.inline - at) as u64 != rec.len {
+        return Err(format!("inline payload of {} bytes announced as {}", rec.inline - at, rec.len));
+    }
+    Ok(Parsed { aux, buf, inline_payload: (at, rec.inline - at) })
+}
+
+/// Builds the inline parts of a record: attachment header, attachment, and
+/// buffer reference or payload.
+fn parts<'a>(
+    aux_head: &'a mut [u8; 8],
+    aux: Option<&'a (Vec<u8>, usize)>,
+    pad: &'a [u8; 8],
+    bufref: Option<&'a [u8; 16]>,
+    payload: &'a [u8],
+) -> (u32, Vec<&'a [u8]>) {
+    let mut flags = 0;
+    let mut out: Vec<&[u8]> = Vec::with_capacity(5);
+    if let Some((bytes, sections)) = aux {
+        flags |= F_AUX;
+        aux_head[0..4].copy_from_slice(&(bytes.len() as u32).to_ne_bytes());
+        aux_head[4..8].copy_from_slice(&(*sections as u32).to_ne_bytes());
+        out.push(&aux_head[..]);
+        out.push(bytes);
+        out.push(&pad[..bytes.len().next_multiple_of(8) - bytes.len()]);
+    }
+    if let Some(b) = bufref {
+        flags |= F_BUF;
+        out.push(&b[..]);
+    } else {
+        out.push(payload);
+    }
+    (flags, out)
+}
+
+/// Copies `len` bytes of a view into `out` (cleared first), without zeroing
+/// the destination first.
+fn copy_out(view: &View, len: usize, out: &mut Vec<u8>) {
+    assert!(len <= view.len());
+    out.clear();
+    out.reserve(len);
+    // SAFETY:
+    // - the source is inside the view (checked above) and mapped while
+    //   `view` lives; the destination is `len` bytes of `out`'s spare
+    //   capacity (just reserved), private memory, so they do not overlap;
+    // - after the copy the first `len` bytes are initialised, so `set_len`
+    //   is sound;
+    // - no reference to the shared bytes is formed.
+    unsafe {
+        std::ptr::copy_nonoverlapping(view.as_ptr(), out.as_mut_ptr(), len);
+        out.set_len(len);
+    }
+}
+
+// ---------------------------------------------------------------- sender
+
+/// The sending side of a connection.
+#[derive(Debug)]
+pub(crate) struct Client {
+    link: Link,
+    req: Producer,
+    rep: Consumer,
+    pool: Pool,
+    peer: PeerBuffers,
+    wait: Wait,
+    max_payload: u64,
+}
+
+impl Client {
+    pub(crate) fn new(link: Link, wait: Wait, max_payload: u64) -> Client {
+        let (req, rep) = (Producer::new(link.region().requests()), Consumer::new(link.region().replies()));
+        Client { link, req, rep, pool: Pool::new(Side::Sender), peer: PeerBuffers::new(), wait, max_payload }
+    }
+
+    pub(crate) fn max_payload(&self) -> u64 {
+        self.max_payload
+    }
+
+    /// Spins (per the wait strategy), then parks on `bell` until `check`
+    /// finds something or `deadline` passes.
+    fn wait_for<T>(
+        &mut self,
+        bell: Bell,
+        deadline: Option<Instant>,
+        mut check: impl FnMut(&mut Client) -> Result<Option<T>, Fail>,
+    ) -> Result<T, Fail> {
+        if self.wait == Wait::SpinThenPark
+            && let Some(t) = spin(|| check(self))?
+        {
+            return Ok(t);
+        }
+        let ring = match bell {
+            Bell::Reply => *self.rep.ring(),
+            _ => *self.req.ring(),
+        };
+        let (flag, word) = match bell {
+            Bell::Reply => (ring.cons_parked(), ring.cons_wake()),
+            _ => (ring.prod_parked(), ring.prod_wake()),
+        };
+        loop {
+            let seen = word.load(Ordering::Acquire);
+            flag.store(1, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            let found = check(self);
+            if !matches!(found, Ok(None)) {
+                flag.store(0, Ordering::Relaxed);
+                return found.map(|t| t.expect("checked"));
+            }
+            let parked = self.link.park(bell, seen, deadline);
+            flag.store(0, Ordering::Relaxed);
+            if let Some(t) = check(self)? {
+                return Ok(t);
+            }
+            match parked {
+                Park::Woken => {}
+                Park::TimedOut => return Err(Fail::TimedOut),
+                Park::PeerGone => return Err(Fail::PeerGone),
+            }
+        }
+    }
+
+    /// Waits for room for a record of `inline` bytes (or fails with `Full`
+    /// when `block` is false).
+    fn room(&mut self, inline: usize, block: bool, deadline: Option<Instant>) -> Result<(), Fail> {
+        let size = record_size(inline);
+        if self.req.has_room(size)? {
+            return Ok(());
+        }
+        if !block {
+            return Err(Fail::Full);
+        }
+        self.wait_for(Bell::Space, deadline, |c| Ok(c.req.has_room(size)?.then_some(())))
+    }
+
+    fn push(&mut self, kind: u32, flags: u32, len: u64, word: u64, parts: &[&[u8]]) -> Result<(), Fail> {
+        let inline: usize = parts.iter().map(|p| p.len()).sum();
+        match self.req.push(kind, pack_flags(flags, inline), len, word, parts)? {
+            Some(true) => self.link.wake(Bell::Request),
+            Some(false) => {}
+            None => return Err(Fail::Broken("no room after waiting for it".into())),
+        }
+        Ok(())
+    }
+
+    /// Tells the receiver about buffers given back, and gives back large
+    /// ones after a quiet spell.
+    fn retire(&mut self, mut slots: Vec<u32>, deadline: Option<Instant>) -> Result<(), Fail> {
+        slots.extend(self.pool.trim(self.link.region(), Instant::now()));
+        for slot in slots {
+            self.room(0, true, deadline)?;
+            self.push(RETIRE, 0, 0, u64::from(slot), &[])?;
+        }
+        Ok(())
+    }
+
+    /// A buffer for a loan of `len` bytes.
+    pub(crate) fn lend(&mut self, len: usize) -> Result<LentBuf, Fail> {
+        if len as u64 > self.max_payload {
+            return Err(Fail::TooLarge { max: self.max_payload });
+        }
+        let mut retired = Vec::new();
+        let lent = self.pool.lend(self.link.region(), len, &mut retired).map_err(Fail::Io)?;
+        self.retire(retired, None)?;
+        Ok(match lent {
+            Some(Lent { slot, use_no, announce, ptr, cap }) => {
+                LentBuf { ptr, cap, slot, use_no, announce, oneshot: None }
+            }
+            None => {
+                let section = Section::anonymous(len.max(1) as u64).map_err(|e| Fail::Io(io::Error::other(e)))?;
+                let view = section.map_mut(0, len.max(1)).map_err(|e| Fail::Io(io::Error::other(e)))?;
+                LentBuf {
+                    ptr: view.as_mut_ptr(),
+                    cap: len,
+                    slot: ONESHOT,
+                    use_no: 0,
+                    announce: true,
+                    oneshot: Some((section, view)),
+                }
+            }
+        })
+    }
+
+    /// Queues a `CALL` or `POST`.
+    pub(crate) fn put(
+        &mut self,
+        kind: u32,
+        tag: u64,
+        body: Body<'_>,
+        sections: &[&Section],
+        block: bool,
+        deadline: Option<Instant>,
+    ) -> Result<(), Fail> {
+        let len = match &body {
+            Body::Bytes(d) => d.len(),
+            Body::Lent(_, len) => *len,
+        };
+        if len as u64 > self.max_payload {
+            return Err(Fail::TooLarge { max: self.max_payload });
+        }
+        if sections.len() > MAX_SECTIONS {
+            return Err(Fail::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("at most {MAX_SECTIONS} sections per message"),
+            )));
+        }
+        // Where the payload goes: inline, a pooled buffer, or a one-shot section.
+        let mut retired = Vec::new();
+        let mut oneshot: Option<Section> = None;
+        let bufref = match &body {
+            Body::Bytes(d) if d.len() <= INLINE_MAX => None,
+            Body::Bytes(d) => match self.pool.lend(self.link.region(), d.len(), &mut retired).map_err(Fail::Io)? {
+                Some(lent) => {
+                    // SAFETY:
+                    // - `lent.ptr` is the start of our own writable mapping of
+                    //   at least `lent.cap >= d.len()` bytes, free for this use
+                    //   (the peer released its last use);
+                    // - `d` is the caller's memory, distinct from the mapping.
+                    unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), lent.ptr, d.len()) };
+                    Some(BufRef {
+                        slot: lent.slot,
+                        flags: if lent.announce { BUF_NEW } else { 0 },
+                        use_no: lent.use_no,
+                    })
+                }
+                None => {
+                    oneshot = Some(Link::oneshot(d).map_err(Fail::Io)?);
+                    Some(BufRef { slot: ONESHOT, flags: BUF_ONESHOT | BUF_NEW, use_no: 0 })
+                }
+            },
+            Body::Lent(l, _) => {
+                let mut flags = BUF_LOAN;
+                if l.announce {
+                    flags |= BUF_NEW;
+                }
+                if l.slot == ONESHOT {
+                    flags |= BUF_ONESHOT;
+                }
+                Some(BufRef { slot: l.slot, flags, use_no: l.use_no })
+            }
+        };
+        self.retire(retired, deadline)?;
+        let has_new = bufref.is_some_and(|b| b.flags & BUF_NEW != 0);
+        let attach = has_new || !sections.is_empty();
+        let aux_len = if attach { Link::aux_len(has_new, sections) } else { 0 };
+        let inline_payload = match (&bufref, &body) {
+            (None, Body::Bytes(d)) => d.len(),
+            _ => 0,
+        };
+        let inline = if attach { 8 + aux_len.next_multiple_of(8) } else { 0 }
+            + if bufref.is_some() { BufRef::LEN } else { inline_payload };
+        if inline > max_inline(REQ_CAP) {
+            return Err(Fail::Io(io::Error::new(io::ErrorKind::InvalidInput, "message attachments too large")));
+        }
+        self.room(inline, block, deadline)?;
+        let new_buffer: Option<&Section> = match (&bufref, &body) {
+            (Some(_), _) if !has_new => None,
+            (Some(_), Body::Lent(l, _)) => match &l.oneshot {
+                Some((s, _)) => Some(s),
+                None => self.pool.handle(l.slot),
+            },
+            (Some(b), Body::Bytes(_)) if b.slot == ONESHOT => oneshot.as_ref(),
+            (Some(b), Body::Bytes(_)) => self.pool.handle(b.slot),
+            (None, _) => None,
+        };
+        let aux = if attach {
+            let bytes = self.link.send_aux(new_buffer, sections).map_err(Fail::Io)?;
+            debug_assert_eq!(bytes.len(), aux_len);
+            Some((bytes, sections.len()))
+        } else {
+            None
+        };
+        let encoded = bufref.map(|b| b.encode());
+        let payload: &[u8] = match (&bufref, &body) {
+            (None, Body::Bytes(d)) => d,
+            _ => &[],
+        };
+        let (mut head, pad) = ([0u8; 8], [0u8; 8]);
+        let (flags, ps) = parts(&mut head, aux.as_ref(), &pad, encoded.as_ref(), payload);
+        self.push(kind, flags, len as u64, tag, &ps)
+    }
+
+    /// Waits for the reply to the outstanding call.
+    pub(crate) fn reply(&mut self, deadline: Option<Instant>) -> Result<Reply, Fail> {
+        self.wait_for(Bell::Reply, deadline, |c| c.take_reply())
+    }
+
+    fn take_reply(&mut self) -> Result<Option<Reply>, Fail> {
+        loop {
+            let Some(rec) = self.rep.peek()? else { return Ok(None) };
+            match rec.kind {
+                RETIRE => {
+                    let slot = rec.word as u32;
+                    if slot as usize >= SLOTS {
+                        return Err(Fail::Broken(format!("retired buffer slot {slot}")));
+                    }
+                    self.peer.retire(slot);
+                    self.rep.advance(&rec);
+                    continue;
+                }
+                REFUSED => {
+                    if rec.inline > MAX_REASON {
+                        return Err(Fail::Broken("refusal reason too long".into()));
+                    }
+                    let mut text = vec![0u8; rec.inline];
+                    self.rep.read(&rec, 0, &mut text);
+                    self.rep.advance(&rec);
+                    return Err(Fail::Refused(String::from_utf8_lossy(&text).into_owned()));
+                }
+                TOO_LARGE => {
+                    self.rep.advance(&rec);
+                    return Err(Fail::TooLarge { max: rec.word });
+                }
+                REPLY => {}
+                other => return Err(Fail::Broken(format!("unknown reply kind {other}"))),
+            }
+            let p = parse(&self.rep, &rec).map_err(Fail::Broken)?;
+            let data = self.payload_of(&rec, &p)?;
+            self.rep.advance(&rec);
+            return Ok(Some(Reply { code: rec.word as i64, data }));
+        }
+    }
+
+    fn payload_of(&mut self, rec: &Rec, p: &Parsed) -> Result<Payload, Fail> {
+        let (new_buf, _) = match &p.aux {
+            Some((bytes, n)) => {
+                let buffer = p.buf.is_some_and(|b| b.flags & BUF_NEW != 0);
+                self.link.recv_aux(bytes, buffer, *n).map_err(|e| Fail::Broken(e.to_string()))?
+            }
+            None => (None, Vec::new()),
+        };
+        let Some(b) = p.buf else {
+            let mut v = vec![0u8; p.inline_payload.1];
+            self.rep.read(rec, p.inline_payload.0, &mut v);
+            return Ok(Payload::from(v));
+        };
+        let len = usize::try_from(rec.len).map_err(|_| Fail::Broken("reply larger than memory".into()))?;
+        if b.flags & BUF_ONESHOT != 0 {
+            let section = new_buf.ok_or_else(|| Fail::Broken("one-shot reply without its section".into()))?;
+            return oneshot_payload(&section, len).map_err(Fail::Broken);
+        }
+        if b.flags & BUF_NEW != 0 {
+            self.peer
+                .insert(b.slot, new_buf.ok_or_else(|| Fail::Broken("new reply buffer without its handle".into()))?);
+        }
+        let view = self.peer.view(b.slot, rec.len).map_err(Fail::Broken)?;
+        let mut out = Vec::new();
+        if len > 0 {
+            copy_out(&view, len, &mut out);
+        }
+        self.link.region().released(Side::Receiver, b.slot as usize).store(b.use_no, Ordering::Release);
+        Ok(Payload::from(out))
+    }
+}
+
+/// The payload of a one-shot section: read in place if the kernel keeps it
+/// from changing, else copied.
+fn oneshot_payload(section: &Section, len: usize) -> Result<Payload, String> {
+    if len == 0 {
+        return Ok(Payload::default());
+    }
+    if (section.len() as usize) < len {
+        return Err("one-shot payload section too small".into());
+    }
+    let view = section.map(0, len).map_err(|e| e.to_string())?;
+    if Link::frozen(section) {
+        // SAFETY: `Link::frozen` checked that no process can write the
+        // section's memory any more (Linux: F_SEAL_WRITE on the memfd).
+        return Ok(unsafe { Payload::frozen(view) });
+    }
+    Ok(Payload::from(view.to_vec()))
+}
+
+// ---------------------------------------------------------------- receiver
+
+/// A message taken off a connection.
+#[derive(Debug)]
+pub(crate) struct Incoming {
+    pub(crate) message: Message,
+    /// `CALL` (a reply is awaited) or `POST`.
+    pub(crate) call: bool,
+}
+
+#[derive(Debug)]
+struct ServerState {
+    req: Consumer,
+    rep: Producer,
+    peer: PeerBuffers,
+    pool: Pool,
+    /// A payload buffer kept between messages (no page faults per message).
+    spare: Vec<u8>,
+}
+
+/// The receiving side of a connection.
+#[derive(Debug)]
+pub(crate) struct ServerConn {
+    link: Link,
+    pub(crate) peer: Peer,
+    pub(crate) wait: Wait,
+    max_payload: u64,
+    state: Mutex<ServerState>,
+    /// A `CALL` taken and not yet answered: the connection's next message
+    /// waits (order per sender).
+    pub(crate) busy: AtomicBool,
+    /// The sender is gone or broke the protocol.
+    pub(crate) dead: AtomicBool,
+}
+
+impl ServerConn {
+    pub(crate) fn new(link: Link, peer: Peer, wait: Wait, max_payload: u64) -> ServerConn {
+        let (req, rep) = (Consumer::new(link.region().requests()), Producer::new(link.region().replies()));
+        ServerConn {
+            link,
+            peer,
+            wait,
+            max_payload,
+            state: Mutex::new(ServerState {
+                req,
+                rep,
+                peer: PeerBuffers::new(),
+                pool: Pool::new(Side::Receiver),
+                spare: Vec::new(),
+            }),
+            busy: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn link(&self) -> &Link {
+        &self.link
+    }
+
+    fn state(&self) -> MutexGuard<'_, ServerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The request ring, for the handler thread's parked flag.
+    pub(crate) fn requests(&self) -> super::ring::RingPtr {
+        self.link.region().requests()
+    }
+
+    /// The next message, if one is complete. `Err` means the sender broke
+    /// the protocol (the reason is logged and the connection dropped).
+    pub(crate) fn take(self: &Arc<Self>) -> Result<Option<Incoming>, String> {
+        let mut st = self.state();
+        loop {
+            let Some(rec) = st.req.peek().map_err(|c| c.to_string())? else { return Ok(None) };
+            match rec.kind {
+                RETIRE => {
+                    let slot = rec.word;
+                    if slot >= SLOTS as u64 {
+                        return Err(format!("retired buffer slot {slot}"));
+                    }
+                    st.peer.retire(slot as u32);
+                    if st.req.advance(&rec) {
+                        self.link.wake(Bell::Space);
+                    }
+                    continue;
+                }
+                CALL | POST => {}
+                other => return Err(format!("unknown request kind {other}")),
+            }
+            if rec.len > self.max_payload {
+                return Err(format!("a payload of {} bytes above the mailbox's limit", rec.len));
+            }
+            let p = parse(&st.req, &rec)?;
+            let (new_buf, sections) = match &p.aux {
+                Some((bytes, n)) => {
+                    let buffer = p.buf.is_some_and(|b| b.flags & BUF_NEW != 0);
+                    self.link.recv_aux(bytes, buffer, *n).map_err(|e| format!("attachment: {e}"))?
+                }
+                None => (None, Vec::new()),
+            };
+            let len = usize::try_from(rec.len).map_err(|_| "payload larger than memory".to_string())?;
+            let (payload, loan) = match p.buf {
+                None => {
+                    let mut v = vec![0u8; len];
+                    st.req.read(&rec, p.inline_payload.0, &mut v);
+                    (Payload::from(v), None)
+                }
+                Some(b) if b.flags & BUF_ONESHOT != 0 => {
+                    let section = new_buf.ok_or("one-shot payload without its section")?;
+                    if b.flags & BUF_LOAN != 0 {
+                        let view = if len == 0 {
+                            None
+                        } else {
+                            Some(Arc::new(section.map(0, len).map_err(|e| format!("mapping a loan: {e}"))?))
+                        };
+                        (Payload::default(), Some(crate::loan::LoanView::new(view, len, None)))
+                    } else {
+                        (oneshot_payload(&section, len)?, None)
+                    }
+                }
+                Some(b) => {
+                    if b.flags & BUF_NEW != 0 {
+                        st.peer.insert(b.slot, new_buf.ok_or("new buffer without its handle")?);
+                    }
+                    let view = st.peer.view(b.slot, rec.len)?;
+                    if b.flags & BUF_LOAN != 0 {
+                        let release = Release { conn: self.clone(), slot: b.slot, use_no: b.use_no };
+                        (Payload::default(), Some(crate::loan::LoanView::new(Some(view), len, Some(release))))
+                    } else {
+                        let mut v = std::mem::take(&mut st.spare);
+                        if len > 0 {
+                            copy_out(&view, len, &mut v);
+                        } else {
+                            v.clear();
+                        }
+                        self.release(b.slot, b.use_no);
+                        (Payload::from(v), None)
+                    }
+                }
+            };
+            if st.req.advance(&rec) {
+                self.link.wake(Bell::Space);
+            }
+            let call = rec.kind == CALL;
+            if call {
+                self.busy.store(true, Ordering::Release);
+            }
+            let message = Message::new(rec.word, payload, sections, self.peer).with_loan(loan, call);
+            return Ok(Some(Incoming { message, call }));
+        }
+    }
+
+    /// Gives a payload buffer back for the next message.
+    pub(crate) fn recycle(&self, v: Vec<u8>) {
+        let mut st = self.state();
+        if v.capacity() > st.spare.capacity() {
+            st.spare = v;
+        }
+    }
+
+    /// Marks a use of a sender buffer as done.
+    fn release(&self, slot: u32, use_no: u64) {
+        self.link.region().released(Side::Sender, slot as usize).store(use_no, Ordering::Release);
+    }
+
+    /// Queues a reply record; `Err` if the sender does not read its replies.
+    fn put_reply(&self, st: &mut ServerState, kind: u32, word: u64, data: &[u8]) -> Result<(), String> {
+        let mut retired = Vec::new();
+        let mut oneshot = None;
+        let bufref = if data.len() <= INLINE_MAX || kind != REPLY {
+            None
+        } else {
+            match st.pool.lend(self.link.region(), data.len(), &mut retired).map_err(|e| e.to_string())? {
+                Some(lent) => {
+                    // SAFETY: as in `Client::put`: our own writable mapping of
+                    // at least `data.len()` bytes, free for this use.
+                    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), lent.ptr, data.len()) };
+                    Some(BufRef {
+                        slot: lent.slot,
+                        flags: if lent.announce { BUF_NEW } else { 0 },
+                        use_no: lent.use_no,
+                    })
+                }
+                None => {
+                    oneshot = Some(Link::oneshot(data).map_err(|e| e.to_string())?);
+                    Some(BufRef { slot: ONESHOT, flags: BUF_ONESHOT | BUF_NEW, use_no: 0 })
+                }
+            }
+        };
+        for slot in retired {
+            self.push_reply(st, RETIRE, 0, 0, u64::from(slot), &[])?;
+        }
+        let new_buffer = match &bufref {
+            Some(b) if b.flags & BUF_NEW != 0 => {
+                if b.slot == ONESHOT {
+                    oneshot.as_ref()
+                } else {
+                    st.pool.handle(b.slot)
+                }
+            }
+            _ => None,
+        };
+        let aux = match new_buffer {
+            Some(s) => Some((self.link.send_aux(Some(s), &[]).map_err(|e| e.to_string())?, 0)),
+            None => None,
+        };
+        let encoded = bufref.map(|b| b.encode());
+        let payload = if bufref.is_some() { &[][..] } else { data };
+        let (mut head, pad) = ([0u8; 8], [0u8; 8]);
+        let (flags, ps) = parts(&mut head, aux.as_ref(), &pad, encoded.as_ref(), payload);
+        self.push_reply(st, kind, flags, data.len() as u64, word, &ps)
+    }
+
+    fn push_reply(
+        &self,
+        st: &mut ServerState,
+        kind: u32,
+        flags: u32,
+        len: u64,
+        word: u64,
+        ps: &[&[u8]],
+    ) -> Result<(), String> {
+        let inline: usize = ps.iter().map(|p| p.len()).sum();
+        if inline > max_inline(REP_CAP) {
+            return Err("reply record too large".into());
+        }
+        match st.rep.push(kind, pack_flags(flags, inline), len, word, ps).map_err(|c| c.to_string())? {
+            Some(true) => self.link.wake(Bell::Reply),
+            Some(false) => {}
+            None => return Err("the sender does not read its replies".into()),
+        }
+        Ok(())
+    }
+
+    fn answer(&self, kind: u32, word: u64, data: &[u8]) -> Result<(), String> {
+        let result = {
+            let mut st = self.state();
+            self.put_reply(&mut st, kind, word, data)
+        };
+        self.busy.store(false, Ordering::Release);
+        if result.is_err() {
+            self.dead.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    /// Answers the outstanding call.
+    pub(crate) fn reply(&self, code: i64, data: &[u8]) -> Result<(), String> {
+        self.answer(REPLY, code as u64, data)
+    }
+
+    /// Refuses the outstanding call.
+    pub(crate) fn refuse(&self, reason: &str) -> Result<(), String> {
+        let mut end = reason.len().min(MAX_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.answer(REFUSED, 0, &reason.as_bytes()[..end])
+    }
+
+    /// Ends a taken post (nothing is sent back).
+    pub(crate) fn done_post(&self) {}
+
+    /// Gives back memory after a quiet spell: unmaps the sender's buffers,
+    /// drops the spare payload buffer and large reply buffers.
+    pub(crate) fn trim(&self, now: Instant) {
+        let mut st = self.state();
+        st.peer.unmap_all();
+        st.spare = Vec::new();
+        let region = self.link.region();
+        let gone = st.pool.trim(region, now);
+        for slot in gone {
+            if self.push_reply(&mut st, RETIRE, 0, 0, u64::from(slot), &[]).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// Releases a loaned sender buffer when the receiver is done reading it.
+#[derive(Debug)]
+pub(crate) struct Release {
+    conn: Arc<ServerConn>,
+    slot: u32,
+    use_no: u64,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.conn.release(self.slot, self.use_no);
+    }
+}

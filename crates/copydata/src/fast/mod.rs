@@ -1,0 +1,118 @@
+//! The fast path: mailbox messages through shared memory.
+//!
+//! Each connection between a sender and a mailbox has a shared region
+//! ([`region`]) with two single-producer, single-consumer rings
+//! ([`ring`]): requests one way, replies the other. Payloads up to
+//! [`INLINE_MAX`] travel inside the ring; larger ones in buffers from a
+//! per-connection pool ([`pool`]), mapped once and reused, or lent to the
+//! application as a zero-copy [`Loan`](crate::Loan). [`conn`] is the
+//! protocol on top of the rings, [`serve`] the receiving side's handler
+//! threads.
+//!
+//! Only three things are per-OS, in `sys::<os>::mailbox`: setting the region
+//! up (the receiver creates it and hands it over: `SCM_RIGHTS` on Linux,
+//! `DuplicateHandle` on Windows), parking and waking (a futex in the region
+//! on Linux, event objects on Windows), and noticing that the peer died.
+//! That backend type, `Link`, provides:
+//!
+//! - `region(&self) -> &Region`
+//! - `wake(&self, bell: Bell)`: bump the bell's word and wake whoever sleeps
+//!   on it in the other process
+//! - `park(&self, bell: Bell, seen: u32, deadline: Option<Instant>) -> Park`
+//!   (the sending side only; the receiving side parks on its doorbell)
+//! - `send_aux(&self, buffer: Option<&Section>, sections: &[&Section]) -> io::Result<Vec<u8>>`:
+//!   hands a buffer and sections to the peer; returns bytes to put in the
+//!   record (empty where they travel beside the ring)
+//! - `recv_aux(&self, inline: &[u8], buffer: bool, sections: usize) -> io::Result<(Option<Section>, Vec<Section>)>`
+//! - `oneshot(data: &[u8]) -> io::Result<(Section, bool)>`: a payload too
+//!   large for the pool in a section of its own; `true` if the kernel keeps
+//!   it from changing (a sealed memfd)
+//! - `frozen(section: &Section) -> bool` on the receiving side: whether a
+//!   one-shot payload really is sealed
+
+pub(crate) mod conn;
+pub(crate) mod pool;
+pub(crate) mod region;
+pub(crate) mod ring;
+pub(crate) mod serve;
+
+use std::time::{Duration, Instant};
+
+/// How a side of a connection waits for the other.
+///
+/// Set by the sender for both sides of its connection
+/// ([`SenderOptions::wait`](crate::SenderOptions::wait)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Wait {
+    /// Spin briefly (a few tens of microseconds, with the CPU's pause
+    /// instruction), then sleep. A peer that answers quickly is caught while
+    /// spinning, without the cost of a kernel wake-up (tens of microseconds
+    /// on virtual machines). An idle side sleeps and uses no CPU.
+    #[default]
+    SpinThenPark,
+    /// Sleep at once: every hand-off costs a kernel wake-up, like a socket,
+    /// and no CPU is spent spinning.
+    Park,
+}
+
+impl Wait {
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Wait::SpinThenPark => 0,
+            Wait::Park => 1,
+        }
+    }
+
+    pub(crate) fn from_code(code: u8) -> Option<Wait> {
+        match code {
+            0 => Some(Wait::SpinThenPark),
+            1 => Some(Wait::Park),
+            _ => None,
+        }
+    }
+}
+
+/// How long a side spins before it parks: about the cost of one wake-up.
+pub(crate) const SPIN: Duration = Duration::from_micros(50);
+
+/// Payloads up to this size are copied through the request ring; larger
+/// ones go through pooled buffers.
+pub(crate) const INLINE_MAX: usize = 16 << 10;
+
+/// The words a side may sleep on, named by what it waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bell {
+    /// A request was queued (wakes the receiver's handler thread).
+    Request,
+    /// A reply was queued (wakes the sender).
+    Reply,
+    /// Room was made in the request ring (wakes a sender blocked in `post`).
+    Space,
+}
+
+/// How a park ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Park {
+    /// Woken, or the word changed, or a spurious wake-up: look again.
+    Woken,
+    /// The deadline passed.
+    TimedOut,
+    /// The peer process is gone.
+    PeerGone,
+}
+
+/// Spins for at most [`SPIN`] while `check` finds nothing.
+pub(crate) fn spin<T, E>(mut check: impl FnMut() -> Result<Option<T>, E>) -> Result<Option<T>, E> {
+    let start = Instant::now();
+    loop {
+        for _ in 0..64 {
+            if let Some(t) = check()? {
+                return Ok(Some(t));
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= SPIN {
+            return Ok(None);
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Pools of large-payload buffers, one per direction of a connection.
+//!
+//! The side that writes a payload owns the buffer: it creates the section,
+//! keeps the only writable mapping (on Linux the memfd is then sealed with
+//! `F_SEAL_FUTURE_WRITE`, so the peer cannot map it writable), and hands a
+//! read-only handle to the peer the first time the buffer is used (the
+//! record says so). Buffers are reused, so a stream of large messages does
+//! not fault in fresh pages for each. Each use has a number; the peer
+//! stores that number in the region's release table when it is done, which
+//! frees the buffer for its owner. The pool is bounded in count and bytes;
+//! beyond that, a payload gets a one-shot section.
+//!
+//! ```text
+//! buffer reference (16 bytes, in the record):
+//!   slot: u32, flags: u32 (NEW: the handle comes with this record; LOAN), use: u64
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::region::{Region, SLOTS, Side};
+use crate::section::Section;
+use crate::view::{View, ViewMut};
+
+/// The handle to this buffer comes with the record.
+pub(crate) const BUF_NEW: u32 = 1;
+/// The payload is a loan: the receiver reads it in place.
+pub(crate) const BUF_LOAN: u32 = 2;
+/// A one-shot section, not in the pool (slot is `ONESHOT`).
+pub(crate) const BUF_ONESHOT: u32 = 4;
+pub(crate) const ONESHOT: u32 = u32::MAX;
+const KNOWN: u32 = BUF_NEW | BUF_LOAN | BUF_ONESHOT;
+
+/// The smallest pooled buffer.
+const MIN_BUF: usize = 64 << 10;
+/// The largest pooled buffer: larger payloads use one-shot sections.
+pub(crate) const MAX_BUF: usize = 256 << 20;
+/// At most this many bytes pooled per direction and connection.
+const MAX_POOL: usize = 512 << 20;
+/// At most this many buffers pooled per direction (the rest of the slots
+/// let a retired buffer's slot rest until its last use is released).
+const MAX_BUFFERS: usize = 8;
+/// Buffers above this size are given back after the pool has been idle
+/// this long.
+pub(crate) const TRIM_AFTER: Duration = Duration::from_millis(200);
+const KEEP_WHEN_IDLE: usize = 1 << 20;
+
+/// A buffer reference as carried in a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BufRef {
+    pub(crate) slot: u32,
+    pub(crate) flags: u32,
+    pub(crate) use_no: u64,
+}
+
+impl BufRef {
+    pub(crate) const LEN: usize = 16;
+
+    pub(crate) fn encode(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(&self.slot.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.flags.to_ne_bytes());
+        b[8..16].copy_from_slice(&self.use_no.to_ne_bytes());
+        b
+    }
+
+    pub(crate) fn decode(b: &[u8]) -> Result<BufRef, String> {
+        let b: &[u8; 16] = b.try_into().map_err(|_| "short buffer reference".to_string())?;
+        let r = BufRef {
+            slot: u32::from_ne_bytes(b[0..4].try_into().expect("4")),
+            flags: u32::from_ne_bytes(b[4..8].try_into().expect("4")),
+            use_no: u64::from_ne_bytes(b[8..16].try_into().expect("8")),
+        };
+        if r.flags & !KNOWN != 0 {
+            return Err(format!("unknown buffer flags {:#x}", r.flags));
+        }
+        let oneshot = r.flags & BUF_ONESHOT != 0;
+        if oneshot != (r.slot == ONESHOT) || (!oneshot && r.slot as usize >= SLOTS) {
+            return Err(format!("buffer slot {} with flags {:#x}", r.slot, r.flags));
+        }
+        if oneshot && r.flags & BUF_NEW == 0 {
+            return Err("a one-shot buffer without its handle".into());
+        }
+        Ok(r)
+    }
+}
+
+#[derive(Debug)]
+struct Buf {
+    /// The read-only handle handed to the peer (keeps the memory alive).
+    peer_handle: Section,
+    view: ViewMut,
+    cap: usize,
+    /// The number of its last use, 0 if never used.
+    last_use: u64,
+    /// Whether the peer has been given the handle.
+    announced: bool,
+}
+
+/// A buffer handed out for one message.
+#[derive(Debug)]
+pub(crate) struct Lent {
+    pub(crate) slot: u32,
+    pub(crate) use_no: u64,
+    /// Whether the peer lacks the handle: send [`Pool::handle`] with the record.
+    pub(crate) announce: bool,
+    pub(crate) ptr: *mut u8,
+    pub(crate) cap: usize,
+}
+
+/// The buffers a side owns (writes) on one connection.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    owner: Side,
+    slots: Vec<Option<Buf>>,
+    uses: u64,
+    last_activity: Instant,
+}
+
+impl Pool {
+    pub(crate) fn new(owner: Side) -> Pool {
+        Pool { owner, slots: (0..SLOTS).map(|_| None).collect(), uses: 0, last_activity: Instant::now() }
+    }
+
+    fn is_free(&self, region: &Region, slot: usize) -> bool {
+        match &self.slots[slot] {
+            Some(b) => {
+                b.last_use == 0
+                    || region.released(self.owner, slot).load(std::sync::atomic::Ordering::Acquire) == b.last_use
+            }
+            None => false,
+        }
+    }
+
+    /// A buffer of at least `len` bytes for one message, or `None` when the
+    /// payload is too large to pool or the pool is exhausted (use a one-shot
+    /// section then). `retire` receives the slots of buffers given back, to
+    /// tell the peer.
+    pub(crate) fn lend(&mut self, region: &Region, len: usize, retire: &mut Vec<u32>) -> std::io::Result<Option<Lent>> {
+        self.last_activity = Instant::now();
+        if len > MAX_BUF {
+            return Ok(None);
+        }
+        let want = len.max(MIN_BUF).next_power_of_two();
+        // The smallest free buffer that fits.
+        let mut best: Option<usize> = None;
+        for slot in 0..SLOTS {
+            if let Some(b) = &self.slots[slot]
+                && b.cap >= want
+                && self.is_free(region, slot)
+                && best.is_none_or(|s| self.slots[s].as_ref().is_some_and(|x| x.cap > b.cap))
+            {
+                best = Some(slot);
+            }
+        }
+        let slot = match best {
+            Some(s) => s,
+            None => {
+                // Make room: give back free buffers that are too small, then
+                // check the limits.
+                let live = |p: &Pool| p.slots.iter().flatten().count();
+                let bytes = |p: &Pool| p.slots.iter().flatten().map(|b| b.cap).sum::<usize>();
+                for s in 0..SLOTS {
+                    if (live(self) >= MAX_BUFFERS || bytes(self) + want > MAX_POOL)
+                        && self.slots[s].as_ref().is_some_and(|b| b.cap < want)
+                        && self.is_free(region, s)
+                    {
+                        self.slots[s] = None;
+                        retire.push(s as u32);
+                    }
+                }
+                if live(self) >= MAX_BUFFERS || bytes(self) + want > MAX_POOL {
+                    return Ok(None);
+                }
+                // An emptied slot's release word holds an old use number, never
+                // reused (numbers only grow), so the slot can be refilled at once.
+                let Some(s) = (0..SLOTS).find(|&s| self.slots[s].is_none()) else {
+                    return Ok(None);
+                };
+                let section = Section::anonymous(want as u64).map_err(std::io::Error::other)?;
+                let view = section.map_mut(0, want).map_err(std::io::Error::other)?;
+                let peer_handle = section.read_only().map_err(std::io::Error::other)?;
+                self.slots[s] = Some(Buf { peer_handle, view, cap: want, last_use: 0, announced: false });
+                s
+            }
+        };
+        self.uses += 1;
+        let use_no = self.uses;
+        let b = self.slots[slot].as_mut().expect("chosen slot holds a buffer");
+        b.last_use = use_no;
+        let announce = !b.announced;
+        b.announced = true;
+        Ok(Some(Lent { slot: slot as u32, use_no, announce, ptr: b.view.as_mut_ptr(), cap: b.cap }))
+    }
+
+    /// The read-only handle of the buffer in `slot`, to hand to the peer.
+    pub(crate) fn handle(&self, slot: u32) -> Option<&Section> {
+        self.slots.get(slot as usize)?.as_ref().map(|b| &b.peer_handle)
+    }
+
+    /// Whether a lent buffer's use has been released by the peer.
+    pub(crate) fn released(&self, region: &Region, slot: u32) -> bool {
+        (slot as usize) < SLOTS && self.is_free(region, slot as usize)
+    }
+
+    /// Gives back large free buffers after a quiet spell. Returns their slots
+    /// (the peer must be told to drop its handles).
+    pub(crate) fn trim(&mut self, region: &Region, now: Instant) -> Vec<u32> {
+        let mut gone = Vec::new();
+        if now.duration_since(self.last_activity) < TRIM_AFTER {
+            return gone;
+        }
+        for s in 0..SLOTS {
+            if self.slots[s].as_ref().is_some_and(|b| b.cap > KEEP_WHEN_IDLE) && self.is_free(region, s) {
+                self.slots[s] = None;
+                gone.push(s as u32);
+            }
+        }
+        gone
+    }
+}
+
+/// A buffer of the peer, mapped read-only.
+#[derive(Debug)]
+struct PeerBuf {
+    section: Section,
+    view: Option<Arc<View>>,
+}
+
+/// The peer's buffers as this side knows them.
+#[derive(Debug)]
+pub(crate) struct PeerBuffers {
+    slots: Vec<Option<PeerBuf>>,
+}
+
+impl PeerBuffers {
+    pub(crate) fn new() -> PeerBuffers {
+        PeerBuffers { slots: (0..SLOTS).map(|_| None).collect() }
+    }
+
+    /// Records the handle of the buffer in `slot` (replacing a retired one).
+    pub(crate) fn insert(&mut self, slot: u32, section: Section) {
+        self.slots[slot as usize] = Some(PeerBuf { section, view: None });
+    }
+
+    /// Forgets a retired buffer.
+    pub(crate) fn retire(&mut self, slot: u32) {
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            *s = None;
+        }
+    }
+
+    /// A read-only view of the first `len` bytes of the buffer in `slot`.
+    pub(crate) fn view(&mut self, slot: u32, len: u64) -> Result<Arc<View>, String> {
+        let b = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(|b| b.as_mut())
+            .ok_or_else(|| format!("a record names buffer slot {slot}, which holds no buffer"))?;
+        if len > b.section.len() {
+            return Err(format!("a payload of {len} bytes in a buffer of {}", b.section.len()));
+        }
+        if b.view.is_none() {
+            let whole = usize::try_from(b.section.len()).map_err(|_| "buffer larger than the address space")?;
+            b.view = Some(Arc::new(b.section.map(0, whole).map_err(|e| format!("mapping a peer buffer: {e}"))?));
+        }
+        Ok(b.view.clone().expect("just mapped"))
+    }
+
+    /// Unmaps every buffer (their handles stay, to map again on next use).
+    pub(crate) fn unmap_all(&mut self) {
+        for b in self.slots.iter_mut().flatten() {
+            b.view = None;
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The receiving side's handler threads.
+//!
+//! Each connection belongs to one handler thread (its *worker*), so one
+//! sender's messages are handled in order. A worker takes messages off its
+//! connections' request rings and runs the handler on the same thread (no
+//! hop through a queue). It spins while any of its connections asked for
+//! spinning, then parks on its doorbell, one word (Linux) or event
+//! (Windows) per worker, which any of its senders rings after queueing a
+//! message if the worker said it was parking. Many connections never need
+//! one spinning thread each.
+//!
+//! Before sleeping for good, a worker sleeps [`TRIM_AFTER`] and then gives
+//! back per-connection memory (mapped buffers, the spare payload buffer),
+//! so an idle mailbox holds little memory and uses no CPU.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::Wait;
+use super::conn::{Incoming, ServerConn};
+use super::pool::TRIM_AFTER;
+use crate::mailbox::Message;
+use crate::name::Name;
+use crate::sys::mailbox::{Bells, NativeResponder};
+
+/// What a worker takes next.
+pub(crate) enum Next {
+    /// A message from a connection of the fast path.
+    Ring(Arc<ServerConn>, Incoming),
+    /// A message from a plain Win32 program (`WM_COPYDATA`), handed over by
+    /// the mailbox's window.
+    #[allow(dead_code)] // only Windows has native senders
+    Native(Message, NativeResponder),
+}
+
+/// The most handler threads a mailbox may have.
+pub(crate) const MAX_WORKERS: usize = 64;
+
+#[derive(Debug, Default)]
+struct Slot {
+    conns: Mutex<Vec<Arc<ServerConn>>>,
+    changed: AtomicBool,
+}
+
+/// The connections of a mailbox, spread over its workers.
+#[derive(Debug)]
+pub(crate) struct Dispatch {
+    name: Name,
+    slots: Vec<Slot>,
+    /// Workers in use: 1 until `serve` starts more.
+    active: AtomicUsize,
+    next: AtomicUsize,
+    closed: AtomicBool,
+    bells: Bells,
+    /// Messages from plain Win32 senders, for worker 0.
+    native: Mutex<VecDeque<(Message, NativeResponder)>>,
+}
+
+/// What a worker keeps between calls to [`Dispatch::next`].
+#[derive(Debug, Default)]
+pub(crate) struct WorkerState {
+    conns: Vec<Arc<ServerConn>>,
+    start: usize,
+    trimmed: bool,
+}
+
+impl Dispatch {
+    pub(crate) fn new(name: Name, workers: usize, bells: Bells) -> Dispatch {
+        Dispatch {
+            name,
+            slots: (0..workers.clamp(1, MAX_WORKERS)).map(|_| Slot::default()).collect(),
+            active: AtomicUsize::new(1),
+            next: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            bells,
+            native: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub(crate) fn bells(&self) -> &Bells {
+        &self.bells
+    }
+
+    pub(crate) fn workers(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The worker for a new connection.
+    pub(crate) fn pick(&self) -> u32 {
+        let n = self.active.load(Ordering::Acquire).max(1);
+        (self.next.fetch_add(1, Ordering::Relaxed) % n) as u32
+    }
+
+    /// Adds a set-up connection to worker `w`.
+    pub(crate) fn add(&self, w: u32, conn: Arc<ServerConn>) {
+        let slot = &self.slots[w as usize];
+        slot.conns.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+        slot.changed.store(true, Ordering::Release);
+        self.bells.ring(w as usize);
+    }
+
+    /// Queues a message from a plain Win32 sender for worker 0.
+    #[allow(dead_code)] // only Windows has native senders
+    pub(crate) fn push_native(&self, message: Message, responder: NativeResponder) {
+        self.native.lock().unwrap_or_else(|e| e.into_inner()).push_back((message, responder));
+        self.poke(0);
+    }
+
+    /// Wakes worker `w` to look at its connections again.
+    pub(crate) fn poke(&self, w: u32) {
+        if let Some(slot) = self.slots.get(w as usize) {
+            slot.changed.store(true, Ordering::Release);
+            self.bells.ring(w as usize);
+        }
+    }
+
+    /// Spreads the connections over all workers (when `serve` starts them).
+    pub(crate) fn activate_all(&self) {
+        let n = self.slots.len();
+        self.active.store(n, Ordering::Release);
+        let moved: Vec<_> = std::mem::take(&mut *self.slots[0].conns.lock().unwrap_or_else(|e| e.into_inner()));
+        for (i, conn) in moved.into_iter().enumerate() {
+            let w = i % n;
+            conn.link().region().worker().store(w as u32, Ordering::Release);
+            self.slots[w].conns.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+        }
+        for w in 0..n {
+            self.poke(w as u32);
+        }
+    }
+
+    /// Stops every worker: `next` returns `None` from now on.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        for w in 0..self.slots.len() {
+            self.bells.ring(w);
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Every connection (for closing them).
+    pub(crate) fn take_all(&self) -> Vec<Arc<ServerConn>> {
+        let mut all = Vec::new();
+        for s in &self.slots {
+            all.append(&mut s.conns.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        all
+    }
+
+    fn drop_conn(&self, w: usize, st: &mut WorkerState, conn: &Arc<ServerConn>) {
+        conn.dead.store(true, Ordering::Release);
+        conn.link().shutdown();
+        st.conns.retain(|c| !Arc::ptr_eq(c, conn));
+        self.slots[w].conns.lock().unwrap_or_else(|e| e.into_inner()).retain(|c| !Arc::ptr_eq(c, conn));
+    }
+
+    /// One pass over the worker's connections.
+    fn scan(&self, w: usize, st: &mut WorkerState) -> Option<Next> {
+        if w == 0
+            && let Some((m, r)) = self.native.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+        {
+            return Some(Next::Native(m, r));
+        }
+        let n = st.conns.len();
+        let mut gone = Vec::new();
+        let mut found = None;
+        for i in 0..n {
+            let conn = &st.conns[(st.start + i) % n];
+            if conn.dead.load(Ordering::Acquire) {
+                gone.push(conn.clone());
+                continue;
+            }
+            if conn.busy.load(Ordering::Acquire) {
+                continue;
+            }
+            match conn.take() {
+                Ok(Some(incoming)) => {
+                    st.start = (st.start + i + 1) % n;
+                    found = Some(Next::Ring(conn.clone(), incoming));
+                    break;
+                }
+                Ok(None) => {}
+                Err(reason) => {
+                    log::warn!("mailbox {}: dropped the connection from pid {}: {reason}", self.name, conn.peer.pid);
+                    gone.push(conn.clone());
+                }
+            }
+        }
+        for conn in gone {
+            self.drop_conn(w, st, &conn);
+        }
+        found
+    }
+
+    fn set_parked(st: &WorkerState, value: u32) {
+        for c in &st.conns {
+            c.requests().cons_parked().store(value, Ordering::SeqCst);
+        }
+    }
+
+    /// The next message for worker `w`, waiting until `deadline` (`None`:
+    /// for ever). `None` when the mailbox closes or the deadline passes.
+    pub(crate) fn next(&self, w: usize, st: &mut WorkerState, deadline: Option<Instant>) -> Option<Next> {
+        let slot = &self.slots[w];
+        loop {
+            if self.is_closed() {
+                return None;
+            }
+            if slot.changed.swap(false, Ordering::AcqRel) {
+                st.conns = slot.conns.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            }
+            if let Some(found) = self.scan(w, st) {
+                st.trimmed = false;
+                return Some(found);
+            }
+            if st.conns.iter().any(|c| c.wait == Wait::SpinThenPark) {
+                let spun = super::spin(|| {
+                    Ok::<_, ()>(if slot.changed.load(Ordering::Relaxed) || self.is_closed() {
+                        Some(None)
+                    } else {
+                        self.scan(w, st).map(Some)
+                    })
+                });
+                match spun {
+                    Ok(Some(Some(found))) => {
+                        st.trimmed = false;
+                        return Some(found);
+                    }
+                    Ok(Some(None)) => continue,
+                    _ => {}
+                }
+            }
+            // Park: raise every connection's parked flag, look once more,
+            // then sleep on the doorbell (see `ring::Producer::push`).
+            let seen = self.bells.load(w);
+            Self::set_parked(st, 1);
+            fence(Ordering::SeqCst);
+            if let Some(found) = self.scan(w, st) {
+                Self::set_parked(st, 0);
+                st.trimmed = false;
+                return Some(found);
+            }
+            if slot.changed.load(Ordering::Acquire) || self.is_closed() {
+                Self::set_parked(st, 0);
+                continue;
+            }
+            let now = Instant::now();
+            let left = deadline.map(|d| d.saturating_duration_since(now));
+            let trim_in = (!st.trimmed).then_some(TRIM_AFTER);
+            let sleep = match (left, trim_in) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timed_out = !self.bells.wait(w, seen, sleep);
+            Self::set_parked(st, 0);
+            if timed_out {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return None;
+                }
+                if !st.trimmed && Instant::now().duration_since(now) >= TRIM_AFTER - Duration::from_millis(1) {
+                    for c in &st.conns {
+                        c.trim(Instant::now());
+                    }
+                    st.trimmed = true;
+                }
+            }
+        }
+    }
+}

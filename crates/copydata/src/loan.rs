@@ -1,0 +1,202 @@
+//! Zero-copy loans: payloads written and read in place, in shared memory.
+//!
+//! [`Sender::loan`](crate::Sender::loan) lends a buffer of the connection's
+//! pool (mapped once, reused, so its pages are not faulted in again for
+//! each message). The sender fills it in place and sends it with
+//! [`Loan::send`] or [`Loan::post`], which consume the loan: once sent, the
+//! sender's code cannot write it any more. The receiver sees a loaned
+//! message through [`Message::loan`](crate::Message::loan) and reads it in
+//! place through a [`LoanView`]; the buffer goes back to the pool when the
+//! message is dropped.
+//!
+//! # The memory model
+//!
+//! A pooled buffer cannot be sealed by the kernel (a seal is for ever, and
+//! the buffer is written again for the next message). So a *hostile* sender
+//! process could still write a loan while the receiver reads it. That is
+//! why a [`LoanView`] never hands out `&[u8]`: bytes are copied out
+//! ([`read_at`](LoanView::read_at), [`to_vec`](LoanView::to_vec),
+//! [`for_each_chunk`](LoanView::for_each_chunk)); what the receiver gets is
+//! then private, but a value read twice may differ if the sender cheats.
+//! Validate what you read. When the bytes must provably not change, send
+//! with [`Sender::send`](crate::Sender::send) instead: small payloads are
+//! copied, large ones arrive sealed (Linux) or copied, and
+//! [`Message::payload`](crate::Message::payload) is then a plain `&[u8]`.
+//! On Linux the sender's own pool buffers are sealed against writes by the
+//! receiver (`F_SEAL_FUTURE_WRITE`), so a receiver cannot write a loan.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{AccessError, SendError};
+use crate::fast::conn::{LentBuf, Release};
+use crate::mailbox::{Reply, Sender};
+use crate::view::View;
+
+/// A buffer in shared memory lent for one message; see the
+/// [module docs](self). From [`Sender::loan`](crate::Sender::loan).
+///
+/// Write it with [`write_at`](Self::write_at), [`fill`](Self::fill) or
+/// through [`as_mut_ptr`](Self::as_mut_ptr), then send it. Dropping it
+/// unsent gives the buffer back.
+pub struct Loan<'a> {
+    sender: &'a mut Sender,
+    buf: LentBuf,
+    len: usize,
+}
+
+impl<'a> Loan<'a> {
+    pub(crate) fn new(sender: &'a mut Sender, buf: LentBuf, len: usize) -> Loan<'a> {
+        Loan { sender, buf, len }
+    }
+
+    /// The loan's length in bytes (what the receiver will see).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the loan has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A pointer to the first byte, valid for [`len`](Self::len) bytes until
+    /// the loan is sent or dropped.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.buf.ptr
+    }
+
+    /// Copies `data` into the loan at `offset`.
+    pub fn write_at(&mut self, offset: usize, data: &[u8]) -> Result<(), AccessError> {
+        match offset.checked_add(data.len()) {
+            Some(end) if end <= self.len => {}
+            _ => return Err(AccessError::OutOfRange { offset, len: data.len(), view_len: self.len }),
+        }
+        // SAFETY:
+        // - `offset + data.len() <= len <= cap`: inside the lent buffer, which
+        //   stays mapped while the loan lives;
+        // - `data` is the caller's memory, distinct from the shared buffer;
+        // - no reference to the shared memory is formed.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.buf.ptr.add(offset), data.len()) };
+        Ok(())
+    }
+
+    /// Sets every byte of the loan to `byte`.
+    pub fn fill(&mut self, byte: u8) {
+        // SAFETY: the loan's `len` bytes are inside the lent buffer, mapped
+        // while the loan lives; `write_bytes` forms no reference.
+        unsafe { std::ptr::write_bytes(self.buf.ptr, byte, self.len) };
+    }
+
+    /// The loan as a mutable byte slice, for filling in place.
+    ///
+    /// # Safety
+    ///
+    /// No other process may write the buffer while the slice lives. The
+    /// receiver cannot on Linux (its handle is sealed against writes); on
+    /// Windows it holds a read-only handle, which a cooperating receiver
+    /// cannot turn into write access either. Only a hostile process with
+    /// debugging rights over this one could.
+    pub unsafe fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY:
+        // - the pointer is valid and writable for `len` bytes while the loan
+        //   (and so this borrow) lives;
+        // - the caller promises no other writer meanwhile.
+        unsafe { std::slice::from_raw_parts_mut(self.buf.ptr, self.len) }
+    }
+
+    /// Sends the loan and waits for the reply (as [`Sender::send`]).
+    pub fn send(self, tag: u64) -> Result<Reply, SendError> {
+        self.sender.call_loan(tag, &self.buf, self.len, None)
+    }
+
+    /// Sends the loan and waits at most `timeout` for the reply (as
+    /// [`Sender::send_timeout`]).
+    pub fn send_timeout(self, tag: u64, timeout: Duration) -> Result<Reply, SendError> {
+        self.sender.call_loan(tag, &self.buf, self.len, Some(timeout))
+    }
+
+    /// Posts the loan: no reply awaited (as [`Sender::post`]).
+    pub fn post(self, tag: u64) -> Result<(), SendError> {
+        self.sender.post_loan(tag, &self.buf, self.len)
+    }
+}
+
+impl fmt::Debug for Loan<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loan").field("len", &self.len).finish_non_exhaustive()
+    }
+}
+
+/// A loaned message, read in place; from
+/// [`Message::loan`](crate::Message::loan). See the [module docs](self) for
+/// why it copies bytes out instead of lending `&[u8]`.
+pub struct LoanView {
+    view: Option<Arc<View>>,
+    len: usize,
+    _release: Option<Release>,
+}
+
+impl LoanView {
+    pub(crate) fn new(view: Option<Arc<View>>, len: usize, release: Option<Release>) -> LoanView {
+        LoanView { view, len, _release: release }
+    }
+
+    /// The payload's length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies `buf.len()` bytes from `offset` into `buf`.
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<(), AccessError> {
+        match offset.checked_add(buf.len()) {
+            Some(end) if end <= self.len => {}
+            _ => return Err(AccessError::OutOfRange { offset, len: buf.len(), view_len: self.len }),
+        }
+        match &self.view {
+            Some(v) => v.read_at(offset, buf),
+            None => Ok(()),
+        }
+    }
+
+    /// Copies the whole payload into a new vector.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = vec![0; self.len];
+        self.read_at(0, &mut out).expect("the whole payload is in range");
+        out
+    }
+
+    /// Calls `f` with consecutive private copies of the payload, `chunk`
+    /// bytes at a time (the last may be shorter), for example to checksum
+    /// it: the copies stay in the CPU's cache, so this costs about one pass
+    /// over the memory.
+    pub fn for_each_chunk(&self, chunk: usize, mut f: impl FnMut(&[u8])) {
+        let chunk = chunk.clamp(1, self.len.max(1));
+        let mut buf = vec![0u8; chunk];
+        let mut at = 0;
+        while at < self.len {
+            let n = chunk.min(self.len - at);
+            self.read_at(at, &mut buf[..n]).expect("in range");
+            f(&buf[..n]);
+            at += n;
+        }
+    }
+
+    /// A pointer to the first byte, valid while the view lives. Another
+    /// process may write there (see the [module docs](self)).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.view.as_ref().map_or(std::ptr::null(), |v| v.as_ptr())
+    }
+}
+
+impl fmt::Debug for LoanView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LoanView({} bytes)", self.len)
+    }
+}
