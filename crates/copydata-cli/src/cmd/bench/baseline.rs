@@ -49,10 +49,47 @@ pub unsafe fn fill_raw(dst: *mut u8, len: usize, byte: u8) {
 }
 
 /// The sum of every byte: the summing loop of the end-to-end rows and of
-/// the fill-and-sum floor.
+/// the fill-and-sum floor. Fast enough (SSE2 `psadbw` on x86-64, about
+/// 16 bytes a cycle) that it is not what limits either.
 pub fn sum_bytes(bytes: &[u8]) -> u64 {
-    // u32 lanes vectorise well and cannot overflow within one chunk.
-    bytes.chunks(CHUNK).map(|c| u64::from(c.iter().map(|&b| u32::from(b)).sum::<u32>())).sum()
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: SSE2 is part of the x86-64 baseline: every x86-64 CPU has it.
+        unsafe { sum_sse2(bytes) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // u32 lanes vectorise well and cannot overflow within one chunk.
+        bytes.chunks(CHUNK).map(|c| u64::from(c.iter().map(|&b| u32::from(b)).sum::<u32>())).sum()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse2")]
+fn sum_sse2(bytes: &[u8]) -> u64 {
+    use std::arch::x86_64::{
+        __m128i, _mm_add_epi64, _mm_loadu_si128, _mm_sad_epu8, _mm_setzero_si128, _mm_storeu_si128,
+    };
+    let zero = _mm_setzero_si128();
+    let mut acc = [_mm_setzero_si128(); 4];
+    let mut blocks = bytes.chunks_exact(64);
+    for block in &mut blocks {
+        for (k, lane) in acc.iter_mut().enumerate() {
+            // SAFETY: `block` has 64 bytes, so bytes 16k..16k+16 are in it;
+            // the unaligned load has no alignment requirement.
+            let v = unsafe { _mm_loadu_si128(block.as_ptr().add(16 * k).cast::<__m128i>()) };
+            *lane = _mm_add_epi64(*lane, _mm_sad_epu8(v, zero));
+        }
+    }
+    let mut total = blocks.remainder().iter().map(|&b| u64::from(b)).sum::<u64>();
+    for lane in acc {
+        let mut words = [0u64; 2];
+        // SAFETY: `words` is 16 writable bytes; the unaligned store has no
+        // alignment requirement.
+        unsafe { _mm_storeu_si128(words.as_mut_ptr().cast::<__m128i>(), lane) };
+        total += words[0] + words[1];
+    }
+    total
 }
 
 /// A buffer of `len` bytes, every one written.

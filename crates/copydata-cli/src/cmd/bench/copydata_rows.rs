@@ -12,15 +12,16 @@
 //!   the receiver summing every byte (through `read_at` into a private
 //!   64 KiB chunk), the reply.
 
+use std::cell::RefCell;
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail, ensure};
-use copydata::{Mailbox, Message, Reply, Sender};
+use copydata::{Mailbox, MailboxOptions, Message, Reply, SendError, Sender, SenderOptions, Wait};
 
-use super::baseline::filled;
+use super::baseline::{CHUNK, fill_raw, filled, sum_bytes};
 use super::procs::{CHILD_TIMEOUT, Proc, Stdout, child_command};
-use super::{Budget, Ctx, Handler, MIN_ITERS, Mode, Row, Sample, Timings, Unavailable};
+use super::{Budget, Ctx, Handler, Mode, Row, Sample, Timings};
 
 /// The tag of every bench message.
 const TAG: u64 = 7;
@@ -31,19 +32,18 @@ const FILL: u8 = 0xA5;
 pub fn run(row: &Row, ctx: &Ctx) -> anyhow::Result<Sample> {
     let budget = ctx.budget(row);
     match row.mode {
-        Some(Mode::SpinThenPark) if row.senders > 1 => many_senders(row, budget, ctx),
-        Some(Mode::SpinThenPark) => send_row(row.payload, budget, ctx),
-        Some(mode @ (Mode::Park | Mode::Post | Mode::Loan | Mode::EndToEnd)) => Err(Unavailable(format!(
-            "not available in this build: the library has no {}",
-            match mode {
-                Mode::Park => "Wait::Park sender option",
-                Mode::Post => "Sender::post",
-                _ => "Sender::loan",
-            }
-        ))
-        .into()),
+        Some(mode @ (Mode::SpinThenPark | Mode::Park)) if row.senders > 1 => many_senders(row, mode, budget, ctx),
+        Some(Mode::SpinThenPark) => send_row(row.payload, Wait::SpinThenPark, budget, ctx),
+        Some(Mode::Park) => send_row(row.payload, Wait::Park, budget, ctx),
+        Some(Mode::Post) => post_row(row.payload, budget, ctx),
+        Some(Mode::Loan) => loan_row(row.payload, budget, ctx),
+        Some(Mode::EndToEnd) => end_to_end_row(row.payload, budget, ctx),
         None => bail!("a copydata row needs a mode"),
     }
+}
+
+fn options(wait: Wait) -> SenderOptions {
+    SenderOptions::new().wait(wait)
 }
 
 /// The mailbox child of one run.
@@ -63,8 +63,12 @@ impl Server {
         Ok(Server { proc, name })
     }
 
-    fn connect(&self) -> anyhow::Result<Sender> {
-        Sender::connect(&self.name).map_err(|e| self.proc.blame(e.into()))
+    fn connect(&self, wait: Wait) -> anyhow::Result<Sender> {
+        Sender::connect_with(&self.name, &options(wait)).map_err(|e| self.proc.blame(e.into()))
+    }
+
+    fn blame(&self, e: SendError) -> anyhow::Error {
+        self.proc.blame(e.into())
     }
 }
 
@@ -73,15 +77,15 @@ fn touched(payload: usize) -> i64 {
     if payload == 0 { -1 } else { i64::from(FILL) }
 }
 
-fn send_row(payload: usize, budget: Budget, ctx: &Ctx) -> anyhow::Result<Sample> {
+fn send_row(payload: usize, wait: Wait, budget: Budget, ctx: &Ctx) -> anyhow::Result<Sample> {
     let server = Server::start(ctx, Handler::Touch, 1)?;
-    let mut sender = server.connect()?;
+    let mut sender = server.connect(wait)?;
     let buf = filled(payload, FILL);
     let mut t = Timings::new(budget);
     let mut i = 0;
     while !t.done() {
         let start = Instant::now();
-        let reply = sender.send(TAG, &buf).map_err(|e| server.proc.blame(e.into()))?;
+        let reply = sender.send(TAG, &buf).map_err(|e| server.blame(e))?;
         let took = start.elapsed();
         ensure!(reply.code == touched(payload), "reply code {} for {payload} bytes", reply.code);
         if i >= budget.warmup {
@@ -94,17 +98,107 @@ fn send_row(payload: usize, budget: Budget, ctx: &Ctx) -> anyhow::Result<Sample>
     t.sample()
 }
 
-/// Many sender processes, one mailbox: per-call latencies of all of them;
-/// messages/s is the aggregate, from "go" until the last sender is done.
-fn many_senders(row: &Row, budget: Budget, ctx: &Ctx) -> anyhow::Result<Sample> {
+/// Posts: p50/p99 per `post` call; messages/s over the posts and the
+/// reply to a final `send` (so every post has been handled).
+fn post_row(payload: usize, budget: Budget, ctx: &Ctx) -> anyhow::Result<Sample> {
     let server = Server::start(ctx, Handler::Touch, 1)?;
-    let each = (budget.iters / row.senders).max(MIN_ITERS);
+    let mut sender = server.connect(Wait::SpinThenPark)?;
+    let buf = filled(payload, FILL);
+    for _ in 0..budget.warmup {
+        sender.post(TAG, &buf).map_err(|e| server.blame(e))?;
+    }
+    sender.send(TAG, &buf).map_err(|e| server.blame(e))?;
+    let mut t = Timings::new(budget);
+    let started = Instant::now();
+    while !t.done() {
+        let start = Instant::now();
+        sender.post(TAG, &buf).map_err(|e| server.blame(e))?;
+        t.push(start.elapsed());
+    }
+    let reply = sender.send(TAG, &buf).map_err(|e| server.blame(e))?;
+    let wall = started.elapsed();
+    ensure!(reply.code == touched(payload), "reply code {} for {payload} bytes", reply.code);
+    drop(sender);
+    server.proc.finish()?;
+    t.sample_over(wall)
+}
+
+/// Writes `byte` into every byte of `loan` (the same loop as the
+/// fill-and-sum floor).
+fn fill_loan(loan: &mut copydata::Loan<'_>, byte: u8) {
+    let len = loan.len();
+    // SAFETY: the loan's pointer is valid for `len()` bytes until it is sent
+    // or dropped, and nothing else writes it meanwhile (the receiver's
+    // handle is read-only).
+    unsafe { fill_raw(loan.as_mut_ptr(), len, byte) };
+}
+
+/// `loan(len)` + send + reply; the timer pauses while the loan is filled.
+fn loan_row(payload: usize, budget: Budget, ctx: &Ctx) -> anyhow::Result<Sample> {
+    let server = Server::start(ctx, Handler::Touch, 1)?;
+    let mut sender = server.connect(Wait::SpinThenPark)?;
+    let mut t = Timings::new(budget);
+    let mut i = 0;
+    while !t.done() {
+        let start = Instant::now();
+        let mut loan = sender.loan(payload).map_err(|e| server.blame(e))?;
+        let lent = start.elapsed();
+        fill_loan(&mut loan, FILL);
+        let sent = Instant::now();
+        let reply = loan.send(TAG).map_err(|e| server.blame(e))?;
+        let took = lent + sent.elapsed();
+        ensure!(reply.code == touched(payload), "reply code {} for {payload} bytes", reply.code);
+        if i >= budget.warmup {
+            t.push(took);
+        }
+        i += 1;
+    }
+    drop(sender);
+    server.proc.finish()?;
+    t.sample()
+}
+
+/// Everything timed: `loan(len)`, filling every byte, send, the receiver
+/// summing every byte, the reply (the sum, checked).
+fn end_to_end_row(payload: usize, budget: Budget, ctx: &Ctx) -> anyhow::Result<Sample> {
+    let server = Server::start(ctx, Handler::Sum, 1)?;
+    let mut sender = server.connect(Wait::SpinThenPark)?;
+    let mut t = Timings::new(budget);
+    let mut i = 0usize;
+    while !t.done() {
+        let byte = (i % 251) as u8 + 1;
+        let start = Instant::now();
+        let mut loan = sender.loan(payload).map_err(|e| server.blame(e))?;
+        fill_loan(&mut loan, byte);
+        let reply = loan.send(TAG).map_err(|e| server.blame(e))?;
+        let took = start.elapsed();
+        let want = payload as u64 * u64::from(byte);
+        ensure!(reply.code == want as i64, "the receiver summed {} instead of {want}", reply.code);
+        if i >= budget.warmup {
+            t.push(took);
+        }
+        i += 1;
+    }
+    drop(sender);
+    server.proc.finish()?;
+    t.sample()
+}
+
+/// Many sender processes, one mailbox (one handler thread, the default):
+/// each sender sends for the same time after `go`; p50/p99 over the calls
+/// of all senders; messages/s is the aggregate: every sender's messages
+/// over the time from `go` until the last sender reported.
+fn many_senders(row: &Row, mode: Mode, budget: Budget, ctx: &Ctx) -> anyhow::Result<Sample> {
+    let server = Server::start(ctx, Handler::Touch, 1)?;
     let warmup = (budget.warmup / row.senders).max(2);
     let mut senders = Vec::with_capacity(row.senders);
     for _ in 0..row.senders {
         let mut cmd = child_command("sender", ctx.cpus.client)?;
         cmd.args(["--name", &server.name, "--payload", &row.payload.to_string()]);
-        cmd.args(["--warmup", &warmup.to_string(), "--iters", &each.to_string()]);
+        cmd.args(["--warmup", &warmup.to_string(), "--millis", &budget.max_time.as_millis().to_string()]);
+        if mode == Mode::Park {
+            cmd.arg("--park");
+        }
         senders.push(Proc::start(cmd, "a sender", &[], Stdout::Lines)?);
     }
     for s in &mut senders {
@@ -114,32 +208,46 @@ fn many_senders(row: &Row, budget: Budget, ctx: &Ctx) -> anyhow::Result<Sample> 
     for s in &mut senders {
         s.say("go")?;
     }
-    let mut t = Timings::new(Budget { iters: each * row.senders, ..budget });
+    let mut t = Timings::new(Budget { iters: usize::MAX, ..budget });
+    let mut messages = 0u64;
     for s in &mut senders {
         let line = s.line(CHILD_TIMEOUT)?;
-        let times = line.strip_prefix("times").ok_or_else(|| s.blame(anyhow!("it said {line:?}")))?;
-        let ns: Result<Vec<u64>, _> = times.split_whitespace().map(str::parse).collect();
-        t.extend(ns.map_err(|e| s.blame(anyhow!("bad timings: {e}")))?);
+        let mut words =
+            line.strip_prefix("times").ok_or_else(|| s.blame(anyhow!("it said {line:?}")))?.split_whitespace();
+        let count: Option<u64> = words.next().and_then(|w| w.parse().ok());
+        let ns: Result<Vec<u64>, _> = words.map(str::parse).collect();
+        match (count, ns) {
+            (Some(count), Ok(ns)) => {
+                messages += count;
+                t.extend(ns);
+            }
+            _ => return Err(s.blame(anyhow!("bad timings: {line:.80}"))),
+        }
     }
     let wall = start.elapsed();
     for s in senders {
         s.finish()?;
     }
     server.proc.finish()?;
-    t.sample_over(wall)
+    let sample = t.sample()?;
+    Ok(Sample { msgs_per_s: messages as f64 / wall.as_secs_f64(), ..sample })
 }
 
+/// The most per-call times one extra sender reports (evenly spread over
+/// its run).
+const MAX_REPORTED: usize = 20_000;
+
 /// `__bench-child sender`: connects, warms up, says `ready`, waits for
-/// `go`, sends `iters` messages and prints `times NS NS ...`.
+/// `go`, sends for `millis` and prints `times COUNT NS NS ...`.
 pub fn extra_sender(
     name: &str,
     payload: usize,
     warmup: usize,
-    iters: usize,
-    _park: bool,
+    millis: u64,
+    park: bool,
     lines: mpsc::Receiver<String>,
 ) -> anyhow::Result<()> {
-    let mut sender = Sender::connect(name)?;
+    let mut sender = Sender::connect_with(name, &options(if park { Wait::Park } else { Wait::SpinThenPark }))?;
     let buf = filled(payload, FILL);
     for _ in 0..warmup {
         sender.send(TAG, &buf)?;
@@ -150,15 +258,21 @@ pub fn extra_sender(
         Ok(other) => bail!("expected go, got {other:?}"),
         Err(_) => return Ok(()),
     }
-    let mut ns = Vec::with_capacity(iters);
-    for _ in 0..iters {
+    let mut ns: Vec<u32> = Vec::with_capacity(1 << 16);
+    let started = Instant::now();
+    let until = started + Duration::from_millis(millis);
+    loop {
         let start = Instant::now();
+        if start >= until {
+            break;
+        }
         let reply = sender.send(TAG, &buf)?;
-        ns.push(start.elapsed().as_nanos() as u64);
+        ns.push(start.elapsed().as_nanos().try_into().unwrap_or(u32::MAX));
         ensure!(reply.code == touched(payload), "reply code {}", reply.code);
     }
-    let text: Vec<String> = ns.iter().map(u64::to_string).collect();
-    println!("times {}", text.join(" "));
+    let stride = ns.len().div_ceil(MAX_REPORTED).max(1);
+    let kept: Vec<String> = ns.iter().step_by(stride).map(u32::to_string).collect();
+    println!("times {} {}", ns.len(), kept.join(" "));
     // Stay connected until the bench is done with every sender.
     for _ in lines {}
     Ok(())
@@ -166,8 +280,9 @@ pub fn extra_sender(
 
 /// `__bench-child mailbox`: binds `name`, answers until standard input
 /// closes, then unbinds.
-pub fn serve(name: &str, handler: Handler, _threads: usize, lines: mpsc::Receiver<String>) -> anyhow::Result<()> {
-    let mailbox = Mailbox::bind(name).with_context(|| format!("binding {name}"))?;
+pub fn serve(name: &str, handler: Handler, threads: usize, lines: mpsc::Receiver<String>) -> anyhow::Result<()> {
+    let options = MailboxOptions::new().handler_threads(threads);
+    let mailbox = Mailbox::bind_with(name, &options).with_context(|| format!("binding {name}"))?;
     let server = mailbox.serve(move |msg: &mut Message| handle(msg, handler));
     println!("ready");
     for _ in lines {}
@@ -175,9 +290,34 @@ pub fn serve(name: &str, handler: Handler, _threads: usize, lines: mpsc::Receive
     Ok(())
 }
 
+thread_local! {
+    /// Each handler thread's private chunk: loans are summed through it.
+    static CHUNK_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; CHUNK]);
+}
+
 fn handle(msg: &Message, handler: Handler) -> Reply {
-    match handler {
-        Handler::Touch => Reply::code(msg.payload().first().map_or(-1, |&b| i64::from(b))),
-        Handler::Sum => Reply::code(-2),
+    match (handler, msg.loan()) {
+        (Handler::Touch, None) => Reply::code(msg.payload().first().map_or(-1, |&b| i64::from(b))),
+        (Handler::Touch, Some(loan)) => {
+            let mut one = [0u8; 1];
+            match loan.read_at(0, &mut one) {
+                Ok(()) => Reply::code(i64::from(one[0])),
+                Err(_) => Reply::code(-1),
+            }
+        }
+        (Handler::Sum, None) => Reply::code(sum_bytes(msg.payload()) as i64),
+        (Handler::Sum, Some(loan)) => CHUNK_BUF.with_borrow_mut(|chunk| {
+            let mut sum = 0u64;
+            let mut at = 0;
+            while at < loan.len() {
+                let n = chunk.len().min(loan.len() - at);
+                if loan.read_at(at, &mut chunk[..n]).is_err() {
+                    return Reply::code(-1);
+                }
+                sum += sum_bytes(&chunk[..n]);
+                at += n;
+            }
+            Reply::code(sum as i64)
+        }),
     }
 }

@@ -208,7 +208,7 @@ pub struct Timings {
 
 impl Timings {
     pub fn new(budget: Budget) -> Timings {
-        Timings { ns: Vec::with_capacity(budget.iters), total: Duration::ZERO, budget }
+        Timings { ns: Vec::with_capacity(budget.iters.min(1 << 16)), total: Duration::ZERO, budget }
     }
 
     pub fn push(&mut self, d: Duration) {
@@ -433,8 +433,9 @@ pub struct ChildArgs {
     payload: usize,
     #[arg(long, default_value_t = 0)]
     warmup: usize,
+    /// Sender: how long to send after `go`.
     #[arg(long, default_value_t = 0)]
-    iters: usize,
+    millis: u64,
     #[arg(long, value_enum, default_value_t = Handler::Touch)]
     handler: Handler,
     /// Handler threads of the mailbox.
@@ -481,7 +482,7 @@ pub fn child(args: ChildArgs) -> anyhow::Result<ExitCode> {
         }
         Role::Sender => {
             let lines = stdin_lines();
-            copydata_rows::extra_sender(&args.name, args.payload, args.warmup, args.iters, args.park, lines)?
+            copydata_rows::extra_sender(&args.name, args.payload, args.warmup, args.millis, args.park, lines)?
         }
         Role::Unix | Role::Tcp | Role::Pipe => baseline::echo_server(args.role, &args.name)?,
         Role::Spin => {
