@@ -183,12 +183,14 @@ fn unix(payload: usize, budget: Budget, ctx: &Ctx) -> anyhow::Result<Sample> {
     let path = std::env::temp_dir().join(format!("{}.sock", super::unique_name("uds")));
     let listener =
         std::os::unix::net::UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
-    let _cleanup = RemoveOnDrop(path.clone());
+    let cleanup = RemoveOnDrop(path.clone());
     let mut cmd = child_command("unix", ctx.cpus.server)?;
     cmd.arg("--name").arg(&path);
     let mut server = Proc::start(cmd, "the Unix-socket server", &[], Stdout::Lines)?;
     server.ready()?;
     let (stream, _) = listener.accept().context("accepting the server's connection")?;
+    // Connected: the name is not needed any more.
+    drop(cleanup);
     let t = ping_pong(stream.try_clone()?, &stream, payload, budget).map_err(|e| server.blame(e))?;
     drop(stream);
     server.finish()?;

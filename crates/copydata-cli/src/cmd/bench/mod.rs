@@ -53,6 +53,11 @@ pub struct Args {
     /// Write the rows as a JSON array to this file.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
+    /// Run only the rows whose name ("TRANSPORT MODE", e.g. "copydata
+    /// loan", "unix-socket") contains this text (ratios need their
+    /// reference rows in the same run).
+    #[arg(long, value_name = "TEXT")]
+    filter: Option<String>,
     /// Write an SVG chart (p50 round trip against payload size, log scales)
     /// to this file.
     #[arg(long, value_name = "PATH")]
@@ -321,7 +326,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         procs::pin(cpu)?;
     }
     let ctx = Ctx { cpus, quick: args.quick };
-    let rows = rows(args.quick, args.peers);
+    let mut rows = rows(args.quick, args.peers);
+    if let Some(text) = &args.filter {
+        rows.retain(|r| r.label().contains(text.as_str()));
+        if rows.is_empty() {
+            return Err(crate::exit::Usage(format!("no row matches --filter {text:?}")).into());
+        }
+    }
     println!(
         "copydata bench{}: {} rows x {ROUNDS} interleaved rounds (median of the rounds); {}",
         if args.quick { " --quick" } else { "" },
