@@ -40,6 +40,23 @@ enum Command {
     /// List live named objects (sections and mailboxes).
     Ls(cmd::ls::Args),
     /// Measure latency and throughput against OS baselines and floors.
+    ///
+    /// Rows, each between separate processes (this executable re-run as
+    /// children, pinned to different CPUs where possible): copydata `send`
+    /// with the spin-then-park and park waits (a buffer filled once, the
+    /// handler reading one byte), `post`, `loan` (loan + send + reply, the
+    /// filling not timed) and `end-to-end` (loan, write every byte, send,
+    /// the receiver sums every byte, reply); Unix-socket, pipe and
+    /// TCP-loopback ping-pong (the receiver reads every byte); the floors:
+    /// spin ping-pong on one shared cache line, single-thread memcpy, and
+    /// fill-and-sum in one process; with --peers, ipc-channel and iceoryx2.
+    /// Payloads 0 B to 64 MiB; 1, 4 and 16 sender processes to one mailbox.
+    ///
+    /// Each row is the median of 3 runs interleaved with the other rows. The
+    /// table shows each row's p50 as a multiple of the Unix-socket row of the
+    /// same payload (x uds) and of the floor (x floor: the spin floor below
+    /// 4 KiB, memcpy of the same size from 4 KiB). Only ratios within one
+    /// run mean much: absolute figures move between runs and machines.
     Bench(cmd::bench::Args),
     /// Internal: the child side of `copydata demo`.
     #[command(name = "__demo-child", hide = true)]

@@ -26,31 +26,20 @@ use clap::{Args as ClapArgs, ValueEnum};
 
 pub use procs::Cpus;
 
-/// Measure round-trip latency (p50, p99), messages/s and GB/s.
-///
-/// Rows: copydata's `send` (spin-then-park and park waits), `post`, `loan`
-/// and `end-to-end` (loan, fill every byte, send, the receiver sums every
-/// byte, reply); Unix-socket, pipe and TCP-loopback ping-pong; the floors
-/// (spin ping-pong on one shared cache line, single-thread memcpy, and
-/// fill-and-sum in one process); with `--peers`, ipc-channel and iceoryx2.
-/// Payloads 0 B to 64 MiB, and 1, 4 and 16 concurrent sender processes.
-///
-/// Each row is the median of 3 runs interleaved with the other rows. The
-/// table shows each row's p50 as a multiple of the Unix-socket row of the
-/// same payload (`x uds`) and of the floor (`x floor`: the spin floor below
-/// 4 KiB, memcpy of the same size from 4 KiB). Only ratios within one run
-/// mean much: absolute figures move between runs and machines.
+/// `copydata bench`; the help text is on the subcommand in `main.rs`.
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Fewer iterations and sizes: only the rows the targets need; under a
-    /// minute on 2 cores.
+    /// Fewer iterations and sizes: only the key rows (64 B and 64 MiB
+    /// mostly); under a minute on 2 cores.
     #[arg(long)]
     quick: bool,
     /// Add ipc-channel and iceoryx2 rows (needs a build with
     /// `--features peers`; Linux).
     #[arg(long)]
     peers: bool,
-    /// Write the rows as a JSON array to this file.
+    /// Write the rows as a JSON array to this file: objects with transport,
+    /// mode (null except for copydata), payload_bytes, senders, p50_ns,
+    /// p99_ns, msgs_per_s and gb_per_s (null for a row not measured).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
     /// Run only the rows whose name ("TRANSPORT MODE", e.g. "copydata
@@ -321,6 +310,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.peers && !peers::BUILT {
         return Err(crate::exit::Usage(peers::NOT_BUILT.into()).into());
     }
+    let json = args.json.as_deref().map(report::Output::create).transpose()?;
+    let plot = args.plot.as_deref().map(report::Output::create).transpose()?;
     let cpus = Cpus::choose();
     if let Some(cpu) = cpus.client {
         procs::pin(cpu)?;
@@ -366,13 +357,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map(|(row, (samples, broken))| (*row, broken.unwrap_or_else(|| Outcome::Measured(median(samples)))))
         .collect();
     print!("{}", report::table(&results));
-    if let Some(path) = &args.json {
-        report::write_json(path, &results)?;
-        println!("wrote {}", path.display());
+    if let Some(out) = json {
+        report::write_json(out, &results)?;
     }
-    if let Some(path) = &args.plot {
-        report::write_svg(path, &results)?;
-        println!("wrote {}", path.display());
+    if let Some(out) = plot {
+        report::write_svg(out, &results)?;
     }
     Ok(ExitCode::SUCCESS)
 }

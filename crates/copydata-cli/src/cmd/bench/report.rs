@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::fs::File;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
 
@@ -145,14 +147,32 @@ pub fn json(results: &[(Row, Outcome)]) -> serde_json::Value {
     serde_json::Value::Array(rows)
 }
 
-pub fn write_json(path: &Path, results: &[(Row, Outcome)]) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(&json(results))?;
-    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+/// An output file, created before the run so a bad path fails at once.
+pub struct Output {
+    path: PathBuf,
+    file: File,
+}
+
+impl Output {
+    pub fn create(path: &Path) -> anyhow::Result<Output> {
+        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Output { path: path.to_path_buf(), file })
+    }
+
+    fn write(mut self, text: &str) -> anyhow::Result<()> {
+        self.file.write_all(text.as_bytes()).with_context(|| format!("writing {}", self.path.display()))?;
+        println!("wrote {}", self.path.display());
+        Ok(())
+    }
+}
+
+pub fn write_json(out: Output, results: &[(Row, Outcome)]) -> anyhow::Result<()> {
+    out.write(&(serde_json::to_string_pretty(&json(results))? + "\n"))
 }
 
 /// One line per transport and mode (single-sender rows; 0 B cannot sit on a
 /// log scale).
-pub fn write_svg(path: &Path, results: &[(Row, Outcome)]) -> anyhow::Result<()> {
+pub fn write_svg(out: Output, results: &[(Row, Outcome)]) -> anyhow::Result<()> {
     use plotters::prelude::*;
     let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     for (row, outcome) in results {
@@ -169,8 +189,9 @@ pub fn write_svg(path: &Path, results: &[(Row, Outcome)]) -> anyhow::Result<()> 
     let (y0, y1) = points.fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     let (x0, x1, y0, y1) =
         if series.is_empty() { (1.0, 10.0, 1.0, 10.0) } else { (x0 / 2.0, x1 * 2.0, y0 / 2.0, y1 * 2.0) };
-    let draw = || -> Result<(), Box<dyn std::error::Error>> {
-        let root = SVGBackend::new(path, (1100, 700)).into_drawing_area();
+    let mut svg = String::new();
+    let draw = |svg: &mut String| -> Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::with_string(svg, (1100, 700)).into_drawing_area();
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
             .caption("copydata bench: p50 round trip vs payload (log-log)", ("sans-serif", 22))
@@ -202,5 +223,6 @@ pub fn write_svg(path: &Path, results: &[(Row, Outcome)]) -> anyhow::Result<()> 
         root.present()?;
         Ok(())
     };
-    draw().map_err(|e| anyhow!("{e}")).with_context(|| format!("writing {}", path.display()))
+    draw(&mut svg).map_err(|e| anyhow!("drawing the chart: {e}"))?;
+    out.write(&svg)
 }
