@@ -97,6 +97,34 @@ pub fn filled(len: usize, byte: u8) -> Vec<u8> {
     vec![byte; len]
 }
 
+/// `len` bytes set to `byte`, starting at a page boundary. The floors use
+/// it: a copy between buffers at different offsets within their pages can
+/// be several times slower on some CPUs, which would make the floor depend
+/// on where the allocator happened to put them.
+pub struct PageBuf {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl PageBuf {
+    const PAGE: usize = 4096;
+
+    pub fn new(len: usize, byte: u8) -> PageBuf {
+        let raw = filled(len + Self::PAGE, byte);
+        let start = raw.as_ptr().align_offset(Self::PAGE).min(Self::PAGE);
+        PageBuf { raw, start, len }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
+}
+
 /// The client half of a stream ping-pong.
 fn ping_pong(mut w: impl Write, mut r: impl Read, payload: usize, budget: Budget) -> anyhow::Result<Timings> {
     let mut request = filled(8 + payload, 0xA5);
@@ -296,14 +324,14 @@ pub fn spin_partner() -> anyhow::Result<()> {
 }
 
 fn memcpy_floor(payload: usize, budget: Budget) -> anyhow::Result<Sample> {
-    let src = filled(payload, 0x5A);
-    let mut dst = filled(payload, 0);
+    let src = PageBuf::new(payload, 0x5A);
+    let mut dst = PageBuf::new(payload, 0);
     let mut t = Timings::new(budget);
     let mut i = 0;
     while !t.done() {
         let start = Instant::now();
-        dst.copy_from_slice(&src);
-        std::hint::black_box(dst.as_mut_ptr());
+        dst.bytes_mut().copy_from_slice(src.bytes());
+        std::hint::black_box(dst.bytes_mut().as_mut_ptr());
         let took = start.elapsed();
         if i >= budget.warmup {
             t.push(took);
@@ -314,16 +342,17 @@ fn memcpy_floor(payload: usize, budget: Budget) -> anyhow::Result<Sample> {
 }
 
 fn fill_and_sum_floor(payload: usize, budget: Budget) -> anyhow::Result<Sample> {
-    let mut buf = filled(payload, 0);
+    let mut buf = PageBuf::new(payload, 0);
     let mut t = Timings::new(budget);
     let mut i = 0usize;
     while !t.done() {
         let byte = (i % 251) as u8 + 1;
         let start = Instant::now();
-        // SAFETY: `buf` is this function's own vector of `payload` bytes,
+        let bytes = buf.bytes_mut();
+        // SAFETY: `bytes` is this function's own buffer of `payload` bytes,
         // borrowed by nothing else during the call.
-        unsafe { fill_raw(buf.as_mut_ptr(), payload, byte) };
-        let sum = sum_bytes(std::hint::black_box(&buf));
+        unsafe { fill_raw(bytes.as_mut_ptr(), payload, byte) };
+        let sum = sum_bytes(std::hint::black_box(buf.bytes()));
         let took = start.elapsed();
         ensure!(sum == payload as u64 * u64::from(byte), "the sum is wrong");
         if i >= budget.warmup {
