@@ -27,7 +27,8 @@ Exit codes:
   5  peer died
   6  already exists
   7  refused or permission denied (including writing a read-only object,
-     another user's mailbox, and a payload larger than the receiver takes)";
+     another user's mailbox, a payload larger than the receiver takes, and
+     a receiver speaking another protocol version)";
 
 /// A usage error found after parsing (a bad combination of arguments).
 #[derive(Debug)]
@@ -100,7 +101,7 @@ fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             SendError::NoSuchMailbox { .. } => NOT_FOUND,
             SendError::TimedOut { .. } => TIMED_OUT,
             SendError::ReceiverDied { .. } => PEER_DIED,
-            SendError::Refused { .. } | SendError::PayloadTooLarge { .. } => REFUSED,
+            SendError::Refused { .. } | SendError::PayloadTooLarge { .. } | SendError::Incompatible { .. } => REFUSED,
             _ => OTHER,
         });
     }

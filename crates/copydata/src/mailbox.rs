@@ -663,13 +663,13 @@ impl Sender {
         sections: &[&Section],
         timeout: Option<Duration>,
     ) -> Result<Reply, SendError> {
-        let started = Instant::now();
-        let deadline = timeout.map(|t| started + t);
+        let started = timeout.map(|_| Instant::now());
+        let deadline = timeout.and_then(|t| started.map(|s| s + t));
         let result = self.with_client(deadline, timeout, data.len() as u64, |c| {
             c.put(CALL, tag, Body::Bytes(data), sections, true, deadline)?;
             c.reply(deadline)
         });
-        if let (Err(SendError::TimedOut { .. }), Some(t)) = (&result, timeout) {
+        if let (Err(SendError::TimedOut { .. }), Some(t), Some(started)) = (&result, timeout, started) {
             // Some systems' timers fire a little early; a caller may rely on
             // the full time having passed.
             if let Some(rest) = t.checked_sub(started.elapsed()) {

@@ -36,7 +36,9 @@ fn preview(data: &[u8]) -> String {
 }
 
 fn describe(msg: &Message, json: bool) -> String {
-    let data = msg.payload();
+    // A loaned message is read out of the sender's buffer.
+    let loaned = msg.loan().map(|l| l.to_vec());
+    let data: &[u8] = loaned.as_deref().unwrap_or(msg.payload());
     let sender = msg.sender();
     if json {
         let sha: String = Sha256::digest(&data[..]).iter().map(|b| format!("{b:02x}")).collect();
@@ -46,6 +48,7 @@ fn describe(msg: &Message, json: bool) -> String {
             "pid": sender.pid,
             "uid": sender.uid,
             "sections": msg.sections().len(),
+            "post": !msg.expects_reply(),
             "sha256": sha,
             "preview": preview(data),
         })
@@ -54,7 +57,14 @@ fn describe(msg: &Message, json: bool) -> String {
         let uid = sender.uid.map(|u| format!(" uid={u}")).unwrap_or_default();
         let sections =
             if msg.sections().is_empty() { String::new() } else { format!(" sections={}", msg.sections().len()) };
-        format!("tag={} size={} pid={}{uid}{sections} data=\"{}\"", msg.tag(), data.len(), sender.pid, preview(data))
+        let post = if msg.expects_reply() { "" } else { " post" };
+        format!(
+            "tag={} size={} pid={}{uid}{sections}{post} data=\"{}\"",
+            msg.tag(),
+            data.len(),
+            sender.pid,
+            preview(data)
+        )
     }
 }
 
@@ -85,7 +95,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let Some(d) = args.delay {
             std::thread::sleep(d);
         }
-        let data = if args.echo { request.payload().to_vec() } else { Vec::new() };
+        let data = match (args.echo, request.loan()) {
+            (false, _) => Vec::new(),
+            (true, Some(loan)) => loan.to_vec(),
+            (true, None) => request.payload().to_vec(),
+        };
         // A sender that gave up meanwhile is no error for the listener.
         let _ = request.reply(Reply::new(args.reply_code, data));
     }

@@ -1,4 +1,5 @@
-//! `copydata send NAME [DATA]`: send a message and print the reply.
+//! `copydata send NAME [DATA]`: send a message and print the reply (or
+//! post it, one-way).
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -29,6 +30,9 @@ pub struct Args {
     /// Send the contents of this file.
     #[arg(long)]
     file: Option<PathBuf>,
+    /// Post the message: one-way, no reply awaited (prints nothing).
+    #[arg(long, conflicts_with_all = ["timeout", "out"])]
+    post: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -42,7 +46,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (Some(data), None) => data.as_bytes().to_vec(),
         (None, None) => Vec::new(),
     };
-    let mut sender = Sender::connect(&args.name)?;
+    let mut sender = match args.timeout {
+        Some(t) => Sender::connect_timeout(&args.name, t)?,
+        None => Sender::connect(&args.name)?,
+    };
+    if args.post {
+        sender.post(args.tag, &payload)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let reply = match args.timeout {
         Some(t) => sender.send_timeout(args.tag, &payload, t)?,
         None => sender.send(args.tag, &payload)?,

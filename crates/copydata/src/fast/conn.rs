@@ -80,7 +80,6 @@ pub(crate) enum Body<'a> {
 #[derive(Debug)]
 pub(crate) struct LentBuf {
     pub(crate) ptr: *mut u8,
-    pub(crate) cap: usize,
     slot: u32,
     use_no: u64,
     announce: bool,
@@ -138,6 +137,19 @@ fn parse(c: &Consumer, rec: &Rec) -> Result<Parsed, String> {
     Ok(Parsed { aux, buf, inline_payload: (at, rec.inline - at) })
 }
 
+/// The inline parts of a record (at most four slices, no allocation).
+struct Parts<'a> {
+    flags: u32,
+    list: [&'a [u8]; 4],
+    n: usize,
+}
+
+impl<'a> Parts<'a> {
+    fn as_slice(&self) -> &[&'a [u8]] {
+        &self.list[..self.n]
+    }
+}
+
 /// Builds the inline parts of a record: attachment header, attachment, and
 /// buffer reference or payload.
 fn parts<'a>(
@@ -146,24 +158,27 @@ fn parts<'a>(
     pad: &'a [u8; 8],
     bufref: Option<&'a [u8; 16]>,
     payload: &'a [u8],
-) -> (u32, Vec<&'a [u8]>) {
-    let mut flags = 0;
-    let mut out: Vec<&[u8]> = Vec::with_capacity(5);
+) -> Parts<'a> {
+    let mut p = Parts { flags: 0, list: [&[]; 4], n: 0 };
+    let add = |p: &mut Parts<'a>, s: &'a [u8]| {
+        p.list[p.n] = s;
+        p.n += 1;
+    };
     if let Some((bytes, sections)) = aux {
-        flags |= F_AUX;
+        p.flags |= F_AUX;
         aux_head[0..4].copy_from_slice(&(bytes.len() as u32).to_ne_bytes());
         aux_head[4..8].copy_from_slice(&(*sections as u32).to_ne_bytes());
-        out.push(&aux_head[..]);
-        out.push(bytes);
-        out.push(&pad[..bytes.len().next_multiple_of(8) - bytes.len()]);
+        add(&mut p, &aux_head[..]);
+        add(&mut p, bytes);
+        add(&mut p, &pad[..bytes.len().next_multiple_of(8) - bytes.len()]);
     }
     if let Some(b) = bufref {
-        flags |= F_BUF;
-        out.push(&b[..]);
+        p.flags |= F_BUF;
+        add(&mut p, &b[..]);
     } else {
-        out.push(payload);
+        add(&mut p, payload);
     }
-    (flags, out)
+    p
 }
 
 /// Copies `len` bytes of a view into `out` (cleared first), without zeroing
@@ -203,10 +218,6 @@ impl Client {
     pub(crate) fn new(link: Link, wait: Wait, max_payload: u64) -> Client {
         let (req, rep) = (Producer::new(link.region().requests()), Consumer::new(link.region().replies()));
         Client { link, req, rep, pool: Pool::new(Side::Sender), peer: PeerBuffers::new(), wait, max_payload }
-    }
-
-    pub(crate) fn max_payload(&self) -> u64 {
-        self.max_payload
     }
 
     /// Spins (per the wait strategy), then parks on `bell` until `check`
@@ -278,7 +289,9 @@ impl Client {
     /// Tells the receiver about buffers given back, and gives back large
     /// ones after a quiet spell.
     fn retire(&mut self, mut slots: Vec<u32>, deadline: Option<Instant>) -> Result<(), Fail> {
-        slots.extend(self.pool.trim(self.link.region(), Instant::now()));
+        if self.pool.has_large() {
+            slots.extend(self.pool.trim(self.link.region(), Instant::now()));
+        }
         for slot in slots {
             self.room(0, true, deadline)?;
             self.push(RETIRE, 0, 0, u64::from(slot), &[])?;
@@ -295,15 +308,12 @@ impl Client {
         let lent = self.pool.lend(self.link.region(), len, &mut retired).map_err(Fail::Io)?;
         self.retire(retired, None)?;
         Ok(match lent {
-            Some(Lent { slot, use_no, announce, ptr, cap }) => {
-                LentBuf { ptr, cap, slot, use_no, announce, oneshot: None }
-            }
+            Some(Lent { slot, use_no, announce, ptr, .. }) => LentBuf { ptr, slot, use_no, announce, oneshot: None },
             None => {
                 let section = Section::anonymous(len.max(1) as u64).map_err(|e| Fail::Io(io::Error::other(e)))?;
                 let view = section.map_mut(0, len.max(1)).map_err(|e| Fail::Io(io::Error::other(e)))?;
                 LentBuf {
                     ptr: view.as_mut_ptr(),
-                    cap: len,
                     slot: ONESHOT,
                     use_no: 0,
                     announce: true,
@@ -345,7 +355,8 @@ impl Client {
                 Some(lent) => {
                     // SAFETY:
                     // - `lent.ptr` is the start of our own writable mapping of
-                    //   at least `lent.cap >= d.len()` bytes, free for this use
+                    //   at least `d.len()` bytes (the pool picked a buffer that
+                    //   large), free for this use
                     //   (the peer released its last use);
                     // - `d` is the caller's memory, distinct from the mapping.
                     unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), lent.ptr, d.len()) };
@@ -408,8 +419,8 @@ impl Client {
             _ => &[],
         };
         let (mut head, pad) = ([0u8; 8], [0u8; 8]);
-        let (flags, ps) = parts(&mut head, aux.as_ref(), &pad, encoded.as_ref(), payload);
-        self.push(kind, flags, len as u64, tag, &ps)
+        let ps = parts(&mut head, aux.as_ref(), &pad, encoded.as_ref(), payload);
+        self.push(kind, ps.flags, len as u64, tag, ps.as_slice())
     }
 
     /// Waits for the reply to the outstanding call.
@@ -657,6 +668,9 @@ impl ServerConn {
 
     /// Gives a payload buffer back for the next message.
     pub(crate) fn recycle(&self, v: Vec<u8>) {
+        if v.capacity() <= INLINE_MAX {
+            return;
+        }
         let mut st = self.state();
         if v.capacity() > st.spare.capacity() {
             st.spare = v;
@@ -712,8 +726,8 @@ impl ServerConn {
         let encoded = bufref.map(|b| b.encode());
         let payload = if bufref.is_some() { &[][..] } else { data };
         let (mut head, pad) = ([0u8; 8], [0u8; 8]);
-        let (flags, ps) = parts(&mut head, aux.as_ref(), &pad, encoded.as_ref(), payload);
-        self.push_reply(st, kind, flags, data.len() as u64, word, &ps)
+        let ps = parts(&mut head, aux.as_ref(), &pad, encoded.as_ref(), payload);
+        self.push_reply(st, kind, ps.flags, data.len() as u64, word, ps.as_slice())
     }
 
     fn push_reply(
@@ -762,9 +776,6 @@ impl ServerConn {
         }
         self.answer(REFUSED, 0, &reason.as_bytes()[..end])
     }
-
-    /// Ends a taken post (nothing is sent back).
-    pub(crate) fn done_post(&self) {}
 
     /// Gives back memory after a quiet spell: unmaps the sender's buffers,
     /// drops the spare payload buffer and large reply buffers.

@@ -105,7 +105,6 @@ pub(crate) struct Lent {
     /// Whether the peer lacks the handle: send [`Pool::handle`] with the record.
     pub(crate) announce: bool,
     pub(crate) ptr: *mut u8,
-    pub(crate) cap: usize,
 }
 
 /// The buffers a side owns (writes) on one connection.
@@ -190,7 +189,7 @@ impl Pool {
         b.last_use = use_no;
         let announce = !b.announced;
         b.announced = true;
-        Ok(Some(Lent { slot: slot as u32, use_no, announce, ptr: b.view.as_mut_ptr(), cap: b.cap }))
+        Ok(Some(Lent { slot: slot as u32, use_no, announce, ptr: b.view.as_mut_ptr() }))
     }
 
     /// The read-only handle of the buffer in `slot`, to hand to the peer.
@@ -198,9 +197,9 @@ impl Pool {
         self.slots.get(slot as usize)?.as_ref().map(|b| &b.peer_handle)
     }
 
-    /// Whether a lent buffer's use has been released by the peer.
-    pub(crate) fn released(&self, region: &Region, slot: u32) -> bool {
-        (slot as usize) < SLOTS && self.is_free(region, slot as usize)
+    /// Whether the pool holds buffers that [`trim`](Self::trim) would give back.
+    pub(crate) fn has_large(&self) -> bool {
+        self.uses > 0 && self.slots.iter().flatten().any(|b| b.cap > KEEP_WHEN_IDLE)
     }
 
     /// Gives back large free buffers after a quiet spell. Returns their slots

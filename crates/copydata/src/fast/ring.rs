@@ -110,10 +110,6 @@ impl RingPtr {
         RingPtr { base, cap }
     }
 
-    pub(crate) fn cap(&self) -> usize {
-        self.cap
-    }
-
     fn u64_at(&self, offset: usize) -> &AtomicU64 {
         debug_assert!(offset + 8 <= RING_HEADER + self.cap && offset.is_multiple_of(8));
         // SAFETY:

@@ -167,12 +167,12 @@ impl Dispatch {
             return Some(Next::Native(m, r));
         }
         let n = st.conns.len();
-        let mut gone = Vec::new();
+        let mut gone: Option<Vec<Arc<ServerConn>>> = None;
         let mut found = None;
         for i in 0..n {
             let conn = &st.conns[(st.start + i) % n];
             if conn.dead.load(Ordering::Acquire) {
-                gone.push(conn.clone());
+                gone.get_or_insert_with(Vec::new).push(conn.clone());
                 continue;
             }
             if conn.busy.load(Ordering::Acquire) {
@@ -187,11 +187,11 @@ impl Dispatch {
                 Ok(None) => {}
                 Err(reason) => {
                     log::warn!("mailbox {}: dropped the connection from pid {}: {reason}", self.name, conn.peer.pid);
-                    gone.push(conn.clone());
+                    gone.get_or_insert_with(Vec::new).push(conn.clone());
                 }
             }
         }
-        for conn in gone {
+        for conn in gone.unwrap_or_default() {
             self.drop_conn(w, st, &conn);
         }
         found
@@ -211,7 +211,7 @@ impl Dispatch {
             if self.is_closed() {
                 return None;
             }
-            if slot.changed.swap(false, Ordering::AcqRel) {
+            if slot.changed.load(Ordering::Acquire) && slot.changed.swap(false, Ordering::AcqRel) {
                 st.conns = slot.conns.lock().unwrap_or_else(|e| e.into_inner()).clone();
             }
             if let Some(found) = self.scan(w, st) {

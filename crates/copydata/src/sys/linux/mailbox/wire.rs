@@ -1,21 +1,20 @@
-//! The wire format between senders and a mailbox.
+//! The socket's frames (Unix stream socket, `SCM_RIGHTS` for descriptors).
 //!
 //! Every frame starts with a 32-byte header (little-endian):
 //!
 //! ```text
-//! request: "CDQ1" flags:u8 sections:u8 0:u16 seq:u64 tag:u64  len:u64
-//! reply:   "CDR1" status:u8 flags:u8   0:u16 seq:u64 code:i64 len:u64
+//! magic:[u8;4] b0:u8 b1:u8 0:u16 seq:u64 word:u64 len:u64
+//! hello    "CDH2" wait mode, 0, protocol, 0, 0                      (sender, at set-up)
+//! welcome  "CDA2" status, 0, protocol, max payload, reason length   (receiver; region + doorbell memfds)
+//! attach   "CDX2" has buffer, sections, 0, buffer size, records length  (either side, beside a ring record)
 //! ```
 //!
-//! The payload follows inline (at most [`INLINE_MAX`] bytes), or, with
-//! [`FLAG_MEMFD`], travels as a memfd sealed against writing, passed with
-//! `SCM_RIGHTS` together with the header. A request then lists its sections:
-//! per section `len:u64 flags:u8 name_len:u8 name`, their descriptors
-//! following the payload's in the same control message. A refused reply
-//! carries its reason as inline text.
-//!
-//! Everything a peer sends is checked before use: magic, flags, counts,
-//! sizes, the number and kind of descriptors, and the seals of a memfd.
+//! An attachment carries a pool buffer's memfd and/or the sections of a
+//! message: per section `len:u64 flags:u8 name_len:u8 name`, descriptors in
+//! the same control message. A protocol-1 sender ("CDQ1" requests) is
+//! answered with a protocol-1 refusal ("CDR1") that says why. Everything a
+//! peer sends is checked before use: magic, counts, sizes, the number and
+//! kind of descriptors, and the seals of a memfd.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -23,23 +22,18 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{self as rfs, MemfdFlags, SealFlags};
 use rustix::io::Errno;
 
-use super::super::{Kind, Section as SysSection, kind_of, scm};
-use crate::mailbox::Payload;
+use super::super::{Section as SysSection, kind_of, scm};
 use crate::name::Name;
 use crate::section::{Access, Section};
 
 pub(crate) const HEADER: usize = 32;
 pub(crate) const REQUEST: [u8; 4] = *b"CDQ1";
 pub(crate) const REPLY: [u8; 4] = *b"CDR1";
-/// Payloads up to this size travel inline; larger ones in a sealed memfd.
-pub(crate) const INLINE_MAX: u64 = 64 * 1024;
 /// The most sections one message may carry (one more descriptor may carry
 /// the payload).
 pub(crate) const MAX_SECTIONS: usize = scm::MAX_FDS - 1;
-pub(crate) const FLAG_MEMFD: u8 = 1;
-pub(crate) const STATUS_OK: u8 = 0;
+/// Status of a protocol-1 reply refusing the request.
 pub(crate) const STATUS_REFUSED: u8 = 1;
-pub(crate) const STATUS_TOO_LARGE: u8 = 2;
 const SECTION_RO: u8 = 1;
 const SECTION_NAMED: u8 = 2;
 const MAX_REASON: u64 = 4096;
@@ -116,27 +110,6 @@ pub(crate) fn sealed_memfd(data: &[u8]) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Maps a received payload memfd, after checking it is sealed against
-/// writes and exactly `len` bytes long.
-pub(crate) fn map_sealed(fd: OwnedFd, len: u64) -> io::Result<Payload> {
-    let seals = rfs::fcntl_get_seals(&fd).map_err(|_| bad("the payload is not a memfd"))?;
-    if !seals.contains(SealFlags::WRITE | SealFlags::SHRINK | SealFlags::GROW) {
-        return Err(bad("the payload memfd is not sealed against writes"));
-    }
-    let st = rfs::fstat(&fd)?;
-    if len == 0 || st.st_size as u64 != len {
-        return Err(bad(format!("payload memfd of {} bytes announced as {len}", st.st_size)));
-    }
-    let len = usize::try_from(len).map_err(|_| bad("payload larger than the address space"))?;
-    let section =
-        Section::from_parts(SysSection::from_fd(fd, len as u64, Access::ReadOnly, Kind::Anonymous, None), None);
-    let view = section.map(0, len).map_err(io::Error::from)?;
-    // SAFETY: the memfd carries F_SEAL_WRITE (checked above, and seals can
-    // only be added): no process can write it, and no writable mapping of it
-    // exists, so the memory cannot change while the payload lives.
-    Ok(unsafe { Payload::frozen(view) })
-}
-
 /// The section records of a request, and the descriptors to send with them.
 pub(crate) fn encode_sections(sections: &[&Section]) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     if sections.len() > MAX_SECTIONS {
@@ -202,34 +175,6 @@ pub(crate) fn decode_sections(sock: impl AsFd, count: usize, fds: Vec<OwnedFd>) 
         out.push(Section::from_parts(SysSection::from_fd(fd, len, access, kind, name.as_ref()), name));
     }
     Ok(out)
-}
-
-/// Reads a payload: inline bytes, or the memfd among `fds` (taken out).
-/// A memfd payload larger than `max` is closed unmapped (the caller refuses
-/// it); inline bytes are read whatever their size, to stay in step.
-pub(crate) fn read_payload(
-    sock: impl AsFd,
-    header: &Header,
-    memfd: bool,
-    fds: &mut Vec<OwnedFd>,
-    max: u64,
-) -> io::Result<Payload> {
-    if memfd {
-        if fds.is_empty() {
-            return Err(bad("payload memfd missing"));
-        }
-        let fd = fds.remove(0);
-        if header.len > max {
-            return Ok(Payload::default());
-        }
-        return map_sealed(fd, header.len);
-    }
-    if header.len > INLINE_MAX {
-        return Err(bad(format!("inline payload of {} bytes (at most {INLINE_MAX})", header.len)));
-    }
-    let mut data = vec![0u8; header.len as usize];
-    scm::recv_exact(sock, &mut data)?;
-    Ok(Payload::from(data))
 }
 
 /// Reads a refusal's reason text.
