@@ -186,7 +186,7 @@ impl Budget {
             _ => (40, 4),
         };
         if quick {
-            Budget { warmup: (warmup / 4).max(2), iters: (iters / 10).max(12), max_time: Duration::from_millis(250) }
+            Budget { warmup: (warmup / 2).max(2), iters: (iters / 4).max(12), max_time: Duration::from_millis(400) }
         } else {
             Budget { warmup, iters, max_time: Duration::from_millis(1000) }
         }
@@ -337,7 +337,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         for (i, row) in rows.iter().enumerate() {
             bar.set_message(format!("round {round}/{ROUNDS}: {} {} B", row.label(), row.payload));
             if broken[i].is_none() {
-                match run_row(row, &ctx) {
+                // A peer library that panics fails its row, not the run.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_row(row, &ctx)))
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked (see above)")));
+                match result {
                     Ok(sample) => runs[i].push(sample),
                     Err(e) => {
                         broken[i] = Some(match e.downcast_ref::<Unavailable>() {

@@ -252,8 +252,10 @@ impl Cpus {
 
     pub fn describe(&self) -> String {
         match (self.client, self.server) {
-            (Some(c), Some(s)) if c == s => format!("client cpu {c}, server cpu {s} (only one CPU available)"),
-            (Some(c), Some(s)) => format!("client cpu {c}, server cpu {s}"),
+            (Some(c), Some(s)) if c == s => {
+                format!("client cpu {c}, server cpu {s} (only one CPU available; extra senders on cpu {c})")
+            }
+            (Some(c), Some(s)) => format!("client cpu {c}, server cpu {s} (extra senders on cpu {c})"),
             _ => "processes not pinned (not supported on this platform)".into(),
         }
     }
