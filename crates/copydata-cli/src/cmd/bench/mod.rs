@@ -505,3 +505,100 @@ pub fn unique_name(what: &str) -> String {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     format!("copydata-bench-{what}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn has(rows: &[Row], t: Transport, m: Option<Mode>, payload: usize, senders: usize) -> bool {
+        rows.iter().any(|r| r.transport == t && r.mode == m && r.payload == payload && r.senders == senders)
+    }
+
+    #[test]
+    fn one_row_per_key() {
+        for (quick, peers) in [(false, false), (false, true), (true, false), (true, true)] {
+            let rows = rows(quick, peers);
+            let mut keys = rows.clone();
+            keys.sort();
+            keys.dedup();
+            assert_eq!(keys.len(), rows.len(), "quick {quick} peers {peers}");
+        }
+    }
+
+    #[test]
+    fn quick_has_every_row_the_targets_need() {
+        use Mode::*;
+        use Transport::*;
+        for quick in [true, false] {
+            let rows = rows(quick, true);
+            let need = [
+                (Copydata, Some(SpinThenPark), 64, 1),
+                (Copydata, Some(SpinThenPark), 64 * MIB, 1),
+                (Copydata, Some(SpinThenPark), 64, 16),
+                (Copydata, Some(Park), 64, 1),
+                (Copydata, Some(Loan), 64 * KIB, 1),
+                (Copydata, Some(Loan), 64 * MIB, 1),
+                (Copydata, Some(EndToEnd), 64 * MIB, 1),
+                (UnixSocket, None, 64, 1),
+                (FloorSpinPingPong, None, 64, 1),
+                (FloorMemcpy, None, 64 * MIB, 1),
+                (FloorFillAndSum, None, 64 * MIB, 1),
+                (Iceoryx2, None, 64, 1),
+                (IpcChannel, None, 64, 1),
+            ];
+            for (t, m, n, s) in need {
+                assert!(has(&rows, t, m, n, s), "quick {quick}: no {t:?} {m:?} {n} B x{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn percentiles_and_medians() {
+        let mut t = Timings::new(Budget { warmup: 0, iters: 100, max_time: Duration::from_secs(1) });
+        for n in 1..=100 {
+            t.push(Duration::from_nanos(n * 10));
+        }
+        assert!(t.done());
+        let s = t.sample().unwrap();
+        assert_eq!((s.p50_ns, s.p99_ns), (510.0, 1000.0));
+        assert!((s.msgs_per_s - 100.0 / 50_500e-9).abs() < 1.0);
+        let m = median(&[
+            Sample { p50_ns: 3.0, p99_ns: 1.0, msgs_per_s: 9.0 },
+            Sample { p50_ns: 1.0, p99_ns: 2.0, msgs_per_s: 7.0 },
+            Sample { p50_ns: 2.0, p99_ns: 3.0, msgs_per_s: 8.0 },
+        ]);
+        assert_eq!((m.p50_ns, m.p99_ns, m.msgs_per_s), (2.0, 2.0, 8.0));
+    }
+
+    #[test]
+    fn json_rows_have_exactly_the_fields() {
+        let results = [
+            (Row::new(Transport::Copydata, Some(Mode::Loan), 4096), Outcome::Absent("no".into())),
+            (
+                Row::new(Transport::Pipe, None, 1000),
+                Outcome::Measured(Sample { p50_ns: 500.0, p99_ns: 900.0, msgs_per_s: 2e6 }),
+            ),
+        ];
+        let json = report::json(&results);
+        let rows = json.as_array().unwrap();
+        let want = ["gb_per_s", "mode", "msgs_per_s", "p50_ns", "p99_ns", "payload_bytes", "senders", "transport"];
+        for row in rows {
+            let mut keys: Vec<&str> = row.as_object().unwrap().keys().map(String::as_str).collect();
+            keys.sort();
+            assert_eq!(keys, want);
+        }
+        assert_eq!(rows[0]["mode"], "loan");
+        assert!(rows[0]["p50_ns"].is_null());
+        assert!(rows[1]["mode"].is_null());
+        assert_eq!(rows[1]["gb_per_s"], 2.0);
+    }
+
+    #[test]
+    fn byte_sum() {
+        let bytes: Vec<u8> = (0..100_003u32).map(|i| (i * 7 % 256) as u8).collect();
+        for len in [0, 1, 63, 64, 65, 4096, 100_003] {
+            let want: u64 = bytes[..len].iter().map(|&b| u64::from(b)).sum();
+            assert_eq!(baseline::sum_bytes(&bytes[..len]), want, "{len} bytes");
+        }
+    }
+}
