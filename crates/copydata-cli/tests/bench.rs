@@ -12,8 +12,10 @@ fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("copydata-benchtest-{}-{name}", std::process::id()))
 }
 
-/// The JSON rows as (transport, mode, payload_bytes, senders, p50_ns).
-fn rows(path: &PathBuf) -> Vec<(String, Option<String>, u64, u64, Option<f64>)> {
+/// One JSON row: (transport, mode, payload_bytes, senders, p50_ns).
+type JsonRow = (String, Option<String>, u64, u64, Option<f64>);
+
+fn rows(path: &PathBuf) -> Vec<JsonRow> {
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     json.as_array()
         .unwrap()
