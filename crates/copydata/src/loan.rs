@@ -42,13 +42,21 @@ use crate::view::View;
 /// unsent gives the buffer back.
 pub struct Loan<'a> {
     sender: &'a mut Sender,
-    buf: LentBuf,
+    /// `None` once sent.
+    buf: Option<LentBuf>,
+    /// The start of the buffer (kept apart so accessors need no unwrap).
+    ptr: *mut u8,
     len: usize,
 }
 
 impl<'a> Loan<'a> {
     pub(crate) fn new(sender: &'a mut Sender, buf: LentBuf, len: usize) -> Loan<'a> {
-        Loan { sender, buf, len }
+        let ptr = buf.ptr;
+        Loan { sender, buf: Some(buf), ptr, len }
+    }
+
+    fn take(&mut self) -> LentBuf {
+        self.buf.take().expect("a loan is sent once")
     }
 
     /// The loan's length in bytes (what the receiver will see).
@@ -64,7 +72,7 @@ impl<'a> Loan<'a> {
     /// A pointer to the first byte, valid for [`len`](Self::len) bytes until
     /// the loan is sent or dropped.
     pub fn as_mut_ptr(&mut self) -> *mut u8 {
-        self.buf.ptr
+        self.ptr
     }
 
     /// Copies `data` into the loan at `offset`.
@@ -78,7 +86,7 @@ impl<'a> Loan<'a> {
         //   stays mapped while the loan lives;
         // - `data` is the caller's memory, distinct from the shared buffer;
         // - no reference to the shared memory is formed.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.buf.ptr.add(offset), data.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(offset), data.len()) };
         Ok(())
     }
 
@@ -86,7 +94,7 @@ impl<'a> Loan<'a> {
     pub fn fill(&mut self, byte: u8) {
         // SAFETY: the loan's `len` bytes are inside the lent buffer, mapped
         // while the loan lives; `write_bytes` forms no reference.
-        unsafe { std::ptr::write_bytes(self.buf.ptr, byte, self.len) };
+        unsafe { std::ptr::write_bytes(self.ptr, byte, self.len) };
     }
 
     /// The loan as a mutable byte slice, for filling in place.
@@ -103,23 +111,34 @@ impl<'a> Loan<'a> {
         // - the pointer is valid and writable for `len` bytes while the loan
         //   (and so this borrow) lives;
         // - the caller promises no other writer meanwhile.
-        unsafe { std::slice::from_raw_parts_mut(self.buf.ptr, self.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 
     /// Sends the loan and waits for the reply (as [`Sender::send`]).
-    pub fn send(self, tag: u64) -> Result<Reply, SendError> {
-        self.sender.call_loan(tag, &self.buf, self.len, None)
+    pub fn send(mut self, tag: u64) -> Result<Reply, SendError> {
+        let buf = self.take();
+        self.sender.call_loan(tag, &buf, self.len, None)
     }
 
     /// Sends the loan and waits at most `timeout` for the reply (as
     /// [`Sender::send_timeout`]).
-    pub fn send_timeout(self, tag: u64, timeout: Duration) -> Result<Reply, SendError> {
-        self.sender.call_loan(tag, &self.buf, self.len, Some(timeout))
+    pub fn send_timeout(mut self, tag: u64, timeout: Duration) -> Result<Reply, SendError> {
+        let buf = self.take();
+        self.sender.call_loan(tag, &buf, self.len, Some(timeout))
     }
 
     /// Posts the loan: no reply awaited (as [`Sender::post`]).
-    pub fn post(self, tag: u64) -> Result<(), SendError> {
-        self.sender.post_loan(tag, &self.buf, self.len)
+    pub fn post(mut self, tag: u64) -> Result<(), SendError> {
+        let buf = self.take();
+        self.sender.post_loan(tag, &buf, self.len)
+    }
+}
+
+impl Drop for Loan<'_> {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            self.sender.cancel_loan(&buf);
+        }
     }
 }
 

@@ -23,15 +23,33 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # How messages travel
+//!
+//! The first send of a [`Sender`] sets up a connection: the receiver creates
+//! a shared-memory region for it (a section, handed over as the seed
+//! describes: create the mapping, give the peer a handle to it, tell it by
+//! message) with a request ring and a reply ring. Every message and reply
+//! then travels through that region: small payloads are copied into the
+//! ring (and out of it into the receiver's private memory before the
+//! handler sees them, so `payload()` never points at bytes a peer can still
+//! change); large ones go through buffers of a per-connection pool, mapped
+//! once and reused; [`Sender::loan`] lends such a buffer to fill in place
+//! (zero copies, see [`crate::loan`]). Each side spins briefly for the other
+//! and then sleeps ([`Wait`]), so an idle mailbox uses no CPU.
+//!
 //! # Portability
 //!
 //! | | Linux | Windows |
 //! |---|---|---|
 //! | mailbox | Unix socket in a 0700 per-user runtime directory, name held by an `flock` | message-only window (`HWND_MESSAGE`) whose class is derived from the name |
 //! | lookup | the socket's path | `FindWindowExW(HWND_MESSAGE, class)` |
-//! | send / reply | framed request and reply on the connection | `SendMessageTimeoutW(WM_COPYDATA)`; reply bytes come back as a `WM_COPYDATA` to the sender's window |
-//! | large payloads | a memfd sealed against writing (`F_SEAL_WRITE`) | a section duplicated into the receiver |
+//! | set-up | hello on the socket; the region's memfd (sealed against resizing) back with `SCM_RIGHTS` | `WM_COPYDATA` hello; the receiver pushes the region and its events into the sender with `DuplicateHandle` |
+//! | messages | the region's rings | the region's rings |
+//! | sleeping and waking | futexes in shared memory | auto-reset event objects |
+//! | a dead peer | the socket's hang-up (the receiver polls; a parked sender looks every 20 ms) | `WaitForMultipleObjects` on the peer's process handle |
+//! | buffers and sections with a message | memfds / descriptors over the socket | handle values in the record, duplicated from the connection's process |
 //! | peer identity | `SO_PEERCRED` (pid and uid) | the window's process id |
+//! | plain Win32 senders | — | real `WM_COPYDATA`, reply code = `LRESULT` |
 
 // Constructors used only by the backends that have mailboxes.
 #![cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
@@ -67,9 +85,11 @@ pub struct Peer {
 
 /// The bytes of a message or a reply.
 ///
-/// Small payloads are copied; large ones are mapped straight from the memory
-/// the peer filled, which the kernel keeps from changing (Linux: a memfd
-/// sealed against writes), so reading them needs no copy.
+/// Always memory no other process can change while the payload lives:
+/// bytes copied out of shared memory into this process (up to 256 MiB), or,
+/// for larger payloads on Linux, a memfd the sender sealed against writes,
+/// read in place. For zero-copy reading of memory the sender could still
+/// write, see [`Message::loan`].
 pub struct Payload(Repr);
 
 enum Repr {
@@ -755,6 +775,12 @@ impl Sender {
             std::thread::sleep(rest);
         }
         result
+    }
+
+    pub(crate) fn cancel_loan(&mut self, buf: &LentBuf) {
+        if let Some(c) = &mut self.client {
+            c.cancel(buf);
+        }
     }
 
     pub(crate) fn post_loan(&mut self, tag: u64, buf: &LentBuf, len: usize) -> Result<(), SendError> {

@@ -368,86 +368,422 @@ fn messages_carry_sections() {
     stop_server(kid, &name);
 }
 
-/// Raw bytes written straight to a mailbox's socket are rejected (the
-/// connection dropped) while a well-behaved sender goes on being served.
+/// Garbage from a sender is rejected and only its connection dropped, with
+/// nothing else sent, while a well-behaved sender goes on being served.
+///
+/// On the socket (which carries only the set-up hello and, later, the
+/// descriptors that go with a message): random bytes, a bad magic, a short
+/// header, frames other than a hello. A hello of another protocol version or
+/// wait mode gets the "incompatible" welcome (status 2, no descriptors), a
+/// protocol-1 request (`CDQ1`) a refusal naming the protocol.
+///
+/// In the shared region, after a genuine set-up by hand (the hello, the
+/// welcome with the region and the doorbells, both mapped here): a record
+/// written the right way is answered (which checks the offsets below), then
+/// garbage, each on a fresh connection: a bad stamp, an inline length past
+/// the ring, an attachment announced but never sent, an unsealed memfd as a
+/// new buffer, a reference to an empty buffer slot, an unknown kind, padding
+/// at the start of the ring, a bad retired slot, a payload above the limit.
+/// Offsets from `fast/region.rs` and `fast/ring.rs`; the wire header from
+/// `sys/linux/mailbox/wire.rs`.
 #[cfg(target_os = "linux")]
 #[test]
 fn garbage_on_the_socket_is_rejected_and_others_are_served() {
-    use std::io::{Read, Write};
+    use std::io::{IoSlice, IoSliceMut, Read, Write};
+    use std::mem::MaybeUninit;
+    use std::os::fd::{AsFd, OwnedFd};
     use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+    use rustix::mm::{MapFlags, ProtFlags};
+    use rustix::net::{
+        RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+    };
+
+    // fast/region.rs: the worker's number at +32, the request ring at +1152,
+    // the reply ring after it; fast/ring.rs: a ring's header is 384 bytes.
+    const WORKER: usize = 32;
+    const RING_HEADER: usize = 384;
+    const REQ_DATA: usize = 1152 + RING_HEADER;
+    const REQ_CAP: usize = 256 << 10;
+    const REP_DATA: usize = 1152 + RING_HEADER + REQ_CAP + RING_HEADER;
+    const BELL_STRIDE: usize = 128;
+    // fast/conn.rs: kinds and user flags; fast/pool.rs: buffer flags.
+    const CALL: u32 = 1;
+    const REPLY: u32 = 3;
+    const RETIRE: u32 = 6;
+    const PAD: u32 = 0xffff;
+    const F_AUX: u32 = 1;
+    const F_BUF: u32 = 2;
+    const BUF_NEW: u32 = 1;
+
+    /// A 32-byte wire header: magic, two bytes, 0u16, then three u64 (LE).
+    fn frame(magic: &[u8; 4], b0: u8, b1: u8, seq: u64, word: u64, len: u64) -> Vec<u8> {
+        let mut h = magic.to_vec();
+        h.extend_from_slice(&[b0, b1, 0, 0]);
+        for v in [seq, word, len] {
+            h.extend_from_slice(&v.to_le_bytes());
+        }
+        h
+    }
+
+    fn le(h: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(h[at..at + 8].try_into().unwrap())
+    }
+
+    /// A header and the descriptors that came with it; `None` at the end of
+    /// the stream.
+    fn recv_frame(sock: &UnixStream) -> Option<([u8; 32], Vec<OwnedFd>)> {
+        let mut head = [0u8; 32];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let got = rustix::net::recvmsg(
+            sock,
+            &mut [IoSliceMut::new(&mut head)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::WAITALL,
+        )
+        .expect("receiving a frame");
+        let mut fds = Vec::new();
+        for msg in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received) = msg {
+                fds.extend(received);
+            }
+        }
+        if got.bytes == 0 && fds.is_empty() {
+            return None;
+        }
+        assert_eq!(got.bytes, 32, "a short frame header");
+        Some((head, fds))
+    }
+
+    /// The text after an answer's header (`len` bytes).
+    fn recv_text(sock: &UnixStream, len: u64) -> String {
+        assert!(len > 0 && len <= 4096, "a reason of {len} bytes");
+        let mut text = vec![0u8; len as usize];
+        (&*sock).read_exact(&mut text).unwrap();
+        String::from_utf8(text).unwrap()
+    }
+
+    /// The mailbox drops the connection: end of stream (or a reset) within
+    /// 10 s, and nothing more was sent.
+    fn assert_dropped(sock: &UnixStream, what: &str) {
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut rest = Vec::new();
+        match (&*sock).read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("{what}: the connection was not dropped within 10 s ({e})"),
+        }
+        assert!(rest.is_empty(), "{what}: the mailbox answered with {} bytes", rest.len());
+    }
+
+    /// A shared read-write mapping of a received descriptor.
+    struct Map {
+        at: *mut u8,
+        len: usize,
+    }
+
+    impl Map {
+        fn new(fd: &OwnedFd) -> Map {
+            let len = rustix::fs::fstat(fd).unwrap().st_size as usize;
+            // SAFETY: a fresh mapping chosen by the kernel (no existing
+            // memory is replaced) of the whole object; it stays mapped until
+            // `Map` is dropped.
+            let at = unsafe {
+                rustix::mm::mmap(std::ptr::null_mut(), len, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, fd, 0)
+            }
+            .expect("mapping a received descriptor");
+            Map { at: at.cast(), len }
+        }
+
+        fn u32_at(&self, offset: usize) -> &AtomicU32 {
+            assert!(offset + 4 <= self.len && offset.is_multiple_of(4));
+            // SAFETY: inside the mapping (checked), aligned (page-aligned
+            // base), shared with another process, so only used atomically.
+            unsafe { AtomicU32::from_ptr(self.at.add(offset).cast()) }
+        }
+
+        fn u64_at(&self, offset: usize) -> &AtomicU64 {
+            assert!(offset + 8 <= self.len && offset.is_multiple_of(8));
+            // SAFETY: as in `u32_at`.
+            unsafe { AtomicU64::from_ptr(self.at.add(offset).cast()) }
+        }
+
+        fn write(&self, offset: usize, bytes: &[u8]) {
+            assert!(offset + bytes.len() <= self.len);
+            // SAFETY: inside the mapping (checked); the source is private
+            // memory; no reference to the shared bytes is formed.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.at.add(offset), bytes.len()) };
+        }
+
+        fn read(&self, offset: usize, len: usize) -> Vec<u8> {
+            assert!(offset + len <= self.len);
+            let mut out = vec![0u8; len];
+            // SAFETY: as in `write`, the other way round.
+            unsafe { std::ptr::copy_nonoverlapping(self.at.add(offset), out.as_mut_ptr(), len) };
+            out
+        }
+    }
+
+    impl Drop for Map {
+        fn drop(&mut self) {
+            // SAFETY: the mapping made in `new`; nothing refers to it after
+            // this (the atomics borrowed from `self` are gone).
+            let _ = unsafe { rustix::mm::munmap(self.at.cast(), self.len) };
+        }
+    }
+
+    /// A connection set up by hand.
+    struct Raw {
+        sock: UnixStream,
+        region: Map,
+        bells: Map,
+    }
+
+    impl Raw {
+        fn set_up(path: &std::path::Path) -> Raw {
+            let mut sock = UnixStream::connect(path).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            sock.write_all(&frame(b"CDH2", 0, 0, 2, 0, 0)).unwrap();
+            let (h, fds) = recv_frame(&sock).expect("a welcome");
+            assert_eq!((&h[..4], h[4], le(&h, 8), le(&h, 24)), (&b"CDA2"[..], 0, 2, 0), "the welcome");
+            assert_eq!(fds.len(), 2, "the welcome's descriptors");
+            let (region, bells) = (Map::new(&fds[0]), Map::new(&fds[1]));
+            assert!(region.len >= REP_DATA + (64 << 10), "a region of {} bytes", region.len);
+            assert_eq!(&region.read(0, 8)[..], b"CDREGN02", "the region's magic");
+            Raw { sock, region, bells }
+        }
+
+        /// Writes a record at `pos` of the request ring, the stamp last.
+        #[allow(clippy::too_many_arguments)]
+        fn put(&self, pos: usize, stamp: u64, kind: u32, flags: u32, len: u64, word: u64, inline: &[u8]) {
+            let at = REQ_DATA + pos;
+            let mut head = Vec::new();
+            head.extend_from_slice(&kind.to_ne_bytes());
+            head.extend_from_slice(&flags.to_ne_bytes());
+            head.extend_from_slice(&len.to_ne_bytes());
+            head.extend_from_slice(&word.to_ne_bytes());
+            self.region.write(at + 8, &head);
+            self.region.write(at + 32, inline);
+            self.region.u64_at(at).store(stamp, Ordering::Release);
+        }
+
+        /// Rings the doorbell of the connection's handler thread.
+        fn ring(&self) {
+            let w = self.region.u32_at(WORKER).load(Ordering::Acquire) as usize;
+            let word = self.bells.u32_at(w * BELL_STRIDE);
+            word.fetch_add(1, Ordering::Release);
+            rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), 1).unwrap();
+        }
+
+        /// The record at `pos` of the reply ring, once there (10 s at most):
+        /// kind, flags, len, word, inline bytes.
+        fn reply(&self, pos: usize) -> (u32, u32, u64, u64, Vec<u8>) {
+            let at = REP_DATA + pos;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while self.region.u64_at(at).load(Ordering::Acquire) != pos as u64 + 1 {
+                assert!(Instant::now() < deadline, "no reply within 10 s");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let h = self.region.read(at + 8, 24);
+            let u32_at = |i: usize| u32::from_ne_bytes(h[i..i + 4].try_into().unwrap());
+            let u64_at = |i: usize| u64::from_ne_bytes(h[i..i + 8].try_into().unwrap());
+            let (kind, flags, len, word) = (u32_at(0), u32_at(4), u64_at(8), u64_at(16));
+            let inline = self.region.read(at + 32, (flags & 0xff_ffff) as usize);
+            (kind, flags, len, word, inline)
+        }
+    }
 
     let name = unique("garbage");
     let kid = server(&name, 0);
+    let pid = kid.id();
     let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
     let good = std::thread::spawn({
-        let (name, stop) = (name.clone(), stop.clone());
+        let (name, stop, served) = (name.clone(), stop.clone(), served.clone());
         move || {
             let mut sender = Sender::connect(&name).unwrap();
             let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) || n < 50 {
+            while !stop.load(Ordering::SeqCst) || n < 50 {
                 let data = pattern(100 + n as usize, n);
                 check_echo(&sender.send_timeout(0, &data, Duration::from_secs(30)).unwrap(), &data);
                 n += 1;
+                served.store(n, Ordering::SeqCst);
             }
             n
         }
     });
-    let header = |magic: &[u8; 4], flags: u8, sections: u8, len: u64| {
-        let mut h = Vec::from(&magic[..]);
-        h.extend_from_slice(&[flags, sections, 0, 0]);
-        h.extend_from_slice(&1u64.to_le_bytes());
-        h.extend_from_slice(&7u64.to_le_bytes());
-        h.extend_from_slice(&len.to_le_bytes());
-        h
+    // The good sender is served between any two cases.
+    let still_served = |what: &str| {
+        let from = served.load(Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while served.load(Ordering::SeqCst) < from + 2 {
+            assert!(Instant::now() < deadline, "{what}: the good sender was not served for 30 s");
+            assert!(!good.is_finished(), "{what}: the good sender failed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     };
+    still_served("start");
+    let fds_of = || std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let maps_of = || {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        maps.lines().filter(|l| l.contains("/memfd:")).count()
+    };
+    let (fds, maps) = (fds_of(), maps_of());
+
+    // ---- the socket, before set-up
     let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("nothing at all", Vec::new()),
         ("random bytes", pattern(4096, 99)),
-        ("bad magic", header(b"XXXX", 0, 0, 0)),
-        ("unknown flags", header(b"CDQ1", 0x80, 0, 0)),
-        ("too many sections", header(b"CDQ1", 0, 200, 0)),
-        ("sections without descriptors", header(b"CDQ1", 0, 2, 0)),
-        ("memfd flag without a memfd", header(b"CDQ1", 1, 0, 1 << 20)),
-        ("oversized inline payload", header(b"CDQ1", 0, 0, 10 << 20)),
-        ("a reply sent as a request", header(b"CDR1", 0, 0, 0)),
-        ("a short header", b"CDQ1\0\0".to_vec()),
-        ("truncated payload", [header(b"CDQ1", 0, 0, 1000), vec![1; 10]].concat()),
+        ("bad magic", frame(b"XXXX", 0, 0, 2, 0, 0)),
+        ("a short header", b"CDH2\0\0".to_vec()),
+        ("an attachment frame before set-up", frame(b"CDX2", 1, 0, 0, 4096, 0)),
+        ("a welcome sent by a sender", frame(b"CDA2", 0, 0, 2, 0, 0)),
+        ("a protocol-1 reply", frame(b"CDR1", 0, 0, 1, 0, 0)),
     ];
     for (what, bytes) in cases {
         let mut raw = UnixStream::connect(&path).unwrap();
-        raw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let _ = raw.write_all(&bytes);
-        // Ending our side makes the truncated cases definite.
+        // Ending our side makes the short cases definite.
         let _ = raw.shutdown(std::net::Shutdown::Write);
-        let mut rest = Vec::new();
-        let got = raw.read_to_end(&mut rest);
-        assert!(
-            got.is_ok() || matches!(got, Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset),
-            "{what}: {got:?}"
-        );
-        assert!(rest.is_empty(), "{what}: the mailbox answered garbage with {} bytes", rest.len());
+        assert_dropped(&raw, what);
+        still_served(what);
     }
-    // An unsealed memfd as the payload: the receiver must refuse to map it.
+    // Hellos the mailbox cannot serve: an "incompatible" welcome, then the end.
+    for (what, wait, protocol) in [
+        ("protocol 1 hello", 0, 1),
+        ("protocol 3 hello", 0, 3),
+        ("protocol 2^64-1 hello", 0, u64::MAX),
+        ("wait mode 2", 2, 2),
+        ("wait mode 255", 255, 2),
+    ] {
+        let mut raw = UnixStream::connect(&path).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        raw.write_all(&frame(b"CDH2", wait, 0, protocol, 0, 0)).unwrap();
+        let (h, fds) = recv_frame(&raw).unwrap_or_else(|| panic!("{what}: no answer"));
+        assert_eq!((&h[..4], h[4]), (&b"CDA2"[..], 2), "{what}: an incompatible welcome");
+        assert!(fds.is_empty(), "{what}: the welcome carries {} descriptors", fds.len());
+        let reason = recv_text(&raw, le(&h, 24));
+        assert!(reason.contains("protocol"), "{what}: {reason:?}");
+        assert_dropped(&raw, what);
+        still_served(what);
+    }
+    // A sender of protocol 1: a refusal in its own terms.
     {
-        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-        use std::os::fd::AsFd;
-        let raw = UnixStream::connect(&path).unwrap();
-        raw.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let memfd = rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-        rustix::fs::ftruncate(&memfd, 1 << 20).unwrap();
-        let fds = [memfd.as_fd()];
-        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        control.push(SendAncillaryMessage::ScmRights(&fds));
-        let h = header(b"CDQ1", 1, 0, 1 << 20);
-        rustix::net::sendmsg(&raw, &[std::io::IoSlice::new(&h)], &mut control, SendFlags::NOSIGNAL).unwrap();
-        let mut rest = Vec::new();
-        let _ = (&raw).read_to_end(&mut rest);
-        assert!(rest.is_empty(), "an unsealed memfd payload was answered");
+        let mut raw = UnixStream::connect(&path).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        raw.write_all(&frame(b"CDQ1", 0, 0, 1, 7, 0)).unwrap();
+        let (h, fds) = recv_frame(&raw).expect("an answer to a protocol-1 request");
+        assert_eq!((&h[..4], h[4], le(&h, 8)), (&b"CDR1"[..], 1, 1), "a protocol-1 refusal of request 1");
+        assert!(fds.is_empty());
+        let reason = recv_text(&raw, le(&h, 24));
+        assert!(reason.contains("protocol"), "{reason:?}");
+        assert_dropped(&raw, "a protocol-1 request");
+        still_served("a protocol-1 request");
     }
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    // ---- the shared region, after a genuine set-up
+    let ctl = Raw::set_up(&path);
+    // A record written by the book is answered: the offsets are right.
+    ctl.put(0, 1, CALL, 9, 9, 0, b"hello raw");
+    ctl.ring();
+    let (kind, flags, len, word, inline) = ctl.reply(0);
+    assert_eq!((kind, flags, len, word as i64), (REPLY, 9, 9, sum(b"hello raw") as i64), "the reply record");
+    assert_eq!(inline, b"war olleh");
+    // The next record (at 64: 32 header bytes + 9, rounded to 64) has a bad
+    // stamp.
+    ctl.put(64, 0x5eed_f00d_dead_beef, CALL, 0, 0, 0, &[]);
+    ctl.ring();
+    assert_dropped(&ctl.sock, "a bad stamp after a good record");
+    drop(ctl);
+    still_served("a bad stamp after a good record");
+
+    let aux_head = [0u8; 8]; // aux_len 0, sections 0 (the descriptors go on the socket)
+    let bufref = |slot: u32, flags: u32, use_no: u64| {
+        let mut b = slot.to_ne_bytes().to_vec();
+        b.extend_from_slice(&flags.to_ne_bytes());
+        b.extend_from_slice(&use_no.to_ne_bytes());
+        b
+    };
+    let new_buffer = [&aux_head[..], &bufref(0, BUF_NEW, 1)].concat();
+    // The attachment frame (wire.rs: "CDX2", one buffer, no sections, word =
+    // its size) with a memfd as a new pool buffer.
+    let send_buffer = |raw: &Raw, memfd: &OwnedFd| {
+        let fds = [memfd.as_fd()];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        let h = frame(b"CDX2", 1, 0, 0, 1 << 20, 0);
+        rustix::net::sendmsg(&raw.sock, &[IoSlice::new(&h)], &mut control, SendFlags::NOSIGNAL).unwrap();
+    };
+    // Done by the book (a memfd sealed against resizing, as the pool's are),
+    // a new buffer is taken, read and released: so what follows is refused
+    // for its garbage, not for its form.
+    {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let raw = Raw::set_up(&path);
+        let memfd = rustix::fs::memfd_create("pooled", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&memfd, 1 << 20).unwrap();
+        rustix::io::pwrite(&memfd, b"pooled", 0).unwrap();
+        rustix::fs::fcntl_add_seals(&memfd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+        send_buffer(&raw, &memfd);
+        raw.put(0, 1, CALL, (F_AUX | F_BUF) << 24 | 24, 6, 0, &new_buffer);
+        raw.ring();
+        let (kind, flags, len, word, inline) = raw.reply(0);
+        assert_eq!((kind, flags, len, word as i64), (REPLY, 6, 6, sum(b"pooled") as i64), "the reply record");
+        assert_eq!(inline, b"deloop");
+        // fast/region.rs: the receiver's release table at +128, per slot.
+        assert_eq!(raw.region.u64_at(128).load(Ordering::Acquire), 1, "use 1 of buffer 0 released");
+        drop(raw);
+        still_served("a buffer by the book");
+    }
+    type Case<'a> = (&'a str, bool, u64, u32, u32, u64, u64, Vec<u8>);
+    // (what, an unsealed memfd on the socket first, stamp, kind, flags, len, word, inline)
+    let cases: Vec<Case<'_>> = vec![
+        ("a random stamp", false, 0x0123_4567_89ab_cdef, CALL, 0, 0, 0, Vec::new()),
+        ("an inline length past the ring", false, 1, CALL, 0x00ff_ffff, 0, 0, Vec::new()),
+        ("an attachment that never comes", false, 1, CALL, F_AUX << 24 | 8, 0, 0, aux_head.to_vec()),
+        ("an unsealed memfd as a new buffer", true, 1, CALL, (F_AUX | F_BUF) << 24 | 24, 4096, 0, new_buffer),
+        ("a reference to an empty buffer slot", false, 1, CALL, F_BUF << 24 | 16, 100_000, 0, bufref(5, 0, 1)),
+        ("an unknown kind", false, 1, 77, 0, 0, 0, Vec::new()),
+        ("padding at the start of the ring", false, 1, PAD, 0, 0, 0, Vec::new()),
+        ("a retired slot out of range", false, 1, RETIRE, 0, 0, 1000, Vec::new()),
+        ("a payload above the limit", false, 1, CALL, F_BUF << 24 | 16, 1 << 40, 0, bufref(0, 0, 1)),
+        ("unknown record flags", false, 1, CALL, 0x80 << 24, 0, 0, Vec::new()),
+    ];
+    for (what, memfd, stamp, kind, flags, len, word, inline) in cases {
+        let raw = Raw::set_up(&path);
+        if memfd {
+            // A memfd not sealed at all: the sender could shrink it under the
+            // receiver's mapping.
+            let memfd = rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+            rustix::fs::ftruncate(&memfd, 1 << 20).unwrap();
+            send_buffer(&raw, &memfd);
+        }
+        raw.put(0, stamp, kind, flags, len, word, &inline);
+        raw.ring();
+        assert_dropped(&raw.sock, what);
+        drop(raw);
+        still_served(what);
+    }
+
+    stop.store(true, Ordering::SeqCst);
     let served = good.join().unwrap();
     assert!(served >= 50);
+    // Every dropped connection is let go of: its socket and region.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fds_of() > fds || maps_of() > maps {
+        assert!(
+            Instant::now() < deadline,
+            "the receiver holds {} descriptors and {} memfd mappings (before the garbage: {fds} and {maps})",
+            fds_of(),
+            maps_of()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     check_echo(&copydata::send(&name, 0, b"after the garbage").unwrap(), b"after the garbage");
     stop_server(kid, &name);
 }

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::pool::{BUF_LOAN, BUF_NEW, BUF_ONESHOT, BufRef, Lent, ONESHOT, PeerBuffers, Pool};
+use super::pool::{BUF_LOAN, BUF_NEW, BUF_ONESHOT, BufRef, Lend, Lent, ONESHOT, PeerBuffers, Pool};
 use super::region::{REP_CAP, REQ_CAP, SLOTS, Side};
 use super::ring::{Consumer, Corrupt, Producer, Rec, max_inline, pack_flags, record_size, user_flags};
 use super::{Bell, INLINE_MAX, Park, Wait, spin};
@@ -83,6 +83,7 @@ pub(crate) struct LentBuf {
     slot: u32,
     use_no: u64,
     announce: bool,
+    prev_use: u64,
     oneshot: Option<(Section, crate::view::ViewMut)>,
 }
 
@@ -212,12 +213,28 @@ pub(crate) struct Client {
     peer: PeerBuffers,
     wait: Wait,
     max_payload: u64,
+    /// The request-ring position past the last posted one-shot section: the
+    /// next one waits until the receiver has taken it (at most one such
+    /// post in flight).
+    oneshot_until: Option<u64>,
 }
+
+/// Room for the `RETIRE` records a lend may cause.
+const RETIRE_ROOM: usize = 8 * 64;
 
 impl Client {
     pub(crate) fn new(link: Link, wait: Wait, max_payload: u64) -> Client {
         let (req, rep) = (Producer::new(link.region().requests()), Consumer::new(link.region().replies()));
-        Client { link, req, rep, pool: Pool::new(Side::Sender), peer: PeerBuffers::new(), wait, max_payload }
+        Client {
+            link,
+            req,
+            rep,
+            pool: Pool::new(Side::Sender),
+            peer: PeerBuffers::new(),
+            wait,
+            max_payload,
+            oneshot_until: None,
+        }
     }
 
     /// Spins (per the wait strategy), then parks on `bell` until `check`
@@ -266,7 +283,10 @@ impl Client {
     /// Waits for room for a record of `inline` bytes (or fails with `Full`
     /// when `block` is false).
     fn room(&mut self, inline: usize, block: bool, deadline: Option<Instant>) -> Result<(), Fail> {
-        let size = record_size(inline);
+        self.room_for(record_size(inline), block, deadline)
+    }
+
+    fn room_for(&mut self, size: usize, block: bool, deadline: Option<Instant>) -> Result<(), Fail> {
         if self.req.has_room(size)? {
             return Ok(());
         }
@@ -299,16 +319,40 @@ impl Client {
         Ok(())
     }
 
+    /// A pooled buffer of `len` bytes, waiting (unless `block` is false) for
+    /// one to come back when the pool is exhausted. `None` when `len` is too
+    /// large for the pool.
+    fn lend_pooled(
+        &mut self,
+        len: usize,
+        block: bool,
+        deadline: Option<Instant>,
+        retired: &mut Vec<u32>,
+    ) -> Result<Option<Lent>, Fail> {
+        loop {
+            match self.pool.lend(self.link.region(), len, retired).map_err(Fail::Io)? {
+                Lend::Buffer(l) => return Ok(Some(l)),
+                Lend::TooLarge => return Ok(None),
+                Lend::Exhausted if !block => return Err(Fail::Full),
+                Lend::Exhausted => {
+                    self.wait_for(Bell::Space, deadline, |c| Ok(c.pool.available(c.link.region(), len).then_some(())))?;
+                }
+            }
+        }
+    }
+
     /// A buffer for a loan of `len` bytes.
     pub(crate) fn lend(&mut self, len: usize) -> Result<LentBuf, Fail> {
         if len as u64 > self.max_payload {
             return Err(Fail::TooLarge { max: self.max_payload });
         }
         let mut retired = Vec::new();
-        let lent = self.pool.lend(self.link.region(), len, &mut retired).map_err(Fail::Io)?;
+        let lent = self.lend_pooled(len, true, None, &mut retired)?;
         self.retire(retired, None)?;
-        Ok(match lent {
-            Some(Lent { slot, use_no, announce, ptr, .. }) => LentBuf { ptr, slot, use_no, announce, oneshot: None },
+        let buf = match lent {
+            Some(Lent { slot, use_no, announce, ptr, prev_use }) => {
+                LentBuf { ptr, slot, use_no, announce, prev_use, oneshot: None }
+            }
             None => {
                 let section = Section::anonymous(len.max(1) as u64).map_err(|e| Fail::Io(io::Error::other(e)))?;
                 let view = section.map_mut(0, len.max(1)).map_err(|e| Fail::Io(io::Error::other(e)))?;
@@ -317,13 +361,48 @@ impl Client {
                     slot: ONESHOT,
                     use_no: 0,
                     announce: true,
+                    prev_use: 0,
                     oneshot: Some((section, view)),
                 }
             }
-        })
+        };
+        // A message is coming: a receiver parked in spin-then-park mode polls
+        // (yielding) until it arrives, so the send after a long fill does not
+        // pay for a wake-up (see `serve`).
+        if self.wait == Wait::SpinThenPark {
+            self.link.region().loan_pending().store(1, Ordering::Release);
+            if self.req.ring().cons_parked().load(Ordering::Relaxed) != 0 {
+                self.link.wake(Bell::Request);
+            }
+        }
+        Ok(buf)
     }
 
-    /// Queues a `CALL` or `POST`.
+    /// Gives back a loan that was not sent.
+    pub(crate) fn cancel(&mut self, buf: &LentBuf) {
+        if buf.slot != ONESHOT {
+            self.pool.cancel(buf.slot, buf.use_no, buf.announce, buf.prev_use);
+        }
+        self.link.region().loan_pending().store(0, Ordering::Release);
+    }
+
+    /// Waits until a posted one-shot section has been taken by the receiver.
+    fn oneshot_taken(&mut self, block: bool, deadline: Option<Instant>) -> Result<(), Fail> {
+        let Some(until) = self.oneshot_until else { return Ok(()) };
+        if self.req.consumed() >= until {
+            self.oneshot_until = None;
+            return Ok(());
+        }
+        if !block {
+            return Err(Fail::Full);
+        }
+        self.wait_for(Bell::Space, deadline, |c| Ok((c.req.consumed() >= until).then_some(())))?;
+        self.oneshot_until = None;
+        Ok(())
+    }
+
+    /// Queues a `CALL` or `POST`. Nothing reaches the receiver unless this
+    /// returns `Ok` (or fails after queueing: then the connection is dropped).
     pub(crate) fn put(
         &mut self,
         kind: u32,
@@ -333,7 +412,27 @@ impl Client {
         block: bool,
         deadline: Option<Instant>,
     ) -> Result<(), Fail> {
-        let len = match &body {
+        let result = self.put_inner(kind, tag, &body, sections, block, deadline);
+        if let Body::Lent(l, _) = body {
+            if result.is_err() {
+                self.cancel(l);
+            } else {
+                self.link.region().loan_pending().store(0, Ordering::Release);
+            }
+        }
+        result
+    }
+
+    fn put_inner(
+        &mut self,
+        kind: u32,
+        tag: u64,
+        body: &Body<'_>,
+        sections: &[&Section],
+        block: bool,
+        deadline: Option<Instant>,
+    ) -> Result<(), Fail> {
+        let len = match body {
             Body::Bytes(d) => d.len(),
             Body::Lent(_, len) => *len,
         };
@@ -346,32 +445,54 @@ impl Client {
                 format!("at most {MAX_SECTIONS} sections per message"),
             )));
         }
+        let inline_data = match body {
+            Body::Bytes(d) if d.len() <= INLINE_MAX => Some(*d),
+            _ => None,
+        };
+        // Room first, for the largest record this message can need (and the
+        // RETIRE records a lend may cause), so that nothing is lent or
+        // handed over for a message that then cannot be queued.
+        let worst = match inline_data {
+            Some(d) => {
+                let aux = if sections.is_empty() { 0 } else { 8 + Link::aux_len(false, sections).next_multiple_of(8) };
+                record_size(aux + d.len())
+            }
+            None => record_size(8 + Link::aux_len(true, sections).next_multiple_of(8) + BufRef::LEN) + RETIRE_ROOM,
+        };
+        if worst > record_size(max_inline(REQ_CAP)) {
+            return Err(Fail::Io(io::Error::new(io::ErrorKind::InvalidInput, "message attachments too large")));
+        }
+        self.room_for(worst, block, deadline)?;
         // Where the payload goes: inline, a pooled buffer, or a one-shot section.
         let mut retired = Vec::new();
         let mut oneshot: Option<Section> = None;
-        let bufref = match &body {
-            Body::Bytes(d) if d.len() <= INLINE_MAX => None,
-            Body::Bytes(d) => match self.pool.lend(self.link.region(), d.len(), &mut retired).map_err(Fail::Io)? {
-                Some(lent) => {
+        let mut lent: Option<Lent> = None;
+        let bufref = match body {
+            _ if inline_data.is_some() => None,
+            Body::Bytes(d) => match self.lend_pooled(d.len(), block, deadline, &mut retired)? {
+                Some(l) => {
                     // SAFETY:
-                    // - `lent.ptr` is the start of our own writable mapping of
-                    //   at least `d.len()` bytes (the pool picked a buffer that
-                    //   large), free for this use
-                    //   (the peer released its last use);
+                    // - `l.ptr` is the start of our own writable mapping of at
+                    //   least `d.len()` bytes (the pool picked a buffer that
+                    //   large), free for this use (the peer released its last);
                     // - `d` is the caller's memory, distinct from the mapping.
-                    unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), lent.ptr, d.len()) };
-                    Some(BufRef {
-                        slot: lent.slot,
-                        flags: if lent.announce { BUF_NEW } else { 0 },
-                        use_no: lent.use_no,
-                    })
+                    unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), l.ptr, d.len()) };
+                    let r = BufRef { slot: l.slot, flags: if l.announce { BUF_NEW } else { 0 }, use_no: l.use_no };
+                    lent = Some(l);
+                    Some(r)
                 }
                 None => {
+                    if kind == POST {
+                        self.oneshot_taken(block, deadline)?;
+                    }
                     oneshot = Some(Link::oneshot(d).map_err(Fail::Io)?);
                     Some(BufRef { slot: ONESHOT, flags: BUF_ONESHOT | BUF_NEW, use_no: 0 })
                 }
             },
             Body::Lent(l, _) => {
+                if l.slot == ONESHOT && kind == POST {
+                    self.oneshot_taken(block, deadline)?;
+                }
                 let mut flags = BUF_LOAN;
                 if l.announce {
                     flags |= BUF_NEW;
@@ -382,39 +503,54 @@ impl Client {
                 Some(BufRef { slot: l.slot, flags, use_no: l.use_no })
             }
         };
+        let queued = self.queue(kind, tag, len, body, bufref, oneshot.as_ref(), retired, sections, deadline);
+        if queued.is_err()
+            && let Some(l) = lent
+        {
+            self.pool.cancel(l.slot, l.use_no, l.announce, l.prev_use);
+        }
+        queued?;
+        if kind == POST && bufref.is_some_and(|b| b.slot == ONESHOT) {
+            self.oneshot_until = Some(self.req.position());
+        }
+        Ok(())
+    }
+
+    /// Writes the RETIRE records and the message's record (room is there).
+    #[allow(clippy::too_many_arguments)]
+    fn queue(
+        &mut self,
+        kind: u32,
+        tag: u64,
+        len: usize,
+        body: &Body<'_>,
+        bufref: Option<BufRef>,
+        oneshot: Option<&Section>,
+        retired: Vec<u32>,
+        sections: &[&Section],
+        deadline: Option<Instant>,
+    ) -> Result<(), Fail> {
         self.retire(retired, deadline)?;
         let has_new = bufref.is_some_and(|b| b.flags & BUF_NEW != 0);
         let attach = has_new || !sections.is_empty();
-        let aux_len = if attach { Link::aux_len(has_new, sections) } else { 0 };
-        let inline_payload = match (&bufref, &body) {
-            (None, Body::Bytes(d)) => d.len(),
-            _ => 0,
-        };
-        let inline = if attach { 8 + aux_len.next_multiple_of(8) } else { 0 }
-            + if bufref.is_some() { BufRef::LEN } else { inline_payload };
-        if inline > max_inline(REQ_CAP) {
-            return Err(Fail::Io(io::Error::new(io::ErrorKind::InvalidInput, "message attachments too large")));
-        }
-        self.room(inline, block, deadline)?;
-        let new_buffer: Option<&Section> = match (&bufref, &body) {
+        let new_buffer: Option<&Section> = match (&bufref, body) {
             (Some(_), _) if !has_new => None,
             (Some(_), Body::Lent(l, _)) => match &l.oneshot {
                 Some((s, _)) => Some(s),
                 None => self.pool.handle(l.slot),
             },
-            (Some(b), Body::Bytes(_)) if b.slot == ONESHOT => oneshot.as_ref(),
+            (Some(b), Body::Bytes(_)) if b.slot == ONESHOT => oneshot,
             (Some(b), Body::Bytes(_)) => self.pool.handle(b.slot),
             (None, _) => None,
         };
         let aux = if attach {
             let bytes = self.link.send_aux(new_buffer, sections).map_err(Fail::Io)?;
-            debug_assert_eq!(bytes.len(), aux_len);
             Some((bytes, sections.len()))
         } else {
             None
         };
         let encoded = bufref.map(|b| b.encode());
-        let payload: &[u8] = match (&bufref, &body) {
+        let payload: &[u8] = match (&bufref, body) {
             (None, Body::Bytes(d)) => d,
             _ => &[],
         };
@@ -438,7 +574,7 @@ impl Client {
                         return Err(Fail::Broken(format!("retired buffer slot {slot}")));
                     }
                     self.peer.retire(slot);
-                    self.rep.advance(&rec);
+                    self.rep.advance(&rec, false);
                     continue;
                 }
                 REFUSED => {
@@ -447,11 +583,11 @@ impl Client {
                     }
                     let mut text = vec![0u8; rec.inline];
                     self.rep.read(&rec, 0, &mut text);
-                    self.rep.advance(&rec);
+                    self.rep.advance(&rec, false);
                     return Err(Fail::Refused(String::from_utf8_lossy(&text).into_owned()));
                 }
                 TOO_LARGE => {
-                    self.rep.advance(&rec);
+                    self.rep.advance(&rec, false);
                     return Err(Fail::TooLarge { max: rec.word });
                 }
                 REPLY => {}
@@ -459,7 +595,7 @@ impl Client {
             }
             let p = parse(&self.rep, &rec).map_err(Fail::Broken)?;
             let data = self.payload_of(&rec, &p)?;
-            self.rep.advance(&rec);
+            self.rep.advance(&rec, false);
             return Ok(Some(Reply { code: rec.word as i64, data }));
         }
     }
@@ -509,6 +645,8 @@ fn oneshot_payload(section: &Section, len: usize) -> Result<Payload, String> {
     if Link::frozen(section) {
         // SAFETY: `Link::frozen` checked that no process can write the
         // section's memory any more (Linux: F_SEAL_WRITE on the memfd).
+        // Windows cannot seal a section (`frozen` is always false there).
+        #[cfg(target_os = "linux")]
         return Ok(unsafe { Payload::frozen(view) });
     }
     Ok(Payload::from(view.to_vec()))
@@ -577,6 +715,11 @@ impl ServerConn {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the sender announced a loan it is about to send.
+    pub(crate) fn loan_pending(&self) -> bool {
+        self.link.region().loan_pending().load(Ordering::Relaxed) != 0
+    }
+
     /// The request ring, for the handler thread's parked flag.
     pub(crate) fn requests(&self) -> super::ring::RingPtr {
         self.link.region().requests()
@@ -595,7 +738,7 @@ impl ServerConn {
                         return Err(format!("retired buffer slot {slot}"));
                     }
                     st.peer.retire(slot as u32);
-                    if st.req.advance(&rec) {
+                    if st.req.advance(&rec, true) {
                         self.link.wake(Bell::Space);
                     }
                     continue;
@@ -654,7 +797,7 @@ impl ServerConn {
                     }
                 }
             };
-            if st.req.advance(&rec) {
+            if st.req.advance(&rec, true) {
                 self.link.wake(Bell::Space);
             }
             let call = rec.kind == CALL;
@@ -677,9 +820,10 @@ impl ServerConn {
         }
     }
 
-    /// Marks a use of a sender buffer as done.
+    /// Marks a use of a sender buffer as done (with a full barrier, so a
+    /// sender that then parks for a buffer is seen parked, see `Release`).
     fn release(&self, slot: u32, use_no: u64) {
-        self.link.region().released(Side::Sender, slot as usize).store(use_no, Ordering::Release);
+        self.link.region().released(Side::Sender, slot as usize).swap(use_no, Ordering::SeqCst);
     }
 
     /// Queues a reply record; `Err` if the sender does not read its replies.
@@ -689,8 +833,11 @@ impl ServerConn {
         let bufref = if data.len() <= INLINE_MAX || kind != REPLY {
             None
         } else {
+            // One reply per connection is in flight at a time, so an exhausted
+            // pool (a sender not releasing its replies) falls back to a
+            // one-shot section without piling them up.
             match st.pool.lend(self.link.region(), data.len(), &mut retired).map_err(|e| e.to_string())? {
-                Some(lent) => {
+                Lend::Buffer(lent) => {
                     // SAFETY: as in `Client::put`: our own writable mapping of
                     // at least `data.len()` bytes, free for this use.
                     unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), lent.ptr, data.len()) };
@@ -700,7 +847,7 @@ impl ServerConn {
                         use_no: lent.use_no,
                     })
                 }
-                None => {
+                Lend::TooLarge | Lend::Exhausted => {
                     oneshot = Some(Link::oneshot(data).map_err(|e| e.to_string())?);
                     Some(BufRef { slot: ONESHOT, flags: BUF_ONESHOT | BUF_NEW, use_no: 0 })
                 }
@@ -804,5 +951,9 @@ pub(crate) struct Release {
 impl Drop for Release {
     fn drop(&mut self) {
         self.conn.release(self.slot, self.use_no);
+        // A sender may wait for this buffer (its pool is exhausted).
+        if self.conn.requests().prod_parked().load(Ordering::SeqCst) != 0 {
+            self.conn.link.wake(Bell::Space);
+        }
     }
 }

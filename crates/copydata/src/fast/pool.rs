@@ -8,7 +8,12 @@
 //! not fault in fresh pages for each. Each use has a number; the peer
 //! stores that number in the region's release table when it is done, which
 //! frees the buffer for its owner. The pool is bounded in count and bytes;
-//! beyond that, a payload gets a one-shot section.
+//! a payload larger than its largest buffer gets a one-shot section.
+//!
+//! A use that never reaches the peer (a loan dropped unsent, a post refused
+//! for lack of room) is cancelled, which gives the buffer back at once.
+//! When every buffer is out, a sender waits for one to come back rather than
+//! allocate without bound.
 //!
 //! ```text
 //! buffer reference (16 bytes, in the record):
@@ -105,6 +110,19 @@ pub(crate) struct Lent {
     /// Whether the peer lacks the handle: send [`Pool::handle`] with the record.
     pub(crate) announce: bool,
     pub(crate) ptr: *mut u8,
+    /// The buffer's previous use, restored if this one is cancelled.
+    pub(crate) prev_use: u64,
+}
+
+/// What [`Pool::lend`] found.
+#[derive(Debug)]
+pub(crate) enum Lend {
+    Buffer(Lent),
+    /// Larger than any pooled buffer: use a one-shot section.
+    TooLarge,
+    /// Every buffer is in use by the peer and the pool is at its limits:
+    /// wait for one to come back ([`Pool::available`]).
+    Exhausted,
 }
 
 /// The buffers a side owns (writes) on one connection.
@@ -131,14 +149,31 @@ impl Pool {
         }
     }
 
-    /// A buffer of at least `len` bytes for one message, or `None` when the
-    /// payload is too large to pool or the pool is exhausted (use a one-shot
-    /// section then). `retire` receives the slots of buffers given back, to
-    /// tell the peer.
-    pub(crate) fn lend(&mut self, region: &Region, len: usize, retire: &mut Vec<u32>) -> std::io::Result<Option<Lent>> {
+    /// Whether [`lend`](Self::lend) of `len` bytes would find a buffer now.
+    pub(crate) fn available(&self, region: &Region, len: usize) -> bool {
+        let want = len.max(MIN_BUF).next_power_of_two();
+        let (mut busy, mut busy_bytes) = (0, 0);
+        for slot in 0..SLOTS {
+            if let Some(b) = &self.slots[slot] {
+                if self.is_free(region, slot) {
+                    if b.cap >= want {
+                        return true;
+                    }
+                } else {
+                    busy += 1;
+                    busy_bytes += b.cap;
+                }
+            }
+        }
+        busy < MAX_BUFFERS && busy_bytes + want <= MAX_POOL
+    }
+
+    /// A buffer of at least `len` bytes for one message. `retire` receives
+    /// the slots of buffers given back, to tell the peer.
+    pub(crate) fn lend(&mut self, region: &Region, len: usize, retire: &mut Vec<u32>) -> std::io::Result<Lend> {
         self.last_activity = Instant::now();
         if len > MAX_BUF {
-            return Ok(None);
+            return Ok(Lend::TooLarge);
         }
         let want = len.max(MIN_BUF).next_power_of_two();
         // The smallest free buffer that fits.
@@ -169,12 +204,12 @@ impl Pool {
                     }
                 }
                 if live(self) >= MAX_BUFFERS || bytes(self) + want > MAX_POOL {
-                    return Ok(None);
+                    return Ok(Lend::Exhausted);
                 }
                 // An emptied slot's release word holds an old use number, never
                 // reused (numbers only grow), so the slot can be refilled at once.
                 let Some(s) = (0..SLOTS).find(|&s| self.slots[s].is_none()) else {
-                    return Ok(None);
+                    return Ok(Lend::Exhausted);
                 };
                 let section = Section::anonymous(want as u64).map_err(std::io::Error::other)?;
                 let view = section.map_mut(0, want).map_err(std::io::Error::other)?;
@@ -186,10 +221,23 @@ impl Pool {
         self.uses += 1;
         let use_no = self.uses;
         let b = self.slots[slot].as_mut().expect("chosen slot holds a buffer");
+        let prev_use = b.last_use;
         b.last_use = use_no;
         let announce = !b.announced;
         b.announced = true;
-        Ok(Some(Lent { slot: slot as u32, use_no, announce, ptr: b.view.as_mut_ptr() }))
+        Ok(Lend::Buffer(Lent { slot: slot as u32, use_no, announce, ptr: b.view.as_mut_ptr(), prev_use }))
+    }
+
+    /// Takes back a use that never reached the peer.
+    pub(crate) fn cancel(&mut self, slot: u32, use_no: u64, announce: bool, prev_use: u64) {
+        if let Some(Some(b)) = self.slots.get_mut(slot as usize)
+            && b.last_use == use_no
+        {
+            b.last_use = prev_use;
+            if announce {
+                b.announced = false;
+            }
+        }
     }
 
     /// The read-only handle of the buffer in `slot`, to hand to the peer.

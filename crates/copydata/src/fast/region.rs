@@ -5,6 +5,7 @@
 //! +0     header (one 128-byte line, written once by the receiver at set-up)
 //!          magic "CDREGN02", protocol: u32, req_cap: u32, rep_cap: u32, slots: u32,
 //!          +32 worker: u32   which handler thread serves the connection (its doorbell)
+//!          +64 loan_pending: u32   the sender holds a loan it is about to send
 //! +128   released by the receiver: u64 × SLOTS   (sender-owned buffers it is done with)
 //! +640   released by the sender:   u64 × SLOTS   (receiver-owned buffers)
 //! +1152  request ring  (sender → receiver), `ring::RING_HEADER + REQ_CAP`
@@ -109,6 +110,11 @@ impl Region {
     /// receiver last wrote it. The sender must bound-check it.
     pub(crate) fn worker(&self) -> &AtomicU32 {
         self.view.atomic_u32(32).expect("offset inside the region")
+    }
+
+    /// Set by the sender while it holds a loan (a message is coming).
+    pub(crate) fn loan_pending(&self) -> &AtomicU32 {
+        self.view.atomic_u32(64).expect("offset inside the region")
     }
 
     /// The release word of buffer `slot` owned by `owner`: the other side

@@ -8,22 +8,26 @@
 //!   +132  cons_wake: u32       bumped by the producer when it wakes the consumer (a futex word)
 //!   +256  prod_parked: u32     the producer waits for space
 //!   +260  prod_wake: u32       bumped by the consumer when it wakes the producer
-//! data: `cap` bytes (a power of two), records at 64-byte aligned positions:
-//!   +0  stamp: u64   position + 1 once the record is complete (0: not yet)
-//!   +8  kind: u32, flags: u32
-//!   +16 len: u64     payload length (inline or elsewhere, by kind and flags)
-//!   +24 word: u64    tag, reply code or limit
-//!   +32 inline bytes
+//! data: `cap` bytes (a power of two), records made of 64-byte lines:
+//!   line 0:  stamp: u64   position + 1 once the record is complete
+//!            kind: u32, flags: u32 (user flags << 24 | inline length)
+//!            len: u64     payload length (inline or elsewhere, by kind and flags)
+//!            word: u64    tag, reply code or limit
+//!            the first 32 inline bytes
+//!   line i:  0: u64, then the next 56 inline bytes
 //! ```
 //!
 //! Positions grow without wrapping (`u64`); a record never straddles the end
 //! of the data area: when it would, the producer first writes a `PAD`
-//! record to the end. The stamp lives in the same cache line as the header
-//! and the first inline bytes, so the consumer learns that a record is ready
-//! and reads it with one line transfer, and never reads the producer's
-//! position. Before publishing a record the producer zeroes the stamp slot
-//! of the record after it, so the consumer, arriving there, finds 0 and not
-//! bytes of an older lap.
+//! record to the end. Every line starts with a word the producer wrote for
+//! that very position: a record's first line its stamp, the others 0. So
+//! the consumer, waiting at position `p`, sees either the stamp `p + 1` (the
+//! record is there) or a value left by an earlier lap (0, or the stamp of a
+//! record that began at `p` one or more laps ago), never stray payload
+//! bytes, and the producer never has to clear a slot ahead of itself. The
+//! stamp shares a cache line with the header and the first inline bytes, so
+//! a small message moves with one or two line transfers, and the consumer
+//! never reads the producer's position.
 //!
 //! The peer can write all of this memory at any moment: every value read
 //! from it is loaded once into a local, checked, and only then used; no
@@ -32,7 +36,7 @@
 //! come from a well-behaved peer is reported as [`Corrupt`].
 
 use std::ptr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// A cache line pair: the adjacent-line prefetcher of x86 moves lines in
 /// pairs, so words written by different sides stay 128 bytes apart.
@@ -41,8 +45,12 @@ pub(crate) const LINE: usize = 128;
 pub(crate) const RING_HEADER: usize = 3 * LINE;
 /// Size of a record's header (before its inline bytes).
 pub(crate) const REC_HEADER: usize = 32;
-/// Records start at multiples of this.
+/// Records start at multiples of this: the line size.
 pub(crate) const ALIGN: usize = 64;
+/// Inline bytes in the first line of a record.
+const FIRST: usize = ALIGN - REC_HEADER;
+/// Inline bytes in each further line (after its zero word).
+const MORE: usize = ALIGN - 8;
 /// The kind of a padding record, which fills the data area to its end.
 pub(crate) const KIND_PAD: u32 = 0xffff;
 
@@ -67,19 +75,28 @@ pub(crate) struct Rec {
     pub(crate) inline: usize,
 }
 
-const fn round_up(n: usize) -> usize {
-    (n + ALIGN - 1) & !(ALIGN - 1)
-}
-
 /// The bytes a record with `inline` inline bytes occupies.
 pub(crate) const fn record_size(inline: usize) -> usize {
-    round_up(REC_HEADER + inline)
+    let more = if inline > FIRST { (inline - FIRST).div_ceil(MORE) } else { 0 };
+    ALIGN * (1 + more)
 }
 
 /// The largest inline part a ring of `cap` bytes can carry in one record
-/// (half the ring, so a record always fits after at most one pad).
+/// (about half the ring, so a record always fits after at most one pad).
 pub(crate) const fn max_inline(cap: usize) -> usize {
-    cap / 2 - REC_HEADER - ALIGN
+    FIRST + MORE * (cap / 2 / ALIGN - 1)
+}
+
+/// Where logical inline byte `at` of a record lies, from the record's
+/// start, and how many inline bytes follow it in the same line.
+fn locate(at: usize) -> (usize, usize) {
+    if at < FIRST {
+        (REC_HEADER + at, FIRST - at)
+    } else {
+        let line = 1 + (at - FIRST) / MORE;
+        let within = (at - FIRST) % MORE;
+        (line * ALIGN + 8 + within, MORE - within)
+    }
 }
 
 /// The location of one ring inside a mapping.
@@ -180,13 +197,13 @@ impl Producer {
         &self.ring
     }
 
-    /// Space for a record of `size` bytes (plus a possible pad and the next
-    /// record's stamp slot): `Ok(pad)` if there is room now.
+    /// Space for a record of `size` bytes (plus a possible pad): `Ok(pad)` if
+    /// there is room now.
     fn room(&mut self, size: usize) -> Result<Option<usize>, Corrupt> {
         let cap = self.ring.cap;
         let off = self.pos as usize & (cap - 1);
         let pad = if off + size > cap { cap - off } else { 0 };
-        let need = (pad + size + ALIGN) as u64;
+        let need = (pad + size) as u64;
         if self.pos - self.tail + need <= cap as u64 {
             return Ok(Some(pad));
         }
@@ -196,6 +213,16 @@ impl Producer {
         }
         self.tail = tail;
         Ok((self.pos - tail + need <= cap as u64).then_some(pad))
+    }
+
+    /// The position after the last record queued.
+    pub(crate) fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// How far the consumer has taken records.
+    pub(crate) fn consumed(&self) -> u64 {
+        self.ring.tail().load(Ordering::Acquire)
     }
 
     /// Whether a record of `size` bytes fits now.
@@ -225,36 +252,49 @@ impl Producer {
         header[4..8].copy_from_slice(&flags.to_ne_bytes());
         header[8..16].copy_from_slice(&len.to_ne_bytes());
         header[16..24].copy_from_slice(&word.to_ne_bytes());
-        // SAFETY:
+        // SAFETY (all writes below):
         // - the record `at..at + size` is inside the data area (a record never
         //   straddles its end: `pad` moved it to the next lap) and is free:
         //   `room` checked the consumer has passed it;
+        // - every offset comes from `locate` for an inline byte below
+        //   `inline`, so it stays inside the record's `size` bytes;
         // - sources are private buffers, so the ranges do not overlap;
         // - no reference to shared memory is formed.
-        unsafe {
-            ptr::copy_nonoverlapping(header.as_ptr(), self.ring.data(at, 8), header.len());
-            let mut dst = self.ring.data(at, REC_HEADER);
-            for p in parts {
-                ptr::copy_nonoverlapping(p.as_ptr(), dst, p.len());
-                dst = dst.add(p.len());
+        unsafe { ptr::copy_nonoverlapping(header.as_ptr(), self.ring.data(at, 8), header.len()) };
+        for line in 1..size / ALIGN {
+            self.ring.stamp(at + (line * ALIGN) as u64).store(0, Ordering::Relaxed);
+        }
+        let mut logical = 0;
+        for p in parts {
+            let mut done = 0;
+            while done < p.len() {
+                let (offset, room) = locate(logical);
+                let n = room.min(p.len() - done);
+                // SAFETY: see above.
+                unsafe { ptr::copy_nonoverlapping(p.as_ptr().add(done), self.ring.data(at, offset), n) };
+                done += n;
+                logical += n;
             }
         }
-        // The next record's stamp slot must read "not ready" when the consumer
-        // gets there (it holds bytes of an older lap).
-        self.ring.stamp(at + size as u64).store(0, Ordering::Relaxed);
-        self.ring.stamp(at).store(at + 1, Ordering::Release);
         if pad > 0 {
             let mut pad_header = [0u8; 8];
             pad_header[0..4].copy_from_slice(&KIND_PAD.to_ne_bytes());
             // SAFETY: the pad record lies at `pos`, inside the free area
             // (checked by `room`), with at least `ALIGN` bytes to the end.
             unsafe { ptr::copy_nonoverlapping(pad_header.as_ptr(), self.ring.data(self.pos, 8), 8) };
-            self.ring.stamp(self.pos).store(self.pos + 1, Ordering::Release);
+            // The record at the next lap's start is complete before the pad
+            // that leads the consumer to it is published.
+            self.ring.stamp(at).store(at + 1, Ordering::Release);
+            self.pos = at + size as u64;
+            // A full barrier (a locked exchange): pairs with the consumer's
+            // between raising its parked flag and looking at the ring once
+            // more, so one of the two sees the other.
+            self.ring.stamp(at - pad as u64).swap(at - pad as u64 + 1, Ordering::SeqCst);
+        } else {
+            self.pos = at + size as u64;
+            // Publishes the record with a full barrier (see above).
+            self.ring.stamp(at).swap(at + 1, Ordering::SeqCst);
         }
-        self.pos = at + size as u64;
-        // Pairs with the consumer's fence between raising its parked flag and
-        // looking at the ring once more: one of the two sees the other.
-        fence(Ordering::SeqCst);
         Ok(Some(self.ring.cons_parked().load(Ordering::Relaxed) != 0))
     }
 }
@@ -279,10 +319,13 @@ impl Consumer {
     pub(crate) fn peek(&mut self) -> Result<Option<Rec>, Corrupt> {
         loop {
             let stamp = self.ring.stamp(self.pos).load(Ordering::Acquire);
-            if stamp == 0 {
-                return Ok(None);
-            }
             if stamp != self.pos + 1 {
+                // What an earlier lap left here: 0, or the stamp of a record
+                // that began at this offset then.
+                let cap = self.ring.cap as u64;
+                if stamp == 0 || (stamp <= self.pos && (stamp - 1) % cap == self.pos % cap) {
+                    return Ok(None);
+                }
                 return Err(Corrupt(format!("stamp {stamp:#x} at position {}", self.pos)));
             }
             let mut header = [0u8; REC_HEADER - 8];
@@ -321,19 +364,32 @@ impl Consumer {
     /// Copies `dst.len()` inline bytes of the current record, from `at`.
     pub(crate) fn read(&self, rec: &Rec, at: usize, dst: &mut [u8]) {
         assert!(at + dst.len() <= rec.inline, "read past the record");
-        // SAFETY:
-        // - the range is inside the current record's inline bytes, inside the
-        //   data area (`inline_len` checked the record fits);
-        // - `dst` is private memory; no reference to shared memory is formed.
-        unsafe { ptr::copy_nonoverlapping(self.ring.data(self.pos, REC_HEADER + at), dst.as_mut_ptr(), dst.len()) };
+        let mut done = 0;
+        while done < dst.len() {
+            let (offset, room) = locate(at + done);
+            let n = room.min(dst.len() - done);
+            // SAFETY:
+            // - the bytes are inline bytes of the current record (below
+            //   `rec.inline`), which lies inside the data area (`inline_len`
+            //   checked the record fits);
+            // - `dst` is private memory; no reference to shared memory is formed.
+            unsafe { ptr::copy_nonoverlapping(self.ring.data(self.pos, offset), dst.as_mut_ptr().add(done), n) };
+            done += n;
+        }
     }
 
-    /// Releases the current record. Returns whether the producer may be
-    /// waiting for space and must be woken.
-    pub(crate) fn advance(&mut self, rec: &Rec) -> bool {
+    /// Releases the current record. With `producer_may_wait` (a producer
+    /// that can block for room), returns whether it may be asleep and must
+    /// be woken; else `false`.
+    pub(crate) fn advance(&mut self, rec: &Rec, producer_may_wait: bool) -> bool {
         self.pos += record_size(rec.inline) as u64;
-        self.ring.tail().store(self.pos, Ordering::Release);
-        fence(Ordering::SeqCst);
+        if !producer_may_wait {
+            self.ring.tail().store(self.pos, Ordering::Release);
+            return false;
+        }
+        // A full barrier (a locked exchange) between publishing the room and
+        // reading the producer's parked flag; pairs with the producer's.
+        self.ring.tail().swap(self.pos, Ordering::SeqCst);
         self.ring.prod_parked().load(Ordering::Relaxed) != 0
     }
 }
@@ -389,7 +445,7 @@ mod tests {
             let mut out = vec![0; rec.inline];
             c.read(&rec, 0, &mut out);
             assert_eq!(out, data);
-            c.advance(&rec);
+            c.advance(&rec, true);
             assert_eq!(c.peek().unwrap(), None);
         }
     }
@@ -404,7 +460,7 @@ mod tests {
         }
         assert!(n > 10);
         let rec = c.peek().unwrap().unwrap();
-        c.advance(&rec);
+        c.advance(&rec, true);
         assert!(push(&mut p, 2, &[1; 100]).is_some());
     }
 

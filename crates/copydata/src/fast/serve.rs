@@ -64,7 +64,12 @@ pub(crate) struct WorkerState {
     conns: Vec<Arc<ServerConn>>,
     start: usize,
     trimmed: bool,
+    /// Since when the worker polls for a loan announced by a sender.
+    hot_since: Option<Instant>,
 }
+
+/// The longest a worker polls for an announced loan before it parks.
+const HOT_MAX: Duration = Duration::from_secs(1);
 
 impl Dispatch {
     pub(crate) fn new(name: Name, workers: usize, bells: Bells) -> Dispatch {
@@ -171,20 +176,21 @@ impl Dispatch {
         let mut found = None;
         for i in 0..n {
             let conn = &st.conns[(st.start + i) % n];
-            if conn.dead.load(Ordering::Acquire) {
-                gone.get_or_insert_with(Vec::new).push(conn.clone());
-                continue;
-            }
             if conn.busy.load(Ordering::Acquire) {
                 continue;
             }
+            // A sender that is gone may have left messages (posts) behind:
+            // they are delivered before the connection is dropped.
+            let dead = conn.dead.load(Ordering::Acquire);
             match conn.take() {
                 Ok(Some(incoming)) => {
                     st.start = (st.start + i + 1) % n;
                     found = Some(Next::Ring(conn.clone(), incoming));
                     break;
                 }
+                Ok(None) if dead => gone.get_or_insert_with(Vec::new).push(conn.clone()),
                 Ok(None) => {}
+                Err(_) if dead => gone.get_or_insert_with(Vec::new).push(conn.clone()),
                 Err(reason) => {
                     log::warn!("mailbox {}: dropped the connection from pid {}: {reason}", self.name, conn.peer.pid);
                     gone.get_or_insert_with(Vec::new).push(conn.clone());
@@ -216,7 +222,19 @@ impl Dispatch {
             }
             if let Some(found) = self.scan(w, st) {
                 st.trimmed = false;
+                st.hot_since = None;
                 return Some(found);
+            }
+            // A sender filling a loan is about to send: poll, yielding the
+            // CPU, rather than sleep and make it pay for a wake-up.
+            if st.conns.iter().any(|c| c.wait == Wait::SpinThenPark && c.loan_pending()) {
+                let since = *st.hot_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < HOT_MAX && deadline.is_none_or(|d| Instant::now() < d) {
+                    std::thread::yield_now();
+                    continue;
+                }
+            } else {
+                st.hot_since = None;
             }
             if st.conns.iter().any(|c| c.wait == Wait::SpinThenPark) {
                 let spun = super::spin(|| {
@@ -229,6 +247,7 @@ impl Dispatch {
                 match spun {
                     Ok(Some(Some(found))) => {
                         st.trimmed = false;
+                        st.hot_since = None;
                         return Some(found);
                     }
                     Ok(Some(None)) => continue,

@@ -30,10 +30,22 @@
 //! - `take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>, InheritError>`:
 //!   the child's side; validates every entry before taking ownership.
 //!
-//! The `mailbox` module of each backend provides `Mailbox::bind(name,
-//! options, requests)` (pushes every received message into `requests` as a
-//! `Request` whose `Responder` answers it), `Sender::connect(name)` and
-//! `Sender::call(tag, data, sections, timeout)`, and `list()`.
+//! The `mailbox` module of each backend provides the per-OS half of the
+//! fast path (see [`crate::fast`] for the portable half and the exact
+//! contract of `Link`):
+//!
+//! - `Mailbox::bind(name, options) -> Result<(Mailbox, Arc<Dispatch>), BindError>`:
+//!   holds the name, accepts senders, sets up each connection's region and
+//!   hands the connection to the `Dispatch`; tells the `Dispatch` when a
+//!   sender is gone; dropping it closes every connection;
+//! - `connect(name, wait, deadline) -> Result<(Link, u64), SendError>`: the
+//!   sender's side of the set-up (the receiver's payload limit with it);
+//! - `Link`: parking and waking, the peer's liveness, and the hand-over of
+//!   buffers and sections that go with a message;
+//! - `Bells`: the receiver's doorbells, one per handler thread;
+//! - `NativeResponder`: answers a message from a plain Win32 program
+//!   (uninhabited where there are none);
+//! - `list()`.
 //!
 //! Platform-specific extras (hand-over to unrelated processes) are public
 //! through [`crate::os`].

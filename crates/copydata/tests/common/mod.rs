@@ -149,6 +149,45 @@ impl Kid {
         }
     }
 
+    /// Like [`expect`](Self::expect), but `None` if no line comes within
+    /// `limit` (for "has it gone quiet?" checks).
+    pub fn expect_within(&mut self, tag: &str, limit: Duration) -> Option<String> {
+        match self.lines.recv_timeout(limit) {
+            Ok(line) => {
+                let (t, rest) = line[1..].split_once(' ').unwrap_or((&line[1..], ""));
+                assert_eq!(t, tag, "child {} said {line:?}, expected @{tag}", self.role);
+                Some(rest.to_string())
+            }
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = self.child.wait();
+                panic!("child {} ended ({status:?}) before saying @{tag}", self.role)
+            }
+        }
+    }
+
+    /// The next `@tag rest` line, whatever its tag (`None` after `limit`).
+    /// Panics on an `@error` line or an exit.
+    pub fn next_line(&mut self, limit: Duration) -> Option<(String, String)> {
+        match self.lines.recv_timeout(limit) {
+            Ok(line) => {
+                let (t, rest) = line[1..].split_once(' ').unwrap_or((&line[1..], ""));
+                assert_ne!(t, "error", "child {} said {line:?}", self.role);
+                Some((t.to_string(), rest.to_string()))
+            }
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = self.child.wait();
+                panic!("child {} ended ({status:?})", self.role)
+            }
+        }
+    }
+
+    /// Whether the child is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Sends a line to the child's stdin.
     pub fn tell(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin");

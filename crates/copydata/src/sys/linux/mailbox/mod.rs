@@ -417,9 +417,10 @@ impl Acceptor {
                 fds[2..].iter().enumerate().filter(|(_, f)| !f.revents().is_empty()).map(|(i, _)| i).collect();
             drop(fds);
             for i in gone.into_iter().rev() {
+                // The worker delivers what the sender left in the ring (and
+                // on the socket) before it drops the connection.
                 let (conn, w) = self.conns.swap_remove(i);
                 conn.dead.store(true, Ordering::Release);
-                conn.link().shutdown();
                 self.dispatch.poke(w);
             }
             if listener_ready {

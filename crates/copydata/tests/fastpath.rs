@@ -1,0 +1,1289 @@
+//! The guarantees of the fast path (a shared region with two rings per
+//! connection) across real processes: posts and their back-pressure, loans,
+//! large payloads both ways, dead peers on either side, handler threads,
+//! timeouts, the cost of an idle connection and both wait modes.
+//!
+//! Linux and (from the same sources) Windows under Wine; what reads `/proc`
+//! or stops a process with `SIGSTOP` is Linux-only.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::channel;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Kid, hear, say, unique};
+use copydata::{Mailbox, MailboxOptions, Message, Reply, SendError, Sender, SenderOptions, Wait};
+
+const MIB: usize = 1 << 20;
+/// How long a failure (a hang, a missed death) may take to surface.
+const BOUND: Duration = Duration::from_secs(30);
+
+#[test]
+fn child_entry() {
+    common::child_main(role);
+}
+
+fn fail(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+// ------------------------------------------------------------ checksums
+
+/// A checksum both sides compute, word-wise (quick in lightly optimised
+/// builds), fed in pieces whose lengths are multiples of 8 but the last.
+struct Sum(u64);
+
+impl Sum {
+    fn new(len: usize) -> Sum {
+        Sum(0xcbf2_9ce4_8422_2325u64 ^ len as u64)
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        let mut words = data.chunks_exact(8);
+        for w in &mut words {
+            self.0 = (self.0 ^ u64::from_le_bytes(w.try_into().unwrap())).wrapping_mul(0x100_0000_01b3).rotate_left(17);
+        }
+        for &b in words.remainder() {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+fn sum(data: &[u8]) -> u64 {
+    let mut s = Sum::new(data.len());
+    s.update(data);
+    s.0
+}
+
+/// `len` pseudo-random bytes from `seed`.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+// ------------------------------------------------------------ the receiver
+
+/// What the receiver child (`srv`) does with a message: the top byte of the
+/// tag, the rest is the argument.
+const ECHO: u64 = 1; // reply code = checksum, data = the payload
+const SUM: u64 = 2; // reply code = checksum (read chunk-wise), data = `describe`
+const REC: u64 = 3; // record (arg, len, checksum, call?, loan?, worker); code = arg
+const REC_SLOW: u64 = 4; // REC, sleeping 2 ms now and then
+const REPORT: u64 = 5; // reply with the records so far (and forget them)
+const GATE: u64 = 6; // say `@gated arg`, wait for a `go` line on stdin; code = arg
+const SLEEP: u64 = 7; // say `@got arg`, sleep arg ms; code = arg
+const MAKE: u64 = 8; // reply with pattern(arg, arg); code = its checksum
+const COUNT: u64 = 9; // count; code = the count
+const GATE_SUM: u64 = 10; // GATE, then say `@loansum SUM LEN` of the payload read only then
+
+fn tag(op: u64, arg: u64) -> u64 {
+    assert!(arg < 1 << 56);
+    (op << 56) | arg
+}
+
+/// One message as the receiver recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rec {
+    arg: u64,
+    len: u64,
+    sum: u64,
+    call: bool,
+    loan: bool,
+    worker: u8,
+}
+
+const REC_LEN: usize = 26;
+
+impl Rec {
+    fn encode(&self) -> [u8; REC_LEN] {
+        let mut b = [0u8; REC_LEN];
+        b[0..8].copy_from_slice(&self.arg.to_le_bytes());
+        b[8..16].copy_from_slice(&self.len.to_le_bytes());
+        b[16..24].copy_from_slice(&self.sum.to_le_bytes());
+        b[24] = u8::from(self.call) | u8::from(self.loan) << 1;
+        b[25] = self.worker;
+        b
+    }
+
+    fn decode(b: &[u8]) -> Rec {
+        let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+        Rec { arg: word(0), len: word(8), sum: word(16), call: b[24] & 1 != 0, loan: b[24] & 2 != 0, worker: b[25] }
+    }
+}
+
+#[derive(Default)]
+struct SrvState {
+    records: Mutex<Vec<u8>>,
+    permits: Mutex<u64>,
+    opened: Condvar,
+    count: AtomicU64,
+}
+
+impl SrvState {
+    fn wait_gate(&self) {
+        let mut permits = self.permits.lock().unwrap();
+        while *permits == 0 {
+            permits = self.opened.wait(permits).unwrap();
+        }
+        *permits -= 1;
+    }
+
+    fn open_gate(&self, n: u64) {
+        *self.permits.lock().unwrap() += n;
+        self.opened.notify_all();
+    }
+}
+
+/// The handler thread's number (from its name, `copydata-serve-NAME-W`).
+fn worker_index() -> u8 {
+    let thread = std::thread::current();
+    thread.name().and_then(|n| n.rsplit('-').next()).and_then(|w| w.parse().ok()).unwrap_or(255)
+}
+
+fn len_of(m: &Message) -> usize {
+    m.loan().map_or(m.payload().len(), |l| l.len())
+}
+
+/// The checksum of a message, a loan read chunk by chunk.
+fn sum_of(m: &Message) -> u64 {
+    match m.loan() {
+        Some(loan) => {
+            let mut s = Sum::new(loan.len());
+            loan.for_each_chunk(64 << 10, |c| s.update(c));
+            s.0
+        }
+        None => sum(m.payload()),
+    }
+}
+
+fn bytes_of(m: &Message) -> Vec<u8> {
+    m.loan().map_or_else(|| m.payload().to_vec(), |l| l.to_vec())
+}
+
+/// For `SUM`: flags (loan, expects a reply, `payload()` empty, `read_at`
+/// agrees with `to_vec` and refuses out-of-range reads), the checksum of
+/// `to_vec`, the length.
+fn describe(m: &Message) -> Vec<u8> {
+    let copy = bytes_of(m);
+    let read_at_ok = match m.loan() {
+        Some(loan) => {
+            let at = loan.len() / 3;
+            let mut piece = vec![0u8; (loan.len() - at).min(4096)];
+            loan.read_at(at, &mut piece).is_ok()
+                && piece[..] == copy[at..at + piece.len()]
+                && loan.read_at(loan.len(), &mut [0u8; 1]).is_err()
+                && loan.read_at(usize::MAX, &mut [0u8; 2]).is_err()
+        }
+        None => true,
+    };
+    let flags = u8::from(m.loan().is_some())
+        | u8::from(m.expects_reply()) << 1
+        | u8::from(m.payload().is_empty()) << 2
+        | u8::from(read_at_ok) << 3;
+    let mut out = vec![flags];
+    out.extend_from_slice(&sum(&copy).to_le_bytes());
+    out.extend_from_slice(&(copy.len() as u64).to_le_bytes());
+    out
+}
+
+fn handle(st: &SrvState, m: &mut Message) -> Reply {
+    let (op, arg) = (m.tag() >> 56, m.tag() & ((1 << 56) - 1));
+    match op {
+        ECHO => {
+            let data = bytes_of(m);
+            Reply::new(sum(&data) as i64, data)
+        }
+        SUM => Reply::new(sum_of(m) as i64, describe(m)),
+        REC | REC_SLOW => {
+            if op == REC_SLOW && (arg & 0xffff_ffff) % 61 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let rec = Rec {
+                arg,
+                len: len_of(m) as u64,
+                sum: sum_of(m),
+                call: m.expects_reply(),
+                loan: m.loan().is_some(),
+                worker: worker_index(),
+            };
+            st.records.lock().unwrap().extend_from_slice(&rec.encode());
+            Reply::code(arg as i64)
+        }
+        REPORT => Reply::new(0, std::mem::take(&mut *st.records.lock().unwrap())),
+        GATE => {
+            say("gated", &arg.to_string());
+            st.wait_gate();
+            Reply::code(arg as i64)
+        }
+        SLEEP => {
+            say("got", &arg.to_string());
+            std::thread::sleep(Duration::from_millis(arg));
+            Reply::code(arg as i64)
+        }
+        MAKE => {
+            let data = pattern(arg as usize, arg);
+            Reply::new(sum(&data) as i64, data)
+        }
+        COUNT => Reply::code(st.count.fetch_add(1, Ordering::Relaxed) as i64 + 1),
+        GATE_SUM => {
+            say("gated", &arg.to_string());
+            st.wait_gate();
+            let s = sum_of(m);
+            say("loansum", &format!("{s} {}", len_of(m)));
+            Reply::code(arg as i64)
+        }
+        _ => panic!("unknown operation {op}"),
+    }
+}
+
+/// The resident set of this process (0 where not measured).
+fn rss_self() -> u64 {
+    #[cfg(target_os = "linux")]
+    return procfs::rss(std::process::id());
+    #[cfg(not(target_os = "linux"))]
+    0
+}
+
+/// The child roles.
+fn role(role: &str, args: &[String]) -> Result<(), String> {
+    match role {
+        // Serves `args[0]` with `args[1]` handler threads (`handle`); a `go`
+        // line opens the gate once, `quit` (or the end of stdin) unbinds.
+        "srv" => {
+            let threads: usize = args[1].parse().map_err(fail)?;
+            let state = Arc::new(SrvState::default());
+            let options = MailboxOptions::new().handler_threads(threads);
+            let server = Mailbox::bind_with(&args[0], &options).map_err(fail)?.serve({
+                let state = state.clone();
+                move |m| handle(&state, m)
+            });
+            say("ready", &std::process::id().to_string());
+            while hear() == "go" {
+                state.open_gate(1);
+            }
+            state.open_gate(1 << 40);
+            drop(server);
+            say("bye", "");
+            Ok(())
+        }
+        // Gates the receiver `args[0]`, then posts `args[1]` messages of
+        // `args[2]` bytes (`REC`), telling its progress; reports its resident
+        // set before and after.
+        "flood" => {
+            let n: u64 = args[1].parse().map_err(fail)?;
+            let size: usize = args[2].parse().map_err(fail)?;
+            let mut s = Sender::connect(&args[0]).map_err(fail)?;
+            s.send(tag(ECHO, 0), b"warm up").map_err(fail)?;
+            let before = rss_self();
+            s.post(tag(GATE, 0), b"").map_err(fail)?;
+            let every: u64 = args.get(3).map_or(Ok(100), |e| e.parse()).map_err(fail)?;
+            for i in 0..n {
+                s.post(tag(REC, i), &pattern(size, i)).map_err(fail)?;
+                if (i + 1) % every == 0 && i < 20_000 {
+                    say("progress", &(i + 1).to_string());
+                }
+            }
+            let after = rss_self();
+            s.send(tag(ECHO, 0), b"sync").map_err(fail)?;
+            say("done", &format!("{before} {after}"));
+            Ok(())
+        }
+        // Posts to `args[0]` in a tight loop (some posts large, through
+        // pooled buffers) until killed.
+        "post-loop" => {
+            let mut s = Sender::connect(&args[0]).map_err(fail)?;
+            let big = pattern(100_000, 1);
+            say("posting", "");
+            for i in 0u64.. {
+                if i % 50 == 0 {
+                    s.post(tag(COUNT, i), &big).map_err(fail)?;
+                } else {
+                    s.post(tag(COUNT, i), &[1; 64]).map_err(fail)?;
+                }
+            }
+            Ok(())
+        }
+        // Sends `args[1]` loans of `args[2]` bytes to `args[0]` after a
+        // warm-up; reports how many distinct buffers they used and the
+        // resident set before and after.
+        "loans" => {
+            let count: usize = args[1].parse().map_err(fail)?;
+            let size: usize = args[2].parse().map_err(fail)?;
+            let mut s = Sender::connect(&args[0]).map_err(fail)?;
+            let one = |s: &mut Sender, i: usize| -> Result<usize, String> {
+                let mut loan = s.loan(size).map_err(fail)?;
+                let at = loan.as_mut_ptr() as usize;
+                loan.fill(i as u8);
+                let reply = loan.send(tag(SUM, 0)).map_err(fail)?;
+                if reply.code != sum(&vec![i as u8; size]) as i64 {
+                    return Err(format!("loan {i}: checksum differs"));
+                }
+                Ok(at)
+            };
+            for i in 0..10 {
+                one(&mut s, i)?;
+            }
+            let before = rss_self();
+            let mut seen = HashSet::new();
+            for i in 0..count {
+                seen.insert(one(&mut s, i)?);
+            }
+            let after = rss_self();
+            say("loans", &format!("{} {before} {after}", seen.len()));
+            Ok(())
+        }
+        // Takes pool buffers of `args[1]` MiB from a connection to `args[0]`
+        // three ways and reports the resident set after each, once the pool
+        // has been idle long enough to be trimmed: loans sent, loans dropped
+        // unsent, and payloads refused by `try_post` (full queue).
+        "give-back" => {
+            let size = args[1].parse::<usize>().map_err(fail)? * MIB;
+            let connect = || Sender::connect(&args[0]).map_err(fail);
+            let settle = |s: &mut Sender| -> Result<u64, String> {
+                // Idle past the trim delay; then any message trims the pool.
+                std::thread::sleep(Duration::from_millis(500));
+                s.send(tag(ECHO, 0), b"trim").map_err(fail)?;
+                Ok(rss_self())
+            };
+            let check = |s: &mut Sender, what: &str| -> Result<(), String> {
+                // The pool still serves loans.
+                let mut loan = s.loan(size).map_err(fail)?;
+                loan.fill(9);
+                if loan.send(tag(SUM, 0)).map_err(fail)?.code != sum(&vec![9u8; size]) as i64 {
+                    return Err(format!("a loan after {what} arrived damaged"));
+                }
+                Ok(())
+            };
+            // Each way on a connection of its own (dropping a connection
+            // frees its pool whatever became of the buffers).
+            let mut s = connect()?;
+            let base = settle(&mut s)?;
+            for i in 0..8 {
+                let mut loan = s.loan(size).map_err(fail)?;
+                loan.fill(i);
+                loan.send(tag(SUM, 0)).map_err(fail)?;
+            }
+            let sent = settle(&mut s)?;
+            check(&mut s, "sent loans")?;
+            drop(s);
+            let mut s = connect()?;
+            for i in 0..8 {
+                let mut loan = s.loan(size).map_err(fail)?;
+                loan.fill(i);
+                drop(loan);
+            }
+            let dropped = settle(&mut s)?;
+            check(&mut s, "dropped loans")?;
+            drop(s);
+            let mut s = connect()?;
+            s.send(tag(ECHO, 0), b"warm up").map_err(fail)?;
+            s.post(tag(GATE, 0), b"").map_err(fail)?;
+            hear(); // the parent has seen the receiver gated
+            let mut filled = 0;
+            loop {
+                // Empty posts take the least room: once they no longer fit,
+                // nothing does.
+                match s.try_post(tag(COUNT, 0), b"") {
+                    Ok(()) => filled += 1,
+                    Err(SendError::Full { .. }) => break,
+                    Err(e) => return Err(fail(e)),
+                }
+                if filled > 1_000_000 {
+                    return Err("the queue never filled".into());
+                }
+            }
+            let big = vec![7u8; size];
+            for _ in 0..8 {
+                match s.try_post(tag(SUM, 0), &big) {
+                    Err(SendError::Full { .. }) => {}
+                    other => return Err(format!("try_post on a full queue: {other:?}")),
+                }
+            }
+            drop(big);
+            say("filled", "");
+            s.send(tag(ECHO, 0), b"sync").map_err(fail)?;
+            let refused = settle(&mut s)?;
+            check(&mut s, "refused posts")?;
+            say("rss", &format!("{base} {sent} {dropped} {refused}"));
+            Ok(())
+        }
+        // Posts `args[1]` messages (`REC`) to `args[0]` and exits at once.
+        "post-and-exit" => {
+            let n: u64 = args[1].parse().map_err(fail)?;
+            let mut s = Sender::connect(&args[0]).map_err(fail)?;
+            for i in 0..n {
+                s.post(tag(REC, i), &pattern(i as usize * 10, i)).map_err(fail)?;
+            }
+            say("posted", "");
+            Ok(())
+        }
+        // Sends `args[0]` a loan of `args[1]` bytes (pattern seed 5) that the
+        // handler reads only after the gate opens (`GATE_SUM`); killed meanwhile.
+        "loan-once" => {
+            let size: usize = args[1].parse().map_err(fail)?;
+            let mut s = Sender::connect(&args[0]).map_err(fail)?;
+            let mut loan = s.loan(size).map_err(fail)?;
+            loan.write_at(0, &pattern(size, 5)).map_err(fail)?;
+            loan.send(tag(GATE_SUM, 0)).map_err(fail)?;
+            Ok(())
+        }
+        _ => Err(format!("unknown role {role}")),
+    }
+}
+
+// ------------------------------------------------------------ parent helpers
+
+/// A receiver child. Dropped without [`quit`](Srv::quit) (a failing test),
+/// it is killed and its mailbox files removed.
+struct Srv {
+    kid: Option<Kid>,
+    name: String,
+    pid: u32,
+}
+
+impl Srv {
+    fn start(threads: usize) -> Srv {
+        let name = unique("fast");
+        let mut kid = Kid::spawn("srv", &[&name, &threads.to_string()]);
+        let pid = kid.expect("ready").parse().unwrap();
+        Srv { kid: Some(kid), name, pid }
+    }
+
+    fn kid(&mut self) -> &mut Kid {
+        self.kid.as_mut().expect("the receiver child")
+    }
+
+    fn sender(&self) -> Sender {
+        Sender::connect(&self.name).unwrap()
+    }
+
+    /// Unbinds and exits cleanly.
+    fn quit(mut self) {
+        let mut kid = self.kid.take().expect("the receiver child");
+        kid.tell("quit");
+        kid.expect("bye");
+        kid.wait_ok();
+    }
+}
+
+impl Drop for Srv {
+    fn drop(&mut self) {
+        if let Some(kid) = self.kid.take() {
+            drop(kid);
+            let _ = copydata::send_timeout(&self.name, 0, b"", Duration::from_secs(1));
+        }
+    }
+}
+
+/// After its receiver was killed: the name is gone (looking removes the
+/// dead binder's files).
+fn reclaim(name: &str) {
+    match copydata::send_timeout(name, 0, b"", Duration::from_secs(10)) {
+        Err(SendError::NoSuchMailbox { .. }) => {}
+        other => panic!("mailbox {name} after its receiver was killed: {other:?}"),
+    }
+}
+
+fn report(s: &mut Sender) -> Vec<Rec> {
+    let reply = s.send_timeout(tag(REPORT, 0), b"", BOUND).unwrap();
+    assert_eq!(reply.data.len() % REC_LEN, 0);
+    reply.data.chunks_exact(REC_LEN).map(Rec::decode).collect()
+}
+
+fn check_echo(reply: &Reply, data: &[u8], what: &str) {
+    assert_eq!(reply.code, sum(data) as i64, "{what}: checksum of {} bytes", data.len());
+    assert_eq!(reply.data.len(), data.len(), "{what}: reply length");
+    assert!(reply.data[..] == data[..], "{what}: reply bytes of {} bytes", data.len());
+}
+
+/// Runs `f` on a thread and gives its result, failing the test if it takes
+/// longer than `limit`.
+fn within<T: Send + 'static>(limit: Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).unwrap_or_else(|e| panic!("{what}: no result within {limit:?} ({e})"))
+}
+
+/// Whether `bytes` more can be allocated without crowding the machine.
+fn memory_allows(bytes: u64) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let available = info
+            .lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(u64::MAX, |kb| kb * 1024);
+        available > bytes
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = bytes;
+        true
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod procfs {
+    use std::time::Duration;
+
+    fn read(pid: u32, what: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/{what}")).unwrap_or_else(|e| panic!("/proc/{pid}/{what}: {e}"))
+    }
+
+    /// Resident bytes (private and shared).
+    pub fn rss(pid: u32) -> u64 {
+        let pages: u64 = read(pid, "statm").split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * rustix::param::page_size() as u64
+    }
+
+    /// The fields of `/proc/PID/stat` from the state on (field 3 first).
+    fn stat(pid: u32) -> Vec<String> {
+        let text = read(pid, "stat");
+        let after = &text[text.rfind(')').unwrap() + 2..];
+        after.split_whitespace().map(str::to_owned).collect()
+    }
+
+    /// User plus system CPU time.
+    pub fn cpu(pid: u32) -> Duration {
+        let f = stat(pid);
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        Duration::from_secs_f64(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
+    }
+
+    /// The process state letter (`T` when stopped).
+    pub fn state(pid: u32) -> char {
+        stat(pid)[0].chars().next().unwrap()
+    }
+
+    pub fn fds(pid: u32) -> usize {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    }
+
+    /// Mappings of memfds (connection regions, buffers).
+    pub fn memfd_maps(pid: u32) -> usize {
+        read(pid, "maps").lines().filter(|l| l.contains("/memfd:")).count()
+    }
+
+    /// Asserts that `pid` sleeps: after 300 ms of quiet, it uses under 20 ms
+    /// of CPU in the next second.
+    pub fn assert_sleeps(pid: u32, what: &str) {
+        std::thread::sleep(Duration::from_millis(300));
+        let before = cpu(pid);
+        std::thread::sleep(Duration::from_secs(1));
+        let used = cpu(pid).saturating_sub(before);
+        assert!(used < Duration::from_millis(20), "{what}: the receiver used {used:?} of CPU in 1 s of quiet");
+    }
+
+    /// Waits (at most 10 s) until `f` holds.
+    pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "{what}: not within 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+// ------------------------------------------------------------ posts
+
+/// Posts arrive in order with sends between them, each exactly once, and a
+/// posted message says it expects no reply; payloads large enough for the
+/// pooled buffers take part.
+#[test]
+fn posts_arrive_in_order_between_sends() {
+    let srv = Srv::start(1);
+    let mut s = srv.sender();
+    let n = 3000u64;
+    let data = |i: u64| pattern((i as usize * 131) % 40_000, i);
+    for i in 0..n {
+        if i % 10 == 9 {
+            let reply = s.send_timeout(tag(REC, i), &data(i), BOUND).unwrap();
+            assert_eq!(reply.code, i as i64, "the reply to send {i}");
+        } else {
+            s.post(tag(REC, i), &data(i)).unwrap();
+        }
+    }
+    let recs = report(&mut s);
+    assert_eq!(recs.len() as u64, n, "every message arrives exactly once");
+    for (i, r) in recs.iter().enumerate() {
+        let i = i as u64;
+        let d = data(i);
+        assert_eq!(r.arg, i, "message {i} out of order");
+        assert_eq!(r.call, i % 10 == 9, "message {i}: expects_reply");
+        assert_eq!((r.len, r.sum, r.loan), (d.len() as u64, sum(&d), false), "message {i}: payload");
+    }
+    srv.quit();
+}
+
+/// A sender child floods a held-up receiver with `n` posts of `size` bytes:
+/// while the receiver is held, at most `max_held` go out (the sender blocks,
+/// without error); once it goes on, every post arrives once, in order.
+/// Returns the sender's resident set before and after its posts.
+fn flood_a_held_receiver(n: u64, size: usize, every: u64, max_held: u64) -> (u64, u64) {
+    let mut srv = Srv::start(1);
+    let mut flood = Kid::spawn("flood", &[&srv.name, &n.to_string(), &size.to_string(), &every.to_string()]);
+    srv.kid().expect("gated");
+    // Progress until the sender has been quiet for 3 s (longer than any
+    // step of the protocol may wait for the peer, so a sender that gives up
+    // instead of blocking says so: `@error` fails the test).
+    let mut posted: u64 = flood.expect("progress").parse().unwrap();
+    while let Some(p) = flood.expect_within("progress", Duration::from_secs(3)) {
+        posted = p.parse().unwrap();
+        assert!(
+            posted <= max_held,
+            "{posted} posts of {size} bytes went out while the receiver was held ({} MiB in flight)",
+            posted * size as u64 / MIB as u64
+        );
+    }
+    eprintln!("{posted} posts of {size} bytes went out while the receiver was held");
+    srv.kid().tell("go");
+    let rss = loop {
+        match flood.next_line(common::WAIT) {
+            Some((t, _)) if t == "progress" => {}
+            Some((t, rest)) if t == "done" => break rest,
+            other => panic!("flood: {other:?}"),
+        }
+    };
+    flood.wait_ok();
+    let mut s = srv.sender();
+    let recs = report(&mut s);
+    assert_eq!(recs.len() as u64, n, "every post arrives exactly once");
+    for (i, r) in recs.iter().enumerate() {
+        let i = i as u64;
+        assert_eq!(r.arg, i, "post {i} out of order");
+        assert!(!r.call, "post {i} expects a reply");
+        assert_eq!((r.len, r.sum), (size as u64, sum(&pattern(size, i))), "post {i}: payload");
+    }
+    srv.quit();
+    let (before, after) = rss.split_once(' ').unwrap();
+    (before.parse().unwrap(), after.parse().unwrap())
+}
+
+/// A flood of small posts far larger than the request ring, into a receiver
+/// that is held up: the sender blocks once the ring is full (it neither
+/// buffers nor grows), and when the receiver goes on, every post arrives
+/// once, in order.
+#[test]
+fn a_post_flood_blocks_instead_of_buffering() {
+    // The ring (256 KiB) holds some 450 records of 512 bytes.
+    let (before, after) = flood_a_held_receiver(100_000, 512, 100, 2000);
+    if cfg!(target_os = "linux") {
+        // 100 000 posts of 512 bytes are 51 MB: a sender that buffered them
+        // would show it.
+        assert!(after < before + 16 * MIB as u64, "the sender grew from {before} to {after} bytes");
+    }
+}
+
+/// The same with posts of 1 MiB, which travel in pooled buffers: a held-up
+/// receiver must make `post` block here too (not hand over a fresh section
+/// per post without bound, nor fail), once a bounded amount is in flight.
+#[test]
+fn a_flood_of_large_posts_blocks_too() {
+    // The pool holds at most 8 buffers per direction; 64 MiB in flight is
+    // generous.
+    flood_a_held_receiver(300, MIB, 4, 64);
+}
+
+/// `try_post` fails with `Full` while the receiver is held up and the ring
+/// is full (nothing sent, also for a payload that would need a pooled
+/// buffer); `post` then blocks; the connection stays usable, and everything
+/// that did go out arrives once, in order.
+#[test]
+fn try_post_reports_full_and_the_connection_stays_usable() {
+    let mut srv = Srv::start(1);
+    let mut s = srv.sender();
+    s.post(tag(GATE, 0), b"").unwrap();
+    srv.kid().expect("gated");
+    // Fill the ring with small posts, then with empty ones (the smallest
+    // records: once they no longer fit, nothing does).
+    let mut lens = Vec::new();
+    for len in [100, 0] {
+        loop {
+            let n = lens.len() as u64;
+            match s.try_post(tag(REC, n), &pattern(len, n)) {
+                Ok(()) => lens.push(len),
+                Err(SendError::Full { .. }) => break,
+                Err(e) => panic!("try_post {n}: {e}"),
+            }
+            assert!(n < 100_000, "the queue never filled");
+        }
+    }
+    let n = lens.len() as u64;
+    assert!(n > 100, "the queue held only {n} small posts");
+    for size in [0, 100, 20_000, 3 * MIB] {
+        match s.try_post(tag(REC, n), &pattern(size, n)) {
+            Err(SendError::Full { .. }) => {}
+            other => panic!("try_post of {size} bytes on a full queue: {other:?}"),
+        }
+    }
+    // A blocking post waits for room.
+    let posted = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = channel();
+    std::thread::spawn({
+        let posted = posted.clone();
+        move || {
+            let r = s.post(tag(REC, n), &pattern(100, n));
+            posted.store(true, Ordering::SeqCst);
+            let _ = tx.send((s, r));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!posted.load(Ordering::SeqCst), "post returned while the queue was full");
+    srv.kid().tell("go");
+    let (mut s, r) = rx.recv_timeout(BOUND).expect("post did not return once the receiver went on");
+    r.unwrap();
+    let reply = s.send_timeout(tag(REC, n + 1), &pattern(30_000, n + 1), BOUND).unwrap();
+    assert_eq!(reply.code, (n + 1) as i64);
+    let recs = report(&mut s);
+    assert_eq!(recs.len() as u64, n + 2, "what went out arrived exactly once");
+    for (i, r) in recs.iter().enumerate() {
+        let i = i as u64;
+        let len = if i == n + 1 { 30_000 } else { lens.get(i as usize).copied().unwrap_or(100) };
+        assert_eq!(r.arg, i, "message {i} out of order");
+        assert_eq!(r.call, i == n + 1, "message {i}: expects_reply");
+        assert_eq!((r.len, r.sum), (len as u64, sum(&pattern(len, i))), "message {i}: payload");
+    }
+    srv.quit();
+}
+
+/// Posts that `post` accepted are delivered even if their sender exits
+/// before the receiver gets to them (as `PostMessage`'s are): here the
+/// receiver's only handler thread is held by another sender's call while a
+/// sender child posts and exits.
+#[test]
+fn posts_of_a_sender_that_exits_are_delivered() {
+    let mut srv = Srv::start(1);
+    let mut holder = srv.sender();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let r = holder.send(tag(GATE, 1), b"");
+        let _ = tx.send((holder, r));
+    });
+    srv.kid().expect("gated");
+    let n = 20u64;
+    let mut poster = Kid::spawn("post-and-exit", &[&srv.name, &n.to_string()]);
+    poster.expect("posted");
+    poster.wait_ok();
+    // Let the receiver notice the hang-up before its handler thread is free.
+    std::thread::sleep(Duration::from_millis(300));
+    srv.kid().tell("go");
+    let (mut holder, r) = rx.recv_timeout(BOUND).expect("the held call did not return");
+    assert_eq!(r.unwrap().code, 1);
+    let recs = report(&mut holder);
+    let args: Vec<u64> = recs.iter().map(|r| r.arg).collect();
+    assert_eq!(args, (0..n).collect::<Vec<_>>(), "the posts of a sender that exited");
+    for (i, r) in recs.iter().enumerate() {
+        let d = pattern(i * 10, i as u64);
+        assert_eq!((r.len, r.sum, r.call), (d.len() as u64, sum(&d), false), "post {i}");
+    }
+    srv.quit();
+}
+
+/// A receiver killed while a sender is blocked in `post` on a full queue:
+/// `post` fails with `ReceiverDied` within a few seconds.
+#[test]
+fn receiver_killed_while_post_waits_for_room() {
+    let mut srv = Srv::start(1);
+    let mut s = srv.sender();
+    s.post(tag(GATE, 0), b"").unwrap();
+    srv.kid().expect("gated");
+    let mut n = 0;
+    loop {
+        match s.try_post(tag(COUNT, 0), b"") {
+            Ok(()) => n += 1,
+            Err(SendError::Full { .. }) => break,
+            Err(e) => panic!("try_post: {e}"),
+        }
+        assert!(n < 1_000_000, "the queue never filled");
+    }
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(s.post(tag(COUNT, 0), b"blocked"));
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(rx.try_recv().is_err(), "post returned on a full queue");
+    let name = srv.name.clone();
+    srv.kid.take().expect("the receiver child").kill();
+    match rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(Err(SendError::ReceiverDied { .. })) => {}
+        Ok(other) => panic!("the blocked post got {other:?}"),
+        Err(_) => panic!("no error within 5 s of killing the receiver"),
+    }
+    reclaim(&name);
+}
+
+// ------------------------------------------------------------ loans
+
+/// Loans of every size, from empty to larger than the pool's biggest
+/// buffer, arrive intact and in place (`loan()` set, `payload()` empty),
+/// read with `read_at`, `to_vec` and `for_each_chunk`; posted loans too;
+/// loans dropped unsent are harmless.
+#[test]
+fn loans_of_every_size_arrive_intact() {
+    let srv = Srv::start(1);
+    let mut s = srv.sender();
+    let mut sizes = vec![0, 1, 4096, 64 << 10, MIB, 64 * MIB];
+    let beyond_pool = (256 * MIB) + 1;
+    if memory_allows(4 * beyond_pool as u64) {
+        sizes.push(beyond_pool);
+    } else {
+        eprintln!("skipped the loan of {beyond_pool} bytes: not enough free memory");
+    }
+    for (k, &size) in sizes.iter().enumerate() {
+        let data = pattern(size, k as u64 + 1);
+        let mut loan = s.loan(size).unwrap();
+        assert_eq!((loan.len(), loan.is_empty()), (size, size == 0));
+        loan.write_at(0, &data).unwrap();
+        assert!(loan.write_at(size, &[1]).is_err(), "a write past the loan");
+        let reply = loan.send(tag(SUM, 0)).unwrap();
+        assert_eq!(reply.code, sum(&data) as i64, "loan of {size} bytes: checksum read chunk-wise");
+        let d = &reply.data;
+        assert_eq!(d.len(), 17);
+        assert_eq!(d[0], 0b1111, "loan of {size} bytes: flags (loan, call, empty payload, read_at) {:#b}", d[0]);
+        assert_eq!(u64::from_le_bytes(d[1..9].try_into().unwrap()), sum(&data), "loan of {size} bytes: to_vec");
+        assert_eq!(u64::from_le_bytes(d[9..17].try_into().unwrap()), size as u64);
+    }
+    // Loans dropped unsent: nothing arrives, and the next ones work.
+    for size in [MIB, 3 * MIB] {
+        let mut loan = s.loan(size).unwrap();
+        loan.fill(0xee);
+        drop(loan);
+    }
+    drop(s.loan(beyond_pool).unwrap());
+    // Posted loans, between ordinary messages.
+    let posted = [0usize, 1000, MIB, 3 * MIB];
+    for (k, &size) in posted.iter().enumerate() {
+        let data = pattern(size, 100 + k as u64);
+        let mut loan = s.loan(size).unwrap();
+        loan.write_at(0, &data).unwrap();
+        loan.post(tag(REC, k as u64)).unwrap();
+        s.post(tag(REC, 1000 + k as u64), b"plain").unwrap();
+    }
+    let recs = report(&mut s);
+    assert_eq!(recs.len(), 2 * posted.len(), "{recs:?}");
+    for (k, &size) in posted.iter().enumerate() {
+        let (loaned, plain) = (recs[2 * k], recs[2 * k + 1]);
+        let expect = Rec {
+            arg: k as u64,
+            len: size as u64,
+            sum: sum(&pattern(size, 100 + k as u64)),
+            call: false,
+            loan: true,
+            worker: loaned.worker,
+        };
+        assert_eq!(loaned, expect, "posted loan {k}");
+        assert_eq!((plain.arg, plain.loan, plain.call), (1000 + k as u64, false, false));
+    }
+    srv.quit();
+}
+
+/// Many loans in a row reuse the pool's buffers: a handful of distinct
+/// buffers, and (Linux) the sender's resident set does not grow by the
+/// 200 MiB that fresh buffers would take.
+#[test]
+fn loans_in_a_row_reuse_buffers() {
+    let srv = Srv::start(1);
+    let mut kid = Kid::spawn("loans", &[&srv.name, "200", &MIB.to_string()]);
+    let line = kid.expect("loans");
+    kid.wait_ok();
+    let v: Vec<u64> = line.split(' ').map(|x| x.parse().unwrap()).collect();
+    let (distinct, before, after) = (v[0], v[1], v[2]);
+    assert!(distinct <= 2, "200 loans in a row used {distinct} buffers");
+    if cfg!(target_os = "linux") {
+        assert!(
+            after < before + 32 * MIB as u64,
+            "the sender grew from {before} to {after} bytes over 200 loans of 1 MiB"
+        );
+    }
+    srv.quit();
+}
+
+/// Pool buffers come back however a use ends: a loan sent, a loan dropped
+/// unsent, a payload `try_post` refused on a full queue. After each, once the
+/// pool was idle, the sender's memory (Linux) is back near where it was;
+/// and the pool still works.
+#[test]
+fn pool_buffers_come_back_however_a_use_ends() {
+    let mut srv = Srv::start(1);
+    let mut kid = Kid::spawn("give-back", &[&srv.name, "32"]);
+    srv.kid().expect("gated");
+    kid.tell("gated");
+    kid.expect("filled");
+    srv.kid().tell("go");
+    let line = kid.expect("rss");
+    kid.wait_ok();
+    if cfg!(target_os = "linux") {
+        let v: Vec<u64> = line.split(' ').map(|x| x.parse().unwrap()).collect();
+        let base = v[0];
+        // Eight uses of 32 MiB each: 256 MiB if the buffers were kept.
+        let mut kept = Vec::new();
+        for (what, rss) in [("sent loans", v[1]), ("loans dropped unsent", v[2]), ("refused try_posts", v[3])] {
+            let more = rss.saturating_sub(base) / MIB as u64;
+            eprintln!("after {what}: {more} MiB more than before");
+            if rss >= base + 48 * MIB as u64 {
+                kept.push(format!("after {what} the sender holds {more} MiB more than before"));
+            }
+        }
+        assert!(kept.is_empty(), "{}", kept.join("; "));
+    }
+    srv.quit();
+}
+
+/// A loan the handler reads only after its sender was killed is still
+/// intact (the receiver's mapping keeps the memory; the sender cannot have
+/// shrunk it), and the receiver goes on serving.
+#[test]
+fn a_loan_outlives_its_killed_sender() {
+    let mut srv = Srv::start(1);
+    let size = 8 * MIB;
+    let sender = Kid::spawn("loan-once", &[&srv.name, &size.to_string()]);
+    srv.kid().expect("gated");
+    sender.kill();
+    srv.kid().tell("go");
+    let line = srv.kid().expect("loansum");
+    assert_eq!(line, format!("{} {size}", sum(&pattern(size, 5))), "the loan read after its sender died");
+    let mut s = srv.sender();
+    check_echo(&s.send_timeout(tag(ECHO, 0), b"next", BOUND).unwrap(), b"next", "the next sender");
+    srv.quit();
+}
+
+// ------------------------------------------------------------ large payloads
+
+/// Large payloads by copy arrive intact, repeatedly (the pooled buffer is
+/// reused), and replies of every size come back intact: inline, through the
+/// receiver's pool, and beyond it (a one-shot section).
+#[test]
+fn large_copies_and_replies_arrive_intact() {
+    let srv = Srv::start(1);
+    let mut s = srv.sender();
+    for round in 0..5u64 {
+        let data = pattern(64 * MIB, round);
+        let reply = s.send_timeout(tag(SUM, 0), &data, BOUND).unwrap();
+        assert_eq!(reply.code, sum(&data) as i64, "round {round}");
+        assert_eq!(reply.data[0] & 0b0011, 0b0010, "round {round}: a copy that expects a reply");
+        assert_eq!(u64::from_le_bytes(reply.data[9..17].try_into().unwrap()), data.len() as u64);
+    }
+    let mut sizes = vec![0, 100, 16 << 10, (16 << 10) + 1, 100_000, MIB, 64 * MIB];
+    if memory_allows(4 * 300 * MIB as u64) {
+        sizes.push(300 * MIB);
+    } else {
+        eprintln!("skipped the reply of 300 MiB: not enough free memory");
+    }
+    for len in sizes {
+        let reply = s.send_timeout(tag(MAKE, len as u64), b"", BOUND).unwrap();
+        check_echo(&reply, &pattern(len, len as u64), &format!("reply of {len} bytes"));
+    }
+    // And the connection goes on with small messages.
+    check_echo(&s.send_timeout(tag(ECHO, 0), b"small", BOUND).unwrap(), b"small", "after");
+    srv.quit();
+}
+
+// ------------------------------------------------------------ dead peers
+
+/// The receiver is killed while a sender waits for its reply: the sender
+/// gets `ReceiverDied` within a few seconds, never a hang.
+fn receiver_killed_during_a_call(options: SenderOptions, parked: bool) {
+    let mut srv = Srv::start(1);
+    let mut s = Sender::connect_with(&srv.name, &options).unwrap();
+    check_echo(&s.send_timeout(tag(ECHO, 0), b"hi", BOUND).unwrap(), b"hi", "warm-up");
+    let (started_tx, started_rx) = channel();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        started_tx.send(()).unwrap();
+        let _ = tx.send(s.send(tag(SLEEP, 60_000), b"zzz"));
+    });
+    started_rx.recv().unwrap();
+    if parked {
+        // The handler has the message and sleeps; the sender sleeps too.
+        srv.kid().expect("got");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let name = srv.name.clone();
+    srv.kid.take().expect("the receiver child").kill();
+    let killed = Instant::now();
+    match rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(Err(SendError::ReceiverDied { .. })) => {}
+        Ok(other) => panic!("the sender got {other:?}"),
+        Err(_) => panic!("no error within 5 s of killing the receiver"),
+    }
+    eprintln!("ReceiverDied after {:?}", killed.elapsed());
+    reclaim(&name);
+}
+
+#[test]
+fn receiver_killed_while_the_sender_is_parked() {
+    receiver_killed_during_a_call(SenderOptions::new(), true);
+}
+
+#[test]
+fn receiver_killed_while_the_sender_spins() {
+    receiver_killed_during_a_call(SenderOptions::new().wait(Wait::SpinThenPark), false);
+}
+
+#[test]
+fn receiver_killed_while_a_park_mode_sender_waits() {
+    receiver_killed_during_a_call(SenderOptions::new().wait(Wait::Park), true);
+}
+
+/// A sender killed in the middle of a stream of posts (some of them in
+/// pooled buffers) does not wedge the receiver: others are served, and
+/// (Linux) the receiver lets go of the dead connection and sleeps.
+#[test]
+fn a_sender_killed_mid_stream_does_not_wedge_the_receiver() {
+    let mut srv = Srv::start(1);
+    let mut s = srv.sender();
+    check_echo(&s.send_timeout(tag(ECHO, 0), b"before", BOUND).unwrap(), b"before", "before");
+    #[cfg(target_os = "linux")]
+    let (fds, maps) = (procfs::fds(srv.pid), procfs::memfd_maps(srv.pid));
+    let mut flooder = Kid::spawn("post-loop", &[&srv.name]);
+    flooder.expect("posting");
+    std::thread::sleep(Duration::from_millis(300));
+    flooder.kill();
+    check_echo(&s.send_timeout(tag(ECHO, 0), b"after", BOUND).unwrap(), b"after", "the other sender");
+    let reply = copydata::send_timeout(&srv.name, tag(COUNT, 0), b"", BOUND).unwrap();
+    assert!(reply.code > 1, "the killed sender's posts were counted: {}", reply.code);
+    assert!(srv.kid().running(), "the receiver died");
+    #[cfg(target_os = "linux")]
+    {
+        procfs::eventually("the receiver closes the dead connections", || procfs::fds(srv.pid) <= fds);
+        procfs::eventually("the receiver unmaps the dead connections", || procfs::memfd_maps(srv.pid) <= maps);
+        procfs::assert_sleeps(srv.pid, "after a sender was killed mid-stream");
+    }
+    check_echo(&s.send_timeout(tag(ECHO, 0), b"still", BOUND).unwrap(), b"still", "still");
+    srv.quit();
+}
+
+// ------------------------------------------------------------ handler threads
+
+/// With four handler threads, a handler call held up for sender A does not
+/// stall sender B: B's sends complete while A's call is still in the handler.
+#[test]
+fn a_slow_handler_holds_up_only_its_own_sender() {
+    let mut srv = Srv::start(4);
+    let mut a = srv.sender();
+    check_echo(&a.send_timeout(tag(ECHO, 0), b"a", BOUND).unwrap(), b"a", "A");
+    let mut b = srv.sender();
+    check_echo(&b.send_timeout(tag(ECHO, 0), b"b", BOUND).unwrap(), b"b", "B");
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(a.send(tag(GATE, 7), b"slow"));
+    });
+    srv.kid().expect("gated");
+    for i in 0..50u64 {
+        let data = pattern(i as usize * 100, i);
+        check_echo(&b.send_timeout(tag(ECHO, 0), &data, BOUND).unwrap(), &data, &format!("B's send {i}"));
+    }
+    assert!(rx.try_recv().is_err(), "A's call returned while its handler was still held");
+    srv.kid().tell("go");
+    let reply = rx.recv_timeout(BOUND).expect("A's call did not return after the handler went on").unwrap();
+    assert_eq!(reply.code, 7);
+    srv.quit();
+}
+
+/// With four handler threads and six senders at once (posts and sends, the
+/// handler sleeping now and then), each sender's messages are handled in
+/// order, each sender's on one thread, and the senders spread over threads.
+#[test]
+fn handler_threads_keep_each_senders_order() {
+    let srv = Srv::start(4);
+    let n = 400u64;
+    let mut threads = Vec::new();
+    for id in 0..6u64 {
+        let name = srv.name.clone();
+        threads.push(std::thread::spawn(move || {
+            let mut s = Sender::connect(&name).unwrap();
+            for seq in 0..n {
+                let t = tag(REC_SLOW, id << 32 | seq);
+                let data = pattern((seq as usize * 7) % 3000, id * 1000 + seq);
+                if seq % 4 == 3 {
+                    assert_eq!(s.send_timeout(t, &data, BOUND).unwrap().code, (id << 32 | seq) as i64);
+                } else {
+                    s.post(t, &data).unwrap();
+                }
+            }
+            s.send_timeout(tag(ECHO, 0), b"", BOUND).unwrap();
+        }));
+    }
+    let done = within(Duration::from_secs(60), "six senders", move || {
+        let joined: Vec<bool> = threads.into_iter().map(|t| t.join().is_ok()).collect();
+        joined.into_iter().all(|ok| ok)
+    });
+    assert!(done, "a sender failed");
+    let mut s = srv.sender();
+    let recs = report(&mut s);
+    let mut by_sender: BTreeMap<u64, Vec<Rec>> = BTreeMap::new();
+    for r in recs {
+        by_sender.entry(r.arg >> 32).or_default().push(r);
+    }
+    assert_eq!(by_sender.len(), 6);
+    let mut workers = HashSet::new();
+    for (id, recs) in &by_sender {
+        let seqs: Vec<u64> = recs.iter().map(|r| r.arg & 0xffff_ffff).collect();
+        assert_eq!(seqs, (0..n).collect::<Vec<_>>(), "sender {id}: order");
+        for r in recs {
+            let seq = r.arg & 0xffff_ffff;
+            assert_eq!(r.call, seq % 4 == 3, "sender {id}, message {seq}: expects_reply");
+            let data = pattern((seq as usize * 7) % 3000, id * 1000 + seq);
+            assert_eq!((r.len, r.sum), (data.len() as u64, sum(&data)), "sender {id}, message {seq}: payload");
+        }
+        let on: HashSet<u8> = recs.iter().map(|r| r.worker).collect();
+        assert_eq!(on.len(), 1, "sender {id} was handled on threads {on:?}");
+        workers.extend(on);
+    }
+    assert!(workers.len() >= 2, "six senders all on handler thread(s) {workers:?}");
+    assert!(workers.iter().all(|&w| w < 4), "{workers:?}");
+    srv.quit();
+}
+
+// ------------------------------------------------------------ timeouts
+
+/// Against a receiver stopped with `SIGSTOP`: `connect_timeout` and
+/// `send_timeout` give `TimedOut`, never before the time given and well
+/// before a watchdog; a `send_timeout` that must set the connection up again
+/// counts the set-up inside its own deadline.
+#[cfg(target_os = "linux")]
+#[test]
+fn timeouts_against_a_stopped_receiver() {
+    use rustix::process::{Pid, Signal, kill_process};
+
+    struct Stopped(u32);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let _ = kill_process(Pid::from_raw(self.0 as i32).unwrap(), Signal::CONT);
+        }
+    }
+
+    let srv = Srv::start(1);
+    let mut s = srv.sender();
+    check_echo(&s.send_timeout(tag(ECHO, 0), b"hi", BOUND).unwrap(), b"hi", "warm-up");
+    let stopped = Stopped(srv.pid);
+    kill_process(Pid::from_raw(srv.pid as i32).unwrap(), Signal::STOP).unwrap();
+    procfs::eventually("the receiver stops", || procfs::state(srv.pid) == 'T');
+    let timed_out = |what: &str, t: Duration, started: Instant, r: Result<(), SendError>| {
+        let took = started.elapsed();
+        match r {
+            Err(SendError::TimedOut { timeout, .. }) => assert_eq!(timeout, t, "{what}: the timeout reported"),
+            other => panic!("{what}: {other:?}"),
+        }
+        assert!(took >= t, "{what}: gave up after {took:?}, before {t:?}");
+        took
+    };
+    // Set-up bounded by connect_timeout (the default would be 10 s).
+    let t = Duration::from_secs(1);
+    let started = Instant::now();
+    let took = timed_out("connect_timeout", t, started, Sender::connect_timeout(&srv.name, t).map(drop));
+    assert!(took < Duration::from_secs(8), "connect_timeout of {t:?} took {took:?}");
+    // A send on a live connection.
+    let started = Instant::now();
+    let took = timed_out("send_timeout", t, started, s.send_timeout(tag(ECHO, 0), b"x", t).map(drop));
+    assert!(took < Duration::from_secs(8), "send_timeout of {t:?} took {took:?}");
+    // The timed-out connection was dropped: the next send sets up a new one,
+    // inside its own deadline (not after it, not after the default 10 s).
+    let t = Duration::from_secs(3);
+    let started = Instant::now();
+    let took = timed_out("send_timeout with set-up", t, started, s.send_timeout(tag(ECHO, 0), b"x", t).map(drop));
+    assert!(took < Duration::from_millis(5500), "send_timeout of {t:?} with set-up took {took:?}");
+    let started = Instant::now();
+    let took = timed_out(
+        "copydata::send_timeout",
+        t,
+        started,
+        copydata::send_timeout(&srv.name, tag(ECHO, 0), b"x", t).map(drop),
+    );
+    assert!(took < Duration::from_millis(5500), "copydata::send_timeout of {t:?} took {took:?}");
+    // Going on, the receiver serves again, on a new connection of the same
+    // sender.
+    drop(stopped);
+    check_echo(&s.send_timeout(tag(ECHO, 0), b"again", BOUND).unwrap(), b"again", "after SIGCONT");
+    srv.quit();
+}
+
+// ------------------------------------------------------------ idle cost
+
+/// An idle receiver sleeps (no CPU) and holds little memory: a connection
+/// that went quiet costs under 1 MiB of its resident set, and after one
+/// connection moved 64 MiB each way and idled, the pools are trimmed.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_idle_receiver_sleeps_and_gives_memory_back() {
+    let srv = Srv::start(1);
+    std::thread::sleep(Duration::from_millis(300));
+    let base = procfs::rss(srv.pid);
+    let mut first = srv.sender();
+    for i in 0..50u64 {
+        let data = pattern(i as usize * 40, i);
+        check_echo(&first.send_timeout(tag(ECHO, 0), &data, BOUND).unwrap(), &data, "first sender");
+    }
+    procfs::assert_sleeps(srv.pid, "one idle connection");
+    let mut others = Vec::new();
+    for k in 0..19u64 {
+        let mut s = srv.sender();
+        for i in 0..10u64 {
+            let data = pattern(i as usize * 300, k * 100 + i);
+            check_echo(&s.send_timeout(tag(ECHO, 0), &data, BOUND).unwrap(), &data, "other senders");
+        }
+        others.push(s);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = procfs::rss(srv.pid);
+    let mib = |b: u64| b as f64 / MIB as f64;
+    eprintln!("receiver: {:.1} MiB alone, {:.1} MiB with 20 idle connections", mib(base), mib(idle));
+    assert!(
+        idle <= base + 20 * MIB as u64,
+        "20 idle connections cost {:.1} MiB (from {:.1} MiB)",
+        mib(idle.saturating_sub(base)),
+        mib(base)
+    );
+    procfs::assert_sleeps(srv.pid, "20 idle connections");
+    let big = pattern(64 * MIB, 64);
+    check_echo(&first.send_timeout(tag(ECHO, 0), &big, BOUND).unwrap(), &big, "64 MiB");
+    drop(big);
+    std::thread::sleep(Duration::from_secs(1));
+    let after = procfs::rss(srv.pid);
+    eprintln!("receiver: {:.1} MiB after 64 MiB each way and 1 s idle", mib(after));
+    assert!(
+        after <= base + 20 * MIB as u64,
+        "after 64 MiB each way and 1 s idle the receiver holds {:.1} MiB more than alone",
+        mib(after.saturating_sub(base))
+    );
+    procfs::assert_sleeps(srv.pid, "after the large exchange");
+    drop((first, others));
+    srv.quit();
+}
+
+// ------------------------------------------------------------ wait modes
+
+fn echo_a_thousand(wait: Wait) {
+    let srv = Srv::start(1);
+    let mut s = Sender::connect_with(&srv.name, &SenderOptions::new().wait(wait)).unwrap();
+    for i in 0..1000u64 {
+        let data = pattern((i as usize * 37) % 40_000, i);
+        let reply = s.send_timeout(tag(ECHO, 0), &data, BOUND).unwrap();
+        check_echo(&reply, &data, &format!("{wait:?}, message {i}"));
+    }
+    srv.quit();
+}
+
+#[test]
+fn spin_then_park_echoes_a_thousand_messages() {
+    echo_a_thousand(Wait::SpinThenPark);
+}
+
+#[test]
+fn park_echoes_a_thousand_messages() {
+    echo_a_thousand(Wait::Park);
+}
