@@ -649,30 +649,21 @@ impl Sender {
         size: u64,
         f: impl FnOnce(&mut Client) -> Result<T, Fail>,
     ) -> Result<T, SendError> {
-        let mut client = match self.client.take() {
-            Some(c) => c,
-            None => self.open(deadline, timeout)?,
-        };
-        match f(&mut client) {
-            Ok(t) => {
-                self.client = Some(client);
-                Ok(t)
+        if self.client.is_none() {
+            self.client = Some(self.open(deadline, timeout)?);
+        }
+        let client = self.client.as_mut().expect("connected just above");
+        match f(client) {
+            Ok(t) => Ok(t),
+            // Refused before anything was queued: the connection is fine.
+            Err(Fail::TooLarge { max }) => Err(SendError::PayloadTooLarge { name: self.name.to_string(), size, max }),
+            Err(Fail::Full) => Err(SendError::Full { name: self.name.to_string() }),
+            // The refusal was the reply: the exchange ended cleanly.
+            Err(Fail::Refused(reason)) => Err(SendError::Refused { name: self.name.to_string(), reason }),
+            Err(other) => {
+                self.client = None;
+                Err(fail(&self.name, timeout, other))
             }
-            Err(Fail::TooLarge { max }) => {
-                // Refused before anything was queued: the connection is fine.
-                self.client = Some(client);
-                Err(SendError::PayloadTooLarge { name: self.name.to_string(), size, max })
-            }
-            Err(Fail::Full) => {
-                self.client = Some(client);
-                Err(SendError::Full { name: self.name.to_string() })
-            }
-            Err(Fail::Refused(reason)) => {
-                // The refusal was the reply: the exchange ended cleanly.
-                self.client = Some(client);
-                Err(SendError::Refused { name: self.name.to_string(), reason })
-            }
-            Err(other) => Err(fail(&self.name, timeout, other)),
         }
     }
 

@@ -21,13 +21,13 @@
 //! ring; a full ring blocks `post` (backpressure).
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::pool::{BUF_LOAN, BUF_NEW, BUF_ONESHOT, BufRef, Lend, Lent, ONESHOT, PeerBuffers, Pool};
 use super::region::{REP_CAP, REQ_CAP, SLOTS, Side};
-use super::ring::{Consumer, Corrupt, Producer, Rec, max_inline, pack_flags, record_size, user_flags};
+use super::ring::{Consumer, Corrupt, Producer, Rec, RingPtr, max_inline, pack_flags, record_size, user_flags};
 use super::{Bell, INLINE_MAX, Park, Wait, spin};
 use crate::mailbox::{Message, Payload, Peer, Reply};
 use crate::section::Section;
@@ -609,9 +609,7 @@ impl Client {
             None => (None, Vec::new()),
         };
         let Some(b) = p.buf else {
-            let mut v = vec![0u8; p.inline_payload.1];
-            self.rep.read(rec, p.inline_payload.0, &mut v);
-            return Ok(Payload::from(v));
+            return Ok(Payload::from(self.rep.read_vec(rec, p.inline_payload.0, p.inline_payload.1)));
         };
         let len = usize::try_from(rec.len).map_err(|_| Fail::Broken("reply larger than memory".into()))?;
         if b.flags & BUF_ONESHOT != 0 {
@@ -685,12 +683,18 @@ pub(crate) struct ServerConn {
     pub(crate) busy: AtomicBool,
     /// The sender is gone or broke the protocol.
     pub(crate) dead: AtomicBool,
+    /// The request ring and the consumer's position in it, for a look
+    /// without taking the lock.
+    requests: RingPtr,
+    next: AtomicU64,
 }
 
 impl ServerConn {
     pub(crate) fn new(link: Link, peer: Peer, wait: Wait, max_payload: u64) -> ServerConn {
         let (req, rep) = (Consumer::new(link.region().requests()), Producer::new(link.region().replies()));
+        let requests = link.region().requests();
         ServerConn {
+            requests,
             link,
             peer,
             wait,
@@ -704,7 +708,15 @@ impl ServerConn {
             }),
             busy: AtomicBool::new(false),
             dead: AtomicBool::new(false),
+            next: AtomicU64::new(0),
         }
+    }
+
+    /// Whether something may be waiting in the request ring (a record's
+    /// stamp, or garbage, at the consumer's position): a cheap look before
+    /// [`take`](Self::take).
+    pub(crate) fn maybe_ready(&self) -> bool {
+        self.requests.has_stamp(self.next.load(Ordering::Relaxed))
     }
 
     pub(crate) fn link(&self) -> &Link {
@@ -721,8 +733,8 @@ impl ServerConn {
     }
 
     /// The request ring, for the handler thread's parked flag.
-    pub(crate) fn requests(&self) -> super::ring::RingPtr {
-        self.link.region().requests()
+    pub(crate) fn requests(&self) -> RingPtr {
+        self.requests
     }
 
     /// The next message, if one is complete. `Err` means the sender broke
@@ -741,6 +753,7 @@ impl ServerConn {
                     if st.req.advance(&rec, true) {
                         self.link.wake(Bell::Space);
                     }
+                    self.next.store(st.req.position(), Ordering::Relaxed);
                     continue;
                 }
                 CALL | POST => {}
@@ -759,11 +772,7 @@ impl ServerConn {
             };
             let len = usize::try_from(rec.len).map_err(|_| "payload larger than memory".to_string())?;
             let (payload, loan) = match p.buf {
-                None => {
-                    let mut v = vec![0u8; len];
-                    st.req.read(&rec, p.inline_payload.0, &mut v);
-                    (Payload::from(v), None)
-                }
+                None => (Payload::from(st.req.read_vec(&rec, p.inline_payload.0, len)), None),
                 Some(b) if b.flags & BUF_ONESHOT != 0 => {
                     let section = new_buf.ok_or("one-shot payload without its section")?;
                     if b.flags & BUF_LOAN != 0 {
@@ -800,6 +809,7 @@ impl ServerConn {
             if st.req.advance(&rec, true) {
                 self.link.wake(Bell::Space);
             }
+            self.next.store(st.req.position(), Ordering::Relaxed);
             let call = rec.kind == CALL;
             if call {
                 self.busy.store(true, Ordering::Release);

@@ -101,9 +101,11 @@ pub(crate) enum Park {
     PeerGone,
 }
 
-/// Spins for at most [`SPIN`] while `check` finds nothing.
+/// Spins for at most [`SPIN`] while `check` finds nothing. The clock is
+/// first read after a few dozen looks, so a hand-off caught at once costs
+/// no clock read.
 pub(crate) fn spin<T, E>(mut check: impl FnMut() -> Result<Option<T>, E>) -> Result<Option<T>, E> {
-    let start = Instant::now();
+    let mut start: Option<Instant> = None;
     loop {
         for _ in 0..64 {
             if let Some(t) = check()? {
@@ -111,8 +113,10 @@ pub(crate) fn spin<T, E>(mut check: impl FnMut() -> Result<Option<T>, E>) -> Res
             }
             std::hint::spin_loop();
         }
-        if start.elapsed() >= SPIN {
-            return Ok(None);
+        match start {
+            None => start = Some(Instant::now()),
+            Some(s) if s.elapsed() >= SPIN => return Ok(None),
+            Some(_) => {}
         }
     }
 }

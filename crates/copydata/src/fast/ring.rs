@@ -168,6 +168,13 @@ impl RingPtr {
         self.u64_at(RING_HEADER + (pos as usize & (self.cap - 1)))
     }
 
+    /// Whether the word at position `pos` is anything but what an earlier
+    /// lap left there (a record, a pad, or garbage: look closer).
+    pub(crate) fn has_stamp(&self, pos: u64) -> bool {
+        let stamp = self.stamp(pos).load(Ordering::Acquire);
+        stamp == pos + 1 || !(stamp == 0 || (stamp <= pos && (stamp - 1) % self.cap as u64 == pos % self.cap as u64))
+    }
+
     /// A pointer into the data area at absolute position `pos` plus `at`.
     fn data(&self, pos: u64, at: usize) -> *mut u8 {
         let off = (pos as usize & (self.cap - 1)) + at;
@@ -315,6 +322,11 @@ impl Consumer {
         &self.ring
     }
 
+    /// The position of the next record.
+    pub(crate) fn position(&self) -> u64 {
+        self.pos
+    }
+
     /// The next complete record, if any (padding is skipped).
     pub(crate) fn peek(&mut self) -> Result<Option<Rec>, Corrupt> {
         loop {
@@ -364,16 +376,43 @@ impl Consumer {
     /// Copies `dst.len()` inline bytes of the current record, from `at`.
     pub(crate) fn read(&self, rec: &Rec, at: usize, dst: &mut [u8]) {
         assert!(at + dst.len() <= rec.inline, "read past the record");
+        // SAFETY: `dst` is a private buffer of `dst.len()` bytes; the range
+        // was checked above.
+        unsafe { self.read_into(rec, at, dst.as_mut_ptr(), dst.len()) };
+    }
+
+    /// Copies `len` inline bytes from `at` into a new vector (not zeroed
+    /// first).
+    pub(crate) fn read_vec(&self, rec: &Rec, at: usize, len: usize) -> Vec<u8> {
+        assert!(at + len <= rec.inline, "read past the record");
+        let mut v = Vec::with_capacity(len);
+        // SAFETY: `v`'s spare capacity holds `len` bytes; `read_into` fills
+        // all of them (the range was checked above), then `set_len` exposes
+        // exactly those initialised bytes.
+        unsafe {
+            self.read_into(rec, at, v.as_mut_ptr(), len);
+            v.set_len(len);
+        }
+        v
+    }
+
+    /// # Safety
+    ///
+    /// `dst` is valid for writing `len` bytes and does not overlap the
+    /// ring; `at + len <= rec.inline`.
+    unsafe fn read_into(&self, rec: &Rec, at: usize, dst: *mut u8, len: usize) {
+        debug_assert!(at + len <= rec.inline);
         let mut done = 0;
-        while done < dst.len() {
+        while done < len {
             let (offset, room) = locate(at + done);
-            let n = room.min(dst.len() - done);
+            let n = room.min(len - done);
             // SAFETY:
             // - the bytes are inline bytes of the current record (below
-            //   `rec.inline`), which lies inside the data area (`inline_len`
-            //   checked the record fits);
-            // - `dst` is private memory; no reference to shared memory is formed.
-            unsafe { ptr::copy_nonoverlapping(self.ring.data(self.pos, offset), dst.as_mut_ptr().add(done), n) };
+            //   `rec.inline`), inside the data area (`inline_len` checked the
+            //   record fits);
+            // - the caller vouches for `dst`; no reference to shared memory
+            //   is formed.
+            unsafe { ptr::copy_nonoverlapping(self.ring.data(self.pos, offset), dst.add(done), n) };
             done += n;
         }
     }

@@ -56,6 +56,8 @@ pub(crate) struct Dispatch {
     bells: Bells,
     /// Messages from plain Win32 senders, for worker 0.
     native: Mutex<VecDeque<(Message, NativeResponder)>>,
+    /// Set once a native message was queued (worker 0 then looks).
+    has_native: AtomicBool,
 }
 
 /// What a worker keeps between calls to [`Dispatch::next`].
@@ -81,6 +83,7 @@ impl Dispatch {
             closed: AtomicBool::new(false),
             bells,
             native: Mutex::new(VecDeque::new()),
+            has_native: AtomicBool::new(false),
         }
     }
 
@@ -110,6 +113,7 @@ impl Dispatch {
     #[allow(dead_code)] // only Windows has native senders
     pub(crate) fn push_native(&self, message: Message, responder: NativeResponder) {
         self.native.lock().unwrap_or_else(|e| e.into_inner()).push_back((message, responder));
+        self.has_native.store(true, Ordering::Release);
         self.poke(0);
     }
 
@@ -167,6 +171,7 @@ impl Dispatch {
     /// One pass over the worker's connections.
     fn scan(&self, w: usize, st: &mut WorkerState) -> Option<Next> {
         if w == 0
+            && self.has_native.load(Ordering::Acquire)
             && let Some((m, r)) = self.native.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
         {
             return Some(Next::Native(m, r));
@@ -182,6 +187,9 @@ impl Dispatch {
             // A sender that is gone may have left messages (posts) behind:
             // they are delivered before the connection is dropped.
             let dead = conn.dead.load(Ordering::Acquire);
+            if !dead && !conn.maybe_ready() {
+                continue;
+            }
             match conn.take() {
                 Ok(Some(incoming)) => {
                     st.start = (st.start + i + 1) % n;
@@ -230,6 +238,20 @@ impl Dispatch {
             if st.conns.iter().any(|c| c.wait == Wait::SpinThenPark && c.loan_pending()) {
                 let since = *st.hot_since.get_or_insert_with(Instant::now);
                 if since.elapsed() < HOT_MAX && deadline.is_none_or(|d| Instant::now() < d) {
+                    // Spin (a yield is a system call, microseconds here), and
+                    // let other threads of this CPU in now and then.
+                    let spun = super::spin(|| {
+                        Ok::<_, ()>(if slot.changed.load(Ordering::Relaxed) || self.is_closed() {
+                            Some(None)
+                        } else {
+                            self.scan(w, st).map(Some)
+                        })
+                    });
+                    if let Ok(Some(Some(found))) = spun {
+                        st.trimmed = false;
+                        st.hot_since = None;
+                        return Some(found);
+                    }
                     std::thread::yield_now();
                     continue;
                 }
