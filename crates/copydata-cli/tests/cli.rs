@@ -157,7 +157,7 @@ fn demo_shows_every_step_passing() {
     ] {
         assert!(text.lines().any(|l| l.contains(" ok ") && l.contains(step)), "step {step}: {text}");
     }
-    assert!(text.contains("all 9 steps passed"), "{text}");
+    assert!(text.contains("all 10 steps passed"), "{text}");
 }
 
 #[test]

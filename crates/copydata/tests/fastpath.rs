@@ -449,6 +449,8 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
 struct Srv {
     kid: Option<Kid>,
     name: String,
+    /// Read by the Linux-only checks (CPU, memory, descriptors).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pid: u32,
 }
 

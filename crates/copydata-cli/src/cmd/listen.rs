@@ -41,7 +41,7 @@ fn describe(msg: &Message, json: bool) -> String {
     let data: &[u8] = loaned.as_deref().unwrap_or(msg.payload());
     let sender = msg.sender();
     if json {
-        let sha: String = Sha256::digest(&data[..]).iter().map(|b| format!("{b:02x}")).collect();
+        let sha: String = Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect();
         serde_json::json!({
             "tag": msg.tag(),
             "size": data.len(),

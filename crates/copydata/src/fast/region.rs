@@ -5,6 +5,9 @@
 //! +0     header (one 128-byte line, written once by the receiver at set-up)
 //!          magic "CDREGN02", protocol: u32, req_cap: u32, rep_cap: u32, slots: u32,
 //!          +32 worker: u32   which handler thread serves the connection (its doorbell)
+//!          +40 receiver_closed: u32, +44 sender_closed: u32 (Windows: a side dropped the connection)
+//!          +48 taken_from_sender: u64, +56 taken_from_receiver: u64 (Windows: the last
+//!              attachments the other side has pulled)
 //!          +64 loan_pending: u32   the sender holds a loan it is about to send
 //! +128   released by the receiver: u64 × SLOTS   (sender-owned buffers it is done with)
 //! +640   released by the sender:   u64 × SLOTS   (receiver-owned buffers)

@@ -259,7 +259,7 @@ impl Producer {
         header[4..8].copy_from_slice(&flags.to_ne_bytes());
         header[8..16].copy_from_slice(&len.to_ne_bytes());
         header[16..24].copy_from_slice(&word.to_ne_bytes());
-        // SAFETY (all writes below):
+        // SAFETY: (this and the copies below)
         // - the record `at..at + size` is inside the data area (a record never
         //   straddles its end: `pad` moved it to the next lap) and is free:
         //   `room` checked the consumer has passed it;

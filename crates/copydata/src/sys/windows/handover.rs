@@ -2,10 +2,13 @@
 
 use std::os::windows::io::{FromRawHandle, OwnedHandle, RawHandle};
 
-use windows_sys::Win32::Foundation::{ERROR_ACCESS_DENIED, ERROR_INVALID_PARAMETER};
+use windows_sys::Win32::Foundation::{
+    DUPLICATE_SAME_ACCESS, DuplicateHandle, ERROR_ACCESS_DENIED, ERROR_INVALID_PARAMETER, HANDLE,
+};
+use windows_sys::Win32::System::Memory::FILE_MAP_READ;
 use windows_sys::Win32::System::Threading::{OpenProcess, PROCESS_DUP_HANDLE};
 
-use super::{Section as SysSection, duplicate, owned, section_size, size_matches};
+use super::{SECTION_QUERY, Section as SysSection, current_process, duplicate, owned, raw, section_size, size_matches};
 use crate::error::HandoverError;
 use crate::name::Name;
 use crate::section::{Access, Section};
@@ -32,7 +35,7 @@ pub struct Duplicated {
 pub fn duplicate_into(section: &Section, pid: u32) -> Result<Duplicated, HandoverError> {
     let process = open_for_duplication(pid)?;
     let inner = section.inner();
-    let value = duplicate(inner.handle(), super::raw(&process), 0, false).map_err(HandoverError::Io)?;
+    let value = duplicate(inner.handle(), raw(&process), 0, false).map_err(HandoverError::Io)?;
     Ok(Duplicated { handle: value as usize as u64, len: section.len(), access: section.access() })
 }
 
@@ -78,43 +81,39 @@ fn open_for_duplication(pid: u32) -> Result<OwnedHandle, HandoverError> {
     })
 }
 
-/// Takes a copy of the section handle `value` of process `pid`
-/// (`DuplicateHandle` out of it), for a message from that process: the
-/// handle made is this process's own, so a peer naming a bogus value can at
-/// worst reach its own objects, never one this process already owns. The
-/// result is checked to be a section of `len` bytes.
-pub(crate) fn duplicate_from(
-    pid: u32,
+/// Takes a copy of the section handle `value` of `process` (`DuplicateHandle`
+/// out of it; the process handle needs `PROCESS_DUP_HANDLE`), for a message
+/// from that process: the handle made is this process's own, so a peer
+/// naming a bogus value can at worst reach its own objects, never one this
+/// process already owns. A read-only `access` asks for read rights only, so
+/// the copy cannot write whatever the peer's handle allows. The result is
+/// checked to be a section of `len` bytes.
+pub(crate) fn duplicate_out_of(
+    process: &OwnedHandle,
     value: u64,
     len: u64,
     access: Access,
     name: Option<&str>,
 ) -> Result<Section, HandoverError> {
-    let process = open_for_duplication(pid)?;
+    let name = name.map(Name::new).transpose().map_err(|e| HandoverError::Malformed(format!("bad name: {e}")))?;
     let value = usize::try_from(value).map_err(|_| HandoverError::Malformed("handle out of range".into()))?;
-    let mut out: windows_sys::Win32::Foundation::HANDLE = std::ptr::null_mut();
-    // SAFETY:
-    // - `process` has PROCESS_DUP_HANDLE; `value` is only interpreted in that
-    //   process (a bogus value makes the call fail);
-    // - `out` receives a new handle in this process, owned below.
-    let ok = unsafe {
-        windows_sys::Win32::Foundation::DuplicateHandle(
-            super::raw(&process),
-            value as _,
-            super::current_process(),
-            &mut out,
-            0,
-            0,
-            windows_sys::Win32::Foundation::DUPLICATE_SAME_ACCESS,
-        )
+    let (rights, options) = match access {
+        Access::ReadOnly => (SECTION_QUERY | FILE_MAP_READ, 0),
+        Access::ReadWrite => (0, DUPLICATE_SAME_ACCESS),
     };
+    let mut out: HANDLE = std::ptr::null_mut();
+    // SAFETY:
+    // - `process` is a live process handle (with PROCESS_DUP_HANDLE, or the
+    //   call fails); `value` is only interpreted in that process, where a
+    //   bogus value makes the call fail;
+    // - `out` is a writable HANDLE that receives a new handle in this
+    //   process, owned below and by nothing else.
+    let ok = unsafe { DuplicateHandle(raw(process), value as HANDLE, current_process(), &mut out, rights, 0, options) };
     let handle = if ok == 0 { Err(std::io::Error::last_os_error()) } else { owned(out) }
-        .map_err(|e| HandoverError::Malformed(format!("handle {value:#x} of process {pid}: {e}")))?;
-    let size =
-        section_size(super::raw(&handle)).map_err(|e| HandoverError::Malformed(format!("handle {value:#x}: {e}")))?;
+        .map_err(|e| HandoverError::Malformed(format!("handle {value:#x} of the peer: {e}")))?;
+    let size = section_size(raw(&handle)).map_err(|e| HandoverError::Malformed(format!("handle {value:#x}: {e}")))?;
     if !size_matches(len, size) {
         return Err(HandoverError::Malformed(format!("size {len} does not fit the section of {size} bytes")));
     }
-    let name = name.map(Name::new).transpose().map_err(|e| HandoverError::Malformed(format!("bad name: {e}")))?;
     Ok(Section::from_parts(SysSection::from_handle(handle, len, access), name))
 }

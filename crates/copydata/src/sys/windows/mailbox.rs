@@ -1,4 +1,6 @@
-//! Windows mailboxes: real `WM_COPYDATA` to message-only windows.
+//! Windows mailboxes: a message-only window per mailbox for lookup and
+//! set-up, `WM_COPYDATA` from plain Win32 programs, and the shared region of
+//! the fast path ([`crate::fast`]) between copydata processes.
 //!
 //! A mailbox is a message-only window (`HWND_MESSAGE`) of the class
 //! `copydata.mailbox.NAME`, created and pumped by a thread of its own. The
@@ -6,69 +8,147 @@
 //! that thread: Windows abandons it when the process dies, so the next bind
 //! takes the name over.
 //!
-//! A sender finds the window with `FindWindowExW(HWND_MESSAGE, class)` and
-//! sends `WM_COPYDATA` with `SendMessageTimeoutW`: `dwData` is the tag and
-//! `wParam` the sender's own message-only window (class `copydata.sender`,
-//! one per sending thread), as the convention says. Copydata senders wrap
-//! the payload in a small envelope (magic `CDW1`) that can also name
-//! sections (large payloads, sections in messages) by their handle values in
-//! the sender: the receiver takes its own copies with `DuplicateHandle` out
-//! of the sender's process while the sender waits, so it only ever owns
-//! handles it made itself. The receiver answers, before its window procedure returns, with
-//! a `WM_COPYDATA` back to the sender's window (magic `CDR1`): status, code
-//! and reply bytes. The `LRESULT` is the reply code, so plain Win32 programs
-//! can talk to a mailbox (their payload is taken as is, their reply is the
-//! `LRESULT`), and copydata can talk to plain windows
-//! ([`send_to_window`]).
+//! **Plain Win32 programs** send `WM_COPYDATA` to the window as they always
+//! have: the bytes become a [`Message`] for the handler (`dwData` is the
+//! tag), the window procedure waits for the handler's answer and returns the
+//! reply code as the `LRESULT`; reply bytes, if any, go back to the sender's
+//! window (`wParam`) with `WM_COPYDATA`, the usual convention.
+//!
+//! **Copydata senders** set up a connection the Win32 way, once: the sender
+//! finds the window with `FindWindowExW(HWND_MESSAGE, class)` and sends it a
+//! `WM_COPYDATA` hello (magic `CDH2`: protocol, wait mode, a random nonce),
+//! `wParam` being the sender's own message-only window (class
+//! `copydata.sender`, one per sending thread). The receiver's window
+//! procedure creates the connection's region and an event for waking the
+//! sender, opens the sender's process and *pushes* into it, with
+//! `DuplicateHandle`, the region, that event and the doorbell events of the
+//! mailbox's handler threads; it answers with a `WM_COPYDATA` to the
+//! sender's window (magic `CDA2`) carrying the handle values, its pid and
+//! the payload limit. The sender accepts only the answer that echoes the
+//! nonce of the hello it is sending right now. From then on messages and
+//! replies travel through the region; a sender sleeps on its event and the
+//! receiver's process handle (so it notices the receiver's death at once),
+//! a handler thread on its doorbell. The mailbox's thread sleeps on its
+//! window's messages, the senders' process handles and one more event
+//! (*look*, also pushed into each sender), which a sender sets when it
+//! drops its connection: so the mailbox notices a sender that has gone
+//! without polling.
+//!
+//! Attachments (the handles of pool buffers, one-shot payloads and sections
+//! inside messages) travel as handle values in the ring's records; the
+//! side that takes them *pulls* them out of the peer's process with
+//! `DuplicateHandle` (see [`Link::recv_aux`] for why that is safe). The
+//! value named is a duplicate made for that record, which its owner keeps
+//! until the peer says (in the region's header line, beside the
+//! connection's "closed" flags) that it has pulled it; so each process only
+//! ever owns handles it made itself (the receiver) or was given at set-up
+//! against its nonce (the sender). A sender's process that has exited can
+//! no longer hand over what it had not handed over yet: its posts are
+//! delivered, except those whose attachments were still in it.
+//!
+//! Envelopes of copydata 0.1 (`CDW1`) are answered with a refusal in their
+//! own format ("incompatible peer"). All fields of the envelopes are
+//! fixed-width little-endian, so 32- and 64-bit processes agree on them.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::ffi::c_void;
+use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::os::windows::io::AsRawHandle;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Once, mpsc};
+use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::{
-    ERROR_TIMEOUT, GetLastError, HANDLE, HWND, LPARAM, LRESULT, SetLastError, WAIT_ABANDONED, WAIT_OBJECT_0, WPARAM,
+    DUPLICATE_CLOSE_SOURCE, DuplicateHandle, ERROR_TIMEOUT, GetLastError, HANDLE, HWND, LPARAM, LRESULT, SetLastError,
+    WAIT_ABANDONED, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT, WPARAM,
 };
 use windows_sys::Win32::System::DataExchange::COPYDATASTRUCT;
 use windows_sys::Win32::System::LibraryLoader::GetModuleHandleW;
-use windows_sys::Win32::System::Threading::{CreateMutexW, ReleaseMutex, WaitForSingleObject};
+use windows_sys::Win32::System::Memory::{FILE_MAP_READ, FILE_MAP_WRITE};
+use windows_sys::Win32::System::Threading::{
+    CreateEventW, CreateMutexW, EVENT_MODIFY_STATE, INFINITE, OpenProcess, PROCESS_DUP_HANDLE, PROCESS_SYNCHRONIZE,
+    ReleaseMutex, SYNCHRONIZATION_SYNCHRONIZE, SetEvent, WaitForMultipleObjects, WaitForSingleObject,
+};
 use windows_sys::Win32::UI::WindowsAndMessaging::{
     CreateWindowExW, DefWindowProcW, DestroyWindow, DispatchMessageW, FindWindowExW, FindWindowW, GWLP_USERDATA,
-    GetClassNameW, GetMessageW, GetWindowLongPtrW, GetWindowThreadProcessId, HWND_MESSAGE, IsWindow, MSG, PostMessageW,
-    RegisterClassExW, SMTO_NORMAL, SendMessageTimeoutW, SetWindowLongPtrW, WM_APP, WM_COPYDATA, WNDCLASSEXW,
+    GetClassNameW, GetWindowLongPtrW, GetWindowThreadProcessId, HWND_MESSAGE, IsWindow, MSG, MWMO_INPUTAVAILABLE,
+    MsgWaitForMultipleObjectsEx, PM_REMOVE, PeekMessageW, PostMessageW, QS_ALLINPUT, RegisterClassExW, SMTO_NORMAL,
+    SendMessageTimeoutW, SetWindowLongPtrW, WM_APP, WM_COPYDATA, WM_QUIT, WNDCLASSEXW,
 };
 
-use super::{handover, owned, wide};
+use super::{SECTION_QUERY, Section as SysSection, current_process, duplicate, handover, owned, raw, wide};
 use crate::error::{BindError, ListError, ReplyError, SendError};
-use crate::mailbox::{MailboxInfo, MailboxOptions, Message, Payload, Peer, Reply, Request};
-use crate::name::Name;
+use crate::fast::conn::{MAX_SECTIONS, ServerConn};
+use crate::fast::region::{PROTOCOL, REGION_LEN, Region, Side};
+use crate::fast::ring::LINE;
+use crate::fast::serve::{Dispatch, MAX_WORKERS};
+use crate::fast::{Bell, Park, Wait};
+use crate::mailbox::{MailboxInfo, MailboxOptions, Message, Payload, Peer, Reply};
+use crate::name::{MAX_NAME_LEN, Name};
 use crate::section::{Access, Section};
 
 const MAILBOX_CLASS_PREFIX: &str = "copydata.mailbox.";
 const SENDER_CLASS: &str = "copydata.sender";
-const REQUEST_MAGIC: [u8; 4] = *b"CDW1";
-const REPLY_MAGIC: [u8; 4] = *b"CDR1";
-/// `dwData` of a reply envelope.
-const REPLY_TAG: usize = 0x4344_5752;
-/// Payloads up to this size travel inside the `WM_COPYDATA`; larger ones in
-/// a section duplicated into the peer.
-const INLINE_MAX: usize = 64 * 1024;
-const MAX_SECTIONS: usize = 16;
-const FLAG_SECTION: u32 = 1;
-const SECTION_RO: u32 = 1;
-const SECTION_NAMED: u32 = 2;
+
+/// A sender's hello (`dwData` and magic).
+const HELLO_TAG: usize = 0x4344_4832;
+const HELLO_MAGIC: [u8; 4] = *b"CDH2";
+/// `magic, protocol: u32, wait: u32, 0: u32, nonce: u64`.
+const HELLO_LEN: usize = 24;
+/// The receiver's answer to a hello (`dwData` and magic).
+const ANSWER_TAG: usize = 0x4344_4132;
+const ANSWER_MAGIC: [u8; 4] = *b"CDA2";
+/// The fixed part of an answer: `magic, status: u32, protocol: u32,
+/// doorbells: u32, nonce: u64, max_payload: u64, pid: u32, 0: u32`; then,
+/// with `STATUS_OK`, `region: u64, wake: u64, look: u64, doorbell: u64 ×
+/// doorbells` (handle values in the sender), else the reason (UTF-8).
+const ANSWER_HEAD: usize = 40;
 const STATUS_OK: u32 = 0;
 const STATUS_REFUSED: u32 = 1;
-const STATUS_TOO_LARGE: u32 = 2;
+const STATUS_INCOMPATIBLE: u32 = 2;
+const MAX_REASON: usize = 4096;
+/// What a sender's window returns for the answer it takes (handles and
+/// all); anything else means the handles pushed with it were not taken.
+const ACCEPTED: LRESULT = 0x4344_4f4b;
+
+/// Envelopes of copydata 0.1 (protocol 1): a request, and the reply that
+/// tells such a sender it speaks an older protocol.
+const OLD_REQUEST_MAGIC: [u8; 4] = *b"CDW1";
+const OLD_REPLY_MAGIC: [u8; 4] = *b"CDR1";
+const OLD_REPLY_TAG: usize = 0x4344_5752;
+const OLD_STATUS_REFUSED: u32 = 1;
+
 /// Asks a mailbox's thread to close its window.
 const WM_CLOSE_MAILBOX: u32 = WM_APP + 1;
-/// How long a receiver waits to hand a reply to a sender that has stopped
-/// listening (it timed out); a live sender takes it at once.
+/// How many senders' process handles the mailbox's thread waits on (with
+/// `MsgWaitForMultipleObjectsEx`, at most 63 handles, one of them the look
+/// event); beyond that it also looks every `SWEEP_MS`.
+const MAX_WATCHED: usize = 62;
+const SWEEP_MS: u32 = 100;
+/// How long the receiver waits for a sender's window to take an answer or
+/// a reply; a live sender takes it at once (it is waiting for us).
 const REPLY_TIMEOUT_MS: u32 = 5_000;
+
+/// Words of this backend in the header line of a connection's region,
+/// after the portable fields (which end at +36):
+/// - `+40 receiver_closed: u32`, `+44 sender_closed: u32`: set by a side
+///   that has dropped the connection;
+/// - `+48 taken_from_sender: u64`, `+56 taken_from_receiver: u64`: the
+///   number of the last attachment set the other side has pulled, so the
+///   owner can close the handles it kept for it.
+const RECEIVER_CLOSED: usize = 40;
+const SENDER_CLOSED: usize = 44;
+const TAKEN_FROM_SENDER: usize = 48;
+const TAKEN_FROM_RECEIVER: usize = 56;
+
+/// An attachment's flags in a record.
+const ATTACH_RO: u32 = 1;
+const ATTACH_NAMED: u32 = 2;
+/// `handle: u64, len: u64, flags: u32, name_len: u32`, then the name.
+const ATTACH_HEAD: usize = 24;
 
 // ---------------------------------------------------------------- helpers
 
@@ -180,21 +260,42 @@ fn send_copydata(to: HWND, from: HWND, tag: usize, data: &[u8], timeout_ms: u32)
     Ok(result as isize)
 }
 
+/// The bytes of the `COPYDATASTRUCT` a `WM_COPYDATA` points to.
+///
+/// # Safety
+///
+/// `lparam` is the `lParam` of a `WM_COPYDATA` being handled: a pointer to
+/// a `COPYDATASTRUCT` and its bytes, valid (and written by nobody) until
+/// the window procedure returns, which bounds the result's use.
+unsafe fn copydata_of<'a>(lparam: LPARAM) -> (usize, &'a [u8]) {
+    // SAFETY: the caller's contract: a COPYDATASTRUCT valid for this call.
+    let cds = unsafe { &*(lparam as *const COPYDATASTRUCT) };
+    let data: &[u8] = if cds.cbData == 0 || cds.lpData.is_null() {
+        &[]
+    } else {
+        // SAFETY: `cbData` bytes at `lpData`, owned by the system for this
+        // call and written by nobody meanwhile (the caller's contract).
+        unsafe { std::slice::from_raw_parts(cds.lpData as *const u8, cds.cbData as usize) }
+    };
+    (cds.dwData, data)
+}
+
 /// The longest wait passed to `SendMessageTimeoutW`: about 24 days ("no
 /// timeout"). Larger values are taken as negative by some implementations.
 const FOREVER_MS: u32 = i32::MAX as u32;
 
-fn timeout_ms(deadline: Option<Instant>) -> Option<u32> {
-    match deadline {
-        None => Some(FOREVER_MS),
-        Some(d) => {
-            let left = d.checked_duration_since(Instant::now())?;
-            Some(left.as_millis().clamp(1, u128::from(FOREVER_MS)) as u32)
-        }
-    }
+/// Milliseconds to `deadline`, rounded up (so a wait never ends early),
+/// below `INFINITE`; `None` once it has passed.
+fn ms_until(deadline: Instant) -> Option<u32> {
+    let left = deadline.checked_duration_since(Instant::now()).filter(|l| !l.is_zero())?;
+    Some(ms_ceil(left))
 }
 
-/// A little-endian writer and reader for envelopes.
+fn ms_ceil(d: Duration) -> u32 {
+    d.as_nanos().div_ceil(1_000_000).min(u128::from(INFINITE - 1)) as u32
+}
+
+/// A little-endian writer and reader for envelopes and attachments.
 struct Out(Vec<u8>);
 
 impl Out {
@@ -217,7 +318,7 @@ struct In<'a>(&'a [u8]);
 impl In<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8], String> {
         if self.0.len() < n {
-            return Err("truncated envelope".into());
+            return Err("truncated".into());
         }
         let (a, b) = self.0.split_at(n);
         self.0 = b;
@@ -231,33 +332,563 @@ impl In<'_> {
     }
 }
 
-/// A payload too large to travel inline: copied into a new section. The peer
-/// takes its own copy of the handle (by its value in this process) while
-/// this process waits in `SendMessageTimeoutW`, so the section must live
-/// until then.
-fn payload_section(data: &[u8]) -> Result<Section, String> {
-    let s = Section::anonymous(data.len() as u64).map_err(|e| e.to_string())?;
-    s.map_mut(0, data.len()).map_err(|e| e.to_string())?.write_at(0, data).map_err(|e| e.to_string())?;
-    Ok(s)
+fn bad(reason: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, reason.into())
 }
 
-/// The value of a section's handle in this process, for an envelope.
-fn handle_value(s: &Section) -> u64 {
-    use std::os::windows::io::{AsHandle, AsRawHandle};
-    s.as_handle().as_raw_handle() as usize as u64
+/// A new auto-reset event, not signalled, unnamed.
+fn new_event() -> io::Result<OwnedHandle> {
+    // SAFETY: default security, auto-reset, not signalled, no name.
+    owned(unsafe { CreateEventW(std::ptr::null(), 0, 0, std::ptr::null()) })
 }
 
-/// Takes a copy of a section handle of the peer `pid`.
-fn adopt(pid: u32, handle: u64, len: u64, access: Access, name: Option<&str>) -> Result<Section, String> {
-    handover::duplicate_from(pid, handle, len, access, name).map_err(|e| e.to_string())
+fn set_event(event: &OwnedHandle) {
+    // SAFETY: `event` is a live event handle of ours with EVENT_MODIFY_STATE.
+    unsafe { SetEvent(raw(event)) };
 }
 
-/// Copies a payload received in a section (the sender could still write
-/// it, so it is copied rather than lent).
-fn read_payload_section(pid: u32, handle: u64, len: u64) -> Result<Payload, String> {
-    let s = adopt(pid, handle, len, Access::ReadOnly, None)?;
-    let len = usize::try_from(len).map_err(|_| "payload larger than the address space".to_string())?;
-    Ok(Payload::from(s.map(0, len).map_err(|e| e.to_string())?.to_vec()))
+/// Whether a process (or any waitable object) is signalled now: for a
+/// process, whether it has ended.
+fn signalled(object: &OwnedHandle) -> bool {
+    // SAFETY: a live handle of ours with SYNCHRONIZE; a zero wait.
+    unsafe { WaitForSingleObject(raw(object), 0) == WAIT_OBJECT_0 }
+}
+
+/// Opens process `pid` with the given rights.
+fn open_process(pid: u32, rights: u32) -> io::Result<OwnedHandle> {
+    // SAFETY: opens a process handle by id; no memory is passed.
+    owned(unsafe { OpenProcess(rights, 0, pid) })
+}
+
+/// The value of one of our handles, as carried in envelopes and records.
+fn value_of(h: &OwnedHandle) -> u64 {
+    h.as_raw_handle() as usize as u64
+}
+
+/// Duplicates one of our handles into `process` with `rights`; returns its
+/// value there.
+fn push_handle(h: HANDLE, process: &OwnedHandle, rights: u32) -> io::Result<u64> {
+    Ok(duplicate(h, raw(process), rights, false)? as usize as u64)
+}
+
+/// Closes the handle `value` in `process` (one we pushed there that it did
+/// not take).
+fn close_in(process: &OwnedHandle, value: u64) {
+    // SAFETY:
+    // - `process` is a live process handle with PROCESS_DUP_HANDLE;
+    // - DUPLICATE_CLOSE_SOURCE with no target only closes the source
+    //   handle, a value we put there ourselves and nothing there knows of.
+    unsafe {
+        DuplicateHandle(
+            raw(process),
+            value as usize as HANDLE,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+            0,
+            DUPLICATE_CLOSE_SOURCE,
+        )
+    };
+}
+
+/// Whether a handle value from an answer can be a handle at all (handle
+/// values are small multiples of 4; no pseudo-handles).
+fn plausible_handle(v: u64) -> bool {
+    v != 0 && v.is_multiple_of(4) && v < 1 << 32
+}
+
+// ---------------------------------------------------------------- doorbells
+
+/// The doorbells of a mailbox's handler threads: one auto-reset event per
+/// worker. Senders get a handle on each that only allows setting it, so a
+/// sender can at worst cause spurious wake-ups: the flags that decide
+/// whether to ring live in each connection's own region.
+#[derive(Debug)]
+pub(crate) struct Bells {
+    events: Vec<OwnedHandle>,
+    /// How often each bell was rung (the `seen` of the portable protocol).
+    rung: Vec<AtomicU32>,
+}
+
+impl Bells {
+    fn new(workers: usize) -> io::Result<Bells> {
+        let n = workers.clamp(1, MAX_WORKERS);
+        let events = (0..n).map(|_| new_event()).collect::<io::Result<Vec<_>>>()?;
+        Ok(Bells { events, rung: (0..n).map(|_| AtomicU32::new(0)).collect() })
+    }
+
+    pub(crate) fn ring(&self, w: usize) {
+        if let (Some(event), Some(rung)) = (self.events.get(w), self.rung.get(w)) {
+            rung.fetch_add(1, Ordering::Release);
+            set_event(event);
+        }
+    }
+
+    pub(crate) fn load(&self, w: usize) -> u32 {
+        self.rung.get(w).map_or(0, |r| r.load(Ordering::Acquire))
+    }
+
+    /// Sleeps until rung, or `timeout`. Returns `false` on timeout. A ring
+    /// between `load` and this call left the event signalled, so it is not
+    /// lost (`seen` only saves the wait).
+    pub(crate) fn wait(&self, w: usize, seen: u32, timeout: Option<Duration>) -> bool {
+        let Some(event) = self.events.get(w) else {
+            std::thread::sleep(timeout.unwrap_or(Duration::from_millis(10)));
+            return false;
+        };
+        if self.load(w) != seen {
+            // Rung since `load`: take the event's signal too (if it is set
+            // yet), so it does not cause a spurious wake-up later.
+            // SAFETY: a live event handle of ours; a zero wait.
+            unsafe { WaitForSingleObject(raw(event), 0) };
+            return true;
+        }
+        let ms = timeout.map_or(INFINITE, ms_ceil);
+        // SAFETY: a live event handle of ours.
+        unsafe { WaitForSingleObject(raw(event), ms) != WAIT_TIMEOUT }
+    }
+}
+
+/// The receiving side's handle on one message from a plain Win32 program:
+/// the mailbox's window procedure waits for it to be answered.
+#[derive(Debug)]
+pub(crate) struct NativeResponder {
+    /// The sender's window (`wParam`), for reply bytes.
+    reply_to: Option<usize>,
+    /// The mailbox's window.
+    from: usize,
+    tag: usize,
+    done: mpsc::SyncSender<isize>,
+}
+
+impl NativeResponder {
+    /// Sends the reply bytes (if any) back to the sender's window, then lets
+    /// the window procedure return the code.
+    pub(crate) fn reply(&self, reply: Reply) -> Result<(), ReplyError> {
+        let mut result = Ok(());
+        if let Some(to) = self.reply_to
+            && !reply.data.is_empty()
+        {
+            result = send_copydata(to as HWND, self.from as HWND, self.tag, &reply.data, REPLY_TIMEOUT_MS)
+                .map(|_| ())
+                .map_err(|_| ReplyError::SenderGone);
+        }
+        let _ = self.done.send(reply.code as isize);
+        result
+    }
+
+    /// The window procedure returns 0.
+    pub(crate) fn refuse(&self, _reason: &str) {
+        let _ = self.done.send(0);
+    }
+}
+
+// ---------------------------------------------------------------- link
+
+/// Attachment handles this side made for the peer, kept until it has
+/// pulled them.
+#[derive(Debug, Default)]
+struct Outgoing {
+    /// The number of the last attachment set sent.
+    sent: u64,
+    kept: VecDeque<(u64, Vec<OwnedHandle>)>,
+}
+
+/// One side's hold on a connection.
+#[derive(Debug)]
+pub(crate) struct Link {
+    side: Side,
+    region: Region,
+    /// The region's header line, mapped again for this backend's words.
+    ctl: crate::view::ViewMut,
+    /// The peer's process (`PROCESS_DUP_HANDLE | SYNCHRONIZE`): attachments
+    /// are pulled out of it, and it is signalled when the peer dies.
+    peer: OwnedHandle,
+    /// The sender's wake event: the sender sleeps on it, the receiver sets it.
+    wake: OwnedHandle,
+    /// The sender's handles on the doorbells of the mailbox's workers.
+    bells: Vec<OwnedHandle>,
+    /// The mailbox's look event: set when the mailbox's thread should look
+    /// at its connections (one was dropped, or attachments were pulled).
+    look: Arc<OwnedHandle>,
+    out: Mutex<Outgoing>,
+    /// The number of the oldest set in `out.kept` (`u64::MAX`: none), so
+    /// `prune` costs one load when there is nothing to close.
+    oldest_kept: AtomicU64,
+    /// The number of the last attachment set pulled from the peer.
+    taken: AtomicU64,
+}
+
+impl Link {
+    fn new(
+        side: Side,
+        region: Region,
+        peer: OwnedHandle,
+        wake: OwnedHandle,
+        bells: Vec<OwnedHandle>,
+        look: Arc<OwnedHandle>,
+    ) -> io::Result<Link> {
+        let ctl = region.section().map_mut(0, LINE).map_err(io::Error::other)?;
+        Ok(Link {
+            side,
+            region,
+            ctl,
+            peer,
+            wake,
+            bells,
+            look,
+            out: Mutex::new(Outgoing::default()),
+            oldest_kept: AtomicU64::new(u64::MAX),
+            taken: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
+    fn u32_word(&self, offset: usize) -> &AtomicU32 {
+        self.ctl.atomic_u32(offset).expect("a word of the header line")
+    }
+
+    fn u64_word(&self, offset: usize) -> &AtomicU64 {
+        self.ctl.atomic_u64(offset).expect("a word of the header line")
+    }
+
+    fn closed_word(&self, side: Side) -> &AtomicU32 {
+        self.u32_word(match side {
+            Side::Receiver => RECEIVER_CLOSED,
+            Side::Sender => SENDER_CLOSED,
+        })
+    }
+
+    /// The word where the peer says how far it has pulled `owner`'s
+    /// attachments.
+    fn taken_word(&self, owner: Side) -> &AtomicU64 {
+        self.u64_word(match owner {
+            Side::Sender => TAKEN_FROM_SENDER,
+            Side::Receiver => TAKEN_FROM_RECEIVER,
+        })
+    }
+
+    fn peer_side(&self) -> Side {
+        match self.side {
+            Side::Sender => Side::Receiver,
+            Side::Receiver => Side::Sender,
+        }
+    }
+
+    /// Whether the peer has dropped the connection or died.
+    fn peer_gone(&self) -> bool {
+        self.closed_word(self.peer_side()).load(Ordering::Acquire) != 0 || signalled(&self.peer)
+    }
+
+    /// Whether either side has dropped the connection, or the peer died.
+    fn closed(&self) -> bool {
+        self.closed_word(self.side).load(Ordering::Acquire) != 0 || self.peer_gone()
+    }
+
+    /// The word in the region that counts the sender's wake-ups for `bell`
+    /// (the request doorbells count in the receiver's own memory, [`Bells`]).
+    fn word(&self, bell: Bell) -> Option<&AtomicU32> {
+        match bell {
+            Bell::Request => None,
+            Bell::Reply => Some(self.region.reply_wake()),
+            Bell::Space => Some(self.region.space_wake()),
+        }
+    }
+
+    /// Bumps the bell's word and sets the event the other side sleeps on: a
+    /// sender rings the doorbell of the worker serving the connection, a
+    /// receiver the sender's wake event (one for both of its bells: a
+    /// sender waits for one thing at a time).
+    pub(crate) fn wake(&self, bell: Bell) {
+        if let Some(word) = self.word(bell) {
+            word.fetch_add(1, Ordering::Release);
+        }
+        match (self.side, bell) {
+            (Side::Sender, Bell::Request) => {
+                let w = self.region.worker().load(Ordering::Acquire) as usize;
+                if let Some(event) = self.bells.get(w) {
+                    set_event(event);
+                }
+            }
+            (Side::Receiver, Bell::Reply | Bell::Space) => set_event(&self.wake),
+            _ => {}
+        }
+        self.prune();
+    }
+
+    /// Sleeps on the wake event and the receiver's process (the sending side
+    /// only), unless the bell's word has moved from `seen`. A wake between
+    /// the caller's look and the wait left the auto-reset event signalled,
+    /// so it is not lost either way.
+    pub(crate) fn park(&self, bell: Bell, seen: u32, deadline: Option<Instant>) -> Park {
+        if self.side != Side::Sender {
+            return Park::PeerGone;
+        }
+        let parked = loop {
+            if self.peer_gone() {
+                break Park::PeerGone;
+            }
+            if self.word(bell).is_some_and(|w| w.load(Ordering::Acquire) != seen) {
+                break Park::Woken;
+            }
+            let ms = match deadline {
+                None => INFINITE,
+                Some(d) => match ms_until(d) {
+                    Some(ms) => ms,
+                    None => break Park::TimedOut,
+                },
+            };
+            let objects = [raw(&self.wake), raw(&self.peer)];
+            // SAFETY: two live handles of ours with SYNCHRONIZE, in an array
+            // that outlives the call.
+            let got = unsafe { WaitForMultipleObjects(2, objects.as_ptr(), 0, ms) };
+            match got {
+                WAIT_OBJECT_0 if self.closed_word(Side::Receiver).load(Ordering::Acquire) != 0 => {
+                    break Park::PeerGone;
+                }
+                WAIT_OBJECT_0 => break Park::Woken,
+                WAIT_TIMEOUT => {
+                    // A deadline beyond INFINITE: wait again.
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        break Park::TimedOut;
+                    }
+                }
+                _ => break Park::PeerGone,
+            }
+        };
+        self.prune();
+        parked
+    }
+
+    /// Marks the connection closed for the peer and wakes it: a sender
+    /// parked for a reply sees `PeerGone`. Either way the mailbox's thread
+    /// is told to look, and forgets the connection.
+    pub(crate) fn shutdown(&self) {
+        self.closed_word(self.side).store(1, Ordering::Release);
+        if self.side == Side::Receiver {
+            set_event(&self.wake);
+        }
+        set_event(&self.look);
+    }
+
+    /// Closes the attachment handles the peer has pulled.
+    fn prune(&self) {
+        let taken = self.taken_word(self.side).load(Ordering::Acquire);
+        if self.oldest_kept.load(Ordering::Acquire) > taken {
+            return;
+        }
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        Self::prune_locked(&mut out, taken);
+        self.oldest_kept.store(out.kept.front().map_or(u64::MAX, |(n, _)| *n), Ordering::Release);
+    }
+
+    fn prune_locked(out: &mut Outgoing, taken: u64) {
+        while out.kept.front().is_some_and(|(n, _)| *n <= taken) {
+            out.kept.pop_front();
+        }
+    }
+
+    /// The bytes `send_aux` returns: a set number, then per handle its value,
+    /// length, flags and name.
+    pub(crate) fn aux_len(buffer: bool, sections: &[&Section]) -> usize {
+        8 + if buffer { ATTACH_HEAD } else { 0 }
+            + sections.iter().map(|s| ATTACH_HEAD + s.name().map_or(0, str::len)).sum::<usize>()
+    }
+
+    /// Describes a buffer and sections for the peer, which pulls them out of
+    /// this process. Each goes as a duplicate of its own, which this side
+    /// keeps until the peer says it has pulled it (`taken_*` in the region):
+    /// the caller may drop the section as soon as the record is queued (a
+    /// one-shot payload, a post, a call that timed out), and the value named
+    /// in the record must stay that section's until the peer took it. A
+    /// buffer's duplicate is read-only, and so is a read-only section's.
+    pub(crate) fn send_aux(&self, buffer: Option<&Section>, sections: &[&Section]) -> io::Result<Vec<u8>> {
+        if sections.len() > MAX_SECTIONS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("at most {MAX_SECTIONS} sections per message"),
+            ));
+        }
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        Self::prune_locked(&mut out, self.taken_word(self.side).load(Ordering::Acquire));
+        let number = out.sent + 1;
+        let mut bytes = Out(Vec::with_capacity(Self::aux_len(buffer.is_some(), sections)));
+        bytes.u64(number);
+        let mut kept = Vec::with_capacity(usize::from(buffer.is_some()) + sections.len());
+        let items = buffer.map(|b| (b, true)).into_iter().chain(sections.iter().map(|s| (*s, false)));
+        for (s, is_buffer) in items {
+            let read_only = is_buffer || s.access() == Access::ReadOnly;
+            let rights = if read_only { SECTION_QUERY | FILE_MAP_READ } else { 0 };
+            let copy = owned(duplicate(s.inner().handle(), current_process(), rights, false)?)?;
+            let name = if is_buffer { "" } else { s.name().unwrap_or("") };
+            let mut flags = if read_only { ATTACH_RO } else { 0 };
+            if !name.is_empty() {
+                flags |= ATTACH_NAMED;
+            }
+            bytes.u64(value_of(&copy)).u64(s.len()).u32(flags).u32(name.len() as u32).bytes(name.as_bytes());
+            kept.push(copy);
+        }
+        out.sent = number;
+        out.kept.push_back((number, kept));
+        self.oldest_kept.store(out.kept.front().map_or(u64::MAX, |(n, _)| *n), Ordering::Release);
+        Ok(bytes.0)
+    }
+
+    /// Pulls the buffer and sections a record names out of the peer's
+    /// process.
+    ///
+    /// Why a handle value from the record is safe to use: it is only ever
+    /// interpreted *in the peer's process*, by `DuplicateHandle` out of the
+    /// process handle this side opened at set-up for this connection. The
+    /// region is mapped only by the two processes of the connection (the
+    /// receiver made it and pushed it into the sender's process itself, the
+    /// process it then opened), so whatever wrote the record runs in that
+    /// process or could already act for it. The handle made is this
+    /// process's own, so a bogus value reaches at worst one of the peer's
+    /// own objects (then checked to be a section of the announced size),
+    /// never a handle this process owns.
+    pub(crate) fn recv_aux(
+        &self,
+        inline: &[u8],
+        buffer: bool,
+        sections: usize,
+    ) -> io::Result<(Option<Section>, Vec<Section>)> {
+        if sections > MAX_SECTIONS {
+            return Err(bad(format!("{sections} sections in one message")));
+        }
+        let mut r = In(inline);
+        let number = r.u64().map_err(|e| bad(format!("attachment: {e}")))?;
+        let expected = self.taken.load(Ordering::Relaxed) + 1;
+        if number != expected {
+            return Err(bad(format!("attachment set {number} (expected {expected})")));
+        }
+        let mut take = |is_buffer: bool| -> io::Result<Section> {
+            let fail = |e: String| bad(format!("attachment: {e}"));
+            let (value, len, flags, name_len) = (
+                r.u64().map_err(fail)?,
+                r.u64().map_err(fail)?,
+                r.u32().map_err(fail)?,
+                r.u32().map_err(fail)? as usize,
+            );
+            if flags & !(ATTACH_RO | ATTACH_NAMED) != 0 || name_len > MAX_NAME_LEN {
+                return Err(bad(format!("attachment flags {flags:#x}, name of {name_len} bytes")));
+            }
+            let name = r.take(name_len).map_err(fail)?;
+            let name = match (flags & ATTACH_NAMED != 0, name_len) {
+                (false, 0) => None,
+                (true, n) if n > 0 && !is_buffer => {
+                    Some(std::str::from_utf8(name).map_err(|_| bad("a section name that is not UTF-8"))?)
+                }
+                _ => return Err(bad("attachment name and flags disagree")),
+            };
+            if is_buffer && flags & ATTACH_RO == 0 {
+                return Err(bad("a writable buffer handle"));
+            }
+            let access = if flags & ATTACH_RO != 0 { Access::ReadOnly } else { Access::ReadWrite };
+            handover::duplicate_out_of(&self.peer, value, len, access, name).map_err(io::Error::from)
+        };
+        let pulled = (|| -> io::Result<(Option<Section>, Vec<Section>)> {
+            let buf = if buffer { Some(take(true)?) } else { None };
+            let secs = (0..sections).map(|_| take(false)).collect::<io::Result<Vec<_>>>()?;
+            Ok((buf, secs))
+        })();
+        // Pulled (or failed for good): the peer may close what it kept for us
+        // (a receiver does so when told to look; a sender at its next step).
+        self.taken.store(number, Ordering::Relaxed);
+        self.taken_word(self.peer_side()).store(number, Ordering::Release);
+        match self.side {
+            Side::Sender => set_event(&self.look),
+            // A sender that dropped its end may linger for this.
+            Side::Receiver => set_event(&self.wake),
+        }
+        let pulled = pulled?;
+        if !r.0.is_empty() {
+            return Err(bad("stray bytes after the attachments"));
+        }
+        Ok(pulled)
+    }
+
+    /// A payload too large for the pool, in a section of its own. Windows
+    /// cannot seal a section, so the peer copies it ([`frozen`](Self::frozen)).
+    pub(crate) fn oneshot(data: &[u8]) -> io::Result<Section> {
+        let s = Section::anonymous(data.len().max(1) as u64).map_err(io::Error::other)?;
+        if !data.is_empty() {
+            s.map_mut(0, data.len()).map_err(io::Error::other)?.write_at(0, data).map_err(io::Error::other)?;
+        }
+        Ok(s)
+    }
+
+    /// Never: a section's creator can always write it.
+    pub(crate) fn frozen(_section: &Section) -> bool {
+        false
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // The peer must not wait for us any more (a receiver still delivers
+        // what a sender left in the ring).
+        self.shutdown();
+        if self.side == Side::Sender {
+            self.linger();
+        }
+    }
+}
+
+/// How long a dropped sender's attachments wait at most for the receiver
+/// to pull them.
+const LINGER: Duration = Duration::from_secs(30);
+
+impl Link {
+    /// Attachments the receiver has not pulled yet (of posts, or of a call
+    /// given up on) must outlive the sender's end of the connection: the
+    /// receiver delivers what is in the ring after the sender has gone, and
+    /// needs these handles for it. A thread of their own keeps them until
+    /// the receiver has pulled them, dropped the connection or died (it
+    /// wakes the sender's event after each pull), at most [`LINGER`], so
+    /// dropping a sender never waits. If this process exits first they are
+    /// lost, like the messages of a killed sender.
+    fn linger(&mut self) {
+        let kept = {
+            let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+            Self::prune_locked(&mut out, self.taken_word(Side::Sender).load(Ordering::Acquire));
+            std::mem::take(&mut out.kept)
+        };
+        if kept.is_empty() || self.peer_gone() {
+            return;
+        }
+        let parts = (|| -> io::Result<_> {
+            let header = self.region.section().map(0, LINE).map_err(io::Error::other)?;
+            Ok((header, self.peer.try_clone()?, self.wake.try_clone()?))
+        })();
+        let Ok((header, peer, wake)) = parts else { return };
+        let spawned = std::thread::Builder::new().name("copydata-linger".into()).spawn(move || {
+            let mut kept = kept;
+            let deadline = Instant::now() + LINGER;
+            loop {
+                let taken = header.load_u64(TAKEN_FROM_SENDER, Ordering::Acquire).unwrap_or(u64::MAX);
+                kept.retain(|(n, _)| *n > taken);
+                let closed = header.load_u32(RECEIVER_CLOSED, Ordering::Acquire).unwrap_or(1) != 0;
+                let Some(ms) = ms_until(deadline) else { break };
+                if kept.is_empty() || closed {
+                    break;
+                }
+                let objects = [raw(&wake), raw(&peer)];
+                // SAFETY: two live handles of ours with SYNCHRONIZE, in an
+                // array that outlives the call.
+                let got = unsafe { WaitForMultipleObjects(2, objects.as_ptr(), 0, ms) };
+                if got != WAIT_OBJECT_0 && got != WAIT_TIMEOUT {
+                    break;
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            log::warn!("copydata: attachments of a closed connection dropped early: {e}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------- receiving
@@ -267,107 +898,43 @@ struct WindowState {
     name: Name,
     hwnd: HWND,
     max_payload: u64,
-    tx: mpsc::Sender<Request>,
-    closing: Arc<AtomicBool>,
+    dispatch: Arc<Dispatch>,
+    /// The connections set up by this window, watched by its thread.
+    conns: RefCell<Vec<Arc<ServerConn>>>,
+    look: Arc<OwnedHandle>,
 }
 
-/// The receiving side's handle on one request.
-pub(crate) struct Responder {
-    /// The sender's window, if it is a copydata sender (it gets an envelope).
-    reply_to: Option<HWND>,
-    from: HWND,
-    seq: u64,
-    done: mpsc::SyncSender<isize>,
-}
-
-// SAFETY: window handles are plain identifiers, usable from any thread with
-// SendMessageTimeoutW (which is what the responder does).
-unsafe impl Send for Responder {}
-
-impl Responder {
-    /// The reply envelope, and the section holding a large reply (to keep
-    /// alive until the sender has taken it).
-    fn envelope(&self, status: u32, code: i64, data: &[u8]) -> Result<(Vec<u8>, Option<Section>), String> {
-        let mut out = Out(Vec::with_capacity(48 + data.len().min(INLINE_MAX)));
-        out.bytes(&REPLY_MAGIC).u32(status).u64(self.seq).u64(code as u64).u64(data.len() as u64);
-        if data.len() > INLINE_MAX {
-            let section = payload_section(data)?;
-            out.u32(FLAG_SECTION).u32(0).u64(handle_value(&section));
-            return Ok((out.0, Some(section)));
+impl WindowState {
+    /// Drops the connections whose sender has gone (exited, or dropped its
+    /// end), and closes attachment handles the senders have pulled.
+    ///
+    /// A connection whose sender has gone is marked dead and its worker
+    /// told; the worker delivers what the sender left in the ring (posts)
+    /// before it drops (and closes) the connection.
+    fn sweep(&self) {
+        let mut gone = false;
+        self.conns.borrow_mut().retain(|c| {
+            if c.dead.load(Ordering::Acquire) {
+                // The worker has it (or has dropped it already).
+                return false;
+            }
+            let link = c.link();
+            if link.closed() {
+                c.dead.store(true, Ordering::Release);
+                gone = true;
+                return false;
+            }
+            link.prune();
+            true
+        });
+        if gone {
+            // The region's worker number is the sender's to write too: tell
+            // every worker rather than trust it.
+            for w in 0..self.dispatch.workers() {
+                self.dispatch.poke(w as u32);
+            }
         }
-        out.u32(0).u32(0).u64(0).bytes(data);
-        Ok((out.0, None))
     }
-
-    fn answer(self, status: u32, code: i64, data: &[u8]) -> Result<(), ReplyError> {
-        let mut result = Ok(());
-        if let Some(to) = self.reply_to {
-            result = self.envelope(status, code, data).map_err(|e| ReplyError::Io(io::Error::other(e))).and_then(
-                |(env, _keep)| {
-                    send_copydata(to, self.from, REPLY_TAG, &env, REPLY_TIMEOUT_MS)
-                        .map_err(|_| ReplyError::SenderGone)
-                        .map(|_| ())
-                },
-            );
-        }
-        let _ = self.done.send(if status == STATUS_OK { code as isize } else { 0 });
-        result
-    }
-
-    pub(crate) fn reply(self, reply: Reply) -> Result<(), ReplyError> {
-        let code = reply.code;
-        self.answer(STATUS_OK, code, &reply.data)
-    }
-
-    pub(crate) fn refuse(self, reason: &str) {
-        let _ = self.answer(STATUS_REFUSED, 0, reason.as_bytes());
-    }
-}
-
-/// A copydata request envelope, parsed.
-struct Envelope {
-    seq: u64,
-    payload: Payload,
-    payload_len: u64,
-    sections: Vec<Section>,
-}
-
-fn parse_request(data: &[u8], pid: u32, max_payload: u64) -> Result<Envelope, String> {
-    let mut r = In(data);
-    if r.take(4)? != REQUEST_MAGIC {
-        return Err("bad magic".into());
-    }
-    let flags = r.u32()?;
-    let seq = r.u64()?;
-    let payload_len = r.u64()?;
-    let payload_handle = r.u64()?;
-    let nsec = r.u32()? as usize;
-    let _pad = r.u32()?;
-    if flags & !FLAG_SECTION != 0 || nsec > MAX_SECTIONS {
-        return Err(format!("bad flags {flags:#x} or {nsec} sections"));
-    }
-    let mut sections = Vec::with_capacity(nsec);
-    for _ in 0..nsec {
-        let (handle, len, sflags, name_len) = (r.u64()?, r.u64()?, r.u32()?, r.u32()? as usize);
-        let name = std::str::from_utf8(r.take(name_len)?).map_err(|_| "section name is not UTF-8".to_string())?;
-        let name = (sflags & SECTION_NAMED != 0).then_some(name);
-        let access = if sflags & SECTION_RO != 0 { Access::ReadOnly } else { Access::ReadWrite };
-        sections.push(adopt(pid, handle, len, access, name)?);
-    }
-    let payload = if flags & FLAG_SECTION != 0 {
-        if payload_len > max_payload {
-            // Refused below; nothing to take.
-            Payload::default()
-        } else {
-            read_payload_section(pid, payload_handle, payload_len)?
-        }
-    } else {
-        if r.0.len() as u64 != payload_len {
-            return Err("inline payload length mismatch".into());
-        }
-        Payload::from(r.0)
-    };
-    Ok(Envelope { seq, payload, payload_len, sections })
 }
 
 unsafe extern "system" fn mailbox_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lparam: LPARAM) -> LRESULT {
@@ -379,83 +946,247 @@ unsafe extern "system" fn mailbox_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lpa
     // before any message could arrive, and cleared only after the window is
     // destroyed; the thread outlives the window.
     let state = unsafe { GetWindowLongPtrW(hwnd, GWLP_USERDATA) } as *const WindowState;
-    if state.is_null() || lparam == 0 {
+    if state.is_null() {
         return 0;
     }
-    // SAFETY: see above; only shared access.
+    // SAFETY: see above; only shared access (the window thread is the only
+    // one that touches it, and `RefCell` guards re-entry).
     let state = unsafe { &*state };
-    // SAFETY: for WM_COPYDATA, lParam points to a COPYDATASTRUCT (and its
-    // bytes) valid for the duration of this call; the system made the copy.
-    let cds = unsafe { &*(lparam as *const COPYDATASTRUCT) };
-    let data: &[u8] = if cds.cbData == 0 || cds.lpData.is_null() {
-        &[]
-    } else {
-        // SAFETY: as above: `cbData` bytes at `lpData`, owned by the system
-        // for this call and written by nobody meanwhile.
-        unsafe { std::slice::from_raw_parts(cds.lpData as *const u8, cds.cbData as usize) }
-    };
+    if lparam == 0 {
+        return 0;
+    }
+    // SAFETY: a WM_COPYDATA being handled; `data` is used only in this call.
+    let (tag, data) = unsafe { copydata_of(lparam) };
     let sender = wparam as HWND;
-    let sender_pid = window_pid(sender);
-    let copydata_sender = class_of(sender) == SENDER_CLASS;
-    let (done_tx, done_rx) = mpsc::sync_channel(1);
-    let responder =
-        |seq| Responder { reply_to: copydata_sender.then_some(sender), from: state.hwnd, seq, done: done_tx.clone() };
-    let peer = Peer { pid: sender_pid, uid: None };
-    let message = if copydata_sender {
-        match parse_request(data, sender_pid, state.max_payload) {
-            Ok(env) if env.payload_len > state.max_payload => {
-                let r = responder(env.seq);
-                let _ = r.answer(STATUS_TOO_LARGE, state.max_payload as i64, &[]);
-                return 0;
-            }
-            Ok(env) => (env.seq, Message::new(cds.dwData as u64, env.payload, env.sections, peer)),
-            Err(reason) => {
-                log::warn!("mailbox {}: dropped a malformed message from pid {sender_pid}: {reason}", state.name);
-                return 0;
-            }
+    // Only windows of copydata's sender class speak the protocol, so a plain
+    // program's payload is never mistaken for an envelope.
+    if class_of(sender) == SENDER_CLASS {
+        if tag == HELLO_TAG && data.starts_with(&HELLO_MAGIC) {
+            return set_up(state, sender, data);
         }
-    } else {
-        (0, Message::new(cds.dwData as u64, Payload::from(data), Vec::new(), peer))
+        if data.starts_with(&OLD_REQUEST_MAGIC) {
+            refuse_old(state, sender, data);
+            return 0;
+        }
+    }
+    native(state, sender, tag, data)
+}
+
+/// A `WM_COPYDATA` of a plain Win32 program: a message for the handler;
+/// waits for its answer (polling, so a closing mailbox does not hang).
+fn native(state: &WindowState, sender: HWND, tag: usize, data: &[u8]) -> LRESULT {
+    let pid = window_pid(sender);
+    if data.len() as u64 > state.max_payload {
+        log::warn!(
+            "mailbox {}: refused a WM_COPYDATA of {} bytes from pid {pid} (at most {})",
+            state.name,
+            data.len(),
+            state.max_payload
+        );
+        return 0;
+    }
+    let (done, answered) = mpsc::sync_channel(1);
+    let responder = NativeResponder {
+        reply_to: is_window(sender).then_some(sender as usize),
+        from: state.hwnd as usize,
+        tag,
+        done,
     };
-    let (seq, message) = message;
-    // If the mailbox is closing, the request is dropped here, which refuses it.
-    let _ = state.tx.send(Request::new(message, responder(seq)));
-    drop(done_tx);
+    let message = Message::new(tag as u64, Payload::from(data), Vec::new(), Peer { pid, uid: None });
+    state.dispatch.push_native(message, responder);
     loop {
-        match done_rx.recv_timeout(Duration::from_millis(50)) {
+        match answered.recv_timeout(Duration::from_millis(50)) {
             Ok(code) => return code,
             Err(mpsc::RecvTimeoutError::Disconnected) => return 0,
-            Err(mpsc::RecvTimeoutError::Timeout) if state.closing.load(Ordering::SeqCst) => return 0,
+            Err(mpsc::RecvTimeoutError::Timeout) if state.dispatch.is_closed() => return 0,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
     }
 }
 
+/// An envelope of copydata 0.1: answered, in its own format, with a refusal
+/// that says why (its sender shows it as a refused send).
+fn refuse_old(state: &WindowState, sender: HWND, data: &[u8]) {
+    let seq = data.get(8..16).map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    let reason = format!("incompatible peer: this mailbox speaks copydata protocol {PROTOCOL}, the sender 1");
+    log::warn!("mailbox {}: refused a message from pid {}: {reason}", state.name, window_pid(sender));
+    let mut env = Out(Vec::with_capacity(48 + reason.len()));
+    env.bytes(&OLD_REPLY_MAGIC).u32(OLD_STATUS_REFUSED).u64(seq).u64(0).u64(reason.len() as u64);
+    env.u32(0).u32(0).u64(0).bytes(reason.as_bytes());
+    let _ = send_copydata(sender, state.hwnd, OLD_REPLY_TAG, &env.0, REPLY_TIMEOUT_MS);
+}
+
+/// An answer to a hello that carries no handles.
+fn answer_without_handles(state: &WindowState, to: HWND, status: u32, nonce: u64, reason: &str) {
+    let reason = &reason.as_bytes()[..reason.len().min(MAX_REASON)];
+    let mut a = Out(Vec::with_capacity(ANSWER_HEAD + reason.len()));
+    a.bytes(&ANSWER_MAGIC).u32(status).u32(PROTOCOL).u32(0).u64(nonce).u64(state.max_payload);
+    a.u32(std::process::id()).u32(0).bytes(reason);
+    let _ = send_copydata(to, state.hwnd, ANSWER_TAG, &a.0, REPLY_TIMEOUT_MS);
+}
+
+/// Handles pushed into a sender's process, closed there again unless the
+/// sender took them.
+struct Pushed<'a> {
+    process: &'a OwnedHandle,
+    values: Vec<u64>,
+    taken: bool,
+}
+
+impl Drop for Pushed<'_> {
+    fn drop(&mut self) {
+        if !self.taken {
+            for &v in &self.values {
+                close_in(self.process, v);
+            }
+        }
+    }
+}
+
+/// A hello: sets up a connection for the sender whose window is `sender`.
+/// Returns 1 once the sender has taken the connection, else 0.
+///
+/// The handles go to the process of the window named in `wParam`. A sender
+/// that names a third process's window only makes us push the handles into
+/// that process and answer there; that window does not take an answer it
+/// did not ask for (a copydata sender window matches it against the nonce
+/// of the hello it is sending), so the handles are closed there again, and
+/// the real sender gets nothing: its set-up fails.
+fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
+    let pid = window_pid(sender);
+    let mut r = In(data);
+    let parsed = (|| -> Result<(u32, u32, u64), String> {
+        r.take(4)?;
+        let (protocol, wait, _zero, nonce) = (r.u32()?, r.u32()?, r.u32()?, r.u64()?);
+        Ok((protocol, wait, nonce))
+    })();
+    let (protocol, wait_code, nonce) = match parsed {
+        Ok(p) if data.len() == HELLO_LEN => p,
+        _ => {
+            log::warn!("mailbox {}: dropped a malformed hello from pid {pid}", state.name);
+            return 0;
+        }
+    };
+    let wait = u8::try_from(wait_code).ok().and_then(Wait::from_code);
+    let Some(wait) = wait.filter(|_| protocol == PROTOCOL) else {
+        let reason =
+            format!("this mailbox speaks copydata protocol {PROTOCOL}, the sender {protocol} (wait mode {wait_code})");
+        log::warn!("mailbox {}: set-up with pid {pid} failed: {reason}", state.name);
+        answer_without_handles(state, sender, STATUS_INCOMPATIBLE, nonce, &reason);
+        return 0;
+    };
+    if state.dispatch.is_closed() {
+        answer_without_handles(state, sender, STATUS_REFUSED, nonce, "the mailbox is closing");
+        return 0;
+    }
+    let process = match open_process(pid, PROCESS_DUP_HANDLE | PROCESS_SYNCHRONIZE) {
+        Ok(p) => p,
+        Err(e) => {
+            log::warn!("mailbox {}: set-up with pid {pid} failed: opening the sender's process: {e}", state.name);
+            let reason = format!("the mailbox cannot open the sender's process: {e}");
+            answer_without_handles(state, sender, STATUS_REFUSED, nonce, &reason);
+            return 0;
+        }
+    };
+    // The window still belongs to `pid` after the open, so its process was
+    // alive then and the handle is that process's (not a successor's that
+    // got the pid meanwhile).
+    if !is_window(sender) || window_pid(sender) != pid {
+        return 0;
+    }
+    let w = state.dispatch.pick();
+    let made = (|| -> io::Result<Link> {
+        let (region, wake) = (Region::create(w)?, new_event()?);
+        Link::new(Side::Receiver, region, process, wake, Vec::new(), state.look.clone())
+    })();
+    let link = match made {
+        Ok(l) => l,
+        Err(e) => {
+            log::warn!("mailbox {}: set-up with pid {pid} failed: {e}", state.name);
+            answer_without_handles(state, sender, STATUS_REFUSED, nonce, &format!("set-up failed: {e}"));
+            return 0;
+        }
+    };
+    let mut pushed = Pushed { process: &link.peer, values: Vec::new(), taken: false };
+    let bells = &state.dispatch.bells().events;
+    let pushing = (|| -> io::Result<()> {
+        let region_rights = SECTION_QUERY | FILE_MAP_READ | FILE_MAP_WRITE;
+        pushed.values.push(push_handle(link.region.section().inner().handle(), &link.peer, region_rights)?);
+        let wake_rights = EVENT_MODIFY_STATE | SYNCHRONIZATION_SYNCHRONIZE;
+        pushed.values.push(push_handle(raw(&link.wake), &link.peer, wake_rights)?);
+        pushed.values.push(push_handle(raw(&state.look), &link.peer, EVENT_MODIFY_STATE)?);
+        for bell in bells {
+            pushed.values.push(push_handle(raw(bell), &link.peer, EVENT_MODIFY_STATE)?);
+        }
+        Ok(())
+    })();
+    if let Err(e) = pushing {
+        log::warn!("mailbox {}: set-up with pid {pid} failed: handing over the region: {e}", state.name);
+        let reason = format!("the mailbox cannot hand over the region: {e}");
+        drop(pushed);
+        answer_without_handles(state, sender, STATUS_REFUSED, nonce, &reason);
+        return 0;
+    }
+    let mut a = Out(Vec::with_capacity(ANSWER_HEAD + 8 * pushed.values.len()));
+    a.bytes(&ANSWER_MAGIC).u32(STATUS_OK).u32(PROTOCOL).u32(bells.len() as u32).u64(nonce).u64(state.max_payload);
+    a.u32(std::process::id()).u32(0);
+    for &v in &pushed.values {
+        a.u64(v);
+    }
+    // Other senders' hellos may be handled (re-entrantly) while we wait here.
+    match send_copydata(sender, state.hwnd, ANSWER_TAG, &a.0, REPLY_TIMEOUT_MS) {
+        Ok(ACCEPTED) => pushed.taken = true,
+        // Refused (not the hello it is sending, or sent by another process
+        // through its window): it adopted nothing, and `pushed` closes the
+        // handles in its process again.
+        Ok(_) => {
+            log::warn!("mailbox {}: set-up with pid {pid} failed: the sender did not take the answer", state.name);
+            return 0;
+        }
+        // Not delivered in time (the sender stopped waiting for its hello),
+        // or the sender is gone. It very likely took nothing, but that
+        // cannot be known for sure here, and closing a handle it owns would
+        // be worse than leaving them: they stay in its process.
+        Err(e) => {
+            pushed.taken = true;
+            log::warn!("mailbox {}: set-up with pid {pid} failed: answering the sender: {e}", state.name);
+            return 0;
+        }
+    }
+    drop(pushed);
+    let conn = Arc::new(ServerConn::new(link, Peer { pid, uid: None }, wait, state.max_payload));
+    state.dispatch.add(w, conn.clone());
+    state.conns.borrow_mut().push(conn);
+    1
+}
+
 #[derive(Debug)]
 pub(crate) struct Mailbox {
     hwnd: usize,
-    closing: Arc<AtomicBool>,
+    dispatch: Arc<Dispatch>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Mailbox {
-    pub(crate) fn bind(name: &Name, options: &MailboxOptions, tx: mpsc::Sender<Request>) -> Result<Mailbox, BindError> {
-        let closing = Arc::new(AtomicBool::new(false));
+    pub(crate) fn bind(name: &Name, options: &MailboxOptions) -> Result<(Mailbox, Arc<Dispatch>), BindError> {
+        let io = |source: io::Error| BindError::Io { name: name.to_string(), source };
+        let bells = Bells::new(options.threads()).map_err(io)?;
+        let dispatch = Arc::new(Dispatch::new(name.clone(), options.threads(), bells));
         let (ready_tx, ready_rx) = mpsc::channel();
-        let (name2, max_payload, closing2) = (name.clone(), options.max(), closing.clone());
+        let (name2, max_payload, dispatch2) = (name.clone(), options.max(), dispatch.clone());
         let thread = std::thread::Builder::new()
             .name(format!("copydata-mailbox-{name}"))
-            .spawn(move || mailbox_thread(name2, max_payload, tx, closing2, ready_tx))
-            .map_err(|source| BindError::Io { name: name.to_string(), source })?;
+            .spawn(move || mailbox_thread(name2, max_payload, dispatch2, ready_tx))
+            .map_err(io)?;
         match ready_rx.recv() {
-            Ok(Ok(hwnd)) => Ok(Mailbox { hwnd, closing, thread: Some(thread) }),
+            Ok(Ok(hwnd)) => Ok((Mailbox { hwnd, dispatch: dispatch.clone(), thread: Some(thread) }, dispatch)),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
             }
             Err(_) => {
                 let _ = thread.join();
-                Err(BindError::Io { name: name.to_string(), source: io::Error::other("the mailbox thread failed") })
+                Err(io(io::Error::other("the mailbox thread failed")))
             }
         }
     }
@@ -464,8 +1195,7 @@ impl Mailbox {
 fn mailbox_thread(
     name: Name,
     max_payload: u64,
-    tx: mpsc::Sender<Request>,
-    closing: Arc<AtomicBool>,
+    dispatch: Arc<Dispatch>,
     ready: mpsc::Sender<Result<usize, BindError>>,
 ) {
     let io = |source: io::Error| BindError::Io { name: name.to_string(), source };
@@ -477,7 +1207,7 @@ fn mailbox_thread(
         Err(e) => return drop(ready.send(Err(io(e)))),
     };
     // SAFETY: waits on our own mutex handle, without blocking.
-    let waited = unsafe { WaitForSingleObject(mutex.as_raw_handle() as HANDLE, 0) };
+    let waited = unsafe { WaitForSingleObject(raw(&mutex), 0) };
     if waited != WAIT_OBJECT_0 && waited != WAIT_ABANDONED {
         let class = wide(&class_name(&name));
         // SAFETY: the class name outlives the call.
@@ -491,62 +1221,143 @@ fn mailbox_thread(
         Ok(h) => h,
         Err(e) => {
             // SAFETY: this thread owns the mutex.
-            unsafe { ReleaseMutex(mutex.as_raw_handle() as HANDLE) };
+            unsafe { ReleaseMutex(raw(&mutex)) };
             return drop(ready.send(Err(io(e))));
         }
     };
-    let state = Box::into_raw(Box::new(WindowState { name: name.clone(), hwnd, max_payload, tx, closing }));
+    let look = match new_event() {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            // SAFETY: our window, on this thread; this thread owns the mutex.
+            unsafe {
+                DestroyWindow(hwnd);
+                ReleaseMutex(raw(&mutex));
+            }
+            return drop(ready.send(Err(io(e))));
+        }
+    };
+    let state = Box::into_raw(Box::new(WindowState {
+        name: name.clone(),
+        hwnd,
+        max_payload,
+        dispatch,
+        conns: RefCell::new(Vec::new()),
+        look,
+    }));
     // SAFETY: `hwnd` is our window; the pointer stays valid until it is
     // cleared and freed below, after the window is destroyed.
     unsafe { SetWindowLongPtrW(hwnd, GWLP_USERDATA, state as isize) };
     let _ = ready.send(Ok(hwnd as usize));
-    // SAFETY: an all-zero MSG is valid; GetMessageW fills it.
-    let mut msg: MSG = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: `msg` is writable; messages for any window of this thread.
-        let got = unsafe { GetMessageW(&mut msg, std::ptr::null_mut(), 0, 0) };
-        if got <= 0 || (msg.hwnd == hwnd && msg.message == WM_CLOSE_MAILBOX) {
-            break;
-        }
-        // SAFETY: dispatches the message just received.
-        unsafe { DispatchMessageW(&msg) };
-    }
+    // SAFETY: `state` stays valid until freed below, after the loop; this
+    // thread only reads it, re-entrant window procedures too.
+    pump(hwnd, unsafe { &*state });
     // SAFETY: our window, destroyed on the thread that made it; then the
-    // state is detached and freed (no message can reach it any more).
+    // state is detached (no message can reach it any more).
     unsafe {
         DestroyWindow(hwnd);
         SetWindowLongPtrW(hwnd, GWLP_USERDATA, 0);
-        drop(Box::from_raw(state));
-        ReleaseMutex(mutex.as_raw_handle() as HANDLE);
+    }
+    // SAFETY: the pointer came from `Box::into_raw` above and nothing refers
+    // to it any more.
+    let state = unsafe { Box::from_raw(state) };
+    for c in state.conns.borrow().iter() {
+        c.link().shutdown();
+    }
+    drop(state);
+    // SAFETY: this thread owns the mutex.
+    unsafe { ReleaseMutex(raw(&mutex)) };
+}
+
+/// The mailbox thread's loop: handles the window's messages (hellos and
+/// plain `WM_COPYDATA` arrive as sent messages, handled inside
+/// `PeekMessageW`), and looks at the connections when a sender process
+/// ends or the look event is set, until asked to close.
+fn pump(hwnd: HWND, state: &WindowState) {
+    // SAFETY: an all-zero MSG is valid; PeekMessageW fills it.
+    let mut msg: MSG = unsafe { std::mem::zeroed() };
+    loop {
+        let (objects, polling) = {
+            let conns = state.conns.borrow();
+            let objects: Vec<HANDLE> = std::iter::once(raw(&state.look))
+                .chain(conns.iter().take(MAX_WATCHED).map(|c| raw(&c.link().peer)))
+                .collect();
+            (objects, conns.len() > MAX_WATCHED)
+        };
+        let n = objects.len() as u32;
+        // SAFETY: live handles of ours with SYNCHRONIZE (the connections in
+        // `state` keep them open during the wait), in an array that outlives
+        // the call.
+        let woke = unsafe {
+            MsgWaitForMultipleObjectsEx(
+                n,
+                objects.as_ptr(),
+                if polling { SWEEP_MS } else { INFINITE },
+                QS_ALLINPUT,
+                MWMO_INPUTAVAILABLE,
+            )
+        };
+        if woke < WAIT_OBJECT_0 + n || woke == WAIT_TIMEOUT {
+            state.sweep();
+        } else if woke == WAIT_FAILED {
+            log::warn!("mailbox {}: waiting failed: {}", state.name, io::Error::last_os_error());
+            std::thread::sleep(Duration::from_millis(SWEEP_MS.into()));
+            state.sweep();
+        }
+        // SAFETY: `msg` is writable; messages for any window of this thread.
+        while unsafe { PeekMessageW(&mut msg, std::ptr::null_mut(), 0, 0, PM_REMOVE) } != 0 {
+            if msg.message == WM_QUIT || (msg.hwnd == hwnd && msg.message == WM_CLOSE_MAILBOX) {
+                return;
+            }
+            // SAFETY: dispatches the message just received.
+            unsafe { DispatchMessageW(&msg) };
+        }
     }
 }
 
 impl Drop for Mailbox {
     fn drop(&mut self) {
-        self.closing.store(true, Ordering::SeqCst);
+        self.dispatch.close();
         // SAFETY: posts to our own window; fails harmlessly if it is gone.
         unsafe { PostMessageW(self.hwnd as HWND, WM_CLOSE_MAILBOX, 0, 0) };
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        for c in self.dispatch.take_all() {
+            c.link().shutdown();
         }
     }
 }
 
 // ---------------------------------------------------------------- sending
 
-/// What the sender's window received during a send.
-enum Received {
-    /// A copydata reply envelope.
-    Envelope { status: u32, seq: u64, code: i64, payload: Result<Payload, String> },
-    /// Plain bytes from a plain Win32 receiver.
-    Plain(Vec<u8>),
+/// What a hello's answer gave this process.
+struct Answer {
+    receiver: OwnedHandle,
+    region: OwnedHandle,
+    wake: OwnedHandle,
+    look: OwnedHandle,
+    bells: Vec<OwnedHandle>,
+    max_payload: u64,
 }
+
+/// The hello this thread is sending, if any.
+struct Pending {
+    nonce: u64,
+    target: usize,
+    pid: u32,
+    outcome: Option<Result<Answer, (u32, String)>>,
+}
+
+/// A status for answers that could not be used (`SendError::Protocol`).
+const STATUS_BROKEN: u32 = u32::MAX;
 
 thread_local! {
     /// This thread's sender window (made on first use, destroyed with the thread).
     static SENDER_WINDOW: RefCell<Option<SenderWindow>> = const { RefCell::new(None) };
-    /// Replies that arrived at this thread's sender window.
-    static RECEIVED: RefCell<Vec<Received>> = const { RefCell::new(Vec::new()) };
+    /// Plain replies that arrived at this thread's sender window.
+    static RECEIVED: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    /// The hello being sent.
+    static PENDING: RefCell<Option<Pending>> = const { RefCell::new(None) };
 }
 
 struct SenderWindow(HWND);
@@ -579,49 +1390,79 @@ unsafe extern "system" fn sender_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lpar
         // SAFETY: default handling of every other message.
         return unsafe { DefWindowProcW(hwnd, msg, wparam, lparam) };
     }
-    // SAFETY: as in `mailbox_proc`: a COPYDATASTRUCT valid for this call.
-    let cds = unsafe { &*(lparam as *const COPYDATASTRUCT) };
-    let data: Vec<u8> = if cds.cbData == 0 || cds.lpData.is_null() {
-        Vec::new()
-    } else {
-        // SAFETY: as above.
-        unsafe { std::slice::from_raw_parts(cds.lpData as *const u8, cds.cbData as usize) }.to_vec()
-    };
-    let received = if cds.dwData == REPLY_TAG && data.starts_with(&REPLY_MAGIC) {
-        match parse_reply(&data, window_pid(wparam as HWND)) {
-            Ok(r) => r,
-            Err(reason) => {
-                log::warn!("copydata: dropped a malformed reply: {reason}");
-                return 0;
-            }
-        }
-    } else {
-        Received::Plain(data)
-    };
-    RECEIVED.with(|r| r.borrow_mut().push(received));
+    // SAFETY: a WM_COPYDATA being handled; `data` is used only in this call.
+    let (tag, data) = unsafe { copydata_of(lparam) };
+    if tag == ANSWER_TAG && data.starts_with(&ANSWER_MAGIC) {
+        return PENDING.with(|p| match &mut *p.borrow_mut() {
+            Some(pending) => take_answer(pending, wparam as HWND, data),
+            None => 0,
+        });
+    }
+    if tag == OLD_REPLY_TAG && data.starts_with(&OLD_REPLY_MAGIC) {
+        // An old mailbox's reply to an old envelope sent through
+        // `send_to_window`: not a plain reply.
+        return 0;
+    }
+    RECEIVED.with(|r| r.borrow_mut().push(data.to_vec()));
     1
 }
 
-fn parse_reply(data: &[u8], pid: u32) -> Result<Received, String> {
+/// An answer to a hello: taken (returns [`ACCEPTED`]) only if it answers
+/// the hello this thread is sending now (nonce and window), so the handle
+/// values in it were pushed into this process by the receiver we chose,
+/// for this set-up; anything else returns 0 and adopts nothing (the
+/// receiver then closes what it pushed).
+fn take_answer(pending: &mut Pending, from: HWND, data: &[u8]) -> LRESULT {
     let mut r = In(data);
-    r.take(4)?;
-    let (status, seq, code, len) = (r.u32()?, r.u64()?, r.u64()? as i64, r.u64()?);
-    let (flags, _pad, handle) = (r.u32()?, r.u32()?, r.u64()?);
-    let payload = if flags & FLAG_SECTION != 0 {
-        read_payload_section(pid, handle, len)
-    } else if r.0.len() as u64 == len {
-        Ok(Payload::from(r.0))
-    } else {
-        Err("reply length mismatch".into())
+    let head = (|| -> Result<_, String> {
+        r.take(4)?;
+        Ok((r.u32()?, r.u32()?, r.u32()?, r.u64()?, r.u64()?, r.u32()?, r.u32()?))
+    })();
+    let Ok((status, protocol, bells, nonce, max_payload, pid, _zero)) = head else { return 0 };
+    if nonce != pending.nonce || from as usize != pending.target || pending.outcome.is_some() {
+        return 0;
+    }
+    if status != STATUS_OK {
+        let reason = String::from_utf8_lossy(&r.0[..r.0.len().min(MAX_REASON)]).into_owned();
+        pending.outcome = Some(Err((status, reason)));
+        return 0;
+    }
+    let mut broken = |reason: String| {
+        pending.outcome = Some(Err((STATUS_BROKEN, reason)));
+        0
     };
-    Ok(Received::Envelope { status, seq, code, payload })
-}
-
-#[derive(Debug)]
-pub(crate) struct Sender {
-    name: Name,
-    target: usize,
-    seq: u64,
+    if protocol != PROTOCOL {
+        return broken(format!("an answer of protocol {protocol}"));
+    }
+    if bells == 0 || bells as usize > MAX_WORKERS || r.0.len() != 24 + 8 * bells as usize {
+        return broken(format!("an answer of {} bytes for {bells} doorbells", data.len()));
+    }
+    if pid != pending.pid {
+        return broken(format!("the answer names pid {pid}, the mailbox's window belongs to {}", pending.pid));
+    }
+    let values: Vec<u64> = (0..3 + bells).map(|_| r.u64().expect("length checked")).collect();
+    if !values.iter().all(|&v| plausible_handle(v)) {
+        return broken("the answer names impossible handle values".into());
+    }
+    // The receiver is alive (it waits for this answer to return), so its pid
+    // names it.
+    let receiver = match open_process(pid, PROCESS_DUP_HANDLE | PROCESS_SYNCHRONIZE) {
+        Ok(p) => p,
+        Err(e) => return broken(format!("opening the receiver's process: {e}")),
+    };
+    // SAFETY:
+    // - the values were pushed into this process by the receiver of the
+    //   hello this thread is sending (the nonce matches, and only that
+    //   receiver saw it), for this set-up alone: nothing else in this
+    //   process knows or owns them, so each `OwnedHandle` is the only owner;
+    // - returning ACCEPTED tells the receiver it must not close them.
+    let mut handles = values.iter().map(|&v| unsafe { OwnedHandle::from_raw_handle(v as usize as RawHandle) });
+    let region = handles.next().expect("3 + bells values");
+    let wake = handles.next().expect("3 + bells values");
+    let look = handles.next().expect("3 + bells values");
+    let bells = handles.collect();
+    pending.outcome = Some(Ok(Answer { receiver, region, wake, look, bells, max_payload }));
+    ACCEPTED
 }
 
 fn find_mailbox(name: &Name) -> Option<HWND> {
@@ -631,95 +1472,74 @@ fn find_mailbox(name: &Name) -> Option<HWND> {
     (!h.is_null()).then_some(h)
 }
 
-impl Sender {
-    pub(crate) fn connect(name: &Name) -> Result<Sender, SendError> {
-        let target = find_mailbox(name).ok_or_else(|| SendError::NoSuchMailbox { name: name.to_string() })?;
-        Ok(Sender { name: name.clone(), target: target as usize, seq: 0 })
-    }
+/// A nonce no other process can guess: std's hasher keys come from the
+/// system's random number generator.
+fn nonce() -> u64 {
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u64(COUNT.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
 
-    pub(crate) fn call(
-        &mut self,
-        tag: u64,
-        data: &[u8],
-        sections: &[&Section],
-        timeout: Option<Duration>,
-    ) -> Result<Reply, SendError> {
-        let name = || self.name.to_string();
-        let io = |source: io::Error| SendError::Io { name: name(), source };
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let timed_out = || SendError::TimedOut { name: name(), timeout: timeout.unwrap_or_default() };
-        if !is_window(self.target as HWND) {
-            // The receiver went away since the lookup; it may have come back.
-            self.target = find_mailbox(&self.name).ok_or_else(|| SendError::NoSuchMailbox { name: name() })? as usize;
-        }
-        let target = self.target as HWND;
-        if sections.len() > MAX_SECTIONS {
-            return Err(io(io::Error::new(io::ErrorKind::InvalidInput, format!("at most {MAX_SECTIONS} sections"))));
-        }
-        let from = sender_window().map_err(io)?;
-        self.seq += 1;
-        let mut env = Out(Vec::with_capacity(40 + data.len().min(INLINE_MAX)));
-        // A large payload's section: the receiver takes its own copy of the
-        // handle while we wait in SendMessageTimeoutW, so it lives until then.
-        let large = if data.len() > INLINE_MAX {
-            Some(payload_section(data).map_err(|e| io(io::Error::other(e)))?)
-        } else {
-            None
-        };
-        env.bytes(&REQUEST_MAGIC)
-            .u32(if large.is_some() { FLAG_SECTION } else { 0 })
-            .u64(self.seq)
-            .u64(data.len() as u64)
-            .u64(large.as_ref().map_or(0, handle_value))
-            .u32(sections.len() as u32)
-            .u32(0);
-        for s in sections {
-            let mut flags = if s.access() == Access::ReadOnly { SECTION_RO } else { 0 };
-            let n = s.name().unwrap_or("");
-            if !n.is_empty() {
-                flags |= SECTION_NAMED;
-            }
-            env.u64(handle_value(s)).u64(s.len()).u32(flags).u32(n.len() as u32).bytes(n.as_bytes());
-        }
-        if large.is_none() {
-            env.bytes(data);
-        }
-        RECEIVED.with(|r| r.borrow_mut().clear());
-        let ms = timeout_ms(deadline).ok_or_else(timed_out)?;
-        let sent = send_copydata(target, from, tag as usize, &env.0, ms);
-        let received = RECEIVED.with(|r| std::mem::take(&mut *r.borrow_mut()));
-        drop(large);
-        // Copydata receivers answer with an envelope; the LRESULT only
-        // matters for plain windows (see `send_to_window`).
-        match sent {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(ERROR_TIMEOUT as i32) && is_window(target) => return Err(timed_out()),
-            Err(_) => return Err(SendError::ReceiverDied { name: name() }),
-        }
-        for r in received {
-            if let Received::Envelope { status, seq, code, payload } = r {
-                if seq != self.seq {
-                    // A late reply to an earlier, timed-out message.
-                    continue;
-                }
-                return match status {
-                    STATUS_OK => Ok(Reply { code, data: payload.map_err(|e| io(io::Error::other(e)))? }),
-                    STATUS_REFUSED => Err(SendError::Refused {
-                        name: name(),
-                        reason: String::from_utf8_lossy(&payload.map(Payload::into_vec).unwrap_or_default())
-                            .into_owned(),
-                    }),
-                    STATUS_TOO_LARGE => {
-                        Err(SendError::PayloadTooLarge { name: name(), size: data.len() as u64, max: code as u64 })
-                    }
-                    other => Err(io(io::Error::other(format!("unknown reply status {other}")))),
-                };
-            }
-        }
-        // No envelope came back: the receiver went away, or dropped the
-        // message (malformed for it, or the mailbox was closing).
-        Err(SendError::ReceiverDied { name: name() })
+/// What sending a hello gave: the `SendMessageTimeoutW` result and the
+/// answer, if one came.
+type HelloOutcome = (io::Result<isize>, Option<Result<Answer, (u32, String)>>);
+
+/// Sends a hello to the mailbox window `target` (of process `pid`) from
+/// this thread's sender window, waiting at most `ms`.
+fn hello(target: HWND, pid: u32, protocol: u32, wait_code: u32, ms: u32) -> io::Result<HelloOutcome> {
+    let from = sender_window()?;
+    let nonce = nonce();
+    let mut hello = Out(Vec::with_capacity(HELLO_LEN));
+    hello.bytes(&HELLO_MAGIC).u32(protocol).u32(wait_code).u32(0).u64(nonce);
+    PENDING.with(|p| *p.borrow_mut() = Some(Pending { nonce, target: target as usize, pid, outcome: None }));
+    let sent = send_copydata(target, from, HELLO_TAG, &hello.0, ms.min(FOREVER_MS));
+    let outcome = PENDING.with(|p| p.borrow_mut().take()).and_then(|p| p.outcome);
+    Ok((sent, outcome))
+}
+
+/// Finds the mailbox `name` and sets up a connection with it. Returns the
+/// link and the receiver's payload limit.
+pub(crate) fn connect(name: &Name, wait: Wait, deadline: Instant) -> Result<(Link, u64), SendError> {
+    let shown = || name.to_string();
+    let io = |source: io::Error| SendError::Io { name: shown(), source };
+    let timed_out = || SendError::TimedOut { name: shown(), timeout: Duration::ZERO };
+    let bad = |reason: String| SendError::Protocol { name: shown(), reason };
+    let target = find_mailbox(name).ok_or_else(|| SendError::NoSuchMailbox { name: shown() })?;
+    let pid = window_pid(target);
+    if pid == 0 {
+        return Err(SendError::NoSuchMailbox { name: shown() });
     }
+    let ms = ms_until(deadline).ok_or_else(timed_out)?;
+    let (sent, outcome) = hello(target, pid, PROTOCOL, u32::from(wait.code()), ms).map_err(io)?;
+    let answer = match (sent, outcome) {
+        (_, Some(Ok(answer))) => answer,
+        (_, Some(Err((STATUS_REFUSED, reason)))) => return Err(SendError::Refused { name: shown(), reason }),
+        (_, Some(Err((STATUS_BROKEN, reason)))) => return Err(bad(reason)),
+        (_, Some(Err((_, reason)))) => return Err(SendError::Incompatible { name: shown(), reason }),
+        (Err(e), None) if e.raw_os_error() == Some(ERROR_TIMEOUT as i32) && is_window(target) => {
+            return Err(timed_out());
+        }
+        (_, None) if !is_window(target) => return Err(SendError::NoSuchMailbox { name: shown() }),
+        (Err(e), None) => return Err(io(e)),
+        (Ok(_), None) => {
+            return Err(SendError::Incompatible {
+                name: shown(),
+                reason: "the mailbox did not answer the set-up (an older copydata, or not a copydata mailbox)".into(),
+            });
+        }
+    };
+    let size = super::section_size(raw(&answer.region)).map_err(|e| bad(format!("the connection region: {e}")))?;
+    if !super::size_matches(REGION_LEN as u64, size) {
+        return Err(bad(format!("a connection region of {size} bytes (expected {REGION_LEN})")));
+    }
+    let section =
+        Section::from_parts(SysSection::from_handle(answer.region, REGION_LEN as u64, Access::ReadWrite), None);
+    let region = Region::adopt(section).map_err(bad)?;
+    let link = Link::new(Side::Sender, region, answer.receiver, answer.wake, answer.bells, Arc::new(answer.look))
+        .map_err(|e| bad(format!("mapping the connection region: {e}")))?;
+    Ok((link, answer.max_payload))
 }
 
 /// Sends a plain `WM_COPYDATA` to an existing window, found by class and/or
@@ -754,10 +1574,7 @@ pub fn send_to_window(
     let sent = send_copydata(target, from, tag as usize, data, ms);
     let received = RECEIVED.with(|r| std::mem::take(&mut *r.borrow_mut()));
     match sent {
-        Ok(code) => {
-            let data = received.into_iter().find_map(|r| if let Received::Plain(d) = r { Some(d) } else { None });
-            Ok(Reply::new(code as i64, data.unwrap_or_default()))
-        }
+        Ok(code) => Ok(Reply::new(code as i64, received.into_iter().next().unwrap_or_default())),
         Err(e) if e.raw_os_error() == Some(ERROR_TIMEOUT as i32) && is_window(target) => {
             Err(SendError::TimedOut { name: shown, timeout })
         }
@@ -777,5 +1594,251 @@ pub(crate) fn list() -> Result<Vec<MailboxInfo>, ListError> {
         if let Some(name) = class_of(after).strip_prefix(MAILBOX_CLASS_PREFIX).and_then(|n| Name::new(n).ok()) {
             out.push(MailboxInfo { name: name.to_string(), pid: window_pid(after) });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The backend's answers to hostile or confused peers, in one process
+    //! (a mailbox served on its threads, senders on the test's threads).
+
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::fast::conn::{Body, CALL, Client, Fail};
+
+    fn unique(tag: &str) -> Name {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        Name::new(&format!("copydata-test-win-{tag}-{}-{n}", std::process::id())).unwrap()
+    }
+
+    fn echo(name: &Name) -> crate::Server {
+        crate::Mailbox::bind(name.as_str()).unwrap().serve(|m| Reply::new(m.tag() as i64, m.payload().to_vec()))
+    }
+
+    fn link_to(name: &Name) -> (Link, u64) {
+        connect(name, Wait::Park, Instant::now() + Duration::from_secs(30)).unwrap()
+    }
+
+    /// Attachment bytes as a peer would write them: a set number, then
+    /// `(handle, len, flags, name)` per item.
+    fn aux(number: u64, items: &[(u64, u64, u32, &str)]) -> Vec<u8> {
+        let mut o = Out(Vec::new());
+        o.u64(number);
+        for (h, len, flags, name) in items {
+            o.u64(*h).u64(*len).u32(*flags).u32(name.len() as u32).bytes(name.as_bytes());
+        }
+        o.0
+    }
+
+    fn value(s: &Section) -> u64 {
+        s.inner().handle() as usize as u64
+    }
+
+    /// A sender's link pulls reply attachments out of the receiver's
+    /// process; here that is this process, so the values name our own
+    /// handles. Every malformed attachment is an error, never a panic nor
+    /// a handle this process owns taken over.
+    #[test]
+    fn hostile_attachments_are_refused() {
+        let name = unique("aux");
+        let _server = echo(&name);
+        let (link, _) = link_to(&name);
+        let page = Section::anonymous(4096).unwrap();
+        page.map_mut(0, 5).unwrap().write_at(0, b"hello").unwrap();
+        let event = value_of(&link.wake);
+        let cases: Vec<(&str, Vec<u8>, bool, usize)> = vec![
+            ("an out-of-order set number", aux(2, &[(value(&page), 4096, ATTACH_RO, "")]), false, 1),
+            ("a value that is no handle", aux(1, &[(0x7ffc, 4096, ATTACH_RO, "")]), false, 1),
+            ("an event, not a section", aux(2, &[(event, 4096, ATTACH_RO, "")]), false, 1),
+            ("a size the section does not have", aux(3, &[(value(&page), 1 << 20, ATTACH_RO, "")]), false, 1),
+            ("a writable buffer", aux(4, &[(value(&page), 4096, 0, "")]), true, 0),
+            ("a named flag without a name", aux(5, &[(value(&page), 4096, ATTACH_NAMED, "")]), false, 1),
+            ("unknown flags", aux(6, &[(value(&page), 4096, 0x80, "")]), false, 1),
+            ("fewer items than announced", aux(7, &[(value(&page), 4096, ATTACH_RO, "")]), false, 2),
+            ("stray bytes", [aux(8, &[(value(&page), 4096, ATTACH_RO, "")]), vec![0; 3]].concat(), false, 1),
+            ("a truncated set number", vec![9, 0, 0], false, 1),
+            ("too many sections", aux(9, &[]), false, MAX_SECTIONS + 1),
+        ];
+        for (what, bytes, buffer, n) in cases {
+            assert!(link.recv_aux(&bytes, buffer, n).is_err(), "{what} was accepted");
+        }
+        // A good one: read-only means read-only at the handle, too.
+        let (buf, secs) = link.recv_aux(&aux(9, &[(value(&page), 4096, ATTACH_RO, "")]), false, 1).unwrap();
+        assert!(buf.is_none());
+        assert_eq!(secs.len(), 1);
+        assert_eq!(secs[0].map(0, 5).unwrap().to_vec(), b"hello");
+        assert_eq!(secs[0].access(), Access::ReadOnly);
+        assert!(secs[0].inner().map(0, 4096, Access::ReadWrite).is_err(), "a read-only pull can write");
+        assert_eq!(link.taken_word(Side::Receiver).load(Ordering::Acquire), 9);
+        // Our own section is still ours and intact.
+        assert_eq!(page.map(0, 5).unwrap().to_vec(), b"hello");
+    }
+
+    /// A receiver that drops a connection (here: for an unknown record
+    /// kind) makes the sender's wait fail at once; the mailbox goes on
+    /// serving other senders.
+    #[test]
+    fn a_dropped_connection_fails_the_senders_wait() {
+        let name = unique("drop");
+        let _server = echo(&name);
+        let (link, max) = link_to(&name);
+        let mut c = Client::new(link, Wait::Park, max);
+        let deadline = || Some(Instant::now() + Duration::from_secs(30));
+        c.put(CALL, 5, Body::Bytes(b"hi"), &[], true, deadline()).unwrap();
+        assert_eq!(c.reply(deadline()).unwrap().code, 5);
+        c.put(77, 0, Body::Bytes(b"garbage"), &[], true, deadline()).unwrap();
+        let started = Instant::now();
+        assert!(matches!(c.reply(deadline()), Err(Fail::PeerGone)));
+        assert!(started.elapsed() < Duration::from_secs(5), "noticed after {:?}", started.elapsed());
+        assert_eq!(&crate::send(name.as_str(), 1, b"others").unwrap().data[..], b"others");
+    }
+
+    /// Posts whose attachments the mailbox has not pulled yet when their
+    /// sender drops its end are still delivered whole (the handles linger
+    /// for the mailbox).
+    #[test]
+    fn posts_outlive_their_senders_end() {
+        use crate::fast::conn::POST;
+        let name = unique("linger");
+        let mailbox = crate::Mailbox::bind(name.as_str()).unwrap();
+        let (link, max) = link_to(&name);
+        let mut c = Client::new(link, Wait::Park, max);
+        let page = Section::anonymous(4096).unwrap();
+        page.map_mut(0, 6).unwrap().write_at(0, b"posted").unwrap();
+        let big = vec![7u8; 100_000];
+        c.put(POST, 1, Body::Bytes(b""), &[&page], true, None).unwrap();
+        c.put(POST, 2, Body::Bytes(&big), &[], true, None).unwrap();
+        drop(c);
+        drop(page);
+        // Let the mailbox see the sender go before it takes anything.
+        std::thread::sleep(Duration::from_millis(200));
+        let first = mailbox.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!((first.tag(), first.expects_reply(), first.sections().len()), (1, false, 1));
+        assert_eq!(first.sections()[0].map(0, 6).unwrap().to_vec(), b"posted");
+        drop(first);
+        let second = mailbox.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(second.tag(), 2);
+        assert!(second.payload()[..] == big[..], "the large post");
+    }
+
+    /// A sender that drops its end is forgotten by the mailbox, which
+    /// closes the connection (seen here in the region).
+    #[test]
+    fn a_sender_that_leaves_is_forgotten() {
+        let name = unique("leave");
+        let _server = echo(&name);
+        let (link, _) = link_to(&name);
+        let header = link.region().section().map(0, LINE).unwrap();
+        drop(link);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while header.load_u32(RECEIVER_CLOSED, Ordering::Acquire).unwrap() == 0 {
+            assert!(Instant::now() < deadline, "the mailbox kept the connection of a sender that left");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A hello of another protocol version is answered with the reason.
+    #[test]
+    fn a_hello_of_another_protocol_is_refused() {
+        let name = unique("proto");
+        let _server = echo(&name);
+        let target = find_mailbox(&name).unwrap();
+        let (sent, outcome) = hello(target, window_pid(target), PROTOCOL + 1, 0, 30_000).unwrap();
+        assert_eq!(sent.unwrap(), 0);
+        match outcome {
+            Some(Err((STATUS_INCOMPATIBLE, reason))) => assert!(reason.contains("protocol"), "{reason}"),
+            other => panic!("{:?}", other.map(|o| o.map(|_| ()))),
+        }
+        let (_, outcome) = hello(target, window_pid(target), PROTOCOL, 9, 30_000).unwrap();
+        assert!(matches!(outcome, Some(Err((STATUS_INCOMPATIBLE, _)))));
+    }
+
+    /// Only the answer to the hello being sent is taken, and only if it is
+    /// well-formed; nothing is adopted otherwise.
+    #[test]
+    fn answers_nobody_asked_for_are_not_taken() {
+        let mut pending = Pending { nonce: 7, target: 0x1234, pid: std::process::id(), outcome: None };
+        let answer = |nonce: u64, pid: u32, bells: u32, values: &[u64]| {
+            let mut a = Out(Vec::new());
+            a.bytes(&ANSWER_MAGIC).u32(STATUS_OK).u32(PROTOCOL).u32(bells).u64(nonce).u64(1000).u32(pid).u32(0);
+            for v in values {
+                a.u64(*v);
+            }
+            a.0
+        };
+        let me = std::process::id();
+        let good = [8u64, 12, 16, 20];
+        assert_eq!(take_answer(&mut pending, 0x1234 as HWND, &answer(8, me, 1, &good)), 0, "another nonce");
+        assert_eq!(take_answer(&mut pending, 0x9999 as HWND, &answer(7, me, 1, &good)), 0, "another window");
+        assert!(pending.outcome.is_none());
+        for (what, a) in [
+            ("another pid", answer(7, me + 1, 1, &good)),
+            ("a pseudo-handle", answer(7, me, 1, &[8, 12, u64::MAX - 1, 20])),
+            ("a count that does not match", answer(7, me, 2, &good)),
+            ("no doorbells", answer(7, me, 0, &good[..3])),
+            ("truncated", answer(7, me, 1, &good)[..50].to_vec()),
+        ] {
+            pending.outcome = None;
+            assert_eq!(take_answer(&mut pending, 0x1234 as HWND, &a), 0, "{what}");
+            let truncated = what == "truncated";
+            assert!(truncated || matches!(pending.outcome, Some(Err((STATUS_BROKEN, _)))), "{what}");
+        }
+    }
+
+    /// A hello whose `wParam` names another thread's sender window (as a
+    /// third process's would be): the receiver pushes the handles there,
+    /// that window does not take them (it is not sending that hello), so
+    /// they are closed there again; the real sender gets nothing.
+    #[test]
+    fn a_hello_naming_someone_elses_window_sets_nothing_up() {
+        let name = unique("third");
+        let _server = echo(&name);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel();
+        let other = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                tx.send(sender_window().unwrap() as usize).unwrap();
+                // SAFETY: an all-zero MSG is valid; PeekMessageW fills it.
+                let mut msg: MSG = unsafe { std::mem::zeroed() };
+                while !stop.load(Ordering::SeqCst) {
+                    // SAFETY: handles this thread's messages (sent ones too).
+                    while unsafe { PeekMessageW(&mut msg, std::ptr::null_mut(), 0, 0, PM_REMOVE) } != 0 {
+                        // SAFETY: dispatches the message just received.
+                        unsafe { DispatchMessageW(&msg) };
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        let theirs = rx.recv().unwrap() as HWND;
+        let target = find_mailbox(&name).unwrap();
+        let mut h = Out(Vec::new());
+        h.bytes(&HELLO_MAGIC).u32(PROTOCOL).u32(0).u32(0).u64(42);
+        assert_eq!(send_copydata(target, theirs, HELLO_TAG, &h.0, 30_000).unwrap(), 0);
+        stop.store(true, Ordering::SeqCst);
+        other.join().unwrap();
+        assert_eq!(&crate::send(name.as_str(), 3, b"still").unwrap().data[..], b"still");
+    }
+
+    /// The doorbells: a ring before the wait is not lost, a wait with
+    /// nothing rung times out, and a bell out of range is ignored.
+    #[test]
+    fn doorbells_keep_an_early_ring() {
+        let bells = Bells::new(2).unwrap();
+        let seen = bells.load(1);
+        bells.ring(1);
+        assert!(bells.wait(1, seen, Some(Duration::from_secs(5))));
+        let seen = bells.load(1);
+        assert!(!bells.wait(1, seen, Some(Duration::from_millis(20))));
+        bells.ring(1);
+        // The word moved: seen without waiting, and the event's signal is
+        // taken with it (no spurious wake-up afterwards).
+        assert!(bells.wait(1, seen, Some(Duration::from_secs(5))));
+        assert!(!bells.wait(1, bells.load(1), Some(Duration::from_millis(20))));
+        bells.ring(64);
+        assert_eq!(bells.load(64), 0);
     }
 }
