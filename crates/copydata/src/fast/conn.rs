@@ -245,10 +245,23 @@ impl Client {
         deadline: Option<Instant>,
         mut check: impl FnMut(&mut Client) -> Result<Option<T>, Fail>,
     ) -> Result<T, Fail> {
-        if self.wait == Wait::SpinThenPark
-            && let Some(t) = spin(|| check(self))?
-        {
-            return Ok(t);
+        if self.wait == Wait::SpinThenPark {
+            if let Some(t) = check(self)? {
+                return Ok(t);
+            }
+            // Spin on a cheap look (the reply ring's next stamp, or the
+            // consumer's position), then check for real.
+            let (rep, rep_at, req) = (*self.rep.ring(), self.rep.position(), *self.req.ring());
+            let consumed = self.req.consumed();
+            let released = self.link.region().released_sum(Side::Sender);
+            let region = self.link.region();
+            let moved = spin(|| match bell {
+                Bell::Reply => rep.has_stamp(rep_at),
+                _ => req.consumed() != consumed || region.released_sum(Side::Sender) != released,
+            });
+            if moved && let Some(t) = check(self)? {
+                return Ok(t);
+            }
         }
         let ring = match bell {
             Bell::Reply => *self.rep.ring(),

@@ -101,21 +101,22 @@ pub(crate) enum Park {
     PeerGone,
 }
 
-/// Spins for at most [`SPIN`] while `check` finds nothing. The clock is
+/// Spins for at most [`SPIN`] until `ready` says to look. The clock is
 /// first read after a few dozen looks, so a hand-off caught at once costs
-/// no clock read.
-pub(crate) fn spin<T, E>(mut check: impl FnMut() -> Result<Option<T>, E>) -> Result<Option<T>, E> {
+/// no clock read. `ready` should be a cheap test (a load or two): the
+/// caller does the real work once it returns `true`.
+pub(crate) fn spin(mut ready: impl FnMut() -> bool) -> bool {
     let mut start: Option<Instant> = None;
     loop {
         for _ in 0..64 {
-            if let Some(t) = check()? {
-                return Ok(Some(t));
+            if ready() {
+                return true;
             }
             std::hint::spin_loop();
         }
         match start {
             None => start = Some(Instant::now()),
-            Some(s) if s.elapsed() >= SPIN => return Ok(None),
+            Some(s) if s.elapsed() >= SPIN => return false,
             Some(_) => {}
         }
     }

@@ -141,6 +141,12 @@ impl Region {
         self.view.atomic_u32(REQ_RING + 2 * LINE + 4).expect("offset inside the region")
     }
 
+    /// A value that changes whenever the other side releases a buffer of
+    /// `owner` (for spinning on it cheaply).
+    pub(crate) fn released_sum(&self, owner: Side) -> u64 {
+        (0..SLOTS).fold(0u64, |acc, slot| acc.wrapping_add(self.released(owner, slot).load(Ordering::Relaxed)))
+    }
+
     /// The request ring (sender → receiver).
     pub(crate) fn requests(&self) -> RingPtr {
         // SAFETY:

@@ -168,6 +168,11 @@ impl RingPtr {
         self.u64_at(RING_HEADER + (pos as usize & (self.cap - 1)))
     }
 
+    /// How far the consumer has taken records.
+    pub(crate) fn consumed(&self) -> u64 {
+        self.tail().load(Ordering::Acquire)
+    }
+
     /// Whether the word at position `pos` is anything but what an earlier
     /// lap left there (a record, a pad, or garbage: look closer).
     pub(crate) fn has_stamp(&self, pos: u64) -> bool {
@@ -229,7 +234,7 @@ impl Producer {
 
     /// How far the consumer has taken records.
     pub(crate) fn consumed(&self) -> u64 {
-        self.ring.tail().load(Ordering::Acquire)
+        self.ring.consumed()
     }
 
     /// Whether a record of `size` bytes fits now.

@@ -112,8 +112,13 @@ impl Dispatch {
     /// Queues a message from a plain Win32 sender for worker 0.
     #[allow(dead_code)] // only Windows has native senders
     pub(crate) fn push_native(&self, message: Message, responder: NativeResponder) {
-        self.native.lock().unwrap_or_else(|e| e.into_inner()).push_back((message, responder));
-        self.has_native.store(true, Ordering::Release);
+        {
+            // The flag changes only under the lock, so it never says "empty"
+            // while a message waits.
+            let mut queue = self.native.lock().unwrap_or_else(|e| e.into_inner());
+            queue.push_back((message, responder));
+            self.has_native.store(true, Ordering::Release);
+        }
         self.poke(0);
     }
 
@@ -170,11 +175,15 @@ impl Dispatch {
 
     /// One pass over the worker's connections.
     fn scan(&self, w: usize, st: &mut WorkerState) -> Option<Next> {
-        if w == 0
-            && self.has_native.load(Ordering::Acquire)
-            && let Some((m, r)) = self.native.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
-        {
-            return Some(Next::Native(m, r));
+        if w == 0 && self.has_native.load(Ordering::Acquire) {
+            let mut queue = self.native.lock().unwrap_or_else(|e| e.into_inner());
+            let next = queue.pop_front();
+            if queue.is_empty() {
+                self.has_native.store(false, Ordering::Release);
+            }
+            if let Some((m, r)) = next {
+                return Some(Next::Native(m, r));
+            }
         }
         let n = st.conns.len();
         let mut gone: Option<Vec<Arc<ServerConn>>> = None;
@@ -211,6 +220,17 @@ impl Dispatch {
         found
     }
 
+    /// A cheap look (a few loads) for anything that needs a real scan.
+    fn worth_a_look(&self, slot: &Slot, st: &WorkerState) -> bool {
+        slot.changed.load(Ordering::Relaxed)
+            || self.is_closed()
+            || self.has_native.load(Ordering::Relaxed)
+            || st
+                .conns
+                .iter()
+                .any(|c| !c.busy.load(Ordering::Relaxed) && (c.maybe_ready() || c.dead.load(Ordering::Relaxed)))
+    }
+
     fn set_parked(st: &WorkerState, value: u32) {
         for c in &st.conns {
             c.requests().cons_parked().store(value, Ordering::SeqCst);
@@ -240,40 +260,17 @@ impl Dispatch {
                 if since.elapsed() < HOT_MAX && deadline.is_none_or(|d| Instant::now() < d) {
                     // Spin (a yield is a system call, microseconds here), and
                     // let other threads of this CPU in now and then.
-                    let spun = super::spin(|| {
-                        Ok::<_, ()>(if slot.changed.load(Ordering::Relaxed) || self.is_closed() {
-                            Some(None)
-                        } else {
-                            self.scan(w, st).map(Some)
-                        })
-                    });
-                    if let Ok(Some(Some(found))) = spun {
-                        st.trimmed = false;
-                        st.hot_since = None;
-                        return Some(found);
+                    if !super::spin(|| self.worth_a_look(slot, st)) {
+                        std::thread::yield_now();
                     }
-                    std::thread::yield_now();
                     continue;
                 }
             } else {
                 st.hot_since = None;
             }
             if st.conns.iter().any(|c| c.wait == Wait::SpinThenPark) {
-                let spun = super::spin(|| {
-                    Ok::<_, ()>(if slot.changed.load(Ordering::Relaxed) || self.is_closed() {
-                        Some(None)
-                    } else {
-                        self.scan(w, st).map(Some)
-                    })
-                });
-                match spun {
-                    Ok(Some(Some(found))) => {
-                        st.trimmed = false;
-                        st.hot_since = None;
-                        return Some(found);
-                    }
-                    Ok(Some(None)) => continue,
-                    _ => {}
+                if super::spin(|| self.worth_a_look(slot, st)) {
+                    continue;
                 }
             }
             // Park: raise every connection's parked flag, look once more,
