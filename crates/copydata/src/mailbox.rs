@@ -484,15 +484,23 @@ impl Mailbox {
                             let mut message = incoming.message;
                             let answer =
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&mut message)));
-                            if let Some(v) = message.into_payload_vec() {
-                                conn.recycle(v);
+                            // A loan goes back to the sender before the reply
+                            // tells it the exchange is over; an ordinary
+                            // message's buffer is recycled after the reply,
+                            // off the sender's critical path.
+                            let mut message = Some(message);
+                            if message.as_ref().is_some_and(|m| m.loan().is_some()) {
+                                message = None;
                             }
-                            let responder = Responder::Ring { conn, poke: None };
+                            let responder = Responder::Ring { conn: conn.clone(), poke: None };
                             match answer {
                                 Ok(reply) => {
                                     let _ = responder.reply(incoming.call, reply);
                                 }
                                 Err(_) => responder.refuse(incoming.call, "the handler panicked"),
+                            }
+                            if let Some(v) = message.and_then(Message::into_payload_vec) {
+                                conn.recycle(v);
                             }
                         }
                         Next::Native(mut message, responder) => {
