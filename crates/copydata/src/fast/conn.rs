@@ -113,11 +113,13 @@ fn parse(c: &Consumer, rec: &Rec) -> Result<Parsed, String> {
         }
         let mut head = [0u8; 8];
         c.read(rec, 0, &mut head);
-        let aux_len = u32::from_ne_bytes(head[0..4].try_into().expect("4")) as usize;
+        let aux_len = u64::from(u32::from_ne_bytes(head[0..4].try_into().expect("4")));
         let sections = u32::from_ne_bytes(head[4..8].try_into().expect("4")) as usize;
-        if sections > MAX_SECTIONS || 8 + aux_len.next_multiple_of(8) > rec.inline {
+        // In u64: a hostile length must not wrap around on 32-bit targets.
+        if sections > MAX_SECTIONS || 8 + aux_len.next_multiple_of(8) > rec.inline as u64 {
             return Err(format!("attachment of {aux_len} bytes and {sections} sections"));
         }
+        let aux_len = aux_len as usize;
         let mut bytes = vec![0u8; aux_len];
         c.read(rec, 8, &mut bytes);
         aux = Some((bytes, sections));
@@ -217,10 +219,9 @@ pub(crate) struct Client {
     /// next one waits until the receiver has taken it (at most one such
     /// post in flight).
     oneshot_until: Option<u64>,
+    /// Slots of buffers given back whose RETIRE record has not gone out.
+    retiring: Vec<u32>,
 }
-
-/// Room for the `RETIRE` records a lend may cause.
-const RETIRE_ROOM: usize = 8 * 64;
 
 impl Client {
     pub(crate) fn new(link: Link, wait: Wait, max_payload: u64) -> Client {
@@ -234,6 +235,7 @@ impl Client {
             wait,
             max_payload,
             oneshot_until: None,
+            retiring: Vec::new(),
         }
     }
 
@@ -246,14 +248,15 @@ impl Client {
         mut check: impl FnMut(&mut Client) -> Result<Option<T>, Fail>,
     ) -> Result<T, Fail> {
         if self.wait == Wait::SpinThenPark {
+            // Spin on a cheap look (the reply ring's next stamp, or the
+            // consumer's position and the release words, taken before the
+            // first check so no change is missed), then check for real.
+            let (rep, rep_at, req) = (*self.rep.ring(), self.rep.position(), *self.req.ring());
+            let consumed = self.req.consumed();
+            let released = if bell == Bell::Reply { 0 } else { self.link.region().released_sum(Side::Sender) };
             if let Some(t) = check(self)? {
                 return Ok(t);
             }
-            // Spin on a cheap look (the reply ring's next stamp, or the
-            // consumer's position), then check for real.
-            let (rep, rep_at, req) = (*self.rep.ring(), self.rep.position(), *self.req.ring());
-            let consumed = self.req.consumed();
-            let released = self.link.region().released_sum(Side::Sender);
             let region = self.link.region();
             let moved = spin(|| match bell {
                 Bell::Reply => rep.has_stamp(rep_at),
@@ -295,10 +298,6 @@ impl Client {
 
     /// Waits for room for a record of `inline` bytes (or fails with `Full`
     /// when `block` is false).
-    fn room(&mut self, inline: usize, block: bool, deadline: Option<Instant>) -> Result<(), Fail> {
-        self.room_for(record_size(inline), block, deadline)
-    }
-
     fn room_for(&mut self, size: usize, block: bool, deadline: Option<Instant>) -> Result<(), Fail> {
         if self.req.has_room(size)? {
             return Ok(());
@@ -319,17 +318,30 @@ impl Client {
         Ok(())
     }
 
-    /// Tells the receiver about buffers given back, and gives back large
-    /// ones after a quiet spell.
-    fn retire(&mut self, mut slots: Vec<u32>, deadline: Option<Instant>) -> Result<(), Fail> {
+    /// Tells the receiver about buffers given back (and gives back large ones
+    /// after a quiet spell), as far as the request ring has room beyond
+    /// `keep` bytes for the record that follows; the rest waits for a later
+    /// message. A slot that is filled again before its RETIRE went out needs
+    /// none: the new buffer's record replaces the receiver's handle.
+    fn retire(&mut self, slots: Vec<u32>, keep: usize) -> Result<(), Fail> {
+        self.retiring.extend(slots);
         if self.pool.has_large() {
-            slots.extend(self.pool.trim(self.link.region(), Instant::now()));
+            let trimmed = self.pool.trim(self.link.region(), Instant::now());
+            self.retiring.extend(trimmed);
         }
-        for slot in slots {
-            self.room(0, true, deadline)?;
+        while let Some(&slot) = self.retiring.last() {
+            if !self.req.has_room(record_size(0) + keep)? {
+                break;
+            }
             self.push(RETIRE, 0, 0, u64::from(slot), &[])?;
+            self.retiring.pop();
         }
         Ok(())
+    }
+
+    /// Forgets a pending RETIRE for a slot that is being filled again.
+    fn reusing(&mut self, slot: u32) {
+        self.retiring.retain(|&s| s != slot);
     }
 
     /// A pooled buffer of `len` bytes, waiting (unless `block` is false) for
@@ -361,7 +373,10 @@ impl Client {
         }
         let mut retired = Vec::new();
         let lent = self.lend_pooled(len, true, None, &mut retired)?;
-        self.retire(retired, None)?;
+        if let Some(l) = &lent {
+            self.reusing(l.slot);
+        }
+        self.retire(retired, 0)?;
         let buf = match lent {
             Some(Lent { slot, use_no, announce, ptr, prev_use }) => {
                 LentBuf { ptr, slot, use_no, announce, prev_use, oneshot: None }
@@ -470,7 +485,7 @@ impl Client {
                 let aux = if sections.is_empty() { 0 } else { 8 + Link::aux_len(false, sections).next_multiple_of(8) };
                 record_size(aux + d.len())
             }
-            None => record_size(8 + Link::aux_len(true, sections).next_multiple_of(8) + BufRef::LEN) + RETIRE_ROOM,
+            None => record_size(8 + Link::aux_len(true, sections).next_multiple_of(8) + BufRef::LEN),
         };
         if worst > record_size(max_inline(REQ_CAP)) {
             return Err(Fail::Io(io::Error::new(io::ErrorKind::InvalidInput, "message attachments too large")));
@@ -482,8 +497,13 @@ impl Client {
         let mut lent: Option<Lent> = None;
         let bufref = match body {
             _ if inline_data.is_some() => None,
-            Body::Bytes(d) => match self.lend_pooled(d.len(), block, deadline, &mut retired)? {
-                Some(l) => {
+            Body::Bytes(d) => match self.lend_pooled(d.len(), block, deadline, &mut retired) {
+                Err(e) => {
+                    self.retiring.extend(retired.drain(..));
+                    return Err(e);
+                }
+                Ok(Some(l)) => {
+                    self.reusing(l.slot);
                     // SAFETY:
                     // - `l.ptr` is the start of our own writable mapping of at
                     //   least `d.len()` bytes (the pool picked a buffer that
@@ -494,7 +514,7 @@ impl Client {
                     lent = Some(l);
                     Some(r)
                 }
-                None => {
+                Ok(None) => {
                     if kind == POST {
                         self.oneshot_taken(block, deadline)?;
                     }
@@ -516,7 +536,7 @@ impl Client {
                 Some(BufRef { slot: l.slot, flags, use_no: l.use_no })
             }
         };
-        let queued = self.queue(kind, tag, len, body, bufref, oneshot.as_ref(), retired, sections, deadline);
+        let queued = self.queue(kind, tag, len, body, bufref, oneshot.as_ref(), retired, sections);
         if queued.is_err()
             && let Some(l) = lent
         {
@@ -541,11 +561,16 @@ impl Client {
         oneshot: Option<&Section>,
         retired: Vec<u32>,
         sections: &[&Section],
-        deadline: Option<Instant>,
     ) -> Result<(), Fail> {
-        self.retire(retired, deadline)?;
         let has_new = bufref.is_some_and(|b| b.flags & BUF_NEW != 0);
         let attach = has_new || !sections.is_empty();
+        let payload_len = match (&bufref, body) {
+            (None, Body::Bytes(d)) => d.len(),
+            _ => 0,
+        };
+        let inline = if attach { 8 + Link::aux_len(has_new, sections).next_multiple_of(8) } else { 0 }
+            + if bufref.is_some() { BufRef::LEN } else { payload_len };
+        self.retire(retired, record_size(inline))?;
         let new_buffer: Option<&Section> = match (&bufref, body) {
             (Some(_), _) if !has_new => None,
             (Some(_), Body::Lent(l, _)) => match &l.oneshot {
@@ -582,11 +607,10 @@ impl Client {
             let Some(rec) = self.rep.peek()? else { return Ok(None) };
             match rec.kind {
                 RETIRE => {
-                    let slot = rec.word as u32;
-                    if slot as usize >= SLOTS {
-                        return Err(Fail::Broken(format!("retired buffer slot {slot}")));
+                    if rec.word >= SLOTS as u64 {
+                        return Err(Fail::Broken(format!("retired buffer slot {}", rec.word)));
                     }
-                    self.peer.retire(slot);
+                    self.peer.retire(rec.word as u32);
                     self.rep.advance(&rec, false);
                     continue;
                 }
@@ -755,7 +779,11 @@ impl ServerConn {
     pub(crate) fn take(self: &Arc<Self>) -> Result<Option<Incoming>, String> {
         let mut st = self.state();
         loop {
-            let Some(rec) = st.req.peek().map_err(|c| c.to_string())? else { return Ok(None) };
+            let peeked = st.req.peek();
+            // Padding moves the position without a record: keep the lock-free
+            // look (`maybe_ready`) in step.
+            self.next.store(st.req.position(), Ordering::Relaxed);
+            let Some(rec) = peeked.map_err(|c| c.to_string())? else { return Ok(None) };
             match rec.kind {
                 RETIRE => {
                     let slot = rec.word;

@@ -307,7 +307,7 @@ impl Producer {
             // Publishes the record with a full barrier (see above).
             self.ring.stamp(at).swap(at + 1, Ordering::SeqCst);
         }
-        Ok(Some(self.ring.cons_parked().load(Ordering::Relaxed) != 0))
+        Ok(Some(self.ring.cons_parked().load(Ordering::SeqCst) != 0))
     }
 }
 
@@ -434,7 +434,7 @@ impl Consumer {
         // A full barrier (a locked exchange) between publishing the room and
         // reading the producer's parked flag; pairs with the producer's.
         self.ring.tail().swap(self.pos, Ordering::SeqCst);
-        self.ring.prod_parked().load(Ordering::Relaxed) != 0
+        self.ring.prod_parked().load(Ordering::SeqCst) != 0
     }
 }
 

@@ -221,10 +221,10 @@ impl Dispatch {
     }
 
     /// A cheap look (a few loads) for anything that needs a real scan.
-    fn worth_a_look(&self, slot: &Slot, st: &WorkerState) -> bool {
+    fn worth_a_look(&self, w: usize, slot: &Slot, st: &WorkerState) -> bool {
         slot.changed.load(Ordering::Relaxed)
             || self.is_closed()
-            || self.has_native.load(Ordering::Relaxed)
+            || (w == 0 && self.has_native.load(Ordering::Relaxed))
             || st
                 .conns
                 .iter()
@@ -260,7 +260,7 @@ impl Dispatch {
                 if since.elapsed() < HOT_MAX && deadline.is_none_or(|d| Instant::now() < d) {
                     // Spin (a yield is a system call, microseconds here), and
                     // let other threads of this CPU in now and then.
-                    if !super::spin(|| self.worth_a_look(slot, st)) {
+                    if !super::spin(|| self.worth_a_look(w, slot, st)) {
                         std::thread::yield_now();
                     }
                     continue;
@@ -269,7 +269,10 @@ impl Dispatch {
                 st.hot_since = None;
             }
             if st.conns.iter().any(|c| c.wait == Wait::SpinThenPark) {
-                if super::spin(|| self.worth_a_look(slot, st)) {
+                if super::spin(|| self.worth_a_look(w, slot, st)) {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return None;
+                    }
                     continue;
                 }
             }

@@ -195,6 +195,9 @@ impl Link {
                     if !self.alive() {
                         return Park::PeerGone;
                     }
+                    // Let the caller look at the ring again: a safety net
+                    // should a wake-up ever be missed.
+                    return Park::Woken;
                 }
                 _ => return Park::Woken,
             }
@@ -419,9 +422,11 @@ impl Acceptor {
             for i in gone.into_iter().rev() {
                 // The worker delivers what the sender left in the ring (and
                 // on the socket) before it drops the connection.
-                let (conn, w) = self.conns.swap_remove(i);
+                // (`serve` may have moved the connection to another worker
+                // since set-up: poke the one the region names now.)
+                let (conn, _) = self.conns.swap_remove(i);
                 conn.dead.store(true, Ordering::Release);
-                self.dispatch.poke(w);
+                self.dispatch.poke(conn.link().region().worker().load(Ordering::Acquire));
             }
             if listener_ready {
                 self.accept_one();
