@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::pool::{BUF_LOAN, BUF_NEW, BUF_ONESHOT, BufRef, Lend, Lent, ONESHOT, PeerBuffers, Pool};
+use super::pool::{BUF_LOAN, BUF_NEW, BUF_ONESHOT, BUF_STREAM, BufRef, Lend, Lent, ONESHOT, PeerBuffers, Pool};
 use super::region::{REP_CAP, REQ_CAP, SLOTS, Side};
 use super::ring::{Consumer, Corrupt, Producer, Rec, RingPtr, max_inline, pack_flags, record_size, user_flags};
 use super::{Bell, INLINE_MAX, Park, Wait, spin};
@@ -43,6 +43,23 @@ pub(crate) const RETIRE: u32 = 6;
 const F_AUX: u32 = 1;
 const F_BUF: u32 = 2;
 const MAX_REASON: usize = 4096;
+/// Copied payloads from this size on are streamed: the record goes out
+/// first and the receiver copies chunks as the sender writes them, so the
+/// two copies overlap instead of following each other.
+const STREAM_MIN: usize = 4 << 20;
+const STREAM_CHUNK: usize = 256 << 10;
+/// How long a streaming sender may make no progress.
+const STREAM_STALL: std::time::Duration = std::time::Duration::from_secs(2);
+const STREAM_SHIFT: u32 = 40;
+const STREAM_DONE_MASK: u64 = (1 << STREAM_SHIFT) - 1;
+const STREAM_ID_MASK: u64 = (1 << (64 - STREAM_SHIFT)) - 1;
+
+/// The progress word of a streamed payload: which use (low bits of its
+/// number) and how many bytes are written.
+fn stream_word(use_no: u64, done: usize) -> u64 {
+    (use_no & STREAM_ID_MASK) << STREAM_SHIFT | done as u64
+}
+
 /// The most sections one message may carry.
 pub(crate) const MAX_SECTIONS: usize = 16;
 
@@ -504,13 +521,22 @@ impl Client {
                 }
                 Ok(Some(l)) => {
                     self.reusing(l.slot);
-                    // SAFETY:
-                    // - `l.ptr` is the start of our own writable mapping of at
-                    //   least `d.len()` bytes (the pool picked a buffer that
-                    //   large), free for this use (the peer released its last);
-                    // - `d` is the caller's memory, distinct from the mapping.
-                    unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), l.ptr, d.len()) };
-                    let r = BufRef { slot: l.slot, flags: if l.announce { BUF_NEW } else { 0 }, use_no: l.use_no };
+                    let mut flags = if l.announce { BUF_NEW } else { 0 };
+                    if d.len() >= STREAM_MIN {
+                        // Copied after the record is queued, chunk by chunk,
+                        // while the receiver copies the chunks already there.
+                        flags |= BUF_STREAM;
+                        self.link.region().streamed().store(stream_word(l.use_no, 0), Ordering::Release);
+                    } else {
+                        // SAFETY:
+                        // - `l.ptr` is the start of our own writable mapping
+                        //   of at least `d.len()` bytes (the pool picked a
+                        //   buffer that large), free for this use (the peer
+                        //   released its last);
+                        // - `d` is the caller's memory, distinct from the mapping.
+                        unsafe { std::ptr::copy_nonoverlapping(d.as_ptr(), l.ptr, d.len()) };
+                    }
+                    let r = BufRef { slot: l.slot, flags, use_no: l.use_no };
                     lent = Some(l);
                     Some(r)
                 }
@@ -538,11 +564,26 @@ impl Client {
         };
         let queued = self.queue(kind, tag, len, body, bufref, oneshot.as_ref(), retired, sections);
         if queued.is_err()
-            && let Some(l) = lent
+            && let Some(l) = &lent
         {
             self.pool.cancel(l.slot, l.use_no, l.announce, l.prev_use);
         }
         queued?;
+        if let (Some(l), Some(b), Body::Bytes(d)) = (&lent, bufref, body)
+            && b.flags & BUF_STREAM != 0
+        {
+            let word = self.link.region().streamed();
+            let mut done = 0;
+            while done < d.len() {
+                let n = STREAM_CHUNK.min(d.len() - done);
+                // SAFETY: as for the plain copy above: our own writable
+                // mapping of at least `d.len()` bytes, free for this use; the
+                // receiver only reads below the published progress.
+                unsafe { std::ptr::copy_nonoverlapping(d.as_ptr().add(done), l.ptr.add(done), n) };
+                done += n;
+                word.store(stream_word(l.use_no, done), Ordering::Release);
+            }
+        }
         if kind == POST && bufref.is_some_and(|b| b.slot == ONESHOT) {
             self.oneshot_until = Some(self.req.position());
         }
@@ -837,7 +878,9 @@ impl ServerConn {
                         (Payload::default(), Some(crate::loan::LoanView::new(Some(view), len, Some(release))))
                     } else {
                         let mut v = std::mem::take(&mut st.spare);
-                        if len > 0 {
+                        if b.flags & BUF_STREAM != 0 {
+                            self.copy_streamed(&view, len, b.use_no, &mut v)?;
+                        } else if len > 0 {
                             copy_out(&view, len, &mut v);
                         } else {
                             v.clear();
@@ -858,6 +901,60 @@ impl ServerConn {
             let message = Message::new(rec.word, payload, sections, self.peer).with_loan(loan, call);
             return Ok(Some(Incoming { message, call }));
         }
+    }
+
+    /// Copies a payload the sender is still writing, as far as its
+    /// progress word says, until all `len` bytes are there. A sender that
+    /// stops making progress (stopped, dead, hostile) for [`STREAM_STALL`]
+    /// breaks the protocol.
+    fn copy_streamed(&self, view: &View, len: usize, use_no: u64, out: &mut Vec<u8>) -> Result<(), String> {
+        if len > view.len() {
+            return Err("streamed payload larger than its buffer".into());
+        }
+        out.clear();
+        out.reserve(len);
+        let word = self.link.region().streamed();
+        let (mut done, mut last_progress, mut spins) = (0usize, Instant::now(), 0u32);
+        while done < len {
+            let w = word.load(Ordering::Acquire);
+            // Progress of a later message means this one is complete (the
+            // sender finishes one copy before it starts the next).
+            let ready = if w >> STREAM_SHIFT == use_no & STREAM_ID_MASK {
+                usize::try_from(w & STREAM_DONE_MASK).unwrap_or(usize::MAX).min(len)
+            } else {
+                len
+            };
+            if ready > done {
+                // SAFETY:
+                // - `done..ready` lies inside the view (`ready <= len <=
+                //   view.len()`), mapped while `view` lives;
+                // - the destination is `out`'s reserved spare capacity (at
+                //   least `len` bytes), private memory;
+                // - the sender has published these bytes (Release/Acquire on
+                //   the progress word) and no longer writes them;
+                // - no reference to the shared bytes is formed.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(view.as_ptr().add(done), out.as_mut_ptr().add(done), ready - done)
+                };
+                done = ready;
+                last_progress = Instant::now();
+                continue;
+            }
+            std::hint::spin_loop();
+            spins += 1;
+            if spins.is_multiple_of(1024) {
+                if self.dead.load(Ordering::Acquire) {
+                    return Err("the sender died while writing a payload".into());
+                }
+                if last_progress.elapsed() > STREAM_STALL {
+                    return Err("the sender stopped writing a payload".into());
+                }
+                std::thread::yield_now();
+            }
+        }
+        // SAFETY: the loop above initialised exactly `len` bytes of `out`.
+        unsafe { out.set_len(len) };
+        Ok(())
     }
 
     /// Gives a payload buffer back for the next message.

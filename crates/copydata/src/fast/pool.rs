@@ -33,8 +33,11 @@ pub(crate) const BUF_NEW: u32 = 1;
 pub(crate) const BUF_LOAN: u32 = 2;
 /// A one-shot section, not in the pool (slot is `ONESHOT`).
 pub(crate) const BUF_ONESHOT: u32 = 4;
+/// The sender writes the payload after queueing the record, publishing its
+/// progress in the region (copied payloads of 4 MiB and more).
+pub(crate) const BUF_STREAM: u32 = 8;
 pub(crate) const ONESHOT: u32 = u32::MAX;
-const KNOWN: u32 = BUF_NEW | BUF_LOAN | BUF_ONESHOT;
+const KNOWN: u32 = BUF_NEW | BUF_LOAN | BUF_ONESHOT | BUF_STREAM;
 
 /// The smallest pooled buffer.
 const MIN_BUF: usize = 64 << 10;

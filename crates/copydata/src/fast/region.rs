@@ -9,6 +9,7 @@
 //!          +48 taken_from_sender: u64, +56 taken_from_receiver: u64 (Windows: the last
 //!              attachments the other side has pulled)
 //!          +64 loan_pending: u32   the sender holds a loan it is about to send
+//!          +72 streamed: u64   progress of a payload the sender is still copying
 //! +128   released by the receiver: u64 × SLOTS   (sender-owned buffers it is done with)
 //! +640   released by the sender:   u64 × SLOTS   (receiver-owned buffers)
 //! +1152  request ring  (sender → receiver), `ring::RING_HEADER + REQ_CAP`
@@ -118,6 +119,11 @@ impl Region {
     /// Set by the sender while it holds a loan (a message is coming).
     pub(crate) fn loan_pending(&self) -> &AtomicU32 {
         self.view.atomic_u32(64).expect("offset inside the region")
+    }
+
+    /// The progress of a streamed payload (see `conn`), written by the sender.
+    pub(crate) fn streamed(&self) -> &AtomicU64 {
+        self.u64_at(72)
     }
 
     /// The release word of buffer `slot` owned by `owner`: the other side

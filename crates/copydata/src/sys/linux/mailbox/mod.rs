@@ -528,7 +528,8 @@ pub(crate) fn connect(name: &Name, wait: Wait, deadline: Instant) -> Result<(Lin
         reason: format!("runtime directory {path}: {reason}"),
     })?;
     let path = runtime::socket_path(&dir, name);
-    let sock = UnixStream::connect(&path).map_err(|e| match e.kind() {
+    let sock = connect_until(&path, deadline).map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock => timed_out(),
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
             // A dead binder's files: remove them while we are here.
             reclaim_if_dead(&dir, name);
@@ -594,6 +595,38 @@ pub(crate) fn connect(name: &Name, wait: Wait, deadline: Instant) -> Result<(Lin
     sock.set_read_timeout(None).map_err(io)?;
     sock.set_write_timeout(None).map_err(io)?;
     Ok((Link { region, sock, bells: Some(bells) }, h.word))
+}
+
+/// Connects to the socket at `path`, retrying while its backlog is full
+/// (a stopped or swamped receiver) until `deadline`: a plain blocking
+/// `connect` would wait for ever there. `WouldBlock` when the time is up.
+fn connect_until(path: &std::path::Path, deadline: Instant) -> io::Result<UnixStream> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let addr = SocketAddrUnix::new(path)?;
+    let mut pause = Duration::from_micros(100);
+    loop {
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
+        match rustix::net::connect(&fd, &addr) {
+            Ok(()) => {
+                let stream = UnixStream::from(fd);
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            // A Unix socket's non-blocking connect fails with EAGAIN while
+            // the listener's queue is full.
+            Err(Errno::AGAIN) if Instant::now() < deadline => {
+                std::thread::sleep(pause.min(deadline.saturating_duration_since(Instant::now())));
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            Err(Errno::AGAIN) => return Err(io::ErrorKind::WouldBlock.into()),
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Removes the files of the mailbox `name` if no live process has bound it.
