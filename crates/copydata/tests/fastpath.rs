@@ -438,6 +438,50 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
             loan.send(tag(GATE_SUM, 0)).map_err(fail)?;
             Ok(())
         }
+        // Binds `args[0]` with `args[1]` handler threads and serves it only
+        // after a `serve` line (senders may connect before), with a handler
+        // that says `@got ID SEQ LEN SUM` for a message tagged `ID << 32 | SEQ`
+        // and sleeps `args[2]` ms; `quit` (or the end of stdin) unbinds.
+        "srv-late" => {
+            let threads: usize = args[1].parse().map_err(fail)?;
+            let delay = Duration::from_millis(args[2].parse().map_err(fail)?);
+            let mailbox =
+                Mailbox::bind_with(&args[0], &MailboxOptions::new().handler_threads(threads)).map_err(fail)?;
+            say("ready", &std::process::id().to_string());
+            if hear() != "serve" {
+                return Err("expected `serve`".into());
+            }
+            let server = mailbox.serve(move |m| {
+                let (id, seq) = (m.tag() >> 32, m.tag() & 0xffff_ffff);
+                say("got", &format!("{id} {seq} {} {}", len_of(m), sum_of(m)));
+                std::thread::sleep(delay);
+                Reply::code(0)
+            });
+            say("serving", "");
+            while !matches!(hear().as_str(), "quit" | "") {}
+            drop(server);
+            say("bye", "");
+            Ok(())
+        }
+        // Connects to `args[0]` as sender `args[1]`, says `@connected`, waits
+        // for a line, posts `args[2]` messages (tag `ID << 32 | SEQ`, payload
+        // `pattern(SEQ * 10, ID * 1000 + SEQ)`), says `@posted`, and exits:
+        // at once if `args[3]` is `exit`, after another line if `wait`.
+        "post-wait" => {
+            let id: u64 = args[1].parse().map_err(fail)?;
+            let n: u64 = args[2].parse().map_err(fail)?;
+            let mut s = Sender::connect(&args[0]).map_err(fail)?;
+            say("connected", "");
+            hear();
+            for seq in 0..n {
+                s.post(id << 32 | seq, &pattern(seq as usize * 10, id * 1000 + seq)).map_err(fail)?;
+            }
+            say("posted", "");
+            if args[3] == "wait" {
+                hear();
+            }
+            Ok(())
+        }
         _ => Err(format!("unknown role {role}")),
     }
 }
@@ -698,6 +742,140 @@ fn a_flood_of_large_posts_blocks_too() {
     // The pool holds at most 8 buffers per direction; 64 MiB in flight is
     // generous.
     flood_a_held_receiver(300, MIB, 4, 64);
+}
+
+/// Holds the receiver `srv` (one handler thread) with the request ring of
+/// `s` full to the brim and a trim of `s`'s pool due, such that the
+/// receiver's next step gives the pool's large buffer back and frees the
+/// room of exactly one record, the buffer's. In order: a `GATE` post (the
+/// handler holds it), a `GATE` post of 2 MiB (a pooled buffer larger than
+/// the pool keeps when idle, in use until the receiver takes it, so no trim
+/// can give it back before), then posts of 16 bytes (one 64-byte line each,
+/// the size of a RETIRE record) until `Full`, then 300 ms of quiet (longer
+/// than the pool's trim delay). The next `go` lets the handler take the
+/// large post, which releases its buffer, and hold again (`@gated 2`).
+/// Returns the number of small posts (`REC` 0..n) and the room that step
+/// frees: the large post's record (64 bytes on Linux; more on Windows, where
+/// its attachment travels in the ring).
+fn a_full_ring_and_a_trim_due(srv: &mut Srv, s: &mut Sender) -> (u64, usize) {
+    s.post(tag(GATE, 1), b"").unwrap();
+    assert_eq!(srv.kid().expect("gated"), "1");
+    s.post(tag(GATE, 2), &vec![2u8; 2 * MIB]).unwrap();
+    let mut n = 0;
+    loop {
+        match s.try_post(tag(REC, n), &pattern(16, n)) {
+            Ok(()) => n += 1,
+            Err(SendError::Full { .. }) => break,
+            Err(e) => panic!("try_post {n}: {e}"),
+        }
+        assert!(n < 100_000, "the queue never filled");
+    }
+    // The ring (256 KiB) holds the large post's record and n lines.
+    let room = (256 << 10) - 64 * n as usize;
+    assert!((64..=4096).contains(&room), "{n} small posts fill the ring");
+    if cfg!(target_os = "linux") {
+        assert_eq!(room, 64, "the large post's record");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    (n, room)
+}
+
+/// The payload length whose record takes exactly `room` bytes: 32 bytes in
+/// the first line of 64, 56 in each further line.
+fn filling(room: usize) -> usize {
+    32 + 56 * (room / 64 - 1)
+}
+
+/// Checks that the receiver got `REC` 0..n, in order, each once, `len(i)`
+/// bytes of `pattern(len(i), i)`.
+fn check_posts(s: &mut Sender, n: u64, len: impl Fn(u64) -> usize) {
+    let recs = report(s);
+    let args: Vec<u64> = recs.iter().map(|r| r.arg).collect();
+    assert_eq!(args, (0..n).collect::<Vec<_>>(), "every post arrives exactly once, in order");
+    for r in &recs {
+        let d = pattern(len(r.arg), r.arg);
+        assert_eq!((r.len, r.sum, r.call), (d.len() as u64, sum(&d), false), "post {}", r.arg);
+    }
+}
+
+/// A post waiting for room in a full request ring gets the room it waited
+/// for, even when the sender's pool is due to give back a large buffer (a
+/// RETIRE record) at that moment: the RETIRE waits for a later message.
+/// Before the fix, the RETIRE took the room, the post found none after
+/// waiting for it and failed with `SendError::Protocol` (its message lost,
+/// the connection dropped). See `a_full_ring_and_a_trim_due` for the set-up;
+/// the waiting post needs all the room the receiver frees. Every post
+/// arrives once, in order, and the sender goes on.
+#[test]
+fn a_retire_record_never_takes_the_room_a_post_waited_for() {
+    let mut srv = Srv::start(1);
+    let mut s = srv.sender();
+    let (n, room) = a_full_ring_and_a_trim_due(&mut srv, &mut s);
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let r = s.post(tag(REC, n), &pattern(filling(room), n));
+        let _ = tx.send((s, r));
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(rx.try_recv().is_err(), "post returned while the queue was full");
+    srv.kid().tell("go");
+    assert_eq!(srv.kid().expect("gated"), "2");
+    let (mut s, r) = rx.recv_timeout(BOUND).expect("post did not return once there was room");
+    r.expect("the post that waited for room");
+    srv.kid().tell("go");
+    // More posts (the first of them take the RETIRE along).
+    for i in n + 1..n + 50 {
+        s.post(tag(REC, i), &pattern(16, i)).unwrap_or_else(|e| panic!("post {i}: {e}"));
+    }
+    check_posts(&mut s, n + 50, |i| if i == n { filling(room) } else { 16 });
+    srv.quit();
+}
+
+/// The same with `try_post`: it never blocks (each call returns within
+/// 100 ms) and never fails but with `Full`, and once there is room for its
+/// message it takes it, whatever the pool wants to give back. Before the
+/// fix, the RETIRE record took the room and `try_post` failed with
+/// `SendError::Protocol` (its message lost).
+#[test]
+fn try_post_takes_the_room_there_is_when_a_trim_is_due() {
+    let mut srv = Srv::start(1);
+    let mut s = srv.sender();
+    let (first, room) = a_full_ring_and_a_trim_due(&mut srv, &mut s);
+    let len = |i: u64| if i == first { filling(room) } else { 16 };
+    let try_post = |s: &mut Sender, i: u64| {
+        let started = Instant::now();
+        let r = s.try_post(tag(REC, i), &pattern(len(i), i));
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(100), "try_post {i} took {took:?}");
+        match r {
+            Ok(()) => true,
+            Err(SendError::Full { .. }) => false,
+            Err(e) => panic!("try_post {i}: {e}"),
+        }
+    };
+    assert!(!try_post(&mut s, first), "try_post into the full ring");
+    srv.kid().tell("go");
+    assert_eq!(srv.kid().expect("gated"), "2");
+    // Room for exactly this post now.
+    assert!(try_post(&mut s, first), "try_post with room for its message");
+    for _ in 0..3 {
+        assert!(!try_post(&mut s, first + 1), "try_post into the ring full again");
+    }
+    srv.kid().tell("go");
+    // Once the receiver catches up, the queue drains: try_post goes through
+    // again (the first ones take the RETIRE along).
+    let mut n = first + 1;
+    let deadline = Instant::now() + BOUND;
+    while n < first + 50 {
+        if try_post(&mut s, n) {
+            n += 1;
+        } else {
+            assert!(Instant::now() < deadline, "try_post found the queue full for {BOUND:?}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    check_posts(&mut s, n, len);
+    srv.quit();
 }
 
 /// `try_post` fails with `Full` while the receiver is held up and the ring
@@ -1149,6 +1327,82 @@ fn handler_threads_keep_each_senders_order() {
     assert!(workers.len() >= 2, "six senders all on handler thread(s) {workers:?}");
     assert!(workers.iter().all(|&w| w < 4), "{workers:?}");
     srv.quit();
+}
+
+/// Senders that connected before the receiver called `serve` (so set up for
+/// handler thread 0, then spread over four by `serve`) are let go of when
+/// they hang up: every post is delivered, and the receiver's descriptors
+/// return to what they were before within a few seconds. Six sender
+/// children connect while the receiver waits between `bind` and `serve`;
+/// each posts five messages while the handler sleeps 20 ms per message;
+/// half exit at once (while the handler is busy with their posts), half
+/// only after the receiver has handled everything and its threads have gone
+/// to sleep. Before the fix, the hang-up woke the thread a connection was
+/// set up for (0), not the one serving it since `serve`, so a connection
+/// moved to another thread that slept for good was never dropped.
+#[cfg(target_os = "linux")]
+#[test]
+fn senders_connected_before_serve_are_let_go_of_when_they_hang_up() {
+    let name = unique("late");
+    let mut srv = Kid::spawn("srv-late", &[&name, "4", "20"]);
+    let pid: u32 = srv.expect("ready").parse().unwrap();
+    let fds = procfs::fds(pid);
+    let (senders, n) = (6u64, 5u64);
+    let mut kids: Vec<Kid> = (0..senders)
+        .map(|id| {
+            let how = if id % 2 == 0 { "exit" } else { "wait" };
+            Kid::spawn("post-wait", &[&name, &id.to_string(), &n.to_string(), how])
+        })
+        .collect();
+    for k in &mut kids {
+        k.expect("connected");
+    }
+    procfs::eventually("the receiver holds the connections", || procfs::fds(pid) > fds);
+    srv.tell("serve");
+    srv.expect("serving");
+    for k in &mut kids {
+        k.tell("post");
+    }
+    let mut waiting = Vec::new();
+    for (id, mut k) in kids.into_iter().enumerate() {
+        k.expect("posted");
+        if id % 2 == 0 {
+            k.wait_ok();
+        } else {
+            waiting.push(k);
+        }
+    }
+    let mut got: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+    for _ in 0..senders * n {
+        let line = srv.expect("got");
+        let v: Vec<u64> = line.split(' ').map(|x| x.parse().unwrap()).collect();
+        let (id, seq) = (v[0], v[1]);
+        let d = pattern(seq as usize * 10, id * 1000 + seq);
+        assert_eq!((v[2], v[3]), (d.len() as u64, sum(&d)), "sender {id}, post {seq}: payload");
+        got.entry(id).or_default().push(seq);
+    }
+    for id in 0..senders {
+        assert_eq!(got.get(&id), Some(&(0..n).collect::<Vec<_>>()), "sender {id}: its posts, once each, in order");
+    }
+    // Every handler thread goes idle for good (past the trim delay), then
+    // the other half hang up.
+    std::thread::sleep(Duration::from_millis(600));
+    for mut k in waiting {
+        k.tell("exit");
+        k.wait_ok();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while procfs::fds(pid) > fds {
+        assert!(
+            Instant::now() < deadline,
+            "5 s after its senders hung up the receiver holds {} descriptors (before they connected: {fds})",
+            procfs::fds(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    srv.tell("quit");
+    srv.expect("bye");
+    srv.wait_ok();
 }
 
 // ------------------------------------------------------------ timeouts

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Kid, hear, say, unique};
-use copydata::{Mailbox, MailboxOptions, Reply, SendError, Sender};
+use copydata::{Mailbox, MailboxOptions, RecvError, Reply, SendError, Sender};
 
 #[test]
 fn child_entry() {
@@ -143,6 +143,33 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
         }
         "wait" => {
             hear();
+            Ok(())
+        }
+        // Receives on `args[0]` with `recv_timeout` of 500 ms in a loop: says
+        // `@timeout MS` (how long it waited) at each timeout, echoes like
+        // `serve` (code = checksum, data = the payload reversed), stops after
+        // tag 99.
+        "recv-loop" => {
+            let mailbox = Mailbox::bind(&args[0]).map_err(fail)?;
+            say("ready", &std::process::id().to_string());
+            loop {
+                let started = Instant::now();
+                match mailbox.recv_timeout(Duration::from_millis(500)) {
+                    Ok(request) => {
+                        let stop = request.tag() == 99;
+                        let mut back = request.payload().to_vec();
+                        back.reverse();
+                        let code = sum(request.payload()) as i64;
+                        let _ = request.reply(Reply::new(code, back));
+                        if stop {
+                            break;
+                        }
+                    }
+                    Err(RecvError::Timeout) => say("timeout", &started.elapsed().as_millis().to_string()),
+                    Err(e) => return Err(fail(e)),
+                }
+            }
+            say("served", "");
             Ok(())
         }
         _ => Err(format!("unknown role {role}")),
@@ -368,58 +395,51 @@ fn messages_carry_sections() {
     stop_server(kid, &name);
 }
 
-/// Garbage from a sender is rejected and only its connection dropped, with
-/// nothing else sent, while a well-behaved sender goes on being served.
-///
-/// On the socket (which carries only the set-up hello and, later, the
-/// descriptors that go with a message): random bytes, a bad magic, a short
-/// header, frames other than a hello. A hello of another protocol version or
-/// wait mode gets the "incompatible" welcome (status 2, no descriptors), a
-/// protocol-1 request (`CDQ1`) a refusal naming the protocol.
-///
-/// In the shared region, after a genuine set-up by hand (the hello, the
-/// welcome with the region and the doorbells, both mapped here): a record
-/// written the right way is answered (which checks the offsets below), then
-/// garbage, each on a fresh connection: a bad stamp, an inline length past
-/// the ring, an attachment announced but never sent, an unsealed memfd as a
-/// new buffer, a reference to an empty buffer slot, an unknown kind, padding
-/// at the start of the ring, a bad retired slot, a payload above the limit.
-/// Offsets from `fast/region.rs` and `fast/ring.rs`; the wire header from
-/// `sys/linux/mailbox/wire.rs`.
+/// A sender made by hand, over the raw socket and the mapped region, to
+/// write into the shared rings what no well-behaved sender would (and to
+/// play a receiver for a real sender). Offsets from `fast/region.rs` and
+/// `fast/ring.rs`; the wire header from `sys/linux/mailbox/wire.rs`.
 #[cfg(target_os = "linux")]
-#[test]
-fn garbage_on_the_socket_is_rejected_and_others_are_served() {
-    use std::io::{IoSlice, IoSliceMut, Read, Write};
+mod raw {
+    use std::io::{IoSliceMut, Read, Write};
     use std::mem::MaybeUninit;
-    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::fd::OwnedFd;
     use std::os::unix::net::UnixStream;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
 
     use rustix::mm::{MapFlags, ProtFlags};
-    use rustix::net::{
-        RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
-    };
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
     // fast/region.rs: the worker's number at +32, the request ring at +1152,
-    // the reply ring after it; fast/ring.rs: a ring's header is 384 bytes.
-    const WORKER: usize = 32;
-    const RING_HEADER: usize = 384;
-    const REQ_DATA: usize = 1152 + RING_HEADER;
-    const REQ_CAP: usize = 256 << 10;
-    const REP_DATA: usize = 1152 + RING_HEADER + REQ_CAP + RING_HEADER;
-    const BELL_STRIDE: usize = 128;
+    // the reply ring after it; fast/ring.rs: a ring's header is 384 bytes
+    // (the consumer's position at +0, its parked flag at +128, the word it
+    // sleeps on at +132), its data area follows.
+    pub const WORKER: usize = 32;
+    pub const RING_HEADER: usize = 384;
+    pub const REQ_RING: usize = 1152;
+    pub const REQ_DATA: usize = REQ_RING + RING_HEADER;
+    pub const REQ_CAP: usize = 256 << 10;
+    pub const REP_RING: usize = REQ_DATA + REQ_CAP;
+    pub const REP_DATA: usize = REP_RING + RING_HEADER;
+    pub const REP_CAP: usize = 64 << 10;
+    pub const REGION_LEN: usize = (REP_DATA + REP_CAP).next_multiple_of(4096);
+    pub const CONS_PARKED: usize = 128;
+    pub const CONS_WAKE: usize = 132;
+    pub const BELL_STRIDE: usize = 128;
+    /// sys/linux/mailbox: one doorbell line per handler thread, 64 at most.
+    pub const BELLS_LEN: usize = 64 * BELL_STRIDE;
     // fast/conn.rs: kinds and user flags; fast/pool.rs: buffer flags.
-    const CALL: u32 = 1;
-    const REPLY: u32 = 3;
-    const RETIRE: u32 = 6;
-    const PAD: u32 = 0xffff;
-    const F_AUX: u32 = 1;
-    const F_BUF: u32 = 2;
-    const BUF_NEW: u32 = 1;
+    pub const CALL: u32 = 1;
+    pub const REPLY: u32 = 3;
+    pub const RETIRE: u32 = 6;
+    pub const PAD: u32 = 0xffff;
+    pub const F_AUX: u32 = 1;
+    pub const F_BUF: u32 = 2;
+    pub const BUF_NEW: u32 = 1;
 
     /// A 32-byte wire header: magic, two bytes, 0u16, then three u64 (LE).
-    fn frame(magic: &[u8; 4], b0: u8, b1: u8, seq: u64, word: u64, len: u64) -> Vec<u8> {
+    pub fn frame(magic: &[u8; 4], b0: u8, b1: u8, seq: u64, word: u64, len: u64) -> Vec<u8> {
         let mut h = magic.to_vec();
         h.extend_from_slice(&[b0, b1, 0, 0]);
         for v in [seq, word, len] {
@@ -428,13 +448,13 @@ fn garbage_on_the_socket_is_rejected_and_others_are_served() {
         h
     }
 
-    fn le(h: &[u8], at: usize) -> u64 {
+    pub fn le(h: &[u8], at: usize) -> u64 {
         u64::from_le_bytes(h[at..at + 8].try_into().unwrap())
     }
 
     /// A header and the descriptors that came with it; `None` at the end of
     /// the stream.
-    fn recv_frame(sock: &UnixStream) -> Option<([u8; 32], Vec<OwnedFd>)> {
+    pub fn recv_frame(sock: &UnixStream) -> Option<([u8; 32], Vec<OwnedFd>)> {
         let mut head = [0u8; 32];
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
         let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -459,7 +479,7 @@ fn garbage_on_the_socket_is_rejected_and_others_are_served() {
     }
 
     /// The text after an answer's header (`len` bytes).
-    fn recv_text(sock: &UnixStream, len: u64) -> String {
+    pub fn recv_text(sock: &UnixStream, len: u64) -> String {
         assert!(len > 0 && len <= 4096, "a reason of {len} bytes");
         let mut text = vec![0u8; len as usize];
         (&*sock).read_exact(&mut text).unwrap();
@@ -468,7 +488,7 @@ fn garbage_on_the_socket_is_rejected_and_others_are_served() {
 
     /// The mailbox drops the connection: end of stream (or a reset) within
     /// 10 s, and nothing more was sent.
-    fn assert_dropped(sock: &UnixStream, what: &str) {
+    pub fn assert_dropped(sock: &UnixStream, what: &str) {
         sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut rest = Vec::new();
         match (&*sock).read_to_end(&mut rest) {
@@ -480,13 +500,13 @@ fn garbage_on_the_socket_is_rejected_and_others_are_served() {
     }
 
     /// A shared read-write mapping of a received descriptor.
-    struct Map {
+    pub struct Map {
         at: *mut u8,
         len: usize,
     }
 
     impl Map {
-        fn new(fd: &OwnedFd) -> Map {
+        pub fn new(fd: &OwnedFd) -> Map {
             let len = rustix::fs::fstat(fd).unwrap().st_size as usize;
             // SAFETY: a fresh mapping chosen by the kernel (no existing
             // memory is replaced) of the whole object; it stays mapped until
@@ -498,27 +518,27 @@ fn garbage_on_the_socket_is_rejected_and_others_are_served() {
             Map { at: at.cast(), len }
         }
 
-        fn u32_at(&self, offset: usize) -> &AtomicU32 {
+        pub fn u32_at(&self, offset: usize) -> &AtomicU32 {
             assert!(offset + 4 <= self.len && offset.is_multiple_of(4));
             // SAFETY: inside the mapping (checked), aligned (page-aligned
             // base), shared with another process, so only used atomically.
             unsafe { AtomicU32::from_ptr(self.at.add(offset).cast()) }
         }
 
-        fn u64_at(&self, offset: usize) -> &AtomicU64 {
+        pub fn u64_at(&self, offset: usize) -> &AtomicU64 {
             assert!(offset + 8 <= self.len && offset.is_multiple_of(8));
             // SAFETY: as in `u32_at`.
             unsafe { AtomicU64::from_ptr(self.at.add(offset).cast()) }
         }
 
-        fn write(&self, offset: usize, bytes: &[u8]) {
+        pub fn write(&self, offset: usize, bytes: &[u8]) {
             assert!(offset + bytes.len() <= self.len);
             // SAFETY: inside the mapping (checked); the source is private
             // memory; no reference to the shared bytes is formed.
             unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.at.add(offset), bytes.len()) };
         }
 
-        fn read(&self, offset: usize, len: usize) -> Vec<u8> {
+        pub fn read(&self, offset: usize, len: usize) -> Vec<u8> {
             assert!(offset + len <= self.len);
             let mut out = vec![0u8; len];
             // SAFETY: as in `write`, the other way round.
@@ -536,14 +556,14 @@ fn garbage_on_the_socket_is_rejected_and_others_are_served() {
     }
 
     /// A connection set up by hand.
-    struct Raw {
-        sock: UnixStream,
-        region: Map,
-        bells: Map,
+    pub struct Raw {
+        pub sock: UnixStream,
+        pub region: Map,
+        pub bells: Map,
     }
 
     impl Raw {
-        fn set_up(path: &std::path::Path) -> Raw {
+        pub fn set_up(path: &std::path::Path) -> Raw {
             let mut sock = UnixStream::connect(path).unwrap();
             sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             sock.write_all(&frame(b"CDH2", 0, 0, 2, 0, 0)).unwrap();
@@ -558,7 +578,7 @@ fn garbage_on_the_socket_is_rejected_and_others_are_served() {
 
         /// Writes a record at `pos` of the request ring, the stamp last.
         #[allow(clippy::too_many_arguments)]
-        fn put(&self, pos: usize, stamp: u64, kind: u32, flags: u32, len: u64, word: u64, inline: &[u8]) {
+        pub fn put(&self, pos: usize, stamp: u64, kind: u32, flags: u32, len: u64, word: u64, inline: &[u8]) {
             let at = REQ_DATA + pos;
             let mut head = Vec::new();
             head.extend_from_slice(&kind.to_ne_bytes());
@@ -571,7 +591,7 @@ fn garbage_on_the_socket_is_rejected_and_others_are_served() {
         }
 
         /// Rings the doorbell of the connection's handler thread.
-        fn ring(&self) {
+        pub fn ring(&self) {
             let w = self.region.u32_at(WORKER).load(Ordering::Acquire) as usize;
             let word = self.bells.u32_at(w * BELL_STRIDE);
             word.fetch_add(1, Ordering::Release);
@@ -580,7 +600,7 @@ fn garbage_on_the_socket_is_rejected_and_others_are_served() {
 
         /// The record at `pos` of the reply ring, once there (10 s at most):
         /// kind, flags, len, word, inline bytes.
-        fn reply(&self, pos: usize) -> (u32, u32, u64, u64, Vec<u8>) {
+        pub fn reply(&self, pos: usize) -> (u32, u32, u64, u64, Vec<u8>) {
             let at = REP_DATA + pos;
             let deadline = Instant::now() + Duration::from_secs(10);
             while self.region.u64_at(at).load(Ordering::Acquire) != pos as u64 + 1 {
@@ -595,6 +615,38 @@ fn garbage_on_the_socket_is_rejected_and_others_are_served() {
             (kind, flags, len, word, inline)
         }
     }
+}
+
+/// Garbage from a sender is rejected and only its connection dropped, with
+/// nothing else sent, while a well-behaved sender goes on being served.
+///
+/// On the socket (which carries only the set-up hello and, later, the
+/// descriptors that go with a message): random bytes, a bad magic, a short
+/// header, frames other than a hello. A hello of another protocol version or
+/// wait mode gets the "incompatible" welcome (status 2, no descriptors), a
+/// protocol-1 request (`CDQ1`) a refusal naming the protocol.
+///
+/// In the shared region, after a genuine set-up by hand (the hello, the
+/// welcome with the region and the doorbells, both mapped here): a record
+/// written the right way is answered (which checks the offsets below), then
+/// garbage, each on a fresh connection: a bad stamp, an inline length past
+/// the ring, an attachment announced but never sent, an unsealed memfd as a
+/// new buffer, a reference to an empty buffer slot, an unknown kind, padding
+/// at the start of the ring, a bad retired slot, a payload above the limit.
+/// Offsets from `fast/region.rs` and `fast/ring.rs`; the wire header from
+/// `sys/linux/mailbox/wire.rs`.
+#[cfg(target_os = "linux")]
+#[test]
+fn garbage_on_the_socket_is_rejected_and_others_are_served() {
+    use std::io::{IoSlice, Write};
+    use std::mem::MaybeUninit;
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use raw::{BUF_NEW, CALL, F_AUX, F_BUF, PAD, REPLY, RETIRE, Raw, assert_dropped, frame, le, recv_frame, recv_text};
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
     let name = unique("garbage");
     let kid = server(&name, 0);
@@ -786,6 +838,226 @@ fn garbage_on_the_socket_is_rejected_and_others_are_served() {
     }
     check_echo(&copydata::send(&name, 0, b"after the garbage").unwrap(), b"after the garbage");
     stop_server(kid, &name);
+}
+
+/// The CPU time (user and system) a process has used (Linux: from
+/// `/proc/PID/stat`).
+#[cfg(target_os = "linux")]
+fn cpu_of(pid: u32) -> Duration {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = text[text.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_secs_f64(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
+/// A padding record with nothing after it leaves the receiver idle and
+/// serving. A sender made by hand writes one record by the book at position
+/// 0 of the request ring (answered), then, at the next position, a valid
+/// padding record: the receiver follows it to the next lap's start
+/// (262144), where the only stamp is the one an earlier lap left (1), so
+/// there is nothing to take. The receiver's cheap look at the ring must
+/// follow the pad too: before the fix it stayed on the pad's stamp, which
+/// looked like a record for ever, so the handler thread spun at 100 % CPU
+/// and `recv_timeout` never returned. Here the receiver (a child in a loop
+/// of `recv_timeout(500 ms)`) goes on timing out on time, sleeps, serves
+/// another sender, and serves the hand-made one at the next lap's start.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_padding_record_with_nothing_after_it_leaves_the_receiver_idle() {
+    use std::sync::atomic::Ordering;
+
+    use raw::{CALL, PAD, REPLY, REQ_CAP, REQ_RING, Raw};
+
+    /// Reads `n` `@timeout` lines: each within 3 s, each on time.
+    fn timeouts(kid: &mut Kid, n: usize, what: &str) {
+        for _ in 0..n {
+            let ms: u64 = kid
+                .expect_within("timeout", Duration::from_secs(3))
+                .unwrap_or_else(|| panic!("{what}: recv_timeout(500 ms) did not return within 3 s"))
+                .parse()
+                .unwrap();
+            assert!((500..1500).contains(&ms), "{what}: recv_timeout(500 ms) returned after {ms} ms");
+        }
+    }
+
+    let name = unique("pad");
+    let mut kid = Kid::spawn("recv-loop", &[&name]);
+    let pid: u32 = kid.expect("ready").parse().unwrap();
+    let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
+    let raw = Raw::set_up(&path);
+    raw.put(0, 1, CALL, 9, 9, 0, b"hello raw");
+    raw.ring();
+    let (kind, flags, len, word, inline) = raw.reply(0);
+    assert_eq!((kind, flags, len, word as i64), (REPLY, 9, 9, sum(b"hello raw") as i64), "the reply record");
+    assert_eq!(inline, b"war olleh");
+    // The call took one line (32 header bytes + 9): the pad goes at 64.
+    raw.put(64, 65, PAD, 0, 0, 0, &[]);
+    raw.ring();
+    // The receiver follows it: its position (the request ring's consumer
+    // word) becomes the next lap's start.
+    let position = raw.region.u64_at(REQ_RING);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while position.load(Ordering::Acquire) != REQ_CAP as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "the receiver did not follow the pad ({})",
+            position.load(Ordering::Acquire)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_of(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_of(pid).saturating_sub(before);
+    assert!(used < Duration::from_millis(100), "the receiver used {used:?} of CPU in 1 s of quiet after the pad");
+    // The lines of that quiet spell (1.3 s: two at least), and more.
+    timeouts(&mut kid, 4, "after the pad");
+    let mut sender = Sender::connect(&name).unwrap();
+    check_echo(&sender.send_timeout(0, b"a good sender", Duration::from_secs(30)).unwrap(), b"a good sender");
+    // The hand-made sender goes on at the next lap's start (offset 0, stamp
+    // 262144 + 1); the reply comes at the reply ring's next position.
+    raw.put(0, REQ_CAP as u64 + 1, CALL, 5, 5, 0, b"again");
+    raw.ring();
+    let (kind, flags, len, word, inline) = raw.reply(64);
+    assert_eq!((kind, flags, len, word as i64), (REPLY, 5, 5, sum(b"again") as i64), "the reply after the pad");
+    assert_eq!(inline, b"niaga");
+    timeouts(&mut kid, 1, "at the end");
+    sender.send_timeout(99, b"", Duration::from_secs(30)).unwrap();
+    loop {
+        match kid.next_line(common::WAIT) {
+            Some((t, _)) if t == "timeout" => {}
+            Some((t, _)) if t == "served" => break,
+            other => panic!("the receiver said {other:?}, expected @served"),
+        }
+    }
+    kid.wait_ok();
+}
+
+/// A sender parked for its reply looks at the reply ring again after a
+/// slice (20 ms), even if no wake-up ever comes. A receiver made by hand (a
+/// listening socket at the mailbox's path, the set-up by the book: a
+/// welcome with the region and the doorbells) takes a park-mode sender's
+/// call and writes the reply record without bumping the word the sender
+/// sleeps on. Before the fix, a parked sender only checked that the
+/// receiver lived at each slice and slept on until its deadline (10 s):
+/// a missed wake-up was never made good.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_parked_sender_finds_a_reply_that_came_without_a_wake_up() {
+    use std::io::IoSlice;
+    use std::mem::MaybeUninit;
+    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::unix::net::UnixListener;
+    use std::sync::atomic::Ordering;
+
+    use copydata::{SenderOptions, Wait};
+    use raw::{
+        BELLS_LEN, CALL, CONS_PARKED, CONS_WAKE, Map, REGION_LEN, REP_CAP, REP_DATA, REP_RING, REPLY, REQ_CAP,
+        REQ_DATA, frame, le, recv_frame,
+    };
+    use rustix::fs::{MemfdFlags, SealFlags};
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+
+    /// Removes the hand-made mailbox's socket.
+    struct Unlink(std::path::PathBuf);
+    impl Drop for Unlink {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// A memfd of `len` bytes sealed against resizing, as the receiver's.
+    fn memfd(len: usize) -> OwnedFd {
+        let fd = rustix::fs::memfd_create("raw-receiver", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, len as u64).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+        fd
+    }
+
+    /// Waits (10 s at most) until `f` holds.
+    fn until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}: not within 10 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    let name = unique("slice");
+    let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
+    let listener = UnixListener::bind(&path).unwrap();
+    let _unlink = Unlink(path);
+    listener.set_nonblocking(true).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sender = std::thread::spawn({
+        let name = name.clone();
+        move || {
+            let mut s = Sender::connect_with(&name, &SenderOptions::new().wait(Wait::Park)).unwrap();
+            let r = s.send_timeout(7, b"ping", Duration::from_secs(10));
+            let _ = tx.send((r, Instant::now()));
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sock = loop {
+        match listener.accept() {
+            Ok((sock, _)) => break sock,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "the sender did not connect within 10 s");
+                assert!(!sender.is_finished(), "the sender failed to connect");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    sock.set_nonblocking(false).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (hello, _) = recv_frame(&sock).expect("a hello");
+    assert_eq!((&hello[..4], hello[4], le(&hello, 8)), (&b"CDH2"[..], 1, 2), "the hello of a park-mode sender");
+    // The region: its header (magic, protocol, ring sizes, buffer slots), the
+    // rest zero; and the doorbells.
+    let (region_fd, bells_fd) = (memfd(REGION_LEN), memfd(BELLS_LEN));
+    let region = Map::new(&region_fd);
+    let mut head = b"CDREGN02".to_vec();
+    for v in [2u32, REQ_CAP as u32, REP_CAP as u32, 64] {
+        head.extend_from_slice(&v.to_ne_bytes());
+    }
+    region.write(0, &head);
+    let fds = [region_fd.as_fd(), bells_fd.as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+    let welcome = frame(b"CDA2", 0, 0, 2, 1 << 20, 0);
+    rustix::net::sendmsg(&sock, &[IoSlice::new(&welcome)], &mut control, SendFlags::NOSIGNAL).unwrap();
+    // The call arrives at request position 0, by the book.
+    until("the call", || region.u64_at(REQ_DATA).load(Ordering::Acquire) == 1);
+    let h = region.read(REQ_DATA + 8, 24);
+    assert_eq!(u32::from_ne_bytes(h[0..4].try_into().unwrap()), CALL);
+    assert_eq!(u64::from_ne_bytes(h[16..24].try_into().unwrap()), 7, "the call's tag");
+    assert_eq!(region.read(REQ_DATA + 32, 4), b"ping");
+    // The sender parks for the reply (its flag in the reply ring's header);
+    // give it time to fall asleep.
+    until("the sender parks", || region.u32_at(REP_RING + CONS_PARKED).load(Ordering::Acquire) == 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let word = region.u32_at(REP_RING + CONS_WAKE).load(Ordering::Acquire);
+    // The reply at reply position 0, the stamp last; no wake-up.
+    let mut rec = Vec::new();
+    rec.extend_from_slice(&REPLY.to_ne_bytes());
+    rec.extend_from_slice(&4u32.to_ne_bytes());
+    rec.extend_from_slice(&4u64.to_ne_bytes());
+    rec.extend_from_slice(&42u64.to_ne_bytes());
+    rec.extend_from_slice(b"pong");
+    region.write(REP_DATA + 8, &rec);
+    region.u64_at(REP_DATA).store(1, Ordering::Release);
+    let written = Instant::now();
+    let (result, at) = rx.recv_timeout(Duration::from_secs(30)).expect("the sender thread gave no result");
+    let reply = result.expect("the reply written without a wake-up");
+    assert_eq!((reply.code, &reply.data[..]), (42, &b"pong"[..]));
+    let took = at.duration_since(written);
+    eprintln!("the parked sender found the reply after {took:?}");
+    assert!(took < Duration::from_secs(2), "the parked sender found the reply only after {took:?}");
+    assert_eq!(region.u32_at(REP_RING + CONS_WAKE).load(Ordering::Acquire), word, "nobody woke the sender");
+    sender.join().unwrap();
+    drop(sock);
 }
 
 /// A sender running as another user is refused: by the file system (the

@@ -516,7 +516,7 @@ impl Client {
             _ if inline_data.is_some() => None,
             Body::Bytes(d) => match self.lend_pooled(d.len(), block, deadline, &mut retired) {
                 Err(e) => {
-                    self.retiring.extend(retired.drain(..));
+                    self.retiring.append(&mut retired);
                     return Err(e);
                 }
                 Ok(Some(l)) => {

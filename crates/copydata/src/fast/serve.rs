@@ -268,13 +268,11 @@ impl Dispatch {
             } else {
                 st.hot_since = None;
             }
-            if st.conns.iter().any(|c| c.wait == Wait::SpinThenPark) {
-                if super::spin(|| self.worth_a_look(w, slot, st)) {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return None;
-                    }
-                    continue;
+            if st.conns.iter().any(|c| c.wait == Wait::SpinThenPark) && super::spin(|| self.worth_a_look(w, slot, st)) {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return None;
                 }
+                continue;
             }
             // Park: raise every connection's parked flag, look once more,
             // then sleep on the doorbell (see `ring::Producer::push`).

@@ -184,23 +184,16 @@ impl Link {
 
     pub(crate) fn park(&self, bell: Bell, seen: u32, deadline: Option<Instant>) -> Park {
         let Some(word) = self.word(bell) else { return Park::PeerGone };
-        loop {
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if left.is_some_and(|l| l.is_zero()) {
-                return Park::TimedOut;
-            }
-            let slice = left.map_or(SLICE, |l| l.min(SLICE));
-            match futex::wait(word, futex::Flags::empty(), seen, Some(&timespec(slice))) {
-                Err(Errno::TIMEDOUT) => {
-                    if !self.alive() {
-                        return Park::PeerGone;
-                    }
-                    // Let the caller look at the ring again: a safety net
-                    // should a wake-up ever be missed.
-                    return Park::Woken;
-                }
-                _ => return Park::Woken,
-            }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return Park::TimedOut;
+        }
+        let slice = left.map_or(SLICE, |l| l.min(SLICE));
+        match futex::wait(word, futex::Flags::empty(), seen, Some(&timespec(slice))) {
+            // After a slice, the caller looks at the ring again (a safety net
+            // should a wake-up ever be missed) unless the peer is gone.
+            Err(Errno::TIMEDOUT) if !self.alive() => Park::PeerGone,
+            _ => Park::Woken,
         }
     }
 
