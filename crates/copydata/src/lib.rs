@@ -61,7 +61,7 @@ pub use error::{
     RecvError, RemoveError, ReplyError, SendError,
 };
 pub use inherit::{CommandExt, INHERIT_VAR, inherited_sections};
-pub use loan::{Loan, LoanView};
+pub use loan::{Loan, LoanView, ReplyLoan};
 pub use mailbox::{
     DEFAULT_CONNECT_TIMEOUT, Mailbox, MailboxInfo, MailboxOptions, Message, Payload, Peer, Reply, Request, Sender,
     SenderOptions, Server, Wait, mailboxes, send, send_timeout,

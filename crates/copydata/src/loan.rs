@@ -9,6 +9,11 @@
 //! place through a [`LoanView`]; the buffer goes back to the pool when the
 //! message is dropped.
 //!
+//! Replies can be loaned the same way: the handler takes a [`ReplyLoan`]
+//! from [`Message::loan_reply`](crate::Message::loan_reply), fills it and
+//! answers with [`Reply::loaned`](crate::Reply::loaned); the sender reads it
+//! in place through [`Reply::loan`](crate::Reply::loan).
+//!
 //! # The memory model
 //!
 //! A pooled buffer cannot be sealed by the kernel (a seal is for ever, and
@@ -29,8 +34,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::error::{AccessError, SendError};
-use crate::fast::conn::{LentBuf, Release};
+use crate::fast::conn::{LentBuf, Release, ServerConn};
 use crate::mailbox::{Reply, Sender};
 use crate::view::View;
 
@@ -217,5 +224,106 @@ impl LoanView {
 impl fmt::Debug for LoanView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "LoanView({} bytes)", self.len)
+    }
+}
+
+/// A buffer of the receiver's pool lent for one loaned reply; from
+/// [`Message::loan_reply`](crate::Message::loan_reply). Fill it in place and
+/// answer with [`Reply::loaned`](crate::Reply::loaned): the sender reads it
+/// in place through [`Reply::loan`](crate::Reply::loan), no copy on either
+/// side. Dropping it unsent gives the buffer back.
+pub struct ReplyLoan {
+    conn: Arc<ServerConn>,
+    buf: LentBuf,
+    len: usize,
+    sent: AtomicBool,
+}
+
+impl ReplyLoan {
+    pub(crate) fn new(conn: Arc<ServerConn>, buf: LentBuf, len: usize) -> ReplyLoan {
+        ReplyLoan { conn, buf, len, sent: AtomicBool::new(false) }
+    }
+
+    pub(crate) fn buf(&self) -> &LentBuf {
+        &self.buf
+    }
+
+    pub(crate) fn is_of(&self, conn: &Arc<ServerConn>) -> bool {
+        Arc::ptr_eq(&self.conn, conn)
+    }
+
+    pub(crate) fn mark_sent(&self) {
+        self.sent.store(true, Ordering::Relaxed);
+    }
+
+    /// The loan's length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the loan has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A pointer to the first byte, valid for [`len`](Self::len) bytes while
+    /// the loan lives.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.buf.ptr
+    }
+
+    /// Copies `data` into the loan at `offset`.
+    pub fn write_at(&mut self, offset: usize, data: &[u8]) -> Result<(), AccessError> {
+        match offset.checked_add(data.len()) {
+            Some(end) if end <= self.len => {}
+            _ => return Err(AccessError::OutOfRange { offset, len: data.len(), view_len: self.len }),
+        }
+        // SAFETY:
+        // - `offset + data.len() <= len`: inside the lent buffer, which the
+        //   connection's pool keeps mapped while the loan lives;
+        // - `data` is the caller's memory, distinct from the shared buffer;
+        // - no reference to the shared memory is formed.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.buf.ptr.add(offset), data.len()) };
+        Ok(())
+    }
+
+    /// Sets every byte of the loan to `byte`.
+    pub fn fill(&mut self, byte: u8) {
+        // SAFETY: the loan's `len` bytes are inside the lent buffer, mapped
+        // while the loan lives; `write_bytes` forms no reference.
+        unsafe { std::ptr::write_bytes(self.buf.ptr, byte, self.len) };
+    }
+
+    /// The bytes written so far, for the receiver's own use.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        if self.len == 0 {
+            return &[];
+        }
+        // SAFETY:
+        // - the pointer is valid for `len` bytes while the loan lives;
+        // - only this process writes the buffer (the sender holds a
+        //   read-only handle: sealed against writes on Linux, read-only
+        //   access on Windows), and it does not while `&self` is borrowed.
+        unsafe { std::slice::from_raw_parts(self.buf.ptr, self.len) }
+    }
+}
+
+// SAFETY: the buffer belongs to the connection's pool (kept alive by the
+// `Arc`); a `ReplyLoan` is the only writer, from whichever thread owns it.
+unsafe impl Send for ReplyLoan {}
+// SAFETY: `&ReplyLoan` only reads (see `bytes`).
+unsafe impl Sync for ReplyLoan {}
+
+impl Drop for ReplyLoan {
+    fn drop(&mut self) {
+        if !self.sent.load(Ordering::Relaxed) {
+            self.conn.cancel_reply(&self.buf);
+        }
+    }
+}
+
+impl fmt::Debug for ReplyLoan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReplyLoan({} bytes)", self.len)
     }
 }

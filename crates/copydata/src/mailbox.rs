@@ -64,7 +64,7 @@ use crate::error::{BindError, ListError, RecvError, ReplyError, SendError};
 pub use crate::fast::Wait;
 use crate::fast::conn::{Body, CALL, Client, Fail, LentBuf, POST, ServerConn};
 use crate::fast::serve::{Dispatch, Next, WorkerState};
-pub use crate::loan::{Loan, LoanView};
+pub use crate::loan::{Loan, LoanView, ReplyLoan};
 use crate::name::Name;
 use crate::section::Section;
 use crate::sys;
@@ -94,6 +94,11 @@ pub struct Payload(Repr);
 
 enum Repr {
     Inline(Vec<u8>),
+    /// A reply loan of this (receiving) process, on its way out.
+    Lent(ReplyLoan),
+    /// A loaned reply received by this (sending) process: read through
+    /// [`Payload::loan`]; the bytes are not a plain slice.
+    Borrowed(LoanView),
     /// A view of memory that no process can write any more (Linux: a sealed
     /// memfd; Windows cannot seal a section, so there payloads are copied).
     #[cfg(target_os = "linux")]
@@ -112,10 +117,32 @@ impl Payload {
         Payload(Repr::Frozen(view))
     }
 
+    pub(crate) fn borrowed(view: LoanView) -> Payload {
+        Payload(Repr::Borrowed(view))
+    }
+
+    pub(crate) fn reply_loan(&self) -> Option<&ReplyLoan> {
+        match &self.0 {
+            Repr::Lent(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    /// A loaned reply, read in place (the payload then dereferences to no
+    /// bytes); `None` for ordinary bytes.
+    pub fn loan(&self) -> Option<&LoanView> {
+        match &self.0 {
+            Repr::Borrowed(v) => Some(v),
+            _ => None,
+        }
+    }
+
     /// The bytes, copied into a vector if they are mapped.
     pub fn into_vec(self) -> Vec<u8> {
         match self.0 {
             Repr::Inline(v) => v,
+            Repr::Lent(l) => l.bytes().to_vec(),
+            Repr::Borrowed(v) => v.to_vec(),
             #[cfg(target_os = "linux")]
             Repr::Frozen(view) => view.to_vec(),
         }
@@ -127,6 +154,8 @@ impl Deref for Payload {
     fn deref(&self) -> &[u8] {
         match &self.0 {
             Repr::Inline(v) => v,
+            Repr::Lent(l) => l.bytes(),
+            Repr::Borrowed(_) => &[],
             #[cfg(target_os = "linux")]
             // SAFETY: `frozen`'s contract: nothing can write this memory while
             // the payload (and so the view) lives.
@@ -168,11 +197,32 @@ pub struct Message {
     sender: Peer,
     loan: Option<LoanView>,
     call: bool,
+    /// The connection it came on (fast-path messages), for loaned replies.
+    origin: Option<Arc<ServerConn>>,
 }
 
 impl Message {
     pub(crate) fn new(tag: u64, payload: Payload, sections: Vec<Section>, sender: Peer) -> Message {
-        Message { tag, payload, sections, sender, loan: None, call: true }
+        Message { tag, payload, sections, sender, loan: None, call: true, origin: None }
+    }
+
+    pub(crate) fn with_origin(mut self, conn: Arc<ServerConn>) -> Message {
+        self.origin = Some(conn);
+        self
+    }
+
+    /// Lends a buffer of `len` bytes in shared memory for the reply, to fill
+    /// in place and answer with [`Reply::loaned`]: the sender reads it
+    /// without a copy ([`Reply::loan`]). Fails for a posted message (no
+    /// reply goes back) and for a message from a plain Win32 program.
+    pub fn loan_reply(&self, len: usize) -> Result<ReplyLoan, ReplyError> {
+        let unsupported = |what: &str| ReplyError::Io(std::io::Error::new(std::io::ErrorKind::Unsupported, what));
+        if !self.call {
+            return Err(unsupported("a posted message gets no reply"));
+        }
+        let conn = self.origin.as_ref().ok_or_else(|| unsupported("the sender cannot take a loaned reply"))?;
+        let buf = conn.lend_reply(len).map_err(|e| ReplyError::Io(std::io::Error::other(e)))?;
+        Ok(ReplyLoan::new(conn.clone(), buf, len))
     }
 
     pub(crate) fn with_loan(mut self, loan: Option<LoanView>, call: bool) -> Message {
@@ -223,8 +273,7 @@ impl Message {
     pub(crate) fn into_payload_vec(self) -> Option<Vec<u8>> {
         match self.payload.0 {
             Repr::Inline(v) => Some(v),
-            #[cfg(target_os = "linux")]
-            Repr::Frozen(_) => None,
+            _ => None,
         }
     }
 }
@@ -247,6 +296,19 @@ impl Reply {
     /// A reply with just a code.
     pub fn code(code: i64) -> Reply {
         Reply { code, data: Payload::default() }
+    }
+
+    /// A reply whose bytes are a loan ([`Message::loan_reply`]), filled in
+    /// place: the sender reads them in place through [`Reply::loan`].
+    pub fn loaned(code: i64, loan: ReplyLoan) -> Reply {
+        Reply { code, data: Payload(Repr::Lent(loan)) }
+    }
+
+    /// The bytes of a loaned reply, read in place (then `data` is empty);
+    /// `None` for an ordinary reply. See [`crate::loan`] for why it is a
+    /// view and not a slice.
+    pub fn loan(&self) -> Option<&LoanView> {
+        self.data.loan()
     }
 }
 

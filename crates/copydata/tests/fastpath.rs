@@ -86,6 +86,7 @@ const SLEEP: u64 = 7; // say `@got arg`, sleep arg ms; code = arg
 const MAKE: u64 = 8; // reply with pattern(arg, arg); code = its checksum
 const COUNT: u64 = 9; // count; code = the count
 const GATE_SUM: u64 = 10; // GATE, then say `@loansum SUM LEN` of the payload read only then
+const MAKE_LOANED: u64 = 11; // MAKE as a loaned reply (arg >= 1 << 40: drop a loan of arg - 2^40 bytes, reply empty)
 
 fn tag(op: u64, arg: u64) -> u64 {
     assert!(arg < 1 << 56);
@@ -236,6 +237,16 @@ fn handle(st: &SrvState, m: &mut Message) -> Reply {
             Reply::new(sum(&data) as i64, data)
         }
         COUNT => Reply::code(st.count.fetch_add(1, Ordering::Relaxed) as i64 + 1),
+        MAKE_LOANED => {
+            let (len, drop_first) = if arg >= 1 << 40 { (0, Some(arg - (1 << 40))) } else { (arg, None) };
+            if let Some(n) = drop_first {
+                drop(m.loan_reply(n as usize).expect("a reply loan"));
+            }
+            let data = pattern(len as usize, len);
+            let mut loan = m.loan_reply(len as usize).expect("a reply loan");
+            loan.write_at(0, &data).expect("in range");
+            Reply::loaned(sum(&data) as i64, loan)
+        }
         GATE_SUM => {
             say("gated", &arg.to_string());
             st.wait_gate();
@@ -1169,6 +1180,40 @@ fn large_copies_and_replies_arrive_intact() {
     }
     // And the connection goes on with small messages.
     check_echo(&s.send_timeout(tag(ECHO, 0), b"small", BOUND).unwrap(), b"small", "after");
+    srv.quit();
+}
+
+/// Loaned replies: the receiver fills a buffer of its pool in place and the
+/// sender reads it in place (`Reply::loan`), for every size; buffers come
+/// back (a stream of loaned replies uses a bounded number of them), and an
+/// unsent reply loan is harmless.
+#[test]
+fn loaned_replies_arrive_intact() {
+    let srv = Srv::start(1);
+    let mut s = srv.sender();
+    let mut sizes = vec![0, 1, 100, 4096, 64 << 10, MIB, 64 * MIB];
+    if memory_allows(4 * 300 * MIB as u64) {
+        sizes.push(300 * MIB);
+    }
+    for len in sizes {
+        for round in 0..3 {
+            let reply = s.send_timeout(tag(MAKE_LOANED, len as u64), b"", BOUND).unwrap();
+            let loan = reply.loan().unwrap_or_else(|| panic!("{len} bytes: not a loaned reply"));
+            assert!(reply.data.is_empty(), "{len} bytes: a loaned reply's data is empty");
+            assert_eq!(loan.len(), len, "round {round}");
+            let want = pattern(len, len as u64);
+            assert_eq!(reply.code, sum(&want) as i64, "{len} bytes, round {round}: the receiver's sum");
+            assert!(loan.to_vec() == want, "{len} bytes, round {round}: the bytes read in place differ");
+        }
+    }
+    for _ in 0..200 {
+        let reply = s.send_timeout(tag(MAKE_LOANED, MIB as u64), b"", BOUND).unwrap();
+        assert_eq!(reply.loan().map(|l| l.len()), Some(MIB));
+    }
+    // A reply loan dropped unsent, then an empty loaned reply.
+    let reply = s.send_timeout(tag(MAKE_LOANED, (1 << 40) + MIB as u64), b"", BOUND).unwrap();
+    assert_eq!(reply.loan().map(|l| l.len()), Some(0));
+    check_echo(&s.send_timeout(tag(ECHO, 0), b"after", BOUND).unwrap(), b"after", "after");
     srv.quit();
 }
 

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::pool::{BUF_LOAN, BUF_NEW, BUF_ONESHOT, BUF_STREAM, BufRef, Lend, Lent, ONESHOT, PeerBuffers, Pool};
-use super::region::{REP_CAP, REQ_CAP, SLOTS, Side};
+use super::region::{REP_CAP, REQ_CAP, ReleaseWord, SLOTS, Side};
 use super::ring::{Consumer, Corrupt, Producer, Rec, RingPtr, max_inline, pack_flags, record_size, user_flags};
 use super::{Bell, INLINE_MAX, Park, Wait, spin};
 use crate::mailbox::{Message, Payload, Peer, Reply};
@@ -108,6 +108,8 @@ pub(crate) struct LentBuf {
 // - the pointer is into a mapping kept alive by the connection's pool (or by
 //   `oneshot`); it is only written by the thread owning the `Loan`.
 unsafe impl Send for LentBuf {}
+// SAFETY: `&LentBuf` gives no access to the memory; only its owner writes.
+unsafe impl Sync for LentBuf {}
 
 /// The inline bytes of a request or reply record, parsed and checked.
 struct Parsed {
@@ -690,8 +692,17 @@ impl Client {
             return Ok(Payload::from(self.rep.read_vec(rec, p.inline_payload.0, p.inline_payload.1)));
         };
         let len = usize::try_from(rec.len).map_err(|_| Fail::Broken("reply larger than memory".into()))?;
+        let loaned = b.flags & BUF_LOAN != 0;
         if b.flags & BUF_ONESHOT != 0 {
             let section = new_buf.ok_or_else(|| Fail::Broken("one-shot reply without its section".into()))?;
+            if loaned {
+                let view = if len == 0 {
+                    None
+                } else {
+                    Some(Arc::new(section.map(0, len).map_err(|e| Fail::Broken(format!("mapping a loan: {e}")))?))
+                };
+                return Ok(Payload::borrowed(crate::loan::LoanView::new(view, len, None)));
+            }
             return oneshot_payload(&section, len).map_err(Fail::Broken);
         }
         if b.flags & BUF_NEW != 0 {
@@ -699,6 +710,11 @@ impl Client {
                 .insert(b.slot, new_buf.ok_or_else(|| Fail::Broken("new reply buffer without its handle".into()))?);
         }
         let view = self.peer.view(b.slot, rec.len).map_err(Fail::Broken)?;
+        if loaned {
+            let word = self.link.region().release_word(Side::Receiver, b.slot as usize);
+            let release = Release::ToReceiver { word, use_no: b.use_no };
+            return Ok(Payload::borrowed(crate::loan::LoanView::new(Some(view), len, Some(release))));
+        }
         let mut out = Vec::new();
         if len > 0 {
             copy_out(&view, len, &mut out);
@@ -874,7 +890,7 @@ impl ServerConn {
                     }
                     let view = st.peer.view(b.slot, rec.len)?;
                     if b.flags & BUF_LOAN != 0 {
-                        let release = Release { conn: self.clone(), slot: b.slot, use_no: b.use_no };
+                        let release = Release::ToSender { conn: self.clone(), slot: b.slot, use_no: b.use_no };
                         (Payload::default(), Some(crate::loan::LoanView::new(Some(view), len, Some(release))))
                     } else {
                         let mut v = std::mem::take(&mut st.spare);
@@ -898,7 +914,8 @@ impl ServerConn {
             if call {
                 self.busy.store(true, Ordering::Release);
             }
-            let message = Message::new(rec.word, payload, sections, self.peer).with_loan(loan, call);
+            let message =
+                Message::new(rec.word, payload, sections, self.peer).with_loan(loan, call).with_origin(self.clone());
             return Ok(Some(Incoming { message, call }));
         }
     }
@@ -1059,8 +1076,85 @@ impl ServerConn {
     }
 
     /// Answers the outstanding call.
-    pub(crate) fn reply(&self, code: i64, data: &[u8]) -> Result<(), String> {
+    pub(crate) fn reply(self: &Arc<Self>, code: i64, data: &Payload) -> Result<(), String> {
+        if let Some(loan) = data.reply_loan()
+            && loan.is_of(self)
+        {
+            let result = {
+                let mut st = self.state();
+                self.put_loaned_reply(&mut st, code as u64, loan)
+            };
+            self.busy.store(false, Ordering::Release);
+            if result.is_err() {
+                self.dead.store(true, Ordering::Release);
+            }
+            return result;
+        }
         self.answer(REPLY, code as u64, data)
+    }
+
+    /// A buffer of this connection's pool for a loaned reply.
+    pub(crate) fn lend_reply(&self, len: usize) -> Result<LentBuf, String> {
+        let mut st = self.state();
+        let mut retired = Vec::new();
+        let lent = st.pool.lend(self.link.region(), len, &mut retired).map_err(|e| e.to_string())?;
+        // The sender takes RETIRE records with the next reply.
+        for slot in retired {
+            self.push_reply(&mut st, RETIRE, 0, 0, u64::from(slot), &[])?;
+        }
+        Ok(match lent {
+            Lend::Buffer(Lent { slot, use_no, announce, ptr, prev_use }) => {
+                LentBuf { ptr, slot, use_no, announce, prev_use, oneshot: None }
+            }
+            Lend::TooLarge | Lend::Exhausted => {
+                let section = Section::anonymous(len.max(1) as u64).map_err(|e| e.to_string())?;
+                let view = section.map_mut(0, len.max(1)).map_err(|e| e.to_string())?;
+                LentBuf {
+                    ptr: view.as_mut_ptr(),
+                    slot: ONESHOT,
+                    use_no: 0,
+                    announce: true,
+                    prev_use: 0,
+                    oneshot: Some((section, view)),
+                }
+            }
+        })
+    }
+
+    /// Gives back a reply loan that was not sent.
+    pub(crate) fn cancel_reply(&self, buf: &LentBuf) {
+        if buf.slot != ONESHOT {
+            self.state().pool.cancel(buf.slot, buf.use_no, buf.announce, buf.prev_use);
+        }
+    }
+
+    fn put_loaned_reply(&self, st: &mut ServerState, code: u64, loan: &crate::loan::ReplyLoan) -> Result<(), String> {
+        let buf = loan.buf();
+        let mut flags = BUF_LOAN;
+        if buf.announce {
+            flags |= BUF_NEW;
+        }
+        if buf.slot == ONESHOT {
+            flags |= BUF_ONESHOT;
+        }
+        let bufref = BufRef { slot: buf.slot, flags, use_no: buf.use_no };
+        let new_buffer = if buf.announce {
+            match &buf.oneshot {
+                Some((s, _)) => Some(s),
+                None => st.pool.handle(buf.slot),
+            }
+        } else {
+            None
+        };
+        let aux = match new_buffer {
+            Some(s) => Some((self.link.send_aux(Some(s), &[]).map_err(|e| e.to_string())?, 0)),
+            None => None,
+        };
+        loan.mark_sent();
+        let encoded = bufref.encode();
+        let (mut head, pad) = ([0u8; 8], [0u8; 8]);
+        let ps = parts(&mut head, aux.as_ref(), &pad, Some(&encoded), &[]);
+        self.push_reply(st, REPLY, ps.flags, loan.len() as u64, code, ps.as_slice())
     }
 
     /// Refuses the outstanding call.
@@ -1088,20 +1182,27 @@ impl ServerConn {
     }
 }
 
-/// Releases a loaned sender buffer when the receiver is done reading it.
+/// Releases a loaned buffer when the reader is done with it.
 #[derive(Debug)]
-pub(crate) struct Release {
-    conn: Arc<ServerConn>,
-    slot: u32,
-    use_no: u64,
+pub(crate) enum Release {
+    /// A sender's buffer read by this receiver (a sender waiting for a
+    /// buffer is woken).
+    ToSender { conn: Arc<ServerConn>, slot: u32, use_no: u64 },
+    /// A receiver's buffer (a loaned reply) read by this sender.
+    ToReceiver { word: ReleaseWord, use_no: u64 },
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
-        self.conn.release(self.slot, self.use_no);
-        // A sender may wait for this buffer (its pool is exhausted).
-        if self.conn.requests().prod_parked().load(Ordering::SeqCst) != 0 {
-            self.conn.link.wake(Bell::Space);
+        match self {
+            Release::ToSender { conn, slot, use_no } => {
+                conn.release(*slot, *use_no);
+                // A sender may wait for this buffer (its pool is exhausted).
+                if conn.requests().prod_parked().load(Ordering::SeqCst) != 0 {
+                    conn.link.wake(Bell::Space);
+                }
+            }
+            Release::ToReceiver { word, use_no } => word.store(*use_no),
         }
     }
 }

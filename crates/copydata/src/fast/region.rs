@@ -20,6 +20,7 @@
 //! layout. The receiver creates the region; the sender checks the header
 //! before using anything else in it.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::ring::{LINE, RING_HEADER, RingPtr};
@@ -54,8 +55,22 @@ pub(crate) enum Side {
 /// A mapped connection region.
 #[derive(Debug)]
 pub(crate) struct Region {
-    view: ViewMut,
+    view: Arc<ViewMut>,
     section: Section,
+}
+
+/// One release word of a region, usable after the connection is gone (it
+/// keeps the mapping).
+#[derive(Debug)]
+pub(crate) struct ReleaseWord {
+    view: Arc<ViewMut>,
+    offset: usize,
+}
+
+impl ReleaseWord {
+    pub(crate) fn store(&self, use_no: u64) {
+        self.view.atomic_u64(self.offset).expect("offset inside the region").swap(use_no, Ordering::SeqCst);
+    }
 }
 
 impl Region {
@@ -70,7 +85,7 @@ impl Region {
         head[16..20].copy_from_slice(&(REP_CAP as u32).to_ne_bytes());
         head[20..24].copy_from_slice(&(SLOTS as u32).to_ne_bytes());
         view.write_at(0, &head).map_err(std::io::Error::other)?;
-        let region = Region { view, section };
+        let region = Region { view: Arc::new(view), section };
         region.worker().store(worker, Ordering::Release);
         Ok(region)
     }
@@ -94,7 +109,7 @@ impl Region {
         if (u32_at(12), u32_at(16), u32_at(20)) != (REQ_CAP as u32, REP_CAP as u32, SLOTS as u32) {
             return Err("the connection region's layout differs".into());
         }
-        Ok(Region { view, section })
+        Ok(Region { view: Arc::new(view), section })
     }
 
     /// The section, to hand to the peer.
@@ -124,6 +139,17 @@ impl Region {
     /// The progress of a streamed payload (see `conn`), written by the sender.
     pub(crate) fn streamed(&self) -> &AtomicU64 {
         self.u64_at(72)
+    }
+
+    /// The release word of buffer `slot` owned by `owner`, as a handle that
+    /// outlives `self`.
+    pub(crate) fn release_word(&self, owner: Side, slot: usize) -> ReleaseWord {
+        assert!(slot < SLOTS);
+        let table = match owner {
+            Side::Sender => REL_BY_RECEIVER,
+            Side::Receiver => REL_BY_SENDER,
+        };
+        ReleaseWord { view: self.view.clone(), offset: table + slot * 8 }
     }
 
     /// The release word of buffer `slot` owned by `owner`: the other side

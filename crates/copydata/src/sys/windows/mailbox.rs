@@ -829,11 +829,43 @@ impl Link {
 
 impl Drop for Link {
     fn drop(&mut self) {
+        if self.side == Side::Receiver {
+            self.await_pulls(RECEIVER_LINGER);
+        }
         // The peer must not wait for us any more (a receiver still delivers
         // what a sender left in the ring).
         self.shutdown();
         if self.side == Side::Sender {
             self.linger();
+        }
+    }
+}
+
+/// How long a receiver closing a connection waits for its sender to pull
+/// the attachments of replies it has queued (a large reply's buffer).
+const RECEIVER_LINGER: Duration = Duration::from_secs(2);
+
+impl Link {
+    /// Waits, at most `limit`, until the peer has pulled every attachment
+    /// this side still keeps for it, or is gone. A receiver whose process
+    /// exits right after answering (a `listen --count N`) would otherwise
+    /// take the handles of its last reply with it before the sender pulled
+    /// them.
+    fn await_pulls(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let taken = self.taken_word(self.side).load(Ordering::Acquire);
+            {
+                let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+                Self::prune_locked(&mut out, taken);
+                if out.kept.is_empty() {
+                    return;
+                }
+            }
+            if self.peer_gone() || Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
