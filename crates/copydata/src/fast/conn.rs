@@ -104,6 +104,29 @@ pub(crate) struct LentBuf {
     oneshot: Option<(Section, crate::view::ViewMut)>,
 }
 
+impl LentBuf {
+    /// A pooled buffer, or (`None`) a one-shot section of `len` bytes.
+    fn new(lent: Option<Lent>, len: usize) -> io::Result<LentBuf> {
+        Ok(match lent {
+            Some(Lent { slot, use_no, announce, ptr, prev_use }) => {
+                LentBuf { ptr, slot, use_no, announce, prev_use, oneshot: None }
+            }
+            None => {
+                let section = Section::anonymous(len.max(1) as u64).map_err(io::Error::other)?;
+                let view = section.map_mut(0, len.max(1)).map_err(io::Error::other)?;
+                LentBuf {
+                    ptr: view.as_mut_ptr(),
+                    slot: ONESHOT,
+                    use_no: 0,
+                    announce: true,
+                    prev_use: 0,
+                    oneshot: Some((section, view)),
+                }
+            }
+        })
+    }
+}
+
 // SAFETY:
 // - the pointer is into a mapping kept alive by the connection's pool (or by
 //   `oneshot`); it is only written by the thread owning the `Loan`.
@@ -396,23 +419,7 @@ impl Client {
             self.reusing(l.slot);
         }
         self.retire(retired, 0)?;
-        let buf = match lent {
-            Some(Lent { slot, use_no, announce, ptr, prev_use }) => {
-                LentBuf { ptr, slot, use_no, announce, prev_use, oneshot: None }
-            }
-            None => {
-                let section = Section::anonymous(len.max(1) as u64).map_err(|e| Fail::Io(io::Error::other(e)))?;
-                let view = section.map_mut(0, len.max(1)).map_err(|e| Fail::Io(io::Error::other(e)))?;
-                LentBuf {
-                    ptr: view.as_mut_ptr(),
-                    slot: ONESHOT,
-                    use_no: 0,
-                    announce: true,
-                    prev_use: 0,
-                    oneshot: Some((section, view)),
-                }
-            }
-        };
+        let buf = LentBuf::new(lent, len).map_err(Fail::Io)?;
         // A message is coming: a receiver parked in spin-then-park mode polls
         // (yielding) until it arrives, so the send after a long fill does not
         // pay for a wake-up (see `serve`).
@@ -1102,23 +1109,11 @@ impl ServerConn {
         for slot in retired {
             self.push_reply(&mut st, RETIRE, 0, 0, u64::from(slot), &[])?;
         }
-        Ok(match lent {
-            Lend::Buffer(Lent { slot, use_no, announce, ptr, prev_use }) => {
-                LentBuf { ptr, slot, use_no, announce, prev_use, oneshot: None }
-            }
-            Lend::TooLarge | Lend::Exhausted => {
-                let section = Section::anonymous(len.max(1) as u64).map_err(|e| e.to_string())?;
-                let view = section.map_mut(0, len.max(1)).map_err(|e| e.to_string())?;
-                LentBuf {
-                    ptr: view.as_mut_ptr(),
-                    slot: ONESHOT,
-                    use_no: 0,
-                    announce: true,
-                    prev_use: 0,
-                    oneshot: Some((section, view)),
-                }
-            }
-        })
+        let lent = match lent {
+            Lend::Buffer(l) => Some(l),
+            Lend::TooLarge | Lend::Exhausted => None,
+        };
+        LentBuf::new(lent, len).map_err(|e| e.to_string())
     }
 
     /// Gives back a reply loan that was not sent.
