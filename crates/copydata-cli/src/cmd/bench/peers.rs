@@ -123,15 +123,33 @@ mod imp {
         name.try_into().map_err(|e| anyhow!("service name {name:?}: {e:?}"))
     }
 
+    /// iceoryx2's own objects in `/dev/shm` (its global management segment
+    /// stays after its last node is gone).
+    fn iceoryx2_objects() -> Vec<std::ffi::OsString> {
+        std::fs::read_dir("/dev/shm")
+            .map(|d| d.flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().starts_with("iox2_")).collect())
+            .unwrap_or_default()
+    }
+
     fn iceoryx2_row(payload: usize, budget: Budget, ctx: &Ctx) -> anyhow::Result<Sample> {
         set_log_level(LogLevel::Error);
+        let before = iceoryx2_objects();
         let name = unique_name("iox");
         let mut cmd = child_command("iceoryx2", ctx.cpus.server)?;
         cmd.args(["--name", &name, "--payload", &payload.to_string()]);
         let mut server = Proc::start(cmd, "the iceoryx2 server", &[], Stdout::Lines)?;
         server.ready()?;
-        let t = iceoryx2_client(&name, payload, budget).map_err(|e| server.blame(e))?;
-        server.finish()?;
+        let t = iceoryx2_client(&name, payload, budget).map_err(|e| server.blame(e));
+        let finished = server.finish();
+        // Leave /dev/shm as it was: remove what this row's nodes left there
+        // (never objects that were there before, another program's).
+        for object in iceoryx2_objects() {
+            if !before.contains(&object) {
+                let _ = std::fs::remove_file(std::path::Path::new("/dev/shm").join(object));
+            }
+        }
+        let t = t?;
+        finished?;
         t.sample()
     }
 
