@@ -74,6 +74,8 @@ impl Wait {
 
 /// How long a side spins before it parks: about the cost of one wake-up.
 pub(crate) const SPIN: Duration = Duration::from_micros(50);
+/// After this much spinning, a spinner yields its CPU now and then.
+const YIELD_AFTER: Duration = Duration::from_micros(5);
 
 /// Payloads up to this size are copied through the request ring; larger
 /// ones go through pooled buffers.
@@ -116,8 +118,18 @@ pub(crate) fn spin(mut ready: impl FnMut() -> bool) -> bool {
         }
         match start {
             None => start = Some(Instant::now()),
-            Some(s) if s.elapsed() >= SPIN => return false,
-            Some(_) => {}
+            Some(s) => {
+                let spent = s.elapsed();
+                if spent >= SPIN {
+                    return false;
+                }
+                // Past the usual hand-off, let another thread of this CPU
+                // run (on a shared core, the peer of another connection may
+                // need it); with the core to itself the yield returns at once.
+                if spent >= YIELD_AFTER {
+                    std::thread::yield_now();
+                }
+            }
         }
     }
 }
