@@ -497,7 +497,21 @@ impl Mailbox {
     }
 
     fn next(&self, deadline: Option<Instant>) -> Result<Request, RecvError> {
-        let mut worker = self.worker.lock().unwrap_or_else(|e| e.into_inner());
+        // One thread receives at a time; another one waiting here keeps to
+        // its own deadline.
+        let mut worker = match deadline {
+            None => self.worker.lock().unwrap_or_else(|e| e.into_inner()),
+            Some(d) => loop {
+                match self.worker.try_lock() {
+                    Ok(w) => break w,
+                    Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) if Instant::now() < d => {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(std::sync::TryLockError::WouldBlock) => return Err(RecvError::Timeout),
+                }
+            },
+        };
         match self.dispatch.next(0, &mut worker, deadline) {
             Some(Next::Ring(conn, incoming)) => {
                 let responder = Responder::Ring { conn, poke: Some((self.dispatch.clone(), 0)) };
