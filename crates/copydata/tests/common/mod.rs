@@ -107,10 +107,20 @@ impl Kid {
     }
 
     pub fn start(mut cmd: Command, role: &str, sections: &[&Section]) -> Kid {
-        let mut child = if sections.is_empty() {
-            cmd.spawn().expect("spawning a child")
-        } else {
-            cmd.spawn_with_sections(sections).expect("spawning a child with sections")
+        let mut attempt = 0;
+        let mut child = loop {
+            let spawned = if sections.is_empty() { cmd.spawn() } else { cmd.spawn_with_sections(sections) };
+            match spawned {
+                Ok(child) => break child,
+                // Wine's CreateProcessW now and then fails with
+                // ERROR_INTERNAL_ERROR when many processes start at once; a
+                // second attempt succeeds. (Not seen on Linux.)
+                Err(e) if cfg!(windows) && e.raw_os_error() == Some(1359) && attempt < 3 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => panic!("spawning a child ({role}, {} sections): {e:?}", sections.len()),
+            }
         };
         let stdout = child.stdout.take().expect("piped stdout");
         let stdin = child.stdin.take();
