@@ -14,7 +14,7 @@ use std::sync::mpsc::channel;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Kid, hear, say, unique};
+use common::{Kid, hear, pattern, say, unique};
 use copydata::{Mailbox, MailboxOptions, Message, Reply, SendError, Sender, SenderOptions, Wait};
 
 const MIB: usize = 1 << 20;
@@ -56,20 +56,6 @@ fn sum(data: &[u8]) -> u64 {
     let mut s = Sum::new(data.len());
     s.update(data);
     s.0
-}
-
-/// `len` pseudo-random bytes from `seed`.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 // ------------------------------------------------------------ the receiver

@@ -703,12 +703,7 @@ impl Client {
         if b.flags & BUF_ONESHOT != 0 {
             let section = new_buf.ok_or_else(|| Fail::Broken("one-shot reply without its section".into()))?;
             if loaned {
-                let view = if len == 0 {
-                    None
-                } else {
-                    Some(Arc::new(section.map(0, len).map_err(|e| Fail::Broken(format!("mapping a loan: {e}")))?))
-                };
-                return Ok(Payload::borrowed(crate::loan::LoanView::new(view, len, None)));
+                return Ok(Payload::borrowed(oneshot_loan(&section, len).map_err(Fail::Broken)?));
             }
             return oneshot_payload(&section, len).map_err(Fail::Broken);
         }
@@ -729,6 +724,14 @@ impl Client {
         self.link.region().released(Side::Receiver, b.slot as usize).store(b.use_no, Ordering::Release);
         Ok(Payload::from(out))
     }
+}
+
+/// A loan in a one-shot section, read in place (nothing to release: the
+/// section goes with the view).
+fn oneshot_loan(section: &Section, len: usize) -> Result<crate::loan::LoanView, String> {
+    let view =
+        if len == 0 { None } else { Some(Arc::new(section.map(0, len).map_err(|e| format!("mapping a loan: {e}"))?)) };
+    Ok(crate::loan::LoanView::new(view, len, None))
 }
 
 /// The payload of a one-shot section: read in place if the kernel keeps it
@@ -881,12 +884,7 @@ impl ServerConn {
                 Some(b) if b.flags & BUF_ONESHOT != 0 => {
                     let section = new_buf.ok_or("one-shot payload without its section")?;
                     if b.flags & BUF_LOAN != 0 {
-                        let view = if len == 0 {
-                            None
-                        } else {
-                            Some(Arc::new(section.map(0, len).map_err(|e| format!("mapping a loan: {e}"))?))
-                        };
-                        (Payload::default(), Some(crate::loan::LoanView::new(view, len, None)))
+                        (Payload::default(), Some(oneshot_loan(&section, len)?))
                     } else {
                         (oneshot_payload(&section, len)?, None)
                     }
@@ -1071,10 +1069,13 @@ impl ServerConn {
     }
 
     fn answer(&self, kind: u32, word: u64, data: &[u8]) -> Result<(), String> {
-        let result = {
-            let mut st = self.state();
-            self.put_reply(&mut st, kind, word, data)
-        };
+        self.finish(|st| self.put_reply(st, kind, word, data))
+    }
+
+    /// Queues the answer to the outstanding call with `put`, then lets the
+    /// connection's next message be taken; a failure breaks the connection.
+    fn finish(&self, put: impl FnOnce(&mut ServerState) -> Result<(), String>) -> Result<(), String> {
+        let result = put(&mut self.state());
         self.busy.store(false, Ordering::Release);
         if result.is_err() {
             self.dead.store(true, Ordering::Release);
@@ -1087,15 +1088,7 @@ impl ServerConn {
         if let Some(loan) = data.reply_loan()
             && loan.is_of(self)
         {
-            let result = {
-                let mut st = self.state();
-                self.put_loaned_reply(&mut st, code as u64, loan)
-            };
-            self.busy.store(false, Ordering::Release);
-            if result.is_err() {
-                self.dead.store(true, Ordering::Release);
-            }
-            return result;
+            return self.finish(|st| self.put_loaned_reply(st, code as u64, loan));
         }
         self.answer(REPLY, code as u64, data)
     }

@@ -24,11 +24,13 @@
 //!   hands a buffer and sections to the peer; returns bytes to put in the
 //!   record (empty where they travel beside the ring)
 //! - `recv_aux(&self, inline: &[u8], buffer: bool, sections: usize) -> io::Result<(Option<Section>, Vec<Section>)>`
-//! - `oneshot(data: &[u8]) -> io::Result<(Section, bool)>`: a payload too
-//!   large for the pool in a section of its own; `true` if the kernel keeps
-//!   it from changing (a sealed memfd)
+//! - `shutdown(&self)`: drop the connection (the peer's waits fail)
+//! - `aux_len(buffer: bool, sections: &[&Section]) -> usize`: how many bytes
+//!   `send_aux` will return, known before anything is handed over
+//! - `oneshot(data: &[u8]) -> io::Result<Section>`: a payload too large for
+//!   the pool in a section of its own (Linux: a memfd sealed against writes)
 //! - `frozen(section: &Section) -> bool` on the receiving side: whether a
-//!   one-shot payload really is sealed
+//!   one-shot payload really is sealed (then it is read in place)
 
 pub(crate) mod conn;
 pub(crate) mod pool;

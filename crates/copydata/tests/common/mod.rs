@@ -26,6 +26,20 @@ pub const CHILD_LIMIT: Duration = Duration::from_secs(90);
 /// How long the parent waits for any one line or exit.
 pub const WAIT: Duration = Duration::from_secs(60);
 
+/// `len` pseudo-random bytes from `seed`.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// A name no other test (or test run) uses.
 pub fn unique(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
