@@ -4,8 +4,8 @@
 use std::io;
 
 use copydata::{
-    AccessError, BindError, CreateError, HandoverError, InheritError, MapError, NameError, OpenError, RemoveError,
-    SendError,
+    AccessError, BindError, CreateError, HandoverError, InheritError, InstanceError, MapError, NameError, OpenError,
+    RemoveError, SendError,
 };
 
 pub const OK: u8 = 0;
@@ -110,6 +110,16 @@ fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             BindError::InvalidName { .. } => USAGE,
             BindError::AlreadyBound { .. } => EXISTS,
             BindError::RuntimeDir { .. } => REFUSED,
+            _ => OTHER,
+        });
+    }
+    if let Some(e) = e.downcast_ref::<InstanceError>() {
+        return Some(match e {
+            InstanceError::InvalidAppId { .. } => USAGE,
+            InstanceError::TimedOut { .. } => TIMED_OUT,
+            InstanceError::Refused { .. } | InstanceError::Incompatible { .. } | InstanceError::RuntimeDir { .. } => {
+                REFUSED
+            }
             _ => OTHER,
         });
     }

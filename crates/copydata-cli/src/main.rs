@@ -37,6 +37,15 @@ enum Command {
     Listen(cmd::listen::Args),
     /// Send a message to a mailbox and print the reply.
     Send(cmd::send::Args),
+    /// Run once per user: the first launch becomes the primary and prints
+    /// the launches that follow; a later launch forwards its arguments,
+    /// working directory and chosen variables to it, prints its answer and
+    /// exits with its code (4 if it did not answer in time).
+    ///
+    /// Strings that are not valid UTF-8 are printed losslessly: backslashes
+    /// doubled, each invalid byte as \xNN (an unpaired surrogate as \uXXXX
+    /// on Windows), and the field named in the JSON object's "escaped" list.
+    Instance(cmd::instance::Args),
     /// List live named objects (sections and mailboxes).
     Ls(cmd::ls::Args),
     /// Measure latency and throughput against OS baselines and floors.
@@ -73,6 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Listen(args) => cmd::listen::run(args),
         Command::Send(args) => cmd::send::run(args),
         Command::Ls(args) => cmd::ls::run(args),
+        Command::Instance(args) => cmd::instance::run(args),
         Command::DemoChild(args) => cmd::demo::child(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::BenchChild(args) => cmd::bench::child(args),

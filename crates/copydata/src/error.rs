@@ -557,3 +557,88 @@ into_io_error!(RecvError, |e| match &e {
 },);
 
 into_io_error!(ReplyError, |e| io::ErrorKind::BrokenPipe, ReplyError::Io(source) => source);
+
+/// Acquiring a single instance failed:
+/// [`SingleInstance::acquire`](crate::instance::SingleInstance::acquire).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InstanceError {
+    /// The app id is not a valid copydata name.
+    #[error("invalid app id {app_id:?}: {reason}")]
+    InvalidAppId {
+        /// The refused app id.
+        app_id: String,
+        /// What is wrong with it.
+        #[source]
+        reason: NameError,
+    },
+    /// The primary did not take this launch and answer it in time (it is
+    /// stopped or hung). The launch may still be handled later.
+    #[error("the primary instance of {app_id:?} did not answer within {timeout:?}")]
+    TimedOut {
+        /// The app id.
+        app_id: String,
+        /// The time allowed.
+        timeout: std::time::Duration,
+    },
+    /// The primary refused the launch (its handler panicked, or the launch
+    /// was too large or malformed for it).
+    #[error("the primary instance of {app_id:?} refused the launch: {reason}")]
+    Refused {
+        /// The app id.
+        app_id: String,
+        /// Why, as far as it is known.
+        reason: String,
+    },
+    /// The primary speaks another version of copydata (or the name is held
+    /// by something that is not a copydata instance).
+    #[error("the primary instance of {app_id:?} is an incompatible peer: {reason}")]
+    Incompatible {
+        /// The app id.
+        app_id: String,
+        /// What did not match.
+        reason: String,
+    },
+    /// The per-user runtime directory is missing and cannot be made, or is
+    /// not safe (Linux).
+    #[error("runtime directory {path}: {reason}")]
+    RuntimeDir {
+        /// The directory.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Single instances are not supported on this platform.
+    #[error("single instances are not supported on this platform")]
+    Unsupported,
+    /// Any other operating-system error.
+    #[error("instance {app_id:?}: {source}")]
+    Io {
+        /// The app id.
+        app_id: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl InstanceError {
+    /// The error for a failed bind other than "already bound".
+    pub(crate) fn from_bind(app: &crate::name::Name, e: BindError) -> InstanceError {
+        let app_id = app.to_string();
+        match e {
+            BindError::RuntimeDir { path, reason } => InstanceError::RuntimeDir { path, reason },
+            BindError::Unsupported => InstanceError::Unsupported,
+            BindError::Io { source, .. } => InstanceError::Io { app_id, source },
+            other => InstanceError::Io { app_id, source: io::Error::other(other) },
+        }
+    }
+}
+
+into_io_error!(InstanceError, |e| match &e {
+    InstanceError::InvalidAppId { .. } => io::ErrorKind::InvalidInput,
+    InstanceError::TimedOut { .. } => io::ErrorKind::TimedOut,
+    InstanceError::Refused { .. } | InstanceError::RuntimeDir { .. } => io::ErrorKind::PermissionDenied,
+    InstanceError::Incompatible { .. } | InstanceError::Unsupported => io::ErrorKind::Unsupported,
+    _ => io::ErrorKind::Other,
+}, InstanceError::Io { source, .. } => source);

@@ -32,6 +32,8 @@
 //! - [`list`], [`remove`]: the named sections of this user.
 //! - [`Mailbox`], [`send`], [`send_timeout`], [`Sender`]: messages, see
 //!   [`mailbox`]; [`mailboxes`] lists the live ones.
+//! - [`SingleInstance`]: a program that runs once; later launches hand the
+//!   running one their arguments and get its answer, see [`instance`].
 //!
 //! Every operation has its own error type (in [`error`]) whose variants say
 //! what a caller can act on; unexpected OS failures keep the OS error.
@@ -48,6 +50,7 @@
 pub mod error;
 mod fast;
 mod inherit;
+pub mod instance;
 pub mod loan;
 pub mod mailbox;
 mod name;
@@ -57,10 +60,11 @@ mod sys;
 mod view;
 
 pub use error::{
-    AccessError, BindError, CreateError, HandoverError, InheritError, ListError, MapError, OpenError, ReadOnlyError,
-    RecvError, RemoveError, ReplyError, SendError,
+    AccessError, BindError, CreateError, HandoverError, InheritError, InstanceError, ListError, MapError, OpenError,
+    ReadOnlyError, RecvError, RemoveError, ReplyError, SendError,
 };
 pub use inherit::{CommandExt, INHERIT_VAR, inherited_sections};
+pub use instance::SingleInstance;
 pub use loan::{Loan, LoanView, ReplyLoan};
 pub use mailbox::{
     DEFAULT_CONNECT_TIMEOUT, Mailbox, MailboxInfo, MailboxOptions, Message, Payload, Peer, Reply, Request, Sender,

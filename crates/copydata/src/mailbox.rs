@@ -487,8 +487,19 @@ impl Mailbox {
     /// Binds `name` with options.
     pub fn bind_with(name: &str, options: &MailboxOptions) -> Result<Mailbox, BindError> {
         let valid = Name::new(name).map_err(|reason| BindError::InvalidName { name: name.into(), reason })?;
-        let (inner, dispatch) = sys::mailbox::Mailbox::bind(&valid, options)?;
-        Ok(Mailbox { inner, dispatch, worker: Mutex::new(WorkerState::default()), name: valid })
+        Self::bind_name(valid, options)
+    }
+
+    pub(crate) fn bind_name(name: Name, options: &MailboxOptions) -> Result<Mailbox, BindError> {
+        let (inner, dispatch) = sys::mailbox::Mailbox::bind(&name, options)?;
+        Ok(Mailbox { inner, dispatch, worker: Mutex::new(WorkerState::default()), name })
+    }
+
+    /// Closes the mailbox for receiving: a thread waiting in `recv` (and
+    /// every later one) gets [`RecvError::Closed`]. The name stays bound
+    /// until the mailbox is dropped.
+    pub(crate) fn close(&self) {
+        self.dispatch.close();
     }
 
     /// The mailbox's name.
@@ -707,6 +718,11 @@ impl Sender {
         let deadline = Instant::now() + options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         s.client = Some(s.open(Some(deadline), options.connect_timeout)?);
         Ok(s)
+    }
+
+    /// A sender for an already validated name, connected by its first send.
+    pub(crate) fn unconnected(name: Name, options: SenderOptions) -> Sender {
+        Sender { name, options, client: None }
     }
 
     fn open(&self, deadline: Option<Instant>, timeout: Option<Duration>) -> Result<Client, SendError> {

@@ -73,6 +73,12 @@ impl Name {
     pub(crate) fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The mailbox a single-instance primary binds for the app id `app`:
+    /// `instance.APP` (it may be longer than a user-chosen name).
+    pub(crate) fn instance_mailbox(app: &Name) -> Name {
+        Name(format!("instance.{}", app.0))
+    }
 }
 
 impl fmt::Debug for Name {

@@ -45,6 +45,8 @@
 //! - `Bells`: the receiver's doorbells, one per handler thread;
 //! - `NativeResponder`: answers a message from a plain Win32 program
 //!   (uninhabited where there are none);
+//! - `allow_foreground(pid)`: lets `pid` take the foreground (Windows'
+//!   `AllowSetForegroundWindow`; nothing elsewhere);
 //! - `list()`.
 //!
 //! Platform-specific extras (hand-over to unrelated processes) are public

@@ -97,6 +97,10 @@ pub(crate) fn connect(_name: &Name, _wait: Wait, _deadline: Instant) -> Result<(
     Err(SendError::Unsupported)
 }
 
+/// Nothing to do: only Windows restricts which process may take the
+/// foreground.
+pub(crate) fn allow_foreground(_pid: u32) {}
+
 pub(crate) fn list() -> Result<Vec<MailboxInfo>, ListError> {
     Err(ListError::Unsupported)
 }

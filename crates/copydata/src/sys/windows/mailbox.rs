@@ -73,10 +73,10 @@ use windows_sys::Win32::System::Threading::{
     ReleaseMutex, SYNCHRONIZATION_SYNCHRONIZE, SetEvent, WaitForMultipleObjects, WaitForSingleObject,
 };
 use windows_sys::Win32::UI::WindowsAndMessaging::{
-    CreateWindowExW, DefWindowProcW, DestroyWindow, DispatchMessageW, FindWindowExW, FindWindowW, GWLP_USERDATA,
-    GetClassNameW, GetWindowLongPtrW, GetWindowThreadProcessId, HWND_MESSAGE, IsWindow, MSG, MWMO_INPUTAVAILABLE,
-    MsgWaitForMultipleObjectsEx, PM_REMOVE, PeekMessageW, PostMessageW, QS_ALLINPUT, RegisterClassExW, SMTO_NORMAL,
-    SendMessageTimeoutW, SetWindowLongPtrW, WM_APP, WM_COPYDATA, WM_QUIT, WNDCLASSEXW,
+    AllowSetForegroundWindow, CreateWindowExW, DefWindowProcW, DestroyWindow, DispatchMessageW, FindWindowExW,
+    FindWindowW, GWLP_USERDATA, GetClassNameW, GetWindowLongPtrW, GetWindowThreadProcessId, HWND_MESSAGE, IsWindow,
+    MSG, MWMO_INPUTAVAILABLE, MsgWaitForMultipleObjectsEx, PM_REMOVE, PeekMessageW, PostMessageW, QS_ALLINPUT,
+    RegisterClassExW, SMTO_NORMAL, SendMessageTimeoutW, SetWindowLongPtrW, WM_APP, WM_COPYDATA, WM_QUIT, WNDCLASSEXW,
 };
 
 use super::{SECTION_QUERY, Section as SysSection, current_process, duplicate, handover, owned, raw, wide};
@@ -1612,6 +1612,16 @@ pub fn send_to_window(
         }
         Err(_) => Err(SendError::ReceiverDied { name: shown }),
     }
+}
+
+/// Lets the process `pid` bring a window to the front
+/// (`AllowSetForegroundWindow`): a single-instance secondary does this for
+/// its primary before forwarding, the reason the feature usually exists.
+/// Windows allows it only while this process may set the foreground itself;
+/// otherwise it is quietly not granted.
+pub(crate) fn allow_foreground(pid: u32) {
+    // SAFETY: takes a process id by value; any value is allowed.
+    unsafe { AllowSetForegroundWindow(pid) };
 }
 
 pub(crate) fn list() -> Result<Vec<MailboxInfo>, ListError> {

@@ -638,6 +638,10 @@ fn reclaim_if_dead(dir: &std::path::Path, name: &Name) -> Option<u32> {
     Some(read_pid(&fd).unwrap_or(0))
 }
 
+/// Nothing to do: only Windows restricts which process may take the
+/// foreground.
+pub(crate) fn allow_foreground(_pid: u32) {}
+
 pub(crate) fn list() -> Result<Vec<MailboxInfo>, ListError> {
     let dir = runtime::runtime_dir()
         .map_err(|(path, reason)| ListError::Io(io::Error::other(format!("{path}: {reason}"))))?;

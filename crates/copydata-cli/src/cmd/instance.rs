@@ -1,0 +1,168 @@
+//! `copydata instance APP_ID -- ARGS...`: run once; later launches forward.
+//!
+//! The first launch becomes the primary: it prints `ready APP_ID`, then one
+//! line per forwarded launch, and answers each with code 0 and the text
+//! `handled by PID`. A later launch forwards its arguments, working
+//! directory and chosen variables, prints the primary's text and exits with
+//! its code (4 if the primary did not answer within `--timeout`).
+//!
+//! Strings that are not valid UTF-8 (UTF-16 on Windows) are shown
+//! losslessly: in such a string each backslash is doubled, each byte that
+//! is not part of valid UTF-8 becomes `\xNN` (each unpaired surrogate
+//! `\uXXXX` on Windows), and the JSON object lists the field under
+//! `"escaped"` (`argv.N`, `cwd`, `env.NAME`). Valid strings are shown as
+//! they are.
+
+use std::ffi::{OsStr, OsString};
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args as ClapArgs;
+use copydata::instance::{Answer, InstanceOptions, Launch, SingleInstance};
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// The application's id (a name: letters, digits, '.', '_', '-').
+    app_id: String,
+    /// How long a later launch waits for the primary's answer (e.g. 500ms,
+    /// 10s); exit code 4 after it.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    timeout: Duration,
+    /// The primary prints one JSON object per launch: argv, cwd, pid, env
+    /// (and "escaped", see above).
+    #[arg(long)]
+    json: bool,
+    /// Forward this environment variable's value (repeatable).
+    #[arg(long = "forward-env", value_name = "VAR", num_args = 1.., action = clap::ArgAction::Append)]
+    forward_env: Vec<OsString>,
+    /// The arguments to forward, after `--`.
+    #[arg(last = true, value_parser = clap::value_parser!(OsString))]
+    args: Vec<OsString>,
+}
+
+/// A string shown losslessly (see the module doc); `true` if it had to be
+/// escaped.
+pub fn show(s: &OsStr) -> (String, bool) {
+    if let Some(valid) = s.to_str() {
+        return (valid.to_owned(), false);
+    }
+    let mut out = String::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        for chunk in s.as_bytes().utf8_chunks() {
+            out.push_str(&chunk.valid().replace('\\', "\\\\"));
+            for b in chunk.invalid() {
+                out.push_str(&format!("\\x{b:02X}"));
+            }
+        }
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::ffi::OsStrExt;
+        for c in char::decode_utf16(s.encode_wide()) {
+            match c {
+                Ok('\\') => out.push_str("\\\\"),
+                Ok(c) => out.push(c),
+                Err(e) => out.push_str(&format!("\\u{:04X}", e.unpaired_surrogate())),
+            }
+        }
+    }
+    #[cfg(not(any(unix, windows)))]
+    out.push_str(&s.to_string_lossy());
+    (out, true)
+}
+
+/// One line describing a launch.
+pub fn describe(launch: &Launch, json: bool) -> String {
+    let mut escaped = Vec::new();
+    let mut field = |s: &OsStr, path: &dyn Fn(&str) -> String| {
+        let (text, esc) = show(s);
+        if esc {
+            escaped.push(path(&text));
+        }
+        text
+    };
+    let argv: Vec<String> = launch.args().iter().enumerate().map(|(i, a)| field(a, &|_| format!("argv.{i}"))).collect();
+    let cwd = launch.cwd().map(|c| field(c.as_os_str(), &|_| "cwd".into()));
+    let env: Vec<(String, String)> = launch
+        .env()
+        .iter()
+        .map(|(k, v)| {
+            let key = field(k, &|key| format!("env.{key}"));
+            let value = field(v, &|_| format!("env.{key}"));
+            (key, value)
+        })
+        .collect();
+    escaped.dedup();
+    if json {
+        let mut o = serde_json::json!({
+            "argv": argv,
+            "cwd": cwd,
+            "pid": launch.pid(),
+            "env": env.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str()))).collect::<serde_json::Map<_, _>>(),
+        });
+        if !launch.data().is_empty() {
+            o["data"] = String::from_utf8_lossy(launch.data()).into();
+        }
+        if !escaped.is_empty() {
+            o["escaped"] = escaped.into();
+        }
+        o.to_string()
+    } else {
+        let q = |s: &str| serde_json::Value::from(s).to_string();
+        let mut line = format!("launch pid={} cwd={} argv=[", launch.pid(), cwd.as_deref().map_or("-".into(), q));
+        line.push_str(&argv.iter().map(|a| q(a)).collect::<Vec<_>>().join(", "));
+        line.push(']');
+        for (k, v) in &env {
+            line.push_str(&format!(" {k}={}", q(v)));
+        }
+        line
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let mut options = InstanceOptions::new().timeout(args.timeout).args(args.args.iter().cloned());
+    for var in &args.forward_env {
+        options = options.forward_env(var.clone());
+    }
+    let primary = match SingleInstance::acquire(&args.app_id, &options)? {
+        SingleInstance::Secondary(secondary) => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(secondary.data())?;
+            if !secondary.data().is_empty() && !secondary.data().ends_with(b"\n") {
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+            // The primary's code, whatever it is (ExitCode only carries 0-255).
+            std::process::exit(secondary.code());
+        }
+        SingleInstance::Primary(primary) => primary,
+    };
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    // Interrupted or terminated: release the app id cleanly.
+    let _ = ctrlc::set_handler(move || {
+        let _ = stop_tx.send(());
+    });
+    let me = std::process::id();
+    let mut out = std::io::stdout();
+    if args.json {
+        writeln!(out, "{}", serde_json::json!({ "ready": args.app_id, "pid": me }))?;
+    } else {
+        writeln!(out, "ready {}", args.app_id)?;
+    }
+    out.flush()?;
+    while stop_rx.try_recv().is_err() {
+        let launch = match primary.recv_timeout(Duration::from_millis(100)) {
+            Ok(l) => l,
+            Err(copydata::RecvError::Timeout) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        writeln!(out, "{}", describe(&launch, args.json))?;
+        out.flush()?;
+        // A secondary that gave up meanwhile is no error for the primary.
+        let _ = launch.answer(Answer::new(0, format!("handled by {me}")));
+    }
+    Ok(ExitCode::SUCCESS)
+}
