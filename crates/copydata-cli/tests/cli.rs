@@ -325,7 +325,14 @@ struct Listener {
 
 impl Listener {
     fn start(args: &[&str]) -> Listener {
-        let mut child = copydata().arg("listen").args(args).stdout(Stdio::piped()).spawn().unwrap();
+        let listener = Listener::spawn("listen", args);
+        assert!(listener.line().starts_with("ready "));
+        listener
+    }
+
+    /// Runs `copydata SUBCOMMAND ARGS` and collects its output lines.
+    fn spawn(subcommand: &str, args: &[&str]) -> Listener {
+        let mut child = copydata().arg(subcommand).args(args).stdout(Stdio::piped()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = channel();
         std::thread::spawn(move || {
@@ -335,9 +342,7 @@ impl Listener {
                 }
             }
         });
-        let listener = Listener { child, lines: rx };
-        assert!(listener.line().starts_with("ready "));
-        listener
+        Listener { child, lines: rx }
     }
 
     fn line(&self) -> String {
@@ -425,4 +430,116 @@ fn mailbox_exit_codes() {
     // A killed listener's name is neither listed nor left behind.
     let doc: serde_json::Value = serde_json::from_slice(&run(&["ls", "--json"]).stdout).unwrap();
     assert!(!doc["mailboxes"].as_array().unwrap().iter().any(|m| m["name"] == name.as_str()));
+}
+
+/// `copydata instance APP -- ARGS` as a later launch: its output and code.
+fn launch(app: &str, extra: &[&str], args: &[std::ffi::OsString]) -> Output {
+    let mut cmd = copydata();
+    cmd.arg("instance").arg(app).args(extra).arg("--").args(args);
+    let out = cmd.output().expect("running a launch");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+#[test]
+fn instance_forwards_launches_losslessly_and_exits_with_the_answer() {
+    let app = unique("inst");
+    let primary = Listener::spawn("instance", &[&app, "--json"]);
+    let ready: serde_json::Value = serde_json::from_str(&primary.line()).unwrap();
+    assert_eq!(ready["ready"], app.as_str());
+    let pid = ready["pid"].as_u64().unwrap();
+    // Simultaneous launches with arguments that break other libraries.
+    let tricky = |i: usize| -> Vec<std::ffi::OsString> {
+        [format!("n{i}"), "a b".into(), "x|y".into(), String::new(), "q\"uote".into(), "ünï".into(), "new\nline".into()]
+            .into_iter()
+            .map(Into::into)
+            .collect()
+    };
+    let launches: Vec<_> = (0..5)
+        .map(|i| {
+            let app = app.clone();
+            let args = tricky(i);
+            std::thread::spawn(move || launch(&app, &[], &args))
+        })
+        .collect();
+    for l in launches {
+        let out = l.join().unwrap();
+        assert_eq!((out.code, out.out()), (0, format!("handled by {pid}\n")), "{}", out.stderr);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..5 {
+        let doc: serde_json::Value = serde_json::from_str(&primary.line()).unwrap();
+        let argv: Vec<String> = serde_json::from_value(doc["argv"].clone()).unwrap();
+        let i: usize = argv[0][1..].parse().unwrap();
+        assert!(seen.insert(i), "launch {i} arrived twice");
+        let want: Vec<String> = tricky(i).into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert_eq!(argv, want);
+        assert!(doc["cwd"].as_str().is_some_and(|c| !c.is_empty()), "{doc}");
+        assert!(doc["pid"].as_u64().unwrap() > 0 && doc["pid"].as_u64() != Some(pid));
+        assert_eq!(doc["env"], serde_json::json!({}));
+        assert!(doc.get("escaped").is_none(), "{doc}");
+    }
+    // Only the chosen variables travel.
+    let out = copydata()
+        .args(["instance", &app, "--forward-env", "CD_FWD", "--", "env"])
+        .env("CD_FWD", "chosen")
+        .env("CD_OTHER", "secret")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let doc: serde_json::Value = serde_json::from_str(&primary.line()).unwrap();
+    assert_eq!(doc["env"], serde_json::json!({ "CD_FWD": "chosen" }));
+    // Non-UTF-8 arguments are escaped losslessly, never replaced.
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStringExt;
+        let raw = std::ffi::OsString::from_vec(b"\xff\xferaw\\x".to_vec());
+        assert_eq!(launch(&app, &[], &["bin".into(), raw]).code, 0);
+        let doc: serde_json::Value = serde_json::from_str(&primary.line()).unwrap();
+        assert_eq!(doc["argv"][1], "\\xFF\\xFEraw\\\\x");
+        assert_eq!(doc["escaped"], serde_json::json!(["argv.1"]));
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::ffi::OsStringExt;
+        let raw = std::ffi::OsString::from_wide(&[0xD800, u16::from(b'r'), u16::from(b'\\')]);
+        assert_eq!(launch(&app, &[], &["bin".into(), raw]).code, 0);
+        let doc: serde_json::Value = serde_json::from_str(&primary.line()).unwrap();
+        assert_eq!(doc["argv"][1], "\\uD800r\\\\");
+        assert_eq!(doc["escaped"], serde_json::json!(["argv.1"]));
+    }
+    // Usage errors never become a primary.
+    assert_eq!(launch("bad/id", &[], &[]).code, 2);
+    assert_eq!(launch(&app, &["--timeout", "soon"], &[]).code, 2);
+    drop(primary);
+    // Terminated, the primary released the id: the next launch is primary.
+    let next = Listener::spawn("instance", &[&app]);
+    assert_eq!(next.line(), format!("ready {app}"));
+    assert_eq!(launch(&app, &[], &["x y".into()]).code, 0);
+    let line = next.line();
+    assert!(line.starts_with("launch pid=") && line.ends_with(r#"argv=["x y"]"#), "{line}");
+}
+
+#[cfg(unix)]
+#[test]
+fn instance_with_a_stopped_primary_exits_4_after_its_timeout() {
+    use rustix::process::{Pid, Signal, kill_process};
+    let app = unique("stopped");
+    let mut primary = Listener::spawn("instance", &[&app]);
+    assert_eq!(primary.line(), format!("ready {app}"));
+    let pid = Pid::from_raw(primary.child.id() as i32).unwrap();
+    kill_process(pid, Signal::STOP).unwrap();
+    let started = Instant::now();
+    let out = launch(&app, &["--timeout", "500ms"], &["hung".into()]);
+    let took = started.elapsed();
+    kill_process(pid, Signal::CONT).unwrap();
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains(&app) && out.stderr.contains("did not answer"), "{}", out.stderr);
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(10), "{took:?}");
+    // Awake again, it takes the next launch (and then the hung one's).
+    assert_eq!(launch(&app, &[], &[]).code, 0);
+    terminate(&mut primary.child);
 }
