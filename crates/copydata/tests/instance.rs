@@ -107,7 +107,7 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
             let mut held = Vec::new();
             for launch in primary.incoming() {
                 say("launch", &format!("{}", launch.args().len()));
-                if a.get("hold").is_some() {
+                if a.contains_key("hold") {
                     held.push(launch);
                 } else {
                     let _ = launch.answer(Answer::new(0, format!("by {}", std::process::id())));
