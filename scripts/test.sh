@@ -6,14 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== Linux: cargo test --workspace"
-cargo test --workspace --locked "$@"
+COPYDATA_REQUIRE_EXAMPLES=1 cargo test --workspace --locked "$@"
 
 echo "== Windows (x86_64-pc-windows-gnu under Wine): cargo test --workspace"
 bash scripts/setup-windows.sh
 # A plain Win32 program for the WM_COPYDATA interoperability tests.
 mkdir -p target/c
 x86_64-w64-mingw32-gcc -O2 -Wall -o target/c/copydata-peer.exe crates/copydata/tests/c/peer.c -luser32
-COPYDATA_C_PEER="$PWD/target/c/copydata-peer.exe" \
+COPYDATA_C_PEER="$PWD/target/c/copydata-peer.exe" COPYDATA_REQUIRE_EXAMPLES=1 \
     cargo test --workspace --locked --target x86_64-pc-windows-gnu "$@"
 # Wine's server lingers a few seconds after the last program; end it now so
 # no process outlives the suite.

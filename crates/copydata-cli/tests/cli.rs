@@ -154,10 +154,12 @@ fn demo_shows_every_step_passing() {
         "timeout against a slow receiver",
         "receiver killed mid-send",
         "section carried inside a message",
+        "the fast path",
+        "single-instance application",
     ] {
         assert!(text.lines().any(|l| l.contains(" ok ") && l.contains(step)), "step {step}: {text}");
     }
-    assert!(text.contains("all 10 steps passed"), "{text}");
+    assert!(text.contains("all 11 steps passed"), "{text}");
 }
 
 #[test]

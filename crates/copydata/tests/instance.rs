@@ -409,3 +409,62 @@ fn bad_app_ids_are_refused() {
         );
     }
 }
+
+/// The `editor` example, built by `cargo test` with the tests. `None` when
+/// it was not built (a run of this test file alone), unless the test script
+/// asks for it (`COPYDATA_REQUIRE_EXAMPLES`).
+fn example(name: &str) -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(std::env::var_os("COPYDATA_REQUIRE_EXAMPLES").is_none(), "example {name} not built: {}", path.display());
+    eprintln!("skipped: example {name} not built (cargo test --workspace builds it)");
+    None
+}
+
+#[test]
+fn the_editor_example_opens_files_in_the_running_instance() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let Some(editor) = example("editor") else { return };
+    let app = unique("editor");
+    let mut primary =
+        Command::new(&editor).arg("first.txt").env("EDITOR_APP_ID", &app).stdout(Stdio::piped()).spawn().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = primary.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = || lines.recv_timeout(common::WAIT).expect("a line from the editor");
+    let pid = primary.id();
+    assert_eq!(line(), format!("editor {pid}: running"));
+    assert_eq!(line(), "opening first.txt");
+    let dir = std::env::temp_dir().join(unique("edit-dir"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new(&editor).args(["a b.txt", "c.rs"]).current_dir(&dir).env("EDITOR_APP_ID", &app).output();
+    let out = out.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), format!("opened 2 file(s) in editor {pid}"));
+    let cwd = std::fs::canonicalize(&dir).unwrap();
+    for want in ["a b.txt", "c.rs"] {
+        let got = line();
+        let path = got.strip_prefix("opening ").unwrap_or_else(|| panic!("{got}"));
+        let path = std::path::Path::new(path);
+        assert_eq!(path.file_name().unwrap(), want);
+        assert_eq!(std::fs::canonicalize(path.parent().unwrap()).unwrap(), cwd);
+    }
+    let out = Command::new(&editor).arg("--quit").env("EDITOR_APP_ID", &app).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), format!("editor {pid} closed"));
+    assert_eq!(line(), format!("editor {pid}: closed"));
+    let deadline = Instant::now() + common::WAIT;
+    while primary.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the editor did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(primary.wait().unwrap().success());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -30,7 +30,7 @@ const CHILD_TIMEOUT: Duration = Duration::from_secs(30);
 type Step = fn() -> anyhow::Result<String>;
 
 pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    let steps: [(&str, Step); 10] = [
+    let steps: [(&str, Step); 11] = [
         ("inheritance", inherit_step),
         ("open by name", by_name_step),
         ("read-only hand-out", read_only_step),
@@ -41,6 +41,7 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
         ("a receiver killed mid-send", killed_step),
         ("a section carried inside a message", carried_step),
         ("the fast path: shared-memory messages and loans", fast_step),
+        ("a single-instance application", instance_step),
     ];
     let mut failed = 0;
     println!("copydata demo: sections and messages across real processes (this is pid {})", std::process::id());
@@ -443,6 +444,111 @@ fn fast_step() -> anyhow::Result<String> {
     ))
 }
 
+/// The arguments of simultaneous launch `i`: the kind other libraries lose.
+fn launch_args(i: usize) -> Vec<String> {
+    [format!("launch-{i}"), "a b".into(), "x|y".into(), String::new(), "q\"uote".into(), "ünï".into()].into()
+}
+
+fn instance_step() -> anyhow::Result<String> {
+    use copydata::instance::{Answer, InstanceOptions, SingleInstance};
+    let me = std::process::id();
+    let app = format!("copydata-demo-instance-{me}");
+    let SingleInstance::Primary(primary) = SingleInstance::acquire(&app, &InstanceOptions::new())? else {
+        bail!("another process is already the primary of {app}");
+    };
+    // 20 launches at once of `copydata instance APP -- ARGS`.
+    let exe = std::env::current_exe().context("locating the copydata executable")?;
+    let mut launches = Vec::new();
+    for i in 0..20 {
+        let child = Command::new(&exe)
+            .args(["instance", &app, "--"])
+            .args(launch_args(i))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        launches.push(child);
+    }
+    let deadline = Instant::now() + CHILD_TIMEOUT;
+    let mut seen = vec![0u32; 20];
+    let mut shown = Vec::new();
+    while seen.iter().sum::<u32>() < 20 {
+        let left = deadline.checked_duration_since(Instant::now()).context("the launches did not all arrive")?;
+        let launch = primary.recv_timeout(left).context("waiting for the launches")?;
+        let argv: Vec<String> = launch.args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let i: usize = argv.first().and_then(|a| a.strip_prefix("launch-")).context("an unknown launch")?.parse()?;
+        ensure!(i < 20 && argv == launch_args(i), "launch {i} arrived with {argv:?}");
+        seen[i] += 1;
+        shown.push(format!("\n      launch {i:>2} from pid {}: {argv:?}", launch.pid()));
+        launch.answer(Answer::new(0, format!("handled by {me}")))?;
+    }
+    for (i, child) in launches.into_iter().enumerate() {
+        let out = child.wait_with_output()?;
+        ensure!(out.status.success(), "launch {i} exited with {}", out.status);
+        ensure!(out.stdout == format!("handled by {me}\n").as_bytes(), "launch {i} printed {:?}", out.stdout);
+    }
+    ensure!(seen.iter().all(|&n| n == 1), "launches arrived {seen:?} times");
+    drop(primary);
+
+    // A primary killed, and the next launch elected in its place.
+    let app = format!("copydata-demo-succession-{me}");
+    let first = InstanceChild::start(&app)?;
+    let killed = first.pid();
+    let started = Instant::now();
+    drop(first); // kill -9 (TerminateProcess on Windows)
+    let second = InstanceChild::start(&app)?;
+    let elected = started.elapsed();
+    let successor = second.pid();
+    second.stop(&app)?;
+    Ok(format!(
+        "primary pid {me} took 20 simultaneous `copydata instance` launches, each exactly once with its argv intact, and each exited with its answer; primary pid {killed} killed, the next launch (pid {successor}) was primary {elected:.1?} later{}",
+        shown.concat()
+    ))
+}
+
+/// A child that is the primary of an app id; killed if dropped.
+struct InstanceChild(Option<Child>);
+
+impl InstanceChild {
+    fn start(app: &str) -> anyhow::Result<InstanceChild> {
+        let mut child = me()?.args(["instance-primary", app]).stdout(Stdio::piped()).spawn()?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            let _ = tx.send(line);
+        });
+        let pid = child.id();
+        let me = InstanceChild(Some(child));
+        let line = rx.recv_timeout(CHILD_TIMEOUT).context("the primary did not start")?;
+        ensure!(line.trim() == "primary", "pid {pid} said {line:?} instead of becoming primary");
+        Ok(me)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+
+    /// Stops it the way a later launch would: with a launch saying "stop".
+    fn stop(mut self, app: &str) -> anyhow::Result<()> {
+        use copydata::instance::{InstanceOptions, SingleInstance};
+        let options = InstanceOptions::new().args(["--stop"]).timeout(CHILD_TIMEOUT);
+        let SingleInstance::Secondary(_) = SingleInstance::acquire(app, &options)? else {
+            bail!("the primary was gone before it was told to stop");
+        };
+        wait(self.0.take().context("the primary is gone")?, "the primary")
+    }
+}
+
+impl Drop for InstanceChild {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// The child roles.
 pub fn child(args: ChildArgs) -> anyhow::Result<ExitCode> {
     let me = std::process::id();
@@ -548,6 +654,21 @@ pub fn child(args: ChildArgs) -> anyhow::Result<ExitCode> {
                     }
                 };
                 let _ = request.reply(reply);
+            }
+        }
+        ("instance-primary", [app]) => {
+            use copydata::instance::{Answer, InstanceOptions, SingleInstance};
+            let SingleInstance::Primary(primary) = SingleInstance::acquire(app, &InstanceOptions::new())? else {
+                bail!("not the primary");
+            };
+            println!("primary");
+            std::io::Write::flush(&mut std::io::stdout())?;
+            for launch in primary.incoming() {
+                let stop = launch.args().first().is_some_and(|a| a == "--stop");
+                launch.answer(Answer::code(0))?;
+                if stop {
+                    break;
+                }
             }
         }
         (role, rest) => bail!(crate::exit::Usage(format!("unknown demo child role {role:?} {rest:?}"))),
