@@ -382,6 +382,11 @@ fn serve_answers_and_survives_panics_and_garbage() {
         SingleInstance::Secondary(s) => assert_eq!((s.code(), s.data()), (2, &b"served"[..])),
         SingleInstance::Primary(_) => panic!("two primaries"),
     }
+    // A timeout too large to add to the clock means "wait for ever".
+    match SingleInstance::acquire(&app, &InstanceOptions::new().timeout(Duration::MAX)).unwrap() {
+        SingleInstance::Secondary(s) => assert_eq!(s.data(), b"served"),
+        SingleInstance::Primary(_) => panic!("two primaries"),
+    }
     assert_eq!(server.app_id(), app);
 }
 

@@ -185,7 +185,10 @@ impl SingleInstance {
         let app = Name::new(app_id).map_err(|reason| InstanceError::InvalidAppId { app_id: app_id.into(), reason })?;
         let name = Name::instance_mailbox(&app);
         let started = Instant::now();
-        let deadline = started + options.timeout;
+        // A timeout too large to add (Duration::MAX) means "as long as it takes".
+        let deadline = started
+            .checked_add(options.timeout)
+            .unwrap_or_else(|| started + Duration::from_secs(100 * 365 * 24 * 3600));
         let mut record = None;
         let mut pause = Duration::from_millis(1);
         loop {
