@@ -642,3 +642,116 @@ into_io_error!(InstanceError, |e| match &e {
     InstanceError::Incompatible { .. } | InstanceError::Unsupported => io::ErrorKind::Unsupported,
     _ => io::ErrorKind::Other,
 }, InstanceError::Io { source, .. } => source);
+
+/// Opening or creating a named [`Mutex`](crate::sync::Mutex),
+/// [`Event`](crate::sync::Event) or [`Shared`](crate::sync::Shared) value
+/// failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncOpenError {
+    /// The name is not a valid copydata name.
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName {
+        /// The refused name.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        reason: NameError,
+    },
+    /// No process holds an object of this name and kind (or, for a shared
+    /// value opened without an initialiser, it is not initialised yet).
+    #[error("no object named {name:?}")]
+    NotFound {
+        /// The name asked for.
+        name: String,
+    },
+    /// The name is held by an object of another kind (an auto-reset event
+    /// opened as manual-reset, say).
+    #[error("{name:?} is {reason}")]
+    WrongKind {
+        /// The name.
+        name: String,
+        /// What the object is.
+        reason: String,
+    },
+    /// A shared value of this name has another size, alignment or type tag.
+    #[error("shared value {name:?} does not match this type: {reason}")]
+    LayoutMismatch {
+        /// The name.
+        name: String,
+        /// What differs.
+        reason: String,
+    },
+    /// The OS refused access.
+    #[error("{name:?}: permission denied")]
+    PermissionDenied {
+        /// The name.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Not supported on this platform.
+    #[error("synchronisation objects are not supported on this platform")]
+    Unsupported,
+    /// Any other operating-system error.
+    #[error("{name:?}: {source}")]
+    Io {
+        /// The name.
+        name: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Taking a lock failed: [`Mutex::lock`](crate::sync::Mutex::lock) and
+/// friends, [`Shared::lock`](crate::sync::Shared::lock).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// The lock was not free within the timeout.
+    #[error("the lock was not free in time")]
+    TimedOut,
+    /// `try_lock`: the lock is held right now.
+    #[error("the lock is held")]
+    WouldBlock,
+    /// This thread already holds the lock (the mutex is not recursive).
+    #[error("this thread already holds the lock")]
+    WouldDeadlock,
+    /// Any other operating-system error.
+    #[error("locking failed: {0}")]
+    Io(#[source] io::Error),
+}
+
+/// Waiting for an [`Event`](crate::sync::Event) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// The event was not set within the timeout.
+    #[error("the event was not set in time")]
+    TimedOut,
+    /// Any other operating-system error.
+    #[error("waiting failed: {0}")]
+    Io(#[source] io::Error),
+}
+
+into_io_error!(SyncOpenError, |e| match &e {
+    SyncOpenError::InvalidName { .. } => io::ErrorKind::InvalidInput,
+    SyncOpenError::NotFound { .. } => io::ErrorKind::NotFound,
+    SyncOpenError::WrongKind { .. } | SyncOpenError::LayoutMismatch { .. } => io::ErrorKind::InvalidData,
+    SyncOpenError::Unsupported => io::ErrorKind::Unsupported,
+    _ => io::ErrorKind::Other,
+}, SyncOpenError::Io { source, .. } => source, SyncOpenError::PermissionDenied { source, .. } => source);
+
+into_io_error!(LockError, |e| match &e {
+    LockError::TimedOut => io::ErrorKind::TimedOut,
+    LockError::WouldBlock => io::ErrorKind::WouldBlock,
+    LockError::WouldDeadlock => io::ErrorKind::Deadlock,
+    _ => io::ErrorKind::Other,
+}, LockError::Io(source) => source);
+
+into_io_error!(WaitError, |e| match &e {
+    WaitError::TimedOut => io::ErrorKind::TimedOut,
+    _ => io::ErrorKind::Other,
+}, WaitError::Io(source) => source);

@@ -32,6 +32,9 @@
 //! - [`list`], [`remove`]: the named sections of this user.
 //! - [`Mailbox`], [`send`], [`send_timeout`], [`Sender`]: messages, see
 //!   [`mailbox`]; [`mailboxes`] lists the live ones.
+//! - [`sync`]: a typed value shared by processes ([`sync::Shared`]), a mutex
+//!   that survives its owner's death ([`sync::Mutex`]) and an event
+//!   ([`sync::Event`]).
 //! - [`SingleInstance`]: a program that runs once; later launches hand the
 //!   running one their arguments and get its answer, see [`instance`].
 //!
@@ -56,12 +59,13 @@ pub mod mailbox;
 mod name;
 pub mod os;
 mod section;
+pub mod sync;
 mod sys;
 mod view;
 
 pub use error::{
-    AccessError, BindError, CreateError, HandoverError, InheritError, InstanceError, ListError, MapError, OpenError,
-    ReadOnlyError, RecvError, RemoveError, ReplyError, SendError,
+    AccessError, BindError, CreateError, HandoverError, InheritError, InstanceError, ListError, LockError, MapError,
+    OpenError, ReadOnlyError, RecvError, RemoveError, ReplyError, SendError, SyncOpenError, WaitError,
 };
 pub use inherit::{CommandExt, INHERIT_VAR, inherited_sections};
 pub use instance::SingleInstance;

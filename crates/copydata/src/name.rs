@@ -79,6 +79,12 @@ impl Name {
     pub(crate) fn instance_mailbox(app: &Name) -> Name {
         Name(format!("instance.{}", app.0))
     }
+
+    /// The OS object of a synchronisation object `name` of `kind`:
+    /// `copydata.KIND.NAME`.
+    pub(crate) fn sync_object(kind: &str, name: &Name) -> Name {
+        Name(format!("copydata.{kind}.{}", name.0))
+    }
 }
 
 impl fmt::Debug for Name {

@@ -49,6 +49,16 @@
 //!   `AllowSetForegroundWindow`; nothing elsewhere);
 //! - `list()`.
 //!
+//! The `sync` module of each backend provides the per-OS half of
+//! [`crate::sync`] (the portable header is in `crate::sync::header`):
+//!
+//! - `open_object(object, name, kind, size, create) -> Result<(Section, bool), SyncOpenError>`:
+//!   the named object `object` (`copydata.KIND.NAME`), created zero-filled
+//!   (Linux: with its mutex initialised) before anyone can open it;
+//! - `RawMutex` (`attach`, `lock(header, deadline, try_only) -> Result<owner_died, LockError>`, `unlock`);
+//! - `RawEvent` (`attach`, `set`, `reset`, `wait(header, deadline)`);
+//! - `list()`: (kind, object name) of the live objects.
+//!
 //! Platform-specific extras (hand-over to unrelated processes) are public
 //! through [`crate::os`].
 

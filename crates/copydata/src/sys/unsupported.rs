@@ -84,3 +84,60 @@ pub(crate) fn spawn_with_sections(_cmd: &mut Command, _sections: &[(&Section, Op
 pub(crate) fn take_inherited(_token: &str) -> Result<Vec<(Section, Option<Name>)>, InheritError> {
     Err(InheritError::Unsupported)
 }
+
+/// Synchronisation objects: none on this platform.
+pub(crate) mod sync {
+    use std::io;
+    use std::time::Instant;
+
+    use crate::error::{ListError, LockError, SyncOpenError, WaitError};
+    use crate::name::Name;
+    use crate::section::Section;
+    use crate::sync::header::ObjectKind;
+    use crate::view::ViewMut;
+
+    pub(crate) fn open_object(
+        _object: &Name,
+        _name: &str,
+        _kind: ObjectKind,
+        _size: u64,
+        _create: bool,
+    ) -> Result<(Section, bool), SyncOpenError> {
+        Err(SyncOpenError::Unsupported)
+    }
+
+    pub(crate) fn list() -> Result<Vec<(&'static str, String)>, ListError> {
+        Err(ListError::Unsupported)
+    }
+
+    #[derive(Debug)]
+    pub(crate) struct RawMutex;
+
+    impl RawMutex {
+        pub(crate) fn attach(_header: &ViewMut, _object: &Name) -> io::Result<RawMutex> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        pub(crate) fn lock(&self, _h: &ViewMut, _d: Option<Instant>, _try: bool) -> Result<bool, LockError> {
+            Err(LockError::Io(io::ErrorKind::Unsupported.into()))
+        }
+        pub(crate) fn unlock(&self, _h: &ViewMut) {}
+    }
+
+    #[derive(Debug)]
+    pub(crate) struct RawEvent;
+
+    impl RawEvent {
+        pub(crate) fn attach(_header: &ViewMut, _object: &Name, _auto: bool) -> io::Result<RawEvent> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        pub(crate) fn set(&self, _h: &ViewMut) -> io::Result<()> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        pub(crate) fn reset(&self, _h: &ViewMut) -> io::Result<()> {
+            Err(io::ErrorKind::Unsupported.into())
+        }
+        pub(crate) fn wait(&self, _h: &ViewMut, _d: Option<Instant>) -> Result<(), WaitError> {
+            Err(WaitError::Io(io::ErrorKind::Unsupported.into()))
+        }
+    }
+}

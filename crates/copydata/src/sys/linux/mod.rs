@@ -7,6 +7,7 @@ mod inherit;
 pub(crate) mod mailbox;
 mod namespace;
 mod scm;
+pub(crate) mod sync;
 
 use std::fs::File;
 use std::io;

@@ -33,6 +33,10 @@ use crate::section::{Access, SectionInfo};
 const SHM_DIR: &str = "/dev/shm";
 const MARKER: &str = "user.copydata";
 const MARKER_VALUE: &[u8] = b"section";
+/// The marker values of copydata's objects: sections, and the
+/// synchronisation objects of [`crate::sync`] (whose names carry a prefix,
+/// `copydata.mutex.` and so on, so they never meet a section's name).
+const MARKERS: [&[u8]; 4] = [MARKER_VALUE, b"mutex", b"event", b"shared"];
 const TEMP_PREFIX: &str = ".copydata-tmp-";
 /// Bound on retries of races with concurrent creators and reclaimers; each
 /// retry means another process made progress, so this is never reached in
@@ -43,9 +47,16 @@ fn shm_dir() -> io::Result<OwnedFd> {
     rfs::open(SHM_DIR, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(io_err)
 }
 
-fn is_marked(fd: impl AsFd) -> bool {
+/// The object's copydata marker, if it has one.
+fn marker(fd: impl AsFd) -> Option<&'static [u8]> {
     let mut buf = [0u8; 16];
-    matches!(rfs::fgetxattr(fd, MARKER, &mut buf[..]), Ok(n) if &buf[..n] == MARKER_VALUE)
+    let n = rfs::fgetxattr(fd, MARKER, &mut buf[..]).ok()?;
+    MARKERS.into_iter().find(|m| *m == &buf[..n])
+}
+
+/// Whether the object is one of copydata's (so it may be reclaimed).
+fn is_marked(fd: impl AsFd) -> bool {
+    marker(fd).is_some()
 }
 
 /// Whether `name` in `dir` still refers to the object `fd` is open on.
@@ -87,6 +98,17 @@ fn temp_name() -> String {
 }
 
 pub(crate) fn create(name: &Name, size: u64) -> Result<Section, CreateError> {
+    create_marked(name, size, MARKER_VALUE, &|_| Ok(()))
+}
+
+/// Creates a copydata object of the kind `marker`; `prepare` fills it in
+/// before it is published under `name`, so nobody ever sees it unprepared.
+pub(crate) fn create_marked(
+    name: &Name,
+    size: u64,
+    marker: &[u8],
+    prepare: &dyn Fn(&OwnedFd) -> io::Result<()>,
+) -> Result<Section, CreateError> {
     let obj = || name.to_string();
     let io = |e: io::Error| match e.kind() {
         io::ErrorKind::PermissionDenied => CreateError::PermissionDenied { object: obj(), source: e },
@@ -110,7 +132,7 @@ pub(crate) fn create(name: &Name, size: u64) -> Result<Section, CreateError> {
         let prepared = (|| {
             rfs::flock(&fd, FlockOperation::LockShared)?;
             rfs::ftruncate(&fd, size)?;
-            match rfs::fsetxattr(&fd, MARKER, MARKER_VALUE, XattrFlags::empty()) {
+            match rfs::fsetxattr(&fd, MARKER, marker, XattrFlags::empty()) {
                 // Without xattrs on tmpfs (Linux < 6.6) the section works but a
                 // crashed last holder's object is not reclaimed.
                 Ok(()) | Err(Errno::OPNOTSUPP) => {}
@@ -118,12 +140,14 @@ pub(crate) fn create(name: &Name, size: u64) -> Result<Section, CreateError> {
             }
             Ok(())
         })();
+        let prepared = match prepared {
+            Ok(()) => prepare(&fd).map_err(|e| CreateError::Io { object: obj(), source: e }),
+            Err(Errno::FBIG | Errno::INVAL) => Err(CreateError::InvalidSize { size, reason: "too large for /dev/shm" }),
+            Err(e) => Err(io(io_err(e))),
+        };
         if let Err(e) = prepared {
             let _ = rfs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
-            return Err(match e {
-                Errno::FBIG | Errno::INVAL => CreateError::InvalidSize { size, reason: "too large for /dev/shm" },
-                e => io(io_err(e)),
-            });
+            return Err(e);
         }
         match rfs::renameat_with(&dir, temp.as_str(), &dir, name.as_str(), RenameFlags::NOREPLACE) {
             Ok(()) => {
@@ -151,6 +175,12 @@ pub(crate) fn create(name: &Name, size: u64) -> Result<Section, CreateError> {
 }
 
 pub(crate) fn open(name: &Name, access: Access) -> Result<Section, OpenError> {
+    open_marked(name, access, MARKER_VALUE)
+}
+
+/// Opens a copydata object of the kind `marker` (or another program's
+/// unmarked object); an object of another copydata kind is refused.
+pub(crate) fn open_marked(name: &Name, access: Access, marker_value: &[u8]) -> Result<Section, OpenError> {
     let n = || name.to_string();
     let io = |e: io::Error| match e.kind() {
         io::ErrorKind::PermissionDenied => OpenError::PermissionDenied { name: n(), source: e },
@@ -175,6 +205,10 @@ pub(crate) fn open(name: &Name, access: Access) -> Result<Section, OpenError> {
         let st = rfs::fstat(&fd).map_err(|e| io(io_err(e)))?;
         if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
             return Err(io(io::Error::new(io::ErrorKind::InvalidData, "not a shared-memory object")));
+        }
+        if let Some(m) = marker(&fd).filter(|m| *m != marker_value) {
+            let (found, wanted) = (String::from_utf8_lossy(m), String::from_utf8_lossy(marker_value));
+            return Err(io(io::Error::new(io::ErrorKind::InvalidData, format!("a copydata {found}, not a {wanted}"))));
         }
         match rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {
@@ -211,13 +245,24 @@ pub(crate) fn open(name: &Name, access: Access) -> Result<Section, OpenError> {
 }
 
 pub(crate) fn open_or_create(name: &Name, size: u64) -> Result<(Section, bool), CreateError> {
+    open_or_create_marked(name, size, MARKER_VALUE, &|_| Ok(()))
+}
+
+/// [`open_or_create`] for a copydata object of the kind `marker`, prepared
+/// by `prepare` if this call creates it.
+pub(crate) fn open_or_create_marked(
+    name: &Name,
+    size: u64,
+    marker: &[u8],
+    prepare: &dyn Fn(&OwnedFd) -> io::Result<()>,
+) -> Result<(Section, bool), CreateError> {
     for _ in 0..MAX_RETRIES {
-        match create(name, size) {
+        match create_marked(name, size, marker, prepare) {
             Ok(s) => return Ok((s, true)),
             Err(CreateError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e),
         }
-        match open(name, Access::ReadWrite) {
+        match open_marked(name, Access::ReadWrite, marker) {
             Ok(s) => return Ok((s, false)),
             Err(OpenError::NotFound { .. }) => continue,
             Err(OpenError::PermissionDenied { name, source }) => {
@@ -268,6 +313,11 @@ pub(crate) fn remove(name: &Name) -> Result<(), RemoveError> {
 }
 
 pub(crate) fn list() -> Result<Vec<SectionInfo>, ListError> {
+    Ok(list_all()?.into_iter().filter(|(m, _)| *m == MARKER_VALUE).map(|(_, info)| info).collect())
+}
+
+/// Every live copydata object with its marker (reclaiming dead ones).
+pub(crate) fn list_all() -> Result<Vec<(&'static [u8], SectionInfo)>, ListError> {
     let dir = shm_dir().map_err(ListError::Io)?;
     let mut out = Vec::new();
     for entry in std::fs::read_dir(SHM_DIR).map_err(ListError::Io)? {
@@ -290,9 +340,9 @@ pub(crate) fn list() -> Result<Vec<SectionInfo>, ListError> {
         let Ok(fd) = rfs::openat(&dir, name.as_str(), flags, Mode::empty()) else {
             continue;
         };
-        if !is_marked(&fd) {
+        let Some(kind) = marker(&fd) else {
             continue;
-        }
+        };
         if rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok() {
             // No holder: dead. Unlink it if the name still means it.
             if same_object(&dir, &name, &fd) {
@@ -301,7 +351,7 @@ pub(crate) fn list() -> Result<Vec<SectionInfo>, ListError> {
             continue;
         }
         if let Ok(st) = rfs::fstat(&fd) {
-            out.push(SectionInfo { name, size: st.st_size as u64 });
+            out.push((kind, SectionInfo { name, size: st.st_size as u64 }));
         }
     }
     Ok(out)

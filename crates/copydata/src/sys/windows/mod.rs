@@ -6,6 +6,7 @@ pub(crate) mod handover;
 mod inherit;
 pub(crate) mod mailbox;
 mod namespace;
+pub(crate) mod sync;
 
 use std::ffi::{OsStr, c_void};
 use std::fs::File;

@@ -131,7 +131,14 @@ fn section_names(dir: HANDLE) -> io::Result<Vec<String>> {
     }
 }
 
+/// The live named sections of the session, except copydata's own objects
+/// (named `copydata.KIND.NAME`, see [`crate::sync`]).
 pub(crate) fn list() -> Result<Vec<SectionInfo>, ListError> {
+    Ok(list_all()?.into_iter().filter(|s| !s.name.starts_with("copydata.")).collect())
+}
+
+/// Every live named section of the session with a valid copydata name.
+pub(crate) fn list_all() -> Result<Vec<SectionInfo>, ListError> {
     let mut session = 0u32;
     // SAFETY: `session` is a writable u32; the pid is our own.
     if unsafe { ProcessIdToSessionId(std::process::id(), &mut session) } == 0 {

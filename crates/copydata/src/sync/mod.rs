@@ -1,0 +1,449 @@
+//! Shared state and cross-process synchronisation: a typed shared value
+//! ([`Shared`]), a mutex that survives its owner's death ([`Mutex`]) and an
+//! event ([`Event`]), all named and usable from any process of this user.
+//!
+//! This is the seed's "method two", a DLL's shared data section, done with
+//! the synchronisation it lacks:
+//!
+//! ```no_run
+//! use copydata::sync::Shared;
+//!
+//! // Every process that opens "hits" sees one counter; the first one to
+//! // get here runs the initialiser, exactly once.
+//! let hits = Shared::<u64>::open_or_create("hits", || 0)?;
+//! let mut n = hits.lock()?;
+//! if n.owner_died() {
+//!     // A process died while it held the lock: check the value, then
+//!     n.mark_consistent();
+//! }
+//! *n += 1;
+//! println!("visit number {}", *n);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Owner death
+//!
+//! If a process dies holding a [`Mutex`] (or a [`Shared`] value's lock),
+//! the next locker gets the lock together with an **owner died**
+//! indication ([`MutexGuard::owner_died`]), like Windows' `WAIT_ABANDONED`
+//! and POSIX's `EOWNERDEAD`. The state it protects may be half-updated; the
+//! locker repairs it and calls [`MutexGuard::mark_consistent`]. Until
+//! someone does, every later locker is told too: the indication is a flag
+//! copydata keeps beside the OS object, so it is never silently dropped
+//! (Windows reports `WAIT_ABANDONED` only once; glibc would make an
+//! unmarked mutex unusable instead).
+//!
+//! # Lifetime and names
+//!
+//! Like named sections, these objects live while a process holds them
+//! (an open [`Mutex`], [`Event`] or [`Shared`]) and are gone once the last
+//! holder is, also after `kill -9`. Names follow [`crate::validate_name`]
+//! and are scoped per user (Linux) or login session (Windows). A mutex,
+//! an event and a shared value may have the same name; they are different
+//! objects.
+//!
+//! | | Linux | Windows |
+//! |---|---|---|
+//! | object | `/dev/shm/copydata.KIND.NAME`, a copydata object | file mapping `Local\copydata.KIND.NAME` |
+//! | mutex | a process-shared robust glibc mutex inside it (user space when uncontended) | kernel mutex `Local\copydata.KIND.NAME.lock` |
+//! | owner death | `EOWNERDEAD` (the kernel's robust-futex list) | `WAIT_ABANDONED` |
+//! | event | a futex word inside it | kernel event `Local\copydata.event.NAME.event` |
+//!
+//! All timeouts run on a monotonic clock, and a wait never reports a
+//! timeout before its time has passed.
+//!
+//! A glibc mutex's layout differs between 32- and 64-bit processes, so on
+//! Linux a [`Mutex`] or [`Shared`] value is shared between processes of
+//! the same word size only.
+
+pub(crate) mod header;
+mod shared;
+
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+pub use bytemuck;
+
+use self::header::{EVENT_KIND, HEADER_LEN, INCONSISTENT, ObjectKind};
+pub use self::shared::{AtomicValue, Shared, SharedGuard};
+use crate::error::ListError;
+pub use crate::error::{LockError, SyncOpenError, WaitError};
+use crate::name::Name;
+use crate::section::Section;
+use crate::sys;
+use crate::view::ViewMut;
+
+/// An opened named object: its section and a view of its header.
+#[derive(Debug)]
+pub(crate) struct Object {
+    header: ViewMut,
+    // Holds the object (a named section lives while it is held).
+    _section: Section,
+    name: Name,
+    object: Name,
+}
+
+impl Object {
+    /// Opens (`create`: or creates, `size` bytes) the object `name` of
+    /// `kind` and claims its kind in the header.
+    pub(crate) fn open(name: &str, kind: ObjectKind, size: u64, create: bool) -> Result<Object, SyncOpenError> {
+        let valid = Name::new(name).map_err(|reason| SyncOpenError::InvalidName { name: name.into(), reason })?;
+        let object = Name::sync_object(kind.marker(), &valid);
+        let (section, _created) = sys::sync::open_object(&object, name, kind, size.max(HEADER_LEN as u64), create)?;
+        if section.len() < HEADER_LEN as u64 {
+            return Err(SyncOpenError::WrongKind {
+                name: name.into(),
+                reason: format!("an object of {} bytes, too small to be a copydata {}", section.len(), kind.marker()),
+            });
+        }
+        let header = section.map_mut(0, HEADER_LEN).map_err(|e| SyncOpenError::Io {
+            name: name.into(),
+            source: io::Error::other(format!("mapping its header: {e}")),
+        })?;
+        header::claim_kind(&header, kind).map_err(|reason| SyncOpenError::WrongKind { name: name.into(), reason })?;
+        Ok(Object { header, _section: section, name: valid, object })
+    }
+
+    pub(crate) fn section(&self) -> &Section {
+        &self._section
+    }
+
+    fn io(&self, source: io::Error) -> SyncOpenError {
+        SyncOpenError::Io { name: self.name.to_string(), source }
+    }
+}
+
+/// A deadline `timeout` from now; `None` (for ever) if it cannot be
+/// represented.
+fn deadline(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+/// An object's lock: the OS mutex plus copydata's "inconsistent" flag.
+#[derive(Debug)]
+pub(crate) struct Lock {
+    obj: Object,
+    raw: sys::sync::RawMutex,
+}
+
+impl Lock {
+    pub(crate) fn new(obj: Object) -> Result<Lock, SyncOpenError> {
+        let raw = sys::sync::RawMutex::attach(&obj.header, &obj.object).map_err(|e| obj.io(e))?;
+        Ok(Lock { obj, raw })
+    }
+
+    pub(crate) fn object(&self) -> &Object {
+        &self.obj
+    }
+
+    pub(crate) fn acquire(&self, deadline: Option<Instant>, try_only: bool) -> Result<RawGuard<'_>, LockError> {
+        let died = self.raw.lock(&self.obj.header, deadline, try_only)?;
+        let flag = header::u32_at(&self.obj.header, INCONSISTENT);
+        if died {
+            flag.store(1, Ordering::SeqCst);
+        }
+        Ok(RawGuard { lock: self, _not_send: PhantomData })
+    }
+}
+
+/// A held lock; released on drop. Not `Send`: the thread that locked must
+/// unlock (both OS mutexes require it).
+pub(crate) struct RawGuard<'a> {
+    lock: &'a Lock,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl RawGuard<'_> {
+    pub(crate) fn owner_died(&self) -> bool {
+        header::u32_at(&self.lock.obj.header, INCONSISTENT).load(Ordering::SeqCst) != 0
+    }
+
+    pub(crate) fn mark_consistent(&mut self) {
+        header::u32_at(&self.lock.obj.header, INCONSISTENT).store(0, Ordering::SeqCst);
+    }
+}
+
+impl Drop for RawGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.raw.unlock(&self.lock.obj.header);
+    }
+}
+
+/// A named mutex shared by processes, that survives its owner's death.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use copydata::sync::Mutex;
+///
+/// let m = Mutex::open_or_create("config-writer")?;
+/// let mut guard = m.lock_timeout(Duration::from_secs(5))?;
+/// if guard.owner_died() {
+///     // Someone died mid-update: repair what the lock protects, then
+///     guard.mark_consistent();
+/// }
+/// // ... update the shared state ...
+/// drop(guard); // unlocks
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// Locking it again on a thread that holds it fails with
+/// [`LockError::WouldDeadlock`] (it is not recursive).
+#[derive(Debug)]
+pub struct Mutex {
+    lock: Lock,
+}
+
+impl Mutex {
+    /// Opens the mutex `name`, creating it (unlocked) if no process holds
+    /// one (`CreateMutex`).
+    #[doc(alias = "CreateMutexW")]
+    #[doc(alias = "pthread_mutex_init")]
+    pub fn open_or_create(name: &str) -> Result<Mutex, SyncOpenError> {
+        Self::with(name, true)
+    }
+
+    /// Opens the existing mutex `name` ([`SyncOpenError::NotFound`] if no
+    /// process holds one).
+    #[doc(alias = "OpenMutexW")]
+    pub fn open(name: &str) -> Result<Mutex, SyncOpenError> {
+        Self::with(name, false)
+    }
+
+    fn with(name: &str, create: bool) -> Result<Mutex, SyncOpenError> {
+        let obj = Object::open(name, ObjectKind::Mutex, HEADER_LEN as u64, create)?;
+        Ok(Mutex { lock: Lock::new(obj)? })
+    }
+
+    /// The mutex's name.
+    pub fn name(&self) -> &str {
+        self.lock.obj.name.as_str()
+    }
+
+    /// Waits for the lock, however long it takes.
+    #[doc(alias = "WaitForSingleObject")]
+    #[doc(alias = "pthread_mutex_lock")]
+    pub fn lock(&self) -> Result<MutexGuard<'_>, LockError> {
+        self.lock.acquire(None, false).map(MutexGuard)
+    }
+
+    /// Takes the lock if it is free now, else [`LockError::WouldBlock`].
+    #[doc(alias = "pthread_mutex_trylock")]
+    pub fn try_lock(&self) -> Result<MutexGuard<'_>, LockError> {
+        self.lock.acquire(None, true).map(MutexGuard)
+    }
+
+    /// Waits at most `timeout` for the lock ([`LockError::TimedOut`], never
+    /// before `timeout` has passed).
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<MutexGuard<'_>, LockError> {
+        self.lock.acquire(deadline(timeout), false).map(MutexGuard)
+    }
+}
+
+/// A held [`Mutex`]; unlocks on drop.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct MutexGuard<'a>(RawGuard<'a>);
+
+impl MutexGuard<'_> {
+    /// Whether a holder of this mutex died while holding it and nobody has
+    /// marked the protected state consistent since. Stays `true` for every
+    /// locker until someone calls [`mark_consistent`](Self::mark_consistent).
+    pub fn owner_died(&self) -> bool {
+        self.0.owner_died()
+    }
+
+    /// Declares the protected state consistent again (after repairing it).
+    #[doc(alias = "pthread_mutex_consistent")]
+    pub fn mark_consistent(&mut self) {
+        self.0.mark_consistent();
+    }
+}
+
+impl fmt::Debug for MutexGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MutexGuard").field("owner_died", &self.owner_died()).finish()
+    }
+}
+
+/// How an [`Event`] behaves once set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// Stays set, waking every waiter, until [`Event::reset`].
+    ManualReset,
+    /// Wakes one waiter and resets itself; stays set until one waits.
+    AutoReset,
+}
+
+impl EventKind {
+    fn code(self) -> u32 {
+        match self {
+            EventKind::ManualReset => 1,
+            EventKind::AutoReset => 2,
+        }
+    }
+
+    fn from_code(code: u32) -> Option<EventKind> {
+        match code {
+            1 => Some(EventKind::ManualReset),
+            2 => Some(EventKind::AutoReset),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EventKind::ManualReset => "manual-reset",
+            EventKind::AutoReset => "auto-reset",
+        })
+    }
+}
+
+/// A named event shared by processes (`CreateEvent`): set it in one,
+/// wake waiters in others.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use copydata::sync::{Event, EventKind};
+///
+/// let ready = Event::open_or_create("data-ready", EventKind::ManualReset)?;
+/// // In one process:
+/// ready.set()?;
+/// // In another:
+/// ready.wait_timeout(Duration::from_secs(5))?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Event {
+    obj: Object,
+    raw: sys::sync::RawEvent,
+    kind: EventKind,
+}
+
+impl Event {
+    /// Opens the event `name`, creating it unset if no process holds one.
+    /// An existing event of the other kind is refused
+    /// ([`SyncOpenError::WrongKind`]).
+    #[doc(alias = "CreateEventW")]
+    pub fn open_or_create(name: &str, kind: EventKind) -> Result<Event, SyncOpenError> {
+        let obj = Object::open(name, ObjectKind::Event, HEADER_LEN as u64, true)?;
+        header::claim_u32(&obj.header, EVENT_KIND, kind.code()).map_err(|found| SyncOpenError::WrongKind {
+            name: name.into(),
+            reason: format!(
+                "an {} event, not {kind}",
+                EventKind::from_code(found).map_or_else(|| format!("unknown ({found})"), |k| k.to_string())
+            ),
+        })?;
+        Self::attach(obj, kind)
+    }
+
+    /// Opens the existing event `name`, whatever its kind.
+    #[doc(alias = "OpenEventW")]
+    pub fn open(name: &str) -> Result<Event, SyncOpenError> {
+        let obj = Object::open(name, ObjectKind::Event, HEADER_LEN as u64, false)?;
+        // A creator that died before recording the kind: manual-reset.
+        let _ = header::claim_u32(&obj.header, EVENT_KIND, EventKind::ManualReset.code());
+        let code = header::u32_at(&obj.header, EVENT_KIND).load(Ordering::Acquire);
+        let kind = EventKind::from_code(code).ok_or_else(|| SyncOpenError::WrongKind {
+            name: name.into(),
+            reason: format!("an event of unknown kind {code}"),
+        })?;
+        Self::attach(obj, kind)
+    }
+
+    fn attach(obj: Object, kind: EventKind) -> Result<Event, SyncOpenError> {
+        let raw = sys::sync::RawEvent::attach(&obj.header, &obj.object, kind == EventKind::AutoReset)
+            .map_err(|e| obj.io(e))?;
+        Ok(Event { obj, raw, kind })
+    }
+
+    /// The event's name.
+    pub fn name(&self) -> &str {
+        self.obj.name.as_str()
+    }
+
+    /// Manual- or auto-reset.
+    pub fn kind(&self) -> EventKind {
+        self.kind
+    }
+
+    /// Sets the event: wakes every waiter (manual-reset) or one
+    /// (auto-reset).
+    #[doc(alias = "SetEvent")]
+    pub fn set(&self) -> io::Result<()> {
+        self.raw.set(&self.obj.header)
+    }
+
+    /// Resets the event to unset.
+    #[doc(alias = "ResetEvent")]
+    pub fn reset(&self) -> io::Result<()> {
+        self.raw.reset(&self.obj.header)
+    }
+
+    /// Waits until the event is set (an auto-reset event is reset again by
+    /// this wait).
+    pub fn wait(&self) -> Result<(), WaitError> {
+        self.raw.wait(&self.obj.header, None)
+    }
+
+    /// Waits at most `timeout` ([`WaitError::TimedOut`], never before
+    /// `timeout` has passed).
+    #[doc(alias = "WaitForSingleObject")]
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<(), WaitError> {
+        self.raw.wait(&self.obj.header, deadline(timeout))
+    }
+}
+
+/// Which kind of object an [`ObjectInfo`] describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectType {
+    /// A [`Mutex`].
+    Mutex,
+    /// An [`Event`].
+    Event,
+    /// A [`Shared`] value.
+    Shared,
+}
+
+impl fmt::Display for ObjectType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ObjectType::Mutex => "mutex",
+            ObjectType::Event => "event",
+            ObjectType::Shared => "shared",
+        })
+    }
+}
+
+/// A live named synchronisation object, as reported by [`objects`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Its name.
+    pub name: String,
+    /// Its kind.
+    pub kind: ObjectType,
+}
+
+/// The live mutexes, events and shared values of this user (Linux) or
+/// session (Windows). On Linux, listing also removes what crashed last
+/// holders left in `/dev/shm`.
+pub fn objects() -> Result<Vec<ObjectInfo>, ListError> {
+    let mut out = Vec::new();
+    for (marker, object) in sys::sync::list()? {
+        let kind = match marker {
+            "mutex" => ObjectType::Mutex,
+            "event" => ObjectType::Event,
+            "shared" => ObjectType::Shared,
+            _ => continue,
+        };
+        let prefix = format!("copydata.{marker}.");
+        if let Some(name) = object.strip_prefix(&prefix).filter(|n| crate::validate_name(n).is_ok()) {
+            out.push(ObjectInfo { name: name.to_owned(), kind });
+        }
+    }
+    out.sort_by(|a, b| (&a.name, a.kind as u8).cmp(&(&b.name, b.kind as u8)));
+    Ok(out)
+}

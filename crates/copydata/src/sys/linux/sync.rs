@@ -1,0 +1,307 @@
+//! Linux synchronisation objects ([`crate::sync`]): each named object is a
+//! copydata object in `/dev/shm` (`copydata.mutex.NAME` and so on, marked
+//! with its kind), holding the portable header and, for mutexes, a glibc
+//! mutex.
+//!
+//! **Why glibc's robust mutex.** Noticing that a lock's owner died needs the
+//! kernel's help: at a thread's death the kernel walks the thread's
+//! *robust list* and marks every futex on it "owner died". Each thread has
+//! exactly one such list, and glibc owns it (it registers it at thread
+//! start with `set_robust_list` and keeps its own mutexes on it). A
+//! hand-made futex mutex could not join that list, and recording the owner's
+//! pid to probe later is unreliable (pids are reused). So mutexes here are
+//! process-shared, robust, error-checking `pthread_mutex_t`s: an
+//! uncontended lock and unlock stay in user space, a contended one sleeps
+//! on a futex, and a dead owner's lock is handed to the next locker with
+//! `EOWNERDEAD`, which this module turns into "owner died" after making the
+//! glibc mutex consistent again at once (the portable layer keeps the
+//! "inconsistent" flag itself). The mutex is initialised in the object
+//! before it is published under its name, so no process ever sees it
+//! uninitialised.
+//!
+//! Events are a futex word in the header: no kernel call to set an event
+//! nobody waits for, or to wait for one that is set.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use rustix::io::Errno;
+use rustix::mm::{self, MapFlags, ProtFlags};
+use rustix::thread::futex;
+
+use super::namespace;
+use crate::error::{CreateError, LockError, OpenError, SyncOpenError, WaitError};
+use crate::name::Name;
+use crate::section::{Access, Section};
+use crate::sync::header::{EVENT_STATE, EVENT_WAITERS, HEADER_LEN, MUTEX_AT, ObjectKind};
+use crate::view::ViewMut;
+
+// The glibc mutex fits its slot in the header on every target.
+const _: () = assert!(size_of::<libc::pthread_mutex_t>() <= HEADER_LEN - MUTEX_AT);
+
+unsafe extern "C" {
+    // glibc 2.30 and later: a timed lock against CLOCK_MONOTONIC (the libc
+    // crate does not declare it yet; `pthread_mutex_timedlock` would measure
+    // the timeout on the wall clock, which may jump).
+    fn pthread_mutex_clocklock(
+        mutex: *mut libc::pthread_mutex_t,
+        clock: libc::clockid_t,
+        abstime: *const libc::timespec,
+    ) -> libc::c_int;
+}
+
+/// How many times a contended lock is tried before the caller sleeps: a
+/// lock held for a short update is often free again within a microsecond.
+const SPINS: u32 = 200;
+
+fn sync_error(name: &str, e: CreateError) -> SyncOpenError {
+    match e {
+        CreateError::PermissionDenied { source, .. } => SyncOpenError::PermissionDenied { name: name.into(), source },
+        CreateError::Unsupported => SyncOpenError::Unsupported,
+        CreateError::Io { source, .. } if source.kind() == io::ErrorKind::InvalidData => {
+            SyncOpenError::WrongKind { name: name.into(), reason: source.to_string() }
+        }
+        CreateError::Io { source, .. } => SyncOpenError::Io { name: name.into(), source },
+        other => SyncOpenError::Io { name: name.into(), source: io::Error::other(other) },
+    }
+}
+
+fn open_error(name: &str, e: OpenError) -> SyncOpenError {
+    match e {
+        OpenError::NotFound { .. } => SyncOpenError::NotFound { name: name.into() },
+        OpenError::PermissionDenied { source, .. } => SyncOpenError::PermissionDenied { name: name.into(), source },
+        OpenError::Io { source, .. } if source.kind() == io::ErrorKind::InvalidData => {
+            SyncOpenError::WrongKind { name: name.into(), reason: source.to_string() }
+        }
+        OpenError::Io { source, .. } => SyncOpenError::Io { name: name.into(), source },
+        other => SyncOpenError::Io { name: name.into(), source: io::Error::other(other) },
+    }
+}
+
+/// Initialises a process-shared, robust, error-checking mutex at `at` in
+/// the object `fd` (not yet published).
+fn init_mutex(fd: &OwnedFd, at: usize) -> io::Result<()> {
+    // SAFETY: a fresh mapping of our own unpublished object, chosen by the
+    // kernel (no existing memory is affected); unmapped below.
+    let base = unsafe {
+        mm::mmap(std::ptr::null_mut(), HEADER_LEN, ProtFlags::READ | ProtFlags::WRITE, MapFlags::SHARED, fd.as_fd(), 0)
+    }?;
+    let mutex = base.cast::<u8>().wrapping_add(at).cast::<libc::pthread_mutex_t>();
+    // SAFETY:
+    // - `attr` is initialised by pthread_mutexattr_init before any other use
+    //   and destroyed after;
+    // - `mutex` points into the mapping, aligned (the slot is at a multiple
+    //   of 64 in a page-aligned mapping) and large enough (checked above);
+    //   nobody else can reach the object before it is published.
+    let rc = unsafe {
+        let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+        let mut rc = libc::pthread_mutexattr_init(attr.as_mut_ptr());
+        if rc == 0 {
+            rc = libc::pthread_mutexattr_setpshared(attr.as_mut_ptr(), libc::PTHREAD_PROCESS_SHARED);
+            if rc == 0 {
+                rc = libc::pthread_mutexattr_setrobust(attr.as_mut_ptr(), libc::PTHREAD_MUTEX_ROBUST);
+            }
+            if rc == 0 {
+                rc = libc::pthread_mutexattr_settype(attr.as_mut_ptr(), libc::PTHREAD_MUTEX_ERRORCHECK);
+            }
+            if rc == 0 {
+                rc = libc::pthread_mutex_init(mutex, attr.as_ptr());
+            }
+            libc::pthread_mutexattr_destroy(attr.as_mut_ptr());
+        }
+        rc
+    };
+    // SAFETY: exactly the mapping made above, no longer used.
+    let _ = unsafe { mm::munmap(base, HEADER_LEN) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(rc)) }
+}
+
+/// Opens (or, with `create`, opens or creates) the object `name` of
+/// `kind`, `size` bytes if created. `object` is the derived object name
+/// (`copydata.KIND.NAME`); errors name the user's `name`.
+pub(crate) fn open_object(
+    object: &Name,
+    name: &str,
+    kind: ObjectKind,
+    size: u64,
+    create: bool,
+) -> Result<(Section, bool), SyncOpenError> {
+    let marker = kind.marker().as_bytes();
+    let needs_mutex = kind.has_mutex();
+    let prepare = |fd: &OwnedFd| if needs_mutex { init_mutex(fd, MUTEX_AT) } else { Ok(()) };
+    let (inner, created) = if create {
+        namespace::open_or_create_marked(object, size, marker, &prepare).map_err(|e| sync_error(name, e))?
+    } else {
+        (namespace::open_marked(object, Access::ReadWrite, marker).map_err(|e| open_error(name, e))?, false)
+    };
+    Ok((Section::from_parts(inner, Some(object.clone())), created))
+}
+
+/// The live synchronisation objects: (kind, object name).
+pub(crate) fn list() -> Result<Vec<(&'static str, String)>, crate::error::ListError> {
+    Ok(namespace::list_all()?
+        .into_iter()
+        .filter_map(|(marker, info)| {
+            let kind = ["mutex", "event", "shared"].into_iter().find(|k| k.as_bytes() == marker)?;
+            Some((kind, info.name))
+        })
+        .collect())
+}
+
+/// A mutex in an object's header (every call gets the header's view, which
+/// keeps the memory mapped).
+#[derive(Debug)]
+pub(crate) struct RawMutex;
+
+impl RawMutex {
+    /// The mutex of the object whose header `header` maps.
+    pub(crate) fn attach(_header: &ViewMut, _object: &Name) -> io::Result<RawMutex> {
+        Ok(RawMutex)
+    }
+
+    fn ptr(header: &ViewMut) -> *mut libc::pthread_mutex_t {
+        header.as_mut_ptr().wrapping_add(MUTEX_AT).cast()
+    }
+
+    /// Takes the lock: `Ok(true)` if its previous owner died holding it.
+    /// `deadline` `None` waits for ever; `try_only` does not wait at all.
+    pub(crate) fn lock(&self, header: &ViewMut, deadline: Option<Instant>, try_only: bool) -> Result<bool, LockError> {
+        let m = Self::ptr(header);
+        let outcome = |rc: libc::c_int| -> Option<Result<bool, LockError>> {
+            match rc {
+                0 => Some(Ok(false)),
+                libc::EOWNERDEAD => {
+                    // SAFETY: this thread owns `m` now (EOWNERDEAD hands it
+                    // over); marking the glibc mutex consistent keeps it
+                    // usable, the portable layer keeps the flag.
+                    unsafe { libc::pthread_mutex_consistent(m) };
+                    Some(Ok(true))
+                }
+                libc::EBUSY => None,
+                libc::EDEADLK => Some(Err(LockError::WouldDeadlock)),
+                libc::ETIMEDOUT => Some(Err(LockError::TimedOut)),
+                rc => Some(Err(LockError::Io(io::Error::from_raw_os_error(rc)))),
+            }
+        };
+        for i in 0..SPINS {
+            // SAFETY: `m` is an initialised process-shared mutex in a mapping
+            // that `self` keeps alive.
+            if let Some(r) = outcome(unsafe { libc::pthread_mutex_trylock(m) }) {
+                return r;
+            }
+            if try_only {
+                return Err(LockError::WouldBlock);
+            }
+            if i % 16 == 15 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        loop {
+            let rc = match deadline {
+                // SAFETY: as above.
+                None => unsafe { libc::pthread_mutex_lock(m) },
+                Some(d) => {
+                    let abs = monotonic_deadline(d);
+                    // SAFETY: as above; `abs` is a valid timespec.
+                    unsafe { pthread_mutex_clocklock(m, libc::CLOCK_MONOTONIC, &abs) }
+                }
+            };
+            match outcome(rc) {
+                // Never report a timeout before it has passed.
+                Some(Err(LockError::TimedOut)) if deadline.is_some_and(|d| Instant::now() < d) => continue,
+                Some(r) => return r,
+                None => continue,
+            }
+        }
+    }
+
+    pub(crate) fn unlock(&self, header: &ViewMut) {
+        // SAFETY: called only by the guard of this thread's lock, while the
+        // header stays mapped.
+        unsafe { libc::pthread_mutex_unlock(Self::ptr(header)) };
+    }
+}
+
+/// `deadline` on CLOCK_MONOTONIC (the clock `Instant` uses on Linux).
+fn monotonic_deadline(deadline: Instant) -> libc::timespec {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let left = deadline.saturating_duration_since(Instant::now());
+    let mut sec = now.tv_sec.saturating_add(left.as_secs() as i64);
+    let mut nsec = now.tv_nsec + i64::from(left.subsec_nanos());
+    if nsec >= 1_000_000_000 {
+        sec = sec.saturating_add(1);
+        nsec -= 1_000_000_000;
+    }
+    libc::timespec { tv_sec: sec as libc::time_t, tv_nsec: nsec as _ }
+}
+
+/// An event in an object's header: a futex word (0 unset, 1 set) and a
+/// count of sleepers.
+#[derive(Debug)]
+pub(crate) struct RawEvent {
+    auto: bool,
+}
+
+fn word(header: &ViewMut, at: usize) -> &AtomicU32 {
+    header.atomic_u32(at).expect("the header holds the event's words")
+}
+
+impl RawEvent {
+    pub(crate) fn attach(_header: &ViewMut, _object: &Name, auto: bool) -> io::Result<RawEvent> {
+        Ok(RawEvent { auto })
+    }
+
+    pub(crate) fn set(&self, header: &ViewMut) -> io::Result<()> {
+        word(header, EVENT_STATE).store(1, Ordering::SeqCst);
+        if word(header, EVENT_WAITERS).load(Ordering::SeqCst) != 0 {
+            let n = if self.auto { 1 } else { u32::MAX };
+            futex::wake(word(header, EVENT_STATE), futex::Flags::empty(), n)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn reset(&self, header: &ViewMut) -> io::Result<()> {
+        word(header, EVENT_STATE).store(0, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Takes the event if it is set (auto-reset: and resets it).
+    fn take(&self, header: &ViewMut) -> bool {
+        let state = word(header, EVENT_STATE);
+        if self.auto {
+            state.compare_exchange(1, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+        } else {
+            state.load(Ordering::SeqCst) == 1
+        }
+    }
+
+    pub(crate) fn wait(&self, header: &ViewMut, deadline: Option<Instant>) -> Result<(), WaitError> {
+        loop {
+            if self.take(header) {
+                return Ok(());
+            }
+            let left = match deadline {
+                Some(d) => match d.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()) {
+                    Some(l) => Some(l),
+                    None => return Err(WaitError::TimedOut),
+                },
+                None => None,
+            };
+            let ts = left.map(|l| futex::Timespec { tv_sec: l.as_secs() as i64, tv_nsec: i64::from(l.subsec_nanos()) });
+            let waiters = word(header, EVENT_WAITERS);
+            waiters.fetch_add(1, Ordering::SeqCst);
+            // Sleeps only while the word is still 0: a `set` in between
+            // makes the call return at once.
+            let r = futex::wait(word(header, EVENT_STATE), futex::Flags::empty(), 0, ts.as_ref());
+            waiters.fetch_sub(1, Ordering::SeqCst);
+            match r {
+                Ok(()) | Err(Errno::AGAIN | Errno::INTR | Errno::TIMEDOUT) => {}
+                Err(e) => return Err(WaitError::Io(e.into())),
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Windows synchronisation objects ([`crate::sync`]): each named object is
+//! a file mapping `Local\copydata.KIND.NAME` holding the portable header,
+//! beside the kernel object that does the work: the mutex
+//! `Local\copydata.KIND.NAME.lock` (its `WAIT_ABANDONED` is "owner died")
+//! or the event `Local\copydata.event.NAME.event`. Both live while a
+//! process holds a handle, like the mapping.
+//!
+//! A kernel mutex is recursive; a copydata mutex is not (a second guard on
+//! the same thread would alias the protected value). The holder records its
+//! process and thread in the header, so a second lock by the same thread is
+//! recognised, undone and refused.
+
+use std::io;
+use std::os::windows::io::OwnedHandle;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use windows_sys::Win32::Foundation::{WAIT_ABANDONED, WAIT_OBJECT_0, WAIT_TIMEOUT};
+use windows_sys::Win32::System::Threading::{
+    CreateEventW, CreateMutexW, GetCurrentThreadId, INFINITE, ReleaseMutex, ResetEvent, SetEvent, WaitForSingleObject,
+};
+
+use super::{Section as SysSection, owned, raw, wide};
+use crate::error::{CreateError, LockError, OpenError, SyncOpenError, WaitError};
+use crate::name::Name;
+use crate::section::{Access, Section};
+use crate::sync::header::{self, OWNER_PID, OWNER_TID, ObjectKind};
+use crate::view::ViewMut;
+
+pub(crate) fn open_object(
+    object: &Name,
+    name: &str,
+    _kind: ObjectKind,
+    size: u64,
+    create: bool,
+) -> Result<(Section, bool), SyncOpenError> {
+    let (inner, created) = if create {
+        SysSection::open_or_create(object, size).map_err(|e| match e {
+            CreateError::PermissionDenied { source, .. } => {
+                SyncOpenError::PermissionDenied { name: name.into(), source }
+            }
+            CreateError::Unsupported => SyncOpenError::Unsupported,
+            CreateError::Io { source, .. } => SyncOpenError::Io { name: name.into(), source },
+            other => SyncOpenError::Io { name: name.into(), source: io::Error::other(other) },
+        })?
+    } else {
+        let s = SysSection::open(object, Access::ReadWrite).map_err(|e| match e {
+            OpenError::NotFound { .. } => SyncOpenError::NotFound { name: name.into() },
+            OpenError::PermissionDenied { source, .. } => SyncOpenError::PermissionDenied { name: name.into(), source },
+            OpenError::Io { source, .. } => SyncOpenError::Io { name: name.into(), source },
+            other => SyncOpenError::Io { name: name.into(), source: io::Error::other(other) },
+        })?;
+        (s, false)
+    };
+    Ok((Section::from_parts(inner, Some(object.clone())), created))
+}
+
+/// The live synchronisation objects: (kind, object name).
+pub(crate) fn list() -> Result<Vec<(&'static str, String)>, crate::error::ListError> {
+    Ok(super::namespace::list_all()?
+        .into_iter()
+        .filter_map(|info| {
+            let kind = ["mutex", "event", "shared"]
+                .into_iter()
+                .find(|k| info.name.strip_prefix("copydata.").is_some_and(|r| r.starts_with(&format!("{k}."))))?;
+            Some((kind, info.name))
+        })
+        .collect())
+}
+
+/// Waits for `h` until `deadline` (`None`: for ever), never returning
+/// `WAIT_TIMEOUT` before the deadline (Windows' timers may fire a little
+/// early).
+fn wait_until(h: &OwnedHandle, deadline: Option<Instant>) -> u32 {
+    loop {
+        let ms = match deadline {
+            None => INFINITE,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Round up: a wait of 0 ms for 0.3 ms left would spin.
+                u32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(INFINITE - 1).min(INFINITE - 1)
+            }
+        };
+        // SAFETY: waits on a handle this process owns.
+        let got = unsafe { WaitForSingleObject(raw(h), ms) };
+        if got == WAIT_TIMEOUT && deadline.is_some_and(|d| Instant::now() < d) {
+            continue;
+        }
+        return got;
+    }
+}
+
+/// The kernel mutex of an object.
+#[derive(Debug)]
+pub(crate) struct RawMutex {
+    handle: OwnedHandle,
+}
+
+impl RawMutex {
+    pub(crate) fn attach(_header: &ViewMut, object: &Name) -> io::Result<RawMutex> {
+        let n = wide(&format!("Local\\{object}.lock"));
+        // SAFETY: default security, not inheritable, not initially owned;
+        // the name outlives the call.
+        let handle = owned(unsafe { CreateMutexW(std::ptr::null(), 0, n.as_ptr()) })?;
+        Ok(RawMutex { handle })
+    }
+
+    pub(crate) fn lock(&self, header: &ViewMut, deadline: Option<Instant>, try_only: bool) -> Result<bool, LockError> {
+        let got = if try_only {
+            // SAFETY: waits on our own handle without blocking.
+            unsafe { WaitForSingleObject(raw(&self.handle), 0) }
+        } else {
+            wait_until(&self.handle, deadline)
+        };
+        let me = (std::process::id(), {
+            // SAFETY: no arguments, no failure.
+            unsafe { GetCurrentThreadId() }
+        });
+        let owner = (header::u32_at(header, OWNER_PID), header::u32_at(header, OWNER_TID));
+        let died = match got {
+            WAIT_OBJECT_0 => false,
+            WAIT_ABANDONED => true,
+            WAIT_TIMEOUT if try_only => return Err(LockError::WouldBlock),
+            WAIT_TIMEOUT => return Err(LockError::TimedOut),
+            _ => return Err(LockError::Io(io::Error::last_os_error())),
+        };
+        // A recursive acquisition: this thread held it already (the record
+        // is ours and not left by a dead owner).
+        if !died && owner.0.load(Ordering::SeqCst) == me.0 && owner.1.load(Ordering::SeqCst) == me.1 {
+            // SAFETY: undoes the acquisition this thread just made.
+            unsafe { ReleaseMutex(raw(&self.handle)) };
+            return Err(LockError::WouldDeadlock);
+        }
+        owner.0.store(me.0, Ordering::SeqCst);
+        owner.1.store(me.1, Ordering::SeqCst);
+        Ok(died)
+    }
+
+    pub(crate) fn unlock(&self, header: &ViewMut) {
+        header::u32_at(header, OWNER_TID).store(0, Ordering::SeqCst);
+        header::u32_at(header, OWNER_PID).store(0, Ordering::SeqCst);
+        // SAFETY: called only by the guard of this thread's lock.
+        unsafe { ReleaseMutex(raw(&self.handle)) };
+    }
+}
+
+/// The kernel event of an event object.
+#[derive(Debug)]
+pub(crate) struct RawEvent {
+    handle: OwnedHandle,
+}
+
+impl RawEvent {
+    pub(crate) fn attach(_header: &ViewMut, object: &Name, auto: bool) -> io::Result<RawEvent> {
+        let n = wide(&format!("Local\\{object}.event"));
+        // SAFETY: default security, not inheritable, initially unset; the
+        // name outlives the call. Every opener asks for the kind recorded in
+        // the header, so the kernel object always has it.
+        let handle = owned(unsafe { CreateEventW(std::ptr::null(), i32::from(!auto), 0, n.as_ptr()) })?;
+        Ok(RawEvent { handle })
+    }
+
+    pub(crate) fn set(&self, _header: &ViewMut) -> io::Result<()> {
+        // SAFETY: our own event handle.
+        if unsafe { SetEvent(raw(&self.handle)) } == 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    pub(crate) fn reset(&self, _header: &ViewMut) -> io::Result<()> {
+        // SAFETY: our own event handle.
+        if unsafe { ResetEvent(raw(&self.handle)) } == 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    pub(crate) fn wait(&self, _header: &ViewMut, deadline: Option<Instant>) -> Result<(), WaitError> {
+        match wait_until(&self.handle, deadline) {
+            WAIT_OBJECT_0 => Ok(()),
+            WAIT_TIMEOUT => Err(WaitError::TimedOut),
+            _ => Err(WaitError::Io(io::Error::last_os_error())),
+        }
+    }
+}
