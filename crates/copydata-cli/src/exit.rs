@@ -3,6 +3,7 @@
 
 use std::io;
 
+use copydata::sync::{LockError, SyncOpenError, WaitError};
 use copydata::{
     AccessError, BindError, CreateError, HandoverError, InheritError, InstanceError, MapError, NameError, OpenError,
     RemoveError, SendError,
@@ -120,6 +121,27 @@ fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             InstanceError::Refused { .. } | InstanceError::Incompatible { .. } | InstanceError::RuntimeDir { .. } => {
                 REFUSED
             }
+            _ => OTHER,
+        });
+    }
+    if let Some(e) = e.downcast_ref::<SyncOpenError>() {
+        return Some(match e {
+            SyncOpenError::InvalidName { .. } => USAGE,
+            SyncOpenError::NotFound { .. } => NOT_FOUND,
+            SyncOpenError::WrongKind { .. } | SyncOpenError::LayoutMismatch { .. } => REFUSED,
+            SyncOpenError::PermissionDenied { .. } => REFUSED,
+            _ => OTHER,
+        });
+    }
+    if let Some(e) = e.downcast_ref::<LockError>() {
+        return Some(match e {
+            LockError::TimedOut | LockError::WouldBlock => TIMED_OUT,
+            _ => OTHER,
+        });
+    }
+    if let Some(e) = e.downcast_ref::<WaitError>() {
+        return Some(match e {
+            WaitError::TimedOut => TIMED_OUT,
             _ => OTHER,
         });
     }

@@ -46,6 +46,15 @@ enum Command {
     /// doubled, each invalid byte as \xNN (an unpaired surrogate as \uXXXX
     /// on Windows), and the field named in the JSON object's "escaped" list.
     Instance(cmd::instance::Args),
+    /// A u64 counter shared by processes (copydata::sync::Shared, type tag
+    /// "copydata.counter.u64").
+    #[command(subcommand)]
+    Shared(cmd::sync::SharedCommand),
+    /// Take a named mutex that survives its owner's death; prints
+    /// "acquired" or "acquired (previous owner died)".
+    Lock(cmd::sync::LockArgs),
+    /// Set, reset or wait for a named event.
+    Event(cmd::sync::EventArgs),
     /// List live named objects (sections and mailboxes).
     Ls(cmd::ls::Args),
     /// Measure latency and throughput against OS baselines and floors.
@@ -82,6 +91,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Listen(args) => cmd::listen::run(args),
         Command::Send(args) => cmd::send::run(args),
         Command::Ls(args) => cmd::ls::run(args),
+        Command::Shared(command) => cmd::sync::shared(command),
+        Command::Lock(args) => cmd::sync::lock(args),
+        Command::Event(args) => cmd::sync::event(args),
         Command::Instance(args) => cmd::instance::run(args),
         Command::DemoChild(args) => cmd::demo::child(args),
         Command::Bench(args) => cmd::bench::run(args),

@@ -7,7 +7,9 @@ use copydata::ListError;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Print one JSON document: {"sections": [{"name", "size"}], "mailboxes": [{"name", "pid"}]}.
+    /// Print one JSON document: {"sections": [{"name", "size"}], "mailboxes":
+    /// [{"name", "pid"}], "objects": [{"name", "kind"}]} (kind: mutex, event
+    /// or shared).
     #[arg(long)]
     json: bool,
 }
@@ -24,10 +26,13 @@ fn or_empty<T>(list: Result<Vec<T>, ListError>) -> anyhow::Result<Vec<T>> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let sections = or_empty(copydata::list())?;
     let mailboxes = or_empty(copydata::mailboxes())?;
+    let objects = or_empty(copydata::sync::objects())?;
     if args.json {
         let sections: Vec<_> = sections.iter().map(|s| serde_json::json!({ "name": s.name, "size": s.size })).collect();
         let mailboxes: Vec<_> = mailboxes.iter().map(|m| serde_json::json!({ "name": m.name, "pid": m.pid })).collect();
-        println!("{}", serde_json::json!({ "sections": sections, "mailboxes": mailboxes }));
+        let objects: Vec<_> =
+            objects.iter().map(|o| serde_json::json!({ "name": o.name, "kind": o.kind.to_string() })).collect();
+        println!("{}", serde_json::json!({ "sections": sections, "mailboxes": mailboxes, "objects": objects }));
     } else {
         println!("{:<8} {:<40} {:>14} {:>8}", "KIND", "NAME", "SIZE", "PID");
         for s in &sections {
@@ -35,6 +40,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         for m in &mailboxes {
             println!("{:<8} {:<40} {:>14} {:>8}", "mailbox", m.name, "-", m.pid);
+        }
+        for o in &objects {
+            println!("{:<8} {:<40} {:>14} {:>8}", o.kind.to_string(), o.name, "-", "-");
         }
     }
     Ok(ExitCode::SUCCESS)

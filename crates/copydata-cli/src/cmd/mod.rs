@@ -7,3 +7,4 @@ pub mod listen;
 pub mod ls;
 pub mod section;
 pub mod send;
+pub mod sync;
