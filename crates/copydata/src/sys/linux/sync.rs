@@ -258,7 +258,8 @@ impl RawEvent {
     pub(crate) fn set(&self, header: &ViewMut) -> io::Result<()> {
         word(header, EVENT_STATE).store(1, Ordering::SeqCst);
         if word(header, EVENT_WAITERS).load(Ordering::SeqCst) != 0 {
-            let n = if self.auto { 1 } else { u32::MAX };
+            // FUTEX_WAKE takes a signed count: i32::MAX is "everyone".
+            let n = if self.auto { 1 } else { i32::MAX as u32 };
             futex::wake(word(header, EVENT_STATE), futex::Flags::empty(), n)?;
         }
         Ok(())

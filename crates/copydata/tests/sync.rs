@@ -1,0 +1,381 @@
+//! Shared values, mutexes and events across real processes, on Linux and
+//! (from the same sources) Windows under Wine.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Kid, hear, say, unique};
+use copydata::sync::{Event, EventKind, LockError, Mutex, ObjectType, Shared, SyncOpenError, WaitError};
+
+#[test]
+fn child_entry() {
+    common::child_main(role);
+}
+
+fn fail(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+const TAG: &str = "copydata-test.counter";
+const INIT_MAGIC: u64 = 0x1a2b_3c4d_5e6f_7788;
+
+fn role(role: &str, args: &[String]) -> Result<(), String> {
+    let name = args.first().map(String::as_str).unwrap_or_default();
+    match role {
+        // Increments the counter `name` `args[1]` times under its lock.
+        "increment" => {
+            let n: u64 = args[1].parse().map_err(fail)?;
+            let counter = Shared::<u64>::open_or_create_tagged(name, TAG, || 0).map_err(fail)?;
+            say("up", "");
+            hear();
+            for _ in 0..n {
+                *counter.lock().map_err(fail)? += 1;
+            }
+            say("done", "");
+        }
+        // Takes the mutex `name` (or the shared value's lock) and holds it
+        // until killed; with "scribble", changes the value half-way first.
+        "hold" => {
+            if args.get(1).is_some_and(|a| a == "shared") {
+                let v = Shared::<[u64; 2]>::open_or_create(name, || [0, 0]).map_err(fail)?;
+                let mut g = v.lock().map_err(fail)?;
+                g[0] = 1; // the second half never comes
+                say("locked", "");
+                common::park_forever();
+            }
+            let m = Mutex::open_or_create(name).map_err(fail)?;
+            let _g = m.lock().map_err(fail)?;
+            say("locked", "");
+            common::park_forever();
+        }
+        // Locks the mutex and reports whether its previous owner died.
+        "lock" => {
+            let m = Mutex::open_or_create(name).map_err(fail)?;
+            let g = m.lock_timeout(Duration::from_secs(30)).map_err(fail)?;
+            say("locked", &g.owner_died().to_string());
+        }
+        // 16 of these race to create `name`; the initialiser counts its runs
+        // in the shared atomic `args[1]` and takes its time.
+        "init" => {
+            let runs = Shared::<AtomicU64>::open(&args[1]).map_err(fail)?;
+            say("up", "");
+            hear();
+            let v = Shared::<[u64; 2]>::open_or_create(name, || {
+                runs.get().fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(200));
+                [INIT_MAGIC, 42]
+            })
+            .map_err(fail)?;
+            let seen = *v.lock().map_err(fail)?;
+            say("value", &format!("{:x} {}", seen[0], seen[1]));
+            hear();
+        }
+        // A creator that dies inside its initialiser.
+        "init-and-die" => {
+            let _v = Shared::<[u64; 2]>::open_or_create(name, || {
+                say("initialising", "");
+                common::park_forever()
+            })
+            .map_err(fail)?;
+        }
+        // Opens or creates `name` with the initialiser [magic, 7].
+        "init-7" => {
+            let v = Shared::<[u64; 2]>::open_or_create(name, || [INIT_MAGIC, 7]).map_err(fail)?;
+            let seen = *v.lock().map_err(fail)?;
+            say("value", &format!("{:x} {}", seen[0], seen[1]));
+        }
+        // Waits for the event `name` (of kind args[1]) and says so.
+        "wait" => {
+            let kind = if args[1] == "auto" { EventKind::AutoReset } else { EventKind::ManualReset };
+            let e = Event::open_or_create(name, kind).map_err(fail)?;
+            say("waiting", "");
+            match e.wait_timeout(Duration::from_secs(args[2].parse().map_err(fail)?)) {
+                Ok(()) => say("woken", ""),
+                Err(WaitError::TimedOut) => say("timeout", ""),
+                Err(e) => return Err(fail(e)),
+            }
+            hear();
+        }
+        other => return Err(format!("unknown role {other}")),
+    }
+    Ok(())
+}
+
+/// What is left of the object `name` after its holders were killed.
+fn gone(name: &str, kind: ObjectType) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // Listing also reclaims what a killed last holder left (Linux).
+        let listed = copydata::sync::objects().unwrap().iter().any(|o| o.name == name && o.kind == kind);
+        #[cfg(target_os = "linux")]
+        let listed = listed || common::in_dev_shm(&format!("copydata.{kind}.{name}"));
+        if !listed {
+            return true;
+        }
+        // Wine closes a killed process's handles a moment after it exits.
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn four_processes_increment_one_counter_exactly() {
+    let name = unique("counter");
+    let n = 100_000;
+    let counter = Shared::<u64>::open_or_create_tagged(&name, TAG, || 0).unwrap();
+    let mut kids: Vec<Kid> = (0..4).map(|_| Kid::spawn("increment", &[&name, &n.to_string()])).collect();
+    for k in &mut kids {
+        k.expect("up");
+    }
+    for k in &mut kids {
+        k.tell("go");
+    }
+    for mut k in kids {
+        k.expect("done");
+        k.wait_ok();
+    }
+    let total = *counter.lock().unwrap();
+    assert_eq!(total, 4 * n);
+    drop(counter);
+    assert!(gone(&name, ObjectType::Shared));
+}
+
+#[test]
+fn a_killed_owner_is_reported_to_every_locker_until_marked_consistent() {
+    let name = unique("owner");
+    let m = Mutex::open_or_create(&name).unwrap();
+    let mut holder = Kid::spawn("hold", &[&name]);
+    holder.expect("locked");
+    assert!(matches!(m.try_lock(), Err(LockError::WouldBlock)));
+    // A locker waiting when the owner dies gets the lock, told so.
+    let limit = Duration::from_secs(30);
+    let started = Instant::now();
+    let waiter = {
+        let name = name.clone();
+        std::thread::spawn(move || {
+            let m = Mutex::open(&name).unwrap();
+            let g = m.lock_timeout(limit).map(|g| g.owner_died());
+            g
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    holder.kill();
+    assert_eq!(waiter.join().unwrap().unwrap(), true, "the waiter was not told the owner died");
+    assert!(started.elapsed() < limit);
+    // Not marked consistent: the next lockers, here and in another process,
+    // are told too.
+    assert!(m.lock().unwrap().owner_died());
+    let mut other = Kid::spawn("lock", &[&name]);
+    assert_eq!(other.expect("locked"), "true");
+    other.wait_ok();
+    let mut g = m.lock().unwrap();
+    assert!(g.owner_died());
+    g.mark_consistent();
+    drop(g);
+    assert!(!m.lock().unwrap().owner_died());
+    let mut other = Kid::spawn("lock", &[&name]);
+    assert_eq!(other.expect("locked"), "false");
+    other.wait_ok();
+    drop(m);
+    assert!(gone(&name, ObjectType::Mutex));
+}
+
+#[test]
+fn a_shared_value_left_half_written_is_reported() {
+    let name = unique("half");
+    let v = Shared::<[u64; 2]>::open_or_create(&name, || [0, 0]).unwrap();
+    let mut holder = Kid::spawn("hold", &[&name, "shared"]);
+    holder.expect("locked");
+    holder.kill();
+    let mut g = v.lock_timeout(Duration::from_secs(30)).unwrap();
+    assert!(g.owner_died());
+    assert_eq!(*g, [1, 0], "the half-made change is there to repair");
+    *g = [2, 2];
+    g.mark_consistent();
+    drop(g);
+    let g = v.lock().unwrap();
+    assert!(!g.owner_died());
+    assert_eq!(*g, [2, 2]);
+}
+
+#[test]
+fn sixteen_racing_creators_initialise_once_and_nobody_reads_early() {
+    let name = unique("once");
+    let runs_name = unique("runs");
+    let runs = Shared::<AtomicU64>::open_or_create(&runs_name, || AtomicU64::new(0)).unwrap();
+    let mut kids: Vec<Kid> = (0..16).map(|_| Kid::spawn("init", &[&name, &runs_name])).collect();
+    for k in &mut kids {
+        k.expect("up");
+    }
+    for k in &mut kids {
+        k.tell("go");
+    }
+    for k in &mut kids {
+        assert_eq!(k.expect("value"), format!("{INIT_MAGIC:x} 42"));
+    }
+    assert_eq!(runs.get().load(Ordering::SeqCst), 1, "the initialiser ran more than once");
+    for mut k in kids {
+        k.tell("exit");
+        k.wait_ok();
+    }
+    assert!(gone(&name, ObjectType::Shared));
+}
+
+#[test]
+fn a_creator_killed_while_initialising_leaves_nothing_half_made() {
+    let name = unique("initdie");
+    let mut creator = Kid::spawn("init-and-die", &[&name]);
+    creator.expect("initialising");
+    // A second opener waits for the initialiser...
+    let mut second = Kid::spawn("init-7", &[&name]);
+    std::thread::sleep(Duration::from_millis(300));
+    // ...which dies: the second one initialises it itself.
+    creator.kill();
+    assert_eq!(second.expect("value"), format!("{INIT_MAGIC:x} 7"));
+    second.wait_ok();
+    assert!(gone(&name, ObjectType::Shared));
+}
+
+#[test]
+fn events_wake_other_processes_manual_and_auto() {
+    // Manual-reset: one set wakes every waiter and stays set.
+    let name = unique("manual");
+    let e = Event::open_or_create(&name, EventKind::ManualReset).unwrap();
+    let mut waiters: Vec<Kid> = (0..2).map(|_| Kid::spawn("wait", &[&name, "manual", "30"])).collect();
+    for w in &mut waiters {
+        w.expect("waiting");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    e.set().unwrap();
+    // Woken by the set, not by their own 30 s timeout.
+    for w in &mut waiters {
+        assert!(w.expect_within("woken", Duration::from_secs(10)).is_some(), "a waiter was not woken");
+    }
+    e.wait_timeout(Duration::ZERO).unwrap();
+    e.reset().unwrap();
+    assert!(matches!(e.wait_timeout(Duration::from_millis(50)), Err(WaitError::TimedOut)));
+    for mut w in waiters {
+        w.tell("exit");
+        w.wait_ok();
+    }
+
+    // Auto-reset: one set wakes one waiter, then it is unset again.
+    let name = unique("auto");
+    let e = Event::open_or_create(&name, EventKind::AutoReset).unwrap();
+    let mut waiters: Vec<Kid> = (0..2).map(|_| Kid::spawn("wait", &[&name, "auto", "30"])).collect();
+    for w in &mut waiters {
+        w.expect("waiting");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    e.set().unwrap();
+    let mut woken = 0;
+    let mut pending = Vec::new();
+    for mut w in waiters {
+        match w.expect_within("woken", Duration::from_millis(1000)) {
+            Some(_) => {
+                woken += 1;
+                w.tell("exit");
+                w.wait_ok();
+            }
+            None => pending.push(w),
+        }
+    }
+    assert_eq!(woken, 1, "one set of an auto-reset event woke {woken} waiters");
+    e.set().unwrap();
+    for mut w in pending {
+        assert!(w.expect_within("woken", Duration::from_secs(10)).is_some(), "the second set woke nobody");
+        w.tell("exit");
+        w.wait_ok();
+    }
+    // Set with nobody waiting: stays set for exactly one wait.
+    e.set().unwrap();
+    e.wait_timeout(Duration::ZERO).unwrap();
+    assert!(matches!(e.wait_timeout(Duration::from_millis(50)), Err(WaitError::TimedOut)));
+}
+
+#[test]
+fn timeouts_are_honoured() {
+    let e = Event::open_or_create(&unique("timeout"), EventKind::ManualReset).unwrap();
+    for limit in [Duration::from_millis(1), Duration::from_millis(120), Duration::from_millis(500)] {
+        let started = Instant::now();
+        assert!(matches!(e.wait_timeout(limit), Err(WaitError::TimedOut)));
+        let took = started.elapsed();
+        assert!(took >= limit, "gave up after {took:?}, before {limit:?}");
+        assert!(took < limit + Duration::from_secs(5), "{took:?} for {limit:?}");
+    }
+    let name = unique("locktimeout");
+    let m = Mutex::open_or_create(&name).unwrap();
+    let mut holder = Kid::spawn("hold", &[&name]);
+    holder.expect("locked");
+    for limit in [Duration::from_millis(1), Duration::from_millis(120), Duration::from_millis(500)] {
+        let started = Instant::now();
+        assert!(matches!(m.lock_timeout(limit), Err(LockError::TimedOut)));
+        let took = started.elapsed();
+        assert!(took >= limit, "gave up after {took:?}, before {limit:?}");
+        assert!(took < limit + Duration::from_secs(5), "{took:?} for {limit:?}");
+    }
+    holder.kill();
+    // A timeout too large to add to the clock waits for ever (and gets the
+    // lock at once here).
+    assert!(m.lock_timeout(Duration::MAX).unwrap().owner_died());
+}
+
+#[test]
+fn mismatches_and_bad_names_are_refused() {
+    let name = unique("layout");
+    let _a = Shared::<u64>::open_or_create(&name, || 1).unwrap();
+    assert!(matches!(Shared::<u32>::open_or_create(&name, || 1), Err(SyncOpenError::LayoutMismatch { .. })));
+    assert!(matches!(Shared::<[u8; 8]>::open(&name), Err(SyncOpenError::LayoutMismatch { .. })));
+    assert!(matches!(Shared::<u64>::open_tagged(&name, "other"), Err(SyncOpenError::LayoutMismatch { .. })));
+    assert_eq!(*Shared::<u64>::open(&name).unwrap().lock().unwrap(), 1);
+    let e = unique("kind");
+    let _m = Event::open_or_create(&e, EventKind::ManualReset).unwrap();
+    match Event::open_or_create(&e, EventKind::AutoReset) {
+        Err(SyncOpenError::WrongKind { reason, .. }) => assert!(reason.contains("manual-reset"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(Event::open(&e).unwrap().kind(), EventKind::ManualReset);
+    assert!(matches!(Mutex::open(&unique("none")), Err(SyncOpenError::NotFound { .. })));
+    assert!(matches!(Event::open(&unique("none")), Err(SyncOpenError::NotFound { .. })));
+    assert!(matches!(Shared::<u64>::open(&unique("none")), Err(SyncOpenError::NotFound { .. })));
+    for bad in ["", "a/b", "..", "sp ace"] {
+        assert!(matches!(Mutex::open_or_create(bad), Err(SyncOpenError::InvalidName { .. })), "{bad:?}");
+        assert!(matches!(Event::open_or_create(bad, EventKind::AutoReset), Err(SyncOpenError::InvalidName { .. })));
+        assert!(matches!(Shared::<u8>::open_or_create(bad, || 0), Err(SyncOpenError::InvalidName { .. })));
+    }
+    // Not recursive: a second lock on the same thread is refused, not a
+    // second guard.
+    let m = Mutex::open_or_create(&unique("rec")).unwrap();
+    let g = m.lock().unwrap();
+    assert!(matches!(m.lock(), Err(LockError::WouldDeadlock)));
+    assert!(matches!(m.lock_timeout(Duration::from_millis(10)), Err(LockError::WouldDeadlock | LockError::TimedOut)));
+    drop(g);
+    drop(m.lock().unwrap());
+}
+
+#[test]
+fn objects_are_listed_while_held_and_gone_after_the_last_holder() {
+    let name = unique("listed");
+    let m = Mutex::open_or_create(&name).unwrap();
+    let e = Event::open_or_create(&name, EventKind::AutoReset).unwrap();
+    let s = Shared::<u64>::open_or_create(&name, || 0).unwrap();
+    let listed: Vec<ObjectType> =
+        copydata::sync::objects().unwrap().into_iter().filter(|o| o.name == name).map(|o| o.kind).collect();
+    assert_eq!(listed, [ObjectType::Mutex, ObjectType::Event, ObjectType::Shared]);
+    // Not sections.
+    assert!(!copydata::list().unwrap().iter().any(|s| s.name.contains(&name)));
+    drop((m, e, s));
+    for kind in [ObjectType::Mutex, ObjectType::Event, ObjectType::Shared] {
+        assert!(gone(&name, kind), "{kind} {name} is still there");
+    }
+    // Killed holders leave nothing behind either.
+    let name = unique("killed");
+    let mut holder = Kid::spawn("hold", &[&name]);
+    holder.expect("locked");
+    holder.kill();
+    assert!(gone(&name, ObjectType::Mutex));
+}
