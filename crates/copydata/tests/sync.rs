@@ -158,13 +158,12 @@ fn a_killed_owner_is_reported_to_every_locker_until_marked_consistent() {
         let name = name.clone();
         std::thread::spawn(move || {
             let m = Mutex::open(&name).unwrap();
-            let g = m.lock_timeout(limit).map(|g| g.owner_died());
-            g
+            m.lock_timeout(limit).map(|g| g.owner_died())
         })
     };
     std::thread::sleep(Duration::from_millis(300));
     holder.kill();
-    assert_eq!(waiter.join().unwrap().unwrap(), true, "the waiter was not told the owner died");
+    assert!(waiter.join().unwrap().unwrap(), "the waiter was not told the owner died");
     assert!(started.elapsed() < limit);
     // Not marked consistent: the next lockers, here and in another process,
     // are told too.
