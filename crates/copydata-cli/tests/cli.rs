@@ -156,10 +156,11 @@ fn demo_shows_every_step_passing() {
         "section carried inside a message",
         "the fast path",
         "single-instance application",
+        "shared state",
     ] {
         assert!(text.lines().any(|l| l.contains(" ok ") && l.contains(step)), "step {step}: {text}");
     }
-    assert!(text.contains("all 11 steps passed"), "{text}");
+    assert!(text.contains("all 12 steps passed"), "{text}");
 }
 
 #[test]
@@ -544,4 +545,52 @@ fn instance_with_a_stopped_primary_exits_4_after_its_timeout() {
     // Awake again, it takes the next launch (and then the hung one's).
     assert_eq!(launch(&app, &[], &[]).code, 0);
     terminate(&mut primary.child);
+}
+
+#[test]
+fn shared_lock_and_event_from_the_shell() {
+    // A counter: incremented by several processes, read by another.
+    let ctr = unique("ctr");
+    let mut holder = Listener::spawn("shared", &["incr", &ctr, "--times", "0", "--hold"]);
+    assert_eq!(holder.line(), "0");
+    let incs: Vec<_> = (0..3)
+        .map(|_| {
+            let ctr = ctr.clone();
+            std::thread::spawn(move || run(&["shared", "incr", &ctr, "--times", "500"]).code)
+        })
+        .collect();
+    for i in incs {
+        assert_eq!(i.join().unwrap(), 0);
+    }
+    assert_eq!(run(&["shared", "get", &ctr]).out(), "1500\n");
+    let doc: serde_json::Value = serde_json::from_slice(&run(&["ls", "--json"]).stdout).unwrap();
+    assert!(doc["objects"].as_array().unwrap().iter().any(|o| o["name"] == ctr.as_str() && o["kind"] == "shared"));
+    terminate(&mut holder.child);
+    assert_eq!(run(&["shared", "get", &ctr]).code, 3, "nobody holds it any more");
+
+    // A lock: held, timed out (4), owner died, marked consistent.
+    let lock = unique("lock");
+    let mut owner = Listener::spawn("lock", &[&lock, "--hold"]);
+    assert_eq!(owner.line(), "acquired");
+    let started = Instant::now();
+    let out = run(&["lock", &lock, "--timeout", "300ms"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let waiter = Listener::spawn("lock", &[&lock, "--timeout", "30s", "--hold"]);
+    std::thread::sleep(Duration::from_millis(300));
+    owner.child.kill().unwrap();
+    owner.child.wait().unwrap();
+    assert_eq!(waiter.line(), "acquired (previous owner died)");
+    drop(waiter);
+    assert_eq!(run(&["lock", "bad/name"]).code, 2);
+
+    // An event: a waiter in one process, set from another; timeouts exit 4.
+    let ev = unique("ev");
+    let waiting = Listener::spawn("event", &[&ev, "wait", "--timeout", "30s"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(run(&["event", &ev, "set"]).code, 0);
+    assert_eq!(waiting.line(), "set");
+    let started = Instant::now();
+    assert_eq!(run(&["event", &unique("ev2"), "wait", "--timeout", "300ms"]).code, 4);
+    assert!(started.elapsed() >= Duration::from_millis(300));
 }

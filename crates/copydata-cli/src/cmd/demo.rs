@@ -30,7 +30,7 @@ const CHILD_TIMEOUT: Duration = Duration::from_secs(30);
 type Step = fn() -> anyhow::Result<String>;
 
 pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    let steps: [(&str, Step); 11] = [
+    let steps: [(&str, Step); 12] = [
         ("inheritance", inherit_step),
         ("open by name", by_name_step),
         ("read-only hand-out", read_only_step),
@@ -42,6 +42,7 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
         ("a section carried inside a message", carried_step),
         ("the fast path: shared-memory messages and loans", fast_step),
         ("a single-instance application", instance_step),
+        ("shared state: a counter and a lock that survives its owner", shared_step),
     ];
     let mut failed = 0;
     println!("copydata demo: sections and messages across real processes (this is pid {})", std::process::id());
@@ -502,6 +503,57 @@ fn instance_step() -> anyhow::Result<String> {
     Ok(format!(
         "primary pid {me} took 20 simultaneous `copydata instance` launches, each exactly once with its argv intact, and each exited with its answer; primary pid {killed} killed, the next launch (pid {successor}) was primary {elected:.1?} later{}",
         shown.concat()
+    ))
+}
+
+fn shared_step() -> anyhow::Result<String> {
+    use copydata::sync::{Mutex, Shared};
+    let me = std::process::id();
+    let name = format!("copydata-demo-counter-{me}");
+    // This process holds the counter; 4 others increment it at once.
+    let counter = Shared::<u64>::open_or_create_tagged(&name, crate::cmd::sync::COUNTER_TAG, || 0)?;
+    let exe = std::env::current_exe().context("locating the copydata executable")?;
+    let started = Instant::now();
+    let incrementers = (0..4)
+        .map(|_| Command::new(&exe).args(["shared", "incr", &name, "--times", "10000"]).stdout(Stdio::null()).spawn())
+        .collect::<Result<Vec<_>, _>>()?;
+    for (i, child) in incrementers.into_iter().enumerate() {
+        wait(child, &format!("incrementer {i}"))?;
+    }
+    let took = started.elapsed();
+    let total = *counter.lock()?;
+    ensure!(total == 40_000, "4 x 10,000 increments gave {total}");
+    drop(counter);
+
+    // A lock whose owner is killed while holding it.
+    let lock = format!("copydata-demo-lock-{me}");
+    let mutex = Mutex::open_or_create(&lock)?;
+    let mut holder = Command::new(&exe).args(["lock", &lock, "--hold"]).stdout(Stdio::piped()).spawn()?;
+    let stdout = holder.stdout.take().context("holder stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(CHILD_TIMEOUT).unwrap_or_default();
+    if line.trim() != "acquired" {
+        let _ = holder.kill();
+        let _ = holder.wait();
+        bail!("the holder said {line:?}");
+    }
+    let holder_pid = holder.id();
+    let busy = matches!(mutex.try_lock(), Err(copydata::sync::LockError::WouldBlock));
+    holder.kill()?; // kill -9 (TerminateProcess on Windows)
+    holder.wait()?;
+    let mut guard = mutex.lock_timeout(CHILD_TIMEOUT)?;
+    ensure!(busy, "the lock was free while its owner held it");
+    ensure!(guard.owner_died(), "the next locker was not told that the owner died");
+    guard.mark_consistent();
+    drop(guard);
+    ensure!(!mutex.lock()?.owner_died(), "still inconsistent after mark_consistent");
+    Ok(format!(
+        "4 processes x 10,000 increments of one shared counter = {total} in {took:.1?}; lock holder pid {holder_pid} killed, the next locker got the lock with \"owner died\", marked it consistent"
     ))
 }
 
