@@ -78,3 +78,20 @@ fn bad_arguments_are_usage_errors() {
     let out = bench(&["--quick", "--json", "/no/such/dir/b.json"]);
     assert_ne!(out.status.code(), Some(0));
 }
+
+#[test]
+fn locks_are_measured_next_to_std() {
+    let out = bench(&["--locks", "--quick"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for row in [
+        "uncontended lock+unlock: std::sync::Mutex",
+        "uncontended lock+unlock: copydata Mutex",
+        "uncontended lock+increment+unlock: copydata Shared<u64>",
+        "hand-off: std::sync::Mutex, two threads",
+        "hand-off: copydata Shared<u64>, two processes",
+    ] {
+        let line = text.lines().find(|l| l.starts_with(row)).unwrap_or_else(|| panic!("no row {row:?}: {text}"));
+        assert!(line.contains(" ns ") && line.ends_with('x'), "{line}");
+    }
+}

@@ -11,6 +11,7 @@
 
 mod baseline;
 mod copydata_rows;
+mod locks;
 mod peers;
 mod procs;
 mod report;
@@ -51,6 +52,11 @@ pub struct Args {
     /// to this file.
     #[arg(long, value_name = "PATH")]
     plot: Option<PathBuf>,
+    /// Measure the locks instead: uncontended lock+unlock and the hand-off
+    /// between two processes of copydata's Mutex and Shared, next to
+    /// std::sync::Mutex in one process.
+    #[arg(long)]
+    locks: bool,
 }
 
 /// What a row measures.
@@ -316,6 +322,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(cpu) = cpus.client {
         procs::pin(cpu)?;
     }
+    if args.locks {
+        locks::run(cpus, args.quick)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let ctx = Ctx { cpus, quick: args.quick };
     let mut rows = rows(args.quick, args.peers);
     if let Some(text) = &args.filter {
@@ -411,6 +421,9 @@ pub enum Role {
     IpcChannel,
     /// iceoryx2 request-response server (`--name` the service).
     Iceoryx2,
+    /// The other party of the lock hand-off (`--name` the shared value,
+    /// `--payload` the number of turns).
+    LockPartner,
 }
 
 /// What the mailbox's handler does with a message.
@@ -492,6 +505,7 @@ pub fn child(args: ChildArgs) -> anyhow::Result<ExitCode> {
             let _lines = stdin_lines();
             baseline::spin_partner()?
         }
+        Role::LockPartner => locks::partner(&args.name, args.payload as u64)?,
         Role::IpcChannel | Role::Iceoryx2 => {
             let _lines = stdin_lines();
             peers::serve(args.role, &args.name)?
