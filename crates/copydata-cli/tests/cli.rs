@@ -594,3 +594,116 @@ fn shared_lock_and_event_from_the_shell() {
     assert_eq!(run(&["event", &unique("ev2"), "wait", "--timeout", "300ms"]).code, 4);
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
+
+/// Issue: the demo wrote `/tmp/copydata-demo-PID.bin` with a plain create
+/// that followed a symlink planted there. Symlinks are planted for the pids
+/// the demo is likely to get; the file they point at must stay untouched.
+#[cfg(target_os = "linux")]
+#[test]
+fn demo_never_follows_a_symlink_planted_in_tmp() {
+    let tmp = std::env::temp_dir().join(unique("tmpdir"));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let victim = tmp.join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let mut probe = Command::new("true").spawn().unwrap();
+    let next = probe.id();
+    probe.wait().unwrap();
+    for pid in next + 1..next + 400 {
+        std::os::unix::fs::symlink(&victim, tmp.join(format!("copydata-demo-{pid}.bin"))).unwrap();
+    }
+    let out = copydata().args(["demo", "--step", "4"]).env("TMPDIR", &tmp).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("[4/12] ok"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious", "the demo wrote through a planted symlink");
+    // Its private directory is gone again.
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".bin") && n != "victim")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// Runs copydata with `args` and extra environment, under the deadline.
+#[cfg(target_os = "linux")]
+fn run_env(args: &[&str], env: &[(&str, &std::path::Path)]) -> (Output, Duration) {
+    let mut cmd = copydata();
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let code = wait(&mut child, args);
+    let took = started.elapsed();
+    (Output { code, stdout: reader.join().unwrap(), stderr: err_reader.join().unwrap() }, took)
+}
+
+/// A private runtime directory for one test (mode 0700), removed by the test.
+#[cfg(target_os = "linux")]
+fn private_runtime(tag: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(unique(tag));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+    dir
+}
+
+/// Issue: a FIFO planted in the runtime directory under a mailbox's file
+/// name made `ls` and `send --timeout 1s` block for ever.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_fifo_in_the_runtime_directory_blocks_nothing() {
+    let dir = private_runtime("fifo-rt");
+    let name = unique("fifo");
+    let fifo = dir.join(format!("{name}.mailbox"));
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let env = [("COPYDATA_RUNTIME_DIR", dir.as_path())];
+    let (out, took) = run_env(&["ls"], &env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(took < Duration::from_secs(10), "ls took {took:?}");
+    let (out, took) = run_env(&["send", &name, "--timeout", "1s", "x"], &env);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(took < Duration::from_secs(10), "send --timeout 1s took {took:?}");
+    let (out, took) = run_env(&["listen", &name], &env);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("not a copydata mailbox file"), "{}", out.stderr);
+    assert!(took < Duration::from_secs(10), "listen took {took:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue: another user creating the runtime directory first (it is a
+/// predictable name in /tmp without XDG_RUNTIME_DIR) disabled every
+/// mailbox with an unclear error. Needs root (to hand the directory to
+/// `nobody`).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_runtime_directory_of_another_user_is_refused_with_the_way_out() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to give a directory to another user");
+        return;
+    }
+    let dir = private_runtime("squat-rt");
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let env = [("COPYDATA_RUNTIME_DIR", dir.as_path())];
+    for args in [&["listen", "x"][..], &["send", "x", "--timeout", "1s", "y"][..]] {
+        let (out, _) = run_env(args, &env);
+        assert_eq!(out.code, 7, "{args:?}: {}", out.stderr);
+        for part in [dir.to_str().unwrap(), "owned by uid 65534", "COPYDATA_RUNTIME_DIR"] {
+            assert!(out.stderr.contains(part), "{args:?}: {part:?} missing from {}", out.stderr);
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

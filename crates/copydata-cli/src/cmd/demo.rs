@@ -6,7 +6,6 @@
 
 #[cfg(windows)]
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,11 @@ use clap::Args as ClapArgs;
 use copydata::{CommandExt, MapError, Section};
 
 #[derive(ClapArgs, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Run only this step (1-based).
+    #[arg(long, value_name = "N")]
+    step: Option<usize>,
+}
 
 #[derive(ClapArgs, Debug)]
 pub struct ChildArgs {
@@ -29,7 +32,7 @@ const CHILD_TIMEOUT: Duration = Duration::from_secs(30);
 /// A demo step: what it showed, or why it failed.
 type Step = fn() -> anyhow::Result<String>;
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let steps: [(&str, Step); 12] = [
         ("inheritance", inherit_step),
         ("open by name", by_name_step),
@@ -45,8 +48,16 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
         ("shared state: a counter and a lock that survives its owner", shared_step),
     ];
     let mut failed = 0;
+    if let Some(n) = args.step
+        && !(1..=steps.len()).contains(&n)
+    {
+        return Err(crate::exit::Usage(format!("--step {n}: the steps are 1 to {}", steps.len())).into());
+    }
     println!("copydata demo: sections and messages across real processes (this is pid {})", std::process::id());
     for (i, (title, step)) in steps.iter().enumerate() {
+        if args.step.is_some_and(|n| n != i + 1) {
+            continue;
+        }
         match step() {
             Ok(what) => println!("[{}/{}] ok   {title}: {what}", i + 1, steps.len()),
             Err(e) => {
@@ -54,6 +65,9 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
                 println!("[{}/{}] FAIL {title}: {}", i + 1, steps.len(), crate::exit::one_line(&e));
             }
         }
+    }
+    if args.step.is_some() {
+        return Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(crate::exit::OTHER) });
     }
     if failed == 0 {
         println!("all {} steps passed", steps.len());
@@ -140,10 +154,19 @@ fn read_only_step() -> anyhow::Result<String> {
     Ok(format!("child {pid}: {said}; the owner can still write"))
 }
 
+/// A fresh private directory (mode 0700 on Unix, a random name) for the
+/// demo's files and sockets, removed on drop: nothing in a shared `/tmp` is
+/// created by a predictable name another user could plant a symlink at.
+fn private_dir() -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new().prefix("copydata-demo-").tempdir().context("creating a private temporary directory")
+}
+
 fn file_step() -> anyhow::Result<String> {
-    let path = std::env::temp_dir().join(format!("copydata-demo-{}.bin", std::process::id()));
-    let _cleanup = RemoveOnDrop(path.clone());
-    std::fs::write(&path, vec![b'.'; 256 * 1024])?;
+    let dir = private_dir()?;
+    let path = dir.path().join("file.bin");
+    std::fs::File::create_new(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &vec![b'.'; 256 * 1024]))
+        .with_context(|| format!("creating {}", path.display()))?;
     let offset: u64 = 70_001; // neither page- nor 64 KiB-aligned
     let child = me()?.args(["file-write", &path.to_string_lossy(), &offset.to_string()]).spawn()?;
     let pid = child.id();
@@ -160,19 +183,11 @@ fn file_step() -> anyhow::Result<String> {
     ))
 }
 
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 #[cfg(target_os = "linux")]
 fn handover_step() -> anyhow::Result<String> {
     use std::os::unix::net::UnixListener;
-    let dir = std::env::temp_dir().join(format!("copydata-demo-{}.sock", std::process::id()));
-    let _cleanup = RemoveOnDrop(dir.clone());
+    let private = private_dir()?;
+    let dir = private.path().join("handover.sock");
     let listener = UnixListener::bind(&dir)?;
     let section = Section::anonymous(4096)?;
     write_text(&section, "handed over by SCM_RIGHTS")?;
@@ -377,9 +392,8 @@ fn median_round_trip(rounds: usize, mut f: impl FnMut() -> anyhow::Result<()>) -
 #[cfg(unix)]
 fn socket_round_trip(rounds: usize) -> anyhow::Result<Option<Duration>> {
     use std::io::{Read, Write};
-    let dir = std::env::temp_dir().join(format!("copydata-demo-sock-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("s");
+    let dir = private_dir()?;
+    let path = dir.path().join("s");
     let listener = std::os::unix::net::UnixListener::bind(&path)?;
     let mut child = me()?.args(["socket-echo", &path.display().to_string()]).spawn()?;
     let result = (|| {
@@ -394,7 +408,7 @@ fn socket_round_trip(rounds: usize) -> anyhow::Result<Option<Duration>> {
     })();
     let _ = child.kill();
     let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     result.map(Some)
 }
 

@@ -10,7 +10,7 @@
 //! Each figure is per operation, over batches: the median and the 99th
 //! percentile of the batches.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use copydata::sync::{Mutex as CdMutex, Shared};
@@ -44,20 +44,34 @@ fn uncontended(mut op: impl FnMut()) -> (f64, f64) {
     stats(per_op)
 }
 
+/// How long one party's turns may take in all: a lock that starves one
+/// side (an unfair OS mutex) ends the row with an error, not a hang.
+const TURNS_LIMIT: Duration = Duration::from_secs(60);
+
 /// Takes `turns` turns as party `me` (0 or 1) of a hand-off on `value`,
-/// noting the time after every batch of turns.
-fn take_turns(me: u64, turns: u64, mut turn: impl FnMut(u64) -> bool) -> Vec<Instant> {
-    let mut marks = vec![Instant::now()];
+/// noting the time after every batch of turns. A party that finds it is not
+/// its turn yields the CPU before it looks again, so an unfair mutex (one
+/// that lets its last owner take it straight back) cannot starve the other.
+fn take_turns(me: u64, turns: u64, mut turn: impl FnMut(u64) -> bool) -> anyhow::Result<Vec<Instant>> {
+    let start = Instant::now();
+    let mut marks = vec![start];
     let mut done = 0;
+    let mut looks = 0u64;
     while done < turns {
         if turn(me) {
             done += 1;
-            if done % TURN_BATCH == 0 {
+            if done.is_multiple_of(TURN_BATCH) {
                 marks.push(Instant::now());
             }
+        } else {
+            std::thread::yield_now();
+        }
+        looks += 1;
+        if looks.is_multiple_of(1024) && start.elapsed() > TURNS_LIMIT {
+            anyhow::bail!("party {me} took only {done} of {turns} turns in {TURNS_LIMIT:?}");
         }
     }
-    marks
+    Ok(marks)
 }
 
 /// Per hand-off times from the batch marks (each batch of this party's
@@ -66,7 +80,7 @@ fn handoffs(marks: &[Instant]) -> (f64, f64) {
     stats(marks.windows(2).map(|w| (w[1] - w[0]).as_nanos() as f64 / (2 * TURN_BATCH) as f64).collect())
 }
 
-fn std_handoff(cpus: Cpus, turns: u64) -> (f64, f64) {
+fn std_handoff(cpus: Cpus, turns: u64) -> anyhow::Result<(f64, f64)> {
     let value = std::sync::Arc::new(std::sync::Mutex::new(0u64));
     let turn = |value: &std::sync::Mutex<u64>, me: u64| {
         let mut v = value.lock().unwrap_or_else(|e| e.into_inner());
@@ -85,13 +99,13 @@ fn std_handoff(cpus: Cpus, turns: u64) -> (f64, f64) {
             take_turns(1, turns, |me| turn(&value, me))
         })
     };
-    let marks = take_turns(0, turns, |me| turn(&value, me));
-    let _ = other.join();
-    handoffs(&marks)
+    let marks = take_turns(0, turns, |me| turn(&value, me))?;
+    other.join().map_err(|_| anyhow::anyhow!("the other thread panicked"))??;
+    Ok(handoffs(&marks))
 }
 
 pub fn run(cpus: Cpus, quick: bool) -> anyhow::Result<()> {
-    let turns = if quick { 20_000 } else { 100_000 };
+    let turns = if quick { 5_000 } else { 100_000 };
     println!("copydata bench --locks: per operation, median and p99 of batches; {}", cpus.describe());
     let std_mutex = std::sync::Mutex::new(0u64);
     let std_u = uncontended(|| *std_mutex.lock().unwrap_or_else(|e| e.into_inner()) += 1);
@@ -100,7 +114,7 @@ pub fn run(cpus: Cpus, quick: bool) -> anyhow::Result<()> {
     let cd_u = uncontended(|| drop(mutex.lock().expect("locking")));
     let shared = Shared::<u64>::open_or_create(&name, || 0)?;
     let sh_u = uncontended(|| *shared.lock().expect("locking") += 1);
-    let std_h = std_handoff(cpus, turns);
+    let std_h = std_handoff(cpus, turns)?;
     // The other party: a child process on the other CPU.
     let value = super::unique_name("handoff");
     let counter = Shared::<u64>::open_or_create(&value, || 0)?;
@@ -109,7 +123,7 @@ pub fn run(cpus: Cpus, quick: bool) -> anyhow::Result<()> {
     let mut partner = Proc::start(cmd, "the lock partner", &[], Stdout::Lines)?;
     partner.ready()?;
     partner.say("go")?;
-    let marks = take_turns(0, turns, |me| turn(&counter, me));
+    let marks = take_turns(0, turns, |me| turn(&counter, me)).map_err(|e| partner.blame(e))?;
     let cd_h = handoffs(&marks);
     partner.finish()?;
     let row = |what: &str, (p50, p99): (f64, f64), base: f64| {
@@ -139,7 +153,7 @@ pub fn partner(name: &str, turns: u64) -> anyhow::Result<()> {
     println!("ready");
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
-    take_turns(1, turns, |me| turn(&counter, me));
+    take_turns(1, turns, |me| turn(&counter, me))?;
     // Stay until the bench is done with the value.
     let _ = std::io::stdin().read_line(&mut line);
     Ok(())

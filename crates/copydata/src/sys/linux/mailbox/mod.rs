@@ -308,12 +308,7 @@ impl Mailbox {
         let lock_path = runtime::lock_path(&dir, name);
         let socket_path = runtime::socket_path(&dir, name);
         let lock = loop {
-            let fd = rfs::open(
-                &lock_path,
-                OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::RUSR | Mode::WUSR,
-            )
-            .map_err(|e| io(e.into()))?;
+            let fd = open_regular(&lock_path, OFlags::RDWR | OFlags::CREATE).map_err(io)?;
             match rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {}
                 Err(Errno::WOULDBLOCK) => {
@@ -622,11 +617,34 @@ fn connect_until(path: &std::path::Path, deadline: Instant) -> io::Result<UnixSt
     }
 }
 
+/// Opens an existing file of the runtime directory without blocking (a FIFO
+/// planted there would block a plain open) and only if it is a regular
+/// file; anything else is an error naming what it is.
+fn open_regular(path: &std::path::Path, flags: OFlags) -> io::Result<OwnedFd> {
+    let fd = rfs::open(path, flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::RUSR | Mode::WUSR)?;
+    let kind = rfs::FileType::from_raw_mode(rfs::fstat(&fd)?.st_mode);
+    if kind != rfs::FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is a {kind:?}, not a copydata mailbox file", path.display()),
+        ));
+    }
+    Ok(fd)
+}
+
 /// Removes the files of the mailbox `name` if no live process has bound it.
 /// Returns the binder's pid if one has.
 fn reclaim_if_dead(dir: &std::path::Path, name: &Name) -> Option<u32> {
     let path = runtime::lock_path(dir, name);
-    let fd = rfs::open(&path, OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let fd = match open_regular(&path, OFlags::RDONLY) {
+        Ok(fd) => fd,
+        Err(e) => {
+            if e.kind() == io::ErrorKind::InvalidData {
+                log::warn!("skipping {e}");
+            }
+            return None;
+        }
+    };
     if rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok() {
         // Nobody holds it: left by a dead binder. Clean up under the lock.
         if same_file(&path, &fd) {

@@ -32,13 +32,20 @@ pub(crate) fn runtime_dir() -> Result<PathBuf, DirError> {
     if !meta.file_type().is_dir() {
         return Err((shown, "not a directory (or a symbolic link)".into()));
     }
+    // Another user may have made the directory first (it is a predictable
+    // name in a shared /tmp when XDG_RUNTIME_DIR is unset), to watch or
+    // block this user's mailboxes: refuse it, and say how to get out.
+    const WAY_OUT: &str = "set COPYDATA_RUNTIME_DIR to a directory of your own (mode 0700), or XDG_RUNTIME_DIR";
     if meta.uid() != uid {
-        return Err((shown, format!("owned by uid {}, not by this user ({uid})", meta.uid())));
+        return Err((shown, format!("owned by uid {}, not by this user (uid {uid}); {WAY_OUT}", meta.uid())));
     }
     if meta.permissions().mode() & 0o077 != 0 {
         return Err((
             shown,
-            format!("mode {:o} lets other users in; it must be 0700", meta.permissions().mode() & 0o777),
+            format!(
+                "mode {:o} lets other users in; it must be 0700 (chmod 700 it, or {WAY_OUT})",
+                meta.permissions().mode() & 0o777
+            ),
         ));
     }
     Ok(dir)
