@@ -137,17 +137,28 @@ pub(crate) fn decode(token: &str) -> Result<Vec<Entry<'_>>, InheritError> {
         let name = name
             .map(|n| Name::new(n).map_err(|e| InheritError::malformed(format!("bad name {n:?}: {e}"))))
             .transpose()?;
-        if entries.iter().any(|e| e.fields[0] == fields[0]) {
-            return Err(InheritError::malformed(format!("handle {} is listed twice", fields[0])));
+        // Compared by value: "5" and "05" would be two sections owning one
+        // descriptor (and closing it twice); `number` refuses the second
+        // spelling anyway.
+        let handle: u64 = number(fields[0], "handle")?;
+        if entries.iter().any(|e| number::<u64>(e.fields[0], "handle").ok() == Some(handle)) {
+            return Err(InheritError::malformed(format!("handle {handle} is listed twice")));
         }
         entries.push(Entry { fields, name });
     }
     Ok(entries)
 }
 
-/// Parses one numeric field of an entry.
+/// Parses one numeric field of an entry: canonical decimal only (digits, no
+/// sign, no leading zero), so each number has exactly one spelling.
 pub(crate) fn number<T: std::str::FromStr>(field: &str, what: &str) -> Result<T, InheritError> {
-    field.parse().map_err(|_| InheritError::malformed(format!("bad {what} {field:?}")))
+    let bad = || InheritError::malformed(format!("bad {what} {field:?}"));
+    let canonical =
+        !field.is_empty() && field.bytes().all(|b| b.is_ascii_digit()) && (field == "0" || !field.starts_with('0'));
+    if !canonical {
+        return Err(bad());
+    }
+    field.parse().map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -168,8 +179,35 @@ mod tests {
     }
 
     #[test]
+    fn numbers_are_canonical_decimal() {
+        assert_eq!(number::<u64>("0", "x").unwrap(), 0);
+        assert_eq!(number::<u64>("1234", "x").unwrap(), 1234);
+        for bad in ["", "00", "01", "+1", "-1", " 1", "1 ", "0x1", "1_000"] {
+            assert!(number::<u64>(bad, "x").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn bad_tokens_are_malformed() {
-        for bad in ["", "garbage", "2;1:2:3", "1;1:2", "1;1:2:3:n:x", "1;1:2:3:bad/name", "1;1:2:3,1:4:5", "1;,"] {
+        for bad in [
+            "",
+            "garbage",
+            "2;1:2:3",
+            "1;1:2",
+            "1;1:2:3:n:x",
+            "1;1:2:3:bad/name",
+            "1;1:2:3,1:4:5",
+            "1;,",
+            // One descriptor, two spellings: listed twice.
+            "1;5:1:2,05:1:2",
+            "1;5:1:2,+5:1:2",
+            // Not canonical decimal.
+            "1;05:1:2",
+            "1;+5:1:2",
+            "1; 5:1:2",
+            "1;-1:1:2",
+            "1;99999999999999999999999:1:2",
+        ] {
             assert!(matches!(decode(bad), Err(InheritError::Malformed { .. })), "{bad:?}");
         }
     }

@@ -400,6 +400,9 @@ fn a_forged_or_leaked_token_is_refused() {
         ("1;x:y:z", "malformed"),
         ("1;5:1:2:bad/name", "malformed"),
         ("1;5:1:2,5:1:2", "malformed"),
+        // One descriptor spelled twice would be two owners of it.
+        ("1;5:1:2,05:1:2", "malformed"),
+        ("1;+5:1:2", "malformed"),
         ("1;1000:1:2", "stale"),
         ("1;1000:4096:w", "stale"),
     ] {
@@ -414,6 +417,27 @@ fn a_forged_or_leaked_token_is_refused() {
         assert!(first == expect || first == "malformed", "{token:?}: {took}");
         assert_eq!(second, "taken", "{token:?}");
     }
+}
+
+/// A descriptor that is not a memory object (here a pipe, inherited with
+/// its true device and inode) is refused, not taken as an empty section.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_inherited_pipe_is_not_taken_for_a_section() {
+    use std::os::fd::AsRawFd;
+    let (reader, _writer) = std::io::pipe().unwrap();
+    // An inheritable duplicate at 3 or above, as a parent would pass it.
+    let fd = rustix::io::fcntl_dupfd_cloexec(&reader, 10).unwrap();
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::empty()).unwrap();
+    let st = rustix::fs::fstat(&fd).unwrap();
+    let token = format!("1;{}:{}:{}", fd.as_raw_fd(), st.st_dev, st.st_ino);
+    let mut cmd = common::child_command("take", &[]);
+    cmd.env(copydata::INHERIT_VAR, &token);
+    let mut kid = Kid::start(cmd, "take", &[]);
+    let took = kid.expect("took");
+    kid.wait_ok();
+    drop(fd);
+    assert_eq!(took, "malformed taken", "{token}");
 }
 
 // ---------------------------------------------------------------- read-only

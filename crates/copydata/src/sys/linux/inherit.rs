@@ -73,7 +73,15 @@ pub(crate) fn take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         let inheritable = fcntl_getfd(borrowed).map(|f| !f.contains(FdFlags::CLOEXEC));
         match (inheritable, rfs::fstat(borrowed)) {
-            (Ok(true), Ok(st)) if st.st_dev == dev && st.st_ino == ino => checked.push((fd, e.name)),
+            (Ok(true), Ok(st)) if st.st_dev == dev && st.st_ino == ino => {
+                // Sections are memfds, /dev/shm objects and files: regular
+                // files all. A pipe or socket is no memory to map.
+                let kind = rfs::FileType::from_raw_mode(st.st_mode);
+                if kind != rfs::FileType::RegularFile {
+                    return Err(InheritError::malformed(format!("descriptor {fd} is a {kind:?}, not a section")));
+                }
+                checked.push((fd, e.name));
+            }
             _ => return Err(InheritError::stale(format!("descriptor {fd} is not the section the parent passed"))),
         }
     }
