@@ -27,7 +27,8 @@ Exit codes:
   4  timed out
   5  peer died
   6  already exists
-  7  refused or permission denied (including writing a read-only object,
+  7  refused or permission denied (including another user's object,
+     writing a read-only object,
      another user's mailbox, a payload larger than the receiver takes, and
      a receiver speaking another protocol version)";
 
@@ -61,7 +62,7 @@ fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
         return Some(match e {
             OpenError::InvalidName { .. } => USAGE,
             OpenError::NotFound { .. } => NOT_FOUND,
-            OpenError::PermissionDenied { .. } => REFUSED,
+            OpenError::PermissionDenied { .. } | OpenError::OtherOwner { .. } => REFUSED,
             _ => OTHER,
         });
     }
@@ -69,7 +70,7 @@ fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
         return Some(match e {
             CreateError::InvalidName { .. } | CreateError::InvalidSize { .. } => USAGE,
             CreateError::AlreadyExists { .. } => EXISTS,
-            CreateError::PermissionDenied { .. } => REFUSED,
+            CreateError::PermissionDenied { .. } | CreateError::OtherOwner { .. } => REFUSED,
             _ => OTHER,
         });
     }
@@ -129,7 +130,7 @@ fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             SyncOpenError::InvalidName { .. } => USAGE,
             SyncOpenError::NotFound { .. } => NOT_FOUND,
             SyncOpenError::WrongKind { .. } | SyncOpenError::LayoutMismatch { .. } => REFUSED,
-            SyncOpenError::PermissionDenied { .. } => REFUSED,
+            SyncOpenError::PermissionDenied { .. } | SyncOpenError::OtherOwner { .. } => REFUSED,
             _ => OTHER,
         });
     }

@@ -707,3 +707,33 @@ fn a_runtime_directory_of_another_user_is_refused_with_the_way_out() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Issue: `copydata section read NAME` printed another user's planted data
+/// with exit 0. Now: refused (7) unless asked for. Needs root (to plant the
+/// object as `nobody`).
+#[cfg(target_os = "linux")]
+#[test]
+fn another_users_section_is_refused_by_the_cli() {
+    use std::os::unix::process::CommandExt as _;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let name = unique("squat");
+    let path = format!("/dev/shm/{name}");
+    let planted = Command::new("sh")
+        .arg("-c")
+        .arg(format!("printf ATTACKERDATA > {path} && chmod 666 {path}"))
+        .uid(65534)
+        .gid(65534)
+        .status()
+        .unwrap();
+    assert!(planted.success());
+    let out = run(&["section", "read", &name]);
+    assert_eq!(out.code, 7, "{}{}", out.out(), out.stderr);
+    assert!(out.stdout.is_empty() && out.stderr.contains("owned by uid 65534"), "{}", out.stderr);
+    assert_eq!(run(&["section", "write", &name, "mine"]).code, 7);
+    let out = run(&["section", "read", &name, "--allow-other-owner"]);
+    assert_eq!((out.code, out.stdout), (0, b"ATTACKERDATA".to_vec()));
+    std::fs::remove_file(&path).unwrap();
+}

@@ -59,6 +59,15 @@ pub enum CreateError {
         #[source]
         source: io::Error,
     },
+    /// The section belongs to another user, or other users may write it
+    /// (Linux): refused unless [`SectionOptions::allow_other_owner`](crate::SectionOptions::allow_other_owner).
+    #[error("section {name:?} is not this user's alone: {reason}")]
+    OtherOwner {
+        /// The name.
+        name: String,
+        /// Who owns it or who may write it.
+        reason: String,
+    },
     /// Sections are not supported on this platform.
     #[error("sections are not supported on this platform")]
     Unsupported,
@@ -101,6 +110,15 @@ pub enum OpenError {
         /// The OS error.
         #[source]
         source: io::Error,
+    },
+    /// The section belongs to another user, or other users may write it
+    /// (Linux): refused unless [`SectionOptions::allow_other_owner`](crate::SectionOptions::allow_other_owner).
+    #[error("section {name:?} is not this user's alone: {reason}")]
+    OtherOwner {
+        /// The name.
+        name: String,
+        /// Who owns it or who may write it.
+        reason: String,
     },
     /// Sections are not supported on this platform.
     #[error("sections are not supported on this platform")]
@@ -324,6 +342,7 @@ into_io_error!(CreateError, |e| match &e {
     CreateError::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
     CreateError::NoSpace { .. } => io::ErrorKind::StorageFull,
     CreateError::Unsupported => io::ErrorKind::Unsupported,
+    CreateError::OtherOwner { .. } => io::ErrorKind::PermissionDenied,
     _ => io::ErrorKind::Other,
 }, CreateError::Io { source, .. } => source, CreateError::PermissionDenied { source, .. } => source);
 
@@ -331,6 +350,7 @@ into_io_error!(OpenError, |e| match &e {
     OpenError::InvalidName { .. } => io::ErrorKind::InvalidInput,
     OpenError::NotFound { .. } => io::ErrorKind::NotFound,
     OpenError::Unsupported => io::ErrorKind::Unsupported,
+    OpenError::OtherOwner { .. } => io::ErrorKind::PermissionDenied,
     _ => io::ErrorKind::Other,
 }, OpenError::Io { source, .. } => source, OpenError::PermissionDenied { source, .. } => source);
 
@@ -674,6 +694,15 @@ pub enum SyncOpenError {
         /// What the object is.
         reason: String,
     },
+    /// The object belongs to another user, or other users may write it
+    /// (Linux): never trusted.
+    #[error("{name:?} is not this user's alone: {reason}")]
+    OtherOwner {
+        /// The name.
+        name: String,
+        /// Who owns it or who may write it.
+        reason: String,
+    },
     /// A shared value of this name has another size, alignment or type tag.
     #[error("shared value {name:?} does not match this type: {reason}")]
     LayoutMismatch {
@@ -740,6 +769,7 @@ into_io_error!(SyncOpenError, |e| match &e {
     SyncOpenError::InvalidName { .. } => io::ErrorKind::InvalidInput,
     SyncOpenError::NotFound { .. } => io::ErrorKind::NotFound,
     SyncOpenError::WrongKind { .. } | SyncOpenError::LayoutMismatch { .. } => io::ErrorKind::InvalidData,
+    SyncOpenError::OtherOwner { .. } => io::ErrorKind::PermissionDenied,
     SyncOpenError::Unsupported => io::ErrorKind::Unsupported,
     _ => io::ErrorKind::Other,
 }, SyncOpenError::Io { source, .. } => source, SyncOpenError::PermissionDenied { source, .. } => source);

@@ -75,5 +75,5 @@ pub use mailbox::{
     SenderOptions, Server, Wait, mailboxes, send, send_timeout,
 };
 pub use name::{MAX_NAME_LEN, NameError, validate_name};
-pub use section::{Access, Section, SectionInfo, list, remove};
+pub use section::{Access, Section, SectionInfo, SectionOptions, list, remove};
 pub use view::{View, ViewMut};

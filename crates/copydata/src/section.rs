@@ -96,9 +96,15 @@ impl Section {
     #[doc(alias = "CreateFileMappingW")]
     #[doc(alias = "shm_open")]
     pub fn create(name: &str, size: u64) -> Result<Section, CreateError> {
+        Self::create_with(name, size, &SectionOptions::new())
+    }
+
+    /// [`create`](Self::create) with options (permission bits for other
+    /// users, see [`SectionOptions::mode`]).
+    pub fn create_with(name: &str, size: u64, options: &SectionOptions) -> Result<Section, CreateError> {
         let name = Name::new(name).map_err(|reason| CreateError::InvalidName { name: name.into(), reason })?;
         check_size(size)?;
-        let inner = sys::Section::create(&name, size)?;
+        let inner = sys::Section::create(&name, size, options)?;
         Ok(Self::wrap(inner, Some(name), true))
     }
 
@@ -117,8 +123,15 @@ impl Section {
 
     /// Opens the live named section `name` with the given access.
     pub fn open_with(name: &str, access: Access) -> Result<Section, OpenError> {
+        Self::open_with_options(name, &SectionOptions::new().access(access))
+    }
+
+    /// Opens the live named section `name` with options (the access, and
+    /// whether a section of another user is acceptable, see
+    /// [`SectionOptions::allow_other_owner`]).
+    pub fn open_with_options(name: &str, options: &SectionOptions) -> Result<Section, OpenError> {
         let name = Name::new(name).map_err(|reason| OpenError::InvalidName { name: name.into(), reason })?;
-        let inner = sys::Section::open(&name, access)?;
+        let inner = sys::Section::open(&name, options)?;
         Ok(Self::wrap(inner, Some(name), false))
     }
 
@@ -128,9 +141,14 @@ impl Section {
     /// happened. Race-free: of many processes calling this at once, exactly
     /// one creates.
     pub fn open_or_create(name: &str, size: u64) -> Result<Section, CreateError> {
+        Self::open_or_create_with(name, size, &SectionOptions::new())
+    }
+
+    /// [`open_or_create`](Self::open_or_create) with options.
+    pub fn open_or_create_with(name: &str, size: u64, options: &SectionOptions) -> Result<Section, CreateError> {
         let name = Name::new(name).map_err(|reason| CreateError::InvalidName { name: name.into(), reason })?;
         check_size(size)?;
-        let (inner, created) = sys::Section::open_or_create(&name, size)?;
+        let (inner, created) = sys::Section::open_or_create(&name, size, options)?;
         Ok(Self::wrap(inner, Some(name), created))
     }
 
@@ -316,4 +334,76 @@ pub fn list() -> Result<Vec<SectionInfo>, ListError> {
     let mut all = sys::list()?;
     all.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(all)
+}
+
+/// How a named section is created or opened: [`Section::create_with`],
+/// [`Section::open_with_options`], [`Section::open_or_create_with`].
+///
+/// By default a named section is this user's alone: created with mode 0600
+/// on Linux, and a `/dev/shm` object that another user owns, or that group
+/// or others may write, is refused when opened ([`OpenError::OtherOwner`]).
+/// Otherwise another user could plant an object under the name you are
+/// about to use: read what you write, feed you data, and truncate it under
+/// your views so that reading them crashes your process (SIGBUS).
+///
+/// Sharing with other users is deliberate: the creator grants access with
+/// [`mode`](Self::mode), the opener accepts the other owner with
+/// [`allow_other_owner`](Self::allow_other_owner), and both accept those
+/// risks from each other. On Windows, `Local\` names are per login session
+/// already; both options are ignored there.
+#[derive(Debug, Clone)]
+pub struct SectionOptions {
+    access: Access,
+    mode: u32,
+    other_owners: bool,
+}
+
+impl Default for SectionOptions {
+    fn default() -> SectionOptions {
+        SectionOptions { access: Access::ReadWrite, mode: 0o600, other_owners: false }
+    }
+}
+
+impl SectionOptions {
+    /// Read-write, mode 0600, this user's sections only.
+    pub fn new() -> SectionOptions {
+        SectionOptions::default()
+    }
+
+    /// The access to open with (default read-write).
+    pub fn access(mut self, access: Access) -> SectionOptions {
+        self.access = access;
+        self
+    }
+
+    /// Linux: the permission bits of a section this call creates (default
+    /// 0o600; only the 0o777 bits count). 0o660, say, lets the group open it
+    /// (with [`allow_other_owner`](Self::allow_other_owner)) and write it.
+    pub fn mode(mut self, mode: u32) -> SectionOptions {
+        self.mode = mode & 0o777;
+        self
+    }
+
+    /// Linux: accept a section owned by another user, or one that group or
+    /// others may write. Only for sections shared on purpose: their owner
+    /// (and whoever may write them) can read and change everything in them
+    /// and can shrink them so that reading this process's views crashes it.
+    pub fn allow_other_owner(mut self, allow: bool) -> SectionOptions {
+        self.other_owners = allow;
+        self
+    }
+
+    pub(crate) fn access_mode(&self) -> Access {
+        self.access
+    }
+
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(crate) fn mode_bits(&self) -> u32 {
+        self.mode
+    }
+
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(crate) fn other_owners(&self) -> bool {
+        self.other_owners
+    }
 }

@@ -802,3 +802,108 @@ fn hostile_hand_over_frames_are_refused() {
     let s = send(&frame(b"CDS1", 1, 4096, b""), 1).unwrap();
     assert_eq!((s.len(), s.access()), (4096, copydata::Access::ReadOnly));
 }
+
+// ---------------------------------------------------------------- other users
+
+/// Runs `script` with `sh` as the user `nobody` (the attacker).
+#[cfg(target_os = "linux")]
+fn as_nobody(script: &str) {
+    use std::os::unix::process::CommandExt as _;
+    let status =
+        std::process::Command::new("sh").arg("-c").arg(script).uid(65534).gid(65534).status().expect("running sh");
+    assert!(status.success(), "{script}: {status}");
+}
+
+#[cfg(target_os = "linux")]
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Issue: another user could squat a name in /dev/shm (a world-writable
+/// object, even carrying copydata's marker): the victim read the attacker's
+/// data, wrote where the attacker could read, and could be crashed by a
+/// truncate. Such objects are refused, never listed and never unlinked.
+/// Needs root (to run the attacker as `nobody`).
+#[cfg(target_os = "linux")]
+#[test]
+fn another_users_object_is_refused_and_never_reclaimed() {
+    if !is_root() {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let name = unique("squat");
+    let path = format!("/dev/shm/{name}");
+    as_nobody(&format!("printf ATTACKERDATA > {path} && chmod 666 {path}"));
+    // Anyone can mark their own object as copydata's.
+    rustix::fs::setxattr(path.as_str(), "user.copydata", b"section", rustix::fs::XattrFlags::empty()).unwrap();
+    for r in [Section::open(&name), Section::open_read_only(&name)] {
+        match r {
+            Err(OpenError::OtherOwner { reason, .. }) => assert!(reason.contains("uid 65534"), "{reason}"),
+            other => panic!("another user's object was opened: {other:?}"),
+        }
+    }
+    assert!(matches!(Section::open_or_create(&name, 4096), Err(CreateError::OtherOwner { .. })));
+    assert!(matches!(Section::create(&name, 4096), Err(CreateError::OtherOwner { .. })));
+    // Not listed, and (though nobody holds it) not unlinked.
+    assert!(!copydata::list().unwrap().iter().any(|s| s.name == name));
+    assert!(std::path::Path::new(&path).exists(), "another user's object was unlinked");
+    // Sharing on purpose: accepted when asked for, and still not unlinked
+    // when this process lets go.
+    let opts = copydata::SectionOptions::new().access(Access::ReadOnly).allow_other_owner(true);
+    let shared = Section::open_with_options(&name, &opts).unwrap();
+    assert_eq!(shared.map(0, 12).unwrap().to_vec(), b"ATTACKERDATA");
+    drop(shared);
+    assert!(std::path::Path::new(&path).exists());
+    std::fs::remove_file(&path).unwrap();
+
+    // The same for the objects of copydata::sync.
+    let lock = unique("squat-lock");
+    let lock_path = format!("/dev/shm/copydata.mutex.{lock}");
+    as_nobody(&format!("head -c 4096 /dev/zero > {lock_path} && chmod 666 {lock_path}"));
+    rustix::fs::setxattr(lock_path.as_str(), "user.copydata", b"mutex", rustix::fs::XattrFlags::empty()).unwrap();
+    match copydata::sync::Mutex::open_or_create(&lock) {
+        Err(copydata::sync::SyncOpenError::OtherOwner { .. }) => {}
+        other => panic!("another user's mutex was used: {other:?}"),
+    }
+    assert!(!copydata::sync::objects().unwrap().iter().any(|o| o.name == lock));
+    assert!(std::path::Path::new(&lock_path).exists());
+    std::fs::remove_file(&lock_path).unwrap();
+}
+
+/// An object of this user that others may write is not trusted either; the
+/// creator chooses who may open what it makes.
+#[cfg(target_os = "linux")]
+#[test]
+fn modes_are_the_creators_choice_and_writable_objects_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let name = unique("mode");
+    let s = Section::create(&name, 4096).unwrap();
+    let mode = |n: &str| std::fs::metadata(format!("/dev/shm/{n}")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&name), 0o600);
+    std::fs::set_permissions(format!("/dev/shm/{name}"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    match Section::open(&name) {
+        Err(OpenError::OtherOwner { reason, .. }) => assert!(reason.contains("666"), "{reason}"),
+        other => panic!("a world-writable object was opened: {other:?}"),
+    }
+    let opts = copydata::SectionOptions::new().allow_other_owner(true);
+    drop(Section::open_with_options(&name, &opts).unwrap());
+    drop(s);
+    let name = unique("mode640");
+    let s = Section::create_with(&name, 4096, &copydata::SectionOptions::new().mode(0o640)).unwrap();
+    assert_eq!(mode(&name), 0o640);
+    // Readable by the group, writable by the owner only: trusted.
+    drop(Section::open(&name).unwrap());
+    drop(s);
+}
+
+/// Issue: a creator killed before publishing left a hidden temporary object
+/// that only `ls` removed; the next create removes it too.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_dead_creators_temporary_object_goes_at_the_next_create() {
+    let temp = format!("/dev/shm/.copydata-tmp-{}-dead-{}", std::process::id(), unique("t"));
+    std::fs::write(&temp, b"left by a creator killed before publishing").unwrap();
+    let s = Section::create(&unique("next"), 4096).unwrap();
+    assert!(!std::path::Path::new(&temp).exists(), "the dead creator's temporary object is still there");
+    drop(s);
+}

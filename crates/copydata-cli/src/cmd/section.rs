@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use copydata::Section;
+use copydata::{Access, Section, SectionOptions};
 
 use crate::exit::Usage;
 use crate::size::parse_size;
@@ -25,6 +25,11 @@ pub enum Command {
         /// terminated (which releases it).
         #[arg(long)]
         hold: bool,
+        /// Linux: permission bits in octal (default 600: this user only).
+        /// Granting group or others access shares the section with other
+        /// users, who must open it with --allow-other-owner.
+        #[arg(long, value_parser = parse_mode)]
+        mode: Option<u32>,
     },
     /// Write bytes into a live named section.
     Write {
@@ -39,6 +44,10 @@ pub enum Command {
         /// Write the contents of this file.
         #[arg(long)]
         file: Option<PathBuf>,
+        /// Accept a section of another user (or one others may write).
+        /// Its owner can change it, and shrink it so that this command dies.
+        #[arg(long)]
+        allow_other_owner: bool,
     },
     /// Read bytes from a live named section (raw, to stdout or a file).
     Read {
@@ -53,6 +62,10 @@ pub enum Command {
         /// Write the bytes to this file instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Accept a section of another user (or one others may write).
+        /// Its owner can change it, and shrink it so that this command dies.
+        #[arg(long)]
+        allow_other_owner: bool,
     },
     /// Remove a section's name (holders keep their memory).
     Rm {
@@ -63,9 +76,17 @@ pub enum Command {
 
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Create { name, size, hold } => create(&name, size, hold),
-        Command::Write { name, offset, data, file } => write(&name, offset, data, file),
-        Command::Read { name, offset, len, out } => read(&name, offset, len, out),
+        Command::Create { name, size, hold, mode } => {
+            let options = SectionOptions::new().mode(mode.unwrap_or(0o600));
+            create(&name, size, hold, &options)
+        }
+        Command::Write { name, offset, data, file, allow_other_owner } => {
+            write(&name, offset, data, file, &SectionOptions::new().allow_other_owner(allow_other_owner))
+        }
+        Command::Read { name, offset, len, out, allow_other_owner } => {
+            let options = SectionOptions::new().access(Access::ReadOnly).allow_other_owner(allow_other_owner);
+            read(&name, offset, len, out, &options)
+        }
         Command::Rm { name } => {
             copydata::remove(&name)?;
             Ok(ExitCode::SUCCESS)
@@ -73,8 +94,17 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn create(name: &str, size: u64, hold: bool) -> anyhow::Result<ExitCode> {
-    let section = Section::create(name, size)?;
+/// An octal mode: 600, 0640, 0o660.
+fn parse_mode(text: &str) -> Result<u32, String> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!("{text:?} is not an octal mode of at most 777")),
+    }
+}
+
+fn create(name: &str, size: u64, hold: bool, options: &SectionOptions) -> anyhow::Result<ExitCode> {
+    let section = Section::create_with(name, size, options)?;
     if hold {
         let (tx, rx) = std::sync::mpsc::channel();
         ctrlc::set_handler(move || {
@@ -95,7 +125,13 @@ fn create(name: &str, size: u64, hold: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn write(name: &str, offset: u64, data: Option<String>, file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+fn write(
+    name: &str,
+    offset: u64,
+    data: Option<String>,
+    file: Option<PathBuf>,
+    options: &SectionOptions,
+) -> anyhow::Result<ExitCode> {
     let bytes = match (data.as_deref(), file) {
         (_, Some(path)) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
         (Some("-"), None) => {
@@ -111,14 +147,20 @@ fn write(name: &str, offset: u64, data: Option<String>, file: Option<PathBuf>) -
     if bytes.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    let section = Section::open(name)?;
+    let section = Section::open_with_options(name, options)?;
     let view = section.map_mut(offset, bytes.len()).with_context(|| format!("section {name:?}"))?;
     view.write_at(0, &bytes)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn read(name: &str, offset: u64, len: Option<u64>, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let section = Section::open_read_only(name)?;
+fn read(
+    name: &str,
+    offset: u64,
+    len: Option<u64>,
+    out: Option<PathBuf>,
+    options: &SectionOptions,
+) -> anyhow::Result<ExitCode> {
+    let section = Section::open_with_options(name, options)?;
     let len = match len {
         Some(len) => len,
         None => section.len().saturating_sub(offset),

@@ -7,10 +7,11 @@
 //! - `struct Section`: owns one OS section object (fd or handle), closed on
 //!   drop, `Send + Sync`, with
 //!   - `anonymous(size: u64) -> Result<Section, CreateError>`
-//!   - `create(name: &Name, size: u64) -> Result<Section, CreateError>`:
+//!   - `create(name: &Name, size: u64, options: &SectionOptions) -> Result<Section, CreateError>`:
 //!     fails with `AlreadyExists` while a live section has the name
-//!   - `open(name: &Name, access: Access) -> Result<Section, OpenError>`
-//!   - `open_or_create(name: &Name, size: u64) -> Result<(Section, bool), CreateError>`
+//!   - `open(name: &Name, options: &SectionOptions) -> Result<Section, OpenError>`:
+//!     refuses another user's object unless the options allow it
+//!   - `open_or_create(name: &Name, size: u64, options: &SectionOptions) -> Result<(Section, bool), CreateError>`
 //!     (`true` when this call created it)
 //!   - `from_file(file: &File, access: Access) -> Result<Section, CreateError>`
 //!   - `len(&self) -> u64`, `access(&self) -> Access`

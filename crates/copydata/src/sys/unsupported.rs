@@ -25,13 +25,17 @@ impl Section {
     pub(crate) fn anonymous(_size: u64) -> Result<Section, CreateError> {
         Err(CreateError::Unsupported)
     }
-    pub(crate) fn create(_name: &Name, _size: u64) -> Result<Section, CreateError> {
+    pub(crate) fn create(_name: &Name, _size: u64, _options: &crate::SectionOptions) -> Result<Section, CreateError> {
         Err(CreateError::Unsupported)
     }
-    pub(crate) fn open(_name: &Name, _access: Access) -> Result<Section, OpenError> {
+    pub(crate) fn open(_name: &Name, _options: &crate::SectionOptions) -> Result<Section, OpenError> {
         Err(OpenError::Unsupported)
     }
-    pub(crate) fn open_or_create(_name: &Name, _size: u64) -> Result<(Section, bool), CreateError> {
+    pub(crate) fn open_or_create(
+        _name: &Name,
+        _size: u64,
+        _options: &crate::SectionOptions,
+    ) -> Result<(Section, bool), CreateError> {
         Err(CreateError::Unsupported)
     }
     pub(crate) fn from_file(_file: &File, _access: Access) -> Result<Section, CreateError> {

@@ -116,16 +116,24 @@ impl Section {
         Ok(Section::from_fd(fd, size, Access::ReadWrite, Kind::Anonymous, None))
     }
 
-    pub(crate) fn create(name: &crate::name::Name, size: u64) -> Result<Section, CreateError> {
-        namespace::create(name, size)
+    pub(crate) fn create(
+        name: &crate::name::Name,
+        size: u64,
+        options: &crate::SectionOptions,
+    ) -> Result<Section, CreateError> {
+        namespace::create(name, size, options)
     }
 
-    pub(crate) fn open(name: &crate::name::Name, access: Access) -> Result<Section, crate::OpenError> {
-        namespace::open(name, access)
+    pub(crate) fn open(name: &crate::name::Name, options: &crate::SectionOptions) -> Result<Section, crate::OpenError> {
+        namespace::open(name, options)
     }
 
-    pub(crate) fn open_or_create(name: &crate::name::Name, size: u64) -> Result<(Section, bool), CreateError> {
-        namespace::open_or_create(name, size)
+    pub(crate) fn open_or_create(
+        name: &crate::name::Name,
+        size: u64,
+        options: &crate::SectionOptions,
+    ) -> Result<(Section, bool), CreateError> {
+        namespace::open_or_create(name, size, options)
     }
 
     pub(crate) fn from_file(file: &File, access: Access) -> Result<Section, CreateError> {

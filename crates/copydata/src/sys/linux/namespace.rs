@@ -28,7 +28,7 @@ use rustix::io::Errno;
 use super::{Kind, Section, io_err};
 use crate::error::{CreateError, ListError, OpenError, RemoveError};
 use crate::name::Name;
-use crate::section::{Access, SectionInfo};
+use crate::section::{Access, SectionInfo, SectionOptions};
 
 const SHM_DIR: &str = "/dev/shm";
 const MARKER: &str = "user.copydata";
@@ -67,6 +67,31 @@ fn same_object(dir: &OwnedFd, name: &str, fd: impl AsFd) -> bool {
     }
 }
 
+fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Whether the object is this user's: only those are ever reclaimed
+/// (unlinked), listed or trusted by default.
+fn is_ours(fd: impl AsFd) -> bool {
+    rfs::fstat(fd).is_ok_and(|st| st.st_uid == euid())
+}
+
+/// Why an object may not be trusted without
+/// [`SectionOptions::allow_other_owner`]: another owner, or write access for
+/// group or others.
+fn distrust(st: &rfs::Stat) -> Option<String> {
+    let me = euid();
+    if st.st_uid != me {
+        return Some(format!("owned by uid {}, not by this user (uid {me})", st.st_uid));
+    }
+    let mode = st.st_mode & 0o777;
+    if mode & 0o022 != 0 {
+        return Some(format!("mode {mode:o} lets other users write it"));
+    }
+    None
+}
+
 /// Unlinks `name` if it is a copydata object without holders. Returns whether
 /// it did.
 fn reclaim_if_dead(dir: &OwnedFd, name: &str) -> bool {
@@ -75,7 +100,7 @@ fn reclaim_if_dead(dir: &OwnedFd, name: &str) -> bool {
     else {
         return false;
     };
-    if !is_marked(&fd) {
+    if !is_marked(&fd) || !is_ours(&fd) {
         return false;
     }
     reclaim_locked(dir, name, &fd)
@@ -90,6 +115,29 @@ fn reclaim_locked(dir: &OwnedFd, name: &str, fd: &OwnedFd) -> bool {
     same_object(dir, name, fd) && rfs::unlinkat(dir, name, AtFlags::empty()).is_ok()
 }
 
+/// Removes the temporary object `name` if its creator died before
+/// publishing it (a creator holds its temporary object locked). Only this
+/// user's.
+fn reclaim_temporary(dir: &OwnedFd, name: &str) {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    if let Ok(fd) = rfs::openat(dir, name, flags, Mode::empty())
+        && is_ours(&fd)
+    {
+        reclaim_locked(dir, name, &fd);
+    }
+}
+
+/// Removes every temporary object left by a creator that died before
+/// publishing it, so such leftovers do not wait for the next `ls`.
+fn reclaim_temporaries(dir: &OwnedFd) {
+    let Ok(entries) = std::fs::read_dir(SHM_DIR) else { return };
+    for entry in entries.flatten() {
+        if let Some(name) = entry.file_name().to_str().filter(|n| n.starts_with(TEMP_PREFIX)) {
+            reclaim_temporary(dir, name);
+        }
+    }
+}
+
 fn temp_name() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -97,8 +145,8 @@ fn temp_name() -> String {
     format!("{TEMP_PREFIX}{}-{n}-{nanos}", rustix::process::getpid().as_raw_nonzero())
 }
 
-pub(crate) fn create(name: &Name, size: u64) -> Result<Section, CreateError> {
-    create_marked(name, size, MARKER_VALUE, &|_| Ok(()))
+pub(crate) fn create(name: &Name, size: u64, options: &SectionOptions) -> Result<Section, CreateError> {
+    create_marked(name, size, MARKER_VALUE, options, &|_| Ok(()))
 }
 
 /// Creates a copydata object of the kind `marker`; `prepare` fills it in
@@ -107,6 +155,7 @@ pub(crate) fn create_marked(
     name: &Name,
     size: u64,
     marker: &[u8],
+    options: &SectionOptions,
     prepare: &dyn Fn(&OwnedFd) -> io::Result<()>,
 ) -> Result<Section, CreateError> {
     let obj = || name.to_string();
@@ -115,6 +164,7 @@ pub(crate) fn create_marked(
         _ => CreateError::Io { object: obj(), source: e },
     };
     let dir = shm_dir().map_err(io)?;
+    reclaim_temporaries(&dir);
     let vfs = rfs::fstatvfs(&dir).map_err(|e| io(io_err(e)))?;
     let available = vfs.f_bavail.saturating_mul(vfs.f_frsize);
     if size > available {
@@ -131,6 +181,8 @@ pub(crate) fn create_marked(
         .map_err(|e| io(io_err(e)))?;
         let prepared = (|| {
             rfs::flock(&fd, FlockOperation::LockShared)?;
+            // Exactly the asked-for bits, whatever the umask.
+            rfs::fchmod(&fd, Mode::from_raw_mode(options.mode_bits()))?;
             rfs::ftruncate(&fd, size)?;
             match rfs::fsetxattr(&fd, MARKER, marker, XattrFlags::empty()) {
                 // Without xattrs on tmpfs (Linux < 6.6) the section works but a
@@ -155,10 +207,17 @@ pub(crate) fn create_marked(
             }
             Err(Errno::EXIST) => {
                 let _ = rfs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
-                if !reclaim_if_dead(&dir, name.as_str())
-                    && rfs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok()
-                {
-                    return Err(CreateError::AlreadyExists { name: obj() });
+                if !reclaim_if_dead(&dir, name.as_str()) {
+                    match rfs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(st) if st.st_uid != euid() => {
+                            return Err(CreateError::OtherOwner {
+                                name: obj(),
+                                reason: format!("another user (uid {}) has an object of this name", st.st_uid),
+                            });
+                        }
+                        Ok(_) => return Err(CreateError::AlreadyExists { name: obj() }),
+                        Err(_) => {}
+                    }
                 }
                 // The old object was dead and is gone now: try again.
             }
@@ -174,13 +233,18 @@ pub(crate) fn create_marked(
     Err(io(io::Error::other("gave up after too many concurrent changes to the name")))
 }
 
-pub(crate) fn open(name: &Name, access: Access) -> Result<Section, OpenError> {
-    open_marked(name, access, MARKER_VALUE)
+pub(crate) fn open(name: &Name, options: &SectionOptions) -> Result<Section, OpenError> {
+    open_marked(name, options.access_mode(), MARKER_VALUE, options.other_owners())
 }
 
 /// Opens a copydata object of the kind `marker` (or another program's
 /// unmarked object); an object of another copydata kind is refused.
-pub(crate) fn open_marked(name: &Name, access: Access, marker_value: &[u8]) -> Result<Section, OpenError> {
+pub(crate) fn open_marked(
+    name: &Name,
+    access: Access,
+    marker_value: &[u8],
+    other_owners: bool,
+) -> Result<Section, OpenError> {
     let n = || name.to_string();
     let io = |e: io::Error| match e.kind() {
         io::ErrorKind::PermissionDenied => OpenError::PermissionDenied { name: n(), source: e },
@@ -206,13 +270,20 @@ pub(crate) fn open_marked(name: &Name, access: Access, marker_value: &[u8]) -> R
         if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
             return Err(io(io::Error::new(io::ErrorKind::InvalidData, "not a shared-memory object")));
         }
+        // Checked before anything else is done with it: another user's
+        // object is neither trusted nor reclaimed.
+        if let Some(reason) = distrust(&st)
+            && !other_owners
+        {
+            return Err(OpenError::OtherOwner { name: n(), reason });
+        }
         if let Some(m) = marker(&fd).filter(|m| *m != marker_value) {
             let (found, wanted) = (String::from_utf8_lossy(m), String::from_utf8_lossy(marker_value));
             return Err(io(io::Error::new(io::ErrorKind::InvalidData, format!("a copydata {found}, not a {wanted}"))));
         }
         match rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {
-                if is_marked(&fd) {
+                if is_marked(&fd) && st.st_uid == euid() {
                     // A copydata section without holders is dead.
                     if same_object(&dir, name.as_str(), &fd) {
                         let _ = rfs::unlinkat(&dir, name.as_str(), AtFlags::empty());
@@ -244,8 +315,8 @@ pub(crate) fn open_marked(name: &Name, access: Access, marker_value: &[u8]) -> R
     Err(io(io::Error::other("gave up after too many concurrent changes to the name")))
 }
 
-pub(crate) fn open_or_create(name: &Name, size: u64) -> Result<(Section, bool), CreateError> {
-    open_or_create_marked(name, size, MARKER_VALUE, &|_| Ok(()))
+pub(crate) fn open_or_create(name: &Name, size: u64, options: &SectionOptions) -> Result<(Section, bool), CreateError> {
+    open_or_create_marked(name, size, MARKER_VALUE, options, &|_| Ok(()))
 }
 
 /// [`open_or_create`] for a copydata object of the kind `marker`, prepared
@@ -254,20 +325,23 @@ pub(crate) fn open_or_create_marked(
     name: &Name,
     size: u64,
     marker: &[u8],
+    options: &SectionOptions,
     prepare: &dyn Fn(&OwnedFd) -> io::Result<()>,
 ) -> Result<(Section, bool), CreateError> {
     for _ in 0..MAX_RETRIES {
-        match create_marked(name, size, marker, prepare) {
+        match create_marked(name, size, marker, options, prepare) {
             Ok(s) => return Ok((s, true)),
             Err(CreateError::AlreadyExists { .. }) => {}
+            Err(CreateError::OtherOwner { .. }) if options.other_owners() => {}
             Err(e) => return Err(e),
         }
-        match open_marked(name, Access::ReadWrite, marker) {
+        match open_marked(name, Access::ReadWrite, marker, options.other_owners()) {
             Ok(s) => return Ok((s, false)),
             Err(OpenError::NotFound { .. }) => continue,
             Err(OpenError::PermissionDenied { name, source }) => {
                 return Err(CreateError::PermissionDenied { object: name, source });
             }
+            Err(OpenError::OtherOwner { name, reason }) => return Err(CreateError::OtherOwner { name, reason }),
             Err(OpenError::Io { name, source }) => {
                 return Err(CreateError::Io { object: name, source });
             }
@@ -286,7 +360,7 @@ pub(crate) fn open_or_create_marked(
 /// section: if no other process holds it either, the name goes now rather
 /// than at the next lazy reclaim. Other programs' objects are left alone.
 pub(crate) fn release(fd: &OwnedFd, name: &Name) {
-    if !is_marked(fd) {
+    if !is_marked(fd) || !is_ours(fd) {
         return;
     }
     // Converting our shared lock to an exclusive one succeeds only if no other
@@ -327,11 +401,7 @@ pub(crate) fn list_all() -> Result<Vec<(&'static [u8], SectionInfo)>, ListError>
         };
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
         if name.starts_with(TEMP_PREFIX) {
-            // A creator holds its temporary object locked; an unlocked one was
-            // left by a creator that died before publishing.
-            if let Ok(fd) = rfs::openat(&dir, name.as_str(), flags, Mode::empty()) {
-                reclaim_locked(&dir, &name, &fd);
-            }
+            reclaim_temporary(&dir, &name);
             continue;
         }
         if crate::validate_name(&name).is_err() {
@@ -343,6 +413,10 @@ pub(crate) fn list_all() -> Result<Vec<(&'static [u8], SectionInfo)>, ListError>
         let Some(kind) = marker(&fd) else {
             continue;
         };
+        // Another user's objects are not this user's to list or reclaim.
+        if !is_ours(&fd) {
+            continue;
+        }
         if rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_ok() {
             // No holder: dead. Unlink it if the name still means it.
             if same_object(&dir, &name, &fd) {

@@ -58,6 +58,7 @@ const SPINS: u32 = 200;
 
 fn sync_error(name: &str, e: CreateError) -> SyncOpenError {
     match e {
+        CreateError::OtherOwner { reason, .. } => SyncOpenError::OtherOwner { name: name.into(), reason },
         CreateError::PermissionDenied { source, .. } => SyncOpenError::PermissionDenied { name: name.into(), source },
         CreateError::Unsupported => SyncOpenError::Unsupported,
         CreateError::Io { source, .. } if source.kind() == io::ErrorKind::InvalidData => {
@@ -70,6 +71,7 @@ fn sync_error(name: &str, e: CreateError) -> SyncOpenError {
 
 fn open_error(name: &str, e: OpenError) -> SyncOpenError {
     match e {
+        OpenError::OtherOwner { reason, .. } => SyncOpenError::OtherOwner { name: name.into(), reason },
         OpenError::NotFound { .. } => SyncOpenError::NotFound { name: name.into() },
         OpenError::PermissionDenied { source, .. } => SyncOpenError::PermissionDenied { name: name.into(), source },
         OpenError::Io { source, .. } if source.kind() == io::ErrorKind::InvalidData => {
@@ -132,9 +134,10 @@ pub(crate) fn open_object(
     let needs_mutex = kind.has_mutex();
     let prepare = |fd: &OwnedFd| if needs_mutex { init_mutex(fd, MUTEX_AT) } else { Ok(()) };
     let (inner, created) = if create {
-        namespace::open_or_create_marked(object, size, marker, &prepare).map_err(|e| sync_error(name, e))?
+        namespace::open_or_create_marked(object, size, marker, &crate::SectionOptions::new(), &prepare)
+            .map_err(|e| sync_error(name, e))?
     } else {
-        (namespace::open_marked(object, Access::ReadWrite, marker).map_err(|e| open_error(name, e))?, false)
+        (namespace::open_marked(object, Access::ReadWrite, marker, false).map_err(|e| open_error(name, e))?, false)
     };
     Ok((Section::from_parts(inner, Some(object.clone())), created))
 }

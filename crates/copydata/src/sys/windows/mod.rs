@@ -241,19 +241,24 @@ impl Section {
         Ok((Section::from_handle(handle, len, Access::ReadWrite), existed))
     }
 
-    pub(crate) fn create(name: &Name, size: u64) -> Result<Section, CreateError> {
+    pub(crate) fn create(name: &Name, size: u64, _options: &crate::SectionOptions) -> Result<Section, CreateError> {
         match Self::create_or_open(name, size)? {
             (_, true) => Err(CreateError::AlreadyExists { name: name.to_string() }),
             (s, false) => Ok(s),
         }
     }
 
-    pub(crate) fn open_or_create(name: &Name, size: u64) -> Result<(Section, bool), CreateError> {
+    pub(crate) fn open_or_create(
+        name: &Name,
+        size: u64,
+        _options: &crate::SectionOptions,
+    ) -> Result<(Section, bool), CreateError> {
         let (s, existed) = Self::create_or_open(name, size)?;
         Ok((s, !existed))
     }
 
-    pub(crate) fn open(name: &Name, access: Access) -> Result<Section, OpenError> {
+    pub(crate) fn open(name: &Name, options: &crate::SectionOptions) -> Result<Section, OpenError> {
+        let access = options.access_mode();
         let n = object_name(name);
         let rights = SECTION_QUERY
             | match access {

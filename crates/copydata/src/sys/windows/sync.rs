@@ -23,7 +23,7 @@ use windows_sys::Win32::System::Threading::{
 use super::{Section as SysSection, owned, raw, wide};
 use crate::error::{CreateError, LockError, OpenError, SyncOpenError, WaitError};
 use crate::name::Name;
-use crate::section::{Access, Section};
+use crate::section::Section;
 use crate::sync::header::{self, OWNER_PID, OWNER_TID, ObjectKind};
 use crate::view::ViewMut;
 
@@ -35,7 +35,7 @@ pub(crate) fn open_object(
     create: bool,
 ) -> Result<(Section, bool), SyncOpenError> {
     let (inner, created) = if create {
-        SysSection::open_or_create(object, size).map_err(|e| match e {
+        SysSection::open_or_create(object, size, &crate::SectionOptions::new()).map_err(|e| match e {
             CreateError::PermissionDenied { source, .. } => {
                 SyncOpenError::PermissionDenied { name: name.into(), source }
             }
@@ -44,7 +44,7 @@ pub(crate) fn open_object(
             other => SyncOpenError::Io { name: name.into(), source: io::Error::other(other) },
         })?
     } else {
-        let s = SysSection::open(object, Access::ReadWrite).map_err(|e| match e {
+        let s = SysSection::open(object, &crate::SectionOptions::new()).map_err(|e| match e {
             OpenError::NotFound { .. } => SyncOpenError::NotFound { name: name.into() },
             OpenError::PermissionDenied { source, .. } => SyncOpenError::PermissionDenied { name: name.into(), source },
             OpenError::Io { source, .. } => SyncOpenError::Io { name: name.into(), source },

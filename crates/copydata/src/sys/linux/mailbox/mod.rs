@@ -622,11 +622,25 @@ fn connect_until(path: &std::path::Path, deadline: Instant) -> io::Result<UnixSt
 /// file; anything else is an error naming what it is.
 fn open_regular(path: &std::path::Path, flags: OFlags) -> io::Result<OwnedFd> {
     let fd = rfs::open(path, flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK, Mode::RUSR | Mode::WUSR)?;
-    let kind = rfs::FileType::from_raw_mode(rfs::fstat(&fd)?.st_mode);
+    let st = rfs::fstat(&fd)?;
+    let kind = rfs::FileType::from_raw_mode(st.st_mode);
     if kind != rfs::FileType::RegularFile {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("{} is a {kind:?}, not a copydata mailbox file", path.display()),
+        ));
+    }
+    // The directory is this user's alone (checked), so only a privileged
+    // process could have put another user's file here: never trust it.
+    let me = rustix::process::geteuid().as_raw();
+    if st.st_uid != me {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is owned by uid {}, not by this user (uid {me}); not a copydata mailbox file",
+                path.display(),
+                st.st_uid
+            ),
         ));
     }
     Ok(fd)
