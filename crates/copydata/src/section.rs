@@ -191,6 +191,23 @@ impl Section {
         self.inner.access()
     }
 
+    /// Whether no process can shrink the section any more, so reading any
+    /// part of a view of it can never fault.
+    ///
+    /// `true` for anonymous sections on Linux (memfds sealed against
+    /// shrinking and growing, checked on receipt) and for every section on
+    /// Windows (a mapped section cannot be made smaller there). `false` for
+    /// named and file-backed sections on Linux, and for a descriptor a peer
+    /// sent that is not sealed: a process holding such a section (or its
+    /// file) can truncate it, and this process then dies with SIGBUS when it
+    /// touches the cut-off part of a view. Sections received from processes
+    /// you do not trust should be size-sealed; copydata flags them rather
+    /// than refuse them, because named and file-backed sections, which
+    /// cannot be sealed, are shared on purpose all the time.
+    pub fn is_size_sealed(&self) -> bool {
+        self.inner.size_sealed()
+    }
+
     /// `true` if this call's constructor made the object (always `true` for
     /// anonymous and file-backed sections; for
     /// [`open_or_create`](Self::open_or_create), whether it created).
@@ -224,6 +241,10 @@ impl Section {
 
     /// Maps `len` bytes starting at `offset` for reading. The offset needs no
     /// alignment: the view starts exactly at the requested byte.
+    ///
+    /// Reading a view of a section that is not
+    /// [size-sealed](Self::is_size_sealed) crashes this process (SIGBUS) if
+    /// another holder has truncated the section below the part read.
     #[doc(alias = "MapViewOfFile")]
     #[doc(alias = "mmap")]
     pub fn map(&self, offset: u64, len: usize) -> Result<View, MapError> {

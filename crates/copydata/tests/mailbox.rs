@@ -1137,6 +1137,27 @@ fn a_plain_win32_program_sends_to_a_mailbox() {
     drop(server);
 }
 
+/// Issue (W2): another program posting `WM_APP + 1` (the old internal
+/// "close" message) or `WM_QUIT` to a mailbox's window closed the mailbox.
+/// No message from outside may close it.
+#[cfg(windows)]
+#[test]
+fn messages_posted_by_other_programs_do_not_close_a_mailbox() {
+    let Some(peer) = c_peer() else { return };
+    let name = unique("cpeer-post");
+    let server = Mailbox::bind(&name).unwrap().serve(|msg| Reply::code(msg.tag() as i64));
+    let class = format!("copydata.mailbox.{name}");
+    for message in ["32769", "16", "2"] {
+        // WM_APP + 1, WM_CLOSE, WM_DESTROY (each followed by WM_QUIT).
+        let out = run_c_peer(&peer, &["post", &class, message]).wait_with_output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "posted");
+        std::thread::sleep(Duration::from_millis(200));
+        let reply = copydata::send_timeout(&name, 7, b"still there?", Duration::from_secs(10));
+        assert_eq!(reply.map(|r| r.code).ok(), Some(7), "after message {message}");
+    }
+    drop(server);
+}
+
 /// copydata sends to a plain window of a C program found by its class: the
 /// reply code is the `LRESULT`, the reply bytes what it sent back.
 #[cfg(windows)]

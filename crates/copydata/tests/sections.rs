@@ -54,6 +54,13 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
             say("done", "");
             Ok(())
         }
+        // Reports whether each inherited section is size-sealed.
+        "sealed-report" => {
+            let sections = copydata::inherited_sections().map_err(fail)?;
+            let sealed: Vec<String> = sections.iter().map(|s| s.is_size_sealed().to_string()).collect();
+            say("sealed", &sealed.join(" "));
+            Ok(())
+        }
         // Takes the inherited sections and reports the error, if any.
         "take" => {
             let first = copydata::inherited_sections();
@@ -70,6 +77,27 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
         }
         // Takes its sections, then starts a grandchild with the same
         // environment (so the same token) but no sections.
+        // Creates `args[0]`, forks without exec; the forked copy drops its
+        // share of the section and exits; then this process reports.
+        #[cfg(target_os = "linux")]
+        "fork-drop" => {
+            let s = Section::create(&args[0], 4096).map_err(fail)?;
+            // SAFETY: the child only drops the section (system calls on its
+            // own descriptor) and leaves with _exit, running nothing else.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                drop(s);
+                // SAFETY: ends the forked copy at once.
+                unsafe { libc::_exit(0) };
+            }
+            let mut status = 0;
+            // SAFETY: waits for the child just forked.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            say("forked", &status.to_string());
+            hear();
+            drop(s);
+            Ok(())
+        }
         "take-then-spawn" => {
             let sections = copydata::inherited_sections().map_err(fail)?;
             let mut grandchild = Kid::spawn("take", &[]);
@@ -894,6 +922,48 @@ fn modes_are_the_creators_choice_and_writable_objects_are_refused() {
     // Readable by the group, writable by the owner only: trusted.
     drop(Section::open(&name).unwrap());
     drop(s);
+}
+
+/// Issue: a section that arrives from elsewhere can be shrunk under the
+/// receiver's views unless it is sealed; the receiver can tell.
+#[test]
+fn size_sealing_is_reported() {
+    let anon = Section::anonymous(4096).unwrap();
+    assert!(anon.is_size_sealed());
+    let name = unique("sealed");
+    let named = Section::create(&name, 4096).unwrap();
+    let file_path = std::env::temp_dir().join(unique("sealed-file"));
+    std::fs::write(&file_path, [0u8; 4096]).unwrap();
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&file_path).unwrap();
+    let backed = Section::from_file(&file, Access::ReadWrite).unwrap();
+    // Linux: named and file-backed sections can be truncated by whoever
+    // holds them; Windows cannot shrink a mapped section.
+    assert_eq!(named.is_size_sealed(), cfg!(windows));
+    assert_eq!(backed.is_size_sealed(), cfg!(windows));
+    // What a child inherits says the same.
+    let mut kid = Kid::spawn_with("sealed-report", &[], &[&anon, &named]);
+    let report = kid.expect("sealed");
+    kid.wait_ok();
+    assert_eq!(report, format!("true {}", cfg!(windows)));
+    drop((anon, named, backed, file));
+    std::fs::remove_file(&file_path).unwrap();
+}
+
+/// Issue: a process that forks without exec shares its open descriptions
+/// with the child; the child dropping its copy of a named section unlinked
+/// the name while the parent still held it.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_forked_copy_dropping_a_section_leaves_the_name_to_its_holder() {
+    let name = unique("fork");
+    let mut kid = Kid::spawn("fork-drop", &[&name]);
+    assert_eq!(kid.expect("forked"), "0");
+    assert!(common::in_dev_shm(&name), "the forked copy unlinked the name its parent holds");
+    let s = Section::open(&name).expect("the parent still holds it");
+    drop(s);
+    kid.tell("exit");
+    kid.wait_ok();
+    assert!(!common::in_dev_shm(&name), "the last holder is gone but the name is not");
 }
 
 /// Issue: a creator killed before publishing left a hidden temporary object

@@ -14,7 +14,7 @@
 //!   - `open_or_create(name: &Name, size: u64, options: &SectionOptions) -> Result<(Section, bool), CreateError>`
 //!     (`true` when this call created it)
 //!   - `from_file(file: &File, access: Access) -> Result<Section, CreateError>`
-//!   - `len(&self) -> u64`, `access(&self) -> Access`
+//!   - `len(&self) -> u64`, `access(&self) -> Access`, `size_sealed(&self) -> bool`
 //!   - `read_only(&self) -> Result<Section, ReadOnlyError>`: a handle the
 //!     holder cannot turn back into write access
 //!   - `map(&self, offset: u64, len: usize, access: Access) -> Result<(Arc<Mapping>, usize), MapError>`:

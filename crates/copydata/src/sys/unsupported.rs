@@ -44,6 +44,9 @@ impl Section {
     pub(crate) fn len(&self) -> u64 {
         unreachable!("no section exists on this platform")
     }
+    pub(crate) fn size_sealed(&self) -> bool {
+        unreachable!("no section exists on this platform")
+    }
     pub(crate) fn access(&self) -> Access {
         unreachable!("no section exists on this platform")
     }

@@ -4,6 +4,8 @@
  *
  *   peer send CLASS TAG TEXT   find the message-only window of CLASS and send
  *                              it TEXT with dwData = TAG; print "lresult N"
+ *   peer post CLASS MSG        post message number MSG (and WM_QUIT) to the
+ *                              window of CLASS; print "posted"
  *   peer serve CLASS           make a message-only window of CLASS; answer each
  *                              WM_COPYDATA with LRESULT 1000 + dwData and a
  *                              WM_COPYDATA back to the sender's window saying
@@ -76,6 +78,19 @@ int main(int argc, char **argv)
         printf("lresult %lld\n", (long long)result);
         return 0;
     }
+    if (argc == 4 && strcmp(argv[1], "post") == 0) {
+        HWND to = FindWindowExW(HWND_MESSAGE, NULL, widen(argv[2]), NULL);
+        if (!to) {
+            printf("no window\n");
+            return 3;
+        }
+        if (!PostMessageW(to, (UINT)strtoul(argv[3], NULL, 10), 0, 0) || !PostMessageW(to, WM_QUIT, 0, 0)) {
+            printf("post failed %lu\n", GetLastError());
+            return 4;
+        }
+        printf("posted\n");
+        return 0;
+    }
     if (argc == 3 && strcmp(argv[1], "serve") == 0) {
         MSG msg;
         if (!window(widen(argv[2]), serve_proc))
@@ -86,6 +101,6 @@ int main(int argc, char **argv)
             DispatchMessageW(&msg);
         return 0;
     }
-    fprintf(stderr, "usage: peer send CLASS TAG TEXT | peer serve CLASS\n");
+    fprintf(stderr, "usage: peer send CLASS TAG TEXT | peer post CLASS MSG | peer serve CLASS\n");
     return 2;
 }

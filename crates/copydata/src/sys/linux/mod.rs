@@ -54,11 +54,19 @@ pub(crate) struct Section {
 pub(crate) struct Holder {
     fd: OwnedFd,
     name: Option<crate::name::Name>,
+    /// The process that opened `fd`. A child forked without exec shares the
+    /// open description (and so its `flock`) with this process: when the
+    /// child drops its copy, its exclusive-lock test would succeed on the
+    /// parent's own lock and unlink a name the parent still holds. Only the
+    /// opening process releases the name.
+    pid: u32,
 }
 
 impl Drop for Holder {
     fn drop(&mut self) {
-        if let Some(name) = &self.name {
+        if let Some(name) = &self.name
+            && std::process::id() == self.pid
+        {
             namespace::release(&self.fd, name);
         }
     }
@@ -95,7 +103,13 @@ impl Section {
         name: Option<&crate::name::Name>,
     ) -> Section {
         let name = if kind == Kind::Named { name.cloned() } else { None };
-        Section { holder: Arc::new(Holder { fd, name }), len, access, kind, keeper: OnceLock::new() }
+        Section {
+            holder: Arc::new(Holder { fd, name, pid: std::process::id() }),
+            len,
+            access,
+            kind,
+            keeper: OnceLock::new(),
+        }
     }
 
     pub(crate) fn fd(&self) -> &OwnedFd {
@@ -177,6 +191,10 @@ impl Section {
 
     pub(crate) fn len(&self) -> u64 {
         self.len
+    }
+
+    pub(crate) fn size_sealed(&self) -> bool {
+        rfs::fcntl_get_seals(self.fd()).is_ok_and(|s| s.contains(SealFlags::SHRINK))
     }
 
     pub(crate) fn access(&self) -> Access {

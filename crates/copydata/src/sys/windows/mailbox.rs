@@ -75,8 +75,8 @@ use windows_sys::Win32::System::Threading::{
 use windows_sys::Win32::UI::WindowsAndMessaging::{
     AllowSetForegroundWindow, CreateWindowExW, DefWindowProcW, DestroyWindow, DispatchMessageW, FindWindowExW,
     FindWindowW, GWLP_USERDATA, GetClassNameW, GetWindowLongPtrW, GetWindowThreadProcessId, HWND_MESSAGE, IsWindow,
-    MSG, MWMO_INPUTAVAILABLE, MsgWaitForMultipleObjectsEx, PM_REMOVE, PeekMessageW, PostMessageW, QS_ALLINPUT,
-    RegisterClassExW, SMTO_NORMAL, SendMessageTimeoutW, SetWindowLongPtrW, WM_APP, WM_COPYDATA, WM_QUIT, WNDCLASSEXW,
+    MSG, MWMO_INPUTAVAILABLE, MsgWaitForMultipleObjectsEx, PM_REMOVE, PeekMessageW, QS_ALLINPUT, RegisterClassExW,
+    SMTO_NORMAL, SendMessageTimeoutW, SetWindowLongPtrW, WM_CLOSE, WM_COPYDATA, WM_QUIT, WNDCLASSEXW,
 };
 
 use super::{SECTION_QUERY, Section as SysSection, current_process, duplicate, handover, owned, raw, wide};
@@ -121,12 +121,10 @@ const OLD_REPLY_MAGIC: [u8; 4] = *b"CDR1";
 const OLD_REPLY_TAG: usize = 0x4344_5752;
 const OLD_STATUS_REFUSED: u32 = 1;
 
-/// Asks a mailbox's thread to close its window.
-const WM_CLOSE_MAILBOX: u32 = WM_APP + 1;
 /// How many senders' process handles the mailbox's thread waits on (with
-/// `MsgWaitForMultipleObjectsEx`, at most 63 handles, one of them the look
-/// event); beyond that it also looks every `SWEEP_MS`.
-const MAX_WATCHED: usize = 62;
+/// `MsgWaitForMultipleObjectsEx`, at most 63 handles, two of them the look
+/// and stop events); beyond that it also looks every `SWEEP_MS`.
+const MAX_WATCHED: usize = 61;
 const SWEEP_MS: u32 = 100;
 /// How long the receiver waits for a sender's window to take an answer or
 /// a reply; a live sender takes it at once (it is waiting for us).
@@ -970,6 +968,11 @@ impl WindowState {
 }
 
 unsafe extern "system" fn mailbox_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lparam: LPARAM) -> LRESULT {
+    // Anyone may post to the window: a WM_CLOSE must not destroy it (the
+    // default handling would); only the mailbox's own thread closes it.
+    if msg == WM_CLOSE {
+        return 0;
+    }
     if msg != WM_COPYDATA {
         // SAFETY: default handling of every other message.
         return unsafe { DefWindowProcW(hwnd, msg, wparam, lparam) };
@@ -1194,9 +1197,12 @@ fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
 
 #[derive(Debug)]
 pub(crate) struct Mailbox {
-    hwnd: usize,
     dispatch: Arc<Dispatch>,
     thread: Option<JoinHandle<()>>,
+    /// Tells the mailbox's thread to close. An event only this process can
+    /// reach: a window message would let any program close the mailbox
+    /// (anyone on the desktop may post to its window or thread).
+    stop: Arc<OwnedHandle>,
 }
 
 impl Mailbox {
@@ -1206,12 +1212,15 @@ impl Mailbox {
         let dispatch = Arc::new(Dispatch::new(name.clone(), options.threads(), bells));
         let (ready_tx, ready_rx) = mpsc::channel();
         let (name2, max_payload, dispatch2) = (name.clone(), options.max(), dispatch.clone());
+        // SAFETY: default security, manual-reset, not signalled, no name.
+        let stop = Arc::new(owned(unsafe { CreateEventW(std::ptr::null(), 1, 0, std::ptr::null()) }).map_err(io)?);
+        let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("copydata-mailbox-{name}"))
-            .spawn(move || mailbox_thread(name2, max_payload, dispatch2, ready_tx))
+            .spawn(move || mailbox_thread(name2, max_payload, dispatch2, stop2, ready_tx))
             .map_err(io)?;
         match ready_rx.recv() {
-            Ok(Ok(hwnd)) => Ok((Mailbox { hwnd, dispatch: dispatch.clone(), thread: Some(thread) }, dispatch)),
+            Ok(Ok(_hwnd)) => Ok((Mailbox { dispatch: dispatch.clone(), thread: Some(thread), stop }, dispatch)),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -1228,6 +1237,7 @@ fn mailbox_thread(
     name: Name,
     max_payload: u64,
     dispatch: Arc<Dispatch>,
+    stop: Arc<OwnedHandle>,
     ready: mpsc::Sender<Result<usize, BindError>>,
 ) {
     let io = |source: io::Error| BindError::Io { name: name.to_string(), source };
@@ -1282,7 +1292,7 @@ fn mailbox_thread(
     let _ = ready.send(Ok(hwnd as usize));
     // SAFETY: `state` stays valid until freed below, after the loop; this
     // thread only reads it, re-entrant window procedures too.
-    pump(hwnd, unsafe { &*state });
+    pump(unsafe { &*state }, &stop);
     // SAFETY: our window, destroyed on the thread that made it; then the
     // state is detached (no message can reach it any more).
     unsafe {
@@ -1303,14 +1313,19 @@ fn mailbox_thread(
 /// The mailbox thread's loop: handles the window's messages (hellos and
 /// plain `WM_COPYDATA` arrive as sent messages, handled inside
 /// `PeekMessageW`), and looks at the connections when a sender process
-/// ends or the look event is set, until asked to close.
-fn pump(hwnd: HWND, state: &WindowState) {
+/// ends or the look event is set, until `stop` is set. No message closes
+/// it (not even `WM_QUIT`: other programs can post those).
+fn pump(state: &WindowState, stop: &OwnedHandle) {
     // SAFETY: an all-zero MSG is valid; PeekMessageW fills it.
     let mut msg: MSG = unsafe { std::mem::zeroed() };
     loop {
+        if signalled(stop) {
+            return;
+        }
         let (objects, polling) = {
             let conns = state.conns.borrow();
-            let objects: Vec<HANDLE> = std::iter::once(raw(&state.look))
+            let objects: Vec<HANDLE> = [raw(&state.look), raw(stop)]
+                .into_iter()
                 .chain(conns.iter().take(MAX_WATCHED).map(|c| raw(&c.link().peer)))
                 .collect();
             (objects, conns.len() > MAX_WATCHED)
@@ -1337,11 +1352,10 @@ fn pump(hwnd: HWND, state: &WindowState) {
         }
         // SAFETY: `msg` is writable; messages for any window of this thread.
         while unsafe { PeekMessageW(&mut msg, std::ptr::null_mut(), 0, 0, PM_REMOVE) } != 0 {
-            if msg.message == WM_QUIT || (msg.hwnd == hwnd && msg.message == WM_CLOSE_MAILBOX) {
-                return;
+            if msg.message != WM_QUIT {
+                // SAFETY: dispatches the message just received.
+                unsafe { DispatchMessageW(&msg) };
             }
-            // SAFETY: dispatches the message just received.
-            unsafe { DispatchMessageW(&msg) };
         }
     }
 }
@@ -1349,8 +1363,7 @@ fn pump(hwnd: HWND, state: &WindowState) {
 impl Drop for Mailbox {
     fn drop(&mut self) {
         self.dispatch.close();
-        // SAFETY: posts to our own window; fails harmlessly if it is gone.
-        unsafe { PostMessageW(self.hwnd as HWND, WM_CLOSE_MAILBOX, 0, 0) };
+        set_event(&self.stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

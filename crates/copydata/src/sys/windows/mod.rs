@@ -317,6 +317,12 @@ impl Section {
         self.len
     }
 
+    /// A mapped section cannot be made smaller on Windows (a file under a
+    /// mapping cannot be truncated: `ERROR_USER_MAPPED_FILE`).
+    pub(crate) fn size_sealed(&self) -> bool {
+        true
+    }
+
     pub(crate) fn access(&self) -> Access {
         self.access
     }
