@@ -423,11 +423,20 @@ impl fmt::Debug for Request {
 pub struct MailboxOptions {
     max_payload: u64,
     handler_threads: usize,
+    max_connections: usize,
 }
+
+/// How many senders may be connected to a mailbox at once unless told
+/// otherwise (each connection holds a shared region of about 330 KiB).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
 impl Default for MailboxOptions {
     fn default() -> MailboxOptions {
-        MailboxOptions { max_payload: DEFAULT_MAX_PAYLOAD, handler_threads: 1 }
+        MailboxOptions {
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            handler_threads: 1,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
     }
 }
 
@@ -454,8 +463,22 @@ impl MailboxOptions {
         self
     }
 
+    /// How many senders may be connected at once (default
+    /// [`DEFAULT_MAX_CONNECTIONS`], at least 1). A sender beyond the limit is
+    /// refused at set-up ([`SendError::Refused`], naming the limit); the
+    /// connected ones are not disturbed. Each connection costs the receiver
+    /// a shared region, never a thread.
+    pub fn max_connections(mut self, connections: usize) -> MailboxOptions {
+        self.max_connections = connections.max(1);
+        self
+    }
+
     pub(crate) fn max(&self) -> u64 {
         self.max_payload
+    }
+
+    pub(crate) fn max_conns(&self) -> usize {
+        self.max_connections
     }
 
     pub(crate) fn threads(&self) -> usize {

@@ -1226,3 +1226,83 @@ fn malformed_envelopes_are_dropped_and_serving_goes_on() {
     check_echo(&copydata::send(&name, 0, b"still serving").unwrap(), b"still serving");
     stop_server(kid, &name);
 }
+
+/// Issue: thousands of idle connections made the receiver run a thread
+/// each, without limit. Connections cost no threads, and beyond
+/// `max_connections` a sender is refused with a clear reason while the
+/// connected ones go on.
+#[test]
+fn connections_are_capped_and_cost_no_threads() {
+    let name = unique("cap");
+    let server = Mailbox::bind_with(&name, &MailboxOptions::new().max_connections(8))
+        .unwrap()
+        .serve(|msg| Reply::code(msg.tag() as i64));
+    let mut senders: Vec<Sender> = (0..8).map(|_| Sender::connect(&name).unwrap()).collect();
+    match Sender::connect(&name) {
+        Err(SendError::Refused { reason, .. }) => assert!(reason.contains("limit"), "{reason}"),
+        other => panic!("a ninth connection: {other:?}"),
+    }
+    for (i, s) in senders.iter_mut().enumerate() {
+        assert_eq!(s.send(i as u64, b"still served").unwrap().code, i as i64);
+    }
+    // A sender that leaves makes room (once the receiver has noticed).
+    drop(senders.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut again = loop {
+        match Sender::connect(&name) {
+            Ok(s) => break s,
+            Err(SendError::Refused { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("no room after a sender left: {e}"),
+        }
+    };
+    assert_eq!(again.send(42, b"").unwrap().code, 42);
+    drop(server);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn hundreds_of_connections_run_on_a_few_threads() {
+    let name = unique("threads");
+    let mut kid = Kid::spawn("serve", &[&name]);
+    let pid = kid.expect("ready");
+    let mut senders: Vec<Sender> = (0..300).map(|_| Sender::connect(&name).unwrap()).collect();
+    for s in senders.iter_mut().step_by(37) {
+        s.send(5, b"x").unwrap();
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let threads: usize = status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse().unwrap();
+    assert!(threads <= 8, "the receiver runs {threads} threads for 300 connections");
+    drop(senders);
+    stop_server(kid, &name);
+}
+
+/// Issue: a sender that pipelines requests and never reads its replies
+/// filled its socket, the handler thread blocked writing to it, and every
+/// other sender timed out. Replies go into the connection's reply ring now;
+/// when it is full, that connection is dropped and nobody else waits.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_sender_that_never_reads_its_replies_holds_up_nobody() {
+    use raw::{CALL, Raw, assert_dropped};
+    let name = unique("pipeline");
+    let kid = server(&name, 0);
+    let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
+    let hostile = Raw::set_up(&path);
+    // 3,000 calls back to back (one 64-byte line each): their replies need
+    // three times the reply ring.
+    for i in 0..3000usize {
+        hostile.put(i * 64, (i * 64 + 1) as u64, CALL, 0, 0, 0, &[]);
+    }
+    hostile.ring();
+    let mut good = Sender::connect(&name).unwrap();
+    let started = Instant::now();
+    for n in 0..200u64 {
+        let data = pattern(64, n);
+        check_echo(&good.send_timeout(0, &data, Duration::from_secs(10)).unwrap(), &data);
+    }
+    assert!(started.elapsed() < Duration::from_secs(20), "the good sender waited {:?}", started.elapsed());
+    assert_dropped(&hostile.sock, "a sender that never reads its replies");
+    stop_server(kid, &name);
+}

@@ -928,6 +928,7 @@ struct WindowState {
     name: Name,
     hwnd: HWND,
     max_payload: u64,
+    max_conns: usize,
     dispatch: Arc<Dispatch>,
     /// The connections set up by this window, watched by its thread.
     conns: RefCell<Vec<Arc<ServerConn>>>,
@@ -1114,6 +1115,13 @@ fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
         answer_without_handles(state, sender, STATUS_REFUSED, nonce, "the mailbox is closing");
         return 0;
     }
+    let connected = state.conns.borrow().len();
+    if connected >= state.max_conns {
+        let reason = format!("the mailbox has {connected} connections, its limit");
+        log::warn!("mailbox {}: refused a connection from pid {pid}: {reason}", state.name);
+        answer_without_handles(state, sender, STATUS_REFUSED, nonce, &reason);
+        return 0;
+    }
     let process = match open_process(pid, PROCESS_DUP_HANDLE | PROCESS_SYNCHRONIZE) {
         Ok(p) => p,
         Err(e) => {
@@ -1211,13 +1219,13 @@ impl Mailbox {
         let bells = Bells::new(options.threads()).map_err(io)?;
         let dispatch = Arc::new(Dispatch::new(name.clone(), options.threads(), bells));
         let (ready_tx, ready_rx) = mpsc::channel();
-        let (name2, max_payload, dispatch2) = (name.clone(), options.max(), dispatch.clone());
+        let (name2, limits, dispatch2) = (name.clone(), (options.max(), options.max_conns()), dispatch.clone());
         // SAFETY: default security, manual-reset, not signalled, no name.
         let stop = Arc::new(owned(unsafe { CreateEventW(std::ptr::null(), 1, 0, std::ptr::null()) }).map_err(io)?);
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("copydata-mailbox-{name}"))
-            .spawn(move || mailbox_thread(name2, max_payload, dispatch2, stop2, ready_tx))
+            .spawn(move || mailbox_thread(name2, limits, dispatch2, stop2, ready_tx))
             .map_err(io)?;
         match ready_rx.recv() {
             Ok(Ok(_hwnd)) => Ok((Mailbox { dispatch: dispatch.clone(), thread: Some(thread), stop }, dispatch)),
@@ -1235,7 +1243,7 @@ impl Mailbox {
 
 fn mailbox_thread(
     name: Name,
-    max_payload: u64,
+    (max_payload, max_conns): (u64, usize),
     dispatch: Arc<Dispatch>,
     stop: Arc<OwnedHandle>,
     ready: mpsc::Sender<Result<usize, BindError>>,
@@ -1282,6 +1290,7 @@ fn mailbox_thread(
         name: name.clone(),
         hwnd,
         max_payload,
+        max_conns,
         dispatch,
         conns: RefCell::new(Vec::new()),
         look,

@@ -337,6 +337,7 @@ impl Mailbox {
                 name: name.clone(),
                 uid: rustix::process::getuid().as_raw(),
                 max_payload: options.max(),
+                max_conns: options.max_conns(),
                 dispatch,
                 listener,
                 stop,
@@ -377,6 +378,7 @@ struct Acceptor {
     name: Name,
     uid: u32,
     max_payload: u64,
+    max_conns: usize,
     dispatch: Arc<Dispatch>,
     listener: UnixListener,
     stop: Arc<OwnedFd>,
@@ -481,6 +483,12 @@ impl Acceptor {
             );
             let _ = Self::welcome(&stream, SETUP_INCOMPATIBLE, &reason, &[], 0);
             return Err(reason);
+        }
+        if self.conns.len() >= self.max_conns {
+            let reason = format!("the mailbox has {} connections, its limit", self.conns.len());
+            log::warn!("mailbox {}: refused a connection from pid {}: {reason}", self.name, peer.pid);
+            let _ = Self::welcome(&stream, SETUP_REFUSED, &reason, &[], 0);
+            return Ok(None);
         }
         let w = self.dispatch.pick();
         let region = Region::create(w).map_err(|e| format!("creating the region: {e}"))?;
