@@ -80,6 +80,13 @@ impl Name {
         Name(format!("instance.{}", app.0))
     }
 
+    /// A name a backend derives for an object of its own (not checked: it
+    /// is built from a valid name and fixed text).
+    #[cfg_attr(not(windows), allow(dead_code))]
+    pub(crate) fn derived(name: String) -> Name {
+        Name(name)
+    }
+
     /// The OS object of a synchronisation object `name` of `kind`:
     /// `copydata.KIND.NAME`.
     pub(crate) fn sync_object(kind: &str, name: &Name) -> Name {

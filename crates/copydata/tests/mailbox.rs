@@ -1158,6 +1158,30 @@ fn messages_posted_by_other_programs_do_not_close_a_mailbox() {
     drop(server);
 }
 
+/// Issue (W1): a plain program that made a window of a mailbox's class
+/// after the mailbox was bound received the next send. Senders talk only to
+/// the window the name's holder published.
+#[cfg(windows)]
+#[test]
+fn a_window_of_the_same_class_does_not_take_a_mailboxs_messages() {
+    use std::io::BufRead;
+    let Some(peer) = c_peer() else { return };
+    let name = unique("cpeer-squat");
+    let server = Mailbox::bind(&name).unwrap().serve(|msg| Reply::code(msg.tag() as i64 + 1));
+    let mut squatter = run_c_peer(&peer, &["serve", &format!("copydata.mailbox.{name}")]);
+    let mut line = String::new();
+    std::io::BufReader::new(squatter.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    for tag in [1u64, 2, 3] {
+        let reply = copydata::send_timeout(&name, tag, b"for the mailbox", Duration::from_secs(10)).unwrap();
+        assert_eq!(reply.code, tag as i64 + 1, "the reply came from the squatter's window");
+    }
+    assert_eq!(copydata::mailboxes().unwrap().iter().filter(|m| m.name == name).count(), 1);
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    drop(server);
+}
+
 /// copydata sends to a plain window of a C program found by its class: the
 /// reply code is the `LRESULT`, the reply bytes what it sent back.
 #[cfg(windows)]

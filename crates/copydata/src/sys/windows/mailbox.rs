@@ -88,7 +88,7 @@ use crate::fast::serve::{Dispatch, MAX_WORKERS};
 use crate::fast::{Bell, Park, Wait};
 use crate::mailbox::{MailboxInfo, MailboxOptions, Message, Payload, Peer, Reply};
 use crate::name::{MAX_NAME_LEN, Name};
-use crate::section::{Access, Section};
+use crate::section::{Access, Section, SectionOptions};
 
 const MAILBOX_CLASS_PREFIX: &str = "copydata.mailbox.";
 const SENDER_CLASS: &str = "copydata.sender";
@@ -1259,10 +1259,7 @@ fn mailbox_thread(
     // SAFETY: waits on our own mutex handle, without blocking.
     let waited = unsafe { WaitForSingleObject(raw(&mutex), 0) };
     if waited != WAIT_OBJECT_0 && waited != WAIT_ABANDONED {
-        let class = wide(&class_name(&name));
-        // SAFETY: the class name outlives the call.
-        let holder = unsafe { FindWindowExW(HWND_MESSAGE, std::ptr::null_mut(), class.as_ptr(), std::ptr::null()) };
-        let pid = (!holder.is_null()).then(|| window_pid(holder));
+        let pid = owner_of(&name).map(|(_, pid)| pid);
         return drop(ready.send(Err(BindError::AlreadyBound { name: name.to_string(), pid })));
     }
     let window = register_class(&class_name(&name), mailbox_proc)
@@ -1275,8 +1272,9 @@ fn mailbox_thread(
             return drop(ready.send(Err(io(e))));
         }
     };
-    let look = match new_event() {
-        Ok(e) => Arc::new(e),
+    let published = new_event().and_then(|look| Ok((look, publish_owner(&name, hwnd)?)));
+    let (look, _owner_record) = match published {
+        Ok((look, record)) => (Arc::new(look), record),
         Err(e) => {
             // SAFETY: our window, on this thread; this thread owns the mutex.
             unsafe {
@@ -1519,11 +1517,54 @@ fn take_answer(pending: &mut Pending, from: HWND, data: &[u8]) -> LRESULT {
     ACCEPTED
 }
 
+/// The owner record of a mailbox: the section `Local\copydata.mailbox.NAME.owner`
+/// in which the process holding the name's mutex publishes its window and
+/// pid (magic `CDMBOWN1` at 0, written last; the window at 8; the pid at 16).
+/// A sender talks only to that window, and only while it still belongs to
+/// that pid: any program may register the class `copydata.mailbox.NAME` and
+/// make a window of it, but only the name's holder writes the record.
+const OWNER_MAGIC: u64 = u64::from_le_bytes(*b"CDMBOWN1");
+const OWNER_LEN: usize = 24;
+
+fn owner_record_name(name: &Name) -> Name {
+    Name::derived(format!("copydata.mailbox.{name}.owner"))
+}
+
+/// Publishes this process's window as the mailbox's (called by the thread
+/// that holds the name's mutex). The returned section keeps the record.
+fn publish_owner(name: &Name, hwnd: HWND) -> io::Result<Section> {
+    let (inner, _) = SysSection::open_or_create(&owner_record_name(name), OWNER_LEN as u64, &SectionOptions::new())
+        .map_err(io::Error::other)?;
+    let section = Section::from_parts(inner, None);
+    let view = section.map_mut(0, OWNER_LEN).map_err(io::Error::other)?;
+    let field = |at| view.atomic_u64(at).map_err(io::Error::other);
+    // A record left by an earlier holder (still open in some process) is
+    // overwritten: this thread holds the name now.
+    field(0)?.store(0, Ordering::SeqCst);
+    field(8)?.store(hwnd as usize as u64, Ordering::SeqCst);
+    field(16)?.store(u64::from(std::process::id()), Ordering::SeqCst);
+    field(0)?.store(OWNER_MAGIC, Ordering::SeqCst);
+    Ok(section)
+}
+
+/// The mailbox's window and its process, from the owner record, if the
+/// window still exists, belongs to that process and is of the mailbox's
+/// class.
+fn owner_of(name: &Name) -> Option<(HWND, u32)> {
+    let options = SectionOptions::new().access(Access::ReadOnly);
+    let inner = SysSection::open(&owner_record_name(name), &options).ok()?;
+    let section = Section::from_parts(inner, None);
+    let view = section.map(0, OWNER_LEN).ok()?;
+    if view.load_u64(0, Ordering::SeqCst).ok()? != OWNER_MAGIC {
+        return None;
+    }
+    let hwnd = view.load_u64(8, Ordering::SeqCst).ok()? as usize as HWND;
+    let pid = u32::try_from(view.load_u64(16, Ordering::SeqCst).ok()?).ok()?;
+    (is_window(hwnd) && window_pid(hwnd) == pid && class_of(hwnd) == class_name(name)).then_some((hwnd, pid))
+}
+
 fn find_mailbox(name: &Name) -> Option<HWND> {
-    let class = wide(&class_name(name));
-    // SAFETY: the class name outlives the call.
-    let h = unsafe { FindWindowExW(HWND_MESSAGE, std::ptr::null_mut(), class.as_ptr(), std::ptr::null()) };
-    (!h.is_null()).then_some(h)
+    owner_of(name).map(|(hwnd, _)| hwnd)
 }
 
 /// A nonce no other process can guess: std's hasher keys come from the
@@ -1655,8 +1696,13 @@ pub(crate) fn list() -> Result<Vec<MailboxInfo>, ListError> {
         if after.is_null() {
             return Ok(out);
         }
-        if let Some(name) = class_of(after).strip_prefix(MAILBOX_CLASS_PREFIX).and_then(|n| Name::new(n).ok()) {
-            out.push(MailboxInfo { name: name.to_string(), pid: window_pid(after) });
+        // Only the window its name's holder published: other programs may
+        // make windows of the same class.
+        if let Some(name) = class_of(after).strip_prefix(MAILBOX_CLASS_PREFIX).and_then(|n| Name::new(n).ok())
+            && let Some((hwnd, pid)) = owner_of(&name)
+            && hwnd == after
+        {
+            out.push(MailboxInfo { name: name.to_string(), pid });
         }
     }
 }
