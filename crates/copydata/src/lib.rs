@@ -52,6 +52,8 @@
 
 pub mod error;
 mod fast;
+#[doc(hidden)]
+pub mod fuzz;
 mod inherit;
 pub mod instance;
 pub mod loan;

@@ -135,14 +135,14 @@ unsafe impl Send for LentBuf {}
 unsafe impl Sync for LentBuf {}
 
 /// The inline bytes of a request or reply record, parsed and checked.
-struct Parsed {
+pub(crate) struct Parsed {
     aux: Option<(Vec<u8>, usize)>,
     buf: Option<BufRef>,
     /// Offset and length of an inline payload.
     inline_payload: (usize, usize),
 }
 
-fn parse(c: &Consumer, rec: &Rec) -> Result<Parsed, String> {
+pub(crate) fn parse(c: &Consumer, rec: &Rec) -> Result<Parsed, String> {
     let flags = user_flags(rec);
     if flags & !(F_AUX | F_BUF) != 0 {
         return Err(format!("unknown record flags {flags:#x}"));

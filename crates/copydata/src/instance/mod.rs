@@ -68,7 +68,7 @@
 //! arrive as a [`Launch`] with no arguments and the message's tag in
 //! [`Launch::tag`].
 
-mod wire;
+pub(crate) mod wire;
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
