@@ -77,7 +77,12 @@ pub const DEFAULT_MAX_PAYLOAD: u64 = 4 << 30;
 /// Who sent a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
-    /// The sender's process id.
+    /// The sender's process id. From the kernel on Linux (`SO_PEERCRED`)
+    /// and for copydata senders on Windows (the process the connection's
+    /// handles were pushed into). For a plain Win32 program's `WM_COPYDATA`
+    /// it is only *claimed*: it is the process of the window the message
+    /// names in `wParam`, and Windows cannot tell who really sent a
+    /// message; do not grant anything on it alone.
     pub pid: u32,
     /// The sender's user id (Linux; `None` on Windows).
     pub uid: Option<u32>,

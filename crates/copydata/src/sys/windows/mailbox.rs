@@ -76,7 +76,8 @@ use windows_sys::Win32::UI::WindowsAndMessaging::{
     AllowSetForegroundWindow, CreateWindowExW, DefWindowProcW, DestroyWindow, DispatchMessageW, FindWindowExW,
     FindWindowW, GWLP_USERDATA, GetClassNameW, GetWindowLongPtrW, GetWindowThreadProcessId, HWND_MESSAGE, IsWindow,
     MSG, MWMO_INPUTAVAILABLE, MsgWaitForMultipleObjectsEx, PM_REMOVE, PeekMessageW, QS_ALLINPUT, RegisterClassExW,
-    SMTO_NORMAL, SendMessageTimeoutW, SetWindowLongPtrW, WM_CLOSE, WM_COPYDATA, WM_QUIT, WNDCLASSEXW,
+    SEND_MESSAGE_TIMEOUT_FLAGS, SMTO_ABORTIFHUNG, SMTO_NORMAL, SendMessageTimeoutW, SetWindowLongPtrW, WM_CLOSE,
+    WM_COPYDATA, WM_QUIT, WNDCLASSEXW,
 };
 
 use super::{SECTION_QUERY, Section as SysSection, current_process, duplicate, handover, owned, raw, wide};
@@ -127,8 +128,11 @@ const OLD_STATUS_REFUSED: u32 = 1;
 const MAX_WATCHED: usize = 61;
 const SWEEP_MS: u32 = 100;
 /// How long the receiver waits for a sender's window to take an answer or
-/// a reply; a live sender takes it at once (it is waiting for us).
-const REPLY_TIMEOUT_MS: u32 = 5_000;
+/// a reply; a live sender takes it at once (its thread is inside the
+/// `SendMessage` to us, which handles sent messages). A window whose thread
+/// does not handle messages is given up on sooner still (`SMTO_ABORTIFHUNG`),
+/// so such a sender holds up the mailbox's other senders for 2 s at most.
+const REPLY_TIMEOUT_MS: u32 = 2_000;
 
 /// Words of this backend in the header line of a connection's region,
 /// after the portable fields (which end at +36):
@@ -228,6 +232,22 @@ fn message_window(class: &str, title: &str) -> io::Result<HWND> {
 
 /// `SendMessageTimeoutW(WM_COPYDATA)`: `Ok(LRESULT)` or the last error.
 fn send_copydata(to: HWND, from: HWND, tag: usize, data: &[u8], timeout_ms: u32) -> io::Result<isize> {
+    send_copydata_with(to, from, tag, data, timeout_ms, SMTO_NORMAL)
+}
+
+/// An answer or a reply from the receiver to a sender's window.
+fn answer_copydata(to: HWND, from: HWND, tag: usize, data: &[u8]) -> io::Result<isize> {
+    send_copydata_with(to, from, tag, data, REPLY_TIMEOUT_MS, SMTO_NORMAL | SMTO_ABORTIFHUNG)
+}
+
+fn send_copydata_with(
+    to: HWND,
+    from: HWND,
+    tag: usize,
+    data: &[u8],
+    timeout_ms: u32,
+    flags: SEND_MESSAGE_TIMEOUT_FLAGS,
+) -> io::Result<isize> {
     let cds = COPYDATASTRUCT { dwData: tag, cbData: data.len() as u32, lpData: data.as_ptr() as *mut c_void };
     let mut result = 0usize;
     // SAFETY:
@@ -236,15 +256,7 @@ fn send_copydata(to: HWND, from: HWND, tag: usize, data: &[u8], timeout_ms: u32)
     // - `result` is a writable usize.
     let ok = unsafe {
         SetLastError(0);
-        SendMessageTimeoutW(
-            to,
-            WM_COPYDATA,
-            from as WPARAM,
-            &cds as *const _ as LPARAM,
-            SMTO_NORMAL,
-            timeout_ms,
-            &mut result,
-        )
+        SendMessageTimeoutW(to, WM_COPYDATA, from as WPARAM, &cds as *const _ as LPARAM, flags, timeout_ms, &mut result)
     };
     if ok == 0 {
         // SAFETY: reads this thread's last-error value.
@@ -467,7 +479,7 @@ impl NativeResponder {
         if let Some(to) = self.reply_to
             && !reply.data.is_empty()
         {
-            result = send_copydata(to as HWND, self.from as HWND, self.tag, &reply.data, REPLY_TIMEOUT_MS)
+            result = answer_copydata(to as HWND, self.from as HWND, self.tag, &reply.data)
                 .map(|_| ())
                 .map_err(|_| ReplyError::SenderGone);
         }
@@ -1049,7 +1061,7 @@ fn refuse_old(state: &WindowState, sender: HWND, data: &[u8]) {
     let mut env = Out(Vec::with_capacity(48 + reason.len()));
     env.bytes(&OLD_REPLY_MAGIC).u32(OLD_STATUS_REFUSED).u64(seq).u64(0).u64(reason.len() as u64);
     env.u32(0).u32(0).u64(0).bytes(reason.as_bytes());
-    let _ = send_copydata(sender, state.hwnd, OLD_REPLY_TAG, &env.0, REPLY_TIMEOUT_MS);
+    let _ = answer_copydata(sender, state.hwnd, OLD_REPLY_TAG, &env.0);
 }
 
 /// An answer to a hello that carries no handles.
@@ -1058,7 +1070,7 @@ fn answer_without_handles(state: &WindowState, to: HWND, status: u32, nonce: u64
     let mut a = Out(Vec::with_capacity(ANSWER_HEAD + reason.len()));
     a.bytes(&ANSWER_MAGIC).u32(status).u32(PROTOCOL).u32(0).u64(nonce).u64(state.max_payload);
     a.u32(std::process::id()).u32(0).bytes(reason);
-    let _ = send_copydata(to, state.hwnd, ANSWER_TAG, &a.0, REPLY_TIMEOUT_MS);
+    let _ = answer_copydata(to, state.hwnd, ANSWER_TAG, &a.0);
 }
 
 /// Handles pushed into a sender's process, closed there again unless the
@@ -1177,7 +1189,7 @@ fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
         a.u64(v);
     }
     // Other senders' hellos may be handled (re-entrantly) while we wait here.
-    match send_copydata(sender, state.hwnd, ANSWER_TAG, &a.0, REPLY_TIMEOUT_MS) {
+    match answer_copydata(sender, state.hwnd, ANSWER_TAG, &a.0) {
         Ok(ACCEPTED) => pushed.taken = true,
         // Refused (not the hello it is sending, or sent by another process
         // through its window): it adopted nothing, and `pushed` closes the
@@ -1406,8 +1418,9 @@ const STATUS_BROKEN: u32 = u32::MAX;
 thread_local! {
     /// This thread's sender window (made on first use, destroyed with the thread).
     static SENDER_WINDOW: RefCell<Option<SenderWindow>> = const { RefCell::new(None) };
-    /// Plain replies that arrived at this thread's sender window.
-    static RECEIVED: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    /// Plain replies that arrived at this thread's sender window, with the
+    /// window each names as its sender (`wParam`).
+    static RECEIVED: RefCell<Vec<(usize, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
     /// The hello being sent.
     static PENDING: RefCell<Option<Pending>> = const { RefCell::new(None) };
 }
@@ -1455,7 +1468,7 @@ unsafe extern "system" fn sender_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lpar
         // `send_to_window`: not a plain reply.
         return 0;
     }
-    RECEIVED.with(|r| r.borrow_mut().push(data.to_vec()));
+    RECEIVED.with(|r| r.borrow_mut().push((wparam, data.to_vec())));
     1
 }
 
@@ -1668,8 +1681,16 @@ pub fn send_to_window(
     let ms = timeout.as_millis().clamp(1, u128::from(FOREVER_MS)) as u32;
     let sent = send_copydata(target, from, tag as usize, data, ms);
     let received = RECEIVED.with(|r| std::mem::take(&mut *r.borrow_mut()));
+    // The reply bytes are those the target sent back naming itself in
+    // `wParam`, the convention; a WM_COPYDATA that names another window (a
+    // third program writing to ours meanwhile) is not taken for them.
+    // Windows cannot tell who really sent a message, so a program that
+    // forges the target's handle in `wParam` is not caught: this is the
+    // plain Win32 protocol's limit (copydata mailboxes answer through their
+    // connection's private region instead).
+    let reply = received.into_iter().find(|(from, _)| *from == target as usize).map(|(_, d)| d);
     match sent {
-        Ok(code) => Ok(Reply::new(code as i64, received.into_iter().next().unwrap_or_default())),
+        Ok(code) => Ok(Reply::new(code as i64, reply.unwrap_or_default())),
         Err(e) if e.raw_os_error() == Some(ERROR_TIMEOUT as i32) && is_window(target) => {
             Err(SendError::TimedOut { name: shown, timeout })
         }
