@@ -4,8 +4,9 @@
 //! - uncontended: lock, increment a `u64`, unlock, on one thread;
 //! - hand-off: two parties (two threads for std, two processes for
 //!   copydata, on different CPUs) take turns incrementing one value under
-//!   the lock, each acting only when the value says it is its turn: one
-//!   turn is the lock and the value passing from one party to the other.
+//!   the lock, each acting only when the value says it is its turn (and
+//!   yielding the CPU when it is not): one turn is the lock and the value
+//!   passing from one party to the other.
 //!
 //! Each figure is per operation, over batches: the median and the 99th
 //! percentile of the batches.
