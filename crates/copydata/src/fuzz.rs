@@ -25,6 +25,21 @@ pub fn inherit_token(data: &[u8]) {
     }
 }
 
+/// The Windows backend's set-up envelopes (hello, answer) and attachment
+/// lists, as a peer could write them (parsed the same way on every
+/// platform).
+pub fn windows_envelopes(data: &[u8]) {
+    use crate::fast::envelope::{answer_values, parse_answer, parse_attachments, parse_hello, reason};
+    let _ = parse_hello(data);
+    if let Ok(head) = parse_answer(data) {
+        let _ = answer_values(&head);
+        let _ = reason(&head);
+    }
+    if let Some((&shape, rest)) = data.split_first() {
+        let _ = parse_attachments(rest, shape & 1 == 1, usize::from(shape >> 1) % 40);
+    }
+}
+
 /// Records of a connection's ring, written by a peer: the input describes
 /// records (kind, flags, length, word, inline bytes) that are pushed into a
 /// ring the way a sender does, with some stamps and headers then

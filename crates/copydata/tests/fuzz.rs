@@ -21,6 +21,7 @@ fn targets() -> Vec<Target> {
         ("launch-record", copydata::fuzz::launch_record, launch_seeds),
         ("inherit-token", copydata::fuzz::inherit_token, token_seeds),
         ("ring-records", copydata::fuzz::ring_records, ring_seeds),
+        ("windows-envelopes", copydata::fuzz::windows_envelopes, envelope_seeds),
     ]
 }
 
@@ -74,6 +75,36 @@ fn ring_seeds() -> Vec<Vec<u8>> {
     several.extend(record(1, 1, 0, &[16, 0, 0, 0, 1, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9], 0));
     several.extend(record(1, 2, 4096, &[0; 24], 1));
     vec![several, record(1, 0, 100, &[7; 100], 0), record(3, 0, 3, b"abc", 1)]
+}
+
+fn envelope_seeds() -> Vec<Vec<u8>> {
+    let words = |magic: &[u8], u32s: &[u32], u64s: &[u64]| {
+        let mut v = magic.to_vec();
+        u32s.iter().for_each(|w| v.extend_from_slice(&w.to_le_bytes()));
+        u64s.iter().for_each(|w| v.extend_from_slice(&w.to_le_bytes()));
+        v
+    };
+    let hello = words(b"CDH2", &[2, 0, 0], &[0x1234_5678]);
+    let mut answer = words(b"CDA2", &[0, 2, 1], &[0x1234_5678, 4 << 30]);
+    answer.extend_from_slice(&[9, 0, 0, 0, 0, 0, 0, 0]);
+    for v in [4u64, 8, 12, 16] {
+        answer.extend_from_slice(&v.to_le_bytes());
+    }
+    let mut refusal = words(b"CDA2", &[1, 2, 0], &[7, 0]);
+    refusal.extend_from_slice(&[0; 8]);
+    refusal.extend_from_slice(b"the mailbox accepts only its own user");
+    // Attachments: a shape byte (bit 0: a buffer; the rest: sections), the
+    // set number, then value, length, flags, name length, name.
+    let mut attach = vec![0b11u8];
+    attach.extend_from_slice(&1u64.to_le_bytes());
+    for (value, flags, name) in [(8u64, 1u32, &b""[..]), (12, 2, b"frames")] {
+        attach.extend_from_slice(&value.to_le_bytes());
+        attach.extend_from_slice(&4096u64.to_le_bytes());
+        attach.extend_from_slice(&flags.to_le_bytes());
+        attach.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        attach.extend_from_slice(name);
+    }
+    vec![hello, answer, refusal, attach]
 }
 
 /// xorshift64*: small, fast, deterministic.

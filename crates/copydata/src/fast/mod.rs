@@ -33,6 +33,7 @@
 //!   one-shot payload really is sealed (then it is read in place)
 
 pub(crate) mod conn;
+pub(crate) mod envelope;
 pub(crate) mod pool;
 pub(crate) mod region;
 pub(crate) mod ring;

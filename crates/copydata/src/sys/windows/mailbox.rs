@@ -83,12 +83,15 @@ use windows_sys::Win32::UI::WindowsAndMessaging::{
 use super::{SECTION_QUERY, Section as SysSection, current_process, duplicate, handover, owned, raw, wide};
 use crate::error::{BindError, ListError, ReplyError, SendError};
 use crate::fast::conn::{MAX_SECTIONS, ServerConn};
+use crate::fast::envelope::{
+    self, ANSWER_MAGIC, ATTACH_NAMED, ATTACH_RO, HELLO_LEN, HELLO_MAGIC, MAX_REASON, STATUS_OK,
+};
 use crate::fast::region::{PROTOCOL, REGION_LEN, Region, Side};
 use crate::fast::ring::LINE;
 use crate::fast::serve::{Dispatch, MAX_WORKERS};
 use crate::fast::{Bell, Park, Wait};
 use crate::mailbox::{MailboxInfo, MailboxOptions, Message, Payload, Peer, Reply};
-use crate::name::{MAX_NAME_LEN, Name};
+use crate::name::Name;
 use crate::section::{Access, Section, SectionOptions};
 
 const MAILBOX_CLASS_PREFIX: &str = "copydata.mailbox.";
@@ -96,21 +99,16 @@ const SENDER_CLASS: &str = "copydata.sender";
 
 /// A sender's hello (`dwData` and magic).
 const HELLO_TAG: usize = 0x4344_4832;
-const HELLO_MAGIC: [u8; 4] = *b"CDH2";
-/// `magic, protocol: u32, wait: u32, 0: u32, nonce: u64`.
-const HELLO_LEN: usize = 24;
+/// The hello's layout: see [`crate::fast::envelope`].
 /// The receiver's answer to a hello (`dwData` and magic).
 const ANSWER_TAG: usize = 0x4344_4132;
-const ANSWER_MAGIC: [u8; 4] = *b"CDA2";
 /// The fixed part of an answer: `magic, status: u32, protocol: u32,
 /// doorbells: u32, nonce: u64, max_payload: u64, pid: u32, 0: u32`; then,
 /// with `STATUS_OK`, `region: u64, wake: u64, look: u64, doorbell: u64 ×
 /// doorbells` (handle values in the sender), else the reason (UTF-8).
 const ANSWER_HEAD: usize = 40;
-const STATUS_OK: u32 = 0;
 const STATUS_REFUSED: u32 = 1;
 const STATUS_INCOMPATIBLE: u32 = 2;
-const MAX_REASON: usize = 4096;
 /// What a sender's window returns for the answer it takes (handles and
 /// all); anything else means the handles pushed with it were not taken.
 const ACCEPTED: LRESULT = 0x4344_4f4b;
@@ -146,9 +144,6 @@ const SENDER_CLOSED: usize = 44;
 const TAKEN_FROM_SENDER: usize = 48;
 const TAKEN_FROM_RECEIVER: usize = 56;
 
-/// An attachment's flags in a record.
-const ATTACH_RO: u32 = 1;
-const ATTACH_NAMED: u32 = 2;
 /// `handle: u64, len: u64, flags: u32, name_len: u32`, then the name.
 const ATTACH_HEAD: usize = 24;
 
@@ -323,25 +318,6 @@ impl Out {
     }
 }
 
-struct In<'a>(&'a [u8]);
-
-impl In<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
-        if self.0.len() < n {
-            return Err("truncated".into());
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
-    }
-    fn u64(&mut self) -> Result<u64, String> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
-    }
-}
-
 fn bad(reason: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, reason.into())
 }
@@ -399,12 +375,6 @@ fn close_in(process: &OwnedHandle, value: u64) {
             DUPLICATE_CLOSE_SOURCE,
         )
     };
-}
-
-/// Whether a handle value from an answer can be a handle at all (handle
-/// values are small multiples of 4; no pseudo-handles).
-fn plausible_handle(v: u64) -> bool {
-    v != 0 && v.is_multiple_of(4) && v < 1 << 32
 }
 
 // ---------------------------------------------------------------- doorbells
@@ -769,40 +739,24 @@ impl Link {
         if sections > MAX_SECTIONS {
             return Err(bad(format!("{sections} sections in one message")));
         }
-        let mut r = In(inline);
-        let number = r.u64().map_err(|e| bad(format!("attachment: {e}")))?;
+        // The set number first: a set out of order is refused without being
+        // counted as taken; any other fault ends the set (it is taken).
+        let number =
+            inline.first_chunk::<8>().map(|b| u64::from_le_bytes(*b)).ok_or_else(|| bad("attachment: truncated"))?;
         let expected = self.taken.load(Ordering::Relaxed) + 1;
         if number != expected {
             return Err(bad(format!("attachment set {number} (expected {expected})")));
         }
-        let mut take = |is_buffer: bool| -> io::Result<Section> {
-            let fail = |e: String| bad(format!("attachment: {e}"));
-            let (value, len, flags, name_len) = (
-                r.u64().map_err(fail)?,
-                r.u64().map_err(fail)?,
-                r.u32().map_err(fail)?,
-                r.u32().map_err(fail)? as usize,
-            );
-            if flags & !(ATTACH_RO | ATTACH_NAMED) != 0 || name_len > MAX_NAME_LEN {
-                return Err(bad(format!("attachment flags {flags:#x}, name of {name_len} bytes")));
-            }
-            let name = r.take(name_len).map_err(fail)?;
-            let name = match (flags & ATTACH_NAMED != 0, name_len) {
-                (false, 0) => None,
-                (true, n) if n > 0 && !is_buffer => {
-                    Some(std::str::from_utf8(name).map_err(|_| bad("a section name that is not UTF-8"))?)
-                }
-                _ => return Err(bad("attachment name and flags disagree")),
-            };
-            if is_buffer && flags & ATTACH_RO == 0 {
-                return Err(bad("a writable buffer handle"));
-            }
-            let access = if flags & ATTACH_RO != 0 { Access::ReadOnly } else { Access::ReadWrite };
-            handover::duplicate_out_of(&self.peer, value, len, access, name).map_err(io::Error::from)
+        let take = |a: &envelope::Attachment| -> io::Result<Section> {
+            let access = if a.read_only { Access::ReadOnly } else { Access::ReadWrite };
+            handover::duplicate_out_of(&self.peer, a.value, a.len, access, a.name.as_deref()).map_err(io::Error::from)
         };
         let pulled = (|| -> io::Result<(Option<Section>, Vec<Section>)> {
-            let buf = if buffer { Some(take(true)?) } else { None };
-            let secs = (0..sections).map(|_| take(false)).collect::<io::Result<Vec<_>>>()?;
+            let (_, list) =
+                envelope::parse_attachments(inline, buffer, sections).map_err(|e| bad(format!("attachment: {e}")))?;
+            let mut list = list.iter();
+            let buf = if buffer { Some(take(list.next().expect("parsed"))?) } else { None };
+            let secs = list.map(take).collect::<io::Result<Vec<_>>>()?;
             Ok((buf, secs))
         })();
         // Pulled (or failed for good): the peer may close what it kept for us
@@ -814,11 +768,7 @@ impl Link {
             // A sender that dropped its end may linger for this.
             Side::Receiver => set_event(&self.wake),
         }
-        let pulled = pulled?;
-        if !r.0.is_empty() {
-            return Err(bad("stray bytes after the attachments"));
-        }
-        Ok(pulled)
+        pulled
     }
 
     /// A payload too large for the pool, in a section of its own. Windows
@@ -1102,15 +1052,9 @@ impl Drop for Pushed<'_> {
 /// the real sender gets nothing: its set-up fails.
 fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
     let pid = window_pid(sender);
-    let mut r = In(data);
-    let parsed = (|| -> Result<(u32, u32, u64), String> {
-        r.take(4)?;
-        let (protocol, wait, _zero, nonce) = (r.u32()?, r.u32()?, r.u32()?, r.u64()?);
-        Ok((protocol, wait, nonce))
-    })();
-    let (protocol, wait_code, nonce) = match parsed {
-        Ok(p) if data.len() == HELLO_LEN => p,
-        _ => {
+    let (protocol, wait_code, nonce) = match envelope::parse_hello(data) {
+        Ok(h) => (h.protocol, h.wait, h.nonce),
+        Err(_) => {
             log::warn!("mailbox {}: dropped a malformed hello from pid {pid}", state.name);
             return 0;
         }
@@ -1478,36 +1422,28 @@ unsafe extern "system" fn sender_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lpar
 /// for this set-up; anything else returns 0 and adopts nothing (the
 /// receiver then closes what it pushed).
 fn take_answer(pending: &mut Pending, from: HWND, data: &[u8]) -> LRESULT {
-    let mut r = In(data);
-    let head = (|| -> Result<_, String> {
-        r.take(4)?;
-        Ok((r.u32()?, r.u32()?, r.u32()?, r.u64()?, r.u64()?, r.u32()?, r.u32()?))
-    })();
-    let Ok((status, protocol, bells, nonce, max_payload, pid, _zero)) = head else { return 0 };
-    if nonce != pending.nonce || from as usize != pending.target || pending.outcome.is_some() {
+    let Ok(head) = envelope::parse_answer(data) else { return 0 };
+    if head.nonce != pending.nonce || from as usize != pending.target || pending.outcome.is_some() {
         return 0;
     }
-    if status != STATUS_OK {
-        let reason = String::from_utf8_lossy(&r.0[..r.0.len().min(MAX_REASON)]).into_owned();
-        pending.outcome = Some(Err((status, reason)));
+    if head.status != STATUS_OK {
+        pending.outcome = Some(Err((head.status, envelope::reason(&head))));
         return 0;
     }
     let mut broken = |reason: String| {
         pending.outcome = Some(Err((STATUS_BROKEN, reason)));
         0
     };
-    if protocol != PROTOCOL {
-        return broken(format!("an answer of protocol {protocol}"));
+    if head.protocol != PROTOCOL {
+        return broken(format!("an answer of protocol {}", head.protocol));
     }
-    if bells == 0 || bells as usize > MAX_WORKERS || r.0.len() != 24 + 8 * bells as usize {
-        return broken(format!("an answer of {} bytes for {bells} doorbells", data.len()));
-    }
+    let values = match envelope::answer_values(&head) {
+        Ok(v) => v,
+        Err(reason) => return broken(reason),
+    };
+    let (pid, max_payload) = (head.pid, head.max_payload);
     if pid != pending.pid {
         return broken(format!("the answer names pid {pid}, the mailbox's window belongs to {}", pending.pid));
-    }
-    let values: Vec<u64> = (0..3 + bells).map(|_| r.u64().expect("length checked")).collect();
-    if !values.iter().all(|&v| plausible_handle(v)) {
-        return broken("the answer names impossible handle values".into());
     }
     // The receiver is alive (it waits for this answer to return), so its pid
     // names it.
