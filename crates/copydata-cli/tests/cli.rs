@@ -737,3 +737,48 @@ fn another_users_section_is_refused_by_the_cli() {
     assert_eq!((out.code, out.stdout), (0, b"ATTACKERDATA".to_vec()));
     std::fs::remove_file(&path).unwrap();
 }
+
+/// Mailboxes serve their own user unless told otherwise: `listen
+/// --allow-uid` lets another user in, who sends with `--owner`; users not
+/// named are refused. Needs root (to send as `nobody`).
+#[cfg(target_os = "linux")]
+#[test]
+fn another_user_sends_only_when_allowed() {
+    use std::os::unix::process::CommandExt as _;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let me = rustix::process::getuid().as_raw().to_string();
+    let as_nobody = |args: &[&str]| {
+        let out = copydata()
+            .args(args)
+            .env("COPYDATA_RUNTIME_DIR", std::env::temp_dir().join(unique("nobody-rt")))
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let name = unique("invited");
+    let listener = Listener::start(&[&name, "--allow-uid", "65534", "--count", "1", "--echo"]);
+    let (code, out, err) = as_nobody(&["send", &name, "--owner", &me, "--timeout", "10s", "from nobody"]);
+    assert_eq!((code, out.as_str()), (0, "code 0\nfrom nobody"), "{err}");
+    assert!(listener.line().contains("uid=65534"));
+    assert_eq!(listener.wait(), 0);
+    // Not allowed: refused (7).
+    let name = unique("not-invited");
+    let _other = Listener::start(&[&name, "--allow-uid", "12345"]);
+    let (code, _, err) = as_nobody(&["send", &name, "--owner", &me, "--timeout", "10s", "x"]);
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("does not accept uid 65534"), "{err}");
+    // No opt-in at all: there is no way in (no such mailbox, 3).
+    let name = unique("private");
+    let _private = Listener::start(&[&name]);
+    let (code, _, err) = as_nobody(&["send", &name, "--owner", &me, "--timeout", "10s", "x"]);
+    assert_eq!(code, 3, "{err}");
+}

@@ -429,6 +429,7 @@ pub struct MailboxOptions {
     max_payload: u64,
     handler_threads: usize,
     max_connections: usize,
+    allowed_uids: Vec<u32>,
 }
 
 /// How many senders may be connected to a mailbox at once unless told
@@ -441,6 +442,7 @@ impl Default for MailboxOptions {
             max_payload: DEFAULT_MAX_PAYLOAD,
             handler_threads: 1,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            allowed_uids: Vec::new(),
         }
     }
 }
@@ -476,6 +478,26 @@ impl MailboxOptions {
     pub fn max_connections(mut self, connections: usize) -> MailboxOptions {
         self.max_connections = connections.max(1);
         self
+    }
+
+    /// Linux: also accept senders of the user `uid` (repeatable; by default
+    /// a mailbox serves its own user only). The mailbox then listens, besides
+    /// its private socket, on the abstract socket `copydata/OWNER-UID/...`,
+    /// which senders of other users reach with
+    /// [`SenderOptions::owner`]; every connection's user is checked
+    /// (`SO_PEERCRED`) and shown in [`Peer::uid`]. The users allowed can
+    /// send this mailbox anything, as large as it accepts. Ignored on
+    /// Windows, where mailboxes are per login session.
+    pub fn allow_uid(mut self, uid: u32) -> MailboxOptions {
+        if !self.allowed_uids.contains(&uid) {
+            self.allowed_uids.push(uid);
+        }
+        self
+    }
+
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(crate) fn allowed_uids(&self) -> &[u32] {
+        &self.allowed_uids
     }
 
     pub(crate) fn max(&self) -> u64 {
@@ -673,6 +695,7 @@ impl Drop for Server {
 pub struct SenderOptions {
     wait: Wait,
     connect_timeout: Option<Duration>,
+    owner: Option<u32>,
 }
 
 impl SenderOptions {
@@ -685,6 +708,16 @@ impl SenderOptions {
     /// How both sides of the connection wait for each other.
     pub fn wait(mut self, wait: Wait) -> SenderOptions {
         self.wait = wait;
+        self
+    }
+
+    /// Linux: the mailbox belongs to the user `uid`, who allowed this user
+    /// in ([`MailboxOptions::allow_uid`]). The connection is refused
+    /// ([`SendError::Refused`]) unless the process listening there really
+    /// runs as `uid` (checked with `SO_PEERCRED`), so another user cannot
+    /// pose as the mailbox. Ignored on Windows.
+    pub fn owner(mut self, uid: u32) -> SenderOptions {
+        self.owner = Some(uid);
         self
     }
 
@@ -758,13 +791,14 @@ impl Sender {
             Some(d) => d.min(Instant::now() + self.options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)),
             None => Instant::now() + self.options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         };
-        let (link, max) = sys::mailbox::connect(&self.name, self.options.wait, setup).map_err(|e| match e {
-            SendError::TimedOut { name, .. } => SendError::TimedOut {
-                name,
-                timeout: timeout.or(self.options.connect_timeout).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-            },
-            other => other,
-        })?;
+        let (link, max) =
+            sys::mailbox::connect(&self.name, self.options.wait, setup, self.options.owner).map_err(|e| match e {
+                SendError::TimedOut { name, .. } => SendError::TimedOut {
+                    name,
+                    timeout: timeout.or(self.options.connect_timeout).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+                },
+                other => other,
+            })?;
         Ok(Client::new(link, self.options.wait, max))
     }
 

@@ -1330,3 +1330,49 @@ fn a_sender_that_never_reads_its_replies_holds_up_nobody() {
     assert_dropped(&hostile.sock, "a sender that never reads its replies");
     stop_server(kid, &name);
 }
+
+/// The abstract address where a mailbox of user OWNER that accepts other
+/// users listens (sys/linux/mailbox/runtime.rs: FNV-1a of the name, two
+/// bases).
+#[cfg(target_os = "linux")]
+fn shared_address(owner: u32, name: &str) -> String {
+    let fnv = |basis: u64| name.bytes().fold(basis, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    format!("copydata/{owner}/m-{:016x}{:016x}", fnv(0xcbf2_9ce4_8422_2325), fnv(0x6c62_272e_07bb_0142))
+}
+
+/// Issue (finding 1): mailboxes get an explicit opt-in for other users.
+/// Their way in is an abstract socket anyone could bind first, so a sender
+/// checks that the listener runs as the owner it asked for; and a mailbox
+/// that lets other users in still refuses the ones it did not name.
+#[cfg(target_os = "linux")]
+#[test]
+fn other_users_come_in_only_by_invitation_and_only_to_the_real_owner() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    let me = rustix::process::getuid().as_raw();
+    // A squatter (this process) holds the address of uid 65534's mailbox.
+    let name = unique("squat-shared");
+    let addr = SocketAddr::from_abstract_name(shared_address(65534, &name).as_bytes()).unwrap();
+    let _squatter = UnixListener::bind_addr(&addr).unwrap();
+    match Sender::connect_with(&name, &copydata::SenderOptions::new().owner(65534)) {
+        Err(SendError::Refused { reason, .. }) => assert!(reason.contains(&format!("held by uid {me}")), "{reason}"),
+        other => panic!("a sender talked to a squatter: {other:?}"),
+    }
+    // A mailbox that lets uid 12345 in: reachable by its owner's address,
+    // and its own user still gets in that way too.
+    let name = unique("invite");
+    let server = Mailbox::bind_with(&name, &MailboxOptions::new().allow_uid(12345))
+        .unwrap()
+        .serve(|msg| Reply::code(i64::from(msg.sender().uid.unwrap_or(u32::MAX))));
+    let mut s = Sender::connect_with(&name, &copydata::SenderOptions::new().owner(me)).unwrap();
+    assert_eq!(s.send(1, b"").unwrap().code, i64::from(me));
+    // Another user's mailbox that does not exist.
+    assert!(matches!(
+        Sender::connect_with(&unique("nobodys"), &copydata::SenderOptions::new().owner(65534)),
+        Err(SendError::NoSuchMailbox { .. })
+    ));
+    // The same name bound twice with other users allowed: the second bind
+    // fails (the name is held), not the address.
+    assert!(Mailbox::bind_with(&name, &MailboxOptions::new().allow_uid(12345)).is_err());
+    drop(server);
+}

@@ -27,6 +27,10 @@ pub struct Args {
     /// One JSON object per message: tag, size, pid, uid, sha256, preview.
     #[arg(long)]
     json: bool,
+    /// Linux: also accept senders of this user (repeatable); they send with
+    /// `send --owner THIS-UID`.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uid: Vec<u32>,
 }
 
 /// The first bytes of a payload, printable: escapes for everything else.
@@ -69,7 +73,8 @@ fn describe(msg: &Message, json: bool) -> String {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mailbox = Mailbox::bind(&args.name)?;
+    let options = args.allow_uid.iter().fold(copydata::MailboxOptions::new(), |o, &uid| o.allow_uid(uid));
+    let mailbox = Mailbox::bind_with(&args.name, &options)?;
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     // Interrupted or terminated: unbind cleanly (the name is free at once).
     let _ = ctrlc::set_handler(move || {

@@ -33,6 +33,10 @@ pub struct Args {
     /// Post the message: one-way, no reply awaited (prints nothing).
     #[arg(long, conflicts_with_all = ["timeout", "out"])]
     post: bool,
+    /// Linux: the mailbox belongs to this user (who let this user in with
+    /// `listen --allow-uid`); refused unless its process runs as that user.
+    #[arg(long, value_name = "UID")]
+    owner: Option<u32>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -46,10 +50,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         (Some(data), None) => data.as_bytes().to_vec(),
         (None, None) => Vec::new(),
     };
-    let mut sender = match args.timeout {
-        Some(t) => Sender::connect_timeout(&args.name, t)?,
-        None => Sender::connect(&args.name)?,
-    };
+    let mut options = copydata::SenderOptions::new();
+    if let Some(t) = args.timeout {
+        options = options.connect_timeout(t);
+    }
+    if let Some(uid) = args.owner {
+        options = options.owner(uid);
+    }
+    let mut sender = Sender::connect_with(&args.name, &options)?;
     if args.post {
         sender.post(args.tag, &payload)?;
         return Ok(ExitCode::SUCCESS);

@@ -93,7 +93,12 @@ impl Mailbox {
     }
 }
 
-pub(crate) fn connect(_name: &Name, _wait: Wait, _deadline: Instant) -> Result<(Link, u64), SendError> {
+pub(crate) fn connect(
+    _name: &Name,
+    _wait: Wait,
+    _deadline: Instant,
+    _owner: Option<u32>,
+) -> Result<(Link, u64), SendError> {
     Err(SendError::Unsupported)
 }
 

@@ -1545,7 +1545,12 @@ fn hello(target: HWND, pid: u32, protocol: u32, wait_code: u32, ms: u32) -> io::
 
 /// Finds the mailbox `name` and sets up a connection with it. Returns the
 /// link and the receiver's payload limit.
-pub(crate) fn connect(name: &Name, wait: Wait, deadline: Instant) -> Result<(Link, u64), SendError> {
+pub(crate) fn connect(
+    name: &Name,
+    wait: Wait,
+    deadline: Instant,
+    _owner: Option<u32>,
+) -> Result<(Link, u64), SendError> {
     let shown = || name.to_string();
     let io = |source: io::Error| SendError::Io { name: shown(), source };
     let timed_out = || SendError::TimedOut { name: shown(), timeout: Duration::ZERO };
@@ -1685,7 +1690,7 @@ mod tests {
     }
 
     fn link_to(name: &Name) -> (Link, u64) {
-        connect(name, Wait::Park, Instant::now() + Duration::from_secs(30)).unwrap()
+        connect(name, Wait::Park, Instant::now() + Duration::from_secs(30), None).unwrap()
     }
 
     /// Attachment bytes as a peer would write them: a set number, then

@@ -328,6 +328,25 @@ impl Mailbox {
         let _ = std::fs::remove_file(&socket_path);
         let listener = UnixListener::bind(&socket_path).map_err(io)?;
         std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        // Other users allowed in: an abstract socket they can reach.
+        let shared = if options.allowed_uids().is_empty() {
+            None
+        } else {
+            use std::os::linux::net::SocketAddrExt;
+            let uid = rustix::process::getuid().as_raw();
+            let address = runtime::shared_address(uid, name);
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(address.as_bytes()).map_err(io)?;
+            Some(UnixListener::bind_addr(&addr).map_err(|e| {
+                if e.kind() == io::ErrorKind::AddrInUse {
+                    io(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("the shared address @{address} is taken by another process"),
+                    ))
+                } else {
+                    io(e)
+                }
+            })?)
+        };
         let bells = Bells::new().map_err(io)?;
         let dispatch = Arc::new(Dispatch::new(name.clone(), options.threads(), bells));
         let stop = Arc::new(rustix::event::eventfd(0, EventfdFlags::CLOEXEC).map_err(|e| io(e.into()))?);
@@ -338,6 +357,8 @@ impl Mailbox {
                 uid: rustix::process::getuid().as_raw(),
                 max_payload: options.max(),
                 max_conns: options.max_conns(),
+                allowed: options.allowed_uids().to_vec(),
+                shared,
                 dispatch,
                 listener,
                 stop,
@@ -379,6 +400,10 @@ struct Acceptor {
     uid: u32,
     max_payload: u64,
     max_conns: usize,
+    /// Other users this mailbox accepts ([`MailboxOptions::allow_uid`]).
+    allowed: Vec<u32>,
+    /// Their way in: the abstract socket, if any user is allowed.
+    shared: Option<UnixListener>,
     dispatch: Arc<Dispatch>,
     listener: UnixListener,
     stop: Arc<OwnedFd>,
@@ -388,9 +413,11 @@ struct Acceptor {
 impl Acceptor {
     fn run(mut self) {
         loop {
-            let mut fds = Vec::with_capacity(2 + self.conns.len());
+            let mut fds = Vec::with_capacity(3 + self.conns.len());
             fds.push(PollFd::new(&*self.stop, PollFlags::IN));
             fds.push(PollFd::new(&self.listener, PollFlags::IN));
+            // Always a third entry, so connections start at 3.
+            fds.push(PollFd::new(self.shared.as_ref().unwrap_or(&self.listener), PollFlags::IN));
             for (c, _) in &self.conns {
                 fds.push(PollFd::new(c.link().socket(), PollFlags::RDHUP));
             }
@@ -406,8 +433,9 @@ impl Acceptor {
                 return;
             }
             let listener_ready = !fds[1].revents().is_empty();
+            let shared_ready = self.shared.is_some() && !fds[2].revents().is_empty();
             let gone: Vec<usize> =
-                fds[2..].iter().enumerate().filter(|(_, f)| !f.revents().is_empty()).map(|(i, _)| i).collect();
+                fds[3..].iter().enumerate().filter(|(_, f)| !f.revents().is_empty()).map(|(i, _)| i).collect();
             drop(fds);
             for i in gone.into_iter().rev() {
                 // The worker delivers what the sender left in the ring (and
@@ -419,13 +447,20 @@ impl Acceptor {
                 self.dispatch.poke(conn.link().region().worker().load(Ordering::Acquire));
             }
             if listener_ready {
-                self.accept_one();
+                self.accept_one(false);
+            }
+            if shared_ready {
+                self.accept_one(true);
             }
         }
     }
 
-    fn accept_one(&mut self) {
-        let stream = match self.listener.accept() {
+    fn accept_one(&mut self, shared: bool) {
+        let listener = match (&self.shared, shared) {
+            (Some(l), true) => l,
+            _ => &self.listener,
+        };
+        let stream = match listener.accept() {
             Ok((s, _)) => s,
             Err(e) if e.raw_os_error() == Some(Errno::MFILE.raw_os_error()) => {
                 std::thread::sleep(Duration::from_millis(10));
@@ -470,9 +505,14 @@ impl Acceptor {
         if hello.magic != HELLO {
             return Err("not a copydata hello (bad magic)".into());
         }
-        if uid != self.uid {
+        if uid != self.uid && !self.allowed.contains(&uid) {
             log::warn!("mailbox {}: refused a connection from uid {uid} (pid {})", self.name, peer.pid);
-            let _ = Self::welcome(&stream, SETUP_REFUSED, "the mailbox accepts only its own user", &[], 0);
+            let reason = if self.allowed.is_empty() {
+                "the mailbox accepts only its own user".to_string()
+            } else {
+                format!("the mailbox does not accept uid {uid}")
+            };
+            let _ = Self::welcome(&stream, SETUP_REFUSED, &reason, &[], 0);
             return Ok(None);
         }
         let wait = Wait::from_code(hello.b0);
@@ -513,10 +553,35 @@ impl Link {
 
 /// Connects to the mailbox `name` and sets up the shared region. Returns
 /// the link and the receiver's payload limit.
-pub(crate) fn connect(name: &Name, wait: Wait, deadline: Instant) -> Result<(Link, u64), SendError> {
+pub(crate) fn connect(
+    name: &Name,
+    wait: Wait,
+    deadline: Instant,
+    owner: Option<u32>,
+) -> Result<(Link, u64), SendError> {
     let shown = || name.to_string();
     let io = |source: io::Error| SendError::Io { name: shown(), source };
     let timed_out = || SendError::TimedOut { name: shown(), timeout: Duration::ZERO };
+    let me = rustix::process::getuid().as_raw();
+    if let Some(owner) = owner.filter(|&o| o != me) {
+        // Another user's mailbox, at its abstract address: anyone could
+        // have bound that, so the listener's user is checked.
+        let address = runtime::shared_address(owner, name);
+        let addr = rustix::net::SocketAddrUnix::new_abstract_name(address.as_bytes()).map_err(|e| io(e.into()))?;
+        let sock = connect_until(&addr, deadline).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock => timed_out(),
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => SendError::NoSuchMailbox { name: shown() },
+            _ => io(e),
+        })?;
+        let cred = rustix::net::sockopt::socket_peercred(&sock).map_err(|e| io(e.into()))?;
+        if cred.uid.as_raw() != owner {
+            return Err(SendError::Refused {
+                name: shown(),
+                reason: format!("the address of uid {owner}'s mailbox is held by uid {}", cred.uid.as_raw()),
+            });
+        }
+        return set_up_connection(name, sock, wait, deadline);
+    }
     // A directory that is not safely ours could hold a planted mailbox:
     // refuse to send there.
     let dir = runtime::runtime_dir().map_err(|(path, reason)| SendError::Refused {
@@ -524,7 +589,8 @@ pub(crate) fn connect(name: &Name, wait: Wait, deadline: Instant) -> Result<(Lin
         reason: format!("runtime directory {path}: {reason}"),
     })?;
     let path = runtime::socket_path(&dir, name);
-    let sock = connect_until(&path, deadline).map_err(|e| match e.kind() {
+    let addr = rustix::net::SocketAddrUnix::new(&path).map_err(|e| io(e.into()))?;
+    let sock = connect_until(&addr, deadline).map_err(|e| match e.kind() {
         io::ErrorKind::WouldBlock => timed_out(),
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
             // A dead binder's files: remove them while we are here.
@@ -536,6 +602,15 @@ pub(crate) fn connect(name: &Name, wait: Wait, deadline: Instant) -> Result<(Lin
         }
         _ => io(e),
     })?;
+    set_up_connection(name, sock, wait, deadline)
+}
+
+/// The sender's side of the set-up, on a connected socket: the hello, then
+/// the welcome with the region and the doorbells.
+fn set_up_connection(name: &Name, sock: UnixStream, wait: Wait, deadline: Instant) -> Result<(Link, u64), SendError> {
+    let shown = || name.to_string();
+    let io = |source: io::Error| SendError::Io { name: shown(), source };
+    let timed_out = || SendError::TimedOut { name: shown(), timeout: Duration::ZERO };
     let left = deadline.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()).ok_or_else(timed_out)?;
     sock.set_read_timeout(Some(left)).map_err(io)?;
     sock.set_write_timeout(Some(left)).map_err(io)?;
@@ -593,12 +668,11 @@ pub(crate) fn connect(name: &Name, wait: Wait, deadline: Instant) -> Result<(Lin
     Ok((Link { region, sock, bells: Some(bells) }, h.word))
 }
 
-/// Connects to the socket at `path`, retrying while its backlog is full
+/// Connects to the socket at `addr`, retrying while its backlog is full
 /// (a stopped or swamped receiver) until `deadline`: a plain blocking
 /// `connect` would wait for ever there. `WouldBlock` when the time is up.
-fn connect_until(path: &std::path::Path, deadline: Instant) -> io::Result<UnixStream> {
-    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
-    let addr = SocketAddrUnix::new(path)?;
+fn connect_until(addr: &rustix::net::SocketAddrUnix, deadline: Instant) -> io::Result<UnixStream> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
     let mut pause = Duration::from_micros(100);
     loop {
         let fd = rustix::net::socket_with(
@@ -607,7 +681,7 @@ fn connect_until(path: &std::path::Path, deadline: Instant) -> io::Result<UnixSt
             SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
             None,
         )?;
-        match rustix::net::connect(&fd, &addr) {
+        match rustix::net::connect(&fd, addr) {
             Ok(()) => {
                 let stream = UnixStream::from(fd);
                 stream.set_nonblocking(false)?;

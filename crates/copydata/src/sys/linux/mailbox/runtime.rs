@@ -66,6 +66,17 @@ pub(crate) fn socket_path(dir: &Path, name: &Name) -> PathBuf {
     ))
 }
 
+/// The abstract socket address (no file: reachable by every user, so each
+/// side checks the other's uid) where a mailbox that accepts other users
+/// also listens: `copydata/OWNER-UID/m-HASH`.
+pub(crate) fn shared_address(owner: u32, name: &Name) -> String {
+    format!(
+        "copydata/{owner}/m-{:016x}{:016x}",
+        fnv1a(name.as_str(), 0xcbf2_9ce4_8422_2325),
+        fnv1a(name.as_str(), 0x6c62_272e_07bb_0142)
+    )
+}
+
 /// FNV-1a: stable across builds and processes (unlike std's hasher).
 fn fnv1a(s: &str, basis: u64) -> u64 {
     s.bytes().fold(basis, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
