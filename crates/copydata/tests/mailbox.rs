@@ -1182,6 +1182,42 @@ fn a_window_of_the_same_class_does_not_take_a_mailboxs_messages() {
     drop(server);
 }
 
+/// Issue (W4): the reply bytes of `send_to_window` were the first
+/// `WM_COPYDATA` that reached the sender's window while it waited, from
+/// anyone. A third program writing to it meanwhile is not taken for the
+/// answer now.
+#[cfg(windows)]
+#[test]
+fn a_third_program_cannot_answer_for_the_window_sent_to() {
+    use std::io::BufRead;
+    let Some(peer) = c_peer() else { return };
+    /// Ends the child even if the test fails half-way.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let class = unique("CopydataCPeerSlow");
+    let mut slow = KillOnDrop(run_c_peer(&peer, &["serve", &class, "1500"]));
+    let mut line = String::new();
+    std::io::BufReader::new(slow.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let sending = {
+        let class = class.clone();
+        std::thread::spawn(move || {
+            copydata::os::windows::send_to_window(Some(&class), None, 5, b"abc", Duration::from_secs(30))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let out = run_c_peer(&peer, &["inject", "copydata.sender", "forged answer"]).wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("injected "), "{out:?}");
+    let reply = sending.join().unwrap().unwrap();
+    assert_eq!((reply.code, &reply.data[..]), (1005, &b"C got 3 bytes"[..]));
+    drop(slow);
+}
+
 /// copydata sends to a plain window of a C program found by its class: the
 /// reply code is the `LRESULT`, the reply bytes what it sent back.
 #[cfg(windows)]

@@ -6,7 +6,10 @@
  *                              it TEXT with dwData = TAG; print "lresult N"
  *   peer post CLASS MSG        post message number MSG (and WM_QUIT) to the
  *                              window of CLASS; print "posted"
- *   peer serve CLASS           make a message-only window of CLASS; answer each
+ *   peer inject CLASS TEXT     send TEXT by WM_COPYDATA to every message-only
+ *                              window of CLASS (naming its own window in
+ *                              wParam); print "injected N"
+ *   peer serve CLASS [MS]      make a message-only window of CLASS; answer each
  *                              WM_COPYDATA with LRESULT 1000 + dwData and a
  *                              WM_COPYDATA back to the sender's window saying
  *                              "C got N bytes"; dwData 999 ends it
@@ -24,9 +27,13 @@ static wchar_t *widen(const char *s)
     return w;
 }
 
+static DWORD serve_delay_ms;
+
 static LRESULT CALLBACK serve_proc(HWND hwnd, UINT msg, WPARAM wp, LPARAM lp)
 {
     if (msg == WM_COPYDATA) {
+        if (serve_delay_ms)
+            Sleep(serve_delay_ms);
         COPYDATASTRUCT *in = (COPYDATASTRUCT *)lp;
         char text[64];
         COPYDATASTRUCT out;
@@ -91,8 +98,25 @@ int main(int argc, char **argv)
         printf("posted\n");
         return 0;
     }
-    if (argc == 3 && strcmp(argv[1], "serve") == 0) {
+    if (argc == 4 && strcmp(argv[1], "inject") == 0) {
+        HWND me = window(L"CopydataCPeerInjector", DefWindowProcW);
+        HWND to = NULL;
+        int n = 0;
+        COPYDATASTRUCT cds;
+        cds.dwData = 0;
+        cds.cbData = (DWORD)strlen(argv[3]);
+        cds.lpData = argv[3];
+        while ((to = FindWindowExW(HWND_MESSAGE, to, widen(argv[2]), NULL)) != NULL) {
+            SendMessageTimeoutW(to, WM_COPYDATA, (WPARAM)me, (LPARAM)&cds, SMTO_NORMAL, 2000, NULL);
+            n++;
+        }
+        printf("injected %d\n", n);
+        return 0;
+    }
+    if ((argc == 3 || argc == 4) && strcmp(argv[1], "serve") == 0) {
         MSG msg;
+        if (argc == 4)
+            serve_delay_ms = (DWORD)strtoul(argv[3], NULL, 10);
         if (!window(widen(argv[2]), serve_proc))
             return 1;
         printf("ready\n");
@@ -101,6 +125,6 @@ int main(int argc, char **argv)
             DispatchMessageW(&msg);
         return 0;
     }
-    fprintf(stderr, "usage: peer send CLASS TAG TEXT | peer post CLASS MSG | peer serve CLASS\n");
+    fprintf(stderr, "usage: peer send CLASS TAG TEXT | peer post CLASS MSG | peer inject CLASS TEXT | peer serve CLASS [MS]\n");
     return 2;
 }
