@@ -1182,6 +1182,31 @@ fn a_window_of_the_same_class_does_not_take_a_mailboxs_messages() {
     drop(server);
 }
 
+/// Issue (W5): a plain program whose reply window does not handle messages
+/// held the handler thread (and so every sender it serves) for 5 s per
+/// message while the reply bytes waited to be delivered. Now 2 s at most.
+#[cfg(windows)]
+#[test]
+fn a_plain_sender_that_does_not_take_its_reply_holds_up_others_briefly() {
+    let Some(peer) = c_peer() else { return };
+    let name = unique("cpeer-hung");
+    // Every message is answered with bytes (which go to the sender's window).
+    let server = Mailbox::bind(&name).unwrap().serve(|msg| Reply::new(7, msg.payload().to_vec()));
+    let mut good = Sender::connect(&name).unwrap();
+    assert_eq!(good.send(1, b"warm").unwrap().code, 7);
+    let hung = run_c_peer(&peer, &["send-hung", &format!("copydata.mailbox.{name}"), "reply to nobody"]);
+    std::thread::sleep(Duration::from_millis(300));
+    // The handler is busy delivering to the hung window now; the next
+    // message waits for it, boundedly.
+    let started = Instant::now();
+    assert_eq!(good.send_timeout(2, b"next", Duration::from_secs(30)).unwrap().code, 7);
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_millis(4000), "a sender waited {waited:?} behind a hung plain sender");
+    let out = hung.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "lresult 7");
+    drop(server);
+}
+
 /// Issue (W4): the reply bytes of `send_to_window` were the first
 /// `WM_COPYDATA` that reached the sender's window while it waited, from
 /// anyone. A third program writing to it meanwhile is not taken for the

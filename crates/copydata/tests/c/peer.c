@@ -9,6 +9,9 @@
  *   peer inject CLASS TEXT     send TEXT by WM_COPYDATA to every message-only
  *                              window of CLASS (naming its own window in
  *                              wParam); print "injected N"
+ *   peer send-hung CLASS TEXT  send TEXT to the window of CLASS from a second
+ *                              thread, naming in wParam a window whose thread
+ *                              never handles messages; print "lresult N"
  *   peer serve CLASS [MS]      make a message-only window of CLASS; answer each
  *                              WM_COPYDATA with LRESULT 1000 + dwData and a
  *                              WM_COPYDATA back to the sender's window saying
@@ -64,6 +67,26 @@ static HWND window(const wchar_t *cls, WNDPROC proc)
     return CreateWindowExW(0, cls, cls, 0, 0, 0, 0, 0, HWND_MESSAGE, NULL, wc.hInstance, NULL);
 }
 
+struct hung_send {
+    HWND to, from;
+    const char *text;
+    LRESULT result;
+    BOOL ok;
+};
+
+static DWORD WINAPI hung_sender(LPVOID arg)
+{
+    struct hung_send *h = arg;
+    COPYDATASTRUCT cds;
+    DWORD_PTR result = 0;
+    cds.dwData = 1;
+    cds.cbData = (DWORD)strlen(h->text);
+    cds.lpData = (void *)h->text;
+    h->ok = SendMessageTimeoutW(h->to, WM_COPYDATA, (WPARAM)h->from, (LPARAM)&cds, SMTO_NORMAL, 30000, &result) != 0;
+    h->result = (LRESULT)result;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 5 && strcmp(argv[1], "send") == 0) {
@@ -113,6 +136,27 @@ int main(int argc, char **argv)
         printf("injected %d\n", n);
         return 0;
     }
+    if (argc == 4 && strcmp(argv[1], "send-hung") == 0) {
+        /* This thread owns the reply window and never handles its messages
+           while the other thread sends. */
+        struct hung_send h;
+        HANDLE t;
+        h.from = window(L"CopydataCPeerHung", DefWindowProcW);
+        h.to = FindWindowExW(HWND_MESSAGE, NULL, widen(argv[2]), NULL);
+        h.text = argv[3];
+        if (!h.to) {
+            printf("no window\n");
+            return 3;
+        }
+        t = CreateThread(NULL, 0, hung_sender, &h, 0, NULL);
+        WaitForSingleObject(t, INFINITE);
+        if (!h.ok) {
+            printf("send failed %lu\n", GetLastError());
+            return 4;
+        }
+        printf("lresult %lld\n", (long long)h.result);
+        return 0;
+    }
     if ((argc == 3 || argc == 4) && strcmp(argv[1], "serve") == 0) {
         MSG msg;
         if (argc == 4)
@@ -125,6 +169,6 @@ int main(int argc, char **argv)
             DispatchMessageW(&msg);
         return 0;
     }
-    fprintf(stderr, "usage: peer send CLASS TAG TEXT | peer post CLASS MSG | peer inject CLASS TEXT | peer serve CLASS [MS]\n");
+    fprintf(stderr, "usage: peer send CLASS TAG TEXT | peer post CLASS MSG | peer inject CLASS TEXT | peer send-hung CLASS TEXT | peer serve CLASS [MS]\n");
     return 2;
 }
