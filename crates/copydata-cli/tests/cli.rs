@@ -31,8 +31,14 @@ impl Output {
 
 /// Runs copydata with `args`, feeding `stdin`, under a deadline.
 fn run_with(args: &[&str], stdin: &[u8]) -> Output {
+    run_in(args, stdin, &[])
+}
+
+/// [`run_with`] with extra environment variables.
+fn run_in(args: &[&str], stdin: &[u8], env: &[(&str, &std::ffi::OsStr)]) -> Output {
     let mut child = copydata()
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -625,31 +631,14 @@ fn demo_never_follows_a_symlink_planted_in_tmp() {
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 
-/// Runs copydata with `args` and extra environment, under the deadline.
+/// Runs copydata with `args` and extra environment, under the deadline;
+/// also says how long it took.
 #[cfg(target_os = "linux")]
 fn run_env(args: &[&str], env: &[(&str, &std::path::Path)]) -> (Output, Duration) {
-    let mut cmd = copydata();
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
     let started = Instant::now();
-    let mut child = cmd.spawn().unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let code = wait(&mut child, args);
-    let took = started.elapsed();
-    (Output { code, stdout: reader.join().unwrap(), stderr: err_reader.join().unwrap() }, took)
+    let out = run_in(args, b"", &env);
+    (out, started.elapsed())
 }
 
 /// A private runtime directory for one test (mode 0700), removed by the test.

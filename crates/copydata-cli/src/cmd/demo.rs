@@ -84,6 +84,19 @@ fn me() -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
+/// The first line `child` prints (its standard output piped), read on a
+/// thread of its own so that the caller can wait for it with a deadline.
+fn first_line(child: &mut Child) -> anyhow::Result<std::sync::mpsc::Receiver<String>> {
+    let stdout = child.stdout.take().context("child stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    Ok(rx)
+}
+
 /// Waits for `child` with a deadline; kills it if the deadline passes.
 fn wait(mut child: Child, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + CHILD_TIMEOUT;
@@ -243,13 +256,7 @@ impl Receiver {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("copydata-demo-{tag}-{}-{n}", std::process::id());
         let mut child = me()?.args(["mailbox", &name]).stdout(Stdio::piped()).spawn()?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
-            let _ = tx.send(line);
-        });
+        let rx = first_line(&mut child)?;
         let pid = child.id();
         let receiver = Receiver { child: Some(child), name };
         let line = rx.recv_timeout(CHILD_TIMEOUT).context("the receiver did not start")?;
@@ -543,13 +550,7 @@ fn shared_step() -> anyhow::Result<String> {
     let lock = format!("copydata-demo-lock-{me}");
     let mutex = Mutex::open_or_create(&lock)?;
     let mut holder = Command::new(&exe).args(["lock", &lock, "--hold"]).stdout(Stdio::piped()).spawn()?;
-    let stdout = holder.stdout.take().context("holder stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
-        let _ = tx.send(line);
-    });
+    let rx = first_line(&mut holder)?;
     let line = rx.recv_timeout(CHILD_TIMEOUT).unwrap_or_default();
     if line.trim() != "acquired" {
         let _ = holder.kill();
@@ -577,13 +578,7 @@ struct InstanceChild(Option<Child>);
 impl InstanceChild {
     fn start(app: &str) -> anyhow::Result<InstanceChild> {
         let mut child = me()?.args(["instance-primary", app]).stdout(Stdio::piped()).spawn()?;
-        let stdout = child.stdout.take().context("child stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
-            let _ = tx.send(line);
-        });
+        let rx = first_line(&mut child)?;
         let pid = child.id();
         let me = InstanceChild(Some(child));
         let line = rx.recv_timeout(CHILD_TIMEOUT).context("the primary did not start")?;
