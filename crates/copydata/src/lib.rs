@@ -63,6 +63,8 @@ pub mod os;
 mod section;
 pub mod sync;
 mod sys;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 mod view;
 
 pub use error::{

@@ -746,7 +746,7 @@ pub struct Sender {
     client: Option<Client>,
 }
 
-fn fail(name: &Name, timeout: Option<Duration>, f: Fail) -> SendError {
+pub(crate) fn fail(name: &Name, timeout: Option<Duration>, f: Fail) -> SendError {
     let name = name.to_string();
     match f {
         Fail::TimedOut => SendError::TimedOut { name, timeout: timeout.unwrap_or_default() },
@@ -787,19 +787,7 @@ impl Sender {
     }
 
     fn open(&self, deadline: Option<Instant>, timeout: Option<Duration>) -> Result<Client, SendError> {
-        let setup = match deadline {
-            Some(d) => d.min(Instant::now() + self.options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)),
-            None => Instant::now() + self.options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-        };
-        let (link, max) =
-            sys::mailbox::connect(&self.name, self.options.wait, setup, self.options.owner).map_err(|e| match e {
-                SendError::TimedOut { name, .. } => SendError::TimedOut {
-                    name,
-                    timeout: timeout.or(self.options.connect_timeout).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-                },
-                other => other,
-            })?;
-        Ok(Client::new(link, self.options.wait, max))
+        connect_client(&self.name, &self.options, deadline, timeout)
     }
 
     /// Runs `f` on the connection (made first if needed); drops the
@@ -942,6 +930,29 @@ impl Sender {
         }
         self.with_client(None, None, len as u64, |c| c.put(POST, tag, Body::Lent(buf, len), &[], true, None))
     }
+}
+
+/// Sets up a connection to `name`: bounded by the options' connect timeout
+/// and by `deadline` (the caller's whole budget, reported as `timeout`).
+pub(crate) fn connect_client(
+    name: &Name,
+    options: &SenderOptions,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+) -> Result<Client, SendError> {
+    let budget = options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let setup = match deadline {
+        Some(d) => d.min(Instant::now() + budget),
+        None => Instant::now() + budget,
+    };
+    let (link, max) = sys::mailbox::connect(name, options.wait, setup, options.owner).map_err(|e| match e {
+        SendError::TimedOut { name, .. } => SendError::TimedOut {
+            name,
+            timeout: timeout.or(options.connect_timeout).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        },
+        other => other,
+    })?;
+    Ok(Client::new(link, options.wait, max))
 }
 
 /// Sends a message to the mailbox `name` and waits for the reply

@@ -84,8 +84,8 @@ fn envelope_seeds() -> Vec<Vec<u8>> {
         u64s.iter().for_each(|w| v.extend_from_slice(&w.to_le_bytes()));
         v
     };
-    let hello = words(b"CDH2", &[2, 0, 0], &[0x1234_5678]);
-    let mut answer = words(b"CDA2", &[0, 2, 1], &[0x1234_5678, 4 << 30]);
+    let hello = words(b"CDH2", &[3, 0, 0], &[0x1234_5678]);
+    let mut answer = words(b"CDA2", &[0, 3, 1], &[0x1234_5678, 4 << 30]);
     answer.extend_from_slice(&[9, 0, 0, 0, 0, 0, 0, 0]);
     for v in [4u64, 8, 12, 16] {
         answer.extend_from_slice(&v.to_le_bytes());

@@ -552,10 +552,10 @@ mod raw {
         pub fn set_up(path: &std::path::Path) -> Raw {
             let mut sock = UnixStream::connect(path).unwrap();
             sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            sock.write_all(&frame(b"CDH2", 0, 0, 2, 0, 0)).unwrap();
+            sock.write_all(&frame(b"CDH2", 0, 0, 3, 0, 0)).unwrap();
             let (h, fds) = recv_frame(&sock).expect("a welcome");
-            assert_eq!((&h[..4], h[4], le(&h, 8), le(&h, 24)), (&b"CDA2"[..], 0, 2, 0), "the welcome");
-            assert_eq!(fds.len(), 2, "the welcome's descriptors");
+            assert_eq!((&h[..4], h[4], le(&h, 8), le(&h, 24)), (&b"CDA2"[..], 0, 3, 0), "the welcome");
+            assert_eq!(fds.len(), 3, "the welcome's descriptors (region, doorbells, readiness)");
             let (region, bells) = (Map::new(&fds[0]), Map::new(&fds[1]));
             assert!(region.len >= REP_DATA + (64 << 10), "a region of {} bytes", region.len);
             assert_eq!(&region.read(0, 8)[..], b"CDREGN02", "the region's magic");
@@ -693,10 +693,11 @@ fn garbage_on_the_socket_is_rejected_and_others_are_served() {
     // Hellos the mailbox cannot serve: an "incompatible" welcome, then the end.
     for (what, wait, protocol) in [
         ("protocol 1 hello", 0, 1),
-        ("protocol 3 hello", 0, 3),
+        ("protocol 2 hello", 0, 2),
+        ("protocol 4 hello", 0, 4),
         ("protocol 2^64-1 hello", 0, u64::MAX),
-        ("wait mode 2", 2, 2),
-        ("wait mode 255", 255, 2),
+        ("wait mode 2", 2, 3),
+        ("wait mode 255", 255, 3),
     ] {
         let mut raw = UnixStream::connect(&path).unwrap();
         raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -998,21 +999,22 @@ fn a_parked_sender_finds_a_reply_that_came_without_a_wake_up() {
     sock.set_nonblocking(false).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let (hello, _) = recv_frame(&sock).expect("a hello");
-    assert_eq!((&hello[..4], hello[4], le(&hello, 8)), (&b"CDH2"[..], 1, 2), "the hello of a park-mode sender");
+    assert_eq!((&hello[..4], hello[4], le(&hello, 8)), (&b"CDH2"[..], 1, 3), "the hello of a park-mode sender");
     // The region: its header (magic, protocol, ring sizes, buffer slots), the
-    // rest zero; and the doorbells.
+    // rest zero; the doorbells; and the readiness handle (an eventfd).
     let (region_fd, bells_fd) = (memfd(REGION_LEN), memfd(BELLS_LEN));
+    let notify_fd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
     let region = Map::new(&region_fd);
     let mut head = b"CDREGN02".to_vec();
-    for v in [2u32, REQ_CAP as u32, REP_CAP as u32, 64] {
+    for v in [3u32, REQ_CAP as u32, REP_CAP as u32, 64] {
         head.extend_from_slice(&v.to_ne_bytes());
     }
     region.write(0, &head);
-    let fds = [region_fd.as_fd(), bells_fd.as_fd()];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let fds = [region_fd.as_fd(), bells_fd.as_fd(), notify_fd.as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
-    let welcome = frame(b"CDA2", 0, 0, 2, 1 << 20, 0);
+    let welcome = frame(b"CDA2", 0, 0, 3, 1 << 20, 0);
     rustix::net::sendmsg(&sock, &[IoSlice::new(&welcome)], &mut control, SendFlags::NOSIGNAL).unwrap();
     // The call arrives at request position 0, by the book.
     until("the call", || region.u64_at(REQ_DATA).load(Ordering::Acquire) == 1);

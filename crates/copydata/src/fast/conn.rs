@@ -28,7 +28,7 @@ use std::time::Instant;
 use super::pool::{BUF_LOAN, BUF_NEW, BUF_ONESHOT, BUF_STREAM, BufRef, Lend, Lent, ONESHOT, PeerBuffers, Pool};
 use super::region::{REP_CAP, REQ_CAP, ReleaseWord, SLOTS, Side};
 use super::ring::{Consumer, Corrupt, Producer, Rec, RingPtr, max_inline, pack_flags, record_size, user_flags};
-use super::{Bell, INLINE_MAX, Park, Wait, spin};
+use super::{Bell, INLINE_MAX, PARKED, Park, Wait, spin};
 use crate::mailbox::{Message, Payload, Peer, Reply};
 use crate::section::Section;
 use crate::sys::mailbox::Link;
@@ -318,7 +318,7 @@ impl Client {
         };
         loop {
             let seen = word.load(Ordering::Acquire);
-            flag.store(1, Ordering::SeqCst);
+            flag.store(PARKED, Ordering::SeqCst);
             std::sync::atomic::fence(Ordering::SeqCst);
             let found = check(self);
             if !matches!(found, Ok(None)) {
@@ -650,6 +650,33 @@ impl Client {
     /// Waits for the reply to the outstanding call.
     pub(crate) fn reply(&mut self, deadline: Option<Instant>) -> Result<Reply, Fail> {
         self.wait_for(Bell::Reply, deadline, |c| c.take_reply())
+    }
+
+    /// The reply to the outstanding call, if it is there (never waits).
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn try_reply(&mut self) -> Result<Option<Reply>, Fail> {
+        self.take_reply()
+    }
+
+    #[cfg(all(feature = "tokio", target_os = "linux"))]
+    pub(crate) fn link(&self) -> &Link {
+        &self.link
+    }
+
+    /// Raises (`PARKED_ASYNC`) or lowers (0) this side's parked flag for
+    /// `bell` for a wait outside the library (an async runtime watching the
+    /// connection's readiness handle). Raising is a full barrier: a record
+    /// published after it makes the receiver signal the handle, one
+    /// published before it is seen by the caller's next look.
+    #[cfg(all(feature = "tokio", target_os = "linux"))]
+    pub(crate) fn set_parked(&self, bell: Bell, value: u32) {
+        let ring = match bell {
+            Bell::Reply => *self.rep.ring(),
+            _ => *self.req.ring(),
+        };
+        let flag = if bell == Bell::Reply { ring.cons_parked() } else { ring.prod_parked() };
+        flag.store(value, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     fn take_reply(&mut self) -> Result<Option<Reply>, Fail> {

@@ -75,6 +75,15 @@ impl Wait {
     }
 }
 
+/// The value of a parked flag (a ring's `cons_parked` / `prod_parked`) for
+/// a side that sleeps in the kernel (a futex or an event).
+pub(crate) const PARKED: u32 = 1;
+/// The value of a parked flag for a sender waiting in an async runtime: the
+/// receiver also signals the connection's readiness handle (Linux: an
+/// eventfd the runtime's reactor watches).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) const PARKED_ASYNC: u32 = 2;
+
 /// How long a side spins before it parks: about the cost of one wake-up.
 pub(crate) const SPIN: Duration = Duration::from_micros(50);
 /// After this much spinning, a spinner yields its CPU now and then.

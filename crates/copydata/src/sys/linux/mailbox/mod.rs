@@ -12,7 +12,9 @@
 //! connection's region (a memfd sealed against shrinking and growing, so no
 //! side can truncate it under the other) and sends it back with
 //! `SCM_RIGHTS`, together with the mailbox's doorbells (one futex word per
-//! handler thread). After that the socket carries only descriptors that go
+//! handler thread) and the connection's readiness handle (an eventfd the
+//! receiver signals when a sender waiting from an async runtime has parked,
+//! see [`crate::fast::PARKED_ASYNC`]). After that the socket carries only descriptors that go
 //! with a message (new pool buffers, sections), and its hang-up tells each
 //! side that the other is gone: the receiver's acceptor thread polls every
 //! connection for it; a parked sender looks every [`SLICE`].
@@ -46,7 +48,7 @@ use crate::fast::conn::ServerConn;
 use crate::fast::region::{PROTOCOL, Region};
 use crate::fast::ring::LINE;
 use crate::fast::serve::{Dispatch, MAX_WORKERS};
-use crate::fast::{Bell, Park, Wait};
+use crate::fast::{Bell, PARKED_ASYNC, Park, Wait};
 use crate::mailbox::{MailboxInfo, MailboxOptions, Peer, Reply};
 use crate::name::Name;
 use crate::section::Section;
@@ -147,6 +149,9 @@ pub(crate) struct Link {
     region: Region,
     sock: UnixStream,
     bells: Option<ViewMut>,
+    /// The readiness handle: an eventfd the receiver made (non-blocking),
+    /// written when the sender waits from an async runtime.
+    notify: OwnedFd,
 }
 
 impl Link {
@@ -170,10 +175,40 @@ impl Link {
         if let Some(word) = self.word(bell) {
             ring_word(word);
         }
+        // The receiving side (no doorbells): a sender parked in an async
+        // runtime watches the readiness handle, not the futex. Only then is
+        // it written, so the fast path does not pay for it.
+        if self.bells.is_none() {
+            let ring = match bell {
+                Bell::Reply => self.region.replies(),
+                Bell::Space => self.region.requests(),
+                Bell::Request => return,
+            };
+            let flag = if bell == Bell::Reply { ring.cons_parked() } else { ring.prod_parked() };
+            if flag.load(Ordering::SeqCst) == PARKED_ASYNC {
+                // Non-blocking: a counter already near its maximum (never
+                // drained) fails with EAGAIN, which is still "readable".
+                let _ = rustix::io::write(&self.notify, &1u64.to_ne_bytes());
+            }
+        }
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    /// The descriptors an async runtime watches for the sending side: the
+    /// readiness handle, and the socket (readable on hang-up).
+    pub(crate) fn readiness(&self) -> (BorrowedFd<'_>, BorrowedFd<'_>) {
+        (self.notify.as_fd(), self.sock.as_fd())
+    }
+
+    /// Resets the readiness handle after a wake-up.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn drain_readiness(&self) {
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&self.notify, &mut buf);
     }
 
     /// Whether the peer still holds its end of the socket.
-    fn alive(&self) -> bool {
+    pub(crate) fn alive(&self) -> bool {
         let mut fds = [PollFd::new(&self.sock, PollFlags::RDHUP)];
         match rustix::event::poll(&mut fds, Some(&timespec(Duration::ZERO))) {
             Ok(0) => true,
@@ -534,10 +569,12 @@ impl Acceptor {
         let region = Region::create(w).map_err(|e| format!("creating the region: {e}"))?;
         let region_fd = region.section().inner().transfer_fd().map_err(|e| e.to_string())?;
         let bells_fd = self.dispatch.bells().section.inner().transfer_fd().map_err(|e| e.to_string())?;
-        Self::welcome(&stream, SETUP_OK, "", &[region_fd.as_fd(), bells_fd.as_fd()], self.max_payload)
-            .map_err(|e| format!("sending the region: {e}"))?;
+        let notify = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+            .map_err(|e| format!("creating the readiness handle: {e}"))?;
+        let fds = [region_fd.as_fd(), bells_fd.as_fd(), notify.as_fd()];
+        Self::welcome(&stream, SETUP_OK, "", &fds, self.max_payload).map_err(|e| format!("sending the region: {e}"))?;
         stream.set_read_timeout(None).map_err(|e| e.to_string())?;
-        let link = Link { region, sock: stream, bells: None };
+        let link = Link { region, sock: stream, bells: None, notify };
         let conn = Arc::new(ServerConn::new(link, peer, wait.expect("checked"), self.max_payload));
         Ok(Some((conn, w)))
     }
@@ -651,12 +688,16 @@ fn set_up_connection(name: &Name, sock: UnixStream, wait: Wait, deadline: Instan
         }
     }
     let bad = |reason: String| SendError::Protocol { name: shown(), reason };
-    if h.seq != u64::from(PROTOCOL) || fds.len() != 2 || h.len != 0 {
+    if h.seq != u64::from(PROTOCOL) || fds.len() != 3 || h.len != 0 {
         return Err(SendError::Incompatible { name: shown(), reason: format!("set-up of protocol {}", h.seq) });
     }
-    let bells_fd = fds.pop().expect("two descriptors");
+    let notify = fds.pop().expect("three descriptors");
+    if !is_eventfd(&notify) {
+        return Err(bad("the readiness handle is not an eventfd".into()));
+    }
+    let bells_fd = fds.pop().expect("three descriptors");
     let region =
-        sealed_section(fds.pop().expect("two descriptors"), "connection region").map_err(|e| bad(e.to_string()))?;
+        sealed_section(fds.pop().expect("three descriptors"), "connection region").map_err(|e| bad(e.to_string()))?;
     let region = Region::adopt(region).map_err(bad)?;
     let bells = sealed_section(bells_fd, "doorbell section").map_err(|e| bad(e.to_string()))?;
     if bells.len() != BELLS_LEN as u64 {
@@ -665,7 +706,15 @@ fn set_up_connection(name: &Name, sock: UnixStream, wait: Wait, deadline: Instan
     let bells = bells.map_mut(0, BELLS_LEN).map_err(|e| bad(format!("mapping the doorbells: {e}")))?;
     sock.set_read_timeout(None).map_err(io)?;
     sock.set_write_timeout(None).map_err(io)?;
-    Ok((Link { region, sock, bells: Some(bells) }, h.word))
+    Ok((Link { region, sock, bells: Some(bells), notify }, h.word))
+}
+
+/// Whether `fd` is an eventfd (what the kernel names it in `/proc`), so a
+/// receiver cannot hand a file or a pipe as the readiness handle.
+fn is_eventfd(fd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|target| target.as_os_str() == "anon_inode:[eventfd]")
 }
 
 /// Connects to the socket at `addr`, retrying while its backlog is full

@@ -1,0 +1,478 @@
+//! Mailboxes from async code, on the tokio runtime (cargo feature `tokio`).
+//!
+//! - [`AsyncSender`]: `send` and `post` as futures. No thread waits for a
+//!   pending call on Linux; cancelling is safe.
+//! - [`AsyncMailbox`]: a mailbox as a stream of [`Request`]s
+//!   ([`futures_core::Stream`], or [`AsyncMailbox::recv`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use copydata::tokio::{AsyncMailbox, AsyncSender};
+//! use copydata::{Mailbox, Reply};
+//!
+//! // The receiving side: every request arrives as a stream item.
+//! let mut inbox = AsyncMailbox::new(Mailbox::bind("echo")?)?;
+//! tokio::spawn(async move {
+//!     while let Some(request) = inbox.recv().await {
+//!         let answer = Reply::new(0, request.payload().to_vec());
+//!         let _ = request.reply(answer);
+//!     }
+//! });
+//!
+//! // The sending side, usually in another process.
+//! let mut sender = AsyncSender::connect("echo").await?;
+//! let reply = sender.send_timeout(1, b"ping", std::time::Duration::from_secs(2)).await?;
+//! assert_eq!(&reply.data[..], b"ping");
+//! # Ok(()) }
+//! ```
+//!
+//! # Implementation notes
+//!
+//! - **Sending, Linux**: a pending call waits in the runtime's reactor. Each
+//!   connection has a readiness handle, an eventfd the receiver creates and
+//!   hands over at set-up. A sender about to wait raises its parked flag in
+//!   the shared region with a distinct value; only for that value does the
+//!   receiver write the eventfd after queueing the reply, so the blocking
+//!   fast path pays nothing for it. The connection's socket is watched too:
+//!   its hang-up says the receiver died. A look every 100 ms guards against
+//!   a lost wake-up, as the blocking path's parked futex does.
+//! - **Sending, Windows**: a pending call waits on a thread of tokio's
+//!   blocking pool (one per connection at a time: a connection carries one
+//!   call at a time), on the connection's event objects; Windows has no
+//!   readiness a reactor can watch for them. A cancelled call's thread
+//!   notices within 100 ms and drops the connection.
+//! - **Set-up** (the first send of a sender, or [`AsyncSender::connect`])
+//!   is a short exchange on the socket, run on the blocking pool, bounded by
+//!   the connect timeout.
+//! - **Cancellation**: dropping a `send` future before it completes drops
+//!   its connection, exactly like a timeout of the blocking
+//!   [`Sender`](crate::Sender); the next call sets up a new one, so it can
+//!   never receive the reply meant for the abandoned call. A dropped `post`
+//!   future may or may not have queued its message.
+//! - **Receiving**: the handler side of a mailbox sleeps on doorbells in
+//!   shared memory (one futex word or event per handler thread, shared by
+//!   every connection), which no reactor can watch. [`AsyncMailbox`] runs
+//!   one thread per mailbox that takes requests out of shared memory and
+//!   hands them to the stream through a channel of one: never a thread per
+//!   request or per connection. Replying is non-blocking.
+//!
+//! Async waits do not spin: use the blocking [`Sender`](crate::Sender) from
+//! a dedicated thread where the last microseconds matter.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::{BindError, SendError};
+#[cfg(target_os = "linux")]
+use crate::fast::Bell;
+use crate::fast::conn::{Body, CALL, Client, Fail, POST};
+use crate::mailbox::{SenderOptions, connect_client, fail};
+use crate::name::Name;
+use crate::{Mailbox, Reply, Request, Section};
+
+/// How often a waiting call looks again without a wake-up (a safety net).
+const SLICE: Duration = Duration::from_millis(100);
+
+/// A connection to a mailbox for async code; the counterpart of
+/// [`Sender`](crate::Sender).
+///
+/// Messages sent through one `AsyncSender` are handled in order. After a
+/// timeout, an error or a cancelled call the connection is dropped and the
+/// next call makes a new one.
+#[derive(Debug)]
+pub struct AsyncSender {
+    name: Name,
+    options: SenderOptions,
+    conn: Option<Conn>,
+}
+
+impl AsyncSender {
+    /// Connects to the mailbox `name` (set-up bounded by
+    /// [`DEFAULT_CONNECT_TIMEOUT`](crate::DEFAULT_CONNECT_TIMEOUT)).
+    pub async fn connect(name: &str) -> Result<AsyncSender, SendError> {
+        Self::connect_with(name, &SenderOptions::default()).await
+    }
+
+    /// Connects to the mailbox `name` with options (the wait strategy
+    /// applies to the receiving side; an async sender never spins).
+    pub async fn connect_with(name: &str, options: &SenderOptions) -> Result<AsyncSender, SendError> {
+        let mut s = Self::unconnected(name, options)?;
+        s.conn = Some(s.open(None, None).await?);
+        Ok(s)
+    }
+
+    /// A sender that connects on its first call (a missing mailbox is
+    /// reported then).
+    pub fn unconnected(name: &str, options: &SenderOptions) -> Result<AsyncSender, SendError> {
+        let valid = Name::new(name).map_err(|reason| SendError::InvalidName { name: name.into(), reason })?;
+        Ok(AsyncSender { name: valid, options: options.clone(), conn: None })
+    }
+
+    async fn open(&self, deadline: Option<Instant>, timeout: Option<Duration>) -> Result<Conn, SendError> {
+        let (name, options) = (self.name.clone(), self.options.clone());
+        let client = ::tokio::task::spawn_blocking(move || connect_client(&name, &options, deadline, timeout))
+            .await
+            .map_err(|e| SendError::Io { name: self.name.to_string(), source: std::io::Error::other(e) })??;
+        Conn::new(client).map_err(|source| SendError::Io { name: self.name.to_string(), source })
+    }
+
+    /// Sends and waits for the reply, however long the handler takes (a
+    /// receiver that dies gives [`SendError::ReceiverDied`]).
+    #[doc(alias = "SendMessage")]
+    pub async fn send(&mut self, tag: u64, data: &[u8]) -> Result<Reply, SendError> {
+        self.call(tag, data, &[], None).await
+    }
+
+    /// Sends and waits at most `timeout` for the reply, set-up included.
+    #[doc(alias = "SendMessageTimeout")]
+    pub async fn send_timeout(&mut self, tag: u64, data: &[u8], timeout: Duration) -> Result<Reply, SendError> {
+        self.call(tag, data, &[], Some(timeout)).await
+    }
+
+    /// Sends with sections attached (they arrive as
+    /// [`Message::sections`](crate::Message::sections)); `timeout` as in
+    /// [`send_timeout`](Self::send_timeout), `None` to wait for as long as
+    /// the receiver lives.
+    pub async fn send_with_sections(
+        &mut self,
+        tag: u64,
+        data: &[u8],
+        sections: &[&Section],
+        timeout: Option<Duration>,
+    ) -> Result<Reply, SendError> {
+        self.call(tag, data, sections, timeout).await
+    }
+
+    /// Posts a notification: no reply is awaited (`PostMessage`). When the
+    /// receiver's queue is full the future waits for room.
+    #[doc(alias = "PostMessage")]
+    pub async fn post(&mut self, tag: u64, data: &[u8]) -> Result<(), SendError> {
+        let mut conn = match self.conn.take() {
+            Some(c) => c,
+            None => self.open(None, None).await?,
+        };
+        let result = conn.put(POST, tag, data, &[]).await;
+        self.settle(conn, result, None, data.len())
+    }
+
+    async fn call(
+        &mut self,
+        tag: u64,
+        data: &[u8],
+        sections: &[&Section],
+        timeout: Option<Duration>,
+    ) -> Result<Reply, SendError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let exchange = async {
+            let mut conn = match self.conn.take() {
+                Some(c) => c,
+                None => self.open(deadline, timeout).await?,
+            };
+            let result = match conn.put(CALL, tag, data, sections).await {
+                Ok(()) => conn.reply().await,
+                Err(e) => Err(e),
+            };
+            self.settle(conn, result, timeout, data.len())
+        };
+        match (timeout, deadline) {
+            (Some(t), Some(d)) => match ::tokio::time::timeout_at(d.into(), exchange).await {
+                Ok(result) => result,
+                // The exchange was dropped, and with it the connection.
+                Err(_) => Err(SendError::TimedOut { name: self.name.to_string(), timeout: t }),
+            },
+            _ => exchange.await,
+        }
+    }
+
+    /// Keeps the connection after a success or an error that leaves it
+    /// clean; drops it otherwise.
+    fn settle<T>(
+        &mut self,
+        conn: Conn,
+        result: Result<T, Fail>,
+        timeout: Option<Duration>,
+        size: usize,
+    ) -> Result<T, SendError> {
+        let name = || self.name.to_string();
+        match result {
+            Ok(t) => {
+                self.conn = Some(conn);
+                Ok(t)
+            }
+            Err(Fail::TooLarge { max }) => {
+                self.conn = Some(conn);
+                Err(SendError::PayloadTooLarge { name: name(), size: size as u64, max })
+            }
+            Err(Fail::Refused(reason)) => {
+                self.conn = Some(conn);
+                Err(SendError::Refused { name: name(), reason })
+            }
+            Err(other) => Err(fail(&self.name, timeout, other)),
+        }
+    }
+}
+
+/// Sends a message to the mailbox `name` and waits for the reply.
+#[doc(alias = "SendMessage")]
+pub async fn send(name: &str, tag: u64, data: &[u8]) -> Result<Reply, SendError> {
+    AsyncSender::unconnected(name, &SenderOptions::default())?.send(tag, data).await
+}
+
+/// Sends a message to the mailbox `name` and waits at most `timeout` for the
+/// reply, set-up included.
+#[doc(alias = "SendMessageTimeout")]
+pub async fn send_timeout(name: &str, tag: u64, data: &[u8], timeout: Duration) -> Result<Reply, SendError> {
+    AsyncSender::unconnected(name, &SenderOptions::new().connect_timeout(timeout))?
+        .send_timeout(tag, data, timeout)
+        .await
+}
+
+// ---------------------------------------------------------------- Linux
+
+/// One connection, watched by the runtime's reactor.
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+struct Conn {
+    client: Client,
+    /// A duplicate of the readiness handle (the eventfd).
+    notify: ::tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    /// A duplicate of the connection's socket, readable on hang-up.
+    hangup: ::tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+}
+
+#[cfg(target_os = "linux")]
+impl Conn {
+    fn new(client: Client) -> std::io::Result<Conn> {
+        use ::tokio::io::Interest;
+        use ::tokio::io::unix::AsyncFd;
+        if ::tokio::runtime::Handle::try_current().is_err() {
+            return Err(std::io::Error::other("copydata::tokio needs to run inside a tokio runtime"));
+        }
+        let (notify, sock) = client.link().readiness();
+        let (notify, sock) = (notify.try_clone_to_owned()?, sock.try_clone_to_owned()?);
+        // SAFETY:
+        // - each `OwnedFd` is a fresh duplicate owned by its `AsyncFd`: it
+        //   stays open on the same description until the `AsyncFd` drops,
+        //   and `as_raw_fd` always returns that descriptor;
+        // - a runtime is current (checked above).
+        let notify =
+            unsafe { AsyncFd::register_with_interest(notify, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+        // SAFETY: as above, for the socket's duplicate.
+        let hangup =
+            unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
+        Ok(Conn { client, notify, hangup })
+    }
+
+    /// Waits until the readiness handle or the socket says to look again, or
+    /// a slice has passed. `Err(PeerGone)` once the receiver has hung up.
+    async fn wait(&mut self, bell: Bell) -> Result<(), Fail> {
+        self.client.set_parked(bell, crate::fast::PARKED_ASYNC);
+        let woken = ::tokio::time::timeout(
+            SLICE,
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(Ok(mut g)) = self.notify.poll_read_ready(cx) {
+                    self.client.link().drain_readiness();
+                    g.clear_ready();
+                    return Poll::Ready(true);
+                }
+                if let Poll::Ready(Ok(mut g)) = self.hangup.poll_read_ready(cx) {
+                    g.clear_ready();
+                    return Poll::Ready(false);
+                }
+                Poll::Pending
+            }),
+        )
+        .await;
+        self.client.set_parked(bell, 0);
+        match woken {
+            Ok(true) => Ok(()),
+            _ if self.client.link().alive() => Ok(()),
+            _ => Err(Fail::PeerGone),
+        }
+    }
+
+    async fn put(&mut self, kind: u32, tag: u64, data: &[u8], sections: &[&Section]) -> Result<(), Fail> {
+        loop {
+            match self.client.put(kind, tag, Body::Bytes(data), sections, false, None) {
+                Err(Fail::Full) => {}
+                other => return other,
+            }
+            // Raise the flag, then look once more: room made after the flag
+            // is up signals the handle.
+            self.client.set_parked(Bell::Space, crate::fast::PARKED_ASYNC);
+            match self.client.put(kind, tag, Body::Bytes(data), sections, false, None) {
+                Err(Fail::Full) => self.wait(Bell::Space).await?,
+                other => {
+                    self.client.set_parked(Bell::Space, 0);
+                    return other;
+                }
+            }
+        }
+    }
+
+    async fn reply(&mut self) -> Result<Reply, Fail> {
+        loop {
+            if let Some(r) = self.client.try_reply()? {
+                return Ok(r);
+            }
+            self.client.set_parked(Bell::Reply, crate::fast::PARKED_ASYNC);
+            if let Some(r) = self.client.try_reply()? {
+                self.client.set_parked(Bell::Reply, 0);
+                return Ok(r);
+            }
+            if let Err(e) = self.wait(Bell::Reply).await {
+                // Whatever the receiver queued before it died still counts.
+                return self.client.try_reply()?.ok_or(e);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- elsewhere
+
+/// One connection; its waits run on the blocking pool.
+#[cfg(not(target_os = "linux"))]
+#[derive(Debug)]
+struct Conn {
+    client: Option<Client>,
+}
+
+#[cfg(not(target_os = "linux"))]
+impl Conn {
+    fn new(client: Client) -> std::io::Result<Conn> {
+        Ok(Conn { client: Some(client) })
+    }
+
+    fn client(&mut self) -> Result<&mut Client, Fail> {
+        self.client.as_mut().ok_or(Fail::PeerGone)
+    }
+
+    async fn put(&mut self, kind: u32, tag: u64, data: &[u8], sections: &[&Section]) -> Result<(), Fail> {
+        // Queueing never blocks with `block: false`; a full queue is waited
+        // out in growing steps (the receiver is busy: a millisecond or ten
+        // is not noticed).
+        let mut pause = Duration::from_micros(200);
+        loop {
+            match self.client()?.put(kind, tag, Body::Bytes(data), sections, false, None) {
+                Err(Fail::Full) => {
+                    ::tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn reply(&mut self) -> Result<Reply, Fail> {
+        if let Some(r) = self.client()?.try_reply()? {
+            return Ok(r);
+        }
+        let mut client = self.client.take().ok_or(Fail::PeerGone)?;
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Set when this future is dropped: the waiting thread gives up.
+        struct OnDrop(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for OnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _guard = OnDrop(cancel.clone());
+        let waited = ::tokio::task::spawn_blocking(move || {
+            let result = loop {
+                match client.reply(Some(Instant::now() + SLICE)) {
+                    Err(Fail::TimedOut) if !cancel.load(std::sync::atomic::Ordering::Relaxed) => continue,
+                    other => break other,
+                }
+            };
+            (client, result)
+        })
+        .await;
+        match waited {
+            Ok((client, result)) => {
+                self.client = Some(client);
+                result
+            }
+            Err(e) => Err(Fail::Io(std::io::Error::other(e))),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- receiving
+
+/// A mailbox as a stream of requests, for async code.
+///
+/// Made from a bound [`Mailbox`]; each item is a [`Request`] to answer with
+/// [`Request::reply`] (which does not block). Requests from one sender
+/// arrive in order, the next one after the previous one was answered.
+/// Dropping the stream unbinds the mailbox.
+#[derive(Debug)]
+pub struct AsyncMailbox {
+    name: String,
+    rx: Option<::tokio::sync::mpsc::Receiver<Request>>,
+    mailbox: Arc<Mailbox>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AsyncMailbox {
+    /// Starts handing the mailbox's requests to this stream (one thread per
+    /// mailbox takes them out of shared memory).
+    pub fn new(mailbox: Mailbox) -> Result<AsyncMailbox, BindError> {
+        let name = mailbox.name().to_string();
+        let mailbox = Arc::new(mailbox);
+        let (tx, rx) = ::tokio::sync::mpsc::channel(1);
+        let feeder = mailbox.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("copydata-async-{name}"))
+            .spawn(move || {
+                while let Ok(request) = feeder.recv() {
+                    // The stream is gone: the request is refused as it drops.
+                    if tx.blocking_send(request).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|source| BindError::Io { name: name.clone(), source })?;
+        Ok(AsyncMailbox { name, rx: Some(rx), mailbox, thread: Some(thread) })
+    }
+
+    /// Binds `name` and makes a stream of it.
+    pub fn bind(name: &str) -> Result<AsyncMailbox, BindError> {
+        AsyncMailbox::new(Mailbox::bind(name)?)
+    }
+
+    /// The mailbox's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The next request (`None` once the mailbox is closed).
+    pub async fn recv(&mut self) -> Option<Request> {
+        self.rx.as_mut()?.recv().await
+    }
+}
+
+impl futures_core::Stream for AsyncMailbox {
+    type Item = Request;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Request>> {
+        match self.get_mut().rx.as_mut() {
+            Some(rx) => rx.poll_recv(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+impl Drop for AsyncMailbox {
+    fn drop(&mut self) {
+        // Requests still queued are refused as they drop; the thread's next
+        // hand-over fails, and `close` ends its wait.
+        self.rx = None;
+        self.mailbox.close();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! `copydata::tokio`: async senders and mailboxes, across real processes.
+#![cfg(feature = "tokio")]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Kid, say, unique};
+use copydata::tokio::{AsyncMailbox, AsyncSender};
+use copydata::{Mailbox, Reply, SendError, Sender};
+
+#[test]
+fn child_entry() {
+    common::child_main(role);
+}
+
+/// The tag the echo child never answers.
+const HELD: u64 = 999;
+
+fn fail(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// The child roles.
+fn role(role: &str, args: &[String]) -> Result<(), String> {
+    match role {
+        // Serves `args[0]` (blocking API): echoes the payload with code =
+        // tag; a payload starting with "sleep:N" is answered after N ms; tag
+        // 9 is never answered (the message is held until the process ends).
+        "echo" => {
+            let mailbox = Mailbox::bind(&args[0]).map_err(fail)?;
+            say("ready", &std::process::id().to_string());
+            let mut held = Vec::new();
+            loop {
+                let request = mailbox.recv().map_err(fail)?;
+                if request.tag() == HELD {
+                    held.push(request);
+                    continue;
+                }
+                if let Some(ms) = std::str::from_utf8(request.payload()).ok().and_then(|s| s.strip_prefix("sleep:")) {
+                    let ms = ms.split(' ').next().unwrap_or_default();
+                    std::thread::sleep(Duration::from_millis(ms.parse().map_err(fail)?));
+                }
+                let reply = Reply::new(request.tag() as i64, request.payload().to_vec());
+                request.reply(reply).map_err(fail)?;
+            }
+        }
+        // Sends `args[1]` messages to `args[0]` with the blocking API and
+        // checks each answer.
+        "blocking-sender" => {
+            let n: u64 = args[1].parse().map_err(fail)?;
+            let mut sender = Sender::connect(&args[0]).map_err(fail)?;
+            for i in 0..n {
+                let data = format!("msg {i} from {}", std::process::id());
+                let reply = sender.send_timeout(i, data.as_bytes(), Duration::from_secs(20)).map_err(fail)?;
+                if reply.code != (i as i64) * 2 || reply.data[..] != *data.to_uppercase().as_bytes() {
+                    return Err(format!("reply {i}: code {} data {:?}", reply.code, reply.data));
+                }
+            }
+            say("done", &n.to_string());
+            Ok(())
+        }
+        other => Err(format!("unknown role {other}")),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+/// Runs `f` on a fresh runtime, failing the test if it takes over 60 s.
+fn within<F: std::future::Future<Output = ()>>(f: F) {
+    runtime().block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), f).await.expect("the test did not finish within 60 s")
+    });
+}
+
+fn echo_child() -> (Kid, String) {
+    let name = unique("async-echo");
+    let mut kid = Kid::spawn("echo", &[&name]);
+    kid.expect("ready");
+    (kid, name)
+}
+
+#[test]
+fn async_senders_talk_to_a_blocking_mailbox_in_another_process() {
+    let (_kid, name) = echo_child();
+    within(async {
+        // One sender, in sequence, with payloads inline and in buffers.
+        let mut sender = AsyncSender::connect(&name).await.unwrap();
+        for (i, len) in [0usize, 1, 64, 16 << 10, (16 << 10) + 1, 1 << 20, 9 << 20].into_iter().enumerate() {
+            let data = common::pattern(len, i as u64);
+            let reply = sender.send_timeout(i as u64, &data, Duration::from_secs(20)).await.unwrap();
+            assert_eq!((reply.code, reply.data.len()), (i as i64, len));
+            assert!(reply.data[..] == data[..], "payload of {len} bytes came back changed");
+        }
+        // Many senders at once, each on its own task: all answered, each
+        // with its own reply.
+        let mut tasks = Vec::new();
+        for t in 0..16u64 {
+            let name = name.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut s = AsyncSender::connect(&name).await.unwrap();
+                for i in 0..50u64 {
+                    let data = format!("task {t} msg {i}");
+                    let reply = s.send(t, data.as_bytes()).await.unwrap();
+                    assert_eq!((reply.code, &reply.data[..]), (t as i64, data.as_bytes()));
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // The one-shot helpers.
+        let reply = copydata::tokio::send_timeout(&name, 5, b"once", Duration::from_secs(10)).await.unwrap();
+        assert_eq!((reply.code, &reply.data[..]), (5, &b"once"[..]));
+        let reply = copydata::tokio::send(&name, 6, b"twice").await.unwrap();
+        assert_eq!((reply.code, &reply.data[..]), (6, &b"twice"[..]));
+    });
+}
+
+#[cfg(target_os = "linux")]
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Linux: pending calls wait in the reactor, not on threads.
+#[cfg(target_os = "linux")]
+#[test]
+fn pending_calls_do_not_take_a_thread_each() {
+    let (_kid, name) = echo_child();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        // Set-up runs on the blocking pool: connect first, then count.
+        let mut senders = Vec::new();
+        for _ in 0..40 {
+            senders.push(AsyncSender::connect(&name).await.unwrap());
+        }
+        // Let the blocking pool's set-up threads go idle and be counted.
+        let before = threads();
+        let started = Instant::now();
+        let calls: Vec<_> = senders
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut s)| {
+                tokio::spawn(async move {
+                    let data = format!("sleep:{}", 300 + i);
+                    s.send(1, data.as_bytes()).await.map(|r| r.code)
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let during = threads();
+        assert!(during <= before + 1, "{} threads while 40 calls were pending ({before} before)", during);
+        for c in calls {
+            assert_eq!(c.await.unwrap().unwrap(), 1);
+        }
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    });
+}
+
+#[test]
+fn a_cancelled_call_never_hands_its_reply_to_the_next_one() {
+    let (_kid, name) = echo_child();
+    within(async {
+        let mut sender = AsyncSender::connect(&name).await.unwrap();
+        for round in 0..5 {
+            // The first call is dropped while the receiver still works on it.
+            let slow = format!("sleep:300 round {round}");
+            let dropped = tokio::time::timeout(Duration::from_millis(50), sender.send(7, slow.as_bytes())).await;
+            assert!(dropped.is_err(), "the slow call answered within 50 ms");
+            // The next call gets its own answer, not the late one.
+            let fresh = format!("fresh {round}");
+            let reply = sender.send_timeout(8, fresh.as_bytes(), Duration::from_secs(10)).await.unwrap();
+            assert_eq!((reply.code, &reply.data[..]), (8, fresh.as_bytes()));
+        }
+        // The same through send_timeout's own deadline.
+        let started = Instant::now();
+        let err = sender.send_timeout(HELD, b"never answered", Duration::from_millis(200)).await.unwrap_err();
+        assert!(matches!(err, SendError::TimedOut { .. }), "{err:?}");
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        let reply = sender.send_timeout(3, b"after", Duration::from_secs(10)).await.unwrap();
+        assert_eq!((reply.code, &reply.data[..]), (3, &b"after"[..]));
+    });
+}
+
+#[test]
+fn a_receiver_killed_during_an_async_call_is_reported() {
+    let (kid, name) = echo_child();
+    within(async {
+        let mut sender = AsyncSender::connect(&name).await.unwrap();
+        let pending = tokio::spawn(async move {
+            let started = Instant::now();
+            (sender.send(HELD, b"held").await, started.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        kid.kill();
+        let (result, took) = pending.await.unwrap();
+        assert!(matches!(result, Err(SendError::ReceiverDied { .. })), "{result:?}");
+        assert!(took < Duration::from_secs(10), "the death was noticed after {took:?}");
+        // And a missing mailbox is an error, not a hang.
+        let err = copydata::tokio::send(&name, 1, b"x").await.unwrap_err();
+        assert!(matches!(err, SendError::NoSuchMailbox { .. }), "{err:?}");
+    });
+}
+
+#[test]
+fn async_posts_wait_for_room_and_all_arrive() {
+    let name = unique("async-post");
+    let mailbox = Mailbox::bind(&name).unwrap();
+    let seen = Arc::new(AtomicU32::new(0));
+    let count = seen.clone();
+    let server = mailbox.serve(move |m| {
+        // A slow consumer, so the queue fills up.
+        if m.tag() % 500 == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(m.tag(), u64::from(count.load(Ordering::Relaxed)), "posts arrive in order");
+        count.fetch_add(1, Ordering::Relaxed);
+        Reply::code(0)
+    });
+    within(async {
+        let mut sender = AsyncSender::connect(&name).await.unwrap();
+        let data = vec![7u8; 2000];
+        for i in 0..5000u64 {
+            sender.post(i, &data).await.unwrap();
+        }
+        // A call after the posts is answered after all of them.
+        sender.send_timeout(5000, b"", Duration::from_secs(30)).await.unwrap();
+    });
+    assert_eq!(seen.load(Ordering::Relaxed), 5001);
+    drop(server);
+}
+
+#[test]
+fn an_async_mailbox_serves_blocking_senders_in_other_processes() {
+    let name = unique("async-mailbox");
+    within(async {
+        let mut inbox = AsyncMailbox::bind(&name).unwrap();
+        assert_eq!(inbox.name(), name);
+        let kids: Vec<Kid> = (0..3).map(|_| Kid::spawn("blocking-sender", &[&name, "40"])).collect();
+        let mut answered = 0;
+        while answered < 120 {
+            let request = inbox.recv().await.expect("the mailbox is open");
+            let text = String::from_utf8(request.payload().to_vec()).unwrap();
+            let reply = Reply::new(request.tag() as i64 * 2, text.to_uppercase().into_bytes());
+            request.reply(reply).unwrap();
+            answered += 1;
+        }
+        for mut kid in kids {
+            assert_eq!(kid.expect("done"), "40");
+            kid.wait_ok();
+        }
+        // Dropping the stream unbinds the mailbox.
+        drop(inbox);
+        let err = copydata::tokio::send(&name, 1, b"x").await.unwrap_err();
+        assert!(matches!(err, SendError::NoSuchMailbox { .. }), "{err:?}");
+    });
+}
+
+#[test]
+fn an_async_mailbox_is_a_stream_and_answers_async_senders() {
+    use futures_core::Stream;
+    let name = unique("async-both");
+    within(async {
+        let inbox = AsyncMailbox::bind(&name).unwrap();
+        let server = tokio::spawn(async move {
+            let mut inbox = Box::pin(inbox);
+            let mut n = 0;
+            while let Some(request) = std::future::poll_fn(|cx| inbox.as_mut().poll_next(cx)).await {
+                let reply = Reply::new(request.tag() as i64 + 1, request.payload().to_vec());
+                request.reply(reply).unwrap();
+                n += 1;
+                if n == 100 {
+                    break;
+                }
+            }
+            n
+        });
+        let mut sender = AsyncSender::connect(&name).await.unwrap();
+        for i in 0..100u64 {
+            let reply = sender.send_timeout(i, &i.to_le_bytes(), Duration::from_secs(10)).await.unwrap();
+            assert_eq!((reply.code, &reply.data[..]), (i as i64 + 1, &i.to_le_bytes()[..]));
+        }
+        assert_eq!(server.await.unwrap(), 100);
+    });
+}
+
+#[test]
+fn async_errors_are_clear() {
+    within(async {
+        let err = AsyncSender::connect("bad/name").await.unwrap_err();
+        assert!(matches!(err, SendError::InvalidName { .. }), "{err:?}");
+        let err = AsyncSender::connect(&unique("nobody-here")).await.unwrap_err();
+        assert!(matches!(err, SendError::NoSuchMailbox { .. }), "{err:?}");
+    });
+}
