@@ -297,3 +297,43 @@ fn async_errors_are_clear() {
         assert!(matches!(err, SendError::NoSuchMailbox { .. }), "{err:?}");
     });
 }
+
+/// The example's path, if built; a missing example fails where the test
+/// script asks for it (`COPYDATA_REQUIRE_EXAMPLES`).
+fn example(name: &str) -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(std::env::var_os("COPYDATA_REQUIRE_EXAMPLES").is_none(), "example {name} not built: {}", path.display());
+    eprintln!("skipped: example {name} not built (cargo test --workspace --all-features builds it)");
+    None
+}
+
+#[test]
+fn the_async_echo_example_runs() {
+    let Some(path) = example("async_echo") else { return };
+    let mut child = std::process::Command::new(path).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the example did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    assert!(status.success(), "{status}: {out}");
+    for line in
+        ["client: hello -> HELLO (code 0)", "client: async -> ASYNC (code 1)", "client: copydata -> COPYDATA (code 2)"]
+    {
+        assert!(out.contains(line), "no {line:?} in {out:?}");
+    }
+    assert!(out.contains("server: client exited with"), "{out}");
+}
