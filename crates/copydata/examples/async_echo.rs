@@ -17,10 +17,10 @@ use copydata::tokio::{AsyncMailbox, AsyncSender};
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    if let [_, role, name] = &args[..] {
-        if role == "client" {
-            return client(name).await;
-        }
+    if let [_, role, name] = &args[..]
+        && role == "client"
+    {
+        return client(name).await;
     }
     // A name per run, so two runs do not meet.
     let name = format!("copydata-example-echo-{}", std::process::id());
