@@ -781,6 +781,16 @@ fn another_user_sends_only_when_allowed() {
     assert_eq!(code, 3, "{err}");
 }
 
+/// A copydata process stopped (SIGTERM, then reaped) when the test ends,
+/// even one that fails half-way.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        terminate(&mut self.0);
+    }
+}
+
 /// Runs copydata with `args` with RUST_LOG set to `rust_log` (or unset),
 /// so a RUST_LOG in the test's own environment changes nothing.
 fn run_logged(args: &[&str], rust_log: Option<&str>) -> Output {
@@ -916,14 +926,16 @@ fn listen_prints_utf8_payloads_as_text() {
 #[test]
 fn listen_raw_writes_the_payloads_unchanged() {
     let name = unique("raw");
-    let mut child = copydata()
-        .args(["listen", &name, "--count", "2", "--raw"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let mut child = Running(
+        copydata()
+            .args(["listen", &name, "--count", "2", "--raw"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = child.0.stdout.take().unwrap();
+    let stderr = child.0.stderr.take().unwrap();
     let (tx, rx) = channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -940,7 +952,7 @@ fn listen_raw_writes_the_payloads_unchanged() {
     let binary: Vec<u8> = (0..=255u8).chain(*b"\n\r\x00end").collect();
     assert_eq!(run_with(&["send", &name, "-"], &binary).code, 0);
     assert_eq!(run(&["send", &name, "café"]).code, 0);
-    assert_eq!(wait(&mut child, &["listen", "--raw"]), 0);
+    assert_eq!(wait(&mut child.0, &["listen", "--raw"]), 0);
     let mut want = binary;
     want.extend_from_slice("café".as_bytes());
     assert_eq!(reader.join().unwrap(), want);
@@ -1090,10 +1102,11 @@ fn a_dropped_connection_is_explained_unless_quiet() {
         if quiet {
             cmd.arg("-q");
         }
-        let mut child =
-            cmd.args(["listen", &name, "--count", "1"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut stderr = child.stderr.take().unwrap();
+        let mut child = Running(
+            cmd.args(["listen", &name, "--count", "1"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),
+        );
+        let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+        let mut stderr = child.0.stderr.take().unwrap();
         let errors = std::thread::spawn(move || {
             let mut s = String::new();
             let _ = stderr.read_to_string(&mut s);
@@ -1113,7 +1126,7 @@ fn a_dropped_connection_is_explained_unless_quiet() {
         // A real message after it ends the listener (--count 1).
         let env = [("COPYDATA_RUNTIME_DIR", dir.as_path())];
         assert_eq!(run_env(&["send", &name, "x"], &env).0.code, 0);
-        assert_eq!(wait(&mut child, &["listen"]), 0);
+        assert_eq!(wait(&mut child.0, &["listen"]), 0);
         let errors = errors.join().unwrap();
         if quiet {
             assert_eq!(errors, "");
