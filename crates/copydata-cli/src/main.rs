@@ -10,21 +10,47 @@ mod size;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use clap_verbosity_flag::{Verbosity, WarnLevel};
 
-/// Local inter-process communication in the Win32 tradition:
-/// WM_COPYDATA-style messages and shared-memory sections (file mappings), on
-/// Linux and Windows.
+/// Local IPC between processes, the Win32 way: messages and shared memory.
 ///
-/// Exit codes: 0 ok, 1 other error, 2 usage or invalid argument, 3 no such
-/// object, 4 timed out, 5 peer died, 6 already exists, 7 refused or
-/// permission denied.
+/// Messages go to named mailboxes, WM_COPYDATA-style: a tagged block of
+/// bytes, the sender blocked until the receiver replies or a timeout ends.
+/// Shared memory lives in sections (file mappings) that processes create,
+/// open by name and map at any offset. On Linux and Windows.
 #[derive(Parser, Debug)]
-#[command(name = "copydata", version, about, long_about = None, after_help = exit::HELP)]
+#[command(name = "copydata", version, after_help = exit::HELP, after_long_help = long_help())]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    // -v, -q: the level of diagnostics on stderr (see LONG_HELP).
+    #[command(flatten)]
+    verbosity: Verbosity<WarnLevel>,
 }
+
+/// The end of `--help` (`-h` shows the exit codes only).
+fn long_help() -> String {
+    format!("{LONG_HELP}{}", exit::HELP)
+}
+
+const LONG_HELP: &str = "\
+Sizes (--size, --offset, --len) are a whole number of bytes with an
+optional unit: kB, MB, GB, TB are powers of 1000 (1kB = 1000), KiB, MiB,
+GiB, TiB and a bare k, m, g, t powers of 1024 (1KiB = 1k = 1024); any case.
+
+Diagnostics go to stderr, warnings by default (such as why a mailbox
+dropped or refused a connection). -v adds information, -vv debugging
+detail, -vvv everything; -q leaves errors only, -qq nothing. RUST_LOG sets
+levels per module in env_logger's syntax (RUST_LOG=debug,
+RUST_LOG=copydata::cmd::send=debug); -v and -q, when given, set the
+default level over it.
+
+Shell completions: copydata completions bash|zsh|fish|powershell|elvish.
+Manual page: copydata man (roff on stdout), or copydata man --out-dir DIR
+for one page per subcommand.
+
+";
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -76,6 +102,12 @@ enum Command {
     /// 4 KiB, memcpy of the same size from 4 KiB). Only ratios within one
     /// run mean much: absolute figures move between runs and machines.
     Bench(cmd::bench::Args),
+    /// Print a shell completion script to stdout, e.g.
+    /// `copydata completions bash > /etc/bash_completion.d/copydata`.
+    Completions(cmd::docs::CompletionsArgs),
+    /// Print the manual page (roff) to stdout, e.g. `copydata man | man -l -`;
+    /// or write one page per subcommand into a folder.
+    Man(cmd::docs::ManArgs),
     /// Internal: the child side of `copydata demo`.
     #[command(name = "__demo-child", hide = true)]
     DemoChild(cmd::demo::ChildArgs),
@@ -98,28 +130,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DemoChild(args) => cmd::demo::child(args),
         Command::Bench(args) => cmd::bench::run(args),
         Command::BenchChild(args) => cmd::bench::child(args),
+        Command::Completions(args) => cmd::docs::completions(args, Cli::command()),
+        Command::Man(args) => cmd::docs::man(args, Cli::command()),
     }
 }
 
-/// Prints the library's warnings (why a mailbox dropped a connection) on
-/// stderr.
-struct StderrLog;
-
-impl log::Log for StderrLog {
-    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.level() <= log::Level::Warn
+/// Diagnostics on stderr, one line each: `copydata: warn: ...` (with the
+/// module at the debug and trace levels). Warnings by default; RUST_LOG
+/// (env_logger's syntax) sets levels per module; -v/-q, when given, set the
+/// default level over RUST_LOG's.
+fn init_logging(verbosity: &Verbosity<WarnLevel>) {
+    use std::io::Write as _;
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(log::LevelFilter::Warn);
+    builder.parse_env(env_logger::Env::new().filter("RUST_LOG").write_style("RUST_LOG_STYLE"));
+    if verbosity.is_present() {
+        builder.filter_level(verbosity.log_level_filter());
     }
-    fn log(&self, record: &log::Record<'_>) {
-        if self.enabled(record.metadata()) {
-            eprintln!("copydata: {}", record.args());
+    builder.format(|out, record| {
+        let level = record.level().as_str().to_ascii_lowercase();
+        if record.level() <= log::Level::Info {
+            writeln!(out, "copydata: {level}: {}", record.args())
+        } else {
+            writeln!(out, "copydata: {level}: {}: {}", record.target(), record.args())
         }
-    }
-    fn flush(&self) {}
+    });
+    // Only fails if a logger is already set, which nothing here does.
+    let _ = builder.try_init();
 }
 
 fn main() -> ExitCode {
-    static LOG: StderrLog = StderrLog;
-    let _ = log::set_logger(&LOG).map(|()| log::set_max_level(log::LevelFilter::Warn));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -127,6 +167,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
         }
     };
+    init_logging(&cli.verbosity);
     match run(cli) {
         Ok(code) => code,
         Err(e) if exit::is_broken_pipe(&e) => ExitCode::from(exit::OK),

@@ -36,9 +36,16 @@ fn run_with(args: &[&str], stdin: &[u8]) -> Output {
 
 /// [`run_with`] with extra environment variables.
 fn run_in(args: &[&str], stdin: &[u8], env: &[(&str, &std::ffi::OsStr)]) -> Output {
-    let mut child = copydata()
+    let mut cmd = copydata();
+    cmd.envs(env.iter().copied());
+    run_command(cmd, args, stdin)
+}
+
+/// Runs `cmd` (copydata, its environment set) with `args`, feeding `stdin`,
+/// under a deadline.
+fn run_command(mut cmd: Command, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = cmd
         .args(args)
-        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -85,8 +92,9 @@ fn wait(child: &mut Child, what: &[&str]) -> i32 {
     }
 }
 
-/// `copydata section create NAME --size SIZE --hold`, killed on drop.
-struct Holder(Child);
+/// `copydata section create NAME --size SIZE --hold`, killed on drop; the
+/// second field is its ready line (`ready NAME SIZE`).
+struct Holder(Child, String);
 
 impl Holder {
     fn start(name: &str, size: &str) -> Holder {
@@ -102,9 +110,10 @@ impl Holder {
             let _ = BufReader::new(stdout).read_line(&mut line);
             let _ = tx.send(line);
         });
-        let mut holder = Holder(child);
+        let mut holder = Holder(child, String::new());
         let line = rx.recv_timeout(WAIT).expect("no ready line from --hold");
         assert!(line.starts_with("ready "), "ready line: {line:?}");
+        holder.1 = line.trim_end().to_owned();
         holder.check_alive();
         holder
     }
@@ -770,4 +779,361 @@ fn another_user_sends_only_when_allowed() {
     let _private = Listener::start(&[&name]);
     let (code, _, err) = as_nobody(&["send", &name, "--owner", &me, "--timeout", "10s", "x"]);
     assert_eq!(code, 3, "{err}");
+}
+
+/// A copydata process stopped (SIGTERM, then reaped) when the test ends,
+/// even one that fails half-way.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        terminate(&mut self.0);
+    }
+}
+
+/// Runs copydata with `args` with RUST_LOG set to `rust_log` (or unset),
+/// so a RUST_LOG in the test's own environment changes nothing.
+fn run_logged(args: &[&str], rust_log: Option<&str>) -> Output {
+    let mut cmd = copydata();
+    match rust_log {
+        Some(filter) => cmd.env("RUST_LOG", filter),
+        None => cmd.env_remove("RUST_LOG"),
+    };
+    run_command(cmd, args, b"")
+}
+
+#[test]
+fn help_opens_with_what_the_tool_does() {
+    for flag in ["--help", "-h"] {
+        let out = run(&[flag]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let text = out.out();
+        let first = text.lines().next().unwrap_or_default();
+        assert!(first.contains("process") || first.contains("IPC"), "{flag}: first line {first:?}");
+        assert!(first.contains("messages") && first.contains("shared memory"), "{flag}: first line {first:?}");
+        assert!(!first.contains("command-line tool"), "{flag}: the package description, not what it does");
+        assert!(text.contains("Exit codes"), "{flag}: {text}");
+        for flag_doc in ["-v, --verbose", "-q, --quiet"] {
+            assert!(text.contains(flag_doc), "{flag}: {flag_doc} missing: {text}");
+        }
+    }
+    // The long help explains units, diagnostics, completions and the manual.
+    let text = run(&["--help"]).out();
+    for part in ["kB", "KiB", "powers of 1000", "powers of 1024", "RUST_LOG", "-vv", "completions", "man"] {
+        assert!(text.contains(part), "--help should mention {part:?}: {text}");
+    }
+    // Every size option says which units it takes.
+    let text = run(&["section", "create", "--help"]).out();
+    assert!(text.contains("1kB (1000)") && text.contains("64k (65536)"), "{text}");
+    let text = run(&["section", "read", "--help"]).out();
+    assert!(text.contains("4KiB is 4096, 4kB 4000"), "{text}");
+}
+
+#[test]
+fn sizes_take_decimal_and_binary_units() {
+    // (size, bytes): kB, MB are powers of 1000; KiB and a bare k powers of 1024.
+    for (size, bytes) in [("1kB", 1000), ("1KB", 1000), ("1KiB", 1024), ("1k", 1024), ("2K", 2048), ("1MB", 1_000_000)]
+    {
+        let name = unique("units");
+        let holder = Holder::start(&name, size);
+        assert_eq!(holder.1, format!("ready {name} {bytes}"), "--size {size}");
+        #[cfg(target_os = "linux")]
+        {
+            let doc: serde_json::Value = serde_json::from_slice(&run(&["ls", "--json"]).stdout).unwrap();
+            let entry = doc["sections"].as_array().unwrap().iter().find(|s| s["name"] == name.as_str()).cloned();
+            assert_eq!(entry, Some(serde_json::json!({ "name": name, "size": bytes })), "--size {size}");
+            assert_eq!(run(&["section", "read", &name]).stdout.len(), bytes, "--size {size}");
+        }
+    }
+    // Offsets and lengths take the same units.
+    let name = unique("units-rw");
+    let _holder = Holder::start(&name, "4KiB");
+    assert_eq!(run(&["section", "write", &name, "--offset", "1kB", "at 1000"]).code, 0);
+    let out = run(&["section", "read", &name, "--offset", "1000", "--len", "7"]);
+    assert_eq!((out.code, out.stdout.as_slice()), (0, &b"at 1000"[..]));
+    let out = run(&["section", "read", &name, "--offset", "1k", "--len", "2KiB"]);
+    assert_eq!((out.code, out.stdout.len()), (0, 2048));
+
+    // Unknown units: exit 2, naming the unit and the accepted ones.
+    let out = run(&["section", "create", &unique("units-bad"), "--size", "4XB"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    for part in ["\"XB\"", "kB", "MB", "GB", "KiB", "MiB", "GiB", "bare k, m, g"] {
+        assert!(out.stderr.contains(part), "{part:?} missing from {}", out.stderr);
+    }
+    // Too large for 64 bits: an error, not a panic.
+    for size in ["99999999999999999999", "99999999999TiB", "18446744073709552kB"] {
+        let out = run(&["section", "create", &unique("units-big"), "--size", size]);
+        assert_eq!(out.code, 2, "{size}: {}", out.stderr);
+        assert!(out.stderr.contains("too large") && !out.stderr.contains("panicked"), "{size}: {}", out.stderr);
+    }
+    let out = run(&["section", "read", &name, "--offset", "1.5k"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("not a size"), "{}", out.stderr);
+}
+
+#[test]
+fn listen_prints_utf8_payloads_as_text() {
+    let name = unique("text");
+    let listener = Listener::start(&[&name, "--count", "5"]);
+    let data = |line: String| line.split_once(" data=").map(|(_, d)| d.to_owned()).unwrap_or(line);
+    assert_eq!(run(&["send", &name, "café"]).code, 0);
+    assert_eq!(data(listener.line()), "\"café\"");
+    assert_eq!(run(&["send", &name, "日本語 ✓"]).code, 0);
+    assert_eq!(data(listener.line()), "\"日本語 ✓\"");
+    // Control characters, quotes and backslashes are escaped.
+    assert_eq!(run_with(&["send", &name, "-"], b"a\tb\n\x1b[31m \"q\" \\").code, 0);
+    assert_eq!(data(listener.line()), r#""a\tb\n\x1b[31m \"q\" \\""#);
+    // Invalid UTF-8: each bad byte as \xNN, valid text around it kept.
+    assert_eq!(run_with(&["send", &name, "-"], b"ok\xff\xfe caf\xc3\xa9").code, 0);
+    assert_eq!(data(listener.line()), r#""ok\xff\xfe café""#);
+    // A long payload: the first 64 characters, never half a character.
+    let long = "é".repeat(100);
+    assert_eq!(run(&["send", &name, &long]).code, 0);
+    let line = listener.line();
+    assert!(line.contains("size=200"), "{line}");
+    assert_eq!(data(line), format!("\"{}...\"", "é".repeat(64)));
+    assert_eq!(listener.wait(), 0);
+
+    // --hex: every byte of the payload.
+    let name = unique("hex");
+    let listener = Listener::start(&[&name, "--count", "1", "--hex"]);
+    assert_eq!(run_with(&["send", &name, "-"], b"Hi\x00\xff").code, 0);
+    let line = listener.line();
+    assert!(line.starts_with("tag=0 size=4 ") && line.ends_with(" data=486900ff"), "{line}");
+    assert_eq!(listener.wait(), 0);
+
+    // --json: the preview is text too, and says whether the payload is UTF-8.
+    let name = unique("jtext");
+    let listener = Listener::start(&[&name, "--count", "2", "--json"]);
+    assert_eq!(run(&["send", &name, "café"]).code, 0);
+    let doc: serde_json::Value = serde_json::from_str(&listener.line()).unwrap();
+    assert_eq!(
+        (doc["preview"].as_str(), doc["utf8"].as_bool(), doc["size"].as_u64()),
+        (Some("café"), Some(true), Some(5))
+    );
+    assert_eq!(run_with(&["send", &name, "-"], b"\xff").code, 0);
+    let doc: serde_json::Value = serde_json::from_str(&listener.line()).unwrap();
+    assert_eq!((doc["preview"].as_str(), doc["utf8"].as_bool()), (Some("\\xff"), Some(false)));
+    assert_eq!(listener.wait(), 0);
+
+    // Only one way of showing the payload at a time.
+    for args in [&["--hex", "--raw"][..], &["--json", "--hex"], &["--json", "--raw"]] {
+        let out = run(&[&["listen", &unique("conflict")], args].concat());
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn listen_raw_writes_the_payloads_unchanged() {
+    let name = unique("raw");
+    let mut child = Running(
+        copydata()
+            .args(["listen", &name, "--count", "2", "--raw"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stdout = child.0.stdout.take().unwrap();
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    // The ready line goes to stderr: stdout holds the payloads only.
+    assert_eq!(rx.recv_timeout(WAIT).expect("a ready line on stderr"), format!("ready {name}"));
+    let binary: Vec<u8> = (0..=255u8).chain(*b"\n\r\x00end").collect();
+    assert_eq!(run_with(&["send", &name, "-"], &binary).code, 0);
+    assert_eq!(run(&["send", &name, "café"]).code, 0);
+    assert_eq!(wait(&mut child.0, &["listen", "--raw"]), 0);
+    let mut want = binary;
+    want.extend_from_slice("café".as_bytes());
+    assert_eq!(reader.join().unwrap(), want);
+}
+
+#[test]
+fn completions_for_every_shell() {
+    // (shell, a line every script of that shell has)
+    for (shell, marker) in [
+        ("bash", "complete -F _copydata"),
+        ("zsh", "#compdef copydata"),
+        ("fish", "complete -c copydata"),
+        ("powershell", "Register-ArgumentCompleter"),
+        ("elvish", "edit:completion:arg-completer[copydata]"),
+    ] {
+        let out = run(&["completions", shell]);
+        assert_eq!(out.code, 0, "{shell}: {}", out.stderr);
+        let script = out.out();
+        assert!(script.contains(marker), "{shell}: no {marker:?}");
+        // (fish spells options without their dashes: `-l verbose`)
+        for word in ["section", "listen", "send", "completions", "verbose", "allow-uid", "hex"] {
+            assert!(script.contains(word), "{shell}: {word:?} missing");
+        }
+        // The internal subcommands stay internal.
+        assert!(!script.contains("__demo-child") && !script.contains("__bench-child"), "{shell}");
+    }
+    let out = run(&["completions", "tcsh"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+
+    // Loaded into bash, the script completes subcommands and options.
+    #[cfg(target_os = "linux")]
+    if Command::new("bash").arg("-c").arg("true").status().is_ok_and(|s| s.success()) {
+        let script = run(&["completions", "bash"]).out();
+        let test = format!(
+            "{script}\n\
+             complete -p copydata\n\
+             COMP_WORDS=(copydata li); COMP_CWORD=1; _copydata copydata li copydata; echo \"1:${{COMPREPLY[*]}}\"\n\
+             COMP_WORDS=(copydata listen --he); COMP_CWORD=2; _copydata copydata --he listen; echo \"2:${{COMPREPLY[*]}}\""
+        );
+        let out = Command::new("bash").arg("-c").arg(&test).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("-F _copydata copydata"), "{text}");
+        assert!(text.lines().any(|l| l == "1:listen"), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("2:") && l.contains("--hex") && l.contains("--help")), "{text}");
+    }
+}
+
+#[test]
+fn man_page_is_roff_naming_every_subcommand() {
+    let out = run(&["man"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let page = out.out();
+    assert!(page.lines().any(|l| l.starts_with(".TH copydata 1")), "{page}");
+    for section in [".SH NAME", ".SH SYNOPSIS", ".SH DESCRIPTION", ".SH OPTIONS", ".SH SUBCOMMANDS"] {
+        assert!(page.contains(section), "{section} missing: {page}");
+    }
+    assert!(page.contains("Local IPC between processes"), "{page}");
+    for sub in ["demo", "section", "listen", "send", "instance", "shared", "lock", "event", "ls", "bench"] {
+        assert!(page.contains(&format!("copydata\\-{sub}(1)")), "{sub} missing: {page}");
+    }
+    assert!(!page.contains("__demo") && !page.contains("\\-\\-demo\\-child"), "{page}");
+
+    // One page per subcommand into a folder.
+    let dir = std::env::temp_dir().join(unique("man"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = run(&["man", "--out-dir", dir.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for file in ["copydata.1", "copydata-send.1", "copydata-section-create.1", "copydata-completions.1"] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(text.contains(".TH "), "{file}: {text}");
+    }
+    let size = std::fs::read_to_string(dir.join("copydata-section-create.1")).unwrap();
+    assert!(size.contains("powers of 1000"), "{size}");
+    assert!(!dir.join("copydata-__demo-child.1").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // Rendered by groff, where there is one, it reads as a manual, with no
+    // warning (-ww) and plain text (-P -cbou: no colours, no overstrikes).
+    #[cfg(target_os = "linux")]
+    if let Ok(mut groff) = Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-P", "-cbou"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        groff.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
+        let out = groff.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+        for part in ["NAME", "SUBCOMMANDS", "copydata-listen(1)", "Local IPC between processes"] {
+            assert!(text.contains(part), "{part:?} missing: {text}");
+        }
+    }
+}
+
+#[test]
+fn verbosity_flags_and_rust_log_set_the_diagnostics() {
+    let name = unique("log");
+    let listener = Listener::start(&[&name]);
+    let debug_line = "copydata: debug: copydata::cmd::send: connected to mailbox";
+    // (global flags, RUST_LOG, whether send's debug lines show)
+    let cases: [(&[&str], Option<&str>, bool); 8] = [
+        (&[], None, false),
+        (&["-v"], None, false),
+        (&["-vv"], None, true),
+        (&["--verbose", "--verbose", "--verbose"], None, true),
+        (&[], Some("debug"), true),
+        (&[], Some("copydata::cmd::send=debug"), true),
+        (&[], Some("copydata::mailbox=debug"), false),
+        (&["-q"], Some("debug"), false),
+    ];
+    for (flags, rust_log, shows) in cases {
+        // The flags are global: before or after the subcommand.
+        let args = [flags, &["send", &name, "x"]].concat();
+        let out = run_logged(&args, rust_log);
+        assert_eq!((out.code, out.out()), (0, "code 0\n".to_string()), "{flags:?} {rust_log:?}: {}", out.stderr);
+        assert!(listener.line().contains("data=\"x\""));
+        assert_eq!(out.stderr.contains(debug_line), shows, "{flags:?} {rust_log:?}: {:?}", out.stderr);
+        if !shows {
+            assert_eq!(out.stderr, "", "{flags:?} {rust_log:?}");
+        }
+        let args = [&["send", &name, "x"], flags].concat();
+        assert_eq!(run_logged(&args, rust_log).stderr.contains(debug_line), shows, "{args:?}");
+        assert!(listener.line().contains("data=\"x\""));
+    }
+    // -q leaves errors: the one line that says why the command failed.
+    let out = run_logged(&["-qq", "send", &unique("nobody"), "x"], None);
+    assert_eq!(out.code, 3);
+    assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    // -v and -q together are a usage error.
+    assert_eq!(run_logged(&["-v", "-q", "ls"], None).code, 2);
+}
+
+/// The library's warning about a connection it dropped reaches the user by
+/// default, and -q silences it. A client that speaks nothing copydata knows
+/// connects to the mailbox's socket (Linux).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_dropped_connection_is_explained_unless_quiet() {
+    for quiet in [false, true] {
+        let dir = private_runtime("log-rt");
+        let name = unique("dropped");
+        let mut cmd = copydata();
+        cmd.env_remove("RUST_LOG").env("COPYDATA_RUNTIME_DIR", &dir);
+        if quiet {
+            cmd.arg("-q");
+        }
+        let mut child = Running(
+            cmd.args(["listen", &name, "--count", "1"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),
+        );
+        let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+        let mut stderr = child.0.stderr.take().unwrap();
+        let errors = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let mut ready = String::new();
+        stdout.read_line(&mut ready).unwrap();
+        assert_eq!(ready.trim_end(), format!("ready {name}"));
+        let socket = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "sock"))
+            .expect("the mailbox's socket");
+        let mut stranger = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        stranger.write_all(&[0u8; 32]).unwrap();
+        drop(stranger);
+        // A real message after it ends the listener (--count 1).
+        let env = [("COPYDATA_RUNTIME_DIR", dir.as_path())];
+        assert_eq!(run_env(&["send", &name, "x"], &env).0.code, 0);
+        assert_eq!(wait(&mut child.0, &["listen"]), 0);
+        let errors = errors.join().unwrap();
+        if quiet {
+            assert_eq!(errors, "");
+        } else {
+            let want = format!("copydata: warn: mailbox {name}: set-up with pid ");
+            assert!(errors.contains(&want) && errors.contains("not a copydata hello"), "{errors}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -24,28 +24,74 @@ pub struct Args {
     /// Wait this long before replying (e.g. 500ms, 2s).
     #[arg(long, value_parser = humantime::parse_duration)]
     delay: Option<Duration>,
-    /// One JSON object per message: tag, size, pid, uid, sha256, preview.
-    #[arg(long)]
+    /// One JSON object per message: tag, size, pid, uid, sections, post,
+    /// utf8, sha256, preview (the first 64 characters, as in the text line).
+    #[arg(long, conflicts_with_all = ["hex", "raw"])]
     json: bool,
+    /// Show the whole payload as hexadecimal digits (data=48656c6c6f)
+    /// instead of as text.
+    #[arg(long, conflicts_with = "raw")]
+    hex: bool,
+    /// Write each payload's bytes, unchanged and nothing else, to stdout
+    /// (the payloads of several messages follow each other); the ready
+    /// line goes to stderr.
+    #[arg(long)]
+    raw: bool,
     /// Linux: also accept senders of this user (repeatable); they send with
     /// `send --owner THIS-UID`.
     #[arg(long = "allow-uid", value_name = "UID")]
     allow_uid: Vec<u32>,
 }
 
-/// The first bytes of a payload, printable: escapes for everything else.
-fn preview(data: &[u8]) -> String {
-    let shown: String = data.iter().take(32).flat_map(|&b| std::ascii::escape_default(b)).map(char::from).collect();
-    if data.len() > 32 { format!("{shown}...") } else { shown }
+/// How many characters of a payload a line shows (an invalid byte counts
+/// as one).
+const PREVIEW: usize = 64;
+
+/// A payload as text between double quotes: valid UTF-8 as it is, with
+/// `\` and `"` escaped by a backslash, control characters escaped (`\n`,
+/// `\r`, `\t`, `\xNN` below 0x80, `\u{NN}` above) and each byte that is not
+/// part of valid UTF-8 as `\xNN`. At most `limit` characters, then `...`.
+fn text(data: &[u8], limit: usize) -> String {
+    let mut out = String::new();
+    let mut shown = 0;
+    for chunk in data.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if shown == limit {
+                out.push_str("...");
+                return out;
+            }
+            shown += 1;
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if c.is_control() && c.is_ascii() => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            if shown == limit {
+                out.push_str("...");
+                return out;
+            }
+            shown += 1;
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
-fn describe(msg: &Message, json: bool) -> String {
-    // A loaned message is read out of the sender's buffer.
-    let loaned = msg.loan().map(|l| l.to_vec());
-    let data: &[u8] = loaned.as_deref().unwrap_or(msg.payload());
+fn hex(data: &[u8]) -> String {
+    data.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn describe(msg: &Message, data: &[u8], args: &Args) -> String {
     let sender = msg.sender();
-    if json {
-        let sha: String = Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect();
+    if args.json {
+        let sha: String = hex(&Sha256::digest(data));
         serde_json::json!({
             "tag": msg.tag(),
             "size": data.len(),
@@ -53,8 +99,9 @@ fn describe(msg: &Message, json: bool) -> String {
             "uid": sender.uid,
             "sections": msg.sections().len(),
             "post": !msg.expects_reply(),
+            "utf8": std::str::from_utf8(data).is_ok(),
             "sha256": sha,
-            "preview": preview(data),
+            "preview": text(data, PREVIEW),
         })
         .to_string()
     } else {
@@ -62,26 +109,27 @@ fn describe(msg: &Message, json: bool) -> String {
         let sections =
             if msg.sections().is_empty() { String::new() } else { format!(" sections={}", msg.sections().len()) };
         let post = if msg.expects_reply() { "" } else { " post" };
-        format!(
-            "tag={} size={} pid={}{uid}{sections}{post} data=\"{}\"",
-            msg.tag(),
-            data.len(),
-            sender.pid,
-            preview(data)
-        )
+        let shown = if args.hex { hex(data) } else { format!("\"{}\"", text(data, PREVIEW)) };
+        format!("tag={} size={} pid={}{uid}{sections}{post} data={shown}", msg.tag(), data.len(), sender.pid)
     }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let options = args.allow_uid.iter().fold(copydata::MailboxOptions::new(), |o, &uid| o.allow_uid(uid));
     let mailbox = Mailbox::bind_with(&args.name, &options)?;
+    log::info!("mailbox {:?} bound by pid {}", args.name, std::process::id());
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     // Interrupted or terminated: unbind cleanly (the name is free at once).
     let _ = ctrlc::set_handler(move || {
         let _ = stop_tx.send(());
     });
-    println!("ready {}", args.name);
-    std::io::stdout().flush()?;
+    if args.raw {
+        // Stdout carries the payloads only.
+        eprintln!("ready {}", args.name);
+    } else {
+        println!("ready {}", args.name);
+        std::io::stdout().flush()?;
+    }
     let mut seen = 0u64;
     while args.count.is_none_or(|n| seen < n) {
         if stop_rx.try_recv().is_ok() {
@@ -93,20 +141,73 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(e.into()),
         };
         seen += 1;
+        // A loaned message is read out of the sender's buffer.
+        let loaned = request.loan().map(|l| l.to_vec());
+        let data: &[u8] = loaned.as_deref().unwrap_or(request.payload());
+        log::debug!(
+            "message {seen}: tag {} from pid {}, {} bytes{}",
+            request.tag(),
+            request.sender().pid,
+            data.len(),
+            if loaned.is_some() { " (loaned)" } else { "" }
+        );
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{}", describe(&request, args.json))?;
+        if args.raw {
+            out.write_all(data)?;
+        } else {
+            writeln!(out, "{}", describe(&request, data, &args))?;
+        }
         out.flush()?;
         drop(out);
         if let Some(d) = args.delay {
             std::thread::sleep(d);
         }
-        let data = match (args.echo, request.loan()) {
-            (false, _) => Vec::new(),
-            (true, Some(loan)) => loan.to_vec(),
-            (true, None) => request.payload().to_vec(),
-        };
+        let reply = if args.echo { data.to_vec() } else { Vec::new() };
         // A sender that gave up meanwhile is no error for the listener.
-        let _ = request.reply(Reply::new(args.reply_code, data));
+        if let Err(e) = request.reply(Reply::new(args.reply_code, reply)) {
+            log::info!("message {seen}: the reply was not delivered: {e}");
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{hex, text};
+
+    #[test]
+    fn valid_utf8_is_shown_as_text() {
+        assert_eq!(text("café".as_bytes(), 64), "café");
+        assert_eq!(text("日本語 ✓ 🎉".as_bytes(), 64), "日本語 ✓ 🎉");
+        assert_eq!(text(b"", 64), "");
+    }
+
+    #[test]
+    fn control_characters_quotes_and_backslashes_are_escaped() {
+        assert_eq!(text(b"a\nb\tc\rd", 64), "a\\nb\\tc\\rd");
+        assert_eq!(text(b"\x00\x1b[31m\x7f", 64), "\\x00\\x1b[31m\\x7f");
+        assert_eq!(text("\u{85}".as_bytes(), 64), "\\u{85}");
+        assert_eq!(text(br#"say "hi" \ bye"#, 64), r#"say \"hi\" \\ bye"#);
+    }
+
+    #[test]
+    fn invalid_utf8_is_escaped_byte_by_byte() {
+        assert_eq!(text(b"ok\xff\xfe", 64), "ok\\xff\\xfe");
+        // A truncated sequence among valid text: only its bytes are escaped.
+        assert_eq!(text(b"caf\xc3 caf\xc3\xa9", 64), "caf\\xc3 café");
+        // Lossless: a literal backslash-x in valid text differs from a byte.
+        assert_ne!(text(b"\\xff", 64), text(b"\xff", 64));
+    }
+
+    #[test]
+    fn the_preview_stops_at_a_character_boundary() {
+        assert_eq!(text("éééé".as_bytes(), 2), "éé...");
+        assert_eq!(text(b"\xff\xff\xff", 2), "\\xff\\xff...");
+        assert_eq!(text(b"abc", 3), "abc");
+    }
+
+    #[test]
+    fn hex_is_every_byte() {
+        assert_eq!(hex(b"Hi\x00\xff"), "486900ff");
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod docs;
 pub mod instance;
 pub mod listen;
 pub mod ls;

@@ -18,7 +18,9 @@ pub enum Command {
     Create {
         /// The section's name (letters, digits, '.', '_', '-').
         name: String,
-        /// The size: 4096, 64KiB, 1MiB, 2GiB, ...
+        /// The size in bytes, with an optional unit: 4096, 1kB (1000),
+        /// 64KiB or 64k (65536), 1MB, 2GiB. kB, MB, GB, TB are powers of
+        /// 1000; KiB, MiB, GiB, TiB and a bare k, m, g, t powers of 1024.
         #[arg(long, value_parser = parse_size)]
         size: u64,
         /// Print a ready line and keep the section alive until interrupted or
@@ -35,7 +37,8 @@ pub enum Command {
     Write {
         /// The section's name.
         name: String,
-        /// Where to start writing, in bytes.
+        /// Where to start writing, in bytes (units as for `create --size`:
+        /// 4KiB is 4096, 4kB 4000).
         #[arg(long, default_value_t = 0, value_parser = parse_size)]
         offset: u64,
         /// The bytes to write; `-` reads them from standard input.
@@ -53,10 +56,12 @@ pub enum Command {
     Read {
         /// The section's name.
         name: String,
-        /// Where to start reading, in bytes.
+        /// Where to start reading, in bytes (units as for `create --size`:
+        /// 4KiB is 4096, 4kB 4000).
         #[arg(long, default_value_t = 0, value_parser = parse_size)]
         offset: u64,
-        /// How many bytes to read (default: to the end).
+        /// How many bytes to read (default: to the end); units as for
+        /// `create --size`.
         #[arg(long, value_parser = parse_size)]
         len: Option<u64>,
         /// Write the bytes to this file instead of stdout.

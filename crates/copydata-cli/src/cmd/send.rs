@@ -58,14 +58,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         options = options.owner(uid);
     }
     let mut sender = Sender::connect_with(&args.name, &options)?;
+    log::debug!("connected to mailbox {:?}", args.name);
     if args.post {
         sender.post(args.tag, &payload)?;
+        log::debug!("posted tag {}, {} bytes", args.tag, payload.len());
         return Ok(ExitCode::SUCCESS);
     }
+    log::debug!("sending tag {}, {} bytes (timeout {:?})", args.tag, payload.len(), args.timeout);
+    let started = std::time::Instant::now();
     let reply = match args.timeout {
         Some(t) => sender.send_timeout(args.tag, &payload, t)?,
         None => sender.send(args.tag, &payload)?,
     };
+    log::debug!("reply code {}, {} bytes, after {:?}", reply.code, reply.data.len(), started.elapsed());
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "code {}", reply.code)?;
     match &args.out {
