@@ -878,7 +878,7 @@ impl Link {
             }
         });
         if let Err(e) = spawned {
-            log::warn!("copydata: attachments of a closed connection dropped early: {e}");
+            log::warn!("attachments of a closed connection dropped early: {e}");
         }
     }
 }
