@@ -44,7 +44,7 @@
 /**
  * What a function did: `COPYDATA_STATUS_OK` (zero) or why it failed.
  *
- * [`copydata_last_error`] gives the details in words. New codes may be
+ * `copydata_last_error()` gives the details in words. New codes may be
  * added; treat an unknown one like `COPYDATA_STATUS_IO`.
  */
 enum copydata_status

@@ -49,6 +49,6 @@ pub use mailbox::{
 };
 pub use section::{
     COPYDATA_READ_ONLY, COPYDATA_READ_WRITE, Section, View, copydata_section_anonymous, copydata_section_close,
-    copydata_section_create, copydata_section_map, copydata_section_name, copydata_section_open,
-    copydata_section_size, copydata_view_data, copydata_view_size, copydata_view_unmap,
+    copydata_section_create, copydata_section_map, copydata_section_name, copydata_section_open, copydata_section_size,
+    copydata_view_data, copydata_view_size, copydata_view_unmap,
 };

@@ -363,7 +363,7 @@ mod tests {
                 // SAFETY:
                 // - `mailbox` stays open until this thread is joined; each
                 //   request is answered once and not used afterwards.
-                unsafe {
+                let tag = unsafe {
                     match copydata_mailbox_recv(mailbox, 10_000, &mut req) {
                         Status::Ok => {}
                         other => panic!("recv: {other:?} {}", last()),
@@ -377,10 +377,15 @@ mod tests {
                     }
                     let mut len = 99;
                     let p = copydata_request_data(req, &mut len);
-                    let mut bytes = if len == 0 { Vec::new() } else { std::slice::from_raw_parts(p.cast::<u8>(), len).to_vec() };
+                    let mut bytes =
+                        if len == 0 { Vec::new() } else { std::slice::from_raw_parts(p.cast::<u8>(), len).to_vec() };
                     bytes.reverse();
-                    assert_eq!(copydata_request_reply(req, tag as i64 * 10, bytes.as_ptr().cast(), bytes.len()), Status::Ok);
-                }
+                    assert_eq!(
+                        copydata_request_reply(req, tag as i64 * 10, bytes.as_ptr().cast(), bytes.len()),
+                        Status::Ok
+                    );
+                    tag
+                };
                 served += 1;
                 if tag == 0 {
                     return served;
@@ -392,18 +397,30 @@ mod tests {
         // - valid names, byte ranges and out storage; each reply buffer is
         //   freed once.
         unsafe {
-            assert_eq!(copydata_send(name.as_ptr(), 4, c"abc".as_ptr().cast(), 3, 5000, &mut code, &mut data, &mut len), Status::Ok);
+            assert_eq!(
+                copydata_send(name.as_ptr(), 4, c"abc".as_ptr().cast(), 3, 5000, &mut code, &mut data, &mut len),
+                Status::Ok
+            );
             assert_eq!((code, len), (40, 3));
             assert_eq!(std::slice::from_raw_parts(data.cast::<u8>(), len), b"cba");
             copydata_free(data);
-            assert_eq!(copydata_send(name.as_ptr(), 13, null(), 0, COPYDATA_INFINITE, &mut code, &mut data, &mut len), Status::Refused);
+            assert_eq!(
+                copydata_send(name.as_ptr(), 13, null(), 0, COPYDATA_INFINITE, &mut code, &mut data, &mut len),
+                Status::Refused
+            );
             assert!(last().contains("unlucky"), "{}", last());
             assert!(data.is_null());
             // Only the code wanted; the empty reply gives no buffer.
             assert_eq!(copydata_send(name.as_ptr(), 5, null(), 0, 5000, &mut code, null_mut(), null_mut()), Status::Ok);
             assert_eq!(code, 50);
-            assert_eq!(copydata_send(name.as_ptr(), 5, null(), 3, 5000, &mut code, null_mut(), null_mut()), Status::InvalidArgument);
-            assert_eq!(copydata_send(name.as_ptr(), 0, c"x".as_ptr().cast(), 1, 5000, null_mut(), &mut data, &mut len), Status::Ok);
+            assert_eq!(
+                copydata_send(name.as_ptr(), 5, null(), 3, 5000, &mut code, null_mut(), null_mut()),
+                Status::InvalidArgument
+            );
+            assert_eq!(
+                copydata_send(name.as_ptr(), 0, c"x".as_ptr().cast(), 1, 5000, null_mut(), &mut data, &mut len),
+                Status::Ok
+            );
             assert_eq!(len, 1);
             copydata_free(data);
         }
@@ -433,7 +450,10 @@ mod tests {
             assert_eq!(copydata_mailbox_bind(null(), &mut mailbox), Status::InvalidArgument);
             assert_eq!(copydata_mailbox_recv(null(), 0, &mut req), Status::InvalidArgument);
             assert_eq!(copydata_request_reply(null_mut(), 0, null(), 0), Status::InvalidArgument);
-            assert_eq!(copydata_send(null(), 0, null(), 0, 0, null_mut(), null_mut(), null_mut()), Status::InvalidArgument);
+            assert_eq!(
+                copydata_send(null(), 0, null(), 0, 0, null_mut(), null_mut(), null_mut()),
+                Status::InvalidArgument
+            );
             copydata_request_refuse(null_mut(), null());
             copydata_mailbox_close(null_mut());
             assert_eq!(copydata_request_tag(null()), 0);

@@ -39,9 +39,9 @@ fn access_arg(access: u32) -> Result<copydata::Access, Error> {
     match access {
         COPYDATA_READ_ONLY => Ok(copydata::Access::ReadOnly),
         COPYDATA_READ_WRITE => Ok(copydata::Access::ReadWrite),
-        other => Err(Error::invalid(format!(
-            "access {other} is neither COPYDATA_READ_ONLY (0) nor COPYDATA_READ_WRITE (1)"
-        ))),
+        other => {
+            Err(Error::invalid(format!("access {other} is neither COPYDATA_READ_ONLY (0) nor COPYDATA_READ_WRITE (1)")))
+        }
     }
 }
 
@@ -317,7 +317,10 @@ mod tests {
             assert_eq!(copydata_section_create(c"no/slash".as_ptr(), 10, &mut s), Status::InvalidArgument);
             assert_eq!(copydata_section_create(c"\xff".as_ptr(), 10, &mut s), Status::InvalidArgument);
             assert_eq!(copydata_section_open(name.as_ptr(), 2, &mut s), Status::InvalidArgument);
-            assert_eq!(copydata_section_map(std::ptr::null(), 0, 1, COPYDATA_READ_ONLY, &mut v), Status::InvalidArgument);
+            assert_eq!(
+                copydata_section_map(std::ptr::null(), 0, 1, COPYDATA_READ_ONLY, &mut v),
+                Status::InvalidArgument
+            );
             assert_eq!(copydata_section_anonymous(100, &mut s), Status::Ok);
             assert!(copydata_section_name(s).is_null());
             assert_eq!(copydata_section_map(s, 0, 0, COPYDATA_READ_ONLY, &mut v), Status::InvalidArgument);

@@ -31,10 +31,17 @@ fn the_checked_in_header_is_up_to_date() {
         eprintln!("updated {}", path.display());
         return;
     }
+    let (fresh, current) = (String::from_utf8_lossy(&fresh), String::from_utf8_lossy(&current));
+    let line = fresh
+        .lines()
+        .zip(current.lines())
+        .position(|(a, b)| a != b)
+        .unwrap_or(fresh.lines().count().min(current.lines().count()));
     panic!(
-        "include/copydata.h is out of date with the sources; regenerate it with\n\
-         COPYDATA_UPDATE_HEADER=1 cargo test -p copydata-ffi --test header\n\
-         --- generated now ---\n{}",
-        String::from_utf8_lossy(&fresh)
+        "include/copydata.h is out of date with the sources (first difference at line {}:\n  generated: {:?}\n  checked in: {:?});\n\
+         regenerate it with COPYDATA_UPDATE_HEADER=1 cargo test -p copydata-ffi --test header",
+        line + 1,
+        fresh.lines().nth(line).unwrap_or("<end of file>"),
+        current.lines().nth(line).unwrap_or("<end of file>"),
     );
 }
