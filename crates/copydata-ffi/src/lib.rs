@@ -1,6 +1,6 @@
 //! # copydata-ffi
 //!
-//! The C ABI of [copydata](copydata): `WM_COPYDATA`-style messages and
+//! The C ABI of [copydata]: `WM_COPYDATA`-style messages and
 //! file-mapping sections for programs written in C (or any language that
 //! calls C). The header, generated from this crate by cbindgen, is
 //! `include/copydata.h`; link `libcopydata_ffi.a` (static) or the shared
