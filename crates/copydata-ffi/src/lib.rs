@@ -33,7 +33,11 @@
 //!   `INFINITE` in Win32).
 //! - A NULL pointer where an object is required gives
 //!   `COPYDATA_STATUS_INVALID_ARGUMENT`, never a crash. No Rust panic
-//!   crosses the boundary: it becomes `COPYDATA_STATUS_PANIC`.
+//!   crosses the boundary: it becomes `COPYDATA_STATUS_PANIC` (with the
+//!   default `panic = "unwind"`; a build with `panic = "abort"` aborts the
+//!   process instead).
+//! - Handles may be used from any thread, one call at a time per handle;
+//!   `copydata_mailbox_recv` may run on several threads at once.
 
 mod buffer;
 mod error;
