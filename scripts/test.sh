@@ -5,16 +5,35 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# copydata-ffi's C example (crates/copydata-ffi/examples/c/echo.c), linked
+# against the static library built for TARGET ("" for the host) with the C
+# compiler CC, written to OUT; tests/c_example.rs runs it.
+build_c_example() {
+    local target=$1 cc=$2 out=$3 dir=target/debug log libs
+    local args=(-p copydata-ffi --lib --locked -q)
+    if [ -n "$target" ]; then args+=(--target "$target"); dir=target/$target/debug; fi
+    # rustc says which system libraries the static library needs.
+    log=$(cargo rustc "${args[@]}" -- --print native-static-libs 2>&1) || { echo "$log" >&2; return 1; }
+    libs=$(sed -n 's/^note: native-static-libs: //p' <<<"$log" | tail -1)
+    mkdir -p target/c
+    # shellcheck disable=SC2086 # one flag per word
+    "$cc" -O2 -Wall -Wextra -std=c11 -Icrates/copydata-ffi/include -o "$out" \
+        crates/copydata-ffi/examples/c/echo.c "$dir/libcopydata_ffi.a" $libs
+}
+
 echo "== Linux: cargo test --workspace"
-COPYDATA_REQUIRE_EXAMPLES=1 cargo test --workspace --locked "$@"
+build_c_example "" gcc target/c/copydata-ffi-echo
+COPYDATA_FFI_C_EXAMPLE="$PWD/target/c/copydata-ffi-echo" \
+    COPYDATA_REQUIRE_EXAMPLES=1 cargo test --workspace --locked "$@"
 
 echo "== Windows (x86_64-pc-windows-gnu under Wine): cargo test --workspace"
 bash scripts/setup-windows.sh
 # A plain Win32 program for the WM_COPYDATA interoperability tests.
 mkdir -p target/c
 x86_64-w64-mingw32-gcc -O2 -Wall -o target/c/copydata-peer.exe crates/copydata/tests/c/peer.c -luser32
-COPYDATA_C_PEER="$PWD/target/c/copydata-peer.exe" COPYDATA_REQUIRE_EXAMPLES=1 \
-    cargo test --workspace --locked --target x86_64-pc-windows-gnu "$@"
+build_c_example x86_64-pc-windows-gnu x86_64-w64-mingw32-gcc target/c/copydata-ffi-echo.exe
+COPYDATA_C_PEER="$PWD/target/c/copydata-peer.exe" COPYDATA_FFI_C_EXAMPLE="$PWD/target/c/copydata-ffi-echo.exe" \
+    COPYDATA_REQUIRE_EXAMPLES=1 cargo test --workspace --locked --target x86_64-pc-windows-gnu "$@"
 # Wine's server lingers a few seconds after the last program; end it now so
 # no process outlives the suite.
 wineserver -k 2>/dev/null || true

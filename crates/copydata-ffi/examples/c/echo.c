@@ -1,0 +1,107 @@
+/*
+ * A C program talking to a Rust program through copydata.
+ *
+ *     echo MAILBOX SECTION
+ *
+ * 1. Shared memory: opens the named section SECTION the Rust side created
+ *    (OpenFileMapping + MapViewOfFile on Windows, shm_open + mmap on
+ *    Linux), prints the string Rust wrote at offset 0 and writes an answer
+ *    at offset 100.
+ * 2. A message: sends "hello from C" with tag 7 to the Rust mailbox MAILBOX
+ *    and waits at most 5 s for the reply, like
+ *    SendMessageTimeout(WM_COPYDATA); the Rust side answers with the length
+ *    as the code and the bytes in capitals.
+ * 3. A mailbox of its own, MAILBOX-c: answers every message with code = tag
+ *    and the bytes reversed, until a message with tag 0.
+ *
+ * Exits with 0 when all went as expected. Every call returns a status;
+ * copydata_last_error() says why one failed.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "copydata.h"
+
+static int fail(const char *what, copydata_status st)
+{
+    fprintf(stderr, "echo: %s: %s (%s)\n", what, copydata_last_error(), copydata_status_name(st));
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 3) {
+        fprintf(stderr, "usage: echo MAILBOX SECTION\n");
+        return 2;
+    }
+    const char *target = argv[1];
+    copydata_status st;
+
+    /* 1. Open the section by name and map 200 bytes at offset 0. */
+    copydata_section *section;
+    if ((st = copydata_section_open(argv[2], COPYDATA_READ_WRITE, &section)))
+        return fail("opening the section", st);
+    copydata_view *view;
+    st = copydata_section_map(section, 0, 200, COPYDATA_READ_WRITE, &view);
+    copydata_section_close(section); /* the view keeps the memory mapped */
+    if (st)
+        return fail("mapping the section", st);
+    char *mem = copydata_view_data(view);
+    printf("section says: %.99s\n", mem);
+    strcpy(mem + 100, "hello back from C");
+    copydata_view_unmap(view);
+
+    /* 2. Send to the Rust mailbox; the reply's bytes are ours to free. */
+    const char msg[] = "hello from C";
+    int64_t code;
+    void *reply;
+    size_t reply_len;
+    if ((st = copydata_send(target, 7, msg, strlen(msg), 5000, &code, &reply, &reply_len)))
+        return fail("sending", st);
+    printf("reply %lld: %.*s\n", (long long)code, (int)reply_len, (const char *)reply);
+    int ok = code == (int64_t)strlen(msg) && reply_len == strlen(msg) && memcmp(reply, "HELLO FROM C", reply_len) == 0;
+    copydata_free(reply);
+    if (!ok) {
+        fprintf(stderr, "echo: not the reply expected\n");
+        return 1;
+    }
+
+    /* A mailbox nobody has bound: an error code at once, not a hang. */
+    char name[256];
+    snprintf(name, sizeof name, "%s-nobody", target);
+    if ((st = copydata_send(name, 1, NULL, 0, 5000, NULL, NULL, NULL)) != COPYDATA_STATUS_NOT_FOUND)
+        return fail("sending to nobody", st);
+
+    /* 3. Bind MAILBOX-c and answer messages until one has tag 0. */
+    snprintf(name, sizeof name, "%s-c", target);
+    copydata_mailbox *mailbox;
+    if ((st = copydata_mailbox_bind(name, &mailbox)))
+        return fail("binding", st);
+    printf("ready\n");
+    fflush(stdout);
+    uint64_t tag;
+    do {
+        copydata_request *req;
+        if ((st = copydata_mailbox_recv(mailbox, 30000, &req))) {
+            copydata_mailbox_close(mailbox);
+            return fail("receiving", st);
+        }
+        tag = copydata_request_tag(req);
+        size_t len;
+        const unsigned char *data = copydata_request_data(req, &len);
+        unsigned char *back = malloc(len ? len : 1);
+        if (!back) {
+            copydata_request_refuse(req, "out of memory");
+            continue;
+        }
+        for (size_t i = 0; i < len; i++)
+            back[i] = data[len - 1 - i];
+        /* Answering frees the request (and its data). */
+        if ((st = copydata_request_reply(req, (int64_t)tag, back, len)))
+            fprintf(stderr, "echo: replying: %s\n", copydata_last_error());
+        free(back);
+    } while (tag != 0);
+    copydata_mailbox_close(mailbox);
+    return 0;
+}

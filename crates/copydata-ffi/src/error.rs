@@ -1,0 +1,413 @@
+//! Status codes, the thread's last error message, and the guard every
+//! exported function runs its body under.
+
+use std::cell::RefCell;
+use std::ffi::{CStr, CString, c_char, c_void};
+use std::fmt::Display;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use copydata::{BindError, CreateError, MapError, OpenError, RecvError, ReplyError, SendError};
+
+/// What a function did: `COPYDATA_STATUS_OK` (zero) or why it failed.
+///
+/// `copydata_last_error()` gives the details in words. New codes may be
+/// added; treat an unknown one like `COPYDATA_STATUS_IO`.
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Success.
+    Ok = 0,
+    /// A NULL pointer where one is required, a name that is not a valid
+    /// copydata name (or not UTF-8), a zero size, a range outside the
+    /// section, an unknown access value.
+    InvalidArgument = 1,
+    /// No section or mailbox has this name.
+    NotFound = 2,
+    /// A live section has this name, or a live process has bound this
+    /// mailbox.
+    AlreadyExists = 3,
+    /// No reply (or no message) arrived in time.
+    TimedOut = 4,
+    /// The receiver refused the message (its handler refused it, or it
+    /// serves other users only, or has too many senders).
+    Refused = 5,
+    /// The receiving process exited, crashed or closed its mailbox before
+    /// it replied.
+    ReceiverDied = 6,
+    /// The sender is gone (timed out, exited or crashed) before the reply.
+    SenderGone = 7,
+    /// The operating system refused access, a section belongs to another
+    /// user, or a writable view of a read-only section was asked for.
+    PermissionDenied = 8,
+    /// The payload is larger than the receiver accepts, or a size is too
+    /// large for this platform.
+    TooLarge = 9,
+    /// The shared-memory file system has too little free space.
+    NoSpace = 10,
+    /// The mailbox is closed.
+    Closed = 11,
+    /// The peer speaks another version of the protocol, or broke it.
+    Incompatible = 12,
+    /// Any other operating-system error.
+    Io = 13,
+    /// Not supported on this platform.
+    Unsupported = 14,
+    /// A bug inside the library (a Rust panic), caught at the boundary.
+    Panic = 15,
+}
+
+impl Status {
+    const ALL: [Status; 16] = [
+        Status::Ok,
+        Status::InvalidArgument,
+        Status::NotFound,
+        Status::AlreadyExists,
+        Status::TimedOut,
+        Status::Refused,
+        Status::ReceiverDied,
+        Status::SenderGone,
+        Status::PermissionDenied,
+        Status::TooLarge,
+        Status::NoSpace,
+        Status::Closed,
+        Status::Incompatible,
+        Status::Io,
+        Status::Unsupported,
+        Status::Panic,
+    ];
+
+    /// The name C code uses for the code.
+    fn name(self) -> &'static CStr {
+        match self {
+            Status::Ok => c"COPYDATA_STATUS_OK",
+            Status::InvalidArgument => c"COPYDATA_STATUS_INVALID_ARGUMENT",
+            Status::NotFound => c"COPYDATA_STATUS_NOT_FOUND",
+            Status::AlreadyExists => c"COPYDATA_STATUS_ALREADY_EXISTS",
+            Status::TimedOut => c"COPYDATA_STATUS_TIMED_OUT",
+            Status::Refused => c"COPYDATA_STATUS_REFUSED",
+            Status::ReceiverDied => c"COPYDATA_STATUS_RECEIVER_DIED",
+            Status::SenderGone => c"COPYDATA_STATUS_SENDER_GONE",
+            Status::PermissionDenied => c"COPYDATA_STATUS_PERMISSION_DENIED",
+            Status::TooLarge => c"COPYDATA_STATUS_TOO_LARGE",
+            Status::NoSpace => c"COPYDATA_STATUS_NO_SPACE",
+            Status::Closed => c"COPYDATA_STATUS_CLOSED",
+            Status::Incompatible => c"COPYDATA_STATUS_INCOMPATIBLE",
+            Status::Io => c"COPYDATA_STATUS_IO",
+            Status::Unsupported => c"COPYDATA_STATUS_UNSUPPORTED",
+            Status::Panic => c"COPYDATA_STATUS_PANIC",
+        }
+    }
+}
+
+/// A failure on its way to C: the code and the message.
+#[derive(Debug)]
+pub(crate) struct Error {
+    pub(crate) status: Status,
+    message: String,
+}
+
+impl Error {
+    pub(crate) fn new(status: Status, message: impl Display) -> Error {
+        Error { status, message: message.to_string() }
+    }
+
+    pub(crate) fn invalid(message: impl Display) -> Error {
+        Error::new(Status::InvalidArgument, message)
+    }
+}
+
+impl From<CreateError> for Error {
+    fn from(e: CreateError) -> Error {
+        let status = match &e {
+            CreateError::InvalidName { .. } => Status::InvalidArgument,
+            // A zero size is the caller's mistake; one too large for the
+            // platform is a size problem.
+            CreateError::InvalidSize { size: 0, .. } => Status::InvalidArgument,
+            CreateError::InvalidSize { .. } => Status::TooLarge,
+            CreateError::AlreadyExists { .. } => Status::AlreadyExists,
+            CreateError::NoSpace { .. } => Status::NoSpace,
+            CreateError::PermissionDenied { .. } | CreateError::OtherOwner { .. } => Status::PermissionDenied,
+            CreateError::Unsupported => Status::Unsupported,
+            _ => Status::Io,
+        };
+        Error::new(status, e)
+    }
+}
+
+impl From<OpenError> for Error {
+    fn from(e: OpenError) -> Error {
+        let status = match &e {
+            OpenError::InvalidName { .. } => Status::InvalidArgument,
+            OpenError::NotFound { .. } => Status::NotFound,
+            OpenError::PermissionDenied { .. } | OpenError::OtherOwner { .. } => Status::PermissionDenied,
+            OpenError::Unsupported => Status::Unsupported,
+            _ => Status::Io,
+        };
+        Error::new(status, e)
+    }
+}
+
+impl From<MapError> for Error {
+    fn from(e: MapError) -> Error {
+        let status = match &e {
+            MapError::ZeroLength | MapError::OutOfRange { .. } => Status::InvalidArgument,
+            MapError::ReadOnly => Status::PermissionDenied,
+            _ => Status::Io,
+        };
+        Error::new(status, e)
+    }
+}
+
+impl From<SendError> for Error {
+    fn from(e: SendError) -> Error {
+        let status = match &e {
+            SendError::InvalidName { .. } => Status::InvalidArgument,
+            SendError::NoSuchMailbox { .. } => Status::NotFound,
+            SendError::TimedOut { .. } => Status::TimedOut,
+            SendError::ReceiverDied { .. } => Status::ReceiverDied,
+            SendError::PayloadTooLarge { .. } => Status::TooLarge,
+            SendError::Refused { .. } => Status::Refused,
+            SendError::Incompatible { .. } | SendError::Protocol { .. } => Status::Incompatible,
+            SendError::Unsupported => Status::Unsupported,
+            _ => Status::Io,
+        };
+        Error::new(status, e)
+    }
+}
+
+impl From<BindError> for Error {
+    fn from(e: BindError) -> Error {
+        let status = match &e {
+            BindError::InvalidName { .. } => Status::InvalidArgument,
+            BindError::AlreadyBound { .. } => Status::AlreadyExists,
+            BindError::RuntimeDir { .. } => Status::PermissionDenied,
+            BindError::Unsupported => Status::Unsupported,
+            _ => Status::Io,
+        };
+        Error::new(status, e)
+    }
+}
+
+impl From<RecvError> for Error {
+    fn from(e: RecvError) -> Error {
+        let status = match e {
+            RecvError::Timeout => Status::TimedOut,
+            RecvError::Closed => Status::Closed,
+            _ => Status::Io,
+        };
+        Error::new(status, e)
+    }
+}
+
+impl From<ReplyError> for Error {
+    fn from(e: ReplyError) -> Error {
+        let status = match &e {
+            ReplyError::SenderGone => Status::SenderGone,
+            _ => Status::Io,
+        };
+        Error::new(status, e)
+    }
+}
+
+thread_local! {
+    /// The message of this thread's last failed call.
+    static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
+}
+
+fn set_last_error(message: &str) {
+    let text = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
+    // During thread teardown the slot may be gone; the code still says
+    // what happened.
+    let _ = LAST_ERROR.try_with(|slot| {
+        if let Ok(mut slot) = slot.try_borrow_mut() {
+            *slot = Some(text);
+        }
+    });
+}
+
+/// Runs an exported function's body: its error, or a panic, becomes a
+/// status code and the thread's last error message.
+pub(crate) fn guard(body: impl FnOnce() -> Result<(), Error>) -> Status {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => Status::Ok,
+        Ok(Err(e)) => {
+            set_last_error(&e.message);
+            e.status
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("unknown panic");
+            set_last_error(&format!("internal error in copydata (please report it): {what}"));
+            // Dropping the payload could panic in turn (a payload type with a
+            // panicking destructor); only then is that second payload kept.
+            if let Err(again) = catch_unwind(AssertUnwindSafe(|| drop(panic))) {
+                std::mem::forget(again);
+            }
+            Status::Panic
+        }
+    }
+}
+
+/// [`guard`] for a function that returns a value instead of a status:
+/// `fallback` when the body panics.
+pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+    let mut value = None;
+    guard(|| {
+        value = Some(body());
+        Ok(())
+    });
+    value.unwrap_or(fallback)
+}
+
+/// The message of the last call on this thread that failed, in UTF-8: what
+/// went wrong and with which object (for example `no mailbox named
+/// "my-app"`). An empty string when no call has failed on this thread.
+///
+/// The string belongs to the library; it stays valid until the next failing
+/// call on the same thread. Successful calls leave it unchanged, so look at
+/// it only right after a call returned an error.
+#[unsafe(no_mangle)]
+pub extern "C" fn copydata_last_error() -> *const c_char {
+    guard_value(c"".as_ptr(), || {
+        LAST_ERROR
+            .try_with(|slot| slot.try_borrow().ok().and_then(|s| s.as_ref().map(|s| s.as_ptr())))
+            .ok()
+            .flatten()
+            .unwrap_or(c"".as_ptr())
+    })
+}
+
+/// The name of a status code as a static string (`"COPYDATA_STATUS_TIMED_OUT"`),
+/// or `"COPYDATA_STATUS_UNKNOWN"` for a value that is not a code. Never NULL;
+/// do not free it.
+#[unsafe(no_mangle)]
+pub extern "C" fn copydata_status_name(status: i32) -> *const c_char {
+    guard_value(c"COPYDATA_STATUS_UNKNOWN".as_ptr(), || {
+        Status::ALL
+            .iter()
+            .find(|s| **s as i32 == status)
+            .map_or(c"COPYDATA_STATUS_UNKNOWN".as_ptr(), |s| s.name().as_ptr())
+    })
+}
+
+/// The longest byte range a C caller may hand in (Rust slices are limited
+/// to `isize::MAX` bytes).
+const MAX_SLICE: usize = isize::MAX as usize;
+
+/// A NUL-terminated UTF-8 argument.
+///
+/// # Safety
+///
+/// `p` is NULL or points to a NUL-terminated string that stays valid and
+/// unchanged for `'a`.
+pub(crate) unsafe fn str_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str, Error> {
+    if p.is_null() {
+        return Err(Error::invalid(format!("{what} is NULL")));
+    }
+    // SAFETY:
+    // - `p` is not NULL (checked above) and, by this function's contract,
+    //   points to a NUL-terminated string valid for `'a`.
+    let s = unsafe { CStr::from_ptr(p) };
+    s.to_str().map_err(|_| Error::invalid(format!("{what} is not valid UTF-8")))
+}
+
+/// A `(pointer, length)` argument; NULL is fine for no bytes.
+///
+/// # Safety
+///
+/// `p` is NULL or points to `len` readable bytes that stay valid for `'a`.
+pub(crate) unsafe fn bytes_arg<'a>(p: *const c_void, len: usize, what: &str) -> Result<&'a [u8], Error> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(Error::invalid(format!("{what} is NULL but its length is {len}")));
+    }
+    if len > MAX_SLICE {
+        return Err(Error::new(Status::TooLarge, format!("{what}: {len} bytes is more than any buffer can hold")));
+    }
+    // SAFETY:
+    // - `p` is not NULL (checked above) and points to `len` readable bytes
+    //   valid for `'a` (this function's contract).
+    // - `len <= isize::MAX` (checked above).
+    // - `u8` has no alignment requirement and every bit pattern is valid.
+    Ok(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
+}
+
+/// A handle argument.
+///
+/// # Safety
+///
+/// `p` is NULL or a live handle of type `T` made by this library, not used
+/// mutably elsewhere for `'a`.
+pub(crate) unsafe fn handle<'a, T>(p: *const T, what: &str) -> Result<&'a T, Error> {
+    // SAFETY:
+    // - `p` is NULL (then `as_ref` gives `None`) or a live, properly aligned
+    //   `T` from `Box::into_raw` (this function's contract).
+    unsafe { p.as_ref() }.ok_or_else(|| Error::invalid(format!("{what} is NULL")))
+}
+
+/// An `out` argument, set to NULL at once so that it is NULL on failure.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for a pointer, valid for
+/// `'a`.
+pub(crate) unsafe fn out_arg<'a, T>(out: *mut *mut T) -> Result<&'a mut *mut T, Error> {
+    // SAFETY:
+    // - `out` is NULL (then `as_mut` gives `None`) or points to writable,
+    //   aligned storage for a pointer, valid for `'a` (this function's
+    //   contract).
+    let out = unsafe { out.as_mut() }.ok_or_else(|| Error::invalid("the out argument is NULL"))?;
+    *out = std::ptr::null_mut();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last() -> String {
+        // SAFETY:
+        // - `copydata_last_error` returns a NUL-terminated string that stays
+        //   valid until the next failing call on this thread.
+        unsafe { CStr::from_ptr(copydata_last_error()) }.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_a_status_and_a_message() {
+        let status = guard(|| panic!("deliberate test panic"));
+        assert_eq!(status, Status::Panic);
+        assert!(last().contains("deliberate test panic"), "{}", last());
+        assert_eq!(guard_value(7, || panic!("again")), 7);
+    }
+
+    #[test]
+    fn an_error_sets_the_message_and_success_keeps_it() {
+        assert_eq!(guard(|| Err(Error::new(Status::NotFound, "nothing here"))), Status::NotFound);
+        assert_eq!(guard(|| Ok(())), Status::Ok);
+        assert_eq!(last(), "nothing here");
+        assert_eq!(guard(|| Err(Error::invalid("nul\0inside"))), Status::InvalidArgument);
+        assert_eq!(last(), "nul\\0inside");
+    }
+
+    #[test]
+    fn every_status_has_its_name() {
+        for s in Status::ALL {
+            // SAFETY:
+            // - `copydata_status_name` returns a static NUL-terminated string.
+            let name = unsafe { CStr::from_ptr(copydata_status_name(s as i32)) };
+            assert!(name.to_str().unwrap().starts_with("COPYDATA_STATUS_"));
+            assert_eq!(Status::ALL[s as usize], s);
+        }
+        for bad in [-1, 16, i32::MAX] {
+            // SAFETY:
+            // - as above.
+            let name = unsafe { CStr::from_ptr(copydata_status_name(bad)) };
+            assert_eq!(name.to_str().unwrap(), "COPYDATA_STATUS_UNKNOWN");
+        }
+    }
+}

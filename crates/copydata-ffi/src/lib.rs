@@ -1,0 +1,58 @@
+//! # copydata-ffi
+//!
+//! The C ABI of [copydata]: `WM_COPYDATA`-style messages and
+//! file-mapping sections for programs written in C (or any language that
+//! calls C). The header, generated from this crate by cbindgen, is
+//! `include/copydata.h`; link `libcopydata_ffi.a` (static) or the shared
+//! library (`libcopydata_ffi.so`, `copydata_ffi.dll`).
+//!
+//! ```c
+//! #include "copydata.h"
+//!
+//! int64_t code;
+//! void *data;
+//! size_t len;
+//! copydata_status st = copydata_send("my-app", 7, "hello", 5, 5000, &code, &data, &len);
+//! if (st != COPYDATA_STATUS_OK)
+//!     fprintf(stderr, "send: %s\n", copydata_last_error());
+//! else
+//!     copydata_free(data);
+//! ```
+//!
+//! # Conventions
+//!
+//! - Every fallible function returns a [`Status`] (`COPYDATA_STATUS_OK`,
+//!   zero, on success); [`copydata_last_error`] then says why, in words.
+//! - Objects are opaque handles made by a `_create`, `_open`, `_bind`,
+//!   `_map` or `_recv` function and given back to exactly one matching
+//!   `_close`, `_unmap`, `_reply` or `_refuse` function. Closing `NULL` does
+//!   nothing. On failure a function stores `NULL` in its `out` argument.
+//! - Names are NUL-terminated UTF-8; lengths are `size_t`; section sizes
+//!   and offsets are `uint64_t`.
+//! - Timeouts are in milliseconds, [`COPYDATA_INFINITE`] for none (as
+//!   `INFINITE` in Win32).
+//! - A NULL pointer where an object is required gives
+//!   `COPYDATA_STATUS_INVALID_ARGUMENT`, never a crash. No Rust panic
+//!   crosses the boundary: it becomes `COPYDATA_STATUS_PANIC` (with the
+//!   default `panic = "unwind"`; a build with `panic = "abort"` aborts the
+//!   process instead).
+//! - Handles may be used from any thread, one call at a time per handle;
+//!   `copydata_mailbox_recv` may run on several threads at once.
+
+mod buffer;
+mod error;
+mod mailbox;
+mod section;
+
+pub use buffer::copydata_free;
+pub use error::{Status, copydata_last_error, copydata_status_name};
+pub use mailbox::{
+    COPYDATA_INFINITE, Mailbox, Request, copydata_mailbox_bind, copydata_mailbox_close, copydata_mailbox_recv,
+    copydata_request_data, copydata_request_expects_reply, copydata_request_refuse, copydata_request_reply,
+    copydata_request_sender_pid, copydata_request_tag, copydata_send,
+};
+pub use section::{
+    COPYDATA_READ_ONLY, COPYDATA_READ_WRITE, Section, View, copydata_section_anonymous, copydata_section_close,
+    copydata_section_create, copydata_section_map, copydata_section_name, copydata_section_open, copydata_section_size,
+    copydata_view_data, copydata_view_size, copydata_view_unmap,
+};

@@ -1,0 +1,467 @@
+//! Messages: sending with a timeout, and a blocking receive/reply loop.
+
+use std::ffi::{c_char, c_void};
+use std::time::Duration;
+
+use crate::buffer;
+use crate::error::{Error, Status, bytes_arg, guard, guard_value, handle, out_arg, str_arg};
+
+/// A timeout that never expires (as `INFINITE` in Win32).
+pub const COPYDATA_INFINITE: u32 = 0xFFFF_FFFF;
+
+/// A bound mailbox, receiving messages sent to its name. Opaque; close it
+/// with `copydata_mailbox_close`.
+pub struct Mailbox {
+    inner: copydata::Mailbox,
+}
+
+/// A received message waiting for its answer. Opaque; answer it with
+/// exactly one of `copydata_request_reply` or `copydata_request_refuse`,
+/// which also free it.
+pub struct Request {
+    inner: copydata::Request,
+    /// The bytes of a message the sender lent in place (Rust senders'
+    /// zero-copy `loan`), copied once so C reads them like any other.
+    loaned: Option<Vec<u8>>,
+}
+
+impl Request {
+    fn data(&self) -> &[u8] {
+        self.loaned.as_deref().unwrap_or(self.inner.payload())
+    }
+}
+
+fn timeout_arg(ms: u32) -> Option<Duration> {
+    (ms != COPYDATA_INFINITE).then(|| Duration::from_millis(ms.into()))
+}
+
+/// Sends a message to the mailbox `name` and waits for its reply
+/// (`SendMessageTimeoutW(WM_COPYDATA)`): `tag` is the `dwData`, `data` and
+/// `len` the bytes (NULL and 0 for none).
+///
+/// `timeout_ms` bounds the whole exchange, connection included;
+/// `COPYDATA_INFINITE` waits as long as the receiver lives (setting up the
+/// connection is still bounded, by 10 seconds). On success the reply's
+/// code is stored in `*reply_code` and its bytes in `*reply_data` and
+/// `*reply_len`: a buffer to free with `copydata_free` (NULL when the reply
+/// has no bytes). Each of the three may be NULL if not wanted.
+///
+/// Fails with `COPYDATA_STATUS_NOT_FOUND` (no such mailbox),
+/// `COPYDATA_STATUS_TIMED_OUT` (no reply in time; the message may still be
+/// handled, its reply is discarded), `COPYDATA_STATUS_REFUSED`,
+/// `COPYDATA_STATUS_RECEIVER_DIED`, `COPYDATA_STATUS_TOO_LARGE`.
+///
+/// # Safety
+///
+/// `name` is NULL or a NUL-terminated string; `data` is NULL or points to
+/// `len` readable bytes; each of `reply_code`, `reply_data`, `reply_len` is
+/// NULL or points to writable storage of its type.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)] // the C signature: inputs, then outputs
+pub unsafe extern "C" fn copydata_send(
+    name: *const c_char,
+    tag: u64,
+    data: *const c_void,
+    len: usize,
+    timeout_ms: u32,
+    reply_code: *mut i64,
+    reply_data: *mut *mut c_void,
+    reply_len: *mut usize,
+) -> Status {
+    guard(|| {
+        // SAFETY:
+        // - `reply_code`, `reply_data`, `reply_len` are NULL or point to
+        //   writable storage of their type (this function's contract).
+        let (code_out, mut data_out, mut len_out) =
+            unsafe { (reply_code.as_mut(), reply_data.as_mut(), reply_len.as_mut()) };
+        // Cleared first, so that a failed call leaves nothing to free.
+        if let Some(p) = data_out.as_deref_mut() {
+            *p = std::ptr::null_mut();
+        }
+        if let Some(n) = len_out.as_deref_mut() {
+            *n = 0;
+        }
+        // SAFETY:
+        // - `name` is NULL or a NUL-terminated string, read only during this
+        //   call (the contract).
+        let name = unsafe { str_arg(name, "name") }?;
+        // SAFETY:
+        // - `data` is NULL or points to `len` readable bytes, read only
+        //   during this call (the contract).
+        let data = unsafe { bytes_arg(data, len, "data") }?;
+        let reply = match timeout_arg(timeout_ms) {
+            None => copydata::send(name, tag, data)?,
+            Some(t) => copydata::send_timeout(name, tag, data, t)?,
+        };
+        let bytes = reply.data.into_vec();
+        if let Some(p) = data_out {
+            *p = buffer::to_c(&bytes)?;
+        }
+        if let Some(n) = len_out {
+            *n = bytes.len();
+        }
+        if let Some(c) = code_out {
+            *c = reply.code;
+        }
+        Ok(())
+    })
+}
+
+/// Binds the mailbox `name` for this user, to receive messages with
+/// `copydata_mailbox_recv` (on Windows a message-only window; on Linux a
+/// Unix socket in the user's runtime directory). Fails with
+/// `COPYDATA_STATUS_ALREADY_EXISTS` while a live process has bound it.
+///
+/// # Safety
+///
+/// `name` is NULL or a NUL-terminated string; `out` is NULL or points to
+/// storage for a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_mailbox_bind(name: *const c_char, out: *mut *mut Mailbox) -> Status {
+    guard(|| {
+        // SAFETY:
+        // - `out` is NULL or valid storage (this function's contract).
+        let out = unsafe { out_arg(out) }?;
+        // SAFETY:
+        // - `name` is NULL or a NUL-terminated string, read only during this
+        //   call (the contract).
+        let name = unsafe { str_arg(name, "name") }?;
+        let inner = copydata::Mailbox::bind(name)?;
+        *out = Box::into_raw(Box::new(Mailbox { inner }));
+        Ok(())
+    })
+}
+
+/// Waits at most `timeout_ms` (or, with `COPYDATA_INFINITE`, as long as it
+/// takes) for the next message, and stores it in `*out`. The sender waits
+/// until it is answered with `copydata_request_reply` or
+/// `copydata_request_refuse`; messages from one sender arrive in order.
+///
+/// Fails with `COPYDATA_STATUS_TIMED_OUT` when no message came in time.
+/// Several threads may receive from one mailbox at once.
+///
+/// # Safety
+///
+/// `mailbox` is NULL or a live mailbox, not closed during the call; `out`
+/// is NULL or points to storage for a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_mailbox_recv(
+    mailbox: *const Mailbox,
+    timeout_ms: u32,
+    out: *mut *mut Request,
+) -> Status {
+    guard(|| {
+        // SAFETY:
+        // - `out` is NULL or valid storage (this function's contract).
+        let out = unsafe { out_arg(out) }?;
+        // SAFETY:
+        // - `mailbox` is NULL or a live mailbox that stays open during the
+        //   call (the contract); receiving takes it shared.
+        let mailbox = unsafe { handle(mailbox, "mailbox") }?;
+        let inner = match timeout_arg(timeout_ms) {
+            None => mailbox.inner.recv()?,
+            Some(t) => mailbox.inner.recv_timeout(t)?,
+        };
+        let loaned = inner.loan().map(|l| l.to_vec());
+        *out = Box::into_raw(Box::new(Request { inner, loaned }));
+        Ok(())
+    })
+}
+
+/// Unbinds the mailbox: the name is free again, and senders waiting for a
+/// reply get `COPYDATA_STATUS_RECEIVER_DIED`. Requests still held remain
+/// valid to answer or refuse. NULL does nothing.
+///
+/// # Safety
+///
+/// `mailbox` is NULL or a live mailbox that no other thread is using; it
+/// must not be used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_mailbox_close(mailbox: *mut Mailbox) {
+    guard_value((), || {
+        if !mailbox.is_null() {
+            // SAFETY:
+            // - `mailbox` came from `Box::into_raw` in
+            //   `copydata_mailbox_bind` and is given back once, with no
+            //   other thread using it (this function's contract).
+            drop(unsafe { Box::from_raw(mailbox) });
+        }
+    })
+}
+
+/// The message's tag (`dwData`); 0 for NULL.
+///
+/// # Safety
+///
+/// `request` is NULL or a live request.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_request_tag(request: *const Request) -> u64 {
+    guard_value(0, || {
+        // SAFETY:
+        // - `request` is NULL or a live request (this function's contract).
+        unsafe { handle(request, "request") }.map_or(0, |r| r.inner.tag())
+    })
+}
+
+/// The message's bytes: their address, with their count stored in `*len`
+/// (if `len` is not NULL). The bytes belong to the request and are valid
+/// until it is answered; the address may be NULL when there are none.
+///
+/// # Safety
+///
+/// `request` is NULL or a live request; `len` is NULL or points to
+/// writable storage for a `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_request_data(request: *const Request, len: *mut usize) -> *const c_void {
+    guard_value(std::ptr::null(), || {
+        // SAFETY:
+        // - `request` is NULL or a live request (this function's contract).
+        let bytes = unsafe { handle(request, "request") }.map_or(&[][..], |r| r.data());
+        // SAFETY:
+        // - `len` is NULL or writable storage for a `usize` (the contract).
+        if let Some(n) = unsafe { len.as_mut() } {
+            *n = bytes.len();
+        }
+        if bytes.is_empty() { std::ptr::null() } else { bytes.as_ptr().cast() }
+    })
+}
+
+/// The process id of the message's sender; 0 for NULL. (For a plain Win32
+/// program's `WM_COPYDATA` it is only the process the message claims.)
+///
+/// # Safety
+///
+/// `request` is NULL or a live request.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_request_sender_pid(request: *const Request) -> u32 {
+    guard_value(0, || {
+        // SAFETY:
+        // - `request` is NULL or a live request (this function's contract).
+        unsafe { handle(request, "request") }.map_or(0, |r| r.inner.sender().pid)
+    })
+}
+
+/// Whether the sender waits for a reply (false for a posted message, whose
+/// reply is discarded); false for NULL.
+///
+/// # Safety
+///
+/// `request` is NULL or a live request.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_request_expects_reply(request: *const Request) -> bool {
+    guard_value(false, || {
+        // SAFETY:
+        // - `request` is NULL or a live request (this function's contract).
+        unsafe { handle(request, "request") }.is_ok_and(|r| r.inner.expects_reply())
+    })
+}
+
+/// Answers the request with `code` (the sender's reply code, the
+/// `LRESULT`) and `len` bytes at `data` (NULL and 0 for none), and frees
+/// it: `request` must not be used afterwards, whatever the result.
+///
+/// Fails with `COPYDATA_STATUS_SENDER_GONE` when the sender stopped
+/// waiting (it timed out, exited or crashed).
+///
+/// # Safety
+///
+/// `request` is NULL or a live request, not used afterwards; `data` is NULL
+/// or points to `len` readable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_request_reply(
+    request: *mut Request,
+    code: i64,
+    data: *const c_void,
+    len: usize,
+) -> Status {
+    guard(|| {
+        if request.is_null() {
+            return Err(Error::invalid("request is NULL"));
+        }
+        // SAFETY:
+        // - `request` came from `Box::into_raw` in `copydata_mailbox_recv`
+        //   and is given back once (this function's contract). Taken before
+        //   anything can fail, so it is freed (refused) on every path.
+        let request = unsafe { Box::from_raw(request) };
+        // SAFETY:
+        // - `data` is NULL or points to `len` readable bytes, read only
+        //   during this call (the contract).
+        let data = unsafe { bytes_arg(data, len, "data") }?;
+        request.inner.reply(copydata::Reply::new(code, data))?;
+        Ok(())
+    })
+}
+
+/// Refuses the request: the sender's `copydata_send` fails with
+/// `COPYDATA_STATUS_REFUSED`, and `reason` (NULL for a default) becomes its
+/// error message. Frees the request; NULL does nothing.
+///
+/// # Safety
+///
+/// `request` is NULL or a live request, not used afterwards; `reason` is
+/// NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_request_refuse(request: *mut Request, reason: *const c_char) {
+    guard_value((), || {
+        if request.is_null() {
+            return;
+        }
+        // SAFETY:
+        // - `request` came from `Box::into_raw` in `copydata_mailbox_recv`
+        //   and is given back once (this function's contract).
+        let request = unsafe { Box::from_raw(request) };
+        let reason = if reason.is_null() {
+            "refused by the receiver".into()
+        } else {
+            // SAFETY:
+            // - `reason` is not NULL and is a NUL-terminated string (the
+            //   contract), read only during this call.
+            unsafe { std::ffi::CStr::from_ptr(reason) }.to_string_lossy()
+        };
+        request.inner.refuse(&reason);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::copydata_free;
+    use std::ffi::{CStr, CString};
+    use std::ptr::{null, null_mut};
+
+    fn unique(tag: &str) -> CString {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CString::new(format!("copydata-test-ffi-{tag}-{}-{n}", std::process::id())).unwrap()
+    }
+
+    fn last() -> String {
+        // SAFETY:
+        // - a NUL-terminated string valid until the next failing call here.
+        unsafe { CStr::from_ptr(crate::copydata_last_error()) }.to_string_lossy().into_owned()
+    }
+
+    /// One thread serves the mailbox through the C functions (reversing
+    /// the bytes, refusing tag 13) while this one sends through them.
+    #[test]
+    fn send_and_the_receive_loop_talk_to_each_other() {
+        let name = unique("mb");
+        let mut mailbox = null_mut();
+        // SAFETY:
+        // - valid name and out storage.
+        assert_eq!(unsafe { copydata_mailbox_bind(name.as_ptr(), &mut mailbox) }, Status::Ok);
+        let mut again = null_mut();
+        // SAFETY:
+        // - as above.
+        assert_eq!(unsafe { copydata_mailbox_bind(name.as_ptr(), &mut again) }, Status::AlreadyExists);
+        let shared = mailbox as usize;
+        let server = std::thread::spawn(move || {
+            let mailbox = shared as *const Mailbox;
+            let mut served = 0;
+            loop {
+                let mut req = null_mut();
+                // SAFETY:
+                // - `mailbox` stays open until this thread is joined; each
+                //   request is answered once and not used afterwards.
+                let tag = unsafe {
+                    match copydata_mailbox_recv(mailbox, 10_000, &mut req) {
+                        Status::Ok => {}
+                        other => panic!("recv: {other:?} {}", last()),
+                    }
+                    let tag = copydata_request_tag(req);
+                    assert!(copydata_request_expects_reply(req));
+                    assert_eq!(copydata_request_sender_pid(req), std::process::id());
+                    if tag == 13 {
+                        copydata_request_refuse(req, c"unlucky".as_ptr());
+                        continue;
+                    }
+                    let mut len = 99;
+                    let p = copydata_request_data(req, &mut len);
+                    let mut bytes =
+                        if len == 0 { Vec::new() } else { std::slice::from_raw_parts(p.cast::<u8>(), len).to_vec() };
+                    bytes.reverse();
+                    assert_eq!(
+                        copydata_request_reply(req, tag as i64 * 10, bytes.as_ptr().cast(), bytes.len()),
+                        Status::Ok
+                    );
+                    tag
+                };
+                served += 1;
+                if tag == 0 {
+                    return served;
+                }
+            }
+        });
+        let (mut code, mut data, mut len) = (0i64, null_mut(), 0usize);
+        // SAFETY:
+        // - valid names, byte ranges and out storage; each reply buffer is
+        //   freed once.
+        unsafe {
+            assert_eq!(
+                copydata_send(name.as_ptr(), 4, c"abc".as_ptr().cast(), 3, 5000, &mut code, &mut data, &mut len),
+                Status::Ok
+            );
+            assert_eq!((code, len), (40, 3));
+            assert_eq!(std::slice::from_raw_parts(data.cast::<u8>(), len), b"cba");
+            copydata_free(data);
+            assert_eq!(
+                copydata_send(name.as_ptr(), 13, null(), 0, COPYDATA_INFINITE, &mut code, &mut data, &mut len),
+                Status::Refused
+            );
+            assert!(last().contains("unlucky"), "{}", last());
+            assert!(data.is_null());
+            // Only the code wanted; the empty reply gives no buffer.
+            assert_eq!(copydata_send(name.as_ptr(), 5, null(), 0, 5000, &mut code, null_mut(), null_mut()), Status::Ok);
+            assert_eq!(code, 50);
+            assert_eq!(
+                copydata_send(name.as_ptr(), 5, null(), 3, 5000, &mut code, null_mut(), null_mut()),
+                Status::InvalidArgument
+            );
+            assert_eq!(
+                copydata_send(name.as_ptr(), 0, c"x".as_ptr().cast(), 1, 5000, null_mut(), &mut data, &mut len),
+                Status::Ok
+            );
+            assert_eq!(len, 1);
+            copydata_free(data);
+        }
+        assert_eq!(server.join().unwrap(), 3);
+        let mut req = null_mut();
+        // SAFETY:
+        // - the mailbox is live and used by this thread only; closed once.
+        unsafe {
+            assert_eq!(copydata_mailbox_recv(mailbox, 50, &mut req), Status::TimedOut);
+            assert!(req.is_null());
+            copydata_mailbox_close(mailbox);
+        }
+        let missing = unique("missing");
+        // SAFETY:
+        // - valid name, no outputs.
+        let status = unsafe { copydata_send(missing.as_ptr(), 1, null(), 0, 1000, null_mut(), null_mut(), null_mut()) };
+        assert_eq!(status, Status::NotFound, "{}", last());
+        assert!(last().contains(missing.to_str().unwrap()), "{}", last());
+    }
+
+    #[test]
+    fn null_handles_are_refused() {
+        let (mut mailbox, mut req) = (null_mut(), null_mut());
+        // SAFETY:
+        // - NULL handles and valid out storage only.
+        unsafe {
+            assert_eq!(copydata_mailbox_bind(null(), &mut mailbox), Status::InvalidArgument);
+            assert_eq!(copydata_mailbox_recv(null(), 0, &mut req), Status::InvalidArgument);
+            assert_eq!(copydata_request_reply(null_mut(), 0, null(), 0), Status::InvalidArgument);
+            assert_eq!(
+                copydata_send(null(), 0, null(), 0, 0, null_mut(), null_mut(), null_mut()),
+                Status::InvalidArgument
+            );
+            copydata_request_refuse(null_mut(), null());
+            copydata_mailbox_close(null_mut());
+            assert_eq!(copydata_request_tag(null()), 0);
+            let mut len = 5;
+            assert!(copydata_request_data(null(), &mut len).is_null());
+            assert_eq!(len, 0);
+            assert_eq!(copydata_request_sender_pid(null()), 0);
+            assert!(!copydata_request_expects_reply(null()));
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The C example, examples/c/echo.c, against a Rust mailbox and a
+//! Rust-created section, in both directions.
+//!
+//! scripts/test.sh compiles it against the library (gcc on Linux, mingw for
+//! Windows) and names the program in `COPYDATA_FFI_C_EXAMPLE`. Without that
+//! variable the test is skipped, unless `COPYDATA_REQUIRE_EXAMPLES` is set
+//! (as the test script does): then a missing program fails it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use copydata::{Mailbox, Reply, Section};
+
+/// How long any one step may take before the test gives up.
+const WAIT: Duration = Duration::from_secs(60);
+
+fn example() -> Option<String> {
+    match std::env::var("COPYDATA_FFI_C_EXAMPLE") {
+        Ok(path) => {
+            assert!(std::path::Path::new(&path).exists(), "COPYDATA_FFI_C_EXAMPLE names a missing file: {path}");
+            Some(path)
+        }
+        Err(_) => {
+            assert!(
+                std::env::var_os("COPYDATA_REQUIRE_EXAMPLES").is_none(),
+                "COPYDATA_FFI_C_EXAMPLE is not set: scripts/test.sh builds the C example and names it there"
+            );
+            eprintln!("skipped: COPYDATA_FFI_C_EXAMPLE is not set (scripts/test.sh builds the C example)");
+            None
+        }
+    }
+}
+
+fn unique(tag: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("copydata-test-ffi-{tag}-{}-{n}", std::process::id())
+}
+
+/// The C program, killed if the test ends before it does.
+struct Kid {
+    child: Child,
+    lines: Receiver<String>,
+}
+
+impl Kid {
+    fn spawn(exe: &str, args: &[&str]) -> Kid {
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {exe}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line.trim_end().to_owned()).is_err() {
+                    break;
+                }
+            }
+        });
+        Kid { child, lines }
+    }
+
+    fn expect_line(&self, want: &str) {
+        let got = self.lines.recv_timeout(WAIT).unwrap_or_else(|e| panic!("waiting for {want:?}: {e}"));
+        assert_eq!(got, want);
+    }
+
+    fn wait_success(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "the C example failed: {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "the C example did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_c_example_talks_to_a_rust_mailbox_and_shares_a_section() {
+    let Some(exe) = example() else { return };
+    let name = unique("echo");
+    let section_name = format!("{name}-s");
+
+    // Rust's side: a mailbox answering with the length and the bytes in
+    // capitals, and a section holding a greeting.
+    let (seen_tx, seen) = channel();
+    let server = Mailbox::bind(&name).unwrap().serve(move |msg| {
+        let _ = seen_tx.send((msg.tag(), msg.payload().to_vec(), msg.sender().pid));
+        Reply::new(msg.payload().len() as i64, msg.payload().to_ascii_uppercase())
+    });
+    let section = Section::create(&section_name, 4096).unwrap();
+    let view = section.map_mut(0, 4096).unwrap();
+    view.write_at(0, b"hello from Rust\0").unwrap();
+
+    let mut kid = Kid::spawn(&exe, &[&name, &section_name]);
+    kid.expect_line("section says: hello from Rust");
+    kid.expect_line("reply 12: HELLO FROM C");
+    let (tag, payload, pid) = seen.recv_timeout(WAIT).unwrap();
+    assert_eq!((tag, payload.as_slice(), pid), (7, &b"hello from C"[..], kid.child.id()));
+    let mut back = [0; 18];
+    view.read_at(100, &mut back).unwrap();
+    assert_eq!(&back, b"hello back from C\0");
+
+    // The C side's mailbox: code = tag, the bytes reversed.
+    kid.expect_line("ready");
+    let theirs = format!("{name}-c");
+    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    for (tag, data) in [(5u64, &b"abc"[..]), (6, b""), (9, &big[..])] {
+        let reply = copydata::send_timeout(&theirs, tag, data, WAIT).unwrap();
+        let mut reversed = data.to_vec();
+        reversed.reverse();
+        assert_eq!(reply.code, tag as i64);
+        assert!(reply.data.into_vec() == reversed, "tag {tag}: not the bytes reversed");
+    }
+    assert!(copydata::mailboxes().unwrap().iter().any(|m| m.name == theirs && m.pid == kid.child.id()));
+    let bye = copydata::send_timeout(&theirs, 0, b"bye", WAIT).unwrap();
+    assert_eq!((bye.code, bye.data.into_vec()), (0, b"eyb".to_vec()));
+    kid.wait_success();
+    assert!(!copydata::mailboxes().unwrap().iter().any(|m| m.name == theirs), "the C mailbox outlived its program");
+    drop(server);
+}
