@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 echo "== Linux: cargo test --workspace"
 COPYDATA_REQUIRE_EXAMPLES=1 cargo test --workspace --locked "$@"
 
+echo "== Linux: the Python package (pytest)"
+bash scripts/test-python.sh
+
 echo "== Windows (x86_64-pc-windows-gnu under Wine): cargo test --workspace"
 bash scripts/setup-windows.sh
 # A plain Win32 program for the WM_COPYDATA interoperability tests.

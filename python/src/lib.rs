@@ -28,9 +28,11 @@ pub(crate) const SLICE: Duration = Duration::from_millis(50);
 pub(crate) fn timeout_arg(py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Duration>> {
     match timeout {
         None => Ok(None),
-        Some(t) if t.is_nan() || t < 0.0 => {
-            Err(errors::raise(py, Kind::InvalidArgument, format!("timeout must be None or at least 0 seconds, not {t}")))
-        }
+        Some(t) if t.is_nan() || t < 0.0 => Err(errors::raise(
+            py,
+            Kind::InvalidArgument,
+            format!("timeout must be None or at least 0 seconds, not {t}"),
+        )),
         // Longer than a Duration holds (or infinite): no limit.
         Some(t) => Ok(Duration::try_from_secs_f64(t).ok()),
     }

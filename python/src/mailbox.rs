@@ -120,7 +120,8 @@ impl Mailbox {
         if let Some(max) = max_payload {
             options = options.max_payload(max);
         }
-        let mailbox = py.detach(|| copydata::Mailbox::bind_with(name, &options)).map_err(|e| errors::bind_error(py, e))?;
+        let mailbox =
+            py.detach(|| copydata::Mailbox::bind_with(name, &options)).map_err(|e| errors::bind_error(py, e))?;
         Ok(Mailbox { name: name.to_owned(), inner: Mutex::new(Some(Arc::new(mailbox))) })
     }
 
@@ -251,9 +252,9 @@ fn reply_value(value: &Bound<'_, PyAny>) -> PyResult<(i64, Vec<u8>)> {
         }
         return Err(PyTypeError::new_err("a reply tuple must be (code, data)"));
     }
-    bytes_arg(value).map(|data| (0, data)).map_err(|_| {
-        PyTypeError::new_err("the handler must return (code, data), a code, bytes-like data or None")
-    })
+    bytes_arg(value)
+        .map(|data| (0, data))
+        .map_err(|_| PyTypeError::new_err("the handler must return (code, data), a code, bytes-like data or None"))
 }
 
 /// A received message, waiting for its answer.

@@ -195,6 +195,9 @@ def test_receiver_death_is_reported(cli, name):
     with pytest.raises(copydata.ReceiverDied) as e:
         answer()
     assert isinstance(e.value, ConnectionResetError)
+    listener.finish()
+    # The name the killed process left is taken over (and removed by close).
+    copydata.Mailbox(name).close()
 
 
 def test_payload_above_the_receivers_limit_is_too_large(name):
