@@ -1,19 +1,30 @@
 """Type stubs of the native module (re-exported by the copydata package)."""
 
+import sys
 from collections.abc import Callable, Iterator
 from types import TracebackType
+from typing import final
 
 from typing_extensions import Buffer
 
+__all__ = ["send", "Mailbox", "Request", "Section", "View"]
+
 # What a `Mailbox.serve` handler may return: (code, data), a code, data
 # (code 0) or None (code 0, no data).
-Reply = tuple[int, Buffer] | int | Buffer | None
+_Reply = tuple[int, Buffer] | int | Buffer | None
 
-def send(name: str, data: Buffer, tag: int = 0, timeout: float | None = None) -> tuple[int, bytes]:
-    """Sends `data` with `tag` to the mailbox `name` and waits for the reply,
-    at most `timeout` seconds (None: as long as the receiver lives).
-    Returns (code, data)."""
+def send(
+    name: str,
+    data: Buffer,
+    tag: int = 0,
+    timeout: float | None = None,
+    sections: list[Section] | None = None,
+) -> tuple[int, bytes]:
+    """Sends `data` with `tag` (and `sections`) to the mailbox `name` and
+    waits for the reply, at most `timeout` seconds (None: as long as the
+    receiver lives). Returns (code, data)."""
 
+@final
 class Request:
     """A received message, waiting for its answer (reply or refuse, once)."""
 
@@ -34,16 +45,17 @@ class Request:
     def reply(self, code: int = 0, data: Buffer | None = None) -> None: ...
     def refuse(self, reason: str = "refused by the receiver") -> None: ...
 
+@final
 class Mailbox:
     """A bound mailbox; unbound by close() or at the end of a with block."""
 
-    def __init__(self, name: str, *, max_payload: int | None = None) -> None: ...
+    def __new__(cls, name: str, *, max_payload: int | None = None) -> Mailbox: ...
     @property
     def name(self) -> str: ...
     @property
     def closed(self) -> bool: ...
     def recv(self, timeout: float | None = None) -> Request: ...
-    def serve(self, handler: Callable[[int, bytes], Reply]) -> None: ...
+    def serve(self, handler: Callable[[int, bytes], _Reply]) -> None: ...
     def close(self) -> None: ...
     def __enter__(self) -> Mailbox: ...
     def __exit__(
@@ -55,6 +67,7 @@ class Mailbox:
     def __iter__(self) -> Iterator[Request]: ...
     def __next__(self) -> Request: ...
 
+@final
 class Section:
     """A section of shared memory (a file-mapping object); supports the
     buffer protocol: memoryview(section), numpy.frombuffer(section)."""
@@ -83,14 +96,17 @@ class Section:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool: ...
-    def __buffer__(self, flags: int, /) -> memoryview: ...
-    def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+    if sys.version_info >= (3, 12):
+        def __buffer__(self, flags: int, /) -> memoryview: ...
+        def __release_buffer__(self, buffer: memoryview, /) -> None: ...
 
+@final
 class View:
     """The memory behind a Section.map memoryview."""
 
     @property
     def offset(self) -> int: ...
     def __len__(self) -> int: ...
-    def __buffer__(self, flags: int, /) -> memoryview: ...
-    def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+    if sys.version_info >= (3, 12):
+        def __buffer__(self, flags: int, /) -> memoryview: ...
+        def __release_buffer__(self, buffer: memoryview, /) -> None: ...

@@ -4,7 +4,7 @@ use std::sync::mpsc::{RecvTimeoutError, sync_channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use copydata::{MailboxOptions, Reply};
+use copydata::{MailboxOptions, Reply, SenderOptions};
 use pyo3::exceptions::{PyException, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
@@ -26,21 +26,36 @@ fn reply_bytes<'py>(py: Python<'py>, reply: &Reply) -> Bound<'py, PyBytes> {
 /// `SendMessageTimeout` with a `timeout` in seconds (`None`: as long as the
 /// receiver lives). Returns the reply as a `(code, data)` tuple.
 ///
+/// `sections` (a list of `Section`) travel with the message: the receiver
+/// gets handles to the same memory (`Request.sections`). Such a send waits
+/// on this thread and Ctrl-C is seen only once it ends; give it a timeout.
+///
 /// Raises `NotFound` (no such mailbox), `TimedOut` (no reply in time; the
 /// message may still be handled, its reply is discarded), `ReceiverDied`,
 /// `Refused`, `TooLarge`, `InvalidName`. Ctrl-C interrupts the wait; the
 /// message may then still be delivered.
 #[pyfunction]
-#[pyo3(signature = (name, data, tag = 0, timeout = None))]
+#[pyo3(signature = (name, data, tag = 0, timeout = None, sections = None))]
 pub(crate) fn send<'py>(
     py: Python<'py>,
     name: &str,
     data: &Bound<'py, PyAny>,
     tag: u64,
     timeout: Option<f64>,
+    sections: Option<Vec<PyRef<'py, Section>>>,
 ) -> PyResult<(i64, Bound<'py, PyBytes>)> {
     let timeout = timeout_arg(py, timeout)?;
     let data = bytes_arg(data)?;
+    if let Some(sections) = sections.filter(|s| !s.is_empty()) {
+        // The handles stay borrowed from their `Section` objects (which
+        // cannot be closed meanwhile) for the whole call, so it runs here.
+        let handles = sections.iter().map(|s| s.handle(py)).collect::<PyResult<Vec<_>>>()?;
+        let result = py.detach(|| send_with_sections(name, tag, &data, &handles, timeout));
+        return match result {
+            Ok(reply) => Ok((reply.code, reply_bytes(py, &reply))),
+            Err(e) => Err(errors::send_error(py, e)),
+        };
+    }
     let name = name.to_owned();
     // The call runs on a thread of its own so that this one can wait in
     // slices and take Ctrl-C; a send cannot be resumed after a timeout of
@@ -67,6 +82,24 @@ pub(crate) fn send<'py>(
             }
         }
     }
+}
+
+/// `copydata::send_timeout` (or `send`) with sections attached.
+fn send_with_sections(
+    name: &str,
+    tag: u64,
+    data: &[u8],
+    sections: &[&copydata::Section],
+    timeout: Option<Duration>,
+) -> Result<Reply, copydata::SendError> {
+    let started = Instant::now();
+    let mut options = SenderOptions::new();
+    if let Some(t) = timeout {
+        options = options.connect_timeout(t);
+    }
+    let mut sender = copydata::Sender::connect_with(name, &options)?;
+    let left = timeout.map(|t| t.saturating_sub(started.elapsed()));
+    sender.send_with_sections(tag, data, sections, left)
 }
 
 /// A bound mailbox: other processes `send` to it by `name`.

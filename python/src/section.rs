@@ -123,7 +123,7 @@ impl Section {
         }
     }
 
-    fn handle(&self, py: Python<'_>) -> PyResult<&copydata::Section> {
+    pub(crate) fn handle(&self, py: Python<'_>) -> PyResult<&copydata::Section> {
         self.handle.as_ref().ok_or_else(|| errors::raise(py, Kind::Closed, "the section is closed"))
     }
 

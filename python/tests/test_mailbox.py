@@ -152,6 +152,23 @@ def test_serve_reply_conventions_and_failing_handlers(name, monkeypatch):
     assert [type(e) for e in reported] == [TypeError, ValueError]
 
 
+def test_sections_travel_with_a_message(name):
+    with copydata.Mailbox(name) as mailbox, copydata.Section.anonymous(4096) as section:
+        memoryview(section)[:5] = b"hello"
+        answer = in_thread(copydata.send, name, b"see attached", timeout=10.0, sections=[section])
+        request = mailbox.recv(timeout=10.0)
+        [received] = request.sections
+        assert (received.name, received.size) == (None, 4096)
+        view = received.map(0, 5)
+        assert bytes(view) == b"hello"
+        view[:] = b"HELLO"  # the same memory
+        request.reply(0)
+        assert answer() == (0, b"")
+        assert bytes(section.map(0, 5)) == b"HELLO"
+        view.release()
+        received.close()
+
+
 def test_close_from_the_handler_ends_serve(name):
     mailbox = copydata.Mailbox(name)
 
