@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Static checks on both targets: formatting, clippy with warnings denied,
 # and the docs (broken links are errors). Needs the Windows target
-# (scripts/setup-windows.sh installs it).
+# (scripts/setup-windows.sh installs it) and, for the Python package, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,4 +16,15 @@ for target in "" x86_64-pc-windows-gnu; do
     cargo clippy "${args[@]}" --all-targets -q -- -D warnings
     echo "== docs ($name)"
     RUSTDOCFLAGS="-D warnings" cargo doc "${args[@]}" --no-deps -q
+done
+
+# The Python package (python/) is a crate of its own, outside the workspace
+# (see python/Cargo.toml): formatting and clippy on both targets. Its
+# documentation is its docstrings and type stubs, so no rustdoc.
+python_crate=(--manifest-path python/Cargo.toml --locked --target-dir target/python)
+echo "== python/: cargo fmt --check"
+cargo fmt --manifest-path python/Cargo.toml -- --check
+for target in "" x86_64-pc-windows-gnu; do
+    echo "== python/: clippy (${target:-host})"
+    cargo clippy "${python_crate[@]}" ${target:+--target "$target"} --all-targets -q -- -D warnings
 done

@@ -26,6 +26,9 @@ build_c_example "" gcc target/c/copydata-ffi-echo
 COPYDATA_FFI_C_EXAMPLE="$PWD/target/c/copydata-ffi-echo" \
     COPYDATA_REQUIRE_EXAMPLES=1 cargo test --workspace --locked "$@"
 
+echo "== Linux: the Python package (pytest)"
+bash scripts/test-python.sh
+
 echo "== Windows (x86_64-pc-windows-gnu under Wine): cargo test --workspace"
 bash scripts/setup-windows.sh
 # A plain Win32 program for the WM_COPYDATA interoperability tests.

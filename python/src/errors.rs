@@ -1,0 +1,157 @@
+//! copydata's error types as Python exceptions.
+//!
+//! The exception classes are defined in Python (`copydata/__init__.py`), so
+//! that they can derive from both `copydata.Error` and the matching built-in
+//! (`TimeoutError`, `FileNotFoundError`, `ValueError`, ...); they are looked
+//! up by name when an error is raised. The message is the Rust error's, and
+//! an operating-system error behind it becomes the exception's `__cause__`
+//! (an `OSError` with its `errno`).
+
+use std::error::Error as StdError;
+use std::io;
+
+use copydata::{BindError, CreateError, MapError, OpenError, RecvError, ReplyError, SendError};
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+
+/// The exception classes of the `copydata` package.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    Error,
+    InvalidArgument,
+    InvalidName,
+    TooLarge,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    TimedOut,
+    Refused,
+    ReceiverDied,
+    SenderGone,
+    Closed,
+    ProtocolError,
+}
+
+impl Kind {
+    fn class_name(self) -> &'static str {
+        match self {
+            Kind::Error => "Error",
+            Kind::InvalidArgument => "InvalidArgument",
+            Kind::InvalidName => "InvalidName",
+            Kind::TooLarge => "TooLarge",
+            Kind::NotFound => "NotFound",
+            Kind::AlreadyExists => "AlreadyExists",
+            Kind::PermissionDenied => "PermissionDenied",
+            Kind::TimedOut => "TimedOut",
+            Kind::Refused => "Refused",
+            Kind::ReceiverDied => "ReceiverDied",
+            Kind::SenderGone => "SenderGone",
+            Kind::Closed => "Closed",
+            Kind::ProtocolError => "ProtocolError",
+        }
+    }
+}
+
+/// A `copydata.<kind>` exception with `message`.
+pub(crate) fn raise(py: Python<'_>, kind: Kind, message: impl Into<String>) -> PyErr {
+    let message = message.into();
+    let class = py
+        .import("copydata")
+        .and_then(|m| m.getattr(kind.class_name()))
+        .and_then(|c| c.cast_into::<PyType>().map_err(PyErr::from));
+    match class {
+        Ok(class) => PyErr::from_type(class, message),
+        // Only if the package itself is broken.
+        Err(_) => PyRuntimeError::new_err(message),
+    }
+}
+
+/// A `copydata.<kind>` exception for `err`, with the OS error found among
+/// its sources as the `__cause__`.
+fn convert(py: Python<'_>, kind: Kind, err: &(dyn StdError + 'static)) -> PyErr {
+    let exception = raise(py, kind, err.to_string());
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(os) = e.downcast_ref::<io::Error>() {
+            let copy = match os.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(os.kind(), os.to_string()),
+            };
+            exception.set_cause(py, Some(PyErr::from(copy)));
+            break;
+        }
+        source = e.source();
+    }
+    exception
+}
+
+pub(crate) fn send_error(py: Python<'_>, e: SendError) -> PyErr {
+    let kind = match &e {
+        SendError::InvalidName { .. } => Kind::InvalidName,
+        SendError::NoSuchMailbox { .. } => Kind::NotFound,
+        SendError::TimedOut { .. } => Kind::TimedOut,
+        SendError::ReceiverDied { .. } => Kind::ReceiverDied,
+        SendError::PayloadTooLarge { .. } => Kind::TooLarge,
+        SendError::Refused { .. } => Kind::Refused,
+        SendError::Incompatible { .. } | SendError::Protocol { .. } => Kind::ProtocolError,
+        _ => Kind::Error,
+    };
+    convert(py, kind, &e)
+}
+
+pub(crate) fn bind_error(py: Python<'_>, e: BindError) -> PyErr {
+    let kind = match &e {
+        BindError::InvalidName { .. } => Kind::InvalidName,
+        BindError::AlreadyBound { .. } => Kind::AlreadyExists,
+        BindError::RuntimeDir { .. } => Kind::PermissionDenied,
+        _ => Kind::Error,
+    };
+    convert(py, kind, &e)
+}
+
+pub(crate) fn recv_error(py: Python<'_>, e: RecvError) -> PyErr {
+    let kind = match e {
+        RecvError::Timeout => Kind::TimedOut,
+        _ => Kind::Closed,
+    };
+    convert(py, kind, &e)
+}
+
+pub(crate) fn reply_error(py: Python<'_>, e: ReplyError) -> PyErr {
+    let kind = match &e {
+        ReplyError::SenderGone => Kind::SenderGone,
+        _ => Kind::Error,
+    };
+    convert(py, kind, &e)
+}
+
+pub(crate) fn create_error(py: Python<'_>, e: CreateError) -> PyErr {
+    let kind = match &e {
+        CreateError::InvalidName { .. } => Kind::InvalidName,
+        CreateError::InvalidSize { .. } => Kind::InvalidArgument,
+        CreateError::AlreadyExists { .. } => Kind::AlreadyExists,
+        CreateError::PermissionDenied { .. } | CreateError::OtherOwner { .. } => Kind::PermissionDenied,
+        _ => Kind::Error,
+    };
+    convert(py, kind, &e)
+}
+
+pub(crate) fn open_error(py: Python<'_>, e: OpenError) -> PyErr {
+    let kind = match &e {
+        OpenError::InvalidName { .. } => Kind::InvalidName,
+        OpenError::NotFound { .. } => Kind::NotFound,
+        OpenError::PermissionDenied { .. } | OpenError::OtherOwner { .. } => Kind::PermissionDenied,
+        _ => Kind::Error,
+    };
+    convert(py, kind, &e)
+}
+
+pub(crate) fn map_error(py: Python<'_>, e: MapError) -> PyErr {
+    let kind = match &e {
+        MapError::ZeroLength | MapError::OutOfRange { .. } => Kind::InvalidArgument,
+        MapError::ReadOnly => Kind::PermissionDenied,
+        _ => Kind::Error,
+    };
+    convert(py, kind, &e)
+}

@@ -1,0 +1,80 @@
+//! The native half of the `copydata` Python package: bindings over the
+//! `copydata` crate, imported as `copydata._copydata` by the package's
+//! `__init__.py` (which also defines the exception classes).
+//!
+//! Every call that can block (sending, receiving, binding) runs with the
+//! interpreter released, so other Python threads go on meanwhile, and waits
+//! in slices of [`SLICE`], checking for signals in between, so Ctrl-C
+//! interrupts a long wait with `KeyboardInterrupt`.
+
+mod errors;
+mod mailbox;
+mod section;
+
+use std::time::Duration;
+
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::errors::Kind;
+
+/// How long a blocking call waits before it looks for signals (Ctrl-C).
+pub(crate) const SLICE: Duration = Duration::from_millis(50);
+
+/// A timeout argument in seconds, as Python's own APIs take it: `None` (or
+/// infinity) waits without limit; negative or NaN is refused.
+pub(crate) fn timeout_arg(py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Duration>> {
+    match timeout {
+        None => Ok(None),
+        Some(t) if t.is_nan() || t < 0.0 => Err(errors::raise(
+            py,
+            Kind::InvalidArgument,
+            format!("timeout must be None or at least 0 seconds, not {t}"),
+        )),
+        // Longer than a Duration holds (or infinite): no limit.
+        Some(t) => Ok(Duration::try_from_secs_f64(t).ok()),
+    }
+}
+
+/// The bytes of a bytes-like argument (`bytes`, `bytearray`, `memoryview`,
+/// a numpy array, ... any C-contiguous buffer), copied.
+pub(crate) fn bytes_arg(data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    if let Ok(bytes) = data.cast::<PyBytes>() {
+        return Ok(bytes.as_bytes().to_vec());
+    }
+    let not_bytes = || {
+        let type_name = data.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+        PyTypeError::new_err(format!("a bytes-like object is required, not '{type_name}'"))
+    };
+    let buffer = PyUntypedBuffer::get(data).map_err(|_| not_bytes())?;
+    if !buffer.is_c_contiguous() {
+        return Err(PyTypeError::new_err("the buffer must be C-contiguous"));
+    }
+    let len = buffer.len_bytes();
+    let mut out = vec![0u8; len];
+    // SAFETY:
+    // - a C-contiguous buffer has `len_bytes()` readable bytes at `buf_ptr()`
+    //   while it is held (until `buffer` is dropped below);
+    // - `out` is a fresh allocation of `len` bytes: the ranges are distinct;
+    // - the thread is attached to the interpreter, so Python code cannot
+    //   change the bytes meanwhile (another process may, for memory it
+    //   shares: then the copy holds some mix of old and new bytes, as any
+    //   read of shared memory may).
+    unsafe { std::ptr::copy_nonoverlapping(buffer.buf_ptr().cast::<u8>(), out.as_mut_ptr(), len) };
+    buffer.release(data.py());
+    Ok(out)
+}
+
+/// WM_COPYDATA-style messages and shared-memory sections (the native part of
+/// the `copydata` package).
+#[pymodule]
+fn _copydata(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(mailbox::send, m)?)?;
+    m.add_class::<mailbox::Mailbox>()?;
+    m.add_class::<mailbox::Request>()?;
+    m.add_class::<section::Section>()?;
+    m.add_class::<section::View>()?;
+    Ok(())
+}

@@ -1,0 +1,404 @@
+//! `copydata.send`, `copydata.Mailbox` and `copydata.Request`.
+
+use std::sync::mpsc::{RecvTimeoutError, sync_channel};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use copydata::{MailboxOptions, Reply, SenderOptions};
+use pyo3::exceptions::{PyException, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+
+use crate::errors::{self, Kind};
+use crate::section::Section;
+use crate::{SLICE, bytes_arg, timeout_arg};
+
+/// The bytes of a reply (a loaned reply is read out of shared memory).
+fn reply_bytes<'py>(py: Python<'py>, reply: &Reply) -> Bound<'py, PyBytes> {
+    match reply.loan() {
+        Some(loan) => PyBytes::new(py, &loan.to_vec()),
+        None => PyBytes::new(py, &reply.data),
+    }
+}
+
+/// Sends `data` (any bytes-like object) with `tag` to the mailbox `name`
+/// and waits for the reply: `SendMessage(WM_COPYDATA)`, or
+/// `SendMessageTimeout` with a `timeout` in seconds (`None`: as long as the
+/// receiver lives). Returns the reply as a `(code, data)` tuple.
+///
+/// `sections` (a list of `Section`) travel with the message: the receiver
+/// gets handles to the same memory (`Request.sections`). Such a send waits
+/// on this thread and Ctrl-C is seen only once it ends; give it a timeout.
+///
+/// Raises `NotFound` (no such mailbox), `TimedOut` (no reply in time; the
+/// message may still be handled, its reply is discarded), `ReceiverDied`,
+/// `Refused`, `TooLarge`, `InvalidName`. Ctrl-C interrupts the wait; the
+/// message may then still be delivered.
+#[pyfunction]
+#[pyo3(signature = (name, data, tag = 0, timeout = None, sections = None))]
+pub(crate) fn send<'py>(
+    py: Python<'py>,
+    name: &str,
+    data: &Bound<'py, PyAny>,
+    tag: u64,
+    timeout: Option<f64>,
+    sections: Option<Vec<PyRef<'py, Section>>>,
+) -> PyResult<(i64, Bound<'py, PyBytes>)> {
+    let timeout = timeout_arg(py, timeout)?;
+    let data = bytes_arg(data)?;
+    if let Some(sections) = sections.filter(|s| !s.is_empty()) {
+        // The handles stay borrowed from their `Section` objects (which
+        // cannot be closed meanwhile) for the whole call, so it runs here.
+        let handles = sections.iter().map(|s| s.handle(py)).collect::<PyResult<Vec<_>>>()?;
+        let result = py.detach(|| send_with_sections(name, tag, &data, &handles, timeout));
+        return match result {
+            Ok(reply) => Ok((reply.code, reply_bytes(py, &reply))),
+            Err(e) => Err(errors::send_error(py, e)),
+        };
+    }
+    let name = name.to_owned();
+    // The call runs on a thread of its own so that this one can wait in
+    // slices and take Ctrl-C; a send cannot be resumed after a timeout of
+    // its own (the connection is dropped), so slicing the send itself would
+    // not do. An interrupted send finishes in the background.
+    let (tx, rx) = sync_channel(1);
+    std::thread::Builder::new().name("copydata-send".into()).spawn(move || {
+        let result = match timeout {
+            Some(t) => copydata::send_timeout(&name, tag, &data, t),
+            None => copydata::send(&name, tag, &data),
+        };
+        let _ = tx.send(result);
+    })?;
+    // (A `Receiver` is not `Sync`: the wait borrows it through a mutex.)
+    let rx = Mutex::new(rx);
+    loop {
+        let received = py.detach(|| rx.lock().unwrap_or_else(|e| e.into_inner()).recv_timeout(SLICE));
+        match received {
+            Ok(Ok(reply)) => return Ok((reply.code, reply_bytes(py, &reply))),
+            Ok(Err(e)) => return Err(errors::send_error(py, e)),
+            Err(RecvTimeoutError::Timeout) => py.check_signals()?,
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(errors::raise(py, Kind::Error, "the sending thread ended without an answer"));
+            }
+        }
+    }
+}
+
+/// `copydata::send_timeout` (or `send`) with sections attached.
+fn send_with_sections(
+    name: &str,
+    tag: u64,
+    data: &[u8],
+    sections: &[&copydata::Section],
+    timeout: Option<Duration>,
+) -> Result<Reply, copydata::SendError> {
+    let started = Instant::now();
+    let mut options = SenderOptions::new();
+    if let Some(t) = timeout {
+        options = options.connect_timeout(t);
+    }
+    let mut sender = copydata::Sender::connect_with(name, &options)?;
+    let left = timeout.map(|t| t.saturating_sub(started.elapsed()));
+    sender.send_with_sections(tag, data, sections, left)
+}
+
+/// A bound mailbox: other processes `send` to it by `name`.
+///
+/// Receive with `recv()` (or iterate: `for request in mailbox`) and answer
+/// each `Request`, or hand a function to `serve()`. `close()` (or leaving a
+/// `with` block) unbinds the name. Raises `AlreadyExists` while another live
+/// process has bound `name`. `max_payload` (bytes) bounds what senders may
+/// send; larger messages are refused before they are transferred.
+#[pyclass(frozen, module = "copydata", name = "Mailbox")]
+pub(crate) struct Mailbox {
+    name: String,
+    /// `None` once closed. Receivers hold a clone for one slice at a time.
+    inner: Mutex<Option<Arc<copydata::Mailbox>>>,
+}
+
+impl Mailbox {
+    fn inner(&self) -> MutexGuard<'_, Option<Arc<copydata::Mailbox>>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next request; `None` once the mailbox is closed.
+    fn next_request(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Option<copydata::Request>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let Some(mailbox) = self.inner().clone() else { return Ok(None) };
+            let slice = deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()).min(SLICE));
+            // The clone is dropped before the interpreter is attached again,
+            // so `close` (which waits for it) never waits for the GIL.
+            let received = py.detach(move || mailbox.recv_timeout(slice));
+            match received {
+                Ok(request) => return Ok(Some(request)),
+                Err(copydata::RecvError::Timeout) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(errors::recv_error(py, copydata::RecvError::Timeout));
+                    }
+                    py.check_signals()?;
+                }
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl Mailbox {
+    #[new]
+    #[pyo3(signature = (name, *, max_payload = None))]
+    fn new(py: Python<'_>, name: &str, max_payload: Option<u64>) -> PyResult<Mailbox> {
+        let mut options = MailboxOptions::new();
+        if let Some(max) = max_payload {
+            options = options.max_payload(max);
+        }
+        let mailbox =
+            py.detach(|| copydata::Mailbox::bind_with(name, &options)).map_err(|e| errors::bind_error(py, e))?;
+        Ok(Mailbox { name: name.to_owned(), inner: Mutex::new(Some(Arc::new(mailbox))) })
+    }
+
+    /// The mailbox's name.
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether `close()` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner().is_none()
+    }
+
+    /// Waits for the next message, at most `timeout` seconds (`None`: no
+    /// limit), and returns it as a `Request` to answer. Raises `TimedOut`,
+    /// or `Closed` once the mailbox is closed (also from another thread
+    /// while this one waits).
+    #[pyo3(signature = (timeout = None))]
+    fn recv(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Request> {
+        let timeout = timeout_arg(py, timeout)?;
+        match self.next_request(py, timeout)? {
+            Some(request) => Request::new(py, request),
+            None => Err(errors::recv_error(py, copydata::RecvError::Closed)),
+        }
+    }
+
+    /// Answers every message with `handler(tag, data)` on this thread until
+    /// the mailbox is closed (by `close()` from another thread or from the
+    /// handler itself). The handler returns the reply: `(code, data)`, a
+    /// bare `code` (int, no data), bytes-like `data` (code 0), or `None`
+    /// (code 0, no data). A handler that raises an `Exception` (or returns
+    /// anything else) refuses that message, the sender getting `Refused`
+    /// with the error's text, reports it through `sys.unraisablehook`, and
+    /// serving goes on. `KeyboardInterrupt` and `SystemExit` stop serving
+    /// and propagate. Run it on a `threading.Thread` to serve in the
+    /// background.
+    fn serve(&self, py: Python<'_>, handler: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !handler.is_callable() {
+            return Err(PyTypeError::new_err("the handler must be callable"));
+        }
+        while let Some(request) = self.next_request(py, None)? {
+            let args = (request.tag(), PyBytes::new(py, &message_bytes(&request)));
+            let reply = handler.call1(args).and_then(|value| reply_value(&value));
+            match reply {
+                // A sender that stopped waiting loses its reply; serving goes on.
+                Ok((code, data)) => {
+                    let _ = py.detach(|| request.reply(Reply::new(code, data)));
+                }
+                Err(e) if !e.is_instance_of::<PyException>(py) => {
+                    py.detach(|| request.refuse("the receiver was interrupted"));
+                    return Err(e);
+                }
+                Err(e) => {
+                    let reason = format!("the handler failed: {e}");
+                    py.detach(|| request.refuse(&reason));
+                    e.write_unraisable(py, Some(handler));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Unbinds the mailbox: the name is free again when this returns, and
+    /// threads waiting in `recv` or `serve` stop (`Closed`, or `serve`
+    /// returns). Requests already received can still be answered.
+    fn close(&self, py: Python<'_>) {
+        let taken = self.inner().take();
+        if let Some(mut mailbox) = taken {
+            // Receivers give their clone back within one slice.
+            py.detach(move || {
+                loop {
+                    match Arc::try_unwrap(mailbox) {
+                        Ok(last) => break drop(last),
+                        Err(shared) => mailbox = shared,
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+        }
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> bool {
+        self.close(py);
+        false
+    }
+
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Request>> {
+        self.next_request(py, None)?.map(|r| Request::new(py, r)).transpose()
+    }
+
+    fn __repr__(&self) -> String {
+        let state = if self.closed() { " (closed)" } else { "" };
+        format!("Mailbox({:?}){state}", self.name)
+    }
+}
+
+/// The bytes of a message (a loaned one is read out of shared memory).
+fn message_bytes(message: &copydata::Message) -> Vec<u8> {
+    match message.loan() {
+        Some(loan) => loan.to_vec(),
+        None => message.payload().to_vec(),
+    }
+}
+
+/// A handler's return value as a reply; see `Mailbox.serve`.
+fn reply_value(value: &Bound<'_, PyAny>) -> PyResult<(i64, Vec<u8>)> {
+    if value.is_none() {
+        return Ok((0, Vec::new()));
+    }
+    if let Ok(code) = value.extract::<i64>() {
+        return Ok((code, Vec::new()));
+    }
+    if let Ok(tuple) = value.cast::<PyTuple>() {
+        if tuple.len() == 2 {
+            let code = tuple.get_item(0)?.extract::<i64>()?;
+            return Ok((code, bytes_arg(&tuple.get_item(1)?)?));
+        }
+        return Err(PyTypeError::new_err("a reply tuple must be (code, data)"));
+    }
+    bytes_arg(value)
+        .map(|data| (0, data))
+        .map_err(|_| PyTypeError::new_err("the handler must return (code, data), a code, bytes-like data or None"))
+}
+
+/// A received message, waiting for its answer.
+///
+/// `tag`, `data` (bytes) and `expects_reply` describe it; answer once with
+/// `reply(code, data)` or `refuse(reason)`. A request dropped unanswered is
+/// refused. For a posted message (`expects_reply` is False) the answer goes
+/// nowhere.
+#[pyclass(frozen, module = "copydata", name = "Request")]
+pub(crate) struct Request {
+    tag: u64,
+    data: Py<PyBytes>,
+    expects_reply: bool,
+    sender_pid: u32,
+    sender_uid: Option<u32>,
+    sections: Vec<Py<Section>>,
+    inner: Mutex<Option<copydata::Request>>,
+}
+
+impl Request {
+    fn new(py: Python<'_>, mut request: copydata::Request) -> PyResult<Request> {
+        let data = PyBytes::new(py, &message_bytes(&request)).unbind();
+        let sections = request.message_mut().take_sections();
+        let sections = sections.into_iter().map(|s| Py::new(py, Section::wrap(s))).collect::<PyResult<_>>()?;
+        Ok(Request {
+            tag: request.tag(),
+            data,
+            expects_reply: request.expects_reply(),
+            sender_pid: request.sender().pid,
+            sender_uid: request.sender().uid,
+            sections,
+            inner: Mutex::new(Some(request)),
+        })
+    }
+
+    fn take(&self, py: Python<'_>) -> PyResult<copydata::Request> {
+        let taken = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take();
+        taken.ok_or_else(|| errors::raise(py, Kind::Error, "the request was already answered"))
+    }
+}
+
+#[pymethods]
+impl Request {
+    /// The tag (`dwData`), an int from 0 to 2**64 - 1.
+    #[getter]
+    fn tag(&self) -> u64 {
+        self.tag
+    }
+
+    /// The message's bytes.
+    #[getter]
+    fn data(&self, py: Python<'_>) -> Py<PyBytes> {
+        self.data.clone_ref(py)
+    }
+
+    /// Whether the sender waits for the reply (False for a posted message).
+    #[getter]
+    fn expects_reply(&self) -> bool {
+        self.expects_reply
+    }
+
+    /// The sender's process id.
+    #[getter]
+    fn sender_pid(&self) -> u32 {
+        self.sender_pid
+    }
+
+    /// The sender's user id (Linux; None on Windows).
+    #[getter]
+    fn sender_uid(&self) -> Option<u32> {
+        self.sender_uid
+    }
+
+    /// The sections that came with the message (a list of `Section`).
+    #[getter]
+    fn sections(&self, py: Python<'_>) -> Vec<Py<Section>> {
+        self.sections.iter().map(|s| s.clone_ref(py)).collect()
+    }
+
+    /// Whether `reply` or `refuse` was called.
+    #[getter]
+    fn answered(&self) -> bool {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+
+    /// Answers the message: the sender's `send` returns `(code, data)`.
+    /// Raises `SenderGone` if the sender stopped waiting (it timed out or
+    /// died), `Error` if the request was already answered.
+    #[pyo3(signature = (code = 0, data = None))]
+    fn reply(&self, py: Python<'_>, code: i64, data: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let data = data.map(bytes_arg).transpose()?.unwrap_or_default();
+        let request = self.take(py)?;
+        py.detach(|| request.reply(Reply::new(code, data))).map_err(|e| errors::reply_error(py, e))
+    }
+
+    /// Refuses the message: the sender's `send` raises `Refused` with
+    /// `reason`.
+    #[pyo3(signature = (reason = "refused by the receiver"))]
+    fn refuse(&self, py: Python<'_>, reason: &str) -> PyResult<()> {
+        let request = self.take(py)?;
+        py.detach(|| request.refuse(reason));
+        Ok(())
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "Request(tag={}, {} bytes, sender_pid={}{})",
+            self.tag,
+            self.data.bind(py).as_bytes().len(),
+            self.sender_pid,
+            if self.expects_reply { "" } else { ", posted" }
+        )
+    }
+}

@@ -1,0 +1,94 @@
+"""Sections from Python: the buffer protocol, views' lifetimes, errors."""
+
+import gc
+
+import numpy as np
+import pytest
+
+import copydata
+
+
+def test_anonymous_section_through_memoryview_and_numpy():
+    with copydata.Section.anonymous(4096) as section:
+        assert (section.name, section.size, section.readonly) == (None, 4096, False)
+        view = memoryview(section)
+        assert (view.nbytes, view.readonly, view.format, view.obj) == (4096, False, "B", section)
+        view[100:105] = b"hello"
+        assert bytes(section.map(100, 5)) == b"hello"
+        # numpy over the same memory, at an offset that needs no alignment.
+        words = np.frombuffer(section.map(1, 8), dtype=np.uint32)
+        words[:] = [0xDEADBEEF, 1]
+        assert bytes(view[1:9]) == bytes.fromhex("efbeadde01000000")
+        view.release()
+        del words
+
+
+def test_named_section_is_shared_between_handles(name):
+    with copydata.Section.create(name, 1000) as a, copydata.Section.open(name) as b:
+        assert repr(a) == f'Section("{name}", 1000 bytes)'
+        np.frombuffer(a, dtype=np.uint8)[:] = 9
+        assert bytes(memoryview(b)) == b"\x09" * 1000
+        with pytest.raises(copydata.AlreadyExists) as e:
+            copydata.Section.create(name, 10)
+        assert isinstance(e.value, FileExistsError)
+    with pytest.raises(copydata.NotFound) as e:
+        copydata.Section.open(name)
+    assert isinstance(e.value, FileNotFoundError)
+
+
+def test_read_only_section_gives_read_only_buffers(name):
+    with copydata.Section.create(name, 64) as section:
+        memoryview(section)[:3] = b"abc"
+        with copydata.Section.open(name, readonly=True) as ro:
+            assert ro.readonly
+            view = memoryview(ro)
+            assert view.readonly and bytes(view[:3]) == b"abc"
+            with pytest.raises(TypeError):
+                view[0] = 1
+            assert not np.frombuffer(ro, dtype=np.uint8).flags.writeable
+            assert ro.map(1, 2).readonly
+            view.release()
+
+
+def test_buffers_outlive_close_and_keep_the_section_alive(name):
+    section = copydata.Section.create(name, 4096)
+    whole = np.frombuffer(section, dtype=np.int64)
+    part = section.map(4000)
+    whole[:] = 5
+    section.close()
+    assert section.closed
+    # Both still map the memory, and hold the name.
+    assert whole.sum() == 5 * 512
+    part[:8] = b"\x01" * 8
+    assert whole[500] == 0x0101010101010101
+    with copydata.Section.open(name) as again:
+        assert bytes(again.map(4000, 8)) == b"\x01" * 8
+    del whole
+    part.release()
+    gc.collect()
+    # The last holder is gone: so is the name.
+    with pytest.raises(copydata.NotFound):
+        copydata.Section.open(name)
+
+
+def test_a_closed_section_exports_nothing():
+    section = copydata.Section.anonymous(10)
+    section.close()
+    section.close()  # twice is fine
+    with pytest.raises(copydata.Closed):
+        section.map()
+    with pytest.raises(copydata.Closed):
+        memoryview(section)
+
+
+def test_bad_sizes_and_ranges():
+    with pytest.raises(copydata.InvalidArgument) as e:
+        copydata.Section.anonymous(0)
+    assert isinstance(e.value, ValueError)
+    with copydata.Section.anonymous(100) as section:
+        for offset, length in [(0, 101), (100, 1), (50, 0), (2**63, 1)]:
+            with pytest.raises(copydata.InvalidArgument):
+                section.map(offset, length)
+        with pytest.raises(copydata.InvalidArgument):
+            section.map(101)
+        assert len(section.map(99)) == 1
