@@ -40,12 +40,15 @@ fn main() -> Result<()> {
     if lines.next().transpose()?.as_deref() != Some("ready") {
         return Err("the receiver did not start".into());
     }
-    hand_over(&section, &path, &mut receiver)?;
+    // A receiver left waiting would wait forever: end it if this fails.
+    hand_over(&section, &path, &mut receiver).inspect_err(|_| drop(receiver.kill()))?;
     for line in lines {
         println!("{}", line?);
     }
-    receiver.wait()?;
-    Ok(())
+    match receiver.wait()? {
+        status if status.success() => Ok(()),
+        status => Err(format!("the receiver failed: {status}").into()),
+    }
 }
 
 /// Linux: the descriptor travels over a Unix socket as `SCM_RIGHTS`.
