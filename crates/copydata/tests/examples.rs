@@ -9,27 +9,14 @@
 mod common;
 
 use std::io::Read;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// The example's binary, or `None` (skip) when it was not built.
-fn example(name: &str) -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(std::env::var_os("COPYDATA_REQUIRE_EXAMPLES").is_none(), "example {name} not built: {}", path.display());
-    eprintln!("skipped: example {name} not built (cargo test --workspace builds it)");
-    None
-}
 
 /// Runs the example to its end (killed and failed after `common::WAIT`),
 /// checks that it succeeded and left no named object behind, and returns
 /// its standard output and its process id.
 fn run(name: &str) -> Option<(String, u32)> {
-    let exe = example(name)?;
+    let exe = common::example(name)?;
     let mut child = Command::new(&exe).stdout(Stdio::piped()).spawn().expect("starting the example");
     let pid = child.id();
     let mut stdout = child.stdout.take().expect("piped stdout");
