@@ -28,3 +28,15 @@ for target in "" x86_64-pc-windows-gnu; do
     echo "== python/: clippy (${target:-host})"
     cargo clippy "${python_crate[@]}" ${target:+--target "$target"} --all-targets -q -- -D warnings
 done
+
+# Every crate packs for crates.io with its licence files (no build: the
+# checks above compiled everything; --allow-dirty so it runs before a commit).
+echo "== cargo package"
+rm -rf target/package
+cargo package --workspace --locked --no-verify --allow-dirty -q
+for crate in target/package/*.crate; do
+    files=$(tar -tzf "$crate")
+    for file in LICENSE-MIT LICENSE-APACHE README.md; do
+        grep -q "^[^/]*/$file\$" <<<"$files" || { echo "check.sh: $crate lacks $file" >&2; exit 1; }
+    done
+done

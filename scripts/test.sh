@@ -44,7 +44,7 @@ wineserver -k 2>/dev/null || true
 # Nothing may be left behind: no shared-memory objects, no mailbox files.
 runtime=${COPYDATA_RUNTIME_DIR:-${XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/copydata}}
 runtime=${runtime:-/tmp/copydata-$(id -u)}
-left=$( (ls /dev/shm; ls "$runtime") 2>/dev/null | grep -- 'copydata-\(clitest\|test\|demo\)-' || true)
+left=$( (ls /dev/shm; ls "$runtime") 2>/dev/null | grep -- 'copydata-\(clitest\|test\|demo\|example\)-' || true)
 if [ -n "$left" ]; then
     echo "test.sh: the suite left objects behind (in /dev/shm or $runtime):" >&2
     echo "$left" >&2

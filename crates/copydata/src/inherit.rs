@@ -58,6 +58,18 @@ pub trait CommandExt {
     /// Spawns the command with `sections` passed to the child, read-write or
     /// read-only as each handle is (use [`Section::read_only`] for a
     /// read-only hand-out).
+    ///
+    /// Windows: inheritable duplicates of the handles (`DuplicateHandle`
+    /// with `bInheritHandle`, so they carry `HANDLE_FLAG_INHERIT`) live for
+    /// the `CreateProcessW` call (`bInheritHandles = TRUE`), and their
+    /// values go to the child in [`INHERIT_VAR`]: the classic "handle value
+    /// on the command line". Linux: in the forked child, duplicates of the
+    /// descriptors have `FD_CLOEXEC` cleared (`fcntl(F_SETFD)`) before
+    /// `execve`.
+    #[doc(alias = "CreateProcessW")]
+    #[doc(alias = "bInheritHandles")]
+    #[doc(alias = "HANDLE_FLAG_INHERIT")]
+    #[doc(alias = "FD_CLOEXEC")]
     fn spawn_with_sections(&mut self, sections: &[&Section]) -> io::Result<Child>;
 }
 

@@ -74,7 +74,11 @@ use crate::view::View;
 /// The largest payload a mailbox accepts by default: 4 GiB.
 pub const DEFAULT_MAX_PAYLOAD: u64 = 4 << 30;
 
-/// Who sent a message.
+/// Who sent a message: the kernel's `SO_PEERCRED` on Linux, the process of
+/// the connection (or, for a plain `WM_COPYDATA`, `GetWindowThreadProcessId`
+/// of the window named in `wParam`) on Windows.
+#[doc(alias = "SO_PEERCRED")]
+#[doc(alias = "GetWindowThreadProcessId")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
     /// The sender's process id. From the kernel on Linux (`SO_PEERCRED`)
@@ -193,7 +197,10 @@ impl fmt::Debug for Payload {
     }
 }
 
-/// A received message.
+/// A received message: the `COPYDATASTRUCT` of Win32, whose `dwData` is
+/// [`tag`](Self::tag) and whose `lpData`/`cbData` are
+/// [`payload`](Self::payload).
+#[doc(alias = "COPYDATASTRUCT")]
 #[derive(Debug)]
 pub struct Message {
     tag: u64,
@@ -386,7 +393,9 @@ impl Request {
         self.message.as_mut().expect("a request holds its message until answered")
     }
 
-    /// Sends the reply; the sender's `send` returns it.
+    /// Sends the reply; the sender's `send` returns it (Win32's
+    /// `ReplyMessage`, with bytes beside the `LRESULT`).
+    #[doc(alias = "ReplyMessage")]
     pub fn reply(mut self, reply: Reply) -> Result<(), ReplyError> {
         // The message (and any loan it holds) is done with before the
         // sender learns so.
@@ -530,6 +539,15 @@ impl Mailbox {
     /// Binds `name` for this user. Fails with [`BindError::AlreadyBound`]
     /// while a live process has it; a name left by a crashed process is
     /// taken over.
+    ///
+    /// On Windows this creates a message-only window (`CreateWindowExW` with
+    /// `HWND_MESSAGE`) whose class is derived from the name, guarded by a
+    /// named mutex (`CreateMutexW`); on Linux a Unix socket in the per-user
+    /// runtime directory, the name held by an exclusive `flock`.
+    #[doc(alias = "CreateWindowExW")]
+    #[doc(alias = "RegisterClassW")]
+    #[doc(alias = "HWND_MESSAGE")]
+    #[doc(alias = "flock")]
     pub fn bind(name: &str) -> Result<Mailbox, BindError> {
         Self::bind_with(name, &MailboxOptions::default())
     }
@@ -584,7 +602,8 @@ impl Mailbox {
         }
     }
 
-    /// Waits for the next message.
+    /// Waits for the next message (the `GetMessageW` of a window's loop).
+    #[doc(alias = "GetMessageW")]
     pub fn recv(&self) -> Result<Request, RecvError> {
         self.next(None)
     }
@@ -594,13 +613,17 @@ impl Mailbox {
         self.next(Some(Instant::now() + timeout))
     }
 
-    /// Runs `handler` for every message on background threads
+    /// Runs `handler` for every message on background threads (the window
+    /// procedure's `WM_COPYDATA` case, with the `GetMessageW` /
+    /// `DispatchMessageW` loop run for you)
     /// ([`MailboxOptions::handler_threads`], default 1), replying with what
     /// it returns, until the returned [`Server`] is dropped. The handler runs
     /// on the thread that takes the message out of shared memory. A handler
     /// that panics refuses that message and goes on serving. With several
     /// threads the handler runs concurrently: keep shared state in atomics
     /// or a `Mutex`.
+    #[doc(alias = "DispatchMessageW")]
+    #[doc(alias = "WindowProc")]
     pub fn serve<F>(self, handler: F) -> Server
     where
         F: Fn(&mut Message) -> Reply + Send + Sync + 'static,
@@ -761,7 +784,11 @@ pub(crate) fn fail(name: &Name, timeout: Option<Duration>, f: Fail) -> SendError
 
 impl Sender {
     /// Connects to the mailbox `name` (set-up bounded by
-    /// [`DEFAULT_CONNECT_TIMEOUT`]).
+    /// [`DEFAULT_CONNECT_TIMEOUT`]). On Windows the mailbox's window is
+    /// found with `FindWindowExW(HWND_MESSAGE, class)`; on Linux its socket
+    /// is connected (`connect`) in the runtime directory.
+    #[doc(alias = "FindWindowW")]
+    #[doc(alias = "FindWindowExW")]
     pub fn connect(name: &str) -> Result<Sender, SendError> {
         Self::connect_with(name, &SenderOptions::default())
     }
@@ -841,16 +868,21 @@ impl Sender {
     }
 
     /// Sends and waits for the reply, however long the handler takes (a
-    /// receiver that dies gives [`SendError::ReceiverDied`] at once).
+    /// receiver that dies gives [`SendError::ReceiverDied`] at once): the
+    /// `SendMessageW(WM_COPYDATA)` of Win32.
     #[doc(alias = "SendMessage")]
+    #[doc(alias = "SendMessageW")]
+    #[doc(alias = "WM_COPYDATA")]
     pub fn send(&mut self, tag: u64, data: &[u8]) -> Result<Reply, SendError> {
         self.call(tag, data, &[], None)
     }
 
     /// Sends and waits at most `timeout` for the reply (set-up included, if
     /// the connection has to be made). A [`SendError::TimedOut`] is never
-    /// returned before `timeout` has passed.
+    /// returned before `timeout` has passed. The
+    /// `SendMessageTimeoutW(WM_COPYDATA)` of Win32.
     #[doc(alias = "SendMessageTimeout")]
+    #[doc(alias = "SendMessageTimeoutW")]
     pub fn send_timeout(&mut self, tag: u64, data: &[u8], timeout: Duration) -> Result<Reply, SendError> {
         self.call(tag, data, &[], Some(timeout))
     }
@@ -868,13 +900,14 @@ impl Sender {
         self.call(tag, data, sections, timeout)
     }
 
-    /// Posts a notification: no reply is awaited (`PostMessage`). The
+    /// Posts a notification: no reply is awaited (`PostMessageW`). The
     /// receiver's handler sees it like any message
     /// ([`Message::expects_reply`] is `false`) and its reply is discarded.
     /// Posts queue up in shared memory; when the queue is full, `post` waits
     /// for the receiver to catch up (it never buffers without bound). A
     /// receiver that dies gives [`SendError::ReceiverDied`].
     #[doc(alias = "PostMessage")]
+    #[doc(alias = "PostMessageW")]
     pub fn post(&mut self, tag: u64, data: &[u8]) -> Result<(), SendError> {
         self.with_client(None, None, data.len() as u64, |c| c.put(POST, tag, Body::Bytes(data), &[], true, None))
     }
@@ -956,16 +989,18 @@ pub(crate) fn connect_client(
 }
 
 /// Sends a message to the mailbox `name` and waits for the reply
-/// (`SendMessage(WM_COPYDATA)`).
+/// (`SendMessageW(WM_COPYDATA)`).
 #[doc(alias = "SendMessage")]
+#[doc(alias = "SendMessageW")]
 #[doc(alias = "WM_COPYDATA")]
 pub fn send(name: &str, tag: u64, data: &[u8]) -> Result<Reply, SendError> {
     Sender::connect(name)?.send(tag, data)
 }
 
 /// Sends a message to the mailbox `name` and waits at most `timeout` for the
-/// reply, set-up included (`SendMessageTimeout(WM_COPYDATA)`).
+/// reply, set-up included (`SendMessageTimeoutW(WM_COPYDATA)`).
 #[doc(alias = "SendMessageTimeout")]
+#[doc(alias = "SendMessageTimeoutW")]
 pub fn send_timeout(name: &str, tag: u64, data: &[u8], timeout: Duration) -> Result<Reply, SendError> {
     let started = Instant::now();
     let mut sender =
@@ -993,7 +1028,10 @@ pub struct MailboxInfo {
 }
 
 /// Lists this user's live mailboxes, sorted by name (on Linux, removing what
-/// crashed processes left behind).
+/// crashed processes left behind). On Windows this walks the message-only
+/// windows (`FindWindowExW(HWND_MESSAGE)` in a loop, the `EnumWindows` of
+/// windows that `EnumWindows` does not list).
+#[doc(alias = "EnumWindows")]
 pub fn mailboxes() -> Result<Vec<MailboxInfo>, ListError> {
     let mut all = sys::mailbox::list()?;
     all.sort_by(|a, b| a.name.cmp(&b.name));

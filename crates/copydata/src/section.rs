@@ -84,8 +84,13 @@ impl Section {
     ///
     /// Only processes that are handed the section (see
     /// [`CommandExt::spawn_with_sections`](crate::CommandExt::spawn_with_sections) and [`crate::os`]) can reach it.
+    ///
+    /// Windows: `CreateFileMappingW(INVALID_HANDLE_VALUE, ..., NULL)`. Linux:
+    /// `memfd_create` + `ftruncate`, then sealed against resizing
+    /// (`fcntl(F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW)`).
     #[doc(alias = "CreateFileMappingW")]
     #[doc(alias = "memfd_create")]
+    #[doc(alias = "ftruncate")]
     pub fn anonymous(size: u64) -> Result<Section, CreateError> {
         check_size(size)?;
         Ok(Self::wrap(sys::Section::anonymous(size)?, None, true))
@@ -93,8 +98,13 @@ impl Section {
 
     /// Creates a named section of `size` bytes, zero-filled. Fails with
     /// [`CreateError::AlreadyExists`] while a live section has this name.
+    ///
+    /// Windows: `CreateFileMappingW` with the name `Local\NAME` (an existing
+    /// mapping of that name is an error here, not opened). Linux:
+    /// `shm_open("/NAME")` + `ftruncate`, published only once complete.
     #[doc(alias = "CreateFileMappingW")]
     #[doc(alias = "shm_open")]
+    #[doc(alias = "ftruncate")]
     pub fn create(name: &str, size: u64) -> Result<Section, CreateError> {
         Self::create_with(name, size, &SectionOptions::new())
     }
@@ -140,6 +150,14 @@ impl Section {
     /// [`len`](Self::len)); [`was_created`](Self::was_created) tells which
     /// happened. Race-free: of many processes calling this at once, exactly
     /// one creates.
+    ///
+    /// This is what `CreateFileMappingW` with a name does on Windows (it
+    /// opens an existing mapping and reports `ERROR_ALREADY_EXISTS`: here
+    /// `was_created()` is `false`), and `shm_open(O_CREAT)` without
+    /// `O_EXCL` on Linux.
+    #[doc(alias = "CreateFileMappingW")]
+    #[doc(alias = "ERROR_ALREADY_EXISTS")]
+    #[doc(alias = "O_CREAT")]
     pub fn open_or_create(name: &str, size: u64) -> Result<Section, CreateError> {
         Self::open_or_create_with(name, size, &SectionOptions::new())
     }
@@ -160,6 +178,10 @@ impl Section {
     /// Truncating the file while it is mapped makes access to the cut-off
     /// part crash the accessing process (SIGBUS on Linux); keep such files
     /// private to your application.
+    ///
+    /// Windows: `CreateFileMappingW` on the file's handle. Linux: the file's
+    /// descriptor (duplicated), mapped with `mmap(MAP_SHARED)`.
+    #[doc(alias = "CreateFileMappingW")]
     pub fn from_file(file: &File, access: Access) -> Result<Section, CreateError> {
         Ok(Self::wrap(sys::Section::from_file(file, access)?, None, true))
     }
@@ -204,6 +226,11 @@ impl Section {
     /// you do not trust should be size-sealed; copydata flags them rather
     /// than refuse them, because named and file-backed sections, which
     /// cannot be sealed, are shared on purpose all the time.
+    ///
+    /// On Linux this reads the descriptor's seals (`fcntl(F_GET_SEALS)`) and
+    /// looks for `F_SEAL_SHRINK`.
+    #[doc(alias = "F_GET_SEALS")]
+    #[doc(alias = "F_SEAL_SHRINK")]
     pub fn is_size_sealed(&self) -> bool {
         self.inner.size_sealed()
     }
@@ -220,9 +247,9 @@ impl Section {
     /// upgrade it back to write access.
     ///
     /// For anonymous sections the guarantee is enforced by the kernel
-    /// (Linux: `F_SEAL_FUTURE_WRITE`, `F_SEAL_SHRINK`, `F_SEAL_GROW` seals and
-    /// an `O_RDONLY` descriptor; Windows: a handle duplicated with
-    /// `FILE_MAP_READ` only). A named or file-backed section remains
+    /// (Linux: `F_SEAL_FUTURE_WRITE`, `F_SEAL_SHRINK`, `F_SEAL_GROW` seals
+    /// added with `fcntl(F_ADD_SEALS)` and an `O_RDONLY` descriptor; Windows:
+    /// a handle duplicated with `DuplicateHandle` and `FILE_MAP_READ` only). A named or file-backed section remains
     /// reachable by its name or path, so whoever may open that may still get
     /// write access there.
     ///
@@ -235,6 +262,7 @@ impl Section {
     /// [`map_mut`](Self::map_mut) calls, so here nothing changes.
     #[doc(alias = "DuplicateHandle")]
     #[doc(alias = "F_SEAL_FUTURE_WRITE")]
+    #[doc(alias = "F_ADD_SEALS")]
     pub fn read_only(&self) -> Result<Section, ReadOnlyError> {
         Ok(Self::wrap(self.inner.read_only()?, self.name.clone(), false))
     }
@@ -245,8 +273,19 @@ impl Section {
     /// Reading a view of a section that is not
     /// [size-sealed](Self::is_size_sealed) crashes this process (SIGBUS) if
     /// another holder has truncated the section below the part read.
+    ///
+    /// Windows: `MapViewOfFile(FILE_MAP_READ)`; Linux:
+    /// `mmap(PROT_READ, MAP_SHARED)`, both from the allocation boundary below
+    /// `offset`. The system chooses the address (there is no
+    /// `MapViewOfFileEx` base address or `MAP_FIXED`), and a view's
+    /// protection is fixed when it is mapped (no `mprotect` /
+    /// `VirtualProtect`): to write, map the range with
+    /// [`map_mut`](Self::map_mut). The view is unmapped when dropped.
     #[doc(alias = "MapViewOfFile")]
+    #[doc(alias = "MapViewOfFileEx")]
     #[doc(alias = "mmap")]
+    #[doc(alias = "mprotect")]
+    #[doc(alias = "VirtualProtect")]
     pub fn map(&self, offset: u64, len: usize) -> Result<View, MapError> {
         let (map, start) = self.map_raw(offset, len, Access::ReadOnly)?;
         Ok(View::new(map, start, len, offset))
@@ -254,6 +293,11 @@ impl Section {
 
     /// Maps `len` bytes starting at `offset` for reading and writing. Fails
     /// with [`MapError::ReadOnly`] on a read-only section.
+    ///
+    /// Windows: `MapViewOfFile(FILE_MAP_WRITE)`; Linux:
+    /// `mmap(PROT_READ | PROT_WRITE, MAP_SHARED)`.
+    #[doc(alias = "MapViewOfFile")]
+    #[doc(alias = "mmap")]
     pub fn map_mut(&self, offset: u64, len: usize) -> Result<ViewMut, MapError> {
         let (map, start) = self.map_raw(offset, len, Access::ReadWrite)?;
         Ok(ViewMut::new(View::new(map, start, len, offset)))
@@ -351,6 +395,7 @@ pub fn remove(name: &str) -> Result<(), RemoveError> {
 /// lists every live section with a valid copydata name in the session's
 /// `Local\` namespace (`NtQueryDirectoryObject`; Windows records no maker),
 /// with sizes rounded up to a page.
+#[doc(alias = "NtQueryDirectoryObject")]
 pub fn list() -> Result<Vec<SectionInfo>, ListError> {
     let mut all = sys::list()?;
     all.sort_by(|a, b| a.name.cmp(&b.name));

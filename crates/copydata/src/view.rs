@@ -16,7 +16,10 @@ use crate::error::AccessError;
 use crate::sys;
 
 /// A read-only view of part of a [`Section`](crate::Section). Unmapped on
-/// drop (the mapping may outlive the `Section` it came from).
+/// drop (`UnmapViewOfFile` on Windows, `munmap` on Linux); the mapping may
+/// outlive the `Section` it came from.
+#[doc(alias = "UnmapViewOfFile")]
+#[doc(alias = "munmap")]
 #[derive(Debug)]
 pub struct View {
     map: Arc<sys::Mapping>,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
-use common::{Kid, child_command, hear, say, unique};
+use common::{Kid, child_command, example, hear, say, unique};
 use copydata::instance::{Answer, InstanceOptions, LAUNCH_TAG, SingleInstance};
 use copydata::{InstanceError, SendError};
 
@@ -413,20 +413,6 @@ fn bad_app_ids_are_refused() {
             "{bad:?}"
         );
     }
-}
-
-/// The `editor` example, built by `cargo test` with the tests. `None` when
-/// it was not built (a run of this test file alone), unless the test script
-/// asks for it (`COPYDATA_REQUIRE_EXAMPLES`).
-fn example(name: &str) -> Option<std::path::PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(std::env::var_os("COPYDATA_REQUIRE_EXAMPLES").is_none(), "example {name} not built: {}", path.display());
-    eprintln!("skipped: example {name} not built (cargo test --workspace builds it)");
-    None
 }
 
 #[test]

@@ -178,9 +178,19 @@ impl SingleInstance {
     /// Becomes the primary instance of `app_id`, or forwards this launch to
     /// the running primary and returns its answer.
     ///
+    /// The Win32 idiom this replaces: `CreateMutexW` and a check for
+    /// `ERROR_ALREADY_EXISTS`, then `FindWindowW` and
+    /// `SendMessageW(WM_COPYDATA)` with the command line. Here the election
+    /// is binding a mailbox (a named mutex on Windows, an `flock` on Linux),
+    /// see the [module docs](self).
+    ///
     /// Waits at most [`InstanceOptions::timeout`] for a primary to answer
     /// (a primary that is elected but not listening yet, or one that just
     /// died and whose successor is being elected, is waited for).
+    #[doc(alias = "CreateMutexW")]
+    #[doc(alias = "ERROR_ALREADY_EXISTS")]
+    #[doc(alias = "FindWindowW")]
+    #[doc(alias = "flock")]
     pub fn acquire(app_id: &str, options: &InstanceOptions) -> Result<SingleInstance, InstanceError> {
         let app = Name::new(app_id).map_err(|reason| InstanceError::InvalidAppId { app_id: app_id.into(), reason })?;
         let name = Name::instance_mailbox(&app);
@@ -513,8 +523,10 @@ impl Launch {
         self.tag
     }
 
-    /// Answers the launch; the secondary's `acquire` returns the answer.
-    /// Fails if the secondary gave up waiting (it timed out or died).
+    /// Answers the launch; the secondary's `acquire` returns the answer (the
+    /// `ReplyMessage` of the launch's message). Fails if the secondary gave
+    /// up waiting (it timed out or died).
+    #[doc(alias = "ReplyMessage")]
     pub fn answer(mut self, answer: Answer) -> Result<(), ReplyError> {
         self.answer_in_place(answer)
     }

@@ -198,15 +198,18 @@ pub struct Mutex {
 
 impl Mutex {
     /// Opens the mutex `name`, creating it (unlocked) if no process holds
-    /// one (`CreateMutex`).
+    /// one (`CreateMutexW` on Windows; on Linux a robust, process-shared
+    /// glibc mutex, `pthread_mutex_init` with `PTHREAD_PROCESS_SHARED` and
+    /// `PTHREAD_MUTEX_ROBUST`, in a shared object).
     #[doc(alias = "CreateMutexW")]
     #[doc(alias = "pthread_mutex_init")]
+    #[doc(alias = "PTHREAD_PROCESS_SHARED")]
     pub fn open_or_create(name: &str) -> Result<Mutex, SyncOpenError> {
         Self::with(name, true)
     }
 
     /// Opens the existing mutex `name` ([`SyncOpenError::NotFound`] if no
-    /// process holds one).
+    /// process holds one), like `OpenMutexW`.
     #[doc(alias = "OpenMutexW")]
     pub fn open(name: &str) -> Result<Mutex, SyncOpenError> {
         Self::with(name, false)
@@ -222,27 +225,38 @@ impl Mutex {
         self.lock.obj.name.as_str()
     }
 
-    /// Waits for the lock, however long it takes.
+    /// Waits for the lock, however long it takes
+    /// (`WaitForSingleObject(INFINITE)` / `pthread_mutex_lock`).
     #[doc(alias = "WaitForSingleObject")]
     #[doc(alias = "pthread_mutex_lock")]
     pub fn lock(&self) -> Result<MutexGuard<'_>, LockError> {
         self.lock.acquire(None, false).map(MutexGuard)
     }
 
-    /// Takes the lock if it is free now, else [`LockError::WouldBlock`].
+    /// Takes the lock if it is free now, else [`LockError::WouldBlock`]
+    /// (`WaitForSingleObject(0)` / `pthread_mutex_trylock`).
     #[doc(alias = "pthread_mutex_trylock")]
     pub fn try_lock(&self) -> Result<MutexGuard<'_>, LockError> {
         self.lock.acquire(None, true).map(MutexGuard)
     }
 
     /// Waits at most `timeout` for the lock ([`LockError::TimedOut`], never
-    /// before `timeout` has passed).
+    /// before `timeout` has passed): `WaitForSingleObject(ms)` on Windows,
+    /// `pthread_mutex_clocklock(CLOCK_MONOTONIC)` on Linux (the
+    /// `pthread_mutex_timedlock` that a change of the wall clock cannot
+    /// stretch or cut short).
+    #[doc(alias = "WaitForSingleObject")]
+    #[doc(alias = "pthread_mutex_timedlock")]
+    #[doc(alias = "pthread_mutex_clocklock")]
     pub fn lock_timeout(&self, timeout: Duration) -> Result<MutexGuard<'_>, LockError> {
         self.lock.acquire(deadline(timeout), false).map(MutexGuard)
     }
 }
 
-/// A held [`Mutex`]; unlocks on drop.
+/// A held [`Mutex`]; unlocks on drop (`ReleaseMutex` /
+/// `pthread_mutex_unlock`).
+#[doc(alias = "ReleaseMutex")]
+#[doc(alias = "pthread_mutex_unlock")]
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct MutexGuard<'a>(RawGuard<'a>);
 
@@ -250,11 +264,15 @@ impl MutexGuard<'_> {
     /// Whether a holder of this mutex died while holding it and nobody has
     /// marked the protected state consistent since. Stays `true` for every
     /// locker until someone calls [`mark_consistent`](Self::mark_consistent).
+    /// The lock reported `WAIT_ABANDONED` (Windows) or `EOWNERDEAD` (Linux).
+    #[doc(alias = "WAIT_ABANDONED")]
+    #[doc(alias = "EOWNERDEAD")]
     pub fn owner_died(&self) -> bool {
         self.0.owner_died()
     }
 
-    /// Declares the protected state consistent again (after repairing it).
+    /// Declares the protected state consistent again (after repairing it);
+    /// on Linux `pthread_mutex_consistent`.
     #[doc(alias = "pthread_mutex_consistent")]
     pub fn mark_consistent(&mut self) {
         self.0.mark_consistent();
@@ -302,8 +320,9 @@ impl fmt::Display for EventKind {
     }
 }
 
-/// A named event shared by processes (`CreateEvent`): set it in one,
-/// wake waiters in others.
+/// A named event shared by processes (`CreateEventW`): set it in one,
+/// wake waiters in others. On Linux it is a futex word in shared memory
+/// (`futex(FUTEX_WAIT)` / `futex(FUTEX_WAKE)`).
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -317,6 +336,7 @@ impl fmt::Display for EventKind {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
+#[doc(alias = "futex")]
 pub struct Event {
     obj: Object,
     raw: sys::sync::RawEvent,
@@ -324,8 +344,8 @@ pub struct Event {
 }
 
 impl Event {
-    /// Opens the event `name`, creating it unset if no process holds one.
-    /// An existing event of the other kind is refused
+    /// Opens the event `name`, creating it unset if no process holds one
+    /// (`CreateEventW`). An existing event of the other kind is refused
     /// ([`SyncOpenError::WrongKind`]).
     #[doc(alias = "CreateEventW")]
     pub fn open_or_create(name: &str, kind: EventKind) -> Result<Event, SyncOpenError> {
@@ -340,7 +360,7 @@ impl Event {
         Self::attach(obj, kind)
     }
 
-    /// Opens the existing event `name`, whatever its kind.
+    /// Opens the existing event `name`, whatever its kind (`OpenEventW`).
     #[doc(alias = "OpenEventW")]
     pub fn open(name: &str) -> Result<Event, SyncOpenError> {
         let obj = Object::open(name, ObjectKind::Event, HEADER_LEN as u64, false)?;
@@ -371,27 +391,33 @@ impl Event {
     }
 
     /// Sets the event: wakes every waiter (manual-reset) or one
-    /// (auto-reset).
+    /// (auto-reset). `SetEvent` on Windows, `futex(FUTEX_WAKE)` on Linux.
     #[doc(alias = "SetEvent")]
+    #[doc(alias = "FUTEX_WAKE")]
     pub fn set(&self) -> io::Result<()> {
         self.raw.set(&self.obj.header)
     }
 
-    /// Resets the event to unset.
+    /// Resets the event to unset (`ResetEvent`).
     #[doc(alias = "ResetEvent")]
     pub fn reset(&self) -> io::Result<()> {
         self.raw.reset(&self.obj.header)
     }
 
     /// Waits until the event is set (an auto-reset event is reset again by
-    /// this wait).
+    /// this wait): `WaitForSingleObject(INFINITE)` on Windows,
+    /// `futex(FUTEX_WAIT)` on Linux.
+    #[doc(alias = "WaitForSingleObject")]
+    #[doc(alias = "FUTEX_WAIT")]
     pub fn wait(&self) -> Result<(), WaitError> {
         self.raw.wait(&self.obj.header, None)
     }
 
     /// Waits at most `timeout` ([`WaitError::TimedOut`], never before
-    /// `timeout` has passed).
+    /// `timeout` has passed): `WaitForSingleObject(ms)` /
+    /// `futex(FUTEX_WAIT)` with a timeout.
     #[doc(alias = "WaitForSingleObject")]
+    #[doc(alias = "FUTEX_WAIT")]
     pub fn wait_timeout(&self, timeout: Duration) -> Result<(), WaitError> {
         self.raw.wait(&self.obj.header, deadline(timeout))
     }

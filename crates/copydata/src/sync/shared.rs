@@ -58,7 +58,8 @@ fn tag_hash(tag: &str) -> u64 {
 }
 
 /// A named value of type `T` shared by every process that opens the name:
-/// the seed's DLL shared data section, typed and synchronised.
+/// the seed's DLL shared data section (`#pragma data_seg(".shared")` linked
+/// with `/SECTION:.shared,RWS`), typed and synchronised.
 ///
 /// - [`open_or_create`](Self::open_or_create) runs its initialiser
 ///   **exactly once** across all the processes racing to create the value;
@@ -97,6 +98,7 @@ fn tag_hash(tag: &str) -> u64 {
 /// hits.get().fetch_add(1, Ordering::Relaxed);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+#[doc(alias = "data_seg")]
 pub struct Shared<T> {
     lock: Lock,
     value: ViewMut,
@@ -208,7 +210,10 @@ impl<T: AtomicValue> Shared<T> {
 }
 
 impl<T: bytemuck::Pod + Send + Sync + 'static> Shared<T> {
-    /// Waits for the value's lock, however long it takes.
+    /// Waits for the value's lock, however long it takes (the value's
+    /// mutex: `WaitForSingleObject` / `pthread_mutex_lock`).
+    #[doc(alias = "WaitForSingleObject")]
+    #[doc(alias = "pthread_mutex_lock")]
     pub fn lock(&self) -> Result<SharedGuard<'_, T>, LockError> {
         self.guard(self.lock.acquire(None, false)?)
     }
@@ -238,7 +243,10 @@ pub struct SharedGuard<'a, T> {
 
 impl<T> SharedGuard<'_, T> {
     /// Whether a process died holding this lock and nobody has marked the
-    /// value consistent since (see [`Mutex`](super::Mutex)).
+    /// value consistent since (`WAIT_ABANDONED` / `EOWNERDEAD`; see
+    /// [`Mutex`](super::Mutex)).
+    #[doc(alias = "WAIT_ABANDONED")]
+    #[doc(alias = "EOWNERDEAD")]
     pub fn owner_died(&self) -> bool {
         self.raw.owner_died()
     }

@@ -281,3 +281,17 @@ pub fn settle_after_kill(name: &str) {
     #[cfg(not(windows))]
     let _ = name;
 }
+
+/// The example `name` (from `examples/`), built by `cargo test` with the
+/// tests. `None` when it was not built (a run of one test file alone),
+/// unless the test script asks for it (`COPYDATA_REQUIRE_EXAMPLES`).
+pub fn example(name: &str) -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(std::env::var_os("COPYDATA_REQUIRE_EXAMPLES").is_none(), "example {name} not built: {}", path.display());
+    eprintln!("skipped: example {name} not built (cargo test --workspace builds it)");
+    None
+}

@@ -1597,7 +1597,9 @@ pub(crate) fn connect(
 /// the reply bytes are whatever it sent back to the sender's window (passed
 /// as `wParam`) with `WM_COPYDATA` while handling the message.
 #[doc(alias = "FindWindowW")]
+#[doc(alias = "FindWindowExW")]
 #[doc(alias = "SendMessageTimeoutW")]
+#[doc(alias = "WM_COPYDATA")]
 pub fn send_to_window(
     class: Option<&str>,
     title: Option<&str>,
