@@ -182,7 +182,7 @@ impl DecodeError {
     }
 
     /// How many bytes there were.
-    pub fn len(&self) -> usize {
+    pub fn byte_len(&self) -> usize {
         self.len
     }
 }
