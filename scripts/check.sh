@@ -10,7 +10,7 @@ cargo fmt --all -- --check
 
 for target in "" x86_64-pc-windows-gnu; do
     name=${target:-host}
-    args=(--workspace --locked)
+    args=(--workspace --locked --features copydata/serde,copydata/tokio)
     [ -n "$target" ] && args+=(--target "$target")
     echo "== clippy ($name)"
     cargo clippy "${args[@]}" --all-targets -q -- -D warnings

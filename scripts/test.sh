@@ -4,6 +4,8 @@
 # (scripts/setup-windows.sh). Extra arguments go to both `cargo test` runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The optional features, so that their tests and examples run too.
+features=(--features copydata/serde,copydata/tokio)
 
 # copydata-ffi's C example (crates/copydata-ffi/examples/c/echo.c), linked
 # against the static library built for TARGET ("" for the host) with the C
@@ -24,7 +26,7 @@ build_c_example() {
 echo "== Linux: cargo test --workspace"
 build_c_example "" gcc target/c/copydata-ffi-echo
 COPYDATA_FFI_C_EXAMPLE="$PWD/target/c/copydata-ffi-echo" \
-    COPYDATA_REQUIRE_EXAMPLES=1 cargo test --workspace --locked "$@"
+    COPYDATA_REQUIRE_EXAMPLES=1 cargo test --workspace --locked "${features[@]}" "$@"
 
 echo "== Linux: the Python package (pytest)"
 bash scripts/test-python.sh
@@ -36,7 +38,7 @@ mkdir -p target/c
 x86_64-w64-mingw32-gcc -O2 -Wall -o target/c/copydata-peer.exe crates/copydata/tests/c/peer.c -luser32
 build_c_example x86_64-pc-windows-gnu x86_64-w64-mingw32-gcc target/c/copydata-ffi-echo.exe
 COPYDATA_C_PEER="$PWD/target/c/copydata-peer.exe" COPYDATA_FFI_C_EXAMPLE="$PWD/target/c/copydata-ffi-echo.exe" \
-    COPYDATA_REQUIRE_EXAMPLES=1 cargo test --workspace --locked --target x86_64-pc-windows-gnu "$@"
+    COPYDATA_REQUIRE_EXAMPLES=1 cargo test --workspace --locked --target x86_64-pc-windows-gnu "${features[@]}" "$@"
 # Wine's server lingers a few seconds after the last program; end it now so
 # no process outlives the suite.
 wineserver -k 2>/dev/null || true

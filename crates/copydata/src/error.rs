@@ -8,6 +8,8 @@
 use std::io;
 
 use crate::NameError;
+#[cfg(feature = "serde")]
+pub use crate::typed::{DecodeError, EncodeError, TypedRecvError, TypedReplyError, TypedSendError};
 
 /// Creating a section failed: [`Section::create`](crate::Section::create),
 /// [`Section::anonymous`](crate::Section::anonymous),

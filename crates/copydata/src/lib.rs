@@ -37,6 +37,8 @@
 //!   ([`sync::Event`]).
 //! - [`SingleInstance`]: a program that runs once; later launches hand the
 //!   running one their arguments and get its answer, see [`instance`].
+//! - `typed` (cargo feature `serde`): serde types as messages and replies
+//!   (`TypedSender`, `Mailbox::serve_typed`), encoded with postcard.
 //!
 //! Every operation has its own error type (in [`error`]) whose variants say
 //! what a caller can act on; unexpected OS failures keep the OS error.
@@ -49,6 +51,7 @@
 //! an `Unsupported` error.
 
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod error;
 mod fast;
@@ -65,6 +68,9 @@ pub mod sync;
 mod sys;
 #[cfg(feature = "tokio")]
 pub mod tokio;
+#[cfg(feature = "serde")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
+pub mod typed;
 mod view;
 
 pub use error::{

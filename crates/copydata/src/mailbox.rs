@@ -628,6 +628,15 @@ impl Mailbox {
     where
         F: Fn(&mut Message) -> Reply + Send + Sync + 'static,
     {
+        self.serve_or_refuse(move |message| Ok(handler(message)))
+    }
+
+    /// [`serve`](Self::serve) with a handler that may refuse a message
+    /// (`Err(reason)`: the sender gets [`SendError::Refused`] with it).
+    pub(crate) fn serve_or_refuse<F>(self, handler: F) -> Server
+    where
+        F: Fn(&mut Message) -> Result<Reply, String> + Send + Sync + 'static,
+    {
         let Mailbox { inner, dispatch, worker, name } = self;
         let handler = Arc::new(handler);
         dispatch.activate_all();
@@ -654,9 +663,10 @@ impl Mailbox {
                             }
                             let responder = Responder::Ring { conn: conn.clone(), poke: None };
                             match answer {
-                                Ok(reply) => {
+                                Ok(Ok(reply)) => {
                                     let _ = responder.reply(incoming.call, reply);
                                 }
+                                Ok(Err(reason)) => responder.refuse(incoming.call, &reason),
                                 Err(_) => responder.refuse(incoming.call, "the handler panicked"),
                             }
                             if let Some(v) = message.and_then(Message::into_payload_vec) {
@@ -667,9 +677,10 @@ impl Mailbox {
                             let answer =
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&mut message)));
                             match answer {
-                                Ok(reply) => {
+                                Ok(Ok(reply)) => {
                                     let _ = responder.reply(reply);
                                 }
+                                Ok(Err(reason)) => responder.refuse(&reason),
                                 Err(_) => responder.refuse("the handler panicked"),
                             }
                         }
@@ -806,6 +817,12 @@ impl Sender {
         let deadline = Instant::now() + options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         s.client = Some(s.open(Some(deadline), options.connect_timeout)?);
         Ok(s)
+    }
+
+    /// The mailbox's name.
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    pub(crate) fn name(&self) -> &str {
+        self.name.as_str()
     }
 
     /// A sender for an already validated name, connected by its first send.
