@@ -39,6 +39,9 @@
 //!   running one their arguments and get its answer, see [`instance`].
 //! - `typed` (cargo feature `serde`): serde types as messages and replies
 //!   (`TypedSender`, `Mailbox::serve_typed`), encoded with postcard.
+//! - `tokio` (cargo feature `tokio`): `send` and `post` as futures
+//!   (`AsyncSender`) and a mailbox as a stream of requests
+//!   (`AsyncMailbox`), for the tokio runtime.
 //!
 //! Every operation has its own error type (in [`error`]) whose variants say
 //! what a caller can act on; unexpected OS failures keep the OS error.
@@ -67,6 +70,7 @@ mod section;
 pub mod sync;
 mod sys;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
 #[cfg(feature = "serde")]
 #[cfg_attr(docsrs, doc(cfg(feature = "serde")))]
