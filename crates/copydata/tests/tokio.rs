@@ -298,22 +298,9 @@ fn async_errors_are_clear() {
     });
 }
 
-/// The example's path, if built; a missing example fails where the test
-/// script asks for it (`COPYDATA_REQUIRE_EXAMPLES`).
-fn example(name: &str) -> Option<std::path::PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(std::env::var_os("COPYDATA_REQUIRE_EXAMPLES").is_none(), "example {name} not built: {}", path.display());
-    eprintln!("skipped: example {name} not built (cargo test --workspace --all-features builds it)");
-    None
-}
-
 #[test]
 fn the_async_echo_example_runs() {
-    let Some(path) = example("async_echo") else { return };
+    let Some(path) = common::example("async_echo") else { return };
     let mut child = std::process::Command::new(path).stdout(std::process::Stdio::piped()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {

@@ -283,23 +283,9 @@ fn recv_typed_refuses_bad_messages_and_returns_the_next_good_one() {
     kid.wait_ok();
 }
 
-/// The example `name`, built by `cargo test` with the tests. `None` when it
-/// was not built (a run of this test file alone), unless the test script
-/// asks for it (`COPYDATA_REQUIRE_EXAMPLES`).
-fn example(name: &str) -> Option<std::path::PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let path = exe.parent()?.parent()?.join("examples").join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(std::env::var_os("COPYDATA_REQUIRE_EXAMPLES").is_none(), "example {name} not built: {}", path.display());
-    eprintln!("skipped: example {name} not built (cargo test --workspace builds it)");
-    None
-}
-
 #[test]
 fn the_typed_example_sends_values_to_its_child() {
-    let Some(exe) = example("typed") else { return };
+    let Some(exe) = common::example("typed") else { return };
     let mut child = std::process::Command::new(exe).stdout(std::process::Stdio::piped()).spawn().unwrap();
     let pid = child.id();
     let deadline = std::time::Instant::now() + common::WAIT;
