@@ -920,6 +920,52 @@ fn a_padding_record_with_nothing_after_it_leaves_the_receiver_idle() {
     kid.wait_ok();
 }
 
+/// A receiver that hands over something else than an eventfd as the
+/// connection's readiness handle is refused at set-up: the sender never
+/// polls or reads a file or pipe it was given.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_readiness_handle_that_is_not_an_eventfd_is_refused() {
+    use std::io::IoSlice;
+    use std::mem::MaybeUninit;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixListener;
+
+    use raw::{BELLS_LEN, REGION_LEN, frame, recv_frame};
+    use rustix::fs::{MemfdFlags, SealFlags};
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+
+    let name = unique("not-eventfd");
+    let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
+    let listener = UnixListener::bind(&path).unwrap();
+    let sender = std::thread::spawn({
+        let name = name.clone();
+        move || Sender::connect_timeout(&name, Duration::from_secs(10)).map(|_| ())
+    });
+    let (sock, _) = listener.accept().unwrap();
+    let _ = std::fs::remove_file(&path);
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    recv_frame(&sock).expect("a hello");
+    let memfd = |len: usize| {
+        let fd = rustix::fs::memfd_create("raw-receiver", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, len as u64).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+        fd
+    };
+    let (region, bells, fake) = (memfd(REGION_LEN), memfd(BELLS_LEN), memfd(4096));
+    let fds = [region.as_fd(), bells.as_fd(), fake.as_fd()];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+    let welcome = frame(b"CDA2", 0, 0, 3, 1 << 20, 0);
+    rustix::net::sendmsg(&sock, &[IoSlice::new(&welcome)], &mut control, SendFlags::NOSIGNAL).unwrap();
+    let err = sender.join().unwrap().unwrap_err();
+    assert!(
+        matches!(&err, SendError::Protocol { reason, .. } if reason.contains("readiness handle")),
+        "a memfd as the readiness handle gave {err:?}"
+    );
+}
+
 /// A sender parked for its reply looks at the reply ring again after a
 /// slice (20 ms), even if no wake-up ever comes. A receiver made by hand (a
 /// listening socket at the mailbox's path, the set-up by the book: a
