@@ -196,13 +196,23 @@ pub(crate) struct Producer {
     ring: RingPtr,
     pos: u64,
     /// The consumer's position as last read (re-read only when the ring
-    /// seems full).
+    /// seems full, or to see whether it is drained for an early wrap).
     tail: u64,
+    /// The position from which to look again whether the ring is drained.
+    next_look: u64,
 }
+
+/// A producer that finds the ring drained this far into a lap (or a quarter
+/// of a small ring) starts the next lap at once, with a pad to the end. A
+/// ring that never backs up (calls, and posts the receiver keeps up with)
+/// so keeps to its first pages: its memory in both processes stays a few
+/// pages however many records pass, instead of growing to the whole ring.
+/// A ring with a backlog is used to its end as before.
+const EARLY_WRAP: usize = 32 << 10;
 
 impl Producer {
     pub(crate) fn new(ring: RingPtr) -> Producer {
-        Producer { ring, pos: 0, tail: 0 }
+        Producer { ring, pos: 0, tail: 0, next_look: 0 }
     }
 
     pub(crate) fn ring(&self) -> &RingPtr {
@@ -214,17 +224,33 @@ impl Producer {
     fn room(&mut self, size: usize) -> Result<Option<usize>, Corrupt> {
         let cap = self.ring.cap;
         let off = self.pos as usize & (cap - 1);
-        let pad = if off + size > cap { cap - off } else { 0 };
+        let mut pad = if off + size > cap { cap - off } else { 0 };
+        let early = EARLY_WRAP.min(cap / 4);
+        if pad == 0 && off >= early && size <= off && self.pos >= self.next_look {
+            // Look at the consumer's position once per eighth of the early
+            // mark, not at every record: it is the other side's cache line.
+            self.next_look = self.pos + (early / 8) as u64;
+            if self.load_tail()? == self.pos {
+                pad = cap - off;
+            }
+        }
         let need = (pad + size) as u64;
         if self.pos - self.tail + need <= cap as u64 {
             return Ok(Some(pad));
         }
+        self.load_tail()?;
+        Ok((self.pos - self.tail + need <= cap as u64).then_some(pad))
+    }
+
+    /// Reads and checks the consumer's position.
+    fn load_tail(&mut self) -> Result<u64, Corrupt> {
+        let cap = self.ring.cap;
         let tail = self.ring.tail().load(Ordering::Acquire);
         if tail > self.pos || self.pos - tail > cap as u64 || !(tail as usize).is_multiple_of(ALIGN) {
             return Err(Corrupt(format!("consumer position {tail} (producer at {})", self.pos)));
         }
         self.tail = tail;
-        Ok((self.pos - tail + need <= cap as u64).then_some(pad))
+        Ok(tail)
     }
 
     /// The position after the last record queued.
@@ -492,6 +518,42 @@ mod tests {
             c.advance(&rec, true);
             assert_eq!(c.peek().unwrap(), None);
         }
+    }
+
+    #[test]
+    fn a_drained_ring_keeps_to_its_first_pages_and_a_backlog_uses_it_all() {
+        let cap = 256 << 10;
+        let (_m, r) = ring(cap);
+        let (mut p, mut c) = (Producer::new(r), Consumer::new(r));
+        let mut furthest = 0;
+        let mut take = |c: &mut Consumer, i: usize| {
+            let rec = c.peek().unwrap().expect("a record");
+            let mut out = vec![0; rec.inline];
+            c.read(&rec, 0, &mut out);
+            assert_eq!(out, vec![i as u8; (i * 13) % 700], "record {i}");
+            c.advance(&rec, true);
+        };
+        // Ping-pong: the ring is drained before every push.
+        for i in 0..20_000usize {
+            assert_eq!(push(&mut p, 1, &vec![i as u8; (i * 13) % 700]), Some(false));
+            furthest = furthest.max((p.position() as usize - 1) & (cap - 1));
+            take(&mut c, i);
+        }
+        assert!(p.position() > 4 * cap as u64, "the records went round several laps");
+        assert!(furthest < EARLY_WRAP + EARLY_WRAP / 8 + 1024, "a drained ring reached offset {furthest}");
+        // A backlog: nothing is taken for a while, and the ring fills past
+        // the early mark; then everything arrives in order.
+        let mut queued = Vec::new();
+        let mut i = 20_000;
+        while push(&mut p, 1, &vec![i as u8; (i * 13) % 700]).is_some() {
+            queued.push(i);
+            i += 1;
+        }
+        assert!(queued.len() * 700 > cap / 4, "only {} records fitted", queued.len());
+        for i in queued {
+            take(&mut c, i);
+        }
+        assert_eq!(c.peek().unwrap(), None);
     }
 
     #[test]
