@@ -526,7 +526,7 @@ mod tests {
         let (_m, r) = ring(cap);
         let (mut p, mut c) = (Producer::new(r), Consumer::new(r));
         let mut furthest = 0;
-        let mut take = |c: &mut Consumer, i: usize| {
+        let take = |c: &mut Consumer, i: usize| {
             let rec = c.peek().unwrap().expect("a record");
             let mut out = vec![0; rec.inline];
             c.read(&rec, 0, &mut out);
