@@ -77,11 +77,33 @@ fn within<F: std::future::Future<Output = ()>>(f: F) {
     });
 }
 
-fn echo_child() -> (Kid, String) {
+/// An echo child; dropping it ends the child and removes the files its
+/// mailbox leaves behind (a killed process cannot remove them itself).
+struct Echo {
+    kid: Option<Kid>,
+}
+
+impl Echo {
+    fn kill(&mut self) {
+        if let Some(kid) = self.kid.take() {
+            kid.kill();
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.kill();
+        // Listing mailboxes reclaims those of dead processes.
+        let _ = copydata::mailboxes();
+    }
+}
+
+fn echo_child() -> (Echo, String) {
     let name = unique("async-echo");
     let mut kid = Kid::spawn("echo", &[&name]);
     kid.expect("ready");
-    (kid, name)
+    (Echo { kid: Some(kid) }, name)
 }
 
 #[test]
@@ -188,7 +210,7 @@ fn a_cancelled_call_never_hands_its_reply_to_the_next_one() {
 
 #[test]
 fn a_receiver_killed_during_an_async_call_is_reported() {
-    let (kid, name) = echo_child();
+    let (mut kid, name) = echo_child();
     within(async {
         let mut sender = AsyncSender::connect(&name).await.unwrap();
         let pending = tokio::spawn(async move {
