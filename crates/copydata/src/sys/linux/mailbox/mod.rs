@@ -398,6 +398,7 @@ impl Mailbox {
                 listener,
                 stop,
                 conns: Vec::new(),
+                pending: Vec::new(),
             };
             std::thread::Builder::new()
                 .name(format!("copydata-accept-{name}"))
@@ -443,12 +444,28 @@ struct Acceptor {
     listener: UnixListener,
     stop: Arc<OwnedFd>,
     conns: Vec<(Arc<ServerConn>, u32)>,
+    /// Accepted connections whose hello has not arrived yet, each with its
+    /// deadline: set-up starts only once the hello is there, so a client
+    /// that connects and says nothing holds up nobody.
+    pending: Vec<Pending>,
 }
+
+/// A connection waiting for its sender's hello.
+struct Pending {
+    stream: UnixStream,
+    peer: Peer,
+    uid: u32,
+    deadline: Instant,
+}
+
+/// The most connections that may wait for their hello at once; a flood of
+/// silent ones pushes the oldest out.
+const MAX_PENDING: usize = 256;
 
 impl Acceptor {
     fn run(mut self) {
         loop {
-            let mut fds = Vec::with_capacity(3 + self.conns.len());
+            let mut fds = Vec::with_capacity(3 + self.conns.len() + self.pending.len());
             fds.push(PollFd::new(&*self.stop, PollFlags::IN));
             fds.push(PollFd::new(&self.listener, PollFlags::IN));
             // Always a third entry, so connections start at 3.
@@ -456,7 +473,16 @@ impl Acceptor {
             for (c, _) in &self.conns {
                 fds.push(PollFd::new(c.link().socket(), PollFlags::RDHUP));
             }
-            if let Err(e) = rustix::event::poll(&mut fds, None) {
+            for p in &self.pending {
+                fds.push(PollFd::new(&p.stream, PollFlags::IN));
+            }
+            let timeout = self
+                .pending
+                .iter()
+                .map(|p| p.deadline)
+                .min()
+                .map(|d| timespec(d.saturating_duration_since(Instant::now())));
+            if let Err(e) = rustix::event::poll(&mut fds, timeout.as_ref()) {
                 if e == Errno::INTR {
                     continue;
                 }
@@ -469,8 +495,10 @@ impl Acceptor {
             }
             let listener_ready = !fds[1].revents().is_empty();
             let shared_ready = self.shared.is_some() && !fds[2].revents().is_empty();
+            let n = self.conns.len();
             let gone: Vec<usize> =
-                fds[3..].iter().enumerate().filter(|(_, f)| !f.revents().is_empty()).map(|(i, _)| i).collect();
+                fds[3..3 + n].iter().enumerate().filter(|(_, f)| !f.revents().is_empty()).map(|(i, _)| i).collect();
+            let spoke: Vec<bool> = fds[3 + n..].iter().map(|f| !f.revents().is_empty()).collect();
             drop(fds);
             for i in gone.into_iter().rev() {
                 // The worker delivers what the sender left in the ring (and
@@ -481,6 +509,23 @@ impl Acceptor {
                 conn.dead.store(true, Ordering::Release);
                 self.dispatch.poke(conn.link().region().worker().load(Ordering::Acquire));
             }
+            let now = Instant::now();
+            let mut waiting = Vec::with_capacity(self.pending.len());
+            for (p, spoke) in std::mem::take(&mut self.pending).into_iter().zip(spoke) {
+                if spoke {
+                    // The hello (or a hang-up) is there: set-up reads it at once.
+                    self.set_up_and_add(p.stream, p.peer, p.uid);
+                } else if now >= p.deadline {
+                    log::warn!(
+                        "mailbox {}: pid {} connected but said nothing for {PEER_STEP:?}",
+                        self.name,
+                        p.peer.pid
+                    );
+                } else {
+                    waiting.push(p);
+                }
+            }
+            self.pending = waiting;
             if listener_ready {
                 self.accept_one(false);
             }
@@ -505,7 +550,16 @@ impl Acceptor {
         };
         let Ok(cred) = rustix::net::sockopt::socket_peercred(&stream) else { return };
         let peer = Peer { pid: cred.pid.as_raw_nonzero().get() as u32, uid: Some(cred.uid.as_raw()) };
-        match self.set_up(stream, peer, cred.uid.as_raw()) {
+        if self.pending.len() >= MAX_PENDING {
+            let oldest = self.pending.remove(0);
+            log::warn!("mailbox {}: too many silent connections; dropped pid {}'s", self.name, oldest.peer.pid);
+        }
+        let deadline = Instant::now() + PEER_STEP;
+        self.pending.push(Pending { stream, peer, uid: cred.uid.as_raw(), deadline });
+    }
+
+    fn set_up_and_add(&mut self, stream: UnixStream, peer: Peer, uid: u32) {
+        match self.set_up(stream, peer, uid) {
             Ok(Some((conn, w))) => {
                 self.conns.push((conn.clone(), w));
                 self.dispatch.add(w, conn);
