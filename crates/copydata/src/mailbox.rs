@@ -780,16 +780,20 @@ pub struct Sender {
     client: Option<Client>,
 }
 
-pub(crate) fn fail(name: &Name, timeout: Option<Duration>, f: Fail) -> SendError {
+/// Names a failed exchange with the mailbox `name`, and says whether the
+/// connection is still clean: refused before anything was queued (too
+/// large, queue full), or the refusal was the reply. Any other failure
+/// leaves the connection unusable: the caller drops it.
+pub(crate) fn failed(name: &Name, timeout: Option<Duration>, size: u64, f: Fail) -> (SendError, bool) {
     let name = name.to_string();
     match f {
-        Fail::TimedOut => SendError::TimedOut { name, timeout: timeout.unwrap_or_default() },
-        Fail::PeerGone => SendError::ReceiverDied { name },
-        Fail::Refused(reason) => SendError::Refused { name, reason },
-        Fail::TooLarge { .. } => unreachable!("handled with the payload size"),
-        Fail::Full => SendError::Full { name },
-        Fail::Broken(reason) => SendError::Protocol { name, reason },
-        Fail::Io(source) => SendError::Io { name, source },
+        Fail::TooLarge { max } => (SendError::PayloadTooLarge { name, size, max }, true),
+        Fail::Full => (SendError::Full { name }, true),
+        Fail::Refused(reason) => (SendError::Refused { name, reason }, true),
+        Fail::TimedOut => (SendError::TimedOut { name, timeout: timeout.unwrap_or_default() }, false),
+        Fail::PeerGone => (SendError::ReceiverDied { name }, false),
+        Fail::Broken(reason) => (SendError::Protocol { name, reason }, false),
+        Fail::Io(source) => (SendError::Io { name, source }, false),
     }
 }
 
@@ -847,18 +851,13 @@ impl Sender {
             self.client = Some(self.open(deadline, timeout)?);
         }
         let client = self.client.as_mut().expect("connected just above");
-        match f(client) {
-            Ok(t) => Ok(t),
-            // Refused before anything was queued: the connection is fine.
-            Err(Fail::TooLarge { max }) => Err(SendError::PayloadTooLarge { name: self.name.to_string(), size, max }),
-            Err(Fail::Full) => Err(SendError::Full { name: self.name.to_string() }),
-            // The refusal was the reply: the exchange ended cleanly.
-            Err(Fail::Refused(reason)) => Err(SendError::Refused { name: self.name.to_string(), reason }),
-            Err(other) => {
+        f(client).map_err(|f| {
+            let (error, clean) = failed(&self.name, timeout, size, f);
+            if !clean {
                 self.client = None;
-                Err(fail(&self.name, timeout, other))
             }
-        }
+            error
+        })
     }
 
     fn call(

@@ -69,7 +69,7 @@ use crate::error::{BindError, SendError};
 #[cfg(target_os = "linux")]
 use crate::fast::Bell;
 use crate::fast::conn::{Body, CALL, Client, Fail, POST};
-use crate::mailbox::{SenderOptions, connect_client, fail};
+use crate::mailbox::{SenderOptions, connect_client, failed};
 use crate::name::Name;
 use crate::{Mailbox, Reply, Request, Section};
 
@@ -196,21 +196,18 @@ impl AsyncSender {
         timeout: Option<Duration>,
         size: usize,
     ) -> Result<T, SendError> {
-        let name = || self.name.to_string();
         match result {
             Ok(t) => {
                 self.conn = Some(conn);
                 Ok(t)
             }
-            Err(Fail::TooLarge { max }) => {
-                self.conn = Some(conn);
-                Err(SendError::PayloadTooLarge { name: name(), size: size as u64, max })
+            Err(f) => {
+                let (error, clean) = failed(&self.name, timeout, size as u64, f);
+                if clean {
+                    self.conn = Some(conn);
+                }
+                Err(error)
             }
-            Err(Fail::Refused(reason)) => {
-                self.conn = Some(conn);
-                Err(SendError::Refused { name: name(), reason })
-            }
-            Err(other) => Err(fail(&self.name, timeout, other)),
         }
     }
 }
@@ -267,9 +264,10 @@ impl Conn {
     }
 
     /// Waits until the readiness handle or the socket says to look again, or
-    /// a slice has passed. `Err(PeerGone)` once the receiver has hung up.
+    /// a slice has passed, then lowers the parked flag for `bell`. The
+    /// caller raised the flag (`PARKED_ASYNC`) and looked once more before
+    /// calling. `Err(PeerGone)` once the receiver has hung up.
     async fn wait(&mut self, bell: Bell) -> Result<(), Fail> {
-        self.client.set_parked(bell, crate::fast::PARKED_ASYNC);
         let woken = ::tokio::time::timeout(
             SLICE,
             std::future::poll_fn(|cx| {
