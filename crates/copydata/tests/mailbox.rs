@@ -438,6 +438,26 @@ mod raw {
         u64::from_le_bytes(h[at..at + 8].try_into().unwrap())
     }
 
+    /// A memfd of `len` bytes sealed against resizing, as a receiver's.
+    pub fn sealed_memfd(len: usize) -> OwnedFd {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let fd = rustix::fs::memfd_create("raw-receiver", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, len as u64).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+        fd
+    }
+
+    /// A receiver's welcome of protocol 3 (payload limit 1 MiB) with the
+    /// set-up's descriptors (region, doorbells, readiness handle).
+    pub fn send_welcome(sock: &UnixStream, fds: &[std::os::fd::BorrowedFd<'_>; 3]) {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+        let welcome = frame(b"CDA2", 0, 0, 3, 1 << 20, 0);
+        rustix::net::sendmsg(sock, &[std::io::IoSlice::new(&welcome)], &mut control, SendFlags::NOSIGNAL).unwrap();
+    }
+
     /// A header and the descriptors that came with it; `None` at the end of
     /// the stream.
     pub fn recv_frame(sock: &UnixStream) -> Option<([u8; 32], Vec<OwnedFd>)> {
@@ -954,14 +974,10 @@ fn silent_clients_do_not_hold_up_other_senders() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_readiness_handle_that_is_not_an_eventfd_is_refused() {
-    use std::io::IoSlice;
-    use std::mem::MaybeUninit;
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixListener;
 
-    use raw::{BELLS_LEN, REGION_LEN, frame, recv_frame};
-    use rustix::fs::{MemfdFlags, SealFlags};
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use raw::{BELLS_LEN, REGION_LEN, recv_frame, sealed_memfd, send_welcome};
 
     let name = unique("not-eventfd");
     let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
@@ -974,19 +990,8 @@ fn a_readiness_handle_that_is_not_an_eventfd_is_refused() {
     let _ = std::fs::remove_file(&path);
     sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     recv_frame(&sock).expect("a hello");
-    let memfd = |len: usize| {
-        let fd = rustix::fs::memfd_create("raw-receiver", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
-        rustix::fs::ftruncate(&fd, len as u64).unwrap();
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
-        fd
-    };
-    let (region, bells, fake) = (memfd(REGION_LEN), memfd(BELLS_LEN), memfd(4096));
-    let fds = [region.as_fd(), bells.as_fd(), fake.as_fd()];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
-    let welcome = frame(b"CDA2", 0, 0, 3, 1 << 20, 0);
-    rustix::net::sendmsg(&sock, &[IoSlice::new(&welcome)], &mut control, SendFlags::NOSIGNAL).unwrap();
+    let (region, bells, fake) = (sealed_memfd(REGION_LEN), sealed_memfd(BELLS_LEN), sealed_memfd(4096));
+    send_welcome(&sock, &[region.as_fd(), bells.as_fd(), fake.as_fd()]);
     let err = sender.join().unwrap().unwrap_err();
     assert!(
         matches!(&err, SendError::Protocol { reason, .. } if reason.contains("readiness handle")),
@@ -1005,19 +1010,15 @@ fn a_readiness_handle_that_is_not_an_eventfd_is_refused() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_parked_sender_finds_a_reply_that_came_without_a_wake_up() {
-    use std::io::IoSlice;
-    use std::mem::MaybeUninit;
-    use std::os::fd::{AsFd, OwnedFd};
+    use std::os::fd::AsFd;
     use std::os::unix::net::UnixListener;
     use std::sync::atomic::Ordering;
 
     use copydata::{SenderOptions, Wait};
     use raw::{
         BELLS_LEN, CALL, CONS_PARKED, CONS_WAKE, Map, REGION_LEN, REP_CAP, REP_DATA, REP_RING, REPLY, REQ_CAP,
-        REQ_DATA, frame, le, recv_frame,
+        REQ_DATA, le, recv_frame, sealed_memfd, send_welcome,
     };
-    use rustix::fs::{MemfdFlags, SealFlags};
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
     /// Removes the hand-made mailbox's socket.
     struct Unlink(std::path::PathBuf);
@@ -1025,14 +1026,6 @@ fn a_parked_sender_finds_a_reply_that_came_without_a_wake_up() {
         fn drop(&mut self) {
             let _ = std::fs::remove_file(&self.0);
         }
-    }
-
-    /// A memfd of `len` bytes sealed against resizing, as the receiver's.
-    fn memfd(len: usize) -> OwnedFd {
-        let fd = rustix::fs::memfd_create("raw-receiver", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
-        rustix::fs::ftruncate(&fd, len as u64).unwrap();
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
-        fd
     }
 
     /// Waits (10 s at most) until `f` holds.
@@ -1076,7 +1069,7 @@ fn a_parked_sender_finds_a_reply_that_came_without_a_wake_up() {
     assert_eq!((&hello[..4], hello[4], le(&hello, 8)), (&b"CDH2"[..], 1, 3), "the hello of a park-mode sender");
     // The region: its header (magic, protocol, ring sizes, buffer slots), the
     // rest zero; the doorbells; and the readiness handle (an eventfd).
-    let (region_fd, bells_fd) = (memfd(REGION_LEN), memfd(BELLS_LEN));
+    let (region_fd, bells_fd) = (sealed_memfd(REGION_LEN), sealed_memfd(BELLS_LEN));
     let notify_fd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
     let region = Map::new(&region_fd);
     let mut head = b"CDREGN02".to_vec();
@@ -1084,12 +1077,7 @@ fn a_parked_sender_finds_a_reply_that_came_without_a_wake_up() {
         head.extend_from_slice(&v.to_ne_bytes());
     }
     region.write(0, &head);
-    let fds = [region_fd.as_fd(), bells_fd.as_fd(), notify_fd.as_fd()];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
-    let welcome = frame(b"CDA2", 0, 0, 3, 1 << 20, 0);
-    rustix::net::sendmsg(&sock, &[IoSlice::new(&welcome)], &mut control, SendFlags::NOSIGNAL).unwrap();
+    send_welcome(&sock, &[region_fd.as_fd(), bells_fd.as_fd(), notify_fd.as_fd()]);
     // The call arrives at request position 0, by the book.
     until("the call", || region.u64_at(REQ_DATA).load(Ordering::Acquire) == 1);
     let h = region.read(REQ_DATA + 8, 24);
