@@ -1559,6 +1559,41 @@ fn an_idle_receiver_sleeps_and_gives_memory_back() {
     srv.quit();
 }
 
+/// While a spinning sender fills a loan, the receiver polls instead of
+/// sleeping, so the send after a long fill finds it awake; a loan held past
+/// the polling limit lets it sleep again. A loan taken right after a reply
+/// used to find the receiver still spinning, and the receiver then parked
+/// without seeing the loan (it used about no CPU here).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_receiver_polls_while_a_loan_is_filled() {
+    let srv = Srv::start(1);
+    let mut s = srv.sender();
+    for round in 0..3u64 {
+        let data = pattern(100, round);
+        check_echo(&s.send_timeout(tag(ECHO, 0), &data, BOUND).unwrap(), &data, "before the loan");
+        let mut loan = s.loan(4096).unwrap();
+        let before = procfs::cpu(srv.pid);
+        // Shorter than the receiver's first sleep after a message (it wakes
+        // then to trim its pool, and would find the loan).
+        std::thread::sleep(Duration::from_millis(150));
+        let used = procfs::cpu(srv.pid).saturating_sub(before);
+        assert!(
+            used >= Duration::from_millis(30),
+            "round {round}: the receiver used {used:?} of CPU while a loan was filled for 150 ms (it slept)"
+        );
+        loan.fill(7);
+        let reply = loan.send_timeout(tag(SUM, 0), BOUND).unwrap();
+        assert_eq!(reply.code as u64, sum(&[7; 4096]), "round {round}: the loan's sum");
+    }
+    let loan = s.loan(4096).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    procfs::assert_sleeps(srv.pid, "a loan held for more than a second");
+    drop(loan);
+    drop(s);
+    srv.quit();
+}
+
 // ------------------------------------------------------------ wait modes
 
 fn echo_a_thousand(wait: Wait) {

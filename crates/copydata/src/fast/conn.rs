@@ -21,7 +21,7 @@
 //! ring; a full ring blocks `post` (backpressure).
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -424,8 +424,13 @@ impl Client {
         // (yielding) until it arrives, so the send after a long fill does not
         // pay for a wake-up (see `serve`).
         if self.wait == Wait::SpinThenPark {
-            self.link.region().loan_pending().store(1, Ordering::Release);
-            if self.req.ring().cons_parked().load(Ordering::Relaxed) != 0 {
+            // The receiver raises its parked flag, fences, then looks at this
+            // word; this side raises the word, fences, then looks at the
+            // flag: one of the two sees the other, so the receiver either
+            // polls or is woken here.
+            self.link.region().loan_pending().store(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if self.req.ring().cons_parked().load(Ordering::SeqCst) != 0 {
                 self.link.wake(Bell::Request);
             }
         }

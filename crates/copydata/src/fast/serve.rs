@@ -231,6 +231,17 @@ impl Dispatch {
                 .any(|c| !c.busy.load(Ordering::Relaxed) && (c.maybe_ready() || c.dead.load(Ordering::Relaxed)))
     }
 
+    /// Whether a spinning sender announced a loan it is about to send.
+    fn loan_announced(st: &WorkerState) -> bool {
+        st.conns.iter().any(|c| c.wait == Wait::SpinThenPark && c.loan_pending())
+    }
+
+    /// Whether to poll for an announced loan: one is announced and the
+    /// worker has not polled for it for [`HOT_MAX`] already.
+    fn poll_for_loan(st: &WorkerState) -> bool {
+        Self::loan_announced(st) && st.hot_since.is_none_or(|since| since.elapsed() < HOT_MAX)
+    }
+
     fn set_parked(st: &WorkerState, value: u32) {
         for c in &st.conns {
             c.requests().cons_parked().store(value, Ordering::SeqCst);
@@ -255,7 +266,7 @@ impl Dispatch {
             }
             // A sender filling a loan is about to send: poll, yielding the
             // CPU, rather than sleep and make it pay for a wake-up.
-            if st.conns.iter().any(|c| c.wait == Wait::SpinThenPark && c.loan_pending()) {
+            if Self::loan_announced(st) {
                 let since = *st.hot_since.get_or_insert_with(Instant::now);
                 if since.elapsed() < HOT_MAX && deadline.is_none_or(|d| Instant::now() < d) {
                     // Spin (a yield is a system call, microseconds here), and
@@ -268,7 +279,11 @@ impl Dispatch {
             } else {
                 st.hot_since = None;
             }
-            if st.conns.iter().any(|c| c.wait == Wait::SpinThenPark) && super::spin(|| self.worth_a_look(w, slot, st)) {
+            // While spinning, a loan announced meanwhile also ends the spin
+            // (the loop above then polls for it).
+            if st.conns.iter().any(|c| c.wait == Wait::SpinThenPark)
+                && super::spin(|| self.worth_a_look(w, slot, st) || Self::poll_for_loan(st))
+            {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return None;
                 }
@@ -284,7 +299,10 @@ impl Dispatch {
                 st.trimmed = false;
                 return Some(found);
             }
-            if slot.changed.load(Ordering::Acquire) || self.is_closed() {
+            // A loan announced before the flag went up found no one parked
+            // (`Client::lend` raises its word, fences, then looks at the
+            // flag): poll for it instead of sleeping through the fill.
+            if slot.changed.load(Ordering::Acquire) || self.is_closed() || Self::poll_for_loan(st) {
                 Self::set_parked(st, 0);
                 continue;
             }
