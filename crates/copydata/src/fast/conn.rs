@@ -293,9 +293,13 @@ impl Client {
             // Spin on a cheap look (the reply ring's next stamp, or the
             // consumer's position and the release words, taken before the
             // first check so no change is missed), then check for real.
+            // A reply wait reads nothing but the reply ring: the request
+            // ring's position is the receiver's to write just then.
             let (rep, rep_at, req) = (*self.rep.ring(), self.rep.position(), *self.req.ring());
-            let consumed = self.req.consumed();
-            let released = if bell == Bell::Reply { 0 } else { self.link.region().released_sum(Side::Sender) };
+            let (consumed, released) = match bell {
+                Bell::Reply => (0, 0),
+                _ => (self.req.consumed(), self.link.region().released_sum(Side::Sender)),
+            };
             if let Some(t) = check(self)? {
                 return Ok(t);
             }
@@ -853,6 +857,12 @@ impl ServerConn {
     /// [`take`](Self::take).
     pub(crate) fn maybe_ready(&self) -> bool {
         self.requests.has_stamp(self.next.load(Ordering::Relaxed))
+    }
+
+    /// Starts fetching the next record's further lines (after
+    /// [`maybe_ready`](Self::maybe_ready) said it is there).
+    pub(crate) fn prefetch(&self) {
+        self.requests.prefetch_record(self.next.load(Ordering::Relaxed));
     }
 
     pub(crate) fn link(&self) -> &Link {

@@ -199,6 +199,7 @@ impl Dispatch {
             if !dead && !conn.maybe_ready() {
                 continue;
             }
+            conn.prefetch();
             match conn.take() {
                 Ok(Some(incoming)) => {
                     st.start = (st.start + i + 1) % n;
