@@ -14,7 +14,7 @@
 
 use std::cell::RefCell;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail, ensure};
 use copydata::{Mailbox, MailboxOptions, Message, Reply, SendError, Sender, SenderOptions, Wait};
@@ -187,7 +187,10 @@ fn end_to_end_row(payload: usize, budget: Budget, ctx: &Ctx) -> anyhow::Result<S
 /// Many sender processes, one mailbox (one handler thread, the default):
 /// each sender sends for the same time after `go`; p50/p99 over the calls
 /// of all senders; messages/s is the aggregate: every sender's messages
-/// over the time from `go` until the last sender reported.
+/// over the time from the first call of any sender to the last reply of
+/// any sender (each sender reads the wall clock at its first call and after
+/// its last reply). Senders report their timings only once all are done,
+/// so the reporting does not run beside the sending.
 fn many_senders(row: &Row, mode: Mode, budget: Budget, ctx: &Ctx) -> anyhow::Result<Sample> {
     let server = Server::start(ctx, Handler::Touch, 1)?;
     let warmup = (budget.warmup / row.senders).max(2);
@@ -204,27 +207,33 @@ fn many_senders(row: &Row, mode: Mode, budget: Budget, ctx: &Ctx) -> anyhow::Res
     for s in &mut senders {
         s.ready()?;
     }
-    let start = Instant::now();
     for s in &mut senders {
         s.say("go")?;
     }
-    let mut t = Timings::new(Budget { iters: usize::MAX, ..budget });
-    let mut messages = 0u64;
     for s in &mut senders {
         let line = s.line(CHILD_TIMEOUT)?;
-        let mut words =
-            line.strip_prefix("times").ok_or_else(|| s.blame(anyhow!("it said {line:?}")))?.split_whitespace();
-        let count: Option<u64> = words.next().and_then(|w| w.parse().ok());
-        let ns: Result<Vec<u64>, _> = words.map(str::parse).collect();
-        match (count, ns) {
-            (Some(count), Ok(ns)) => {
-                messages += count;
-                t.extend(ns);
-            }
-            _ => return Err(s.blame(anyhow!("bad timings: {line:.80}"))),
-        }
+        ensure!(line == "done", s.blame(anyhow!("it said {line:.80?} instead of done")));
     }
-    let wall = start.elapsed();
+    let mut t = Timings::new(Budget { iters: usize::MAX, ..budget });
+    let mut messages = 0u64;
+    let (mut first, mut last) = (u64::MAX, 0u64);
+    for s in &mut senders {
+        s.say("report")?;
+        let line = s.line(CHILD_TIMEOUT)?;
+        let mut words =
+            line.strip_prefix("times").ok_or_else(|| s.blame(anyhow!("it said {line:.80?}")))?.split_whitespace();
+        let mut number = || words.next().and_then(|w| w.parse::<u64>().ok());
+        let (Some(count), Some(from), Some(to)) = (number(), number(), number()) else {
+            return Err(s.blame(anyhow!("bad timings: {line:.80}")));
+        };
+        let ns: Result<Vec<u64>, _> = words.map(str::parse).collect();
+        let ns = ns.map_err(|_| s.blame(anyhow!("bad timings: {line:.80}")))?;
+        messages += count;
+        t.extend(ns);
+        first = first.min(from);
+        last = last.max(to);
+    }
+    let wall = Duration::from_nanos(last.saturating_sub(first));
     for s in senders {
         s.finish()?;
     }
@@ -238,7 +247,9 @@ fn many_senders(row: &Row, mode: Mode, budget: Budget, ctx: &Ctx) -> anyhow::Res
 const MAX_REPORTED: usize = 20_000;
 
 /// `__bench-child sender`: connects, warms up, says `ready`, waits for
-/// `go`, sends for `millis` and prints `times COUNT NS NS ...`.
+/// `go`, sends for `millis`, says `done`, waits for `report` and prints
+/// `times COUNT FIRST LAST NS NS ...` (`FIRST`, `LAST`: the wall clock in
+/// ns since the Unix epoch at its first call and after its last reply).
 pub fn extra_sender(
     name: &str,
     payload: usize,
@@ -258,9 +269,11 @@ pub fn extra_sender(
         Ok(other) => bail!("expected go, got {other:?}"),
         Err(_) => return Ok(()),
     }
+    // The wall clock, the one clock all senders share.
+    let now = || SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let mut ns: Vec<u32> = Vec::with_capacity(1 << 16);
-    let started = Instant::now();
-    let until = started + Duration::from_millis(millis);
+    let first = now();
+    let until = Instant::now() + Duration::from_millis(millis);
     loop {
         let start = Instant::now();
         if start >= until {
@@ -270,9 +283,16 @@ pub fn extra_sender(
         ns.push(start.elapsed().as_nanos().try_into().unwrap_or(u32::MAX));
         ensure!(reply.code == touched(payload), "reply code {}", reply.code);
     }
+    let last = now();
+    println!("done");
+    match lines.recv() {
+        Ok(report) if report == "report" => {}
+        Ok(other) => bail!("expected report, got {other:?}"),
+        Err(_) => return Ok(()),
+    }
     let stride = ns.len().div_ceil(MAX_REPORTED).max(1);
     let kept: Vec<String> = ns.iter().step_by(stride).map(u32::to_string).collect();
-    println!("times {} {}", ns.len(), kept.join(" "));
+    println!("times {} {first} {last} {}", ns.len(), kept.join(" "));
     // Stay connected until the bench is done with every sender.
     for _ in lines {}
     Ok(())
