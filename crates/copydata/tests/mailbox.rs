@@ -847,6 +847,38 @@ fn garbage_on_the_socket_is_rejected_and_others_are_served() {
     stop_server(kid, &name);
 }
 
+/// A record that announces an attachment the sender never sent is refused
+/// at once: the sender writes the attachment before the record, so a
+/// missing one is a broken or hostile peer, not a slow one. The receiver
+/// used to wait 2 s for it, holding its handler thread, so a sender that
+/// reconnected and did it again kept every other sender waiting: here five
+/// such rounds, each followed by an honest call, took over 10 s before.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_attachment_that_never_comes_holds_up_nobody() {
+    use raw::{CALL, F_AUX, Raw, assert_dropped};
+
+    let name = unique("noaux");
+    let kid = server(&name, 0);
+    let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
+    let started = Instant::now();
+    for round in 0..5 {
+        let raw = Raw::set_up(&path);
+        // aux_len 0, no sections: the descriptors would come on the socket.
+        raw.put(0, 1, CALL, F_AUX << 24 | 8, 0, 0, &[0u8; 8]);
+        raw.ring();
+        let data = format!("honest call {round}");
+        check_echo(
+            &copydata::send_timeout(&name, 0, data.as_bytes(), Duration::from_secs(10)).unwrap(),
+            data.as_bytes(),
+        );
+        assert_dropped(&raw.sock, "an attachment that never comes");
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "five rounds of a missing attachment held the mailbox for {took:?}");
+    stop_server(kid, &name);
+}
+
 /// The CPU time (user and system) a process has used (Linux: from
 /// `/proc/PID/stat`).
 #[cfg(target_os = "linux")]

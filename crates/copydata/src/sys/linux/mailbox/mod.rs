@@ -272,11 +272,26 @@ impl Link {
         if !inline.is_empty() {
             return Err(wire::bad("unexpected attachment bytes in the ring"));
         }
+        // The peer writes an attachment's whole frame to the socket before
+        // it publishes the record that announces it (`Client::put_inner`,
+        // `ServerConn::put_reply`), so when the record is seen the frame is
+        // queued already. Less is a broken or hostile peer: refused at once,
+        // not waited for, since a wait would hold this thread and every other
+        // sender it serves.
+        let queued = |what: &str, need: u64| -> io::Result<()> {
+            let have = rustix::io::ioctl_fionread(&self.sock)?;
+            if have < need {
+                return Err(wire::bad(format!("{what} is not there ({have} of {need} bytes queued)")));
+            }
+            Ok(())
+        };
+        queued("the attachment announced by the record", wire::HEADER as u64)?;
         self.sock.set_read_timeout(Some(PEER_STEP))?;
         let (h, mut fds) = wire::recv_header(&self.sock)?.ok_or_else(|| wire::bad("the peer hung up"))?;
         if h.magic != AUX || h.b0 != u8::from(buffer) || h.b1 as usize != sections {
             return Err(wire::bad("the attachment does not match its record"));
         }
+        queued("the rest of the attachment", h.len)?;
         if fds.len() != usize::from(buffer) + sections {
             return Err(wire::bad(format!("{} descriptors for an attachment", fds.len())));
         }
