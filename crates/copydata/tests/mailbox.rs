@@ -879,6 +879,72 @@ fn an_attachment_that_never_comes_holds_up_nobody() {
     stop_server(kid, &name);
 }
 
+/// Senders that start streaming a large payload and stop writing it hold
+/// up nobody: the receiver puts such a copy aside and serves its other
+/// senders, and drops the stalled ones after 2 s. Each hand-made sender
+/// here hands over a pool buffer, publishes a streamed record for 1 MiB of
+/// it and a progress word that says 4 KiB are written, then writes nothing
+/// more. The receiver used to wait for each on its handler thread: three
+/// of them held an honest sender up for 2 to 6 s.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_stream_that_stops_holds_up_nobody() {
+    use std::io::IoSlice;
+    use std::mem::MaybeUninit;
+    use std::os::fd::AsFd;
+    use std::sync::atomic::Ordering;
+
+    use raw::{BUF_NEW, CALL, F_AUX, F_BUF, Raw, assert_dropped, frame};
+    use rustix::fs::{MemfdFlags, SealFlags};
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+
+    // fast/pool.rs: a buffer reference is slot (u32), flags (u32), use (u64);
+    // BUF_STREAM = 8. fast/region.rs: the progress word at +72; fast/conn.rs:
+    // the use's number in its top 24 bits, the bytes written below.
+    const BUF_STREAM: u32 = 8;
+    const STREAMED: usize = 72;
+    let name = unique("stall");
+    let kid = server(&name, 0);
+    let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
+    let mut honest = copydata::Sender::connect(&name).unwrap();
+    check_echo(&honest.send(0, b"before").unwrap(), b"before");
+    let stalled: Vec<Raw> = (0..3)
+        .map(|_| {
+            let raw = Raw::set_up(&path);
+            let memfd = rustix::fs::memfd_create("pooled", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+            rustix::fs::ftruncate(&memfd, 1 << 20).unwrap();
+            rustix::fs::fcntl_add_seals(&memfd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+            let fds = [memfd.as_fd()];
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+            let h = frame(b"CDX2", 1, 0, 0, 1 << 20, 0);
+            rustix::net::sendmsg(&raw.sock, &[IoSlice::new(&h)], &mut control, SendFlags::NOSIGNAL).unwrap();
+            raw.region.u64_at(STREAMED).store(1 << 40 | 4096, Ordering::Release);
+            let mut inline = vec![0u8; 8]; // aux_len 0, no sections
+            inline.extend_from_slice(&0u32.to_ne_bytes());
+            inline.extend_from_slice(&(BUF_NEW | BUF_STREAM).to_ne_bytes());
+            inline.extend_from_slice(&1u64.to_ne_bytes());
+            raw.put(0, 1, CALL, (F_AUX | F_BUF) << 24 | 24, 1 << 20, 0, &inline);
+            raw.ring();
+            raw
+        })
+        .collect();
+    let started = Instant::now();
+    for i in 0..5 {
+        let data = format!("honest call {i}");
+        check_echo(&honest.send_timeout(0, data.as_bytes(), Duration::from_secs(10)).unwrap(), data.as_bytes());
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1500), "three stalled streams held an honest sender up for {took:?}");
+    for raw in &stalled {
+        assert_dropped(&raw.sock, "a stream that stops");
+    }
+    check_echo(&honest.send(0, b"after").unwrap(), b"after");
+    drop(honest);
+    stop_server(kid, &name);
+}
+
 /// The CPU time (user and system) a process has used (Linux: from
 /// `/proc/PID/stat`).
 #[cfg(target_os = "linux")]

@@ -50,6 +50,10 @@ const STREAM_MIN: usize = 4 << 20;
 const STREAM_CHUNK: usize = 256 << 10;
 /// How long a streaming sender may make no progress.
 const STREAM_STALL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long the receiver waits for a streaming sender's next bytes before
+/// it puts the copy aside and serves its other senders (it comes back to
+/// the copy on its next pass).
+const STREAM_PATIENCE: std::time::Duration = std::time::Duration::from_micros(200);
 const STREAM_SHIFT: u32 = 40;
 const STREAM_DONE_MASK: u64 = (1 << STREAM_SHIFT) - 1;
 const STREAM_ID_MASK: u64 = (1 << (64 - STREAM_SHIFT)) - 1;
@@ -808,6 +812,25 @@ struct ServerState {
     pool: Pool,
     /// A payload buffer kept between messages (no page faults per message).
     spare: Vec<u8>,
+    /// A streamed payload whose sender paused: its copy goes on when the
+    /// connection is next looked at. The connection's later messages wait.
+    stream: Option<Stream>,
+}
+
+/// A streamed copy in progress (see [`ServerConn::take`]).
+#[derive(Debug)]
+struct Stream {
+    rec: Rec,
+    sections: Vec<Section>,
+    view: Arc<View>,
+    slot: u32,
+    use_no: u64,
+    len: usize,
+    /// The private copy: its first `done` bytes are written (its length
+    /// stays 0 until all are).
+    out: Vec<u8>,
+    done: usize,
+    last_progress: Instant,
 }
 
 /// The receiving side of a connection.
@@ -845,6 +868,7 @@ impl ServerConn {
                 peer: PeerBuffers::new(),
                 pool: Pool::new(Side::Receiver),
                 spare: Vec::new(),
+                stream: None,
             }),
             busy: AtomicBool::new(false),
             dead: AtomicBool::new(false),
@@ -887,6 +911,13 @@ impl ServerConn {
     /// the protocol (the reason is logged and the connection dropped).
     pub(crate) fn take(self: &Arc<Self>) -> Result<Option<Incoming>, String> {
         let mut st = self.state();
+        if let Some(mut stream) = st.stream.take() {
+            if !self.copy_streamed(&mut stream)? {
+                st.stream = Some(stream);
+                return Ok(None);
+            }
+            return Ok(Some(self.streamed(&mut st, stream)));
+        }
         loop {
             let peeked = st.req.peek();
             // Padding moves the position without a record: keep the lock-free
@@ -939,11 +970,23 @@ impl ServerConn {
                     if b.flags & BUF_LOAN != 0 {
                         let release = Release::ToSender { conn: self.clone(), slot: b.slot, use_no: b.use_no };
                         (Payload::default(), Some(crate::loan::LoanView::new(Some(view), len, Some(release))))
+                    } else if b.flags & BUF_STREAM != 0 {
+                        if len > view.len() {
+                            return Err("streamed payload larger than its buffer".into());
+                        }
+                        let mut out = std::mem::take(&mut st.spare);
+                        out.clear();
+                        out.reserve(len);
+                        let (slot, use_no, last_progress) = (b.slot, b.use_no, Instant::now());
+                        let mut stream = Stream { rec, sections, view, slot, use_no, len, out, done: 0, last_progress };
+                        if !self.copy_streamed(&mut stream)? {
+                            st.stream = Some(stream);
+                            return Ok(None);
+                        }
+                        return Ok(Some(self.streamed(&mut st, stream)));
                     } else {
                         let mut v = std::mem::take(&mut st.spare);
-                        if b.flags & BUF_STREAM != 0 {
-                            self.copy_streamed(&view, len, b.use_no, &mut v)?;
-                        } else if len > 0 {
+                        if len > 0 {
                             copy_out(&view, len, &mut v);
                         } else {
                             v.clear();
@@ -953,72 +996,99 @@ impl ServerConn {
                     }
                 }
             };
-            if st.req.advance(&rec, true) {
-                self.link.wake(Bell::Space);
-            }
-            self.next.store(st.req.position(), Ordering::Relaxed);
-            let call = rec.kind == CALL;
-            if call {
-                self.busy.store(true, Ordering::Release);
-            }
-            let message =
-                Message::new(rec.word, payload, sections, self.peer).with_loan(loan, call).with_origin(self.clone());
-            return Ok(Some(Incoming { message, call }));
+            return Ok(Some(self.deliver(&mut st, &rec, payload, loan, sections)));
         }
     }
 
-    /// Copies a payload the sender is still writing, as far as its
-    /// progress word says, until all `len` bytes are there. A sender that
-    /// stops making progress (stopped, dead, hostile) for [`STREAM_STALL`]
-    /// breaks the protocol.
-    fn copy_streamed(&self, view: &View, len: usize, use_no: u64, out: &mut Vec<u8>) -> Result<(), String> {
-        if len > view.len() {
-            return Err("streamed payload larger than its buffer".into());
+    /// Takes the record off the ring and makes its message.
+    fn deliver(
+        self: &Arc<Self>,
+        st: &mut ServerState,
+        rec: &Rec,
+        payload: Payload,
+        loan: Option<crate::loan::LoanView>,
+        sections: Vec<Section>,
+    ) -> Incoming {
+        if st.req.advance(rec, true) {
+            self.link.wake(Bell::Space);
         }
-        out.clear();
-        out.reserve(len);
+        self.next.store(st.req.position(), Ordering::Relaxed);
+        let call = rec.kind == CALL;
+        if call {
+            self.busy.store(true, Ordering::Release);
+        }
+        let message =
+            Message::new(rec.word, payload, sections, self.peer).with_loan(loan, call).with_origin(self.clone());
+        Incoming { message, call }
+    }
+
+    /// The message of a streamed copy that is complete.
+    fn streamed(self: &Arc<Self>, st: &mut ServerState, stream: Stream) -> Incoming {
+        let Stream { rec, sections, slot, use_no, mut out, len, .. } = stream;
+        // SAFETY: `copy_streamed` returned true: the first `len` bytes of
+        // `out`'s reserved capacity are written.
+        unsafe { out.set_len(len) };
+        self.release(slot, use_no);
+        self.deliver(st, &rec, Payload::from(out), None, sections)
+    }
+
+    /// Copies a payload the sender is still writing, as far as its
+    /// progress word says: `true` once all its bytes are there, `false` when
+    /// the sender made no progress for [`STREAM_PATIENCE`] (the copy is put
+    /// aside, so other senders are served meanwhile). A sender that makes
+    /// no progress (stopped, dead, hostile) for [`STREAM_STALL`] breaks the
+    /// protocol.
+    fn copy_streamed(&self, s: &mut Stream) -> Result<bool, String> {
         let word = self.link.region().streamed();
-        let (mut done, mut last_progress, mut spins) = (0usize, Instant::now(), 0u32);
-        while done < len {
+        let waiting_since = Instant::now();
+        let mut spins = 0u32;
+        while s.done < s.len {
             let w = word.load(Ordering::Acquire);
             // Progress of a later message means this one is complete (the
             // sender finishes one copy before it starts the next).
-            let ready = if w >> STREAM_SHIFT == use_no & STREAM_ID_MASK {
-                usize::try_from(w & STREAM_DONE_MASK).unwrap_or(usize::MAX).min(len)
+            let ready = if w >> STREAM_SHIFT == s.use_no & STREAM_ID_MASK {
+                usize::try_from(w & STREAM_DONE_MASK).unwrap_or(usize::MAX).min(s.len)
             } else {
-                len
+                s.len
             };
-            if ready > done {
+            if ready > s.done {
                 // SAFETY:
                 // - `done..ready` lies inside the view (`ready <= len <=
-                //   view.len()`), mapped while `view` lives;
+                //   view.len()`, checked when the copy began), mapped while
+                //   `view` lives;
                 // - the destination is `out`'s reserved spare capacity (at
                 //   least `len` bytes), private memory;
                 // - the sender has published these bytes (Release/Acquire on
                 //   the progress word) and no longer writes them;
                 // - no reference to the shared bytes is formed.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(view.as_ptr().add(done), out.as_mut_ptr().add(done), ready - done)
+                    std::ptr::copy_nonoverlapping(
+                        s.view.as_ptr().add(s.done),
+                        s.out.as_mut_ptr().add(s.done),
+                        ready - s.done,
+                    )
                 };
-                done = ready;
-                last_progress = Instant::now();
+                s.done = ready;
+                s.last_progress = Instant::now();
                 continue;
             }
             std::hint::spin_loop();
             spins += 1;
-            if spins.is_multiple_of(1024) {
+            if spins.is_multiple_of(64) {
                 if self.dead.load(Ordering::Acquire) {
                     return Err("the sender died while writing a payload".into());
                 }
-                if last_progress.elapsed() > STREAM_STALL {
+                if s.last_progress.elapsed() > STREAM_STALL {
                     return Err("the sender stopped writing a payload".into());
                 }
-                std::thread::yield_now();
+                if s.last_progress.max(waiting_since).elapsed() > STREAM_PATIENCE {
+                    // Let the sender in, should it share this CPU.
+                    std::thread::yield_now();
+                    return Ok(false);
+                }
             }
         }
-        // SAFETY: the loop above initialised exactly `len` bytes of `out`.
-        unsafe { out.set_len(len) };
-        Ok(())
+        Ok(true)
     }
 
     /// Gives a payload buffer back for the next message.
