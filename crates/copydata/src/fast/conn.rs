@@ -911,12 +911,8 @@ impl ServerConn {
     /// the protocol (the reason is logged and the connection dropped).
     pub(crate) fn take(self: &Arc<Self>) -> Result<Option<Incoming>, String> {
         let mut st = self.state();
-        if let Some(mut stream) = st.stream.take() {
-            if !self.copy_streamed(&mut stream)? {
-                st.stream = Some(stream);
-                return Ok(None);
-            }
-            return Ok(Some(self.streamed(&mut st, stream)));
+        if let Some(stream) = st.stream.take() {
+            return self.stream_on(&mut st, stream);
         }
         loop {
             let peeked = st.req.peek();
@@ -978,12 +974,8 @@ impl ServerConn {
                         out.clear();
                         out.reserve(len);
                         let (slot, use_no, last_progress) = (b.slot, b.use_no, Instant::now());
-                        let mut stream = Stream { rec, sections, view, slot, use_no, len, out, done: 0, last_progress };
-                        if !self.copy_streamed(&mut stream)? {
-                            st.stream = Some(stream);
-                            return Ok(None);
-                        }
-                        return Ok(Some(self.streamed(&mut st, stream)));
+                        let stream = Stream { rec, sections, view, slot, use_no, len, out, done: 0, last_progress };
+                        return self.stream_on(&mut st, stream);
                     } else {
                         let mut v = std::mem::take(&mut st.spare);
                         if len > 0 {
@@ -1022,14 +1014,19 @@ impl ServerConn {
         Incoming { message, call }
     }
 
-    /// The message of a streamed copy that is complete.
-    fn streamed(self: &Arc<Self>, st: &mut ServerState, stream: Stream) -> Incoming {
+    /// Goes on with a streamed copy: its message once complete, else
+    /// `None` with the copy put aside for the next look.
+    fn stream_on(self: &Arc<Self>, st: &mut ServerState, mut stream: Stream) -> Result<Option<Incoming>, String> {
+        if !self.copy_streamed(&mut stream)? {
+            st.stream = Some(stream);
+            return Ok(None);
+        }
         let Stream { rec, sections, slot, use_no, mut out, len, .. } = stream;
         // SAFETY: `copy_streamed` returned true: the first `len` bytes of
         // `out`'s reserved capacity are written.
         unsafe { out.set_len(len) };
         self.release(slot, use_no);
-        self.deliver(st, &rec, Payload::from(out), None, sections)
+        Ok(Some(self.deliver(st, &rec, Payload::from(out), None, sections)))
     }
 
     /// Copies a payload the sender is still writing, as far as its
