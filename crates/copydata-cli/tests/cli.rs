@@ -339,6 +339,7 @@ fn other_programs_open_named_sections_by_name() {
 struct Listener {
     child: Child,
     lines: std::sync::mpsc::Receiver<String>,
+    errors: std::sync::mpsc::Receiver<String>,
 }
 
 impl Listener {
@@ -348,19 +349,38 @@ impl Listener {
         listener
     }
 
-    /// Runs `copydata SUBCOMMAND ARGS` and collects its output lines.
+    /// Runs `copydata SUBCOMMAND ARGS` and collects its output lines (and
+    /// its standard error's).
     fn spawn(subcommand: &str, args: &[&str]) -> Listener {
-        let mut child = copydata().arg(subcommand).args(args).stdout(Stdio::piped()).spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
+        let mut child =
+            copydata().arg(subcommand).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let lines = |out: Box<dyn std::io::Read + Send>| {
+            let (tx, rx) = channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
                 }
+            });
+            rx
+        };
+        let stdout = lines(Box::new(child.stdout.take().unwrap()));
+        let stderr = lines(Box::new(child.stderr.take().unwrap()));
+        Listener { child, lines: stdout, errors: stderr }
+    }
+
+    /// Waits for a line of standard error that contains `text`.
+    fn stderr_until(&self, text: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.errors.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return,
+                Ok(_) => {}
+                Err(e) => panic!("no line with {text:?} on standard error ({e})"),
             }
-        });
-        Listener { child, lines: rx }
+        }
     }
 
     fn line(&self) -> String {
@@ -591,8 +611,10 @@ fn shared_lock_and_event_from_the_shell() {
     let out = run(&["lock", &lock, "--timeout", "300ms"]);
     assert_eq!(out.code, 4, "{}", out.stderr);
     assert!(started.elapsed() >= Duration::from_millis(300));
-    let waiter = Listener::spawn("lock", &[&lock, "--timeout", "30s", "--hold"]);
-    std::thread::sleep(Duration::from_millis(300));
+    // The owner dies only once the waiter has the lock open (on Windows a
+    // mutex nobody has open any more is gone, with its "owner died" state).
+    let waiter = Listener::spawn("lock", &[&lock, "--timeout", "30s", "--hold", "-v"]);
+    waiter.stderr_until("waiting for it");
     owner.child.kill().unwrap();
     owner.child.wait().unwrap();
     assert_eq!(waiter.line(), "acquired (previous owner died)");

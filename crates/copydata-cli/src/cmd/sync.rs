@@ -118,6 +118,7 @@ pub fn shared(command: SharedCommand) -> anyhow::Result<ExitCode> {
 
 pub fn lock(args: LockArgs) -> anyhow::Result<ExitCode> {
     let mutex = Mutex::open_or_create(&args.name)?;
+    log::info!("opened the lock {}; waiting for it", args.name);
     let mut guard = match args.timeout {
         Some(t) => mutex.lock_timeout(t)?,
         None => mutex.lock()?,
