@@ -623,8 +623,8 @@ fn shared_lock_and_event_from_the_shell() {
 
     // An event: a waiter in one process, set from another; timeouts exit 4.
     let ev = unique("ev");
-    let waiting = Listener::spawn("event", &[&ev, "wait", "--timeout", "30s"]);
-    std::thread::sleep(Duration::from_millis(300));
+    let waiting = Listener::spawn("event", &[&ev, "wait", "--timeout", "30s", "-v"]);
+    waiting.stderr_until("waiting for it");
     assert_eq!(run(&["event", &ev, "set"]).code, 0);
     assert_eq!(waiting.line(), "set");
     let started = Instant::now();

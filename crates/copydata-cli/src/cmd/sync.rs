@@ -150,6 +150,7 @@ pub fn event(args: EventArgs) -> anyhow::Result<ExitCode> {
         EventAction::Set => event.set()?,
         EventAction::Reset => event.reset()?,
         EventAction::Wait { timeout } => {
+            log::info!("opened the event {}; waiting for it", args.name);
             match timeout {
                 Some(t) => event.wait_timeout(t)?,
                 None => event.wait()?,
