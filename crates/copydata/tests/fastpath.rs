@@ -1559,6 +1559,32 @@ fn an_idle_receiver_sleeps_and_gives_memory_back() {
     srv.quit();
 }
 
+/// A large reply buffer that the sender gives back only after the
+/// receiver's first quiet spell is still given back to the system: the
+/// receiver tries again after each quiet spell until it can. It used to try
+/// once, find the buffer still lent, and keep its 64 MiB for as long as the
+/// connection stayed idle (seen as a flaky failure of the idle test above
+/// on a loaded machine, where the sender read its reply slowly).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_reply_buffer_given_back_late_is_trimmed_too() {
+    let srv = Srv::start(1);
+    std::thread::sleep(Duration::from_millis(300));
+    let base = procfs::rss(srv.pid);
+    let mut s = srv.sender();
+    let reply = s.send_timeout(tag(MAKE_LOANED, 64 * MIB as u64), b"", BOUND).unwrap();
+    assert!(reply.loan().is_some_and(|l| l.len() == 64 * MIB), "a loaned reply of 64 MiB");
+    // Past the receiver's first quiet spell (200 ms) with the buffer lent.
+    std::thread::sleep(Duration::from_millis(700));
+    drop(reply);
+    let mib = |b: u64| b as f64 / MIB as f64;
+    procfs::eventually("the receiver gives back the reply buffer", || procfs::rss(srv.pid) <= base + 20 * MIB as u64);
+    eprintln!("receiver: {:.1} MiB before, {:.1} MiB after", mib(base), mib(procfs::rss(srv.pid)));
+    procfs::assert_sleeps(srv.pid, "after the late release");
+    drop(s);
+    srv.quit();
+}
+
 /// While a spinning sender fills a loan, the receiver polls instead of
 /// sleeping, so the send after a long fill finds it awake; a loan held past
 /// the polling limit lets it sleep again. A loan taken right after a reply

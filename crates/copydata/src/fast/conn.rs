@@ -1264,8 +1264,10 @@ impl ServerConn {
     }
 
     /// Gives back memory after a quiet spell: unmaps the sender's buffers,
-    /// drops the spare payload buffer and large reply buffers.
-    pub(crate) fn trim(&self, now: Instant) {
+    /// drops the spare payload buffer and large reply buffers. Returns
+    /// whether all is given back (not when the sender still holds a large
+    /// reply buffer).
+    pub(crate) fn trim(&self, now: Instant) -> bool {
         let mut st = self.state();
         st.peer.unmap_all();
         st.spare = Vec::new();
@@ -1276,6 +1278,9 @@ impl ServerConn {
                 break;
             }
         }
+        // A large reply buffer the sender has not given back yet stays: the
+        // caller tries again later.
+        !st.pool.has_large()
     }
 }
 

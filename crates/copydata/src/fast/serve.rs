@@ -321,10 +321,14 @@ impl Dispatch {
                     return None;
                 }
                 if !st.trimmed && Instant::now().duration_since(now) >= TRIM_AFTER - Duration::from_millis(1) {
+                    // Until every large buffer is back (a slow sender may
+                    // still be reading a reply), try again after the next
+                    // quiet spell.
+                    let mut all = true;
                     for c in &st.conns {
-                        c.trim(Instant::now());
+                        all &= c.trim(Instant::now());
                     }
-                    st.trimmed = true;
+                    st.trimmed = all;
                 }
             }
         }
