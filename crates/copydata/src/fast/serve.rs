@@ -281,9 +281,14 @@ impl Dispatch {
                 st.hot_since = None;
             }
             // While spinning, a loan announced meanwhile also ends the spin
-            // (the loop above then polls for it).
+            // (the loop above then polls for it); looked for on every 16th
+            // look only, as it reads a line of every connection's region.
+            let mut looks = 0u32;
             if st.conns.iter().any(|c| c.wait == Wait::SpinThenPark)
-                && super::spin(|| self.worth_a_look(w, slot, st) || Self::poll_for_loan(st))
+                && super::spin(|| {
+                    looks = looks.wrapping_add(1);
+                    self.worth_a_look(w, slot, st) || (looks.is_multiple_of(16) && Self::poll_for_loan(st))
+                })
             {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return None;

@@ -184,6 +184,92 @@ fn end_to_end_row(payload: usize, budget: Budget, ctx: &Ctx) -> anyhow::Result<S
     t.sample()
 }
 
+/// What the sender does between two calls of a [`pauses`] row.
+#[derive(Debug, Clone, Copy)]
+enum Between {
+    /// Nothing: the next call at once.
+    Nothing,
+    /// Spins on the clock this long, touching no memory.
+    Spin(Duration),
+    /// Fills the loan (every byte).
+    Fill,
+}
+
+/// `copydata bench --pauses`: what a pause before a call costs. `send` of
+/// 64 B and `loan` of 64 KiB, each sent right after the previous call and
+/// after the sender spun 1 ms and 8 ms on the clock (writing nothing), next
+/// to `loan` of 64 MiB sent after its filling (about 8 ms here; what the
+/// `loan` row at 64 MiB times). Only the call is timed, as in the `loan`
+/// rows. A paused `send` finds the receiver asleep (it spins only briefly)
+/// and pays a wake-up; a paused loan finds it polling (the loan announced
+/// the message), so what it pays beyond the immediate loan is the path
+/// gone cold in the caches meanwhile.
+pub fn pauses(ctx: &Ctx) -> anyhow::Result<()> {
+    let spin1 = Between::Spin(Duration::from_millis(1));
+    let spin8 = Between::Spin(Duration::from_millis(8));
+    let cases: [(&str, usize, bool, Between); 7] = [
+        ("send 64 B, at once", 64, false, Between::Nothing),
+        ("send 64 B, after 1 ms", 64, false, spin1),
+        ("send 64 B, after 8 ms", 64, false, spin8),
+        ("loan 64 KiB, at once", 64 << 10, true, Between::Nothing),
+        ("loan 64 KiB, after 1 ms", 64 << 10, true, spin1),
+        ("loan 64 KiB, after 8 ms", 64 << 10, true, spin8),
+        ("loan 64 MiB, after its filling", 64 << 20, true, Between::Fill),
+    ];
+    let iters = if ctx.quick { 60 } else { 300 };
+    println!("{:<34} {:>10} {:>10}", "call (only the call is timed)", "p50", "p99");
+    for (what, payload, loan, between) in cases {
+        let server = Server::start(ctx, Handler::Touch, 1)?;
+        let mut sender = server.connect(Wait::SpinThenPark)?;
+        let buf = filled(payload, FILL);
+        let mut ns = Vec::with_capacity(iters);
+        for i in 0..iters + 10 {
+            let took = if loan {
+                let start = Instant::now();
+                let mut l = sender.loan(payload).map_err(|e| server.blame(e))?;
+                let lent = start.elapsed();
+                match between {
+                    Between::Fill => fill_loan(&mut l, FILL),
+                    Between::Spin(d) => {
+                        l.write_at(0, &[FILL]).context("writing the loan")?;
+                        spin_for(d);
+                    }
+                    Between::Nothing => l.write_at(0, &[FILL]).context("writing the loan")?,
+                }
+                let sent = Instant::now();
+                let reply = l.send(TAG).map_err(|e| server.blame(e))?;
+                ensure!(reply.code == i64::from(FILL), "reply code {}", reply.code);
+                lent + sent.elapsed()
+            } else {
+                if let Between::Spin(d) = between {
+                    spin_for(d);
+                }
+                let start = Instant::now();
+                let reply = sender.send(TAG, &buf).map_err(|e| server.blame(e))?;
+                ensure!(reply.code == touched(payload), "reply code {}", reply.code);
+                start.elapsed()
+            };
+            if i >= 10 {
+                ns.push(took);
+            }
+        }
+        drop(sender);
+        server.proc.finish()?;
+        ns.sort_unstable();
+        let at = |q: usize| super::report::nanos(ns[(ns.len() - 1) * q / 100].as_nanos() as f64);
+        println!("{what:<34} {:>10} {:>10}", at(50), at(99));
+    }
+    Ok(())
+}
+
+/// Spins on the clock for `d`, touching no memory.
+fn spin_for(d: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
 /// Many sender processes, one mailbox (one handler thread, the default):
 /// each sender sends for the same time after `go`; p50/p99 over the calls
 /// of all senders; messages/s is the aggregate: every sender's messages

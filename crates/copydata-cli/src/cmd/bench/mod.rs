@@ -57,6 +57,12 @@ pub struct Args {
     /// std::sync::Mutex in one process.
     #[arg(long)]
     locks: bool,
+    /// Measure what a pause before a call costs instead: a small send and
+    /// a 64 KiB loan right after the previous call and after the sender
+    /// spent 1 ms and 8 ms spinning, next to a 64 MiB loan after its
+    /// filling.
+    #[arg(long, conflicts_with = "locks")]
+    pauses: bool,
 }
 
 /// What a row measures.
@@ -327,6 +333,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let ctx = Ctx { cpus, quick: args.quick };
+    if args.pauses {
+        copydata_rows::pauses(&ctx)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut rows = rows(args.quick, args.peers);
     if let Some(text) = &args.filter {
         rows.retain(|r| r.label().contains(text.as_str()));

@@ -106,7 +106,7 @@ fn si_bytes(x: f64) -> String {
     }
 }
 
-fn nanos(ns: f64) -> String {
+pub fn nanos(ns: f64) -> String {
     match ns {
         ns if ns < 1e3 => format!("{ns:.0} ns"),
         ns if ns < 1e6 => format!("{:.1} us", ns / 1e3),
