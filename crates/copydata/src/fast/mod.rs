@@ -115,6 +115,24 @@ pub(crate) enum Park {
     PeerGone,
 }
 
+/// Like [`spin`], but without yielding: for a wait that yields once per
+/// [`SPIN`] by itself (a system call every few microseconds would keep the
+/// waiter's own path cold).
+pub(crate) fn spin_quietly(mut ready: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        for _ in 0..64 {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= SPIN {
+            return false;
+        }
+    }
+}
+
 /// Spins for at most [`SPIN`] until `ready` says to look. The clock is
 /// first read after a few dozen looks, so a hand-off caught at once costs
 /// no clock read. `ready` should be a cheap test (a load or two): the

@@ -270,9 +270,12 @@ impl Dispatch {
             if Self::loan_announced(st) {
                 let since = *st.hot_since.get_or_insert_with(Instant::now);
                 if since.elapsed() < HOT_MAX && deadline.is_none_or(|d| Instant::now() < d) {
-                    // Spin (a yield is a system call, microseconds here), and
-                    // let other threads of this CPU in now and then.
-                    if !super::spin(|| self.worth_a_look(w, slot, st)) {
+                    // Spin, and let other threads of this CPU in once per
+                    // round (a yield is a system call, microseconds here, and
+                    // one every few microseconds, as `spin` does after a
+                    // while, leaves this thread's own path colder for the
+                    // send it waits for).
+                    if !super::spin_quietly(|| self.worth_a_look(w, slot, st)) {
                         std::thread::yield_now();
                     }
                     continue;
