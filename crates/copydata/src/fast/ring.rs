@@ -122,7 +122,7 @@ impl RingPtr {
     ///   copy of it) is used;
     /// - `cap` is a power of two and at least 4 KiB.
     pub(crate) unsafe fn new(base: *mut u8, cap: usize) -> RingPtr {
-        debug_assert!(cap.is_power_of_two() && cap >= 4096);
+        assert!(cap.is_power_of_two() && cap >= 4096, "a ring of {cap} bytes");
         debug_assert!((base as usize).is_multiple_of(LINE));
         RingPtr { base, cap }
     }
@@ -177,7 +177,10 @@ impl RingPtr {
     /// lap left there (a record, a pad, or garbage: look closer).
     pub(crate) fn has_stamp(&self, pos: u64) -> bool {
         let stamp = self.stamp(pos).load(Ordering::Acquire);
-        stamp == pos + 1 || !(stamp == 0 || (stamp <= pos && (stamp - 1) % self.cap as u64 == pos % self.cap as u64))
+        // `cap` is a power of two: masks, not divisions (this runs on every
+        // look of a spinning receiver, for each of its connections).
+        let mask = self.cap as u64 - 1;
+        stamp == pos + 1 || !(stamp == 0 || (stamp <= pos && (stamp - 1) & mask == pos & mask))
     }
 
     /// Starts fetching the further lines (up to three) of the record at
@@ -398,8 +401,8 @@ impl Consumer {
             if stamp != self.pos + 1 {
                 // What an earlier lap left here: 0, or the stamp of a record
                 // that began at this offset then.
-                let cap = self.ring.cap as u64;
-                if stamp == 0 || (stamp <= self.pos && (stamp - 1) % cap == self.pos % cap) {
+                let mask = self.ring.cap as u64 - 1;
+                if stamp == 0 || (stamp <= self.pos && (stamp - 1) & mask == self.pos & mask) {
                     return Ok(None);
                 }
                 return Err(Corrupt(format!("stamp {stamp:#x} at position {}", self.pos)));
