@@ -188,8 +188,12 @@ impl Dispatch {
         let n = st.conns.len();
         let mut gone: Option<Vec<Arc<ServerConn>>> = None;
         let mut found = None;
+        // Round the connections from `start`, without a division per
+        // connection (this runs for every message).
+        let start = if st.start < n { st.start } else { 0 };
         for i in 0..n {
-            let conn = &st.conns[(st.start + i) % n];
+            let at = if start + i < n { start + i } else { start + i - n };
+            let conn = &st.conns[at];
             if conn.busy.load(Ordering::Acquire) {
                 continue;
             }
@@ -202,7 +206,7 @@ impl Dispatch {
             conn.prefetch();
             match conn.take() {
                 Ok(Some(incoming)) => {
-                    st.start = (st.start + i + 1) % n;
+                    st.start = at + 1;
                     found = Some(Next::Ring(conn.clone(), incoming));
                     break;
                 }
