@@ -569,6 +569,22 @@ mod raw {
     }
 
     impl Raw {
+        /// Sends the attachment frame of a new pool buffer (wire.rs: "CDX2",
+        /// one buffer, no sections, word = its size) with `memfd`.
+        pub fn send_buffer(&self, memfd: &OwnedFd, size: u64) {
+            use std::io::IoSlice;
+            use std::os::fd::AsFd;
+
+            use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+
+            let fds = [memfd.as_fd()];
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+            let h = frame(b"CDX2", 1, 0, 0, size, 0);
+            rustix::net::sendmsg(&self.sock, &[IoSlice::new(&h)], &mut control, SendFlags::NOSIGNAL).unwrap();
+        }
+
         pub fn set_up(path: &std::path::Path) -> Raw {
             let mut sock = UnixStream::connect(path).unwrap();
             sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -644,15 +660,12 @@ mod raw {
 #[cfg(target_os = "linux")]
 #[test]
 fn garbage_on_the_socket_is_rejected_and_others_are_served() {
-    use std::io::{IoSlice, Write};
-    use std::mem::MaybeUninit;
-    use std::os::fd::{AsFd, OwnedFd};
+    use std::io::Write;
     use std::os::unix::net::UnixStream;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     use raw::{BUF_NEW, CALL, F_AUX, F_BUF, PAD, REPLY, RETIRE, Raw, assert_dropped, frame, le, recv_frame, recv_text};
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
     let name = unique("garbage");
     let kid = server(&name, 0);
@@ -768,16 +781,6 @@ fn garbage_on_the_socket_is_rejected_and_others_are_served() {
         b
     };
     let new_buffer = [&aux_head[..], &bufref(0, BUF_NEW, 1)].concat();
-    // The attachment frame (wire.rs: "CDX2", one buffer, no sections, word =
-    // its size) with a memfd as a new pool buffer.
-    let send_buffer = |raw: &Raw, memfd: &OwnedFd| {
-        let fds = [memfd.as_fd()];
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-        let mut control = SendAncillaryBuffer::new(&mut space);
-        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
-        let h = frame(b"CDX2", 1, 0, 0, 1 << 20, 0);
-        rustix::net::sendmsg(&raw.sock, &[IoSlice::new(&h)], &mut control, SendFlags::NOSIGNAL).unwrap();
-    };
     // Done by the book (a memfd sealed against resizing, as the pool's are),
     // a new buffer is taken, read and released: so what follows is refused
     // for its garbage, not for its form.
@@ -788,7 +791,7 @@ fn garbage_on_the_socket_is_rejected_and_others_are_served() {
         rustix::fs::ftruncate(&memfd, 1 << 20).unwrap();
         rustix::io::pwrite(&memfd, b"pooled", 0).unwrap();
         rustix::fs::fcntl_add_seals(&memfd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
-        send_buffer(&raw, &memfd);
+        raw.send_buffer(&memfd, 1 << 20);
         raw.put(0, 1, CALL, (F_AUX | F_BUF) << 24 | 24, 6, 0, &new_buffer);
         raw.ring();
         let (kind, flags, len, word, inline) = raw.reply(0);
@@ -820,7 +823,7 @@ fn garbage_on_the_socket_is_rejected_and_others_are_served() {
             // receiver's mapping.
             let memfd = rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
             rustix::fs::ftruncate(&memfd, 1 << 20).unwrap();
-            send_buffer(&raw, &memfd);
+            raw.send_buffer(&memfd, 1 << 20);
         }
         raw.put(0, stamp, kind, flags, len, word, &inline);
         raw.ring();
@@ -889,14 +892,10 @@ fn an_attachment_that_never_comes_holds_up_nobody() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_stream_that_stops_holds_up_nobody() {
-    use std::io::IoSlice;
-    use std::mem::MaybeUninit;
-    use std::os::fd::AsFd;
     use std::sync::atomic::Ordering;
 
-    use raw::{BUF_NEW, CALL, F_AUX, F_BUF, Raw, assert_dropped, frame};
+    use raw::{BUF_NEW, CALL, F_AUX, F_BUF, Raw, assert_dropped};
     use rustix::fs::{MemfdFlags, SealFlags};
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
     // fast/pool.rs: a buffer reference is slot (u32), flags (u32), use (u64);
     // BUF_STREAM = 8. fast/region.rs: the progress word at +72; fast/conn.rs:
@@ -914,12 +913,7 @@ fn a_stream_that_stops_holds_up_nobody() {
             let memfd = rustix::fs::memfd_create("pooled", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
             rustix::fs::ftruncate(&memfd, 1 << 20).unwrap();
             rustix::fs::fcntl_add_seals(&memfd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
-            let fds = [memfd.as_fd()];
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-            let mut control = SendAncillaryBuffer::new(&mut space);
-            assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
-            let h = frame(b"CDX2", 1, 0, 0, 1 << 20, 0);
-            rustix::net::sendmsg(&raw.sock, &[IoSlice::new(&h)], &mut control, SendFlags::NOSIGNAL).unwrap();
+            raw.send_buffer(&memfd, 1 << 20);
             raw.region.u64_at(STREAMED).store(1 << 40 | 4096, Ordering::Release);
             let mut inline = vec![0u8; 8]; // aux_len 0, no sections
             inline.extend_from_slice(&0u32.to_ne_bytes());

@@ -65,6 +65,10 @@ pub(crate) struct Dispatch {
 pub(crate) struct WorkerState {
     conns: Vec<Arc<ServerConn>>,
     start: usize,
+    /// The connection of the last message taken (an index into `conns`).
+    last: usize,
+    /// The connection the next look checks besides `last`.
+    turn: std::cell::Cell<usize>,
     trimmed: bool,
     /// Since when the worker polls for a loan announced by a sender.
     hot_since: Option<Instant>,
@@ -207,6 +211,7 @@ impl Dispatch {
             match conn.take() {
                 Ok(Some(incoming)) => {
                     st.start = at + 1;
+                    st.last = at;
                     found = Some(Next::Ring(conn.clone(), incoming));
                     break;
                 }
@@ -225,15 +230,24 @@ impl Dispatch {
         found
     }
 
-    /// A cheap look (a few loads) for anything that needs a real scan.
+    /// A cheap look (a few loads) for anything that needs a real scan: the
+    /// connection served last (the likeliest to send next) on every look,
+    /// the others one per look in turn, so a look costs the same however
+    /// many connections the worker has. (Before parking, the worker scans
+    /// them all.)
     fn worth_a_look(&self, w: usize, slot: &Slot, st: &WorkerState) -> bool {
+        let wants =
+            |c: &ServerConn| !c.busy.load(Ordering::Relaxed) && (c.maybe_ready() || c.dead.load(Ordering::Relaxed));
+        let n = st.conns.len();
         slot.changed.load(Ordering::Relaxed)
             || self.is_closed()
             || (w == 0 && self.has_native.load(Ordering::Relaxed))
-            || st
-                .conns
-                .iter()
-                .any(|c| !c.busy.load(Ordering::Relaxed) && (c.maybe_ready() || c.dead.load(Ordering::Relaxed)))
+            || (n > 0 && {
+                let turn = st.turn.get() + 1;
+                let turn = if turn < n { turn } else { 0 };
+                st.turn.set(turn);
+                st.conns.get(st.last).is_some_and(|c| wants(c)) || wants(&st.conns[turn])
+            })
     }
 
     /// Whether a spinning sender announced a loan it is about to send.
