@@ -257,6 +257,20 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
     match role {
         // Serves `args[0]` with `args[1]` handler threads (`handle`); a `go`
         // line opens the gate once, `quit` (or the end of stdin) unbinds.
+        // Connects to `args[0]` in park mode; each `send` line sends
+        // `args[1]` bytes (a streamed copy when large), saying `sending`
+        // before and `sent CODE` after.
+        "park-sender" => {
+            let len: usize = args[1].parse().map_err(fail)?;
+            let data = pattern(len, 7);
+            let mut s = Sender::connect_with(&args[0], &SenderOptions::new().wait(Wait::Park)).map_err(fail)?;
+            while hear() == "send" {
+                say("sending", "");
+                let reply = s.send_timeout(tag(SUM, 0), &data, Duration::from_secs(60)).map_err(fail)?;
+                say("sent", &reply.code.to_string());
+            }
+            Ok(())
+        }
         "srv" => {
             let threads: usize = args[1].parse().map_err(fail)?;
             let state = Arc::new(SrvState::default());
@@ -1556,6 +1570,41 @@ fn an_idle_receiver_sleeps_and_gives_memory_back() {
     );
     procfs::assert_sleeps(srv.pid, "after the large exchange");
     drop((first, others));
+    srv.quit();
+}
+
+/// A streamed copy from a park-mode sender that pauses mid-stream still
+/// completes: the receiver, having put the copy aside, keeps looking
+/// instead of sleeping (the sender's progress rings no doorbell). The
+/// sender child is stopped (SIGSTOP) a few milliseconds into each 64 MiB
+/// send and resumed 700 ms later; before the fix the receiver slept through
+/// the rest of the stream and the send never got its reply.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_park_mode_stream_that_pauses_completes() {
+    use rustix::process::{Pid, Signal, kill_process};
+
+    if !memory_allows(4 * 64 * MIB as u64) {
+        return;
+    }
+    let srv = Srv::start(1);
+    let mut kid = Kid::spawn("park-sender", &[&srv.name, &(64 * MIB).to_string()]);
+    let pid = Pid::from_raw(kid.id() as i32).unwrap();
+    let want = sum(&pattern(64 * MIB, 7));
+    for delay_ms in [2, 6, 12] {
+        kid.tell("send");
+        kid.expect("sending");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        kill_process(pid, Signal::STOP).unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        kill_process(pid, Signal::CONT).unwrap();
+        let code = kid
+            .expect_within("sent", Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("stopped {delay_ms} ms into a stream: no reply within 20 s of resuming"));
+        assert_eq!(code.parse::<i64>().ok(), Some(want as i64), "the receiver's checksum of 64 MiB");
+    }
+    kid.tell("quit");
+    kid.wait_ok();
     srv.quit();
 }
 

@@ -844,6 +844,9 @@ pub(crate) struct ServerConn {
     /// A `CALL` taken and not yet answered: the connection's next message
     /// waits (order per sender).
     pub(crate) busy: AtomicBool,
+    /// A streamed copy is put aside (`ServerState::stream`): the sender's
+    /// progress wakes nobody, so the worker must look again, not sleep.
+    pub(crate) streaming: AtomicBool,
     /// The sender is gone or broke the protocol.
     pub(crate) dead: AtomicBool,
     /// The request ring and the consumer's position in it, for a look
@@ -871,6 +874,7 @@ impl ServerConn {
                 stream: None,
             }),
             busy: AtomicBool::new(false),
+            streaming: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             next: AtomicU64::new(0),
         }
@@ -1017,7 +1021,9 @@ impl ServerConn {
     /// Goes on with a streamed copy: its message once complete, else
     /// `None` with the copy put aside for the next look.
     fn stream_on(self: &Arc<Self>, st: &mut ServerState, mut stream: Stream) -> Result<Option<Incoming>, String> {
-        if !self.copy_streamed(&mut stream)? {
+        let done = self.copy_streamed(&mut stream);
+        self.streaming.store(matches!(done, Ok(false)), Ordering::Release);
+        if !done? {
             st.stream = Some(stream);
             return Ok(None);
         }

@@ -329,7 +329,13 @@ impl Dispatch {
             // A loan announced before the flag went up found no one parked
             // (`Client::lend` raises its word, fences, then looks at the
             // flag): poll for it instead of sleeping through the fill.
-            if slot.changed.load(Ordering::Acquire) || self.is_closed() || Self::poll_for_loan(st) {
+            // Nor does a streamed copy put aside: its sender's progress rings
+            // no doorbell.
+            if slot.changed.load(Ordering::Acquire)
+                || self.is_closed()
+                || Self::poll_for_loan(st)
+                || st.conns.iter().any(|c| c.streaming.load(Ordering::Acquire))
+            {
                 Self::set_parked(st, 0);
                 continue;
             }
