@@ -115,29 +115,22 @@ pub(crate) enum Park {
     PeerGone,
 }
 
-/// Like [`spin`], but without yielding: for a wait that yields once per
-/// [`SPIN`] by itself (a system call every few microseconds would keep the
-/// waiter's own path cold).
-pub(crate) fn spin_quietly(mut ready: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        for _ in 0..64 {
-            if ready() {
-                return true;
-            }
-            std::hint::spin_loop();
-        }
-        if start.elapsed() >= SPIN {
-            return false;
-        }
-    }
-}
-
 /// Spins for at most [`SPIN`] until `ready` says to look. The clock is
 /// first read after a few dozen looks, so a hand-off caught at once costs
 /// no clock read. `ready` should be a cheap test (a load or two): the
 /// caller does the real work once it returns `true`.
-pub(crate) fn spin(mut ready: impl FnMut() -> bool) -> bool {
+pub(crate) fn spin(ready: impl FnMut() -> bool) -> bool {
+    spin_yielding(ready, true)
+}
+
+/// Like [`spin`], but without yielding: for a wait that yields once per
+/// [`SPIN`] by itself (a system call every few microseconds would keep the
+/// waiter's own path cold).
+pub(crate) fn spin_quietly(ready: impl FnMut() -> bool) -> bool {
+    spin_yielding(ready, false)
+}
+
+fn spin_yielding(mut ready: impl FnMut() -> bool, yields: bool) -> bool {
     let mut start: Option<Instant> = None;
     loop {
         for _ in 0..64 {
@@ -156,7 +149,7 @@ pub(crate) fn spin(mut ready: impl FnMut() -> bool) -> bool {
                 // Past the usual hand-off, let another thread of this CPU
                 // run (on a shared core, the peer of another connection may
                 // need it); with the core to itself the yield returns at once.
-                if spent >= YIELD_AFTER {
+                if yields && spent >= YIELD_AFTER {
                     std::thread::yield_now();
                 }
             }

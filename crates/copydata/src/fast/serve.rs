@@ -64,10 +64,10 @@ pub(crate) struct Dispatch {
 #[derive(Debug, Default)]
 pub(crate) struct WorkerState {
     conns: Vec<Arc<ServerConn>>,
+    /// Where the next scan starts: just after the connection of the last
+    /// message taken.
     start: usize,
-    /// The connection of the last message taken (an index into `conns`).
-    last: usize,
-    /// The connection the next look checks besides `last`.
+    /// The connection the next look checks besides the last one served.
     turn: std::cell::Cell<usize>,
     trimmed: bool,
     /// Since when the worker polls for a loan announced by a sender.
@@ -211,7 +211,6 @@ impl Dispatch {
             match conn.take() {
                 Ok(Some(incoming)) => {
                     st.start = at + 1;
-                    st.last = at;
                     found = Some(Next::Ring(conn.clone(), incoming));
                     break;
                 }
@@ -246,7 +245,8 @@ impl Dispatch {
                 let turn = st.turn.get() + 1;
                 let turn = if turn < n { turn } else { 0 };
                 st.turn.set(turn);
-                st.conns.get(st.last).is_some_and(|c| wants(c)) || wants(&st.conns[turn])
+                let last = st.start.checked_sub(1).and_then(|at| st.conns.get(at));
+                last.is_some_and(|c| wants(c)) || wants(&st.conns[turn])
             })
     }
 
