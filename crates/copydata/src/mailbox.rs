@@ -103,11 +103,13 @@ pub struct Payload(Repr);
 
 enum Repr {
     Inline(Vec<u8>),
-    /// A reply loan of this (receiving) process, on its way out.
-    Lent(ReplyLoan),
+    /// A reply loan of this (receiving) process, on its way out. (Boxed,
+    /// as is `Borrowed`: a payload moves by value through every call and
+    /// reply, and should cost a few words to move, not a loan's size.)
+    Lent(Box<ReplyLoan>),
     /// A loaned reply received by this (sending) process: read through
     /// [`Payload::loan`]; the bytes are not a plain slice.
-    Borrowed(LoanView),
+    Borrowed(Box<LoanView>),
     /// A view of memory that no process can write any more (Linux: a sealed
     /// memfd; Windows cannot seal a section, so there payloads are copied).
     #[cfg(target_os = "linux")]
@@ -127,7 +129,7 @@ impl Payload {
     }
 
     pub(crate) fn borrowed(view: LoanView) -> Payload {
-        Payload(Repr::Borrowed(view))
+        Payload(Repr::Borrowed(Box::new(view)))
     }
 
     pub(crate) fn reply_loan(&self) -> Option<&ReplyLoan> {
@@ -207,7 +209,8 @@ pub struct Message {
     payload: Payload,
     sections: Vec<Section>,
     sender: Peer,
-    loan: Option<LoanView>,
+    /// Boxed, so that a message moves cheaply (see `Repr`).
+    loan: Option<Box<LoanView>>,
     call: bool,
     /// The connection it came on (fast-path messages), for loaned replies.
     origin: Option<Arc<ServerConn>>,
@@ -238,7 +241,7 @@ impl Message {
     }
 
     pub(crate) fn with_loan(mut self, loan: Option<LoanView>, call: bool) -> Message {
-        self.loan = loan;
+        self.loan = loan.map(Box::new);
         self.call = call;
         self
     }
@@ -257,7 +260,7 @@ impl Message {
     /// The payload of a loaned message ([`Sender::loan`]), read in place;
     /// `None` for an ordinary message.
     pub fn loan(&self) -> Option<&LoanView> {
-        self.loan.as_ref()
+        self.loan.as_deref()
     }
 
     /// Whether the sender waits for a reply (`false` for
@@ -282,6 +285,17 @@ impl Message {
     }
 
     /// The payload's buffer, for reuse by the next message.
+    /// The connection it came on, taken out (once the handler is done).
+    pub(crate) fn take_origin(&mut self) -> Option<Arc<ServerConn>> {
+        self.origin.take()
+    }
+
+    /// Whether the payload is a buffer worth keeping for the next large
+    /// message (see `ServerConn::recycle`).
+    pub(crate) fn has_large_buffer(&self) -> bool {
+        matches!(&self.payload.0, Repr::Inline(v) if v.capacity() > crate::fast::INLINE_MAX)
+    }
+
     pub(crate) fn into_payload_vec(self) -> Option<Vec<u8>> {
         match self.payload.0 {
             Repr::Inline(v) => Some(v),
@@ -313,7 +327,7 @@ impl Reply {
     /// A reply whose bytes are a loan ([`Message::loan_reply`]), filled in
     /// place: the sender reads them in place through [`Reply::loan`].
     pub fn loaned(code: i64, loan: ReplyLoan) -> Reply {
-        Reply { code, data: Payload(Repr::Lent(loan)) }
+        Reply { code, data: Payload(Repr::Lent(Box::new(loan))) }
     }
 
     /// The bytes of a loaned reply, read in place (then `data` is empty);
@@ -592,7 +606,8 @@ impl Mailbox {
             },
         };
         match self.dispatch.next(0, &mut worker, deadline) {
-            Some(Next::Ring(conn, incoming)) => {
+            Some(Next::Ring(incoming)) => {
+                let conn = incoming.message.origin.clone().expect("a message of the fast path knows its connection");
                 let responder = Responder::Ring { conn, poke: Some((self.dispatch.clone(), 0)) };
                 Ok(Request::new(incoming.message, responder))
             }
@@ -649,19 +664,24 @@ impl Mailbox {
             let spawned = std::thread::Builder::new().name(format!("copydata-serve-{name}-{w}")).spawn(move || {
                 while let Some(next) = dispatch.next(w, &mut state, None) {
                     match next {
-                        Next::Ring(conn, incoming) => {
+                        Next::Ring(incoming) => {
                             let mut message = incoming.message;
                             let answer =
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&mut message)));
+                            // The handler is done with the message: its
+                            // connection moves to the responder (one reference
+                            // count per message, not three).
+                            let conn = message.take_origin().expect("a message of the fast path knows its connection");
                             // A loan goes back to the sender before the reply
                             // tells it the exchange is over; an ordinary
-                            // message's buffer is recycled after the reply,
-                            // off the sender's critical path.
+                            // message's large buffer is recycled after the
+                            // reply, off the sender's critical path.
                             let mut message = Some(message);
                             if message.as_ref().is_some_and(|m| m.loan().is_some()) {
                                 message = None;
                             }
-                            let responder = Responder::Ring { conn: conn.clone(), poke: None };
+                            let recycle = message.as_ref().is_some_and(Message::has_large_buffer).then(|| conn.clone());
+                            let responder = Responder::Ring { conn, poke: None };
                             match answer {
                                 Ok(Ok(reply)) => {
                                     let _ = responder.reply(incoming.call, reply);
@@ -669,7 +689,7 @@ impl Mailbox {
                                 Ok(Err(reason)) => responder.refuse(incoming.call, &reason),
                                 Err(_) => responder.refuse(incoming.call, "the handler panicked"),
                             }
-                            if let Some(v) = message.and_then(Message::into_payload_vec) {
+                            if let (Some(conn), Some(v)) = (recycle, message.and_then(Message::into_payload_vec)) {
                                 conn.recycle(v);
                             }
                         }

@@ -27,8 +27,9 @@ use crate::sys::mailbox::{Bells, NativeResponder};
 
 /// What a worker takes next.
 pub(crate) enum Next {
-    /// A message from a connection of the fast path.
-    Ring(Arc<ServerConn>, Incoming),
+    /// A message from a connection of the fast path (which the message
+    /// holds: `Message::take_origin`).
+    Ring(Incoming),
     /// A message from a plain Win32 program (`WM_COPYDATA`), handed over by
     /// the mailbox's window.
     #[allow(dead_code)] // only Windows has native senders
@@ -211,7 +212,7 @@ impl Dispatch {
             match conn.take() {
                 Ok(Some(incoming)) => {
                     st.start = at + 1;
-                    found = Some(Next::Ring(conn.clone(), incoming));
+                    found = Some(Next::Ring(incoming));
                     break;
                 }
                 Ok(None) if dead => gone.get_or_insert_with(Vec::new).push(conn.clone()),
