@@ -887,12 +887,24 @@ impl Sender {
         sections: &[&Section],
         timeout: Option<Duration>,
     ) -> Result<Reply, SendError> {
+        self.timed(timeout, |s, deadline| {
+            s.with_client(deadline, timeout, data.len() as u64, |c| {
+                c.put(CALL, tag, Body::Bytes(data), sections, true, deadline)?;
+                c.reply(deadline)
+            })
+        })
+    }
+
+    /// Runs a call with the deadline `timeout` sets (none: the clock is not
+    /// read), and makes sure a `TimedOut` is not returned before `timeout`.
+    fn timed(
+        &mut self,
+        timeout: Option<Duration>,
+        call: impl FnOnce(&mut Sender, Option<Instant>) -> Result<Reply, SendError>,
+    ) -> Result<Reply, SendError> {
         let started = timeout.map(|_| Instant::now());
         let deadline = timeout.and_then(|t| started.map(|s| s + t));
-        let result = self.with_client(deadline, timeout, data.len() as u64, |c| {
-            c.put(CALL, tag, Body::Bytes(data), sections, true, deadline)?;
-            c.reply(deadline)
-        });
+        let result = call(self, deadline);
         if let (Err(SendError::TimedOut { .. }), Some(t), Some(started)) = (&result, timeout, started) {
             // Some systems' timers fire a little early; a caller may rely on
             // the full time having passed.
@@ -969,22 +981,16 @@ impl Sender {
         len: usize,
         timeout: Option<Duration>,
     ) -> Result<Reply, SendError> {
-        let started = Instant::now();
-        let deadline = timeout.map(|t| started + t);
         if self.client.is_none() {
             // The connection the buffer came from is gone.
             return Err(SendError::ReceiverDied { name: self.name.to_string() });
         }
-        let result = self.with_client(deadline, timeout, len as u64, |c| {
-            c.put(CALL, tag, Body::Lent(buf, len), &[], true, deadline)?;
-            c.reply(deadline)
-        });
-        if let (Err(SendError::TimedOut { .. }), Some(t)) = (&result, timeout)
-            && let Some(rest) = t.checked_sub(started.elapsed())
-        {
-            std::thread::sleep(rest);
-        }
-        result
+        self.timed(timeout, |s, deadline| {
+            s.with_client(deadline, timeout, len as u64, |c| {
+                c.put(CALL, tag, Body::Lent(buf, len), &[], true, deadline)?;
+                c.reply(deadline)
+            })
+        })
     }
 
     pub(crate) fn cancel_loan(&mut self, buf: &LentBuf) {

@@ -1520,6 +1520,32 @@ fn timeouts_against_a_stopped_receiver() {
     srv.quit();
 }
 
+/// A loan sent with `send_timeout` to a handler that takes longer gives
+/// `TimedOut`, never before the time given; the late reply is never taken
+/// for the next call's.
+#[test]
+fn a_loan_times_out_like_a_send() {
+    let mut srv = Srv::start(1);
+    let mut s = srv.sender();
+    check_echo(&s.send_timeout(tag(ECHO, 0), b"hi", BOUND).unwrap(), b"hi", "warm-up");
+    let t = Duration::from_millis(300);
+    let mut loan = s.loan(64 << 10).unwrap();
+    loan.fill(7);
+    let started = Instant::now();
+    match loan.send_timeout(tag(SLEEP, 1500), t) {
+        Err(SendError::TimedOut { timeout, .. }) => assert_eq!(timeout, t, "the timeout reported"),
+        other => panic!("a loan to a handler sleeping 1.5 s with a timeout of {t:?}: {other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(took >= t, "gave up after {took:?}, before {t:?}");
+    assert!(took < Duration::from_millis(1400), "a timeout of {t:?} took {took:?}");
+    srv.kid().expect("got");
+    // The next call gets its own reply (the handler first finishes the
+    // sleep, whose reply goes nowhere).
+    check_echo(&s.send_timeout(tag(ECHO, 0), b"next", BOUND).unwrap(), b"next", "after the timeout");
+    srv.quit();
+}
+
 // ------------------------------------------------------------ idle cost
 
 /// An idle receiver sleeps (no CPU) and holds little memory: a connection
