@@ -506,6 +506,17 @@ impl Client {
         if len as u64 > self.max_payload {
             return Err(Fail::TooLarge { max: self.max_payload });
         }
+        // The common case, on a short path of its own: a payload that
+        // travels inline, nothing attached, nothing to give back.
+        if let Body::Bytes(d) = body
+            && d.len() <= INLINE_MAX
+            && sections.is_empty()
+            && self.retiring.is_empty()
+            && !self.pool.has_large()
+        {
+            self.room_for(record_size(d.len()), block, deadline)?;
+            return self.push(kind, 0, len as u64, tag, &[d]);
+        }
         if sections.len() > MAX_SECTIONS {
             return Err(Fail::Io(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -695,6 +706,16 @@ impl Client {
     fn take_reply(&mut self) -> Result<Option<Reply>, Fail> {
         loop {
             let Some(rec) = self.rep.peek()? else { return Ok(None) };
+            if rec.kind == REPLY && user_flags(&rec) == 0 {
+                // An inline reply (the common case): what `parse` and
+                // `payload_of` would find, without their general steps.
+                if rec.inline as u64 != rec.len {
+                    return Err(Fail::Broken(format!("inline reply of {} bytes announced as {}", rec.inline, rec.len)));
+                }
+                let data = self.rep.read_vec(&rec, 0, rec.inline);
+                self.rep.advance(&rec, false);
+                return Ok(Some(Reply { code: rec.word as i64, data: Payload::from(data) }));
+            }
             match rec.kind {
                 RETIRE => {
                     if rec.word >= SLOTS as u64 {
@@ -943,6 +964,15 @@ impl ServerConn {
             if rec.len > self.max_payload {
                 return Err(format!("a payload of {} bytes above the mailbox's limit", rec.len));
             }
+            if user_flags(&rec) == 0 {
+                // An inline payload and nothing attached (the common case):
+                // what `parse` would find, without its general steps.
+                if rec.inline as u64 != rec.len {
+                    return Err(format!("inline payload of {} bytes announced as {}", rec.inline, rec.len));
+                }
+                let payload = Payload::from(st.req.read_vec(&rec, 0, rec.inline));
+                return Ok(Some(self.deliver(&mut st, &rec, payload, None, Vec::new())));
+            }
             let p = parse(&st.req, &rec)?;
             let (new_buf, sections) = match &p.aux {
                 Some((bytes, n)) => {
@@ -1113,6 +1143,10 @@ impl ServerConn {
 
     /// Queues a reply record; `Err` if the sender does not read its replies.
     fn put_reply(&self, st: &mut ServerState, kind: u32, word: u64, data: &[u8]) -> Result<(), String> {
+        if data.len() <= INLINE_MAX || kind != REPLY {
+            // Inline, nothing attached (the common case, on a short path).
+            return self.push_reply(st, kind, 0, data.len() as u64, word, &[data]);
+        }
         let mut retired = Vec::new();
         let mut oneshot = None;
         let bufref = if data.len() <= INLINE_MAX || kind != REPLY {
