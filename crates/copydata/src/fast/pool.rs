@@ -133,13 +133,45 @@ pub(crate) enum Lend {
 pub(crate) struct Pool {
     owner: Side,
     slots: Vec<Option<Buf>>,
+    /// Bit `s` set: `slots[s]` holds a buffer. Every look at the pool goes
+    /// through the few slots in use, not all [`SLOTS`] (each a line or two
+    /// of memory, all of them cold after a pause such as filling a loan).
+    used: u64,
     uses: u64,
     last_activity: Instant,
 }
 
+const _: () = assert!(SLOTS <= 64, "a pool's slots in use are the bits of a u64");
+
+/// The slots in `used` (its set bits), lowest first.
+fn slots_in(used: u64) -> impl Iterator<Item = usize> {
+    let mut left = used;
+    std::iter::from_fn(move || {
+        (left != 0).then(|| {
+            let s = left.trailing_zeros() as usize;
+            left &= left - 1;
+            s
+        })
+    })
+}
+
 impl Pool {
     pub(crate) fn new(owner: Side) -> Pool {
-        Pool { owner, slots: (0..SLOTS).map(|_| None).collect(), uses: 0, last_activity: Instant::now() }
+        Pool { owner, slots: (0..SLOTS).map(|_| None).collect(), used: 0, uses: 0, last_activity: Instant::now() }
+    }
+
+    fn buffers(&self) -> impl Iterator<Item = (usize, &Buf)> {
+        slots_in(self.used).filter_map(|s| self.slots[s].as_ref().map(|b| (s, b)))
+    }
+
+    fn fill(&mut self, slot: usize, buf: Buf) {
+        self.slots[slot] = Some(buf);
+        self.used |= 1 << slot;
+    }
+
+    fn empty(&mut self, slot: usize) {
+        self.slots[slot] = None;
+        self.used &= !(1 << slot);
     }
 
     fn is_free(&self, region: &Region, slot: usize) -> bool {
@@ -156,16 +188,14 @@ impl Pool {
     pub(crate) fn available(&self, region: &Region, len: usize) -> bool {
         let want = len.max(MIN_BUF).next_power_of_two();
         let (mut busy, mut busy_bytes) = (0, 0);
-        for slot in 0..SLOTS {
-            if let Some(b) = &self.slots[slot] {
-                if self.is_free(region, slot) {
-                    if b.cap >= want {
-                        return true;
-                    }
-                } else {
-                    busy += 1;
-                    busy_bytes += b.cap;
+        for (slot, b) in self.buffers() {
+            if self.is_free(region, slot) {
+                if b.cap >= want {
+                    return true;
                 }
+            } else {
+                busy += 1;
+                busy_bytes += b.cap;
             }
         }
         busy < MAX_BUFFERS && busy_bytes + want <= MAX_POOL
@@ -180,29 +210,26 @@ impl Pool {
         }
         let want = len.max(MIN_BUF).next_power_of_two();
         // The smallest free buffer that fits.
-        let mut best: Option<usize> = None;
-        for slot in 0..SLOTS {
-            if let Some(b) = &self.slots[slot]
-                && b.cap >= want
-                && self.is_free(region, slot)
-                && best.is_none_or(|s| self.slots[s].as_ref().is_some_and(|x| x.cap > b.cap))
-            {
-                best = Some(slot);
+        let mut best: Option<(usize, usize)> = None;
+        for (slot, b) in self.buffers() {
+            if b.cap >= want && self.is_free(region, slot) && best.is_none_or(|(_, cap)| cap > b.cap) {
+                best = Some((slot, b.cap));
             }
         }
+        let best = best.map(|(slot, _)| slot);
         let slot = match best {
             Some(s) => s,
             None => {
                 // Make room: give back free buffers that are too small, then
                 // check the limits.
-                let live = |p: &Pool| p.slots.iter().flatten().count();
-                let bytes = |p: &Pool| p.slots.iter().flatten().map(|b| b.cap).sum::<usize>();
-                for s in 0..SLOTS {
+                let live = |p: &Pool| p.used.count_ones() as usize;
+                let bytes = |p: &Pool| p.buffers().map(|(_, b)| b.cap).sum::<usize>();
+                for s in slots_in(self.used) {
                     if (live(self) >= MAX_BUFFERS || bytes(self) + want > MAX_POOL)
                         && self.slots[s].as_ref().is_some_and(|b| b.cap < want)
                         && self.is_free(region, s)
                     {
-                        self.slots[s] = None;
+                        self.empty(s);
                         retire.push(s as u32);
                     }
                 }
@@ -211,13 +238,14 @@ impl Pool {
                 }
                 // An emptied slot's release word holds an old use number, never
                 // reused (numbers only grow), so the slot can be refilled at once.
-                let Some(s) = (0..SLOTS).find(|&s| self.slots[s].is_none()) else {
+                let s = (!self.used).trailing_zeros() as usize;
+                if s >= SLOTS {
                     return Ok(Lend::Exhausted);
-                };
+                }
                 let section = Section::anonymous(want as u64).map_err(std::io::Error::other)?;
                 let view = section.map_mut(0, want).map_err(std::io::Error::other)?;
                 let peer_handle = section.read_only().map_err(std::io::Error::other)?;
-                self.slots[s] = Some(Buf { peer_handle, view, cap: want, last_use: 0, announced: false });
+                self.fill(s, Buf { peer_handle, view, cap: want, last_use: 0, announced: false });
                 s
             }
         };
@@ -250,7 +278,7 @@ impl Pool {
 
     /// Whether the pool holds buffers that [`trim`](Self::trim) would give back.
     pub(crate) fn has_large(&self) -> bool {
-        self.uses > 0 && self.slots.iter().flatten().any(|b| b.cap > KEEP_WHEN_IDLE)
+        self.uses > 0 && self.buffers().any(|(_, b)| b.cap > KEEP_WHEN_IDLE)
     }
 
     /// Gives back large free buffers after a quiet spell. Returns their slots
@@ -260,9 +288,9 @@ impl Pool {
         if now.duration_since(self.last_activity) < TRIM_AFTER {
             return gone;
         }
-        for s in 0..SLOTS {
+        for s in slots_in(self.used) {
             if self.slots[s].as_ref().is_some_and(|b| b.cap > KEEP_WHEN_IDLE) && self.is_free(region, s) {
-                self.slots[s] = None;
+                self.empty(s);
                 gone.push(s as u32);
             }
         }
@@ -322,5 +350,18 @@ impl PeerBuffers {
         for b in self.slots.iter_mut().flatten() {
             b.view = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_in_use_are_the_set_bits() {
+        assert_eq!(slots_in(0).count(), 0);
+        assert_eq!(slots_in(0b1011).collect::<Vec<_>>(), [0, 1, 3]);
+        assert_eq!(slots_in(1 << 63 | 1).collect::<Vec<_>>(), [0, 63]);
+        assert_eq!(slots_in(u64::MAX).count(), SLOTS);
     }
 }
