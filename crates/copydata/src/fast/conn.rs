@@ -517,6 +517,20 @@ impl Client {
             self.room_for(record_size(d.len()), block, deadline)?;
             return self.push(kind, 0, len as u64, tag, &[d]);
         }
+        // A loan in a pooled buffer the receiver already knows, likewise:
+        // the send that follows a long filling runs with cold caches, where
+        // every step skipped counts. (No pool trim either: `lend` has just
+        // marked the pool busy.)
+        if let Body::Lent(l, _) = body
+            && l.slot != ONESHOT
+            && !l.announce
+            && sections.is_empty()
+            && self.retiring.is_empty()
+        {
+            let bufref = BufRef { slot: l.slot, flags: BUF_LOAN, use_no: l.use_no }.encode();
+            self.room_for(record_size(BufRef::LEN), block, deadline)?;
+            return self.push(kind, F_BUF, len as u64, tag, &[&bufref]);
+        }
         if sections.len() > MAX_SECTIONS {
             return Err(Fail::Io(io::Error::new(
                 io::ErrorKind::InvalidInput,
