@@ -203,7 +203,8 @@ enum Between {
 /// rows. A paused `send` finds the receiver asleep (it spins only briefly)
 /// and pays a wake-up; a paused loan finds it polling (the loan announced
 /// the message), so what it pays beyond the immediate loan is the path
-/// gone cold in the caches meanwhile.
+/// gone cold in the caches meanwhile, which the last rows show without
+/// copydata (see [`cold_reads`]).
 pub fn pauses(ctx: &Ctx) -> anyhow::Result<()> {
     let spin1 = Between::Spin(Duration::from_millis(1));
     let spin8 = Between::Spin(Duration::from_millis(8));
@@ -255,11 +256,53 @@ pub fn pauses(ctx: &Ctx) -> anyhow::Result<()> {
         }
         drop(sender);
         server.proc.finish()?;
-        ns.sort_unstable();
-        let at = |q: usize| super::report::nanos(ns[(ns.len() - 1) * q / 100].as_nanos() as f64);
-        println!("{what:<34} {:>10} {:>10}", at(50), at(99));
+        print_row(what, ns);
     }
+    cold_reads(iters);
     Ok(())
+}
+
+fn print_row(what: &str, mut ns: Vec<Duration>) {
+    ns.sort_unstable();
+    let at = |q: usize| super::report::nanos(ns[(ns.len() - 1) * q / 100].as_nanos() as f64);
+    println!("{what:<34} {:>10} {:>10}", at(50), at(99));
+}
+
+/// What a pause does to memory on this machine, without copydata: reading
+/// 32 KiB of this process's own memory (512 cache lines, each load waiting
+/// for the one before, in a scattered order) right after the previous read
+/// and after spinning on the clock for 1 ms and 8 ms.
+fn cold_reads(iters: usize) {
+    const LINES: usize = 512;
+    /// `u32`s per 64-byte line: each line holds the index of the next.
+    const WORDS: usize = 16;
+    let mut next = vec![0u32; LINES * WORDS];
+    // 313 is odd, so k -> 313k mod 512 visits every line once.
+    let order: Vec<usize> = (0..LINES).map(|k| k * 313 % LINES).collect();
+    for k in 0..LINES {
+        next[order[k] * WORDS] = (order[(k + 1) % LINES] * WORDS) as u32;
+    }
+    let cases = [
+        ("read 32 KiB of own memory, at once", Duration::ZERO),
+        ("read 32 KiB, after 1 ms", Duration::from_millis(1)),
+        ("read 32 KiB, after 8 ms", Duration::from_millis(8)),
+    ];
+    for (what, pause) in cases {
+        let mut ns = Vec::with_capacity(iters);
+        for i in 0..iters + 10 {
+            spin_for(pause);
+            let start = Instant::now();
+            let mut at = 0;
+            for _ in 0..LINES {
+                at = next[at] as usize;
+            }
+            std::hint::black_box(at);
+            if i >= 10 {
+                ns.push(start.elapsed());
+            }
+        }
+        print_row(what, ns);
+    }
 }
 
 /// Spins on the clock for `d`, touching no memory.
