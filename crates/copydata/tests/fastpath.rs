@@ -686,6 +686,47 @@ fn posts_arrive_in_order_between_sends() {
     srv.quit();
 }
 
+/// One sender keeps the handler thread busy with posts, never pausing;
+/// another sender's calls still get through, each well within a second
+/// (a worker serves its connections in turn, and a sender it serves alone
+/// lets a newcomer wait only a few messages).
+#[test]
+fn a_flooding_sender_starves_no_other() {
+    let srv = Srv::start(1);
+    let mut flooder = srv.sender();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                flooder.post(tag(COUNT, 0), &[1; 64]).expect("a post of the flood");
+                n += 1;
+            }
+            n
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let mut other = srv.sender();
+    let mut took = Vec::new();
+    for i in 0..300 {
+        let data = pattern(64, i);
+        let started = Instant::now();
+        check_echo(&other.send_timeout(tag(ECHO, 0), &data, BOUND).unwrap(), &data, "a call beside the flood");
+        took.push(started.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let posted = flood.join().expect("the flooding thread");
+    took.sort_unstable();
+    let (median, slowest) = (took[took.len() / 2], took[took.len() - 1]);
+    eprintln!("calls beside {posted} posts: median {median:?}, slowest {slowest:?}");
+    assert!(posted > 1000, "the flood sent only {posted} posts");
+    // Generous for a loaded machine; a starved sender waits for the flood.
+    assert!(median < Duration::from_millis(5), "calls beside a flood of {posted} posts: median {median:?}");
+    assert!(slowest < Duration::from_secs(2), "a call took {slowest:?} beside a flood of {posted} posts");
+    srv.quit();
+}
+
 /// A sender child floods a held-up receiver with `n` posts of `size` bytes:
 /// while the receiver is held, at most `max_held` go out (the sender blocks,
 /// without error); once it goes on, every post arrives once, in order.

@@ -70,6 +70,10 @@ pub(crate) struct WorkerState {
     start: usize,
     /// The connection the next look checks besides the last one served.
     turn: std::cell::Cell<usize>,
+    /// Messages the connection served last may still have taken straight,
+    /// without a round of all connections: granted when a round found no
+    /// other connection waiting (see `scan`).
+    alone: u32,
     trimmed: bool,
     /// Since when the worker polls for a loan announced by a sender.
     hot_since: Option<Instant>,
@@ -77,6 +81,12 @@ pub(crate) struct WorkerState {
 
 /// The longest a worker polls for an announced loan before it parks.
 const HOT_MAX: Duration = Duration::from_secs(1);
+
+/// How many messages in a row the connection served last may take
+/// straight while the others were idle at the last round: a sender that
+/// starts while another keeps the worker busy waits at most this many of
+/// the other's messages.
+const ALONE: u32 = 8;
 
 impl Dispatch {
     pub(crate) fn new(name: Name, workers: usize, bells: Bells) -> Dispatch {
@@ -190,44 +200,68 @@ impl Dispatch {
                 return Some(Next::Native(m, r));
             }
         }
-        let n = st.conns.len();
         let mut gone: Option<Vec<Arc<ServerConn>>> = None;
-        let mut found = None;
+        // While the other connections were idle at the last round, the one
+        // served last goes first, without a look at every other (with many
+        // connections that look is most of a message's cost).
+        if st.alone > 0
+            && let Some(last) = st.start.checked_sub(1).filter(|&at| at < st.conns.len())
+        {
+            st.alone -= 1;
+            if let Some(found) = self.try_take(last, st, &mut gone) {
+                return Some(found);
+            }
+            for conn in gone.take().unwrap_or_default() {
+                self.drop_conn(w, st, &conn);
+            }
+        }
         // Round the connections from `start`, without a division per
         // connection (this runs for every message).
+        let n = st.conns.len();
         let start = if st.start < n { st.start } else { 0 };
+        let mut found = None;
         for i in 0..n {
             let at = if start + i < n { start + i } else { start + i - n };
-            let conn = &st.conns[at];
-            if conn.busy.load(Ordering::Acquire) {
-                continue;
-            }
-            // A sender that is gone may have left messages (posts) behind:
-            // they are delivered before the connection is dropped.
-            let dead = conn.dead.load(Ordering::Acquire);
-            if !dead && !conn.maybe_ready() {
-                continue;
-            }
-            conn.prefetch();
-            match conn.take() {
-                Ok(Some(incoming)) => {
-                    st.start = at + 1;
-                    found = Some(Next::Ring(incoming));
-                    break;
-                }
-                Ok(None) if dead => gone.get_or_insert_with(Vec::new).push(conn.clone()),
-                Ok(None) => {}
-                Err(_) if dead => gone.get_or_insert_with(Vec::new).push(conn.clone()),
-                Err(reason) => {
-                    log::warn!("mailbox {}: dropped the connection from pid {}: {reason}", self.name, conn.peer.pid);
-                    gone.get_or_insert_with(Vec::new).push(conn.clone());
-                }
+            if let Some(next) = self.try_take(at, st, &mut gone) {
+                st.start = at + 1;
+                // The round came back to the connection served last: no
+                // other is waiting.
+                st.alone = if i == n - 1 { ALONE } else { 0 };
+                found = Some(next);
+                break;
             }
         }
         for conn in gone.unwrap_or_default() {
             self.drop_conn(w, st, &conn);
         }
         found
+    }
+
+    /// The next message of connection `at`, if it has one ready; a
+    /// connection to drop goes to `gone`.
+    fn try_take(&self, at: usize, st: &WorkerState, gone: &mut Option<Vec<Arc<ServerConn>>>) -> Option<Next> {
+        let conn = &st.conns[at];
+        if conn.busy.load(Ordering::Acquire) {
+            return None;
+        }
+        // A sender that is gone may have left messages (posts) behind:
+        // they are delivered before the connection is dropped.
+        let dead = conn.dead.load(Ordering::Acquire);
+        if !dead && !conn.maybe_ready() {
+            return None;
+        }
+        conn.prefetch();
+        match conn.take() {
+            Ok(Some(incoming)) => return Some(Next::Ring(incoming)),
+            Ok(None) if dead => gone.get_or_insert_with(Vec::new).push(conn.clone()),
+            Ok(None) => {}
+            Err(_) if dead => gone.get_or_insert_with(Vec::new).push(conn.clone()),
+            Err(reason) => {
+                log::warn!("mailbox {}: dropped the connection from pid {}: {reason}", self.name, conn.peer.pid);
+                gone.get_or_insert_with(Vec::new).push(conn.clone());
+            }
+        }
+        None
     }
 
     /// A cheap look (a few loads) for anything that needs a real scan: the
@@ -278,6 +312,7 @@ impl Dispatch {
             }
             if slot.changed.load(Ordering::Acquire) && slot.changed.swap(false, Ordering::AcqRel) {
                 st.conns = slot.conns.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                st.alone = 0;
             }
             if let Some(found) = self.scan(w, st) {
                 st.trimmed = false;
