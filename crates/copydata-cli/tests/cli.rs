@@ -401,7 +401,7 @@ impl Drop for Listener {
 #[test]
 fn listen_and_send_exchange_messages() {
     let name = unique("mbox");
-    let listener = Listener::start(&[&name, "--count", "3", "--echo", "--reply-code", "42"]);
+    let listener = Listener::start(&[&name, "--count", "4", "--echo", "--reply-code", "42"]);
     let out = run(&["send", &name, "--tag", "7", "Hello"]);
     assert_eq!((out.code, out.out()), (0, "code 42\nHello".to_string()), "{}", out.stderr);
     let line = listener.line();
@@ -420,7 +420,13 @@ fn listen_and_send_exchange_messages() {
     assert_eq!(std::fs::read(&dst).unwrap(), data);
     let _ = std::fs::remove_file(&dst);
     assert!(listener.line().contains("size=300000"));
-    assert_eq!(listener.wait(), 0, "listen --count 3 exits after three messages");
+
+    // A post, bounded by a timeout: nothing printed.
+    let out = run(&["send", &name, "--post", "--timeout", "5s", "--tag", "8", "posted"]);
+    assert_eq!((out.code, out.out()), (0, String::new()), "{}", out.stderr);
+    let line = listener.line();
+    assert!(line.starts_with("tag=8 size=6 ") && line.ends_with("data=\"posted\""), "{line}");
+    assert_eq!(listener.wait(), 0, "listen --count 4 exits after four messages");
     assert_eq!(run(&["send", &name, "x"]).code, 3, "nobody listens any more");
 }
 

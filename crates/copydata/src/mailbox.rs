@@ -897,11 +897,11 @@ impl Sender {
 
     /// Runs a call with the deadline `timeout` sets (none: the clock is not
     /// read), and makes sure a `TimedOut` is not returned before `timeout`.
-    fn timed(
+    fn timed<T>(
         &mut self,
         timeout: Option<Duration>,
-        call: impl FnOnce(&mut Sender, Option<Instant>) -> Result<Reply, SendError>,
-    ) -> Result<Reply, SendError> {
+        call: impl FnOnce(&mut Sender, Option<Instant>) -> Result<T, SendError>,
+    ) -> Result<T, SendError> {
         let started = timeout.map(|_| Instant::now());
         let deadline = timeout.and_then(|t| started.map(|s| s + t));
         let result = call(self, deadline);
@@ -958,6 +958,33 @@ impl Sender {
     #[doc(alias = "PostMessageW")]
     pub fn post(&mut self, tag: u64, data: &[u8]) -> Result<(), SendError> {
         self.with_client(None, None, data.len() as u64, |c| c.put(POST, tag, Body::Bytes(data), &[], true, None))
+    }
+
+    /// Posts, waiting at most `timeout` for room in the queue (and for the
+    /// connection's set-up, if it has to be made). A
+    /// [`SendError::TimedOut`] comes no sooner than `timeout`; nothing was
+    /// sent then, and the connection is kept, so the posts that follow stay
+    /// in order behind those already queued.
+    pub fn post_timeout(&mut self, tag: u64, data: &[u8], timeout: Duration) -> Result<(), SendError> {
+        self.timed(Some(timeout), |s, deadline| {
+            if s.client.is_none() {
+                s.client = Some(s.open(deadline, Some(timeout))?);
+            }
+            let client = s.client.as_mut().expect("connected just above");
+            match client.put(POST, tag, Body::Bytes(data), &[], true, deadline) {
+                Ok(()) => Ok(()),
+                // A post times out only while it waits for room or a buffer,
+                // before anything of it is queued.
+                Err(Fail::TimedOut) => Err(SendError::TimedOut { name: s.name.to_string(), timeout }),
+                Err(f) => {
+                    let (error, clean) = failed(&s.name, Some(timeout), data.len() as u64, f);
+                    if !clean {
+                        s.client = None;
+                    }
+                    Err(error)
+                }
+            }
+        })
     }
 
     /// Posts if the queue has room now, else fails at once with

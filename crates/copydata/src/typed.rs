@@ -473,6 +473,13 @@ where
         self.sender.post(TAG, &data).map_err(TypedSendError::Send)
     }
 
+    /// Posts, waiting at most `timeout` for room in the queue; see
+    /// [`Sender::post_timeout`].
+    pub fn post_timeout(&mut self, request: &Req, timeout: Duration) -> Result<(), TypedSendError> {
+        let data = encode("the request", request).map_err(TypedSendError::Encode)?;
+        self.sender.post_timeout(TAG, &data, timeout).map_err(TypedSendError::Send)
+    }
+
     /// Posts if the queue has room now, else fails at once; see
     /// [`Sender::try_post`].
     pub fn try_post(&mut self, request: &Req) -> Result<(), TypedSendError> {

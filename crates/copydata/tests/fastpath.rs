@@ -992,6 +992,48 @@ fn try_post_reports_full_and_the_connection_stays_usable() {
     srv.quit();
 }
 
+/// `post_timeout` on a full queue (the receiver held up) gives `TimedOut`,
+/// not before the time given; nothing of it is sent and the connection is
+/// kept, so the posts before and after it arrive once each, in order.
+#[test]
+fn post_timeout_gives_up_on_a_full_queue_and_keeps_the_order() {
+    let mut srv = Srv::start(1);
+    let mut s = srv.sender();
+    s.post(tag(GATE, 0), b"").unwrap();
+    srv.kid().expect("gated");
+    let mut n = 0u64;
+    loop {
+        match s.try_post(tag(REC, n), &pattern(100, n)) {
+            Ok(()) => n += 1,
+            Err(SendError::Full { .. }) => break,
+            Err(e) => panic!("try_post {n}: {e}"),
+        }
+        assert!(n < 100_000, "the queue never filled");
+    }
+    let t = Duration::from_millis(300);
+    let started = Instant::now();
+    match s.post_timeout(tag(REC, n), &pattern(100, n), t) {
+        Err(SendError::TimedOut { timeout, .. }) => assert_eq!(timeout, t, "the timeout reported"),
+        other => panic!("post_timeout on a full queue: {other:?}"),
+    }
+    let took = started.elapsed();
+    assert!(took >= t, "gave up after {took:?}, before {t:?}");
+    assert!(took < Duration::from_secs(5), "a timeout of {t:?} took {took:?}");
+    srv.kid().tell("go");
+    // The same connection goes on: the next posts queue behind the others.
+    for i in n..n + 20 {
+        s.post_timeout(tag(REC, i), &pattern(100, i), BOUND).unwrap();
+    }
+    let recs = report(&mut s);
+    assert_eq!(recs.len() as u64, n + 20, "every post that went out arrives exactly once");
+    for (i, r) in recs.iter().enumerate() {
+        let i = i as u64;
+        assert_eq!(r.arg, i, "post {i} out of order");
+        assert_eq!((r.len, r.sum), (100, sum(&pattern(100, i))), "post {i}: payload");
+    }
+    srv.quit();
+}
+
 /// Posts that `post` accepted are delivered even if their sender exits
 /// before the receiver gets to them (as `PostMessage`'s are): here the
 /// receiver's only handler thread is held by another sender's call while a

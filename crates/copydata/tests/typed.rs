@@ -153,7 +153,11 @@ fn typed_requests_and_replies_cross_processes() {
     assert_eq!(reply.value, Answer::Sum(big.iter().sum()));
     // Posts arrive in order before the next send is answered.
     for n in 1..=10 {
-        sender.post(&Ask::Note(n)).unwrap();
+        if n % 2 == 0 {
+            sender.post_timeout(&Ask::Note(n), T).unwrap();
+        } else {
+            sender.post(&Ask::Note(n)).unwrap();
+        }
     }
     let reply = sender.send_timeout(&Ask::Notes, T).unwrap();
     assert_eq!((reply.code, reply.value), (4, Answer::Notes { count: 10, sum: 55 }));

@@ -18,7 +18,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     tag: u64,
     /// Give up after this long (e.g. 500ms, 2s); default: wait as long as the
-    /// receiver lives.
+    /// receiver lives. With --post: how long to wait for the connection and
+    /// for room in the receiver's queue.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
     /// Write the reply payload to this file instead of stdout.
@@ -31,7 +32,7 @@ pub struct Args {
     #[arg(long)]
     file: Option<PathBuf>,
     /// Post the message: one-way, no reply awaited (prints nothing).
-    #[arg(long, conflicts_with_all = ["timeout", "out"])]
+    #[arg(long, conflicts_with = "out")]
     post: bool,
     /// Linux: the mailbox belongs to this user (who let this user in with
     /// `listen --allow-uid`); refused unless its process runs as that user.
@@ -60,7 +61,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut sender = Sender::connect_with(&args.name, &options)?;
     log::debug!("connected to mailbox {:?}", args.name);
     if args.post {
-        sender.post(args.tag, &payload)?;
+        match args.timeout {
+            Some(t) => sender.post_timeout(args.tag, &payload, t)?,
+            None => sender.post(args.tag, &payload)?,
+        }
         log::debug!("posted tag {}, {} bytes", args.tag, payload.len());
         return Ok(ExitCode::SUCCESS);
     }
