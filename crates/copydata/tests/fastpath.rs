@@ -796,6 +796,20 @@ fn a_flood_of_large_posts_blocks_too() {
     flood_a_held_receiver(300, MIB, 4, 64);
 }
 
+/// Posts `REC` messages of `len` bytes numbered from `first` with
+/// `try_post` until the queue is full; returns the next number.
+fn fill_the_queue(s: &mut Sender, first: u64, len: usize) -> u64 {
+    let mut n = first;
+    loop {
+        match s.try_post(tag(REC, n), &pattern(len, n)) {
+            Ok(()) => n += 1,
+            Err(SendError::Full { .. }) => return n,
+            Err(e) => panic!("try_post {n}: {e}"),
+        }
+        assert!(n - first < 100_000, "the queue never filled");
+    }
+}
+
 /// Holds the receiver `srv` (one handler thread) with the request ring of
 /// `s` full to the brim and a trim of `s`'s pool due, such that the
 /// receiver's next step gives the pool's large buffer back and frees the
@@ -813,15 +827,7 @@ fn a_full_ring_and_a_trim_due(srv: &mut Srv, s: &mut Sender) -> (u64, usize) {
     s.post(tag(GATE, 1), b"").unwrap();
     assert_eq!(srv.kid().expect("gated"), "1");
     s.post(tag(GATE, 2), &vec![2u8; 2 * MIB]).unwrap();
-    let mut n = 0;
-    loop {
-        match s.try_post(tag(REC, n), &pattern(16, n)) {
-            Ok(()) => n += 1,
-            Err(SendError::Full { .. }) => break,
-            Err(e) => panic!("try_post {n}: {e}"),
-        }
-        assert!(n < 100_000, "the queue never filled");
-    }
+    let n = fill_the_queue(s, 0, 16);
     // The ring (256 KiB) holds the large post's record and n lines.
     let room = (256 << 10) - 64 * n as usize;
     assert!((64..=4096).contains(&room), "{n} small posts fill the ring");
@@ -1001,15 +1007,7 @@ fn post_timeout_gives_up_on_a_full_queue_and_keeps_the_order() {
     let mut s = srv.sender();
     s.post(tag(GATE, 0), b"").unwrap();
     srv.kid().expect("gated");
-    let mut n = 0u64;
-    loop {
-        match s.try_post(tag(REC, n), &pattern(100, n)) {
-            Ok(()) => n += 1,
-            Err(SendError::Full { .. }) => break,
-            Err(e) => panic!("try_post {n}: {e}"),
-        }
-        assert!(n < 100_000, "the queue never filled");
-    }
+    let n = fill_the_queue(&mut s, 0, 100);
     let t = Duration::from_millis(300);
     let started = Instant::now();
     match s.post_timeout(tag(REC, n), &pattern(100, n), t) {
