@@ -1161,52 +1161,39 @@ impl ServerConn {
             // Inline, nothing attached (the common case, on a short path).
             return self.push_reply(st, kind, 0, data.len() as u64, word, &[data]);
         }
+        // A large reply goes in a pooled buffer. One reply per connection is
+        // in flight at a time, so an exhausted pool (a sender not releasing
+        // its replies) falls back to a one-shot section without piling them
+        // up.
         let mut retired = Vec::new();
         let mut oneshot = None;
-        let bufref = if data.len() <= INLINE_MAX || kind != REPLY {
-            None
-        } else {
-            // One reply per connection is in flight at a time, so an exhausted
-            // pool (a sender not releasing its replies) falls back to a
-            // one-shot section without piling them up.
-            match st.pool.lend(self.link.region(), data.len(), &mut retired).map_err(|e| e.to_string())? {
-                Lend::Buffer(lent) => {
-                    // SAFETY: as in `Client::put`: our own writable mapping of
-                    // at least `data.len()` bytes, free for this use.
-                    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), lent.ptr, data.len()) };
-                    Some(BufRef {
-                        slot: lent.slot,
-                        flags: if lent.announce { BUF_NEW } else { 0 },
-                        use_no: lent.use_no,
-                    })
-                }
-                Lend::TooLarge | Lend::Exhausted => {
-                    oneshot = Some(Link::oneshot(data).map_err(|e| e.to_string())?);
-                    Some(BufRef { slot: ONESHOT, flags: BUF_ONESHOT | BUF_NEW, use_no: 0 })
-                }
+        let bufref = match st.pool.lend(self.link.region(), data.len(), &mut retired).map_err(|e| e.to_string())? {
+            Lend::Buffer(lent) => {
+                // SAFETY: as in `Client::put`: our own writable mapping of at
+                // least `data.len()` bytes, free for this use.
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), lent.ptr, data.len()) };
+                BufRef { slot: lent.slot, flags: if lent.announce { BUF_NEW } else { 0 }, use_no: lent.use_no }
+            }
+            Lend::TooLarge | Lend::Exhausted => {
+                oneshot = Some(Link::oneshot(data).map_err(|e| e.to_string())?);
+                BufRef { slot: ONESHOT, flags: BUF_ONESHOT | BUF_NEW, use_no: 0 }
             }
         };
         for slot in retired {
             self.push_reply(st, RETIRE, 0, 0, u64::from(slot), &[])?;
         }
-        let new_buffer = match &bufref {
-            Some(b) if b.flags & BUF_NEW != 0 => {
-                if b.slot == ONESHOT {
-                    oneshot.as_ref()
-                } else {
-                    st.pool.handle(b.slot)
-                }
-            }
-            _ => None,
+        let new_buffer = match bufref {
+            b if b.flags & BUF_NEW == 0 => None,
+            b if b.slot == ONESHOT => oneshot.as_ref(),
+            b => st.pool.handle(b.slot),
         };
         let aux = match new_buffer {
             Some(s) => Some((self.link.send_aux(Some(s), &[]).map_err(|e| e.to_string())?, 0)),
             None => None,
         };
-        let encoded = bufref.map(|b| b.encode());
-        let payload = if bufref.is_some() { &[][..] } else { data };
+        let encoded = bufref.encode();
         let (mut head, pad) = ([0u8; 8], [0u8; 8]);
-        let ps = parts(&mut head, aux.as_ref(), &pad, encoded.as_ref(), payload);
+        let ps = parts(&mut head, aux.as_ref(), &pad, Some(&encoded), &[]);
         self.push_reply(st, kind, ps.flags, data.len() as u64, word, ps.as_slice())
     }
 
