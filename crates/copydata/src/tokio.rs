@@ -119,6 +119,15 @@ impl AsyncSender {
         Conn::new(client).map_err(|source| SendError::Io { name: self.name.to_string(), source })
     }
 
+    /// The connection for the next exchange (made now if there is none);
+    /// [`settle`](Self::settle) puts it back.
+    async fn take_conn(&mut self, deadline: Option<Instant>, timeout: Option<Duration>) -> Result<Conn, SendError> {
+        match self.conn.take() {
+            Some(c) => Ok(c),
+            None => self.open(deadline, timeout).await,
+        }
+    }
+
     /// Sends and waits for the reply, however long the handler takes (a
     /// receiver that dies gives [`SendError::ReceiverDied`]).
     #[doc(alias = "SendMessage")]
@@ -150,10 +159,7 @@ impl AsyncSender {
     /// receiver's queue is full the future waits for room.
     #[doc(alias = "PostMessage")]
     pub async fn post(&mut self, tag: u64, data: &[u8]) -> Result<(), SendError> {
-        let mut conn = match self.conn.take() {
-            Some(c) => c,
-            None => self.open(None, None).await?,
-        };
+        let mut conn = self.take_conn(None, None).await?;
         let result = conn.put(POST, tag, data, &[]).await;
         self.settle(conn, result, None, data.len())
     }
@@ -167,10 +173,7 @@ impl AsyncSender {
     ) -> Result<Reply, SendError> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let exchange = async {
-            let mut conn = match self.conn.take() {
-                Some(c) => c,
-                None => self.open(deadline, timeout).await?,
-            };
+            let mut conn = self.take_conn(deadline, timeout).await?;
             let result = match conn.put(CALL, tag, data, sections).await {
                 Ok(()) => conn.reply().await,
                 Err(e) => Err(e),
