@@ -284,7 +284,6 @@ impl Message {
         self.sender
     }
 
-    /// The payload's buffer, for reuse by the next message.
     /// The connection it came on, taken out (once the handler is done).
     pub(crate) fn take_origin(&mut self) -> Option<Arc<ServerConn>> {
         self.origin.take()
@@ -296,6 +295,7 @@ impl Message {
         matches!(&self.payload.0, Repr::Inline(v) if v.capacity() > crate::fast::INLINE_MAX)
     }
 
+    /// The payload's buffer, for reuse by the next message.
     pub(crate) fn into_payload_vec(self) -> Option<Vec<u8>> {
         match self.payload.0 {
             Repr::Inline(v) => Some(v),
@@ -867,17 +867,25 @@ impl Sender {
         size: u64,
         f: impl FnOnce(&mut Client) -> Result<T, Fail>,
     ) -> Result<T, SendError> {
+        let result = f(self.connected(deadline, timeout)?);
+        result.map_err(|f| self.drop_unless_clean(timeout, size, f))
+    }
+
+    /// The connection, made first if there is none.
+    fn connected(&mut self, deadline: Option<Instant>, timeout: Option<Duration>) -> Result<&mut Client, SendError> {
         if self.client.is_none() {
             self.client = Some(self.open(deadline, timeout)?);
         }
-        let client = self.client.as_mut().expect("connected just above");
-        f(client).map_err(|f| {
-            let (error, clean) = failed(&self.name, timeout, size, f);
-            if !clean {
-                self.client = None;
-            }
-            error
-        })
+        Ok(self.client.as_mut().expect("connected just above"))
+    }
+
+    /// The error for `f`; drops the connection unless `f` leaves it clean.
+    fn drop_unless_clean(&mut self, timeout: Option<Duration>, size: u64, f: Fail) -> SendError {
+        let (error, clean) = failed(&self.name, timeout, size, f);
+        if !clean {
+            self.client = None;
+        }
+        error
     }
 
     fn call(
@@ -967,22 +975,11 @@ impl Sender {
     /// in order behind those already queued.
     pub fn post_timeout(&mut self, tag: u64, data: &[u8], timeout: Duration) -> Result<(), SendError> {
         self.timed(Some(timeout), |s, deadline| {
-            if s.client.is_none() {
-                s.client = Some(s.open(deadline, Some(timeout))?);
-            }
-            let client = s.client.as_mut().expect("connected just above");
-            match client.put(POST, tag, Body::Bytes(data), &[], true, deadline) {
-                Ok(()) => Ok(()),
+            match s.connected(deadline, Some(timeout))?.put(POST, tag, Body::Bytes(data), &[], true, deadline) {
                 // A post times out only while it waits for room or a buffer,
-                // before anything of it is queued.
+                // before anything of it is queued: the connection is clean.
                 Err(Fail::TimedOut) => Err(SendError::TimedOut { name: s.name.to_string(), timeout }),
-                Err(f) => {
-                    let (error, clean) = failed(&s.name, Some(timeout), data.len() as u64, f);
-                    if !clean {
-                        s.client = None;
-                    }
-                    Err(error)
-                }
+                result => result.map_err(|f| s.drop_unless_clean(Some(timeout), data.len() as u64, f)),
             }
         })
     }

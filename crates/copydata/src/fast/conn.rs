@@ -180,10 +180,19 @@ pub(crate) fn parse(c: &Consumer, rec: &Rec) -> Result<Parsed, String> {
         c.read(rec, at, &mut b);
         buf = Some(BufRef::decode(&b)?);
         at += BufRef::LEN;
-    } else if (rec.inline - at) as u64 != rec.len {
-        return Err(format!("inline payload of {} bytes announced as {}", rec.inline - at, rec.len));
+    } else {
+        check_inline(rec, at)?;
     }
     Ok(Parsed { aux, buf, inline_payload: (at, rec.inline - at) })
+}
+
+/// Checks that the inline bytes of `rec` from `at` on are its whole
+/// payload, as its length says.
+fn check_inline(rec: &Rec, at: usize) -> Result<(), String> {
+    if (rec.inline - at) as u64 != rec.len {
+        return Err(format!("inline payload of {} bytes announced as {}", rec.inline - at, rec.len));
+    }
+    Ok(())
 }
 
 /// The inline parts of a record (at most four slices, no allocation).
@@ -723,9 +732,7 @@ impl Client {
             if rec.kind == REPLY && user_flags(&rec) == 0 {
                 // An inline reply (the common case): what `parse` and
                 // `payload_of` would find, without their general steps.
-                if rec.inline as u64 != rec.len {
-                    return Err(Fail::Broken(format!("inline reply of {} bytes announced as {}", rec.inline, rec.len)));
-                }
+                check_inline(&rec, 0).map_err(Fail::Broken)?;
                 let data = self.rep.read_vec(&rec, 0, rec.inline);
                 self.rep.advance(&rec, false);
                 return Ok(Some(Reply { code: rec.word as i64, data: Payload::from(data) }));
@@ -981,9 +988,7 @@ impl ServerConn {
             if user_flags(&rec) == 0 {
                 // An inline payload and nothing attached (the common case):
                 // what `parse` would find, without its general steps.
-                if rec.inline as u64 != rec.len {
-                    return Err(format!("inline payload of {} bytes announced as {}", rec.inline, rec.len));
-                }
+                check_inline(&rec, 0)?;
                 let payload = Payload::from(st.req.read_vec(&rec, 0, rec.inline));
                 return Ok(Some(self.deliver(&mut st, &rec, payload, None, Vec::new())));
             }

@@ -216,9 +216,8 @@ impl Pool {
                 best = Some((slot, b.cap));
             }
         }
-        let best = best.map(|(slot, _)| slot);
         let slot = match best {
-            Some(s) => s,
+            Some((s, _)) => s,
             None => {
                 // Make room: give back free buffers that are too small, then
                 // check the limits.
