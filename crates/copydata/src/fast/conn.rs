@@ -28,7 +28,7 @@ use std::time::Instant;
 use super::pool::{BUF_LOAN, BUF_NEW, BUF_ONESHOT, BUF_STREAM, BufRef, Lend, Lent, ONESHOT, PeerBuffers, Pool};
 use super::region::{REP_CAP, REQ_CAP, ReleaseWord, SLOTS, Side};
 use super::ring::{Consumer, Corrupt, Producer, Rec, RingPtr, max_inline, pack_flags, record_size, user_flags};
-use super::{Bell, INLINE_MAX, PARKED, Park, Wait, spin};
+use super::{Bell, INLINE_MAX, Park, Wait, spin};
 use crate::mailbox::{Message, Payload, Peer, Reply};
 use crate::section::Section;
 use crate::sys::mailbox::Link;
@@ -335,7 +335,7 @@ impl Client {
         };
         loop {
             let seen = word.load(Ordering::Acquire);
-            flag.store(PARKED, Ordering::SeqCst);
+            flag.store(Link::PARKED_FLAG, Ordering::SeqCst);
             std::sync::atomic::fence(Ordering::SeqCst);
             let found = check(self);
             if !matches!(found, Ok(None)) {

@@ -76,11 +76,12 @@ impl Wait {
 }
 
 /// The value of a parked flag (a ring's `cons_parked` / `prod_parked`) for
-/// a side that sleeps in the kernel (a futex or an event).
+/// a side that sleeps in the kernel on the word (a futex) or on an event.
 pub(crate) const PARKED: u32 = 1;
-/// The value of a parked flag for a sender waiting in an async runtime: the
-/// receiver also signals the connection's readiness handle (Linux: an
-/// eventfd the runtime's reactor watches).
+/// The value of a parked flag for a sender that sleeps on the connection's
+/// readiness handle (Linux: an eventfd, watched together with the socket
+/// by a blocking sender and by an async runtime's reactor): the receiver
+/// signals the handle.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) const PARKED_ASYNC: u32 = 2;
 

@@ -599,6 +599,10 @@ impl Link {
         self.prune();
     }
 
+    /// The value a parking sender puts in its parked flag (the receiver
+    /// sets the wake event for any).
+    pub(crate) const PARKED_FLAG: u32 = crate::fast::PARKED;
+
     /// Sleeps on the wake event and the receiver's process (the sending side
     /// only), unless the bell's word has moved from `seen`. A wake between
     /// the caller's look and the wait left the auto-reset event signalled,

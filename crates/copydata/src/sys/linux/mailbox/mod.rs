@@ -13,14 +13,17 @@
 //! side can truncate it under the other) and sends it back with
 //! `SCM_RIGHTS`, together with the mailbox's doorbells (one futex word per
 //! handler thread) and the connection's readiness handle (an eventfd the
-//! receiver signals when a sender waiting from an async runtime has parked,
-//! see [`crate::fast::PARKED_ASYNC`]). After that the socket carries only descriptors that go
+//! receiver signals when the sender has parked, see
+//! [`crate::fast::PARKED_ASYNC`]). After that the socket carries only descriptors that go
 //! with a message (new pool buffers, sections), and its hang-up tells each
 //! side that the other is gone: the receiver's acceptor thread polls every
-//! connection for it; a parked sender looks every [`SLICE`].
+//! connection for it; a parked sender sleeps in `poll` on the socket and
+//! the readiness handle together, so it learns it at once.
 //!
-//! Waiting: futexes on words of the shared memory, without
-//! `FUTEX_PRIVATE_FLAG` (private futexes are keyed by address space).
+//! Waiting: a handler thread sleeps on its doorbell, a futex word in shared
+//! memory (without `FUTEX_PRIVATE_FLAG`: private futexes are keyed by
+//! address space); a sender, blocking or async, on the readiness handle and
+//! the socket.
 
 mod runtime;
 mod wire;
@@ -48,7 +51,7 @@ use crate::fast::conn::ServerConn;
 use crate::fast::region::{PROTOCOL, Region};
 use crate::fast::ring::LINE;
 use crate::fast::serve::{Dispatch, MAX_WORKERS};
-use crate::fast::{Bell, PARKED_ASYNC, Park, Wait};
+use crate::fast::{Bell, PARKED, PARKED_ASYNC, Park, Wait};
 use crate::mailbox::{MailboxInfo, MailboxOptions, Peer, Reply};
 use crate::name::Name;
 use crate::section::Section;
@@ -63,7 +66,8 @@ const SETUP_INCOMPATIBLE: u8 = 2;
 /// How long the receiver gives a connecting sender to say hello, and either
 /// side the other to deliver a message's descriptors.
 const PEER_STEP: Duration = Duration::from_secs(2);
-/// A parked sender checks this often whether the receiver still lives.
+/// A parked sender looks at its ring again this often even without a
+/// wake-up (a safety net; the receiver's death wakes it at once).
 pub(crate) const SLICE: Duration = Duration::from_millis(20);
 const BELLS_LEN: usize = MAX_WORKERS * LINE;
 
@@ -172,24 +176,31 @@ impl Link {
     }
 
     pub(crate) fn wake(&self, bell: Bell) {
-        if let Some(word) = self.word(bell) {
-            ring_word(word);
-        }
-        // The receiving side (no doorbells): a sender parked in an async
-        // runtime watches the readiness handle, not the futex. Only then is
-        // it written, so the fast path does not pay for it.
-        if self.bells.is_none() {
-            let ring = match bell {
-                Bell::Reply => self.region.replies(),
-                Bell::Space => self.region.requests(),
-                Bell::Request => return,
-            };
-            let flag = if bell == Bell::Reply { ring.cons_parked() } else { ring.prod_parked() };
-            if flag.load(Ordering::SeqCst) == PARKED_ASYNC {
-                // Non-blocking: a counter already near its maximum (never
-                // drained) fails with EAGAIN, which is still "readable".
-                let _ = rustix::io::write(&self.notify, &1u64.to_ne_bytes());
+        let ring = match (&self.bells, bell) {
+            // The sending side rings the handler thread's doorbell.
+            (Some(_), _) | (None, Bell::Request) => {
+                if let Some(word) = self.word(bell) {
+                    ring_word(word);
+                }
+                return;
             }
+            (None, Bell::Reply) => self.region.replies(),
+            (None, Bell::Space) => self.region.requests(),
+        };
+        // The receiving side: a parked sender sleeps on the readiness handle
+        // (`park`), or, parked by an earlier release of this library (same
+        // protocol), on the futex word.
+        let flag = if bell == Bell::Reply { ring.cons_parked() } else { ring.prod_parked() };
+        match flag.load(Ordering::SeqCst) {
+            // Non-blocking: a counter already near its maximum (never
+            // drained) fails with EAGAIN, which is still "readable".
+            PARKED_ASYNC => drop(rustix::io::write(&self.notify, &1u64.to_ne_bytes())),
+            PARKED => {
+                if let Some(word) = self.word(bell) {
+                    ring_word(word);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -201,13 +212,13 @@ impl Link {
     }
 
     /// Resets the readiness handle after a wake-up.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn drain_readiness(&self) {
         let mut buf = [0u8; 8];
         let _ = rustix::io::read(&self.notify, &mut buf);
     }
 
     /// Whether the peer still holds its end of the socket.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn alive(&self) -> bool {
         let mut fds = [PollFd::new(&self.sock, PollFlags::RDHUP)];
         match rustix::event::poll(&mut fds, Some(&timespec(Duration::ZERO))) {
@@ -217,17 +228,39 @@ impl Link {
         }
     }
 
-    pub(crate) fn park(&self, bell: Bell, seen: u32, deadline: Option<Instant>) -> Park {
-        let Some(word) = self.word(bell) else { return Park::PeerGone };
+    /// The value a parking sender puts in its parked flag: it sleeps on the
+    /// readiness handle and the socket together (see [`park`](Self::park)),
+    /// so the receiver must signal the handle.
+    pub(crate) const PARKED_FLAG: u32 = PARKED_ASYNC;
+
+    /// Sleeps (the sending side) until the receiver signals the readiness
+    /// handle, the receiver is gone (its end of the socket hangs up: noticed
+    /// at once, also when it was killed), a [`SLICE`] passes or `deadline`
+    /// does. The futex word is not waited on: a futex cannot tell that its
+    /// waker died.
+    pub(crate) fn park(&self, _bell: Bell, _seen: u32, deadline: Option<Instant>) -> Park {
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if left.is_some_and(|l| l.is_zero()) {
             return Park::TimedOut;
         }
         let slice = left.map_or(SLICE, |l| l.min(SLICE));
-        match futex::wait(word, futex::Flags::empty(), seen, Some(&timespec(slice))) {
-            // After a slice, the caller looks at the ring again (a safety net
-            // should a wake-up ever be missed) unless the peer is gone.
-            Err(Errno::TIMEDOUT) if !self.alive() => Park::PeerGone,
+        let mut fds = [PollFd::new(&self.notify, PollFlags::IN), PollFd::new(&self.sock, PollFlags::RDHUP)];
+        match rustix::event::poll(&mut fds, Some(&timespec(slice))) {
+            Ok(n) if n > 0 => {
+                if fds[0].revents().contains(PollFlags::IN) {
+                    // A signal meant for an earlier wait may be counted here
+                    // too: the caller looks at the ring either way.
+                    self.drain_readiness();
+                    return Park::Woken;
+                }
+                if fds[1].revents().intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL) {
+                    return Park::PeerGone;
+                }
+                Park::Woken
+            }
+            // After a slice (or a signal, or a failed wait), the caller looks
+            // at the ring again: a safety net should a wake-up ever be
+            // missed.
             _ => Park::Woken,
         }
     }
