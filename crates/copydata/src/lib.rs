@@ -83,7 +83,7 @@ pub use error::{
 };
 pub use inherit::{CommandExt, INHERIT_VAR, inherited_sections};
 pub use instance::SingleInstance;
-pub use loan::{Loan, LoanView, ReplyLoan};
+pub use loan::{Loan, LoanView, PostLoanError, ReplyLoan};
 pub use mailbox::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECTIONS, Mailbox, MailboxInfo, MailboxOptions, Message, Payload, Peer,
     Reply, Request, Sender, SenderOptions, Server, Wait, mailboxes, send, send_timeout,

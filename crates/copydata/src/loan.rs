@@ -7,7 +7,8 @@
 //! sender's code cannot write it any more. The receiver sees a loaned
 //! message through [`Message::loan`](crate::Message::loan) and reads it in
 //! place through a [`LoanView`]; the buffer goes back to the pool when the
-//! message is dropped.
+//! message is dropped. [`Loan::try_post`] and [`Loan::post_timeout`] give
+//! the loan back when the queue has no room, to post again later.
 //!
 //! Replies can be loaned the same way: the handler takes a [`ReplyLoan`]
 //! from [`Message::loan_reply`](crate::Message::loan_reply), fills it and
@@ -134,10 +135,111 @@ impl<'a> Loan<'a> {
         self.sender.call_loan(tag, &buf, self.len, Some(timeout))
     }
 
-    /// Posts the loan: no reply awaited (as [`Sender::post`]).
-    pub fn post(mut self, tag: u64) -> Result<(), SendError> {
+    /// Posts the loan: no reply awaited (as [`Sender::post`]). Waits for
+    /// room in the connection's queue as long as it takes.
+    pub fn post(self, tag: u64) -> Result<(), SendError> {
+        self.post_with(tag, true, None).map_err(PostLoanError::into_error)
+    }
+
+    /// Posts the loan if the connection's queue has room now (as
+    /// [`Sender::try_post`]). When it is full, nothing is sent and the loan
+    /// comes back, still filled, in the error, with [`SendError::Full`]:
+    /// post it again later, or drop it to give the buffer back.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), copydata::SendError> {
+    /// let mut sender = copydata::Sender::connect("my-app")?;
+    /// let mut loan = sender.loan(1 << 20)?;
+    /// loan.fill(7);
+    /// while let Err(e) = loan.try_post(1) {
+    ///     // Nothing was sent: do something else meanwhile, then try again.
+    ///     loan = e.into_loan().expect("a full queue gives the loan back");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn try_post(self, tag: u64) -> Result<(), PostLoanError<'a>> {
+        self.post_with(tag, false, None)
+    }
+
+    /// Posts the loan, waiting at most `timeout` for room in the
+    /// connection's queue (as [`Sender::post_timeout`]). On
+    /// [`SendError::TimedOut`], which comes no sooner than `timeout`,
+    /// nothing was sent, the connection is kept and the loan comes back,
+    /// still filled, in the error.
+    pub fn post_timeout(self, tag: u64, timeout: Duration) -> Result<(), PostLoanError<'a>> {
+        self.post_with(tag, true, Some(timeout))
+    }
+
+    fn post_with(mut self, tag: u64, block: bool, timeout: Option<Duration>) -> Result<(), PostLoanError<'a>> {
         let buf = self.take();
-        self.sender.post_loan(tag, &buf, self.len)
+        match self.sender.post_loan(tag, &buf, self.len, block, timeout) {
+            Ok(()) => Ok(()),
+            // No room: nothing was queued and the buffer is still lent.
+            Err(error @ (SendError::Full { .. } | SendError::TimedOut { .. })) => {
+                self.buf = Some(buf);
+                Err(PostLoanError { error, loan: Some(Box::new(self)) })
+            }
+            // The buffer went back to the pool (or its connection is gone).
+            Err(error) => Err(PostLoanError { error, loan: None }),
+        }
+    }
+}
+
+/// A loan's post that sent nothing: [`Loan::try_post`],
+/// [`Loan::post_timeout`]. When the queue had no room (`Full`,
+/// `TimedOut`), the loan comes back with the error, still filled and lent.
+pub struct PostLoanError<'a> {
+    error: SendError,
+    /// Boxed, so that the error stays small on the way back.
+    loan: Option<Box<Loan<'a>>>,
+}
+
+impl<'a> PostLoanError<'a> {
+    /// What went wrong.
+    pub fn error(&self) -> &SendError {
+        &self.error
+    }
+
+    /// The loan, when nothing was sent for want of room in the queue
+    /// ([`SendError::Full`], [`SendError::TimedOut`]); `None` after any
+    /// other error (the buffer went back to the pool).
+    pub fn into_loan(self) -> Option<Loan<'a>> {
+        self.loan.map(|l| *l)
+    }
+
+    /// The error, giving the loan (if any) back to the pool.
+    pub fn into_error(self) -> SendError {
+        self.error
+    }
+
+    /// The error and the loan, if it came back.
+    pub fn into_parts(self) -> (SendError, Option<Loan<'a>>) {
+        (self.error, self.loan.map(|l| *l))
+    }
+}
+
+impl From<PostLoanError<'_>> for SendError {
+    fn from(e: PostLoanError<'_>) -> SendError {
+        e.error
+    }
+}
+
+impl fmt::Debug for PostLoanError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostLoanError").field("error", &self.error).field("loan", &self.loan).finish()
+    }
+}
+
+impl fmt::Display for PostLoanError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl std::error::Error for PostLoanError<'_> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.error)
     }
 }
 

@@ -1023,11 +1023,31 @@ impl Sender {
         }
     }
 
-    pub(crate) fn post_loan(&mut self, tag: u64, buf: &LentBuf, len: usize) -> Result<(), SendError> {
+    /// Posts a loan of this sender's connection: waiting for room for ever
+    /// (`block` and no `timeout`), at most `timeout`, or not at all. On
+    /// `Full` and `TimedOut` nothing was sent and the loan is still lent
+    /// (see `Client::post_loan`); on any other error it is given back.
+    pub(crate) fn post_loan(
+        &mut self,
+        tag: u64,
+        buf: &LentBuf,
+        len: usize,
+        block: bool,
+        timeout: Option<Duration>,
+    ) -> Result<(), SendError> {
         if self.client.is_none() {
+            // The connection the buffer came from is gone.
             return Err(SendError::ReceiverDied { name: self.name.to_string() });
         }
-        self.with_client(None, None, len as u64, |c| c.put(POST, tag, Body::Lent(buf, len), &[], true, None))
+        self.timed(timeout, |s, deadline| {
+            let Some(c) = s.client.as_mut() else { return Err(SendError::ReceiverDied { name: s.name.to_string() }) };
+            match c.post_loan(tag, buf, len, block, deadline) {
+                Err(Fail::TimedOut) => {
+                    Err(SendError::TimedOut { name: s.name.to_string(), timeout: timeout.unwrap_or_default() })
+                }
+                result => result.map_err(|f| s.drop_unless_clean(timeout, len as u64, f)),
+            }
+        })
     }
 }
 

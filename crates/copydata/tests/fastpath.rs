@@ -1032,6 +1032,58 @@ fn post_timeout_gives_up_on_a_full_queue_and_keeps_the_order() {
     srv.quit();
 }
 
+/// A loan posted into a full queue comes back: `Loan::try_post` at once
+/// with `Full`, `Loan::post_timeout` with `TimedOut` no sooner than its
+/// timeout, the loan still filled and lent each time; posted again once
+/// there is room, it arrives once, in order, in place, as do the posts
+/// around it.
+#[test]
+fn a_loan_posted_into_a_full_queue_comes_back() {
+    let mut srv = Srv::start(1);
+    let mut s = srv.sender();
+    s.post(tag(GATE, 0), b"").unwrap();
+    srv.kid().expect("gated");
+    // Posts of 16 bytes: one line each, no larger than the loan's record.
+    let n = fill_the_queue(&mut s, 0, 16);
+    let len = 100_000;
+    let mut loan = s.loan(len).unwrap();
+    // SAFETY: the loan is ours to write until it is posted.
+    unsafe { loan.as_mut_slice() }.copy_from_slice(&pattern(len, n));
+    let err = loan.try_post(tag(REC, n)).expect_err("try_post into a full queue");
+    assert!(matches!(err.error(), SendError::Full { .. }), "try_post into a full queue: {err}");
+    let loan = err.into_loan().expect("the loan comes back with Full");
+    let t = Duration::from_millis(300);
+    let started = Instant::now();
+    let err = loan.post_timeout(tag(REC, n), t).expect_err("post_timeout into a full queue");
+    let took = started.elapsed();
+    match err.error() {
+        SendError::TimedOut { timeout, .. } => assert_eq!(*timeout, t, "the timeout reported"),
+        other => panic!("post_timeout into a full queue: {other:?}"),
+    }
+    assert!(took >= t, "gave up after {took:?}, before {t:?}");
+    assert!(took < Duration::from_secs(5), "a timeout of {t:?} took {took:?}");
+    let loan = err.into_loan().expect("the loan comes back with TimedOut");
+    assert_eq!(loan.len(), len);
+    srv.kid().tell("go");
+    // Room comes as the receiver catches up: the same loan, still filled.
+    loan.post_timeout(tag(REC, n), BOUND).unwrap();
+    s.post(tag(REC, n + 1), &pattern(16, n + 1)).unwrap();
+    // A loan given up on is dropped: its buffer goes back, nothing is sent.
+    let mut spare = s.loan(len).unwrap();
+    spare.fill(9);
+    drop(spare);
+    let recs = report(&mut s);
+    assert_eq!(recs.len() as u64, n + 2, "every post that went out arrives exactly once");
+    for (i, r) in recs.iter().enumerate() {
+        let i = i as u64;
+        let size = if i == n { len } else { 16 };
+        assert_eq!(r.arg, i, "post {i} out of order");
+        assert_eq!(r.loan, i == n, "post {i}: loaned");
+        assert_eq!((r.len, r.sum), (size as u64, sum(&pattern(size, i))), "post {i}: payload");
+    }
+    srv.quit();
+}
+
 /// Posts that `post` accepted are delivered even if their sender exits
 /// before the receiver gets to them (as `PostMessage`'s are): here the
 /// receiver's only handler thread is held by another sender's call while a

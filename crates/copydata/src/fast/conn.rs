@@ -499,6 +499,31 @@ impl Client {
         result
     }
 
+    /// Posts a loan, waiting for room per `block` and `deadline`. Unlike
+    /// [`put`](Self::put), a post that found no room (`Full`, `TimedOut`:
+    /// nothing was queued then) keeps the loan lent, for the caller to post
+    /// again or give back with [`cancel`](Self::cancel).
+    pub(crate) fn post_loan(
+        &mut self,
+        tag: u64,
+        buf: &LentBuf,
+        len: usize,
+        block: bool,
+        deadline: Option<Instant>,
+    ) -> Result<(), Fail> {
+        match self.put_inner(POST, tag, &Body::Lent(buf, len), &[], block, deadline) {
+            Ok(()) => {
+                self.link.region().loan_pending().store(0, Ordering::Release);
+                Ok(())
+            }
+            Err(f @ (Fail::Full | Fail::TimedOut)) => Err(f),
+            Err(f) => {
+                self.cancel(buf);
+                Err(f)
+            }
+        }
+    }
+
     fn put_inner(
         &mut self,
         kind: u32,
