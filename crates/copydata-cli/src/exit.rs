@@ -32,6 +32,18 @@ Exit codes:
      another user's mailbox, a payload larger than the receiver takes, and
      a receiver speaking another protocol version)";
 
+/// A timeout the command words itself (exit code [`TIMED_OUT`]).
+#[derive(Debug)]
+pub struct TimedOut(pub String);
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
 /// A usage error found after parsing (a bad combination of arguments).
 #[derive(Debug)]
 pub struct Usage(pub String);
@@ -57,6 +69,9 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
 fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
     if e.is::<Usage>() || e.is::<NameError>() || e.is::<AccessError>() {
         return Some(USAGE);
+    }
+    if e.is::<TimedOut>() {
+        return Some(TIMED_OUT);
     }
     if let Some(e) = e.downcast_ref::<OpenError>() {
         return Some(match e {

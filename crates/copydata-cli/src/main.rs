@@ -168,11 +168,15 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cli.verbosity);
+    // `-qq`: nothing on stderr, not even the error (the exit code tells).
+    let silent = cli.verbosity.is_present() && cli.verbosity.log_level().is_none();
     match run(cli) {
         Ok(code) => code,
         Err(e) if exit::is_broken_pipe(&e) => ExitCode::from(exit::OK),
         Err(e) => {
-            eprintln!("copydata: {}", exit::one_line(&e));
+            if !silent {
+                eprintln!("copydata: {}", exit::one_line(&e));
+            }
             ExitCode::from(exit::code_for(&e))
         }
     }

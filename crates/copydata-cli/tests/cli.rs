@@ -421,6 +421,13 @@ fn listen_and_send_exchange_messages() {
     let _ = std::fs::remove_file(&dst);
     assert!(listener.line().contains("size=300000"));
 
+    // A reply file that cannot be made fails the command before anything is
+    // sent (the next line the listener prints is the post below).
+    let nowhere = std::env::temp_dir().join(format!("{name}.missing-dir")).join("reply");
+    let out = run(&["send", &name, "--out", nowhere.to_str().unwrap(), "lost"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("creating"), "{}", out.stderr);
+
     // A post, bounded by a timeout: nothing printed.
     let out = run(&["send", &name, "--post", "--timeout", "5s", "--tag", "8", "posted"]);
     assert_eq!((out.code, out.out()), (0, String::new()), "{}", out.stderr);
@@ -588,6 +595,26 @@ fn instance_with_a_stopped_primary_exits_4_after_its_timeout() {
     terminate(&mut primary.child);
 }
 
+/// A post to a stopped receiver gives up after its timeout with exit 4 and
+/// says what it waited for (no reply is awaited by a post).
+#[cfg(unix)]
+#[test]
+fn a_post_to_a_stopped_receiver_times_out() {
+    use rustix::process::{Pid, Signal, kill_process};
+    let name = unique("stopped-rx");
+    let mut listener = Listener::start(&[&name]);
+    let pid = Pid::from_raw(listener.child.id() as i32).unwrap();
+    kill_process(pid, Signal::STOP).unwrap();
+    let started = Instant::now();
+    let out = run(&["send", &name, "--post", "--timeout", "300ms", "x"]);
+    let took = started.elapsed();
+    kill_process(pid, Signal::CONT).unwrap();
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains(&name) && out.stderr.contains("did not take the post within 300ms"), "{}", out.stderr);
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(10), "{took:?}");
+    terminate(&mut listener.child);
+}
+
 #[test]
 fn shared_lock_and_event_from_the_shell() {
     // A counter: incremented by several processes, read by another.
@@ -616,6 +643,7 @@ fn shared_lock_and_event_from_the_shell() {
     let started = Instant::now();
     let out = run(&["lock", &lock, "--timeout", "300ms"]);
     assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("lock {lock:?}")), "the error names the lock: {}", out.stderr);
     assert!(started.elapsed() >= Duration::from_millis(300));
     // The owner dies only once the waiter has the lock open (on Windows a
     // mutex nobody has open any more is gone, with its "owner died" state).
@@ -634,7 +662,10 @@ fn shared_lock_and_event_from_the_shell() {
     assert_eq!(run(&["event", &ev, "set"]).code, 0);
     assert_eq!(waiting.line(), "set");
     let started = Instant::now();
-    assert_eq!(run(&["event", &unique("ev2"), "wait", "--timeout", "300ms"]).code, 4);
+    let ev2 = unique("ev2");
+    let out = run(&["event", &ev2, "wait", "--timeout", "300ms"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("event {ev2:?}")), "the error names the event: {}", out.stderr);
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
@@ -1108,10 +1139,13 @@ fn verbosity_flags_and_rust_log_set_the_diagnostics() {
         assert_eq!(run_logged(&args, rust_log).stderr.contains(debug_line), shows, "{args:?}");
         assert!(listener.line().contains("data=\"x\""));
     }
-    // -q leaves errors: the one line that says why the command failed.
-    let out = run_logged(&["-qq", "send", &unique("nobody"), "x"], None);
+    // -q leaves errors: the one line that says why the command failed; -qq
+    // nothing, the exit code alone tells.
+    let out = run_logged(&["-q", "send", &unique("nobody"), "x"], None);
     assert_eq!(out.code, 3);
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
+    let out = run_logged(&["-qq", "send", &unique("nobody"), "x"], None);
+    assert_eq!((out.code, out.stderr.as_str()), (3, ""));
     // -v and -q together are a usage error.
     assert_eq!(run_logged(&["-v", "-q", "ls"], None).code, 2);
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
-use copydata::Sender;
+use copydata::{SendError, Sender};
+
+use crate::exit;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -17,7 +19,8 @@ pub struct Args {
     /// The tag (`dwData`).
     #[arg(long, default_value_t = 0)]
     tag: u64,
-    /// Give up after this long (e.g. 500ms, 2s); default: wait as long as the
+    /// Give up after this long (e.g. 500ms, 2s), the connection's set-up
+    /// included (so 0 always times out); default: wait as long as the
     /// receiver lives. With --post: how long to wait for the connection and
     /// for room in the receiver's queue.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -58,11 +61,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(uid) = args.owner {
         options = options.owner(uid);
     }
-    let mut sender = Sender::connect_with(&args.name, &options)?;
+    // Made before anything is sent: a reply with nowhere to go would leave
+    // a message handled that cannot safely be sent again.
+    let out = match &args.out {
+        Some(path) => Some(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
+        None => None,
+    };
+    // A post waits for no reply: its timeout covers the set-up and room in
+    // the receiver's queue, which the library's wording ("did not reply")
+    // does not say.
+    let post_timed_out = |e: SendError| -> anyhow::Error {
+        match e {
+            SendError::TimedOut { name, timeout } => exit::TimedOut(format!(
+                "mailbox {name:?} did not take the post within {timeout:?} (connection set-up and room in its queue)"
+            ))
+            .into(),
+            other => other.into(),
+        }
+    };
+    let connected = Sender::connect_with(&args.name, &options);
+    let mut sender = if args.post { connected.map_err(post_timed_out)? } else { connected? };
     log::debug!("connected to mailbox {:?}", args.name);
     if args.post {
         match args.timeout {
-            Some(t) => sender.post_timeout(args.tag, &payload, t)?,
+            Some(t) => sender.post_timeout(args.tag, &payload, t).map_err(post_timed_out)?,
             None => sender.post(args.tag, &payload)?,
         }
         log::debug!("posted tag {}, {} bytes", args.tag, payload.len());
@@ -77,9 +99,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     log::debug!("reply code {}, {} bytes, after {:?}", reply.code, reply.data.len(), started.elapsed());
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "code {}", reply.code)?;
-    match &args.out {
-        Some(path) => std::fs::write(path, &reply.data[..]).with_context(|| format!("writing {}", path.display()))?,
-        None => stdout.write_all(&reply.data)?,
+    match (out, &args.out) {
+        (Some(mut file), Some(path)) => {
+            file.write_all(&reply.data).with_context(|| format!("writing {}", path.display()))?
+        }
+        _ => stdout.write_all(&reply.data)?,
     }
     stdout.flush()?;
     Ok(ExitCode::SUCCESS)

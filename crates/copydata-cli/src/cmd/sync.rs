@@ -5,6 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args as ClapArgs, Subcommand};
 use copydata::sync::{Event, EventKind, Mutex, Shared, SyncOpenError};
 
@@ -120,9 +121,10 @@ pub fn lock(args: LockArgs) -> anyhow::Result<ExitCode> {
     let mutex = Mutex::open_or_create(&args.name)?;
     log::info!("opened the lock {}; waiting for it", args.name);
     let mut guard = match args.timeout {
-        Some(t) => mutex.lock_timeout(t)?,
-        None => mutex.lock()?,
-    };
+        Some(t) => mutex.lock_timeout(t),
+        None => mutex.lock(),
+    }
+    .with_context(|| format!("lock {:?}", args.name))?;
     if guard.owner_died() {
         say("acquired (previous owner died)")?;
     } else {
@@ -152,9 +154,10 @@ pub fn event(args: EventArgs) -> anyhow::Result<ExitCode> {
         EventAction::Wait { timeout } => {
             log::info!("opened the event {}; waiting for it", args.name);
             match timeout {
-                Some(t) => event.wait_timeout(t)?,
-                None => event.wait()?,
+                Some(t) => event.wait_timeout(t),
+                None => event.wait(),
             }
+            .with_context(|| format!("event {:?}", args.name))?;
             say("set")?;
         }
     }
