@@ -1177,7 +1177,8 @@ fn a_parked_sender_finds_a_reply_that_came_without_a_wake_up() {
     assert_eq!(u64::from_ne_bytes(h[16..24].try_into().unwrap()), 7, "the call's tag");
     assert_eq!(region.read(REQ_DATA + 32, 4), b"ping");
     // The sender parks for the reply (its flag in the reply ring's header:
-    // 2, "signal my readiness handle", which it sleeps on with the socket);
+    // 1 while it sleeps on the futex word, its first millisecond; then 2,
+    // "signal my readiness handle", which it sleeps on with the socket);
     // give it time to fall asleep.
     until("the sender parks", || region.u32_at(REP_RING + CONS_PARKED).load(Ordering::Acquire) == 2);
     std::thread::sleep(Duration::from_millis(200));

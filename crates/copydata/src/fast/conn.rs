@@ -333,16 +333,21 @@ impl Client {
             Bell::Reply => (ring.cons_parked(), ring.cons_wake()),
             _ => (ring.prod_parked(), ring.prod_wake()),
         };
+        let mut round = 0u32;
         loop {
+            // The flag says where this park sleeps (`Link::park_flag`), so
+            // the receiver wakes it there.
+            let how = Link::park_flag(round);
+            round = round.saturating_add(1);
             let seen = word.load(Ordering::Acquire);
-            flag.store(Link::PARKED_FLAG, Ordering::SeqCst);
+            flag.store(how, Ordering::SeqCst);
             std::sync::atomic::fence(Ordering::SeqCst);
             let found = check(self);
             if !matches!(found, Ok(None)) {
                 flag.store(0, Ordering::Relaxed);
                 return found.map(|t| t.expect("checked"));
             }
-            let parked = self.link.park(bell, seen, deadline);
+            let parked = self.link.park(bell, seen, how, deadline);
             flag.store(0, Ordering::Relaxed);
             if let Some(t) = check(self)? {
                 return Ok(t);

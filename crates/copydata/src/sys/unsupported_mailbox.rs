@@ -55,7 +55,7 @@ impl Link {
     pub(crate) fn wake(&self, _bell: Bell) {
         match *self {}
     }
-    pub(crate) fn park(&self, _bell: Bell, _seen: u32, _deadline: Option<Instant>) -> Park {
+    pub(crate) fn park(&self, _bell: Bell, _seen: u32, _flag: u32, _deadline: Option<Instant>) -> Park {
         match *self {}
     }
     pub(crate) fn shutdown(&self) {

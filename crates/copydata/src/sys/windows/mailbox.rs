@@ -599,15 +599,17 @@ impl Link {
         self.prune();
     }
 
-    /// The value a parking sender puts in its parked flag (the receiver
-    /// sets the wake event for any).
-    pub(crate) const PARKED_FLAG: u32 = crate::fast::PARKED;
+    /// The value a sender puts in its parked flag before each park (the
+    /// receiver sets the wake event for any).
+    pub(crate) fn park_flag(_round: u32) -> u32 {
+        crate::fast::PARKED
+    }
 
     /// Sleeps on the wake event and the receiver's process (the sending side
     /// only), unless the bell's word has moved from `seen`. A wake between
     /// the caller's look and the wait left the auto-reset event signalled,
     /// so it is not lost either way.
-    pub(crate) fn park(&self, bell: Bell, seen: u32, deadline: Option<Instant>) -> Park {
+    pub(crate) fn park(&self, bell: Bell, seen: u32, _flag: u32, deadline: Option<Instant>) -> Park {
         if self.side != Side::Sender {
             return Park::PeerGone;
         }

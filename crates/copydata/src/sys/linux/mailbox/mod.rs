@@ -17,13 +17,15 @@
 //! [`crate::fast::PARKED_ASYNC`]). After that the socket carries only descriptors that go
 //! with a message (new pool buffers, sections), and its hang-up tells each
 //! side that the other is gone: the receiver's acceptor thread polls every
-//! connection for it; a parked sender sleeps in `poll` on the socket and
-//! the readiness handle together, so it learns it at once.
+//! connection for it; a sender parked for longer than [`FIRST_PARK`] sleeps
+//! in `poll` on the socket and the readiness handle together, so it learns
+//! it at once.
 //!
 //! Waiting: a handler thread sleeps on its doorbell, a futex word in shared
 //! memory (without `FUTEX_PRIVATE_FLAG`: private futexes are keyed by
-//! address space); a sender, blocking or async, on the readiness handle and
-//! the socket.
+//! address space); a blocking sender first on a futex word of its
+//! connection (for at most [`FIRST_PARK`]), then, like an async sender, on
+//! the readiness handle and the socket.
 
 mod runtime;
 mod wire;
@@ -69,6 +71,11 @@ const PEER_STEP: Duration = Duration::from_secs(2);
 /// A parked sender looks at its ring again this often even without a
 /// wake-up (a safety net; the receiver's death wakes it at once).
 pub(crate) const SLICE: Duration = Duration::from_millis(20);
+/// How long a sender's first park of a wait sleeps on the futex word (the
+/// cheapest to wake) before it sleeps where the receiver's death wakes it:
+/// most replies come well within it, and a receiver that dies meanwhile is
+/// noticed within it.
+pub(crate) const FIRST_PARK: Duration = Duration::from_millis(1);
 const BELLS_LEN: usize = MAX_WORKERS * LINE;
 
 fn timespec(d: Duration) -> futex::Timespec {
@@ -187,9 +194,8 @@ impl Link {
             (None, Bell::Reply) => self.region.replies(),
             (None, Bell::Space) => self.region.requests(),
         };
-        // The receiving side: a parked sender sleeps on the readiness handle
-        // (`park`), or, parked by an earlier release of this library (same
-        // protocol), on the futex word.
+        // The receiving side: a parked sender sleeps on the futex word or on
+        // the readiness handle, as its flag says (`park`).
         let flag = if bell == Bell::Reply { ring.cons_parked() } else { ring.prod_parked() };
         match flag.load(Ordering::SeqCst) {
             // Non-blocking: a counter already near its maximum (never
@@ -228,20 +234,35 @@ impl Link {
         }
     }
 
-    /// The value a parking sender puts in its parked flag: it sleeps on the
-    /// readiness handle and the socket together (see [`park`](Self::park)),
-    /// so the receiver must signal the handle.
-    pub(crate) const PARKED_FLAG: u32 = PARKED_ASYNC;
+    /// The value a sender puts in its parked flag before its `round`-th park
+    /// of one wait (from 0): the first sleeps on the futex word, which costs
+    /// the least to wake, for at most [`FIRST_PARK`]; the later ones sleep
+    /// on the readiness handle together with the socket, which the
+    /// receiver's death wakes at once (see [`park`](Self::park)).
+    pub(crate) fn park_flag(round: u32) -> u32 {
+        if round == 0 { PARKED } else { PARKED_ASYNC }
+    }
 
-    /// Sleeps (the sending side) until the receiver signals the readiness
-    /// handle, the receiver is gone (its end of the socket hangs up: noticed
-    /// at once, also when it was killed), a [`SLICE`] passes or `deadline`
-    /// does. The futex word is not waited on: a futex cannot tell that its
-    /// waker died.
-    pub(crate) fn park(&self, _bell: Bell, _seen: u32, deadline: Option<Instant>) -> Park {
+    /// Sleeps (the sending side) as its parked flag `flag` says:
+    /// - `PARKED`: on the futex word (unless it moved from `seen`) for at
+    ///   most [`FIRST_PARK`]; a futex cannot tell that its waker died, so
+    ///   the caller parks again the other way if nothing came meanwhile;
+    /// - `PARKED_ASYNC`: in `poll` until the receiver signals the readiness
+    ///   handle, the receiver is gone (its end of the socket hangs up:
+    ///   noticed at once, also when it was killed) or a [`SLICE`] passes.
+    ///
+    /// Either way no longer than `deadline`.
+    pub(crate) fn park(&self, bell: Bell, seen: u32, flag: u32, deadline: Option<Instant>) -> Park {
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if left.is_some_and(|l| l.is_zero()) {
             return Park::TimedOut;
+        }
+        if flag == PARKED {
+            let Some(word) = self.word(bell) else { return Park::PeerGone };
+            let slice = left.map_or(FIRST_PARK, |l| l.min(FIRST_PARK));
+            // Woken, timed out or interrupted alike: the caller looks again.
+            let _ = futex::wait(word, futex::Flags::empty(), seen, Some(&timespec(slice)));
+            return Park::Woken;
         }
         let slice = left.map_or(SLICE, |l| l.min(SLICE));
         let mut fds = [PollFd::new(&self.notify, PollFlags::IN), PollFd::new(&self.sock, PollFlags::RDHUP)];
