@@ -217,13 +217,24 @@ pub struct Message {
 }
 
 impl Message {
+    /// A message from a plain Win32 program (`WM_COPYDATA`).
+    #[cfg_attr(not(windows), allow(dead_code))]
     pub(crate) fn new(tag: u64, payload: Payload, sections: Vec<Section>, sender: Peer) -> Message {
         Message { tag, payload, sections, sender, loan: None, call: true, origin: None }
     }
 
-    pub(crate) fn with_origin(mut self, conn: Arc<ServerConn>) -> Message {
-        self.origin = Some(conn);
-        self
+    /// A message taken off a connection of the fast path (`origin`).
+    #[inline]
+    pub(crate) fn from_ring(
+        tag: u64,
+        payload: Payload,
+        sections: Vec<Section>,
+        sender: Peer,
+        loan: Option<Box<LoanView>>,
+        call: bool,
+        origin: Arc<ServerConn>,
+    ) -> Message {
+        Message { tag, payload, sections, sender, loan, call, origin: Some(origin) }
     }
 
     /// Lends a buffer of `len` bytes in shared memory for the reply, to fill
@@ -238,12 +249,6 @@ impl Message {
         let conn = self.origin.as_ref().ok_or_else(|| unsupported("the sender cannot take a loaned reply"))?;
         let buf = conn.lend_reply(len).map_err(|e| ReplyError::Io(std::io::Error::other(e)))?;
         Ok(ReplyLoan::new(conn.clone(), buf, len))
-    }
-
-    pub(crate) fn with_loan(mut self, loan: Option<LoanView>, call: bool) -> Message {
-        self.loan = loan.map(Box::new);
-        self.call = call;
-        self
     }
 
     /// The tag (`dwData` in Win32 terms).
@@ -606,10 +611,10 @@ impl Mailbox {
             },
         };
         match self.dispatch.next(0, &mut worker, deadline) {
-            Some(Next::Ring(incoming)) => {
-                let conn = incoming.message.origin.clone().expect("a message of the fast path knows its connection");
+            Some(Next::Ring(message)) => {
+                let conn = message.origin.clone().expect("a message of the fast path knows its connection");
                 let responder = Responder::Ring { conn, poke: Some((self.dispatch.clone(), 0)) };
-                Ok(Request::new(incoming.message, responder))
+                Ok(Request::new(message, responder))
             }
             Some(Next::Native(message, responder)) => Ok(Request::new(message, Responder::Native(responder))),
             None if self.dispatch.is_closed() => Err(RecvError::Closed),
@@ -664,8 +669,8 @@ impl Mailbox {
             let spawned = std::thread::Builder::new().name(format!("copydata-serve-{name}-{w}")).spawn(move || {
                 while let Some(next) = dispatch.next(w, &mut state, None) {
                     match next {
-                        Next::Ring(incoming) => {
-                            let mut message = incoming.message;
+                        Next::Ring(mut message) => {
+                            let call = message.expects_reply();
                             let answer =
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&mut message)));
                             // The handler is done with the message: its
@@ -684,10 +689,10 @@ impl Mailbox {
                             let responder = Responder::Ring { conn, poke: None };
                             match answer {
                                 Ok(Ok(reply)) => {
-                                    let _ = responder.reply(incoming.call, reply);
+                                    let _ = responder.reply(call, reply);
                                 }
-                                Ok(Err(reason)) => responder.refuse(incoming.call, &reason),
-                                Err(_) => responder.refuse(incoming.call, "the handler panicked"),
+                                Ok(Err(reason)) => responder.refuse(call, &reason),
+                                Err(_) => responder.refuse(call, "the handler panicked"),
                             }
                             if let (Some(conn), Some(v)) = (recycle, message.and_then(Message::into_payload_vec)) {
                                 conn.recycle(v);

@@ -395,6 +395,7 @@ impl Consumer {
     }
 
     /// The next complete record, if any (padding is skipped).
+    #[inline(always)]
     pub(crate) fn peek(&mut self) -> Result<Option<Rec>, Corrupt> {
         loop {
             let stamp = self.ring.stamp(self.pos).load(Ordering::Acquire);
@@ -450,6 +451,7 @@ impl Consumer {
 
     /// Copies `len` inline bytes from `at` into a new vector (not zeroed
     /// first).
+    #[inline(always)]
     pub(crate) fn read_vec(&self, rec: &Rec, at: usize, len: usize) -> Vec<u8> {
         assert!(at + len <= rec.inline, "read past the record");
         let mut v = Vec::with_capacity(len);

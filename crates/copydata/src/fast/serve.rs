@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::Wait;
-use super::conn::{Incoming, ServerConn};
+use super::conn::ServerConn;
 use super::pool::TRIM_AFTER;
 use crate::mailbox::Message;
 use crate::name::Name;
@@ -29,7 +29,7 @@ use crate::sys::mailbox::{Bells, NativeResponder};
 pub(crate) enum Next {
     /// A message from a connection of the fast path (which the message
     /// holds: `Message::take_origin`).
-    Ring(Incoming),
+    Ring(Message),
     /// A message from a plain Win32 program (`WM_COPYDATA`), handed over by
     /// the mailbox's window.
     #[allow(dead_code)] // only Windows has native senders
@@ -189,6 +189,9 @@ impl Dispatch {
     }
 
     /// One pass over the worker's connections.
+    // Inlined, as `try_take`: the message moves up by value (see
+    // `ServerConn::deliver`).
+    #[inline(always)]
     fn scan(&self, w: usize, st: &mut WorkerState) -> Option<Next> {
         if w == 0 && self.has_native.load(Ordering::Acquire) {
             let mut queue = self.native.lock().unwrap_or_else(|e| e.into_inner());
@@ -211,7 +214,7 @@ impl Dispatch {
             if let Some(found) = self.try_take(last, st, &mut gone) {
                 return Some(found);
             }
-            for conn in gone.take().unwrap_or_default() {
+            for conn in gone.take().into_iter().flatten() {
                 self.drop_conn(w, st, &conn);
             }
         }
@@ -231,7 +234,7 @@ impl Dispatch {
                 break;
             }
         }
-        for conn in gone.unwrap_or_default() {
+        for conn in gone.into_iter().flatten() {
             self.drop_conn(w, st, &conn);
         }
         found
@@ -239,6 +242,7 @@ impl Dispatch {
 
     /// The next message of connection `at`, if it has one ready; a
     /// connection to drop goes to `gone`.
+    #[inline(always)]
     fn try_take(&self, at: usize, st: &WorkerState, gone: &mut Option<Vec<Arc<ServerConn>>>) -> Option<Next> {
         let conn = &st.conns[at];
         if conn.busy.load(Ordering::Acquire) {
@@ -252,7 +256,7 @@ impl Dispatch {
         }
         conn.prefetch();
         match conn.take() {
-            Ok(Some(incoming)) => return Some(Next::Ring(incoming)),
+            Ok(Some(message)) => return Some(Next::Ring(message)),
             Ok(None) if dead => gone.get_or_insert_with(Vec::new).push(conn.clone()),
             Ok(None) => {}
             Err(_) if dead => gone.get_or_insert_with(Vec::new).push(conn.clone()),
