@@ -32,29 +32,32 @@ Exit codes:
      another user's mailbox, a payload larger than the receiver takes, and
      a receiver speaking another protocol version)";
 
-/// A timeout the command words itself (exit code [`TIMED_OUT`]).
-#[derive(Debug)]
-pub struct TimedOut(pub String);
+/// An error that is just the text the command words itself.
+macro_rules! worded_error {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name(pub String);
 
-impl std::fmt::Display for TimedOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::error::Error for $name {}
+    };
 }
+pub(crate) use worded_error;
 
-impl std::error::Error for TimedOut {}
-
-/// A usage error found after parsing (a bad combination of arguments).
-#[derive(Debug)]
-pub struct Usage(pub String);
-
-impl std::fmt::Display for Usage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Usage {}
+worded_error!(
+    /// A timeout the command words itself (exit code [`TIMED_OUT`]).
+    TimedOut
+);
+worded_error!(
+    /// A usage error found after parsing (a bad combination of arguments).
+    Usage
+);
 
 /// The exit code for an error: the first error in the chain that has one.
 pub fn code_for(e: &anyhow::Error) -> u8 {

@@ -161,17 +161,10 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// A row that cannot run in this build or on this platform.
-#[derive(Debug)]
-pub struct Unavailable(pub String);
-
-impl std::fmt::Display for Unavailable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Unavailable {}
+crate::exit::worded_error!(
+    /// A row that cannot run in this build or on this platform.
+    Unavailable
+);
 
 /// How many iterations a run does.
 #[derive(Debug, Clone, Copy)]
