@@ -595,6 +595,23 @@ fn instance_with_a_stopped_primary_exits_4_after_its_timeout() {
     terminate(&mut primary.child);
 }
 
+/// `send --out FILE` to a mailbox that is not there fails with exit 3 and
+/// leaves no file behind; a file that was there keeps its contents.
+#[test]
+fn a_failed_send_leaves_its_out_file_as_it_was() {
+    let name = unique("no-out");
+    let fresh = std::env::temp_dir().join(format!("{name}.fresh"));
+    let out = run(&["send", &name, "--out", fresh.to_str().unwrap(), "x"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(!fresh.exists(), "a failed send left {}", fresh.display());
+    let kept = std::env::temp_dir().join(format!("{name}.kept"));
+    std::fs::write(&kept, b"before").unwrap();
+    let out = run(&["send", &name, "--out", kept.to_str().unwrap(), "x"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert_eq!(std::fs::read(&kept).unwrap(), b"before", "a failed send changed an existing file");
+    let _ = std::fs::remove_file(&kept);
+}
+
 /// A post to a stopped receiver gives up after its timeout with exit 4 and
 /// says what it waited for (no reply is awaited by a post).
 #[cfg(unix)]

@@ -63,8 +63,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     // Made before anything is sent: a reply with nowhere to go would leave
     // a message handled that cannot safely be sent again.
-    let out = match &args.out {
-        Some(path) => Some(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
+    let mut out = match &args.out {
+        Some(path) => Some(OutFile::create(path)?),
         None => None,
     };
     // A post waits for no reply: its timeout covers the set-up and room in
@@ -99,12 +99,50 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     log::debug!("reply code {}, {} bytes, after {:?}", reply.code, reply.data.len(), started.elapsed());
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "code {}", reply.code)?;
-    match (out, &args.out) {
-        (Some(mut file), Some(path)) => {
-            file.write_all(&reply.data).with_context(|| format!("writing {}", path.display()))?
-        }
-        _ => stdout.write_all(&reply.data)?,
+    match &mut out {
+        Some(file) => file.write(&reply.data)?,
+        None => stdout.write_all(&reply.data)?,
     }
     stdout.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The reply's file, made before the message goes out. A file this command
+/// made is removed again if no reply gets written to it (the send failed),
+/// so a failed send leaves nothing behind; a file that was there is only
+/// overwritten by a reply.
+struct OutFile {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    made: bool,
+}
+
+impl OutFile {
+    fn create(path: &std::path::Path) -> anyhow::Result<OutFile> {
+        let made = !path.exists();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        Ok(OutFile { path: path.to_owned(), file: Some(file), made })
+    }
+
+    fn write(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        let mut file = self.file.take().expect("a reply is written once");
+        let what = || format!("writing {}", self.path.display());
+        file.set_len(0).with_context(what)?;
+        file.write_all(data).with_context(what)?;
+        self.made = false;
+        Ok(())
+    }
+}
+
+impl Drop for OutFile {
+    fn drop(&mut self) {
+        if self.made {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
