@@ -595,6 +595,27 @@ fn instance_with_a_stopped_primary_exits_4_after_its_timeout() {
     terminate(&mut primary.child);
 }
 
+/// A file larger than the mailbox takes (4 GiB by default) is refused with
+/// exit 7 before it is read: here a sparse file of 4 GiB + 1 byte, which
+/// would take seconds and 4 GiB of memory to read.
+#[test]
+fn send_refuses_a_file_too_large_before_reading_it() {
+    let name = unique("huge");
+    let mut listener = Listener::start(&[&name]);
+    let path = std::env::temp_dir().join(format!("{name}.sparse"));
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len((4u64 << 30) + 1).unwrap();
+    drop(file);
+    let started = Instant::now();
+    let out = run(&["send", &name, "--timeout", "20s", "--file", path.to_str().unwrap()]);
+    let took = started.elapsed();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.code, 7, "{}", out.stderr);
+    assert!(out.stderr.contains("4294967297") && out.stderr.contains("too large"), "{}", out.stderr);
+    assert!(took < Duration::from_secs(5), "refused only after {took:?}");
+    terminate(&mut listener.child);
+}
+
 /// `send --out FILE` to a mailbox that is not there fails with exit 3 and
 /// leaves no file behind; a file that was there keeps its contents.
 #[test]

@@ -854,6 +854,15 @@ impl Sender {
         self.name.as_str()
     }
 
+    /// The largest payload the mailbox takes ([`MailboxOptions::max_payload`]
+    /// on the receiving side), as it said when the connection was made;
+    /// `None` while this sender is not connected (a send connects again).
+    /// A larger payload fails with [`SendError::PayloadTooLarge`] before
+    /// anything is sent; knowing the limit first spares making it.
+    pub fn max_payload(&self) -> Option<u64> {
+        self.client.as_ref().map(Client::max_payload)
+    }
+
     /// A sender for an already validated name, connected by its first send.
     pub(crate) fn unconnected(name: Name, options: SenderOptions) -> Sender {
         Sender { name, options, client: None }

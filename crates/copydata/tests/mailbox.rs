@@ -347,6 +347,8 @@ fn oversized_payloads_are_refused_before_transfer() {
     let mailbox = Mailbox::bind_with(&name, &MailboxOptions::new().max_payload(1000)).unwrap();
     let server = mailbox.serve(|m| Reply::code(m.payload().len() as i64));
     let mut sender = Sender::connect(&name).unwrap();
+    // The limit is known once connected, to check before making a payload.
+    assert_eq!(sender.max_payload(), Some(1000));
     match sender.send(0, &vec![1u8; 200_000]) {
         Err(SendError::PayloadTooLarge { size: 200_000, max: 1000, .. }) => {}
         other => panic!("{other:?}"),

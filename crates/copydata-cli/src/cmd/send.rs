@@ -44,15 +44,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let payload = match (args.data.as_deref(), &args.file) {
-        (_, Some(path)) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-        (Some("-"), None) => {
-            let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf).context("reading standard input")?;
-            buf
-        }
-        (Some(data), None) => data.as_bytes().to_vec(),
-        (None, None) => Vec::new(),
+    let file_len = match &args.file {
+        Some(path) => Some(std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len()),
+        None => None,
     };
     let mut options = copydata::SenderOptions::new();
     if let Some(t) = args.timeout {
@@ -82,6 +76,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let connected = Sender::connect_with(&args.name, &options);
     let mut sender = if args.post { connected.map_err(post_timed_out)? } else { connected? };
     log::debug!("connected to mailbox {:?}", args.name);
+    // A file larger than the mailbox takes is refused before it is read.
+    if let (Some(size), Some(max)) = (file_len, sender.max_payload())
+        && size > max
+    {
+        return Err(SendError::PayloadTooLarge { name: args.name.clone(), size, max }.into());
+    }
+    let payload = match (args.data.as_deref(), &args.file) {
+        (_, Some(path)) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        (Some("-"), None) => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).context("reading standard input")?;
+            buf
+        }
+        (Some(data), None) => data.as_bytes().to_vec(),
+        (None, None) => Vec::new(),
+    };
     if args.post {
         match args.timeout {
             Some(t) => sender.post_timeout(args.tag, &payload, t).map_err(post_timed_out)?,

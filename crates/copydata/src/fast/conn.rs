@@ -294,6 +294,11 @@ impl Client {
         }
     }
 
+    /// The largest payload the receiver takes.
+    pub(crate) fn max_payload(&self) -> u64 {
+        self.max_payload
+    }
+
     /// Spins (per the wait strategy), then parks on `bell` until `check`
     /// finds something or `deadline` passes.
     fn wait_for<T>(
