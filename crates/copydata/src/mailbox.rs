@@ -874,6 +874,7 @@ impl Sender {
 
     /// Runs `f` on the connection (made first if needed); drops the
     /// connection if `f` fails, except for errors that leave it clean.
+    #[inline(always)]
     fn with_client<T>(
         &mut self,
         deadline: Option<Instant>,
@@ -902,6 +903,7 @@ impl Sender {
         error
     }
 
+    #[inline(always)]
     fn call(
         &mut self,
         tag: u64,
@@ -919,6 +921,7 @@ impl Sender {
 
     /// Runs a call with the deadline `timeout` sets (none: the clock is not
     /// read), and makes sure a `TimedOut` is not returned before `timeout`.
+    #[inline(always)]
     fn timed<T>(
         &mut self,
         timeout: Option<Duration>,

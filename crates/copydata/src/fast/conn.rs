@@ -489,6 +489,7 @@ impl Client {
 
     /// Queues a `CALL` or `POST`. Nothing reaches the receiver unless this
     /// returns `Ok` (or fails after queueing: then the connection is dropped).
+    #[inline(always)]
     pub(crate) fn put(
         &mut self,
         kind: u32,

@@ -214,8 +214,10 @@ impl Dispatch {
             if let Some(found) = self.try_take(last, st, &mut gone) {
                 return Some(found);
             }
-            for conn in gone.take().into_iter().flatten() {
-                self.drop_conn(w, st, &conn);
+            if let Some(gone) = gone.take() {
+                for conn in gone {
+                    self.drop_conn(w, st, &conn);
+                }
             }
         }
         // Round the connections from `start`, without a division per
@@ -234,8 +236,10 @@ impl Dispatch {
                 break;
             }
         }
-        for conn in gone.into_iter().flatten() {
-            self.drop_conn(w, st, &conn);
+        if let Some(gone) = gone {
+            for conn in gone {
+                self.drop_conn(w, st, &conn);
+            }
         }
         found
     }
