@@ -151,9 +151,13 @@ impl<'a> Loan<'a> {
     /// let mut sender = copydata::Sender::connect("my-app")?;
     /// let mut loan = sender.loan(1 << 20)?;
     /// loan.fill(7);
-    /// while let Err(e) = loan.try_post(1) {
-    ///     // Nothing was sent: do something else meanwhile, then try again.
-    ///     loan = e.into_loan().expect("a full queue gives the loan back");
+    /// loop {
+    ///     match loan.try_post(1).map_err(|e| e.into_parts()) {
+    ///         Ok(()) => break,
+    ///         // Nothing was sent: do something else meanwhile, then try again.
+    ///         Err((_, Some(back))) => loan = back,
+    ///         Err((error, None)) => return Err(error),
+    ///     }
     /// }
     /// # Ok(())
     /// # }
