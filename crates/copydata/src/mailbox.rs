@@ -894,6 +894,16 @@ impl Sender {
         Ok(self.client.as_mut().expect("connected just above"))
     }
 
+    /// The error for a post's `f`. A post times out only while it waits for
+    /// room or a buffer, before anything of it is queued: the connection is
+    /// clean then and kept; other failures are as for any message.
+    fn post_failed(&mut self, timeout: Option<Duration>, size: u64, f: Fail) -> SendError {
+        match f {
+            Fail::TimedOut => SendError::TimedOut { name: self.name.to_string(), timeout: timeout.unwrap_or_default() },
+            f => self.drop_unless_clean(timeout, size, f),
+        }
+    }
+
     /// The error for `f`; drops the connection unless `f` leaves it clean.
     fn drop_unless_clean(&mut self, timeout: Option<Duration>, size: u64, f: Fail) -> SendError {
         let (error, clean) = failed(&self.name, timeout, size, f);
@@ -992,12 +1002,8 @@ impl Sender {
     /// in order behind those already queued.
     pub fn post_timeout(&mut self, tag: u64, data: &[u8], timeout: Duration) -> Result<(), SendError> {
         self.timed(Some(timeout), |s, deadline| {
-            match s.connected(deadline, Some(timeout))?.put(POST, tag, Body::Bytes(data), &[], true, deadline) {
-                // A post times out only while it waits for room or a buffer,
-                // before anything of it is queued: the connection is clean.
-                Err(Fail::TimedOut) => Err(SendError::TimedOut { name: s.name.to_string(), timeout }),
-                result => result.map_err(|f| s.drop_unless_clean(Some(timeout), data.len() as u64, f)),
-            }
+            let result = s.connected(deadline, Some(timeout))?.put(POST, tag, Body::Bytes(data), &[], true, deadline);
+            result.map_err(|f| s.post_failed(Some(timeout), data.len() as u64, f))
         })
     }
 
@@ -1052,18 +1058,11 @@ impl Sender {
         block: bool,
         timeout: Option<Duration>,
     ) -> Result<(), SendError> {
-        if self.client.is_none() {
-            // The connection the buffer came from is gone.
-            return Err(SendError::ReceiverDied { name: self.name.to_string() });
-        }
         self.timed(timeout, |s, deadline| {
+            // Without its connection, the buffer's is gone.
             let Some(c) = s.client.as_mut() else { return Err(SendError::ReceiverDied { name: s.name.to_string() }) };
-            match c.post_loan(tag, buf, len, block, deadline) {
-                Err(Fail::TimedOut) => {
-                    Err(SendError::TimedOut { name: s.name.to_string(), timeout: timeout.unwrap_or_default() })
-                }
-                result => result.map_err(|f| s.drop_unless_clean(timeout, len as u64, f)),
-            }
+            let result = c.post_loan(tag, buf, len, block, deadline);
+            result.map_err(|f| s.post_failed(timeout, len as u64, f))
         })
     }
 }

@@ -123,7 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// overwritten by a reply.
 struct OutFile {
     path: PathBuf,
-    file: Option<std::fs::File>,
+    file: std::fs::File,
     made: bool,
 }
 
@@ -136,14 +136,13 @@ impl OutFile {
             .truncate(false)
             .open(path)
             .with_context(|| format!("creating {}", path.display()))?;
-        Ok(OutFile { path: path.to_owned(), file: Some(file), made })
+        Ok(OutFile { path: path.to_owned(), file, made })
     }
 
     fn write(&mut self, data: &[u8]) -> anyhow::Result<()> {
-        let mut file = self.file.take().expect("a reply is written once");
         let what = || format!("writing {}", self.path.display());
-        file.set_len(0).with_context(what)?;
-        file.write_all(data).with_context(what)?;
+        self.file.set_len(0).with_context(what)?;
+        self.file.write_all(data).with_context(what)?;
         self.made = false;
         Ok(())
     }

@@ -188,6 +188,13 @@ impl Dispatch {
         self.slots[w].conns.lock().unwrap_or_else(|e| e.into_inner()).retain(|c| !Arc::ptr_eq(c, conn));
     }
 
+    /// Drops the connections a pass found gone (see `try_take`).
+    fn drop_gone(&self, w: usize, st: &mut WorkerState, gone: Option<Vec<Arc<ServerConn>>>) {
+        for conn in gone.into_iter().flatten() {
+            self.drop_conn(w, st, &conn);
+        }
+    }
+
     /// One pass over the worker's connections.
     // Inlined, as `try_take`: the message moves up by value (see
     // `ServerConn::deliver`).
@@ -214,11 +221,7 @@ impl Dispatch {
             if let Some(found) = self.try_take(last, st, &mut gone) {
                 return Some(found);
             }
-            if let Some(gone) = gone.take() {
-                for conn in gone {
-                    self.drop_conn(w, st, &conn);
-                }
-            }
+            self.drop_gone(w, st, gone.take());
         }
         // Round the connections from `start`, without a division per
         // connection (this runs for every message).
@@ -236,11 +239,7 @@ impl Dispatch {
                 break;
             }
         }
-        if let Some(gone) = gone {
-            for conn in gone {
-                self.drop_conn(w, st, &conn);
-            }
-        }
+        self.drop_gone(w, st, gone);
         found
     }
 

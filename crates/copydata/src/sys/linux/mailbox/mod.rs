@@ -78,6 +78,11 @@ pub(crate) const SLICE: Duration = Duration::from_millis(20);
 pub(crate) const FIRST_PARK: Duration = Duration::from_millis(1);
 const BELLS_LEN: usize = MAX_WORKERS * LINE;
 
+/// Whether `poll` found the peer's end of a socket gone.
+fn hung_up(fd: &PollFd<'_>) -> bool {
+    fd.revents().intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL)
+}
+
 fn timespec(d: Duration) -> futex::Timespec {
     futex::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
 }
@@ -229,7 +234,7 @@ impl Link {
         let mut fds = [PollFd::new(&self.sock, PollFlags::RDHUP)];
         match rustix::event::poll(&mut fds, Some(&timespec(Duration::ZERO))) {
             Ok(0) => true,
-            Ok(_) => !fds[0].revents().intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL),
+            Ok(_) => !hung_up(&fds[0]),
             Err(_) => true,
         }
     }
@@ -274,7 +279,7 @@ impl Link {
                     self.drain_readiness();
                     return Park::Woken;
                 }
-                if fds[1].revents().intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL) {
+                if hung_up(&fds[1]) {
                     return Park::PeerGone;
                 }
                 Park::Woken
