@@ -95,3 +95,28 @@ fn locks_are_measured_next_to_std() {
         assert!(line.contains(" ns ") && line.ends_with('x'), "{line}");
     }
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn pauses_are_measured_next_to_the_floor() {
+    let out = bench(&["--pauses", "--quick"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for row in [
+        "send 64 B, at once",
+        "send 64 B, after 8 ms",
+        "loan 64 KiB, at once",
+        "loan 64 KiB, after 8 ms",
+        "loan 64 MiB, after its filling",
+        "spin floor round trip, at once",
+        "spin floor round trip, after 8 ms",
+        "read 32 KiB of own memory, at once",
+        "read 32 KiB, after 8 ms",
+    ] {
+        let line = text.lines().find(|l| l.starts_with(row)).unwrap_or_else(|| panic!("no row {row:?}: {text}"));
+        // Two figures: p50 and p99, each a number and a unit.
+        let figures: Vec<&str> = line[row.len()..].split_whitespace().collect();
+        assert_eq!(figures.len(), 4, "{line}");
+        assert!(figures[0].parse::<f64>().is_ok() && figures[2].parse::<f64>().is_ok(), "{line}");
+    }
+}

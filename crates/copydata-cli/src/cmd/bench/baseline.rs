@@ -262,6 +262,43 @@ const SPIN_STOP: u64 = u64::MAX;
 const SPIN_LIMIT: Duration = Duration::from_secs(5);
 
 fn spin_floor(budget: Budget, ctx: &Ctx) -> anyhow::Result<Sample> {
+    with_spin_partner(ctx, |round_trip| {
+        let mut t = Timings::new(budget);
+        let mut i = 0;
+        while !t.done() {
+            let took = round_trip()?;
+            if i >= budget.warmup {
+                t.push(took);
+            }
+            i += 1;
+        }
+        t.sample()
+    })
+}
+
+/// `iters` round trips on the spin floor's line (after 10 untimed ones),
+/// each after spinning `pause` on the clock (`copydata bench --pauses`).
+pub fn spin_floor_after(pause: Duration, iters: usize, ctx: &Ctx) -> anyhow::Result<Vec<Duration>> {
+    with_spin_partner(ctx, |round_trip| {
+        let mut ns = Vec::with_capacity(iters);
+        for i in 0..iters + 10 {
+            super::copydata_rows::spin_for(pause);
+            let took = round_trip()?;
+            if i >= 10 {
+                ns.push(took);
+            }
+        }
+        Ok(ns)
+    })
+}
+
+/// Starts the spin partner on one shared cache line and hands `run` a
+/// function that makes one round trip and returns its time; stops the
+/// partner afterwards.
+fn with_spin_partner<T>(
+    ctx: &Ctx,
+    run: impl FnOnce(&mut dyn FnMut() -> anyhow::Result<Duration>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let section = Section::anonymous(4096)?;
     // One cache line (the mapping is page-aligned); the counter is its first
     // word.
@@ -271,10 +308,8 @@ fn spin_floor(budget: Budget, ctx: &Ctx) -> anyhow::Result<Sample> {
     let cmd = child_command("spin", ctx.cpus.server)?;
     let mut partner = Proc::start(cmd, "the spin partner", &[&section], Stdout::Lines)?;
     partner.ready()?;
-    let mut t = Timings::new(budget);
     let mut seq = 0u64;
-    let mut i = 0;
-    while !t.done() {
+    let mut round_trip = || {
         let start = Instant::now();
         word.store(seq + 1, Ordering::Release);
         let mut spins = 0u32;
@@ -282,20 +317,21 @@ fn spin_floor(budget: Budget, ctx: &Ctx) -> anyhow::Result<Sample> {
             spin_loop();
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(1 << 20) && start.elapsed() > SPIN_LIMIT {
-                word.store(SPIN_STOP, Ordering::Release);
-                return Err(partner.blame(anyhow::anyhow!("no answer within {SPIN_LIMIT:?}")));
+                anyhow::bail!("no answer within {SPIN_LIMIT:?}");
             }
         }
-        let took = start.elapsed();
         seq += 2;
-        if i >= budget.warmup {
-            t.push(took);
-        }
-        i += 1;
-    }
+        Ok(start.elapsed())
+    };
+    let out = run(&mut round_trip);
     word.store(SPIN_STOP, Ordering::Release);
-    partner.finish()?;
-    t.sample()
+    match out {
+        Ok(out) => {
+            partner.finish()?;
+            Ok(out)
+        }
+        Err(e) => Err(partner.blame(e)),
+    }
 }
 
 /// `__bench-child spin`: answers every odd counter value with the next one.

@@ -204,7 +204,8 @@ enum Between {
 /// and pays a wake-up; a paused loan finds it polling (the loan announced
 /// the message), so what it pays beyond the immediate loan is the path
 /// gone cold in the caches meanwhile, which the last rows show without
-/// copydata (see [`cold_reads`]).
+/// copydata: the spin floor's round trip after the same pauses (one cache
+/// line crossing between the two processes and back) and [`cold_reads`].
 pub fn pauses(ctx: &Ctx) -> anyhow::Result<()> {
     let spin1 = Between::Spin(Duration::from_millis(1));
     let spin8 = Between::Spin(Duration::from_millis(8));
@@ -258,6 +259,13 @@ pub fn pauses(ctx: &Ctx) -> anyhow::Result<()> {
         server.proc.finish()?;
         print_row(what, ns);
     }
+    for (what, pause) in [
+        ("spin floor round trip, at once", Duration::ZERO),
+        ("spin floor round trip, after 1 ms", Duration::from_millis(1)),
+        ("spin floor round trip, after 8 ms", Duration::from_millis(8)),
+    ] {
+        print_row(what, super::baseline::spin_floor_after(pause, iters, ctx)?);
+    }
     cold_reads(iters);
     Ok(())
 }
@@ -306,7 +314,7 @@ fn cold_reads(iters: usize) {
 }
 
 /// Spins on the clock for `d`, touching no memory.
-fn spin_for(d: Duration) {
+pub(super) fn spin_for(d: Duration) {
     let start = Instant::now();
     while start.elapsed() < d {
         std::hint::spin_loop();
