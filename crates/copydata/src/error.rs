@@ -453,9 +453,11 @@ pub enum SendError {
         /// The name asked for.
         name: String,
     },
-    /// The receiver did not reply in time. The message may still be handled;
-    /// its reply is discarded and never taken for the answer to a later send.
-    #[error("mailbox {name:?} did not reply within {timeout:?}")]
+    /// The time allowed ran out: waiting for the connection's set-up, for
+    /// room in the receiver's queue (a post, or a send into a full queue) or
+    /// for the reply. A message that went out may still be handled; its
+    /// reply is discarded and never taken for the answer to a later send.
+    #[error("timed out after {timeout:?} waiting for mailbox {name:?}")]
     TimedOut {
         /// The name.
         name: String,

@@ -83,7 +83,7 @@ fn handover_reaches_a_process_that_inherited_nothing() {
 #[test]
 fn echo_replies_and_a_slow_reply_times_out() {
     let Some((out, pid)) = run("echo") else { return };
-    let timed_out = format!("sender: mailbox \"copydata-example-echo-{pid}\" did not reply within 200ms");
+    let timed_out = format!("sender: timed out after 200ms waiting for mailbox \"copydata-example-echo-{pid}\"");
     assert_eq!(out, format!("sender: reply 0 \"hello\"\n{timed_out}\n"));
 }
 

@@ -62,8 +62,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => None,
     };
     // A post waits for no reply: its timeout covers the set-up and room in
-    // the receiver's queue, which the library's wording ("did not reply")
-    // does not say.
+    // the receiver's queue, which is worth saying (the library's wording
+    // only says what it waited for).
     let post_timed_out = |e: SendError| -> anyhow::Error {
         match e {
             SendError::TimedOut { name, timeout } => exit::TimedOut(format!(

@@ -188,9 +188,19 @@ impl Dispatch {
         self.slots[w].conns.lock().unwrap_or_else(|e| e.into_inner()).retain(|c| !Arc::ptr_eq(c, conn));
     }
 
-    /// Drops the connections a pass found gone (see `try_take`).
+    /// Drops the connections a pass found gone (see `try_take`): inlined,
+    /// as every pass calls it, almost always with none.
+    #[inline(always)]
     fn drop_gone(&self, w: usize, st: &mut WorkerState, gone: Option<Vec<Arc<ServerConn>>>) {
-        for conn in gone.into_iter().flatten() {
+        if let Some(gone) = gone {
+            self.drop_all(w, st, gone);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn drop_all(&self, w: usize, st: &mut WorkerState, gone: Vec<Arc<ServerConn>>) {
+        for conn in gone {
             self.drop_conn(w, st, &conn);
         }
     }
