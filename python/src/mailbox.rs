@@ -123,7 +123,7 @@ impl Mailbox {
 
     /// The next request; `None` once the mailbox is closed.
     fn next_request(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Option<copydata::Request>> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             let Some(mailbox) = self.inner().clone() else { return Ok(None) };
             let slice = deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()).min(SLICE));

@@ -91,3 +91,17 @@ pub use mailbox::{
 pub use name::{MAX_NAME_LEN, NameError, validate_name};
 pub use section::{Access, Section, SectionInfo, SectionOptions, list, remove};
 pub use view::{View, ViewMut};
+
+/// A deadline `timeout` from now; `None` (for ever) if the clock cannot
+/// represent it (`Duration::MAX` means "wait for ever", not a panic).
+pub(crate) fn deadline(timeout: std::time::Duration) -> Option<std::time::Instant> {
+    std::time::Instant::now().checked_add(timeout)
+}
+
+/// Like [`deadline`], for a wait that needs an instant: one that cannot be
+/// represented becomes a century from now.
+pub(crate) fn deadline_or_far(timeout: std::time::Duration) -> std::time::Instant {
+    const CENTURY: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = std::time::Instant::now();
+    now.checked_add(timeout).or_else(|| now.checked_add(CENTURY)).unwrap_or(now)
+}

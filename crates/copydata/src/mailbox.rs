@@ -630,7 +630,7 @@ impl Mailbox {
 
     /// Waits at most `timeout` for the next message.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Request, RecvError> {
-        self.next(Some(Instant::now() + timeout))
+        self.next(crate::deadline(timeout))
     }
 
     /// Runs `handler` for every message on background threads (the window
@@ -843,8 +843,8 @@ impl Sender {
     pub fn connect_with(name: &str, options: &SenderOptions) -> Result<Sender, SendError> {
         let valid = Name::new(name).map_err(|reason| SendError::InvalidName { name: name.into(), reason })?;
         let mut s = Sender { name: valid, options: options.clone(), client: None };
-        let deadline = Instant::now() + options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-        s.client = Some(s.open(Some(deadline), options.connect_timeout)?);
+        let deadline = crate::deadline(options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT));
+        s.client = Some(s.open(deadline, options.connect_timeout)?);
         Ok(s)
     }
 
@@ -938,7 +938,7 @@ impl Sender {
         call: impl FnOnce(&mut Sender, Option<Instant>) -> Result<T, SendError>,
     ) -> Result<T, SendError> {
         let started = timeout.map(|_| Instant::now());
-        let deadline = timeout.and_then(|t| started.map(|s| s + t));
+        let deadline = timeout.and_then(|t| started.and_then(|s| s.checked_add(t)));
         let result = call(self, deadline);
         if let (Err(SendError::TimedOut { .. }), Some(t), Some(started)) = (&result, timeout, started) {
             // Some systems' timers fire a little early; a caller may rely on
@@ -1077,8 +1077,8 @@ pub(crate) fn connect_client(
 ) -> Result<Client, SendError> {
     let budget = options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let setup = match deadline {
-        Some(d) => d.min(Instant::now() + budget),
-        None => Instant::now() + budget,
+        Some(d) => d.min(crate::deadline_or_far(budget)),
+        None => crate::deadline_or_far(budget),
     };
     let (link, max) = sys::mailbox::connect(name, options.wait, setup, options.owner).map_err(|e| match e {
         SendError::TimedOut { name, .. } => SendError::TimedOut {

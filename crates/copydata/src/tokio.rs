@@ -171,7 +171,7 @@ impl AsyncSender {
         sections: &[&Section],
         timeout: Option<Duration>,
     ) -> Result<Reply, SendError> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(crate::deadline);
         let exchange = async {
             let mut conn = self.take_conn(deadline, timeout).await?;
             let result = match conn.put(CALL, tag, data, sections).await {

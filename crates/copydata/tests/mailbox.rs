@@ -1597,3 +1597,28 @@ fn other_users_come_in_only_by_invitation_and_only_to_the_real_owner() {
     assert!(Mailbox::bind_with(&name, &MailboxOptions::new().allow_uid(12345)).is_err());
     drop(server);
 }
+
+#[test]
+fn the_longest_timeouts_mean_for_ever() {
+    let name = unique("forever");
+    let kid = server(&name, 0);
+    let max = Duration::MAX;
+    let mut sender = Sender::connect_timeout(&name, max).unwrap();
+    check_echo(&sender.send_timeout(0, b"one", max).unwrap(), b"one");
+    sender.post_timeout(0, b"two", max).unwrap();
+    let mut loan = sender.loan(64).unwrap();
+    loan.write_at(0, b"three").unwrap();
+    assert!(loan.send_timeout(0, max).is_ok());
+    let options = copydata::SenderOptions::new().connect_timeout(max);
+    check_echo(&Sender::connect_with(&name, &options).unwrap().send(0, b"four").unwrap(), b"four");
+    check_echo(&copydata::send_timeout(&name, 0, b"five", max).unwrap(), b"five");
+    stop_server(kid, &name);
+    // A receiver that waits for ever on a mailbox, woken by a message.
+    let mailbox = copydata::Mailbox::bind(&unique("forever-recv")).unwrap();
+    let to = mailbox.name().to_string();
+    let sent = std::thread::spawn(move || copydata::send(&to, 7, b"").map(|r| r.code));
+    let request = mailbox.recv_timeout(max).unwrap();
+    assert_eq!(request.tag(), 7);
+    request.reply(Reply::code(7)).unwrap();
+    assert_eq!(sent.join().unwrap().unwrap(), 7);
+}

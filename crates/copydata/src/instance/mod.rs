@@ -357,7 +357,7 @@ impl Primary {
 
     /// Waits at most `timeout` for the next launch.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Launch, RecvError> {
-        next_launch(&self.mailbox, Some(Instant::now() + timeout))
+        next_launch(&self.mailbox, crate::deadline(timeout))
     }
 
     /// The launches, as they come, for as long as the primary lives.

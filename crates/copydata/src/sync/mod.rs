@@ -116,12 +116,6 @@ impl Object {
     }
 }
 
-/// A deadline `timeout` from now; `None` (for ever) if it cannot be
-/// represented.
-fn deadline(timeout: Duration) -> Option<Instant> {
-    Instant::now().checked_add(timeout)
-}
-
 /// An object's lock: the OS mutex plus copydata's "inconsistent" flag.
 #[derive(Debug)]
 pub(crate) struct Lock {
@@ -249,7 +243,7 @@ impl Mutex {
     #[doc(alias = "pthread_mutex_timedlock")]
     #[doc(alias = "pthread_mutex_clocklock")]
     pub fn lock_timeout(&self, timeout: Duration) -> Result<MutexGuard<'_>, LockError> {
-        self.lock.acquire(deadline(timeout), false).map(MutexGuard)
+        self.lock.acquire(crate::deadline(timeout), false).map(MutexGuard)
     }
 }
 
@@ -419,7 +413,7 @@ impl Event {
     #[doc(alias = "WaitForSingleObject")]
     #[doc(alias = "FUTEX_WAIT")]
     pub fn wait_timeout(&self, timeout: Duration) -> Result<(), WaitError> {
-        self.raw.wait(&self.obj.header, deadline(timeout))
+        self.raw.wait(&self.obj.header, crate::deadline(timeout))
     }
 }
 

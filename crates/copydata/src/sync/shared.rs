@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::header::{self, HEADER_LEN, INCONSISTENT, ObjectKind, VALUE_ALIGN, VALUE_READY, VALUE_SIZE, VALUE_TAG};
-use super::{Lock, LockError, Object, RawGuard, SyncOpenError, deadline};
+use super::{Lock, LockError, Object, RawGuard, SyncOpenError};
+use crate::deadline;
 use crate::view::ViewMut;
 
 /// The largest alignment a shared value may ask for (a page: views are
