@@ -1237,3 +1237,21 @@ fn a_dropped_connection_is_explained_unless_quiet() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+#[test]
+fn send_prints_a_loaned_reply() {
+    let name = unique("loanreply");
+    let server = copydata::Mailbox::bind(&name).unwrap().serve(|m| {
+        let mut loan = m.loan_reply(5).unwrap();
+        loan.write_at(0, b"HELLO").unwrap();
+        copydata::Reply::loaned(3, loan)
+    });
+    let out = run(&["send", &name, "x"]);
+    assert_eq!((out.code, out.stdout.as_slice()), (0, b"code 3\nHELLO".as_slice()), "{}", out.stderr);
+    let file = std::env::temp_dir().join(unique("loanreply-out"));
+    let out = run(&["send", &name, "x", "--out", file.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(std::fs::read(&file).unwrap(), b"HELLO");
+    std::fs::remove_file(&file).unwrap();
+    drop(server);
+}

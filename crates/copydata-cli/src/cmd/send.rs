@@ -106,12 +106,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(t) => sender.send_timeout(args.tag, &payload, t)?,
         None => sender.send(args.tag, &payload)?,
     };
-    log::debug!("reply code {}, {} bytes, after {:?}", reply.code, reply.data.len(), started.elapsed());
+    // A loaned reply is read through its view, not as a slice (which is
+    // empty for it).
+    let data: std::borrow::Cow<'_, [u8]> = match reply.data.loan() {
+        Some(view) => view.to_vec().into(),
+        None => (&*reply.data).into(),
+    };
+    log::debug!("reply code {}, {} bytes, after {:?}", reply.code, data.len(), started.elapsed());
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "code {}", reply.code)?;
     match &mut out {
-        Some(file) => file.write(&reply.data)?,
-        None => stdout.write_all(&reply.data)?,
+        Some(file) => file.write(&data)?,
+        None => stdout.write_all(&data)?,
     }
     stdout.flush()?;
     Ok(ExitCode::SUCCESS)
