@@ -1622,3 +1622,29 @@ fn the_longest_timeouts_mean_for_ever() {
     request.reply(Reply::code(7)).unwrap();
     assert_eq!(sent.join().unwrap().unwrap(), 7);
 }
+
+/// A sender that floods the request ring with buffer retirements (more
+/// than it has buffers) is dropped: it cannot hold the handler thread in
+/// one take while the other senders wait.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_flood_of_retirements_drops_the_connection() {
+    use std::io::Read;
+
+    use raw::{RETIRE, Raw};
+
+    let name = unique("retire");
+    let kid = server(&name, 0);
+    let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
+    let mut honest = Sender::connect(&name).unwrap();
+    let mut raw = Raw::set_up(&path);
+    // Twice the 64 slots is still taken as retirements; one more is not.
+    for k in 0..2 * 64 + 1 {
+        raw.put(k * 64, k as u64 * 64 + 1, RETIRE, 0, 0, 0, &[]);
+    }
+    raw.ring();
+    let mut buf = [0u8; 64];
+    assert_eq!(raw.sock.read(&mut buf).unwrap(), 0, "the flooding sender was not hung up on");
+    check_echo(&honest.send_timeout(0, b"still served", Duration::from_secs(30)).unwrap(), b"still served");
+    stop_server(kid, &name);
+}

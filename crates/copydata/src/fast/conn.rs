@@ -43,6 +43,11 @@ pub(crate) const RETIRE: u32 = 6;
 const F_AUX: u32 = 1;
 const F_BUF: u32 = 2;
 const MAX_REASON: usize = 4096;
+/// The most buffers a side retires between two messages: each of its
+/// slots once (a slot is used again only once a message announces it),
+/// twice over for slack. More is a peer flooding the ring to hold the
+/// reader in one take: the connection is dropped.
+const MAX_RETIRES: u32 = 2 * SLOTS as u32;
 /// Copied payloads from this size on are streamed: the record goes out
 /// first and the receiver copies chunks as the sender writes them, so the
 /// two copies overlap instead of following each other.
@@ -767,6 +772,7 @@ impl Client {
 
     #[inline(always)]
     fn take_reply(&mut self) -> Result<Option<Reply>, Fail> {
+        let mut retired = 0;
         loop {
             let Some(rec) = self.rep.peek()? else { return Ok(None) };
             if rec.kind == REPLY && user_flags(&rec) == 0 {
@@ -781,6 +787,10 @@ impl Client {
                 RETIRE => {
                     if rec.word >= SLOTS as u64 {
                         return Err(Fail::Broken(format!("retired buffer slot {}", rec.word)));
+                    }
+                    retired += 1;
+                    if retired > MAX_RETIRES {
+                        return Err(Fail::Broken(format!("more than {MAX_RETIRES} buffers retired in a row")));
                     }
                     self.peer.retire(rec.word as u32);
                     self.rep.advance(&rec, false);
@@ -992,6 +1002,7 @@ impl ServerConn {
         if let Some(stream) = st.stream.take() {
             return self.stream_on(&mut st, stream);
         }
+        let mut retired = 0;
         loop {
             let peeked = st.req.peek();
             // Padding moves the position without a record: keep the lock-free
@@ -1003,6 +1014,10 @@ impl ServerConn {
                     let slot = rec.word;
                     if slot >= SLOTS as u64 {
                         return Err(format!("retired buffer slot {slot}"));
+                    }
+                    retired += 1;
+                    if retired > MAX_RETIRES {
+                        return Err(format!("more than {MAX_RETIRES} buffers retired in a row"));
                     }
                     st.peer.retire(slot as u32);
                     if st.req.advance(&rec, true) {

@@ -11,7 +11,11 @@
 //!
 //! Before sleeping for good, a worker sleeps [`TRIM_AFTER`] and then gives
 //! back per-connection memory (mapped buffers, the spare payload buffer),
-//! so an idle mailbox holds little memory and uses no CPU.
+//! so an idle mailbox holds little memory and uses no CPU. "For good" is
+//! [`IDLE_LOOK`] at a time: a doorbell is shared by every sender of the
+//! worker, and one that writes it (rather than rings it) could make the
+//! worker miss another's ring; the worst it can do is delay that message
+//! by one such sleep.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
@@ -78,6 +82,9 @@ pub(crate) struct WorkerState {
     /// Since when the worker polls for a loan announced by a sender.
     hot_since: Option<Instant>,
 }
+
+/// The longest a worker sleeps without looking at its connections.
+const IDLE_LOOK: Duration = Duration::from_secs(1);
 
 /// The longest a worker polls for an announced loan before it parks.
 const HOT_MAX: Duration = Duration::from_secs(1);
@@ -395,11 +402,8 @@ impl Dispatch {
             let now = Instant::now();
             let left = deadline.map(|d| d.saturating_duration_since(now));
             let trim_in = (!st.trimmed).then_some(TRIM_AFTER);
-            let sleep = match (left, trim_in) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let timed_out = !self.bells.wait(w, seen, sleep);
+            let sleep = [left, trim_in].into_iter().flatten().fold(IDLE_LOOK, Duration::min);
+            let timed_out = !self.bells.wait(w, seen, Some(sleep));
             Self::set_parked(st, 0);
             if timed_out {
                 if deadline.is_some_and(|d| Instant::now() >= d) {

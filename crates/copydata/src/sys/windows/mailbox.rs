@@ -380,9 +380,11 @@ fn close_in(process: &OwnedHandle, value: u64) {
 // ---------------------------------------------------------------- doorbells
 
 /// The doorbells of a mailbox's handler threads: one auto-reset event per
-/// worker. Senders get a handle on each that only allows setting it, so a
-/// sender can at worst cause spurious wake-ups: the flags that decide
-/// whether to ring live in each connection's own region.
+/// worker. Senders get a handle on each that allows setting it (and, with
+/// the same right, resetting it: a sender could make the worker miss
+/// another sender's ring, which the worker's one-second longest sleep
+/// bounds). The flags that decide whether to ring live in each
+/// connection's own region.
 #[derive(Debug)]
 pub(crate) struct Bells {
     events: Vec<OwnedHandle>,

@@ -107,9 +107,11 @@ fn sealed_section(fd: OwnedFd, what: &str) -> io::Result<Section> {
 // ---------------------------------------------------------------- doorbells
 
 /// The doorbells of a mailbox's handler threads: one futex word per worker
-/// in a small memfd that every sender maps. A sender can only ring (a
-/// spurious wake-up at worst): the flags that decide whether to ring live
-/// in each connection's own region.
+/// in a small memfd that every sender maps. A sender that writes a word
+/// instead of ringing it causes a spurious wake-up or makes the worker miss
+/// another sender's ring; the worker never sleeps longer than a second at a
+/// time, so such a message waits a second at most. The flags that decide
+/// whether to ring live in each connection's own region.
 #[derive(Debug)]
 pub(crate) struct Bells {
     view: ViewMut,
