@@ -1648,3 +1648,73 @@ fn a_flood_of_retirements_drops_the_connection() {
     check_echo(&honest.send_timeout(0, b"still served", Duration::from_secs(30)).unwrap(), b"still served");
     stop_server(kid, &name);
 }
+
+/// A receiver that answers with a reply buffer too large to copy (a sealed,
+/// sparse 1 TiB memfd) makes the call fail; the sender does not abort on
+/// the allocation.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_reply_too_large_to_copy_fails_the_call_not_the_sender() {
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixListener;
+    use std::sync::atomic::Ordering;
+
+    use raw::{
+        BELLS_LEN, BUF_NEW, F_AUX, F_BUF, Map, REGION_LEN, REP_CAP, REP_DATA, REPLY, REQ_CAP, REQ_DATA, frame,
+        recv_frame, sealed_memfd, send_welcome,
+    };
+    use rustix::fs::{MemfdFlags, SealFlags};
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+
+    let name = unique("hugereply");
+    let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let listener = UnixListener::bind(&path).unwrap();
+    let mut kid = Kid::spawn("send-once", &[&name]);
+    let (sock, _) = listener.accept().unwrap();
+    std::fs::remove_file(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    recv_frame(&sock).expect("a hello");
+    let (region_fd, bells_fd) = (sealed_memfd(REGION_LEN), sealed_memfd(BELLS_LEN));
+    let notify_fd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+    let region = Map::new(&region_fd);
+    let mut head = b"CDREGN02".to_vec();
+    for v in [3u32, REQ_CAP as u32, REP_CAP as u32, 64] {
+        head.extend_from_slice(&v.to_ne_bytes());
+    }
+    region.write(0, &head);
+    send_welcome(&sock, &[region_fd.as_fd(), bells_fd.as_fd(), notify_fd.as_fd()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while region.u64_at(REQ_DATA).load(Ordering::Acquire) != 1 {
+        assert!(Instant::now() < deadline, "no call within 10 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The reply's new buffer: 1 TiB, sealed against shrinking and growing.
+    let size: u64 = 1 << 40;
+    let buf = rustix::fs::memfd_create("huge", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    rustix::fs::ftruncate(&buf, size).unwrap();
+    rustix::fs::fcntl_add_seals(&buf, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+    let fds = [buf.as_fd()];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+    let h = frame(b"CDX2", 1, 0, 0, size, 0);
+    rustix::net::sendmsg(&sock, &[std::io::IoSlice::new(&h)], &mut control, SendFlags::NOSIGNAL).unwrap();
+    // A reply record: an empty attachment (for the buffer's handle), then
+    // the buffer reference (slot 0, new, use 1), the payload's length 1 TiB.
+    let mut rec = Vec::new();
+    rec.extend_from_slice(&REPLY.to_ne_bytes());
+    rec.extend_from_slice(&(((F_AUX | F_BUF) << 24) | 24).to_ne_bytes());
+    rec.extend_from_slice(&size.to_ne_bytes());
+    rec.extend_from_slice(&0u64.to_ne_bytes());
+    rec.extend_from_slice(&[0u8; 8]);
+    rec.extend_from_slice(&0u32.to_ne_bytes());
+    rec.extend_from_slice(&BUF_NEW.to_ne_bytes());
+    rec.extend_from_slice(&1u64.to_ne_bytes());
+    region.write(REP_DATA + 8, &rec);
+    region.u64_at(REP_DATA).store(1, Ordering::Release);
+    let result = kid.expect("result");
+    assert!(result.contains("no memory for a payload of 1099511627776 bytes"), "{result}");
+    kid.wait_ok();
+    drop(sock);
+}

@@ -246,10 +246,19 @@ fn parts<'a>(
 
 /// Copies `len` bytes of a view into `out` (cleared first), without zeroing
 /// the destination first.
-fn copy_out(view: &View, len: usize, out: &mut Vec<u8>) {
+/// Room for `len` more bytes in `out`, or why not: the length comes from
+/// the peer, and memory that cannot be had drops the connection instead of
+/// aborting the process.
+fn reserve(out: &mut Vec<u8>, len: usize) -> Result<(), String> {
+    out.try_reserve_exact(len).map_err(|_| format!("no memory for a payload of {len} bytes"))
+}
+
+/// Copies the first `len` bytes of `view` into `out` (its old contents
+/// dropped).
+fn copy_out(view: &View, len: usize, out: &mut Vec<u8>) -> Result<(), String> {
     assert!(len <= view.len());
     out.clear();
-    out.reserve(len);
+    reserve(out, len)?;
     // SAFETY:
     // - the source is inside the view (checked above) and mapped while
     //   `view` lives; the destination is `len` bytes of `out`'s spare
@@ -261,6 +270,7 @@ fn copy_out(view: &View, len: usize, out: &mut Vec<u8>) {
         std::ptr::copy_nonoverlapping(view.as_ptr(), out.as_mut_ptr(), len);
         out.set_len(len);
     }
+    Ok(())
 }
 
 // ---------------------------------------------------------------- sender
@@ -851,7 +861,7 @@ impl Client {
         }
         let mut out = Vec::new();
         if len > 0 {
-            copy_out(&view, len, &mut out);
+            copy_out(&view, len, &mut out).map_err(Fail::Broken)?;
         }
         self.link.region().released(Side::Receiver, b.slot as usize).store(b.use_no, Ordering::Release);
         Ok(Payload::from(out))
@@ -883,7 +893,9 @@ fn oneshot_payload(section: &Section, len: usize) -> Result<Payload, String> {
         #[cfg(target_os = "linux")]
         return Ok(unsafe { Payload::frozen(view) });
     }
-    Ok(Payload::from(view.to_vec()))
+    let mut out = Vec::new();
+    copy_out(&view, len, &mut out)?;
+    Ok(Payload::from(out))
 }
 
 // ---------------------------------------------------------------- receiver
@@ -1072,14 +1084,14 @@ impl ServerConn {
                         }
                         let mut out = std::mem::take(&mut st.spare);
                         out.clear();
-                        out.reserve(len);
+                        reserve(&mut out, len)?;
                         let (slot, use_no, last_progress) = (b.slot, b.use_no, Instant::now());
                         let stream = Stream { rec, sections, view, slot, use_no, len, out, done: 0, last_progress };
                         return self.stream_on(&mut st, stream);
                     } else {
                         let mut v = std::mem::take(&mut st.spare);
                         if len > 0 {
-                            copy_out(&view, len, &mut v);
+                            copy_out(&view, len, &mut v)?;
                         } else {
                             v.clear();
                         }
