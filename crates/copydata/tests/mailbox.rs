@@ -804,6 +804,21 @@ fn garbage_on_the_socket_is_rejected_and_others_are_served() {
         drop(raw);
         still_served("a buffer by the book");
     }
+    // A buffer of a size no pool makes (not a power of two, or 1 TiB of
+    // sparse memory to map): refused before it is mapped.
+    for (what, size) in [("a buffer of an odd size", (1u64 << 20) + 4096), ("a buffer of 1 TiB", 1 << 40)] {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let raw = Raw::set_up(&path);
+        let memfd = rustix::fs::memfd_create("pooled", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&memfd, size).unwrap();
+        rustix::fs::fcntl_add_seals(&memfd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+        raw.send_buffer(&memfd, size);
+        raw.put(0, 1, CALL, (F_AUX | F_BUF) << 24 | 24, 6, 0, &new_buffer);
+        raw.ring();
+        assert_dropped(&raw.sock, what);
+        drop(raw);
+        still_served(what);
+    }
     type Case<'a> = (&'a str, bool, u64, u32, u32, u64, u64, Vec<u8>);
     // (what, an unsealed memfd on the socket first, stamp, kind, flags, len, word, inline)
     let cases: Vec<Case<'_>> = vec![

@@ -851,7 +851,8 @@ impl Client {
         }
         if b.flags & BUF_NEW != 0 {
             self.peer
-                .insert(b.slot, new_buf.ok_or_else(|| Fail::Broken("new reply buffer without its handle".into()))?);
+                .insert(b.slot, new_buf.ok_or_else(|| Fail::Broken("new reply buffer without its handle".into()))?)
+                .map_err(Fail::Broken)?;
         }
         let view = self.peer.view(b.slot, rec.len).map_err(Fail::Broken)?;
         if loaned {
@@ -1072,7 +1073,7 @@ impl ServerConn {
                 }
                 Some(b) => {
                     if b.flags & BUF_NEW != 0 {
-                        st.peer.insert(b.slot, new_buf.ok_or("new buffer without its handle")?);
+                        st.peer.insert(b.slot, new_buf.ok_or("new buffer without its handle")?)?;
                     }
                     let view = st.peer.view(b.slot, rec.len)?;
                     if b.flags & BUF_LOAN != 0 {

@@ -316,8 +316,29 @@ impl PeerBuffers {
     }
 
     /// Records the handle of the buffer in `slot` (replacing a retired one).
-    pub(crate) fn insert(&mut self, slot: u32, section: Section) {
-        self.slots[slot as usize] = Some(PeerBuf { section, view: None });
+    /// Refuses a buffer no honest pool makes (a size that is not a power of
+    /// two from 64 KiB to 256 MiB) and more buffers in all than a pool may
+    /// hold, with slack for retirements still on their way: a peer must not
+    /// make this process map memory without bound.
+    pub(crate) fn insert(&mut self, slot: u32, section: Section) -> Result<(), String> {
+        let size = section.len();
+        if !size.is_power_of_two() || !(MIN_BUF as u64..=MAX_BUF as u64).contains(&size) {
+            return Err(format!("a pooled buffer of {size} bytes"));
+        }
+        let slot = slot as usize;
+        let others: u64 = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|&(s, _)| s != slot)
+            .filter_map(|(_, b)| b.as_ref())
+            .map(|b| b.section.len())
+            .sum();
+        if others + size > 2 * MAX_POOL as u64 {
+            return Err(format!("pooled buffers of more than {} bytes in all", 2 * MAX_POOL));
+        }
+        self.slots[slot] = Some(PeerBuf { section, view: None });
+        Ok(())
     }
 
     /// Forgets a retired buffer.
