@@ -1664,9 +1664,9 @@ fn a_flood_of_retirements_drops_the_connection() {
     stop_server(kid, &name);
 }
 
-/// A receiver that answers with a reply buffer too large to copy (a sealed,
-/// sparse 1 TiB memfd) makes the call fail; the sender does not abort on
-/// the allocation.
+/// A receiver that answers with a reply too large to copy (a one-shot
+/// section of 1 TiB, sparse) makes the call fail; the sender does not
+/// abort on the allocation.
 #[cfg(target_os = "linux")]
 #[test]
 fn a_reply_too_large_to_copy_fails_the_call_not_the_sender() {
@@ -1715,16 +1715,18 @@ fn a_reply_too_large_to_copy_fails_the_call_not_the_sender() {
     assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
     let h = frame(b"CDX2", 1, 0, 0, size, 0);
     rustix::net::sendmsg(&sock, &[std::io::IoSlice::new(&h)], &mut control, SendFlags::NOSIGNAL).unwrap();
-    // A reply record: an empty attachment (for the buffer's handle), then
-    // the buffer reference (slot 0, new, use 1), the payload's length 1 TiB.
+    // A reply record: an empty attachment (for the section's handle), then
+    // the buffer reference (a one-shot section: slot u32::MAX, flags new and
+    // one-shot, use 1), the payload's length 1 TiB. The section is not
+    // sealed against writing, so the sender copies it out.
     let mut rec = Vec::new();
     rec.extend_from_slice(&REPLY.to_ne_bytes());
     rec.extend_from_slice(&(((F_AUX | F_BUF) << 24) | 24).to_ne_bytes());
     rec.extend_from_slice(&size.to_ne_bytes());
     rec.extend_from_slice(&0u64.to_ne_bytes());
     rec.extend_from_slice(&[0u8; 8]);
-    rec.extend_from_slice(&0u32.to_ne_bytes());
-    rec.extend_from_slice(&BUF_NEW.to_ne_bytes());
+    rec.extend_from_slice(&u32::MAX.to_ne_bytes());
+    rec.extend_from_slice(&(BUF_NEW | 4).to_ne_bytes());
     rec.extend_from_slice(&1u64.to_ne_bytes());
     region.write(REP_DATA + 8, &rec);
     region.u64_at(REP_DATA).store(1, Ordering::Release);
