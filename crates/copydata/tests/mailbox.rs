@@ -1735,3 +1735,54 @@ fn a_reply_too_large_to_copy_fails_the_call_not_the_sender() {
     kid.wait_ok();
     drop(sock);
 }
+
+/// An attachment that announces no bytes of section records and then
+/// trickles them in, a byte at a time, is refused at once: the handler
+/// thread does not wait for the bytes while its other senders wait.
+#[cfg(target_os = "linux")]
+#[test]
+fn section_records_that_trickle_in_do_not_hold_the_handler() {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use raw::{CALL, F_AUX, Raw, assert_dropped, frame};
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+
+    let name = unique("trickle");
+    let kid = server(&name, 0);
+    let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
+    let mut honest = Sender::connect(&name).unwrap();
+    let raw = Raw::set_up(&path);
+    let memfd = rustix::fs::memfd_create("section", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&memfd, 4096).unwrap();
+    // One section, 0 bytes of records announced.
+    let fds = [memfd.as_fd()];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+    let h = frame(b"CDX2", 0, 1, 0, 0, 0);
+    rustix::net::sendmsg(&raw.sock, &[std::io::IoSlice::new(&h)], &mut control, SendFlags::NOSIGNAL).unwrap();
+    // The record: an attachment of 0 bytes and 1 section.
+    raw.put(0, 1, CALL, (F_AUX << 24) | 8, 0, 0, &[0, 0, 0, 0, 1, 0, 0, 0]);
+    raw.ring();
+    let stop = Arc::new(AtomicBool::new(false));
+    let trickle = std::thread::spawn({
+        let mut sock = raw.sock.try_clone().unwrap();
+        let stop = stop.clone();
+        move || {
+            for _ in 0..20 {
+                if stop.load(Ordering::SeqCst) || sock.write_all(&[0]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+        }
+    });
+    check_echo(&honest.send_timeout(0, b"not held", Duration::from_secs(5)).unwrap(), b"not held");
+    assert_dropped(&raw.sock, "records that trickle in");
+    stop.store(true, Ordering::SeqCst);
+    trickle.join().unwrap();
+    stop_server(kid, &name);
+}

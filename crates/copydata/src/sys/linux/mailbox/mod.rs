@@ -352,6 +352,12 @@ impl Link {
         if h.magic != AUX || h.b0 != u8::from(buffer) || h.b1 as usize != sections {
             return Err(wire::bad("the attachment does not match its record"));
         }
+        // The section records are read whole, already queued: a peer that
+        // announced fewer bytes than it sends cannot make this thread wait
+        // for the rest.
+        if h.len > wire::max_section_records(sections) {
+            return Err(wire::bad(format!("{} bytes of records for {sections} sections", h.len)));
+        }
         queued("the rest of the attachment", h.len)?;
         if fds.len() != usize::from(buffer) + sections {
             return Err(wire::bad(format!("{} descriptors for an attachment", fds.len())));
@@ -365,7 +371,9 @@ impl Link {
         } else {
             None
         };
-        let secs = wire::decode_sections(&self.sock, sections, fds)?;
+        let mut records = vec![0u8; h.len as usize];
+        super::scm::recv_exact(&self.sock, &mut records)?;
+        let secs = wire::decode_sections(&records, sections, fds)?;
         Ok((buf, secs))
     }
 

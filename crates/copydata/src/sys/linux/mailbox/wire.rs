@@ -138,19 +138,29 @@ pub(crate) fn encode_sections(sections: &[&Section]) -> io::Result<(Vec<u8>, Vec
     Ok((records, fds))
 }
 
-/// Reads `count` section records and pairs them with `fds`, validating each.
-pub(crate) fn decode_sections(sock: impl AsFd, count: usize, fds: Vec<OwnedFd>) -> io::Result<Vec<Section>> {
+/// The most bytes of section records an attachment of `count` sections
+/// can have (each: 10 bytes and a name of at most 255).
+pub(crate) fn max_section_records(count: usize) -> u64 {
+    count as u64 * (10 + 255)
+}
+
+/// Parses `count` section records (all of `records`, read off the socket
+/// beforehand) and pairs them with `fds`, validating each.
+pub(crate) fn decode_sections(mut records: &[u8], count: usize, fds: Vec<OwnedFd>) -> io::Result<Vec<Section>> {
     if fds.len() != count {
         return Err(bad(format!("{} descriptors for {count} sections", fds.len())));
     }
+    let mut take = |n: usize| -> io::Result<&[u8]> {
+        let (head, rest) = records.split_at_checked(n).ok_or_else(|| bad("section records cut short"))?;
+        records = rest;
+        Ok(head)
+    };
     let mut out = Vec::with_capacity(count);
     for fd in fds {
-        let mut rec = [0u8; 10];
-        scm::recv_exact(&sock, &mut rec)?;
+        let rec = take(10)?;
         let len = u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"));
         let flags = rec[8];
-        let mut name = vec![0u8; rec[9] as usize];
-        scm::recv_exact(&sock, &mut name)?;
+        let name = take(usize::from(rec[9]))?.to_vec();
         if flags & !(SECTION_RO | SECTION_NAMED) != 0 {
             return Err(bad(format!("unknown section flags {flags:#x}")));
         }
@@ -173,6 +183,9 @@ pub(crate) fn decode_sections(sock: impl AsFd, count: usize, fds: Vec<OwnedFd>) 
         }
         let kind = kind_of(&fd, name.is_some());
         out.push(Section::from_parts(SysSection::from_fd(fd, len, access, kind, name.as_ref()), name));
+    }
+    if !records.is_empty() {
+        return Err(bad("section records longer than their sections"));
     }
     Ok(out)
 }
