@@ -540,6 +540,9 @@ struct Pending {
     peer: Peer,
     uid: u32,
     deadline: Instant,
+    /// Part of a hello came (a sender writes its hello at once): not
+    /// polled for input any more, dropped at its deadline if no more came.
+    partial: bool,
 }
 
 /// The most connections that may wait for their hello at once; a flood of
@@ -558,7 +561,8 @@ impl Acceptor {
                 fds.push(PollFd::new(c.link().socket(), PollFlags::RDHUP));
             }
             for p in &self.pending {
-                fds.push(PollFd::new(&p.stream, PollFlags::IN));
+                // A partial hello stays readable: polled for a hang-up only.
+                fds.push(PollFd::new(&p.stream, if p.partial { PollFlags::empty() } else { PollFlags::IN }));
             }
             let timeout = self
                 .pending
@@ -586,19 +590,43 @@ impl Acceptor {
             drop(fds);
             for i in gone.into_iter().rev() {
                 // The worker delivers what the sender left in the ring (and
-                // on the socket) before it drops the connection.
-                // (`serve` may have moved the connection to another worker
-                // since set-up: poke the one the region names now.)
+                // on the socket) before it drops the connection. (`serve`
+                // may have moved the connection to another worker since
+                // set-up, and the region that names it is the sender's to
+                // write: every worker looks.)
                 let (conn, _) = self.conns.swap_remove(i);
                 conn.dead.store(true, Ordering::Release);
-                self.dispatch.poke(conn.link().region().worker().load(Ordering::Acquire));
+                for w in 0..self.dispatch.workers() {
+                    self.dispatch.poke(w as u32);
+                }
             }
             let now = Instant::now();
             let mut waiting = Vec::with_capacity(self.pending.len());
-            for (p, spoke) in std::mem::take(&mut self.pending).into_iter().zip(spoke) {
-                if spoke {
-                    // The hello (or a hang-up) is there: set-up reads it at once.
-                    self.set_up_and_add(p.stream, p.peer, p.uid);
+            for (mut p, spoke) in std::mem::take(&mut self.pending).into_iter().zip(spoke) {
+                if spoke && !p.partial {
+                    match rustix::io::ioctl_fionread(&p.stream) {
+                        // The whole hello is there (or the peer hung up, which
+                        // set-up notices): set-up reads it at once.
+                        Ok(n) if n == 0 || n >= wire::HEADER as u64 => self.set_up_and_add(p.stream, p.peer, p.uid),
+                        // Part of it: set-up would wait for the rest, and
+                        // every sender behind this one with it.
+                        Ok(_) => {
+                            p.partial = true;
+                            waiting.push(p);
+                        }
+                        Err(_) => {}
+                    }
+                } else if spoke {
+                    // A partial hello's sender hung up.
+                } else if p.partial && now >= p.deadline {
+                    match rustix::io::ioctl_fionread(&p.stream) {
+                        Ok(n) if n >= wire::HEADER as u64 => self.set_up_and_add(p.stream, p.peer, p.uid),
+                        _ => log::warn!(
+                            "mailbox {}: pid {} sent part of a hello and nothing more for {PEER_STEP:?}",
+                            self.name,
+                            p.peer.pid
+                        ),
+                    }
                 } else if now >= p.deadline {
                     log::warn!(
                         "mailbox {}: pid {} connected but said nothing for {PEER_STEP:?}",
@@ -639,7 +667,7 @@ impl Acceptor {
             log::warn!("mailbox {}: too many silent connections; dropped pid {}'s", self.name, oldest.peer.pid);
         }
         let deadline = Instant::now() + PEER_STEP;
-        self.pending.push(Pending { stream, peer, uid: cred.uid.as_raw(), deadline });
+        self.pending.push(Pending { stream, peer, uid: cred.uid.as_raw(), deadline, partial: false });
     }
 
     fn set_up_and_add(&mut self, stream: UnixStream, peer: Peer, uid: u32) {
