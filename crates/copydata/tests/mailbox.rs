@@ -1667,7 +1667,8 @@ fn a_flood_of_retirements_drops_the_connection() {
     let mut honest = Sender::connect(&name).unwrap();
     let mut raw = Raw::set_up(&path);
     // Twice the 64 slots is still taken as retirements; one more is not.
-    for k in 0..2 * 64 + 1 {
+    // Written last to first, so the receiver finds them all at once.
+    for k in (0..2 * 64 + 1).rev() {
         raw.put(k * 64, k as u64 * 64 + 1, RETIRE, 0, 0, 0, &[]);
     }
     raw.ring();
