@@ -85,8 +85,8 @@ pub use inherit::{CommandExt, INHERIT_VAR, inherited_sections};
 pub use instance::SingleInstance;
 pub use loan::{Loan, LoanView, PostLoanError, ReplyLoan};
 pub use mailbox::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECTIONS, Mailbox, MailboxInfo, MailboxOptions, Message, Payload, Peer,
-    Reply, Request, Sender, SenderOptions, Server, Wait, mailboxes, send, send_timeout,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECTIONS, MAX_SECTIONS, Mailbox, MailboxInfo, MailboxOptions, Message,
+    Payload, Peer, Reply, Request, Sender, SenderOptions, Server, Wait, mailboxes, send, send_timeout,
 };
 pub use name::{MAX_NAME_LEN, NameError, validate_name};
 pub use section::{Access, Section, SectionInfo, SectionOptions, list, remove};

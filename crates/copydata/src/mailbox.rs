@@ -460,6 +460,22 @@ pub struct MailboxOptions {
     allowed_uids: Vec<u32>,
 }
 
+/// The most sections one message carries ([`Sender::send_with_sections`]).
+pub const MAX_SECTIONS: usize = crate::fast::conn::MAX_SECTIONS;
+
+/// Refuses more sections than a message carries, before anything is sent
+/// (the connection stays as it was).
+pub(crate) fn check_sections(name: &Name, sections: &[&Section]) -> Result<(), SendError> {
+    if sections.len() > MAX_SECTIONS {
+        let why = format!("{} sections: a message carries at most {MAX_SECTIONS}", sections.len());
+        return Err(SendError::Io {
+            name: name.to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+        });
+    }
+    Ok(())
+}
+
 /// How many senders may be connected to a mailbox at once unless told
 /// otherwise (each connection holds a shared region of about 330 KiB).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
@@ -972,7 +988,9 @@ impl Sender {
 
     /// Sends with sections attached (they arrive as [`Message::sections`]);
     /// `timeout` as in [`send_timeout`](Self::send_timeout), `None` to wait
-    /// for as long as the receiver lives.
+    /// for as long as the receiver lives. At most [`MAX_SECTIONS`] go with
+    /// one message: more is an [`InvalidInput`](std::io::ErrorKind::InvalidInput)
+    /// [`SendError::Io`], and nothing is sent.
     pub fn send_with_sections(
         &mut self,
         tag: u64,
@@ -980,6 +998,7 @@ impl Sender {
         sections: &[&Section],
         timeout: Option<Duration>,
     ) -> Result<Reply, SendError> {
+        check_sections(&self.name, sections)?;
         self.call(tag, data, sections, timeout)
     }
 

@@ -144,7 +144,8 @@ impl AsyncSender {
     /// Sends with sections attached (they arrive as
     /// [`Message::sections`](crate::Message::sections)); `timeout` as in
     /// [`send_timeout`](Self::send_timeout), `None` to wait for as long as
-    /// the receiver lives.
+    /// the receiver lives. At most [`MAX_SECTIONS`](crate::MAX_SECTIONS)
+    /// go with one message, as for [`Sender`](crate::Sender).
     pub async fn send_with_sections(
         &mut self,
         tag: u64,
@@ -152,6 +153,7 @@ impl AsyncSender {
         sections: &[&Section],
         timeout: Option<Duration>,
     ) -> Result<Reply, SendError> {
+        crate::mailbox::check_sections(&self.name, sections)?;
         self.call(tag, data, sections, timeout).await
     }
 

@@ -1800,3 +1800,23 @@ fn section_records_that_trickle_in_do_not_hold_the_handler() {
     trickle.join().unwrap();
     stop_server(kid, &name);
 }
+
+#[test]
+fn more_sections_than_a_message_carries_are_refused_before_sending() {
+    let name = unique("many-sections");
+    let kid = server(&name, 0);
+    let mut sender = Sender::connect(&name).unwrap();
+    let section = copydata::Section::anonymous(4096).unwrap();
+    let too_many = vec![&section; copydata::MAX_SECTIONS + 1];
+    match sender.send_with_sections(0, b"x", &too_many, Some(Duration::from_secs(30))) {
+        Err(SendError::Io { source, .. }) => {
+            assert_eq!(source.kind(), std::io::ErrorKind::InvalidInput);
+            assert!(source.to_string().contains("at most 16"), "{source}");
+        }
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    // Nothing was sent: the connection is kept.
+    assert!(sender.max_payload().is_some(), "the connection was dropped");
+    check_echo(&sender.send(0, b"after").unwrap(), b"after");
+    stop_server(kid, &name);
+}

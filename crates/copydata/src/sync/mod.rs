@@ -65,6 +65,10 @@ use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+/// The `bytemuck` crate, whose `Pod` and `Zeroable` a [`Shared`] value
+/// implements: derive them with `#[bytemuck(crate =
+/// "copydata::sync::bytemuck")]` to need no dependency of your own (see
+/// [`Shared`]).
 pub use bytemuck;
 
 use self::header::{EVENT_KIND, HEADER_LEN, INCONSISTENT, ObjectKind};

@@ -83,11 +83,18 @@ fn tag_hash(tag: &str) -> u64 {
 /// opening the name as a different type is refused
 /// ([`SyncOpenError::LayoutMismatch`]).
 ///
+/// Deriving `Pod` needs the derive macros: either depend on `bytemuck`
+/// with its `derive` feature yourself, or use the re-export
+/// ([`copydata::sync::bytemuck`](super::bytemuck)) and tell the derive
+/// where it is, as here. (Arrays of other lengths than bytemuck's built-in
+/// ones need its `min_const_generics` feature.)
+///
 /// ```no_run
 /// use std::sync::atomic::{AtomicU64, Ordering};
-/// use copydata::sync::Shared;
+/// use copydata::sync::{Shared, bytemuck};
 ///
 /// #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+/// #[bytemuck(crate = "copydata::sync::bytemuck")]
 /// #[repr(C)]
 /// struct Stats { requests: u64, errors: u64 }
 ///
