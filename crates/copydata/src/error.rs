@@ -545,7 +545,11 @@ pub enum RecvError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReplyError {
-    /// The sender is gone (it timed out, exited or crashed).
+    /// The sender is gone: it exited, crashed or dropped its connection
+    /// (for example after its timeout). `Ok` from a reply means it was
+    /// queued for a sender that was there: one that dies at that moment
+    /// never reads it, and one that timed out but still holds its
+    /// connection discards it.
     #[error("the sender is gone")]
     SenderGone,
     /// Any other operating-system error.

@@ -366,6 +366,10 @@ impl Responder {
     fn reply(self, call: bool, reply: Reply) -> Result<(), ReplyError> {
         let result = match &self {
             Responder::Ring { .. } if !call => Ok(()),
+            // The sender hung up (exited, crashed or dropped its sender).
+            Responder::Ring { conn, .. } if conn.dead.load(std::sync::atomic::Ordering::Acquire) => {
+                Err(ReplyError::SenderGone)
+            }
             Responder::Ring { conn, .. } => conn.reply(reply.code, &reply.data).map_err(|reason| {
                 log::warn!("dropped the connection from pid {}: {reason}", conn.peer.pid);
                 conn.link().shutdown();

@@ -1820,3 +1820,17 @@ fn more_sections_than_a_message_carries_are_refused_before_sending() {
     check_echo(&sender.send(0, b"after").unwrap(), b"after");
     stop_server(kid, &name);
 }
+
+#[test]
+fn a_reply_to_a_sender_that_is_gone_says_so() {
+    let mailbox = copydata::Mailbox::bind(&unique("gone")).unwrap();
+    let kid = Kid::spawn("send-once", &[mailbox.name()]);
+    let request = mailbox.recv_timeout(common::WAIT).unwrap();
+    kid.kill();
+    // The receiver notices the hang-up within milliseconds.
+    std::thread::sleep(Duration::from_secs(1));
+    match request.reply(Reply::code(1)) {
+        Err(copydata::ReplyError::SenderGone) => {}
+        other => panic!("expected SenderGone, got {other:?}"),
+    }
+}
