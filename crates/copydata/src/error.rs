@@ -177,8 +177,10 @@ pub enum AccessError {
         /// The view's length.
         view_len: usize,
     },
-    /// An atomic access at an address not aligned to the atomic's size.
-    #[error("offset {offset} is not aligned to {align} bytes")]
+    /// An atomic access at an address not aligned to the atomic's size (the
+    /// address in memory: a view that starts at an unaligned offset of its
+    /// section shifts which view offsets are aligned).
+    #[error("offset {offset} of the view is not at an address aligned to {align} bytes")]
     Misaligned {
         /// The requested offset, relative to the view.
         offset: usize,
@@ -465,8 +467,8 @@ pub enum SendError {
         timeout: std::time::Duration,
     },
     /// The receiving process exited, crashed or closed the mailbox before it
-    /// replied.
-    #[error("the receiver of mailbox {name:?} died before replying")]
+    /// replied (or, for a post, while the post waited for room).
+    #[error("the receiver of mailbox {name:?} is gone (it exited, crashed or closed the mailbox)")]
     ReceiverDied {
         /// The name.
         name: String,

@@ -264,6 +264,18 @@ pub enum TypedRecvError {
     },
 }
 
+impl TypedRecvError {
+    /// What the sender is told when its message is refused for this error
+    /// (its own pid and "refused" are not repeated to it).
+    fn refusal(&self) -> String {
+        match self {
+            TypedRecvError::Recv(e) => e.to_string(),
+            TypedRecvError::NotTyped { tag, .. } => format!("tag {tag:#x} is not the typed-message tag"),
+            TypedRecvError::Decode { source, .. } => source.to_string(),
+        }
+    }
+}
+
 /// Replying to a typed message failed: [`TypedRequest::reply`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -510,7 +522,7 @@ impl<Req: DeserializeOwned> TypedRequest<Req> {
         match decode_request(&request) {
             Ok(value) => Ok(TypedRequest { value, request }),
             Err(e) => {
-                request.refuse(&e.to_string());
+                request.refuse(&e.refusal());
                 Err(e)
             }
         }
@@ -586,7 +598,7 @@ impl Mailbox {
         self.serve_or_refuse(move |message| {
             let request = decode_request::<Req>(message).map_err(|e| {
                 log::warn!("mailbox {name}: {e}");
-                e.to_string()
+                e.refusal()
             })?;
             let reply = handler(request, message);
             if !message.expects_reply() {

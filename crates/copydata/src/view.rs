@@ -116,7 +116,9 @@ impl View {
         out
     }
 
-    /// Atomically loads the `u32` at `offset` (which must be 4-byte aligned).
+    /// Atomically loads the `u32` at `offset` (whose address must be 4-byte
+    /// aligned: an offset that is a multiple of 4 in a view that starts at
+    /// one of its section).
     pub fn load_u32(&self, offset: usize, order: Ordering) -> Result<u32, AccessError> {
         let p = self.check_atomic(offset, 4)?;
         // SAFETY:
@@ -127,7 +129,8 @@ impl View {
         Ok(unsafe { AtomicU32::from_ptr(p.cast()) }.load(order))
     }
 
-    /// Atomically loads the `u64` at `offset` (which must be 8-byte aligned).
+    /// Atomically loads the `u64` at `offset` (whose address must be 8-byte
+    /// aligned).
     pub fn load_u64(&self, offset: usize, order: Ordering) -> Result<u64, AccessError> {
         let p = self.check_atomic(offset, 8)?;
         // SAFETY: as in `load_u32`, with 8-byte size and alignment.
@@ -175,7 +178,7 @@ impl ViewMut {
         Ok(())
     }
 
-    /// The `AtomicU32` at `offset` (4-byte aligned), shared with every process
+    /// The `AtomicU32` at `offset` (at a 4-byte aligned address), shared with every process
     /// that maps the same memory.
     pub fn atomic_u32(&self, offset: usize) -> Result<&AtomicU32, AccessError> {
         let p = self.view.check_atomic(offset, 4)?;
@@ -189,7 +192,7 @@ impl ViewMut {
         Ok(unsafe { AtomicU32::from_ptr(p.cast()) })
     }
 
-    /// The `AtomicU64` at `offset` (8-byte aligned).
+    /// The `AtomicU64` at `offset` (at an 8-byte aligned address).
     pub fn atomic_u64(&self, offset: usize) -> Result<&AtomicU64, AccessError> {
         let p = self.view.check_atomic(offset, 8)?;
         // SAFETY: as in `atomic_u32`, with 8-byte size and alignment.

@@ -1081,7 +1081,7 @@ fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
     }
     let connected = state.conns.borrow().len();
     if connected >= state.max_conns {
-        let reason = format!("the mailbox has {connected} connections, its limit");
+        let reason = format!("it already has {connected} connections, its limit (no connection was made)");
         log::warn!("mailbox {}: refused a connection from pid {pid}: {reason}", state.name);
         answer_without_handles(state, sender, STATUS_REFUSED, nonce, &reason);
         return 0;

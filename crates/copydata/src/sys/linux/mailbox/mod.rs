@@ -726,7 +726,7 @@ impl Acceptor {
             return Err(reason);
         }
         if self.conns.len() >= self.max_conns {
-            let reason = format!("the mailbox has {} connections, its limit", self.conns.len());
+            let reason = format!("it already has {} connections, its limit (no connection was made)", self.conns.len());
             log::warn!("mailbox {}: refused a connection from pid {}: {reason}", self.name, peer.pid);
             let _ = Self::welcome(&stream, SETUP_REFUSED, &reason, &[], 0);
             return Ok(None);
