@@ -28,6 +28,10 @@
 //! with [`Sender::send`](crate::Sender::send) instead: small payloads are
 //! copied, large ones arrive sealed (Linux) or copied, and
 //! [`Message::payload`](crate::Message::payload) is then a plain `&[u8]`.
+//! A loaned message's (or reply's) [`Payload`](crate::Payload) can be
+//! read as a slice too, for code written for ordinary messages: its bytes
+//! are then copied into private memory on first use, a snapshot that never
+//! changes afterwards (its [`len`](crate::Payload::len) needs no copy).
 //! On Linux the sender's own pool buffers are sealed against writes by the
 //! receiver (`F_SEAL_FUTURE_WRITE`), so a receiver cannot write a loan.
 

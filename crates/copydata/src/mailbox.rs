@@ -94,11 +94,14 @@ pub struct Peer {
 
 /// The bytes of a message or a reply.
 ///
-/// Always memory no other process can change while the payload lives:
-/// bytes copied out of shared memory into this process (up to 256 MiB), or,
-/// for larger payloads on Linux, a memfd the sender sealed against writes,
-/// read in place. For zero-copy reading of memory the sender could still
-/// write, see [`Message::loan`].
+/// As a slice, always memory no other process can change while the payload
+/// lives: bytes copied out of shared memory into this process (up to
+/// 256 MiB), or, for larger payloads on Linux, a memfd the sender sealed
+/// against writes, read in place. A loaned payload ([`Sender::loan`],
+/// [`Reply::loaned`]) is read in place through [`loan`](Self::loan); used
+/// as a slice, it is copied into this process's memory on first use (a
+/// snapshot: see [`copydata::loan`](crate::loan)), so code written for
+/// ordinary payloads gets the bytes either way.
 pub struct Payload(Repr);
 
 enum Repr {
@@ -107,13 +110,21 @@ enum Repr {
     /// as is `Borrowed`: a payload moves by value through every call and
     /// reply, and should cost a few words to move, not a loan's size.)
     Lent(Box<ReplyLoan>),
-    /// A loaned reply received by this (sending) process: read through
-    /// [`Payload::loan`]; the bytes are not a plain slice.
-    Borrowed(Box<LoanView>),
+    /// A loan received by this process (a loaned message or reply): read
+    /// in place through [`Payload::loan`], or as a slice, copied out on
+    /// first use.
+    Borrowed(Box<Borrowed>),
     /// A view of memory that no process can write any more (Linux: a sealed
     /// memfd; Windows cannot seal a section, so there payloads are copied).
     #[cfg(target_os = "linux")]
     Frozen(View),
+}
+
+/// A loan received, and its bytes copied into this process's memory the
+/// first time they are asked for as a slice.
+struct Borrowed {
+    view: LoanView,
+    copy: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl Payload {
@@ -129,7 +140,7 @@ impl Payload {
     }
 
     pub(crate) fn borrowed(view: LoanView) -> Payload {
-        Payload(Repr::Borrowed(Box::new(view)))
+        Payload(Repr::Borrowed(Box::new(Borrowed { view, copy: std::sync::OnceLock::new() })))
     }
 
     pub(crate) fn reply_loan(&self) -> Option<&ReplyLoan> {
@@ -139,13 +150,28 @@ impl Payload {
         }
     }
 
-    /// A loaned reply, read in place (the payload then dereferences to no
-    /// bytes); `None` for ordinary bytes.
+    /// A loaned payload (a loaned reply, or a loaned message's payload),
+    /// read in place without a copy; `None` for ordinary bytes. Such a
+    /// payload also dereferences to its bytes, copied into this process's
+    /// memory on first use (see [`Payload`]).
     pub fn loan(&self) -> Option<&LoanView> {
         match &self.0 {
-            Repr::Borrowed(v) => Some(v),
+            Repr::Borrowed(b) => Some(&b.view),
             _ => None,
         }
+    }
+
+    /// The number of bytes, without copying a loaned payload.
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Repr::Borrowed(b) => b.view.len(),
+            _ => self.deref().len(),
+        }
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// The bytes, copied into a vector if they are mapped.
@@ -153,7 +179,10 @@ impl Payload {
         match self.0 {
             Repr::Inline(v) => v,
             Repr::Lent(l) => l.bytes().to_vec(),
-            Repr::Borrowed(v) => v.to_vec(),
+            Repr::Borrowed(b) => {
+                let Borrowed { view, copy } = *b;
+                copy.into_inner().unwrap_or_else(|| view.to_vec())
+            }
             #[cfg(target_os = "linux")]
             Repr::Frozen(view) => view.to_vec(),
         }
@@ -166,7 +195,7 @@ impl Deref for Payload {
         match &self.0 {
             Repr::Inline(v) => v,
             Repr::Lent(l) => l.bytes(),
-            Repr::Borrowed(_) => &[],
+            Repr::Borrowed(b) => b.copy.get_or_init(|| b.view.to_vec()),
             #[cfg(target_os = "linux")]
             // SAFETY: `frozen`'s contract: nothing can write this memory while
             // the payload (and so the view) lives.
@@ -209,8 +238,6 @@ pub struct Message {
     payload: Payload,
     sections: Vec<Section>,
     sender: Peer,
-    /// Boxed, so that a message moves cheaply (see `Repr`).
-    loan: Option<Box<LoanView>>,
     call: bool,
     /// The connection it came on (fast-path messages), for loaned replies.
     origin: Option<Arc<ServerConn>>,
@@ -220,7 +247,7 @@ impl Message {
     /// A message from a plain Win32 program (`WM_COPYDATA`).
     #[cfg_attr(not(windows), allow(dead_code))]
     pub(crate) fn new(tag: u64, payload: Payload, sections: Vec<Section>, sender: Peer) -> Message {
-        Message { tag, payload, sections, sender, loan: None, call: true, origin: None }
+        Message { tag, payload, sections, sender, call: true, origin: None }
     }
 
     /// A message taken off a connection of the fast path (`origin`).
@@ -230,11 +257,10 @@ impl Message {
         payload: Payload,
         sections: Vec<Section>,
         sender: Peer,
-        loan: Option<Box<LoanView>>,
         call: bool,
         origin: Arc<ServerConn>,
     ) -> Message {
-        Message { tag, payload, sections, sender, loan, call, origin: Some(origin) }
+        Message { tag, payload, sections, sender, call, origin: Some(origin) }
     }
 
     /// Lends a buffer of `len` bytes in shared memory for the reply, to fill
@@ -256,8 +282,9 @@ impl Message {
         self.tag
     }
 
-    /// The bytes (possibly none). Empty for a loaned message: read it
-    /// through [`loan`](Self::loan).
+    /// The bytes (possibly none). A loaned message's are read in place
+    /// through [`loan`](Self::loan); as a slice they are copied out on
+    /// first use (see [`Payload`]).
     pub fn payload(&self) -> &Payload {
         &self.payload
     }
@@ -265,7 +292,7 @@ impl Message {
     /// The payload of a loaned message ([`Sender::loan`]), read in place;
     /// `None` for an ordinary message.
     pub fn loan(&self) -> Option<&LoanView> {
-        self.loan.as_deref()
+        self.payload.loan()
     }
 
     /// Whether the sender waits for a reply (`false` for

@@ -158,7 +158,7 @@ fn bytes_of(m: &Message) -> Vec<u8> {
     m.loan().map_or_else(|| m.payload().to_vec(), |l| l.to_vec())
 }
 
-/// For `SUM`: flags (loan, expects a reply, `payload()` empty, `read_at`
+/// For `SUM`: flags (loan, expects a reply, `payload()` as a slice holds the bytes, `read_at`
 /// agrees with `to_vec` and refuses out-of-range reads), the checksum of
 /// `to_vec`, the length.
 fn describe(m: &Message) -> Vec<u8> {
@@ -176,7 +176,7 @@ fn describe(m: &Message) -> Vec<u8> {
     };
     let flags = u8::from(m.loan().is_some())
         | u8::from(m.expects_reply()) << 1
-        | u8::from(m.payload().is_empty()) << 2
+        | u8::from(m.payload().len() == copy.len() && m.payload()[..] == copy[..]) << 2
         | u8::from(read_at_ok) << 3;
     let mut out = vec![flags];
     out.extend_from_slice(&sum(&copy).to_le_bytes());
@@ -1160,8 +1160,8 @@ fn receiver_killed_while_post_waits_for_room() {
 // ------------------------------------------------------------ loans
 
 /// Loans of every size, from empty to larger than the pool's biggest
-/// buffer, arrive intact and in place (`loan()` set, `payload()` empty),
-/// read with `read_at`, `to_vec` and `for_each_chunk`; posted loans too;
+/// buffer, arrive intact and in place (`loan()` set), read with `read_at`,
+/// `to_vec`, `for_each_chunk` and as `payload()`'s slice; posted loans too;
 /// loans dropped unsent are harmless.
 #[test]
 fn loans_of_every_size_arrive_intact() {
@@ -1184,7 +1184,7 @@ fn loans_of_every_size_arrive_intact() {
         assert_eq!(reply.code, sum(&data) as i64, "loan of {size} bytes: checksum read chunk-wise");
         let d = &reply.data;
         assert_eq!(d.len(), 17);
-        assert_eq!(d[0], 0b1111, "loan of {size} bytes: flags (loan, call, empty payload, read_at) {:#b}", d[0]);
+        assert_eq!(d[0], 0b1111, "loan of {size} bytes: flags (loan, call, payload as a slice, read_at) {:#b}", d[0]);
         assert_eq!(u64::from_le_bytes(d[1..9].try_into().unwrap()), sum(&data), "loan of {size} bytes: to_vec");
         assert_eq!(u64::from_le_bytes(d[9..17].try_into().unwrap()), size as u64);
     }
@@ -1339,11 +1339,14 @@ fn loaned_replies_arrive_intact() {
         for round in 0..3 {
             let reply = s.send_timeout(tag(MAKE_LOANED, len as u64), b"", BOUND).unwrap();
             let loan = reply.loan().unwrap_or_else(|| panic!("{len} bytes: not a loaned reply"));
-            assert!(reply.data.is_empty(), "{len} bytes: a loaned reply's data is empty");
-            assert_eq!(loan.len(), len, "round {round}");
+            assert_eq!((loan.len(), reply.data.len()), (len, len), "round {round}");
             let want = pattern(len, len as u64);
             assert_eq!(reply.code, sum(&want) as i64, "{len} bytes, round {round}: the receiver's sum");
             assert!(loan.to_vec() == want, "{len} bytes, round {round}: the bytes read in place differ");
+            if len <= 64 * MIB {
+                // As a slice: copied out on first use.
+                assert!(reply.data[..] == want[..], "{len} bytes, round {round}: the reply's slice differs");
+            }
         }
     }
     for _ in 0..200 {

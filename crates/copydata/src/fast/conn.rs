@@ -1050,7 +1050,7 @@ impl ServerConn {
                 // what `parse` would find, without its general steps.
                 check_inline(&rec, 0)?;
                 let payload = Payload::from(st.req.read_vec(&rec, 0, rec.inline));
-                return Ok(Some(self.deliver(&mut st, &rec, payload, None, Vec::new())));
+                return Ok(Some(self.deliver(&mut st, &rec, payload, Vec::new())));
             }
             let p = parse(&st.req, &rec)?;
             let (new_buf, sections) = match &p.aux {
@@ -1061,14 +1061,14 @@ impl ServerConn {
                 None => (None, Vec::new()),
             };
             let len = usize::try_from(rec.len).map_err(|_| "payload larger than memory".to_string())?;
-            let (payload, loan) = match p.buf {
-                None => (Payload::from(st.req.read_vec(&rec, p.inline_payload.0, len)), None),
+            let payload = match p.buf {
+                None => Payload::from(st.req.read_vec(&rec, p.inline_payload.0, len)),
                 Some(b) if b.flags & BUF_ONESHOT != 0 => {
                     let section = new_buf.ok_or("one-shot payload without its section")?;
                     if b.flags & BUF_LOAN != 0 {
-                        (Payload::default(), Some(oneshot_loan(&section, len)?))
+                        Payload::borrowed(oneshot_loan(&section, len)?)
                     } else {
-                        (oneshot_payload(&section, len)?, None)
+                        oneshot_payload(&section, len)?
                     }
                 }
                 Some(b) => {
@@ -1078,7 +1078,7 @@ impl ServerConn {
                     let view = st.peer.view(b.slot, rec.len)?;
                     if b.flags & BUF_LOAN != 0 {
                         let release = Release::ToSender { conn: self.clone(), slot: b.slot, use_no: b.use_no };
-                        (Payload::default(), Some(crate::loan::LoanView::new(Some(view), len, Some(release))))
+                        Payload::borrowed(crate::loan::LoanView::new(Some(view), len, Some(release)))
                     } else if b.flags & BUF_STREAM != 0 {
                         if len > view.len() {
                             return Err("streamed payload larger than its buffer".into());
@@ -1097,11 +1097,11 @@ impl ServerConn {
                             v.clear();
                         }
                         self.release(b.slot, b.use_no);
-                        (Payload::from(v), None)
+                        Payload::from(v)
                     }
                 }
             };
-            return Ok(Some(self.deliver(&mut st, &rec, payload, loan, sections)));
+            return Ok(Some(self.deliver(&mut st, &rec, payload, sections)));
         }
     }
 
@@ -1110,14 +1110,7 @@ impl ServerConn {
     // result written field by field and then copied whole out of a callee's
     // frame stalls the load on store forwarding (a few ns each time).
     #[inline(always)]
-    fn deliver(
-        self: &Arc<Self>,
-        st: &mut ServerState,
-        rec: &Rec,
-        payload: Payload,
-        loan: Option<crate::loan::LoanView>,
-        sections: Vec<Section>,
-    ) -> Message {
+    fn deliver(self: &Arc<Self>, st: &mut ServerState, rec: &Rec, payload: Payload, sections: Vec<Section>) -> Message {
         if st.req.advance(rec, true) {
             self.link.wake(Bell::Space);
         }
@@ -1128,7 +1121,7 @@ impl ServerConn {
         }
         // Made in one go where it is returned (a message moves by value
         // through every layer up to the handler).
-        Message::from_ring(rec.word, payload, sections, self.peer, loan.map(Box::new), call, self.clone())
+        Message::from_ring(rec.word, payload, sections, self.peer, call, self.clone())
     }
 
     /// Goes on with a streamed copy: its message once complete, else
@@ -1145,7 +1138,7 @@ impl ServerConn {
         // `out`'s reserved capacity are written.
         unsafe { out.set_len(len) };
         self.release(slot, use_no);
-        Ok(Some(self.deliver(st, &rec, Payload::from(out), None, sections)))
+        Ok(Some(self.deliver(st, &rec, Payload::from(out), sections)))
     }
 
     /// Copies a payload the sender is still writing, as far as its
