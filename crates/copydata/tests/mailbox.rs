@@ -1834,3 +1834,18 @@ fn a_reply_to_a_sender_that_is_gone_says_so() {
         other => panic!("expected SenderGone, got {other:?}"),
     }
 }
+
+/// A thread that pumped no window messages for longer than Windows' 5 s
+/// "not responding" threshold (busy, or asleep) still sets up connections:
+/// the mailbox's answer to its hello used to be refused as sent to a hung
+/// window.
+#[cfg(windows)]
+#[test]
+fn a_thread_busy_for_seconds_still_connects() {
+    let name = unique("busy");
+    let kid = server(&name, 0);
+    check_echo(&copydata::send(&name, 0, b"one").unwrap(), b"one");
+    std::thread::sleep(Duration::from_secs(6));
+    check_echo(&copydata::send(&name, 0, b"two").unwrap(), b"two");
+    stop_server(kid, &name);
+}

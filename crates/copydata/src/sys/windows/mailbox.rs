@@ -75,9 +75,9 @@ use windows_sys::Win32::System::Threading::{
 use windows_sys::Win32::UI::WindowsAndMessaging::{
     AllowSetForegroundWindow, CreateWindowExW, DefWindowProcW, DestroyWindow, DispatchMessageW, FindWindowExW,
     FindWindowW, GWLP_USERDATA, GetClassNameW, GetWindowLongPtrW, GetWindowThreadProcessId, HWND_MESSAGE, IsWindow,
-    MSG, MWMO_INPUTAVAILABLE, MsgWaitForMultipleObjectsEx, PM_REMOVE, PeekMessageW, QS_ALLINPUT, RegisterClassExW,
-    SEND_MESSAGE_TIMEOUT_FLAGS, SMTO_ABORTIFHUNG, SMTO_NORMAL, SendMessageTimeoutW, SetWindowLongPtrW, WM_CLOSE,
-    WM_COPYDATA, WM_QUIT, WNDCLASSEXW,
+    MSG, MWMO_INPUTAVAILABLE, MsgWaitForMultipleObjectsEx, PM_NOREMOVE, PM_REMOVE, PeekMessageW, QS_ALLINPUT,
+    RegisterClassExW, SEND_MESSAGE_TIMEOUT_FLAGS, SMTO_ABORTIFHUNG, SMTO_NORMAL, SendMessageTimeoutW,
+    SetWindowLongPtrW, WM_CLOSE, WM_COPYDATA, WM_QUIT, WNDCLASSEXW,
 };
 
 use super::{SECTION_QUERY, Section as SysSection, current_process, duplicate, handover, owned, raw, wide};
@@ -1542,6 +1542,17 @@ type HelloOutcome = (io::Result<isize>, Option<Result<Answer, (u32, String)>>);
 /// this thread's sender window, waiting at most `ms`.
 fn hello(target: HWND, pid: u32, protocol: u32, wait_code: u32, ms: u32) -> io::Result<HelloOutcome> {
     let from = sender_window()?;
+    // The receiver answers with `SMTO_ABORTIFHUNG`: a thread that looked at
+    // no message for 5 s (busy with a large payload, say) and has not yet
+    // begun to wait in the send below counts as hung, and the answer would
+    // be dropped. Looking once marks the thread as responsive. (No hello is
+    // pending yet, so a stale answer delivered here is refused.)
+    //
+    // SAFETY: an all-zero MSG is valid; PeekMessageW fills it.
+    let mut msg: MSG = unsafe { std::mem::zeroed() };
+    // SAFETY: `msg` is a writable MSG; PM_NOREMOVE leaves the queue as it
+    // is (sent messages are dispatched, as during any wait).
+    unsafe { PeekMessageW(&mut msg, from, 0, 0, PM_NOREMOVE) };
     let nonce = nonce();
     let mut hello = Out(Vec::with_capacity(HELLO_LEN));
     hello.bytes(&HELLO_MAGIC).u32(protocol).u32(wait_code).u32(0).u64(nonce);
