@@ -76,14 +76,16 @@ pub enum EventAction {
     },
 }
 
-/// Blocks until Ctrl-C, SIGTERM or console close.
-fn hold_until_interrupted() -> anyhow::Result<()> {
+/// Catches Ctrl-C, SIGTERM and console close from now on; the receiver
+/// hears of them. A holder installs it before it says it holds, so a stop
+/// that comes right after the word still ends it cleanly (its objects
+/// released and, when it was the last, removed).
+fn catch_interrupts() -> anyhow::Result<std::sync::mpsc::Receiver<()>> {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     ctrlc::set_handler(move || {
         let _ = tx.send(());
     })?;
-    let _ = rx.recv();
-    Ok(())
+    Ok(rx)
 }
 
 fn say(line: &str) -> anyhow::Result<()> {
@@ -103,9 +105,10 @@ pub fn shared(command: SharedCommand) -> anyhow::Result<ExitCode> {
                 *v += 1;
                 last = *v;
             }
+            let interrupted = hold.then(catch_interrupts).transpose()?;
             say(&last.to_string())?;
-            if hold {
-                hold_until_interrupted()?;
+            if let Some(interrupted) = interrupted {
+                let _ = interrupted.recv();
             }
         }
         SharedCommand::Get { name } => {
@@ -125,6 +128,7 @@ pub fn lock(args: LockArgs) -> anyhow::Result<ExitCode> {
         None => mutex.lock(),
     }
     .with_context(|| format!("lock {:?}", args.name))?;
+    let interrupted = args.hold.then(catch_interrupts).transpose()?;
     if guard.owner_died() {
         say("acquired (previous owner died)")?;
     } else {
@@ -134,8 +138,8 @@ pub fn lock(args: LockArgs) -> anyhow::Result<ExitCode> {
         guard.mark_consistent();
         say("marked consistent")?;
     }
-    if args.hold {
-        hold_until_interrupted()?;
+    if let Some(interrupted) = interrupted {
+        let _ = interrupted.recv();
     }
     Ok(ExitCode::SUCCESS)
 }
