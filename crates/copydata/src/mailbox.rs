@@ -1009,8 +1009,13 @@ impl Sender {
 
     /// Sends and waits at most `timeout` for the reply (set-up included, if
     /// the connection has to be made). A [`SendError::TimedOut`] is never
-    /// returned before `timeout` has passed. The
-    /// `SendMessageTimeoutW(WM_COPYDATA)` of Win32.
+    /// returned before `timeout` has passed, and a reply that is already
+    /// there is returned even if the time is up: a zero timeout on a
+    /// connected sender still sends the message, and gets its reply if the
+    /// handler answers while the sender takes its first look (tens of
+    /// microseconds). A sender that must first connect cannot do so in zero
+    /// time, and times out without sending. `Duration::MAX` waits for ever.
+    /// The `SendMessageTimeoutW(WM_COPYDATA)` of Win32.
     #[doc(alias = "SendMessageTimeout")]
     #[doc(alias = "SendMessageTimeoutW")]
     pub fn send_timeout(&mut self, tag: u64, data: &[u8], timeout: Duration) -> Result<Reply, SendError> {
@@ -1150,7 +1155,9 @@ pub fn send(name: &str, tag: u64, data: &[u8]) -> Result<Reply, SendError> {
 }
 
 /// Sends a message to the mailbox `name` and waits at most `timeout` for the
-/// reply, set-up included (`SendMessageTimeoutW(WM_COPYDATA)`).
+/// reply, set-up included (`SendMessageTimeoutW(WM_COPYDATA)`). A new
+/// connection is made for the call, so a zero timeout always times out
+/// (see [`Sender::send_timeout`]).
 #[doc(alias = "SendMessageTimeout")]
 #[doc(alias = "SendMessageTimeoutW")]
 pub fn send_timeout(name: &str, tag: u64, data: &[u8], timeout: Duration) -> Result<Reply, SendError> {
