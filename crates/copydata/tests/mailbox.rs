@@ -460,6 +460,16 @@ mod raw {
         rustix::net::sendmsg(sock, &[std::io::IoSlice::new(&welcome)], &mut control, SendFlags::NOSIGNAL).unwrap();
     }
 
+    /// Sends `header` with one descriptor.
+    pub fn send_with_fd(sock: &UnixStream, header: &[u8], fd: std::os::fd::BorrowedFd<'_>) {
+        use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+        let fds = [fd];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        rustix::net::sendmsg(sock, &[std::io::IoSlice::new(header)], &mut control, SendFlags::NOSIGNAL).unwrap();
+    }
+
     /// A header and the descriptors that came with it; `None` at the end of
     /// the stream.
     pub fn recv_frame(sock: &UnixStream) -> Option<([u8; 32], Vec<OwnedFd>)> {
@@ -574,17 +584,8 @@ mod raw {
         /// Sends the attachment frame of a new pool buffer (wire.rs: "CDX2",
         /// one buffer, no sections, word = its size) with `memfd`.
         pub fn send_buffer(&self, memfd: &OwnedFd, size: u64) {
-            use std::io::IoSlice;
             use std::os::fd::AsFd;
-
-            use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
-
-            let fds = [memfd.as_fd()];
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-            let mut control = SendAncillaryBuffer::new(&mut space);
-            assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
-            let h = frame(b"CDX2", 1, 0, 0, size, 0);
-            rustix::net::sendmsg(&self.sock, &[IoSlice::new(&h)], &mut control, SendFlags::NOSIGNAL).unwrap();
+            send_with_fd(&self.sock, &frame(b"CDX2", 1, 0, 0, size, 0), memfd.as_fd());
         }
 
         pub fn set_up(path: &std::path::Path) -> Raw {
@@ -1693,7 +1694,6 @@ fn a_reply_too_large_to_copy_fails_the_call_not_the_sender() {
         recv_frame, sealed_memfd, send_welcome,
     };
     use rustix::fs::{MemfdFlags, SealFlags};
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
     let name = unique("hugereply");
     let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
@@ -1723,12 +1723,7 @@ fn a_reply_too_large_to_copy_fails_the_call_not_the_sender() {
     let buf = rustix::fs::memfd_create("huge", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
     rustix::fs::ftruncate(&buf, size).unwrap();
     rustix::fs::fcntl_add_seals(&buf, SealFlags::SHRINK | SealFlags::GROW).unwrap();
-    let fds = [buf.as_fd()];
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
-    let h = frame(b"CDX2", 1, 0, 0, size, 0);
-    rustix::net::sendmsg(&sock, &[std::io::IoSlice::new(&h)], &mut control, SendFlags::NOSIGNAL).unwrap();
+    raw::send_with_fd(&sock, &frame(b"CDX2", 1, 0, 0, size, 0), buf.as_fd());
     // A reply record: an empty attachment (for the section's handle), then
     // the buffer reference (a one-shot section: slot u32::MAX, flags new and
     // one-shot, use 1), the payload's length 1 TiB. The section is not
@@ -1762,7 +1757,6 @@ fn section_records_that_trickle_in_do_not_hold_the_handler() {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use raw::{CALL, F_AUX, Raw, assert_dropped, frame};
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 
     let name = unique("trickle");
     let kid = server(&name, 0);
@@ -1772,12 +1766,7 @@ fn section_records_that_trickle_in_do_not_hold_the_handler() {
     let memfd = rustix::fs::memfd_create("section", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
     rustix::fs::ftruncate(&memfd, 4096).unwrap();
     // One section, 0 bytes of records announced.
-    let fds = [memfd.as_fd()];
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
-    let h = frame(b"CDX2", 0, 1, 0, 0, 0);
-    rustix::net::sendmsg(&raw.sock, &[std::io::IoSlice::new(&h)], &mut control, SendFlags::NOSIGNAL).unwrap();
+    raw::send_with_fd(&raw.sock, &frame(b"CDX2", 0, 1, 0, 0, 0), memfd.as_fd());
     // The record: an attachment of 0 bytes and 1 section.
     raw.put(0, 1, CALL, (F_AUX << 24) | 8, 0, 0, &[0, 0, 0, 0, 1, 0, 0, 0]);
     raw.ring();
