@@ -152,6 +152,13 @@ impl Dispatch {
         }
     }
 
+    /// Has every worker look at its connections.
+    pub(crate) fn poke_all(&self) {
+        for w in 0..self.slots.len() {
+            self.poke(w as u32);
+        }
+    }
+
     /// Spreads the connections over all workers (when `serve` starts them).
     pub(crate) fn activate_all(&self) {
         let n = self.slots.len();
@@ -162,9 +169,7 @@ impl Dispatch {
             conn.link().region().worker().store(w as u32, Ordering::Release);
             self.slots[w].conns.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
         }
-        for w in 0..n {
-            self.poke(w as u32);
-        }
+        self.poke_all();
     }
 
     /// Stops every worker: `next` returns `None` from now on.

@@ -931,9 +931,7 @@ impl WindowState {
         if gone {
             // The region's worker number is the sender's to write too: tell
             // every worker rather than trust it.
-            for w in 0..self.dispatch.workers() {
-                self.dispatch.poke(w as u32);
-            }
+            self.dispatch.poke_all();
         }
     }
 }

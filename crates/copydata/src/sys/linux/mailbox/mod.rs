@@ -596,9 +596,7 @@ impl Acceptor {
                 // write: every worker looks.)
                 let (conn, _) = self.conns.swap_remove(i);
                 conn.dead.store(true, Ordering::Release);
-                for w in 0..self.dispatch.workers() {
-                    self.dispatch.poke(w as u32);
-                }
+                self.dispatch.poke_all();
             }
             let now = Instant::now();
             let mut waiting = Vec::with_capacity(self.pending.len());
