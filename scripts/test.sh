@@ -23,6 +23,11 @@ build_c_example() {
         crates/copydata-ffi/examples/c/echo.c "$dir/libcopydata_ffi.a" $libs
 }
 
+# Sockets are named by a hash of the mailbox name: those made during the
+# suite are told apart by their age.
+started=$(mktemp)
+trap 'rm -f "$started"' EXIT
+
 echo "== Linux: cargo test --workspace"
 build_c_example "" gcc target/c/copydata-ffi-echo
 COPYDATA_FFI_C_EXAMPLE="$PWD/target/c/copydata-ffi-echo" \
@@ -43,10 +48,14 @@ COPYDATA_C_PEER="$PWD/target/c/copydata-peer.exe" COPYDATA_FFI_C_EXAMPLE="$PWD/t
 # no process outlives the suite.
 wineserver -k 2>/dev/null || true
 
-# Nothing may be left behind: no shared-memory objects, no mailbox files.
+# Nothing may be left behind: no shared-memory objects, no mailbox files,
+# no sockets.
 runtime=${COPYDATA_RUNTIME_DIR:-${XDG_RUNTIME_DIR:+$XDG_RUNTIME_DIR/copydata}}
 runtime=${runtime:-/tmp/copydata-$(id -u)}
-left=$( (ls /dev/shm; ls "$runtime") 2>/dev/null | grep -- 'copydata-\(clitest\|test\|demo\|example\)-' || true)
+left=$( {
+    (ls /dev/shm; ls "$runtime") 2>/dev/null | grep -- 'copydata-\(clitest\|test\|demo\|example\)-'
+    find "$runtime" -maxdepth 1 -name 'm-*.sock' -newer "$started" 2>/dev/null
+} || true)
 if [ -n "$left" ]; then
     echo "test.sh: the suite left objects behind (in /dev/shm or $runtime):" >&2
     echo "$left" >&2

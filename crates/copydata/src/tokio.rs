@@ -48,7 +48,9 @@
 //!   its connection, exactly like a timeout of the blocking
 //!   [`Sender`](crate::Sender); the next call sets up a new one, so it can
 //!   never receive the reply meant for the abandoned call. A dropped `post`
-//!   future may or may not have queued its message.
+//!   future may or may not have queued its message; to bound the wait for
+//!   room, use [`AsyncSender::post_timeout`] (or [`AsyncSender::try_post`]),
+//!   whose time-out sends nothing and keeps the connection.
 //! - **Receiving**: the handler side of a mailbox sleeps on doorbells in
 //!   shared memory (one futex word or event per handler thread, shared by
 //!   every connection), which no reactor can watch. [`AsyncMailbox`] runs
@@ -162,7 +164,41 @@ impl AsyncSender {
     #[doc(alias = "PostMessage")]
     pub async fn post(&mut self, tag: u64, data: &[u8]) -> Result<(), SendError> {
         let mut conn = self.take_conn(None, None).await?;
-        let result = conn.put(POST, tag, data, &[]).await;
+        let result = conn.put(POST, tag, data, &[], None).await;
+        self.settle(conn, result, None, data.len())
+    }
+
+    /// Posts, waiting at most `timeout` for room in the queue (and for the
+    /// connection's set-up, if it has to be made). A
+    /// [`SendError::TimedOut`] comes no sooner than `timeout`; nothing was
+    /// sent then, and the connection is kept, so the posts that follow stay
+    /// in order behind those already queued (as
+    /// [`Sender::post_timeout`](crate::Sender::post_timeout)).
+    #[doc(alias = "PostMessage")]
+    pub async fn post_timeout(&mut self, tag: u64, data: &[u8], timeout: Duration) -> Result<(), SendError> {
+        let started = Instant::now();
+        let deadline = started.checked_add(timeout);
+        let result = async {
+            let mut conn = self.take_conn(deadline, Some(timeout)).await?;
+            match conn.put(POST, tag, data, &[], deadline).await {
+                Err(Fail::TimedOut) => {
+                    self.conn = Some(conn);
+                    Err(SendError::TimedOut { name: self.name.to_string(), timeout })
+                }
+                result => self.settle(conn, result, Some(timeout), data.len()),
+            }
+        }
+        .await;
+        not_early(result, started, timeout).await
+    }
+
+    /// Posts if the queue has room now, else fails at once with
+    /// [`SendError::Full`] (nothing sent, the connection kept). Only the
+    /// connection's set-up, when there is none yet, is waited for.
+    #[doc(alias = "PostMessage")]
+    pub async fn try_post(&mut self, tag: u64, data: &[u8]) -> Result<(), SendError> {
+        let mut conn = self.take_conn(None, None).await?;
+        let result = conn.try_put(POST, tag, data);
         self.settle(conn, result, None, data.len())
     }
 
@@ -176,7 +212,7 @@ impl AsyncSender {
         let deadline = timeout.and_then(crate::deadline);
         let exchange = async {
             let mut conn = self.take_conn(deadline, timeout).await?;
-            let result = match conn.put(CALL, tag, data, sections).await {
+            let result = match conn.put(CALL, tag, data, sections, None).await {
                 Ok(()) => conn.reply().await,
                 Err(e) => Err(e),
             };
@@ -215,6 +251,18 @@ impl AsyncSender {
             }
         }
     }
+}
+
+/// `result`, after waiting out the rest of `timeout` from `started` if it
+/// is a time-out that came early (some timers fire a little early, and a
+/// caller may rely on the full time having passed).
+async fn not_early<T>(result: Result<T, SendError>, started: Instant, timeout: Duration) -> Result<T, SendError> {
+    if let Err(SendError::TimedOut { .. }) = &result
+        && let Some(end) = started.checked_add(timeout)
+    {
+        ::tokio::time::sleep_until(end.into()).await;
+    }
+    result
 }
 
 /// Sends a message to the mailbox `name` and waits for the reply.
@@ -272,9 +320,10 @@ impl Conn {
     /// a slice has passed, then lowers the parked flag for `bell`. The
     /// caller raised the flag (`PARKED_ASYNC`) and looked once more before
     /// calling. `Err(PeerGone)` once the receiver has hung up.
-    async fn wait(&mut self, bell: Bell) -> Result<(), Fail> {
-        let woken = ::tokio::time::timeout(
-            SLICE,
+    async fn wait(&mut self, bell: Bell, deadline: Option<Instant>) -> Result<(), Fail> {
+        let slice = Instant::now() + SLICE;
+        let woken = ::tokio::time::timeout_at(
+            deadline.map_or(slice, |d| d.min(slice)).into(),
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(Ok(mut g)) = self.notify.poll_read_ready(cx) {
                     self.client.link().drain_readiness();
@@ -297,23 +346,40 @@ impl Conn {
         }
     }
 
-    async fn put(&mut self, kind: u32, tag: u64, data: &[u8], sections: &[&Section]) -> Result<(), Fail> {
+    /// Queues a message, waiting for room for as long as it takes or until
+    /// `deadline` (then `Fail::TimedOut`, with nothing queued).
+    async fn put(
+        &mut self,
+        kind: u32,
+        tag: u64,
+        data: &[u8],
+        sections: &[&Section],
+        deadline: Option<Instant>,
+    ) -> Result<(), Fail> {
         loop {
             match self.client.put(kind, tag, Body::Bytes(data), sections, false, None) {
                 Err(Fail::Full) => {}
                 other => return other,
             }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Fail::TimedOut);
+            }
             // Raise the flag, then look once more: room made after the flag
             // is up signals the handle.
             self.client.set_parked(Bell::Space, crate::fast::PARKED_ASYNC);
             match self.client.put(kind, tag, Body::Bytes(data), sections, false, None) {
-                Err(Fail::Full) => self.wait(Bell::Space).await?,
+                Err(Fail::Full) => self.wait(Bell::Space, deadline).await?,
                 other => {
                     self.client.set_parked(Bell::Space, 0);
                     return other;
                 }
             }
         }
+    }
+
+    /// Queues a message if there is room now (`Fail::Full` if not).
+    fn try_put(&mut self, kind: u32, tag: u64, data: &[u8]) -> Result<(), Fail> {
+        self.client.put(kind, tag, Body::Bytes(data), &[], false, None)
     }
 
     async fn reply(&mut self) -> Result<Reply, Fail> {
@@ -326,7 +392,7 @@ impl Conn {
                 self.client.set_parked(Bell::Reply, 0);
                 return Ok(r);
             }
-            if let Err(e) = self.wait(Bell::Reply).await {
+            if let Err(e) = self.wait(Bell::Reply, None).await {
                 // Whatever the receiver queued before it died still counts.
                 return self.client.try_reply()?.ok_or(e);
             }
@@ -353,7 +419,16 @@ impl Conn {
         self.client.as_mut().ok_or(Fail::PeerGone)
     }
 
-    async fn put(&mut self, kind: u32, tag: u64, data: &[u8], sections: &[&Section]) -> Result<(), Fail> {
+    /// Queues a message, waiting for room for as long as it takes or until
+    /// `deadline` (then `Fail::TimedOut`, with nothing queued).
+    async fn put(
+        &mut self,
+        kind: u32,
+        tag: u64,
+        data: &[u8],
+        sections: &[&Section],
+        deadline: Option<Instant>,
+    ) -> Result<(), Fail> {
         // Queueing never blocks with `block: false`; a full queue is waited
         // out in growing steps (the receiver is busy: a millisecond or ten
         // is not noticed).
@@ -361,12 +436,23 @@ impl Conn {
         loop {
             match self.client()?.put(kind, tag, Body::Bytes(data), sections, false, None) {
                 Err(Fail::Full) => {
-                    ::tokio::time::sleep(pause).await;
+                    let now = Instant::now();
+                    let step = match deadline {
+                        Some(d) if now >= d => return Err(Fail::TimedOut),
+                        Some(d) => pause.min(d - now),
+                        None => pause,
+                    };
+                    ::tokio::time::sleep(step).await;
                     pause = (pause * 2).min(Duration::from_millis(10));
                 }
                 other => return other,
             }
         }
+    }
+
+    /// Queues a message if there is room now (`Fail::Full` if not).
+    fn try_put(&mut self, kind: u32, tag: u64, data: &[u8]) -> Result<(), Fail> {
+        self.client()?.put(kind, tag, Body::Bytes(data), &[], false, None)
     }
 
     async fn reply(&mut self) -> Result<Reply, Fail> {

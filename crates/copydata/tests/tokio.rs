@@ -262,6 +262,74 @@ fn async_posts_wait_for_room_and_all_arrive() {
 }
 
 #[test]
+fn async_posts_can_give_up_when_the_queue_stays_full() {
+    use std::sync::atomic::AtomicBool;
+    let name = unique("async-post-full");
+    let mailbox = Mailbox::bind(&name).unwrap();
+    let open = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicU32::new(0));
+    let (gate, count, busy) = (open.clone(), seen.clone(), Arc::new(AtomicBool::new(false)));
+    let handling = busy.clone();
+    let server = mailbox.serve(move |m| {
+        // The first message holds the handler until the gate opens, and
+        // nothing more is taken in meanwhile: the queue fills up.
+        handling.store(true, Ordering::Release);
+        while !gate.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(m.tag(), u64::from(count.load(Ordering::Relaxed)), "posts arrive in order");
+        count.fetch_add(1, Ordering::Relaxed);
+        Reply::code(0)
+    });
+    // Opens the gate however the test ends, so a failure cannot leave the
+    // handler waiting for ever.
+    struct Opens(Arc<AtomicBool>);
+    impl Drop for Opens {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    let _opens = Opens(open.clone());
+    within(async {
+        let mut sender = AsyncSender::connect(&name).await.unwrap();
+        let data = vec![3u8; 1000];
+        sender.post(0, &data).await.unwrap();
+        while !busy.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut queued = 1u64;
+        loop {
+            match sender.try_post(queued, &data).await {
+                Ok(()) => queued += 1,
+                Err(SendError::Full { name: n }) => {
+                    assert_eq!(n, name);
+                    break;
+                }
+                Err(e) => panic!("try_post: {e}"),
+            }
+            assert!(queued < 100_000, "the queue never filled");
+        }
+        assert!(queued > 1);
+        // A bounded post gives up, no sooner than asked, having sent nothing.
+        let started = Instant::now();
+        let err = sender.post_timeout(queued, &data, Duration::from_millis(300)).await.unwrap_err();
+        assert!(matches!(err, SendError::TimedOut { .. }), "{err:?}");
+        assert!(started.elapsed() >= Duration::from_millis(300), "gave up after {:?}", started.elapsed());
+        // The connection was kept: once the receiver takes messages again,
+        // the next posts follow those already queued, in order.
+        open.store(true, Ordering::Release);
+        sender.post_timeout(queued, &data, Duration::from_secs(30)).await.unwrap();
+        sender.send_timeout(queued + 1, b"", Duration::from_secs(30)).await.unwrap();
+        assert_eq!(u64::from(seen.load(Ordering::Relaxed)), queued + 2);
+        // With room again, try_post goes through at once.
+        sender.try_post(queued + 2, b"last").await.unwrap();
+        sender.send_timeout(queued + 3, b"", Duration::from_secs(30)).await.unwrap();
+        assert_eq!(u64::from(seen.load(Ordering::Relaxed)), queued + 4);
+    });
+    drop(server);
+}
+
+#[test]
 fn an_async_mailbox_serves_blocking_senders_in_other_processes() {
     let name = unique("async-mailbox");
     within(async {
