@@ -35,6 +35,18 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
             }
             say("done", "");
         }
+        // Opens the 64 MiB table `name` (zeroed if it is new), checks that
+        // every entry is 0 or the parent's mark, and marks the last entry.
+        "table" => {
+            let table = Shared::<Table>::open_or_create_zeroed(name).map_err(fail)?;
+            let mut g = table.lock().map_err(fail)?;
+            let odd = g.iter().enumerate().filter(|&(i, &v)| v != if i % 4096 == 0 { i as u64 } else { 0 }).count();
+            if odd > 0 {
+                return Err(format!("{odd} entries are neither 0 nor marked"));
+            }
+            *g.last_mut().expect("entries") = 7;
+            say("done", "");
+        }
         // Takes the mutex `name` (or the shared value's lock) and holds it
         // until killed; with "scribble", changes the value half-way first.
         "hold" => {
@@ -199,6 +211,33 @@ fn a_shared_value_left_half_written_is_reported() {
     let g = v.lock().unwrap();
     assert!(!g.owner_died());
     assert_eq!(*g, [2, 2]);
+}
+
+/// A value far larger than a thread's stack: 64 MiB.
+type Table = [u64; 8 << 20];
+
+#[test]
+fn a_value_larger_than_the_stack_is_made_zeroed_in_place() {
+    let name = unique("table");
+    // A closure returning a 64 MiB array would overflow the stack in a debug
+    // build; the zeros are written straight into shared memory instead.
+    let table = Shared::<Table>::open_or_create_zeroed(&name).unwrap();
+    {
+        let mut g = table.lock().unwrap();
+        assert!(g.iter().all(|&v| v == 0));
+        for i in (0..g.len()).step_by(4096) {
+            g[i] = i as u64;
+        }
+    }
+    // Another process opening it the same way finds it made, not zeroed again.
+    let mut kid = Kid::spawn("table", &[&name]);
+    kid.expect("done");
+    kid.wait_ok();
+    let g = table.lock().unwrap();
+    assert_eq!((g[4096], g[g.len() - 1]), (4096, 7));
+    // Atomics are made zeroed too.
+    let hits = Shared::<[std::sync::atomic::AtomicU32; 1000]>::open_or_create_zeroed(&unique("hits")).unwrap();
+    assert_eq!(hits.get()[999].fetch_add(1, Ordering::Relaxed), 0);
 }
 
 #[test]

@@ -25,7 +25,7 @@ const MAX_ALIGN: usize = 4096;
 /// from other processes is never a data race), the all-zero bytes and any
 /// value written through the type's own methods must be valid, and the type
 /// must have no `Drop` glue (a shared value is never dropped).
-pub unsafe trait AtomicValue: Send + Sync + 'static {}
+pub unsafe trait AtomicValue: bytemuck::Zeroable + Send + Sync + 'static {}
 
 macro_rules! atomic_values {
     ($($t:ty),*) => {
@@ -86,8 +86,9 @@ fn tag_hash(tag: &str) -> u64 {
 /// Deriving `Pod` needs the derive macros: either depend on `bytemuck`
 /// with its `derive` feature yourself, or use the re-export
 /// ([`copydata::sync::bytemuck`](super::bytemuck)) and tell the derive
-/// where it is, as here. (Arrays of other lengths than bytemuck's built-in
-/// ones need its `min_const_generics` feature.)
+/// where it is, as here. Arrays of any length are `Pod` (copydata turns on
+/// bytemuck's `min_const_generics`), and atomics are `Zeroable`
+/// (`zeroable_atomics`).
 ///
 /// ```no_run
 /// use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,20 +121,61 @@ impl<T> fmt::Debug for Shared<T> {
     }
 }
 
-impl<T: Send + Sync + 'static> Shared<T> {
+/// How [`Shared::with`] initialises a value no process has initialised.
+enum Init<F> {
+    /// It does not: the value must exist already.
+    None,
+    /// With the value a function returns.
+    Value(F),
+    /// With zero bytes, written in place.
+    Zeroed,
+}
+
+/// A shared value is one of plain data ([`bytemuck::Pod`]) or of atomics
+/// ([`AtomicValue`]): both are [`bytemuck::Zeroable`], which keeps out
+/// types whose bytes mean nothing in another process, such as `String`
+/// or `Box` (pointers into the creator's heap).
+impl<T: bytemuck::Zeroable + Send + Sync + 'static> Shared<T> {
     fn offset() -> usize {
         HEADER_LEN.next_multiple_of(align_of::<T>())
     }
 
     /// Opens the value `name`, creating and initialising it with `init` if
     /// no process holds it. The type tag is `std::any::type_name::<T>()`.
+    ///
+    /// `init` returns the value, which may pass through the stack: for a
+    /// value of megabytes, use [`open_or_create_zeroed`](Self::open_or_create_zeroed).
     pub fn open_or_create(name: &str, init: impl FnOnce() -> T) -> Result<Shared<T>, SyncOpenError> {
         Self::open_or_create_tagged(name, std::any::type_name::<T>(), init)
     }
 
     /// [`open_or_create`](Self::open_or_create) with a type tag of your own.
     pub fn open_or_create_tagged(name: &str, tag: &str, init: impl FnOnce() -> T) -> Result<Shared<T>, SyncOpenError> {
-        Self::with(name, tag, Some(init))
+        Self::with(name, tag, Init::Value(init))
+    }
+
+    /// Opens the value `name`, creating it all zeros if no process holds
+    /// it. The zeros are written in place, in shared memory: no `T` is ever
+    /// built on the stack, so this suits values of any size (a table of
+    /// megabytes), which a closure returning the value may not in a debug
+    /// build.
+    ///
+    /// ```no_run
+    /// use copydata::sync::Shared;
+    ///
+    /// // 64 MiB of counters, shared by every process that opens "table".
+    /// let table = Shared::<[u64; 8 << 20]>::open_or_create_zeroed("table")?;
+    /// table.lock()?[12] += 1;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn open_or_create_zeroed(name: &str) -> Result<Shared<T>, SyncOpenError> {
+        Self::open_or_create_zeroed_tagged(name, std::any::type_name::<T>())
+    }
+
+    /// [`open_or_create_zeroed`](Self::open_or_create_zeroed) with a type
+    /// tag of your own.
+    pub fn open_or_create_zeroed_tagged(name: &str, tag: &str) -> Result<Shared<T>, SyncOpenError> {
+        Self::with(name, tag, Init::<fn() -> T>::Zeroed)
     }
 
     /// Opens the existing value `name` ([`SyncOpenError::NotFound`] if no
@@ -144,17 +186,17 @@ impl<T: Send + Sync + 'static> Shared<T> {
 
     /// [`open`](Self::open) with a type tag of your own.
     pub fn open_tagged(name: &str, tag: &str) -> Result<Shared<T>, SyncOpenError> {
-        Self::with(name, tag, None::<fn() -> T>)
+        Self::with(name, tag, Init::<fn() -> T>::None)
     }
 
-    fn with(name: &str, tag: &str, init: Option<impl FnOnce() -> T>) -> Result<Shared<T>, SyncOpenError> {
+    fn with(name: &str, tag: &str, init: Init<impl FnOnce() -> T>) -> Result<Shared<T>, SyncOpenError> {
         let mismatch = |reason: String| SyncOpenError::LayoutMismatch { name: name.into(), reason };
         if align_of::<T>() > MAX_ALIGN {
             return Err(mismatch(format!("an alignment of {} (at most {MAX_ALIGN})", align_of::<T>())));
         }
         let (offset, size) = (Self::offset(), size_of::<T>());
         let len = offset + size.max(1);
-        let obj = Object::open(name, ObjectKind::Shared, len as u64, init.is_some())?;
+        let obj = Object::open(name, ObjectKind::Shared, len as u64, !matches!(init, Init::None))?;
         let h = &obj.header;
         header::claim_u64(h, VALUE_SIZE, size as u64 + 1)
             .map_err(|found| mismatch(format!("it holds {} bytes, this type has {size}", found.saturating_sub(1))))?;
@@ -175,17 +217,26 @@ impl<T: Send + Sync + 'static> Shared<T> {
         let guard = shared.lock.acquire(None, false).map_err(|e| shared.lock.object().io(e.into()))?;
         let ready = header::u32_at(&shared.lock.object().header, VALUE_READY);
         if ready.load(Ordering::Acquire) != 1 {
-            let Some(init) = init else {
-                return Err(SyncOpenError::NotFound { name: name.into() });
-            };
-            let v = init();
-            // SAFETY:
-            // - the pointer is the start of a writable view of at least
-            //   `size_of::<T>()` bytes, aligned for `T` (page-aligned mapping,
-            //   offset a multiple of the alignment);
-            // - we hold the lock and the value is not ready, so no process
-            //   reads or writes it now; `write` drops nothing that was there.
-            unsafe { shared.value.as_mut_ptr().cast::<T>().write(v) };
+            let at = shared.value.as_mut_ptr().cast::<T>();
+            match init {
+                Init::None => return Err(SyncOpenError::NotFound { name: name.into() }),
+                Init::Value(init) => {
+                    let v = init();
+                    // SAFETY:
+                    // - `at` is the start of a writable view of at least
+                    //   `size_of::<T>()` bytes, aligned for `T` (page-aligned
+                    //   mapping, offset a multiple of the alignment);
+                    // - we hold the lock and the value is not ready, so no
+                    //   process reads or writes it now; `write` drops nothing
+                    //   that was there.
+                    unsafe { at.write(v) };
+                }
+                // SAFETY: `at` as above, writable for one `T`, which nobody
+                // reads or writes now; all-zero bytes are a valid `T`
+                // (`T: Zeroable`). An initialiser that died may have left
+                // anything there, so the zeros are written, not assumed.
+                Init::Zeroed => unsafe { at.write_bytes(0, 1) },
+            }
             ready.store(1, Ordering::Release);
             // A fresh value: whoever died before left nothing to repair.
             header::u32_at(&shared.lock.object().header, INCONSISTENT).store(0, Ordering::SeqCst);
