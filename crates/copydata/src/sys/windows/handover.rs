@@ -8,7 +8,9 @@ use windows_sys::Win32::Foundation::{
 use windows_sys::Win32::System::Memory::FILE_MAP_READ;
 use windows_sys::Win32::System::Threading::{OpenProcess, PROCESS_DUP_HANDLE};
 
-use super::{SECTION_QUERY, Section as SysSection, current_process, duplicate, owned, raw, section_size, size_matches};
+use super::{
+    SECTION_QUERY, Section as SysSection, current_process, duplicate, foreign_section_size, owned, raw, size_matches,
+};
 use crate::error::HandoverError;
 use crate::name::Name;
 use crate::section::{Access, Section};
@@ -60,7 +62,8 @@ pub unsafe fn adopt_section(
 ) -> Result<Section, HandoverError> {
     let name = name.map(Name::new).transpose().map_err(|e| HandoverError::Malformed(format!("bad name: {e}")))?;
     let raw = usize::try_from(handle).map_err(|_| HandoverError::Malformed("handle out of range".into()))?;
-    let size = section_size(raw as _).map_err(|e| HandoverError::Malformed(format!("handle {handle:#x}: {e}")))?;
+    let size =
+        foreign_section_size(raw as _).map_err(|e| HandoverError::Malformed(format!("handle {handle:#x}: {e}")))?;
     if !size_matches(len, size) {
         return Err(HandoverError::Malformed(format!("size {len} does not fit the section of {size} bytes")));
     }
@@ -111,9 +114,60 @@ pub(crate) fn duplicate_out_of(
     let ok = unsafe { DuplicateHandle(raw(process), value as HANDLE, current_process(), &mut out, rights, 0, options) };
     let handle = if ok == 0 { Err(std::io::Error::last_os_error()) } else { owned(out) }
         .map_err(|e| HandoverError::Malformed(format!("handle {value:#x} of the peer: {e}")))?;
-    let size = section_size(raw(&handle)).map_err(|e| HandoverError::Malformed(format!("handle {value:#x}: {e}")))?;
+    let size =
+        foreign_section_size(raw(&handle)).map_err(|e| HandoverError::Malformed(format!("handle {value:#x}: {e}")))?;
     if !size_matches(len, size) {
         return Err(HandoverError::Malformed(format!("size {len} does not fit the section of {size} bytes")));
     }
     Ok(Section::from_parts(SysSection::from_handle(handle, len, access), name))
+}
+
+#[cfg(test)]
+mod tests {
+    use windows_sys::Win32::Foundation::INVALID_HANDLE_VALUE;
+    use windows_sys::Win32::System::Memory::{CreateFileMappingW, PAGE_READWRITE, SEC_COMMIT, SEC_RESERVE};
+
+    use super::*;
+
+    /// A handle to a fresh 1 MiB anonymous mapping made with `flags`.
+    fn mapping(flags: u32) -> OwnedHandle {
+        // SAFETY: an anonymous mapping (no file, no name, default security).
+        let h = unsafe {
+            CreateFileMappingW(
+                INVALID_HANDLE_VALUE,
+                std::ptr::null(),
+                PAGE_READWRITE | flags,
+                0,
+                1 << 20,
+                std::ptr::null(),
+            )
+        };
+        owned(h).expect("CreateFileMappingW")
+    }
+
+    #[test]
+    fn a_section_only_reserved_is_refused_whichever_way_it_comes() {
+        let me = open_for_duplication(std::process::id()).unwrap();
+        for (flags, ok) in [(0, true), (SEC_COMMIT, true), (SEC_RESERVE, false)] {
+            let h = mapping(flags);
+            // Pulled out of a peer (here: this very process), as a mailbox does.
+            let pulled = duplicate_out_of(&me, raw(&h) as usize as u64, 1 << 20, Access::ReadWrite, None);
+            // Pushed into this process and adopted, as the public hand-over does.
+            let value = duplicate(raw(&h), current_process(), 0, false).unwrap();
+            // SAFETY: `value` was just duplicated for this call alone.
+            let adopted = unsafe { adopt_section(value as usize as u64, 1 << 20, Access::ReadWrite, None) };
+            for result in [pulled.map(drop), adopted.map(drop)] {
+                match (ok, result) {
+                    (true, Ok(())) => {}
+                    (false, Err(HandoverError::Malformed(m))) => assert!(m.contains("SEC_RESERVE"), "{m}"),
+                    (_, other) => panic!("flags {flags:#x}: {other:?}"),
+                }
+            }
+            if !ok {
+                // The refused handle was not adopted: close it here.
+                // SAFETY: `value` is ours and nothing else owns it.
+                drop(unsafe { OwnedHandle::from_raw_handle(value as RawHandle) });
+            }
+        }
+    }
 }

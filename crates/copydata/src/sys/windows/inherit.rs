@@ -11,7 +11,7 @@ use std::process::{Child, Command};
 
 use windows_sys::Win32::Foundation::{GetHandleInformation, HANDLE, HANDLE_FLAG_INHERIT, SetHandleInformation};
 
-use super::{Section, current_process, duplicate, section_size, size_matches};
+use super::{Section, current_process, duplicate, foreign_section_size, size_matches};
 use crate::error::InheritError;
 use crate::inherit::{self, number};
 use crate::name::Name;
@@ -48,7 +48,10 @@ pub(crate) fn take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>
         let mut flags = 0u32;
         // SAFETY: only queries the handle's flags; an invalid value fails.
         let valid = unsafe { GetHandleInformation(h, &mut flags) } != 0;
-        if !valid || flags & HANDLE_FLAG_INHERIT == 0 || !section_size(h).is_ok_and(|size| size_matches(len, size)) {
+        if !valid
+            || flags & HANDLE_FLAG_INHERIT == 0
+            || !foreign_section_size(h).is_ok_and(|size| size_matches(len, size))
+        {
             return Err(InheritError::stale(format!("handle {handle:#x} is not the section the parent passed")));
         }
         checked.push((handle, len, access, e.name));

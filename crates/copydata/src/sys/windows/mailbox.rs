@@ -1596,7 +1596,8 @@ pub(crate) fn connect(
             });
         }
     };
-    let size = super::section_size(raw(&answer.region)).map_err(|e| bad(format!("the connection region: {e}")))?;
+    let size =
+        super::foreign_section_size(raw(&answer.region)).map_err(|e| bad(format!("the connection region: {e}")))?;
     if !super::size_matches(REGION_LEN as u64, size) {
         return Err(bad(format!("a connection region of {size} bytes (expected {REGION_LEN})")));
     }

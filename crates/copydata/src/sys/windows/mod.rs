@@ -25,7 +25,7 @@ use windows_sys::Win32::Security::Authorization::{
 use windows_sys::Win32::Security::SECURITY_ATTRIBUTES;
 use windows_sys::Win32::System::Memory::{
     CreateFileMappingW, FILE_MAP_READ, FILE_MAP_WRITE, FlushViewOfFile, MEMORY_MAPPED_VIEW_ADDRESS, MapViewOfFile,
-    OpenFileMappingW, PAGE_READONLY, PAGE_READWRITE, UnmapViewOfFile,
+    OpenFileMappingW, PAGE_READONLY, PAGE_READWRITE, SEC_IMAGE, SEC_IMAGE_NO_EXECUTE, SEC_RESERVE, UnmapViewOfFile,
 };
 use windows_sys::Win32::System::SystemInformation::{GetSystemInfo, SYSTEM_INFO};
 use windows_sys::Win32::System::Threading::GetCurrentProcess;
@@ -94,6 +94,31 @@ pub(crate) fn raw(h: &OwnedHandle) -> HANDLE {
 
 /// The exact size of a mapping (`NtQuerySection`); needs `SECTION_QUERY`.
 pub(crate) fn section_size(h: HANDLE) -> io::Result<u64> {
+    section_info(h).map(|(size, _)| size)
+}
+
+/// The size of a mapping another process made, refused unless every page
+/// of it can be read and written as plain bytes: a section only reserved
+/// (`SEC_RESERVE`) faults on the first touch of any page its creator did
+/// not commit, which would crash this process in the middle of a copy,
+/// and an image section (`SEC_IMAGE`) is laid out as a program, not as
+/// the bytes announced. Needs `SECTION_QUERY`.
+pub(crate) fn foreign_section_size(h: HANDLE) -> io::Result<u64> {
+    let (size, attributes) = section_info(h)?;
+    if attributes & SEC_RESERVE != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a section reserved but not committed (SEC_RESERVE): its pages may not be there",
+        ));
+    }
+    if attributes & (SEC_IMAGE | SEC_IMAGE_NO_EXECUTE) != 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "an image section (SEC_IMAGE), not a data section"));
+    }
+    Ok(size)
+}
+
+/// A mapping's size and allocation attributes (`SEC_*`).
+fn section_info(h: HANDLE) -> io::Result<(u64, u32)> {
     let mut info = ntdll::SectionBasicInformation {
         base_address: std::ptr::null_mut(),
         allocation_attributes: 0,
@@ -115,7 +140,8 @@ pub(crate) fn section_size(h: HANDLE) -> io::Result<u64> {
     if status < 0 {
         return Err(io::Error::other(format!("not a section handle (NTSTATUS {status:#x})")));
     }
-    u64::try_from(info.maximum_size).map_err(|_| io::Error::other("negative section size"))
+    let size = u64::try_from(info.maximum_size).map_err(|_| io::Error::other("negative section size"))?;
+    Ok((size, info.allocation_attributes))
 }
 
 /// Whether a mapping whose kernel size is `size` can be the section of `len`
@@ -234,7 +260,7 @@ impl Section {
             }
         })?;
         let len = if existed {
-            section_size(raw(&handle)).map_err(|source| CreateError::Io { object: name.to_string(), source })?
+            foreign_section_size(raw(&handle)).map_err(|source| CreateError::Io { object: name.to_string(), source })?
         } else {
             size
         };
@@ -277,7 +303,8 @@ impl Section {
                 OpenError::Io { name: name.to_string(), source: e }
             }
         })?;
-        let len = section_size(raw(&handle)).map_err(|source| OpenError::Io { name: name.to_string(), source })?;
+        let len =
+            foreign_section_size(raw(&handle)).map_err(|source| OpenError::Io { name: name.to_string(), source })?;
         Ok(Section::from_handle(handle, len, access))
     }
 
