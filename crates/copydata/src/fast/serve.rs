@@ -280,7 +280,12 @@ impl Dispatch {
             return None;
         }
         conn.prefetch();
-        match conn.take() {
+        // What the peer wrote is checked, so `take` should never panic; if a
+        // bug lets it, that connection is dropped, not the handler thread
+        // with every other sender's connection. (Free unless it panics.)
+        let taken = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.take()))
+            .unwrap_or_else(|_| Err("taking a message panicked (a bug in copydata)".into()));
+        match taken {
             Ok(Some(message)) => return Some(Next::Ring(message)),
             Ok(None) if dead => gone.get_or_insert_with(Vec::new).push(conn.clone()),
             Ok(None) => {}
