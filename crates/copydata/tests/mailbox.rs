@@ -957,6 +957,68 @@ fn a_stream_that_stops_holds_up_nobody() {
     stop_server(kid, &name);
 }
 
+/// A sender that streams a payload a few bytes at a time is dropped as one
+/// that stopped (an honest sender publishes whole chunks of 256 KiB), and
+/// while its copy is put aside the receiver naps between looks instead of
+/// spinning. The hand-made sender here adds 1 byte to its progress every
+/// 100 ms. Before, each byte renewed its 2 s: the connection lived for as
+/// long as the trickle went on, and the receiver's handler thread polled
+/// at 100 % CPU all the while.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_stream_that_trickles_is_dropped_and_costs_no_cpu() {
+    use std::io::Read;
+    use std::sync::atomic::Ordering;
+
+    use raw::{BUF_NEW, CALL, F_AUX, F_BUF, Raw};
+    use rustix::fs::{MemfdFlags, SealFlags};
+
+    // As in `a_stream_that_stops_holds_up_nobody`.
+    const BUF_STREAM: u32 = 8;
+    const STREAMED: usize = 72;
+    let name = unique("trickle-stream");
+    let kid = server(&name, 0);
+    let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
+    let raw = Raw::set_up(&path);
+    let memfd = rustix::fs::memfd_create("pooled", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    rustix::fs::ftruncate(&memfd, 1 << 20).unwrap();
+    rustix::fs::fcntl_add_seals(&memfd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+    raw.send_buffer(&memfd, 1 << 20);
+    let progress = raw.region.u64_at(STREAMED);
+    progress.store(1 << 40 | 4096, Ordering::Release);
+    let mut inline = vec![0u8; 8]; // aux_len 0, no sections
+    inline.extend_from_slice(&0u32.to_ne_bytes());
+    inline.extend_from_slice(&(BUF_NEW | BUF_STREAM).to_ne_bytes());
+    inline.extend_from_slice(&1u64.to_ne_bytes());
+    raw.put(0, 1, CALL, (F_AUX | F_BUF) << 24 | 24, 1 << 20, 0, &inline);
+    raw.ring();
+    let started = Instant::now();
+    // Let the receiver put the copy aside, then watch its CPU.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_of(kid.id());
+    let watched = Instant::now();
+    raw.sock.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let dropped = loop {
+        std::thread::sleep(Duration::from_millis(100));
+        progress.fetch_add(1, Ordering::Release);
+        match (&raw.sock).read(&mut byte) {
+            Ok(0) => break started.elapsed(),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break started.elapsed(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("the mailbox answered a trickled stream: {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "a trickled stream was still served after 10 s");
+    };
+    let (used, over) = (cpu_of(kid.id()).saturating_sub(before), watched.elapsed());
+    assert!(dropped < Duration::from_secs(6), "a trickled stream was dropped only after {dropped:?}");
+    assert!(used < over / 2, "the receiver used {used:?} of CPU in {over:?} of a stalled stream");
+    let mut honest = copydata::Sender::connect(&name).unwrap();
+    check_echo(&honest.send(0, b"after").unwrap(), b"after");
+    drop(honest);
+    stop_server(kid, &name);
+}
+
 /// The CPU time (user and system) a process has used (Linux: from
 /// `/proc/PID/stat`).
 #[cfg(target_os = "linux")]

@@ -53,12 +53,16 @@ const MAX_RETIRES: u32 = 2 * SLOTS as u32;
 /// two copies overlap instead of following each other.
 const STREAM_MIN: usize = 4 << 20;
 const STREAM_CHUNK: usize = 256 << 10;
-/// How long a streaming sender may make no progress.
+/// How long a streaming sender may make no progress (less than a chunk).
 const STREAM_STALL: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long the receiver waits for a streaming sender's next bytes before
 /// it puts the copy aside and serves its other senders (it comes back to
 /// the copy on its next pass).
 const STREAM_PATIENCE: std::time::Duration = std::time::Duration::from_micros(200);
+/// A copy put aside that has not moved for this long is stalled: it gets
+/// one look per pass instead of a spell of waiting, and the worker naps
+/// between passes (see `serve`).
+const STREAM_STALE: std::time::Duration = std::time::Duration::from_millis(1);
 const STREAM_SHIFT: u32 = 40;
 const STREAM_DONE_MASK: u64 = (1 << STREAM_SHIFT) - 1;
 const STREAM_ID_MASK: u64 = (1 << (64 - STREAM_SHIFT)) - 1;
@@ -927,7 +931,12 @@ struct Stream {
     /// stays 0 until all are).
     out: Vec<u8>,
     done: usize,
+    /// When the sender last made real progress: a chunk, or the end.
     last_progress: Instant,
+    /// `done` as it was then.
+    progress_mark: usize,
+    /// When the copy last moved at all.
+    moved: Instant,
 }
 
 /// The receiving side of a connection.
@@ -944,6 +953,8 @@ pub(crate) struct ServerConn {
     /// A streamed copy is put aside (`ServerState::stream`): the sender's
     /// progress wakes nobody, so the worker must look again, not sleep.
     pub(crate) streaming: AtomicBool,
+    /// ... and it has not moved for [`STREAM_STALE`].
+    pub(crate) stalled: AtomicBool,
     /// The sender is gone or broke the protocol.
     pub(crate) dead: AtomicBool,
     /// The request ring and the consumer's position in it, for a look
@@ -972,6 +983,7 @@ impl ServerConn {
             }),
             busy: AtomicBool::new(false),
             streaming: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             next: AtomicU64::new(0),
         }
@@ -1087,7 +1099,19 @@ impl ServerConn {
                         out.clear();
                         reserve(&mut out, len)?;
                         let (slot, use_no, last_progress) = (b.slot, b.use_no, Instant::now());
-                        let stream = Stream { rec, sections, view, slot, use_no, len, out, done: 0, last_progress };
+                        let stream = Stream {
+                            rec,
+                            sections,
+                            view,
+                            slot,
+                            use_no,
+                            len,
+                            out,
+                            done: 0,
+                            last_progress,
+                            progress_mark: 0,
+                            moved: last_progress,
+                        };
                         return self.stream_on(&mut st, stream);
                     } else {
                         let mut v = std::mem::take(&mut st.spare);
@@ -1128,7 +1152,9 @@ impl ServerConn {
     /// `None` with the copy put aside for the next look.
     fn stream_on(self: &Arc<Self>, st: &mut ServerState, mut stream: Stream) -> Result<Option<Message>, String> {
         let done = self.copy_streamed(&mut stream);
-        self.streaming.store(matches!(done, Ok(false)), Ordering::Release);
+        let aside = matches!(done, Ok(false));
+        self.stalled.store(aside && stream.moved.elapsed() > STREAM_STALE, Ordering::Release);
+        self.streaming.store(aside, Ordering::Release);
         if !done? {
             st.stream = Some(stream);
             return Ok(None);
@@ -1150,6 +1176,9 @@ impl ServerConn {
     fn copy_streamed(&self, s: &mut Stream) -> Result<bool, String> {
         let word = self.link.region().streamed();
         let waiting_since = Instant::now();
+        // A stalled copy gets one look, not another spell of waiting: its
+        // sender is stopped (or long descheduled).
+        let stale = s.moved.elapsed() > STREAM_STALE;
         let mut spins = 0u32;
         while s.done < s.len {
             let w = word.load(Ordering::Acquire);
@@ -1178,7 +1207,14 @@ impl ServerConn {
                     )
                 };
                 s.done = ready;
-                s.last_progress = Instant::now();
+                s.moved = Instant::now();
+                // Only a whole chunk (an honest sender publishes nothing
+                // smaller, but the end) renews its time: one that trickles
+                // a few bytes at a time counts as stopped.
+                if s.done - s.progress_mark >= STREAM_CHUNK || s.done == s.len {
+                    s.last_progress = Instant::now();
+                    s.progress_mark = s.done;
+                }
                 continue;
             }
             std::hint::spin_loop();
@@ -1190,7 +1226,10 @@ impl ServerConn {
                 if s.last_progress.elapsed() > STREAM_STALL {
                     return Err("the sender stopped writing a payload".into());
                 }
-                if s.last_progress.max(waiting_since).elapsed() > STREAM_PATIENCE {
+                if stale && s.moved < waiting_since {
+                    return Ok(false);
+                }
+                if s.moved.max(waiting_since).elapsed() > STREAM_PATIENCE {
                     // Let the sender in, should it share this CPU.
                     std::thread::yield_now();
                     return Ok(false);

@@ -81,6 +81,9 @@ pub(crate) struct WorkerState {
     trimmed: bool,
     /// Since when the worker polls for a loan announced by a sender.
     hot_since: Option<Instant>,
+    /// Since when a streamed copy put aside has kept the worker from
+    /// sleeping, no message having come meanwhile.
+    aside_since: Option<Instant>,
 }
 
 /// The longest a worker sleeps without looking at its connections.
@@ -88,6 +91,15 @@ const IDLE_LOOK: Duration = Duration::from_secs(1);
 
 /// The longest a worker polls for an announced loan before it parks.
 const HOT_MAX: Duration = Duration::from_secs(1);
+
+/// How long a worker polls without a pause once every streamed copy put
+/// aside has stalled (its sender's progress rings no doorbell; an honest
+/// sender resumes within microseconds unless it was descheduled) ...
+const ASIDE_HOT: Duration = Duration::from_millis(2);
+/// ... and then how long it naps between looks: a stopped or hostile
+/// sender costs the receiver no CPU to speak of, a resumed one waits this
+/// long at most.
+const ASIDE_NAP: Duration = Duration::from_millis(1);
 
 /// How many messages in a row the connection served last may take
 /// straight while the others were idle at the last round: a sender that
@@ -304,8 +316,12 @@ impl Dispatch {
     /// many connections the worker has. (Before parking, the worker scans
     /// them all.)
     fn worth_a_look(&self, w: usize, slot: &Slot, st: &WorkerState) -> bool {
-        let wants =
-            |c: &ServerConn| !c.busy.load(Ordering::Relaxed) && (c.maybe_ready() || c.dead.load(Ordering::Relaxed));
+        // A connection whose streamed copy stalled is looked at only by
+        // full scans (its record stays at the ring's head meanwhile).
+        let wants = |c: &ServerConn| {
+            !c.busy.load(Ordering::Relaxed)
+                && ((c.maybe_ready() && !c.stalled.load(Ordering::Relaxed)) || c.dead.load(Ordering::Relaxed))
+        };
         let n = st.conns.len();
         slot.changed.load(Ordering::Relaxed)
             || self.is_closed()
@@ -351,6 +367,7 @@ impl Dispatch {
             if let Some(found) = self.scan(w, st) {
                 st.trimmed = false;
                 st.hot_since = None;
+                st.aside_since = None;
                 return Some(found);
             }
             // A sender filling a loan is about to send: poll, yielding the
@@ -399,20 +416,35 @@ impl Dispatch {
             // A loan announced before the flag went up found no one parked
             // (`Client::lend` raises its word, fences, then looks at the
             // flag): poll for it instead of sleeping through the fill.
-            // Nor does a streamed copy put aside: its sender's progress rings
-            // no doorbell.
-            if slot.changed.load(Ordering::Acquire)
-                || self.is_closed()
-                || Self::poll_for_loan(st)
-                || st.conns.iter().any(|c| c.streaming.load(Ordering::Acquire))
-            {
+            if slot.changed.load(Ordering::Acquire) || self.is_closed() || Self::poll_for_loan(st) {
                 Self::set_parked(st, 0);
                 continue;
+            }
+            // Nor does a streamed copy put aside ring a doorbell as its
+            // sender goes on: poll for it, and once every such copy has
+            // stalled for a while, nap between looks.
+            let (mut aside, mut moving) = (false, false);
+            for c in &st.conns {
+                if c.streaming.load(Ordering::Acquire) {
+                    aside = true;
+                    moving |= !c.stalled.load(Ordering::Acquire);
+                }
+            }
+            if moving || !aside {
+                st.aside_since = None;
+            }
+            let mut nap = None;
+            if aside {
+                if moving || st.aside_since.get_or_insert_with(Instant::now).elapsed() < ASIDE_HOT {
+                    Self::set_parked(st, 0);
+                    continue;
+                }
+                nap = Some(ASIDE_NAP);
             }
             let now = Instant::now();
             let left = deadline.map(|d| d.saturating_duration_since(now));
             let trim_in = (!st.trimmed).then_some(TRIM_AFTER);
-            let sleep = [left, trim_in].into_iter().flatten().fold(IDLE_LOOK, Duration::min);
+            let sleep = [left, trim_in, nap].into_iter().flatten().fold(IDLE_LOOK, Duration::min);
             let timed_out = !self.bells.wait(w, seen, Some(sleep));
             Self::set_parked(st, 0);
             if timed_out {
