@@ -1153,6 +1153,36 @@ fn silent_clients_do_not_hold_up_other_senders() {
     stop_server(kid, &name);
 }
 
+/// A hello that comes in two parts is set up as soon as its rest is there,
+/// not at its 2 s deadline: the acceptor, which stops polling a partial
+/// hello for input (it would stay readable), looks at it again every few
+/// milliseconds. It used to look only at the deadline.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_hello_in_two_parts_is_set_up_when_complete() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    use raw::{frame, recv_frame};
+
+    let name = unique("two-part");
+    let kid = server(&name, 0);
+    let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
+    let hello = frame(b"CDH2", 0, 0, 3, 0, 0);
+    let mut sock = UnixStream::connect(&path).unwrap();
+    let started = Instant::now();
+    sock.write_all(&hello[..1]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    sock.write_all(&hello[1..]).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (welcome, _fds) = recv_frame(&sock).expect("a welcome");
+    let took = started.elapsed();
+    assert_eq!(&welcome[..4], b"CDA2", "the welcome");
+    assert!(took < Duration::from_millis(1500), "the welcome came {took:?} after the hello began (its deadline: 2 s)");
+    drop(sock);
+    stop_server(kid, &name);
+}
+
 /// A receiver that hands over something else than an eventfd as the
 /// connection's readiness handle is refused at set-up: the sender never
 /// polls or reads a file or pipe it was given.

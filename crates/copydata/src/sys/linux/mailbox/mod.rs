@@ -541,9 +541,14 @@ struct Pending {
     uid: u32,
     deadline: Instant,
     /// Part of a hello came (a sender writes its hello at once): not
-    /// polled for input any more, dropped at its deadline if no more came.
+    /// polled for input any more (it stays readable), but looked at again
+    /// every [`PARTIAL_LOOK`]; set up once the rest is there, dropped at its
+    /// deadline if it never comes.
     partial: bool,
 }
+
+/// How often the acceptor looks again at a partial hello.
+const PARTIAL_LOOK: Duration = Duration::from_millis(5);
 
 /// The most connections that may wait for their hello at once; a flood of
 /// silent ones pushes the oldest out.
@@ -564,12 +569,13 @@ impl Acceptor {
                 // A partial hello stays readable: polled for a hang-up only.
                 fds.push(PollFd::new(&p.stream, if p.partial { PollFlags::empty() } else { PollFlags::IN }));
             }
+            let now = Instant::now();
             let timeout = self
                 .pending
                 .iter()
-                .map(|p| p.deadline)
+                .map(|p| if p.partial { p.deadline.min(now + PARTIAL_LOOK) } else { p.deadline })
                 .min()
-                .map(|d| timespec(d.saturating_duration_since(Instant::now())));
+                .map(|d| timespec(d.saturating_duration_since(now)));
             if let Err(e) = rustix::event::poll(&mut fds, timeout.as_ref()) {
                 if e == Errno::INTR {
                     continue;
@@ -616,9 +622,10 @@ impl Acceptor {
                     }
                 } else if spoke {
                     // A partial hello's sender hung up.
-                } else if p.partial && now >= p.deadline {
+                } else if p.partial {
                     match rustix::io::ioctl_fionread(&p.stream) {
                         Ok(n) if n >= wire::HEADER as u64 => self.set_up_and_add(p.stream, p.peer, p.uid),
+                        Ok(_) if now < p.deadline => waiting.push(p),
                         _ => log::warn!(
                             "mailbox {}: pid {} sent part of a hello and nothing more for {PEER_STEP:?}",
                             self.name,
