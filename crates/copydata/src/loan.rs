@@ -46,6 +46,38 @@ use crate::fast::conn::{LentBuf, Release, ServerConn};
 use crate::mailbox::{Reply, Sender};
 use crate::view::View;
 
+/// Copies `data` into the lent buffer of `len` bytes at `ptr`, at `offset`
+/// (the one bounds check every kind of loan makes).
+///
+/// # Safety
+///
+/// `ptr` is valid for writing `len` bytes (a lent buffer, mapped while its
+/// loan lives) and no reference to that memory exists.
+pub(crate) unsafe fn write_into(ptr: *mut u8, len: usize, offset: usize, data: &[u8]) -> Result<(), AccessError> {
+    match offset.checked_add(data.len()) {
+        Some(end) if end <= len => {}
+        _ => return Err(AccessError::OutOfRange { offset, len: data.len(), view_len: len }),
+    }
+    // SAFETY:
+    // - `offset + data.len() <= len`: inside the lent buffer (the caller's
+    //   promise);
+    // - `data` is the caller's memory, distinct from the shared buffer;
+    // - no reference to the shared memory is formed.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ptr.add(offset), data.len()) };
+    Ok(())
+}
+
+/// Sets the `len` bytes of the lent buffer at `ptr` to `byte`.
+///
+/// # Safety
+///
+/// As for [`write_into`].
+pub(crate) unsafe fn fill_with(ptr: *mut u8, len: usize, byte: u8) {
+    // SAFETY: `len` bytes at `ptr` are writable (the caller's promise);
+    // `write_bytes` forms no reference.
+    unsafe { std::ptr::write_bytes(ptr, byte, len) };
+}
+
 /// A buffer in shared memory lent for one message; see the
 /// [module docs](self). From [`Sender::loan`](crate::Sender::loan).
 ///
@@ -89,24 +121,15 @@ impl<'a> Loan<'a> {
 
     /// Copies `data` into the loan at `offset`.
     pub fn write_at(&mut self, offset: usize, data: &[u8]) -> Result<(), AccessError> {
-        match offset.checked_add(data.len()) {
-            Some(end) if end <= self.len => {}
-            _ => return Err(AccessError::OutOfRange { offset, len: data.len(), view_len: self.len }),
-        }
-        // SAFETY:
-        // - `offset + data.len() <= len <= cap`: inside the lent buffer, which
-        //   stays mapped while the loan lives;
-        // - `data` is the caller's memory, distinct from the shared buffer;
-        // - no reference to the shared memory is formed.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.add(offset), data.len()) };
-        Ok(())
+        // SAFETY: `ptr` is valid for the loan's `len` bytes, mapped while the
+        // loan lives; `&mut self` means no reference to them exists.
+        unsafe { write_into(self.ptr, self.len, offset, data) }
     }
 
     /// Sets every byte of the loan to `byte`.
     pub fn fill(&mut self, byte: u8) {
-        // SAFETY: the loan's `len` bytes are inside the lent buffer, mapped
-        // while the loan lives; `write_bytes` forms no reference.
-        unsafe { std::ptr::write_bytes(self.ptr, byte, self.len) };
+        // SAFETY: as in `write_at`.
+        unsafe { fill_with(self.ptr, self.len, byte) }
     }
 
     /// The loan as a mutable byte slice, for filling in place.
@@ -384,24 +407,16 @@ impl ReplyLoan {
 
     /// Copies `data` into the loan at `offset`.
     pub fn write_at(&mut self, offset: usize, data: &[u8]) -> Result<(), AccessError> {
-        match offset.checked_add(data.len()) {
-            Some(end) if end <= self.len => {}
-            _ => return Err(AccessError::OutOfRange { offset, len: data.len(), view_len: self.len }),
-        }
-        // SAFETY:
-        // - `offset + data.len() <= len`: inside the lent buffer, which the
-        //   connection's pool keeps mapped while the loan lives;
-        // - `data` is the caller's memory, distinct from the shared buffer;
-        // - no reference to the shared memory is formed.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.buf.ptr.add(offset), data.len()) };
-        Ok(())
+        // SAFETY: the buffer holds the loan's `len` bytes, which the
+        // connection's pool keeps mapped while the loan lives; `&mut self`
+        // means no reference to them exists (`bytes` borrows `&self`).
+        unsafe { write_into(self.buf.ptr, self.len, offset, data) }
     }
 
     /// Sets every byte of the loan to `byte`.
     pub fn fill(&mut self, byte: u8) {
-        // SAFETY: the loan's `len` bytes are inside the lent buffer, mapped
-        // while the loan lives; `write_bytes` forms no reference.
-        unsafe { std::ptr::write_bytes(self.buf.ptr, byte, self.len) };
+        // SAFETY: as in `write_at`.
+        unsafe { fill_with(self.buf.ptr, self.len, byte) }
     }
 
     /// The bytes written so far, for the receiver's own use.

@@ -1072,7 +1072,7 @@ impl Sender {
     /// send without copying ([`Loan::send`], [`Loan::post`]); see
     /// [`crate::loan`].
     pub fn loan(&mut self, len: usize) -> Result<Loan<'_>, SendError> {
-        let buf = self.with_client(None, None, len as u64, |c| c.lend(len))?;
+        let buf = self.with_client(None, None, len as u64, |c| c.lend(len, true))?;
         Ok(Loan::new(self, buf, len))
     }
 

@@ -1,7 +1,8 @@
 //! Mailboxes from async code, on the tokio runtime (cargo feature `tokio`).
 //!
-//! - [`AsyncSender`]: `send` and `post` as futures. No thread waits for a
-//!   pending call on Linux; cancelling is safe.
+//! - [`AsyncSender`]: `send` and `post` as futures, and zero-copy loans
+//!   ([`AsyncLoan`]). No thread waits for a pending call on Linux;
+//!   cancelling is safe.
 //! - [`AsyncMailbox`]: a mailbox as a stream of [`Request`]s
 //!   ([`futures_core::Stream`], or [`AsyncMailbox::recv`]).
 //!
@@ -67,10 +68,10 @@ use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::error::{BindError, SendError};
+use crate::error::{AccessError, BindError, SendError};
 #[cfg(target_os = "linux")]
 use crate::fast::Bell;
-use crate::fast::conn::{Body, CALL, Client, Fail, POST};
+use crate::fast::conn::{Body, CALL, Client, Fail, LentBuf, POST};
 use crate::mailbox::{SenderOptions, connect_client, failed};
 use crate::name::Name;
 use crate::{Mailbox, Reply, Request, Section};
@@ -202,6 +203,48 @@ impl AsyncSender {
         self.settle(conn, result, None, data.len())
     }
 
+    /// Lends a buffer of `len` bytes in shared memory, to fill in place and
+    /// send without copying ([`AsyncLoan::send`], [`AsyncLoan::post`]); the
+    /// async counterpart of [`Sender::loan`](crate::Sender::loan) (see
+    /// [`crate::loan`]). When every buffer of the connection's pool is
+    /// lent or still being read by the receiver, the future waits for one.
+    pub async fn loan(&mut self, len: usize) -> Result<AsyncLoan<'_>, SendError> {
+        let mut conn = self.take_conn(None, None).await?;
+        let result = conn.lend(len).await;
+        let buf = self.settle(conn, result, None, len)?;
+        Ok(AsyncLoan { ptr: buf.ptr, buf: Some(buf), len, sender: self })
+    }
+
+    /// Sends or posts a loan of this sender's connection.
+    async fn send_loan(
+        &mut self,
+        kind: u32,
+        tag: u64,
+        buf: LentBuf,
+        len: usize,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Reply>, SendError> {
+        let deadline = timeout.and_then(crate::deadline);
+        let exchange = async {
+            // Without its connection, the buffer's is gone.
+            let mut conn = self.conn.take().ok_or_else(|| SendError::ReceiverDied { name: self.name.to_string() })?;
+            let result = match conn.put_lent(kind, tag, &buf, len, None).await {
+                Ok(()) if kind == CALL => conn.reply().await.map(Some),
+                Ok(()) => Ok(None),
+                Err(e) => Err(e),
+            };
+            self.settle(conn, result, timeout, len)
+        };
+        match (timeout, deadline) {
+            (Some(t), Some(d)) => match ::tokio::time::timeout_at(d.into(), exchange).await {
+                Ok(result) => result,
+                // The exchange was dropped, and with it the connection.
+                Err(_) => Err(SendError::TimedOut { name: self.name.to_string(), timeout: t }),
+            },
+            _ => exchange.await,
+        }
+    }
+
     async fn call(
         &mut self,
         tag: u64,
@@ -250,6 +293,121 @@ impl AsyncSender {
                 Err(error)
             }
         }
+    }
+}
+
+/// A buffer in shared memory lent for one message by an [`AsyncSender`];
+/// the async counterpart of [`Loan`](crate::loan::Loan), with the same
+/// memory model ([`crate::loan`]). From [`AsyncSender::loan`].
+///
+/// Write it with [`write_at`](Self::write_at), [`fill`](Self::fill) or
+/// through [`as_mut_ptr`](Self::as_mut_ptr), then send or post it. Dropping
+/// it unsent gives the buffer back; so does a `send` or `post` future
+/// dropped before it completes (which drops the connection, as for any
+/// cancelled call).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut sender = copydata::tokio::AsyncSender::connect("images").await?;
+/// let mut loan = sender.loan(64 << 20).await?;
+/// loan.fill(0x7f); // or write_at, or through as_mut_ptr
+/// let reply = loan.send(1).await?;
+/// # Ok(()) }
+/// ```
+pub struct AsyncLoan<'a> {
+    sender: &'a mut AsyncSender,
+    /// `None` once sent.
+    buf: Option<LentBuf>,
+    /// The start of the buffer (kept apart so accessors need no unwrap).
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the buffer belongs to the pool of the sender's connection, which
+// the `&mut AsyncSender` keeps alive and unused by anything else while the
+// loan lives; the loan is its only writer, from whichever thread owns it.
+// (A future that sends a loan must be `Send` to be spawned.)
+unsafe impl Send for AsyncLoan<'_> {}
+// SAFETY: `&AsyncLoan` gives no access to the buffer's bytes.
+unsafe impl Sync for AsyncLoan<'_> {}
+
+impl AsyncLoan<'_> {
+    /// The loan's length in bytes (what the receiver will see).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the loan has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A pointer to the first byte, valid for [`len`](Self::len) bytes until
+    /// the loan is sent or dropped.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Copies `data` into the loan at `offset`.
+    pub fn write_at(&mut self, offset: usize, data: &[u8]) -> Result<(), AccessError> {
+        // SAFETY: `ptr` is valid for the loan's `len` bytes, mapped while the
+        // loan lives; `&mut self` means no reference to them exists.
+        unsafe { crate::loan::write_into(self.ptr, self.len, offset, data) }
+    }
+
+    /// Sets every byte of the loan to `byte`.
+    pub fn fill(&mut self, byte: u8) {
+        // SAFETY: as in `write_at`.
+        unsafe { crate::loan::fill_with(self.ptr, self.len, byte) }
+    }
+
+    /// The loan as a mutable byte slice, for filling in place.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Loan::as_mut_slice`](crate::loan::Loan::as_mut_slice): no
+    /// other process may write the buffer while the slice lives.
+    pub unsafe fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: the pointer is valid and writable for `len` bytes while the
+        // loan (and so this borrow) lives; the caller promises no other
+        // writer meanwhile.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    /// Sends the loan and waits for the reply (as [`AsyncSender::send`]).
+    pub async fn send(mut self, tag: u64) -> Result<Reply, SendError> {
+        let buf = self.buf.take().expect("a loan is sent once");
+        let reply = self.sender.send_loan(CALL, tag, buf, self.len, None).await?;
+        Ok(reply.expect("a call has a reply"))
+    }
+
+    /// Sends the loan and waits at most `timeout` for the reply, as
+    /// [`AsyncSender::send_timeout`].
+    pub async fn send_timeout(mut self, tag: u64, timeout: Duration) -> Result<Reply, SendError> {
+        let buf = self.buf.take().expect("a loan is sent once");
+        let reply = self.sender.send_loan(CALL, tag, buf, self.len, Some(timeout)).await?;
+        Ok(reply.expect("a call has a reply"))
+    }
+
+    /// Posts the loan: no reply awaited (as [`AsyncSender::post`]); when the
+    /// receiver's queue is full the future waits for room.
+    pub async fn post(mut self, tag: u64) -> Result<(), SendError> {
+        let buf = self.buf.take().expect("a loan is sent once");
+        self.sender.send_loan(POST, tag, buf, self.len, None).await.map(drop)
+    }
+}
+
+impl Drop for AsyncLoan<'_> {
+    fn drop(&mut self) {
+        if let (Some(buf), Some(conn)) = (self.buf.take(), self.sender.conn.as_mut()) {
+            conn.cancel(&buf);
+        }
+    }
+}
+
+impl std::fmt::Debug for AsyncLoan<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AsyncLoan({} bytes)", self.len)
     }
 }
 
@@ -356,8 +514,48 @@ impl Conn {
         sections: &[&Section],
         deadline: Option<Instant>,
     ) -> Result<(), Fail> {
+        self.until_room(deadline, |c| c.put(kind, tag, Body::Bytes(data), sections, false, None)).await
+    }
+
+    /// Queues a loan, waiting for room for as long as it takes or until
+    /// `deadline`. On any failure the loan is given back.
+    async fn put_lent(
+        &mut self,
+        kind: u32,
+        tag: u64,
+        buf: &LentBuf,
+        len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<(), Fail> {
+        let result = self.until_room(deadline, |c| c.put_lent(kind, tag, buf, len, false, None)).await;
+        if let Err(Fail::TimedOut) = result {
+            // Given back on every other failure by `put_lent`.
+            self.cancel(buf);
+        }
+        result
+    }
+
+    /// A buffer for a loan of `len` bytes, waiting for one to come back
+    /// when the pool has none free.
+    async fn lend(&mut self, len: usize) -> Result<LentBuf, Fail> {
+        self.until_room(None, |c| c.lend(len, false)).await
+    }
+
+    /// Gives back a loan that was not sent.
+    fn cancel(&mut self, buf: &LentBuf) {
+        self.client.cancel(buf);
+    }
+
+    /// Runs `attempt` until it finds room (anything but `Fail::Full`),
+    /// waiting in between for the receiver to make some, or until
+    /// `deadline` (then `Fail::TimedOut`).
+    async fn until_room<T>(
+        &mut self,
+        deadline: Option<Instant>,
+        mut attempt: impl FnMut(&mut Client) -> Result<T, Fail>,
+    ) -> Result<T, Fail> {
         loop {
-            match self.client.put(kind, tag, Body::Bytes(data), sections, false, None) {
+            match attempt(&mut self.client) {
                 Err(Fail::Full) => {}
                 other => return other,
             }
@@ -367,7 +565,7 @@ impl Conn {
             // Raise the flag, then look once more: room made after the flag
             // is up signals the handle.
             self.client.set_parked(Bell::Space, crate::fast::PARKED_ASYNC);
-            match self.client.put(kind, tag, Body::Bytes(data), sections, false, None) {
+            match attempt(&mut self.client) {
                 Err(Fail::Full) => self.wait(Bell::Space, deadline).await?,
                 other => {
                     self.client.set_parked(Bell::Space, 0);
@@ -429,12 +627,52 @@ impl Conn {
         sections: &[&Section],
         deadline: Option<Instant>,
     ) -> Result<(), Fail> {
-        // Queueing never blocks with `block: false`; a full queue is waited
-        // out in growing steps (the receiver is busy: a millisecond or ten
-        // is not noticed).
+        self.until_room(deadline, |c| c.put(kind, tag, Body::Bytes(data), sections, false, None)).await
+    }
+
+    /// Queues a loan, waiting for room for as long as it takes or until
+    /// `deadline`. On any failure the loan is given back.
+    async fn put_lent(
+        &mut self,
+        kind: u32,
+        tag: u64,
+        buf: &LentBuf,
+        len: usize,
+        deadline: Option<Instant>,
+    ) -> Result<(), Fail> {
+        let result = self.until_room(deadline, |c| c.put_lent(kind, tag, buf, len, false, None)).await;
+        if let Err(Fail::TimedOut) = result {
+            // Given back on every other failure by `put_lent`.
+            self.cancel(buf);
+        }
+        result
+    }
+
+    /// A buffer for a loan of `len` bytes, waiting for one to come back
+    /// when the pool has none free.
+    async fn lend(&mut self, len: usize) -> Result<LentBuf, Fail> {
+        self.until_room(None, |c| c.lend(len, false)).await
+    }
+
+    /// Gives back a loan that was not sent.
+    fn cancel(&mut self, buf: &LentBuf) {
+        if let Some(c) = self.client.as_mut() {
+            c.cancel(buf);
+        }
+    }
+
+    /// Runs `attempt` until it finds room (anything but `Fail::Full`),
+    /// or until `deadline` (then `Fail::TimedOut`). Attempts never block;
+    /// a full queue or pool is waited out in growing steps (the receiver
+    /// is busy: a millisecond or ten is not noticed).
+    async fn until_room<T>(
+        &mut self,
+        deadline: Option<Instant>,
+        mut attempt: impl FnMut(&mut Client) -> Result<T, Fail>,
+    ) -> Result<T, Fail> {
         let mut pause = Duration::from_micros(200);
         loop {
-            match self.client()?.put(kind, tag, Body::Bytes(data), sections, false, None) {
+            match attempt(self.client()?) {
                 Err(Fail::Full) => {
                     let now = Instant::now();
                     let step = match deadline {

@@ -454,13 +454,20 @@ impl Client {
         }
     }
 
-    /// A buffer for a loan of `len` bytes.
-    pub(crate) fn lend(&mut self, len: usize) -> Result<LentBuf, Fail> {
+    /// A buffer for a loan of `len` bytes, waiting for one of the pool's
+    /// to come back if `block`, else failing with `Full`.
+    pub(crate) fn lend(&mut self, len: usize, block: bool) -> Result<LentBuf, Fail> {
         if len as u64 > self.max_payload {
             return Err(Fail::TooLarge { max: self.max_payload });
         }
         let mut retired = Vec::new();
-        let lent = self.lend_pooled(len, true, None, &mut retired)?;
+        let lent = match self.lend_pooled(len, block, None, &mut retired) {
+            Err(Fail::Full) => {
+                self.retire(retired, 0)?;
+                return Err(Fail::Full);
+            }
+            lent => lent?,
+        };
         if let Some(l) = &lent {
             self.reusing(l.slot);
         }
@@ -541,7 +548,21 @@ impl Client {
         block: bool,
         deadline: Option<Instant>,
     ) -> Result<(), Fail> {
-        match self.put_inner(POST, tag, &Body::Lent(buf, len), &[], block, deadline) {
+        self.put_lent(POST, tag, buf, len, block, deadline)
+    }
+
+    /// Queues a loan as a `CALL` or `POST`, as [`post_loan`](Self::post_loan)
+    /// does a post: on `Full` and `TimedOut` the loan stays lent.
+    pub(crate) fn put_lent(
+        &mut self,
+        kind: u32,
+        tag: u64,
+        buf: &LentBuf,
+        len: usize,
+        block: bool,
+        deadline: Option<Instant>,
+    ) -> Result<(), Fail> {
+        match self.put_inner(kind, tag, &Body::Lent(buf, len), &[], block, deadline) {
             Ok(()) => {
                 self.link.region().loan_pending().store(0, Ordering::Release);
                 Ok(())
