@@ -7,7 +7,8 @@
 //! The server binds a mailbox (Win32: creates the window a `FindWindow`
 //! would find) and answers each request as a stream item; the client, a
 //! second copy of this program, awaits each reply (`SendMessageTimeout`
-//! without blocking a thread: Linux waits in the runtime's epoll).
+//! without blocking a thread: Linux waits in the runtime's epoll), then
+//! sends one payload as a zero-copy loan.
 
 use std::time::Duration;
 
@@ -53,5 +54,10 @@ async fn client(name: &str) -> Result<(), Box<dyn std::error::Error>> {
         let reply = sender.send_timeout(tag as u64, word.as_bytes(), Duration::from_secs(5)).await?;
         println!("client: {word} -> {} (code {})", String::from_utf8_lossy(&reply.data), reply.code);
     }
+    // A zero-copy loan: written in place in shared memory, then sent.
+    let mut loan = sender.loan(4).await?;
+    loan.write_at(0, b"loan")?;
+    let reply = loan.send_timeout(3, Duration::from_secs(5)).await?;
+    println!("client: a loan of 4 bytes -> {} (code {})", String::from_utf8_lossy(&reply.data), reply.code);
     Ok(())
 }

@@ -450,9 +450,12 @@ fn the_async_echo_example_runs() {
     let mut out = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
     assert!(status.success(), "{status}: {out}");
-    for line in
-        ["client: hello -> HELLO (code 0)", "client: async -> ASYNC (code 1)", "client: copydata -> COPYDATA (code 2)"]
-    {
+    for line in [
+        "client: hello -> HELLO (code 0)",
+        "client: async -> ASYNC (code 1)",
+        "client: copydata -> COPYDATA (code 2)",
+        "client: a loan of 4 bytes -> LOAN (code 3)",
+    ] {
         assert!(out.contains(line), "no {line:?} in {out:?}");
     }
     assert!(out.contains("server: client exited with"), "{out}");
