@@ -78,6 +78,61 @@ pub(crate) unsafe fn fill_with(ptr: *mut u8, len: usize, byte: u8) {
     unsafe { std::ptr::write_bytes(ptr, byte, len) };
 }
 
+/// The methods that fill a sender's loan in place ([`Loan`], and
+/// [`AsyncLoan`](crate::tokio::AsyncLoan)): for a type whose `ptr` and
+/// `len` fields are its lent buffer, valid and writable while it lives.
+macro_rules! filling_methods {
+    () => {
+        /// The loan's length in bytes (what the receiver will see).
+        pub fn len(&self) -> usize {
+            self.len
+        }
+
+        /// Whether the loan has no bytes.
+        pub fn is_empty(&self) -> bool {
+            self.len == 0
+        }
+
+        /// A pointer to the first byte, valid for [`len`](Self::len) bytes until
+        /// the loan is sent or dropped.
+        pub fn as_mut_ptr(&mut self) -> *mut u8 {
+            self.ptr
+        }
+
+        /// Copies `data` into the loan at `offset`.
+        pub fn write_at(&mut self, offset: usize, data: &[u8]) -> Result<(), $crate::error::AccessError> {
+            // SAFETY: `ptr` is valid for the loan's `len` bytes, mapped while the
+            // loan lives; `&mut self` means no reference to them exists.
+            unsafe { $crate::loan::write_into(self.ptr, self.len, offset, data) }
+        }
+
+        /// Sets every byte of the loan to `byte`.
+        pub fn fill(&mut self, byte: u8) {
+            // SAFETY: as in `write_at`.
+            unsafe { $crate::loan::fill_with(self.ptr, self.len, byte) }
+        }
+
+        /// The loan as a mutable byte slice, for filling in place.
+        ///
+        /// # Safety
+        ///
+        /// No other process may write the buffer while the slice lives. The
+        /// receiver cannot on Linux (its handle is sealed against writes); on
+        /// Windows it holds a read-only handle, which a cooperating receiver
+        /// cannot turn into write access either. Only a hostile process with
+        /// debugging rights over this one could.
+        pub unsafe fn as_mut_slice(&mut self) -> &mut [u8] {
+            // SAFETY:
+            // - the pointer is valid and writable for `len` bytes while the loan
+            //   (and so this borrow) lives;
+            // - the caller promises no other writer meanwhile.
+            unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+        }
+    };
+}
+#[cfg_attr(not(feature = "tokio"), allow(unused_imports))]
+pub(crate) use filling_methods;
+
 /// A buffer in shared memory lent for one message; see the
 /// [module docs](self). From [`Sender::loan`](crate::Sender::loan).
 ///
@@ -103,51 +158,7 @@ impl<'a> Loan<'a> {
         self.buf.take().expect("a loan is sent once")
     }
 
-    /// The loan's length in bytes (what the receiver will see).
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the loan has no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// A pointer to the first byte, valid for [`len`](Self::len) bytes until
-    /// the loan is sent or dropped.
-    pub fn as_mut_ptr(&mut self) -> *mut u8 {
-        self.ptr
-    }
-
-    /// Copies `data` into the loan at `offset`.
-    pub fn write_at(&mut self, offset: usize, data: &[u8]) -> Result<(), AccessError> {
-        // SAFETY: `ptr` is valid for the loan's `len` bytes, mapped while the
-        // loan lives; `&mut self` means no reference to them exists.
-        unsafe { write_into(self.ptr, self.len, offset, data) }
-    }
-
-    /// Sets every byte of the loan to `byte`.
-    pub fn fill(&mut self, byte: u8) {
-        // SAFETY: as in `write_at`.
-        unsafe { fill_with(self.ptr, self.len, byte) }
-    }
-
-    /// The loan as a mutable byte slice, for filling in place.
-    ///
-    /// # Safety
-    ///
-    /// No other process may write the buffer while the slice lives. The
-    /// receiver cannot on Linux (its handle is sealed against writes); on
-    /// Windows it holds a read-only handle, which a cooperating receiver
-    /// cannot turn into write access either. Only a hostile process with
-    /// debugging rights over this one could.
-    pub unsafe fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY:
-        // - the pointer is valid and writable for `len` bytes while the loan
-        //   (and so this borrow) lives;
-        // - the caller promises no other writer meanwhile.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
+    filling_methods!();
 
     /// Sends the loan and waits for the reply (as [`Sender::send`]).
     pub fn send(mut self, tag: u64) -> Result<Reply, SendError> {

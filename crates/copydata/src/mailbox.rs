@@ -1104,7 +1104,7 @@ impl Sender {
     /// Posts a loan of this sender's connection: waiting for room for ever
     /// (`block` and no `timeout`), at most `timeout`, or not at all. On
     /// `Full` and `TimedOut` nothing was sent and the loan is still lent
-    /// (see `Client::post_loan`); on any other error it is given back.
+    /// (see `Client::put_lent`); on any other error it is given back.
     pub(crate) fn post_loan(
         &mut self,
         tag: u64,
@@ -1116,7 +1116,7 @@ impl Sender {
         self.timed(timeout, |s, deadline| {
             // Without its connection, the buffer's is gone.
             let Some(c) = s.client.as_mut() else { return Err(SendError::ReceiverDied { name: s.name.to_string() }) };
-            let result = c.post_loan(tag, buf, len, block, deadline);
+            let result = c.put_lent(POST, tag, buf, len, block, deadline);
             result.map_err(|f| s.post_failed(timeout, len as u64, f))
         })
     }

@@ -68,7 +68,7 @@ use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::error::{AccessError, BindError, SendError};
+use crate::error::{BindError, SendError};
 #[cfg(target_os = "linux")]
 use crate::fast::Bell;
 use crate::fast::conn::{Body, CALL, Client, Fail, LentBuf, POST};
@@ -332,47 +332,7 @@ unsafe impl Send for AsyncLoan<'_> {}
 unsafe impl Sync for AsyncLoan<'_> {}
 
 impl AsyncLoan<'_> {
-    /// The loan's length in bytes (what the receiver will see).
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the loan has no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// A pointer to the first byte, valid for [`len`](Self::len) bytes until
-    /// the loan is sent or dropped.
-    pub fn as_mut_ptr(&mut self) -> *mut u8 {
-        self.ptr
-    }
-
-    /// Copies `data` into the loan at `offset`.
-    pub fn write_at(&mut self, offset: usize, data: &[u8]) -> Result<(), AccessError> {
-        // SAFETY: `ptr` is valid for the loan's `len` bytes, mapped while the
-        // loan lives; `&mut self` means no reference to them exists.
-        unsafe { crate::loan::write_into(self.ptr, self.len, offset, data) }
-    }
-
-    /// Sets every byte of the loan to `byte`.
-    pub fn fill(&mut self, byte: u8) {
-        // SAFETY: as in `write_at`.
-        unsafe { crate::loan::fill_with(self.ptr, self.len, byte) }
-    }
-
-    /// The loan as a mutable byte slice, for filling in place.
-    ///
-    /// # Safety
-    ///
-    /// As for [`Loan::as_mut_slice`](crate::loan::Loan::as_mut_slice): no
-    /// other process may write the buffer while the slice lives.
-    pub unsafe fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: the pointer is valid and writable for `len` bytes while the
-        // loan (and so this borrow) lives; the caller promises no other
-        // writer meanwhile.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
+    crate::loan::filling_methods!();
 
     /// Sends the loan and waits for the reply (as [`AsyncSender::send`]).
     pub async fn send(mut self, tag: u64) -> Result<Reply, SendError> {
@@ -474,6 +434,10 @@ impl Conn {
         Ok(Conn { client, notify, hangup })
     }
 
+    fn client(&mut self) -> Result<&mut Client, Fail> {
+        Ok(&mut self.client)
+    }
+
     /// Waits until the readiness handle or the socket says to look again, or
     /// a slice has passed, then lowers the parked flag for `bell`. The
     /// caller raised the flag (`PARKED_ASYNC`) and looked once more before
@@ -502,43 +466,6 @@ impl Conn {
             _ if self.client.link().alive() => Ok(()),
             _ => Err(Fail::PeerGone),
         }
-    }
-
-    /// Queues a message, waiting for room for as long as it takes or until
-    /// `deadline` (then `Fail::TimedOut`, with nothing queued).
-    async fn put(
-        &mut self,
-        kind: u32,
-        tag: u64,
-        data: &[u8],
-        sections: &[&Section],
-        deadline: Option<Instant>,
-    ) -> Result<(), Fail> {
-        self.until_room(deadline, |c| c.put(kind, tag, Body::Bytes(data), sections, false, None)).await
-    }
-
-    /// Queues a loan, waiting for room for as long as it takes or until
-    /// `deadline`. On any failure the loan is given back.
-    async fn put_lent(
-        &mut self,
-        kind: u32,
-        tag: u64,
-        buf: &LentBuf,
-        len: usize,
-        deadline: Option<Instant>,
-    ) -> Result<(), Fail> {
-        let result = self.until_room(deadline, |c| c.put_lent(kind, tag, buf, len, false, None)).await;
-        if let Err(Fail::TimedOut) = result {
-            // Given back on every other failure by `put_lent`.
-            self.cancel(buf);
-        }
-        result
-    }
-
-    /// A buffer for a loan of `len` bytes, waiting for one to come back
-    /// when the pool has none free.
-    async fn lend(&mut self, len: usize) -> Result<LentBuf, Fail> {
-        self.until_room(None, |c| c.lend(len, false)).await
     }
 
     /// Gives back a loan that was not sent.
@@ -573,11 +500,6 @@ impl Conn {
                 }
             }
         }
-    }
-
-    /// Queues a message if there is room now (`Fail::Full` if not).
-    fn try_put(&mut self, kind: u32, tag: u64, data: &[u8]) -> Result<(), Fail> {
-        self.client.put(kind, tag, Body::Bytes(data), &[], false, None)
     }
 
     async fn reply(&mut self) -> Result<Reply, Fail> {
@@ -617,6 +539,77 @@ impl Conn {
         self.client.as_mut().ok_or(Fail::PeerGone)
     }
 
+    /// Gives back a loan that was not sent.
+    fn cancel(&mut self, buf: &LentBuf) {
+        if let Some(c) = self.client.as_mut() {
+            c.cancel(buf);
+        }
+    }
+
+    /// Runs `attempt` until it finds room (anything but `Fail::Full`),
+    /// or until `deadline` (then `Fail::TimedOut`). Attempts never block;
+    /// a full queue or pool is waited out in growing steps (the receiver
+    /// is busy: a millisecond or ten is not noticed).
+    async fn until_room<T>(
+        &mut self,
+        deadline: Option<Instant>,
+        mut attempt: impl FnMut(&mut Client) -> Result<T, Fail>,
+    ) -> Result<T, Fail> {
+        let mut pause = Duration::from_micros(200);
+        loop {
+            match attempt(self.client()?) {
+                Err(Fail::Full) => {
+                    let now = Instant::now();
+                    let step = match deadline {
+                        Some(d) if now >= d => return Err(Fail::TimedOut),
+                        Some(d) => pause.min(d - now),
+                        None => pause,
+                    };
+                    ::tokio::time::sleep(step).await;
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn reply(&mut self) -> Result<Reply, Fail> {
+        if let Some(r) = self.client()?.try_reply()? {
+            return Ok(r);
+        }
+        let mut client = self.client.take().ok_or(Fail::PeerGone)?;
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Set when this future is dropped: the waiting thread gives up.
+        struct OnDrop(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for OnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _guard = OnDrop(cancel.clone());
+        let waited = ::tokio::task::spawn_blocking(move || {
+            let result = loop {
+                match client.reply(Some(Instant::now() + SLICE)) {
+                    Err(Fail::TimedOut) if !cancel.load(std::sync::atomic::Ordering::Relaxed) => continue,
+                    other => break other,
+                }
+            };
+            (client, result)
+        })
+        .await;
+        match waited {
+            Ok((client, result)) => {
+                self.client = Some(client);
+                result
+            }
+            Err(e) => Err(Fail::Io(std::io::Error::other(e))),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- both
+
+impl Conn {
     /// Queues a message, waiting for room for as long as it takes or until
     /// `deadline` (then `Fail::TimedOut`, with nothing queued).
     async fn put(
@@ -654,76 +647,9 @@ impl Conn {
         self.until_room(None, |c| c.lend(len, false)).await
     }
 
-    /// Gives back a loan that was not sent.
-    fn cancel(&mut self, buf: &LentBuf) {
-        if let Some(c) = self.client.as_mut() {
-            c.cancel(buf);
-        }
-    }
-
-    /// Runs `attempt` until it finds room (anything but `Fail::Full`),
-    /// or until `deadline` (then `Fail::TimedOut`). Attempts never block;
-    /// a full queue or pool is waited out in growing steps (the receiver
-    /// is busy: a millisecond or ten is not noticed).
-    async fn until_room<T>(
-        &mut self,
-        deadline: Option<Instant>,
-        mut attempt: impl FnMut(&mut Client) -> Result<T, Fail>,
-    ) -> Result<T, Fail> {
-        let mut pause = Duration::from_micros(200);
-        loop {
-            match attempt(self.client()?) {
-                Err(Fail::Full) => {
-                    let now = Instant::now();
-                    let step = match deadline {
-                        Some(d) if now >= d => return Err(Fail::TimedOut),
-                        Some(d) => pause.min(d - now),
-                        None => pause,
-                    };
-                    ::tokio::time::sleep(step).await;
-                    pause = (pause * 2).min(Duration::from_millis(10));
-                }
-                other => return other,
-            }
-        }
-    }
-
     /// Queues a message if there is room now (`Fail::Full` if not).
     fn try_put(&mut self, kind: u32, tag: u64, data: &[u8]) -> Result<(), Fail> {
         self.client()?.put(kind, tag, Body::Bytes(data), &[], false, None)
-    }
-
-    async fn reply(&mut self) -> Result<Reply, Fail> {
-        if let Some(r) = self.client()?.try_reply()? {
-            return Ok(r);
-        }
-        let mut client = self.client.take().ok_or(Fail::PeerGone)?;
-        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        // Set when this future is dropped: the waiting thread gives up.
-        struct OnDrop(Arc<std::sync::atomic::AtomicBool>);
-        impl Drop for OnDrop {
-            fn drop(&mut self) {
-                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        let _guard = OnDrop(cancel.clone());
-        let waited = ::tokio::task::spawn_blocking(move || {
-            let result = loop {
-                match client.reply(Some(Instant::now() + SLICE)) {
-                    Err(Fail::TimedOut) if !cancel.load(std::sync::atomic::Ordering::Relaxed) => continue,
-                    other => break other,
-                }
-            };
-            (client, result)
-        })
-        .await;
-        match waited {
-            Ok((client, result)) => {
-                self.client = Some(client);
-                result
-            }
-            Err(e) => Err(Fail::Io(std::io::Error::other(e))),
-        }
     }
 }
 

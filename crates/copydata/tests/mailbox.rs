@@ -900,6 +900,39 @@ fn an_attachment_that_never_comes_holds_up_nobody() {
     stop_server(kid, &name);
 }
 
+/// Where a streaming sender publishes its progress: fast/region.rs puts the
+/// word at +72; fast/conn.rs keeps the use's number in its top 24 bits and
+/// the bytes written below.
+#[cfg(target_os = "linux")]
+const STREAMED: usize = 72;
+
+/// A hand-made sender that hands over a pool buffer of 1 MiB and starts a
+/// call of 1 MiB streamed through it, saying 4 KiB are written.
+#[cfg(target_os = "linux")]
+fn start_a_stream(path: &std::path::Path) -> raw::Raw {
+    use std::sync::atomic::Ordering;
+
+    use raw::{BUF_NEW, CALL, F_AUX, F_BUF, Raw};
+    use rustix::fs::{MemfdFlags, SealFlags};
+
+    // fast/pool.rs: a buffer reference is slot (u32), flags (u32), use
+    // (u64); BUF_STREAM = 8.
+    const BUF_STREAM: u32 = 8;
+    let raw = Raw::set_up(path);
+    let memfd = rustix::fs::memfd_create("pooled", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    rustix::fs::ftruncate(&memfd, 1 << 20).unwrap();
+    rustix::fs::fcntl_add_seals(&memfd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+    raw.send_buffer(&memfd, 1 << 20);
+    raw.region.u64_at(STREAMED).store(1 << 40 | 4096, Ordering::Release);
+    let mut inline = vec![0u8; 8]; // aux_len 0, no sections
+    inline.extend_from_slice(&0u32.to_ne_bytes());
+    inline.extend_from_slice(&(BUF_NEW | BUF_STREAM).to_ne_bytes());
+    inline.extend_from_slice(&1u64.to_ne_bytes());
+    raw.put(0, 1, CALL, (F_AUX | F_BUF) << 24 | 24, 1 << 20, 0, &inline);
+    raw.ring();
+    raw
+}
+
 /// Senders that start streaming a large payload and stop writing it hold
 /// up nobody: the receiver puts such a copy aside and serves its other
 /// senders, and drops the stalled ones after 2 s. Each hand-made sender
@@ -910,38 +943,14 @@ fn an_attachment_that_never_comes_holds_up_nobody() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_stream_that_stops_holds_up_nobody() {
-    use std::sync::atomic::Ordering;
+    use raw::{Raw, assert_dropped};
 
-    use raw::{BUF_NEW, CALL, F_AUX, F_BUF, Raw, assert_dropped};
-    use rustix::fs::{MemfdFlags, SealFlags};
-
-    // fast/pool.rs: a buffer reference is slot (u32), flags (u32), use (u64);
-    // BUF_STREAM = 8. fast/region.rs: the progress word at +72; fast/conn.rs:
-    // the use's number in its top 24 bits, the bytes written below.
-    const BUF_STREAM: u32 = 8;
-    const STREAMED: usize = 72;
     let name = unique("stall");
     let kid = server(&name, 0);
     let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
     let mut honest = copydata::Sender::connect(&name).unwrap();
     check_echo(&honest.send(0, b"before").unwrap(), b"before");
-    let stalled: Vec<Raw> = (0..3)
-        .map(|_| {
-            let raw = Raw::set_up(&path);
-            let memfd = rustix::fs::memfd_create("pooled", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
-            rustix::fs::ftruncate(&memfd, 1 << 20).unwrap();
-            rustix::fs::fcntl_add_seals(&memfd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
-            raw.send_buffer(&memfd, 1 << 20);
-            raw.region.u64_at(STREAMED).store(1 << 40 | 4096, Ordering::Release);
-            let mut inline = vec![0u8; 8]; // aux_len 0, no sections
-            inline.extend_from_slice(&0u32.to_ne_bytes());
-            inline.extend_from_slice(&(BUF_NEW | BUF_STREAM).to_ne_bytes());
-            inline.extend_from_slice(&1u64.to_ne_bytes());
-            raw.put(0, 1, CALL, (F_AUX | F_BUF) << 24 | 24, 1 << 20, 0, &inline);
-            raw.ring();
-            raw
-        })
-        .collect();
+    let stalled: Vec<Raw> = (0..3).map(|_| start_a_stream(&path)).collect();
     let started = Instant::now();
     for i in 0..5 {
         let data = format!("honest call {i}");
@@ -970,28 +979,11 @@ fn a_stream_that_trickles_is_dropped_and_costs_no_cpu() {
     use std::io::Read;
     use std::sync::atomic::Ordering;
 
-    use raw::{BUF_NEW, CALL, F_AUX, F_BUF, Raw};
-    use rustix::fs::{MemfdFlags, SealFlags};
-
-    // As in `a_stream_that_stops_holds_up_nobody`.
-    const BUF_STREAM: u32 = 8;
-    const STREAMED: usize = 72;
     let name = unique("trickle-stream");
     let kid = server(&name, 0);
     let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
-    let raw = Raw::set_up(&path);
-    let memfd = rustix::fs::memfd_create("pooled", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
-    rustix::fs::ftruncate(&memfd, 1 << 20).unwrap();
-    rustix::fs::fcntl_add_seals(&memfd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
-    raw.send_buffer(&memfd, 1 << 20);
+    let raw = start_a_stream(&path);
     let progress = raw.region.u64_at(STREAMED);
-    progress.store(1 << 40 | 4096, Ordering::Release);
-    let mut inline = vec![0u8; 8]; // aux_len 0, no sections
-    inline.extend_from_slice(&0u32.to_ne_bytes());
-    inline.extend_from_slice(&(BUF_NEW | BUF_STREAM).to_ne_bytes());
-    inline.extend_from_slice(&1u64.to_ne_bytes());
-    raw.put(0, 1, CALL, (F_AUX | F_BUF) << 24 | 24, 1 << 20, 0, &inline);
-    raw.ring();
     let started = Instant::now();
     // Let the receiver put the copy aside, then watch its CPU.
     std::thread::sleep(Duration::from_millis(300));

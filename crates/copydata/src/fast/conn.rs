@@ -536,23 +536,10 @@ impl Client {
         result
     }
 
-    /// Posts a loan, waiting for room per `block` and `deadline`. Unlike
-    /// [`put`](Self::put), a post that found no room (`Full`, `TimedOut`:
-    /// nothing was queued then) keeps the loan lent, for the caller to post
-    /// again or give back with [`cancel`](Self::cancel).
-    pub(crate) fn post_loan(
-        &mut self,
-        tag: u64,
-        buf: &LentBuf,
-        len: usize,
-        block: bool,
-        deadline: Option<Instant>,
-    ) -> Result<(), Fail> {
-        self.put_lent(POST, tag, buf, len, block, deadline)
-    }
-
-    /// Queues a loan as a `CALL` or `POST`, as [`post_loan`](Self::post_loan)
-    /// does a post: on `Full` and `TimedOut` the loan stays lent.
+    /// Queues a loan as a `CALL` or `POST`, waiting for room per `block`
+    /// and `deadline`. Unlike [`put`](Self::put), a loan that found no room
+    /// (`Full`, `TimedOut`: nothing was queued then) stays lent, for the
+    /// caller to send again or give back with [`cancel`](Self::cancel).
     pub(crate) fn put_lent(
         &mut self,
         kind: u32,
