@@ -37,11 +37,13 @@
 //!   fast path pays nothing for it. The connection's socket is watched too:
 //!   its hang-up says the receiver died. A look every 100 ms guards against
 //!   a lost wake-up, as the blocking path's parked futex does.
-//! - **Sending, Windows**: a pending call waits on a thread of tokio's
-//!   blocking pool (one per connection at a time: a connection carries one
-//!   call at a time), on the connection's event objects; Windows has no
-//!   readiness a reactor can watch for them. A cancelled call's thread
-//!   notices within 100 ms and drops the connection.
+//! - **Sending, Windows**: no thread waits for a pending call either. The
+//!   call raises its parked flag, looks once more, then registers waits
+//!   with the system thread pool (`RegisterWaitForSingleObject`) on the
+//!   connection's wake event and on the receiver's process; their callback
+//!   wakes the task. A cancelled call unregisters them at once. As on
+//!   Linux, a look every 100 ms guards against a lost wake-up. A full
+//!   queue or pool is waited out in short sleeps.
 //! - **Set-up** (the first send of a sender, or [`AsyncSender::connect`])
 //!   is a short exchange on the socket, run on the blocking pool, bounded by
 //!   the connect timeout.
@@ -69,7 +71,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{BindError, SendError};
-#[cfg(target_os = "linux")]
 use crate::fast::Bell;
 use crate::fast::conn::{Body, CALL, Client, Fail, LentBuf, POST};
 use crate::mailbox::{SenderOptions, connect_client, failed};
@@ -522,7 +523,7 @@ impl Conn {
 
 // ---------------------------------------------------------------- elsewhere
 
-/// One connection; its waits run on the blocking pool.
+/// One connection; its waits are registered with the system thread pool.
 #[cfg(not(target_os = "linux"))]
 #[derive(Debug)]
 struct Conn {
@@ -574,35 +575,34 @@ impl Conn {
     }
 
     async fn reply(&mut self) -> Result<Reply, Fail> {
-        if let Some(r) = self.client()?.try_reply()? {
-            return Ok(r);
-        }
-        let mut client = self.client.take().ok_or(Fail::PeerGone)?;
-        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        // Set when this future is dropped: the waiting thread gives up.
-        struct OnDrop(Arc<std::sync::atomic::AtomicBool>);
-        impl Drop for OnDrop {
-            fn drop(&mut self) {
-                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        loop {
+            let client = self.client()?;
+            if let Some(r) = client.try_reply()? {
+                return Ok(r);
             }
-        }
-        let _guard = OnDrop(cancel.clone());
-        let waited = ::tokio::task::spawn_blocking(move || {
-            let result = loop {
-                match client.reply(Some(Instant::now() + SLICE)) {
-                    Err(Fail::TimedOut) if !cancel.load(std::sync::atomic::Ordering::Relaxed) => continue,
-                    other => break other,
-                }
+            // Raise the flag, then look once more: a reply queued after the
+            // flag is up sets the wake event.
+            client.set_parked(Bell::Reply, crate::fast::PARKED);
+            if let Some(r) = client.try_reply()? {
+                client.set_parked(Bell::Reply, 0);
+                return Ok(r);
+            }
+            #[cfg(windows)]
+            let waited = {
+                let objects = client.link().reply_objects();
+                // SAFETY: the handles are the connection's, which `self`
+                // keeps open while this future borrows it.
+                unsafe { crate::sys::readiness::any_signalled(&objects, SLICE) }.await
             };
-            (client, result)
-        })
-        .await;
-        match waited {
-            Ok((client, result)) => {
-                self.client = Some(client);
-                result
+            #[cfg(not(windows))]
+            let waited = Ok::<(), std::io::Error>(::tokio::time::sleep(SLICE).await);
+            let client = self.client()?;
+            client.set_parked(Bell::Reply, 0);
+            waited.map_err(Fail::Io)?;
+            if !client.link().alive() {
+                // Whatever the receiver queued before it died still counts.
+                return client.try_reply()?.ok_or(Fail::PeerGone);
             }
-            Err(e) => Err(Fail::Io(std::io::Error::other(e))),
         }
     }
 }

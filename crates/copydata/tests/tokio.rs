@@ -186,6 +186,44 @@ fn async_loans_are_filled_in_place_and_sent() {
     });
 }
 
+/// A pending call holds no thread of tokio's blocking pool, on any
+/// platform: with a pool of one thread, eight calls left unanswered still
+/// let a ninth connect (set-up runs on that pool) and be answered. On
+/// Windows each pending call used to wait on a thread of the pool, so the
+/// ninth never got one.
+#[test]
+fn pending_async_calls_hold_no_blocking_thread() {
+    let (_kid, name) = echo_child();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            let mut held = Vec::new();
+            for _ in 0..8 {
+                let mut sender = AsyncSender::connect(&name).await.unwrap();
+                held.push(tokio::spawn(async move { sender.send(HELD, b"never answered").await }));
+            }
+            // Let them all start waiting.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut sender = AsyncSender::connect(&name).await.unwrap();
+            let reply = sender.send_timeout(1, b"still served", Duration::from_secs(20)).await.unwrap();
+            assert_eq!(&reply.data[..], b"still served");
+            for call in &held {
+                assert!(!call.is_finished(), "an unanswered call returned");
+            }
+            for call in held {
+                call.abort();
+            }
+        })
+        .await
+        .expect("the test did not finish within 60 s");
+    });
+}
+
 #[cfg(target_os = "linux")]
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()

@@ -771,17 +771,18 @@ impl Client {
         self.take_reply()
     }
 
-    #[cfg(all(feature = "tokio", target_os = "linux"))]
+    #[cfg(feature = "tokio")]
     pub(crate) fn link(&self) -> &Link {
         &self.link
     }
 
-    /// Raises (`PARKED_ASYNC`) or lowers (0) this side's parked flag for
-    /// `bell` for a wait outside the library (an async runtime watching the
-    /// connection's readiness handle). Raising is a full barrier: a record
-    /// published after it makes the receiver signal the handle, one
-    /// published before it is seen by the caller's next look.
-    #[cfg(all(feature = "tokio", target_os = "linux"))]
+    /// Raises (Linux: `PARKED_ASYNC`; Windows: `PARKED`) or lowers (0) this
+    /// side's parked flag for `bell` for a wait outside the library (an
+    /// async runtime watching the connection's readiness handle, or its
+    /// wake event). Raising is a full barrier: a record published after it
+    /// makes the receiver signal, one published before it is seen by the
+    /// caller's next look.
+    #[cfg(feature = "tokio")]
     pub(crate) fn set_parked(&self, bell: Bell, value: u32) {
         let ring = match bell {
             Bell::Reply => *self.rep.ring(),

@@ -565,6 +565,20 @@ impl Link {
         self.closed_word(self.peer_side()).load(Ordering::Acquire) != 0 || signalled(&self.peer)
     }
 
+    /// The objects an async sender waits on for a reply: its wake event
+    /// and the receiver's process (signalled when it dies), as raw values
+    /// for `sys::readiness::any_signalled`, valid while this link lives.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn reply_objects(&self) -> [usize; 2] {
+        [raw(&self.wake) as usize, raw(&self.peer) as usize]
+    }
+
+    /// Whether the peer is there and has not dropped the connection.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn alive(&self) -> bool {
+        !self.peer_gone()
+    }
+
     /// Whether either side has dropped the connection, or the peer died.
     fn closed(&self) -> bool {
         self.closed_word(self.side).load(Ordering::Acquire) != 0 || self.peer_gone()

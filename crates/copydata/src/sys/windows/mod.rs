@@ -6,6 +6,8 @@ pub(crate) mod handover;
 mod inherit;
 pub(crate) mod mailbox;
 mod namespace;
+#[cfg(feature = "tokio")]
+pub(crate) mod readiness;
 pub(crate) mod sync;
 
 use std::ffi::{OsStr, c_void};
