@@ -412,6 +412,11 @@ struct Conn {
     hangup: ::tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
 }
 
+/// The parked flag's value for a wait in the runtime: the receiver then
+/// writes the readiness handle, not the futex.
+#[cfg(target_os = "linux")]
+const PARKED_HERE: u32 = crate::fast::PARKED_ASYNC;
+
 #[cfg(target_os = "linux")]
 impl Conn {
     fn new(client: Client) -> std::io::Result<Conn> {
@@ -433,10 +438,6 @@ impl Conn {
         let hangup =
             unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
         Ok(Conn { client, notify, hangup })
-    }
-
-    fn client(&mut self) -> Result<&mut Client, Fail> {
-        Ok(&mut self.client)
     }
 
     /// Waits until the readiness handle or the socket says to look again, or
@@ -468,7 +469,52 @@ impl Conn {
             _ => Err(Fail::PeerGone),
         }
     }
+}
 
+// ---------------------------------------------------------------- elsewhere
+
+/// One connection; its waits are registered with the system thread pool.
+#[cfg(not(target_os = "linux"))]
+#[derive(Debug)]
+struct Conn {
+    client: Client,
+}
+
+/// The parked flag's value: the receiver sets the wake event for any.
+#[cfg(not(target_os = "linux"))]
+const PARKED_HERE: u32 = crate::fast::PARKED;
+
+#[cfg(not(target_os = "linux"))]
+impl Conn {
+    fn new(client: Client) -> std::io::Result<Conn> {
+        Ok(Conn { client })
+    }
+
+    /// Waits until the connection's wake event or the receiver's process is
+    /// signalled, or a slice has passed (or `deadline`), then lowers the
+    /// parked flag for `bell`. The caller raised the flag and looked once
+    /// more before calling. `Err(PeerGone)` once the receiver is gone.
+    async fn wait(&mut self, bell: Bell, deadline: Option<Instant>) -> Result<(), Fail> {
+        let slice = deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()).min(SLICE));
+        #[cfg(windows)]
+        let waited = {
+            let objects = self.client.link().wait_objects();
+            // SAFETY: the handles are the connection's, which `self` keeps
+            // open while this future borrows it.
+            unsafe { crate::sys::readiness::any_signalled(&objects, slice) }.await
+        };
+        // (No other platform has mailboxes: nothing connects there.)
+        #[cfg(not(windows))]
+        let waited = Ok::<(), std::io::Error>(::tokio::time::sleep(slice).await);
+        self.client.set_parked(bell, 0);
+        waited.map_err(Fail::Io)?;
+        if self.client.link().alive() { Ok(()) } else { Err(Fail::PeerGone) }
+    }
+}
+
+// ---------------------------------------------------------------- both
+
+impl Conn {
     /// Gives back a loan that was not sent.
     fn cancel(&mut self, buf: &LentBuf) {
         self.client.cancel(buf);
@@ -491,8 +537,8 @@ impl Conn {
                 return Err(Fail::TimedOut);
             }
             // Raise the flag, then look once more: room made after the flag
-            // is up signals the handle.
-            self.client.set_parked(Bell::Space, crate::fast::PARKED_ASYNC);
+            // is up signals the waiter.
+            self.client.set_parked(Bell::Space, PARKED_HERE);
             match attempt(&mut self.client) {
                 Err(Fail::Full) => self.wait(Bell::Space, deadline).await?,
                 other => {
@@ -508,7 +554,7 @@ impl Conn {
             if let Some(r) = self.client.try_reply()? {
                 return Ok(r);
             }
-            self.client.set_parked(Bell::Reply, crate::fast::PARKED_ASYNC);
+            self.client.set_parked(Bell::Reply, PARKED_HERE);
             if let Some(r) = self.client.try_reply()? {
                 self.client.set_parked(Bell::Reply, 0);
                 return Ok(r);
@@ -519,97 +565,7 @@ impl Conn {
             }
         }
     }
-}
 
-// ---------------------------------------------------------------- elsewhere
-
-/// One connection; its waits are registered with the system thread pool.
-#[cfg(not(target_os = "linux"))]
-#[derive(Debug)]
-struct Conn {
-    client: Option<Client>,
-}
-
-#[cfg(not(target_os = "linux"))]
-impl Conn {
-    fn new(client: Client) -> std::io::Result<Conn> {
-        Ok(Conn { client: Some(client) })
-    }
-
-    fn client(&mut self) -> Result<&mut Client, Fail> {
-        self.client.as_mut().ok_or(Fail::PeerGone)
-    }
-
-    /// Gives back a loan that was not sent.
-    fn cancel(&mut self, buf: &LentBuf) {
-        if let Some(c) = self.client.as_mut() {
-            c.cancel(buf);
-        }
-    }
-
-    /// Runs `attempt` until it finds room (anything but `Fail::Full`),
-    /// or until `deadline` (then `Fail::TimedOut`). Attempts never block;
-    /// a full queue or pool is waited out in growing steps (the receiver
-    /// is busy: a millisecond or ten is not noticed).
-    async fn until_room<T>(
-        &mut self,
-        deadline: Option<Instant>,
-        mut attempt: impl FnMut(&mut Client) -> Result<T, Fail>,
-    ) -> Result<T, Fail> {
-        let mut pause = Duration::from_micros(200);
-        loop {
-            match attempt(self.client()?) {
-                Err(Fail::Full) => {
-                    let now = Instant::now();
-                    let step = match deadline {
-                        Some(d) if now >= d => return Err(Fail::TimedOut),
-                        Some(d) => pause.min(d - now),
-                        None => pause,
-                    };
-                    ::tokio::time::sleep(step).await;
-                    pause = (pause * 2).min(Duration::from_millis(10));
-                }
-                other => return other,
-            }
-        }
-    }
-
-    async fn reply(&mut self) -> Result<Reply, Fail> {
-        loop {
-            let client = self.client()?;
-            if let Some(r) = client.try_reply()? {
-                return Ok(r);
-            }
-            // Raise the flag, then look once more: a reply queued after the
-            // flag is up sets the wake event.
-            client.set_parked(Bell::Reply, crate::fast::PARKED);
-            if let Some(r) = client.try_reply()? {
-                client.set_parked(Bell::Reply, 0);
-                return Ok(r);
-            }
-            #[cfg(windows)]
-            let waited = {
-                let objects = client.link().reply_objects();
-                // SAFETY: the handles are the connection's, which `self`
-                // keeps open while this future borrows it.
-                unsafe { crate::sys::readiness::any_signalled(&objects, SLICE) }.await
-            };
-            #[cfg(not(windows))]
-            let waited = Ok::<(), std::io::Error>(::tokio::time::sleep(SLICE).await);
-            let client = self.client()?;
-            client.set_parked(Bell::Reply, 0);
-            waited.map_err(Fail::Io)?;
-            if !client.link().alive() {
-                // Whatever the receiver queued before it died still counts.
-                return client.try_reply()?.ok_or(Fail::PeerGone);
-            }
-        }
-    }
-}
-
-// ---------------------------------------------------------------- both
-
-impl Conn {
     /// Queues a message, waiting for room for as long as it takes or until
     /// `deadline` (then `Fail::TimedOut`, with nothing queued).
     async fn put(
@@ -649,7 +605,7 @@ impl Conn {
 
     /// Queues a message if there is room now (`Fail::Full` if not).
     fn try_put(&mut self, kind: u32, tag: u64, data: &[u8]) -> Result<(), Fail> {
-        self.client()?.put(kind, tag, Body::Bytes(data), &[], false, None)
+        self.client.put(kind, tag, Body::Bytes(data), &[], false, None)
     }
 }
 

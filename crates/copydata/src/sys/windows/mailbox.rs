@@ -565,11 +565,11 @@ impl Link {
         self.closed_word(self.peer_side()).load(Ordering::Acquire) != 0 || signalled(&self.peer)
     }
 
-    /// The objects an async sender waits on for a reply: its wake event
-    /// and the receiver's process (signalled when it dies), as raw values
+    /// The objects an async sender waits on, for a reply or for room: its
+    /// wake event and the receiver's process (signalled when it dies), as raw values
     /// for `sys::readiness::any_signalled`, valid while this link lives.
     #[cfg(feature = "tokio")]
-    pub(crate) fn reply_objects(&self) -> [usize; 2] {
+    pub(crate) fn wait_objects(&self) -> [usize; 2] {
         [raw(&self.wake) as usize, raw(&self.peer) as usize]
     }
 
