@@ -42,8 +42,9 @@
 //!   with the system thread pool (`RegisterWaitForSingleObject`) on the
 //!   connection's wake event and on the receiver's process; their callback
 //!   wakes the task. A cancelled call unregisters them at once. As on
-//!   Linux, a look every 100 ms guards against a lost wake-up. A full
-//!   queue or pool is waited out in short sleeps.
+//!   Linux, a look every 100 ms guards against a lost wake-up. Waiting for
+//!   room in a full queue, or for a buffer of the pool, works the same way
+//!   on both.
 //! - **Set-up** (the first send of a sender, or [`AsyncSender::connect`])
 //!   is a short exchange on the socket, run on the blocking pool, bounded by
 //!   the connect timeout.
