@@ -186,7 +186,7 @@ impl AsyncSender {
             match conn.put(POST, tag, data, &[], deadline).await {
                 Err(Fail::TimedOut) => {
                     self.conn = Some(conn);
-                    Err(SendError::TimedOut { name: self.name.to_string(), timeout })
+                    Err(self.timed_out(Some(timeout)))
                 }
                 result => self.settle(conn, result, Some(timeout), data.len()),
             }
@@ -237,14 +237,8 @@ impl AsyncSender {
             };
             self.settle(conn, result, timeout, len)
         };
-        match (timeout, deadline) {
-            (Some(t), Some(d)) => match ::tokio::time::timeout_at(d.into(), exchange).await {
-                Ok(result) => result,
-                // The exchange was dropped, and with it the connection.
-                Err(_) => Err(SendError::TimedOut { name: self.name.to_string(), timeout: t }),
-            },
-            _ => exchange.await,
-        }
+        // Past the deadline, the exchange was dropped, and with it the connection.
+        until(deadline, exchange).await.unwrap_or_else(|| Err(self.timed_out(timeout)))
     }
 
     async fn call(
@@ -263,14 +257,13 @@ impl AsyncSender {
             };
             self.settle(conn, result, timeout, data.len())
         };
-        match (timeout, deadline) {
-            (Some(t), Some(d)) => match ::tokio::time::timeout_at(d.into(), exchange).await {
-                Ok(result) => result,
-                // The exchange was dropped, and with it the connection.
-                Err(_) => Err(SendError::TimedOut { name: self.name.to_string(), timeout: t }),
-            },
-            _ => exchange.await,
-        }
+        // Past the deadline, the exchange was dropped, and with it the connection.
+        until(deadline, exchange).await.unwrap_or_else(|| Err(self.timed_out(timeout)))
+    }
+
+    /// The error for a call or post that ran out of `timeout`.
+    fn timed_out(&self, timeout: Option<Duration>) -> SendError {
+        SendError::TimedOut { name: self.name.to_string(), timeout: timeout.unwrap_or_default() }
     }
 
     /// Keeps the connection after a success or an error that leaves it
@@ -370,6 +363,15 @@ impl Drop for AsyncLoan<'_> {
 impl std::fmt::Debug for AsyncLoan<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "AsyncLoan({} bytes)", self.len)
+    }
+}
+
+/// Runs `exchange` until it completes (`Some`) or `deadline` passes
+/// (`None`: it is dropped then).
+async fn until<T>(deadline: Option<Instant>, exchange: impl std::future::Future<Output = T>) -> Option<T> {
+    match deadline {
+        Some(d) => ::tokio::time::timeout_at(d.into(), exchange).await.ok(),
+        None => Some(exchange.await),
     }
 }
 

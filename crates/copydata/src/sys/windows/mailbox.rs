@@ -566,8 +566,9 @@ impl Link {
     }
 
     /// The objects an async sender waits on, for a reply or for room: its
-    /// wake event and the receiver's process (signalled when it dies), as raw values
-    /// for `sys::readiness::any_signalled`, valid while this link lives.
+    /// wake event and the receiver's process (signalled when it dies), as
+    /// raw values for `sys::readiness::any_signalled`, valid while this
+    /// link lives.
     #[cfg(feature = "tokio")]
     pub(crate) fn wait_objects(&self) -> [usize; 2] {
         [raw(&self.wake) as usize, raw(&self.peer) as usize]

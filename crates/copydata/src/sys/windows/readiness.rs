@@ -1,8 +1,8 @@
 //! Waiting for kernel objects from async code without holding a thread:
 //! a wait registered with the system thread pool
 //! (`RegisterWaitForSingleObject`) per object, whose callback wakes the
-//! task. `copydata::tokio` waits so for a reply (the connection's wake event
-//! and the receiver's process).
+//! task. `copydata::tokio` waits so for a reply or for room (on the
+//! connection's wake event and the receiver's process).
 
 use std::ffi::c_void;
 use std::future::poll_fn;
