@@ -200,7 +200,7 @@ impl<'a> Loan<'a> {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn try_post(self, tag: u64) -> Result<(), PostLoanError<'a>> {
+    pub fn try_post(self, tag: u64) -> Result<(), PostLoanError<Loan<'a>>> {
         self.post_with(tag, false, None)
     }
 
@@ -209,35 +209,47 @@ impl<'a> Loan<'a> {
     /// [`SendError::TimedOut`], which comes no sooner than `timeout`,
     /// nothing was sent, the connection is kept and the loan comes back,
     /// still filled, in the error.
-    pub fn post_timeout(self, tag: u64, timeout: Duration) -> Result<(), PostLoanError<'a>> {
+    pub fn post_timeout(self, tag: u64, timeout: Duration) -> Result<(), PostLoanError<Loan<'a>>> {
         self.post_with(tag, true, Some(timeout))
     }
 
-    fn post_with(mut self, tag: u64, block: bool, timeout: Option<Duration>) -> Result<(), PostLoanError<'a>> {
+    fn post_with(mut self, tag: u64, block: bool, timeout: Option<Duration>) -> Result<(), PostLoanError<Loan<'a>>> {
         let buf = self.take();
         match self.sender.post_loan(tag, &buf, self.len, block, timeout) {
             Ok(()) => Ok(()),
             // No room: nothing was queued and the buffer is still lent.
             Err(error @ (SendError::Full { .. } | SendError::TimedOut { .. })) => {
                 self.buf = Some(buf);
-                Err(PostLoanError { error, loan: Some(Box::new(self)) })
+                Err(PostLoanError::back(error, self))
             }
             // The buffer went back to the pool (or its connection is gone).
-            Err(error) => Err(PostLoanError { error, loan: None }),
+            Err(error) => Err(PostLoanError::gone(error)),
         }
     }
 }
 
 /// A loan's post that sent nothing: [`Loan::try_post`],
-/// [`Loan::post_timeout`]. When the queue had no room (`Full`,
+/// [`Loan::post_timeout`], and their async counterparts
+/// (`AsyncLoan::try_post`, `AsyncLoan::post_timeout` with the `tokio`
+/// feature). `L` is the loan's type. When the queue had no room (`Full`,
 /// `TimedOut`), the loan comes back with the error, still filled and lent.
-pub struct PostLoanError<'a> {
+pub struct PostLoanError<L> {
     error: SendError,
     /// Boxed, so that the error stays small on the way back.
-    loan: Option<Box<Loan<'a>>>,
+    loan: Option<Box<L>>,
 }
 
-impl<'a> PostLoanError<'a> {
+impl<L> PostLoanError<L> {
+    /// Nothing was queued for want of room: `loan` comes back.
+    pub(crate) fn back(error: SendError, loan: L) -> PostLoanError<L> {
+        PostLoanError { error, loan: Some(Box::new(loan)) }
+    }
+
+    /// The buffer went back to the pool (or its connection is gone).
+    pub(crate) fn gone(error: SendError) -> PostLoanError<L> {
+        PostLoanError { error, loan: None }
+    }
+
     /// What went wrong.
     pub fn error(&self) -> &SendError {
         &self.error
@@ -246,7 +258,7 @@ impl<'a> PostLoanError<'a> {
     /// The loan, when nothing was sent for want of room in the queue
     /// ([`SendError::Full`], [`SendError::TimedOut`]); `None` after any
     /// other error (the buffer went back to the pool).
-    pub fn into_loan(self) -> Option<Loan<'a>> {
+    pub fn into_loan(self) -> Option<L> {
         self.loan.map(|l| *l)
     }
 
@@ -256,30 +268,30 @@ impl<'a> PostLoanError<'a> {
     }
 
     /// The error and the loan, if it came back.
-    pub fn into_parts(self) -> (SendError, Option<Loan<'a>>) {
+    pub fn into_parts(self) -> (SendError, Option<L>) {
         (self.error, self.loan.map(|l| *l))
     }
 }
 
-impl From<PostLoanError<'_>> for SendError {
-    fn from(e: PostLoanError<'_>) -> SendError {
+impl<L> From<PostLoanError<L>> for SendError {
+    fn from(e: PostLoanError<L>) -> SendError {
         e.error
     }
 }
 
-impl fmt::Debug for PostLoanError<'_> {
+impl<L: fmt::Debug> fmt::Debug for PostLoanError<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostLoanError").field("error", &self.error).field("loan", &self.loan).finish()
     }
 }
 
-impl fmt::Display for PostLoanError<'_> {
+impl<L> fmt::Display for PostLoanError<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.error, f)
     }
 }
 
-impl std::error::Error for PostLoanError<'_> {
+impl<L: fmt::Debug> std::error::Error for PostLoanError<L> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         std::error::Error::source(&self.error)
     }

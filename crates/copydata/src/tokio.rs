@@ -54,7 +54,9 @@
 //!   never receive the reply meant for the abandoned call. A dropped `post`
 //!   future may or may not have queued its message; to bound the wait for
 //!   room, use [`AsyncSender::post_timeout`] (or [`AsyncSender::try_post`]),
-//!   whose time-out sends nothing and keeps the connection.
+//!   whose time-out sends nothing and keeps the connection; for a loan,
+//!   [`AsyncLoan::post_timeout`] (or [`AsyncLoan::try_post`]), which also
+//!   hands the loan back, still filled.
 //! - **Receiving**: the handler side of a mailbox sleeps on doorbells in
 //!   shared memory (one futex word or event per handler thread, shared by
 //!   every connection), which no reactor can watch. [`AsyncMailbox`] runs
@@ -76,7 +78,7 @@ use crate::fast::Bell;
 use crate::fast::conn::{Body, CALL, Client, Fail, LentBuf, POST};
 use crate::mailbox::{SenderOptions, connect_client, failed};
 use crate::name::Name;
-use crate::{Mailbox, Reply, Request, Section};
+use crate::{Mailbox, PostLoanError, Reply, Request, Section};
 
 /// How often a waiting call looks again without a wake-up (a safety net).
 const SLICE: Duration = Duration::from_millis(100);
@@ -350,6 +352,72 @@ impl AsyncLoan<'_> {
         let buf = self.buf.take().expect("a loan is sent once");
         self.sender.send_loan(POST, tag, buf, self.len, None).await.map(drop)
     }
+
+    /// Posts the loan if the connection's queue has room now (as
+    /// [`AsyncSender::try_post`]); it never waits, so it is not a future.
+    /// When the queue is full, nothing is sent and the loan comes back,
+    /// still filled, in the error, with [`SendError::Full`]: post it again
+    /// later, or drop it to give the buffer back.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), copydata::SendError> {
+    /// let mut sender = copydata::tokio::AsyncSender::connect("frames").await?;
+    /// let mut loan = sender.loan(1 << 20).await?;
+    /// loan.fill(7);
+    /// if let Err(e) = loan.try_post(1) {
+    ///     match e.into_parts() {
+    ///         // The queue was full: wait for room after all.
+    ///         (_, Some(back)) => back.post(1).await?,
+    ///         (error, None) => return Err(error),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn try_post(mut self, tag: u64) -> Result<(), PostLoanError<Self>> {
+        let buf = self.buf.take().expect("a loan is sent once");
+        let Some(mut conn) = self.sender.conn.take() else { return Err(self.gone()) };
+        let result = conn.client.put_lent(POST, tag, &buf, self.len, false, None);
+        self.settle(conn, buf, result, None)
+    }
+
+    /// Posts the loan, waiting at most `timeout` for room in the
+    /// connection's queue (as [`AsyncSender::post_timeout`]). On
+    /// [`SendError::TimedOut`], which comes no sooner than `timeout`,
+    /// nothing was sent, the connection is kept and the loan comes back,
+    /// still filled, in the error. Dropping the future before it completes
+    /// drops the connection, as for any cancelled call.
+    pub async fn post_timeout(mut self, tag: u64, timeout: Duration) -> Result<(), PostLoanError<Self>> {
+        let deadline = Instant::now().checked_add(timeout);
+        let buf = self.buf.take().expect("a loan is sent once");
+        let Some(mut conn) = self.sender.conn.take() else { return Err(self.gone()) };
+        let result = conn.put_lent(POST, tag, &buf, self.len, deadline).await;
+        self.settle(conn, buf, result, Some(timeout))
+    }
+
+    /// The outcome of a post that may hand the loan back: when the queue
+    /// had no room, nothing was queued and the buffer is still lent.
+    fn settle(
+        mut self,
+        conn: Conn,
+        buf: LentBuf,
+        result: Result<(), Fail>,
+        timeout: Option<Duration>,
+    ) -> Result<(), PostLoanError<Self>> {
+        let error = match result {
+            Err(Fail::TimedOut) => self.sender.timed_out(timeout),
+            Err(Fail::Full) => SendError::Full { name: self.sender.name.to_string() },
+            // Sent, or failed with the buffer given back.
+            other => return self.sender.settle(conn, other, timeout, self.len).map_err(PostLoanError::gone),
+        };
+        self.sender.conn = Some(conn);
+        self.buf = Some(buf);
+        Err(PostLoanError::back(error, self))
+    }
+
+    /// The error when the sender has no connection: the buffer's went with it.
+    fn gone(&self) -> PostLoanError<Self> {
+        PostLoanError::gone(SendError::ReceiverDied { name: self.sender.name.to_string() })
+    }
 }
 
 impl Drop for AsyncLoan<'_> {
@@ -583,7 +651,8 @@ impl Conn {
     }
 
     /// Queues a loan, waiting for room for as long as it takes or until
-    /// `deadline`. On any failure the loan is given back.
+    /// `deadline`. On `Fail::TimedOut` nothing was queued and the buffer is
+    /// still lent; any other failure gives it back.
     async fn put_lent(
         &mut self,
         kind: u32,
@@ -592,12 +661,7 @@ impl Conn {
         len: usize,
         deadline: Option<Instant>,
     ) -> Result<(), Fail> {
-        let result = self.until_room(deadline, |c| c.put_lent(kind, tag, buf, len, false, None)).await;
-        if let Err(Fail::TimedOut) = result {
-            // Given back on every other failure by `put_lent`.
-            self.cancel(buf);
-        }
-        result
+        self.until_room(deadline, |c| c.put_lent(kind, tag, buf, len, false, None)).await
     }
 
     /// A buffer for a loan of `len` bytes, waiting for one to come back

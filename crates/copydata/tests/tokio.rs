@@ -337,54 +337,93 @@ fn async_posts_wait_for_room_and_all_arrive() {
     drop(server);
 }
 
-#[test]
-fn async_posts_can_give_up_when_the_queue_stays_full() {
-    use std::sync::atomic::AtomicBool;
-    let name = unique("async-post-full");
-    let mailbox = Mailbox::bind(&name).unwrap();
-    let open = Arc::new(AtomicBool::new(false));
-    let seen = Arc::new(AtomicU32::new(0));
-    let (gate, count, busy) = (open.clone(), seen.clone(), Arc::new(AtomicBool::new(false)));
-    let handling = busy.clone();
-    let server = mailbox.serve(move |m| {
-        // The first message holds the handler until the gate opens, and
-        // nothing more is taken in meanwhile: the queue fills up.
-        handling.store(true, Ordering::Release);
-        while !gate.load(Ordering::Acquire) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert_eq!(m.tag(), u64::from(count.load(Ordering::Relaxed)), "posts arrive in order");
-        count.fetch_add(1, Ordering::Relaxed);
-        Reply::code(0)
-    });
-    // Opens the gate however the test ends, so a failure cannot leave the
-    // handler waiting for ever.
-    struct Opens(Arc<AtomicBool>);
-    impl Drop for Opens {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::Release);
+/// What [`Gated`] records of a message: tag, payload length, loaned, sum
+/// of the bytes.
+type Seen = (u64, usize, bool, u64);
+
+/// A mailbox in this process whose handler holds the first message until
+/// [`open`](Gated::open) (so the queue fills up behind it), then records
+/// every message: (tag, payload length, loaned, sum of the bytes). The
+/// gate opens when the value drops, so a failing test cannot leave the
+/// handler waiting for ever.
+struct Gated {
+    name: String,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    busy: Arc<std::sync::atomic::AtomicBool>,
+    seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+    server: Option<copydata::Server>,
+}
+
+impl Gated {
+    fn start(what: &str) -> Gated {
+        use std::sync::atomic::AtomicBool;
+        let name = unique(what);
+        let (open, busy) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (gate, handling, log) = (open.clone(), busy.clone(), seen.clone());
+        let server = Mailbox::bind(&name).unwrap().serve(move |m| {
+            handling.store(true, Ordering::Release);
+            while !gate.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let bytes = m.payload();
+            let sum = bytes.iter().map(|&b| u64::from(b)).sum();
+            log.lock().unwrap().push((m.tag(), bytes.len(), m.loan().is_some(), sum));
+            Reply::code(0)
+        });
+        Gated { name, open, busy, seen, server: Some(server) }
+    }
+
+    /// Waits until the handler holds the first message.
+    async fn held(&self) {
+        while !self.busy.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-    let _opens = Opens(open.clone());
+
+    fn open(&self) {
+        self.open.store(true, Ordering::Release);
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Gated {
+    fn drop(&mut self) {
+        self.open();
+        drop(self.server.take());
+    }
+}
+
+/// Fills the receiver's queue with `try_post`s of `data` from tag `from`
+/// on, while its handler is held: returns the next tag.
+async fn fill_the_queue(sender: &mut AsyncSender, name: &str, from: u64, data: &[u8]) -> u64 {
+    let mut queued = from;
+    loop {
+        match sender.try_post(queued, data).await {
+            Ok(()) => queued += 1,
+            Err(SendError::Full { name: n }) => {
+                assert_eq!(n, name);
+                return queued;
+            }
+            Err(e) => panic!("try_post: {e}"),
+        }
+        assert!(queued < 100_000, "the queue never filled");
+    }
+}
+
+#[test]
+fn async_posts_can_give_up_when_the_queue_stays_full() {
+    let gated = Gated::start("async-post-full");
+    let name = gated.name.clone();
     within(async {
         let mut sender = AsyncSender::connect(&name).await.unwrap();
         let data = vec![3u8; 1000];
         sender.post(0, &data).await.unwrap();
-        while !busy.load(Ordering::Acquire) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        let mut queued = 1u64;
-        loop {
-            match sender.try_post(queued, &data).await {
-                Ok(()) => queued += 1,
-                Err(SendError::Full { name: n }) => {
-                    assert_eq!(n, name);
-                    break;
-                }
-                Err(e) => panic!("try_post: {e}"),
-            }
-            assert!(queued < 100_000, "the queue never filled");
-        }
+        gated.held().await;
+        let queued = fill_the_queue(&mut sender, &name, 1, &data).await;
         assert!(queued > 1);
         // A bounded post gives up, no sooner than asked, having sent nothing.
         let started = Instant::now();
@@ -393,16 +432,68 @@ fn async_posts_can_give_up_when_the_queue_stays_full() {
         assert!(started.elapsed() >= Duration::from_millis(300), "gave up after {:?}", started.elapsed());
         // The connection was kept: once the receiver takes messages again,
         // the next posts follow those already queued, in order.
-        open.store(true, Ordering::Release);
+        gated.open();
         sender.post_timeout(queued, &data, Duration::from_secs(30)).await.unwrap();
         sender.send_timeout(queued + 1, b"", Duration::from_secs(30)).await.unwrap();
-        assert_eq!(u64::from(seen.load(Ordering::Relaxed)), queued + 2);
+        let tags: Vec<u64> = gated.seen().iter().map(|r| r.0).collect();
+        assert_eq!(tags, (0..queued + 2).collect::<Vec<_>>(), "posts arrive once each, in order");
         // With room again, try_post goes through at once.
         sender.try_post(queued + 2, b"last").await.unwrap();
         sender.send_timeout(queued + 3, b"", Duration::from_secs(30)).await.unwrap();
-        assert_eq!(u64::from(seen.load(Ordering::Relaxed)), queued + 4);
+        assert_eq!(gated.seen().len() as u64, queued + 4);
     });
-    drop(server);
+}
+
+/// An async loan posted into a full queue comes back: `try_post` at once
+/// with `Full`, `post_timeout` with `TimedOut` no sooner than its timeout,
+/// still filled and lent each time; posted again once there is room, it
+/// arrives once, in order, in place.
+#[test]
+fn an_async_loan_posted_into_a_full_queue_comes_back() {
+    let gated = Gated::start("async-loan-full");
+    let name = gated.name.clone();
+    within(async {
+        let mut sender = AsyncSender::connect(&name).await.unwrap();
+        sender.post(0, b"").await.unwrap();
+        gated.held().await;
+        let n = fill_the_queue(&mut sender, &name, 1, &[1; 16]).await;
+        let len = 100_000;
+        let mut loan = sender.loan(len).await.unwrap();
+        loan.fill(5);
+        let err = loan.try_post(n).expect_err("try_post into a full queue");
+        assert!(matches!(err.error(), SendError::Full { .. }), "try_post into a full queue: {err}");
+        let loan = err.into_loan().expect("the loan comes back with Full");
+        let t = Duration::from_millis(300);
+        let started = Instant::now();
+        let err = loan.post_timeout(n, t).await.expect_err("post_timeout into a full queue");
+        let took = started.elapsed();
+        match err.error() {
+            SendError::TimedOut { timeout, .. } => assert_eq!(*timeout, t, "the timeout reported"),
+            other => panic!("post_timeout into a full queue: {other:?}"),
+        }
+        assert!(took >= t, "gave up after {took:?}, before {t:?}");
+        let (error, loan) = err.into_parts();
+        let mut loan = loan.unwrap_or_else(|| panic!("the loan comes back with {error}"));
+        assert_eq!(loan.len(), len);
+        loan.write_at(len - 1, &[6]).unwrap();
+        gated.open();
+        // Room comes as the receiver catches up: the same loan, still filled.
+        loan.post_timeout(n, Duration::from_secs(30)).await.unwrap();
+        // With room, try_post goes through at once.
+        let mut next = sender.loan(64).await.unwrap();
+        next.fill(2);
+        next.try_post(n + 1).unwrap();
+        // A loan given up on is dropped: its buffer goes back, nothing is sent.
+        let mut spare = sender.loan(len).await.unwrap();
+        spare.fill(9);
+        drop(spare);
+        sender.send_timeout(n + 2, b"", Duration::from_secs(30)).await.unwrap();
+        let seen = gated.seen();
+        let tags: Vec<u64> = seen.iter().map(|r| r.0).collect();
+        assert_eq!(tags, (0..n + 3).collect::<Vec<_>>(), "every message arrives once, in order");
+        assert_eq!(seen[n as usize], (n, len, true, 5 * (len as u64 - 1) + 6), "the loan, as filled");
+        assert_eq!(seen[n as usize + 1], (n + 1, 64, true, 128), "the loan posted at once");
+    });
 }
 
 #[test]
