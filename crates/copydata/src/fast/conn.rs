@@ -1259,10 +1259,16 @@ impl ServerConn {
         }
     }
 
-    /// Marks a use of a sender buffer as done (with a full barrier, so a
-    /// sender that then parks for a buffer is seen parked, see `Release`).
+    /// Marks a use of a sender buffer as done, and wakes the sender if it
+    /// waits for a buffer (its pool exhausted). The full barrier of the
+    /// exchange pairs with the sender's between raising its parked flag
+    /// and looking at the buffers once more, so one of the two sees the
+    /// other, whatever the caller does next.
     fn release(&self, slot: u32, use_no: u64) {
         self.link.region().released(Side::Sender, slot as usize).swap(use_no, Ordering::SeqCst);
+        if self.requests.prod_parked().load(Ordering::SeqCst) != 0 {
+            self.link.wake(Bell::Space);
+        }
     }
 
     /// Queues a reply record; `Err` if the sender does not read its replies.
@@ -1448,13 +1454,7 @@ pub(crate) enum Release {
 impl Drop for Release {
     fn drop(&mut self) {
         match self {
-            Release::ToSender { conn, slot, use_no } => {
-                conn.release(*slot, *use_no);
-                // A sender may wait for this buffer (its pool is exhausted).
-                if conn.requests().prod_parked().load(Ordering::SeqCst) != 0 {
-                    conn.link.wake(Bell::Space);
-                }
-            }
+            Release::ToSender { conn, slot, use_no } => conn.release(*slot, *use_no),
             Release::ToReceiver { word, use_no } => word.store(*use_no),
         }
     }
