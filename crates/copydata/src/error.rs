@@ -511,7 +511,9 @@ pub enum SendError {
         reason: String,
     },
     /// [`Sender::try_post`](crate::Sender::try_post) found the connection's
-    /// queue full: the receiver has not caught up yet. Nothing was sent.
+    /// queue full, or [`Sender::try_loan`](crate::Sender::try_loan) found
+    /// every loan buffer of the connection still lent or held by the
+    /// receiver: the receiver has not caught up yet. Nothing was sent.
     #[error("the queue to mailbox {name:?} is full")]
     Full {
         /// The name.

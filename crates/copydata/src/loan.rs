@@ -10,6 +10,14 @@
 //! message is dropped. [`Loan::try_post`] and [`Loan::post_timeout`] give
 //! the loan back when the queue has no room, to post again later.
 //!
+//! The pool is bounded (8 buffers per connection and direction, 512 MiB in
+//! all; a payload above 256 MiB gets a one-shot section instead). A
+//! receiver that holds every buffer (loans it has not handled yet, or
+//! messages whose views it keeps) makes the next `loan` wait for one to
+//! come back; [`Sender::loan_timeout`](crate::Sender::loan_timeout) and
+//! [`Sender::try_loan`](crate::Sender::try_loan) bound that wait, so a
+//! stuck receiver cannot hang a sender that asked for a time limit.
+//!
 //! Replies can be loaned the same way: the handler takes a [`ReplyLoan`]
 //! from [`Message::loan_reply`](crate::Message::loan_reply), fills it and
 //! answers with [`Reply::loaned`](crate::Reply::loaned); the sender reads it

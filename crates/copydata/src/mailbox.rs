@@ -941,9 +941,10 @@ impl Sender {
         Ok(self.client.as_mut().expect("connected just above"))
     }
 
-    /// The error for a post's `f`. A post times out only while it waits for
-    /// room or a buffer, before anything of it is queued: the connection is
-    /// clean then and kept; other failures are as for any message.
+    /// The error for a post's or a loan's `f`. Either times out only while
+    /// it waits for room or a buffer, before anything of it is queued: the
+    /// connection is clean then and kept; other failures are as for any
+    /// message.
     fn post_failed(&mut self, timeout: Option<Duration>, size: u64, f: Fail) -> SendError {
         match f {
             Fail::TimedOut => SendError::TimedOut { name: self.name.to_string(), timeout: timeout.unwrap_or_default() },
@@ -1070,9 +1071,50 @@ impl Sender {
 
     /// Lends a buffer of `len` bytes in shared memory, to fill in place and
     /// send without copying ([`Loan::send`], [`Loan::post`]); see
-    /// [`crate::loan`].
+    /// [`crate::loan`]. The connection's pool holds a few buffers (8); when
+    /// all are lent or still held by the receiver (loans it has not handled
+    /// yet, or whose views it keeps), `loan` waits for one to come back, as
+    /// long as it takes: [`loan_timeout`](Self::loan_timeout) and
+    /// [`try_loan`](Self::try_loan) bound the wait.
     pub fn loan(&mut self, len: usize) -> Result<Loan<'_>, SendError> {
-        let buf = self.with_client(None, None, len as u64, |c| c.lend(len, true))?;
+        let buf = self.with_client(None, None, len as u64, |c| c.lend(len, true, None))?;
+        Ok(Loan::new(self, buf, len))
+    }
+
+    /// Lends a buffer, waiting at most `timeout` for one of the pool's to
+    /// come back (and for the connection's set-up, if it has to be made). A
+    /// [`SendError::TimedOut`] comes no sooner than `timeout`; nothing was
+    /// lent or sent then, and the connection is kept.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), copydata::SendError> {
+    /// # use std::time::Duration;
+    /// let mut sender = copydata::Sender::connect("frames")?;
+    /// match sender.loan_timeout(8 << 20, Duration::from_millis(50)) {
+    ///     Ok(mut loan) => {
+    ///         loan.fill(0);
+    ///         loan.post(1)?;
+    ///     }
+    ///     // The receiver still holds every buffer: drop this frame.
+    ///     Err(copydata::SendError::TimedOut { .. }) => {}
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn loan_timeout(&mut self, len: usize, timeout: Duration) -> Result<Loan<'_>, SendError> {
+        let buf = self.timed(Some(timeout), |s, deadline| {
+            let result = s.connected(deadline, Some(timeout))?.lend(len, true, deadline);
+            result.map_err(|f| s.post_failed(Some(timeout), len as u64, f))
+        })?;
+        Ok(Loan::new(self, buf, len))
+    }
+
+    /// Lends a buffer if the pool has one free now, else fails at once with
+    /// [`SendError::Full`] (the connection kept). Only the connection's
+    /// set-up, when there is none yet, is waited for.
+    pub fn try_loan(&mut self, len: usize) -> Result<Loan<'_>, SendError> {
+        let buf = self.with_client(None, None, len as u64, |c| c.lend(len, false, None))?;
         Ok(Loan::new(self, buf, len))
     }
 

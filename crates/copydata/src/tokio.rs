@@ -169,7 +169,7 @@ impl AsyncSender {
     #[doc(alias = "PostMessage")]
     pub async fn post(&mut self, tag: u64, data: &[u8]) -> Result<(), SendError> {
         let mut conn = self.take_conn(None, None).await?;
-        let result = conn.put(POST, tag, data, &[], None).await;
+        let result = conn.put(POST, tag, data, &[]).await;
         self.settle(conn, result, None, data.len())
     }
 
@@ -181,16 +181,28 @@ impl AsyncSender {
     /// [`Sender::post_timeout`](crate::Sender::post_timeout)).
     #[doc(alias = "PostMessage")]
     pub async fn post_timeout(&mut self, tag: u64, data: &[u8], timeout: Duration) -> Result<(), SendError> {
+        self.with_room(data.len(), timeout, |c| c.put(POST, tag, Body::Bytes(data), &[], false, None)).await
+    }
+
+    /// Runs `attempt` on the connection (made first if there is none) until
+    /// it finds room or a buffer, or `timeout` passes: a time-out, no
+    /// sooner than `timeout`, has sent nothing and keeps the connection.
+    async fn with_room<T>(
+        &mut self,
+        size: usize,
+        timeout: Duration,
+        attempt: impl FnMut(&mut Client) -> Result<T, Fail>,
+    ) -> Result<T, SendError> {
         let started = Instant::now();
         let deadline = started.checked_add(timeout);
         let result = async {
             let mut conn = self.take_conn(deadline, Some(timeout)).await?;
-            match conn.put(POST, tag, data, &[], deadline).await {
+            match conn.until_room(deadline, attempt).await {
                 Err(Fail::TimedOut) => {
                     self.conn = Some(conn);
                     Err(self.timed_out(Some(timeout)))
                 }
-                result => self.settle(conn, result, Some(timeout), data.len()),
+                result => self.settle(conn, result, Some(timeout), size),
             }
         }
         .await;
@@ -214,9 +226,30 @@ impl AsyncSender {
     /// lent or still being read by the receiver, the future waits for one.
     pub async fn loan(&mut self, len: usize) -> Result<AsyncLoan<'_>, SendError> {
         let mut conn = self.take_conn(None, None).await?;
-        let result = conn.lend(len).await;
+        let result = conn.until_room(None, |c| c.lend(len, false, None)).await;
         let buf = self.settle(conn, result, None, len)?;
-        Ok(AsyncLoan { ptr: buf.ptr, buf: Some(buf), len, sender: self })
+        Ok(AsyncLoan::new(self, buf, len))
+    }
+
+    /// Lends a buffer, waiting at most `timeout` for one of the pool's to
+    /// come back (and for the connection's set-up), as
+    /// [`Sender::loan_timeout`](crate::Sender::loan_timeout): a
+    /// [`SendError::TimedOut`] comes no sooner than `timeout`, nothing was
+    /// lent then, and the connection is kept.
+    pub async fn loan_timeout(&mut self, len: usize, timeout: Duration) -> Result<AsyncLoan<'_>, SendError> {
+        let buf = self.with_room(len, timeout, |c| c.lend(len, false, None)).await?;
+        Ok(AsyncLoan::new(self, buf, len))
+    }
+
+    /// Lends a buffer if the pool has one free now, else fails at once with
+    /// [`SendError::Full`] (the connection kept), as
+    /// [`Sender::try_loan`](crate::Sender::try_loan). Only the connection's
+    /// set-up, when there is none yet, is waited for.
+    pub async fn try_loan(&mut self, len: usize) -> Result<AsyncLoan<'_>, SendError> {
+        let mut conn = self.take_conn(None, None).await?;
+        let result = conn.client.lend(len, false, None);
+        let buf = self.settle(conn, result, None, len)?;
+        Ok(AsyncLoan::new(self, buf, len))
     }
 
     /// Sends or posts a loan of this sender's connection.
@@ -253,7 +286,7 @@ impl AsyncSender {
         let deadline = timeout.and_then(crate::deadline);
         let exchange = async {
             let mut conn = self.take_conn(deadline, timeout).await?;
-            let result = match conn.put(CALL, tag, data, sections, None).await {
+            let result = match conn.put(CALL, tag, data, sections).await {
                 Ok(()) => conn.reply().await,
                 Err(e) => Err(e),
             };
@@ -328,7 +361,11 @@ unsafe impl Send for AsyncLoan<'_> {}
 // SAFETY: `&AsyncLoan` gives no access to the buffer's bytes.
 unsafe impl Sync for AsyncLoan<'_> {}
 
-impl AsyncLoan<'_> {
+impl<'a> AsyncLoan<'a> {
+    fn new(sender: &'a mut AsyncSender, buf: LentBuf, len: usize) -> AsyncLoan<'a> {
+        AsyncLoan { ptr: buf.ptr, buf: Some(buf), len, sender }
+    }
+
     crate::loan::filling_methods!();
 
     /// Sends the loan and waits for the reply (as [`AsyncSender::send`]).
@@ -637,17 +674,9 @@ impl Conn {
         }
     }
 
-    /// Queues a message, waiting for room for as long as it takes or until
-    /// `deadline` (then `Fail::TimedOut`, with nothing queued).
-    async fn put(
-        &mut self,
-        kind: u32,
-        tag: u64,
-        data: &[u8],
-        sections: &[&Section],
-        deadline: Option<Instant>,
-    ) -> Result<(), Fail> {
-        self.until_room(deadline, |c| c.put(kind, tag, Body::Bytes(data), sections, false, None)).await
+    /// Queues a message, waiting for room for as long as it takes.
+    async fn put(&mut self, kind: u32, tag: u64, data: &[u8], sections: &[&Section]) -> Result<(), Fail> {
+        self.until_room(None, |c| c.put(kind, tag, Body::Bytes(data), sections, false, None)).await
     }
 
     /// Queues a loan, waiting for room for as long as it takes or until
@@ -662,12 +691,6 @@ impl Conn {
         deadline: Option<Instant>,
     ) -> Result<(), Fail> {
         self.until_room(deadline, |c| c.put_lent(kind, tag, buf, len, false, None)).await
-    }
-
-    /// A buffer for a loan of `len` bytes, waiting for one to come back
-    /// when the pool has none free.
-    async fn lend(&mut self, len: usize) -> Result<LentBuf, Fail> {
-        self.until_room(None, |c| c.lend(len, false)).await
     }
 
     /// Queues a message if there is room now (`Fail::Full` if not).

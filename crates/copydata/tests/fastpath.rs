@@ -1084,6 +1084,66 @@ fn a_loan_posted_into_a_full_queue_comes_back() {
     srv.quit();
 }
 
+/// When every buffer of the pool is held by the receiver (posted loans it
+/// has not taken yet), `try_loan` fails at once with `Full` and
+/// `loan_timeout` with `TimedOut`, no sooner than its timeout, both
+/// keeping the connection; once the receiver catches up, a loan comes at
+/// once, and every loan posted before arrives once, in order, in place.
+#[test]
+fn a_loan_waits_for_a_buffer_only_as_long_as_asked() {
+    let mut srv = Srv::start(1);
+    let mut s = srv.sender();
+    s.post(tag(GATE, 0), b"").unwrap();
+    srv.kid().expect("gated");
+    let len = 100_000;
+    // Post loans until the pool has none left (it holds a few buffers).
+    let mut held = 0u64;
+    loop {
+        match s.try_loan(len) {
+            Ok(mut loan) => {
+                held += 1;
+                // SAFETY: the loan is ours to write until it is posted.
+                unsafe { loan.as_mut_slice() }.copy_from_slice(&pattern(len, held));
+                loan.post(tag(REC, held)).unwrap();
+            }
+            Err(SendError::Full { name }) => {
+                assert_eq!(name, srv.name);
+                break;
+            }
+            Err(e) => panic!("try_loan: {e}"),
+        }
+        assert!(held < 64, "the pool never ran out");
+    }
+    assert!(held >= 2, "only {held} loans before the pool ran out");
+    let t = Duration::from_millis(300);
+    let started = Instant::now();
+    let err = s.loan_timeout(len, t).expect_err("loan_timeout with every buffer held");
+    let took = started.elapsed();
+    match err {
+        SendError::TimedOut { timeout, .. } => assert_eq!(timeout, t, "the timeout reported"),
+        other => panic!("loan_timeout with every buffer held: {other:?}"),
+    }
+    assert!(took >= t, "gave up after {took:?}, before {t:?}");
+    assert!(took < Duration::from_secs(5), "a timeout of {t:?} took {took:?}");
+    // The connection was kept: a post queues behind the loans.
+    s.post(tag(REC, held + 1), &pattern(16, held + 1)).unwrap();
+    srv.kid().tell("go");
+    // Buffers come back as the receiver catches up.
+    let mut loan = s.loan_timeout(len, BOUND).unwrap();
+    // SAFETY: as above.
+    unsafe { loan.as_mut_slice() }.copy_from_slice(&pattern(len, held + 2));
+    loan.post(tag(REC, held + 2)).unwrap();
+    let recs = report(&mut s);
+    assert_eq!(recs.len() as u64, held + 2, "every post arrives exactly once");
+    for (r, i) in recs.iter().zip(1..) {
+        let size = if i == held + 1 { 16 } else { len };
+        assert_eq!(r.arg, i, "post {i} out of order");
+        assert_eq!(r.loan, i != held + 1, "post {i}: loaned");
+        assert_eq!((r.len, r.sum), (size as u64, sum(&pattern(size, i))), "post {i}: payload");
+    }
+    srv.quit();
+}
+
 /// Posts that `post` accepted are delivered even if their sender exits
 /// before the receiver gets to them (as `PostMessage`'s are): here the
 /// receiver's only handler thread is held by another sender's call while a

@@ -496,6 +496,59 @@ fn an_async_loan_posted_into_a_full_queue_comes_back() {
     });
 }
 
+/// When every buffer of the pool is held by the receiver, an async
+/// `try_loan` fails at once with `Full` and `loan_timeout` with `TimedOut`,
+/// no sooner than its timeout, both keeping the connection; once the
+/// receiver catches up a loan comes, and every loan posted arrives once.
+#[test]
+fn an_async_loan_waits_for_a_buffer_only_as_long_as_asked() {
+    let gated = Gated::start("async-loan-wait");
+    let name = gated.name.clone();
+    within(async {
+        let mut sender = AsyncSender::connect(&name).await.unwrap();
+        sender.post(0, b"").await.unwrap();
+        gated.held().await;
+        let len = 100_000;
+        let mut held = 0u64;
+        loop {
+            match sender.try_loan(len).await {
+                Ok(mut loan) => {
+                    held += 1;
+                    loan.fill(held as u8);
+                    loan.post(held).await.unwrap();
+                }
+                Err(SendError::Full { name: n }) => {
+                    assert_eq!(n, name);
+                    break;
+                }
+                Err(e) => panic!("try_loan: {e}"),
+            }
+            assert!(held < 64, "the pool never ran out");
+        }
+        assert!(held >= 2, "only {held} loans before the pool ran out");
+        let t = Duration::from_millis(300);
+        let started = Instant::now();
+        let err = sender.loan_timeout(len, t).await.expect_err("loan_timeout with every buffer held");
+        let took = started.elapsed();
+        assert!(matches!(err, SendError::TimedOut { timeout, .. } if timeout == t), "{err:?}");
+        assert!(took >= t, "gave up after {took:?}, before {t:?}");
+        // The connection was kept: a post queues behind the loans.
+        sender.post(held + 1, b"after").await.unwrap();
+        gated.open();
+        let mut loan = sender.loan_timeout(len, Duration::from_secs(30)).await.unwrap();
+        loan.fill(7);
+        loan.post(held + 2).await.unwrap();
+        sender.send_timeout(held + 3, b"", Duration::from_secs(30)).await.unwrap();
+        let seen = gated.seen();
+        let tags: Vec<u64> = seen.iter().map(|r| r.0).collect();
+        assert_eq!(tags, (0..held + 4).collect::<Vec<_>>(), "every message arrives once, in order");
+        for &(tag, size, loaned, total) in &seen[1..=held as usize] {
+            assert_eq!((size, loaned, total), (len, true, tag % 256 * len as u64), "loan {tag}");
+        }
+        assert_eq!(seen[held as usize + 2], (held + 2, len, true, 7 * len as u64), "the loan that waited");
+    });
+}
+
 #[test]
 fn an_async_mailbox_serves_blocking_senders_in_other_processes() {
     let name = unique("async-mailbox");

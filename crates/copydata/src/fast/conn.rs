@@ -455,16 +455,18 @@ impl Client {
     }
 
     /// A buffer for a loan of `len` bytes, waiting for one of the pool's
-    /// to come back if `block`, else failing with `Full`.
-    pub(crate) fn lend(&mut self, len: usize, block: bool) -> Result<LentBuf, Fail> {
+    /// to come back if `block` (until `deadline`, then `TimedOut`), else
+    /// failing with `Full`. Either failure leaves the connection clean.
+    pub(crate) fn lend(&mut self, len: usize, block: bool, deadline: Option<Instant>) -> Result<LentBuf, Fail> {
         if len as u64 > self.max_payload {
             return Err(Fail::TooLarge { max: self.max_payload });
         }
         let mut retired = Vec::new();
-        let lent = match self.lend_pooled(len, block, None, &mut retired) {
-            Err(Fail::Full) => {
+        let lent = match self.lend_pooled(len, block, deadline, &mut retired) {
+            // Buffers the pool gave back on the way are still told of.
+            Err(f @ (Fail::Full | Fail::TimedOut)) => {
                 self.retire(retired, 0)?;
-                return Err(Fail::Full);
+                return Err(f);
             }
             lent => lent?,
         };
