@@ -68,6 +68,11 @@ class SenderGone(Error, ConnectionResetError):
     crashed."""
 
 
+class Full(Error, BlockingIOError):
+    """The receiver's queue has no room now (``Sender.try_post``): it has
+    not caught up yet. Nothing was sent."""
+
+
 class Closed(Error):
     """The mailbox or section was closed."""
 
@@ -77,10 +82,11 @@ class ProtocolError(Error):
     protocol."""
 
 
-from ._copydata import Mailbox, Request, Section, View, send  # noqa: E402
+from ._copydata import Mailbox, Request, Section, Sender, View, send  # noqa: E402
 
 __all__ = [
     "send",
+    "Sender",
     "Mailbox",
     "Request",
     "Section",
@@ -98,4 +104,5 @@ __all__ = [
     "SenderGone",
     "Closed",
     "ProtocolError",
+    "Full",
 ]

@@ -7,7 +7,7 @@ from typing import final
 
 from typing_extensions import Buffer
 
-__all__ = ["send", "Mailbox", "Request", "Section", "View"]
+__all__ = ["send", "Sender", "Mailbox", "Request", "Section", "View"]
 
 # What a `Mailbox.serve` handler may return: (code, data), a code, data
 # (code 0) or None (code 0, no data).
@@ -23,6 +23,41 @@ def send(
     """Sends `data` with `tag` (and `sections`) to the mailbox `name` and
     waits for the reply, at most `timeout` seconds (None: as long as the
     receiver lives). Returns (code, data)."""
+
+@final
+class Sender:
+    """A connection to the mailbox `name`, kept for every call (much cheaper
+    than `send`, which connects for each message). Messages of one Sender
+    arrive in order. A wait without a timeout gives way to Ctrl-C; the next
+    call then uses a new connection."""
+
+    def __new__(cls, name: str, timeout: float | None = None) -> Sender: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def closed(self) -> bool: ...
+    def send(
+        self,
+        data: Buffer,
+        tag: int = 0,
+        timeout: float | None = None,
+        sections: list[Section] | None = None,
+    ) -> tuple[int, bytes]:
+        """Sends and waits for the reply, at most `timeout` seconds (None: as
+        long as the receiver lives). Returns (code, data)."""
+    def post(self, data: Buffer, tag: int = 0, timeout: float | None = None) -> None:
+        """Posts (no reply awaited); waits for room in a full queue, at most
+        `timeout` seconds (None: as long as it takes)."""
+    def try_post(self, data: Buffer, tag: int = 0) -> None:
+        """Posts if the queue has room now, else raises Full."""
+    def close(self) -> None: ...
+    def __enter__(self) -> Sender: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool: ...
 
 @final
 class Request:

@@ -31,6 +31,7 @@ pub(crate) enum Kind {
     SenderGone,
     Closed,
     ProtocolError,
+    Full,
 }
 
 impl Kind {
@@ -49,6 +50,7 @@ impl Kind {
             Kind::SenderGone => "SenderGone",
             Kind::Closed => "Closed",
             Kind::ProtocolError => "ProtocolError",
+            Kind::Full => "Full",
         }
     }
 }
@@ -95,6 +97,7 @@ pub(crate) fn send_error(py: Python<'_>, e: SendError) -> PyErr {
         SendError::PayloadTooLarge { .. } => Kind::TooLarge,
         SendError::Refused { .. } => Kind::Refused,
         SendError::Incompatible { .. } | SendError::Protocol { .. } => Kind::ProtocolError,
+        SendError::Full { .. } => Kind::Full,
         _ => Kind::Error,
     };
     convert(py, kind, &e)

@@ -10,6 +10,7 @@
 mod errors;
 mod mailbox;
 mod section;
+mod sender;
 
 use std::time::Duration;
 
@@ -74,6 +75,7 @@ fn _copydata(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mailbox::send, m)?)?;
     m.add_class::<mailbox::Mailbox>()?;
     m.add_class::<mailbox::Request>()?;
+    m.add_class::<sender::Sender>()?;
     m.add_class::<section::Section>()?;
     m.add_class::<section::View>()?;
     Ok(())

@@ -14,7 +14,7 @@ use crate::section::Section;
 use crate::{SLICE, bytes_arg, timeout_arg};
 
 /// The bytes of a reply (a loaned reply is read out of shared memory).
-fn reply_bytes<'py>(py: Python<'py>, reply: &Reply) -> Bound<'py, PyBytes> {
+pub(crate) fn reply_bytes<'py>(py: Python<'py>, reply: &Reply) -> Bound<'py, PyBytes> {
     match reply.loan() {
         Some(loan) => PyBytes::new(py, &loan.to_vec()),
         None => PyBytes::new(py, &reply.data),

@@ -1,0 +1,187 @@
+"""copydata.Sender: one connection kept across calls, posts with
+backpressure, timeouts, closing, and Ctrl-C."""
+
+import signal
+import threading
+import time
+
+import pytest
+
+import copydata
+
+
+def serve_in_thread(mailbox, handler):
+    thread = threading.Thread(target=mailbox.serve, args=(handler,))
+    thread.start()
+    return thread
+
+
+def test_a_sender_keeps_one_connection_and_messages_arrive_in_order(name):
+    seen = []
+
+    def handler(tag, data):
+        seen.append((tag, data))
+        return tag * 2, data.upper()
+
+    with copydata.Mailbox(name) as mailbox:
+        thread = serve_in_thread(mailbox, handler)
+        with copydata.Sender(name, timeout=5.0) as sender:
+            assert sender.name == name and not sender.closed
+            assert repr(sender) == f'<copydata.Sender to "{name}">'
+            for i in range(200):
+                if i % 3 == 0:
+                    sender.post(b"post %d" % i, tag=i)
+                else:
+                    assert sender.send(memoryview(b"call %d" % i), tag=i, timeout=10.0) == (2 * i, b"CALL %d" % i)
+            # An empty payload is an ordinary message.
+            assert sender.send(b"", tag=1000) == (2000, b"")
+        assert sender.closed
+        with pytest.raises(copydata.Closed):
+            sender.send(b"after close")
+        sender.close()  # twice is fine
+    thread.join(10.0)
+    assert not thread.is_alive()
+    assert [tag for tag, _ in seen] == list(range(200)) + [1000]
+    assert seen[3] == (3, b"post 3")
+
+
+def test_a_sender_to_a_missing_mailbox_is_not_found(name):
+    with pytest.raises(copydata.NotFound):
+        copydata.Sender(name, timeout=2.0)
+    with pytest.raises(copydata.InvalidName):
+        copydata.Sender("a/b")
+    with pytest.raises(copydata.InvalidArgument):
+        copydata.Sender(name, timeout=-1.0)
+
+
+def test_timeouts_and_a_full_queue(name):
+    with copydata.Mailbox(name) as mailbox:
+        with copydata.Sender(name) as sender:
+            # Nobody answers: the call times out, no sooner than asked.
+            started = time.monotonic()
+            with pytest.raises(copydata.TimedOut):
+                sender.send(b"anyone?", timeout=0.3)
+            assert time.monotonic() - started >= 0.3
+            held = mailbox.recv(timeout=10.0)  # the timed-out call
+            # Posts queue up while nothing is taken, until the queue is full.
+            posted = 0
+            with pytest.raises(copydata.Full) as e:
+                while posted < 100_000:
+                    sender.try_post(b"x" * 1000, tag=posted)
+                    posted += 1
+            assert isinstance(e.value, BlockingIOError)
+            assert posted > 10
+            started = time.monotonic()
+            with pytest.raises(copydata.TimedOut):
+                sender.post(b"y" * 1000, timeout=0.3)  # as large as those that filled it
+            assert time.monotonic() - started >= 0.3
+            # The timed-out call's connection was dropped: its reply finds no one.
+            with pytest.raises(copydata.SenderGone):
+                held.reply(0)
+            # The posts went through, in order, once each.
+            for i in range(posted):
+                request = mailbox.recv(timeout=10.0)
+                assert (request.tag, request.expects_reply) == (i, False)
+            # And the connection still works.
+            answer = threading.Thread(target=lambda: mailbox.recv(timeout=10.0).reply(5, b"ok"))
+            answer.start()
+            assert sender.send(b"still there?", timeout=10.0) == (5, b"ok")
+            answer.join(10.0)
+
+
+def test_receiver_death_is_reported_and_a_new_receiver_is_reached(cli, name):
+    listener = cli("listen", name, "--delay", "30s")
+    assert listener.readline() == f"ready {name}"
+    with copydata.Sender(name, timeout=5.0) as sender:
+        result = {}
+
+        def call():
+            try:
+                sender.send(b"x", timeout=20.0)
+            except BaseException as e:  # handed to the test thread
+                result["error"] = e
+
+        answer = threading.Thread(target=call)
+        answer.start()
+        time.sleep(0.3)
+        listener.proc.kill()
+        answer.join(20.0)
+        assert isinstance(result.get("error"), copydata.ReceiverDied), result
+        listener.finish()
+        # A receiver bound again under the name is reached by the same Sender.
+        with copydata.Mailbox(name) as mailbox:
+            thread = serve_in_thread(mailbox, lambda tag, data: (9, data))
+            assert sender.send(b"three", timeout=10.0) == (9, b"three")
+            mailbox.close()
+            thread.join(10.0)
+
+
+def test_sections_travel_with_a_senders_message(name):
+    with copydata.Mailbox(name) as mailbox, copydata.Section.anonymous(4096) as section:
+        section.map()[:5] = b"hello"
+        with copydata.Sender(name) as sender:
+            got = {}
+
+            def take():
+                request = mailbox.recv(timeout=10.0)
+                (s,) = request.sections
+                got["bytes"] = bytes(s.map()[:5])
+                request.reply(1)
+
+            thread = threading.Thread(target=take)
+            thread.start()
+            assert sender.send(b"look", sections=[section], timeout=10.0) == (1, b"")
+            thread.join(10.0)
+            assert got["bytes"] == b"hello"
+
+
+def test_one_sender_shared_by_threads(name):
+    with copydata.Mailbox(name) as mailbox:
+        thread = serve_in_thread(mailbox, lambda tag, data: (tag, data))
+        with copydata.Sender(name) as sender:
+            errors = []
+
+            def run(k):
+                try:
+                    for i in range(100):
+                        assert sender.send(b"%d" % i, tag=k, timeout=10.0) == (k, b"%d" % i)
+                except BaseException as e:  # handed to the test thread
+                    errors.append(e)
+
+            threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30.0)
+            assert not errors, errors
+        mailbox.close()
+        thread.join(10.0)
+
+
+WAIT_FOREVER = """
+import sys, copydata
+sender = copydata.Sender(sys.argv[1])
+print("ready", flush=True)
+try:
+    sender.send(b"no answer ever")
+except KeyboardInterrupt:
+    # The next call uses a new connection: it gets its own reply.
+    print("interrupted", flush=True)
+    print(sender.send(b"again", timeout=10.0), flush=True)
+"""
+
+
+def test_ctrl_c_interrupts_a_senders_wait_and_the_next_call_works(python_child, name):
+    with copydata.Mailbox(name) as mailbox:
+        child = python_child(WAIT_FOREVER, name)
+        assert child.readline() == "ready"
+        pending = mailbox.recv(timeout=10.0)  # held, never answered
+        child.signal(signal.SIGINT)
+        assert child.readline() == "interrupted"
+        again = mailbox.recv(timeout=10.0)
+        assert again.data == b"again"
+        again.reply(3, b"fine")
+        assert child.readline() == "(3, b'fine')"
+        code, _, err = child.finish(timeout=10.0)
+        assert code == 0, err
+        del pending
