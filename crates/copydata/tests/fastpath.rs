@@ -1144,6 +1144,64 @@ fn a_loan_waits_for_a_buffer_only_as_long_as_asked() {
     srv.quit();
 }
 
+/// A loan for which the pool empties a buffer too small and fills its slot
+/// anew, at once, does not retire that slot after announcing the new
+/// buffer: the receiver would forget the new buffer and drop the
+/// connection at its next use. Set-up: the pool at its 8 buffers (one free
+/// and small, seven queued), the ring full, so the RETIRE of the small
+/// buffer must wait; then room for the loan's record alone (the receiver
+/// takes a held post whose record is the same size: a first-use loan).
+/// Before the fix, the RETIRE went out with the next message, and the
+/// loans that used the slot again broke the connection.
+#[test]
+fn a_slot_emptied_and_filled_at_once_is_not_retired_after_its_new_buffer() {
+    let mut srv = Srv::start(1);
+    let mut s = srv.sender();
+    let big = 100_000;
+    let post_loan = |s: &mut Sender, t: u64| {
+        let mut l = s.loan(big).unwrap();
+        // SAFETY: the loan is ours to write until it is posted.
+        unsafe { l.as_mut_slice() }.copy_from_slice(&pattern(big, t & 0xffff));
+        l.post(t).unwrap();
+    };
+    // A small buffer, lent and given back unsent: free, in the first slot.
+    drop(s.loan(1000).unwrap());
+    s.post(tag(GATE, 0), b"").unwrap();
+    srv.kid().expect("gated");
+    // Behind the held post: a held loan (its record the size of the one to
+    // come), then six more: seven buffers in use, the pool at its limit.
+    post_loan(&mut s, tag(GATE, 1));
+    for i in 0..6 {
+        post_loan(&mut s, tag(REC, i));
+    }
+    let n = fill_the_queue(&mut s, 6, 16);
+    let mut loan = s.try_loan(big).expect("a loan from the small buffer's slot, filled anew");
+    // SAFETY: as above.
+    unsafe { loan.as_mut_slice() }.copy_from_slice(&pattern(big, n));
+    let loan = loan.try_post(tag(REC, n)).expect_err("the ring is full").into_loan().expect("the loan back");
+    // The receiver takes the held loan and holds it: room for one record.
+    srv.kid().tell("go");
+    assert_eq!(srv.kid().expect("gated"), "1");
+    loan.post_timeout(tag(REC, n), BOUND).expect("the loan, with room for its record");
+    srv.kid().tell("go");
+    let recs = report(&mut s);
+    assert_eq!(recs.len() as u64, n + 1, "every post arrives once");
+    // Every slot in use again, the refilled one among them.
+    s.post(tag(GATE, 2), b"").unwrap();
+    assert_eq!(srv.kid().expect("gated"), "2");
+    for i in 0..8 {
+        post_loan(&mut s, tag(REC, n + 1 + i));
+    }
+    srv.kid().tell("go");
+    let recs = report(&mut s);
+    let args: Vec<u64> = recs.iter().map(|r| r.arg).collect();
+    assert_eq!(args, (n + 1..n + 9).collect::<Vec<_>>(), "the loans that use every slot again");
+    for r in &recs {
+        assert_eq!((r.len, r.sum, r.loan), (big as u64, sum(&pattern(big, r.arg)), true), "loan {}", r.arg);
+    }
+    srv.quit();
+}
+
 /// Posts that `post` accepted are delivered even if their sender exits
 /// before the receiver gets to them (as `PostMessage`'s are): here the
 /// receiver's only handler thread is held by another sender's call while a

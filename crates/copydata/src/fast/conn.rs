@@ -427,9 +427,14 @@ impl Client {
         Ok(())
     }
 
-    /// Forgets a pending RETIRE for a slot that is being filled again.
-    fn reusing(&mut self, slot: u32) {
+    /// Forgets a pending RETIRE for a slot that is being filled again,
+    /// whether it waits for room (`retiring`) or comes from the lend that
+    /// just emptied the slot and filled it anew (`retired`): the new
+    /// buffer's record replaces the receiver's handle, and a RETIRE sent
+    /// after that record would make the receiver forget the new buffer.
+    fn reusing(&mut self, slot: u32, retired: &mut Vec<u32>) {
         self.retiring.retain(|&s| s != slot);
+        retired.retain(|&s| s != slot);
     }
 
     /// A pooled buffer of `len` bytes, waiting (unless `block` is false) for
@@ -471,7 +476,7 @@ impl Client {
             lent => lent?,
         };
         if let Some(l) = &lent {
-            self.reusing(l.slot);
+            self.reusing(l.slot, &mut retired);
         }
         self.retire(retired, 0)?;
         let buf = LentBuf::new(lent, len).map_err(Fail::Io)?;
@@ -643,7 +648,7 @@ impl Client {
                     return Err(e);
                 }
                 Ok(Some(l)) => {
-                    self.reusing(l.slot);
+                    self.reusing(l.slot, &mut retired);
                     let mut flags = if l.announce { BUF_NEW } else { 0 };
                     if d.len() >= STREAM_MIN {
                         // Copied after the record is queued, chunk by chunk,
