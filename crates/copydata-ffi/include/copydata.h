@@ -123,6 +123,11 @@ enum copydata_status
    * A bug inside the library (a Rust panic), caught at the boundary.
    */
   COPYDATA_STATUS_PANIC = 15,
+  /**
+   * The receiver's queue has no room now (a post that was not to
+   * wait): it has not caught up yet. Nothing was sent.
+   */
+  COPYDATA_STATUS_FULL = 16,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -151,6 +156,13 @@ typedef struct copydata_request copydata_request;
  * `copydata_section_close`.
  */
 typedef struct copydata_section copydata_section;
+
+/**
+ * A connection to one mailbox, kept for many messages (`copydata_send`
+ * connects for each). Messages of one sender arrive in order. Opaque;
+ * close it with `copydata_sender_close`. One call at a time per sender.
+ */
+typedef struct copydata_sender copydata_sender;
 
 /**
  * A mapped range of a section (`MapViewOfFile`, `mmap`). Opaque; unmap it
@@ -460,6 +472,76 @@ size_t copydata_view_size(const copydata_view *view);
  * `view` is NULL or a live view, not used afterwards.
  */
 void copydata_view_unmap(copydata_view *view);
+
+/**
+ * Connects to the mailbox `name`, waiting at most `timeout_ms` for the
+ * receiver to complete the set-up (`COPYDATA_INFINITE`: the default
+ * bound, 2 seconds). A sender whose receiver died connects again on its
+ * next call, to whichever process has bound the name by then.
+ *
+ * Fails with `COPYDATA_STATUS_NOT_FOUND` (no such mailbox),
+ * `COPYDATA_STATUS_TIMED_OUT`, `COPYDATA_STATUS_INVALID_ARGUMENT`.
+ *
+ * # Safety
+ *
+ * `name` is NULL or a NUL-terminated string; `out` is NULL or points to
+ * storage for a pointer.
+ */
+copydata_status copydata_sender_connect(const char *name,
+                                        uint32_t timeout_ms,
+                                        copydata_sender **out);
+
+/**
+ * Sends a message on the sender's connection and waits for its reply, as
+ * `copydata_send` does (same arguments after the sender, same outputs and
+ * failures). After `COPYDATA_STATUS_TIMED_OUT` the next call uses a new
+ * connection, so it never receives the late reply.
+ *
+ * # Safety
+ *
+ * `sender` is NULL or a live sender that no other thread is using; `data`
+ * is NULL or points to `len` readable bytes; each of `reply_code`,
+ * `reply_data`, `reply_len` is NULL or points to writable storage of its
+ * type.
+ */
+copydata_status copydata_sender_send(copydata_sender *sender,
+                                     uint64_t tag,
+                                     const void *data,
+                                     size_t len,
+                                     uint32_t timeout_ms,
+                                     int64_t *reply_code,
+                                     void **reply_data,
+                                     size_t *reply_len);
+
+/**
+ * Posts a message: no reply is awaited (`PostMessageW`). When the
+ * receiver's queue is full, waits for room at most `timeout_ms`
+ * (`COPYDATA_INFINITE`: as long as it takes); 0 does not wait and fails
+ * with `COPYDATA_STATUS_FULL` at once. A post that fails with
+ * `COPYDATA_STATUS_FULL` or `COPYDATA_STATUS_TIMED_OUT` sent nothing, and
+ * the connection is kept, so later posts stay in order.
+ *
+ * # Safety
+ *
+ * `sender` is NULL or a live sender that no other thread is using; `data`
+ * is NULL or points to `len` readable bytes.
+ */
+copydata_status copydata_sender_post(copydata_sender *sender,
+                                     uint64_t tag,
+                                     const void *data,
+                                     size_t len,
+                                     uint32_t timeout_ms);
+
+/**
+ * Closes the sender's connection (messages posted before are still
+ * delivered). NULL does nothing.
+ *
+ * # Safety
+ *
+ * `sender` is NULL or a live sender that no other thread is using; it
+ * must not be used afterwards.
+ */
+void copydata_sender_close(copydata_sender *sender);
 
 #ifdef __cplusplus
 }  // extern "C"

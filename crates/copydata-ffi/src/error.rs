@@ -54,10 +54,13 @@ pub enum Status {
     Unsupported = 14,
     /// A bug inside the library (a Rust panic), caught at the boundary.
     Panic = 15,
+    /// The receiver's queue has no room now (a post that was not to
+    /// wait): it has not caught up yet. Nothing was sent.
+    Full = 16,
 }
 
 impl Status {
-    const ALL: [Status; 16] = [
+    const ALL: [Status; 17] = [
         Status::Ok,
         Status::InvalidArgument,
         Status::NotFound,
@@ -74,6 +77,7 @@ impl Status {
         Status::Io,
         Status::Unsupported,
         Status::Panic,
+        Status::Full,
     ];
 
     /// The name C code uses for the code.
@@ -95,6 +99,7 @@ impl Status {
             Status::Io => c"COPYDATA_STATUS_IO",
             Status::Unsupported => c"COPYDATA_STATUS_UNSUPPORTED",
             Status::Panic => c"COPYDATA_STATUS_PANIC",
+            Status::Full => c"COPYDATA_STATUS_FULL",
         }
     }
 }
@@ -169,6 +174,7 @@ impl From<SendError> for Error {
             SendError::Refused { .. } => Status::Refused,
             SendError::Incompatible { .. } | SendError::Protocol { .. } => Status::Incompatible,
             SendError::Unsupported => Status::Unsupported,
+            SendError::Full { .. } => Status::Full,
             _ => Status::Io,
         };
         Error::new(status, e)
@@ -350,6 +356,20 @@ pub(crate) unsafe fn handle<'a, T>(p: *const T, what: &str) -> Result<&'a T, Err
     unsafe { p.as_ref() }.ok_or_else(|| Error::invalid(format!("{what} is NULL")))
 }
 
+/// The object behind a handle, for a call that changes it.
+///
+/// # Safety
+///
+/// `p` is NULL or a live `T` from `Box::into_raw`, used by no one else for
+/// `'a`.
+pub(crate) unsafe fn handle_mut<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T, Error> {
+    // SAFETY:
+    // - `p` is NULL (then `as_mut` gives `None`) or a live, properly aligned
+    //   `T` from `Box::into_raw`, not used elsewhere meanwhile (this
+    //   function's contract).
+    unsafe { p.as_mut() }.ok_or_else(|| Error::invalid(format!("{what} is NULL")))
+}
+
 /// An `out` argument, set to NULL at once so that it is NULL on failure.
 ///
 /// # Safety
@@ -403,7 +423,7 @@ mod tests {
             assert!(name.to_str().unwrap().starts_with("COPYDATA_STATUS_"));
             assert_eq!(Status::ALL[s as usize], s);
         }
-        for bad in [-1, 16, i32::MAX] {
+        for bad in [-1, Status::ALL.len() as i32, i32::MAX] {
             // SAFETY:
             // - as above.
             let name = unsafe { CStr::from_ptr(copydata_status_name(bad)) };

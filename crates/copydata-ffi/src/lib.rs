@@ -24,8 +24,8 @@
 //! - Every fallible function returns a [`Status`] (`COPYDATA_STATUS_OK`,
 //!   zero, on success); [`copydata_last_error`] then says why, in words.
 //! - Objects are opaque handles made by a `_create`, `_open`, `_bind`,
-//!   `_map` or `_recv` function and given back to exactly one matching
-//!   `_close`, `_unmap`, `_reply` or `_refuse` function. Closing `NULL` does
+//!   `_connect`, `_map` or `_recv` function and given back to exactly one
+//!   matching `_close`, `_unmap`, `_reply` or `_refuse` function. Closing `NULL` does
 //!   nothing. On failure a function stores `NULL` in its `out` argument.
 //! - Names are NUL-terminated UTF-8; lengths are `size_t`; section sizes
 //!   and offsets are `uint64_t`.
@@ -43,6 +43,7 @@ mod buffer;
 mod error;
 mod mailbox;
 mod section;
+mod sender;
 
 pub use buffer::copydata_free;
 pub use error::{Status, copydata_last_error, copydata_status_name};
@@ -56,3 +57,4 @@ pub use section::{
     copydata_section_create, copydata_section_map, copydata_section_name, copydata_section_open, copydata_section_size,
     copydata_view_data, copydata_view_size, copydata_view_unmap,
 };
+pub use sender::{Sender, copydata_sender_close, copydata_sender_connect, copydata_sender_post, copydata_sender_send};

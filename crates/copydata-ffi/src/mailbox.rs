@@ -31,7 +31,7 @@ impl Request {
     }
 }
 
-fn timeout_arg(ms: u32) -> Option<Duration> {
+pub(crate) fn timeout_arg(ms: u32) -> Option<Duration> {
     (ms != COPYDATA_INFINITE).then(|| Duration::from_millis(ms.into()))
 }
 
@@ -72,15 +72,7 @@ pub unsafe extern "C" fn copydata_send(
         // SAFETY:
         // - `reply_code`, `reply_data`, `reply_len` are NULL or point to
         //   writable storage of their type (this function's contract).
-        let (code_out, mut data_out, mut len_out) =
-            unsafe { (reply_code.as_mut(), reply_data.as_mut(), reply_len.as_mut()) };
-        // Cleared first, so that a failed call leaves nothing to free.
-        if let Some(p) = data_out.as_deref_mut() {
-            *p = std::ptr::null_mut();
-        }
-        if let Some(n) = len_out.as_deref_mut() {
-            *n = 0;
-        }
+        let out = unsafe { ReplyOut::new(reply_code, reply_data, reply_len) };
         // SAFETY:
         // - `name` is NULL or a NUL-terminated string, read only during this
         //   call (the contract).
@@ -93,18 +85,52 @@ pub unsafe extern "C" fn copydata_send(
             None => copydata::send(name, tag, data)?,
             Some(t) => copydata::send_timeout(name, tag, data, t)?,
         };
+        out.store(reply)
+    })
+}
+
+/// Where a send puts the reply: code, bytes and length, each optional.
+pub(crate) struct ReplyOut<'a> {
+    code: Option<&'a mut i64>,
+    data: Option<&'a mut *mut c_void>,
+    len: Option<&'a mut usize>,
+}
+
+impl<'a> ReplyOut<'a> {
+    /// Clears the outputs first, so that a failed call leaves nothing to
+    /// free.
+    ///
+    /// # Safety
+    ///
+    /// Each pointer is NULL or points to writable storage of its type,
+    /// valid for `'a`.
+    pub(crate) unsafe fn new(code: *mut i64, data: *mut *mut c_void, len: *mut usize) -> ReplyOut<'a> {
+        // SAFETY: NULL (then `as_mut` gives `None`) or writable storage of
+        // the type, valid for `'a` (this function's contract).
+        let mut out = unsafe { ReplyOut { code: code.as_mut(), data: data.as_mut(), len: len.as_mut() } };
+        if let Some(p) = out.data.as_deref_mut() {
+            *p = std::ptr::null_mut();
+        }
+        if let Some(n) = out.len.as_deref_mut() {
+            *n = 0;
+        }
+        out
+    }
+
+    /// Stores `reply` (its bytes in a buffer for `copydata_free`).
+    pub(crate) fn store(self, reply: copydata::Reply) -> Result<(), Error> {
         let bytes = reply.data.into_vec();
-        if let Some(p) = data_out {
+        if let Some(p) = self.data {
             *p = buffer::to_c(&bytes)?;
         }
-        if let Some(n) = len_out {
+        if let Some(n) = self.len {
             *n = bytes.len();
         }
-        if let Some(c) = code_out {
+        if let Some(c) = self.code {
             *c = reply.code;
         }
         Ok(())
-    })
+    }
 }
 
 /// Binds the mailbox `name` for this user, to receive messages with

@@ -112,6 +112,12 @@ fn the_c_example_talks_to_a_rust_mailbox_and_shares_a_section() {
     kid.expect_line("reply 12: HELLO FROM C");
     let (tag, payload, pid) = seen.recv_timeout(WAIT).unwrap();
     assert_eq!((tag, payload.as_slice(), pid), (7, &b"hello from C"[..], kid.child.id()));
+    // Then one connection for three calls and a post, in order.
+    kid.expect_line("sender: 3 replies and a post");
+    for (tag, want) in [(11, &b"one"[..]), (12, b"two"), (13, b"three"), (14, b"posted")] {
+        let (got, payload, pid) = seen.recv_timeout(WAIT).unwrap();
+        assert_eq!((got, payload.as_slice(), pid), (tag, want, kid.child.id()));
+    }
     let mut back = [0; 18];
     view.read_at(100, &mut back).unwrap();
     assert_eq!(&back, b"hello back from C\0");

@@ -10,7 +10,9 @@
  * 2. A message: sends "hello from C" with tag 7 to the Rust mailbox MAILBOX
  *    and waits at most 5 s for the reply, like
  *    SendMessageTimeout(WM_COPYDATA); the Rust side answers with the length
- *    as the code and the bytes in capitals.
+ *    as the code and the bytes in capitals. Then, on one connection kept
+ *    for them (a copydata_sender), three calls (tags 11 to 13) and a post
+ *    (tag 14, no reply awaited, like PostMessage).
  * 3. A mailbox of its own, MAILBOX-c: answers every message with code = tag
  *    and the bytes reversed, until a message with tag 0.
  *
@@ -66,6 +68,29 @@ int main(int argc, char **argv)
         fprintf(stderr, "echo: not the reply expected\n");
         return 1;
     }
+
+    /* Many messages: one connection for all, much cheaper than a
+     * copydata_send each. They arrive in order. */
+    copydata_sender *sender;
+    if ((st = copydata_sender_connect(target, 5000, &sender)))
+        return fail("connecting", st);
+    const char *words[] = {"one", "two", "three"};
+    for (int i = 0; i < 3; i++) {
+        if ((st = copydata_sender_send(sender, 11 + i, words[i], strlen(words[i]), 5000, &code, NULL, NULL))) {
+            copydata_sender_close(sender);
+            return fail("sending on the connection", st);
+        }
+        if (code != (int64_t)strlen(words[i])) {
+            copydata_sender_close(sender);
+            fprintf(stderr, "echo: reply %lld to \"%s\"\n", (long long)code, words[i]);
+            return 1;
+        }
+    }
+    st = copydata_sender_post(sender, 14, "posted", 6, COPYDATA_INFINITE);
+    copydata_sender_close(sender); /* the post is still delivered */
+    if (st)
+        return fail("posting", st);
+    printf("sender: 3 replies and a post\n");
 
     /* A mailbox nobody has bound: an error code at once, not a hang. */
     char name[256];

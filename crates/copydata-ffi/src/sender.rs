@@ -1,0 +1,149 @@
+//! A sender: one connection to a mailbox, kept for many messages.
+
+use std::ffi::{c_char, c_void};
+
+use crate::error::{Status, bytes_arg, guard, guard_value, handle_mut, out_arg, str_arg};
+use crate::mailbox::{ReplyOut, timeout_arg};
+
+/// A connection to one mailbox, kept for many messages (`copydata_send`
+/// connects for each). Messages of one sender arrive in order. Opaque;
+/// close it with `copydata_sender_close`. One call at a time per sender.
+pub struct Sender {
+    inner: copydata::Sender,
+}
+
+/// Connects to the mailbox `name`, waiting at most `timeout_ms` for the
+/// receiver to complete the set-up (`COPYDATA_INFINITE`: the default
+/// bound, 2 seconds). A sender whose receiver died connects again on its
+/// next call, to whichever process has bound the name by then.
+///
+/// Fails with `COPYDATA_STATUS_NOT_FOUND` (no such mailbox),
+/// `COPYDATA_STATUS_TIMED_OUT`, `COPYDATA_STATUS_INVALID_ARGUMENT`.
+///
+/// # Safety
+///
+/// `name` is NULL or a NUL-terminated string; `out` is NULL or points to
+/// storage for a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_sender_connect(
+    name: *const c_char,
+    timeout_ms: u32,
+    out: *mut *mut Sender,
+) -> Status {
+    guard(|| {
+        // SAFETY:
+        // - `out` is NULL or valid storage (this function's contract).
+        let out = unsafe { out_arg(out) }?;
+        // SAFETY:
+        // - `name` is NULL or a NUL-terminated string, read only during this
+        //   call (the contract).
+        let name = unsafe { str_arg(name, "name") }?;
+        let inner = match timeout_arg(timeout_ms) {
+            None => copydata::Sender::connect(name)?,
+            Some(t) => copydata::Sender::connect_timeout(name, t)?,
+        };
+        *out = Box::into_raw(Box::new(Sender { inner }));
+        Ok(())
+    })
+}
+
+/// Sends a message on the sender's connection and waits for its reply, as
+/// `copydata_send` does (same arguments after the sender, same outputs and
+/// failures). After `COPYDATA_STATUS_TIMED_OUT` the next call uses a new
+/// connection, so it never receives the late reply.
+///
+/// # Safety
+///
+/// `sender` is NULL or a live sender that no other thread is using; `data`
+/// is NULL or points to `len` readable bytes; each of `reply_code`,
+/// `reply_data`, `reply_len` is NULL or points to writable storage of its
+/// type.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)] // the C signature: inputs, then outputs
+pub unsafe extern "C" fn copydata_sender_send(
+    sender: *mut Sender,
+    tag: u64,
+    data: *const c_void,
+    len: usize,
+    timeout_ms: u32,
+    reply_code: *mut i64,
+    reply_data: *mut *mut c_void,
+    reply_len: *mut usize,
+) -> Status {
+    guard(|| {
+        // SAFETY:
+        // - the reply pointers are NULL or writable storage of their type
+        //   (this function's contract).
+        let out = unsafe { ReplyOut::new(reply_code, reply_data, reply_len) };
+        // SAFETY:
+        // - `sender` is NULL or a live sender used by this thread alone
+        //   during the call (the contract).
+        let sender = unsafe { handle_mut(sender, "sender") }?;
+        // SAFETY:
+        // - `data` is NULL or points to `len` readable bytes, read only
+        //   during this call (the contract).
+        let data = unsafe { bytes_arg(data, len, "data") }?;
+        let reply = match timeout_arg(timeout_ms) {
+            None => sender.inner.send(tag, data)?,
+            Some(t) => sender.inner.send_timeout(tag, data, t)?,
+        };
+        out.store(reply)
+    })
+}
+
+/// Posts a message: no reply is awaited (`PostMessageW`). When the
+/// receiver's queue is full, waits for room at most `timeout_ms`
+/// (`COPYDATA_INFINITE`: as long as it takes); 0 does not wait and fails
+/// with `COPYDATA_STATUS_FULL` at once. A post that fails with
+/// `COPYDATA_STATUS_FULL` or `COPYDATA_STATUS_TIMED_OUT` sent nothing, and
+/// the connection is kept, so later posts stay in order.
+///
+/// # Safety
+///
+/// `sender` is NULL or a live sender that no other thread is using; `data`
+/// is NULL or points to `len` readable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_sender_post(
+    sender: *mut Sender,
+    tag: u64,
+    data: *const c_void,
+    len: usize,
+    timeout_ms: u32,
+) -> Status {
+    guard(|| {
+        // SAFETY:
+        // - `sender` is NULL or a live sender used by this thread alone
+        //   during the call (the contract).
+        let sender = unsafe { handle_mut(sender, "sender") }?;
+        // SAFETY:
+        // - `data` is NULL or points to `len` readable bytes, read only
+        //   during this call (the contract).
+        let data = unsafe { bytes_arg(data, len, "data") }?;
+        match timeout_arg(timeout_ms) {
+            None => sender.inner.post(tag, data)?,
+            Some(t) if t.is_zero() => sender.inner.try_post(tag, data)?,
+            Some(t) => sender.inner.post_timeout(tag, data, t)?,
+        }
+        Ok(())
+    })
+}
+
+/// Closes the sender's connection (messages posted before are still
+/// delivered). NULL does nothing.
+///
+/// # Safety
+///
+/// `sender` is NULL or a live sender that no other thread is using; it
+/// must not be used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_sender_close(sender: *mut Sender) {
+    guard_value((), || {
+        if !sender.is_null() {
+            // SAFETY:
+            // - `sender` came from `Box::into_raw` in
+            //   `copydata_sender_connect` and is given back once, with no
+            //   other thread using it (this function's contract).
+            drop(unsafe { Box::from_raw(sender) });
+        }
+    })
+}
