@@ -421,8 +421,10 @@ impl<'a> AsyncLoan<'a> {
     /// connection's queue (as [`AsyncSender::post_timeout`]). On
     /// [`SendError::TimedOut`], which comes no sooner than `timeout`,
     /// nothing was sent, the connection is kept and the loan comes back,
-    /// still filled, in the error. Dropping the future before it completes
-    /// drops the connection, as for any cancelled call.
+    /// still filled, in the error. Dropping the future before it is first
+    /// polled gives the buffer back; dropping it while it waits for room
+    /// drops the connection (and the buffer with it), as for any cancelled
+    /// call.
     pub async fn post_timeout(mut self, tag: u64, timeout: Duration) -> Result<(), PostLoanError<Self>> {
         let deadline = Instant::now().checked_add(timeout);
         let buf = self.buf.take().expect("a loan is sent once");
@@ -681,7 +683,9 @@ impl Conn {
 
     /// Queues a loan, waiting for room for as long as it takes or until
     /// `deadline`. On `Fail::TimedOut` nothing was queued and the buffer is
-    /// still lent; any other failure gives it back.
+    /// still lent; a failure of the attempt gives it back, and one of the
+    /// wait (the receiver gone) leaves the connection to be dropped, and
+    /// the buffer with it.
     async fn put_lent(
         &mut self,
         kind: u32,

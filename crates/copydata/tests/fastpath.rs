@@ -1126,6 +1126,7 @@ fn a_loan_waits_for_a_buffer_only_as_long_as_asked() {
     assert!(took >= t, "gave up after {took:?}, before {t:?}");
     assert!(took < Duration::from_secs(5), "a timeout of {t:?} took {took:?}");
     // The connection was kept: a post queues behind the loans.
+    assert!(s.max_payload().is_some(), "the connection was dropped");
     s.post(tag(REC, held + 1), &pattern(16, held + 1)).unwrap();
     srv.kid().tell("go");
     // Buffers come back as the receiver catches up.
