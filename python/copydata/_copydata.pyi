@@ -28,8 +28,9 @@ def send(
 class Sender:
     """A connection to the mailbox `name`, kept for every call (much cheaper
     than `send`, which connects for each message). Messages of one Sender
-    arrive in order. A wait without a timeout gives way to Ctrl-C; the next
-    call then uses a new connection."""
+    arrive in order while they go on one connection. Every wait gives way
+    to Ctrl-C; after an interrupted or timed-out call the next one uses a
+    new connection."""
 
     def __new__(cls, name: str, timeout: float | None = None) -> Sender: ...
     @property

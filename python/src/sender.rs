@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender as Tx, channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
 
 use copydata::{Reply, SendError, SenderOptions};
 use pyo3::prelude::*;
@@ -30,32 +31,45 @@ type Job = Box<dyn FnOnce(&mut copydata::Sender) -> Result<Option<Reply>, SendEr
 struct Worker {
     jobs: Tx<Job>,
     /// (A `Receiver` is not `Sync`: the wait borrows it through a mutex,
-    /// never contended, as the `State` lock is held meanwhile.)
+    /// never contended, as only the call holding the turn waits.)
     results: Mutex<Receiver<Result<Option<Reply>, SendError>>>,
     thread: Option<JoinHandle<()>>,
-    /// Whether the worker is running a call.
+    /// Whether a call was handed to the worker and has not ended: raised by
+    /// the caller before it hands the call over, lowered by the worker.
     running: Arc<AtomicBool>,
+    /// The process that started the thread: in a child made by `fork`
+    /// there is no such thread, and the worker is left alone.
+    pid: u32,
 }
 
 impl Worker {
-    fn start(mut sender: copydata::Sender) -> std::io::Result<Worker> {
+    /// A worker with a sender that connects on its first call (within that
+    /// call's timeout and `options`' connect timeout).
+    fn start(name: &str, options: &SenderOptions) -> Result<Worker, SendError> {
+        let mut sender = copydata::Sender::unconnected(name, options)?;
         let (jobs, rx) = channel::<Job>();
         let (tx, results) = channel();
         let running = Arc::new(AtomicBool::new(false));
         let busy = running.clone();
-        let thread = std::thread::Builder::new().name("copydata-sender".into()).spawn(move || {
+        let spawned = std::thread::Builder::new().name("copydata-sender".into()).spawn(move || {
             // Ends when the `Sender` drops its end (closed, or moved on after
             // an interrupted call).
             while let Ok(job) = rx.recv() {
-                busy.store(true, Ordering::SeqCst);
                 let result = job(&mut sender);
                 busy.store(false, Ordering::SeqCst);
                 if tx.send(result).is_err() {
                     break;
                 }
             }
-        })?;
-        Ok(Worker { jobs, results: Mutex::new(results), thread: Some(thread), running })
+        });
+        let thread = spawned.map_err(|source| SendError::Io { name: name.to_owned(), source })?;
+        Ok(Worker { jobs, results: Mutex::new(results), thread: Some(thread), running, pid: std::process::id() })
+    }
+
+    /// Hands `job` over; `false` if the worker is gone.
+    fn hand(&self, job: Job) -> bool {
+        self.running.store(true, Ordering::SeqCst);
+        self.jobs.send(job).is_ok()
     }
 }
 
@@ -63,12 +77,17 @@ impl Drop for Worker {
     fn drop(&mut self) {
         // An idle worker ends as soon as its channel closes: joined, so that
         // the connection is closed when `close()` returns. One still running
-        // an interrupted call finishes it in the background, then ends.
+        // an interrupted call finishes it in the background, then ends; in
+        // a forked child the thread does not exist.
         let (jobs, _) = channel();
         drop(std::mem::replace(&mut self.jobs, jobs));
-        if let Some(t) = self.thread.take()
-            && !self.running.load(Ordering::SeqCst)
-        {
+        let Some(t) = self.thread.take() else { return };
+        if self.pid != std::process::id() {
+            // Inherited through `fork`: its thread is not in this process,
+            // and its handle may name a thread made here since (the C
+            // library reuses the memory); dropping it would detach that one.
+            std::mem::forget(t);
+        } else if !self.running.load(Ordering::SeqCst) {
             let _ = t.join();
         }
     }
@@ -94,21 +113,27 @@ struct State {
 /// A connection to the mailbox `name`, kept for every call (much cheaper
 /// than `copydata.send`, which connects for each message).
 ///
-/// Messages of one `Sender` arrive in the order they were sent. Calls
-/// release the GIL; one call at a time runs per `Sender` (a second thread
-/// waits its turn). `close()` (or leaving a `with` block) closes the
-/// connection once a call in progress ends; so does dropping the object.
+/// Messages of one `Sender` arrive in the order they were sent, as long as
+/// they go on one connection: after a call that timed out or was
+/// interrupted, the next message goes on a new connection, and may be
+/// handled before messages still queued on the old one. Calls release the
+/// GIL; one call at a time runs per `Sender` (a second thread waits its
+/// turn, within its timeout). `close()` (or leaving a `with` block) closes
+/// the connection once a call in progress ends; so does dropping the
+/// object.
 ///
-/// A wait without a timeout gives way to Ctrl-C; the message may still be
-/// delivered then, and the next call uses a new connection (so it can never
+/// Every wait gives way to Ctrl-C; an interrupted message may still be
+/// delivered, and the next call uses a new connection (so it can never
 /// receive the reply of the interrupted one).
 #[pyclass(frozen, module = "copydata", name = "Sender")]
 pub(crate) struct Sender {
     name: String,
+    /// The options of every connection (the connect timeout given).
+    options: SenderOptions,
     /// Held only briefly, never while a call waits.
     state: Mutex<State>,
-    /// Whether a call is in progress, and its end signalled.
-    busy: Mutex<bool>,
+    /// The thread whose call is in progress, if any, and its end signalled.
+    busy: Mutex<Option<ThreadId>>,
     done: Condvar,
 }
 
@@ -117,7 +142,7 @@ struct Turn<'a>(&'a Sender);
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        *self.0.busy.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        *self.0.busy.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.0.done.notify_one();
     }
 }
@@ -128,18 +153,37 @@ impl Sender {
     }
 
     /// Waits (the GIL released, giving way to Ctrl-C) until no other call
-    /// of this `Sender` is in progress.
-    fn turn(&self, py: Python<'_>) -> PyResult<Turn<'_>> {
+    /// of this `Sender` is in progress, within `budget`. A call from this
+    /// very thread while one is in progress (from a signal handler run
+    /// during the wait) is refused: it would wait for itself.
+    fn turn(&self, py: Python<'_>, budget: Budget) -> PyResult<Turn<'_>> {
+        let me = std::thread::current().id();
         loop {
             let got = py.detach(|| {
                 let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+                if *busy == Some(me) {
+                    return Err(());
+                }
                 let (mut busy, _) =
-                    self.done.wait_timeout_while(busy, SLICE, |b| *b).unwrap_or_else(|e| e.into_inner());
-                !std::mem::replace(&mut *busy, true)
+                    self.done.wait_timeout_while(busy, SLICE, |b| b.is_some()).unwrap_or_else(|e| e.into_inner());
+                if busy.is_some() {
+                    return Ok(false);
+                }
+                *busy = Some(me);
+                Ok(true)
             });
-            if got {
-                return Ok(Turn(self));
+            match got {
+                Ok(true) => return Ok(Turn(self)),
+                Ok(false) => {}
+                Err(()) => {
+                    return Err(errors::raise(
+                        py,
+                        Kind::Error,
+                        "a call on this Sender is in progress on this thread (a signal handler cannot use it meanwhile)",
+                    ));
+                }
             }
+            budget.left(&self.name).map_err(|e| errors::send_error(py, e))?;
             py.check_signals()?;
         }
     }
@@ -148,31 +192,31 @@ impl Sender {
         errors::raise(py, Kind::Closed, format!("the sender to {:?} is closed", self.name))
     }
 
-    /// Runs `job` on the worker (started first if need be, with a new
-    /// connection bounded by `timeout`) and waits for its result, giving way
-    /// to Ctrl-C if `interruptible`, else until the job has run.
-    fn run(&self, py: Python<'_>, timeout: Option<Duration>, interruptible: bool, job: Job) -> PyResult<Option<Reply>> {
-        let _turn = self.turn(py)?;
-        let current = {
-            let state = self.state();
-            if state.closed {
-                return Err(self.closed_error(py));
-            }
-            state.worker.clone()
-        };
-        let worker = match current {
-            Some(w) => w,
-            None => {
-                let sender = py.detach(|| connect(&self.name, timeout)).map_err(|e| errors::send_error(py, e))?;
-                let w = Arc::new(Worker::start(sender)?);
-                let mut state = self.state();
-                if state.closed {
-                    return Err(self.closed_error(py));
-                }
-                state.worker = Some(w.clone());
-                w
-            }
-        };
+    /// The worker for the next call: the current one, or a new one (with a
+    /// sender that connects within the call) if there is none, or it was
+    /// inherited through `fork`.
+    fn worker(&self) -> Result<Option<Arc<Worker>>, SendError> {
+        let mut state = self.state();
+        if state.closed {
+            return Ok(None);
+        }
+        if let Some(w) = &state.worker
+            && w.pid == std::process::id()
+        {
+            return Ok(Some(w.clone()));
+        }
+        let w = Arc::new(Worker::start(&self.name, &self.options)?);
+        // (An inherited worker drops here without being joined.)
+        state.worker = Some(w.clone());
+        Ok(Some(w))
+    }
+
+    /// Runs `job` on the worker within `budget` and waits for its result,
+    /// giving way to Ctrl-C if `interruptible`, else until the job has run.
+    fn run(&self, py: Python<'_>, budget: Budget, interruptible: bool, job: Job) -> PyResult<Option<Reply>> {
+        let _turn = self.turn(py, budget)?;
+        let worker = self.worker().map_err(|e| errors::send_error(py, e))?;
+        let Some(worker) = worker else { return Err(self.closed_error(py)) };
         // Forgets this worker (the next call starts another), leaving it to
         // end on its own once the call it runs is over.
         let forget = |py: Python<'_>, worker: Arc<Worker>| {
@@ -183,7 +227,7 @@ impl Sender {
             drop(state);
             py.detach(|| drop(worker));
         };
-        if worker.jobs.send(job).is_err() {
+        if !worker.hand(job) {
             forget(py, worker);
             return Err(errors::raise(py, Kind::Error, "the sending thread is gone"));
         }
@@ -220,33 +264,71 @@ impl Sender {
     }
 }
 
-/// A connection to `name`, its set-up bounded by `timeout` (the default
-/// connect timeout without one).
-fn connect(name: &str, timeout: Option<Duration>) -> Result<copydata::Sender, SendError> {
-    let mut options = SenderOptions::new();
-    if let Some(t) = timeout {
-        options = options.connect_timeout(t);
+/// The time a call may take, from its start: its timeout counts the wait
+/// for its turn and for a new connection too.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    started: Instant,
+    timeout: Option<Duration>,
+}
+
+impl Budget {
+    fn new(timeout: Option<Duration>) -> Budget {
+        Budget { started: Instant::now(), timeout }
     }
-    copydata::Sender::connect_with(name, &options)
+
+    /// What is left (`None`: no limit), or `TimedOut` once nothing is.
+    fn left(&self, name: &str) -> Result<Option<Duration>, SendError> {
+        match self.timeout {
+            None => Ok(None),
+            Some(t) => match t.checked_sub(self.started.elapsed()) {
+                Some(left) if !left.is_zero() => Ok(Some(left)),
+                _ => Err(SendError::TimedOut { name: name.to_owned(), timeout: t }),
+            },
+        }
+    }
+
+    /// `e`, a time-out reported with the whole timeout, not what was left.
+    fn blame(&self, e: SendError) -> SendError {
+        match (e, self.timeout) {
+            (SendError::TimedOut { name, .. }, Some(timeout)) => SendError::TimedOut { name, timeout },
+            (e, _) => e,
+        }
+    }
 }
 
 #[pymethods]
 impl Sender {
     /// Connects to the mailbox `name`, waiting at most `timeout` seconds
-    /// for the receiver to complete the set-up (None: the default, 2 s).
-    /// Raises `NotFound`, `TimedOut`, `InvalidName`.
+    /// for the receiver to complete the set-up (None: the default, 10 s);
+    /// the same bound applies when a later call must connect again (after
+    /// a time-out, an interrupted call, or the receiver's death). Raises
+    /// `NotFound`, `TimedOut`, `InvalidName`.
     #[new]
     #[pyo3(signature = (name, timeout = None))]
     fn new(py: Python<'_>, name: &str, timeout: Option<f64>) -> PyResult<Sender> {
-        let timeout = timeout_arg(py, timeout)?;
-        let sender = py.detach(|| connect(name, timeout)).map_err(|e| errors::send_error(py, e))?;
-        let worker = Arc::new(Worker::start(sender)?);
-        Ok(Sender {
+        let mut options = SenderOptions::new();
+        if let Some(t) = timeout_arg(py, timeout)? {
+            options = options.connect_timeout(t);
+        }
+        // Checks the name before a thread is started for it.
+        copydata::Sender::unconnected(name, &options).map_err(|e| errors::send_error(py, e))?;
+        let sender = Sender {
             name: name.to_owned(),
-            state: Mutex::new(State { worker: Some(worker), closed: false }),
-            busy: Mutex::new(false),
+            options: options.clone(),
+            state: Mutex::new(State { worker: None, closed: false }),
+            busy: Mutex::new(None),
             done: Condvar::new(),
-        })
+        };
+        // Connects now (on the worker, so that Ctrl-C interrupts the wait),
+        // so that a missing mailbox is reported here.
+        let name = name.to_owned();
+        let connect: Job = Box::new(move |s| {
+            *s = copydata::Sender::connect_with(&name, &options)?;
+            Ok(None)
+        });
+        sender.run(py, Budget::new(None), true, connect)?;
+        Ok(sender)
     }
 
     /// The mailbox's name.
@@ -263,12 +345,16 @@ impl Sender {
 
     /// Sends `data` (any bytes-like object) with `tag` and waits for the
     /// reply, at most `timeout` seconds (None: as long as the receiver
-    /// lives): `SendMessage(WM_COPYDATA)`. Returns `(code, data)`.
+    /// lives): `SendMessage(WM_COPYDATA)`. Returns `(code, data)`. The
+    /// timeout counts the whole call, including a wait for another
+    /// thread's call on this `Sender` and a new connection if one is due.
     ///
     /// `sections` travel with the message, as for `copydata.send`; Ctrl-C
     /// is seen only once such a send ends, so give it a timeout.
     /// Raises `TimedOut` (the message may still be handled; its reply is
-    /// discarded), `ReceiverDied`, `Refused`, `TooLarge`, `Closed`.
+    /// discarded), `ReceiverDied`, `Refused`, `TooLarge`, `Closed`, and
+    /// `NotFound` when a new connection is due and nobody has bound the
+    /// name.
     #[pyo3(signature = (data, tag = 0, timeout = None, sections = None))]
     fn send<'py>(
         &self,
@@ -278,8 +364,9 @@ impl Sender {
         timeout: Option<f64>,
         sections: Option<Vec<PyRef<'py, Section>>>,
     ) -> PyResult<(i64, Bound<'py, PyBytes>)> {
-        let timeout = timeout_arg(py, timeout)?;
+        let budget = Budget::new(timeout_arg(py, timeout)?);
         let data = bytes_arg(data)?;
+        let name = self.name.clone();
         let reply = if let Some(sections) = sections.filter(|s| !s.is_empty()) {
             let handles =
                 sections.iter().map(|s| s.handle(py).map(|h| Borrowed(h as *const _))).collect::<PyResult<Vec<_>>>()?;
@@ -289,17 +376,21 @@ impl Sender {
                 // open) until this call returns, and it returns only once
                 // the job has run (`run` without interruption).
                 let handles: Vec<&copydata::Section> = handles.iter().map(|b| unsafe { &*b.0 }).collect();
-                s.send_with_sections(tag, &data, &handles, timeout).map(Some)
+                let left = budget.left(&name)?;
+                s.send_with_sections(tag, &data, &handles, left).map(Some).map_err(|e| budget.blame(e))
             });
-            let reply = self.run(py, timeout, false, job);
+            let reply = self.run(py, budget, false, job);
             drop(sections);
             reply?.expect("a call has a reply")
         } else {
-            let job: Job = Box::new(move |s| match timeout {
-                Some(t) => s.send_timeout(tag, &data, t).map(Some),
-                None => s.send(tag, &data).map(Some),
+            let job: Job = Box::new(move |s| {
+                let result = match budget.left(&name)? {
+                    Some(t) => s.send_timeout(tag, &data, t),
+                    None => s.send(tag, &data),
+                };
+                result.map(Some).map_err(|e| budget.blame(e))
             });
-            self.run(py, timeout, true, job)?.expect("a call has a reply")
+            self.run(py, budget, true, job)?.expect("a call has a reply")
         };
         Ok((reply.code, reply_bytes(py, &reply)))
     }
@@ -309,22 +400,27 @@ impl Sender {
     /// seconds (None: as long as it takes); a `TimedOut` post sent nothing.
     #[pyo3(signature = (data, tag = 0, timeout = None))]
     fn post(&self, py: Python<'_>, data: &Bound<'_, PyAny>, tag: u64, timeout: Option<f64>) -> PyResult<()> {
-        let timeout = timeout_arg(py, timeout)?;
+        let budget = Budget::new(timeout_arg(py, timeout)?);
         let data = bytes_arg(data)?;
-        let job: Job = Box::new(move |s| match timeout {
-            Some(t) => s.post_timeout(tag, &data, t).map(|()| None),
-            None => s.post(tag, &data).map(|()| None),
+        let name = self.name.clone();
+        let job: Job = Box::new(move |s| {
+            let result = match budget.left(&name)? {
+                Some(t) => s.post_timeout(tag, &data, t),
+                None => s.post(tag, &data),
+            };
+            result.map(|()| None).map_err(|e| budget.blame(e))
         });
-        self.run(py, timeout, true, job).map(drop)
+        self.run(py, budget, true, job).map(drop)
     }
 
     /// Posts `data` with `tag` if the receiver's queue has room now, else
-    /// raises `Full` (nothing sent).
+    /// raises `Full` (nothing sent). It waits only when the connection must
+    /// be made again first (within the connect timeout).
     #[pyo3(signature = (data, tag = 0))]
     fn try_post(&self, py: Python<'_>, data: &Bound<'_, PyAny>, tag: u64) -> PyResult<()> {
         let data = bytes_arg(data)?;
         let job: Job = Box::new(move |s| s.try_post(tag, &data).map(|()| None));
-        self.run(py, None, true, job).map(drop)
+        self.run(py, Budget::new(None), true, job).map(drop)
     }
 
     /// Closes the connection (messages posted before are still delivered;

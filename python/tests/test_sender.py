@@ -185,3 +185,70 @@ def test_ctrl_c_interrupts_a_senders_wait_and_the_next_call_works(python_child, 
         code, _, err = child.finish(timeout=10.0)
         assert code == 0, err
         del pending
+
+
+def test_a_calls_timeout_counts_its_wait_for_another_threads_call(name):
+    with copydata.Mailbox(name) as mailbox, copydata.Sender(name) as sender:
+        # Another thread's call is held (nobody answers it for a while).
+        replies = []
+        first = threading.Thread(target=lambda: replies.append(sender.send(b"held", timeout=10.0)))
+        first.start()
+        held = mailbox.recv(timeout=10.0)
+        started = time.monotonic()
+        with pytest.raises(copydata.TimedOut):
+            sender.send(b"second", timeout=0.3)
+        took = time.monotonic() - started
+        assert 0.3 <= took < 3.0, took
+        held.reply(4)
+        first.join(10.0)
+        assert not first.is_alive()
+        assert replies == [(4, b"")]
+
+
+def test_a_signal_handler_cannot_use_the_sender_its_thread_waits_on(name):
+    with copydata.Mailbox(name) as mailbox, copydata.Sender(name) as sender:
+
+        def handler(signum, frame):
+            sender.post(b"from the handler")
+
+        old = signal.signal(signal.SIGALRM, handler)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            with pytest.raises(copydata.Error, match="in progress on this thread"):
+                sender.send(b"held", timeout=10.0)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        assert mailbox.recv(timeout=10.0).data == b"held"
+        # The sender goes on, on a new connection.
+        sender.post(b"after")
+        assert mailbox.recv(timeout=10.0).data == b"after"
+
+
+FORK_CHILD_POSTS = """
+import os, sys, copydata
+sender = copydata.Sender(sys.argv[1])
+sender.post(b"parent")
+pid = os.fork()
+if pid == 0:
+    try:
+        sender.post(b"child")
+        sender.close()
+        os._exit(0)
+    except BaseException:
+        os._exit(1)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status), flush=True)
+sender.post(b"parent again")
+sender.close()
+"""
+
+
+def test_a_sender_inherited_through_fork_works_in_the_child(python_child, name):
+    with copydata.Mailbox(name) as mailbox:
+        child = python_child(FORK_CHILD_POSTS, name)
+        assert child.readline() == "child 0"
+        got = sorted(mailbox.recv(timeout=10.0).data for _ in range(3))
+        assert got == [b"child", b"parent", b"parent again"]
+        code, _, err = child.finish(timeout=10.0)
+        assert code == 0, err

@@ -159,8 +159,11 @@ typedef struct copydata_section copydata_section;
 
 /**
  * A connection to one mailbox, kept for many messages (`copydata_send`
- * connects for each). Messages of one sender arrive in order. Opaque;
- * close it with `copydata_sender_close`. One call at a time per sender.
+ * connects for each). Messages of one sender arrive in order while they
+ * go on one connection; after a call that timed out, the next message
+ * goes on a new one, and may be handled before messages still queued on
+ * the old. Opaque; close it with `copydata_sender_close`. One call at a
+ * time per sender.
  */
 typedef struct copydata_sender copydata_sender;
 
@@ -476,8 +479,9 @@ void copydata_view_unmap(copydata_view *view);
 /**
  * Connects to the mailbox `name`, waiting at most `timeout_ms` for the
  * receiver to complete the set-up (`COPYDATA_INFINITE`: the default
- * bound, 2 seconds). A sender whose receiver died connects again on its
- * next call, to whichever process has bound the name by then.
+ * bound, 10 seconds). A sender whose connection was dropped (a time-out,
+ * the receiver's death) connects again on its next call, within the
+ * same bound, to whichever process has bound the name by then.
  *
  * Fails with `COPYDATA_STATUS_NOT_FOUND` (no such mailbox),
  * `COPYDATA_STATUS_TIMED_OUT`, `COPYDATA_STATUS_INVALID_ARGUMENT`.
@@ -517,7 +521,8 @@ copydata_status copydata_sender_send(copydata_sender *sender,
  * Posts a message: no reply is awaited (`PostMessageW`). When the
  * receiver's queue is full, waits for room at most `timeout_ms`
  * (`COPYDATA_INFINITE`: as long as it takes); 0 does not wait and fails
- * with `COPYDATA_STATUS_FULL` at once. A post that fails with
+ * with `COPYDATA_STATUS_FULL` at once (only a connection that must be
+ * made again first is waited for). A post that fails with
  * `COPYDATA_STATUS_FULL` or `COPYDATA_STATUS_TIMED_OUT` sent nothing, and
  * the connection is kept, so later posts stay in order.
  *

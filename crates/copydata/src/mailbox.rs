@@ -888,11 +888,30 @@ impl Sender {
 
     /// Connects to the mailbox `name` with options.
     pub fn connect_with(name: &str, options: &SenderOptions) -> Result<Sender, SendError> {
-        let valid = Name::new(name).map_err(|reason| SendError::InvalidName { name: name.into(), reason })?;
-        let mut s = Sender { name: valid, options: options.clone(), client: None };
+        let mut s = Self::unconnected(name, options)?;
         let deadline = crate::deadline(options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT));
         s.client = Some(s.open(deadline, options.connect_timeout)?);
         Ok(s)
+    }
+
+    /// A sender to the mailbox `name` that connects on its first call (as
+    /// it connects again after a dropped connection), within that call's
+    /// timeout and the options' connect timeout: nothing blocks here, and a
+    /// missing mailbox is reported by the first call. Only the name is
+    /// checked now.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), copydata::SendError> {
+    /// # use std::time::Duration;
+    /// let mut sender = copydata::Sender::unconnected("my-app", &copydata::SenderOptions::new())?;
+    /// // Set-up and the call, both within 100 ms.
+    /// let reply = sender.send_timeout(1, b"hello", Duration::from_millis(100))?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn unconnected(name: &str, options: &SenderOptions) -> Result<Sender, SendError> {
+        let valid = Name::new(name).map_err(|reason| SendError::InvalidName { name: name.into(), reason })?;
+        Ok(Sender::of_name(valid, options.clone()))
     }
 
     /// The mailbox's name.
@@ -911,7 +930,7 @@ impl Sender {
     }
 
     /// A sender for an already validated name, connected by its first send.
-    pub(crate) fn unconnected(name: Name, options: SenderOptions) -> Sender {
+    pub(crate) fn of_name(name: Name, options: SenderOptions) -> Sender {
         Sender { name, options, client: None }
     }
 

@@ -341,6 +341,29 @@ fn sending_to_nobody_fails_fast() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// `Sender::unconnected` checks only the name; its first call connects
+/// (a missing mailbox reported then, at once), and once a receiver binds
+/// the name, the same sender reaches it.
+#[test]
+fn an_unconnected_sender_connects_on_its_first_call() {
+    assert!(matches!(
+        Sender::unconnected("bad/name", &copydata::SenderOptions::new()),
+        Err(SendError::InvalidName { .. })
+    ));
+    let name = unique("unconnected");
+    let mut sender = Sender::unconnected(&name, &copydata::SenderOptions::new()).unwrap();
+    assert_eq!(sender.max_payload(), None, "not connected yet");
+    let started = Instant::now();
+    let err = sender.send_timeout(1, b"x", Duration::from_secs(5)).unwrap_err();
+    assert!(matches!(err, SendError::NoSuchMailbox { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(4), "a missing mailbox took {:?}", started.elapsed());
+    let kid = server(&name, 0);
+    check_echo(&sender.send_timeout(10, b"now", Duration::from_secs(20)).unwrap(), b"now");
+    assert!(sender.max_payload().is_some(), "connected by the call");
+    drop(sender);
+    stop_server(kid, &name);
+}
+
 #[test]
 fn oversized_payloads_are_refused_before_transfer() {
     let name = unique("max");

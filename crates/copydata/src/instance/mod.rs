@@ -247,7 +247,7 @@ fn forward(
     }
     // Latency does not matter here; many launches at once should not spin.
     let options = SenderOptions::new().wait(Wait::Park).connect_timeout(left);
-    let mut sender = Sender::unconnected(name.clone(), options);
+    let mut sender = Sender::of_name(name.clone(), options);
     let shown = || app.to_string();
     match sender.send_timeout(LAUNCH_TAG, record, left) {
         Ok(reply) => {
