@@ -68,29 +68,55 @@ pub unsafe extern "C" fn copydata_send(
     reply_data: *mut *mut c_void,
     reply_len: *mut usize,
 ) -> Status {
+    let send = |data: &[u8], timeout: Option<Duration>| {
+        // SAFETY:
+        // - `name` is NULL or a NUL-terminated string, read only during this
+        //   call (the contract).
+        let name = unsafe { str_arg(name, "name") }?;
+        Ok(match timeout {
+            None => copydata::send(name, tag, data)?,
+            Some(t) => copydata::send_timeout(name, tag, data, t)?,
+        })
+    };
+    // SAFETY: the pointers are as `call` needs them (this function's
+    // contract).
+    unsafe { call(data, len, timeout_ms, reply_code, reply_data, reply_len, send) }
+}
+
+/// The common part of the C functions that send and wait for a reply:
+/// clears the outputs, reads `data`, runs `send` with the bytes and the
+/// timeout, and stores its reply.
+///
+/// # Safety
+///
+/// `data` is NULL or points to `len` readable bytes; each of `reply_code`,
+/// `reply_data`, `reply_len` is NULL or points to writable storage of its
+/// type; all only for the duration of the call.
+#[allow(clippy::too_many_arguments)] // the C functions' arguments, then the call
+pub(crate) unsafe fn call(
+    data: *const c_void,
+    len: usize,
+    timeout_ms: u32,
+    reply_code: *mut i64,
+    reply_data: *mut *mut c_void,
+    reply_len: *mut usize,
+    send: impl FnOnce(&[u8], Option<Duration>) -> Result<copydata::Reply, Error>,
+) -> Status {
     guard(|| {
         // SAFETY:
         // - `reply_code`, `reply_data`, `reply_len` are NULL or point to
         //   writable storage of their type (this function's contract).
         let out = unsafe { ReplyOut::new(reply_code, reply_data, reply_len) };
         // SAFETY:
-        // - `name` is NULL or a NUL-terminated string, read only during this
-        //   call (the contract).
-        let name = unsafe { str_arg(name, "name") }?;
-        // SAFETY:
         // - `data` is NULL or points to `len` readable bytes, read only
         //   during this call (the contract).
         let data = unsafe { bytes_arg(data, len, "data") }?;
-        let reply = match timeout_arg(timeout_ms) {
-            None => copydata::send(name, tag, data)?,
-            Some(t) => copydata::send_timeout(name, tag, data, t)?,
-        };
-        out.store(reply)
+        out.store(send(data, timeout_arg(timeout_ms))?)
     })
 }
 
 /// Where a send puts the reply: code, bytes and length, each optional.
-pub(crate) struct ReplyOut<'a> {
+struct ReplyOut<'a> {
     code: Option<&'a mut i64>,
     data: Option<&'a mut *mut c_void>,
     len: Option<&'a mut usize>,
@@ -104,7 +130,7 @@ impl<'a> ReplyOut<'a> {
     ///
     /// Each pointer is NULL or points to writable storage of its type,
     /// valid for `'a`.
-    pub(crate) unsafe fn new(code: *mut i64, data: *mut *mut c_void, len: *mut usize) -> ReplyOut<'a> {
+    unsafe fn new(code: *mut i64, data: *mut *mut c_void, len: *mut usize) -> ReplyOut<'a> {
         // SAFETY: NULL (then `as_mut` gives `None`) or writable storage of
         // the type, valid for `'a` (this function's contract).
         let mut out = unsafe { ReplyOut { code: code.as_mut(), data: data.as_mut(), len: len.as_mut() } };
@@ -118,7 +144,7 @@ impl<'a> ReplyOut<'a> {
     }
 
     /// Stores `reply` (its bytes in a buffer for `copydata_free`).
-    pub(crate) fn store(self, reply: copydata::Reply) -> Result<(), Error> {
+    fn store(self, reply: copydata::Reply) -> Result<(), Error> {
         let bytes = reply.data.into_vec();
         if let Some(p) = self.data {
             *p = buffer::to_c(&bytes)?;

@@ -1,9 +1,10 @@
 //! A sender: one connection to a mailbox, kept for many messages.
 
 use std::ffi::{c_char, c_void};
+use std::time::Duration;
 
 use crate::error::{Status, bytes_arg, guard, guard_value, handle_mut, out_arg, str_arg};
-use crate::mailbox::{ReplyOut, timeout_arg};
+use crate::mailbox::{call, timeout_arg};
 
 /// A connection to one mailbox, kept for many messages (`copydata_send`
 /// connects for each). Messages of one sender arrive in order while they
@@ -74,25 +75,19 @@ pub unsafe extern "C" fn copydata_sender_send(
     reply_data: *mut *mut c_void,
     reply_len: *mut usize,
 ) -> Status {
-    guard(|| {
-        // SAFETY:
-        // - the reply pointers are NULL or writable storage of their type
-        //   (this function's contract).
-        let out = unsafe { ReplyOut::new(reply_code, reply_data, reply_len) };
+    let send = |data: &[u8], timeout: Option<Duration>| {
         // SAFETY:
         // - `sender` is NULL or a live sender used by this thread alone
         //   during the call (the contract).
         let sender = unsafe { handle_mut(sender, "sender") }?;
-        // SAFETY:
-        // - `data` is NULL or points to `len` readable bytes, read only
-        //   during this call (the contract).
-        let data = unsafe { bytes_arg(data, len, "data") }?;
-        let reply = match timeout_arg(timeout_ms) {
+        Ok(match timeout {
             None => sender.inner.send(tag, data)?,
             Some(t) => sender.inner.send_timeout(tag, data, t)?,
-        };
-        out.store(reply)
-    })
+        })
+    };
+    // SAFETY: the pointers are as `call` needs them (this function's
+    // contract).
+    unsafe { call(data, len, timeout_ms, reply_code, reply_data, reply_len, send) }
 }
 
 /// Posts a message: no reply is awaited (`PostMessageW`). When the
