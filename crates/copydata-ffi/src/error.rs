@@ -370,6 +370,22 @@ pub(crate) unsafe fn handle_mut<'a, T>(p: *mut T, what: &str) -> Result<&'a mut 
     unsafe { p.as_mut() }.ok_or_else(|| Error::invalid(format!("{what} is NULL")))
 }
 
+/// Gives back a handle made by `Box::into_raw` (closing its object); NULL
+/// does nothing. A panic in the object's `Drop` stays on this side.
+///
+/// # Safety
+///
+/// `p` is NULL or a live `T` from `Box::into_raw`, given back once, with
+/// no other thread using it; it is not used afterwards.
+pub(crate) unsafe fn give_back<T>(p: *mut T) {
+    guard_value((), || {
+        if !p.is_null() {
+            // SAFETY: as this function's contract says.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    })
+}
+
 /// An `out` argument, set to NULL at once so that it is NULL on failure.
 ///
 /// # Safety

@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
 use crate::buffer;
-use crate::error::{Error, Status, bytes_arg, guard, guard_value, handle, out_arg, str_arg};
+use crate::error::{Error, Status, bytes_arg, give_back, guard, guard_value, handle, out_arg, str_arg};
 
 /// A timeout that never expires (as `INFINITE` in Win32).
 pub const COPYDATA_INFINITE: u32 = 0xFFFF_FFFF;
@@ -230,15 +230,10 @@ pub unsafe extern "C" fn copydata_mailbox_recv(
 /// must not be used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn copydata_mailbox_close(mailbox: *mut Mailbox) {
-    guard_value((), || {
-        if !mailbox.is_null() {
-            // SAFETY:
-            // - `mailbox` came from `Box::into_raw` in
-            //   `copydata_mailbox_bind` and is given back once, with no
-            //   other thread using it (this function's contract).
-            drop(unsafe { Box::from_raw(mailbox) });
-        }
-    })
+    // SAFETY: `mailbox` is NULL or came from `Box::into_raw` in
+    // `copydata_mailbox_bind`, and is given back once, with no other thread
+    // using it (this function's contract).
+    unsafe { give_back(mailbox) }
 }
 
 /// The message's tag (`dwData`); 0 for NULL.

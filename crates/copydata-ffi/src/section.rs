@@ -2,7 +2,7 @@
 
 use std::ffi::{CString, c_char, c_void};
 
-use crate::error::{Error, Status, guard, guard_value, handle, out_arg, str_arg};
+use crate::error::{Error, Status, give_back, guard, guard_value, handle, out_arg, str_arg};
 
 /// Access for `copydata_section_open` and `copydata_section_map`: reading
 /// only (`FILE_MAP_READ`, `PROT_READ`).
@@ -162,14 +162,9 @@ pub unsafe extern "C" fn copydata_section_name(section: *const Section) -> *cons
 /// `section` is NULL or a live section, not used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn copydata_section_close(section: *mut Section) {
-    guard_value((), || {
-        if !section.is_null() {
-            // SAFETY:
-            // - `section` came from `Box::into_raw` in `give` and is given
-            //   back once (this function's contract).
-            drop(unsafe { Box::from_raw(section) });
-        }
-    })
+    // SAFETY: `section` is NULL or came from `Box::into_raw` in `give`, and
+    // is given back once (this function's contract).
+    unsafe { give_back(section) }
 }
 
 /// Maps `len` bytes of the section starting at `offset`
@@ -254,14 +249,10 @@ pub unsafe extern "C" fn copydata_view_size(view: *const View) -> usize {
 /// `view` is NULL or a live view, not used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn copydata_view_unmap(view: *mut View) {
-    guard_value((), || {
-        if !view.is_null() {
-            // SAFETY:
-            // - `view` came from `Box::into_raw` in `copydata_section_map`
-            //   and is given back once (this function's contract).
-            drop(unsafe { Box::from_raw(view) });
-        }
-    })
+    // SAFETY: `view` is NULL or came from `Box::into_raw` in
+    // `copydata_section_map`, and is given back once (this function's
+    // contract).
+    unsafe { give_back(view) }
 }
 
 #[cfg(test)]

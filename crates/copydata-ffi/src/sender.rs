@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
-use crate::error::{Status, bytes_arg, guard, guard_value, handle_mut, out_arg, str_arg};
+use crate::error::{Status, bytes_arg, give_back, guard, handle_mut, out_arg, str_arg};
 use crate::mailbox::{call, timeout_arg};
 
 /// A connection to one mailbox, kept for many messages (`copydata_send`
@@ -137,13 +137,8 @@ pub unsafe extern "C" fn copydata_sender_post(
 /// must not be used afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn copydata_sender_close(sender: *mut Sender) {
-    guard_value((), || {
-        if !sender.is_null() {
-            // SAFETY:
-            // - `sender` came from `Box::into_raw` in
-            //   `copydata_sender_connect` and is given back once, with no
-            //   other thread using it (this function's contract).
-            drop(unsafe { Box::from_raw(sender) });
-        }
-    })
+    // SAFETY: `sender` is NULL or came from `Box::into_raw` in
+    // `copydata_sender_connect`, and is given back once, with no other
+    // thread using it (this function's contract).
+    unsafe { give_back(sender) }
 }
