@@ -437,6 +437,41 @@ fn listen_and_send_exchange_messages() {
     assert_eq!(run(&["send", &name, "x"]).code, 3, "nobody listens any more");
 }
 
+/// `send --lines`: one message per line of standard input, in order, on
+/// one connection (one sender pid), each reply on a line of its own; with
+/// `--post`, nothing printed. Line endings (LF or CRLF) are not sent; an
+/// empty line is an empty message; a last line without its ending counts.
+#[test]
+fn send_lines_sends_a_message_per_line() {
+    let name = unique("lines");
+    let listener = Listener::start(&[&name, "--count", "4", "--echo", "--reply-code", "5"]);
+    let out = run_with(&["send", &name, "--lines", "--tag", "3"], b"one\ntwo\r\n\nthree");
+    assert_eq!(
+        (out.code, out.out()),
+        (0, "code 5 one\ncode 5 two\ncode 5\ncode 5 three\n".to_string()),
+        "{}",
+        out.stderr
+    );
+    let got: Vec<String> = (0..4).map(|_| listener.line()).collect();
+    let pid = |l: &str| l.split(' ').find(|w| w.starts_with("pid=")).map(str::to_owned);
+    for (line, data) in got.iter().zip(["\"one\"", "\"two\"", "\"\"", "\"three\""]) {
+        assert!(line.starts_with("tag=3 ") && line.ends_with(&format!("data={data}")), "{line}");
+        assert_eq!(pid(line), pid(&got[0]), "one sender for every line");
+    }
+    assert_eq!(listener.wait(), 0);
+
+    let listener = Listener::start(&[&name, "--count", "3"]);
+    let out = run_with(&["send", &name, "--lines", "--post"], b"a\nb\nc\n");
+    assert_eq!((out.code, out.out()), (0, String::new()), "{}", out.stderr);
+    for data in ["a", "b", "c"] {
+        let line = listener.line();
+        assert!(line.contains(" post ") && line.ends_with(&format!("data=\"{data}\"")), "{line}");
+    }
+    assert_eq!(listener.wait(), 0);
+    // Lines and a payload argument do not go together.
+    assert_eq!(run(&["send", &name, "--lines", "x"]).code, 2);
+}
+
 #[test]
 fn listen_json_reports_each_message() {
     let name = unique("json");

@@ -37,6 +37,13 @@ pub struct Args {
     /// Post the message: one-way, no reply awaited (prints nothing).
     #[arg(long, conflicts_with = "out")]
     post: bool,
+    /// Send each line of standard input as a message of its own (without
+    /// its line ending), in order, on one connection, as the lines come;
+    /// print each reply as `code N` and its bytes on one line (with --post,
+    /// nothing). --timeout applies to each message; the first failure
+    /// stops, the lines before it were sent.
+    #[arg(long, conflicts_with_all = ["data", "file", "out"])]
+    lines: bool,
     /// Linux: the mailbox belongs to this user (who let this user in with
     /// `listen --allow-uid`); refused unless its process runs as that user.
     #[arg(long, value_name = "UID")]
@@ -82,6 +89,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     {
         return Err(SendError::PayloadTooLarge { name: args.name.clone(), size, max }.into());
     }
+    if args.lines {
+        return lines(&args, &mut sender, post_timed_out);
+    }
     let payload = match (args.data.as_deref(), &args.file) {
         (_, Some(path)) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
         (Some("-"), None) => {
@@ -120,6 +130,55 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => stdout.write_all(&data)?,
     }
     stdout.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--lines`: a message per line of standard input, on `sender`'s
+/// connection.
+fn lines(
+    args: &Args,
+    sender: &mut Sender,
+    post_timed_out: impl Fn(SendError) -> anyhow::Error,
+) -> anyhow::Result<ExitCode> {
+    use std::io::BufRead;
+    let mut input = std::io::stdin().lock();
+    let mut stdout = std::io::stdout().lock();
+    let mut line = Vec::new();
+    let mut sent = 0u64;
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line).context("reading standard input")? == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+        }
+        if args.post {
+            match args.timeout {
+                Some(t) => sender.post_timeout(args.tag, &line, t).map_err(&post_timed_out)?,
+                None => sender.post(args.tag, &line)?,
+            }
+        } else {
+            let reply = match args.timeout {
+                Some(t) => sender.send_timeout(args.tag, &line, t)?,
+                None => sender.send(args.tag, &line)?,
+            };
+            let data = reply.data.loan().map_or_else(|| reply.data.to_vec(), |view| view.to_vec());
+            write!(stdout, "code {}", reply.code)?;
+            if !data.is_empty() {
+                stdout.write_all(b" ")?;
+                stdout.write_all(&data)?;
+            }
+            stdout.write_all(b"\n")?;
+            // Each reply as it comes (the input may be a live stream).
+            stdout.flush()?;
+        }
+        sent += 1;
+    }
+    log::debug!("{} {sent} lines", if args.post { "posted" } else { "sent" });
     Ok(ExitCode::SUCCESS)
 }
 
