@@ -105,10 +105,20 @@ pub(crate) struct Section {
     name: Option<String>,
     size: u64,
     readonly: bool,
-    /// The whole section, mapped for `memoryview(section)`.
+    /// The whole section as exported to `memoryview(section)`. Behind a
+    /// lock of its own, so that exporting and releasing need only a shared
+    /// borrow: a call that holds the section (a send with sections) does
+    /// not stop other threads from taking or releasing its buffers.
+    exported: std::sync::Mutex<Exported>,
+}
+
+/// The whole section's mapping and its exports.
+#[derive(Default)]
+struct Exported {
+    /// Mapped at the first export.
     whole: Option<Mapped>,
     /// Buffers of `whole` not released yet.
-    exports: usize,
+    count: usize,
 }
 
 impl Section {
@@ -118,8 +128,7 @@ impl Section {
             size: section.len(),
             readonly: section.access() == copydata::Access::ReadOnly,
             handle: Some(section),
-            whole: None,
-            exports: 0,
+            exported: Default::default(),
         }
     }
 
@@ -216,8 +225,9 @@ impl Section {
     /// nothing.
     fn close(&mut self) {
         self.handle = None;
-        if self.exports == 0 {
-            self.whole = None;
+        let exported = self.exported.get_mut().unwrap_or_else(|e| e.into_inner());
+        if exported.count == 0 {
+            exported.whole = None;
         }
     }
 
@@ -236,20 +246,21 @@ impl Section {
     /// Called by the interpreter (`bf_getbuffer`) with the buffer to fill.
     unsafe fn __getbuffer__(slf: Bound<'_, Self>, buffer: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
         let py = slf.py();
-        let mut this = slf.try_borrow_mut()?;
-        this.handle(py)?;
-        if this.whole.is_none() {
+        let this = slf.try_borrow()?;
+        let handle = this.handle(py)?;
+        let mut exported = this.exported.lock().unwrap_or_else(|e| e.into_inner());
+        if exported.whole.is_none() {
             let len = usize::try_from(this.size).map_err(|_| Section::too_large(py, this.size))?;
-            let mapped = Mapped::of(py, this.handle(py)?, 0, len)?;
-            this.whole = Some(mapped);
+            exported.whole = Some(Mapped::of(py, handle, 0, len)?);
         }
-        let whole = this.whole.as_ref().expect("mapped just above");
+        let whole = exported.whole.as_ref().expect("mapped just above");
         // SAFETY:
         // - `buffer` is the interpreter's (this method's contract);
         // - `whole` is dropped only when no export is left (`close`,
-        //   `__releasebuffer__`), and the export is counted just below.
+        //   `__releasebuffer__`), and the export is counted just below,
+        //   under the same lock.
         unsafe { whole.export(buffer, flags, slf.as_any())? };
-        this.exports += 1;
+        exported.count += 1;
         Ok(())
     }
 
@@ -257,10 +268,13 @@ impl Section {
     ///
     /// Called by the interpreter (`bf_releasebuffer`) for a buffer this
     /// section exported.
-    unsafe fn __releasebuffer__(&mut self, _buffer: *mut ffi::Py_buffer) {
-        self.exports = self.exports.saturating_sub(1);
-        if self.exports == 0 && self.handle.is_none() {
-            self.whole = None;
+    unsafe fn __releasebuffer__(&self, _buffer: *mut ffi::Py_buffer) {
+        let mut exported = self.exported.lock().unwrap_or_else(|e| e.into_inner());
+        exported.count = exported.count.saturating_sub(1);
+        // (`close` takes the section mutably: no export or release runs
+        // meanwhile, so `handle` cannot change under this lock.)
+        if exported.count == 0 && self.handle.is_none() {
+            exported.whole = None;
         }
     }
 

@@ -169,6 +169,23 @@ def test_sections_travel_with_a_message(name):
         received.close()
 
 
+def test_a_section_held_by_a_send_still_gives_out_its_memory(name):
+    # The send holds the section (so that it cannot be closed meanwhile),
+    # but other threads may still take and release buffers of it.
+    with copydata.Mailbox(name) as mailbox, copydata.Section.anonymous(4096) as section:
+        answer = in_thread(copydata.send, name, b"see attached", timeout=10.0, sections=[section])
+        request = mailbox.recv(timeout=10.0)  # the send waits for the reply now
+        view = memoryview(section)
+        view[:2] = b"ok"
+        view.release()
+        [received] = request.sections
+        assert bytes(received.map(0, 2)) == b"ok"
+        received.close()
+        request.reply(0)
+        assert answer() == (0, b"")
+    assert section.closed
+
+
 def test_close_from_the_handler_ends_serve(name):
     mailbox = copydata.Mailbox(name)
 
