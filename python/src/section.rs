@@ -222,13 +222,18 @@ impl Section {
     /// Releases this process's handle to the section (a named section
     /// disappears once no process holds it). Buffers already taken from the
     /// section stay valid until they are released. Closing twice does
-    /// nothing.
-    fn close(&mut self) {
-        self.handle = None;
-        let exported = self.exported.get_mut().unwrap_or_else(|e| e.into_inner());
+    /// nothing. Raises `copydata.Error` while another thread's call holds
+    /// the section (a send that carries it): close it once that ends.
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let mut this = slf.try_borrow_mut().map_err(|_| {
+            errors::raise(slf.py(), Kind::Error, "the section is in use by a call in progress (a send that carries it)")
+        })?;
+        this.handle = None;
+        let exported = this.exported.get_mut().unwrap_or_else(|e| e.into_inner());
         if exported.count == 0 {
             exported.whole = None;
         }
+        Ok(())
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -236,9 +241,9 @@ impl Section {
     }
 
     #[pyo3(signature = (*_args))]
-    fn __exit__(&mut self, _args: &Bound<'_, PyTuple>) -> bool {
-        self.close();
-        false
+    fn __exit__(slf: &Bound<'_, Self>, _args: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        Self::close(slf)?;
+        Ok(false)
     }
 
     /// # Safety

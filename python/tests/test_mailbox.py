@@ -178,6 +178,8 @@ def test_a_section_held_by_a_send_still_gives_out_its_memory(name):
         view = memoryview(section)
         view[:2] = b"ok"
         view.release()
+        with pytest.raises(copydata.Error, match="in use by a call in progress"):
+            section.close()
         [received] = request.sections
         assert bytes(received.map(0, 2)) == b"ok"
         received.close()
