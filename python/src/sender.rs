@@ -288,12 +288,17 @@ impl Budget {
         }
     }
 
-    /// `e`, a time-out reported with the whole timeout, not what was left.
-    fn blame(&self, e: SendError) -> SendError {
-        match (e, self.timeout) {
+    /// Runs `call` with what is left (`None`: no limit); a time-out is
+    /// reported with the whole timeout, not what was left of it.
+    fn spend<T>(
+        &self,
+        name: &str,
+        call: impl FnOnce(Option<Duration>) -> Result<T, SendError>,
+    ) -> Result<T, SendError> {
+        call(self.left(name)?).map_err(|e| match (e, self.timeout) {
             (SendError::TimedOut { name, .. }, Some(timeout)) => SendError::TimedOut { name, timeout },
             (e, _) => e,
-        }
+        })
     }
 }
 
@@ -311,8 +316,6 @@ impl Sender {
         if let Some(t) = timeout_arg(py, timeout)? {
             options = options.connect_timeout(t);
         }
-        // Checks the name before a thread is started for it.
-        copydata::Sender::unconnected(name, &options).map_err(|e| errors::send_error(py, e))?;
         let sender = Sender {
             name: name.to_owned(),
             options: options.clone(),
@@ -376,19 +379,18 @@ impl Sender {
                 // open) until this call returns, and it returns only once
                 // the job has run (`run` without interruption).
                 let handles: Vec<&copydata::Section> = handles.iter().map(|b| unsafe { &*b.0 }).collect();
-                let left = budget.left(&name)?;
-                s.send_with_sections(tag, &data, &handles, left).map(Some).map_err(|e| budget.blame(e))
+                budget.spend(&name, |left| s.send_with_sections(tag, &data, &handles, left)).map(Some)
             });
             let reply = self.run(py, budget, false, job);
             drop(sections);
             reply?.expect("a call has a reply")
         } else {
             let job: Job = Box::new(move |s| {
-                let result = match budget.left(&name)? {
+                let reply = budget.spend(&name, |left| match left {
                     Some(t) => s.send_timeout(tag, &data, t),
                     None => s.send(tag, &data),
-                };
-                result.map(Some).map_err(|e| budget.blame(e))
+                });
+                reply.map(Some)
             });
             self.run(py, budget, true, job)?.expect("a call has a reply")
         };
@@ -404,11 +406,11 @@ impl Sender {
         let data = bytes_arg(data)?;
         let name = self.name.clone();
         let job: Job = Box::new(move |s| {
-            let result = match budget.left(&name)? {
+            let posted = budget.spend(&name, |left| match left {
                 Some(t) => s.post_timeout(tag, &data, t),
                 None => s.post(tag, &data),
-            };
-            result.map(|()| None).map_err(|e| budget.blame(e))
+            });
+            posted.map(|()| None)
         });
         self.run(py, budget, true, job).map(drop)
     }

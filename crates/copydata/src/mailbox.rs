@@ -964,7 +964,7 @@ impl Sender {
     /// it waits for room or a buffer, before anything of it is queued: the
     /// connection is clean then and kept; other failures are as for any
     /// message.
-    fn post_failed(&mut self, timeout: Option<Duration>, size: u64, f: Fail) -> SendError {
+    fn unsent_failed(&mut self, timeout: Option<Duration>, size: u64, f: Fail) -> SendError {
         match f {
             Fail::TimedOut => SendError::TimedOut { name: self.name.to_string(), timeout: timeout.unwrap_or_default() },
             f => self.drop_unless_clean(timeout, size, f),
@@ -1078,7 +1078,7 @@ impl Sender {
     pub fn post_timeout(&mut self, tag: u64, data: &[u8], timeout: Duration) -> Result<(), SendError> {
         self.timed(Some(timeout), |s, deadline| {
             let result = s.connected(deadline, Some(timeout))?.put(POST, tag, Body::Bytes(data), &[], true, deadline);
-            result.map_err(|f| s.post_failed(Some(timeout), data.len() as u64, f))
+            result.map_err(|f| s.unsent_failed(Some(timeout), data.len() as u64, f))
         })
     }
 
@@ -1124,7 +1124,7 @@ impl Sender {
     pub fn loan_timeout(&mut self, len: usize, timeout: Duration) -> Result<Loan<'_>, SendError> {
         let buf = self.timed(Some(timeout), |s, deadline| {
             let result = s.connected(deadline, Some(timeout))?.lend(len, true, deadline);
-            result.map_err(|f| s.post_failed(Some(timeout), len as u64, f))
+            result.map_err(|f| s.unsent_failed(Some(timeout), len as u64, f))
         })?;
         Ok(Loan::new(self, buf, len))
     }
@@ -1178,7 +1178,7 @@ impl Sender {
             // Without its connection, the buffer's is gone.
             let Some(c) = s.client.as_mut() else { return Err(SendError::ReceiverDied { name: s.name.to_string() }) };
             let result = c.put_lent(POST, tag, buf, len, block, deadline);
-            result.map_err(|f| s.post_failed(timeout, len as u64, f))
+            result.map_err(|f| s.unsent_failed(timeout, len as u64, f))
         })
     }
 }

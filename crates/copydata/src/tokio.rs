@@ -225,9 +225,7 @@ impl AsyncSender {
     /// [`crate::loan`]). When every buffer of the connection's pool is
     /// lent or still being read by the receiver, the future waits for one.
     pub async fn loan(&mut self, len: usize) -> Result<AsyncLoan<'_>, SendError> {
-        let mut conn = self.take_conn(None, None).await?;
-        let result = conn.until_room(None, |c| c.lend(len, false, None)).await;
-        let buf = self.settle(conn, result, None, len)?;
+        let buf = self.lend(len, true).await?;
         Ok(AsyncLoan::new(self, buf, len))
     }
 
@@ -246,10 +244,20 @@ impl AsyncSender {
     /// [`Sender::try_loan`](crate::Sender::try_loan). Only the connection's
     /// set-up, when there is none yet, is waited for.
     pub async fn try_loan(&mut self, len: usize) -> Result<AsyncLoan<'_>, SendError> {
-        let mut conn = self.take_conn(None, None).await?;
-        let result = conn.client.lend(len, false, None);
-        let buf = self.settle(conn, result, None, len)?;
+        let buf = self.lend(len, false).await?;
         Ok(AsyncLoan::new(self, buf, len))
+    }
+
+    /// A buffer of the connection's pool (the connection made first if
+    /// there is none), waiting for one to come back if `wait`, else
+    /// failing with `Full`.
+    async fn lend(&mut self, len: usize, wait: bool) -> Result<LentBuf, SendError> {
+        let mut conn = self.take_conn(None, None).await?;
+        let result = match wait {
+            true => conn.until_room(None, |c| c.lend(len, false, None)).await,
+            false => conn.client.lend(len, false, None),
+        };
+        self.settle(conn, result, None, len)
     }
 
     /// Sends or posts a loan of this sender's connection.
