@@ -295,6 +295,9 @@ uint64_t copydata_request_tag(const copydata_request *request);
  * The message's bytes: their address, with their count stored in `*len`
  * (if `len` is not NULL). The bytes belong to the request and are valid
  * until it is answered; the address may be NULL when there are none.
+ * A lent message's bytes (see `copydata_request_loan`) are copied out of
+ * the sender's buffer the first time they are asked for here: a copy
+ * that no one else can change.
  *
  * # Safety
  *
@@ -302,6 +305,26 @@ uint64_t copydata_request_tag(const copydata_request *request);
  * writable storage for a `size_t`.
  */
 const void *copydata_request_data(const copydata_request *request, size_t *len);
+
+/**
+ * The bytes of a message the sender lent (`copydata_sender_loan`, or a
+ * Rust `Sender::loan`), read in place without a copy: their address, with
+ * their count stored in `*len` (if `len` is not NULL). NULL and 0 for a
+ * message that was not lent (use `copydata_request_data`), for a lent
+ * message of no bytes, and for a NULL `request`.
+ *
+ * The address stays valid until the request is answered. The memory is
+ * the sender's buffer, mapped read-only here: an honest sender no longer
+ * writes it, but a hostile one still can while you read. Copy out what
+ * you check before you use it (or call `copydata_request_data`, which
+ * copies once for you).
+ *
+ * # Safety
+ *
+ * `request` is NULL or a live request; `len` is NULL or points to
+ * writable storage for a `size_t`.
+ */
+const void *copydata_request_loan(const copydata_request *request, size_t *len);
 
 /**
  * The process id of the message's sender; 0 for NULL. (For a plain Win32
@@ -538,8 +561,82 @@ copydata_status copydata_sender_post(copydata_sender *sender,
                                      uint32_t timeout_ms);
 
 /**
+ * Lends a buffer of `len` bytes in shared memory, to fill in place and
+ * send without a copy (`copydata_sender_send_loan`,
+ * `copydata_sender_post_loan`): its address goes to `*data` (NULL when
+ * `len` is 0). The receiver reads the bytes where they are. The buffer
+ * stays writable until it is sent or cancelled; once sent, do not touch
+ * it: it belongs to the receiver, then to the next loan.
+ *
+ * A sender has at most one loan out; meanwhile its other calls fail with
+ * `COPYDATA_STATUS_INVALID_ARGUMENT`. Buffers come from a pool kept per
+ * connection; when the receiver still holds every one of them, this waits
+ * for one at most `timeout_ms` (`COPYDATA_INFINITE`: as long as it takes;
+ * 0: not at all) and then fails with `COPYDATA_STATUS_TIMED_OUT`.
+ *
+ * Fails also with `COPYDATA_STATUS_TOO_LARGE` (above the receiver's
+ * limit), `COPYDATA_STATUS_RECEIVER_DIED`, `COPYDATA_STATUS_NOT_FOUND`
+ * (a connection made again found no mailbox).
+ *
+ * # Safety
+ *
+ * `sender` is NULL or a live sender that no other thread is using; `data`
+ * is NULL or points to storage for a pointer.
+ */
+copydata_status copydata_sender_loan(copydata_sender *sender,
+                                     size_t len,
+                                     uint32_t timeout_ms,
+                                     void **data);
+
+/**
+ * Sends the sender's loan (`copydata_sender_loan`) and waits for the
+ * reply, as `copydata_sender_send` does with bytes (same timeout, outputs
+ * and failures). The loan is gone afterwards, whatever the outcome.
+ * Fails with `COPYDATA_STATUS_INVALID_ARGUMENT` when the sender has no
+ * loan out.
+ *
+ * # Safety
+ *
+ * `sender` is NULL or a live sender that no other thread is using; each
+ * of `reply_code`, `reply_data`, `reply_len` is NULL or points to writable
+ * storage of its type.
+ */
+copydata_status copydata_sender_send_loan(copydata_sender *sender,
+                                          uint64_t tag,
+                                          uint32_t timeout_ms,
+                                          int64_t *reply_code,
+                                          void **reply_data,
+                                          size_t *reply_len);
+
+/**
+ * Posts the sender's loan (`copydata_sender_loan`): no reply awaited, as
+ * `copydata_sender_post` does with bytes (same timeout). On
+ * `COPYDATA_STATUS_FULL` or `COPYDATA_STATUS_TIMED_OUT` nothing was sent
+ * and the loan stays out, still filled: post it again, or cancel it.
+ * After any other outcome the loan is gone. Fails with
+ * `COPYDATA_STATUS_INVALID_ARGUMENT` when the sender has no loan out.
+ *
+ * # Safety
+ *
+ * `sender` is NULL or a live sender that no other thread is using.
+ */
+copydata_status copydata_sender_post_loan(copydata_sender *sender,
+                                          uint64_t tag,
+                                          uint32_t timeout_ms);
+
+/**
+ * Gives the sender's loan back unsent (the buffer returns to the pool).
+ * Does nothing when there is none, or for NULL.
+ *
+ * # Safety
+ *
+ * `sender` is NULL or a live sender that no other thread is using.
+ */
+void copydata_sender_cancel_loan(copydata_sender *sender);
+
+/**
  * Closes the sender's connection (messages posted before are still
- * delivered). NULL does nothing.
+ * delivered); a loan still out is given back unsent. NULL does nothing.
  *
  * # Safety
  *

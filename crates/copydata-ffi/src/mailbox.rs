@@ -20,14 +20,13 @@ pub struct Mailbox {
 /// which also free it.
 pub struct Request {
     inner: copydata::Request,
-    /// The bytes of a message the sender lent in place (Rust senders'
-    /// zero-copy `loan`), copied once so C reads them like any other.
-    loaned: Option<Vec<u8>>,
 }
 
 impl Request {
+    /// The bytes; a lent message's are copied out of the sender's buffer on
+    /// first use (and kept), so C reads them like any other.
     fn data(&self) -> &[u8] {
-        self.loaned.as_deref().unwrap_or(self.inner.payload())
+        self.inner.payload()
     }
 }
 
@@ -214,8 +213,7 @@ pub unsafe extern "C" fn copydata_mailbox_recv(
             None => mailbox.inner.recv()?,
             Some(t) => mailbox.inner.recv_timeout(t)?,
         };
-        let loaned = inner.loan().map(|l| l.to_vec());
-        *out = Box::into_raw(Box::new(Request { inner, loaned }));
+        *out = Box::into_raw(Box::new(Request { inner }));
         Ok(())
     })
 }
@@ -253,6 +251,9 @@ pub unsafe extern "C" fn copydata_request_tag(request: *const Request) -> u64 {
 /// The message's bytes: their address, with their count stored in `*len`
 /// (if `len` is not NULL). The bytes belong to the request and are valid
 /// until it is answered; the address may be NULL when there are none.
+/// A lent message's bytes (see `copydata_request_loan`) are copied out of
+/// the sender's buffer the first time they are asked for here: a copy
+/// that no one else can change.
 ///
 /// # Safety
 ///
@@ -270,6 +271,37 @@ pub unsafe extern "C" fn copydata_request_data(request: *const Request, len: *mu
             *n = bytes.len();
         }
         if bytes.is_empty() { std::ptr::null() } else { bytes.as_ptr().cast() }
+    })
+}
+
+/// The bytes of a message the sender lent (`copydata_sender_loan`, or a
+/// Rust `Sender::loan`), read in place without a copy: their address, with
+/// their count stored in `*len` (if `len` is not NULL). NULL and 0 for a
+/// message that was not lent (use `copydata_request_data`), for a lent
+/// message of no bytes, and for a NULL `request`.
+///
+/// The address stays valid until the request is answered. The memory is
+/// the sender's buffer, mapped read-only here: an honest sender no longer
+/// writes it, but a hostile one still can while you read. Copy out what
+/// you check before you use it (or call `copydata_request_data`, which
+/// copies once for you).
+///
+/// # Safety
+///
+/// `request` is NULL or a live request; `len` is NULL or points to
+/// writable storage for a `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_request_loan(request: *const Request, len: *mut usize) -> *const c_void {
+    guard_value(std::ptr::null(), || {
+        // SAFETY:
+        // - `request` is NULL or a live request (this function's contract).
+        let loan = unsafe { handle(request, "request") }.ok().and_then(|r| r.inner.loan());
+        // SAFETY:
+        // - `len` is NULL or writable storage for a `usize` (the contract).
+        if let Some(n) = unsafe { len.as_mut() } {
+            *n = loan.map_or(0, |l| l.len());
+        }
+        loan.filter(|l| !l.is_empty()).map_or(std::ptr::null(), |l| l.as_ptr().cast())
     })
 }
 

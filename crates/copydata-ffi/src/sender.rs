@@ -1,9 +1,10 @@
 //! A sender: one connection to a mailbox, kept for many messages.
 
 use std::ffi::{c_char, c_void};
+use std::ptr::NonNull;
 use std::time::Duration;
 
-use crate::error::{Status, bytes_arg, give_back, guard, handle_mut, out_arg, str_arg};
+use crate::error::{Error, Status, bytes_arg, give_back, guard, guard_value, handle_mut, out_arg, str_arg};
 use crate::mailbox::{call, timeout_arg};
 
 /// A connection to one mailbox, kept for many messages (`copydata_send`
@@ -13,7 +14,49 @@ use crate::mailbox::{call, timeout_arg};
 /// the old. Opaque; close it with `copydata_sender_close`. One call at a
 /// time per sender.
 pub struct Sender {
-    inner: copydata::Sender,
+    /// The buffer lent by `copydata_sender_loan`, until it is sent or
+    /// cancelled. It borrows `*inner` (hence `'static`, and a field that
+    /// drops first): while it is here, `inner` is used only through it.
+    loan: Option<copydata::Loan<'static>>,
+    /// Owned (from `Box::into_raw`), freed on drop after the loan: a raw
+    /// pointer rather than a `Box`, as the loan holds the only live
+    /// reference to it while one is out.
+    inner: NonNull<copydata::Sender>,
+}
+
+impl Sender {
+    fn new(inner: copydata::Sender) -> Sender {
+        Sender { loan: None, inner: NonNull::from(Box::leak(Box::new(inner))) }
+    }
+
+    /// The connection, for a call that is not about the loan: refused
+    /// while a loan is out (the loan holds the connection until then).
+    fn idle(&mut self) -> Result<&mut copydata::Sender, Error> {
+        if self.loan.is_some() {
+            return Err(Error::invalid(
+                "this sender has a loan out: send it (copydata_sender_send_loan, copydata_sender_post_loan) or cancel it (copydata_sender_cancel_loan) first",
+            ));
+        }
+        // SAFETY: `inner` is live (owned, freed only on drop), and with no
+        // loan out nothing else refers to it; the `&mut self` borrow covers
+        // the result's lifetime.
+        Ok(unsafe { self.inner.as_mut() })
+    }
+
+    /// The loan out, taken to be sent.
+    fn take_loan(&mut self) -> Result<copydata::Loan<'static>, Error> {
+        self.loan.take().ok_or_else(|| Error::invalid("this sender has no loan out (see copydata_sender_loan)"))
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        // The loan first: it refers to `*inner`.
+        drop(self.loan.take());
+        // SAFETY: `inner` came from `Box::leak` in `new`, is freed only here,
+        // and nothing refers to it any more (the loan is gone).
+        drop(unsafe { Box::from_raw(self.inner.as_ptr()) });
+    }
 }
 
 /// Connects to the mailbox `name`, waiting at most `timeout_ms` for the
@@ -47,7 +90,7 @@ pub unsafe extern "C" fn copydata_sender_connect(
             None => copydata::Sender::connect(name)?,
             Some(t) => copydata::Sender::connect_timeout(name, t)?,
         };
-        *out = Box::into_raw(Box::new(Sender { inner }));
+        *out = Box::into_raw(Box::new(Sender::new(inner)));
         Ok(())
     })
 }
@@ -79,10 +122,10 @@ pub unsafe extern "C" fn copydata_sender_send(
         // SAFETY:
         // - `sender` is NULL or a live sender used by this thread alone
         //   during the call (the contract).
-        let sender = unsafe { handle_mut(sender, "sender") }?;
+        let sender = unsafe { handle_mut(sender, "sender") }?.idle()?;
         Ok(match timeout {
-            None => sender.inner.send(tag, data)?,
-            Some(t) => sender.inner.send_timeout(tag, data, t)?,
+            None => sender.send(tag, data)?,
+            Some(t) => sender.send_timeout(tag, data, t)?,
         })
     };
     // SAFETY: the pointers are as `call` needs them (this function's
@@ -114,22 +157,158 @@ pub unsafe extern "C" fn copydata_sender_post(
         // SAFETY:
         // - `sender` is NULL or a live sender used by this thread alone
         //   during the call (the contract).
-        let sender = unsafe { handle_mut(sender, "sender") }?;
+        let sender = unsafe { handle_mut(sender, "sender") }?.idle()?;
         // SAFETY:
         // - `data` is NULL or points to `len` readable bytes, read only
         //   during this call (the contract).
         let data = unsafe { bytes_arg(data, len, "data") }?;
         match timeout_arg(timeout_ms) {
-            None => sender.inner.post(tag, data)?,
-            Some(t) if t.is_zero() => sender.inner.try_post(tag, data)?,
-            Some(t) => sender.inner.post_timeout(tag, data, t)?,
+            None => sender.post(tag, data)?,
+            Some(t) if t.is_zero() => sender.try_post(tag, data)?,
+            Some(t) => sender.post_timeout(tag, data, t)?,
         }
         Ok(())
     })
 }
 
+/// Lends a buffer of `len` bytes in shared memory, to fill in place and
+/// send without a copy (`copydata_sender_send_loan`,
+/// `copydata_sender_post_loan`): its address goes to `*data` (NULL when
+/// `len` is 0). The receiver reads the bytes where they are. The buffer
+/// stays writable until it is sent or cancelled; once sent, do not touch
+/// it: it belongs to the receiver, then to the next loan.
+///
+/// A sender has at most one loan out; meanwhile its other calls fail with
+/// `COPYDATA_STATUS_INVALID_ARGUMENT`. Buffers come from a pool kept per
+/// connection; when the receiver still holds every one of them, this waits
+/// for one at most `timeout_ms` (`COPYDATA_INFINITE`: as long as it takes;
+/// 0: not at all) and then fails with `COPYDATA_STATUS_TIMED_OUT`.
+///
+/// Fails also with `COPYDATA_STATUS_TOO_LARGE` (above the receiver's
+/// limit), `COPYDATA_STATUS_RECEIVER_DIED`, `COPYDATA_STATUS_NOT_FOUND`
+/// (a connection made again found no mailbox).
+///
+/// # Safety
+///
+/// `sender` is NULL or a live sender that no other thread is using; `data`
+/// is NULL or points to storage for a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_sender_loan(
+    sender: *mut Sender,
+    len: usize,
+    timeout_ms: u32,
+    data: *mut *mut c_void,
+) -> Status {
+    guard(|| {
+        // SAFETY:
+        // - `data` is NULL or valid storage (this function's contract).
+        let data = unsafe { out_arg(data) }?;
+        // SAFETY:
+        // - `sender` is NULL or a live sender used by this thread alone
+        //   during the call (the contract).
+        let sender = unsafe { handle_mut(sender, "sender") }?;
+        let inner: *mut copydata::Sender = sender.idle()?;
+        // SAFETY: `inner` is live until `sender` drops, and the loan, kept in
+        // `sender.loan` (which drops first), is from now on the only way to
+        // it: every other call checks for the loan first (`Sender::idle`).
+        let inner: &'static mut copydata::Sender = unsafe { &mut *inner };
+        let mut loan = match timeout_arg(timeout_ms) {
+            None => inner.loan(len)?,
+            Some(t) if t.is_zero() => inner.try_loan(len)?,
+            Some(t) => inner.loan_timeout(len, t)?,
+        };
+        *data = if len == 0 { std::ptr::null_mut() } else { loan.as_mut_ptr().cast() };
+        sender.loan = Some(loan);
+        Ok(())
+    })
+}
+
+/// Sends the sender's loan (`copydata_sender_loan`) and waits for the
+/// reply, as `copydata_sender_send` does with bytes (same timeout, outputs
+/// and failures). The loan is gone afterwards, whatever the outcome.
+/// Fails with `COPYDATA_STATUS_INVALID_ARGUMENT` when the sender has no
+/// loan out.
+///
+/// # Safety
+///
+/// `sender` is NULL or a live sender that no other thread is using; each
+/// of `reply_code`, `reply_data`, `reply_len` is NULL or points to writable
+/// storage of its type.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_sender_send_loan(
+    sender: *mut Sender,
+    tag: u64,
+    timeout_ms: u32,
+    reply_code: *mut i64,
+    reply_data: *mut *mut c_void,
+    reply_len: *mut usize,
+) -> Status {
+    let send = |_: &[u8], timeout: Option<Duration>| {
+        // SAFETY:
+        // - `sender` is NULL or a live sender used by this thread alone
+        //   during the call (the contract).
+        let loan = unsafe { handle_mut(sender, "sender") }?.take_loan()?;
+        Ok(match timeout {
+            None => loan.send(tag)?,
+            Some(t) => loan.send_timeout(tag, t)?,
+        })
+    };
+    // SAFETY: no data; the reply pointers are as `call` needs them (this
+    // function's contract).
+    unsafe { call(std::ptr::null(), 0, timeout_ms, reply_code, reply_data, reply_len, send) }
+}
+
+/// Posts the sender's loan (`copydata_sender_loan`): no reply awaited, as
+/// `copydata_sender_post` does with bytes (same timeout). On
+/// `COPYDATA_STATUS_FULL` or `COPYDATA_STATUS_TIMED_OUT` nothing was sent
+/// and the loan stays out, still filled: post it again, or cancel it.
+/// After any other outcome the loan is gone. Fails with
+/// `COPYDATA_STATUS_INVALID_ARGUMENT` when the sender has no loan out.
+///
+/// # Safety
+///
+/// `sender` is NULL or a live sender that no other thread is using.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_sender_post_loan(sender: *mut Sender, tag: u64, timeout_ms: u32) -> Status {
+    guard(|| {
+        // SAFETY:
+        // - `sender` is NULL or a live sender used by this thread alone
+        //   during the call (the contract).
+        let sender = unsafe { handle_mut(sender, "sender") }?;
+        let loan = sender.take_loan()?;
+        let posted = match timeout_arg(timeout_ms) {
+            None => return Ok(loan.post(tag)?),
+            Some(t) if t.is_zero() => loan.try_post(tag),
+            Some(t) => loan.post_timeout(tag, t),
+        };
+        posted.map_err(|e| {
+            let (error, back) = e.into_parts();
+            sender.loan = back;
+            error.into()
+        })
+    })
+}
+
+/// Gives the sender's loan back unsent (the buffer returns to the pool).
+/// Does nothing when there is none, or for NULL.
+///
+/// # Safety
+///
+/// `sender` is NULL or a live sender that no other thread is using.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_sender_cancel_loan(sender: *mut Sender) {
+    guard_value((), || {
+        // SAFETY:
+        // - `sender` is NULL or a live sender used by this thread alone
+        //   during the call (the contract).
+        if let Ok(sender) = unsafe { handle_mut(sender, "sender") } {
+            drop(sender.loan.take());
+        }
+    })
+}
+
 /// Closes the sender's connection (messages posted before are still
-/// delivered). NULL does nothing.
+/// delivered); a loan still out is given back unsent. NULL does nothing.
 ///
 /// # Safety
 ///
@@ -141,4 +320,199 @@ pub unsafe extern "C" fn copydata_sender_close(sender: *mut Sender) {
     // `copydata_sender_connect`, and is given back once, with no other
     // thread using it (this function's contract).
     unsafe { give_back(sender) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mailbox::{
+        COPYDATA_INFINITE, Mailbox, copydata_mailbox_bind, copydata_mailbox_close, copydata_mailbox_recv,
+        copydata_request_data, copydata_request_loan, copydata_request_reply, copydata_request_tag, copydata_send,
+    };
+    use std::ffi::{CStr, CString};
+    use std::ptr::{null, null_mut};
+
+    fn unique(tag: &str) -> CString {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        CString::new(format!("copydata-test-ffi-{tag}-{}-{n}", std::process::id())).unwrap()
+    }
+
+    fn last() -> String {
+        // SAFETY:
+        // - a NUL-terminated string valid until the next failing call here.
+        unsafe { CStr::from_ptr(crate::copydata_last_error()) }.to_string_lossy().into_owned()
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// What the receiving side saw of one message.
+    struct Seen {
+        tag: u64,
+        /// Whether `copydata_request_loan` gave the bytes in place.
+        lent: bool,
+        bytes: Vec<u8>,
+    }
+
+    /// Serves `mailbox` through the C functions once `go` says so: answers
+    /// each message with its length, reads lent bytes in place (checking
+    /// that `copydata_request_data` gives the same), until tag 0.
+    fn serve(mailbox: usize, go: std::sync::mpsc::Receiver<()>) -> std::thread::JoinHandle<Vec<Seen>> {
+        std::thread::spawn(move || {
+            let mailbox = mailbox as *const Mailbox;
+            go.recv().unwrap();
+            let mut seen = Vec::new();
+            loop {
+                let mut req = null_mut();
+                // SAFETY:
+                // - `mailbox` stays open until this thread is joined; each
+                //   request is answered once and not used afterwards; the
+                //   byte ranges are the ones the request gives.
+                let one = unsafe {
+                    assert_eq!(copydata_mailbox_recv(mailbox, 10_000, &mut req), Status::Ok, "{}", last());
+                    let tag = copydata_request_tag(req);
+                    let (mut len, mut copied_len) = (99, 99);
+                    let p = copydata_request_loan(req, &mut len);
+                    let copied = copydata_request_data(req, &mut copied_len);
+                    let slice = |p: *const c_void, len: usize| {
+                        if len == 0 { Vec::new() } else { std::slice::from_raw_parts(p.cast::<u8>(), len).to_vec() }
+                    };
+                    let bytes = slice(copied, copied_len);
+                    if !p.is_null() {
+                        assert!(slice(p, len) == bytes, "tag {tag}: the bytes in place differ from the copy");
+                        assert_ne!(p, copied, "the copy is a copy");
+                    } else {
+                        assert_eq!(len, 0);
+                    }
+                    assert_eq!(copydata_request_reply(req, bytes.len() as i64, null(), 0), Status::Ok);
+                    Seen { tag, lent: !p.is_null(), bytes }
+                };
+                let tag = one.tag;
+                seen.push(one);
+                if tag == 0 {
+                    return seen;
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn a_loan_is_filled_in_place_sent_and_read_in_place() {
+        let name = unique("loan");
+        let mut mailbox = null_mut();
+        // SAFETY:
+        // - valid name and out storage.
+        assert_eq!(unsafe { copydata_mailbox_bind(name.as_ptr(), &mut mailbox) }, Status::Ok);
+        let (go_tx, go) = std::sync::mpsc::channel();
+        let server = serve(mailbox as usize, go);
+        let mut sender = null_mut();
+        let big = pattern(1 << 20);
+        let mut posted = 0;
+        // SAFETY:
+        // - valid names, byte ranges and out storage; the sender is used by
+        //   this thread only and closed once; each lent buffer is written
+        //   only within its length, before it is sent.
+        unsafe {
+            assert_eq!(copydata_sender_connect(name.as_ptr(), 5000, &mut sender), Status::Ok, "{}", last());
+            // No loan out: nothing to send, nothing to cancel.
+            assert_eq!(
+                copydata_sender_send_loan(sender, 1, 5000, null_mut(), null_mut(), null_mut()),
+                Status::InvalidArgument
+            );
+            assert!(last().contains("no loan out"), "{}", last());
+            assert_eq!(copydata_sender_post_loan(sender, 1, 5000), Status::InvalidArgument);
+            copydata_sender_cancel_loan(sender);
+
+            // The receiver does not take messages yet: fill its queue.
+            loop {
+                match copydata_sender_post(sender, 1, c"p".as_ptr().cast(), 1, 0) {
+                    Status::Ok => posted += 1,
+                    Status::Full => break,
+                    other => panic!("post: {other:?} {}", last()),
+                }
+                assert!(posted < 1_000_000, "the queue never filled");
+            }
+            let mut p = null_mut();
+            assert_eq!(copydata_sender_loan(sender, big.len(), 5000, &mut p), Status::Ok, "{}", last());
+            std::ptr::copy_nonoverlapping(big.as_ptr(), p.cast::<u8>(), big.len());
+            // While the loan is out, the sender's other calls are refused.
+            let mut again = null_mut();
+            assert_eq!(copydata_sender_loan(sender, 1, 5000, &mut again), Status::InvalidArgument);
+            assert!(again.is_null());
+            assert!(last().contains("loan out"), "{}", last());
+            assert_eq!(
+                copydata_sender_send(sender, 1, null(), 0, 5000, null_mut(), null_mut(), null_mut()),
+                Status::InvalidArgument
+            );
+            assert_eq!(copydata_sender_post(sender, 1, null(), 0, 5000), Status::InvalidArgument);
+            // No room: nothing sent, the loan stays out, still filled.
+            assert_eq!(copydata_sender_post_loan(sender, 2, 0), Status::Full);
+            assert_eq!(copydata_sender_post_loan(sender, 2, 50), Status::TimedOut);
+            go_tx.send(()).unwrap();
+            assert_eq!(copydata_sender_post_loan(sender, 2, COPYDATA_INFINITE), Status::Ok, "{}", last());
+            assert_eq!(
+                copydata_sender_post_loan(sender, 2, 0),
+                Status::InvalidArgument,
+                "the loan is gone once posted"
+            );
+
+            // A loan sent, answered with its length.
+            assert_eq!(copydata_sender_loan(sender, 3000, COPYDATA_INFINITE, &mut p), Status::Ok, "{}", last());
+            std::ptr::copy_nonoverlapping(big.as_ptr(), p.cast::<u8>(), 3000);
+            let mut code = 0;
+            assert_eq!(copydata_sender_send_loan(sender, 3, 5000, &mut code, null_mut(), null_mut()), Status::Ok);
+            assert_eq!(code, 3000);
+            // Cancelled: the next loan and call go ahead.
+            assert_eq!(copydata_sender_loan(sender, 10, 0, &mut p), Status::Ok, "{}", last());
+            copydata_sender_cancel_loan(sender);
+            assert_eq!(copydata_sender_loan(sender, 0, 5000, &mut p), Status::Ok, "{}", last());
+            assert!(p.is_null(), "no bytes, no address");
+            assert_eq!(copydata_sender_send_loan(sender, 4, 5000, &mut code, null_mut(), null_mut()), Status::Ok);
+            assert_eq!(code, 0);
+            assert_eq!(
+                copydata_sender_send(sender, 5, c"x".as_ptr().cast(), 1, 5000, &mut code, null_mut(), null_mut()),
+                Status::Ok
+            );
+            assert_eq!(code, 1);
+            // Closing with a loan out gives it back unsent.
+            assert_eq!(copydata_sender_loan(sender, 10, 5000, &mut p), Status::Ok, "{}", last());
+            copydata_sender_close(sender);
+            assert_eq!(
+                copydata_send(name.as_ptr(), 0, null(), 0, 5000, null_mut(), null_mut(), null_mut()),
+                Status::Ok
+            );
+        }
+        let seen = server.join().unwrap();
+        // SAFETY:
+        // - the mailbox is live, its serving thread joined; closed once.
+        unsafe { copydata_mailbox_close(mailbox) };
+        let posts = seen.iter().take_while(|s| s.tag == 1).count();
+        assert_eq!(posts, posted);
+        assert!(seen[..posts].iter().all(|s| !s.lent && s.bytes == b"p"));
+        let rest: Vec<_> = seen[posts..].iter().map(|s| (s.tag, s.lent, s.bytes.len())).collect();
+        assert_eq!(rest, [(2, true, big.len()), (3, true, 3000), (4, false, 0), (5, false, 1), (0, false, 0)]);
+        assert!(seen[posts].bytes == big);
+        assert!(seen[posts + 1].bytes[..] == big[..3000]);
+    }
+
+    #[test]
+    fn loan_calls_refuse_null() {
+        let mut p = null_mut();
+        // SAFETY:
+        // - NULL handles and valid out storage only.
+        unsafe {
+            assert_eq!(copydata_sender_loan(null_mut(), 1, 0, &mut p), Status::InvalidArgument);
+            assert_eq!(
+                copydata_sender_send_loan(null_mut(), 1, 0, null_mut(), null_mut(), null_mut()),
+                Status::InvalidArgument
+            );
+            assert_eq!(copydata_sender_post_loan(null_mut(), 1, 0), Status::InvalidArgument);
+            copydata_sender_cancel_loan(null_mut());
+            let mut len = 5;
+            assert!(copydata_request_loan(null(), &mut len).is_null());
+            assert_eq!(len, 0);
+        }
+    }
 }

@@ -112,9 +112,10 @@ fn the_c_example_talks_to_a_rust_mailbox_and_shares_a_section() {
     kid.expect_line("reply 12: HELLO FROM C");
     let (tag, payload, pid) = seen.recv_timeout(WAIT).unwrap();
     assert_eq!((tag, payload.as_slice(), pid), (7, &b"hello from C"[..], kid.child.id()));
-    // Then one connection for three calls and a post, in order.
-    kid.expect_line("sender: 3 replies and a post");
-    for (tag, want) in [(11, &b"one"[..]), (12, b"two"), (13, b"three"), (14, b"posted")] {
+    // Then one connection for three calls, a post and a loan, in order.
+    kid.expect_line("sender: 3 replies, a post and a loan");
+    let pattern: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    for (tag, want) in [(11, &b"one"[..]), (12, b"two"), (13, b"three"), (14, b"posted"), (15, &pattern[..])] {
         let (got, payload, pid) = seen.recv_timeout(WAIT).unwrap();
         assert_eq!((got, payload.as_slice(), pid), (tag, want, kid.child.id()));
     }
@@ -125,14 +126,23 @@ fn the_c_example_talks_to_a_rust_mailbox_and_shares_a_section() {
     // The C side's mailbox: code = tag, the bytes reversed.
     kid.expect_line("ready");
     let theirs = format!("{name}-c");
-    let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-    for (tag, data) in [(5u64, &b"abc"[..]), (6, b""), (9, &big[..])] {
+    let mut reversed = pattern.clone();
+    reversed.reverse();
+    for (tag, data) in [(5u64, &b"abc"[..]), (6, b""), (9, &pattern[..])] {
         let reply = copydata::send_timeout(&theirs, tag, data, WAIT).unwrap();
         let mut reversed = data.to_vec();
         reversed.reverse();
         assert_eq!(reply.code, tag as i64);
         assert!(reply.data.into_vec() == reversed, "tag {tag}: not the bytes reversed");
     }
+    // A loan, which C reads in place.
+    let mut sender = copydata::Sender::connect(&theirs).unwrap();
+    let mut loan = sender.loan(pattern.len()).unwrap();
+    loan.write_at(0, &pattern).unwrap();
+    let reply = loan.send_timeout(10, WAIT).unwrap();
+    assert_eq!(reply.code, 10);
+    assert!(reply.data.into_vec() == reversed, "the loan: not the bytes reversed");
+    drop(sender);
     assert!(copydata::mailboxes().unwrap().iter().any(|m| m.name == theirs && m.pid == kid.child.id()));
     let bye = copydata::send_timeout(&theirs, 0, b"bye", WAIT).unwrap();
     assert_eq!((bye.code, bye.data.into_vec()), (0, b"eyb".to_vec()));

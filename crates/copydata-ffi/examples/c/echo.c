@@ -11,10 +11,12 @@
  *    and waits at most 5 s for the reply, like
  *    SendMessageTimeout(WM_COPYDATA); the Rust side answers with the length
  *    as the code and the bytes in capitals. Then, on one connection kept
- *    for them (a copydata_sender), three calls (tags 11 to 13) and a post
- *    (tag 14, no reply awaited, like PostMessage).
+ *    for them (a copydata_sender), three calls (tags 11 to 13), a post
+ *    (tag 14, no reply awaited, like PostMessage) and 100000 bytes written
+ *    straight into shared memory and sent without a copy (a loan, tag 15).
  * 3. A mailbox of its own, MAILBOX-c: answers every message with code = tag
- *    and the bytes reversed, until a message with tag 0.
+ *    and the bytes reversed (reading lent bytes in place), until a message
+ *    with tag 0.
  *
  * Exits with 0 when all went as expected. Every call returns a status;
  * copydata_last_error() says why one failed.
@@ -86,11 +88,31 @@ int main(int argc, char **argv)
             return 1;
         }
     }
-    st = copydata_sender_post(sender, 14, "posted", 6, COPYDATA_INFINITE);
-    copydata_sender_close(sender); /* the post is still delivered */
-    if (st)
+    if ((st = copydata_sender_post(sender, 14, "posted", 6, COPYDATA_INFINITE))) {
+        copydata_sender_close(sender);
         return fail("posting", st);
-    printf("sender: 3 replies and a post\n");
+    }
+
+    /* A loan: a buffer in shared memory, written in place and sent without
+     * a copy (the receiver reads it where it is). Once sent, it is not ours
+     * to touch. */
+    enum { LENT = 100000 };
+    unsigned char *lent;
+    if ((st = copydata_sender_loan(sender, LENT, 5000, (void **)&lent))) {
+        copydata_sender_close(sender);
+        return fail("borrowing a buffer", st);
+    }
+    for (size_t i = 0; i < LENT; i++)
+        lent[i] = (unsigned char)(i % 251);
+    st = copydata_sender_send_loan(sender, 15, 5000, &code, NULL, NULL);
+    copydata_sender_close(sender); /* the post was delivered before the loan */
+    if (st)
+        return fail("sending the loan", st);
+    if (code != LENT) {
+        fprintf(stderr, "echo: reply %lld to the loan\n", (long long)code);
+        return 1;
+    }
+    printf("sender: 3 replies, a post and a loan\n");
 
     /* A mailbox nobody has bound: an error code at once, not a hang. */
     char name[256];
@@ -113,8 +135,12 @@ int main(int argc, char **argv)
             return fail("receiving", st);
         }
         tag = copydata_request_tag(req);
+        /* Lent bytes are read in place; a hostile sender could still change
+         * them, which for reversing them does no harm. Others are a copy. */
         size_t len;
-        const unsigned char *data = copydata_request_data(req, &len);
+        const unsigned char *data = copydata_request_loan(req, &len);
+        if (!data)
+            data = copydata_request_data(req, &len);
         unsigned char *back = malloc(len ? len : 1);
         if (!back) {
             copydata_request_refuse(req, "out of memory");
