@@ -82,11 +82,12 @@ class ProtocolError(Error):
     protocol."""
 
 
-from ._copydata import Mailbox, Request, Section, Sender, View, send  # noqa: E402
+from ._copydata import Loan, Mailbox, Request, Section, Sender, View, send  # noqa: E402
 
 __all__ = [
     "send",
     "Sender",
+    "Loan",
     "Mailbox",
     "Request",
     "Section",

@@ -7,7 +7,7 @@ from typing import final
 
 from typing_extensions import Buffer
 
-__all__ = ["send", "Sender", "Mailbox", "Request", "Section", "View"]
+__all__ = ["send", "Sender", "Loan", "Mailbox", "Request", "Section", "View"]
 
 # What a `Mailbox.serve` handler may return: (code, data), a code, data
 # (code 0) or None (code 0, no data).
@@ -51,6 +51,9 @@ class Sender:
         `timeout` seconds (None: as long as it takes)."""
     def try_post(self, data: Buffer, tag: int = 0) -> None:
         """Posts if the queue has room now, else raises Full."""
+    def loan(self, size: int, timeout: float | None = None) -> Loan:
+        """Lends `size` bytes of shared memory to write in place and send
+        without a copy; waits at most `timeout` seconds for a free buffer."""
     def close(self) -> None: ...
     def __enter__(self) -> Sender: ...
     def __exit__(
@@ -59,6 +62,34 @@ class Sender:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool: ...
+
+@final
+class Loan:
+    """Shared memory lent by `Sender.loan`: write it through the buffer
+    protocol, release every buffer taken from it, then send or post it (the
+    receiver reads it in place). Until then its Sender makes no other call;
+    close() gives an unsent loan back."""
+
+    def __len__(self) -> int: ...
+    @property
+    def lent(self) -> bool: ...
+    def send(self, tag: int = 0, timeout: float | None = None) -> tuple[int, bytes]:
+        """Sends and waits for the reply; the loan is gone afterwards."""
+    def post(self, tag: int = 0, timeout: float | None = None) -> None:
+        """Posts; on TimedOut nothing was sent and the loan is still out."""
+    def try_post(self, tag: int = 0) -> None:
+        """Posts if the queue has room now, else raises Full (the loan stays out)."""
+    def close(self) -> None: ...
+    def __enter__(self) -> Loan: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool: ...
+    if sys.version_info >= (3, 12):
+        def __buffer__(self, flags: int, /) -> memoryview: ...
+        def __release_buffer__(self, buffer: memoryview, /) -> None: ...
 
 @final
 class Request:

@@ -8,6 +8,7 @@
 //! interrupts a long wait with `KeyboardInterrupt`.
 
 mod errors;
+mod loan;
 mod mailbox;
 mod section;
 mod sender;
@@ -76,6 +77,7 @@ fn _copydata(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<mailbox::Mailbox>()?;
     m.add_class::<mailbox::Request>()?;
     m.add_class::<sender::Sender>()?;
+    m.add_class::<loan::Loan>()?;
     m.add_class::<section::Section>()?;
     m.add_class::<section::View>()?;
     Ok(())

@@ -25,14 +25,14 @@ use crate::section::Section;
 use crate::{SLICE, bytes_arg, timeout_arg};
 
 /// One call, run by the worker on its connection.
-type Job = Box<dyn FnOnce(&mut copydata::Sender) -> Result<Option<Reply>, SendError> + Send>;
+pub(crate) type Job = Box<dyn FnOnce(&mut copydata::Sender) -> Result<Option<Reply>, SendError> + Send>;
 
 /// The thread that owns a connection and runs the calls on it.
-struct Worker {
+pub(crate) struct Worker {
     jobs: Tx<Job>,
     /// (A `Receiver` is not `Sync`: the wait borrows it through a mutex,
     /// never contended, as only the call holding the turn waits.)
-    results: Mutex<Receiver<Result<Option<Reply>, SendError>>>,
+    pub(crate) results: Mutex<Receiver<Result<Option<Reply>, SendError>>>,
     thread: Option<JoinHandle<()>>,
     /// Whether a call was handed to the worker and has not ended: raised by
     /// the caller before it hands the call over, lowered by the worker.
@@ -67,7 +67,7 @@ impl Worker {
     }
 
     /// Hands `job` over; `false` if the worker is gone.
-    fn hand(&self, job: Job) -> bool {
+    pub(crate) fn hand(&self, job: Job) -> bool {
         self.running.store(true, Ordering::SeqCst);
         self.jobs.send(job).is_ok()
     }
@@ -135,15 +135,25 @@ pub(crate) struct Sender {
     /// The thread whose call is in progress, if any, and its end signalled.
     busy: Mutex<Option<ThreadId>>,
     done: Condvar,
+    /// Whether a `Loan` holds the turn (until it is sent or closed).
+    lent: AtomicBool,
 }
 
 /// A call's turn: ends (and lets the next call in) when dropped.
-struct Turn<'a>(&'a Sender);
+pub(crate) struct Turn<'a>(&'a Sender);
+
+impl Turn<'_> {
+    /// Keeps the turn past this guard, for a `Loan`, which ends it with
+    /// [`Sender::end_loan`].
+    pub(crate) fn lend(self) {
+        self.0.lent.store(true, Ordering::SeqCst);
+        std::mem::forget(self);
+    }
+}
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        *self.0.busy.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.0.done.notify_one();
+        self.0.end_turn();
     }
 }
 
@@ -152,11 +162,22 @@ impl Sender {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn end_turn(&self) {
+        *self.busy.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.done.notify_one();
+    }
+
+    /// Ends the turn a `Loan` kept (see [`Turn::lend`]).
+    pub(crate) fn end_loan(&self) {
+        self.lent.store(false, Ordering::SeqCst);
+        self.end_turn();
+    }
+
     /// Waits (the GIL released, giving way to Ctrl-C) until no other call
     /// of this `Sender` is in progress, within `budget`. A call from this
     /// very thread while one is in progress (from a signal handler run
     /// during the wait) is refused: it would wait for itself.
-    fn turn(&self, py: Python<'_>, budget: Budget) -> PyResult<Turn<'_>> {
+    pub(crate) fn turn(&self, py: Python<'_>, budget: Budget) -> PyResult<Turn<'_>> {
         let me = std::thread::current().id();
         loop {
             let got = py.detach(|| {
@@ -175,6 +196,13 @@ impl Sender {
             match got {
                 Ok(true) => return Ok(Turn(self)),
                 Ok(false) => {}
+                Err(()) if self.lent.load(Ordering::SeqCst) => {
+                    return Err(errors::raise(
+                        py,
+                        Kind::Error,
+                        "this thread holds a loan of this Sender: send it or close it first",
+                    ));
+                }
                 Err(()) => {
                     return Err(errors::raise(
                         py,
@@ -188,14 +216,14 @@ impl Sender {
         }
     }
 
-    fn closed_error(&self, py: Python<'_>) -> PyErr {
+    pub(crate) fn closed_error(&self, py: Python<'_>) -> PyErr {
         errors::raise(py, Kind::Closed, format!("the sender to {:?} is closed", self.name))
     }
 
     /// The worker for the next call: the current one, or a new one (with a
     /// sender that connects within the call) if there is none, or it was
     /// inherited through `fork`.
-    fn worker(&self) -> Result<Option<Arc<Worker>>, SendError> {
+    pub(crate) fn worker(&self) -> Result<Option<Arc<Worker>>, SendError> {
         let mut state = self.state();
         if state.closed {
             return Ok(None);
@@ -217,16 +245,7 @@ impl Sender {
         let _turn = self.turn(py, budget)?;
         let worker = self.worker().map_err(|e| errors::send_error(py, e))?;
         let Some(worker) = worker else { return Err(self.closed_error(py)) };
-        // Forgets this worker (the next call starts another), leaving it to
-        // end on its own once the call it runs is over.
-        let forget = |py: Python<'_>, worker: Arc<Worker>| {
-            let mut state = self.state();
-            if state.worker.as_ref().is_some_and(|w| Arc::ptr_eq(w, &worker)) {
-                state.worker = None;
-            }
-            drop(state);
-            py.detach(|| drop(worker));
-        };
+        let forget = |py: Python<'_>, worker: Arc<Worker>| self.forget(py, worker);
         if !worker.hand(job) {
             forget(py, worker);
             return Err(errors::raise(py, Kind::Error, "the sending thread is gone"));
@@ -264,21 +283,40 @@ impl Sender {
     }
 }
 
+impl Sender {
+    /// Forgets `worker` (the next call starts another, with a new
+    /// connection), leaving it to end on its own once the call it runs is
+    /// over.
+    pub(crate) fn forget(&self, py: Python<'_>, worker: Arc<Worker>) {
+        let mut state = self.state();
+        if state.worker.as_ref().is_some_and(|w| Arc::ptr_eq(w, &worker)) {
+            state.worker = None;
+        }
+        drop(state);
+        py.detach(|| drop(worker));
+    }
+}
+
 /// The time a call may take, from its start: its timeout counts the wait
 /// for its turn and for a new connection too.
 #[derive(Debug, Clone, Copy)]
-struct Budget {
+pub(crate) struct Budget {
     started: Instant,
     timeout: Option<Duration>,
 }
 
 impl Budget {
-    fn new(timeout: Option<Duration>) -> Budget {
+    pub(crate) fn new(timeout: Option<Duration>) -> Budget {
         Budget { started: Instant::now(), timeout }
     }
 
+    /// The whole timeout (`None`: no limit).
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
     /// What is left (`None`: no limit), or `TimedOut` once nothing is.
-    fn left(&self, name: &str) -> Result<Option<Duration>, SendError> {
+    pub(crate) fn left(&self, name: &str) -> Result<Option<Duration>, SendError> {
         match self.timeout {
             None => Ok(None),
             Some(t) => match t.checked_sub(self.started.elapsed()) {
@@ -290,7 +328,7 @@ impl Budget {
 
     /// Runs `call` with what is left (`None`: no limit); a time-out is
     /// reported with the whole timeout, not what was left of it.
-    fn spend<T>(
+    pub(crate) fn spend<T>(
         &self,
         name: &str,
         call: impl FnOnce(Option<Duration>) -> Result<T, SendError>,
@@ -322,6 +360,7 @@ impl Sender {
             state: Mutex::new(State { worker: None, closed: false }),
             busy: Mutex::new(None),
             done: Condvar::new(),
+            lent: AtomicBool::new(false),
         };
         // Connects now (on the worker, so that Ctrl-C interrupts the wait),
         // so that a missing mailbox is reported here.
@@ -336,8 +375,26 @@ impl Sender {
 
     /// The mailbox's name.
     #[getter]
-    fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Lends a buffer of `size` bytes in shared memory, to write in place
+    /// and send without a copy: returns a `Loan` (see its help). Waits at
+    /// most `timeout` seconds (None: as long as it takes) for this call's
+    /// turn, a new connection if one is due, and a free buffer of the
+    /// connection's pool (the receiver may still hold them all), then
+    /// raises `TimedOut`. Raises `TooLarge` above the receiver's limit.
+    ///
+    /// ```python
+    /// with sender.loan(len(frame)) as loan:
+    ///     with memoryview(loan) as m:
+    ///         m[:] = frame            # or numpy.frombuffer, file.readinto
+    ///     code, data = loan.send(tag=1)
+    /// ```
+    #[pyo3(signature = (size, timeout = None))]
+    fn loan(slf: &Bound<'_, Self>, size: usize, timeout: Option<f64>) -> PyResult<crate::loan::Loan> {
+        crate::loan::lend(slf, size, timeout)
     }
 
     /// Whether `close()` was called.

@@ -1,0 +1,160 @@
+"""copydata.Loan: a buffer of shared memory lent by a Sender, written in
+place through the buffer protocol and sent without a copy."""
+
+import gc
+import io
+import threading
+
+import pytest
+
+import copydata
+
+
+def serve_in_thread(mailbox, handler):
+    thread = threading.Thread(target=mailbox.serve, args=(handler,))
+    thread.start()
+    return thread
+
+
+def test_a_loan_is_written_in_place_and_sent(name):
+    seen = []
+
+    def handler(tag, data):
+        seen.append((tag, data))
+        return len(data), data[:4]
+
+    payload = bytes(i % 251 for i in range(1 << 20))
+    with copydata.Mailbox(name) as mailbox:
+        thread = serve_in_thread(mailbox, handler)
+        with copydata.Sender(name, timeout=5.0) as sender:
+            loan = sender.loan(len(payload), timeout=10.0)
+            assert len(loan) == len(payload) and loan.lent
+            assert repr(loan) == f"<copydata.Loan of {len(payload)} bytes>"
+            with memoryview(loan) as m:
+                assert not m.readonly and m.nbytes == len(payload)
+                m[:] = payload
+            assert loan.send(tag=7, timeout=10.0) == (len(payload), payload[:4])
+            assert not loan.lent
+            assert repr(loan) == f"<copydata.Loan of {len(payload)} bytes, sent>"
+            # Once sent, the memory is not this process's to use.
+            with pytest.raises(BufferError):
+                memoryview(loan)
+            with pytest.raises(copydata.Error, match="was sent"):
+                loan.send()
+            loan.close()  # does nothing now
+            # Filled by a reader straight from a file, then posted.
+            with sender.loan(5) as loan:
+                assert io.BytesIO(b"hello").readinto(loan) == 5
+                loan.post(tag=8)
+            # No bytes at all.
+            with sender.loan(0) as loan:
+                assert bytes(memoryview(loan)) == b""
+                assert loan.send(tag=9, timeout=10.0) == (0, b"")
+            # The Sender goes on as before.
+            assert sender.send(b"after", tag=10, timeout=10.0) == (5, b"afte")
+        mailbox.close()
+        thread.join(10.0)
+    assert [tag for tag, _ in seen] == [7, 8, 9, 10]
+    assert seen[0][1] == payload and seen[1][1] == b"hello" and seen[2][1] == b""
+
+
+def test_a_loan_is_not_sent_while_its_memory_is_held(name):
+    with copydata.Mailbox(name) as mailbox:
+        thread = serve_in_thread(mailbox, lambda tag, data: (tag, data))
+        with copydata.Sender(name) as sender:
+            loan = sender.loan(3)
+            m = memoryview(loan)
+            m[:] = b"abc"
+            with pytest.raises(BufferError, match="held"):
+                loan.send(timeout=10.0)
+            with pytest.raises(BufferError, match="held"):
+                loan.close()
+            assert loan.lent
+            m.release()
+            assert loan.send(tag=1, timeout=10.0) == (1, b"abc")
+        mailbox.close()
+        thread.join(10.0)
+
+
+def test_while_a_loan_is_out_the_senders_other_calls_wait(name):
+    with copydata.Mailbox(name) as mailbox:
+        seen = []
+
+        def handler(tag, data):
+            seen.append(tag)
+            return tag, b""
+
+        thread = serve_in_thread(mailbox, handler)
+        with copydata.Sender(name) as sender:
+            loan = sender.loan(10)
+            # This thread would wait for itself: refused.
+            with pytest.raises(copydata.Error, match="holds a loan"):
+                sender.send(b"x", timeout=1.0)
+            with pytest.raises(copydata.Error, match="holds a loan"):
+                sender.loan(1)
+            # Another thread's call waits its turn, within its timeout ...
+            errors = []
+
+            def late():
+                try:
+                    sender.send(b"late", tag=2, timeout=0.2)
+                except BaseException as e:  # handed to the test thread
+                    errors.append(e)
+
+            t = threading.Thread(target=late)
+            t.start()
+            t.join(10.0)
+            assert len(errors) == 1 and isinstance(errors[0], copydata.TimedOut), errors
+            # ... and runs once the loan is sent.
+            done = []
+            t = threading.Thread(target=lambda: done.append(sender.send(b"next", tag=3, timeout=10.0)))
+            t.start()
+            assert loan.send(tag=1, timeout=10.0) == (1, b"")
+            t.join(10.0)
+            assert done == [(3, b"")]
+        mailbox.close()
+        thread.join(10.0)
+    assert seen == [1, 3]
+
+
+def test_an_unsent_loan_closed_or_dropped_is_given_back(name):
+    with copydata.Mailbox(name) as mailbox:
+        thread = serve_in_thread(mailbox, lambda tag, data: (tag, data))
+        with copydata.Sender(name) as sender:
+            with sender.loan(100) as loan:
+                memoryview(loan)[:2] = b"no"
+            assert not loan.lent
+            assert repr(loan) == "<copydata.Loan of 100 bytes, closed>"
+            loan = sender.loan(100)
+            del loan
+            gc.collect()
+            # Far more loans than the pool has buffers: each was given back.
+            for i in range(50):
+                with sender.loan(1 << 16) as loan:
+                    pass
+            assert sender.send(b"ok", tag=4, timeout=10.0) == (4, b"ok")
+        mailbox.close()
+        thread.join(10.0)
+
+
+def test_a_loan_posted_into_a_full_queue_stays_out(name):
+    with copydata.Mailbox(name) as mailbox, copydata.Sender(name) as sender:
+        # Filled with the smallest messages: no room for a loan's either.
+        posted = 0
+        with pytest.raises(copydata.Full):
+            while posted < 100_000:
+                sender.try_post(b"", tag=posted)
+                posted += 1
+        loan = sender.loan(1000, timeout=10.0)
+        memoryview(loan)[:] = b"y" * 1000
+        with pytest.raises(copydata.Full):
+            loan.try_post(tag=posted)
+        with pytest.raises(copydata.TimedOut):
+            loan.post(tag=posted, timeout=0.2)
+        assert loan.lent
+        for i in range(posted):
+            assert mailbox.recv(timeout=10.0).tag == i
+        loan.post(tag=posted, timeout=10.0)
+        assert not loan.lent
+        request = mailbox.recv(timeout=10.0)
+        assert (request.tag, request.data) == (posted, b"y" * 1000)
