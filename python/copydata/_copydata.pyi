@@ -53,7 +53,8 @@ class Sender:
         """Posts if the queue has room now, else raises Full."""
     def loan(self, size: int, timeout: float | None = None) -> Loan:
         """Lends `size` bytes of shared memory to write in place and send
-        without a copy; waits at most `timeout` seconds for a free buffer."""
+        without a copy; waits at most `timeout` seconds for a free buffer
+        (0: raises Full at once when none is free)."""
     def close(self) -> None: ...
     def __enter__(self) -> Sender: ...
     def __exit__(

@@ -21,7 +21,7 @@ use copydata::{Reply, SendError};
 use pyo3::exceptions::PyBufferError;
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::PyBytes;
 
 use crate::errors::{self, Kind};
 use crate::mailbox::reply_bytes;
@@ -58,23 +58,31 @@ fn job(
     outcomes: Tx<Outcome>,
 ) -> Job {
     Box::new(move |s| {
-        let mut loan = budget.spend(&name, |left| match left {
-            Some(t) => s.loan_timeout(len, t),
-            None => s.loan(len),
-        })?;
+        let mut loan = if budget.timeout().is_some_and(|t| t.is_zero()) {
+            s.try_loan(len)?
+        } else {
+            budget.spend(&name, |left| match left {
+                Some(t) => s.loan_timeout(len, t),
+                None => s.loan(len),
+            })?
+        };
         if lent.send(loan.as_mut_ptr() as usize).is_err() {
             return Ok(None); // the caller gave up waiting
         }
         while let Ok(command) = commands.recv() {
             let outcome = match command {
-                Command::Send { tag, budget } => {
-                    let reply = budget.spend(&name, |left| match left {
-                        Some(t) => loan.send_timeout(tag, t),
-                        None => loan.send(tag),
-                    });
-                    let _ = outcomes.send(reply.map(Some).map_err(|e| (e, false)));
-                    return Ok(None);
-                }
+                Command::Send { tag, budget } => match budget.left(&name) {
+                    // No time left to send in: nothing sent, the loan kept.
+                    Err(e) => Err((e, Some(loan))),
+                    Ok(left) => {
+                        let reply = match left {
+                            Some(t) => loan.send_timeout(tag, t),
+                            None => loan.send(tag),
+                        };
+                        let _ = outcomes.send(reply.map(Some).map_err(|e| (whole(e, &budget), false)));
+                        return Ok(None);
+                    }
+                },
                 Command::Post { tag, budget, wait } => match budget.left(&name) {
                     Err(e) => Err((e, Some(loan))),
                     Ok(left) => {
@@ -83,13 +91,7 @@ fn job(
                             (true, Some(t)) => loan.post_timeout(tag, t).map_err(|e| e.into_parts()),
                             (true, None) => loan.post(tag).map_err(|e| (e, None)),
                         };
-                        // A time-out names the whole timeout, not what was left.
-                        posted.map_err(|(e, back)| match (e, budget.timeout()) {
-                            (SendError::TimedOut { name, .. }, Some(timeout)) => {
-                                (SendError::TimedOut { name, timeout }, back)
-                            }
-                            (e, _) => (e, back),
-                        })
+                        posted.map_err(|(e, back)| (whole(e, &budget), back))
                     }
                 },
             };
@@ -112,6 +114,14 @@ fn job(
     })
 }
 
+/// `e`, a time-out naming the whole timeout of `budget`, not what was left.
+fn whole(e: SendError, budget: &Budget) -> SendError {
+    match (e, budget.timeout()) {
+        (SendError::TimedOut { name, .. }, Some(timeout)) => SendError::TimedOut { name, timeout },
+        (e, _) => e,
+    }
+}
+
 /// Makes a loan of `len` bytes on `sender`'s connection (see
 /// `Sender.loan`).
 pub(crate) fn lend(sender: &Bound<'_, Sender>, len: usize, timeout: Option<f64>) -> PyResult<Loan> {
@@ -121,6 +131,7 @@ pub(crate) fn lend(sender: &Bound<'_, Sender>, len: usize, timeout: Option<f64>)
     let turn = this.turn(py, budget)?;
     let worker = this.worker().map_err(|e| errors::send_error(py, e))?;
     let Some(worker) = worker else { return Err(this.closed_error(py)) };
+    let pid = std::process::id();
     let (lent_tx, lent) = channel();
     // (A `Receiver` is not `Sync`: the wait borrows it through a lock.)
     let lent = Mutex::new(lent);
@@ -135,7 +146,7 @@ pub(crate) fn lend(sender: &Bound<'_, Sender>, len: usize, timeout: Option<f64>)
             Ok(ptr) => {
                 turn.lend();
                 let state = State::Out(Out { worker, commands, outcomes: Mutex::new(outcomes), exports: 0 });
-                return Ok(Loan { sender: sender.clone().unbind(), ptr, len, state: Mutex::new(state) });
+                return Ok(Loan { sender: sender.clone().unbind(), ptr, len, pid, state: Mutex::new(state) });
             }
             Err(RecvTimeoutError::Timeout) => {
                 if let Err(interrupted) = py.check_signals() {
@@ -185,18 +196,25 @@ enum State {
 /// dtype)`, `file.readinto(loan)`), then `send`, `post` or `try_post` it;
 /// the receiver reads the bytes where they are, with no copy on the way.
 ///
-/// Until then the `Sender` makes no other call (another thread's call
-/// waits its turn; this thread's is refused). Sending needs every buffer
-/// taken from the loan released first (`BufferError` otherwise: the memory
-/// is the receiver's once sent); `with memoryview(loan) as m:` does that.
-/// `close()` (or leaving a `with` block, or dropping the loan) gives an
-/// unsent loan back.
+/// Until then the `Sender` makes no other call: another thread's call
+/// waits its turn (within its timeout), and one from the thread that made
+/// the loan is refused (it would wait for itself; so would a thread the
+/// loan was handed to). Sending needs every buffer taken from the loan
+/// released first (`BufferError` otherwise: the memory is the receiver's
+/// once sent); `with memoryview(loan) as m:` does that. `close()` (or
+/// leaving a `with` block, or dropping the loan) gives an unsent loan back.
+/// Once its `Sender` is closed, a loan can only be closed (sending raises
+/// `Closed` and gives it back); in a child made by `fork`, likewise (the
+/// memory is the parent's).
 #[pyclass(frozen, module = "copydata", name = "Loan")]
 pub(crate) struct Loan {
     sender: Py<Sender>,
     /// The buffer's address, valid while the loan is out.
     ptr: usize,
     len: usize,
+    /// The process that made the loan: in a child made by `fork` the job
+    /// holding it does not exist, and the memory is the parent's.
+    pid: u32,
     state: Mutex<State>,
 }
 
@@ -205,25 +223,59 @@ impl Loan {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn forked(&self) -> bool {
+        self.pid != std::process::id()
+    }
+
     /// Takes the loan for a command (`what`), refused once it ended, while
-    /// another command is under way, or while a buffer of it is held.
+    /// another command is under way, while a buffer of it is held, in a
+    /// child made by `fork`, and once its `Sender` is closed (the loan is
+    /// then given back).
     fn take(&self, py: Python<'_>, what: &str) -> PyResult<Out> {
-        let mut state = self.state();
-        match &*state {
-            State::Ended(how) => return Err(errors::raise(py, Kind::Error, format!("the loan was {how}"))),
-            State::Busy => return Err(errors::raise(py, Kind::Error, "a call on this loan is in progress")),
-            State::Out(out) if out.exports > 0 => {
+        enum No {
+            Ended(&'static str),
+            Busy,
+            Held(usize),
+        }
+        // Decided under the lock, raised after it (raising runs Python).
+        let taken = {
+            let mut state = self.state();
+            match &*state {
+                State::Ended(how) => Err(No::Ended(how)),
+                State::Busy => Err(No::Busy),
+                State::Out(out) if out.exports > 0 => Err(No::Held(out.exports)),
+                State::Out(_) => match std::mem::replace(&mut *state, State::Busy) {
+                    State::Out(out) => Ok(out),
+                    _ => unreachable!("matched above"),
+                },
+            }
+        };
+        let out = match taken {
+            Ok(out) => out,
+            Err(No::Ended(how)) => return Err(errors::raise(py, Kind::Error, format!("the loan was {how}"))),
+            Err(No::Busy) => return Err(errors::raise(py, Kind::Error, "a call on this loan is in progress")),
+            Err(No::Held(n)) => {
                 return Err(PyBufferError::new_err(format!(
-                    "cannot {what} the loan while {} buffer(s) of it are held: release them first (del the memoryview or array, or use `with memoryview(loan) as m:`)",
-                    out.exports
+                    "cannot {what} the loan while {n} buffer(s) of it are held: release them first (del the memoryview or array, or use `with memoryview(loan) as m:`)"
                 )));
             }
-            State::Out(_) => {}
+        };
+        if what != "close" {
+            if self.forked() {
+                *self.state() = State::Out(out);
+                return Err(errors::raise(
+                    py,
+                    Kind::Error,
+                    "the loan was made by the parent process: a child made by fork can only close it",
+                ));
+            }
+            let sender = self.sender.get();
+            if sender.is_closed() {
+                self.end(py, out, "closed with its Sender");
+                return Err(sender.closed_error(py));
+            }
         }
-        match std::mem::replace(&mut *state, State::Busy) {
-            State::Out(out) => Ok(out),
-            _ => unreachable!("checked above"),
-        }
+        Ok(out)
     }
 
     /// Ends the loan: its job (if still running) gives it back, the
@@ -232,9 +284,14 @@ impl Loan {
     fn end(&self, py: Python<'_>, out: Out, how: &'static str) {
         let Out { worker, commands, .. } = out;
         drop(commands);
-        // The job ends at once when its commands close, if it has not.
+        // The job ends at once when its commands close, if it has not. (In a
+        // child made by `fork` there is no job: the worker is dropped as
+        // inherited, see `Worker`'s `Drop`.)
+        let forked = self.forked();
         py.detach(|| {
-            let _ = worker.results.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            if !forked {
+                let _ = worker.results.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            }
             drop(worker);
         });
         *self.state() = State::Ended(how);
@@ -310,7 +367,7 @@ impl Loan {
     fn send<'py>(&self, py: Python<'py>, tag: u64, timeout: Option<f64>) -> PyResult<(i64, Bound<'py, PyBytes>)> {
         let budget = Budget::new(timeout_arg(py, timeout)?);
         let reply = self.command(py, Command::Send { tag, budget }, "send")?.expect("a send has a reply");
-        Ok((reply.code, reply_bytes(py, &reply)))
+        Ok((reply.code, reply_bytes(py, &reply)?))
     }
 
     /// Posts the loan with `tag`: no reply awaited. When the receiver's
@@ -347,9 +404,21 @@ impl Loan {
         slf
     }
 
-    #[pyo3(signature = (*_args))]
-    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> PyResult<bool> {
-        self.close(py)?;
+    /// Closes the loan; when the block raised, a loan that cannot be
+    /// closed (a buffer of it still held) does not hide that exception, and
+    /// is given back once the last buffer and the loan are dropped.
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: &Bound<'_, PyAny>,
+        exc: &Bound<'_, PyAny>,
+        tb: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let _ = (exc, tb);
+        let closed = self.close(py);
+        if exc_type.is_none() {
+            closed?;
+        }
         Ok(false)
     }
 
@@ -368,6 +437,11 @@ impl Loan {
             return Err(PyBufferError::new_err("no buffer to fill"));
         }
         let this = slf.get();
+        if this.forked() {
+            return Err(PyBufferError::new_err(
+                "the loan was made by the parent process: its memory is not the child's",
+            ));
+        }
         let mut guard = this.state();
         let State::Out(Out { exports, .. }) = &mut *guard else {
             return Err(PyBufferError::new_err(

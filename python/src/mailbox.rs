@@ -13,12 +13,20 @@ use crate::errors::{self, Kind};
 use crate::section::Section;
 use crate::{SLICE, bytes_arg, timeout_arg};
 
-/// The bytes of a reply (a loaned reply is read out of shared memory).
-pub(crate) fn reply_bytes<'py>(py: Python<'py>, reply: &Reply) -> Bound<'py, PyBytes> {
+/// The bytes of a reply as a `bytes` object, copied once (a loaned reply
+/// straight out of shared memory).
+pub(crate) fn reply_bytes<'py>(py: Python<'py>, reply: &Reply) -> PyResult<Bound<'py, PyBytes>> {
     match reply.loan() {
-        Some(loan) => PyBytes::new(py, &loan.to_vec()),
-        None => PyBytes::new(py, &reply.data),
+        Some(loan) => loan_bytes(py, loan),
+        None => Ok(PyBytes::new(py, &reply.data)),
     }
+}
+
+/// A loan's bytes, copied once, straight into a new `bytes` object.
+fn loan_bytes<'py>(py: Python<'py>, loan: &copydata::LoanView) -> PyResult<Bound<'py, PyBytes>> {
+    PyBytes::new_with(py, loan.len(), |buf| {
+        loan.read_at(0, buf).map_err(|e| errors::raise(py, Kind::Error, format!("reading a loan: {e}")))
+    })
 }
 
 /// Sends `data` (any bytes-like object) with `tag` to the mailbox `name`
@@ -52,7 +60,7 @@ pub(crate) fn send<'py>(
         let handles = sections.iter().map(|s| s.handle(py)).collect::<PyResult<Vec<_>>>()?;
         let result = py.detach(|| send_with_sections(name, tag, &data, &handles, timeout));
         return match result {
-            Ok(reply) => Ok((reply.code, reply_bytes(py, &reply))),
+            Ok(reply) => Ok((reply.code, reply_bytes(py, &reply)?)),
             Err(e) => Err(errors::send_error(py, e)),
         };
     }
@@ -74,7 +82,7 @@ pub(crate) fn send<'py>(
     loop {
         let received = py.detach(|| rx.lock().unwrap_or_else(|e| e.into_inner()).recv_timeout(SLICE));
         match received {
-            Ok(Ok(reply)) => return Ok((reply.code, reply_bytes(py, &reply))),
+            Ok(Ok(reply)) => return Ok((reply.code, reply_bytes(py, &reply)?)),
             Ok(Err(e)) => return Err(errors::send_error(py, e)),
             Err(RecvTimeoutError::Timeout) => py.check_signals()?,
             Err(RecvTimeoutError::Disconnected) => {
@@ -198,7 +206,7 @@ impl Mailbox {
             return Err(PyTypeError::new_err("the handler must be callable"));
         }
         while let Some(request) = self.next_request(py, None)? {
-            let args = (request.tag(), PyBytes::new(py, &message_bytes(&request)));
+            let args = (request.tag(), message_bytes(py, &request)?);
             let reply = handler.call1(args).and_then(|value| reply_value(&value));
             match reply {
                 // A sender that stopped waiting loses its reply; serving goes on.
@@ -262,11 +270,12 @@ impl Mailbox {
     }
 }
 
-/// The bytes of a message (a loaned one is read out of shared memory).
-fn message_bytes(message: &copydata::Message) -> Vec<u8> {
+/// The bytes of a message as a `bytes` object, copied once (a loaned one
+/// straight out of shared memory).
+fn message_bytes<'py>(py: Python<'py>, message: &copydata::Message) -> PyResult<Bound<'py, PyBytes>> {
     match message.loan() {
-        Some(loan) => loan.to_vec(),
-        None => message.payload().to_vec(),
+        Some(loan) => loan_bytes(py, loan),
+        None => Ok(PyBytes::new(py, message.payload())),
     }
 }
 
@@ -309,7 +318,7 @@ pub(crate) struct Request {
 
 impl Request {
     fn new(py: Python<'_>, mut request: copydata::Request) -> PyResult<Request> {
-        let data = PyBytes::new(py, &message_bytes(&request)).unbind();
+        let data = message_bytes(py, &request)?.unbind();
         let sections = request.message_mut().take_sections();
         let sections = sections.into_iter().map(|s| Py::new(py, Section::wrap(s))).collect::<PyResult<_>>()?;
         Ok(Request {

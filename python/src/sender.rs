@@ -132,11 +132,17 @@ pub(crate) struct Sender {
     options: SenderOptions,
     /// Held only briefly, never while a call waits.
     state: Mutex<State>,
-    /// The thread whose call is in progress, if any, and its end signalled.
-    busy: Mutex<Option<ThreadId>>,
+    /// The call in progress, if any, and its end signalled.
+    busy: Mutex<Option<Busy>>,
     done: Condvar,
-    /// Whether a `Loan` holds the turn (until it is sent or closed).
-    lent: AtomicBool,
+}
+
+/// Who holds a `Sender`'s turn.
+#[derive(Debug, Clone, Copy)]
+struct Busy {
+    thread: ThreadId,
+    /// Held by a `Loan` (made on `thread`) until it is sent or closed.
+    lent: bool,
 }
 
 /// A call's turn: ends (and lets the next call in) when dropped.
@@ -146,7 +152,9 @@ impl Turn<'_> {
     /// Keeps the turn past this guard, for a `Loan`, which ends it with
     /// [`Sender::end_loan`].
     pub(crate) fn lend(self) {
-        self.0.lent.store(true, Ordering::SeqCst);
+        if let Some(busy) = self.0.busy.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            busy.lent = true;
+        }
         std::mem::forget(self);
     }
 }
@@ -169,8 +177,12 @@ impl Sender {
 
     /// Ends the turn a `Loan` kept (see [`Turn::lend`]).
     pub(crate) fn end_loan(&self) {
-        self.lent.store(false, Ordering::SeqCst);
         self.end_turn();
+    }
+
+    /// Whether `close()` was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state().closed
     }
 
     /// Waits (the GIL released, giving way to Ctrl-C) until no other call
@@ -182,28 +194,30 @@ impl Sender {
         loop {
             let got = py.detach(|| {
                 let busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-                if *busy == Some(me) {
-                    return Err(());
+                if let Some(b) = *busy
+                    && b.thread == me
+                {
+                    return Err(b.lent);
                 }
                 let (mut busy, _) =
                     self.done.wait_timeout_while(busy, SLICE, |b| b.is_some()).unwrap_or_else(|e| e.into_inner());
                 if busy.is_some() {
                     return Ok(false);
                 }
-                *busy = Some(me);
+                *busy = Some(Busy { thread: me, lent: false });
                 Ok(true)
             });
             match got {
                 Ok(true) => return Ok(Turn(self)),
                 Ok(false) => {}
-                Err(()) if self.lent.load(Ordering::SeqCst) => {
+                Err(true) => {
                     return Err(errors::raise(
                         py,
                         Kind::Error,
                         "this thread holds a loan of this Sender: send it or close it first",
                     ));
                 }
-                Err(()) => {
+                Err(false) => {
                     return Err(errors::raise(
                         py,
                         Kind::Error,
@@ -360,7 +374,6 @@ impl Sender {
             state: Mutex::new(State { worker: None, closed: false }),
             busy: Mutex::new(None),
             done: Condvar::new(),
-            lent: AtomicBool::new(false),
         };
         // Connects now (on the worker, so that Ctrl-C interrupts the wait),
         // so that a missing mailbox is reported here.
@@ -384,7 +397,8 @@ impl Sender {
     /// most `timeout` seconds (None: as long as it takes) for this call's
     /// turn, a new connection if one is due, and a free buffer of the
     /// connection's pool (the receiver may still hold them all), then
-    /// raises `TimedOut`. Raises `TooLarge` above the receiver's limit.
+    /// raises `TimedOut`; with `timeout=0`, raises `Full` at once when no
+    /// buffer is free. Raises `TooLarge` above the receiver's limit.
     ///
     /// ```python
     /// with sender.loan(len(frame)) as loan:
@@ -400,7 +414,7 @@ impl Sender {
     /// Whether `close()` was called.
     #[getter]
     fn closed(&self) -> bool {
-        self.state().closed
+        self.is_closed()
     }
 
     /// Sends `data` (any bytes-like object) with `tag` and waits for the
@@ -451,7 +465,7 @@ impl Sender {
             });
             self.run(py, budget, true, job)?.expect("a call has a reply")
         };
-        Ok((reply.code, reply_bytes(py, &reply)))
+        Ok((reply.code, reply_bytes(py, &reply)?))
     }
 
     /// Posts `data` with `tag`: no reply is awaited (`PostMessage`). When

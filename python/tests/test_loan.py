@@ -158,3 +158,148 @@ def test_a_loan_posted_into_a_full_queue_stays_out(name):
         assert not loan.lent
         request = mailbox.recv(timeout=10.0)
         assert (request.tag, request.data) == (posted, b"y" * 1000)
+
+
+def test_a_loan_cannot_be_sent_once_its_sender_is_closed(name):
+    with copydata.Mailbox(name) as mailbox:
+        thread = serve_in_thread(mailbox, lambda tag, data: (tag, data))
+        sender = copydata.Sender(name)
+        loan = sender.loan(4)
+        memoryview(loan)[:] = b"late"
+        sender.close()
+        with pytest.raises(copydata.Closed):
+            loan.send(timeout=10.0)
+        assert not loan.lent
+        assert repr(loan) == "<copydata.Loan of 4 bytes, closed with its Sender>"
+        mailbox.close()
+        thread.join(10.0)
+
+
+def test_no_time_left_keeps_the_loan(name):
+    with copydata.Mailbox(name) as mailbox:
+        thread = serve_in_thread(mailbox, lambda tag, data: (tag, data))
+        with copydata.Sender(name) as sender:
+            loan = sender.loan(2)
+            memoryview(loan)[:] = b"ok"
+            with pytest.raises(copydata.TimedOut):
+                loan.send(tag=1, timeout=0)
+            assert loan.lent
+            assert loan.send(tag=1, timeout=10.0) == (1, b"ok")
+        mailbox.close()
+        thread.join(10.0)
+
+
+def test_a_loan_waits_for_a_buffer_only_as_long_as_asked(name):
+    with copydata.Mailbox(name) as mailbox, copydata.Sender(name) as sender:
+        # Nothing is taken: posted loans keep their buffers until the pool
+        # has none left.
+        held = 0
+        with pytest.raises(copydata.Full):
+            while held < 64:
+                with sender.loan(100_000, timeout=0) as loan:
+                    loan.post(tag=held)
+                held += 1
+        assert held >= 2
+        with pytest.raises(copydata.TimedOut):
+            sender.loan(100_000, timeout=0.1)
+        for i in range(held):
+            request = mailbox.recv(timeout=10.0)
+            assert (request.tag, len(request.data)) == (i, 100_000)
+            request.reply(0)
+        with sender.loan(100_000, timeout=10.0) as loan:
+            assert loan.lent
+
+
+def test_a_with_block_that_raises_is_not_hidden_by_a_held_buffer(name):
+    with copydata.Mailbox(name) as mailbox, copydata.Sender(name) as sender:
+        with pytest.raises(ZeroDivisionError):
+            with sender.loan(8) as loan:
+                m = memoryview(loan)
+                1 / 0
+        assert loan.lent  # m still holds it
+        m.release()
+        loan.close()
+        with pytest.raises(copydata.TimedOut):  # the Sender goes on (nobody answers)
+            sender.send(b"x", timeout=0.1)
+        del mailbox
+
+
+FORK_CHILD_LOAN = """
+import os, sys, copydata
+sender = copydata.Sender(sys.argv[1])
+loan = sender.loan(6)
+memoryview(loan)[:] = b"parent"
+pid = os.fork()
+if pid == 0:
+    try:
+        # The memory is the parent's: the child can only close the loan.
+        try:
+            memoryview(loan)
+            os._exit(2)
+        except BufferError:
+            pass
+        try:
+            loan.send(timeout=5.0)
+            os._exit(3)
+        except copydata.Error:
+            pass
+        loan.close()
+        # Then the Sender works, on a connection of the child's.
+        sender.post(b"child", timeout=5.0)
+        sender.close()
+        os._exit(0)
+    except BaseException:
+        os._exit(1)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status), flush=True)
+loan.post(timeout=5.0)
+sender.close()
+"""
+
+
+def test_a_loan_out_at_fork_can_only_be_closed_in_the_child(python_child, name):
+    with copydata.Mailbox(name) as mailbox:
+        child = python_child(FORK_CHILD_LOAN, name)
+        assert child.readline() == "child 0"
+        got = sorted(mailbox.recv(timeout=10.0).data for _ in range(2))
+        assert got == [b"child", b"parent"]
+        code, _, err = child.finish(timeout=10.0)
+        assert code == 0, err
+
+
+LOAN_WAITS_FOREVER = """
+import sys, copydata
+sender = copydata.Sender(sys.argv[1])
+loan = sender.loan(5)
+memoryview(loan)[:] = b"never"
+print("ready", flush=True)
+try:
+    loan.send()
+except KeyboardInterrupt:
+    # The loan went with the interrupted call: its memory is not ours now.
+    try:
+        memoryview(loan)
+    except BufferError:
+        print("interrupted", repr(loan), flush=True)
+    # The next call uses a new connection: it gets its own reply.
+    print(sender.send(b"again", timeout=10.0), flush=True)
+"""
+
+
+def test_ctrl_c_interrupts_a_loans_send_and_the_sender_goes_on(python_child, name):
+    import signal
+
+    with copydata.Mailbox(name) as mailbox:
+        child = python_child(LOAN_WAITS_FOREVER, name)
+        assert child.readline() == "ready"
+        pending = mailbox.recv(timeout=10.0)  # held, never answered
+        assert pending.data == b"never"
+        child.signal(signal.SIGINT)
+        assert child.readline() == "interrupted <copydata.Loan of 5 bytes, lost with an interrupted call>"
+        again = mailbox.recv(timeout=10.0)
+        assert again.data == b"again"
+        again.reply(3, b"fine")
+        assert child.readline() == "(3, b'fine')"
+        code, _, err = child.finish(timeout=10.0)
+        assert code == 0, err
+        del pending

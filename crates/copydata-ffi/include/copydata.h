@@ -124,8 +124,9 @@ enum copydata_status
    */
   COPYDATA_STATUS_PANIC = 15,
   /**
-   * The receiver's queue has no room now (a post that was not to
-   * wait): it has not caught up yet. Nothing was sent.
+   * No room now, for a call that was not to wait: the receiver's queue
+   * is full (a post), or it holds every buffer of the connection's pool
+   * (a loan). It has not caught up yet; nothing was sent or lent.
    */
   COPYDATA_STATUS_FULL = 16,
 };
@@ -569,14 +570,18 @@ copydata_status copydata_sender_post(copydata_sender *sender,
  * it: it belongs to the receiver, then to the next loan.
  *
  * A sender has at most one loan out; meanwhile its other calls fail with
- * `COPYDATA_STATUS_INVALID_ARGUMENT`. Buffers come from a pool kept per
- * connection; when the receiver still holds every one of them, this waits
- * for one at most `timeout_ms` (`COPYDATA_INFINITE`: as long as it takes;
- * 0: not at all) and then fails with `COPYDATA_STATUS_TIMED_OUT`.
+ * `COPYDATA_STATUS_INVALID_ARGUMENT` (and a second loan leaves `*data`
+ * as it is). Buffers come from a pool kept per connection; when the
+ * receiver still holds every one of them, this waits for one at most
+ * `timeout_ms` (`COPYDATA_INFINITE`: as long as it takes) and then fails
+ * with `COPYDATA_STATUS_TIMED_OUT`; 0 does not wait and fails with
+ * `COPYDATA_STATUS_FULL` at once (only a connection that must be made
+ * again first is waited for, within the connect timeout).
  *
  * Fails also with `COPYDATA_STATUS_TOO_LARGE` (above the receiver's
  * limit), `COPYDATA_STATUS_RECEIVER_DIED`, `COPYDATA_STATUS_NOT_FOUND`
- * (a connection made again found no mailbox).
+ * (a connection made again found no mailbox). On failure `*data` is
+ * NULL, except as said above.
  *
  * # Safety
  *

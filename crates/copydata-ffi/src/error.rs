@@ -54,8 +54,9 @@ pub enum Status {
     Unsupported = 14,
     /// A bug inside the library (a Rust panic), caught at the boundary.
     Panic = 15,
-    /// The receiver's queue has no room now (a post that was not to
-    /// wait): it has not caught up yet. Nothing was sent.
+    /// No room now, for a call that was not to wait: the receiver's queue
+    /// is full (a post), or it holds every buffer of the connection's pool
+    /// (a loan). It has not caught up yet; nothing was sent or lent.
     Full = 16,
 }
 

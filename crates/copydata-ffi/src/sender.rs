@@ -179,14 +179,18 @@ pub unsafe extern "C" fn copydata_sender_post(
 /// it: it belongs to the receiver, then to the next loan.
 ///
 /// A sender has at most one loan out; meanwhile its other calls fail with
-/// `COPYDATA_STATUS_INVALID_ARGUMENT`. Buffers come from a pool kept per
-/// connection; when the receiver still holds every one of them, this waits
-/// for one at most `timeout_ms` (`COPYDATA_INFINITE`: as long as it takes;
-/// 0: not at all) and then fails with `COPYDATA_STATUS_TIMED_OUT`.
+/// `COPYDATA_STATUS_INVALID_ARGUMENT` (and a second loan leaves `*data`
+/// as it is). Buffers come from a pool kept per connection; when the
+/// receiver still holds every one of them, this waits for one at most
+/// `timeout_ms` (`COPYDATA_INFINITE`: as long as it takes) and then fails
+/// with `COPYDATA_STATUS_TIMED_OUT`; 0 does not wait and fails with
+/// `COPYDATA_STATUS_FULL` at once (only a connection that must be made
+/// again first is waited for, within the connect timeout).
 ///
 /// Fails also with `COPYDATA_STATUS_TOO_LARGE` (above the receiver's
 /// limit), `COPYDATA_STATUS_RECEIVER_DIED`, `COPYDATA_STATUS_NOT_FOUND`
-/// (a connection made again found no mailbox).
+/// (a connection made again found no mailbox). On failure `*data` is
+/// NULL, except as said above.
 ///
 /// # Safety
 ///
@@ -201,13 +205,15 @@ pub unsafe extern "C" fn copydata_sender_loan(
 ) -> Status {
     guard(|| {
         // SAFETY:
-        // - `data` is NULL or valid storage (this function's contract).
-        let data = unsafe { out_arg(data) }?;
-        // SAFETY:
         // - `sender` is NULL or a live sender used by this thread alone
         //   during the call (the contract).
         let sender = unsafe { handle_mut(sender, "sender") }?;
+        // (Checked before `data` is cleared: it may hold the address of the
+        // loan already out.)
         let inner: *mut copydata::Sender = sender.idle()?;
+        // SAFETY:
+        // - `data` is NULL or valid storage (this function's contract).
+        let data = unsafe { out_arg(data) }?;
         // SAFETY: `inner` is live until `sender` drops, and the loan, kept in
         // `sender.loan` (which drops first), is from now on the only way to
         // it: every other call checks for the loan first (`Sender::idle`).
@@ -495,6 +501,68 @@ mod tests {
         assert_eq!(rest, [(2, true, big.len()), (3, true, 3000), (4, false, 0), (5, false, 1), (0, false, 0)]);
         assert!(seen[posts].bytes == big);
         assert!(seen[posts + 1].bytes[..] == big[..3000]);
+    }
+
+    #[test]
+    fn a_loan_waits_for_a_buffer_only_as_long_as_asked() {
+        let name = unique("pool");
+        let (mut mailbox, mut sender) = (null_mut(), null_mut());
+        let len = 100_000;
+        let mut held = 0;
+        // SAFETY:
+        // - valid names and out storage; the sender and the mailbox are used
+        //   by this thread only and closed once; each lent buffer is written
+        //   only within its length, before it is posted; each request is
+        //   answered once.
+        unsafe {
+            assert_eq!(copydata_mailbox_bind(name.as_ptr(), &mut mailbox), Status::Ok);
+            assert_eq!(copydata_sender_connect(name.as_ptr(), 5000, &mut sender), Status::Ok, "{}", last());
+            // A second loan is refused, and leaves the first one's address.
+            let mut p = null_mut();
+            assert_eq!(copydata_sender_loan(sender, len, 0, &mut p), Status::Ok, "{}", last());
+            let first = p;
+            assert_eq!(copydata_sender_loan(sender, len, 0, &mut p), Status::InvalidArgument);
+            assert_eq!(p, first);
+            copydata_sender_cancel_loan(sender);
+            // Nothing is taken: posted loans keep their buffers until the
+            // pool has none left.
+            loop {
+                match copydata_sender_loan(sender, len, 0, &mut p) {
+                    Status::Ok => {
+                        std::ptr::write_bytes(p.cast::<u8>(), held as u8, len);
+                        assert_eq!(
+                            copydata_sender_post_loan(sender, held, COPYDATA_INFINITE),
+                            Status::Ok,
+                            "{}",
+                            last()
+                        );
+                        held += 1;
+                    }
+                    Status::Full => break,
+                    other => panic!("loan: {other:?} {}", last()),
+                }
+                assert!(held < 64, "the pool never ran out");
+            }
+            assert!(p.is_null());
+            let started = std::time::Instant::now();
+            assert_eq!(copydata_sender_loan(sender, len, 100, &mut p), Status::TimedOut);
+            assert!(started.elapsed() >= Duration::from_millis(100));
+            // The receiver catches up: buffers come back.
+            for i in 0..held {
+                let mut req = null_mut();
+                assert_eq!(copydata_mailbox_recv(mailbox, 10_000, &mut req), Status::Ok, "{}", last());
+                assert_eq!(copydata_request_tag(req), i);
+                let mut n = 0;
+                let at = copydata_request_loan(req, &mut n);
+                assert!(!at.is_null() && n == len);
+                assert_eq!(*at.cast::<u8>().add(len - 1), i as u8);
+                assert_eq!(copydata_request_reply(req, 0, null(), 0), Status::Ok);
+            }
+            assert_eq!(copydata_sender_loan(sender, len, 10_000, &mut p), Status::Ok, "{}", last());
+            copydata_sender_close(sender);
+            copydata_mailbox_close(mailbox);
+        }
+        assert!(held >= 2, "only {held} loans before the pool ran out");
     }
 
     #[test]

@@ -97,15 +97,16 @@ int main(int argc, char **argv)
      * a copy (the receiver reads it where it is). Once sent, it is not ours
      * to touch. */
     enum { LENT = 100000 };
-    unsigned char *lent;
-    if ((st = copydata_sender_loan(sender, LENT, 5000, (void **)&lent))) {
+    void *buffer;
+    if ((st = copydata_sender_loan(sender, LENT, 5000, &buffer))) {
         copydata_sender_close(sender);
         return fail("borrowing a buffer", st);
     }
+    unsigned char *lent = buffer;
     for (size_t i = 0; i < LENT; i++)
         lent[i] = (unsigned char)(i % 251);
     st = copydata_sender_send_loan(sender, 15, 5000, &code, NULL, NULL);
-    copydata_sender_close(sender); /* the post was delivered before the loan */
+    copydata_sender_close(sender);
     if (st)
         return fail("sending the loan", st);
     if (code != LENT) {
