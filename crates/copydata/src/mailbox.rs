@@ -447,16 +447,45 @@ impl Request {
     /// `ReplyMessage`, with bytes beside the `LRESULT`).
     #[doc(alias = "ReplyMessage")]
     pub fn reply(mut self, reply: Reply) -> Result<(), ReplyError> {
-        // The message (and any loan it holds) is done with before the
-        // sender learns so.
-        let call = self.message.take().is_none_or(|m| m.call);
-        self.responder.take().expect("a request is answered once").reply(call, reply)
+        let (call, recycle) = self.settle();
+        let result = self.responder.take().expect("a request is answered once").reply(call, reply);
+        recycle.finish();
+        result
     }
 
     /// Refuses the message; the sender gets [`SendError::Refused`].
     pub fn refuse(mut self, reason: &str) {
-        let call = self.message.take().is_none_or(|m| m.call);
+        let (call, recycle) = self.settle();
         self.responder.take().expect("a request is answered once").refuse(call, reason);
+        recycle.finish();
+    }
+
+    /// Done with the message before the answer goes (so a loan is back
+    /// with its sender before the sender learns that the exchange is
+    /// over): whether it was a call, and its large payload buffer (if any),
+    /// to recycle for the connection's next message once the answer is
+    /// gone, off the sender's critical path (as `serve` does).
+    fn settle(&mut self) -> (bool, Recycle) {
+        let Some(mut message) = self.message.take() else { return (true, Recycle(None)) };
+        let call = message.call;
+        let recycle = if message.has_large_buffer() {
+            message.take_origin().and_then(|conn| message.into_payload_vec().map(|v| (conn, v)))
+        } else {
+            None
+        };
+        (call, Recycle(recycle))
+    }
+}
+
+/// A payload buffer on its way back to its connection (see
+/// [`Request::settle`]).
+struct Recycle(Option<(Arc<ServerConn>, Vec<u8>)>);
+
+impl Recycle {
+    fn finish(self) {
+        if let Some((conn, v)) = self.0 {
+            conn.recycle(v);
+        }
     }
 }
 
@@ -470,8 +499,9 @@ impl Deref for Request {
 impl Drop for Request {
     fn drop(&mut self) {
         if let Some(r) = self.responder.take() {
-            let call = self.message.take().is_none_or(|m| m.call);
+            let (call, recycle) = self.settle();
             r.refuse(call, "the receiver dropped the message without replying");
+            recycle.finish();
         }
     }
 }

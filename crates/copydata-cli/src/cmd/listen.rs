@@ -4,6 +4,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args as ClapArgs;
 use copydata::{Mailbox, Message, Reply};
 use sha2::{Digest, Sha256};
@@ -131,6 +132,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         std::io::stdout().flush()?;
     }
     let mut seen = 0u64;
+    // Loaned messages are read out of the sender's buffer into this one,
+    // kept from message to message (a fresh one would fault in its pages
+    // each time).
+    let mut lent = Vec::new();
     while args.count.is_none_or(|n| seen < n) {
         if stop_rx.try_recv().is_ok() {
             break;
@@ -141,15 +146,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(e.into()),
         };
         seen += 1;
-        // A loaned message is read out of the sender's buffer.
-        let loaned = request.loan().map(|l| l.to_vec());
-        let data: &[u8] = loaned.as_deref().unwrap_or(request.payload());
+        let loaned = match request.loan() {
+            Some(loan) => {
+                lent.resize(loan.len(), 0);
+                loan.read_at(0, &mut lent).context("reading a loaned message")?;
+                true
+            }
+            None => false,
+        };
+        let data: &[u8] = if loaned { &lent } else { request.payload() };
         log::debug!(
             "message {seen}: tag {} from pid {}, {} bytes{}",
             request.tag(),
             request.sender().pid,
             data.len(),
-            if loaned.is_some() { " (loaned)" } else { "" }
+            if loaned { " (loaned)" } else { "" }
         );
         let mut out = std::io::stdout().lock();
         if args.raw {
