@@ -437,6 +437,34 @@ fn listen_and_send_exchange_messages() {
     assert_eq!(run(&["send", &name, "x"]).code, 3, "nobody listens any more");
 }
 
+/// `send --file`: the file's bytes go (read straight into shared memory),
+/// by a call and by a post, an empty file as an empty message.
+#[test]
+fn send_file_sends_the_files_bytes() {
+    let name = unique("file");
+    let listener = Listener::start(&[&name, "--count", "3", "--echo", "--reply-code", "9"]);
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let src = std::env::temp_dir().join(format!("{name}.src"));
+    let dst = std::env::temp_dir().join(format!("{name}.reply"));
+    std::fs::write(&src, &data).unwrap();
+    let out =
+        run(&["send", &name, "--timeout", "20s", "--out", dst.to_str().unwrap(), "--file", src.to_str().unwrap()]);
+    assert_eq!((out.code, out.out()), (0, "code 9\n".to_string()), "{}", out.stderr);
+    assert!(std::fs::read(&dst).unwrap() == data, "the echo differs from the file");
+    assert!(listener.line().contains("size=3000000"));
+    let out = run(&["send", &name, "--post", "--tag", "4", "--file", src.to_str().unwrap()]);
+    assert_eq!((out.code, out.out()), (0, String::new()), "{}", out.stderr);
+    let line = listener.line();
+    assert!(line.starts_with("tag=4 size=3000000 "), "{line}");
+    std::fs::write(&src, b"").unwrap();
+    let out = run(&["send", &name, "--file", src.to_str().unwrap()]);
+    assert_eq!((out.code, out.out()), (0, "code 9\n".to_string()), "{}", out.stderr);
+    assert!(listener.line().contains("size=0"));
+    let _ = std::fs::remove_file(&src);
+    let _ = std::fs::remove_file(&dst);
+    assert_eq!(listener.wait(), 0);
+}
+
 /// `send --lines`: one message per line of standard input, in order, on
 /// one connection (one sender pid), each reply on a line of its own; with
 /// `--post`, nothing printed. Line endings (LF or CRLF) are not sent; an

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
@@ -51,10 +51,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let file_len = match &args.file {
-        Some(path) => Some(std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len()),
+    let file_meta = match &args.file {
+        Some(path) => Some(std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?),
         None => None,
     };
+    // (A pipe or a device says nothing of its size: it is read to its end.)
+    let file_len = file_meta.as_ref().filter(|m| m.is_file()).map(|m| m.len());
     let mut options = copydata::SenderOptions::new();
     if let Some(t) = args.timeout {
         options = options.connect_timeout(t);
@@ -92,6 +94,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.lines {
         return lines(&args, &mut sender, post_timed_out);
     }
+    if let (Some(path), Some(len)) = (&args.file, file_len) {
+        return send_file(&args, &mut sender, path, len, out.as_mut(), post_timed_out);
+    }
     let payload = match (args.data.as_deref(), &args.file) {
         (_, Some(path)) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
         (Some("-"), None) => {
@@ -111,11 +116,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     log::debug!("sending tag {}, {} bytes (timeout {:?})", args.tag, payload.len(), args.timeout);
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let reply = match args.timeout {
         Some(t) => sender.send_timeout(args.tag, &payload, t)?,
         None => sender.send(args.tag, &payload)?,
     };
+    print_reply(&reply, started, out.as_mut())
+}
+
+/// Prints the reply's code, then its bytes to stdout or to `out`.
+fn print_reply(reply: &copydata::Reply, started: Instant, out: Option<&mut OutFile>) -> anyhow::Result<ExitCode> {
     // A loaned reply is read through its view, not as a slice (which is
     // empty for it).
     let data: std::borrow::Cow<'_, [u8]> = match reply.data.loan() {
@@ -125,12 +135,67 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     log::debug!("reply code {}, {} bytes, after {:?}", reply.code, data.len(), started.elapsed());
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "code {}", reply.code)?;
-    match &mut out {
+    match out {
         Some(file) => file.write(&data)?,
         None => stdout.write_all(&data)?,
     }
     stdout.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--file`: the file is read straight into a buffer lent in shared memory
+/// (a loan), and that goes: one copy of its bytes on the way, not three.
+/// The timeout covers the wait for the buffer and the send. A file that
+/// changes size while it is read is refused, and nothing is sent.
+fn send_file(
+    args: &Args,
+    sender: &mut Sender,
+    path: &std::path::Path,
+    len: u64,
+    out: Option<&mut OutFile>,
+    post_timed_out: impl Fn(SendError) -> anyhow::Error,
+) -> anyhow::Result<ExitCode> {
+    let reading = || format!("reading {}", path.display());
+    let len = usize::try_from(len).map_err(|_| anyhow::anyhow!("{} is larger than memory", path.display()))?;
+    let mut file = std::fs::File::open(path).with_context(reading)?;
+    let started = Instant::now();
+    let left = |t: Duration| t.saturating_sub(started.elapsed());
+    let lent = match args.timeout {
+        Some(t) => sender.loan_timeout(len, t),
+        None => sender.loan(len),
+    };
+    let mut loan = if args.post { lent.map_err(&post_timed_out)? } else { lent? };
+    // SAFETY: no other process writes the loan before it is sent (the
+    // receiver's handle is read-only), and the slice is gone before it is.
+    let buf = unsafe { loan.as_mut_slice() };
+    if let Err(e) = file.read_exact(buf) {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            anyhow::bail!("{} shrank while being read: nothing sent", path.display());
+        }
+        return Err(e).with_context(reading);
+    }
+    let mut more = [0u8; 1];
+    if file.read(&mut more).with_context(reading)? != 0 {
+        anyhow::bail!("{} grew while being read: nothing sent", path.display());
+    }
+    log::debug!(
+        "{} tag {}, {len} bytes lent (timeout {:?})",
+        if args.post { "posting" } else { "sending" },
+        args.tag,
+        args.timeout
+    );
+    if args.post {
+        match args.timeout {
+            Some(t) => loan.post_timeout(args.tag, left(t)).map_err(|e| post_timed_out(e.into_error()))?,
+            None => loan.post(args.tag)?,
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let reply = match args.timeout {
+        Some(t) => loan.send_timeout(args.tag, left(t))?,
+        None => loan.send(args.tag)?,
+    };
+    print_reply(&reply, started, out)
 }
 
 /// `--lines`: a message per line of standard input, on `sender`'s

@@ -193,23 +193,27 @@ enum Between {
     Spin(Duration),
     /// Fills the loan (every byte).
     Fill,
+    /// Fills a 64 MiB buffer of its own (every byte), the loan's size
+    /// aside: what the filling of a 64 MiB loan does to the caches.
+    FillElsewhere,
 }
 
 /// `copydata bench --pauses`: what a pause before a call costs. `send` of
 /// 64 B and `loan` of 64 KiB, each sent right after the previous call and
 /// after the sender spun 1 ms and 8 ms on the clock (writing nothing), next
 /// to `loan` of 64 MiB sent after its filling (about 8 ms here; what the
-/// `loan` row at 64 MiB times). Only the call is timed, as in the `loan`
-/// rows. A paused `send` finds the receiver asleep (it spins only briefly)
-/// and pays a wake-up; a paused loan finds it polling (the loan announced
-/// the message), so what it pays beyond the immediate loan is the path
-/// gone cold in the caches meanwhile, which the last rows show without
-/// copydata: the spin floor's round trip after the same pauses (one cache
+/// `loan` row at 64 MiB times) and `loan` of 64 KiB after the sender
+/// filled 64 MiB of its own memory (the same work, another size of loan).
+/// Only the call is timed, as in the `loan` rows. A paused `send` finds
+/// the receiver asleep (it spins only briefly) and pays a wake-up; a
+/// paused loan finds it polling (the loan announced the message), so what
+/// it pays beyond the immediate loan is the path gone cold in the caches
+/// meanwhile, which the last rows show without copydata: the spin floor's round trip after the same pauses (one cache
 /// line crossing between the two processes and back) and [`cold_reads`].
 pub fn pauses(ctx: &Ctx) -> anyhow::Result<()> {
     let spin1 = Between::Spin(Duration::from_millis(1));
     let spin8 = Between::Spin(Duration::from_millis(8));
-    let cases: [(&str, usize, bool, Between); 7] = [
+    let cases: [(&str, usize, bool, Between); 8] = [
         ("send 64 B, at once", 64, false, Between::Nothing),
         ("send 64 B, after 1 ms", 64, false, spin1),
         ("send 64 B, after 8 ms", 64, false, spin8),
@@ -217,7 +221,9 @@ pub fn pauses(ctx: &Ctx) -> anyhow::Result<()> {
         ("loan 64 KiB, after 1 ms", 64 << 10, true, spin1),
         ("loan 64 KiB, after 8 ms", 64 << 10, true, spin8),
         ("loan 64 MiB, after its filling", 64 << 20, true, Between::Fill),
+        ("loan 64 KiB, after filling 64 MiB", 64 << 10, true, Between::FillElsewhere),
     ];
+    let mut elsewhere = Vec::new();
     let iters = if ctx.quick { 60 } else { 300 };
     println!("{:<34} {:>10} {:>10}", "call (only the call is timed)", "p50", "p99");
     for (what, payload, loan, between) in cases {
@@ -237,6 +243,16 @@ pub fn pauses(ctx: &Ctx) -> anyhow::Result<()> {
                         spin_for(d);
                     }
                     Between::Nothing => l.write_at(0, &[FILL]).context("writing the loan")?,
+                    Between::FillElsewhere => {
+                        l.write_at(0, &[FILL]).context("writing the loan")?;
+                        elsewhere.resize(64 << 20, 0);
+                        // SAFETY: `elsewhere` is this function's own buffer
+                        // of that many bytes.
+                        unsafe { fill_raw(elsewhere.as_mut_ptr(), elsewhere.len(), FILL) };
+                        // (Read, as far as the compiler knows: the filling
+                        // stays.)
+                        std::hint::black_box(&mut elsewhere);
+                    }
                 }
                 let sent = Instant::now();
                 let reply = l.send(TAG).map_err(|e| server.blame(e))?;
