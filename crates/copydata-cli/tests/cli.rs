@@ -437,12 +437,14 @@ fn listen_and_send_exchange_messages() {
     assert_eq!(run(&["send", &name, "x"]).code, 3, "nobody listens any more");
 }
 
-/// `send --file`: the file's bytes go (read straight into shared memory),
-/// by a call and by a post, an empty file as an empty message.
+/// `send --file`: the file's bytes go (a large one read straight into
+/// shared memory), by a call and by a post, an empty file as an empty
+/// message.
 #[test]
 fn send_file_sends_the_files_bytes() {
     let name = unique("file");
-    let listener = Listener::start(&[&name, "--count", "3", "--echo", "--reply-code", "9"]);
+    let count = if cfg!(target_os = "linux") { "4" } else { "3" };
+    let listener = Listener::start(&[&name, "--count", count, "--echo", "--reply-code", "9"]);
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 253) as u8).collect();
     let src = std::env::temp_dir().join(format!("{name}.src"));
     let dst = std::env::temp_dir().join(format!("{name}.reply"));
@@ -460,6 +462,14 @@ fn send_file_sends_the_files_bytes() {
     let out = run(&["send", &name, "--file", src.to_str().unwrap()]);
     assert_eq!((out.code, out.out()), (0, "code 9\n".to_string()), "{}", out.stderr);
     assert!(listener.line().contains("size=0"));
+    // A file that says nothing true of its size is read to its end.
+    #[cfg(target_os = "linux")]
+    {
+        let out = run(&["send", &name, "--file", "/proc/self/cmdline"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let line = listener.line();
+        assert!(!line.contains("size=0 ") && line.contains("copydata"), "{line}");
+    }
     let _ = std::fs::remove_file(&src);
     let _ = std::fs::remove_file(&dst);
     assert_eq!(listener.wait(), 0);

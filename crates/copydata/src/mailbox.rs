@@ -627,7 +627,8 @@ impl MailboxOptions {
 pub struct Mailbox {
     inner: sys::mailbox::Mailbox,
     dispatch: Arc<Dispatch>,
-    worker: Mutex<WorkerState>,
+    /// (Boxed: a `Mailbox` moves by value, inside `SingleInstance` too.)
+    worker: Mutex<Box<WorkerState>>,
     name: Name,
 }
 
@@ -656,7 +657,7 @@ impl Mailbox {
 
     pub(crate) fn bind_name(name: Name, options: &MailboxOptions) -> Result<Mailbox, BindError> {
         let (inner, dispatch) = sys::mailbox::Mailbox::bind(&name, options)?;
-        Ok(Mailbox { inner, dispatch, worker: Mutex::new(WorkerState::default()), name })
+        Ok(Mailbox { inner, dispatch, worker: Mutex::new(Box::default()), name })
     }
 
     /// Closes the mailbox for receiving: a thread waiting in `recv` (and
@@ -742,7 +743,7 @@ impl Mailbox {
         let mut first = Some(first);
         for w in 0..dispatch.workers() {
             let (dispatch, handler) = (dispatch.clone(), handler.clone());
-            let mut state = if w == 0 { first.take().unwrap_or_default() } else { WorkerState::default() };
+            let mut state = if w == 0 { first.take().map(|b| *b).unwrap_or_default() } else { WorkerState::default() };
             let spawned = std::thread::Builder::new().name(format!("copydata-serve-{name}-{w}")).spawn(move || {
                 while let Some(next) = dispatch.next(w, &mut state, None) {
                     match next {

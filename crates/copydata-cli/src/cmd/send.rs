@@ -94,8 +94,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.lines {
         return lines(&args, &mut sender, post_timed_out);
     }
-    if let (Some(path), Some(len)) = (&args.file, file_len) {
-        return send_file(&args, &mut sender, path, len, out.as_mut(), post_timed_out);
+    if let (Some(path), Some(len)) = (&args.file, file_len)
+        && len >= LEND_FROM
+        && let Some(code) = send_file(&args, &mut sender, path, len, out.as_mut(), &post_timed_out)?
+    {
+        return Ok(code);
     }
     let payload = match (args.data.as_deref(), &args.file) {
         (_, Some(path)) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
@@ -143,40 +146,53 @@ fn print_reply(reply: &copydata::Reply, started: Instant, out: Option<&mut OutFi
     Ok(ExitCode::SUCCESS)
 }
 
-/// `--file`: the file is read straight into a buffer lent in shared memory
-/// (a loan), and that goes: one copy of its bytes on the way, not three.
-/// The timeout covers the wait for the buffer and the send. A file that
-/// changes size while it is read is refused, and nothing is sent.
+/// Files at least this large go as a loan (see [`send_file`]); smaller
+/// ones are copied into the message, which costs less than a loan's
+/// buffer for so few bytes.
+const LEND_FROM: u64 = 64 << 10;
+
+/// `--file` of a regular file: read straight into a buffer lent in shared
+/// memory (a loan), which then goes: one copy of the bytes on the sender's
+/// side, not two. `--timeout` bounds the wait for the buffer and then the
+/// exchange, each as it bounds the exchange of other payloads. `None` when
+/// the file turns out not to have the size it said (a file still being
+/// written, or one of `/proc`): nothing was sent, and the caller reads it
+/// to its end instead.
 fn send_file(
     args: &Args,
     sender: &mut Sender,
     path: &std::path::Path,
     len: u64,
     out: Option<&mut OutFile>,
-    post_timed_out: impl Fn(SendError) -> anyhow::Error,
-) -> anyhow::Result<ExitCode> {
+    post_timed_out: &impl Fn(SendError) -> anyhow::Error,
+) -> anyhow::Result<Option<ExitCode>> {
     let reading = || format!("reading {}", path.display());
     let len = usize::try_from(len).map_err(|_| anyhow::anyhow!("{} is larger than memory", path.display()))?;
     let mut file = std::fs::File::open(path).with_context(reading)?;
-    let started = Instant::now();
-    let left = |t: Duration| t.saturating_sub(started.elapsed());
     let lent = match args.timeout {
         Some(t) => sender.loan_timeout(len, t),
         None => sender.loan(len),
     };
-    let mut loan = if args.post { lent.map_err(&post_timed_out)? } else { lent? };
-    // SAFETY: no other process writes the loan before it is sent (the
-    // receiver's handle is read-only), and the slice is gone before it is.
+    let mut loan = if args.post { lent.map_err(post_timed_out)? } else { lent? };
+    // SAFETY: the loan's contract (`Loan::as_mut_slice`): no other process
+    // writes the buffer before it is sent (the receiver was handed it
+    // read-only), and the slice is gone before it is.
     let buf = unsafe { loan.as_mut_slice() };
-    if let Err(e) = file.read_exact(buf) {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            anyhow::bail!("{} shrank while being read: nothing sent", path.display());
-        }
-        return Err(e).with_context(reading);
+    match file.read_exact(buf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e).with_context(reading),
     }
     let mut more = [0u8; 1];
-    if file.read(&mut more).with_context(reading)? != 0 {
-        anyhow::bail!("{} grew while being read: nothing sent", path.display());
+    let grew = loop {
+        match file.read(&mut more) {
+            Ok(n) => break n != 0,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).with_context(reading),
+        }
+    };
+    if grew {
+        return Ok(None);
     }
     log::debug!(
         "{} tag {}, {len} bytes lent (timeout {:?})",
@@ -186,16 +202,17 @@ fn send_file(
     );
     if args.post {
         match args.timeout {
-            Some(t) => loan.post_timeout(args.tag, left(t)).map_err(|e| post_timed_out(e.into_error()))?,
+            Some(t) => loan.post_timeout(args.tag, t).map_err(|e| post_timed_out(e.into_error()))?,
             None => loan.post(args.tag)?,
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(Some(ExitCode::SUCCESS));
     }
+    let started = Instant::now();
     let reply = match args.timeout {
-        Some(t) => loan.send_timeout(args.tag, left(t))?,
+        Some(t) => loan.send_timeout(args.tag, t)?,
         None => loan.send(args.tag)?,
     };
-    print_reply(&reply, started, out)
+    print_reply(&reply, started, out).map(Some)
 }
 
 /// `--lines`: a message per line of standard input, on `sender`'s

@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::pool::{BUF_LOAN, BUF_NEW, BUF_ONESHOT, BUF_STREAM, BufRef, Lend, Lent, ONESHOT, PeerBuffers, Pool};
+use super::pool::{
+    BUF_LOAN, BUF_NEW, BUF_ONESHOT, BUF_STREAM, BufRef, Lend, Lent, MAX_BUF, ONESHOT, PeerBuffers, Pool,
+};
 use super::region::{REP_CAP, REQ_CAP, ReleaseWord, SLOTS, Side};
 use super::ring::{Consumer, Corrupt, Producer, Rec, RingPtr, max_inline, pack_flags, record_size, user_flags};
 use super::{Bell, INLINE_MAX, Park, Wait, spin};
@@ -1255,12 +1257,21 @@ impl ServerConn {
         Ok(true)
     }
 
-    /// Gives a payload buffer back for the next message.
+    /// Gives a payload buffer back for the next message: kept if it is
+    /// larger than the spare and no larger than a pooled buffer (the spare
+    /// only ever receives pooled and streamed payloads), and only if the
+    /// connection's state is free now. (A request answered on another
+    /// thread must not wait while the worker copies the next message out
+    /// under that lock; the buffer is then simply freed.)
     pub(crate) fn recycle(&self, v: Vec<u8>) {
-        if v.capacity() <= INLINE_MAX {
+        if v.capacity() <= INLINE_MAX || v.capacity() > MAX_BUF {
             return;
         }
-        let mut st = self.state();
+        let mut st = match self.state.try_lock() {
+            Ok(st) => st,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
         if v.capacity() > st.spare.capacity() {
             st.spare = v;
         }

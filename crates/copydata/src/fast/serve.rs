@@ -84,6 +84,11 @@ pub(crate) struct WorkerState {
     /// Since when a streamed copy put aside has kept the worker from
     /// sleeping, no message having come meanwhile.
     aside_since: Option<Instant>,
+    /// Since when the worker has slept without a message, across calls of
+    /// [`Dispatch::next`] (a caller polling with short deadlines, as
+    /// `recv_timeout` in a loop does, sleeps in short pieces): the
+    /// connections are trimmed once that reaches [`TRIM_AFTER`].
+    quiet_since: Option<Instant>,
 }
 
 /// The longest a worker sleeps without looking at its connections.
@@ -368,6 +373,7 @@ impl Dispatch {
                 st.trimmed = false;
                 st.hot_since = None;
                 st.aside_since = None;
+                st.quiet_since = None;
                 return Some(found);
             }
             // A sender filling a loan is about to send: poll, yielding the
@@ -411,6 +417,7 @@ impl Dispatch {
             if let Some(found) = self.scan(w, st) {
                 Self::set_parked(st, 0);
                 st.trimmed = false;
+                st.quiet_since = None;
                 return Some(found);
             }
             // A loan announced before the flag went up found no one parked
@@ -443,15 +450,13 @@ impl Dispatch {
             }
             let now = Instant::now();
             let left = deadline.map(|d| d.saturating_duration_since(now));
-            let trim_in = (!st.trimmed).then_some(TRIM_AFTER);
+            let quiet = *st.quiet_since.get_or_insert(now);
+            let trim_in = (!st.trimmed).then(|| TRIM_AFTER.saturating_sub(now.duration_since(quiet)));
             let sleep = [left, trim_in, nap].into_iter().flatten().fold(IDLE_LOOK, Duration::min);
             let timed_out = !self.bells.wait(w, seen, Some(sleep));
             Self::set_parked(st, 0);
             if timed_out {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return None;
-                }
-                if !st.trimmed && Instant::now().duration_since(now) >= TRIM_AFTER - Duration::from_millis(1) {
+                if !st.trimmed && quiet.elapsed() >= TRIM_AFTER - Duration::from_millis(1) {
                     // Until every large buffer is back (a slow sender may
                     // still be reading a reply), try again after the next
                     // quiet spell.
@@ -460,6 +465,12 @@ impl Dispatch {
                         all &= c.trim(Instant::now());
                     }
                     st.trimmed = all;
+                    if !all {
+                        st.quiet_since = Some(Instant::now());
+                    }
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return None;
                 }
             }
         }
