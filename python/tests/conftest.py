@@ -1,6 +1,7 @@
 """Fixtures: the `copydata` command-line tool as the Rust peer, unique object
 names, child processes that never outlive their test, and a watchdog."""
 
+import contextlib
 import faulthandler
 import itertools
 import os
@@ -9,10 +10,13 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
 import pytest
+
+import copydata
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -125,3 +129,24 @@ def cli(copydata_bin, spawn):
 def python_child(spawn):
     """Starts a Python script in a child process (this interpreter)."""
     return lambda script, *args: spawn(sys.executable, "-c", script, *args)
+
+
+@contextlib.contextmanager
+def _serving(name, handler):
+    with copydata.Mailbox(name) as mailbox:
+        thread = threading.Thread(target=mailbox.serve, args=(handler,))
+        thread.start()
+        try:
+            yield mailbox
+        finally:
+            mailbox.close()
+            thread.join(10.0)
+    assert not thread.is_alive(), "serve() did not return once the mailbox closed"
+
+
+@pytest.fixture
+def serving():
+    """`with serving(name, handler) as mailbox:` binds `name` and answers
+    every message with `handler(tag, data)` on a thread until the block
+    ends (then the mailbox is closed and the thread joined)."""
+    return _serving

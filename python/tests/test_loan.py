@@ -10,13 +10,7 @@ import pytest
 import copydata
 
 
-def serve_in_thread(mailbox, handler):
-    thread = threading.Thread(target=mailbox.serve, args=(handler,))
-    thread.start()
-    return thread
-
-
-def test_a_loan_is_written_in_place_and_sent(name):
+def test_a_loan_is_written_in_place_and_sent(serving, name):
     seen = []
 
     def handler(tag, data):
@@ -24,8 +18,7 @@ def test_a_loan_is_written_in_place_and_sent(name):
         return len(data), data[:4]
 
     payload = bytes(i % 251 for i in range(1 << 20))
-    with copydata.Mailbox(name) as mailbox:
-        thread = serve_in_thread(mailbox, handler)
+    with serving(name, handler):
         with copydata.Sender(name, timeout=5.0) as sender:
             loan = sender.loan(len(payload), timeout=10.0)
             assert len(loan) == len(payload) and loan.lent
@@ -52,15 +45,12 @@ def test_a_loan_is_written_in_place_and_sent(name):
                 assert loan.send(tag=9, timeout=10.0) == (0, b"")
             # The Sender goes on as before.
             assert sender.send(b"after", tag=10, timeout=10.0) == (5, b"afte")
-        mailbox.close()
-        thread.join(10.0)
     assert [tag for tag, _ in seen] == [7, 8, 9, 10]
     assert seen[0][1] == payload and seen[1][1] == b"hello" and seen[2][1] == b""
 
 
-def test_a_loan_is_not_sent_while_its_memory_is_held(name):
-    with copydata.Mailbox(name) as mailbox:
-        thread = serve_in_thread(mailbox, lambda tag, data: (tag, data))
+def test_a_loan_is_not_sent_while_its_memory_is_held(serving, name):
+    with serving(name, lambda tag, data: (tag, data)):
         with copydata.Sender(name) as sender:
             loan = sender.loan(3)
             m = memoryview(loan)
@@ -72,19 +62,16 @@ def test_a_loan_is_not_sent_while_its_memory_is_held(name):
             assert loan.lent
             m.release()
             assert loan.send(tag=1, timeout=10.0) == (1, b"abc")
-        mailbox.close()
-        thread.join(10.0)
 
 
-def test_while_a_loan_is_out_the_senders_other_calls_wait(name):
-    with copydata.Mailbox(name) as mailbox:
-        seen = []
+def test_while_a_loan_is_out_the_senders_other_calls_wait(serving, name):
+    seen = []
 
-        def handler(tag, data):
-            seen.append(tag)
-            return tag, b""
+    def handler(tag, data):
+        seen.append(tag)
+        return tag, b""
 
-        thread = serve_in_thread(mailbox, handler)
+    with serving(name, handler):
         with copydata.Sender(name) as sender:
             loan = sender.loan(10)
             # This thread would wait for itself: refused.
@@ -112,14 +99,11 @@ def test_while_a_loan_is_out_the_senders_other_calls_wait(name):
             assert loan.send(tag=1, timeout=10.0) == (1, b"")
             t.join(10.0)
             assert done == [(3, b"")]
-        mailbox.close()
-        thread.join(10.0)
     assert seen == [1, 3]
 
 
-def test_an_unsent_loan_closed_or_dropped_is_given_back(name):
-    with copydata.Mailbox(name) as mailbox:
-        thread = serve_in_thread(mailbox, lambda tag, data: (tag, data))
+def test_an_unsent_loan_closed_or_dropped_is_given_back(serving, name):
+    with serving(name, lambda tag, data: (tag, data)):
         with copydata.Sender(name) as sender:
             with sender.loan(100) as loan:
                 memoryview(loan)[:2] = b"no"
@@ -133,8 +117,6 @@ def test_an_unsent_loan_closed_or_dropped_is_given_back(name):
                 with sender.loan(1 << 16) as loan:
                     pass
             assert sender.send(b"ok", tag=4, timeout=10.0) == (4, b"ok")
-        mailbox.close()
-        thread.join(10.0)
 
 
 def test_a_loan_posted_into_a_full_queue_stays_out(name):
@@ -160,9 +142,8 @@ def test_a_loan_posted_into_a_full_queue_stays_out(name):
         assert (request.tag, request.data) == (posted, b"y" * 1000)
 
 
-def test_a_loan_cannot_be_sent_once_its_sender_is_closed(name):
-    with copydata.Mailbox(name) as mailbox:
-        thread = serve_in_thread(mailbox, lambda tag, data: (tag, data))
+def test_a_loan_cannot_be_sent_once_its_sender_is_closed(serving, name):
+    with serving(name, lambda tag, data: (tag, data)):
         sender = copydata.Sender(name)
         loan = sender.loan(4)
         memoryview(loan)[:] = b"late"
@@ -171,13 +152,10 @@ def test_a_loan_cannot_be_sent_once_its_sender_is_closed(name):
             loan.send(timeout=10.0)
         assert not loan.lent
         assert repr(loan) == "<copydata.Loan of 4 bytes, closed with its Sender>"
-        mailbox.close()
-        thread.join(10.0)
 
 
-def test_no_time_left_keeps_the_loan(name):
-    with copydata.Mailbox(name) as mailbox:
-        thread = serve_in_thread(mailbox, lambda tag, data: (tag, data))
+def test_no_time_left_keeps_the_loan(serving, name):
+    with serving(name, lambda tag, data: (tag, data)):
         with copydata.Sender(name) as sender:
             loan = sender.loan(2)
             memoryview(loan)[:] = b"ok"
@@ -185,8 +163,6 @@ def test_no_time_left_keeps_the_loan(name):
                 loan.send(tag=1, timeout=0)
             assert loan.lent
             assert loan.send(tag=1, timeout=10.0) == (1, b"ok")
-        mailbox.close()
-        thread.join(10.0)
 
 
 def test_a_loan_waits_for_a_buffer_only_as_long_as_asked(name):

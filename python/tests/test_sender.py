@@ -10,21 +10,14 @@ import pytest
 import copydata
 
 
-def serve_in_thread(mailbox, handler):
-    thread = threading.Thread(target=mailbox.serve, args=(handler,))
-    thread.start()
-    return thread
-
-
-def test_a_sender_keeps_one_connection_and_messages_arrive_in_order(name):
+def test_a_sender_keeps_one_connection_and_messages_arrive_in_order(serving, name):
     seen = []
 
     def handler(tag, data):
         seen.append((tag, data))
         return tag * 2, data.upper()
 
-    with copydata.Mailbox(name) as mailbox:
-        thread = serve_in_thread(mailbox, handler)
+    with serving(name, handler):
         with copydata.Sender(name, timeout=5.0) as sender:
             assert sender.name == name and not sender.closed
             assert repr(sender) == f'<copydata.Sender to "{name}">'
@@ -39,8 +32,6 @@ def test_a_sender_keeps_one_connection_and_messages_arrive_in_order(name):
         with pytest.raises(copydata.Closed):
             sender.send(b"after close")
         sender.close()  # twice is fine
-    thread.join(10.0)
-    assert not thread.is_alive()
     assert [tag for tag, _ in seen] == list(range(200)) + [1000]
     assert seen[3] == (3, b"post 3")
 
@@ -89,7 +80,7 @@ def test_timeouts_and_a_full_queue(name):
             answer.join(10.0)
 
 
-def test_receiver_death_is_reported_and_a_new_receiver_is_reached(cli, name):
+def test_receiver_death_is_reported_and_a_new_receiver_is_reached(cli, serving, name):
     listener = cli("listen", name, "--delay", "30s")
     assert listener.readline() == f"ready {name}"
     with copydata.Sender(name, timeout=5.0) as sender:
@@ -109,11 +100,8 @@ def test_receiver_death_is_reported_and_a_new_receiver_is_reached(cli, name):
         assert isinstance(result.get("error"), copydata.ReceiverDied), result
         listener.finish()
         # A receiver bound again under the name is reached by the same Sender.
-        with copydata.Mailbox(name) as mailbox:
-            thread = serve_in_thread(mailbox, lambda tag, data: (9, data))
+        with serving(name, lambda tag, data: (9, data)):
             assert sender.send(b"three", timeout=10.0) == (9, b"three")
-            mailbox.close()
-            thread.join(10.0)
 
 
 def test_sections_travel_with_a_senders_message(name):
@@ -135,9 +123,8 @@ def test_sections_travel_with_a_senders_message(name):
             assert got["bytes"] == b"hello"
 
 
-def test_one_sender_shared_by_threads(name):
-    with copydata.Mailbox(name) as mailbox:
-        thread = serve_in_thread(mailbox, lambda tag, data: (tag, data))
+def test_one_sender_shared_by_threads(serving, name):
+    with serving(name, lambda tag, data: (tag, data)):
         with copydata.Sender(name) as sender:
             errors = []
 
@@ -154,8 +141,6 @@ def test_one_sender_shared_by_threads(name):
             for t in threads:
                 t.join(30.0)
             assert not errors, errors
-        mailbox.close()
-        thread.join(10.0)
 
 
 WAIT_FOREVER = """

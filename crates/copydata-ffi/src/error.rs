@@ -406,13 +406,7 @@ pub(crate) unsafe fn out_arg<'a, T>(out: *mut *mut T) -> Result<&'a mut *mut T, 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn last() -> String {
-        // SAFETY:
-        // - `copydata_last_error` returns a NUL-terminated string that stays
-        //   valid until the next failing call on this thread.
-        unsafe { CStr::from_ptr(copydata_last_error()) }.to_string_lossy().into_owned()
-    }
+    use crate::test_util::last;
 
     #[test]
     fn a_panic_becomes_a_status_and_a_message() {

@@ -26,7 +26,9 @@
 //! - Objects are opaque handles made by a `_create`, `_open`, `_bind`,
 //!   `_connect`, `_map` or `_recv` function and given back to exactly one
 //!   matching `_close`, `_unmap`, `_reply` or `_refuse` function. Closing `NULL` does
-//!   nothing. On failure a function stores `NULL` in its `out` argument.
+//!   nothing. On failure a function stores `NULL` in its `out` argument
+//!   (except a second [`copydata_sender_loan`], which leaves the first
+//!   loan's address where it is).
 //! - Names are NUL-terminated UTF-8; lengths are `size_t`; section sizes
 //!   and offsets are `uint64_t`.
 //! - Timeouts are in milliseconds, [`COPYDATA_INFINITE`] for none (as
@@ -38,23 +40,37 @@
 //!   process instead).
 //! - Handles may be used from any thread, one call at a time per handle;
 //!   `copydata_mailbox_recv` may run on several threads at once.
+//!
+//! # Zero-copy loans
+//!
+//! [`copydata_sender_loan`] lends a buffer in shared memory to write in
+//! place; [`copydata_sender_send_loan`] or [`copydata_sender_post_loan`]
+//! sends it without a copy, [`copydata_sender_cancel_loan`] gives it back.
+//! A receiver reads a lent message in place with [`copydata_request_loan`]
+//! (bytes a hostile sender could still change: copy out what you check) or
+//! as a private copy with [`copydata_request_data`].
 
 mod buffer;
 mod error;
 mod mailbox;
 mod section;
 mod sender;
+#[cfg(test)]
+mod test_util;
 
 pub use buffer::copydata_free;
 pub use error::{Status, copydata_last_error, copydata_status_name};
 pub use mailbox::{
     COPYDATA_INFINITE, Mailbox, Request, copydata_mailbox_bind, copydata_mailbox_close, copydata_mailbox_recv,
-    copydata_request_data, copydata_request_expects_reply, copydata_request_refuse, copydata_request_reply,
-    copydata_request_sender_pid, copydata_request_tag, copydata_send,
+    copydata_request_data, copydata_request_expects_reply, copydata_request_loan, copydata_request_refuse,
+    copydata_request_reply, copydata_request_sender_pid, copydata_request_tag, copydata_send,
 };
 pub use section::{
     COPYDATA_READ_ONLY, COPYDATA_READ_WRITE, Section, View, copydata_section_anonymous, copydata_section_close,
     copydata_section_create, copydata_section_map, copydata_section_name, copydata_section_open, copydata_section_size,
     copydata_view_data, copydata_view_size, copydata_view_unmap,
 };
-pub use sender::{Sender, copydata_sender_close, copydata_sender_connect, copydata_sender_post, copydata_sender_send};
+pub use sender::{
+    Sender, copydata_sender_cancel_loan, copydata_sender_close, copydata_sender_connect, copydata_sender_loan,
+    copydata_sender_post, copydata_sender_post_loan, copydata_sender_send, copydata_sender_send_loan,
+};

@@ -405,20 +405,8 @@ pub unsafe extern "C" fn copydata_request_refuse(request: *mut Request, reason: 
 mod tests {
     use super::*;
     use crate::copydata_free;
-    use std::ffi::{CStr, CString};
+    use crate::test_util::{last, unique};
     use std::ptr::{null, null_mut};
-
-    fn unique(tag: &str) -> CString {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        CString::new(format!("copydata-test-ffi-{tag}-{}-{n}", std::process::id())).unwrap()
-    }
-
-    fn last() -> String {
-        // SAFETY:
-        // - a NUL-terminated string valid until the next failing call here.
-        unsafe { CStr::from_ptr(crate::copydata_last_error()) }.to_string_lossy().into_owned()
-    }
 
     /// One thread serves the mailbox through the C functions (reversing
     /// the bytes, refusing tag 13) while this one sends through them.

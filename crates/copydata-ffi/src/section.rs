@@ -258,13 +258,8 @@ pub unsafe extern "C" fn copydata_view_unmap(view: *mut View) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::unique;
     use std::ptr::null_mut;
-
-    fn unique(tag: &str) -> CString {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        CString::new(format!("copydata-test-ffi-{tag}-{}-{n}", std::process::id())).unwrap()
-    }
 
     #[test]
     fn a_named_section_is_shared_between_handles() {

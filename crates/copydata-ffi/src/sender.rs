@@ -335,20 +335,8 @@ mod tests {
         COPYDATA_INFINITE, Mailbox, copydata_mailbox_bind, copydata_mailbox_close, copydata_mailbox_recv,
         copydata_request_data, copydata_request_loan, copydata_request_reply, copydata_request_tag, copydata_send,
     };
-    use std::ffi::{CStr, CString};
+    use crate::test_util::{last, unique};
     use std::ptr::{null, null_mut};
-
-    fn unique(tag: &str) -> CString {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        CString::new(format!("copydata-test-ffi-{tag}-{}-{n}", std::process::id())).unwrap()
-    }
-
-    fn last() -> String {
-        // SAFETY:
-        // - a NUL-terminated string valid until the next failing call here.
-        unsafe { CStr::from_ptr(crate::copydata_last_error()) }.to_string_lossy().into_owned()
-    }
 
     fn pattern(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i % 251) as u8).collect()
