@@ -25,6 +25,37 @@ use crate::errors::Kind;
 /// How long a blocking call waits before it looks for signals (Ctrl-C).
 pub(crate) const SLICE: Duration = Duration::from_millis(50);
 
+/// How a wait for another thread's answer ended without one.
+pub(crate) enum Unanswered {
+    /// A signal handler raised (Ctrl-C): its exception.
+    Interrupted(PyErr),
+    /// The answering side is gone.
+    Gone,
+}
+
+/// Waits for the next value of `rx` with the interpreter released: in
+/// slices of [`SLICE`], running signal handlers between them, if
+/// `interruptible`; else until it comes. (A `Receiver` is not `Sync`: the
+/// wait borrows it through a lock, never contended.)
+pub(crate) fn wait_answer<T: Send>(
+    py: Python<'_>,
+    rx: &std::sync::Mutex<std::sync::mpsc::Receiver<T>>,
+    interruptible: bool,
+) -> Result<T, Unanswered> {
+    use std::sync::mpsc::RecvTimeoutError;
+    loop {
+        let received = py.detach(|| {
+            let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
+            if interruptible { rx.recv_timeout(SLICE) } else { rx.recv().map_err(|_| RecvTimeoutError::Disconnected) }
+        });
+        match received {
+            Ok(value) => return Ok(value),
+            Err(RecvTimeoutError::Timeout) => py.check_signals().map_err(Unanswered::Interrupted)?,
+            Err(RecvTimeoutError::Disconnected) => return Err(Unanswered::Gone),
+        }
+    }
+}
+
 /// A timeout argument in seconds, as Python's own APIs take it: `None` (or
 /// infinity) waits without limit; negative or NaN is refused.
 pub(crate) fn timeout_arg(py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Duration>> {

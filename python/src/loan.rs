@@ -14,7 +14,7 @@
 //! afterwards.
 
 use std::ffi::c_int;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender as Tx, channel};
+use std::sync::mpsc::{Receiver, Sender as Tx, channel};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use copydata::{Reply, SendError};
@@ -26,7 +26,7 @@ use pyo3::types::PyBytes;
 use crate::errors::{self, Kind};
 use crate::mailbox::reply_bytes;
 use crate::sender::{Budget, Job, Sender, Worker};
-use crate::{SLICE, timeout_arg};
+use crate::{Unanswered, timeout_arg, wait_answer};
 
 /// What the owner of a loan asks of the job that holds it.
 enum Command {
@@ -79,7 +79,7 @@ fn job(
                             Some(t) => loan.send_timeout(tag, t),
                             None => loan.send(tag),
                         };
-                        let _ = outcomes.send(reply.map(Some).map_err(|e| (whole(e, &budget), false)));
+                        let _ = outcomes.send(reply.map(Some).map_err(|e| (budget.whole(e), false)));
                         return Ok(None);
                     }
                 },
@@ -91,7 +91,7 @@ fn job(
                             (true, Some(t)) => loan.post_timeout(tag, t).map_err(|e| e.into_parts()),
                             (true, None) => loan.post(tag).map_err(|e| (e, None)),
                         };
-                        posted.map_err(|(e, back)| (whole(e, &budget), back))
+                        posted.map_err(|(e, back)| (budget.whole(e), back))
                     }
                 },
             };
@@ -114,14 +114,6 @@ fn job(
     })
 }
 
-/// `e`, a time-out naming the whole timeout of `budget`, not what was left.
-fn whole(e: SendError, budget: &Budget) -> SendError {
-    match (e, budget.timeout()) {
-        (SendError::TimedOut { name, .. }, Some(timeout)) => SendError::TimedOut { name, timeout },
-        (e, _) => e,
-    }
-}
-
 /// Makes a loan of `len` bytes on `sender`'s connection (see
 /// `Sender.loan`).
 pub(crate) fn lend(sender: &Bound<'_, Sender>, len: usize, timeout: Option<f64>) -> PyResult<Loan> {
@@ -133,7 +125,6 @@ pub(crate) fn lend(sender: &Bound<'_, Sender>, len: usize, timeout: Option<f64>)
     let Some(worker) = worker else { return Err(this.closed_error(py)) };
     let pid = std::process::id();
     let (lent_tx, lent) = channel();
-    // (A `Receiver` is not `Sync`: the wait borrows it through a lock.)
     let lent = Mutex::new(lent);
     let (commands, commands_rx) = channel();
     let (outcomes_tx, outcomes) = channel();
@@ -141,31 +132,27 @@ pub(crate) fn lend(sender: &Bound<'_, Sender>, len: usize, timeout: Option<f64>)
         this.forget(py, worker);
         return Err(errors::raise(py, Kind::Error, "the sending thread is gone"));
     }
-    loop {
-        match py.detach(|| lent.lock().unwrap_or_else(|e| e.into_inner()).recv_timeout(SLICE)) {
-            Ok(ptr) => {
-                turn.lend();
-                let state = State::Out(Out { worker, commands, outcomes: Mutex::new(outcomes), exports: 0 });
-                return Ok(Loan { sender: sender.clone().unbind(), ptr, len, pid, state: Mutex::new(state) });
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                if let Err(interrupted) = py.check_signals() {
-                    // The job gives the loan back once it finds no one to
-                    // take it; the next call starts afresh.
+    match wait_answer(py, &lent, true) {
+        Ok(ptr) => {
+            turn.lend();
+            let state = State::Out(Out { worker, commands, outcomes: Mutex::new(outcomes), exports: 0 });
+            Ok(Loan { sender: sender.clone().unbind(), ptr, len, pid, state: Mutex::new(state) })
+        }
+        Err(Unanswered::Interrupted(interrupted)) => {
+            // The job gives the loan back once it finds no one to take it;
+            // the next call starts afresh.
+            this.forget(py, worker);
+            Err(interrupted)
+        }
+        Err(Unanswered::Gone) => {
+            // The job ended without a loan: its result says why.
+            let result = py.detach(|| worker.results.lock().unwrap_or_else(|e| e.into_inner()).recv());
+            match result {
+                Ok(Err(e)) => Err(errors::send_error(py, e)),
+                _ => {
                     this.forget(py, worker);
-                    return Err(interrupted);
+                    Err(errors::raise(py, Kind::Error, "the sending thread ended without a loan"))
                 }
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                // The job ended without a loan: its result says why.
-                let result = py.detach(|| worker.results.lock().unwrap_or_else(|e| e.into_inner()).recv());
-                return match result {
-                    Ok(Err(e)) => Err(errors::send_error(py, e)),
-                    _ => {
-                        this.forget(py, worker);
-                        Err(errors::raise(py, Kind::Error, "the sending thread ended without a loan"))
-                    }
-                };
             }
         }
     }
@@ -175,8 +162,7 @@ pub(crate) fn lend(sender: &Bound<'_, Sender>, len: usize, timeout: Option<f64>)
 struct Out {
     worker: Arc<Worker>,
     commands: Tx<Command>,
-    /// (A `Receiver` is not `Sync`; the lock, never contended, lets the
-    /// wait borrow it with the GIL released.)
+    /// (Waited on through [`wait_answer`], which borrows it through a lock.)
     outcomes: Mutex<Receiver<Outcome>>,
     /// Buffers exported and not released yet.
     exports: usize,
@@ -315,33 +301,27 @@ impl Loan {
             self.lose(py, out, "lost with its sending thread");
             return Err(errors::raise(py, Kind::Error, "the sending thread is gone"));
         }
-        loop {
-            let outcomes = &out.outcomes;
-            let received = py.detach(|| outcomes.lock().unwrap_or_else(|e| e.into_inner()).recv_timeout(SLICE));
-            match received {
-                Ok(Err((e, true))) => {
-                    *self.state() = State::Out(out);
-                    return Err(errors::send_error(py, e));
-                }
-                Ok(outcome) => {
-                    let how = match (&outcome, what) {
-                        (Err(_), _) => "lost with a failed call",
-                        (Ok(_), "send") => "sent",
-                        (Ok(_), _) => "posted",
-                    };
-                    self.end(py, out, how);
-                    return outcome.map_err(|(e, _)| errors::send_error(py, e));
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Err(interrupted) = py.check_signals() {
-                        self.lose(py, out, "lost with an interrupted call");
-                        return Err(interrupted);
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.lose(py, out, "lost with its sending thread");
-                    return Err(errors::raise(py, Kind::Error, "the sending thread ended without an answer"));
-                }
+        match wait_answer(py, &out.outcomes, true) {
+            Ok(Err((e, true))) => {
+                *self.state() = State::Out(out);
+                Err(errors::send_error(py, e))
+            }
+            Ok(outcome) => {
+                let how = match (&outcome, what) {
+                    (Err(_), _) => "lost with a failed call",
+                    (Ok(_), "send") => "sent",
+                    (Ok(_), _) => "posted",
+                };
+                self.end(py, out, how);
+                outcome.map_err(|(e, _)| errors::send_error(py, e))
+            }
+            Err(Unanswered::Interrupted(interrupted)) => {
+                self.lose(py, out, "lost with an interrupted call");
+                Err(interrupted)
+            }
+            Err(Unanswered::Gone) => {
+                self.lose(py, out, "lost with its sending thread");
+                Err(errors::raise(py, Kind::Error, "the sending thread ended without an answer"))
             }
         }
     }

@@ -1,6 +1,6 @@
 //! `copydata.send`, `copydata.Mailbox` and `copydata.Request`.
 
-use std::sync::mpsc::{RecvTimeoutError, sync_channel};
+use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use pyo3::types::{PyBytes, PyTuple};
 
 use crate::errors::{self, Kind};
 use crate::section::Section;
-use crate::{SLICE, bytes_arg, timeout_arg};
+use crate::{SLICE, Unanswered, bytes_arg, timeout_arg, wait_answer};
 
 /// The bytes of a reply as a `bytes` object, copied once (a loaned reply
 /// straight out of shared memory).
@@ -77,18 +77,11 @@ pub(crate) fn send<'py>(
         };
         let _ = tx.send(result);
     })?;
-    // (A `Receiver` is not `Sync`: the wait borrows it through a mutex.)
-    let rx = Mutex::new(rx);
-    loop {
-        let received = py.detach(|| rx.lock().unwrap_or_else(|e| e.into_inner()).recv_timeout(SLICE));
-        match received {
-            Ok(Ok(reply)) => return Ok((reply.code, reply_bytes(py, &reply)?)),
-            Ok(Err(e)) => return Err(errors::send_error(py, e)),
-            Err(RecvTimeoutError::Timeout) => py.check_signals()?,
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(errors::raise(py, Kind::Error, "the sending thread ended without an answer"));
-            }
-        }
+    match wait_answer(py, &Mutex::new(rx), true) {
+        Ok(Ok(reply)) => Ok((reply.code, reply_bytes(py, &reply)?)),
+        Ok(Err(e)) => Err(errors::send_error(py, e)),
+        Err(Unanswered::Interrupted(e)) => Err(e),
+        Err(Unanswered::Gone) => Err(errors::raise(py, Kind::Error, "the sending thread ended without an answer")),
     }
 }
 

@@ -9,7 +9,7 @@
 //! connection, exactly as the Rust `Sender` does after a timeout.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender as Tx, channel};
+use std::sync::mpsc::{Receiver, Sender as Tx, channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::thread::ThreadId;
@@ -22,7 +22,7 @@ use pyo3::types::{PyBytes, PyTuple};
 use crate::errors::{self, Kind};
 use crate::mailbox::reply_bytes;
 use crate::section::Section;
-use crate::{SLICE, bytes_arg, timeout_arg};
+use crate::{SLICE, Unanswered, bytes_arg, timeout_arg, wait_answer};
 
 /// One call, run by the worker on its connection.
 pub(crate) type Job = Box<dyn FnOnce(&mut copydata::Sender) -> Result<Option<Reply>, SendError> + Send>;
@@ -259,39 +259,25 @@ impl Sender {
         let _turn = self.turn(py, budget)?;
         let worker = self.worker().map_err(|e| errors::send_error(py, e))?;
         let Some(worker) = worker else { return Err(self.closed_error(py)) };
-        let forget = |py: Python<'_>, worker: Arc<Worker>| self.forget(py, worker);
         if !worker.hand(job) {
-            forget(py, worker);
+            self.forget(py, worker);
             return Err(errors::raise(py, Kind::Error, "the sending thread is gone"));
         }
-        loop {
-            let results = &worker.results;
-            let received = py.detach(|| {
-                let results = results.lock().unwrap_or_else(|e| e.into_inner());
-                if interruptible {
-                    results.recv_timeout(SLICE)
-                } else {
-                    results.recv().map_err(|_| RecvTimeoutError::Disconnected)
-                }
-            });
-            match received {
-                Ok(result) => {
-                    // (A worker `close()` let go of ends here.)
-                    py.detach(|| drop(worker));
-                    return result.map_err(|e| errors::send_error(py, e));
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Err(interrupted) = py.check_signals() {
-                        // The call goes on in the background with its
-                        // connection; the next one starts afresh.
-                        forget(py, worker);
-                        return Err(interrupted);
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    forget(py, worker);
-                    return Err(errors::raise(py, Kind::Error, "the sending thread ended without an answer"));
-                }
+        match wait_answer(py, &worker.results, interruptible) {
+            Ok(result) => {
+                // (A worker `close()` let go of ends here.)
+                py.detach(|| drop(worker));
+                result.map_err(|e| errors::send_error(py, e))
+            }
+            Err(Unanswered::Interrupted(interrupted)) => {
+                // The call goes on in the background with its connection;
+                // the next one starts afresh.
+                self.forget(py, worker);
+                Err(interrupted)
+            }
+            Err(Unanswered::Gone) => {
+                self.forget(py, worker);
+                Err(errors::raise(py, Kind::Error, "the sending thread ended without an answer"))
             }
         }
     }
@@ -347,10 +333,16 @@ impl Budget {
         name: &str,
         call: impl FnOnce(Option<Duration>) -> Result<T, SendError>,
     ) -> Result<T, SendError> {
-        call(self.left(name)?).map_err(|e| match (e, self.timeout) {
+        call(self.left(name)?).map_err(|e| self.whole(e))
+    }
+
+    /// `e`, a time-out reported with the whole timeout, not what was left
+    /// of it when the call that timed out began.
+    pub(crate) fn whole(&self, e: SendError) -> SendError {
+        match (e, self.timeout) {
             (SendError::TimedOut { name, .. }, Some(timeout)) => SendError::TimedOut { name, timeout },
             (e, _) => e,
-        })
+        }
     }
 }
 
