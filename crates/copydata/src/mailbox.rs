@@ -447,43 +447,57 @@ impl Request {
     /// `ReplyMessage`, with bytes beside the `LRESULT`).
     #[doc(alias = "ReplyMessage")]
     pub fn reply(mut self, reply: Reply) -> Result<(), ReplyError> {
-        let (call, recycle) = self.settle();
+        let (call, after) = self.settle();
         let result = self.responder.take().expect("a request is answered once").reply(call, reply);
-        recycle.finish();
+        after.finish();
         result
     }
 
     /// Refuses the message; the sender gets [`SendError::Refused`].
     pub fn refuse(mut self, reason: &str) {
-        let (call, recycle) = self.settle();
+        let (call, after) = self.settle();
         self.responder.take().expect("a request is answered once").refuse(call, reason);
-        recycle.finish();
+        after.finish();
     }
 
-    /// Done with the message before the answer goes (so a loan is back
-    /// with its sender before the sender learns that the exchange is
-    /// over): whether it was a call, and its large payload buffer (if any),
-    /// to recycle for the connection's next message once the answer is
-    /// gone, off the sender's critical path (as `serve` does).
-    fn settle(&mut self) -> (bool, Recycle) {
-        let Some(mut message) = self.message.take() else { return (true, Recycle(None)) };
+    /// Whether the message was a call, and what is left of it once the
+    /// answer has gone (see [`AfterAnswer`]).
+    fn settle(&mut self) -> (bool, AfterAnswer) {
+        let Some(mut message) = self.message.take() else { return (true, AfterAnswer::default()) };
         let call = message.call;
-        let recycle = if message.has_large_buffer() {
-            message.take_origin().and_then(|conn| message.into_payload_vec().map(|v| (conn, v)))
-        } else {
-            None
+        let after = match message.take_origin() {
+            Some(conn) => AfterAnswer::new(message, &conn),
+            // (A plain Win32 program's message has no connection.)
+            None => AfterAnswer::default(),
         };
-        (call, Recycle(recycle))
+        (call, after)
     }
 }
 
-/// A payload buffer on its way back to its connection (see
-/// [`Request::settle`]).
-struct Recycle(Option<(Arc<ServerConn>, Vec<u8>)>);
+/// A message its receiver is done with, kept until its answer has gone:
+/// then dropped, and a large payload's buffer given back to its
+/// connection for the next message (`ServerConn::recycle`), both off the
+/// sender's critical path. A loaned message is dropped at once instead, so
+/// that the loan is back with its sender before the sender learns that
+/// the exchange is over.
+#[derive(Default)]
+struct AfterAnswer {
+    message: Option<Message>,
+    /// Set only for a large payload.
+    conn: Option<Arc<ServerConn>>,
+}
 
-impl Recycle {
+impl AfterAnswer {
+    fn new(message: Message, conn: &Arc<ServerConn>) -> AfterAnswer {
+        if message.loan().is_some() {
+            return AfterAnswer::default();
+        }
+        let conn = message.has_large_buffer().then(|| conn.clone());
+        AfterAnswer { message: Some(message), conn }
+    }
+
     fn finish(self) {
-        if let Some((conn, v)) = self.0 {
+        if let (Some(conn), Some(v)) = (self.conn, self.message.and_then(Message::into_payload_vec)) {
             conn.recycle(v);
         }
     }
@@ -499,9 +513,9 @@ impl Deref for Request {
 impl Drop for Request {
     fn drop(&mut self) {
         if let Some(r) = self.responder.take() {
-            let (call, recycle) = self.settle();
+            let (call, after) = self.settle();
             r.refuse(call, "the receiver dropped the message without replying");
-            recycle.finish();
+            after.finish();
         }
     }
 }
@@ -755,15 +769,7 @@ impl Mailbox {
                             // connection moves to the responder (one reference
                             // count per message, not three).
                             let conn = message.take_origin().expect("a message of the fast path knows its connection");
-                            // A loan goes back to the sender before the reply
-                            // tells it the exchange is over; an ordinary
-                            // message's large buffer is recycled after the
-                            // reply, off the sender's critical path.
-                            let mut message = Some(message);
-                            if message.as_ref().is_some_and(|m| m.loan().is_some()) {
-                                message = None;
-                            }
-                            let recycle = message.as_ref().is_some_and(Message::has_large_buffer).then(|| conn.clone());
+                            let after = AfterAnswer::new(message, &conn);
                             let responder = Responder::Ring { conn, poke: None };
                             match answer {
                                 Ok(Ok(reply)) => {
@@ -772,9 +778,7 @@ impl Mailbox {
                                 Ok(Err(reason)) => responder.refuse(call, &reason),
                                 Err(_) => responder.refuse(call, "the handler panicked"),
                             }
-                            if let (Some(conn), Some(v)) = (recycle, message.and_then(Message::into_payload_vec)) {
-                                conn.recycle(v);
-                            }
+                            after.finish();
                         }
                         Next::Native(mut message, responder) => {
                             let answer =
