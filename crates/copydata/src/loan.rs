@@ -364,8 +364,23 @@ impl LoanView {
 
     /// Calls `f` with consecutive private copies of the payload, `chunk`
     /// bytes at a time (the last may be shorter), for example to checksum
-    /// it: the copies stay in the CPU's cache, so this costs about one pass
-    /// over the memory.
+    /// it.
+    ///
+    /// A chunk of 4 KiB (one page) is a good default: the copy stays in the
+    /// L1 cache until `f` has read it, so the whole pass costs about what
+    /// reading the payload in place would. Larger chunks spill out of L1
+    /// and make the copy and `f` each pay for memory: on a 2-vCPU AMD EPYC
+    /// machine, summing 64 MiB took 2.7 ms through 4 KiB chunks and
+    /// 4.5-6.6 ms through 64 KiB ones, against 2.45 ms in place.
+    ///
+    /// ```no_run
+    /// # fn f(msg: &copydata::Message) {
+    /// if let Some(loan) = msg.loan() {
+    ///     let mut sum = 0u64;
+    ///     loan.for_each_chunk(4096, |c| sum += c.iter().map(|&b| u64::from(b)).sum::<u64>());
+    /// }
+    /// # }
+    /// ```
     pub fn for_each_chunk(&self, chunk: usize, mut f: impl FnMut(&[u8])) {
         let chunk = chunk.clamp(1, self.len.max(1));
         let mut buf = vec![0u8; chunk];

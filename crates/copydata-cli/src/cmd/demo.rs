@@ -694,7 +694,7 @@ pub fn child(args: ChildArgs) -> anyhow::Result<ExitCode> {
                     TAG_LOAN_SUM => {
                         let loan = request.loan().context("expected a loaned message")?;
                         let mut sum = 0i64;
-                        loan.for_each_chunk(64 << 10, |chunk| {
+                        loan.for_each_chunk(4096, |chunk| {
                             sum += chunk.iter().map(|&b| i64::from(b)).sum::<i64>();
                         });
                         copydata::Reply::code(sum)
