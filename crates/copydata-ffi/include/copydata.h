@@ -146,8 +146,8 @@ typedef struct copydata_mailbox copydata_mailbox;
 
 /**
  * A received message waiting for its answer. Opaque; answer it with
- * exactly one of `copydata_request_reply` or `copydata_request_refuse`,
- * which also free it.
+ * exactly one of `copydata_request_reply`, `copydata_request_reply_loan`
+ * or `copydata_request_refuse`, which also free it.
  */
 typedef struct copydata_request copydata_request;
 
@@ -350,7 +350,8 @@ bool copydata_request_expects_reply(const copydata_request *request);
 /**
  * Answers the request with `code` (the sender's reply code, the
  * `LRESULT`) and `len` bytes at `data` (NULL and 0 for none), and frees
- * it: `request` must not be used afterwards, whatever the result.
+ * it: `request` must not be used afterwards, whatever the result. A reply
+ * loan still out (`copydata_request_loan_reply`) is given back unsent.
  *
  * Fails with `COPYDATA_STATUS_SENDER_GONE` when the sender stopped
  * waiting (it timed out, exited or crashed).
@@ -366,9 +367,50 @@ copydata_status copydata_request_reply(copydata_request *request,
                                        size_t len);
 
 /**
+ * Lends a buffer of `len` bytes in shared memory for the request's reply,
+ * to fill in place and answer with `copydata_request_reply_loan`: the
+ * sender reads it where it is (a Rust sender without a copy; a C sender
+ * gets it copied once into its reply buffer). Its address goes to
+ * `*data` (NULL when `len` is 0); it stays writable until the request is
+ * answered. Never waits: when every buffer of the connection's pool is
+ * out, the reply gets a buffer of its own.
+ *
+ * A request has at most one reply loan: a second call fails with
+ * `COPYDATA_STATUS_INVALID_ARGUMENT` and leaves `*data` as it is. So does
+ * a posted message, whose reply no one reads;
+ * `COPYDATA_STATUS_UNSUPPORTED` for a plain Win32 program's
+ * `WM_COPYDATA`, which has no shared memory to read a loan from. Answering
+ * the request another way (`copydata_request_reply`,
+ * `copydata_request_refuse`) gives the loan back unsent.
+ *
+ * # Safety
+ *
+ * `request` is NULL or a live request that no other thread is using;
+ * `data` is NULL or points to storage for a pointer.
+ */
+copydata_status copydata_request_loan_reply(copydata_request *request, size_t len, void **data);
+
+/**
+ * Answers the request with `code` and the reply buffer lent by
+ * `copydata_request_loan_reply`, as filled so far, and frees the request:
+ * `request` must not be used afterwards, whatever the result (nor the
+ * buffer).
+ *
+ * Fails with `COPYDATA_STATUS_INVALID_ARGUMENT` when the request has no
+ * reply loan out (it is then refused), and with
+ * `COPYDATA_STATUS_SENDER_GONE` when the sender stopped waiting.
+ *
+ * # Safety
+ *
+ * `request` is NULL or a live request, not used afterwards.
+ */
+copydata_status copydata_request_reply_loan(copydata_request *request, int64_t code);
+
+/**
  * Refuses the request: the sender's `copydata_send` fails with
  * `COPYDATA_STATUS_REFUSED`, and `reason` (NULL for a default) becomes its
- * error message. Frees the request; NULL does nothing.
+ * error message. Frees the request (and gives back a reply loan still
+ * out); NULL does nothing.
  *
  * # Safety
  *

@@ -27,8 +27,9 @@
 //!   `_connect`, `_map` or `_recv` function and given back to exactly one
 //!   matching `_close`, `_unmap`, `_reply` or `_refuse` function. Closing `NULL` does
 //!   nothing. On failure a function stores `NULL` in its `out` argument
-//!   (except a second [`copydata_sender_loan`], which leaves the first
-//!   loan's address where it is).
+//!   (except a second [`copydata_sender_loan`] or
+//!   [`copydata_request_loan_reply`], which leaves the first loan's address
+//!   where it is).
 //! - Names are NUL-terminated UTF-8; lengths are `size_t`; section sizes
 //!   and offsets are `uint64_t`.
 //! - Timeouts are in milliseconds, [`COPYDATA_INFINITE`] for none (as
@@ -49,6 +50,11 @@
 //! A receiver reads a lent message in place with [`copydata_request_loan`]
 //! (bytes a hostile sender could still change: copy out what you check) or
 //! as a private copy with [`copydata_request_data`].
+//!
+//! Replies can be lent too: [`copydata_request_loan_reply`] lends a buffer
+//! for the reply, written in place, and [`copydata_request_reply_loan`]
+//! answers with it. A Rust sender reads it in place; a C sender's reply
+//! bytes are copied once, straight out of it.
 
 mod buffer;
 mod error;
@@ -62,8 +68,9 @@ pub use buffer::copydata_free;
 pub use error::{Status, copydata_last_error, copydata_status_name};
 pub use mailbox::{
     COPYDATA_INFINITE, Mailbox, Request, copydata_mailbox_bind, copydata_mailbox_close, copydata_mailbox_recv,
-    copydata_request_data, copydata_request_expects_reply, copydata_request_loan, copydata_request_refuse,
-    copydata_request_reply, copydata_request_sender_pid, copydata_request_tag, copydata_send,
+    copydata_request_data, copydata_request_expects_reply, copydata_request_loan, copydata_request_loan_reply,
+    copydata_request_refuse, copydata_request_reply, copydata_request_reply_loan, copydata_request_sender_pid,
+    copydata_request_tag, copydata_send,
 };
 pub use section::{
     COPYDATA_READ_ONLY, COPYDATA_READ_WRITE, Section, View, copydata_section_anonymous, copydata_section_close,

@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
 use crate::buffer;
-use crate::error::{Error, Status, bytes_arg, give_back, guard, guard_value, handle, out_arg, str_arg};
+use crate::error::{Error, Status, bytes_arg, give_back, guard, guard_value, handle, handle_mut, out_arg, str_arg};
 
 /// A timeout that never expires (as `INFINITE` in Win32).
 pub const COPYDATA_INFINITE: u32 = 0xFFFF_FFFF;
@@ -16,9 +16,13 @@ pub struct Mailbox {
 }
 
 /// A received message waiting for its answer. Opaque; answer it with
-/// exactly one of `copydata_request_reply` or `copydata_request_refuse`,
-/// which also free it.
+/// exactly one of `copydata_request_reply`, `copydata_request_reply_loan`
+/// or `copydata_request_refuse`, which also free it.
 pub struct Request {
+    /// The reply buffer lent by `copydata_request_loan_reply`, until the
+    /// request is answered (an answer of another kind gives it back
+    /// first; so does dropping, this field being first).
+    reply_loan: Option<copydata::ReplyLoan>,
     inner: copydata::Request,
 }
 
@@ -142,14 +146,20 @@ impl<'a> ReplyOut<'a> {
         out
     }
 
-    /// Stores `reply` (its bytes in a buffer for `copydata_free`).
+    /// Stores `reply` (its bytes in a buffer for `copydata_free`: a loaned
+    /// reply's copied once, straight out of the receiver's buffer).
     fn store(self, reply: copydata::Reply) -> Result<(), Error> {
-        let bytes = reply.data.into_vec();
+        let len = reply.data.len();
         if let Some(p) = self.data {
-            *p = buffer::to_c(&bytes)?;
+            *p = match reply.loan() {
+                Some(loan) => buffer::to_c_with(len, |buf| {
+                    loan.read_at(0, buf).map_err(|e| Error::new(Status::Io, format!("reading a loaned reply: {e}")))
+                })?,
+                None => buffer::to_c(&reply.data)?,
+            };
         }
         if let Some(n) = self.len {
-            *n = bytes.len();
+            *n = len;
         }
         if let Some(c) = self.code {
             *c = reply.code;
@@ -213,7 +223,7 @@ pub unsafe extern "C" fn copydata_mailbox_recv(
             None => mailbox.inner.recv()?,
             Some(t) => mailbox.inner.recv_timeout(t)?,
         };
-        *out = Box::into_raw(Box::new(Request { inner }));
+        *out = Box::into_raw(Box::new(Request { reply_loan: None, inner }));
         Ok(())
     })
 }
@@ -337,7 +347,8 @@ pub unsafe extern "C" fn copydata_request_expects_reply(request: *const Request)
 
 /// Answers the request with `code` (the sender's reply code, the
 /// `LRESULT`) and `len` bytes at `data` (NULL and 0 for none), and frees
-/// it: `request` must not be used afterwards, whatever the result.
+/// it: `request` must not be used afterwards, whatever the result. A reply
+/// loan still out (`copydata_request_loan_reply`) is given back unsent.
 ///
 /// Fails with `COPYDATA_STATUS_SENDER_GONE` when the sender stopped
 /// waiting (it timed out, exited or crashed).
@@ -366,14 +377,104 @@ pub unsafe extern "C" fn copydata_request_reply(
         // - `data` is NULL or points to `len` readable bytes, read only
         //   during this call (the contract).
         let data = unsafe { bytes_arg(data, len, "data") }?;
+        // A reply loan still out goes back to the pool unsent.
+        drop(request.reply_loan);
         request.inner.reply(copydata::Reply::new(code, data))?;
+        Ok(())
+    })
+}
+
+/// Lends a buffer of `len` bytes in shared memory for the request's reply,
+/// to fill in place and answer with `copydata_request_reply_loan`: the
+/// sender reads it where it is (a Rust sender without a copy; a C sender
+/// gets it copied once into its reply buffer). Its address goes to
+/// `*data` (NULL when `len` is 0); it stays writable until the request is
+/// answered. Never waits: when every buffer of the connection's pool is
+/// out, the reply gets a buffer of its own.
+///
+/// A request has at most one reply loan: a second call fails with
+/// `COPYDATA_STATUS_INVALID_ARGUMENT` and leaves `*data` as it is. So does
+/// a posted message, whose reply no one reads;
+/// `COPYDATA_STATUS_UNSUPPORTED` for a plain Win32 program's
+/// `WM_COPYDATA`, which has no shared memory to read a loan from. Answering
+/// the request another way (`copydata_request_reply`,
+/// `copydata_request_refuse`) gives the loan back unsent.
+///
+/// # Safety
+///
+/// `request` is NULL or a live request that no other thread is using;
+/// `data` is NULL or points to storage for a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_request_loan_reply(
+    request: *mut Request,
+    len: usize,
+    data: *mut *mut c_void,
+) -> Status {
+    guard(|| {
+        // SAFETY:
+        // - `request` is NULL or a live request used by this thread alone
+        //   during the call (the contract).
+        let request = unsafe { handle_mut(request, "request") }?;
+        // (Checked before `data` is cleared: it may hold the address of the
+        // loan already out.)
+        if request.reply_loan.is_some() {
+            return Err(Error::invalid(
+                "this request has a reply loan out already: answer it with copydata_request_reply_loan",
+            ));
+        }
+        if !request.inner.expects_reply() {
+            return Err(Error::invalid("a posted message gets no reply, so it cannot lend one"));
+        }
+        // SAFETY:
+        // - `data` is NULL or valid storage (this function's contract).
+        let data = unsafe { out_arg(data) }?;
+        let mut loan = request.inner.loan_reply(len).map_err(|e| match e {
+            copydata::ReplyError::Io(io) if io.kind() == std::io::ErrorKind::Unsupported => {
+                Error::new(Status::Unsupported, io)
+            }
+            other => Error::from(other),
+        })?;
+        *data = if len == 0 { std::ptr::null_mut() } else { loan.as_mut_ptr().cast() };
+        request.reply_loan = Some(loan);
+        Ok(())
+    })
+}
+
+/// Answers the request with `code` and the reply buffer lent by
+/// `copydata_request_loan_reply`, as filled so far, and frees the request:
+/// `request` must not be used afterwards, whatever the result (nor the
+/// buffer).
+///
+/// Fails with `COPYDATA_STATUS_INVALID_ARGUMENT` when the request has no
+/// reply loan out (it is then refused), and with
+/// `COPYDATA_STATUS_SENDER_GONE` when the sender stopped waiting.
+///
+/// # Safety
+///
+/// `request` is NULL or a live request, not used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_request_reply_loan(request: *mut Request, code: i64) -> Status {
+    guard(|| {
+        if request.is_null() {
+            return Err(Error::invalid("request is NULL"));
+        }
+        // SAFETY:
+        // - `request` came from `Box::into_raw` in `copydata_mailbox_recv`
+        //   and is given back once (this function's contract). Taken before
+        //   anything can fail, so it is freed (refused) on every path.
+        let mut request = unsafe { Box::from_raw(request) };
+        let loan = request.reply_loan.take().ok_or_else(|| {
+            Error::invalid("this request has no reply loan out (see copydata_request_loan_reply); it was refused")
+        })?;
+        request.inner.reply(copydata::Reply::loaned(code, loan))?;
         Ok(())
     })
 }
 
 /// Refuses the request: the sender's `copydata_send` fails with
 /// `COPYDATA_STATUS_REFUSED`, and `reason` (NULL for a default) becomes its
-/// error message. Frees the request; NULL does nothing.
+/// error message. Frees the request (and gives back a reply loan still
+/// out); NULL does nothing.
 ///
 /// # Safety
 ///
@@ -389,6 +490,7 @@ pub unsafe extern "C" fn copydata_request_refuse(request: *mut Request, reason: 
         // - `request` came from `Box::into_raw` in `copydata_mailbox_recv`
         //   and is given back once (this function's contract).
         let request = unsafe { Box::from_raw(request) };
+        drop(request.reply_loan);
         let reason = if reason.is_null() {
             "refused by the receiver".into()
         } else {
@@ -529,6 +631,155 @@ mod tests {
             assert_eq!(len, 0);
             assert_eq!(copydata_request_sender_pid(null()), 0);
             assert!(!copydata_request_expects_reply(null()));
+            let mut data = null_mut();
+            assert_eq!(copydata_request_loan_reply(null_mut(), 8, &mut data), Status::InvalidArgument);
+            assert_eq!(copydata_request_reply_loan(null_mut(), 0), Status::InvalidArgument);
         }
+    }
+
+    /// The byte at `i` of the loaned replies.
+    fn pattern(i: usize) -> u8 {
+        (i % 251) as u8
+    }
+
+    const LENT: usize = 100_000;
+
+    /// Serves `mailbox` through the C functions until tag 0, answering
+    /// each tag with a reply loan used one way or another; returns how many
+    /// messages it answered.
+    ///
+    /// # Safety
+    ///
+    /// `mailbox` stays open until the function returns.
+    unsafe fn serve_with_reply_loans(mailbox: *const Mailbox) -> usize {
+        let mut served = 0;
+        loop {
+            let mut req = null_mut();
+            // SAFETY:
+            // - `mailbox` is open (this function's contract); each request is
+            //   answered once and not used afterwards, and each lent address
+            //   is written only within the loan's length before the answer.
+            unsafe {
+                assert_eq!(copydata_mailbox_recv(mailbox, 10_000, &mut req), Status::Ok, "{}", last());
+                let tag = copydata_request_tag(req);
+                served += 1;
+                let mut data: *mut c_void = null_mut();
+                match tag {
+                    0 => {
+                        assert_eq!(copydata_request_reply(req, 0, null(), 0), Status::Ok);
+                        return served;
+                    }
+                    // A loan filled in place, and a second one refused.
+                    1 => {
+                        assert_eq!(copydata_request_loan_reply(req, LENT, &mut data), Status::Ok, "{}", last());
+                        assert!(!data.is_null());
+                        let bytes = std::slice::from_raw_parts_mut(data.cast::<u8>(), LENT);
+                        for (i, b) in bytes.iter_mut().enumerate() {
+                            *b = pattern(i);
+                        }
+                        let mut again = data;
+                        assert_eq!(copydata_request_loan_reply(req, 10, &mut again), Status::InvalidArgument);
+                        assert_eq!(again, data, "a refused second loan leaves *data as it was");
+                        assert!(last().contains("already"), "{}", last());
+                        assert_eq!(copydata_request_reply_loan(req, 7), Status::Ok, "{}", last());
+                    }
+                    // An empty loan.
+                    2 => {
+                        data = std::ptr::dangling_mut();
+                        assert_eq!(copydata_request_loan_reply(req, 0, &mut data), Status::Ok, "{}", last());
+                        assert!(data.is_null());
+                        assert_eq!(copydata_request_reply_loan(req, 8), Status::Ok, "{}", last());
+                    }
+                    // A loan given back by a plain reply.
+                    3 => {
+                        assert_eq!(copydata_request_loan_reply(req, 10, &mut data), Status::Ok, "{}", last());
+                        assert_eq!(copydata_request_reply(req, 9, c"plain".as_ptr().cast(), 5), Status::Ok);
+                    }
+                    // No loan out: refused.
+                    4 => {
+                        assert_eq!(copydata_request_reply_loan(req, 10), Status::InvalidArgument);
+                        assert!(last().contains("no reply loan"), "{}", last());
+                    }
+                    // A loan given back by a refusal.
+                    5 => {
+                        assert_eq!(copydata_request_loan_reply(req, 10, &mut data), Status::Ok, "{}", last());
+                        copydata_request_refuse(req, c"lent, then refused".as_ptr());
+                    }
+                    // A posted message lends no reply.
+                    6 => {
+                        assert!(!copydata_request_expects_reply(req));
+                        assert_eq!(copydata_request_loan_reply(req, 10, &mut data), Status::InvalidArgument);
+                        assert!(last().contains("posted"), "{}", last());
+                        assert_eq!(copydata_request_reply(req, 0, null(), 0), Status::Ok);
+                    }
+                    other => panic!("unexpected tag {other}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_reply_is_lent_filled_in_place_and_read_by_the_sender() {
+        use crate::sender::{
+            copydata_sender_close, copydata_sender_connect, copydata_sender_post, copydata_sender_send,
+        };
+        let name = unique("replyloan");
+        let mut mailbox = null_mut();
+        // SAFETY:
+        // - valid name and out storage.
+        assert_eq!(unsafe { copydata_mailbox_bind(name.as_ptr(), &mut mailbox) }, Status::Ok);
+        let shared = mailbox as usize;
+        // SAFETY: the mailbox is closed only after this thread is joined.
+        let server = std::thread::spawn(move || unsafe { serve_with_reply_loans(shared as *const Mailbox) });
+        let want: Vec<u8> = (0..LENT).map(pattern).collect();
+
+        // A Rust sender reads the loaned reply in place.
+        let mut rust = copydata::Sender::connect(name.to_str().unwrap()).unwrap();
+        for _ in 0..3 {
+            let reply = rust.send(1, b"").unwrap();
+            assert_eq!(reply.code, 7);
+            let loan = reply.loan().expect("a loaned reply");
+            assert_eq!(loan.to_vec(), want);
+        }
+        drop(rust);
+
+        let mut sender = null_mut();
+        // SAFETY:
+        // - valid name and out storage; `sender` is used by this thread
+        //   alone, closed once; each reply buffer is freed once.
+        unsafe {
+            assert_eq!(copydata_sender_connect(name.as_ptr(), 5000, &mut sender), Status::Ok, "{}", last());
+            let send = |tag: u64| {
+                let (mut code, mut data, mut len) = (0i64, null_mut(), 0usize);
+                let status = copydata_sender_send(sender, tag, null(), 0, 5000, &mut code, &mut data, &mut len);
+                let bytes = if data.is_null() {
+                    Vec::new()
+                } else {
+                    std::slice::from_raw_parts(data.cast::<u8>(), len).to_vec()
+                };
+                copydata_free(data);
+                (status, code, bytes)
+            };
+            // Over and over, so pooled buffers come back and are lent again.
+            for _ in 0..20 {
+                let (status, code, bytes) = send(1);
+                assert_eq!((status, code), (Status::Ok, 7), "{}", last());
+                assert!(bytes == want, "a loaned reply of {} bytes came back wrong", bytes.len());
+            }
+            assert_eq!(send(2), (Status::Ok, 8, Vec::new()));
+            assert_eq!(send(3), (Status::Ok, 9, b"plain".to_vec()));
+            let (status, _, _) = send(4);
+            assert_eq!(status, Status::Refused, "{}", last());
+            let (status, _, _) = send(5);
+            assert_eq!(status, Status::Refused);
+            assert!(last().contains("lent, then refused"), "{}", last());
+            assert_eq!(copydata_sender_post(sender, 6, null(), 0, 5000), Status::Ok, "{}", last());
+            assert_eq!(send(0).0, Status::Ok);
+            copydata_sender_close(sender);
+        }
+        assert_eq!(server.join().unwrap(), 3 + 20 + 6);
+        // SAFETY:
+        // - the mailbox came from `copydata_mailbox_bind`, closed once.
+        unsafe { copydata_mailbox_close(mailbox) };
     }
 }

@@ -133,6 +133,8 @@ fn the_c_example_talks_to_a_rust_mailbox_and_shares_a_section() {
         let mut reversed = data.to_vec();
         reversed.reverse();
         assert_eq!(reply.code, tag as i64);
+        // From 4 KiB, C writes its reply in a buffer lent for it.
+        assert_eq!(reply.loan().is_some(), data.len() >= 4096, "tag {tag}: a loaned reply or not");
         assert!(reply.data.into_vec() == reversed, "tag {tag}: not the bytes reversed");
     }
     // A loan, which C reads in place.
@@ -141,6 +143,7 @@ fn the_c_example_talks_to_a_rust_mailbox_and_shares_a_section() {
     loan.write_at(0, &pattern).unwrap();
     let reply = loan.send_timeout(10, WAIT).unwrap();
     assert_eq!(reply.code, 10);
+    assert_eq!(reply.loan().map(|l| l.to_vec()), Some(reversed.clone()), "the loan: a loaned reply, reversed");
     assert!(reply.data.into_vec() == reversed, "the loan: not the bytes reversed");
     drop(sender);
     assert!(copydata::mailboxes().unwrap().iter().any(|m| m.name == theirs && m.pid == kid.child.id()));

@@ -15,8 +15,9 @@
  *    (tag 14, no reply awaited, like PostMessage) and 100000 bytes written
  *    straight into shared memory and sent without a copy (a loan, tag 15).
  * 3. A mailbox of its own, MAILBOX-c: answers every message with code = tag
- *    and the bytes reversed (reading lent bytes in place), until a message
- *    with tag 0.
+ *    and the bytes reversed (reading lent bytes in place, and writing a
+ *    reply of 4 KiB or more in place too, in a buffer lent for it), until
+ *    a message with tag 0.
  *
  * Exits with 0 when all went as expected. Every call returns a status;
  * copydata_last_error() says why one failed.
@@ -142,7 +143,12 @@ int main(int argc, char **argv)
         const unsigned char *data = copydata_request_loan(req, &len);
         if (!data)
             data = copydata_request_data(req, &len);
-        unsigned char *back = malloc(len ? len : 1);
+        /* A large reply is written straight into shared memory lent for it,
+         * which the sender reads without a copy; a small one is copied. */
+        void *lent = NULL;
+        int loaned = len >= 4096 && copydata_request_expects_reply(req) &&
+                     copydata_request_loan_reply(req, len, &lent) == COPYDATA_STATUS_OK;
+        unsigned char *back = loaned ? lent : malloc(len ? len : 1);
         if (!back) {
             copydata_request_refuse(req, "out of memory");
             continue;
@@ -150,9 +156,12 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < len; i++)
             back[i] = data[len - 1 - i];
         /* Answering frees the request (and its data). */
-        if ((st = copydata_request_reply(req, (int64_t)tag, back, len)))
+        st = loaned ? copydata_request_reply_loan(req, (int64_t)tag)
+                    : copydata_request_reply(req, (int64_t)tag, back, len);
+        if (st)
             fprintf(stderr, "echo: replying: %s\n", copydata_last_error());
-        free(back);
+        if (!loaned)
+            free(back);
     } while (tag != 0);
     copydata_mailbox_close(mailbox);
     return 0;
