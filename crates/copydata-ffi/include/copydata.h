@@ -256,8 +256,9 @@ copydata_status copydata_mailbox_bind(const char *name, copydata_mailbox **out);
 /**
  * Waits at most `timeout_ms` (or, with `COPYDATA_INFINITE`, as long as it
  * takes) for the next message, and stores it in `*out`. The sender waits
- * until it is answered with `copydata_request_reply` or
- * `copydata_request_refuse`; messages from one sender arrive in order.
+ * until it is answered with `copydata_request_reply`,
+ * `copydata_request_reply_loan` or `copydata_request_refuse`; messages
+ * from one sender arrive in order.
  *
  * Fails with `COPYDATA_STATUS_TIMED_OUT` when no message came in time.
  * Several threads may receive from one mailbox at once.
@@ -375,13 +376,17 @@ copydata_status copydata_request_reply(copydata_request *request,
  * answered. Never waits: when every buffer of the connection's pool is
  * out, the reply gets a buffer of its own.
  *
+ * The buffer is not cleared: bytes left unwritten go to the sender as
+ * they are (an earlier reply's, for example).
+ *
  * A request has at most one reply loan: a second call fails with
  * `COPYDATA_STATUS_INVALID_ARGUMENT` and leaves `*data` as it is. So does
  * a posted message, whose reply no one reads;
  * `COPYDATA_STATUS_UNSUPPORTED` for a plain Win32 program's
- * `WM_COPYDATA`, which has no shared memory to read a loan from. Answering
- * the request another way (`copydata_request_reply`,
- * `copydata_request_refuse`) gives the loan back unsent.
+ * `WM_COPYDATA`, which has no shared memory to read a loan from. On any
+ * other failure `*data` is NULL. Answering the request another way
+ * (`copydata_request_reply`, `copydata_request_refuse`) gives the loan
+ * back unsent.
  *
  * # Safety
  *

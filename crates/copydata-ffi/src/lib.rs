@@ -25,11 +25,11 @@
 //!   zero, on success); [`copydata_last_error`] then says why, in words.
 //! - Objects are opaque handles made by a `_create`, `_open`, `_bind`,
 //!   `_connect`, `_map` or `_recv` function and given back to exactly one
-//!   matching `_close`, `_unmap`, `_reply` or `_refuse` function. Closing `NULL` does
-//!   nothing. On failure a function stores `NULL` in its `out` argument
-//!   (except a second [`copydata_sender_loan`] or
-//!   [`copydata_request_loan_reply`], which leaves the first loan's address
-//!   where it is).
+//!   matching `_close`, `_unmap`, `_reply`, `_reply_loan` or `_refuse`
+//!   function. Closing `NULL` does nothing. On failure a function stores
+//!   `NULL` in its `out` argument (except a second [`copydata_sender_loan`]
+//!   or [`copydata_request_loan_reply`], and the latter for a posted
+//!   message, which leave `*data` where it is).
 //! - Names are NUL-terminated UTF-8; lengths are `size_t`; section sizes
 //!   and offsets are `uint64_t`.
 //! - Timeouts are in milliseconds, [`COPYDATA_INFINITE`] for none (as

@@ -152,9 +152,9 @@ impl<'a> ReplyOut<'a> {
         let len = reply.data.len();
         if let Some(p) = self.data {
             *p = match reply.loan() {
-                Some(loan) => buffer::to_c_with(len, |buf| {
-                    loan.read_at(0, buf).map_err(|e| Error::new(Status::Io, format!("reading a loaned reply: {e}")))
-                })?,
+                // SAFETY: a loan's pointer is valid for its `len()` bytes
+                // while the view lives (here, through the call).
+                Some(loan) => unsafe { buffer::to_c_from(loan.as_ptr(), loan.len()) }?,
                 None => buffer::to_c(&reply.data)?,
             };
         }
@@ -195,8 +195,9 @@ pub unsafe extern "C" fn copydata_mailbox_bind(name: *const c_char, out: *mut *m
 
 /// Waits at most `timeout_ms` (or, with `COPYDATA_INFINITE`, as long as it
 /// takes) for the next message, and stores it in `*out`. The sender waits
-/// until it is answered with `copydata_request_reply` or
-/// `copydata_request_refuse`; messages from one sender arrive in order.
+/// until it is answered with `copydata_request_reply`,
+/// `copydata_request_reply_loan` or `copydata_request_refuse`; messages
+/// from one sender arrive in order.
 ///
 /// Fails with `COPYDATA_STATUS_TIMED_OUT` when no message came in time.
 /// Several threads may receive from one mailbox at once.
@@ -392,13 +393,17 @@ pub unsafe extern "C" fn copydata_request_reply(
 /// answered. Never waits: when every buffer of the connection's pool is
 /// out, the reply gets a buffer of its own.
 ///
+/// The buffer is not cleared: bytes left unwritten go to the sender as
+/// they are (an earlier reply's, for example).
+///
 /// A request has at most one reply loan: a second call fails with
 /// `COPYDATA_STATUS_INVALID_ARGUMENT` and leaves `*data` as it is. So does
 /// a posted message, whose reply no one reads;
 /// `COPYDATA_STATUS_UNSUPPORTED` for a plain Win32 program's
-/// `WM_COPYDATA`, which has no shared memory to read a loan from. Answering
-/// the request another way (`copydata_request_reply`,
-/// `copydata_request_refuse`) gives the loan back unsent.
+/// `WM_COPYDATA`, which has no shared memory to read a loan from. On any
+/// other failure `*data` is NULL. Answering the request another way
+/// (`copydata_request_reply`, `copydata_request_refuse`) gives the loan
+/// back unsent.
 ///
 /// # Safety
 ///

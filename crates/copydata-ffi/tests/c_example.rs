@@ -133,8 +133,8 @@ fn the_c_example_talks_to_a_rust_mailbox_and_shares_a_section() {
         let mut reversed = data.to_vec();
         reversed.reverse();
         assert_eq!(reply.code, tag as i64);
-        // From 4 KiB, C writes its reply in a buffer lent for it.
-        assert_eq!(reply.loan().is_some(), data.len() >= 4096, "tag {tag}: a loaned reply or not");
+        // From 64 KiB, C writes its reply in a buffer lent for it.
+        assert_eq!(reply.loan().is_some(), data.len() >= 65536, "tag {tag}: a loaned reply or not");
         assert!(reply.data.into_vec() == reversed, "tag {tag}: not the bytes reversed");
     }
     // A loan, which C reads in place.

@@ -265,8 +265,12 @@ impl Message {
 
     /// Lends a buffer of `len` bytes in shared memory for the reply, to fill
     /// in place and answer with [`Reply::loaned`]: the sender reads it
-    /// without a copy ([`Reply::loan`]). Fails for a posted message (no
-    /// reply goes back) and for a message from a plain Win32 program.
+    /// without a copy ([`Reply::loan`]). The buffer is not cleared: bytes
+    /// left unwritten go as they are (an earlier reply's, for example).
+    /// Until it is sent or dropped, the buffer is this process's alone,
+    /// whatever the sender writes in the shared region. Fails for a posted
+    /// message (no reply goes back) and for a message from a plain Win32
+    /// program.
     pub fn loan_reply(&self, len: usize) -> Result<ReplyLoan, ReplyError> {
         let unsupported = |what: &str| ReplyError::Io(std::io::Error::new(std::io::ErrorKind::Unsupported, what));
         if !self.call {

@@ -16,7 +16,7 @@
  *    straight into shared memory and sent without a copy (a loan, tag 15).
  * 3. A mailbox of its own, MAILBOX-c: answers every message with code = tag
  *    and the bytes reversed (reading lent bytes in place, and writing a
- *    reply of 4 KiB or more in place too, in a buffer lent for it), until
+ *    reply of 64 KiB or more in place too, in a buffer lent for it), until
  *    a message with tag 0.
  *
  * Exits with 0 when all went as expected. Every call returns a status;
@@ -144,11 +144,12 @@ int main(int argc, char **argv)
         if (!data)
             data = copydata_request_data(req, &len);
         /* A large reply is written straight into shared memory lent for it,
-         * which the sender reads without a copy; a small one is copied. */
-        void *lent = NULL;
-        int loaned = len >= 4096 && copydata_request_expects_reply(req) &&
-                     copydata_request_loan_reply(req, len, &lent) == COPYDATA_STATUS_OK;
-        unsigned char *back = loaned ? lent : malloc(len ? len : 1);
+         * which the sender reads without a copy; a small one is copied
+         * (smaller replies travel cheaper in the message itself). */
+        void *out = NULL;
+        int loaned = len >= 65536 && copydata_request_expects_reply(req) &&
+                     copydata_request_loan_reply(req, len, &out) == COPYDATA_STATUS_OK;
+        unsigned char *back = loaned ? out : malloc(len ? len : 1);
         if (!back) {
             copydata_request_refuse(req, "out of memory");
             continue;

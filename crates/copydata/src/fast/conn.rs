@@ -1381,27 +1381,50 @@ impl ServerConn {
     pub(crate) fn lend_reply(&self, len: usize) -> Result<LentBuf, String> {
         let mut st = self.state();
         let mut retired = Vec::new();
-        let lent = st.pool.lend(self.link.region(), len, &mut retired).map_err(|e| e.to_string())?;
-        // The sender takes RETIRE records with the next reply.
-        for slot in retired {
-            self.push_reply(&mut st, RETIRE, 0, 0, u64::from(slot), &[])?;
-        }
-        let lent = match lent {
+        let lent = match st.pool.lend(self.link.region(), len, &mut retired).map_err(|e| e.to_string())? {
             Lend::Buffer(l) => Some(l),
             Lend::TooLarge | Lend::Exhausted => None,
         };
-        LentBuf::new(lent, len).map_err(|e| e.to_string())
+        // Written by the handler's code outside the lock, for as long as it
+        // likes: held, so that nothing the sender writes frees it meanwhile.
+        if let Some(l) = &lent {
+            st.pool.hold(l.slot);
+        }
+        let give_back = |st: &mut ServerState| {
+            if let Some(l) = &lent {
+                st.pool.unhold(l.slot);
+                st.pool.cancel(l.slot, l.use_no, l.announce, l.prev_use);
+            }
+        };
+        // The sender takes RETIRE records with the next reply.
+        for slot in retired {
+            if let Err(e) = self.push_reply(&mut st, RETIRE, 0, 0, u64::from(slot), &[]) {
+                give_back(&mut st);
+                return Err(e);
+            }
+        }
+        let made = LentBuf::new(lent, len).map_err(|e| e.to_string());
+        if made.is_err() {
+            give_back(&mut st);
+        }
+        made
     }
 
     /// Gives back a reply loan that was not sent.
     pub(crate) fn cancel_reply(&self, buf: &LentBuf) {
         if buf.slot != ONESHOT {
-            self.state().pool.cancel(buf.slot, buf.use_no, buf.announce, buf.prev_use);
+            let mut st = self.state();
+            st.pool.unhold(buf.slot);
+            st.pool.cancel(buf.slot, buf.use_no, buf.announce, buf.prev_use);
         }
     }
 
     fn put_loaned_reply(&self, st: &mut ServerState, code: u64, loan: &crate::loan::ReplyLoan) -> Result<(), String> {
         let buf = loan.buf();
+        // Sent now (or the connection breaks): the sender's release frees it.
+        if buf.slot != ONESHOT {
+            st.pool.unhold(buf.slot);
+        }
         let mut flags = BUF_LOAN;
         if buf.announce {
             flags |= BUF_NEW;

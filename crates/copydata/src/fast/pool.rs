@@ -106,7 +106,7 @@ struct Buf {
 }
 
 /// A buffer handed out for one message.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Lent {
     pub(crate) slot: u32,
     pub(crate) use_no: u64,
@@ -137,6 +137,12 @@ pub(crate) struct Pool {
     /// through the few slots in use, not all [`SLOTS`] (each a line or two
     /// of memory, all of them cold after a pause such as filling a loan).
     used: u64,
+    /// Bit `s` set: the buffer in `slots[s]` is lent to this process's own
+    /// code (a reply loan being written), not yet sent. It is not free
+    /// whatever the peer writes in the release table: a peer that forged
+    /// its release must not make this side lend it twice, or unmap it
+    /// (`trim`) under the code writing it.
+    held: u64,
     uses: u64,
     last_activity: Instant,
 }
@@ -157,7 +163,14 @@ fn slots_in(used: u64) -> impl Iterator<Item = usize> {
 
 impl Pool {
     pub(crate) fn new(owner: Side) -> Pool {
-        Pool { owner, slots: (0..SLOTS).map(|_| None).collect(), used: 0, uses: 0, last_activity: Instant::now() }
+        Pool {
+            owner,
+            slots: (0..SLOTS).map(|_| None).collect(),
+            used: 0,
+            held: 0,
+            uses: 0,
+            last_activity: Instant::now(),
+        }
     }
 
     fn buffers(&self) -> impl Iterator<Item = (usize, &Buf)> {
@@ -170,11 +183,31 @@ impl Pool {
     }
 
     fn empty(&mut self, slot: usize) {
+        debug_assert!(self.held & (1 << slot) == 0, "a held buffer is never given back");
         self.slots[slot] = None;
         self.used &= !(1 << slot);
     }
 
+    /// Marks the buffer of a use just lent as held by this process's own
+    /// code until [`unhold`](Self::unhold): see `held`.
+    pub(crate) fn hold(&mut self, slot: u32) {
+        if (slot as usize) < SLOTS {
+            self.held |= 1 << slot;
+        }
+    }
+
+    /// Ends [`hold`](Self::hold): the use was sent (the peer's release
+    /// frees it from now on) or cancelled.
+    pub(crate) fn unhold(&mut self, slot: u32) {
+        if (slot as usize) < SLOTS {
+            self.held &= !(1 << slot);
+        }
+    }
+
     fn is_free(&self, region: &Region, slot: usize) -> bool {
+        if self.held & (1 << slot) != 0 {
+            return false;
+        }
         match &self.slots[slot] {
             Some(b) => {
                 b.last_use == 0
@@ -383,5 +416,38 @@ mod tests {
         assert_eq!(slots_in(0b1011).collect::<Vec<_>>(), [0, 1, 3]);
         assert_eq!(slots_in(1 << 63 | 1).collect::<Vec<_>>(), [0, 63]);
         assert_eq!(slots_in(u64::MAX).count(), SLOTS);
+    }
+
+    fn lent(pool: &mut Pool, region: &Region, len: usize) -> Lent {
+        match pool.lend(region, len, &mut Vec::new()).unwrap() {
+            Lend::Buffer(l) => l,
+            other => panic!("no buffer: {other:?}"),
+        }
+    }
+
+    /// A reply loan being written is held: a sender that forges the
+    /// release of its use neither gets it lent a second time nor makes the
+    /// receiver unmap it.
+    #[test]
+    fn a_held_buffer_is_not_free_whatever_the_peer_writes() {
+        let region = Region::create(0).unwrap();
+        let mut pool = Pool::new(Side::Receiver);
+        let a = lent(&mut pool, &region, 2 << 20);
+        pool.hold(a.slot);
+        // The peer forges the release of that use.
+        region.released(Side::Receiver, a.slot as usize).store(a.use_no, std::sync::atomic::Ordering::Release);
+        let b = lent(&mut pool, &region, 2 << 20);
+        assert_ne!(b.slot, a.slot, "a held buffer was lent again");
+        let idle = Instant::now() + 2 * TRIM_AFTER;
+        assert!(!pool.trim(&region, idle).contains(&a.slot), "a held buffer was given back");
+        // Sent: from now on the release frees it, as for any use.
+        pool.unhold(a.slot);
+        assert!(pool.trim(&region, idle).contains(&a.slot));
+        // A cancelled hold gives the buffer back at once.
+        let c = lent(&mut pool, &region, 2 << 20);
+        pool.hold(c.slot);
+        pool.unhold(c.slot);
+        pool.cancel(c.slot, c.use_no, c.announce, c.prev_use);
+        assert_eq!(lent(&mut pool, &region, 2 << 20).slot, c.slot);
     }
 }
