@@ -82,7 +82,7 @@ class ProtocolError(Error):
     protocol."""
 
 
-from ._copydata import Loan, Mailbox, Request, Section, Sender, View, send  # noqa: E402
+from ._copydata import Loan, Mailbox, ReplyLoan, Request, Section, Sender, View, send  # noqa: E402
 
 __all__ = [
     "send",
@@ -90,6 +90,7 @@ __all__ = [
     "Loan",
     "Mailbox",
     "Request",
+    "ReplyLoan",
     "Section",
     "View",
     "Error",

@@ -7,7 +7,7 @@ from typing import final
 
 from typing_extensions import Buffer
 
-__all__ = ["send", "Sender", "Loan", "Mailbox", "Request", "Section", "View"]
+__all__ = ["send", "Sender", "Loan", "Mailbox", "Request", "ReplyLoan", "Section", "View"]
 
 # What a `Mailbox.serve` handler may return: (code, data), a code, data
 # (code 0) or None (code 0, no data).
@@ -93,6 +93,28 @@ class Loan:
         def __release_buffer__(self, buffer: memoryview, /) -> None: ...
 
 @final
+class ReplyLoan:
+    """Shared memory lent by `Request.loan_reply` for a reply: write it
+    through the buffer protocol, release every buffer taken from it, then
+    answer with `request.reply(code, loan)` (the sender reads it in place).
+    close() gives an unsent loan back."""
+
+    def __len__(self) -> int: ...
+    @property
+    def lent(self) -> bool: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> ReplyLoan: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool: ...
+    if sys.version_info >= (3, 12):
+        def __buffer__(self, flags: int, /) -> memoryview: ...
+        def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+
+@final
 class Request:
     """A received message, waiting for its answer (reply or refuse, once)."""
 
@@ -110,7 +132,9 @@ class Request:
     def sections(self) -> list[Section]: ...
     @property
     def answered(self) -> bool: ...
-    def reply(self, code: int = 0, data: Buffer | None = None) -> None: ...
+    def reply(self, code: int = 0, data: Buffer | ReplyLoan | None = None) -> None: ...
+    def loan_reply(self, size: int) -> ReplyLoan:
+        """Lends `size` bytes of shared memory for the reply (see ReplyLoan)."""
     def refuse(self, reason: str = "refused by the receiver") -> None: ...
 
 @final

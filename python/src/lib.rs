@@ -10,6 +10,7 @@
 mod errors;
 mod loan;
 mod mailbox;
+mod reply_loan;
 mod section;
 mod sender;
 
@@ -109,6 +110,7 @@ fn _copydata(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<mailbox::Request>()?;
     m.add_class::<sender::Sender>()?;
     m.add_class::<loan::Loan>()?;
+    m.add_class::<reply_loan::ReplyLoan>()?;
     m.add_class::<section::Section>()?;
     m.add_class::<section::View>()?;
     Ok(())

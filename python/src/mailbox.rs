@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
 use crate::errors::{self, Kind};
+use crate::reply_loan::ReplyLoan;
 use crate::section::Section;
 use crate::{SLICE, Unanswered, bytes_arg, timeout_arg, wait_answer};
 
@@ -376,13 +377,46 @@ impl Request {
     }
 
     /// Answers the message: the sender's `send` returns `(code, data)`.
-    /// Raises `SenderGone` if the sender stopped waiting (it timed out or
-    /// died), `Error` if the request was already answered.
+    /// `data` is bytes-like, or a `ReplyLoan` from `loan_reply` (sent
+    /// without a copy; `BufferError` while a buffer of it is held). Raises
+    /// `SenderGone` if the sender stopped waiting (it timed out or died),
+    /// `Error` if the request was already answered.
     #[pyo3(signature = (code = 0, data = None))]
     fn reply(&self, py: Python<'_>, code: i64, data: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        if let Some(loan) = data.and_then(|d| d.cast::<ReplyLoan>().ok()) {
+            let request = self.take(py)?;
+            let loan = match loan.get().take(py, "send") {
+                Ok(loan) => loan,
+                Err(e) => {
+                    // Still unanswered: the caller may release the buffers and try again.
+                    *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = Some(request);
+                    return Err(e);
+                }
+            };
+            return py.detach(|| request.reply(Reply::loaned(code, loan))).map_err(|e| errors::reply_error(py, e));
+        }
         let data = data.map(bytes_arg).transpose()?.unwrap_or_default();
         let request = self.take(py)?;
         py.detach(|| request.reply(Reply::new(code, data))).map_err(|e| errors::reply_error(py, e))
+    }
+
+    /// Lends a buffer of `size` bytes in shared memory for the reply, to
+    /// write in place and answer with `reply(code, loan)`: the sender reads
+    /// the reply where it was written, with no copy on this side. Never
+    /// waits. Raises `Error` for a posted message (no reply goes back) and
+    /// once the request was answered.
+    fn loan_reply(&self, py: Python<'_>, size: usize) -> PyResult<ReplyLoan> {
+        // Made with the interpreter attached: it does not wait for anyone,
+        // and `reply` on another thread takes the same lock attached.
+        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(request) = guard.as_ref() else {
+            return Err(errors::raise(py, Kind::Error, "the request was already answered"));
+        };
+        if !request.expects_reply() {
+            return Err(errors::raise(py, Kind::Error, "a posted message gets no reply, so it cannot lend one"));
+        }
+        let loan = request.loan_reply(size).map_err(|e| errors::reply_error(py, e))?;
+        Ok(ReplyLoan::new(loan))
     }
 
     /// Refuses the message: the sender's `send` raises `Refused` with
