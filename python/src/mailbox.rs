@@ -384,16 +384,25 @@ impl Request {
     #[pyo3(signature = (code = 0, data = None))]
     fn reply(&self, py: Python<'_>, code: i64, data: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         if let Some(loan) = data.and_then(|d| d.cast::<ReplyLoan>().ok()) {
-            let request = self.take(py)?;
-            let loan = match loan.get().take(py, "send") {
-                Ok(loan) => loan,
-                Err(e) => {
-                    // Still unanswered: the caller may release the buffers and try again.
-                    *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = Some(request);
-                    return Err(e);
+            // Both taken under the request's lock (so no other thread sees
+            // it answered if the loan is refused), raised after it.
+            let taken = {
+                let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+                match inner.as_ref() {
+                    None => Err(None),
+                    Some(_) => loan.get().try_take().map_err(Some).map(|l| (inner.take().expect("checked"), l)),
                 }
             };
-            return py.detach(|| request.reply(Reply::loaned(code, loan))).map_err(|e| errors::reply_error(py, e));
+            let (request, lent) = match taken {
+                Ok(both) => both,
+                Err(None) => return Err(errors::raise(py, Kind::Error, "the request was already answered")),
+                Err(Some(no)) => return Err(no.raise(py, "send")),
+            };
+            let sent = py.detach(|| request.reply(Reply::loaned(code, lent)));
+            if sent.is_err() {
+                loan.get().ended("lost with a reply that failed");
+            }
+            return sent.map_err(|e| errors::reply_error(py, e));
         }
         let data = data.map(bytes_arg).transpose()?.unwrap_or_default();
         let request = self.take(py)?;
@@ -406,17 +415,22 @@ impl Request {
     /// waits. Raises `Error` for a posted message (no reply goes back) and
     /// once the request was answered.
     fn loan_reply(&self, py: Python<'_>, size: usize) -> PyResult<ReplyLoan> {
-        // Made with the interpreter attached: it does not wait for anyone,
-        // and `reply` on another thread takes the same lock attached.
-        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(request) = guard.as_ref() else {
-            return Err(errors::raise(py, Kind::Error, "the request was already answered"));
+        // Made under the request's lock with the interpreter attached (it
+        // waits for no one, and `reply` on another thread takes the same
+        // lock attached); what went wrong is raised after the lock.
+        let made = {
+            let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            match guard.as_ref() {
+                None => Err(Err("the request was already answered")),
+                Some(r) if !r.expects_reply() => Err(Err("a posted message gets no reply, so it cannot lend one")),
+                Some(r) => r.loan_reply(size).map_err(Ok),
+            }
         };
-        if !request.expects_reply() {
-            return Err(errors::raise(py, Kind::Error, "a posted message gets no reply, so it cannot lend one"));
+        match made {
+            Ok(loan) => Ok(ReplyLoan::new(loan)),
+            Err(Err(why)) => Err(errors::raise(py, Kind::Error, why)),
+            Err(Ok(e)) => Err(errors::reply_error(py, e)),
         }
-        let loan = request.loan_reply(size).map_err(|e| errors::reply_error(py, e))?;
-        Ok(ReplyLoan::new(loan))
     }
 
     /// Refuses the message: the sender's `send` raises `Refused` with

@@ -24,6 +24,30 @@ enum State {
     Ended(&'static str),
 }
 
+/// Why a reply loan cannot be taken; raised once every lock is released
+/// (making an exception runs Python, which may switch threads).
+pub(crate) enum Refusal {
+    Ended(&'static str),
+    Held(usize),
+    Forked,
+}
+
+impl Refusal {
+    pub(crate) fn raise(self, py: Python<'_>, what: &str) -> PyErr {
+        match self {
+            Refusal::Ended(how) => errors::raise(py, Kind::Error, format!("the reply loan was {how}")),
+            Refusal::Held(n) => PyBufferError::new_err(format!(
+                "cannot {what} the reply loan while {n} buffer(s) of it are held: release them first (del the memoryview or array, or use `with memoryview(loan) as m:`)"
+            )),
+            Refusal::Forked => errors::raise(
+                py,
+                Kind::Error,
+                "the reply loan was made by the parent process: a child made by fork can only close it",
+            ),
+        }
+    }
+}
+
 /// A buffer of shared memory lent for a request's reply by
 /// `Request.loan_reply(size)`: write it in place through the buffer
 /// protocol (`memoryview(loan)`, `numpy.frombuffer(loan, dtype)`,
@@ -34,50 +58,56 @@ enum State {
 /// (`BufferError` otherwise: the memory is the sender's once sent);
 /// `with memoryview(loan) as m:` does that. `close()` (or leaving a `with`
 /// block, or dropping the loan) gives an unsent loan back; answering the
-/// request with other data leaves the loan to be given back so.
+/// request with other data leaves the loan to be given back so (until
+/// then it keeps a buffer of the connection's pool). A loan lent for
+/// another request is copied into the reply rather than sent in place.
+/// A loan still out at `fork` can only be closed in the child (the memory
+/// and the connection are the parent's).
 #[pyclass(frozen, module = "copydata", name = "ReplyLoan")]
 pub(crate) struct ReplyLoan {
     /// The buffer's address, valid while the loan is out.
     ptr: usize,
     len: usize,
+    /// The process that made the loan: in a child made by `fork` the
+    /// buffer and its connection are the parent's.
+    pid: u32,
     state: Mutex<State>,
 }
 
 impl ReplyLoan {
     pub(crate) fn new(mut loan: copydata::ReplyLoan) -> ReplyLoan {
         let ptr = loan.as_mut_ptr() as usize;
-        ReplyLoan { ptr, len: loan.len(), state: Mutex::new(State::Out { loan, exports: 0 }) }
+        ReplyLoan { ptr, len: loan.len(), pid: std::process::id(), state: Mutex::new(State::Out { loan, exports: 0 }) }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes the loan out to answer with it (or, for `what` "close", to
-    /// give it back): refused once it ended and while a buffer of it is
-    /// held.
-    pub(crate) fn take(&self, py: Python<'_>, what: &str) -> PyResult<copydata::ReplyLoan> {
-        // Decided under the lock, raised after it (raising runs Python).
-        let taken = {
-            let mut state = self.state();
-            match &*state {
-                State::Ended(how) => Err(Err(*how)),
-                State::Out { exports, .. } if *exports > 0 => Err(Ok(*exports)),
-                State::Out { .. } => {
-                    let how = if what == "close" { "closed" } else { "sent" };
-                    match std::mem::replace(&mut *state, State::Ended(how)) {
-                        State::Out { loan, .. } => Ok(loan),
-                        State::Ended(_) => unreachable!("matched above"),
-                    }
-                }
-            }
-        };
-        taken.map_err(|no| match no {
-            Err(how) => errors::raise(py, Kind::Error, format!("the reply loan was {how}")),
-            Ok(n) => PyBufferError::new_err(format!(
-                "cannot {what} the reply loan while {n} buffer(s) of it are held: release them first (del the memoryview or array, or use `with memoryview(loan) as m:`)"
-            )),
-        })
+    fn forked(&self) -> bool {
+        self.pid != std::process::id()
+    }
+
+    /// Takes the loan out to answer with it, without raising (the caller
+    /// may hold other locks): refused once it ended, while a buffer of it
+    /// is held, and in a child made by `fork`.
+    pub(crate) fn try_take(&self) -> Result<copydata::ReplyLoan, Refusal> {
+        let mut state = self.state();
+        match &*state {
+            State::Ended(how) => Err(Refusal::Ended(how)),
+            State::Out { exports, .. } if *exports > 0 => Err(Refusal::Held(*exports)),
+            State::Out { .. } if self.forked() => Err(Refusal::Forked),
+            State::Out { .. } => match std::mem::replace(&mut *state, State::Ended("sent")) {
+                State::Out { loan, .. } => Ok(loan),
+                State::Ended(_) => unreachable!("matched above"),
+            },
+        }
+    }
+
+    /// Records how a loan taken by [`try_take`](Self::try_take) ended, when
+    /// it was not sent after all.
+    pub(crate) fn ended(&self, how: &'static str) {
+        *self.state() = State::Ended(how);
     }
 }
 
@@ -97,11 +127,25 @@ impl ReplyLoan {
     /// pool); does nothing once it was sent or closed. Raises
     /// `BufferError` while a buffer of it is held.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        if matches!(*self.state(), State::Ended(_)) {
-            return Ok(());
+        let taken = {
+            let mut state = self.state();
+            match &*state {
+                State::Ended(_) => return Ok(()),
+                State::Out { exports, .. } if *exports > 0 => Err(Refusal::Held(*exports)),
+                State::Out { .. } => match std::mem::replace(&mut *state, State::Ended("closed")) {
+                    State::Out { loan, .. } => Ok(loan),
+                    State::Ended(_) => unreachable!("matched above"),
+                },
+            }
+        };
+        let loan = taken.map_err(|no| no.raise(py, "close"))?;
+        if self.forked() {
+            // The parent's: its connection's lock may have been held at
+            // `fork`, and the buffer goes back in the parent.
+            std::mem::forget(loan);
+        } else {
+            py.detach(|| drop(loan));
         }
-        let loan = self.take(py, "close")?;
-        py.detach(|| drop(loan));
         Ok(())
     }
 
@@ -143,6 +187,11 @@ impl ReplyLoan {
             return Err(PyBufferError::new_err("no buffer to fill"));
         }
         let this = slf.get();
+        if this.forked() {
+            return Err(PyBufferError::new_err(
+                "the reply loan was made by the parent process: its memory is not the child's",
+            ));
+        }
         let mut guard = this.state();
         let State::Out { exports, .. } = &mut *guard else {
             return Err(PyBufferError::new_err(
@@ -174,6 +223,18 @@ impl ReplyLoan {
     unsafe fn __releasebuffer__(&self, _buffer: *mut ffi::Py_buffer) {
         if let State::Out { exports, .. } = &mut *self.state() {
             *exports = exports.saturating_sub(1);
+        }
+    }
+}
+
+impl Drop for ReplyLoan {
+    fn drop(&mut self) {
+        // In a child made by `fork`, the loan (and its connection) is the
+        // parent's: nothing to give back here.
+        if self.forked()
+            && let State::Out { loan, .. } = std::mem::replace(&mut *self.state(), State::Ended("closed"))
+        {
+            std::mem::forget(loan);
         }
     }
 }

@@ -119,3 +119,86 @@ def test_a_rust_sender_reads_a_reply_python_lent(cli, name):
         code, out, err = sender.finish()
     assert code == 0, err
     assert text.decode() in out
+
+
+def test_a_reply_that_fails_loses_its_loan(name):
+    with copydata.Mailbox(name) as mailbox:
+        with pytest.raises(copydata.TimedOut):
+            # Gone before its reply: it stops waiting, and drops its connection.
+            with copydata.Sender(name) as sender:
+                answer = in_thread(sender.send, b"ping", timeout=0.2)
+                request = mailbox.recv(timeout=10.0)
+                answer()
+        loan = request.loan_reply(100_000)
+        with memoryview(loan) as m:
+            m[:5] = b"late!"
+        try:
+            request.reply(1, loan)
+        except copydata.SenderGone:
+            assert repr(loan) == "<copydata.ReplyLoan of 100000 bytes, lost with a reply that failed>"
+        assert request.answered and not loan.lent
+        # The mailbox goes on, its buffers with it.
+        for n in range(20):
+            answer = in_thread(copydata.send, name, b"", timeout=10.0)
+            request = mailbox.recv(timeout=10.0)
+            with request.loan_reply(100_000) as loan:
+                memoryview(loan)[:1] = bytes([n])
+                request.reply(n, loan)
+            code, data = answer()
+            assert (code, len(data), data[0]) == (n, 100_000, n)
+
+
+def test_a_loan_of_another_request_is_copied(name):
+    with copydata.Mailbox(name) as mailbox:
+        first = in_thread(copydata.send, name, b"1", timeout=10.0)
+        one = mailbox.recv(timeout=10.0)
+        loan = one.loan_reply(6)
+        memoryview(loan)[:] = b"shared"
+        one.reply(1, b"own")
+        assert first() == (1, b"own")
+        # Another request, on another connection.
+        second = in_thread(copydata.send, name, b"2", timeout=10.0)
+        two = mailbox.recv(timeout=10.0)
+        two.reply(2, loan)
+        assert second() == (2, b"shared")
+        assert not loan.lent
+
+
+FORK_CHILD_REPLY_LOAN = """
+import os, sys, copydata
+with copydata.Mailbox(sys.argv[1]) as mailbox:
+    print("ready", flush=True)
+    request = mailbox.recv(timeout=10.0)
+    loan = request.loan_reply(6)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            # The memory and the request are the parent's: the child can
+            # only close the loan.
+            try:
+                memoryview(loan)
+                os._exit(2)
+            except BufferError:
+                pass
+            try:
+                request.reply(0, loan)
+                os._exit(3)
+            except copydata.Error:
+                pass
+            loan.close()
+            del loan
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    memoryview(loan)[:] = b"parent"
+    request.reply(os.waitstatus_to_exitcode(status), loan)
+"""
+
+
+def test_a_reply_loan_out_at_fork_can_only_be_closed_in_the_child(python_child, name):
+    child = python_child(FORK_CHILD_REPLY_LOAN, name)
+    assert child.readline() == "ready"
+    assert copydata.send(name, b"ping", timeout=10.0) == (0, b"parent")
+    code, _, err = child.finish(timeout=10.0)
+    assert code == 0, err

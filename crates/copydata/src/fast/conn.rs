@@ -1421,10 +1421,6 @@ impl ServerConn {
 
     fn put_loaned_reply(&self, st: &mut ServerState, code: u64, loan: &crate::loan::ReplyLoan) -> Result<(), String> {
         let buf = loan.buf();
-        // Sent now (or the connection breaks): the sender's release frees it.
-        if buf.slot != ONESHOT {
-            st.pool.unhold(buf.slot);
-        }
         let mut flags = BUF_LOAN;
         if buf.announce {
             flags |= BUF_NEW;
@@ -1446,6 +1442,10 @@ impl ServerConn {
             None => None,
         };
         loan.mark_sent();
+        // Sent now (or the connection breaks): the sender's release frees it.
+        if buf.slot != ONESHOT {
+            st.pool.unhold(buf.slot);
+        }
         let encoded = bufref.encode();
         let (mut head, pad) = ([0u8; 8], [0u8; 8]);
         let ps = parts(&mut head, aux.as_ref(), &pad, Some(&encoded), &[]);
