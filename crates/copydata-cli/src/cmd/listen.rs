@@ -16,7 +16,9 @@ pub struct Args {
     /// Exit after this many messages.
     #[arg(long)]
     count: Option<u64>,
-    /// Reply with the message's own payload.
+    /// Reply with the message's own payload (from 64 KiB written straight
+    /// into shared memory lent for the reply, which the sender reads in
+    /// place).
     #[arg(long)]
     echo: bool,
     /// The reply code.
@@ -173,13 +175,34 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if let Some(d) = args.delay {
             std::thread::sleep(d);
         }
-        let reply = if args.echo { data.to_vec() } else { Vec::new() };
+        let reply = match (args.echo, request.expects_reply()) {
+            (false, _) | (true, false) => Reply::code(args.reply_code),
+            (true, true) => echo(&request, data, args.reply_code),
+        };
         // A sender that gave up meanwhile is no error for the listener.
-        if let Err(e) = request.reply(Reply::new(args.reply_code, reply)) {
+        if let Err(e) = request.reply(reply) {
             log::info!("message {seen}: the reply was not delivered: {e}");
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// From this size, `--echo` writes the bytes straight into a buffer lent
+/// for the reply (the sender reads them in place) rather than copying
+/// them into a reply that is copied again: below it, a reply travels
+/// cheaper in the message itself.
+const ECHO_LOAN_FROM: usize = 64 << 10;
+
+/// The `--echo` reply: the message's bytes back, lent from
+/// [`ECHO_LOAN_FROM`] bytes on.
+fn echo(request: &copydata::Request, data: &[u8], code: i64) -> Reply {
+    if data.len() >= ECHO_LOAN_FROM
+        && let Ok(mut loan) = request.loan_reply(data.len())
+        && loan.write_at(0, data).is_ok()
+    {
+        return Reply::loaned(code, loan);
+    }
+    Reply::new(code, data.to_vec())
 }
 
 #[cfg(test)]
