@@ -42,6 +42,11 @@
 #define COPYDATA_READ_WRITE 1
 
 /**
+ * The most sections one message carries (`copydata_sender_send_sections`).
+ */
+#define COPYDATA_MAX_SECTIONS 16
+
+/**
  * What a function did: `COPYDATA_STATUS_OK` (zero) or why it failed.
  *
  * `copydata_last_error()` gives the details in words. New codes may be
@@ -329,6 +334,34 @@ const void *copydata_request_data(const copydata_request *request, size_t *len);
 const void *copydata_request_loan(const copydata_request *request, size_t *len);
 
 /**
+ * How many sections came with the message
+ * (`copydata_sender_send_sections`); 0 for NULL.
+ *
+ * # Safety
+ *
+ * `request` is NULL or a live request.
+ */
+size_t copydata_request_section_count(const copydata_request *request);
+
+/**
+ * Takes the section at `index` (from 0) out of the message: a section of
+ * this process's own, to map and to close with `copydata_section_close`,
+ * valid after the request is answered. Sections not taken are closed
+ * with the request. The access is the one the sender handed over.
+ *
+ * Fails with `COPYDATA_STATUS_INVALID_ARGUMENT` for an index out of
+ * range or a section already taken.
+ *
+ * # Safety
+ *
+ * `request` is NULL or a live request that no other thread is using;
+ * `out` is NULL or points to storage for a pointer.
+ */
+copydata_status copydata_request_take_section(copydata_request *request,
+                                              size_t index,
+                                              copydata_section **out);
+
+/**
  * The process id of the message's sender; 0 for NULL. (For a plain Win32
  * program's `WM_COPYDATA` it is only the process the message claims.)
  *
@@ -451,6 +484,28 @@ copydata_status copydata_section_create(const char *name, uint64_t size, copydat
  * storage for a pointer.
  */
 copydata_status copydata_section_open(const char *name, uint32_t access, copydata_section **out);
+
+/**
+ * A section over the whole of the existing file at `path`, opened for
+ * reading (`COPYDATA_READ_ONLY`) or reading and writing
+ * (`COPYDATA_READ_WRITE`): `CreateFileMappingW` on the file, `mmap` of
+ * its descriptor. Views of it read and write the file. Its size is the
+ * file's: size the file first to make a new one (`ftruncate`,
+ * `SetEndOfFile`). Another process gets it by name of file, or handed
+ * over with a message (`copydata_sender_send_sections`).
+ *
+ * Fails with `COPYDATA_STATUS_NOT_FOUND` (no such file),
+ * `COPYDATA_STATUS_PERMISSION_DENIED`, `COPYDATA_STATUS_INVALID_ARGUMENT`
+ * (an empty file, a path that is not UTF-8, an unknown access).
+ * Truncating the file while it is mapped makes access to the cut-off
+ * part crash the process (SIGBUS on Linux): keep such files private.
+ *
+ * # Safety
+ *
+ * `path` is NULL or a NUL-terminated string; `out` is NULL or points to
+ * storage for a pointer.
+ */
+copydata_status copydata_section_file(const char *path, uint32_t access, copydata_section **out);
 
 /**
  * Creates an anonymous section of `size` bytes, zero-filled
@@ -587,6 +642,39 @@ copydata_status copydata_sender_send(copydata_sender *sender,
                                      int64_t *reply_code,
                                      void **reply_data,
                                      size_t *reply_len);
+
+/**
+ * Sends a message with `count` sections handed over with it (at most
+ * `COPYDATA_MAX_SECTIONS`; `sections` may be NULL when `count` is 0) and
+ * waits for the reply, as `copydata_sender_send` does (same timeout,
+ * outputs and failures). The receiver gets handles of its own to the
+ * same memory (`copydata_request_take_section`), with the access the
+ * sections have here: hand over a read-only one
+ * (`copydata_section_open(name, COPYDATA_READ_ONLY, ...)`) to share
+ * memory the receiver cannot write. The sections stay this process's
+ * too; close them when done.
+ *
+ * Fails with `COPYDATA_STATUS_INVALID_ARGUMENT` for more than
+ * `COPYDATA_MAX_SECTIONS` sections or a NULL among them; nothing is sent.
+ *
+ * # Safety
+ *
+ * `sender` is NULL or a live sender that no other thread is using; `data`
+ * is NULL or points to `len` readable bytes; `sections` is NULL or points
+ * to `count` pointers, each NULL or a live section, none closed during
+ * the call; each of `reply_code`, `reply_data`, `reply_len` is NULL or
+ * points to writable storage of its type.
+ */
+copydata_status copydata_sender_send_sections(copydata_sender *sender,
+                                              uint64_t tag,
+                                              const void *data,
+                                              size_t len,
+                                              const copydata_section *const *sections,
+                                              size_t count,
+                                              uint32_t timeout_ms,
+                                              int64_t *reply_code,
+                                              void **reply_data,
+                                              size_t *reply_len);
 
 /**
  * Posts a message: no reply is awaited (`PostMessageW`). When the

@@ -55,6 +55,14 @@
 //! for the reply, written in place, and [`copydata_request_reply_loan`]
 //! answers with it. A Rust sender reads it in place; a C sender's reply
 //! bytes are copied once, straight out of it.
+//!
+//! # Sections with messages
+//!
+//! [`copydata_sender_send_sections`] hands sections over with a message
+//! (up to [`COPYDATA_MAX_SECTIONS`]); the receiver takes a handle of its
+//! own to each with [`copydata_request_take_section`]. A read-only
+//! section arrives read-only. [`copydata_section_file`] makes a section of
+//! an existing file.
 
 mod buffer;
 mod error;
@@ -69,15 +77,16 @@ pub use error::{Status, copydata_last_error, copydata_status_name};
 pub use mailbox::{
     COPYDATA_INFINITE, Mailbox, Request, copydata_mailbox_bind, copydata_mailbox_close, copydata_mailbox_recv,
     copydata_request_data, copydata_request_expects_reply, copydata_request_loan, copydata_request_loan_reply,
-    copydata_request_refuse, copydata_request_reply, copydata_request_reply_loan, copydata_request_sender_pid,
-    copydata_request_tag, copydata_send,
+    copydata_request_refuse, copydata_request_reply, copydata_request_reply_loan, copydata_request_section_count,
+    copydata_request_sender_pid, copydata_request_tag, copydata_request_take_section, copydata_send,
 };
 pub use section::{
     COPYDATA_READ_ONLY, COPYDATA_READ_WRITE, Section, View, copydata_section_anonymous, copydata_section_close,
-    copydata_section_create, copydata_section_map, copydata_section_name, copydata_section_open, copydata_section_size,
-    copydata_view_data, copydata_view_size, copydata_view_unmap,
+    copydata_section_create, copydata_section_file, copydata_section_map, copydata_section_name, copydata_section_open,
+    copydata_section_size, copydata_view_data, copydata_view_size, copydata_view_unmap,
 };
 pub use sender::{
-    Sender, copydata_sender_cancel_loan, copydata_sender_close, copydata_sender_connect, copydata_sender_loan,
-    copydata_sender_post, copydata_sender_post_loan, copydata_sender_send, copydata_sender_send_loan,
+    COPYDATA_MAX_SECTIONS, Sender, copydata_sender_cancel_loan, copydata_sender_close, copydata_sender_connect,
+    copydata_sender_loan, copydata_sender_post, copydata_sender_post_loan, copydata_sender_send,
+    copydata_sender_send_loan, copydata_sender_send_sections,
 };

@@ -24,6 +24,9 @@ pub struct Request {
     /// first; so does dropping, this field being first).
     reply_loan: Option<copydata::ReplyLoan>,
     inner: copydata::Request,
+    /// The sections that came with the message, until taken
+    /// (`copydata_request_take_section`).
+    sections: Vec<Option<copydata::Section>>,
 }
 
 impl Request {
@@ -220,11 +223,12 @@ pub unsafe extern "C" fn copydata_mailbox_recv(
         // - `mailbox` is NULL or a live mailbox that stays open during the
         //   call (the contract); receiving takes it shared.
         let mailbox = unsafe { handle(mailbox, "mailbox") }?;
-        let inner = match timeout_arg(timeout_ms) {
+        let mut inner = match timeout_arg(timeout_ms) {
             None => mailbox.inner.recv()?,
             Some(t) => mailbox.inner.recv_timeout(t)?,
         };
-        *out = Box::into_raw(Box::new(Request { reply_loan: None, inner }));
+        let sections = inner.message_mut().take_sections().into_iter().map(Some).collect();
+        *out = Box::into_raw(Box::new(Request { reply_loan: None, inner, sections }));
         Ok(())
     })
 }
@@ -313,6 +317,57 @@ pub unsafe extern "C" fn copydata_request_loan(request: *const Request, len: *mu
             *n = loan.map_or(0, |l| l.len());
         }
         loan.filter(|l| !l.is_empty()).map_or(std::ptr::null(), |l| l.as_ptr().cast())
+    })
+}
+
+/// How many sections came with the message
+/// (`copydata_sender_send_sections`); 0 for NULL.
+///
+/// # Safety
+///
+/// `request` is NULL or a live request.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_request_section_count(request: *const Request) -> usize {
+    guard_value(0, || {
+        // SAFETY:
+        // - `request` is NULL or a live request (this function's contract).
+        unsafe { handle(request, "request") }.map_or(0, |r| r.sections.len())
+    })
+}
+
+/// Takes the section at `index` (from 0) out of the message: a section of
+/// this process's own, to map and to close with `copydata_section_close`,
+/// valid after the request is answered. Sections not taken are closed
+/// with the request. The access is the one the sender handed over.
+///
+/// Fails with `COPYDATA_STATUS_INVALID_ARGUMENT` for an index out of
+/// range or a section already taken.
+///
+/// # Safety
+///
+/// `request` is NULL or a live request that no other thread is using;
+/// `out` is NULL or points to storage for a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_request_take_section(
+    request: *mut Request,
+    index: usize,
+    out: *mut *mut crate::section::Section,
+) -> Status {
+    guard(|| {
+        // SAFETY:
+        // - `out` is NULL or valid storage (this function's contract).
+        let out = unsafe { out_arg(out) }?;
+        // SAFETY:
+        // - `request` is NULL or a live request used by this thread alone
+        //   during the call (the contract).
+        let request = unsafe { handle_mut(request, "request") }?;
+        let count = request.sections.len();
+        let slot = request
+            .sections
+            .get_mut(index)
+            .ok_or_else(|| Error::invalid(format!("section {index} of a message that came with {count}")))?;
+        let section = slot.take().ok_or_else(|| Error::invalid(format!("section {index} was taken already")))?;
+        crate::section::give(out, section)
     })
 }
 
@@ -786,5 +841,161 @@ mod tests {
         // SAFETY:
         // - the mailbox came from `copydata_mailbox_bind`, closed once.
         unsafe { copydata_mailbox_close(mailbox) };
+    }
+
+    /// Maps `len` bytes of `section` at offset 0 with `access`.
+    ///
+    /// # Safety
+    ///
+    /// `section` is a live section.
+    unsafe fn map(section: *const crate::Section, len: usize, access: u32) -> Result<*mut crate::View, Status> {
+        let mut view = null_mut();
+        // SAFETY: a live section (the contract) and valid out storage.
+        match unsafe { crate::copydata_section_map(section, 0, len, access, &mut view) } {
+            Status::Ok => Ok(view),
+            other => Err(other),
+        }
+    }
+
+    /// Sections go with a message: an anonymous one, a named one handed
+    /// over read-only, and one over a file; the receiver takes each once
+    /// and writes where the handle allows it, the sender sees the writes.
+    #[test]
+    fn sections_travel_with_a_message() {
+        use crate::section::{
+            COPYDATA_READ_ONLY, COPYDATA_READ_WRITE, copydata_section_anonymous, copydata_section_close,
+            copydata_section_create, copydata_section_file, copydata_section_open, copydata_view_data,
+            copydata_view_unmap,
+        };
+        use crate::sender::{
+            COPYDATA_MAX_SECTIONS, copydata_sender_close, copydata_sender_connect, copydata_sender_send_sections,
+        };
+        let name = unique("sections");
+        let named = unique("named");
+        let path = std::env::temp_dir().join(format!("{}.file", name.to_str().unwrap()));
+        std::fs::write(&path, vec![b'.'; 10_000]).unwrap();
+        let cpath = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        let mut mailbox = null_mut();
+        // SAFETY:
+        // - valid names, paths and out storage; every handle is used by one
+        //   thread at a time and closed once; views are written within
+        //   their length while mapped.
+        unsafe {
+            assert_eq!(copydata_mailbox_bind(name.as_ptr(), &mut mailbox), Status::Ok);
+            let (mut anon, mut created, mut read_only, mut file) = (null_mut(), null_mut(), null_mut(), null_mut());
+            assert_eq!(copydata_section_anonymous(4096, &mut anon), Status::Ok);
+            assert_eq!(copydata_section_create(named.as_ptr(), 8192, &mut created), Status::Ok);
+            assert_eq!(copydata_section_open(named.as_ptr(), COPYDATA_READ_ONLY, &mut read_only), Status::Ok);
+            assert_eq!(copydata_section_file(cpath.as_ptr(), COPYDATA_READ_WRITE, &mut file), Status::Ok, "{}", last());
+            let anon_view = map(anon, 4096, COPYDATA_READ_WRITE).unwrap();
+            let created_view = map(created, 8192, COPYDATA_READ_WRITE).unwrap();
+            copydata_view_data(anon_view).cast::<u8>().copy_from(b"anon".as_ptr(), 4);
+            copydata_view_data(created_view).cast::<u8>().copy_from(b"named".as_ptr(), 5);
+
+            let shared = mailbox as usize;
+            let server = std::thread::spawn(move || {
+                let mailbox = shared as *const Mailbox;
+                let mut req = null_mut();
+                assert_eq!(copydata_mailbox_recv(mailbox, 10_000, &mut req), Status::Ok, "{}", last());
+                assert_eq!(copydata_request_section_count(req), 3);
+                let mut got = [null_mut(); 3];
+                for (i, out) in got.iter_mut().enumerate() {
+                    assert_eq!(copydata_request_take_section(req, i, out), Status::Ok, "{}", last());
+                }
+                let mut again = null_mut();
+                assert_eq!(copydata_request_take_section(req, 0, &mut again), Status::InvalidArgument);
+                assert!(last().contains("taken already"), "{}", last());
+                assert_eq!(copydata_request_take_section(req, 3, &mut again), Status::InvalidArgument);
+                assert!(again.is_null());
+                // Answered first: taken sections stay the receiver's.
+                assert_eq!(copydata_request_reply(req, 0, null(), 0), Status::Ok);
+                let read = |view: *mut crate::View, n: usize| {
+                    std::slice::from_raw_parts(copydata_view_data(view).cast::<u8>(), n).to_vec()
+                };
+                // The anonymous section: read and written.
+                let v = map(got[0], 4096, COPYDATA_READ_WRITE).unwrap();
+                assert_eq!(read(v, 4), b"anon");
+                copydata_view_data(v).cast::<u8>().copy_from(b"ANON".as_ptr(), 4);
+                copydata_view_unmap(v);
+                // The named one came read-only: no writable view of it.
+                assert_eq!(map(got[1], 8192, COPYDATA_READ_WRITE).unwrap_err(), Status::PermissionDenied);
+                let v = map(got[1], 8192, COPYDATA_READ_ONLY).unwrap();
+                assert_eq!(read(v, 5), b"named");
+                copydata_view_unmap(v);
+                // The file: written through.
+                let v = map(got[2], 10_000, COPYDATA_READ_WRITE).unwrap();
+                assert_eq!(read(v, 10_000), vec![b'.'; 10_000]);
+                copydata_view_data(v).cast::<u8>().copy_from(b"FILE".as_ptr(), 4);
+                copydata_view_unmap(v);
+                for s in got {
+                    copydata_section_close(s);
+                }
+            });
+
+            let mut sender = null_mut();
+            assert_eq!(copydata_sender_connect(name.as_ptr(), 5000, &mut sender), Status::Ok, "{}", last());
+            // Refused before anything is sent.
+            let too_many = [anon.cast_const(); COPYDATA_MAX_SECTIONS + 1];
+            let send = |sections: *const *const crate::Section, count| {
+                let mut code = -1;
+                let status = copydata_sender_send_sections(
+                    sender,
+                    1,
+                    c"x".as_ptr().cast(),
+                    1,
+                    sections,
+                    count,
+                    10_000,
+                    &mut code,
+                    null_mut(),
+                    null_mut(),
+                );
+                (status, code)
+            };
+            assert_eq!(send(too_many.as_ptr(), too_many.len()).0, Status::InvalidArgument);
+            assert_eq!(send(null(), 1).0, Status::InvalidArgument);
+            assert_eq!(send([anon.cast_const(), null()].as_ptr(), 2).0, Status::InvalidArgument);
+            assert!(last().contains("sections[1]"), "{}", last());
+            let three = [anon.cast_const(), read_only.cast_const(), file.cast_const()];
+            assert_eq!(send(three.as_ptr(), 3), (Status::Ok, 0), "{}", last());
+            server.join().unwrap();
+            assert_eq!(std::slice::from_raw_parts(copydata_view_data(anon_view).cast::<u8>(), 4), b"ANON");
+            copydata_sender_close(sender);
+            copydata_view_unmap(anon_view);
+            copydata_view_unmap(created_view);
+            for s in [anon, created, read_only, file] {
+                copydata_section_close(s);
+            }
+            copydata_mailbox_close(mailbox);
+        }
+        assert_eq!(&std::fs::read(&path).unwrap()[..5], b"FILE.");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn the_section_limit_is_the_librarys() {
+        assert_eq!(crate::COPYDATA_MAX_SECTIONS, copydata::MAX_SECTIONS);
+    }
+
+    #[test]
+    fn a_file_section_needs_a_file_with_bytes() {
+        use crate::section::{COPYDATA_READ_ONLY, copydata_section_file};
+        let dir = std::env::temp_dir();
+        let missing = std::ffi::CString::new(dir.join("copydata-no-such-file").to_str().unwrap()).unwrap();
+        let empty_path = dir.join(format!("copydata-test-ffi-empty-{}", std::process::id()));
+        std::fs::write(&empty_path, b"").unwrap();
+        let empty = std::ffi::CString::new(empty_path.to_str().unwrap()).unwrap();
+        let mut out = null_mut();
+        // SAFETY:
+        // - valid paths and out storage; nothing is made.
+        unsafe {
+            assert_eq!(copydata_section_file(missing.as_ptr(), COPYDATA_READ_ONLY, &mut out), Status::NotFound);
+            assert_eq!(copydata_section_file(empty.as_ptr(), COPYDATA_READ_ONLY, &mut out), Status::InvalidArgument);
+            assert!(last().contains("empty"), "{}", last());
+            assert_eq!(copydata_section_file(empty.as_ptr(), 7, &mut out), Status::InvalidArgument);
+            assert_eq!(copydata_section_file(null(), COPYDATA_READ_ONLY, &mut out), Status::InvalidArgument);
+            assert!(out.is_null());
+        }
+        let _ = std::fs::remove_file(&empty_path);
     }
 }

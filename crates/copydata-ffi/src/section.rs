@@ -15,7 +15,7 @@ pub const COPYDATA_READ_WRITE: u32 = 1;
 /// POSIX shared-memory object or a memfd). Opaque; close it with
 /// `copydata_section_close`.
 pub struct Section {
-    inner: copydata::Section,
+    pub(crate) inner: copydata::Section,
     /// The name as C reads it, for named sections.
     name: Option<CString>,
 }
@@ -45,7 +45,7 @@ fn access_arg(access: u32) -> Result<copydata::Access, Error> {
     }
 }
 
-fn give(out: &mut *mut Section, inner: copydata::Section) -> Result<(), Error> {
+pub(crate) fn give(out: &mut *mut Section, inner: copydata::Section) -> Result<(), Error> {
     let name = match inner.name() {
         // Valid names have no NUL (they are checked by the library).
         Some(n) => Some(CString::new(n).map_err(|_| Error::invalid("section name holds a NUL byte"))?),
@@ -101,6 +101,54 @@ pub unsafe extern "C" fn copydata_section_open(name: *const c_char, access: u32,
         let name = unsafe { str_arg(name, "name") }?;
         let access = access_arg(access)?;
         give(out, copydata::Section::open_with(name, access)?)
+    })
+}
+
+/// A section over the whole of the existing file at `path`, opened for
+/// reading (`COPYDATA_READ_ONLY`) or reading and writing
+/// (`COPYDATA_READ_WRITE`): `CreateFileMappingW` on the file, `mmap` of
+/// its descriptor. Views of it read and write the file. Its size is the
+/// file's: size the file first to make a new one (`ftruncate`,
+/// `SetEndOfFile`). Another process gets it by name of file, or handed
+/// over with a message (`copydata_sender_send_sections`).
+///
+/// Fails with `COPYDATA_STATUS_NOT_FOUND` (no such file),
+/// `COPYDATA_STATUS_PERMISSION_DENIED`, `COPYDATA_STATUS_INVALID_ARGUMENT`
+/// (an empty file, a path that is not UTF-8, an unknown access).
+/// Truncating the file while it is mapped makes access to the cut-off
+/// part crash the process (SIGBUS on Linux): keep such files private.
+///
+/// # Safety
+///
+/// `path` is NULL or a NUL-terminated string; `out` is NULL or points to
+/// storage for a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_section_file(path: *const c_char, access: u32, out: *mut *mut Section) -> Status {
+    guard(|| {
+        // SAFETY:
+        // - `out` is NULL or valid storage (this function's contract).
+        let out = unsafe { out_arg(out) }?;
+        // SAFETY:
+        // - `path` is NULL or a NUL-terminated string (the contract), read
+        //   only during this call.
+        let path = unsafe { str_arg(path, "path") }?;
+        let access = access_arg(access)?;
+        let file =
+            std::fs::OpenOptions::new().read(true).write(access == copydata::Access::ReadWrite).open(path).map_err(
+                |e| {
+                    let status = match e.kind() {
+                        std::io::ErrorKind::NotFound => Status::NotFound,
+                        std::io::ErrorKind::PermissionDenied => Status::PermissionDenied,
+                        _ => Status::Io,
+                    };
+                    Error::new(status, format!("opening {path}: {e}"))
+                },
+            )?;
+        let size = file.metadata().map_err(|e| Error::new(Status::Io, format!("{path}: {e}")))?.len();
+        if size == 0 {
+            return Err(Error::invalid(format!("{path} is empty: size it before mapping it")));
+        }
+        give(out, copydata::Section::from_file(&file, access)?)
     })
 }
 

@@ -4,8 +4,9 @@ use std::ffi::{c_char, c_void};
 use std::ptr::NonNull;
 use std::time::Duration;
 
-use crate::error::{Error, Status, bytes_arg, give_back, guard, guard_value, handle_mut, out_arg, str_arg};
+use crate::error::{Error, Status, bytes_arg, give_back, guard, guard_value, handle, handle_mut, out_arg, str_arg};
 use crate::mailbox::{call, timeout_arg};
+use crate::section::Section;
 
 /// A connection to one mailbox, kept for many messages (`copydata_send`
 /// connects for each). Messages of one sender arrive in order while they
@@ -127,6 +128,77 @@ pub unsafe extern "C" fn copydata_sender_send(
             None => sender.send(tag, data)?,
             Some(t) => sender.send_timeout(tag, data, t)?,
         })
+    };
+    // SAFETY: the pointers are as `call` needs them (this function's
+    // contract).
+    unsafe { call(data, len, timeout_ms, reply_code, reply_data, reply_len, send) }
+}
+
+/// The most sections one message carries (`copydata_sender_send_sections`).
+pub const COPYDATA_MAX_SECTIONS: usize = 16;
+
+/// Sends a message with `count` sections handed over with it (at most
+/// `COPYDATA_MAX_SECTIONS`; `sections` may be NULL when `count` is 0) and
+/// waits for the reply, as `copydata_sender_send` does (same timeout,
+/// outputs and failures). The receiver gets handles of its own to the
+/// same memory (`copydata_request_take_section`), with the access the
+/// sections have here: hand over a read-only one
+/// (`copydata_section_open(name, COPYDATA_READ_ONLY, ...)`) to share
+/// memory the receiver cannot write. The sections stay this process's
+/// too; close them when done.
+///
+/// Fails with `COPYDATA_STATUS_INVALID_ARGUMENT` for more than
+/// `COPYDATA_MAX_SECTIONS` sections or a NULL among them; nothing is sent.
+///
+/// # Safety
+///
+/// `sender` is NULL or a live sender that no other thread is using; `data`
+/// is NULL or points to `len` readable bytes; `sections` is NULL or points
+/// to `count` pointers, each NULL or a live section, none closed during
+/// the call; each of `reply_code`, `reply_data`, `reply_len` is NULL or
+/// points to writable storage of its type.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)] // the C signature: inputs, then outputs
+pub unsafe extern "C" fn copydata_sender_send_sections(
+    sender: *mut Sender,
+    tag: u64,
+    data: *const c_void,
+    len: usize,
+    sections: *const *const Section,
+    count: usize,
+    timeout_ms: u32,
+    reply_code: *mut i64,
+    reply_data: *mut *mut c_void,
+    reply_len: *mut usize,
+) -> Status {
+    let send = |data: &[u8], timeout: Option<Duration>| {
+        if count > COPYDATA_MAX_SECTIONS {
+            return Err(Error::invalid(format!("{count} sections: a message carries at most {COPYDATA_MAX_SECTIONS}")));
+        }
+        let handles: &[*const Section] = if count == 0 {
+            &[]
+        } else if sections.is_null() {
+            return Err(Error::invalid("sections is NULL"));
+        } else {
+            // SAFETY:
+            // - `sections` is not NULL and points to `count` pointers, read
+            //   only during this call (the contract).
+            unsafe { std::slice::from_raw_parts(sections, count) }
+        };
+        let mut refs = Vec::with_capacity(count);
+        for (i, &p) in handles.iter().enumerate() {
+            // SAFETY:
+            // - each pointer is NULL or a live section, not closed during
+            //   the call (the contract); it is only read.
+            let section =
+                unsafe { handle(p, "a section") }.map_err(|_| Error::invalid(format!("sections[{i}] is NULL")))?;
+            refs.push(&section.inner);
+        }
+        // SAFETY:
+        // - `sender` is NULL or a live sender used by this thread alone
+        //   during the call (the contract).
+        let sender = unsafe { handle_mut(sender, "sender") }?.idle()?;
+        Ok(sender.send_with_sections(tag, data, &refs, timeout)?)
     };
     // SAFETY: the pointers are as `call` needs them (this function's
     // contract).
