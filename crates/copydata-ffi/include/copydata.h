@@ -30,14 +30,15 @@
 #define COPYDATA_INFINITE 4294967295
 
 /**
- * Access for `copydata_section_open` and `copydata_section_map`: reading
- * only (`FILE_MAP_READ`, `PROT_READ`).
+ * Access for `copydata_section_open`, `copydata_section_file` and
+ * `copydata_section_map`: reading only (`FILE_MAP_READ`, `PROT_READ`).
  */
 #define COPYDATA_READ_ONLY 0
 
 /**
- * Access for `copydata_section_open` and `copydata_section_map`: reading
- * and writing (`FILE_MAP_WRITE`, `PROT_READ | PROT_WRITE`).
+ * Access for `copydata_section_open`, `copydata_section_file` and
+ * `copydata_section_map`: reading and writing (`FILE_MAP_WRITE`,
+ * `PROT_READ | PROT_WRITE`).
  */
 #define COPYDATA_READ_WRITE 1
 
@@ -347,7 +348,13 @@ size_t copydata_request_section_count(const copydata_request *request);
  * Takes the section at `index` (from 0) out of the message: a section of
  * this process's own, to map and to close with `copydata_section_close`,
  * valid after the request is answered. Sections not taken are closed
- * with the request. The access is the one the sender handed over.
+ * with the request. The access is the one the sender handed over
+ * (`copydata_section_access`).
+ *
+ * A sender you do not trust could truncate a named or file-backed
+ * section under your views, and touching the cut-off part then crashes
+ * this process (SIGBUS on Linux): check `copydata_section_is_size_sealed`
+ * before mapping such a section.
  *
  * Fails with `COPYDATA_STATUS_INVALID_ARGUMENT` for an index out of
  * range or a section already taken.
@@ -486,19 +493,22 @@ copydata_status copydata_section_create(const char *name, uint64_t size, copydat
 copydata_status copydata_section_open(const char *name, uint32_t access, copydata_section **out);
 
 /**
- * A section over the whole of the existing file at `path`, opened for
- * reading (`COPYDATA_READ_ONLY`) or reading and writing
+ * A section over the whole of the existing regular file at `path`, opened
+ * for reading (`COPYDATA_READ_ONLY`) or reading and writing
  * (`COPYDATA_READ_WRITE`): `CreateFileMappingW` on the file, `mmap` of
  * its descriptor. Views of it read and write the file. Its size is the
  * file's: size the file first to make a new one (`ftruncate`,
- * `SetEndOfFile`). Another process gets it by name of file, or handed
- * over with a message (`copydata_sender_send_sections`).
+ * `SetEndOfFile`). The path is bytes on Linux (any encoding), UTF-8 on
+ * Windows. Another process gets it by the file's name, or handed over
+ * with a message (`copydata_sender_send_sections`).
  *
  * Fails with `COPYDATA_STATUS_NOT_FOUND` (no such file),
- * `COPYDATA_STATUS_PERMISSION_DENIED`, `COPYDATA_STATUS_INVALID_ARGUMENT`
- * (an empty file, a path that is not UTF-8, an unknown access).
- * Truncating the file while it is mapped makes access to the cut-off
- * part crash the process (SIGBUS on Linux): keep such files private.
+ * `COPYDATA_STATUS_PERMISSION_DENIED` (including `COPYDATA_READ_WRITE` on
+ * a file this process may only read), `COPYDATA_STATUS_INVALID_ARGUMENT`
+ * (an empty file, one that is not a regular file, such as a directory or
+ * a FIFO, an unknown access). On Linux, truncating the file while it is
+ * mapped makes access to the cut-off part crash the process (SIGBUS), so
+ * keep such files private; Windows refuses to truncate a mapped file.
  *
  * # Safety
  *
@@ -506,6 +516,47 @@ copydata_status copydata_section_open(const char *name, uint32_t access, copydat
  * storage for a pointer.
  */
 copydata_status copydata_section_file(const char *path, uint32_t access, copydata_section **out);
+
+/**
+ * Whether the section cannot shrink (`copydata::Section::is_size_sealed`):
+ * true for anonymous sections on Linux, whose size is sealed, and on
+ * Windows, where a mapped section never shrinks. A named or file-backed
+ * section received from another process can be truncated by whoever may
+ * open its name or file, and touching the cut-off part of a view then
+ * crashes this process (SIGBUS): map only what you trust of those, or
+ * keep them to programs you trust. False for NULL.
+ *
+ * # Safety
+ *
+ * `section` is NULL or a live section.
+ */
+bool copydata_section_is_size_sealed(const copydata_section *section);
+
+/**
+ * The access this handle has: `COPYDATA_READ_WRITE` or
+ * `COPYDATA_READ_ONLY` (a read-only handle cannot map writable views);
+ * `COPYDATA_READ_ONLY` for NULL.
+ *
+ * # Safety
+ *
+ * `section` is NULL or a live section.
+ */
+uint32_t copydata_section_access(const copydata_section *section);
+
+/**
+ * A read-only handle to the same memory, to hand over
+ * (`copydata_sender_send_sections`) so that the receiver cannot write it:
+ * for an anonymous section the kernel enforces it (on Linux the section
+ * is sealed against new writable mappings, except this process's own). A
+ * named or file-backed section stays reachable by its name or path, so
+ * whoever may open that may still get write access there.
+ *
+ * # Safety
+ *
+ * `section` is NULL or a live section; `out` is NULL or points to storage
+ * for a pointer.
+ */
+copydata_status copydata_section_read_only(const copydata_section *section, copydata_section **out);
 
 /**
  * Creates an anonymous section of `size` bytes, zero-filled
@@ -648,11 +699,15 @@ copydata_status copydata_sender_send(copydata_sender *sender,
  * `COPYDATA_MAX_SECTIONS`; `sections` may be NULL when `count` is 0) and
  * waits for the reply, as `copydata_sender_send` does (same timeout,
  * outputs and failures). The receiver gets handles of its own to the
- * same memory (`copydata_request_take_section`), with the access the
- * sections have here: hand over a read-only one
- * (`copydata_section_open(name, COPYDATA_READ_ONLY, ...)`) to share
- * memory the receiver cannot write. The sections stay this process's
- * too; close them when done.
+ * same memory (`copydata_request_take_section`; `SCM_RIGHTS` on Linux,
+ * `DuplicateHandle` on Windows), with the access the handles have here:
+ * hand over a read-only one (`copydata_section_read_only`) so that the
+ * receiver cannot write through it (see there for named and file-backed
+ * sections). The sections stay this process's too; close them when
+ * done, even right after the call.
+ *
+ * From C, an array of `copydata_section *` needs a cast to
+ * `const copydata_section *const *`.
  *
  * Fails with `COPYDATA_STATUS_INVALID_ARGUMENT` for more than
  * `COPYDATA_MAX_SECTIONS` sections or a NULL among them; nothing is sent.

@@ -23,8 +23,9 @@
 //!
 //! - Every fallible function returns a [`Status`] (`COPYDATA_STATUS_OK`,
 //!   zero, on success); [`copydata_last_error`] then says why, in words.
-//! - Objects are opaque handles made by a `_create`, `_open`, `_bind`,
-//!   `_connect`, `_map` or `_recv` function and given back to exactly one
+//! - Objects are opaque handles made by a `_create`, `_open`, `_file`,
+//!   `_anonymous`, `_read_only`, `_bind`, `_connect`, `_map`, `_recv` or
+//!   `_take_section` function and given back to exactly one
 //!   matching `_close`, `_unmap`, `_reply`, `_reply_loan` or `_refuse`
 //!   function. Closing `NULL` does nothing. On failure a function stores
 //!   `NULL` in its `out` argument (except a second [`copydata_sender_loan`]
@@ -60,9 +61,12 @@
 //!
 //! [`copydata_sender_send_sections`] hands sections over with a message
 //! (up to [`COPYDATA_MAX_SECTIONS`]); the receiver takes a handle of its
-//! own to each with [`copydata_request_take_section`]. A read-only
-//! section arrives read-only. [`copydata_section_file`] makes a section of
-//! an existing file.
+//! own to each with [`copydata_request_take_section`]. A read-only handle
+//! ([`copydata_section_read_only`]) arrives read-only.
+//! [`copydata_section_file`] makes a section of an existing file. A
+//! received named or file-backed section can be truncated by whoever may
+//! open it: check [`copydata_section_is_size_sealed`] before mapping one
+//! from a sender you do not trust.
 
 mod buffer;
 mod error;
@@ -81,8 +85,9 @@ pub use mailbox::{
     copydata_request_sender_pid, copydata_request_tag, copydata_request_take_section, copydata_send,
 };
 pub use section::{
-    COPYDATA_READ_ONLY, COPYDATA_READ_WRITE, Section, View, copydata_section_anonymous, copydata_section_close,
-    copydata_section_create, copydata_section_file, copydata_section_map, copydata_section_name, copydata_section_open,
+    COPYDATA_READ_ONLY, COPYDATA_READ_WRITE, Section, View, copydata_section_access, copydata_section_anonymous,
+    copydata_section_close, copydata_section_create, copydata_section_file, copydata_section_is_size_sealed,
+    copydata_section_map, copydata_section_name, copydata_section_open, copydata_section_read_only,
     copydata_section_size, copydata_view_data, copydata_view_size, copydata_view_unmap,
 };
 pub use sender::{

@@ -338,7 +338,13 @@ pub unsafe extern "C" fn copydata_request_section_count(request: *const Request)
 /// Takes the section at `index` (from 0) out of the message: a section of
 /// this process's own, to map and to close with `copydata_section_close`,
 /// valid after the request is answered. Sections not taken are closed
-/// with the request. The access is the one the sender handed over.
+/// with the request. The access is the one the sender handed over
+/// (`copydata_section_access`).
+///
+/// A sender you do not trust could truncate a named or file-backed
+/// section under your views, and touching the cut-off part then crashes
+/// this process (SIGBUS on Linux): check `copydata_section_is_size_sealed`
+/// before mapping such a section.
 ///
 /// Fails with `COPYDATA_STATUS_INVALID_ARGUMENT` for an index out of
 /// range or a section already taken.
@@ -694,6 +700,10 @@ mod tests {
             let mut data = null_mut();
             assert_eq!(copydata_request_loan_reply(null_mut(), 8, &mut data), Status::InvalidArgument);
             assert_eq!(copydata_request_reply_loan(null_mut(), 0), Status::InvalidArgument);
+            assert_eq!(copydata_request_section_count(null()), 0);
+            let mut section = null_mut();
+            assert_eq!(copydata_request_take_section(null_mut(), 0, &mut section), Status::InvalidArgument);
+            assert!(section.is_null());
         }
     }
 
@@ -863,9 +873,9 @@ mod tests {
     #[test]
     fn sections_travel_with_a_message() {
         use crate::section::{
-            COPYDATA_READ_ONLY, COPYDATA_READ_WRITE, copydata_section_anonymous, copydata_section_close,
-            copydata_section_create, copydata_section_file, copydata_section_open, copydata_view_data,
-            copydata_view_unmap,
+            COPYDATA_READ_ONLY, COPYDATA_READ_WRITE, copydata_section_access, copydata_section_anonymous,
+            copydata_section_close, copydata_section_create, copydata_section_file, copydata_section_is_size_sealed,
+            copydata_section_open, copydata_view_data, copydata_view_unmap,
         };
         use crate::sender::{
             COPYDATA_MAX_SECTIONS, copydata_sender_close, copydata_sender_connect, copydata_sender_send_sections,
@@ -896,6 +906,12 @@ mod tests {
             let server = std::thread::spawn(move || {
                 let mailbox = shared as *const Mailbox;
                 let mut req = null_mut();
+                // First a message with none.
+                assert_eq!(copydata_mailbox_recv(mailbox, 10_000, &mut req), Status::Ok, "{}", last());
+                assert_eq!(copydata_request_section_count(req), 0);
+                let mut none = null_mut();
+                assert_eq!(copydata_request_take_section(req, 0, &mut none), Status::InvalidArgument);
+                assert_eq!(copydata_request_reply(req, 0, null(), 0), Status::Ok);
                 assert_eq!(copydata_mailbox_recv(mailbox, 10_000, &mut req), Status::Ok, "{}", last());
                 assert_eq!(copydata_request_section_count(req), 3);
                 let mut got = [null_mut(); 3];
@@ -909,6 +925,16 @@ mod tests {
                 assert!(again.is_null());
                 // Answered first: taken sections stay the receiver's.
                 assert_eq!(copydata_request_reply(req, 0, null(), 0), Status::Ok);
+                // What each handle may do: anonymous sections cannot shrink,
+                // on Windows none can.
+                assert_eq!(
+                    got.map(|s| (copydata_section_access(s), copydata_section_is_size_sealed(s))),
+                    [
+                        (COPYDATA_READ_WRITE, true),
+                        (COPYDATA_READ_ONLY, cfg!(windows)),
+                        (COPYDATA_READ_WRITE, cfg!(windows))
+                    ]
+                );
                 let read = |view: *mut crate::View, n: usize| {
                     std::slice::from_raw_parts(copydata_view_data(view).cast::<u8>(), n).to_vec()
                 };
@@ -956,6 +982,7 @@ mod tests {
             assert_eq!(send(null(), 1).0, Status::InvalidArgument);
             assert_eq!(send([anon.cast_const(), null()].as_ptr(), 2).0, Status::InvalidArgument);
             assert!(last().contains("sections[1]"), "{}", last());
+            assert_eq!(send(null(), 0), (Status::Ok, 0), "{}", last());
             let three = [anon.cast_const(), read_only.cast_const(), file.cast_const()];
             assert_eq!(send(three.as_ptr(), 3), (Status::Ok, 0), "{}", last());
             server.join().unwrap();
@@ -994,8 +1021,80 @@ mod tests {
             assert!(last().contains("empty"), "{}", last());
             assert_eq!(copydata_section_file(empty.as_ptr(), 7, &mut out), Status::InvalidArgument);
             assert_eq!(copydata_section_file(null(), COPYDATA_READ_ONLY, &mut out), Status::InvalidArgument);
+            // A directory is no file to map.
+            let dir = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+            assert_eq!(copydata_section_file(dir.as_ptr(), COPYDATA_READ_ONLY, &mut out), Status::InvalidArgument);
             assert!(out.is_null());
         }
         let _ = std::fs::remove_file(&empty_path);
+    }
+
+    /// A FIFO is refused at once (opening it would wait for a writer), and
+    /// a path need not be UTF-8 on Linux.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_file_section_takes_any_path_and_no_fifo() {
+        use crate::section::{COPYDATA_READ_ONLY, COPYDATA_READ_WRITE, copydata_section_close, copydata_section_file};
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::env::temp_dir();
+        let fifo = dir.join(format!("copydata-test-ffi-fifo-{}", std::process::id()));
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::RUSR, 0).unwrap();
+        let cfifo = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut out = null_mut();
+            // SAFETY: a valid path and out storage.
+            let status = unsafe { copydata_section_file(cfifo.as_ptr(), COPYDATA_READ_ONLY, &mut out) };
+            let _ = tx.send((status, out.is_null(), last()));
+        });
+        let (status, null, why) =
+            rx.recv_timeout(std::time::Duration::from_secs(10)).expect("opening a FIFO waited for a writer");
+        assert_eq!((status, null), (Status::InvalidArgument, true), "{why}");
+        assert!(why.contains("not a regular file"), "{why}");
+        let _ = std::fs::remove_file(&fifo);
+
+        let mut raw = dir.as_os_str().as_bytes().to_vec();
+        raw.extend_from_slice(b"/copydata-test-ffi-");
+        raw.push(0xff); // not UTF-8
+        raw.extend_from_slice(format!("-{}", std::process::id()).as_bytes());
+        let odd = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&raw));
+        std::fs::write(&odd, b"bytes").unwrap();
+        let codd = std::ffi::CString::new(raw).unwrap();
+        let mut out = null_mut();
+        // SAFETY: a valid path and out storage; the section is closed once.
+        unsafe {
+            assert_eq!(copydata_section_file(codd.as_ptr(), COPYDATA_READ_WRITE, &mut out), Status::Ok, "{}", last());
+            assert_eq!(crate::copydata_section_size(out), 5);
+            copydata_section_close(out);
+        }
+        let _ = std::fs::remove_file(&odd);
+    }
+
+    /// A read-only handle to hand over: it maps no writable view.
+    #[test]
+    fn a_read_only_handle_maps_no_writable_view() {
+        use crate::section::{
+            COPYDATA_READ_ONLY, COPYDATA_READ_WRITE, copydata_section_access, copydata_section_anonymous,
+            copydata_section_close, copydata_section_read_only,
+        };
+        let (mut rw, mut ro) = (null_mut(), null_mut());
+        // SAFETY: valid out storage; each section is closed once.
+        unsafe {
+            assert_eq!(copydata_section_anonymous(4096, &mut rw), Status::Ok);
+            assert_eq!(copydata_section_read_only(rw, &mut ro), Status::Ok, "{}", last());
+            assert_eq!(
+                (copydata_section_access(rw), copydata_section_access(ro)),
+                (COPYDATA_READ_WRITE, COPYDATA_READ_ONLY)
+            );
+            assert_eq!(map(ro, 4096, COPYDATA_READ_WRITE).unwrap_err(), Status::PermissionDenied);
+            crate::copydata_view_unmap(map(ro, 4096, COPYDATA_READ_ONLY).unwrap());
+            // The original keeps its writable views.
+            crate::copydata_view_unmap(map(rw, 4096, COPYDATA_READ_WRITE).unwrap());
+            let mut none = null_mut();
+            assert_eq!(copydata_section_read_only(null(), &mut none), Status::InvalidArgument);
+            assert_eq!(copydata_section_access(null()), COPYDATA_READ_ONLY);
+            copydata_section_close(ro);
+            copydata_section_close(rw);
+        }
     }
 }

@@ -4,11 +4,12 @@ use std::ffi::{CString, c_char, c_void};
 
 use crate::error::{Error, Status, give_back, guard, guard_value, handle, out_arg, str_arg};
 
-/// Access for `copydata_section_open` and `copydata_section_map`: reading
-/// only (`FILE_MAP_READ`, `PROT_READ`).
+/// Access for `copydata_section_open`, `copydata_section_file` and
+/// `copydata_section_map`: reading only (`FILE_MAP_READ`, `PROT_READ`).
 pub const COPYDATA_READ_ONLY: u32 = 0;
-/// Access for `copydata_section_open` and `copydata_section_map`: reading
-/// and writing (`FILE_MAP_WRITE`, `PROT_READ | PROT_WRITE`).
+/// Access for `copydata_section_open`, `copydata_section_file` and
+/// `copydata_section_map`: reading and writing (`FILE_MAP_WRITE`,
+/// `PROT_READ | PROT_WRITE`).
 pub const COPYDATA_READ_WRITE: u32 = 1;
 
 /// A section of shared memory (a Win32 file-mapping object; on Linux a
@@ -104,19 +105,22 @@ pub unsafe extern "C" fn copydata_section_open(name: *const c_char, access: u32,
     })
 }
 
-/// A section over the whole of the existing file at `path`, opened for
-/// reading (`COPYDATA_READ_ONLY`) or reading and writing
+/// A section over the whole of the existing regular file at `path`, opened
+/// for reading (`COPYDATA_READ_ONLY`) or reading and writing
 /// (`COPYDATA_READ_WRITE`): `CreateFileMappingW` on the file, `mmap` of
 /// its descriptor. Views of it read and write the file. Its size is the
 /// file's: size the file first to make a new one (`ftruncate`,
-/// `SetEndOfFile`). Another process gets it by name of file, or handed
-/// over with a message (`copydata_sender_send_sections`).
+/// `SetEndOfFile`). The path is bytes on Linux (any encoding), UTF-8 on
+/// Windows. Another process gets it by the file's name, or handed over
+/// with a message (`copydata_sender_send_sections`).
 ///
 /// Fails with `COPYDATA_STATUS_NOT_FOUND` (no such file),
-/// `COPYDATA_STATUS_PERMISSION_DENIED`, `COPYDATA_STATUS_INVALID_ARGUMENT`
-/// (an empty file, a path that is not UTF-8, an unknown access).
-/// Truncating the file while it is mapped makes access to the cut-off
-/// part crash the process (SIGBUS on Linux): keep such files private.
+/// `COPYDATA_STATUS_PERMISSION_DENIED` (including `COPYDATA_READ_WRITE` on
+/// a file this process may only read), `COPYDATA_STATUS_INVALID_ARGUMENT`
+/// (an empty file, one that is not a regular file, such as a directory or
+/// a FIFO, an unknown access). On Linux, truncating the file while it is
+/// mapped makes access to the cut-off part crash the process (SIGBUS), so
+/// keep such files private; Windows refuses to truncate a mapped file.
 ///
 /// # Safety
 ///
@@ -131,24 +135,127 @@ pub unsafe extern "C" fn copydata_section_file(path: *const c_char, access: u32,
         // SAFETY:
         // - `path` is NULL or a NUL-terminated string (the contract), read
         //   only during this call.
-        let path = unsafe { str_arg(path, "path") }?;
+        let path = unsafe { path_arg(path) }?;
         let access = access_arg(access)?;
-        let file =
-            std::fs::OpenOptions::new().read(true).write(access == copydata::Access::ReadWrite).open(path).map_err(
-                |e| {
-                    let status = match e.kind() {
-                        std::io::ErrorKind::NotFound => Status::NotFound,
-                        std::io::ErrorKind::PermissionDenied => Status::PermissionDenied,
-                        _ => Status::Io,
-                    };
-                    Error::new(status, format!("opening {path}: {e}"))
-                },
-            )?;
-        let size = file.metadata().map_err(|e| Error::new(Status::Io, format!("{path}: {e}")))?.len();
-        if size == 0 {
-            return Err(Error::invalid(format!("{path} is empty: size it before mapping it")));
+        let shown = path.display();
+        let not_a_file = || Error::invalid(format!("{shown} is not a regular file"));
+        // Windows cannot open a directory as a file, and says "access
+        // denied": told apart first. (Checked again once open.)
+        if std::fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
+            return Err(not_a_file());
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(access == copydata::Access::ReadWrite);
+        // Opening a FIFO would wait for a writer: fail at once instead (the
+        // check below refuses it).
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, rustix::fs::OFlags::NONBLOCK.bits() as i32);
+        let file = options.open(&path).map_err(|e| {
+            let status = match e.kind() {
+                std::io::ErrorKind::NotFound => Status::NotFound,
+                std::io::ErrorKind::PermissionDenied => Status::PermissionDenied,
+                std::io::ErrorKind::IsADirectory => Status::InvalidArgument,
+                _ => Status::Io,
+            };
+            Error::new(status, format!("opening {shown}: {e}"))
+        })?;
+        let meta = file.metadata().map_err(|e| Error::new(Status::Io, format!("{shown}: {e}")))?;
+        if !meta.is_file() {
+            return Err(not_a_file());
+        }
+        if meta.len() == 0 {
+            return Err(Error::invalid(format!("{shown} is empty: size it before mapping it")));
         }
         give(out, copydata::Section::from_file(&file, access)?)
+    })
+}
+
+/// A path argument: bytes on Unix (any encoding), UTF-8 elsewhere.
+///
+/// # Safety
+///
+/// `p` is NULL or a NUL-terminated string, valid during the call.
+unsafe fn path_arg(p: *const c_char) -> Result<std::path::PathBuf, Error> {
+    if p.is_null() {
+        return Err(Error::invalid("path is NULL"));
+    }
+    // SAFETY: not NULL, and NUL-terminated (the contract).
+    let bytes = unsafe { std::ffi::CStr::from_ptr(p) };
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        Ok(std::ffi::OsStr::from_bytes(bytes.to_bytes()).into())
+    }
+    #[cfg(not(unix))]
+    {
+        bytes.to_str().map(Into::into).map_err(|_| Error::invalid("path is not UTF-8"))
+    }
+}
+
+/// Whether the section cannot shrink (`copydata::Section::is_size_sealed`):
+/// true for anonymous sections on Linux, whose size is sealed, and on
+/// Windows, where a mapped section never shrinks. A named or file-backed
+/// section received from another process can be truncated by whoever may
+/// open its name or file, and touching the cut-off part of a view then
+/// crashes this process (SIGBUS): map only what you trust of those, or
+/// keep them to programs you trust. False for NULL.
+///
+/// # Safety
+///
+/// `section` is NULL or a live section.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_section_is_size_sealed(section: *const Section) -> bool {
+    guard_value(false, || {
+        // SAFETY:
+        // - `section` is NULL or a live section (this function's contract).
+        unsafe { handle(section, "section") }.is_ok_and(|s| s.inner.is_size_sealed())
+    })
+}
+
+/// The access this handle has: `COPYDATA_READ_WRITE` or
+/// `COPYDATA_READ_ONLY` (a read-only handle cannot map writable views);
+/// `COPYDATA_READ_ONLY` for NULL.
+///
+/// # Safety
+///
+/// `section` is NULL or a live section.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_section_access(section: *const Section) -> u32 {
+    guard_value(COPYDATA_READ_ONLY, || {
+        // SAFETY:
+        // - `section` is NULL or a live section (this function's contract).
+        match unsafe { handle(section, "section") }.map(|s| s.inner.access()) {
+            Ok(copydata::Access::ReadWrite) => COPYDATA_READ_WRITE,
+            _ => COPYDATA_READ_ONLY,
+        }
+    })
+}
+
+/// A read-only handle to the same memory, to hand over
+/// (`copydata_sender_send_sections`) so that the receiver cannot write it:
+/// for an anonymous section the kernel enforces it (on Linux the section
+/// is sealed against new writable mappings, except this process's own). A
+/// named or file-backed section stays reachable by its name or path, so
+/// whoever may open that may still get write access there.
+///
+/// # Safety
+///
+/// `section` is NULL or a live section; `out` is NULL or points to storage
+/// for a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_section_read_only(section: *const Section, out: *mut *mut Section) -> Status {
+    guard(|| {
+        // SAFETY:
+        // - `out` is NULL or valid storage (this function's contract).
+        let out = unsafe { out_arg(out) }?;
+        // SAFETY:
+        // - `section` is NULL or a live section (the contract).
+        let section = unsafe { handle(section, "section") }?;
+        let read_only = section.inner.read_only().map_err(|e| match e {
+            copydata::ReadOnlyError::Unsupported => Error::new(Status::Unsupported, e),
+            other => Error::new(Status::Io, other),
+        })?;
+        give(out, read_only)
     })
 }
 

@@ -141,11 +141,15 @@ pub const COPYDATA_MAX_SECTIONS: usize = 16;
 /// `COPYDATA_MAX_SECTIONS`; `sections` may be NULL when `count` is 0) and
 /// waits for the reply, as `copydata_sender_send` does (same timeout,
 /// outputs and failures). The receiver gets handles of its own to the
-/// same memory (`copydata_request_take_section`), with the access the
-/// sections have here: hand over a read-only one
-/// (`copydata_section_open(name, COPYDATA_READ_ONLY, ...)`) to share
-/// memory the receiver cannot write. The sections stay this process's
-/// too; close them when done.
+/// same memory (`copydata_request_take_section`; `SCM_RIGHTS` on Linux,
+/// `DuplicateHandle` on Windows), with the access the handles have here:
+/// hand over a read-only one (`copydata_section_read_only`) so that the
+/// receiver cannot write through it (see there for named and file-backed
+/// sections). The sections stay this process's too; close them when
+/// done, even right after the call.
+///
+/// From C, an array of `copydata_section *` needs a cast to
+/// `const copydata_section *const *`.
 ///
 /// Fails with `COPYDATA_STATUS_INVALID_ARGUMENT` for more than
 /// `COPYDATA_MAX_SECTIONS` sections or a NULL among them; nothing is sent.
@@ -181,8 +185,10 @@ pub unsafe extern "C" fn copydata_sender_send_sections(
             return Err(Error::invalid("sections is NULL"));
         } else {
             // SAFETY:
-            // - `sections` is not NULL and points to `count` pointers, read
-            //   only during this call (the contract).
+            // - `sections` is not NULL and points to `count` pointers (so
+            //   suitably aligned), read only during this call (the
+            //   contract); `count` is at most COPYDATA_MAX_SECTIONS (checked
+            //   above), far below the size limit of a slice.
             unsafe { std::slice::from_raw_parts(sections, count) }
         };
         let mut refs = Vec::with_capacity(count);
