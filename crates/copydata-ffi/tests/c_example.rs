@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
-use copydata::{Mailbox, Reply, Section};
+use copydata::{Access, Mailbox, Reply, Section};
 
 /// How long any one step may take before the test gives up.
 const WAIT: Duration = Duration::from_secs(60);
@@ -99,8 +99,17 @@ fn the_c_example_talks_to_a_rust_mailbox_and_shares_a_section() {
     // Rust's side: a mailbox answering with the length and the bytes in
     // capitals, and a section holding a greeting.
     let (seen_tx, seen) = channel();
+    let (sections_tx, sections) = channel();
     let server = Mailbox::bind(&name).unwrap().serve(move |msg| {
         let _ = seen_tx.send((msg.tag(), msg.payload().to_vec(), msg.sender().pid));
+        // A section handed over: how it came, and what it says.
+        for s in msg.sections() {
+            let text = s.map(0, 10).ok().and_then(|v| {
+                let mut text = [0u8; 10];
+                v.read_at(0, &mut text).ok().map(|()| text)
+            });
+            let _ = sections_tx.send((s.access(), s.map_mut(0, 10).is_ok(), text));
+        }
         Reply::new(msg.payload().len() as i64, msg.payload().to_ascii_uppercase())
     });
     let section = Section::create(&section_name, 4096).unwrap();
@@ -113,12 +122,16 @@ fn the_c_example_talks_to_a_rust_mailbox_and_shares_a_section() {
     let (tag, payload, pid) = seen.recv_timeout(WAIT).unwrap();
     assert_eq!((tag, payload.as_slice(), pid), (7, &b"hello from C"[..], kid.child.id()));
     // Then one connection for three calls, a post and a loan, in order.
-    kid.expect_line("sender: 3 replies, a post and a loan");
+    kid.expect_line("sender: 3 replies, a post, a loan and a section");
     let pattern: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-    for (tag, want) in [(11, &b"one"[..]), (12, b"two"), (13, b"three"), (14, b"posted"), (15, &pattern[..])] {
+    let sent = [(11, &b"one"[..]), (12, b"two"), (13, b"three"), (14, b"posted"), (15, &pattern[..]), (16, b"section")];
+    for (tag, want) in sent {
         let (got, payload, pid) = seen.recv_timeout(WAIT).unwrap();
         assert_eq!((got, payload.as_slice(), pid), (tag, want, kid.child.id()));
     }
+    // The section came read-only: readable, not writable.
+    assert_eq!(sections.recv_timeout(WAIT).unwrap(), (Access::ReadOnly, false, Some(*b"made in C\0")));
+    assert!(sections.try_recv().is_err(), "one section only");
     let mut back = [0; 18];
     view.read_at(100, &mut back).unwrap();
     assert_eq!(&back, b"hello back from C\0");

@@ -12,8 +12,9 @@
  *    SendMessageTimeout(WM_COPYDATA); the Rust side answers with the length
  *    as the code and the bytes in capitals. Then, on one connection kept
  *    for them (a copydata_sender), three calls (tags 11 to 13), a post
- *    (tag 14, no reply awaited, like PostMessage) and 100000 bytes written
- *    straight into shared memory and sent without a copy (a loan, tag 15).
+ *    (tag 14, no reply awaited, like PostMessage), 100000 bytes written
+ *    straight into shared memory and sent without a copy (a loan, tag 15)
+ *    and a section of its own handed over read-only (tag 16).
  * 3. A mailbox of its own, MAILBOX-c: answers every message with code = tag
  *    and the bytes reversed (reading lent bytes in place, and writing a
  *    reply of 64 KiB or more in place too, in a buffer lent for it), until
@@ -107,14 +108,39 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < LENT; i++)
         lent[i] = (unsigned char)(i % 251);
     st = copydata_sender_send_loan(sender, 15, 5000, &code, NULL, NULL);
-    copydata_sender_close(sender);
-    if (st)
+    if (st) {
+        copydata_sender_close(sender);
         return fail("sending the loan", st);
+    }
     if (code != LENT) {
+        copydata_sender_close(sender);
         fprintf(stderr, "echo: reply %lld to the loan\n", (long long)code);
         return 1;
     }
-    printf("sender: 3 replies, a post and a loan\n");
+
+    /* A section handed over with a message (DuplicateHandle on Windows,
+     * SCM_RIGHTS on Linux): anonymous memory written here, given to the
+     * receiver read-only, so it can read but not write it. */
+    copydata_section *made, *read_only;
+    if ((st = copydata_section_anonymous(4096, &made))) {
+        copydata_sender_close(sender);
+        return fail("creating a section", st);
+    }
+    if (!(st = copydata_section_map(made, 0, 4096, COPYDATA_READ_WRITE, &view))) {
+        strcpy(copydata_view_data(view), "made in C");
+        copydata_view_unmap(view);
+        st = copydata_section_read_only(made, &read_only);
+    }
+    if (!st) {
+        const copydata_section *with[] = {read_only};
+        st = copydata_sender_send_sections(sender, 16, "section", 7, with, 1, 5000, &code, NULL, NULL);
+        copydata_section_close(read_only);
+    }
+    copydata_section_close(made);
+    copydata_sender_close(sender);
+    if (st)
+        return fail("sending a section", st);
+    printf("sender: 3 replies, a post, a loan and a section\n");
 
     /* A mailbox nobody has bound: an error code at once, not a hang. */
     char name[256];
