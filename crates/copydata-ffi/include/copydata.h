@@ -9,8 +9,9 @@
  * Conventions: fallible functions return a copydata_status, zero
  * (COPYDATA_STATUS_OK) on success, and copydata_last_error() says why they
  * failed. Handles are opaque and owned by the caller until given back to
- * their _close / _unmap / _reply / _refuse function; closing NULL does
- * nothing; on failure `out` arguments are set to NULL. Names are
+ * their _close / _unmap / _reply / _reply_loan / _refuse / _answer
+ * function; closing NULL does nothing; on failure `out` arguments are set
+ * to NULL. Names are
  * NUL-terminated UTF-8, lengths size_t, timeouts milliseconds
  * (COPYDATA_INFINITE for none).
  */
@@ -145,6 +146,20 @@ typedef int32_t copydata_status;
 #endif // __cplusplus
 
 /**
+ * The primary instance of an app id: it receives later launches with
+ * `copydata_instance_recv`. Opaque; close it with
+ * `copydata_instance_close`, which frees the app id for the next launch.
+ */
+typedef struct copydata_instance copydata_instance;
+
+/**
+ * A later launch, forwarded to the primary: its arguments, working
+ * directory, bytes and process id. Opaque; answer it with
+ * `copydata_launch_answer`, which also frees it.
+ */
+typedef struct copydata_launch copydata_launch;
+
+/**
  * A bound mailbox, receiving messages sent to its name. Opaque; close it
  * with `copydata_mailbox_close`.
  */
@@ -213,6 +228,145 @@ const char *copydata_last_error(void);
  * do not free it.
  */
 const char *copydata_status_name(int32_t status);
+
+/**
+ * Becomes the primary instance of `app_id`, or forwards this launch to
+ * the running primary and returns its answer.
+ *
+ * The launch carries `argc` arguments from `argv` (for example
+ * `argc - 1, argv + 1` from `main`; NULL and 0 for none: bytes on Linux,
+ * UTF-8 on Windows), this process's working directory and `len` bytes at
+ * `data` (NULL and 0 for none).
+ *
+ * - This launch is the primary: `*primary` is its handle, to receive later
+ *   launches with `copydata_instance_recv`; the answer outputs are 0 and
+ *   NULL.
+ * - Another process is the primary: `*primary` is NULL, and the
+ *   primary's answer is in `*answer_code` (for the secondary to exit
+ *   with) and `*answer_data` / `*answer_len` (a buffer to free with
+ *   `copydata_free`, NULL when empty). Each answer output may be NULL if
+ *   not wanted.
+ *
+ * Waits at most `timeout_ms` (`COPYDATA_INFINITE`: as long as it takes)
+ * for a primary to take the launch and answer, the election included.
+ * Fails with `COPYDATA_STATUS_TIMED_OUT` (the primary is stopped or hung;
+ * it may still handle the launch later), `COPYDATA_STATUS_REFUSED`,
+ * `COPYDATA_STATUS_INCOMPATIBLE`, `COPYDATA_STATUS_INVALID_ARGUMENT` (an
+ * app id that is not a copydata name, a NULL argument).
+ *
+ * # Safety
+ *
+ * `app_id` is NULL or a NUL-terminated string; `argv` is NULL or points
+ * to `argc` pointers, each NULL or a NUL-terminated string; `data` is
+ * NULL or points to `len` readable bytes; `primary` is NULL or points to
+ * storage for a pointer; each answer output is NULL or points to writable
+ * storage of its type.
+ */
+copydata_status copydata_instance_acquire(const char *app_id,
+                                          size_t argc,
+                                          const char *const *argv,
+                                          const void *data,
+                                          size_t len,
+                                          uint32_t timeout_ms,
+                                          copydata_instance **primary,
+                                          int32_t *answer_code,
+                                          void **answer_data,
+                                          size_t *answer_len);
+
+/**
+ * Waits at most `timeout_ms` (`COPYDATA_INFINITE`: as long as it takes)
+ * for the next launch, and stores it in `*out`; the secondary waits until
+ * it is answered with `copydata_launch_answer`. Fails with
+ * `COPYDATA_STATUS_TIMED_OUT` when none came in time.
+ *
+ * # Safety
+ *
+ * `instance` is NULL or a live primary, not closed during the call; `out`
+ * is NULL or points to storage for a pointer.
+ */
+copydata_status copydata_instance_recv(const copydata_instance *instance,
+                                       uint32_t timeout_ms,
+                                       copydata_launch **out);
+
+/**
+ * Gives up being the primary: the app id is free for the next launch.
+ * Launches still held remain valid to answer. NULL does nothing.
+ *
+ * # Safety
+ *
+ * `instance` is NULL or a live primary that no other thread is using; it
+ * must not be used afterwards.
+ */
+void copydata_instance_close(copydata_instance *instance);
+
+/**
+ * How many arguments the launch forwarded; 0 for NULL.
+ *
+ * # Safety
+ *
+ * `launch` is NULL or a live launch.
+ */
+size_t copydata_launch_argc(const copydata_launch *launch);
+
+/**
+ * Argument `index` (from 0) of the launch, exactly as the secondary had
+ * it (bytes on Linux; UTF-8 on Windows); NULL for an index out of range
+ * or a NULL launch. Valid until the launch is answered.
+ *
+ * # Safety
+ *
+ * `launch` is NULL or a live launch.
+ */
+const char *copydata_launch_arg(const copydata_launch *launch, size_t index);
+
+/**
+ * The secondary's working directory (bytes on Linux; UTF-8 on Windows),
+ * NULL if it sent none or for a NULL launch. Valid until the launch is
+ * answered.
+ *
+ * # Safety
+ *
+ * `launch` is NULL or a live launch.
+ */
+const char *copydata_launch_cwd(const copydata_launch *launch);
+
+/**
+ * The bytes sent with the launch: their address (NULL when none), with
+ * their count in `*len` (if `len` is not NULL). Valid until the launch is
+ * answered.
+ *
+ * # Safety
+ *
+ * `launch` is NULL or a live launch; `len` is NULL or points to writable
+ * storage for a `size_t`.
+ */
+const void *copydata_launch_data(const copydata_launch *launch, size_t *len);
+
+/**
+ * The secondary's process id (from the OS, not from the launch); 0 for
+ * NULL.
+ *
+ * # Safety
+ *
+ * `launch` is NULL or a live launch.
+ */
+uint32_t copydata_launch_pid(const copydata_launch *launch);
+
+/**
+ * Answers the launch with `code` (the secondary's exit code) and `len`
+ * bytes at `data` (NULL and 0 for none), and frees it: `launch` must not
+ * be used afterwards, whatever the result. Fails with
+ * `COPYDATA_STATUS_SENDER_GONE` when the secondary stopped waiting.
+ *
+ * # Safety
+ *
+ * `launch` is NULL or a live launch, not used afterwards; `data` is NULL
+ * or points to `len` readable bytes.
+ */
+copydata_status copydata_launch_answer(copydata_launch *launch,
+                                       int32_t code,
+                                       const void *data,
+                                       size_t len);
 
 /**
  * Sends a message to the mailbox `name` and waits for its reply

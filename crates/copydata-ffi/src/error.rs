@@ -6,7 +6,7 @@ use std::ffi::{CStr, CString, c_char, c_void};
 use std::fmt::Display;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use copydata::{BindError, CreateError, MapError, OpenError, RecvError, ReplyError, SendError};
+use copydata::{BindError, CreateError, InstanceError, MapError, OpenError, RecvError, ReplyError, SendError};
 
 /// What a function did: `COPYDATA_STATUS_OK` (zero) or why it failed.
 ///
@@ -200,6 +200,21 @@ impl From<RecvError> for Error {
         let status = match e {
             RecvError::Timeout => Status::TimedOut,
             RecvError::Closed => Status::Closed,
+            _ => Status::Io,
+        };
+        Error::new(status, e)
+    }
+}
+
+impl From<InstanceError> for Error {
+    fn from(e: InstanceError) -> Error {
+        let status = match &e {
+            InstanceError::InvalidAppId { .. } => Status::InvalidArgument,
+            InstanceError::TimedOut { .. } => Status::TimedOut,
+            InstanceError::Refused { .. } => Status::Refused,
+            InstanceError::Incompatible { .. } => Status::Incompatible,
+            InstanceError::RuntimeDir { .. } => Status::PermissionDenied,
+            InstanceError::Unsupported => Status::Unsupported,
             _ => Status::Io,
         };
         Error::new(status, e)

@@ -24,10 +24,10 @@
 //! - Every fallible function returns a [`Status`] (`COPYDATA_STATUS_OK`,
 //!   zero, on success); [`copydata_last_error`] then says why, in words.
 //! - Objects are opaque handles made by a `_create`, `_open`, `_file`,
-//!   `_anonymous`, `_read_only`, `_bind`, `_connect`, `_map`, `_recv` or
-//!   `_take_section` function and given back to exactly one
-//!   matching `_close`, `_unmap`, `_reply`, `_reply_loan` or `_refuse`
-//!   function. Closing `NULL` does nothing. On failure a function stores
+//!   `_anonymous`, `_read_only`, `_bind`, `_connect`, `_acquire`, `_map`,
+//!   `_recv` or `_take_section` function and given back to exactly one
+//!   matching `_close`, `_unmap`, `_reply`, `_reply_loan`, `_refuse` or
+//!   `_answer` function. Closing `NULL` does nothing. On failure a function stores
 //!   `NULL` in its `out` argument (except a second [`copydata_sender_loan`]
 //!   or [`copydata_request_loan_reply`], and the latter for a posted
 //!   message, which leave `*data` where it is).
@@ -67,9 +67,18 @@
 //! received named or file-backed section can be truncated by whoever may
 //! open it: check [`copydata_section_is_size_sealed`] before mapping one
 //! from a sender you do not trust.
+//!
+//! # Single instance
+//!
+//! [`copydata_instance_acquire`] makes the first launch of an app id the
+//! primary and forwards every later one (arguments, working directory,
+//! bytes) to it, returning the primary's answer; the primary takes them
+//! with [`copydata_instance_recv`] and answers with
+//! [`copydata_launch_answer`].
 
 mod buffer;
 mod error;
+mod instance;
 mod mailbox;
 mod section;
 mod sender;
@@ -78,6 +87,11 @@ mod test_util;
 
 pub use buffer::copydata_free;
 pub use error::{Status, copydata_last_error, copydata_status_name};
+pub use instance::{
+    Instance, Launch, copydata_instance_acquire, copydata_instance_close, copydata_instance_recv,
+    copydata_launch_answer, copydata_launch_arg, copydata_launch_argc, copydata_launch_cwd, copydata_launch_data,
+    copydata_launch_pid,
+};
 pub use mailbox::{
     COPYDATA_INFINITE, Mailbox, Request, copydata_mailbox_bind, copydata_mailbox_close, copydata_mailbox_recv,
     copydata_request_data, copydata_request_expects_reply, copydata_request_loan, copydata_request_loan_reply,

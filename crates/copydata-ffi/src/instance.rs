@@ -1,0 +1,459 @@
+//! Single-instance applications: the first launch of an app id becomes the
+//! primary; every later one forwards its arguments to it and gets its
+//! answer (the `CreateMutex` + `FindWindow` + `SendMessage(WM_COPYDATA)`
+//! idiom, race-free and bounded in time).
+
+use std::ffi::{CString, OsString, c_char, c_void};
+use std::time::Duration;
+
+use copydata::instance::{Answer, InstanceOptions, SingleInstance};
+
+use crate::buffer;
+use crate::error::{Error, Status, bytes_arg, give_back, guard, guard_value, handle, out_arg, str_arg};
+use crate::mailbox::timeout_arg;
+
+/// The primary instance of an app id: it receives later launches with
+/// `copydata_instance_recv`. Opaque; close it with
+/// `copydata_instance_close`, which frees the app id for the next launch.
+pub struct Instance {
+    inner: copydata::instance::Primary,
+}
+
+/// A later launch, forwarded to the primary: its arguments, working
+/// directory, bytes and process id. Opaque; answer it with
+/// `copydata_launch_answer`, which also frees it.
+pub struct Launch {
+    inner: copydata::instance::Launch,
+    /// The arguments and the working directory as C strings: bytes on
+    /// Linux, UTF-8 on Windows (where what is not valid UTF-16 is replaced).
+    args: Vec<CString>,
+    cwd: Option<CString>,
+}
+
+/// An argument as the OS string it stands for: bytes on Unix, UTF-8
+/// elsewhere.
+fn os_string(arg: &std::ffi::CStr) -> Result<OsString, Error> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        Ok(std::ffi::OsStr::from_bytes(arg.to_bytes()).to_owned())
+    }
+    #[cfg(not(unix))]
+    {
+        arg.to_str().map(OsString::from).map_err(|_| Error::invalid("an argument is not UTF-8"))
+    }
+}
+
+/// An OS string for C: its bytes on Unix, UTF-8 elsewhere; cut at a NUL
+/// (which no C string can hold).
+fn c_string(s: &std::ffi::OsStr) -> CString {
+    #[cfg(unix)]
+    let bytes = {
+        use std::os::unix::ffi::OsStrExt;
+        s.as_bytes().to_vec()
+    };
+    #[cfg(not(unix))]
+    let bytes = s.to_string_lossy().into_owned().into_bytes();
+    CString::new(bytes).unwrap_or_else(|e| {
+        let at = e.nul_position();
+        let mut bytes = e.into_vec();
+        bytes.truncate(at);
+        CString::new(bytes).expect("cut before the first NUL")
+    })
+}
+
+/// Becomes the primary instance of `app_id`, or forwards this launch to
+/// the running primary and returns its answer.
+///
+/// The launch carries `argc` arguments from `argv` (for example
+/// `argc - 1, argv + 1` from `main`; NULL and 0 for none: bytes on Linux,
+/// UTF-8 on Windows), this process's working directory and `len` bytes at
+/// `data` (NULL and 0 for none).
+///
+/// - This launch is the primary: `*primary` is its handle, to receive later
+///   launches with `copydata_instance_recv`; the answer outputs are 0 and
+///   NULL.
+/// - Another process is the primary: `*primary` is NULL, and the
+///   primary's answer is in `*answer_code` (for the secondary to exit
+///   with) and `*answer_data` / `*answer_len` (a buffer to free with
+///   `copydata_free`, NULL when empty). Each answer output may be NULL if
+///   not wanted.
+///
+/// Waits at most `timeout_ms` (`COPYDATA_INFINITE`: as long as it takes)
+/// for a primary to take the launch and answer, the election included.
+/// Fails with `COPYDATA_STATUS_TIMED_OUT` (the primary is stopped or hung;
+/// it may still handle the launch later), `COPYDATA_STATUS_REFUSED`,
+/// `COPYDATA_STATUS_INCOMPATIBLE`, `COPYDATA_STATUS_INVALID_ARGUMENT` (an
+/// app id that is not a copydata name, a NULL argument).
+///
+/// # Safety
+///
+/// `app_id` is NULL or a NUL-terminated string; `argv` is NULL or points
+/// to `argc` pointers, each NULL or a NUL-terminated string; `data` is
+/// NULL or points to `len` readable bytes; `primary` is NULL or points to
+/// storage for a pointer; each answer output is NULL or points to writable
+/// storage of its type.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)] // the C signature: inputs, then outputs
+pub unsafe extern "C" fn copydata_instance_acquire(
+    app_id: *const c_char,
+    argc: usize,
+    argv: *const *const c_char,
+    data: *const c_void,
+    len: usize,
+    timeout_ms: u32,
+    primary: *mut *mut Instance,
+    answer_code: *mut i32,
+    answer_data: *mut *mut c_void,
+    answer_len: *mut usize,
+) -> Status {
+    guard(|| {
+        // SAFETY:
+        // - each output is NULL or writable storage of its type (this
+        //   function's contract).
+        let (mut code_out, mut data_out, mut len_out) =
+            unsafe { (answer_code.as_mut(), answer_data.as_mut(), answer_len.as_mut()) };
+        // Cleared first, so that a primary or a failure leaves nothing to free.
+        if let Some(c) = code_out.as_deref_mut() {
+            *c = 0;
+        }
+        if let Some(d) = data_out.as_deref_mut() {
+            *d = std::ptr::null_mut();
+        }
+        if let Some(n) = len_out.as_deref_mut() {
+            *n = 0;
+        }
+        // SAFETY:
+        // - `primary` is NULL or valid storage (the contract).
+        let primary = unsafe { out_arg(primary) }?;
+        // SAFETY:
+        // - `app_id` is NULL or a NUL-terminated string, read only during
+        //   this call (the contract).
+        let app_id = unsafe { str_arg(app_id, "app_id") }?;
+        let argv: &[*const c_char] = match (argc, argv.is_null()) {
+            (0, _) => &[],
+            (_, true) => return Err(Error::invalid("argv is NULL")),
+            // SAFETY:
+            // - `argv` is not NULL and points to `argc` pointers, read only
+            //   during this call (the contract); a C array of pointers is
+            //   suitably aligned and far below the size limit of a slice.
+            (n, false) => unsafe { std::slice::from_raw_parts(argv, n) },
+        };
+        let mut args = Vec::with_capacity(argv.len());
+        for (i, &arg) in argv.iter().enumerate() {
+            if arg.is_null() {
+                return Err(Error::invalid(format!("argv[{i}] is NULL")));
+            }
+            // SAFETY:
+            // - not NULL, and a NUL-terminated string read only during this
+            //   call (the contract).
+            args.push(os_string(unsafe { std::ffi::CStr::from_ptr(arg) })?);
+        }
+        // SAFETY:
+        // - `data` is NULL or points to `len` readable bytes, read only
+        //   during this call (the contract).
+        let data = unsafe { bytes_arg(data, len, "data") }?;
+        // COPYDATA_INFINITE: a timeout too long to reach.
+        let timeout = timeout_arg(timeout_ms).unwrap_or(Duration::MAX);
+        let options = InstanceOptions::new().args(args).data(data).timeout(timeout);
+        match SingleInstance::acquire(app_id, &options)? {
+            SingleInstance::Primary(inner) => {
+                *primary = Box::into_raw(Box::new(Instance { inner }));
+            }
+            SingleInstance::Secondary(secondary) => {
+                if let Some(d) = data_out {
+                    *d = buffer::to_c(secondary.data())?;
+                }
+                if let Some(n) = len_out {
+                    *n = secondary.data().len();
+                }
+                if let Some(c) = code_out {
+                    *c = secondary.code();
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Waits at most `timeout_ms` (`COPYDATA_INFINITE`: as long as it takes)
+/// for the next launch, and stores it in `*out`; the secondary waits until
+/// it is answered with `copydata_launch_answer`. Fails with
+/// `COPYDATA_STATUS_TIMED_OUT` when none came in time.
+///
+/// # Safety
+///
+/// `instance` is NULL or a live primary, not closed during the call; `out`
+/// is NULL or points to storage for a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_instance_recv(
+    instance: *const Instance,
+    timeout_ms: u32,
+    out: *mut *mut Launch,
+) -> Status {
+    guard(|| {
+        // SAFETY:
+        // - `out` is NULL or valid storage (this function's contract).
+        let out = unsafe { out_arg(out) }?;
+        // SAFETY:
+        // - `instance` is NULL or a live primary, open during the call (the
+        //   contract); receiving takes it shared.
+        let instance = unsafe { handle(instance, "instance") }?;
+        let inner = match timeout_arg(timeout_ms) {
+            None => instance.inner.recv()?,
+            Some(t) => instance.inner.recv_timeout(t)?,
+        };
+        let args = inner.args().iter().map(|a| c_string(a)).collect();
+        let cwd = inner.cwd().map(|p| c_string(p.as_os_str()));
+        *out = Box::into_raw(Box::new(Launch { inner, args, cwd }));
+        Ok(())
+    })
+}
+
+/// Gives up being the primary: the app id is free for the next launch.
+/// Launches still held remain valid to answer. NULL does nothing.
+///
+/// # Safety
+///
+/// `instance` is NULL or a live primary that no other thread is using; it
+/// must not be used afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_instance_close(instance: *mut Instance) {
+    // SAFETY: `instance` is NULL or came from `Box::into_raw` in
+    // `copydata_instance_acquire`, and is given back once, with no other
+    // thread using it (this function's contract).
+    unsafe { give_back(instance) }
+}
+
+/// How many arguments the launch forwarded; 0 for NULL.
+///
+/// # Safety
+///
+/// `launch` is NULL or a live launch.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_launch_argc(launch: *const Launch) -> usize {
+    guard_value(0, || {
+        // SAFETY:
+        // - `launch` is NULL or a live launch (this function's contract).
+        unsafe { handle(launch, "launch") }.map_or(0, |l| l.args.len())
+    })
+}
+
+/// Argument `index` (from 0) of the launch, exactly as the secondary had
+/// it (bytes on Linux; UTF-8 on Windows); NULL for an index out of range
+/// or a NULL launch. Valid until the launch is answered.
+///
+/// # Safety
+///
+/// `launch` is NULL or a live launch.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_launch_arg(launch: *const Launch, index: usize) -> *const c_char {
+    guard_value(std::ptr::null(), || {
+        // SAFETY:
+        // - `launch` is NULL or a live launch (this function's contract).
+        unsafe { handle(launch, "launch") }
+            .ok()
+            .and_then(|l| l.args.get(index))
+            .map_or(std::ptr::null(), |a| a.as_ptr())
+    })
+}
+
+/// The secondary's working directory (bytes on Linux; UTF-8 on Windows),
+/// NULL if it sent none or for a NULL launch. Valid until the launch is
+/// answered.
+///
+/// # Safety
+///
+/// `launch` is NULL or a live launch.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_launch_cwd(launch: *const Launch) -> *const c_char {
+    guard_value(std::ptr::null(), || {
+        // SAFETY:
+        // - `launch` is NULL or a live launch (this function's contract).
+        unsafe { handle(launch, "launch") }.ok().and_then(|l| l.cwd.as_ref()).map_or(std::ptr::null(), |c| c.as_ptr())
+    })
+}
+
+/// The bytes sent with the launch: their address (NULL when none), with
+/// their count in `*len` (if `len` is not NULL). Valid until the launch is
+/// answered.
+///
+/// # Safety
+///
+/// `launch` is NULL or a live launch; `len` is NULL or points to writable
+/// storage for a `size_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_launch_data(launch: *const Launch, len: *mut usize) -> *const c_void {
+    guard_value(std::ptr::null(), || {
+        // SAFETY:
+        // - `launch` is NULL or a live launch (this function's contract).
+        let bytes = unsafe { handle(launch, "launch") }.map_or(&[][..], |l| l.inner.data());
+        // SAFETY:
+        // - `len` is NULL or writable storage for a `usize` (the contract).
+        if let Some(n) = unsafe { len.as_mut() } {
+            *n = bytes.len();
+        }
+        if bytes.is_empty() { std::ptr::null() } else { bytes.as_ptr().cast() }
+    })
+}
+
+/// The secondary's process id (from the OS, not from the launch); 0 for
+/// NULL.
+///
+/// # Safety
+///
+/// `launch` is NULL or a live launch.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_launch_pid(launch: *const Launch) -> u32 {
+    guard_value(0, || {
+        // SAFETY:
+        // - `launch` is NULL or a live launch (this function's contract).
+        unsafe { handle(launch, "launch") }.map_or(0, |l| l.inner.pid())
+    })
+}
+
+/// Answers the launch with `code` (the secondary's exit code) and `len`
+/// bytes at `data` (NULL and 0 for none), and frees it: `launch` must not
+/// be used afterwards, whatever the result. Fails with
+/// `COPYDATA_STATUS_SENDER_GONE` when the secondary stopped waiting.
+///
+/// # Safety
+///
+/// `launch` is NULL or a live launch, not used afterwards; `data` is NULL
+/// or points to `len` readable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_launch_answer(
+    launch: *mut Launch,
+    code: i32,
+    data: *const c_void,
+    len: usize,
+) -> Status {
+    guard(|| {
+        if launch.is_null() {
+            return Err(Error::invalid("launch is NULL"));
+        }
+        // SAFETY:
+        // - `launch` came from `Box::into_raw` in `copydata_instance_recv`
+        //   and is given back once (this function's contract). Taken before
+        //   anything can fail, so it is freed (answered with code 0) on
+        //   every path.
+        let launch = unsafe { Box::from_raw(launch) };
+        // SAFETY:
+        // - `data` is NULL or points to `len` readable bytes, read only
+        //   during this call (the contract).
+        let data = unsafe { bytes_arg(data, len, "data") }?;
+        launch.inner.answer(Answer::new(code, data))?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::copydata_free;
+    use crate::mailbox::COPYDATA_INFINITE;
+    use crate::test_util::{last, unique};
+    use std::ptr::{null, null_mut};
+
+    /// One thread is the primary; this one launches again with arguments
+    /// and bytes, and gets the primary's answer.
+    #[test]
+    fn a_second_launch_is_forwarded_and_answered() {
+        let app = unique("app");
+        let (mut primary, mut code, mut data, mut len) = (null_mut(), -1i32, null_mut(), 9usize);
+        // SAFETY:
+        // - valid strings and out storage; the primary is used by one
+        //   thread at a time and closed once; launches are answered once;
+        //   answer buffers are freed once.
+        unsafe {
+            let status = copydata_instance_acquire(
+                app.as_ptr(),
+                0,
+                null(),
+                null(),
+                0,
+                5000,
+                &mut primary,
+                &mut code,
+                &mut data,
+                &mut len,
+            );
+            assert_eq!(status, Status::Ok, "{}", last());
+            assert!(!primary.is_null());
+            assert_eq!((code, data.is_null(), len), (0, true, 0));
+
+            let shared = primary as usize;
+            let server = std::thread::spawn(move || {
+                let primary = shared as *const Instance;
+                let mut launch = null_mut();
+                assert_eq!(copydata_instance_recv(primary, 10_000, &mut launch), Status::Ok, "{}", last());
+                let args: Vec<String> = (0..copydata_launch_argc(launch))
+                    .map(|i| std::ffi::CStr::from_ptr(copydata_launch_arg(launch, i)).to_string_lossy().into_owned())
+                    .collect();
+                assert!(copydata_launch_arg(launch, 2).is_null());
+                let cwd = std::ffi::CStr::from_ptr(copydata_launch_cwd(launch)).to_string_lossy().into_owned();
+                let mut n = 0;
+                let bytes = std::slice::from_raw_parts(copydata_launch_data(launch, &mut n).cast::<u8>(), n).to_vec();
+                let pid = copydata_launch_pid(launch);
+                assert_eq!(copydata_launch_answer(launch, 7, c"opened".as_ptr().cast(), 6), Status::Ok);
+                // Nothing more within a short wait.
+                let mut none = null_mut();
+                assert_eq!(copydata_instance_recv(primary, 50, &mut none), Status::TimedOut);
+                assert!(none.is_null());
+                (args, cwd, bytes, pid)
+            });
+
+            let argv = [c"file one.txt".as_ptr(), c"--line=3".as_ptr()];
+            let (mut secondary, mut code, mut data, mut len) = (null_mut(), -1i32, null_mut(), 0usize);
+            let status = copydata_instance_acquire(
+                app.as_ptr(),
+                argv.len(),
+                argv.as_ptr(),
+                c"xyz".as_ptr().cast(),
+                3,
+                COPYDATA_INFINITE,
+                &mut secondary,
+                &mut code,
+                &mut data,
+                &mut len,
+            );
+            assert_eq!(status, Status::Ok, "{}", last());
+            assert!(secondary.is_null(), "a second primary");
+            assert_eq!((code, std::slice::from_raw_parts(data.cast::<u8>(), len)), (7, &b"opened"[..]));
+            copydata_free(data);
+            let (args, cwd, bytes, pid) = server.join().unwrap();
+            assert_eq!(args, ["file one.txt", "--line=3"]);
+            assert_eq!(std::path::Path::new(&cwd), std::env::current_dir().unwrap());
+            assert_eq!((bytes.as_slice(), pid), (&b"xyz"[..], std::process::id()));
+            copydata_instance_close(primary);
+        }
+    }
+
+    #[test]
+    fn bad_launches_are_refused() {
+        let mut primary = null_mut();
+        let app = unique("bad");
+        // SAFETY:
+        // - valid or NULL strings and out storage; nothing is made.
+        unsafe {
+            let acquire = |app: *const c_char, argc, argv: *const *const c_char, primary: &mut *mut Instance| {
+                copydata_instance_acquire(app, argc, argv, null(), 0, 1000, primary, null_mut(), null_mut(), null_mut())
+            };
+            assert_eq!(acquire(c"not a name!".as_ptr(), 0, null(), &mut primary), Status::InvalidArgument);
+            assert_eq!(acquire(null(), 0, null(), &mut primary), Status::InvalidArgument);
+            assert_eq!(acquire(app.as_ptr(), 1, null(), &mut primary), Status::InvalidArgument);
+            assert_eq!(acquire(app.as_ptr(), 1, [null()].as_ptr(), &mut primary), Status::InvalidArgument);
+            assert!(last().contains("argv[0]"), "{}", last());
+            assert!(primary.is_null());
+            let mut launch = null_mut();
+            assert_eq!(copydata_instance_recv(null(), 0, &mut launch), Status::InvalidArgument);
+            assert_eq!(copydata_launch_answer(null_mut(), 0, null(), 0), Status::InvalidArgument);
+            assert_eq!((copydata_launch_argc(null()), copydata_launch_pid(null())), (0, 0));
+            assert!(copydata_launch_arg(null(), 0).is_null() && copydata_launch_cwd(null()).is_null());
+            let mut n = 5;
+            assert!(copydata_launch_data(null(), &mut n).is_null());
+            assert_eq!(n, 0);
+            copydata_instance_close(null_mut());
+        }
+    }
+}
