@@ -26,6 +26,11 @@
 #include <stdint.h>
 
 /**
+ * The tag of a launch made by copydata (`copydata_launch_tag`).
+ */
+#define COPYDATA_LAUNCH_TAG 5207091722245129283
+
+/**
  * A timeout that never expires (as `INFINITE` in Win32).
  */
 #define COPYDATA_INFINITE 4294967295
@@ -233,10 +238,13 @@ const char *copydata_status_name(int32_t status);
  * Becomes the primary instance of `app_id`, or forwards this launch to
  * the running primary and returns its answer.
  *
- * The launch carries `argc` arguments from `argv` (for example
- * `argc - 1, argv + 1` from `main`; NULL and 0 for none: bytes on Linux,
- * UTF-8 on Windows), this process's working directory and `len` bytes at
- * `data` (NULL and 0 for none).
+ * The launch carries arguments, this process's working directory and
+ * `len` bytes at `data` (NULL and 0 for none). The arguments: with `argv`
+ * NULL (and `argc` 0), this process's own, without the program name,
+ * exactly as the OS holds them (on Windows the wide command line, so
+ * nothing is lost to the ANSI code page of `main`'s `argv`); otherwise
+ * the `argc` strings at `argv` (bytes on Linux, UTF-8 on Windows; `argc`
+ * 0 with any non-NULL `argv` sends none).
  *
  * - This launch is the primary: `*primary` is its handle, to receive later
  *   launches with `copydata_instance_recv`; the answer outputs are 0 and
@@ -248,11 +256,14 @@ const char *copydata_status_name(int32_t status);
  *   not wanted.
  *
  * Waits at most `timeout_ms` (`COPYDATA_INFINITE`: as long as it takes)
- * for a primary to take the launch and answer, the election included.
- * Fails with `COPYDATA_STATUS_TIMED_OUT` (the primary is stopped or hung;
- * it may still handle the launch later), `COPYDATA_STATUS_REFUSED`,
- * `COPYDATA_STATUS_INCOMPATIBLE`, `COPYDATA_STATUS_INVALID_ARGUMENT` (an
- * app id that is not a copydata name, a NULL argument).
+ * for a primary to take the launch and answer, the election included; 0
+ * only tries to become the primary (with a primary running it fails at
+ * once, nothing forwarded). Fails with `COPYDATA_STATUS_TIMED_OUT` (the
+ * primary is stopped or hung; a launch it had taken may still be handled
+ * later), `COPYDATA_STATUS_REFUSED`, `COPYDATA_STATUS_INCOMPATIBLE`,
+ * `COPYDATA_STATUS_INVALID_ARGUMENT` (an app id that is not a copydata
+ * name, a NULL string among the arguments, one that is not UTF-8 on
+ * Windows).
  *
  * # Safety
  *
@@ -276,8 +287,9 @@ copydata_status copydata_instance_acquire(const char *app_id,
 /**
  * Waits at most `timeout_ms` (`COPYDATA_INFINITE`: as long as it takes)
  * for the next launch, and stores it in `*out`; the secondary waits until
- * it is answered with `copydata_launch_answer`. Fails with
- * `COPYDATA_STATUS_TIMED_OUT` when none came in time.
+ * it is answered with `copydata_launch_answer` (up to its own timeout:
+ * answer every launch). Fails with `COPYDATA_STATUS_TIMED_OUT` when none
+ * came in time. Several threads may receive at once.
  *
  * # Safety
  *
@@ -290,7 +302,10 @@ copydata_status copydata_instance_recv(const copydata_instance *instance,
 
 /**
  * Gives up being the primary: the app id is free for the next launch.
- * Launches still held remain valid to answer. NULL does nothing.
+ * Secondaries waiting for a launch still held see the primary gone and
+ * hand their launch to the next primary (which may be themselves), so an
+ * answer given afterwards goes nowhere (`COPYDATA_STATUS_SENDER_GONE`).
+ * NULL does nothing.
  *
  * # Safety
  *
@@ -309,9 +324,11 @@ void copydata_instance_close(copydata_instance *instance);
 size_t copydata_launch_argc(const copydata_launch *launch);
 
 /**
- * Argument `index` (from 0) of the launch, exactly as the secondary had
- * it (bytes on Linux; UTF-8 on Windows); NULL for an index out of range
- * or a NULL launch. Valid until the launch is answered.
+ * Argument `index` (from 0) of the launch as the secondary had it: its
+ * bytes on Linux, UTF-8 on Windows (where what is not valid UTF-16 is
+ * replaced), cut at a NUL byte if one was in it (a Rust secondary may send
+ * one); NULL for an index out of range or a NULL launch. Valid until the
+ * launch is answered.
  *
  * # Safety
  *
@@ -343,6 +360,19 @@ const char *copydata_launch_cwd(const copydata_launch *launch);
 const void *copydata_launch_data(const copydata_launch *launch, size_t *len);
 
 /**
+ * The message tag: `COPYDATA_LAUNCH_TAG` for a launch of
+ * `copydata_instance_acquire` (or of any copydata program), anything else
+ * for a plain Win32 program's `WM_COPYDATA` to the primary's window,
+ * whose bytes are the launch's data (it has no arguments and no working
+ * directory); 0 for NULL.
+ *
+ * # Safety
+ *
+ * `launch` is NULL or a live launch.
+ */
+uint64_t copydata_launch_tag(const copydata_launch *launch);
+
+/**
  * The secondary's process id (from the OS, not from the launch); 0 for
  * NULL.
  *
@@ -356,7 +386,9 @@ uint32_t copydata_launch_pid(const copydata_launch *launch);
  * Answers the launch with `code` (the secondary's exit code) and `len`
  * bytes at `data` (NULL and 0 for none), and frees it: `launch` must not
  * be used afterwards, whatever the result. Fails with
- * `COPYDATA_STATUS_SENDER_GONE` when the secondary stopped waiting.
+ * `COPYDATA_STATUS_SENDER_GONE` when the secondary stopped waiting, and
+ * with `COPYDATA_STATUS_INVALID_ARGUMENT` for NULL `data` with a length
+ * (the launch is then answered with `code` alone).
  *
  * # Safety
  *

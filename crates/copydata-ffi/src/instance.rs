@@ -31,16 +31,16 @@ pub struct Launch {
 }
 
 /// An argument as the OS string it stands for: bytes on Unix, UTF-8
-/// elsewhere.
-fn os_string(arg: &std::ffi::CStr) -> Result<OsString, Error> {
+/// elsewhere (`None` if it is not).
+fn os_string(arg: &std::ffi::CStr) -> Option<OsString> {
     #[cfg(unix)]
     {
         use std::os::unix::ffi::OsStrExt;
-        Ok(std::ffi::OsStr::from_bytes(arg.to_bytes()).to_owned())
+        Some(std::ffi::OsStr::from_bytes(arg.to_bytes()).to_owned())
     }
     #[cfg(not(unix))]
     {
-        arg.to_str().map(OsString::from).map_err(|_| Error::invalid("an argument is not UTF-8"))
+        arg.to_str().ok().map(OsString::from)
     }
 }
 
@@ -65,10 +65,13 @@ fn c_string(s: &std::ffi::OsStr) -> CString {
 /// Becomes the primary instance of `app_id`, or forwards this launch to
 /// the running primary and returns its answer.
 ///
-/// The launch carries `argc` arguments from `argv` (for example
-/// `argc - 1, argv + 1` from `main`; NULL and 0 for none: bytes on Linux,
-/// UTF-8 on Windows), this process's working directory and `len` bytes at
-/// `data` (NULL and 0 for none).
+/// The launch carries arguments, this process's working directory and
+/// `len` bytes at `data` (NULL and 0 for none). The arguments: with `argv`
+/// NULL (and `argc` 0), this process's own, without the program name,
+/// exactly as the OS holds them (on Windows the wide command line, so
+/// nothing is lost to the ANSI code page of `main`'s `argv`); otherwise
+/// the `argc` strings at `argv` (bytes on Linux, UTF-8 on Windows; `argc`
+/// 0 with any non-NULL `argv` sends none).
 ///
 /// - This launch is the primary: `*primary` is its handle, to receive later
 ///   launches with `copydata_instance_recv`; the answer outputs are 0 and
@@ -80,11 +83,14 @@ fn c_string(s: &std::ffi::OsStr) -> CString {
 ///   not wanted.
 ///
 /// Waits at most `timeout_ms` (`COPYDATA_INFINITE`: as long as it takes)
-/// for a primary to take the launch and answer, the election included.
-/// Fails with `COPYDATA_STATUS_TIMED_OUT` (the primary is stopped or hung;
-/// it may still handle the launch later), `COPYDATA_STATUS_REFUSED`,
-/// `COPYDATA_STATUS_INCOMPATIBLE`, `COPYDATA_STATUS_INVALID_ARGUMENT` (an
-/// app id that is not a copydata name, a NULL argument).
+/// for a primary to take the launch and answer, the election included; 0
+/// only tries to become the primary (with a primary running it fails at
+/// once, nothing forwarded). Fails with `COPYDATA_STATUS_TIMED_OUT` (the
+/// primary is stopped or hung; a launch it had taken may still be handled
+/// later), `COPYDATA_STATUS_REFUSED`, `COPYDATA_STATUS_INCOMPATIBLE`,
+/// `COPYDATA_STATUS_INVALID_ARGUMENT` (an app id that is not a copydata
+/// name, a NULL string among the arguments, one that is not UTF-8 on
+/// Windows).
 ///
 /// # Safety
 ///
@@ -130,24 +136,35 @@ pub unsafe extern "C" fn copydata_instance_acquire(
         // - `app_id` is NULL or a NUL-terminated string, read only during
         //   this call (the contract).
         let app_id = unsafe { str_arg(app_id, "app_id") }?;
-        let argv: &[*const c_char] = match (argc, argv.is_null()) {
-            (0, _) => &[],
-            (_, true) => return Err(Error::invalid("argv is NULL")),
+        let mut options = InstanceOptions::new();
+        if argv.is_null() {
+            if argc != 0 {
+                return Err(Error::invalid(format!("argv is NULL with argc {argc}")));
+            }
+            // This process's own arguments: the options' default.
+        } else {
+            if argc > isize::MAX as usize / std::mem::size_of::<*const c_char>() {
+                return Err(Error::invalid(format!("argc {argc} is no count of arguments")));
+            }
             // SAFETY:
             // - `argv` is not NULL and points to `argc` pointers, read only
             //   during this call (the contract); a C array of pointers is
-            //   suitably aligned and far below the size limit of a slice.
-            (n, false) => unsafe { std::slice::from_raw_parts(argv, n) },
-        };
-        let mut args = Vec::with_capacity(argv.len());
-        for (i, &arg) in argv.iter().enumerate() {
-            if arg.is_null() {
-                return Err(Error::invalid(format!("argv[{i}] is NULL")));
+            //   suitably aligned, and its size is within the bound of a
+            //   slice (checked above).
+            let argv = unsafe { std::slice::from_raw_parts(argv, argc) };
+            let mut args = Vec::with_capacity(argv.len());
+            for (i, &arg) in argv.iter().enumerate() {
+                if arg.is_null() {
+                    return Err(Error::invalid(format!("argv[{i}] is NULL")));
+                }
+                // SAFETY:
+                // - not NULL, and a NUL-terminated string read only during
+                //   this call (the contract).
+                let arg = os_string(unsafe { std::ffi::CStr::from_ptr(arg) })
+                    .ok_or_else(|| Error::invalid(format!("argv[{i}] is not UTF-8")))?;
+                args.push(arg);
             }
-            // SAFETY:
-            // - not NULL, and a NUL-terminated string read only during this
-            //   call (the contract).
-            args.push(os_string(unsafe { std::ffi::CStr::from_ptr(arg) })?);
+            options = options.args(args);
         }
         // SAFETY:
         // - `data` is NULL or points to `len` readable bytes, read only
@@ -155,7 +172,7 @@ pub unsafe extern "C" fn copydata_instance_acquire(
         let data = unsafe { bytes_arg(data, len, "data") }?;
         // COPYDATA_INFINITE: a timeout too long to reach.
         let timeout = timeout_arg(timeout_ms).unwrap_or(Duration::MAX);
-        let options = InstanceOptions::new().args(args).data(data).timeout(timeout);
+        let options = options.data(data).timeout(timeout);
         match SingleInstance::acquire(app_id, &options)? {
             SingleInstance::Primary(inner) => {
                 *primary = Box::into_raw(Box::new(Instance { inner }));
@@ -178,8 +195,9 @@ pub unsafe extern "C" fn copydata_instance_acquire(
 
 /// Waits at most `timeout_ms` (`COPYDATA_INFINITE`: as long as it takes)
 /// for the next launch, and stores it in `*out`; the secondary waits until
-/// it is answered with `copydata_launch_answer`. Fails with
-/// `COPYDATA_STATUS_TIMED_OUT` when none came in time.
+/// it is answered with `copydata_launch_answer` (up to its own timeout:
+/// answer every launch). Fails with `COPYDATA_STATUS_TIMED_OUT` when none
+/// came in time. Several threads may receive at once.
 ///
 /// # Safety
 ///
@@ -211,7 +229,10 @@ pub unsafe extern "C" fn copydata_instance_recv(
 }
 
 /// Gives up being the primary: the app id is free for the next launch.
-/// Launches still held remain valid to answer. NULL does nothing.
+/// Secondaries waiting for a launch still held see the primary gone and
+/// hand their launch to the next primary (which may be themselves), so an
+/// answer given afterwards goes nowhere (`COPYDATA_STATUS_SENDER_GONE`).
+/// NULL does nothing.
 ///
 /// # Safety
 ///
@@ -239,9 +260,11 @@ pub unsafe extern "C" fn copydata_launch_argc(launch: *const Launch) -> usize {
     })
 }
 
-/// Argument `index` (from 0) of the launch, exactly as the secondary had
-/// it (bytes on Linux; UTF-8 on Windows); NULL for an index out of range
-/// or a NULL launch. Valid until the launch is answered.
+/// Argument `index` (from 0) of the launch as the secondary had it: its
+/// bytes on Linux, UTF-8 on Windows (where what is not valid UTF-16 is
+/// replaced), cut at a NUL byte if one was in it (a Rust secondary may send
+/// one); NULL for an index out of range or a NULL launch. Valid until the
+/// launch is answered.
 ///
 /// # Safety
 ///
@@ -297,6 +320,27 @@ pub unsafe extern "C" fn copydata_launch_data(launch: *const Launch, len: *mut u
     })
 }
 
+/// The message tag: `COPYDATA_LAUNCH_TAG` for a launch of
+/// `copydata_instance_acquire` (or of any copydata program), anything else
+/// for a plain Win32 program's `WM_COPYDATA` to the primary's window,
+/// whose bytes are the launch's data (it has no arguments and no working
+/// directory); 0 for NULL.
+///
+/// # Safety
+///
+/// `launch` is NULL or a live launch.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_launch_tag(launch: *const Launch) -> u64 {
+    guard_value(0, || {
+        // SAFETY:
+        // - `launch` is NULL or a live launch (this function's contract).
+        unsafe { handle(launch, "launch") }.map_or(0, |l| l.inner.tag())
+    })
+}
+
+/// The tag of a launch made by copydata (`copydata_launch_tag`).
+pub const COPYDATA_LAUNCH_TAG: u64 = 0x48_43_4e_55_41_4c_44_43;
+
 /// The secondary's process id (from the OS, not from the launch); 0 for
 /// NULL.
 ///
@@ -315,7 +359,9 @@ pub unsafe extern "C" fn copydata_launch_pid(launch: *const Launch) -> u32 {
 /// Answers the launch with `code` (the secondary's exit code) and `len`
 /// bytes at `data` (NULL and 0 for none), and frees it: `launch` must not
 /// be used afterwards, whatever the result. Fails with
-/// `COPYDATA_STATUS_SENDER_GONE` when the secondary stopped waiting.
+/// `COPYDATA_STATUS_SENDER_GONE` when the secondary stopped waiting, and
+/// with `COPYDATA_STATUS_INVALID_ARGUMENT` for NULL `data` with a length
+/// (the launch is then answered with `code` alone).
 ///
 /// # Safety
 ///
@@ -341,9 +387,14 @@ pub unsafe extern "C" fn copydata_launch_answer(
         // SAFETY:
         // - `data` is NULL or points to `len` readable bytes, read only
         //   during this call (the contract).
-        let data = unsafe { bytes_arg(data, len, "data") }?;
-        launch.inner.answer(Answer::new(code, data))?;
-        Ok(())
+        match unsafe { bytes_arg(data, len, "data") } {
+            Ok(data) => Ok(launch.inner.answer(Answer::new(code, data))?),
+            Err(e) => {
+                // The code still goes, rather than the 0 of a launch dropped.
+                let _ = launch.inner.answer(Answer::code(code));
+                Err(e)
+            }
+        }
     })
 }
 
@@ -360,7 +411,8 @@ mod tests {
     #[test]
     fn a_second_launch_is_forwarded_and_answered() {
         let app = unique("app");
-        let (mut primary, mut code, mut data, mut len) = (null_mut(), -1i32, null_mut(), 9usize);
+        let seed = std::ptr::dangling_mut();
+        let (mut primary, mut code, mut data, mut len) = (null_mut(), -1i32, seed, 9usize);
         // SAFETY:
         // - valid strings and out storage; the primary is used by one
         //   thread at a time and closed once; launches are answered once;
@@ -395,7 +447,17 @@ mod tests {
                 let mut n = 0;
                 let bytes = std::slice::from_raw_parts(copydata_launch_data(launch, &mut n).cast::<u8>(), n).to_vec();
                 let pid = copydata_launch_pid(launch);
+                assert_eq!(copydata_launch_tag(launch), COPYDATA_LAUNCH_TAG);
                 assert_eq!(copydata_launch_answer(launch, 7, c"opened".as_ptr().cast(), 6), Status::Ok);
+                // A launch of this process's own arguments, no bytes; bad
+                // answer bytes still send the code.
+                assert_eq!(copydata_instance_recv(primary, 10_000, &mut launch), Status::Ok, "{}", last());
+                let own: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+                assert_eq!(copydata_launch_argc(launch), own.len());
+                let mut n = 5;
+                assert!(copydata_launch_data(launch, &mut n).is_null());
+                assert_eq!(n, 0);
+                assert_eq!(copydata_launch_answer(launch, 8, null(), 3), Status::InvalidArgument);
                 // Nothing more within a short wait.
                 let mut none = null_mut();
                 assert_eq!(copydata_instance_recv(primary, 50, &mut none), Status::TimedOut);
@@ -404,7 +466,7 @@ mod tests {
             });
 
             let argv = [c"file one.txt".as_ptr(), c"--line=3".as_ptr()];
-            let (mut secondary, mut code, mut data, mut len) = (null_mut(), -1i32, null_mut(), 0usize);
+            let (mut secondary, mut code, mut data, mut len) = (std::ptr::dangling_mut(), -1i32, seed, 0usize);
             let status = copydata_instance_acquire(
                 app.as_ptr(),
                 argv.len(),
@@ -421,12 +483,31 @@ mod tests {
             assert!(secondary.is_null(), "a second primary");
             assert_eq!((code, std::slice::from_raw_parts(data.cast::<u8>(), len)), (7, &b"opened"[..]));
             copydata_free(data);
+            // This process's own arguments; only the code wanted back.
+            let status = copydata_instance_acquire(
+                app.as_ptr(),
+                0,
+                null(),
+                null(),
+                0,
+                10_000,
+                &mut secondary,
+                &mut code,
+                null_mut(),
+                null_mut(),
+            );
+            assert_eq!((status, secondary.is_null(), code), (Status::Ok, true, 8), "{}", last());
             let (args, cwd, bytes, pid) = server.join().unwrap();
             assert_eq!(args, ["file one.txt", "--line=3"]);
             assert_eq!(std::path::Path::new(&cwd), std::env::current_dir().unwrap());
             assert_eq!((bytes.as_slice(), pid), (&b"xyz"[..], std::process::id()));
             copydata_instance_close(primary);
         }
+    }
+
+    #[test]
+    fn the_launch_tag_is_the_librarys() {
+        assert_eq!(COPYDATA_LAUNCH_TAG, copydata::instance::LAUNCH_TAG);
     }
 
     #[test]
@@ -442,6 +523,7 @@ mod tests {
             assert_eq!(acquire(c"not a name!".as_ptr(), 0, null(), &mut primary), Status::InvalidArgument);
             assert_eq!(acquire(null(), 0, null(), &mut primary), Status::InvalidArgument);
             assert_eq!(acquire(app.as_ptr(), 1, null(), &mut primary), Status::InvalidArgument);
+            assert_eq!(acquire(app.as_ptr(), usize::MAX, [null()].as_ptr(), &mut primary), Status::InvalidArgument);
             assert_eq!(acquire(app.as_ptr(), 1, [null()].as_ptr(), &mut primary), Status::InvalidArgument);
             assert!(last().contains("argv[0]"), "{}", last());
             assert!(primary.is_null());

@@ -88,9 +88,9 @@ mod test_util;
 pub use buffer::copydata_free;
 pub use error::{Status, copydata_last_error, copydata_status_name};
 pub use instance::{
-    Instance, Launch, copydata_instance_acquire, copydata_instance_close, copydata_instance_recv,
+    COPYDATA_LAUNCH_TAG, Instance, Launch, copydata_instance_acquire, copydata_instance_close, copydata_instance_recv,
     copydata_launch_answer, copydata_launch_arg, copydata_launch_argc, copydata_launch_cwd, copydata_launch_data,
-    copydata_launch_pid,
+    copydata_launch_pid, copydata_launch_tag,
 };
 pub use mailbox::{
     COPYDATA_INFINITE, Mailbox, Request, copydata_mailbox_bind, copydata_mailbox_close, copydata_mailbox_recv,
