@@ -7,11 +7,11 @@ cd "$(dirname "$0")/.."
 # The optional features, so that their tests and examples run too.
 features=(--features copydata/serde,copydata/tokio)
 
-# copydata-ffi's C example (crates/copydata-ffi/examples/c/echo.c), linked
-# against the static library built for TARGET ("" for the host) with the C
-# compiler CC, written to OUT; tests/c_example.rs runs it.
+# One of copydata-ffi's C examples (crates/copydata-ffi/examples/c/NAME.c),
+# linked against the static library built for TARGET ("" for the host) with
+# the C compiler CC, written to OUT; tests/c_example.rs runs them.
 build_c_example() {
-    local target=$1 cc=$2 out=$3 dir=target/debug log libs
+    local target=$1 cc=$2 out=$3 name=${4:-echo} dir=target/debug log libs
     local args=(-p copydata-ffi --lib --locked -q)
     if [ -n "$target" ]; then args+=(--target "$target"); dir=target/$target/debug; fi
     # rustc says which system libraries the static library needs.
@@ -20,7 +20,7 @@ build_c_example() {
     mkdir -p target/c
     # shellcheck disable=SC2086 # one flag per word
     "$cc" -O2 -Wall -Wextra -std=c11 -Icrates/copydata-ffi/include -o "$out" \
-        crates/copydata-ffi/examples/c/echo.c "$dir/libcopydata_ffi.a" $libs
+        "crates/copydata-ffi/examples/c/$name.c" "$dir/libcopydata_ffi.a" $libs
 }
 
 # Sockets are named by a hash of the mailbox name: those made during the
@@ -30,7 +30,8 @@ trap 'rm -f "$started"' EXIT
 
 echo "== Linux: cargo test --workspace"
 build_c_example "" gcc target/c/copydata-ffi-echo
-COPYDATA_FFI_C_EXAMPLE="$PWD/target/c/copydata-ffi-echo" \
+build_c_example "" gcc target/c/copydata-ffi-instance instance
+COPYDATA_FFI_C_EXAMPLE="$PWD/target/c/copydata-ffi-echo" COPYDATA_FFI_C_INSTANCE="$PWD/target/c/copydata-ffi-instance" \
     COPYDATA_REQUIRE_EXAMPLES=1 cargo test --workspace --locked "${features[@]}" "$@"
 
 echo "== Linux: the Python package (pytest)"
@@ -42,7 +43,9 @@ bash scripts/setup-windows.sh
 mkdir -p target/c
 x86_64-w64-mingw32-gcc -O2 -Wall -o target/c/copydata-peer.exe crates/copydata/tests/c/peer.c -luser32
 build_c_example x86_64-pc-windows-gnu x86_64-w64-mingw32-gcc target/c/copydata-ffi-echo.exe
+build_c_example x86_64-pc-windows-gnu x86_64-w64-mingw32-gcc target/c/copydata-ffi-instance.exe instance
 COPYDATA_C_PEER="$PWD/target/c/copydata-peer.exe" COPYDATA_FFI_C_EXAMPLE="$PWD/target/c/copydata-ffi-echo.exe" \
+    COPYDATA_FFI_C_INSTANCE="$PWD/target/c/copydata-ffi-instance.exe" \
     COPYDATA_REQUIRE_EXAMPLES=1 cargo test --workspace --locked --target x86_64-pc-windows-gnu "${features[@]}" "$@"
 # Wine's server lingers a few seconds after the last program; end it now so
 # no process outlives the suite.

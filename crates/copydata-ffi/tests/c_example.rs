@@ -1,10 +1,12 @@
-//! The C example, examples/c/echo.c, against a Rust mailbox and a
-//! Rust-created section, in both directions.
+//! The C examples: examples/c/echo.c against a Rust mailbox and a
+//! Rust-created section, in both directions, and examples/c/instance.c,
+//! a single-instance program launched three times.
 //!
-//! scripts/test.sh compiles it against the library (gcc on Linux, mingw for
-//! Windows) and names the program in `COPYDATA_FFI_C_EXAMPLE`. Without that
-//! variable the test is skipped, unless `COPYDATA_REQUIRE_EXAMPLES` is set
-//! (as the test script does): then a missing program fails it.
+//! scripts/test.sh compiles them against the library (gcc on Linux, mingw
+//! for Windows) and names the programs in `COPYDATA_FFI_C_EXAMPLE` and
+//! `COPYDATA_FFI_C_INSTANCE`. Without those variables the tests are
+//! skipped, unless `COPYDATA_REQUIRE_EXAMPLES` is set (as the test script
+//! does): then a missing program fails them.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -16,21 +18,26 @@ use copydata::{Access, Mailbox, Reply, Section};
 /// How long any one step may take before the test gives up.
 const WAIT: Duration = Duration::from_secs(60);
 
-fn example() -> Option<String> {
-    match std::env::var("COPYDATA_FFI_C_EXAMPLE") {
+/// The C program named in the environment variable `var`.
+fn program(var: &str) -> Option<String> {
+    match std::env::var(var) {
         Ok(path) => {
-            assert!(std::path::Path::new(&path).exists(), "COPYDATA_FFI_C_EXAMPLE names a missing file: {path}");
+            assert!(std::path::Path::new(&path).exists(), "{var} names a missing file: {path}");
             Some(path)
         }
         Err(_) => {
             assert!(
                 std::env::var_os("COPYDATA_REQUIRE_EXAMPLES").is_none(),
-                "COPYDATA_FFI_C_EXAMPLE is not set: scripts/test.sh builds the C example and names it there"
+                "{var} is not set: scripts/test.sh builds the C examples and names them there"
             );
-            eprintln!("skipped: COPYDATA_FFI_C_EXAMPLE is not set (scripts/test.sh builds the C example)");
+            eprintln!("skipped: {var} is not set (scripts/test.sh builds the C examples)");
             None
         }
     }
+}
+
+fn example() -> Option<String> {
+    program("COPYDATA_FFI_C_EXAMPLE")
 }
 
 fn unique(tag: &str) -> String {
@@ -165,4 +172,37 @@ fn the_c_example_talks_to_a_rust_mailbox_and_shares_a_section() {
     kid.wait_success();
     assert!(!copydata::mailboxes().unwrap().iter().any(|m| m.name == theirs), "the C mailbox outlived its program");
     drop(server);
+}
+
+/// A later launch of the C single-instance program hands the first its own
+/// arguments (read from the OS: spaces and non-ASCII bytes intact) and
+/// exits with the first one's answer.
+#[test]
+fn the_c_instance_example_forwards_its_arguments() {
+    let Some(exe) = program("COPYDATA_FFI_C_INSTANCE") else { return };
+    let app = unique("inst");
+    let primary = Kid::spawn(&exe, &[&app]);
+    primary.expect_line("primary");
+    let dir = std::env::temp_dir();
+    let out = Command::new(&exe)
+        .args([&app, "one", "two words", "caf\u{e9}"])
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), "answer 3 ok");
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = primary.lines.recv_timeout(WAIT).unwrap();
+    assert!(line.starts_with("launch pid=") && line.ends_with(" args=one|two words|caf\u{e9}"), "{line}");
+    let cwd = line.split(" cwd=").nth(1).and_then(|r| r.split(" args=").next()).unwrap();
+    assert_eq!(
+        std::fs::canonicalize(cwd).unwrap(),
+        std::fs::canonicalize(&dir).unwrap(),
+        "the secondary's working directory"
+    );
+    let quit = Command::new(&exe).args([&app, "quit"]).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(quit.status.code(), Some(0), "{}", String::from_utf8_lossy(&quit.stderr));
+    let mut primary = primary;
+    primary.lines.recv_timeout(WAIT).unwrap();
+    primary.wait_success();
 }
