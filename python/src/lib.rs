@@ -101,6 +101,45 @@ pub(crate) fn bytes_arg(data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     Ok(out)
 }
 
+/// Exports `len` writable bytes at `ptr`, owned by `owner`, through the
+/// buffer protocol (the body of a loan's `__getbuffer__`); `what` names
+/// the owner in errors.
+///
+/// # Safety
+///
+/// - `buffer` is NULL or the interpreter's buffer to fill;
+/// - `ptr` is valid for `len` writable bytes for as long as the export
+///   lives: the caller counts exports and refuses to give the memory up
+///   while any is held.
+pub(crate) unsafe fn export_writable(
+    owner: &Bound<'_, PyAny>,
+    buffer: *mut pyo3::ffi::Py_buffer,
+    ptr: usize,
+    len: usize,
+    flags: std::ffi::c_int,
+    what: &str,
+) -> PyResult<()> {
+    use pyo3::exceptions::PyBufferError;
+    if buffer.is_null() {
+        return Err(PyBufferError::new_err("no buffer to fill"));
+    }
+    let signed = isize::try_from(len).map_err(|_| PyBufferError::new_err(format!("the {what} is too large")))?;
+    // No bytes may have no address; the buffer protocol wants one.
+    let ptr = if len == 0 { std::ptr::NonNull::<u8>::dangling().as_ptr() } else { ptr as *mut u8 };
+    // SAFETY:
+    // - `buffer` is valid for writing (this function's contract);
+    // - `ptr` is valid for `len` writable bytes while the export lives (the
+    //   contract), or dangling for none;
+    // - `PyBuffer_FillInfo` takes its own reference to `owner`, and
+    //   describes the memory as `len` writable unsigned bytes, contiguous;
+    // - the thread is attached (we were given the owner's `Bound`).
+    let status = unsafe { pyo3::ffi::PyBuffer_FillInfo(buffer, owner.as_ptr(), ptr.cast(), signed, 0, flags) };
+    if status != 0 {
+        return Err(PyErr::fetch(owner.py()));
+    }
+    Ok(())
+}
+
 /// WM_COPYDATA-style messages and shared-memory sections (the native part of
 /// the `copydata` package).
 #[pymodule]

@@ -183,9 +183,6 @@ impl ReplyLoan {
     ///
     /// `buffer` is the interpreter's, to fill (the buffer protocol).
     unsafe fn __getbuffer__(slf: Bound<'_, Self>, buffer: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
-        if buffer.is_null() {
-            return Err(PyBufferError::new_err("no buffer to fill"));
-        }
         let this = slf.get();
         if this.forked() {
             return Err(PyBufferError::new_err(
@@ -198,24 +195,14 @@ impl ReplyLoan {
                 "the reply loan was sent or closed: its memory is no longer this process's to use",
             ));
         };
-        let len = isize::try_from(this.len).map_err(|_| PyBufferError::new_err("the reply loan is too large"))?;
-        // A loan of no bytes may have no address; the buffer protocol wants one.
-        let ptr = if this.len == 0 { std::ptr::NonNull::<u8>::dangling().as_ptr() as usize } else { this.ptr };
         // SAFETY:
-        // - `buffer` is valid for writing (this method's contract);
+        // - `buffer` is the interpreter's (this method's contract);
         // - `ptr` is valid for `len` writable bytes while the loan is out
         //   (the `copydata::ReplyLoan` in the state keeps its connection,
         //   and so the mapping, alive), and it stays out as long as this
         //   export: replying and closing are refused until every export is
-        //   released (counted below, under the same lock);
-        // - `PyBuffer_FillInfo` takes its own reference to the loan, and
-        //   describes the memory as `len` writable unsigned bytes,
-        //   contiguous;
-        // - the thread is attached (we were given the loan's `Bound`).
-        let status = unsafe { ffi::PyBuffer_FillInfo(buffer, slf.as_ptr(), ptr as *mut _, len, 0, flags) };
-        if status != 0 {
-            return Err(PyErr::fetch(slf.py()));
-        }
+        //   released (counted below, under the same lock).
+        unsafe { crate::export_writable(slf.as_any(), buffer, this.ptr, this.len, flags, "reply loan") }?;
         *exports += 1;
         Ok(())
     }
