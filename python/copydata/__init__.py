@@ -82,7 +82,20 @@ class ProtocolError(Error):
     protocol."""
 
 
-from ._copydata import Loan, Mailbox, ReplyLoan, Request, Section, Sender, View, send  # noqa: E402
+from ._copydata import (  # noqa: E402
+    Launch,
+    Loan,
+    Mailbox,
+    Primary,
+    ReplyLoan,
+    Request,
+    Secondary,
+    Section,
+    Sender,
+    View,
+    send,
+    single_instance,
+)
 
 __all__ = [
     "send",
@@ -93,6 +106,10 @@ __all__ = [
     "ReplyLoan",
     "Section",
     "View",
+    "single_instance",
+    "Primary",
+    "Secondary",
+    "Launch",
     "Error",
     "InvalidArgument",
     "InvalidName",

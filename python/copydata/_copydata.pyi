@@ -2,12 +2,26 @@
 
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import final
 
 from typing_extensions import Buffer
 
-__all__ = ["send", "Sender", "Loan", "Mailbox", "Request", "ReplyLoan", "Section", "View"]
+__all__ = [
+    "send",
+    "Sender",
+    "Loan",
+    "Mailbox",
+    "Request",
+    "ReplyLoan",
+    "Section",
+    "View",
+    "single_instance",
+    "Primary",
+    "Secondary",
+    "Launch",
+]
 
 # What a `Mailbox.serve` handler may return: (code, data), a code, data
 # (code 0) or None (code 0, no data).
@@ -202,3 +216,65 @@ class View:
     if sys.version_info >= (3, 12):
         def __buffer__(self, flags: int, /) -> memoryview: ...
         def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+
+def single_instance(
+    app_id: str,
+    *,
+    args: list[str] | None = None,
+    data: Buffer | None = None,
+    forward_env: list[str] = ...,
+    timeout: float | None = ...,
+) -> Primary | Secondary:
+    """Becomes the primary instance of `app_id` (a Primary), or hands this
+    launch (args, default sys.argv[1:]; the working directory; the
+    variables named in forward_env; data) to the running primary and
+    returns its answer (a Secondary). timeout: 10 seconds unless given."""
+
+@final
+class Primary:
+    """The running instance: receives later launches until close()."""
+
+    def recv(self, timeout: float | None = None) -> Launch: ...
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Primary: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool: ...
+    def __iter__(self) -> Iterator[Launch]: ...
+    def __next__(self) -> Launch: ...
+
+@final
+class Secondary:
+    """This launch was handed to the running primary, which answered."""
+
+    @property
+    def code(self) -> int: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def primary_pid(self) -> int | None: ...
+
+@final
+class Launch:
+    """A later launch, handed to the primary; answer it once."""
+
+    @property
+    def args(self) -> list[str]: ...
+    @property
+    def cwd(self) -> Path | None: ...
+    @property
+    def env(self) -> dict[str, str]: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def tag(self) -> int: ...
+    @property
+    def answered(self) -> bool: ...
+    def answer(self, code: int = 0, data: Buffer | None = None) -> None: ...

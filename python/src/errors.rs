@@ -10,7 +10,7 @@
 use std::error::Error as StdError;
 use std::io;
 
-use copydata::{BindError, CreateError, MapError, OpenError, RecvError, ReplyError, SendError};
+use copydata::{BindError, CreateError, InstanceError, MapError, OpenError, RecvError, ReplyError, SendError};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
@@ -154,6 +154,18 @@ pub(crate) fn map_error(py: Python<'_>, e: MapError) -> PyErr {
     let kind = match &e {
         MapError::ZeroLength | MapError::OutOfRange { .. } => Kind::InvalidArgument,
         MapError::ReadOnly => Kind::PermissionDenied,
+        _ => Kind::Error,
+    };
+    convert(py, kind, &e)
+}
+
+pub(crate) fn instance_error(py: Python<'_>, e: InstanceError) -> PyErr {
+    let kind = match &e {
+        InstanceError::InvalidAppId { .. } => Kind::InvalidName,
+        InstanceError::TimedOut { .. } => Kind::TimedOut,
+        InstanceError::Refused { .. } => Kind::Refused,
+        InstanceError::Incompatible { .. } => Kind::ProtocolError,
+        InstanceError::RuntimeDir { .. } => Kind::PermissionDenied,
         _ => Kind::Error,
     };
     convert(py, kind, &e)

@@ -8,6 +8,7 @@
 //! interrupts a long wait with `KeyboardInterrupt`.
 
 mod errors;
+mod instance;
 mod loan;
 mod mailbox;
 mod reply_loan;
@@ -152,5 +153,9 @@ fn _copydata(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<reply_loan::ReplyLoan>()?;
     m.add_class::<section::Section>()?;
     m.add_class::<section::View>()?;
+    m.add_function(wrap_pyfunction!(instance::single_instance, m)?)?;
+    m.add_class::<instance::Primary>()?;
+    m.add_class::<instance::Secondary>()?;
+    m.add_class::<instance::Launch>()?;
     Ok(())
 }
