@@ -1,7 +1,7 @@
 """Type stubs of the native module (re-exported by the copydata package)."""
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import final
@@ -220,9 +220,9 @@ class View:
 def single_instance(
     app_id: str,
     *,
-    args: list[str] | None = None,
+    args: Sequence[str] | None = None,
     data: Buffer | None = None,
-    forward_env: list[str] = ...,
+    forward_env: Sequence[str] = ...,
     timeout: float | None = ...,
 ) -> Primary | Secondary:
     """Becomes the primary instance of `app_id` (a Primary), or hands this
@@ -235,6 +235,8 @@ class Primary:
     """The running instance: receives later launches until close()."""
 
     def recv(self, timeout: float | None = None) -> Launch: ...
+    @property
+    def app_id(self) -> str: ...
     @property
     def closed(self) -> bool: ...
     def close(self) -> None: ...

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::mpsc::sync_channel;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use copydata::instance::{Answer, InstanceOptions, SingleInstance};
@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
 use crate::errors::{self, Kind};
-use crate::{SLICE, Unanswered, bytes_arg, timeout_arg, wait_answer};
+use crate::{SLICE, Shared, Unanswered, bytes_arg, timeout_arg, wait_answer};
 
 /// Becomes the primary instance of `app_id`, or hands this launch to the
 /// running primary and returns its answer: a `Primary` (this process is
@@ -24,7 +24,10 @@ use crate::{SLICE, Unanswered, bytes_arg, timeout_arg, wait_answer};
 /// working directory, the environment variables named in `forward_env`
 /// (those that are set) and `data`. `timeout` bounds the wait for a
 /// primary to take the launch and answer, the election included (`None`:
-/// as long as it takes). Ctrl-C interrupts the wait.
+/// as long as it takes; 0: become the primary or fail at once). Ctrl-C
+/// interrupts the wait; the launch then goes on in the background until
+/// its timeout and may still be delivered (a primary it would have made
+/// is given up at once).
 #[pyfunction]
 #[pyo3(signature = (app_id, *, args = None, data = None, forward_env = Vec::new(), timeout = Some(10.0)))]
 pub(crate) fn single_instance(
@@ -37,7 +40,11 @@ pub(crate) fn single_instance(
 ) -> PyResult<Py<PyAny>> {
     let args = match args {
         Some(a) => a,
-        None => py.import("sys")?.getattr("argv")?.extract::<Vec<OsString>>()?.into_iter().skip(1).collect(),
+        // (An embedded interpreter may have no sys.argv.)
+        None => match py.import("sys")?.getattr("argv") {
+            Ok(argv) => argv.extract::<Vec<OsString>>()?.into_iter().skip(1).collect(),
+            Err(_) => Vec::new(),
+        },
     };
     let mut options = InstanceOptions::new()
         .args(args)
@@ -50,9 +57,13 @@ pub(crate) fn single_instance(
     // launch then goes on in the background: a primary it makes is
     // dropped at once, freeing the app id).
     let (tx, rx) = sync_channel(1);
-    std::thread::spawn(move || {
-        let _ = tx.send(SingleInstance::acquire(&app_id, &options));
-    });
+    let id = app_id.clone();
+    std::thread::Builder::new()
+        .name("copydata-instance".into())
+        .spawn(move || {
+            let _ = tx.send(SingleInstance::acquire(&id, &options));
+        })
+        .map_err(|e| errors::raise(py, Kind::Error, format!("starting the launch's thread: {e}")))?;
     let acquired = match wait_answer(py, &Mutex::new(rx), true) {
         Ok(result) => result.map_err(|e| errors::instance_error(py, e))?,
         Err(Unanswered::Interrupted(e)) => return Err(e),
@@ -61,7 +72,7 @@ pub(crate) fn single_instance(
         }
     };
     Ok(match acquired {
-        SingleInstance::Primary(p) => Py::new(py, Primary { inner: Mutex::new(Some(Arc::new(p))) })?.into_any(),
+        SingleInstance::Primary(p) => Py::new(py, Primary { app_id, inner: Shared::new(p) })?.into_any(),
         SingleInstance::Secondary(s) => Py::new(
             py,
             Secondary { code: s.code(), data: PyBytes::new(py, s.data()).unbind(), primary_pid: s.primary_pid() },
@@ -75,19 +86,17 @@ pub(crate) fn single_instance(
 /// the end of a `with` block) frees the app id for the next launch.
 #[pyclass(frozen, module = "copydata", name = "Primary")]
 pub(crate) struct Primary {
-    inner: Mutex<Option<Arc<copydata::instance::Primary>>>,
+    app_id: String,
+    /// Receivers hold a clone for one slice at a time.
+    inner: Shared<copydata::instance::Primary>,
 }
 
 impl Primary {
-    fn inner(&self) -> MutexGuard<'_, Option<Arc<copydata::instance::Primary>>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The next launch; `None` once closed.
     fn next_launch(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Option<Launch>> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
-            let Some(primary) = self.inner().clone() else { return Ok(None) };
+            let Some(primary) = self.inner.get() else { return Ok(None) };
             let slice = deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()).min(SLICE));
             // The clone is dropped before the interpreter is attached again,
             // so `close` (which waits for it) never waits for the GIL.
@@ -119,29 +128,24 @@ impl Primary {
         }
     }
 
+    /// The app id.
+    #[getter]
+    fn app_id(&self) -> &str {
+        &self.app_id
+    }
+
     /// Whether `close()` was called.
     #[getter]
     fn closed(&self) -> bool {
-        self.inner().is_none()
+        self.inner.is_closed()
     }
 
     /// Gives up being the primary: the app id is free for the next launch
     /// when this returns. Secondaries waiting for a launch not answered yet
-    /// hand it to the next primary.
+    /// hand it to the next primary. In a child made by `fork` it only lets
+    /// go of the parent's primary, which stays the primary.
     fn close(&self, py: Python<'_>) {
-        let taken = self.inner().take();
-        if let Some(mut primary) = taken {
-            // Receivers give their clone back within one slice.
-            py.detach(move || {
-                loop {
-                    match Arc::try_unwrap(primary) {
-                        Ok(last) => break drop(last),
-                        Err(shared) => primary = shared,
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            });
-        }
+        self.inner.close(py);
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -163,7 +167,7 @@ impl Primary {
     }
 
     fn __repr__(&self) -> String {
-        format!("<copydata.Primary{}>", if self.closed() { " (closed)" } else { "" })
+        format!("<copydata.Primary {:?}{}>", self.app_id, if self.closed() { " (closed)" } else { "" })
     }
 }
 
@@ -276,8 +280,9 @@ impl Launch {
     }
 
     /// Answers the launch: the secondary's `single_instance` returns a
-    /// `Secondary` with this `code` and `data`. Raises `SenderGone` if the
-    /// secondary stopped waiting, `Error` if already answered.
+    /// `Secondary` with this `code` (a 32-bit int, an exit code) and
+    /// `data`. Raises `SenderGone` if the secondary stopped waiting,
+    /// `Error` if already answered.
     #[pyo3(signature = (code = 0, data = None))]
     fn answer(&self, py: Python<'_>, code: i32, data: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let data = data.map(bytes_arg).transpose()?.unwrap_or_default();
@@ -286,7 +291,8 @@ impl Launch {
         py.detach(|| launch.answer(Answer::new(code, data))).map_err(|e| errors::reply_error(py, e))
     }
 
-    fn __repr__(&self) -> String {
-        format!("<copydata.Launch pid={} args={:?}>", self.pid, self.args)
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let args = self.args.clone().into_pyobject(py)?.repr()?;
+        Ok(format!("<copydata.Launch pid={} args={args}>", self.pid))
     }
 }

@@ -102,6 +102,63 @@ pub(crate) fn bytes_arg(data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     Ok(out)
 }
 
+/// A bound object (a mailbox, a primary instance) that receiving threads
+/// share, each holding a clone for one slice at a time; `None` once
+/// closed. It remembers the process that made it: in a child made by
+/// `fork` its threads do not exist and its socket, lock and wake-up
+/// descriptors are the parent's, so the child lets go of it without
+/// running its `Drop` (which would stop the parent's).
+pub(crate) struct Shared<T> {
+    slot: std::sync::Mutex<Option<std::sync::Arc<T>>>,
+    pid: u32,
+}
+
+impl<T: Send + Sync + 'static> Shared<T> {
+    pub(crate) fn new(value: T) -> Shared<T> {
+        Shared { slot: std::sync::Mutex::new(Some(std::sync::Arc::new(value))), pid: std::process::id() }
+    }
+
+    /// A clone for one slice of waiting; `None` once closed.
+    pub(crate) fn get(&self) -> Option<std::sync::Arc<T>> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+
+    /// Closes it: waits (detached) for the receivers' clones, given back
+    /// within one slice, then drops it; in a child made by `fork`,
+    /// forgets it.
+    pub(crate) fn close(&self, py: Python<'_>) {
+        let taken = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(mut value) = taken else { return };
+        if self.pid != std::process::id() {
+            std::mem::forget(value);
+            return;
+        }
+        py.detach(move || {
+            loop {
+                match std::sync::Arc::try_unwrap(value) {
+                    Ok(last) => break drop(last),
+                    Err(shared) => value = shared,
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+    }
+}
+
+impl<T> Drop for Shared<T> {
+    fn drop(&mut self) {
+        if self.pid != std::process::id()
+            && let Some(value) = self.slot.get_mut().unwrap_or_else(|e| e.into_inner()).take()
+        {
+            std::mem::forget(value);
+        }
+    }
+}
+
 /// Exports `len` writable bytes at `ptr`, owned by `owner`, through the
 /// buffer protocol (the body of a loan's `__getbuffer__`); `what` names
 /// the owner in errors.

@@ -1,7 +1,7 @@
 //! `copydata.send`, `copydata.Mailbox` and `copydata.Request`.
 
+use std::sync::Mutex;
 use std::sync::mpsc::sync_channel;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use copydata::{MailboxOptions, Reply, SenderOptions};
@@ -12,7 +12,7 @@ use pyo3::types::{PyBytes, PyTuple};
 use crate::errors::{self, Kind};
 use crate::reply_loan::ReplyLoan;
 use crate::section::Section;
-use crate::{SLICE, Unanswered, bytes_arg, timeout_arg, wait_answer};
+use crate::{SLICE, Shared, Unanswered, bytes_arg, timeout_arg, wait_answer};
 
 /// The bytes of a reply as a `bytes` object, copied once (a loaned reply
 /// straight out of shared memory).
@@ -114,20 +114,16 @@ fn send_with_sections(
 #[pyclass(frozen, module = "copydata", name = "Mailbox")]
 pub(crate) struct Mailbox {
     name: String,
-    /// `None` once closed. Receivers hold a clone for one slice at a time.
-    inner: Mutex<Option<Arc<copydata::Mailbox>>>,
+    /// Receivers hold a clone for one slice at a time.
+    inner: Shared<copydata::Mailbox>,
 }
 
 impl Mailbox {
-    fn inner(&self) -> MutexGuard<'_, Option<Arc<copydata::Mailbox>>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The next request; `None` once the mailbox is closed.
     fn next_request(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Option<copydata::Request>> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
-            let Some(mailbox) = self.inner().clone() else { return Ok(None) };
+            let Some(mailbox) = self.inner.get() else { return Ok(None) };
             let slice = deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()).min(SLICE));
             // The clone is dropped before the interpreter is attached again,
             // so `close` (which waits for it) never waits for the GIL.
@@ -157,7 +153,7 @@ impl Mailbox {
         }
         let mailbox =
             py.detach(|| copydata::Mailbox::bind_with(name, &options)).map_err(|e| errors::bind_error(py, e))?;
-        Ok(Mailbox { name: name.to_owned(), inner: Mutex::new(Some(Arc::new(mailbox))) })
+        Ok(Mailbox { name: name.to_owned(), inner: Shared::new(mailbox) })
     }
 
     /// The mailbox's name.
@@ -169,7 +165,7 @@ impl Mailbox {
     /// Whether `close()` was called.
     #[getter]
     fn closed(&self) -> bool {
-        self.inner().is_none()
+        self.inner.is_closed()
     }
 
     /// Waits for the next message, at most `timeout` seconds (`None`: no
@@ -225,19 +221,7 @@ impl Mailbox {
     /// threads waiting in `recv` or `serve` stop (`Closed`, or `serve`
     /// returns). Requests already received can still be answered.
     fn close(&self, py: Python<'_>) {
-        let taken = self.inner().take();
-        if let Some(mut mailbox) = taken {
-            // Receivers give their clone back within one slice.
-            py.detach(move || {
-                loop {
-                    match Arc::try_unwrap(mailbox) {
-                        Ok(last) => break drop(last),
-                        Err(shared) => mailbox = shared,
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            });
-        }
+        self.inner.close(py);
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
