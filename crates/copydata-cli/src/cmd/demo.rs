@@ -84,6 +84,33 @@ fn me() -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
+/// Starts `cmd`, trying again (up to three times, 100 ms apart) when
+/// Windows answers `ERROR_INTERNAL_ERROR`: Wine's `CreateProcessW` fails so
+/// now and then while many processes start at once, and a second attempt
+/// succeeds. Any other failure is returned at once.
+fn spawned(cmd: &mut Command) -> std::io::Result<Child> {
+    retried(|| cmd.spawn())
+}
+
+/// [`spawned`], handing `sections` to the child.
+fn spawned_with(cmd: &mut Command, sections: &[&copydata::Section]) -> std::io::Result<Child> {
+    retried(|| cmd.spawn_with_sections(sections))
+}
+
+fn retried(mut start: impl FnMut() -> std::io::Result<Child>) -> std::io::Result<Child> {
+    const ERROR_INTERNAL_ERROR: i32 = 1359;
+    let mut attempt = 0;
+    loop {
+        match start() {
+            Err(e) if cfg!(windows) && e.raw_os_error() == Some(ERROR_INTERNAL_ERROR) && attempt < 3 => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The first line `child` prints (its standard output piped), read on a
 /// thread of its own so that the caller can wait for it with a deadline.
 fn first_line(child: &mut Child) -> anyhow::Result<std::sync::mpsc::Receiver<String>> {
@@ -127,7 +154,7 @@ fn write_text(section: &Section, text: &str) -> anyhow::Result<()> {
 
 fn inherit_step() -> anyhow::Result<String> {
     let section = Section::anonymous(4096)?;
-    let child = me()?.arg("inherit-write").spawn_with_sections(&[&section])?;
+    let child = spawned_with(me()?.arg("inherit-write"), &[&section])?;
     let pid = child.id();
     wait(child, "the child")?;
     let text = read_text(&section, 64)?;
@@ -139,7 +166,7 @@ fn by_name_step() -> anyhow::Result<String> {
     let name = format!("copydata-demo-{}", std::process::id());
     let section = Section::create(&name, 64 * 1024)?;
     write_text(&section, "hello from the creator")?;
-    let child = me()?.args(["by-name", &name]).spawn()?;
+    let child = spawned(me()?.args(["by-name", &name]))?;
     let pid = child.id();
     wait(child, "the opener")?;
     let text = read_text(&section, 64)?;
@@ -157,7 +184,7 @@ fn read_only_step() -> anyhow::Result<String> {
     let section = Section::anonymous(4096)?;
     write_text(&section, "read-only data")?;
     let frozen = section.read_only()?;
-    let child = me()?.arg("read-only").stdout(Stdio::piped()).spawn_with_sections(&[&frozen])?;
+    let child = spawned_with(me()?.arg("read-only").stdout(Stdio::piped()), &[&frozen])?;
     let pid = child.id();
     let out = child.wait_with_output()?;
     let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -181,7 +208,7 @@ fn file_step() -> anyhow::Result<String> {
         .and_then(|mut f| std::io::Write::write_all(&mut f, &vec![b'.'; 256 * 1024]))
         .with_context(|| format!("creating {}", path.display()))?;
     let offset: u64 = 70_001; // neither page- nor 64 KiB-aligned
-    let child = me()?.args(["file-write", &path.to_string_lossy(), &offset.to_string()]).spawn()?;
+    let child = spawned(me()?.args(["file-write", &path.to_string_lossy(), &offset.to_string()]))?;
     let pid = child.id();
     wait(child, "the writer")?;
     let data = std::fs::read(&path)?;
@@ -204,7 +231,7 @@ fn handover_step() -> anyhow::Result<String> {
     let listener = UnixListener::bind(&dir)?;
     let section = Section::anonymous(4096)?;
     write_text(&section, "handed over by SCM_RIGHTS")?;
-    let child = me()?.args(["handover", &dir.to_string_lossy()]).spawn()?;
+    let child = spawned(me()?.args(["handover", &dir.to_string_lossy()]))?;
     let pid = child.id();
     listener.set_nonblocking(false)?;
     let (stream, _) = listener.accept()?;
@@ -219,7 +246,7 @@ fn handover_step() -> anyhow::Result<String> {
 fn handover_step() -> anyhow::Result<String> {
     let section = Section::anonymous(4096)?;
     write_text(&section, "handed over by DuplicateHandle")?;
-    let mut child = me()?.arg("handover").stdin(Stdio::piped()).spawn()?;
+    let mut child = spawned(me()?.arg("handover").stdin(Stdio::piped()))?;
     let pid = child.id();
     let dup = copydata::os::windows::duplicate_into(&section, pid)?;
     writeln!(child.stdin.take().context("child stdin")?, "{} {}", dup.handle, section.len())?;
@@ -255,7 +282,7 @@ impl Receiver {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("copydata-demo-{tag}-{}-{n}", std::process::id());
-        let mut child = me()?.args(["mailbox", &name]).stdout(Stdio::piped()).spawn()?;
+        let mut child = spawned(me()?.args(["mailbox", &name]).stdout(Stdio::piped()))?;
         let rx = first_line(&mut child)?;
         let pid = child.id();
         let receiver = Receiver { child: Some(child), name };
@@ -402,7 +429,7 @@ fn socket_round_trip(rounds: usize) -> anyhow::Result<Option<Duration>> {
     let dir = private_dir()?;
     let path = dir.path().join("s");
     let listener = std::os::unix::net::UnixListener::bind(&path)?;
-    let mut child = me()?.args(["socket-echo", &path.display().to_string()]).spawn()?;
+    let mut child = spawned(me()?.args(["socket-echo", &path.display().to_string()]))?;
     let result = (|| {
         let (mut stream, _) = listener.accept()?;
         stream.set_read_timeout(Some(CHILD_TIMEOUT))?;
@@ -487,12 +514,14 @@ fn instance_step() -> anyhow::Result<String> {
     let exe = std::env::current_exe().context("locating the copydata executable")?;
     let mut launches = Vec::new();
     for i in 0..20 {
-        let child = Command::new(&exe)
-            .args(["instance", &app, "--"])
-            .args(launch_args(i))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+        let child = spawned(
+            Command::new(&exe)
+                .args(["instance", &app, "--"])
+                .args(launch_args(i))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+        .with_context(|| format!("starting launch {i}"))?;
         launches.push(child);
     }
     let deadline = Instant::now() + CHILD_TIMEOUT;
@@ -541,7 +570,7 @@ fn shared_step() -> anyhow::Result<String> {
     let exe = std::env::current_exe().context("locating the copydata executable")?;
     let started = Instant::now();
     let incrementers = (0..4)
-        .map(|_| Command::new(&exe).args(["shared", "incr", &name, "--times", "10000"]).stdout(Stdio::null()).spawn())
+        .map(|_| spawned(Command::new(&exe).args(["shared", "incr", &name, "--times", "10000"]).stdout(Stdio::null())))
         .collect::<Result<Vec<_>, _>>()?;
     for (i, child) in incrementers.into_iter().enumerate() {
         wait(child, &format!("incrementer {i}"))?;
@@ -554,7 +583,7 @@ fn shared_step() -> anyhow::Result<String> {
     // A lock whose owner is killed while holding it.
     let lock = format!("copydata-demo-lock-{me}");
     let mutex = Mutex::open_or_create(&lock)?;
-    let mut holder = Command::new(&exe).args(["lock", &lock, "--hold"]).stdout(Stdio::piped()).spawn()?;
+    let mut holder = spawned(Command::new(&exe).args(["lock", &lock, "--hold"]).stdout(Stdio::piped()))?;
     let rx = first_line(&mut holder)?;
     let line = rx.recv_timeout(CHILD_TIMEOUT).unwrap_or_default();
     if line.trim() != "acquired" {
@@ -582,7 +611,7 @@ struct InstanceChild(Option<Child>);
 
 impl InstanceChild {
     fn start(app: &str) -> anyhow::Result<InstanceChild> {
-        let mut child = me()?.args(["instance-primary", app]).stdout(Stdio::piped()).spawn()?;
+        let mut child = spawned(me()?.args(["instance-primary", app]).stdout(Stdio::piped()))?;
         let rx = first_line(&mut child)?;
         let pid = child.id();
         let me = InstanceChild(Some(child));
