@@ -7,14 +7,14 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::mpsc::sync_channel;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use copydata::instance::{Answer, InstanceOptions, SingleInstance};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
 use crate::errors::{self, Kind};
-use crate::{SLICE, Shared, Unanswered, bytes_arg, timeout_arg, wait_answer};
+use crate::{Shared, Unanswered, bytes_arg, timeout_arg, wait_answer};
 
 /// Becomes the primary instance of `app_id`, or hands this launch to the
 /// running primary and returns its answer: a `Primary` (this process is
@@ -94,24 +94,8 @@ pub(crate) struct Primary {
 impl Primary {
     /// The next launch; `None` once closed.
     fn next_launch(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Option<Launch>> {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        loop {
-            let Some(primary) = self.inner.get() else { return Ok(None) };
-            let slice = deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()).min(SLICE));
-            // The clone is dropped before the interpreter is attached again,
-            // so `close` (which waits for it) never waits for the GIL.
-            let received = py.detach(move || primary.recv_timeout(slice));
-            match received {
-                Ok(launch) => return Launch::new(py, launch).map(Some),
-                Err(copydata::RecvError::Timeout) => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(errors::recv_error(py, copydata::RecvError::Timeout));
-                    }
-                    py.check_signals()?;
-                }
-                Err(_) => return Ok(None),
-            }
-        }
+        let launch = self.inner.next(py, timeout, |primary, slice| primary.recv_timeout(slice))?;
+        launch.map(|l| Launch::new(py, l)).transpose()
     }
 }
 

@@ -127,6 +127,41 @@ impl<T: Send + Sync + 'static> Shared<T> {
         self.slot.lock().unwrap_or_else(|e| e.into_inner()).is_none()
     }
 
+    /// The next item `recv(value, slice)` takes, waiting at most `timeout`
+    /// (`None`: without limit) in slices of [`SLICE`], with the
+    /// interpreter released and signal handlers run between slices (so
+    /// Ctrl-C interrupts it). `None` once closed (also by another thread
+    /// meanwhile); `TimedOut` once the timeout has passed.
+    pub(crate) fn next<R: Send>(
+        &self,
+        py: Python<'_>,
+        timeout: Option<Duration>,
+        recv: impl Fn(&T, Duration) -> Result<R, copydata::RecvError> + Sync,
+    ) -> PyResult<Option<R>> {
+        let deadline = timeout.and_then(|t| std::time::Instant::now().checked_add(t));
+        loop {
+            let Some(value) = self.get() else { return Ok(None) };
+            let slice = deadline.map_or(SLICE, |d| d.saturating_duration_since(std::time::Instant::now()).min(SLICE));
+            // The clone is dropped before the interpreter is attached again,
+            // so `close` (which waits for it) never waits for the GIL.
+            let received = py.detach(|| {
+                let got = recv(&value, slice);
+                drop(value);
+                got
+            });
+            match received {
+                Ok(item) => return Ok(Some(item)),
+                Err(copydata::RecvError::Timeout) => {
+                    if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                        return Err(errors::recv_error(py, copydata::RecvError::Timeout));
+                    }
+                    py.check_signals()?;
+                }
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
     /// Closes it: waits (detached) for the receivers' clones, given back
     /// within one slice, then drops it; in a child made by `fork`,
     /// forgets it.

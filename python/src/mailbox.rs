@@ -12,7 +12,7 @@ use pyo3::types::{PyBytes, PyTuple};
 use crate::errors::{self, Kind};
 use crate::reply_loan::ReplyLoan;
 use crate::section::Section;
-use crate::{SLICE, Shared, Unanswered, bytes_arg, timeout_arg, wait_answer};
+use crate::{Shared, Unanswered, bytes_arg, timeout_arg, wait_answer};
 
 /// The bytes of a reply as a `bytes` object, copied once (a loaned reply
 /// straight out of shared memory).
@@ -121,24 +121,7 @@ pub(crate) struct Mailbox {
 impl Mailbox {
     /// The next request; `None` once the mailbox is closed.
     fn next_request(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Option<copydata::Request>> {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        loop {
-            let Some(mailbox) = self.inner.get() else { return Ok(None) };
-            let slice = deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()).min(SLICE));
-            // The clone is dropped before the interpreter is attached again,
-            // so `close` (which waits for it) never waits for the GIL.
-            let received = py.detach(move || mailbox.recv_timeout(slice));
-            match received {
-                Ok(request) => return Ok(Some(request)),
-                Err(copydata::RecvError::Timeout) => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(errors::recv_error(py, copydata::RecvError::Timeout));
-                    }
-                    py.check_signals()?;
-                }
-                Err(_) => return Ok(None),
-            }
-        }
+        self.inner.next(py, timeout, |mailbox, slice| mailbox.recv_timeout(slice))
     }
 }
 
