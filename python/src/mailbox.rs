@@ -357,7 +357,7 @@ impl Request {
                 let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
                 match inner.as_ref() {
                     None => Err(None),
-                    Some(_) => loan.get().try_take().map_err(Some).map(|l| (inner.take().expect("checked"), l)),
+                    Some(_) => loan.get().take(true).map_err(Some).map(|l| (inner.take().expect("checked"), l)),
                 }
             };
             let (request, lent) = match taken {

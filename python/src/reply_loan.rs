@@ -88,23 +88,26 @@ impl ReplyLoan {
         self.pid != std::process::id()
     }
 
-    /// Takes the loan out to answer with it, without raising (the caller
-    /// may hold other locks): refused once it ended, while a buffer of it
-    /// is held, and in a child made by `fork`.
-    pub(crate) fn try_take(&self) -> Result<copydata::ReplyLoan, Refusal> {
+    /// Takes the loan out to send it (`send`) or to give it back, without
+    /// raising (the caller may hold other locks): refused once it ended,
+    /// while a buffer of it is held, and, to send it, in a child made by
+    /// `fork`.
+    pub(crate) fn take(&self, send: bool) -> Result<copydata::ReplyLoan, Refusal> {
         let mut state = self.state();
         match &*state {
             State::Ended(how) => Err(Refusal::Ended(how)),
             State::Out { exports, .. } if *exports > 0 => Err(Refusal::Held(*exports)),
-            State::Out { .. } if self.forked() => Err(Refusal::Forked),
-            State::Out { .. } => match std::mem::replace(&mut *state, State::Ended("sent")) {
-                State::Out { loan, .. } => Ok(loan),
-                State::Ended(_) => unreachable!("matched above"),
-            },
+            State::Out { .. } if send && self.forked() => Err(Refusal::Forked),
+            State::Out { .. } => {
+                match std::mem::replace(&mut *state, State::Ended(if send { "sent" } else { "closed" })) {
+                    State::Out { loan, .. } => Ok(loan),
+                    State::Ended(_) => unreachable!("matched above"),
+                }
+            }
         }
     }
 
-    /// Records how a loan taken by [`try_take`](Self::try_take) ended, when
+    /// Records how a loan taken by [`take`](Self::take) ended, when
     /// it was not sent after all.
     pub(crate) fn ended(&self, how: &'static str) {
         *self.state() = State::Ended(how);
@@ -127,18 +130,12 @@ impl ReplyLoan {
     /// pool); does nothing once it was sent or closed. Raises
     /// `BufferError` while a buffer of it is held.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let taken = {
-            let mut state = self.state();
-            match &*state {
-                State::Ended(_) => return Ok(()),
-                State::Out { exports, .. } if *exports > 0 => Err(Refusal::Held(*exports)),
-                State::Out { .. } => match std::mem::replace(&mut *state, State::Ended("closed")) {
-                    State::Out { loan, .. } => Ok(loan),
-                    State::Ended(_) => unreachable!("matched above"),
-                },
-            }
+        // (Taken under the lock, raised after it.)
+        let loan = match self.take(false) {
+            Ok(loan) => loan,
+            Err(Refusal::Ended(_)) => return Ok(()),
+            Err(no) => return Err(no.raise(py, "close")),
         };
-        let loan = taken.map_err(|no| no.raise(py, "close"))?;
         if self.forked() {
             // The parent's: its connection's lock may have been held at
             // `fork`, and the buffer goes back in the parent.

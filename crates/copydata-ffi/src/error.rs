@@ -319,6 +319,20 @@ pub extern "C" fn copydata_status_name(status: i32) -> *const c_char {
 /// to `isize::MAX` bytes).
 const MAX_SLICE: usize = isize::MAX as usize;
 
+/// The OS string a C string stands for: its bytes on Unix (any encoding),
+/// its UTF-8 elsewhere (`None` if it is not UTF-8).
+pub(crate) fn os_string(arg: &std::ffi::CStr) -> Option<std::ffi::OsString> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        Some(std::ffi::OsStr::from_bytes(arg.to_bytes()).to_owned())
+    }
+    #[cfg(not(unix))]
+    {
+        arg.to_str().ok().map(Into::into)
+    }
+}
+
 /// A NUL-terminated UTF-8 argument.
 ///
 /// # Safety

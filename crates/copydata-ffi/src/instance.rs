@@ -3,13 +3,13 @@
 //! answer (the `CreateMutex` + `FindWindow` + `SendMessage(WM_COPYDATA)`
 //! idiom, race-free and bounded in time).
 
-use std::ffi::{CString, OsString, c_char, c_void};
+use std::ffi::{CString, c_char, c_void};
 use std::time::Duration;
 
 use copydata::instance::{Answer, InstanceOptions, SingleInstance};
 
 use crate::buffer;
-use crate::error::{Error, Status, bytes_arg, give_back, guard, guard_value, handle, out_arg, str_arg};
+use crate::error::{Error, Status, bytes_arg, give_back, guard, guard_value, handle, os_string, out_arg, str_arg};
 use crate::mailbox::timeout_arg;
 
 /// The primary instance of an app id: it receives later launches with
@@ -28,20 +28,6 @@ pub struct Launch {
     /// Linux, UTF-8 on Windows (where what is not valid UTF-16 is replaced).
     args: Vec<CString>,
     cwd: Option<CString>,
-}
-
-/// An argument as the OS string it stands for: bytes on Unix, UTF-8
-/// elsewhere (`None` if it is not).
-fn os_string(arg: &std::ffi::CStr) -> Option<OsString> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        Some(std::ffi::OsStr::from_bytes(arg.to_bytes()).to_owned())
-    }
-    #[cfg(not(unix))]
-    {
-        arg.to_str().ok().map(OsString::from)
-    }
 }
 
 /// An OS string for C: its bytes on Unix, UTF-8 elsewhere; cut at a NUL

@@ -180,16 +180,8 @@ unsafe fn path_arg(p: *const c_char) -> Result<std::path::PathBuf, Error> {
         return Err(Error::invalid("path is NULL"));
     }
     // SAFETY: not NULL, and NUL-terminated (the contract).
-    let bytes = unsafe { std::ffi::CStr::from_ptr(p) };
-    #[cfg(unix)]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        Ok(std::ffi::OsStr::from_bytes(bytes.to_bytes()).into())
-    }
-    #[cfg(not(unix))]
-    {
-        bytes.to_str().map(Into::into).map_err(|_| Error::invalid("path is not UTF-8"))
-    }
+    let path = unsafe { std::ffi::CStr::from_ptr(p) };
+    crate::error::os_string(path).map(Into::into).ok_or_else(|| Error::invalid("path is not UTF-8"))
 }
 
 /// Whether the section cannot shrink (`copydata::Section::is_size_sealed`):

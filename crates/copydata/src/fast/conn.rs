@@ -1392,7 +1392,6 @@ impl ServerConn {
         }
         let give_back = |st: &mut ServerState| {
             if let Some(l) = &lent {
-                st.pool.unhold(l.slot);
                 st.pool.cancel(l.slot, l.use_no, l.announce, l.prev_use);
             }
         };
@@ -1413,9 +1412,7 @@ impl ServerConn {
     /// Gives back a reply loan that was not sent.
     pub(crate) fn cancel_reply(&self, buf: &LentBuf) {
         if buf.slot != ONESHOT {
-            let mut st = self.state();
-            st.pool.unhold(buf.slot);
-            st.pool.cancel(buf.slot, buf.use_no, buf.announce, buf.prev_use);
+            self.state().pool.cancel(buf.slot, buf.use_no, buf.announce, buf.prev_use);
         }
     }
 

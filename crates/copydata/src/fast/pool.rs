@@ -291,8 +291,10 @@ impl Pool {
         Ok(Lend::Buffer(Lent { slot: slot as u32, use_no, announce, ptr: b.view.as_mut_ptr(), prev_use }))
     }
 
-    /// Takes back a use that never reached the peer.
+    /// Takes back a use that never reached the peer (ending its
+    /// [`hold`](Self::hold), if any).
     pub(crate) fn cancel(&mut self, slot: u32, use_no: u64, announce: bool, prev_use: u64) {
+        self.unhold(slot);
         if let Some(Some(b)) = self.slots.get_mut(slot as usize)
             && b.last_use == use_no
         {
@@ -446,7 +448,6 @@ mod tests {
         // A cancelled hold gives the buffer back at once.
         let c = lent(&mut pool, &region, 2 << 20);
         pool.hold(c.slot);
-        pool.unhold(c.slot);
         pool.cancel(c.slot, c.use_no, c.announce, c.prev_use);
         assert_eq!(lent(&mut pool, &region, 2 << 20).slot, c.slot);
     }
