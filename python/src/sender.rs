@@ -478,6 +478,28 @@ impl Sender {
         self.run(py, budget, true, job).map(drop)
     }
 
+    /// Waits until the receiver has taken every message posted so far off
+    /// its queue (its handler may still be running), at most `timeout`
+    /// seconds (None: as long as it takes); returns at once with nothing
+    /// posted. A process that exits right after posting flushes first: on
+    /// Windows the receiver takes a large post's buffer (above 16 KiB, or a
+    /// loan) out of the sending process, so a post still queued when it
+    /// exits is lost.
+    #[pyo3(signature = (timeout = None))]
+    fn flush(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
+        let budget = Budget::new(timeout_arg(py, timeout)?);
+        let name = self.name.clone();
+        let job: Job = Box::new(move |s| {
+            // With no time left (a timeout of 0), still one look.
+            let flushed = match budget.left(&name).unwrap_or(Some(Duration::ZERO)) {
+                Some(t) => s.flush_timeout(t),
+                None => s.flush(),
+            };
+            flushed.map(|()| None).map_err(|e| budget.whole(e))
+        });
+        self.run(py, budget, true, job).map(drop)
+    }
+
     /// Posts `data` with `tag` if the receiver's queue has room now, else
     /// raises `Full` (nothing sent). It waits only when the connection must
     /// be made again first (within the connect timeout).

@@ -237,3 +237,21 @@ def test_a_sender_inherited_through_fork_works_in_the_child(python_child, name):
         assert got == [b"child", b"parent", b"parent again"]
         code, _, err = child.finish(timeout=10.0)
         assert code == 0, err
+
+
+def test_flush_waits_until_the_posts_are_taken(name):
+    with copydata.Mailbox(name) as mailbox, copydata.Sender(name) as sender:
+        sender.flush(timeout=0.0)  # nothing posted yet
+        sender.post(b"a" * 100_000, tag=1)
+        sender.post(b"small", tag=2)
+        with pytest.raises(copydata.TimedOut):
+            sender.flush(timeout=0.2)
+        taker = threading.Thread(target=lambda: [mailbox.recv(timeout=10.0) for _ in range(2)])
+        taker.start()
+        sender.flush(timeout=10.0)
+        taker.join(10.0)
+        # The connection outlived the timed-out flush: still in order.
+        sender.post(b"after", tag=3)
+        request = mailbox.recv(timeout=10.0)
+        assert (request.tag, request.data) == (3, b"after")
+        sender.flush()

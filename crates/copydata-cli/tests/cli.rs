@@ -527,11 +527,16 @@ fn listen_json_reports_each_message() {
 #[test]
 fn mailbox_exit_codes() {
     let name = unique("mcodes");
-    let slow = Listener::start(&[&name, "--delay", "3s"]);
+    let slow = Listener::start(&[&name, "--delay", "10s"]);
     // Timed out: 4.
     let out = run(&["send", &name, "--timeout", "200ms", "x"]);
     assert_eq!(out.code, 4, "{}", out.stderr);
     assert!(out.stderr.contains(&name) && out.stderr.lines().count() == 1, "{}", out.stderr);
+    // A post the busy listener does not take off its queue in time: 4 too,
+    // and it says so (the post stays queued).
+    let out = run(&["send", &name, "--post", "--timeout", "300ms", "y"]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains("did not take the post off its queue within 300ms"), "{}", out.stderr);
     // Already bound: 6.
     let out = run(&["listen", &name]);
     assert_eq!(out.code, 6, "{}", out.stderr);

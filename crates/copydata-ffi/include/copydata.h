@@ -938,6 +938,23 @@ copydata_status copydata_sender_post(copydata_sender *sender,
                                      uint32_t timeout_ms);
 
 /**
+ * Waits until the receiver has taken every message posted through
+ * `sender` so far off its queue (its handler may still be running), at
+ * most `timeout_ms` (`COPYDATA_INFINITE`: as long as it takes; 0: only
+ * looks). Returns `COPYDATA_STATUS_OK` at once when nothing is queued;
+ * `COPYDATA_STATUS_TIMED_OUT` keeps the connection and the posts.
+ *
+ * A process that exits right after posting flushes first: on Windows the
+ * receiver takes a large post's buffer (above 16 KiB, or a loan) out of
+ * the sending process, so a post still queued when it exits is lost.
+ *
+ * # Safety
+ *
+ * `sender` is NULL or a live sender that no other thread is using.
+ */
+copydata_status copydata_sender_flush(copydata_sender *sender, uint32_t timeout_ms);
+
+/**
  * Lends a buffer of `len` bytes in shared memory, to fill in place and
  * send without a copy (`copydata_sender_send_loan`,
  * `copydata_sender_post_loan`): its address goes to `*data` (NULL when

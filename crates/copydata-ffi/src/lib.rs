@@ -106,6 +106,6 @@ pub use section::{
 };
 pub use sender::{
     COPYDATA_MAX_SECTIONS, Sender, copydata_sender_cancel_loan, copydata_sender_close, copydata_sender_connect,
-    copydata_sender_loan, copydata_sender_post, copydata_sender_post_loan, copydata_sender_send,
+    copydata_sender_flush, copydata_sender_loan, copydata_sender_post, copydata_sender_post_loan, copydata_sender_send,
     copydata_sender_send_loan, copydata_sender_send_sections,
 };

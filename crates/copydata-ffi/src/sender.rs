@@ -249,6 +249,34 @@ pub unsafe extern "C" fn copydata_sender_post(
     })
 }
 
+/// Waits until the receiver has taken every message posted through
+/// `sender` so far off its queue (its handler may still be running), at
+/// most `timeout_ms` (`COPYDATA_INFINITE`: as long as it takes; 0: only
+/// looks). Returns `COPYDATA_STATUS_OK` at once when nothing is queued;
+/// `COPYDATA_STATUS_TIMED_OUT` keeps the connection and the posts.
+///
+/// A process that exits right after posting flushes first: on Windows the
+/// receiver takes a large post's buffer (above 16 KiB, or a loan) out of
+/// the sending process, so a post still queued when it exits is lost.
+///
+/// # Safety
+///
+/// `sender` is NULL or a live sender that no other thread is using.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_sender_flush(sender: *mut Sender, timeout_ms: u32) -> Status {
+    guard(|| {
+        // SAFETY:
+        // - `sender` is NULL or a live sender used by this thread alone
+        //   during the call (the contract).
+        let sender = unsafe { handle_mut(sender, "sender") }?.idle()?;
+        match timeout_arg(timeout_ms) {
+            None => sender.flush()?,
+            Some(t) => sender.flush_timeout(t)?,
+        }
+        Ok(())
+    })
+}
+
 /// Lends a buffer of `len` bytes in shared memory, to fill in place and
 /// send without a copy (`copydata_sender_send_loan`,
 /// `copydata_sender_post_loan`): its address goes to `*data` (NULL when
@@ -506,6 +534,10 @@ mod tests {
                 }
                 assert!(posted < 1_000_000, "the queue never filled");
             }
+            // Nothing taken yet: a flush times out, and keeps the posts.
+            assert_eq!(copydata_sender_flush(sender, 0), Status::TimedOut);
+            assert_eq!(copydata_sender_flush(sender, 50), Status::TimedOut);
+            assert_eq!(copydata_sender_flush(null_mut(), 0), Status::InvalidArgument);
             let mut p = null_mut();
             assert_eq!(copydata_sender_loan(sender, big.len(), 5000, &mut p), Status::Ok, "{}", last());
             std::ptr::copy_nonoverlapping(big.as_ptr(), p.cast::<u8>(), big.len());
@@ -524,6 +556,7 @@ mod tests {
             assert_eq!(copydata_sender_post_loan(sender, 2, 50), Status::TimedOut);
             go_tx.send(()).unwrap();
             assert_eq!(copydata_sender_post_loan(sender, 2, COPYDATA_INFINITE), Status::Ok, "{}", last());
+            assert_eq!(copydata_sender_flush(sender, COPYDATA_INFINITE), Status::Ok, "{}", last());
             assert_eq!(
                 copydata_sender_post_loan(sender, 2, 0),
                 Status::InvalidArgument,

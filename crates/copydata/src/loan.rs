@@ -182,7 +182,9 @@ impl<'a> Loan<'a> {
     }
 
     /// Posts the loan: no reply awaited (as [`Sender::post`]). Waits for
-    /// room in the connection's queue as long as it takes.
+    /// room in the connection's queue as long as it takes. A process that
+    /// exits right after posting a loan calls [`Sender::flush`] first (on
+    /// Windows the receiver takes the buffer out of the sending process).
     pub fn post(self, tag: u64) -> Result<(), SendError> {
         self.post_with(tag, true, None).map_err(PostLoanError::into_error)
     }

@@ -1102,7 +1102,8 @@ impl Sender {
     /// ([`Message::expects_reply`] is `false`) and its reply is discarded.
     /// Posts queue up in shared memory; when the queue is full, `post` waits
     /// for the receiver to catch up (it never buffers without bound). A
-    /// receiver that dies gives [`SendError::ReceiverDied`].
+    /// receiver that dies gives [`SendError::ReceiverDied`]. A process
+    /// that exits right after posting [`flush`](Self::flush)es first.
     #[doc(alias = "PostMessage")]
     #[doc(alias = "PostMessageW")]
     pub fn post(&mut self, tag: u64, data: &[u8]) -> Result<(), SendError> {
@@ -1125,6 +1126,45 @@ impl Sender {
     /// [`SendError::Full`] (nothing sent, the connection kept).
     pub fn try_post(&mut self, tag: u64, data: &[u8]) -> Result<(), SendError> {
         self.with_client(None, None, data.len() as u64, |c| c.put(POST, tag, Body::Bytes(data), &[], false, None))
+    }
+
+    /// Waits until the receiver has taken every message posted through this
+    /// sender so far off its queue (its handler may still be running), as
+    /// long as it takes. With nothing posted, or no connection, it returns
+    /// at once. A receiver that dies first gives
+    /// [`SendError::ReceiverDied`].
+    ///
+    /// A process that exits right after posting should flush first: on
+    /// Windows the receiver takes a large post's buffer (a payload above
+    /// 16 KiB, a [`Loan`], attached sections) out of the sending process,
+    /// so a post still queued when that process exits is lost. (On Linux
+    /// the queue keeps everything it needs; flushing still tells that the
+    /// posts were taken.)
+    ///
+    /// ```no_run
+    /// let mut sender = copydata::Sender::connect("indexer")?;
+    /// sender.post(1, &vec![7u8; 1 << 20])?;
+    /// sender.flush_timeout(std::time::Duration::from_secs(5))?;
+    /// // Safe to exit now: the indexer has the message.
+    /// # Ok::<(), copydata::SendError>(())
+    /// ```
+    pub fn flush(&mut self) -> Result<(), SendError> {
+        self.flush_until(None)
+    }
+
+    /// Like [`flush`](Self::flush), waiting at most `timeout`. On
+    /// [`SendError::TimedOut`] the connection is kept: the posts stay
+    /// queued and a later flush may still see them taken.
+    pub fn flush_timeout(&mut self, timeout: Duration) -> Result<(), SendError> {
+        self.flush_until(Some(timeout))
+    }
+
+    fn flush_until(&mut self, timeout: Option<Duration>) -> Result<(), SendError> {
+        self.timed(timeout, |s, deadline| {
+            let Some(c) = s.client.as_mut() else { return Ok(()) };
+            let result = c.drained(deadline);
+            result.map_err(|f| s.unsent_failed(timeout, 0, f))
+        })
     }
 
     /// Lends a buffer of `len` bytes in shared memory, to fill in place and

@@ -219,6 +219,25 @@ impl AsyncSender {
         self.settle(conn, result, None, data.len())
     }
 
+    /// Waits until the receiver has taken every message posted through this
+    /// sender so far off its queue; returns at once with nothing posted or
+    /// no connection (as [`Sender::flush`](crate::Sender::flush), which says
+    /// why a process that exits right after posting needs it).
+    pub async fn flush(&mut self) -> Result<(), SendError> {
+        let Some(mut conn) = self.conn.take() else { return Ok(()) };
+        let result = conn.until_room(None, Client::try_drained).await;
+        self.settle(conn, result, None, 0)
+    }
+
+    /// Like [`flush`](Self::flush), waiting at most `timeout`; on
+    /// [`SendError::TimedOut`] the connection is kept.
+    pub async fn flush_timeout(&mut self, timeout: Duration) -> Result<(), SendError> {
+        if self.conn.is_none() {
+            return Ok(());
+        }
+        self.with_room(0, timeout, Client::try_drained).await
+    }
+
     /// Lends a buffer of `len` bytes in shared memory, to fill in place and
     /// send without copying ([`AsyncLoan::send`], [`AsyncLoan::post`]); the
     /// async counterpart of [`Sender::loan`](crate::Sender::loan) (see

@@ -468,6 +468,23 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
             say("posted", "");
             Ok(())
         }
+        // Posts `args[0]` a large message (seed 0) and a large loan (seed 1),
+        // none of them taken yet: says `@early` when a short flush times out,
+        // then flushes for good, says `@flushed` and exits at once.
+        "post-flush-exit" => {
+            let mut s = Sender::connect(&args[0]).map_err(fail)?;
+            s.post(tag(REC, 0), &pattern(FLUSHED[0], 0)).map_err(fail)?;
+            let mut loan = s.loan(FLUSHED[1]).map_err(fail)?;
+            loan.write_at(0, &pattern(FLUSHED[1], 1)).map_err(fail)?;
+            loan.post(tag(REC, 1)).map_err(fail)?;
+            match s.flush_timeout(Duration::from_millis(300)) {
+                Err(SendError::TimedOut { .. }) => say("early", ""),
+                other => return Err(format!("a flush before the receiver took anything: {other:?}")),
+            }
+            s.flush().map_err(fail)?;
+            say("flushed", "");
+            Ok(())
+        }
         // Sends `args[0]` a loan of `args[1]` bytes (pattern seed 5) that the
         // handler reads only after the gate opens (`GATE_SUM`); killed meanwhile.
         "loan-once" => {
@@ -1269,6 +1286,52 @@ fn posts_of_a_sender_that_exits_are_delivered() {
         let d = pattern(i * 10, i as u64);
         assert_eq!((r.len, r.sum, r.call), (d.len() as u64, sum(&d), false), "post {i}");
     }
+    srv.quit();
+}
+
+/// The sizes `post-flush-exit` posts: a pooled buffer and a loan, both
+/// handed over with a buffer of their own (on Windows, pulled out of the
+/// sending process by the receiver).
+const FLUSHED: [usize; 2] = [100_000, 200_000];
+
+/// `Sender::flush` waits until the receiver has taken the posts (a short
+/// one times out and keeps the connection), after which the sender may
+/// exit at once and its large posts still arrive whole.
+#[test]
+fn a_flushed_sender_may_exit_at_once() {
+    let mut srv = Srv::start(1);
+    let mut holder = srv.sender();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let r = holder.send(tag(GATE, 1), b"");
+        let _ = tx.send((holder, r));
+    });
+    srv.kid().expect("gated");
+    let mut poster = Kid::spawn("post-flush-exit", &[&srv.name]);
+    poster.expect("early");
+    srv.kid().tell("go");
+    poster.expect("flushed");
+    poster.wait_ok();
+    let (mut holder, r) = rx.recv_timeout(BOUND).expect("the held call did not return");
+    assert_eq!(r.unwrap().code, 1);
+    let mut recs = Vec::new();
+    let started = Instant::now();
+    while recs.len() < FLUSHED.len() && started.elapsed() < Duration::from_secs(10) {
+        recs.extend(report(&mut holder));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(recs.len(), FLUSHED.len(), "the flushed posts: {recs:?}");
+    for (i, r) in recs.iter().enumerate() {
+        let d = pattern(FLUSHED[i], i as u64);
+        assert_eq!(
+            (r.arg, r.len, r.sum, r.call, r.loan),
+            (i as u64, d.len() as u64, sum(&d), false, i == 1),
+            "post {i}"
+        );
+    }
+    // Nothing posted: a flush returns at once, connected or not.
+    holder.flush_timeout(Duration::ZERO).unwrap();
+    Sender::unconnected(&srv.name, &SenderOptions::new()).unwrap().flush().unwrap();
     srv.quit();
 }
 

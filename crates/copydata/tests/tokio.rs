@@ -444,6 +444,32 @@ fn async_posts_can_give_up_when_the_queue_stays_full() {
     });
 }
 
+/// `flush` waits until the receiver has taken the posts: a bounded one
+/// gives up while the handler is held (keeping the connection), an
+/// unbounded one returns once it has taken them.
+#[test]
+fn async_flush_waits_until_the_posts_are_taken() {
+    let gated = Gated::start("async-flush");
+    let name = gated.name.clone();
+    within(async {
+        let mut sender = AsyncSender::connect(&name).await.unwrap();
+        sender.flush().await.unwrap();
+        sender.post(0, b"first").await.unwrap();
+        gated.held().await;
+        sender.post(1, &vec![5u8; 100_000]).await.unwrap();
+        let started = Instant::now();
+        let err = sender.flush_timeout(Duration::from_millis(300)).await.unwrap_err();
+        assert!(matches!(err, SendError::TimedOut { .. }), "{err:?}");
+        assert!(started.elapsed() >= Duration::from_millis(300), "gave up after {:?}", started.elapsed());
+        gated.open();
+        sender.flush().await.unwrap();
+        sender.flush_timeout(Duration::ZERO).await.unwrap();
+        sender.send_timeout(2, b"", Duration::from_secs(30)).await.unwrap();
+        let seen: Vec<(u64, usize)> = gated.seen().iter().map(|r| (r.0, r.1)).collect();
+        assert_eq!(seen, [(0, 5), (1, 100_000), (2, 0)]);
+    });
+}
+
 /// An async loan posted into a full queue comes back: `try_post` at once
 /// with `Full`, `post_timeout` with `TimedOut` no sooner than its timeout,
 /// still filled and lent each time; posted again once there is room, it

@@ -21,8 +21,9 @@ pub struct Args {
     tag: u64,
     /// Give up after this long (e.g. 500ms, 2s), the connection's set-up
     /// included (so 0 always times out); default: wait as long as the
-    /// receiver lives. With --post: how long to wait for the connection and
-    /// for room in the receiver's queue.
+    /// receiver lives. With --post: how long to wait for the connection, for
+    /// room in the receiver's queue, and then for the receiver to take the
+    /// message off its queue.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
     /// Write the reply payload to this file instead of stdout.
@@ -116,7 +117,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => sender.post(args.tag, &payload)?,
         }
         log::debug!("posted tag {}, {} bytes", args.tag, payload.len());
-        return Ok(ExitCode::SUCCESS);
+        return posted(&args, &mut sender);
     }
     log::debug!("sending tag {}, {} bytes (timeout {:?})", args.tag, payload.len(), args.timeout);
     let started = Instant::now();
@@ -205,7 +206,7 @@ fn send_file(
             Some(t) => loan.post_timeout(args.tag, t).map_err(|e| post_timed_out(e.into_error()))?,
             None => loan.post(args.tag)?,
         }
-        return Ok(Some(ExitCode::SUCCESS));
+        return posted(args, sender).map(Some);
     }
     let started = Instant::now();
     let reply = match args.timeout {
@@ -261,7 +262,30 @@ fn lines(
         sent += 1;
     }
     log::debug!("{} {sent} lines", if args.post { "posted" } else { "sent" });
+    if args.post {
+        return posted(args, sender);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A post's last step: waits until the mailbox has taken what this command
+/// posted off its queue (bounded by `--timeout`). The command's exit must
+/// not come first: on Windows the receiver takes a large post's buffer out
+/// of the sending process, and would find it gone.
+fn posted(args: &Args, sender: &mut Sender) -> anyhow::Result<ExitCode> {
+    let flushed = match args.timeout {
+        Some(t) => sender.flush_timeout(t),
+        None => sender.flush(),
+    };
+    match flushed {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(SendError::TimedOut { name, timeout }) => Err(exit::TimedOut(format!(
+            "mailbox {name:?} did not take the post off its queue within {timeout:?} (it stays queued, but on \
+             Windows a message above 16 KiB is lost once this command exits)"
+        ))
+        .into()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The reply's file, made before the message goes out. A file this command

@@ -522,6 +522,21 @@ impl Client {
         Ok(())
     }
 
+    /// Waits until the receiver has taken every record queued so far off
+    /// the request ring (and with them, pulled what they carry).
+    pub(crate) fn drained(&mut self, deadline: Option<Instant>) -> Result<(), Fail> {
+        if self.try_drained().is_ok() {
+            return Ok(());
+        }
+        self.wait_for(Bell::Space, deadline, |c| Ok(c.try_drained().ok()))
+    }
+
+    /// [`drained`](Self::drained) without waiting: `Full` while records
+    /// are still queued.
+    pub(crate) fn try_drained(&mut self) -> Result<(), Fail> {
+        if self.req.consumed() >= self.req.position() { Ok(()) } else { Err(Fail::Full) }
+    }
+
     /// Queues a `CALL` or `POST`. Nothing reaches the receiver unless this
     /// returns `Ok` (or fails after queueing: then the connection is dropped).
     #[inline(always)]
