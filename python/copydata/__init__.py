@@ -83,9 +83,11 @@ class ProtocolError(Error):
 
 
 from ._copydata import (  # noqa: E402
+    Event,
     Launch,
     Loan,
     Mailbox,
+    Mutex,
     Primary,
     ReplyLoan,
     Request,
@@ -110,6 +112,8 @@ __all__ = [
     "Primary",
     "Secondary",
     "Launch",
+    "Mutex",
+    "Event",
     "Error",
     "InvalidArgument",
     "InvalidName",

@@ -21,6 +21,8 @@ __all__ = [
     "Primary",
     "Secondary",
     "Launch",
+    "Mutex",
+    "Event",
 ]
 
 # What a `Mailbox.serve` handler may return: (code, data), a code, data
@@ -284,3 +286,60 @@ class Launch:
     @property
     def answered(self) -> bool: ...
     def answer(self, code: int = 0, data: Buffer | None = None) -> None: ...
+
+@final
+class Mutex:
+    """A named mutex shared by processes, that survives its owner's death
+    (the next holder sees `owner_died`). The thread that acquires it
+    releases it; it is not recursive."""
+
+    def __new__(cls, name: str) -> Mutex: ...
+    @classmethod
+    def open(cls, name: str) -> Mutex:
+        """The existing mutex `name` (NotFound if no process holds one)."""
+    @property
+    def name(self) -> str: ...
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        """Takes the lock: waits as long as it takes, at most `timeout`
+        seconds, or not at all; returns whether it got it."""
+    def release(self) -> None: ...
+    @property
+    def owner_died(self) -> bool:
+        """A holder died holding the lock, and nobody marked the state
+        consistent since (this thread must hold the lock)."""
+    def mark_consistent(self) -> None: ...
+    def held_here(self) -> bool: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Mutex: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool: ...
+
+@final
+class Event:
+    """A named event shared by processes: manual-reset (stays set until
+    reset) or auto-reset (wakes one waiter and resets itself)."""
+
+    def __new__(cls, name: str, auto_reset: bool = False) -> Event: ...
+    @classmethod
+    def open(cls, name: str) -> Event:
+        """The existing event `name` (NotFound if no process holds one)."""
+    @property
+    def name(self) -> str: ...
+    @property
+    def auto_reset(self) -> bool: ...
+    def set(self) -> None: ...
+    def reset(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> bool:
+        """Waits until set, at most `timeout` seconds; returns whether it was."""
+    def close(self) -> None: ...
+    def __enter__(self) -> Event: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool: ...

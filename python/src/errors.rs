@@ -10,6 +10,7 @@
 use std::error::Error as StdError;
 use std::io;
 
+use copydata::sync::{LockError, SyncOpenError, WaitError};
 use copydata::{BindError, CreateError, InstanceError, MapError, OpenError, RecvError, ReplyError, SendError};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -169,4 +170,36 @@ pub(crate) fn instance_error(py: Python<'_>, e: InstanceError) -> PyErr {
         _ => Kind::Error,
     };
     convert(py, kind, &e)
+}
+
+pub(crate) fn sync_open_error(py: Python<'_>, e: SyncOpenError) -> PyErr {
+    let kind = match &e {
+        SyncOpenError::InvalidName { .. } => Kind::InvalidName,
+        SyncOpenError::NotFound { .. } => Kind::NotFound,
+        SyncOpenError::PermissionDenied { .. } | SyncOpenError::OtherOwner { .. } => Kind::PermissionDenied,
+        _ => Kind::Error,
+    };
+    convert(py, kind, &e)
+}
+
+pub(crate) fn lock_error(py: Python<'_>, e: LockError) -> PyErr {
+    let kind = match &e {
+        LockError::TimedOut => Kind::TimedOut,
+        _ => Kind::Error,
+    };
+    convert(py, kind, &e)
+}
+
+pub(crate) fn wait_error(py: Python<'_>, e: WaitError) -> PyErr {
+    let kind = match &e {
+        WaitError::TimedOut => Kind::TimedOut,
+        _ => Kind::Error,
+    };
+    convert(py, kind, &e)
+}
+
+/// An operating-system error of an operation that has no error type of
+/// its own (setting an event).
+pub(crate) fn io_error(py: Python<'_>, e: io::Error) -> PyErr {
+    convert(py, Kind::Error, &e)
 }

@@ -14,6 +14,7 @@ mod mailbox;
 mod reply_loan;
 mod section;
 mod sender;
+mod sync;
 
 use std::time::Duration;
 
@@ -249,5 +250,7 @@ fn _copydata(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<instance::Primary>()?;
     m.add_class::<instance::Secondary>()?;
     m.add_class::<instance::Launch>()?;
+    m.add_class::<sync::Mutex>()?;
+    m.add_class::<sync::Event>()?;
     Ok(())
 }

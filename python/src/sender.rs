@@ -510,8 +510,9 @@ impl Sender {
         self.run(py, Budget::new(None), true, job).map(drop)
     }
 
-    /// Closes the connection (messages posted before are still delivered;
-    /// a call in progress on another thread ends first). Later calls raise
+    /// Closes the connection (messages posted before are still delivered,
+    /// as long as this process lives until they are taken: see `flush`; a
+    /// call in progress on another thread ends first). Later calls raise
     /// `Closed`; closing twice does nothing.
     fn close(&self, py: Python<'_>) {
         let worker = {

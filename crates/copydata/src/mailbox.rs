@@ -884,6 +884,10 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `Sender` are handled in order. After a timeout or an error the
 /// connection is dropped and the next send makes a new one, so a late reply
 /// can never be taken for the answer to a later message.
+///
+/// Dropping a sender does not wait: the posts it queued are still
+/// delivered, as long as this process lives until the receiver has taken
+/// them ([`flush`](Self::flush) waits for that).
 #[derive(Debug)]
 pub struct Sender {
     name: Name,

@@ -1,0 +1,186 @@
+"""copydata.Mutex and copydata.Event across real processes (the copydata
+tool and Python children)."""
+
+import signal
+import threading
+import time
+
+import pytest
+
+import copydata
+
+
+def test_a_mutex_held_by_another_process_is_waited_for(cli, name):
+    holder = cli("lock", name, "--hold")
+    assert holder.readline() == "acquired"
+    m = copydata.Mutex.open(name)
+    assert m.name == name
+    assert not m.acquire(blocking=False)
+    started = time.monotonic()
+    assert not m.acquire(timeout=0.3)
+    assert time.monotonic() - started >= 0.3
+    assert not m.held_here()
+    # Stopped cleanly, the holder unlocks: a waiter gets it.
+    holder.signal(signal.SIGTERM)
+    assert m.acquire(timeout=10.0)
+    assert m.held_here() and not m.owner_died
+    m.release()
+    assert holder.finish()[0] == 0
+    m.close()
+
+
+HOLD_UNTIL_KILLED = """
+import sys, time, copydata
+m = copydata.Mutex(sys.argv[1])
+assert m.acquire(timeout=10.0)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_holder_that_dies_is_reported_until_marked_consistent(python_child, cli, name):
+    m = copydata.Mutex(name)
+    child = python_child(HOLD_UNTIL_KILLED, name)
+    assert child.readline() == "held"
+    child.signal(signal.SIGKILL)
+    assert m.acquire(timeout=10.0)
+    assert m.owner_died
+    # Still so for the next holder (the copydata tool) until marked.
+    m.release()
+    code, out, err = cli("lock", name).finish()
+    assert (code, out.strip()) == (0, "acquired (previous owner died)"), err
+    with m:
+        assert m.owner_died
+        m.mark_consistent()
+        assert not m.owner_died
+    with m:
+        assert not m.owner_died
+    m.close()
+
+
+def test_a_mutex_belongs_to_the_thread_that_took_it(name):
+    m = copydata.Mutex(name)
+    assert m.acquire()
+    with pytest.raises(RuntimeError, match="already holds"):
+        m.acquire()
+    seen = {}
+
+    def other():
+        seen["held_here"] = m.held_here()
+        seen["try"] = m.acquire(blocking=False)
+        for what, call in [("release", m.release), ("owner_died", lambda: m.owner_died)]:
+            try:
+                call()
+            except RuntimeError as e:
+                seen[what] = str(e)
+        # Waits for the main thread, then holds it itself.
+        seen["wait"] = m.acquire(timeout=10.0)
+        seen["then"] = m.held_here()
+        m.release()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    deadline = time.monotonic() + 10.0
+    while "owner_died" not in seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert m.held_here()
+    m.release()
+    thread.join(10.0)
+    assert not thread.is_alive()
+    assert (seen["held_here"], seen["try"], seen["wait"], seen["then"]) == (False, False, True, True)
+    assert "not held by this thread" in seen["release"]
+    assert "does not hold" in seen["owner_died"]
+    with pytest.raises(RuntimeError):
+        m.release()
+    with m:
+        assert m.held_here()
+    assert not m.held_here()
+
+
+def test_mutex_arguments_and_closing(name):
+    with pytest.raises(copydata.InvalidName):
+        copydata.Mutex("bad/name")
+    with pytest.raises(copydata.NotFound):
+        copydata.Mutex.open(name)
+    m = copydata.Mutex(name)
+    with pytest.raises(copydata.InvalidArgument):
+        m.acquire(blocking=False, timeout=1.0)
+    with pytest.raises(copydata.InvalidArgument):
+        m.acquire(timeout=-1.0)
+    assert m.acquire(timeout=0.0)
+    # Closing releases the lock this thread holds.
+    m.close()
+    m.close()
+    assert repr(m) == f"<copydata.Mutex {name!r}, closed>".replace("'", '"')
+    with pytest.raises(copydata.Closed):
+        m.acquire()
+    again = copydata.Mutex(name)
+    assert again.acquire(blocking=False)
+    again.close()
+
+
+def test_an_event_wakes_waiters_in_other_processes(cli, name):
+    ev = copydata.Event(name)
+    assert not ev.auto_reset
+    assert not ev.wait(timeout=0)
+    started = time.monotonic()
+    assert not ev.wait(timeout=0.2)
+    assert time.monotonic() - started >= 0.2
+    waiter = cli("event", name, "wait", "--timeout", "30s")
+    ev.set()
+    assert waiter.readline() == "set"
+    # Manual-reset: it stays set until reset, here or by the tool.
+    assert ev.wait(timeout=0)
+    assert cli("event", name, "reset").finish()[0] == 0
+    assert not ev.wait(timeout=0)
+    assert cli("event", name, "set").finish()[0] == 0
+    assert ev.wait(timeout=10.0)
+    ev.close()
+
+
+def test_an_auto_reset_event_wakes_one_waiter(name):
+    with pytest.raises(copydata.NotFound):
+        copydata.Event.open(name)
+    with copydata.Event(name, auto_reset=True) as ev:
+        other = copydata.Event.open(name)
+        assert other.auto_reset
+        # An existing event of the other kind is refused.
+        with pytest.raises(copydata.Error, match="auto-reset event, not manual-reset"):
+            copydata.Event(name)
+        assert "auto-reset" in repr(ev)
+        ev.set()
+        assert other.wait(timeout=10.0)
+        assert not other.wait(timeout=0), "it reset itself"
+        other.close()
+    with pytest.raises(copydata.Closed):
+        ev.set()
+    with pytest.raises(copydata.InvalidName):
+        copydata.Event("bad/name")
+
+
+WAIT_INTERRUPTED = """
+import sys, copydata
+ev = copydata.Event(sys.argv[1])
+m = copydata.Mutex(sys.argv[2])
+for what, wait in [("event", ev.wait), ("mutex", m.acquire)]:
+    print("waiting", what, flush=True)
+    try:
+        wait()
+        print("returned", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+"""
+
+
+def test_ctrl_c_interrupts_waits(python_child, name):
+    m = copydata.Mutex(name + "-m")
+    assert m.acquire()
+    child = python_child(WAIT_INTERRUPTED, name, name + "-m")
+    for what in ["event", "mutex"]:
+        assert child.readline() == f"waiting {what}"
+        time.sleep(0.2)
+        child.signal(signal.SIGINT)
+        assert child.readline() == "interrupted"
+    assert child.finish()[0] == 0
+    m.release()
+    m.close()
