@@ -1,77 +1,24 @@
 //! `copydata.Mutex` and `copydata.Event`: named objects shared by
 //! processes, over `copydata::sync`.
 //!
-//! An OS mutex belongs to the thread that locked it (a robust glibc mutex
-//! records its owner's thread id, a Windows mutex its thread): only that
-//! thread may unlock it. The Python object keeps the held lock together
-//! with the thread (and process) that took it, and unlocks only there.
-//! A lock still held when its object goes away on another thread, or in
-//! a child made by `fork`, is left to the OS: it is released when its
-//! thread ends, and the next locker is told its owner died.
+//! An OS mutex belongs to the thread that locked it: only that thread may
+//! unlock it. The Python object keeps the held lock as an
+//! [`ArcMutexGuard`], which knows its thread (and process) and unlocks
+//! only there. A lock still held when its object goes away on another
+//! thread, or in a child made by `fork`, is left to the OS: it is
+//! released when its thread ends, and the next locker is told its owner
+//! died.
 
-use std::mem::ManuallyDrop;
 use std::sync::Arc;
-use std::thread::ThreadId;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use copydata::sync::{EventKind, LockError, MutexGuard, SyncOpenError, WaitError};
+use copydata::sync::{ArcMutexGuard, EventKind, LockError, SyncOpenError, WaitError};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
 use crate::errors::{self, Kind};
 use crate::{SLICE, timeout_arg};
-
-/// A lock held through a [`Mutex`], with who holds it.
-struct Held {
-    /// Borrows `*_mutex` (declared `'static`: the `Arc` below keeps it
-    /// where it is for as long as this lives); dropped only by `drop`.
-    guard: ManuallyDrop<MutexGuard<'static>>,
-    /// What the guard borrows, kept alive (and in place) by this clone.
-    _mutex: Arc<copydata::sync::Mutex>,
-    thread: ThreadId,
-    pid: u32,
-}
-
-// SAFETY: a `MutexGuard` is not `Send` because only the locking thread may
-// unlock. A `Held` moves between threads only inside the `Mutex` object's
-// lock; it unlocks (drops the guard) only on the thread and in the process
-// that locked, and otherwise leaves the guard undropped. Its other uses
-// (`owner_died`, `mark_consistent`) read and write an atomic word in
-// shared memory, which any thread may.
-unsafe impl Send for Held {}
-
-impl Held {
-    /// Locks `mutex` on this thread: waits at most `slice`, or only looks.
-    fn lock(mutex: &Arc<copydata::sync::Mutex>, slice: Option<Duration>) -> Result<Held, LockError> {
-        let guard = match slice {
-            Some(s) => mutex.lock_timeout(s)?,
-            None => mutex.try_lock()?,
-        };
-        // SAFETY: the guard borrows the mutex inside the `Arc` allocation,
-        // which does not move and which `Held` keeps alive (its clone
-        // below) for at least as long as the guard.
-        let guard = unsafe { std::mem::transmute::<MutexGuard<'_>, MutexGuard<'static>>(guard) };
-        let (thread, pid) = (std::thread::current().id(), std::process::id());
-        Ok(Held { guard: ManuallyDrop::new(guard), _mutex: mutex.clone(), thread, pid })
-    }
-
-    fn mine(&self) -> bool {
-        self.thread == std::thread::current().id() && self.pid == std::process::id()
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        if self.mine() {
-            // SAFETY: dropped once, here; `self._mutex`, which it borrows,
-            // is dropped only after this body.
-            unsafe { ManuallyDrop::drop(&mut self.guard) };
-        }
-        // Elsewhere the OS would refuse the unlock: the lock stays with its
-        // thread, and is released (owner died) when that thread ends.
-    }
-}
 
 /// A named mutex shared by processes, that survives its owner's death
 /// (`CreateMutexW`; a robust process-shared mutex on Linux).
@@ -80,7 +27,7 @@ pub(crate) struct Mutex {
     name: String,
     /// `None` once closed.
     mutex: std::sync::Mutex<Option<Arc<copydata::sync::Mutex>>>,
-    held: std::sync::Mutex<Option<Held>>,
+    held: std::sync::Mutex<Option<ArcMutexGuard>>,
 }
 
 impl Mutex {
@@ -96,14 +43,14 @@ impl Mutex {
         })
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, Option<Held>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<ArcMutexGuard>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs `f` on the lock this thread holds.
-    fn with_mine<T>(&self, what: &str, f: impl FnOnce(&mut Held) -> T) -> PyResult<T> {
+    fn with_mine<T>(&self, what: &str, f: impl FnOnce(&mut ArcMutexGuard) -> T) -> PyResult<T> {
         match self.held().as_mut() {
-            Some(h) if h.mine() => Ok(f(h)),
+            Some(h) if h.is_mine() => Ok(f(h)),
             _ => Err(PyRuntimeError::new_err(format!("{what}: this thread does not hold mutex {:?}", self.name))),
         }
     }
@@ -140,7 +87,7 @@ impl Mutex {
         if !blocking && timeout.is_some() {
             return Err(errors::raise(py, Kind::InvalidArgument, "a timeout needs blocking=True"));
         }
-        if self.held().as_ref().is_some_and(Held::mine) {
+        if self.held().as_ref().is_some_and(ArcMutexGuard::is_mine) {
             return Err(PyRuntimeError::new_err(format!("this thread already holds mutex {:?}", self.name)));
         }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
@@ -150,9 +97,13 @@ impl Mutex {
             };
             let slice =
                 blocking.then(|| deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()).min(SLICE)));
-            // The lock is taken and kept on this thread (`detach` runs the
-            // closure here).
-            match py.detach(|| Held::lock(&mutex, slice)) {
+            // The lock is taken on this thread (`detach` runs the closure
+            // here).
+            let locked = py.detach(|| match slice {
+                Some(s) => mutex.lock_arc_timeout(s),
+                None => mutex.try_lock_arc(),
+            });
+            match locked {
                 Ok(held) => {
                     *self.held() = Some(held);
                     return Ok(true);
@@ -170,7 +121,7 @@ impl Mutex {
     fn release(&self) -> PyResult<()> {
         let mut held = self.held();
         match held.as_ref() {
-            Some(h) if h.mine() => {
+            Some(h) if h.is_mine() => {
                 drop(held.take());
                 Ok(())
             }
@@ -183,18 +134,18 @@ impl Mutex {
     /// (raises unless this thread holds the lock).
     #[getter]
     fn owner_died(&self) -> PyResult<bool> {
-        self.with_mine("owner_died", |h| h.guard.owner_died())
+        self.with_mine("owner_died", |h| h.owner_died())
     }
 
     /// Declares the protected state consistent again, after repairing it
     /// (this thread must hold the lock).
     fn mark_consistent(&self) -> PyResult<()> {
-        self.with_mine("mark_consistent", |h| h.guard.mark_consistent())
+        self.with_mine("mark_consistent", |h| h.mark_consistent())
     }
 
     /// Whether this thread holds the lock.
     fn held_here(&self) -> bool {
-        self.held().as_ref().is_some_and(Held::mine)
+        self.held().as_ref().is_some_and(ArcMutexGuard::is_mine)
     }
 
     /// Lets go of the mutex (releasing the lock if this thread holds it);
@@ -203,7 +154,7 @@ impl Mutex {
     fn close(&self) {
         let mine = {
             let mut held = self.held();
-            if held.as_ref().is_some_and(Held::mine) { held.take() } else { None }
+            if held.as_ref().is_some_and(ArcMutexGuard::is_mine) { held.take() } else { None }
         };
         drop(mine);
         drop(self.mutex.lock().unwrap_or_else(|e| e.into_inner()).take());

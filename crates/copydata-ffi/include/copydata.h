@@ -54,6 +54,17 @@
 #define COPYDATA_MAX_SECTIONS 16
 
 /**
+ * Kind for `copydata_event_create`: stays set until
+ * `copydata_event_reset`, waking every waiter.
+ */
+#define COPYDATA_MANUAL_RESET 0
+
+/**
+ * Kind for `copydata_event_create`: wakes one waiter and resets itself.
+ */
+#define COPYDATA_AUTO_RESET 1
+
+/**
  * What a function did: `COPYDATA_STATUS_OK` (zero) or why it failed.
  *
  * `copydata_last_error()` gives the details in words. New codes may be
@@ -151,6 +162,12 @@ typedef int32_t copydata_status;
 #endif // __cplusplus
 
 /**
+ * A named event shared by processes. Opaque; close it with
+ * `copydata_event_close`.
+ */
+typedef struct copydata_event copydata_event;
+
+/**
  * The primary instance of an app id: it receives later launches with
  * `copydata_instance_recv`. Opaque; close it with
  * `copydata_instance_close`, which frees the app id for the next launch.
@@ -169,6 +186,12 @@ typedef struct copydata_launch copydata_launch;
  * with `copydata_mailbox_close`.
  */
 typedef struct copydata_mailbox copydata_mailbox;
+
+/**
+ * A named mutex shared by processes, that survives its owner's death.
+ * Opaque; close it with `copydata_mutex_close`.
+ */
+typedef struct copydata_mutex copydata_mutex;
 
 /**
  * A received message waiting for its answer. Opaque; answer it with
@@ -1042,6 +1065,170 @@ void copydata_sender_cancel_loan(copydata_sender *sender);
  * must not be used afterwards.
  */
 void copydata_sender_close(copydata_sender *sender);
+
+/**
+ * Opens the mutex `name`, creating it (unlocked) if no process holds one
+ * (`CreateMutexW`; on Linux a robust, process-shared mutex in shared
+ * memory). The mutex lives while any process holds it.
+ *
+ * Fails with `COPYDATA_STATUS_INVALID_ARGUMENT` for an invalid name.
+ *
+ * # Safety
+ *
+ * `name` is NULL or a NUL-terminated string; `out` is NULL or points to
+ * storage for a pointer.
+ */
+copydata_status copydata_mutex_create(const char *name, copydata_mutex **out);
+
+/**
+ * Opens the existing mutex `name` (`OpenMutexW`): fails with
+ * `COPYDATA_STATUS_NOT_FOUND` if no process holds one.
+ *
+ * # Safety
+ *
+ * `name` is NULL or a NUL-terminated string; `out` is NULL or points to
+ * storage for a pointer.
+ */
+copydata_status copydata_mutex_open(const char *name, copydata_mutex **out);
+
+/**
+ * Takes the lock for the calling thread, waiting at most `timeout_ms`
+ * (`COPYDATA_INFINITE`: as long as it takes; 0: only if it is free now):
+ * `WaitForSingleObject` / `pthread_mutex_lock`. The same thread unlocks it
+ * with `copydata_mutex_unlock`. Other threads may wait on the same handle
+ * meanwhile.
+ *
+ * `*owner_died` (if `owner_died` is not NULL) is set to 1 when a holder
+ * died while holding the lock and nobody has called
+ * `copydata_mutex_mark_consistent` since (the state it protects may be
+ * half-updated: repair it, then mark it), else 0. It stays 1 for every
+ * locker until someone marks it.
+ *
+ * Fails with `COPYDATA_STATUS_TIMED_OUT` (not free in time) or
+ * `COPYDATA_STATUS_INVALID_ARGUMENT` (this thread holds it already: it is
+ * not recursive).
+ *
+ * # Safety
+ *
+ * `mutex` is NULL or a live mutex handle; `owner_died` is NULL or points
+ * to a writable `int`.
+ */
+copydata_status copydata_mutex_lock(const copydata_mutex *mutex,
+                                    uint32_t timeout_ms,
+                                    int *owner_died);
+
+/**
+ * Releases the lock the calling thread holds (`ReleaseMutex` /
+ * `pthread_mutex_unlock`). Fails with `COPYDATA_STATUS_INVALID_ARGUMENT`
+ * if this thread does not hold it.
+ *
+ * # Safety
+ *
+ * `mutex` is NULL or a live mutex handle.
+ */
+copydata_status copydata_mutex_unlock(const copydata_mutex *mutex);
+
+/**
+ * Declares the state the mutex protects consistent again, after a holder
+ * died and the caller repaired it; the calling thread must hold the lock
+ * (`COPYDATA_STATUS_INVALID_ARGUMENT` otherwise).
+ *
+ * # Safety
+ *
+ * `mutex` is NULL or a live mutex handle.
+ */
+copydata_status copydata_mutex_mark_consistent(const copydata_mutex *mutex);
+
+/**
+ * Closes a mutex handle, releasing the lock if the calling thread holds
+ * it through this handle; the mutex is gone once no process holds it.
+ * NULL does nothing.
+ *
+ * # Safety
+ *
+ * `mutex` is NULL or a live mutex handle, closed once, that no other
+ * thread is using (nor waiting on).
+ */
+void copydata_mutex_close(copydata_mutex *mutex);
+
+/**
+ * Opens the event `name`, creating it unset if no process holds one
+ * (`CreateEventW`): `kind` is `COPYDATA_MANUAL_RESET` (stays set until
+ * reset, waking every waiter) or `COPYDATA_AUTO_RESET` (wakes one waiter
+ * and resets itself).
+ *
+ * Fails with `COPYDATA_STATUS_ALREADY_EXISTS` when an event of the other
+ * kind has the name (`copydata_event_open` takes either),
+ * `COPYDATA_STATUS_INVALID_ARGUMENT` for an invalid name or kind.
+ *
+ * # Safety
+ *
+ * `name` is NULL or a NUL-terminated string; `out` is NULL or points to
+ * storage for a pointer.
+ */
+copydata_status copydata_event_create(const char *name, uint32_t kind, copydata_event **out);
+
+/**
+ * Opens the existing event `name` (`OpenEventW`), of either kind: fails
+ * with `COPYDATA_STATUS_NOT_FOUND` if no process holds one.
+ *
+ * # Safety
+ *
+ * `name` is NULL or a NUL-terminated string; `out` is NULL or points to
+ * storage for a pointer.
+ */
+copydata_status copydata_event_open(const char *name, copydata_event **out);
+
+/**
+ * The event's kind: `COPYDATA_MANUAL_RESET` or `COPYDATA_AUTO_RESET`
+ * (`COPYDATA_MANUAL_RESET` for NULL).
+ *
+ * # Safety
+ *
+ * `event` is NULL or a live event handle.
+ */
+uint32_t copydata_event_kind(const copydata_event *event);
+
+/**
+ * Sets the event (`SetEvent`): wakes its waiters, in every process (one
+ * waiter, for an auto-reset event).
+ *
+ * # Safety
+ *
+ * `event` is NULL or a live event handle.
+ */
+copydata_status copydata_event_set(const copydata_event *event);
+
+/**
+ * Resets the event to unset (`ResetEvent`).
+ *
+ * # Safety
+ *
+ * `event` is NULL or a live event handle.
+ */
+copydata_status copydata_event_reset(const copydata_event *event);
+
+/**
+ * Waits until the event is set, at most `timeout_ms` (`COPYDATA_INFINITE`:
+ * as long as it takes; 0: only looks): `WaitForSingleObject`. Fails with
+ * `COPYDATA_STATUS_TIMED_OUT`. Several threads may wait on one handle.
+ *
+ * # Safety
+ *
+ * `event` is NULL or a live event handle.
+ */
+copydata_status copydata_event_wait(const copydata_event *event, uint32_t timeout_ms);
+
+/**
+ * Closes an event handle; the event is gone once no process holds it.
+ * NULL does nothing.
+ *
+ * # Safety
+ *
+ * `event` is NULL or a live event handle, closed once, that no other
+ * thread is using (nor waiting on).
+ */
+void copydata_event_close(copydata_event *event);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -75,6 +75,17 @@
 //! bytes) to it, returning the primary's answer; the primary takes them
 //! with [`copydata_instance_recv`] and answers with
 //! [`copydata_launch_answer`].
+//!
+//! # Mutexes and events
+//!
+//! [`copydata_mutex_create`] opens a named mutex shared by processes that
+//! survives its owner's death: [`copydata_mutex_lock`] tells the next
+//! holder (`*owner_died`) until [`copydata_mutex_mark_consistent`];
+//! [`copydata_mutex_unlock`] releases it, on the thread that locked.
+//! [`copydata_event_create`] opens a named manual- or auto-reset event
+//! ([`copydata_event_set`], [`copydata_event_reset`],
+//! [`copydata_event_wait`]). These are the objects of `copydata::sync`,
+//! `copydata lock` and `copydata event`, reached by the same names.
 
 mod buffer;
 mod error;
@@ -82,6 +93,7 @@ mod instance;
 mod mailbox;
 mod section;
 mod sender;
+mod sync;
 #[cfg(test)]
 mod test_util;
 
@@ -108,4 +120,10 @@ pub use sender::{
     COPYDATA_MAX_SECTIONS, Sender, copydata_sender_cancel_loan, copydata_sender_close, copydata_sender_connect,
     copydata_sender_flush, copydata_sender_loan, copydata_sender_post, copydata_sender_post_loan, copydata_sender_send,
     copydata_sender_send_loan, copydata_sender_send_sections,
+};
+pub use sync::{
+    COPYDATA_AUTO_RESET, COPYDATA_MANUAL_RESET, Event, Mutex, copydata_event_close, copydata_event_create,
+    copydata_event_kind, copydata_event_open, copydata_event_reset, copydata_event_set, copydata_event_wait,
+    copydata_mutex_close, copydata_mutex_create, copydata_mutex_lock, copydata_mutex_mark_consistent,
+    copydata_mutex_open, copydata_mutex_unlock,
 };

@@ -195,6 +195,34 @@ fn a_killed_owner_is_reported_to_every_locker_until_marked_consistent() {
     assert!(gone(&name, ObjectType::Mutex));
 }
 
+/// An `ArcMutexGuard` unlocks when dropped on the thread that locked; sent
+/// to another thread and dropped there, it leaves the lock with its thread,
+/// which the OS frees (owner died) when that thread ends.
+#[test]
+fn an_arc_guard_unlocks_only_on_its_own_thread() {
+    let name = unique("arc");
+    let m = std::sync::Arc::new(Mutex::open_or_create(&name).unwrap());
+    let mut g = m.lock_arc().unwrap();
+    assert!(g.is_mine() && !g.owner_died());
+    assert_eq!(g.mutex().name(), name);
+    g.mark_consistent();
+    assert!(matches!(m.try_lock_arc(), Err(LockError::WouldDeadlock | LockError::WouldBlock)));
+    drop(g);
+    drop(m.try_lock_arc().expect("free once its guard was dropped where it was taken"));
+    let elsewhere = {
+        let m = m.clone();
+        std::thread::spawn(move || m.lock_arc_timeout(Duration::from_secs(10)).unwrap()).join().unwrap()
+    };
+    assert!(!elsewhere.is_mine());
+    drop(elsewhere);
+    // The thread that took it has ended holding it.
+    let mut g = m.lock_arc_timeout(Duration::from_secs(30)).expect("freed when its thread ended");
+    assert!(g.owner_died());
+    g.mark_consistent();
+    drop(g);
+    assert!(!m.lock().unwrap().owner_died());
+}
+
 #[test]
 fn a_shared_value_left_half_written_is_reported() {
     let name = unique("half");

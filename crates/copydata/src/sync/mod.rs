@@ -62,6 +62,7 @@ mod shared;
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -139,11 +140,20 @@ impl Lock {
 
     pub(crate) fn acquire(&self, deadline: Option<Instant>, try_only: bool) -> Result<RawGuard<'_>, LockError> {
         let died = self.raw.lock(&self.obj.header, deadline, try_only)?;
-        let flag = header::u32_at(&self.obj.header, INCONSISTENT);
         if died {
-            flag.store(1, Ordering::SeqCst);
+            self.inconsistent().store(1, Ordering::SeqCst);
         }
         Ok(RawGuard { lock: self, _not_send: PhantomData })
+    }
+
+    /// copydata's "owner died, not repaired yet" flag.
+    fn inconsistent(&self) -> &std::sync::atomic::AtomicU32 {
+        header::u32_at(&self.obj.header, INCONSISTENT)
+    }
+
+    /// Unlocks; only the thread that locked may.
+    fn unlock(&self) {
+        self.raw.unlock(&self.obj.header);
     }
 }
 
@@ -156,17 +166,17 @@ pub(crate) struct RawGuard<'a> {
 
 impl RawGuard<'_> {
     pub(crate) fn owner_died(&self) -> bool {
-        header::u32_at(&self.lock.obj.header, INCONSISTENT).load(Ordering::SeqCst) != 0
+        self.lock.inconsistent().load(Ordering::SeqCst) != 0
     }
 
     pub(crate) fn mark_consistent(&mut self) {
-        header::u32_at(&self.lock.obj.header, INCONSISTENT).store(0, Ordering::SeqCst);
+        self.lock.inconsistent().store(0, Ordering::SeqCst);
     }
 }
 
 impl Drop for RawGuard<'_> {
     fn drop(&mut self) {
-        self.lock.raw.unlock(&self.lock.obj.header);
+        self.lock.unlock();
     }
 }
 
@@ -248,6 +258,107 @@ impl Mutex {
     #[doc(alias = "pthread_mutex_clocklock")]
     pub fn lock_timeout(&self, timeout: Duration) -> Result<MutexGuard<'_>, LockError> {
         self.lock.acquire(crate::deadline(timeout), false).map(MutexGuard)
+    }
+}
+
+impl Mutex {
+    /// Waits for the lock, however long it takes, and returns a guard that
+    /// holds the mutex through an `Arc` (see [`ArcMutexGuard`]: one that
+    /// can be stored and moved, for code that locks and unlocks in
+    /// separate calls).
+    pub fn lock_arc(self: &Arc<Self>) -> Result<ArcMutexGuard, LockError> {
+        self.acquire_arc(None, false)
+    }
+
+    /// [`try_lock`](Self::try_lock), with an [`ArcMutexGuard`].
+    pub fn try_lock_arc(self: &Arc<Self>) -> Result<ArcMutexGuard, LockError> {
+        self.acquire_arc(None, true)
+    }
+
+    /// [`lock_timeout`](Self::lock_timeout), with an [`ArcMutexGuard`].
+    pub fn lock_arc_timeout(self: &Arc<Self>, timeout: Duration) -> Result<ArcMutexGuard, LockError> {
+        self.acquire_arc(crate::deadline(timeout), false)
+    }
+
+    fn acquire_arc(self: &Arc<Self>, deadline: Option<Instant>, try_only: bool) -> Result<ArcMutexGuard, LockError> {
+        // The lock stays taken when the guard goes: `ArcMutexGuard` unlocks.
+        std::mem::forget(self.lock.acquire(deadline, try_only)?);
+        let (thread, pid) = (std::thread::current().id(), std::process::id());
+        Ok(ArcMutexGuard { mutex: self.clone(), thread, pid })
+    }
+}
+
+/// A held [`Mutex`] that keeps its mutex alive through an `Arc`, and
+/// that may be stored in a structure and moved to other threads (a
+/// [`MutexGuard`] may not): for code that locks and unlocks by separate
+/// calls, as language bindings do. From [`Mutex::lock_arc`].
+///
+/// Only the thread that locked may unlock (both OS mutexes require it):
+/// dropped on that thread, in that process, it unlocks. Dropped on another
+/// thread, or in a child made by `fork`, it leaves the lock with the
+/// thread that took it; the OS releases it when that thread ends, and the
+/// next locker is told its owner died. [`is_mine`](Self::is_mine) says
+/// where a drop would unlock.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use copydata::sync::{ArcMutexGuard, Mutex};
+///
+/// struct Session {
+///     held: Option<ArcMutexGuard>,
+/// }
+///
+/// let m = Arc::new(Mutex::open_or_create("config-writer")?);
+/// let mut session = Session { held: Some(m.lock_arc()?) };
+/// // ... later, on the same thread:
+/// session.held = None; // unlocks
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct ArcMutexGuard {
+    mutex: Arc<Mutex>,
+    thread: std::thread::ThreadId,
+    pid: u32,
+}
+
+impl ArcMutexGuard {
+    /// The mutex this guard holds.
+    pub fn mutex(&self) -> &Arc<Mutex> {
+        &self.mutex
+    }
+
+    /// Whether this is the thread (and the process) that locked: where
+    /// dropping the guard unlocks.
+    pub fn is_mine(&self) -> bool {
+        self.thread == std::thread::current().id() && self.pid == std::process::id()
+    }
+
+    /// As [`MutexGuard::owner_died`].
+    pub fn owner_died(&self) -> bool {
+        self.mutex.lock.inconsistent().load(Ordering::SeqCst) != 0
+    }
+
+    /// As [`MutexGuard::mark_consistent`].
+    pub fn mark_consistent(&mut self) {
+        self.mutex.lock.inconsistent().store(0, Ordering::SeqCst);
+    }
+}
+
+impl Drop for ArcMutexGuard {
+    fn drop(&mut self) {
+        if self.is_mine() {
+            self.mutex.lock.unlock();
+        }
+    }
+}
+
+impl fmt::Debug for ArcMutexGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArcMutexGuard")
+            .field("name", &self.mutex.name())
+            .field("owner_died", &self.owner_died())
+            .field("mine", &self.is_mine())
+            .finish()
     }
 }
 
