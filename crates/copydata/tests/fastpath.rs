@@ -1249,13 +1249,12 @@ fn a_slot_emptied_and_filled_at_once_is_not_retired_after_its_new_buffer() {
     srv.quit();
 }
 
-/// Posts that `post` accepted are delivered even if their sender exits
-/// before the receiver gets to them (as `PostMessage`'s are): here the
-/// receiver's only handler thread is held by another sender's call while a
-/// sender child posts and exits.
-#[test]
-fn posts_of_a_sender_that_exits_are_delivered() {
-    let mut srv = Srv::start(1);
+/// A call of this process that holds the receiver's only handler thread
+/// (`GATE`) until the receiver child is told `go`; the channel gives the
+/// sender back with the call's result.
+type Held = std::sync::mpsc::Receiver<(Sender, Result<Reply, SendError>)>;
+
+fn hold_the_handler(srv: &mut Srv) -> Held {
     let mut holder = srv.sender();
     let (tx, rx) = channel();
     std::thread::spawn(move || {
@@ -1263,6 +1262,33 @@ fn posts_of_a_sender_that_exits_are_delivered() {
         let _ = tx.send((holder, r));
     });
     srv.kid().expect("gated");
+    rx
+}
+
+/// Once the held call returns: the first `n` records of the messages the
+/// receiver handled next. Its one handler thread takes other senders'
+/// posts and this connection's REPORTs in turn, so they are collected
+/// until all are in (or 10 s pass).
+fn records_after(held: Held, n: usize) -> (Sender, Vec<Rec>) {
+    let (mut holder, r) = held.recv_timeout(BOUND).expect("the held call did not return");
+    assert_eq!(r.unwrap().code, 1);
+    let mut recs = Vec::new();
+    let started = Instant::now();
+    while recs.len() < n && started.elapsed() < Duration::from_secs(10) {
+        recs.extend(report(&mut holder));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (holder, recs)
+}
+
+/// Posts that `post` accepted are delivered even if their sender exits
+/// before the receiver gets to them (as `PostMessage`'s are): here the
+/// receiver's only handler thread is held by another sender's call while a
+/// sender child posts and exits.
+#[test]
+fn posts_of_a_sender_that_exits_are_delivered() {
+    let mut srv = Srv::start(1);
+    let held = hold_the_handler(&mut srv);
     let n = 20u64;
     let mut poster = Kid::spawn("post-and-exit", &[&srv.name, &n.to_string()]);
     poster.expect("posted");
@@ -1270,16 +1296,7 @@ fn posts_of_a_sender_that_exits_are_delivered() {
     // Let the receiver notice the hang-up before its handler thread is free.
     std::thread::sleep(Duration::from_millis(300));
     srv.kid().tell("go");
-    let (mut holder, r) = rx.recv_timeout(BOUND).expect("the held call did not return");
-    assert_eq!(r.unwrap().code, 1);
-    // The one handler thread takes the dead sender's posts and this
-    // connection's REPORTs in turn: collect until all are in (or time out).
-    let mut recs = Vec::new();
-    let started = Instant::now();
-    while (recs.len() as u64) < n && started.elapsed() < Duration::from_secs(10) {
-        recs.extend(report(&mut holder));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (_, recs) = records_after(held, n as usize);
     let args: Vec<u64> = recs.iter().map(|r| r.arg).collect();
     assert_eq!(args, (0..n).collect::<Vec<_>>(), "the posts of a sender that exited");
     for (i, r) in recs.iter().enumerate() {
@@ -1300,26 +1317,13 @@ const FLUSHED: [usize; 2] = [100_000, 200_000];
 #[test]
 fn a_flushed_sender_may_exit_at_once() {
     let mut srv = Srv::start(1);
-    let mut holder = srv.sender();
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        let r = holder.send(tag(GATE, 1), b"");
-        let _ = tx.send((holder, r));
-    });
-    srv.kid().expect("gated");
+    let held = hold_the_handler(&mut srv);
     let mut poster = Kid::spawn("post-flush-exit", &[&srv.name]);
     poster.expect("early");
     srv.kid().tell("go");
     poster.expect("flushed");
     poster.wait_ok();
-    let (mut holder, r) = rx.recv_timeout(BOUND).expect("the held call did not return");
-    assert_eq!(r.unwrap().code, 1);
-    let mut recs = Vec::new();
-    let started = Instant::now();
-    while recs.len() < FLUSHED.len() && started.elapsed() < Duration::from_secs(10) {
-        recs.extend(report(&mut holder));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut holder, recs) = records_after(held, FLUSHED.len());
     assert_eq!(recs.len(), FLUSHED.len(), "the flushed posts: {recs:?}");
     for (i, r) in recs.iter().enumerate() {
         let d = pattern(FLUSHED[i], i as u64);
