@@ -1,5 +1,6 @@
-//! The C examples: examples/c/echo.c against a Rust mailbox and a
-//! Rust-created section, in both directions, and examples/c/instance.c,
+//! The C examples: examples/c/echo.c against a Rust mailbox, a
+//! Rust-created section and a mutex and an event held by Rust, in both
+//! directions, and examples/c/instance.c,
 //! a single-instance program launched three times.
 //!
 //! scripts/test.sh compiles them against the library (gcc on Linux, mingw
@@ -167,8 +168,17 @@ fn the_c_example_talks_to_a_rust_mailbox_and_shares_a_section() {
     assert!(reply.data.into_vec() == reversed, "the loan: not the bytes reversed");
     drop(sender);
     assert!(copydata::mailboxes().unwrap().iter().any(|m| m.name == theirs && m.pid == kid.child.id()));
+    // A mutex held here, and the event that says it was let go.
+    let lock = copydata::sync::Mutex::open_or_create(&format!("{name}-lock")).unwrap();
+    let go =
+        copydata::sync::Event::open_or_create(&format!("{name}-go"), copydata::sync::EventKind::ManualReset).unwrap();
+    let held = lock.lock().unwrap();
     let bye = copydata::send_timeout(&theirs, 0, b"bye", WAIT).unwrap();
     assert_eq!((bye.code, bye.data.into_vec()), (0, b"eyb".to_vec()));
+    kid.expect_line("lock held elsewhere");
+    drop(held);
+    go.set().unwrap();
+    kid.expect_line("lock taken, owner died 0");
     kid.wait_success();
     assert!(!copydata::mailboxes().unwrap().iter().any(|m| m.name == theirs), "the C mailbox outlived its program");
     drop(server);

@@ -19,6 +19,9 @@
  *    and the bytes reversed (reading lent bytes in place, and writing a
  *    reply of 64 KiB or more in place too, in a buffer lent for it), until
  *    a message with tag 0.
+ * 4. A named mutex and event shared with the Rust side: finds the mutex
+ *    MAILBOX-lock held, waits for the event MAILBOX-go, then takes the
+ *    lock (like CreateMutex, SetEvent and WaitForSingleObject).
  *
  * Exits with 0 when all went as expected. Every call returns a status;
  * copydata_last_error() says why one failed.
@@ -93,6 +96,13 @@ int main(int argc, char **argv)
     if ((st = copydata_sender_post(sender, 14, "posted", 6, COPYDATA_INFINITE))) {
         copydata_sender_close(sender);
         return fail("posting", st);
+    }
+    /* Until the receiver has taken the post off its queue (a process that
+     * exits right after posting waits for this: on Windows the receiver
+     * takes a large post's buffer out of the sending process). */
+    if ((st = copydata_sender_flush(sender, 5000))) {
+        copydata_sender_close(sender);
+        return fail("flushing the post", st);
     }
 
     /* A loan: a buffer in shared memory, written in place and sent without
@@ -191,5 +201,35 @@ int main(int argc, char **argv)
             free(back);
     } while (tag != 0);
     copydata_mailbox_close(mailbox);
+
+    /* 4. The Rust side holds MAILBOX-lock and sets MAILBOX-go once it has
+     * let go of it. */
+    copydata_mutex *lock;
+    copydata_event *go;
+    snprintf(name, sizeof name, "%s-lock", target);
+    if ((st = copydata_mutex_open(name, &lock)))
+        return fail("opening the mutex", st);
+    snprintf(name, sizeof name, "%s-go", target);
+    if ((st = copydata_event_create(name, COPYDATA_MANUAL_RESET, &go))) {
+        copydata_mutex_close(lock);
+        return fail("opening the event", st);
+    }
+    if ((st = copydata_mutex_lock(lock, 0, NULL)) == COPYDATA_STATUS_TIMED_OUT) {
+        printf("lock held elsewhere\n");
+        fflush(stdout);
+        st = copydata_event_wait(go, 30000);
+    } else if (!st) {
+        fprintf(stderr, "echo: the lock was free\n");
+        st = COPYDATA_STATUS_IO;
+    }
+    int died = -1;
+    if (!st && !(st = copydata_mutex_lock(lock, 30000, &died))) {
+        printf("lock taken, owner died %d\n", died);
+        st = copydata_mutex_unlock(lock);
+    }
+    copydata_event_close(go);
+    copydata_mutex_close(lock);
+    if (st)
+        return fail("the mutex and the event", st);
     return 0;
 }
