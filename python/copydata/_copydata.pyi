@@ -68,9 +68,9 @@ class Sender:
     def try_post(self, data: Buffer, tag: int = 0) -> None:
         """Posts if the queue has room now, else raises Full."""
     def flush(self, timeout: float | None = None) -> None:
-        """Waits until the receiver has taken every post off its queue, at
-        most `timeout` seconds; call it before exiting right after a post
-        (on Windows a large post is pulled out of the sending process)."""
+        """Waits until the posts no longer need this process, at most
+        `timeout` seconds; call it before exiting right after a post (on
+        Windows a large post is pulled out of the sending process)."""
     def loan(self, size: int, timeout: float | None = None) -> Loan:
         """Lends `size` bytes of shared memory to write in place and send
         without a copy; waits at most `timeout` seconds for a free buffer

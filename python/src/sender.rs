@@ -478,13 +478,13 @@ impl Sender {
         self.run(py, budget, true, job).map(drop)
     }
 
-    /// Waits until the receiver has taken every message posted so far off
-    /// its queue (its handler may still be running), at most `timeout`
-    /// seconds (None: as long as it takes); returns at once with nothing
-    /// posted. A process that exits right after posting flushes first: on
-    /// Windows the receiver takes a large post's buffer (above 16 KiB, or a
-    /// loan) out of the sending process, so a post still queued when it
-    /// exits is lost.
+    /// Waits until the messages posted so far no longer need this process,
+    /// at most `timeout` seconds (None: as long as it takes). A process
+    /// that exits right after posting flushes first: on Windows the
+    /// receiver takes a large post's buffer (above 16 KiB, or a loan) out
+    /// of the sending process when it takes the message off its queue, so
+    /// flush waits for those; small posts, and every post on Linux, need
+    /// nothing of the sender, and it returns at once.
     #[pyo3(signature = (timeout = None))]
     fn flush(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
         let budget = Budget::new(timeout_arg(py, timeout)?);

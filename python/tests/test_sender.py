@@ -239,19 +239,30 @@ def test_a_sender_inherited_through_fork_works_in_the_child(python_child, name):
         assert code == 0, err
 
 
-def test_flush_waits_until_the_posts_are_taken(name):
-    with copydata.Mailbox(name) as mailbox, copydata.Sender(name) as sender:
-        sender.flush(timeout=0.0)  # nothing posted yet
-        sender.post(b"a" * 100_000, tag=1)
-        sender.post(b"small", tag=2)
-        with pytest.raises(copydata.TimedOut):
-            sender.flush(timeout=0.2)
-        taker = threading.Thread(target=lambda: [mailbox.recv(timeout=10.0) for _ in range(2)])
-        taker.start()
-        sender.flush(timeout=10.0)
-        taker.join(10.0)
-        # The connection outlived the timed-out flush: still in order.
-        sender.post(b"after", tag=3)
-        request = mailbox.recv(timeout=10.0)
-        assert (request.tag, request.data) == (3, b"after")
-        sender.flush()
+FLUSH_AND_EXIT = """
+import os, sys, copydata
+sender = copydata.Sender(sys.argv[1])
+sender.post(b"a" * 100_000, tag=1)
+with sender.loan(200_000) as loan:
+    memoryview(loan)[:] = b"b" * 200_000
+    loan.post(tag=2)
+sender.flush(timeout=30.0)
+print("flushed", flush=True)
+os._exit(0)  # at once: nothing may be left to do
+"""
+
+
+def test_posts_flushed_before_an_exit_arrive_whole(python_child, name):
+    with copydata.Mailbox(name) as mailbox:
+        # Nothing is taken until the child has gone (on Linux the posts need
+        # nothing of it: flush returns at once).
+        child = python_child(FLUSH_AND_EXIT, name)
+        assert child.readline(timeout=30.0) == "flushed"
+        assert child.finish()[0] == 0
+        got = [(r.tag, r.data) for r in (mailbox.recv(timeout=10.0) for _ in range(2))]
+        assert got == [(1, b"a" * 100_000), (2, b"b" * 200_000)]
+        with copydata.Sender(name) as sender:
+            sender.flush(timeout=0.0)  # nothing posted yet
+            sender.post(b"small", tag=3)
+            sender.flush(timeout=0.0)  # a small post needs nothing of the sender
+            assert mailbox.recv(timeout=10.0).tag == 3

@@ -886,8 +886,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// can never be taken for the answer to a later message.
 ///
 /// Dropping a sender does not wait: the posts it queued are still
-/// delivered, as long as this process lives until the receiver has taken
-/// them ([`flush`](Self::flush) waits for that).
+/// delivered, as long as this process lives until they no longer need it
+/// ([`flush`](Self::flush) waits for that).
 #[derive(Debug)]
 pub struct Sender {
     name: Name,
@@ -1132,24 +1132,26 @@ impl Sender {
         self.with_client(None, None, data.len() as u64, |c| c.put(POST, tag, Body::Bytes(data), &[], false, None))
     }
 
-    /// Waits until the receiver has taken every message posted through this
-    /// sender so far off its queue (its handler may still be running), as
-    /// long as it takes. With nothing posted, or no connection, it returns
-    /// at once. A receiver that dies first gives
-    /// [`SendError::ReceiverDied`].
+    /// Waits until the messages posted through this sender so far no
+    /// longer need this process, as long as it takes: then the process may
+    /// exit without losing them. A process that exits right after posting
+    /// flushes first.
     ///
-    /// A process that exits right after posting should flush first: on
-    /// Windows the receiver takes a large post's buffer (a payload above
-    /// 16 KiB, a [`Loan`], attached sections) out of the sending process,
-    /// so a post still queued when that process exits is lost. (On Linux
-    /// the queue keeps everything it needs; flushing still tells that the
-    /// posts were taken.)
+    /// A post's bytes are in the receiver's queue once `post` returns, but
+    /// on Windows a large post's buffer (a payload above 16 KiB, a
+    /// [`Loan`]) stays in the sending process until the receiver takes the
+    /// message off its queue and pulls the buffer out of it: there `flush`
+    /// waits for the receiver to take such posts. Small posts, and every
+    /// post on Linux (whose queue keeps all a message needs), need nothing
+    /// of the sender, so `flush` returns at once; it never waits for a
+    /// handler to run. A receiver that dies first gives
+    /// [`SendError::ReceiverDied`].
     ///
     /// ```no_run
     /// let mut sender = copydata::Sender::connect("indexer")?;
     /// sender.post(1, &vec![7u8; 1 << 20])?;
     /// sender.flush_timeout(std::time::Duration::from_secs(5))?;
-    /// // Safe to exit now: the indexer has the message.
+    /// // Safe to exit now: the post no longer needs this process.
     /// # Ok::<(), copydata::SendError>(())
     /// ```
     pub fn flush(&mut self) -> Result<(), SendError> {
@@ -1158,7 +1160,8 @@ impl Sender {
 
     /// Like [`flush`](Self::flush), waiting at most `timeout`. On
     /// [`SendError::TimedOut`] the connection is kept: the posts stay
-    /// queued and a later flush may still see them taken.
+    /// queued (and are lost if this process exits before the receiver
+    /// takes them).
     pub fn flush_timeout(&mut self, timeout: Duration) -> Result<(), SendError> {
         self.flush_until(Some(timeout))
     }
@@ -1166,7 +1169,7 @@ impl Sender {
     fn flush_until(&mut self, timeout: Option<Duration>) -> Result<(), SendError> {
         self.timed(timeout, |s, deadline| {
             let Some(c) = s.client.as_mut() else { return Ok(()) };
-            let result = c.drained(deadline);
+            let result = c.settled(deadline);
             result.map_err(|f| s.unsent_failed(timeout, 0, f))
         })
     }

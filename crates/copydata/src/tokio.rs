@@ -219,13 +219,13 @@ impl AsyncSender {
         self.settle(conn, result, None, data.len())
     }
 
-    /// Waits until the receiver has taken every message posted through this
-    /// sender so far off its queue; returns at once with nothing posted or
-    /// no connection (as [`Sender::flush`](crate::Sender::flush), which says
-    /// why a process that exits right after posting needs it).
+    /// Waits until the messages posted through this sender so far no longer
+    /// need this process, so that it may exit (as
+    /// [`Sender::flush`](crate::Sender::flush), which says when that is
+    /// at once).
     pub async fn flush(&mut self) -> Result<(), SendError> {
         let Some(mut conn) = self.conn.take() else { return Ok(()) };
-        let result = conn.until_room(None, Client::try_drained).await;
+        let result = conn.until_room(None, Client::try_settled).await;
         self.settle(conn, result, None, 0)
     }
 
@@ -235,7 +235,7 @@ impl AsyncSender {
         if self.conn.is_none() {
             return Ok(());
         }
-        self.with_room(0, timeout, Client::try_drained).await
+        self.with_room(0, timeout, Client::try_settled).await
     }
 
     /// Lends a buffer of `len` bytes in shared memory, to fill in place and

@@ -172,8 +172,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         out.flush()?;
         drop(out);
-        if let Some(d) = args.delay {
-            std::thread::sleep(d);
+        // Interrupted during the delay: stop at once (the message, not
+        // answered, is refused to its sender).
+        if let Some(d) = args.delay
+            && stop_rx.recv_timeout(d).is_ok()
+        {
+            break;
         }
         let reply = match (args.echo, request.expects_reply()) {
             (false, _) | (true, false) => Reply::code(args.reply_code),

@@ -22,8 +22,8 @@ pub struct Args {
     /// Give up after this long (e.g. 500ms, 2s), the connection's set-up
     /// included (so 0 always times out); default: wait as long as the
     /// receiver lives. With --post: how long to wait for the connection, for
-    /// room in the receiver's queue, and then for the receiver to take the
-    /// message off its queue.
+    /// room in the receiver's queue, and (on Windows, for a message above
+    /// 16 KiB) for the receiver to take the message off its queue.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
     /// Write the reply payload to this file instead of stdout.
@@ -268,10 +268,11 @@ fn lines(
     Ok(ExitCode::SUCCESS)
 }
 
-/// A post's last step: waits until the mailbox has taken what this command
-/// posted off its queue (bounded by `--timeout`). The command's exit must
-/// not come first: on Windows the receiver takes a large post's buffer out
-/// of the sending process, and would find it gone.
+/// A post's last step: waits until what this command posted no longer
+/// needs it (bounded by `--timeout`): on Windows the receiver takes a large
+/// post's buffer out of the sending process when it takes the message off
+/// its queue, and would find it gone after the command's exit. Elsewhere,
+/// and for small posts, at once.
 fn posted(args: &Args, sender: &mut Sender) -> anyhow::Result<ExitCode> {
     let flushed = match args.timeout {
         Some(t) => sender.flush_timeout(t),
@@ -280,8 +281,8 @@ fn posted(args: &Args, sender: &mut Sender) -> anyhow::Result<ExitCode> {
     match flushed {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(SendError::TimedOut { name, timeout }) => Err(exit::TimedOut(format!(
-            "mailbox {name:?} did not take the post off its queue within {timeout:?} (it stays queued, but on \
-             Windows a message above 16 KiB is lost once this command exits)"
+            "mailbox {name:?} did not take the post off its queue within {timeout:?} (it stays queued, but its \
+             buffer, which the mailbox takes out of this process, goes when the command exits)"
         ))
         .into()),
         Err(e) => Err(e.into()),

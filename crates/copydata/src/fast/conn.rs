@@ -295,6 +295,10 @@ pub(crate) struct Client {
     /// next one waits until the receiver has taken it (at most one such
     /// post in flight).
     oneshot_until: Option<u64>,
+    /// The request-ring position past the last record whose attachments
+    /// live on in this process until the receiver takes the record
+    /// (`Link::ATTACHMENTS_NEED_SENDER`); 0 for none.
+    pinned_until: u64,
     /// Slots of buffers given back whose RETIRE record has not gone out.
     retiring: Vec<u32>,
 }
@@ -311,6 +315,7 @@ impl Client {
             wait,
             max_payload,
             oneshot_until: None,
+            pinned_until: 0,
             retiring: Vec::new(),
         }
     }
@@ -522,19 +527,21 @@ impl Client {
         Ok(())
     }
 
-    /// Waits until the receiver has taken every record queued so far off
-    /// the request ring (and with them, pulled what they carry).
-    pub(crate) fn drained(&mut self, deadline: Option<Instant>) -> Result<(), Fail> {
-        if self.try_drained().is_ok() {
+    /// Waits until nothing queued so far needs this process any more: until
+    /// the receiver has taken (and so pulled what they carry) the records
+    /// whose attachments live on here (`pinned_until`). At once where
+    /// attachments need no sender, or none went.
+    pub(crate) fn settled(&mut self, deadline: Option<Instant>) -> Result<(), Fail> {
+        if self.try_settled().is_ok() {
             return Ok(());
         }
-        self.wait_for(Bell::Space, deadline, |c| Ok(c.try_drained().ok()))
+        self.wait_for(Bell::Space, deadline, |c| Ok(c.try_settled().ok()))
     }
 
-    /// [`drained`](Self::drained) without waiting: `Full` while records
-    /// are still queued.
-    pub(crate) fn try_drained(&mut self) -> Result<(), Fail> {
-        if self.req.consumed() >= self.req.position() { Ok(()) } else { Err(Fail::Full) }
+    /// [`settled`](Self::settled) without waiting: `Full` while such a
+    /// record is still queued.
+    pub(crate) fn try_settled(&mut self) -> Result<(), Fail> {
+        if self.req.consumed() >= self.pinned_until { Ok(()) } else { Err(Fail::Full) }
     }
 
     /// Queues a `CALL` or `POST`. Nothing reaches the receiver unless this
@@ -780,7 +787,11 @@ impl Client {
         };
         let (mut head, pad) = ([0u8; 8], [0u8; 8]);
         let ps = parts(&mut head, aux.as_ref(), &pad, encoded.as_ref(), payload);
-        self.push(kind, ps.flags, len as u64, tag, ps.as_slice())
+        self.push(kind, ps.flags, len as u64, tag, ps.as_slice())?;
+        if attach && Link::ATTACHMENTS_NEED_SENDER {
+            self.pinned_until = self.req.position();
+        }
+        Ok(())
     }
 
     /// Waits for the reply to the outstanding call.

@@ -27,6 +27,9 @@
 //! - `shutdown(&self)`: drop the connection (the peer's waits fail)
 //! - `aux_len(buffer: bool, sections: &[&Section]) -> usize`: how many bytes
 //!   `send_aux` will return, known before anything is handed over
+//! - `ATTACHMENTS_NEED_SENDER: bool`: whether what `send_aux` hands over is
+//!   lost if the sending process exits before the peer has taken the
+//!   record (Windows: the peer pulls the handles out of it)
 //! - `oneshot(data: &[u8]) -> io::Result<Section>`: a payload too large for
 //!   the pool in a section of its own (Linux: a memfd sealed against writes)
 //! - `frozen(section: &Section) -> bool` on the receiving side: whether a

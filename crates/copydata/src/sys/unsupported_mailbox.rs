@@ -61,6 +61,7 @@ impl Link {
     pub(crate) fn shutdown(&self) {
         match *self {}
     }
+    pub(crate) const ATTACHMENTS_NEED_SENDER: bool = false;
     pub(crate) fn aux_len(_buffer: bool, _sections: &[&Section]) -> usize {
         0
     }

@@ -694,6 +694,10 @@ impl Link {
         }
     }
 
+    /// The receiver pulls attachments out of the sending process
+    /// (`DuplicateHandle`), which must still be there.
+    pub(crate) const ATTACHMENTS_NEED_SENDER: bool = true;
+
     /// The bytes `send_aux` returns: a set number, then per handle its value,
     /// length, flags and name.
     pub(crate) fn aux_len(buffer: bool, sections: &[&Section]) -> usize {

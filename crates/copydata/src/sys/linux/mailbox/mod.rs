@@ -298,6 +298,10 @@ impl Link {
         let _ = rustix::net::shutdown(&self.sock, Shutdown::Both);
     }
 
+    /// Attachments travel in the socket's queue, which keeps them whatever
+    /// becomes of the sending process.
+    pub(crate) const ATTACHMENTS_NEED_SENDER: bool = false;
+
     /// Attachments travel beside the ring, on the socket.
     pub(crate) fn aux_len(_buffer: bool, _sections: &[&Section]) -> usize {
         0
