@@ -43,7 +43,16 @@ fn run_in(args: &[&str], stdin: &[u8], env: &[(&str, &std::ffi::OsStr)]) -> Outp
 
 /// Runs `cmd` (copydata, its environment set) with `args`, feeding `stdin`,
 /// under a deadline.
-fn run_command(mut cmd: Command, args: &[&str], stdin: &[u8]) -> Output {
+fn run_command(cmd: Command, args: &[&str], stdin: &[u8]) -> Output {
+    run_within(cmd, args, stdin, WAIT)
+}
+
+/// [`run_command`] with a deadline of `limit`. Once the command has ended
+/// (or been killed at the deadline), its output is collected within
+/// [`WAIT`] too: a process it started that still holds its output (as
+/// Wine's desktop process, started by the first window of a session, may)
+/// fails the test rather than hang it.
+fn run_within(mut cmd: Command, args: &[&str], stdin: &[u8], limit: Duration) -> Output {
     let mut child = cmd
         .args(args)
         .stdin(Stdio::piped())
@@ -56,21 +65,27 @@ fn run_command(mut cmd: Command, args: &[&str], stdin: &[u8]) -> Output {
     let writer = std::thread::spawn(move || {
         let _ = input.write_all(&data);
     });
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let code = wait(&mut child, args);
+    let drain = |mut from: Box<dyn Read + Send>| {
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = from.read_to_end(&mut v);
+            let _ = tx.send(v);
+        });
+        rx
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let code = wait_within(&mut child, args, limit);
     let _ = writer.join();
-    Output { code, stdout: reader.join().unwrap(), stderr: err_reader.join().unwrap() }
+    let collect = |rx: std::sync::mpsc::Receiver<Vec<u8>>, what: &str| {
+        rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+            panic!("copydata {args:?} ended (code {code}), but its {what} stayed open: a process it started holds it")
+        })
+    };
+    let stdout = collect(stdout, "standard output");
+    let stderr = String::from_utf8_lossy(&collect(stderr, "standard error")).into_owned();
+    Output { code, stdout, stderr }
 }
 
 fn run(args: &[&str]) -> Output {
@@ -78,7 +93,11 @@ fn run(args: &[&str]) -> Output {
 }
 
 fn wait(child: &mut Child, what: &[&str]) -> i32 {
-    let deadline = Instant::now() + WAIT;
+    wait_within(child, what, WAIT)
+}
+
+fn wait_within(child: &mut Child, what: &[&str], limit: Duration) -> i32 {
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             return status.code().unwrap_or(-1);
@@ -86,7 +105,7 @@ fn wait(child: &mut Child, what: &[&str]) -> i32 {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("copydata {what:?} did not finish within {WAIT:?}");
+            panic!("copydata {what:?} did not finish within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -156,7 +175,9 @@ impl Drop for Holder {
 
 #[test]
 fn demo_shows_every_step_passing() {
-    let out = run(&["demo"]);
+    // Twelve steps, each starting processes: about 12 s under Wine on a
+    // quiet machine, several times that on a loaded one.
+    let out = run_within(copydata(), &["demo"], b"", Duration::from_secs(240));
     assert_eq!(out.code, 0, "{}{}", out.out(), out.stderr);
     let text = out.out();
     for step in [
