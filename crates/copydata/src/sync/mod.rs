@@ -33,6 +33,11 @@
 //! (Windows reports `WAIT_ABANDONED` only once; glibc would make an
 //! unmarked mutex unusable instead).
 //!
+//! A [`MutexGuard`] borrows its mutex and stays on its thread; to keep a
+//! held lock in a structure (as language bindings do, locking and
+//! unlocking by separate calls), [`Mutex::lock_arc`] gives an
+//! [`ArcMutexGuard`] instead.
+//!
 //! # Lifetime and names
 //!
 //! Like named sections, these objects live while a process holds them
