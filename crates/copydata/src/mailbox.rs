@@ -1145,7 +1145,10 @@ impl Sender {
     /// post on Linux (whose queue keeps all a message needs), need nothing
     /// of the sender, so `flush` returns at once; it never waits for a
     /// handler to run. A receiver that dies first gives
-    /// [`SendError::ReceiverDied`].
+    /// [`SendError::ReceiverDied`]. It covers the sender's current
+    /// connection: posts of one dropped since (after a timeout or an error)
+    /// are kept for the receiver by a thread of this process for at most
+    /// 30 s, and not waited for.
     ///
     /// ```no_run
     /// let mut sender = copydata::Sender::connect("indexer")?;
