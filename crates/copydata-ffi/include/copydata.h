@@ -961,15 +961,16 @@ copydata_status copydata_sender_post(copydata_sender *sender,
                                      uint32_t timeout_ms);
 
 /**
- * Waits until the receiver has taken every message posted through
- * `sender` so far off its queue (its handler may still be running), at
- * most `timeout_ms` (`COPYDATA_INFINITE`: as long as it takes; 0: only
- * looks). Returns `COPYDATA_STATUS_OK` at once when nothing is queued;
- * `COPYDATA_STATUS_TIMED_OUT` keeps the connection and the posts.
+ * Waits until the messages posted through `sender` so far no longer need
+ * this process, at most `timeout_ms` (`COPYDATA_INFINITE`: as long as it
+ * takes; 0: only looks); `COPYDATA_STATUS_TIMED_OUT` keeps the connection
+ * and the posts. A process that exits right after posting flushes first.
  *
- * A process that exits right after posting flushes first: on Windows the
- * receiver takes a large post's buffer (above 16 KiB, or a loan) out of
- * the sending process, so a post still queued when it exits is lost.
+ * On Windows the receiver takes a large post's buffer (above 16 KiB, or a
+ * loan) out of the sending process when it takes the message off its
+ * queue: a post still queued when the process exits is lost, so `flush`
+ * waits for those. Small posts, and every post on Linux, need nothing of
+ * the sender: then it returns at once.
  *
  * # Safety
  *
