@@ -763,6 +763,26 @@ fn a_post_to_a_stopped_receiver_times_out() {
     terminate(&mut listener.child);
 }
 
+/// A listener stopped (SIGTERM) while it holds a message in `--delay`
+/// stops at once, not after the delay; the message is refused to its
+/// sender (exit 7), which is not left waiting.
+#[cfg(unix)]
+#[test]
+fn a_listener_stopped_during_its_delay_stops_at_once() {
+    let name = unique("delay-stop");
+    let mut listener = Listener::start(&[&name, "--delay", "60s"]);
+    let mut sender =
+        copydata().args(["send", &name, "held"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    assert!(listener.line().contains("data=\"held\""));
+    let pid = rustix::process::Pid::from_raw(listener.child.id() as i32).unwrap();
+    let started = Instant::now();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let code = wait(&mut listener.child, &["listen"]);
+    assert!(started.elapsed() < Duration::from_secs(10), "stopped after {:?}", started.elapsed());
+    assert_eq!(code, 0);
+    assert_eq!(wait(&mut sender, &["send"]), 7, "the held message is refused");
+}
+
 #[test]
 fn shared_lock_and_event_from_the_shell() {
     // A counter: incremented by several processes, read by another.
