@@ -195,6 +195,18 @@ impl<T> Drop for Shared<T> {
     }
 }
 
+/// The end of a `with` block that closes a loan: `closed` is the close's
+/// outcome. A close that failed (a buffer of the loan still held) raises,
+/// unless the block itself raised: that exception is not hidden (the loan
+/// is given back once the last buffer and the loan are dropped). Never
+/// swallows the block's exception.
+pub(crate) fn closed_at_exit(closed: PyResult<()>, exc_type: &Bound<'_, PyAny>) -> PyResult<bool> {
+    if exc_type.is_none() {
+        closed?;
+    }
+    Ok(false)
+}
+
 /// Exports `len` writable bytes at `ptr`, owned by `owner`, through the
 /// buffer protocol (the body of a loan's `__getbuffer__`); `what` names
 /// the owner in errors.

@@ -395,11 +395,7 @@ impl Loan {
         tb: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
         let _ = (exc, tb);
-        let closed = self.close(py);
-        if exc_type.is_none() {
-            closed?;
-        }
-        Ok(false)
+        crate::closed_at_exit(self.close(py), exc_type)
     }
 
     fn __repr__(&self) -> String {
