@@ -80,6 +80,125 @@ impl CommandExt for Command {
     }
 }
 
+/// Sections made ready for a child that the caller spawns itself: what
+/// [`CommandExt::spawn_with_sections`] does before it spawns, for spawners
+/// other than [`std::process::Command`] (Python's `subprocess`, a C
+/// program's `fork`/`exec` or `CreateProcessW`, an async runtime's process
+/// API).
+///
+/// It holds a duplicate of each section's handle ([`fds`](Self::fds) on
+/// Linux, [`handles`](Self::handles) on Windows) and the [`token`](Self::token)
+/// that names them. To pass the sections:
+///
+/// 1. set the child's environment variable [`INHERIT_VAR`] to the token;
+/// 2. let the child inherit the duplicates, and nothing else of this
+///    process's:
+///    - Linux: they are close-on-exec here; keep each open in the child
+///      under the same number, for example with `pass_fds` of Python's
+///      `subprocess.Popen`, or with `fcntl(fd, F_SETFD, 0)` between `fork`
+///      and `exec`;
+///    - Windows: they are inheritable while this value lives; create the
+///      process with `bInheritHandles = TRUE`, ideally naming exactly these
+///      handles in a `PROC_THREAD_ATTRIBUTE_HANDLE_LIST` (`handle_list` of
+///      Python's `STARTUPINFO`), so that no other inheritable handle goes
+///      along;
+/// 3. drop this value once the child is created (on Windows at once: a
+///    process another thread creates with `bInheritHandles` meanwhile would
+///    inherit the duplicates too).
+///
+/// The child takes the sections with [`inherited_sections`], which checks
+/// each one against the token before it takes it.
+///
+/// ```no_run
+/// # #[cfg(target_os = "linux")]
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::os::fd::AsRawFd;
+/// use std::os::unix::process::CommandExt as _;
+/// use std::process::Command;
+/// use copydata::{Inheritance, Section, INHERIT_VAR};
+///
+/// let section = Section::anonymous(4096)?;
+/// let passed = Inheritance::new(&[&section])?;
+/// let fds: Vec<i32> = passed.fds().map(|fd| fd.as_raw_fd()).collect();
+/// let mut cmd = Command::new("worker");
+/// cmd.env(INHERIT_VAR, passed.token());
+/// // SAFETY: only fcntl, async-signal-safe, on descriptors open at the fork.
+/// unsafe {
+///     cmd.pre_exec(move || {
+///         for &fd in &fds {
+///             if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+///                 return Err(std::io::Error::last_os_error());
+///             }
+///         }
+///         Ok(())
+///     });
+/// }
+/// let mut child = cmd.spawn()?;
+/// drop(passed);
+/// child.wait()?;
+/// # Ok(())
+/// # }
+/// # #[cfg(not(target_os = "linux"))]
+/// # fn main() {}
+/// ```
+///
+/// (With [`std::process::Command`] itself, [`CommandExt::spawn_with_sections`]
+/// does all of this.)
+pub struct Inheritance {
+    passed: Vec<sys::Passed>,
+    token: String,
+}
+
+impl Inheritance {
+    /// Duplicates the handles of `sections` (each read-write or read-only
+    /// as it is: use [`Section::read_only`] for a read-only hand-out) and
+    /// builds the token that names them for the child.
+    pub fn new(sections: &[&Section]) -> io::Result<Inheritance> {
+        let parts: Vec<_> = sections.iter().map(|s| (s.inner(), s.name_ref())).collect();
+        let (passed, token) = sys::prepare_inheritance(&parts)?;
+        Ok(Inheritance { passed, token })
+    }
+
+    /// The value for the child's environment variable [`INHERIT_VAR`].
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// How many sections are passed.
+    pub fn len(&self) -> usize {
+        self.passed.len()
+    }
+
+    /// Whether no section is passed (the child's [`inherited_sections`]
+    /// then returns none).
+    pub fn is_empty(&self) -> bool {
+        self.passed.is_empty()
+    }
+
+    /// The descriptors the child must inherit, in the order of the
+    /// sections: close-on-exec here, to be kept open under the same numbers
+    /// in the child.
+    #[cfg(target_os = "linux")]
+    pub fn fds(&self) -> impl ExactSizeIterator<Item = std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.passed.iter().map(|fd| fd.as_fd())
+    }
+
+    /// The handles the child must inherit, in the order of the sections:
+    /// inheritable duplicates, closed when this value is dropped.
+    #[cfg(windows)]
+    pub fn handles(&self) -> impl ExactSizeIterator<Item = std::os::windows::io::BorrowedHandle<'_>> {
+        use std::os::windows::io::AsHandle;
+        self.passed.iter().map(|h| h.as_handle())
+    }
+}
+
+impl std::fmt::Debug for Inheritance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inheritance").field("token", &self.token).finish_non_exhaustive()
+    }
+}
+
 static TAKEN: Mutex<bool> = Mutex::new(false);
 
 /// Takes the sections the parent passed with

@@ -81,7 +81,7 @@ pub use error::{
     AccessError, BindError, CreateError, HandoverError, InheritError, InstanceError, ListError, LockError, MapError,
     OpenError, ReadOnlyError, RecvError, RemoveError, ReplyError, SendError, SyncOpenError, WaitError,
 };
-pub use inherit::{CommandExt, INHERIT_VAR, inherited_sections};
+pub use inherit::{CommandExt, INHERIT_VAR, Inheritance, inherited_sections};
 pub use instance::SingleInstance;
 pub use loan::{Loan, LoanView, PostLoanError, ReplyLoan};
 pub use mailbox::{

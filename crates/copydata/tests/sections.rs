@@ -359,6 +359,75 @@ fn inheritance_passes_exactly_the_given_sections() {
 }
 
 #[test]
+fn sections_made_ready_for_a_child_spawned_by_hand_pass_to_it() {
+    let name = unique("inherit-by-hand");
+    let anon = Section::anonymous(4096).unwrap();
+    let named = Section::create(&name, 8192).unwrap();
+    let secret = Section::anonymous(4096).unwrap();
+    put(&anon, 0, "anon").unwrap();
+    put(&named, 0, "named").unwrap();
+    put(&secret, 0, "secret").unwrap();
+    let frozen = secret.read_only().unwrap();
+    let passed = copydata::Inheritance::new(&[&anon, &named, &frozen]).unwrap();
+    assert_eq!(passed.len(), 3);
+    // What a spawner other than spawn_with_sections does: the token in the
+    // environment, the duplicates kept open in the child.
+    let mut cmd = common::child_command("inherit-report", &[]);
+    cmd.env(copydata::INHERIT_VAR, passed.token());
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt as _;
+        let fds: Vec<i32> = passed.fds().map(|fd| fd.as_raw_fd()).collect();
+        // SAFETY: only fcntl (async-signal-safe) on descriptors open at the
+        // fork, which `passed` keeps open until after the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &fds {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+    // (Windows: std creates the process with bInheritHandles, and the
+    // duplicates are inheritable while `passed` lives.)
+    #[cfg(windows)]
+    assert_eq!(passed.handles().len(), 3);
+    let mut kid = common::Kid::start(cmd, "inherit-report", &[]);
+    drop(passed);
+    assert_eq!(kid.expect("section"), "0 - 4096 ReadWrite anon");
+    assert_eq!(kid.expect("section"), format!("1 {name} 8192 ReadWrite named"));
+    assert_eq!(kid.expect("section"), "2 - 4096 ReadOnly secret");
+    kid.expect("done");
+    let pid = kid.id();
+    kid.wait_ok();
+    assert_eq!(text_at(&anon, 0, 64).unwrap(), format!("child {pid} wrote 0"));
+    assert_eq!(text_at(&named, 0, 64).unwrap(), format!("child {pid} wrote 1"));
+    assert_eq!(text_at(&secret, 0, 64).unwrap(), "secret");
+}
+
+#[test]
+fn a_token_without_the_duplicates_kept_open_is_refused() {
+    // A spawner that sets the token but lets the duplicates close at exec
+    // (Linux) or does not keep them (they are gone before the spawn):
+    // the child refuses the token instead of taking whatever has those
+    // numbers.
+    let s = Section::anonymous(4096).unwrap();
+    let passed = copydata::Inheritance::new(&[&s]).unwrap();
+    let token = passed.token().to_owned();
+    drop(passed);
+    let mut cmd = common::child_command("take", &[]);
+    cmd.env(copydata::INHERIT_VAR, &token);
+    let mut kid = common::Kid::start(cmd, "take", &[]);
+    assert_eq!(kid.expect("took"), "stale taken");
+    kid.wait_ok();
+    assert!(copydata::Inheritance::new(&[]).unwrap().is_empty());
+}
+
+#[test]
 fn a_child_holds_an_inherited_section_after_the_parent_lets_go() {
     let name = unique("inherit-hold");
     let named = Section::create(&name, 4096).unwrap();

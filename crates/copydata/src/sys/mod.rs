@@ -28,6 +28,9 @@
 //! - `spawn_with_sections(cmd: &mut Command, sections: &[(&Section, Option<&Name>)]) -> io::Result<Child>`:
 //!   passes the sections (and nothing else) to the child and sets
 //!   [`INHERIT_VAR`](crate::INHERIT_VAR) to a token describing them
+//! - `prepare_inheritance(sections: &[(&Section, Option<&Name>)]) -> io::Result<(Vec<OwnedFd or OwnedHandle>, String)>`:
+//!   what `spawn_with_sections` does before spawning: duplicates to pass
+//!   (Linux: close-on-exec; Windows: inheritable while they live) and the token
 //! - `take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>, InheritError>`:
 //!   the child's side; validates every entry before taking ownership.
 //!

@@ -88,6 +88,13 @@ pub(crate) fn spawn_with_sections(_cmd: &mut Command, _sections: &[(&Section, Op
     Err(unsupported())
 }
 
+pub(crate) fn prepare_inheritance(_sections: &[(&Section, Option<&Name>)]) -> io::Result<(Vec<Passed>, String)> {
+    Err(unsupported())
+}
+
+/// What would be passed to a child: nothing here.
+pub(crate) enum Passed {}
+
 pub(crate) fn take_inherited(_token: &str) -> Result<Vec<(Section, Option<Name>)>, InheritError> {
     Err(InheritError::Unsupported)
 }

@@ -22,18 +22,27 @@ use crate::inherit::{self, number};
 use crate::name::Name;
 use crate::section::Access;
 
-pub(crate) fn spawn_with_sections(cmd: &mut Command, sections: &[(&Section, Option<&Name>)]) -> io::Result<Child> {
+/// A descriptor passed to a child.
+pub(crate) type Passed = OwnedFd;
+
+/// What a child needs from this process to take `sections`: a private
+/// descriptor for each (still close-on-exec, at 3 or above so it cannot land
+/// on a standard stream number) and the token naming them.
+pub(crate) fn prepare_inheritance(sections: &[(&Section, Option<&Name>)]) -> io::Result<(Vec<OwnedFd>, String)> {
     let mut fds: Vec<OwnedFd> = Vec::with_capacity(sections.len());
     let mut entries = Vec::with_capacity(sections.len());
     for (section, name) in sections {
-        // A private descriptor (still close-on-exec here), at 3 or above so
-        // it cannot land on a standard stream number.
         let fd = section.transfer_fd()?;
         let st = rfs::fstat(&fd)?;
         entries.push(([fd.as_raw_fd().to_string(), st.st_dev.to_string(), st.st_ino.to_string()], *name));
         fds.push(fd);
     }
-    cmd.env(crate::INHERIT_VAR, inherit::encode(entries));
+    Ok((fds, inherit::encode(entries)))
+}
+
+pub(crate) fn spawn_with_sections(cmd: &mut Command, sections: &[(&Section, Option<&Name>)]) -> io::Result<Child> {
+    let (fds, token) = prepare_inheritance(sections)?;
+    cmd.env(crate::INHERIT_VAR, token);
     // The descriptors must stay open for as long as the Command may spawn
     // (the hook runs at every spawn), so the closure owns them.
     let fds = Arc::new(fds);

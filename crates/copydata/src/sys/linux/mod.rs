@@ -21,7 +21,7 @@ use rustix::mm::{self, MapFlags, MsyncFlags, ProtFlags};
 use crate::error::{CreateError, MapError, ReadOnlyError};
 use crate::section::Access;
 
-pub(crate) use inherit::{spawn_with_sections, take_inherited};
+pub(crate) use inherit::{Passed, prepare_inheritance, spawn_with_sections, take_inherited};
 pub(crate) use namespace::{list, remove};
 
 /// What kind of object a descriptor refers to.

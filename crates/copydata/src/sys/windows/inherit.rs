@@ -17,18 +17,31 @@ use crate::inherit::{self, number};
 use crate::name::Name;
 use crate::section::Access;
 
-pub(crate) fn spawn_with_sections(cmd: &mut Command, sections: &[(&Section, Option<&Name>)]) -> io::Result<Child> {
+/// A handle passed to a child.
+pub(crate) type Passed = OwnedHandle;
+
+/// What a child needs from this process to take `sections`: an
+/// inheritable duplicate of each handle (`DuplicateHandle` with
+/// `bInheritHandle`, so it carries `HANDLE_FLAG_INHERIT`; closing it ends
+/// its inheritability here) and the token naming them.
+pub(crate) fn prepare_inheritance(sections: &[(&Section, Option<&Name>)]) -> io::Result<(Vec<OwnedHandle>, String)> {
     let mut dups = Vec::with_capacity(sections.len());
     let mut entries = Vec::with_capacity(sections.len());
     for (section, name) in sections {
         let h = duplicate(section.handle(), current_process(), 0, true)?;
-        // SAFETY: a fresh duplicate in this process, owned by nobody else;
-        // closing it after the spawn ends its inheritability here.
+        // SAFETY: a fresh duplicate in this process, owned by nobody else.
         dups.push(unsafe { OwnedHandle::from_raw_handle(h as RawHandle) });
         let rw = if section.access() == Access::ReadWrite { "w" } else { "r" };
         entries.push(([(h as usize).to_string(), section.len().to_string(), rw.to_string()], *name));
     }
-    cmd.env(crate::INHERIT_VAR, inherit::encode(entries));
+    Ok((dups, inherit::encode(entries)))
+}
+
+pub(crate) fn spawn_with_sections(cmd: &mut Command, sections: &[(&Section, Option<&Name>)]) -> io::Result<Child> {
+    let (dups, token) = prepare_inheritance(sections)?;
+    cmd.env(crate::INHERIT_VAR, token);
+    // std creates the process with `bInheritHandles = TRUE`; the duplicates
+    // stop being inheritable when they are closed right after.
     let child = cmd.spawn();
     drop(dups);
     child

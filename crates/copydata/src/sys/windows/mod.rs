@@ -36,7 +36,7 @@ use crate::error::{CreateError, MapError, OpenError, ReadOnlyError};
 use crate::name::Name;
 use crate::section::Access;
 
-pub(crate) use inherit::{spawn_with_sections, take_inherited};
+pub(crate) use inherit::{Passed, prepare_inheritance, spawn_with_sections, take_inherited};
 pub(crate) use namespace::{list, remove};
 
 /// `SECTION_QUERY`: needed to ask a mapping for its size.
