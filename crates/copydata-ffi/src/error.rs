@@ -131,6 +131,8 @@ impl From<CreateError> for Error {
             CreateError::InvalidSize { size: 0, .. } => Status::InvalidArgument,
             CreateError::InvalidSize { .. } => Status::TooLarge,
             CreateError::AlreadyExists { .. } => Status::AlreadyExists,
+            CreateError::NoSuchFile { .. } => Status::NotFound,
+            CreateError::NotAFile { .. } => Status::InvalidArgument,
             CreateError::NoSpace { .. } => Status::NoSpace,
             CreateError::PermissionDenied { .. } | CreateError::OtherOwner { .. } => Status::PermissionDenied,
             CreateError::Unsupported => Status::Unsupported,

@@ -137,36 +137,7 @@ pub unsafe extern "C" fn copydata_section_file(path: *const c_char, access: u32,
         //   only during this call.
         let path = unsafe { path_arg(path) }?;
         let access = access_arg(access)?;
-        let shown = path.display();
-        let not_a_file = || Error::invalid(format!("{shown} is not a regular file"));
-        // Windows cannot open a directory as a file, and says "access
-        // denied": told apart first. (Checked again once open.)
-        if std::fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
-            return Err(not_a_file());
-        }
-        let mut options = std::fs::OpenOptions::new();
-        options.read(true).write(access == copydata::Access::ReadWrite);
-        // Opening a FIFO would wait for a writer: fail at once instead (the
-        // check below refuses it).
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, rustix::fs::OFlags::NONBLOCK.bits() as i32);
-        let file = options.open(&path).map_err(|e| {
-            let status = match e.kind() {
-                std::io::ErrorKind::NotFound => Status::NotFound,
-                std::io::ErrorKind::PermissionDenied => Status::PermissionDenied,
-                std::io::ErrorKind::IsADirectory => Status::InvalidArgument,
-                _ => Status::Io,
-            };
-            Error::new(status, format!("opening {shown}: {e}"))
-        })?;
-        let meta = file.metadata().map_err(|e| Error::new(Status::Io, format!("{shown}: {e}")))?;
-        if !meta.is_file() {
-            return Err(not_a_file());
-        }
-        if meta.len() == 0 {
-            return Err(Error::invalid(format!("{shown} is empty: size it before mapping it")));
-        }
-        give(out, copydata::Section::from_file(&file, access)?)
+        give(out, copydata::Section::from_path(&path, access)?)
     })
 }
 

@@ -73,6 +73,24 @@ pub enum CreateError {
     /// Sections are not supported on this platform.
     #[error("sections are not supported on this platform")]
     Unsupported,
+    /// [`Section::from_path`](crate::Section::from_path): no file has this
+    /// path.
+    #[error("{}: no such file", path.display())]
+    NoSuchFile {
+        /// The path.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// [`Section::from_path`](crate::Section::from_path): the path is a
+    /// directory, a pipe, a device or another object that is not a regular
+    /// file.
+    #[error("{}: not a regular file", path.display())]
+    NotAFile {
+        /// The path.
+        path: std::path::PathBuf,
+    },
     /// Any other operating-system error.
     #[error("{object}: {source}")]
     Io {

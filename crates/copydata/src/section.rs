@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::fs::File;
+use std::io;
 
 use crate::error::{CreateError, ListError, MapError, OpenError, ReadOnlyError, RemoveError};
 use crate::name::Name;
@@ -184,6 +185,56 @@ impl Section {
     #[doc(alias = "CreateFileMappingW")]
     pub fn from_file(file: &File, access: Access) -> Result<Section, CreateError> {
         Ok(Self::wrap(sys::Section::from_file(file, access)?, None, true))
+    }
+
+    /// Opens the file at `path` (for reading, and for writing with
+    /// [`Access::ReadWrite`]) and makes a section backed by it, of the
+    /// file's current length: [`from_file`](Self::from_file) for a path.
+    ///
+    /// Refuses what is not a regular file ([`CreateError::NotAFile`]: a
+    /// directory, a device, a FIFO, which it never waits on) and an empty
+    /// file ([`CreateError::InvalidSize`]: size it first, for example with
+    /// [`File::set_len`]); a missing file is [`CreateError::NoSuchFile`].
+    ///
+    /// ```no_run
+    /// use copydata::{Access, Section};
+    ///
+    /// std::fs::File::create("table.bin")?.set_len(1 << 20)?;
+    /// let section = Section::from_path("table.bin", Access::ReadWrite)?;
+    /// section.map_mut(0, 4)?.write_at(0, b"head")?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_path(path: impl AsRef<std::path::Path>, access: Access) -> Result<Section, CreateError> {
+        let path = path.as_ref();
+        let not_a_file = || CreateError::NotAFile { path: path.to_owned() };
+        // Windows cannot open a directory as a file and says "access
+        // denied": told apart first (and checked again once open).
+        if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+            return Err(not_a_file());
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true).write(access == Access::ReadWrite);
+        // Opening a FIFO would wait for a writer: fail at once instead (the
+        // check below refuses it). The flag only affects the open: mapping
+        // ignores it.
+        #[cfg(target_os = "linux")]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+        let file = options.open(path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => CreateError::NoSuchFile { path: path.to_owned(), source },
+            io::ErrorKind::PermissionDenied => {
+                CreateError::PermissionDenied { object: path.display().to_string(), source }
+            }
+            io::ErrorKind::IsADirectory => not_a_file(),
+            _ => CreateError::Io { object: path.display().to_string(), source },
+        })?;
+        let meta = file.metadata().map_err(|source| CreateError::Io { object: path.display().to_string(), source })?;
+        if !meta.is_file() {
+            return Err(not_a_file());
+        }
+        if meta.len() == 0 {
+            return Err(CreateError::InvalidSize { size: 0, reason: "the file is empty: size it before mapping it" });
+        }
+        Section::from_file(&file, access)
     }
 
     /// The section's size in bytes.

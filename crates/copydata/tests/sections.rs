@@ -728,6 +728,40 @@ fn file_backed_sections_reach_the_file() {
     assert!(matches!(Section::from_file(&f, Access::ReadWrite), Err(CreateError::InvalidSize { .. })));
 }
 
+#[test]
+fn a_section_opens_a_file_by_its_path() {
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!("{}.bin", unique("path")));
+    let _cleanup = Cleanup(path.clone());
+    std::fs::write(&path, vec![b'.'; 10_000]).unwrap();
+    let s = Section::from_path(&path, Access::ReadWrite).unwrap();
+    assert_eq!(s.len(), 10_000);
+    s.map_mut(9_000, 4).unwrap().write_at(0, b"PATH").unwrap();
+    drop(s);
+    assert_eq!(&std::fs::read(&path).unwrap()[9_000..9_004], b"PATH");
+    let ro = Section::from_path(&path, Access::ReadOnly).unwrap();
+    assert_eq!(ro.access(), Access::ReadOnly);
+    assert!(matches!(ro.map_mut(0, 1), Err(MapError::ReadOnly)));
+
+    let missing = dir.join(format!("{}.missing", unique("path")));
+    assert!(matches!(Section::from_path(&missing, Access::ReadOnly), Err(CreateError::NoSuchFile { .. })));
+    assert!(matches!(Section::from_path(&dir, Access::ReadOnly), Err(CreateError::NotAFile { .. })));
+    let empty = dir.join(format!("{}.empty", unique("path")));
+    let _cleanup2 = Cleanup(empty.clone());
+    std::fs::File::create(&empty).unwrap();
+    assert!(matches!(Section::from_path(&empty, Access::ReadWrite), Err(CreateError::InvalidSize { size: 0, .. })));
+    // A FIFO is refused at once, not waited on for a writer.
+    #[cfg(target_os = "linux")]
+    {
+        let fifo = dir.join(format!("{}.fifo", unique("path")));
+        let _cleanup3 = Cleanup(fifo.clone());
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(matches!(Section::from_path(&fifo, Access::ReadOnly), Err(CreateError::NotAFile { .. })));
+    }
+}
+
 struct Cleanup(std::path::PathBuf);
 
 impl Drop for Cleanup {
