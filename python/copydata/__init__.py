@@ -83,7 +83,9 @@ class ProtocolError(Error):
 
 
 from ._copydata import (  # noqa: E402
+    INHERIT_VAR,
     Event,
+    Inheritance,
     Launch,
     Loan,
     Mailbox,
@@ -95,9 +97,53 @@ from ._copydata import (  # noqa: E402
     Section,
     Sender,
     View,
+    inherited_sections,
     send,
     single_instance,
 )
+
+import os as _os  # noqa: E402
+import subprocess as _subprocess  # noqa: E402
+import sys as _sys  # noqa: E402
+
+
+class Popen(_subprocess.Popen):
+    """``subprocess.Popen`` that also hands ``sections`` to the child, which
+    takes them with ``copydata.inherited_sections()``: the Win32 way of
+    giving a child a file mapping (an inheritable handle and its value in
+    the environment). Every other argument is ``subprocess.Popen``'s.
+
+        >>> table = copydata.Section.anonymous(1 << 20)
+        >>> child = copydata.Popen([sys.executable, "worker.py"],
+        ...                        sections=[table, table.read_only()])
+        >>> child.wait()
+
+    Only the given sections reach the child, read-write or read-only as each
+    handle is (``Section.read_only()`` makes a read-only hand-out), and
+    nothing else of this process's: on Linux they go through ``pass_fds``,
+    on Windows through ``STARTUPINFO``'s ``handle_list`` (with
+    ``close_fds=False`` every inheritable handle of this process goes too).
+    The child's environment is ``env`` (this process's if None) with
+    ``copydata.INHERIT_VAR`` set; with no sections it is set to an empty
+    list, so a token this process inherited is not passed on.
+    """
+
+    def __init__(self, args, *, sections=(), **kwargs):
+        with Inheritance(list(sections)) as passed:
+            env = kwargs.pop("env", None)
+            env = dict(_os.environ if env is None else env)
+            env[INHERIT_VAR] = passed.token
+            handles = passed.handles
+            if handles and _sys.platform == "win32":
+                given = kwargs.get("startupinfo")
+                info = given.copy() if given is not None else _subprocess.STARTUPINFO()
+                attributes = dict(info.lpAttributeList or {})
+                attributes["handle_list"] = list(attributes.get("handle_list", ())) + handles
+                info.lpAttributeList = attributes
+                kwargs["startupinfo"] = info
+            elif handles:
+                kwargs["pass_fds"] = tuple(kwargs.get("pass_fds", ())) + tuple(handles)
+            super().__init__(args, env=env, **kwargs)
 
 __all__ = [
     "send",
@@ -108,6 +154,10 @@ __all__ = [
     "ReplyLoan",
     "Section",
     "View",
+    "Popen",
+    "Inheritance",
+    "inherited_sections",
+    "INHERIT_VAR",
     "single_instance",
     "Primary",
     "Secondary",

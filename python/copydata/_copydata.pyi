@@ -1,5 +1,6 @@
 """Type stubs of the native module (re-exported by the copydata package)."""
 
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -23,6 +24,9 @@ __all__ = [
     "Launch",
     "Mutex",
     "Event",
+    "Inheritance",
+    "INHERIT_VAR",
+    "inherited_sections",
 ]
 
 # What a `Mailbox.serve` handler may return: (code, data), a code, data
@@ -190,6 +194,13 @@ class Section:
     def open(name: str, *, readonly: bool = False) -> Section: ...
     @staticmethod
     def anonymous(size: int) -> Section: ...
+    @staticmethod
+    def file(path: str | os.PathLike[str], *, readonly: bool = False) -> Section:
+        """A section over the whole of the existing regular file `path`."""
+    def read_only(self) -> Section:
+        """A handle to the same memory that can only read it, to hand out."""
+    @property
+    def size_sealed(self) -> bool: ...
     @property
     def name(self) -> str | None: ...
     @property
@@ -211,6 +222,37 @@ class Section:
     if sys.version_info >= (3, 12):
         def __buffer__(self, flags: int, /) -> memoryview: ...
         def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+
+@final
+class Inheritance:
+    """Sections made ready for a child process (what `copydata.Popen` uses):
+    put `token` in the child's environment under `INHERIT_VAR`, let it
+    inherit `handles` (Linux: `pass_fds`; Windows: `STARTUPINFO`'s
+    `handle_list`), then close this."""
+
+    def __new__(cls, sections: Sequence[Section]) -> Inheritance: ...
+    @property
+    def token(self) -> str: ...
+    @property
+    def handles(self) -> list[int]: ...
+    @property
+    def closed(self) -> bool: ...
+    def __len__(self) -> int: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Inheritance: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool: ...
+
+INHERIT_VAR: str
+"""The environment variable that names a child's inherited sections."""
+
+def inherited_sections() -> list[Section]:
+    """Takes the sections the parent passed (`copydata.Popen`), in its
+    order; [] if none. A second call raises `copydata.Error`."""
 
 @final
 class View:

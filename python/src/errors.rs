@@ -11,7 +11,9 @@ use std::error::Error as StdError;
 use std::io;
 
 use copydata::sync::{LockError, SyncOpenError, WaitError};
-use copydata::{BindError, CreateError, InstanceError, MapError, OpenError, RecvError, ReplyError, SendError};
+use copydata::{
+    BindError, CreateError, InheritError, InstanceError, MapError, OpenError, ReadOnlyError, RecvError, ReplyError, SendError,
+};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
@@ -135,6 +137,8 @@ pub(crate) fn create_error(py: Python<'_>, e: CreateError) -> PyErr {
         CreateError::InvalidName { .. } => Kind::InvalidName,
         CreateError::InvalidSize { .. } => Kind::InvalidArgument,
         CreateError::AlreadyExists { .. } => Kind::AlreadyExists,
+        CreateError::NoSuchFile { .. } => Kind::NotFound,
+        CreateError::NotAFile { .. } => Kind::InvalidArgument,
         CreateError::PermissionDenied { .. } | CreateError::OtherOwner { .. } => Kind::PermissionDenied,
         _ => Kind::Error,
     };
@@ -149,6 +153,16 @@ pub(crate) fn open_error(py: Python<'_>, e: OpenError) -> PyErr {
         _ => Kind::Error,
     };
     convert(py, kind, &e)
+}
+
+pub(crate) fn read_only_error(py: Python<'_>, e: ReadOnlyError) -> PyErr {
+    convert(py, Kind::Error, &e)
+}
+
+/// Every way of failing to take inherited sections is `copydata.Error`:
+/// the message says which (malformed or stale token, taken already).
+pub(crate) fn inherit_error(py: Python<'_>, e: InheritError) -> PyErr {
+    convert(py, Kind::Error, &e)
 }
 
 pub(crate) fn map_error(py: Python<'_>, e: MapError) -> PyErr {

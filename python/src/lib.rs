@@ -8,6 +8,7 @@
 //! interrupts a long wait with `KeyboardInterrupt`.
 
 mod errors;
+mod inherit;
 mod instance;
 mod loan;
 mod mailbox;
@@ -258,6 +259,9 @@ fn _copydata(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<reply_loan::ReplyLoan>()?;
     m.add_class::<section::Section>()?;
     m.add_class::<section::View>()?;
+    m.add_class::<inherit::Inheritance>()?;
+    m.add_function(wrap_pyfunction!(inherit::inherited_sections, m)?)?;
+    m.add("INHERIT_VAR", copydata::INHERIT_VAR)?;
     m.add_function(wrap_pyfunction!(instance::single_instance, m)?)?;
     m.add_class::<instance::Primary>()?;
     m.add_class::<instance::Secondary>()?;

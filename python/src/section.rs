@@ -165,6 +165,34 @@ impl Section {
         copydata::Section::anonymous(size).map(Section::wrap).map_err(|e| errors::create_error(py, e))
     }
 
+    /// Makes a section over the whole of the existing regular file at
+    /// `path` (str or path-like), of the file's current size: writes
+    /// through its buffers reach the file (read-only if `readonly`).
+    /// Raises `NotFound` if there is no such file, `InvalidArgument` for an
+    /// empty file (size it first) or one that is not a regular file.
+    #[staticmethod]
+    #[pyo3(signature = (path, *, readonly = false))]
+    fn file(py: Python<'_>, path: std::path::PathBuf, readonly: bool) -> PyResult<Section> {
+        let access = if readonly { copydata::Access::ReadOnly } else { copydata::Access::ReadWrite };
+        copydata::Section::from_path(path, access).map(Section::wrap).map_err(|e| errors::create_error(py, e))
+    }
+
+    /// A new handle to the same memory that can only read it, to hand out
+    /// (to a child with `copydata.Popen`, or with a message): the receiver
+    /// cannot turn it back into write access (memfd seals on Linux, the
+    /// handle's access mask on Windows). This handle stays writable.
+    fn read_only(&self, py: Python<'_>) -> PyResult<Section> {
+        self.handle(py)?.read_only().map(Section::wrap).map_err(|e| errors::read_only_error(py, e))
+    }
+
+    /// Whether the section's size is sealed (Linux: a memfd that cannot
+    /// shrink, so a peer cannot truncate it under a mapping; always False
+    /// on Windows, where a mapped section cannot shrink anyway).
+    #[getter]
+    fn size_sealed(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.handle(py)?.is_size_sealed())
+    }
+
     /// The section's name (None for an anonymous section).
     #[getter]
     fn name(&self) -> Option<&str> {
