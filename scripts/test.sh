@@ -31,7 +31,9 @@ trap 'rm -f "$started"' EXIT
 echo "== Linux: cargo test --workspace"
 build_c_example "" gcc target/c/copydata-ffi-echo
 build_c_example "" gcc target/c/copydata-ffi-instance instance
+build_c_example "" gcc target/c/copydata-ffi-inherit inherit
 COPYDATA_FFI_C_EXAMPLE="$PWD/target/c/copydata-ffi-echo" COPYDATA_FFI_C_INSTANCE="$PWD/target/c/copydata-ffi-instance" \
+    COPYDATA_FFI_C_INHERIT="$PWD/target/c/copydata-ffi-inherit" \
     COPYDATA_REQUIRE_EXAMPLES=1 cargo test --workspace --locked "${features[@]}" "$@"
 
 echo "== Linux: the Python package (pytest)"
@@ -44,8 +46,9 @@ mkdir -p target/c
 x86_64-w64-mingw32-gcc -O2 -Wall -o target/c/copydata-peer.exe crates/copydata/tests/c/peer.c -luser32
 build_c_example x86_64-pc-windows-gnu x86_64-w64-mingw32-gcc target/c/copydata-ffi-echo.exe
 build_c_example x86_64-pc-windows-gnu x86_64-w64-mingw32-gcc target/c/copydata-ffi-instance.exe instance
+build_c_example x86_64-pc-windows-gnu x86_64-w64-mingw32-gcc target/c/copydata-ffi-inherit.exe inherit
 COPYDATA_C_PEER="$PWD/target/c/copydata-peer.exe" COPYDATA_FFI_C_EXAMPLE="$PWD/target/c/copydata-ffi-echo.exe" \
-    COPYDATA_FFI_C_INSTANCE="$PWD/target/c/copydata-ffi-instance.exe" \
+    COPYDATA_FFI_C_INSTANCE="$PWD/target/c/copydata-ffi-instance.exe" COPYDATA_FFI_C_INHERIT="$PWD/target/c/copydata-ffi-inherit.exe" \
     COPYDATA_REQUIRE_EXAMPLES=1 cargo test --workspace --locked --target x86_64-pc-windows-gnu "${features[@]}" "$@"
 # Wine's server lingers a few seconds after the last program; end it now so
 # no process outlives the suite.

@@ -12,7 +12,8 @@ use std::io;
 
 use copydata::sync::{LockError, SyncOpenError, WaitError};
 use copydata::{
-    BindError, CreateError, InheritError, InstanceError, MapError, OpenError, ReadOnlyError, RecvError, ReplyError, SendError,
+    BindError, CreateError, InheritError, InstanceError, MapError, OpenError, ReadOnlyError, RecvError, ReplyError,
+    SendError,
 };
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;

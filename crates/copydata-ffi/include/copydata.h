@@ -24,6 +24,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+/** The environment variable through which a parent names the sections a
+ * child inherits (see copydata_inheritance_new). */
+#define COPYDATA_INHERIT_VAR "COPYDATA_SECTIONS"
+
 
 /**
  * The tag of a launch made by copydata (`copydata_launch_tag`).
@@ -168,6 +172,13 @@ typedef int32_t copydata_status;
 typedef struct copydata_event copydata_event;
 
 /**
+ * Sections made ready for a child process that the caller starts itself.
+ * Opaque; close it with `copydata_inheritance_close` once the child is
+ * started.
+ */
+typedef struct copydata_inheritance copydata_inheritance;
+
+/**
  * The primary instance of an app id: it receives later launches with
  * `copydata_instance_recv`. Opaque; close it with
  * `copydata_instance_close`, which frees the app id for the next launch.
@@ -230,7 +241,8 @@ extern "C" {
 
 /**
  * Frees a buffer the library returned (the reply bytes of
- * `copydata_send`). `NULL` does nothing.
+ * `copydata_send`, the array of `copydata_inherited_sections`). `NULL`
+ * does nothing.
  *
  * # Safety
  *
@@ -256,6 +268,99 @@ const char *copydata_last_error(void);
  * do not free it.
  */
 const char *copydata_status_name(int32_t status);
+
+/**
+ * Makes `count` sections ready for a child process (`sections` may be
+ * NULL when `count` is 0): duplicates of their handles, read-write or
+ * read-only as each section is (`copydata_section_read_only` makes a
+ * read-only hand-out), and the token that names them. To pass them:
+ *
+ * 1. set the child's environment variable `COPYDATA_INHERIT_VAR` to
+ *    `copydata_inheritance_token`;
+ * 2. let the child inherit the `copydata_inheritance_handle`s, and
+ *    nothing else of this process's. Linux: they are descriptors with
+ *    `FD_CLOEXEC` set; clear it in the child between `fork` and `exec`
+ *    (`fcntl(fd, F_SETFD, 0)`). Windows: they are inheritable handles
+ *    while the inheritance lives; call `CreateProcessW` with
+ *    `bInheritHandles` TRUE, ideally naming exactly these handles in a
+ *    `PROC_THREAD_ATTRIBUTE_HANDLE_LIST`;
+ * 3. close the inheritance once the child is started (on Windows at
+ *    once: a process another thread creates meanwhile with
+ *    `bInheritHandles` would inherit the handles too).
+ *
+ * The child takes the sections with `copydata_inherited_sections`.
+ *
+ * # Safety
+ *
+ * `sections` is NULL or points to `count` pointers, each NULL or a live
+ * section; `out` is NULL or points to storage for a pointer.
+ */
+copydata_status copydata_inheritance_new(const copydata_section *const *sections,
+                                         size_t count,
+                                         copydata_inheritance **out);
+
+/**
+ * The value for the child's environment variable `COPYDATA_INHERIT_VAR`:
+ * a NUL-terminated string valid until the inheritance is closed; NULL for
+ * NULL.
+ *
+ * # Safety
+ *
+ * `inheritance` is NULL or a live inheritance.
+ */
+const char *copydata_inheritance_token(const copydata_inheritance *inheritance);
+
+/**
+ * How many handles the child must inherit (one per section); 0 for NULL.
+ *
+ * # Safety
+ *
+ * `inheritance` is NULL or a live inheritance.
+ */
+size_t copydata_inheritance_count(const copydata_inheritance *inheritance);
+
+/**
+ * The `index`th handle the child must inherit, in the order of the
+ * sections: a descriptor number on Linux, a `HANDLE` value on Windows
+ * (cast it with `(HANDLE)`); -1 for NULL or an index out of range. Owned
+ * by the inheritance: do not close it.
+ *
+ * # Safety
+ *
+ * `inheritance` is NULL or a live inheritance.
+ */
+ptrdiff_t copydata_inheritance_handle(const copydata_inheritance *inheritance, size_t index);
+
+/**
+ * Closes this process's duplicates (a child already started keeps its
+ * own). NULL does nothing.
+ *
+ * # Safety
+ *
+ * `inheritance` is NULL or a live inheritance, not used afterwards.
+ */
+void copydata_inheritance_close(copydata_inheritance *inheritance);
+
+/**
+ * Takes the sections the parent passed (with `copydata_inheritance_new`,
+ * or from Rust with `spawn_with_sections`), in the order it passed them:
+ * `*out` becomes an array of `*count` sections, which the caller closes
+ * one by one (`copydata_section_close`) and frees with `copydata_free`;
+ * NULL and 0 when the parent passed none.
+ *
+ * The sections can be taken once per process: a second call fails with
+ * `COPYDATA_STATUS_CLOSED`. Every handle is checked against the token
+ * before it is taken: `COPYDATA_STATUS_NOT_FOUND` when the token names
+ * handles this process did not inherit (it was passed on by a process in
+ * between), `COPYDATA_STATUS_INCOMPATIBLE` for a token not in copydata's
+ * format.
+ *
+ * # Safety
+ *
+ * `out` and `count` are NULL or point to storage for a pointer and a
+ * `size_t`.
+ */
+copydata_status copydata_inherited_sections(copydata_section ***out, size_t *count);
 
 /**
  * Becomes the primary instance of `app_id`, or forwards this launch to

@@ -55,7 +55,8 @@ pub(crate) unsafe fn to_c_from(src: *const u8, len: usize) -> Result<*mut c_void
 }
 
 /// Frees a buffer the library returned (the reply bytes of
-/// `copydata_send`). `NULL` does nothing.
+/// `copydata_send`, the array of `copydata_inherited_sections`). `NULL`
+/// does nothing.
 ///
 /// # Safety
 ///

@@ -68,6 +68,16 @@
 //! open it: check [`copydata_section_is_size_sealed`] before mapping one
 //! from a sender you do not trust.
 //!
+//! # Sections for a child process
+//!
+//! [`copydata_inheritance_new`] makes sections ready for a child that the
+//! program starts itself (`fork`/`exec`, `CreateProcessW`): a token to put
+//! in the child's environment under `COPYDATA_INHERIT_VAR` and the handles
+//! the child must inherit ([`copydata_inheritance_handle`]). The child
+//! takes them with [`copydata_inherited_sections`]. Rust parents
+//! (`copydata::CommandExt`) and children (`copydata::inherited_sections`)
+//! speak the same token. `examples/c/inherit.c` does it on both systems.
+//!
 //! # Single instance
 //!
 //! [`copydata_instance_acquire`] makes the first launch of an app id the
@@ -89,6 +99,7 @@
 
 mod buffer;
 mod error;
+mod inherit;
 mod instance;
 mod mailbox;
 mod section;
@@ -99,6 +110,10 @@ mod test_util;
 
 pub use buffer::copydata_free;
 pub use error::{Status, copydata_last_error, copydata_status_name};
+pub use inherit::{
+    Inheritance, copydata_inheritance_close, copydata_inheritance_count, copydata_inheritance_handle,
+    copydata_inheritance_new, copydata_inheritance_token, copydata_inherited_sections,
+};
 pub use instance::{
     COPYDATA_LAUNCH_TAG, Instance, Launch, copydata_instance_acquire, copydata_instance_close, copydata_instance_recv,
     copydata_launch_answer, copydata_launch_arg, copydata_launch_argc, copydata_launch_cwd, copydata_launch_data,

@@ -1,11 +1,12 @@
 //! The C examples: examples/c/echo.c against a Rust mailbox, a
 //! Rust-created section and a mutex and an event held by Rust, in both
-//! directions, and examples/c/instance.c,
-//! a single-instance program launched three times.
+//! directions, examples/c/instance.c,
+//! a single-instance program launched three times, and examples/c/inherit.c,
+//! which hands sections to a child (itself, or started by Rust).
 //!
 //! scripts/test.sh compiles them against the library (gcc on Linux, mingw
-//! for Windows) and names the programs in `COPYDATA_FFI_C_EXAMPLE` and
-//! `COPYDATA_FFI_C_INSTANCE`. Without those variables the tests are
+//! for Windows) and names the programs in `COPYDATA_FFI_C_EXAMPLE`,
+//! `COPYDATA_FFI_C_INSTANCE` and `COPYDATA_FFI_C_INHERIT`. Without those variables the tests are
 //! skipped, unless `COPYDATA_REQUIRE_EXAMPLES` is set (as the test script
 //! does): then a missing program fails them.
 
@@ -215,4 +216,59 @@ fn the_c_instance_example_forwards_its_arguments() {
     let mut primary = primary;
     primary.lines.recv_timeout(WAIT).unwrap();
     primary.wait_success();
+}
+
+#[test]
+fn the_c_inherit_example_hands_sections_to_its_child() {
+    let Some(exe) = program("COPYDATA_FFI_C_INHERIT") else { return };
+    let mut kid = Kid::spawn(&exe, &[]);
+    kid.wait_success();
+    // The child's own lines go to the same output on Linux; on Windows it
+    // inherits only the sections, so only the parent's lines are sure.
+    let parent: Vec<String> = kid.lines.try_iter().filter(|l| l.starts_with("parent:")).collect();
+    assert_eq!(parent.len(), 3, "{parent:?}");
+    assert_eq!(parent[0], "parent: passed 2");
+    assert!(parent[1].starts_with("parent: read back written by child "), "{parent:?}");
+    assert_eq!(parent[2], "parent: kept only for reading");
+}
+
+#[test]
+fn a_rust_parent_hands_sections_to_the_c_child() {
+    use copydata::CommandExt;
+    let Some(exe) = program("COPYDATA_FFI_C_INHERIT") else { return };
+    let name = unique("inherit");
+    let named = Section::create(&name, 10_000).unwrap();
+    let secret = Section::anonymous(4096).unwrap();
+    for (s, text) in [(&named, &b"from Rust\0"[..]), (&secret, &b"read only\0"[..])] {
+        s.map_mut(0, text.len()).unwrap().write_at(0, text).unwrap();
+    }
+    let frozen = secret.read_only().unwrap();
+    let mut child = Command::new(&exe)
+        .arg("child")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn_with_sections(&[&named, &frozen])
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let kid_lines =
+        std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<_>>());
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the C child did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let lines = kid_lines.join().unwrap();
+    assert!(status.success(), "{status}: {lines:?}");
+    assert_eq!(lines, ["child: section 0 10000 rw from Rust", "child: section 1 4096 ro read only"]);
+    let mut back = [0u8; 30];
+    named.map(0, 30).unwrap().read_at(0, &mut back).unwrap();
+    let text = String::from_utf8_lossy(&back[..back.iter().position(|&b| b == 0).unwrap()]).into_owned();
+    assert_eq!(text, format!("written by child {}", child.id()));
 }

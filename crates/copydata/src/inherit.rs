@@ -86,8 +86,8 @@ impl CommandExt for Command {
 /// program's `fork`/`exec` or `CreateProcessW`, an async runtime's process
 /// API).
 ///
-/// It holds a duplicate of each section's handle ([`fds`](Self::fds) on
-/// Linux, [`handles`](Self::handles) on Windows) and the [`token`](Self::token)
+/// It holds a duplicate of each section's handle (`fds()` on
+/// Linux, `handles()` on Windows) and the [`token`](Self::token)
 /// that names them. To pass the sections:
 ///
 /// 1. set the child's environment variable [`INHERIT_VAR`] to the token;
