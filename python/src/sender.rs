@@ -483,8 +483,10 @@ impl Sender {
     /// that exits right after posting flushes first: on Windows the
     /// receiver takes a large post's buffer (above 16 KiB, or a loan) out
     /// of the sending process when it takes the message off its queue, so
-    /// flush waits for those; small posts, and every post on Linux, need
-    /// nothing of the sender, and it returns at once.
+    /// flush waits for those (also those of connections this process
+    /// dropped: after a timeout, or a closed Sender); small posts, and
+    /// every post on Linux, need nothing of the sender, and it returns at
+    /// once.
     #[pyo3(signature = (timeout = None))]
     fn flush(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
         let budget = Budget::new(timeout_arg(py, timeout)?);

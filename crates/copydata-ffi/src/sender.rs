@@ -257,8 +257,9 @@ pub unsafe extern "C" fn copydata_sender_post(
 /// On Windows the receiver takes a large post's buffer (above 16 KiB, or a
 /// loan) out of the sending process when it takes the message off its
 /// queue: a post still queued when the process exits is lost, so `flush`
-/// waits for those. Small posts, and every post on Linux, need nothing of
-/// the sender: then it returns at once.
+/// waits for those, also those of connections this process dropped (after
+/// a timeout or an error, or a closed sender). Small posts, and every post
+/// on Linux, need nothing of the sender: then it returns at once.
 ///
 /// # Safety
 ///

@@ -1145,10 +1145,11 @@ impl Sender {
     /// post on Linux (whose queue keeps all a message needs), need nothing
     /// of the sender, so `flush` returns at once; it never waits for a
     /// handler to run. A receiver that dies first gives
-    /// [`SendError::ReceiverDied`]. It covers the sender's current
-    /// connection: posts of one dropped since (after a timeout or an error)
-    /// are kept for the receiver by a thread of this process for at most
-    /// 30 s, and not waited for.
+    /// [`SendError::ReceiverDied`]. Besides this sender's connection it
+    /// waits for the connections this process dropped (any sender's: after
+    /// a timeout, an error, or a dropped `Sender`) whose posts still need
+    /// it: a thread of this process keeps those for the receiver until it
+    /// has taken them, closed the connection or died, at most 30 s.
     ///
     /// ```no_run
     /// let mut sender = copydata::Sender::connect("indexer")?;
@@ -1171,9 +1172,15 @@ impl Sender {
 
     fn flush_until(&mut self, timeout: Option<Duration>) -> Result<(), SendError> {
         self.timed(timeout, |s, deadline| {
-            let Some(c) = s.client.as_mut() else { return Ok(()) };
-            let result = c.settled(deadline);
-            result.map_err(|f| s.unsent_failed(timeout, 0, f))
+            if let Some(c) = s.client.as_mut() {
+                let result = c.settled(deadline);
+                result.map_err(|f| s.unsent_failed(timeout, 0, f))?;
+            }
+            if sys::mailbox::Link::await_lingering(deadline) {
+                Ok(())
+            } else {
+                Err(s.unsent_failed(timeout, 0, Fail::TimedOut))
+            }
         })
     }
 

@@ -472,12 +472,18 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
         // none of them taken yet: says `@short timed-out` or `@short ok` as
         // a short flush ends, then flushes for good, says `@flushed` and
         // exits at once.
+        // With `args[1]` "dropped": the posts go through a sender dropped
+        // at once, and another (never connected) flushes.
         "post-flush-exit" => {
             let mut s = Sender::connect(&args[0]).map_err(fail)?;
             s.post(tag(REC, 0), &pattern(FLUSHED[0], 0)).map_err(fail)?;
             let mut loan = s.loan(FLUSHED[1]).map_err(fail)?;
             loan.write_at(0, &pattern(FLUSHED[1], 1)).map_err(fail)?;
             loan.post(tag(REC, 1)).map_err(fail)?;
+            if args.get(1).is_some_and(|a| a == "dropped") {
+                drop(s);
+                s = Sender::unconnected(&args[0], &SenderOptions::new()).map_err(fail)?;
+            }
             match s.flush_timeout(Duration::from_millis(300)) {
                 Err(SendError::TimedOut { .. }) => say("short", "timed-out"),
                 Ok(()) => say("short", "ok"),
@@ -1321,9 +1327,21 @@ const FLUSHED: [usize; 2] = [100_000, 200_000];
 /// taken them.
 #[test]
 fn a_flushed_sender_may_exit_at_once() {
+    flushed_posts_arrive(false);
+}
+
+/// The same when the posts went through a sender dropped before the
+/// flush: flush also waits for connections this process dropped.
+#[test]
+fn a_flush_covers_the_posts_of_a_dropped_sender() {
+    flushed_posts_arrive(true);
+}
+
+fn flushed_posts_arrive(dropped: bool) {
     let mut srv = Srv::start(1);
     let held = hold_the_handler(&mut srv);
-    let mut poster = Kid::spawn("post-flush-exit", &[&srv.name]);
+    let how = if dropped { "dropped" } else { "kept" };
+    let mut poster = Kid::spawn("post-flush-exit", &[&srv.name, how]);
     let short = poster.expect("short");
     if cfg!(windows) {
         assert_eq!(short, "timed-out", "the receiver has not taken the posts yet");

@@ -30,6 +30,9 @@
 //! - `ATTACHMENTS_NEED_SENDER: bool`: whether what `send_aux` hands over is
 //!   lost if the sending process exits before the peer has taken the
 //!   record (Windows: the peer pulls the handles out of it)
+//! - `await_lingering(deadline: Option<Instant>) -> bool`: waits until no
+//!   connection this process dropped still keeps such attachments for a
+//!   receiver (at once where there are none); whether none is left
 //! - `oneshot(data: &[u8]) -> io::Result<Section>`: a payload too large for
 //!   the pool in a section of its own (Linux: a memfd sealed against writes)
 //! - `frozen(section: &Section) -> bool` on the receiving side: whether a

@@ -62,6 +62,9 @@ impl Link {
         match *self {}
     }
     pub(crate) const ATTACHMENTS_NEED_SENDER: bool = false;
+    pub(crate) fn await_lingering(_deadline: Option<std::time::Instant>) -> bool {
+        true
+    }
     pub(crate) fn aux_len(_buffer: bool, _sections: &[&Section]) -> usize {
         0
     }

@@ -698,6 +698,26 @@ impl Link {
     /// (`DuplicateHandle`), which must still be there.
     pub(crate) const ATTACHMENTS_NEED_SENDER: bool = true;
 
+    /// Waits until no connection this process dropped keeps attachments
+    /// for a receiver any more (every [`linger`](Self::linger) thread has
+    /// ended), at most until `deadline`. Whether none is left.
+    pub(crate) fn await_lingering(deadline: Option<Instant>) -> bool {
+        let (count, ended) = &LINGERING;
+        let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
+        while *n > 0 {
+            n = match deadline {
+                None => ended.wait(n).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let Some(left) = d.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()) else {
+                        return false;
+                    };
+                    ended.wait_timeout(n, left).unwrap_or_else(|e| e.into_inner()).0
+                }
+            };
+        }
+        true
+    }
+
     /// The bytes `send_aux` returns: a set number, then per handle its value,
     /// length, flags and name.
     pub(crate) fn aux_len(buffer: bool, sections: &[&Section]) -> usize {
@@ -861,6 +881,28 @@ impl Link {
 /// to pull them.
 const LINGER: Duration = Duration::from_secs(30);
 
+/// How many [`Link::linger`] threads run, and a signal as each ends.
+static LINGERING: (Mutex<usize>, std::sync::Condvar) = (Mutex::new(0), std::sync::Condvar::new());
+
+/// Counts a linger thread while it lives (also if it panics).
+struct Lingering;
+
+impl Lingering {
+    fn start() -> Lingering {
+        *LINGERING.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        Lingering
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let (count, ended) = &LINGERING;
+        let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_sub(1);
+        ended.notify_all();
+    }
+}
+
 impl Link {
     /// Attachments the receiver has not pulled yet (of posts, or of a call
     /// given up on) must outlive the sender's end of the connection: the
@@ -869,7 +911,8 @@ impl Link {
     /// the receiver has pulled them, dropped the connection or died (it
     /// wakes the sender's event after each pull), at most [`LINGER`], so
     /// dropping a sender never waits. If this process exits first they are
-    /// lost, like the messages of a killed sender.
+    /// lost, like the messages of a killed sender, unless a `flush` waited
+    /// for them ([`await_lingering`](Self::await_lingering)).
     fn linger(&mut self) {
         let kept = {
             let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
@@ -884,7 +927,11 @@ impl Link {
             Ok((header, self.peer.try_clone()?, self.wake.try_clone()?))
         })();
         let Ok((header, peer, wake)) = parts else { return };
+        // Counted from before the spawn, so a flush that follows this drop
+        // sees it; a failed spawn drops the closure, and the count with it.
+        let counted = Lingering::start();
         let spawned = std::thread::Builder::new().name("copydata-linger".into()).spawn(move || {
+            let _counted = counted;
             let mut kept = kept;
             let deadline = Instant::now() + LINGER;
             loop {

@@ -302,6 +302,11 @@ impl Link {
     /// becomes of the sending process.
     pub(crate) const ATTACHMENTS_NEED_SENDER: bool = false;
 
+    /// Nothing outlives a dropped connection here: at once.
+    pub(crate) fn await_lingering(_deadline: Option<Instant>) -> bool {
+        true
+    }
+
     /// Attachments travel beside the ring, on the socket.
     pub(crate) fn aux_len(_buffer: bool, _sections: &[&Section]) -> usize {
         0
