@@ -750,6 +750,18 @@ pub enum SyncOpenError {
         #[source]
         source: io::Error,
     },
+    /// The initialiser given to
+    /// [`SharedBytes::open_or_create_with`](crate::sync::SharedBytes::open_or_create_with)
+    /// failed: the value stays uninitialised, for the next opener to
+    /// initialise.
+    #[error("initialising {name:?} failed: {source}")]
+    InitFailed {
+        /// The value's name.
+        name: String,
+        /// The initialiser's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Not supported on this platform.
     #[error("synchronisation objects are not supported on this platform")]
     Unsupported,

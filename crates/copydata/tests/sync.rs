@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Kid, hear, say, unique};
-use copydata::sync::{Event, EventKind, LockError, Mutex, ObjectType, Shared, SyncOpenError, WaitError};
+use copydata::sync::{Event, EventKind, LockError, Mutex, ObjectType, Shared, SharedBytes, SyncOpenError, WaitError};
 
 #[test]
 fn child_entry() {
@@ -20,6 +20,7 @@ fn fail(e: impl std::fmt::Display) -> String {
 
 const TAG: &str = "copydata-test.counter";
 const INIT_MAGIC: u64 = 0x1a2b_3c4d_5e6f_7788;
+const PAIR_TAG: &str = "copydata-test.pair";
 
 fn role(role: &str, args: &[String]) -> Result<(), String> {
     let name = args.first().map(String::as_str).unwrap_or_default();
@@ -83,6 +84,35 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
             let seen = *v.lock().map_err(fail)?;
             say("value", &format!("{:x} {}", seen[0], seen[1]));
             hear();
+        }
+        // As "init", with a `SharedBytes` of the same layout and tag as a
+        // `Shared<[u64; 2]>` tagged PAIR_TAG.
+        "bytes-init" => {
+            let runs = Shared::<AtomicU64>::open(&args[1]).map_err(fail)?;
+            say("up", "");
+            hear();
+            let v = SharedBytes::open_or_create_with(name, 16, 8, PAIR_TAG, |bytes| {
+                runs.get().fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(200));
+                bytes[..8].copy_from_slice(&INIT_MAGIC.to_ne_bytes());
+                bytes[8..].copy_from_slice(&42u64.to_ne_bytes());
+                Ok::<(), std::io::Error>(())
+            })
+            .map_err(fail)?;
+            let g = v.lock().map_err(fail)?;
+            let word = |i: usize| u64::from_ne_bytes(g[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+            say("value", &format!("{:x} {}", word(0), word(1)));
+            drop(g);
+            hear();
+        }
+        // Takes the lock of the bytes `name`, changes them half-way and
+        // holds it until killed.
+        "hold-bytes" => {
+            let v = SharedBytes::open_or_create(name, 16, 8, PAIR_TAG).map_err(fail)?;
+            let mut g = v.lock().map_err(fail)?;
+            g[0] = 1;
+            say("locked", "");
+            common::park_forever();
         }
         // A creator that dies inside its initialiser.
         "init-and-die" => {
@@ -289,6 +319,93 @@ fn sixteen_racing_creators_initialise_once_and_nobody_reads_early() {
         k.wait_ok();
     }
     assert!(gone(&name, ObjectType::Shared));
+}
+
+#[test]
+fn racing_byte_creators_initialise_once_a_value_rust_types_read() {
+    let name = unique("bytes-once");
+    let runs_name = unique("bytes-runs");
+    let runs = Shared::<AtomicU64>::open_or_create(&runs_name, || AtomicU64::new(0)).unwrap();
+    let mut kids: Vec<Kid> = (0..8).map(|_| Kid::spawn("bytes-init", &[&name, &runs_name])).collect();
+    for k in &mut kids {
+        k.expect("up");
+    }
+    for k in &mut kids {
+        k.tell("go");
+    }
+    for k in &mut kids {
+        assert_eq!(k.expect("value"), format!("{INIT_MAGIC:x} 42"));
+    }
+    assert_eq!(runs.get().load(Ordering::SeqCst), 1, "the initialiser ran more than once");
+    // The same object, seen as a typed value and as bytes of any layout.
+    let typed = Shared::<[u64; 2]>::open_tagged(&name, PAIR_TAG).unwrap();
+    assert_eq!(*typed.lock().unwrap(), [INIT_MAGIC, 42]);
+    let bytes = SharedBytes::open(&name, PAIR_TAG).unwrap();
+    assert_eq!((bytes.len(), bytes.align(), bytes.name()), (16, 8, name.as_str()));
+    bytes.lock().unwrap()[8..].copy_from_slice(&43u64.to_ne_bytes());
+    assert_eq!(typed.lock().unwrap()[1], 43);
+    for mut k in kids {
+        k.tell("exit");
+        k.wait_ok();
+    }
+    drop((typed, bytes));
+    assert!(gone(&name, ObjectType::Shared));
+}
+
+#[test]
+fn shared_bytes_refuse_other_layouts_and_failed_initialisers_leave_nothing() {
+    let name = unique("bytes");
+    let mismatch = |r: Result<SharedBytes, SyncOpenError>| matches!(r, Err(SyncOpenError::LayoutMismatch { .. }));
+    assert!(matches!(SharedBytes::open(&name, PAIR_TAG), Err(SyncOpenError::NotFound { .. })));
+    // A failing initialiser: the error comes back, and nothing is made.
+    let failed = SharedBytes::open_or_create_with(&name, 16, 8, PAIR_TAG, |bytes| {
+        bytes[0] = 9;
+        Err("no config")
+    });
+    match failed {
+        Err(SyncOpenError::InitFailed { source, .. }) => assert_eq!(source.to_string(), "no config"),
+        other => panic!("a failing initialiser gave {other:?}"),
+    }
+    assert!(gone(&name, ObjectType::Shared));
+    let v = SharedBytes::open_or_create(&name, 16, 8, PAIR_TAG).unwrap();
+    assert_eq!(&v.lock().unwrap()[..], &[0u8; 16], "zeros, not the failed initialiser's bytes");
+    assert!(mismatch(SharedBytes::open_or_create(&name, 17, 8, PAIR_TAG)));
+    assert!(mismatch(SharedBytes::open_or_create(&name, 16, 4, PAIR_TAG)));
+    assert!(mismatch(SharedBytes::open_or_create(&name, 16, 8, "another tag")));
+    assert!(mismatch(SharedBytes::open(&name, "another tag")));
+    assert!(mismatch(SharedBytes::open_or_create(&unique("bytes"), 8, 3, PAIR_TAG)));
+    assert!(mismatch(SharedBytes::open_or_create(&unique("bytes"), 8, 8192, PAIR_TAG)));
+    assert!(matches!(Shared::<[u32; 4]>::open_tagged(&name, PAIR_TAG), Err(SyncOpenError::LayoutMismatch { .. })));
+    // An empty value is a value too.
+    let empty = SharedBytes::open_or_create(&unique("bytes"), 0, 1, "empty").unwrap();
+    assert!(empty.is_empty() && empty.lock().unwrap().is_empty());
+}
+
+#[test]
+fn shared_bytes_report_a_killed_holder_and_lock_through_an_arc() {
+    let name = unique("bytes-died");
+    let v = std::sync::Arc::new(SharedBytes::open_or_create(&name, 16, 8, PAIR_TAG).unwrap());
+    let mut holder = Kid::spawn("hold-bytes", &[&name]);
+    holder.expect("locked");
+    assert!(matches!(v.try_lock(), Err(LockError::WouldBlock)));
+    assert!(matches!(v.lock_arc_timeout(Duration::from_millis(100)), Err(LockError::TimedOut)));
+    holder.kill();
+    let mut g = v.lock_timeout(Duration::from_secs(30)).unwrap();
+    assert!(g.owner_died());
+    assert_eq!(g[0], 1, "the half-made change is there to repair");
+    g[0] = 0;
+    g.mark_consistent();
+    drop(g);
+    // An Arc guard: stored, written through its pointer, unlocked on drop.
+    let mut held = Some(v.lock_arc().unwrap());
+    let guard = held.as_ref().unwrap();
+    assert!(guard.is_mine() && !guard.owner_died());
+    // SAFETY: the lock is held; the value has 16 bytes.
+    unsafe { guard.as_ptr().add(15).write(5) };
+    assert!(matches!(v.try_lock(), Err(LockError::WouldDeadlock) | Err(LockError::WouldBlock)));
+    held = None;
+    assert!(held.is_none());
+    assert_eq!(v.try_lock().unwrap()[15], 5);
 }
 
 #[test]

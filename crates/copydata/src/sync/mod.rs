@@ -38,6 +38,13 @@
 //! unlocking by separate calls), [`Mutex::lock_arc`] gives an
 //! [`ArcMutexGuard`] instead.
 //!
+//! # Bytes of a layout known at run time
+//!
+//! [`SharedBytes`] is the same object as a [`Shared`] value, opened by
+//! size, alignment and type tag instead of a Rust type: what the Python
+//! and C bindings use, and a way for them to reach a value a Rust program
+//! shares (opened with `T`'s size, alignment and tag).
+//!
 //! # Lifetime and names
 //!
 //! Like named sections, these objects live while a process holds them
@@ -78,7 +85,7 @@ use std::time::{Duration, Instant};
 pub use bytemuck;
 
 use self::header::{EVENT_KIND, HEADER_LEN, INCONSISTENT, ObjectKind};
-pub use self::shared::{AtomicValue, Shared, SharedGuard};
+pub use self::shared::{ArcSharedBytesGuard, AtomicValue, Shared, SharedBytes, SharedBytesGuard, SharedGuard};
 use crate::error::ListError;
 pub use crate::error::{LockError, SyncOpenError, WaitError};
 use crate::name::Name;
@@ -288,8 +295,7 @@ impl Mutex {
     fn acquire_arc(self: &Arc<Self>, deadline: Option<Instant>, try_only: bool) -> Result<ArcMutexGuard, LockError> {
         // The lock stays taken when the guard goes: `ArcMutexGuard` unlocks.
         std::mem::forget(self.lock.acquire(deadline, try_only)?);
-        let (thread, pid) = (std::thread::current().id(), std::process::id());
-        Ok(ArcMutexGuard { mutex: self.clone(), thread, pid })
+        Ok(ArcMutexGuard { mutex: self.clone(), holder: Holder::here() })
     }
 }
 
@@ -322,8 +328,25 @@ impl Mutex {
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ArcMutexGuard {
     mutex: Arc<Mutex>,
+    holder: Holder,
+}
+
+/// The thread (and process) that took a lock an Arc guard keeps: the only
+/// place where dropping the guard may unlock.
+#[derive(Debug)]
+pub(crate) struct Holder {
     thread: std::thread::ThreadId,
     pid: u32,
+}
+
+impl Holder {
+    pub(crate) fn here() -> Holder {
+        Holder { thread: std::thread::current().id(), pid: std::process::id() }
+    }
+
+    pub(crate) fn is_current(&self) -> bool {
+        self.thread == std::thread::current().id() && self.pid == std::process::id()
+    }
 }
 
 impl ArcMutexGuard {
@@ -335,7 +358,7 @@ impl ArcMutexGuard {
     /// Whether this is the thread (and the process) that locked: where
     /// dropping the guard unlocks.
     pub fn is_mine(&self) -> bool {
-        self.thread == std::thread::current().id() && self.pid == std::process::id()
+        self.holder.is_current()
     }
 
     /// As [`MutexGuard::owner_died`].

@@ -3,11 +3,12 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::header::{self, HEADER_LEN, INCONSISTENT, ObjectKind, VALUE_ALIGN, VALUE_READY, VALUE_SIZE, VALUE_TAG};
-use super::{Lock, LockError, Object, RawGuard, SyncOpenError};
+use super::{Holder, Lock, LockError, Object, RawGuard, SyncOpenError};
 use crate::deadline;
 use crate::view::ViewMut;
 
@@ -56,6 +57,93 @@ unsafe impl<A: AtomicValue, const N: usize> AtomicValue for [A; N] {}
 fn tag_hash(tag: &str) -> u64 {
     let h = tag.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
     h.max(1)
+}
+
+/// An initialiser's error.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The size and alignment of a value to open.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// As the caller's type says: claimed in the header, or checked
+    /// against what another process claimed.
+    Known { size: usize, align: usize },
+    /// As the header says (the value must have been created).
+    FromHeader,
+}
+
+/// Opens the value `name` (the machinery of [`Shared`] and [`SharedBytes`]):
+/// claims or checks its layout and tag; if it is not initialised yet (or
+/// its initialiser died), creates it if `init` is given and initialises it
+/// under the lock: zero bytes first, then `init` with the value's address.
+/// An `init` that fails leaves it uninitialised for the next opener.
+fn open_value(
+    name: &str,
+    layout: Layout,
+    tag: &str,
+    init: Option<impl FnOnce(*mut u8) -> Result<(), BoxError>>,
+) -> Result<(Lock, ViewMut), SyncOpenError> {
+    let mismatch = |reason: String| SyncOpenError::LayoutMismatch { name: name.into(), reason };
+    let not_found = || SyncOpenError::NotFound { name: name.into() };
+    let create = init.is_some();
+    let (obj, size, align) = match layout {
+        Layout::Known { size, align } => {
+            if !align.is_power_of_two() || align > MAX_ALIGN {
+                return Err(mismatch(format!("an alignment of {align} (a power of two, at most {MAX_ALIGN})")));
+            }
+            let len = HEADER_LEN.next_multiple_of(align) + size.max(1);
+            (Object::open(name, ObjectKind::Shared, len as u64, create)?, size, align)
+        }
+        Layout::FromHeader => {
+            let obj = Object::open(name, ObjectKind::Shared, 0, false)?;
+            let size = header::u64_at(&obj.header, VALUE_SIZE).load(Ordering::Acquire);
+            let align = header::u32_at(&obj.header, VALUE_ALIGN).load(Ordering::Acquire);
+            // Not claimed yet: its creator has not got this far.
+            let size = usize::try_from(size.checked_sub(1).ok_or_else(not_found)?)
+                .map_err(|_| mismatch(format!("it holds {size} bytes, more than this process can map")))?;
+            let align = align as usize;
+            if !align.is_power_of_two() || align > MAX_ALIGN {
+                return Err(mismatch(format!("its header says an alignment of {align}")));
+            }
+            (obj, size, align)
+        }
+    };
+    let h = &obj.header;
+    header::claim_u64(h, VALUE_SIZE, size as u64 + 1)
+        .map_err(|found| mismatch(format!("it holds {} bytes, this type has {size}", found.saturating_sub(1))))?;
+    header::claim_u32(h, VALUE_ALIGN, align as u32)
+        .map_err(|found| mismatch(format!("it is aligned to {found}, this type to {align}")))?;
+    header::claim_u64(h, VALUE_TAG, tag_hash(tag))
+        .map_err(|_| mismatch(format!("it was made with another type tag (this one is {tag:?})")))?;
+    let offset = HEADER_LEN.next_multiple_of(align);
+    let len = offset + size.max(1);
+    if obj.section().len() < len as u64 {
+        return Err(mismatch(format!("it is {} bytes long, this type needs {len}", obj.section().len())));
+    }
+    let value = obj.section().map_mut(offset as u64, size.max(1)).map_err(|e| obj.io(std::io::Error::other(e)))?;
+    let lock = Lock::new(obj)?;
+    if header::u32_at(&lock.object().header, VALUE_READY).load(Ordering::Acquire) == 1 {
+        return Ok((lock, value));
+    }
+    // Not initialised yet (or its initialiser died): initialise it under
+    // the lock, unless someone else did meanwhile.
+    let guard = lock.acquire(None, false).map_err(|e| lock.object().io(e.into()))?;
+    let ready = header::u32_at(&lock.object().header, VALUE_READY);
+    if ready.load(Ordering::Acquire) != 1 {
+        let Some(init) = init else { return Err(not_found()) };
+        let at = value.as_mut_ptr();
+        // SAFETY: `at` is the start of a writable view of at least `size`
+        // bytes, which nobody reads or writes now (we hold the lock and the
+        // value is not ready). An initialiser that died may have left
+        // anything there, so the zeros are written, not assumed.
+        unsafe { at.write_bytes(0, size) };
+        init(at).map_err(|source| SyncOpenError::InitFailed { name: name.into(), source })?;
+        ready.store(1, Ordering::Release);
+        // A fresh value: whoever died before left nothing to repair.
+        header::u32_at(&lock.object().header, INCONSISTENT).store(0, Ordering::SeqCst);
+    }
+    drop(guard);
+    Ok((lock, value))
 }
 
 /// A named value of type `T` shared by every process that opens the name:
@@ -136,10 +224,6 @@ enum Init<F> {
 /// types whose bytes mean nothing in another process, such as `String`
 /// or `Box` (pointers into the creator's heap).
 impl<T: bytemuck::Zeroable + Send + Sync + 'static> Shared<T> {
-    fn offset() -> usize {
-        HEADER_LEN.next_multiple_of(align_of::<T>())
-    }
-
     /// Opens the value `name`, creating and initialising it with `init` if
     /// no process holds it. The type tag is `std::any::type_name::<T>()`.
     ///
@@ -190,37 +274,14 @@ impl<T: bytemuck::Zeroable + Send + Sync + 'static> Shared<T> {
     }
 
     fn with(name: &str, tag: &str, init: Init<impl FnOnce() -> T>) -> Result<Shared<T>, SyncOpenError> {
-        let mismatch = |reason: String| SyncOpenError::LayoutMismatch { name: name.into(), reason };
-        if align_of::<T>() > MAX_ALIGN {
-            return Err(mismatch(format!("an alignment of {} (at most {MAX_ALIGN})", align_of::<T>())));
-        }
-        let (offset, size) = (Self::offset(), size_of::<T>());
-        let len = offset + size.max(1);
-        let obj = Object::open(name, ObjectKind::Shared, len as u64, !matches!(init, Init::None))?;
-        let h = &obj.header;
-        header::claim_u64(h, VALUE_SIZE, size as u64 + 1)
-            .map_err(|found| mismatch(format!("it holds {} bytes, this type has {size}", found.saturating_sub(1))))?;
-        header::claim_u32(h, VALUE_ALIGN, align_of::<T>() as u32)
-            .map_err(|found| mismatch(format!("it is aligned to {found}, this type to {}", align_of::<T>())))?;
-        header::claim_u64(h, VALUE_TAG, tag_hash(tag))
-            .map_err(|_| mismatch(format!("it was made with another type tag (this one is {tag:?})")))?;
-        if obj.section().len() < len as u64 {
-            return Err(mismatch(format!("it is {} bytes long, this type needs {len}", obj.section().len())));
-        }
-        let value = obj.section().map_mut(offset as u64, size.max(1)).map_err(|e| obj.io(std::io::Error::other(e)))?;
-        let shared = Shared { lock: super::Lock::new(obj)?, value, _t: PhantomData };
-        if header::u32_at(&shared.lock.object().header, VALUE_READY).load(Ordering::Acquire) == 1 {
-            return Ok(shared);
-        }
-        // Not initialised yet (or its initialiser died): initialise it under
-        // the lock, unless someone else did meanwhile.
-        let guard = shared.lock.acquire(None, false).map_err(|e| shared.lock.object().io(e.into()))?;
-        let ready = header::u32_at(&shared.lock.object().header, VALUE_READY);
-        if ready.load(Ordering::Acquire) != 1 {
-            let at = shared.value.as_mut_ptr().cast::<T>();
-            match init {
-                Init::None => return Err(SyncOpenError::NotFound { name: name.into() }),
-                Init::Value(init) => {
+        let layout = Layout::Known { size: size_of::<T>(), align: align_of::<T>() };
+        let (lock, value) = match init {
+            Init::None => open_value(name, layout, tag, None::<fn(*mut u8) -> Result<(), BoxError>>)?,
+            Init::Value(init) => open_value(
+                name,
+                layout,
+                tag,
+                Some(|at: *mut u8| {
                     let v = init();
                     // SAFETY:
                     // - `at` is the start of a writable view of at least
@@ -229,20 +290,14 @@ impl<T: bytemuck::Zeroable + Send + Sync + 'static> Shared<T> {
                     // - we hold the lock and the value is not ready, so no
                     //   process reads or writes it now; `write` drops nothing
                     //   that was there.
-                    unsafe { at.write(v) };
-                }
-                // SAFETY: `at` as above, writable for one `T`, which nobody
-                // reads or writes now; all-zero bytes are a valid `T`
-                // (`T: Zeroable`). An initialiser that died may have left
-                // anything there, so the zeros are written, not assumed.
-                Init::Zeroed => unsafe { at.write_bytes(0, 1) },
-            }
-            ready.store(1, Ordering::Release);
-            // A fresh value: whoever died before left nothing to repair.
-            header::u32_at(&shared.lock.object().header, INCONSISTENT).store(0, Ordering::SeqCst);
-        }
-        drop(guard);
-        Ok(shared)
+                    unsafe { at.cast::<T>().write(v) };
+                    Ok::<(), BoxError>(())
+                }),
+            )?,
+            // The zeros are written by `open_value` before any initialiser.
+            Init::Zeroed => open_value(name, layout, tag, Some(|_: *mut u8| Ok::<(), BoxError>(())))?,
+        };
+        Ok(Shared { lock, value, _t: PhantomData })
     }
 
     /// The value's name.
@@ -340,5 +395,273 @@ impl<T: bytemuck::Pod> DerefMut for SharedGuard<'_, T> {
 impl<T: bytemuck::Pod + fmt::Debug> fmt::Debug for SharedGuard<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedGuard").field("value", &**self).field("owner_died", &self.owner_died()).finish()
+    }
+}
+
+/// A named block of bytes shared by every process that opens the name,
+/// with one-time initialisation and a lock: [`Shared`] for a layout known
+/// only at run time, as other languages use it (Python's
+/// `copydata.Shared`, C's `copydata_shared_*`).
+///
+/// It is the same object as a [`Shared<T>`]: opened with `T`'s size,
+/// alignment and type tag (by default `std::any::type_name::<T>()`), a
+/// `SharedBytes` reaches the bytes of a value a Rust program shares, and
+/// the other way round.
+///
+/// ```no_run
+/// use copydata::sync::SharedBytes;
+///
+/// // 16 bytes, aligned to 8, tagged "stats-v1"; the first process to get
+/// // here fills them, exactly once across all processes.
+/// let stats = SharedBytes::open_or_create_with("stats", 16, 8, "stats-v1", |bytes| {
+///     bytes[..8].copy_from_slice(&1u64.to_le_bytes());
+///     Ok::<(), std::io::Error>(())
+/// })?;
+/// let mut bytes = stats.lock()?;
+/// let n = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+/// bytes[..8].copy_from_slice(&(n + 1).to_le_bytes());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct SharedBytes {
+    lock: Lock,
+    value: ViewMut,
+    len: usize,
+    align: usize,
+}
+
+impl fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedBytes").field("name", &self.name()).field("len", &self.len).finish()
+    }
+}
+
+impl SharedBytes {
+    /// Opens the value `name` of `len` bytes aligned to `align` (a power of
+    /// two, at most 4096) with the type tag `tag`, creating it all zeros if
+    /// no process holds it. Another layout or tag is refused
+    /// ([`SyncOpenError::LayoutMismatch`]).
+    pub fn open_or_create(name: &str, len: usize, align: usize, tag: &str) -> Result<SharedBytes, SyncOpenError> {
+        Self::open_or_create_with(name, len, align, tag, |_| Ok::<(), BoxError>(()))
+    }
+
+    /// [`open_or_create`](Self::open_or_create), with `init` filling the
+    /// bytes (zeros at first) when this process creates the value: it runs
+    /// exactly once across all the processes racing to create it, under
+    /// the value's lock, and nobody sees the bytes before it returns. If it
+    /// fails ([`SyncOpenError::InitFailed`], with its error) or its process
+    /// dies halfway, the value stays uninitialised and the next opener
+    /// initialises it.
+    pub fn open_or_create_with<E: Into<BoxError>>(
+        name: &str,
+        len: usize,
+        align: usize,
+        tag: &str,
+        init: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<SharedBytes, SyncOpenError> {
+        let layout = Layout::Known { size: len, align };
+        let init = |at: *mut u8| {
+            // SAFETY: `at` is the start of a writable view of `len` bytes
+            // that nobody else reads or writes while the initialiser runs
+            // (`open_value` holds the lock and the value is not ready).
+            let bytes = unsafe { std::slice::from_raw_parts_mut(at, len) };
+            init(bytes).map_err(Into::into)
+        };
+        let (lock, value) = open_value(name, layout, tag, Some(init))?;
+        Ok(SharedBytes { lock, value, len, align })
+    }
+
+    /// Opens the existing value `name`, of whatever size and alignment it
+    /// was made with, if its type tag is `tag`
+    /// ([`SyncOpenError::NotFound`] if no process holds it, or it has not
+    /// been initialised yet).
+    pub fn open(name: &str, tag: &str) -> Result<SharedBytes, SyncOpenError> {
+        let (lock, value) = open_value(name, Layout::FromHeader, tag, None::<fn(*mut u8) -> Result<(), BoxError>>)?;
+        let h = &lock.object().header;
+        let len = header::u64_at(h, VALUE_SIZE).load(Ordering::Acquire).saturating_sub(1) as usize;
+        let align = header::u32_at(h, VALUE_ALIGN).load(Ordering::Acquire) as usize;
+        Ok(SharedBytes { lock, value, len, align })
+    }
+
+    /// The value's name.
+    pub fn name(&self) -> &str {
+        self.lock.object().name.as_str()
+    }
+
+    /// The value's size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the value has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The alignment it was made with.
+    pub fn align(&self) -> usize {
+        self.align
+    }
+
+    /// The address of the first byte, mapped while `self` lives. Reading
+    /// or writing through it without holding the lock is up to the caller
+    /// (other processes may change the bytes at any time).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.value.as_mut_ptr()
+    }
+
+    /// Waits for the value's lock, however long it takes.
+    pub fn lock(&self) -> Result<SharedBytesGuard<'_>, LockError> {
+        self.guard(self.lock.acquire(None, false)?)
+    }
+
+    /// Takes the lock if it is free now, else [`LockError::WouldBlock`].
+    pub fn try_lock(&self) -> Result<SharedBytesGuard<'_>, LockError> {
+        self.guard(self.lock.acquire(None, true)?)
+    }
+
+    /// Waits at most `timeout` for the lock.
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<SharedBytesGuard<'_>, LockError> {
+        self.guard(self.lock.acquire(deadline(timeout), false)?)
+    }
+
+    fn guard<'a>(&'a self, raw: RawGuard<'a>) -> Result<SharedBytesGuard<'a>, LockError> {
+        Ok(SharedBytesGuard { raw, ptr: self.as_ptr(), len: self.len })
+    }
+}
+
+impl SharedBytes {
+    /// Waits for the lock, however long it takes, and returns a guard that
+    /// holds the value through an `Arc` (as [`Mutex::lock_arc`](super::Mutex::lock_arc):
+    /// one that can be stored and moved, for code that locks and unlocks in
+    /// separate calls).
+    pub fn lock_arc(self: &Arc<Self>) -> Result<ArcSharedBytesGuard, LockError> {
+        self.acquire_arc(None, false)
+    }
+
+    /// [`try_lock`](Self::try_lock), with an [`ArcSharedBytesGuard`].
+    pub fn try_lock_arc(self: &Arc<Self>) -> Result<ArcSharedBytesGuard, LockError> {
+        self.acquire_arc(None, true)
+    }
+
+    /// [`lock_timeout`](Self::lock_timeout), with an [`ArcSharedBytesGuard`].
+    pub fn lock_arc_timeout(self: &Arc<Self>, timeout: Duration) -> Result<ArcSharedBytesGuard, LockError> {
+        self.acquire_arc(deadline(timeout), false)
+    }
+
+    fn acquire_arc(
+        self: &Arc<Self>,
+        deadline: Option<Instant>,
+        try_only: bool,
+    ) -> Result<ArcSharedBytesGuard, LockError> {
+        // The lock stays taken when the guard goes: the Arc guard unlocks.
+        std::mem::forget(self.lock.acquire(deadline, try_only)?);
+        Ok(ArcSharedBytesGuard { shared: self.clone(), holder: Holder::here() })
+    }
+}
+
+/// A held [`SharedBytes`] that keeps it alive through an `Arc` and may be
+/// stored and moved to other threads; unlocks when dropped on the thread
+/// (and in the process) that locked, as an
+/// [`ArcMutexGuard`](super::ArcMutexGuard) does. From
+/// [`SharedBytes::lock_arc`].
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct ArcSharedBytesGuard {
+    shared: Arc<SharedBytes>,
+    holder: Holder,
+}
+
+impl ArcSharedBytesGuard {
+    /// The value this guard holds.
+    pub fn shared(&self) -> &Arc<SharedBytes> {
+        &self.shared
+    }
+
+    /// Whether this is the thread (and the process) that locked: where
+    /// dropping the guard unlocks.
+    pub fn is_mine(&self) -> bool {
+        self.holder.is_current()
+    }
+
+    /// As [`SharedGuard::owner_died`].
+    pub fn owner_died(&self) -> bool {
+        self.shared.lock.inconsistent().load(Ordering::SeqCst) != 0
+    }
+
+    /// As [`SharedGuard::mark_consistent`].
+    pub fn mark_consistent(&mut self) {
+        self.shared.lock.inconsistent().store(0, Ordering::SeqCst);
+    }
+
+    /// The address of the first of the value's [`len`](SharedBytes::len)
+    /// bytes. The lock is held while the guard lives (on its thread); the
+    /// bytes stay mapped while the `SharedBytes` does.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.shared.as_ptr()
+    }
+}
+
+impl Drop for ArcSharedBytesGuard {
+    fn drop(&mut self) {
+        if self.is_mine() {
+            self.shared.lock.unlock();
+        }
+    }
+}
+
+impl fmt::Debug for ArcSharedBytesGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ArcSharedBytesGuard")
+            .field("name", &self.shared.name())
+            .field("owner_died", &self.owner_died())
+            .field("mine", &self.is_mine())
+            .finish()
+    }
+}
+
+/// The locked bytes of a [`SharedBytes`]; dereferences to `[u8]`, unlocks
+/// on drop.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct SharedBytesGuard<'a> {
+    raw: RawGuard<'a>,
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl SharedBytesGuard<'_> {
+    /// As [`SharedGuard::owner_died`].
+    pub fn owner_died(&self) -> bool {
+        self.raw.owner_died()
+    }
+
+    /// As [`SharedGuard::mark_consistent`].
+    pub fn mark_consistent(&mut self) {
+        self.raw.mark_consistent();
+    }
+}
+
+impl Deref for SharedBytesGuard<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY:
+        // - `ptr` is valid for `len` bytes, mapped while the `SharedBytes`
+        //   (which this guard borrows) lives;
+        // - the lock is held: cooperating processes do not touch the bytes
+        //   meanwhile (the contract of `lock`, as for `Shared`); any bytes
+        //   are valid `u8`s.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl DerefMut for SharedBytesGuard<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference
+        // this process hands out while the lock is held.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl fmt::Debug for SharedBytesGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedBytesGuard").field("len", &self.len).field("owner_died", &self.owner_died()).finish()
     }
 }
