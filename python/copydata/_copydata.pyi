@@ -24,6 +24,8 @@ __all__ = [
     "Launch",
     "Mutex",
     "Event",
+    "Shared",
+    "SharedView",
     "Inheritance",
     "INHERIT_VAR",
     "inherited_sections",
@@ -359,6 +361,58 @@ class Mutex:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool: ...
+
+@final
+class Shared:
+    """A named block of `size` bytes shared by processes, initialised once
+    (`init(memoryview)` runs in exactly one of the processes racing to
+    create it), with a lock that reports a holder's death. A Rust
+    `Shared<T>` with the same size, alignment and tag is the same object."""
+
+    def __new__(
+        cls,
+        name: str,
+        size: int,
+        *,
+        align: int = 1,
+        tag: str = "bytes",
+        init: Callable[[memoryview], object] | None = None,
+    ) -> Shared: ...
+    @classmethod
+    def open(cls, name: str, *, tag: str = "bytes") -> Shared:
+        """The existing value `name`, of the size it was made with."""
+    @property
+    def name(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def align(self) -> int: ...
+    def __len__(self) -> int: ...
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool: ...
+    def release(self) -> None: ...
+    @property
+    def owner_died(self) -> bool: ...
+    def mark_consistent(self) -> None: ...
+    def held_here(self) -> bool: ...
+    def view(self) -> memoryview:
+        """The bytes, writable: use them while holding the lock."""
+    def close(self) -> None: ...
+    def __enter__(self) -> memoryview: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool: ...
+
+@final
+class SharedView:
+    """The memory behind a `Shared.view()` memoryview."""
+
+    def __len__(self) -> int: ...
+    if sys.version_info >= (3, 12):
+        def __buffer__(self, flags: int, /) -> memoryview: ...
+        def __release_buffer__(self, buffer: memoryview, /) -> None: ...
 
 @final
 class Event:

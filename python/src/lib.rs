@@ -268,5 +268,7 @@ fn _copydata(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<instance::Launch>()?;
     m.add_class::<sync::Mutex>()?;
     m.add_class::<sync::Event>()?;
+    m.add_class::<sync::Shared>()?;
+    m.add_class::<sync::SharedView>()?;
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! `copydata.Mutex` and `copydata.Event`: named objects shared by
-//! processes, over `copydata::sync`.
+//! `copydata.Mutex`, `copydata.Shared` and `copydata.Event`: named objects
+//! shared by processes, over `copydata::sync`.
 //!
 //! An OS mutex belongs to the thread that locked it: only that thread may
 //! unlock it. The Python object keeps the held lock as an
@@ -9,25 +9,196 @@
 //! released when its thread ends, and the next locker is told its owner
 //! died.
 
+use std::ffi::c_int;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use copydata::sync::{ArcMutexGuard, EventKind, LockError, SyncOpenError, WaitError};
-use pyo3::exceptions::PyRuntimeError;
+use copydata::sync::{ArcMutexGuard, ArcSharedBytesGuard, EventKind, LockError, SharedBytes, SyncOpenError, WaitError};
+use pyo3::exceptions::{PyBufferError, PyRuntimeError};
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyType;
+use pyo3::types::{PyByteArray, PyMemoryView, PyType};
 
 use crate::errors::{self, Kind};
 use crate::{SLICE, timeout_arg};
+
+/// What a Python lock object holds: a `copydata::sync` object locked
+/// through an `Arc` guard ([`copydata::sync::Mutex`],
+/// [`copydata::sync::SharedBytes`]).
+pub(crate) trait Lockable: Send + Sync + 'static {
+    type Guard: Held;
+    /// What the object is called in messages ("mutex").
+    const WHAT: &'static str;
+    fn lock_within(self: &Arc<Self>, timeout: Duration) -> Result<Self::Guard, LockError>;
+    fn lock_now(self: &Arc<Self>) -> Result<Self::Guard, LockError>;
+}
+
+/// A held lock of a [`Lockable`].
+pub(crate) trait Held: Send {
+    fn is_mine(&self) -> bool;
+    fn owner_died(&self) -> bool;
+    fn mark_consistent(&mut self);
+}
+
+impl Lockable for copydata::sync::Mutex {
+    type Guard = ArcMutexGuard;
+    const WHAT: &'static str = "mutex";
+    fn lock_within(self: &Arc<Self>, timeout: Duration) -> Result<ArcMutexGuard, LockError> {
+        self.lock_arc_timeout(timeout)
+    }
+    fn lock_now(self: &Arc<Self>) -> Result<ArcMutexGuard, LockError> {
+        self.try_lock_arc()
+    }
+}
+
+impl Held for ArcMutexGuard {
+    fn is_mine(&self) -> bool {
+        ArcMutexGuard::is_mine(self)
+    }
+    fn owner_died(&self) -> bool {
+        ArcMutexGuard::owner_died(self)
+    }
+    fn mark_consistent(&mut self) {
+        ArcMutexGuard::mark_consistent(self)
+    }
+}
+
+impl Lockable for SharedBytes {
+    type Guard = ArcSharedBytesGuard;
+    const WHAT: &'static str = "shared value";
+    fn lock_within(self: &Arc<Self>, timeout: Duration) -> Result<ArcSharedBytesGuard, LockError> {
+        self.lock_arc_timeout(timeout)
+    }
+    fn lock_now(self: &Arc<Self>) -> Result<ArcSharedBytesGuard, LockError> {
+        self.try_lock_arc()
+    }
+}
+
+impl Held for ArcSharedBytesGuard {
+    fn is_mine(&self) -> bool {
+        ArcSharedBytesGuard::is_mine(self)
+    }
+    fn owner_died(&self) -> bool {
+        ArcSharedBytesGuard::owner_died(self)
+    }
+    fn mark_consistent(&mut self) {
+        ArcSharedBytesGuard::mark_consistent(self)
+    }
+}
+
+/// The lock behaviour of `copydata.Mutex` and `copydata.Shared`, as
+/// `threading.Lock`'s: acquired and released by the same thread, not
+/// recursive.
+pub(crate) struct Locker<L: Lockable> {
+    name: String,
+    /// `None` once closed.
+    object: std::sync::Mutex<Option<Arc<L>>>,
+    held: std::sync::Mutex<Option<L::Guard>>,
+}
+
+impl<L: Lockable> Locker<L> {
+    fn new(name: &str, object: L) -> Locker<L> {
+        Locker {
+            name: name.to_owned(),
+            object: std::sync::Mutex::new(Some(Arc::new(object))),
+            held: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<L::Guard>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The object, unless closed.
+    fn object(&self, py: Python<'_>) -> PyResult<Arc<L>> {
+        let object = self.object.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        object.ok_or_else(|| errors::raise(py, Kind::Closed, format!("{} {:?} is closed", L::WHAT, self.name)))
+    }
+
+    fn closed(&self) -> bool {
+        self.object.lock().unwrap_or_else(|e| e.into_inner()).is_none()
+    }
+
+    /// Runs `f` on the lock this thread holds.
+    fn with_mine<T>(&self, what: &str, f: impl FnOnce(&mut L::Guard) -> T) -> PyResult<T> {
+        match self.held().as_mut() {
+            Some(h) if h.is_mine() => Ok(f(h)),
+            _ => Err(PyRuntimeError::new_err(format!("{what}: this thread does not hold {} {:?}", L::WHAT, self.name))),
+        }
+    }
+
+    fn acquire(&self, py: Python<'_>, blocking: bool, timeout: Option<f64>) -> PyResult<bool> {
+        let timeout = timeout_arg(py, timeout)?;
+        if !blocking && timeout.is_some() {
+            return Err(errors::raise(py, Kind::InvalidArgument, "a timeout needs blocking=True"));
+        }
+        if self.held_here() {
+            return Err(PyRuntimeError::new_err(format!("this thread already holds {} {:?}", L::WHAT, self.name)));
+        }
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            let object = self.object(py)?;
+            let slice =
+                blocking.then(|| deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()).min(SLICE)));
+            // The lock is taken on this thread (`detach` runs the closure
+            // here).
+            let locked = py.detach(|| match slice {
+                Some(s) => object.lock_within(s),
+                None => object.lock_now(),
+            });
+            match locked {
+                Ok(held) => {
+                    *self.held() = Some(held);
+                    return Ok(true);
+                }
+                Err(LockError::WouldBlock) => return Ok(false),
+                Err(LockError::TimedOut) if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(false),
+                Err(LockError::TimedOut) => py.check_signals()?,
+                Err(e) => return Err(errors::lock_error(py, e)),
+            }
+        }
+    }
+
+    fn release(&self) -> PyResult<()> {
+        let mut held = self.held();
+        match held.as_ref() {
+            Some(h) if h.is_mine() => {
+                drop(held.take());
+                Ok(())
+            }
+            _ => {
+                Err(PyRuntimeError::new_err(format!("release of {} {:?}, not held by this thread", L::WHAT, self.name)))
+            }
+        }
+    }
+
+    fn held_here(&self) -> bool {
+        self.held().as_ref().is_some_and(Held::is_mine)
+    }
+
+    fn owner_died(&self) -> PyResult<bool> {
+        self.with_mine("owner_died", |h| Held::owner_died(h))
+    }
+
+    fn mark_consistent(&self) -> PyResult<()> {
+        self.with_mine("mark_consistent", Held::mark_consistent)
+    }
+
+    fn close(&self) {
+        let mine = {
+            let mut held = self.held();
+            if held.as_ref().is_some_and(Held::is_mine) { held.take() } else { None }
+        };
+        drop(mine);
+        drop(self.object.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
 
 /// A named mutex shared by processes, that survives its owner's death
 /// (`CreateMutexW`; a robust process-shared mutex on Linux).
 #[pyclass(module = "copydata._copydata", frozen)]
 pub(crate) struct Mutex {
-    name: String,
-    /// `None` once closed.
-    mutex: std::sync::Mutex<Option<Arc<copydata::sync::Mutex>>>,
-    held: std::sync::Mutex<Option<ArcMutexGuard>>,
+    locker: Locker<copydata::sync::Mutex>,
 }
 
 impl Mutex {
@@ -36,23 +207,7 @@ impl Mutex {
             if create { copydata::sync::Mutex::open_or_create(name) } else { copydata::sync::Mutex::open(name) }
         });
         let mutex = opened.map_err(|e| errors::sync_open_error(py, e))?;
-        Ok(Mutex {
-            name: name.to_owned(),
-            mutex: std::sync::Mutex::new(Some(Arc::new(mutex))),
-            held: std::sync::Mutex::new(None),
-        })
-    }
-
-    fn held(&self) -> std::sync::MutexGuard<'_, Option<ArcMutexGuard>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Runs `f` on the lock this thread holds.
-    fn with_mine<T>(&self, what: &str, f: impl FnOnce(&mut ArcMutexGuard) -> T) -> PyResult<T> {
-        match self.held().as_mut() {
-            Some(h) if h.is_mine() => Ok(f(h)),
-            _ => Err(PyRuntimeError::new_err(format!("{what}: this thread does not hold mutex {:?}", self.name))),
-        }
+        Ok(Mutex { locker: Locker::new(name, mutex) })
     }
 }
 
@@ -73,7 +228,7 @@ impl Mutex {
 
     #[getter]
     fn name(&self) -> &str {
-        &self.name
+        &self.locker.name
     }
 
     /// Takes the lock, as `threading.Lock.acquire`: waits as long as it
@@ -83,50 +238,13 @@ impl Mutex {
     /// Ctrl-C interrupts the wait.
     #[pyo3(signature = (blocking = true, timeout = None))]
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: Option<f64>) -> PyResult<bool> {
-        let timeout = timeout_arg(py, timeout)?;
-        if !blocking && timeout.is_some() {
-            return Err(errors::raise(py, Kind::InvalidArgument, "a timeout needs blocking=True"));
-        }
-        if self.held().as_ref().is_some_and(ArcMutexGuard::is_mine) {
-            return Err(PyRuntimeError::new_err(format!("this thread already holds mutex {:?}", self.name)));
-        }
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        loop {
-            let Some(mutex) = self.mutex.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
-                return Err(errors::raise(py, Kind::Closed, format!("mutex {:?} is closed", self.name)));
-            };
-            let slice =
-                blocking.then(|| deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()).min(SLICE)));
-            // The lock is taken on this thread (`detach` runs the closure
-            // here).
-            let locked = py.detach(|| match slice {
-                Some(s) => mutex.lock_arc_timeout(s),
-                None => mutex.try_lock_arc(),
-            });
-            match locked {
-                Ok(held) => {
-                    *self.held() = Some(held);
-                    return Ok(true);
-                }
-                Err(LockError::WouldBlock) => return Ok(false),
-                Err(LockError::TimedOut) if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(false),
-                Err(LockError::TimedOut) => py.check_signals()?,
-                Err(e) => return Err(errors::lock_error(py, e)),
-            }
-        }
+        self.locker.acquire(py, blocking, timeout)
     }
 
     /// Releases the lock this thread holds (`RuntimeError` otherwise, as
     /// `threading.Lock.release`).
     fn release(&self) -> PyResult<()> {
-        let mut held = self.held();
-        match held.as_ref() {
-            Some(h) if h.is_mine() => {
-                drop(held.take());
-                Ok(())
-            }
-            _ => Err(PyRuntimeError::new_err(format!("release of mutex {:?}, not held by this thread", self.name))),
-        }
+        self.locker.release()
     }
 
     /// Whether a holder died while holding the lock and nobody has marked
@@ -134,30 +252,25 @@ impl Mutex {
     /// (raises unless this thread holds the lock).
     #[getter]
     fn owner_died(&self) -> PyResult<bool> {
-        self.with_mine("owner_died", |h| h.owner_died())
+        self.locker.owner_died()
     }
 
     /// Declares the protected state consistent again, after repairing it
     /// (this thread must hold the lock).
     fn mark_consistent(&self) -> PyResult<()> {
-        self.with_mine("mark_consistent", |h| h.mark_consistent())
+        self.locker.mark_consistent()
     }
 
     /// Whether this thread holds the lock.
     fn held_here(&self) -> bool {
-        self.held().as_ref().is_some_and(ArcMutexGuard::is_mine)
+        self.locker.held_here()
     }
 
     /// Lets go of the mutex (releasing the lock if this thread holds it);
     /// the named object goes once no process holds it. Later calls raise
     /// `Closed`; closing twice does nothing.
     fn close(&self) {
-        let mine = {
-            let mut held = self.held();
-            if held.as_ref().is_some_and(ArcMutexGuard::is_mine) { held.take() } else { None }
-        };
-        drop(mine);
-        drop(self.mutex.lock().unwrap_or_else(|e| e.into_inner()).take());
+        self.locker.close();
     }
 
     /// `with mutex:` acquires (waiting as long as it takes) and releases.
@@ -177,9 +290,216 @@ impl Mutex {
     }
 
     fn __repr__(&self) -> String {
-        let closed = self.mutex.lock().unwrap_or_else(|e| e.into_inner()).is_none();
-        format!("<copydata.Mutex {:?}{}>", self.name, if closed { ", closed" } else { "" })
+        format!("<copydata.Mutex {:?}{}>", self.locker.name, if self.locker.closed() { ", closed" } else { "" })
     }
+}
+
+/// A named block of bytes shared by processes, initialised once, with a
+/// lock: the DLL shared data section of Win32, by size (`copydata::sync`'s
+/// shared value; a Rust `Shared<T>` of the same size, alignment and tag is
+/// the same object).
+#[pyclass(module = "copydata._copydata", frozen)]
+pub(crate) struct Shared {
+    locker: Locker<SharedBytes>,
+    size: usize,
+    align: usize,
+}
+
+impl Shared {
+    fn of(py: Python<'_>, name: &str, opened: Result<SharedBytes, SyncOpenError>) -> PyResult<Shared> {
+        let shared = match opened {
+            // The initialiser's own exception, as it raised it.
+            Err(SyncOpenError::InitFailed { source, .. }) if source.is::<PyErr>() => {
+                return Err(*source.downcast::<PyErr>().expect("checked just above"));
+            }
+            other => other.map_err(|e| errors::sync_open_error(py, e))?,
+        };
+        let (size, align) = (shared.len(), shared.align());
+        Ok(Shared { locker: Locker::new(name, shared), size, align })
+    }
+}
+
+#[pymethods]
+impl Shared {
+    /// Opens the shared value `name` of `size` bytes, creating it if no
+    /// process holds it: zero bytes, then `init(memoryview)` fills them,
+    /// exactly once across all the processes racing to create it (nobody
+    /// sees the bytes before it returns; if it raises, the exception comes
+    /// back here and the next opener initialises the value). `align` and
+    /// `tag` are the value's layout and type tag: another size, alignment
+    /// or tag raises `copydata.Error`.
+    #[new]
+    #[pyo3(signature = (name, size, *, align = 1, tag = "bytes", init = None))]
+    fn new(
+        py: Python<'_>,
+        name: &str,
+        size: usize,
+        align: usize,
+        tag: &str,
+        init: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Shared> {
+        let opened = match init {
+            // Initialising calls back into Python: with the interpreter.
+            Some(init) => SharedBytes::open_or_create_with(name, size, align, tag, |bytes| run_init(&init, bytes)),
+            None => py.detach(|| SharedBytes::open_or_create(name, size, align, tag)),
+        };
+        Self::of(py, name, opened)
+    }
+
+    /// Opens the existing shared value `name`, of whatever size and
+    /// alignment it was made with, if its type tag is `tag` (`NotFound` if
+    /// no process holds it or it is not initialised yet).
+    #[classmethod]
+    #[pyo3(signature = (name, *, tag = "bytes"))]
+    fn open(_cls: &Bound<'_, PyType>, py: Python<'_>, name: &str, tag: &str) -> PyResult<Shared> {
+        Self::of(py, name, py.detach(|| SharedBytes::open(name, tag)))
+    }
+
+    #[getter]
+    fn name(&self) -> &str {
+        &self.locker.name
+    }
+
+    /// The value's size in bytes.
+    #[getter]
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn __len__(&self) -> usize {
+        self.size
+    }
+
+    /// The alignment it was made with.
+    #[getter]
+    fn align(&self) -> usize {
+        self.align
+    }
+
+    /// Takes the value's lock, as `Mutex.acquire`.
+    #[pyo3(signature = (blocking = true, timeout = None))]
+    fn acquire(&self, py: Python<'_>, blocking: bool, timeout: Option<f64>) -> PyResult<bool> {
+        self.locker.acquire(py, blocking, timeout)
+    }
+
+    /// Releases the lock this thread holds.
+    fn release(&self) -> PyResult<()> {
+        self.locker.release()
+    }
+
+    /// As `Mutex.owner_died`: a holder died while holding the lock, and
+    /// the bytes may be half-changed.
+    #[getter]
+    fn owner_died(&self) -> PyResult<bool> {
+        self.locker.owner_died()
+    }
+
+    /// Declares the value consistent again, after repairing it (this
+    /// thread must hold the lock).
+    fn mark_consistent(&self) -> PyResult<()> {
+        self.locker.mark_consistent()
+    }
+
+    /// Whether this thread holds the lock.
+    fn held_here(&self) -> bool {
+        self.locker.held_here()
+    }
+
+    /// A writable memoryview of the value's bytes (numpy.frombuffer wraps
+    /// it). Use it while holding the lock: other processes change the
+    /// bytes under theirs. It stays valid (mapped) after `close()`.
+    fn view<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyMemoryView>> {
+        let shared = self.locker.object(py)?;
+        let view = Bound::new(py, SharedView { shared })?;
+        PyMemoryView::from(view.as_any())
+    }
+
+    /// Lets go of the value (releasing the lock if this thread holds it);
+    /// the named object goes once no process holds it. Later calls raise
+    /// `Closed`; closing twice does nothing.
+    fn close(&self) {
+        self.locker.close();
+    }
+
+    /// `with shared as bytes:` acquires the lock (waiting as long as it
+    /// takes) and gives `view()`; the block's end releases it.
+    fn __enter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyMemoryView>> {
+        self.acquire(py, true, None)?;
+        let view = self.view(py);
+        if view.is_err() {
+            self.release()?;
+        }
+        view
+    }
+
+    fn __exit__(
+        &self,
+        _exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        self.release()?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        let closed = if self.locker.closed() { ", closed" } else { "" };
+        format!("<copydata.Shared {:?}, {} bytes{closed}>", self.locker.name, self.size)
+    }
+}
+
+/// Calls a `Shared` initialiser with a memoryview of a zero-filled
+/// `bytearray` of the value's size, then copies what it wrote into
+/// `bytes`: whatever the initialiser keeps (the view, a numpy array of
+/// it) points into Python's memory, never into the value.
+fn run_init(init: &Bound<'_, PyAny>, bytes: &mut [u8]) -> Result<(), PyErr> {
+    let py = init.py();
+    let buffer = PyByteArray::new_with(py, bytes.len(), |_| Ok(()))?;
+    init.call1((PyMemoryView::from(buffer.as_any())?,))?;
+    // (`memoryview.obj` reaches the bytearray, which could be resized.)
+    let written = buffer.to_vec();
+    if written.len() != bytes.len() {
+        return Err(PyBufferError::new_err(format!(
+            "the initialiser resized the value's buffer from {} to {} bytes",
+            bytes.len(),
+            written.len()
+        )));
+    }
+    bytes.copy_from_slice(&written);
+    Ok(())
+}
+
+/// The memory behind a `Shared.view()` memoryview: keeps the value mapped
+/// while any buffer of it lives.
+#[pyclass(frozen, module = "copydata._copydata", name = "SharedView")]
+pub(crate) struct SharedView {
+    shared: Arc<SharedBytes>,
+}
+
+#[pymethods]
+impl SharedView {
+    fn __len__(&self) -> usize {
+        self.shared.len()
+    }
+
+    /// # Safety
+    ///
+    /// Called by the interpreter (`bf_getbuffer`) with the buffer to fill.
+    unsafe fn __getbuffer__(slf: Bound<'_, Self>, buffer: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
+        let shared = &slf.get().shared;
+        // SAFETY:
+        // - `buffer` is the interpreter's (this method's contract);
+        // - the value's `len` bytes are mapped while `shared` lives, which
+        //   the export keeps alive through its reference to this object.
+        unsafe {
+            crate::export_writable(slf.as_any(), buffer, shared.as_ptr() as usize, shared.len(), flags, "shared value")
+        }
+    }
+
+    /// # Safety
+    ///
+    /// Called by the interpreter (`bf_releasebuffer`): nothing to do.
+    unsafe fn __releasebuffer__(&self, _buffer: *mut ffi::Py_buffer) {}
 }
 
 /// A named event shared by processes (`CreateEventW`; a futex word on

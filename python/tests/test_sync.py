@@ -1,10 +1,12 @@
-"""copydata.Mutex and copydata.Event across real processes (the copydata
-tool and Python children)."""
+"""copydata.Mutex, copydata.Shared and copydata.Event across real
+processes (the copydata tool and Python children)."""
 
 import signal
+import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 import copydata
@@ -55,6 +57,7 @@ def test_a_holder_that_dies_is_reported_until_marked_consistent(python_child, cl
         assert not m.owner_died
     with m:
         assert not m.owner_died
+    child.proc.wait(timeout=10.0)  # (see test_a_shared_value_reports_a_holder_that_died)
     m.close()
 
 
@@ -184,3 +187,141 @@ def test_ctrl_c_interrupts_waits(python_child, name):
     assert child.finish()[0] == 0
     m.release()
     m.close()
+
+
+# ---------------------------------------------------------------- Shared
+
+COUNTER_TAG = "copydata.counter.u64"
+
+
+def test_a_shared_value_is_the_rust_counter_of_the_copydata_tool(cli, name):
+    holder = cli("shared", "incr", name, "--times", "5", "--hold")
+    assert holder.readline() == "5"
+    shared = copydata.Shared.open(name, tag=COUNTER_TAG)
+    assert (shared.name, shared.size, shared.align, len(shared)) == (name, 8, 8, 8)
+    with shared as value:
+        assert shared.held_here() and not shared.owner_died
+        assert int.from_bytes(value, "little") == 5
+        value[:] = (6).to_bytes(8, "little")
+    assert not shared.held_here()
+    code, out, err = cli("shared", "get", name).finish()
+    assert (code, out.strip()) == (0, "6"), err
+    # The same object opened by layout: another size or tag is refused.
+    same = copydata.Shared(name, 8, align=8, tag=COUNTER_TAG)
+    with same as value:
+        assert int.from_bytes(value, "little") == 6
+    for size, align, tag in [(16, 8, COUNTER_TAG), (8, 4, COUNTER_TAG), (8, 8, "another")]:
+        with pytest.raises(copydata.Error, match="does not match"):
+            copydata.Shared(name, size, align=align, tag=tag)
+    holder.signal(signal.SIGTERM)
+    assert holder.finish()[0] == 0
+    same.close()
+    shared.close()
+    assert repr(shared) == f'<copydata.Shared "{name}", 8 bytes, closed>'
+    with pytest.raises(copydata.Closed):
+        shared.view()
+    # A view keeps the value mapped (and held) until it is released.
+    assert int.from_bytes(value, "little") == 6
+    del value
+    with pytest.raises(copydata.NotFound):
+        copydata.Shared.open(name, tag=COUNTER_TAG)
+
+
+RACE_TO_CREATE = """
+import sys, time, copydata
+name, runs_name = sys.argv[1], sys.argv[2]
+runs = copydata.Shared(runs_name, 8)
+go = copydata.Event(name + "-go")
+def init(value):
+    with runs as n:
+        n[0] += 1
+    time.sleep(0.2)
+    value[:5] = b"ready"
+print("up", flush=True)
+assert go.wait(timeout=30.0)
+shared = copydata.Shared(name, 64, tag="race", init=init)
+with shared as value:
+    print(bytes(value[:5]).decode(), flush=True)
+"""
+
+
+def test_racing_creators_initialise_once(spawn, name):
+    runs = copydata.Shared(name + "-runs", 8)
+    go = copydata.Event(name + "-go")
+    kids = [spawn(sys.executable, "-c", RACE_TO_CREATE, name, name + "-runs") for _ in range(6)]
+    for kid in kids:
+        assert kid.readline() == "up"
+    go.set()
+    for kid in kids:
+        assert kid.readline(timeout=30.0) == "ready"
+    with runs as n:
+        assert n[0] == 1, "the initialiser ran more than once"
+    for kid in kids:
+        assert kid.finish()[0] == 0
+    # Gone with its last holder (or, if the last ones left together,
+    # reclaimed by this open).
+    with pytest.raises(copydata.NotFound):
+        copydata.Shared.open(name, tag="race")
+    runs.close()
+    go.close()
+
+
+def test_a_failing_initialiser_creates_nothing(name):
+    def fails(value):
+        value[0] = 9
+        raise ValueError("no config")
+
+    with pytest.raises(ValueError, match="no config"):
+        copydata.Shared(name, 16, init=fails)
+    with pytest.raises(copydata.NotFound):
+        copydata.Shared.open(name)
+
+    kept = []
+
+    def keeps(value):
+        kept.append(np.frombuffer(value, dtype=np.uint8))
+        kept[0][:2] = [ord("o"), ord("k")]
+
+    shared = copydata.Shared(name, 16, init=keeps)
+    # What the initialiser kept is its own memory, written into the value
+    # once it returned; later changes to it go nowhere.
+    kept[0][:] = 1
+    with shared as value:
+        assert bytes(value) == b"ok" + bytes(14), "zeros, then the initialiser's bytes"
+        words = np.frombuffer(value, dtype=np.uint64)
+        words[1] = 7
+        del words
+    assert shared.view()[8] == 7
+    shared.close()
+
+
+HOLD_SHARED_UNTIL_KILLED = """
+import sys, time, copydata
+s = copydata.Shared(sys.argv[1], 16)
+assert s.acquire(timeout=10.0)
+s.view()[0] = 1
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_shared_value_reports_a_holder_that_died(python_child, name):
+    shared = copydata.Shared(name, 16)
+    child = python_child(HOLD_SHARED_UNTIL_KILLED, name)
+    assert child.readline() == "held"
+    assert not shared.acquire(blocking=False)
+    child.signal(signal.SIGKILL)
+    assert shared.acquire(timeout=10.0)
+    assert shared.owner_died
+    assert shared.view()[0] == 1, "the half-made change is there to repair"
+    shared.mark_consistent()
+    shared.release()
+    with pytest.raises(RuntimeError):
+        shared.release()
+    with pytest.raises(RuntimeError):
+        shared.owner_died
+    # The lock is free once the holder's thread is gone, a moment before
+    # its process has let go of the value: wait, so that this close is the
+    # last holder's and removes it.
+    child.proc.wait(timeout=10.0)
+    shared.close()
