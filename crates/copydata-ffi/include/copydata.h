@@ -229,11 +229,24 @@ typedef struct copydata_section copydata_section;
 typedef struct copydata_sender copydata_sender;
 
 /**
+ * A named block of bytes shared by processes, initialised once, with a
+ * lock. Opaque; close it with `copydata_shared_close`.
+ */
+typedef struct copydata_shared copydata_shared;
+
+/**
  * A mapped range of a section (`MapViewOfFile`, `mmap`). Opaque; unmap it
  * with `copydata_view_unmap`. A view stays valid after its section is
  * closed.
  */
 typedef struct copydata_view copydata_view;
+
+/**
+ * The initialiser of `copydata_shared_create`: fills the `size` bytes at
+ * `data` (zeros at first) and returns 0, or returns anything else to
+ * fail (the value is then not made). `context` is the caller's.
+ */
+typedef int (*copydata_shared_init)(void *data, size_t size, void *context);
 
 #ifdef __cplusplus
 extern "C" {
@@ -1257,6 +1270,115 @@ copydata_status copydata_mutex_mark_consistent(const copydata_mutex *mutex);
  * thread is using (nor waiting on).
  */
 void copydata_mutex_close(copydata_mutex *mutex);
+
+/**
+ * Opens the shared value `name`, creating it if no process holds one: a
+ * block of `size` bytes aligned to `align` (a power of two, at most 4096)
+ * with the type tag `tag` (NULL: "bytes"). When this call creates it,
+ * `init` (unless NULL) fills the zeroed bytes, exactly once across all the
+ * processes racing to create the value, under its lock; nobody sees the
+ * bytes before it returns. The value lives while any process holds it.
+ * A Rust `copydata::sync::Shared<T>` of the same size, alignment and tag
+ * is the same object (so is Python's `copydata.Shared`).
+ *
+ * Fails with `COPYDATA_STATUS_ALREADY_EXISTS` when the value (or another
+ * kind of object) has the name with another size, alignment or tag,
+ * `COPYDATA_STATUS_REFUSED` when `init` returned non-zero (the next
+ * opener initialises the value), `COPYDATA_STATUS_INVALID_ARGUMENT` for
+ * an invalid name.
+ *
+ * # Safety
+ *
+ * `name` is NULL or a NUL-terminated string, `tag` too; `init` is NULL or
+ * a function safe to call with the value's bytes and `context`; `out` is
+ * NULL or points to storage for a pointer.
+ */
+copydata_status copydata_shared_create(const char *name,
+                                       size_t size,
+                                       size_t align,
+                                       const char *tag,
+                                       copydata_shared_init init,
+                                       void *context,
+                                       copydata_shared **out);
+
+/**
+ * Opens the existing shared value `name`, of whatever size and alignment
+ * it was made with, if its tag is `tag` (NULL: "bytes"): fails with
+ * `COPYDATA_STATUS_NOT_FOUND` if no process holds it (or it is not
+ * initialised yet), `COPYDATA_STATUS_ALREADY_EXISTS` for another tag.
+ *
+ * # Safety
+ *
+ * `name` and `tag` are NULL or NUL-terminated strings; `out` is NULL or
+ * points to storage for a pointer.
+ */
+copydata_status copydata_shared_open(const char *name, const char *tag, copydata_shared **out);
+
+/**
+ * The value's size in bytes (0 for NULL).
+ *
+ * # Safety
+ *
+ * `shared` is NULL or a live shared-value handle.
+ */
+size_t copydata_shared_size(const copydata_shared *shared);
+
+/**
+ * The address of the value's bytes (NULL for NULL), valid until the
+ * handle is closed. Other processes change them under the lock: read and
+ * write them while holding it (`copydata_shared_lock`).
+ *
+ * # Safety
+ *
+ * `shared` is NULL or a live shared-value handle.
+ */
+void *copydata_shared_data(const copydata_shared *shared);
+
+/**
+ * Takes the value's lock for the calling thread, as `copydata_mutex_lock`
+ * (the same timeouts, errors and `*owner_died` report: a holder died and
+ * the bytes may be half-changed).
+ *
+ * # Safety
+ *
+ * `shared` is NULL or a live shared-value handle; `owner_died` is NULL or
+ * points to a writable `int`.
+ */
+copydata_status copydata_shared_lock(const copydata_shared *shared,
+                                     uint32_t timeout_ms,
+                                     int *owner_died);
+
+/**
+ * Releases the lock the calling thread holds, as `copydata_mutex_unlock`.
+ *
+ * # Safety
+ *
+ * `shared` is NULL or a live shared-value handle.
+ */
+copydata_status copydata_shared_unlock(const copydata_shared *shared);
+
+/**
+ * Declares the value consistent again after a holder died and the caller
+ * repaired it; the calling thread must hold the lock.
+ *
+ * # Safety
+ *
+ * `shared` is NULL or a live shared-value handle.
+ */
+copydata_status copydata_shared_mark_consistent(const copydata_shared *shared);
+
+/**
+ * Closes a shared-value handle, releasing the lock if the calling thread
+ * holds it through this handle; the value is gone once no process holds
+ * it. NULL does nothing.
+ *
+ * # Safety
+ *
+ * `shared` is NULL or a live shared-value handle, closed once, that no
+ * other thread is using; its `copydata_shared_data` is not used
+ * afterwards.
+ */
+void copydata_shared_close(copydata_shared *shared);
 
 /**
  * Opens the event `name`, creating it unset if no process holds one

@@ -86,7 +86,7 @@
 //! with [`copydata_instance_recv`] and answers with
 //! [`copydata_launch_answer`].
 //!
-//! # Mutexes and events
+//! # Mutexes, shared values and events
 //!
 //! [`copydata_mutex_create`] opens a named mutex shared by processes that
 //! survives its owner's death: [`copydata_mutex_lock`] tells the next
@@ -94,8 +94,12 @@
 //! [`copydata_mutex_unlock`] releases it, on the thread that locked.
 //! [`copydata_event_create`] opens a named manual- or auto-reset event
 //! ([`copydata_event_set`], [`copydata_event_reset`],
-//! [`copydata_event_wait`]). These are the objects of `copydata::sync`,
-//! `copydata lock` and `copydata event`, reached by the same names.
+//! [`copydata_event_wait`]). [`copydata_shared_create`] opens a shared
+//! value: bytes initialised once across processes, locked like a mutex
+//! ([`copydata_shared_lock`], [`copydata_shared_data`]); with the size,
+//! alignment and tag of a Rust `Shared<T>` it is that value. These are the
+//! objects of `copydata::sync`, `copydata lock`, `copydata shared` and
+//! `copydata event`, reached by the same names.
 
 mod buffer;
 mod error;
@@ -137,8 +141,10 @@ pub use sender::{
     copydata_sender_send_loan, copydata_sender_send_sections,
 };
 pub use sync::{
-    COPYDATA_AUTO_RESET, COPYDATA_MANUAL_RESET, Event, Mutex, copydata_event_close, copydata_event_create,
-    copydata_event_kind, copydata_event_open, copydata_event_reset, copydata_event_set, copydata_event_wait,
-    copydata_mutex_close, copydata_mutex_create, copydata_mutex_lock, copydata_mutex_mark_consistent,
-    copydata_mutex_open, copydata_mutex_unlock,
+    COPYDATA_AUTO_RESET, COPYDATA_MANUAL_RESET, Event, Mutex, Shared, SharedInit, copydata_event_close,
+    copydata_event_create, copydata_event_kind, copydata_event_open, copydata_event_reset, copydata_event_set,
+    copydata_event_wait, copydata_mutex_close, copydata_mutex_create, copydata_mutex_lock,
+    copydata_mutex_mark_consistent, copydata_mutex_open, copydata_mutex_unlock, copydata_shared_close,
+    copydata_shared_create, copydata_shared_data, copydata_shared_lock, copydata_shared_mark_consistent,
+    copydata_shared_open, copydata_shared_size, copydata_shared_unlock,
 };

@@ -1,13 +1,13 @@
-//! Named mutexes and events shared by processes (`copydata::sync`): the
-//! objects `copydata lock` and `copydata event` and the Rust and Python
-//! APIs reach by the same names.
+//! Named mutexes, shared values and events shared by processes
+//! (`copydata::sync`): the objects `copydata lock`, `copydata shared` and
+//! `copydata event` and the Rust and Python APIs reach by the same names.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_int, c_void};
 use std::sync::Arc;
 
-use copydata::sync::{ArcMutexGuard, EventKind, LockError, SyncOpenError, WaitError};
+use copydata::sync::{ArcMutexGuard, ArcSharedBytesGuard, EventKind, LockError, SharedBytes, SyncOpenError, WaitError};
 
-use crate::error::{Error, Status, give_back, guard, handle, out_arg, str_arg};
+use crate::error::{Error, Status, give_back, guard, guard_value, handle, out_arg, str_arg};
 use crate::mailbox::timeout_arg;
 
 /// Kind for `copydata_event_create`: stays set until
@@ -19,9 +19,149 @@ pub const COPYDATA_AUTO_RESET: u32 = 1;
 /// A named mutex shared by processes, that survives its owner's death.
 /// Opaque; close it with `copydata_mutex_close`.
 pub struct Mutex {
-    inner: Arc<copydata::sync::Mutex>,
-    /// The lock, while a thread holds it through this handle.
-    held: std::sync::Mutex<Option<ArcMutexGuard>>,
+    locked: Locked<copydata::sync::Mutex>,
+}
+
+/// A named block of bytes shared by processes, initialised once, with a
+/// lock. Opaque; close it with `copydata_shared_close`.
+pub struct Shared {
+    locked: Locked<SharedBytes>,
+}
+
+/// What a C handle locks through an `Arc` guard ([`copydata::sync::Mutex`],
+/// [`SharedBytes`]).
+trait ArcLock: Sized {
+    type Guard: ArcGuard;
+    /// What the object is called in messages.
+    const WHAT: &'static str;
+    fn name(&self) -> &str;
+    fn lock_arc(self: &Arc<Self>, timeout: Option<std::time::Duration>) -> Result<Self::Guard, LockError>;
+}
+
+/// A held lock of an [`ArcLock`].
+trait ArcGuard {
+    fn is_mine(&self) -> bool;
+    fn owner_died(&self) -> bool;
+    fn mark_consistent(&mut self);
+}
+
+impl ArcLock for copydata::sync::Mutex {
+    type Guard = ArcMutexGuard;
+    const WHAT: &'static str = "mutex";
+    fn name(&self) -> &str {
+        copydata::sync::Mutex::name(self)
+    }
+    fn lock_arc(self: &Arc<Self>, timeout: Option<std::time::Duration>) -> Result<ArcMutexGuard, LockError> {
+        match timeout {
+            None => copydata::sync::Mutex::lock_arc(self),
+            Some(t) if t.is_zero() => self.try_lock_arc(),
+            Some(t) => self.lock_arc_timeout(t),
+        }
+    }
+}
+
+impl ArcGuard for ArcMutexGuard {
+    fn is_mine(&self) -> bool {
+        ArcMutexGuard::is_mine(self)
+    }
+    fn owner_died(&self) -> bool {
+        ArcMutexGuard::owner_died(self)
+    }
+    fn mark_consistent(&mut self) {
+        ArcMutexGuard::mark_consistent(self)
+    }
+}
+
+impl ArcLock for SharedBytes {
+    type Guard = ArcSharedBytesGuard;
+    const WHAT: &'static str = "shared value";
+    fn name(&self) -> &str {
+        SharedBytes::name(self)
+    }
+    fn lock_arc(self: &Arc<Self>, timeout: Option<std::time::Duration>) -> Result<ArcSharedBytesGuard, LockError> {
+        match timeout {
+            None => SharedBytes::lock_arc(self),
+            Some(t) if t.is_zero() => self.try_lock_arc(),
+            Some(t) => self.lock_arc_timeout(t),
+        }
+    }
+}
+
+impl ArcGuard for ArcSharedBytesGuard {
+    fn is_mine(&self) -> bool {
+        ArcSharedBytesGuard::is_mine(self)
+    }
+    fn owner_died(&self) -> bool {
+        ArcSharedBytesGuard::owner_died(self)
+    }
+    fn mark_consistent(&mut self) {
+        ArcSharedBytesGuard::mark_consistent(self)
+    }
+}
+
+/// An object and the lock a thread holds through its handle: the lock
+/// belongs to the thread that took it, as the OS mutexes require.
+struct Locked<L: ArcLock> {
+    inner: Arc<L>,
+    held: std::sync::Mutex<Option<L::Guard>>,
+}
+
+impl<L: ArcLock> Locked<L> {
+    fn new(inner: L) -> Locked<L> {
+        Locked { inner: Arc::new(inner), held: std::sync::Mutex::new(None) }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<L::Guard>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn not_mine(&self) -> Error {
+        Error::invalid(format!("this thread does not hold {} {:?}", L::WHAT, self.inner.name()))
+    }
+
+    /// Takes the lock for the calling thread; whether its owner died.
+    fn lock(&self, timeout_ms: u32) -> Result<bool, Error> {
+        if self.held().as_ref().is_some_and(ArcGuard::is_mine) {
+            return Err(LockError::WouldDeadlock.into());
+        }
+        let guard = self.inner.lock_arc(timeout_arg(timeout_ms))?;
+        let died = guard.owner_died();
+        *self.held() = Some(guard);
+        Ok(died)
+    }
+
+    fn unlock(&self) -> Result<(), Error> {
+        let mut held = self.held();
+        match held.as_ref() {
+            Some(g) if g.is_mine() => {
+                drop(held.take());
+                Ok(())
+            }
+            _ => Err(self.not_mine()),
+        }
+    }
+
+    fn mark_consistent(&self) -> Result<(), Error> {
+        match self.held().as_mut() {
+            Some(g) if g.is_mine() => {
+                g.mark_consistent();
+                Ok(())
+            }
+            _ => Err(self.not_mine()),
+        }
+    }
+}
+
+/// Stores 1 in `*out` (if not NULL) when `died`, else 0.
+///
+/// # Safety
+///
+/// `out` is NULL or points to a writable `int`.
+unsafe fn tell_owner_died(out: *mut c_int, died: bool) {
+    // SAFETY: NULL or a writable `int` (this function's contract).
+    if let Some(out) = unsafe { out.as_mut() } {
+        *out = died.into();
+    }
 }
 
 /// A named event shared by processes. Opaque; close it with
@@ -38,6 +178,7 @@ impl From<SyncOpenError> for Error {
             // Another kind of object, or another kind of event, has the name.
             SyncOpenError::WrongKind { .. } | SyncOpenError::LayoutMismatch { .. } => Status::AlreadyExists,
             SyncOpenError::PermissionDenied { .. } | SyncOpenError::OtherOwner { .. } => Status::PermissionDenied,
+            SyncOpenError::InitFailed { .. } => Status::Refused,
             SyncOpenError::Unsupported => Status::Unsupported,
             _ => Status::Io,
         };
@@ -64,23 +205,6 @@ impl From<WaitError> for Error {
             _ => Status::Io,
         };
         Error::new(status, e)
-    }
-}
-
-impl Mutex {
-    fn held(&self) -> std::sync::MutexGuard<'_, Option<ArcMutexGuard>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Runs `f` on the lock the calling thread holds.
-    fn with_mine(&self, f: impl FnOnce(&mut ArcMutexGuard)) -> Result<(), Error> {
-        match self.held().as_mut() {
-            Some(g) if g.is_mine() => {
-                f(g);
-                Ok(())
-            }
-            _ => Err(Error::invalid(format!("this thread does not hold mutex {:?}", self.inner.name()))),
-        }
     }
 }
 
@@ -142,7 +266,7 @@ pub unsafe extern "C" fn copydata_mutex_open(name: *const c_char, out: *mut *mut
 
 impl Mutex {
     fn new(inner: copydata::sync::Mutex) -> Mutex {
-        Mutex { inner: Arc::new(inner), held: std::sync::Mutex::new(None) }
+        Mutex { locked: Locked::new(inner) }
     }
 }
 
@@ -177,22 +301,10 @@ pub unsafe extern "C" fn copydata_mutex_lock(
         // - `mutex` is NULL or a live mutex handle (the contract); it is
         //   only read through a shared reference.
         let m = unsafe { handle(mutex, "mutex") }?;
-        if m.held().as_ref().is_some_and(ArcMutexGuard::is_mine) {
-            return Err(LockError::WouldDeadlock.into());
-        }
-        let guard = match timeout_arg(timeout_ms) {
-            None => m.inner.lock_arc()?,
-            Some(t) if t.is_zero() => m.inner.try_lock_arc()?,
-            Some(t) => m.inner.lock_arc_timeout(t)?,
-        };
-        let died = guard.owner_died();
-        *m.held() = Some(guard);
-        // SAFETY:
-        // - `owner_died` is NULL or points to a writable `int` (the
-        //   contract).
-        if let Some(out) = unsafe { owner_died.as_mut() } {
-            *out = died.into();
-        }
+        let died = m.locked.lock(timeout_ms)?;
+        // SAFETY: `owner_died` is NULL or points to a writable `int` (the
+        // contract).
+        unsafe { tell_owner_died(owner_died, died) };
         Ok(())
     })
 }
@@ -208,15 +320,7 @@ pub unsafe extern "C" fn copydata_mutex_lock(
 pub unsafe extern "C" fn copydata_mutex_unlock(mutex: *const Mutex) -> Status {
     guard(|| {
         // SAFETY: as in `copydata_mutex_lock`.
-        let m = unsafe { handle(mutex, "mutex") }?;
-        let mut held = m.held();
-        match held.as_ref() {
-            Some(g) if g.is_mine() => {
-                drop(held.take());
-                Ok(())
-            }
-            _ => Err(Error::invalid(format!("this thread does not hold mutex {:?}", m.inner.name()))),
-        }
+        unsafe { handle(mutex, "mutex") }?.locked.unlock()
     })
 }
 
@@ -231,8 +335,7 @@ pub unsafe extern "C" fn copydata_mutex_unlock(mutex: *const Mutex) -> Status {
 pub unsafe extern "C" fn copydata_mutex_mark_consistent(mutex: *const Mutex) -> Status {
     guard(|| {
         // SAFETY: as in `copydata_mutex_lock`.
-        let m = unsafe { handle(mutex, "mutex") }?;
-        m.with_mine(ArcMutexGuard::mark_consistent)
+        unsafe { handle(mutex, "mutex") }?.locked.mark_consistent()
     })
 }
 
@@ -248,6 +351,203 @@ pub unsafe extern "C" fn copydata_mutex_mark_consistent(mutex: *const Mutex) -> 
 pub unsafe extern "C" fn copydata_mutex_close(mutex: *mut Mutex) {
     // SAFETY: as this function's contract says.
     unsafe { give_back(mutex) }
+}
+
+/// The initialiser of `copydata_shared_create`: fills the `size` bytes at
+/// `data` (zeros at first) and returns 0, or returns anything else to
+/// fail (the value is then not made). `context` is the caller's.
+pub type SharedInit = Option<unsafe extern "C" fn(data: *mut c_void, size: usize, context: *mut c_void) -> c_int>;
+
+/// Opens the shared value `name`, creating it if no process holds one: a
+/// block of `size` bytes aligned to `align` (a power of two, at most 4096)
+/// with the type tag `tag` (NULL: "bytes"). When this call creates it,
+/// `init` (unless NULL) fills the zeroed bytes, exactly once across all the
+/// processes racing to create the value, under its lock; nobody sees the
+/// bytes before it returns. The value lives while any process holds it.
+/// A Rust `copydata::sync::Shared<T>` of the same size, alignment and tag
+/// is the same object (so is Python's `copydata.Shared`).
+///
+/// Fails with `COPYDATA_STATUS_ALREADY_EXISTS` when the value (or another
+/// kind of object) has the name with another size, alignment or tag,
+/// `COPYDATA_STATUS_REFUSED` when `init` returned non-zero (the next
+/// opener initialises the value), `COPYDATA_STATUS_INVALID_ARGUMENT` for
+/// an invalid name.
+///
+/// # Safety
+///
+/// `name` is NULL or a NUL-terminated string, `tag` too; `init` is NULL or
+/// a function safe to call with the value's bytes and `context`; `out` is
+/// NULL or points to storage for a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_shared_create(
+    name: *const c_char,
+    size: usize,
+    align: usize,
+    tag: *const c_char,
+    init: SharedInit,
+    context: *mut c_void,
+    out: *mut *mut Shared,
+) -> Status {
+    // SAFETY: `tag` is NULL or a NUL-terminated string (the contract).
+    let tag = match unsafe { tag_arg(tag) } {
+        Ok(tag) => tag,
+        Err(e) => return fail_into(out, e),
+    };
+    let open = |name: &str| {
+        SharedBytes::open_or_create_with(name, size, align, tag, |bytes| {
+            let Some(init) = init else { return Ok(()) };
+            // SAFETY: `bytes` is the value's, writable and ours alone while
+            // this runs; `init` may be called with it and `context` (the
+            // contract).
+            match unsafe { init(bytes.as_mut_ptr().cast(), bytes.len(), context) } {
+                0 => Ok(()),
+                code => Err(format!("the initialiser returned {code}")),
+            }
+        })
+    };
+    // SAFETY: the pointers are as `open_into` needs (this function's
+    // contract).
+    unsafe { open_into(name, out, open, |inner| Shared { locked: Locked::new(inner) }) }
+}
+
+/// Opens the existing shared value `name`, of whatever size and alignment
+/// it was made with, if its tag is `tag` (NULL: "bytes"): fails with
+/// `COPYDATA_STATUS_NOT_FOUND` if no process holds it (or it is not
+/// initialised yet), `COPYDATA_STATUS_ALREADY_EXISTS` for another tag.
+///
+/// # Safety
+///
+/// `name` and `tag` are NULL or NUL-terminated strings; `out` is NULL or
+/// points to storage for a pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_shared_open(
+    name: *const c_char,
+    tag: *const c_char,
+    out: *mut *mut Shared,
+) -> Status {
+    // SAFETY: `tag` is NULL or a NUL-terminated string (the contract).
+    let tag = match unsafe { tag_arg(tag) } {
+        Ok(tag) => tag,
+        Err(e) => return fail_into(out, e),
+    };
+    // SAFETY: as `copydata_shared_create`.
+    unsafe { open_into(name, out, |n| SharedBytes::open(n, tag), |inner| Shared { locked: Locked::new(inner) }) }
+}
+
+/// A tag argument: NULL means "bytes".
+///
+/// # Safety
+///
+/// `tag` is NULL or a NUL-terminated string, valid for `'a`.
+unsafe fn tag_arg<'a>(tag: *const c_char) -> Result<&'a str, Error> {
+    if tag.is_null() {
+        return Ok("bytes");
+    }
+    // SAFETY: not NULL, so a NUL-terminated string (the contract).
+    unsafe { str_arg(tag, "tag") }
+}
+
+/// Fails a `copydata_shared_*` opener with `e` before it opens anything,
+/// setting `*out` to NULL as every opener does.
+fn fail_into<T>(out: *mut *mut T, e: Error) -> Status {
+    guard(|| {
+        // SAFETY: `out` is NULL or valid storage (the caller's contract).
+        unsafe { out_arg(out) }?;
+        Err(e)
+    })
+}
+
+/// The value's size in bytes (0 for NULL).
+///
+/// # Safety
+///
+/// `shared` is NULL or a live shared-value handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_shared_size(shared: *const Shared) -> usize {
+    guard_value(0, || {
+        // SAFETY: NULL or a live handle (the contract).
+        unsafe { handle(shared, "shared value") }.map_or(0, |s| s.locked.inner.len())
+    })
+}
+
+/// The address of the value's bytes (NULL for NULL), valid until the
+/// handle is closed. Other processes change them under the lock: read and
+/// write them while holding it (`copydata_shared_lock`).
+///
+/// # Safety
+///
+/// `shared` is NULL or a live shared-value handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_shared_data(shared: *const Shared) -> *mut c_void {
+    guard_value(std::ptr::null_mut(), || {
+        // SAFETY: NULL or a live handle (the contract).
+        unsafe { handle(shared, "shared value") }.map_or(std::ptr::null_mut(), |s| s.locked.inner.as_ptr().cast())
+    })
+}
+
+/// Takes the value's lock for the calling thread, as `copydata_mutex_lock`
+/// (the same timeouts, errors and `*owner_died` report: a holder died and
+/// the bytes may be half-changed).
+///
+/// # Safety
+///
+/// `shared` is NULL or a live shared-value handle; `owner_died` is NULL or
+/// points to a writable `int`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_shared_lock(
+    shared: *const Shared,
+    timeout_ms: u32,
+    owner_died: *mut c_int,
+) -> Status {
+    guard(|| {
+        // SAFETY: NULL or a live handle (the contract), only read.
+        let died = unsafe { handle(shared, "shared value") }?.locked.lock(timeout_ms)?;
+        // SAFETY: NULL or a writable `int` (the contract).
+        unsafe { tell_owner_died(owner_died, died) };
+        Ok(())
+    })
+}
+
+/// Releases the lock the calling thread holds, as `copydata_mutex_unlock`.
+///
+/// # Safety
+///
+/// `shared` is NULL or a live shared-value handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_shared_unlock(shared: *const Shared) -> Status {
+    guard(|| {
+        // SAFETY: NULL or a live handle (the contract).
+        unsafe { handle(shared, "shared value") }?.locked.unlock()
+    })
+}
+
+/// Declares the value consistent again after a holder died and the caller
+/// repaired it; the calling thread must hold the lock.
+///
+/// # Safety
+///
+/// `shared` is NULL or a live shared-value handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_shared_mark_consistent(shared: *const Shared) -> Status {
+    guard(|| {
+        // SAFETY: NULL or a live handle (the contract).
+        unsafe { handle(shared, "shared value") }?.locked.mark_consistent()
+    })
+}
+
+/// Closes a shared-value handle, releasing the lock if the calling thread
+/// holds it through this handle; the value is gone once no process holds
+/// it. NULL does nothing.
+///
+/// # Safety
+///
+/// `shared` is NULL or a live shared-value handle, closed once, that no
+/// other thread is using; its `copydata_shared_data` is not used
+/// afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_shared_close(shared: *mut Shared) {
+    // SAFETY: as this function's contract says.
+    unsafe { give_back(shared) }
 }
 
 /// Opens the event `name`, creating it unset if no process holds one
@@ -386,6 +686,102 @@ mod tests {
         // SAFETY: a valid name and out storage.
         assert_eq!(unsafe { copydata_mutex_create(name.as_ptr(), &mut m) }, Status::Ok, "{}", last());
         m
+    }
+
+    /// The initialiser of the tests' shared values: writes the `u64` at
+    /// `context` at the start, or fails if it is 0.
+    unsafe extern "C" fn put_context(data: *mut c_void, size: usize, context: *mut c_void) -> c_int {
+        // SAFETY: the tests pass a pointer to a `u64`.
+        let v = unsafe { *context.cast::<u64>() };
+        if v == 0 || size < 8 {
+            return 5;
+        }
+        // SAFETY: `data` holds `size` >= 8 writable bytes, aligned to 8 (the
+        // tests ask for that alignment).
+        unsafe { data.cast::<u64>().write(v) };
+        0
+    }
+
+    #[test]
+    fn a_shared_value_is_initialised_once_and_locked_like_a_mutex() {
+        let name = unique("shared");
+        // SAFETY: valid names, tags, functions and outs; each handle is
+        // used until it is closed, the second thread on its own handle.
+        unsafe {
+            let mut s = null_mut();
+            let mut zero = 0u64;
+            let ctx = (&raw mut zero).cast();
+            let init = Some(put_context as unsafe extern "C" fn(*mut c_void, usize, *mut c_void) -> c_int);
+            // A failing initialiser makes nothing.
+            assert_eq!(
+                copydata_shared_create(name.as_ptr(), 16, 8, c"pair".as_ptr(), init, ctx, &mut s),
+                Status::Refused
+            );
+            assert!(s.is_null() && last().contains("returned 5"), "{}", last());
+            assert_eq!(copydata_shared_open(name.as_ptr(), c"pair".as_ptr(), &mut s), Status::NotFound);
+            let mut seven = 7u64;
+            let ctx = (&raw mut seven).cast();
+            assert_eq!(copydata_shared_create(name.as_ptr(), 16, 8, c"pair".as_ptr(), init, ctx, &mut s), Status::Ok);
+            assert_eq!(copydata_shared_size(s), 16);
+            // Opened again: no second initialisation.
+            let mut again = null_mut();
+            let mut eight = 8u64;
+            let ctx8 = (&raw mut eight).cast();
+            assert_eq!(
+                copydata_shared_create(name.as_ptr(), 16, 8, c"pair".as_ptr(), init, ctx8, &mut again),
+                Status::Ok
+            );
+            let mut died: c_int = 9;
+            assert_eq!(copydata_shared_lock(again, COPYDATA_INFINITE, &mut died), Status::Ok);
+            assert_eq!(died, 0);
+            assert_eq!(copydata_shared_data(again).cast::<u64>().read(), 7);
+            copydata_shared_data(again).cast::<u64>().add(1).write(42);
+            assert_eq!(copydata_shared_lock(again, 0, null_mut()), Status::InvalidArgument, "not recursive");
+            // Another thread waits on its own handle, then sees the write.
+            let addr = s as usize;
+            let other = std::thread::spawn(move || {
+                let s = addr as *const Shared;
+                let busy = copydata_shared_lock(s, 0, null_mut());
+                let got = copydata_shared_lock(s, 10_000, null_mut());
+                let seen = copydata_shared_data(s).cast::<u64>().add(1).read();
+                let unlocked = copydata_shared_unlock(s);
+                (busy, got, seen, unlocked)
+            });
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            assert_eq!(copydata_shared_mark_consistent(again), Status::Ok);
+            assert_eq!(copydata_shared_unlock(again), Status::Ok);
+            assert_eq!(other.join().unwrap(), (Status::TimedOut, Status::Ok, 42, Status::Ok));
+            assert_eq!(copydata_shared_unlock(again), Status::InvalidArgument);
+            assert_eq!(copydata_shared_mark_consistent(again), Status::InvalidArgument);
+            // Another layout or tag is refused; open takes the layout.
+            let mut bad = null_mut();
+            for (size, align, tag) in [(8, 8, c"pair"), (16, 4, c"pair"), (16, 8, c"other")] {
+                let st = copydata_shared_create(name.as_ptr(), size, align, tag.as_ptr(), None, null_mut(), &mut bad);
+                assert_eq!(st, Status::AlreadyExists, "{size} {align} {tag:?}");
+                assert!(bad.is_null());
+            }
+            let mut opened = null_mut();
+            assert_eq!(copydata_shared_open(name.as_ptr(), c"pair".as_ptr(), &mut opened), Status::Ok);
+            assert_eq!(copydata_shared_size(opened), 16);
+            copydata_shared_close(opened);
+            // NULL tag: "bytes"; bad arguments.
+            let plain = unique("shared-plain");
+            let mut p = null_mut();
+            assert_eq!(copydata_shared_create(plain.as_ptr(), 3, 1, null(), None, null_mut(), &mut p), Status::Ok);
+            assert_eq!(copydata_shared_open(plain.as_ptr(), c"bytes".as_ptr(), &mut bad), Status::Ok);
+            copydata_shared_close(bad);
+            copydata_shared_close(p);
+            assert_eq!(
+                copydata_shared_create(c"bad/name".as_ptr(), 8, 8, null(), None, null_mut(), &mut bad),
+                Status::InvalidArgument
+            );
+            assert_eq!(copydata_shared_lock(null(), 0, null_mut()), Status::InvalidArgument);
+            assert_eq!(copydata_shared_size(null()), 0);
+            assert!(copydata_shared_data(null()).is_null());
+            copydata_shared_close(null_mut());
+            copydata_shared_close(again);
+            copydata_shared_close(s);
+        }
     }
 
     #[test]

@@ -1,14 +1,14 @@
-//! The C examples: examples/c/echo.c against a Rust mailbox, a
-//! Rust-created section and a mutex and an event held by Rust, in both
-//! directions, examples/c/instance.c,
-//! a single-instance program launched three times, and examples/c/inherit.c,
-//! which hands sections to a child (itself, or started by Rust).
+//! The C examples: examples/c/echo.c against a Rust mailbox in both
+//! directions, a Rust-created section, a mutex and an event held by Rust
+//! and a value Rust shares; examples/c/instance.c, a single-instance
+//! program launched three times; and examples/c/inherit.c, which hands
+//! sections to a child (itself, or started by Rust).
 //!
 //! scripts/test.sh compiles them against the library (gcc on Linux, mingw
 //! for Windows) and names the programs in `COPYDATA_FFI_C_EXAMPLE`,
-//! `COPYDATA_FFI_C_INSTANCE` and `COPYDATA_FFI_C_INHERIT`. Without those variables the tests are
-//! skipped, unless `COPYDATA_REQUIRE_EXAMPLES` is set (as the test script
-//! does): then a missing program fails them.
+//! `COPYDATA_FFI_C_INSTANCE` and `COPYDATA_FFI_C_INHERIT`. Without those
+//! variables the tests are skipped, unless `COPYDATA_REQUIRE_EXAMPLES` is
+//! set (as the test script does): then a missing program fails them.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -174,13 +174,19 @@ fn the_c_example_talks_to_a_rust_mailbox_and_shares_a_section() {
     let go =
         copydata::sync::Event::open_or_create(&format!("{name}-go"), copydata::sync::EventKind::ManualReset).unwrap();
     let held = lock.lock().unwrap();
+    // Two numbers C adds to under their lock.
+    let stats =
+        copydata::sync::Shared::<[u64; 2]>::open_or_create_tagged(&format!("{name}-stats"), "echo-stats", || [41, 0])
+            .unwrap();
     let bye = copydata::send_timeout(&theirs, 0, b"bye", WAIT).unwrap();
     assert_eq!((bye.code, bye.data.into_vec()), (0, b"eyb".to_vec()));
     kid.expect_line("lock held elsewhere");
     drop(held);
     go.set().unwrap();
     kid.expect_line("lock taken, owner died 0");
+    kid.expect_line("shared 41 -> 42");
     kid.wait_success();
+    assert_eq!(*stats.lock().unwrap(), [42, 7]);
     assert!(!copydata::mailboxes().unwrap().iter().any(|m| m.name == theirs), "the C mailbox outlived its program");
     drop(server);
 }

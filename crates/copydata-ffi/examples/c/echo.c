@@ -22,6 +22,10 @@
  * 4. A named mutex and event shared with the Rust side: finds the mutex
  *    MAILBOX-lock held, waits for the event MAILBOX-go, then takes the
  *    lock (like CreateMutex, SetEvent and WaitForSingleObject).
+ * 5. A shared value: opens MAILBOX-stats, which the Rust side shares as a
+ *    `Shared<[u64; 2]>` tagged "echo-stats", and under its lock adds 1 to
+ *    the first number and sets the second to 7 (the DLL shared data
+ *    section of Win32, with a lock).
  *
  * Exits with 0 when all went as expected. Every call returns a status;
  * copydata_last_error() says why one failed.
@@ -231,5 +235,26 @@ int main(int argc, char **argv)
     copydata_mutex_close(lock);
     if (st)
         return fail("the mutex and the event", st);
+
+    /* 5. Two numbers the Rust side shares under MAILBOX-stats. */
+    copydata_shared *stats;
+    snprintf(name, sizeof name, "%s-stats", target);
+    if ((st = copydata_shared_open(name, "echo-stats", &stats)))
+        return fail("opening the shared value", st);
+    if (copydata_shared_size(stats) != 2 * sizeof(uint64_t)) {
+        fprintf(stderr, "echo: the shared value has %zu bytes\n", copydata_shared_size(stats));
+        copydata_shared_close(stats);
+        return 1;
+    }
+    if (!(st = copydata_shared_lock(stats, 30000, NULL))) {
+        uint64_t *numbers = copydata_shared_data(stats);
+        printf("shared %llu -> %llu\n", (unsigned long long)numbers[0], (unsigned long long)numbers[0] + 1);
+        numbers[0] += 1;
+        numbers[1] = 7;
+        st = copydata_shared_unlock(stats);
+    }
+    copydata_shared_close(stats);
+    if (st)
+        return fail("the shared value", st);
     return 0;
 }
