@@ -107,6 +107,49 @@ from ._copydata import (  # noqa: E402
 import os as _os  # noqa: E402
 import subprocess as _subprocess  # noqa: E402
 import sys as _sys  # noqa: E402
+from typing import NamedTuple as _NamedTuple  # noqa: E402
+
+from . import _copydata  # noqa: E402
+from ._copydata import remove  # noqa: E402
+
+
+class SectionInfo(_NamedTuple):
+    """A live named section: its name and size in bytes."""
+
+    name: str
+    size: int
+
+
+class MailboxInfo(_NamedTuple):
+    """A live mailbox: its name and the process that bound it."""
+
+    name: str
+    pid: int
+
+
+class ObjectInfo(_NamedTuple):
+    """A live named mutex, event or shared value: its name and kind
+    ("mutex", "event" or "shared")."""
+
+    name: str
+    kind: str
+
+
+def sections() -> list[SectionInfo]:
+    """This user's live named sections, sorted by name (`copydata ls`).
+    On Linux, listing also removes what crashed last holders left in
+    /dev/shm."""
+    return [SectionInfo(*s) for s in _copydata._sections()]
+
+
+def mailboxes() -> list[MailboxInfo]:
+    """This user's live mailboxes, sorted by name."""
+    return [MailboxInfo(*m) for m in _copydata._mailboxes()]
+
+
+def objects() -> list[ObjectInfo]:
+    """This user's live mutexes, events and shared values."""
+    return [ObjectInfo(*o) for o in _copydata._objects()]
 
 
 class Popen(_subprocess.Popen):
@@ -157,6 +200,13 @@ __all__ = [
     "Section",
     "View",
     "Popen",
+    "sections",
+    "mailboxes",
+    "objects",
+    "remove",
+    "SectionInfo",
+    "MailboxInfo",
+    "ObjectInfo",
     "Inheritance",
     "inherited_sections",
     "INHERIT_VAR",

@@ -29,6 +29,10 @@ __all__ = [
     "Inheritance",
     "INHERIT_VAR",
     "inherited_sections",
+    "remove",
+    "_sections",
+    "_mailboxes",
+    "_objects",
 ]
 
 # What a `Mailbox.serve` handler may return: (code, data), a code, data
@@ -251,6 +255,13 @@ class Inheritance:
 
 INHERIT_VAR: str
 """The environment variable that names a child's inherited sections."""
+
+def _sections() -> list[tuple[str, int]]: ...
+def _mailboxes() -> list[tuple[str, int]]: ...
+def _objects() -> list[tuple[str, str]]: ...
+def remove(name: str) -> None:
+    """Removes the name of the named section `name` (`shm_unlink`);
+    holders keep their memory. Not supported on Windows."""
 
 def inherited_sections() -> list[Section]:
     """Takes the sections the parent passed (`copydata.Popen`), in its

@@ -12,8 +12,8 @@ use std::io;
 
 use copydata::sync::{LockError, SyncOpenError, WaitError};
 use copydata::{
-    BindError, CreateError, InheritError, InstanceError, MapError, OpenError, ReadOnlyError, RecvError, ReplyError,
-    SendError,
+    BindError, CreateError, InheritError, InstanceError, ListError, MapError, OpenError, ReadOnlyError, RecvError,
+    RemoveError, ReplyError, SendError,
 };
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -151,6 +151,20 @@ pub(crate) fn open_error(py: Python<'_>, e: OpenError) -> PyErr {
         OpenError::InvalidName { .. } => Kind::InvalidName,
         OpenError::NotFound { .. } => Kind::NotFound,
         OpenError::PermissionDenied { .. } | OpenError::OtherOwner { .. } => Kind::PermissionDenied,
+        _ => Kind::Error,
+    };
+    convert(py, kind, &e)
+}
+
+pub(crate) fn list_error(py: Python<'_>, e: ListError) -> PyErr {
+    convert(py, Kind::Error, &e)
+}
+
+pub(crate) fn remove_error(py: Python<'_>, e: RemoveError) -> PyErr {
+    let kind = match &e {
+        RemoveError::InvalidName { .. } => Kind::InvalidName,
+        RemoveError::NotFound { .. } => Kind::NotFound,
+        RemoveError::PermissionDenied { .. } => Kind::PermissionDenied,
         _ => Kind::Error,
     };
     convert(py, kind, &e)

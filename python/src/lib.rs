@@ -10,6 +10,7 @@
 mod errors;
 mod inherit;
 mod instance;
+mod listing;
 mod loan;
 mod mailbox;
 mod reply_loan;
@@ -262,6 +263,10 @@ fn _copydata(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<inherit::Inheritance>()?;
     m.add_function(wrap_pyfunction!(inherit::inherited_sections, m)?)?;
     m.add("INHERIT_VAR", copydata::INHERIT_VAR)?;
+    m.add_function(wrap_pyfunction!(listing::_sections, m)?)?;
+    m.add_function(wrap_pyfunction!(listing::_mailboxes, m)?)?;
+    m.add_function(wrap_pyfunction!(listing::_objects, m)?)?;
+    m.add_function(wrap_pyfunction!(listing::remove, m)?)?;
     m.add_function(wrap_pyfunction!(instance::single_instance, m)?)?;
     m.add_class::<instance::Primary>()?;
     m.add_class::<instance::Secondary>()?;

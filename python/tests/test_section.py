@@ -1,6 +1,7 @@
 """Sections from Python: the buffer protocol, views' lifetimes, errors."""
 
 import gc
+import os
 
 import numpy as np
 import pytest
@@ -92,3 +93,27 @@ def test_bad_sizes_and_ranges():
         with pytest.raises(copydata.InvalidArgument):
             section.map(101)
         assert len(section.map(99)) == 1
+
+
+def test_live_objects_are_listed_and_a_name_removed(name, serving):
+    with copydata.Section.create(name, 1234) as section:
+        assert copydata.SectionInfo(name, 1234) in copydata.sections()
+        listed = [s for s in copydata.sections() if s.name == name]
+        assert listed[0].size == 1234 and listed[0].name == name
+        copydata.remove(name)
+        assert name not in [s.name for s in copydata.sections()]
+        # The holder keeps its memory; the name is free for a new section.
+        memoryview(section)[:2] = b"ok"
+        with copydata.Section.create(name, 10) as again:
+            assert again.size == 10
+        with pytest.raises(copydata.NotFound):
+            copydata.remove(name)
+    with pytest.raises(copydata.InvalidName):
+        copydata.remove("bad/name")
+    with serving(name, lambda tag, data: None):
+        assert [(m.name, m.pid) for m in copydata.mailboxes() if m.name == name] == [(name, os.getpid())]
+    assert name not in [m.name for m in copydata.mailboxes()]
+    with copydata.Mutex(name), copydata.Event(name), copydata.Shared(name, 8):
+        kinds = sorted(o.kind for o in copydata.objects() if o.name == name)
+        assert kinds == ["event", "mutex", "shared"]
+    assert name not in [o.name for o in copydata.objects()]
