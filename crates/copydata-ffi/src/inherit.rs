@@ -5,7 +5,7 @@ use std::ffi::{CString, c_char};
 
 use crate::buffer::to_c_from;
 use crate::error::{Error, Status, give_back, guard, guard_value, handle, out_arg};
-use crate::section::{Section, give};
+use crate::section::{Section, give, sections_arg};
 
 /// Sections made ready for a child process that the caller starts itself.
 /// Opaque; close it with `copydata_inheritance_close` once the child is
@@ -63,26 +63,10 @@ pub unsafe extern "C" fn copydata_inheritance_new(
         // SAFETY:
         // - `out` is NULL or valid storage (this function's contract).
         let out = unsafe { out_arg(out) }?;
-        let handles: &[*const Section] = if count == 0 {
-            &[]
-        } else if sections.is_null() {
-            return Err(Error::invalid("sections is NULL"));
-        } else {
-            // SAFETY:
-            // - `sections` is not NULL and points to `count` pointers (so
-            //   suitably aligned and within one allocation), read only
-            //   during this call (the contract).
-            unsafe { std::slice::from_raw_parts(sections, count) }
-        };
-        let mut refs = Vec::with_capacity(count);
-        for (i, &p) in handles.iter().enumerate() {
-            // SAFETY:
-            // - each pointer is NULL or a live section (the contract); it is
-            //   only read.
-            let section =
-                unsafe { handle(p, "a section") }.map_err(|_| Error::invalid(format!("sections[{i}] is NULL")))?;
-            refs.push(&section.inner);
-        }
+        // SAFETY:
+        // - `sections` is NULL or points to `count` pointers, each NULL or
+        //   a live section, read only during this call (the contract).
+        let refs = unsafe { sections_arg(sections, count) }?;
         let inner = copydata::Inheritance::new(&refs).map_err(|e| Error::new(Status::Io, e))?;
         // A token is digits, letters and punctuation: no NUL.
         let token = CString::new(inner.token()).map_err(|_| Error::new(Status::Io, "the token holds a NUL byte"))?;

@@ -56,6 +56,40 @@ pub(crate) fn give(out: &mut *mut Section, inner: copydata::Section) -> Result<(
     Ok(())
 }
 
+/// A `sections`, `count` argument pair: the sections' library objects.
+/// `sections` may be NULL when `count` is 0.
+///
+/// # Safety
+///
+/// `sections` is NULL or points to `count` pointers, each NULL or a live
+/// section, none closed for `'a`.
+pub(crate) unsafe fn sections_arg<'a>(
+    sections: *const *const Section,
+    count: usize,
+) -> Result<Vec<&'a copydata::Section>, Error> {
+    let handles: &[*const Section] = if count == 0 {
+        &[]
+    } else if sections.is_null() {
+        return Err(Error::invalid("sections is NULL"));
+    } else {
+        // SAFETY:
+        // - `sections` is not NULL and points to `count` pointers (so
+        //   suitably aligned and within one allocation), read only for
+        //   `'a` (this function's contract).
+        unsafe { std::slice::from_raw_parts(sections, count) }
+    };
+    let mut refs = Vec::with_capacity(count);
+    for (i, &p) in handles.iter().enumerate() {
+        // SAFETY:
+        // - each pointer is NULL or a live section, not closed for `'a`
+        //   (the contract); it is only read.
+        let section =
+            unsafe { handle(p, "a section") }.map_err(|_| Error::invalid(format!("sections[{i}] is NULL")))?;
+        refs.push(&section.inner);
+    }
+    Ok(refs)
+}
+
 /// Creates the named section `name` of `size` bytes, zero-filled, readable
 /// and writable (`CreateFileMappingW(Local\name)`, `shm_open("/name",
 /// O_CREAT | O_EXCL)`). The section lives while any process holds it.

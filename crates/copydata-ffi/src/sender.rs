@@ -4,9 +4,9 @@ use std::ffi::{c_char, c_void};
 use std::ptr::NonNull;
 use std::time::Duration;
 
-use crate::error::{Error, Status, bytes_arg, give_back, guard, guard_value, handle, handle_mut, out_arg, str_arg};
+use crate::error::{Error, Status, bytes_arg, give_back, guard, guard_value, handle_mut, out_arg, str_arg};
 use crate::mailbox::{call, timeout_arg};
-use crate::section::Section;
+use crate::section::{Section, sections_arg};
 
 /// A connection to one mailbox, kept for many messages (`copydata_send`
 /// connects for each). Messages of one sender arrive in order while they
@@ -179,27 +179,10 @@ pub unsafe extern "C" fn copydata_sender_send_sections(
         if count > COPYDATA_MAX_SECTIONS {
             return Err(Error::invalid(format!("{count} sections: a message carries at most {COPYDATA_MAX_SECTIONS}")));
         }
-        let handles: &[*const Section] = if count == 0 {
-            &[]
-        } else if sections.is_null() {
-            return Err(Error::invalid("sections is NULL"));
-        } else {
-            // SAFETY:
-            // - `sections` is not NULL and points to `count` pointers (so
-            //   suitably aligned), read only during this call (the
-            //   contract); `count` is at most COPYDATA_MAX_SECTIONS (checked
-            //   above), far below the size limit of a slice.
-            unsafe { std::slice::from_raw_parts(sections, count) }
-        };
-        let mut refs = Vec::with_capacity(count);
-        for (i, &p) in handles.iter().enumerate() {
-            // SAFETY:
-            // - each pointer is NULL or a live section, not closed during
-            //   the call (the contract); it is only read.
-            let section =
-                unsafe { handle(p, "a section") }.map_err(|_| Error::invalid(format!("sections[{i}] is NULL")))?;
-            refs.push(&section.inner);
-        }
+        // SAFETY:
+        // - `sections` is NULL or points to `count` pointers, each NULL or
+        //   a live section, not closed during the call (the contract).
+        let refs = unsafe { sections_arg(sections, count) }?;
         // SAFETY:
         // - `sender` is NULL or a live sender used by this thread alone
         //   during the call (the contract).

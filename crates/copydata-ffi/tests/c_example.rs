@@ -56,12 +56,17 @@ struct Kid {
 
 impl Kid {
     fn spawn(exe: &str, args: &[&str]) -> Kid {
-        let mut child = Command::new(exe)
+        let child = Command::new(exe)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("starting {exe}: {e}"));
+        Kid::of(child)
+    }
+
+    /// A child started elsewhere, with its standard output piped.
+    fn of(mut child: Child) -> Kid {
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, lines) = channel();
         std::thread::spawn(move || {
@@ -249,32 +254,18 @@ fn a_rust_parent_hands_sections_to_the_c_child() {
         s.map_mut(0, text.len()).unwrap().write_at(0, text).unwrap();
     }
     let frozen = secret.read_only().unwrap();
-    let mut child = Command::new(&exe)
+    let child = Command::new(&exe)
         .arg("child")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn_with_sections(&[&named, &frozen])
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let kid_lines =
-        std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).collect::<Vec<_>>());
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the C child did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let lines = kid_lines.join().unwrap();
-    assert!(status.success(), "{status}: {lines:?}");
-    assert_eq!(lines, ["child: section 0 10000 rw from Rust", "child: section 1 4096 ro read only"]);
+    let mut kid = Kid::of(child);
+    kid.expect_line("child: section 0 10000 rw from Rust");
+    kid.expect_line("child: section 1 4096 ro read only");
+    kid.wait_success();
     let mut back = [0u8; 30];
     named.map(0, 30).unwrap().read_at(0, &mut back).unwrap();
     let text = String::from_utf8_lossy(&back[..back.iter().position(|&b| b == 0).unwrap()]).into_owned();
-    assert_eq!(text, format!("written by child {}", child.id()));
+    assert_eq!(text, format!("written by child {}", kid.child.id()));
 }

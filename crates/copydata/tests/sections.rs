@@ -333,42 +333,62 @@ fn kill_9_of_every_holder_frees_the_name() {
 
 // ---------------------------------------------------------------- inheritance
 
+/// An anonymous, a named and a read-only section, each with its text, to
+/// pass to an `inherit-report` child.
+struct Three {
+    name: String,
+    anon: Section,
+    named: Section,
+    secret: Section,
+    frozen: Section,
+}
+
+impl Three {
+    fn new(tag: &str) -> Three {
+        let name = unique(tag);
+        let anon = Section::anonymous(4096).unwrap();
+        let named = Section::create(&name, 8192).unwrap();
+        let secret = Section::anonymous(4096).unwrap();
+        put(&anon, 0, "anon").unwrap();
+        put(&named, 0, "named").unwrap();
+        put(&secret, 0, "secret").unwrap();
+        let frozen = secret.read_only().unwrap();
+        Three { name, anon, named, secret, frozen }
+    }
+
+    /// What the child gets: the two writable ones and the read-only one.
+    fn passed(&self) -> [&Section; 3] {
+        [&self.anon, &self.named, &self.frozen]
+    }
+
+    /// Checks what the child reported and wrote; returns its pid.
+    fn check(&self, mut kid: Kid) -> u32 {
+        assert_eq!(kid.expect("section"), "0 - 4096 ReadWrite anon");
+        assert_eq!(kid.expect("section"), format!("1 {} 8192 ReadWrite named", self.name));
+        assert_eq!(kid.expect("section"), "2 - 4096 ReadOnly secret");
+        kid.expect("done");
+        let pid = kid.id();
+        kid.wait_ok();
+        assert_eq!(text_at(&self.anon, 0, 64).unwrap(), format!("child {pid} wrote 0"));
+        assert_eq!(text_at(&self.named, 0, 64).unwrap(), format!("child {pid} wrote 1"));
+        assert_eq!(text_at(&self.secret, 0, 64).unwrap(), "secret");
+        pid
+    }
+}
+
 #[test]
 fn inheritance_passes_exactly_the_given_sections() {
-    let name = unique("inherit");
-    let anon = Section::anonymous(4096).unwrap();
-    let named = Section::create(&name, 8192).unwrap();
-    let secret = Section::anonymous(4096).unwrap();
-    put(&anon, 0, "anon").unwrap();
-    put(&named, 0, "named").unwrap();
-    put(&secret, 0, "secret").unwrap();
-    let frozen = secret.read_only().unwrap();
-    let mut kid = Kid::spawn_with("inherit-report", &[], &[&anon, &named, &frozen]);
-    assert_eq!(kid.expect("section"), "0 - 4096 ReadWrite anon");
-    assert_eq!(kid.expect("section"), format!("1 {name} 8192 ReadWrite named"));
-    assert_eq!(kid.expect("section"), "2 - 4096 ReadOnly secret");
-    kid.expect("done");
-    let pid = kid.id();
-    kid.wait_ok();
-    assert_eq!(text_at(&anon, 0, 64).unwrap(), format!("child {pid} wrote 0"));
-    assert_eq!(text_at(&named, 0, 64).unwrap(), format!("child {pid} wrote 1"));
-    assert_eq!(text_at(&secret, 0, 64).unwrap(), "secret");
+    let three = Three::new("inherit");
+    let pid = three.check(Kid::spawn_with("inherit-report", &[], &three.passed()));
     // The child closing its handle does not end the section the parent holds.
-    let again = Section::open(&name).expect("still held by the parent");
+    let again = Section::open(&three.name).expect("still held by the parent");
     assert_eq!(text_at(&again, 0, 64).unwrap(), format!("child {pid} wrote 1"));
 }
 
 #[test]
 fn sections_made_ready_for_a_child_spawned_by_hand_pass_to_it() {
-    let name = unique("inherit-by-hand");
-    let anon = Section::anonymous(4096).unwrap();
-    let named = Section::create(&name, 8192).unwrap();
-    let secret = Section::anonymous(4096).unwrap();
-    put(&anon, 0, "anon").unwrap();
-    put(&named, 0, "named").unwrap();
-    put(&secret, 0, "secret").unwrap();
-    let frozen = secret.read_only().unwrap();
-    let passed = copydata::Inheritance::new(&[&anon, &named, &frozen]).unwrap();
+    let three = Three::new("inherit-by-hand");
+    let passed = copydata::Inheritance::new(&three.passed()).unwrap();
     assert_eq!(passed.len(), 3);
     // What a spawner other than spawn_with_sections does: the token in the
     // environment, the duplicates kept open in the child.
@@ -396,17 +416,9 @@ fn sections_made_ready_for_a_child_spawned_by_hand_pass_to_it() {
     // duplicates are inheritable while `passed` lives.)
     #[cfg(windows)]
     assert_eq!(passed.handles().len(), 3);
-    let mut kid = common::Kid::start(cmd, "inherit-report", &[]);
+    let kid = common::Kid::start(cmd, "inherit-report", &[]);
     drop(passed);
-    assert_eq!(kid.expect("section"), "0 - 4096 ReadWrite anon");
-    assert_eq!(kid.expect("section"), format!("1 {name} 8192 ReadWrite named"));
-    assert_eq!(kid.expect("section"), "2 - 4096 ReadOnly secret");
-    kid.expect("done");
-    let pid = kid.id();
-    kid.wait_ok();
-    assert_eq!(text_at(&anon, 0, 64).unwrap(), format!("child {pid} wrote 0"));
-    assert_eq!(text_at(&named, 0, 64).unwrap(), format!("child {pid} wrote 1"));
-    assert_eq!(text_at(&secret, 0, 64).unwrap(), "secret");
+    three.check(kid);
 }
 
 #[test]

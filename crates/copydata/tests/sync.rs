@@ -298,12 +298,14 @@ fn a_value_larger_than_the_stack_is_made_zeroed_in_place() {
     assert_eq!(hits.get()[999].fetch_add(1, Ordering::Relaxed), 0);
 }
 
-#[test]
-fn sixteen_racing_creators_initialise_once_and_nobody_reads_early() {
-    let name = unique("once");
+/// Starts `n` children of `role` (`init` or `bytes-init`) racing to create
+/// `name`; once each has read the value, checks that it is the
+/// initialiser's and that the initialiser ran once, and returns them
+/// (waiting for "exit").
+fn race_to_create(role: &str, n: usize, name: &str) -> Vec<Kid> {
     let runs_name = unique("runs");
     let runs = Shared::<AtomicU64>::open_or_create(&runs_name, || AtomicU64::new(0)).unwrap();
-    let mut kids: Vec<Kid> = (0..16).map(|_| Kid::spawn("init", &[&name, &runs_name])).collect();
+    let mut kids: Vec<Kid> = (0..n).map(|_| Kid::spawn(role, &[name, &runs_name])).collect();
     for k in &mut kids {
         k.expect("up");
     }
@@ -314,29 +316,27 @@ fn sixteen_racing_creators_initialise_once_and_nobody_reads_early() {
         assert_eq!(k.expect("value"), format!("{INIT_MAGIC:x} 42"));
     }
     assert_eq!(runs.get().load(Ordering::SeqCst), 1, "the initialiser ran more than once");
+    kids
+}
+
+fn let_exit(kids: Vec<Kid>) {
     for mut k in kids {
         k.tell("exit");
         k.wait_ok();
     }
+}
+
+#[test]
+fn sixteen_racing_creators_initialise_once_and_nobody_reads_early() {
+    let name = unique("once");
+    let_exit(race_to_create("init", 16, &name));
     assert!(gone(&name, ObjectType::Shared));
 }
 
 #[test]
 fn racing_byte_creators_initialise_once_a_value_rust_types_read() {
     let name = unique("bytes-once");
-    let runs_name = unique("bytes-runs");
-    let runs = Shared::<AtomicU64>::open_or_create(&runs_name, || AtomicU64::new(0)).unwrap();
-    let mut kids: Vec<Kid> = (0..8).map(|_| Kid::spawn("bytes-init", &[&name, &runs_name])).collect();
-    for k in &mut kids {
-        k.expect("up");
-    }
-    for k in &mut kids {
-        k.tell("go");
-    }
-    for k in &mut kids {
-        assert_eq!(k.expect("value"), format!("{INIT_MAGIC:x} 42"));
-    }
-    assert_eq!(runs.get().load(Ordering::SeqCst), 1, "the initialiser ran more than once");
+    let kids = race_to_create("bytes-init", 8, &name);
     // The same object, seen as a typed value and as bytes of any layout.
     let typed = Shared::<[u64; 2]>::open_tagged(&name, PAIR_TAG).unwrap();
     assert_eq!(*typed.lock().unwrap(), [INIT_MAGIC, 42]);
@@ -344,10 +344,7 @@ fn racing_byte_creators_initialise_once_a_value_rust_types_read() {
     assert_eq!((bytes.len(), bytes.align(), bytes.name()), (16, 8, name.as_str()));
     bytes.lock().unwrap()[8..].copy_from_slice(&43u64.to_ne_bytes());
     assert_eq!(typed.lock().unwrap()[1], 43);
-    for mut k in kids {
-        k.tell("exit");
-        k.wait_ok();
-    }
+    let_exit(kids);
     drop((typed, bytes));
     assert!(gone(&name, ObjectType::Shared));
 }
