@@ -166,8 +166,7 @@ class Popen(_subprocess.Popen):
     Only the given sections reach the child, read-write or read-only as each
     handle is (``Section.read_only()`` makes a read-only hand-out), and
     nothing else of this process's: on Linux they go through ``pass_fds``,
-    on Windows through ``STARTUPINFO``'s ``handle_list`` (with
-    ``close_fds=False`` every inheritable handle of this process goes too).
+    on Windows through ``STARTUPINFO``'s ``handle_list``.
     The child's environment is ``env`` (this process's if None) with
     ``copydata.INHERIT_VAR`` set; with no sections it is set to an empty
     list, so a token this process inherited is not passed on.

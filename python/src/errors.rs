@@ -204,6 +204,7 @@ pub(crate) fn instance_error(py: Python<'_>, e: InstanceError) -> PyErr {
 pub(crate) fn sync_open_error(py: Python<'_>, e: SyncOpenError) -> PyErr {
     let kind = match &e {
         SyncOpenError::InvalidName { .. } => Kind::InvalidName,
+        SyncOpenError::InvalidLayout { .. } => Kind::InvalidArgument,
         SyncOpenError::NotFound { .. } => Kind::NotFound,
         SyncOpenError::PermissionDenied { .. } | SyncOpenError::OtherOwner { .. } => Kind::PermissionDenied,
         _ => Kind::Error,

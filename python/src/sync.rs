@@ -338,11 +338,16 @@ impl Shared {
         tag: &str,
         init: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Shared> {
-        let opened = match init {
-            // Initialising calls back into Python: with the interpreter.
-            Some(init) => SharedBytes::open_or_create_with(name, size, align, tag, |bytes| run_init(&init, bytes)),
-            None => py.detach(|| SharedBytes::open_or_create(name, size, align, tag)),
-        };
+        // The interpreter is released while the value's lock may be waited
+        // for (another process, or another thread here, may be
+        // initialising it); the initialiser takes it back to call Python.
+        let init = init.map(Bound::unbind);
+        let opened = py.detach(|| match init {
+            Some(init) => SharedBytes::open_or_create_with(name, size, align, tag, |bytes| {
+                Python::attach(|py| run_init(init.bind(py), bytes))
+            }),
+            None => SharedBytes::open_or_create(name, size, align, tag),
+        });
         Self::of(py, name, opened)
     }
 

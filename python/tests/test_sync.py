@@ -325,3 +325,39 @@ def test_a_shared_value_reports_a_holder_that_died(python_child, name):
     # last holder's and removes it.
     child.proc.wait(timeout=10.0)
     shared.close()
+
+
+def test_threads_racing_to_create_a_value_do_not_block_each_other(name):
+    # One thread initialises slowly (sleeping, so the other runs); the
+    # other waits for the value's lock without holding up the interpreter.
+    runs = []
+
+    def slow(value):
+        runs.append(threading.get_ident())
+        time.sleep(0.3)
+        value[:4] = b"slow"
+
+    made = {}
+
+    def create(key):
+        made[key] = copydata.Shared(name, 8, init=slow)
+
+    threads = [threading.Thread(target=create, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30.0)
+    assert not any(t.is_alive() for t in threads), "a creator is stuck"
+    assert len(runs) == 1
+    for shared in made.values():
+        with shared as value:
+            assert bytes(value[:4]) == b"slow"
+        shared.close()
+
+
+def test_layouts_no_value_can_have_are_refused(name):
+    for size, align in [(8, 3), (8, 0), (8, 8192), (2**64 - 1, 8)]:
+        with pytest.raises(copydata.InvalidArgument):
+            copydata.Shared(name, size, align=align)
+    with pytest.raises(OverflowError):
+        copydata.Shared(name, -1)

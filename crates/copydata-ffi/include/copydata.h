@@ -362,7 +362,8 @@ void copydata_inheritance_close(copydata_inheritance *inheritance);
  * NULL and 0 when the parent passed none.
  *
  * The sections can be taken once per process: a second call fails with
- * `COPYDATA_STATUS_CLOSED`. Every handle is checked against the token
+ * `COPYDATA_STATUS_CLOSED` (also after a first call that failed; when the
+ * array cannot be allocated, the sections are closed and lost). Every handle is checked against the token
  * before it is taken: `COPYDATA_STATUS_NOT_FOUND` when the token names
  * handles this process did not inherit (it was passed on by a process in
  * between), `COPYDATA_STATUS_INCOMPATIBLE` for a token not in copydata's
@@ -373,7 +374,8 @@ void copydata_inheritance_close(copydata_inheritance *inheritance);
  * `out` and `count` are NULL or point to storage for a pointer and a
  * `size_t`.
  */
-copydata_status copydata_inherited_sections(copydata_section ***out, size_t *count);
+copydata_status copydata_inherited_sections(copydata_section ***out,
+                                            size_t *count);
 
 /**
  * Becomes the primary instance of `app_id`, or forwards this launch to
@@ -1285,7 +1287,8 @@ void copydata_mutex_close(copydata_mutex *mutex);
  * kind of object) has the name with another size, alignment or tag,
  * `COPYDATA_STATUS_REFUSED` when `init` returned non-zero (the next
  * opener initialises the value), `COPYDATA_STATUS_INVALID_ARGUMENT` for
- * an invalid name.
+ * an invalid name, an alignment that is not a power of two up to 4096 or
+ * a size too large to map.
  *
  * # Safety
  *

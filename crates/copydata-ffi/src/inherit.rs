@@ -67,7 +67,10 @@ pub unsafe extern "C" fn copydata_inheritance_new(
         // - `sections` is NULL or points to `count` pointers, each NULL or
         //   a live section, read only during this call (the contract).
         let refs = unsafe { sections_arg(sections, count) }?;
-        let inner = copydata::Inheritance::new(&refs).map_err(|e| Error::new(Status::Io, e))?;
+        let inner = copydata::Inheritance::new(&refs).map_err(|e| {
+            let status = if e.kind() == std::io::ErrorKind::Unsupported { Status::Unsupported } else { Status::Io };
+            Error::new(status, e)
+        })?;
         // A token is digits, letters and punctuation: no NUL.
         let token = CString::new(inner.token()).map_err(|_| Error::new(Status::Io, "the token holds a NUL byte"))?;
         *out = Box::into_raw(Box::new(Inheritance { inner, token }));
@@ -157,7 +160,8 @@ pub unsafe extern "C" fn copydata_inheritance_close(inheritance: *mut Inheritanc
 /// NULL and 0 when the parent passed none.
 ///
 /// The sections can be taken once per process: a second call fails with
-/// `COPYDATA_STATUS_CLOSED`. Every handle is checked against the token
+/// `COPYDATA_STATUS_CLOSED` (also after a first call that failed; when the
+/// array cannot be allocated, the sections are closed and lost). Every handle is checked against the token
 /// before it is taken: `COPYDATA_STATUS_NOT_FOUND` when the token names
 /// handles this process did not inherit (it was passed on by a process in
 /// between), `COPYDATA_STATUS_INCOMPATIBLE` for a token not in copydata's

@@ -173,7 +173,7 @@ pub struct Event {
 impl From<SyncOpenError> for Error {
     fn from(e: SyncOpenError) -> Error {
         let status = match &e {
-            SyncOpenError::InvalidName { .. } => Status::InvalidArgument,
+            SyncOpenError::InvalidName { .. } | SyncOpenError::InvalidLayout { .. } => Status::InvalidArgument,
             SyncOpenError::NotFound { .. } => Status::NotFound,
             // Another kind of object, or another kind of event, has the name.
             SyncOpenError::WrongKind { .. } | SyncOpenError::LayoutMismatch { .. } => Status::AlreadyExists,
@@ -371,7 +371,8 @@ pub type SharedInit = Option<unsafe extern "C" fn(data: *mut c_void, size: usize
 /// kind of object) has the name with another size, alignment or tag,
 /// `COPYDATA_STATUS_REFUSED` when `init` returned non-zero (the next
 /// opener initialises the value), `COPYDATA_STATUS_INVALID_ARGUMENT` for
-/// an invalid name.
+/// an invalid name, an alignment that is not a power of two up to 4096 or
+/// a size too large to map.
 ///
 /// # Safety
 ///
@@ -775,6 +776,10 @@ mod tests {
                 copydata_shared_create(c"bad/name".as_ptr(), 8, 8, null(), None, null_mut(), &mut bad),
                 Status::InvalidArgument
             );
+            for (size, align) in [(8, 3), (8, 0), (8, 8192), (usize::MAX, 8)] {
+                let st = copydata_shared_create(plain.as_ptr(), size, align, null(), None, null_mut(), &mut bad);
+                assert_eq!(st, Status::InvalidArgument, "{size} {align}: {}", last());
+            }
             assert_eq!(copydata_shared_lock(null(), 0, null_mut()), Status::InvalidArgument);
             assert_eq!(copydata_shared_size(null()), 0);
             assert!(copydata_shared_data(null()).is_null());

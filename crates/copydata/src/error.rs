@@ -14,7 +14,8 @@ pub use crate::typed::{DecodeError, EncodeError, TypedRecvError, TypedReplyError
 /// Creating a section failed: [`Section::create`](crate::Section::create),
 /// [`Section::anonymous`](crate::Section::anonymous),
 /// [`Section::open_or_create`](crate::Section::open_or_create),
-/// [`Section::from_file`](crate::Section::from_file).
+/// [`Section::from_file`](crate::Section::from_file),
+/// [`Section::from_path`](crate::Section::from_path).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CreateError {
@@ -365,8 +366,10 @@ into_io_error!(CreateError, |e| match &e {
     CreateError::NoSpace { .. } => io::ErrorKind::StorageFull,
     CreateError::Unsupported => io::ErrorKind::Unsupported,
     CreateError::OtherOwner { .. } => io::ErrorKind::PermissionDenied,
+    CreateError::NotAFile { .. } => io::ErrorKind::InvalidInput,
     _ => io::ErrorKind::Other,
-}, CreateError::Io { source, .. } => source, CreateError::PermissionDenied { source, .. } => source);
+}, CreateError::Io { source, .. } => source, CreateError::PermissionDenied { source, .. } => source,
+    CreateError::NoSuchFile { source, .. } => source);
 
 into_io_error!(OpenError, |e| match &e {
     OpenError::InvalidName { .. } => io::ErrorKind::InvalidInput,
@@ -750,6 +753,16 @@ pub enum SyncOpenError {
         #[source]
         source: io::Error,
     },
+    /// [`SharedBytes`](crate::sync::SharedBytes): a size or alignment no
+    /// value can have (an alignment that is not a power of two or is above
+    /// 4096, a size too large for this process).
+    #[error("shared value {name:?}: {reason}")]
+    InvalidLayout {
+        /// The value's name.
+        name: String,
+        /// What is wrong with the layout.
+        reason: String,
+    },
     /// The initialiser given to
     /// [`SharedBytes::open_or_create_with`](crate::sync::SharedBytes::open_or_create_with)
     /// failed: the value stays uninitialised, for the next opener to
@@ -808,7 +821,7 @@ pub enum WaitError {
 }
 
 into_io_error!(SyncOpenError, |e| match &e {
-    SyncOpenError::InvalidName { .. } => io::ErrorKind::InvalidInput,
+    SyncOpenError::InvalidName { .. } | SyncOpenError::InvalidLayout { .. } => io::ErrorKind::InvalidInput,
     SyncOpenError::NotFound { .. } => io::ErrorKind::NotFound,
     SyncOpenError::WrongKind { .. } | SyncOpenError::LayoutMismatch { .. } => io::ErrorKind::InvalidData,
     SyncOpenError::OtherOwner { .. } => io::ErrorKind::PermissionDenied,

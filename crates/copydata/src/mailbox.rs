@@ -1147,9 +1147,10 @@ impl Sender {
     /// handler to run. A receiver that dies first gives
     /// [`SendError::ReceiverDied`]. Besides this sender's connection it
     /// waits for the connections this process dropped (any sender's: after
-    /// a timeout, an error, or a dropped `Sender`) whose posts still need
-    /// it: a thread of this process keeps those for the receiver until it
-    /// has taken them, closed the connection or died, at most 30 s.
+    /// a timeout, an error, or a dropped `Sender`, also while this flush
+    /// waits) whose posts still need it: a thread of this process keeps
+    /// those for the receiver until it has taken them, closed the
+    /// connection or died, at most 30 s each.
     ///
     /// ```no_run
     /// let mut sender = copydata::Sender::connect("indexer")?;

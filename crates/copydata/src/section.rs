@@ -217,8 +217,10 @@ impl Section {
         // Opening a FIFO would wait for a writer: fail at once instead (the
         // check below refuses it). The flag only affects the open: mapping
         // ignores it.
+        // (Nor may a terminal swapped in after the check become this
+        // process's controlling terminal.)
         #[cfg(target_os = "linux")]
-        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK | libc::O_NOCTTY);
         let file = options.open(path).map_err(|source| match source.kind() {
             io::ErrorKind::NotFound => CreateError::NoSuchFile { path: path.to_owned(), source },
             io::ErrorKind::PermissionDenied => {

@@ -114,6 +114,34 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
             say("locked", "");
             common::park_forever();
         }
+        // A thread takes the mutex `name` through an Arc guard that holds
+        // the only reference, hands the guard to this thread, which drops it
+        // (it cannot unlock), then takes another robust mutex (`args[1]`:
+        // glibc updates its robust list, which runs through the first
+        // mutex) and ends holding the first; reports what the next locker
+        // sees.
+        "arc-dropped-elsewhere" => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+            let (first, second) = (name.to_owned(), args[1].clone());
+            let holder = std::thread::spawn(move || -> Result<(), String> {
+                let guard =
+                    std::sync::Arc::new(Mutex::open_or_create(&first).map_err(fail)?).lock_arc().map_err(fail)?;
+                tx.send(guard).map_err(fail)?;
+                go_rx.recv().map_err(fail)?;
+                let other = Mutex::open_or_create(&second).map_err(fail)?;
+                drop(other.lock().map_err(fail)?);
+                Ok(())
+            });
+            let guard = rx.recv().map_err(fail)?;
+            assert!(!guard.is_mine());
+            drop(guard);
+            go_tx.send(()).map_err(fail)?;
+            holder.join().map_err(|_| "the holding thread panicked".to_string())??;
+            let m = Mutex::open(name).map_err(fail)?;
+            let g = m.lock_timeout(Duration::from_secs(30)).map_err(fail)?;
+            say("owner-died", &g.owner_died().to_string());
+        }
         // A creator that dies inside its initialiser.
         "init-and-die" => {
             let _v = Shared::<[u64; 2]>::open_or_create(name, || {
@@ -253,6 +281,21 @@ fn an_arc_guard_unlocks_only_on_its_own_thread() {
     assert!(!m.lock().unwrap().owner_died());
 }
 
+/// An Arc guard dropped on another thread while the thread that locked
+/// still runs: the mutex stays mapped for that thread (on Linux glibc keeps
+/// held mutexes on a list running through them), which ends holding it,
+/// and the next locker is told. Run in a child, which keeps the mutex for
+/// the rest of its life: what it leaves is reclaimed once it has exited.
+#[test]
+fn an_arc_guard_dropped_elsewhere_keeps_the_mutex_for_its_holder() {
+    let (name, other) = (unique("arc-elsewhere"), unique("arc-other"));
+    let mut kid = Kid::spawn("arc-dropped-elsewhere", &[&name, &other]);
+    assert_eq!(kid.expect("owner-died"), "true");
+    kid.wait_ok();
+    assert!(gone(&name, ObjectType::Mutex));
+    assert!(gone(&other, ObjectType::Mutex));
+}
+
 #[test]
 fn a_shared_value_left_half_written_is_reported() {
     let name = unique("half");
@@ -370,8 +413,13 @@ fn shared_bytes_refuse_other_layouts_and_failed_initialisers_leave_nothing() {
     assert!(mismatch(SharedBytes::open_or_create(&name, 16, 4, PAIR_TAG)));
     assert!(mismatch(SharedBytes::open_or_create(&name, 16, 8, "another tag")));
     assert!(mismatch(SharedBytes::open(&name, "another tag")));
-    assert!(mismatch(SharedBytes::open_or_create(&unique("bytes"), 8, 3, PAIR_TAG)));
-    assert!(mismatch(SharedBytes::open_or_create(&unique("bytes"), 8, 8192, PAIR_TAG)));
+    // Layouts no value can have are the caller's mistake, whatever exists.
+    let invalid = |r: Result<SharedBytes, SyncOpenError>| matches!(r, Err(SyncOpenError::InvalidLayout { .. }));
+    assert!(invalid(SharedBytes::open_or_create(&unique("bytes"), 8, 3, PAIR_TAG)));
+    assert!(invalid(SharedBytes::open_or_create(&unique("bytes"), 8, 8192, PAIR_TAG)));
+    assert!(invalid(SharedBytes::open_or_create(&unique("bytes"), 8, 0, PAIR_TAG)));
+    assert!(invalid(SharedBytes::open_or_create(&unique("bytes"), usize::MAX, 8, PAIR_TAG)));
+    assert!(invalid(SharedBytes::open_or_create(&unique("bytes"), usize::MAX - 100, 1, PAIR_TAG)));
     assert!(matches!(Shared::<[u32; 4]>::open_tagged(&name, PAIR_TAG), Err(SyncOpenError::LayoutMismatch { .. })));
     // An empty value is a value too.
     let empty = SharedBytes::open_or_create(&unique("bytes"), 0, 1, "empty").unwrap();

@@ -308,7 +308,9 @@ impl Mutex {
 /// dropped on that thread, in that process, it unlocks. Dropped on another
 /// thread, or in a child made by `fork`, it leaves the lock with the
 /// thread that took it; the OS releases it when that thread ends, and the
-/// next locker is told its owner died. [`is_mine`](Self::is_mine) says
+/// next locker is told its owner died. (If that thread still runs, the
+/// mutex then stays open in this process for as long as it lives: on
+/// Linux the thread keeps a pointer into it until it ends.) [`is_mine`](Self::is_mine) says
 /// where a drop would unlock.
 ///
 /// ```no_run
@@ -337,15 +339,35 @@ pub struct ArcMutexGuard {
 pub(crate) struct Holder {
     thread: std::thread::ThreadId,
     pid: u32,
+    /// The backend's name for the thread (Linux: its kernel thread id).
+    os_thread: u64,
 }
 
 impl Holder {
     pub(crate) fn here() -> Holder {
-        Holder { thread: std::thread::current().id(), pid: std::process::id() }
+        Holder { thread: std::thread::current().id(), pid: std::process::id(), os_thread: sys::sync::lock_holder() }
     }
 
     pub(crate) fn is_current(&self) -> bool {
         self.thread == std::thread::current().id() && self.pid == std::process::id()
+    }
+
+    /// Whether the thread that took the lock may still point into the
+    /// object's mapping (Linux: a live thread keeps the mutexes it holds
+    /// on its robust list, inside them), so that the mapping must be kept.
+    pub(crate) fn may_point_into(&self) -> bool {
+        self.pid == std::process::id() && sys::sync::thread_may_point_into_lock(self.os_thread)
+    }
+
+    /// What an Arc guard dropped where it cannot unlock does with the
+    /// object: keeps it for this process's life if the thread holding the
+    /// lock may still point into it (otherwise the thread's later robust
+    /// list updates, and the owner-died report at its end, would hit a
+    /// mapping that is gone).
+    pub(crate) fn keep_if_pointed_into<T>(&self, object: &Arc<T>) {
+        if self.may_point_into() {
+            std::mem::forget(object.clone());
+        }
     }
 }
 
@@ -376,6 +398,8 @@ impl Drop for ArcMutexGuard {
     fn drop(&mut self) {
         if self.is_mine() {
             self.mutex.lock.unlock();
+        } else {
+            self.holder.keep_if_pointed_into(&self.mutex);
         }
     }
 }

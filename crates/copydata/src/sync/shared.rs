@@ -85,23 +85,34 @@ fn open_value(
 ) -> Result<(Lock, ViewMut), SyncOpenError> {
     let mismatch = |reason: String| SyncOpenError::LayoutMismatch { name: name.into(), reason };
     let not_found = || SyncOpenError::NotFound { name: name.into() };
+    // Where the value starts and how long the object must be, if this
+    // process can map that much.
+    let span = |size: usize, align: usize| {
+        let offset = HEADER_LEN.next_multiple_of(align);
+        offset.checked_add(size.max(1)).filter(|&len| len <= isize::MAX as usize).map(|len| (offset, len))
+    };
     let create = init.is_some();
     let (obj, size, align) = match layout {
         Layout::Known { size, align } => {
+            let invalid = |reason: String| SyncOpenError::InvalidLayout { name: name.into(), reason };
             if !align.is_power_of_two() || align > MAX_ALIGN {
-                return Err(mismatch(format!("an alignment of {align} (a power of two, at most {MAX_ALIGN})")));
+                return Err(invalid(format!("an alignment of {align} (a power of two, at most {MAX_ALIGN})")));
             }
-            let len = HEADER_LEN.next_multiple_of(align) + size.max(1);
+            let (_, len) = span(size, align).ok_or_else(|| invalid(format!("{size} bytes do not fit in memory")))?;
             (Object::open(name, ObjectKind::Shared, len as u64, create)?, size, align)
         }
         Layout::FromHeader => {
             let obj = Object::open(name, ObjectKind::Shared, 0, false)?;
             let size = header::u64_at(&obj.header, VALUE_SIZE).load(Ordering::Acquire);
-            let align = header::u32_at(&obj.header, VALUE_ALIGN).load(Ordering::Acquire);
+            let align = header::u32_at(&obj.header, VALUE_ALIGN).load(Ordering::Acquire) as usize;
             // Not claimed yet: its creator has not got this far.
-            let size = usize::try_from(size.checked_sub(1).ok_or_else(not_found)?)
-                .map_err(|_| mismatch(format!("it holds {size} bytes, more than this process can map")))?;
-            let align = align as usize;
+            if size == 0 || align == 0 {
+                return Err(not_found());
+            }
+            let size = usize::try_from(size - 1)
+                .ok()
+                .filter(|&s| span(s, align).is_some())
+                .ok_or_else(|| mismatch(format!("its header says {} bytes", size - 1)))?;
             if !align.is_power_of_two() || align > MAX_ALIGN {
                 return Err(mismatch(format!("its header says an alignment of {align}")));
             }
@@ -109,14 +120,35 @@ fn open_value(
         }
     };
     let h = &obj.header;
-    header::claim_u64(h, VALUE_SIZE, size as u64 + 1)
-        .map_err(|found| mismatch(format!("it holds {} bytes, this type has {size}", found.saturating_sub(1))))?;
-    header::claim_u32(h, VALUE_ALIGN, align as u32)
-        .map_err(|found| mismatch(format!("it is aligned to {found}, this type to {align}")))?;
-    header::claim_u64(h, VALUE_TAG, tag_hash(tag))
-        .map_err(|_| mismatch(format!("it was made with another type tag (this one is {tag:?})")))?;
-    let offset = HEADER_LEN.next_multiple_of(align);
-    let len = offset + size.max(1);
+    let size_field = size as u64 + 1; // (fits: `span` bounds `size` by isize::MAX)
+    let hash = tag_hash(tag);
+    let (size_seen, align_seen, tag_seen) = if create {
+        // A creator claims the layout, or meets the one another claimed.
+        (
+            header::claim_u64(h, VALUE_SIZE, size_field),
+            header::claim_u32(h, VALUE_ALIGN, align as u32),
+            header::claim_u64(h, VALUE_TAG, hash),
+        )
+    } else {
+        // An opener only compares: it must not claim a layout for a value
+        // whose creator has not claimed its own yet.
+        let seen_u64 = |at, want| match header::u64_at(h, at).load(Ordering::Acquire) {
+            v if v == want => Ok(()),
+            v => Err(v),
+        };
+        let seen_align = match header::u32_at(h, VALUE_ALIGN).load(Ordering::Acquire) {
+            v if v == align as u32 => Ok(()),
+            v => Err(v),
+        };
+        (seen_u64(VALUE_SIZE, size_field), seen_align, seen_u64(VALUE_TAG, hash))
+    };
+    if !create && matches!(size_seen, Err(0)) | matches!(align_seen, Err(0)) | matches!(tag_seen, Err(0)) {
+        return Err(not_found());
+    }
+    size_seen.map_err(|found| mismatch(format!("it holds {} bytes, this type has {size}", found.saturating_sub(1))))?;
+    align_seen.map_err(|found| mismatch(format!("it is aligned to {found}, this type to {align}")))?;
+    tag_seen.map_err(|_| mismatch(format!("it was made with another type tag (this one is {tag:?})")))?;
+    let (offset, len) = span(size, align).expect("checked above");
     if obj.section().len() < len as u64 {
         return Err(mismatch(format!("it is {} bytes long, this type needs {len}", obj.section().len())));
     }
@@ -406,7 +438,9 @@ impl<T: bytemuck::Pod + fmt::Debug> fmt::Debug for SharedGuard<'_, T> {
 /// It is the same object as a [`Shared<T>`]: opened with `T`'s size,
 /// alignment and type tag (by default `std::any::type_name::<T>()`), a
 /// `SharedBytes` reaches the bytes of a value a Rust program shares, and
-/// the other way round.
+/// the other way round. Its bytes are read and written under the lock
+/// only: do not open a value that others use without the lock (an
+/// [`AtomicValue`] through [`Shared::get`]) as `SharedBytes`.
 ///
 /// ```no_run
 /// use copydata::sync::SharedBytes;
@@ -604,6 +638,8 @@ impl Drop for ArcSharedBytesGuard {
     fn drop(&mut self) {
         if self.is_mine() {
             self.shared.lock.unlock();
+        } else {
+            self.holder.keep_if_pointed_into(&self.shared);
         }
     }
 }

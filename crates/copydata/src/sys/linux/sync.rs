@@ -153,6 +153,25 @@ pub(crate) fn list() -> Result<Vec<(&'static str, String)>, crate::error::ListEr
         .collect())
 }
 
+/// This thread, as [`thread_may_point_into_lock`] needs it: its kernel
+/// thread id.
+pub(crate) fn lock_holder() -> u64 {
+    rustix::thread::gettid().as_raw_nonzero().get() as u64
+}
+
+/// Whether the thread `holder` (of this process; from [`lock_holder`]) may
+/// still have a lock it took on its robust list, a list glibc keeps in the
+/// mutexes themselves: then the mapping of a mutex it holds must not go.
+/// True while a thread with that id lives (one that reused the id after
+/// it ended only makes this keep a mapping longer).
+pub(crate) fn thread_may_point_into_lock(holder: u64) -> bool {
+    let Ok(tid) = libc::pid_t::try_from(holder) else { return false };
+    // SAFETY: `tgkill` with signal 0 sends nothing; it only checks that the
+    // thread exists in this process.
+    let alive = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, 0) } == 0;
+    alive || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 /// A mutex in an object's header (every call gets the header's view, which
 /// keeps the memory mapped).
 #[derive(Debug)]

@@ -1,5 +1,6 @@
-//! Passing sections to a child: inheritable duplicates that exist only while
-//! the child is created.
+//! Passing sections to a child: inheritable duplicates that exist while the
+//! child is created (`spawn_with_sections`), or while the caller's
+//! `Inheritance` lives.
 //!
 //! Token fields (see `crate::inherit`): `HANDLE:SIZE:r|w`. The child checks
 //! that each handle is an inherited section of that size (as the kernel

@@ -27,6 +27,17 @@ use crate::section::Section;
 use crate::sync::header::{self, OWNER_PID, OWNER_TID, ObjectKind};
 use crate::view::ViewMut;
 
+/// This thread, as [`thread_may_point_into_lock`] needs it (nothing).
+pub(crate) fn lock_holder() -> u64 {
+    0
+}
+
+/// Never: a Windows mutex is a kernel object of its own, which no thread
+/// reaches through the object's mapping.
+pub(crate) fn thread_may_point_into_lock(_holder: u64) -> bool {
+    false
+}
+
 pub(crate) fn open_object(
     object: &Name,
     name: &str,
