@@ -308,9 +308,11 @@ impl Mutex {
 /// dropped on that thread, in that process, it unlocks. Dropped on another
 /// thread, or in a child made by `fork`, it leaves the lock with the
 /// thread that took it; the OS releases it when that thread ends, and the
-/// next locker is told its owner died. (If that thread still runs, the
-/// mutex then stays open in this process for as long as it lives: on
-/// Linux the thread keeps a pointer into it until it ends.) [`is_mine`](Self::is_mine) says
+/// next locker is told its owner died. (If that thread still runs, on
+/// Linux the mutex then stays open in this process for as long as it
+/// lives, since the thread keeps a pointer into it until it ends; on
+/// Windows the guard closes its handle like any other, and a mutex goes
+/// with its last handle, whoever owns it.) [`is_mine`](Self::is_mine) says
 /// where a drop would unlock.
 ///
 /// ```no_run
