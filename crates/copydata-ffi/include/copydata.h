@@ -35,6 +35,21 @@
 #define COPYDATA_LAUNCH_TAG 5207091722245129283
 
 /**
+ * `copydata_list_value` of a mutex in `copydata_list_objects`.
+ */
+#define COPYDATA_KIND_MUTEX 0
+
+/**
+ * `copydata_list_value` of an event in `copydata_list_objects`.
+ */
+#define COPYDATA_KIND_EVENT 1
+
+/**
+ * `copydata_list_value` of a shared value in `copydata_list_objects`.
+ */
+#define COPYDATA_KIND_SHARED 2
+
+/**
  * A timeout that never expires (as `INFINITE` in Win32).
  */
 #define COPYDATA_INFINITE 4294967295
@@ -191,6 +206,12 @@ typedef struct copydata_instance copydata_instance;
  * `copydata_launch_answer`, which also frees it.
  */
 typedef struct copydata_launch copydata_launch;
+
+/**
+ * A list of live objects, each a name and a number (see the function that
+ * made it). Opaque; close it with `copydata_list_close`.
+ */
+typedef struct copydata_list copydata_list;
 
 /**
  * A bound mailbox, receiving messages sent to its name. Opaque; close it
@@ -542,6 +563,90 @@ copydata_status copydata_launch_answer(copydata_launch *launch,
                                        int32_t code,
                                        const void *data,
                                        size_t len);
+
+/**
+ * Lists this user's live named sections, sorted by name; each entry's
+ * value is the section's size in bytes. On Linux, listing also removes
+ * what crashed last holders left in `/dev/shm`.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to storage for a pointer.
+ */
+copydata_status copydata_list_sections(copydata_list **out);
+
+/**
+ * Lists this user's live mailboxes, sorted by name; each entry's value is
+ * the process id of the process that bound it.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to storage for a pointer.
+ */
+copydata_status copydata_list_mailboxes(copydata_list **out);
+
+/**
+ * Lists this user's live mutexes, events and shared values; each entry's
+ * value is its kind: `COPYDATA_KIND_MUTEX`, `COPYDATA_KIND_EVENT` or
+ * `COPYDATA_KIND_SHARED`. A mutex, an event and a shared value may have
+ * the same name.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to storage for a pointer.
+ */
+copydata_status copydata_list_objects(copydata_list **out);
+
+/**
+ * How many entries the list has (0 for NULL).
+ *
+ * # Safety
+ *
+ * `list` is NULL or a live list.
+ */
+size_t copydata_list_count(const copydata_list *list);
+
+/**
+ * The name of entry `index`, NUL-terminated, valid until the list is
+ * closed; NULL for NULL or an index out of range.
+ *
+ * # Safety
+ *
+ * `list` is NULL or a live list.
+ */
+const char *copydata_list_name(const copydata_list *list, size_t index);
+
+/**
+ * The value of entry `index` (what it is depends on the function that
+ * made the list); 0 for NULL or an index out of range.
+ *
+ * # Safety
+ *
+ * `list` is NULL or a live list.
+ */
+uint64_t copydata_list_value(const copydata_list *list, size_t index);
+
+/**
+ * Frees a list. NULL does nothing.
+ *
+ * # Safety
+ *
+ * `list` is NULL or a live list, not used afterwards.
+ */
+void copydata_list_close(copydata_list *list);
+
+/**
+ * Removes the name of the named section `name`, like `shm_unlink`:
+ * processes that hold it keep their memory, and the name is free for a
+ * new section at once. Fails with `COPYDATA_STATUS_NOT_FOUND` if no
+ * section has the name, `COPYDATA_STATUS_UNSUPPORTED` on Windows (a named
+ * mapping lives exactly as long as its handles).
+ *
+ * # Safety
+ *
+ * `name` is NULL or a NUL-terminated string.
+ */
+copydata_status copydata_section_remove(const char *name);
 
 /**
  * Sends a message to the mailbox `name` and waits for its reply

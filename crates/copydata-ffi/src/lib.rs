@@ -68,6 +68,13 @@
 //! open it: check [`copydata_section_is_size_sealed`] before mapping one
 //! from a sender you do not trust.
 //!
+//! # What is live
+//!
+//! [`copydata_list_sections`], [`copydata_list_mailboxes`] and
+//! [`copydata_list_objects`] list this user's live objects (as `copydata
+//! ls` does): names with a size, a process id or a kind.
+//! [`copydata_section_remove`] frees a section's name (`shm_unlink`).
+//!
 //! # Sections for a child process
 //!
 //! [`copydata_inheritance_new`] makes sections ready for a child that the
@@ -105,6 +112,7 @@ mod buffer;
 mod error;
 mod inherit;
 mod instance;
+mod list;
 mod mailbox;
 mod section;
 mod sender;
@@ -122,6 +130,11 @@ pub use instance::{
     COPYDATA_LAUNCH_TAG, Instance, Launch, copydata_instance_acquire, copydata_instance_close, copydata_instance_recv,
     copydata_launch_answer, copydata_launch_arg, copydata_launch_argc, copydata_launch_cwd, copydata_launch_data,
     copydata_launch_pid, copydata_launch_tag,
+};
+pub use list::{
+    COPYDATA_KIND_EVENT, COPYDATA_KIND_MUTEX, COPYDATA_KIND_SHARED, List, copydata_list_close, copydata_list_count,
+    copydata_list_mailboxes, copydata_list_name, copydata_list_objects, copydata_list_sections, copydata_list_value,
+    copydata_section_remove,
 };
 pub use mailbox::{
     COPYDATA_INFINITE, Mailbox, Request, copydata_mailbox_bind, copydata_mailbox_close, copydata_mailbox_recv,
