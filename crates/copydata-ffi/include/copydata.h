@@ -449,6 +449,31 @@ copydata_status copydata_instance_acquire(const char *app_id,
                                           size_t *answer_len);
 
 /**
+ * `copydata_instance_acquire`, also forwarding the environment variables
+ * named by the `env_count` strings at `env_names` (NULL when 0) that are
+ * set in this process, for the primary to read with `copydata_launch_env`
+ * (a launcher's `DISPLAY`, `VIRTUAL_ENV`, ...). Names are bytes on Linux,
+ * UTF-8 on Windows.
+ *
+ * # Safety
+ *
+ * As `copydata_instance_acquire`; `env_names` is NULL or points to
+ * `env_count` pointers, each NULL or a NUL-terminated string.
+ */
+copydata_status copydata_instance_acquire_env(const char *app_id,
+                                              size_t argc,
+                                              const char *const *argv,
+                                              size_t env_count,
+                                              const char *const *env_names,
+                                              const void *data,
+                                              size_t len,
+                                              uint32_t timeout_ms,
+                                              copydata_instance **primary,
+                                              int32_t *answer_code,
+                                              void **answer_data,
+                                              size_t *answer_len);
+
+/**
  * Waits at most `timeout_ms` (`COPYDATA_INFINITE`: as long as it takes)
  * for the next launch, and stores it in `*out`; the secondary waits until
  * it is answered with `copydata_launch_answer` (up to its own timeout:
@@ -510,6 +535,39 @@ const char *copydata_launch_arg(const copydata_launch *launch, size_t index);
  * `launch` is NULL or a live launch.
  */
 const char *copydata_launch_cwd(const copydata_launch *launch);
+
+/**
+ * The value of the forwarded environment variable `name` (see
+ * `copydata_instance_acquire_env`), NUL-terminated, valid until the launch
+ * is answered; NULL for a variable not forwarded (unset in the secondary,
+ * or not named), or NULL arguments.
+ *
+ * # Safety
+ *
+ * `launch` is NULL or a live launch; `name` is NULL or a NUL-terminated
+ * string.
+ */
+const char *copydata_launch_env(const copydata_launch *launch, const char *name);
+
+/**
+ * How many environment variables the launch forwarded; 0 for NULL.
+ *
+ * # Safety
+ *
+ * `launch` is NULL or a live launch.
+ */
+size_t copydata_launch_env_count(const copydata_launch *launch);
+
+/**
+ * The name of the `index`th forwarded variable, in the secondary's order
+ * (its value: `copydata_launch_env`); NULL for NULL or an index out of
+ * range. Valid until the launch is answered.
+ *
+ * # Safety
+ *
+ * `launch` is NULL or a live launch.
+ */
+const char *copydata_launch_env_name(const copydata_launch *launch, size_t index);
 
 /**
  * The bytes sent with the launch: their address (NULL when none), with

@@ -28,6 +28,8 @@ pub struct Launch {
     /// Linux, UTF-8 on Windows (where what is not valid UTF-16 is replaced).
     args: Vec<CString>,
     cwd: Option<CString>,
+    /// The forwarded environment variables, names and values, as C strings.
+    env: Vec<(CString, CString)>,
 }
 
 /// An OS string for C: its bytes on Unix, UTF-8 elsewhere; cut at a NUL
@@ -99,6 +101,112 @@ pub unsafe extern "C" fn copydata_instance_acquire(
     answer_data: *mut *mut c_void,
     answer_len: *mut usize,
 ) -> Status {
+    let none = std::ptr::null();
+    // SAFETY: the pointers are as `acquire` needs (this function's
+    // contract); no environment variables are named.
+    unsafe {
+        acquire(app_id, argc, argv, 0, none, data, len, timeout_ms, primary, answer_code, answer_data, answer_len)
+    }
+}
+
+/// `copydata_instance_acquire`, also forwarding the environment variables
+/// named by the `env_count` strings at `env_names` (NULL when 0) that are
+/// set in this process, for the primary to read with `copydata_launch_env`
+/// (a launcher's `DISPLAY`, `VIRTUAL_ENV`, ...). Names are bytes on Linux,
+/// UTF-8 on Windows.
+///
+/// # Safety
+///
+/// As `copydata_instance_acquire`; `env_names` is NULL or points to
+/// `env_count` pointers, each NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)] // the C signature: inputs, then outputs
+pub unsafe extern "C" fn copydata_instance_acquire_env(
+    app_id: *const c_char,
+    argc: usize,
+    argv: *const *const c_char,
+    env_count: usize,
+    env_names: *const *const c_char,
+    data: *const c_void,
+    len: usize,
+    timeout_ms: u32,
+    primary: *mut *mut Instance,
+    answer_code: *mut i32,
+    answer_data: *mut *mut c_void,
+    answer_len: *mut usize,
+) -> Status {
+    // SAFETY: the pointers are as `acquire` needs (this function's
+    // contract).
+    unsafe {
+        acquire(
+            app_id,
+            argc,
+            argv,
+            env_count,
+            env_names,
+            data,
+            len,
+            timeout_ms,
+            primary,
+            answer_code,
+            answer_data,
+            answer_len,
+        )
+    }
+}
+
+/// The C strings at `argv` (`argc` of them) as OS strings; `what` names
+/// them in errors ("argv").
+///
+/// # Safety
+///
+/// `argv` is not NULL and points to `argc` pointers, each NULL or a
+/// NUL-terminated string, read only during the call.
+unsafe fn os_strings(argv: *const *const c_char, argc: usize, what: &str) -> Result<Vec<std::ffi::OsString>, Error> {
+    if argc > isize::MAX as usize / std::mem::size_of::<*const c_char>() {
+        return Err(Error::invalid(format!("{argc} is no count of strings for {what}")));
+    }
+    // SAFETY:
+    // - `argv` is not NULL and points to `argc` pointers, read only during
+    //   this call (the contract); a C array of pointers is suitably
+    //   aligned, and its size is within the bound of a slice (checked
+    //   above).
+    let argv = unsafe { std::slice::from_raw_parts(argv, argc) };
+    let mut out = Vec::with_capacity(argv.len());
+    for (i, &arg) in argv.iter().enumerate() {
+        if arg.is_null() {
+            return Err(Error::invalid(format!("{what}[{i}] is NULL")));
+        }
+        // SAFETY:
+        // - not NULL, and a NUL-terminated string read only during this
+        //   call (the contract).
+        let arg = os_string(unsafe { std::ffi::CStr::from_ptr(arg) })
+            .ok_or_else(|| Error::invalid(format!("{what}[{i}] is not UTF-8")))?;
+        out.push(arg);
+    }
+    Ok(out)
+}
+
+/// The body of both acquire functions.
+///
+/// # Safety
+///
+/// As `copydata_instance_acquire_env`.
+#[allow(clippy::too_many_arguments)] // the C functions' arguments, passed on
+unsafe fn acquire(
+    app_id: *const c_char,
+    argc: usize,
+    argv: *const *const c_char,
+    env_count: usize,
+    env_names: *const *const c_char,
+    data: *const c_void,
+    len: usize,
+    timeout_ms: u32,
+    primary: *mut *mut Instance,
+    answer_code: *mut i32,
+    answer_data: *mut *mut c_void,
+    answer_len: *mut usize,
+) -> Status {
     guard(|| {
         // SAFETY:
         // - each output is NULL or writable storage of its type (this
@@ -129,28 +237,19 @@ pub unsafe extern "C" fn copydata_instance_acquire(
             }
             // This process's own arguments: the options' default.
         } else {
-            if argc > isize::MAX as usize / std::mem::size_of::<*const c_char>() {
-                return Err(Error::invalid(format!("argc {argc} is no count of arguments")));
-            }
-            // SAFETY:
-            // - `argv` is not NULL and points to `argc` pointers, read only
-            //   during this call (the contract); a C array of pointers is
-            //   suitably aligned, and its size is within the bound of a
-            //   slice (checked above).
-            let argv = unsafe { std::slice::from_raw_parts(argv, argc) };
-            let mut args = Vec::with_capacity(argv.len());
-            for (i, &arg) in argv.iter().enumerate() {
-                if arg.is_null() {
-                    return Err(Error::invalid(format!("argv[{i}] is NULL")));
-                }
-                // SAFETY:
-                // - not NULL, and a NUL-terminated string read only during
-                //   this call (the contract).
-                let arg = os_string(unsafe { std::ffi::CStr::from_ptr(arg) })
-                    .ok_or_else(|| Error::invalid(format!("argv[{i}] is not UTF-8")))?;
-                args.push(arg);
-            }
+            // SAFETY: `argv` is not NULL: `argc` strings (the contract).
+            let args = unsafe { os_strings(argv, argc, "argv") }?;
             options = options.args(args);
+        }
+        if env_count > 0 {
+            if env_names.is_null() {
+                return Err(Error::invalid(format!("env_names is NULL with env_count {env_count}")));
+            }
+            // SAFETY: `env_names` is not NULL: `env_count` strings (the
+            // contract).
+            for name in unsafe { os_strings(env_names, env_count, "env_names") }? {
+                options = options.forward_env(name);
+            }
         }
         // SAFETY:
         // - `data` is NULL or points to `len` readable bytes, read only
@@ -209,7 +308,8 @@ pub unsafe extern "C" fn copydata_instance_recv(
         };
         let args = inner.args().iter().map(|a| c_string(a)).collect();
         let cwd = inner.cwd().map(|p| c_string(p.as_os_str()));
-        *out = Box::into_raw(Box::new(Launch { inner, args, cwd }));
+        let env = inner.env().iter().map(|(k, v)| (c_string(k), c_string(v))).collect();
+        *out = Box::into_raw(Box::new(Launch { inner, args, cwd, env }));
         Ok(())
     })
 }
@@ -280,6 +380,58 @@ pub unsafe extern "C" fn copydata_launch_cwd(launch: *const Launch) -> *const c_
         // SAFETY:
         // - `launch` is NULL or a live launch (this function's contract).
         unsafe { handle(launch, "launch") }.ok().and_then(|l| l.cwd.as_ref()).map_or(std::ptr::null(), |c| c.as_ptr())
+    })
+}
+
+/// The value of the forwarded environment variable `name` (see
+/// `copydata_instance_acquire_env`), NUL-terminated, valid until the launch
+/// is answered; NULL for a variable not forwarded (unset in the secondary,
+/// or not named), or NULL arguments.
+///
+/// # Safety
+///
+/// `launch` is NULL or a live launch; `name` is NULL or a NUL-terminated
+/// string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_launch_env(launch: *const Launch, name: *const c_char) -> *const c_char {
+    guard_value(std::ptr::null(), || {
+        // SAFETY: NULL or a live launch (the contract).
+        let Ok(launch) = (unsafe { handle(launch, "launch") }) else { return std::ptr::null() };
+        if name.is_null() {
+            return std::ptr::null();
+        }
+        // SAFETY: not NULL, so a NUL-terminated string (the contract).
+        let name = unsafe { std::ffi::CStr::from_ptr(name) };
+        launch.env.iter().find(|(k, _)| k.as_c_str() == name).map_or(std::ptr::null(), |(_, v)| v.as_ptr())
+    })
+}
+
+/// How many environment variables the launch forwarded; 0 for NULL.
+///
+/// # Safety
+///
+/// `launch` is NULL or a live launch.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_launch_env_count(launch: *const Launch) -> usize {
+    guard_value(0, || {
+        // SAFETY: NULL or a live launch (the contract).
+        unsafe { handle(launch, "launch") }.map_or(0, |l| l.env.len())
+    })
+}
+
+/// The name of the `index`th forwarded variable, in the secondary's order
+/// (its value: `copydata_launch_env`); NULL for NULL or an index out of
+/// range. Valid until the launch is answered.
+///
+/// # Safety
+///
+/// `launch` is NULL or a live launch.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_launch_env_name(launch: *const Launch, index: usize) -> *const c_char {
+    guard_value(std::ptr::null(), || {
+        // SAFETY: NULL or a live launch (the contract).
+        let entry = unsafe { handle(launch, "launch") }.ok().and_then(|l| l.env.get(index));
+        entry.map_or(std::ptr::null(), |(k, _)| k.as_ptr())
     })
 }
 
@@ -392,6 +544,51 @@ mod tests {
     use crate::test_util::{last, unique};
     use std::ptr::{null, null_mut};
 
+    #[test]
+    fn bad_environment_names_are_refused_before_anything_is_sent() {
+        let app = unique("app-env");
+        let mut primary = null_mut();
+        let holes = [c"PATH".as_ptr(), null()];
+        // SAFETY: valid strings and out storage; the calls fail before
+        // they acquire anything.
+        unsafe {
+            let none = null_mut();
+            let st = copydata_instance_acquire_env(
+                app.as_ptr(),
+                0,
+                null(),
+                1,
+                null(),
+                null(),
+                0,
+                0,
+                &mut primary,
+                none,
+                null_mut(),
+                none.cast(),
+            );
+            assert_eq!(st, Status::InvalidArgument);
+            assert!(last().contains("env_names is NULL"), "{}", last());
+            let st = copydata_instance_acquire_env(
+                app.as_ptr(),
+                0,
+                null(),
+                2,
+                holes.as_ptr(),
+                null(),
+                0,
+                0,
+                &mut primary,
+                none,
+                null_mut(),
+                none.cast(),
+            );
+            assert_eq!(st, Status::InvalidArgument);
+            assert!(last().contains("env_names[1] is NULL"), "{}", last());
+            assert!(primary.is_null());
+        }
+    }
+
     /// One thread is the primary; this one launches again with arguments
     /// and bytes, and gets the primary's answer.
     #[test]
@@ -433,6 +630,17 @@ mod tests {
                 let mut n = 0;
                 let bytes = std::slice::from_raw_parts(copydata_launch_data(launch, &mut n).cast::<u8>(), n).to_vec();
                 let pid = copydata_launch_pid(launch);
+                // PATH was forwarded; the unset variable was not.
+                assert_eq!(copydata_launch_env_count(launch), 1);
+                let name = std::ffi::CStr::from_ptr(copydata_launch_env_name(launch, 0));
+                assert_eq!(name.to_str().unwrap(), "PATH");
+                assert!(copydata_launch_env_name(launch, 1).is_null());
+                let path = std::ffi::CStr::from_ptr(copydata_launch_env(launch, c"PATH".as_ptr()));
+                assert_eq!(path.to_str().ok(), std::env::var("PATH").ok().as_deref());
+                assert!(copydata_launch_env(launch, c"COPYDATA_TEST_SURELY_UNSET".as_ptr()).is_null());
+                assert!(copydata_launch_env(launch, null()).is_null());
+                assert!(copydata_launch_env(null(), c"PATH".as_ptr()).is_null());
+                assert_eq!(copydata_launch_env_count(null()), 0);
                 assert_eq!(copydata_launch_tag(launch), COPYDATA_LAUNCH_TAG);
                 assert_eq!(copydata_launch_answer(launch, 7, c"opened".as_ptr().cast(), 6), Status::Ok);
                 // A launch of this process's own arguments, no bytes; bad
@@ -452,11 +660,14 @@ mod tests {
             });
 
             let argv = [c"file one.txt".as_ptr(), c"--line=3".as_ptr()];
+            let env = [c"PATH".as_ptr(), c"COPYDATA_TEST_SURELY_UNSET".as_ptr()];
             let (mut secondary, mut code, mut data, mut len) = (std::ptr::dangling_mut(), -1i32, seed, 0usize);
-            let status = copydata_instance_acquire(
+            let status = copydata_instance_acquire_env(
                 app.as_ptr(),
                 argv.len(),
                 argv.as_ptr(),
+                env.len(),
+                env.as_ptr(),
                 c"xyz".as_ptr().cast(),
                 3,
                 COPYDATA_INFINITE,

@@ -127,9 +127,10 @@ pub use inherit::{
     copydata_inheritance_new, copydata_inheritance_token, copydata_inherited_sections,
 };
 pub use instance::{
-    COPYDATA_LAUNCH_TAG, Instance, Launch, copydata_instance_acquire, copydata_instance_close, copydata_instance_recv,
-    copydata_launch_answer, copydata_launch_arg, copydata_launch_argc, copydata_launch_cwd, copydata_launch_data,
-    copydata_launch_pid, copydata_launch_tag,
+    COPYDATA_LAUNCH_TAG, Instance, Launch, copydata_instance_acquire, copydata_instance_acquire_env,
+    copydata_instance_close, copydata_instance_recv, copydata_launch_answer, copydata_launch_arg, copydata_launch_argc,
+    copydata_launch_cwd, copydata_launch_data, copydata_launch_env, copydata_launch_env_count,
+    copydata_launch_env_name, copydata_launch_pid, copydata_launch_tag,
 };
 pub use list::{
     COPYDATA_KIND_EVENT, COPYDATA_KIND_MUTEX, COPYDATA_KIND_SHARED, List, copydata_list_close, copydata_list_count,

@@ -209,6 +209,7 @@ fn the_c_instance_example_forwards_its_arguments() {
     let out = Command::new(&exe)
         .args([&app, "one", "two words", "caf\u{e9}"])
         .current_dir(&dir)
+        .env("INSTANCE_THEME", "dark")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -216,16 +217,19 @@ fn the_c_instance_example_forwards_its_arguments() {
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     let line = primary.lines.recv_timeout(WAIT).unwrap();
     assert!(line.starts_with("launch pid=") && line.ends_with(" args=one|two words|caf\u{e9}"), "{line}");
+    assert!(line.contains(" theme=dark "), "the forwarded environment variable: {line}");
     let cwd = line.split(" cwd=").nth(1).and_then(|r| r.split(" args=").next()).unwrap();
     assert_eq!(
         std::fs::canonicalize(cwd).unwrap(),
         std::fs::canonicalize(&dir).unwrap(),
         "the secondary's working directory"
     );
-    let quit = Command::new(&exe).args([&app, "quit"]).stdin(Stdio::null()).output().unwrap();
+    let quit =
+        Command::new(&exe).args([&app, "quit"]).env_remove("INSTANCE_THEME").stdin(Stdio::null()).output().unwrap();
     assert_eq!(quit.status.code(), Some(0), "{}", String::from_utf8_lossy(&quit.stderr));
     let mut primary = primary;
-    primary.lines.recv_timeout(WAIT).unwrap();
+    let line = primary.lines.recv_timeout(WAIT).unwrap();
+    assert!(line.contains(" theme=- "), "not set, not forwarded: {line}");
     primary.wait_success();
 }
 

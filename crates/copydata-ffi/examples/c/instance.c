@@ -6,7 +6,9 @@
  *     instance APP [ARGS...]
  *
  * The primary prints "primary", then a line per launch
- * ("launch pid=PID cwd=DIR args=A|B|...") and answers with the number of
+ * ("launch pid=PID theme=THEME cwd=DIR args=A|B|...", THEME being the
+ * secondary's environment variable INSTANCE_THEME, forwarded, or "-")
+ * and answers with the number of
  * arguments as the code and "ok" as the bytes; a launch whose first
  * argument is "quit" makes it answer 0 and exit. A secondary prints
  * "answer CODE DATA" and exits with CODE.
@@ -36,7 +38,10 @@ int main(int argc, char **argv)
     int32_t code;
     void *answer;
     size_t len;
-    copydata_status st = copydata_instance_acquire(argv[1], 0, NULL, NULL, 0, 10000, &primary, &code, &answer, &len);
+    /* A later launch also hands over its INSTANCE_THEME, if set. */
+    const char *forward[] = {"INSTANCE_THEME"};
+    copydata_status st =
+        copydata_instance_acquire_env(argv[1], 0, NULL, 1, forward, NULL, 0, 10000, &primary, &code, &answer, &len);
     if (st)
         return fail("acquiring", st);
     if (!primary) {
@@ -55,7 +60,9 @@ int main(int argc, char **argv)
         }
         size_t n = copydata_launch_argc(launch);
         const char *cwd = copydata_launch_cwd(launch);
-        printf("launch pid=%u cwd=%s args=", (unsigned)copydata_launch_pid(launch), cwd ? cwd : "-");
+        const char *theme = copydata_launch_env(launch, "INSTANCE_THEME");
+        printf("launch pid=%u theme=%s cwd=%s args=", (unsigned)copydata_launch_pid(launch), theme ? theme : "-",
+               cwd ? cwd : "-");
         /* The first argument is the app id again, as the secondary's own. */
         for (size_t i = 1; i < n; i++)
             printf("%s%s", i > 1 ? "|" : "", copydata_launch_arg(launch, i));
