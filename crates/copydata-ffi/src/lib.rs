@@ -43,6 +43,12 @@
 //! - Handles may be used from any thread, one call at a time per handle;
 //!   `copydata_mailbox_recv` may run on several threads at once.
 //!
+//! # Plain Win32 windows
+//!
+//! On Windows, [`copydata_send_to_window`] sends a plain `WM_COPYDATA` to
+//! another program's window, found by class and/or title; a plain program
+//! reaches a copydata mailbox with `SendMessage(WM_COPYDATA)` itself.
+//!
 //! # Zero-copy loans
 //!
 //! [`copydata_sender_loan`] lends a buffer in shared memory to write in
@@ -142,6 +148,7 @@ pub use mailbox::{
     copydata_request_data, copydata_request_expects_reply, copydata_request_loan, copydata_request_loan_reply,
     copydata_request_refuse, copydata_request_reply, copydata_request_reply_loan, copydata_request_section_count,
     copydata_request_sender_pid, copydata_request_tag, copydata_request_take_section, copydata_send,
+    copydata_send_to_window,
 };
 pub use section::{
     COPYDATA_READ_ONLY, COPYDATA_READ_WRITE, Section, View, copydata_section_access, copydata_section_anonymous,

@@ -89,6 +89,87 @@ pub unsafe extern "C" fn copydata_send(
     unsafe { call(data, len, timeout_ms, reply_code, reply_data, reply_len, send) }
 }
 
+/// Sends a plain `WM_COPYDATA` to an existing window of any program, found
+/// by its class and/or title (`class` or `title` may be NULL, not both;
+/// `FindWindowW`, then among message-only windows), and waits at most
+/// `timeout_ms` for it to be handled (`SendMessageTimeoutW`;
+/// `COPYDATA_INFINITE` as long as it takes). The reply code is the window
+/// procedure's `LRESULT`, the reply bytes what it sent back with
+/// `WM_COPYDATA` to the window passed as `wParam` while handling the
+/// message; outputs as `copydata_send`.
+///
+/// Windows only: elsewhere it fails with `COPYDATA_STATUS_UNSUPPORTED`.
+/// Fails with `COPYDATA_STATUS_NOT_FOUND` when no window matches,
+/// `COPYDATA_STATUS_TIMED_OUT` when it was not handled in time.
+///
+/// # Safety
+///
+/// `class` and `title` are NULL or NUL-terminated strings; the other
+/// pointers as `copydata_send`'s.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)] // the C signature: inputs, then outputs
+pub unsafe extern "C" fn copydata_send_to_window(
+    class: *const c_char,
+    title: *const c_char,
+    tag: u64,
+    data: *const c_void,
+    len: usize,
+    timeout_ms: u32,
+    reply_code: *mut i64,
+    reply_data: *mut *mut c_void,
+    reply_len: *mut usize,
+) -> Status {
+    let send = |data: &[u8], timeout: Option<Duration>| {
+        // SAFETY: NULL or NUL-terminated strings, read only during this
+        // call (the contract).
+        let (class, title) = unsafe { (opt_str_arg(class, "class")?, opt_str_arg(title, "title")?) };
+        if class.is_none() && title.is_none() {
+            return Err(Error::invalid("class and title are both NULL"));
+        }
+        send_to_window(class, title, tag, data, timeout)
+    };
+    // SAFETY: the pointers are as `call` needs them (this function's
+    // contract).
+    unsafe { call(data, len, timeout_ms, reply_code, reply_data, reply_len, send) }
+}
+
+#[cfg(windows)]
+fn send_to_window(
+    class: Option<&str>,
+    title: Option<&str>,
+    tag: u64,
+    data: &[u8],
+    timeout: Option<Duration>,
+) -> Result<copydata::Reply, Error> {
+    // (SendMessageTimeoutW's longest wait: about 49 days.)
+    let timeout = timeout.unwrap_or(Duration::from_millis(u64::from(u32::MAX - 1)));
+    Ok(copydata::os::windows::send_to_window(class, title, tag, data, timeout)?)
+}
+
+#[cfg(not(windows))]
+fn send_to_window(
+    _class: Option<&str>,
+    _title: Option<&str>,
+    _tag: u64,
+    _data: &[u8],
+    _timeout: Option<Duration>,
+) -> Result<copydata::Reply, Error> {
+    Err(Error::new(Status::Unsupported, "windows and WM_COPYDATA exist on Windows only"))
+}
+
+/// An optional string argument: `None` for NULL.
+///
+/// # Safety
+///
+/// `p` is NULL or a NUL-terminated string, valid for `'a`.
+unsafe fn opt_str_arg<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>, Error> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: not NULL, so a NUL-terminated string (the contract).
+    unsafe { str_arg(p, what) }.map(Some)
+}
+
 /// The common part of the C functions that send and wait for a reply:
 /// clears the outputs, reads `data`, runs `send` with the bytes and the
 /// timeout, and stores its reply.
@@ -575,6 +656,85 @@ mod tests {
     use crate::copydata_free;
     use crate::test_util::{last, unique};
     use std::ptr::{null, null_mut};
+
+    /// A plain window of a C program (the Windows tests' C peer, named in
+    /// `COPYDATA_C_PEER`), found by its class: the reply code is its
+    /// `LRESULT`, the bytes what it sent back. Elsewhere: unsupported.
+    #[test]
+    fn a_plain_window_is_sent_to_by_its_class() {
+        let (mut code, mut data, mut len) = (0i64, null_mut(), 0usize);
+        // SAFETY: NULL strings and valid outputs.
+        let st = unsafe { copydata_send_to_window(null(), null(), 0, null(), 0, 100, &mut code, &mut data, &mut len) };
+        assert_eq!(st, Status::InvalidArgument);
+        let class = unique("CopydataFfiPeer");
+        if cfg!(not(windows)) {
+            // SAFETY: a valid string and outputs.
+            let st = unsafe {
+                copydata_send_to_window(class.as_ptr(), null(), 0, null(), 0, 100, &mut code, &mut data, &mut len)
+            };
+            assert_eq!(st, Status::Unsupported);
+            return;
+        }
+        let Ok(peer) = std::env::var("COPYDATA_C_PEER") else {
+            assert!(std::env::var_os("COPYDATA_REQUIRE_EXAMPLES").is_none(), "COPYDATA_C_PEER is not set");
+            eprintln!("skipped: COPYDATA_C_PEER is not set (scripts/test.sh builds the C peer)");
+            return;
+        };
+        /// Ends the peer even if the test fails half-way.
+        struct KillOnDrop(std::process::Child);
+        impl Drop for KillOnDrop {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut child = KillOnDrop(
+            std::process::Command::new(peer)
+                .args(["serve", class.to_str().unwrap()])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("starting the C peer"),
+        );
+        let mut ready = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.0.stdout.take().unwrap()), &mut ready).unwrap();
+        assert_eq!(ready.trim(), "ready");
+        // SAFETY: a valid class, bytes and outputs; the reply is freed once.
+        unsafe {
+            let st = copydata_send_to_window(
+                class.as_ptr(),
+                null(),
+                5,
+                c"abc".as_ptr().cast(),
+                3,
+                30_000,
+                &mut code,
+                &mut data,
+                &mut len,
+            );
+            assert_eq!(st, Status::Ok, "{}", last());
+            assert_eq!((code, std::slice::from_raw_parts(data.cast::<u8>(), len)), (1005, &b"C got 3 bytes"[..]));
+            copydata_free(data);
+            let st = copydata_send_to_window(
+                c"NoSuchClassAnywhere".as_ptr(),
+                null(),
+                0,
+                null(),
+                0,
+                1000,
+                &mut code,
+                null_mut(),
+                null_mut(),
+            );
+            assert_eq!(st, Status::NotFound);
+            // Tag 999 ends the peer.
+            copydata_send_to_window(class.as_ptr(), null(), 999, null(), 0, 30_000, null_mut(), null_mut(), null_mut());
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while child.0.try_wait().unwrap().is_none() {
+            assert!(std::time::Instant::now() < deadline, "the C peer did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 
     /// One thread serves the mailbox through the C functions (reversing
     /// the bytes, refusing tag 13) while this one sends through them.
