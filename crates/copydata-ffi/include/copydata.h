@@ -739,6 +739,35 @@ copydata_status copydata_send(const char *name,
                               size_t *reply_len);
 
 /**
+ * Sends a plain `WM_COPYDATA` to an existing window of any program, found
+ * by its class and/or title (`class` or `title` may be NULL, not both;
+ * `FindWindowW`, then among message-only windows), and waits at most
+ * `timeout_ms` for it to be handled (`SendMessageTimeoutW`;
+ * `COPYDATA_INFINITE` as long as it takes). The reply code is the window
+ * procedure's `LRESULT`, the reply bytes what it sent back with
+ * `WM_COPYDATA` to the window passed as `wParam` while handling the
+ * message; outputs as `copydata_send`.
+ *
+ * Windows only: elsewhere it fails with `COPYDATA_STATUS_UNSUPPORTED`.
+ * Fails with `COPYDATA_STATUS_NOT_FOUND` when no window matches,
+ * `COPYDATA_STATUS_TIMED_OUT` when it was not handled in time.
+ *
+ * # Safety
+ *
+ * `class` and `title` are NULL or NUL-terminated strings; the other
+ * pointers as `copydata_send`'s.
+ */
+copydata_status copydata_send_to_window(const char *class_,
+                                        const char *title,
+                                        uint64_t tag,
+                                        const void *data,
+                                        size_t len,
+                                        uint32_t timeout_ms,
+                                        int64_t *reply_code,
+                                        void **reply_data,
+                                        size_t *reply_len);
+
+/**
  * Binds the mailbox `name` for this user, to receive messages with
  * `copydata_mailbox_recv` (on Windows a message-only window; on Linux a
  * Unix socket in the user's runtime directory). Fails with
