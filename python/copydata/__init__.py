@@ -100,7 +100,9 @@ from ._copydata import (  # noqa: E402
     SharedView,
     View,
     inherited_sections,
+    recv_section,
     send,
+    send_section,
     single_instance,
 )
 
@@ -203,6 +205,8 @@ __all__ = [
     "mailboxes",
     "objects",
     "remove",
+    "send_section",
+    "recv_section",
     "SectionInfo",
     "MailboxInfo",
     "ObjectInfo",

@@ -1,6 +1,7 @@
 """Type stubs of the native module (re-exported by the copydata package)."""
 
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -30,6 +31,8 @@ __all__ = [
     "INHERIT_VAR",
     "inherited_sections",
     "remove",
+    "send_section",
+    "recv_section",
     "_sections",
     "_mailboxes",
     "_objects",
@@ -262,6 +265,12 @@ def _objects() -> list[tuple[str, str]]: ...
 def remove(name: str) -> None:
     """Removes the name of the named section `name` (`shm_unlink`);
     holders keep their memory. Not supported on Windows."""
+
+def send_section(socket: socket.socket | int, section: Section) -> None:
+    """Sends `section` over a connected Unix stream socket (Linux)."""
+
+def recv_section(socket: socket.socket | int) -> Section:
+    """Receives a section sent with `send_section` (Linux)."""
 
 def inherited_sections() -> list[Section]:
     """Takes the sections the parent passed (`copydata.Popen`), in its

@@ -12,8 +12,8 @@ use std::io;
 
 use copydata::sync::{LockError, SyncOpenError, WaitError};
 use copydata::{
-    BindError, CreateError, InheritError, InstanceError, ListError, MapError, OpenError, ReadOnlyError, RecvError,
-    RemoveError, ReplyError, SendError,
+    BindError, CreateError, HandoverError, InheritError, InstanceError, ListError, MapError, OpenError, ReadOnlyError,
+    RecvError, RemoveError, ReplyError, SendError,
 };
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -151,6 +151,18 @@ pub(crate) fn open_error(py: Python<'_>, e: OpenError) -> PyErr {
         OpenError::InvalidName { .. } => Kind::InvalidName,
         OpenError::NotFound { .. } => Kind::NotFound,
         OpenError::PermissionDenied { .. } | OpenError::OtherOwner { .. } => Kind::PermissionDenied,
+        _ => Kind::Error,
+    };
+    convert(py, kind, &e)
+}
+
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))] // (the hand-over is Linux only)
+pub(crate) fn handover_error(py: Python<'_>, e: HandoverError) -> PyErr {
+    let kind = match &e {
+        HandoverError::Malformed(_) => Kind::ProtocolError,
+        HandoverError::PeerClosed => Kind::ReceiverDied,
+        HandoverError::NoSuchProcess { .. } => Kind::NotFound,
+        HandoverError::PermissionDenied(_) => Kind::PermissionDenied,
         _ => Kind::Error,
     };
     convert(py, kind, &e)

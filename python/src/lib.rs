@@ -8,6 +8,7 @@
 //! interrupts a long wait with `KeyboardInterrupt`.
 
 mod errors;
+mod handover;
 mod inherit;
 mod instance;
 mod listing;
@@ -267,6 +268,8 @@ fn _copydata(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(listing::_mailboxes, m)?)?;
     m.add_function(wrap_pyfunction!(listing::_objects, m)?)?;
     m.add_function(wrap_pyfunction!(listing::remove, m)?)?;
+    m.add_function(wrap_pyfunction!(handover::send_section, m)?)?;
+    m.add_function(wrap_pyfunction!(handover::recv_section, m)?)?;
     m.add_function(wrap_pyfunction!(instance::single_instance, m)?)?;
     m.add_class::<instance::Primary>()?;
     m.add_class::<instance::Secondary>()?;

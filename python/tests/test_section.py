@@ -117,3 +117,59 @@ def test_live_objects_are_listed_and_a_name_removed(name, serving):
         kinds = sorted(o.kind for o in copydata.objects() if o.name == name)
         assert kinds == ["event", "mutex", "shared"]
     assert name not in [o.name for o in copydata.objects()]
+
+
+RECEIVE_OVER_SOCKET = """
+import socket, sys, copydata
+sock = socket.socket(fileno=int(sys.argv[1]))
+rw = copydata.recv_section(sock)
+ro = copydata.recv_section(sock)
+print(bytes(rw.map(0, 6)).decode(), bytes(ro.map(0, 6)).decode(), rw.readonly, ro.readonly, flush=True)
+rw.map(0, 6)[:] = b"child!"
+try:
+    ro.map(0, 1)[0] = 1
+except TypeError:
+    print("read-only holds", flush=True)
+try:
+    copydata.recv_section(sock)
+except copydata.ReceiverDied:
+    print("peer closed", flush=True)
+"""
+
+
+def test_a_section_is_handed_to_a_running_process_over_a_socket():
+    import socket
+    import subprocess
+    import sys
+
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with copydata.Section.anonymous(4096) as rw, copydata.Section.anonymous(4096) as secret:
+        memoryview(rw)[:6] = b"hello!"
+        memoryview(secret)[:6] = b"secret"
+        child = subprocess.Popen(
+            [sys.executable, "-c", RECEIVE_OVER_SOCKET, str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        theirs.close()
+        try:
+            copydata.send_section(mine, rw)
+            copydata.send_section(mine.fileno(), secret.read_only())
+            assert child.stdout.readline().split() == ["hello!", "secret", "False", "True"]
+            assert child.stdout.readline().strip() == "read-only holds"
+            mine.close()
+            assert child.stdout.readline().strip() == "peer closed"
+            assert child.wait(timeout=30) == 0
+        finally:
+            child.kill()
+            child.wait()
+        assert bytes(memoryview(rw)[:6]) == b"child!"
+        assert bytes(memoryview(secret)[:6]) == b"secret"
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(b"not a frame!!!")
+        with pytest.raises(copydata.ProtocolError):
+            copydata.recv_section(b)
+    with pytest.raises(copydata.InvalidArgument):
+        copydata.recv_section(a)  # closed: fileno() is -1

@@ -304,6 +304,81 @@ const char *copydata_last_error(void);
 const char *copydata_status_name(int32_t status);
 
 /**
+ * Linux: sends `section` over the connected Unix stream socket `socket`
+ * (`SCM_RIGHTS`, with a small header naming its size, access and name);
+ * the receiver gets its own handle to the same memory, with the same
+ * access, from `copydata_section_recv`. Send a
+ * `copydata_section_read_only` handle to hand over read-only.
+ *
+ * Fails with `COPYDATA_STATUS_RECEIVER_DIED` when the peer closed the
+ * socket, `COPYDATA_STATUS_UNSUPPORTED` off Linux.
+ *
+ * # Safety
+ *
+ * `section` is NULL or a live section; `socket` is a descriptor this
+ * process has open (or any number: a closed one fails).
+ */
+copydata_status copydata_section_send(int32_t socket, const copydata_section *section);
+
+/**
+ * Linux: receives a section sent with `copydata_section_send` (from C,
+ * Rust or Python) from the connected Unix stream socket `socket`, and
+ * stores it in `*out`. Blocks until one arrives (give the socket a receive
+ * timeout, `SO_RCVTIMEO`, to bound the wait). Everything received is
+ * checked: anything unexpected fails with `COPYDATA_STATUS_INCOMPATIBLE`
+ * and closes what came with it; `COPYDATA_STATUS_RECEIVER_DIED` when the
+ * peer closed the socket.
+ *
+ * # Safety
+ *
+ * `socket` is a descriptor this process has open (or any number: a closed
+ * one fails); `out` is NULL or points to storage for a pointer.
+ */
+copydata_status copydata_section_recv(int32_t socket, copydata_section **out);
+
+/**
+ * Windows: duplicates `section`'s handle into the running process `pid`
+ * (`DuplicateHandle`), with the section's access (duplicate a
+ * `copydata_section_read_only` handle to hand over read-only). Tell that
+ * process `*handle` (valid there only) and the section's size and access
+ * by any channel; it calls `copydata_section_adopt`. The new handle
+ * belongs to that process: if it never adopts it, it stays open there
+ * until the process exits.
+ *
+ * Fails with `COPYDATA_STATUS_NOT_FOUND` (no such process),
+ * `COPYDATA_STATUS_PERMISSION_DENIED`, `COPYDATA_STATUS_UNSUPPORTED` off
+ * Windows.
+ *
+ * # Safety
+ *
+ * `section` is NULL or a live section; `handle` is NULL or points to a
+ * writable `uint64_t`.
+ */
+copydata_status copydata_section_duplicate_into(const copydata_section *section,
+                                                uint32_t pid,
+                                                uint64_t *handle_out);
+
+/**
+ * Windows: takes ownership of a section handle another process duplicated
+ * into this one (`copydata_section_duplicate_into`), of `size` bytes, with
+ * `access` (`COPYDATA_READ_ONLY` or `COPYDATA_READ_WRITE`: it can only
+ * restrict what the handle allows), and stores the section in `*out`. The
+ * handle is checked to be a section of that size (rounded up to a page, as
+ * the kernel keeps it): `COPYDATA_STATUS_INCOMPATIBLE` otherwise. It is
+ * closed with the section.
+ *
+ * # Safety
+ *
+ * `handle` is a handle value duplicated into this process for this
+ * caller, which nothing else in this process owns or closes; `out` is
+ * NULL or points to storage for a pointer.
+ */
+copydata_status copydata_section_adopt(uint64_t handle,
+                                       uint64_t size,
+                                       uint32_t access,
+                                       copydata_section **out);
+
+/**
  * Makes `count` sections ready for a child process (`sections` may be
  * NULL when `count` is 0): duplicates of their handles, read-write or
  * read-only as each section is (`copydata_section_read_only` makes a

@@ -81,6 +81,14 @@
 //! ls` does): names with a size, a process id or a kind.
 //! [`copydata_section_remove`] frees a section's name (`shm_unlink`).
 //!
+//! # Sections to a running process
+//!
+//! Outside a mailbox, a section goes to an unrelated running process the
+//! way each system allows: on Linux over a connected Unix socket
+//! ([`copydata_section_send`], [`copydata_section_recv`]: `SCM_RIGHTS`), on
+//! Windows by `DuplicateHandle` ([`copydata_section_duplicate_into`], then
+//! the target's [`copydata_section_adopt`] with the value it was told).
+//!
 //! # Sections for a child process
 //!
 //! [`copydata_inheritance_new`] makes sections ready for a child that the
@@ -116,6 +124,7 @@
 
 mod buffer;
 mod error;
+mod handover;
 mod inherit;
 mod instance;
 mod list;
@@ -128,6 +137,9 @@ mod test_util;
 
 pub use buffer::copydata_free;
 pub use error::{Status, copydata_last_error, copydata_status_name};
+pub use handover::{
+    copydata_section_adopt, copydata_section_duplicate_into, copydata_section_recv, copydata_section_send,
+};
 pub use inherit::{
     Inheritance, copydata_inheritance_close, copydata_inheritance_count, copydata_inheritance_handle,
     copydata_inheritance_new, copydata_inheritance_token, copydata_inherited_sections,

@@ -1,0 +1,69 @@
+//! Handing a section to an unrelated running process outside a mailbox
+//! (Linux: over a connected Unix socket, `SCM_RIGHTS`):
+//! `copydata.send_section` and `copydata.recv_section`.
+
+use pyo3::prelude::*;
+
+use crate::errors::{self, Kind};
+use crate::section::Section;
+
+/// The descriptor of `socket`: an int, or an object with `fileno()` (a
+/// `socket.socket`).
+fn fileno(socket: &Bound<'_, PyAny>) -> PyResult<i32> {
+    let fd: i32 = match socket.extract() {
+        Ok(fd) => fd,
+        Err(_) => socket.call_method0("fileno")?.extract()?,
+    };
+    if fd < 0 {
+        return Err(errors::raise(
+            socket.py(),
+            Kind::InvalidArgument,
+            format!("{fd} is no descriptor (a closed socket?)"),
+        ));
+    }
+    Ok(fd)
+}
+
+/// Sends `section` over the connected Unix stream socket `socket` (a
+/// `socket.socket`, or its descriptor): the receiver gets its own handle to
+/// the same memory, with the same access, from `recv_section` (Python, C or
+/// Rust). Send `section.read_only()` to hand over read-only. Linux only.
+#[pyfunction]
+pub(crate) fn send_section(py: Python<'_>, socket: &Bound<'_, PyAny>, section: PyRef<'_, Section>) -> PyResult<()> {
+    let fd = fileno(socket)?;
+    let section = section.handle(py)?;
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `socket` (which owns the descriptor, or whose number the
+        // caller gave) is alive for the whole call; a number that is not
+        // open makes the system calls fail with EBADF.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        py.detach(|| copydata::os::linux::send_section(fd, section)).map_err(|e| errors::handover_error(py, e))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (fd, section);
+        Err(errors::raise(py, Kind::Error, "send_section is Linux only (sections travel with messages everywhere)"))
+    }
+}
+
+/// Receives a section sent with `send_section` from the connected Unix
+/// stream socket `socket`; waits until one arrives (give the socket a
+/// timeout to bound the wait). What arrives is checked: anything else
+/// raises `ProtocolError`; a closed peer raises `ReceiverDied`. Linux only.
+#[pyfunction]
+pub(crate) fn recv_section(py: Python<'_>, socket: &Bound<'_, PyAny>) -> PyResult<Section> {
+    let fd = fileno(socket)?;
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: as in `send_section`.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let section = py.detach(|| copydata::os::linux::recv_section(fd)).map_err(|e| errors::handover_error(py, e))?;
+        Ok(Section::wrap(section))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = fd;
+        Err(errors::raise(py, Kind::Error, "recv_section is Linux only (sections travel with messages everywhere)"))
+    }
+}
