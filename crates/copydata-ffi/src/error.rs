@@ -375,6 +375,19 @@ pub(crate) unsafe fn bytes_arg<'a>(p: *const c_void, len: usize, what: &str) -> 
     Ok(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
 }
 
+/// An optional string argument: `None` for NULL.
+///
+/// # Safety
+///
+/// `p` is NULL or a NUL-terminated string, valid for `'a`.
+pub(crate) unsafe fn opt_str_arg<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>, Error> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: not NULL, so a NUL-terminated string (the contract).
+    unsafe { str_arg(p, what) }.map(Some)
+}
+
 /// A handle argument.
 ///
 /// # Safety

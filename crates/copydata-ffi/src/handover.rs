@@ -4,7 +4,7 @@
 //! the other system's pair fails with `COPYDATA_STATUS_UNSUPPORTED`.
 
 use crate::error::{Error, Status, guard, handle, out_arg};
-use crate::section::{COPYDATA_READ_ONLY, COPYDATA_READ_WRITE, Section, give};
+use crate::section::{Section, access_arg, give};
 
 impl From<copydata::HandoverError> for Error {
     fn from(e: copydata::HandoverError) -> Error {
@@ -161,15 +161,7 @@ pub unsafe extern "C" fn copydata_section_adopt(handle: u64, size: u64, access: 
     guard(|| {
         // SAFETY: `out` is NULL or valid storage (the contract).
         let out = unsafe { out_arg(out) }?;
-        let access = match access {
-            COPYDATA_READ_ONLY => copydata::Access::ReadOnly,
-            COPYDATA_READ_WRITE => copydata::Access::ReadWrite,
-            other => {
-                return Err(Error::invalid(format!(
-                    "access {other} is neither COPYDATA_READ_ONLY nor COPYDATA_READ_WRITE"
-                )));
-            }
-        };
+        let access = access_arg(access)?;
         #[cfg(windows)]
         {
             // SAFETY: the handle was duplicated into this process for this
@@ -190,8 +182,8 @@ mod tests {
 
     use super::*;
     use crate::section::{
-        copydata_section_anonymous, copydata_section_close, copydata_section_map, copydata_view_data,
-        copydata_view_unmap,
+        COPYDATA_READ_ONLY, COPYDATA_READ_WRITE, copydata_section_anonymous, copydata_section_close,
+        copydata_section_map, copydata_view_data, copydata_view_unmap,
     };
     use crate::test_util::last;
 

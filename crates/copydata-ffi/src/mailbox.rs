@@ -4,7 +4,9 @@ use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
 use crate::buffer;
-use crate::error::{Error, Status, bytes_arg, give_back, guard, guard_value, handle, handle_mut, out_arg, str_arg};
+use crate::error::{
+    Error, Status, bytes_arg, give_back, guard, guard_value, handle, handle_mut, opt_str_arg, out_arg, str_arg,
+};
 
 /// A timeout that never expires (as `INFINITE` in Win32).
 pub const COPYDATA_INFINITE: u32 = 0xFFFF_FFFF;
@@ -155,19 +157,6 @@ fn send_to_window(
     _timeout: Option<Duration>,
 ) -> Result<copydata::Reply, Error> {
     Err(Error::new(Status::Unsupported, "windows and WM_COPYDATA exist on Windows only"))
-}
-
-/// An optional string argument: `None` for NULL.
-///
-/// # Safety
-///
-/// `p` is NULL or a NUL-terminated string, valid for `'a`.
-unsafe fn opt_str_arg<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>, Error> {
-    if p.is_null() {
-        return Ok(None);
-    }
-    // SAFETY: not NULL, so a NUL-terminated string (the contract).
-    unsafe { str_arg(p, what) }.map(Some)
 }
 
 /// The common part of the C functions that send and wait for a reply:

@@ -36,7 +36,7 @@ enum Mapping {
     ReadWrite(#[allow(dead_code)] copydata::ViewMut),
 }
 
-fn access_arg(access: u32) -> Result<copydata::Access, Error> {
+pub(crate) fn access_arg(access: u32) -> Result<copydata::Access, Error> {
     match access {
         COPYDATA_READ_ONLY => Ok(copydata::Access::ReadOnly),
         COPYDATA_READ_WRITE => Ok(copydata::Access::ReadWrite),

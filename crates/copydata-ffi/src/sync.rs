@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use copydata::sync::{ArcMutexGuard, ArcSharedBytesGuard, EventKind, LockError, SharedBytes, SyncOpenError, WaitError};
 
-use crate::error::{Error, Status, give_back, guard, guard_value, handle, out_arg, str_arg};
+use crate::error::{Error, Status, give_back, guard, guard_value, handle, opt_str_arg, out_arg, str_arg};
 use crate::mailbox::timeout_arg;
 
 /// Kind for `copydata_event_create`: stays set until
@@ -35,7 +35,12 @@ trait ArcLock: Sized {
     /// What the object is called in messages.
     const WHAT: &'static str;
     fn name(&self) -> &str;
-    fn lock_arc(self: &Arc<Self>, timeout: Option<std::time::Duration>) -> Result<Self::Guard, LockError>;
+    /// Waits as long as it takes.
+    fn lock_forever(self: &Arc<Self>) -> Result<Self::Guard, LockError>;
+    /// Takes the lock only if it is free now.
+    fn lock_now(self: &Arc<Self>) -> Result<Self::Guard, LockError>;
+    /// Waits at most `timeout`.
+    fn lock_within(self: &Arc<Self>, timeout: std::time::Duration) -> Result<Self::Guard, LockError>;
 }
 
 /// A held lock of an [`ArcLock`].
@@ -51,12 +56,14 @@ impl ArcLock for copydata::sync::Mutex {
     fn name(&self) -> &str {
         copydata::sync::Mutex::name(self)
     }
-    fn lock_arc(self: &Arc<Self>, timeout: Option<std::time::Duration>) -> Result<ArcMutexGuard, LockError> {
-        match timeout {
-            None => copydata::sync::Mutex::lock_arc(self),
-            Some(t) if t.is_zero() => self.try_lock_arc(),
-            Some(t) => self.lock_arc_timeout(t),
-        }
+    fn lock_forever(self: &Arc<Self>) -> Result<ArcMutexGuard, LockError> {
+        self.lock_arc()
+    }
+    fn lock_now(self: &Arc<Self>) -> Result<ArcMutexGuard, LockError> {
+        self.try_lock_arc()
+    }
+    fn lock_within(self: &Arc<Self>, timeout: std::time::Duration) -> Result<ArcMutexGuard, LockError> {
+        self.lock_arc_timeout(timeout)
     }
 }
 
@@ -78,12 +85,14 @@ impl ArcLock for SharedBytes {
     fn name(&self) -> &str {
         SharedBytes::name(self)
     }
-    fn lock_arc(self: &Arc<Self>, timeout: Option<std::time::Duration>) -> Result<ArcSharedBytesGuard, LockError> {
-        match timeout {
-            None => SharedBytes::lock_arc(self),
-            Some(t) if t.is_zero() => self.try_lock_arc(),
-            Some(t) => self.lock_arc_timeout(t),
-        }
+    fn lock_forever(self: &Arc<Self>) -> Result<ArcSharedBytesGuard, LockError> {
+        self.lock_arc()
+    }
+    fn lock_now(self: &Arc<Self>) -> Result<ArcSharedBytesGuard, LockError> {
+        self.try_lock_arc()
+    }
+    fn lock_within(self: &Arc<Self>, timeout: std::time::Duration) -> Result<ArcSharedBytesGuard, LockError> {
+        self.lock_arc_timeout(timeout)
     }
 }
 
@@ -124,7 +133,11 @@ impl<L: ArcLock> Locked<L> {
         if self.held().as_ref().is_some_and(ArcGuard::is_mine) {
             return Err(LockError::WouldDeadlock.into());
         }
-        let guard = self.inner.lock_arc(timeout_arg(timeout_ms))?;
+        let guard = match timeout_arg(timeout_ms) {
+            None => self.inner.lock_forever()?,
+            Some(t) if t.is_zero() => self.inner.lock_now()?,
+            Some(t) => self.inner.lock_within(t)?,
+        };
         let died = guard.owner_died();
         *self.held() = Some(guard);
         Ok(died)
@@ -441,15 +454,12 @@ pub unsafe extern "C" fn copydata_shared_open(
 ///
 /// `tag` is NULL or a NUL-terminated string, valid for `'a`.
 unsafe fn tag_arg<'a>(tag: *const c_char) -> Result<&'a str, Error> {
-    if tag.is_null() {
-        return Ok("bytes");
-    }
-    // SAFETY: not NULL, so a NUL-terminated string (the contract).
-    unsafe { str_arg(tag, "tag") }
+    // SAFETY: NULL or a NUL-terminated string (the contract).
+    Ok(unsafe { opt_str_arg(tag, "tag") }?.unwrap_or("bytes"))
 }
 
-/// Fails a `copydata_shared_*` opener with `e` before it opens anything,
-/// setting `*out` to NULL as every opener does.
+/// Fails an opener with `e` before it opens anything, setting `*out` to
+/// NULL as every opener does.
 fn fail_into<T>(out: *mut *mut T, e: Error) -> Status {
     guard(|| {
         // SAFETY: `out` is NULL or valid storage (the caller's contract).
@@ -571,11 +581,7 @@ pub unsafe extern "C" fn copydata_event_create(name: *const c_char, kind: u32, o
         COPYDATA_AUTO_RESET => EventKind::AutoReset,
         other => {
             let bad = format!("event kind {other} is neither COPYDATA_MANUAL_RESET (0) nor COPYDATA_AUTO_RESET (1)");
-            return guard(|| {
-                // SAFETY: `out` is NULL or valid storage (the contract).
-                unsafe { out_arg(out) }?;
-                Err(Error::invalid(bad))
-            });
+            return fail_into(out, Error::invalid(bad));
         }
     };
     // SAFETY: the pointers are as `open_into` needs (this function's

@@ -82,7 +82,7 @@ fn open_value(
     layout: Layout,
     tag: &str,
     init: Option<impl FnOnce(*mut u8) -> Result<(), BoxError>>,
-) -> Result<(Lock, ViewMut), SyncOpenError> {
+) -> Result<Opened, SyncOpenError> {
     let mismatch = |reason: String| SyncOpenError::LayoutMismatch { name: name.into(), reason };
     let not_found = || SyncOpenError::NotFound { name: name.into() };
     // Where the value starts and how long the object must be, if this
@@ -155,7 +155,7 @@ fn open_value(
     let value = obj.section().map_mut(offset as u64, size.max(1)).map_err(|e| obj.io(std::io::Error::other(e)))?;
     let lock = Lock::new(obj)?;
     if header::u32_at(&lock.object().header, VALUE_READY).load(Ordering::Acquire) == 1 {
-        return Ok((lock, value));
+        return Ok(Opened { lock, value, size, align });
     }
     // Not initialised yet (or its initialiser died): initialise it under
     // the lock, unless someone else did meanwhile.
@@ -175,7 +175,15 @@ fn open_value(
         header::u32_at(&lock.object().header, INCONSISTENT).store(0, Ordering::SeqCst);
     }
     drop(guard);
-    Ok((lock, value))
+    Ok(Opened { lock, value, size, align })
+}
+
+/// An opened value: its lock, its bytes and the layout it has.
+struct Opened {
+    lock: Lock,
+    value: ViewMut,
+    size: usize,
+    align: usize,
 }
 
 /// A named value of type `T` shared by every process that opens the name:
@@ -307,7 +315,7 @@ impl<T: bytemuck::Zeroable + Send + Sync + 'static> Shared<T> {
 
     fn with(name: &str, tag: &str, init: Init<impl FnOnce() -> T>) -> Result<Shared<T>, SyncOpenError> {
         let layout = Layout::Known { size: size_of::<T>(), align: align_of::<T>() };
-        let (lock, value) = match init {
+        let Opened { lock, value, .. } = match init {
             Init::None => open_value(name, layout, tag, None::<fn(*mut u8) -> Result<(), BoxError>>)?,
             Init::Value(init) => open_value(
                 name,
@@ -500,7 +508,7 @@ impl SharedBytes {
             let bytes = unsafe { std::slice::from_raw_parts_mut(at, len) };
             init(bytes).map_err(Into::into)
         };
-        let (lock, value) = open_value(name, layout, tag, Some(init))?;
+        let Opened { lock, value, .. } = open_value(name, layout, tag, Some(init))?;
         Ok(SharedBytes { lock, value, len, align })
     }
 
@@ -509,11 +517,9 @@ impl SharedBytes {
     /// ([`SyncOpenError::NotFound`] if no process holds it, or it has not
     /// been initialised yet).
     pub fn open(name: &str, tag: &str) -> Result<SharedBytes, SyncOpenError> {
-        let (lock, value) = open_value(name, Layout::FromHeader, tag, None::<fn(*mut u8) -> Result<(), BoxError>>)?;
-        let h = &lock.object().header;
-        let len = header::u64_at(h, VALUE_SIZE).load(Ordering::Acquire).saturating_sub(1) as usize;
-        let align = header::u32_at(h, VALUE_ALIGN).load(Ordering::Acquire) as usize;
-        Ok(SharedBytes { lock, value, len, align })
+        let Opened { lock, value, size, align } =
+            open_value(name, Layout::FromHeader, tag, None::<fn(*mut u8) -> Result<(), BoxError>>)?;
+        Ok(SharedBytes { lock, value, len: size, align })
     }
 
     /// The value's name.
