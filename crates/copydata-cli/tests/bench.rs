@@ -110,6 +110,8 @@ fn pauses_are_measured_next_to_the_floor() {
         "loan 64 MiB, after its filling",
         "spin floor round trip, at once",
         "spin floor round trip, after 8 ms",
+        "spin floor round trip, after filling 64 KiB",
+        "spin floor round trip, after filling 64 MiB",
         "read 32 KiB of own memory, at once",
         "read 32 KiB, after 8 ms",
     ] {

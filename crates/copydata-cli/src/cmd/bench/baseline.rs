@@ -278,12 +278,12 @@ fn spin_floor(budget: Budget, ctx: &Ctx) -> anyhow::Result<Sample> {
 }
 
 /// `iters` round trips on the spin floor's line (after 10 untimed ones),
-/// each after spinning `pause` on the clock (`copydata bench --pauses`).
-pub fn spin_floor_after(pause: Duration, iters: usize, ctx: &Ctx) -> anyhow::Result<Vec<Duration>> {
+/// each after `between` ran untimed (`copydata bench --pauses`).
+pub fn spin_floor_after(iters: usize, ctx: &Ctx, mut between: impl FnMut()) -> anyhow::Result<Vec<Duration>> {
     with_spin_partner(ctx, |round_trip| {
         let mut ns = Vec::with_capacity(iters);
         for i in 0..iters + 10 {
-            super::copydata_rows::spin_for(pause);
+            between();
             let took = round_trip()?;
             if i >= 10 {
                 ns.push(took);

@@ -225,7 +225,7 @@ pub fn pauses(ctx: &Ctx) -> anyhow::Result<()> {
     ];
     let mut elsewhere = Vec::new();
     let iters = if ctx.quick { 60 } else { 300 };
-    println!("{:<34} {:>10} {:>10}", "call (only the call is timed)", "p50", "p99");
+    println!("{:<44} {:>10} {:>10}", "call (only the call is timed)", "p50", "p99");
     for (what, payload, loan, between) in cases {
         let server = Server::start(ctx, Handler::Touch, 1)?;
         let mut sender = server.connect(Wait::SpinThenPark)?;
@@ -280,7 +280,21 @@ pub fn pauses(ctx: &Ctx) -> anyhow::Result<()> {
         ("spin floor round trip, after 1 ms", Duration::from_millis(1)),
         ("spin floor round trip, after 8 ms", Duration::from_millis(8)),
     ] {
-        print_row(what, super::baseline::spin_floor_after(pause, iters, ctx)?);
+        print_row(what, super::baseline::spin_floor_after(iters, ctx, || spin_for(pause))?);
+    }
+    // The loan rows' ratio without copydata: the same round trip after the
+    // pinging side filled 64 KiB or 64 MiB of its own memory.
+    for (what, len) in [
+        ("spin floor round trip, after filling 64 KiB", 64 << 10),
+        ("spin floor round trip, after filling 64 MiB", 64 << 20),
+    ] {
+        let mut own = vec![0u8; len];
+        let fill = || {
+            // SAFETY: `own` is this closure's own buffer of `len` bytes.
+            unsafe { fill_raw(own.as_mut_ptr(), len, FILL) };
+            std::hint::black_box(&mut own);
+        };
+        print_row(what, super::baseline::spin_floor_after(iters, ctx, fill)?);
     }
     cold_reads(iters);
     Ok(())
@@ -289,7 +303,7 @@ pub fn pauses(ctx: &Ctx) -> anyhow::Result<()> {
 fn print_row(what: &str, mut ns: Vec<Duration>) {
     ns.sort_unstable();
     let at = |q: usize| super::report::nanos(ns[(ns.len() - 1) * q / 100].as_nanos() as f64);
-    println!("{what:<34} {:>10} {:>10}", at(50), at(99));
+    println!("{what:<44} {:>10} {:>10}", at(50), at(99));
 }
 
 /// What a pause does to memory on this machine, without copydata: reading

@@ -61,8 +61,8 @@ pub struct Args {
     /// a 64 KiB loan right after the previous call and after the sender
     /// spent 1 ms and 8 ms spinning, next to a 64 MiB loan after its
     /// filling and a 64 KiB loan after as much filling elsewhere, and what
-    /// such pauses do to the spin floor's round trip and to reading 32 KiB
-    /// of memory.
+    /// such pauses and fillings do to the spin floor's round trip and
+    /// pauses to reading 32 KiB of memory.
     #[arg(long, conflicts_with = "locks")]
     pauses: bool,
 }
