@@ -69,6 +69,9 @@ pub(crate) struct Dispatch {
 #[derive(Debug, Default)]
 pub(crate) struct WorkerState {
     conns: Vec<Arc<ServerConn>>,
+    /// Whether any of `conns` spins (`Wait::SpinThenPark`), so the worker
+    /// spins before it parks.
+    spinning: bool,
     /// Where the next scan starts: just after the connection of the last
     /// message taken.
     start: usize,
@@ -78,6 +81,15 @@ pub(crate) struct WorkerState {
     /// without a round of all connections: granted when a round found no
     /// other connection waiting (see `scan`).
     alone: u32,
+    /// The last message came from the connection served last, taken
+    /// straight, and nothing woke the worker since: the next pass need not
+    /// round the others if that connection has nothing (the looks between
+    /// passes watch them, one per look).
+    skip_round: bool,
+    /// The worker's last wait ended without a message: the next pass checks
+    /// whether a sender announced a loan (a look at every connection, not
+    /// worth making after every message).
+    loan_hint: bool,
     trimmed: bool,
     /// Since when the worker polls for a loan announced by a sender.
     hot_since: Option<Instant>,
@@ -214,6 +226,7 @@ impl Dispatch {
         conn.dead.store(true, Ordering::Release);
         conn.link().shutdown();
         st.conns.retain(|c| !Arc::ptr_eq(c, conn));
+        st.spinning = st.conns.iter().any(|c| c.wait == Wait::SpinThenPark);
         self.slots[w].conns.lock().unwrap_or_else(|e| e.into_inner()).retain(|c| !Arc::ptr_eq(c, conn));
     }
 
@@ -256,11 +269,15 @@ impl Dispatch {
         if st.alone > 0
             && let Some(last) = st.start.checked_sub(1).filter(|&at| at < st.conns.len())
         {
-            st.alone -= 1;
             if let Some(found) = self.try_take(last, st, &mut gone) {
+                st.alone -= 1;
+                st.skip_round = true;
                 return Some(found);
             }
             self.drop_gone(w, st, gone.take());
+            if st.skip_round {
+                return None;
+            }
         }
         // Round the connections from `start`, without a division per
         // connection (this runs for every message).
@@ -367,10 +384,12 @@ impl Dispatch {
             }
             if slot.changed.load(Ordering::Acquire) && slot.changed.swap(false, Ordering::AcqRel) {
                 st.conns = slot.conns.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                st.spinning = st.conns.iter().any(|c| c.wait == Wait::SpinThenPark);
                 st.alone = 0;
             }
             if let Some(found) = self.scan(w, st) {
                 st.trimmed = false;
+                st.loan_hint = false;
                 st.hot_since = None;
                 st.aside_since = None;
                 st.quiet_since = None;
@@ -378,7 +397,7 @@ impl Dispatch {
             }
             // A sender filling a loan is about to send: poll, yielding the
             // CPU, rather than sleep and make it pay for a wake-up.
-            if Self::loan_announced(st) {
+            if st.loan_hint && Self::loan_announced(st) {
                 let since = *st.hot_since.get_or_insert_with(Instant::now);
                 if since.elapsed() < HOT_MAX && deadline.is_none_or(|d| Instant::now() < d) {
                     // Spin, and let other threads of this CPU in once per
@@ -389,21 +408,25 @@ impl Dispatch {
                     if !super::spin_quietly(|| self.worth_a_look(w, slot, st)) {
                         std::thread::yield_now();
                     }
+                    st.skip_round = false;
                     continue;
                 }
             } else {
                 st.hot_since = None;
+                st.loan_hint = false;
             }
             // While spinning, a loan announced meanwhile also ends the spin
             // (the loop above then polls for it); looked for on every 16th
             // look only, as it reads a line of every connection's region.
             let mut looks = 0u32;
-            if st.conns.iter().any(|c| c.wait == Wait::SpinThenPark)
+            if st.spinning
                 && super::spin(|| {
                     looks = looks.wrapping_add(1);
                     self.worth_a_look(w, slot, st) || (looks.is_multiple_of(16) && Self::poll_for_loan(st))
                 })
             {
+                st.skip_round = false;
+                st.loan_hint = true;
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return None;
                 }
@@ -414,6 +437,7 @@ impl Dispatch {
             let seen = self.bells.load(w);
             Self::set_parked(st, 1);
             fence(Ordering::SeqCst);
+            st.skip_round = false;
             if let Some(found) = self.scan(w, st) {
                 Self::set_parked(st, 0);
                 st.trimmed = false;
@@ -425,6 +449,7 @@ impl Dispatch {
             // flag): poll for it instead of sleeping through the fill.
             if slot.changed.load(Ordering::Acquire) || self.is_closed() || Self::poll_for_loan(st) {
                 Self::set_parked(st, 0);
+                st.loan_hint = true;
                 continue;
             }
             // Nor does a streamed copy put aside ring a doorbell as its
@@ -455,6 +480,7 @@ impl Dispatch {
             let sleep = [left, trim_in, nap].into_iter().flatten().fold(IDLE_LOOK, Duration::min);
             let timed_out = !self.bells.wait(w, seen, Some(sleep));
             Self::set_parked(st, 0);
+            st.loan_hint = true;
             if timed_out {
                 if !st.trimmed && quiet.elapsed() >= TRIM_AFTER - Duration::from_millis(1) {
                     // Until every large buffer is back (a slow sender may
