@@ -60,9 +60,9 @@ pub struct Args {
     /// Measure what a pause before a call costs instead: a small send and
     /// a 64 KiB loan right after the previous call and after the sender
     /// spent 1 ms and 8 ms spinning, next to a 64 MiB loan after its
-    /// filling and a 64 KiB loan after as much filling elsewhere, and what
-    /// such pauses and fillings do to the spin floor's round trip and
-    /// pauses to reading 32 KiB of memory.
+    /// filling and a 64 KiB loan after as much filling elsewhere; then the
+    /// spin floor's round trip after the same pauses and after filling
+    /// 64 KiB and 64 MiB, and reading 32 KiB of memory after the pauses.
     #[arg(long, conflicts_with = "locks")]
     pauses: bool,
 }
