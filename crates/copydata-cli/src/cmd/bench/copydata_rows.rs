@@ -208,8 +208,10 @@ enum Between {
 /// the receiver asleep (it spins only briefly) and pays a wake-up; a
 /// paused loan finds it polling (the loan announced the message), so what
 /// it pays beyond the immediate loan is the path gone cold in the caches
-/// meanwhile, which the last rows show without copydata: the spin floor's round trip after the same pauses (one cache
-/// line crossing between the two processes and back) and [`cold_reads`].
+/// meanwhile, which the last rows show without copydata: the spin floor's
+/// round trip (one cache line crossing between the two processes and back)
+/// after the same pauses and after filling 64 KiB and 64 MiB, and
+/// [`cold_reads`].
 pub fn pauses(ctx: &Ctx) -> anyhow::Result<()> {
     let spin1 = Between::Spin(Duration::from_millis(1));
     let spin8 = Between::Spin(Duration::from_millis(8));
