@@ -781,6 +781,36 @@ fn a_flooding_sender_starves_no_other() {
     srv.quit();
 }
 
+/// A worker that took a message straight from the connection it served
+/// last (the others idle at its last round) still finds another
+/// connection's message at once: `recv_timeout(0)` returns it rather than
+/// a timeout. (The requests are held: answering one has the worker look at
+/// every connection afresh.)
+#[test]
+fn a_zero_timeout_recv_finds_another_connections_message() {
+    let name = unique("zero-timeout");
+    let mailbox = Mailbox::bind(&name).unwrap();
+    let options = SenderOptions::new().wait(Wait::SpinThenPark);
+    let mut a = Sender::connect_with(&name, &options).unwrap();
+    let mut b = Sender::connect_with(&name, &options).unwrap();
+    let mut held = Vec::new();
+    // A's second post is found by a round that came back to A with B idle,
+    // so A's third is taken straight, with B's post waiting.
+    for t in [1, 2, 3] {
+        a.post(t, b"a").unwrap();
+        if t == 3 {
+            b.post(10, b"b").unwrap();
+        }
+        held.push(mailbox.recv_timeout(BOUND).unwrap());
+    }
+    match mailbox.recv_timeout(Duration::ZERO) {
+        Ok(r) => held.push(r),
+        Err(e) => panic!("a post was waiting, but recv_timeout(0) said {e}"),
+    }
+    let tags: Vec<u64> = held.iter().map(|r| r.tag()).collect();
+    assert!(tags == [1, 2, 3, 10] || tags == [1, 2, 10, 3], "tags in the order received: {tags:?}");
+}
+
 /// A sender child floods a held-up receiver with `n` posts of `size` bytes:
 /// while the receiver is held, at most `max_held` go out (the sender blocks,
 /// without error); once it goes on, every post arrives once, in order.

@@ -275,7 +275,9 @@ impl Dispatch {
                 return Some(found);
             }
             self.drop_gone(w, st, gone.take());
-            if st.skip_round {
+            // (Only with looks between passes: a worker that parks at once
+            // would raise every parked flag to find another sender.)
+            if st.skip_round && st.spinning {
                 return None;
             }
         }
@@ -419,6 +421,7 @@ impl Dispatch {
             // (the loop above then polls for it); looked for on every 16th
             // look only, as it reads a line of every connection's region.
             let mut looks = 0u32;
+            let skipped = st.skip_round;
             if st.spinning
                 && super::spin(|| {
                     looks = looks.wrapping_add(1);
@@ -427,7 +430,10 @@ impl Dispatch {
             {
                 st.skip_round = false;
                 st.loan_hint = true;
-                if deadline.is_some_and(|d| Instant::now() >= d) {
+                // Past the deadline, one more pass if the last one skipped
+                // the round: what the look saw may wait on another
+                // connection.
+                if !skipped && deadline.is_some_and(|d| Instant::now() >= d) {
                     return None;
                 }
                 continue;
