@@ -39,6 +39,13 @@ pub struct ViewMut {
 }
 
 impl View {
+    /// Keeps the mapping this view is part of for the rest of the
+    /// process's life (for memory that something outside Rust's ownership
+    /// still points into).
+    pub(crate) fn keep_mapped_for_ever(&self) {
+        std::mem::forget(Arc::clone(&self.map));
+    }
+
     pub(crate) fn new(map: Arc<sys::Mapping>, start: usize, len: usize, offset: u64) -> View {
         debug_assert!(start + len <= map.len());
         View { map, start, len, offset }

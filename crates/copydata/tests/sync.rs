@@ -147,6 +147,23 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
                 Err(e) => return Err(fail(e)),
             }
         }
+        // Forgets a guard, drops its mutex, maps a page of 0xAA (where the
+        // mutex's mapping was, if it went), then locks another mutex: says
+        // whether the page is intact (glibc's robust list of this thread
+        // still points into the first mutex).
+        "forgotten-guard" => {
+            let m = Mutex::open_or_create(name).map_err(fail)?;
+            std::mem::forget(m.lock().map_err(fail)?);
+            drop(m);
+            let page = copydata::Section::anonymous(4096).map_err(fail)?;
+            let view = page.map_mut(0, 4096).map_err(fail)?;
+            view.write_at(0, &[0xAA; 4096]).map_err(fail)?;
+            let other = Mutex::open_or_create(&args[1]).map_err(fail)?;
+            drop(other.lock().map_err(fail)?);
+            let mut seen = [0u8; 4096];
+            view.read_at(0, &mut seen).map_err(fail)?;
+            say("intact", &seen.iter().all(|&b| b == 0xAA).to_string());
+        }
         // A creator that dies inside its initialiser.
         "init-and-die" => {
             let _v = Shared::<[u64; 2]>::open_or_create(name, || {
@@ -298,6 +315,19 @@ fn an_arc_guard_dropped_elsewhere_keeps_the_mutex_for_its_holder() {
     let (name, other) = (unique("arc-elsewhere"), unique("arc-other"));
     let mut kid = Kid::spawn("arc-dropped-elsewhere", &[&name, &other]);
     assert_eq!(kid.expect("owner-died"), if cfg!(windows) { "gone" } else { "true" });
+    kid.wait_ok();
+    assert!(gone(&name, ObjectType::Mutex));
+    assert!(gone(&other, ObjectType::Mutex));
+}
+
+/// `mem::forget` on a guard is safe Rust: dropping its mutex afterwards
+/// must not leave the locking thread's robust list (Linux) pointing at
+/// memory that is then reused.
+#[test]
+fn a_forgotten_guard_leaves_no_dangling_lock_behind() {
+    let (name, other) = (unique("forgotten"), unique("forgotten-other"));
+    let mut kid = Kid::spawn("forgotten-guard", &[&name, &other]);
+    assert_eq!(kid.expect("intact"), "true");
     kid.wait_ok();
     assert!(gone(&name, ObjectType::Mutex));
     assert!(gone(&other, ObjectType::Mutex));

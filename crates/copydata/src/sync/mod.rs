@@ -169,6 +169,18 @@ impl Lock {
     }
 }
 
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // A guard leaked with `mem::forget` leaves the lock held; on Linux
+        // the holding thread's robust list, which glibc keeps inside the
+        // mutexes it holds, then still points into this mapping, and the
+        // thread's next lock anywhere would write through it. Keep it.
+        if self.raw.held_here(&self.obj.header) {
+            self.obj.header.keep_mapped_for_ever();
+        }
+    }
+}
+
 /// A held lock; released on drop. Not `Send`: the thread that locked must
 /// unlock (both OS mutexes require it).
 pub(crate) struct RawGuard<'a> {
@@ -515,10 +527,11 @@ impl Event {
         let obj = Object::open(name, ObjectKind::Event, HEADER_LEN as u64, true)?;
         header::claim_u32(&obj.header, EVENT_KIND, kind.code()).map_err(|found| SyncOpenError::WrongKind {
             name: name.into(),
-            reason: format!(
-                "an {} event, not {kind}",
-                EventKind::from_code(found).map_or_else(|| format!("unknown ({found})"), |k| k.to_string())
-            ),
+            reason: match EventKind::from_code(found) {
+                Some(k @ EventKind::AutoReset) => format!("an {k} event, not {kind}"),
+                Some(k) => format!("a {k} event, not {kind}"),
+                None => format!("an event of unknown kind ({found}), not {kind}"),
+            },
         })?;
         Self::attach(obj, kind)
     }
@@ -527,9 +540,13 @@ impl Event {
     #[doc(alias = "OpenEventW")]
     pub fn open(name: &str) -> Result<Event, SyncOpenError> {
         let obj = Object::open(name, ObjectKind::Event, HEADER_LEN as u64, false)?;
-        // A creator that died before recording the kind: manual-reset.
-        let _ = header::claim_u32(&obj.header, EVENT_KIND, EventKind::ManualReset.code());
         let code = header::u32_at(&obj.header, EVENT_KIND).load(Ordering::Acquire);
+        // Its creator has not recorded the kind yet (or died first: then
+        // the next `open_or_create` records its own): not made yet. Taking
+        // a kind here could contradict a creator still at work.
+        if code == 0 {
+            return Err(SyncOpenError::NotFound { name: name.into() });
+        }
         let kind = EventKind::from_code(code).ok_or_else(|| SyncOpenError::WrongKind {
             name: name.into(),
             reason: format!("an event of unknown kind {code}"),
@@ -635,4 +652,24 @@ pub fn objects() -> Result<Vec<ObjectInfo>, ListError> {
     }
     out.sort_by(|a, b| (&a.name, a.kind as u8).cmp(&(&b.name, b.kind as u8)));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An event whose creator has not recorded its kind yet: `open` says
+    /// it is not there rather than taking a kind the creator may contradict,
+    /// and the creator then records its own.
+    #[test]
+    fn an_event_without_its_kind_yet_is_not_found() {
+        let name = format!("copydata-unit-event-kind-{}", std::process::id());
+        // The creator has published the object, not yet its kind.
+        let _creator = Object::open(&name, ObjectKind::Event, HEADER_LEN as u64, true).unwrap();
+        let opened = Event::open(&name);
+        assert!(matches!(opened, Err(SyncOpenError::NotFound { .. })), "{opened:?}");
+        let made = Event::open_or_create(&name, EventKind::AutoReset).unwrap();
+        assert_eq!(made.kind(), EventKind::AutoReset);
+        assert_eq!(Event::open(&name).unwrap().kind(), EventKind::AutoReset);
+    }
 }

@@ -123,12 +123,21 @@ fn open_value(
     let size_field = size as u64 + 1; // (fits: `span` bounds `size` by isize::MAX)
     let hash = tag_hash(tag);
     let (size_seen, align_seen, tag_seen) = if create {
-        // A creator claims the layout, or meets the one another claimed.
-        (
-            header::claim_u64(h, VALUE_SIZE, size_field),
-            header::claim_u32(h, VALUE_ALIGN, align as u32),
-            header::claim_u64(h, VALUE_TAG, hash),
-        )
+        // A creator claims the layout, or meets the one another claimed:
+        // field by field, stopping at the first that differs, so that a
+        // racing creator of another layout claims nothing past the field it
+        // lost (each field is then claimed by one that matched every field
+        // before it, and the header holds one creator's whole layout).
+        let size_seen = header::claim_u64(h, VALUE_SIZE, size_field);
+        let align_seen = match size_seen {
+            Ok(()) => header::claim_u32(h, VALUE_ALIGN, align as u32),
+            Err(_) => Ok(()),
+        };
+        let tag_seen = match (size_seen, align_seen) {
+            (Ok(()), Ok(())) => header::claim_u64(h, VALUE_TAG, hash),
+            _ => Ok(()),
+        };
+        (size_seen, align_seen, tag_seen)
     } else {
         // An opener only compares: it must not claim a layout for a value
         // whose creator has not claimed its own yet.
@@ -705,5 +714,32 @@ impl DerefMut for SharedBytesGuard<'_> {
 impl fmt::Debug for SharedBytesGuard<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedBytesGuard").field("len", &self.len).field("owner_died", &self.owner_died()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two creators of different layouts racing: the one that lost a field
+    /// claims nothing after it, so the other, resuming, claims the rest of
+    /// its own layout and succeeds.
+    #[test]
+    fn a_losing_creator_claims_nothing_past_the_field_it_lost() {
+        let name = format!("copydata-unit-claim-race-{}", std::process::id());
+        let no_init = |_: *mut u8| -> Result<(), BoxError> { Ok(()) };
+        // Creator A (16 bytes, aligned to 8) has published the object and
+        // claimed its size, then stalls.
+        let len = HEADER_LEN.next_multiple_of(8) + 16;
+        let a = Object::open(&name, ObjectKind::Shared, len as u64, true).unwrap();
+        header::claim_u64(&a.header, VALUE_SIZE, 16 + 1).unwrap();
+        // Creator B (32 bytes, aligned to 4, another tag) runs meanwhile.
+        let b = open_value(&name, Layout::Known { size: 32, align: 4 }, "b", Some(no_init));
+        assert!(matches!(b, Err(SyncOpenError::LayoutMismatch { .. })), "{:?}", b.err());
+        assert_eq!(header::u32_at(&a.header, VALUE_ALIGN).load(Ordering::SeqCst), 0, "B claimed an alignment");
+        assert_eq!(header::u64_at(&a.header, VALUE_TAG).load(Ordering::SeqCst), 0, "B claimed a tag");
+        // A resumes.
+        let resumed = open_value(&name, Layout::Known { size: 16, align: 8 }, "a", Some(no_init));
+        assert!(resumed.is_ok(), "{:?}", resumed.err());
     }
 }
