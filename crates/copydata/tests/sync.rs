@@ -505,6 +505,43 @@ fn a_creator_killed_while_initialising_leaves_nothing_half_made() {
     assert!(gone(&name, ObjectType::Shared));
 }
 
+/// As `SetEvent`: two sets of an auto-reset event with two processes
+/// asleep on it release both, and a manual-reset event's set releases
+/// every sleeper even if a reset follows at once.
+#[test]
+fn back_to_back_sets_and_a_set_then_reset_release_every_sleeper() {
+    for (kind, what) in [(EventKind::AutoReset, "auto"), (EventKind::ManualReset, "manual")] {
+        let name = unique(&format!("sleepers-{what}"));
+        let e = Event::open_or_create(&name, kind).unwrap();
+        let mut waiters: Vec<Kid> = (0..2).map(|_| Kid::spawn("wait", &[&name, what, "30"])).collect();
+        for w in &mut waiters {
+            w.expect("waiting");
+        }
+        // Both asleep in their wait by now.
+        std::thread::sleep(Duration::from_millis(300));
+        match kind {
+            EventKind::AutoReset => {
+                e.set().unwrap();
+                e.set().unwrap();
+            }
+            EventKind::ManualReset => {
+                e.set().unwrap();
+                e.reset().unwrap();
+            }
+        }
+        for w in &mut waiters {
+            let woken = w.expect_within("woken", Duration::from_secs(10));
+            assert!(woken.is_some(), "{what}-reset: a sleeper was not released");
+        }
+        // Nothing left over: both sets went to the sleepers, or reset.
+        assert!(matches!(e.wait_timeout(Duration::from_millis(50)), Err(WaitError::TimedOut)), "{what}-reset");
+        for mut w in waiters {
+            w.tell("exit");
+            w.wait_ok();
+        }
+    }
+}
+
 #[test]
 fn events_wake_other_processes_manual_and_auto() {
     // Manual-reset: one set wakes every waiter and stays set.

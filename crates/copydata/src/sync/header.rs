@@ -9,7 +9,7 @@
 //! 12  owner_tid    u32  mutex (Windows): the holding thread, to refuse a second lock by it
 //! 16  owner_pid    u32  mutex (Windows): the holding process
 //! 20  event_kind   u32  event: 1 manual-reset, 2 auto-reset
-//! 24  event_state  u32  event (Linux): the futex word, 0 unset, 1 set
+//! 24  event_state  u32  event (Linux): the futex word (manual-reset: set bit and a count of sets; auto-reset: waits to grant)
 //! 28  waiters      u32  event (Linux): sleepers
 //! 32  size+1       u64  shared value: the value's size, plus one
 //! 40  align        u32  shared value: its alignment
@@ -46,7 +46,8 @@ pub(crate) const VALUE_TAG: usize = 48;
 pub(crate) const MUTEX_AT: usize = 64;
 pub(crate) const HEADER_LEN: usize = 128;
 
-const VERSION: u32 = 1;
+/// 2: a Linux event's futex word counts (see `RawEvent`); 1 held 0 or 1.
+const VERSION: u32 = 2;
 
 /// The kinds of named synchronisation objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -572,6 +572,12 @@ impl Event {
 
     /// Sets the event: wakes every waiter (manual-reset) or one
     /// (auto-reset). `SetEvent` on Windows, `futex(FUTEX_WAKE)` on Linux.
+    ///
+    /// As `SetEvent`, on both systems: each set of an auto-reset event
+    /// releases one waiter, and with none waiting the event stays set for
+    /// the next wait (sets beyond that are not counted); a set of a
+    /// manual-reset event releases every thread waiting at that moment,
+    /// even if a [`reset`](Self::reset) follows at once.
     #[doc(alias = "SetEvent")]
     #[doc(alias = "FUTEX_WAKE")]
     pub fn set(&self) -> io::Result<()> {

@@ -276,8 +276,19 @@ fn monotonic_deadline(deadline: Instant) -> libc::timespec {
     libc::timespec { tv_sec: sec as libc::time_t, tv_nsec: nsec as _ }
 }
 
-/// An event in an object's header: a futex word (0 unset, 1 set) and a
-/// count of sleepers.
+/// An event in an object's header: a futex word and a count of sleepers.
+///
+/// What the futex word holds depends on the kind:
+/// - manual-reset: bit 0 set or not, and above it a count of `set` calls
+///   (wrapping), so that a waiter a `set` woke is released even if a
+///   `reset` followed before it ran (as `SetEvent` releases every thread
+///   waiting at that moment);
+/// - auto-reset: how many waits may still be granted. A `set` adds one
+///   while that is not more than the sleepers, so each `set` releases one
+///   sleeper, and with none asleep (or all of them granted) the event
+///   stays set for the next wait, as `SetEvent` does. A sleeper killed
+///   while it waits stays counted: later `set`s then grant a wait or two
+///   more than Windows would, never fewer.
 #[derive(Debug)]
 pub(crate) struct RawEvent {
     auto: bool,
@@ -287,41 +298,87 @@ fn word(header: &ViewMut, at: usize) -> &AtomicU32 {
     header.atomic_u32(at).expect("the header holds the event's words")
 }
 
+/// Manual-reset: the `set` bit of the futex word.
+const SET: u32 = 1;
+/// Manual-reset: one `set` in the count above the bit.
+const ONE_SET: u32 = 2;
+
 impl RawEvent {
     pub(crate) fn attach(_header: &ViewMut, _object: &Name, auto: bool) -> io::Result<RawEvent> {
         Ok(RawEvent { auto })
     }
 
     pub(crate) fn set(&self, header: &ViewMut) -> io::Result<()> {
-        word(header, EVENT_STATE).store(1, Ordering::SeqCst);
-        if word(header, EVENT_WAITERS).load(Ordering::SeqCst) != 0 {
-            // FUTEX_WAKE takes a signed count: i32::MAX is "everyone".
-            let n = if self.auto { 1 } else { i32::MAX as u32 };
-            futex::wake(word(header, EVENT_STATE), futex::Flags::empty(), n)?;
+        let (state, waiters) = (word(header, EVENT_STATE), word(header, EVENT_WAITERS));
+        if self.auto {
+            let mut grants = state.load(Ordering::SeqCst);
+            loop {
+                let sleepers = waiters.load(Ordering::SeqCst);
+                // Every sleeper granted and the event set for the next:
+                // nothing to add.
+                if grants > sleepers {
+                    return Ok(());
+                }
+                match state.compare_exchange(grants, grants + 1, Ordering::SeqCst, Ordering::SeqCst) {
+                    Ok(_) => break,
+                    Err(now) => grants = now,
+                }
+            }
+            if waiters.load(Ordering::SeqCst) != 0 {
+                futex::wake(state, futex::Flags::empty(), 1)?;
+            }
+        } else {
+            let _ = state.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| Some(s.wrapping_add(ONE_SET) | SET));
+            if waiters.load(Ordering::SeqCst) != 0 {
+                // FUTEX_WAKE takes a signed count: i32::MAX is "everyone".
+                futex::wake(state, futex::Flags::empty(), i32::MAX as u32)?;
+            }
         }
         Ok(())
     }
 
     pub(crate) fn reset(&self, header: &ViewMut) -> io::Result<()> {
-        word(header, EVENT_STATE).store(0, Ordering::SeqCst);
+        let state = word(header, EVENT_STATE);
+        if self.auto {
+            // Grants for sleepers a `set` already woke stay theirs (those
+            // `set`s released them); only the event's own set state goes.
+            let _ = state.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |grants| {
+                Some(grants.min(word(header, EVENT_WAITERS).load(Ordering::SeqCst)))
+            });
+        } else {
+            state.fetch_and(!SET, Ordering::SeqCst);
+        }
         Ok(())
     }
 
-    /// Takes the event if it is set (auto-reset: and resets it).
-    fn take(&self, header: &ViewMut) -> bool {
+    /// Takes the event if it is set (auto-reset: one grant), or, for a
+    /// manual-reset event, if it was set since the wait began (`began`:
+    /// the word then). `Err` holds the word to sleep on.
+    fn take(&self, header: &ViewMut, began: u32) -> Result<(), u32> {
         let state = word(header, EVENT_STATE);
+        let mut now = state.load(Ordering::SeqCst);
         if self.auto {
-            state.compare_exchange(1, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+            while now != 0 {
+                match state.compare_exchange(now, now - 1, Ordering::SeqCst, Ordering::SeqCst) {
+                    Ok(_) => return Ok(()),
+                    Err(seen) => now = seen,
+                }
+            }
+            Err(0)
+        } else if now & SET != 0 || (now & !SET) != (began & !SET) {
+            Ok(())
         } else {
-            state.load(Ordering::SeqCst) == 1
+            Err(now)
         }
     }
 
     pub(crate) fn wait(&self, header: &ViewMut, deadline: Option<Instant>) -> Result<(), WaitError> {
+        let began = word(header, EVENT_STATE).load(Ordering::SeqCst);
         loop {
-            if self.take(header) {
-                return Ok(());
-            }
+            let expected = match self.take(header, began) {
+                Ok(()) => return Ok(()),
+                Err(expected) => expected,
+            };
             let left = match deadline {
                 Some(d) => match d.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()) {
                     Some(l) => Some(l),
@@ -332,9 +389,9 @@ impl RawEvent {
             let ts = left.map(|l| futex::Timespec { tv_sec: l.as_secs() as i64, tv_nsec: i64::from(l.subsec_nanos()) });
             let waiters = word(header, EVENT_WAITERS);
             waiters.fetch_add(1, Ordering::SeqCst);
-            // Sleeps only while the word is still 0: a `set` in between
-            // makes the call return at once.
-            let r = futex::wait(word(header, EVENT_STATE), futex::Flags::empty(), 0, ts.as_ref());
+            // Sleeps only while the word is still what `take` saw: a `set`
+            // in between makes the call return at once.
+            let r = futex::wait(word(header, EVENT_STATE), futex::Flags::empty(), expected, ts.as_ref());
             waiters.fetch_sub(1, Ordering::SeqCst);
             match r {
                 Ok(()) | Err(Errno::AGAIN | Errno::INTR | Errno::TIMEDOUT) => {}
