@@ -72,6 +72,22 @@ enum Layout {
     FromHeader,
 }
 
+/// Makes a value with `init` and moves it to `at`, in a frame of its own:
+/// only this path needs stack room for a `T`. (Inlined, the value's
+/// temporary would sit in the frame of every opener, `open_or_create_zeroed`
+/// of a value larger than the stack included, whose frame is probed whole
+/// on entry.)
+///
+/// # Safety
+///
+/// `at` is valid for a write of a `T` and aligned for it.
+#[inline(never)]
+unsafe fn write_made<T>(at: *mut T, init: impl FnOnce() -> T) {
+    let v = init();
+    // SAFETY: the caller's promise.
+    unsafe { at.write(v) };
+}
+
 /// Opens the value `name` (the machinery of [`Shared`] and [`SharedBytes`]):
 /// claims or checks its layout and tag; if it is not initialised yet (or
 /// its initialiser died), creates it if `init` is given and initialises it
@@ -331,7 +347,6 @@ impl<T: bytemuck::Zeroable + Send + Sync + 'static> Shared<T> {
                 layout,
                 tag,
                 Some(|at: *mut u8| {
-                    let v = init();
                     // SAFETY:
                     // - `at` is the start of a writable view of at least
                     //   `size_of::<T>()` bytes, aligned for `T` (page-aligned
@@ -339,7 +354,7 @@ impl<T: bytemuck::Zeroable + Send + Sync + 'static> Shared<T> {
                     // - we hold the lock and the value is not ready, so no
                     //   process reads or writes it now; `write` drops nothing
                     //   that was there.
-                    unsafe { at.cast::<T>().write(v) };
+                    unsafe { write_made(at.cast::<T>(), init) };
                     Ok::<(), BoxError>(())
                 }),
             )?,
