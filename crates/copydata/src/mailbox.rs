@@ -841,6 +841,7 @@ pub struct SenderOptions {
     wait: Wait,
     connect_timeout: Option<Duration>,
     owner: Option<u32>,
+    max_reply: Option<u64>,
 }
 
 impl SenderOptions {
@@ -863,6 +864,15 @@ impl SenderOptions {
     /// pose as the mailbox. Ignored on Windows.
     pub fn owner(mut self, uid: u32) -> SenderOptions {
         self.owner = Some(uid);
+        self
+    }
+
+    /// The largest reply accepted (default [`DEFAULT_MAX_PAYLOAD`]): a
+    /// larger one fails the call with [`SendError::Protocol`] and the
+    /// connection is dropped, before anything of it is mapped or copied,
+    /// so a receiver cannot make this process take more memory than that.
+    pub fn max_reply(mut self, bytes: u64) -> SenderOptions {
+        self.max_reply = Some(bytes);
         self
     }
 
@@ -1300,7 +1310,7 @@ pub(crate) fn connect_client(
         },
         other => other,
     })?;
-    Ok(Client::new(link, options.wait, max))
+    Ok(Client::new(link, options.wait, max).with_max_reply(options.max_reply.unwrap_or(DEFAULT_MAX_PAYLOAD)))
 }
 
 /// Sends a message to the mailbox `name` and waits for the reply

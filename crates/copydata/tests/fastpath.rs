@@ -811,6 +811,25 @@ fn a_zero_timeout_recv_finds_another_connections_message() {
     assert!(tags == [1, 2, 3, 10] || tags == [1, 2, 10, 3], "tags in the order received: {tags:?}");
 }
 
+/// A reply above the sender's limit (`SenderOptions::max_reply`), copied
+/// or loaned, fails the call as a protocol error before it is mapped or
+/// copied; the next call, on a new connection, works.
+#[test]
+fn a_reply_above_the_senders_limit_is_refused() {
+    let srv = Srv::start(1);
+    let options = SenderOptions::new().max_reply(64 << 10);
+    let mut s = Sender::connect_with(&srv.name, &options).unwrap();
+    for op in [MAKE, MAKE_LOANED] {
+        match s.send_timeout(tag(op, MIB as u64), &[], BOUND) {
+            Err(SendError::Protocol { reason, .. }) => assert!(reason.contains("limit"), "{reason}"),
+            other => panic!("a 1 MiB reply past a 64 KiB limit (op {op}): {other:?}"),
+        }
+        let small = s.send_timeout(tag(MAKE, 1000), &[], BOUND).unwrap();
+        assert_eq!(small.data.len(), 1000);
+    }
+    srv.quit();
+}
+
 /// A sender child floods a held-up receiver with `n` posts of `size` bytes:
 /// while the receiver is held, at most `max_held` go out (the sender blocks,
 /// without error); once it goes on, every post arrives once, in order.

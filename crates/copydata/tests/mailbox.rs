@@ -122,8 +122,15 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
             Ok(())
         }
         // Sends once, reports the outcome's kind.
+        // (With a second argument `unlimited`: no limit on the reply's size.)
         "send-once" => {
-            let result = copydata::send_timeout(&args[0], 0, b"x", Duration::from_secs(20));
+            let result = if args.get(1).is_some_and(|a| a == "unlimited") {
+                let options = copydata::SenderOptions::new().max_reply(u64::MAX);
+                copydata::Sender::connect_with(&args[0], &options)
+                    .and_then(|mut s| s.send_timeout(0, b"x", Duration::from_secs(20)))
+            } else {
+                copydata::send_timeout(&args[0], 0, b"x", Duration::from_secs(20))
+            };
             say("result", &kind(&result));
             Ok(())
         }
@@ -1788,10 +1795,23 @@ fn a_flood_of_retirements_drops_the_connection() {
 
 /// A receiver that answers with a reply too large to copy (a one-shot
 /// section of 1 TiB, sparse) makes the call fail; the sender does not
-/// abort on the allocation.
+/// abort on the allocation: past its reply limit (the default, 4 GiB)
+/// before mapping anything, and without a limit when the copy's memory
+/// cannot be had.
 #[cfg(target_os = "linux")]
 #[test]
 fn a_reply_too_large_to_copy_fails_the_call_not_the_sender() {
+    let limited = huge_reply_to(&[]);
+    assert!(limited.contains("above this sender's limit of 4294967296"), "{limited}");
+    let unlimited = huge_reply_to(&["unlimited"]);
+    assert!(unlimited.contains("no memory for a payload of 1099511627776 bytes"), "{unlimited}");
+}
+
+/// Answers a `send-once` child (with `args` after the name) with a reply
+/// of 1 TiB in a sparse one-shot section; returns what the child said of
+/// its call.
+#[cfg(target_os = "linux")]
+fn huge_reply_to(args: &[&str]) -> String {
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixListener;
     use std::sync::atomic::Ordering;
@@ -1806,7 +1826,7 @@ fn a_reply_too_large_to_copy_fails_the_call_not_the_sender() {
     let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let listener = UnixListener::bind(&path).unwrap();
-    let mut kid = Kid::spawn("send-once", &[&name]);
+    let mut kid = Kid::spawn("send-once", &[&[name.as_str()], args].concat());
     let (sock, _) = listener.accept().unwrap();
     std::fs::remove_file(&path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -1847,9 +1867,9 @@ fn a_reply_too_large_to_copy_fails_the_call_not_the_sender() {
     region.write(REP_DATA + 8, &rec);
     region.u64_at(REP_DATA).store(1, Ordering::Release);
     let result = kid.expect("result");
-    assert!(result.contains("no memory for a payload of 1099511627776 bytes"), "{result}");
     kid.wait_ok();
     drop(sock);
+    result
 }
 
 /// An attachment that announces no bytes of section records and then

@@ -61,6 +61,11 @@ const STREAM_STALL: std::time::Duration = std::time::Duration::from_secs(2);
 /// it puts the copy aside and serves its other senders (it comes back to
 /// the copy on its next pass).
 const STREAM_PATIENCE: std::time::Duration = std::time::Duration::from_micros(200);
+/// The longest one pass copies a streamed payload, however steadily its
+/// sender goes on, before it puts the copy aside (its other senders are
+/// served meanwhile): a sender that trickles bytes just fast enough never
+/// trips [`STREAM_PATIENCE`] or [`STREAM_STALL`].
+const STREAM_SLICE: std::time::Duration = std::time::Duration::from_millis(2);
 /// A copy put aside that has not moved for this long is stalled: it gets
 /// one look per pass instead of a spell of waiting, and the worker naps
 /// between passes (see `serve`).
@@ -291,6 +296,9 @@ pub(crate) struct Client {
     peer: PeerBuffers,
     wait: Wait,
     max_payload: u64,
+    /// The largest reply taken (`SenderOptions::max_reply`): a receiver
+    /// cannot make this process map or allocate more.
+    max_reply: u64,
     /// The request-ring position past the last posted one-shot section: the
     /// next one waits until the receiver has taken it (at most one such
     /// post in flight).
@@ -314,10 +322,17 @@ impl Client {
             peer: PeerBuffers::new(),
             wait,
             max_payload,
+            max_reply: crate::mailbox::DEFAULT_MAX_PAYLOAD,
             oneshot_until: None,
             pinned_until: 0,
             retiring: Vec::new(),
         }
+    }
+
+    /// Sets the largest reply taken.
+    pub(crate) fn with_max_reply(mut self, max: u64) -> Client {
+        self.max_reply = max;
+        self
     }
 
     /// The largest payload the receiver takes.
@@ -460,6 +475,12 @@ impl Client {
                 Lend::TooLarge => return Ok(None),
                 Lend::Exhausted if !block => return Err(Fail::Full),
                 Lend::Exhausted => {
+                    // (Checked here too: a receiver that flips a release word
+                    // back and forth could make the wait below end and the
+                    // lend fail again for ever.)
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(Fail::TimedOut);
+                    }
                     self.wait_for(Bell::Space, deadline, |c| Ok(c.pool.available(c.link.region(), len).then_some(())))?;
                 }
             }
@@ -878,6 +899,12 @@ impl Client {
     }
 
     fn payload_of(&mut self, rec: &Rec, p: &Parsed) -> Result<Payload, Fail> {
+        if rec.len > self.max_reply {
+            return Err(Fail::Broken(format!(
+                "a reply of {} bytes, above this sender's limit of {} (SenderOptions::max_reply)",
+                rec.len, self.max_reply
+            )));
+        }
         let (new_buf, _) = match &p.aux {
             Some((bytes, n)) => {
                 let buffer = p.buf.is_some_and(|b| b.flags & BUF_NEW != 0);
@@ -1213,8 +1240,9 @@ impl ServerConn {
 
     /// Copies a payload the sender is still writing, as far as its
     /// progress word says: `true` once all its bytes are there, `false` when
-    /// the sender made no progress for [`STREAM_PATIENCE`] (the copy is put
-    /// aside, so other senders are served meanwhile). A sender that makes
+    /// the sender made no progress for [`STREAM_PATIENCE`] or the pass took
+    /// [`STREAM_SLICE`] (the copy is put aside, so other senders are served
+    /// meanwhile). A sender that makes
     /// no progress (stopped, dead, hostile) for [`STREAM_STALL`] breaks the
     /// protocol.
     fn copy_streamed(&self, s: &mut Stream) -> Result<bool, String> {
@@ -1258,6 +1286,9 @@ impl ServerConn {
                 if s.done - s.progress_mark >= STREAM_CHUNK || s.done == s.len {
                     s.last_progress = Instant::now();
                     s.progress_mark = s.done;
+                }
+                if s.done < s.len && waiting_since.elapsed() > STREAM_SLICE {
+                    return Ok(false);
                 }
                 continue;
             }
@@ -1521,5 +1552,62 @@ impl Drop for Release {
             Release::ToSender { conn, slot, use_no } => conn.release(*slot, *use_no),
             Release::ToReceiver { word, use_no } => word.store(*use_no),
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{Mailbox, Sender, SenderOptions};
+
+    /// A sender that streams a large payload a few bytes at a time, just
+    /// fast enough never to count as stopped, does not hold the handler
+    /// thread: another sender's calls are answered meanwhile.
+    #[test]
+    fn a_trickling_stream_does_not_hold_the_handler() {
+        let name = format!("copydata-unit-trickle-{}", std::process::id());
+        let server = Mailbox::bind(&name).unwrap().serve(|m| Reply::code(m.tag() as i64));
+        let valid = crate::name::Name::new(&name).unwrap();
+        let mut c = crate::mailbox::connect_client(&valid, &SenderOptions::new(), None, None).unwrap();
+        // A streamed call, as `put_inner` queues one, whose bytes then come
+        // 64 at a time.
+        let len = STREAM_MIN;
+        let mut retired = Vec::new();
+        let l = c.lend_pooled(len, true, None, &mut retired).unwrap().expect("a pooled buffer");
+        let bufref = BufRef { slot: l.slot, flags: BUF_NEW | BUF_STREAM, use_no: l.use_no };
+        c.link.region().streamed().store(stream_word(l.use_no, 0), Ordering::Release);
+        c.queue(CALL, 1, len, &Body::Bytes(&[]), Some(bufref), None, retired, &[]).unwrap();
+        let other = std::thread::spawn(move || {
+            let mut s = Sender::connect(&name).unwrap();
+            let mut slowest = Duration::ZERO;
+            for _ in 0..20 {
+                let started = Instant::now();
+                assert_eq!(s.send_timeout(2, b"x", Duration::from_secs(30)).unwrap().code, 2);
+                slowest = slowest.max(started.elapsed());
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            slowest
+        });
+        // About 3 MB/s: a chunk well within every `STREAM_STALL`, and never
+        // a pause of `STREAM_PATIENCE`.
+        let word = c.link.region().streamed();
+        let mut done = 0;
+        while !other.is_finished() && done + 64 < len {
+            done += 64;
+            word.store(stream_word(l.use_no, done), Ordering::Release);
+            let step = Instant::now();
+            while step.elapsed() < Duration::from_micros(20) {
+                std::hint::spin_loop();
+            }
+        }
+        let slowest = other.join().unwrap();
+        eprintln!("slowest call beside the trickle: {slowest:?}");
+        word.store(stream_word(l.use_no, len), Ordering::Release);
+        assert_eq!(c.reply(Some(Instant::now() + Duration::from_secs(30))).unwrap().code, 1);
+        assert!(slowest < Duration::from_millis(300), "a call beside the trickle took {slowest:?}");
+        drop(c);
+        drop(server);
     }
 }

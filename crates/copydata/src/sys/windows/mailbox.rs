@@ -467,6 +467,13 @@ impl NativeResponder {
 
 // ---------------------------------------------------------------- link
 
+/// The most attachment sets a receiver keeps for replies its sender has not
+/// taken yet. An honest sender takes a reply's attachments as it reads the
+/// reply, before its next call, so it leaves one or two; one that reads its
+/// replies but never takes what they carry would otherwise make the
+/// receiver keep a section per reply for ever.
+const MAX_KEPT_FOR_SENDER: usize = 16;
+
 /// Attachment handles this side made for the peer, kept until it has
 /// pulled them.
 #[derive(Debug, Default)]
@@ -741,6 +748,12 @@ impl Link {
         }
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         Self::prune_locked(&mut out, self.taken_word(self.side).load(Ordering::Acquire));
+        if self.side == Side::Receiver && out.kept.len() >= MAX_KEPT_FOR_SENDER {
+            return Err(io::Error::other(format!(
+                "the sender has not taken the attachments of {} replies",
+                out.kept.len()
+            )));
+        }
         let number = out.sent + 1;
         let mut bytes = Out(Vec::with_capacity(Self::aux_len(buffer.is_some(), sections)));
         bytes.u64(number);
