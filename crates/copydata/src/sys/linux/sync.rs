@@ -319,7 +319,8 @@ impl RawEvent {
                 if grants > sleepers {
                     return Ok(());
                 }
-                match state.compare_exchange(grants, grants + 1, Ordering::SeqCst, Ordering::SeqCst) {
+                // (Saturating: any process of the user can write the word.)
+                match state.compare_exchange(grants, grants.saturating_add(1), Ordering::SeqCst, Ordering::SeqCst) {
                     Ok(_) => break,
                     Err(now) => grants = now,
                 }
