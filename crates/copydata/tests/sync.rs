@@ -333,6 +333,21 @@ fn a_forgotten_guard_leaves_no_dangling_lock_behind() {
     assert!(gone(&other, ObjectType::Mutex));
 }
 
+/// The same mutex opened twice in one process: dropping one opening while
+/// the lock is held through the other keeps nothing of the first (the
+/// name goes with the last holder as usual).
+#[test]
+fn an_opening_dropped_while_another_holds_the_lock_keeps_nothing() {
+    let name = unique("two-openings");
+    let first = Mutex::open_or_create(&name).unwrap();
+    let second = Mutex::open(&name).unwrap();
+    let guard = second.lock().unwrap();
+    drop(first);
+    drop(guard);
+    drop(second);
+    assert!(gone(&name, ObjectType::Mutex));
+}
+
 #[test]
 fn a_shared_value_left_half_written_is_reported() {
     let name = unique("half");

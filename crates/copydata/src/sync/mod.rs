@@ -138,12 +138,16 @@ impl Object {
 pub(crate) struct Lock {
     obj: Object,
     raw: sys::sync::RawMutex,
+    /// The thread that took the lock through this opening and has not
+    /// unlocked it ([`sys::sync::lock_holder`]; 0 for none): a guard left
+    /// by `mem::forget`, or an Arc guard's.
+    holder: std::sync::atomic::AtomicU64,
 }
 
 impl Lock {
     pub(crate) fn new(obj: Object) -> Result<Lock, SyncOpenError> {
         let raw = sys::sync::RawMutex::attach(&obj.header, &obj.object).map_err(|e| obj.io(e))?;
-        Ok(Lock { obj, raw })
+        Ok(Lock { obj, raw, holder: std::sync::atomic::AtomicU64::new(0) })
     }
 
     pub(crate) fn object(&self) -> &Object {
@@ -152,6 +156,7 @@ impl Lock {
 
     pub(crate) fn acquire(&self, deadline: Option<Instant>, try_only: bool) -> Result<RawGuard<'_>, LockError> {
         let died = self.raw.lock(&self.obj.header, deadline, try_only)?;
+        self.holder.store(sys::sync::lock_holder(), Ordering::Relaxed);
         if died {
             self.inconsistent().store(1, Ordering::SeqCst);
         }
@@ -165,6 +170,7 @@ impl Lock {
 
     /// Unlocks; only the thread that locked may.
     fn unlock(&self) {
+        self.holder.store(0, Ordering::Relaxed);
         self.raw.unlock(&self.obj.header);
     }
 }
@@ -174,8 +180,13 @@ impl Drop for Lock {
         // A guard leaked with `mem::forget` leaves the lock held; on Linux
         // the holding thread's robust list, which glibc keeps inside the
         // mutexes it holds, then still points into this mapping, and the
-        // thread's next lock anywhere would write through it. Keep it.
-        if self.raw.held_here(&self.obj.header) {
+        // thread's next lock anywhere would write through it: if that
+        // thread still lives, keep the mapping for the process's life.
+        // (Only a lock taken through this
+        // opening: the same object opened again in this process and locked
+        // there is no reason to keep this one.)
+        let holder = *self.holder.get_mut();
+        if holder != 0 && sys::sync::thread_may_point_into_lock(holder) {
             self.obj.header.keep_mapped_for_ever();
         }
     }

@@ -143,9 +143,6 @@ pub(crate) mod sync {
             Err(LockError::Io(io::ErrorKind::Unsupported.into()))
         }
         pub(crate) fn unlock(&self, _h: &ViewMut) {}
-        pub(crate) fn held_here(&self, _h: &ViewMut) -> bool {
-            false
-        }
     }
 
     #[derive(Debug)]

@@ -41,10 +41,6 @@ use crate::view::ViewMut;
 // The glibc mutex fits its slot in the header on every target.
 const _: () = assert!(size_of::<libc::pthread_mutex_t>() <= HEADER_LEN - MUTEX_AT);
 
-/// The bits of a robust mutex's futex word that hold its owner's thread id
-/// (`FUTEX_TID_MASK` of `<linux/futex.h>`).
-const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
-
 unsafe extern "C" {
     // glibc 2.30 and later: a timed lock against CLOCK_MONOTONIC (the libc
     // crate does not declare it yet; `pthread_mutex_timedlock` would measure
@@ -189,17 +185,6 @@ impl RawMutex {
 
     fn ptr(header: &ViewMut) -> *mut libc::pthread_mutex_t {
         header.as_mut_ptr().wrapping_add(MUTEX_AT).cast()
-    }
-
-    /// Whether a live thread of this process holds the mutex (a guard was
-    /// forgotten with `mem::forget`): glibc keeps that thread's robust list
-    /// inside the mutexes it holds, so the thread's next lock or unlock,
-    /// and the kernel at its exit, write through this mapping. The owner is
-    /// the thread id in the mutex's futex word, its first field.
-    pub(crate) fn held_here(&self, header: &ViewMut) -> bool {
-        let Ok(word) = header.atomic_u32(MUTEX_AT) else { return false };
-        let owner = word.load(Ordering::SeqCst) & FUTEX_TID_MASK;
-        owner != 0 && thread_may_point_into_lock(u64::from(owner))
     }
 
     /// Takes the lock: `Ok(true)` if its previous owner died holding it.

@@ -108,14 +108,6 @@ pub(crate) struct RawMutex {
 }
 
 impl RawMutex {
-    /// Whether a thread of this process holds the mutex through this
-    /// header's mapping in a way that needs the mapping: never on Windows
-    /// (the kernel mutex lives in the kernel; a lock whose guard was
-    /// forgotten stays owned until its thread ends, then is abandoned).
-    pub(crate) fn held_here(&self, _header: &ViewMut) -> bool {
-        false
-    }
-
     pub(crate) fn attach(_header: &ViewMut, object: &Name) -> io::Result<RawMutex> {
         let n = wide(&format!("Local\\{object}.lock"));
         // SAFETY: default security, not inheritable, not initially owned;
