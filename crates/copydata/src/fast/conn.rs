@@ -1242,9 +1242,8 @@ impl ServerConn {
     /// progress word says: `true` once all its bytes are there, `false` when
     /// the sender made no progress for [`STREAM_PATIENCE`] or the pass took
     /// [`STREAM_SLICE`] (the copy is put aside, so other senders are served
-    /// meanwhile). A sender that makes
-    /// no progress (stopped, dead, hostile) for [`STREAM_STALL`] breaks the
-    /// protocol.
+    /// meanwhile). A sender that makes no progress (stopped, dead, hostile)
+    /// for [`STREAM_STALL`] breaks the protocol.
     fn copy_streamed(&self, s: &mut Stream) -> Result<bool, String> {
         let word = self.link.region().streamed();
         let waiting_since = Instant::now();

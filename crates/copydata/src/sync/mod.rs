@@ -182,9 +182,9 @@ impl Drop for Lock {
         // mutexes it holds, then still points into this mapping, and the
         // thread's next lock anywhere would write through it: if that
         // thread still lives, keep the mapping for the process's life.
-        // (Only a lock taken through this
-        // opening: the same object opened again in this process and locked
-        // there is no reason to keep this one.)
+        // (Only for a lock taken through this opening: the same object
+        // opened again in this process and locked there is no reason to
+        // keep this one.)
         let holder = *self.holder.get_mut();
         if holder != 0 && sys::sync::thread_may_point_into_lock(holder) {
             self.obj.header.keep_mapped_for_ever();
