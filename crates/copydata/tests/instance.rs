@@ -459,3 +459,65 @@ fn the_editor_example_opens_files_in_the_running_instance() {
     assert!(primary.wait().unwrap().success());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A launch record above the primary's limit (`InstanceOptions::max_launch`)
+/// is refused, so no process can make the primary allocate gigabytes; a
+/// launch within it goes through.
+#[test]
+fn a_launch_above_the_primarys_limit_is_refused() {
+    let app = unique("max-launch");
+    let small = |data: Vec<u8>| InstanceOptions::new().args(["x"]).data(data).timeout(Duration::from_secs(10));
+    let Ok(SingleInstance::Primary(primary)) = SingleInstance::acquire(&app, &small(Vec::new()).max_launch(64 << 10))
+    else {
+        panic!("the first launch is not primary");
+    };
+    let server = primary.serve(|launch| Answer::code(launch.data().len() as i32));
+    match SingleInstance::acquire(&app, &small(vec![7; 128 << 10])) {
+        Err(InstanceError::Refused { reason, .. }) => {
+            assert!(reason.contains("larger than the primary takes"), "{reason}")
+        }
+        other => panic!("a launch of 128 KiB past a 64 KiB limit: {other:?}"),
+    }
+    match SingleInstance::acquire(&app, &small(vec![7; 1000])) {
+        Ok(SingleInstance::Secondary(s)) => assert_eq!(s.code(), 1000),
+        other => panic!("a launch of 1000 bytes: {other:?}"),
+    }
+    drop(server);
+}
+
+/// A primary that exits while a launch is setting up its connection (the
+/// connection then ends mid-set-up) does not lose the launch: it becomes
+/// the primary itself.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_primary_gone_during_set_up_leaves_the_launch_to_be_primary() {
+    use std::os::unix::net::UnixListener;
+
+    let app = unique("hung-up");
+    let mailbox = format!("instance.{app}");
+    let socket = copydata::os::linux::mailbox_socket_path(&mailbox).unwrap();
+    let dir = socket.parent().unwrap().to_owned();
+    std::fs::create_dir_all(&dir).unwrap();
+    // A "primary": the mailbox's lock taken, its socket listening, and
+    // nothing answering.
+    let lock_path = dir.join(format!("{mailbox}.mailbox"));
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+    let listener = UnixListener::bind(&socket).unwrap();
+    let launch = {
+        let app = app.clone();
+        std::thread::spawn(move || {
+            SingleInstance::acquire(&app, &InstanceOptions::new().args(["x"]).timeout(Duration::from_secs(20)))
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // It exits with the launch's connection queued.
+    drop(listener);
+    std::fs::remove_file(&socket).unwrap();
+    std::fs::remove_file(&lock_path).unwrap();
+    drop(lock);
+    match launch.join().unwrap() {
+        Ok(SingleInstance::Primary(primary)) => drop(primary),
+        other => panic!("the launch after its primary went: {other:?}"),
+    }
+}

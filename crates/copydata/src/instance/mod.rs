@@ -86,6 +86,10 @@ use crate::name::Name;
 /// otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The largest launch record a primary takes unless told otherwise
+/// ([`InstanceOptions::max_launch`]): 64 MiB.
+pub const DEFAULT_MAX_LAUNCH: u64 = 64 << 20;
+
 /// The mailbox tag of a launch record; a message with another tag (a plain
 /// `WM_COPYDATA`, say) arrives as a [`Launch`] of bytes only.
 pub const LAUNCH_TAG: u64 = u64::from_le_bytes(*b"CDLAUNCH");
@@ -95,6 +99,7 @@ pub const LAUNCH_TAG: u64 = u64::from_le_bytes(*b"CDLAUNCH");
 #[derive(Debug, Clone)]
 pub struct InstanceOptions {
     timeout: Duration,
+    max_launch: u64,
     args: Option<Vec<OsString>>,
     cwd: Option<Option<PathBuf>>,
     forward_env: Vec<OsString>,
@@ -103,7 +108,14 @@ pub struct InstanceOptions {
 
 impl Default for InstanceOptions {
     fn default() -> InstanceOptions {
-        InstanceOptions { timeout: DEFAULT_TIMEOUT, args: None, cwd: None, forward_env: Vec::new(), data: Vec::new() }
+        InstanceOptions {
+            timeout: DEFAULT_TIMEOUT,
+            max_launch: DEFAULT_MAX_LAUNCH,
+            args: None,
+            cwd: None,
+            forward_env: Vec::new(),
+            data: Vec::new(),
+        }
     }
 }
 
@@ -119,6 +131,16 @@ impl InstanceOptions {
     /// and answer (election and connection set-up included).
     pub fn timeout(mut self, timeout: Duration) -> InstanceOptions {
         self.timeout = timeout;
+        self
+    }
+
+    /// If this launch becomes the primary: the largest launch record it
+    /// takes (arguments, environment and data together; default
+    /// [`DEFAULT_MAX_LAUNCH`]). A larger one is refused (the secondary gets
+    /// [`InstanceError::Refused`]), so no other process can make the
+    /// primary allocate more.
+    pub fn max_launch(mut self, bytes: u64) -> InstanceOptions {
+        self.max_launch = bytes;
         self
     }
 
@@ -201,8 +223,15 @@ impl SingleInstance {
             .unwrap_or_else(|| started + Duration::from_secs(100 * 365 * 24 * 3600));
         let mut record = None;
         let mut pause = Duration::from_millis(1);
+        let bind = MailboxOptions::new().max_payload(options.max_launch);
+        // A primary that exits while this launch connects ends the
+        // connection mid-set-up, which looks like an incompatible peer: one
+        // such failure is retried (the next round elects this launch, or
+        // finds the new primary); a primary still there that fails again is
+        // incompatible.
+        let mut hung_up = false;
         loop {
-            match Mailbox::bind_name(name.clone(), &MailboxOptions::new()) {
+            match Mailbox::bind_name(name.clone(), &bind) {
                 Ok(mailbox) => return Ok(SingleInstance::Primary(Primary { mailbox, app })),
                 Err(BindError::AlreadyBound { pid, .. }) => {
                     let bytes = match &record {
@@ -212,8 +241,11 @@ impl SingleInstance {
                                 .map_err(|reason| InstanceError::Refused { app_id: app_id.into(), reason })?,
                         ),
                     };
-                    if let Some(answer) = forward(&app, &name, pid, bytes, deadline, options.timeout)? {
-                        return Ok(SingleInstance::Secondary(answer));
+                    match forward(&app, &name, pid, bytes, deadline, options.timeout) {
+                        Ok(Some(answer)) => return Ok(SingleInstance::Secondary(answer)),
+                        Ok(None) => {}
+                        Err(InstanceError::Incompatible { .. }) if !hung_up => hung_up = true,
+                        Err(e) => return Err(e),
                     }
                 }
                 Err(e) => return Err(InstanceError::from_bind(&app, e)),
@@ -410,12 +442,12 @@ fn next_launch(mailbox: &Mailbox, deadline: Option<Instant>) -> Result<Launch, R
         };
         let pid = request.sender().pid;
         let tag = request.tag();
-        let bytes = match request.loan() {
-            Some(l) => l.to_vec(),
-            None => request.payload().to_vec(),
-        };
+        // (A loan is copied out of shared memory first; a payload is
+        // already this process's own.)
+        let lent = request.loan().map(|l| l.to_vec());
+        let bytes: &[u8] = lent.as_deref().unwrap_or(request.payload());
         let record = if tag == LAUNCH_TAG {
-            match wire::decode(&bytes) {
+            match wire::decode(bytes) {
                 Ok(r) => r,
                 Err(reason) => {
                     log::warn!("instance {}: refused a launch from pid {pid}: {reason}", mailbox.name());
@@ -424,7 +456,7 @@ fn next_launch(mailbox: &Mailbox, deadline: Option<Instant>) -> Result<Launch, R
                 }
             }
         } else {
-            wire::Record { data: bytes, ..wire::Record::default() }
+            wire::Record { data: bytes.to_vec(), ..wire::Record::default() }
         };
         return Ok(Launch { record, pid, tag, request: Some(request) });
     }
