@@ -107,6 +107,21 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
             Ok(())
         }
         "probe-read-only" => probe_read_only(),
+        // Takes its sections, then drops them when told `drop` (or keeps
+        // them on `keep`), and exits when told `exit`.
+        "take-then-told" => {
+            let sections = copydata::inherited_sections().map_err(fail)?;
+            say("took", &sections.len().to_string());
+            match hear().as_str() {
+                "drop" => {
+                    drop(sections);
+                    say("dropped", "");
+                }
+                _ => say("kept", &sections.len().to_string()),
+            }
+            hear();
+            Ok(())
+        }
         "hold-inherited" => {
             say("ready", "");
             park_forever()
@@ -1091,4 +1106,79 @@ fn a_dead_creators_temporary_object_goes_at_the_next_create() {
     let s = Section::create(&unique("next"), 4096).unwrap();
     assert!(!std::path::Path::new(&temp).exists(), "the dead creator's temporary object is still there");
     drop(s);
+}
+
+/// Two children started by hand from one set of inherited descriptors (as
+/// a parent reusing one `Inheritance` does) share its open descriptions:
+/// one of them dropping the named section must not free the name while the
+/// other still holds it.
+#[cfg(target_os = "linux")]
+#[test]
+fn siblings_sharing_inherited_descriptors_each_hold_the_name() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt as _;
+
+    let name = unique("siblings");
+    let named = Section::create(&name, 4096).unwrap();
+    put(&named, 0, "from the parent").unwrap();
+    let passed = copydata::Inheritance::new(&[&named]).unwrap();
+    let child = || {
+        let mut cmd = common::child_command("take-then-told", &[]);
+        cmd.env(copydata::INHERIT_VAR, passed.token());
+        let fds: Vec<i32> = passed.fds().map(|fd| fd.as_raw_fd()).collect();
+        // SAFETY: only fcntl (async-signal-safe) on descriptors open at the
+        // fork, which `passed` keeps open until after the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &fds {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        Kid::start(cmd, "take-then-told", &[])
+    };
+    let (mut first, mut second) = (child(), child());
+    assert_eq!(first.expect("took"), "1");
+    assert_eq!(second.expect("took"), "1");
+    drop(passed);
+    drop(named);
+    first.tell("drop");
+    first.expect("dropped");
+    second.tell("keep");
+    second.expect("kept");
+    let again = Section::open(&name).expect("the second child still holds the name");
+    assert_eq!(text_at(&again, 0, 64).unwrap(), "from the parent");
+    drop(again);
+    for mut kid in [first, second] {
+        kid.tell("exit");
+        kid.wait_ok();
+    }
+    assert!(matches!(Section::open(&name), Err(OpenError::NotFound { .. })));
+}
+
+/// A read-only section of a file open for writing holds, and passes on, a
+/// read-only descriptor: a child it is handed to gets it read-only.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_read_only_section_of_a_writable_file_passes_on_read_only() {
+    use std::os::fd::AsFd;
+
+    let path = std::env::temp_dir().join(unique("ro-file"));
+    let mut bytes = b"file bytes".to_vec();
+    bytes.resize(4096, 0);
+    std::fs::write(&path, &bytes).unwrap();
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let ro = Section::from_file(&file, Access::ReadOnly).unwrap();
+    let mode = rustix::fs::fcntl_getfl(ro.as_fd()).unwrap() & rustix::fs::OFlags::RWMODE;
+    assert_eq!(mode, rustix::fs::OFlags::RDONLY, "the section holds a writable descriptor");
+    let mut kid = Kid::spawn_with("inherit-report", &[], &[&ro]);
+    assert_eq!(kid.expect("section"), "0 - 4096 ReadOnly file bytes");
+    kid.expect("done");
+    kid.wait_ok();
+    drop((ro, file));
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    std::fs::remove_file(&path).unwrap();
 }

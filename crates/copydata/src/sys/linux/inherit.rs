@@ -16,7 +16,7 @@ use std::sync::Arc;
 use rustix::fs as rfs;
 use rustix::io::{FdFlags, fcntl_getfd, fcntl_setfd};
 
-use super::{Section, access_of, kind_of};
+use super::{Section, access_of, kind_of, reopen};
 use crate::error::InheritError;
 use crate::inherit::{self, number};
 use crate::name::Name;
@@ -108,6 +108,18 @@ pub(crate) fn take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>
         let st = rfs::fstat(&fd).map_err(io)?;
         let access: Access = access_of(&fd).map_err(InheritError::Io)?;
         let kind = kind_of(&fd, name.is_some());
+        // A named section's holder lock belongs to the open description,
+        // which a parent that started several children from one set of
+        // descriptors gave to all of them: this child takes a description
+        // and a share of the lock of its own, so that its dropping the
+        // section never takes a sibling's hold for gone.
+        let fd = if name.is_some() {
+            let own = reopen(&fd, access).map_err(io)?;
+            rfs::flock(&own, rfs::FlockOperation::LockShared).map_err(io)?;
+            own
+        } else {
+            fd
+        };
         out.push((Section::from_fd(fd, st.st_size as u64, access, kind, name.as_ref()), name));
     }
     Ok(out)

@@ -164,6 +164,14 @@ impl Section {
                 "the file is open read-only but a writable section was asked for",
             )));
         }
+        // A read-only section of a file open for writing holds a read-only
+        // descriptor of its own: the one it hands to other processes (and
+        // its `AsFd`) must not carry write access.
+        let fd = if access == Access::ReadOnly && opened == Access::ReadWrite {
+            reopen(&fd, Access::ReadOnly).map_err(|e| io(io_err(e)))?
+        } else {
+            fd
+        };
         let st = rfs::fstat(&fd).map_err(|e| io(io_err(e)))?;
         if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
             return Err(io(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")));
@@ -248,7 +256,7 @@ impl Section {
 
 /// A new open description of the same object, through `/proc/self/fd` (a
 /// dup would share the description, its access mode and its lock).
-fn reopen(fd: &OwnedFd, access: Access) -> Result<OwnedFd, Errno> {
+pub(crate) fn reopen(fd: &OwnedFd, access: Access) -> Result<OwnedFd, Errno> {
     use std::os::fd::AsRawFd;
     let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
     let mode = match access {
