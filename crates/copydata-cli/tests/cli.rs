@@ -53,13 +53,21 @@ fn run_command(cmd: Command, args: &[&str], stdin: &[u8]) -> Output {
 /// Wine's desktop process, started by the first window of a session, may)
 /// fails the test rather than hang it.
 fn run_within(mut cmd: Command, args: &[&str], stdin: &[u8], limit: Duration) -> Output {
-    let mut child = cmd
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning copydata");
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut attempt = 0;
+    let mut child = loop {
+        match cmd.spawn() {
+            Ok(child) => break child,
+            // Wine's CreateProcessW now and then fails with
+            // ERROR_INTERNAL_ERROR when many processes start at once; a
+            // second attempt succeeds. (Not seen on Linux.)
+            Err(e) if cfg!(windows) && e.raw_os_error() == Some(1359) && attempt < 3 => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("spawning copydata: {e:?}"),
+        }
+    };
     let mut input = child.stdin.take().unwrap();
     let data = stdin.to_vec();
     let writer = std::thread::spawn(move || {
