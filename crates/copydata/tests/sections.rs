@@ -405,9 +405,21 @@ fn sections_made_ready_for_a_child_spawned_by_hand_pass_to_it() {
     let three = Three::new("inherit-by-hand");
     let passed = copydata::Inheritance::new(&three.passed()).unwrap();
     assert_eq!(passed.len(), 3);
-    // What a spawner other than spawn_with_sections does: the token in the
-    // environment, the duplicates kept open in the child.
-    let mut cmd = common::child_command("inherit-report", &[]);
+    let cmd = command_inheriting("inherit-report", &passed);
+    #[cfg(windows)]
+    assert_eq!(passed.handles().len(), 3);
+    let kid = common::Kid::start(cmd, "inherit-report", &[]);
+    drop(passed);
+    three.check(kid);
+}
+
+/// A child of `role` started the way a spawner other than
+/// `spawn_with_sections` does it: the token of `passed` in the environment,
+/// its duplicates kept open in the child (Linux: close-on-exec cleared
+/// after the fork; Windows: std creates the process with bInheritHandles,
+/// and the duplicates are inheritable while `passed` lives).
+fn command_inheriting(role: &str, passed: &copydata::Inheritance) -> std::process::Command {
+    let mut cmd = common::child_command(role, &[]);
     cmd.env(copydata::INHERIT_VAR, passed.token());
     #[cfg(target_os = "linux")]
     {
@@ -427,13 +439,7 @@ fn sections_made_ready_for_a_child_spawned_by_hand_pass_to_it() {
             });
         }
     }
-    // (Windows: std creates the process with bInheritHandles, and the
-    // duplicates are inheritable while `passed` lives.)
-    #[cfg(windows)]
-    assert_eq!(passed.handles().len(), 3);
-    let kid = common::Kid::start(cmd, "inherit-report", &[]);
-    drop(passed);
-    three.check(kid);
+    cmd
 }
 
 #[test]
@@ -1115,31 +1121,11 @@ fn a_dead_creators_temporary_object_goes_at_the_next_create() {
 #[cfg(target_os = "linux")]
 #[test]
 fn siblings_sharing_inherited_descriptors_each_hold_the_name() {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt as _;
-
     let name = unique("siblings");
     let named = Section::create(&name, 4096).unwrap();
     put(&named, 0, "from the parent").unwrap();
     let passed = copydata::Inheritance::new(&[&named]).unwrap();
-    let child = || {
-        let mut cmd = common::child_command("take-then-told", &[]);
-        cmd.env(copydata::INHERIT_VAR, passed.token());
-        let fds: Vec<i32> = passed.fds().map(|fd| fd.as_raw_fd()).collect();
-        // SAFETY: only fcntl (async-signal-safe) on descriptors open at the
-        // fork, which `passed` keeps open until after the spawn.
-        unsafe {
-            cmd.pre_exec(move || {
-                for &fd in &fds {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        Kid::start(cmd, "take-then-told", &[])
-    };
+    let child = || Kid::start(command_inheriting("take-then-told", &passed), "take-then-told", &[]);
     let (mut first, mut second) = (child(), child());
     assert_eq!(first.expect("took"), "1");
     assert_eq!(second.expect("took"), "1");
