@@ -209,7 +209,8 @@ static TAKEN: Mutex<bool> = Mutex::new(false);
 /// [`InheritError::AlreadyTaken`]. Every entry of the token is validated
 /// (the descriptor or handle must be the section object the parent named)
 /// before ownership is taken, and taken handles are made non-inheritable
-/// again, so they do not leak into this process's own children.
+/// again, so they do not leak into this process's own children. When an
+/// entry fails, the ones taken before it are closed.
 pub fn inherited_sections() -> Result<Vec<Section>, InheritError> {
     let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
     let Some(token) = std::env::var_os(INHERIT_VAR) else {

@@ -98,6 +98,22 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
             drop(s);
             Ok(())
         }
+        // Takes the inherited sections (the token's last entry is stale),
+        // then reports whether the first entry's descriptor is still open.
+        #[cfg(target_os = "linux")]
+        "take-stale-then-look" => {
+            let took = match copydata::inherited_sections() {
+                Err(InheritError::Stale { .. }) => "stale".to_owned(),
+                other => format!("{other:?}"),
+            };
+            let token = std::env::var(copydata::INHERIT_VAR).map_err(fail)?;
+            let first = token.split([';', ':']).nth(1).ok_or("no entry")?;
+            let fd: i32 = first.parse().map_err(fail)?;
+            // SAFETY: only asks for the descriptor's flags.
+            let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
+            say("took", &format!("{took} {}", if open { "open" } else { "closed" }));
+            Ok(())
+        }
         "take-then-spawn" => {
             let sections = copydata::inherited_sections().map_err(fail)?;
             let mut grandchild = Kid::spawn("take", &[]);
@@ -568,6 +584,21 @@ fn an_inherited_pipe_is_not_taken_for_a_section() {
     kid.wait_ok();
     drop(fd);
     assert_eq!(took, "malformed taken", "{token}");
+}
+
+/// A token whose last entry is stale: the descriptors of the entries
+/// before it, already checked, are closed, not left open (and inheritable)
+/// in the child.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_stale_entry_leaves_no_earlier_descriptor_open() {
+    let s = Section::anonymous(4096).unwrap();
+    let passed = copydata::Inheritance::new(&[&s]).unwrap();
+    let mut cmd = command_inheriting("take-stale-then-look", &passed);
+    cmd.env(copydata::INHERIT_VAR, format!("{},1000:1:2", passed.token()));
+    let mut kid = common::Kid::start(cmd, "take-stale-then-look", &[]);
+    assert_eq!(kid.expect("took"), "stale closed");
+    kid.wait_ok();
 }
 
 // ---------------------------------------------------------------- read-only

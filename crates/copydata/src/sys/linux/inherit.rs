@@ -68,7 +68,12 @@ pub(crate) fn spawn_with_sections(cmd: &mut Command, sections: &[(&Section, Opti
 }
 
 pub(crate) fn take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>, InheritError> {
-    let mut checked = Vec::new();
+    let io = |e: rustix::io::Errno| InheritError::Io(e.into());
+    // Each descriptor is owned, and made close-on-exec, as soon as it is
+    // checked: when a later entry fails, the ones taken so far are closed
+    // rather than left open and inheritable, and a descriptor named twice
+    // is found close-on-exec the second time (stale), never owned twice.
+    let mut checked: Vec<(OwnedFd, Option<Name>)> = Vec::new();
     for e in inherit::decode(token)? {
         let fd: RawFd = number(e.fields[0], "descriptor")?;
         let dev: u64 = number(e.fields[1], "device")?;
@@ -84,11 +89,22 @@ pub(crate) fn take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>
         match (inheritable, rfs::fstat(borrowed)) {
             (Ok(true), Ok(st)) if st.st_dev == dev && st.st_ino == ino => {
                 // Sections are memfds, /dev/shm objects and files: regular
-                // files all. A pipe or socket is no memory to map.
+                // files all. A pipe or socket is no memory to map (and not
+                // taken).
                 let kind = rfs::FileType::from_raw_mode(st.st_mode);
                 if kind != rfs::FileType::RegularFile {
                     return Err(InheritError::malformed(format!("descriptor {fd} is a {kind:?}, not a section")));
                 }
+                // SAFETY:
+                // - the descriptor was inherited across exec (it is open and
+                //   not close-on-exec, checked above) and refers to the
+                //   object the parent named (device and inode checked);
+                // - nothing else in this process owns it: std opens no
+                //   inherited descriptors, `inherited_sections` hands the
+                //   token out once, and an entry naming it again finds it
+                //   close-on-exec (set next) and fails above.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                fcntl_setfd(&fd, FdFlags::CLOEXEC).map_err(io)?;
                 checked.push((fd, e.name));
             }
             _ => return Err(InheritError::stale(format!("descriptor {fd} is not the section the parent passed"))),
@@ -96,15 +112,6 @@ pub(crate) fn take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>
     }
     let mut out = Vec::with_capacity(checked.len());
     for (fd, name) in checked {
-        // SAFETY:
-        // - the descriptor was inherited across exec (it is open and not
-        //   close-on-exec, checked above) and refers to the object the parent
-        //   named (device and inode checked);
-        // - nothing else in this process owns it: std opens no inherited
-        //   descriptors, and `inherited_sections` hands the token out once.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let io = |e: rustix::io::Errno| InheritError::Io(e.into());
-        fcntl_setfd(&fd, FdFlags::CLOEXEC).map_err(io)?;
         let st = rfs::fstat(&fd).map_err(io)?;
         let access: Access = access_of(&fd).map_err(InheritError::Io)?;
         let kind = kind_of(&fd, name.is_some());

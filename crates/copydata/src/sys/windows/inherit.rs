@@ -68,22 +68,21 @@ pub(crate) fn take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>
         {
             return Err(InheritError::stale(format!("handle {handle:#x} is not the section the parent passed")));
         }
-        checked.push((handle, len, access, e.name));
-    }
-    let mut out = Vec::with_capacity(checked.len());
-    for (handle, len, access, name) in checked {
         // SAFETY:
         // - the handle was inherited (valid, with the inherit flag) and is a
         //   section of the announced size (checked above);
         // - nothing else in this process owns it: `inherited_sections` hands
-        //   the token out once.
+        //   the token out once, and an entry naming it again finds its
+        //   inherit flag cleared (next) and fails above.
         let owned = unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) };
-        // Stop passing it on to this process's own children.
+        // Stop passing it on to this process's own children. (Owned and
+        // made non-inheritable as soon as it is checked: when a later entry
+        // fails, the ones taken so far are closed, not left inheritable.)
         // SAFETY: `handle` is valid; only its inherit flag changes.
         if unsafe { SetHandleInformation(handle as HANDLE, HANDLE_FLAG_INHERIT, 0) } == 0 {
             return Err(InheritError::Io(io::Error::last_os_error()));
         }
-        out.push((Section::from_handle(owned, len, access), name));
+        checked.push((owned, len, access, e.name));
     }
-    Ok(out)
+    Ok(checked.into_iter().map(|(owned, len, access, name)| (Section::from_handle(owned, len, access), name)).collect())
 }
