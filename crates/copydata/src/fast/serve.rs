@@ -103,6 +103,14 @@ pub(crate) struct WorkerState {
     quiet_since: Option<Instant>,
 }
 
+impl WorkerState {
+    /// Takes `conns` as the worker's connections.
+    fn set_conns(&mut self, conns: Vec<Arc<ServerConn>>) {
+        self.conns = conns;
+        self.spinning = self.conns.iter().any(|c| c.wait == Wait::SpinThenPark);
+    }
+}
+
 /// The longest a worker sleeps without looking at its connections.
 const IDLE_LOOK: Duration = Duration::from_secs(1);
 
@@ -225,8 +233,9 @@ impl Dispatch {
     fn drop_conn(&self, w: usize, st: &mut WorkerState, conn: &Arc<ServerConn>) {
         conn.dead.store(true, Ordering::Release);
         conn.link().shutdown();
-        st.conns.retain(|c| !Arc::ptr_eq(c, conn));
-        st.spinning = st.conns.iter().any(|c| c.wait == Wait::SpinThenPark);
+        let mut conns = std::mem::take(&mut st.conns);
+        conns.retain(|c| !Arc::ptr_eq(c, conn));
+        st.set_conns(conns);
         self.slots[w].conns.lock().unwrap_or_else(|e| e.into_inner()).retain(|c| !Arc::ptr_eq(c, conn));
     }
 
@@ -385,8 +394,7 @@ impl Dispatch {
                 return None;
             }
             if slot.changed.load(Ordering::Acquire) && slot.changed.swap(false, Ordering::AcqRel) {
-                st.conns = slot.conns.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                st.spinning = st.conns.iter().any(|c| c.wait == Wait::SpinThenPark);
+                st.set_conns(slot.conns.lock().unwrap_or_else(|e| e.into_inner()).clone());
                 st.alone = 0;
             }
             if let Some(found) = self.scan(w, st) {
