@@ -1951,6 +1951,22 @@ fn a_reply_to_a_sender_that_is_gone_says_so() {
     }
 }
 
+/// A message taken before its mailbox was dropped: the sender is told the
+/// receiver is gone, and a reply given afterwards says it reached no one.
+#[test]
+fn a_reply_after_the_mailbox_closed_says_so() {
+    let mailbox = copydata::Mailbox::bind(&unique("closed")).unwrap();
+    let mut kid = Kid::spawn("send-once", &[mailbox.name()]);
+    let request = mailbox.recv_timeout(common::WAIT).unwrap();
+    drop(mailbox);
+    assert_eq!(kid.expect("result"), "receiver-died");
+    kid.wait_ok();
+    match request.reply(Reply::code(1)) {
+        Err(copydata::ReplyError::SenderGone) => {}
+        other => panic!("expected SenderGone, got {other:?}"),
+    }
+}
+
 /// A thread that pumped no window messages for longer than Windows' 5 s
 /// "not responding" threshold (busy, or asleep) still sets up connections:
 /// the mailbox's answer to its hello used to be refused as sent to a hung

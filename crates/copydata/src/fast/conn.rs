@@ -1026,7 +1026,7 @@ pub(crate) struct ServerConn {
     pub(crate) streaming: AtomicBool,
     /// ... and it has not moved for [`STREAM_STALE`].
     pub(crate) stalled: AtomicBool,
-    /// The sender is gone or broke the protocol.
+    /// The sender is gone or broke the protocol, or the mailbox closed.
     pub(crate) dead: AtomicBool,
     /// The request ring and the consumer's position in it, for a look
     /// without taking the lock.
@@ -1075,6 +1075,14 @@ impl ServerConn {
 
     pub(crate) fn link(&self) -> &Link {
         &self.link
+    }
+
+    /// Ends the connection from this side: the sender sees the receiver
+    /// gone, and a reply given afterwards fails as `SenderGone` instead of
+    /// going into a ring nobody reads.
+    pub(crate) fn hang_up(&self) {
+        self.dead.store(true, Ordering::Release);
+        self.link.shutdown();
     }
 
     fn state(&self) -> MutexGuard<'_, ServerState> {

@@ -231,8 +231,7 @@ impl Dispatch {
     }
 
     fn drop_conn(&self, w: usize, st: &mut WorkerState, conn: &Arc<ServerConn>) {
-        conn.dead.store(true, Ordering::Release);
-        conn.link().shutdown();
+        conn.hang_up();
         let mut conns = std::mem::take(&mut st.conns);
         conns.retain(|c| !Arc::ptr_eq(c, conn));
         st.set_conns(conns);

@@ -1351,7 +1351,7 @@ fn mailbox_thread(
     // to it any more.
     let state = unsafe { Box::from_raw(state) };
     for c in state.conns.borrow().iter() {
-        c.link().shutdown();
+        c.hang_up();
     }
     drop(state);
     // SAFETY: this thread owns the mutex.
@@ -1416,7 +1416,7 @@ impl Drop for Mailbox {
             let _ = t.join();
         }
         for c in self.dispatch.take_all() {
-            c.link().shutdown();
+            c.hang_up();
         }
     }
 }

@@ -512,7 +512,7 @@ impl Drop for Mailbox {
             let _ = t.join();
         }
         for c in self.dispatch.take_all() {
-            c.link().shutdown();
+            c.hang_up();
         }
         if same_file(&self.lock_path, &self.lock) {
             let _ = std::fs::remove_file(&self.socket_path);
