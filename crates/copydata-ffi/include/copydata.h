@@ -1555,7 +1555,8 @@ void copydata_mutex_close(copydata_mutex *mutex);
  * `COPYDATA_STATUS_REFUSED` when `init` returned non-zero (the next
  * opener initialises the value), `COPYDATA_STATUS_INVALID_ARGUMENT` for
  * an invalid name, an alignment that is not a power of two up to 4096 or
- * a size too large to map.
+ * a size too large to map, `COPYDATA_STATUS_NO_SPACE` when the
+ * shared-memory file system has less room than `size` (Linux: `/dev/shm`).
  *
  * # Safety
  *

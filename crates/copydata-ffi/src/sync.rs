@@ -193,6 +193,7 @@ impl From<SyncOpenError> for Error {
             SyncOpenError::PermissionDenied { .. } | SyncOpenError::OtherOwner { .. } => Status::PermissionDenied,
             SyncOpenError::InitFailed { .. } => Status::Refused,
             SyncOpenError::Unsupported => Status::Unsupported,
+            SyncOpenError::NoSpace { .. } => Status::NoSpace,
             _ => Status::Io,
         };
         Error::new(status, e)
@@ -385,7 +386,8 @@ pub type SharedInit = Option<unsafe extern "C" fn(data: *mut c_void, size: usize
 /// `COPYDATA_STATUS_REFUSED` when `init` returned non-zero (the next
 /// opener initialises the value), `COPYDATA_STATUS_INVALID_ARGUMENT` for
 /// an invalid name, an alignment that is not a power of two up to 4096 or
-/// a size too large to map.
+/// a size too large to map, `COPYDATA_STATUS_NO_SPACE` when the
+/// shared-memory file system has less room than `size` (Linux: `/dev/shm`).
 ///
 /// # Safety
 ///

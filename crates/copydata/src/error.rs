@@ -765,6 +765,17 @@ pub enum SyncOpenError {
         /// What is wrong with the layout.
         reason: String,
     },
+    /// The shared-memory file system has less free space than the object
+    /// needs (Linux: `/dev/shm`, for a large shared value).
+    #[error("{name:?}: {size} bytes requested but only {available} are free in the shared-memory file system")]
+    NoSpace {
+        /// The name.
+        name: String,
+        /// The object's size in bytes.
+        size: u64,
+        /// The free space, in bytes.
+        available: u64,
+    },
     /// The initialiser given to
     /// [`SharedBytes::open_or_create_with`](crate::sync::SharedBytes::open_or_create_with)
     /// failed: the value stays uninitialised, for the next opener to
@@ -827,6 +838,7 @@ into_io_error!(SyncOpenError, |e| match &e {
     SyncOpenError::NotFound { .. } => io::ErrorKind::NotFound,
     SyncOpenError::WrongKind { .. } | SyncOpenError::LayoutMismatch { .. } => io::ErrorKind::InvalidData,
     SyncOpenError::OtherOwner { .. } => io::ErrorKind::PermissionDenied,
+    SyncOpenError::NoSpace { .. } => io::ErrorKind::StorageFull,
     SyncOpenError::Unsupported => io::ErrorKind::Unsupported,
     _ => io::ErrorKind::Other,
 }, SyncOpenError::Io { source, .. } => source, SyncOpenError::PermissionDenied { source, .. } => source);

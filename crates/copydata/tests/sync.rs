@@ -473,6 +473,17 @@ fn shared_bytes_refuse_other_layouts_and_failed_initialisers_leave_nothing() {
     assert!(invalid(SharedBytes::open_or_create(&unique("bytes"), usize::MAX, 8, PAIR_TAG)));
     assert!(invalid(SharedBytes::open_or_create(&unique("bytes"), usize::MAX - 100, 1, PAIR_TAG)));
     assert!(matches!(Shared::<[u32; 4]>::open_tagged(&name, PAIR_TAG), Err(SyncOpenError::LayoutMismatch { .. })));
+    // A value larger than the shared-memory file system's free space (Linux)
+    // says so; nothing is left behind.
+    #[cfg(target_os = "linux")]
+    {
+        let big = unique("bytes-big");
+        match SharedBytes::open_or_create(&big, 1 << 60, 8, PAIR_TAG) {
+            Err(SyncOpenError::NoSpace { size, available, .. }) => assert!(size > available),
+            other => panic!("expected NoSpace, got {other:?}"),
+        }
+        assert!(gone(&big, ObjectType::Shared));
+    }
     // An empty value is a value too.
     let empty = SharedBytes::open_or_create(&unique("bytes"), 0, 1, "empty").unwrap();
     assert!(empty.is_empty() && empty.lock().unwrap().is_empty());

@@ -61,6 +61,10 @@ fn sync_error(name: &str, e: CreateError) -> SyncOpenError {
         CreateError::OtherOwner { reason, .. } => SyncOpenError::OtherOwner { name: name.into(), reason },
         CreateError::PermissionDenied { source, .. } => SyncOpenError::PermissionDenied { name: name.into(), source },
         CreateError::Unsupported => SyncOpenError::Unsupported,
+        CreateError::NoSpace { size, available, .. } => SyncOpenError::NoSpace { name: name.into(), size, available },
+        CreateError::InvalidSize { reason, .. } => {
+            SyncOpenError::InvalidLayout { name: name.into(), reason: reason.into() }
+        }
         CreateError::Io { source, .. } if source.kind() == io::ErrorKind::InvalidData => {
             SyncOpenError::WrongKind { name: name.into(), reason: source.to_string() }
         }

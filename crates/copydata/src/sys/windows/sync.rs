@@ -51,6 +51,12 @@ pub(crate) fn open_object(
                 SyncOpenError::PermissionDenied { name: name.into(), source }
             }
             CreateError::Unsupported => SyncOpenError::Unsupported,
+            CreateError::NoSpace { size, available, .. } => {
+                SyncOpenError::NoSpace { name: name.into(), size, available }
+            }
+            CreateError::InvalidSize { reason, .. } => {
+                SyncOpenError::InvalidLayout { name: name.into(), reason: reason.into() }
+            }
             CreateError::Io { source, .. } => SyncOpenError::Io { name: name.into(), source },
             other => SyncOpenError::Io { name: name.into(), source: io::Error::other(other) },
         })?
