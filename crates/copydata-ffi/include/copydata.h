@@ -847,6 +847,8 @@ copydata_status copydata_send_to_window(const char *class_,
  * `copydata_mailbox_recv` (on Windows a message-only window; on Linux a
  * Unix socket in the user's runtime directory). Fails with
  * `COPYDATA_STATUS_ALREADY_EXISTS` while a live process has bound it.
+ * It takes payloads of up to 4 GiB; `copydata_mailbox_bind_limit` sets
+ * another limit.
  *
  * # Safety
  *
@@ -854,6 +856,21 @@ copydata_status copydata_send_to_window(const char *class_,
  * storage for a pointer.
  */
 copydata_status copydata_mailbox_bind(const char *name, copydata_mailbox **out);
+
+/**
+ * As `copydata_mailbox_bind`, taking payloads of up to `max_payload`
+ * bytes: a sender of a larger one fails with `COPYDATA_STATUS_TOO_LARGE`
+ * before anything is transferred. A mailbox of a program that copies
+ * what it receives (`copydata_request_data` of a lent message, say)
+ * bounds that way what any sender can make it allocate.
+ *
+ * # Safety
+ *
+ * As `copydata_mailbox_bind`.
+ */
+copydata_status copydata_mailbox_bind_limit(const char *name,
+                                            uint64_t max_payload,
+                                            copydata_mailbox **out);
 
 /**
  * Waits at most `timeout_ms` (or, with `COPYDATA_INFINITE`, as long as it
@@ -901,7 +918,10 @@ uint64_t copydata_request_tag(const copydata_request *request);
  * until it is answered; the address may be NULL when there are none.
  * A lent message's bytes (see `copydata_request_loan`) are copied out of
  * the sender's buffer the first time they are asked for here: a copy
- * that no one else can change.
+ * that no one else can change. When there is no memory for that copy,
+ * this returns NULL with a count of 0 and sets the last error
+ * (`copydata_last_error`); `copydata_request_loan` still reads the bytes
+ * in place (`copydata_mailbox_bind_limit` bounds their size).
  *
  * # Safety
  *

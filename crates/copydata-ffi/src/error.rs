@@ -375,6 +375,31 @@ pub(crate) unsafe fn bytes_arg<'a>(p: *const c_void, len: usize, what: &str) -> 
     Ok(unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) })
 }
 
+/// An array argument: `count` items at `p` (which may be NULL when `count`
+/// is 0); `what` names it in errors. A count no array can have fails
+/// (`COPYDATA_STATUS_INVALID_ARGUMENT`) rather than be read.
+///
+/// # Safety
+///
+/// `p` is NULL or points to `count` readable items valid for `'a`.
+pub(crate) unsafe fn array_arg<'a, T>(p: *const T, count: usize, what: &str) -> Result<&'a [T], Error> {
+    if count == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(Error::invalid(format!("{what} is NULL but its count is {count}")));
+    }
+    if count > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+        return Err(Error::invalid(format!("{count} is no count of {what}")));
+    }
+    // SAFETY:
+    // - `p` is not NULL (checked above) and points to `count` items valid
+    //   for `'a` (this function's contract), so aligned and within one
+    //   allocation;
+    // - their size is at most `isize::MAX` bytes (checked above).
+    Ok(unsafe { std::slice::from_raw_parts(p, count) })
+}
+
 /// An optional string argument: `None` for NULL.
 ///
 /// # Safety
@@ -429,6 +454,19 @@ pub(crate) unsafe fn give_back<T>(p: *mut T) {
             drop(unsafe { Box::from_raw(p) });
         }
     })
+}
+
+/// Sets `*out` to NULL unless `out` is NULL: for a call that fails before
+/// it gets to [`out_arg`].
+///
+/// # Safety
+///
+/// As for [`out_arg`].
+pub(crate) unsafe fn clear_out<T>(out: *mut *mut T) {
+    // SAFETY: NULL or writable storage for a pointer (the contract).
+    if let Some(out) = unsafe { out.as_mut() } {
+        *out = std::ptr::null_mut();
+    }
 }
 
 /// An `out` argument, set to NULL at once so that it is NULL on failure.

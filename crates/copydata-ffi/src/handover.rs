@@ -125,11 +125,11 @@ pub unsafe extern "C" fn copydata_section_duplicate_into(
     handle_out: *mut u64,
 ) -> Status {
     guard(|| {
-        // SAFETY: NULL or a live section (the contract).
-        let section = unsafe { handle(section, "section") }?;
         // SAFETY: NULL or a writable `uint64_t` (the contract).
         let handle_out = unsafe { handle_out.as_mut() }.ok_or_else(|| Error::invalid("handle is NULL"))?;
         *handle_out = 0;
+        // SAFETY: NULL or a live section (the contract).
+        let section = unsafe { handle(section, "section") }?;
         #[cfg(windows)]
         {
             *handle_out = copydata::os::windows::duplicate_into(&section.inner, pid)?.handle;
@@ -258,6 +258,9 @@ mod tests {
             assert_eq!(copydata_section_send(0, null()), Status::InvalidArgument);
             assert_eq!(copydata_section_adopt(1, 4096, 9, &mut got), Status::InvalidArgument);
             assert_eq!(copydata_section_duplicate_into(s, 1, null_mut()), Status::InvalidArgument);
+            let mut h = 0x1234;
+            assert_eq!(copydata_section_duplicate_into(null(), 1, &mut h), Status::InvalidArgument);
+            assert_eq!(h, 0, "a failure leaves *handle 0");
             copydata_section_close(s);
         }
     }

@@ -259,6 +259,9 @@ mod tests {
             let holes = [a.cast_const(), null()];
             assert_eq!(copydata_inheritance_new(holes.as_ptr(), 2, &mut out), Status::InvalidArgument);
             assert!(last().contains("sections[1] is NULL"), "{}", last());
+            // A count no array can have is refused before anything is read.
+            assert_eq!(copydata_inheritance_new(pass.as_ptr(), usize::MAX, &mut out), Status::InvalidArgument);
+            assert!(last().contains("no count of sections"), "{}", last());
             assert_eq!(copydata_inheritance_new(pass.as_ptr(), 2, null_mut()), Status::InvalidArgument);
             assert!(copydata_inheritance_token(null()).is_null());
             assert_eq!(copydata_inheritance_count(null()), 0);

@@ -163,16 +163,10 @@ pub unsafe extern "C" fn copydata_instance_acquire_env(
 /// `argv` is not NULL and points to `argc` pointers, each NULL or a
 /// NUL-terminated string, read only during the call.
 unsafe fn os_strings(argv: *const *const c_char, argc: usize, what: &str) -> Result<Vec<std::ffi::OsString>, Error> {
-    if argc > isize::MAX as usize / std::mem::size_of::<*const c_char>() {
-        return Err(Error::invalid(format!("{argc} is no count of strings for {what}")));
-    }
-    // SAFETY:
-    // - `argv` is not NULL and points to `argc` pointers, read only during
-    //   this call (the contract); a C array of pointers is suitably
-    //   aligned, and its size is within the bound of a slice (checked
-    //   above).
-    let argv = unsafe { std::slice::from_raw_parts(argv, argc) };
-    let mut out = Vec::with_capacity(argv.len());
+    // SAFETY: `argv` points to `argc` pointers, read only during this call
+    // (the contract).
+    let argv = unsafe { crate::error::array_arg(argv, argc, what) }?;
+    let mut out = Vec::new();
     for (i, &arg) in argv.iter().enumerate() {
         if arg.is_null() {
             return Err(Error::invalid(format!("{what}[{i}] is NULL")));

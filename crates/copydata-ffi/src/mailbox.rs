@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use crate::buffer;
 use crate::error::{
-    Error, Status, bytes_arg, give_back, guard, guard_value, handle, handle_mut, opt_str_arg, out_arg, str_arg,
+    Error, Status, bytes_arg, clear_out, give_back, guard, guard_value, handle, handle_mut, opt_str_arg, out_arg,
+    str_arg,
 };
 
 /// A timeout that never expires (as `INFINITE` in Win32).
@@ -29,13 +30,31 @@ pub struct Request {
     /// The sections that came with the message, until taken
     /// (`copydata_request_take_section`).
     sections: Vec<Option<copydata::Section>>,
+    /// A lent message's bytes, copied out once asked for.
+    copy: std::cell::OnceCell<Vec<u8>>,
 }
 
 impl Request {
     /// The bytes; a lent message's are copied out of the sender's buffer on
-    /// first use (and kept), so C reads them like any other.
-    fn data(&self) -> &[u8] {
-        self.inner.payload()
+    /// first use (and kept), so C reads them like any other. That copy's
+    /// size is the sender's choice (up to the mailbox's limit), so it fails
+    /// rather than abort when memory runs out.
+    fn data(&self) -> Result<&[u8], Error> {
+        let Some(view) = self.inner.loan() else { return Ok(self.inner.payload()) };
+        if let Some(copy) = self.copy.get() {
+            return Ok(copy);
+        }
+        let mut copy = Vec::new();
+        copy.try_reserve_exact(view.len()).map_err(|_| {
+            let e = std::io::Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                format!("no memory for a copy of the lent message's {} bytes", view.len()),
+            );
+            Error::new(Status::Io, e)
+        })?;
+        copy.resize(view.len(), 0);
+        view.read_at(0, &mut copy).map_err(|e| Error::new(Status::Io, e))?;
+        Ok(self.copy.get_or_init(|| copy))
     }
 }
 
@@ -245,6 +264,8 @@ impl<'a> ReplyOut<'a> {
 /// `copydata_mailbox_recv` (on Windows a message-only window; on Linux a
 /// Unix socket in the user's runtime directory). Fails with
 /// `COPYDATA_STATUS_ALREADY_EXISTS` while a live process has bound it.
+/// It takes payloads of up to 4 GiB; `copydata_mailbox_bind_limit` sets
+/// another limit.
 ///
 /// # Safety
 ///
@@ -252,6 +273,25 @@ impl<'a> ReplyOut<'a> {
 /// storage for a pointer.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn copydata_mailbox_bind(name: *const c_char, out: *mut *mut Mailbox) -> Status {
+    // SAFETY: this function's contract is the one below.
+    unsafe { copydata_mailbox_bind_limit(name, copydata::mailbox::DEFAULT_MAX_PAYLOAD, out) }
+}
+
+/// As `copydata_mailbox_bind`, taking payloads of up to `max_payload`
+/// bytes: a sender of a larger one fails with `COPYDATA_STATUS_TOO_LARGE`
+/// before anything is transferred. A mailbox of a program that copies
+/// what it receives (`copydata_request_data` of a lent message, say)
+/// bounds that way what any sender can make it allocate.
+///
+/// # Safety
+///
+/// As `copydata_mailbox_bind`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_mailbox_bind_limit(
+    name: *const c_char,
+    max_payload: u64,
+    out: *mut *mut Mailbox,
+) -> Status {
     guard(|| {
         // SAFETY:
         // - `out` is NULL or valid storage (this function's contract).
@@ -260,7 +300,8 @@ pub unsafe extern "C" fn copydata_mailbox_bind(name: *const c_char, out: *mut *m
         // - `name` is NULL or a NUL-terminated string, read only during this
         //   call (the contract).
         let name = unsafe { str_arg(name, "name") }?;
-        let inner = copydata::Mailbox::bind(name)?;
+        let options = copydata::MailboxOptions::new().max_payload(max_payload);
+        let inner = copydata::Mailbox::bind_with(name, &options)?;
         *out = Box::into_raw(Box::new(Mailbox { inner }));
         Ok(())
     })
@@ -298,7 +339,7 @@ pub unsafe extern "C" fn copydata_mailbox_recv(
             Some(t) => mailbox.inner.recv_timeout(t)?,
         };
         let sections = inner.message_mut().take_sections().into_iter().map(Some).collect();
-        *out = Box::into_raw(Box::new(Request { reply_loan: None, inner, sections }));
+        *out = Box::into_raw(Box::new(Request { reply_loan: None, inner, sections, copy: std::cell::OnceCell::new() }));
         Ok(())
     })
 }
@@ -338,7 +379,10 @@ pub unsafe extern "C" fn copydata_request_tag(request: *const Request) -> u64 {
 /// until it is answered; the address may be NULL when there are none.
 /// A lent message's bytes (see `copydata_request_loan`) are copied out of
 /// the sender's buffer the first time they are asked for here: a copy
-/// that no one else can change.
+/// that no one else can change. When there is no memory for that copy,
+/// this returns NULL with a count of 0 and sets the last error
+/// (`copydata_last_error`); `copydata_request_loan` still reads the bytes
+/// in place (`copydata_mailbox_bind_limit` bounds their size).
 ///
 /// # Safety
 ///
@@ -346,17 +390,27 @@ pub unsafe extern "C" fn copydata_request_tag(request: *const Request) -> u64 {
 /// writable storage for a `size_t`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn copydata_request_data(request: *const Request, len: *mut usize) -> *const c_void {
-    guard_value(std::ptr::null(), || {
+    let (mut data, mut count) = (std::ptr::null(), 0);
+    // (The status is not returned; a failure leaves its message as the
+    // last error.)
+    let _ = guard(|| {
         // SAFETY:
         // - `request` is NULL or a live request (this function's contract).
-        let bytes = unsafe { handle(request, "request") }.map_or(&[][..], |r| r.data());
-        // SAFETY:
-        // - `len` is NULL or writable storage for a `usize` (the contract).
-        if let Some(n) = unsafe { len.as_mut() } {
-            *n = bytes.len();
+        if let Ok(r) = unsafe { handle(request, "request") } {
+            let bytes = r.data()?;
+            count = bytes.len();
+            if !bytes.is_empty() {
+                data = bytes.as_ptr().cast();
+            }
         }
-        if bytes.is_empty() { std::ptr::null() } else { bytes.as_ptr().cast() }
-    })
+        Ok(())
+    });
+    // SAFETY:
+    // - `len` is NULL or writable storage for a `usize` (the contract).
+    if let Some(n) = unsafe { len.as_mut() } {
+        *n = count;
+    }
+    data
 }
 
 /// The bytes of a message the sender lent (`copydata_sender_loan`, or a
@@ -550,7 +604,10 @@ pub unsafe extern "C" fn copydata_request_loan_reply(
         // SAFETY:
         // - `request` is NULL or a live request used by this thread alone
         //   during the call (the contract).
-        let request = unsafe { handle_mut(request, "request") }?;
+        let request = unsafe { handle_mut(request, "request") }.inspect_err(|_| {
+            // SAFETY: `data` is NULL or valid storage (the contract).
+            unsafe { clear_out(data) }
+        })?;
         // (Checked before `data` is cleared: it may hold the address of the
         // loan already out.)
         if request.reply_loan.is_some() {
@@ -558,12 +615,12 @@ pub unsafe extern "C" fn copydata_request_loan_reply(
                 "this request has a reply loan out already: answer it with copydata_request_reply_loan",
             ));
         }
-        if !request.inner.expects_reply() {
-            return Err(Error::invalid("a posted message gets no reply, so it cannot lend one"));
-        }
         // SAFETY:
         // - `data` is NULL or valid storage (this function's contract).
         let data = unsafe { out_arg(data) }?;
+        if !request.inner.expects_reply() {
+            return Err(Error::invalid("a posted message gets no reply, so it cannot lend one"));
+        }
         let mut loan = request.inner.loan_reply(len).map_err(|e| match e {
             copydata::ReplyError::Io(io) if io.kind() == std::io::ErrorKind::Unsupported => {
                 Error::new(Status::Unsupported, io)
@@ -725,6 +782,41 @@ mod tests {
         }
     }
 
+    /// A mailbox bound with a limit refuses a larger payload at the sender,
+    /// and takes one at the limit.
+    #[test]
+    fn a_bound_limit_refuses_larger_payloads() {
+        let name = unique("limit");
+        let mut mailbox = null_mut();
+        // SAFETY: a valid name and out storage.
+        assert_eq!(unsafe { copydata_mailbox_bind_limit(name.as_ptr(), 4, &mut mailbox) }, Status::Ok, "{}", last());
+        let shared = mailbox as usize;
+        let server = std::thread::spawn(move || {
+            let mut req = null_mut();
+            // SAFETY: the mailbox stays open until this thread is joined;
+            // the request is answered once.
+            unsafe {
+                assert_eq!(copydata_mailbox_recv(shared as *const Mailbox, 10_000, &mut req), Status::Ok);
+                let mut len = 0;
+                copydata_request_data(req, &mut len);
+                assert_eq!(copydata_request_reply(req, len as i64, null(), 0), Status::Ok);
+            }
+        });
+        let mut code = 0i64;
+        // SAFETY: valid names, byte ranges and out storage.
+        unsafe {
+            let st =
+                copydata_send(name.as_ptr(), 1, c"12345".as_ptr().cast(), 5, 10_000, &mut code, null_mut(), null_mut());
+            assert_eq!(st, Status::TooLarge, "{}", last());
+            let st =
+                copydata_send(name.as_ptr(), 1, c"1234".as_ptr().cast(), 4, 10_000, &mut code, null_mut(), null_mut());
+            assert_eq!((st, code), (Status::Ok, 4), "{}", last());
+        }
+        server.join().unwrap();
+        // SAFETY: closed once, no other user.
+        unsafe { copydata_mailbox_close(mailbox) };
+    }
+
     /// One thread serves the mailbox through the C functions (reversing
     /// the bytes, refusing tag 13) while this one sends through them.
     #[test]
@@ -846,8 +938,9 @@ mod tests {
             assert_eq!(len, 0);
             assert_eq!(copydata_request_sender_pid(null()), 0);
             assert!(!copydata_request_expects_reply(null()));
-            let mut data = null_mut();
+            let mut data = std::ptr::dangling_mut();
             assert_eq!(copydata_request_loan_reply(null_mut(), 8, &mut data), Status::InvalidArgument);
+            assert!(data.is_null(), "a failure leaves *data NULL");
             assert_eq!(copydata_request_reply_loan(null_mut(), 0), Status::InvalidArgument);
             assert_eq!(copydata_request_section_count(null()), 0);
             let mut section = null_mut();

@@ -2,7 +2,7 @@
 
 use std::ffi::{CString, c_char, c_void};
 
-use crate::error::{Error, Status, give_back, guard, guard_value, handle, out_arg, str_arg};
+use crate::error::{Error, Status, array_arg, give_back, guard, guard_value, handle, out_arg, str_arg};
 
 /// Access for `copydata_section_open`, `copydata_section_file` and
 /// `copydata_section_map`: reading only (`FILE_MAP_READ`, `PROT_READ`).
@@ -67,27 +67,22 @@ pub(crate) unsafe fn sections_arg<'a>(
     sections: *const *const Section,
     count: usize,
 ) -> Result<Vec<&'a copydata::Section>, Error> {
-    let handles: &[*const Section] = if count == 0 {
-        &[]
-    } else if sections.is_null() {
-        return Err(Error::invalid("sections is NULL"));
-    } else {
-        // SAFETY:
-        // - `sections` is not NULL and points to `count` pointers (so
-        //   suitably aligned and within one allocation), read only for
-        //   `'a` (this function's contract).
-        unsafe { std::slice::from_raw_parts(sections, count) }
-    };
-    let mut refs = Vec::with_capacity(count);
-    for (i, &p) in handles.iter().enumerate() {
-        // SAFETY:
-        // - each pointer is NULL or a live section, not closed for `'a`
-        //   (the contract); it is only read.
-        let section =
-            unsafe { handle(p, "a section") }.map_err(|_| Error::invalid(format!("sections[{i}] is NULL")))?;
-        refs.push(&section.inner);
-    }
-    Ok(refs)
+    // SAFETY: `sections` is NULL or points to `count` pointers, read only
+    // for `'a` (this function's contract).
+    let handles = unsafe { array_arg(sections, count, "sections") }?;
+    // (Collected as checked, not into `count` slots reserved up front.)
+    handles
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| {
+            // SAFETY:
+            // - each pointer is NULL or a live section, not closed for `'a`
+            //   (the contract); it is only read.
+            let section =
+                unsafe { handle(p, "a section") }.map_err(|_| Error::invalid(format!("sections[{i}] is NULL")))?;
+            Ok(&section.inner)
+        })
+        .collect()
 }
 
 /// Creates the named section `name` of `size` bytes, zero-filled, readable

@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_void};
 use std::ptr::NonNull;
 use std::time::Duration;
 
-use crate::error::{Error, Status, bytes_arg, give_back, guard, guard_value, handle_mut, out_arg, str_arg};
+use crate::error::{Error, Status, bytes_arg, clear_out, give_back, guard, guard_value, handle_mut, out_arg, str_arg};
 use crate::mailbox::{call, timeout_arg};
 use crate::section::{Section, sections_arg};
 
@@ -298,7 +298,10 @@ pub unsafe extern "C" fn copydata_sender_loan(
         // SAFETY:
         // - `sender` is NULL or a live sender used by this thread alone
         //   during the call (the contract).
-        let sender = unsafe { handle_mut(sender, "sender") }?;
+        let sender = unsafe { handle_mut(sender, "sender") }.inspect_err(|_| {
+            // SAFETY: `data` is NULL or valid storage (the contract).
+            unsafe { clear_out(data) }
+        })?;
         // (Checked before `data` is cleared: it may hold the address of the
         // loan already out.)
         let inner: *mut copydata::Sender = sender.idle()?;
@@ -651,11 +654,12 @@ mod tests {
 
     #[test]
     fn loan_calls_refuse_null() {
-        let mut p = null_mut();
+        let mut p = std::ptr::dangling_mut();
         // SAFETY:
         // - NULL handles and valid out storage only.
         unsafe {
             assert_eq!(copydata_sender_loan(null_mut(), 1, 0, &mut p), Status::InvalidArgument);
+            assert!(p.is_null(), "a failure leaves *data NULL");
             assert_eq!(
                 copydata_sender_send_loan(null_mut(), 1, 0, null_mut(), null_mut(), null_mut()),
                 Status::InvalidArgument
