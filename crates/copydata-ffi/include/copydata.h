@@ -365,7 +365,8 @@ copydata_status copydata_section_duplicate_into(const copydata_section *section,
  * restrict what the handle allows), and stores the section in `*out`. The
  * handle is checked to be a section of that size (rounded up to a page, as
  * the kernel keeps it): `COPYDATA_STATUS_INCOMPATIBLE` otherwise. It is
- * closed with the section.
+ * closed with the section. On any failure the handle is not taken: it is
+ * still the caller's, to close with `CloseHandle`.
  *
  * # Safety
  *

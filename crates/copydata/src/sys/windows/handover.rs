@@ -47,7 +47,8 @@ pub fn duplicate_into(section: &Section, pid: u32) -> Result<Duplicated, Handove
 /// The handle is checked to be a section of `len` bytes (the kernel keeps
 /// the size rounded up to a page, so that is what is compared);
 /// `access` can only restrict what the handle allows (a write request on a
-/// read-only handle fails at [`Section::map_mut`]).
+/// read-only handle fails at [`Section::map_mut`]). On failure the handle
+/// is not taken: it is still the caller's, to close with `CloseHandle`.
 ///
 /// # Safety
 ///
