@@ -45,7 +45,7 @@
 //! | lookup | the socket's path | `FindWindowExW(HWND_MESSAGE, class)` |
 //! | set-up | hello on the socket; the region's memfd (sealed against resizing) back with `SCM_RIGHTS` | `WM_COPYDATA` hello; the receiver pushes the region and its events into the sender with `DuplicateHandle` |
 //! | messages | the region's rings | the region's rings |
-//! | sleeping and waking | futexes in shared memory; a sender parked for over 1 ms: an eventfd, polled with the socket | auto-reset event objects |
+//! | sleeping and waking | futexes in shared memory; a sender parked for over 1 ms: a socket pair's end, polled with the socket | auto-reset event objects |
 //! | a dead peer | the socket's hang-up (the receiver's acceptor polls for it; a sender parked for over 1 ms sleeps on it) | `WaitForMultipleObjects` on the peer's process handle |
 //! | buffers and sections with a message | memfds / descriptors over the socket | handle values in the record, duplicated from the connection's process |
 //! | peer identity | `SO_PEERCRED` (pid and uid) | the window's process id |

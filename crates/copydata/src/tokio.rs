@@ -30,10 +30,10 @@
 //! # Implementation notes
 //!
 //! - **Sending, Linux**: a pending call waits in the runtime's reactor. Each
-//!   connection has a readiness handle, an eventfd the receiver creates and
-//!   hands over at set-up. A sender about to wait raises its parked flag in
+//!   connection has a readiness handle, one end of a Unix socket pair the
+//!   receiver creates and hands over at set-up. A sender about to wait raises its parked flag in
 //!   the shared region with a distinct value; only for that value does the
-//!   receiver write the eventfd after queueing the reply, so the blocking
+//!   receiver write a byte to its end after queueing the reply, so the blocking
 //!   fast path pays nothing for it. The connection's socket is watched too:
 //!   its hang-up says the receiver died. A look every 100 ms guards against
 //!   a lost wake-up, as the blocking path's parked futex does.
@@ -543,7 +543,7 @@ pub async fn send_timeout(name: &str, tag: u64, data: &[u8], timeout: Duration) 
 #[derive(Debug)]
 struct Conn {
     client: Client,
-    /// A duplicate of the readiness handle (the eventfd).
+    /// A duplicate of the readiness handle (this end of a socket pair).
     notify: ::tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
     /// A duplicate of the connection's socket, readable on hang-up.
     hangup: ::tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
@@ -587,9 +587,11 @@ impl Conn {
             deadline.map_or(slice, |d| d.min(slice)).into(),
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(Ok(mut g)) = self.notify.poll_read_ready(cx) {
-                    self.client.link().drain_readiness();
+                    let drained = self.client.link().drain_readiness();
                     g.clear_ready();
-                    return Poll::Ready(true);
+                    // (Closed: the receiver's side is gone; `alive` below
+                    // tells.)
+                    return Poll::Ready(drained != crate::sys::mailbox::Drained::Closed);
                 }
                 if let Poll::Ready(Ok(mut g)) = self.hangup.poll_read_ready(cx) {
                     g.clear_ready();

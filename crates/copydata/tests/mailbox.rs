@@ -433,6 +433,8 @@ mod raw {
     // the reply ring after it; fast/ring.rs: a ring's header is 384 bytes
     // (the consumer's position at +0, its parked flag at +128, the word it
     // sleeps on at +132), its data area follows.
+    /// The protocol version spoken at set-up (fast/region.rs).
+    pub const PROTOCOL: u64 = 4;
     pub const WORKER: usize = 32;
     pub const RING_HEADER: usize = 384;
     pub const REQ_RING: usize = 1152;
@@ -479,15 +481,22 @@ mod raw {
         fd
     }
 
-    /// A receiver's welcome of protocol 3 (payload limit 1 MiB) with the
+    /// A receiver's welcome of this protocol (payload limit 1 MiB) with the
     /// set-up's descriptors (region, doorbells, readiness handle).
     pub fn send_welcome(sock: &UnixStream, fds: &[std::os::fd::BorrowedFd<'_>; 3]) {
         use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(3))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
-        let welcome = frame(b"CDA2", 0, 0, 3, 1 << 20, 0);
+        let welcome = frame(b"CDA2", 0, 0, PROTOCOL, 1 << 20, 0);
         rustix::net::sendmsg(sock, &[std::io::IoSlice::new(&welcome)], &mut control, SendFlags::NOSIGNAL).unwrap();
+    }
+
+    /// A readiness handle: this side's end of a Unix socket pair, and the
+    /// sender's.
+    pub fn readiness_pair() -> (OwnedFd, OwnedFd) {
+        use rustix::net::{AddressFamily, SocketFlags, SocketType};
+        rustix::net::socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap()
     }
 
     /// Sends `header` with one descriptor.
@@ -621,9 +630,9 @@ mod raw {
         pub fn set_up(path: &std::path::Path) -> Raw {
             let mut sock = UnixStream::connect(path).unwrap();
             sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            sock.write_all(&frame(b"CDH2", 0, 0, 3, 0, 0)).unwrap();
+            sock.write_all(&frame(b"CDH2", 0, 0, PROTOCOL, 0, 0)).unwrap();
             let (h, fds) = recv_frame(&sock).expect("a welcome");
-            assert_eq!((&h[..4], h[4], le(&h, 8), le(&h, 24)), (&b"CDA2"[..], 0, 3, 0), "the welcome");
+            assert_eq!((&h[..4], h[4], le(&h, 8), le(&h, 24)), (&b"CDA2"[..], 0, PROTOCOL, 0), "the welcome");
             assert_eq!(fds.len(), 3, "the welcome's descriptors (region, doorbells, readiness)");
             let (region, bells) = (Map::new(&fds[0]), Map::new(&fds[1]));
             assert!(region.len >= REP_DATA + (64 << 10), "a region of {} bytes", region.len);
@@ -760,10 +769,11 @@ fn garbage_on_the_socket_is_rejected_and_others_are_served() {
     for (what, wait, protocol) in [
         ("protocol 1 hello", 0, 1),
         ("protocol 2 hello", 0, 2),
-        ("protocol 4 hello", 0, 4),
+        ("protocol 3 hello", 0, 3),
+        ("protocol 5 hello", 0, 5),
         ("protocol 2^64-1 hello", 0, u64::MAX),
-        ("wait mode 2", 2, 3),
-        ("wait mode 255", 255, 3),
+        ("wait mode 2", 2, raw::PROTOCOL),
+        ("wait mode 255", 255, raw::PROTOCOL),
     ] {
         let mut raw = UnixStream::connect(&path).unwrap();
         raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -1190,7 +1200,7 @@ fn a_hello_in_two_parts_is_set_up_when_complete() {
     let name = unique("two-part");
     let kid = server(&name, 0);
     let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
-    let hello = frame(b"CDH2", 0, 0, 3, 0, 0);
+    let hello = frame(b"CDH2", 0, 0, raw::PROTOCOL, 0, 0);
     let mut sock = UnixStream::connect(&path).unwrap();
     let started = Instant::now();
     sock.write_all(&hello[..1]).unwrap();
@@ -1205,18 +1215,131 @@ fn a_hello_in_two_parts_is_set_up_when_complete() {
     stop_server(kid, &name);
 }
 
-/// A receiver that hands over something else than an eventfd as the
-/// connection's readiness handle is refused at set-up: the sender never
+/// What a mailbox hands every sender at set-up cannot be turned against the
+/// others: the doorbells (shared by all its senders) and the region take no
+/// further seal (a sender sealing the doorbells against new writable
+/// mappings would shut out every later sender), and the readiness handle
+/// is a socket of the sender's own, not a description the receiver writes
+/// through (a sender could clear its `O_NONBLOCK` and make the receiver's
+/// next signal block).
+#[cfg(target_os = "linux")]
+#[test]
+fn what_set_up_hands_over_cannot_be_turned_against_the_others() {
+    use rustix::fs::SealFlags;
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    use raw::{frame, recv_frame};
+    let name = unique("sealed-setup");
+    let kid = server(&name, 0);
+    let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
+    let mut sock = UnixStream::connect(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    sock.write_all(&frame(b"CDH2", 0, 0, raw::PROTOCOL, 0, 0)).unwrap();
+    let (_, fds) = recv_frame(&sock).expect("a welcome");
+    assert_eq!(fds.len(), 3);
+    for (fd, what) in [(&fds[0], "region"), (&fds[1], "doorbells")] {
+        let seals = rustix::fs::fcntl_get_seals(fd).unwrap();
+        assert!(seals.contains(SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW), "{what}: {seals:?}");
+        assert_eq!(
+            rustix::fs::fcntl_add_seals(fd, SealFlags::FUTURE_WRITE),
+            Err(rustix::io::Errno::PERM),
+            "{what}: sealed against writes by a sender"
+        );
+    }
+    assert_eq!(sockopt::socket_type(&fds[2]).unwrap(), SocketType::STREAM);
+    assert_eq!(sockopt::socket_domain(&fds[2]).unwrap(), AddressFamily::UNIX);
+    drop((sock, fds));
+    check_echo(&copydata::send(&name, 0, b"still").unwrap(), b"still");
+    stop_server(kid, &name);
+}
+
+/// Connections that look as if their whole hello had arrived (an
+/// out-of-band byte counts in `FIONREAD` but is skipped by a read) do not
+/// hold up set-up for others: the hello is read without waiting, and a
+/// short one drops that connection. (Each used to stall the mailbox's
+/// set-up for 2 s, one after another.)
+#[cfg(target_os = "linux")]
+#[test]
+fn hellos_that_only_look_complete_hold_up_no_one() {
+    use std::os::unix::net::UnixStream;
+
+    use rustix::net::SendFlags;
+    let name = unique("oob-hello");
+    let kid = server(&name, 0);
+    let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
+    let hello = raw::frame(b"CDH2", 0, 0, raw::PROTOCOL, 0, 0);
+    let tricks: Vec<UnixStream> = (0..4)
+        .map(|_| {
+            let sock = UnixStream::connect(&path).unwrap();
+            rustix::net::send(&sock, &hello[..1], SendFlags::OOB).unwrap();
+            rustix::net::send(&sock, &hello[..31], SendFlags::empty()).unwrap();
+            sock
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let mut sender = Sender::connect_timeout(&name, Duration::from_secs(6)).expect("connected in time");
+    check_echo(&sender.send(0, b"through").unwrap(), b"through");
+    eprintln!("connected after {:?} beside {} tricky hellos", started.elapsed(), tricks.len());
+    drop(tricks);
+    stop_server(kid, &name);
+}
+
+/// A receiver that drips its refusal's reason a byte at a time cannot keep
+/// a sender past its connect timeout (each read used to get the whole
+/// timeout anew).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_dripped_refusal_does_not_outlast_the_connect_timeout() {
+    use std::io::Write;
+    use std::os::unix::net::UnixListener;
+
+    use raw::{frame, recv_frame};
+    let name = unique("drip");
+    let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let listener = UnixListener::bind(&path).unwrap();
+    let sender = std::thread::spawn({
+        let name = name.clone();
+        move || {
+            let started = Instant::now();
+            let r = Sender::connect_timeout(&name, Duration::from_secs(1)).map(|_| ());
+            (r, started.elapsed())
+        }
+    });
+    let (mut sock, _) = listener.accept().unwrap();
+    std::fs::remove_file(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    recv_frame(&sock).expect("a hello");
+    // A refusal (status 1) announcing a reason of 4096 bytes, then a byte
+    // every 200 ms until the sender hangs up (at most 30 s).
+    sock.write_all(&frame(b"CDA2", 1, 0, raw::PROTOCOL, 0, 4096)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sender.is_finished() && Instant::now() < deadline {
+        if sock.write_all(b"x").is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (r, took) = sender.join().unwrap();
+    assert!(matches!(r, Err(SendError::TimedOut { .. })), "{r:?}");
+    assert!(took < Duration::from_secs(5), "the connect timeout of 1 s took {took:?}");
+}
+
+/// A receiver that hands over something else than a Unix stream socket as
+/// the connection's readiness handle is refused at set-up: the sender never
 /// polls or reads a file or pipe it was given.
 #[cfg(target_os = "linux")]
 #[test]
-fn a_readiness_handle_that_is_not_an_eventfd_is_refused() {
+fn a_readiness_handle_that_is_not_a_socket_is_refused() {
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixListener;
 
     use raw::{BELLS_LEN, REGION_LEN, recv_frame, sealed_memfd, send_welcome};
 
-    let name = unique("not-eventfd");
+    let name = unique("not-socket");
     let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
     let listener = UnixListener::bind(&path).unwrap();
     let sender = std::thread::spawn({
@@ -1303,14 +1426,19 @@ fn a_parked_sender_finds_a_reply_that_came_without_a_wake_up() {
     sock.set_nonblocking(false).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let (hello, _) = recv_frame(&sock).expect("a hello");
-    assert_eq!((&hello[..4], hello[4], le(&hello, 8)), (&b"CDH2"[..], 1, 3), "the hello of a park-mode sender");
+    assert_eq!(
+        (&hello[..4], hello[4], le(&hello, 8)),
+        (&b"CDH2"[..], 1, raw::PROTOCOL),
+        "the hello of a park-mode sender"
+    );
     // The region: its header (magic, protocol, ring sizes, buffer slots), the
-    // rest zero; the doorbells; and the readiness handle (an eventfd).
+    // rest zero; the doorbells; and the readiness handle (a socket pair's
+    // end).
     let (region_fd, bells_fd) = (sealed_memfd(REGION_LEN), sealed_memfd(BELLS_LEN));
-    let notify_fd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+    let (_notify_mine, notify_fd) = raw::readiness_pair();
     let region = Map::new(&region_fd);
     let mut head = b"CDREGN02".to_vec();
-    for v in [3u32, REQ_CAP as u32, REP_CAP as u32, 64] {
+    for v in [raw::PROTOCOL as u32, REQ_CAP as u32, REP_CAP as u32, 64] {
         head.extend_from_slice(&v.to_ne_bytes());
     }
     region.write(0, &head);
@@ -1739,6 +1867,18 @@ fn other_users_come_in_only_by_invitation_and_only_to_the_real_owner() {
     // fails (the name is held), not the address.
     assert!(Mailbox::bind_with(&name, &MailboxOptions::new().allow_uid(12345)).is_err());
     drop(server);
+    // A squatter on this user's own address: the bind fails, and leaves
+    // none of the name's files behind.
+    let name = unique("squat-mine");
+    let addr = SocketAddr::from_abstract_name(shared_address(me, &name).as_bytes()).unwrap();
+    let squatter = UnixListener::bind_addr(&addr).unwrap();
+    let err = Mailbox::bind_with(&name, &MailboxOptions::new().allow_uid(12345)).unwrap_err();
+    assert!(err.to_string().contains("taken by another process"), "{err}");
+    let socket = copydata::os::linux::mailbox_socket_path(&name).unwrap();
+    assert!(!socket.exists(), "{} left behind", socket.display());
+    let lock = socket.with_file_name(format!("{name}.mailbox"));
+    assert!(!lock.exists(), "{} left behind", lock.display());
+    drop(squatter);
 }
 
 #[test]
@@ -1832,10 +1972,10 @@ fn huge_reply_to(args: &[&str]) -> String {
     sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     recv_frame(&sock).expect("a hello");
     let (region_fd, bells_fd) = (sealed_memfd(REGION_LEN), sealed_memfd(BELLS_LEN));
-    let notify_fd = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+    let (_notify_mine, notify_fd) = raw::readiness_pair();
     let region = Map::new(&region_fd);
     let mut head = b"CDREGN02".to_vec();
-    for v in [3u32, REQ_CAP as u32, REP_CAP as u32, 64] {
+    for v in [raw::PROTOCOL as u32, REQ_CAP as u32, REP_CAP as u32, 64] {
         head.extend_from_slice(&v.to_ne_bytes());
     }
     region.write(0, &head);

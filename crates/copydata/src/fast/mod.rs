@@ -85,7 +85,7 @@ impl Wait {
 /// a side that sleeps in the kernel on the word (a futex) or on an event.
 pub(crate) const PARKED: u32 = 1;
 /// The value of a parked flag for a sender that sleeps on the connection's
-/// readiness handle (Linux: an eventfd, watched together with the socket
+/// readiness handle (Linux: a socket pair's end, watched together with the socket
 /// by a blocking sender and by an async runtime's reactor): the receiver
 /// signals the handle.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]

@@ -28,7 +28,7 @@ use crate::section::Section;
 use crate::view::ViewMut;
 
 /// The protocol version spoken at set-up and recorded in the region.
-pub(crate) const PROTOCOL: u32 = 3;
+pub(crate) const PROTOCOL: u32 = 4;
 const MAGIC: u64 = u64::from_le_bytes(*b"CDREGN02");
 /// Bytes of the request ring's data area.
 pub(crate) const REQ_CAP: usize = 256 << 10;

@@ -68,10 +68,11 @@ pub fn send_section(socket: impl AsFd, section: &Section) -> Result<(), Handover
 #[doc(alias = "recvmsg")]
 pub fn recv_section(socket: impl AsFd) -> Result<Section, HandoverError> {
     let mut header = [0u8; HEADER];
-    let (bytes, fds) = scm::recv_with_fds(&socket, &mut header).map_err(|e| match e.kind() {
-        io::ErrorKind::InvalidData => HandoverError::Malformed(e.to_string()),
-        _ => HandoverError::Io(e),
-    })?;
+    let (bytes, fds) =
+        scm::recv_with_fds(&socket, &mut header, scm::Patience::Blocking).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData => HandoverError::Malformed(e.to_string()),
+            _ => HandoverError::Io(e),
+        })?;
     if bytes == 0 && fds.is_empty() {
         return Err(HandoverError::PeerClosed);
     }
@@ -90,7 +91,7 @@ pub fn recv_section(socket: impl AsFd) -> Result<Section, HandoverError> {
     let name_len = header[13] as usize;
     let mut name = vec![0u8; name_len];
     if name_len > 0 {
-        scm::recv_exact(&socket, &mut name).map_err(|e| match e.kind() {
+        scm::recv_exact(&socket, &mut name, scm::Patience::Blocking).map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof => HandoverError::Malformed("short name".into()),
             _ => io(e),
         })?;

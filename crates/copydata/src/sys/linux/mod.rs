@@ -209,6 +209,13 @@ impl Section {
         self.access
     }
 
+    /// Forbids any further seal (`F_SEAL_SEAL`), for a memfd shared
+    /// writable with peers that must not seal it (against new writable
+    /// mappings, say) for everyone else.
+    pub(crate) fn seal_seals(&self) -> io::Result<()> {
+        rfs::fcntl_add_seals(self.fd(), SealFlags::SEAL).map_err(io_err)
+    }
+
     pub(crate) fn read_only(&self) -> Result<Section, ReadOnlyError> {
         let io = |e: Errno| ReadOnlyError::Io(io_err(e));
         if self.kind == Kind::Anonymous {

@@ -12,8 +12,8 @@
 //! connection's region (a memfd sealed against shrinking and growing, so no
 //! side can truncate it under the other) and sends it back with
 //! `SCM_RIGHTS`, together with the mailbox's doorbells (one futex word per
-//! handler thread) and the connection's readiness handle (an eventfd the
-//! receiver signals when the sender has parked, see
+//! handler thread) and the connection's readiness handle (one end of a
+//! socket pair, which the receiver signals when the sender has parked, see
 //! [`crate::fast::PARKED_ASYNC`]). After that the socket carries only descriptors that go
 //! with a message (new pool buffers, sections), and its hang-up tells each
 //! side that the other is gone: the receiver's acceptor thread polls every
@@ -43,10 +43,11 @@ use std::time::{Duration, Instant};
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 use rustix::fs::{self as rfs, FlockOperation, Mode, OFlags, SealFlags};
 use rustix::io::Errno;
-use rustix::net::Shutdown;
+use rustix::net::{RecvFlags, SendFlags, Shutdown};
 use rustix::thread::futex;
 
 use self::wire::{Header, REPLY, REQUEST, STATUS_REFUSED};
+use super::scm::Patience;
 use super::{Kind, Section as SysSection, access_of, kind_of};
 use crate::error::{BindError, ListError, ReplyError, SendError};
 use crate::fast::conn::ServerConn;
@@ -121,6 +122,8 @@ pub(crate) struct Bells {
 impl Bells {
     fn new() -> io::Result<Bells> {
         let section = Section::anonymous(BELLS_LEN as u64).map_err(io::Error::other)?;
+        // Every sender maps it writable: none may seal it for the others.
+        section.inner().seal_seals()?;
         let view = section.map_mut(0, BELLS_LEN).map_err(io::Error::other)?;
         Ok(Bells { view, section })
     }
@@ -160,6 +163,17 @@ impl NativeResponder {
 
 // ---------------------------------------------------------------- link
 
+/// What draining a sender's readiness handle found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drained {
+    /// At least one signal from the receiver.
+    Signalled,
+    /// Nothing (a signal already drained, or a spurious readiness).
+    Nothing,
+    /// The receiver's end is closed: its side of the link is gone.
+    Closed,
+}
+
 /// One side's hold on a connection: the region, the socket and (sender)
 /// the mailbox's doorbells.
 #[derive(Debug)]
@@ -167,8 +181,11 @@ pub(crate) struct Link {
     region: Region,
     sock: UnixStream,
     bells: Option<ViewMut>,
-    /// The readiness handle: an eventfd the receiver made (non-blocking),
-    /// written when the sender waits from an async runtime.
+    /// The readiness handle: one end each of a socket pair the receiver
+    /// made, written (a byte) when the sender waits from an async runtime.
+    /// Two sockets, so neither side shares an open description (and its
+    /// flags, `O_NONBLOCK` say) with the other; each call says
+    /// `MSG_DONTWAIT` anyway.
     notify: OwnedFd,
 }
 
@@ -205,9 +222,9 @@ impl Link {
         // the readiness handle, as its flag says (`park`).
         let flag = if bell == Bell::Reply { ring.cons_parked() } else { ring.prod_parked() };
         match flag.load(Ordering::SeqCst) {
-            // Non-blocking: a counter already near its maximum (never
-            // drained) fails with EAGAIN, which is still "readable".
-            PARKED_ASYNC => drop(rustix::io::write(&self.notify, &1u64.to_ne_bytes())),
+            // Never blocks: a buffer full of signals never drained fails
+            // with EAGAIN, and the sender's end is readable all the same.
+            PARKED_ASYNC => drop(rustix::net::send(&self.notify, &[1], SendFlags::DONTWAIT | SendFlags::NOSIGNAL)),
             PARKED => {
                 if let Some(word) = self.word(bell) {
                     ring_word(word);
@@ -224,10 +241,22 @@ impl Link {
         (self.notify.as_fd(), self.sock.as_fd())
     }
 
-    /// Resets the readiness handle after a wake-up.
-    pub(crate) fn drain_readiness(&self) {
-        let mut buf = [0u8; 8];
-        let _ = rustix::io::read(&self.notify, &mut buf);
+    /// Resets the readiness handle after a wake-up, without ever blocking
+    /// (`MSG_DONTWAIT`, whatever a hostile receiver does with the socket
+    /// pair's other end): what it held.
+    pub(crate) fn drain_readiness(&self) -> Drained {
+        let mut buf = [0u8; 64];
+        let mut found = Drained::Nothing;
+        // (Bounded: a receiver writing all along cannot keep this going.)
+        for _ in 0..16 {
+            match rustix::net::recv(&self.notify, &mut buf, RecvFlags::DONTWAIT) {
+                Ok((0, _)) => return Drained::Closed,
+                Ok(_) => found = Drained::Signalled,
+                Err(Errno::INTR) => {}
+                Err(_) => break,
+            }
+        }
+        found
     }
 
     /// Whether the peer still holds its end of the socket.
@@ -275,16 +304,17 @@ impl Link {
         let mut fds = [PollFd::new(&self.notify, PollFlags::IN), PollFd::new(&self.sock, PollFlags::RDHUP)];
         match rustix::event::poll(&mut fds, Some(&timespec(slice))) {
             Ok(n) if n > 0 => {
-                if fds[0].revents().contains(PollFlags::IN) {
-                    // A signal meant for an earlier wait may be counted here
-                    // too: the caller looks at the ring either way.
-                    self.drain_readiness();
-                    return Park::Woken;
+                // A signal meant for an earlier wait may be drained here
+                // too: the caller looks at the ring either way.
+                let drained =
+                    if fds[0].revents().contains(PollFlags::IN) { self.drain_readiness() } else { Drained::Nothing };
+                match drained {
+                    Drained::Signalled => Park::Woken,
+                    // The receiver's end closed with its side of the link.
+                    Drained::Closed => Park::PeerGone,
+                    Drained::Nothing if hung_up(&fds[1]) => Park::PeerGone,
+                    Drained::Nothing => Park::Woken,
                 }
-                if hung_up(&fds[1]) {
-                    return Park::PeerGone;
-                }
-                Park::Woken
             }
             // After a slice (or a signal, or a failed wait), the caller looks
             // at the ring again: a safety net should a wake-up ever be
@@ -357,7 +387,8 @@ impl Link {
         };
         queued("the attachment announced by the record", wire::HEADER as u64)?;
         self.sock.set_read_timeout(Some(PEER_STEP))?;
-        let (h, mut fds) = wire::recv_header(&self.sock)?.ok_or_else(|| wire::bad("the peer hung up"))?;
+        let (h, mut fds) =
+            wire::recv_header(&self.sock, Patience::Queued)?.ok_or_else(|| wire::bad("the peer hung up"))?;
         if h.magic != AUX || h.b0 != u8::from(buffer) || h.b1 as usize != sections {
             return Err(wire::bad("the attachment does not match its record"));
         }
@@ -381,7 +412,7 @@ impl Link {
             None
         };
         let mut records = vec![0u8; h.len as usize];
-        super::scm::recv_exact(&self.sock, &mut records)?;
+        super::scm::recv_exact(&self.sock, &mut records, Patience::Queued)?;
         let secs = wire::decode_sections(&records, sections, fds)?;
         Ok((buf, secs))
     }
@@ -450,54 +481,62 @@ impl Mailbox {
                 break fd;
             }
         };
-        rfs::ftruncate(&lock, 0).map_err(|e| io(e.into()))?;
-        rustix::io::pwrite(&lock, format!("{}\n", std::process::id()).as_bytes(), 0).map_err(|e| io(e.into()))?;
-        // We hold the name: whatever socket is there was left by a dead binder.
-        let _ = std::fs::remove_file(&socket_path);
-        let listener = UnixListener::bind(&socket_path).map_err(io)?;
-        std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-        // Other users allowed in: an abstract socket they can reach.
-        let shared = if options.allowed_uids().is_empty() {
-            None
-        } else {
-            use std::os::linux::net::SocketAddrExt;
-            let uid = rustix::process::getuid().as_raw();
-            let address = runtime::shared_address(uid, name);
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(address.as_bytes()).map_err(io)?;
-            Some(UnixListener::bind_addr(&addr).map_err(|e| {
-                if e.kind() == io::ErrorKind::AddrInUse {
-                    io(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        format!("the shared address @{address} is taken by another process"),
-                    ))
-                } else {
-                    io(e)
-                }
-            })?)
-        };
-        let bells = Bells::new().map_err(io)?;
-        let dispatch = Arc::new(Dispatch::new(name.clone(), options.threads(), bells));
-        let stop = Arc::new(rustix::event::eventfd(0, EventfdFlags::CLOEXEC).map_err(|e| io(e.into()))?);
-        let acceptor = {
-            let (dispatch, stop) = (dispatch.clone(), stop.clone());
-            let accept = Acceptor {
-                name: name.clone(),
-                uid: rustix::process::getuid().as_raw(),
-                max_payload: options.max(),
-                max_conns: options.max_conns(),
-                allowed: options.allowed_uids().to_vec(),
-                shared,
-                dispatch,
-                listener,
-                stop,
-                conns: Vec::new(),
-                pending: Vec::new(),
+        // A bind that fails from here on leaves none of the name's files.
+        let started = (|| {
+            rfs::ftruncate(&lock, 0).map_err(|e| io(e.into()))?;
+            rustix::io::pwrite(&lock, format!("{}\n", std::process::id()).as_bytes(), 0).map_err(|e| io(e.into()))?;
+            // We hold the name: whatever socket is there was left by a dead binder.
+            let _ = std::fs::remove_file(&socket_path);
+            let listener = UnixListener::bind(&socket_path).map_err(io)?;
+            std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+            // Other users allowed in: an abstract socket they can reach.
+            let shared = if options.allowed_uids().is_empty() {
+                None
+            } else {
+                use std::os::linux::net::SocketAddrExt;
+                let uid = rustix::process::getuid().as_raw();
+                let address = runtime::shared_address(uid, name);
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(address.as_bytes()).map_err(io)?;
+                Some(UnixListener::bind_addr(&addr).map_err(|e| {
+                    if e.kind() == io::ErrorKind::AddrInUse {
+                        io(io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            format!("the shared address @{address} is taken by another process"),
+                        ))
+                    } else {
+                        io(e)
+                    }
+                })?)
             };
-            std::thread::Builder::new()
-                .name(format!("copydata-accept-{name}"))
-                .spawn(move || accept.run())
-                .map_err(io)?
-        };
+            let bells = Bells::new().map_err(io)?;
+            let dispatch = Arc::new(Dispatch::new(name.clone(), options.threads(), bells));
+            let stop = Arc::new(rustix::event::eventfd(0, EventfdFlags::CLOEXEC).map_err(|e| io(e.into()))?);
+            let acceptor = {
+                let (dispatch, stop) = (dispatch.clone(), stop.clone());
+                let accept = Acceptor {
+                    name: name.clone(),
+                    uid: rustix::process::getuid().as_raw(),
+                    max_payload: options.max(),
+                    max_conns: options.max_conns(),
+                    allowed: options.allowed_uids().to_vec(),
+                    shared,
+                    dispatch,
+                    listener,
+                    stop,
+                    conns: Vec::new(),
+                    pending: Vec::new(),
+                };
+                std::thread::Builder::new()
+                    .name(format!("copydata-accept-{name}"))
+                    .spawn(move || accept.run())
+                    .map_err(io)?
+            };
+            Ok((dispatch, stop, acceptor))
+        })();
+        let (dispatch, stop, acceptor) = started.inspect_err(|_| {
+            let _ = std::fs::remove_file(&socket_path);
+            let _ = std::fs::remove_file(&lock_path);
+        })?;
         let mailbox =
             Mailbox { dispatch: dispatch.clone(), stop, acceptor: Some(acceptor), lock, lock_path, socket_path };
         Ok((mailbox, dispatch))
@@ -704,7 +743,8 @@ impl Acceptor {
     fn set_up(&self, stream: UnixStream, peer: Peer, uid: u32) -> Result<Option<(Arc<ServerConn>, u32)>, String> {
         stream.set_read_timeout(Some(PEER_STEP)).map_err(|e| e.to_string())?;
         stream.set_write_timeout(Some(PEER_STEP)).map_err(|e| e.to_string())?;
-        let (hello, _fds) = match wire::recv_header(&stream) {
+        // (Only once `FIONREAD` said the hello is there: never waited for.)
+        let (hello, _fds) = match wire::recv_header(&stream, Patience::Queued) {
             Ok(Some(h)) => h,
             Ok(None) => return Ok(None),
             Err(e) => return Err(format!("no hello: {e}")),
@@ -746,12 +786,21 @@ impl Acceptor {
             return Ok(None);
         }
         let w = self.dispatch.pick();
-        let region = Region::create(w).map_err(|e| format!("creating the region: {e}"))?;
-        let region_fd = region.section().inner().transfer_fd().map_err(|e| e.to_string())?;
-        let bells_fd = self.dispatch.bells().section.inner().transfer_fd().map_err(|e| e.to_string())?;
-        let notify = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
-            .map_err(|e| format!("creating the readiness handle: {e}"))?;
-        let fds = [region_fd.as_fd(), bells_fd.as_fd(), notify.as_fd()];
+        let made = (|| {
+            let region = Region::create(w).map_err(|e| format!("creating the region: {e}"))?;
+            region.section().inner().seal_seals().map_err(|e| format!("sealing the region: {e}"))?;
+            let region_fd = region.section().inner().transfer_fd().map_err(|e| e.to_string())?;
+            let bells_fd = self.dispatch.bells().section.inner().transfer_fd().map_err(|e| e.to_string())?;
+            let (notify, theirs) = readiness_pair().map_err(|e| format!("creating the readiness handle: {e}"))?;
+            Ok::<_, String>((region, region_fd, bells_fd, notify, theirs))
+        })();
+        // Out of descriptors or memory, say: the sender is told so (a
+        // refusal), not left to guess from a closed connection.
+        let (region, region_fd, bells_fd, notify, theirs) = made.inspect_err(|reason| {
+            let reason = format!("the receiver could not set up the connection: {reason}");
+            let _ = Self::welcome(&stream, SETUP_REFUSED, &reason, &[], 0);
+        })?;
+        let fds = [region_fd.as_fd(), bells_fd.as_fd(), theirs.as_fd()];
         Self::welcome(&stream, SETUP_OK, "", &fds, self.max_payload).map_err(|e| format!("sending the region: {e}"))?;
         stream.set_read_timeout(None).map_err(|e| e.to_string())?;
         let link = Link { region, sock: stream, bells: None, notify };
@@ -845,8 +894,9 @@ fn set_up_connection(name: &Name, sock: UnixStream, wait: Wait, deadline: Instan
         }
     };
     wire::send_frame(&sock, &hello, &[], &[]).map_err(step_err)?;
-    let (h, mut fds) =
-        wire::recv_header(&sock).map_err(step_err)?.ok_or_else(|| step_err(io::ErrorKind::UnexpectedEof.into()))?;
+    let (h, mut fds) = wire::recv_header(&sock, Patience::Until(deadline))
+        .map_err(step_err)?
+        .ok_or_else(|| step_err(io::ErrorKind::UnexpectedEof.into()))?;
     if h.magic != WELCOME {
         return Err(SendError::Incompatible {
             name: shown(),
@@ -856,7 +906,7 @@ fn set_up_connection(name: &Name, sock: UnixStream, wait: Wait, deadline: Instan
     match h.b0 {
         SETUP_OK => {}
         SETUP_REFUSED | SETUP_INCOMPATIBLE => {
-            let reason = wire::read_reason(&sock, h.len).map_err(step_err)?;
+            let reason = wire::read_reason(&sock, h.len, deadline).map_err(step_err)?;
             return Err(if h.b0 == SETUP_REFUSED {
                 SendError::Refused { name: shown(), reason }
             } else {
@@ -872,8 +922,8 @@ fn set_up_connection(name: &Name, sock: UnixStream, wait: Wait, deadline: Instan
         return Err(SendError::Incompatible { name: shown(), reason: format!("set-up of protocol {}", h.seq) });
     }
     let notify = fds.pop().expect("three descriptors");
-    if !is_eventfd(&notify) {
-        return Err(bad("the readiness handle is not an eventfd".into()));
+    if !is_stream_socket(&notify) {
+        return Err(bad("the readiness handle is not a Unix stream socket".into()));
     }
     let bells_fd = fds.pop().expect("three descriptors");
     let region =
@@ -889,12 +939,21 @@ fn set_up_connection(name: &Name, sock: UnixStream, wait: Wait, deadline: Instan
     Ok((Link { region, sock, bells: Some(bells), notify }, h.word))
 }
 
-/// Whether `fd` is an eventfd (what the kernel names it in `/proc`), so a
-/// receiver cannot hand a file or a pipe as the readiness handle.
-fn is_eventfd(fd: &OwnedFd) -> bool {
-    use std::os::fd::AsRawFd;
-    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .is_ok_and(|target| target.as_os_str() == "anon_inode:[eventfd]")
+/// A connection's readiness handle: a Unix stream socket pair, this
+/// side's end non-blocking, the other end for the sender.
+fn readiness_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let (mine, theirs) = rustix::net::socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+    rustix::fs::fcntl_setfl(&mine, OFlags::NONBLOCK)?;
+    Ok((mine, theirs))
+}
+
+/// Whether `fd` is a Unix stream socket, so a receiver cannot hand a file
+/// or a pipe as the readiness handle.
+fn is_stream_socket(fd: &OwnedFd) -> bool {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    sockopt::socket_type(fd).is_ok_and(|t| t == SocketType::STREAM)
+        && sockopt::socket_domain(fd).is_ok_and(|d| d == AddressFamily::UNIX)
 }
 
 /// Connects to the socket at `addr`, retrying while its backlog is full

@@ -18,11 +18,13 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
 
 use rustix::fs::{self as rfs, MemfdFlags, SealFlags};
 use rustix::io::Errno;
 
-use super::super::{Section as SysSection, kind_of, scm};
+use super::super::scm::{self, Patience};
+use super::super::{Section as SysSection, kind_of};
 use crate::name::Name;
 use crate::section::{Access, Section};
 
@@ -81,9 +83,9 @@ pub(crate) fn send_frame(sock: impl AsFd, header: &Header, body: &[u8], fds: &[B
 
 /// Receives a header and the descriptors that came with it. `Ok(None)` is a
 /// clean end of stream before a frame.
-pub(crate) fn recv_header(sock: impl AsFd) -> io::Result<Option<(Header, Vec<OwnedFd>)>> {
+pub(crate) fn recv_header(sock: impl AsFd, patience: Patience) -> io::Result<Option<(Header, Vec<OwnedFd>)>> {
     let mut head = [0u8; HEADER];
-    let (bytes, fds) = scm::recv_with_fds(sock, &mut head)?;
+    let (bytes, fds) = scm::recv_with_fds(sock, &mut head, patience)?;
     if bytes == 0 && fds.is_empty() {
         return Ok(None);
     }
@@ -190,13 +192,13 @@ pub(crate) fn decode_sections(mut records: &[u8], count: usize, fds: Vec<OwnedFd
     Ok(out)
 }
 
-/// Reads a refusal's reason text.
-pub(crate) fn read_reason(sock: impl AsFd, len: u64) -> io::Result<String> {
+/// Reads a refusal's reason text, by `deadline` at the latest.
+pub(crate) fn read_reason(sock: impl AsFd, len: u64, deadline: Instant) -> io::Result<String> {
     if len > MAX_REASON {
         return Err(bad("refusal reason too long"));
     }
     let mut text = vec![0u8; len as usize];
-    scm::recv_exact(sock, &mut text)?;
+    scm::recv_exact(sock, &mut text, Patience::Until(deadline))?;
     Ok(String::from_utf8_lossy(&text).into_owned())
 }
 
