@@ -2163,8 +2163,19 @@ fn a_receiver_polls_while_a_loan_is_filled() {
     let loan = s.loan(4096).unwrap();
     std::thread::sleep(Duration::from_millis(1200));
     procfs::assert_sleeps(srv.pid, "a loan held for more than a second");
+    // Another sender's calls meanwhile do not start the poll for that same
+    // loan over: a call every 100 ms costs the receiver little.
+    let mut other = srv.sender();
+    let before = procfs::cpu(srv.pid);
+    for i in 0..20u64 {
+        let data = pattern(64, i);
+        check_echo(&other.send_timeout(tag(ECHO, 0), &data, BOUND).unwrap(), &data, "beside the held loan");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let used = procfs::cpu(srv.pid).saturating_sub(before);
+    assert!(used < Duration::from_millis(500), "20 calls beside a held loan cost the receiver {used:?} of CPU in 2 s");
     drop(loan);
-    drop(s);
+    drop((s, other));
     srv.quit();
 }
 

@@ -309,6 +309,9 @@ pub(crate) struct Client {
     pinned_until: u64,
     /// Slots of buffers given back whose RETIRE record has not gone out.
     retiring: Vec<u32>,
+    /// The number of the last loan announced (never 0, which means none):
+    /// the receiver tells one loan from the next by it.
+    announced: u32,
 }
 
 impl Client {
@@ -326,6 +329,7 @@ impl Client {
             oneshot_until: None,
             pinned_until: 0,
             retiring: Vec::new(),
+            announced: 0,
         }
     }
 
@@ -516,7 +520,8 @@ impl Client {
             // word; this side raises the word, fences, then looks at the
             // flag: one of the two sees the other, so the receiver either
             // polls or is woken here.
-            self.link.region().loan_pending().store(1, Ordering::SeqCst);
+            self.announced = self.announced.wrapping_add(1).max(1);
+            self.link.region().loan_pending().store(self.announced, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             if self.req.ring().cons_parked().load(Ordering::SeqCst) != 0 {
                 self.link.wake(Bell::Request);
@@ -1089,9 +1094,10 @@ impl ServerConn {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether the sender announced a loan it is about to send.
-    pub(crate) fn loan_pending(&self) -> bool {
-        self.link.region().loan_pending().load(Ordering::Relaxed) != 0
+    /// The number of the loan the sender announced it is about to send, 0
+    /// for none.
+    pub(crate) fn loan_pending(&self) -> u32 {
+        self.link.region().loan_pending().load(Ordering::Relaxed)
     }
 
     /// The request ring, for the handler thread's parked flag.

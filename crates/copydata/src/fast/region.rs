@@ -138,7 +138,8 @@ impl Region {
         self.view.atomic_u32(32).expect("offset inside the region")
     }
 
-    /// Set by the sender while it holds a loan (a message is coming).
+    /// The number of the loan the sender holds (a message is coming), 0
+    /// for none: each loan has a number of its own.
     pub(crate) fn loan_pending(&self) -> &AtomicU32 {
         self.view.atomic_u32(64).expect("offset inside the region")
     }
