@@ -47,11 +47,20 @@
 //!   on both.
 //! - **Set-up** (the first send of a sender, or [`AsyncSender::connect`])
 //!   is a short exchange on the socket, run on the blocking pool, bounded by
-//!   the connect timeout.
+//!   the connect timeout. A call cancelled during set-up leaves it running
+//!   in the background; the sender's next call takes it over (one set-up at
+//!   a time per sender, however often calls are cancelled).
+//! - **Runtimes**: the runtime needs IO and time enabled
+//!   (`Builder::enable_all`). A sender may move between runtimes: a call
+//!   made on another runtime than the last one registers the connection
+//!   with the new runtime's reactor.
 //! - **Cancellation**: dropping a `send` future before it completes drops
 //!   its connection, exactly like a timeout of the blocking
 //!   [`Sender`](crate::Sender); the next call sets up a new one, so it can
-//!   never receive the reply meant for the abandoned call. A dropped `post`
+//!   never receive the reply meant for the abandoned call. Messages the
+//!   dropped connection had queued are still handled, but the next call's
+//!   message goes through the new connection and may be handled before
+//!   them: order holds between calls that complete. A dropped `post`
 //!   future may or may not have queued its message; to bound the wait for
 //!   room, use [`AsyncSender::post_timeout`] (or [`AsyncSender::try_post`]),
 //!   whose time-out sends nothing and keeps the connection; for a loan,
@@ -88,12 +97,19 @@ const SLICE: Duration = Duration::from_millis(100);
 ///
 /// Messages sent through one `AsyncSender` are handled in order. After a
 /// timeout, an error or a cancelled call the connection is dropped and the
-/// next call makes a new one.
+/// next call makes a new one: messages queued on the old one may then be
+/// handled after the new call's. Where order across a give-up matters,
+/// post with [`post_timeout`](Self::post_timeout), whose time-out sends
+/// nothing and keeps the connection.
 #[derive(Debug)]
 pub struct AsyncSender {
     name: Name,
     options: SenderOptions,
     conn: Option<Conn>,
+    /// A set-up under way on the blocking pool, which a cancelled call
+    /// left behind: the next call takes it over rather than start another
+    /// beside it.
+    setup: Option<::tokio::task::JoinHandle<Result<Client, SendError>>>,
 }
 
 impl AsyncSender {
@@ -115,22 +131,53 @@ impl AsyncSender {
     /// reported then).
     pub fn unconnected(name: &str, options: &SenderOptions) -> Result<AsyncSender, SendError> {
         let valid = Name::new(name).map_err(|reason| SendError::InvalidName { name: name.into(), reason })?;
-        Ok(AsyncSender { name: valid, options: options.clone(), conn: None })
+        Ok(AsyncSender { name: valid, options: options.clone(), conn: None, setup: None })
     }
 
-    async fn open(&self, deadline: Option<Instant>, timeout: Option<Duration>) -> Result<Conn, SendError> {
-        let (name, options) = (self.name.clone(), self.options.clone());
-        let client = ::tokio::task::spawn_blocking(move || connect_client(&name, &options, deadline, timeout))
-            .await
-            .map_err(|e| SendError::Io { name: self.name.to_string(), source: std::io::Error::other(e) })??;
-        Conn::new(client).map_err(|source| SendError::Io { name: self.name.to_string(), source })
+    /// Sets up a connection (on the blocking pool), by `deadline`. A set-up
+    /// that a cancelled call began is awaited rather than doubled: a call
+    /// cancelled again and again against a stalled receiver holds one
+    /// blocking thread, not one per call.
+    async fn open(&mut self, deadline: Option<Instant>, timeout: Option<Duration>) -> Result<Conn, SendError> {
+        let name = || self.name.to_string();
+        loop {
+            let inherited = self.setup.is_some();
+            let setup = match &mut self.setup {
+                Some(setup) => setup,
+                None => {
+                    let (name, options) = (self.name.clone(), self.options.clone());
+                    self.setup.insert(::tokio::task::spawn_blocking(move || {
+                        connect_client(&name, &options, deadline, timeout)
+                    }))
+                }
+            };
+            let joined = match deadline {
+                None => setup.await,
+                Some(d) => match ::tokio::time::timeout_at(d.into(), setup).await {
+                    Ok(joined) => joined,
+                    // (The set-up goes on, for the next call to take over.)
+                    Err(_) => {
+                        let timeout = timeout.unwrap_or_else(|| d.saturating_duration_since(Instant::now()));
+                        return Err(SendError::TimedOut { name: name(), timeout });
+                    }
+                },
+            };
+            self.setup = None;
+            let client = joined.map_err(|e| SendError::Io { name: name(), source: std::io::Error::other(e) })?;
+            match client {
+                // A set-up an earlier call began ran out of that call's
+                // time, not of this one's: set up anew.
+                Err(SendError::TimedOut { .. }) if inherited && deadline.is_none_or(|d| Instant::now() < d) => {}
+                client => return Conn::new(client?).map_err(|source| SendError::Io { name: name(), source }),
+            }
+        }
     }
 
     /// The connection for the next exchange (made now if there is none);
     /// [`settle`](Self::settle) puts it back.
     async fn take_conn(&mut self, deadline: Option<Instant>, timeout: Option<Duration>) -> Result<Conn, SendError> {
         match self.conn.take() {
-            Some(c) => Ok(c),
+            Some(c) => c.on_this_runtime().map_err(|source| SendError::Io { name: self.name.to_string(), source }),
             None => self.open(deadline, timeout).await,
         }
     }
@@ -547,6 +594,9 @@ struct Conn {
     notify: ::tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
     /// A duplicate of the connection's socket, readable on hang-up.
     hangup: ::tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    /// The runtime whose reactor watches the two: another one's tasks would
+    /// never hear from it (nor from a runtime that was dropped).
+    runtime: ::tokio::runtime::Id,
 }
 
 /// The parked flag's value for a wait in the runtime: the receiver then
@@ -574,7 +624,16 @@ impl Conn {
         // SAFETY: as above, for the socket's duplicate.
         let hangup =
             unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }.map_err(|e| e.into_parts().1)?;
-        Ok(Conn { client, notify, hangup })
+        Ok(Conn { client, notify, hangup, runtime: ::tokio::runtime::Handle::current().id() })
+    }
+
+    /// The connection, watched by the current runtime's reactor (registered
+    /// with it anew if it was made on another runtime).
+    fn on_this_runtime(self) -> std::io::Result<Conn> {
+        match ::tokio::runtime::Handle::try_current() {
+            Ok(h) if h.id() == self.runtime => Ok(self),
+            _ => Conn::new(self.client),
+        }
     }
 
     /// Waits until the readiness handle or the socket says to look again, or
@@ -586,24 +645,33 @@ impl Conn {
         let woken = ::tokio::time::timeout_at(
             deadline.map_or(slice, |d| d.min(slice)).into(),
             std::future::poll_fn(|cx| {
-                if let Poll::Ready(Ok(mut g)) = self.notify.poll_read_ready(cx) {
-                    let drained = self.client.link().drain_readiness();
-                    g.clear_ready();
-                    // (Closed: the receiver's side is gone; `alive` below
-                    // tells.)
-                    return Poll::Ready(drained != crate::sys::mailbox::Drained::Closed);
+                match self.notify.poll_read_ready(cx) {
+                    Poll::Ready(Ok(mut g)) => {
+                        let drained = self.client.link().drain_readiness();
+                        g.clear_ready();
+                        // (Closed: the receiver's side is gone; `alive`
+                        // below tells.)
+                        return Poll::Ready(Ok(drained != crate::sys::mailbox::Drained::Closed));
+                    }
+                    // The reactor is gone (its runtime was dropped).
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
                 }
-                if let Poll::Ready(Ok(mut g)) = self.hangup.poll_read_ready(cx) {
-                    g.clear_ready();
-                    return Poll::Ready(false);
+                match self.hangup.poll_read_ready(cx) {
+                    Poll::Ready(Ok(mut g)) => {
+                        g.clear_ready();
+                        Poll::Ready(Ok(false))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
                 }
-                Poll::Pending
             }),
         )
         .await;
         self.client.set_parked(bell, 0);
         match woken {
-            Ok(true) => Ok(()),
+            Ok(Ok(true)) => Ok(()),
+            Ok(Err(e)) => Err(Fail::Io(e)),
             _ if self.client.link().alive() => Ok(()),
             _ => Err(Fail::PeerGone),
         }
@@ -627,6 +695,12 @@ const PARKED_HERE: u32 = crate::fast::PARKED;
 impl Conn {
     fn new(client: Client) -> std::io::Result<Conn> {
         Ok(Conn { client })
+    }
+
+    /// The connection (its waits are the system thread pool's, whatever
+    /// the runtime).
+    fn on_this_runtime(self) -> std::io::Result<Conn> {
+        Ok(self)
     }
 
     /// Waits until the connection's wake event or the receiver's process is

@@ -264,6 +264,61 @@ fn pending_calls_do_not_take_a_thread_each() {
     });
 }
 
+/// A sender connected on one runtime and used on another (the first one
+/// dropped, or idle) hears its replies through the runtime it runs on, not
+/// from the 100 ms look that guards against lost wake-ups.
+#[test]
+fn a_sender_moves_between_runtimes() {
+    let (_kid, name) = echo_child();
+    let single = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let first = single();
+    let mut sender = first.block_on(AsyncSender::connect(&name)).unwrap();
+    let idle = single();
+    let mut idle_sender = idle.block_on(AsyncSender::connect(&name)).unwrap();
+    drop(first);
+    within(async {
+        for (what, s) in [("a dropped runtime", &mut sender), ("an idle runtime", &mut idle_sender)] {
+            let started = Instant::now();
+            for i in 0..20u64 {
+                let reply = s.send_timeout(i, b"sleep:2", Duration::from_secs(10)).await.unwrap();
+                assert_eq!(reply.code, i as i64);
+            }
+            // Each call waits for a handler of 2 ms: 20 calls woken by the
+            // 100 ms look alone would take 2 s.
+            let took = started.elapsed();
+            assert!(took < Duration::from_millis(1500), "20 calls on a sender made on {what} took {took:?}");
+        }
+    });
+    drop(idle);
+}
+
+/// Calls cancelled during set-up against a stopped receiver: the set-up
+/// goes on in the background, once, and the next call takes it over,
+/// rather than each call leaving another blocking thread behind.
+#[cfg(target_os = "linux")]
+#[test]
+fn cancelled_set_ups_are_taken_over_not_doubled() {
+    let (kid, name) = echo_child();
+    let pid = kid.kid.as_ref().unwrap().id();
+    within(async {
+        let mut sender = AsyncSender::unconnected(&name, &Default::default()).unwrap();
+        // SAFETY: stops the child; it is continued below (or killed).
+        unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        let before = threads();
+        for _ in 0..30 {
+            let cancelled = tokio::time::timeout(Duration::from_millis(20), sender.send(1, b"x")).await;
+            assert!(cancelled.is_err(), "a call to a stopped receiver returned");
+        }
+        let during = threads();
+        // SAFETY: continues the child stopped above.
+        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        assert!(during <= before + 2, "{during} threads after 30 cancelled set-ups ({before} before)");
+        let reply = sender.send_timeout(5, b"after", Duration::from_secs(20)).await.unwrap();
+        assert_eq!((reply.code, &reply.data[..]), (5, &b"after"[..]));
+    });
+    drop(kid);
+}
+
 #[test]
 fn a_cancelled_call_never_hands_its_reply_to_the_next_one() {
     let (_kid, name) = echo_child();
