@@ -1130,10 +1130,7 @@ impl ServerConn {
                         return Err(format!("more than {MAX_RETIRES} buffers retired in a row"));
                     }
                     st.peer.retire(slot as u32);
-                    if st.req.advance(&rec, true) {
-                        self.link.wake(Bell::Space);
-                    }
-                    self.next.store(st.req.position(), Ordering::Relaxed);
+                    self.skip(&mut st, &rec);
                     continue;
                 }
                 CALL | POST => {}
@@ -1153,7 +1150,19 @@ impl ServerConn {
             let (new_buf, sections) = match &p.aux {
                 Some((bytes, n)) => {
                     let buffer = p.buf.is_some_and(|b| b.flags & BUF_NEW != 0);
-                    self.link.recv_aux(bytes, buffer, *n).map_err(|e| format!("attachment: {e}"))?
+                    match self.link.recv_aux(bytes, buffer, *n) {
+                        Ok(pulled) => pulled,
+                        // The sender has exited with this message's
+                        // attachments still in it (Windows pulls them out of
+                        // its process): this message is lost, not the ones
+                        // behind it.
+                        Err(e) if self.dead.load(Ordering::Acquire) => {
+                            log::warn!("a message of exited pid {} lost its attachments: {e}", self.peer.pid);
+                            self.skip(&mut st, &rec);
+                            continue;
+                        }
+                        Err(e) => return Err(format!("attachment: {e}")),
+                    }
                 }
                 None => (None, Vec::new()),
             };
@@ -1172,7 +1181,17 @@ impl ServerConn {
                     if b.flags & BUF_NEW != 0 {
                         st.peer.insert(b.slot, new_buf.ok_or("new buffer without its handle")?)?;
                     }
-                    let view = st.peer.view(b.slot, rec.len)?;
+                    let view = match st.peer.view(b.slot, rec.len) {
+                        Ok(view) => view,
+                        // A buffer whose handle an exited sender could no
+                        // longer hand over (above): skipped likewise.
+                        Err(e) if self.dead.load(Ordering::Acquire) => {
+                            log::warn!("a message of exited pid {} lost its buffer: {e}", self.peer.pid);
+                            self.skip(&mut st, &rec);
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     if b.flags & BUF_LOAN != 0 {
                         let release = Release::ToSender { conn: self.clone(), slot: b.slot, use_no: b.use_no };
                         Payload::borrowed(crate::loan::LoanView::new(Some(view), len, Some(release)))
@@ -1214,16 +1233,23 @@ impl ServerConn {
         }
     }
 
+    /// Takes the record off the ring (its message, if any, is made by the
+    /// caller).
+    #[inline(always)]
+    fn skip(&self, st: &mut ServerState, rec: &Rec) {
+        if st.req.advance(rec, true) {
+            self.link.wake(Bell::Space);
+        }
+        self.next.store(st.req.position(), Ordering::Relaxed);
+    }
+
     /// Takes the record off the ring and makes its message.
     // Inlined, like the steps around it on the way of a small message: a
     // result written field by field and then copied whole out of a callee's
     // frame stalls the load on store forwarding (a few ns each time).
     #[inline(always)]
     fn deliver(self: &Arc<Self>, st: &mut ServerState, rec: &Rec, payload: Payload, sections: Vec<Section>) -> Message {
-        if st.req.advance(rec, true) {
-            self.link.wake(Bell::Space);
-        }
-        self.next.store(st.req.position(), Ordering::Relaxed);
+        self.skip(st, rec);
         let call = rec.kind == CALL;
         if call {
             self.busy.store(true, Ordering::Release);

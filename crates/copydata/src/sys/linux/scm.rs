@@ -58,6 +58,22 @@ pub(crate) enum Patience {
     Until(Instant),
 }
 
+impl Patience {
+    /// The flags of one read. Only `Blocking` waits in the read itself
+    /// (for all of it); `Until` first waits, by its deadline, for something
+    /// to read, then takes what is there.
+    fn flags(self, sock: impl AsFd) -> io::Result<RecvFlags> {
+        Ok(match self {
+            Patience::Queued => RecvFlags::DONTWAIT,
+            Patience::Blocking => RecvFlags::WAITALL,
+            Patience::Until(deadline) => {
+                readable_by(sock, deadline)?;
+                RecvFlags::DONTWAIT
+            }
+        })
+    }
+}
+
 /// Receives up to `buf.len()` bytes (waiting, per `patience`, for all of
 /// them unless the peer closes first) and the descriptors that came with
 /// them, close-on-exec. Returns how many bytes arrived. More descriptors
@@ -65,14 +81,7 @@ pub(crate) enum Patience {
 pub(crate) fn recv_with_fds(sock: impl AsFd, buf: &mut [u8], patience: Patience) -> io::Result<(usize, Vec<OwnedFd>)> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    let wait = match patience {
-        Patience::Queued => RecvFlags::DONTWAIT,
-        Patience::Blocking => RecvFlags::WAITALL,
-        Patience::Until(deadline) => {
-            readable_by(&sock, deadline)?;
-            RecvFlags::WAITALL
-        }
-    };
+    let wait = patience.flags(&sock)?;
     let got = rustix::net::recvmsg(&sock, &mut [IoSliceMut::new(buf)], &mut control, RecvFlags::CMSG_CLOEXEC | wait)?;
     let mut fds = Vec::new();
     for msg in control.drain() {
@@ -92,15 +101,7 @@ pub(crate) fn recv_with_fds(sock: impl AsFd, buf: &mut [u8], patience: Patience)
 pub(crate) fn recv_exact(sock: impl AsFd, buf: &mut [u8], patience: Patience) -> io::Result<()> {
     let mut at = 0;
     while at < buf.len() {
-        let flags = match patience {
-            Patience::Queued => RecvFlags::DONTWAIT,
-            Patience::Blocking => RecvFlags::WAITALL,
-            Patience::Until(deadline) => {
-                readable_by(&sock, deadline)?;
-                RecvFlags::DONTWAIT
-            }
-        };
-        let n = match rustix::net::recv(&sock, &mut buf[at..], flags) {
+        let n = match rustix::net::recv(&sock, &mut buf[at..], patience.flags(&sock)?) {
             Ok((n, _)) => n,
             Err(Errno::INTR) => continue,
             Err(Errno::AGAIN) if matches!(patience, Patience::Queued) => {

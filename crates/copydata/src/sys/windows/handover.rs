@@ -2,14 +2,12 @@
 
 use std::os::windows::io::{FromRawHandle, OwnedHandle, RawHandle};
 
-use windows_sys::Win32::Foundation::{
-    DUPLICATE_SAME_ACCESS, DuplicateHandle, ERROR_ACCESS_DENIED, ERROR_INVALID_PARAMETER, HANDLE,
-};
+use windows_sys::Win32::Foundation::{ERROR_ACCESS_DENIED, ERROR_INVALID_PARAMETER};
 use windows_sys::Win32::System::Memory::FILE_MAP_READ;
 use windows_sys::Win32::System::Threading::{OpenProcess, PROCESS_DUP_HANDLE};
 
 use super::{
-    SECTION_QUERY, Section as SysSection, current_process, duplicate, foreign_section_size, owned, raw, size_matches,
+    SECTION_QUERY, Section as SysSection, duplicate, duplicate_from, foreign_section_size, owned, raw, size_matches,
 };
 use crate::error::HandoverError;
 use crate::name::Name;
@@ -100,20 +98,11 @@ pub(crate) fn duplicate_out_of(
     name: Option<&str>,
 ) -> Result<Section, HandoverError> {
     let name = name.map(Name::new).transpose().map_err(|e| HandoverError::Malformed(format!("bad name: {e}")))?;
-    let value = usize::try_from(value).map_err(|_| HandoverError::Malformed("handle out of range".into()))?;
-    let (rights, options) = match access {
-        Access::ReadOnly => (SECTION_QUERY | FILE_MAP_READ, 0),
-        Access::ReadWrite => (0, DUPLICATE_SAME_ACCESS),
+    let rights = match access {
+        Access::ReadOnly => SECTION_QUERY | FILE_MAP_READ,
+        Access::ReadWrite => 0,
     };
-    let mut out: HANDLE = std::ptr::null_mut();
-    // SAFETY:
-    // - `process` is a live process handle (with PROCESS_DUP_HANDLE, or the
-    //   call fails); `value` is only interpreted in that process, where a
-    //   bogus value makes the call fail;
-    // - `out` is a writable HANDLE that receives a new handle in this
-    //   process, owned below and by nothing else.
-    let ok = unsafe { DuplicateHandle(raw(process), value as HANDLE, current_process(), &mut out, rights, 0, options) };
-    let handle = if ok == 0 { Err(std::io::Error::last_os_error()) } else { owned(out) }
+    let handle = duplicate_from(raw(process), value, rights)
         .map_err(|e| HandoverError::Malformed(format!("handle {value:#x} of the peer: {e}")))?;
     let size =
         foreign_section_size(raw(&handle)).map_err(|e| HandoverError::Malformed(format!("handle {value:#x}: {e}")))?;
@@ -129,6 +118,7 @@ mod tests {
     use windows_sys::Win32::System::Memory::{CreateFileMappingW, PAGE_READWRITE, SEC_COMMIT, SEC_RESERVE};
 
     use super::*;
+    use crate::sys::current_process;
 
     /// A handle to a fresh 1 MiB anonymous mapping made with `flags`.
     fn mapping(flags: u32) -> OwnedHandle {

@@ -20,12 +20,15 @@
 //! `wParam` being the sender's own message-only window (class
 //! `copydata.sender`, one per sending thread). The receiver's window
 //! procedure creates the connection's region and an event for waking the
-//! sender, opens the sender's process and *pushes* into it, with
-//! `DuplicateHandle`, the region, that event and the doorbell events of the
-//! mailbox's handler threads; it answers with a `WM_COPYDATA` to the
-//! sender's window (magic `CDA2`) carrying the handle values, its pid and
-//! the payload limit. The sender accepts only the answer that echoes the
-//! nonce of the hello it is sending right now. From then on messages and
+//! sender, opens the sender's process (for pulling attachments and for
+//! noticing its death) and answers with a `WM_COPYDATA` to the sender's
+//! window (magic `CDA2`) carrying the values of its own handles on the
+//! region, that event and the doorbell events of the mailbox's handler
+//! threads, its pid and the payload limit. The sender accepts only the
+//! answer that echoes the nonce of the hello it is sending right now, and
+//! *pulls* the handles out of the receiver's process with `DuplicateHandle`
+//! while the receiver waits for the answer to return: nothing is ever put
+//! into another process. From then on messages and
 //! replies travel through the region; a sender sleeps on its event and the
 //! receiver's process handle (so it notices the receiver's death at once),
 //! a handler thread on its doorbell. The mailbox's thread sleeps on its
@@ -41,8 +44,7 @@
 //! value named is a duplicate made for that record, which its owner keeps
 //! until the peer says (in the region's header line, beside the
 //! connection's "closed" flags) that it has pulled it; so each process only
-//! ever owns handles it made itself (the receiver) or was given at set-up
-//! against its nonce (the sender). A sender's process that has exited can
+//! ever owns handles it made itself or pulled itself. A sender's process that has exited can
 //! no longer hand over what it had not handed over yet: its posts are
 //! delivered, except those whose attachments were still in it.
 //!
@@ -55,15 +57,15 @@ use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle};
+use std::os::windows::io::{AsRawHandle, OwnedHandle};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use windows_sys::Win32::Foundation::{
-    DUPLICATE_CLOSE_SOURCE, DuplicateHandle, ERROR_TIMEOUT, GetLastError, HANDLE, HWND, LPARAM, LRESULT, SetLastError,
-    WAIT_ABANDONED, WAIT_FAILED, WAIT_OBJECT_0, WAIT_TIMEOUT, WPARAM,
+    ERROR_TIMEOUT, GetLastError, HANDLE, HWND, LPARAM, LRESULT, SetLastError, WAIT_ABANDONED, WAIT_FAILED,
+    WAIT_OBJECT_0, WAIT_TIMEOUT, WPARAM,
 };
 use windows_sys::Win32::System::DataExchange::COPYDATASTRUCT;
 use windows_sys::Win32::System::LibraryLoader::GetModuleHandleW;
@@ -80,7 +82,9 @@ use windows_sys::Win32::UI::WindowsAndMessaging::{
     SetWindowLongPtrW, WM_CLOSE, WM_COPYDATA, WM_QUIT, WNDCLASSEXW,
 };
 
-use super::{SECTION_QUERY, Section as SysSection, current_process, duplicate, handover, owned, raw, wide};
+use super::{
+    SECTION_QUERY, Section as SysSection, current_process, duplicate, duplicate_from, handover, owned, raw, wide,
+};
 use crate::error::{BindError, ListError, ReplyError, SendError};
 use crate::fast::conn::{MAX_SECTIONS, ServerConn};
 use crate::fast::envelope::{
@@ -129,8 +133,15 @@ const SWEEP_MS: u32 = 100;
 /// a reply; a live sender takes it at once (its thread is inside the
 /// `SendMessage` to us, which handles sent messages). A window whose thread
 /// does not handle messages is given up on sooner still (`SMTO_ABORTIFHUNG`),
-/// so such a sender holds up the mailbox's other senders for 2 s at most.
-const REPLY_TIMEOUT_MS: u32 = 2_000;
+/// so such a sender holds up the mailbox's other senders for half a second
+/// at most.
+const REPLY_TIMEOUT_MS: u32 = 500;
+
+/// The most set-ups under way at once on a mailbox's thread: each waits for
+/// its answer to be taken, and hellos that come meanwhile are handled inside
+/// that wait (nested). Beyond, a hello is refused as "busy" rather than
+/// nest without end on the thread's stack.
+const MAX_NESTED_SET_UPS: usize = 4;
 
 /// Words of this backend in the header line of a connection's region,
 /// after the portable fields (which end at +36):
@@ -349,32 +360,6 @@ fn open_process(pid: u32, rights: u32) -> io::Result<OwnedHandle> {
 /// The value of one of our handles, as carried in envelopes and records.
 fn value_of(h: &OwnedHandle) -> u64 {
     h.as_raw_handle() as usize as u64
-}
-
-/// Duplicates one of our handles into `process` with `rights`; returns its
-/// value there.
-fn push_handle(h: HANDLE, process: &OwnedHandle, rights: u32) -> io::Result<u64> {
-    Ok(duplicate(h, raw(process), rights, false)? as usize as u64)
-}
-
-/// Closes the handle `value` in `process` (one we pushed there that it did
-/// not take).
-fn close_in(process: &OwnedHandle, value: u64) {
-    // SAFETY:
-    // - `process` is a live process handle with PROCESS_DUP_HANDLE;
-    // - DUPLICATE_CLOSE_SOURCE with no target only closes the source
-    //   handle, a value we put there ourselves and nothing there knows of.
-    unsafe {
-        DuplicateHandle(
-            raw(process),
-            value as usize as HANDLE,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            0,
-            0,
-            DUPLICATE_CLOSE_SOURCE,
-        )
-    };
 }
 
 // ---------------------------------------------------------------- doorbells
@@ -709,20 +694,7 @@ impl Link {
     /// for a receiver any more (every [`linger`](Self::linger) thread has
     /// ended), at most until `deadline`. Whether none is left.
     pub(crate) fn await_lingering(deadline: Option<Instant>) -> bool {
-        let (count, ended) = &LINGERING;
-        let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
-        while *n > 0 {
-            n = match deadline {
-                None => ended.wait(n).unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let Some(left) = d.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()) else {
-                        return false;
-                    };
-                    ended.wait_timeout(n, left).unwrap_or_else(|e| e.into_inner()).0
-                }
-            };
-        }
-        true
+        await_count(&LINGERING, deadline)
     }
 
     /// The bytes `send_aux` returns: a set number, then per handle its value,
@@ -784,8 +756,9 @@ impl Link {
     /// interpreted *in the peer's process*, by `DuplicateHandle` out of the
     /// process handle this side opened at set-up for this connection. The
     /// region is mapped only by the two processes of the connection (the
-    /// receiver made it and pushed it into the sender's process itself, the
-    /// process it then opened), so whatever wrote the record runs in that
+    /// receiver made it, and the sender pulled it out of the receiver's
+    /// process during a set-up the receiver answered to the window of the
+    /// process it opened), so whatever wrote the record runs in that
     /// process or could already act for it. The handle made is this
     /// process's own, so a bogus value reaches at worst one of the peer's
     /// own objects (then checked to be a section of the announced size),
@@ -815,7 +788,18 @@ impl Link {
             let (_, list) =
                 envelope::parse_attachments(inline, buffer, sections).map_err(|e| bad(format!("attachment: {e}")))?;
             let mut list = list.iter();
-            let buf = if buffer { Some(take(list.next().expect("parsed"))?) } else { None };
+            let buf = if buffer {
+                let b = take(list.next().expect("parsed"))?;
+                // A pool buffer or one-shot payload is paging-file memory
+                // the peer made for it; one backed by a file could fail to
+                // page in mid-copy.
+                if super::is_file_backed(b.inner().handle())? {
+                    return Err(bad("a message buffer backed by a file"));
+                }
+                Some(b)
+            } else {
+                None
+            };
             let secs = list.map(take).collect::<io::Result<Vec<_>>>()?;
             Ok((buf, secs))
         })();
@@ -849,44 +833,12 @@ impl Link {
 
 impl Drop for Link {
     fn drop(&mut self) {
-        if self.side == Side::Receiver {
-            self.await_pulls(RECEIVER_LINGER);
-        }
         // The peer must not wait for us any more (a receiver still delivers
-        // what a sender left in the ring).
+        // what a sender left in the ring); what it has not pulled yet stays
+        // open for it a while, on a thread of its own (never here: this may
+        // be the mailbox's thread, which every set-up waits for).
         self.shutdown();
-        if self.side == Side::Sender {
-            self.linger();
-        }
-    }
-}
-
-/// How long a receiver closing a connection waits for its sender to pull
-/// the attachments of replies it has queued (a large reply's buffer).
-const RECEIVER_LINGER: Duration = Duration::from_secs(2);
-
-impl Link {
-    /// Waits, at most `limit`, until the peer has pulled every attachment
-    /// this side still keeps for it, or is gone. A receiver whose process
-    /// exits right after answering (a `listen --count N`) would otherwise
-    /// take the handles of its last reply with it before the sender pulled
-    /// them.
-    fn await_pulls(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let taken = self.taken_word(self.side).load(Ordering::Acquire);
-            {
-                let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-                Self::prune_locked(&mut out, taken);
-                if out.kept.is_empty() {
-                    return;
-                }
-            }
-            if self.peer_gone() || Instant::now() >= deadline {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        self.linger();
     }
 }
 
@@ -894,68 +846,119 @@ impl Link {
 /// to pull them.
 const LINGER: Duration = Duration::from_secs(30);
 
-/// How many [`Link::linger`] threads run, and a signal as each ends.
-static LINGERING: (Mutex<usize>, std::sync::Condvar) = (Mutex::new(0), std::sync::Condvar::new());
+/// How long a dropped receiver's attachments (a large reply's buffer) wait
+/// at most for the sender to pull them.
+const RECEIVER_LINGER: Duration = Duration::from_secs(2);
+
+/// The most receiver-side linger threads at once: beyond, a dropped
+/// connection's attachments are closed at once (senders that never pull
+/// what they are given cannot make a mailbox start threads without end).
+const MAX_RECEIVER_LINGERING: usize = 64;
+
+/// A count of linger threads while they live, and a signal as each ends:
+/// the sending side's, which [`Link::await_lingering`] (a sender's flush)
+/// waits for, and the receiving side's, which a dropped mailbox waits for
+/// ([`Link::await_receiver_lingering`]).
+type LingerCount = (Mutex<usize>, std::sync::Condvar);
+static LINGERING: LingerCount = (Mutex::new(0), std::sync::Condvar::new());
+static RECEIVER_LINGERING: LingerCount = (Mutex::new(0), std::sync::Condvar::new());
 
 /// Counts a linger thread while it lives (also if it panics).
-struct Lingering;
+struct Lingering(&'static LingerCount);
 
 impl Lingering {
-    fn start() -> Lingering {
-        *LINGERING.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        Lingering
+    /// Counted, unless `limit` threads are counted already.
+    fn start(count: &'static LingerCount, limit: usize) -> Option<Lingering> {
+        let mut n = count.0.lock().unwrap_or_else(|e| e.into_inner());
+        (*n < limit).then(|| {
+            *n += 1;
+            Lingering(count)
+        })
     }
 }
 
 impl Drop for Lingering {
     fn drop(&mut self) {
-        let (count, ended) = &LINGERING;
+        let (count, ended) = self.0;
         let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
         *n = n.saturating_sub(1);
         ended.notify_all();
     }
 }
 
+/// Waits until `count` is 0, at most until `deadline`. Whether it is.
+fn await_count(count: &'static LingerCount, deadline: Option<Instant>) -> bool {
+    let (count, ended) = count;
+    let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
+    while *n > 0 {
+        n = match deadline {
+            None => ended.wait(n).unwrap_or_else(|e| e.into_inner()),
+            Some(d) => {
+                let Some(left) = d.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()) else {
+                    return false;
+                };
+                ended.wait_timeout(n, left).unwrap_or_else(|e| e.into_inner()).0
+            }
+        };
+    }
+    true
+}
+
 impl Link {
-    /// Attachments the receiver has not pulled yet (of posts, or of a call
-    /// given up on) must outlive the sender's end of the connection: the
-    /// receiver delivers what is in the ring after the sender has gone, and
-    /// needs these handles for it. A thread of their own keeps them until
-    /// the receiver has pulled them, dropped the connection or died (it
-    /// wakes the sender's event after each pull), at most [`LINGER`], so
-    /// dropping a sender never waits. If this process exits first they are
-    /// lost, like the messages of a killed sender, unless a `flush` waited
-    /// for them ([`await_lingering`](Self::await_lingering)).
+    /// Attachments the peer has not pulled yet must outlive this side's end
+    /// of the connection: a receiver delivers what is in the ring after its
+    /// sender has gone, and a sender takes a reply queued before its
+    /// receiver closed; each needs the handles for it. A thread of their own
+    /// keeps them until the peer has pulled them, dropped the connection or
+    /// died (it sets an event after each pull: the sender's wake event, or
+    /// the mailbox's look event), at most [`LINGER`] (a sender's) or
+    /// [`RECEIVER_LINGER`] (a receiver's), so dropping a connection never
+    /// waits. If this process exits first they are lost, like the messages
+    /// of a killed sender, unless a `flush` (a sender) or the mailbox's drop
+    /// (a receiver) waited for them.
     fn linger(&mut self) {
         let kept = {
             let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-            Self::prune_locked(&mut out, self.taken_word(Side::Sender).load(Ordering::Acquire));
+            Self::prune_locked(&mut out, self.taken_word(self.side).load(Ordering::Acquire));
             std::mem::take(&mut out.kept)
         };
         if kept.is_empty() || self.peer_gone() {
             return;
         }
+        let (taken_at, closed_at, limit, count, max) = match self.side {
+            Side::Sender => (TAKEN_FROM_SENDER, RECEIVER_CLOSED, LINGER, &LINGERING, usize::MAX),
+            Side::Receiver => {
+                (TAKEN_FROM_RECEIVER, SENDER_CLOSED, RECEIVER_LINGER, &RECEIVER_LINGERING, MAX_RECEIVER_LINGERING)
+            }
+        };
+        let pulled_signal = match self.side {
+            Side::Sender => self.wake.try_clone(),
+            Side::Receiver => self.look.try_clone(),
+        };
         let parts = (|| -> io::Result<_> {
             let header = self.region.section().map(0, LINE).map_err(io::Error::other)?;
-            Ok((header, self.peer.try_clone()?, self.wake.try_clone()?))
+            Ok((header, self.peer.try_clone()?, pulled_signal?))
         })();
-        let Ok((header, peer, wake)) = parts else { return };
+        let Ok((header, peer, signal)) = parts else { return };
         // Counted from before the spawn, so a flush that follows this drop
         // sees it; a failed spawn drops the closure, and the count with it.
-        let counted = Lingering::start();
+        let Some(counted) = Lingering::start(count, max) else {
+            log::warn!("attachments of a closed connection dropped early: {max} connections linger already");
+            return;
+        };
         let spawned = std::thread::Builder::new().name("copydata-linger".into()).spawn(move || {
             let _counted = counted;
             let mut kept = kept;
-            let deadline = Instant::now() + LINGER;
+            let deadline = Instant::now() + limit;
             loop {
-                let taken = header.load_u64(TAKEN_FROM_SENDER, Ordering::Acquire).unwrap_or(u64::MAX);
+                let taken = header.load_u64(taken_at, Ordering::Acquire).unwrap_or(u64::MAX);
                 kept.retain(|(n, _)| *n > taken);
-                let closed = header.load_u32(RECEIVER_CLOSED, Ordering::Acquire).unwrap_or(1) != 0;
+                let closed = header.load_u32(closed_at, Ordering::Acquire).unwrap_or(1) != 0;
                 let Some(ms) = ms_until(deadline) else { break };
                 if kept.is_empty() || closed {
                     break;
                 }
-                let objects = [raw(&wake), raw(&peer)];
+                let objects = [raw(&signal), raw(&peer)];
                 // SAFETY: two live handles of ours with SYNCHRONIZE, in an
                 // array that outlives the call.
                 let got = unsafe { WaitForMultipleObjects(2, objects.as_ptr(), 0, ms) };
@@ -967,6 +970,12 @@ impl Link {
         if let Err(e) = spawned {
             log::warn!("attachments of a closed connection dropped early: {e}");
         }
+    }
+
+    /// Waits until no connection this process's mailboxes dropped keeps
+    /// attachments for a sender any more, at most until `deadline`.
+    fn await_receiver_lingering(deadline: Instant) -> bool {
+        await_count(&RECEIVER_LINGERING, Some(deadline))
     }
 }
 
@@ -982,6 +991,8 @@ struct WindowState {
     /// The connections set up by this window, watched by its thread.
     conns: RefCell<Vec<Arc<ServerConn>>>,
     look: Arc<OwnedHandle>,
+    /// Set-ups waiting for their answer to be taken (nested in each other).
+    setting_up: std::cell::Cell<usize>,
 }
 
 impl WindowState {
@@ -1108,32 +1119,16 @@ fn answer_without_handles(state: &WindowState, to: HWND, status: u32, nonce: u64
     let _ = answer_copydata(to, state.hwnd, ANSWER_TAG, &a.0);
 }
 
-/// Handles pushed into a sender's process, closed there again unless the
-/// sender took them.
-struct Pushed<'a> {
-    process: &'a OwnedHandle,
-    values: Vec<u64>,
-    taken: bool,
-}
-
-impl Drop for Pushed<'_> {
-    fn drop(&mut self) {
-        if !self.taken {
-            for &v in &self.values {
-                close_in(self.process, v);
-            }
-        }
-    }
-}
-
 /// A hello: sets up a connection for the sender whose window is `sender`.
 /// Returns 1 once the sender has taken the connection, else 0.
 ///
-/// The handles go to the process of the window named in `wParam`. A sender
-/// that names a third process's window only makes us push the handles into
-/// that process and answer there; that window does not take an answer it
-/// did not ask for (a copydata sender window matches it against the nonce
-/// of the hello it is sending), so the handles are closed there again, and
+/// The answer names this process's own handles (the region, the sender's
+/// wake event, the look event, the doorbells); the sender pulls them out
+/// of this process with `DuplicateHandle` while this thread waits for the
+/// answer to return, so nothing is ever put into another process. A sender
+/// that names a third process's window only makes us answer there; that
+/// window does not take an answer it did not ask for (a copydata sender
+/// window matches it against the nonce of the hello it is sending), and
 /// the real sender gets nothing: its set-up fails.
 fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
     let pid = window_pid(sender);
@@ -1156,7 +1151,15 @@ fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
         answer_without_handles(state, sender, STATUS_REFUSED, nonce, "the mailbox is closing");
         return 0;
     }
-    let connected = state.conns.borrow().len();
+    let nested = state.setting_up.get();
+    if nested >= MAX_NESTED_SET_UPS {
+        let reason = format!("it is busy setting up {nested} other connections (try again)");
+        log::warn!("mailbox {}: refused a connection from pid {pid}: {reason}", state.name);
+        answer_without_handles(state, sender, STATUS_REFUSED, nonce, &reason);
+        return 0;
+    }
+    // (Set-ups under way count: they may all complete.)
+    let connected = state.conns.borrow().len() + nested;
     if connected >= state.max_conns {
         let reason = format!("it already has {connected} connections, its limit (no connection was made)");
         log::warn!("mailbox {}: refused a connection from pid {pid}: {reason}", state.name);
@@ -1191,53 +1194,35 @@ fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
             return 0;
         }
     };
-    let mut pushed = Pushed { process: &link.peer, values: Vec::new(), taken: false };
     let bells = &state.dispatch.bells().events;
-    let pushing = (|| -> io::Result<()> {
-        let region_rights = SECTION_QUERY | FILE_MAP_READ | FILE_MAP_WRITE;
-        pushed.values.push(push_handle(link.region.section().inner().handle(), &link.peer, region_rights)?);
-        let wake_rights = EVENT_MODIFY_STATE | SYNCHRONIZATION_SYNCHRONIZE;
-        pushed.values.push(push_handle(raw(&link.wake), &link.peer, wake_rights)?);
-        pushed.values.push(push_handle(raw(&state.look), &link.peer, EVENT_MODIFY_STATE)?);
-        for bell in bells {
-            pushed.values.push(push_handle(raw(bell), &link.peer, EVENT_MODIFY_STATE)?);
-        }
-        Ok(())
-    })();
-    if let Err(e) = pushing {
-        log::warn!("mailbox {}: set-up with pid {pid} failed: handing over the region: {e}", state.name);
-        let reason = format!("the mailbox cannot hand over the region: {e}");
-        drop(pushed);
-        answer_without_handles(state, sender, STATUS_REFUSED, nonce, &reason);
-        return 0;
-    }
-    let mut a = Out(Vec::with_capacity(ANSWER_HEAD + 8 * pushed.values.len()));
+    let mut values =
+        vec![link.region.section().inner().handle() as usize as u64, value_of(&link.wake), value_of(&state.look)];
+    values.extend(bells.iter().map(value_of));
+    let mut a = Out(Vec::with_capacity(ANSWER_HEAD + 8 * values.len()));
     a.bytes(&ANSWER_MAGIC).u32(STATUS_OK).u32(PROTOCOL).u32(bells.len() as u32).u64(nonce).u64(state.max_payload);
     a.u32(std::process::id()).u32(0);
-    for &v in &pushed.values {
+    for &v in &values {
         a.u64(v);
     }
     // Other senders' hellos may be handled (re-entrantly) while we wait here.
-    match answer_copydata(sender, state.hwnd, ANSWER_TAG, &a.0) {
-        Ok(ACCEPTED) => pushed.taken = true,
+    state.setting_up.set(nested + 1);
+    let answered = answer_copydata(sender, state.hwnd, ANSWER_TAG, &a.0);
+    state.setting_up.set(nested);
+    match answered {
+        Ok(ACCEPTED) => {}
         // Refused (not the hello it is sending, or sent by another process
-        // through its window): it adopted nothing, and `pushed` closes the
-        // handles in its process again.
+        // through its window), or not delivered in time (the sender stopped
+        // waiting for its hello), or the sender is gone: whatever it pulled
+        // is its own to close, and the link goes.
         Ok(_) => {
             log::warn!("mailbox {}: set-up with pid {pid} failed: the sender did not take the answer", state.name);
             return 0;
         }
-        // Not delivered in time (the sender stopped waiting for its hello),
-        // or the sender is gone. It very likely took nothing, but that
-        // cannot be known for sure here, and closing a handle it owns would
-        // be worse than leaving them: they stay in its process.
         Err(e) => {
-            pushed.taken = true;
             log::warn!("mailbox {}: set-up with pid {pid} failed: answering the sender: {e}", state.name);
             return 0;
         }
     }
-    drop(pushed);
     let conn = Arc::new(ServerConn::new(link, Peer { pid, uid: None }, wait, state.max_payload));
     state.dispatch.add(w, conn.clone());
     state.conns.borrow_mut().push(conn);
@@ -1333,6 +1318,7 @@ fn mailbox_thread(
         dispatch,
         conns: RefCell::new(Vec::new()),
         look,
+        setting_up: std::cell::Cell::new(0),
     }));
     // SAFETY: `hwnd` is our window; the pointer stays valid until it is
     // cleared and freed below, after the window is destroyed.
@@ -1418,6 +1404,10 @@ impl Drop for Mailbox {
         for c in self.dispatch.take_all() {
             c.hang_up();
         }
+        // A process that exits right after its last reply (`listen --count
+        // N`) would take that reply's attachments with it before the sender
+        // pulled them: they get a moment.
+        Link::await_receiver_lingering(Instant::now() + RECEIVER_LINGER);
     }
 }
 
@@ -1447,9 +1437,10 @@ const STATUS_BROKEN: u32 = u32::MAX;
 thread_local! {
     /// This thread's sender window (made on first use, destroyed with the thread).
     static SENDER_WINDOW: RefCell<Option<SenderWindow>> = const { RefCell::new(None) };
-    /// Plain replies that arrived at this thread's sender window, with the
-    /// window each names as its sender (`wParam`).
-    static RECEIVED: RefCell<Vec<(usize, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
+    /// While `send_to_window` waits: the window it sends to, and the reply
+    /// bytes that came back naming that window (`wParam`). Nothing is kept
+    /// at other times: any program may send to this thread's window.
+    static RECEIVING: RefCell<Option<(usize, Option<Vec<u8>>)>> = const { RefCell::new(None) };
     /// The hello being sent.
     static PENDING: RefCell<Option<Pending>> = const { RefCell::new(None) };
 }
@@ -1497,15 +1488,24 @@ unsafe extern "system" fn sender_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lpar
         // `send_to_window`: not a plain reply.
         return 0;
     }
-    RECEIVED.with(|r| r.borrow_mut().push((wparam, data.to_vec())));
-    1
+    // The reply bytes of the plain send under way, the first that name its
+    // target (see `send_to_window`); anything else is not taken.
+    RECEIVING.with(|r| match &mut *r.borrow_mut() {
+        Some((target, reply @ None)) if *target == wparam => {
+            *reply = Some(data.to_vec());
+            1
+        }
+        _ => 0,
+    })
 }
 
 /// An answer to a hello: taken (returns [`ACCEPTED`]) only if it answers
-/// the hello this thread is sending now (nonce and window), so the handle
-/// values in it were pushed into this process by the receiver we chose,
-/// for this set-up; anything else returns 0 and adopts nothing (the
-/// receiver then closes what it pushed).
+/// the hello this thread is sending now (nonce and window), from the
+/// receiver we chose; anything else returns 0 and takes nothing. The handle
+/// values in it are the receiver's own: they are pulled out of its process
+/// (which waits for this answer to return, so they are still open there)
+/// into handles of this process's own, so a value a receiver gets wrong
+/// or makes up can never name one of this process's handles.
 fn take_answer(pending: &mut Pending, from: HWND, data: &[u8]) -> LRESULT {
     let Ok(head) = envelope::parse_answer(data) else { return 0 };
     if head.nonce != pending.nonce || from as usize != pending.target || pending.outcome.is_some() {
@@ -1536,13 +1536,18 @@ fn take_answer(pending: &mut Pending, from: HWND, data: &[u8]) -> LRESULT {
         Ok(p) => p,
         Err(e) => return broken(format!("opening the receiver's process: {e}")),
     };
-    // SAFETY:
-    // - the values were pushed into this process by the receiver of the
-    //   hello this thread is sending (the nonce matches, and only that
-    //   receiver saw it), for this set-up alone: nothing else in this
-    //   process knows or owns them, so each `OwnedHandle` is the only owner;
-    // - returning ACCEPTED tells the receiver it must not close them.
-    let mut handles = values.iter().map(|&v| unsafe { OwnedHandle::from_raw_handle(v as usize as RawHandle) });
+    // Only the rights each needs: the region mapped, the wake event waited
+    // on and set, the look event and the doorbells set.
+    let rights = |i: usize| match i {
+        0 => SECTION_QUERY | FILE_MAP_READ | FILE_MAP_WRITE,
+        1 => EVENT_MODIFY_STATE | SYNCHRONIZATION_SYNCHRONIZE,
+        _ => EVENT_MODIFY_STATE,
+    };
+    let pulled = values.iter().enumerate().map(|(i, &v)| duplicate_from(raw(&receiver), v, rights(i)));
+    let mut handles = match pulled.collect::<io::Result<Vec<OwnedHandle>>>() {
+        Ok(h) => h.into_iter(),
+        Err(e) => return broken(format!("pulling the connection's handles out of the receiver: {e}")),
+    };
     let region = handles.next().expect("3 + bells values");
     let wake = handles.next().expect("3 + bells values");
     let look = handles.next().expect("3 + bells values");
@@ -1556,7 +1561,11 @@ fn take_answer(pending: &mut Pending, from: HWND, data: &[u8]) -> LRESULT {
 /// pid (magic `CDMBOWN1` at 0, written last; the window at 8; the pid at 16).
 /// A sender talks only to that window, and only while it still belongs to
 /// that pid: any program may register the class `copydata.mailbox.NAME` and
-/// make a window of it, but only the name's holder writes the record.
+/// make a window of it, and only the name's holder writes the record in
+/// the ordinary course. The record has the default security of the user's
+/// objects, so another process of the same user could rewrite it, as it
+/// could open the mailbox's process itself: on Windows a mailbox trusts
+/// the processes of its own user, and no one else's.
 const OWNER_MAGIC: u64 = u64::from_le_bytes(*b"CDMBOWN1");
 const OWNER_LEN: usize = 24;
 
@@ -1666,7 +1675,8 @@ pub(crate) fn connect(
         (Err(e), None) if e.raw_os_error() == Some(ERROR_TIMEOUT as i32) && is_window(target) => {
             return Err(timed_out());
         }
-        (_, None) if !is_window(target) => return Err(SendError::NoSuchMailbox { name: shown() }),
+        // It was there when found: it went away during the set-up.
+        (_, None) if !is_window(target) => return Err(SendError::ReceiverDied { name: shown() }),
         (Err(e), None) => return Err(io(e)),
         (Ok(_), None) => {
             return Err(SendError::Incompatible {
@@ -1717,24 +1727,26 @@ pub fn send_to_window(
         return Err(SendError::NoSuchMailbox { name: shown });
     }
     let from = sender_window().map_err(|source| SendError::Io { name: shown.clone(), source })?;
-    RECEIVED.with(|r| r.borrow_mut().clear());
-    let ms = timeout.as_millis().clamp(1, u128::from(FOREVER_MS)) as u32;
-    let sent = send_copydata(target, from, tag as usize, data, ms);
-    let received = RECEIVED.with(|r| std::mem::take(&mut *r.borrow_mut()));
-    // The reply bytes are those the target sent back naming itself in
+    // The reply bytes are those the target sends back naming itself in
     // `wParam`, the convention; a WM_COPYDATA that names another window (a
     // third program writing to ours meanwhile) is not taken for them.
     // Windows cannot tell who really sent a message, so a program that
     // forges the target's handle in `wParam` is not caught: this is the
     // plain Win32 protocol's limit (copydata mailboxes answer through their
     // connection's private region instead).
-    let reply = received.into_iter().find(|(from, _)| *from == target as usize).map(|(_, d)| d);
+    RECEIVING.with(|r| *r.borrow_mut() = Some((target as usize, None)));
+    let ms = timeout.as_millis().clamp(1, u128::from(FOREVER_MS)) as u32;
+    let sent = send_copydata(target, from, tag as usize, data, ms);
+    let reply = RECEIVING.with(|r| r.borrow_mut().take()).and_then(|(_, reply)| reply);
     match sent {
         Ok(code) => Ok(Reply::new(code as i64, reply.unwrap_or_default())),
         Err(e) if e.raw_os_error() == Some(ERROR_TIMEOUT as i32) && is_window(target) => {
             Err(SendError::TimedOut { name: shown, timeout })
         }
-        Err(_) => Err(SendError::ReceiverDied { name: shown }),
+        Err(_) if !is_window(target) => Err(SendError::ReceiverDied { name: shown }),
+        // The window is there but refused (a process of higher integrity
+        // filtering messages, say): the OS code tells.
+        Err(source) => Err(SendError::Io { name: shown, source }),
     }
 }
 
@@ -2011,5 +2023,90 @@ mod tests {
         assert!(!bells.wait(1, bells.load(1), Some(Duration::from_millis(20))));
         bells.ring(64);
         assert_eq!(bells.load(64), 0);
+    }
+
+    /// Handles of this process on sections of a connection region's size:
+    /// the fewest seen over a few looks (other tests of this process make
+    /// and drop connections meanwhile; a leaked region stays).
+    fn count_regions() -> usize {
+        let once = || {
+            (1..0x8000usize)
+                .filter(|v| super::super::section_info((v * 4) as HANDLE).is_ok_and(|(s, _)| s == REGION_LEN as u64))
+                .count()
+        };
+        (0..10)
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                once()
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// A hello that names another thread's window (here one of this
+    /// process that pumps no messages) as the sender's: the mailbox answers
+    /// there, nobody takes the answer, and nothing is left behind (the
+    /// mailbox used to push the connection's handles into that window's
+    /// process, where they stayed).
+    #[test]
+    fn a_hello_naming_another_window_leaves_nothing_behind() {
+        let name = unique("leak");
+        let server = echo(&name);
+        let (tx, rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            tx.send(sender_window().unwrap() as usize).unwrap();
+            let _ = stop_rx.recv();
+        });
+        let theirs = rx.recv().unwrap() as HWND;
+        let target = find_mailbox(&name).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let before = count_regions();
+        for i in 0..3u64 {
+            let mut h = Out(Vec::new());
+            h.bytes(&HELLO_MAGIC).u32(PROTOCOL).u32(0).u32(0).u64(42 + i);
+            let r = send_copydata(target, theirs, HELLO_TAG, &h.0, 30_000);
+            assert!(matches!(r, Ok(0)), "hello {i}: {r:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        // Each hello used to leave one; others' come and go.
+        let after = count_regions();
+        assert!(after < before + 3, "{after} regions in this process after 3 hellos ({before} before)");
+        stop_tx.send(()).unwrap();
+        other.join().unwrap();
+        // The mailbox still serves.
+        let (link, max) = link_to(&name);
+        let mut c = Client::new(link, Wait::Park, max);
+        let deadline = Some(Instant::now() + Duration::from_secs(30));
+        c.put(CALL, 3, Body::Bytes(b"after"), &[], true, deadline).unwrap();
+        assert_eq!(c.reply(deadline).unwrap().code, 3);
+        drop(server);
+    }
+
+    /// A connection dropped for breaking the protocol while it still holds
+    /// a reply's buffer its sender never pulled: the buffer lingers on a
+    /// thread of its own, and set-ups of other senders go on at once (the
+    /// mailbox's thread used to wait 2 s for the pull).
+    #[test]
+    fn a_dropped_connection_with_unpulled_replies_stalls_no_set_up() {
+        let name = unique("stall");
+        let server = echo(&name);
+        let deadline = || Some(Instant::now() + Duration::from_secs(30));
+        for round in 0..2 {
+            let (link, max) = link_to(&name);
+            let mut c = Client::new(link, Wait::Park, max);
+            // A reply large enough for a buffer of its own, never read.
+            c.put(CALL, 5, Body::Bytes(&[1u8; 200_000]), &[], true, deadline()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            // A record of no known kind: the connection is dropped.
+            c.put(77, 0, Body::Bytes(b"x"), &[], true, deadline()).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            let started = Instant::now();
+            let (link, _) = link_to(&name);
+            let took = started.elapsed();
+            assert!(took < Duration::from_millis(1500), "round {round}: a set-up took {took:?}");
+            drop((link, c));
+        }
+        drop(server);
     }
 }

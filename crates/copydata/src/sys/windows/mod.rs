@@ -27,7 +27,8 @@ use windows_sys::Win32::Security::Authorization::{
 use windows_sys::Win32::Security::SECURITY_ATTRIBUTES;
 use windows_sys::Win32::System::Memory::{
     CreateFileMappingW, FILE_MAP_READ, FILE_MAP_WRITE, FlushViewOfFile, MEMORY_MAPPED_VIEW_ADDRESS, MapViewOfFile,
-    OpenFileMappingW, PAGE_READONLY, PAGE_READWRITE, SEC_IMAGE, SEC_IMAGE_NO_EXECUTE, SEC_RESERVE, UnmapViewOfFile,
+    OpenFileMappingW, PAGE_READONLY, PAGE_READWRITE, SEC_FILE, SEC_IMAGE, SEC_IMAGE_NO_EXECUTE, SEC_RESERVE,
+    UnmapViewOfFile,
 };
 use windows_sys::Win32::System::SystemInformation::{GetSystemInfo, SYSTEM_INFO};
 use windows_sys::Win32::System::Threading::GetCurrentProcess;
@@ -117,6 +118,14 @@ pub(crate) fn foreign_section_size(h: HANDLE) -> io::Result<u64> {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "an image section (SEC_IMAGE), not a data section"));
     }
     Ok(size)
+}
+
+/// Whether a mapping is backed by a file (`SEC_FILE`) rather than by the
+/// paging file: reading it may fail with `EXCEPTION_IN_PAGE_ERROR` (a file
+/// on a network or removable drive gone), which would crash this process in
+/// the middle of a copy. Buffers the fast path reads are refused then.
+pub(crate) fn is_file_backed(h: HANDLE) -> io::Result<bool> {
+    section_info(h).map(|(_, attributes)| attributes & SEC_FILE != 0)
 }
 
 /// A mapping's size and allocation attributes (`SEC_*`).
@@ -419,6 +428,25 @@ pub(crate) fn duplicate(h: HANDLE, target: HANDLE, rights: u32, inherit: bool) -
     // - `out` is a writable HANDLE.
     let ok = unsafe { DuplicateHandle(current_process(), h, target, &mut out, rights, inherit.into(), options) };
     if ok == 0 { Err(last_error()) } else { Ok(out) }
+}
+
+/// `DuplicateHandle` out of `process` (a process handle with
+/// `PROCESS_DUP_HANDLE`): a new handle of this process, with `rights` (0:
+/// the same access), on what `value` names *in that process*. A bogus
+/// value makes the call fail or reaches one of that process's own objects;
+/// it never names a handle this process already owns.
+pub(crate) fn duplicate_from(process: HANDLE, value: u64, rights: u32) -> io::Result<OwnedHandle> {
+    let value =
+        usize::try_from(value).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "handle out of range"))?;
+    let options = if rights == 0 { DUPLICATE_SAME_ACCESS } else { 0 };
+    let mut out: HANDLE = std::ptr::null_mut();
+    // SAFETY:
+    // - `process` is a live process handle (with PROCESS_DUP_HANDLE, or the
+    //   call fails); `value` is only interpreted in that process;
+    // - `out` is a writable HANDLE that receives a new handle of this
+    //   process, owned below and by nothing else.
+    let ok = unsafe { DuplicateHandle(process, value as HANDLE, current_process(), &mut out, rights, 0, options) };
+    if ok == 0 { Err(last_error()) } else { owned(out) }
 }
 
 /// A mapped view, unmapped on drop.
