@@ -352,13 +352,19 @@ impl Sender {
     /// for the receiver to complete the set-up (None: the default, 10 s);
     /// the same bound applies when a later call must connect again (after
     /// a time-out, an interrupted call, or the receiver's death). Raises
-    /// `NotFound`, `TimedOut`, `InvalidName`.
+    /// `NotFound`, `TimedOut`, `InvalidName`. `max_reply` bounds the size of
+    /// the replies taken, in bytes (None: 4 GiB): a larger one fails the
+    /// call with `ProtocolError` before anything of it is mapped or copied,
+    /// so a receiver cannot make this process allocate more.
     #[new]
-    #[pyo3(signature = (name, timeout = None))]
-    fn new(py: Python<'_>, name: &str, timeout: Option<f64>) -> PyResult<Sender> {
+    #[pyo3(signature = (name, timeout = None, *, max_reply = None))]
+    fn new(py: Python<'_>, name: &str, timeout: Option<f64>, max_reply: Option<u64>) -> PyResult<Sender> {
         let mut options = SenderOptions::new();
         if let Some(t) = timeout_arg(py, timeout)? {
             options = options.connect_timeout(t);
+        }
+        if let Some(max) = max_reply {
+            options = options.max_reply(max);
         }
         let sender = Sender {
             name: name.to_owned(),

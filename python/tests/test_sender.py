@@ -266,3 +266,13 @@ def test_posts_flushed_before_an_exit_arrive_whole(python_child, name):
             sender.post(b"small", tag=3)
             sender.flush(timeout=0.0)  # a small post needs nothing of the sender
             assert mailbox.recv(timeout=10.0).tag == 3
+
+
+def test_a_reply_above_max_reply_is_refused(serving, name):
+    with serving(name, lambda tag, data: (0, bytes(tag))):
+        with copydata.Sender(name, timeout=5.0, max_reply=100) as sender:
+            assert sender.send(b"", tag=100, timeout=10.0) == (0, bytes(100))
+            with pytest.raises(copydata.ProtocolError):
+                sender.send(b"", tag=101, timeout=10.0)
+            # The next call connects again and is served.
+            assert sender.send(b"", tag=5, timeout=10.0) == (0, bytes(5))

@@ -1158,6 +1158,11 @@ impl ServerConn {
                         // behind it.
                         Err(e) if self.dead.load(Ordering::Acquire) => {
                             log::warn!("a message of exited pid {} lost its attachments: {e}", self.peer.pid);
+                            // A new buffer that never came: the slot's
+                            // earlier one must not stand in for it.
+                            if let Some(b) = p.buf.filter(|_| buffer) {
+                                st.peer.retire(b.slot);
+                            }
                             self.skip(&mut st, &rec);
                             continue;
                         }

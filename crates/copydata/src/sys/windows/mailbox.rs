@@ -78,7 +78,7 @@ use windows_sys::Win32::UI::WindowsAndMessaging::{
     AllowSetForegroundWindow, CreateWindowExW, DefWindowProcW, DestroyWindow, DispatchMessageW, FindWindowExW,
     FindWindowW, GWLP_USERDATA, GetClassNameW, GetWindowLongPtrW, GetWindowThreadProcessId, HWND_MESSAGE, IsWindow,
     MSG, MWMO_INPUTAVAILABLE, MsgWaitForMultipleObjectsEx, PM_NOREMOVE, PM_REMOVE, PeekMessageW, QS_ALLINPUT,
-    RegisterClassExW, SEND_MESSAGE_TIMEOUT_FLAGS, SMTO_ABORTIFHUNG, SMTO_NORMAL, SendMessageTimeoutW,
+    RegisterClassExW, SEND_MESSAGE_TIMEOUT_FLAGS, SMTO_ABORTIFHUNG, SMTO_BLOCK, SMTO_NORMAL, SendMessageTimeoutW,
     SetWindowLongPtrW, WM_CLOSE, WM_COPYDATA, WM_QUIT, WNDCLASSEXW,
 };
 
@@ -136,12 +136,6 @@ const SWEEP_MS: u32 = 100;
 /// so such a sender holds up the mailbox's other senders for half a second
 /// at most.
 const REPLY_TIMEOUT_MS: u32 = 500;
-
-/// The most set-ups under way at once on a mailbox's thread: each waits for
-/// its answer to be taken, and hellos that come meanwhile are handled inside
-/// that wait (nested). Beyond, a hello is refused as "busy" rather than
-/// nest without end on the thread's stack.
-const MAX_NESTED_SET_UPS: usize = 4;
 
 /// Words of this backend in the header line of a connection's region,
 /// after the portable fields (which end at +36):
@@ -242,8 +236,15 @@ fn send_copydata(to: HWND, from: HWND, tag: usize, data: &[u8], timeout_ms: u32)
 }
 
 /// An answer or a reply from the receiver to a sender's window.
+///
+/// `SMTO_BLOCK`: the calling thread (the mailbox's, for an answer) handles
+/// no other sent message meanwhile, so set-ups never nest in each other's
+/// waits on its stack; the senders behind wait their turn, [`REPLY_TIMEOUT_MS`]
+/// at most each. (No deadlock: a sender's window takes an answer without
+/// sending anything back, and a live sender's thread is inside its own
+/// `SendMessage` to us, which handles the answer.)
 fn answer_copydata(to: HWND, from: HWND, tag: usize, data: &[u8]) -> io::Result<isize> {
-    send_copydata_with(to, from, tag, data, REPLY_TIMEOUT_MS, SMTO_NORMAL | SMTO_ABORTIFHUNG)
+    send_copydata_with(to, from, tag, data, REPLY_TIMEOUT_MS, SMTO_NORMAL | SMTO_ABORTIFHUNG | SMTO_BLOCK)
 }
 
 fn send_copydata_with(
@@ -991,8 +992,6 @@ struct WindowState {
     /// The connections set up by this window, watched by its thread.
     conns: RefCell<Vec<Arc<ServerConn>>>,
     look: Arc<OwnedHandle>,
-    /// Set-ups waiting for their answer to be taken (nested in each other).
-    setting_up: std::cell::Cell<usize>,
 }
 
 impl WindowState {
@@ -1151,15 +1150,7 @@ fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
         answer_without_handles(state, sender, STATUS_REFUSED, nonce, "the mailbox is closing");
         return 0;
     }
-    let nested = state.setting_up.get();
-    if nested >= MAX_NESTED_SET_UPS {
-        let reason = format!("it is busy setting up {nested} other connections (try again)");
-        log::warn!("mailbox {}: refused a connection from pid {pid}: {reason}", state.name);
-        answer_without_handles(state, sender, STATUS_REFUSED, nonce, &reason);
-        return 0;
-    }
-    // (Set-ups under way count: they may all complete.)
-    let connected = state.conns.borrow().len() + nested;
+    let connected = state.conns.borrow().len();
     if connected >= state.max_conns {
         let reason = format!("it already has {connected} connections, its limit (no connection was made)");
         log::warn!("mailbox {}: refused a connection from pid {pid}: {reason}", state.name);
@@ -1204,11 +1195,7 @@ fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
     for &v in &values {
         a.u64(v);
     }
-    // Other senders' hellos may be handled (re-entrantly) while we wait here.
-    state.setting_up.set(nested + 1);
-    let answered = answer_copydata(sender, state.hwnd, ANSWER_TAG, &a.0);
-    state.setting_up.set(nested);
-    match answered {
+    match answer_copydata(sender, state.hwnd, ANSWER_TAG, &a.0) {
         Ok(ACCEPTED) => {}
         // Refused (not the hello it is sending, or sent by another process
         // through its window), or not delivered in time (the sender stopped
@@ -1318,7 +1305,6 @@ fn mailbox_thread(
         dispatch,
         conns: RefCell::new(Vec::new()),
         look,
-        setting_up: std::cell::Cell::new(0),
     }));
     // SAFETY: `hwnd` is our window; the pointer stays valid until it is
     // cleared and freed below, after the window is destroyed.
