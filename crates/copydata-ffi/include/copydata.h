@@ -567,10 +567,10 @@ copydata_status copydata_instance_recv(const copydata_instance *instance,
 
 /**
  * Gives up being the primary: the app id is free for the next launch.
- * Secondaries waiting for a launch still held see the primary gone and
- * hand their launch to the next primary (which may be themselves), so an
- * answer given afterwards goes nowhere (`COPYDATA_STATUS_SENDER_GONE`).
- * NULL does nothing.
+ * A secondary whose launch this primary has received still waits for its
+ * answer, which may be given after the close; the other secondaries see
+ * the primary gone and hand their launch to the next primary (which may
+ * be themselves). NULL does nothing.
  *
  * # Safety
  *

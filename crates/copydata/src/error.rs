@@ -571,9 +571,9 @@ pub enum RecvError {
 #[non_exhaustive]
 pub enum ReplyError {
     /// The sender is gone: it exited, crashed or dropped its connection
-    /// (for example after its timeout), or the connection ended with the
-    /// mailbox (dropped before the reply; its senders were told the
-    /// receiver died). `Ok` from a reply means it was
+    /// (for example after its timeout). (A message taken before its
+    /// mailbox was dropped can still be answered: its connection ends once
+    /// it is.) `Ok` from a reply means it was
     /// queued for a sender that was there: one that dies at that moment
     /// never reads it, and one that timed out but still holds its
     /// connection discards it.

@@ -827,6 +827,13 @@ fn a_reply_above_the_senders_limit_is_refused() {
         let small = s.send_timeout(tag(MAKE, 1000), &[], BOUND).unwrap();
         assert_eq!(small.data.len(), 1000);
     }
+    // Inline replies too (they take a shorter way).
+    let mut tiny = Sender::connect_with(&srv.name, &SenderOptions::new().max_reply(100)).unwrap();
+    assert_eq!(tiny.send_timeout(tag(MAKE, 100), &[], BOUND).unwrap().data.len(), 100);
+    match tiny.send_timeout(tag(MAKE, 101), &[], BOUND) {
+        Err(SendError::Protocol { reason, .. }) => assert!(reason.contains("limit"), "{reason}"),
+        other => panic!("a 101-byte reply past a 100-byte limit: {other:?}"),
+    }
     srv.quit();
 }
 

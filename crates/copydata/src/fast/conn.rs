@@ -859,9 +859,10 @@ impl Client {
         let mut retired = 0;
         loop {
             let Some(rec) = self.rep.peek()? else { return Ok(None) };
-            if rec.kind == REPLY && user_flags(&rec) == 0 {
+            if rec.kind == REPLY && user_flags(&rec) == 0 && rec.len <= self.max_reply {
                 // An inline reply (the common case): what `parse` and
-                // `payload_of` would find, without their general steps.
+                // `payload_of` would find, without their general steps
+                // (one above `max_reply` goes the general way, refused).
                 check_inline(&rec, 0).map_err(Fail::Broken)?;
                 let data = self.rep.read_vec(&rec, 0, rec.inline);
                 self.rep.advance(&rec, false);
@@ -1033,6 +1034,9 @@ pub(crate) struct ServerConn {
     pub(crate) stalled: AtomicBool,
     /// The sender is gone or broke the protocol, or the mailbox closed.
     pub(crate) dead: AtomicBool,
+    /// The mailbox closed while a call was in progress: the connection
+    /// ends once it is answered (see [`hang_up_after_call`](Self::hang_up_after_call)).
+    closing: AtomicBool,
     /// The request ring and the consumer's position in it, for a look
     /// without taking the lock.
     requests: RingPtr,
@@ -1061,6 +1065,7 @@ impl ServerConn {
             streaming: AtomicBool::new(false),
             stalled: AtomicBool::new(false),
             dead: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             next: AtomicU64::new(0),
         }
     }
@@ -1088,6 +1093,18 @@ impl ServerConn {
     pub(crate) fn hang_up(&self) {
         self.dead.store(true, Ordering::Release);
         self.link.shutdown();
+    }
+
+    /// Ends the connection as its mailbox closes: at once if no call is in
+    /// progress, else once that call is answered (or refused), so that the
+    /// sender waiting for it gets its reply.
+    pub(crate) fn hang_up_after_call(&self) {
+        // (Against `finish`: each side stores its flag, then reads the
+        // other's; at least one of the two sees both and hangs up.)
+        self.closing.store(true, Ordering::SeqCst);
+        if !self.busy.load(Ordering::SeqCst) {
+            self.hang_up();
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, ServerState> {
@@ -1461,9 +1478,12 @@ impl ServerConn {
     /// connection's next message be taken; a failure breaks the connection.
     fn finish(&self, put: impl FnOnce(&mut ServerState) -> Result<(), String>) -> Result<(), String> {
         let result = put(&mut self.state());
-        self.busy.store(false, Ordering::Release);
+        self.busy.store(false, Ordering::SeqCst);
         if result.is_err() {
             self.dead.store(true, Ordering::Release);
+        }
+        if self.closing.load(Ordering::SeqCst) {
+            self.hang_up();
         }
         result
     }

@@ -1323,7 +1323,7 @@ fn mailbox_thread(
     // to it any more.
     let state = unsafe { Box::from_raw(state) };
     for c in state.conns.borrow().iter() {
-        c.hang_up();
+        c.hang_up_after_call();
     }
     drop(state);
     // SAFETY: this thread owns the mutex.
@@ -1388,7 +1388,7 @@ impl Drop for Mailbox {
             let _ = t.join();
         }
         for c in self.dispatch.take_all() {
-            c.hang_up();
+            c.hang_up_after_call();
         }
         // A process that exits right after its last reply (`listen --count
         // N`) would take that reply's attachments with it before the sender

@@ -551,7 +551,7 @@ impl Drop for Mailbox {
             let _ = t.join();
         }
         for c in self.dispatch.take_all() {
-            c.hang_up();
+            c.hang_up_after_call();
         }
         if same_file(&self.lock_path, &self.lock) {
             let _ = std::fs::remove_file(&self.socket_path);
