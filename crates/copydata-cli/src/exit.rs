@@ -184,6 +184,16 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 /// The whole chain on one line: "context: cause: cause".
+/// What to do about an error, when the command line has a way out (with a
+/// leading space), or nothing.
+pub fn hint(e: &anyhow::Error) -> &'static str {
+    if e.chain().any(|c| matches!(c.downcast_ref::<OpenError>(), Some(OpenError::OtherOwner { .. }))) {
+        " (to accept it anyway, pass --allow-other-owner)"
+    } else {
+        ""
+    }
+}
+
 pub fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {

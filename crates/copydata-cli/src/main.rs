@@ -81,7 +81,8 @@ enum Command {
     Lock(cmd::sync::LockArgs),
     /// Set, reset or wait for a named event.
     Event(cmd::sync::EventArgs),
-    /// List live named objects (sections and mailboxes).
+    /// List live named objects (sections, mailboxes, locks, events and
+    /// shared values).
     Ls(cmd::ls::Args),
     /// Measure latency and throughput against OS baselines and floors.
     ///
@@ -175,7 +176,7 @@ fn main() -> ExitCode {
         Err(e) if exit::is_broken_pipe(&e) => ExitCode::from(exit::OK),
         Err(e) => {
             if !silent {
-                eprintln!("copydata: {}", exit::one_line(&e));
+                eprintln!("copydata: {}{}", exit::one_line(&e), exit::hint(&e));
             }
             ExitCode::from(exit::code_for(&e))
         }

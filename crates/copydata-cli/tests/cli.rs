@@ -374,7 +374,14 @@ struct Listener {
 impl Listener {
     fn start(args: &[&str]) -> Listener {
         let listener = Listener::spawn("listen", args);
-        assert!(listener.line().starts_with("ready "));
+        let ready = listener.line();
+        if args.contains(&"--json") {
+            // Every line of a --json listen is JSON, the ready line too.
+            let doc: serde_json::Value = serde_json::from_str(&ready).unwrap();
+            assert_eq!(doc["ready"].as_str(), Some(args[0]), "{ready}");
+        } else {
+            assert!(ready.starts_with("ready "), "{ready}");
+        }
         listener
     }
 
@@ -1392,4 +1399,62 @@ fn send_prints_a_loaned_reply() {
     assert_eq!(std::fs::read(&file).unwrap(), b"HELLO");
     std::fs::remove_file(&file).unwrap();
     drop(server);
+}
+
+/// Output to a reader that has gone (a pipe closed early) ends the command
+/// quietly with 0, never with a panic.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_is_no_panic() {
+    use std::io::Read as _;
+    for args in [&["ls"][..], &["ls", "--json"]] {
+        let mut child = copydata().args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        drop(child.stdout.take());
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        let code = wait(&mut child, args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+/// Text that starts with `-` is a payload, not a flag: sent, and written,
+/// as it is (after `--` when it could be an option).
+#[test]
+fn payloads_starting_with_a_hyphen_are_data() {
+    let name = unique("hyphen");
+    let listener = Listener::start(&[&name, "--count", "3", "--json"]);
+    for args in [&["-hello"][..], &["--", "-q"], &["--", "-h"]] {
+        let out = run(&[&["send", &name, "--timeout", "10s"][..], args].concat());
+        assert_eq!(out.code, 0, "send {args:?}: {}", out.stderr);
+        let doc: serde_json::Value = serde_json::from_str(&listener.line()).unwrap();
+        assert_eq!(doc["preview"].as_str(), args.last().copied(), "{doc}");
+    }
+    let section = unique("hyphen-s");
+    let holder = Holder::start(&section, "4KiB");
+    assert_eq!(run(&["section", "write", &section, "-x1"]).code, 0);
+    assert_eq!(run(&["section", "write", &section, "--offset", "3", "--", "-h"]).code, 0);
+    assert_eq!(run(&["section", "read", &section, "--len", "5"]).stdout, b"-x1-h");
+    drop(holder);
+}
+
+/// A read that fails leaves the file named by --out as it was; writing
+/// nothing to a missing section is still an error.
+#[test]
+fn failed_section_commands_leave_files_alone() {
+    let section = unique("outfile");
+    let holder = Holder::start(&section, "4KiB");
+    let dir = std::env::temp_dir().join(unique("out-dir"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("kept");
+    std::fs::write(&out, b"keep").unwrap();
+    let r = run(&["section", "read", &section, "--len", "70000", "--out", out.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep");
+    let fresh = dir.join("fresh");
+    assert_eq!(run(&["section", "read", &section, "--offset", "5000", "--out", fresh.to_str().unwrap()]).code, 2);
+    assert!(!fresh.exists());
+    drop(holder);
+    assert_eq!(run(&["section", "write", &unique("nosuch"), ""]).code, 3);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -428,6 +428,8 @@ fn check_size(size: u64) -> Result<(), CreateError> {
 
 /// Removes the name of a named section, like `shm_unlink`. Processes that
 /// hold it keep their memory; the name is free for a new section at once.
+/// The names under which copydata's locks, events and shared values live
+/// are not sections': [`RemoveError::NotFound`].
 ///
 /// # Platform notes
 ///

@@ -4,8 +4,9 @@
 //! ROLE`), so each step crosses a real process boundary. Each step prints what
 //! happened; the exit code is non-zero if any step failed.
 
+use std::io::Write;
 #[cfg(windows)]
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -53,16 +54,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     {
         return Err(crate::exit::Usage(format!("--step {n}: the steps are 1 to {}", steps.len())).into());
     }
-    println!("copydata demo: sections and messages across real processes (this is pid {})", std::process::id());
+    // (Not locked: the steps' threads may print too.)
+    let mut out = std::io::stdout();
+    writeln!(out, "copydata demo: sections and messages across real processes (this is pid {})", std::process::id())?;
     for (i, (title, step)) in steps.iter().enumerate() {
         if args.step.is_some_and(|n| n != i + 1) {
             continue;
         }
         match step() {
-            Ok(what) => println!("[{}/{}] ok   {title}: {what}", i + 1, steps.len()),
+            Ok(what) => writeln!(out, "[{}/{}] ok   {title}: {what}", i + 1, steps.len())?,
             Err(e) => {
                 failed += 1;
-                println!("[{}/{}] FAIL {title}: {}", i + 1, steps.len(), crate::exit::one_line(&e));
+                writeln!(out, "[{}/{}] FAIL {title}: {}", i + 1, steps.len(), crate::exit::one_line(&e))?;
             }
         }
     }
@@ -70,10 +73,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(crate::exit::OTHER) });
     }
     if failed == 0 {
-        println!("all {} steps passed", steps.len());
+        writeln!(out, "all {} steps passed", steps.len())?;
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("{failed} of {} steps failed", steps.len());
+        writeln!(out, "{failed} of {} steps failed", steps.len())?;
         Ok(ExitCode::from(crate::exit::OTHER))
     }
 }

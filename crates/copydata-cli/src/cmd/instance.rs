@@ -135,8 +135,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 out.write_all(b"\n")?;
             }
             out.flush()?;
-            // The primary's code, whatever it is (ExitCode only carries 0-255).
-            std::process::exit(secondary.code());
+            // The primary's code, whatever it is (ExitCode only carries
+            // 0-255). A Unix exit status has 8 bits: a code outside them
+            // (256 would read as 0, success) exits 1 (other error).
+            let code = secondary.code();
+            #[cfg(unix)]
+            let code = if (0..=255).contains(&code) { code } else { i32::from(crate::exit::OTHER) };
+            std::process::exit(code);
         }
         SingleInstance::Primary(primary) => primary,
     };

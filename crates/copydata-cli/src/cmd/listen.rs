@@ -27,8 +27,9 @@ pub struct Args {
     /// Wait this long before replying (e.g. 500ms, 2s).
     #[arg(long, value_parser = humantime::parse_duration)]
     delay: Option<Duration>,
-    /// One JSON object per message: tag, size, pid, uid, sections, post,
-    /// utf8, sha256, preview (the first 64 characters, as in the text line).
+    /// One JSON object per line: first {"ready": NAME}, then one per
+    /// message: tag, size, pid, uid, sections, post, utf8, sha256, preview
+    /// (the first 64 characters, as in the text line).
     #[arg(long, conflicts_with_all = ["hex", "raw"])]
     json: bool,
     /// Show the whole payload as hexadecimal digits (data=48656c6c6f)
@@ -130,8 +131,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         // Stdout carries the payloads only.
         eprintln!("ready {}", args.name);
     } else {
-        println!("ready {}", args.name);
-        std::io::stdout().flush()?;
+        let mut out = std::io::stdout();
+        if args.json {
+            // Every line of a --json listen is a JSON document.
+            writeln!(out, "{}", serde_json::json!({ "ready": args.name }))?;
+        } else {
+            writeln!(out, "ready {}", args.name)?;
+        }
+        out.flush()?;
     }
     let mut seen = 0u64;
     // Loaned messages are read out of the sender's buffer into this one,

@@ -41,8 +41,11 @@ pub enum Command {
         /// 4KiB is 4096, 4kB 4000).
         #[arg(long, default_value_t = 0, value_parser = parse_size)]
         offset: u64,
-        /// The bytes to write; `-` reads them from standard input.
-        #[arg(conflicts_with = "file")]
+        /// The bytes to write; `-` reads them from standard input. Other
+        /// text starting with `-` is written as it is, unless it is an
+        /// option (-q, -v, -h): data that may start with `-` goes after
+        /// `--`.
+        #[arg(conflicts_with = "file", allow_hyphen_values = true)]
         data: Option<String>,
         /// Write the contents of this file.
         #[arg(long)]
@@ -116,8 +119,9 @@ fn create(name: &str, size: u64, hold: bool, options: &SectionOptions) -> anyhow
             let _ = tx.send(());
         })
         .context("installing the interrupt handler")?;
-        println!("ready {name} {size}");
-        io::stdout().flush()?;
+        let mut out = io::stdout();
+        writeln!(out, "ready {name} {size}")?;
+        out.flush()?;
         // Held until interrupted or terminated: then the section is dropped
         // here, so the name goes at once. (If the process is killed outright,
         // the next create, open or ls reclaims the name.)
@@ -149,10 +153,16 @@ fn write(
             return Err(Usage("give DATA, --file PATH or - (standard input)".into()).into());
         }
     };
-    if bytes.is_empty() {
-        return Ok(ExitCode::SUCCESS);
-    }
+    // (Opened even for no bytes: a missing section is an error either way.)
     let section = Section::open_with_options(name, options)?;
+    if bytes.is_empty() {
+        return if offset > section.len() {
+            Err(copydata::MapError::OutOfRange { offset, len: 0, size: section.len() })
+                .with_context(|| format!("section {name:?}"))
+        } else {
+            Ok(ExitCode::SUCCESS)
+        };
+    }
     let view = section.map_mut(offset, bytes.len()).with_context(|| format!("section {name:?}"))?;
     view.write_at(0, &bytes)?;
     Ok(ExitCode::SUCCESS)
@@ -170,13 +180,22 @@ fn read(
         Some(len) => len,
         None => section.len().saturating_sub(offset),
     };
+    // The range is checked (mapped) before the output file is touched: a
+    // read that fails leaves an existing file as it was.
+    let view = match usize::try_from(len).context("length too large")? {
+        0 => None,
+        len => Some(section.map(offset, len).with_context(|| format!("section {name:?}"))?),
+    };
+    if view.is_none() && offset > section.len() {
+        return Err(copydata::MapError::OutOfRange { offset, len: 0, size: section.len() })
+            .with_context(|| format!("section {name:?}"));
+    }
     let mut sink: Box<dyn Write> = match &out {
         Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?),
         None => Box::new(io::stdout().lock()),
     };
-    if len > 0 {
-        let len = usize::try_from(len).context("length too large")?;
-        let view = section.map(offset, len).with_context(|| format!("section {name:?}"))?;
+    if let Some(view) = view {
+        let len = view.len();
         let mut buf = vec![0; len.min(1 << 20)];
         let mut at = 0;
         while at < len {
@@ -185,9 +204,6 @@ fn read(
             sink.write_all(&buf[..n])?;
             at += n;
         }
-    } else if offset > section.len() {
-        return Err(copydata::MapError::OutOfRange { offset, len: 0, size: section.len() })
-            .with_context(|| format!("section {name:?}"));
     }
     sink.flush()?;
     Ok(ExitCode::SUCCESS)

@@ -30,7 +30,10 @@ pub struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// The payload; `-` reads it from standard input; none sends an empty one.
-    #[arg(conflicts_with = "file")]
+    /// Other text starting with `-` is sent as it is, unless it is an
+    /// option (-q, -v, -h): a payload that may start with `-` goes after
+    /// `--` (`copydata send app -- "$line"`).
+    #[arg(conflicts_with = "file", allow_hyphen_values = true)]
     data: Option<String>,
     /// Send the contents of this file.
     #[arg(long)]

@@ -378,6 +378,15 @@ pub(crate) fn release(fd: &OwnedFd, name: &Name) {
 pub(crate) fn remove(name: &Name) -> Result<(), RemoveError> {
     let n = || name.to_string();
     let dir = shm_dir().map_err(|source| RemoveError::Io { name: n(), source })?;
+    // A copydata lock, event or shared value lives under a name of its
+    // own (`copydata.mutex.NAME`, ...): it is no section, and freeing its
+    // name would let a second one be made beside the live one.
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    if let Ok(fd) = rfs::openat(&dir, name.as_str(), flags, Mode::empty())
+        && marker(&fd).is_some_and(|m| m != MARKER_VALUE)
+    {
+        return Err(RemoveError::NotFound { name: n() });
+    }
     match rfs::unlinkat(&dir, name.as_str(), AtFlags::empty()) {
         Ok(()) => Ok(()),
         Err(Errno::NOENT) => Err(RemoveError::NotFound { name: n() }),
