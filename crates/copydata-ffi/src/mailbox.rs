@@ -31,7 +31,7 @@ pub struct Request {
     /// (`copydata_request_take_section`).
     sections: Vec<Option<copydata::Section>>,
     /// A lent message's bytes, copied out once asked for.
-    copy: std::cell::OnceCell<Vec<u8>>,
+    copy: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl Request {
@@ -339,7 +339,7 @@ pub unsafe extern "C" fn copydata_mailbox_recv(
             Some(t) => mailbox.inner.recv_timeout(t)?,
         };
         let sections = inner.message_mut().take_sections().into_iter().map(Some).collect();
-        *out = Box::into_raw(Box::new(Request { reply_loan: None, inner, sections, copy: std::cell::OnceCell::new() }));
+        *out = Box::into_raw(Box::new(Request { reply_loan: None, inner, sections, copy: std::sync::OnceLock::new() }));
         Ok(())
     })
 }

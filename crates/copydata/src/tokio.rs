@@ -164,10 +164,14 @@ impl AsyncSender {
             };
             self.setup = None;
             let client = joined.map_err(|e| SendError::Io { name: name(), source: std::io::Error::other(e) })?;
+            // A set-up an earlier call began may have run out of that call's
+            // time, or failed or succeeded a while ago (the receiver since
+            // gone or back): its outcome stands only while its connection
+            // lives; otherwise this call sets up anew, within its own time.
+            let fresh = deadline.is_none_or(|d| Instant::now() < d);
             match client {
-                // A set-up an earlier call began ran out of that call's
-                // time, not of this one's: set up anew.
-                Err(SendError::TimedOut { .. }) if inherited && deadline.is_none_or(|d| Instant::now() < d) => {}
+                Err(_) if inherited && fresh => {}
+                Ok(c) if inherited && fresh && !c.link().alive() => {}
                 client => return Conn::new(client?).map_err(|source| SendError::Io { name: name(), source }),
             }
         }
@@ -599,6 +603,9 @@ struct Conn {
     runtime: ::tokio::runtime::Id,
 }
 
+#[cfg(target_os = "linux")]
+use crate::sys::mailbox::Drained;
+
 /// The parked flag's value for a wait in the runtime: the receiver then
 /// writes the readiness handle, not the futex.
 #[cfg(target_os = "linux")]
@@ -631,8 +638,10 @@ impl Conn {
     /// with it anew if it was made on another runtime).
     fn on_this_runtime(self) -> std::io::Result<Conn> {
         match ::tokio::runtime::Handle::try_current() {
-            Ok(h) if h.id() == self.runtime => Ok(self),
-            _ => Conn::new(self.client),
+            Ok(h) if h.id() != self.runtime => Conn::new(self.client),
+            // The same runtime, or none (a future polled by another
+            // executor): as it is.
+            _ => Ok(self),
         }
     }
 
@@ -649,9 +658,7 @@ impl Conn {
                     Poll::Ready(Ok(mut g)) => {
                         let drained = self.client.link().drain_readiness();
                         g.clear_ready();
-                        // (Closed: the receiver's side is gone; `alive`
-                        // below tells.)
-                        return Poll::Ready(Ok(drained != crate::sys::mailbox::Drained::Closed));
+                        return Poll::Ready(Ok(drained));
                     }
                     // The reactor is gone (its runtime was dropped).
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -660,7 +667,7 @@ impl Conn {
                 match self.hangup.poll_read_ready(cx) {
                     Poll::Ready(Ok(mut g)) => {
                         g.clear_ready();
-                        Poll::Ready(Ok(false))
+                        Poll::Ready(Ok(Drained::Nothing))
                     }
                     Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
                     Poll::Pending => Poll::Pending,
@@ -670,7 +677,11 @@ impl Conn {
         .await;
         self.client.set_parked(bell, 0);
         match woken {
-            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(Drained::Signalled)) => Ok(()),
+            // The receiver's end of the readiness pair is closed: its side
+            // of the link is gone (also when its process lingers on), and
+            // the handle would read as ready for ever.
+            Ok(Ok(Drained::Closed)) => Err(Fail::PeerGone),
             Ok(Err(e)) => Err(Fail::Io(e)),
             _ if self.client.link().alive() => Ok(()),
             _ => Err(Fail::PeerGone),

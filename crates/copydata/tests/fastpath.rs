@@ -2181,8 +2181,29 @@ fn a_receiver_polls_while_a_loan_is_filled() {
     }
     let used = procfs::cpu(srv.pid).saturating_sub(before);
     assert!(used < Duration::from_millis(500), "20 calls beside a held loan cost the receiver {used:?} of CPU in 2 s");
+    // Nor do another sender's loans (each polled for while it is filled).
+    let before = procfs::cpu(srv.pid);
+    for i in 0..10u64 {
+        let mut l = other.loan(4096).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        l.fill(i as u8);
+        assert_eq!(l.send_timeout(tag(SUM, 0), BOUND).unwrap().code as u64, sum(&[i as u8; 4096]));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let used = procfs::cpu(srv.pid).saturating_sub(before);
+    assert!(used < Duration::from_millis(800), "10 loans beside a held loan cost the receiver {used:?} of CPU");
     drop(loan);
     drop((s, other));
+    // A sender that connects afterwards: its first loan is polled for.
+    let mut late = srv.sender();
+    let mut loan = late.loan(4096).unwrap();
+    let before = procfs::cpu(srv.pid);
+    std::thread::sleep(Duration::from_millis(150));
+    let used = procfs::cpu(srv.pid).saturating_sub(before);
+    assert!(used >= Duration::from_millis(30), "a new sender's first loan: the receiver used {used:?} (it slept)");
+    loan.fill(1);
+    assert_eq!(loan.send_timeout(tag(SUM, 0), BOUND).unwrap().code as u64, sum(&[1; 4096]));
+    drop(late);
     srv.quit();
 }
 

@@ -1328,35 +1328,44 @@ fn a_dripped_refusal_does_not_outlast_the_connect_timeout() {
     assert!(took < Duration::from_secs(5), "the connect timeout of 1 s took {took:?}");
 }
 
-/// A receiver that hands over something else than a Unix stream socket as
-/// the connection's readiness handle is refused at set-up: the sender never
-/// polls or reads a file or pipe it was given.
+/// A receiver that hands over something else than a Unix stream socket
+/// connected to it as the connection's readiness handle is refused at
+/// set-up: the sender never polls or reads a file or pipe it was given, nor
+/// a socket that reads as hung up from the start (which would keep a
+/// waiting sender spinning).
 #[cfg(target_os = "linux")]
 #[test]
 fn a_readiness_handle_that_is_not_a_socket_is_refused() {
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, OwnedFd};
     use std::os::unix::net::UnixListener;
 
     use raw::{BELLS_LEN, REGION_LEN, recv_frame, sealed_memfd, send_welcome};
 
-    let name = unique("not-socket");
-    let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
-    let listener = UnixListener::bind(&path).unwrap();
-    let sender = std::thread::spawn({
-        let name = name.clone();
-        move || Sender::connect_timeout(&name, Duration::from_secs(10)).map(|_| ())
-    });
-    let (sock, _) = listener.accept().unwrap();
-    let _ = std::fs::remove_file(&path);
-    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    recv_frame(&sock).expect("a hello");
-    let (region, bells, fake) = (sealed_memfd(REGION_LEN), sealed_memfd(BELLS_LEN), sealed_memfd(4096));
-    send_welcome(&sock, &[region.as_fd(), bells.as_fd(), fake.as_fd()]);
-    let err = sender.join().unwrap().unwrap_err();
-    assert!(
-        matches!(&err, SendError::Protocol { reason, .. } if reason.contains("readiness handle")),
-        "a memfd as the readiness handle gave {err:?}"
-    );
+    let unconnected = || -> OwnedFd {
+        use rustix::net::{AddressFamily, SocketFlags, SocketType};
+        rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap()
+    };
+    for (fake, what) in [(sealed_memfd(4096), "a memfd"), (unconnected(), "an unconnected socket")] {
+        let name = unique("not-socket");
+        let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let listener = UnixListener::bind(&path).unwrap();
+        let sender = std::thread::spawn({
+            let name = name.clone();
+            move || Sender::connect_timeout(&name, Duration::from_secs(10)).map(|_| ())
+        });
+        let (sock, _) = listener.accept().unwrap();
+        let _ = std::fs::remove_file(&path);
+        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        recv_frame(&sock).expect("a hello");
+        let (region, bells) = (sealed_memfd(REGION_LEN), sealed_memfd(BELLS_LEN));
+        send_welcome(&sock, &[region.as_fd(), bells.as_fd(), fake.as_fd()]);
+        let err = sender.join().unwrap().unwrap_err();
+        assert!(
+            matches!(&err, SendError::Protocol { reason, .. } if reason.contains("readiness handle")),
+            "{what} as the readiness handle gave {err:?}"
+        );
+    }
 }
 
 /// A sender parked for its reply looks at the reply ring again after a

@@ -23,7 +23,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::pool::{
     BUF_LOAN, BUF_NEW, BUF_ONESHOT, BUF_STREAM, BufRef, Lend, Lent, MAX_BUF, ONESHOT, PeerBuffers, Pool,
@@ -1037,6 +1037,9 @@ pub(crate) struct ServerConn {
     /// The mailbox closed while a call was in progress: the connection
     /// ends once it is answered (see [`hang_up_after_call`](Self::hang_up_after_call)).
     closing: AtomicBool,
+    /// The number of the loan the sender announced last as this side first
+    /// saw it, and when (see [`loan_fresh`](Self::loan_fresh)).
+    loan_seen: Mutex<Option<(u32, Instant)>>,
     /// The request ring and the consumer's position in it, for a look
     /// without taking the lock.
     requests: RingPtr,
@@ -1066,6 +1069,7 @@ impl ServerConn {
             stalled: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            loan_seen: Mutex::new(None),
             next: AtomicU64::new(0),
         }
     }
@@ -1111,10 +1115,24 @@ impl ServerConn {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The number of the loan the sender announced it is about to send, 0
-    /// for none.
-    pub(crate) fn loan_pending(&self) -> u32 {
-        self.link.region().loan_pending().load(Ordering::Relaxed)
+    /// Whether the sender has announced a loan it is about to send, and
+    /// this side first saw that loan's announcement less than `within`
+    /// before `now`: worth polling for. (Each loan has a number of its own,
+    /// so a loan held for long stops being polled for after `within`, while
+    /// the next loan of the same sender is polled for afresh.)
+    pub(crate) fn loan_fresh(&self, now: Instant, within: Duration) -> bool {
+        let n = self.link.region().loan_pending().load(Ordering::Relaxed);
+        if n == 0 {
+            return false;
+        }
+        let mut seen = self.loan_seen.lock().unwrap_or_else(|e| e.into_inner());
+        match *seen {
+            Some((m, since)) if m == n => now.saturating_duration_since(since) < within,
+            _ => {
+                *seen = Some((n, now));
+                true
+            }
+        }
     }
 
     /// The request ring, for the handler thread's parked flag.
@@ -1173,7 +1191,7 @@ impl ServerConn {
                         // attachments still in it (Windows pulls them out of
                         // its process): this message is lost, not the ones
                         // behind it.
-                        Err(e) if self.dead.load(Ordering::Acquire) => {
+                        Err(e) if Link::ATTACHMENTS_NEED_SENDER && self.dead.load(Ordering::Acquire) => {
                             log::warn!("a message of exited pid {} lost its attachments: {e}", self.peer.pid);
                             // A new buffer that never came: the slot's
                             // earlier one must not stand in for it.
@@ -1207,7 +1225,7 @@ impl ServerConn {
                         Ok(view) => view,
                         // A buffer whose handle an exited sender could no
                         // longer hand over (above): skipped likewise.
-                        Err(e) if self.dead.load(Ordering::Acquire) => {
+                        Err(e) if Link::ATTACHMENTS_NEED_SENDER && self.dead.load(Ordering::Acquire) => {
                             log::warn!("a message of exited pid {} lost its buffer: {e}", self.peer.pid);
                             self.skip(&mut st, &rec);
                             continue;

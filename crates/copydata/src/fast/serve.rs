@@ -91,11 +91,7 @@ pub(crate) struct WorkerState {
     /// worth making after every message).
     loan_hint: bool,
     trimmed: bool,
-    /// The loans announced when the worker began to poll for them (see
-    /// [`Dispatch::announced`]), and since when: a poll for the same ones
-    /// lasts [`HOT_MAX`] in all, however many messages of other senders
-    /// come meanwhile.
-    hot: Option<(u64, Instant)>,
+
     /// Since when a streamed copy put aside has kept the worker from
     /// sleeping, no message having come meanwhile.
     aside_since: Option<Instant>,
@@ -370,27 +366,13 @@ impl Dispatch {
             })
     }
 
-    /// The loans spinning senders announced, as one number that changes
-    /// with any announcement (each of a sender's loans has a number of its
-    /// own); `None` when there are none.
-    fn announced(st: &WorkerState) -> Option<u64> {
-        st.conns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.wait == Wait::SpinThenPark)
-            .map(|(i, c)| (i as u64, u64::from(c.loan_pending())))
-            .filter(|&(_, n)| n != 0)
-            .fold(None, |acc, (i, n)| Some(acc.unwrap_or(0u64).wrapping_mul(0x100_0000_01b3) ^ (i << 32 | n)))
-    }
-
-    /// Whether to poll for an announced loan: one is announced and the
-    /// worker has not polled for it for [`HOT_MAX`] already.
+    /// Whether to poll for a loan: a spinning sender announced one that
+    /// the worker has seen for less than [`HOT_MAX`] (each loan polled for
+    /// [`HOT_MAX`] at most in all, however many messages of other senders
+    /// come meanwhile).
     fn poll_for_loan(st: &WorkerState) -> bool {
-        match (Self::announced(st), st.hot) {
-            (None, _) => false,
-            (Some(now), Some((then, since))) if now == then => since.elapsed() < HOT_MAX,
-            (Some(_), _) => true,
-        }
+        let now = Instant::now();
+        st.conns.iter().any(|c| c.wait == Wait::SpinThenPark && c.loan_fresh(now, HOT_MAX))
     }
 
     fn set_parked(st: &WorkerState, value: u32) {
@@ -420,14 +402,8 @@ impl Dispatch {
             }
             // A sender filling a loan is about to send: poll, yielding the
             // CPU, rather than sleep and make it pay for a wake-up.
-            if st.loan_hint
-                && let Some(now) = Self::announced(st)
-            {
-                let since = match st.hot {
-                    Some((then, since)) if then == now => since,
-                    _ => st.hot.insert((now, Instant::now())).1,
-                };
-                if since.elapsed() < HOT_MAX && deadline.is_none_or(|d| Instant::now() < d) {
+            if st.loan_hint && Self::poll_for_loan(st) {
+                if deadline.is_none_or(|d| Instant::now() < d) {
                     // Spin, and let other threads of this CPU in once per
                     // round (a yield is a system call, microseconds here, and
                     // one every few microseconds, as `spin` does after a

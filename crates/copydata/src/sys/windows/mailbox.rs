@@ -926,6 +926,7 @@ impl Link {
         if kept.is_empty() || self.peer_gone() {
             return;
         }
+        let slice_looks = self.side == Side::Receiver;
         let (taken_at, closed_at, limit, count, max) = match self.side {
             Side::Sender => (TAKEN_FROM_SENDER, RECEIVER_CLOSED, LINGER, &LINGERING, usize::MAX),
             Side::Receiver => {
@@ -960,6 +961,10 @@ impl Link {
                     break;
                 }
                 let objects = [raw(&signal), raw(&peer)];
+                // (A receiver's signal is the mailbox's look event, an
+                // auto-reset event other threads wait on too: one set may
+                // wake another of them, so this looks again every 10 ms.)
+                let ms = if slice_looks { ms.min(10) } else { ms };
                 // SAFETY: two live handles of ours with SYNCHRONIZE, in an
                 // array that outlives the call.
                 let got = unsafe { WaitForMultipleObjects(2, objects.as_ptr(), 0, ms) };

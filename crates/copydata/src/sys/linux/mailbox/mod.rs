@@ -305,9 +305,17 @@ impl Link {
         match rustix::event::poll(&mut fds, Some(&timespec(slice))) {
             Ok(n) if n > 0 => {
                 // A signal meant for an earlier wait may be drained here
-                // too: the caller looks at the ring either way.
-                let drained =
-                    if fds[0].revents().contains(PollFlags::IN) { self.drain_readiness() } else { Drained::Nothing };
+                // too: the caller looks at the ring either way. A hang-up
+                // or error with nothing to read: the receiver's end is
+                // gone (an honest receiver closes it with the link).
+                let revents = fds[0].revents();
+                let drained = if revents.contains(PollFlags::IN) {
+                    self.drain_readiness()
+                } else if revents.intersects(PollFlags::HUP | PollFlags::ERR) {
+                    Drained::Closed
+                } else {
+                    Drained::Nothing
+                };
                 match drained {
                     Drained::Signalled => Park::Woken,
                     // The receiver's end closed with its side of the link.
@@ -924,6 +932,12 @@ fn set_up_connection(name: &Name, sock: UnixStream, wait: Wait, deadline: Instan
     let notify = fds.pop().expect("three descriptors");
     if !is_stream_socket(&notify) {
         return Err(bad("the readiness handle is not a Unix stream socket".into()));
+    }
+    // Connected to the receiver's process, as one end of its socket pair:
+    // not a socket that reads as hung up from the start.
+    let pid_of = |fd: BorrowedFd<'_>| rustix::net::sockopt::socket_peercred(fd).map(|c| c.pid);
+    if !matches!((pid_of(notify.as_fd()), pid_of(sock.as_fd())), (Ok(a), Ok(b)) if a == b) {
+        return Err(bad("the readiness handle is not connected to the receiver".into()));
     }
     let bells_fd = fds.pop().expect("three descriptors");
     let region =
