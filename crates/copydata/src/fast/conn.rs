@@ -1103,16 +1103,26 @@ impl ServerConn {
     /// progress, else once that call is answered (or refused), so that the
     /// sender waiting for it gets its reply.
     pub(crate) fn hang_up_after_call(&self) {
-        // (Against `finish`: each side stores its flag, then reads the
-        // other's; at least one of the two sees both and hangs up.)
-        self.closing.store(true, Ordering::SeqCst);
-        if !self.busy.load(Ordering::SeqCst) {
+        // Under the state's lock, as `finish` clears `busy` and reads
+        // `closing`: whichever of the two comes second sees the other's
+        // flag, so exactly one of them hangs up.
+        let busy = {
+            let _st = self.state();
+            self.closing.store(true, Ordering::Relaxed);
+            self.busy.load(Ordering::Relaxed)
+        };
+        if !busy {
             self.hang_up();
         }
     }
 
     fn state(&self) -> MutexGuard<'_, ServerState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the sender has announced a loan it is about to send.
+    pub(crate) fn loan_pending(&self) -> bool {
+        self.link.region().loan_pending().load(Ordering::Relaxed) != 0
     }
 
     /// Whether the sender has announced a loan it is about to send, and
@@ -1495,12 +1505,17 @@ impl ServerConn {
     /// Queues the answer to the outstanding call with `put`, then lets the
     /// connection's next message be taken; a failure breaks the connection.
     fn finish(&self, put: impl FnOnce(&mut ServerState) -> Result<(), String>) -> Result<(), String> {
-        let result = put(&mut self.state());
-        self.busy.store(false, Ordering::SeqCst);
+        let (result, closing) = {
+            let mut st = self.state();
+            let result = put(&mut st);
+            self.busy.store(false, Ordering::Release);
+            // (Read under the lock: see `hang_up_after_call`.)
+            (result, self.closing.load(Ordering::Relaxed))
+        };
         if result.is_err() {
             self.dead.store(true, Ordering::Release);
         }
-        if self.closing.load(Ordering::SeqCst) {
+        if closing {
             self.hang_up();
         }
         result

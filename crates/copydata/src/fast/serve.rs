@@ -371,8 +371,14 @@ impl Dispatch {
     /// [`HOT_MAX`] at most in all, however many messages of other senders
     /// come meanwhile).
     fn poll_for_loan(st: &WorkerState) -> bool {
-        let now = Instant::now();
-        st.conns.iter().any(|c| c.wait == Wait::SpinThenPark && c.loan_fresh(now, HOT_MAX))
+        // (The clock is read only once a loan is announced: this runs
+        // between the looks of a spin.)
+        let mut now = None;
+        st.conns.iter().any(|c| {
+            c.wait == Wait::SpinThenPark
+                && c.loan_pending()
+                && c.loan_fresh(*now.get_or_insert_with(Instant::now), HOT_MAX)
+        })
     }
 
     fn set_parked(st: &WorkerState, value: u32) {
