@@ -364,8 +364,9 @@ class Mutex:
     @property
     def name(self) -> str: ...
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        """Takes the lock: waits as long as it takes, at most `timeout`
-        seconds, or not at all; returns whether it got it."""
+        """Takes the lock: waits as long as it takes (`timeout` None or -1),
+        at most `timeout` seconds, or not at all; returns whether it got
+        it."""
     def release(self) -> None: ...
     @property
     def owner_died(self) -> bool:

@@ -80,16 +80,28 @@ fn convert(py: Python<'_>, kind: Kind, err: &(dyn StdError + 'static)) -> PyErr 
     let mut source = Some(err);
     while let Some(e) = source {
         if let Some(os) = e.downcast_ref::<io::Error>() {
-            let copy = match os.raw_os_error() {
-                Some(code) => io::Error::from_raw_os_error(code),
-                None => io::Error::new(os.kind(), os.to_string()),
+            let cause = match os.raw_os_error() {
+                Some(code) => os_error(code),
+                None => PyErr::from(io::Error::new(os.kind(), os.to_string())),
             };
-            exception.set_cause(py, Some(PyErr::from(copy)));
+            exception.set_cause(py, Some(cause));
             break;
         }
         source = e.source();
     }
     exception
+}
+
+/// The `OSError` of an OS error code, built as Python builds its own: with
+/// `errno` and `strerror` (on Windows `winerror`), so that Python picks the
+/// subclass (`FileNotFoundError`, ...).
+fn os_error(code: i32) -> PyErr {
+    let text = io::Error::from_raw_os_error(code).to_string();
+    let strerror = text.split(" (os error").next().unwrap_or(&text).to_owned();
+    #[cfg(windows)]
+    return pyo3::exceptions::PyOSError::new_err((0, strerror, None::<String>, code));
+    #[cfg(not(windows))]
+    pyo3::exceptions::PyOSError::new_err((code, strerror))
 }
 
 pub(crate) fn send_error(py: Python<'_>, e: SendError) -> PyErr {
@@ -163,6 +175,9 @@ pub(crate) fn handover_error(py: Python<'_>, e: HandoverError) -> PyErr {
         HandoverError::PeerClosed => Kind::ReceiverDied,
         HandoverError::NoSuchProcess { .. } => Kind::NotFound,
         HandoverError::PermissionDenied(_) => Kind::PermissionDenied,
+        // The socket's receive timeout passed (or a non-blocking socket
+        // had no more of a section yet).
+        HandoverError::Io(io) if io.kind() == io::ErrorKind::WouldBlock => Kind::TimedOut,
         _ => Kind::Error,
     };
     convert(py, kind, &e)

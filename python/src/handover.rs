@@ -48,18 +48,53 @@ pub(crate) fn send_section(py: Python<'_>, socket: &Bound<'_, PyAny>, section: P
 }
 
 /// Receives a section sent with `send_section` from the connected Unix
-/// stream socket `socket`; waits until one arrives (give the socket a
-/// timeout to bound the wait). What arrives is checked: anything else
-/// raises `ProtocolError`; a closed peer raises `ReceiverDied`. Linux only.
+/// stream socket `socket`; waits until one arrives, at most the socket's
+/// timeout (`socket.settimeout`; a plain descriptor waits as long as it
+/// takes), then raises `TimedOut`. Ctrl-C interrupts the wait. What
+/// arrives is checked: anything else raises `ProtocolError`; a closed peer
+/// raises `ReceiverDied`. Linux only.
 #[pyfunction]
 pub(crate) fn recv_section(py: Python<'_>, socket: &Bound<'_, PyAny>) -> PyResult<Section> {
     let fd = fileno(socket)?;
     #[cfg(target_os = "linux")]
     {
+        // The socket's own timeout, if it is a Python socket.
+        let limit = match socket.call_method0("gettimeout") {
+            Ok(t) => t.extract::<Option<f64>>()?,
+            Err(_) => None,
+        };
+        let deadline = limit.map(|l| std::time::Instant::now() + std::time::Duration::from_secs_f64(l.max(0.0)));
+        // Wait for something to read in slices, through Python's own
+        // `select` (which lets go of the GIL and runs signal handlers, so
+        // Ctrl-C ends the wait), then read what is there.
+        let select = py.import("select")?;
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            let slice = left.map_or(crate::SLICE, |l| l.min(crate::SLICE));
+            let (ready, _, _): (Vec<i32>, Vec<i32>, Vec<i32>) = select
+                .call_method1("select", (vec![fd], Vec::<i32>::new(), Vec::<i32>::new(), slice.as_secs_f64()))?
+                .extract()?;
+            if !ready.is_empty() {
+                break;
+            }
+            if left.is_some_and(|l| l <= slice) {
+                let waited = limit.unwrap_or_default();
+                return Err(errors::raise(py, Kind::TimedOut, format!("no section arrived within {waited} s")));
+            }
+            py.check_signals()?;
+        }
         // SAFETY: as in `send_section`.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        let section = py.detach(|| copydata::os::linux::recv_section(fd)).map_err(|e| errors::handover_error(py, e))?;
-        Ok(Section::wrap(section))
+        loop {
+            match py.detach(|| copydata::os::linux::recv_section(fd)) {
+                // A signal during the read: its handler runs, then the read
+                // goes on (as Python's own calls do, PEP 475).
+                Err(copydata::HandoverError::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    py.check_signals()?
+                }
+                r => return r.map(Section::wrap).map_err(|e| errors::handover_error(py, e)),
+            }
+        }
     }
     #[cfg(not(target_os = "linux"))]
     {

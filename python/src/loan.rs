@@ -83,7 +83,8 @@ fn job(
                         return Ok(None);
                     }
                 },
-                Command::Post { tag, budget, wait } => match budget.left(&name) {
+                // (A timeout of 0 posts if there is room now.)
+                Command::Post { tag, budget, wait } => match budget.left_or_once(&name) {
                     Err(e) => Err((e, Some(loan))),
                     Ok(left) => {
                         let posted = match (wait, left) {

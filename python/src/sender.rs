@@ -326,6 +326,16 @@ impl Budget {
         }
     }
 
+    /// As [`left`](Self::left), but a timeout of 0 (or one used up) still
+    /// gives one look: 0, no wait. For waits with something to find at
+    /// once (room for a post, as `queue.put(timeout=0)`; a flush).
+    pub(crate) fn left_or_once(&self, name: &str) -> Result<Option<Duration>, SendError> {
+        match self.timeout {
+            Some(t) if t.is_zero() => Ok(Some(Duration::ZERO)),
+            _ => self.left(name),
+        }
+    }
+
     /// Runs `call` with what is left (`None`: no limit); a time-out is
     /// reported with the whole timeout, not what was left of it.
     pub(crate) fn spend<T>(
@@ -475,11 +485,12 @@ impl Sender {
         let data = bytes_arg(data)?;
         let name = self.name.clone();
         let job: Job = Box::new(move |s| {
-            let posted = budget.spend(&name, |left| match left {
+            // A timeout of 0 posts if there is room now.
+            let posted = match budget.left_or_once(&name)? {
                 Some(t) => s.post_timeout(tag, &data, t),
                 None => s.post(tag, &data),
-            });
-            posted.map(|()| None)
+            };
+            posted.map(|()| None).map_err(|e| budget.whole(e))
         });
         self.run(py, budget, true, job).map(drop)
     }

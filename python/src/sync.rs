@@ -128,7 +128,8 @@ impl<L: Lockable> Locker<L> {
     }
 
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: Option<f64>) -> PyResult<bool> {
-        let timeout = timeout_arg(py, timeout)?;
+        // -1 is "no limit", as for `threading.Lock.acquire`.
+        let timeout = timeout_arg(py, timeout.filter(|&t| t != -1.0))?;
         if !blocking && timeout.is_some() {
             return Err(errors::raise(py, Kind::InvalidArgument, "a timeout needs blocking=True"));
         }
@@ -196,7 +197,7 @@ impl<L: Lockable> Locker<L> {
 
 /// A named mutex shared by processes, that survives its owner's death
 /// (`CreateMutexW`; a robust process-shared mutex on Linux).
-#[pyclass(module = "copydata._copydata", frozen)]
+#[pyclass(module = "copydata", frozen)]
 pub(crate) struct Mutex {
     locker: Locker<copydata::sync::Mutex>,
 }
@@ -232,7 +233,8 @@ impl Mutex {
     }
 
     /// Takes the lock, as `threading.Lock.acquire`: waits as long as it
-    /// takes, at most `timeout` seconds, or (`blocking=False`) not at all;
+    /// takes (`timeout` None or -1), at most `timeout` seconds, or
+    /// (`blocking=False`) not at all;
     /// returns whether it got it. The thread that took it releases it.
     /// Not recursive: acquiring it again on the same thread raises.
     /// Ctrl-C interrupts the wait.
@@ -298,7 +300,7 @@ impl Mutex {
 /// lock: the DLL shared data section of Win32, by size (`copydata::sync`'s
 /// shared value; a Rust `Shared<T>` of the same size, alignment and tag is
 /// the same object).
-#[pyclass(module = "copydata._copydata", frozen)]
+#[pyclass(module = "copydata", frozen)]
 pub(crate) struct Shared {
     locker: Locker<SharedBytes>,
     size: usize,
@@ -476,7 +478,7 @@ fn run_init(init: &Bound<'_, PyAny>, bytes: &mut [u8]) -> Result<(), PyErr> {
 
 /// The memory behind a `Shared.view()` memoryview: keeps the value mapped
 /// while any buffer of it lives.
-#[pyclass(frozen, module = "copydata._copydata", name = "SharedView")]
+#[pyclass(frozen, module = "copydata", name = "SharedView")]
 pub(crate) struct SharedView {
     shared: Arc<SharedBytes>,
 }
@@ -509,7 +511,7 @@ impl SharedView {
 
 /// A named event shared by processes (`CreateEventW`; a futex word on
 /// Linux): set it in one, wake waiters in others.
-#[pyclass(module = "copydata._copydata", frozen)]
+#[pyclass(module = "copydata", frozen)]
 pub(crate) struct Event {
     name: String,
     kind: EventKind,

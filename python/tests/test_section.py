@@ -173,3 +173,39 @@ def test_a_section_is_handed_to_a_running_process_over_a_socket():
             copydata.recv_section(b)
     with pytest.raises(copydata.InvalidArgument):
         copydata.recv_section(a)  # closed: fileno() is -1
+
+
+def test_an_os_error_keeps_its_errno(tmp_path):
+    import errno
+
+    with pytest.raises(copydata.Error) as e:
+        copydata.Section.file(tmp_path / "missing" / "x")
+    cause = e.value.__cause__
+    assert isinstance(cause, FileNotFoundError), repr(cause)
+    assert cause.errno == errno.ENOENT and cause.strerror
+
+
+def test_recv_section_keeps_to_the_sockets_timeout_and_gives_way_to_ctrl_c():
+    import signal
+    import socket
+    import threading
+    import time
+
+    a, b = socket.socketpair()
+    with a, b:
+        a.settimeout(0.3)
+        started = time.monotonic()
+        with pytest.raises(copydata.TimedOut):
+            copydata.recv_section(a)
+        assert 0.25 <= time.monotonic() - started < 5
+        a.settimeout(None)
+        timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            copydata.recv_section(a)
+        timer.join()
+        # Still usable afterwards: a section sent now arrives.
+        with copydata.Section.anonymous(4096) as s:
+            copydata.send_section(b, s)
+            with copydata.recv_section(a) as got:
+                assert got.size == 4096

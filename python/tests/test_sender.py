@@ -276,3 +276,16 @@ def test_a_reply_above_max_reply_is_refused(serving, name):
                 sender.send(b"", tag=101, timeout=10.0)
             # The next call connects again and is served.
             assert sender.send(b"", tag=5, timeout=10.0) == (0, bytes(5))
+
+
+def test_a_post_with_no_time_goes_out_when_there_is_room(serving, name):
+    seen = []
+    with serving(name, lambda tag, data: seen.append(data)):
+        with copydata.Sender(name, timeout=5.0) as sender:
+            sender.send(b"warm-up", timeout=10.0)
+            sender.post(b"a", timeout=0)
+            loan = sender.loan(1)
+            memoryview(loan)[:] = b"b"
+            loan.post(timeout=0)
+            sender.send(b"after", timeout=10.0)
+    assert seen == [b"warm-up", b"a", b"b", b"after"]

@@ -109,7 +109,12 @@ def test_mutex_arguments_and_closing(name):
     with pytest.raises(copydata.InvalidArgument):
         m.acquire(blocking=False, timeout=1.0)
     with pytest.raises(copydata.InvalidArgument):
-        m.acquire(timeout=-1.0)
+        m.acquire(timeout=-2.0)
+    # -1 is no limit, as for threading.Lock.
+    assert m.acquire(timeout=-1)
+    m.release()
+    assert m.acquire(blocking=False, timeout=-1)
+    m.release()
     assert m.acquire(timeout=0.0)
     # Closing releases the lock this thread holds.
     m.close()

@@ -2100,6 +2100,26 @@ fn a_reply_to_a_sender_that_is_gone_says_so() {
     }
 }
 
+/// A sender whose mailbox has closed learns it as `ReceiverDied` whatever
+/// it sends next: a small message, a large one (whose buffer goes on the
+/// socket the receiver hung up), or a loan.
+#[test]
+fn every_kind_of_send_to_a_closed_mailbox_says_the_receiver_died() {
+    let name = unique("closed-kinds");
+    for kind in ["small", "large", "loan"] {
+        let server = Mailbox::bind(&name).unwrap().serve(|m| Reply::code(m.tag() as i64));
+        let mut sender = Sender::connect(&name).unwrap();
+        assert_eq!(sender.send(1, b"warm").unwrap().code, 1);
+        drop(server);
+        let r = match kind {
+            "small" => sender.send_timeout(2, b"x", Duration::from_secs(10)),
+            "large" => sender.send_timeout(2, &vec![7u8; 100_000], Duration::from_secs(10)),
+            _ => sender.loan(100).and_then(|l| l.send_timeout(2, Duration::from_secs(10))),
+        };
+        assert!(matches!(r, Err(SendError::ReceiverDied { .. })), "{kind}: {r:?}");
+    }
+}
+
 /// A message taken before its mailbox was dropped can still be answered:
 /// its sender waits for the reply and gets it, and the connection ends
 /// then (a second reply to the same message is no message to answer);

@@ -801,7 +801,14 @@ impl Client {
             (None, _) => None,
         };
         let aux = if attach {
-            let bytes = self.link.send_aux(new_buffer, sections).map_err(Fail::Io)?;
+            let bytes = self.link.send_aux(new_buffer, sections).map_err(|e| match e.kind() {
+                // The receiver hung up (Linux: attachments go on the
+                // connection's socket).
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected => {
+                    Fail::PeerGone
+                }
+                _ => Fail::Io(e),
+            })?;
             Some((bytes, sections.len()))
         } else {
             None
