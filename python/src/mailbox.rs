@@ -101,7 +101,11 @@ fn send_with_sections(
     }
     let mut sender = copydata::Sender::connect_with(name, &options)?;
     let left = timeout.map(|t| t.saturating_sub(started.elapsed()));
-    sender.send_with_sections(tag, data, sections, left)
+    sender.send_with_sections(tag, data, sections, left).map_err(|e| match (e, timeout) {
+        // The whole timeout, not what was left of it after connecting.
+        (copydata::SendError::TimedOut { name, .. }, Some(timeout)) => copydata::SendError::TimedOut { name, timeout },
+        (e, _) => e,
+    })
 }
 
 /// A bound mailbox: other processes `send` to it by `name`.

@@ -199,9 +199,34 @@ pub fn one_line(e: &anyhow::Error) -> String {
     for cause in e.chain() {
         let s = cause.to_string();
         // Library errors often repeat their source in their own message.
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
+        if parts.iter().any(|p| p.contains(&s)) {
+            continue;
         }
+        // ... or only its words: "x: permission denied" then "Permission
+        // denied (os error 13)" reads "x: permission denied (os error 13)".
+        if let Some((words, code)) = s.split_once(" (os error ")
+            && let Some(last) = parts.last_mut()
+            && last.to_lowercase().ends_with(&words.to_lowercase())
+        {
+            last.push_str(&format!(" (os error {code}"));
+            continue;
+        }
+        parts.push(s);
     }
     parts.join(": ").replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_says_each_cause_once() {
+        let denied = anyhow::Error::new(io::Error::from_raw_os_error(13)).context("section \"x\": permission denied");
+        let text = one_line(&denied);
+        assert!(text.starts_with("section \"x\": permission denied (os error 13"), "{text}");
+        assert_eq!(text.matches("ermission denied").count(), 1, "{text}");
+        let missing = anyhow::Error::new(io::Error::from_raw_os_error(2)).context("reading f");
+        assert_eq!(one_line(&missing), format!("reading f: {}", io::Error::from_raw_os_error(2)));
+    }
 }
