@@ -216,12 +216,11 @@ pub fn one_line(e: &anyhow::Error) -> String {
     parts.join(": ").replace('\n', " ")
 }
 
-#[cfg(test)]
+// (Unix: the codes are errno values, whose texts the test knows.)
+#[cfg(all(test, unix))]
 mod tests {
     use super::*;
 
-    // (Unix: the codes are errno values, whose texts the test knows.)
-    #[cfg(unix)]
     #[test]
     fn one_line_says_each_cause_once() {
         let denied = anyhow::Error::new(io::Error::from_raw_os_error(13)).context("section \"x\": permission denied");
