@@ -106,6 +106,27 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
             say("sent", &n.to_string());
             Ok(())
         }
+        // Serves `args[0]` (code = tag) with every descriptor of the process
+        // in use, until told "free"; then until told "end".
+        #[cfg(target_os = "linux")]
+        "serve-starved" => {
+            use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+            let _server = Mailbox::bind(&args[0]).map_err(fail)?.serve(|m| Reply::code(m.tag() as i64));
+            let limit = getrlimit(Resource::Nofile);
+            setrlimit(Resource::Nofile, Rlimit { current: Some(256), ..limit }).map_err(fail)?;
+            let mut filler = Vec::new();
+            while let Ok(fd) = rustix::fs::open("/dev/null", rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty()) {
+                filler.push(fd);
+            }
+            say("ready", &filler.len().to_string());
+            if hear() != "free" {
+                return Err("expected free".into());
+            }
+            drop(filler);
+            say("freed", "");
+            hear();
+            Ok(())
+        }
         // Binds and holds `args[0]` until killed.
         "bind-hold" => {
             let _m = Mailbox::bind(&args[0]).map_err(fail)?;
@@ -236,6 +257,31 @@ fn eight_senders_times_a_thousand_messages() {
         s.wait_ok();
     }
     assert_eq!(stop_server(kid, &name), 8000 + 1);
+}
+
+/// A receiver that has run out of file descriptors refuses a sender with
+/// the reason at once, rather than leave it waiting in the listen queue
+/// until its timeout; once descriptors are free again, senders get in.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_receiver_out_of_descriptors_refuses_at_once() {
+    let name = unique("starved");
+    let mut kid = Kid::spawn("serve-starved", &[&name]);
+    kid.expect("ready");
+    for _ in 0..2 {
+        let started = Instant::now();
+        match copydata::send_timeout(&name, 1, b"x", Duration::from_secs(30)) {
+            Err(SendError::Refused { reason, .. }) => assert!(reason.contains("file descriptors"), "{reason}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(10), "refused after {took:?}");
+    }
+    kid.tell("free");
+    kid.expect("freed");
+    assert_eq!(copydata::send_timeout(&name, 7, b"x", Duration::from_secs(30)).unwrap().code, 7);
+    kid.tell("end");
+    kid.wait_ok();
 }
 
 #[test]

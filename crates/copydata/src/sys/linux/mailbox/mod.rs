@@ -533,6 +533,7 @@ impl Mailbox {
                     stop,
                     conns: Vec::new(),
                     pending: Vec::new(),
+                    spare: spare_fd(),
                 };
                 std::thread::Builder::new()
                     .name(format!("copydata-accept-{name}"))
@@ -588,6 +589,16 @@ struct Acceptor {
     /// deadline: set-up starts only once the hello is there, so a client
     /// that connects and says nothing holds up nobody.
     pending: Vec<Pending>,
+    /// A descriptor held in reserve: when the process has none left, the
+    /// acceptor gives this one up for an `accept` and refuses the sender
+    /// with the reason, rather than leave it in the listen queue until its
+    /// connect timeout.
+    spare: Option<OwnedFd>,
+}
+
+/// A descriptor to hold in reserve (`Acceptor::spare`).
+fn spare_fd() -> Option<OwnedFd> {
+    rfs::open("/dev/null", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()
 }
 
 /// A connection waiting for its sender's hello.
@@ -715,8 +726,30 @@ impl Acceptor {
         };
         let stream = match listener.accept() {
             Ok((s, _)) => s,
-            Err(e) if e.raw_os_error() == Some(Errno::MFILE.raw_os_error()) => {
-                std::thread::sleep(Duration::from_millis(10));
+            Err(e) if [Errno::MFILE, Errno::NFILE].iter().any(|n| e.raw_os_error() == Some(n.raw_os_error())) => {
+                // Out of descriptors: the sender would wait in the listen
+                // queue until its connect timeout. Give up the spare for
+                // one accept and tell it why instead (it reads the refusal
+                // before the hang-up, whether its hello was read or not).
+                match self.spare.take() {
+                    Some(spare) => {
+                        drop(spare);
+                        if let Ok((s, _)) = listener.accept() {
+                            let pid =
+                                rustix::net::sockopt::socket_peercred(&s).map_or(0, |c| c.pid.as_raw_nonzero().get());
+                            log::warn!(
+                                "mailbox {}: refused a connection from pid {pid}: out of descriptors ({e})",
+                                self.name
+                            );
+                            let reason = format!("the receiver has run out of file descriptors ({e})");
+                            let _ = Self::welcome(&s, SETUP_REFUSED, &reason, &[], 0);
+                        }
+                    }
+                    // No spare (it could not be taken back yet): look again
+                    // in a while rather than spin on the ready listener.
+                    None => std::thread::sleep(Duration::from_millis(10)),
+                }
+                self.spare = spare_fd();
                 return;
             }
             Err(_) => return,
