@@ -306,6 +306,15 @@ impl Section {
     /// reachable by its name or path, so whoever may open that may still get
     /// write access there.
     ///
+    /// On Linux, memory that no name or path reaches any more (a memfd made
+    /// by other code and wrapped with [`from_file`](Self::from_file), an
+    /// unlinked file) is sealed like an anonymous section, size included,
+    /// since a holder could otherwise reopen its read-only descriptor
+    /// writable through `/proc`. Where that is impossible (a memfd made
+    /// without `MFD_ALLOW_SEALING`, a file that is not a memfd) the call
+    /// fails with [`ReadOnlyError::Io`] of kind
+    /// [`Unsupported`](std::io::ErrorKind::Unsupported).
+    ///
     /// # Platform notes
     ///
     /// On Linux the write seal applies to the memory itself: after the first

@@ -620,6 +620,57 @@ fn read_only_hand_out_is_enforced_in_the_receiver() {
     eprintln!("refused in the receiver: {refused}");
 }
 
+/// A memfd made elsewhere (not by copydata, so without size seals) and
+/// wrapped with `from_file`: its read-only hand-out is sealed like an
+/// anonymous section's, since its holder could otherwise reopen it
+/// writable through `/proc`. One that cannot be sealed is refused, and so
+/// is an unlinked file.
+#[cfg(target_os = "linux")]
+#[test]
+fn read_only_hand_out_of_unlinked_memory_is_sealed_or_refused() {
+    use rustix::fs::{MemfdFlags, Mode, OFlags};
+    use std::fs::File;
+
+    let memfd = |flags: MemfdFlags| {
+        let fd = rustix::fs::memfd_create("copydata-test-foreign", flags | MemfdFlags::CLOEXEC).unwrap();
+        let file = File::from(fd);
+        file.set_len(64 * 1024).unwrap();
+        file
+    };
+    let sealable = memfd(MemfdFlags::ALLOW_SEALING);
+    let s = Section::from_file(&sealable, Access::ReadWrite).unwrap();
+    put(&s, 0, "version 1").unwrap();
+    let frozen = s.read_only().unwrap();
+    let mut kid = Kid::spawn_with("probe-read-only", &[], &[&frozen]);
+    assert_eq!(kid.expect("read"), "version 1");
+    kid.expect("refused");
+    put(&s, 0, "version 2").unwrap();
+    kid.tell("check");
+    assert_eq!(kid.expect("read"), "version 2");
+    kid.wait_ok();
+
+    let unsealable = memfd(MemfdFlags::empty());
+    let s = Section::from_file(&unsealable, Access::ReadWrite).unwrap();
+    let refused = s.read_only().unwrap_err().to_string();
+    assert!(refused.contains("cannot be sealed"), "{refused}");
+
+    let dir = std::env::temp_dir();
+    if let Ok(fd) = rustix::fs::open(&dir, OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC, Mode::RUSR | Mode::WUSR) {
+        let file = File::from(fd);
+        file.set_len(4096).unwrap();
+        let s = Section::from_file(&file, Access::ReadWrite).unwrap();
+        let refused = s.read_only().unwrap_err().to_string();
+        assert!(refused.contains("cannot be sealed"), "{refused}");
+    }
+    // A linked file stays reachable by its path (as documented): its
+    // read-only hand-out is a read-only descriptor, not refused.
+    let path = dir.join(unique("linked"));
+    std::fs::write(&path, [0u8; 4096]).unwrap();
+    let linked = Section::from_path(&path, Access::ReadWrite).unwrap();
+    assert_eq!(linked.read_only().unwrap().access(), Access::ReadOnly);
+    std::fs::remove_file(&path).unwrap();
+}
+
 fn probe_read_only() -> Result<(), String> {
     let sections = copydata::inherited_sections().map_err(fail)?;
     let s = &sections[0];

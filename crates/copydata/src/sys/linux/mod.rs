@@ -218,7 +218,12 @@ impl Section {
 
     pub(crate) fn read_only(&self) -> Result<Section, ReadOnlyError> {
         let io = |e: Errno| ReadOnlyError::Io(io_err(e));
-        if self.kind == Kind::Anonymous {
+        // Memory that no name or path reaches (an anonymous section, but
+        // also a memfd made elsewhere or an unlinked file): a holder of an
+        // `O_RDONLY` descriptor could reopen it writable through
+        // `/proc/self/fd`, so only a seal keeps the hand-out read-only.
+        let unlinked = self.kind == Kind::Anonymous || rfs::fstat(self.fd()).map_err(io)?.st_nlink == 0;
+        if unlinked {
             if self.access == Access::ReadWrite {
                 // Keep write access for this process before the seal forbids
                 // new writable mappings.
@@ -230,15 +235,30 @@ impl Section {
                     let _ = self.keeper.set(Arc::new(whole.0));
                 }
             }
-            match rfs::fcntl_add_seals(self.fd(), SealFlags::FUTURE_WRITE) {
+            let unsealable = || {
+                ReadOnlyError::Io(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the memory cannot be sealed against writes (a memfd made without sealing, or an unlinked \
+                     file), so a holder could reopen a read-only descriptor writable",
+                ))
+            };
+            // (An anonymous section has its size sealed from the start; a
+            // memfd made elsewhere gets that seal here too: its holders
+            // must not resize it under the others.)
+            match rfs::fcntl_add_seals(self.fd(), SealFlags::FUTURE_WRITE | SealFlags::SHRINK | SealFlags::GROW) {
                 // Already sealed (by an earlier hand-out, possibly elsewhere, or
-                // with F_SEAL_SEAL): fine as long as writes are sealed.
+                // with F_SEAL_SEAL), or held read-only here: fine as long as
+                // the seals are there.
                 Ok(()) | Err(Errno::PERM) => {}
+                // Not a memfd: seals are unknown to it.
+                Err(Errno::INVAL) => return Err(unsealable()),
                 Err(e) => return Err(io(e)),
             }
             let seals = rfs::fcntl_get_seals(self.fd()).map_err(io)?;
-            if !seals.intersects(SealFlags::FUTURE_WRITE | SealFlags::WRITE) {
-                return Err(ReadOnlyError::Io(io::Error::other("the memfd cannot be sealed against writes")));
+            if !seals.intersects(SealFlags::FUTURE_WRITE | SealFlags::WRITE)
+                || !seals.contains(SealFlags::SHRINK | SealFlags::GROW)
+            {
+                return Err(unsealable());
             }
         }
         let fd = reopen(self.fd(), Access::ReadOnly).map_err(io)?;
