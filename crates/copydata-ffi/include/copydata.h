@@ -68,6 +68,24 @@
 #define COPYDATA_READ_WRITE 1
 
 /**
+ * How both sides of a connection wait for each other: spin briefly, then
+ * sleep (the default; a quick answer costs no kernel wake-up).
+ */
+#define COPYDATA_WAIT_SPIN_THEN_PARK 0
+
+/**
+ * How both sides of a connection wait for each other: sleep at once (no
+ * CPU spent spinning; every hand-off costs a kernel wake-up).
+ */
+#define COPYDATA_WAIT_PARK 1
+
+/**
+ * The owner of a mailbox that is this process's own user's (for
+ * `copydata_sender_connect_with`).
+ */
+#define COPYDATA_OWN_USER 4294967295
+
+/**
  * The most sections one message carries (`copydata_sender_send_sections`).
  */
 #define COPYDATA_MAX_SECTIONS 16
@@ -874,6 +892,33 @@ copydata_status copydata_mailbox_bind_limit(const char *name,
                                             copydata_mailbox **out);
 
 /**
+ * As `copydata_mailbox_bind`, with the mailbox's options:
+ *
+ * - `max_payload`: the largest payload taken (as
+ *   `copydata_mailbox_bind_limit`); 0 for the default, 4 GiB.
+ * - `max_connections`: how many senders may be connected at once; one
+ *   more is refused at set-up (`COPYDATA_STATUS_REFUSED`, naming the
+ *   limit) and the connected ones are not disturbed. 0 for the default,
+ *   512.
+ * - `allow_uids`, `allow_count`: Linux: other users whose senders the
+ *   mailbox also takes (by default only its own user's); they reach it
+ *   with `copydata_sender_connect_with` naming this user as the owner.
+ *   Each connection's user is checked by the kernel. NULL and 0 for
+ *   none; ignored on Windows, where mailboxes are per login session.
+ *
+ * # Safety
+ *
+ * As `copydata_mailbox_bind`; `allow_uids` is NULL or points to
+ * `allow_count` readable `uint32_t`s.
+ */
+copydata_status copydata_mailbox_bind_with(const char *name,
+                                           uint64_t max_payload,
+                                           uint32_t max_connections,
+                                           const uint32_t *allow_uids,
+                                           size_t allow_count,
+                                           copydata_mailbox **out);
+
+/**
  * Waits at most `timeout_ms` (or, with `COPYDATA_INFINITE`, as long as it
  * takes) for the next message, and stores it in `*out`. The sender waits
  * until it is answered with `copydata_request_reply`,
@@ -1288,6 +1333,36 @@ void copydata_view_unmap(copydata_view *view);
 copydata_status copydata_sender_connect(const char *name,
                                         uint32_t timeout_ms,
                                         copydata_sender **out);
+
+/**
+ * As `copydata_sender_connect`, with the sender's options:
+ *
+ * - `timeout_ms`: the longest the set-up may take, now and on each
+ *   reconnection (`COPYDATA_INFINITE`: the default bound, 10 seconds).
+ * - `wait`: `COPYDATA_WAIT_SPIN_THEN_PARK` or `COPYDATA_WAIT_PARK`, for
+ *   both sides of the connection.
+ * - `max_reply`: the largest reply taken; a larger one fails the call
+ *   with `COPYDATA_STATUS_INCOMPATIBLE` before anything of it is copied,
+ *   and drops the connection. 0 for the default, 4 GiB.
+ * - `owner_uid`: Linux: the user whose mailbox it is, when another user
+ *   bound it and allowed this one in (`copydata_mailbox_bind_with`); the
+ *   connection is refused (`COPYDATA_STATUS_REFUSED`) unless the process
+ *   listening really runs as that user. `COPYDATA_OWN_USER` for this
+ *   user's mailbox; ignored on Windows.
+ *
+ * Fails as `copydata_sender_connect`, and with
+ * `COPYDATA_STATUS_INVALID_ARGUMENT` for an unknown `wait`.
+ *
+ * # Safety
+ *
+ * As `copydata_sender_connect`.
+ */
+copydata_status copydata_sender_connect_with(const char *name,
+                                             uint32_t timeout_ms,
+                                             uint32_t wait,
+                                             uint64_t max_reply,
+                                             uint32_t owner_uid,
+                                             copydata_sender **out);
 
 /**
  * Sends a message on the sender's connection and waits for its reply, as

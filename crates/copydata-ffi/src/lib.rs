@@ -156,11 +156,11 @@ pub use list::{
     copydata_section_remove,
 };
 pub use mailbox::{
-    COPYDATA_INFINITE, Mailbox, Request, copydata_mailbox_bind, copydata_mailbox_bind_limit, copydata_mailbox_close,
-    copydata_mailbox_recv, copydata_request_data, copydata_request_expects_reply, copydata_request_loan,
-    copydata_request_loan_reply, copydata_request_refuse, copydata_request_reply, copydata_request_reply_loan,
-    copydata_request_section_count, copydata_request_sender_pid, copydata_request_tag, copydata_request_take_section,
-    copydata_send, copydata_send_to_window,
+    COPYDATA_INFINITE, Mailbox, Request, copydata_mailbox_bind, copydata_mailbox_bind_limit,
+    copydata_mailbox_bind_with, copydata_mailbox_close, copydata_mailbox_recv, copydata_request_data,
+    copydata_request_expects_reply, copydata_request_loan, copydata_request_loan_reply, copydata_request_refuse,
+    copydata_request_reply, copydata_request_reply_loan, copydata_request_section_count, copydata_request_sender_pid,
+    copydata_request_tag, copydata_request_take_section, copydata_send, copydata_send_to_window,
 };
 pub use section::{
     COPYDATA_READ_ONLY, COPYDATA_READ_WRITE, Section, View, copydata_section_access, copydata_section_anonymous,
@@ -169,7 +169,8 @@ pub use section::{
     copydata_section_size, copydata_view_data, copydata_view_size, copydata_view_unmap,
 };
 pub use sender::{
-    COPYDATA_MAX_SECTIONS, Sender, copydata_sender_cancel_loan, copydata_sender_close, copydata_sender_connect,
+    COPYDATA_MAX_SECTIONS, COPYDATA_OWN_USER, COPYDATA_WAIT_PARK, COPYDATA_WAIT_SPIN_THEN_PARK, Sender,
+    copydata_sender_cancel_loan, copydata_sender_close, copydata_sender_connect, copydata_sender_connect_with,
     copydata_sender_flush, copydata_sender_loan, copydata_sender_post, copydata_sender_post_loan, copydata_sender_send,
     copydata_sender_send_loan, copydata_sender_send_sections,
 };

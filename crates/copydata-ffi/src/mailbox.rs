@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use crate::buffer;
 use crate::error::{
-    Error, Status, bytes_arg, clear_out, give_back, guard, guard_value, handle, handle_mut, opt_str_arg, out_arg,
-    str_arg,
+    Error, Status, array_arg, bytes_arg, clear_out, give_back, guard, guard_value, handle, handle_mut, opt_str_arg,
+    out_arg, str_arg,
 };
 
 /// A timeout that never expires (as `INFINITE` in Win32).
@@ -301,6 +301,61 @@ pub unsafe extern "C" fn copydata_mailbox_bind_limit(
         //   call (the contract).
         let name = unsafe { str_arg(name, "name") }?;
         let options = copydata::MailboxOptions::new().max_payload(max_payload);
+        let inner = copydata::Mailbox::bind_with(name, &options)?;
+        *out = Box::into_raw(Box::new(Mailbox { inner }));
+        Ok(())
+    })
+}
+
+/// As `copydata_mailbox_bind`, with the mailbox's options:
+///
+/// - `max_payload`: the largest payload taken (as
+///   `copydata_mailbox_bind_limit`); 0 for the default, 4 GiB.
+/// - `max_connections`: how many senders may be connected at once; one
+///   more is refused at set-up (`COPYDATA_STATUS_REFUSED`, naming the
+///   limit) and the connected ones are not disturbed. 0 for the default,
+///   512.
+/// - `allow_uids`, `allow_count`: Linux: other users whose senders the
+///   mailbox also takes (by default only its own user's); they reach it
+///   with `copydata_sender_connect_with` naming this user as the owner.
+///   Each connection's user is checked by the kernel. NULL and 0 for
+///   none; ignored on Windows, where mailboxes are per login session.
+///
+/// # Safety
+///
+/// As `copydata_mailbox_bind`; `allow_uids` is NULL or points to
+/// `allow_count` readable `uint32_t`s.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_mailbox_bind_with(
+    name: *const c_char,
+    max_payload: u64,
+    max_connections: u32,
+    allow_uids: *const u32,
+    allow_count: usize,
+    out: *mut *mut Mailbox,
+) -> Status {
+    guard(|| {
+        // SAFETY:
+        // - `out` is NULL or valid storage (this function's contract).
+        let out = unsafe { out_arg(out) }?;
+        // SAFETY:
+        // - `name` is NULL or a NUL-terminated string, read only during this
+        //   call (the contract).
+        let name = unsafe { str_arg(name, "name") }?;
+        // SAFETY:
+        // - `allow_uids` is NULL or points to `allow_count` readable items,
+        //   read only during this call (the contract).
+        let allowed = unsafe { array_arg(allow_uids, allow_count, "allow_uids") }?;
+        let mut options = copydata::MailboxOptions::new();
+        if max_payload != 0 {
+            options = options.max_payload(max_payload);
+        }
+        if max_connections != 0 {
+            options = options.max_connections(max_connections as usize);
+        }
+        for &uid in allowed {
+            options = options.allow_uid(uid);
+        }
         let inner = copydata::Mailbox::bind_with(name, &options)?;
         *out = Box::into_raw(Box::new(Mailbox { inner }));
         Ok(())

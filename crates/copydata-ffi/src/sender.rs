@@ -96,6 +96,79 @@ pub unsafe extern "C" fn copydata_sender_connect(
     })
 }
 
+/// How both sides of a connection wait for each other: spin briefly, then
+/// sleep (the default; a quick answer costs no kernel wake-up).
+pub const COPYDATA_WAIT_SPIN_THEN_PARK: u32 = 0;
+/// How both sides of a connection wait for each other: sleep at once (no
+/// CPU spent spinning; every hand-off costs a kernel wake-up).
+pub const COPYDATA_WAIT_PARK: u32 = 1;
+/// The owner of a mailbox that is this process's own user's (for
+/// `copydata_sender_connect_with`).
+pub const COPYDATA_OWN_USER: u32 = 0xFFFF_FFFF;
+
+/// As `copydata_sender_connect`, with the sender's options:
+///
+/// - `timeout_ms`: the longest the set-up may take, now and on each
+///   reconnection (`COPYDATA_INFINITE`: the default bound, 10 seconds).
+/// - `wait`: `COPYDATA_WAIT_SPIN_THEN_PARK` or `COPYDATA_WAIT_PARK`, for
+///   both sides of the connection.
+/// - `max_reply`: the largest reply taken; a larger one fails the call
+///   with `COPYDATA_STATUS_INCOMPATIBLE` before anything of it is copied,
+///   and drops the connection. 0 for the default, 4 GiB.
+/// - `owner_uid`: Linux: the user whose mailbox it is, when another user
+///   bound it and allowed this one in (`copydata_mailbox_bind_with`); the
+///   connection is refused (`COPYDATA_STATUS_REFUSED`) unless the process
+///   listening really runs as that user. `COPYDATA_OWN_USER` for this
+///   user's mailbox; ignored on Windows.
+///
+/// Fails as `copydata_sender_connect`, and with
+/// `COPYDATA_STATUS_INVALID_ARGUMENT` for an unknown `wait`.
+///
+/// # Safety
+///
+/// As `copydata_sender_connect`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_sender_connect_with(
+    name: *const c_char,
+    timeout_ms: u32,
+    wait: u32,
+    max_reply: u64,
+    owner_uid: u32,
+    out: *mut *mut Sender,
+) -> Status {
+    guard(|| {
+        // SAFETY:
+        // - `out` is NULL or valid storage (this function's contract).
+        let out = unsafe { out_arg(out) }?;
+        // SAFETY:
+        // - `name` is NULL or a NUL-terminated string, read only during this
+        //   call (the contract).
+        let name = unsafe { str_arg(name, "name") }?;
+        let wait = match wait {
+            COPYDATA_WAIT_SPIN_THEN_PARK => copydata::Wait::SpinThenPark,
+            COPYDATA_WAIT_PARK => copydata::Wait::Park,
+            other => {
+                return Err(Error::invalid(format!(
+                    "wait {other} is neither COPYDATA_WAIT_SPIN_THEN_PARK (0) nor COPYDATA_WAIT_PARK (1)"
+                )));
+            }
+        };
+        let mut options = copydata::SenderOptions::new().wait(wait);
+        if let Some(t) = timeout_arg(timeout_ms) {
+            options = options.connect_timeout(t);
+        }
+        if max_reply != 0 {
+            options = options.max_reply(max_reply);
+        }
+        if owner_uid != COPYDATA_OWN_USER {
+            options = options.owner(owner_uid);
+        }
+        let inner = copydata::Sender::connect_with(name, &options)?;
+        *out = Box::into_raw(Box::new(Sender::new(inner)));
+        Ok(())
+    })
+}
+
 /// Sends a message on the sender's connection and waits for its reply, as
 /// `copydata_send` does (same arguments after the sender, same outputs and
 /// failures). After `COPYDATA_STATUS_TIMED_OUT` the next call uses a new
@@ -484,6 +557,91 @@ mod tests {
                 }
             }
         })
+    }
+
+    /// `copydata_mailbox_bind_with` and `copydata_sender_connect_with`: a
+    /// mailbox limited to one connection refuses a second sender; a sender
+    /// in park mode talks to it; a sender's reply limit refuses a larger
+    /// reply; an unknown wait mode is refused; on Linux, another user's
+    /// mailbox that nobody has bound is not found.
+    #[test]
+    fn options_from_c() {
+        use crate::mailbox::{copydata_mailbox_bind_with, copydata_request_reply};
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        let name = unique("options");
+        let mut mailbox = null_mut();
+        let allowed = [4_000_000u32];
+        // SAFETY: a valid name, array and out storage.
+        let st = unsafe { copydata_mailbox_bind_with(name.as_ptr(), 0, 1, allowed.as_ptr(), 1, &mut mailbox) };
+        assert_eq!(st, Status::Ok, "{}", last());
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let server = std::thread::spawn({
+            let (mailbox, stop) = (mailbox as usize, stop.clone());
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let mut req = null_mut();
+                    // SAFETY: the mailbox stays open until this thread is
+                    // joined; each request is answered once.
+                    unsafe {
+                        if copydata_mailbox_recv(mailbox as *const Mailbox, 100, &mut req) == Status::Ok {
+                            let reply = c"12345678";
+                            assert_eq!(copydata_request_reply(req, 8, reply.as_ptr().cast(), 8), Status::Ok);
+                        }
+                    }
+                }
+            }
+        });
+        let connect = |wait: u32, max_reply: u64, owner: u32| {
+            let mut sender = null_mut();
+            // SAFETY: a valid name and out storage.
+            let st = unsafe { copydata_sender_connect_with(name.as_ptr(), 5000, wait, max_reply, owner, &mut sender) };
+            (st, sender)
+        };
+        let send = |sender: *mut Sender| {
+            let mut code = 0;
+            // SAFETY: a live sender used by this thread only; no outputs
+            // but the code.
+            let st = unsafe {
+                copydata_sender_send(sender, 1, c"x".as_ptr().cast(), 1, 5000, &mut code, null_mut(), null_mut())
+            };
+            (st, code)
+        };
+        let (st, parked) = connect(COPYDATA_WAIT_PARK, 0, COPYDATA_OWN_USER);
+        assert_eq!(st, Status::Ok, "{}", last());
+        assert_eq!(send(parked), (Status::Ok, 8), "{}", last());
+        // The limit of one connection.
+        let (st, second) = connect(COPYDATA_WAIT_SPIN_THEN_PARK, 0, COPYDATA_OWN_USER);
+        assert_eq!((st, second), (Status::Refused, null_mut()), "{}", last());
+        // SAFETY: closed once, not used afterwards.
+        unsafe { copydata_sender_close(parked) };
+        // A reply larger than the sender takes (once the receiver has seen
+        // the first connection go).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let limited = loop {
+            match connect(COPYDATA_WAIT_SPIN_THEN_PARK, 4, COPYDATA_OWN_USER) {
+                (Status::Ok, s) => break s,
+                (Status::Refused, _) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                (other, _) => panic!("{other:?}: {}", last()),
+            }
+        };
+        assert_eq!(send(limited).0, Status::Incompatible, "{}", last());
+        // SAFETY: closed once, not used afterwards.
+        unsafe { copydata_sender_close(limited) };
+        let (st, none) = connect(7, 0, COPYDATA_OWN_USER);
+        assert_eq!((st, none), (Status::InvalidArgument, null_mut()));
+        assert!(last().contains("wait 7"), "{}", last());
+        if cfg!(target_os = "linux") {
+            // Nobody of that user has bound the name.
+            let (st, none) = connect(COPYDATA_WAIT_SPIN_THEN_PARK, 0, 4_000_001);
+            assert_eq!((st, none), (Status::NotFound, null_mut()), "{}", last());
+        }
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap();
+        // SAFETY: closed once, no other user.
+        unsafe { copydata_mailbox_close(mailbox) };
     }
 
     #[test]
