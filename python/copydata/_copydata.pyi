@@ -61,7 +61,15 @@ class Sender:
     to Ctrl-C; after an interrupted or timed-out call the next one uses a
     new connection."""
 
-    def __new__(cls, name: str, timeout: float | None = None, *, max_reply: int | None = None) -> Sender: ...
+    def __new__(
+        cls,
+        name: str,
+        timeout: float | None = None,
+        *,
+        max_reply: int | None = None,
+        park: bool = False,
+        owner: int | None = None,
+    ) -> Sender: ...
     @property
     def name(self) -> str: ...
     @property
@@ -174,7 +182,14 @@ class Request:
 class Mailbox:
     """A bound mailbox; unbound by close() or at the end of a with block."""
 
-    def __new__(cls, name: str, *, max_payload: int | None = None) -> Mailbox: ...
+    def __new__(
+        cls,
+        name: str,
+        *,
+        max_payload: int | None = None,
+        max_connections: int | None = None,
+        allow_uids: Sequence[int] | None = None,
+    ) -> Mailbox: ...
     @property
     def name(self) -> str: ...
     @property

@@ -115,6 +115,10 @@ fn send_with_sections(
 /// `with` block) unbinds the name. Raises `AlreadyExists` while another live
 /// process has bound `name`. `max_payload` (bytes) bounds what senders may
 /// send; larger messages are refused before they are transferred.
+/// `max_connections` bounds how many senders may be connected at once (one
+/// more is refused; None: 512). `allow_uids` (Linux): other users whose
+/// senders the mailbox also takes (they connect with `Sender(name,
+/// owner=UID)`); by default only this user's.
 #[pyclass(frozen, module = "copydata", name = "Mailbox")]
 pub(crate) struct Mailbox {
     name: String,
@@ -132,11 +136,23 @@ impl Mailbox {
 #[pymethods]
 impl Mailbox {
     #[new]
-    #[pyo3(signature = (name, *, max_payload = None))]
-    fn new(py: Python<'_>, name: &str, max_payload: Option<u64>) -> PyResult<Mailbox> {
+    #[pyo3(signature = (name, *, max_payload = None, max_connections = None, allow_uids = None))]
+    fn new(
+        py: Python<'_>,
+        name: &str,
+        max_payload: Option<u64>,
+        max_connections: Option<usize>,
+        allow_uids: Option<Vec<u32>>,
+    ) -> PyResult<Mailbox> {
         let mut options = MailboxOptions::new();
         if let Some(max) = max_payload {
             options = options.max_payload(max);
+        }
+        if let Some(max) = max_connections {
+            options = options.max_connections(max);
+        }
+        for uid in allow_uids.unwrap_or_default() {
+            options = options.allow_uid(uid);
         }
         let mailbox =
             py.detach(|| copydata::Mailbox::bind_with(name, &options)).map_err(|e| errors::bind_error(py, e))?;

@@ -365,11 +365,30 @@ impl Sender {
     /// `NotFound`, `TimedOut`, `InvalidName`. `max_reply` bounds the size of
     /// the replies taken, in bytes (None: 4 GiB): a larger one fails the
     /// call with `ProtocolError` before anything of it is mapped or copied,
-    /// so a receiver cannot make this process allocate more.
+    /// so a receiver cannot make this process allocate more. `park=True`
+    /// makes both sides sleep at once rather than spin briefly (no CPU
+    /// spent spinning; each hand-off costs a kernel wake-up). `owner`
+    /// (Linux): the uid of the user whose mailbox it is, when another user
+    /// bound it and allowed this one in (`Mailbox(allow_uids=...)`); the
+    /// connection is refused unless the process listening really runs as
+    /// that user.
     #[new]
-    #[pyo3(signature = (name, timeout = None, *, max_reply = None))]
-    fn new(py: Python<'_>, name: &str, timeout: Option<f64>, max_reply: Option<u64>) -> PyResult<Sender> {
+    #[pyo3(signature = (name, timeout = None, *, max_reply = None, park = false, owner = None))]
+    fn new(
+        py: Python<'_>,
+        name: &str,
+        timeout: Option<f64>,
+        max_reply: Option<u64>,
+        park: bool,
+        owner: Option<u32>,
+    ) -> PyResult<Sender> {
         let mut options = SenderOptions::new();
+        if park {
+            options = options.wait(copydata::Wait::Park);
+        }
+        if let Some(uid) = owner {
+            options = options.owner(uid);
+        }
         if let Some(t) = timeout_arg(py, timeout)? {
             options = options.connect_timeout(t);
         }

@@ -2,6 +2,7 @@
 backpressure, timeouts, closing, and Ctrl-C."""
 
 import signal
+import sys
 import threading
 import time
 
@@ -289,3 +290,25 @@ def test_a_post_with_no_time_goes_out_when_there_is_room(serving, name):
             loan.post(timeout=0)
             sender.send(b"after", timeout=10.0)
     assert seen == [b"warm-up", b"a", b"b", b"after"]
+
+
+def test_sender_and_mailbox_options(name):
+    with copydata.Mailbox(name, max_connections=1, allow_uids=[4_000_000]) as mailbox:
+        thread = threading.Thread(target=mailbox.serve, args=(lambda tag, data: (tag, data),))
+        thread.start()
+        try:
+            # Both sides sleep at once: slower, but every call is answered.
+            with copydata.Sender(name, timeout=5.0, park=True) as parked:
+                for i in range(20):
+                    assert parked.send(b"p", tag=i, timeout=10.0) == (i, b"p")
+                # The mailbox takes one connection at a time.
+                with pytest.raises(copydata.Refused, match="limit"):
+                    copydata.Sender(name, timeout=5.0)
+        finally:
+            mailbox.close()
+            thread.join(10.0)
+    assert not thread.is_alive()
+    # Another user's mailbox of that name: nobody of that user bound it.
+    if sys.platform == "linux":
+        with pytest.raises(copydata.NotFound):
+            copydata.Sender(name, timeout=2.0, owner=4_000_001)
