@@ -23,6 +23,9 @@ enum Ask {
     /// The checksum of `len` bytes of the message's section `section`.
     Frame(Frame),
     Quit,
+    /// A request inside a request (a recursive type): answered as the
+    /// innermost one.
+    Nest(Box<Ask>),
 }
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
@@ -76,6 +79,7 @@ fn answer(ask: &Ask, message: &copydata::Message, notes: &std::sync::Mutex<(u32,
             None => TypedReply::new(-1, Answer::NoSuchSection(f.section)),
         },
         Ask::Quit => TypedReply::new(6, Answer::Bye),
+        Ask::Nest(inner) => answer(inner, message, notes),
     }
 }
 
@@ -192,6 +196,16 @@ fn garbage_is_refused_with_the_decode_failure_and_serving_goes_on() {
     let mut wrong = TypedSender::<(u64, String), Answer>::new(raw);
     let reason = typed_refused(wrong.send_timeout(&(99, "x".into()), T));
     assert!(reason.contains("is not a valid"), "{reason}");
+    // A value nested deeper than any stack holds (one byte a level, the
+    // `Nest` variant's number): refused, not a crash; a few levels are fine.
+    let nest = postcard::to_stdvec(&Ask::Nest(Box::new(Ask::Notes))).unwrap()[0];
+    let mut deep = vec![nest; 200_000];
+    deep.extend(postcard::to_stdvec(&Ask::Notes).unwrap());
+    let reason = refused(wrong.get_mut().send_timeout(TAG, &deep, T));
+    assert!(reason.ends_with("nests deeper than 128 levels"), "{reason}");
+    let shallow = Ask::Nest(Box::new(Ask::Nest(Box::new(Ask::Echo("nested".into())))));
+    let reply = wrong.get_mut().send_timeout(TAG, &postcard::to_stdvec(&shallow).unwrap(), T).unwrap();
+    assert_eq!(reply.code, 1);
     // Posted garbage is dropped (and logged) by the receiver; nothing counts it.
     let mut raw = wrong.into_inner();
     raw.post(TAG, &[0xff; 3]).unwrap();

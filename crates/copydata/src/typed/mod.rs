@@ -68,6 +68,12 @@
 //! was wrong, and the mailbox goes on serving the next message. A reply that
 //! is not a valid `Resp` gives the sender [`TypedSendError::Decode`].
 //!
+//! Neither does a peer's value that nests a recursive type (a tree, a
+//! linked list) deeper than the decoding thread's stack allows: a value is
+//! decoded at most [`MAX_DEPTH`] (128) levels deep, each sequence, map,
+//! struct, enum variant, option and newtype counting one, and a deeper one
+//! is refused like other bad input.
+//!
 //! # Sections beside a typed message
 //!
 //! Sections travel beside the encoded value as they do beside bytes
@@ -108,7 +114,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod depth;
+
 use std::any::type_name;
+use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
@@ -121,6 +130,9 @@ use serde::de::DeserializeOwned;
 use crate::error::{RecvError, ReplyError, SendError};
 use crate::mailbox::{Mailbox, Message, Peer, Reply, Request, Sender, SenderOptions, Server};
 use crate::section::Section;
+
+pub use self::depth::MAX_DEPTH;
+use self::depth::{Bounded, Limit};
 
 /// The tag of every typed message: the bytes `postcard` as a big-endian
 /// number (`0x706f_7374_6361_7264`).
@@ -173,6 +185,8 @@ pub struct DecodeError {
 enum DecodeKind {
     Format(postcard::Error),
     LeftOver(usize),
+    /// Nested deeper than [`MAX_DEPTH`].
+    TooDeep,
 }
 
 impl DecodeError {
@@ -193,6 +207,7 @@ impl fmt::Display for DecodeError {
         match &self.kind {
             DecodeKind::Format(e) => write!(f, "{e}"),
             DecodeKind::LeftOver(n) => write!(f, "{n} bytes left over after the value"),
+            DecodeKind::TooDeep => write!(f, "it nests deeper than {MAX_DEPTH} levels"),
         }
     }
 }
@@ -201,7 +216,7 @@ impl std::error::Error for DecodeError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
             DecodeKind::Format(e) => Some(e),
-            DecodeKind::LeftOver(_) => None,
+            DecodeKind::LeftOver(_) | DecodeKind::TooDeep => None,
         }
     }
 }
@@ -323,22 +338,34 @@ fn encode<T: Serialize + ?Sized>(what: &'static str, value: &T) -> Result<Vec<u8
 }
 
 /// Decodes all of `bytes` as one `T` (bytes left over are an error: they
-/// mean the two sides disagree on the type).
+/// mean the two sides disagree on the type), nested at most [`MAX_DEPTH`]
+/// levels deep.
 fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, DecodeError> {
     let error = |kind| DecodeError { what, type_name: type_name::<T>(), len: bytes.len(), kind };
-    match postcard::take_from_bytes::<T>(bytes) {
-        Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(error(DecodeKind::LeftOver(rest.len()))),
+    let hit = Cell::new(false);
+    let mut de = postcard::Deserializer::from_bytes(bytes);
+    match T::deserialize(Bounded { inner: &mut de, limit: Limit::new(&hit) }) {
+        Ok(value) => match de.finalize() {
+            Ok([]) => Ok(value),
+            Ok(rest) => Err(error(DecodeKind::LeftOver(rest.len()))),
+            Err(e) => Err(error(DecodeKind::Format(e))),
+        },
+        Err(_) if hit.get() => Err(error(DecodeKind::TooDeep)),
         Err(e) => Err(error(DecodeKind::Format(e))),
     }
 }
 
-/// The bytes of a message or reply: its payload, or its loan copied out
-/// (a loan's memory could still change under the decoder).
-fn with_bytes<R>(payload: &[u8], loan: Option<&crate::LoanView>, f: impl FnOnce(&[u8]) -> R) -> R {
+/// Decodes a message's or reply's bytes: its payload, or its loan copied
+/// out once (a loan's memory could still change under the decoder; the
+/// payload as a slice would be a second copy, kept with the message).
+fn decode_payload<T: DeserializeOwned>(
+    what: &'static str,
+    payload: &crate::Payload,
+    loan: Option<&crate::LoanView>,
+) -> Result<T, DecodeError> {
     match loan {
-        Some(loan) => f(&loan.to_vec()),
-        None => f(payload),
+        Some(loan) => decode(what, &loan.to_vec()),
+        None => decode(what, payload),
     }
 }
 
@@ -346,7 +373,7 @@ fn decode_request<Req: DeserializeOwned>(message: &Message) -> Result<Req, Typed
     if message.tag() != TAG {
         return Err(TypedRecvError::NotTyped { tag: message.tag(), sender: message.sender() });
     }
-    with_bytes(message.payload(), message.loan(), |bytes| decode("the request", bytes))
+    decode_payload("the request", message.payload(), message.loan())
         .map_err(|source| TypedRecvError::Decode { sender: message.sender(), source })
 }
 
@@ -443,7 +470,7 @@ where
         let data = encode("the request", request).map_err(TypedSendError::Encode)?;
         let reply = self.sender.send_with_sections(TAG, &data, sections, timeout).map_err(TypedSendError::Send)?;
         let code = reply.code;
-        match with_bytes(&reply.data, reply.loan(), |bytes| decode("the reply", bytes)) {
+        match decode_payload("the reply", &reply.data, reply.loan()) {
             Ok(value) => Ok(TypedReply { code, value }),
             Err(source) => Err(TypedSendError::Decode { name: self.sender.name().to_string(), code, source }),
         }
@@ -645,6 +672,41 @@ mod tests {
         let e = decode::<(u64, u64, u64)>("the request", &[0xff]).unwrap_err();
         assert!(matches!(e.kind, DecodeKind::Format(_)), "{e}");
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    /// A recursive type, as a peer could nest it.
+    #[derive(Serialize, serde::Deserialize, Debug, PartialEq)]
+    enum Tree {
+        Leaf,
+        Node(Box<Tree>),
+        Pair(Option<Box<Tree>>, Vec<Tree>),
+    }
+
+    fn nested(depth: usize) -> Tree {
+        (0..depth).fold(Tree::Leaf, |t, i| if i % 2 == 0 { Tree::Node(Box::new(t)) } else { Tree::Pair(None, vec![t]) })
+    }
+
+    #[test]
+    fn a_value_nested_too_deep_is_a_decode_error_not_a_stack_overflow() {
+        // Within the bound (a `Pair` level nests twice: the enum and its
+        // vector), every kind of level decodes.
+        let ok = Tree::Pair(Some(Box::new(nested(40))), vec![Tree::Leaf, nested(20)]);
+        let bytes = encode("v", &ok).unwrap();
+        assert_eq!(decode::<Tree>("v", &bytes).unwrap(), ok);
+        // A `Node` level is one byte: a megabyte of them would overflow any
+        // thread's stack without the bound.
+        let mut deep = vec![1u8; 1 << 20];
+        deep.push(0);
+        let e = decode::<Tree>("the request", &deep).unwrap_err();
+        assert!(matches!(e.kind, DecodeKind::TooDeep), "{e}");
+        assert!(e.to_string().ends_with("it nests deeper than 128 levels"), "{e}");
+        // Just past the bound, and just within.
+        let mut edge = vec![1u8; MAX_DEPTH];
+        edge.push(0);
+        assert!(matches!(decode::<Tree>("v", &edge).unwrap_err().kind, DecodeKind::TooDeep));
+        edge.truncate(MAX_DEPTH - 2);
+        edge.push(0);
+        assert!(decode::<Tree>("v", &edge).is_ok());
     }
 
     #[test]
