@@ -123,6 +123,18 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
             Ok(())
         }
         "probe-read-only" => probe_read_only(),
+        // Makes read-only hand-outs of each inherited section and reads
+        // them.
+        "read-only-again" => {
+            let sections = copydata::inherited_sections().map_err(fail)?;
+            let mut seen = Vec::new();
+            for s in &sections {
+                let ro = s.read_only().map_err(fail)?;
+                seen.push(format!("{:?}:{}", ro.access(), text_at(&ro, 0, 64)?));
+            }
+            say("seen", &seen.join(","));
+            Ok(())
+        }
         // Takes its sections, then drops them when told `drop` (or keeps
         // them on `keep`), and exits when told `exit`.
         "take-then-told" => {
@@ -669,6 +681,20 @@ fn read_only_hand_out_of_unlinked_memory_is_sealed_or_refused() {
     let linked = Section::from_path(&path, Access::ReadWrite).unwrap();
     assert_eq!(linked.read_only().unwrap().access(), Access::ReadOnly);
     std::fs::remove_file(&path).unwrap();
+}
+
+/// A section already handed out read-only (so sealed against new writable
+/// mappings), passed writable to a child together with that hand-out, as
+/// the `CommandExt` docs show: the child can make read-only hand-outs of
+/// both.
+#[test]
+fn a_sealed_section_can_be_handed_out_read_only_again() {
+    let s = Section::anonymous(4096).unwrap();
+    put(&s, 0, "sealed").unwrap();
+    let frozen = s.read_only().unwrap();
+    let mut kid = Kid::spawn_with("read-only-again", &[], &[&s, &frozen]);
+    assert_eq!(kid.expect("seen"), "ReadOnly:sealed,ReadOnly:sealed");
+    kid.wait_ok();
 }
 
 fn probe_read_only() -> Result<(), String> {

@@ -224,7 +224,12 @@ impl Section {
         // `/proc/self/fd`, so only a seal keeps the hand-out read-only.
         let unlinked = self.kind == Kind::Anonymous || rfs::fstat(self.fd()).map_err(io)?.st_nlink == 0;
         if unlinked {
-            if self.access == Access::ReadWrite {
+            // Already sealed against writes (an earlier hand-out, here or in
+            // another process): no new writable mapping can be made, nor
+            // needs keeping.
+            let sealed = rfs::fcntl_get_seals(self.fd())
+                .is_ok_and(|s| s.intersects(SealFlags::FUTURE_WRITE | SealFlags::WRITE));
+            if self.access == Access::ReadWrite && !sealed {
                 // Keep write access for this process before the seal forbids
                 // new writable mappings.
                 if self.keeper.get().is_none() {
