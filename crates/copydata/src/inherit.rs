@@ -66,6 +66,11 @@ pub trait CommandExt {
     /// on the command line". Linux: in the forked child, duplicates of the
     /// descriptors have `FD_CLOEXEC` cleared (`fcntl(F_SETFD)`) before
     /// `execve`.
+    ///
+    /// The sections reach only the child of this call: a later spawn of
+    /// the same `Command` (with other sections, or a plain `spawn`) passes
+    /// none of them, nor the token (it is removed from the command's
+    /// environment once the child is started).
     #[doc(alias = "CreateProcessW")]
     #[doc(alias = "bInheritHandles")]
     #[doc(alias = "HANDLE_FLAG_INHERIT")]

@@ -123,6 +123,26 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
             Ok(())
         }
         "probe-read-only" => probe_read_only(),
+        // Says how many memfds it inherited (Linux), then what its
+        // inherited sections hold.
+        "what-came" => {
+            #[cfg(target_os = "linux")]
+            let open = std::fs::read_dir("/proc/self/fd")
+                .map_err(fail)?
+                .filter_map(|e| e.ok())
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|p| p.to_string_lossy().starts_with("/memfd:")))
+                .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+                // SAFETY: only asks for the descriptor's flags.
+                .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } == 0)
+                .count();
+            #[cfg(not(target_os = "linux"))]
+            let open = 0;
+            let sections = copydata::inherited_sections().map_err(fail)?;
+            let texts = sections.iter().map(|s| text_at(s, 0, 64)).collect::<Result<Vec<_>, _>>()?.join(",");
+            let texts = if sections.is_empty() { "none".to_string() } else { texts };
+            say("came", &format!("{open} {texts}"));
+            Ok(())
+        }
         // Makes read-only hand-outs of each inherited section and reads
         // them.
         "read-only-again" => {
@@ -694,6 +714,28 @@ fn a_sealed_section_can_be_handed_out_read_only_again() {
     let frozen = s.read_only().unwrap();
     let mut kid = Kid::spawn_with("read-only-again", &[], &[&s, &frozen]);
     assert_eq!(kid.expect("seen"), "ReadOnly:sealed,ReadOnly:sealed");
+    kid.wait_ok();
+}
+
+/// One Command spawned twice: each child gets the sections of its own
+/// spawn only, and a plain spawn after them gets none (nor the token).
+#[test]
+fn a_command_spawned_again_passes_only_the_new_sections() {
+    use copydata::CommandExt;
+    let (secret, public) = (Section::anonymous(4096).unwrap(), Section::anonymous(4096).unwrap());
+    put(&secret, 0, "secret").unwrap();
+    put(&public, 0, "public").unwrap();
+    let public = public.read_only().unwrap();
+    let mut cmd = common::child_command("what-came", &[]);
+    let linux = cfg!(target_os = "linux");
+    for (sections, expect) in [(vec![&secret], "secret"), (vec![&public], "public")] {
+        let mut kid = Kid::adopt(cmd.spawn_with_sections(&sections).unwrap(), "what-came");
+        let passed = if linux { 1 } else { 0 };
+        assert_eq!(kid.expect("came"), format!("{passed} {expect}"));
+        kid.wait_ok();
+    }
+    let mut kid = Kid::adopt(cmd.spawn().unwrap(), "what-came");
+    assert_eq!(kid.expect("came"), "0 none");
     kid.wait_ok();
 }
 

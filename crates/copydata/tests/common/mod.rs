@@ -122,7 +122,7 @@ impl Kid {
 
     pub fn start(mut cmd: Command, role: &str, sections: &[&Section]) -> Kid {
         let mut attempt = 0;
-        let mut child = loop {
+        let child = loop {
             let spawned = if sections.is_empty() { cmd.spawn() } else { cmd.spawn_with_sections(sections) };
             match spawned {
                 Ok(child) => break child,
@@ -136,6 +136,12 @@ impl Kid {
                 Err(e) => panic!("spawning a child ({role}, {} sections): {e:?}", sections.len()),
             }
         };
+        Kid::adopt(child, role)
+    }
+
+    /// A child already spawned (with piped stdin and stdout, as
+    /// [`child_command`] sets them).
+    pub fn adopt(mut child: Child, role: &str) -> Kid {
         let stdout = child.stdout.take().expect("piped stdout");
         let stdin = child.stdin.take();
         let (tx, rx) = channel();

@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs as rfs;
 use rustix::io::{FdFlags, fcntl_getfd, fcntl_setfd};
@@ -43,28 +44,41 @@ pub(crate) fn prepare_inheritance(sections: &[(&Section, Option<&Name>)]) -> io:
 pub(crate) fn spawn_with_sections(cmd: &mut Command, sections: &[(&Section, Option<&Name>)]) -> io::Result<Child> {
     let (fds, token) = prepare_inheritance(sections)?;
     cmd.env(crate::INHERIT_VAR, token);
-    // The descriptors must stay open for as long as the Command may spawn
-    // (the hook runs at every spawn), so the closure owns them.
-    let fds = Arc::new(fds);
+    // The hook stays on the Command and runs at each of its later spawns
+    // too (std has no way to remove it): it acts only while `armed`, which
+    // is this spawn, so a later child of the same Command gets none of
+    // these descriptors (closed by then anyway).
+    let armed = Arc::new(AtomicBool::new(true));
     let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
-    let hook = move || {
-        let _keep = &fds;
-        for &fd in &raw {
-            // SAFETY: `fd` is open in the child (see below) and only its
-            // flags change.
-            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            fcntl_setfd(fd, FdFlags::empty())?;
+    let hook = {
+        let armed = armed.clone();
+        move || {
+            if !armed.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            for &fd in &raw {
+                // SAFETY: `fd` is open in the child (see below) and only
+                // its flags change.
+                let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+                fcntl_setfd(fd, FdFlags::empty())?;
+            }
+            Ok(())
         }
-        Ok(())
     };
     // SAFETY:
-    // - the hook runs in the forked child before exec; it only calls fcntl,
-    //   which is async-signal-safe, and allocates nothing (`raw` was built
-    //   before the fork and is only read);
-    // - the descriptors it touches are open in the child: they were open in
-    //   the parent at fork time, owned by `fds`, which the closure keeps alive.
+    // - the hook runs in the forked child before exec; it only loads an
+    //   atomic and calls fcntl, which are async-signal-safe, and allocates
+    //   nothing (`raw` was built before the fork and is only read);
+    // - while it is armed (this spawn only: disarmed below, before `fds`
+    //   closes them) the descriptors it touches are open in the child: they
+    //   were open in the parent at fork time.
     unsafe { cmd.pre_exec(hook) };
-    cmd.spawn()
+    let child = cmd.spawn();
+    armed.store(false, Ordering::Release);
+    drop(fds);
+    // Nor does a later child get the token.
+    cmd.env_remove(crate::INHERIT_VAR);
+    child
 }
 
 pub(crate) fn take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>, InheritError> {

@@ -227,8 +227,8 @@ impl Section {
             // Already sealed against writes (an earlier hand-out, here or in
             // another process): no new writable mapping can be made, nor
             // needs keeping.
-            let sealed = rfs::fcntl_get_seals(self.fd())
-                .is_ok_and(|s| s.intersects(SealFlags::FUTURE_WRITE | SealFlags::WRITE));
+            let sealed =
+                rfs::fcntl_get_seals(self.fd()).is_ok_and(|s| s.intersects(SealFlags::FUTURE_WRITE | SealFlags::WRITE));
             if self.access == Access::ReadWrite && !sealed {
                 // Keep write access for this process before the seal forbids
                 // new writable mappings.

@@ -45,6 +45,9 @@ pub(crate) fn spawn_with_sections(cmd: &mut Command, sections: &[(&Section, Opti
     // stop being inheritable when they are closed right after.
     let child = cmd.spawn();
     drop(dups);
+    // A later child of the same Command gets neither the handles (closed)
+    // nor the token.
+    cmd.env_remove(crate::INHERIT_VAR);
     child
 }
 
