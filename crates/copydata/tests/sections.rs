@@ -98,8 +98,9 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
             drop(s);
             Ok(())
         }
-        // Takes the inherited sections (the token's last entry is stale),
-        // then reports whether the first entry's descriptor is still open.
+        // Takes the inherited sections (one of the token's entries is
+        // stale), then reports whether each entry's descriptor is still
+        // open.
         #[cfg(target_os = "linux")]
         "take-stale-then-look" => {
             let took = match copydata::inherited_sections() {
@@ -107,11 +108,15 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
                 other => format!("{other:?}"),
             };
             let token = std::env::var(copydata::INHERIT_VAR).map_err(fail)?;
-            let first = token.split([';', ':']).nth(1).ok_or("no entry")?;
-            let fd: i32 = first.parse().map_err(fail)?;
-            // SAFETY: only asks for the descriptor's flags.
-            let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
-            say("took", &format!("{took} {}", if open { "open" } else { "closed" }));
+            let (_, entries) = token.split_once(';').ok_or("no entries")?;
+            let mut seen = Vec::new();
+            for entry in entries.split(',') {
+                let fd: i32 = entry.split(':').next().ok_or("no descriptor")?.parse().map_err(fail)?;
+                // SAFETY: only asks for the descriptor's flags.
+                let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
+                seen.push(if open { "open" } else { "closed" });
+            }
+            say("took", &format!("{took} {}", seen.join(",")));
             Ok(())
         }
         "take-then-spawn" => {
@@ -629,7 +634,23 @@ fn a_stale_entry_leaves_no_earlier_descriptor_open() {
     let mut cmd = command_inheriting("take-stale-then-look", &passed);
     cmd.env(copydata::INHERIT_VAR, format!("{},1000:1:2", passed.token()));
     let mut kid = common::Kid::start(cmd, "take-stale-then-look", &[]);
-    assert_eq!(kid.expect("took"), "stale closed");
+    assert_eq!(kid.expect("took"), "stale closed,closed");
+    kid.wait_ok();
+}
+
+/// A token whose first entry is stale: the descriptors of the entries
+/// after it, which nothing could take any more, are closed too, not left
+/// open (and inheritable) in the child.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_stale_entry_leaves_no_later_descriptor_open() {
+    let (a, b) = (Section::anonymous(4096).unwrap(), Section::anonymous(4096).unwrap());
+    let passed = copydata::Inheritance::new(&[&a, &b]).unwrap();
+    let mut cmd = command_inheriting("take-stale-then-look", &passed);
+    let (version, entries) = passed.token().split_once(';').unwrap();
+    cmd.env(copydata::INHERIT_VAR, format!("{version};1000:1:2,{entries}"));
+    let mut kid = common::Kid::start(cmd, "take-stale-then-look", &[]);
+    assert_eq!(kid.expect("took"), "stale closed,closed,closed");
     kid.wait_ok();
 }
 

@@ -81,47 +81,64 @@ pub(crate) fn spawn_with_sections(cmd: &mut Command, sections: &[(&Section, Opti
     child
 }
 
+/// Takes the descriptor an entry (`FD:DEV:INO`) names, once it is checked
+/// to be inheritable and open on that object, and makes it close-on-exec.
+fn take_one(fields: &[&str]) -> Result<OwnedFd, InheritError> {
+    let fd: RawFd = number(fields[0], "descriptor")?;
+    let dev: u64 = number(fields[1], "device")?;
+    let ino: u64 = number(fields[2], "inode")?;
+    if fd < 3 {
+        return Err(InheritError::malformed(format!("descriptor {fd} is a standard stream")));
+    }
+    // SAFETY: only inspected (flags and status), not owned, while it is not
+    // yet known to be ours; an fd that is not open makes the calls fail with
+    // EBADF.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let inheritable = fcntl_getfd(borrowed).map(|f| !f.contains(FdFlags::CLOEXEC));
+    match (inheritable, rfs::fstat(borrowed)) {
+        (Ok(true), Ok(st)) if st.st_dev == dev && st.st_ino == ino => {
+            // Sections are memfds, /dev/shm objects and files: regular files
+            // all. A pipe or socket is no memory to map (and not taken).
+            let kind = rfs::FileType::from_raw_mode(st.st_mode);
+            if kind != rfs::FileType::RegularFile {
+                return Err(InheritError::malformed(format!("descriptor {fd} is a {kind:?}, not a section")));
+            }
+            // SAFETY:
+            // - the descriptor was inherited across exec (it is open and not
+            //   close-on-exec, checked above) and refers to the object the
+            //   parent named (device and inode checked);
+            // - nothing else in this process owns it: std opens no inherited
+            //   descriptors, `inherited_sections` hands the token out once,
+            //   and an entry naming it again finds it close-on-exec (set
+            //   next) and fails above.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            fcntl_setfd(&fd, FdFlags::CLOEXEC).map_err(|e| InheritError::Io(e.into()))?;
+            Ok(fd)
+        }
+        _ => Err(InheritError::stale(format!("descriptor {fd} is not the section the parent passed"))),
+    }
+}
+
 pub(crate) fn take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>, InheritError> {
     let io = |e: rustix::io::Errno| InheritError::Io(e.into());
     // Each descriptor is owned, and made close-on-exec, as soon as it is
     // checked: when a later entry fails, the ones taken so far are closed
     // rather than left open and inheritable, and a descriptor named twice
     // is found close-on-exec the second time (stale), never owned twice.
-    let mut checked: Vec<(OwnedFd, Option<Name>)> = Vec::new();
-    for e in inherit::decode(token)? {
-        let fd: RawFd = number(e.fields[0], "descriptor")?;
-        let dev: u64 = number(e.fields[1], "device")?;
-        let ino: u64 = number(e.fields[2], "inode")?;
-        if fd < 3 {
-            return Err(InheritError::malformed(format!("descriptor {fd} is a standard stream")));
-        }
-        // SAFETY: only inspected (flags and status), not owned, while it is
-        // not yet known to be ours; an fd that is not open makes the calls
-        // fail with EBADF.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        let inheritable = fcntl_getfd(borrowed).map(|f| !f.contains(FdFlags::CLOEXEC));
-        match (inheritable, rfs::fstat(borrowed)) {
-            (Ok(true), Ok(st)) if st.st_dev == dev && st.st_ino == ino => {
-                // Sections are memfds, /dev/shm objects and files: regular
-                // files all. A pipe or socket is no memory to map (and not
-                // taken).
-                let kind = rfs::FileType::from_raw_mode(st.st_mode);
-                if kind != rfs::FileType::RegularFile {
-                    return Err(InheritError::malformed(format!("descriptor {fd} is a {kind:?}, not a section")));
+    // The entries after a failed one that check out are closed too: the
+    // sections can be taken only once, so nothing could take them later,
+    // and they would pass on to this process's own children.
+    let entries = inherit::decode(token)?;
+    let mut checked: Vec<(OwnedFd, Option<Name>)> = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        match take_one(&e.fields) {
+            Ok(fd) => checked.push((fd, e.name.clone())),
+            Err(err) => {
+                for rest in &entries[i + 1..] {
+                    drop(take_one(&rest.fields));
                 }
-                // SAFETY:
-                // - the descriptor was inherited across exec (it is open and
-                //   not close-on-exec, checked above) and refers to the
-                //   object the parent named (device and inode checked);
-                // - nothing else in this process owns it: std opens no
-                //   inherited descriptors, `inherited_sections` hands the
-                //   token out once, and an entry naming it again finds it
-                //   close-on-exec (set next) and fails above.
-                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                fcntl_setfd(&fd, FdFlags::CLOEXEC).map_err(io)?;
-                checked.push((fd, e.name));
+                return Err(err);
             }
-            _ => return Err(InheritError::stale(format!("descriptor {fd} is not the section the parent passed"))),
         }
     }
     let mut out = Vec::with_capacity(checked.len());

@@ -51,41 +51,58 @@ pub(crate) fn spawn_with_sections(cmd: &mut Command, sections: &[(&Section, Opti
     child
 }
 
+/// Takes the handle an entry (`HANDLE:SIZE:ACCESS`) names, once it is
+/// checked to be an inheritable section of that size, and makes it
+/// non-inheritable.
+fn take_one(fields: &[&str]) -> Result<(OwnedHandle, u64, Access), InheritError> {
+    let handle: usize = number(fields[0], "handle")?;
+    let len: u64 = number(fields[1], "size")?;
+    let access = match fields[2] {
+        "r" => Access::ReadOnly,
+        "w" => Access::ReadWrite,
+        other => return Err(InheritError::malformed(format!("bad access {other:?}"))),
+    };
+    let h = handle as HANDLE;
+    let mut flags = 0u32;
+    // SAFETY: only queries the handle's flags; an invalid value fails.
+    let valid = unsafe { GetHandleInformation(h, &mut flags) } != 0;
+    if !valid || flags & HANDLE_FLAG_INHERIT == 0 || !foreign_section_size(h).is_ok_and(|size| size_matches(len, size))
+    {
+        return Err(InheritError::stale(format!("handle {handle:#x} is not the section the parent passed")));
+    }
+    // SAFETY:
+    // - the handle was inherited (valid, with the inherit flag) and is a
+    //   section of the announced size (checked above);
+    // - nothing else in this process owns it: `inherited_sections` hands the
+    //   token out once, and an entry naming it again finds its inherit flag
+    //   cleared (next) and fails above.
+    let owned = unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) };
+    // Stop passing it on to this process's own children.
+    // SAFETY: `handle` is valid; only its inherit flag changes.
+    if unsafe { SetHandleInformation(handle as HANDLE, HANDLE_FLAG_INHERIT, 0) } == 0 {
+        return Err(InheritError::Io(io::Error::last_os_error()));
+    }
+    Ok((owned, len, access))
+}
+
 pub(crate) fn take_inherited(token: &str) -> Result<Vec<(Section, Option<Name>)>, InheritError> {
-    let mut checked = Vec::new();
-    for e in inherit::decode(token)? {
-        let handle: usize = number(e.fields[0], "handle")?;
-        let len: u64 = number(e.fields[1], "size")?;
-        let access = match e.fields[2] {
-            "r" => Access::ReadOnly,
-            "w" => Access::ReadWrite,
-            other => return Err(InheritError::malformed(format!("bad access {other:?}"))),
-        };
-        let h = handle as HANDLE;
-        let mut flags = 0u32;
-        // SAFETY: only queries the handle's flags; an invalid value fails.
-        let valid = unsafe { GetHandleInformation(h, &mut flags) } != 0;
-        if !valid
-            || flags & HANDLE_FLAG_INHERIT == 0
-            || !foreign_section_size(h).is_ok_and(|size| size_matches(len, size))
-        {
-            return Err(InheritError::stale(format!("handle {handle:#x} is not the section the parent passed")));
+    // Each handle is owned, and made non-inheritable, as soon as it is
+    // checked: when a later entry fails, the ones taken so far are closed,
+    // not left inheritable. The entries after a failed one that check out
+    // are closed too: the sections can be taken only once, so nothing could
+    // take them later, and they would pass on to this process's children.
+    let entries = inherit::decode(token)?;
+    let mut checked = Vec::with_capacity(entries.len());
+    for (i, e) in entries.iter().enumerate() {
+        match take_one(&e.fields) {
+            Ok((owned, len, access)) => checked.push((owned, len, access, e.name.clone())),
+            Err(err) => {
+                for rest in &entries[i + 1..] {
+                    drop(take_one(&rest.fields));
+                }
+                return Err(err);
+            }
         }
-        // SAFETY:
-        // - the handle was inherited (valid, with the inherit flag) and is a
-        //   section of the announced size (checked above);
-        // - nothing else in this process owns it: `inherited_sections` hands
-        //   the token out once, and an entry naming it again finds its
-        //   inherit flag cleared (next) and fails above.
-        let owned = unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) };
-        // Stop passing it on to this process's own children. (Owned and
-        // made non-inheritable as soon as it is checked: when a later entry
-        // fails, the ones taken so far are closed, not left inheritable.)
-        // SAFETY: `handle` is valid; only its inherit flag changes.
-        if unsafe { SetHandleInformation(handle as HANDLE, HANDLE_FLAG_INHERIT, 0) } == 0 {
-            return Err(InheritError::Io(io::Error::last_os_error()));
-        }
-        checked.push((owned, len, access, e.name));
     }
     Ok(checked.into_iter().map(|(owned, len, access, name)| (Section::from_handle(owned, len, access), name)).collect())
 }
