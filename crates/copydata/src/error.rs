@@ -206,6 +206,11 @@ pub enum AccessError {
         /// The required alignment.
         align: usize,
     },
+    /// A load asked for an ordering that only stores have
+    /// ([`Release`](std::sync::atomic::Ordering::Release),
+    /// [`AcqRel`](std::sync::atomic::Ordering::AcqRel)).
+    #[error("{0:?} is not an ordering of a load (Relaxed, Acquire or SeqCst are)")]
+    LoadOrdering(std::sync::atomic::Ordering),
 }
 
 /// Making a read-only hand-out failed: [`Section::read_only`](crate::Section::read_only).

@@ -10,7 +10,7 @@ use std::io;
 use std::ops::Deref;
 use std::ptr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 use crate::error::AccessError;
 use crate::sys;
@@ -125,23 +125,43 @@ impl View {
 
     /// Atomically loads the `u32` at `offset` (whose address must be 4-byte
     /// aligned: an offset that is a multiple of 4 in a view that starts at
-    /// one of its section).
+    /// one of its section), with `order` `Relaxed`, `Acquire` or `SeqCst`
+    /// (a store's orderings are [`AccessError::LoadOrdering`]).
+    ///
+    /// A view may be read-only memory, where Rust defines only `Relaxed`
+    /// atomic loads: a stronger order is a `Relaxed` load followed by a
+    /// [`fence`] of that order, which synchronizes as the load would.
     pub fn load_u32(&self, offset: usize, order: Ordering) -> Result<u32, AccessError> {
+        let after = fence_after_load(order)?;
         let p = self.check_atomic(offset, 4)?;
         // SAFETY:
         // - `p` is in range and 4-byte aligned (checked);
         // - the memory is mapped for at least as long as `self` is borrowed;
-        // - all accesses to shared memory go through atomics or raw copies, and
-        //   a 4-byte atomic load is a plain load, valid on read-only memory.
-        Ok(unsafe { AtomicU32::from_ptr(p.cast()) }.load(order))
+        // - all accesses to shared memory go through atomics or raw copies,
+        //   and a `Relaxed` atomic load of 4 bytes is valid on read-only
+        //   memory (std's "atomic accesses to read-only memory").
+        let value = unsafe { AtomicU32::from_ptr(p.cast()) }.load(Ordering::Relaxed);
+        if let Some(order) = after {
+            fence(order);
+        }
+        Ok(value)
     }
 
     /// Atomically loads the `u64` at `offset` (whose address must be 8-byte
-    /// aligned).
+    /// aligned), as [`load_u32`](Self::load_u32). (On 32-bit targets Rust
+    /// defines atomic loads of read-only memory only up to 4 bytes: use
+    /// this on a view of read-only memory on 64-bit targets only.)
     pub fn load_u64(&self, offset: usize, order: Ordering) -> Result<u64, AccessError> {
+        let after = fence_after_load(order)?;
         let p = self.check_atomic(offset, 8)?;
-        // SAFETY: as in `load_u32`, with 8-byte size and alignment.
-        Ok(unsafe { AtomicU64::from_ptr(p.cast()) }.load(order))
+        // SAFETY: as in `load_u32`, with 8-byte size and alignment (within
+        // the size of a `Relaxed` load valid on read-only memory on 64-bit
+        // targets; see the doc comment for 32-bit ones).
+        let value = unsafe { AtomicU64::from_ptr(p.cast()) }.load(Ordering::Relaxed);
+        if let Some(order) = after {
+            fence(order);
+        }
+        Ok(value)
     }
 
     /// Borrows the view as a byte slice, for zero-copy reading.
@@ -237,5 +257,15 @@ impl Deref for ViewMut {
     type Target = View;
     fn deref(&self) -> &View {
         &self.view
+    }
+}
+
+/// The fence that gives a `Relaxed` load the ordering `order` asked of a
+/// load (`None` for `Relaxed` itself).
+fn fence_after_load(order: Ordering) -> Result<Option<Ordering>, AccessError> {
+    match order {
+        Ordering::Relaxed => Ok(None),
+        Ordering::Acquire | Ordering::SeqCst => Ok(Some(order)),
+        other => Err(AccessError::LoadOrdering(other)),
     }
 }

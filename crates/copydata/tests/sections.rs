@@ -271,6 +271,14 @@ fn out_of_range_requests_are_refused() {
     assert!(matches!(v.atomic_u64(1), Err(AccessError::Misaligned { align: 8, .. })));
     assert!(v.atomic_u64(5).is_ok());
     assert!(matches!(v.load_u32(97, Ordering::Relaxed), Err(AccessError::OutOfRange { .. })));
+    // A store's orderings are an error, not a panic; a load's all work.
+    for order in [Ordering::Release, Ordering::AcqRel] {
+        assert_eq!(v.load_u32(1, order), Err(AccessError::LoadOrdering(order)));
+        assert_eq!(v.load_u64(5, order), Err(AccessError::LoadOrdering(order)));
+    }
+    for order in [Ordering::Relaxed, Ordering::Acquire, Ordering::SeqCst] {
+        assert!(v.load_u32(1, order).is_ok() && v.load_u64(5, order).is_ok());
+    }
 
     assert!(matches!(Section::anonymous(0), Err(CreateError::InvalidSize { .. })));
     assert!(matches!(Section::create(&unique("zero"), 0), Err(CreateError::InvalidSize { .. })));
