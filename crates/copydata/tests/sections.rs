@@ -932,11 +932,18 @@ fn file_backed_sections_reach_the_file() {
     assert_eq!(ro.map(65_537, 5).unwrap().to_vec(), b"HELLO");
     assert!(matches!(ro.map_mut(0, 1), Err(MapError::ReadOnly)));
     assert!(Section::from_file(&ro_file, Access::ReadWrite).is_err());
+    // A file open for writing only cannot be mapped at all: refused at
+    // once rather than a section whose every view fails.
+    let wo_file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    for access in [Access::ReadWrite, Access::ReadOnly] {
+        let refused = Section::from_file(&wo_file, access);
+        assert!(matches!(refused, Err(CreateError::PermissionDenied { .. })), "{refused:?}");
+    }
     drop(ro);
 
     let empty = dir.join(format!("{}.empty", unique("file")));
     let _cleanup2 = Cleanup(empty.clone());
-    let f = std::fs::File::create(&empty).unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&empty).unwrap();
     assert!(matches!(Section::from_file(&f, Access::ReadWrite), Err(CreateError::InvalidSize { .. })));
 }
 

@@ -76,9 +76,21 @@ fn io_err(e: Errno) -> io::Error {
     io::Error::from(e)
 }
 
+/// How a descriptor may map its object. One open write-only cannot map it
+/// at all (`mmap` needs read access): refused here, so that it never makes
+/// a section whose every view fails.
 fn access_of(fd: impl AsFd) -> io::Result<Access> {
-    let fl = rfs::fcntl_getfl(fd)?;
-    Ok(if fl & OFlags::RWMODE == OFlags::RDONLY { Access::ReadOnly } else { Access::ReadWrite })
+    let fl = rfs::fcntl_getfl(fd)? & OFlags::RWMODE;
+    if fl == OFlags::RDONLY {
+        Ok(Access::ReadOnly)
+    } else if fl == OFlags::RDWR {
+        Ok(Access::ReadWrite)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the descriptor is open write-only; a section needs read access",
+        ))
+    }
 }
 
 /// Classifies a received or inherited descriptor. Our memfds carry the
