@@ -50,8 +50,9 @@ def send(
     sections: list[Section] | None = None,
 ) -> tuple[int, bytes]:
     """Sends `data` with `tag` (and `sections`) to the mailbox `name` and
-    waits for the reply, at most `timeout` seconds (None: as long as the
-    receiver lives). Returns (code, data)."""
+    waits for the reply, at most `timeout` seconds (None: the set-up gives
+    up after 10 s, then the reply is awaited as long as the receiver
+    lives). Returns (code, data)."""
 
 @final
 class Sender:

@@ -32,8 +32,9 @@ fn loan_bytes<'py>(py: Python<'py>, loan: &copydata::LoanView) -> PyResult<Bound
 
 /// Sends `data` (any bytes-like object) with `tag` to the mailbox `name`
 /// and waits for the reply: `SendMessage(WM_COPYDATA)`, or
-/// `SendMessageTimeout` with a `timeout` in seconds (`None`: as long as the
-/// receiver lives). Returns the reply as a `(code, data)` tuple.
+/// `SendMessageTimeout` with a `timeout` in seconds (`None`: the set-up
+/// gives up after 10 s, then the reply is awaited as long as the receiver
+/// lives). Returns the reply as a `(code, data)` tuple.
 ///
 /// `sections` (a list of `Section`) travel with the message: the receiver
 /// gets handles to the same memory (`Request.sections`). Such a send waits

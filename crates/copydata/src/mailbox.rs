@@ -1314,7 +1314,9 @@ pub(crate) fn connect_client(
 }
 
 /// Sends a message to the mailbox `name` and waits for the reply
-/// (`SendMessageW(WM_COPYDATA)`).
+/// (`SendMessageW(WM_COPYDATA)`): the connection's set-up gives up after
+/// [`DEFAULT_CONNECT_TIMEOUT`] (a stopped receiver), then the reply is
+/// awaited as long as the receiver lives.
 #[doc(alias = "SendMessage")]
 #[doc(alias = "SendMessageW")]
 #[doc(alias = "WM_COPYDATA")]

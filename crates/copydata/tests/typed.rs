@@ -322,11 +322,15 @@ fn the_typed_example_sends_values_to_its_child() {
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
     assert!(status.success(), "{status}: {out}");
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 4, "{out}");
+    assert_eq!(lines.len(), 6, "{out}");
     let resize = "Resize { width: 640, height: 480 }";
     assert!(lines[0].starts_with(&format!("parent: {resize} from pid ")), "{out}");
     assert_ne!(lines[0], format!("parent: {resize} from pid {pid}"), "the sender is the child");
     assert_eq!(lines[1], format!("child: {resize} -> code 0, Area(307200)"));
     assert!(lines[2].starts_with("parent: SetTitle(\"Привет, мир\") from pid "), "{out}");
     assert_eq!(lines[3], "child: SetTitle(\"Привет, мир\") -> code 1, Title { chars: 11 }");
+    // The frame in a section beside the value: 256 rounds of 0..=255.
+    let frame = "Frame { section: 0, len: 65536 }";
+    assert!(lines[4].starts_with(&format!("parent: {frame} from pid ")), "{out}");
+    assert_eq!(lines[5], format!("child: {frame} -> code 0, FrameSum({})", 256 * (255 * 256 / 2)));
 }

@@ -20,7 +20,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     tag: u64,
     /// Give up after this long (e.g. 500ms, 2s), the connection's set-up
-    /// included (so 0 always times out); default: wait as long as the
+    /// included (so 0 always times out); default: the set-up gives up after
+    /// 10s (a stopped receiver), then the reply is awaited as long as the
     /// receiver lives. With --post: how long to wait for the connection, for
     /// room in the receiver's queue, and (on Windows, for a message above
     /// 16 KiB) for the receiver to take the message off its queue.
