@@ -25,12 +25,13 @@ Exit codes:
   2  usage error or invalid argument (bad name, size, range)
   3  no such object
   4  timed out
-  5  peer died
+  5  peer died (killed, crashed or exited before replying)
   6  already exists
   7  refused or permission denied (including another user's object,
      writing a read-only object,
-     another user's mailbox, a payload larger than the receiver takes, and
-     a receiver speaking another protocol version)";
+     another user's mailbox, a payload larger than the receiver takes,
+     a receiver speaking another protocol version, and a message the
+     receiver dropped unanswered, as one stopped while handling it does)";
 
 /// An error that is just the text the command words itself.
 macro_rules! worded_error {

@@ -70,7 +70,8 @@ enum Command {
     ///
     /// Strings that are not valid UTF-8 are printed losslessly: backslashes
     /// doubled, each invalid byte as \xNN (an unpaired surrogate as \uXXXX
-    /// on Windows), and the field named in the JSON object's "escaped" list.
+    /// on Windows), the string marked with a b before its quotes in the
+    /// text line and its field named in the JSON object's "escaped" list.
     Instance(cmd::instance::Args),
     /// A u64 counter shared by processes (copydata::sync::Shared, type tag
     /// "copydata.counter.u64").

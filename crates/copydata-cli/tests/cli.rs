@@ -697,6 +697,20 @@ fn instance_forwards_launches_losslessly_and_exits_with_the_answer() {
     assert_eq!(launch(&app, &[], &["x y".into()]).code, 0);
     let line = next.line();
     assert!(line.starts_with("launch pid=") && line.ends_with(r#"argv=["x y"]"#), "{line}");
+    // In the text line, an escaped string is marked: the byte 0xFF and the
+    // four characters `\xFF` look different.
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStringExt;
+        let raw = std::ffi::OsString::from_vec(b"x\xff".to_vec());
+        assert_eq!(launch(&app, &[], &[raw, r"x\xFF".into()]).code, 0);
+        let line = next.line();
+        assert!(line.ends_with(r#"argv=[b"x\\xFF", "x\\xFF"]"#), "{line}");
+    }
+    // `--forward-env` takes one variable; the app id may follow it.
+    let out = copydata().args(["instance", "--forward-env", "CD_FWD", &app, "--", "after"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(next.line().ends_with(r#"argv=["after"]"#));
 }
 
 #[cfg(unix)]

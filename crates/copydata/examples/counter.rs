@@ -2,13 +2,15 @@
 //!
 //! ```text
 //! cargo run -p copydata --example counter
+//! cargo run -p copydata --example counter -- --hold    # then: copydata shared get NAME
 //! ```
 //!
 //! The parent opens a named `u64` and starts four workers (itself again, in
 //! the `worker` role) that each add 1,000 to it under its cross-process lock:
 //! the total is always 4,000. The counter uses the type tag of the
 //! `copydata shared` command, so while it lives `copydata shared get NAME`
-//! and `copydata shared incr NAME` work on it too.
+//! and `copydata shared incr NAME` work on it too: with `--hold` the parent
+//! prints its name and keeps it until Enter is pressed.
 
 use std::process::Command;
 
@@ -54,5 +56,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     println!("{WORKERS} processes x {TIMES} increments = {}", *counter.lock()?);
+    if args.iter().any(|a| a == "--hold") {
+        println!("holding {name}: `copydata shared get {name}` reads it; press Enter to end");
+        std::io::stdin().read_line(&mut String::new())?;
+    }
     Ok(())
 }

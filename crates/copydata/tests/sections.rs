@@ -1204,6 +1204,14 @@ fn another_users_object_is_refused_and_never_reclaimed() {
     assert_eq!(shared.map(0, 12).unwrap().to_vec(), b"ATTACKERDATA");
     drop(shared);
     assert!(std::path::Path::new(&path).exists());
+    // Nor removed by name, even by root (who passes the sticky bit).
+    match copydata::remove(&name) {
+        Err(copydata::RemoveError::PermissionDenied { source, .. }) => {
+            assert!(source.to_string().contains("uid 65534"), "{source}")
+        }
+        other => panic!("another user's object was removed: {other:?}"),
+    }
+    assert!(std::path::Path::new(&path).exists());
     std::fs::remove_file(&path).unwrap();
 
     // The same for the objects of copydata::sync.

@@ -10,8 +10,9 @@
 //! losslessly: in such a string each backslash is doubled, each byte that
 //! is not part of valid UTF-8 becomes `\xNN` (each unpaired surrogate
 //! `\uXXXX` on Windows), and the JSON object lists the field under
-//! `"escaped"` (`argv.N`, `cwd`, `env.NAME`). Valid strings are shown as
-//! they are.
+//! `"escaped"` (`argv.N`, `cwd`, `env.NAME`); the text line marks it with a
+//! `b` before its quotes (`b"x\\xFF"`: not the valid `"x\\xFF"`). Valid
+//! strings are shown as they are.
 
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
@@ -34,7 +35,7 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Forward this environment variable's value (repeatable).
-    #[arg(long = "forward-env", value_name = "VAR", num_args = 1.., action = clap::ArgAction::Append)]
+    #[arg(long = "forward-env", value_name = "VAR", action = clap::ArgAction::Append)]
     forward_env: Vec<OsString>,
     /// The arguments to forward, after `--`.
     #[arg(last = true, value_parser = clap::value_parser!(OsString))]
@@ -77,31 +78,34 @@ pub fn show(s: &OsStr) -> (String, bool) {
 /// One line describing a launch.
 pub fn describe(launch: &Launch, json: bool) -> String {
     let mut escaped = Vec::new();
+    // (The text line marks escaped strings with a `b`; JSON lists them.)
     let mut field = |s: &OsStr, path: &dyn Fn(&str) -> String| {
         let (text, esc) = show(s);
         if esc {
             escaped.push(path(&text));
         }
-        text
+        let quoted = serde_json::Value::from(text.as_str()).to_string();
+        (text, if esc { format!("b{quoted}") } else { quoted })
     };
-    let argv: Vec<String> = launch.args().iter().enumerate().map(|(i, a)| field(a, &|_| format!("argv.{i}"))).collect();
+    let argv: Vec<(String, String)> =
+        launch.args().iter().enumerate().map(|(i, a)| field(a, &|_| format!("argv.{i}"))).collect();
     let cwd = launch.cwd().map(|c| field(c.as_os_str(), &|_| "cwd".into()));
-    let env: Vec<(String, String)> = launch
+    let env: Vec<((String, String), (String, String))> = launch
         .env()
         .iter()
         .map(|(k, v)| {
             let key = field(k, &|key| format!("env.{key}"));
-            let value = field(v, &|_| format!("env.{key}"));
+            let value = field(v, &|_| format!("env.{}", key.0));
             (key, value)
         })
         .collect();
     escaped.dedup();
     if json {
         let mut o = serde_json::json!({
-            "argv": argv,
-            "cwd": cwd,
+            "argv": argv.iter().map(|(text, _)| text).collect::<Vec<_>>(),
+            "cwd": cwd.as_ref().map(|(text, _)| text),
             "pid": launch.pid(),
-            "env": env.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str()))).collect::<serde_json::Map<_, _>>(),
+            "env": env.iter().map(|((k, _), (v, _))| (k.clone(), serde_json::Value::from(v.as_str()))).collect::<serde_json::Map<_, _>>(),
         });
         if !launch.data().is_empty() {
             o["data"] = String::from_utf8_lossy(launch.data()).into();
@@ -111,12 +115,12 @@ pub fn describe(launch: &Launch, json: bool) -> String {
         }
         o.to_string()
     } else {
-        let q = |s: &str| serde_json::Value::from(s).to_string();
-        let mut line = format!("launch pid={} cwd={} argv=[", launch.pid(), cwd.as_deref().map_or("-".into(), q));
-        line.push_str(&argv.iter().map(|a| q(a)).collect::<Vec<_>>().join(", "));
+        let cwd = cwd.map_or("-".into(), |(_, shown)| shown);
+        let mut line = format!("launch pid={} cwd={cwd} argv=[", launch.pid());
+        line.push_str(&argv.iter().map(|(_, shown)| shown.as_str()).collect::<Vec<_>>().join(", "));
         line.push(']');
-        for (k, v) in &env {
-            line.push_str(&format!(" {k}={}", q(v)));
+        for ((k, _), (_, v)) in &env {
+            line.push_str(&format!(" {k}={v}"));
         }
         line
     }

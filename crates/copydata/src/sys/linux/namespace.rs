@@ -387,6 +387,18 @@ pub(crate) fn remove(name: &Name) -> Result<(), RemoveError> {
     {
         return Err(RemoveError::NotFound { name: n() });
     }
+    // Another user's object is never removed (nor listed): the sticky bit
+    // of /dev/shm says so for everyone but root, this for root too.
+    if let Ok(st) = rfs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+        let me = rustix::process::geteuid().as_raw();
+        if st.st_uid != me {
+            let why = format!("it belongs to uid {}: another user's object is never removed", st.st_uid);
+            return Err(RemoveError::PermissionDenied {
+                name: n(),
+                source: io::Error::new(io::ErrorKind::PermissionDenied, why),
+            });
+        }
+    }
     match rfs::unlinkat(&dir, name.as_str(), AtFlags::empty()) {
         Ok(()) => Ok(()),
         Err(Errno::NOENT) => Err(RemoveError::NotFound { name: n() }),
