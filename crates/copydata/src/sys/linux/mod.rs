@@ -245,7 +245,15 @@ impl Section {
                 // Keep write access for this process before the seal forbids
                 // new writable mappings.
                 if self.keeper.get().is_none() {
-                    let whole = map_fd(&self.holder, 0, self.len as usize, Access::ReadWrite).map_err(|e| match e {
+                    // (A section larger than the address space cannot be
+                    // kept mapped whole: a 32-bit process.)
+                    let len = usize::try_from(self.len).map_err(|_| {
+                        ReadOnlyError::Io(io::Error::new(
+                            io::ErrorKind::OutOfMemory,
+                            "the section is larger than this process can map at once",
+                        ))
+                    })?;
+                    let whole = map_fd(&self.holder, 0, len, Access::ReadWrite).map_err(|e| match e {
                         MapError::Io(e) => ReadOnlyError::Io(e),
                         other => ReadOnlyError::Io(io::Error::other(other)),
                     })?;

@@ -377,7 +377,7 @@ impl Section {
         let gran = granularity();
         let aligned = offset - offset % gran;
         let start = (offset - aligned) as usize;
-        let map_len = start + len;
+        let map_len = start.checked_add(len).ok_or(MapError::OutOfRange { offset, len: len as u64, size: u64::MAX })?;
         let (hi, lo) = split(aligned);
         let rights = match access {
             Access::ReadOnly => FILE_MAP_READ,
