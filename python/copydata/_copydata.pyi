@@ -92,7 +92,9 @@ class Sender:
     def flush(self, timeout: float | None = None) -> None:
         """Waits until the posts no longer need this process, at most
         `timeout` seconds; call it before exiting right after a post (on
-        Windows a large post is pulled out of the sending process)."""
+        Windows a large post is pulled out of the sending process). Raises
+        ReceiverDied when the receiver died with posts still queued (they
+        are lost)."""
     def loan(self, size: int, timeout: float | None = None) -> Loan:
         """Lends `size` bytes of shared memory to write in place and send
         without a copy; waits at most `timeout` seconds for a free buffer

@@ -522,7 +522,8 @@ impl Sender {
     /// flush waits for those (also those of connections this process
     /// dropped: after a timeout, or a closed Sender); small posts, and
     /// every post on Linux, need nothing of the sender, and it returns at
-    /// once.
+    /// once. Raises `ReceiverDied` when the receiver died with posts still
+    /// queued (they are lost).
     #[pyo3(signature = (timeout = None))]
     fn flush(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
         let budget = Budget::new(timeout_arg(py, timeout)?);

@@ -1455,6 +1455,8 @@ copydata_status copydata_sender_post(copydata_sender *sender,
  * waits for those, also those of connections this process dropped (after
  * a timeout or an error, or a closed sender). Small posts, and every post
  * on Linux, need nothing of the sender: then it returns at once.
+ * `COPYDATA_STATUS_RECEIVER_DIED` says the receiver died with posts still
+ * queued: they are lost.
  *
  * # Safety
  *

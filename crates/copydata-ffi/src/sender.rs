@@ -316,6 +316,8 @@ pub unsafe extern "C" fn copydata_sender_post(
 /// waits for those, also those of connections this process dropped (after
 /// a timeout or an error, or a closed sender). Small posts, and every post
 /// on Linux, need nothing of the sender: then it returns at once.
+/// `COPYDATA_STATUS_RECEIVER_DIED` says the receiver died with posts still
+/// queued: they are lost.
 ///
 /// # Safety
 ///

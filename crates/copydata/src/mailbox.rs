@@ -1116,8 +1116,11 @@ impl Sender {
     /// ([`Message::expects_reply`] is `false`) and its reply is discarded.
     /// Posts queue up in shared memory; when the queue is full, `post` waits
     /// for the receiver to catch up (it never buffers without bound). A
-    /// receiver that dies gives [`SendError::ReceiverDied`]. A process
-    /// that exits right after posting [`flush`](Self::flush)es first.
+    /// receiver that dies while a post waits for room gives
+    /// [`SendError::ReceiverDied`]; posts queued before its death are lost,
+    /// which the next [`send`](Self::send) or [`flush`](Self::flush)
+    /// reports the same way. A process that exits right after posting
+    /// flushes first.
     #[doc(alias = "PostMessage")]
     #[doc(alias = "PostMessageW")]
     pub fn post(&mut self, tag: u64, data: &[u8]) -> Result<(), SendError> {
@@ -1154,8 +1157,8 @@ impl Sender {
     /// waits for the receiver to take such posts. Small posts, and every
     /// post on Linux (whose queue keeps all a message needs), need nothing
     /// of the sender, so `flush` returns at once; it never waits for a
-    /// handler to run. A receiver that dies first gives
-    /// [`SendError::ReceiverDied`]. Besides this sender's connection it
+    /// handler to run. A receiver that died with posts of this sender still
+    /// queued gives [`SendError::ReceiverDied`]: they are lost. Besides this sender's connection it
     /// waits for the connections this process dropped (any sender's: after
     /// a timeout, an error, or a dropped `Sender`, also while this flush
     /// waits) whose posts still need it: a thread of this process keeps

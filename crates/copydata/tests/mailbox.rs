@@ -284,6 +284,31 @@ fn a_receiver_out_of_descriptors_refuses_at_once() {
     kid.wait_ok();
 }
 
+/// Posts await no reply, so a receiver that dies with posts still queued
+/// is reported by `flush` (they are lost), not silently.
+#[test]
+fn flush_reports_posts_lost_with_their_receiver() {
+    let name = unique("lost-posts");
+    let mut kid = Kid::spawn("bind-hold", &[&name]);
+    kid.expect("ready");
+    let mut sender = Sender::connect(&name).unwrap();
+    for i in 0..3 {
+        sender.post(i, b"queued").unwrap();
+    }
+    // Alive (if not taking messages): the posts still need nothing here.
+    sender.flush_timeout(Duration::from_secs(10)).unwrap();
+    kid.kill();
+    let started = Instant::now();
+    loop {
+        match sender.flush_timeout(Duration::from_secs(10)) {
+            Err(SendError::ReceiverDied { .. }) => break,
+            // (Wine notices a killed process a moment after it counts as gone.)
+            Ok(()) if started.elapsed() < Duration::from_secs(5) => std::thread::sleep(Duration::from_millis(10)),
+            other => panic!("expected ReceiverDied, got {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn a_killed_receiver_is_noticed_within_a_second() {
     let name = unique("killed");

@@ -557,11 +557,17 @@ impl Client {
     /// the receiver has taken (and so pulled what they carry) the records
     /// whose attachments live on here (`pinned_until`). At once where
     /// attachments need no sender, or none went.
+    ///
+    /// Posts still queued for a receiver that is gone are lost: that is
+    /// `PeerGone` (a look at the peer only while some are queued).
     pub(crate) fn settled(&mut self, deadline: Option<Instant>) -> Result<(), Fail> {
-        if self.try_settled().is_ok() {
-            return Ok(());
+        if self.try_settled().is_err() {
+            self.wait_for(Bell::Space, deadline, |c| Ok(c.try_settled().ok()))?;
         }
-        self.wait_for(Bell::Space, deadline, |c| Ok(c.try_settled().ok()))
+        if self.req.consumed() < self.req.position() && !self.link.alive() {
+            return Err(Fail::PeerGone);
+        }
+        Ok(())
     }
 
     /// [`settled`](Self::settled) without waiting: `Full` while such a

@@ -568,7 +568,6 @@ impl Link {
     }
 
     /// Whether the peer is there and has not dropped the connection.
-    #[cfg(feature = "tokio")]
     pub(crate) fn alive(&self) -> bool {
         !self.peer_gone()
     }

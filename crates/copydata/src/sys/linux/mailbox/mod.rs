@@ -260,7 +260,6 @@ impl Link {
     }
 
     /// Whether the peer still holds its end of the socket.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn alive(&self) -> bool {
         let mut fds = [PollFd::new(&self.sock, PollFlags::RDHUP)];
         match rustix::event::poll(&mut fds, Some(&timespec(Duration::ZERO))) {
