@@ -251,7 +251,10 @@ impl Section {
         self.inner.len()
     }
 
-    /// Always `false`: sections have at least one byte.
+    /// Whether the section has no bytes: never for one made here (sizes
+    /// start at one byte), but a file-backed section inherited or received
+    /// after another program truncated its file to nothing can be empty
+    /// (and every view of it is out of range).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
