@@ -772,6 +772,33 @@ fn a_failed_send_leaves_its_out_file_as_it_was() {
     let _ = std::fs::remove_file(&kept);
 }
 
+/// `send --out FILE` interrupted by Ctrl-C while it waits for the reply
+/// removes the file it made and exits 130.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_send_leaves_no_out_file() {
+    use rustix::process::{Pid, Signal, kill_process};
+    let name = unique("int-out");
+    let mut listener = Listener::start(&[&name, "--delay", "30s"]);
+    let file = std::env::temp_dir().join(format!("{name}.out"));
+    let mut send = copydata().args(["send", &name, "--out", file.to_str().unwrap(), "x"]).spawn().unwrap();
+    let deadline = Instant::now() + WAIT;
+    // Once the message is being handled, the file has long been made.
+    listener.line();
+    assert!(file.exists());
+    kill_process(Pid::from_raw(send.id() as i32).unwrap(), Signal::INT).unwrap();
+    let status = loop {
+        if let Some(status) = send.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "send did not end after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(130));
+    assert!(!file.exists(), "an interrupted send left {}", file.display());
+    terminate(&mut listener.child);
+}
+
 /// A post to a stopped receiver gives up after its timeout with exit 4 and
 /// says what it waited for (no reply is awaited by a post).
 #[cfg(unix)]

@@ -4,6 +4,8 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -294,13 +296,15 @@ fn posted(args: &Args, sender: &mut Sender) -> anyhow::Result<ExitCode> {
 }
 
 /// The reply's file, made before the message goes out. A file this command
-/// made is removed again if no reply gets written to it (the send failed),
-/// so a failed send leaves nothing behind; a file that was there is only
-/// overwritten by a reply.
+/// made is removed again if no reply gets written to it (the send failed,
+/// or Ctrl-C interrupted the wait), so a failed send leaves nothing behind;
+/// a file that was there is only overwritten by a reply.
 struct OutFile {
     path: PathBuf,
     file: std::fs::File,
-    made: bool,
+    /// Whether this command made the file and no reply is in it yet (read
+    /// by the Ctrl-C handler too).
+    made: Arc<AtomicBool>,
 }
 
 impl OutFile {
@@ -312,6 +316,18 @@ impl OutFile {
             .truncate(false)
             .open(path)
             .with_context(|| format!("creating {}", path.display()))?;
+        let made = Arc::new(AtomicBool::new(made));
+        if made.load(Ordering::Acquire) {
+            // Interrupted before the reply came: remove the empty file, then
+            // exit as the shell does for Ctrl-C (128 + SIGINT).
+            let (made, path) = (made.clone(), path.to_owned());
+            let _ = ctrlc::set_handler(move || {
+                if made.swap(false, Ordering::AcqRel) {
+                    let _ = std::fs::remove_file(&path);
+                }
+                std::process::exit(130);
+            });
+        }
         Ok(OutFile { path: path.to_owned(), file, made })
     }
 
@@ -319,14 +335,14 @@ impl OutFile {
         let what = || format!("writing {}", self.path.display());
         self.file.set_len(0).with_context(what)?;
         self.file.write_all(data).with_context(what)?;
-        self.made = false;
+        self.made.store(false, Ordering::Release);
         Ok(())
     }
 }
 
 impl Drop for OutFile {
     fn drop(&mut self) {
-        if self.made {
+        if self.made.swap(false, Ordering::AcqRel) {
             let _ = std::fs::remove_file(&self.path);
         }
     }
