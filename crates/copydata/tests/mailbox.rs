@@ -1416,7 +1416,21 @@ fn a_readiness_handle_that_is_not_a_socket_is_refused() {
         use rustix::net::{AddressFamily, SocketFlags, SocketType};
         rustix::net::socket_with(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap()
     };
-    for (fake, what) in [(sealed_memfd(4096), "a memfd"), (unconnected(), "an unconnected socket")] {
+    // A listening socket (with a connection pending, so it polls readable
+    // for ever) passes the peer check: its creator is the receiver.
+    let listening = || -> OwnedFd {
+        let dir = std::env::temp_dir().join(unique("listening"));
+        let l = UnixListener::bind(&dir).unwrap();
+        let _pending = std::os::unix::net::UnixStream::connect(&dir).unwrap();
+        let _ = std::fs::remove_file(&dir);
+        l.into()
+    };
+    let fakes = [
+        (sealed_memfd(4096), "a memfd"),
+        (unconnected(), "an unconnected socket"),
+        (listening(), "a listening socket"),
+    ];
+    for (fake, what) in fakes {
         let name = unique("not-socket");
         let path = copydata::os::linux::mailbox_socket_path(&name).unwrap();
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -253,7 +253,11 @@ impl Link {
                 Ok((0, _)) => return Drained::Closed,
                 Ok(_) => found = Drained::Signalled,
                 Err(Errno::INTR) => {}
-                Err(_) => break,
+                Err(Errno::AGAIN) => break,
+                // Not a working connection (a receiver could hand over a
+                // socket that polls readable for ever and reads nothing):
+                // as good as closed, never a reason to look again at once.
+                Err(_) => return Drained::Closed,
             }
         }
         found
@@ -994,12 +998,13 @@ fn readiness_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((mine, theirs))
 }
 
-/// Whether `fd` is a Unix stream socket, so a receiver cannot hand a file
-/// or a pipe as the readiness handle.
+/// Whether `fd` is a connected Unix stream socket, so a receiver cannot
+/// hand a file, a pipe or a listening socket as the readiness handle.
 fn is_stream_socket(fd: &OwnedFd) -> bool {
     use rustix::net::{AddressFamily, SocketType, sockopt};
     sockopt::socket_type(fd).is_ok_and(|t| t == SocketType::STREAM)
         && sockopt::socket_domain(fd).is_ok_and(|d| d == AddressFamily::UNIX)
+        && sockopt::socket_acceptconn(fd).is_ok_and(|listening| !listening)
 }
 
 /// Connects to the socket at `addr`, retrying while its backlog is full
