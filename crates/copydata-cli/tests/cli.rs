@@ -706,6 +706,19 @@ fn instance_forwards_launches_losslessly_and_exits_with_the_answer() {
         assert_eq!(launch(&app, &[], &[raw, r"x\xFF".into()]).code, 0);
         let line = next.line();
         assert!(line.ends_with(r#"argv=[b"x\\xFF", "x\\xFF"]"#), "{line}");
+        // A variable's name too.
+        let key = std::ffi::OsString::from_vec(b"CD_K\xff".to_vec());
+        let out = copydata()
+            .arg("instance")
+            .arg(&app)
+            .arg("--forward-env")
+            .arg(&key)
+            .args(["--", "e"])
+            .env(&key, "1")
+            .output();
+        assert!(out.unwrap().status.success());
+        let line = next.line();
+        assert!(line.ends_with(r#"argv=["e"] b"CD_K\\xFF"="1""#), "{line}");
     }
     // `--forward-env` takes one variable; the app id may follow it.
     let out = copydata().args(["instance", "--forward-env", "CD_FWD", &app, "--", "after"]).output().unwrap();

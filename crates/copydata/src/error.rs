@@ -211,6 +211,9 @@ pub enum AccessError {
     /// [`AcqRel`](std::sync::atomic::Ordering::AcqRel)).
     #[error("{0:?} is not an ordering of a load (Relaxed, Acquire or SeqCst are)")]
     LoadOrdering(std::sync::atomic::Ordering),
+    /// Not possible on this target (what, in the message).
+    #[error("not supported here: {0}")]
+    Unsupported(&'static str),
 }
 
 /// Making a read-only hand-out failed: [`Section::read_only`](crate::Section::read_only).

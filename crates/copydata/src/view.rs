@@ -128,12 +128,16 @@ impl View {
     /// one of its section), with `order` `Relaxed`, `Acquire` or `SeqCst`
     /// (a store's orderings are [`AccessError::LoadOrdering`]).
     ///
-    /// A view may be read-only memory, where Rust defines only `Relaxed`
-    /// atomic loads: a stronger order is a `Relaxed` load followed by a
-    /// [`fence`] of that order, which synchronizes as the load would.
+    /// A view is read-only memory, where Rust defines only `Relaxed` atomic
+    /// loads: `Acquire` is a `Relaxed` load followed by an `Acquire`
+    /// [`fence`], and `SeqCst` one between two `SeqCst` fences, which order
+    /// the load as those orderings would.
     pub fn load_u32(&self, offset: usize, order: Ordering) -> Result<u32, AccessError> {
-        let after = fence_after_load(order)?;
+        let (before, after) = fences_around_load(order)?;
         let p = self.check_atomic(offset, 4)?;
+        if before {
+            fence(Ordering::SeqCst);
+        }
         // SAFETY:
         // - `p` is in range and 4-byte aligned (checked);
         // - the memory is mapped for at least as long as `self` is borrowed;
@@ -148,15 +152,22 @@ impl View {
     }
 
     /// Atomically loads the `u64` at `offset` (whose address must be 8-byte
-    /// aligned), as [`load_u32`](Self::load_u32). (On 32-bit targets Rust
-    /// defines atomic loads of read-only memory only up to 4 bytes: use
-    /// this on a view of read-only memory on 64-bit targets only.)
+    /// aligned), as [`load_u32`](Self::load_u32). Only on 64-bit targets:
+    /// on 32-bit ones Rust defines atomic loads of read-only memory only up
+    /// to 4 bytes, so there this is [`AccessError::Unsupported`] (a
+    /// writable view's [`ViewMut::atomic_u64`] works).
     pub fn load_u64(&self, offset: usize, order: Ordering) -> Result<u64, AccessError> {
-        let after = fence_after_load(order)?;
+        let (before, after) = fences_around_load(order)?;
+        if cfg!(not(target_pointer_width = "64")) {
+            return Err(AccessError::Unsupported("an 8-byte atomic load of read-only memory on a 32-bit target"));
+        }
         let p = self.check_atomic(offset, 8)?;
-        // SAFETY: as in `load_u32`, with 8-byte size and alignment (within
-        // the size of a `Relaxed` load valid on read-only memory on 64-bit
-        // targets; see the doc comment for 32-bit ones).
+        if before {
+            fence(Ordering::SeqCst);
+        }
+        // SAFETY: as in `load_u32`, with 8-byte size and alignment (a
+        // `Relaxed` load of 8 bytes is valid on read-only memory on the
+        // 64-bit targets this runs on, checked above).
         let value = unsafe { AtomicU64::from_ptr(p.cast()) }.load(Ordering::Relaxed);
         if let Some(order) = after {
             fence(order);
@@ -260,12 +271,13 @@ impl Deref for ViewMut {
     }
 }
 
-/// The fence that gives a `Relaxed` load the ordering `order` asked of a
-/// load (`None` for `Relaxed` itself).
-fn fence_after_load(order: Ordering) -> Result<Option<Ordering>, AccessError> {
+/// The fences that give a `Relaxed` load the ordering `order` asked of a
+/// load: whether a `SeqCst` fence goes before it, and which fence after.
+fn fences_around_load(order: Ordering) -> Result<(bool, Option<Ordering>), AccessError> {
     match order {
-        Ordering::Relaxed => Ok(None),
-        Ordering::Acquire | Ordering::SeqCst => Ok(Some(order)),
+        Ordering::Relaxed => Ok((false, None)),
+        Ordering::Acquire => Ok((false, Some(Ordering::Acquire))),
+        Ordering::SeqCst => Ok((true, Some(Ordering::SeqCst))),
         other => Err(AccessError::LoadOrdering(other)),
     }
 }

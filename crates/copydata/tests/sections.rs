@@ -693,7 +693,8 @@ fn read_only_hand_out_of_unlinked_memory_is_sealed_or_refused() {
     use std::fs::File;
 
     let memfd = |flags: MemfdFlags| {
-        let fd = rustix::fs::memfd_create("copydata-test-foreign", flags | MemfdFlags::CLOEXEC).unwrap();
+        let name = if flags.is_empty() { "copydata-test-unsealable" } else { "copydata-test-foreign" };
+        let fd = rustix::fs::memfd_create(name, flags | MemfdFlags::CLOEXEC).unwrap();
         let file = File::from(fd);
         file.set_len(64 * 1024).unwrap();
         file
@@ -714,6 +715,9 @@ fn read_only_hand_out_of_unlinked_memory_is_sealed_or_refused() {
     let s = Section::from_file(&unsealable, Access::ReadWrite).unwrap();
     let refused = s.read_only().unwrap_err().to_string();
     assert!(refused.contains("cannot be sealed"), "{refused}");
+    // Refused before anything was mapped for it.
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert!(!maps.contains("copydata-test-unsealable"), "a failed read_only left a mapping:\n{maps}");
 
     let dir = std::env::temp_dir();
     if let Ok(fd) = rustix::fs::open(&dir, OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC, Mode::RUSR | Mode::WUSR) {

@@ -732,3 +732,41 @@ fn the_async_echo_example_runs() {
     }
     assert!(out.contains("server: client exited with"), "{out}");
 }
+
+/// `flush` and `flush_timeout` report posts lost with a receiver that died
+/// (as the blocking `Sender::flush` does).
+#[test]
+fn async_flush_reports_posts_lost_with_their_receiver() {
+    let (mut echo, name) = echo_child();
+    within(async move {
+        let mut senders = Vec::new();
+        for _ in 0..2 {
+            let mut sender = AsyncSender::connect(&name).await.unwrap();
+            assert_eq!(sender.send(7, b"up").await.unwrap().code, 7);
+            senders.push(sender);
+        }
+        echo.kill();
+        for (timed, sender) in senders.iter_mut().enumerate() {
+            let started = std::time::Instant::now();
+            loop {
+                // (Posted after the death: queued, never taken.)
+                match sender.post(1, b"lost").await {
+                    Ok(()) => {}
+                    Err(SendError::ReceiverDied { .. }) => break,
+                    Err(e) => panic!("post: {e:?}"),
+                }
+                let flushed =
+                    if timed == 1 { sender.flush_timeout(Duration::from_secs(10)).await } else { sender.flush().await };
+                match flushed {
+                    Err(SendError::ReceiverDied { .. }) => break,
+                    // (Wine notices a killed process a moment after it
+                    // counts as gone.)
+                    Ok(()) if started.elapsed() < Duration::from_secs(5) => {
+                        tokio::time::sleep(Duration::from_millis(10)).await
+                    }
+                    other => panic!("expected ReceiverDied, got {other:?}"),
+                }
+            }
+        }
+    });
+}

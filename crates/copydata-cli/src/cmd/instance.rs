@@ -119,7 +119,10 @@ pub fn describe(launch: &Launch, json: bool) -> String {
         let mut line = format!("launch pid={} cwd={cwd} argv=[", launch.pid());
         line.push_str(&argv.iter().map(|(_, shown)| shown.as_str()).collect::<Vec<_>>().join(", "));
         line.push(']');
-        for ((k, _), (_, v)) in &env {
+        for ((k, shown_key), (_, v)) in &env {
+            // A name is shown bare, unless it had to be escaped: then
+            // quoted and marked like any escaped string.
+            let k = if shown_key.starts_with('b') { shown_key } else { k };
             line.push_str(&format!(" {k}={v}"));
         }
         line

@@ -561,19 +561,32 @@ impl Client {
     /// Posts still queued for a receiver that is gone are lost: that is
     /// `PeerGone` (a look at the peer only while some are queued).
     pub(crate) fn settled(&mut self, deadline: Option<Instant>) -> Result<(), Fail> {
-        if self.try_settled().is_err() {
-            self.wait_for(Bell::Space, deadline, |c| Ok(c.try_settled().ok()))?;
+        if self.pinned().is_err() {
+            self.wait_for(Bell::Space, deadline, |c| Ok(c.pinned().ok()))?;
         }
-        if self.req.consumed() < self.req.position() && !self.link.alive() {
-            return Err(Fail::PeerGone);
-        }
-        Ok(())
+        self.none_lost()
     }
 
     /// [`settled`](Self::settled) without waiting: `Full` while such a
     /// record is still queued.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
     pub(crate) fn try_settled(&mut self) -> Result<(), Fail> {
+        self.pinned()?;
+        self.none_lost()
+    }
+
+    /// `Full` while a record whose attachments live here is still queued.
+    fn pinned(&self) -> Result<(), Fail> {
         if self.req.consumed() >= self.pinned_until { Ok(()) } else { Err(Fail::Full) }
+    }
+
+    /// `PeerGone` when records are still queued for a receiver that is gone
+    /// (they are lost); a look at the peer only while some are.
+    fn none_lost(&self) -> Result<(), Fail> {
+        if self.req.consumed() < self.req.position() && !self.link.alive() {
+            return Err(Fail::PeerGone);
+        }
+        Ok(())
     }
 
     /// Queues a `CALL` or `POST`. Nothing reaches the receiver unless this

@@ -688,8 +688,8 @@ mod tests {
 
     #[test]
     fn a_value_nested_too_deep_is_a_decode_error_not_a_stack_overflow() {
-        // Within the bound (a `Pair` level nests twice: the enum and its
-        // vector), every kind of level decodes.
+        // Within the bound (a `Pair` level nests three times: the enum, its
+        // fields, and the option or vector), every kind of level decodes.
         let ok = Tree::Pair(Some(Box::new(nested(40))), vec![Tree::Leaf, nested(20)]);
         let bytes = encode("v", &ok).unwrap();
         assert_eq!(decode::<Tree>("v", &bytes).unwrap(), ok);
@@ -700,11 +700,12 @@ mod tests {
         let e = decode::<Tree>("the request", &deep).unwrap_err();
         assert!(matches!(e.kind, DecodeKind::TooDeep), "{e}");
         assert!(e.to_string().ends_with("it nests deeper than 128 levels"), "{e}");
-        // Just past the bound, and just within.
+        // Just past the bound, and just within: `n` `Node` bytes and a
+        // `Leaf` nest `n + 1` enums.
         let mut edge = vec![1u8; MAX_DEPTH];
         edge.push(0);
         assert!(matches!(decode::<Tree>("v", &edge).unwrap_err().kind, DecodeKind::TooDeep));
-        edge.truncate(MAX_DEPTH - 2);
+        edge.truncate(MAX_DEPTH - 1);
         edge.push(0);
         assert!(decode::<Tree>("v", &edge).is_ok());
     }

@@ -236,15 +236,36 @@ impl Section {
         // `/proc/self/fd`, so only a seal keeps the hand-out read-only.
         let unlinked = self.kind == Kind::Anonymous || rfs::fstat(self.fd()).map_err(io)?.st_nlink == 0;
         if unlinked {
-            // Already sealed against writes (an earlier hand-out, here or in
-            // another process): no new writable mapping can be made, nor
-            // needs keeping.
-            let sealed =
-                rfs::fcntl_get_seals(self.fd()).is_ok_and(|s| s.intersects(SealFlags::FUTURE_WRITE | SealFlags::WRITE));
-            if self.access == Access::ReadWrite && !sealed {
+            let unsealable = || {
+                ReadOnlyError::Io(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the memory cannot be sealed against writes (a memfd made without sealing, or an unlinked \
+                     file), so a holder could reopen a read-only descriptor writable",
+                ))
+            };
+            // (An anonymous section has its size sealed from the start; a
+            // memfd made elsewhere gets that seal here too: its holders must
+            // not resize it under the others.)
+            let wanted = SealFlags::FUTURE_WRITE | SealFlags::SHRINK | SealFlags::GROW;
+            let sealed = |s: SealFlags| {
+                s.intersects(SealFlags::FUTURE_WRITE | SealFlags::WRITE)
+                    && s.contains(SealFlags::SHRINK | SealFlags::GROW)
+            };
+            let seals = match rfs::fcntl_get_seals(self.fd()) {
+                Ok(seals) => seals,
+                // Not a memfd: seals are unknown to it.
+                Err(Errno::INVAL) => return Err(unsealable()),
+                Err(e) => return Err(io(e)),
+            };
+            if !sealed(seals) {
+                // Known to be sealable before anything is mapped for it.
+                if seals.contains(SealFlags::SEAL) {
+                    return Err(unsealable());
+                }
                 // Keep write access for this process before the seal forbids
-                // new writable mappings.
-                if self.keeper.get().is_none() {
+                // new writable mappings (kept only once the seals are on).
+                let mut keeper = None;
+                if self.access == Access::ReadWrite && self.keeper.get().is_none() {
                     // (A section larger than the address space cannot be
                     // kept mapped whole: a 32-bit process.)
                     let len = usize::try_from(self.len).map_err(|_| {
@@ -257,33 +278,20 @@ impl Section {
                         MapError::Io(e) => ReadOnlyError::Io(e),
                         other => ReadOnlyError::Io(io::Error::other(other)),
                     })?;
-                    let _ = self.keeper.set(Arc::new(whole.0));
+                    keeper = Some(whole.0);
                 }
-            }
-            let unsealable = || {
-                ReadOnlyError::Io(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "the memory cannot be sealed against writes (a memfd made without sealing, or an unlinked \
-                     file), so a holder could reopen a read-only descriptor writable",
-                ))
-            };
-            // (An anonymous section has its size sealed from the start; a
-            // memfd made elsewhere gets that seal here too: its holders
-            // must not resize it under the others.)
-            match rfs::fcntl_add_seals(self.fd(), SealFlags::FUTURE_WRITE | SealFlags::SHRINK | SealFlags::GROW) {
-                // Already sealed (by an earlier hand-out, possibly elsewhere, or
-                // with F_SEAL_SEAL), or held read-only here: fine as long as
-                // the seals are there.
-                Ok(()) | Err(Errno::PERM) => {}
-                // Not a memfd: seals are unknown to it.
-                Err(Errno::INVAL) => return Err(unsealable()),
-                Err(e) => return Err(io(e)),
-            }
-            let seals = rfs::fcntl_get_seals(self.fd()).map_err(io)?;
-            if !seals.intersects(SealFlags::FUTURE_WRITE | SealFlags::WRITE)
-                || !seals.contains(SealFlags::SHRINK | SealFlags::GROW)
-            {
-                return Err(unsealable());
+                match rfs::fcntl_add_seals(self.fd(), wanted) {
+                    // Sealed meanwhile (by a hand-out elsewhere), or held
+                    // read-only here: fine as long as the seals are there.
+                    Ok(()) | Err(Errno::PERM) => {}
+                    Err(e) => return Err(io(e)),
+                }
+                if !sealed(rfs::fcntl_get_seals(self.fd()).map_err(io)?) {
+                    return Err(unsealable());
+                }
+                if let Some(keeper) = keeper {
+                    let _ = self.keeper.set(Arc::new(keeper));
+                }
             }
         }
         let fd = reopen(self.fd(), Access::ReadOnly).map_err(io)?;
