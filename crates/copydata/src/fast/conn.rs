@@ -322,7 +322,7 @@ impl Client {
             req,
             rep,
             pool: Pool::new(Side::Sender),
-            peer: PeerBuffers::new(),
+            peer: PeerBuffers::new(crate::mailbox::DEFAULT_MAX_PAYLOAD),
             wait,
             max_payload,
             max_reply: crate::mailbox::DEFAULT_MAX_PAYLOAD,
@@ -336,6 +336,7 @@ impl Client {
     /// Sets the largest reply taken.
     pub(crate) fn with_max_reply(mut self, max: u64) -> Client {
         self.max_reply = max;
+        self.peer = PeerBuffers::new(max);
         self
     }
 
@@ -759,7 +760,10 @@ impl Client {
                 Some(BufRef { slot: l.slot, flags, use_no: l.use_no })
             }
         };
-        let queued = self.queue(kind, tag, len, body, bufref, oneshot.as_ref(), retired, sections);
+        // Attachments wait for room on the socket as the record would in
+        // the ring: not at all unless `block`, else by `deadline`.
+        let until = if block { deadline } else { Some(Instant::now()) };
+        let queued = self.queue(kind, tag, len, body, bufref, oneshot.as_ref(), retired, sections, (block, until));
         if queued.is_err()
             && let Some(l) = &lent
         {
@@ -799,6 +803,7 @@ impl Client {
         oneshot: Option<&Section>,
         retired: Vec<u32>,
         sections: &[&Section],
+        (block, until): (bool, Option<Instant>),
     ) -> Result<(), Fail> {
         let has_new = bufref.is_some_and(|b| b.flags & BUF_NEW != 0);
         let attach = has_new || !sections.is_empty();
@@ -820,12 +825,16 @@ impl Client {
             (None, _) => None,
         };
         let aux = if attach {
-            let bytes = self.link.send_aux(new_buffer, sections).map_err(|e| match e.kind() {
+            let bytes = self.link.send_aux(new_buffer, sections, until).map_err(|e| match e.kind() {
                 // The receiver hung up (Linux: attachments go on the
                 // connection's socket).
                 io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected => {
                     Fail::PeerGone
                 }
+                // No room on the socket by then (a receiver that does not
+                // read it), nothing sent: as a full ring.
+                io::ErrorKind::TimedOut if !block => Fail::Full,
+                io::ErrorKind::TimedOut => Fail::TimedOut,
                 _ => Fail::Io(e),
             })?;
             Some((bytes, sections.len()))
@@ -1072,6 +1081,17 @@ pub(crate) struct ServerConn {
     next: AtomicU64,
 }
 
+/// Why a reply's attachments could not go: an honest sender reads its
+/// socket before it takes each reply, so there is always room for the one
+/// reply it waits for; no room means a sender that does not read it, and
+/// the handler thread does not wait for it.
+fn reply_aux_failed(e: io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::TimedOut => "the sender does not read its socket (no room for a reply's attachments)".into(),
+        _ => e.to_string(),
+    }
+}
+
 impl ServerConn {
     pub(crate) fn new(link: Link, peer: Peer, wait: Wait, max_payload: u64) -> ServerConn {
         let (req, rep) = (Consumer::new(link.region().requests()), Producer::new(link.region().replies()));
@@ -1085,7 +1105,7 @@ impl ServerConn {
             state: Mutex::new(ServerState {
                 req,
                 rep,
-                peer: PeerBuffers::new(),
+                peer: PeerBuffers::new(max_payload),
                 pool: Pool::new(Side::Receiver),
                 spare: Vec::new(),
                 stream: None,
@@ -1494,7 +1514,7 @@ impl ServerConn {
             b => st.pool.handle(b.slot),
         };
         let aux = match new_buffer {
-            Some(s) => Some((self.link.send_aux(Some(s), &[]).map_err(|e| e.to_string())?, 0)),
+            Some(s) => Some((self.link.send_aux(Some(s), &[], Some(Instant::now())).map_err(reply_aux_failed)?, 0)),
             None => None,
         };
         let encoded = bufref.encode();
@@ -1615,7 +1635,7 @@ impl ServerConn {
             None
         };
         let aux = match new_buffer {
-            Some(s) => Some((self.link.send_aux(Some(s), &[]).map_err(|e| e.to_string())?, 0)),
+            Some(s) => Some((self.link.send_aux(Some(s), &[], Some(Instant::now())).map_err(reply_aux_failed)?, 0)),
             None => None,
         };
         loan.mark_sent();
@@ -1701,7 +1721,7 @@ mod tests {
         let l = c.lend_pooled(len, true, None, &mut retired).unwrap().expect("a pooled buffer");
         let bufref = BufRef { slot: l.slot, flags: BUF_NEW | BUF_STREAM, use_no: l.use_no };
         c.link.region().streamed().store(stream_word(l.use_no, 0), Ordering::Release);
-        c.queue(CALL, 1, len, &Body::Bytes(&[]), Some(bufref), None, retired, &[]).unwrap();
+        c.queue(CALL, 1, len, &Body::Bytes(&[]), Some(bufref), None, retired, &[], (true, None)).unwrap();
         let other = std::thread::spawn(move || {
             let mut s = Sender::connect(&name).unwrap();
             let mut slowest = Duration::ZERO;

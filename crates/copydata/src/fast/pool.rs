@@ -343,22 +343,33 @@ struct PeerBuf {
 #[derive(Debug)]
 pub(crate) struct PeerBuffers {
     slots: Vec<Option<PeerBuf>>,
+    /// The largest buffer an honest peer makes for payloads this side
+    /// takes: the buffer for the largest payload taken.
+    largest: u64,
 }
 
 impl PeerBuffers {
-    pub(crate) fn new() -> PeerBuffers {
-        PeerBuffers { slots: (0..SLOTS).map(|_| None).collect() }
+    /// The peer's buffers for payloads of at most `max_payload` bytes (this
+    /// side's limit, checked before a record's buffer is taken).
+    pub(crate) fn new(max_payload: u64) -> PeerBuffers {
+        let largest =
+            max_payload.max(MIN_BUF as u64).checked_next_power_of_two().unwrap_or(u64::MAX).min(MAX_BUF as u64);
+        PeerBuffers { slots: (0..SLOTS).map(|_| None).collect(), largest }
     }
 
     /// Records the handle of the buffer in `slot` (replacing a retired one).
     /// Refuses a buffer no honest pool makes (a size that is not a power of
-    /// two from 64 KiB to 256 MiB) and more buffers in all than a pool may
-    /// hold, with slack for retirements still on their way: a peer must not
-    /// make this process map memory without bound.
+    /// two from 64 KiB to 256 MiB, or larger than the largest payload this
+    /// side takes needs) and more buffers in all than a pool may hold, with
+    /// slack for retirements still on their way: a peer must not make this
+    /// process map memory without bound, nor more than its limit asks.
     pub(crate) fn insert(&mut self, slot: u32, section: Section) -> Result<(), String> {
         let size = section.len();
         if !size.is_power_of_two() || !(MIN_BUF as u64..=MAX_BUF as u64).contains(&size) {
             return Err(format!("a pooled buffer of {size} bytes"));
+        }
+        if size > self.largest {
+            return Err(format!("a pooled buffer of {size} bytes, more than payloads of the limit here need"));
         }
         let slot = slot as usize;
         let others: u64 = self

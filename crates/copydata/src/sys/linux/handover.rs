@@ -69,7 +69,7 @@ pub fn send_section(socket: impl AsFd, section: &Section) -> Result<(), Handover
 pub fn recv_section(socket: impl AsFd) -> Result<Section, HandoverError> {
     let mut header = [0u8; HEADER];
     let (bytes, fds) =
-        scm::recv_with_fds(&socket, &mut header, scm::Patience::Blocking).map_err(|e| match e.kind() {
+        scm::recv_with_fds(&socket, &mut header, scm::Patience::Blocking, false).map_err(|e| match e.kind() {
             io::ErrorKind::InvalidData => HandoverError::Malformed(e.to_string()),
             _ => HandoverError::Io(e),
         })?;

@@ -4,14 +4,15 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{OnceLock, mpsc};
 use std::time::Instant;
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 
 use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendAncillaryMessage,
-    SendFlags,
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, RecvMsg, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
 };
 
 /// The most descriptors one message may carry.
@@ -42,6 +43,84 @@ pub(crate) fn send_with_fds(sock: impl AsFd, parts: &[&[u8]], fds: &[BorrowedFd<
         sent = 0;
     }
     Ok(())
+}
+
+/// Like [`send_with_fds`], but never blocks past `until` (`None`: waits
+/// for room as long as the peer holds its end; a peer that stops reading
+/// cannot hold the caller beyond its own deadline). Runs out of time as
+/// `TimedOut` when nothing was sent (the stream is as it was), as
+/// `InvalidData` part-way through the frame (the stream is broken); a peer
+/// that hung up is `BrokenPipe`.
+pub(crate) fn send_with_fds_until(
+    sock: impl AsFd,
+    parts: &[&[u8]],
+    fds: &[BorrowedFd<'_>],
+    until: Option<Instant>,
+) -> io::Result<()> {
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"));
+    }
+    let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+    let iov: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let mut sent = loop {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() {
+            control.push(SendAncillaryMessage::ScmRights(fds));
+        }
+        match rustix::net::sendmsg(&sock, &iov, &mut control, flags) {
+            Ok(n) => break n,
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => writable_by(&sock, until, false)?,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    for part in parts {
+        if sent >= part.len() {
+            sent -= part.len();
+            continue;
+        }
+        let mut at = sent;
+        while at < part.len() {
+            match rustix::net::send(&sock, &part[at..], flags) {
+                Ok(n) => at += n,
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) => writable_by(&sock, until, true)?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        sent = 0;
+    }
+    Ok(())
+}
+
+/// Waits until `sock` can take more bytes, by `until` (`None`: as long as
+/// the peer holds its end). See [`send_with_fds_until`] for the errors;
+/// `begun` says whether part of the frame is out already.
+fn writable_by(sock: impl AsFd, until: Option<Instant>, begun: bool) -> io::Result<()> {
+    loop {
+        let left = until.map(|u| u.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return Err(if begun {
+                io::Error::new(io::ErrorKind::InvalidData, "the peer stopped reading part-way through a frame")
+            } else {
+                io::ErrorKind::TimedOut.into()
+            });
+        }
+        let left = left.map(|l| Timespec { tv_sec: l.as_secs() as i64, tv_nsec: i64::from(l.subsec_nanos()) });
+        let mut fds = [PollFd::new(&sock, PollFlags::OUT)];
+        match rustix::event::poll(&mut fds, left.as_ref()) {
+            Ok(n) if n > 0 => {
+                let revents = fds[0].revents();
+                if revents.intersects(PollFlags::HUP | PollFlags::ERR) && !revents.contains(PollFlags::OUT) {
+                    return Err(io::ErrorKind::BrokenPipe.into());
+                }
+                return Ok(());
+            }
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// How a read waits for bytes that are not queued yet.
@@ -77,22 +156,164 @@ impl Patience {
 /// Receives up to `buf.len()` bytes (waiting, per `patience`, for all of
 /// them unless the peer closes first) and the descriptors that came with
 /// them, close-on-exec. Returns how many bytes arrived. More descriptors
-/// than [`MAX_FDS`] is an error (the ones that did arrive are closed).
-pub(crate) fn recv_with_fds(sock: impl AsFd, buf: &mut [u8], patience: Patience) -> io::Result<(usize, Vec<OwnedFd>)> {
+/// than [`MAX_FDS`] is an error.
+///
+/// Only descriptors of the kinds a peer may hand over are taken: regular
+/// files (sections), and Unix stream sockets where `sockets` says so (a
+/// connection's readiness handle). Anything else (a TCP socket, a pipe, a
+/// device) fails the read; it and the others that came with it are closed
+/// on another thread ([`close_elsewhere`]), since closing some of them can
+/// block for as long as the peer set up (a TCP socket lingering on unsent
+/// data).
+pub(crate) fn recv_with_fds(
+    sock: impl AsFd,
+    buf: &mut [u8],
+    patience: Patience,
+    sockets: bool,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let (got, fds) = recvmsg_fds(&sock, buf, patience.flags(&sock)?)?;
+    if got.flags.contains(ReturnFlags::CTRUNC) {
+        close_elsewhere(fds);
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "too many descriptors"));
+    }
+    if let Some(kind) = fds.iter().find_map(|fd| unexpected(fd, sockets)) {
+        close_elsewhere(fds);
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("the peer sent a descriptor of {kind}")));
+    }
+    Ok((got.bytes, fds))
+}
+
+/// One `recvmsg` with room for [`MAX_FDS`] descriptors.
+fn recvmsg_fds(sock: impl AsFd, buf: &mut [u8], flags: RecvFlags) -> rustix::io::Result<(RecvMsg, Vec<OwnedFd>)> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    let wait = patience.flags(&sock)?;
-    let got = rustix::net::recvmsg(&sock, &mut [IoSliceMut::new(buf)], &mut control, RecvFlags::CMSG_CLOEXEC | wait)?;
+    let got = rustix::net::recvmsg(&sock, &mut [IoSliceMut::new(buf)], &mut control, RecvFlags::CMSG_CLOEXEC | flags)?;
     let mut fds = Vec::new();
     for msg in control.drain() {
         if let RecvAncillaryMessage::ScmRights(received) = msg {
             fds.extend(received);
         }
     }
-    if got.flags.contains(ReturnFlags::CTRUNC) {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "too many descriptors"));
+    Ok((got, fds))
+}
+
+/// One read of bytes where no descriptors belong: any that came are
+/// closed elsewhere ([`close_elsewhere`]), not by the kernel in this
+/// thread as a plain read would.
+pub(crate) fn recv_discarding(sock: impl AsFd, buf: &mut [u8], flags: RecvFlags) -> rustix::io::Result<usize> {
+    let (got, fds) = recvmsg_fds(sock, buf, flags)?;
+    close_elsewhere(fds);
+    Ok(got.bytes)
+}
+
+/// What is wrong with a received descriptor's kind (`None`: a regular
+/// file, or a Unix stream socket where `sockets` allows one).
+fn unexpected(fd: &OwnedFd, sockets: bool) -> Option<&'static str> {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    let Ok(st) = rustix::fs::fstat(fd) else { return Some("unknown kind") };
+    match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+        rustix::fs::FileType::RegularFile => None,
+        rustix::fs::FileType::Socket
+            if sockets
+                && sockopt::socket_domain(fd).is_ok_and(|d| d == AddressFamily::UNIX)
+                && sockopt::socket_type(fd).is_ok_and(|t| t == SocketType::STREAM) =>
+        {
+            None
+        }
+        rustix::fs::FileType::Socket => Some("a socket where none belongs"),
+        _ => Some("another kind than a file"),
     }
-    Ok((got.bytes, fds))
+}
+
+/// Closes descriptors a peer handed over, on a thread of its own: closing
+/// one can block for as long as the peer arranged (a TCP socket with unsent
+/// data and `SO_LINGER`, a Unix socket whose queue holds such a socket), and
+/// the thread that received them must not wait for that. (Should that
+/// thread be impossible to start, they are left open rather than closed
+/// here.)
+pub(crate) fn close_elsewhere(fds: Vec<OwnedFd>) {
+    if fds.is_empty() {
+        return;
+    }
+    static CLOSER: OnceLock<Option<mpsc::Sender<Vec<OwnedFd>>>> = OnceLock::new();
+    let closer = CLOSER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Vec<OwnedFd>>();
+        let spawned = std::thread::Builder::new().name("copydata-closer".into()).spawn(move || {
+            for batch in rx {
+                drop(batch);
+            }
+        });
+        spawned.is_ok().then_some(tx)
+    });
+    match closer {
+        Some(tx) => {
+            if let Err(mpsc::SendError(fds)) = tx.send(fds) {
+                std::mem::forget(fds);
+            }
+        }
+        None => {
+            log::warn!("could not start a thread to close {} descriptors from a peer: left open", fds.len());
+            std::mem::forget(fds);
+        }
+    }
+}
+
+/// Stops the peer writing to `sock` and empties what it queued there,
+/// passing the descriptors in it to [`close_elsewhere`]: closing a socket
+/// closes what is queued in it, in the closing thread, and a peer decides
+/// what that is.
+pub(crate) fn disarm(sock: impl AsFd) {
+    let _ = rustix::net::shutdown(&sock, rustix::net::Shutdown::Read);
+    let mut buf = [0u8; 4096];
+    // (Bounded: the peer can no longer add to it, but a socket's queue may
+    // still hold a few megabytes.)
+    for _ in 0..4096 {
+        match recvmsg_fds(&sock, &mut buf, RecvFlags::DONTWAIT) {
+            Ok((got, fds)) => {
+                let done = got.bytes == 0 && fds.is_empty();
+                close_elsewhere(fds);
+                if done {
+                    return;
+                }
+            }
+            Err(Errno::INTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Descriptors a peer handed over: those still here when this is dropped
+/// (not taken out of `.0`) are closed on another thread
+/// ([`close_elsewhere`]).
+pub(crate) struct Foreign(pub(crate) Vec<OwnedFd>);
+
+impl Drop for Foreign {
+    fn drop(&mut self) {
+        close_elsewhere(std::mem::take(&mut self.0));
+    }
+}
+
+/// A socket a peer writes to, [`disarm`]ed before it is closed.
+#[derive(Debug)]
+pub(crate) struct Disarmed<T: AsFd>(pub(crate) T);
+
+impl<T: AsFd> Drop for Disarmed<T> {
+    fn drop(&mut self) {
+        disarm(&self.0);
+    }
+}
+
+impl<T: AsFd> std::ops::Deref for Disarmed<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: AsFd> AsFd for Disarmed<T> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
 }
 
 /// Reads exactly `buf.len()` bytes, waiting per `patience`; a peer that
@@ -101,8 +322,14 @@ pub(crate) fn recv_with_fds(sock: impl AsFd, buf: &mut [u8], patience: Patience)
 pub(crate) fn recv_exact(sock: impl AsFd, buf: &mut [u8], patience: Patience) -> io::Result<()> {
     let mut at = 0;
     while at < buf.len() {
-        let n = match rustix::net::recv(&sock, &mut buf[at..], patience.flags(&sock)?) {
-            Ok((n, _)) => n,
+        // (With room for descriptors: none belong here, and a plain read
+        // would have the kernel close them in this thread.)
+        let n = match recvmsg_fds(&sock, &mut buf[at..], patience.flags(&sock)?) {
+            Ok((got, fds)) if fds.is_empty() => got.bytes,
+            Ok((_, fds)) => {
+                close_elsewhere(fds);
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "descriptors came where none belong"));
+            }
             Err(Errno::INTR) => continue,
             Err(Errno::AGAIN) if matches!(patience, Patience::Queued) => {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "fewer bytes queued than announced"));

@@ -711,7 +711,13 @@ impl Link {
     /// one-shot payload, a post, a call that timed out), and the value named
     /// in the record must stay that section's until the peer took it. A
     /// buffer's duplicate is read-only, and so is a read-only section's.
-    pub(crate) fn send_aux(&self, buffer: Option<&Section>, sections: &[&Section]) -> io::Result<Vec<u8>> {
+    /// (`_until`: nothing here waits for the peer.)
+    pub(crate) fn send_aux(
+        &self,
+        buffer: Option<&Section>,
+        sections: &[&Section],
+        _until: Option<Instant>,
+    ) -> io::Result<Vec<u8>> {
         if sections.len() > MAX_SECTIONS {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

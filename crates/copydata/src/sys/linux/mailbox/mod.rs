@@ -27,6 +27,8 @@
 //! connection (for at most [`FIRST_PARK`]), then, like an async sender, on
 //! the readiness handle and the socket.
 
+#[cfg(test)]
+mod hostile;
 mod runtime;
 mod wire;
 
@@ -47,7 +49,7 @@ use rustix::net::{RecvFlags, SendFlags, Shutdown};
 use rustix::thread::futex;
 
 use self::wire::{Header, REPLY, REQUEST, STATUS_REFUSED};
-use super::scm::Patience;
+use super::scm::{Disarmed, Patience};
 use super::{Kind, Section as SysSection, access_of, kind_of};
 use crate::error::{BindError, ListError, ReplyError, SendError};
 use crate::fast::conn::ServerConn;
@@ -179,14 +181,14 @@ pub(crate) enum Drained {
 #[derive(Debug)]
 pub(crate) struct Link {
     region: Region,
-    sock: UnixStream,
+    sock: Disarmed<UnixStream>,
     bells: Option<ViewMut>,
     /// The readiness handle: one end each of a socket pair the receiver
     /// made, written (a byte) when the sender waits from an async runtime.
     /// Two sockets, so neither side shares an open description (and its
     /// flags, `O_NONBLOCK` say) with the other; each call says
     /// `MSG_DONTWAIT` anyway.
-    notify: OwnedFd,
+    notify: Disarmed<OwnedFd>,
 }
 
 impl Link {
@@ -249,8 +251,8 @@ impl Link {
         let mut found = Drained::Nothing;
         // (Bounded: a receiver writing all along cannot keep this going.)
         for _ in 0..16 {
-            match rustix::net::recv(&self.notify, &mut buf, RecvFlags::DONTWAIT) {
-                Ok((0, _)) => return Drained::Closed,
+            match super::scm::recv_discarding(&self.notify, &mut buf, RecvFlags::DONTWAIT) {
+                Ok(0) => return Drained::Closed,
                 Ok(_) => found = Drained::Signalled,
                 Err(Errno::INTR) => {}
                 Err(Errno::AGAIN) => break,
@@ -353,7 +355,15 @@ impl Link {
         0
     }
 
-    pub(crate) fn send_aux(&self, buffer: Option<&Section>, sections: &[&Section]) -> io::Result<Vec<u8>> {
+    /// Sends the attachments on the socket, waiting for room in it by
+    /// `until` at most (`None`: as long as the peer lives): `TimedOut` with
+    /// nothing sent, any other error with the connection broken.
+    pub(crate) fn send_aux(
+        &self,
+        buffer: Option<&Section>,
+        sections: &[&Section],
+        until: Option<Instant>,
+    ) -> io::Result<Vec<u8>> {
         let (records, section_fds) = wire::encode_sections(sections)?;
         let mut fds: Vec<BorrowedFd<'_>> = Vec::with_capacity(1 + sections.len());
         let buffer_fd = buffer.map(|b| b.inner().transfer_fd()).transpose()?;
@@ -369,8 +379,7 @@ impl Link {
             word: buffer.map_or(0, |b| b.len()),
             len: records.len() as u64,
         };
-        self.sock.set_write_timeout(Some(PEER_STEP))?;
-        wire::send_frame(&self.sock, &header, &records, &fds)?;
+        wire::send_frame_until(&self.sock, &header, &records, &fds, until)?;
         Ok(Vec::new())
     }
 
@@ -399,7 +408,7 @@ impl Link {
         queued("the attachment announced by the record", wire::HEADER as u64)?;
         self.sock.set_read_timeout(Some(PEER_STEP))?;
         let (h, mut fds) =
-            wire::recv_header(&self.sock, Patience::Queued)?.ok_or_else(|| wire::bad("the peer hung up"))?;
+            wire::recv_header(&self.sock, Patience::Queued, false)?.ok_or_else(|| wire::bad("the peer hung up"))?;
         if h.magic != AUX || h.b0 != u8::from(buffer) || h.b1 as usize != sections {
             return Err(wire::bad("the attachment does not match its record"));
         }
@@ -606,7 +615,8 @@ fn spare_fd() -> Option<OwnedFd> {
 
 /// A connection waiting for its sender's hello.
 struct Pending {
-    stream: UnixStream,
+    /// (Emptied before it is closed: the sender writes to it.)
+    stream: Disarmed<UnixStream>,
     peer: Peer,
     uid: u32,
     deadline: Instant,
@@ -738,6 +748,7 @@ impl Acceptor {
                     Some(spare) => {
                         drop(spare);
                         if let Ok((s, _)) = listener.accept() {
+                            let s = Disarmed(s);
                             let pid =
                                 rustix::net::sockopt::socket_peercred(&s).map_or(0, |c| c.pid.as_raw_nonzero().get());
                             log::warn!(
@@ -764,10 +775,10 @@ impl Acceptor {
             log::warn!("mailbox {}: too many silent connections; dropped pid {}'s", self.name, oldest.peer.pid);
         }
         let deadline = Instant::now() + PEER_STEP;
-        self.pending.push(Pending { stream, peer, uid: cred.uid.as_raw(), deadline, partial: false });
+        self.pending.push(Pending { stream: Disarmed(stream), peer, uid: cred.uid.as_raw(), deadline, partial: false });
     }
 
-    fn set_up_and_add(&mut self, stream: UnixStream, peer: Peer, uid: u32) {
+    fn set_up_and_add(&mut self, stream: Disarmed<UnixStream>, peer: Peer, uid: u32) {
         match self.set_up(stream, peer, uid) {
             Ok(Some((conn, w))) => {
                 self.conns.push((conn.clone(), w));
@@ -784,11 +795,16 @@ impl Acceptor {
         wire::send_frame(stream, &h, reason.as_bytes(), fds)
     }
 
-    fn set_up(&self, stream: UnixStream, peer: Peer, uid: u32) -> Result<Option<(Arc<ServerConn>, u32)>, String> {
+    fn set_up(
+        &self,
+        stream: Disarmed<UnixStream>,
+        peer: Peer,
+        uid: u32,
+    ) -> Result<Option<(Arc<ServerConn>, u32)>, String> {
         stream.set_read_timeout(Some(PEER_STEP)).map_err(|e| e.to_string())?;
         stream.set_write_timeout(Some(PEER_STEP)).map_err(|e| e.to_string())?;
         // (Only once `FIONREAD` said the hello is there: never waited for.)
-        let (hello, _fds) = match wire::recv_header(&stream, Patience::Queued) {
+        let (hello, _fds) = match wire::recv_header(&stream, Patience::Queued, false) {
             Ok(Some(h)) => h,
             Ok(None) => return Ok(None),
             Err(e) => return Err(format!("no hello: {e}")),
@@ -847,7 +863,7 @@ impl Acceptor {
         let fds = [region_fd.as_fd(), bells_fd.as_fd(), theirs.as_fd()];
         Self::welcome(&stream, SETUP_OK, "", &fds, self.max_payload).map_err(|e| format!("sending the region: {e}"))?;
         stream.set_read_timeout(None).map_err(|e| e.to_string())?;
-        let link = Link { region, sock: stream, bells: None, notify };
+        let link = Link { region, sock: stream, bells: None, notify: Disarmed(notify) };
         let conn = Arc::new(ServerConn::new(link, peer, wait.expect("checked"), self.max_payload));
         Ok(Some((conn, w)))
     }
@@ -883,6 +899,7 @@ pub(crate) fn connect(
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => SendError::NoSuchMailbox { name: shown() },
             _ => io(e),
         })?;
+        let sock = Disarmed(sock);
         let cred = rustix::net::sockopt::socket_peercred(&sock).map_err(|e| io(e.into()))?;
         if cred.uid.as_raw() != owner {
             return Err(SendError::Refused {
@@ -912,12 +929,19 @@ pub(crate) fn connect(
         }
         _ => io(e),
     })?;
-    set_up_connection(name, sock, wait, deadline)
+    set_up_connection(name, Disarmed(sock), wait, deadline)
 }
 
 /// The sender's side of the set-up, on a connected socket: the hello, then
 /// the welcome with the region and the doorbells.
-fn set_up_connection(name: &Name, sock: UnixStream, wait: Wait, deadline: Instant) -> Result<(Link, u64), SendError> {
+/// (`sock` is emptied before it is closed, on every way out: the receiver
+/// writes to it.)
+fn set_up_connection(
+    name: &Name,
+    sock: Disarmed<UnixStream>,
+    wait: Wait,
+    deadline: Instant,
+) -> Result<(Link, u64), SendError> {
     let shown = || name.to_string();
     let io = |source: io::Error| SendError::Io { name: shown(), source };
     let timed_out = || SendError::TimedOut { name: shown(), timeout: Duration::ZERO };
@@ -933,14 +957,21 @@ fn set_up_connection(name: &Name, sock: UnixStream, wait: Wait, deadline: Instan
                 name: shown(),
                 reason: "the receiver closed the connection during set-up (an older copydata, or it died)".into(),
             }
+        } else if e.kind() == io::ErrorKind::InvalidData {
+            // What the receiver sent is no set-up (descriptors of a kind
+            // it never sends, say).
+            SendError::Protocol { name: shown(), reason: e.to_string() }
         } else {
             io(e)
         }
     };
     wire::send_frame(&sock, &hello, &[], &[]).map_err(step_err)?;
-    let (h, mut fds) = wire::recv_header(&sock, Patience::Until(deadline))
+    let (h, fds) = wire::recv_header(&sock, Patience::Until(deadline), true)
         .map_err(step_err)?
         .ok_or_else(|| step_err(io::ErrorKind::UnexpectedEof.into()))?;
+    // (Whatever is not taken below, on any way out, is closed elsewhere:
+    // the readiness handle is a socket the receiver may have filled.)
+    let mut fds = super::scm::Foreign(fds);
     if h.magic != WELCOME {
         return Err(SendError::Incompatible {
             name: shown(),
@@ -962,10 +993,10 @@ fn set_up_connection(name: &Name, sock: UnixStream, wait: Wait, deadline: Instan
         }
     }
     let bad = |reason: String| SendError::Protocol { name: shown(), reason };
-    if h.seq != u64::from(PROTOCOL) || fds.len() != 3 || h.len != 0 {
+    if h.seq != u64::from(PROTOCOL) || fds.0.len() != 3 || h.len != 0 {
         return Err(SendError::Incompatible { name: shown(), reason: format!("set-up of protocol {}", h.seq) });
     }
-    let notify = fds.pop().expect("three descriptors");
+    let notify = Disarmed(fds.0.pop().expect("three descriptors"));
     if !is_stream_socket(&notify) {
         return Err(bad("the readiness handle is not a Unix stream socket".into()));
     }
@@ -975,9 +1006,9 @@ fn set_up_connection(name: &Name, sock: UnixStream, wait: Wait, deadline: Instan
     if !matches!((pid_of(notify.as_fd()), pid_of(sock.as_fd())), (Ok(a), Ok(b)) if a == b) {
         return Err(bad("the readiness handle is not connected to the receiver".into()));
     }
-    let bells_fd = fds.pop().expect("three descriptors");
+    let bells_fd = fds.0.pop().expect("three descriptors");
     let region =
-        sealed_section(fds.pop().expect("three descriptors"), "connection region").map_err(|e| bad(e.to_string()))?;
+        sealed_section(fds.0.pop().expect("three descriptors"), "connection region").map_err(|e| bad(e.to_string()))?;
     let region = Region::adopt(region).map_err(bad)?;
     let bells = sealed_section(bells_fd, "doorbell section").map_err(|e| bad(e.to_string()))?;
     if bells.len() != BELLS_LEN as u64 {

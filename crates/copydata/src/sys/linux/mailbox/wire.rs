@@ -81,15 +81,33 @@ pub(crate) fn send_frame(sock: impl AsFd, header: &Header, body: &[u8], fds: &[B
     scm::send_with_fds(sock, &[&header.encode(), body], fds)
 }
 
-/// Receives a header and the descriptors that came with it. `Ok(None)` is a
-/// clean end of stream before a frame.
-pub(crate) fn recv_header(sock: impl AsFd, patience: Patience) -> io::Result<Option<(Header, Vec<OwnedFd>)>> {
+/// [`send_frame`] waiting for room by `until` at most (see
+/// `scm::send_with_fds_until`).
+pub(crate) fn send_frame_until(
+    sock: impl AsFd,
+    header: &Header,
+    body: &[u8],
+    fds: &[BorrowedFd<'_>],
+    until: Option<Instant>,
+) -> io::Result<()> {
+    scm::send_with_fds_until(sock, &[&header.encode(), body], fds, until)
+}
+
+/// Receives a header and the descriptors that came with it (Unix sockets
+/// among them only where `sockets` allows, see `scm::recv_with_fds`).
+/// `Ok(None)` is a clean end of stream before a frame.
+pub(crate) fn recv_header(
+    sock: impl AsFd,
+    patience: Patience,
+    sockets: bool,
+) -> io::Result<Option<(Header, Vec<OwnedFd>)>> {
     let mut head = [0u8; HEADER];
-    let (bytes, fds) = scm::recv_with_fds(sock, &mut head, patience)?;
+    let (bytes, fds) = scm::recv_with_fds(sock, &mut head, patience, sockets)?;
     if bytes == 0 && fds.is_empty() {
         return Ok(None);
     }
     if bytes < HEADER {
+        scm::close_elsewhere(fds);
         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("short header ({bytes} bytes)")));
     }
     Ok(Some((Header::decode(&head), fds)))
