@@ -2240,3 +2240,26 @@ fn a_thread_busy_for_seconds_still_connects() {
     check_echo(&copydata::send(&name, 0, b"two").unwrap(), b"two");
     stop_server(kid, &name);
 }
+
+/// A handler that lends a large reply buffer and drops it unsent, then
+/// answers with less: the buffer the sender is handed is sized for that
+/// answer, within the sender's `max_reply` (a buffer sized for the dropped
+/// loan would exceed it, and be refused).
+#[test]
+fn a_dropped_reply_loan_does_not_oversize_later_replies() {
+    let name = unique("loan-dropped");
+    let mailbox = Mailbox::bind(&name).unwrap();
+    let server = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let request = mailbox.recv_timeout(Duration::from_secs(30)).unwrap();
+            drop(request.loan_reply(8 << 20).unwrap());
+            request.reply(Reply::new(0, vec![5u8; 500 << 10])).unwrap();
+        }
+    });
+    let mut sender = Sender::connect_with(&name, &copydata::SenderOptions::new().max_reply(1 << 20)).unwrap();
+    for tag in 1..=2 {
+        let reply = sender.send_timeout(tag, b"x", Duration::from_secs(30)).unwrap();
+        assert_eq!(reply.data.len(), 500 << 10);
+    }
+    server.join().unwrap();
+}

@@ -242,6 +242,18 @@ impl Pool {
             return Ok(Lend::TooLarge);
         }
         let want = len.max(MIN_BUF).next_power_of_two();
+        // A free buffer the peer has never been handed (its first use was
+        // cancelled) is announced only at the size this payload needs: the
+        // peer refuses a new buffer larger than its own limit needs, and
+        // that limit (the sender's `max_reply`, for replies) is not known
+        // here. A larger one is given up (the peer knows nothing of it).
+        let unannounced = self
+            .buffers()
+            .filter(|&(slot, b)| !b.announced && b.cap > want && self.is_free(region, slot))
+            .fold(0u64, |set, (slot, _)| set | 1 << slot);
+        for slot in slots_in(unannounced) {
+            self.empty(slot);
+        }
         // The smallest free buffer that fits.
         let mut best: Option<(usize, usize)> = None;
         for (slot, b) in self.buffers() {

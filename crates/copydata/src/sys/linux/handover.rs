@@ -93,6 +93,8 @@ pub fn recv_section(socket: impl AsFd) -> Result<Section, HandoverError> {
     if name_len > 0 {
         scm::recv_exact(&socket, &mut name, scm::Patience::Blocking).map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof => HandoverError::Malformed("short name".into()),
+            // (Descriptors with the name's bytes, say.)
+            io::ErrorKind::InvalidData => HandoverError::Malformed(e.to_string()),
             _ => io(e),
         })?;
     }

@@ -18,6 +18,11 @@ use rustix::net::{
 /// The most descriptors one message may carry.
 pub(crate) const MAX_FDS: usize = 17;
 
+/// The most descriptors the kernel passes in one message (`SCM_MAX_FD`):
+/// a read makes room for all of them, since those that find no room are
+/// closed by the kernel in the reading thread.
+const KERNEL_MAX_FDS: usize = 253;
+
 /// Sends `parts` as one stream of bytes, `fds` riding with the first byte.
 /// Finishes short writes; `SIGPIPE` is never raised.
 pub(crate) fn send_with_fds(sock: impl AsFd, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
@@ -172,7 +177,7 @@ pub(crate) fn recv_with_fds(
     sockets: bool,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
     let (got, fds) = recvmsg_fds(&sock, buf, patience.flags(&sock)?)?;
-    if got.flags.contains(ReturnFlags::CTRUNC) {
+    if got.flags.contains(ReturnFlags::CTRUNC) || fds.len() > MAX_FDS {
         close_elsewhere(fds);
         return Err(io::Error::new(io::ErrorKind::InvalidData, "too many descriptors"));
     }
@@ -183,9 +188,9 @@ pub(crate) fn recv_with_fds(
     Ok((got.bytes, fds))
 }
 
-/// One `recvmsg` with room for [`MAX_FDS`] descriptors.
+/// One `recvmsg` with room for as many descriptors as the kernel passes.
 fn recvmsg_fds(sock: impl AsFd, buf: &mut [u8], flags: RecvFlags) -> rustix::io::Result<(RecvMsg, Vec<OwnedFd>)> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(KERNEL_MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let got = rustix::net::recvmsg(&sock, &mut [IoSliceMut::new(buf)], &mut control, RecvFlags::CMSG_CLOEXEC | flags)?;
     let mut fds = Vec::new();
@@ -240,7 +245,9 @@ pub(crate) fn close_elsewhere(fds: Vec<OwnedFd>) {
         let (tx, rx) = mpsc::channel::<Vec<OwnedFd>>();
         let spawned = std::thread::Builder::new().name("copydata-closer".into()).spawn(move || {
             for batch in rx {
-                drop(batch);
+                for fd in batch {
+                    defuse(fd, 4);
+                }
             }
         });
         spawned.is_ok().then_some(tx)
@@ -258,20 +265,36 @@ pub(crate) fn close_elsewhere(fds: Vec<OwnedFd>) {
     }
 }
 
-/// Stops the peer writing to `sock` and empties what it queued there,
-/// passing the descriptors in it to [`close_elsewhere`]: closing a socket
-/// closes what is queued in it, in the closing thread, and a peer decides
-/// what that is.
-pub(crate) fn disarm(sock: impl AsFd) {
-    let _ = rustix::net::shutdown(&sock, rustix::net::Shutdown::Read);
+/// Closes a descriptor from a peer without waiting on it where that can be
+/// helped: a network socket is reset rather than left to linger on unsent
+/// data, and a Unix socket is emptied first (its queue may hold such
+/// sockets, closed with it), `depth` levels down.
+fn defuse(fd: OwnedFd, depth: u32) {
+    use rustix::net::{AddressFamily, sockopt};
+    let is_socket = rustix::fs::fstat(&fd)
+        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket);
+    if is_socket {
+        if sockopt::socket_domain(&fd).is_ok_and(|d| d == AddressFamily::UNIX) {
+            if depth > 0 {
+                let _ = rustix::net::shutdown(&fd, rustix::net::Shutdown::Read);
+                drain(&fd, |fds| fds.into_iter().for_each(|inner| defuse(inner, depth - 1)));
+            }
+        } else {
+            let _ = sockopt::set_socket_linger(&fd, Some(std::time::Duration::ZERO));
+        }
+    }
+    drop(fd);
+}
+
+/// Reads `sock` until it is empty (or fails), handing what descriptors
+/// came to `take`.
+fn drain(sock: impl AsFd, mut take: impl FnMut(Vec<OwnedFd>)) {
     let mut buf = [0u8; 4096];
-    // (Bounded: the peer can no longer add to it, but a socket's queue may
-    // still hold a few megabytes.)
-    for _ in 0..4096 {
+    loop {
         match recvmsg_fds(&sock, &mut buf, RecvFlags::DONTWAIT) {
             Ok((got, fds)) => {
                 let done = got.bytes == 0 && fds.is_empty();
-                close_elsewhere(fds);
+                take(fds);
                 if done {
                     return;
                 }
@@ -280,6 +303,16 @@ pub(crate) fn disarm(sock: impl AsFd) {
             Err(_) => return,
         }
     }
+}
+
+/// Stops the peer writing to `sock` and empties what it queued there,
+/// passing the descriptors in it to [`close_elsewhere`]: closing a socket
+/// closes what is queued in it, in the closing thread, and a peer decides
+/// what that is.
+pub(crate) fn disarm(sock: impl AsFd) {
+    // (After this the queue only shrinks: the loop below ends.)
+    let _ = rustix::net::shutdown(&sock, rustix::net::Shutdown::Read);
+    drain(&sock, close_elsewhere);
 }
 
 /// Descriptors a peer handed over: those still here when this is dropped

@@ -319,3 +319,192 @@ fn a_listening_readiness_handle_is_refused() {
         other => panic!("a listening readiness handle was taken: {:?}", other.map(|_| ())),
     }
 }
+
+/// Sends `bytes` with `fds` (more than the library's own sends allow).
+fn raw_send_many(sock: impl AsFd, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(64))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+    let n = rustix::net::sendmsg(&sock, &[std::io::IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL).unwrap();
+    assert_eq!(n, bytes.len());
+}
+
+fn memfds(n: usize) -> Vec<OwnedFd> {
+    (0..n).map(|_| rustix::fs::memfd_create("copydata-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap()).collect()
+}
+
+/// More descriptors than one read may take, the last a lingering TCP
+/// socket: a read that found no room for some would have the kernel close
+/// them in the reading thread. Refused within the connect timeout.
+#[test]
+fn too_many_descriptors_in_a_refusal_do_not_hold_the_sender() {
+    let name = &format!("hostile-many-{}", std::process::id());
+    let (listener, path) = listen(name);
+    let recv = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let _ = wire::recv_header(&s, Patience::Until(Instant::now() + Duration::from_secs(5)), false);
+        let (a, b) = lingering_tcp(Duration::from_secs(6));
+        let files = memfds(60);
+        let mut fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
+        fds.push(a.as_fd());
+        let h = Header { magic: WELCOME, b0: SETUP_REFUSED, b1: 0, seq: 4, word: 0, len: 0 };
+        raw_send_many(&s, &h.encode(), &fds);
+        drop((a, files));
+        // (Long enough that a close waiting for the linger would show.)
+        std::thread::sleep(Duration::from_secs(4));
+        drop((b, s));
+    });
+    let started = Instant::now();
+    let r = crate::Sender::connect_timeout(name, Duration::from_millis(3000));
+    let took = started.elapsed();
+    let _ = std::fs::remove_file(&path);
+    recv.join().unwrap();
+    assert!(took < Duration::from_millis(3500), "connect_timeout(3 s) returned after {took:?}");
+    assert!(matches!(r, Err(SendError::Protocol { .. })), "{:?}", r.map(|_| ()));
+}
+
+/// The same in a hello to a real mailbox: its accept thread goes on
+/// setting up honest senders at once.
+#[test]
+fn too_many_descriptors_in_a_hello_do_not_stall_the_mailbox() {
+    let name = format!("hostile-many-hello-{}", std::process::id());
+    let mailbox = crate::Mailbox::bind(&name).unwrap();
+    let path = runtime::socket_path(&runtime::runtime_dir().unwrap(), &Name::new(&name).unwrap());
+    let (a, b) = lingering_tcp(Duration::from_secs(6));
+    let s = UnixStream::connect(&path).unwrap();
+    let files = memfds(60);
+    let mut fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
+    fds.push(a.as_fd());
+    let h = Header { magic: HELLO, b0: 0, b1: 0, seq: u64::from(PROTOCOL), word: 0, len: 0 };
+    raw_send_many(&s, &h.encode(), &fds);
+    drop((a, files));
+    std::thread::sleep(Duration::from_millis(300));
+    let r = crate::Sender::connect_timeout(&name, Duration::from_millis(2000));
+    assert!(r.is_ok(), "an honest sender after the hostile hello: {:?}", r.map(|_| ()));
+    drop((r, s, b, mailbox));
+}
+
+/// A Unix socket (allowed at set-up, but only as the readiness handle) in
+/// the region's place, holding a lingering TCP socket in its queue: refused
+/// within the connect timeout.
+#[test]
+fn a_socket_in_the_regions_place_is_refused_without_waiting() {
+    let name = &format!("hostile-region-socket-{}", std::process::id());
+    let (listener, path) = listen(name);
+    let recv = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let _ = wire::recv_header(&s, Patience::Until(Instant::now() + Duration::from_secs(5)), false);
+        let (a, b) = lingering_tcp(Duration::from_secs(6));
+        let (x, y) = readiness_pair().unwrap();
+        super::super::scm::send_with_fds(&x, &[b"z"], &[a.as_fd()]).unwrap();
+        drop(a);
+        let bells = Bells::new().unwrap();
+        let bells_fd = bells.section.inner().transfer_fd().unwrap();
+        let (_mine, theirs) = readiness_pair().unwrap();
+        let h = Header { magic: WELCOME, b0: SETUP_OK, b1: 0, seq: u64::from(PROTOCOL), word: u64::MAX, len: 0 };
+        wire::send_frame(&s, &h, &[], &[y.as_fd(), bells_fd.as_fd(), theirs.as_fd()]).unwrap();
+        drop((x, y));
+        std::thread::sleep(Duration::from_secs(4));
+        drop((b, s));
+    });
+    let started = Instant::now();
+    let r = crate::Sender::connect_timeout(name, Duration::from_millis(3000));
+    let took = started.elapsed();
+    let _ = std::fs::remove_file(&path);
+    recv.join().unwrap();
+    assert!(took < Duration::from_millis(3500), "connect_timeout(3 s) returned after {took:?}");
+    assert!(matches!(r, Err(SendError::Protocol { .. })), "{:?}", r.map(|_| ()));
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// A lingering socket handed to a mailbox is reset, not waited for: the
+/// descriptors refused after it are closed at once too, not piled up.
+#[test]
+fn refused_descriptors_do_not_pile_up_behind_a_lingering_one() {
+    let name = format!("hostile-pile-{}", std::process::id());
+    let mailbox = crate::Mailbox::bind(&name).unwrap();
+    let path = runtime::socket_path(&runtime::runtime_dir().unwrap(), &Name::new(&name).unwrap());
+    let h = Header { magic: HELLO, b0: 0, b1: 0, seq: u64::from(PROTOCOL), word: 0, len: 0 };
+    let (a, b) = lingering_tcp(Duration::from_secs(8));
+    {
+        let s = UnixStream::connect(&path).unwrap();
+        raw_send_many(&s, &h.encode(), &[a.as_fd()]);
+    }
+    drop(a);
+    std::thread::sleep(Duration::from_millis(300));
+    let before = open_fds();
+    for _ in 0..30 {
+        let pipes: Vec<(OwnedFd, OwnedFd)> = (0..8)
+            .map(|_| {
+                let (r, w) = std::io::pipe().unwrap();
+                (OwnedFd::from(r), OwnedFd::from(w))
+            })
+            .collect();
+        let fds: Vec<_> = pipes.iter().flat_map(|(r, w)| [r.as_fd(), w.as_fd()]).collect();
+        let s = UnixStream::connect(&path).unwrap();
+        raw_send_many(&s, &h.encode(), &fds);
+        std::thread::sleep(Duration::from_millis(20));
+        drop((s, pipes));
+    }
+    // Other tests of this process open and close descriptors meanwhile: a
+    // margin, far below the 480 refused here.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while open_fds() > before + 64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = open_fds();
+    drop((b, mailbox));
+    assert!(after <= before + 64, "open descriptors {before} -> {after}: refused ones piled up");
+}
+
+/// A receiver queues thousands of descriptor-carrying messages on the
+/// sender's socket (as many as its send buffer takes), the last a
+/// lingering TCP socket: dropping the sender empties the socket, whatever
+/// its size, before closing it, so the drop does not wait.
+#[test]
+fn a_socket_full_of_descriptors_is_emptied_before_it_closes() {
+    let name = &format!("hostile-full-socket-{}", std::process::id());
+    let (a, b) = lingering_tcp(Duration::from_secs(6));
+    let a = std::sync::Mutex::new(Some(a));
+    let fake = FakeReceiver::start(name, move |_region, s, prod, _mine| {
+        let a = a.lock().unwrap().take().unwrap();
+        // (As large as the system allows: more messages than any fixed
+        // number of reads.)
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(s, 8 << 20);
+        let (r, _w) = std::io::pipe().unwrap();
+        let r = OwnedFd::from(r);
+        for i in 0..5000 {
+            let last = i == 4999;
+            use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage};
+            let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            let one = [if last { a.as_fd() } else { r.as_fd() }];
+            control.push(SendAncillaryMessage::ScmRights(&one));
+            let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+            if rustix::net::sendmsg(s, &[std::io::IoSlice::new(b"q")], &mut control, flags).is_err() {
+                // Full: the lingering socket goes last anyway.
+                let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut control = SendAncillaryBuffer::new(&mut space);
+                let one = [a.as_fd()];
+                control.push(SendAncillaryMessage::ScmRights(&one));
+                let _ = rustix::net::sendmsg(s, &[std::io::IoSlice::new(b"q")], &mut control, flags);
+                break;
+            }
+        }
+        drop(a);
+        prod.push(REPLY, pack_flags(0, 0), 0, 0, &[]).unwrap().unwrap();
+        true
+    });
+    let mut s = crate::Sender::connect_timeout(name, Duration::from_secs(2)).unwrap();
+    let _ = s.send_timeout(1, b"x", Duration::from_secs(5));
+    let started = Instant::now();
+    drop(s);
+    let took = started.elapsed();
+    drop(fake);
+    drop(b);
+    assert!(took < Duration::from_secs(2), "dropping the sender took {took:?}");
+}

@@ -996,6 +996,14 @@ fn set_up_connection(
     if h.seq != u64::from(PROTOCOL) || fds.0.len() != 3 || h.len != 0 {
         return Err(SendError::Incompatible { name: shown(), reason: format!("set-up of protocol {}", h.seq) });
     }
+    // A socket only as the readiness handle: the region and the doorbells
+    // are memory (a socket there would be closed here, with what it holds).
+    let memory = |fd: &OwnedFd| {
+        rfs::fstat(fd).is_ok_and(|st| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile)
+    };
+    if !fds.0[..2].iter().all(memory) {
+        return Err(bad("the region or the doorbells are not memory".into()));
+    }
     let notify = Disarmed(fds.0.pop().expect("three descriptors"));
     if !is_stream_socket(&notify) {
         return Err(bad("the readiness handle is not a Unix stream socket".into()));
