@@ -243,21 +243,16 @@ impl Pool {
         }
         let want = len.max(MIN_BUF).next_power_of_two();
         // A free buffer the peer has never been handed (its first use was
-        // cancelled) is announced only at the size this payload needs: the
-        // peer refuses a new buffer larger than its own limit needs, and
-        // that limit (the sender's `max_reply`, for replies) is not known
-        // here. A larger one is given up (the peer knows nothing of it).
-        let unannounced = self
-            .buffers()
-            .filter(|&(slot, b)| !b.announced && b.cap > want && self.is_free(region, slot))
-            .fold(0u64, |set, (slot, _)| set | 1 << slot);
-        for slot in slots_in(unannounced) {
-            self.empty(slot);
-        }
+        // cancelled) is not announced at a size larger than this payload
+        // needs: the peer refuses a new buffer larger than its own limit
+        // needs, and that limit (the sender's `max_reply`, for replies) is
+        // not known here. Such a buffer is left for payloads of its size,
+        // and given up only to make room.
+        let oversized = |b: &Buf| !b.announced && b.cap > want;
         // The smallest free buffer that fits.
         let mut best: Option<(usize, usize)> = None;
         for (slot, b) in self.buffers() {
-            if b.cap >= want && self.is_free(region, slot) && best.is_none_or(|(_, cap)| cap > b.cap) {
+            if b.cap >= want && !oversized(b) && self.is_free(region, slot) && best.is_none_or(|(_, cap)| cap > b.cap) {
                 best = Some((slot, b.cap));
             }
         }
@@ -270,9 +265,11 @@ impl Pool {
                 let bytes = |p: &Pool| p.buffers().map(|(_, b)| b.cap).sum::<usize>();
                 for s in slots_in(self.used) {
                     if (live(self) >= MAX_BUFFERS || bytes(self) + want > MAX_POOL)
-                        && self.slots[s].as_ref().is_some_and(|b| b.cap < want)
+                        && self.slots[s].as_ref().is_some_and(|b| b.cap < want || oversized(b))
                         && self.is_free(region, s)
                     {
+                        // (The peer knows nothing of an unannounced one, but
+                        // a RETIRE of a slot it does not know is harmless.)
                         self.empty(s);
                         retire.push(s as u32);
                     }

@@ -18,10 +18,16 @@ use rustix::net::{
 /// The most descriptors one message may carry.
 pub(crate) const MAX_FDS: usize = 17;
 
-/// The most descriptors the kernel passes in one message (`SCM_MAX_FD`):
-/// a read makes room for all of them, since those that find no room are
+/// Room for the control messages of one read: the most descriptors the
+/// kernel passes in one message (`SCM_MAX_FD`, 253) and what else a peer
+/// can have it add (credentials, a pidfd, a security label, on a socket
+/// whose options the peer sets), since descriptors that find no room are
 /// closed by the kernel in the reading thread.
-const KERNEL_MAX_FDS: usize = 253;
+const CONTROL_ROOM: usize = 4096;
+
+/// `SCM_PIDFD`: a pidfd the kernel installs with each read of a socket
+/// whose `SO_PASSPIDFD` is set (by the peer, on a socket it handed over).
+const SCM_PIDFD: i32 = 4;
 
 /// Sends `parts` as one stream of bytes, `fds` riding with the first byte.
 /// Finishes short writes; `SIGPIPE` is never raised.
@@ -190,7 +196,9 @@ pub(crate) fn recv_with_fds(
 
 /// One `recvmsg` with room for as many descriptors as the kernel passes.
 fn recvmsg_fds(sock: impl AsFd, buf: &mut [u8], flags: RecvFlags) -> rustix::io::Result<(RecvMsg, Vec<OwnedFd>)> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(KERNEL_MAX_FDS))];
+    // Zeroed, so that what the kernel did not write reads as the end of the
+    // control messages below.
+    let mut space = [MaybeUninit::new(0u8); CONTROL_ROOM];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let got = rustix::net::recvmsg(&sock, &mut [IoSliceMut::new(buf)], &mut control, RecvFlags::CMSG_CLOEXEC | flags)?;
     let mut fds = Vec::new();
@@ -199,7 +207,53 @@ fn recvmsg_fds(sock: impl AsFd, buf: &mut [u8], flags: RecvFlags) -> rustix::io:
             fds.extend(received);
         }
     }
+    drop(control);
+    // A pidfd (which the parsing above skips) is a descriptor of ours too:
+    // taken, so it is closed and not leaked.
+    fds.extend(pidfds(&space));
     Ok((got, fds))
+}
+
+/// The pidfds among the control messages in `space` (zeroed before the
+/// read: a header of length 0 ends them).
+fn pidfds(space: &[MaybeUninit<u8>]) -> Vec<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    const WORD: usize = std::mem::size_of::<usize>();
+    // struct cmsghdr: cmsg_len (size_t), cmsg_level (int), cmsg_type
+    // (int), then the data, each header at a word boundary.
+    let header = WORD + 8;
+    let byte = |i: usize| -> u8 {
+        // SAFETY: `space` was fully initialised (zeroed) before the read,
+        // and the kernel only writes initialised bytes into it.
+        unsafe { space[i].assume_init() }
+    };
+    let read = |at: usize, n: usize| -> u64 { (0..n).rev().fold(0u64, |v, i| v << 8 | u64::from(byte(at + i))) };
+    let read_ne = |at: usize, n: usize| -> u64 {
+        if cfg!(target_endian = "little") {
+            read(at, n)
+        } else {
+            (0..n).fold(0u64, |v, i| v << 8 | u64::from(byte(at + i)))
+        }
+    };
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + header <= space.len() {
+        let len = read_ne(at, WORD) as usize;
+        if len < header || at + len > space.len() {
+            break;
+        }
+        let (level, kind) = (read_ne(at + WORD, 4) as i32, read_ne(at + WORD + 4, 4) as i32);
+        if level == libc::SOL_SOCKET && kind == SCM_PIDFD && len >= header + 4 {
+            let fd = read_ne(at + header, 4) as i32;
+            if fd >= 0 {
+                // SAFETY: the kernel installed this descriptor in this
+                // process for this read (`SCM_PIDFD`); nothing else owns it.
+                out.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+        at += len.next_multiple_of(WORD);
+    }
+    out
 }
 
 /// One read of bytes where no descriptors belong: any that came are
@@ -246,7 +300,7 @@ pub(crate) fn close_elsewhere(fds: Vec<OwnedFd>) {
         let spawned = std::thread::Builder::new().name("copydata-closer".into()).spawn(move || {
             for batch in rx {
                 for fd in batch {
-                    defuse(fd, 4);
+                    defuse(fd);
                 }
             }
         });
@@ -268,26 +322,52 @@ pub(crate) fn close_elsewhere(fds: Vec<OwnedFd>) {
 /// Closes a descriptor from a peer without waiting on it where that can be
 /// helped: a network socket is reset rather than left to linger on unsent
 /// data, and a Unix socket is emptied first (its queue may hold such
-/// sockets, closed with it), `depth` levels down.
-fn defuse(fd: OwnedFd, depth: u32) {
-    use rustix::net::{AddressFamily, sockopt};
-    let is_socket = rustix::fs::fstat(&fd)
-        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket);
-    if is_socket {
-        if sockopt::socket_domain(&fd).is_ok_and(|d| d == AddressFamily::UNIX) {
-            if depth > 0 {
-                let _ = rustix::net::shutdown(&fd, rustix::net::Shutdown::Read);
-                drain(&fd, |fds| fds.into_iter().for_each(|inner| defuse(inner, depth - 1)));
-            }
-        } else {
+/// sockets, closed with it), whatever it holds, however deep. A datagram
+/// socket that cannot be emptied (its peer writing all along) is left open
+/// rather than closed with what it holds.
+fn defuse(fd: OwnedFd) {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    let mut work = vec![fd];
+    while let Some(fd) = work.pop() {
+        let is_socket = rustix::fs::fstat(&fd)
+            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket);
+        if !is_socket {
+            continue;
+        }
+        if !sockopt::socket_domain(&fd).is_ok_and(|d| d == AddressFamily::UNIX) {
             let _ = sockopt::set_socket_linger(&fd, Some(std::time::Duration::ZERO));
+            continue;
+        }
+        if sockopt::socket_type(&fd).is_ok_and(|t| t == SocketType::STREAM) {
+            // After SHUT_RD the queue only shrinks, and an empty read is
+            // its end.
+            let _ = rustix::net::shutdown(&fd, rustix::net::Shutdown::Read);
+            drain(&fd, |fds| work.extend(fds));
+        } else {
+            // Messages may be empty here, and the end of the queue reads
+            // the same: read until there is nothing (`EAGAIN`), within a
+            // bound.
+            let mut buf = [0u8; 4096];
+            let mut left = 4096;
+            loop {
+                match recvmsg_fds(&fd, &mut buf, RecvFlags::DONTWAIT) {
+                    Ok((_, fds)) => work.extend(fds),
+                    Err(Errno::INTR) => {}
+                    Err(Errno::AGAIN) => break,
+                    Err(_) => break,
+                }
+                left -= 1;
+                if left == 0 {
+                    std::mem::forget(fd);
+                    break;
+                }
+            }
         }
     }
-    drop(fd);
 }
 
-/// Reads `sock` until it is empty (or fails), handing what descriptors
-/// came to `take`.
+/// Reads a stream socket until it is empty (or fails), handing what
+/// descriptors came to `take`.
 fn drain(sock: impl AsFd, mut take: impl FnMut(Vec<OwnedFd>)) {
     let mut buf = [0u8; 4096];
     loop {
@@ -392,5 +472,135 @@ fn readable_by(sock: impl AsFd, deadline: Instant) -> io::Result<()> {
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    fn lingering_tcp(linger: Duration) -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        rustix::net::sockopt::set_socket_recv_buffer_size(&b, 4096).unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&a, 4096).unwrap();
+        a.set_nonblocking(true).unwrap();
+        let chunk = [7u8; 65536];
+        let mut stalls = 0;
+        while stalls < 10 {
+            match (&a).write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    stalls += 1;
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        rustix::net::sockopt::set_socket_linger(&a, Some(linger)).unwrap();
+        (a, b)
+    }
+
+    fn send_raw(sock: impl AsFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() {
+            assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+        }
+        rustix::net::sendmsg(&sock, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL).unwrap();
+    }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    /// A socket whose peer set SO_PASSCRED on it: 253 descriptors (the
+    /// kernel's most) and the credentials fit in one read's room.
+    #[test]
+    fn a_full_message_fits_beside_credentials() {
+        let (a, b) =
+            rustix::net::socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap();
+        rustix::net::sockopt::set_socket_passcred(&a, true).unwrap();
+        let files: Vec<OwnedFd> =
+            (0..253).map(|_| rustix::fs::memfd_create("x", rustix::fs::MemfdFlags::CLOEXEC).unwrap()).collect();
+        let fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
+        send_raw(&b, b"q", &fds);
+        let mut buf = [0u8; 16];
+        let (got, fds) = recvmsg_fds(&a, &mut buf, RecvFlags::DONTWAIT).unwrap();
+        eprintln!("passcred: got {} fds, CTRUNC {}", fds.len(), got.flags.contains(ReturnFlags::CTRUNC));
+        assert_eq!(fds.len(), 253, "the kernel closed {} in this thread", 253 - fds.len());
+    }
+
+    /// SO_PASSPIDFD: each read installs a pidfd, taken and closed with the
+    /// rest, not leaked.
+    #[test]
+    fn pidfds_that_come_with_reads_are_not_leaked() {
+        let (a, b) =
+            rustix::net::socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap();
+        let one: libc::c_int = 1;
+        // SAFETY: sets an int option on our own socket (76: SO_PASSPIDFD).
+        let r = unsafe {
+            libc::setsockopt(a.as_raw_fd(), libc::SOL_SOCKET, 76, &one as *const _ as *const libc::c_void, 4)
+        };
+        if r != 0 {
+            eprintln!("skipped: SO_PASSPIDFD not supported by this kernel");
+            return;
+        }
+        let (pr, _pw) = std::io::pipe().unwrap();
+        for _ in 0..100 {
+            send_raw(&b, b"q", &[pr.as_fd()]);
+        }
+        let before = open_fds();
+        let mut n = 0;
+        drain(&a, |fds| n += fds.len());
+        let after = open_fds();
+        eprintln!("passpidfd: {n} fds taken, open fds {before} -> {after}");
+        assert!(after <= before + 5, "{} descriptors leaked", after - before);
+    }
+
+    /// A packet socket whose queue holds an empty message and then a
+    /// lingering TCP socket: emptied to the end before it is closed, so
+    /// closing it does not wait.
+    #[test]
+    fn an_empty_message_does_not_end_the_emptying() {
+        let (x, y) =
+            rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None).unwrap();
+        let (t, peer) = lingering_tcp(Duration::from_secs(5));
+        send_raw(&y, b"", &[]);
+        send_raw(&y, b"z", &[t.as_fd()]);
+        drop(t);
+        let started = Instant::now();
+        defuse(x);
+        let took = started.elapsed();
+        drop((y, peer));
+        assert!(took < Duration::from_secs(2), "defuse took {took:?}");
+    }
+
+    /// Unix sockets nested six deep around a lingering TCP socket: emptied
+    /// however deep, so closing them does not wait.
+    #[test]
+    fn nested_sockets_are_emptied_however_deep() {
+        const NEST: usize = 6;
+        let (t, peer) = lingering_tcp(Duration::from_secs(5));
+        let mut inner: OwnedFd = t.into();
+        let mut keep = Vec::new();
+        for _ in 0..NEST {
+            let (x, y) =
+                rustix::net::socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None).unwrap();
+            send_raw(&y, b"z", &[inner.as_fd()]);
+            keep.push(y);
+            inner = x;
+        }
+        drop(keep);
+        let started = Instant::now();
+        defuse(inner);
+        let took = started.elapsed();
+        drop(peer);
+        assert!(took < Duration::from_secs(2), "defuse took {took:?}");
     }
 }
