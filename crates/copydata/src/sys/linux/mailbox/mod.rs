@@ -757,6 +757,12 @@ impl Acceptor {
                             );
                             let reason = format!("the receiver has run out of file descriptors ({e})");
                             let _ = Self::welcome(&s, SETUP_REFUSED, &reason, &[], 0);
+                            // Closing shuts the sender's writing off: let its
+                            // hello (written at once after its connect) come
+                            // first, so that it reads the refusal rather than
+                            // fail to write (a moment at most).
+                            let mut look = [PollFd::new(&*s, PollFlags::IN)];
+                            let _ = rustix::event::poll(&mut look, Some(&timespec(Duration::from_millis(100))));
                         }
                     }
                     // No spare (it could not be taken back yet): look again
