@@ -227,24 +227,19 @@ fn pidfds(space: &[MaybeUninit<u8>]) -> Vec<OwnedFd> {
         // and the kernel only writes initialised bytes into it.
         unsafe { space[i].assume_init() }
     };
-    let read = |at: usize, n: usize| -> u64 { (0..n).rev().fold(0u64, |v, i| v << 8 | u64::from(byte(at + i))) };
-    let read_ne = |at: usize, n: usize| -> u64 {
-        if cfg!(target_endian = "little") {
-            read(at, n)
-        } else {
-            (0..n).fold(0u64, |v, i| v << 8 | u64::from(byte(at + i)))
-        }
-    };
+    // The native-endian bytes at `at`, as the kernel laid them out.
+    let bytes = |at: usize| -> [u8; WORD] { std::array::from_fn(|i| byte(at + i)) };
+    let int = |at: usize| -> i32 { i32::from_ne_bytes(std::array::from_fn(|i| byte(at + i))) };
     let mut out = Vec::new();
     let mut at = 0;
     while at + header <= space.len() {
-        let len = read_ne(at, WORD) as usize;
+        let len = usize::from_ne_bytes(bytes(at));
         if len < header || at + len > space.len() {
             break;
         }
-        let (level, kind) = (read_ne(at + WORD, 4) as i32, read_ne(at + WORD + 4, 4) as i32);
+        let (level, kind) = (int(at + WORD), int(at + WORD + 4));
         if level == libc::SOL_SOCKET && kind == SCM_PIDFD && len >= header + 4 {
-            let fd = read_ne(at + header, 4) as i32;
+            let fd = int(at + header);
             if fd >= 0 {
                 // SAFETY: the kernel installed this descriptor in this
                 // process for this read (`SCM_PIDFD`); nothing else owns it.
@@ -476,14 +471,17 @@ fn readable_by(sock: impl AsFd, deadline: Instant) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rustix::net::{AddressFamily, SocketFlags, SocketType};
     use std::io::Write;
     use std::os::fd::AsRawFd;
     use std::time::Duration;
 
-    fn lingering_tcp(linger: Duration) -> (std::net::TcpStream, std::net::TcpStream) {
+    /// A TCP socket with unsent data stuck behind a zero window, lingering
+    /// `linger` on close: (the socket, its peer, which must stay open for
+    /// the close to wait).
+    pub(crate) fn lingering_tcp(linger: Duration) -> (std::net::TcpStream, std::net::TcpStream) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (b, _) = l.accept().unwrap();
@@ -506,16 +504,20 @@ mod tests {
         (a, b)
     }
 
-    fn send_raw(sock: impl AsFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
+    /// Sends `bytes` with up to 253 descriptors (more than the library's
+    /// own sends allow), all of them.
+    pub(crate) fn send_raw(sock: impl AsFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(253))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !fds.is_empty() {
             assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
         }
-        rustix::net::sendmsg(&sock, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL).unwrap();
+        let n = rustix::net::sendmsg(&sock, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL).unwrap();
+        assert_eq!(n, bytes.len());
     }
 
-    fn open_fds() -> usize {
+    /// How many descriptors this process has open.
+    pub(crate) fn open_fds() -> usize {
         std::fs::read_dir("/proc/self/fd").unwrap().count()
     }
 

@@ -16,6 +16,7 @@ use super::*;
 use crate::fast::conn::{CALL, REPLY};
 use crate::fast::pool::{BUF_NEW, BufRef};
 use crate::fast::ring::{Consumer, Producer, pack_flags};
+use crate::sys::linux::scm::tests::{lingering_tcp, open_fds, send_raw};
 
 fn listen(name: &str) -> (UnixListener, PathBuf) {
     let n = Name::new(name).unwrap();
@@ -25,31 +26,29 @@ fn listen(name: &str) -> (UnixListener, PathBuf) {
     (UnixListener::bind(&path).unwrap(), path)
 }
 
-/// A TCP socket with unsent data stuck behind a zero window, lingering
-/// `linger` on close; returns (the socket, its peer, which must stay open).
-fn lingering_tcp(linger: Duration) -> (std::net::TcpStream, std::net::TcpStream) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let (b, _) = l.accept().unwrap();
-    rustix::net::sockopt::set_socket_recv_buffer_size(&b, 4096).unwrap();
-    rustix::net::sockopt::set_socket_send_buffer_size(&a, 4096).unwrap();
-    a.set_nonblocking(true).unwrap();
-    let chunk = [7u8; 65536];
-    let mut total = 0;
-    let mut stalls = 0;
-    while stalls < 10 {
-        match (&a).write(&chunk) {
-            Ok(n) => total += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                stalls += 1;
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
-    eprintln!("[receiver] {total} bytes queued on the TCP socket, peer not reading");
-    rustix::net::sockopt::set_socket_linger(&a, Some(linger)).unwrap();
-    (a, b)
+/// A hand-made receiver at `name` answers the sender's hello with
+/// `answer`, keeps what that returns (the peer of a lingering socket, say)
+/// 4 s, long enough that a close waiting for a linger would show, then
+/// ends: how long the sender's `connect_timeout(3 s)` took, and what it
+/// gave.
+fn connect_to_hand_made(
+    name: &str,
+    answer: impl FnOnce(&UnixStream) -> Box<dyn std::any::Any + Send> + Send + 'static,
+) -> (Duration, Result<crate::Sender, SendError>) {
+    let (listener, path) = listen(name);
+    let recv = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let _ = wire::recv_header(&s, Patience::Until(Instant::now() + Duration::from_secs(5)), false);
+        let keep = answer(&s);
+        std::thread::sleep(Duration::from_secs(4));
+        drop((keep, s));
+    });
+    let started = Instant::now();
+    let r = crate::Sender::connect_timeout(name, Duration::from_millis(3000));
+    let took = started.elapsed();
+    let _ = std::fs::remove_file(&path);
+    recv.join().unwrap();
+    (took, r)
 }
 
 /// The receiver passes a lingering TCP socket along with a refusal: the
@@ -59,28 +58,17 @@ fn lingering_tcp(linger: Duration) -> (std::net::TcpStream, std::net::TcpStream)
 #[test]
 fn a_lingering_socket_in_a_refusal_does_not_hold_the_sender() {
     let name = &format!("hostile-linger-{}", std::process::id());
-    let (listener, path) = listen(name);
-    let recv = std::thread::spawn(move || {
-        let (s, _) = listener.accept().unwrap();
-        let _ = wire::recv_header(&s, Patience::Until(Instant::now() + Duration::from_secs(5)), false);
+    let (took, r) = connect_to_hand_made(name, |s| {
         let (a, b) = lingering_tcp(Duration::from_secs(6));
         let reason = b"go away";
         let h = Header { magic: WELCOME, b0: SETUP_REFUSED, b1: 0, seq: 4, word: 0, len: reason.len() as u64 };
-        wire::send_frame(&s, &h, &[], &[a.as_fd()]).unwrap();
+        wire::send_frame(s, &h, &[], &[a.as_fd()]).unwrap();
         drop(a); // the sender now holds the only reference
         std::thread::sleep(Duration::from_millis(100));
         // (The sender may have gone already.)
-        let _ = (&s).write_all(reason);
-        // (Long enough that a close waiting for the linger would show.)
-        std::thread::sleep(Duration::from_secs(4));
-        drop((b, s));
+        let _ = (&*s).write_all(reason);
+        Box::new(b)
     });
-    let started = Instant::now();
-    let r = crate::Sender::connect_timeout(name, Duration::from_millis(3000));
-    let took = started.elapsed();
-    eprintln!("connect_timeout(3 s) returned after {took:?}: {:?}", r.as_ref().err());
-    let _ = std::fs::remove_file(&path);
-    recv.join().unwrap();
     assert!(took < Duration::from_millis(3500), "the sender hung {took:?} past its 3 s connect timeout");
     assert!(matches!(r, Err(SendError::Protocol { .. })), "{:?}", r.map(|_| ()));
 }
@@ -320,16 +308,6 @@ fn a_listening_readiness_handle_is_refused() {
     }
 }
 
-/// Sends `bytes` with `fds` (more than the library's own sends allow).
-fn raw_send_many(sock: impl AsFd, bytes: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) {
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage};
-    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(64))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
-    let n = rustix::net::sendmsg(&sock, &[std::io::IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL).unwrap();
-    assert_eq!(n, bytes.len());
-}
-
 fn memfds(n: usize) -> Vec<OwnedFd> {
     (0..n).map(|_| rustix::fs::memfd_create("copydata-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap()).collect()
 }
@@ -340,26 +318,15 @@ fn memfds(n: usize) -> Vec<OwnedFd> {
 #[test]
 fn too_many_descriptors_in_a_refusal_do_not_hold_the_sender() {
     let name = &format!("hostile-many-{}", std::process::id());
-    let (listener, path) = listen(name);
-    let recv = std::thread::spawn(move || {
-        let (s, _) = listener.accept().unwrap();
-        let _ = wire::recv_header(&s, Patience::Until(Instant::now() + Duration::from_secs(5)), false);
+    let (took, r) = connect_to_hand_made(name, |s| {
         let (a, b) = lingering_tcp(Duration::from_secs(6));
         let files = memfds(60);
         let mut fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
         fds.push(a.as_fd());
         let h = Header { magic: WELCOME, b0: SETUP_REFUSED, b1: 0, seq: 4, word: 0, len: 0 };
-        raw_send_many(&s, &h.encode(), &fds);
-        drop((a, files));
-        // (Long enough that a close waiting for the linger would show.)
-        std::thread::sleep(Duration::from_secs(4));
-        drop((b, s));
+        send_raw(s, &h.encode(), &fds);
+        Box::new(b)
     });
-    let started = Instant::now();
-    let r = crate::Sender::connect_timeout(name, Duration::from_millis(3000));
-    let took = started.elapsed();
-    let _ = std::fs::remove_file(&path);
-    recv.join().unwrap();
     assert!(took < Duration::from_millis(3500), "connect_timeout(3 s) returned after {took:?}");
     assert!(matches!(r, Err(SendError::Protocol { .. })), "{:?}", r.map(|_| ()));
 }
@@ -377,7 +344,7 @@ fn too_many_descriptors_in_a_hello_do_not_stall_the_mailbox() {
     let mut fds: Vec<_> = files.iter().map(|f| f.as_fd()).collect();
     fds.push(a.as_fd());
     let h = Header { magic: HELLO, b0: 0, b1: 0, seq: u64::from(PROTOCOL), word: 0, len: 0 };
-    raw_send_many(&s, &h.encode(), &fds);
+    send_raw(&s, &h.encode(), &fds);
     drop((a, files));
     std::thread::sleep(Duration::from_millis(300));
     let r = crate::Sender::connect_timeout(&name, Duration::from_millis(2000));
@@ -391,10 +358,7 @@ fn too_many_descriptors_in_a_hello_do_not_stall_the_mailbox() {
 #[test]
 fn a_socket_in_the_regions_place_is_refused_without_waiting() {
     let name = &format!("hostile-region-socket-{}", std::process::id());
-    let (listener, path) = listen(name);
-    let recv = std::thread::spawn(move || {
-        let (s, _) = listener.accept().unwrap();
-        let _ = wire::recv_header(&s, Patience::Until(Instant::now() + Duration::from_secs(5)), false);
+    let (took, r) = connect_to_hand_made(name, |s| {
         let (a, b) = lingering_tcp(Duration::from_secs(6));
         let (x, y) = readiness_pair().unwrap();
         super::super::scm::send_with_fds(&x, &[b"z"], &[a.as_fd()]).unwrap();
@@ -403,22 +367,11 @@ fn a_socket_in_the_regions_place_is_refused_without_waiting() {
         let bells_fd = bells.section.inner().transfer_fd().unwrap();
         let (_mine, theirs) = readiness_pair().unwrap();
         let h = Header { magic: WELCOME, b0: SETUP_OK, b1: 0, seq: u64::from(PROTOCOL), word: u64::MAX, len: 0 };
-        wire::send_frame(&s, &h, &[], &[y.as_fd(), bells_fd.as_fd(), theirs.as_fd()]).unwrap();
-        drop((x, y));
-        std::thread::sleep(Duration::from_secs(4));
-        drop((b, s));
+        wire::send_frame(s, &h, &[], &[y.as_fd(), bells_fd.as_fd(), theirs.as_fd()]).unwrap();
+        Box::new(b)
     });
-    let started = Instant::now();
-    let r = crate::Sender::connect_timeout(name, Duration::from_millis(3000));
-    let took = started.elapsed();
-    let _ = std::fs::remove_file(&path);
-    recv.join().unwrap();
     assert!(took < Duration::from_millis(3500), "connect_timeout(3 s) returned after {took:?}");
     assert!(matches!(r, Err(SendError::Protocol { .. })), "{:?}", r.map(|_| ()));
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
 /// A lingering socket handed to a mailbox is reset, not waited for: the
@@ -432,7 +385,7 @@ fn refused_descriptors_do_not_pile_up_behind_a_lingering_one() {
     let (a, b) = lingering_tcp(Duration::from_secs(8));
     {
         let s = UnixStream::connect(&path).unwrap();
-        raw_send_many(&s, &h.encode(), &[a.as_fd()]);
+        send_raw(&s, &h.encode(), &[a.as_fd()]);
     }
     drop(a);
     std::thread::sleep(Duration::from_millis(300));
@@ -446,7 +399,7 @@ fn refused_descriptors_do_not_pile_up_behind_a_lingering_one() {
             .collect();
         let fds: Vec<_> = pipes.iter().flat_map(|(r, w)| [r.as_fd(), w.as_fd()]).collect();
         let s = UnixStream::connect(&path).unwrap();
-        raw_send_many(&s, &h.encode(), &fds);
+        send_raw(&s, &h.encode(), &fds);
         std::thread::sleep(Duration::from_millis(20));
         drop((s, pipes));
     }
