@@ -31,7 +31,9 @@ Exit codes:
      writing a read-only object,
      another user's mailbox, a payload larger than the receiver takes,
      a receiver speaking another protocol version, and a message the
-     receiver dropped unanswered, as one stopped while handling it does)";
+     receiver dropped unanswered, as one stopped while handling it does)
+
+Output that stops being read (`| head -1`) ends a command quietly with 0.";
 
 /// An error that is just the text the command words itself.
 macro_rules! worded_error {

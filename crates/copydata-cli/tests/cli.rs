@@ -547,6 +547,30 @@ fn send_lines_sends_a_message_per_line() {
 }
 
 #[test]
+fn send_lines_stops_quietly_when_its_output_is_closed() {
+    // `copydata send --lines app < input | head -1`: once nobody reads the
+    // replies, no further line is sent, and the command ends with 0 and
+    // says nothing, as other tools do.
+    let name = unique("lines-closed");
+    let listener = Listener::start(&[&name, "--count", "1"]);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut cmd = copydata();
+    cmd.args(["send", &name, "--lines"]).stdin(Stdio::piped()).stdout(writer).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"first\nsecond\nthird\n").unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    assert_eq!(wait(&mut child, &["send", "--lines"]), 0);
+    let mut said = String::new();
+    stderr.read_to_string(&mut said).unwrap();
+    assert_eq!(said, "");
+    // The first line was handled; the listener, which took one message,
+    // saw no other before its exit.
+    assert!(listener.line().ends_with("data=\"first\""));
+    assert_eq!(listener.wait(), 0);
+}
+
+#[test]
 fn listen_json_reports_each_message() {
     let name = unique("json");
     let listener = Listener::start(&[&name, "--count", "1", "--json"]);
