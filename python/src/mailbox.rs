@@ -5,9 +5,9 @@ use std::sync::mpsc::sync_channel;
 use std::time::{Duration, Instant};
 
 use copydata::{MailboxOptions, Reply, SenderOptions};
-use pyo3::exceptions::{PyException, PyTypeError};
+use pyo3::exceptions::{PyException, PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::{PyBytes, PyInt, PyTuple};
 
 use crate::errors::{self, Kind};
 use crate::reply_loan::ReplyLoan;
@@ -189,7 +189,8 @@ impl Mailbox {
     /// the mailbox is closed (by `close()` from another thread or from the
     /// handler itself). The handler returns the reply: `(code, data)`, a
     /// bare `code` (int, no data), bytes-like `data` (code 0), or `None`
-    /// (code 0, no data). A handler that raises an `Exception` (or returns
+    /// (code 0, no data); a code goes from -2**63 to 2**63 - 1 (a tag,
+    /// up to 2**64 - 1, may not fit: `OverflowError`). A handler that raises an `Exception` (or returns
     /// anything else) refuses that message, the sender getting `Refused`
     /// with the error's text, reports it through `sys.unraisablehook`, and
     /// serving goes on. `KeyboardInterrupt` and `SystemExit` stop serving
@@ -266,12 +267,12 @@ fn reply_value(value: &Bound<'_, PyAny>) -> PyResult<(i64, Vec<u8>)> {
     if value.is_none() {
         return Ok((0, Vec::new()));
     }
-    if let Ok(code) = value.extract::<i64>() {
-        return Ok((code, Vec::new()));
+    if value.is_instance_of::<PyInt>() {
+        return Ok((reply_code(value)?, Vec::new()));
     }
     if let Ok(tuple) = value.cast::<PyTuple>() {
         if tuple.len() == 2 {
-            let code = tuple.get_item(0)?.extract::<i64>()?;
+            let code = reply_code(&tuple.get_item(0)?)?;
             return Ok((code, bytes_arg(&tuple.get_item(1)?)?));
         }
         return Err(PyTypeError::new_err("a reply tuple must be (code, data)"));
@@ -279,6 +280,18 @@ fn reply_value(value: &Bound<'_, PyAny>) -> PyResult<(i64, Vec<u8>)> {
     bytes_arg(value)
         .map(|data| (0, data))
         .map_err(|_| PyTypeError::new_err("the handler must return (code, data), a code, bytes-like data or None"))
+}
+
+/// A reply code out of a handler's return value: an int that fits in 64
+/// signed bits (a tag, which goes up to 2**64 - 1, may not).
+fn reply_code(value: &Bound<'_, PyAny>) -> PyResult<i64> {
+    value.extract::<i64>().map_err(|e| {
+        if e.is_instance_of::<PyOverflowError>(value.py()) {
+            PyOverflowError::new_err(format!("a reply code goes from -2**63 to 2**63 - 1, not {value}"))
+        } else {
+            e
+        }
+    })
 }
 
 /// A received message, waiting for its answer.

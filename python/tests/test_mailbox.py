@@ -133,6 +133,9 @@ def test_serve_reply_conventions_and_failing_handlers(name, monkeypatch):
             return None
         if tag == 4:
             return "a str is no reply"
+        if tag >= 2**63:
+            # A tag does not fit a reply code (64 signed bits).
+            return tag if tag % 2 else (tag, b"")
         raise ValueError(f"no tag {tag}")
 
     with copydata.Mailbox(name) as mailbox:
@@ -145,11 +148,14 @@ def test_serve_reply_conventions_and_failing_handlers(name, monkeypatch):
             copydata.send(name, b"", tag=4, timeout=10.0)
         with pytest.raises(copydata.Refused, match="no tag 9"):
             copydata.send(name, b"", tag=9, timeout=10.0)
+        for tag in (2**63, 2**64 - 1):
+            with pytest.raises(copydata.Refused, match=r"OverflowError: a reply code goes from -2\*\*63"):
+                copydata.send(name, b"", tag=tag, timeout=10.0)
         # Still serving after the failures.
         assert copydata.send(name, b"", tag=1, timeout=10.0) == (6, b"")
         mailbox.close()
         assert serving() is None
-    assert [type(e) for e in reported] == [TypeError, ValueError]
+    assert [type(e) for e in reported] == [TypeError, ValueError, OverflowError, OverflowError]
 
 
 def test_sections_travel_with_a_message(name):
