@@ -29,31 +29,12 @@ const CONTROL_ROOM: usize = 4096;
 /// whose `SO_PASSPIDFD` is set (by the peer, on a socket it handed over).
 const SCM_PIDFD: i32 = 4;
 
-/// Sends `parts` as one stream of bytes, `fds` riding with the first byte.
-/// Finishes short writes; `SIGPIPE` is never raised.
+/// Sends `parts` as one stream of bytes, `fds` riding with the first byte,
+/// waiting for room as the socket says (for ever, or by its send timeout:
+/// `WouldBlock`, part of the frame perhaps out). Finishes short writes and
+/// goes on after a signal; `SIGPIPE` is never raised.
 pub(crate) fn send_with_fds(sock: impl AsFd, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    if fds.len() > MAX_FDS {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"));
-    }
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() {
-        control.push(SendAncillaryMessage::ScmRights(fds));
-    }
-    let iov: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
-    let mut sent = rustix::net::sendmsg(&sock, &iov, &mut control, SendFlags::NOSIGNAL)?;
-    for part in parts {
-        if sent >= part.len() {
-            sent -= part.len();
-            continue;
-        }
-        let mut at = sent;
-        while at < part.len() {
-            at += rustix::net::send(&sock, &part[at..], SendFlags::NOSIGNAL)?;
-        }
-        sent = 0;
-    }
-    Ok(())
+    send_parts(sock, parts, fds, None)
 }
 
 /// Like [`send_with_fds`], but never blocks past `until` (`None`: waits
@@ -68,10 +49,27 @@ pub(crate) fn send_with_fds_until(
     fds: &[BorrowedFd<'_>],
     until: Option<Instant>,
 ) -> io::Result<()> {
+    send_parts(sock, parts, fds, Some(until))
+}
+
+/// The two above: `wait` is `None` to wait in the send itself, as the
+/// socket says, or `Some(until)` to send without waiting and wait for room
+/// in [`writable_by`].
+fn send_parts(
+    sock: impl AsFd,
+    parts: &[&[u8]],
+    fds: &[BorrowedFd<'_>],
+    wait: Option<Option<Instant>>,
+) -> io::Result<()> {
     if fds.len() > MAX_FDS {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"));
     }
-    let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+    let flags = if wait.is_some() { SendFlags::NOSIGNAL | SendFlags::DONTWAIT } else { SendFlags::NOSIGNAL };
+    // No room: wait for it, or (waiting in the send) its time ran out.
+    let no_room = |begun: bool| match wait {
+        Some(until) => writable_by(&sock, until, begun),
+        None => Err(io::Error::from(io::ErrorKind::WouldBlock)),
+    };
     let iov: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
     let mut sent = loop {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
@@ -82,7 +80,7 @@ pub(crate) fn send_with_fds_until(
         match rustix::net::sendmsg(&sock, &iov, &mut control, flags) {
             Ok(n) => break n,
             Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) => writable_by(&sock, until, false)?,
+            Err(Errno::AGAIN) => no_room(false)?,
             Err(e) => return Err(e.into()),
         }
     };
@@ -96,7 +94,7 @@ pub(crate) fn send_with_fds_until(
             match rustix::net::send(&sock, &part[at..], flags) {
                 Ok(n) => at += n,
                 Err(Errno::INTR) => {}
-                Err(Errno::AGAIN) => writable_by(&sock, until, true)?,
+                Err(Errno::AGAIN) => no_room(true)?,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -260,22 +258,49 @@ pub(crate) fn recv_discarding(sock: impl AsFd, buf: &mut [u8], flags: RecvFlags)
     Ok(got.bytes)
 }
 
-/// What is wrong with a received descriptor's kind (`None`: a regular
-/// file, or a Unix stream socket where `sockets` allows one).
-fn unexpected(fd: &OwnedFd, sockets: bool) -> Option<&'static str> {
+/// What a descriptor a peer handed over is, as far as this crate cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FdKind {
+    /// A regular file: memory (a memfd, a file in shared memory) or a file.
+    File,
+    /// A connected (not listening) Unix stream socket.
+    UnixStream,
+    /// A listening Unix stream socket.
+    UnixListener,
+    /// Anything else, or a descriptor `fstat` fails on.
+    Other,
+}
+
+/// The [`FdKind`] of `fd`.
+pub(crate) fn fd_kind(fd: impl AsFd) -> FdKind {
+    use rustix::fs::FileType;
     use rustix::net::{AddressFamily, SocketType, sockopt};
-    let Ok(st) = rustix::fs::fstat(fd) else { return Some("unknown kind") };
-    match rustix::fs::FileType::from_raw_mode(st.st_mode) {
-        rustix::fs::FileType::RegularFile => None,
-        rustix::fs::FileType::Socket
-            if sockets
-                && sockopt::socket_domain(fd).is_ok_and(|d| d == AddressFamily::UNIX)
+    let fd = fd.as_fd();
+    match rustix::fs::fstat(fd).map(|st| FileType::from_raw_mode(st.st_mode)) {
+        Ok(FileType::RegularFile) => FdKind::File,
+        Ok(FileType::Socket)
+            if sockopt::socket_domain(fd).is_ok_and(|d| d == AddressFamily::UNIX)
                 && sockopt::socket_type(fd).is_ok_and(|t| t == SocketType::STREAM) =>
         {
-            None
+            match sockopt::socket_acceptconn(fd) {
+                Ok(false) => FdKind::UnixStream,
+                Ok(true) => FdKind::UnixListener,
+                Err(_) => FdKind::Other,
+            }
         }
-        rustix::fs::FileType::Socket => Some("a socket where none belongs"),
-        _ => Some("another kind than a file"),
+        _ => FdKind::Other,
+    }
+}
+
+/// What is wrong with a received descriptor's kind (`None`: a regular
+/// file, or a Unix stream socket where `sockets` allows one; whether it
+/// is connected is for the caller to check, where it matters).
+fn unexpected(fd: &OwnedFd, sockets: bool) -> Option<&'static str> {
+    match fd_kind(fd) {
+        FdKind::File => None,
+        FdKind::UnixStream | FdKind::UnixListener if sockets => None,
+        FdKind::UnixStream | FdKind::UnixListener => Some("a socket where none belongs"),
+        FdKind::Other => Some("another kind than a file or a Unix stream socket"),
     }
 }
 

@@ -49,7 +49,7 @@ use rustix::net::{RecvFlags, SendFlags, Shutdown};
 use rustix::thread::futex;
 
 use self::wire::{Header, REPLY, REQUEST, STATUS_REFUSED};
-use super::scm::{Disarmed, Patience};
+use super::scm::{self, Disarmed, FdKind, Patience};
 use super::{Kind, Section as SysSection, access_of, kind_of};
 use crate::error::{BindError, ListError, ReplyError, SendError};
 use crate::fast::conn::ServerConn;
@@ -1004,14 +1004,12 @@ fn set_up_connection(
     }
     // A socket only as the readiness handle: the region and the doorbells
     // are memory (a socket there would be closed here, with what it holds).
-    let memory = |fd: &OwnedFd| {
-        rfs::fstat(fd).is_ok_and(|st| rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::RegularFile)
-    };
-    if !fds.0[..2].iter().all(memory) {
+    if !fds.0[..2].iter().all(|fd| scm::fd_kind(fd) == FdKind::File) {
         return Err(bad("the region or the doorbells are not memory".into()));
     }
     let notify = Disarmed(fds.0.pop().expect("three descriptors"));
-    if !is_stream_socket(&notify) {
+    // Connected: not a listening socket.
+    if scm::fd_kind(&*notify) != FdKind::UnixStream {
         return Err(bad("the readiness handle is not a Unix stream socket".into()));
     }
     // Connected to the receiver's process, as one end of its socket pair:
@@ -1041,15 +1039,6 @@ fn readiness_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     let (mine, theirs) = rustix::net::socketpair(AddressFamily::UNIX, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
     rustix::fs::fcntl_setfl(&mine, OFlags::NONBLOCK)?;
     Ok((mine, theirs))
-}
-
-/// Whether `fd` is a connected Unix stream socket, so a receiver cannot
-/// hand a file, a pipe or a listening socket as the readiness handle.
-fn is_stream_socket(fd: &OwnedFd) -> bool {
-    use rustix::net::{AddressFamily, SocketType, sockopt};
-    sockopt::socket_type(fd).is_ok_and(|t| t == SocketType::STREAM)
-        && sockopt::socket_domain(fd).is_ok_and(|d| d == AddressFamily::UNIX)
-        && sockopt::socket_acceptconn(fd).is_ok_and(|listening| !listening)
 }
 
 /// Connects to the socket at `addr`, retrying while its backlog is full
