@@ -127,6 +127,30 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
             hear();
             Ok(())
         }
+        // Sends `args[0]` a message with the most sections one takes, this
+        // process letting its user have at most 64 descriptors in flight
+        // (as an unprivileged process whose limit is 64 would): more waits
+        // for the receiver to take them (the kernel refuses with
+        // ETOOMANYREFS meanwhile).
+        #[cfg(target_os = "linux")]
+        "send-many-sections" => {
+            use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+            use rustix::thread::{CapabilitySet, capabilities, set_capabilities};
+            let section = copydata::Section::anonymous(4096).map_err(fail)?;
+            let limit = getrlimit(Resource::Nofile);
+            setrlimit(Resource::Nofile, Rlimit { current: Some(64), ..limit }).map_err(fail)?;
+            // The kernel lets privileged threads exceed the limit.
+            let mut caps = capabilities(None).map_err(fail)?;
+            caps.effective -= CapabilitySet::SYS_RESOURCE | CapabilitySet::SYS_ADMIN;
+            set_capabilities(None, caps).map_err(fail)?;
+            let mut sender = Sender::connect(&args[0]).map_err(fail)?;
+            let all = [&section; copydata::MAX_SECTIONS];
+            let reply = sender
+                .send_with_sections(4, b"", &all, Some(Duration::from_secs(40)))
+                .map_err(|e| format!("{e} ({e:?})"))?;
+            say("sent", &reply.code.to_string());
+            Ok(())
+        }
         // Binds and holds `args[0]` until killed.
         "bind-hold" => {
             let _m = Mailbox::bind(&args[0]).map_err(fail)?;
@@ -282,6 +306,30 @@ fn a_receiver_out_of_descriptors_refuses_at_once() {
     assert_eq!(copydata::send_timeout(&name, 7, b"x", Duration::from_secs(30)).unwrap().code, 7);
     kid.tell("end");
     kid.wait_ok();
+}
+
+/// Many senders of one user each send the most sections a message takes,
+/// together more descriptors than the kernel lets that user have in flight
+/// at once (ETOOMANYREFS): each waits until the receiver has taken enough
+/// of the others', rather than fail.
+#[cfg(target_os = "linux")]
+#[test]
+fn sections_beyond_the_kernels_in_flight_limit_wait_for_room() {
+    let name = unique("refs");
+    let mailbox = Mailbox::bind(&name).unwrap();
+    let mut kids: Vec<Kid> = (0..8).map(|_| Kid::spawn("send-many-sections", &[&name])).collect();
+    // Slowly, so that the senders' sections pile up on the way.
+    for _ in 0..kids.len() {
+        std::thread::sleep(Duration::from_millis(100));
+        let mut request = mailbox.recv_timeout(Duration::from_secs(60)).unwrap();
+        let sections = request.message_mut().take_sections();
+        assert_eq!(sections.len(), copydata::MAX_SECTIONS);
+        request.reply(Reply::code(sections.len() as i64)).unwrap();
+    }
+    for mut kid in kids {
+        assert_eq!(kid.expect("sent"), copydata::MAX_SECTIONS.to_string());
+        kid.wait_ok();
+    }
 }
 
 /// Posts await no reply, so a receiver that dies with posts still queued

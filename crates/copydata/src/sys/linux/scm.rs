@@ -5,7 +5,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{OnceLock, mpsc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
@@ -71,6 +71,7 @@ fn send_parts(
         None => Err(io::Error::from(io::ErrorKind::WouldBlock)),
     };
     let iov: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let mut pause = Duration::from_millis(1);
     let mut sent = loop {
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut control = SendAncillaryBuffer::new(&mut space);
@@ -81,6 +82,13 @@ fn send_parts(
             Ok(n) => break n,
             Err(Errno::INTR) => {}
             Err(Errno::AGAIN) => no_room(false)?,
+            // This user has more descriptors in flight on sockets than its
+            // limit of open files (the receivers have not taken them yet):
+            // as no room, but nothing says when there is some.
+            Err(Errno::TOOMANYREFS) if !fds.is_empty() => match wait {
+                Some(until) => fewer_in_flight(&sock, until, &mut pause)?,
+                None => return Err(Errno::TOOMANYREFS.into()),
+            },
             Err(e) => return Err(e.into()),
         }
     };
@@ -101,6 +109,27 @@ fn send_parts(
         sent = 0;
     }
     Ok(())
+}
+
+/// Waits `pause` (doubled each time, up to 50 ms) before another try at
+/// sending descriptors refused with `ETOOMANYREFS`, by `until` at most
+/// (`TimedOut` then); a peer that hangs up meanwhile is `BrokenPipe`.
+fn fewer_in_flight(sock: impl AsFd, until: Option<Instant>, pause: &mut Duration) -> io::Result<()> {
+    let now = Instant::now();
+    let step = match until {
+        Some(u) if u <= now => return Err(io::ErrorKind::TimedOut.into()),
+        Some(u) => (*pause).min(u - now),
+        None => *pause,
+    };
+    *pause = (*pause * 2).min(Duration::from_millis(50));
+    let step = Timespec { tv_sec: step.as_secs() as i64, tv_nsec: i64::from(step.subsec_nanos()) };
+    // No events asked for: only a hang-up or an error ends the wait early.
+    let mut fds = [PollFd::new(&sock, PollFlags::empty())];
+    match rustix::event::poll(&mut fds, Some(&step)) {
+        Ok(n) if n > 0 => Err(io::ErrorKind::BrokenPipe.into()),
+        Ok(_) | Err(Errno::INTR) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Waits until `sock` can take more bytes, by `until` (`None`: as long as
@@ -181,9 +210,16 @@ pub(crate) fn recv_with_fds(
     sockets: bool,
 ) -> io::Result<(usize, Vec<OwnedFd>)> {
     let (got, fds) = recvmsg_fds(&sock, buf, patience.flags(&sock)?)?;
-    if got.flags.contains(ReturnFlags::CTRUNC) || fds.len() > MAX_FDS {
+    if fds.len() > MAX_FDS {
         close_elsewhere(fds);
         return Err(io::Error::new(io::ErrorKind::InvalidData, "too many descriptors"));
+    }
+    // Cut short with room for all a peer can send: the kernel could not
+    // install them all in this process, which is out of descriptors (the
+    // rest were closed).
+    if got.flags.contains(ReturnFlags::CTRUNC) {
+        close_elsewhere(fds);
+        return Err(Errno::MFILE.into());
     }
     if let Some(kind) = fds.iter().find_map(|fd| unexpected(fd, sockets)) {
         close_elsewhere(fds);
