@@ -255,7 +255,10 @@ fn send_copydata_with(
     timeout_ms: u32,
     flags: SEND_MESSAGE_TIMEOUT_FLAGS,
 ) -> io::Result<isize> {
-    let cds = COPYDATASTRUCT { dwData: tag, cbData: data.len() as u32, lpData: data.as_ptr() as *mut c_void };
+    // `cbData` is 32 bits: a longer payload must not go out cut short.
+    let len = u32::try_from(data.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "WM_COPYDATA carries at most 4 GiB - 1 bytes"))?;
+    let cds = COPYDATASTRUCT { dwData: tag, cbData: len, lpData: data.as_ptr() as *mut c_void };
     let mut result = 0usize;
     // SAFETY:
     // - `cds` and the bytes it points to stay valid for the whole call (the
@@ -459,6 +462,15 @@ impl NativeResponder {
 /// replies but never takes what they carry would otherwise make the
 /// receiver keep a section per reply for ever.
 const MAX_KEPT_FOR_SENDER: usize = 16;
+
+/// The most attachment sets a sender keeps for records its receiver has not
+/// acknowledged (`taken_from_sender`). An honest receiver acknowledges a
+/// record's set before it takes the record off the request ring, so the
+/// sets kept are at most the records in that ring (each at least one
+/// 64-byte line); more is a receiver that takes records but never says so,
+/// which would otherwise make the sender keep a handle (and the section
+/// behind it) per message for as long as the connection lives.
+const MAX_KEPT_FOR_RECEIVER: usize = crate::fast::region::REQ_CAP / crate::fast::ring::ALIGN;
 
 /// Attachment handles this side made for the peer, kept until it has
 /// pulled them.
@@ -732,6 +744,12 @@ impl Link {
                 out.kept.len()
             )));
         }
+        if self.side == Side::Sender && out.kept.len() >= MAX_KEPT_FOR_RECEIVER {
+            return Err(io::Error::other(format!(
+                "the receiver has not acknowledged the attachments of {} messages",
+                out.kept.len()
+            )));
+        }
         let number = out.sent + 1;
         let mut bytes = Out(Vec::with_capacity(Self::aux_len(buffer.is_some(), sections)));
         bytes.u64(number);
@@ -787,6 +805,11 @@ impl Link {
             return Err(bad(format!("attachment set {number} (expected {expected})")));
         }
         let take = |a: &envelope::Attachment| -> io::Result<Section> {
+            // Never a pseudo-handle (-1, -2: the peer's own process or
+            // thread, with all access if duplicated with the same access).
+            if !envelope::plausible_handle(a.value) {
+                return Err(bad(format!("attachment: handle value {:#x}", a.value)));
+            }
             let access = if a.read_only { Access::ReadOnly } else { Access::ReadWrite };
             handover::duplicate_out_of(&self.peer, a.value, a.len, access, a.name.as_deref()).map_err(io::Error::from)
         };
@@ -965,15 +988,17 @@ impl Link {
                 if kept.is_empty() || closed {
                     break;
                 }
-                let objects = [raw(&signal), raw(&peer)];
-                // (A receiver's signal is the mailbox's look event, an
-                // auto-reset event other threads wait on too: one set may
-                // wake another of them, so this looks again every 10 ms.)
-                let ms = if slice_looks { ms.min(10) } else { ms };
-                // SAFETY: two live handles of ours with SYNCHRONIZE, in an
-                // array that outlives the call.
-                let got = unsafe { WaitForMultipleObjects(2, objects.as_ptr(), 0, ms) };
-                if got != WAIT_OBJECT_0 && got != WAIT_TIMEOUT {
+                let objects = [raw(&peer), raw(&signal)];
+                // (A receiver's signal would be the mailbox's look event, an
+                // auto-reset event: waiting on it would take a set meant for
+                // the mailbox's thread, which then misses a sender that
+                // left. So a receiver's linger waits on the peer only and
+                // looks again every 10 ms.)
+                let (n, ms) = if slice_looks { (1, ms.min(10)) } else { (2, ms) };
+                // SAFETY: live handles of ours with SYNCHRONIZE, in an array
+                // that outlives the call.
+                let got = unsafe { WaitForMultipleObjects(n, objects.as_ptr(), 0, ms) };
+                if got != WAIT_OBJECT_0 + 1 && got != WAIT_TIMEOUT {
                     break;
                 }
             }
@@ -1160,7 +1185,13 @@ fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
         answer_without_handles(state, sender, STATUS_REFUSED, nonce, "the mailbox is closing");
         return 0;
     }
-    let connected = state.conns.borrow().len();
+    let mut connected = state.conns.borrow().len();
+    if connected >= state.max_conns {
+        // The look event that would have told of senders that left may
+        // have been missed (any sender can reset it): look before refusing.
+        state.sweep();
+        connected = state.conns.borrow().len();
+    }
     if connected >= state.max_conns {
         let reason = format!("it already has {connected} connections, its limit (no connection was made)");
         log::warn!("mailbox {}: refused a connection from pid {pid}: {reason}", state.name);
@@ -1830,27 +1861,28 @@ mod tests {
         let cases: Vec<(&str, Vec<u8>, bool, usize)> = vec![
             ("an out-of-order set number", aux(2, &[(value(&page), 4096, ATTACH_RO, "")]), false, 1),
             ("a value that is no handle", aux(1, &[(0x7ffc, 4096, ATTACH_RO, "")]), false, 1),
-            ("an event, not a section", aux(2, &[(event, 4096, ATTACH_RO, "")]), false, 1),
-            ("a size the section does not have", aux(3, &[(value(&page), 1 << 20, ATTACH_RO, "")]), false, 1),
-            ("a writable buffer", aux(4, &[(value(&page), 4096, 0, "")]), true, 0),
-            ("a named flag without a name", aux(5, &[(value(&page), 4096, ATTACH_NAMED, "")]), false, 1),
-            ("unknown flags", aux(6, &[(value(&page), 4096, 0x80, "")]), false, 1),
-            ("fewer items than announced", aux(7, &[(value(&page), 4096, ATTACH_RO, "")]), false, 2),
-            ("stray bytes", [aux(8, &[(value(&page), 4096, ATTACH_RO, "")]), vec![0; 3]].concat(), false, 1),
-            ("a truncated set number", vec![9, 0, 0], false, 1),
+            ("the peer's process pseudo-handle", aux(2, &[(u64::MAX, 4096, 0, "")]), false, 1),
+            ("an event, not a section", aux(3, &[(event, 4096, ATTACH_RO, "")]), false, 1),
+            ("a size the section does not have", aux(4, &[(value(&page), 1 << 20, ATTACH_RO, "")]), false, 1),
+            ("a writable buffer", aux(5, &[(value(&page), 4096, 0, "")]), true, 0),
+            ("a named flag without a name", aux(6, &[(value(&page), 4096, ATTACH_NAMED, "")]), false, 1),
+            ("unknown flags", aux(7, &[(value(&page), 4096, 0x80, "")]), false, 1),
+            ("fewer items than announced", aux(8, &[(value(&page), 4096, ATTACH_RO, "")]), false, 2),
+            ("stray bytes", [aux(9, &[(value(&page), 4096, ATTACH_RO, "")]), vec![0; 3]].concat(), false, 1),
+            ("a truncated set number", vec![10, 0, 0], false, 1),
             ("too many sections", aux(9, &[]), false, MAX_SECTIONS + 1),
         ];
         for (what, bytes, buffer, n) in cases {
             assert!(link.recv_aux(&bytes, buffer, n).is_err(), "{what} was accepted");
         }
         // A good one: read-only means read-only at the handle, too.
-        let (buf, secs) = link.recv_aux(&aux(9, &[(value(&page), 4096, ATTACH_RO, "")]), false, 1).unwrap();
+        let (buf, secs) = link.recv_aux(&aux(10, &[(value(&page), 4096, ATTACH_RO, "")]), false, 1).unwrap();
         assert!(buf.is_none());
         assert_eq!(secs.len(), 1);
         assert_eq!(secs[0].map(0, 5).unwrap().to_vec(), b"hello");
         assert_eq!(secs[0].access(), Access::ReadOnly);
         assert!(secs[0].inner().map(0, 4096, Access::ReadWrite).is_err(), "a read-only pull can write");
-        assert_eq!(link.taken_word(Side::Receiver).load(Ordering::Acquire), 9);
+        assert_eq!(link.taken_word(Side::Receiver).load(Ordering::Acquire), 10);
         // Our own section is still ours and intact.
         assert_eq!(page.map(0, 5).unwrap().to_vec(), b"hello");
     }
@@ -2077,6 +2109,79 @@ mod tests {
         c.put(CALL, 3, Body::Bytes(b"after"), &[], true, deadline).unwrap();
         assert_eq!(c.reply(deadline).unwrap().code, 3);
         drop(server);
+    }
+
+    /// A sender's link to a receiver played by this test, which takes the
+    /// records off the request ring (as any receiver does) but never says
+    /// it pulled their attachments (`taken_from_sender` stays 0).
+    fn link_to_a_hostile_receiver() -> (Link, Region) {
+        let region = Region::create(0).unwrap();
+        let dup = owned(duplicate(region.section().inner().handle(), current_process(), 0, false).unwrap()).unwrap();
+        let section = Section::from_parts(SysSection::from_handle(dup, REGION_LEN as u64, Access::ReadWrite), None);
+        let me = open_process(std::process::id(), PROCESS_DUP_HANDLE | PROCESS_SYNCHRONIZE).unwrap();
+        let (wake, bell, look) = (new_event().unwrap(), new_event().unwrap(), new_event().unwrap());
+        let link =
+            Link::new(Side::Sender, Region::adopt(section).unwrap(), me, wake, vec![bell], Arc::new(look)).unwrap();
+        (link, region)
+    }
+
+    /// Handles of this process on sections of `size` bytes.
+    fn count_sections_of(size: u64) -> usize {
+        (1..0x10000usize)
+            .filter(|v| super::super::section_info((v * 4) as HANDLE).is_ok_and(|(s, _)| s == size))
+            .count()
+    }
+
+    /// A receiver that takes every post off the ring but never acknowledges
+    /// the pulls must not make the sender keep a handle (and with it the
+    /// whole section) per post for as long as the connection lives.
+    #[test]
+    fn a_receiver_that_never_acknowledges_pulls_cannot_pile_up_handles_in_the_sender() {
+        use crate::fast::conn::POST;
+        use crate::fast::ring::Consumer;
+        let (link, region) = link_to_a_hostile_receiver();
+        let mut c = Client::new(link, Wait::Park, 1 << 20);
+        let mut taker = Consumer::new(region.requests());
+        const SIZE: u64 = 7 * 4096;
+        let page = Section::anonymous(SIZE).unwrap();
+        let before = count_sections_of(SIZE);
+        let deadline = || Some(Instant::now() + Duration::from_secs(10));
+        let mut refused = false;
+        for i in 0..6000u64 {
+            if c.put(POST, i, Body::Bytes(b""), &[&page], true, deadline()).is_err() {
+                refused = true;
+                break;
+            }
+            let rec = taker.peek().unwrap().expect("the post");
+            taker.advance(&rec, false);
+        }
+        let kept = count_sections_of(SIZE) - before;
+        assert!(refused, "6000 posts whose attachments the receiver never acknowledged were all accepted");
+        assert!(kept <= MAX_KEPT_FOR_RECEIVER, "the sender keeps {kept} handles on the section");
+        drop(c);
+    }
+
+    /// Senders that have left (their "closed" word set) while the mailbox's
+    /// thread missed the look event (an auto-reset event any connected
+    /// sender may reset, and which the receiver's linger threads wait on
+    /// too) must not count against the connection limit: the mailbox
+    /// looks at its connections before it refuses one.
+    #[test]
+    fn senders_that_left_unseen_do_not_fill_the_connection_limit() {
+        let name = unique("limit");
+        let options = crate::MailboxOptions::new().max_connections(2);
+        let _server = crate::Mailbox::bind_with(name.as_str(), &options)
+            .unwrap()
+            .serve(|m| Reply::new(m.tag() as i64, m.payload().to_vec()));
+        let gone: Vec<Link> = (0..2).map(|_| link_to(&name).0).collect();
+        for l in &gone {
+            // What `shutdown` writes, with the look event's signal lost.
+            l.closed_word(Side::Sender).store(1, Ordering::Release);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let third = connect(&name, Wait::Park, Instant::now() + Duration::from_secs(30), None);
+        assert!(third.is_ok(), "refused although both senders had left: {:?}", third.err());
+        drop(gone);
     }
 
     /// A connection dropped for breaking the protocol while it still holds
