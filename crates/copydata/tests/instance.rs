@@ -349,6 +349,39 @@ fn a_primary_that_exits_releases_the_id_at_once() {
     assert!(matches!(SingleInstance::acquire(&app, &InstanceOptions::new()), Ok(SingleInstance::Primary(_))));
 }
 
+/// A launch record of many empty arguments (4 bytes each on the wire, an
+/// `OsString` each decoded) would make the primary allocate several times
+/// its size: it is refused when its decoded form would exceed
+/// `max_launch`, before anything is allocated for it.
+#[test]
+fn a_launch_that_would_decode_beyond_max_launch_is_refused() {
+    let app = unique("budget");
+    let options = InstanceOptions::new().max_launch(1 << 20);
+    let SingleInstance::Primary(p) = SingleInstance::acquire(&app, &options).unwrap() else {
+        panic!("not primary");
+    };
+    let server = p.serve(|launch| Answer::new(launch.args().len() as i32, ""));
+    let record = |argc: u32| {
+        let mut r = b"CDL1".to_vec();
+        r.extend_from_slice(&[1, 0, 0, 0]);
+        r.extend_from_slice(&argc.to_le_bytes());
+        r.resize(r.len() + 4 * argc as usize, 0); // empty arguments
+        r.extend_from_slice(&0u32.to_le_bytes()); // no variables
+        r.extend_from_slice(&0u64.to_le_bytes()); // no data
+        r
+    };
+    let mailbox = format!("instance.{app}");
+    // 800 KB on the wire (under the limit), several MB decoded.
+    match copydata::send_timeout(&mailbox, LAUNCH_TAG, &record(200_000), Duration::from_secs(60)) {
+        Err(SendError::Refused { reason, .. }) => assert!(reason.contains("decoded"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // A launch within the limit, decoded too, is taken.
+    let reply = copydata::send_timeout(&mailbox, LAUNCH_TAG, &record(1000), Duration::from_secs(60)).unwrap();
+    assert_eq!(reply.code, 1000);
+    drop(server);
+}
+
 #[test]
 fn serve_answers_and_survives_panics_and_garbage() {
     let app = unique("serve");

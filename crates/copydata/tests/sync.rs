@@ -723,3 +723,61 @@ fn objects_are_listed_while_held_and_gone_after_the_last_holder() {
     holder.kill();
     assert!(gone(&name, ObjectType::Mutex));
 }
+
+/// A file of a mutex's name that copydata did not make (zero bytes are a
+/// private, non-robust glibc mutex) is refused, not used as a mutex whose
+/// dead holder would never be noticed. (Where tmpfs keeps no user
+/// attributes, before Linux 6.6, copydata cannot tell and takes it.)
+#[cfg(target_os = "linux")]
+#[test]
+fn a_file_copydata_did_not_make_is_not_taken_for_a_mutex() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe_path = format!("/dev/shm/{}", unique("xattr-probe"));
+    let probe = std::fs::File::create(&probe_path).unwrap();
+    let markers_work = rustix::fs::fsetxattr(&probe, "user.probe", b"1", rustix::fs::XattrFlags::empty()).is_ok();
+    drop(probe);
+    std::fs::remove_file(&probe_path).unwrap();
+    if !markers_work {
+        eprintln!("tmpfs keeps no user attributes here: skipped");
+        return;
+    }
+    let name = unique("planted");
+    let path = format!("/dev/shm/copydata.mutex.{name}");
+    let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path).unwrap();
+    f.set_len(128).unwrap();
+    drop(f);
+    let opened = Mutex::open_or_create(&name);
+    let _ = std::fs::remove_file(&path);
+    match opened {
+        Err(SyncOpenError::WrongKind { reason, .. }) => assert!(reason.contains("did not make"), "{reason}"),
+        other => panic!("a planted file was opened as a mutex: {other:?}"),
+    }
+}
+
+/// `Shared::open` of a value whose creator is still in its initialiser
+/// (which may take any time, or never end) says `NotFound` at once rather
+/// than wait for the initialiser's lock.
+#[test]
+fn opening_a_value_still_being_initialised_does_not_wait_for_its_initialiser() {
+    let name = unique("opening");
+    let mut creator = Kid::spawn("init-and-die", &[&name]);
+    creator.expect("initialising");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opener = {
+        let name = name.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(Shared::<[u64; 2]>::open(&name).map(|_| ()));
+        })
+    };
+    // Generous: a wait behind the initialiser would last until the kill.
+    let opened = rx.recv_timeout(Duration::from_secs(20));
+    creator.kill();
+    opener.join().unwrap();
+    // The killed creator's object goes when the objects are listed.
+    let _ = copydata::sync::objects();
+    match opened {
+        Ok(Err(SyncOpenError::NotFound { .. })) => {}
+        Ok(other) => panic!("{other:?}"),
+        Err(_) => panic!("Shared::open waited for a creator's initialiser"),
+    }
+}

@@ -137,8 +137,9 @@ impl InstanceOptions {
     /// If this launch becomes the primary: the largest launch record it
     /// takes (arguments, environment and data together; default
     /// [`DEFAULT_MAX_LAUNCH`]). A larger one is refused (the secondary gets
-    /// [`InstanceError::Refused`]), so no other process can make the
-    /// primary allocate more.
+    /// [`InstanceError::Refused`]), and so is one whose decoded form would
+    /// be larger (each argument and variable costs an `OsString` besides
+    /// its bytes), so no other process can make the primary allocate more.
     pub fn max_launch(mut self, bytes: u64) -> InstanceOptions {
         self.max_launch = bytes;
         self
@@ -232,7 +233,9 @@ impl SingleInstance {
         let mut hung_up = false;
         loop {
             match Mailbox::bind_name(name.clone(), &bind) {
-                Ok(mailbox) => return Ok(SingleInstance::Primary(Primary { mailbox, app })),
+                Ok(mailbox) => {
+                    return Ok(SingleInstance::Primary(Primary { mailbox, app, max_launch: options.max_launch }));
+                }
                 Err(BindError::AlreadyBound { pid, .. }) => {
                     let bytes = match &record {
                         Some(b) => b,
@@ -374,6 +377,9 @@ impl Secondary {
 pub struct Primary {
     mailbox: Mailbox,
     app: Name,
+    /// [`InstanceOptions::max_launch`]: also the most a launch may take
+    /// decoded.
+    max_launch: u64,
 }
 
 impl Primary {
@@ -384,12 +390,12 @@ impl Primary {
 
     /// Waits for the next launch.
     pub fn recv(&self) -> Result<Launch, RecvError> {
-        next_launch(&self.mailbox, None)
+        next_launch(&self.mailbox, None, self.max_launch)
     }
 
     /// Waits at most `timeout` for the next launch.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Launch, RecvError> {
-        next_launch(&self.mailbox, crate::deadline(timeout))
+        next_launch(&self.mailbox, crate::deadline(timeout), self.max_launch)
     }
 
     /// The launches, as they come, for as long as the primary lives.
@@ -406,11 +412,11 @@ impl Primary {
     where
         F: Fn(&Launch) -> Answer + Send + 'static,
     {
-        let Primary { mailbox, app } = self;
+        let Primary { mailbox, app, max_launch } = self;
         let mailbox = Arc::new(mailbox);
         let shared = mailbox.clone();
         let thread = std::thread::Builder::new().name(format!("copydata-instance-{app}")).spawn(move || {
-            while let Ok(mut launch) = next_launch(&shared, None) {
+            while let Ok(mut launch) = next_launch(&shared, None, max_launch) {
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&launch))) {
                     Ok(answer) => {
                         let _ = launch.answer_in_place(answer);
@@ -434,7 +440,7 @@ impl Primary {
 }
 
 /// Takes the next launch, refusing (and logging) records that do not decode.
-fn next_launch(mailbox: &Mailbox, deadline: Option<Instant>) -> Result<Launch, RecvError> {
+fn next_launch(mailbox: &Mailbox, deadline: Option<Instant>, max_launch: u64) -> Result<Launch, RecvError> {
     loop {
         let request = match deadline {
             None => mailbox.recv()?,
@@ -447,7 +453,7 @@ fn next_launch(mailbox: &Mailbox, deadline: Option<Instant>) -> Result<Launch, R
         let lent = request.loan().map(|l| l.to_vec());
         let bytes: &[u8] = lent.as_deref().unwrap_or(request.payload());
         let record = if tag == LAUNCH_TAG {
-            match wire::decode(bytes) {
+            match wire::decode_within(bytes, max_launch) {
                 Ok(r) => r,
                 Err(reason) => {
                     log::warn!("instance {}: refused a launch from pid {pid}: {reason}", mailbox.name());

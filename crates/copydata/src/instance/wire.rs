@@ -17,7 +17,11 @@
 //! on Unix, its UTF-16 code units on Windows, so both round-trip exactly
 //! (any bytes, unpaired surrogates). The record arrives from another
 //! process: [`decode`] checks every length against what is left before it
-//! takes anything, and never allocates more than the record's size.
+//! takes anything. Each string costs an `OsString` (24 bytes on 64-bit
+//! targets) besides its bytes, and the shortest is 4 bytes on the wire (a
+//! record of empty strings would decode to about 7 times its size), so the
+//! primary decodes with [`decode_within`], which charges every string and
+//! refuses a record that would exceed the primary's limit.
 
 use std::ffi::{OsStr, OsString};
 
@@ -156,7 +160,26 @@ impl<'a> Reader<'a> {
 }
 
 /// Decodes a launch record, or says what is wrong with it.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn decode(bytes: &[u8]) -> Result<Record, String> {
+    decode_within(bytes, u64::MAX)
+}
+
+/// [`decode`], refusing a record whose decoded form (its bytes, plus an
+/// `OsString` for each string) would take more than `budget` bytes, before
+/// allocating for it.
+pub(crate) fn decode_within(bytes: &[u8], budget: u64) -> Result<Record, String> {
+    const STRING: u64 = size_of::<OsString>() as u64;
+    let mut cost = bytes.len() as u64;
+    let mut charge = |n: usize, per: u64, what: &str| {
+        cost = cost.saturating_add((n as u64).saturating_mul(per));
+        if cost > budget {
+            return Err(format!(
+                "{n} {what} would take {cost} bytes decoded, more than the {budget} this primary takes"
+            ));
+        }
+        Ok(())
+    };
     let mut r = Reader(bytes);
     if r.take(4, "the magic")? != MAGIC {
         return Err("not a launch record (bad magic)".into());
@@ -169,12 +192,20 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Record, String> {
         return Err(format!("unknown flags {:#04x} {:#04x}{:02x}", head[1], head[2], head[3]));
     }
     let argc = r.count(4, "arguments")?;
-    let args = (0..argc).map(|_| r.string("an argument")).collect::<Result<Vec<_>, _>>()?;
+    charge(argc, STRING, "arguments")?;
+    // Exactly `argc` (checked against the record): collecting an iterator
+    // of unknown length would grow the vector by doubling, to twice that.
+    let mut args = Vec::with_capacity(argc);
+    for _ in 0..argc {
+        args.push(r.string("an argument")?);
+    }
     let cwd = if head[1] & HAS_CWD != 0 { Some(r.string("the working directory")?) } else { None };
     let envc = r.count(8, "variables")?;
-    let env = (0..envc)
-        .map(|_| Ok((r.string("a variable's name")?, r.string("a variable's value")?)))
-        .collect::<Result<Vec<_>, String>>()?;
+    charge(envc, 2 * STRING, "variables")?;
+    let mut env = Vec::with_capacity(envc);
+    for _ in 0..envc {
+        env.push((r.string("a variable's name")?, r.string("a variable's value")?));
+    }
     let len = r.u64("the data length")?;
     let data = r.take(len, "the data")?.to_vec();
     if !r.0.is_empty() {
@@ -203,6 +234,14 @@ mod tests {
             v.push(OsString::from_wide(&[0xD800, u16::from(b'x')]));
         }
         v
+    }
+
+    #[test]
+    fn a_record_that_decodes_beyond_the_budget_is_refused() {
+        let r = Record { args: vec![OsString::new(); 1000], ..Record::default() };
+        let bytes = encode(&r).unwrap();
+        assert_eq!(decode_within(&bytes, 1_000_000).unwrap(), r);
+        assert!(decode_within(&bytes, bytes.len() as u64 + 999 * 24).unwrap_err().contains("more than"));
     }
 
     #[test]

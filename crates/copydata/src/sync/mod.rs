@@ -48,8 +48,11 @@
 //! # Lifetime and names
 //!
 //! Like named sections, these objects live while a process holds them
-//! (an open [`Mutex`], [`Event`] or [`Shared`]) and are gone once the last
-//! holder is, also after `kill -9`. Names follow [`crate::validate_name`]
+//! (an open [`Mutex`], [`Event`] or [`Shared`]). The last holder to close
+//! one removes it; if the last holder is killed (`kill -9`), the object
+//! stays in `/dev/shm` until another process of the user lists objects
+//! ([`objects`], [`crate::list`]) or creates or opens one of that name,
+//! which removes it. Names follow [`crate::validate_name`]
 //! and are scoped per user (Linux) or login session (Windows). A mutex,
 //! an event and a shared value may have the same name; they are different
 //! objects.
@@ -63,6 +66,18 @@
 //!
 //! All timeouts run on a monotonic clock, and a wait never reports a
 //! timeout before its time has passed.
+//!
+//! # Trust
+//!
+//! Every process of the user can open these objects writable, and the
+//! state of a Linux mutex (glibc's `pthread_mutex_t`, including the links
+//! of the holding thread's robust list, which `pthread_mutex_unlock`
+//! writes through) lives in that memory. The processes sharing an object
+//! must therefore trust each other not to write it except through
+//! copydata: a process that truncates the object kills the others with
+//! SIGBUS at their next access, and one that scribbles over a held mutex
+//! can crash its holder or make it write where it chooses. This is the
+//! same trust as a named [`Section`]'s, not the guarantee of a mailbox.
 //!
 //! A glibc mutex's layout differs between 32- and 64-bit processes, so on
 //! Linux a [`Mutex`] or [`Shared`] value is shared between processes of
@@ -93,6 +108,15 @@ use crate::section::Section;
 use crate::sys;
 use crate::view::ViewMut;
 
+/// A mapping failure as an `io::Error` that keeps the OS error (its code
+/// stays readable with `raw_os_error`, e.g. ENOMEM for a full address space).
+pub(crate) fn map_error(e: crate::error::MapError, what: &str) -> io::Error {
+    match e {
+        crate::error::MapError::Io(source) => source,
+        other => io::Error::other(format!("mapping {what}: {other}")),
+    }
+}
+
 /// An opened named object: its section and a view of its header.
 #[derive(Debug)]
 pub(crate) struct Object {
@@ -116,10 +140,9 @@ impl Object {
                 reason: format!("an object of {} bytes, too small to be a copydata {}", section.len(), kind.marker()),
             });
         }
-        let header = section.map_mut(0, HEADER_LEN).map_err(|e| SyncOpenError::Io {
-            name: name.into(),
-            source: io::Error::other(format!("mapping its header: {e}")),
-        })?;
+        let header = section
+            .map_mut(0, HEADER_LEN)
+            .map_err(|e| SyncOpenError::Io { name: name.into(), source: map_error(e, "its header") })?;
         header::claim_kind(&header, kind).map_err(|reason| SyncOpenError::WrongKind { name: name.into(), reason })?;
         Ok(Object { header, _section: section, name: valid, object })
     }

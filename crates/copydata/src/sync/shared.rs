@@ -177,17 +177,21 @@ fn open_value(
     if obj.section().len() < len as u64 {
         return Err(mismatch(format!("it is {} bytes long, this type needs {len}", obj.section().len())));
     }
-    let value = obj.section().map_mut(offset as u64, size.max(1)).map_err(|e| obj.io(std::io::Error::other(e)))?;
+    let value =
+        obj.section().map_mut(offset as u64, size.max(1)).map_err(|e| obj.io(super::map_error(e, "its value")))?;
     let lock = Lock::new(obj)?;
     if header::u32_at(&lock.object().header, VALUE_READY).load(Ordering::Acquire) == 1 {
         return Ok(Opened { lock, value, size, align });
     }
-    // Not initialised yet (or its initialiser died): initialise it under
-    // the lock, unless someone else did meanwhile.
+    // Not initialised yet (or its initialiser died, or is at work now): an
+    // opener that may not create says so at once, rather than wait for a
+    // creator's initialiser (which may take any time, or never end).
+    let Some(init) = init else { return Err(not_found()) };
+    // A creator initialises it under the lock, unless someone else did
+    // meanwhile.
     let guard = lock.acquire(None, false).map_err(|e| lock.object().io(e.into()))?;
     let ready = header::u32_at(&lock.object().header, VALUE_READY);
     if ready.load(Ordering::Acquire) != 1 {
-        let Some(init) = init else { return Err(not_found()) };
         let at = value.as_mut_ptr();
         // SAFETY: `at` is the start of a writable view of at least `size`
         // bytes, which nobody reads or writes now (we hold the lock and the

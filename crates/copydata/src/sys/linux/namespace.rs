@@ -54,6 +54,14 @@ fn marker(fd: impl AsFd) -> Option<&'static [u8]> {
     MARKERS.into_iter().find(|m| *m == &buf[..n])
 }
 
+/// Whether the object has no copydata marker although its file system
+/// keeps markers (tmpfs with user xattrs, Linux 6.6 and later): then
+/// copydata did not make it, since a creator marks before it publishes.
+fn unmarked_where_markers_work(fd: impl AsFd) -> bool {
+    let mut buf = [0u8; 16];
+    matches!(rfs::fgetxattr(fd, MARKER, &mut buf[..]), Err(Errno::NODATA))
+}
+
 /// Whether the object is one of copydata's (so it may be reclaimed).
 fn is_marked(fd: impl AsFd) -> bool {
     marker(fd).is_some()
@@ -280,6 +288,17 @@ pub(crate) fn open_marked(
         if let Some(m) = marker(&fd).filter(|m| *m != marker_value) {
             let (found, wanted) = (String::from_utf8_lossy(m), String::from_utf8_lossy(marker_value));
             return Err(io(io::Error::new(io::ErrorKind::InvalidData, format!("a copydata {found}, not a {wanted}"))));
+        }
+        // A synchronisation object holds state copydata prepared before it
+        // published it (a robust, process-shared glibc mutex): a file of
+        // that name copydata did not make has none of it (zero bytes are a
+        // private, non-robust mutex), and must not be used as one.
+        if marker_value != MARKER_VALUE && unmarked_where_markers_work(&fd) {
+            let wanted = String::from_utf8_lossy(marker_value);
+            return Err(io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("not a copydata {wanted} (a file of that name that copydata did not make)"),
+            )));
         }
         match rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {
