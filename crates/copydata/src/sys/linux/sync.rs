@@ -240,7 +240,10 @@ impl RawMutex {
                 // Never report a timeout before it has passed.
                 Some(Err(LockError::TimedOut)) if deadline.is_some_and(|d| Instant::now() < d) => continue,
                 Some(r) => return r,
-                None => continue,
+                // A waiting lock never says busy: the mutex's memory was
+                // changed under it (say, by another process). Not retried,
+                // which would spin past the deadline.
+                None => return Err(LockError::Io(io::Error::from_raw_os_error(libc::EBUSY))),
             }
         }
     }
