@@ -363,7 +363,8 @@ fn a_launch_that_would_decode_beyond_max_launch_is_refused() {
     let server = p.serve(|launch| Answer::new(launch.args().len() as i32, ""));
     let record = |argc: u32| {
         let mut r = b"CDL1".to_vec();
-        r.extend_from_slice(&[1, 0, 0, 0]);
+        // Strings as bytes (Unix) or UTF-16 code units (Windows).
+        r.extend_from_slice(&[if cfg!(windows) { 2 } else { 1 }, 0, 0, 0]);
         r.extend_from_slice(&argc.to_le_bytes());
         r.resize(r.len() + 4 * argc as usize, 0); // empty arguments
         r.extend_from_slice(&0u32.to_le_bytes()); // no variables
