@@ -1833,6 +1833,13 @@ fn copydata_sends_to_a_plain_win32_window() {
     assert_eq!(&reply.data[..], b"C got 3 bytes");
     let reply = copydata::os::windows::send_to_window(Some(&class), None, 6, b"", Duration::from_secs(30)).unwrap();
     assert_eq!((reply.code, &reply.data[..]), (1006, &b"C got 0 bytes"[..]));
+    // Reply bytes that happen to look like a mailbox's set-up answer (its
+    // tag and magic) are the reply all the same.
+    let lookalike = b"CDA2 is how this reply starts";
+    let reply =
+        copydata::os::windows::send_to_window(Some(&class), None, 0x4344_4132, lookalike, Duration::from_secs(30))
+            .unwrap();
+    assert_eq!((reply.code, &reply.data[..]), (1000 + 0x4344_4132, &lookalike[..]));
     assert!(matches!(
         copydata::os::windows::send_to_window(Some("NoSuchClassAnywhere"), None, 0, b"", Duration::from_secs(1)),
         Err(SendError::NoSuchMailbox { .. })

@@ -15,7 +15,8 @@
  *   peer serve CLASS [MS]      make a message-only window of CLASS; answer each
  *                              WM_COPYDATA with LRESULT 1000 + dwData and a
  *                              WM_COPYDATA back to the sender's window saying
- *                              "C got N bytes"; dwData 999 ends it
+ *                              "C got N bytes" (dwData 0x43444132: its own
+ *                              bytes back); dwData 999 ends it
  */
 #include <windows.h>
 #include <stdio.h>
@@ -48,6 +49,10 @@ static LRESULT CALLBACK serve_proc(HWND hwnd, UINT msg, WPARAM wp, LPARAM lp)
         out.dwData = in->dwData;
         out.cbData = (DWORD)strlen(text);
         out.lpData = text;
+        if (in->dwData == 0x43444132) {
+            out.cbData = in->cbData;
+            out.lpData = in->lpData;
+        }
         if (wp)
             SendMessageTimeoutW((HWND)wp, WM_COPYDATA, (WPARAM)hwnd, (LPARAM)&out, SMTO_NORMAL, 5000, NULL);
         return 1000 + (LRESULT)in->dwData;

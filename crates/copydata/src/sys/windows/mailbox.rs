@@ -1504,11 +1504,14 @@ unsafe extern "system" fn sender_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lpar
     }
     // SAFETY: a WM_COPYDATA being handled; `data` is used only in this call.
     let (tag, data) = unsafe { copydata_of(lparam) };
+    // An answer to the hello under way, if one is; with none, bytes that
+    // look like an answer may be a plain program's reply (below).
     if tag == ANSWER_TAG && data.starts_with(&ANSWER_MAGIC) {
-        return PENDING.with(|p| match &mut *p.borrow_mut() {
-            Some(pending) => take_answer(pending, wparam as HWND, data),
-            None => 0,
-        });
+        let answered =
+            PENDING.with(|p| p.borrow_mut().as_mut().map(|pending| take_answer(pending, wparam as HWND, data)));
+        if let Some(r) = answered {
+            return r;
+        }
     }
     if tag == OLD_REPLY_TAG && data.starts_with(&OLD_REPLY_MAGIC) {
         // An old mailbox's reply to an old envelope sent through
