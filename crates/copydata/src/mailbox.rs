@@ -1293,6 +1293,67 @@ impl Sender {
     }
 }
 
+/// Ends a connection set-up early, from another thread: for an async
+/// set-up (`copydata::tokio`) whose sender is gone, which no call would
+/// take over. Linux: the set-up's socket is shut down, which ends its
+/// waits at once; elsewhere a set-up not started yet is not started.
+#[derive(Debug, Default)]
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) struct Abort {
+    state: Mutex<AbortState>,
+}
+
+#[derive(Debug, Default)]
+struct AbortState {
+    aborted: bool,
+    /// Linux: a duplicate of the socket of the set-up under way.
+    #[cfg(target_os = "linux")]
+    sock: Option<std::os::fd::OwnedFd>,
+}
+
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+impl Abort {
+    fn state(&self) -> std::sync::MutexGuard<'_, AbortState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends the set-up: at once where it waits, or before it starts.
+    /// Never blocks (a shutdown, no close).
+    pub(crate) fn abort(&self) {
+        let mut st = self.state();
+        st.aborted = true;
+        #[cfg(target_os = "linux")]
+        if let Some(sock) = &st.sock {
+            let _ = rustix::net::shutdown(sock, rustix::net::Shutdown::Both);
+        }
+    }
+
+    pub(crate) fn aborted(&self) -> bool {
+        self.state().aborted
+    }
+
+    /// Linux: the set-up's socket, to shut down if it is aborted; `false`
+    /// if it already was. [`unwatch`](Self::unwatch) before the socket is
+    /// closed, so the duplicate is never its last descriptor (closing that
+    /// would close what the receiver queued in it, on this thread).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn watch(&self, sock: std::os::fd::BorrowedFd<'_>) -> std::io::Result<bool> {
+        let mut st = self.state();
+        if st.aborted {
+            return Ok(false);
+        }
+        st.sock = Some(sock.try_clone_to_owned()?);
+        Ok(true)
+    }
+
+    /// Linux: forgets the socket (see [`watch`](Self::watch)).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn unwatch(&self) {
+        let sock = self.state().sock.take();
+        drop(sock);
+    }
+}
+
 /// Sets up a connection to `name`: bounded by the options' connect timeout
 /// and by `deadline` (the caller's whole budget, reported as `timeout`).
 pub(crate) fn connect_client(
@@ -1301,12 +1362,35 @@ pub(crate) fn connect_client(
     deadline: Option<Instant>,
     timeout: Option<Duration>,
 ) -> Result<Client, SendError> {
+    connect_client_abortable(name, options, deadline, timeout, None)
+}
+
+/// [`connect_client`] that another thread can end early through `abort`
+/// (an async set-up whose sender is gone, which no call would take over).
+pub(crate) fn connect_client_abortable(
+    name: &Name,
+    options: &SenderOptions,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    abort: Option<&Abort>,
+) -> Result<Client, SendError> {
     let budget = options.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let setup = match deadline {
         Some(d) => d.min(crate::deadline_or_far(budget)),
         None => crate::deadline_or_far(budget),
     };
-    let (link, max) = sys::mailbox::connect(name, options.wait, setup, options.owner).map_err(|e| match e {
+    let abandoned = || SendError::Io {
+        name: name.to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::Interrupted, "set-up abandoned: its sender is gone"),
+    };
+    if abort.is_some_and(Abort::aborted) {
+        return Err(abandoned());
+    }
+    let connected = sys::mailbox::connect(name, options.wait, setup, options.owner, abort);
+    if connected.is_err() && abort.is_some_and(Abort::aborted) {
+        return Err(abandoned());
+    }
+    let (link, max) = connected.map_err(|e| match e {
         SendError::TimedOut { name, .. } => SendError::TimedOut {
             name,
             timeout: timeout.or(options.connect_timeout).unwrap_or(DEFAULT_CONNECT_TIMEOUT),

@@ -49,7 +49,12 @@
 //!   is a short exchange on the socket, run on the blocking pool, bounded by
 //!   the connect timeout. A call cancelled during set-up leaves it running
 //!   in the background; the sender's next call takes it over (one set-up at
-//!   a time per sender, however often calls are cancelled).
+//!   a time per sender, however often calls are cancelled). Once nothing
+//!   can take it over (the sender dropped, with a dropped
+//!   [`AsyncSender::connect`] future or a task dropped with its runtime),
+//!   it ends at once, giving back its blocking thread and its socket (on
+//!   Windows, if it has not started yet; one that has, ends by its own
+//!   deadline).
 //! - **Runtimes**: the runtime needs IO and time enabled
 //!   (`Builder::enable_all`). A sender may move between runtimes: a call
 //!   made on another runtime than the last one registers the connection
@@ -85,7 +90,7 @@ use std::time::{Duration, Instant};
 use crate::error::{BindError, SendError};
 use crate::fast::Bell;
 use crate::fast::conn::{Body, CALL, Client, Fail, LentBuf, POST};
-use crate::mailbox::{SenderOptions, connect_client, failed};
+use crate::mailbox::{Abort, SenderOptions, connect_client_abortable, failed};
 use crate::name::Name;
 use crate::{Mailbox, PostLoanError, Reply, Request, Section};
 
@@ -108,8 +113,27 @@ pub struct AsyncSender {
     conn: Option<Conn>,
     /// A set-up under way on the blocking pool, which a cancelled call
     /// left behind: the next call takes it over rather than start another
-    /// beside it.
-    setup: Option<::tokio::task::JoinHandle<Result<Client, SendError>>>,
+    /// beside it. Dropping the sender aborts it.
+    setup: Option<Setup>,
+}
+
+/// A set-up on the blocking pool, and the means to end it early.
+#[derive(Debug)]
+struct Setup {
+    task: ::tokio::task::JoinHandle<Result<Client, SendError>>,
+    abort: Arc<Abort>,
+}
+
+impl Drop for AsyncSender {
+    /// A set-up under way is of no use to anyone any more (a dropped
+    /// `connect` future, or a sender dropped after a call cancelled during
+    /// set-up): it ends now rather than at its connect timeout, giving back
+    /// its blocking thread and its socket (the receiver sees it go).
+    fn drop(&mut self) {
+        if let Some(setup) = self.setup.take() {
+            setup.abort.abort();
+        }
+    }
 }
 
 impl AsyncSender {
@@ -143,12 +167,15 @@ impl AsyncSender {
         loop {
             let inherited = self.setup.is_some();
             let setup = match &mut self.setup {
-                Some(setup) => setup,
+                Some(setup) => &mut setup.task,
                 None => {
                     let (name, options) = (self.name.clone(), self.options.clone());
-                    self.setup.insert(::tokio::task::spawn_blocking(move || {
-                        connect_client(&name, &options, deadline, timeout)
-                    }))
+                    let abort = Arc::new(Abort::default());
+                    let aborted = abort.clone();
+                    let task = ::tokio::task::spawn_blocking(move || {
+                        connect_client_abortable(&name, &options, deadline, timeout, Some(&aborted))
+                    });
+                    &mut self.setup.insert(Setup { task, abort }).task
                 }
             };
             let joined = match deadline {
@@ -180,10 +207,34 @@ impl AsyncSender {
     /// The connection for the next exchange (made now if there is none);
     /// [`settle`](Self::settle) puts it back.
     async fn take_conn(&mut self, deadline: Option<Instant>, timeout: Option<Duration>) -> Result<Conn, SendError> {
-        match self.conn.take() {
-            Some(c) => c.on_this_runtime().map_err(|source| SendError::Io { name: self.name.to_string(), source }),
+        match self.current_conn()? {
+            Some(c) => Ok(c),
             None => self.open(deadline, timeout).await,
         }
+    }
+
+    /// The connection there is (none is made), watched by the current
+    /// runtime's reactor: registered with it anew if the last call ran on
+    /// another runtime. Outside a tokio runtime an error, the connection
+    /// kept (a wait would panic there).
+    fn current_conn(&mut self) -> Result<Option<Conn>, SendError> {
+        let here = self.runtime()?;
+        match self.conn.take() {
+            Some(c) => c
+                .on_this_runtime(&here)
+                .map(Some)
+                .map_err(|source| SendError::Io { name: self.name.to_string(), source }),
+            None => Ok(None),
+        }
+    }
+
+    /// The current tokio runtime; outside one an error (its timers and
+    /// reactor would panic there), with nothing changed.
+    fn runtime(&self) -> Result<::tokio::runtime::Handle, SendError> {
+        ::tokio::runtime::Handle::try_current().map_err(|_| SendError::Io {
+            name: self.name.to_string(),
+            source: std::io::Error::other("copydata::tokio needs to run inside a tokio runtime"),
+        })
     }
 
     /// Sends and waits for the reply, however long the handler takes (a
@@ -244,6 +295,7 @@ impl AsyncSender {
         timeout: Duration,
         attempt: impl FnMut(&mut Client) -> Result<T, Fail>,
     ) -> Result<T, SendError> {
+        self.runtime()?;
         let started = Instant::now();
         let deadline = started.checked_add(timeout);
         let result = async {
@@ -275,7 +327,7 @@ impl AsyncSender {
     /// [`Sender::flush`](crate::Sender::flush), which says when that is
     /// at once).
     pub async fn flush(&mut self) -> Result<(), SendError> {
-        let Some(mut conn) = self.conn.take() else { return Ok(()) };
+        let Some(mut conn) = self.current_conn()? else { return Ok(()) };
         let result = conn.until_room(None, Client::try_settled).await;
         self.settle(conn, result, None, 0)
     }
@@ -339,10 +391,18 @@ impl AsyncSender {
         len: usize,
         timeout: Option<Duration>,
     ) -> Result<Option<Reply>, SendError> {
+        if let Err(e) = self.runtime() {
+            // Nothing happened: the connection is kept, the buffer given back.
+            if let Some(conn) = self.conn.as_mut() {
+                conn.cancel(&buf);
+            }
+            return Err(e);
+        }
         let deadline = timeout.and_then(crate::deadline);
         let exchange = async {
             // Without its connection, the buffer's is gone.
-            let mut conn = self.conn.take().ok_or_else(|| SendError::ReceiverDied { name: self.name.to_string() })?;
+            let mut conn =
+                self.current_conn()?.ok_or_else(|| SendError::ReceiverDied { name: self.name.to_string() })?;
             let result = match conn.put_lent(kind, tag, &buf, len, None).await {
                 Ok(()) if kind == CALL => conn.reply().await.map(Some),
                 Ok(()) => Ok(None),
@@ -361,6 +421,7 @@ impl AsyncSender {
         sections: &[&Section],
         timeout: Option<Duration>,
     ) -> Result<Reply, SendError> {
+        self.runtime()?;
         let deadline = timeout.and_then(crate::deadline);
         let exchange = async {
             let mut conn = self.take_conn(deadline, timeout).await?;
@@ -506,7 +567,15 @@ impl<'a> AsyncLoan<'a> {
     pub async fn post_timeout(mut self, tag: u64, timeout: Duration) -> Result<(), PostLoanError<Self>> {
         let deadline = Instant::now().checked_add(timeout);
         let buf = self.buf.take().expect("a loan is sent once");
-        let Some(mut conn) = self.sender.conn.take() else { return Err(self.gone()) };
+        let mut conn = match self.sender.current_conn() {
+            Ok(Some(conn)) => conn,
+            // No runtime: nothing happened, the loan comes back.
+            Err(e) if self.sender.conn.is_some() => {
+                self.buf = Some(buf);
+                return Err(PostLoanError::back(e, self));
+            }
+            Ok(None) | Err(_) => return Err(self.gone()),
+        };
         let result = conn.put_lent(POST, tag, &buf, self.len, deadline).await;
         self.settle(conn, buf, result, Some(timeout))
     }
@@ -634,15 +703,10 @@ impl Conn {
         Ok(Conn { client, notify, hangup, runtime: ::tokio::runtime::Handle::current().id() })
     }
 
-    /// The connection, watched by the current runtime's reactor (registered
-    /// with it anew if it was made on another runtime).
-    fn on_this_runtime(self) -> std::io::Result<Conn> {
-        match ::tokio::runtime::Handle::try_current() {
-            Ok(h) if h.id() != self.runtime => Conn::new(self.client),
-            // The same runtime, or none (a future polled by another
-            // executor): as it is.
-            _ => Ok(self),
-        }
+    /// The connection, watched by the reactor of `here`, the current
+    /// runtime (registered with it anew if it was made on another runtime).
+    fn on_this_runtime(self, here: &::tokio::runtime::Handle) -> std::io::Result<Conn> {
+        if here.id() != self.runtime { Conn::new(self.client) } else { Ok(self) }
     }
 
     /// Waits until the readiness handle or the socket says to look again, or
@@ -710,7 +774,7 @@ impl Conn {
 
     /// The connection (its waits are the system thread pool's, whatever
     /// the runtime).
-    fn on_this_runtime(self) -> std::io::Result<Conn> {
+    fn on_this_runtime(self, _here: &::tokio::runtime::Handle) -> std::io::Result<Conn> {
         Ok(self)
     }
 

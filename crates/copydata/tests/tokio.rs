@@ -224,9 +224,16 @@ fn pending_async_calls_hold_no_blocking_thread() {
     });
 }
 
+/// The threads of this process named `name` (the threads of a runtime
+/// built with that `thread_name`: the other tests, running meanwhile, make
+/// threads of their own).
 #[cfg(target_os = "linux")]
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
+fn threads(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
 }
 
 /// Linux: pending calls wait in the reactor, not on threads.
@@ -234,7 +241,8 @@ fn threads() -> usize {
 #[test]
 fn pending_calls_do_not_take_a_thread_each() {
     let (_kid, name) = echo_child();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().thread_name("cd-pending").enable_all().build().unwrap();
+    let threads = || threads("cd-pending");
     rt.block_on(async {
         // Set-up runs on the blocking pool: connect first, then count.
         let mut senders = Vec::new();
@@ -300,7 +308,11 @@ fn a_sender_moves_between_runtimes() {
 fn cancelled_set_ups_are_taken_over_not_doubled() {
     let (kid, name) = echo_child();
     let pid = kid.kid.as_ref().unwrap().id();
-    within(async {
+    // (On a current-thread runtime only the blocking pool's threads bear
+    // its name.)
+    let rt = tokio::runtime::Builder::new_current_thread().thread_name("cd-setups").enable_all().build().unwrap();
+    let threads = || threads("cd-setups");
+    let test = async {
         let mut sender = AsyncSender::unconnected(&name, &Default::default()).unwrap();
         // SAFETY: stops the child; it is continued below (or killed).
         unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
@@ -315,8 +327,71 @@ fn cancelled_set_ups_are_taken_over_not_doubled() {
         assert!(during <= before + 2, "{during} threads after 30 cancelled set-ups ({before} before)");
         let reply = sender.send_timeout(5, b"after", Duration::from_secs(20)).await.unwrap();
         assert_eq!((reply.code, &reply.data[..]), (5, &b"after"[..]));
-    });
+    };
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), test).await })
+        .expect("the test did not finish within 60 s");
     drop(kid);
+}
+
+/// A set-up that nobody can take over any more (a dropped `connect`
+/// future, a sender dropped after a call cancelled during set-up, a task
+/// dropped with its runtime) ends at once, not at its connect timeout
+/// (10 s): with a blocking pool of one thread, a connect to another
+/// mailbox right after is served within seconds, and dropping a runtime
+/// that had such a set-up under way does not wait for it.
+#[cfg(target_os = "linux")]
+#[test]
+fn abandoned_set_ups_end_at_once() {
+    let (stopped, stopped_name) = echo_child();
+    let (_live, live_name) = echo_child();
+    let pid = stopped.kid.as_ref().unwrap().id();
+    // SAFETY: stops the child; it is continued below (or killed).
+    unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+    let one_thread = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let rt = one_thread();
+    rt.block_on(async {
+        let within = Duration::from_secs(5);
+        // A dropped connect future.
+        let dropped = tokio::time::timeout(Duration::from_millis(100), AsyncSender::connect(&stopped_name)).await;
+        assert!(dropped.is_err(), "a connect to a stopped receiver returned");
+        let started = Instant::now();
+        let mut live = tokio::time::timeout(within, AsyncSender::connect(&live_name))
+            .await
+            .expect("the abandoned set-up still held the blocking pool's thread")
+            .unwrap();
+        assert!(started.elapsed() < within);
+        // A sender dropped after its call was cancelled during set-up.
+        let mut sender = AsyncSender::unconnected(&stopped_name, &Default::default()).unwrap();
+        let cancelled = tokio::time::timeout(Duration::from_millis(100), sender.send(1, b"x")).await;
+        assert!(cancelled.is_err(), "a call to a stopped receiver returned");
+        drop(sender);
+        let reply = tokio::time::timeout(within, copydata::tokio::send(&live_name, 2, b"after"))
+            .await
+            .expect("the abandoned set-up still held the blocking pool's thread")
+            .unwrap();
+        assert_eq!(&reply.data[..], b"after");
+        assert_eq!(live.send(3, b"still").await.unwrap().code, 3);
+    });
+    // A runtime dropped with a set-up under way in one of its tasks.
+    let rt2 = one_thread();
+    let name = stopped_name.clone();
+    rt2.spawn(async move { AsyncSender::connect(&name).await.map(drop) });
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    drop(rt2);
+    let took = started.elapsed();
+    // SAFETY: continues the child stopped above.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    assert!(took < Duration::from_secs(5), "dropping the runtime waited {took:?} for an abandoned set-up");
+    drop(rt);
+    drop(stopped);
 }
 
 #[test]
@@ -769,4 +844,60 @@ fn async_flush_reports_posts_lost_with_their_receiver() {
             }
         }
     });
+}
+
+/// A sender polled outside a tokio runtime (another executor) fails with
+/// an error, keeping its connection, rather than panicking in its first
+/// wait.
+#[test]
+fn outside_a_runtime_a_call_fails_cleanly() {
+    let (_kid, name) = echo_child();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut sender = rt.block_on(AsyncSender::connect(&name)).unwrap();
+    // A minimal executor that is not tokio.
+    struct Nothing;
+    impl std::task::Wake for Nothing {
+        fn wake(self: Arc<Self>) {}
+    }
+    let waker = std::task::Waker::from(Arc::new(Nothing));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut poll_once =
+        |what: &str, call: std::pin::Pin<&mut dyn std::future::Future<Output = Result<(), SendError>>>| {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.poll(&mut cx))) {
+                Ok(std::task::Poll::Ready(Err(SendError::Io { .. }))) => {}
+                Ok(other) => panic!("{what} outside a runtime: {other:?}"),
+                Err(_) => panic!("{what} outside a runtime panicked"),
+            }
+        };
+    poll_once("send", std::pin::pin!(async { sender.send(1, b"sleep:200").await.map(drop) }));
+    poll_once(
+        "send_timeout",
+        std::pin::pin!(async { sender.send_timeout(1, b"x", Duration::from_secs(5)).await.map(drop) }),
+    );
+    poll_once("post_timeout", std::pin::pin!(sender.post_timeout(1, b"x", Duration::from_secs(5))));
+    // A loan sent outside a runtime gives its buffer back: a pool's worth
+    // and more of them never run it dry.
+    for _ in 0..20 {
+        let loan = rt.block_on(sender.loan(1 << 20)).unwrap();
+        poll_once("a loan's send", std::pin::pin!(async { loan.send(1).await.map(drop) }));
+    }
+    assert!(rt.block_on(sender.try_loan(1 << 20)).is_ok(), "loans sent outside a runtime kept their buffers");
+    let reply = rt.block_on(sender.send_timeout(2, b"after", Duration::from_secs(10))).unwrap();
+    assert_eq!((reply.code, &reply.data[..]), (2, &b"after"[..]));
+}
+
+/// A loan taken on one runtime and sent on another (the first one
+/// dropped) goes through that other runtime's reactor, as calls do.
+#[test]
+fn a_loan_moves_between_runtimes() {
+    let (_kid, name) = echo_child();
+    let single = || tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let first = single();
+    let mut sender = first.block_on(AsyncSender::connect(&name)).unwrap();
+    let mut loan = first.block_on(sender.loan(7)).unwrap();
+    loan.write_at(0, b"sleep:2").unwrap();
+    drop(first);
+    let reply = single().block_on(loan.send_timeout(4, Duration::from_secs(10)));
+    let reply = reply.expect("a loan sent on another runtime");
+    assert_eq!((reply.code, &reply.data[..]), (4, &b"sleep:2"[..]));
 }

@@ -102,6 +102,7 @@ pub(crate) fn connect(
     _wait: Wait,
     _deadline: Instant,
     _owner: Option<u32>,
+    _abort: Option<&crate::mailbox::Abort>,
 ) -> Result<(Link, u64), SendError> {
     Err(SendError::Unsupported)
 }

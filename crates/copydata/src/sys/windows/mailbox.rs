@@ -1685,6 +1685,9 @@ pub(crate) fn connect(
     wait: Wait,
     deadline: Instant,
     _owner: Option<u32>,
+    // (A set-up here is one `SendMessageTimeoutW`: an abort is seen
+    // before it starts, by the caller.)
+    _abort: Option<&crate::mailbox::Abort>,
 ) -> Result<(Link, u64), SendError> {
     let shown = || name.to_string();
     let io = |source: io::Error| SendError::Io { name: shown(), source };
@@ -1831,7 +1834,7 @@ mod tests {
     }
 
     fn link_to(name: &Name) -> (Link, u64) {
-        connect(name, Wait::Park, Instant::now() + Duration::from_secs(30), None).unwrap()
+        connect(name, Wait::Park, Instant::now() + Duration::from_secs(30), None, None).unwrap()
     }
 
     /// Attachment bytes as a peer would write them: a set number, then

@@ -890,6 +890,7 @@ pub(crate) fn connect(
     wait: Wait,
     deadline: Instant,
     owner: Option<u32>,
+    abort: Option<&crate::mailbox::Abort>,
 ) -> Result<(Link, u64), SendError> {
     let shown = || name.to_string();
     let io = |source: io::Error| SendError::Io { name: shown(), source };
@@ -900,7 +901,7 @@ pub(crate) fn connect(
         // have bound that, so the listener's user is checked.
         let address = runtime::shared_address(owner, name);
         let addr = rustix::net::SocketAddrUnix::new_abstract_name(address.as_bytes()).map_err(|e| io(e.into()))?;
-        let sock = connect_until(&addr, deadline).map_err(|e| match e.kind() {
+        let sock = connect_until(&addr, deadline, abort).map_err(|e| match e.kind() {
             io::ErrorKind::WouldBlock => timed_out(),
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => SendError::NoSuchMailbox { name: shown() },
             _ => io(e),
@@ -913,7 +914,7 @@ pub(crate) fn connect(
                 reason: format!("the address of uid {owner}'s mailbox is held by uid {}", cred.uid.as_raw()),
             });
         }
-        return set_up_connection(name, sock, wait, deadline);
+        return set_up_connection(name, sock, wait, deadline, abort);
     }
     // A directory that is not safely ours could hold a planted mailbox:
     // refuse to send there.
@@ -923,7 +924,7 @@ pub(crate) fn connect(
     })?;
     let path = runtime::socket_path(&dir, name);
     let addr = rustix::net::SocketAddrUnix::new(&path).map_err(|e| io(e.into()))?;
-    let sock = connect_until(&addr, deadline).map_err(|e| match e.kind() {
+    let sock = connect_until(&addr, deadline, abort).map_err(|e| match e.kind() {
         io::ErrorKind::WouldBlock => timed_out(),
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
             // A dead binder's files: remove them while we are here.
@@ -935,7 +936,7 @@ pub(crate) fn connect(
         }
         _ => io(e),
     })?;
-    set_up_connection(name, Disarmed(sock), wait, deadline)
+    set_up_connection(name, Disarmed(sock), wait, deadline, abort)
 }
 
 /// The sender's side of the set-up, on a connected socket: the hello, then
@@ -947,10 +948,22 @@ fn set_up_connection(
     sock: Disarmed<UnixStream>,
     wait: Wait,
     deadline: Instant,
+    abort: Option<&crate::mailbox::Abort>,
 ) -> Result<(Link, u64), SendError> {
     let shown = || name.to_string();
     let io = |source: io::Error| SendError::Io { name: shown(), source };
     let timed_out = || SendError::TimedOut { name: shown(), timeout: Duration::ZERO };
+    // An abort from now on shuts the socket down: every wait below ends at
+    // once. (The guard, a local, goes before `sock`, a parameter.)
+    let _watched = match abort {
+        Some(a) => {
+            if !a.watch(sock.as_fd()).map_err(io)? {
+                return Err(io(io::ErrorKind::Interrupted.into()));
+            }
+            Some(Unwatch(a))
+        }
+        None => None,
+    };
     let left = deadline.checked_duration_since(Instant::now()).filter(|l| !l.is_zero()).ok_or_else(timed_out)?;
     sock.set_read_timeout(Some(left)).map_err(io)?;
     sock.set_write_timeout(Some(left)).map_err(io)?;
@@ -1032,6 +1045,15 @@ fn set_up_connection(
     Ok((Link { region, sock, bells: Some(bells), notify }, h.word))
 }
 
+/// Forgets the socket of an abortable set-up when the set-up ends.
+struct Unwatch<'a>(&'a crate::mailbox::Abort);
+
+impl Drop for Unwatch<'_> {
+    fn drop(&mut self) {
+        self.0.unwatch();
+    }
+}
+
 /// A connection's readiness handle: a Unix stream socket pair, this
 /// side's end non-blocking, the other end for the sender.
 fn readiness_pair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -1044,10 +1066,18 @@ fn readiness_pair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// Connects to the socket at `addr`, retrying while its backlog is full
 /// (a stopped or swamped receiver) until `deadline`: a plain blocking
 /// `connect` would wait for ever there. `WouldBlock` when the time is up.
-fn connect_until(addr: &rustix::net::SocketAddrUnix, deadline: Instant) -> io::Result<UnixStream> {
+fn connect_until(
+    addr: &rustix::net::SocketAddrUnix,
+    deadline: Instant,
+    abort: Option<&crate::mailbox::Abort>,
+) -> io::Result<UnixStream> {
     use rustix::net::{AddressFamily, SocketFlags, SocketType};
     let mut pause = Duration::from_micros(100);
     loop {
+        // (Each pause is 20 ms at most: an abort is seen that soon.)
+        if abort.is_some_and(crate::mailbox::Abort::aborted) {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
         let fd = rustix::net::socket_with(
             AddressFamily::UNIX,
             SocketType::STREAM,
