@@ -71,6 +71,13 @@
 //!   whose time-out sends nothing and keeps the connection; for a loan,
 //!   [`AsyncLoan::post_timeout`] (or [`AsyncLoan::try_post`]), which also
 //!   hands the loan back, still filled.
+//! - **Large payloads**: `send(&[u8])` and `post` copy the payload into
+//!   shared memory, and a reply that is not lent is copied out of it, on
+//!   the task that makes the call: at memory speed (a few GB/s), 64 MiB
+//!   holds its worker thread for tens of milliseconds. From about a
+//!   megabyte on, use a loan ([`AsyncSender::loan`], written where and
+//!   when the task chooses, sent without a copy) or make the call inside
+//!   `tokio::task::block_in_place` on a multi-threaded runtime.
 //! - **Receiving**: the handler side of a mailbox sleeps on doorbells in
 //!   shared memory (one futex word or event per handler thread, shared by
 //!   every connection), which no reactor can watch. [`AsyncMailbox`] runs
@@ -327,18 +334,27 @@ impl AsyncSender {
     /// [`Sender::flush`](crate::Sender::flush), which says when that is
     /// at once).
     pub async fn flush(&mut self) -> Result<(), SendError> {
-        let Some(mut conn) = self.current_conn()? else { return Ok(()) };
-        let result = conn.until_room(None, Client::try_settled).await;
-        self.settle(conn, result, None, 0)
+        if let Some(mut conn) = self.current_conn()? {
+            let result = conn.until_room(None, Client::try_settled).await;
+            self.settle(conn, result, None, 0)?;
+        }
+        lingered(None).await;
+        Ok(())
     }
 
     /// Like [`flush`](Self::flush), waiting at most `timeout`; on
     /// [`SendError::TimedOut`] the connection is kept.
     pub async fn flush_timeout(&mut self, timeout: Duration) -> Result<(), SendError> {
-        if self.conn.is_none() {
-            return Ok(());
+        self.runtime()?;
+        let deadline = Instant::now().checked_add(timeout);
+        if self.conn.is_some() {
+            self.with_room(0, timeout, Client::try_settled).await?;
         }
-        self.with_room(0, timeout, Client::try_settled).await
+        if lingered(deadline).await {
+            Ok(())
+        } else {
+            Err(SendError::TimedOut { name: self.name.to_string(), timeout })
+        }
     }
 
     /// Lends a buffer of `len` bytes in shared memory, to fill in place and
@@ -801,6 +817,24 @@ impl Conn {
 }
 
 // ---------------------------------------------------------------- both
+
+/// Waits until no connection this process dropped still keeps attachments
+/// for its receiver (Windows: a connection dropped by a cancelled or timed
+/// out call, whose receiver pulls them out of this process later), as the
+/// blocking `flush` does, by `deadline` at most (`false` then). Looks
+/// every 10 ms; on Linux nothing outlives a connection, and this returns at
+/// once.
+async fn lingered(deadline: Option<Instant>) -> bool {
+    loop {
+        if crate::sys::mailbox::Link::await_lingering(Some(Instant::now())) {
+            return true;
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return false;
+        }
+        ::tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
 
 impl Conn {
     /// Gives back a loan that was not sent.

@@ -317,7 +317,7 @@ fn a_receiver_out_of_descriptors_refuses_at_once() {
 fn sections_beyond_the_kernels_in_flight_limit_wait_for_room() {
     let name = unique("refs");
     let mailbox = Mailbox::bind(&name).unwrap();
-    let mut kids: Vec<Kid> = (0..8).map(|_| Kid::spawn("send-many-sections", &[&name])).collect();
+    let kids: Vec<Kid> = (0..8).map(|_| Kid::spawn("send-many-sections", &[&name])).collect();
     // Slowly, so that the senders' sections pile up on the way.
     for _ in 0..kids.len() {
         std::thread::sleep(Duration::from_millis(100));

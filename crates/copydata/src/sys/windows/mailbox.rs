@@ -2185,7 +2185,7 @@ mod tests {
             l.closed_word(Side::Sender).store(1, Ordering::Release);
         }
         std::thread::sleep(Duration::from_millis(200));
-        let third = connect(&name, Wait::Park, Instant::now() + Duration::from_secs(30), None);
+        let third = connect(&name, Wait::Park, Instant::now() + Duration::from_secs(30), None, None);
         assert!(third.is_ok(), "refused although both senders had left: {:?}", third.err());
         drop(gone);
     }
