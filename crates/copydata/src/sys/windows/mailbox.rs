@@ -1521,7 +1521,7 @@ unsafe extern "system" fn sender_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lpar
     // The reply bytes of the plain send under way, the first that name its
     // target (see `send_to_window`); anything else is not taken.
     RECEIVING.with(|r| match &mut *r.borrow_mut() {
-        Some((target, reply @ None)) if *target == wparam => {
+        Some((target, reply @ None)) if same_window(*target, wparam) => {
             *reply = Some(data.to_vec());
             1
         }
@@ -1538,7 +1538,7 @@ unsafe extern "system" fn sender_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lpar
 /// or makes up can never name one of this process's handles.
 fn take_answer(pending: &mut Pending, from: HWND, data: &[u8]) -> LRESULT {
     let Ok(head) = envelope::parse_answer(data) else { return 0 };
-    if head.nonce != pending.nonce || from as usize != pending.target || pending.outcome.is_some() {
+    if head.nonce != pending.nonce || !same_window(from as usize, pending.target) || pending.outcome.is_some() {
         return 0;
     }
     if head.status != STATUS_OK {
@@ -1599,6 +1599,14 @@ fn take_answer(pending: &mut Pending, from: HWND, data: &[u8]) -> LRESULT {
 const OWNER_MAGIC: u64 = u64::from_le_bytes(*b"CDMBOWN1");
 const OWNER_LEN: usize = 24;
 
+/// Whether two window handle values name the same window: only their low
+/// 32 bits count (a window handle is 32 bits wide, widened by sign in a
+/// 64-bit process and passed zero-extended in some messages' parameters),
+/// so 32- and 64-bit processes agree.
+fn same_window(a: usize, b: usize) -> bool {
+    a as u32 == b as u32
+}
+
 fn owner_record_name(name: &Name) -> Name {
     Name::derived(format!("copydata.mailbox.{name}.owner"))
 }
@@ -1614,7 +1622,8 @@ fn publish_owner(name: &Name, hwnd: HWND) -> io::Result<Section> {
     // A record left by an earlier holder (still open in some process) is
     // overwritten: this thread holds the name now.
     field(0)?.store(0, Ordering::SeqCst);
-    field(8)?.store(hwnd as usize as u64, Ordering::SeqCst);
+    // (A window handle is 32 bits wide in 32- and 64-bit processes alike.)
+    field(8)?.store(u64::from(hwnd as usize as u32), Ordering::SeqCst);
     field(16)?.store(u64::from(std::process::id()), Ordering::SeqCst);
     field(0)?.store(OWNER_MAGIC, Ordering::SeqCst);
     Ok(section)
@@ -1631,7 +1640,8 @@ fn owner_of(name: &Name) -> Option<(HWND, u32)> {
     if view.load_u64(0, Ordering::SeqCst).ok()? != OWNER_MAGIC {
         return None;
     }
-    let hwnd = view.load_u64(8, Ordering::SeqCst).ok()? as usize as HWND;
+    // Sign-extended, as Windows widens a 32-bit process's handles.
+    let hwnd = view.load_u64(8, Ordering::SeqCst).ok()? as u32 as i32 as isize as HWND;
     let pid = u32::try_from(view.load_u64(16, Ordering::SeqCst).ok()?).ok()?;
     (is_window(hwnd) && window_pid(hwnd) == pid && class_of(hwnd) == class_name(name)).then_some((hwnd, pid))
 }
@@ -1806,7 +1816,7 @@ pub(crate) fn list() -> Result<Vec<MailboxInfo>, ListError> {
         // make windows of the same class.
         if let Some(name) = class_of(after).strip_prefix(MAILBOX_CLASS_PREFIX).and_then(|n| Name::new(n).ok())
             && let Some((hwnd, pid)) = owner_of(&name)
-            && hwnd == after
+            && same_window(hwnd as usize, after as usize)
         {
             out.push(MailboxInfo { name: name.to_string(), pid });
         }
