@@ -982,6 +982,23 @@ impl Sender {
         self.client.as_ref().map(Client::max_payload)
     }
 
+    /// The process id of the receiver this sender is connected to (the
+    /// process that bound the mailbox, as the connection's set-up checked
+    /// it: the socket's peer on Linux, the owner of the mailbox's window on
+    /// Windows); `None` while this sender is not connected. The
+    /// `GetWindowThreadProcessId` of a `WM_COPYDATA` sender.
+    ///
+    /// ```no_run
+    /// let mut sender = copydata::Sender::connect("viewer")?;
+    /// sender.send(1, b"open")?;
+    /// println!("handled by pid {:?}", sender.receiver_pid());
+    /// # Ok::<(), copydata::SendError>(())
+    /// ```
+    #[doc(alias = "GetWindowThreadProcessId")]
+    pub fn receiver_pid(&self) -> Option<u32> {
+        self.client.as_ref().and_then(Client::peer_pid)
+    }
+
     /// A sender for an already validated name, connected by its first send.
     pub(crate) fn of_name(name: Name, options: SenderOptions) -> Sender {
         Sender { name, options, client: None }

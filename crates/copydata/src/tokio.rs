@@ -165,6 +165,13 @@ impl AsyncSender {
         Ok(AsyncSender { name: valid, options: options.clone(), conn: None, setup: None })
     }
 
+    /// The process id of the receiver this sender is connected to, as
+    /// [`Sender::receiver_pid`](crate::Sender::receiver_pid); `None` while
+    /// it is not connected.
+    pub fn receiver_pid(&self) -> Option<u32> {
+        self.conn.as_ref().and_then(|c| c.client.peer_pid())
+    }
+
     /// Sets up a connection (on the blocking pool), by `deadline`. A set-up
     /// that a cancelled call began is awaited rather than doubled: a call
     /// cancelled again and again against a stalled receiver holds one

@@ -332,6 +332,22 @@ fn sections_beyond_the_kernels_in_flight_limit_wait_for_room() {
     }
 }
 
+/// A sender knows which process its receiver is (the one that bound the
+/// mailbox) while it is connected, and not once the connection is gone.
+#[test]
+fn a_sender_knows_its_receivers_pid() {
+    let name = unique("receiver-pid");
+    let kid = server(&name, 0);
+    let pid = kid.id();
+    let mut sender = Sender::connect(&name).unwrap();
+    assert_eq!(sender.receiver_pid(), Some(pid));
+    check_echo(&sender.send(7, b"who").unwrap(), b"who");
+    assert_eq!(sender.receiver_pid(), Some(pid));
+    stop_server(kid, &name);
+    assert!(sender.send(7, b"anyone?").is_err());
+    assert_eq!(sender.receiver_pid(), None);
+}
+
 /// Posts await no reply, so a receiver that dies with posts still queued
 /// is reported by `flush` (they are lost), not silently.
 #[test]

@@ -113,10 +113,12 @@ fn echo_child() -> (Echo, String) {
 
 #[test]
 fn async_senders_talk_to_a_blocking_mailbox_in_another_process() {
-    let (_kid, name) = echo_child();
+    let (kid, name) = echo_child();
+    let pid = kid.kid.as_ref().unwrap().id();
     within(async {
         // One sender, in sequence, with payloads inline and in buffers.
         let mut sender = AsyncSender::connect(&name).await.unwrap();
+        assert_eq!(sender.receiver_pid(), Some(pid));
         for (i, len) in [0usize, 1, 64, 16 << 10, (16 << 10) + 1, 1 << 20, 9 << 20].into_iter().enumerate() {
             let data = common::pattern(len, i as u64);
             let reply = sender.send_timeout(i as u64, &data, Duration::from_secs(20)).await.unwrap();

@@ -315,6 +315,11 @@ pub(crate) struct Client {
 }
 
 impl Client {
+    /// The receiver's process id.
+    pub(crate) fn peer_pid(&self) -> Option<u32> {
+        self.link.peer_pid()
+    }
+
     pub(crate) fn new(link: Link, wait: Wait, max_payload: u64) -> Client {
         let (req, rep) = (Producer::new(link.region().requests()), Consumer::new(link.region().replies()));
         Client {

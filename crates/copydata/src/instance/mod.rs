@@ -291,7 +291,9 @@ fn forward(
                 Some(l) => l.to_vec(),
                 None => reply.data.into_vec(),
             };
-            Ok(Some(Secondary { answer: Answer { code, data }, primary_pid: pid }))
+            // The process that answered, as the connection knows it (the
+            // name's lock file may still name a predecessor that died).
+            Ok(Some(Secondary { answer: Answer { code, data }, primary_pid: sender.receiver_pid().or(pid) }))
         }
         // Elected but not listening yet, or gone meanwhile: try again.
         Err(SendError::NoSuchMailbox { .. } | SendError::ReceiverDied { .. }) => Ok(None),

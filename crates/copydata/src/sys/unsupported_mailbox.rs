@@ -52,6 +52,9 @@ impl Link {
     pub(crate) fn region(&self) -> &Region {
         match *self {}
     }
+    pub(crate) fn peer_pid(&self) -> Option<u32> {
+        match *self {}
+    }
     pub(crate) fn wake(&self, _bell: Bell) {
         match *self {}
     }

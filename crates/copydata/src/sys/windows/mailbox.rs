@@ -504,13 +504,15 @@ pub(crate) struct Link {
     oldest_kept: AtomicU64,
     /// The number of the last attachment set pulled from the peer.
     taken: AtomicU64,
+    /// The peer's process id, as the set-up checked it.
+    peer_pid: u32,
 }
 
 impl Link {
     fn new(
         side: Side,
         region: Region,
-        peer: OwnedHandle,
+        (peer, peer_pid): (OwnedHandle, u32),
         wake: OwnedHandle,
         bells: Vec<OwnedHandle>,
         look: Arc<OwnedHandle>,
@@ -527,11 +529,18 @@ impl Link {
             out: Mutex::new(Outgoing::default()),
             oldest_kept: AtomicU64::new(u64::MAX),
             taken: AtomicU64::new(0),
+            peer_pid,
         })
     }
 
     pub(crate) fn region(&self) -> &Region {
         &self.region
+    }
+
+    /// The peer's process id (the set-up checked that the peer's window
+    /// belongs to it).
+    pub(crate) fn peer_pid(&self) -> Option<u32> {
+        Some(self.peer_pid)
     }
 
     fn u32_word(&self, offset: usize) -> &AtomicU32 {
@@ -1216,7 +1225,7 @@ fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
     let w = state.dispatch.pick();
     let made = (|| -> io::Result<Link> {
         let (region, wake) = (Region::create(w)?, new_event()?);
-        Link::new(Side::Receiver, region, process, wake, Vec::new(), state.look.clone())
+        Link::new(Side::Receiver, region, (process, pid), wake, Vec::new(), state.look.clone())
     })();
     let link = match made {
         Ok(l) => l,
@@ -1736,8 +1745,9 @@ pub(crate) fn connect(
     let section =
         Section::from_parts(SysSection::from_handle(answer.region, REGION_LEN as u64, Access::ReadWrite), None);
     let region = Region::adopt(section).map_err(bad)?;
-    let link = Link::new(Side::Sender, region, answer.receiver, answer.wake, answer.bells, Arc::new(answer.look))
-        .map_err(|e| bad(format!("mapping the connection region: {e}")))?;
+    let link =
+        Link::new(Side::Sender, region, (answer.receiver, pid), answer.wake, answer.bells, Arc::new(answer.look))
+            .map_err(|e| bad(format!("mapping the connection region: {e}")))?;
     Ok((link, answer.max_payload))
 }
 
@@ -2136,8 +2146,15 @@ mod tests {
         let section = Section::from_parts(SysSection::from_handle(dup, REGION_LEN as u64, Access::ReadWrite), None);
         let me = open_process(std::process::id(), PROCESS_DUP_HANDLE | PROCESS_SYNCHRONIZE).unwrap();
         let (wake, bell, look) = (new_event().unwrap(), new_event().unwrap(), new_event().unwrap());
-        let link =
-            Link::new(Side::Sender, Region::adopt(section).unwrap(), me, wake, vec![bell], Arc::new(look)).unwrap();
+        let link = Link::new(
+            Side::Sender,
+            Region::adopt(section).unwrap(),
+            (me, std::process::id()),
+            wake,
+            vec![bell],
+            Arc::new(look),
+        )
+        .unwrap();
         (link, region)
     }
 

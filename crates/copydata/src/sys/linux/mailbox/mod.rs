@@ -196,6 +196,13 @@ impl Link {
         &self.region
     }
 
+    /// The peer's process id: the receiver's is the one that bound the
+    /// mailbox (the connection's socket says so); a sender's, the one that
+    /// connected.
+    pub(crate) fn peer_pid(&self) -> Option<u32> {
+        rustix::net::sockopt::socket_peercred(&*self.sock).ok().map(|c| c.pid.as_raw_nonzero().get() as u32)
+    }
+
     fn word(&self, bell: Bell) -> Option<&AtomicU32> {
         match bell {
             Bell::Request => {
