@@ -893,6 +893,13 @@ const RECEIVER_LINGER: Duration = Duration::from_secs(2);
 /// what they are given cannot make a mailbox start threads without end).
 const MAX_RECEIVER_LINGERING: usize = 64;
 
+/// The most sender-side linger threads at once (a process's senders
+/// together): beyond, a dropped connection's attachments are closed at once
+/// and the receiver fails to pull them (a receiver that never says it
+/// pulled what it was given cannot make a sending process start threads
+/// without end, one per connection its calls gave up on).
+const MAX_SENDER_LINGERING: usize = 256;
+
 /// A count of linger threads while they live, and a signal as each ends:
 /// the sending side's, which [`Link::await_lingering`] (a sender's flush)
 /// waits for, and the receiving side's, which a dropped mailbox waits for
@@ -965,7 +972,7 @@ impl Link {
         }
         let slice_looks = self.side == Side::Receiver;
         let (taken_at, closed_at, limit, count, max) = match self.side {
-            Side::Sender => (TAKEN_FROM_SENDER, RECEIVER_CLOSED, LINGER, &LINGERING, usize::MAX),
+            Side::Sender => (TAKEN_FROM_SENDER, RECEIVER_CLOSED, LINGER, &LINGERING, MAX_SENDER_LINGERING),
             Side::Receiver => {
                 (TAKEN_FROM_RECEIVER, SENDER_CLOSED, RECEIVER_LINGER, &RECEIVER_LINGERING, MAX_RECEIVER_LINGERING)
             }
