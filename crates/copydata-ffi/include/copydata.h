@@ -11,7 +11,8 @@
  * failed. Handles are opaque and owned by the caller until given back to
  * their _close / _unmap / _reply / _reply_loan / _refuse / _answer
  * function; closing NULL does nothing; on failure `out` arguments are set
- * to NULL. Names are
+ * to NULL (except where copydata_sender_loan and
+ * copydata_request_loan_reply say otherwise). Names are
  * NUL-terminated UTF-8, lengths size_t, timeouts milliseconds
  * (COPYDATA_INFINITE for none).
  */
@@ -1083,10 +1084,10 @@ copydata_status copydata_request_reply(copydata_request *request,
  *
  * A request has at most one reply loan: a second call fails with
  * `COPYDATA_STATUS_INVALID_ARGUMENT` and leaves `*data` as it is. So does
- * a posted message, whose reply no one reads;
- * `COPYDATA_STATUS_UNSUPPORTED` for a plain Win32 program's
- * `WM_COPYDATA`, which has no shared memory to read a loan from. On any
- * other failure `*data` is NULL. Answering the request another way
+ * a posted message, whose reply no one reads. A plain Win32 program's
+ * `WM_COPYDATA`, which has no shared memory to read a loan from, fails
+ * with `COPYDATA_STATUS_UNSUPPORTED`. On any other failure (that one
+ * included) `*data` is NULL. Answering the request another way
  * (`copydata_request_reply`, `copydata_request_refuse`) gives the loan
  * back unsent.
  *

@@ -182,3 +182,32 @@ pub use sync::{
     copydata_shared_create, copydata_shared_data, copydata_shared_lock, copydata_shared_mark_consistent,
     copydata_shared_open, copydata_shared_size, copydata_shared_unlock,
 };
+
+#[cfg(test)]
+mod tests {
+    /// What the handles wrap may move between threads (C uses a handle from
+    /// any thread, one call at a time), and what several threads use at once
+    /// (`copydata_mailbox_recv`, `copydata_instance_recv`, the locks and
+    /// waits of the sync objects) may be shared.
+    #[test]
+    fn handles_may_move_between_threads() {
+        fn send<T: Send>() {}
+        fn sync<T: Sync>() {}
+        send::<copydata::Section>();
+        send::<copydata::View>();
+        send::<copydata::ViewMut>();
+        send::<copydata::Request>();
+        send::<copydata::ReplyLoan>();
+        send::<copydata::Sender>();
+        send::<copydata::Loan<'static>>();
+        send::<copydata::Inheritance>();
+        send::<copydata::instance::Launch>();
+        send::<copydata::sync::ArcMutexGuard>();
+        send::<copydata::sync::ArcSharedBytesGuard>();
+        sync::<copydata::Mailbox>();
+        sync::<copydata::instance::Primary>();
+        sync::<copydata::sync::Mutex>();
+        sync::<copydata::sync::SharedBytes>();
+        sync::<copydata::sync::Event>();
+    }
+}

@@ -618,9 +618,12 @@ pub unsafe extern "C" fn copydata_request_reply(
         // - `data` is NULL or points to `len` readable bytes, read only
         //   during this call (the contract).
         let data = unsafe { bytes_arg(data, len, "data") }?;
+        // The bytes are copied first: they may be those of the reply loan
+        // itself, or of a lent message, which go back below.
+        let reply = copydata::Reply::new(code, data);
         // A reply loan still out goes back to the pool unsent.
         drop(request.reply_loan);
-        request.inner.reply(copydata::Reply::new(code, data))?;
+        request.inner.reply(reply)?;
         Ok(())
     })
 }
@@ -638,10 +641,10 @@ pub unsafe extern "C" fn copydata_request_reply(
 ///
 /// A request has at most one reply loan: a second call fails with
 /// `COPYDATA_STATUS_INVALID_ARGUMENT` and leaves `*data` as it is. So does
-/// a posted message, whose reply no one reads;
-/// `COPYDATA_STATUS_UNSUPPORTED` for a plain Win32 program's
-/// `WM_COPYDATA`, which has no shared memory to read a loan from. On any
-/// other failure `*data` is NULL. Answering the request another way
+/// a posted message, whose reply no one reads. A plain Win32 program's
+/// `WM_COPYDATA`, which has no shared memory to read a loan from, fails
+/// with `COPYDATA_STATUS_UNSUPPORTED`. On any other failure (that one
+/// included) `*data` is NULL. Answering the request another way
 /// (`copydata_request_reply`, `copydata_request_refuse`) gives the loan
 /// back unsent.
 ///
@@ -663,19 +666,19 @@ pub unsafe extern "C" fn copydata_request_loan_reply(
             // SAFETY: `data` is NULL or valid storage (the contract).
             unsafe { clear_out(data) }
         })?;
-        // (Checked before `data` is cleared: it may hold the address of the
-        // loan already out.)
+        // (Both checked before `data` is cleared, which they leave as it is:
+        // it may hold the address of the loan already out.)
         if request.reply_loan.is_some() {
             return Err(Error::invalid(
                 "this request has a reply loan out already: answer it with copydata_request_reply_loan",
             ));
         }
-        // SAFETY:
-        // - `data` is NULL or valid storage (this function's contract).
-        let data = unsafe { out_arg(data) }?;
         if !request.inner.expects_reply() {
             return Err(Error::invalid("a posted message gets no reply, so it cannot lend one"));
         }
+        // SAFETY:
+        // - `data` is NULL or valid storage (this function's contract).
+        let data = unsafe { out_arg(data) }?;
         let mut loan = request.inner.loan_reply(len).map_err(|e| match e {
             copydata::ReplyError::Io(io) if io.kind() == std::io::ErrorKind::Unsupported => {
                 Error::new(Status::Unsupported, io)
@@ -738,15 +741,17 @@ pub unsafe extern "C" fn copydata_request_refuse(request: *mut Request, reason: 
         // - `request` came from `Box::into_raw` in `copydata_mailbox_recv`
         //   and is given back once (this function's contract).
         let request = unsafe { Box::from_raw(request) };
-        drop(request.reply_loan);
+        // Copied first: the reason may lie in the reply loan or in a lent
+        // message, both given back before it is read otherwise.
         let reason = if reason.is_null() {
-            "refused by the receiver".into()
+            "refused by the receiver".to_owned()
         } else {
             // SAFETY:
             // - `reason` is not NULL and is a NUL-terminated string (the
             //   contract), read only during this call.
-            unsafe { std::ffi::CStr::from_ptr(reason) }.to_string_lossy()
+            unsafe { std::ffi::CStr::from_ptr(reason) }.to_string_lossy().into_owned()
         };
+        drop(request.reply_loan);
         request.inner.refuse(&reason);
     })
 }
@@ -1075,8 +1080,10 @@ mod tests {
                     // A posted message lends no reply.
                     6 => {
                         assert!(!copydata_request_expects_reply(req));
-                        assert_eq!(copydata_request_loan_reply(req, 10, &mut data), Status::InvalidArgument);
+                        let mut kept = std::ptr::dangling_mut::<c_void>();
+                        assert_eq!(copydata_request_loan_reply(req, 10, &mut kept), Status::InvalidArgument);
                         assert!(last().contains("posted"), "{}", last());
+                        assert_eq!(kept, std::ptr::dangling_mut(), "a posted message leaves *data as it was");
                         assert_eq!(copydata_request_reply(req, 0, null(), 0), Status::Ok);
                     }
                     other => panic!("unexpected tag {other}"),
@@ -1147,6 +1154,57 @@ mod tests {
         assert_eq!(server.join().unwrap(), 3 + 20 + 6);
         // SAFETY:
         // - the mailbox came from `copydata_mailbox_bind`, closed once.
+        unsafe { copydata_mailbox_close(mailbox) };
+    }
+
+    /// `copydata_request_reply` and `copydata_request_refuse` may be given
+    /// bytes in the request's own reply loan (filled, then answered another
+    /// way): they are read before the loan goes back. The sender keeps the
+    /// pool's buffers (it holds its loaned replies), so these loans are
+    /// one-shot sections, unmapped when given back.
+    #[test]
+    fn an_answer_may_quote_the_reply_loan_it_gives_back() {
+        const LENT: usize = 70_000;
+        const KEPT: usize = 12;
+        let name = unique("quote");
+        let mut mailbox = null_mut();
+        // SAFETY: a valid name and out storage.
+        assert_eq!(unsafe { copydata_mailbox_bind(name.as_ptr(), &mut mailbox) }, Status::Ok);
+        let shared = mailbox as usize;
+        let server = std::thread::spawn(move || {
+            let mailbox = shared as *const Mailbox;
+            for i in 0..KEPT + 2 {
+                let mut req = null_mut();
+                let mut data = null_mut();
+                // SAFETY: the mailbox stays open until this thread is joined;
+                // each request is answered once; the lent buffer is written
+                // within its length while the request is unanswered.
+                unsafe {
+                    assert_eq!(copydata_mailbox_recv(mailbox, 10_000, &mut req), Status::Ok, "{}", last());
+                    assert_eq!(copydata_request_loan_reply(req, LENT, &mut data), Status::Ok, "{}", last());
+                    std::ptr::write_bytes(data.cast::<u8>(), b'q', LENT);
+                    if i < KEPT {
+                        assert_eq!(copydata_request_reply_loan(req, 0), Status::Ok, "{}", last());
+                    } else if i == KEPT {
+                        assert_eq!(copydata_request_reply(req, 1, data, LENT), Status::Ok, "{}", last());
+                    } else {
+                        *data.cast::<u8>().add(10) = 0;
+                        copydata_request_refuse(req, data.cast());
+                    }
+                }
+            }
+        });
+        let mut sender = copydata::Sender::connect(name.to_str().unwrap()).unwrap();
+        // Loaned replies held here keep their buffers out of the pool.
+        let kept: Vec<_> = (0..KEPT).map(|_| sender.send(0, b"").unwrap()).collect();
+        let quoted = sender.send(0, b"").unwrap();
+        assert_eq!(quoted.code, 1);
+        assert!(quoted.data.len() == LENT && quoted.data.iter().all(|&b| b == b'q'));
+        let refused = sender.send(0, b"").unwrap_err();
+        assert!(refused.to_string().contains("qqqqqqqqqq"), "{refused}");
+        drop(kept);
+        server.join().unwrap();
+        // SAFETY: closed once, its serving thread joined.
         unsafe { copydata_mailbox_close(mailbox) };
     }
 

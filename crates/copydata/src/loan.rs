@@ -156,6 +156,13 @@ pub struct Loan<'a> {
     len: usize,
 }
 
+// SAFETY: the buffer belongs to the pool of the sender's connection, which
+// the `&mut Sender` keeps alive and unused by anything else while the loan
+// lives; `ptr` only caches its start, and the loan is its only writer, from
+// whichever thread owns it. (So does `AsyncLoan`; the C ABI keeps a loan in
+// a handle that C may use from any thread.)
+unsafe impl Send for Loan<'_> {}
+
 impl<'a> Loan<'a> {
     pub(crate) fn new(sender: &'a mut Sender, buf: LentBuf, len: usize) -> Loan<'a> {
         let ptr = buf.ptr;
