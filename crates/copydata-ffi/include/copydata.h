@@ -284,7 +284,10 @@ typedef struct copydata_view copydata_view;
 /**
  * The initialiser of `copydata_shared_create`: fills the `size` bytes at
  * `data` (zeros at first) and returns 0, or returns anything else to
- * fail (the value is then not made). `context` is the caller's.
+ * fail (the value is then not made). `context` is the caller's. It must
+ * return normally: a C++ exception thrown through it, or a `longjmp` out
+ * of it, is undefined behaviour (it would cross Rust frames that hold the
+ * value's lock).
  */
 typedef int (*copydata_shared_init)(void *data, size_t size, void *context);
 
@@ -880,9 +883,11 @@ copydata_status copydata_mailbox_bind(const char *name, copydata_mailbox **out);
 /**
  * As `copydata_mailbox_bind`, taking payloads of up to `max_payload`
  * bytes: a sender of a larger one fails with `COPYDATA_STATUS_TOO_LARGE`
- * before anything is transferred. A mailbox of a program that copies
- * what it receives (`copydata_request_data` of a lent message, say)
- * bounds that way what any sender can make it allocate.
+ * before anything is transferred (0 takes only empty payloads; unlike
+ * `copydata_mailbox_bind_with`, where 0 keeps the default). A mailbox of
+ * a program that copies what it receives (`copydata_request_data` of a
+ * lent message, say) bounds that way what any sender can make it
+ * allocate.
  *
  * # Safety
  *
@@ -1058,7 +1063,9 @@ bool copydata_request_expects_reply(const copydata_request *request);
  * loan still out (`copydata_request_loan_reply`) is given back unsent.
  *
  * Fails with `COPYDATA_STATUS_SENDER_GONE` when the sender stopped
- * waiting (it timed out, exited or crashed).
+ * waiting (it timed out, exited or crashed). NULL `data` with a non-zero
+ * `len` fails with `COPYDATA_STATUS_INVALID_ARGUMENT`; the request is
+ * freed all the same, and its sender refused.
  *
  * # Safety
  *

@@ -279,9 +279,11 @@ pub unsafe extern "C" fn copydata_mailbox_bind(name: *const c_char, out: *mut *m
 
 /// As `copydata_mailbox_bind`, taking payloads of up to `max_payload`
 /// bytes: a sender of a larger one fails with `COPYDATA_STATUS_TOO_LARGE`
-/// before anything is transferred. A mailbox of a program that copies
-/// what it receives (`copydata_request_data` of a lent message, say)
-/// bounds that way what any sender can make it allocate.
+/// before anything is transferred (0 takes only empty payloads; unlike
+/// `copydata_mailbox_bind_with`, where 0 keeps the default). A mailbox of
+/// a program that copies what it receives (`copydata_request_data` of a
+/// lent message, say) bounds that way what any sender can make it
+/// allocate.
 ///
 /// # Safety
 ///
@@ -592,7 +594,9 @@ pub unsafe extern "C" fn copydata_request_expects_reply(request: *const Request)
 /// loan still out (`copydata_request_loan_reply`) is given back unsent.
 ///
 /// Fails with `COPYDATA_STATUS_SENDER_GONE` when the sender stopped
-/// waiting (it timed out, exited or crashed).
+/// waiting (it timed out, exited or crashed). NULL `data` with a non-zero
+/// `len` fails with `COPYDATA_STATUS_INVALID_ARGUMENT`; the request is
+/// freed all the same, and its sender refused.
 ///
 /// # Safety
 ///

@@ -369,7 +369,10 @@ pub unsafe extern "C" fn copydata_mutex_close(mutex: *mut Mutex) {
 
 /// The initialiser of `copydata_shared_create`: fills the `size` bytes at
 /// `data` (zeros at first) and returns 0, or returns anything else to
-/// fail (the value is then not made). `context` is the caller's.
+/// fail (the value is then not made). `context` is the caller's. It must
+/// return normally: a C++ exception thrown through it, or a `longjmp` out
+/// of it, is undefined behaviour (it would cross Rust frames that hold the
+/// value's lock).
 pub type SharedInit = Option<unsafe extern "C" fn(data: *mut c_void, size: usize, context: *mut c_void) -> c_int>;
 
 /// Opens the shared value `name`, creating it if no process holds one: a

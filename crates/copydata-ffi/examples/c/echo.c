@@ -72,7 +72,7 @@ int main(int argc, char **argv)
     size_t reply_len;
     if ((st = copydata_send(target, 7, msg, strlen(msg), 5000, &code, &reply, &reply_len)))
         return fail("sending", st);
-    printf("reply %lld: %.*s\n", (long long)code, (int)reply_len, (const char *)reply);
+    printf("reply %lld: %.*s\n", (long long)code, (int)reply_len, reply ? (const char *)reply : "");
     int ok = code == (int64_t)strlen(msg) && reply_len == strlen(msg) && memcmp(reply, "HELLO FROM C", reply_len) == 0;
     copydata_free(reply);
     if (!ok) {
