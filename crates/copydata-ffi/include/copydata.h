@@ -1093,8 +1093,9 @@ copydata_status copydata_request_reply(copydata_request *request,
  * `COPYDATA_STATUS_INVALID_ARGUMENT` and leaves `*data` as it is. So does
  * a posted message, whose reply no one reads. A plain Win32 program's
  * `WM_COPYDATA`, which has no shared memory to read a loan from, fails
- * with `COPYDATA_STATUS_UNSUPPORTED`. On any other failure (that one
- * included) `*data` is NULL. Answering the request another way
+ * with `COPYDATA_STATUS_UNSUPPORTED`; a `len` above `PTRDIFF_MAX` with
+ * `COPYDATA_STATUS_TOO_LARGE`. On any other failure (those included)
+ * `*data` is NULL. Answering the request another way
  * (`copydata_request_reply`, `copydata_request_refuse`) gives the loan
  * back unsent.
  *

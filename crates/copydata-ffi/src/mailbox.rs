@@ -647,8 +647,9 @@ pub unsafe extern "C" fn copydata_request_reply(
 /// `COPYDATA_STATUS_INVALID_ARGUMENT` and leaves `*data` as it is. So does
 /// a posted message, whose reply no one reads. A plain Win32 program's
 /// `WM_COPYDATA`, which has no shared memory to read a loan from, fails
-/// with `COPYDATA_STATUS_UNSUPPORTED`. On any other failure (that one
-/// included) `*data` is NULL. Answering the request another way
+/// with `COPYDATA_STATUS_UNSUPPORTED`; a `len` above `PTRDIFF_MAX` with
+/// `COPYDATA_STATUS_TOO_LARGE`. On any other failure (those included)
+/// `*data` is NULL. Answering the request another way
 /// (`copydata_request_reply`, `copydata_request_refuse`) gives the loan
 /// back unsent.
 ///
@@ -683,6 +684,10 @@ pub unsafe extern "C" fn copydata_request_loan_reply(
         // SAFETY:
         // - `data` is NULL or valid storage (this function's contract).
         let data = unsafe { out_arg(data) }?;
+        // No buffer that large can exist, let alone reach the sender.
+        if isize::try_from(len).is_err() {
+            return Err(Error::new(Status::TooLarge, format!("a reply loan of {len} bytes: larger than memory")));
+        }
         let mut loan = request.inner.loan_reply(len).map_err(|e| match e {
             copydata::ReplyError::Io(io) if io.kind() == std::io::ErrorKind::Unsupported => {
                 Error::new(Status::Unsupported, io)
@@ -1066,8 +1071,12 @@ mod tests {
                         assert!(data.is_null());
                         assert_eq!(copydata_request_reply_loan(req, 8), Status::Ok, "{}", last());
                     }
-                    // A loan given back by a plain reply.
+                    // A loan given back by a plain reply (after one too
+                    // large to exist).
                     3 => {
+                        data = std::ptr::dangling_mut();
+                        assert_eq!(copydata_request_loan_reply(req, usize::MAX, &mut data), Status::TooLarge);
+                        assert!(data.is_null());
                         assert_eq!(copydata_request_loan_reply(req, 10, &mut data), Status::Ok, "{}", last());
                         assert_eq!(copydata_request_reply(req, 9, c"plain".as_ptr().cast(), 5), Status::Ok);
                     }
