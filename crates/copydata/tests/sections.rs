@@ -1188,8 +1188,12 @@ fn another_users_object_is_refused_and_never_reclaimed() {
     let name = unique("squat");
     let path = format!("/dev/shm/{name}");
     as_nobody(&format!("printf ATTACKERDATA > {path} && chmod 666 {path}"));
-    // Anyone can mark their own object as copydata's.
-    rustix::fs::setxattr(path.as_str(), "user.copydata", b"section", rustix::fs::XattrFlags::empty()).unwrap();
+    // Anyone can mark their own object as copydata's (where there are no
+    // extended attributes, before Linux 6.6, by the sticky bit).
+    match rustix::fs::setxattr(path.as_str(), "user.copydata", b"section", rustix::fs::XattrFlags::empty()) {
+        Err(rustix::io::Errno::OPNOTSUPP) => as_nobody(&format!("chmod 1666 {path}")),
+        other => other.unwrap(),
+    }
     for r in [Section::open(&name), Section::open_read_only(&name)] {
         match r {
             Err(OpenError::OtherOwner { reason, .. }) => assert!(reason.contains("uid 65534"), "{reason}"),
@@ -1222,7 +1226,10 @@ fn another_users_object_is_refused_and_never_reclaimed() {
     let lock = unique("squat-lock");
     let lock_path = format!("/dev/shm/copydata.mutex.{lock}");
     as_nobody(&format!("head -c 4096 /dev/zero > {lock_path} && chmod 666 {lock_path}"));
-    rustix::fs::setxattr(lock_path.as_str(), "user.copydata", b"mutex", rustix::fs::XattrFlags::empty()).unwrap();
+    match rustix::fs::setxattr(lock_path.as_str(), "user.copydata", b"mutex", rustix::fs::XattrFlags::empty()) {
+        Err(rustix::io::Errno::OPNOTSUPP) => as_nobody(&format!("chmod 1666 {lock_path}")),
+        other => other.unwrap(),
+    }
     match copydata::sync::Mutex::open_or_create(&lock) {
         Err(copydata::sync::SyncOpenError::OtherOwner { .. }) => {}
         other => panic!("another user's mutex was used: {other:?}"),
@@ -1240,9 +1247,13 @@ fn modes_are_the_creators_choice_and_writable_objects_are_refused() {
     use std::os::unix::fs::PermissionsExt;
     let name = unique("mode");
     let s = Section::create(&name, 4096).unwrap();
-    let mode = |n: &str| std::fs::metadata(format!("/dev/shm/{n}")).unwrap().permissions().mode() & 0o777;
+    let all = |n: &str| std::fs::metadata(format!("/dev/shm/{n}")).unwrap().permissions().mode();
+    let mode = |n: &str| all(n) & 0o777;
     assert_eq!(mode(&name), 0o600);
-    std::fs::set_permissions(format!("/dev/shm/{name}"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    // (The bits above the permissions kept: before Linux 6.6 the sticky bit
+    // marks copydata's objects.)
+    let writable = std::fs::Permissions::from_mode(all(&name) & !0o777 | 0o666);
+    std::fs::set_permissions(format!("/dev/shm/{name}"), writable).unwrap();
     match Section::open(&name) {
         Err(OpenError::OtherOwner { reason, .. }) => assert!(reason.contains("666"), "{reason}"),
         other => panic!("a world-writable object was opened: {other:?}"),

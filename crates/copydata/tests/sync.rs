@@ -494,8 +494,12 @@ fn shared_bytes_refuse_other_layouts_and_failed_initialisers_leave_nothing() {
     #[cfg(target_os = "linux")]
     {
         let big = unique("bytes-big");
+        // (A /dev/shm that sets no limit says so by having no blocks; then
+        // the memory runs out instead.)
+        let limited = rustix::fs::statvfs("/dev/shm").unwrap().f_blocks != 0;
         match SharedBytes::open_or_create(&big, 1 << 60, 8, PAIR_TAG) {
             Err(SyncOpenError::NoSpace { size, available, .. }) => assert!(size > available),
+            Err(SyncOpenError::Io { .. }) if !limited => {}
             other => panic!("expected NoSpace, got {other:?}"),
         }
         assert!(gone(&big, ObjectType::Shared));
@@ -726,21 +730,11 @@ fn objects_are_listed_while_held_and_gone_after_the_last_holder() {
 
 /// A file of a mutex's name that copydata did not make (zero bytes are a
 /// private, non-robust glibc mutex) is refused, not used as a mutex whose
-/// dead holder would never be noticed. (Where tmpfs keeps no user
-/// attributes, before Linux 6.6, copydata cannot tell and takes it.)
+/// dead holder would never be noticed.
 #[cfg(target_os = "linux")]
 #[test]
 fn a_file_copydata_did_not_make_is_not_taken_for_a_mutex() {
     use std::os::unix::fs::OpenOptionsExt;
-    let probe_path = format!("/dev/shm/{}", unique("xattr-probe"));
-    let probe = std::fs::File::create(&probe_path).unwrap();
-    let markers_work = rustix::fs::fsetxattr(&probe, "user.probe", b"1", rustix::fs::XattrFlags::empty()).is_ok();
-    drop(probe);
-    std::fs::remove_file(&probe_path).unwrap();
-    if !markers_work {
-        eprintln!("tmpfs keeps no user attributes here: skipped");
-        return;
-    }
     let name = unique("planted");
     let path = format!("/dev/shm/copydata.mutex.{name}");
     let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path).unwrap();

@@ -8,8 +8,9 @@
 //! section whose lock can be taken exclusively therefore has no holder left:
 //! it is dead, and whoever meets it (create, open, list) unlinks it. Only
 //! objects carrying copydata's marker (the extended attribute
-//! `user.copydata`) are ever reclaimed; other programs' objects are left
-//! alone.
+//! `user.copydata`, or the sticky bit where tmpfs keeps no extended
+//! attributes, before Linux 6.6) are ever reclaimed; other programs'
+//! objects are left alone.
 //!
 //! Creation never exposes a half-made object: it is made under a hidden
 //! temporary name, sized, locked and marked, then published with
@@ -47,24 +48,46 @@ fn shm_dir() -> io::Result<OwnedFd> {
     rfs::open(SHM_DIR, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(io_err)
 }
 
-/// The object's copydata marker, if it has one.
-fn marker(fd: impl AsFd) -> Option<&'static [u8]> {
+/// The object's copydata marker, if it has one: the extended attribute
+/// `user.copydata`, or where the file system keeps no extended attributes
+/// (tmpfs before Linux 6.6) the sticky bit (`S_ISVTX`, which Linux
+/// ignores on a regular file and programs making shared memory do not
+/// set), its kind then told by the name (`copydata.mutex.NAME` and so on
+/// are [`crate::sync`]'s objects, anything else a section).
+fn marker(fd: impl AsFd, name: &str) -> Option<&'static [u8]> {
     let mut buf = [0u8; 16];
-    let n = rfs::fgetxattr(fd, MARKER, &mut buf[..]).ok()?;
-    MARKERS.into_iter().find(|m| *m == &buf[..n])
+    match rfs::fgetxattr(&fd, MARKER, &mut buf[..]) {
+        Ok(n) => MARKERS.into_iter().find(|m| *m == &buf[..n]),
+        Err(Errno::OPNOTSUPP) if sticky(&fd) => Some(kind_by_name(name)),
+        Err(_) => None,
+    }
 }
 
-/// Whether the object has no copydata marker although its file system
-/// keeps markers (tmpfs with user xattrs, Linux 6.6 and later): then
-/// copydata did not make it, since a creator marks before it publishes.
-fn unmarked_where_markers_work(fd: impl AsFd) -> bool {
-    let mut buf = [0u8; 16];
-    matches!(rfs::fgetxattr(fd, MARKER, &mut buf[..]), Err(Errno::NODATA))
+/// Whether the object has the sticky bit, the marker where there are no
+/// extended attributes.
+fn sticky(fd: impl AsFd) -> bool {
+    rfs::fstat(fd).is_ok_and(|st| st.st_mode & Mode::SVTX.bits() != 0)
+}
+
+/// The marker a copydata object of this name carries.
+fn kind_by_name(name: &str) -> &'static [u8] {
+    let kind = name.strip_prefix("copydata.").and_then(|rest| rest.split_once('.')).map(|(kind, _)| kind.as_bytes());
+    MARKERS[1..].iter().copied().find(|m| kind == Some(*m)).unwrap_or(MARKER_VALUE)
+}
+
+/// Marks an object being made as copydata's, of the kind `marker`: by the
+/// extended attribute, or where there are none by the sticky bit beside
+/// the `mode` bits (see [`marker`]).
+fn mark(fd: impl AsFd, marker: &[u8], mode: u32) -> rustix::io::Result<()> {
+    match rfs::fsetxattr(&fd, MARKER, marker, XattrFlags::empty()) {
+        Err(Errno::OPNOTSUPP) => rfs::fchmod(&fd, Mode::from_raw_mode(mode) | Mode::SVTX),
+        other => other,
+    }
 }
 
 /// Whether the object is one of copydata's (so it may be reclaimed).
-fn is_marked(fd: impl AsFd) -> bool {
-    marker(fd).is_some()
+fn is_marked(fd: impl AsFd, name: &str) -> bool {
+    marker(fd, name).is_some()
 }
 
 /// Whether `name` in `dir` still refers to the object `fd` is open on.
@@ -108,7 +131,7 @@ fn reclaim_if_dead(dir: &OwnedFd, name: &str) -> bool {
     else {
         return false;
     };
-    if !is_marked(&fd) || !is_ours(&fd) {
+    if !is_marked(&fd, name) || !is_ours(&fd) {
         return false;
     }
     reclaim_locked(dir, name, &fd)
@@ -175,7 +198,9 @@ pub(crate) fn create_marked(
     reclaim_temporaries(&dir);
     let vfs = rfs::fstatvfs(&dir).map_err(|e| io(io_err(e)))?;
     let available = vfs.f_bavail.saturating_mul(vfs.f_frsize);
-    if size > available {
+    // A file system of no blocks at all sets no limit (a tmpfs mounted with
+    // `size=0`, a ramfs): only memory bounds it.
+    if vfs.f_blocks != 0 && size > available {
         return Err(CreateError::NoSpace { name: obj(), size, available });
     }
     for _ in 0..MAX_RETRIES {
@@ -192,13 +217,7 @@ pub(crate) fn create_marked(
             // Exactly the asked-for bits, whatever the umask.
             rfs::fchmod(&fd, Mode::from_raw_mode(options.mode_bits()))?;
             rfs::ftruncate(&fd, size)?;
-            match rfs::fsetxattr(&fd, MARKER, marker, XattrFlags::empty()) {
-                // Without xattrs on tmpfs (Linux < 6.6) the section works but a
-                // crashed last holder's object is not reclaimed.
-                Ok(()) | Err(Errno::OPNOTSUPP) => {}
-                Err(e) => return Err(e),
-            }
-            Ok(())
+            mark(&fd, marker, options.mode_bits())
         })();
         let prepared = match prepared {
             Ok(()) => prepare(&fd).map_err(|e| CreateError::Io { object: obj(), source: e }),
@@ -285,7 +304,7 @@ pub(crate) fn open_marked(
         {
             return Err(OpenError::OtherOwner { name: n(), reason });
         }
-        if let Some(m) = marker(&fd).filter(|m| *m != marker_value) {
+        if let Some(m) = marker(&fd, name.as_str()).filter(|m| *m != marker_value) {
             let (found, wanted) = (String::from_utf8_lossy(m), String::from_utf8_lossy(marker_value));
             return Err(io(io::Error::new(io::ErrorKind::InvalidData, format!("a copydata {found}, not a {wanted}"))));
         }
@@ -293,7 +312,7 @@ pub(crate) fn open_marked(
         // published it (a robust, process-shared glibc mutex): a file of
         // that name copydata did not make has none of it (zero bytes are a
         // private, non-robust mutex), and must not be used as one.
-        if marker_value != MARKER_VALUE && unmarked_where_markers_work(&fd) {
+        if marker_value != MARKER_VALUE && marker(&fd, name.as_str()).is_none() {
             let wanted = String::from_utf8_lossy(marker_value);
             return Err(io(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -302,7 +321,7 @@ pub(crate) fn open_marked(
         }
         match rfs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {
-                if is_marked(&fd) && st.st_uid == euid() {
+                if is_marked(&fd, name.as_str()) && st.st_uid == euid() {
                     // A copydata section without holders is dead.
                     if same_object(&dir, name.as_str(), &fd) {
                         let _ = rfs::unlinkat(&dir, name.as_str(), AtFlags::empty());
@@ -379,7 +398,7 @@ pub(crate) fn open_or_create_marked(
 /// section: if no other process holds it either, the name goes now rather
 /// than at the next lazy reclaim. Other programs' objects are left alone.
 pub(crate) fn release(fd: &OwnedFd, name: &Name) {
-    if !is_marked(fd) || !is_ours(fd) {
+    if !is_marked(fd, name.as_str()) || !is_ours(fd) {
         return;
     }
     // Converting our shared lock to an exclusive one succeeds only if no other
@@ -402,7 +421,7 @@ pub(crate) fn remove(name: &Name) -> Result<(), RemoveError> {
     // name would let a second one be made beside the live one.
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
     if let Ok(fd) = rfs::openat(&dir, name.as_str(), flags, Mode::empty())
-        && marker(&fd).is_some_and(|m| m != MARKER_VALUE)
+        && marker(&fd, name.as_str()).is_some_and(|m| m != MARKER_VALUE)
     {
         return Err(RemoveError::NotFound { name: n() });
     }
@@ -450,7 +469,7 @@ pub(crate) fn list_all() -> Result<Vec<(&'static [u8], SectionInfo)>, ListError>
         let Ok(fd) = rfs::openat(&dir, name.as_str(), flags, Mode::empty()) else {
             continue;
         };
-        let Some(kind) = marker(&fd) else {
+        let Some(kind) = marker(&fd, &name) else {
             continue;
         };
         // Another user's objects are not this user's to list or reclaim.
