@@ -42,9 +42,11 @@ COPYDATA_FFI_C_EXAMPLE="$PWD/target/c/copydata-ffi-echo" COPYDATA_FFI_C_INSTANCE
 # where that takes the unshare rights (root, say); skipped elsewhere.
 if unshare -m true 2>/dev/null; then
     echo "== Linux: named objects on a /dev/shm without extended attributes (as before Linux 6.6)"
+    # (Built as above, so nothing is built again.)
     unshare -m bash -c 'mount -t ramfs -o mode=1777 none /dev/shm &&
-        cargo test -p copydata --locked --test sections --test sync --test instance "$@" &&
-        left=$(ls -A /dev/shm) && { [ -z "$left" ] || { echo "left in /dev/shm: $left" >&2; exit 1; }; }' _ "$@"
+        cargo test --workspace --locked --test sections --test sync --test instance "$@" &&
+        left=$(ls -A /dev/shm) && { [ -z "$left" ] || { echo "left in /dev/shm: $left" >&2; exit 1; }; }' \
+        _ "${features[@]}" "$@"
 else
     echo "== (skipped: named objects without extended attributes; unshare -m is not allowed here)"
 fi
