@@ -48,10 +48,8 @@
 //!
 //! # Platform support
 //!
-//! Linux (kernel 5.1 or later; 6.6 or later for reclaiming named sections left
-//! by crashed processes, which needs extended attributes on tmpfs) and
-//! Windows. On any other OS the crate compiles and every constructor returns
-//! an `Unsupported` error.
+//! Linux (kernel 5.1 or later) and Windows. On any other OS the crate
+//! compiles and every constructor returns an `Unsupported` error.
 
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
