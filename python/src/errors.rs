@@ -81,7 +81,16 @@ fn convert(py: Python<'_>, kind: Kind, err: &(dyn StdError + 'static)) -> PyErr 
     while let Some(e) = source {
         if let Some(os) = e.downcast_ref::<io::Error>() {
             let cause = match os.raw_os_error() {
-                Some(code) => os_error(code),
+                Some(code) => {
+                    // An `OSError` subclass (`NotFound`, `PermissionDenied`,
+                    // ...) carries the errno itself too, as Python's own do;
+                    // `strerror` stays unset, so the message is unchanged.
+                    let value = exception.value(py);
+                    if value.is_instance_of::<pyo3::exceptions::PyOSError>() {
+                        let _ = value.setattr("errno", code);
+                    }
+                    os_error(code)
+                }
                 None => PyErr::from(io::Error::new(os.kind(), os.to_string())),
             };
             exception.set_cause(py, Some(cause));

@@ -63,7 +63,12 @@ pub(crate) fn recv_section(py: Python<'_>, socket: &Bound<'_, PyAny>) -> PyResul
             Ok(t) => t.extract::<Option<f64>>()?,
             Err(_) => None,
         };
-        let deadline = limit.map(|l| std::time::Instant::now() + std::time::Duration::from_secs_f64(l.max(0.0)));
+        // (A timeout too long for a Duration or an Instant, or infinite, is
+        // no limit; NaN or negative, none at all.)
+        let deadline = limit.and_then(|l| {
+            let l = if l.is_nan() { 0.0 } else { l.max(0.0) };
+            std::time::Duration::try_from_secs_f64(l).ok().and_then(|d| std::time::Instant::now().checked_add(d))
+        });
         // Wait for something to read in slices, through Python's own
         // `select` (which lets go of the GIL and runs signal handlers, so
         // Ctrl-C ends the wait), then read what is there.

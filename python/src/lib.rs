@@ -21,7 +21,6 @@ mod sync;
 
 use std::time::Duration;
 
-use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -78,31 +77,48 @@ pub(crate) fn timeout_arg(py: Python<'_>, timeout: Option<f64>) -> PyResult<Opti
 }
 
 /// The bytes of a bytes-like argument (`bytes`, `bytearray`, `memoryview`,
-/// a numpy array, ... any C-contiguous buffer), copied.
+/// a numpy array or scalar, ... any C-contiguous buffer), copied. As
+/// Python's own consumers: `TypeError` for an object with no buffer, the
+/// exporter's error otherwise (`BufferError` for a non-contiguous one; a
+/// closed section's `Closed`).
 pub(crate) fn bytes_arg(data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     if let Ok(bytes) = data.cast::<PyBytes>() {
         return Ok(bytes.as_bytes().to_vec());
     }
-    let not_bytes = || {
-        let type_name = data.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
-        PyTypeError::new_err(format!("a bytes-like object is required, not '{type_name}'"))
-    };
-    let buffer = PyUntypedBuffer::get(data).map_err(|_| not_bytes())?;
-    if !buffer.is_c_contiguous() {
-        return Err(PyTypeError::new_err("the buffer must be C-contiguous"));
+    let py = data.py();
+    let mut view = std::mem::MaybeUninit::<pyo3::ffi::Py_buffer>::uninit();
+    // SAFETY: `view` is writable memory for one `Py_buffer`, filled by the
+    // call when it succeeds; the thread is attached.
+    let status =
+        unsafe { pyo3::ffi::PyObject_GetBuffer(data.as_ptr(), view.as_mut_ptr(), pyo3::ffi::PyBUF_C_CONTIGUOUS) };
+    if status != 0 {
+        let e = PyErr::fetch(py);
+        if e.is_instance_of::<PyTypeError>(py) {
+            let type_name = data.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+            return Err(PyTypeError::new_err(format!("a bytes-like object is required, not '{type_name}'")));
+        }
+        return Err(e);
     }
-    let len = buffer.len_bytes();
+    // SAFETY: filled by the successful call above.
+    let mut view = unsafe { view.assume_init() };
+    let len = usize::try_from(view.len).unwrap_or(0);
     let mut out = vec![0u8; len];
-    // SAFETY:
-    // - a C-contiguous buffer has `len_bytes()` readable bytes at `buf_ptr()`
-    //   while it is held (until `buffer` is dropped below);
-    // - `out` is a fresh allocation of `len` bytes: the ranges are distinct;
-    // - the thread is attached to the interpreter, so Python code cannot
-    //   change the bytes meanwhile (another process may, for memory it
-    //   shares: then the copy holds some mix of old and new bytes, as any
-    //   read of shared memory may).
-    unsafe { std::ptr::copy_nonoverlapping(buffer.buf_ptr().cast::<u8>(), out.as_mut_ptr(), len) };
-    buffer.release(data.py());
+    // (An empty buffer may have a null address, which `copy_nonoverlapping`
+    // may not be given even for no bytes.)
+    if len > 0 {
+        // SAFETY:
+        // - a buffer taken with `PyBUF_C_CONTIGUOUS` has `len` readable
+        //   bytes in a row at `buf`, not null as there are some, until it
+        //   is released below;
+        // - `out` is a fresh allocation of `len` bytes: the ranges are distinct;
+        // - the thread is attached to the interpreter, so Python code cannot
+        //   change the bytes meanwhile (another process may, for memory it
+        //   shares: then the copy holds some mix of old and new bytes, as any
+        //   read of shared memory may).
+        unsafe { std::ptr::copy_nonoverlapping(view.buf.cast::<u8>(), out.as_mut_ptr(), len) };
+    }
+    // SAFETY: the buffer taken above, released once.
+    unsafe { pyo3::ffi::PyBuffer_Release(&mut view) };
     Ok(out)
 }
 

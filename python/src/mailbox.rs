@@ -37,8 +37,7 @@ fn loan_bytes<'py>(py: Python<'py>, loan: &copydata::LoanView) -> PyResult<Bound
 /// lives). Returns the reply as a `(code, data)` tuple.
 ///
 /// `sections` (a list of `Section`) travel with the message: the receiver
-/// gets handles to the same memory (`Request.sections`). Such a send waits
-/// on this thread and Ctrl-C is seen only once it ends; give it a timeout.
+/// gets handles to the same memory (`Request.sections`).
 ///
 /// Raises `NotFound` (no such mailbox), `TimedOut` (no reply in time; the
 /// message may still be handled, its reply is discarded), `ReceiverDied`,
@@ -56,16 +55,13 @@ pub(crate) fn send<'py>(
 ) -> PyResult<(i64, Bound<'py, PyBytes>)> {
     let timeout = timeout_arg(py, timeout)?;
     let data = bytes_arg(data)?;
-    if let Some(sections) = sections.filter(|s| !s.is_empty()) {
-        // The handles stay borrowed from their `Section` objects (which
-        // cannot be closed meanwhile) for the whole call, so it runs here.
-        let handles = sections.iter().map(|s| s.handle(py)).collect::<PyResult<Vec<_>>>()?;
-        let result = py.detach(|| send_with_sections(name, tag, &data, &handles, timeout));
-        return match result {
-            Ok(reply) => Ok((reply.code, reply_bytes(py, &reply)?)),
-            Err(e) => Err(errors::send_error(py, e)),
-        };
-    }
+    // The thread holds its own references to the sections' handles (so an
+    // interrupted send goes on with them; closing one meanwhile closes it
+    // once the send is over).
+    let sections = match sections {
+        Some(sections) => sections.iter().map(|s| s.shared(py).cloned()).collect::<PyResult<Vec<_>>>()?,
+        None => Vec::new(),
+    };
     let name = name.to_owned();
     // The call runs on a thread of its own so that this one can wait in
     // slices and take Ctrl-C; a send cannot be resumed after a timeout of
@@ -73,9 +69,14 @@ pub(crate) fn send<'py>(
     // not do. An interrupted send finishes in the background.
     let (tx, rx) = sync_channel(1);
     std::thread::Builder::new().name("copydata-send".into()).spawn(move || {
-        let result = match timeout {
-            Some(t) => copydata::send_timeout(&name, tag, &data, t),
-            None => copydata::send(&name, tag, &data),
+        let result = if sections.is_empty() {
+            match timeout {
+                Some(t) => copydata::send_timeout(&name, tag, &data, t),
+                None => copydata::send(&name, tag, &data),
+            }
+        } else {
+            let handles: Vec<&copydata::Section> = sections.iter().map(|h| &**h).collect();
+            send_with_sections(&name, tag, &data, &handles, timeout)
         };
         let _ = tx.send(result);
     })?;

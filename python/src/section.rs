@@ -100,8 +100,10 @@ impl Mapped {
 /// handle; the memory is unmapped once the last of them is released.
 #[pyclass(module = "copydata", name = "Section")]
 pub(crate) struct Section {
-    /// `None` once closed.
-    handle: Option<copydata::Section>,
+    /// `None` once closed. Shared with the sends that carry the section,
+    /// so that a send can be interrupted (Ctrl-C) and finish in the
+    /// background with its own reference, as other sends do.
+    handle: Option<std::sync::Arc<copydata::Section>>,
     name: Option<String>,
     size: u64,
     readonly: bool,
@@ -127,12 +129,19 @@ impl Section {
             name: section.name().map(str::to_owned),
             size: section.len(),
             readonly: section.access() == copydata::Access::ReadOnly,
-            handle: Some(section),
+            handle: Some(std::sync::Arc::new(section)),
             exported: Default::default(),
         }
     }
 
     pub(crate) fn handle(&self, py: Python<'_>) -> PyResult<&copydata::Section> {
+        self.shared(py).map(|h| &**h)
+    }
+
+    /// The handle, for a call that goes on with it after it returns (an
+    /// interrupted send): `close()` then closes this object's reference,
+    /// and the handle is closed once that call ends too.
+    pub(crate) fn shared(&self, py: Python<'_>) -> PyResult<&std::sync::Arc<copydata::Section>> {
         self.handle.as_ref().ok_or_else(|| errors::raise(py, Kind::Closed, "the section is closed"))
     }
 
@@ -249,12 +258,17 @@ impl Section {
 
     /// Releases this process's handle to the section (a named section
     /// disappears once no process holds it). Buffers already taken from the
-    /// section stay valid until they are released. Closing twice does
-    /// nothing. Raises `copydata.Error` while another thread's call holds
-    /// the section (a send that carries it): close it once that ends.
+    /// section stay valid until they are released; a send that carries the
+    /// section keeps the handle until it ends. Closing twice does nothing.
+    /// Raises `copydata.Error` while another thread's call holds the
+    /// section (`send_section`, `Inheritance`): close it once that ends.
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let mut this = slf.try_borrow_mut().map_err(|_| {
-            errors::raise(slf.py(), Kind::Error, "the section is in use by a call in progress (a send that carries it)")
+            errors::raise(
+                slf.py(),
+                Kind::Error,
+                "the section is in use by a call in progress (send_section, Inheritance)",
+            )
         })?;
         this.handle = None;
         let exported = this.exported.get_mut().unwrap_or_else(|e| e.into_inner());

@@ -93,14 +93,6 @@ impl Drop for Worker {
     }
 }
 
-/// A section borrowed by a call that the worker runs (see `Sender::send`).
-struct Borrowed(*const copydata::Section);
-
-// SAFETY: a `copydata::Section` is `Sync` (its handle may be used from any
-// thread); the pointer is only dereferenced while the call that lent it
-// waits for the worker, holding the borrow (see `Sender::send`).
-unsafe impl Send for Borrowed {}
-
 /// What a `Sender` holds between calls.
 struct State {
     /// `None` before the first call after an interrupted one; the next call
@@ -450,8 +442,7 @@ impl Sender {
     /// timeout counts the whole call, including a wait for another
     /// thread's call on this `Sender` and a new connection if one is due.
     ///
-    /// `sections` travel with the message, as for `copydata.send`; Ctrl-C
-    /// is seen only once such a send ends, so give it a timeout.
+    /// `sections` travel with the message, as for `copydata.send`.
     /// Raises `TimedOut` (the message may still be handled; its reply is
     /// discarded), `ReceiverDied`, `Refused`, `TooLarge`, `Closed`, and
     /// `NotFound` when a new connection is due and nobody has bound the
@@ -469,19 +460,17 @@ impl Sender {
         let data = bytes_arg(data)?;
         let name = self.name.clone();
         let reply = if let Some(sections) = sections.filter(|s| !s.is_empty()) {
-            let handles =
-                sections.iter().map(|s| s.handle(py).map(|h| Borrowed(h as *const _))).collect::<PyResult<Vec<_>>>()?;
+            // The job holds its own references to the handles: the call can
+            // be interrupted like any other (the send then goes on in the
+            // background, with them), and closing a section meanwhile
+            // closes it once the send is over.
+            let handles = sections.iter().map(|s| s.shared(py).cloned()).collect::<PyResult<Vec<_>>>()?;
+            drop(sections);
             let job: Job = Box::new(move |s| {
-                // SAFETY: the sections are borrowed from their `Section`
-                // objects (the `PyRef`s in `sections`, which also keep them
-                // open) until this call returns, and it returns only once
-                // the job has run (`run` without interruption).
-                let handles: Vec<&copydata::Section> = handles.iter().map(|b| unsafe { &*b.0 }).collect();
+                let handles: Vec<&copydata::Section> = handles.iter().map(|h| &**h).collect();
                 budget.spend(&name, |left| s.send_with_sections(tag, &data, &handles, left)).map(Some)
             });
-            let reply = self.run(py, budget, false, job);
-            drop(sections);
-            reply?.expect("a call has a reply")
+            self.run(py, budget, true, job)?.expect("a call has a reply")
         } else {
             let job: Job = Box::new(move |s| {
                 let reply = budget.spend(&name, |left| match left {

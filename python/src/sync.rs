@@ -20,7 +20,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyMemoryView, PyType};
 
 use crate::errors::{self, Kind};
-use crate::{SLICE, timeout_arg};
+use crate::{SLICE, Unanswered, timeout_arg, wait_answer};
+use std::sync::mpsc::sync_channel;
 
 /// What a Python lock object holds: a `copydata::sync` object locked
 /// through an `Arc` guard ([`copydata::sync::Mutex`],
@@ -340,17 +341,50 @@ impl Shared {
         tag: &str,
         init: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Shared> {
-        // The interpreter is released while the value's lock may be waited
-        // for (another process, or another thread here, may be
-        // initialising it); the initialiser takes it back to call Python.
-        let init = init.map(Bound::unbind);
-        let opened = py.detach(|| match init {
-            Some(init) => SharedBytes::open_or_create_with(name, size, align, tag, |bytes| {
-                Python::attach(|py| run_init(init.bind(py), bytes))
-            }),
-            None => SharedBytes::open_or_create(name, size, align, tag),
-        });
-        Self::of(py, name, opened)
+        // The value's lock may have to be waited for as long as another
+        // process (or thread) takes to initialise it: a thread of its own
+        // waits, so that this one waits in slices and takes Ctrl-C. The
+        // initialiser still runs here: the waiting thread hands the bytes
+        // over and waits for them to be filled. If this thread gave up
+        // (Ctrl-C), nothing is initialised: the next opener does it.
+        let (steps_tx, steps) = sync_channel::<Step>(1);
+        let (filled_tx, filled) = sync_channel::<Result<(), PyErr>>(1);
+        let (name_owned, tag_owned, create_with) = (name.to_owned(), tag.to_owned(), init.is_some());
+        let ask = steps_tx.clone();
+        std::thread::Builder::new()
+            .name("copydata-shared".into())
+            .spawn(move || {
+                let opened = if create_with {
+                    SharedBytes::open_or_create_with(&name_owned, size, align, &tag_owned, |bytes| {
+                        let given_up = || PyRuntimeError::new_err("the opener gave up (interrupted)");
+                        ask.send(Step::Fill(bytes.as_mut_ptr() as usize, bytes.len())).map_err(|_| given_up())?;
+                        filled.recv().unwrap_or_else(|_| Err(given_up()))
+                    })
+                } else {
+                    SharedBytes::open_or_create(&name_owned, size, align, &tag_owned)
+                };
+                let _ = steps_tx.send(Step::Done(opened));
+            })
+            .map_err(|e| errors::raise(py, Kind::Error, format!("starting the opening thread: {e}")))?;
+        let steps = std::sync::Mutex::new(steps);
+        loop {
+            match wait_answer(py, &steps, true) {
+                Ok(Step::Fill(at, len)) => {
+                    // SAFETY: the opening thread holds the value's lock and
+                    // waits in the initialiser (in `filled.recv()`) until
+                    // the answer below: `len` writable bytes at `at`,
+                    // mapped, that nobody else reads or writes meanwhile.
+                    let bytes = unsafe { std::slice::from_raw_parts_mut(at as *mut u8, len) };
+                    let init = init.as_ref().expect("asked to fill only with an initialiser");
+                    let _ = filled_tx.send(run_init(init, bytes));
+                }
+                Ok(Step::Done(opened)) => return Self::of(py, name, opened),
+                Err(Unanswered::Interrupted(e)) => return Err(e),
+                Err(Unanswered::Gone) => {
+                    return Err(errors::raise(py, Kind::Error, "the opening thread ended without a result"));
+                }
+            }
+        }
     }
 
     /// Opens the existing shared value `name`, of whatever size and
@@ -453,6 +487,13 @@ impl Shared {
         let closed = if self.locker.closed() { ", closed" } else { "" };
         format!("<copydata.Shared {:?}, {} bytes{closed}>", self.locker.name, self.size)
     }
+}
+
+/// What the thread that opens a shared value tells the caller: fill the
+/// bytes at this address (run the initialiser), or the outcome.
+enum Step {
+    Fill(usize, usize),
+    Done(Result<SharedBytes, SyncOpenError>),
 }
 
 /// Calls a `Shared` initialiser with a memoryview of a zero-filled

@@ -27,6 +27,18 @@ WATCHDOG_SECONDS = 120
 _counter = itertools.count()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def sigint_raises_keyboard_interrupt():
+    """The Ctrl-C tests need SIGINT to raise KeyboardInterrupt, here and in
+    the children. A suite started with SIGINT ignored (`nohup ... &`, or `&`
+    in a shell without job control) would have every one of them hang until
+    the watchdog ends the run; a handler, unlike an ignored signal, is not
+    inherited across exec, so the children get the default back too."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 @pytest.fixture(autouse=True)
 def watchdog():
     faulthandler.dump_traceback_later(WATCHDOG_SECONDS, exit=True)
