@@ -150,6 +150,14 @@ impl<L: Lockable> Locker<L> {
             });
             match locked {
                 Ok(held) => {
+                    // Closed by another thread while this one waited: the
+                    // lock goes back at once rather than stay taken.
+                    let open = self.object.lock().unwrap_or_else(|e| e.into_inner());
+                    if open.is_none() {
+                        drop((open, held));
+                        let what = format!("{} {:?} was closed while this thread waited for it", L::WHAT, self.name);
+                        return Err(errors::raise(py, Kind::Closed, what));
+                    }
                     *self.held() = Some(held);
                     return Ok(true);
                 }
@@ -238,7 +246,8 @@ impl Mutex {
     /// (`blocking=False`) not at all;
     /// returns whether it got it. The thread that took it releases it.
     /// Not recursive: acquiring it again on the same thread raises.
-    /// Ctrl-C interrupts the wait.
+    /// Ctrl-C interrupts the wait, and so does `close()` from another
+    /// thread (`Closed`).
     #[pyo3(signature = (blocking = true, timeout = None))]
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: Option<f64>) -> PyResult<bool> {
         self.locker.acquire(py, blocking, timeout)

@@ -100,6 +100,30 @@ def test_a_mutex_belongs_to_the_thread_that_took_it(name):
     assert not m.held_here()
 
 
+def test_closing_a_mutex_ends_another_threads_wait_for_it(name):
+    m = copydata.Mutex(name)
+    assert m.acquire()
+    outcome = []
+
+    def waiter():
+        try:
+            outcome.append(m.acquire(timeout=30.0))
+        except copydata.Closed as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.2)
+    m.close()  # releases this thread's lock: the waiter may take it now
+    thread.join(30.0)
+    assert not thread.is_alive()
+    assert isinstance(outcome[0], copydata.Closed), outcome
+    # Not left taken by the closed handle.
+    again = copydata.Mutex(name)
+    assert again.acquire(blocking=False)
+    again.close()
+
+
 def test_mutex_arguments_and_closing(name):
     with pytest.raises(copydata.InvalidName):
         copydata.Mutex("bad/name")
