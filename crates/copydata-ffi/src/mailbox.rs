@@ -438,8 +438,10 @@ pub unsafe extern "C" fn copydata_request_tag(request: *const Request) -> u64 {
 /// the sender's buffer the first time they are asked for here: a copy
 /// that no one else can change. When there is no memory for that copy,
 /// this returns NULL with a count of 0 and sets the last error
-/// (`copydata_last_error`); `copydata_request_loan` still reads the bytes
-/// in place (`copydata_mailbox_bind_limit` bounds their size).
+/// (`copydata_last_error`, which a success does not clear: tell that from
+/// an empty message by the length `copydata_request_loan` gives);
+/// `copydata_request_loan` still reads the bytes in place
+/// (`copydata_mailbox_bind_limit` bounds their size).
 ///
 /// # Safety
 ///
