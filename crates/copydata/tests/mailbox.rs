@@ -151,6 +151,33 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
             say("sent", &reply.code.to_string());
             Ok(())
         }
+        // Serves `args[0]` (code = tag) as an unprivileged process
+        // whose limit of open files is 64 would (the kernel checks the
+        // sending task's limit and capabilities when it sends descriptors:
+        // here the welcome of a set-up).
+        #[cfg(target_os = "linux")]
+        "serve-refs-limited" => {
+            use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+            use rustix::thread::{CapabilitySet, capabilities, set_capabilities};
+            let limit = getrlimit(Resource::Nofile);
+            setrlimit(Resource::Nofile, Rlimit { current: Some(64), ..limit }).map_err(fail)?;
+            // (Before the mailbox's threads start: they inherit this thread's.)
+            let mut caps = capabilities(None).map_err(fail)?;
+            caps.effective -= CapabilitySet::SYS_RESOURCE | CapabilitySet::SYS_ADMIN;
+            set_capabilities(None, caps).map_err(fail)?;
+            let _server = Mailbox::bind(&args[0]).map_err(fail)?.serve(|m| Reply::code(m.tag() as i64));
+            say("ready", "");
+            hear();
+            Ok(())
+        }
+        // Sends to `args[0]` once and reports the receiver's pid as
+        // the sender sees it.
+        "print-receiver-pid" => {
+            let mut sender = Sender::connect(&args[0]).map_err(fail)?;
+            sender.send(7, b"who").map_err(fail)?;
+            say("pid", &format!("{:?}", sender.receiver_pid()));
+            Ok(())
+        }
         // Binds and holds `args[0]` until killed.
         "bind-hold" => {
             let _m = Mailbox::bind(&args[0]).map_err(fail)?;
@@ -2333,4 +2360,82 @@ fn a_dropped_reply_loan_does_not_oversize_later_replies() {
         assert_eq!(reply.data.len(), 500 << 10);
     }
     server.join().unwrap();
+}
+
+/// While this user has more descriptors in flight than the
+/// receiver's limit (ETOOMANYREFS for a moment, as in
+/// `sections_beyond_the_kernels_in_flight_limit_wait_for_room`), a sender
+/// connecting waits for room as sends with sections now do, and once the
+/// descriptors are taken it is served; it is not told that the receiver
+/// is an incompatible one.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_set_up_while_descriptors_are_in_flight_waits_for_room() {
+    use std::os::fd::AsFd;
+    let name = unique("refs-setup");
+    let mut kid = Kid::spawn("serve-refs-limited", &[&name]);
+    kid.expect("ready");
+    // More than 64 descriptors of this user in flight, on a socket nobody
+    // reads yet.
+    let (a, b) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let memfd = rustix::fs::memfd_create("refs", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    for _ in 0..10 {
+        let fds = [memfd.as_fd(); 10];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(10))];
+        let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+        rustix::net::sendmsg(&a, &[std::io::IoSlice::new(b"x")], &mut control, rustix::net::SendFlags::empty())
+            .unwrap();
+    }
+    // Taken out of flight a moment later.
+    let drain = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        drop(b);
+    });
+    let result = copydata::send_timeout(&name, 5, b"x", Duration::from_secs(20));
+    drain.join().unwrap();
+    drop(a);
+    kid.tell("end");
+    kid.wait_ok();
+    match result {
+        Ok(reply) => assert_eq!(reply.code, 5),
+        Err(e) => panic!("a set-up under the in-flight limit failed: {e} ({e:?})"),
+    }
+}
+
+/// A sender in a pid namespace of its own (a container, a sandbox)
+/// cannot name a receiver outside it: the kernel says pid 0 there, which
+/// is no process id (`kill(0, ..)` is this process's whole group) and
+/// must not be reported as the receiver's.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_receiver_outside_the_senders_pid_namespace_has_no_pid() {
+    use std::io::BufRead;
+    if !std::process::Command::new("unshare").args(["-p", "-f", "true"]).status().is_ok_and(|s| s.success()) {
+        eprintln!("unshare -p is not allowed here: skipped");
+        return;
+    }
+    let name = unique("pidns");
+    let kid = server(&name, 0);
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("unshare")
+        .args(["-p", "-f", "--kill-child"])
+        .arg(exe)
+        .args(["child_entry", "--exact", "--nocapture", "--test-threads=1", "-q"])
+        .env("COPYDATA_TEST_ROLE", "print-receiver-pid")
+        .env("COPYDATA_TEST_ARGS", &name)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    stop_server(kid, &name);
+    let line = out.stdout.lines().map_while(Result::ok).find(|l| l.starts_with("@pid ")).unwrap_or_default();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("sender in its own pid namespace says: {line}");
+    assert_eq!(line, "@pid None", "pid 0 reported as the receiver's");
 }

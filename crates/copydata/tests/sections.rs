@@ -1377,3 +1377,40 @@ fn a_read_only_section_of_a_writable_file_passes_on_read_only() {
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
     std::fs::remove_file(&path).unwrap();
 }
+
+/// A section whose name looks like a synchronisation object's
+/// (`copydata.mutex.NAME`) is a section, or, where the kind would be told by
+/// the name (no extended attributes on /dev/shm, before Linux 6.6), refused
+/// at creation: never taken for a mutex.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_section_named_like_a_mutex_stays_a_section() {
+    let inner = unique("looks-like-mutex");
+    let name = format!("copydata.mutex.{inner}");
+    let s = match Section::create(&name, 4096) {
+        Ok(s) => s,
+        // Refused where the name would decide the kind (no extended
+        // attributes): nothing left behind.
+        Err(copydata::CreateError::Io { source, .. }) if source.kind() == std::io::ErrorKind::InvalidInput => {
+            assert!(!std::path::Path::new(&format!("/dev/shm/{name}")).exists());
+            return;
+        }
+        Err(e) => panic!("{e:?}"),
+    };
+    // It is a section: it opens as one ...
+    let opened = Section::open(&name).map(drop);
+    // ... is listed as one ...
+    let listed = copydata::list().unwrap().into_iter().any(|i| i.name == name);
+    // ... and is no mutex (its bytes are no robust glibc mutex).
+    let as_mutex = copydata::sync::Mutex::open(&inner);
+    let taken_for_mutex = as_mutex.is_ok();
+    drop(as_mutex);
+    // ... and can be removed by name.
+    let removed = copydata::remove(&name);
+    drop(s);
+    let _ = std::fs::remove_file(format!("/dev/shm/{name}"));
+    assert!(opened.is_ok(), "a section could not be opened as a section: {opened:?}");
+    assert!(listed, "a live section is not listed");
+    assert!(!taken_for_mutex, "a section was taken for a mutex");
+    assert!(removed.is_ok(), "a section could not be removed: {removed:?}");
+}

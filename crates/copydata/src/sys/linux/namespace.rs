@@ -85,6 +85,13 @@ fn mark(fd: impl AsFd, marker: &[u8], mode: u32) -> rustix::io::Result<()> {
     }
 }
 
+/// Whether the object carries its marker as an extended attribute (so its
+/// kind does not depend on its name).
+fn has_xattr_marker(fd: impl AsFd) -> bool {
+    let mut buf = [0u8; 16];
+    rfs::fgetxattr(fd, MARKER, &mut buf[..]).is_ok()
+}
+
 /// Whether the object is one of copydata's (so it may be reclaimed).
 fn is_marked(fd: impl AsFd, name: &str) -> bool {
     marker(fd, name).is_some()
@@ -220,6 +227,18 @@ pub(crate) fn create_marked(
             mark(&fd, marker, options.mode_bits())
         })();
         let prepared = match prepared {
+            // Marked by the sticky bit, the kind is told by the name: one that
+            // says another kind (a section named `copydata.mutex.X`) would be
+            // taken for that kind's object by every later look.
+            Ok(()) if kind_by_name(name.as_str()) != marker && !has_xattr_marker(&fd) => Err(io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "where /dev/shm keeps no extended attributes (Linux before 6.6), names of the form \
+                     copydata.{}.NAME are copydata's {} objects",
+                    String::from_utf8_lossy(kind_by_name(name.as_str())),
+                    String::from_utf8_lossy(kind_by_name(name.as_str())),
+                ),
+            ))),
             Ok(()) => prepare(&fd).map_err(|e| CreateError::Io { object: obj(), source: e }),
             Err(Errno::FBIG | Errno::INVAL) => Err(CreateError::InvalidSize { size, reason: "too large for /dev/shm" }),
             Err(e) => Err(io(io_err(e))),

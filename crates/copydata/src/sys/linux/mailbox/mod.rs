@@ -200,7 +200,8 @@ impl Link {
     /// mailbox (the connection's socket says so); a sender's, the one that
     /// connected.
     pub(crate) fn peer_pid(&self) -> Option<u32> {
-        rustix::net::sockopt::socket_peercred(&*self.sock).ok().map(|c| c.pid.as_raw_nonzero().get() as u32)
+        // (0: not a process this pid namespace can name.)
+        peer_cred(&*self.sock).ok().and_then(|c| u32::try_from(c.pid).ok()).filter(|&pid| pid != 0)
     }
 
     fn word(&self, bell: Bell) -> Option<&AtomicU32> {
@@ -756,8 +757,7 @@ impl Acceptor {
                         drop(spare);
                         if let Ok((s, _)) = listener.accept() {
                             let s = Disarmed(s);
-                            let pid =
-                                rustix::net::sockopt::socket_peercred(&s).map_or(0, |c| c.pid.as_raw_nonzero().get());
+                            let pid = peer_cred(&*s).map_or(0, |c| c.pid);
                             log::warn!(
                                 "mailbox {}: refused a connection from pid {pid}: out of descriptors ({e})",
                                 self.name
@@ -781,14 +781,14 @@ impl Acceptor {
             }
             Err(_) => return,
         };
-        let Ok(cred) = rustix::net::sockopt::socket_peercred(&stream) else { return };
-        let peer = Peer { pid: cred.pid.as_raw_nonzero().get() as u32, uid: Some(cred.uid.as_raw()) };
+        let Ok(cred) = peer_cred(&stream) else { return };
+        let peer = Peer { pid: cred.pid as u32, uid: Some(cred.uid) };
         if self.pending.len() >= MAX_PENDING {
             let oldest = self.pending.remove(0);
             log::warn!("mailbox {}: too many silent connections; dropped pid {}'s", self.name, oldest.peer.pid);
         }
         let deadline = Instant::now() + PEER_STEP;
-        self.pending.push(Pending { stream: Disarmed(stream), peer, uid: cred.uid.as_raw(), deadline, partial: false });
+        self.pending.push(Pending { stream: Disarmed(stream), peer, uid: cred.uid, deadline, partial: false });
     }
 
     fn set_up_and_add(&mut self, stream: Disarmed<UnixStream>, peer: Peer, uid: u32) {
@@ -805,7 +805,10 @@ impl Acceptor {
     fn welcome(stream: &UnixStream, status: u8, reason: &str, fds: &[BorrowedFd<'_>], max: u64) -> io::Result<()> {
         let h =
             Header { magic: WELCOME, b0: status, b1: 0, seq: u64::from(PROTOCOL), word: max, len: reason.len() as u64 };
-        wire::send_frame(stream, &h, reason.as_bytes(), fds)
+        // By the same step as the socket's write timeout; with descriptors,
+        // also while this user has too many in flight for a moment
+        // (ETOOMANYREFS), as a sender's attachments wait.
+        wire::send_frame_until(stream, &h, reason.as_bytes(), fds, Some(Instant::now() + PEER_STEP))
     }
 
     fn set_up(
@@ -914,11 +917,11 @@ pub(crate) fn connect(
             _ => io(e),
         })?;
         let sock = Disarmed(sock);
-        let cred = rustix::net::sockopt::socket_peercred(&sock).map_err(|e| io(e.into()))?;
-        if cred.uid.as_raw() != owner {
+        let cred = peer_cred(&*sock).map_err(io)?;
+        if cred.uid != owner {
             return Err(SendError::Refused {
                 name: shown(),
-                reason: format!("the address of uid {owner}'s mailbox is held by uid {}", cred.uid.as_raw()),
+                reason: format!("the address of uid {owner}'s mailbox is held by uid {}", cred.uid),
             });
         }
         return set_up_connection(name, sock, wait, deadline, abort);
@@ -1034,7 +1037,7 @@ fn set_up_connection(
     }
     // Connected to the receiver's process, as one end of its socket pair:
     // not a socket that reads as hung up from the start.
-    let pid_of = |fd: BorrowedFd<'_>| rustix::net::sockopt::socket_peercred(fd).map(|c| c.pid);
+    let pid_of = |fd: BorrowedFd<'_>| peer_cred(fd).map(|c| c.pid);
     if !matches!((pid_of(notify.as_fd()), pid_of(sock.as_fd())), (Ok(a), Ok(b)) if a == b) {
         return Err(bad("the readiness handle is not connected to the receiver".into()));
     }
@@ -1050,6 +1053,20 @@ fn set_up_connection(
     sock.set_read_timeout(None).map_err(io)?;
     sock.set_write_timeout(None).map_err(io)?;
     Ok((Link { region, sock, bells: Some(bells), notify }, h.word))
+}
+
+/// The peer's credentials (`SO_PEERCRED`), pid 0 where the peer's process
+/// is not in this pid namespace (a sender in a container, say): rustix's
+/// `UCred` cannot hold that (its pid is non-zero).
+fn peer_cred(fd: impl AsFd) -> io::Result<libc::ucred> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a `ucred` and `len` its size, as SO_PEERCRED writes.
+    let rc = unsafe {
+        libc::getsockopt(fd.as_fd().as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &mut len)
+    };
+    if rc == 0 { Ok(cred) } else { Err(io::Error::last_os_error()) }
 }
 
 /// Forgets the socket of an abortable set-up when the set-up ends.
