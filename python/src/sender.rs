@@ -8,7 +8,7 @@
 //! background, and the `Sender` goes on with a new worker and a new
 //! connection, exactly as the Rust `Sender` does after a timeout.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, Sender as Tx, channel};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -40,6 +40,8 @@ pub(crate) struct Worker {
     /// The process that started the thread: in a child made by `fork`
     /// there is no such thread, and the worker is left alone.
     pid: u32,
+    /// The receiver's process id after the last call (0: not connected).
+    receiver: Arc<AtomicU32>,
 }
 
 impl Worker {
@@ -51,11 +53,14 @@ impl Worker {
         let (tx, results) = channel();
         let running = Arc::new(AtomicBool::new(false));
         let busy = running.clone();
+        let receiver = Arc::new(AtomicU32::new(0));
+        let seen = receiver.clone();
         let spawned = std::thread::Builder::new().name("copydata-sender".into()).spawn(move || {
             // Ends when the `Sender` drops its end (closed, or moved on after
             // an interrupted call).
             while let Ok(job) = rx.recv() {
                 let result = job(&mut sender);
+                seen.store(sender.receiver_pid().unwrap_or(0), Ordering::SeqCst);
                 busy.store(false, Ordering::SeqCst);
                 if tx.send(result).is_err() {
                     break;
@@ -63,7 +68,14 @@ impl Worker {
             }
         });
         let thread = spawned.map_err(|source| SendError::Io { name: name.to_owned(), source })?;
-        Ok(Worker { jobs, results: Mutex::new(results), thread: Some(thread), running, pid: std::process::id() })
+        Ok(Worker {
+            jobs,
+            results: Mutex::new(results),
+            thread: Some(thread),
+            running,
+            pid: std::process::id(),
+            receiver,
+        })
     }
 
     /// Hands `job` over; `false` if the worker is gone.
@@ -434,6 +446,20 @@ impl Sender {
     #[getter]
     fn closed(&self) -> bool {
         self.is_closed()
+    }
+
+    /// The process id of the receiver on the other end of this sender's
+    /// connection (the process that bound the mailbox, as the set-up
+    /// checked it), as of the last call; None while not connected (after
+    /// `close()`, or an interrupted or failed call).
+    #[getter]
+    fn receiver_pid(&self) -> Option<u32> {
+        let state = self.state();
+        if state.closed {
+            return None;
+        }
+        let worker = state.worker.as_ref().filter(|w| w.pid == std::process::id())?;
+        Some(worker.receiver.load(Ordering::SeqCst)).filter(|&pid| pid != 0)
     }
 
     /// Sends `data` (any bytes-like object) with `tag` and waits for the

@@ -1,6 +1,7 @@
 """copydata.Sender: one connection kept across calls, posts with
 backpressure, timeouts, closing, and Ctrl-C."""
 
+import os
 import signal
 import sys
 import threading
@@ -85,6 +86,8 @@ def test_receiver_death_is_reported_and_a_new_receiver_is_reached(cli, serving, 
     listener = cli("listen", name, "--delay", "30s")
     assert listener.readline() == f"ready {name}"
     with copydata.Sender(name, timeout=5.0) as sender:
+        # The process that bound the mailbox, as the connection knows it.
+        assert sender.receiver_pid == listener.proc.pid
         result = {}
 
         def call():
@@ -99,10 +102,13 @@ def test_receiver_death_is_reported_and_a_new_receiver_is_reached(cli, serving, 
         listener.proc.kill()
         answer.join(20.0)
         assert isinstance(result.get("error"), copydata.ReceiverDied), result
+        assert sender.receiver_pid is None
         listener.finish()
         # A receiver bound again under the name is reached by the same Sender.
         with serving(name, lambda tag, data: (9, data)):
             assert sender.send(b"three", timeout=10.0) == (9, b"three")
+            assert sender.receiver_pid == os.getpid()
+    assert sender.receiver_pid is None
 
 
 def test_sections_travel_with_a_senders_message(name):
