@@ -299,7 +299,7 @@ fn a_stopped_primary_times_secondaries_out_in_time() {
     let mut primary = Kid::spawn("primary", &[&format!("app={app}")]);
     primary.expect("primary");
     let pid = Pid::from_raw(primary.id() as i32).unwrap();
-    kill_process(pid, Signal::STOP).unwrap();
+    common::stop(primary.id());
     for limit in [Duration::from_millis(500), Duration::from_millis(1500)] {
         let started = Instant::now();
         let result = SingleInstance::acquire(&app, &InstanceOptions::new().timeout(limit));

@@ -261,6 +261,29 @@ impl Drop for Kid {
     }
 }
 
+/// Stops the process `pid` (SIGSTOP) and waits until every thread of it
+/// has stopped (`kill` returns before they do), at most 10 s (Linux only).
+#[cfg(target_os = "linux")]
+pub fn stop(pid: u32) {
+    let raw = i32::try_from(pid).expect("a pid");
+    rustix::process::kill_process(rustix::process::Pid::from_raw(raw).expect("a pid"), rustix::process::Signal::STOP)
+        .expect("SIGSTOP");
+    // A thread's state is the field after the name, which ends with ')'.
+    let stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+            tasks.flatten().all(|t| {
+                std::fs::read_to_string(t.path().join("stat"))
+                    .is_ok_and(|st| st.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T')))
+            })
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !stopped() {
+        assert!(std::time::Instant::now() < deadline, "process {pid} did not stop within 10 s of SIGSTOP");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Whether the object `name` exists in `/dev/shm` (Linux only).
 #[cfg(target_os = "linux")]
 pub fn in_dev_shm(name: &str) -> bool {
