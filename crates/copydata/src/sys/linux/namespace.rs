@@ -77,19 +77,14 @@ fn kind_by_name(name: &str) -> &'static [u8] {
 
 /// Marks an object being made as copydata's, of the kind `marker`: by the
 /// extended attribute, or where there are none by the sticky bit beside
-/// the `mode` bits (see [`marker`]).
-fn mark(fd: impl AsFd, marker: &[u8], mode: u32) -> rustix::io::Result<()> {
+/// the `mode` bits (see [`marker`]). Whether it took the sticky bit (the
+/// kind then told by the name).
+fn mark(fd: impl AsFd, marker: &[u8], mode: u32) -> rustix::io::Result<bool> {
     match rfs::fsetxattr(&fd, MARKER, marker, XattrFlags::empty()) {
-        Err(Errno::OPNOTSUPP) => rfs::fchmod(&fd, Mode::from_raw_mode(mode) | Mode::SVTX),
-        other => other,
+        Ok(()) => Ok(false),
+        Err(Errno::OPNOTSUPP) => rfs::fchmod(&fd, Mode::from_raw_mode(mode) | Mode::SVTX).map(|()| true),
+        Err(e) => Err(e),
     }
-}
-
-/// Whether the object carries its marker as an extended attribute (so its
-/// kind does not depend on its name).
-fn has_xattr_marker(fd: impl AsFd) -> bool {
-    let mut buf = [0u8; 16];
-    rfs::fgetxattr(fd, MARKER, &mut buf[..]).is_ok()
 }
 
 /// Whether the object is one of copydata's (so it may be reclaimed).
@@ -230,16 +225,17 @@ pub(crate) fn create_marked(
             // Marked by the sticky bit, the kind is told by the name: one that
             // says another kind (a section named `copydata.mutex.X`) would be
             // taken for that kind's object by every later look.
-            Ok(()) if kind_by_name(name.as_str()) != marker && !has_xattr_marker(&fd) => Err(io(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "where /dev/shm keeps no extended attributes (Linux before 6.6), names of the form \
-                     copydata.{}.NAME are copydata's {} objects",
-                    String::from_utf8_lossy(kind_by_name(name.as_str())),
-                    String::from_utf8_lossy(kind_by_name(name.as_str())),
-                ),
-            ))),
-            Ok(()) => prepare(&fd).map_err(|e| CreateError::Io { object: obj(), source: e }),
+            Ok(true) if kind_by_name(name.as_str()) != marker => {
+                let named = String::from_utf8_lossy(kind_by_name(name.as_str()));
+                Err(io(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "where /dev/shm keeps no extended attributes (Linux before 6.6), names of the form \
+                         copydata.{named}.NAME are copydata's {named} objects"
+                    ),
+                )))
+            }
+            Ok(_) => prepare(&fd).map_err(|e| CreateError::Io { object: obj(), source: e }),
             Err(Errno::FBIG | Errno::INVAL) => Err(CreateError::InvalidSize { size, reason: "too large for /dev/shm" }),
             Err(e) => Err(io(io_err(e))),
         };
