@@ -28,6 +28,21 @@ fn sum(data: &[u8]) -> u64 {
     words.remainder().iter().fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
+/// Makes this thread send descriptors as an unprivileged process whose
+/// limit of open files is `files` would: the kernel refuses (ETOOMANYREFS)
+/// once this user has more than that in flight, except to threads with
+/// `CAP_SYS_RESOURCE` or `CAP_SYS_ADMIN`, which this one gives up.
+#[cfg(target_os = "linux")]
+fn limit_descriptors_in_flight(files: u64) -> Result<(), String> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    use rustix::thread::{CapabilitySet, capabilities, set_capabilities};
+    let limit = getrlimit(Resource::Nofile);
+    setrlimit(Resource::Nofile, Rlimit { current: Some(files), ..limit }).map_err(fail)?;
+    let mut caps = capabilities(None).map_err(fail)?;
+    caps.effective -= CapabilitySet::SYS_RESOURCE | CapabilitySet::SYS_ADMIN;
+    set_capabilities(None, caps).map_err(fail)
+}
+
 /// The child roles.
 fn role(role: &str, args: &[String]) -> Result<(), String> {
     match role {
@@ -134,15 +149,8 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
         // ETOOMANYREFS meanwhile).
         #[cfg(target_os = "linux")]
         "send-many-sections" => {
-            use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-            use rustix::thread::{CapabilitySet, capabilities, set_capabilities};
             let section = copydata::Section::anonymous(4096).map_err(fail)?;
-            let limit = getrlimit(Resource::Nofile);
-            setrlimit(Resource::Nofile, Rlimit { current: Some(64), ..limit }).map_err(fail)?;
-            // The kernel lets privileged threads exceed the limit.
-            let mut caps = capabilities(None).map_err(fail)?;
-            caps.effective -= CapabilitySet::SYS_RESOURCE | CapabilitySet::SYS_ADMIN;
-            set_capabilities(None, caps).map_err(fail)?;
+            limit_descriptors_in_flight(64)?;
             let mut sender = Sender::connect(&args[0]).map_err(fail)?;
             let all = [&section; copydata::MAX_SECTIONS];
             let reply = sender
@@ -157,14 +165,8 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
         // here the welcome of a set-up).
         #[cfg(target_os = "linux")]
         "serve-refs-limited" => {
-            use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-            use rustix::thread::{CapabilitySet, capabilities, set_capabilities};
-            let limit = getrlimit(Resource::Nofile);
-            setrlimit(Resource::Nofile, Rlimit { current: Some(64), ..limit }).map_err(fail)?;
             // (Before the mailbox's threads start: they inherit this thread's.)
-            let mut caps = capabilities(None).map_err(fail)?;
-            caps.effective -= CapabilitySet::SYS_RESOURCE | CapabilitySet::SYS_ADMIN;
-            set_capabilities(None, caps).map_err(fail)?;
+            limit_descriptors_in_flight(64)?;
             let _server = Mailbox::bind(&args[0]).map_err(fail)?.serve(|m| Reply::code(m.tag() as i64));
             say("ready", "");
             hear();
