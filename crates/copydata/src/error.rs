@@ -488,6 +488,10 @@ pub enum SendError {
     /// room in the receiver's queue (a post, or a send into a full queue) or
     /// for the reply. A message that went out may still be handled; its
     /// reply is discarded and never taken for the answer to a later send.
+    /// On Linux a message that carries descriptors (sections, a new buffer)
+    /// also waits while this user has as many descriptors in flight as its
+    /// limit of open files (receivers of this user not taking theirs); a
+    /// time-out for that reason is logged (`log::warn!`) with its cause.
     #[error("timed out after {timeout:?} waiting for mailbox {name:?}")]
     TimedOut {
         /// The name.

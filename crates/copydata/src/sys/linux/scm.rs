@@ -34,7 +34,7 @@ const SCM_PIDFD: i32 = 4;
 /// `WouldBlock`, part of the frame perhaps out). Finishes short writes and
 /// goes on after a signal; `SIGPIPE` is never raised.
 pub(crate) fn send_with_fds(sock: impl AsFd, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    send_parts(sock, parts, fds, None)
+    send_parts(sock, parts, fds, Wait::InSend)
 }
 
 /// Like [`send_with_fds`], but never blocks past `until` (`None`: waits
@@ -49,26 +49,33 @@ pub(crate) fn send_with_fds_until(
     fds: &[BorrowedFd<'_>],
     until: Option<Instant>,
 ) -> io::Result<()> {
-    send_parts(sock, parts, fds, Some(until))
+    send_parts(sock, parts, fds, Wait::By(until))
 }
 
-/// The two above: `wait` is `None` to wait in the send itself, as the
-/// socket says, or `Some(until)` to send without waiting and wait for room
-/// in [`writable_by`].
-fn send_parts(
-    sock: impl AsFd,
-    parts: &[&[u8]],
-    fds: &[BorrowedFd<'_>],
-    wait: Option<Option<Instant>>,
-) -> io::Result<()> {
+/// How [`send_parts`] waits for room on the socket.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// In the send itself, as the socket says (for ever, or by its send
+    /// timeout).
+    InSend,
+    /// Sends without waiting, and waits for room in [`writable_by`] by this
+    /// instant (`None`: as long as the peer holds its end).
+    By(Option<Instant>),
+}
+
+/// The two above.
+fn send_parts(sock: impl AsFd, parts: &[&[u8]], fds: &[BorrowedFd<'_>], wait: Wait) -> io::Result<()> {
     if fds.len() > MAX_FDS {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"));
     }
-    let flags = if wait.is_some() { SendFlags::NOSIGNAL | SendFlags::DONTWAIT } else { SendFlags::NOSIGNAL };
+    let flags = match wait {
+        Wait::By(_) => SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        Wait::InSend => SendFlags::NOSIGNAL,
+    };
     // No room: wait for it, or (waiting in the send) its time ran out.
     let no_room = |begun: bool| match wait {
-        Some(until) => writable_by(&sock, until, begun),
-        None => Err(io::Error::from(io::ErrorKind::WouldBlock)),
+        Wait::By(until) => writable_by(&sock, until, begun),
+        Wait::InSend => Err(io::Error::from(io::ErrorKind::WouldBlock)),
     };
     let iov: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
     let mut pause = Duration::from_millis(1);
@@ -86,8 +93,8 @@ fn send_parts(
             // limit of open files (the receivers have not taken them yet):
             // as no room, but nothing says when there is some.
             Err(Errno::TOOMANYREFS) if !fds.is_empty() => match wait {
-                Some(until) => fewer_in_flight(&sock, until, &mut pause)?,
-                None => return Err(Errno::TOOMANYREFS.into()),
+                Wait::By(until) => fewer_in_flight(&sock, until, &mut pause)?,
+                Wait::InSend => return Err(Errno::TOOMANYREFS.into()),
             },
             Err(e) => return Err(e.into()),
         }
@@ -113,11 +120,22 @@ fn send_parts(
 
 /// Waits `pause` (doubled each time, up to 50 ms) before another try at
 /// sending descriptors refused with `ETOOMANYREFS`, by `until` at most
-/// (`TimedOut` then); a peer that hangs up meanwhile is `BrokenPipe`.
+/// (`TimedOut` then, logged with its cause: the caller sees only that time
+/// ran out); a peer that hangs up meanwhile is `BrokenPipe`.
 fn fewer_in_flight(sock: impl AsFd, until: Option<Instant>, pause: &mut Duration) -> io::Result<()> {
     let now = Instant::now();
     let step = match until {
-        Some(u) if u <= now => return Err(io::ErrorKind::TimedOut.into()),
+        Some(u) if u <= now => {
+            log::warn!(
+                "sending descriptors timed out on this user's limit of descriptors in flight \
+                 (ETOOMANYREFS, the limit of open files): receivers of this user are not taking \
+                 the descriptors sent to them"
+            );
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "too many descriptors in flight for this user (ETOOMANYREFS)",
+            ));
+        }
         Some(u) => (*pause).min(u - now),
         None => *pause,
     };
