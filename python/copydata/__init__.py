@@ -58,6 +58,11 @@ class Refused(Error):
     or dropped it without replying."""
 
 
+class Busy(Refused):
+    """The mailbox has as many senders connected as it takes: no connection
+    was made and nothing was sent. Try again later."""
+
+
 class ReceiverDied(Error, ConnectionResetError):
     """The receiving process exited, crashed or closed its mailbox before it
     replied."""
@@ -230,6 +235,7 @@ __all__ = [
     "PermissionDenied",
     "TimedOut",
     "Refused",
+    "Busy",
     "ReceiverDied",
     "SenderGone",
     "Closed",

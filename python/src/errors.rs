@@ -36,6 +36,7 @@ pub(crate) enum Kind {
     Closed,
     ProtocolError,
     Full,
+    Busy,
 }
 
 impl Kind {
@@ -55,6 +56,7 @@ impl Kind {
             Kind::Closed => "Closed",
             Kind::ProtocolError => "ProtocolError",
             Kind::Full => "Full",
+            Kind::Busy => "Busy",
         }
     }
 }
@@ -121,6 +123,7 @@ pub(crate) fn send_error(py: Python<'_>, e: SendError) -> PyErr {
         SendError::ReceiverDied { .. } => Kind::ReceiverDied,
         SendError::PayloadTooLarge { .. } => Kind::TooLarge,
         SendError::Refused { .. } => Kind::Refused,
+        SendError::Busy { .. } => Kind::Busy,
         SendError::Incompatible { .. } | SendError::Protocol { .. } => Kind::ProtocolError,
         SendError::Full { .. } => Kind::Full,
         _ => Kind::Error,

@@ -17,6 +17,7 @@ pub const TIMED_OUT: u8 = 4;
 pub const PEER_DIED: u8 = 5;
 pub const EXISTS: u8 = 6;
 pub const REFUSED: u8 = 7;
+pub const BUSY: u8 = 8;
 
 pub const HELP: &str = "\
 Exit codes:
@@ -32,6 +33,8 @@ Exit codes:
      another user's mailbox, a payload larger than the receiver takes,
      a receiver speaking another protocol version, and a message the
      receiver dropped unanswered, as one stopped while handling it does)
+  8  busy: the mailbox has as many senders connected as it takes
+     (try again later)
 
 Output that stops being read (`| head -1`) ends a command quietly with 0.";
 
@@ -124,6 +127,7 @@ fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             SendError::NoSuchMailbox { .. } => NOT_FOUND,
             SendError::TimedOut { .. } => TIMED_OUT,
             SendError::ReceiverDied { .. } => PEER_DIED,
+            SendError::Busy { .. } => BUSY,
             SendError::Refused { .. } | SendError::PayloadTooLarge { .. } | SendError::Incompatible { .. } => REFUSED,
             _ => OTHER,
         });

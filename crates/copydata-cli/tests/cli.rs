@@ -546,6 +546,42 @@ fn send_lines_sends_a_message_per_line() {
     assert_eq!(run(&["send", &name, "--lines", "x"]).code, 2);
 }
 
+/// `listen --max-connections 1`: while a `send --lines` holds the one
+/// connection, another `send` ends with exit code 8 (busy), naming the
+/// limit; once the first sender leaves, the mailbox takes the next.
+#[test]
+fn a_sender_beyond_listens_connection_limit_is_told_busy() {
+    let name = unique("busy");
+    let listener = Listener::start(&[&name, "--max-connections", "1"]);
+    let mut holder = copydata()
+        .args(["send", &name, "--lines"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = holder.stdin.take().unwrap();
+    stdin.write_all(b"held\n").unwrap();
+    stdin.flush().unwrap();
+    assert!(listener.line().ends_with("data=\"held\""));
+    let out = run(&["send", &name, "x"]);
+    assert_eq!(out.code, 8, "{}", out.stderr);
+    assert!(out.stderr.contains("busy") && out.stderr.contains("limit"), "{}", out.stderr);
+    drop(stdin);
+    assert_eq!(wait(&mut holder, &["send", "--lines"]), 0);
+    // Room again once the receiver has seen the holder leave.
+    let deadline = Instant::now() + WAIT;
+    let mut out = run(&["send", &name, "after"]);
+    while out.code == 8 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        out = run(&["send", &name, "after"]);
+    }
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(listener.line().ends_with("data=\"after\""));
+    // Zero senders is not a limit.
+    assert_eq!(run(&["listen", &name, "--max-connections", "0"]).code, 2);
+}
+
 #[test]
 fn send_lines_stops_quietly_when_its_output_is_closed() {
     // `copydata send --lines app < input | head -1`: once nobody reads the

@@ -138,7 +138,7 @@ enum copydata_status
   COPYDATA_STATUS_TIMED_OUT = 4,
   /**
    * The receiver refused the message (its handler refused it, or it
-   * serves other users only, or has too many senders).
+   * serves other users only).
    */
   COPYDATA_STATUS_REFUSED = 5,
   /**
@@ -190,6 +190,11 @@ enum copydata_status
    * (a loan). It has not caught up yet; nothing was sent or lent.
    */
   COPYDATA_STATUS_FULL = 16,
+  /**
+   * The mailbox has as many senders connected as it takes: no
+   * connection was made, nothing was sent. Try again later.
+   */
+  COPYDATA_STATUS_BUSY = 17,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

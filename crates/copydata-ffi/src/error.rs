@@ -29,7 +29,7 @@ pub enum Status {
     /// No reply (or no message) arrived in time.
     TimedOut = 4,
     /// The receiver refused the message (its handler refused it, or it
-    /// serves other users only, or has too many senders).
+    /// serves other users only).
     Refused = 5,
     /// The receiving process exited, crashed or closed its mailbox before
     /// it replied.
@@ -58,10 +58,13 @@ pub enum Status {
     /// is full (a post), or it holds every buffer of the connection's pool
     /// (a loan). It has not caught up yet; nothing was sent or lent.
     Full = 16,
+    /// The mailbox has as many senders connected as it takes: no
+    /// connection was made, nothing was sent. Try again later.
+    Busy = 17,
 }
 
 impl Status {
-    const ALL: [Status; 17] = [
+    const ALL: [Status; 18] = [
         Status::Ok,
         Status::InvalidArgument,
         Status::NotFound,
@@ -79,6 +82,7 @@ impl Status {
         Status::Unsupported,
         Status::Panic,
         Status::Full,
+        Status::Busy,
     ];
 
     /// The name C code uses for the code.
@@ -101,6 +105,7 @@ impl Status {
             Status::Unsupported => c"COPYDATA_STATUS_UNSUPPORTED",
             Status::Panic => c"COPYDATA_STATUS_PANIC",
             Status::Full => c"COPYDATA_STATUS_FULL",
+            Status::Busy => c"COPYDATA_STATUS_BUSY",
         }
     }
 }
@@ -175,6 +180,7 @@ impl From<SendError> for Error {
             SendError::ReceiverDied { .. } => Status::ReceiverDied,
             SendError::PayloadTooLarge { .. } => Status::TooLarge,
             SendError::Refused { .. } => Status::Refused,
+            SendError::Busy { .. } => Status::Busy,
             SendError::Incompatible { .. } | SendError::Protocol { .. } => Status::Incompatible,
             SendError::Unsupported => Status::Unsupported,
             SendError::Full { .. } => Status::Full,

@@ -525,6 +525,17 @@ pub enum SendError {
         /// Why, as far as it is known.
         reason: String,
     },
+    /// The mailbox has as many senders connected as it takes
+    /// ([`MailboxOptions::max_connections`](crate::MailboxOptions::max_connections)):
+    /// no connection was made and nothing was sent. A connection frees up
+    /// when one of its senders closes; try again later.
+    #[error("mailbox {name:?} is busy: {reason}")]
+    Busy {
+        /// The name.
+        name: String,
+        /// The receiver's words (its limit).
+        reason: String,
+    },
     /// The receiver speaks another version of the copydata protocol (or is
     /// not a copydata mailbox at all).
     #[error("mailbox {name:?} is an incompatible peer: {reason}")]
@@ -611,6 +622,7 @@ into_io_error!(SendError, |e| match &e {
     SendError::ReceiverDied { .. } => io::ErrorKind::ConnectionReset,
     SendError::PayloadTooLarge { .. } => io::ErrorKind::InvalidInput,
     SendError::Refused { .. } => io::ErrorKind::PermissionDenied,
+    SendError::Busy { .. } => io::ErrorKind::ResourceBusy,
     SendError::Incompatible { .. } => io::ErrorKind::Unsupported,
     SendError::Protocol { .. } => io::ErrorKind::InvalidData,
     SendError::Full { .. } => io::ErrorKind::WouldBlock,

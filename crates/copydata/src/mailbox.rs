@@ -595,7 +595,7 @@ impl MailboxOptions {
 
     /// How many senders may be connected at once (default
     /// [`DEFAULT_MAX_CONNECTIONS`], at least 1). A sender beyond the limit is
-    /// refused at set-up ([`SendError::Refused`], naming the limit); the
+    /// refused at set-up ([`SendError::Busy`], naming the limit); the
     /// connected ones are not disturbed. Each connection costs the receiver
     /// a shared region, never a thread.
     pub fn max_connections(mut self, connections: usize) -> MailboxOptions {

@@ -383,6 +383,38 @@ fn a_launch_that_would_decode_beyond_max_launch_is_refused() {
     drop(server);
 }
 
+/// A primary with as many launches connected as its mailbox takes makes
+/// the next launch wait for room (by its timeout), not fail: the stand-in
+/// primary here is a mailbox bound under the id's name with room for one
+/// connection, which the test holds for a while.
+#[test]
+fn a_launch_beyond_the_primarys_connections_waits_for_room() {
+    let app = unique("busy");
+    let mailbox = format!("instance.{app}");
+    let server = copydata::Mailbox::bind_with(&mailbox, &copydata::MailboxOptions::new().max_connections(1))
+        .unwrap()
+        .serve(|_| copydata::Reply::code(3));
+    let mut holder = copydata::Sender::connect(&mailbox).unwrap();
+    assert_eq!(holder.send(0, b"").unwrap().code, 3);
+    match copydata::Sender::connect(&mailbox) {
+        Err(SendError::Busy { reason, .. }) => assert!(reason.contains("limit"), "{reason}"),
+        other => panic!("a second connection: {other:?}"),
+    }
+    let app2 = app.clone();
+    let launch = std::thread::spawn(move || {
+        SingleInstance::acquire(&app2, &InstanceOptions::new().timeout(Duration::from_secs(30)))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!launch.is_finished(), "the launch did not wait for room");
+    drop(holder);
+    match launch.join().unwrap() {
+        Ok(SingleInstance::Secondary(s)) => assert_eq!(s.code(), 3),
+        Ok(SingleInstance::Primary(_)) => panic!("two primaries"),
+        Err(e) => panic!("{e}"),
+    }
+    drop(server);
+}
+
 #[test]
 fn serve_answers_and_survives_panics_and_garbage() {
     let app = unique("serve");

@@ -1939,8 +1939,8 @@ fn malformed_envelopes_are_dropped_and_serving_goes_on() {
 
 /// Issue: thousands of idle connections made the receiver run a thread
 /// each, without limit. Connections cost no threads, and beyond
-/// `max_connections` a sender is refused with a clear reason while the
-/// connected ones go on.
+/// `max_connections` a sender is refused as busy, with a clear reason,
+/// while the connected ones go on.
 #[test]
 fn connections_are_capped_and_cost_no_threads() {
     let name = unique("cap");
@@ -1949,7 +1949,10 @@ fn connections_are_capped_and_cost_no_threads() {
         .serve(|msg| Reply::code(msg.tag() as i64));
     let mut senders: Vec<Sender> = (0..8).map(|_| Sender::connect(&name).unwrap()).collect();
     match Sender::connect(&name) {
-        Err(SendError::Refused { reason, .. }) => assert!(reason.contains("limit"), "{reason}"),
+        Err(e @ SendError::Busy { .. }) => {
+            assert!(e.to_string().contains("limit"), "{e}");
+            assert_eq!(std::io::Error::from(e).kind(), std::io::ErrorKind::ResourceBusy);
+        }
         other => panic!("a ninth connection: {other:?}"),
     }
     for (i, s) in senders.iter_mut().enumerate() {
@@ -1961,7 +1964,7 @@ fn connections_are_capped_and_cost_no_threads() {
     let mut again = loop {
         match Sender::connect(&name) {
             Ok(s) => break s,
-            Err(SendError::Refused { .. }) if Instant::now() < deadline => {
+            Err(SendError::Busy { .. }) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20))
             }
             Err(e) => panic!("no room after a sender left: {e}"),

@@ -45,6 +45,11 @@ pub struct Args {
     /// `send --owner THIS-UID`.
     #[arg(long = "allow-uid", value_name = "UID")]
     allow_uid: Vec<u32>,
+    /// How many senders may be connected at once; one more gets exit code
+    /// 8 (busy) until one of them leaves.
+    #[arg(long, value_name = "N", default_value_t = copydata::DEFAULT_MAX_CONNECTIONS as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
 }
 
 /// How many characters of a payload a line shows (an invalid byte counts
@@ -119,7 +124,10 @@ fn describe(msg: &Message, data: &[u8], args: &Args) -> String {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let options = args.allow_uid.iter().fold(copydata::MailboxOptions::new(), |o, &uid| o.allow_uid(uid));
+    let options = args
+        .allow_uid
+        .iter()
+        .fold(copydata::MailboxOptions::new().max_connections(usize::try_from(args.max_connections).unwrap_or(usize::MAX)), |o, &uid| o.allow_uid(uid));
     let mailbox = Mailbox::bind_with(&args.name, &options)?;
     log::info!("mailbox {:?} bound by pid {}", args.name, std::process::id());
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();

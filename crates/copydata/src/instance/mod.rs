@@ -295,8 +295,9 @@ fn forward(
             // name's lock file may still name a predecessor that died).
             Ok(Some(Secondary { answer: Answer { code, data }, primary_pid: sender.receiver_pid().or(pid) }))
         }
-        // Elected but not listening yet, or gone meanwhile: try again.
-        Err(SendError::NoSuchMailbox { .. } | SendError::ReceiverDied { .. }) => Ok(None),
+        // Elected but not listening yet, or gone meanwhile, or taking as
+        // many launches at once as it can: try again.
+        Err(SendError::NoSuchMailbox { .. } | SendError::ReceiverDied { .. } | SendError::Busy { .. }) => Ok(None),
         Err(SendError::TimedOut { .. }) => {
             // Never report a timeout before it has passed.
             if let Some(rest) = deadline.checked_duration_since(Instant::now()) {

@@ -113,6 +113,8 @@ const ANSWER_TAG: usize = 0x4344_4132;
 const ANSWER_HEAD: usize = 40;
 const STATUS_REFUSED: u32 = 1;
 const STATUS_INCOMPATIBLE: u32 = 2;
+/// Refused for now: the mailbox has as many connections as it takes.
+const STATUS_BUSY: u32 = 3;
 /// What a sender's window returns for the answer it takes (handles and
 /// all); anything else means the handles pushed with it were not taken.
 const ACCEPTED: LRESULT = 0x4344_4f4b;
@@ -1211,7 +1213,7 @@ fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
     if connected >= state.max_conns {
         let reason = format!("it already has {connected} connections, its limit (no connection was made)");
         log::warn!("mailbox {}: refused a connection from pid {pid}: {reason}", state.name);
-        answer_without_handles(state, sender, STATUS_REFUSED, nonce, &reason);
+        answer_without_handles(state, sender, STATUS_BUSY, nonce, &reason);
         return 0;
     }
     let process = match open_process(pid, PROCESS_DUP_HANDLE | PROCESS_SYNCHRONIZE) {
@@ -1729,6 +1731,7 @@ pub(crate) fn connect(
     let answer = match (sent, outcome) {
         (_, Some(Ok(answer))) => answer,
         (_, Some(Err((STATUS_REFUSED, reason)))) => return Err(SendError::Refused { name: shown(), reason }),
+        (_, Some(Err((STATUS_BUSY, reason)))) => return Err(SendError::Busy { name: shown(), reason }),
         (_, Some(Err((STATUS_BROKEN, reason)))) => return Err(bad(reason)),
         (_, Some(Err((_, reason)))) => return Err(SendError::Incompatible { name: shown(), reason }),
         (Err(e), None) if e.raw_os_error() == Some(ERROR_TIMEOUT as i32) && is_window(target) => {

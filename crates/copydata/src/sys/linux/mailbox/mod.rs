@@ -68,6 +68,8 @@ const AUX: [u8; 4] = *b"CDX2";
 const SETUP_OK: u8 = 0;
 const SETUP_REFUSED: u8 = 1;
 const SETUP_INCOMPATIBLE: u8 = 2;
+/// Refused for now: the mailbox has as many connections as it takes.
+const SETUP_BUSY: u8 = 3;
 /// How long the receiver gives a connecting sender to say hello, and either
 /// side the other to deliver a message's descriptors.
 const PEER_STEP: Duration = Duration::from_secs(2);
@@ -858,7 +860,7 @@ impl Acceptor {
         if self.conns.len() >= self.max_conns {
             let reason = format!("it already has {} connections, its limit (no connection was made)", self.conns.len());
             log::warn!("mailbox {}: refused a connection from pid {}: {reason}", self.name, peer.pid);
-            let _ = Self::welcome(&stream, SETUP_REFUSED, &reason, &[], 0);
+            let _ = Self::welcome(&stream, SETUP_BUSY, &reason, &[], 0);
             return Ok(None);
         }
         let w = self.dispatch.pick();
@@ -1009,12 +1011,12 @@ fn set_up_connection(
     }
     match h.b0 {
         SETUP_OK => {}
-        SETUP_REFUSED | SETUP_INCOMPATIBLE => {
+        SETUP_REFUSED | SETUP_INCOMPATIBLE | SETUP_BUSY => {
             let reason = wire::read_reason(&sock, h.len, deadline).map_err(step_err)?;
-            return Err(if h.b0 == SETUP_REFUSED {
-                SendError::Refused { name: shown(), reason }
-            } else {
-                SendError::Incompatible { name: shown(), reason }
+            return Err(match h.b0 {
+                SETUP_REFUSED => SendError::Refused { name: shown(), reason },
+                SETUP_BUSY => SendError::Busy { name: shown(), reason },
+                _ => SendError::Incompatible { name: shown(), reason },
             });
         }
         other => {
