@@ -1964,9 +1964,7 @@ fn connections_are_capped_and_cost_no_threads() {
     let mut again = loop {
         match Sender::connect(&name) {
             Ok(s) => break s,
-            Err(SendError::Busy { .. }) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
+            Err(SendError::Busy { .. }) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => panic!("no room after a sender left: {e}"),
         }
     };

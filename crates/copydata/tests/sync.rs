@@ -705,6 +705,46 @@ fn mismatches_and_bad_names_are_refused() {
     drop(m.lock().unwrap());
 }
 
+/// A kernel mutex is recursive, a copydata mutex is not: what tells a
+/// second lock by the holding thread apart lives in that process, not in
+/// the object's memory, where any process of the user could write this
+/// thread's ids and so make its every lock fail as a deadlock (the header
+/// held the holder's process and thread at offsets 16 and 12 once).
+#[cfg(windows)]
+#[test]
+fn ids_written_into_a_mutexs_memory_do_not_refuse_its_lock() {
+    use windows_sys::Win32::System::Memory::{
+        FILE_MAP_WRITE, MEMORY_MAPPED_VIEW_ADDRESS, MapViewOfFile, OpenFileMappingW, UnmapViewOfFile,
+    };
+    use windows_sys::Win32::System::Threading::GetCurrentThreadId;
+    let name = unique("forged");
+    let m = Mutex::open_or_create(&name).unwrap();
+    let object: Vec<u16> = format!("Local\\copydata.mutex.{name}").encode_utf16().chain([0]).collect();
+    // SAFETY: a NUL-terminated name; the handle is closed below.
+    let mapping = unsafe { OpenFileMappingW(FILE_MAP_WRITE, 0, object.as_ptr()) };
+    assert!(!mapping.is_null(), "{}", std::io::Error::last_os_error());
+    // SAFETY: a view of the whole mapping, unmapped below.
+    let view = unsafe { MapViewOfFile(mapping, FILE_MAP_WRITE, 0, 0, 0) };
+    assert!(!view.Value.is_null(), "{}", std::io::Error::last_os_error());
+    let words = view.Value.cast::<u32>();
+    // SAFETY: the header is 128 bytes, and these words are aligned in it;
+    // no Rust reference to the shared memory is made. GetCurrentThreadId
+    // cannot fail.
+    unsafe {
+        words.add(3).write_volatile(GetCurrentThreadId());
+        words.add(4).write_volatile(std::process::id());
+    }
+    let g = m.try_lock().expect("a free mutex locks, whatever its memory says");
+    assert!(matches!(m.try_lock(), Err(LockError::WouldDeadlock)), "a second lock on this thread");
+    drop(g);
+    drop(m.lock_timeout(Duration::from_secs(10)).unwrap());
+    // SAFETY: the view and handle made above, unused from here.
+    unsafe {
+        UnmapViewOfFile(MEMORY_MAPPED_VIEW_ADDRESS { Value: view.Value });
+        windows_sys::Win32::Foundation::CloseHandle(mapping);
+    }
+}
+
 #[test]
 fn objects_are_listed_while_held_and_gone_after_the_last_holder() {
     let name = unique("listed");

@@ -124,10 +124,10 @@ fn describe(msg: &Message, data: &[u8], args: &Args) -> String {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let options = args
-        .allow_uid
-        .iter()
-        .fold(copydata::MailboxOptions::new().max_connections(usize::try_from(args.max_connections).unwrap_or(usize::MAX)), |o, &uid| o.allow_uid(uid));
+    let options = args.allow_uid.iter().fold(
+        copydata::MailboxOptions::new().max_connections(usize::try_from(args.max_connections).unwrap_or(usize::MAX)),
+        |o, &uid| o.allow_uid(uid),
+    );
     let mailbox = Mailbox::bind_with(&args.name, &options)?;
     log::info!("mailbox {:?} bound by pid {}", args.name, std::process::id());
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();

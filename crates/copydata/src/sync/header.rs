@@ -6,8 +6,8 @@
 //! 0   magic        u32  "CDS" + kind byte, set by the first opener
 //! 4   version      u32
 //! 8   inconsistent u32  mutex: a locker's owner died and nobody marked the state consistent
-//! 12  owner_tid    u32  mutex (Windows): the holding thread, to refuse a second lock by it
-//! 16  owner_pid    u32  mutex (Windows): the holding process
+//! 12  (reserved)   u32  0
+//! 16  (reserved)   u32  0
 //! 20  event_kind   u32  event: 1 manual-reset, 2 auto-reset
 //! 24  event_state  u32  event (Linux): the futex word (manual-reset: set bit and a count of sets; auto-reset: waits to grant)
 //! 28  waiters      u32  event (Linux): sleepers
@@ -29,10 +29,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use crate::view::ViewMut;
 
 pub(crate) const INCONSISTENT: usize = 8;
-#[cfg_attr(not(windows), allow(dead_code))]
-pub(crate) const OWNER_TID: usize = 12;
-#[cfg_attr(not(windows), allow(dead_code))]
-pub(crate) const OWNER_PID: usize = 16;
 pub(crate) const EVENT_KIND: usize = 20;
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) const EVENT_STATE: usize = 24;

@@ -6,25 +6,26 @@
 //! process holds a handle, like the mapping.
 //!
 //! A kernel mutex is recursive; a copydata mutex is not (a second guard on
-//! the same thread would alias the protected value). The holder records its
-//! process and thread in the header, so a second lock by the same thread is
-//! recognised, undone and refused.
+//! the same thread would alias the protected value). Each thread keeps the
+//! names of the kernel mutexes it holds through copydata (in its own
+//! memory, where no other process can forge an entry), so a second lock by
+//! the same thread is recognised, undone and refused.
 
+use std::cell::RefCell;
 use std::io;
 use std::os::windows::io::OwnedHandle;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use windows_sys::Win32::Foundation::{WAIT_ABANDONED, WAIT_OBJECT_0, WAIT_TIMEOUT};
 use windows_sys::Win32::System::Threading::{
-    CreateEventW, CreateMutexW, GetCurrentThreadId, INFINITE, ReleaseMutex, ResetEvent, SetEvent, WaitForSingleObject,
+    CreateEventW, CreateMutexW, INFINITE, ReleaseMutex, ResetEvent, SetEvent, WaitForSingleObject,
 };
 
 use super::{Section as SysSection, owned, raw, wide};
 use crate::error::{CreateError, LockError, OpenError, SyncOpenError, WaitError};
 use crate::name::Name;
 use crate::section::Section;
-use crate::sync::header::{self, OWNER_PID, OWNER_TID, ObjectKind};
+use crate::sync::header::ObjectKind;
 use crate::view::ViewMut;
 
 /// This thread, as [`thread_may_point_into_lock`] needs it (nothing).
@@ -107,33 +108,38 @@ fn wait_until(h: &OwnedHandle, deadline: Option<Instant>) -> u32 {
     }
 }
 
+thread_local! {
+    /// The kernel mutexes this thread holds through copydata, by name (a
+    /// name may be opened more than once in a process: every opening's
+    /// handle reaches the same mutex).
+    static HELD: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
 /// The kernel mutex of an object.
 #[derive(Debug)]
 pub(crate) struct RawMutex {
     handle: OwnedHandle,
+    /// The kernel mutex's name: what [`HELD`] holds.
+    name: String,
 }
 
 impl RawMutex {
     pub(crate) fn attach(_header: &ViewMut, object: &Name) -> io::Result<RawMutex> {
-        let n = wide(&format!("Local\\{object}.lock"));
+        let name = format!("Local\\{object}.lock");
+        let n = wide(&name);
         // SAFETY: default security, not inheritable, not initially owned;
         // the name outlives the call.
         let handle = owned(unsafe { CreateMutexW(std::ptr::null(), 0, n.as_ptr()) })?;
-        Ok(RawMutex { handle })
+        Ok(RawMutex { handle, name })
     }
 
-    pub(crate) fn lock(&self, header: &ViewMut, deadline: Option<Instant>, try_only: bool) -> Result<bool, LockError> {
+    pub(crate) fn lock(&self, _header: &ViewMut, deadline: Option<Instant>, try_only: bool) -> Result<bool, LockError> {
         let got = if try_only {
             // SAFETY: waits on our own handle without blocking.
             unsafe { WaitForSingleObject(raw(&self.handle), 0) }
         } else {
             wait_until(&self.handle, deadline)
         };
-        let me = (std::process::id(), {
-            // SAFETY: no arguments, no failure.
-            unsafe { GetCurrentThreadId() }
-        });
-        let owner = (header::u32_at(header, OWNER_PID), header::u32_at(header, OWNER_TID));
         let died = match got {
             WAIT_OBJECT_0 => false,
             WAIT_ABANDONED => true,
@@ -141,21 +147,29 @@ impl RawMutex {
             WAIT_TIMEOUT => return Err(LockError::TimedOut),
             _ => return Err(LockError::Io(io::Error::last_os_error())),
         };
-        // A recursive acquisition: this thread held it already (the record
-        // is ours and not left by a dead owner).
-        if !died && owner.0.load(Ordering::SeqCst) == me.0 && owner.1.load(Ordering::SeqCst) == me.1 {
+        // A recursive acquisition: this thread held it already. (Not after
+        // an owner died: the mutex was that other thread's.)
+        let recursive = HELD.with_borrow_mut(|held| {
+            if !died && held.contains(&self.name) {
+                return true;
+            }
+            held.push(self.name.clone());
+            false
+        });
+        if recursive {
             // SAFETY: undoes the acquisition this thread just made.
             unsafe { ReleaseMutex(raw(&self.handle)) };
             return Err(LockError::WouldDeadlock);
         }
-        owner.0.store(me.0, Ordering::SeqCst);
-        owner.1.store(me.1, Ordering::SeqCst);
         Ok(died)
     }
 
-    pub(crate) fn unlock(&self, header: &ViewMut) {
-        header::u32_at(header, OWNER_TID).store(0, Ordering::SeqCst);
-        header::u32_at(header, OWNER_PID).store(0, Ordering::SeqCst);
+    pub(crate) fn unlock(&self, _header: &ViewMut) {
+        HELD.with_borrow_mut(|held| {
+            if let Some(at) = held.iter().position(|n| *n == self.name) {
+                held.swap_remove(at);
+            }
+        });
         // SAFETY: called only by the guard of this thread's lock.
         unsafe { ReleaseMutex(raw(&self.handle)) };
     }
