@@ -372,7 +372,7 @@ impl Shared {
                 } else {
                     SharedBytes::open_or_create(&name_owned, size, align, &tag_owned)
                 };
-                let _ = steps_tx.send(Step::Done(opened));
+                let _ = steps_tx.send(Step::Done(Box::new(opened)));
             })
             .map_err(|e| errors::raise(py, Kind::Error, format!("starting the opening thread: {e}")))?;
         let steps = std::sync::Mutex::new(steps);
@@ -387,7 +387,7 @@ impl Shared {
                     let init = init.as_ref().expect("asked to fill only with an initialiser");
                     let _ = filled_tx.send(run_init(init, bytes));
                 }
-                Ok(Step::Done(opened)) => return Self::of(py, name, opened),
+                Ok(Step::Done(opened)) => return Self::of(py, name, *opened),
                 Err(Unanswered::Interrupted(e)) => return Err(e),
                 Err(Unanswered::Gone) => {
                     return Err(errors::raise(py, Kind::Error, "the opening thread ended without a result"));
@@ -502,7 +502,8 @@ impl Shared {
 /// bytes at this address (run the initialiser), or the outcome.
 enum Step {
     Fill(usize, usize),
-    Done(Result<SharedBytes, SyncOpenError>),
+    /// (Boxed: an opened value is much larger than the other step.)
+    Done(Box<Result<SharedBytes, SyncOpenError>>),
 }
 
 /// Calls a `Shared` initialiser with a memoryview of a zero-filled
