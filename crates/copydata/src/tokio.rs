@@ -65,12 +65,18 @@
 //!   never receive the reply meant for the abandoned call. Messages the
 //!   dropped connection had queued are still handled, but the next call's
 //!   message goes through the new connection and may be handled before
-//!   them: order holds between calls that complete. A dropped `post`
-//!   future may or may not have queued its message; to bound the wait for
-//!   room, use [`AsyncSender::post_timeout`] (or [`AsyncSender::try_post`]),
-//!   whose time-out sends nothing and keeps the connection; for a loan,
-//!   [`AsyncLoan::post_timeout`] (or [`AsyncLoan::try_post`]), which also
-//!   hands the loan back, still filled.
+//!   them: order holds between calls that complete. A `post` future (of
+//!   bytes or of a loan) only ever waits for room, and queues its message
+//!   whole, in one step, when it finds some: dropped before it completes,
+//!   it has queued nothing, and the connection is kept (a loan's buffer
+//!   goes back to the pool); the posts that follow stay in order behind
+//!   those already queued. The same holds for the waits of `loan` (for a
+//!   buffer) and `flush`. A post dropped while its connection is being
+//!   set up leaves the set-up to the next call, as a `send` does. To bound
+//!   the wait for room without a future of your own, use
+//!   [`AsyncSender::post_timeout`] (or [`AsyncSender::try_post`]); for a
+//!   loan, [`AsyncLoan::post_timeout`] (or [`AsyncLoan::try_post`]), which
+//!   also hands the loan back, still filled.
 //! - **Large payloads**: `send(&[u8])` and `post` copy the payload into
 //!   shared memory, and a reply that is not lent is copied out of it, on
 //!   the task that makes the call: at memory speed (a few GB/s), 64 MiB
@@ -108,11 +114,12 @@ const SLICE: Duration = Duration::from_millis(100);
 /// [`Sender`](crate::Sender).
 ///
 /// Messages sent through one `AsyncSender` are handled in order. After a
-/// timeout, an error or a cancelled call the connection is dropped and the
-/// next call makes a new one: messages queued on the old one may then be
-/// handled after the new call's. Where order across a give-up matters,
-/// post with [`post_timeout`](Self::post_timeout), whose time-out sends
-/// nothing and keeps the connection.
+/// `send`'s timeout, an error or a cancelled `send` the connection is
+/// dropped and the next call makes a new one: messages queued on the old
+/// one may then be handled after the new call's. A post given up on (a
+/// [`post_timeout`](Self::post_timeout) that times out, a `post` future
+/// dropped while it waits for room) sends nothing and keeps the
+/// connection.
 #[derive(Debug)]
 pub struct AsyncSender {
     name: Name,
@@ -227,6 +234,28 @@ impl AsyncSender {
         }
     }
 
+    /// The connection for the next exchange (made now if there is none),
+    /// left in place: for exchanges whose every wait is for room (a post,
+    /// a buffer of the pool, a flush), each after an attempt that found
+    /// none and queued nothing ([`Conn::until_room`]). Such an exchange
+    /// dropped while it waits (its future cancelled) has queued nothing,
+    /// and the connection stays, clean;
+    /// [`settled`](Self::settled) drops it after a failure that does not
+    /// leave it so.
+    async fn lease(&mut self, deadline: Option<Instant>, timeout: Option<Duration>) -> Result<&mut Conn, SendError> {
+        let conn = self.take_conn(deadline, timeout).await?;
+        Ok(self.conn.insert(conn))
+    }
+
+    /// The connection there is, left in place (none is made), as
+    /// [`current_conn`](Self::current_conn).
+    fn here(&mut self) -> Result<Option<&mut Conn>, SendError> {
+        if let Some(conn) = self.current_conn()? {
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_mut())
+    }
+
     /// The connection there is (none is made), watched by the current
     /// runtime's reactor: registered with it anew if the last call ran on
     /// another runtime. Outside a tokio runtime an error, the connection
@@ -281,12 +310,13 @@ impl AsyncSender {
     }
 
     /// Posts a notification: no reply is awaited (`PostMessage`). When the
-    /// receiver's queue is full the future waits for room.
+    /// receiver's queue is full the future waits for room; dropped while it
+    /// waits, it has sent nothing, and the connection is kept.
     #[doc(alias = "PostMessage")]
     pub async fn post(&mut self, tag: u64, data: &[u8]) -> Result<(), SendError> {
-        let mut conn = self.take_conn(None, None).await?;
+        let conn = self.lease(None, None).await?;
         let result = conn.put(POST, tag, data, &[]).await;
-        self.settle(conn, result, None, data.len())
+        self.settled(result, None, data.len())
     }
 
     /// Posts, waiting at most `timeout` for room in the queue (and for the
@@ -313,13 +343,10 @@ impl AsyncSender {
         let started = Instant::now();
         let deadline = started.checked_add(timeout);
         let result = async {
-            let mut conn = self.take_conn(deadline, Some(timeout)).await?;
+            let conn = self.lease(deadline, Some(timeout)).await?;
             match conn.until_room(deadline, attempt).await {
-                Err(Fail::TimedOut) => {
-                    self.conn = Some(conn);
-                    Err(self.timed_out(Some(timeout)))
-                }
-                result => self.settle(conn, result, Some(timeout), size),
+                Err(Fail::TimedOut) => Err(self.timed_out(Some(timeout))),
+                result => self.settled(result, Some(timeout), size),
             }
         }
         .await;
@@ -331,9 +358,8 @@ impl AsyncSender {
     /// connection's set-up, when there is none yet, is waited for.
     #[doc(alias = "PostMessage")]
     pub async fn try_post(&mut self, tag: u64, data: &[u8]) -> Result<(), SendError> {
-        let mut conn = self.take_conn(None, None).await?;
-        let result = conn.try_put(POST, tag, data);
-        self.settle(conn, result, None, data.len())
+        let result = self.lease(None, None).await?.try_put(POST, tag, data);
+        self.settled(result, None, data.len())
     }
 
     /// Waits until the messages posted through this sender so far no longer
@@ -341,9 +367,9 @@ impl AsyncSender {
     /// [`Sender::flush`](crate::Sender::flush), which says when that is
     /// at once).
     pub async fn flush(&mut self) -> Result<(), SendError> {
-        if let Some(mut conn) = self.current_conn()? {
+        if let Some(conn) = self.here()? {
             let result = conn.until_room(None, Client::try_settled).await;
-            self.settle(conn, result, None, 0)?;
+            self.settled(result, None, 0)?;
         }
         lingered(None).await;
         Ok(())
@@ -397,23 +423,23 @@ impl AsyncSender {
     /// there is none), waiting for one to come back if `wait`, else
     /// failing with `Full`.
     async fn lend(&mut self, len: usize, wait: bool) -> Result<LentBuf, SendError> {
-        let mut conn = self.take_conn(None, None).await?;
+        let conn = self.lease(None, None).await?;
         let result = match wait {
             true => conn.until_room(None, |c| c.lend(len, false, None)).await,
             false => conn.client.lend(len, false, None),
         };
-        self.settle(conn, result, None, len)
+        self.settled(result, None, len)
     }
 
-    /// Sends or posts a loan of this sender's connection.
+    /// Sends a loan of this sender's connection and waits for the reply.
+    /// (A post waits with the loan in place: see [`AsyncLoan::post`].)
     async fn send_loan(
         &mut self,
-        kind: u32,
         tag: u64,
         buf: LentBuf,
         len: usize,
         timeout: Option<Duration>,
-    ) -> Result<Option<Reply>, SendError> {
+    ) -> Result<Reply, SendError> {
         if let Err(e) = self.runtime() {
             // Nothing happened: the connection is kept, the buffer given back.
             if let Some(conn) = self.conn.as_mut() {
@@ -426,9 +452,8 @@ impl AsyncSender {
             // Without its connection, the buffer's is gone.
             let mut conn =
                 self.current_conn()?.ok_or_else(|| SendError::ReceiverDied { name: self.name.to_string() })?;
-            let result = match conn.put_lent(kind, tag, &buf, len, None).await {
-                Ok(()) if kind == CALL => conn.reply().await.map(Some),
-                Ok(()) => Ok(None),
+            let result = match conn.put_lent(CALL, tag, &buf, len, None).await {
+                Ok(()) => conn.reply().await,
                 Err(e) => Err(e),
             };
             self.settle(conn, result, timeout, len)
@@ -463,6 +488,19 @@ impl AsyncSender {
         SendError::TimedOut { name: self.name.to_string(), timeout: timeout.unwrap_or_default() }
     }
 
+    /// The outcome of an exchange on the connection left in place
+    /// ([`lease`](Self::lease)): dropped after an error that does not leave
+    /// it clean.
+    fn settled<T>(&mut self, result: Result<T, Fail>, timeout: Option<Duration>, size: usize) -> Result<T, SendError> {
+        result.map_err(|f| {
+            let (error, clean) = failed(&self.name, timeout, size as u64, f);
+            if !clean {
+                self.conn = None;
+            }
+            error
+        })
+    }
+
     /// Keeps the connection after a success or an error that leaves it
     /// clean; drops it otherwise.
     fn settle<T>(
@@ -494,9 +532,9 @@ impl AsyncSender {
 ///
 /// Write it with [`write_at`](Self::write_at), [`fill`](Self::fill) or
 /// through [`as_mut_ptr`](Self::as_mut_ptr), then send or post it. Dropping
-/// it unsent gives the buffer back; so does a `send` or `post` future
-/// dropped before it completes (which drops the connection, as for any
-/// cancelled call).
+/// it unsent gives the buffer back; so does a `post` future dropped before
+/// it completes (nothing was queued: the connection is kept), and a `send`
+/// future (which drops the connection, as for any cancelled `send`).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -533,23 +571,22 @@ impl<'a> AsyncLoan<'a> {
     /// Sends the loan and waits for the reply (as [`AsyncSender::send`]).
     pub async fn send(mut self, tag: u64) -> Result<Reply, SendError> {
         let buf = self.buf.take().expect("a loan is sent once");
-        let reply = self.sender.send_loan(CALL, tag, buf, self.len, None).await?;
-        Ok(reply.expect("a call has a reply"))
+        self.sender.send_loan(tag, buf, self.len, None).await
     }
 
     /// Sends the loan and waits at most `timeout` for the reply, as
     /// [`AsyncSender::send_timeout`].
     pub async fn send_timeout(mut self, tag: u64, timeout: Duration) -> Result<Reply, SendError> {
         let buf = self.buf.take().expect("a loan is sent once");
-        let reply = self.sender.send_loan(CALL, tag, buf, self.len, Some(timeout)).await?;
-        Ok(reply.expect("a call has a reply"))
+        self.sender.send_loan(tag, buf, self.len, Some(timeout)).await
     }
 
     /// Posts the loan: no reply awaited (as [`AsyncSender::post`]); when the
-    /// receiver's queue is full the future waits for room.
-    pub async fn post(mut self, tag: u64) -> Result<(), SendError> {
-        let buf = self.buf.take().expect("a loan is sent once");
-        self.sender.send_loan(POST, tag, buf, self.len, None).await.map(drop)
+    /// receiver's queue is full the future waits for room. Dropped while
+    /// it waits, it has sent nothing: the buffer goes back, and the
+    /// connection is kept.
+    pub async fn post(self, tag: u64) -> Result<(), SendError> {
+        self.post_until(tag, None, None).await.map_err(|e| e.into_parts().0)
     }
 
     /// Posts the loan if the connection's queue has room now (as
@@ -572,11 +609,11 @@ impl<'a> AsyncLoan<'a> {
     /// }
     /// # Ok(()) }
     /// ```
-    pub fn try_post(mut self, tag: u64) -> Result<(), PostLoanError<Self>> {
-        let buf = self.buf.take().expect("a loan is sent once");
-        let Some(mut conn) = self.sender.conn.take() else { return Err(self.gone()) };
-        let result = conn.client.put_lent(POST, tag, &buf, self.len, false, None);
-        self.settle(conn, buf, result, None)
+    pub fn try_post(self, tag: u64) -> Result<(), PostLoanError<Self>> {
+        let buf = self.buf.as_ref().expect("a loan is sent once");
+        let Some(conn) = self.sender.conn.as_mut() else { return Err(self.gone()) };
+        let result = conn.client.put_lent(POST, tag, buf, self.len, false, None);
+        self.settle(result, None)
     }
 
     /// Posts the loan, waiting at most `timeout` for room in the
@@ -585,41 +622,46 @@ impl<'a> AsyncLoan<'a> {
     /// nothing was sent, the connection is kept and the loan comes back,
     /// still filled, in the error. Dropping the future before it is first
     /// polled gives the buffer back; dropping it while it waits for room
-    /// drops the connection (and the buffer with it), as for any cancelled
-    /// call.
-    pub async fn post_timeout(mut self, tag: u64, timeout: Duration) -> Result<(), PostLoanError<Self>> {
+    /// gives the buffer back too, and keeps the connection: nothing was
+    /// queued.
+    pub async fn post_timeout(self, tag: u64, timeout: Duration) -> Result<(), PostLoanError<Self>> {
         let deadline = Instant::now().checked_add(timeout);
-        let buf = self.buf.take().expect("a loan is sent once");
-        let mut conn = match self.sender.current_conn() {
-            Ok(Some(conn)) => conn,
+        self.post_until(tag, deadline, Some(timeout)).await
+    }
+
+    /// Posts the loan, waiting for room until `deadline` (`None`: for as
+    /// long as it takes). The buffer stays in the loan and the connection
+    /// in the sender while the post waits: dropped then, the loan gives the
+    /// buffer back to the connection, which is clean (only a full queue was
+    /// waited on, nothing queued).
+    async fn post_until(
+        self,
+        tag: u64,
+        deadline: Option<Instant>,
+        timeout: Option<Duration>,
+    ) -> Result<(), PostLoanError<Self>> {
+        if let Err(e) = self.sender.here() {
             // No runtime: nothing happened, the loan comes back.
-            Err(e) if self.sender.conn.is_some() => {
-                self.buf = Some(buf);
-                return Err(PostLoanError::back(e, self));
-            }
-            Ok(None) | Err(_) => return Err(self.gone()),
-        };
-        let result = conn.put_lent(POST, tag, &buf, self.len, deadline).await;
-        self.settle(conn, buf, result, Some(timeout))
+            return Err(if self.sender.conn.is_some() { PostLoanError::back(e, self) } else { self.gone() });
+        }
+        let Some(conn) = self.sender.conn.as_mut() else { return Err(self.gone()) };
+        let buf = self.buf.as_ref().expect("a loan is sent once");
+        let result = conn.put_lent(POST, tag, buf, self.len, deadline).await;
+        self.settle(result, timeout)
     }
 
     /// The outcome of a post that may hand the loan back: when the queue
     /// had no room, nothing was queued and the buffer is still lent.
-    fn settle(
-        mut self,
-        conn: Conn,
-        buf: LentBuf,
-        result: Result<(), Fail>,
-        timeout: Option<Duration>,
-    ) -> Result<(), PostLoanError<Self>> {
+    fn settle(mut self, result: Result<(), Fail>, timeout: Option<Duration>) -> Result<(), PostLoanError<Self>> {
         let error = match result {
             Err(Fail::TimedOut) => self.sender.timed_out(timeout),
             Err(Fail::Full) => SendError::Full { name: self.sender.name.to_string() },
-            // Sent, or failed with the buffer given back.
-            other => return self.sender.settle(conn, other, timeout, self.len).map_err(PostLoanError::gone),
+            // Sent, or failed with the buffer given back: the loan is done.
+            other => {
+                self.buf = None;
+                return self.sender.settled(other, timeout, self.len).map_err(PostLoanError::gone);
+            }
         };
-        self.sender.conn = Some(conn);
-        self.buf = Some(buf);
         Err(PostLoanError::back(error, self))
     }
 
@@ -735,8 +777,10 @@ impl Conn {
     /// Waits until the readiness handle or the socket says to look again, or
     /// a slice has passed, then lowers the parked flag for `bell`. The
     /// caller raised the flag (`PARKED_ASYNC`) and looked once more before
-    /// calling. `Err(PeerGone)` once the receiver has hung up.
+    /// calling. `Err(PeerGone)` once the receiver has hung up. Dropped
+    /// while it waits, it lowers the flag too.
     async fn wait(&mut self, bell: Bell, deadline: Option<Instant>) -> Result<(), Fail> {
+        let parked = Parked(&self.client, bell);
         let slice = Instant::now() + SLICE;
         let woken = ::tokio::time::timeout_at(
             deadline.map_or(slice, |d| d.min(slice)).into(),
@@ -762,7 +806,7 @@ impl Conn {
             }),
         )
         .await;
-        self.client.set_parked(bell, 0);
+        drop(parked);
         match woken {
             Ok(Ok(Drained::Signalled)) => Ok(()),
             // The receiver's end of the readiness pair is closed: its side
@@ -805,7 +849,9 @@ impl Conn {
     /// signalled, or a slice has passed (or `deadline`), then lowers the
     /// parked flag for `bell`. The caller raised the flag and looked once
     /// more before calling. `Err(PeerGone)` once the receiver is gone.
+    /// Dropped while it waits, it lowers the flag too.
     async fn wait(&mut self, bell: Bell, deadline: Option<Instant>) -> Result<(), Fail> {
+        let parked = Parked(&self.client, bell);
         let slice = deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()).min(SLICE));
         #[cfg(windows)]
         let waited = {
@@ -817,13 +863,25 @@ impl Conn {
         // (No other platform has mailboxes: nothing connects there.)
         #[cfg(not(windows))]
         let waited = Ok::<(), std::io::Error>(::tokio::time::sleep(slice).await);
-        self.client.set_parked(bell, 0);
+        drop(parked);
         waited.map_err(Fail::Io)?;
         if self.client.link().alive() { Ok(()) } else { Err(Fail::PeerGone) }
     }
 }
 
 // ---------------------------------------------------------------- both
+
+/// This side's parked flag for a bell, raised for a wait in the runtime:
+/// lowered when the wait ends, and when its future is dropped while it
+/// waits (a cancelled post keeps its connection, which must not go on
+/// asking the receiver for wake-ups nobody waits for).
+struct Parked<'a>(&'a Client, Bell);
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.0.set_parked(self.1, 0);
+    }
+}
 
 /// Waits until no connection this process dropped still keeps attachments
 /// for its receiver (Windows: a connection dropped by a cancelled or timed
@@ -851,7 +909,10 @@ impl Conn {
 
     /// Runs `attempt` until it finds room (anything but `Fail::Full`),
     /// waiting in between for the receiver to make some, or until
-    /// `deadline` (then `Fail::TimedOut`).
+    /// `deadline` (then `Fail::TimedOut`). Each attempt runs whole, without
+    /// a wait, and one that finds no room has queued nothing of its message
+    /// and leaves the connection clean (`Full`): dropped while it waits,
+    /// this future leaves the connection as clean as it found it.
     async fn until_room<T>(
         &mut self,
         deadline: Option<Instant>,

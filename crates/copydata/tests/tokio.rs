@@ -52,6 +52,28 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
                 }
             }
         }
+        // Serves `args[0]` (blocking API), holding the first message until
+        // the parent says "go" (the queue fills up behind it); answers a
+        // call with the tags of every message taken so far, in order.
+        "tally" => {
+            let mailbox = Mailbox::bind(&args[0]).map_err(fail)?;
+            say("ready", &std::process::id().to_string());
+            let mut tags = Vec::new();
+            loop {
+                let request = mailbox.recv().map_err(fail)?;
+                if tags.is_empty() {
+                    say("held", "");
+                    if common::hear() != "go" {
+                        return Err("expected go".into());
+                    }
+                }
+                tags.push(request.tag());
+                if request.expects_reply() {
+                    let text = tags.iter().map(u64::to_string).collect::<Vec<_>>().join(" ");
+                    request.reply(Reply::new(0, text.into_bytes())).map_err(fail)?;
+                }
+            }
+        }
         // Sends `args[1]` messages to `args[0]` with the blocking API and
         // checks each answer.
         "blocking-sender" => {
@@ -573,6 +595,97 @@ fn async_posts_can_give_up_when_the_queue_stays_full() {
         sender.try_post(queued + 2, b"last").await.unwrap();
         sender.send_timeout(queued + 3, b"", Duration::from_secs(30)).await.unwrap();
         assert_eq!(gated.seen().len() as u64, queued + 4);
+    });
+}
+
+/// A post dropped while it waits for room in a full queue has queued
+/// nothing: the connection is kept (its queue still full, the receiver
+/// still known), and the message is neither delivered nor doubled. The
+/// same for a loan's post, whose buffer goes back to the pool.
+#[test]
+fn a_post_cancelled_while_waiting_for_room_keeps_the_connection() {
+    let name = unique("async-post-cancel");
+    // (Killed, its mailbox's files reclaimed, when the test ends.)
+    let mut tally = Echo { kid: Some(Kid::spawn("tally", &[&name])) };
+    let kid = tally.kid.as_mut().unwrap();
+    kid.expect("ready");
+    let pid = kid.id();
+    within(async {
+        let mut sender = AsyncSender::connect(&name).await.unwrap();
+        assert_eq!(sender.receiver_pid(), Some(pid));
+        let data = vec![4u8; 1000];
+        sender.post(0, &data).await.unwrap();
+        tokio::task::block_in_place(|| kid.expect("held"));
+        let n = fill_the_queue(&mut sender, &name, 1, &data).await;
+        // Dropped while it waits for room, several times over.
+        for _ in 0..3 {
+            let cancelled = tokio::time::timeout(Duration::from_millis(50), sender.post(n, &data)).await;
+            assert!(cancelled.is_err(), "a post into a full queue completed: {cancelled:?}");
+            // Still connected, to the same full queue: a new connection
+            // would have an empty one.
+            assert_eq!(sender.receiver_pid(), Some(pid), "the connection was dropped");
+            let err = sender.try_post(n, &data).await.unwrap_err();
+            assert!(matches!(err, SendError::Full { .. }), "{err:?}");
+        }
+        // A loan's post, likewise: the buffer goes back, nothing is sent.
+        let mut loan = sender.loan(100_000).await.unwrap();
+        loan.fill(8);
+        let cancelled = tokio::time::timeout(Duration::from_millis(50), loan.post(n)).await;
+        assert!(cancelled.is_err(), "a loan posted into a full queue completed: {cancelled:?}");
+        assert_eq!(sender.receiver_pid(), Some(pid), "the connection was dropped with the loan's post");
+        let err = sender.try_post(n, &data).await.unwrap_err();
+        assert!(matches!(err, SendError::Full { .. }), "{err:?}");
+        // Once the receiver takes messages again, the next ones follow
+        // those already queued: every message once, in order, none of the
+        // cancelled ones.
+        kid.tell("go");
+        sender.post(n, &data).await.unwrap();
+        let mut loan = sender.loan(100_000).await.unwrap();
+        loan.fill(9);
+        loan.post(n + 1).await.unwrap();
+        let reply = sender.send_timeout(n + 2, b"", Duration::from_secs(30)).await.unwrap();
+        let want = (0..n + 3).map(|t| t.to_string()).collect::<Vec<_>>().join(" ");
+        assert!(reply.data[..] == *want.as_bytes(), "every message once, in order; got {:?}", reply.data);
+    });
+    drop(tally);
+}
+
+/// A loan that waits for a buffer, dropped while it waits, leaves the
+/// connection as it was: every buffer still held by the posts queued
+/// behind a held handler, which then all arrive once, in order.
+#[test]
+fn a_loan_cancelled_while_waiting_for_a_buffer_keeps_the_connection() {
+    let gated = Gated::start("async-loan-cancel");
+    let name = gated.name.clone();
+    within(async {
+        let mut sender = AsyncSender::connect(&name).await.unwrap();
+        let pid = sender.receiver_pid();
+        assert_eq!(pid, Some(std::process::id()));
+        sender.post(0, b"").await.unwrap();
+        gated.held().await;
+        let mut n = 1;
+        loop {
+            match sender.try_loan(100_000).await {
+                Ok(mut loan) => {
+                    loan.fill(1);
+                    loan.post(n).await.unwrap();
+                    n += 1;
+                }
+                Err(SendError::Full { .. }) => break,
+                Err(e) => panic!("try_loan: {e}"),
+            }
+            assert!(n < 64, "the pool never ran out");
+        }
+        let cancelled = tokio::time::timeout(Duration::from_millis(50), sender.loan(100_000)).await.is_err();
+        assert!(cancelled, "a loan came with every buffer held");
+        assert_eq!(sender.receiver_pid(), pid, "the connection was dropped with the wait for a buffer");
+        let err = sender.try_loan(100_000).await.unwrap_err();
+        assert!(matches!(err, SendError::Full { .. }), "{err:?}");
+        gated.open();
+        sender.post(n, b"after").await.unwrap();
+        sender.send_timeout(n + 1, b"", Duration::from_secs(30)).await.unwrap();
+        let tags: Vec<u64> = gated.seen().iter().map(|r| r.0).collect();
+        assert_eq!(tags, (0..n + 2).collect::<Vec<_>>(), "every message arrives once, in order");
     });
 }
 
