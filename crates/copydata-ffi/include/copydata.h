@@ -1460,6 +1460,33 @@ copydata_status copydata_sender_post(copydata_sender *sender,
                                      uint32_t timeout_ms);
 
 /**
+ * The process id of the receiver `sender` is connected to (the process
+ * that bound the mailbox, as the connection's set-up checked it: the
+ * socket's peer on Linux, the owner of the mailbox's window on Windows),
+ * stored in `*pid`: the `GetWindowThreadProcessId` of a `WM_COPYDATA`
+ * sender. It names the receiver of the sender's current connection
+ * (made by `copydata_sender_connect`, or again by a later call), which
+ * may have exited since.
+ *
+ * `*pid` is 0, with `COPYDATA_STATUS_OK`, when there is no receiver to
+ * name: the sender is not connected (its connection was dropped by a
+ * time-out, an error or the receiver's death, and its next call connects
+ * again), or the system does not say who it is (Linux: a receiver in
+ * another pid namespace, whose pid means nothing here). 0 is never the
+ * pid of a receiver.
+ *
+ * Fails with `COPYDATA_STATUS_INVALID_ARGUMENT` for a NULL `sender` or
+ * `pid`, and while the sender has a loan out (`copydata_sender_loan`),
+ * as its other calls do; `*pid` is 0 then (unless `pid` is NULL).
+ *
+ * # Safety
+ *
+ * `sender` is NULL or a live sender that no other thread is using; `pid`
+ * is NULL or points to writable storage for a `uint32_t`.
+ */
+copydata_status copydata_sender_receiver_pid(copydata_sender *sender, uint32_t *pid);
+
+/**
  * Waits until the messages posted through `sender` so far no longer need
  * this process, at most `timeout_ms` (`COPYDATA_INFINITE`: as long as it
  * takes; 0: only looks); `COPYDATA_STATUS_TIMED_OUT` keeps the connection

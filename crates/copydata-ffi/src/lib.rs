@@ -171,8 +171,8 @@ pub use section::{
 pub use sender::{
     COPYDATA_MAX_SECTIONS, COPYDATA_OWN_USER, COPYDATA_WAIT_PARK, COPYDATA_WAIT_SPIN_THEN_PARK, Sender,
     copydata_sender_cancel_loan, copydata_sender_close, copydata_sender_connect, copydata_sender_connect_with,
-    copydata_sender_flush, copydata_sender_loan, copydata_sender_post, copydata_sender_post_loan, copydata_sender_send,
-    copydata_sender_send_loan, copydata_sender_send_sections,
+    copydata_sender_flush, copydata_sender_loan, copydata_sender_post, copydata_sender_post_loan,
+    copydata_sender_receiver_pid, copydata_sender_send, copydata_sender_send_loan, copydata_sender_send_sections,
 };
 pub use sync::{
     COPYDATA_AUTO_RESET, COPYDATA_MANUAL_RESET, Event, Mutex, Shared, SharedInit, copydata_event_close,

@@ -305,6 +305,46 @@ pub unsafe extern "C" fn copydata_sender_post(
     })
 }
 
+/// The process id of the receiver `sender` is connected to (the process
+/// that bound the mailbox, as the connection's set-up checked it: the
+/// socket's peer on Linux, the owner of the mailbox's window on Windows),
+/// stored in `*pid`: the `GetWindowThreadProcessId` of a `WM_COPYDATA`
+/// sender. It names the receiver of the sender's current connection
+/// (made by `copydata_sender_connect`, or again by a later call), which
+/// may have exited since.
+///
+/// `*pid` is 0, with `COPYDATA_STATUS_OK`, when there is no receiver to
+/// name: the sender is not connected (its connection was dropped by a
+/// time-out, an error or the receiver's death, and its next call connects
+/// again), or the system does not say who it is (Linux: a receiver in
+/// another pid namespace, whose pid means nothing here). 0 is never the
+/// pid of a receiver.
+///
+/// Fails with `COPYDATA_STATUS_INVALID_ARGUMENT` for a NULL `sender` or
+/// `pid`, and while the sender has a loan out (`copydata_sender_loan`),
+/// as its other calls do; `*pid` is 0 then (unless `pid` is NULL).
+///
+/// # Safety
+///
+/// `sender` is NULL or a live sender that no other thread is using; `pid`
+/// is NULL or points to writable storage for a `uint32_t`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_sender_receiver_pid(sender: *mut Sender, pid: *mut u32) -> Status {
+    guard(|| {
+        // SAFETY:
+        // - `pid` is NULL or writable storage for a `u32` (this function's
+        //   contract).
+        let pid = unsafe { pid.as_mut() }.ok_or_else(|| Error::invalid("pid is NULL"))?;
+        *pid = 0;
+        // SAFETY:
+        // - `sender` is NULL or a live sender used by this thread alone
+        //   during the call (the contract).
+        let sender = unsafe { handle_mut(sender, "sender") }?.idle()?;
+        *pid = sender.receiver_pid().unwrap_or(0);
+        Ok(())
+    })
+}
+
 /// Waits until the messages posted through `sender` so far no longer need
 /// this process, at most `timeout_ms` (`COPYDATA_INFINITE`: as long as it
 /// takes; 0: only looks); `COPYDATA_STATUS_TIMED_OUT` keeps the connection
@@ -810,6 +850,52 @@ mod tests {
             copydata_mailbox_close(mailbox);
         }
         assert!(held >= 2, "only {held} loans before the pool ran out");
+    }
+
+    /// `copydata_sender_receiver_pid`: the mailbox's process once
+    /// connected, refused while a loan is out, 0 once the connection was
+    /// dropped (a time-out), and NULL arguments refused. (The C example's
+    /// test checks it across processes.)
+    #[test]
+    fn the_receiver_pid_is_the_mailbox_process() {
+        let name = unique("receiver-pid");
+        let (mut mailbox, mut sender) = (null_mut(), null_mut());
+        // SAFETY:
+        // - valid names, out storage and pid storage; the sender and the
+        //   mailbox are used by this thread only and closed once; the loan
+        //   is not written.
+        unsafe {
+            let mut pid = 77;
+            assert_eq!(copydata_sender_receiver_pid(null_mut(), &mut pid), Status::InvalidArgument);
+            assert_eq!(pid, 0, "a failure stores 0");
+            assert_eq!(copydata_mailbox_bind(name.as_ptr(), &mut mailbox), Status::Ok, "{}", last());
+            assert_eq!(copydata_sender_connect(name.as_ptr(), 5000, &mut sender), Status::Ok, "{}", last());
+            assert_eq!(copydata_sender_receiver_pid(sender, null_mut()), Status::InvalidArgument);
+            assert!(last().contains("pid is NULL"), "{}", last());
+            pid = 77;
+            assert_eq!(copydata_sender_receiver_pid(sender, &mut pid), Status::Ok, "{}", last());
+            assert_eq!(pid, std::process::id());
+            // While a loan is out, as the sender's other calls.
+            let mut p = null_mut();
+            assert_eq!(copydata_sender_loan(sender, 10, 5000, &mut p), Status::Ok, "{}", last());
+            pid = 77;
+            assert_eq!(copydata_sender_receiver_pid(sender, &mut pid), Status::InvalidArgument);
+            assert_eq!(pid, 0);
+            assert!(last().contains("loan out"), "{}", last());
+            copydata_sender_cancel_loan(sender);
+            assert_eq!(copydata_sender_receiver_pid(sender, &mut pid), Status::Ok, "{}", last());
+            assert_eq!(pid, std::process::id());
+            // Nobody takes the call: it times out and drops the connection.
+            assert_eq!(
+                copydata_sender_send(sender, 1, null(), 0, 50, null_mut(), null_mut(), null_mut()),
+                Status::TimedOut
+            );
+            pid = 77;
+            assert_eq!(copydata_sender_receiver_pid(sender, &mut pid), Status::Ok, "{}", last());
+            assert_eq!(pid, 0, "no connection, no receiver");
+            copydata_sender_close(sender);
+            copydata_mailbox_close(mailbox);
+        }
     }
 
     #[test]

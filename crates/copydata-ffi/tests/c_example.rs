@@ -135,7 +135,9 @@ fn the_c_example_talks_to_a_rust_mailbox_and_shares_a_section() {
     kid.expect_line("reply 12: HELLO FROM C");
     let (tag, payload, pid) = seen.recv_timeout(WAIT).unwrap();
     assert_eq!((tag, payload.as_slice(), pid), (7, &b"hello from C"[..], kid.child.id()));
-    // Then one connection for three calls, a post and a loan, in order.
+    // Then one connection for three calls, a post and a loan, in order;
+    // the connection names this process as the receiver.
+    kid.expect_line(&format!("sender: connected to pid {}", std::process::id()));
     kid.expect_line("sender: 3 replies, a post, a loan and a section");
     let pattern: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let sent = [(11, &b"one"[..]), (12, b"two"), (13, b"three"), (14, b"posted"), (15, &pattern[..]), (16, b"section")];

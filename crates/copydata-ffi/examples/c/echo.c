@@ -11,10 +11,11 @@
  *    and waits at most 5 s for the reply, like
  *    SendMessageTimeout(WM_COPYDATA); the Rust side answers with the length
  *    as the code and the bytes in capitals. Then, on one connection kept
- *    for them (a copydata_sender), three calls (tags 11 to 13), a post
- *    (tag 14, no reply awaited, like PostMessage), 100000 bytes written
- *    straight into shared memory and sent without a copy (a loan, tag 15)
- *    and a section of its own handed over read-only (tag 16).
+ *    for them (a copydata_sender), three calls (tags 11 to 13), the
+ *    receiver's process id (printed), a post (tag 14, no reply awaited,
+ *    like PostMessage), 100000 bytes written straight into shared memory
+ *    and sent without a copy (a loan, tag 15) and a section of its own
+ *    handed over read-only (tag 16).
  * 3. A mailbox of its own, MAILBOX-c: answers every message with code = tag
  *    and the bytes reversed (reading lent bytes in place, and writing a
  *    reply of 64 KiB or more in place too, in a buffer lent for it), until
@@ -97,6 +98,14 @@ int main(int argc, char **argv)
             return 1;
         }
     }
+    /* Who answered: the process that bound the mailbox (0 if the system
+     * cannot name it, or after the connection was dropped). */
+    uint32_t receiver;
+    if ((st = copydata_sender_receiver_pid(sender, &receiver))) {
+        copydata_sender_close(sender);
+        return fail("asking for the receiver's pid", st);
+    }
+    printf("sender: connected to pid %lu\n", (unsigned long)receiver);
     if ((st = copydata_sender_post(sender, 14, "posted", 6, COPYDATA_INFINITE))) {
         copydata_sender_close(sender);
         return fail("posting", st);
