@@ -8,13 +8,31 @@
  *
  * Conventions: fallible functions return a copydata_status, zero
  * (COPYDATA_STATUS_OK) on success, and copydata_last_error() says why they
- * failed. Handles are opaque and owned by the caller until given back to
- * their _close / _unmap / _reply / _reply_loan / _refuse / _answer
- * function; closing NULL does nothing; on failure `out` arguments are set
- * to NULL (except where copydata_sender_loan and
- * copydata_request_loan_reply say otherwise). Names are
- * NUL-terminated UTF-8, lengths size_t, timeouts milliseconds
- * (COPYDATA_INFINITE for none).
+ * failed: like errno, only right after a call that failed (a success does
+ * not clear it), per thread. Handles are opaque and owned by the caller
+ * until given back to their _close / _unmap / _reply / _reply_loan /
+ * _refuse / _answer function; closing NULL does nothing; on failure `out`
+ * arguments are set to NULL (except where copydata_sender_loan and
+ * copydata_request_loan_reply say otherwise). Names are NUL-terminated
+ * UTF-8, lengths size_t, timeouts milliseconds (COPYDATA_INFINITE for
+ * none).
+ *
+ * Threads: a handle may be used from any thread (only a lock is the
+ * thread's: the thread that took a mutex's or shared value's lock releases
+ * it). Functions that take no handle, and calls on different handles, may
+ * run at once. On one handle, `const` says the rule:
+ * - a function that takes the handle as a const pointer may run on several
+ *   threads at once with the same handle: copydata_mailbox_recv,
+ *   copydata_instance_recv, every call on a mutex, shared value or event
+ *   but its _close, and the calls that leave a section, view, request,
+ *   launch, list or inheritance as it is (getters, copydata_section_map,
+ *   copydata_section_read_only);
+ * - a function that takes it as a non-const pointer needs it to itself (no
+ *   other call on that handle meanwhile, on any thread): every
+ *   copydata_sender_* function, copydata_request_take_section,
+ *   copydata_request_loan_reply, and the functions that give a handle back
+ *   (_close, _unmap, _reply, _reply_loan, _refuse, _answer), which no
+ *   thread may still be using or waiting in.
  */
 
 #ifndef COPYDATA_H
@@ -317,9 +335,17 @@ void copydata_free(void *buffer);
  * went wrong and with which object (for example `no mailbox named
  * "my-app"`). An empty string when no call has failed on this thread.
  *
+ * Like `errno`, it is meaningful only right after a call that failed: one
+ * that returned a status other than `COPYDATA_STATUS_OK` (a function that
+ * returns a value instead sets it only where its description says so, as
+ * `copydata_request_data` does, or on `COPYDATA_STATUS_PANIC`'s internal
+ * error). Successful calls leave it unchanged, so after a success it may
+ * still hold an older failure's message: do not read it to learn whether
+ * a call failed. Each thread has its own; a failure on one thread never
+ * changes another's.
+ *
  * The string belongs to the library; it stays valid until the next failing
- * call on the same thread. Successful calls leave it unchanged, so look at
- * it only right after a call returned an error.
+ * call on the same thread.
  */
 const char *copydata_last_error(void);
 

@@ -296,9 +296,17 @@ pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
 /// went wrong and with which object (for example `no mailbox named
 /// "my-app"`). An empty string when no call has failed on this thread.
 ///
+/// Like `errno`, it is meaningful only right after a call that failed: one
+/// that returned a status other than `COPYDATA_STATUS_OK` (a function that
+/// returns a value instead sets it only where its description says so, as
+/// `copydata_request_data` does, or on `COPYDATA_STATUS_PANIC`'s internal
+/// error). Successful calls leave it unchanged, so after a success it may
+/// still hold an older failure's message: do not read it to learn whether
+/// a call failed. Each thread has its own; a failure on one thread never
+/// changes another's.
+///
 /// The string belongs to the library; it stays valid until the next failing
-/// call on the same thread. Successful calls leave it unchanged, so look at
-/// it only right after a call returned an error.
+/// call on the same thread.
 #[unsafe(no_mangle)]
 pub extern "C" fn copydata_last_error() -> *const c_char {
     guard_value(c"".as_ptr(), || {

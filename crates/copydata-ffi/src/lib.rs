@@ -23,6 +23,9 @@
 //!
 //! - Every fallible function returns a [`Status`] (`COPYDATA_STATUS_OK`,
 //!   zero, on success); [`copydata_last_error`] then says why, in words.
+//!   Like `errno`, that message is meaningful only right after a call that
+//!   failed: a success does not clear it (it may still hold an older
+//!   failure's message), and each thread has its own.
 //! - Objects are opaque handles made by a `_create`, `_open`, `_file`,
 //!   `_anonymous`, `_read_only`, `_bind`, `_connect`, `_acquire`, `_map`,
 //!   `_recv` or `_take_section` function and given back to exactly one
@@ -40,8 +43,34 @@
 //!   crosses the boundary: it becomes `COPYDATA_STATUS_PANIC` (with the
 //!   default `panic = "unwind"`; a build with `panic = "abort"` aborts the
 //!   process instead).
-//! - Handles may be used from any thread, one call at a time per handle;
-//!   `copydata_mailbox_recv` may run on several threads at once.
+//! - Threads: a handle may be used from any thread, not only the one that
+//!   made it (only a lock is the thread's: the thread that took a mutex's
+//!   or shared value's lock releases it). Functions that take no handle,
+//!   and calls on different handles, may run on any number of threads at
+//!   once. On one handle, the `const` in a function's signature says the
+//!   rule:
+//!   - A function that takes the handle as a `const` pointer may run on
+//!     several threads at once with the same handle (and with the other
+//!     such functions): [`copydata_mailbox_recv`] and
+//!     [`copydata_instance_recv`] (each request or launch goes to one of
+//!     the threads), every call on a mutex, a shared value or an event
+//!     but its `_close` (each thread holds its own lock; an internal lock
+//!     guards the handle's record of it), and the calls that leave a
+//!     section, a view, a request, a launch, a list or an inheritance as
+//!     it is: their getters, [`copydata_section_map`],
+//!     [`copydata_section_read_only`] (a lent message's copy that
+//!     [`copydata_request_data`] makes is made once, for every thread).
+//!     Sections given to a call (`copydata_sender_send_sections`,
+//!     `copydata_inheritance_new`) are `const` too.
+//!   - A function that takes the handle as a non-`const` pointer needs it
+//!     to itself: no other call on that handle may run meanwhile, on any
+//!     thread. These are every `copydata_sender_*` function (a sender is
+//!     one connection, used one call at a time),
+//!     [`copydata_request_take_section`] and
+//!     [`copydata_request_loan_reply`], and the functions that give a
+//!     handle back (`_close`, `_unmap`, `_reply`, `_reply_loan`, `_refuse`,
+//!     `_answer`), after which no thread may use it, nor still be waiting
+//!     in it (a `_recv`, a lock, a wait).
 //!
 //! # Plain Win32 windows
 //!
@@ -186,9 +215,10 @@ pub use sync::{
 #[cfg(test)]
 mod tests {
     /// What the handles wrap may move between threads (C uses a handle from
-    /// any thread, one call at a time), and what several threads use at once
-    /// (`copydata_mailbox_recv`, `copydata_instance_recv`, the locks and
-    /// waits of the sync objects) may be shared.
+    /// any thread), and what several threads use at once (`copydata_mailbox_recv`,
+    /// `copydata_instance_recv`, the locks and waits of the sync objects,
+    /// the calls that read a handle through a `const` pointer) may be
+    /// shared, as the crate's documentation and the header say.
     #[test]
     fn handles_may_move_between_threads() {
         fn send<T: Send>() {}
@@ -209,5 +239,17 @@ mod tests {
         sync::<copydata::sync::Mutex>();
         sync::<copydata::sync::SharedBytes>();
         sync::<copydata::sync::Event>();
+        // The handles whose functions take them as `const` pointers, as C
+        // sees them (a view's are two plain fields, read only).
+        sync::<crate::Section>();
+        sync::<crate::Mailbox>();
+        sync::<crate::Request>();
+        sync::<crate::Instance>();
+        sync::<crate::Launch>();
+        sync::<crate::List>();
+        sync::<crate::Inheritance>();
+        sync::<crate::Mutex>();
+        sync::<crate::Shared>();
+        sync::<crate::Event>();
     }
 }
