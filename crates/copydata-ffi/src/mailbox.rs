@@ -314,7 +314,7 @@ pub unsafe extern "C" fn copydata_mailbox_bind_limit(
 /// - `max_payload`: the largest payload taken (as
 ///   `copydata_mailbox_bind_limit`); 0 for the default, 4 GiB.
 /// - `max_connections`: how many senders may be connected at once; one
-///   more is refused at set-up (`COPYDATA_STATUS_REFUSED`, naming the
+///   more is refused at set-up (`COPYDATA_STATUS_BUSY`, naming the
 ///   limit) and the connected ones are not disturbed. 0 for the default,
 ///   512.
 /// - `allow_uids`, `allow_count`: Linux: other users whose senders the

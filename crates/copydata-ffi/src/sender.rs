@@ -654,7 +654,7 @@ mod tests {
         assert_eq!(send(parked), (Status::Ok, 8), "{}", last());
         // The limit of one connection.
         let (st, second) = connect(COPYDATA_WAIT_SPIN_THEN_PARK, 0, COPYDATA_OWN_USER);
-        assert_eq!((st, second), (Status::Refused, null_mut()), "{}", last());
+        assert_eq!((st, second), (Status::Busy, null_mut()), "{}", last());
         // SAFETY: closed once, not used afterwards.
         unsafe { copydata_sender_close(parked) };
         // A reply larger than the sender takes (once the receiver has seen
@@ -663,7 +663,7 @@ mod tests {
         let limited = loop {
             match connect(COPYDATA_WAIT_SPIN_THEN_PARK, 4, COPYDATA_OWN_USER) {
                 (Status::Ok, s) => break s,
-                (Status::Refused, _) if std::time::Instant::now() < deadline => {
+                (Status::Busy, _) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 (other, _) => panic!("{other:?}: {}", last()),
