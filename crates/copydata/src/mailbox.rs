@@ -985,8 +985,10 @@ impl Sender {
     /// The process id of the receiver this sender is connected to (the
     /// process that bound the mailbox, as the connection's set-up checked
     /// it: the socket's peer on Linux, the owner of the mailbox's window on
-    /// Windows); `None` while this sender is not connected. The
-    /// `GetWindowThreadProcessId` of a `WM_COPYDATA` sender.
+    /// Windows); `None` while this sender is not connected, and on Linux
+    /// when the receiver runs in a pid namespace this process cannot see
+    /// (the kernel names no pid then). The `GetWindowThreadProcessId` of a
+    /// `WM_COPYDATA` sender.
     ///
     /// ```no_run
     /// let mut sender = copydata::Sender::connect("viewer")?;

@@ -174,7 +174,7 @@ impl AsyncSender {
 
     /// The process id of the receiver this sender is connected to, as
     /// [`Sender::receiver_pid`](crate::Sender::receiver_pid); `None` while
-    /// it is not connected.
+    /// it is not connected or when the system names no pid for it.
     pub fn receiver_pid(&self) -> Option<u32> {
         self.conn.as_ref().and_then(|c| c.client.peer_pid())
     }
