@@ -10,6 +10,8 @@
 //!              attachments the other side has pulled)
 //!          +64 loan_pending: u32   the sender holds a loan it is about to send
 //!          +72 streamed: u64   progress of a payload the sender is still copying
+//!          +80 setup_nonce: u64, +88 setup: u32 (Windows: which hello the region
+//!              answers, and whether the sender took it or the receiver gave it up)
 //! +128   released by the receiver: u64 × SLOTS   (sender-owned buffers it is done with)
 //! +640   released by the sender:   u64 × SLOTS   (receiver-owned buffers)
 //! +1152  request ring  (sender → receiver), `ring::RING_HEADER + REQ_CAP`

@@ -25,10 +25,14 @@
 //! window (magic `CDA2`) carrying the values of its own handles on the
 //! region, that event and the doorbell events of the mailbox's handler
 //! threads, its pid and the payload limit. The sender accepts only the
-//! answer that echoes the nonce of the hello it is sending right now, and
+//! answer that echoes the nonce of the hello it is sending right now,
 //! *pulls* the handles out of the receiver's process with `DuplicateHandle`
-//! while the receiver waits for the answer to return: nothing is ever put
-//! into another process. From then on messages and
+//! (nothing is ever put into another process), and claims the connection
+//! in the region's header. A receiver whose answer was not taken while it
+//! waited gives the connection up there instead; whichever comes first
+//! decides for both (see [`SETUP`]), so a sender's thread held up past the
+//! receiver's wait neither adopts a connection the receiver dropped nor
+//! leaves one behind in it. From then on messages and
 //! replies travel through the region; a sender sleeps on its event and the
 //! receiver's process handle (so it notices the receiver's death at once),
 //! a handler thread on its doorbell. The mailbox's thread sleeps on its
@@ -118,6 +122,11 @@ const STATUS_BUSY: u32 = 3;
 /// What a sender's window returns for the answer it takes (handles and
 /// all); anything else means the handles pushed with it were not taken.
 const ACCEPTED: LRESULT = 0x4344_4f4b;
+/// What a mailbox's window returns for a hello whose answer the sender did
+/// not take while the mailbox waited for it (a sender's thread held up for
+/// [`REPLY_TIMEOUT_MS`]): the mailbox has given the connection up, and the
+/// sender may say hello again (a late answer is never taken).
+const ANSWER_ABANDONED: LRESULT = 0x4344_4142;
 
 /// Envelopes of copydata 0.1 (protocol 1): a request, and the reply that
 /// tells such a sender it speaks an older protocol.
@@ -145,11 +154,23 @@ const REPLY_TIMEOUT_MS: u32 = 500;
 ///   that has dropped the connection;
 /// - `+48 taken_from_sender: u64`, `+56 taken_from_receiver: u64`: the
 ///   number of the last attachment set the other side has pulled, so the
-///   owner can close the handles it kept for it.
+///   owner can close the handles it kept for it;
+/// - `+80 setup_nonce: u64`: the nonce of the hello the region answers,
+///   written by the receiver before it answers;
+/// - `+88 setup: u32`: who decided the set-up, [`SETUP_ANSWERED`] until
+///   either the sender takes the answer ([`SETUP_TAKEN`]) or the receiver
+///   gives it up ([`SETUP_ABANDONED`]), each with one compare-and-swap from
+///   `SETUP_ANSWERED`: whichever comes first decides for both, so a set-up
+///   is made on both sides or on neither, however late the answer is taken.
 const RECEIVER_CLOSED: usize = 40;
 const SENDER_CLOSED: usize = 44;
 const TAKEN_FROM_SENDER: usize = 48;
 const TAKEN_FROM_RECEIVER: usize = 56;
+const SETUP_NONCE: usize = 80;
+const SETUP: usize = 88;
+const SETUP_ANSWERED: u32 = 0;
+const SETUP_TAKEN: u32 = 1;
+const SETUP_ABANDONED: u32 = 2;
 
 /// `handle: u64, len: u64, flags: u32, name_len: u32`, then the name.
 const ATTACH_HEAD: usize = 24;
@@ -519,8 +540,28 @@ impl Link {
         bells: Vec<OwnedHandle>,
         look: Arc<OwnedHandle>,
     ) -> io::Result<Link> {
-        let ctl = region.section().map_mut(0, LINE).map_err(io::Error::other)?;
-        Ok(Link {
+        let ctl = Self::header_line(&region)?;
+        Ok(Link::from_parts(side, region, ctl, (peer, peer_pid), wake, bells, look))
+    }
+
+    /// The region's header line, mapped for this backend's words.
+    fn header_line(region: &Region) -> io::Result<crate::view::ViewMut> {
+        region.section().map_mut(0, LINE).map_err(io::Error::other)
+    }
+
+    /// [`new`](Self::new) with the header line mapped already: nothing can
+    /// fail any more (a sender makes its link only once the set-up is
+    /// decided for both sides).
+    fn from_parts(
+        side: Side,
+        region: Region,
+        ctl: crate::view::ViewMut,
+        (peer, peer_pid): (OwnedHandle, u32),
+        wake: OwnedHandle,
+        bells: Vec<OwnedHandle>,
+        look: Arc<OwnedHandle>,
+    ) -> Link {
+        Link {
             side,
             region,
             ctl,
@@ -532,7 +573,7 @@ impl Link {
             oldest_kept: AtomicU64::new(u64::MAX),
             taken: AtomicU64::new(0),
             peer_pid,
-        })
+        }
     }
 
     pub(crate) fn region(&self) -> &Region {
@@ -1172,7 +1213,8 @@ fn answer_without_handles(state: &WindowState, to: HWND, status: u32, nonce: u64
 }
 
 /// A hello: sets up a connection for the sender whose window is `sender`.
-/// Returns 1 once the sender has taken the connection, else 0.
+/// Returns 1 once the sender has taken the connection,
+/// [`ANSWER_ABANDONED`] if the answer was not taken in time, else 0.
 ///
 /// The answer names this process's own handles (the region, the sender's
 /// wake event, the look event, the doorbells); the sender pulls them out
@@ -1182,6 +1224,15 @@ fn answer_without_handles(state: &WindowState, to: HWND, status: u32, nonce: u64
 /// window does not take an answer it did not ask for (a copydata sender
 /// window matches it against the nonce of the hello it is sending), and
 /// the real sender gets nothing: its set-up fails.
+///
+/// Whether the connection is made is decided in the region (`setup`, see
+/// [`SETUP`]), not by the answer's return: a sender's thread held up past
+/// [`REPLY_TIMEOUT_MS`] may take the answer after this thread stopped
+/// waiting for it (the message stays queued for it), and it used to adopt a
+/// connection this side had dropped already (its first call failed with
+/// "receiver gone"). Now it takes the answer only by moving `setup` from
+/// answered to taken, and this side, unless the answer came back accepted,
+/// moves it from answered to abandoned: the one that comes first decides.
 fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
     let pid = window_pid(sender);
     let (protocol, wait_code, nonce) = match envelope::parse_hello(data) {
@@ -1244,6 +1295,10 @@ fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
             return 0;
         }
     };
+    // Which hello the region answers: a sender checks it before it takes
+    // the region (a late sender may pull a handle value this process has
+    // closed and reused since).
+    link.u64_word(SETUP_NONCE).store(nonce, Ordering::Release);
     let bells = &state.dispatch.bells().events;
     let mut values =
         vec![link.region.section().inner().handle() as usize as u64, value_of(&link.wake), value_of(&state.look)];
@@ -1254,20 +1309,34 @@ fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
     for &v in &values {
         a.u64(v);
     }
-    match answer_copydata(sender, state.hwnd, ANSWER_TAG, &a.0) {
-        Ok(ACCEPTED) => {}
+    let answered = answer_copydata(sender, state.hwnd, ANSWER_TAG, &a.0);
+    // Taken, or given up here: whoever moves `setup` first decides. (A
+    // sender that says it took the answer without moving it is taken at
+    // its word only if it did.)
+    let abandoned = link
+        .u32_word(SETUP)
+        .compare_exchange(SETUP_ANSWERED, SETUP_ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok();
+    if abandoned {
         // Refused (not the hello it is sending, or sent by another process
-        // through its window), or not delivered in time (the sender stopped
-        // waiting for its hello), or the sender is gone: whatever it pulled
-        // is its own to close, and the link goes.
-        Ok(_) => {
-            log::warn!("mailbox {}: set-up with pid {pid} failed: the sender did not take the answer", state.name);
-            return 0;
-        }
-        Err(e) => {
-            log::warn!("mailbox {}: set-up with pid {pid} failed: answering the sender: {e}", state.name);
-            return 0;
-        }
+        // through its window, or an answer it could not use), or not taken
+        // in time (the sender's thread held up, or it stopped waiting for
+        // its hello), or the sender is gone: whatever it pulled is its own
+        // to close, and the link goes (marked closed for a sender that
+        // still holds the region).
+        return match answered {
+            Ok(_) => {
+                log::warn!("mailbox {}: set-up with pid {pid} failed: the sender did not take the answer", state.name);
+                0
+            }
+            Err(e) => {
+                log::warn!("mailbox {}: set-up with pid {pid} abandoned: answering the sender: {e}", state.name);
+                ANSWER_ABANDONED
+            }
+        };
+    }
+    if !matches!(answered, Ok(ACCEPTED)) {
+        log::info!("mailbox {}: pid {pid} took its answer after the wait for it ended", state.name);
     }
     let conn = Arc::new(ServerConn::new(link, Peer { pid, uid: None }, wait, state.max_payload));
     state.dispatch.add(w, conn.clone());
@@ -1458,26 +1527,42 @@ impl Drop for Mailbox {
 
 // ---------------------------------------------------------------- sending
 
-/// What a hello's answer gave this process.
-struct Answer {
-    receiver: OwnedHandle,
-    region: OwnedHandle,
-    wake: OwnedHandle,
-    look: OwnedHandle,
-    bells: Vec<OwnedHandle>,
-    max_payload: u64,
-}
+/// What taking a hello's answer gave: the connection and the receiver's
+/// payload limit, or a status and a reason.
+type Taken = Result<(Link, u64), (u32, String)>;
 
 /// The hello this thread is sending, if any.
 struct Pending {
     nonce: u64,
     target: usize,
     pid: u32,
-    outcome: Option<Result<Answer, (u32, String)>>,
+    outcome: Option<Taken>,
 }
 
 /// A status for answers that could not be used (`SendError::Protocol`).
 const STATUS_BROKEN: u32 = u32::MAX;
+/// A status for answers whose handles could not be taken (pulled, checked,
+/// or the set-up claimed in the region): the answer was broken, or came
+/// after the receiver had given it up, and with it the handles it names
+/// (the mailbox's return for the hello tells which).
+const STATUS_LOST: u32 = u32::MAX - 1;
+
+#[cfg(test)]
+thread_local! {
+    /// A test's way to hold up or fail this thread's next set-up right
+    /// before it claims the connection in the region.
+    static SETUP_HOOK: std::cell::Cell<Option<SetUpHook>> = const { std::cell::Cell::new(None) };
+}
+
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SetUpHook {
+    /// Wait until the receiver has given up on the answer (marked the
+    /// region closed), as a sender's thread held up for long would.
+    TakeLate,
+    /// Fail, as a sender whose last step of the set-up fails would.
+    Fail,
+}
 
 thread_local! {
     /// This thread's sender window (made on first use, destroyed with the thread).
@@ -1551,7 +1636,6 @@ unsafe extern "system" fn sender_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lpar
 /// the hello this thread is sending now (nonce and window), from the
 /// receiver we chose; anything else returns 0 and takes nothing. The handle
 /// values in it are the receiver's own: they are pulled out of its process
-/// (which waits for this answer to return, so they are still open there)
 /// into handles of this process's own, so a value a receiver gets wrong
 /// or makes up can never name one of this process's handles.
 fn take_answer(pending: &mut Pending, from: HWND, data: &[u8]) -> LRESULT {
@@ -1559,31 +1643,46 @@ fn take_answer(pending: &mut Pending, from: HWND, data: &[u8]) -> LRESULT {
     if head.nonce != pending.nonce || !same_window(from as usize, pending.target) || pending.outcome.is_some() {
         return 0;
     }
+    let taken = adopt_answer(&head, (from, pending.pid), pending.nonce);
+    let accepted = taken.is_ok();
+    pending.outcome = Some(taken);
+    if accepted { ACCEPTED } else { 0 }
+}
+
+/// Makes the connection an answer describes and claims it in the region
+/// (`setup`: answered → taken, see [`SETUP`]). Everything that can fail is
+/// done before the claim, so a claimed set-up never fails on this side, and
+/// one that fails leaves the region unclaimed: the receiver gives it up as
+/// soon as the answer returns not accepted.
+fn adopt_answer(head: &envelope::AnswerHead<'_>, (window, expected_pid): (HWND, u32), nonce: u64) -> Taken {
     if head.status != STATUS_OK {
-        pending.outcome = Some(Err((head.status, envelope::reason(&head))));
-        return 0;
+        return Err((head.status, envelope::reason(head)));
     }
-    let mut broken = |reason: String| {
-        pending.outcome = Some(Err((STATUS_BROKEN, reason)));
-        0
-    };
+    let broken = |reason: String| Err((STATUS_BROKEN, reason));
     if head.protocol != PROTOCOL {
         return broken(format!("an answer of protocol {}", head.protocol));
     }
-    let values = match envelope::answer_values(&head) {
+    let values = match envelope::answer_values(head) {
         Ok(v) => v,
         Err(reason) => return broken(reason),
     };
     let (pid, max_payload) = (head.pid, head.max_payload);
-    if pid != pending.pid {
-        return broken(format!("the answer names pid {pid}, the mailbox's window belongs to {}", pending.pid));
+    if pid != expected_pid {
+        return broken(format!("the answer names pid {pid}, the mailbox's window belongs to {expected_pid}"));
     }
-    // The receiver is alive (it waits for this answer to return), so its pid
-    // names it.
     let receiver = match open_process(pid, PROCESS_DUP_HANDLE | PROCESS_SYNCHRONIZE) {
         Ok(p) => p,
         Err(e) => return broken(format!("opening the receiver's process: {e}")),
     };
+    // Its window still belongs to `pid` after the open, so the handle is
+    // the receiver's (not a successor's that got the pid meanwhile).
+    if !is_window(window) || window_pid(window) != pid {
+        return broken("the mailbox's window went away during the set-up".into());
+    }
+    // From here on a failure may also be an answer taken after the receiver
+    // gave it up: it may have closed the handles named, and reused their
+    // values since.
+    let lost = |reason: String| Err((STATUS_LOST, reason));
     // Only the rights each needs: the region mapped, the wake event waited
     // on and set, the look event and the doorbells set.
     let rights = |i: usize| match i {
@@ -1594,14 +1693,56 @@ fn take_answer(pending: &mut Pending, from: HWND, data: &[u8]) -> LRESULT {
     let pulled = values.iter().enumerate().map(|(i, &v)| duplicate_from(raw(&receiver), v, rights(i)));
     let mut handles = match pulled.collect::<io::Result<Vec<OwnedHandle>>>() {
         Ok(h) => h.into_iter(),
-        Err(e) => return broken(format!("pulling the connection's handles out of the receiver: {e}")),
+        Err(e) => return lost(format!("pulling the connection's handles out of the receiver: {e}")),
     };
     let region = handles.next().expect("3 + bells values");
     let wake = handles.next().expect("3 + bells values");
     let look = handles.next().expect("3 + bells values");
     let bells = handles.collect();
-    pending.outcome = Some(Ok(Answer { receiver, region, wake, look, bells, max_payload }));
-    ACCEPTED
+    let (region, ctl) = match adopt_region(region) {
+        Ok(r) => r,
+        Err(reason) => return lost(format!("the connection region: {reason}")),
+    };
+    let word = |offset| ctl.atomic_u64(offset).map_err(|e| e.to_string());
+    match word(SETUP_NONCE).map(|w| w.load(Ordering::Acquire)) {
+        Ok(n) if n == nonce => {}
+        Ok(_) => return lost("the region named is not this set-up's".into()),
+        Err(e) => return lost(format!("the connection region: {e}")),
+    }
+    #[cfg(test)]
+    match SETUP_HOOK.with(std::cell::Cell::take) {
+        Some(SetUpHook::TakeLate) => {
+            let until = Instant::now() + Duration::from_secs(10);
+            let closed = ctl.atomic_u32(RECEIVER_CLOSED).expect("a word of the header line");
+            while closed.load(Ordering::Acquire) == 0 && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Some(SetUpHook::Fail) => return lost("failed by the test".into()),
+        None => {}
+    }
+    let setup = ctl.atomic_u32(SETUP).expect("a word of the header line");
+    if setup.compare_exchange(SETUP_ANSWERED, SETUP_TAKEN, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        // Given up by the receiver first (its wait for this answer ended):
+        // nothing is made on either side.
+        return lost("the mailbox gave the answer up before this thread took it".into());
+    }
+    let link = Link::from_parts(Side::Sender, region, ctl, (receiver, pid), wake, bells, Arc::new(look));
+    Ok((link, max_payload))
+}
+
+/// The connection region an answer names, checked (a mapping of its size
+/// with a copydata region's header) and mapped, with its header line mapped
+/// for this backend's words.
+fn adopt_region(handle: OwnedHandle) -> Result<(Region, crate::view::ViewMut), String> {
+    let size = super::foreign_section_size(raw(&handle)).map_err(|e| e.to_string())?;
+    if !super::size_matches(REGION_LEN as u64, size) {
+        return Err(format!("{size} bytes (expected {REGION_LEN})"));
+    }
+    let section = Section::from_parts(SysSection::from_handle(handle, REGION_LEN as u64, Access::ReadWrite), None);
+    let region = Region::adopt(section)?;
+    let ctl = Link::header_line(&region).map_err(|e| format!("mapping its header: {e}"))?;
+    Ok((region, ctl))
 }
 
 /// The owner record of a mailbox: the section `Local\copydata.mailbox.NAME.owner`
@@ -1680,7 +1821,7 @@ fn nonce() -> u64 {
 
 /// What sending a hello gave: the `SendMessageTimeoutW` result and the
 /// answer, if one came.
-type HelloOutcome = (io::Result<isize>, Option<Result<Answer, (u32, String)>>);
+type HelloOutcome = (io::Result<isize>, Option<Taken>);
 
 /// Sends a hello to the mailbox window `target` (of process `pid`) from
 /// this thread's sender window, waiting at most `ms`.
@@ -1726,39 +1867,35 @@ pub(crate) fn connect(
     if pid == 0 {
         return Err(SendError::NoSuchMailbox { name: shown() });
     }
-    let ms = ms_until(deadline).ok_or_else(timed_out)?;
-    let (sent, outcome) = hello(target, pid, PROTOCOL, u32::from(wait.code()), ms).map_err(io)?;
-    let answer = match (sent, outcome) {
-        (_, Some(Ok(answer))) => answer,
-        (_, Some(Err((STATUS_REFUSED, reason)))) => return Err(SendError::Refused { name: shown(), reason }),
-        (_, Some(Err((STATUS_BUSY, reason)))) => return Err(SendError::Busy { name: shown(), reason }),
-        (_, Some(Err((STATUS_BROKEN, reason)))) => return Err(bad(reason)),
-        (_, Some(Err((_, reason)))) => return Err(SendError::Incompatible { name: shown(), reason }),
-        (Err(e), None) if e.raw_os_error() == Some(ERROR_TIMEOUT as i32) && is_window(target) => {
-            return Err(timed_out());
-        }
-        // It was there when found: it went away during the set-up.
-        (_, None) if !is_window(target) => return Err(SendError::ReceiverDied { name: shown() }),
-        (Err(e), None) => return Err(io(e)),
-        (Ok(_), None) => {
-            return Err(SendError::Incompatible {
+    loop {
+        let ms = ms_until(deadline).ok_or_else(timed_out)?;
+        let (sent, outcome) = hello(target, pid, PROTOCOL, u32::from(wait.code()), ms).map_err(io)?;
+        return match (sent, outcome) {
+            (_, Some(Ok(taken))) => Ok(taken),
+            (_, Some(Err((STATUS_REFUSED, reason)))) => Err(SendError::Refused { name: shown(), reason }),
+            (_, Some(Err((STATUS_BUSY, reason)))) => Err(SendError::Busy { name: shown(), reason }),
+            (_, Some(Err((STATUS_BROKEN, reason)))) => Err(bad(reason)),
+            // The mailbox gave its answer up before this thread took it (the
+            // thread was held up): nothing was set up on either side, and
+            // whatever failed in taking the late answer was its handles
+            // going. Again, within the deadline.
+            (Ok(ANSWER_ABANDONED), None | Some(Err((STATUS_LOST, _)))) => continue,
+            (Err(e), None | Some(Err((STATUS_LOST, _))))
+                if e.raw_os_error() == Some(ERROR_TIMEOUT as i32) && is_window(target) =>
+            {
+                Err(timed_out())
+            }
+            (_, Some(Err((STATUS_LOST, reason)))) => Err(bad(reason)),
+            (_, Some(Err((_, reason)))) => Err(SendError::Incompatible { name: shown(), reason }),
+            // It was there when found: it went away during the set-up.
+            (_, None) if !is_window(target) => Err(SendError::ReceiverDied { name: shown() }),
+            (Err(e), None) => Err(io(e)),
+            (Ok(_), None) => Err(SendError::Incompatible {
                 name: shown(),
                 reason: "the mailbox did not answer the set-up (an older copydata, or not a copydata mailbox)".into(),
-            });
-        }
-    };
-    let size =
-        super::foreign_section_size(raw(&answer.region)).map_err(|e| bad(format!("the connection region: {e}")))?;
-    if !super::size_matches(REGION_LEN as u64, size) {
-        return Err(bad(format!("a connection region of {size} bytes (expected {REGION_LEN})")));
+            }),
+        };
     }
-    let section =
-        Section::from_parts(SysSection::from_handle(answer.region, REGION_LEN as u64, Access::ReadWrite), None);
-    let region = Region::adopt(section).map_err(bad)?;
-    let link =
-        Link::new(Side::Sender, region, (answer.receiver, pid), answer.wake, answer.bells, Arc::new(answer.look))
-            .map_err(|e| bad(format!("mapping the connection region: {e}")))?;
-    Ok((link, answer.max_payload))
 }
 
 /// Sends a plain `WM_COPYDATA` to an existing window, found by class and/or
@@ -2130,7 +2267,8 @@ mod tests {
             let mut h = Out(Vec::new());
             h.bytes(&HELLO_MAGIC).u32(PROTOCOL).u32(0).u32(0).u64(42 + i);
             let r = send_copydata(target, theirs, HELLO_TAG, &h.0, 30_000);
-            assert!(matches!(r, Ok(0)), "hello {i}: {r:?}");
+            // Nobody took the answer in time: given up.
+            assert!(matches!(r, Ok(ANSWER_ABANDONED)), "hello {i}: {r:?}");
         }
         std::thread::sleep(Duration::from_millis(200));
         // Each hello used to leave one; others' come and go.
@@ -2252,5 +2390,58 @@ mod tests {
             drop((link, c));
         }
         drop(server);
+    }
+
+    /// A sender's thread that takes the answer only after the mailbox's
+    /// wait for it ended (here held up until the mailbox has given the
+    /// connection up, as a thread held up for more than half a second under
+    /// load is): the set-up is made on both sides or on neither. It used to
+    /// be made on the sender's side only, whose first call then failed
+    /// with `PeerGone`.
+    #[test]
+    fn an_answer_taken_after_the_mailbox_gave_it_up_makes_no_half_connection() {
+        let name = unique("late");
+        let _server = echo(&name);
+        SETUP_HOOK.with(|h| h.set(Some(SetUpHook::TakeLate)));
+        let connected = connect(&name, Wait::Park, Instant::now() + Duration::from_secs(30), None, None);
+        assert!(SETUP_HOOK.with(std::cell::Cell::get).is_none(), "the set-up never reached the hook");
+        let (link, max) = connected.unwrap_or_else(|e| panic!("the set-up failed: {e}"));
+        let mut c = Client::new(link, Wait::Park, max);
+        let deadline = || Some(Instant::now() + Duration::from_secs(30));
+        c.put(CALL, 6, Body::Bytes(b"late"), &[], true, deadline()).unwrap();
+        let reply = c.reply(deadline());
+        assert!(matches!(&reply, Ok(r) if r.code == 6), "the first call: {:?}", reply.map(|r| r.code));
+    }
+
+    /// A set-up that fails on the sender's side after the mailbox's answer
+    /// came leaves nothing behind in the mailbox: with a limit of one
+    /// connection, another sender of this (still running) process connects
+    /// at once. The mailbox used to keep the half-made connection, and its
+    /// slot, until the sending process exited.
+    #[test]
+    fn a_set_up_that_fails_after_the_answer_frees_its_slot_at_once() {
+        let name = unique("halfmade");
+        let options = crate::MailboxOptions::new().max_connections(1);
+        let _server = crate::Mailbox::bind_with(name.as_str(), &options)
+            .unwrap()
+            .serve(|m| Reply::new(m.tag() as i64, m.payload().to_vec()));
+        SETUP_HOOK.with(|h| h.set(Some(SetUpHook::Fail)));
+        let failed = connect(&name, Wait::Park, Instant::now() + Duration::from_secs(30), None, None);
+        assert!(SETUP_HOOK.with(std::cell::Cell::get).is_none(), "the set-up never reached the hook");
+        assert!(matches!(failed, Err(SendError::Protocol { .. })), "{:?}", failed.map(|_| ()));
+        let started = Instant::now();
+        let (link, max) = loop {
+            match connect(&name, Wait::Park, Instant::now() + Duration::from_secs(30), None, None) {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(started.elapsed() < Duration::from_secs(3), "the slot is still taken: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        };
+        let mut c = Client::new(link, Wait::Park, max);
+        let deadline = || Some(Instant::now() + Duration::from_secs(30));
+        c.put(CALL, 4, Body::Bytes(b"second"), &[], true, deadline()).unwrap();
+        assert_eq!(c.reply(deadline()).unwrap().code, 4);
     }
 }
