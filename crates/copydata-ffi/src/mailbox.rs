@@ -527,7 +527,10 @@ pub unsafe extern "C" fn copydata_request_section_count(request: *const Request)
 /// A sender you do not trust could truncate a named or file-backed
 /// section under your views, and touching the cut-off part then crashes
 /// this process (SIGBUS on Linux): check `copydata_section_is_size_sealed`
-/// before mapping such a section.
+/// before mapping such a section. A file-backed section whose file cannot
+/// be read (on a network share or a drive that has gone) crashes the
+/// process that touches its views too (`EXCEPTION_IN_PAGE_ERROR` on
+/// Windows).
 ///
 /// Fails with `COPYDATA_STATUS_INVALID_ARGUMENT` for an index out of
 /// range or a section already taken.

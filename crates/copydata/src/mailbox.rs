@@ -306,6 +306,17 @@ impl Message {
     }
 
     /// The sections that came with the message.
+    ///
+    /// A section arrives as the sender made it, and one backed by a file
+    /// ([`Section::from_file`]) is read from that file. Where the file
+    /// cannot be read (on a network share or a removable drive that has
+    /// gone), touching a view of it ends this process: Windows raises
+    /// `EXCEPTION_IN_PAGE_ERROR`, as Linux raises SIGBUS past the end of a
+    /// truncated file (see [`Section::is_size_sealed`]). copydata refuses
+    /// file-backed memory where it reads the sender's memory itself (the
+    /// buffers of pooled payloads, loans and large payloads, the
+    /// connection's region), but not in sections, which are shared on
+    /// purpose: from a sender you do not trust, expect that risk.
     pub fn sections(&self) -> &[Section] {
         &self.sections
     }

@@ -1731,13 +1731,18 @@ fn adopt_answer(head: &envelope::AnswerHead<'_>, (window, expected_pid): (HWND, 
     Ok((link, max_payload))
 }
 
-/// The connection region an answer names, checked (a mapping of its size
-/// with a copydata region's header) and mapped, with its header line mapped
-/// for this backend's words.
+/// The connection region an answer names, checked (a mapping of its size,
+/// backed by the paging file, with a copydata region's header) and mapped,
+/// with its header line mapped for this backend's words. A region backed by
+/// a file could fail to page in (a file on a drive gone), which would end
+/// this process in the middle of any call.
 fn adopt_region(handle: OwnedHandle) -> Result<(Region, crate::view::ViewMut), String> {
     let size = super::foreign_section_size(raw(&handle)).map_err(|e| e.to_string())?;
     if !super::size_matches(REGION_LEN as u64, size) {
         return Err(format!("{size} bytes (expected {REGION_LEN})"));
+    }
+    if super::is_file_backed(raw(&handle)).map_err(|e| e.to_string())? {
+        return Err("backed by a file".into());
     }
     let section = Section::from_parts(SysSection::from_handle(handle, REGION_LEN as u64, Access::ReadWrite), None);
     let region = Region::adopt(section)?;
@@ -2443,5 +2448,47 @@ mod tests {
         let deadline = || Some(Instant::now() + Duration::from_secs(30));
         c.put(CALL, 4, Body::Bytes(b"second"), &[], true, deadline()).unwrap();
         assert_eq!(c.reply(deadline()).unwrap().code, 4);
+    }
+
+    /// Memory backed by a file is refused where copydata reads a peer's
+    /// memory itself, since a file that cannot be paged in (on a network
+    /// drive gone) would end this process in the middle of a copy: a
+    /// message buffer (pool buffer, loan, one-shot payload), and the
+    /// connection region a mailbox hands its sender (here a file holding a
+    /// well-formed region). Sections attached to a message may be backed by
+    /// a file.
+    #[test]
+    fn buffers_and_regions_backed_by_a_file_are_refused() {
+        let name = unique("file");
+        let _server = echo(&name);
+        let (link, _) = link_to(&name);
+        let path = std::env::temp_dir().join(format!("{name}.bin"));
+        struct Remove(std::path::PathBuf);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let _remove = Remove(path.clone());
+        let good = Region::create(0).unwrap();
+        let mut bytes = vec![0u8; REGION_LEN];
+        good.section().map(0, LINE).unwrap().read_at(0, &mut bytes[..LINE]).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let on_file = Section::from_file(&file, Access::ReadWrite).unwrap();
+        let page = Section::anonymous(4096).unwrap();
+
+        let refused = link.recv_aux(&aux(1, &[(value(&on_file), REGION_LEN as u64, ATTACH_RO, "")]), true, 0);
+        let e = refused.map(|_| ()).expect_err("a buffer backed by a file was taken");
+        assert!(e.to_string().contains("backed by a file"), "{e}");
+        let (buf, _) = link.recv_aux(&aux(2, &[(value(&page), 4096, ATTACH_RO, "")]), true, 0).unwrap();
+        assert!(buf.is_some());
+        let (_, secs) = link.recv_aux(&aux(3, &[(value(&on_file), REGION_LEN as u64, 0, "")]), false, 1).unwrap();
+        assert_eq!(secs.len(), 1, "a section backed by a file");
+
+        let copy = |s: &Section| owned(duplicate(s.inner().handle(), current_process(), 0, false).unwrap()).unwrap();
+        let e = adopt_region(copy(&on_file)).map(|_| ()).expect_err("a region backed by a file was taken");
+        assert!(e.contains("backed by a file"), "{e}");
+        assert!(adopt_region(copy(good.section())).is_ok());
     }
 }
