@@ -2442,3 +2442,93 @@ fn a_receiver_outside_the_senders_pid_namespace_has_no_pid() {
     eprintln!("sender in its own pid namespace says: {line}");
     assert_eq!(line, "@pid None", "pid 0 reported as the receiver's");
 }
+
+/// A sender's thread held up while the mailbox answers its hello (here
+/// suspended until the mailbox's wait for the answer has ended): the
+/// set-up is made on both sides or on neither, and the sender's first call
+/// is answered. The set-up used to fail ("the mailbox did not answer"), or
+/// succeed on the sender's side only, whose first call then failed with
+/// "receiver gone".
+#[cfg(windows)]
+#[test]
+fn a_sender_held_up_while_its_answer_waits_still_connects() {
+    use std::os::windows::io::AsRawHandle;
+    use windows_sys::Win32::System::Threading::{ResumeThread, SuspendThread};
+
+    let name = unique("held-up");
+    // Tag 1 is answered after 1.5 s: a plain WM_COPYDATA with it holds the
+    // mailbox's thread (which waits for the handler's answer to it), so the
+    // hello queues up behind it.
+    let kid = server(&name, 1500);
+    let class = format!("copydata.mailbox.{name}");
+    let plain = |tag: u64| {
+        let class = class.clone();
+        std::thread::spawn(move || {
+            copydata::os::windows::send_to_window(Some(&class), None, tag, b"plain", Duration::from_secs(30))
+        })
+    };
+    let stall = plain(1);
+    std::thread::sleep(Duration::from_millis(200));
+    let sender = {
+        let name = name.clone();
+        std::thread::spawn(move || -> Result<i64, SendError> {
+            let mut s = Sender::connect_timeout(&name, Duration::from_secs(30))?;
+            Ok(s.send(5, b"first call")?.code)
+        })
+    };
+    // The hello is queued now (at worst not yet sent, and then this test
+    // shows nothing, but does not fail).
+    std::thread::sleep(Duration::from_millis(300));
+    let thread = sender.as_raw_handle();
+    // SAFETY: the live thread `sender` owns; it is resumed below.
+    assert_ne!(unsafe { SuspendThread(thread) }, u32::MAX, "{}", std::io::Error::last_os_error());
+    // Queued behind the hello: handled once the mailbox is done with it
+    // (its answer to the suspended thread given up after half a second).
+    let behind = plain(5);
+    let resumed = {
+        let watchdog = Instant::now() + Duration::from_secs(30);
+        while !behind.is_finished() && Instant::now() < watchdog {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: as above; resumed whatever happened.
+        unsafe { ResumeThread(thread) }
+    };
+    assert_ne!(resumed, u32::MAX);
+    assert!(behind.join().unwrap().is_ok());
+    assert!(stall.join().unwrap().is_ok());
+    let first = sender.join().unwrap();
+    assert!(matches!(first, Ok(code) if code != 0), "the first call of the held-up sender: {first:?}");
+    stop_server(kid, &name);
+}
+
+/// A set-up that times out while the mailbox's thread is held up fails
+/// with `TimedOut` within its timeout, and its hello, answered once the
+/// mailbox gets to it, sets nothing up: a mailbox of one connection takes
+/// the same thread's next set-up.
+#[cfg(windows)]
+#[test]
+fn a_set_up_that_timed_out_leaves_nothing_to_fail_later() {
+    let name = unique("timed-out");
+    let options = MailboxOptions::new().max_connections(1);
+    let server = Mailbox::bind_with(&name, &options).unwrap().serve(|m| {
+        if m.tag() == 1 {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        Reply::code(m.tag() as i64)
+    });
+    let class = format!("copydata.mailbox.{name}");
+    let stall = std::thread::spawn(move || {
+        copydata::os::windows::send_to_window(Some(&class), None, 1, b"plain", Duration::from_secs(30))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    let first = Sender::connect_timeout(&name, Duration::from_millis(300));
+    let took = started.elapsed();
+    assert!(matches!(first, Err(SendError::TimedOut { .. })), "{:?}", first.map(|_| ()));
+    assert!(took < Duration::from_secs(5), "connect_timeout(300 ms) returned after {took:?}");
+    let mut sender = Sender::connect_timeout(&name, Duration::from_secs(30)).expect("the next set-up");
+    assert_eq!(sender.send(6, b"next").unwrap().code, 6);
+    assert!(stall.join().unwrap().is_ok());
+    drop(sender);
+    drop(server);
+}
