@@ -24,6 +24,39 @@ fn fileno(socket: &Bound<'_, PyAny>) -> PyResult<i32> {
     Ok(fd)
 }
 
+/// What ended a hand-over between its slices: a signal handler's
+/// exception (Ctrl-C), or the socket's timeout.
+#[cfg(target_os = "linux")]
+#[derive(Default)]
+struct Interrupted {
+    error: Option<PyErr>,
+    timed_out: bool,
+}
+
+#[cfg(target_os = "linux")]
+impl Interrupted {
+    /// Between two slices (detached): runs the signal handlers, and ends
+    /// the call if one raised or `deadline` has passed.
+    fn check(&mut self, deadline: Option<std::time::Instant>) -> std::io::Result<()> {
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            self.timed_out = true;
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        Python::attach(|py| py.check_signals()).map_err(|e| {
+            self.error = Some(e);
+            std::io::Error::from(std::io::ErrorKind::Interrupted)
+        })
+    }
+
+    /// The handler's exception if one ended the call, else its outcome.
+    fn or<T>(self, outcome: Result<T, copydata::HandoverError>) -> PyResult<Result<T, copydata::HandoverError>> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(outcome),
+        }
+    }
+}
+
 /// Sends `section` over the connected Unix stream socket `socket` (a
 /// `socket.socket`, or its descriptor): the receiver gets its own handle to
 /// the same memory, with the same access, from `recv_section` (Python, C or
@@ -38,7 +71,11 @@ pub(crate) fn send_section(py: Python<'_>, socket: &Bound<'_, PyAny>, section: P
         // caller gave) is alive for the whole call; a number that is not
         // open makes the system calls fail with EBADF.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        py.detach(|| copydata::os::linux::send_section(fd, section)).map_err(|e| errors::handover_error(py, e))
+        let mut interrupted = Interrupted::default();
+        let sent = py.detach(|| {
+            copydata::os::linux::send_section_checked(fd, section, crate::SLICE, || interrupted.check(None))
+        });
+        interrupted.or(sent)?.map_err(|e| errors::handover_error(py, e))
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -50,9 +87,10 @@ pub(crate) fn send_section(py: Python<'_>, socket: &Bound<'_, PyAny>, section: P
 /// Receives a section sent with `send_section` from the connected Unix
 /// stream socket `socket`; waits until one arrives, at most the socket's
 /// timeout (`socket.settimeout`; a plain descriptor waits as long as it
-/// takes), then raises `TimedOut`. Ctrl-C interrupts the wait. What
-/// arrives is checked: anything else raises `ProtocolError`; a closed peer
-/// raises `ReceiverDied`. Linux only.
+/// takes), then raises `TimedOut`. Ctrl-C interrupts the wait, also for
+/// a peer that stops part-way through a frame (the stream is then broken:
+/// close the socket). What arrives is checked: anything else raises
+/// `ProtocolError`; a closed peer raises `ReceiverDied`. Linux only.
 #[pyfunction]
 pub(crate) fn recv_section(py: Python<'_>, socket: &Bound<'_, PyAny>) -> PyResult<Section> {
     let fd = fileno(socket)?;
@@ -90,16 +128,21 @@ pub(crate) fn recv_section(py: Python<'_>, socket: &Bound<'_, PyAny>) -> PyResul
         }
         // SAFETY: as in `send_section`.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-        loop {
-            match py.detach(|| copydata::os::linux::recv_section(fd)) {
-                // A signal during the read: its handler runs, then the read
-                // goes on (as Python's own calls do, PEP 475).
-                Err(copydata::HandoverError::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {
-                    py.check_signals()?
-                }
-                r => return r.map(Section::wrap).map_err(|e| errors::handover_error(py, e)),
-            }
+        // The frame itself is read in slices too, signal handlers run
+        // between them: a peer that stops part-way through does not hold
+        // the call beyond Ctrl-C (or the socket's timeout).
+        let mut interrupted = Interrupted::default();
+        let received =
+            py.detach(|| copydata::os::linux::recv_section_checked(fd, crate::SLICE, || interrupted.check(deadline)));
+        if interrupted.timed_out {
+            let waited = limit.unwrap_or_default();
+            return Err(errors::raise(
+                py,
+                Kind::TimedOut,
+                format!("the section's frame did not arrive in full within {waited} s (the stream is broken)"),
+            ));
         }
+        interrupted.or(received)?.map(Section::wrap).map_err(|e| errors::handover_error(py, e))
     }
     #[cfg(not(target_os = "linux"))]
     {

@@ -77,6 +77,57 @@ def test_a_send_with_sections_gives_way_to_ctrl_c(name, how):
         )
 
 
+def _handover_interrupted(call, unblock):
+    """Runs `call` (a hand-over blocked on its peer) with a SIGINT sent
+    after 0.3 s, as `_interrupted_within`; if it is still blocked 8 s
+    later, `unblock` ends it (so that a call deaf to Ctrl-C fails the test
+    rather than hang it)."""
+    fallback = threading.Timer(8.0, unblock)
+    fallback.start()
+    try:
+        outcome, delay = _interrupted_within(call, after=0.3)
+    finally:
+        fallback.cancel()
+        fallback.join()
+    assert isinstance(outcome, Interrupted) and delay is not None and delay < 2.0, (
+        f"the call ended with {outcome!r}; Ctrl-C was handled {delay} s after it came"
+    )
+
+
+@pytest.mark.parametrize("cut", ["in the header", "in the name"])
+def test_recv_section_gives_way_to_ctrl_c_part_way_through_a_frame(cut):
+    # A peer that stops part-way through a frame: the read of the rest
+    # waits, and Ctrl-C ends that wait too (not only the wait for the
+    # frame's first byte).
+    a, b = socket.socketpair()
+    with a, b:
+        if cut == "in the header":
+            b.sendall(b"CDS1\x00")
+        else:
+            # A whole header announcing a 10-byte name, with a descriptor,
+            # then only 3 bytes of the name.
+            fd = os.memfd_create("copydata-test-py-cut")
+            try:
+                os.ftruncate(fd, 4096)
+                header = b"CDS1" + bytes([2]) + (4096).to_bytes(8, "little") + bytes([10])
+                socket.send_fds(b, [header + b"abc"], [fd])
+            finally:
+                os.close(fd)
+        _handover_interrupted(lambda: copydata.recv_section(a), lambda: b.shutdown(socket.SHUT_RDWR))
+
+
+def test_send_section_gives_way_to_ctrl_c_while_the_peer_does_not_read():
+    a, b = socket.socketpair()
+    with a, b, copydata.Section.anonymous(4096) as section:
+        # Fill the socket: the peer never reads.
+        a.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            for _ in range(100_000):
+                a.send(b"x" * 65536)
+        a.setblocking(True)
+        _handover_interrupted(lambda: copydata.send_section(a, section), lambda: b.shutdown(socket.SHUT_RDWR))
+
+
 class _DuckSocket:
     """What recv_section accepts: fileno() and gettimeout()."""
 

@@ -14,7 +14,7 @@
 #[cfg(target_os = "linux")]
 pub mod linux {
     //! Linux: sections over Unix sockets (`SCM_RIGHTS`).
-    pub use crate::sys::handover::{recv_section, send_section};
+    pub use crate::sys::handover::{recv_section, recv_section_checked, send_section, send_section_checked};
 
     /// Where the socket of the mailbox `name` lives (whether or not it is
     /// bound): for diagnostics and tools. `None` if the name is invalid or the

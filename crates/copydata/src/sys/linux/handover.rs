@@ -9,6 +9,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
 
 use rustix::fs as rfs;
 
@@ -35,6 +36,26 @@ fn io(e: impl Into<io::Error>) -> HandoverError {
 #[doc(alias = "SCM_RIGHTS")]
 #[doc(alias = "sendmsg")]
 pub fn send_section(socket: impl AsFd, section: &Section) -> Result<(), HandoverError> {
+    send_frame(socket, section, None)
+}
+
+/// [`send_section`] for a caller that must stay responsive while the peer
+/// does not read (a language binding that runs signal handlers): waits for
+/// room in the socket in slices of at most `slice`, calling `check` after
+/// each one that brought none. An error from `check` ends the call as
+/// [`HandoverError::Io`] of that error; if part of the frame went out
+/// already, the stream is broken (close the socket). The socket's own send
+/// timeout does not apply.
+pub fn send_section_checked(
+    socket: impl AsFd,
+    section: &Section,
+    slice: Duration,
+    mut check: impl FnMut() -> io::Result<()>,
+) -> Result<(), HandoverError> {
+    send_frame(socket, section, Some(scm::Checked { slice, check: &mut check }))
+}
+
+fn send_frame(socket: impl AsFd, section: &Section, checked: Option<scm::Checked<'_>>) -> Result<(), HandoverError> {
     let mut frame = Vec::with_capacity(HEADER + crate::MAX_NAME_LEN);
     frame.extend_from_slice(MAGIC);
     let mut flags = 0;
@@ -51,7 +72,11 @@ pub fn send_section(socket: impl AsFd, section: &Section) -> Result<(), Handover
     frame.extend_from_slice(name);
 
     let fd = section.inner().transfer_fd().map_err(HandoverError::Io)?;
-    scm::send_with_fds(&socket, &[&frame], &[fd.as_fd()]).map_err(|e| match e.kind() {
+    let sent = match checked {
+        None => scm::send_with_fds(&socket, &[&frame], &[fd.as_fd()]),
+        Some(checked) => scm::send_with_fds_checked(&socket, &[&frame], &[fd.as_fd()], checked),
+    };
+    sent.map_err(|e| match e.kind() {
         io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => HandoverError::PeerClosed,
         _ => HandoverError::Io(e),
     })?;
@@ -67,12 +92,34 @@ pub fn send_section(socket: impl AsFd, section: &Section) -> Result<(), Handover
 #[doc(alias = "SCM_RIGHTS")]
 #[doc(alias = "recvmsg")]
 pub fn recv_section(socket: impl AsFd) -> Result<Section, HandoverError> {
+    recv_frame(socket, None)
+}
+
+/// [`recv_section`] for a caller that must stay responsive while nothing
+/// arrives, or a peer stops part-way through a frame (a language binding
+/// that runs signal handlers): waits in slices of at most `slice`, calling
+/// `check` after each one that brought nothing. An error from `check` ends
+/// the call as [`HandoverError::Io`] of that error; if part of a frame was
+/// read already, the stream is broken (close the socket). The socket's own
+/// receive timeout does not apply.
+pub fn recv_section_checked(
+    socket: impl AsFd,
+    slice: Duration,
+    mut check: impl FnMut() -> io::Result<()>,
+) -> Result<Section, HandoverError> {
+    recv_frame(socket, Some(scm::Checked { slice, check: &mut check }))
+}
+
+fn recv_frame(socket: impl AsFd, mut checked: Option<scm::Checked<'_>>) -> Result<Section, HandoverError> {
     let mut header = [0u8; HEADER];
-    let (bytes, fds) =
-        scm::recv_with_fds(&socket, &mut header, scm::Patience::Blocking, false).map_err(|e| match e.kind() {
-            io::ErrorKind::InvalidData => HandoverError::Malformed(e.to_string()),
-            _ => HandoverError::Io(e),
-        })?;
+    let received = match checked.as_mut() {
+        None => scm::recv_with_fds(&socket, &mut header, scm::Patience::Blocking, false),
+        Some(checked) => scm::recv_with_fds_checked(&socket, &mut header, false, checked),
+    };
+    let (bytes, fds) = received.map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidData => HandoverError::Malformed(e.to_string()),
+        _ => HandoverError::Io(e),
+    })?;
     if bytes == 0 && fds.is_empty() {
         return Err(HandoverError::PeerClosed);
     }
@@ -91,7 +138,11 @@ pub fn recv_section(socket: impl AsFd) -> Result<Section, HandoverError> {
     let name_len = header[13] as usize;
     let mut name = vec![0u8; name_len];
     if name_len > 0 {
-        scm::recv_exact(&socket, &mut name, scm::Patience::Blocking).map_err(|e| match e.kind() {
+        let received = match checked.as_mut() {
+            None => scm::recv_exact(&socket, &mut name, scm::Patience::Blocking),
+            Some(checked) => scm::recv_exact_checked(&socket, &mut name, checked),
+        };
+        received.map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof => HandoverError::Malformed("short name".into()),
             // (Descriptors with the name's bytes, say.)
             io::ErrorKind::InvalidData => HandoverError::Malformed(e.to_string()),

@@ -49,33 +49,77 @@ pub(crate) fn send_with_fds_until(
     fds: &[BorrowedFd<'_>],
     until: Option<Instant>,
 ) -> io::Result<()> {
-    send_parts(sock, parts, fds, Wait::By(until))
+    send_parts(sock, parts, fds, Wait::Until(until))
 }
 
-/// How [`send_parts`] waits for room on the socket.
-#[derive(Debug, Clone, Copy)]
-enum Wait {
-    /// In the send itself, as the socket says (for ever, or by its send
-    /// timeout).
+/// A wait cut into slices: `check` runs after each slice of at most
+/// `slice` that brought no progress, and an error it returns ends the
+/// wait with that error (a caller's cancellation: a signal handler that
+/// raised, say).
+pub(crate) struct Checked<'a> {
+    pub(crate) slice: Duration,
+    pub(crate) check: &'a mut dyn FnMut() -> io::Result<()>,
+}
+
+impl Checked<'_> {
+    /// Waits until `sock` has one of `events` (or hung up, or failed), in
+    /// slices with the check between them.
+    fn ready(&mut self, sock: impl AsFd, events: PollFlags) -> io::Result<PollFlags> {
+        let slice = Timespec { tv_sec: self.slice.as_secs() as i64, tv_nsec: i64::from(self.slice.subsec_nanos()) };
+        loop {
+            let mut fds = [PollFd::new(&sock, events)];
+            match rustix::event::poll(&mut fds, Some(&slice)) {
+                Ok(n) if n > 0 => return Ok(fds[0].revents()),
+                Ok(_) | Err(Errno::INTR) => (self.check)()?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// How [`send_parts`] waits for room.
+enum Wait<'a> {
+    /// In the send itself, as the socket says.
     InSend,
-    /// Sends without waiting, and waits for room in [`writable_by`] by this
-    /// instant (`None`: as long as the peer holds its end).
-    By(Option<Instant>),
+    /// Sending without waiting, then waiting in [`writable_by`].
+    Until(Option<Instant>),
+    /// Sending without waiting, then waiting in slices.
+    Checked(Checked<'a>),
 }
 
-/// The two above.
-fn send_parts(sock: impl AsFd, parts: &[&[u8]], fds: &[BorrowedFd<'_>], wait: Wait) -> io::Result<()> {
+/// Like [`send_with_fds`], but waits for room in slices with a check
+/// between them ([`Checked`]): an error of the check ends the send with
+/// it, the stream broken if part of the frame is out already. A peer that
+/// hung up is `BrokenPipe`.
+pub(crate) fn send_with_fds_checked(
+    sock: impl AsFd,
+    parts: &[&[u8]],
+    fds: &[BorrowedFd<'_>],
+    checked: Checked<'_>,
+) -> io::Result<()> {
+    send_parts(sock, parts, fds, Wait::Checked(checked))
+}
+
+/// The three above.
+fn send_parts(sock: impl AsFd, parts: &[&[u8]], fds: &[BorrowedFd<'_>], mut wait: Wait<'_>) -> io::Result<()> {
     if fds.len() > MAX_FDS {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "too many descriptors"));
     }
     let flags = match wait {
-        Wait::By(_) => SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
         Wait::InSend => SendFlags::NOSIGNAL,
+        Wait::Until(_) | Wait::Checked(_) => SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
     };
     // No room: wait for it, or (waiting in the send) its time ran out.
-    let no_room = |begun: bool| match wait {
-        Wait::By(until) => writable_by(&sock, until, begun),
+    let no_room = |wait: &mut Wait<'_>, begun: bool| match wait {
         Wait::InSend => Err(io::Error::from(io::ErrorKind::WouldBlock)),
+        Wait::Until(until) => writable_by(&sock, *until, begun),
+        Wait::Checked(checked) => {
+            let revents = checked.ready(&sock, PollFlags::OUT)?;
+            if revents.intersects(PollFlags::HUP | PollFlags::ERR) && !revents.contains(PollFlags::OUT) {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            Ok(())
+        }
     };
     let iov: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
     let mut pause = Duration::from_millis(1);
@@ -88,12 +132,16 @@ fn send_parts(sock: impl AsFd, parts: &[&[u8]], fds: &[BorrowedFd<'_>], wait: Wa
         match rustix::net::sendmsg(&sock, &iov, &mut control, flags) {
             Ok(n) => break n,
             Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) => no_room(false)?,
+            Err(Errno::AGAIN) => no_room(&mut wait, false)?,
             // This user has more descriptors in flight on sockets than its
             // limit of open files (the receivers have not taken them yet):
             // as no room, but nothing says when there is some.
-            Err(Errno::TOOMANYREFS) if !fds.is_empty() => match wait {
-                Wait::By(until) => fewer_in_flight(&sock, until, &mut pause)?,
+            Err(Errno::TOOMANYREFS) if !fds.is_empty() => match &mut wait {
+                Wait::Until(until) => fewer_in_flight(&sock, *until, &mut pause)?,
+                Wait::Checked(checked) => {
+                    fewer_in_flight(&sock, None, &mut pause)?;
+                    (checked.check)()?;
+                }
                 Wait::InSend => return Err(Errno::TOOMANYREFS.into()),
             },
             Err(e) => return Err(e.into()),
@@ -109,7 +157,7 @@ fn send_parts(sock: impl AsFd, parts: &[&[u8]], fds: &[BorrowedFd<'_>], wait: Wa
             match rustix::net::send(&sock, &part[at..], flags) {
                 Ok(n) => at += n,
                 Err(Errno::INTR) => {}
-                Err(Errno::AGAIN) => no_room(true)?,
+                Err(Errno::AGAIN) => no_room(&mut wait, true)?,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -528,6 +576,61 @@ pub(crate) fn recv_exact(sock: impl AsFd, buf: &mut [u8], patience: Patience) ->
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed mid-frame"));
         }
         at += n;
+    }
+    Ok(())
+}
+
+/// Like [`recv_with_fds`] with [`Patience::Blocking`] (fills `buf`
+/// unless the peer closes first, then returns the bytes so far, the
+/// descriptors coming with the first of them), but waits in slices with a
+/// check between them ([`Checked`]): an error of the check ends the read
+/// with it, the stream broken if part of the frame was read already.
+/// Descriptors after the first bytes are `InvalidData`.
+pub(crate) fn recv_with_fds_checked(
+    sock: impl AsFd,
+    buf: &mut [u8],
+    sockets: bool,
+    checked: &mut Checked<'_>,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut at = 0;
+    let mut fds = Vec::new();
+    while at < buf.len() {
+        let got = checked.ready(&sock, PollFlags::IN).and_then(|_| {
+            match recv_with_fds(&sock, &mut buf[at..], Patience::Queued, sockets) {
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Ok(None),
+                Ok((_, more)) if at > 0 && !more.is_empty() => {
+                    close_elsewhere(more);
+                    Err(io::Error::new(io::ErrorKind::InvalidData, "descriptors came where none belong"))
+                }
+                other => other.map(Some),
+            }
+        });
+        match got {
+            Ok(None) => {}
+            Ok(Some((0, _))) => break,
+            Ok(Some((n, more))) => {
+                fds.extend(more);
+                at += n;
+            }
+            Err(e) => {
+                close_elsewhere(fds);
+                return Err(e);
+            }
+        }
+    }
+    Ok((at, fds))
+}
+
+/// Like [`recv_exact`] with [`Patience::Blocking`], but waits in slices
+/// with a check between them, as [`recv_with_fds_checked`].
+pub(crate) fn recv_exact_checked(sock: impl AsFd, buf: &mut [u8], checked: &mut Checked<'_>) -> io::Result<()> {
+    let (n, fds) = recv_with_fds_checked(sock, buf, false, checked)?;
+    if !fds.is_empty() {
+        close_elsewhere(fds);
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "descriptors came where none belong"));
+    }
+    if n < buf.len() {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the peer closed mid-frame"));
     }
     Ok(())
 }
