@@ -195,12 +195,21 @@ impl<L: Lockable> Locker<L> {
     }
 
     fn close(&self) {
+        // Closed first, and this thread's lock released only then, under
+        // the lock a waiter takes to look: a waiter that gets the lock
+        // released here finds the object closed and gives the lock back
+        // (`Closed`), never returns holding it. (Released first, another
+        // thread could take it, look before the object was marked closed,
+        // and keep it: on an interpreter without the GIL.)
+        let mut object = self.object.lock().unwrap_or_else(|e| e.into_inner());
+        let closed = object.take();
         let mine = {
             let mut held = self.held();
             if held.as_ref().is_some_and(Held::is_mine) { held.take() } else { None }
         };
         drop(mine);
-        drop(self.object.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(object);
+        drop(closed);
     }
 }
 

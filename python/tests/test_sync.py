@@ -124,6 +124,50 @@ def test_closing_a_mutex_ends_another_threads_wait_for_it(name):
     again.close()
 
 
+@pytest.mark.parametrize("kind", ["Mutex", "Shared"])
+def test_a_lock_released_by_close_goes_back_rather_than_to_a_waiter(name, kind):
+    # The holder closes while another thread waits, again and again, the
+    # close landing at any point of the wait: the waiter always ends with
+    # `Closed` and the lock free, never holding a lock of a closed object.
+    def make():
+        return copydata.Mutex(name) if kind == "Mutex" else copydata.Shared(name, 8)
+
+    probe = make()  # another handle to the same lock, to see it free
+    kept = []
+    try:
+        for round in range(300):
+            obj = make()
+            assert obj.acquire(timeout=10.0)
+            outcome = []
+            waiting = threading.Event()
+
+            def waiter():
+                waiting.set()
+                try:
+                    outcome.append(obj.acquire(timeout=10.0))
+                except copydata.Closed as e:
+                    outcome.append(e)
+                if outcome[0] is True:
+                    obj.release()  # (so that the next rounds go on)
+
+            thread = threading.Thread(target=waiter)
+            thread.start()
+            assert waiting.wait(10.0)
+            if round % 3:
+                time.sleep(0.0005 * (round % 7))
+            obj.close()
+            thread.join(10.0)
+            assert not thread.is_alive()
+            if not isinstance(outcome[0], copydata.Closed):
+                kept.append((round, outcome[0]))
+            # Free: given back, not kept by the closed handle's waiter.
+            assert probe.acquire(blocking=False), f"round {round}: the lock was left taken"
+            probe.release()
+    finally:
+        probe.close()
+    assert not kept, f"waiters that did not get Closed (round, outcome): {kept}"
+
+
 def test_mutex_arguments_and_closing(name):
     with pytest.raises(copydata.InvalidName):
         copydata.Mutex("bad/name")
