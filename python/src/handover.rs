@@ -92,7 +92,7 @@ pub(crate) fn send_section(py: Python<'_>, socket: &Bound<'_, PyAny>, section: P
 /// close the socket). What arrives is checked: anything else raises
 /// `ProtocolError`; a closed peer raises `ReceiverDied`. Linux only.
 #[pyfunction]
-pub(crate) fn recv_section(py: Python<'_>, socket: &Bound<'_, PyAny>) -> PyResult<Section> {
+pub(crate) fn recv_section(py: Python<'_>, socket: &Bound<'_, PyAny>) -> PyResult<Py<Section>> {
     let fd = fileno(socket)?;
     #[cfg(target_os = "linux")]
     {
@@ -142,7 +142,8 @@ pub(crate) fn recv_section(py: Python<'_>, socket: &Bound<'_, PyAny>) -> PyResul
                 format!("the section's frame did not arrive in full within {waited} s (the stream is broken)"),
             ));
         }
-        interrupted.or(received)?.map(Section::wrap).map_err(|e| errors::handover_error(py, e))
+        let received = interrupted.or(received)?.map_err(|e| errors::handover_error(py, e))?;
+        Section::wrap_py(py, received)
     }
     #[cfg(not(target_os = "linux"))]
     {

@@ -72,7 +72,7 @@ pub(crate) fn single_instance(
         }
     };
     Ok(match acquired {
-        SingleInstance::Primary(p) => Py::new(py, Primary { app_id, inner: Shared::new(p) })?.into_any(),
+        SingleInstance::Primary(p) => crate::opened(py, Primary { app_id, inner: Shared::new(p) })?.into_any(),
         SingleInstance::Secondary(s) => Py::new(
             py,
             Secondary { code: s.code(), data: PyBytes::new(py, s.data()).unbind(), primary_pid: s.primary_pid() },
@@ -84,7 +84,7 @@ pub(crate) fn single_instance(
 /// This process is the running instance of its app id: it receives the
 /// launches of later processes (`recv`, or iterate), until `close()` (or
 /// the end of a `with` block) frees the app id for the next launch.
-#[pyclass(frozen, module = "copydata", name = "Primary")]
+#[pyclass(frozen, weakref, module = "copydata", name = "Primary")]
 pub(crate) struct Primary {
     app_id: String,
     /// Receivers hold a clone for one slice at a time.

@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
+use pyo3::pyclass::PyClass;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::PyBytes;
 
 use crate::errors::Kind;
@@ -265,10 +267,78 @@ pub(crate) unsafe fn export_writable(
     Ok(())
 }
 
+/// The objects of this process that hold a name (mailboxes, a primary
+/// instance, named sections, mutexes, shared values, events), by weak
+/// reference: those still open when the interpreter exits are closed then
+/// ([`close_at_exit`]), so that their names and files do not outlive the
+/// process until a listing removes them.
+static OPEN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// The `weakref.WeakSet` of [`OPEN`].
+fn open_objects(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    OPEN.get_or_try_init(py, || Ok(py.import("weakref")?.getattr("WeakSet")?.call0()?.unbind())).map(|set| set.bind(py))
+}
+
+/// `value` as a Python object, closed at interpreter exit if still open
+/// then (see [`OPEN`]). The class needs `weakref`.
+pub(crate) fn opened<T: PyClass>(py: Python<'_>, value: impl Into<PyClassInitializer<T>>) -> PyResult<Py<T>> {
+    let object = Py::new(py, value)?;
+    open_objects(py)?.call_method1("add", (&object,))?;
+    Ok(object)
+}
+
+/// Run by `atexit` (once the interpreter's non-daemon threads have ended):
+/// closes what is still open of [`OPEN`], as `close()` from another thread
+/// would (a daemon thread still waiting in one of them gets `Closed`), and
+/// waits a few slices at most for those threads' waits to let go. A close
+/// that fails (a section another thread's call holds) leaves its object
+/// alone; what is still held past its close (a buffer of a named section,
+/// a lock another thread took, a view of a shared value) keeps its name
+/// until the process ends, for the next listing to remove.
+#[pyfunction]
+fn close_at_exit(py: Python<'_>) {
+    let Ok(open) = open_objects(py) else { return };
+    // (A thread that opens one meanwhile changes the set: copy again.)
+    let objects = (0..10).find_map(|_| open.try_iter().and_then(|it| it.collect::<PyResult<Vec<_>>>()).ok());
+    let objects = objects.unwrap_or_default();
+    // Every lock marked closed before any is released (see
+    // `sync::mark_closed_for_exit`).
+    let pending: Vec<_> = objects.iter().filter_map(sync::mark_closed_for_exit).collect();
+    for object in &objects {
+        let _ = object.call_method0("close");
+    }
+    // Other threads' waits give their references back within a slice;
+    // a lock another thread holds is not waited for.
+    py.detach(move || {
+        let deadline = std::time::Instant::now() + 4 * SLICE;
+        while !pending.iter().all(|gone| gone()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+}
+
+#[cfg(unix)]
+/// Run in a child made by `fork`: the objects it inherited are its
+/// parent's, which the child's exit must not close.
+#[pyfunction]
+fn forget_after_fork(py: Python<'_>) {
+    if let Ok(open) = open_objects(py) {
+        let _ = open.call_method0("clear");
+    }
+}
+
 /// WM_COPYDATA-style messages and shared-memory sections (the native part of
 /// the `copydata` package).
 #[pymodule]
 fn _copydata(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    py.import("atexit")?.call_method1("register", (wrap_pyfunction!(close_at_exit, m)?,))?;
+    #[cfg(unix)]
+    {
+        use pyo3::types::IntoPyDict;
+        let kwargs = [("after_in_child", wrap_pyfunction!(forget_after_fork, m)?)].into_py_dict(py)?;
+        py.import("os")?.call_method("register_at_fork", (), Some(&kwargs))?;
+    }
     m.add_function(wrap_pyfunction!(mailbox::send, m)?)?;
     m.add_class::<mailbox::Mailbox>()?;
     m.add_class::<mailbox::Request>()?;

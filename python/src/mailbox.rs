@@ -121,7 +121,7 @@ fn send_with_sections(
 /// more is refused; None: 512). `allow_uids` (Linux): other users whose
 /// senders the mailbox also takes (they connect with `Sender(name,
 /// owner=UID)`); by default only this user's.
-#[pyclass(frozen, module = "copydata", name = "Mailbox")]
+#[pyclass(frozen, weakref, module = "copydata", name = "Mailbox")]
 pub(crate) struct Mailbox {
     name: String,
     /// Receivers hold a clone for one slice at a time.
@@ -145,7 +145,7 @@ impl Mailbox {
         max_payload: Option<u64>,
         max_connections: Option<usize>,
         allow_uids: Option<Vec<u32>>,
-    ) -> PyResult<Mailbox> {
+    ) -> PyResult<Py<Mailbox>> {
         let mut options = MailboxOptions::new();
         if let Some(max) = max_payload {
             options = options.max_payload(max);
@@ -158,7 +158,7 @@ impl Mailbox {
         }
         let mailbox =
             py.detach(|| copydata::Mailbox::bind_with(name, &options)).map_err(|e| errors::bind_error(py, e))?;
-        Ok(Mailbox { name: name.to_owned(), inner: Shared::new(mailbox) })
+        crate::opened(py, Mailbox { name: name.to_owned(), inner: Shared::new(mailbox) })
     }
 
     /// The mailbox's name.
@@ -316,7 +316,7 @@ impl Request {
     fn new(py: Python<'_>, mut request: copydata::Request) -> PyResult<Request> {
         let data = message_bytes(py, &request)?.unbind();
         let sections = request.message_mut().take_sections();
-        let sections = sections.into_iter().map(|s| Py::new(py, Section::wrap(s))).collect::<PyResult<_>>()?;
+        let sections = sections.into_iter().map(|s| Section::wrap_py(py, s)).collect::<PyResult<_>>()?;
         Ok(Request {
             tag: request.tag(),
             data,

@@ -98,7 +98,7 @@ impl Mapped {
 /// length)` any part of it, and `numpy.frombuffer(section, dtype)` wraps it
 /// as an array. Such buffers stay valid after `close()`, which releases the
 /// handle; the memory is unmapped once the last of them is released.
-#[pyclass(module = "copydata", name = "Section")]
+#[pyclass(weakref, module = "copydata", name = "Section")]
 pub(crate) struct Section {
     /// `None` once closed. Shared with the sends that carry the section,
     /// so that a send can be interrupted (Ctrl-C) and finish in the
@@ -134,6 +134,14 @@ impl Section {
         }
     }
 
+    /// [`wrap`](Self::wrap) as a Python object; a named section is closed
+    /// at interpreter exit if still open then ([`crate::opened`]).
+    pub(crate) fn wrap_py(py: Python<'_>, section: copydata::Section) -> PyResult<Py<Section>> {
+        let named = section.name().is_some();
+        let section = Section::wrap(section);
+        if named { crate::opened(py, section) } else { Py::new(py, section) }
+    }
+
     pub(crate) fn handle(&self, py: Python<'_>) -> PyResult<&copydata::Section> {
         self.shared(py).map(|h| &**h)
     }
@@ -155,17 +163,19 @@ impl Section {
     /// Creates the named section `name` of `size` bytes, zero-filled.
     /// Raises `AlreadyExists` while a live section has this name.
     #[staticmethod]
-    fn create(py: Python<'_>, name: &str, size: u64) -> PyResult<Section> {
-        copydata::Section::create(name, size).map(Section::wrap).map_err(|e| errors::create_error(py, e))
+    fn create(py: Python<'_>, name: &str, size: u64) -> PyResult<Py<Section>> {
+        let section = copydata::Section::create(name, size).map_err(|e| errors::create_error(py, e))?;
+        Section::wrap_py(py, section)
     }
 
     /// Opens the live named section `name`, for reading only if `readonly`.
     /// Raises `NotFound` if there is none.
     #[staticmethod]
     #[pyo3(signature = (name, *, readonly = false))]
-    fn open(py: Python<'_>, name: &str, readonly: bool) -> PyResult<Section> {
+    fn open(py: Python<'_>, name: &str, readonly: bool) -> PyResult<Py<Section>> {
         let access = if readonly { copydata::Access::ReadOnly } else { copydata::Access::ReadWrite };
-        copydata::Section::open_with(name, access).map(Section::wrap).map_err(|e| errors::open_error(py, e))
+        let section = copydata::Section::open_with(name, access).map_err(|e| errors::open_error(py, e))?;
+        Section::wrap_py(py, section)
     }
 
     /// Creates an anonymous section of `size` bytes, zero-filled.
@@ -190,8 +200,9 @@ impl Section {
     /// (to a child with `copydata.Popen`, or with a message): the receiver
     /// cannot turn it back into write access (memfd seals on Linux, the
     /// handle's access mask on Windows). This handle stays writable.
-    fn read_only(&self, py: Python<'_>) -> PyResult<Section> {
-        self.handle(py)?.read_only().map(Section::wrap).map_err(|e| errors::read_only_error(py, e))
+    fn read_only(&self, py: Python<'_>) -> PyResult<Py<Section>> {
+        let section = self.handle(py)?.read_only().map_err(|e| errors::read_only_error(py, e))?;
+        Section::wrap_py(py, section)
     }
 
     /// Whether the section's size is sealed (Linux: a memfd that cannot

@@ -143,23 +143,34 @@ impl<L: Lockable> Locker<L> {
             let slice =
                 blocking.then(|| deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()).min(SLICE)));
             // The lock is taken on this thread (`detach` runs the closure
-            // here).
-            let locked = py.detach(|| match slice {
-                Some(s) => object.lock_within(s),
-                None => object.lock_now(),
+            // here), and kept or given back there too; the reference to the
+            // object goes before the interpreter is attached again, so that
+            // a close at interpreter exit, which waits for such references
+            // to go, never waits for the GIL.
+            let locked = py.detach(move || {
+                let got = match slice {
+                    Some(s) => object.lock_within(s),
+                    None => object.lock_now(),
+                };
+                drop(object);
+                let held = got?;
+                // Closed by another thread while this one waited: the lock
+                // goes back at once rather than stay taken. (Looked at
+                // under the lock `close` marks it closed with, before it
+                // releases its own hold.)
+                let open = self.object.lock().unwrap_or_else(|e| e.into_inner());
+                if open.is_none() {
+                    drop((open, held));
+                    return Ok(false);
+                }
+                *self.held() = Some(held);
+                Ok(true)
             });
             match locked {
-                Ok(held) => {
-                    // Closed by another thread while this one waited: the
-                    // lock goes back at once rather than stay taken.
-                    let open = self.object.lock().unwrap_or_else(|e| e.into_inner());
-                    if open.is_none() {
-                        drop((open, held));
-                        let what = format!("{} {:?} was closed while this thread waited for it", L::WHAT, self.name);
-                        return Err(errors::raise(py, Kind::Closed, what));
-                    }
-                    *self.held() = Some(held);
-                    return Ok(true);
+                Ok(true) => return Ok(true),
+                Ok(false) => {
+                    let what = format!("{} {:?} was closed while this thread waited for it", L::WHAT, self.name);
+                    return Err(errors::raise(py, Kind::Closed, what));
                 }
                 Err(LockError::WouldBlock) => return Ok(false),
                 Err(LockError::TimedOut) if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(false),
@@ -211,22 +222,35 @@ impl<L: Lockable> Locker<L> {
         drop(object);
         drop(closed);
     }
+
+    /// The first half of a close at interpreter exit: marks the object
+    /// closed, but keeps this thread's hold (`close`, called next, releases
+    /// it), so that a waiter which gets a lock released at exit finds its
+    /// own object closed too, whatever the order. Says when the object is
+    /// gone, the references other threads' waits hold included (given
+    /// back within a slice); a lock another thread holds keeps it.
+    fn mark_closed(&self) -> Gone {
+        let taken = self.object.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let weak = taken.as_ref().map(Arc::downgrade);
+        drop(taken);
+        Box::new(move || weak.as_ref().is_none_or(|w| w.strong_count() == 0))
+    }
 }
 
 /// A named mutex shared by processes, that survives its owner's death
 /// (`CreateMutexW`; a robust process-shared mutex on Linux).
-#[pyclass(module = "copydata", frozen)]
+#[pyclass(module = "copydata", frozen, weakref)]
 pub(crate) struct Mutex {
     locker: Locker<copydata::sync::Mutex>,
 }
 
 impl Mutex {
-    fn open_mutex(py: Python<'_>, name: &str, create: bool) -> PyResult<Mutex> {
+    fn open_mutex(py: Python<'_>, name: &str, create: bool) -> PyResult<Py<Mutex>> {
         let opened = py.detach(|| {
             if create { copydata::sync::Mutex::open_or_create(name) } else { copydata::sync::Mutex::open(name) }
         });
         let mutex = opened.map_err(|e| errors::sync_open_error(py, e))?;
-        Ok(Mutex { locker: Locker::new(name, mutex) })
+        crate::opened(py, Mutex { locker: Locker::new(name, mutex) })
     }
 }
 
@@ -235,13 +259,13 @@ impl Mutex {
     /// Opens the mutex `name`, creating it (unlocked) if no process holds
     /// one.
     #[new]
-    fn new(py: Python<'_>, name: &str) -> PyResult<Mutex> {
+    fn new(py: Python<'_>, name: &str) -> PyResult<Py<Mutex>> {
         Self::open_mutex(py, name, true)
     }
 
     /// Opens the existing mutex `name` (`NotFound` if no process holds one).
     #[classmethod]
-    fn open(_cls: &Bound<'_, PyType>, py: Python<'_>, name: &str) -> PyResult<Mutex> {
+    fn open(_cls: &Bound<'_, PyType>, py: Python<'_>, name: &str) -> PyResult<Py<Mutex>> {
         Self::open_mutex(py, name, false)
     }
 
@@ -319,7 +343,7 @@ impl Mutex {
 /// lock: the DLL shared data section of Win32, by size (`copydata::sync`'s
 /// shared value; a Rust `Shared<T>` of the same size, alignment and tag is
 /// the same object).
-#[pyclass(module = "copydata", frozen)]
+#[pyclass(module = "copydata", frozen, weakref)]
 pub(crate) struct Shared {
     locker: Locker<SharedBytes>,
     size: usize,
@@ -327,7 +351,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn of(py: Python<'_>, name: &str, opened: Result<SharedBytes, SyncOpenError>) -> PyResult<Shared> {
+    fn of(py: Python<'_>, name: &str, opened: Result<SharedBytes, SyncOpenError>) -> PyResult<Py<Shared>> {
         let shared = match opened {
             // The initialiser's own exception, as it raised it.
             Err(SyncOpenError::InitFailed { source, .. }) if source.is::<PyErr>() => {
@@ -336,7 +360,7 @@ impl Shared {
             other => other.map_err(|e| errors::sync_open_error(py, e))?,
         };
         let (size, align) = (shared.len(), shared.align());
-        Ok(Shared { locker: Locker::new(name, shared), size, align })
+        crate::opened(py, Shared { locker: Locker::new(name, shared), size, align })
     }
 }
 
@@ -358,7 +382,7 @@ impl Shared {
         align: usize,
         tag: &str,
         init: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Shared> {
+    ) -> PyResult<Py<Shared>> {
         // The value's lock may have to be waited for as long as another
         // process (or thread) takes to initialise it: a thread of its own
         // waits, so that this one waits in slices and takes Ctrl-C. The
@@ -410,7 +434,7 @@ impl Shared {
     /// no process holds it or it is not initialised yet).
     #[classmethod]
     #[pyo3(signature = (name, *, tag = "bytes"))]
-    fn open(_cls: &Bound<'_, PyType>, py: Python<'_>, name: &str, tag: &str) -> PyResult<Shared> {
+    fn open(_cls: &Bound<'_, PyType>, py: Python<'_>, name: &str, tag: &str) -> PyResult<Py<Shared>> {
         Self::of(py, name, py.detach(|| SharedBytes::open(name, tag)))
     }
 
@@ -571,7 +595,7 @@ impl SharedView {
 
 /// A named event shared by processes (`CreateEventW`; a futex word on
 /// Linux): set it in one, wake waiters in others.
-#[pyclass(module = "copydata", frozen)]
+#[pyclass(module = "copydata", frozen, weakref)]
 pub(crate) struct Event {
     name: String,
     kind: EventKind,
@@ -585,9 +609,12 @@ impl Event {
         event.ok_or_else(|| errors::raise(py, Kind::Closed, format!("event {:?} is closed", self.name)))
     }
 
-    fn of(py: Python<'_>, name: &str, opened: Result<copydata::sync::Event, SyncOpenError>) -> PyResult<Event> {
+    fn of(py: Python<'_>, name: &str, opened: Result<copydata::sync::Event, SyncOpenError>) -> PyResult<Py<Event>> {
         let event = opened.map_err(|e| errors::sync_open_error(py, e))?;
-        Ok(Event { name: name.to_owned(), kind: event.kind(), event: std::sync::Mutex::new(Some(Arc::new(event))) })
+        crate::opened(
+            py,
+            Event { name: name.to_owned(), kind: event.kind(), event: std::sync::Mutex::new(Some(Arc::new(event))) },
+        )
     }
 }
 
@@ -600,14 +627,14 @@ impl Event {
     /// (`Event.open` takes either).
     #[new]
     #[pyo3(signature = (name, auto_reset = false))]
-    fn new(py: Python<'_>, name: &str, auto_reset: bool) -> PyResult<Event> {
+    fn new(py: Python<'_>, name: &str, auto_reset: bool) -> PyResult<Py<Event>> {
         let kind = if auto_reset { EventKind::AutoReset } else { EventKind::ManualReset };
         Self::of(py, name, py.detach(|| copydata::sync::Event::open_or_create(name, kind)))
     }
 
     /// Opens the existing event `name` (`NotFound` if no process holds one).
     #[classmethod]
-    fn open(_cls: &Bound<'_, PyType>, py: Python<'_>, name: &str) -> PyResult<Event> {
+    fn open(_cls: &Bound<'_, PyType>, py: Python<'_>, name: &str) -> PyResult<Py<Event>> {
         Self::of(py, name, py.detach(|| copydata::sync::Event::open(name)))
     }
 
@@ -641,7 +668,14 @@ impl Event {
         loop {
             let event = self.get(py)?;
             let slice = deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()).min(SLICE));
-            match py.detach(|| event.wait_timeout(slice)) {
+            // (The reference goes before the interpreter is attached again,
+            // as in `Locker::acquire`.)
+            let waited = py.detach(move || {
+                let waited = event.wait_timeout(slice);
+                drop(event);
+                waited
+            });
+            match waited {
                 Ok(()) => return Ok(true),
                 Err(WaitError::TimedOut) if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(false),
                 Err(WaitError::TimedOut) => py.check_signals()?,
@@ -669,4 +703,28 @@ impl Event {
         let closed = self.event.lock().unwrap_or_else(|e| e.into_inner()).is_none();
         format!("<copydata.Event {:?}, {}{}>", self.name, self.kind, if closed { ", closed" } else { "" })
     }
+}
+
+/// Says whether an object closed at exit is gone (see [`close_for_exit`]).
+pub(crate) type Gone = Box<dyn Fn() -> bool + Send>;
+
+/// Marks `object` closed for interpreter exit if it is a mutex, a shared
+/// value or an event (`None` otherwise; see [`Locker::mark_closed`]),
+/// saying when it is gone: the waits of other threads on it (which the
+/// close ends, or which end within a slice) let go of it without the GIL,
+/// and the last reference to go removes its name. Its `close()` follows.
+pub(crate) fn mark_closed_for_exit(object: &Bound<'_, PyAny>) -> Option<Gone> {
+    if let Ok(mutex) = object.cast::<Mutex>() {
+        return Some(mutex.get().locker.mark_closed());
+    }
+    if let Ok(shared) = object.cast::<Shared>() {
+        return Some(shared.get().locker.mark_closed());
+    }
+    if let Ok(event) = object.cast::<Event>() {
+        let event = event.get();
+        let weak = event.event.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(Arc::downgrade);
+        event.close();
+        return Some(Box::new(move || weak.as_ref().is_none_or(|w| w.strong_count() == 0)));
+    }
+    None
 }

@@ -1,0 +1,108 @@
+"""What a process still has open when its interpreter exits is closed then:
+no file of its names is left in /dev/shm or the runtime directory."""
+
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+
+import pytest
+
+# Opens one object of each kind that holds a name, keeps them referenced
+# (module globals, daemon threads waiting on them) and exits without
+# closing any.
+LEFT_OPEN = """
+import os, sys, threading, copydata
+base = sys.argv[1]
+
+mailbox = copydata.Mailbox(base + "-mailbox")
+primary = copydata.single_instance(base + "-app", args=[], timeout=10.0)
+assert isinstance(primary, copydata.Primary)
+section = copydata.Section.create(base + "-section", 4096)
+with memoryview(section) as view:
+    view[0] = 1
+other = copydata.Section.open(base + "-section")
+mutex = copydata.Mutex(base + "-mutex")
+assert mutex.acquire(timeout=10.0)  # held by this (the main) thread
+shared = copydata.Shared(base + "-shared", 8)
+assert shared.acquire(timeout=10.0)
+event = copydata.Event(base + "-event")
+
+def wait(what, call):
+    ready.release()
+    try:
+        call()
+    except copydata.Closed:
+        pass
+
+ready = threading.Semaphore(0)
+waits = [
+    ("mailbox", lambda: mailbox.recv()),
+    ("primary", lambda: primary.recv()),
+    ("mutex", lambda: copydata.Mutex(base + "-mutex").acquire()),
+    ("shared", lambda: shared.acquire()),
+    ("event", lambda: event.wait()),
+]
+for what, call in waits:
+    threading.Thread(target=wait, args=(what, call), daemon=True).start()
+for _ in waits:
+    assert ready.acquire(timeout=10.0)
+print("open", flush=True)
+"""
+
+
+@pytest.fixture
+def runtime():
+    """A runtime directory of mailboxes of its own (short: a socket's path
+    must fit in 108 bytes), removed afterwards."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="cd-rt-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _left(base, runtime):
+    shm = [n for n in os.listdir("/dev/shm") if base in n]
+    return shm + [str(p) for p in runtime.iterdir()]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="names are files on Linux")
+def test_objects_left_open_are_closed_at_exit(spawn, name, runtime):
+    env = dict(os.environ, COPYDATA_RUNTIME_DIR=str(runtime))
+    child = spawn(sys.executable, "-c", LEFT_OPEN, name, env=env)
+    assert child.readline() == "open"
+    # It exits on its own, promptly (nothing at exit waits for the
+    # threads still blocked in copydata calls).
+    code, out, err = child.finish(timeout=30.0)
+    assert code == 0, err
+    assert "Traceback" not in err, err
+    assert _left(name, runtime) == []
+
+
+# A child made by fork exits (running atexit) while its parent still uses
+# what it had opened before the fork: the parent's objects stay open.
+FORK_EXIT = """
+import os, sys, copydata
+base = sys.argv[1]
+mailbox = copydata.Mailbox(base + "-mailbox")
+mutex = copydata.Mutex(base + "-mutex")
+section = copydata.Section.create(base + "-section", 4096)
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # runs the child's atexit hooks
+assert os.waitpid(pid, 0)[1] == 0
+assert base + "-mailbox" in [m.name for m in copydata.mailboxes()]
+copydata.Mutex.open(base + "-mutex").close()
+copydata.Section.open(base + "-section").close()
+print("still open", flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork")
+def test_a_forked_child_exiting_leaves_its_parents_objects_open(spawn, name, runtime):
+    env = dict(os.environ, COPYDATA_RUNTIME_DIR=str(runtime))
+    child = spawn(sys.executable, "-c", FORK_EXIT, name, env=env)
+    assert child.readline() == "still open"
+    code, out, err = child.finish(timeout=30.0)
+    assert code == 0, err
+    assert _left(name, runtime) == []
