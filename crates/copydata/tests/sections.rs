@@ -1157,6 +1157,54 @@ fn hostile_hand_over_frames_are_refused() {
     assert_eq!((s.len(), s.access()), (4096, copydata::Access::ReadOnly));
 }
 
+/// The `_checked` hand-overs wait in slices and end with the check's error:
+/// a receive with nothing coming, one stopped part-way through a frame, and
+/// a send to a peer that does not read. Without an error they go on as the
+/// plain calls do.
+#[cfg(target_os = "linux")]
+#[test]
+fn checked_hand_overs_end_with_their_checks_error() {
+    use copydata::HandoverError;
+    use copydata::os::linux::{recv_section_checked, send_section, send_section_checked};
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    let slice = Duration::from_millis(20);
+    let give_up_after = |looks: u32| {
+        let mut n = 0;
+        move || {
+            n += 1;
+            if n >= looks { Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "given up")) } else { Ok(()) }
+        }
+    };
+    let given_up = |r: Result<_, HandoverError>| match r {
+        Err(HandoverError::Io(e)) => e.kind() == std::io::ErrorKind::Interrupted && e.to_string() == "given up",
+        _ => false,
+    };
+    // Nothing comes.
+    let (a, b) = UnixStream::pair().unwrap();
+    assert!(given_up(recv_section_checked(&b, slice, give_up_after(3)).map(drop)));
+    // Part of a header comes, then nothing.
+    (&a).write_all(b"CDS1").unwrap();
+    assert!(given_up(recv_section_checked(&b, slice, give_up_after(3)).map(drop)));
+    drop((a, b));
+    // A peer that does not read: the socket fills, then the check ends it.
+    let s = Section::anonymous(4096).unwrap();
+    let (a, _b) = UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    while (&a).write(&[0u8; 4096]).is_ok() {}
+    a.set_nonblocking(false).unwrap();
+    assert!(given_up(send_section_checked(&a, &s, slice, give_up_after(3))));
+    // With checks that pass, a frame goes through as with the plain calls.
+    let (a, b) = UnixStream::pair().unwrap();
+    send_section(&a, &s).unwrap();
+    let got = recv_section_checked(&b, slice, || Ok(())).unwrap();
+    assert_eq!(got.len(), 4096);
+    send_section_checked(&a, &s, slice, || Ok(())).unwrap();
+    assert_eq!(recv_section_checked(&b, slice, || Ok(())).unwrap().len(), 4096);
+}
+
 // ---------------------------------------------------------------- other users
 
 /// Runs `script` with `sh` as the user `nobody` (the attacker).
