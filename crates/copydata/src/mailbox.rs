@@ -1072,11 +1072,33 @@ impl Sender {
         timeout: Option<Duration>,
     ) -> Result<Reply, SendError> {
         self.timed(timeout, |s, deadline| {
-            s.with_client(deadline, timeout, data.len() as u64, |c| {
-                c.put(CALL, tag, Body::Bytes(data), sections, true, deadline)?;
-                c.reply(deadline)
+            s.put_and_wait(deadline, timeout, data.len() as u64, |c| {
+                c.put(CALL, tag, Body::Bytes(data), sections, true, deadline)
             })
         })
+    }
+
+    /// A call on the connection (made first if there is none): `put`
+    /// queues it, then the reply is awaited. A `put` that fails has queued
+    /// nothing, so its time-out (waiting for room or a buffer) leaves the
+    /// connection clean and kept, as a post's does: the messages queued
+    /// before stay ahead of the next ones. A reply that does not come in
+    /// time drops the connection (its late reply must not be taken for a
+    /// later call's).
+    #[inline(always)]
+    fn put_and_wait(
+        &mut self,
+        deadline: Option<Instant>,
+        timeout: Option<Duration>,
+        size: u64,
+        put: impl FnOnce(&mut Client) -> Result<(), Fail>,
+    ) -> Result<Reply, SendError> {
+        let c = self.connected(deadline, timeout)?;
+        if let Err(f) = put(c) {
+            return Err(self.unsent_failed(timeout, size, f));
+        }
+        let reply = self.client.as_mut().expect("connected above").reply(deadline);
+        reply.map_err(|f| self.drop_unless_clean(timeout, size, f))
     }
 
     /// Runs a call with the deadline `timeout` sets (none: the clock is not
@@ -1289,9 +1311,8 @@ impl Sender {
             return Err(SendError::ReceiverDied { name: self.name.to_string() });
         }
         self.timed(timeout, |s, deadline| {
-            s.with_client(deadline, timeout, len as u64, |c| {
-                c.put(CALL, tag, Body::Lent(buf, len), &[], true, deadline)?;
-                c.reply(deadline)
+            s.put_and_wait(deadline, timeout, len as u64, |c| {
+                c.put(CALL, tag, Body::Lent(buf, len), &[], true, deadline)
             })
         })
     }

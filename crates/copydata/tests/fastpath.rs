@@ -948,6 +948,33 @@ fn a_full_ring_and_a_trim_due(srv: &mut Srv, s: &mut Sender) -> (u64, usize) {
     (n, room)
 }
 
+/// A call that times out waiting for room in a full queue has queued
+/// nothing: its connection is kept (it was dropped, and the messages after
+/// it then went on a new connection, which the receiver may serve before
+/// the posts still queued on the old one), and every post arrives once, in
+/// order, the timed-out call not at all.
+#[test]
+fn a_call_that_times_out_waiting_for_room_keeps_its_connection() {
+    let mut srv = Srv::start(1);
+    let mut s = srv.sender();
+    s.post(tag(GATE, 1), b"").unwrap();
+    assert_eq!(srv.kid().expect("gated"), "1");
+    let n = fill_the_queue(&mut s, 0, 16);
+    let pid = s.receiver_pid();
+    assert!(pid.is_some());
+    let started = Instant::now();
+    match s.send_timeout(tag(REC, n), &pattern(16, n), Duration::from_millis(200)) {
+        Err(SendError::TimedOut { .. }) => {}
+        other => panic!("a call into a full queue: {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(s.receiver_pid(), pid, "the connection was dropped");
+    srv.kid().tell("go");
+    s.post(tag(REC, n), &pattern(16, n)).unwrap();
+    check_posts(&mut s, n + 1, |_| 16);
+    srv.quit();
+}
+
 /// The payload length whose record takes exactly `room` bytes: 32 bytes in
 /// the first line of 64, 56 in each further line.
 fn filling(room: usize) -> usize {
