@@ -59,13 +59,16 @@
 //!   (`Builder::enable_all`). A sender may move between runtimes: a call
 //!   made on another runtime than the last one registers the connection
 //!   with the new runtime's reactor.
-//! - **Cancellation**: dropping a `send` future before it completes drops
-//!   its connection, exactly like a timeout of the blocking
-//!   [`Sender`](crate::Sender); the next call sets up a new one, so it can
-//!   never receive the reply meant for the abandoned call. Messages the
-//!   dropped connection had queued are still handled, but the next call's
-//!   message goes through the new connection and may be handled before
-//!   them: order holds between calls that complete. A `post` future (of
+//! - **Cancellation**: dropping a `send` future once its message is
+//!   queued (while it waits for the reply) drops its connection, exactly
+//!   like a reply's timeout in the blocking [`Sender`](crate::Sender); the
+//!   next call sets up a new one, so it can never receive the reply meant
+//!   for the abandoned call. Messages the dropped connection had queued
+//!   are still handled, but the next call's message goes through the new
+//!   connection and may be handled before them: order holds between calls
+//!   that complete. A `send` dropped (or timed out) while it still waits
+//!   for room in a full queue has queued nothing and keeps the connection,
+//!   as a post does. A `post` future (of
 //!   bytes or of a loan) only ever waits for room, and queues its message
 //!   whole, in one step, when it finds some: dropped before it completes,
 //!   it has queued nothing, and the connection is kept (a loan's buffer
@@ -114,12 +117,13 @@ const SLICE: Duration = Duration::from_millis(100);
 /// [`Sender`](crate::Sender).
 ///
 /// Messages sent through one `AsyncSender` are handled in order. After a
-/// `send`'s timeout, an error or a cancelled `send` the connection is
-/// dropped and the next call makes a new one: messages queued on the old
-/// one may then be handled after the new call's. A post given up on (a
-/// [`post_timeout`](Self::post_timeout) that times out, a `post` future
-/// dropped while it waits for room) sends nothing and keeps the
-/// connection.
+/// `send` whose reply did not come in time, an error, or a `send` cancelled
+/// while it waits for its reply, the connection is dropped and the next
+/// call makes a new one: messages queued on the old one may then be handled
+/// after the new call's. A message given up on while it waits for room (a
+/// [`post_timeout`](Self::post_timeout) or `send_timeout` that times out
+/// there, a `post` or `send` future dropped then) sends nothing and keeps
+/// the connection.
 #[derive(Debug)]
 pub struct AsyncSender {
     name: Name,
@@ -472,14 +476,21 @@ impl AsyncSender {
         self.runtime()?;
         let deadline = timeout.and_then(crate::deadline);
         let exchange = async {
-            let mut conn = self.take_conn(deadline, timeout).await?;
-            let result = match conn.put(CALL, tag, data, sections).await {
-                Ok(()) => conn.reply().await,
-                Err(e) => Err(e),
-            };
+            // Queued with the connection in place: dropped while it waits
+            // for room, the call has queued nothing (as a post), and the
+            // connection stays, clean.
+            let queued = self.lease(deadline, timeout).await?.put(CALL, tag, data, sections).await;
+            if let Err(f) = queued {
+                return self.settled(Err(f), timeout, data.len());
+            }
+            // Queued: from here a dropped call takes its connection along,
+            // whose late reply must not be taken for a later call's.
+            let mut conn = self.conn.take().expect("leased above");
+            let result = conn.reply().await;
             self.settle(conn, result, timeout, data.len())
         };
-        // Past the deadline, the exchange was dropped, and with it the connection.
+        // Past the deadline, the exchange was dropped (with the connection
+        // if the call was queued).
         until(deadline, exchange).await.unwrap_or_else(|| Err(self.timed_out(timeout)))
     }
 

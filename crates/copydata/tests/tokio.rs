@@ -601,7 +601,8 @@ fn async_posts_can_give_up_when_the_queue_stays_full() {
 /// A post dropped while it waits for room in a full queue has queued
 /// nothing: the connection is kept (its queue still full, the receiver
 /// still known), and the message is neither delivered nor doubled. The
-/// same for a loan's post, whose buffer goes back to the pool.
+/// same for a call (dropped, or timed out, while it waits for room) and a
+/// loan's post, whose buffer goes back to the pool.
 #[test]
 fn a_post_cancelled_while_waiting_for_room_keeps_the_connection() {
     let name = unique("async-post-cancel");
@@ -627,6 +628,14 @@ fn a_post_cancelled_while_waiting_for_room_keeps_the_connection() {
             let err = sender.try_post(n, &data).await.unwrap_err();
             assert!(matches!(err, SendError::Full { .. }), "{err:?}");
         }
+        // A call too, while it waits for room (not yet for its reply):
+        // dropped, or timed out.
+        let cancelled = tokio::time::timeout(Duration::from_millis(50), sender.send(n, &data)).await;
+        assert!(cancelled.is_err(), "a call into a full queue completed: {cancelled:?}");
+        assert_eq!(sender.receiver_pid(), Some(pid), "the connection was dropped with the call");
+        let timed_out = sender.send_timeout(n, &data, Duration::from_millis(50)).await;
+        assert!(matches!(timed_out, Err(SendError::TimedOut { .. })), "{timed_out:?}");
+        assert_eq!(sender.receiver_pid(), Some(pid), "the connection was dropped with the timed-out call");
         // A loan's post, likewise: the buffer goes back, nothing is sent.
         let mut loan = sender.loan(100_000).await.unwrap();
         loan.fill(8);
