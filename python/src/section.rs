@@ -206,11 +206,21 @@ impl Section {
     }
 
     /// Whether the section's size is sealed (Linux: a memfd that cannot
-    /// shrink, so a peer cannot truncate it under a mapping; always False
-    /// on Windows, where a mapped section cannot shrink anyway).
+    /// shrink, so a peer cannot truncate it under a mapping; always True
+    /// on Windows, where a mapped section cannot shrink).
     #[getter]
     fn size_sealed(&self, py: Python<'_>) -> PyResult<bool> {
         Ok(self.handle(py)?.is_size_sealed())
+    }
+
+    /// Whether the section's pages live in memory: anonymous and named
+    /// sections, and files on a memory file system (tmpfs, ramfs,
+    /// hugetlbfs; on Windows the paging file). False for a file on a disk,
+    /// network or FUSE file system, whose reads can fail and kill this
+    /// process (SIGBUS): refuse such sections from peers you do not trust.
+    #[getter]
+    fn memory_backed(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(self.handle(py)?.is_memory_backed())
     }
 
     /// The section's name (None for an anonymous section).

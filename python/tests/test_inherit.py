@@ -202,3 +202,13 @@ def test_size_sealing_is_reported(name):
     with copydata.Section.anonymous(4096) as anon, copydata.Section.create(name, 4096) as named:
         assert anon.size_sealed
         assert not named.size_sealed
+
+
+def test_memory_backing_is_reported(name, tmp_path):
+    with copydata.Section.anonymous(4096) as anon, copydata.Section.create(name, 4096) as named:
+        assert anon.memory_backed and named.memory_backed
+    path = tmp_path / "data"
+    path.write_bytes(b"x" * 4096)
+    fs_type = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout.strip()
+    with copydata.Section.file(path) as f:
+        assert f.memory_backed == (fs_type in ("tmpfs", "ramfs", "hugetlbfs"))

@@ -1058,7 +1058,7 @@ size_t copydata_request_section_count(const copydata_request *request);
  * before mapping such a section. A file-backed section whose file cannot
  * be read (on a network share or a drive that has gone) crashes the
  * process that touches its views too (`EXCEPTION_IN_PAGE_ERROR` on
- * Windows).
+ * Windows): `copydata_section_is_memory_backed` tells them apart.
  *
  * Fails with `COPYDATA_STATUS_INVALID_ARGUMENT` for an index out of
  * range or a section already taken.
@@ -1238,6 +1238,21 @@ copydata_status copydata_section_file(const char *path, uint32_t access, copydat
  * `section` is NULL or a live section.
  */
 bool copydata_section_is_size_sealed(const copydata_section *section);
+
+/**
+ * Whether the section's pages live in memory
+ * (`copydata::Section::is_memory_backed`): anonymous and named sections,
+ * and files on a memory file system (Linux: tmpfs, ramfs, hugetlbfs;
+ * Windows: the paging file). False for a file on a disk, network or FUSE
+ * file system, whose reads can fail and crash the reading process
+ * (SIGBUS, `EXCEPTION_IN_PAGE_ERROR`): a receiver can refuse such
+ * sections from senders it does not trust. False for NULL.
+ *
+ * # Safety
+ *
+ * `section` is NULL or a live section.
+ */
+bool copydata_section_is_memory_backed(const copydata_section *section);
 
 /**
  * The access this handle has: `COPYDATA_READ_WRITE` or

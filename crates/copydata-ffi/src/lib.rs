@@ -101,7 +101,8 @@
 //! [`copydata_section_file`] makes a section of an existing file. A
 //! received named or file-backed section can be truncated by whoever may
 //! open it: check [`copydata_section_is_size_sealed`] before mapping one
-//! from a sender you do not trust.
+//! from a sender you do not trust, and [`copydata_section_is_memory_backed`]
+//! to refuse files whose reads can fail.
 //!
 //! # What is live
 //!
@@ -193,9 +194,9 @@ pub use mailbox::{
 };
 pub use section::{
     COPYDATA_READ_ONLY, COPYDATA_READ_WRITE, Section, View, copydata_section_access, copydata_section_anonymous,
-    copydata_section_close, copydata_section_create, copydata_section_file, copydata_section_is_size_sealed,
-    copydata_section_map, copydata_section_name, copydata_section_open, copydata_section_read_only,
-    copydata_section_size, copydata_view_data, copydata_view_size, copydata_view_unmap,
+    copydata_section_close, copydata_section_create, copydata_section_file, copydata_section_is_memory_backed,
+    copydata_section_is_size_sealed, copydata_section_map, copydata_section_name, copydata_section_open,
+    copydata_section_read_only, copydata_section_size, copydata_view_data, copydata_view_size, copydata_view_unmap,
 };
 pub use sender::{
     COPYDATA_MAX_SECTIONS, COPYDATA_OWN_USER, COPYDATA_WAIT_PARK, COPYDATA_WAIT_SPIN_THEN_PARK, Sender,

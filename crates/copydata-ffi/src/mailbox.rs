@@ -530,7 +530,7 @@ pub unsafe extern "C" fn copydata_request_section_count(request: *const Request)
 /// before mapping such a section. A file-backed section whose file cannot
 /// be read (on a network share or a drive that has gone) crashes the
 /// process that touches its views too (`EXCEPTION_IN_PAGE_ERROR` on
-/// Windows).
+/// Windows): `copydata_section_is_memory_backed` tells them apart.
 ///
 /// Fails with `COPYDATA_STATUS_INVALID_ARGUMENT` for an index out of
 /// range or a section already taken.

@@ -204,6 +204,26 @@ pub unsafe extern "C" fn copydata_section_is_size_sealed(section: *const Section
     })
 }
 
+/// Whether the section's pages live in memory
+/// (`copydata::Section::is_memory_backed`): anonymous and named sections,
+/// and files on a memory file system (Linux: tmpfs, ramfs, hugetlbfs;
+/// Windows: the paging file). False for a file on a disk, network or FUSE
+/// file system, whose reads can fail and crash the reading process
+/// (SIGBUS, `EXCEPTION_IN_PAGE_ERROR`): a receiver can refuse such
+/// sections from senders it does not trust. False for NULL.
+///
+/// # Safety
+///
+/// `section` is NULL or a live section.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn copydata_section_is_memory_backed(section: *const Section) -> bool {
+    guard_value(false, || {
+        // SAFETY:
+        // - `section` is NULL or a live section (this function's contract).
+        unsafe { handle(section, "section") }.is_ok_and(|s| s.inner.is_memory_backed())
+    })
+}
+
 /// The access this handle has: `COPYDATA_READ_WRITE` or
 /// `COPYDATA_READ_ONLY` (a read-only handle cannot map writable views);
 /// `COPYDATA_READ_ONLY` for NULL.
@@ -455,6 +475,8 @@ mod tests {
                 Status::InvalidArgument
             );
             assert_eq!(copydata_section_anonymous(100, &mut s), Status::Ok);
+            assert!(copydata_section_is_memory_backed(s));
+            assert!(!copydata_section_is_memory_backed(std::ptr::null()));
             assert!(copydata_section_name(s).is_null());
             assert_eq!(copydata_section_map(s, 0, 0, COPYDATA_READ_ONLY, &mut v), Status::InvalidArgument);
             assert_eq!(copydata_section_map(s, 90, 11, COPYDATA_READ_ONLY, &mut v), Status::InvalidArgument);

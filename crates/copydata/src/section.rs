@@ -291,6 +291,36 @@ impl Section {
         self.inner.size_sealed()
     }
 
+    /// `true` when the section's pages live in memory, so that reading them
+    /// cannot fail: anonymous and named sections, and files on a memory file
+    /// system (Linux: tmpfs, ramfs, hugetlbfs; Windows: sections backed by
+    /// the paging file). `false` for a file on a disk, network or FUSE file
+    /// system (`SEC_FILE` on Windows): there a read the file system cannot
+    /// serve (a network share gone, a FUSE server that stopped) kills the
+    /// process with `SIGBUS` or `EXCEPTION_IN_PAGE_ERROR`, and on Linux
+    /// closing it may block. A receiver that takes sections from peers it
+    /// does not trust can refuse such sections with this.
+    ///
+    /// ```no_run
+    /// # fn f(msg: &copydata::Message) {
+    /// for s in msg.sections() {
+    ///     if !s.is_memory_backed() {
+    ///         eprintln!("refused a section backed by a file");
+    ///         return;
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// On Linux this is `fstatfs`'s file-system type; on Windows
+    /// `NtQuerySection`'s `SEC_FILE` (a handle without `SECTION_QUERY`
+    /// access, which copydata never makes, counts as backed by a file).
+    #[doc(alias = "fstatfs")]
+    #[doc(alias = "SEC_FILE")]
+    pub fn is_memory_backed(&self) -> bool {
+        self.inner.memory_backed()
+    }
+
     /// `true` if this call's constructor made the object (always `true` for
     /// anonymous and file-backed sections; for
     /// [`open_or_create`](Self::open_or_create), whether it created).

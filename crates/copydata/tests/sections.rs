@@ -951,6 +951,36 @@ fn file_backed_sections_reach_the_file() {
     assert!(matches!(Section::from_file(&f, Access::ReadWrite), Err(CreateError::InvalidSize { .. })));
 }
 
+/// Sections in memory say so; one backed by a file on a disk does not
+/// (Linux: unless its directory is on a memory file system, as `stat -f`
+/// says), and a hand-over keeps what it is.
+#[test]
+fn a_section_says_whether_its_pages_live_in_memory() {
+    let anonymous = Section::anonymous(4096).unwrap();
+    assert!(anonymous.is_memory_backed());
+    assert!(anonymous.read_only().unwrap().is_memory_backed());
+    let name = unique("in-memory");
+    let named = Section::create(&name, 4096).unwrap();
+    assert!(named.is_memory_backed());
+    assert!(Section::open(&name).unwrap().is_memory_backed());
+    // A file under the build directory: on the disk the project lives on.
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join(format!("{}.bin", unique("on-disk")));
+    let _cleanup = Cleanup(path.clone());
+    std::fs::write(&path, [1u8; 4096]).unwrap();
+    let file = Section::from_path(&path, Access::ReadWrite).unwrap();
+    #[cfg(target_os = "linux")]
+    let on_disk = {
+        let out = std::process::Command::new("stat").args(["-f", "-c", "%T"]).arg(&dir).output().unwrap();
+        let fs = String::from_utf8(out.stdout).unwrap();
+        !["tmpfs", "ramfs", "hugetlbfs"].contains(&fs.trim())
+    };
+    #[cfg(windows)]
+    let on_disk = true;
+    assert_eq!(file.is_memory_backed(), !on_disk);
+    assert_eq!(file.read_only().unwrap().is_memory_backed(), !on_disk);
+}
+
 #[test]
 fn a_section_opens_a_file_by_its_path() {
     let dir = std::env::temp_dir();

@@ -47,6 +47,9 @@ impl Section {
     pub(crate) fn size_sealed(&self) -> bool {
         unreachable!("no section exists on this platform")
     }
+    pub(crate) fn memory_backed(&self) -> bool {
+        unreachable!("no section exists on this platform")
+    }
     pub(crate) fn access(&self) -> Access {
         unreachable!("no section exists on this platform")
     }

@@ -217,6 +217,17 @@ impl Section {
         rfs::fcntl_get_seals(self.fd()).is_ok_and(|s| s.contains(SealFlags::SHRINK))
     }
 
+    /// Whether the pages live in memory: on tmpfs (memfds, /dev/shm),
+    /// ramfs or hugetlbfs, where a read cannot fail with an I/O error.
+    pub(crate) fn memory_backed(&self) -> bool {
+        const TMPFS_MAGIC: u64 = 0x0102_1994;
+        const RAMFS_MAGIC: u64 = 0x8584_58f6;
+        const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
+        // (`f_type`'s integer type differs between architectures.)
+        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+        rfs::fstatfs(self.fd()).is_ok_and(|s| matches!(s.f_type as u64, TMPFS_MAGIC | RAMFS_MAGIC | HUGETLBFS_MAGIC))
+    }
+
     pub(crate) fn access(&self) -> Access {
         self.access
     }

@@ -361,6 +361,13 @@ impl Section {
         true
     }
 
+    /// Whether the pages live in memory (the paging file) rather than in a
+    /// file (`SEC_FILE`); `false` when the handle cannot be asked (it lacks
+    /// `SECTION_QUERY`).
+    pub(crate) fn memory_backed(&self) -> bool {
+        is_file_backed(self.handle()).is_ok_and(|file| !file)
+    }
+
     pub(crate) fn access(&self) -> Access {
         self.access
     }
