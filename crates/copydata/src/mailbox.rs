@@ -316,7 +316,8 @@ impl Message {
     /// file-backed memory where it reads the sender's memory itself (the
     /// buffers of pooled payloads, loans and large payloads, the
     /// connection's region), but not in sections, which are shared on
-    /// purpose: from a sender you do not trust, expect that risk.
+    /// purpose: from a sender you do not trust, refuse those for which
+    /// [`Section::is_memory_backed`] is `false`.
     pub fn sections(&self) -> &[Section] {
         &self.sections
     }
