@@ -526,8 +526,10 @@ pub enum SendError {
         reason: String,
     },
     /// The mailbox has as many senders connected as it takes
-    /// ([`MailboxOptions::max_connections`](crate::MailboxOptions::max_connections)):
-    /// no connection was made and nothing was sent. A connection frees up
+    /// ([`MailboxOptions::max_connections`](crate::MailboxOptions::max_connections)),
+    /// or its process could not make a connection's resources just now
+    /// (out of file descriptors or memory): no connection was made and
+    /// nothing was sent. A connection frees up
     /// when one of its senders closes; try again later.
     #[error("mailbox {name:?} is busy: {reason}")]
     Busy {

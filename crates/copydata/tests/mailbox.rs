@@ -312,9 +312,10 @@ fn eight_senders_times_a_thousand_messages() {
     assert_eq!(stop_server(kid, &name), 8000 + 1);
 }
 
-/// A receiver that has run out of file descriptors refuses a sender with
-/// the reason at once, rather than leave it waiting in the listen queue
-/// until its timeout; once descriptors are free again, senders get in.
+/// A receiver that has run out of file descriptors tells a sender it is
+/// busy, with the reason, at once, rather than leave it waiting in the
+/// listen queue until its timeout; once descriptors are free again,
+/// senders get in.
 #[cfg(target_os = "linux")]
 #[test]
 fn a_receiver_out_of_descriptors_refuses_at_once() {
@@ -324,7 +325,7 @@ fn a_receiver_out_of_descriptors_refuses_at_once() {
     for _ in 0..2 {
         let started = Instant::now();
         match copydata::send_timeout(&name, 1, b"x", Duration::from_secs(30)) {
-            Err(SendError::Refused { reason, .. }) => assert!(reason.contains("file descriptors"), "{reason}"),
+            Err(SendError::Busy { reason, .. }) => assert!(reason.contains("file descriptors"), "{reason}"),
             other => panic!("expected a refusal, got {other:?}"),
         }
         let took = started.elapsed();

@@ -765,7 +765,7 @@ impl Acceptor {
                                 self.name
                             );
                             let reason = format!("the receiver has run out of file descriptors ({e})");
-                            let _ = Self::welcome(&s, SETUP_REFUSED, &reason, &[], 0);
+                            let _ = Self::welcome(&s, SETUP_BUSY, &reason, &[], 0);
                             // Closing shuts the sender's writing off: let its
                             // hello (written at once after its connect) come
                             // first, so that it reads the refusal rather than
@@ -872,11 +872,12 @@ impl Acceptor {
             let (notify, theirs) = readiness_pair().map_err(|e| format!("creating the readiness handle: {e}"))?;
             Ok::<_, String>((region, region_fd, bells_fd, notify, theirs))
         })();
-        // Out of descriptors or memory, say: the sender is told so (a
-        // refusal), not left to guess from a closed connection.
+        // Out of descriptors or memory, say: the sender is told so (busy:
+        // a later try may succeed), not left to guess from a closed
+        // connection.
         let (region, region_fd, bells_fd, notify, theirs) = made.inspect_err(|reason| {
             let reason = format!("the receiver could not set up the connection: {reason}");
-            let _ = Self::welcome(&stream, SETUP_REFUSED, &reason, &[], 0);
+            let _ = Self::welcome(&stream, SETUP_BUSY, &reason, &[], 0);
         })?;
         let fds = [region_fd.as_fd(), bells_fd.as_fd(), theirs.as_fd()];
         Self::welcome(&stream, SETUP_OK, "", &fds, self.max_payload).map_err(|e| format!("sending the region: {e}"))?;
