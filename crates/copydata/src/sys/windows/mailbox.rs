@@ -125,7 +125,8 @@ const ACCEPTED: LRESULT = 0x4344_4f4b;
 /// What a mailbox's window returns for a hello whose answer the sender did
 /// not take while the mailbox waited for it (a sender's thread held up for
 /// [`REPLY_TIMEOUT_MS`]): the mailbox has given the connection up, and the
-/// sender may say hello again (a late answer is never taken).
+/// sender may say hello again (a late answer is never taken). Not for an
+/// answer that could not be delivered at all: that hello gets 0.
 const ANSWER_ABANDONED: LRESULT = 0x4344_4142;
 
 /// Envelopes of copydata 0.1 (protocol 1): a request, and the reply that
@@ -1309,6 +1310,12 @@ fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
     for &v in &values {
         a.u64(v);
     }
+    #[cfg(test)]
+    let answered = match undelivered_answer(&state.name) {
+        Some(e) => Err(e),
+        None => answer_copydata(sender, state.hwnd, ANSWER_TAG, &a.0),
+    };
+    #[cfg(not(test))]
     let answered = answer_copydata(sender, state.hwnd, ANSWER_TAG, &a.0);
     // Taken, or given up here: whoever moves `setup` first decides. (A
     // sender that says it took the answer without moving it is taken at
@@ -1324,14 +1331,25 @@ fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
         // its hello), or the sender is gone: whatever it pulled is its own
         // to close, and the link goes (marked closed for a sender that
         // still holds the region).
+        //
+        // Only a wait that ended says the sender may be merely held up (its
+        // answer still queued for it) and should say hello again. An answer
+        // that could not be delivered at all (refused by UIPI to a sender of
+        // a higher integrity level, or a window gone) would be refused as
+        // surely the next time: the sender is told the set-up failed, not
+        // made to repeat it until its deadline.
         return match answered {
             Ok(_) => {
                 log::warn!("mailbox {}: set-up with pid {pid} failed: the sender did not take the answer", state.name);
                 0
             }
-            Err(e) => {
-                log::warn!("mailbox {}: set-up with pid {pid} abandoned: answering the sender: {e}", state.name);
+            Err(e) if e.raw_os_error() == Some(ERROR_TIMEOUT as i32) => {
+                log::warn!("mailbox {}: set-up with pid {pid} abandoned: the answer was not taken in time", state.name);
                 ANSWER_ABANDONED
+            }
+            Err(e) => {
+                log::warn!("mailbox {}: set-up with pid {pid} failed: answering the sender: {e}", state.name);
+                0
             }
         };
     }
@@ -1562,6 +1580,33 @@ enum SetUpHook {
     TakeLate,
     /// Fail, as a sender whose last step of the set-up fails would.
     Fail,
+}
+
+/// The answers of a test's mailbox (by name) that its window does not
+/// deliver, failing with an OS error instead, and how many hellos it got.
+#[cfg(test)]
+#[derive(Debug)]
+struct UndeliveredAnswers {
+    mailbox: String,
+    code: i32,
+    left: usize,
+    hellos: usize,
+}
+
+#[cfg(test)]
+static UNDELIVERED_ANSWERS: Mutex<Vec<UndeliveredAnswers>> = Mutex::new(Vec::new());
+
+/// The error the answer of the mailbox `name` fails with in place of being
+/// delivered, if a test asked for one (see [`UndeliveredAnswers`]).
+#[cfg(test)]
+fn undelivered_answer(name: &Name) -> Option<io::Error> {
+    let mut all = UNDELIVERED_ANSWERS.lock().unwrap_or_else(|e| e.into_inner());
+    let hook = all.iter_mut().find(|h| h.mailbox == name.as_str())?;
+    hook.hellos += 1;
+    (hook.left > 0).then(|| {
+        hook.left -= 1;
+        io::Error::from_raw_os_error(hook.code)
+    })
 }
 
 thread_local! {
@@ -2490,5 +2535,70 @@ mod tests {
         let e = adopt_region(copy(&on_file)).map(|_| ()).expect_err("a region backed by a file was taken");
         assert!(e.contains("backed by a file"), "{e}");
         assert!(adopt_region(copy(good.section())).is_ok());
+    }
+
+    /// Makes the answers of the mailbox `name` fail with the OS error
+    /// `code` in place of being delivered, the first `left` of them; the
+    /// count of hellos the mailbox got, while it lives.
+    struct Undelivered(String);
+
+    impl Undelivered {
+        fn new(name: &Name, code: u32, left: usize) -> Undelivered {
+            let hook = UndeliveredAnswers { mailbox: name.as_str().into(), code: code as i32, left, hellos: 0 };
+            UNDELIVERED_ANSWERS.lock().unwrap().push(hook);
+            Undelivered(name.as_str().into())
+        }
+
+        fn hellos(&self) -> usize {
+            UNDELIVERED_ANSWERS.lock().unwrap().iter().find(|h| h.mailbox == self.0).map_or(0, |h| h.hellos)
+        }
+    }
+
+    impl Drop for Undelivered {
+        fn drop(&mut self) {
+            UNDELIVERED_ANSWERS.lock().unwrap_or_else(|e| e.into_inner()).retain(|h| h.mailbox != self.0);
+        }
+    }
+
+    /// An answer the mailbox could not deliver at all (as UIPI refuses it
+    /// to a sender of a higher integrity level) fails the set-up at once,
+    /// after one hello. It used to be told "given up, say hello again", so
+    /// the sender said hello again and again until its connect timeout,
+    /// and then failed with `TimedOut`.
+    #[test]
+    fn an_answer_that_cannot_be_delivered_fails_the_set_up_at_once() {
+        const ERROR_ACCESS_DENIED: u32 = 5;
+        let name = unique("undelivered");
+        let _server = echo(&name);
+        let undelivered = Undelivered::new(&name, ERROR_ACCESS_DENIED, usize::MAX);
+        let started = Instant::now();
+        let failed = connect(&name, Wait::Park, Instant::now() + Duration::from_secs(10), None, None);
+        let took = started.elapsed();
+        assert!(matches!(failed, Err(SendError::Incompatible { .. })), "{:?}", failed.map(|_| ()));
+        assert!(took < Duration::from_secs(5), "the set-up failed after {took:?}");
+        assert_eq!(undelivered.hellos(), 1, "hellos said for one set-up");
+        drop(undelivered);
+        // The mailbox still serves.
+        let (link, max) = link_to(&name);
+        let mut c = Client::new(link, Wait::Park, max);
+        let deadline = Some(Instant::now() + Duration::from_secs(30));
+        c.put(CALL, 7, Body::Bytes(b"after"), &[], true, deadline).unwrap();
+        assert_eq!(c.reply(deadline).unwrap().code, 7);
+    }
+
+    /// An answer whose wait ended before the sender took it is given up,
+    /// and the sender says hello again within its deadline: the second
+    /// hello sets the connection up.
+    #[test]
+    fn an_answer_not_taken_in_time_is_followed_by_another_hello() {
+        let name = unique("untaken");
+        let _server = echo(&name);
+        let undelivered = Undelivered::new(&name, ERROR_TIMEOUT, 1);
+        let (link, max) = link_to(&name);
+        assert_eq!(undelivered.hellos(), 2, "hellos said for one set-up");
+        let mut c = Client::new(link, Wait::Park, max);
+        let deadline = Some(Instant::now() + Duration::from_secs(30));
+        c.put(CALL, 8, Body::Bytes(b"again"), &[], true, deadline).unwrap();
+        assert_eq!(c.reply(deadline).unwrap().code, 8);
     }
 }
