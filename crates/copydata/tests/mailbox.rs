@@ -47,10 +47,12 @@ fn limit_descriptors_in_flight(files: u64) -> Result<(), String> {
 fn role(role: &str, args: &[String]) -> Result<(), String> {
     match role {
         // Serves `args[0]`: replies with code = checksum of the payload and
-        // data = the payload reversed; tag 1 sleeps `args[1]` ms first; tag 2
+        // data = the payload reversed; tag 1 sleeps `args[1]` ms first (and
+        // says `@held` as it begins to, if `args[2]` is "tell"); tag 2
         // refuses; tag 3 panics; tag 4 answers with the sections it got.
         "serve" => {
             let delay: u64 = args.get(1).map_or(Ok(0), |d| d.parse()).map_err(fail)?;
+            let tell = args.get(2).is_some_and(|a| a == "tell");
             let mailbox = Mailbox::bind(&args[0]).map_err(fail)?;
             say("ready", &std::process::id().to_string());
             let mut count = 0u64;
@@ -58,7 +60,12 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
                 let Ok(mut request) = mailbox.recv() else { break };
                 count += 1;
                 match request.tag() {
-                    1 => std::thread::sleep(Duration::from_millis(delay)),
+                    1 => {
+                        if tell {
+                            say("held", "");
+                        }
+                        std::thread::sleep(Duration::from_millis(delay));
+                    }
                     2 => {
                         request.refuse("tag 2 is refused");
                         continue;
@@ -2445,22 +2452,45 @@ fn a_receiver_outside_the_senders_pid_namespace_has_no_pid() {
 }
 
 /// A sender's thread held up while the mailbox answers its hello (here
-/// suspended until the mailbox's wait for the answer has ended): the
-/// set-up is made on both sides or on neither, and the sender's first call
-/// is answered. The set-up used to fail ("the mailbox did not answer"), or
-/// succeed on the sender's side only, whose first call then failed with
-/// "receiver gone".
+/// busy in a sent message of its own until the mailbox's wait for the
+/// answer has ended): the set-up is made on both sides or on neither, and
+/// the sender's first call is answered. The set-up used to fail ("the
+/// mailbox did not answer"), or succeed on the sender's side only, whose
+/// first call then failed with "receiver gone".
 #[cfg(windows)]
 #[test]
 fn a_sender_held_up_while_its_answer_waits_still_connects() {
-    use std::os::windows::io::AsRawHandle;
-    use windows_sys::Win32::System::Threading::{ResumeThread, SuspendThread};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use windows_sys::Win32::Foundation::{HWND, LPARAM, LRESULT, WPARAM};
+    use windows_sys::Win32::System::LibraryLoader::GetModuleHandleW;
+    use windows_sys::Win32::UI::WindowsAndMessaging::{
+        CreateWindowExW, DefWindowProcW, DestroyWindow, HWND_MESSAGE, RegisterClassW, SendNotifyMessageW, WM_USER,
+        WNDCLASSW,
+    };
+
+    static RELEASED: AtomicBool = AtomicBool::new(false);
+    /// Holds its thread on `WM_USER` until released (30 s at most). Sent
+    /// from another thread, the message is handled inside whatever wait
+    /// for a reply its thread is in (the sender's hello), before the sent
+    /// messages that come after it (the mailbox's answer).
+    unsafe extern "system" fn hold(hwnd: HWND, msg: u32, wparam: WPARAM, lparam: LPARAM) -> LRESULT {
+        if msg == WM_USER {
+            let until = Instant::now() + Duration::from_secs(30);
+            while !RELEASED.load(Ordering::Acquire) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            return 0;
+        }
+        // SAFETY: default handling of every other message.
+        unsafe { DefWindowProcW(hwnd, msg, wparam, lparam) }
+    }
 
     let name = unique("held-up");
     // Tag 1 is answered after 1.5 s: a plain WM_COPYDATA with it holds the
     // mailbox's thread (which waits for the handler's answer to it), so the
     // hello queues up behind it.
-    let kid = server(&name, 1500);
+    let mut kid = Kid::spawn("serve", &[&name, "1500", "tell"]);
+    kid.expect("ready");
     let class = format!("copydata.mailbox.{name}");
     let plain = |tag: u64| {
         let class = class.clone();
@@ -2469,32 +2499,51 @@ fn a_sender_held_up_while_its_answer_waits_still_connects() {
         })
     };
     let stall = plain(1);
-    std::thread::sleep(Duration::from_millis(200));
+    kid.expect("held");
+    let (window_tx, window_rx) = std::sync::mpsc::channel();
     let sender = {
         let name = name.clone();
         std::thread::spawn(move || -> Result<i64, SendError> {
-            let mut s = Sender::connect_timeout(&name, Duration::from_secs(30))?;
-            Ok(s.send(5, b"first call")?.code)
+            let class: Vec<u16> = "copydata.test.hold\0".encode_utf16().collect();
+            // SAFETY: a class of this test's window procedure, registered
+            // once; a message-only window of it on this thread, destroyed
+            // below. The class name outlives the calls.
+            let window = unsafe {
+                let mut wc: WNDCLASSW = std::mem::zeroed();
+                wc.lpfnWndProc = Some(hold);
+                wc.hInstance = GetModuleHandleW(std::ptr::null());
+                wc.lpszClassName = class.as_ptr();
+                RegisterClassW(&wc);
+                let empty = [0u16];
+                let null = std::ptr::null_mut();
+                let module = wc.hInstance;
+                CreateWindowExW(0, class.as_ptr(), empty.as_ptr(), 0, 0, 0, 0, 0, HWND_MESSAGE, null, module, null)
+            };
+            assert!(!window.is_null(), "{}", std::io::Error::last_os_error());
+            window_tx.send(window as usize).unwrap();
+            let first =
+                Sender::connect_timeout(&name, Duration::from_secs(30)).and_then(|mut s| s.send(5, b"first call"));
+            // SAFETY: this thread's own window.
+            unsafe { DestroyWindow(window) };
+            Ok(first?.code)
         })
     };
-    // The hello is queued now (at worst not yet sent, and then this test
-    // shows nothing, but does not fail).
+    let window = window_rx.recv().unwrap() as HWND;
+    // The hello is queued now (at worst not yet sent; then the thread is
+    // held before it says hello, and this test shows nothing, but does
+    // not fail).
     std::thread::sleep(Duration::from_millis(300));
-    let thread = sender.as_raw_handle();
-    // SAFETY: the live thread `sender` owns; it is resumed below.
-    assert_ne!(unsafe { SuspendThread(thread) }, u32::MAX, "{}", std::io::Error::last_os_error());
+    // SAFETY: a window of the sender's thread, alive until its first call
+    // is answered; a message without pointers.
+    assert_ne!(unsafe { SendNotifyMessageW(window, WM_USER, 0, 0) }, 0, "{}", std::io::Error::last_os_error());
     // Queued behind the hello: handled once the mailbox is done with it
-    // (its answer to the suspended thread given up after half a second).
+    // (its answer to the held thread given up after half a second).
     let behind = plain(5);
-    let resumed = {
-        let watchdog = Instant::now() + Duration::from_secs(30);
-        while !behind.is_finished() && Instant::now() < watchdog {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // SAFETY: as above; resumed whatever happened.
-        unsafe { ResumeThread(thread) }
-    };
-    assert_ne!(resumed, u32::MAX);
+    let watchdog = Instant::now() + Duration::from_secs(30);
+    while !behind.is_finished() && Instant::now() < watchdog {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    RELEASED.store(true, Ordering::Release);
     assert!(behind.join().unwrap().is_ok());
     assert!(stall.join().unwrap().is_ok());
     let first = sender.join().unwrap();
@@ -2511,8 +2560,10 @@ fn a_sender_held_up_while_its_answer_waits_still_connects() {
 fn a_set_up_that_timed_out_leaves_nothing_to_fail_later() {
     let name = unique("timed-out");
     let options = MailboxOptions::new().max_connections(1);
-    let server = Mailbox::bind_with(&name, &options).unwrap().serve(|m| {
+    let (held_tx, held) = std::sync::mpsc::channel();
+    let server = Mailbox::bind_with(&name, &options).unwrap().serve(move |m| {
         if m.tag() == 1 {
+            let _ = held_tx.send(());
             std::thread::sleep(Duration::from_millis(1500));
         }
         Reply::code(m.tag() as i64)
@@ -2521,7 +2572,8 @@ fn a_set_up_that_timed_out_leaves_nothing_to_fail_later() {
     let stall = std::thread::spawn(move || {
         copydata::os::windows::send_to_window(Some(&class), None, 1, b"plain", Duration::from_secs(30))
     });
-    std::thread::sleep(Duration::from_millis(200));
+    // The mailbox's thread waits for the handler's answer from now on.
+    held.recv_timeout(Duration::from_secs(30)).expect("the handler got the plain message");
     let started = Instant::now();
     let first = Sender::connect_timeout(&name, Duration::from_millis(300));
     let took = started.elapsed();
