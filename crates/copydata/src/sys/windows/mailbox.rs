@@ -119,6 +119,8 @@ const STATUS_REFUSED: u32 = 1;
 const STATUS_INCOMPATIBLE: u32 = 2;
 /// Refused for now: the mailbox has as many connections as it takes.
 const STATUS_BUSY: u32 = 3;
+/// The mailbox is closing: as if it had gone a moment earlier.
+const STATUS_CLOSING: u32 = 4;
 /// What a sender's window returns for the answer it takes (handles and
 /// all); anything else means the handles pushed with it were not taken.
 const ACCEPTED: LRESULT = 0x4344_4f4b;
@@ -1252,7 +1254,7 @@ fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
         return 0;
     };
     if state.dispatch.is_closed() {
-        answer_without_handles(state, sender, STATUS_REFUSED, nonce, "the mailbox is closing");
+        answer_without_handles(state, sender, STATUS_CLOSING, nonce, "the mailbox is closing");
         return 0;
     }
     let mut connected = state.conns.borrow().len();
@@ -1924,6 +1926,11 @@ pub(crate) fn connect(
             (_, Some(Ok(taken))) => Ok(taken),
             (_, Some(Err((STATUS_REFUSED, reason)))) => Err(SendError::Refused { name: shown(), reason }),
             (_, Some(Err((STATUS_BUSY, reason)))) => Err(SendError::Busy { name: shown(), reason }),
+            // (A single-instance launch then takes the id over, or finds
+            // the next primary, as after the primary's exit.)
+            (_, Some(Err((STATUS_CLOSING, _)))) => Err(SendError::ReceiverDied { name: shown() }),
+            // Taking the answer failed because the mailbox went meanwhile.
+            (_, Some(Err((STATUS_BROKEN, _)))) if !is_window(target) => Err(SendError::ReceiverDied { name: shown() }),
             (_, Some(Err((STATUS_BROKEN, reason)))) => Err(bad(reason)),
             // The mailbox gave its answer up before this thread took it (the
             // thread was held up): nothing was set up on either side, and
@@ -2044,6 +2051,20 @@ mod tests {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         Name::new(&format!("copydata-test-win-{tag}-{}-{n}", std::process::id())).unwrap()
+    }
+
+    /// A mailbox that is closing (its queue closed, its thread still
+    /// there) answers a hello as one gone: `ReceiverDied`, which a
+    /// single-instance launch takes for the primary's exit (it was
+    /// `Refused`, and the launch failed instead of taking the id over).
+    #[test]
+    fn a_closing_mailbox_sends_senders_away_as_gone() {
+        let name = unique("closing");
+        let (mailbox, dispatch) = Mailbox::bind(&name, &crate::MailboxOptions::new()).unwrap();
+        dispatch.close();
+        let outcome = connect(&name, Wait::Park, Instant::now() + Duration::from_secs(30), None, None);
+        assert!(matches!(outcome, Err(SendError::ReceiverDied { .. })), "{:?}", outcome.map(|_| ()));
+        drop(mailbox);
     }
 
     fn echo(name: &Name) -> crate::Server {
