@@ -106,7 +106,7 @@ fn convert(py: Python<'_>, kind: Kind, err: &(dyn StdError + 'static)) -> PyErr 
 /// The `OSError` of an OS error code, built as Python builds its own: with
 /// `errno` and `strerror` (on Windows `winerror`), so that Python picks the
 /// subclass (`FileNotFoundError`, ...).
-fn os_error(code: i32) -> PyErr {
+pub(crate) fn os_error(code: i32) -> PyErr {
     let text = io::Error::from_raw_os_error(code).to_string();
     let strerror = text.split(" (os error").next().unwrap_or(&text).to_owned();
     #[cfg(windows)]

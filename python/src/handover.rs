@@ -57,6 +57,65 @@ impl Interrupted {
     }
 }
 
+/// The socket's own timeout (`socket.gettimeout()`, if it has one: a
+/// Python socket), and the instant it runs out from now (`None`: no limit).
+#[cfg(target_os = "linux")]
+fn time_limit(socket: &Bound<'_, PyAny>) -> PyResult<(Option<f64>, Option<std::time::Instant>)> {
+    let limit = match socket.call_method0("gettimeout") {
+        Ok(t) => t.extract::<Option<f64>>()?,
+        Err(_) => None,
+    };
+    // (A timeout too long for a Duration or an Instant, or infinite, is no
+    // limit; NaN or negative, none at all.)
+    let deadline = limit.and_then(|l| {
+        let l = if l.is_nan() { 0.0 } else { l.max(0.0) };
+        std::time::Duration::try_from_secs_f64(l).ok().and_then(|d| std::time::Instant::now().checked_add(d))
+    });
+    Ok((limit, deadline))
+}
+
+/// Waits until the descriptor `fd` has something to read (or hung up, or
+/// failed), by `deadline` at most: whether it has. Waits in slices without
+/// the GIL, in this module's own `poll`, running signal handlers between
+/// them. (Not through Python's `select`: a daemon thread waiting there at
+/// interpreter exit is ended by the interpreter when `select` takes the
+/// GIL back, an unwinding through this module's frames that aborts the
+/// process; a thread that comes back from `detach` then waits for ever,
+/// harmlessly.) A descriptor that is not open raises `OSError` (EBADF).
+#[cfg(target_os = "linux")]
+fn readable_by(py: Python<'_>, fd: i32, deadline: Option<std::time::Instant>) -> PyResult<bool> {
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let slice = left.map_or(crate::SLICE, |l| l.min(crate::SLICE));
+        // (Rounded up: a wait shorter than a millisecond is not none.)
+        let ms = i32::try_from(slice.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+        let revents = py
+            .detach(|| {
+                let mut pollfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                // SAFETY: one valid `pollfd`, as the count says.
+                match unsafe { libc::poll(&mut pollfd, 1, ms) } {
+                    n if n > 0 => Ok(pollfd.revents),
+                    0 => Ok(0),
+                    _ => match std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL) {
+                        libc::EINTR => Ok(0),
+                        code => Err(code),
+                    },
+                }
+            })
+            .map_err(errors::os_error)?;
+        if revents & libc::POLLNVAL != 0 {
+            return Err(errors::os_error(libc::EBADF));
+        }
+        if revents != 0 {
+            return Ok(true);
+        }
+        if left.is_some_and(|l| l <= slice) {
+            return Ok(false);
+        }
+        py.check_signals()?;
+    }
+}
+
 /// Sends `section` over the connected Unix stream socket `socket` (a
 /// `socket.socket`, or its descriptor): the receiver gets its own handle to
 /// the same memory, with the same access, from `recv_section` (Python, C or
@@ -96,35 +155,12 @@ pub(crate) fn recv_section(py: Python<'_>, socket: &Bound<'_, PyAny>) -> PyResul
     let fd = fileno(socket)?;
     #[cfg(target_os = "linux")]
     {
-        // The socket's own timeout, if it is a Python socket.
-        let limit = match socket.call_method0("gettimeout") {
-            Ok(t) => t.extract::<Option<f64>>()?,
-            Err(_) => None,
-        };
-        // (A timeout too long for a Duration or an Instant, or infinite, is
-        // no limit; NaN or negative, none at all.)
-        let deadline = limit.and_then(|l| {
-            let l = if l.is_nan() { 0.0 } else { l.max(0.0) };
-            std::time::Duration::try_from_secs_f64(l).ok().and_then(|d| std::time::Instant::now().checked_add(d))
-        });
-        // Wait for something to read in slices, through Python's own
-        // `select` (which lets go of the GIL and runs signal handlers, so
-        // Ctrl-C ends the wait), then read what is there.
-        let select = py.import("select")?;
-        loop {
-            let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-            let slice = left.map_or(crate::SLICE, |l| l.min(crate::SLICE));
-            let (ready, _, _): (Vec<i32>, Vec<i32>, Vec<i32>) = select
-                .call_method1("select", (vec![fd], Vec::<i32>::new(), Vec::<i32>::new(), slice.as_secs_f64()))?
-                .extract()?;
-            if !ready.is_empty() {
-                break;
-            }
-            if left.is_some_and(|l| l <= slice) {
-                let waited = limit.unwrap_or_default();
-                return Err(errors::raise(py, Kind::TimedOut, format!("no section arrived within {waited} s")));
-            }
-            py.check_signals()?;
+        let (limit, deadline) = time_limit(socket)?;
+        // Wait for something to read in slices, signal handlers run
+        // between them (so Ctrl-C ends the wait), then read what is there.
+        if !readable_by(py, fd, deadline)? {
+            let waited = limit.unwrap_or_default();
+            return Err(errors::raise(py, Kind::TimedOut, format!("no section arrived within {waited} s")));
         }
         // SAFETY: as in `send_section`.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };

@@ -106,3 +106,61 @@ def test_a_forked_child_exiting_leaves_its_parents_objects_open(spawn, name, run
     code, out, err = child.finish(timeout=30.0)
     assert code == 0, err
     assert _left(name, runtime) == []
+
+
+# A daemon thread still waiting in a hand-over when the interpreter exits,
+# the interpreter letting go of the GIL while it finalizes (a finalizer
+# that sleeps): the thread that wants the GIL back meanwhile must not take
+# the process down with it.
+HANDOVER_AT_EXIT = """
+import socket, sys, threading, time, copydata
+
+class SlowFinalizer:
+    def __del__(self):
+        for _ in range(20):
+            time.sleep(0.01)
+
+slow = SlowFinalizer()
+a, b = socket.socketpair()
+how = sys.argv[1]
+section = copydata.Section.anonymous(4096)
+if how == "send_section":
+    a.setblocking(False)
+    try:
+        while True:
+            a.send(b"x" * 65536)
+    except BlockingIOError:
+        pass
+    a.setblocking(True)
+elif how == "recv_section part-way":
+    b.sendall(b"CDS1")
+started = threading.Event()
+
+def wait():
+    started.set()
+    if how == "send_section":
+        copydata.send_section(a, section)
+    else:
+        copydata.recv_section(a)
+
+threading.Thread(target=wait, daemon=True).start()
+assert started.wait(10.0)
+time.sleep(0.1)
+print("exiting", flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="send_section is Linux only")
+@pytest.mark.parametrize(
+    "how, runs",
+    [("recv_section", 10), ("recv_section part-way", 3), ("send_section", 3)],
+)
+def test_a_daemon_thread_in_a_hand_over_at_exit_does_not_crash_it(spawn, how, runs):
+    # (Several runs: whether the thread comes back for the GIL while the
+    # interpreter finalizes is a matter of timing.)
+    children = [spawn(sys.executable, "-c", HANDOVER_AT_EXIT, how) for _ in range(runs)]
+    for child in children:
+        assert child.readline() == "exiting"
+    outcomes = [child.finish(timeout=30.0) for child in children]
+    failed = [(code, err) for code, _, err in outcomes if code != 0]
+    assert not failed, f"{len(failed)} of {runs} runs failed (exit code, stderr): {failed[:3]}"

@@ -173,6 +173,13 @@ def test_a_section_is_handed_to_a_running_process_over_a_socket():
             copydata.recv_section(b)
     with pytest.raises(copydata.InvalidArgument):
         copydata.recv_section(a)  # closed: fileno() is -1
+    # A number that is no open descriptor: the OSError of EBADF.
+    import errno
+    import resource
+
+    with pytest.raises(OSError) as e:
+        copydata.recv_section(resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 1)
+    assert e.value.errno == errno.EBADF
 
 
 def test_an_os_error_keeps_its_errno(tmp_path):
