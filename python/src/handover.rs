@@ -119,21 +119,39 @@ fn readable_by(py: Python<'_>, fd: i32, deadline: Option<std::time::Instant>) ->
 /// Sends `section` over the connected Unix stream socket `socket` (a
 /// `socket.socket`, or its descriptor): the receiver gets its own handle to
 /// the same memory, with the same access, from `recv_section` (Python, C or
-/// Rust). Send `section.read_only()` to hand over read-only. Linux only.
+/// Rust). Send `section.read_only()` to hand over read-only. Waits for room
+/// in the socket at most its timeout (`socket.settimeout`; a plain
+/// descriptor waits as long as it takes), then raises `TimedOut`. Ctrl-C
+/// interrupts the wait (if part of the frame went out, the stream is then
+/// broken: close the socket). Linux only.
 #[pyfunction]
 pub(crate) fn send_section(py: Python<'_>, socket: &Bound<'_, PyAny>, section: PyRef<'_, Section>) -> PyResult<()> {
     let fd = fileno(socket)?;
     let section = section.handle(py)?;
     #[cfg(target_os = "linux")]
     {
+        let (limit, deadline) = time_limit(socket)?;
+        // (Slices no longer than the timeout: a non-blocking socket, whose
+        // timeout is 0, does not wait.)
+        let slice =
+            deadline.map_or(crate::SLICE, |d| d.saturating_duration_since(std::time::Instant::now()).min(crate::SLICE));
         // SAFETY: `socket` (which owns the descriptor, or whose number the
         // caller gave) is alive for the whole call; a number that is not
         // open makes the system calls fail with EBADF.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         let mut interrupted = Interrupted::default();
-        let sent = py.detach(|| {
-            copydata::os::linux::send_section_checked(fd, section, crate::SLICE, || interrupted.check(None))
-        });
+        let sent =
+            py.detach(|| copydata::os::linux::send_section_checked(fd, section, slice, || interrupted.check(deadline)));
+        if interrupted.timed_out {
+            let waited = limit.unwrap_or_default();
+            return Err(errors::raise(
+                py,
+                Kind::TimedOut,
+                format!(
+                    "the section could not be sent within {waited} s (if part of its frame went out, the stream is broken)"
+                ),
+            ));
+        }
         interrupted.or(sent)?.map_err(|e| errors::handover_error(py, e))
     }
     #[cfg(not(target_os = "linux"))]

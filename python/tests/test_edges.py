@@ -128,6 +128,30 @@ def test_send_section_gives_way_to_ctrl_c_while_the_peer_does_not_read():
         _handover_interrupted(lambda: copydata.send_section(a, section), lambda: b.shutdown(socket.SHUT_RDWR))
 
 
+@pytest.mark.parametrize("timeout", [0.0, 0.3])
+def test_send_section_keeps_to_the_sockets_timeout(timeout):
+    # A peer that does not read: a socket with a timeout (0: non-blocking)
+    # gives up after it, as recv_section does, rather than wait for the
+    # peer as long as it likes.
+    a, b = socket.socketpair()
+    with a, b, copydata.Section.anonymous(4096) as section:
+        a.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            for _ in range(100_000):
+                a.send(b"x" * 65536)
+        a.settimeout(timeout)
+        fallback = threading.Timer(8.0, lambda: b.shutdown(socket.SHUT_RDWR))
+        fallback.start()
+        started = time.monotonic()
+        try:
+            with pytest.raises(copydata.TimedOut):
+                copydata.send_section(a, section)
+        finally:
+            fallback.cancel()
+            fallback.join()
+        assert timeout <= time.monotonic() - started < timeout + 4.0
+
+
 class _DuckSocket:
     """What recv_section accepts: fileno() and gettimeout()."""
 
