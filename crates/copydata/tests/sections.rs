@@ -1235,6 +1235,56 @@ fn checked_hand_overs_end_with_their_checks_error() {
     assert_eq!(recv_section_checked(&b, slice, || Ok(())).unwrap().len(), 4096);
 }
 
+/// The check's error ends a `_checked` hand-over as it is, whatever its
+/// kind: not taken for a peer that hung up (`BrokenPipe`), a malformed
+/// frame (`InvalidData`) or a name cut short (`UnexpectedEof`).
+#[cfg(target_os = "linux")]
+#[test]
+fn checked_hand_overs_pass_their_checks_error_on_as_it_is() {
+    use copydata::HandoverError;
+    use copydata::os::linux::{recv_section_checked, send_section_checked};
+    use std::io::{ErrorKind, Write};
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    let slice = Duration::from_millis(5);
+    let fails = |kind: ErrorKind| move || Err(std::io::Error::new(kind, "the check's own"));
+    let as_is = |r: Result<(), HandoverError>, kind: ErrorKind| match r {
+        Err(HandoverError::Io(e)) => e.kind() == kind && e.to_string() == "the check's own",
+        _ => false,
+    };
+    for kind in [ErrorKind::BrokenPipe, ErrorKind::ConnectionReset, ErrorKind::InvalidData, ErrorKind::UnexpectedEof] {
+        // Nothing comes.
+        let (_a, b) = UnixStream::pair().unwrap();
+        assert!(as_is(recv_section_checked(&b, slice, fails(kind)).map(drop), kind), "{kind:?}: nothing came");
+        // A header announcing a name, then nothing.
+        let (a, b) = UnixStream::pair().unwrap();
+        let s = Section::anonymous(4096).unwrap();
+        {
+            use std::os::fd::AsFd;
+            let mut header = b"CDS1".to_vec();
+            header.push(2);
+            header.extend_from_slice(&4096u64.to_le_bytes());
+            header.push(10);
+            let fd = s.as_fd();
+            let fds = [fd];
+            let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+            let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
+            assert!(control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds)));
+            rustix::net::sendmsg(&a, &[std::io::IoSlice::new(&header)], &mut control, rustix::net::SendFlags::empty())
+                .unwrap();
+        }
+        assert!(as_is(recv_section_checked(&b, slice, fails(kind)).map(drop), kind), "{kind:?}: the name did not come");
+        drop((a, b));
+        // A peer that does not read.
+        let (a, _b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        while (&a).write(&[0u8; 4096]).is_ok() {}
+        a.set_nonblocking(false).unwrap();
+        assert!(as_is(send_section_checked(&a, &s, slice, fails(kind)), kind), "{kind:?}: the peer did not read");
+    }
+}
+
 // ---------------------------------------------------------------- other users
 
 /// Runs `script` with `sh` as the user `nobody` (the attacker).

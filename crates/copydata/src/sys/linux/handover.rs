@@ -52,7 +52,19 @@ pub fn send_section_checked(
     slice: Duration,
     mut check: impl FnMut() -> io::Result<()>,
 ) -> Result<(), HandoverError> {
-    send_frame(socket, section, Some(scm::Checked { slice, check: &mut check }))
+    let mut stopped = None;
+    let mut check = || check().map_err(|e| stop(&mut stopped, e));
+    let sent = send_frame(socket, section, Some(scm::Checked { slice, check: &mut check }));
+    stopped.map_or(sent, |e| Err(HandoverError::Io(e)))
+}
+
+/// Keeps the error of a caller's check in `stopped`, for the call to end
+/// with it as it is (`HandoverError::Io`): whatever its kind, it is not
+/// taken for a peer that hung up or a malformed frame on the way out.
+fn stop(stopped: &mut Option<io::Error>, e: io::Error) -> io::Error {
+    let kind = e.kind();
+    *stopped = Some(e);
+    io::Error::new(kind, "stopped by the caller's check")
 }
 
 fn send_frame(socket: impl AsFd, section: &Section, checked: Option<scm::Checked<'_>>) -> Result<(), HandoverError> {
@@ -107,7 +119,10 @@ pub fn recv_section_checked(
     slice: Duration,
     mut check: impl FnMut() -> io::Result<()>,
 ) -> Result<Section, HandoverError> {
-    recv_frame(socket, Some(scm::Checked { slice, check: &mut check }))
+    let mut stopped = None;
+    let mut check = || check().map_err(|e| stop(&mut stopped, e));
+    let received = recv_frame(socket, Some(scm::Checked { slice, check: &mut check }));
+    stopped.map_or(received, |e| Err(HandoverError::Io(e)))
 }
 
 fn recv_frame(socket: impl AsFd, mut checked: Option<scm::Checked<'_>>) -> Result<Section, HandoverError> {
