@@ -705,7 +705,7 @@ impl Event {
     }
 }
 
-/// Says whether an object closed at exit is gone (see [`close_for_exit`]).
+/// Says whether an object closed at exit is gone (see [`mark_closed_for_exit`]).
 pub(crate) type Gone = Box<dyn Fn() -> bool + Send>;
 
 /// Marks `object` closed for interpreter exit if it is a mutex, a shared
