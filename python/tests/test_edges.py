@@ -116,14 +116,19 @@ def test_recv_section_gives_way_to_ctrl_c_part_way_through_a_frame(cut):
         _handover_interrupted(lambda: copydata.recv_section(a), lambda: b.shutdown(socket.SHUT_RDWR))
 
 
+def _fill(sock):
+    """Fills `sock` until it takes no more (its peer never reads); leaves
+    it non-blocking."""
+    sock.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        for _ in range(100_000):
+            sock.send(b"x" * 65536)
+
+
 def test_send_section_gives_way_to_ctrl_c_while_the_peer_does_not_read():
     a, b = socket.socketpair()
     with a, b, copydata.Section.anonymous(4096) as section:
-        # Fill the socket: the peer never reads.
-        a.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            for _ in range(100_000):
-                a.send(b"x" * 65536)
+        _fill(a)
         a.setblocking(True)
         _handover_interrupted(lambda: copydata.send_section(a, section), lambda: b.shutdown(socket.SHUT_RDWR))
 
@@ -135,10 +140,7 @@ def test_send_section_keeps_to_the_sockets_timeout(timeout):
     # peer as long as it likes.
     a, b = socket.socketpair()
     with a, b, copydata.Section.anonymous(4096) as section:
-        a.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            for _ in range(100_000):
-                a.send(b"x" * 65536)
+        _fill(a)
         a.settimeout(timeout)
         fallback = threading.Timer(8.0, lambda: b.shutdown(socket.SHUT_RDWR))
         fallback.start()
