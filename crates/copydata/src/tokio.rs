@@ -66,9 +66,9 @@
 //!   for the abandoned call. Messages the dropped connection had queued
 //!   are still handled, but the next call's message goes through the new
 //!   connection and may be handled before them: order holds between calls
-//!   that complete. A `send` dropped (or timed out) while it still waits
-//!   for room in a full queue has queued nothing and keeps the connection,
-//!   as a post does. A `post` future (of
+//!   that complete. A `send` (of bytes or of a loan) dropped, or timed
+//!   out, while it still waits for room in a full queue has queued nothing
+//!   and keeps the connection, as a post does. A `post` future (of
 //!   bytes or of a loan) only ever waits for room, and queues its message
 //!   whole, in one step, when it finds some: dropped before it completes,
 //!   it has queued nothing, and the connection is kept (a loan's buffer
@@ -435,37 +435,6 @@ impl AsyncSender {
         self.settled(result, None, len)
     }
 
-    /// Sends a loan of this sender's connection and waits for the reply.
-    /// (A post waits with the loan in place: see [`AsyncLoan::post`].)
-    async fn send_loan(
-        &mut self,
-        tag: u64,
-        buf: LentBuf,
-        len: usize,
-        timeout: Option<Duration>,
-    ) -> Result<Reply, SendError> {
-        if let Err(e) = self.runtime() {
-            // Nothing happened: the connection is kept, the buffer given back.
-            if let Some(conn) = self.conn.as_mut() {
-                conn.cancel(&buf);
-            }
-            return Err(e);
-        }
-        let deadline = timeout.and_then(crate::deadline);
-        let exchange = async {
-            // Without its connection, the buffer's is gone.
-            let mut conn =
-                self.current_conn()?.ok_or_else(|| SendError::ReceiverDied { name: self.name.to_string() })?;
-            let result = match conn.put_lent(CALL, tag, &buf, len, None).await {
-                Ok(()) => conn.reply().await,
-                Err(e) => Err(e),
-            };
-            self.settle(conn, result, timeout, len)
-        };
-        // Past the deadline, the exchange was dropped, and with it the connection.
-        until(deadline, exchange).await.unwrap_or_else(|| Err(self.timed_out(timeout)))
-    }
-
     async fn call(
         &mut self,
         tag: u64,
@@ -543,9 +512,11 @@ impl AsyncSender {
 ///
 /// Write it with [`write_at`](Self::write_at), [`fill`](Self::fill) or
 /// through [`as_mut_ptr`](Self::as_mut_ptr), then send or post it. Dropping
-/// it unsent gives the buffer back; so does a `post` future dropped before
-/// it completes (nothing was queued: the connection is kept), and a `send`
-/// future (which drops the connection, as for any cancelled `send`).
+/// it unsent gives the buffer back; so does a `post` or `send` future
+/// dropped while it waits for room in the queue (nothing was queued: the
+/// connection is kept). A `send` future dropped once its loan is queued
+/// (while it waits for the reply) drops the connection, as for any
+/// cancelled `send`.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -580,16 +551,55 @@ impl<'a> AsyncLoan<'a> {
     crate::loan::filling_methods!();
 
     /// Sends the loan and waits for the reply (as [`AsyncSender::send`]).
-    pub async fn send(mut self, tag: u64) -> Result<Reply, SendError> {
-        let buf = self.buf.take().expect("a loan is sent once");
-        self.sender.send_loan(tag, buf, self.len, None).await
+    pub async fn send(self, tag: u64) -> Result<Reply, SendError> {
+        self.call(tag, None).await
     }
 
     /// Sends the loan and waits at most `timeout` for the reply, as
     /// [`AsyncSender::send_timeout`].
-    pub async fn send_timeout(mut self, tag: u64, timeout: Duration) -> Result<Reply, SendError> {
-        let buf = self.buf.take().expect("a loan is sent once");
-        self.sender.send_loan(tag, buf, self.len, Some(timeout)).await
+    pub async fn send_timeout(self, tag: u64, timeout: Duration) -> Result<Reply, SendError> {
+        self.call(tag, Some(timeout)).await
+    }
+
+    /// Sends the loan and waits for the reply. While it waits for room in
+    /// the queue the buffer stays in the loan: dropped then (or timed out
+    /// there), the call has queued nothing, the loan's drop gives the
+    /// buffer back and the connection is kept, as for a post. Once queued,
+    /// a dropped call takes its connection along, as
+    /// [`AsyncSender::send`] does.
+    async fn call(mut self, tag: u64, timeout: Option<Duration>) -> Result<Reply, SendError> {
+        // (Outside a runtime nothing happens: the loan's drop gives the
+        // buffer back, and the connection is kept.)
+        self.sender.here()?;
+        let deadline = timeout.and_then(crate::deadline);
+        let len = self.len;
+        let exchange = async {
+            // Without its connection, the buffer's is gone.
+            let Some(conn) = self.sender.conn.as_mut() else {
+                self.buf = None;
+                return Err(SendError::ReceiverDied { name: self.sender.name.to_string() });
+            };
+            let buf = self.buf.as_ref().expect("a loan is sent once");
+            let queued = conn.put_lent(CALL, tag, buf, len, None).await;
+            if let Err(f) = queued {
+                // Not queued: the buffer is still lent only for lack of
+                // room (the loan's drop gives it back); otherwise
+                // `put_lent` gave it back.
+                if !matches!(f, Fail::Full | Fail::TimedOut) {
+                    self.buf = None;
+                }
+                return self.sender.settled(Err(f), timeout, len);
+            }
+            // Queued: the buffer is the receiver's to read, and from here a
+            // dropped call takes its connection along.
+            self.buf = None;
+            let mut conn = self.sender.conn.take().expect("there above");
+            let result = conn.reply().await;
+            self.sender.settle(conn, result, timeout, len)
+        };
+        // Past the deadline, the exchange was dropped (with the connection
+        // if the call was queued).
+        until(deadline, exchange).await.unwrap_or_else(|| Err(self.sender.timed_out(timeout)))
     }
 
     /// Posts the loan: no reply awaited (as [`AsyncSender::post`]); when the

@@ -598,11 +598,35 @@ fn async_posts_can_give_up_when_the_queue_stays_full() {
     });
 }
 
+/// Every call's future can move between a runtime's threads
+/// (`tokio::spawn`), loans' included.
+#[test]
+fn the_calls_futures_are_send() {
+    fn is_send<T: Send>(_: &T) {}
+    async fn calls(mut s: AsyncSender) {
+        let _ = s.send(0, b"").await;
+        let _ = s.send_timeout(0, b"", Duration::from_secs(1)).await;
+        let _ = s.post(0, b"").await;
+        let _ = s.flush().await;
+        if let Ok(l) = s.loan(1).await {
+            let _ = l.send(1).await;
+        }
+        if let Ok(l) = s.loan(1).await {
+            let _ = l.send_timeout(1, Duration::from_secs(1)).await;
+        }
+        if let Ok(l) = s.loan(1).await {
+            let _ = l.post(1).await;
+        }
+    }
+    let sender = AsyncSender::unconnected("copydata-test-send-futures", &copydata::SenderOptions::default()).unwrap();
+    is_send(&calls(sender));
+}
+
 /// A post dropped while it waits for room in a full queue has queued
 /// nothing: the connection is kept (its queue still full, the receiver
 /// still known), and the message is neither delivered nor doubled. The
 /// same for a call (dropped, or timed out, while it waits for room) and a
-/// loan's post, whose buffer goes back to the pool.
+/// loan's call or post, whose buffer goes back to the pool.
 #[test]
 fn a_post_cancelled_while_waiting_for_room_keeps_the_connection() {
     let name = unique("async-post-cancel");
@@ -636,6 +660,17 @@ fn a_post_cancelled_while_waiting_for_room_keeps_the_connection() {
         let timed_out = sender.send_timeout(n, &data, Duration::from_millis(50)).await;
         assert!(matches!(timed_out, Err(SendError::TimedOut { .. })), "{timed_out:?}");
         assert_eq!(sender.receiver_pid(), Some(pid), "the connection was dropped with the timed-out call");
+        // A loan's call, likewise: the buffer goes back, nothing is sent.
+        let mut loan = sender.loan(100_000).await.unwrap();
+        loan.fill(7);
+        let cancelled = tokio::time::timeout(Duration::from_millis(50), loan.send(n)).await;
+        assert!(cancelled.is_err(), "a loan's call into a full queue completed: {cancelled:?}");
+        assert_eq!(sender.receiver_pid(), Some(pid), "the connection was dropped with the loan's call");
+        let mut loan = sender.loan(100_000).await.unwrap();
+        loan.fill(7);
+        let timed_out = loan.send_timeout(n, Duration::from_millis(50)).await;
+        assert!(matches!(timed_out, Err(SendError::TimedOut { .. })), "{timed_out:?}");
+        assert_eq!(sender.receiver_pid(), Some(pid), "the connection was dropped with the loan's timed-out call");
         // A loan's post, likewise: the buffer goes back, nothing is sent.
         let mut loan = sender.loan(100_000).await.unwrap();
         loan.fill(8);
