@@ -745,6 +745,29 @@ fn ids_written_into_a_mutexs_memory_do_not_refuse_its_lock() {
     }
 }
 
+/// Windows: a kernel mutex goes with its last handle, held or not (a
+/// guard forgotten, an Arc guard dropped on another thread). The name
+/// opened again later is a new mutex, free: the thread that held the old
+/// one locks it (and only once, as any mutex).
+#[cfg(windows)]
+#[test]
+fn a_mutex_made_again_after_a_held_one_went_is_free() {
+    let name = unique("made-again");
+    let m = Mutex::open_or_create(&name).unwrap();
+    std::mem::forget(m.lock().unwrap());
+    drop(m);
+    let m = std::sync::Arc::new(Mutex::open_or_create(&name).unwrap());
+    let g = m.try_lock_arc().expect("the mutex that went with a forgotten guard left no lock behind");
+    assert!(matches!(m.try_lock(), Err(LockError::WouldDeadlock)), "a second lock on this thread");
+    drop(m);
+    std::thread::spawn(move || drop(g)).join().unwrap();
+    let m = Mutex::open_or_create(&name).unwrap();
+    let g = m.try_lock().expect("the mutex that went with an Arc guard dropped elsewhere left no lock behind");
+    assert!(matches!(m.try_lock(), Err(LockError::WouldDeadlock)), "a second lock on this thread");
+    drop(g);
+    drop(m.lock_timeout(Duration::from_secs(10)).unwrap());
+}
+
 #[test]
 fn objects_are_listed_while_held_and_gone_after_the_last_holder() {
     let name = unique("listed");

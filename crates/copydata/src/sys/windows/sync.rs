@@ -6,12 +6,16 @@
 //! process holds a handle, like the mapping.
 //!
 //! A kernel mutex is recursive; a copydata mutex is not (a second guard on
-//! the same thread would alias the protected value). Each thread keeps the
-//! names of the kernel mutexes it holds through copydata (in its own
-//! memory, where no other process can forge an entry), so a second lock by
-//! the same thread is recognised, undone and refused.
+//! the same thread would alias the protected value). The kernel counts a
+//! holder's acquisitions (`NtQueryMutant`'s `CurrentCount`: 0 held once,
+//! below 0 held again by its holder), so a second lock by the same thread
+//! is recognised, undone and refused. That count is the kernel's, of this
+//! very mutex: no other process can forge it (ids in the object's memory
+//! could be), and it goes with the mutex (a record kept by the thread
+//! would outlive a mutex that went with its last handle while held, and
+//! refuse the next mutex of that name).
 
-use std::cell::RefCell;
+use std::ffi::c_void;
 use std::io;
 use std::os::windows::io::OwnedHandle;
 use std::time::Instant;
@@ -108,29 +112,62 @@ fn wait_until(h: &OwnedHandle, deadline: Option<Instant>) -> u32 {
     }
 }
 
-thread_local! {
-    /// The kernel mutexes this thread holds through copydata, by name (a
-    /// name may be opened more than once in a process: every opening's
-    /// handle reaches the same mutex).
-    static HELD: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+mod ntdll {
+    use std::ffi::c_void;
+    windows_link::link!("ntdll.dll" "system" fn NtQueryMutant(
+        mutant_handle: windows_sys::Win32::Foundation::HANDLE,
+        information_class: i32,
+        information: *mut c_void,
+        length: u32,
+        return_length: *mut u32
+    ) -> i32);
+
+    /// `MUTANT_BASIC_INFORMATION`.
+    #[repr(C)]
+    pub struct MutantBasicInformation {
+        /// 1 free, 0 held once, below 0 held again by its holder.
+        pub current_count: i32,
+        pub owned_by_caller: u8,
+        pub abandoned_state: u8,
+    }
+}
+
+/// The kernel mutex's count (`NtQueryMutant`): 1 free, 0 held once, below
+/// 0 held again by its holder.
+fn mutant_count(h: &OwnedHandle) -> io::Result<i32> {
+    let mut info = ntdll::MutantBasicInformation { current_count: 1, owned_by_caller: 0, abandoned_state: 0 };
+    // SAFETY:
+    // - `info` is a writable `MUTANT_BASIC_INFORMATION` of the given size;
+    // - class 0 (`MutantBasicInformation`) writes only that structure;
+    // - the handle is our own mutex's, opened with every access.
+    let status = unsafe {
+        ntdll::NtQueryMutant(
+            raw(h),
+            0,
+            (&raw mut info).cast::<c_void>(),
+            size_of::<ntdll::MutantBasicInformation>() as u32,
+            std::ptr::null_mut(),
+        )
+    };
+    if status < 0 {
+        return Err(io::Error::other(format!("querying the mutex failed (NTSTATUS {status:#x})")));
+    }
+    Ok(info.current_count)
 }
 
 /// The kernel mutex of an object.
 #[derive(Debug)]
 pub(crate) struct RawMutex {
     handle: OwnedHandle,
-    /// The kernel mutex's name: what [`HELD`] holds.
-    name: String,
 }
 
 impl RawMutex {
     pub(crate) fn attach(_header: &ViewMut, object: &Name) -> io::Result<RawMutex> {
-        let name = format!("Local\\{object}.lock");
-        let n = wide(&name);
+        let n = wide(&format!("Local\\{object}.lock"));
         // SAFETY: default security, not inheritable, not initially owned;
         // the name outlives the call.
         let handle = owned(unsafe { CreateMutexW(std::ptr::null(), 0, n.as_ptr()) })?;
-        Ok(RawMutex { handle, name })
+        Ok(RawMutex { handle })
     }
 
     pub(crate) fn lock(&self, _header: &ViewMut, deadline: Option<Instant>, try_only: bool) -> Result<bool, LockError> {
@@ -147,29 +184,21 @@ impl RawMutex {
             WAIT_TIMEOUT => return Err(LockError::TimedOut),
             _ => return Err(LockError::Io(io::Error::last_os_error())),
         };
-        // A recursive acquisition: this thread held it already. (Not after
-        // an owner died: the mutex was that other thread's.)
-        let recursive = HELD.with_borrow_mut(|held| {
-            if !died && held.contains(&self.name) {
-                return true;
-            }
-            held.push(self.name.clone());
-            false
-        });
-        if recursive {
+        // A recursive acquisition: this thread held it already. (Never
+        // after an owner died: the mutex was that other thread's.)
+        let recursive = if died { Ok(false) } else { mutant_count(&self.handle).map(|count| count < 0) };
+        if !matches!(recursive, Ok(false)) {
             // SAFETY: undoes the acquisition this thread just made.
             unsafe { ReleaseMutex(raw(&self.handle)) };
-            return Err(LockError::WouldDeadlock);
+            return Err(match recursive {
+                Err(e) => LockError::Io(e),
+                _ => LockError::WouldDeadlock,
+            });
         }
         Ok(died)
     }
 
     pub(crate) fn unlock(&self, _header: &ViewMut) {
-        HELD.with_borrow_mut(|held| {
-            if let Some(at) = held.iter().position(|n| *n == self.name) {
-                held.swap_remove(at);
-            }
-        });
         // SAFETY: called only by the guard of this thread's lock.
         unsafe { ReleaseMutex(raw(&self.handle)) };
     }
