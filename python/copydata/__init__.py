@@ -59,8 +59,10 @@ class Refused(Error):
 
 
 class Busy(Refused):
-    """The mailbox has as many senders connected as it takes: no connection
-    was made and nothing was sent. Try again later."""
+    """The mailbox has as many senders connected as it takes, or its
+    receiver could not make a connection just now (Linux: out of file
+    descriptors or memory): no connection was made and nothing was sent.
+    Try again later."""
 
 
 class ReceiverDied(Error, ConnectionResetError):

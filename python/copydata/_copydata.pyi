@@ -59,8 +59,8 @@ class Sender:
     """A connection to the mailbox `name`, kept for every call (much cheaper
     than `send`, which connects for each message). Messages of one Sender
     arrive in order while they go on one connection. Every wait gives way
-    to Ctrl-C; after an interrupted or timed-out call the next one uses a
-    new connection."""
+    to Ctrl-C; after an interrupted call, or one whose reply did not come
+    in time, the next one uses a new connection."""
 
     def __new__(
         cls,

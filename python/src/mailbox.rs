@@ -118,7 +118,7 @@ fn send_with_sections(
 /// process has bound `name`. `max_payload` (bytes) bounds what senders may
 /// send; larger messages are refused before they are transferred.
 /// `max_connections` bounds how many senders may be connected at once (one
-/// more is refused; None: 512). `allow_uids` (Linux): other users whose
+/// more gets `Busy`; None: 512). `allow_uids` (Linux): other users whose
 /// senders the mailbox also takes (they connect with `Sender(name,
 /// owner=UID)`); by default only this user's.
 #[pyclass(frozen, weakref, module = "copydata", name = "Mailbox")]

@@ -118,8 +118,9 @@ struct State {
 /// than `copydata.send`, which connects for each message).
 ///
 /// Messages of one `Sender` arrive in the order they were sent, as long as
-/// they go on one connection: after a call that timed out or was
-/// interrupted, the next message goes on a new connection, and may be
+/// they go on one connection: after a call whose reply did not come in
+/// time, or one that was interrupted, the next message goes on a new
+/// connection, and may be
 /// handled before messages still queued on the old one. Calls release the
 /// GIL; one call at a time runs per `Sender` (a second thread waits its
 /// turn, within its timeout). `close()` (or leaving a `with` block) closes

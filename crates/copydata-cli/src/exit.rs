@@ -33,7 +33,8 @@ Exit codes:
      another user's mailbox, a payload larger than the receiver takes,
      a receiver speaking another protocol version, and a message the
      receiver dropped unanswered, as one stopped while handling it does)
-  8  busy: the mailbox has as many senders connected as it takes
+  8  busy: the mailbox has as many senders connected as it takes,
+     or its receiver is out of descriptors or memory just now
      (try again later)
 
 Output that stops being read (`| head -1`) ends a command quietly with 0.";

@@ -209,8 +209,10 @@ enum copydata_status
    */
   COPYDATA_STATUS_FULL = 16,
   /**
-   * The mailbox has as many senders connected as it takes: no
-   * connection was made, nothing was sent. Try again later.
+   * The mailbox has as many senders connected as it takes, or its
+   * receiver could not make a connection just now (Linux: out of file
+   * descriptors or memory): no connection was made, nothing was sent.
+   * Try again later.
    */
   COPYDATA_STATUS_BUSY = 17,
 };
@@ -1427,8 +1429,10 @@ copydata_status copydata_sender_connect_with(const char *name,
 /**
  * Sends a message on the sender's connection and waits for its reply, as
  * `copydata_send` does (same arguments after the sender, same outputs and
- * failures). After `COPYDATA_STATUS_TIMED_OUT` the next call uses a new
- * connection, so it never receives the late reply.
+ * failures). After `COPYDATA_STATUS_TIMED_OUT` for a reply that did not
+ * come in time the next call uses a new connection, so it never receives
+ * the late reply; one that timed out waiting for room in a full queue
+ * sent nothing and keeps the connection.
  *
  * # Safety
  *

@@ -58,8 +58,10 @@ pub enum Status {
     /// is full (a post), or it holds every buffer of the connection's pool
     /// (a loan). It has not caught up yet; nothing was sent or lent.
     Full = 16,
-    /// The mailbox has as many senders connected as it takes: no
-    /// connection was made, nothing was sent. Try again later.
+    /// The mailbox has as many senders connected as it takes, or its
+    /// receiver could not make a connection just now (Linux: out of file
+    /// descriptors or memory): no connection was made, nothing was sent.
+    /// Try again later.
     Busy = 17,
 }
 

@@ -171,8 +171,10 @@ pub unsafe extern "C" fn copydata_sender_connect_with(
 
 /// Sends a message on the sender's connection and waits for its reply, as
 /// `copydata_send` does (same arguments after the sender, same outputs and
-/// failures). After `COPYDATA_STATUS_TIMED_OUT` the next call uses a new
-/// connection, so it never receives the late reply.
+/// failures). After `COPYDATA_STATUS_TIMED_OUT` for a reply that did not
+/// come in time the next call uses a new connection, so it never receives
+/// the late reply; one that timed out waiting for room in a full queue
+/// sent nothing and keeps the connection.
 ///
 /// # Safety
 ///

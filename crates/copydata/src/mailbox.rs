@@ -607,7 +607,7 @@ impl MailboxOptions {
 
     /// How many senders may be connected at once (default
     /// [`DEFAULT_MAX_CONNECTIONS`], at least 1). A sender beyond the limit is
-    /// refused at set-up ([`SendError::Busy`], naming the limit); the
+    /// turned away at set-up ([`SendError::Busy`], naming the limit); the
     /// connected ones are not disturbed. Each connection costs the receiver
     /// a shared region, never a thread.
     pub fn max_connections(mut self, connections: usize) -> MailboxOptions {
@@ -903,9 +903,13 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// The first send sets up a shared-memory region with the receiver; every
 /// later message and reply travels through it. Messages sent through one
-/// `Sender` are handled in order. After a timeout or an error the
-/// connection is dropped and the next send makes a new one, so a late reply
-/// can never be taken for the answer to a later message.
+/// `Sender` are handled in order. After a call whose reply did not come in
+/// time, or an error that leaves the connection unusable, the connection is
+/// dropped and the next send makes a new one, so a late reply can never be
+/// taken for the answer to a later message (the messages still queued on
+/// the old one may then be handled after the new one's). A message that
+/// timed out waiting for room in a full queue (a post, or a call) queued
+/// nothing: the connection is kept.
 ///
 /// Dropping a sender does not wait: the posts it queued are still
 /// delivered, as long as this process lives until they no longer need it
