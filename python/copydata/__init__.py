@@ -110,6 +110,7 @@ from ._copydata import (  # noqa: E402
     recv_section,
     send,
     send_section,
+    send_to_window,
     single_instance,
 )
 
@@ -200,6 +201,7 @@ class Popen(_subprocess.Popen):
 
 __all__ = [
     "send",
+    "send_to_window",
     "Sender",
     "Loan",
     "Mailbox",

@@ -12,6 +12,7 @@ from typing_extensions import Buffer
 
 __all__ = [
     "send",
+    "send_to_window",
     "Sender",
     "Loan",
     "Mailbox",
@@ -53,6 +54,18 @@ def send(
     waits for the reply, at most `timeout` seconds (None: the set-up gives
     up after 10 s, then the reply is awaited as long as the receiver
     lives). Returns (code, data)."""
+
+def send_to_window(
+    data: Buffer,
+    tag: int = 0,
+    *,
+    class_name: str | None = None,
+    title: str | None = None,
+    timeout: float | None = None,
+) -> tuple[int, bytes]:
+    """Sends a plain WM_COPYDATA to another program's window, found by
+    class and/or title, and waits at most `timeout` seconds (None: as long
+    as it takes). Returns (code, data). Windows only."""
 
 @final
 class Sender:

@@ -340,6 +340,7 @@ fn _copydata(m: &Bound<'_, PyModule>) -> PyResult<()> {
         py.import("os")?.call_method("register_at_fork", (), Some(&kwargs))?;
     }
     m.add_function(wrap_pyfunction!(mailbox::send, m)?)?;
+    m.add_function(wrap_pyfunction!(mailbox::send_to_window, m)?)?;
     m.add_class::<mailbox::Mailbox>()?;
     m.add_class::<mailbox::Request>()?;
     m.add_class::<sender::Sender>()?;

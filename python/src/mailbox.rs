@@ -88,6 +88,58 @@ pub(crate) fn send<'py>(
     }
 }
 
+/// Sends a plain `WM_COPYDATA` with `tag` and `data` to an existing window
+/// of another program, found by its class (`class_name`) and/or its title
+/// (`FindWindowW`, then among message-only windows, so a copydata mailbox
+/// is found too), and waits at most `timeout` seconds (None: as long as
+/// it takes) for it to be handled. Returns `(code, data)`: the window's
+/// `LRESULT`, and the bytes it sent back to the sender's window with
+/// `WM_COPYDATA` while handling the message (often none).
+///
+/// Windows only: elsewhere it raises `copydata.Error`. Raises `NotFound`
+/// (no such window), `TimedOut`, `ReceiverDied` (the window went away),
+/// and `InvalidArgument` when neither `class_name` nor `title` is given.
+/// Ctrl-C interrupts the wait; the message may then still be delivered.
+#[pyfunction]
+#[pyo3(signature = (data, tag = 0, *, class_name = None, title = None, timeout = None))]
+pub(crate) fn send_to_window<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyAny>,
+    tag: u64,
+    class_name: Option<String>,
+    title: Option<String>,
+    timeout: Option<f64>,
+) -> PyResult<(i64, Bound<'py, PyBytes>)> {
+    let timeout = timeout_arg(py, timeout)?;
+    let data = bytes_arg(data)?;
+    if class_name.is_none() && title.is_none() {
+        return Err(errors::raise(py, Kind::InvalidArgument, "give class_name, title or both"));
+    }
+    #[cfg(not(windows))]
+    {
+        let _ = (tag, data, timeout);
+        Err(errors::raise(py, Kind::Error, "send_to_window: windows and WM_COPYDATA exist on Windows only"))
+    }
+    #[cfg(windows)]
+    {
+        // (SendMessageTimeoutW's longest wait: about 49 days.)
+        let timeout = timeout.unwrap_or(Duration::from_millis(u64::from(u32::MAX - 1)));
+        // On a thread of its own, as `send`, so that this one takes Ctrl-C.
+        let (tx, rx) = sync_channel(1);
+        std::thread::Builder::new().name("copydata-send".into()).spawn(move || {
+            let result =
+                copydata::os::windows::send_to_window(class_name.as_deref(), title.as_deref(), tag, &data, timeout);
+            let _ = tx.send(result);
+        })?;
+        match wait_answer(py, &Mutex::new(rx), true) {
+            Ok(Ok(reply)) => Ok((reply.code, reply_bytes(py, &reply)?)),
+            Ok(Err(e)) => Err(errors::send_error(py, e)),
+            Err(Unanswered::Interrupted(e)) => Err(e),
+            Err(Unanswered::Gone) => Err(errors::raise(py, Kind::Error, "the sending thread ended without an answer")),
+        }
+    }
+}
+
 /// `copydata::send_timeout` (or `send`) with sections attached.
 fn send_with_sections(
     name: &str,

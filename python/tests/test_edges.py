@@ -5,6 +5,7 @@ import errno
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 
@@ -229,3 +230,12 @@ def test_zero_dimensional_and_non_contiguous_buffers(serving, name):
         assert copydata.send(name, np.array(7, dtype=np.int32), timeout=10.0) == (0, np.int32(7).tobytes())
         with pytest.raises(BufferError):
             copydata.send(name, memoryview(b"abcdef")[::2], timeout=10.0)
+
+
+def test_send_to_window_needs_a_target_and_windows():
+
+    with pytest.raises(copydata.InvalidArgument, match="class_name"):
+        copydata.send_to_window(b"x")
+    if sys.platform != "win32":
+        with pytest.raises(copydata.Error, match="Windows only"):
+            copydata.send_to_window(b"x", 1, class_name="Notepad", timeout=1.0)
