@@ -67,9 +67,8 @@ pub(crate) fn send<'py>(
     // slices and take Ctrl-C; a send cannot be resumed after a timeout of
     // its own (the connection is dropped), so slicing the send itself would
     // not do. An interrupted send finishes in the background.
-    let (tx, rx) = sync_channel(1);
-    std::thread::Builder::new().name("copydata-send".into()).spawn(move || {
-        let result = if sections.is_empty() {
+    sent_on_a_thread(py, move || {
+        if sections.is_empty() {
             match timeout {
                 Some(t) => copydata::send_timeout(&name, tag, &data, t),
                 None => copydata::send(&name, tag, &data),
@@ -77,8 +76,20 @@ pub(crate) fn send<'py>(
         } else {
             let handles: Vec<&copydata::Section> = sections.iter().map(|h| &**h).collect();
             send_with_sections(&name, tag, &data, &handles, timeout)
-        };
-        let _ = tx.send(result);
+        }
+    })
+}
+
+/// Runs `send` on a thread of its own and waits for its reply in slices,
+/// so that this thread takes Ctrl-C (an interrupted send finishes in the
+/// background). The reply as `(code, data)`.
+fn sent_on_a_thread<'py>(
+    py: Python<'py>,
+    send: impl FnOnce() -> Result<Reply, copydata::SendError> + Send + 'static,
+) -> PyResult<(i64, Bound<'py, PyBytes>)> {
+    let (tx, rx) = sync_channel(1);
+    std::thread::Builder::new().name("copydata-send".into()).spawn(move || {
+        let _ = tx.send(send());
     })?;
     match wait_answer(py, &Mutex::new(rx), true) {
         Ok(Ok(reply)) => Ok((reply.code, reply_bytes(py, &reply)?)),
@@ -124,19 +135,9 @@ pub(crate) fn send_to_window<'py>(
     {
         // (SendMessageTimeoutW's longest wait: about 49 days.)
         let timeout = timeout.unwrap_or(Duration::from_millis(u64::from(u32::MAX - 1)));
-        // On a thread of its own, as `send`, so that this one takes Ctrl-C.
-        let (tx, rx) = sync_channel(1);
-        std::thread::Builder::new().name("copydata-send".into()).spawn(move || {
-            let result =
-                copydata::os::windows::send_to_window(class_name.as_deref(), title.as_deref(), tag, &data, timeout);
-            let _ = tx.send(result);
-        })?;
-        match wait_answer(py, &Mutex::new(rx), true) {
-            Ok(Ok(reply)) => Ok((reply.code, reply_bytes(py, &reply)?)),
-            Ok(Err(e)) => Err(errors::send_error(py, e)),
-            Err(Unanswered::Interrupted(e)) => Err(e),
-            Err(Unanswered::Gone) => Err(errors::raise(py, Kind::Error, "the sending thread ended without an answer")),
-        }
+        sent_on_a_thread(py, move || {
+            copydata::os::windows::send_to_window(class_name.as_deref(), title.as_deref(), tag, &data, timeout)
+        })
     }
 }
 
