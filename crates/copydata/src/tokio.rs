@@ -443,7 +443,8 @@ impl AsyncSender {
         timeout: Option<Duration>,
     ) -> Result<Reply, SendError> {
         self.runtime()?;
-        let deadline = timeout.and_then(crate::deadline);
+        let started = Instant::now();
+        let deadline = timeout.and_then(|t| started.checked_add(t));
         let exchange = async {
             // Queued with the connection in place: dropped while it waits
             // for room, the call has queued nothing (as a post), and the
@@ -460,7 +461,11 @@ impl AsyncSender {
         };
         // Past the deadline, the exchange was dropped (with the connection
         // if the call was queued).
-        until(deadline, exchange).await.unwrap_or_else(|| Err(self.timed_out(timeout)))
+        let result = until(deadline, exchange).await.unwrap_or_else(|| Err(self.timed_out(timeout)));
+        match timeout {
+            Some(t) => not_early(result, started, t).await,
+            None => result,
+        }
     }
 
     /// The error for a call or post that ran out of `timeout`.
@@ -571,7 +576,8 @@ impl<'a> AsyncLoan<'a> {
         // (Outside a runtime nothing happens: the loan's drop gives the
         // buffer back, and the connection is kept.)
         self.sender.here()?;
-        let deadline = timeout.and_then(crate::deadline);
+        let started = Instant::now();
+        let deadline = timeout.and_then(|t| started.checked_add(t));
         let len = self.len;
         let exchange = async {
             // Without its connection, the buffer's is gone.
@@ -599,7 +605,11 @@ impl<'a> AsyncLoan<'a> {
         };
         // Past the deadline, the exchange was dropped (with the connection
         // if the call was queued).
-        until(deadline, exchange).await.unwrap_or_else(|| Err(self.sender.timed_out(timeout)))
+        let result = until(deadline, exchange).await.unwrap_or_else(|| Err(self.sender.timed_out(timeout)));
+        match timeout {
+            Some(t) => not_early(result, started, t).await,
+            None => result,
+        }
     }
 
     /// Posts the loan: no reply awaited (as [`AsyncSender::post`]); when the

@@ -438,6 +438,15 @@ fn a_cancelled_call_never_hands_its_reply_to_the_next_one() {
         let err = sender.send_timeout(HELD, b"never answered", Duration::from_millis(200)).await.unwrap_err();
         assert!(matches!(err, SendError::TimedOut { .. }), "{err:?}");
         assert!(started.elapsed() >= Duration::from_millis(200));
+        // Never before the timeout, however short (timers of a millisecond's
+        // grain may fire a little early).
+        for ms in [1, 2, 3, 5, 7, 11, 13] {
+            let timeout = Duration::from_micros(ms * 1000 + 300);
+            let started = Instant::now();
+            let err = sender.send_timeout(HELD, b"never answered", timeout).await.unwrap_err();
+            assert!(matches!(err, SendError::TimedOut { .. }), "{err:?}");
+            assert!(started.elapsed() >= timeout, "timed out after {:?} of {timeout:?}", started.elapsed());
+        }
         let reply = sender.send_timeout(3, b"after", Duration::from_secs(10)).await.unwrap();
         assert_eq!((reply.code, &reply.data[..]), (3, &b"after"[..]));
     });
