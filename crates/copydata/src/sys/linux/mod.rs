@@ -22,6 +22,11 @@ use crate::error::{CreateError, MapError, ReadOnlyError};
 use crate::section::Access;
 
 pub(crate) use inherit::{Passed, prepare_inheritance, spawn_with_sections, take_inherited};
+
+/// A duration as the kernel's `timespec` (for `poll` and futex waits).
+pub(crate) fn timespec(d: std::time::Duration) -> rustix::time::Timespec {
+    rustix::time::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
+}
 pub(crate) use namespace::{list, remove};
 
 /// What kind of object a descriptor refers to.

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 
 use rustix::net::{
@@ -65,7 +65,7 @@ impl Checked<'_> {
     /// Waits until `sock` has one of `events` (or hung up, or failed), in
     /// slices with the check between them.
     fn ready(&mut self, sock: impl AsFd, events: PollFlags) -> io::Result<PollFlags> {
-        let slice = Timespec { tv_sec: self.slice.as_secs() as i64, tv_nsec: i64::from(self.slice.subsec_nanos()) };
+        let slice = super::timespec(self.slice);
         loop {
             let mut fds = [PollFd::new(&sock, events)];
             match rustix::event::poll(&mut fds, Some(&slice)) {
@@ -113,13 +113,7 @@ fn send_parts(sock: impl AsFd, parts: &[&[u8]], fds: &[BorrowedFd<'_>], mut wait
     let no_room = |wait: &mut Wait<'_>, begun: bool| match wait {
         Wait::InSend => Err(io::Error::from(io::ErrorKind::WouldBlock)),
         Wait::Until(until) => writable_by(&sock, *until, begun),
-        Wait::Checked(checked) => {
-            let revents = checked.ready(&sock, PollFlags::OUT)?;
-            if revents.intersects(PollFlags::HUP | PollFlags::ERR) && !revents.contains(PollFlags::OUT) {
-                return Err(io::ErrorKind::BrokenPipe.into());
-            }
-            Ok(())
-        }
+        Wait::Checked(checked) => room_or_gone(checked.ready(&sock, PollFlags::OUT)?),
     };
     let iov: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
     let mut pause = Duration::from_millis(1);
@@ -188,7 +182,7 @@ fn fewer_in_flight(sock: impl AsFd, until: Option<Instant>, pause: &mut Duration
         None => *pause,
     };
     *pause = (*pause * 2).min(Duration::from_millis(50));
-    let step = Timespec { tv_sec: step.as_secs() as i64, tv_nsec: i64::from(step.subsec_nanos()) };
+    let step = super::timespec(step);
     // No events asked for: only a hang-up or an error ends the wait early.
     let mut fds = [PollFd::new(&sock, PollFlags::empty())];
     match rustix::event::poll(&mut fds, Some(&step)) {
@@ -211,20 +205,23 @@ fn writable_by(sock: impl AsFd, until: Option<Instant>, begun: bool) -> io::Resu
                 io::ErrorKind::TimedOut.into()
             });
         }
-        let left = left.map(|l| Timespec { tv_sec: l.as_secs() as i64, tv_nsec: i64::from(l.subsec_nanos()) });
+        let left = left.map(super::timespec);
         let mut fds = [PollFd::new(&sock, PollFlags::OUT)];
         match rustix::event::poll(&mut fds, left.as_ref()) {
-            Ok(n) if n > 0 => {
-                let revents = fds[0].revents();
-                if revents.intersects(PollFlags::HUP | PollFlags::ERR) && !revents.contains(PollFlags::OUT) {
-                    return Err(io::ErrorKind::BrokenPipe.into());
-                }
-                return Ok(());
-            }
+            Ok(n) if n > 0 => return room_or_gone(fds[0].revents()),
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// What `poll` said of a socket waited on for room: room (`Ok`), or the
+/// peer gone with none (`BrokenPipe`).
+fn room_or_gone(revents: PollFlags) -> io::Result<()> {
+    if revents.intersects(PollFlags::HUP | PollFlags::ERR) && !revents.contains(PollFlags::OUT) {
+        return Err(io::ErrorKind::BrokenPipe.into());
+    }
+    Ok(())
 }
 
 /// How a read waits for bytes that are not queued yet.
@@ -642,7 +639,7 @@ fn readable_by(sock: impl AsFd, deadline: Instant) -> io::Result<()> {
         if left.is_zero() {
             return Err(io::ErrorKind::TimedOut.into());
         }
-        let left = Timespec { tv_sec: left.as_secs() as i64, tv_nsec: i64::from(left.subsec_nanos()) };
+        let left = super::timespec(left);
         let mut fds = [PollFd::new(&sock, PollFlags::IN)];
         match rustix::event::poll(&mut fds, Some(&left)) {
             Ok(n) if n > 0 => return Ok(()),

@@ -379,7 +379,7 @@ impl RawEvent {
                 },
                 None => None,
             };
-            let ts = left.map(|l| futex::Timespec { tv_sec: l.as_secs() as i64, tv_nsec: i64::from(l.subsec_nanos()) });
+            let ts = left.map(super::timespec);
             let waiters = word(header, EVENT_WAITERS);
             waiters.fetch_add(1, Ordering::SeqCst);
             // Sleeps only while the word is still what `take` saw: a `set`

@@ -48,6 +48,8 @@ use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags, Shutdown};
 use rustix::thread::futex;
 
+use super::timespec;
+
 use self::wire::{Header, REPLY, REQUEST, STATUS_REFUSED};
 use super::scm::{self, Disarmed, FdKind, Patience};
 use super::{Kind, Section as SysSection, access_of, kind_of};
@@ -86,10 +88,6 @@ const BELLS_LEN: usize = MAX_WORKERS * LINE;
 /// Whether `poll` found the peer's end of a socket gone.
 fn hung_up(fd: &PollFd<'_>) -> bool {
     fd.revents().intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR | PollFlags::NVAL)
-}
-
-fn timespec(d: Duration) -> futex::Timespec {
-    futex::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
 }
 
 /// Bumps a futex word and wakes one waiter.
