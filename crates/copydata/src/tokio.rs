@@ -354,7 +354,7 @@ impl AsyncSender {
             }
         }
         .await;
-        not_early(result, started, timeout).await
+        not_early(result, started, Some(timeout)).await
     }
 
     /// Posts if the queue has room now, else fails at once with
@@ -462,10 +462,7 @@ impl AsyncSender {
         // Past the deadline, the exchange was dropped (with the connection
         // if the call was queued).
         let result = until(deadline, exchange).await.unwrap_or_else(|| Err(self.timed_out(timeout)));
-        match timeout {
-            Some(t) => not_early(result, started, t).await,
-            None => result,
-        }
+        not_early(result, started, timeout).await
     }
 
     /// The error for a call or post that ran out of `timeout`.
@@ -606,10 +603,7 @@ impl<'a> AsyncLoan<'a> {
         // Past the deadline, the exchange was dropped (with the connection
         // if the call was queued).
         let result = until(deadline, exchange).await.unwrap_or_else(|| Err(self.sender.timed_out(timeout)));
-        match timeout {
-            Some(t) => not_early(result, started, t).await,
-            None => result,
-        }
+        not_early(result, started, timeout).await
     }
 
     /// Posts the loan: no reply awaited (as [`AsyncSender::post`]); when the
@@ -727,10 +721,15 @@ async fn until<T>(deadline: Option<Instant>, exchange: impl std::future::Future<
 
 /// `result`, after waiting out the rest of `timeout` from `started` if it
 /// is a time-out that came early (some timers fire a little early, and a
-/// caller may rely on the full time having passed).
-async fn not_early<T>(result: Result<T, SendError>, started: Instant, timeout: Duration) -> Result<T, SendError> {
+/// caller may rely on the full time having passed). With no `timeout`,
+/// `result` as it is.
+async fn not_early<T>(
+    result: Result<T, SendError>,
+    started: Instant,
+    timeout: Option<Duration>,
+) -> Result<T, SendError> {
     if let Err(SendError::TimedOut { .. }) = &result
-        && let Some(end) = started.checked_add(timeout)
+        && let Some(end) = timeout.and_then(|t| started.checked_add(t))
     {
         ::tokio::time::sleep_until(end.into()).await;
     }
