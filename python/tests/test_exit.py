@@ -66,17 +66,24 @@ def _left(base, runtime):
     return shm + [str(p) for p in runtime.iterdir()]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="names are files on Linux")
-def test_objects_left_open_are_closed_at_exit(spawn, name, runtime):
+def _exits_leaving_nothing(spawn, script, name, runtime, says):
+    """Runs `script` in a child Python with its own runtime directory:
+    its first line is `says`, it exits on its own with 0 and no traceback,
+    and nothing of `name` is left in /dev/shm or that directory."""
     env = dict(os.environ, COPYDATA_RUNTIME_DIR=str(runtime))
-    child = spawn(sys.executable, "-c", LEFT_OPEN, name, env=env)
-    assert child.readline() == "open"
-    # It exits on its own, promptly (nothing at exit waits for the
-    # threads still blocked in copydata calls).
+    child = spawn(sys.executable, "-c", script, name, env=env)
+    assert child.readline() == says
     code, out, err = child.finish(timeout=30.0)
     assert code == 0, err
     assert "Traceback" not in err, err
     assert _left(name, runtime) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="names are files on Linux")
+def test_objects_left_open_are_closed_at_exit(spawn, name, runtime):
+    # It exits on its own, promptly (nothing at exit waits for the
+    # threads still blocked in copydata calls).
+    _exits_leaving_nothing(spawn, LEFT_OPEN, name, runtime, "open")
 
 
 # A child made by fork exits (running atexit) while its parent still uses
@@ -100,12 +107,7 @@ print("still open", flush=True)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork")
 def test_a_forked_child_exiting_leaves_its_parents_objects_open(spawn, name, runtime):
-    env = dict(os.environ, COPYDATA_RUNTIME_DIR=str(runtime))
-    child = spawn(sys.executable, "-c", FORK_EXIT, name, env=env)
-    assert child.readline() == "still open"
-    code, out, err = child.finish(timeout=30.0)
-    assert code == 0, err
-    assert _left(name, runtime) == []
+    _exits_leaving_nothing(spawn, FORK_EXIT, name, runtime, "still open")
 
 
 # A daemon thread still waiting in a hand-over when the interpreter exits,
