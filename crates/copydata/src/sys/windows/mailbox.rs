@@ -1585,7 +1585,9 @@ enum SetUpHook {
 }
 
 /// The answers of a test's mailbox (by name) that its window does not
-/// deliver, failing with an OS error instead, and how many hellos it got.
+/// deliver, failing with an OS error instead, and how many hellos it got;
+/// and how long its window holds every answer back first (the window's
+/// thread slow in the set-up).
 #[cfg(test)]
 #[derive(Debug)]
 struct UndeliveredAnswers {
@@ -1593,6 +1595,7 @@ struct UndeliveredAnswers {
     code: i32,
     left: usize,
     hellos: usize,
+    held: Duration,
 }
 
 #[cfg(test)]
@@ -1602,13 +1605,18 @@ static UNDELIVERED_ANSWERS: Mutex<Vec<UndeliveredAnswers>> = Mutex::new(Vec::new
 /// delivered, if a test asked for one (see [`UndeliveredAnswers`]).
 #[cfg(test)]
 fn undelivered_answer(name: &Name) -> Option<io::Error> {
-    let mut all = UNDELIVERED_ANSWERS.lock().unwrap_or_else(|e| e.into_inner());
-    let hook = all.iter_mut().find(|h| h.mailbox == name.as_str())?;
-    hook.hellos += 1;
-    (hook.left > 0).then(|| {
-        hook.left -= 1;
-        io::Error::from_raw_os_error(hook.code)
-    })
+    let (failed, held) = {
+        let mut all = UNDELIVERED_ANSWERS.lock().unwrap_or_else(|e| e.into_inner());
+        let hook = all.iter_mut().find(|h| h.mailbox == name.as_str())?;
+        hook.hellos += 1;
+        let failed = (hook.left > 0).then(|| {
+            hook.left -= 1;
+            io::Error::from_raw_os_error(hook.code)
+        });
+        (failed, hook.held)
+    };
+    std::thread::sleep(held);
+    failed
 }
 
 thread_local! {
@@ -1620,6 +1628,32 @@ thread_local! {
     static RECEIVING: RefCell<Option<(usize, Option<Vec<u8>>)>> = const { RefCell::new(None) };
     /// The hello being sent.
     static PENDING: RefCell<Option<Pending>> = const { RefCell::new(None) };
+    /// The nonces of this thread's last hellos, the one being sent
+    /// included: an answer to one of them that comes once its hello is no
+    /// longer being sent (the mailbox got to it after the set-up's deadline)
+    /// is refused, not taken for the reply bytes of a `send_to_window` to
+    /// that mailbox's window under way meanwhile.
+    static HELLOS: RefCell<[u64; RECENT_HELLOS]> = const { RefCell::new([0; RECENT_HELLOS]) };
+}
+
+/// How many of a thread's hellos [`HELLOS`] keeps: a late answer comes
+/// after its hello's deadline, and each set-up says hello again only for an
+/// answer given up (see [`ANSWER_ABANDONED`]), so an answer to an older one
+/// would have been queued behind several whole set-ups' deadlines.
+const RECENT_HELLOS: usize = 16;
+
+/// Notes `nonce` as this thread's latest hello.
+fn said_hello(nonce: u64) {
+    HELLOS.with(|h| {
+        let mut h = h.borrow_mut();
+        h.rotate_right(1);
+        h[0] = nonce;
+    });
+}
+
+/// Whether `data` is an answer to one of this thread's last hellos.
+fn answers_an_earlier_hello(data: &[u8]) -> bool {
+    envelope::parse_answer(data).is_ok_and(|head| head.nonce != 0 && HELLOS.with(|h| h.borrow().contains(&head.nonce)))
 }
 
 struct SenderWindow(HWND);
@@ -1661,6 +1695,11 @@ unsafe extern "system" fn sender_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lpar
             PENDING.with(|p| p.borrow_mut().as_mut().map(|pending| take_answer(pending, wparam as HWND, data)));
         if let Some(r) = answered {
             return r;
+        }
+        // A late answer to a hello whose set-up has ended: refused (the
+        // mailbox gives up what it set up for it).
+        if answers_an_earlier_hello(data) {
+            return 0;
         }
     }
     if tag == OLD_REPLY_TAG && data.starts_with(&OLD_REPLY_MAGIC) {
@@ -1891,6 +1930,7 @@ fn hello(target: HWND, pid: u32, protocol: u32, wait_code: u32, ms: u32) -> io::
     // is (sent messages are dispatched, as during any wait).
     unsafe { PeekMessageW(&mut msg, from, 0, 0, PM_NOREMOVE) };
     let nonce = nonce();
+    said_hello(nonce);
     let mut hello = Out(Vec::with_capacity(HELLO_LEN));
     hello.bytes(&HELLO_MAGIC).u32(protocol).u32(wait_code).u32(0).u64(nonce);
     PENDING.with(|p| *p.borrow_mut() = Some(Pending { nonce, target: target as usize, pid, outcome: None }));
@@ -2565,7 +2605,17 @@ mod tests {
 
     impl Undelivered {
         fn new(name: &Name, code: u32, left: usize) -> Undelivered {
-            let hook = UndeliveredAnswers { mailbox: name.as_str().into(), code: code as i32, left, hellos: 0 };
+            Undelivered::with(name, code, left, Duration::ZERO)
+        }
+
+        /// Holds every answer of the mailbox `name` back for `held`, then
+        /// delivers it.
+        fn held(name: &Name, held: Duration) -> Undelivered {
+            Undelivered::with(name, 0, 0, held)
+        }
+
+        fn with(name: &Name, code: u32, left: usize, held: Duration) -> Undelivered {
+            let hook = UndeliveredAnswers { mailbox: name.as_str().into(), code: code as i32, left, hellos: 0, held };
             UNDELIVERED_ANSWERS.lock().unwrap().push(hook);
             Undelivered(name.as_str().into())
         }
@@ -2621,5 +2671,32 @@ mod tests {
         let deadline = Some(Instant::now() + Duration::from_secs(30));
         c.put(CALL, 8, Body::Bytes(b"again"), &[], true, deadline).unwrap();
         assert_eq!(c.reply(deadline).unwrap().code, 8);
+    }
+
+    /// An answer that comes after its set-up timed out (the mailbox's
+    /// thread got the hello in time but was slow to answer) is refused,
+    /// not taken for the reply bytes of the same thread's `send_to_window`
+    /// to that mailbox's window, under way by then. It used to be taken:
+    /// it comes first, and from the window sent to.
+    #[test]
+    fn a_late_answer_is_not_the_reply_of_a_later_plain_send() {
+        let name = unique("late-answer");
+        let _server = echo(&name);
+        let held = Undelivered::held(&name, Duration::from_millis(1000));
+        let failed = connect(&name, Wait::Park, Instant::now() + Duration::from_millis(300), None, None);
+        assert!(matches!(failed, Err(SendError::TimedOut { .. })), "{:?}", failed.map(|_| ()));
+        assert_eq!(held.hellos(), 1, "the mailbox got the hello");
+        // Queued behind the hello: the mailbox answers the hello while this
+        // thread waits here.
+        let class = format!("copydata.mailbox.{name}");
+        let reply = send_to_window(Some(&class), None, 7, b"after", Duration::from_secs(30)).unwrap();
+        assert_eq!((reply.code, String::from_utf8_lossy(&reply.data).as_ref()), (7, "after"));
+        drop(held);
+        // Nothing was set up for the late hello: the mailbox still serves.
+        let (link, max) = link_to(&name);
+        let mut c = Client::new(link, Wait::Park, max);
+        let deadline = Some(Instant::now() + Duration::from_secs(30));
+        c.put(CALL, 9, Body::Bytes(b"next"), &[], true, deadline).unwrap();
+        assert_eq!(c.reply(deadline).unwrap().code, 9);
     }
 }
