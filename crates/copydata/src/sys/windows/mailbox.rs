@@ -1624,10 +1624,13 @@ thread_local! {
     static SENDER_WINDOW: RefCell<Option<SenderWindow>> = const { RefCell::new(None) };
     /// While `send_to_window` waits: the window it sends to, and the reply
     /// bytes that came back naming that window (`wParam`). Nothing is kept
-    /// at other times: any program may send to this thread's window.
+    /// at other times: any program may send to this thread's window. (A
+    /// send made by a window procedure run inside that wait puts the
+    /// outer send's entry back when it ends.)
     static RECEIVING: RefCell<Option<(usize, Option<Vec<u8>>)>> = const { RefCell::new(None) };
-    /// The hello being sent.
-    static PENDING: RefCell<Option<Pending>> = const { RefCell::new(None) };
+    /// The hellos being sent: more than one when a window procedure run
+    /// inside a set-up's wait sets up another connection.
+    static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
     /// The nonces of this thread's last hellos, the one being sent
     /// included: an answer to one of them that comes once its hello is no
     /// longer being sent (the mailbox got to it after the set-up's deadline)
@@ -1688,11 +1691,16 @@ unsafe extern "system" fn sender_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lpar
     }
     // SAFETY: a WM_COPYDATA being handled; `data` is used only in this call.
     let (tag, data) = unsafe { copydata_of(lparam) };
-    // An answer to the hello under way, if one is; with none, bytes that
-    // look like an answer may be a plain program's reply (below).
+    // An answer to a hello under way (by its nonce), if one is; with none,
+    // bytes that look like an answer may be a plain program's reply (below).
     if tag == ANSWER_TAG && data.starts_with(&ANSWER_MAGIC) {
-        let answered =
-            PENDING.with(|p| p.borrow_mut().as_mut().map(|pending| take_answer(pending, wparam as HWND, data)));
+        let answered = envelope::parse_answer(data).ok().and_then(|head| {
+            PENDING.with(|p| {
+                let mut p = p.borrow_mut();
+                let pending = p.iter_mut().find(|pending| pending.nonce == head.nonce)?;
+                Some(take_answer(pending, wparam as HWND, data))
+            })
+        });
         if let Some(r) = answered {
             return r;
         }
@@ -1933,9 +1941,14 @@ fn hello(target: HWND, pid: u32, protocol: u32, wait_code: u32, ms: u32) -> io::
     said_hello(nonce);
     let mut hello = Out(Vec::with_capacity(HELLO_LEN));
     hello.bytes(&HELLO_MAGIC).u32(protocol).u32(wait_code).u32(0).u64(nonce);
-    PENDING.with(|p| *p.borrow_mut() = Some(Pending { nonce, target: target as usize, pid, outcome: None }));
+    PENDING.with(|p| p.borrow_mut().push(Pending { nonce, target: target as usize, pid, outcome: None }));
     let sent = send_copydata(target, from, HELLO_TAG, &hello.0, ms.min(FOREVER_MS));
-    let outcome = PENDING.with(|p| p.borrow_mut().take()).and_then(|p| p.outcome);
+    // (Its own entry: nested set-ups have removed theirs.)
+    let outcome = PENDING.with(|p| {
+        let mut p = p.borrow_mut();
+        let at = p.iter().rposition(|pending| pending.nonce == nonce)?;
+        p.remove(at).outcome
+    });
     Ok((sent, outcome))
 }
 
@@ -2031,10 +2044,10 @@ pub fn send_to_window(
     // forges the target's handle in `wParam` is not caught: this is the
     // plain Win32 protocol's limit (copydata mailboxes answer through their
     // connection's private region instead).
-    RECEIVING.with(|r| *r.borrow_mut() = Some((target as usize, None)));
+    let outer = RECEIVING.with(|r| r.borrow_mut().replace((target as usize, None)));
     let ms = timeout.as_millis().clamp(1, u128::from(FOREVER_MS)) as u32;
     let sent = send_copydata(target, from, tag as usize, data, ms);
-    let reply = RECEIVING.with(|r| r.borrow_mut().take()).and_then(|(_, reply)| reply);
+    let reply = RECEIVING.with(|r| std::mem::replace(&mut *r.borrow_mut(), outer)).and_then(|(_, reply)| reply);
     match sent {
         Ok(code) => Ok(Reply::new(code as i64, reply.unwrap_or_default())),
         Err(e) if e.raw_os_error() == Some(ERROR_TIMEOUT as i32) && is_window(target) => {
@@ -2698,5 +2711,116 @@ mod tests {
         let deadline = Some(Instant::now() + Duration::from_secs(30));
         c.put(CALL, 9, Body::Bytes(b"next"), &[], true, deadline).unwrap();
         assert_eq!(c.reply(deadline).unwrap().code, 9);
+    }
+
+    type Inside = Box<dyn FnOnce()>;
+
+    thread_local! {
+        /// What [`inside`]'s window procedure runs.
+        static INSIDE: RefCell<Option<Inside>> = const { RefCell::new(None) };
+    }
+
+    /// A window procedure that runs what [`INSIDE`] holds on `WM_USER`.
+    unsafe extern "system" fn inside_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lparam: LPARAM) -> LRESULT {
+        use windows_sys::Win32::UI::WindowsAndMessaging::WM_USER;
+        if msg == WM_USER {
+            if let Some(f) = INSIDE.with(|i| i.borrow_mut().take()) {
+                f();
+            }
+            return 0;
+        }
+        // SAFETY: default handling of every other message.
+        unsafe { DefWindowProcW(hwnd, msg, wparam, lparam) }
+    }
+
+    /// Runs `wait` on this thread, and `nested` on this thread too, inside
+    /// `wait`'s wait: from a window procedure, for a message another thread
+    /// sends to this thread's window 300 ms after `wait` started.
+    fn inside<T>(nested: impl FnOnce() + 'static, wait: impl FnOnce() -> T) -> T {
+        use windows_sys::Win32::UI::WindowsAndMessaging::{SendNotifyMessageW, WM_USER};
+        static CLASS: Once = Once::new();
+        CLASS.call_once(|| register_class("copydata.test.inside", inside_proc).unwrap());
+        let window = message_window("copydata.test.inside", "").unwrap();
+        INSIDE.with(|i| *i.borrow_mut() = Some(Box::new(nested)));
+        let poke = {
+            let window = window as usize;
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                // SAFETY: a window of the test's thread, destroyed only
+                // after this thread is joined; a message without pointers.
+                unsafe { SendNotifyMessageW(window as HWND, WM_USER, 0, 0) }
+            })
+        };
+        let got = wait();
+        assert_ne!(poke.join().unwrap(), 0, "the message to the thread's window was not sent");
+        // SAFETY: this thread's own window.
+        unsafe { DestroyWindow(window) };
+        assert!(INSIDE.with(|i| i.borrow_mut().take()).is_none(), "the nested call did not run inside the wait");
+        got
+    }
+
+    /// A window procedure run inside a set-up's wait (a message sent to the
+    /// thread meanwhile) sets up another connection: both set-ups take
+    /// their own answers and both connections serve. The inner set-up used
+    /// to take the outer's place, and the outer then failed ("did not
+    /// answer").
+    #[test]
+    fn a_set_up_inside_another_set_ups_wait_leaves_both_connected() {
+        let (outer, inner) = (unique("outer"), unique("inner"));
+        let (_a, _b) = (echo(&outer), echo(&inner));
+        // The outer answer comes after the inner set-up is done.
+        let held = Undelivered::held(&outer, Duration::from_millis(1500));
+        let nested = std::rc::Rc::new(RefCell::new(None));
+        let connected = inside(
+            {
+                let nested = nested.clone();
+                move || {
+                    let got = connect(&inner, Wait::Park, Instant::now() + Duration::from_secs(30), None, None);
+                    *nested.borrow_mut() = Some(got);
+                }
+            },
+            || connect(&outer, Wait::Park, Instant::now() + Duration::from_secs(30), None, None),
+        );
+        drop(held);
+        let nested = nested.borrow_mut().take().expect("the inner set-up ran");
+        let deadline = || Some(Instant::now() + Duration::from_secs(30));
+        for (which, got) in [("outer", connected), ("inner", nested)] {
+            let (link, max) = got.unwrap_or_else(|e| panic!("the {which} set-up: {e}"));
+            let mut c = Client::new(link, Wait::Park, max);
+            c.put(CALL, 3, Body::Bytes(which.as_bytes()), &[], true, deadline()).unwrap();
+            let reply = c.reply(deadline()).unwrap();
+            assert_eq!((reply.code, &reply.data[..]), (3, which.as_bytes()));
+        }
+    }
+
+    /// A `send_to_window` made by a window procedure run inside another's
+    /// wait leaves the outer one its reply bytes. The inner one used to
+    /// forget the outer's, which then returned no bytes.
+    #[test]
+    fn a_plain_send_inside_another_s_wait_leaves_it_its_reply() {
+        let (outer, inner) = (unique("outer-plain"), unique("inner-plain"));
+        let slow = |name: &Name| {
+            crate::Mailbox::bind(name.as_str()).unwrap().serve(|m| {
+                std::thread::sleep(Duration::from_millis(if m.tag() == 1 { 1500 } else { 0 }));
+                Reply::new(m.tag() as i64, m.payload().to_vec())
+            })
+        };
+        let (_a, _b) = (slow(&outer), slow(&inner));
+        let class = |name: &Name| format!("copydata.mailbox.{name}");
+        let nested = std::rc::Rc::new(RefCell::new(None));
+        let reply = inside(
+            {
+                let (nested, class) = (nested.clone(), class(&inner));
+                move || {
+                    let got = send_to_window(Some(&class), None, 2, b"inner", Duration::from_secs(30));
+                    *nested.borrow_mut() = Some(got);
+                }
+            },
+            || send_to_window(Some(&class(&outer)), None, 1, b"outer", Duration::from_secs(30)),
+        );
+        let nested = nested.borrow_mut().take().expect("the inner send ran").unwrap();
+        assert_eq!((nested.code, &nested.data[..]), (2, &b"inner"[..]));
+        let reply = reply.unwrap();
+        assert_eq!((reply.code, &reply.data[..]), (1, &b"outer"[..]));
     }
 }
