@@ -1929,8 +1929,9 @@ fn hello(target: HWND, pid: u32, protocol: u32, wait_code: u32, ms: u32) -> io::
     // The receiver answers with `SMTO_ABORTIFHUNG`: a thread that looked at
     // no message for 5 s (busy with a large payload, say) and has not yet
     // begun to wait in the send below counts as hung, and the answer would
-    // be dropped. Looking once marks the thread as responsive. (No hello is
-    // pending yet, so a stale answer delivered here is refused.)
+    // be dropped. Looking once marks the thread as responsive. (This hello
+    // is not pending yet: an answer delivered here is taken only by the
+    // set-up it answers, an outer one of this thread, if any.)
     //
     // SAFETY: an all-zero MSG is valid; PeekMessageW fills it.
     let mut msg: MSG = unsafe { std::mem::zeroed() };
