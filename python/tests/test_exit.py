@@ -110,6 +110,34 @@ def test_a_forked_child_exiting_leaves_its_parents_objects_open(spawn, name, run
     _exits_leaving_nothing(spawn, FORK_EXIT, name, runtime, "still open")
 
 
+# A child made by fork while its parent holds a request exits normally,
+# its interpreter dropping its copy of the request: the parent still
+# answers it, and the caller gets that answer (the child's copy used to
+# refuse it for the parent).
+FORK_WITH_A_REQUEST = """
+import os, sys, threading, copydata
+name = sys.argv[1] + "-held"
+mailbox = copydata.Mailbox(name)
+got = []
+caller = threading.Thread(target=lambda: got.append(copydata.send(name, b"held", tag=4, timeout=30)))
+caller.start()
+request = mailbox.recv(timeout=10)
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)
+assert os.waitpid(pid, 0)[1] == 0
+request.reply(40 + request.tag)
+caller.join()
+print("answered", got[0][0], flush=True)
+mailbox.close()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork")
+def test_a_forked_child_leaves_its_parents_request_to_the_parent(spawn, name, runtime):
+    _exits_leaving_nothing(spawn, FORK_WITH_A_REQUEST, name, runtime, "answered 44")
+
+
 # A daemon thread still waiting in a hand-over when the interpreter exits,
 # the interpreter letting go of the GIL while it finalizes (a finalizer
 # that sleeps): the thread that wants the GIL back meanwhile must not take

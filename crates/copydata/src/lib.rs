@@ -56,6 +56,7 @@
 
 pub mod error;
 mod fast;
+mod fork;
 #[doc(hidden)]
 pub mod fuzz;
 mod inherit;

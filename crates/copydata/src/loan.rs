@@ -51,6 +51,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{AccessError, SendError};
 use crate::fast::conn::{LentBuf, Release, ServerConn};
+use crate::fork::Made;
 use crate::mailbox::{Reply, Sender};
 use crate::view::View;
 
@@ -154,6 +155,7 @@ pub struct Loan<'a> {
     /// The start of the buffer (kept apart so accessors need no unwrap).
     ptr: *mut u8,
     len: usize,
+    made: Made,
 }
 
 // SAFETY: the buffer belongs to the pool of the sender's connection, which
@@ -166,7 +168,7 @@ unsafe impl Send for Loan<'_> {}
 impl<'a> Loan<'a> {
     pub(crate) fn new(sender: &'a mut Sender, buf: LentBuf, len: usize) -> Loan<'a> {
         let ptr = buf.ptr;
-        Loan { sender, buf: Some(buf), ptr, len }
+        Loan { sender, buf: Some(buf), ptr, len, made: Made::here() }
     }
 
     fn take(&mut self) -> LentBuf {
@@ -316,6 +318,10 @@ impl<L: fmt::Debug> std::error::Error for PostLoanError<L> {
 
 impl Drop for Loan<'_> {
     fn drop(&mut self) {
+        if self.made.copied_by_fork() {
+            // The parent's buffer (see `crate::fork`).
+            return;
+        }
         if let Some(buf) = self.buf.take() {
             self.sender.cancel_loan(&buf);
         }
@@ -425,11 +431,12 @@ pub struct ReplyLoan {
     buf: LentBuf,
     len: usize,
     sent: AtomicBool,
+    made: Made,
 }
 
 impl ReplyLoan {
     pub(crate) fn new(conn: Arc<ServerConn>, buf: LentBuf, len: usize) -> ReplyLoan {
-        ReplyLoan { conn, buf, len, sent: AtomicBool::new(false) }
+        ReplyLoan { conn, buf, len, sent: AtomicBool::new(false), made: Made::here() }
     }
 
     pub(crate) fn buf(&self) -> &LentBuf {
@@ -496,7 +503,7 @@ unsafe impl Sync for ReplyLoan {}
 
 impl Drop for ReplyLoan {
     fn drop(&mut self) {
-        if !self.sent.load(Ordering::Relaxed) {
+        if !self.sent.load(Ordering::Relaxed) && !self.made.copied_by_fork() {
             self.conn.cancel_reply(&self.buf);
         }
     }

@@ -64,6 +64,7 @@ use crate::error::{BindError, ListError, RecvError, ReplyError, SendError};
 pub use crate::fast::Wait;
 use crate::fast::conn::{Body, CALL, Client, Fail, LentBuf, POST, ServerConn};
 use crate::fast::serve::{Dispatch, Next, WorkerState};
+use crate::fork::Made;
 pub use crate::loan::{Loan, LoanView, ReplyLoan};
 use crate::name::Name;
 use crate::section::Section;
@@ -447,11 +448,12 @@ impl Responder {
 pub struct Request {
     message: Option<Message>,
     responder: Option<Responder>,
+    made: Made,
 }
 
 impl Request {
     pub(crate) fn new(message: Message, responder: Responder) -> Request {
-        Request { message: Some(message), responder: Some(responder) }
+        Request { message: Some(message), responder: Some(responder), made: Made::here() }
     }
 
     /// The message, mutably (to take its sections).
@@ -528,6 +530,10 @@ impl Deref for Request {
 
 impl Drop for Request {
     fn drop(&mut self) {
+        if self.made.copied_by_fork() {
+            // The parent answers it (see `crate::fork`).
+            return;
+        }
         if let Some(r) = self.responder.take() {
             let (call, after) = self.settle();
             r.refuse(call, "the receiver dropped the message without replying");
@@ -815,7 +821,7 @@ impl Mailbox {
                 Err(e) => log::warn!("mailbox {name}: could not start handler thread {w}: {e}"),
             }
         }
-        Server { inner: Some(inner), dispatch, threads, name }
+        Server { inner: Some(inner), dispatch, threads, name, made: Made::here() }
     }
 }
 
@@ -827,6 +833,7 @@ pub struct Server {
     dispatch: Arc<Dispatch>,
     threads: Vec<JoinHandle<()>>,
     name: Name,
+    made: Made,
 }
 
 impl Server {
@@ -838,6 +845,11 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if self.made.copied_by_fork() {
+            // The parent's handler threads (see `crate::fork`).
+            std::mem::forget(std::mem::take(&mut self.threads));
+            return;
+        }
         self.dispatch.close();
         for t in self.threads.drain(..) {
             let _ = t.join();

@@ -1027,6 +1027,7 @@ pub struct AsyncMailbox {
     rx: Option<::tokio::sync::mpsc::Receiver<Request>>,
     mailbox: Arc<Mailbox>,
     thread: Option<JoinHandle<()>>,
+    made: crate::fork::Made,
 }
 
 impl AsyncMailbox {
@@ -1048,7 +1049,7 @@ impl AsyncMailbox {
                 }
             })
             .map_err(|source| BindError::Io { name: name.clone(), source })?;
-        Ok(AsyncMailbox { name, rx: Some(rx), mailbox, thread: Some(thread) })
+        Ok(AsyncMailbox { name, rx: Some(rx), mailbox, thread: Some(thread), made: crate::fork::Made::here() })
     }
 
     /// Binds `name` and makes a stream of it.
@@ -1080,6 +1081,13 @@ impl futures_core::Stream for AsyncMailbox {
 
 impl Drop for AsyncMailbox {
     fn drop(&mut self) {
+        if self.made.copied_by_fork() {
+            // The parent's thread; the requests queued are the parent's to
+            // answer (see `crate::fork`).
+            std::mem::forget(self.thread.take());
+            std::mem::forget(self.rx.take());
+            return;
+        }
         // Requests still queued are refused as they drop; the thread's next
         // hand-over fails, and `close` ends its wait.
         self.rx = None;

@@ -43,6 +43,29 @@ fn limit_descriptors_in_flight(files: u64) -> Result<(), String> {
     set_capabilities(None, caps).map_err(fail)
 }
 
+/// How the forked child `pid` ended ("exited STATUS"), or "hung" if it
+/// did not within `limit` (then it is killed).
+#[cfg(target_os = "linux")]
+fn ended_within(pid: libc::pid_t, limit: Duration) -> String {
+    let started = Instant::now();
+    loop {
+        let mut status = 0;
+        // SAFETY: polls a child of this process.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+            return format!("exited {status}");
+        }
+        if started.elapsed() > limit {
+            // SAFETY: ends and reaps that child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return "hung".to_string();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The child roles.
 fn role(role: &str, args: &[String]) -> Result<(), String> {
     match role {
@@ -50,6 +73,55 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
         // data = the payload reversed; tag 1 sleeps `args[1]` ms first (and
         // says `@held` as it begins to, if `args[2]` is "tell"); tag 2
         // refuses; tag 3 panics; tag 4 answers with the sections it got.
+        // Binds and serves `args[0]`, and calls it through a sender; then
+        // forks without exec: the forked copy drops its copies of the
+        // mailbox and the sender and exits. This process then says how the
+        // copy ended, and whether its mailbox still serves, through the
+        // old connection and a new one. Then the same with a request in
+        // hand (the mailbox `args[0]-held`): the forked copy drops it, and
+        // this process answers it.
+        #[cfg(target_os = "linux")]
+        "fork-drop" => {
+            let server = Mailbox::bind(&args[0]).map_err(fail)?.serve(|m| Reply::code(m.tag() as i64));
+            let mut sender = Sender::connect_timeout(&args[0], Duration::from_secs(10)).map_err(fail)?;
+            sender.send(1, b"before").map_err(fail)?;
+            // SAFETY: the forked copy only drops the two and leaves with
+            // _exit; the parent waits for it (killing it if it hangs).
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                drop(sender);
+                drop(server);
+                // SAFETY: ends the forked copy at once.
+                unsafe { libc::_exit(0) };
+            }
+            say("forked", &ended_within(pid, Duration::from_secs(10)));
+            let old = sender.send_timeout(2, b"after", Duration::from_secs(10)).map(|r| r.code);
+            let new = Sender::connect_timeout(&args[0], Duration::from_secs(10))
+                .and_then(|mut s| s.send_timeout(3, b"new", Duration::from_secs(10)))
+                .map(|r| r.code);
+            say("after", &format!("{old:?} {new:?}"));
+            drop(sender);
+            drop(server);
+
+            let held = format!("{}-held", args[0]);
+            let mailbox = Mailbox::bind(&held).map_err(fail)?;
+            let call = std::thread::spawn(move || copydata::send_timeout(&held, 4, b"held", Duration::from_secs(30)));
+            let request = mailbox.recv_timeout(Duration::from_secs(10)).map_err(fail)?;
+            // SAFETY: as above.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                drop(request);
+                drop(mailbox);
+                // SAFETY: ends the forked copy at once.
+                unsafe { libc::_exit(0) };
+            }
+            let ended = ended_within(pid, Duration::from_secs(10));
+            let code = 40 + request.tag() as i64;
+            request.reply(Reply::code(code)).map_err(fail)?;
+            let answered = call.join().map_err(|_| "the caller panicked")?.map(|r| r.code);
+            say("held", &format!("{ended} {answered:?}"));
+            Ok(())
+        }
         "serve" => {
             let delay: u64 = args.get(1).map_or(Ok(0), |d| d.parse()).map_err(fail)?;
             let tell = args.get(2).is_some_and(|a| a == "tell");
@@ -2584,4 +2656,23 @@ fn a_set_up_that_timed_out_leaves_nothing_to_fail_later() {
     assert!(stall.join().unwrap().is_ok());
     drop(sender);
     drop(server);
+}
+
+/// A process that forks without exec shares its descriptors, and the
+/// memory they map, with the child: the child dropping its copies of a
+/// mailbox, a connected sender or a request in hand (as an interpreter
+/// ending a forked child normally does) must leave the parent's mailbox,
+/// connection and call alone. The copy of a served mailbox used to abort
+/// the child (joining threads it does not have) and remove the parent's
+/// name; a dropped request was refused for the parent.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_forked_copy_dropping_a_mailbox_a_sender_or_a_request_leaves_the_parents_alone() {
+    let name = unique("fork");
+    let mut kid = Kid::spawn("fork-drop", &[&name]);
+    let (ended, after, held) = (kid.expect("forked"), kid.expect("after"), kid.expect("held"));
+    // How the forked copy ended; the parent's old connection and a new one;
+    // how the copy that dropped a request ended, and the caller's reply.
+    assert_eq!((ended.as_str(), after.as_str(), held.as_str()), ("exited 0", "Ok(2) Ok(3)", "exited 0 Ok(44)"));
+    kid.wait_ok();
 }

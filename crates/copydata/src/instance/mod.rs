@@ -79,6 +79,7 @@ use std::time::{Duration, Instant};
 
 pub use crate::error::InstanceError;
 use crate::error::{BindError, RecvError, ReplyError, SendError};
+use crate::fork::Made;
 use crate::mailbox::{Mailbox, MailboxOptions, Reply, Request, Sender, SenderOptions, Wait};
 use crate::name::Name;
 
@@ -433,10 +434,10 @@ impl Primary {
             }
         });
         match thread {
-            Ok(t) => InstanceServer { mailbox: Some(mailbox), thread: Some(t), app },
+            Ok(t) => InstanceServer { mailbox: Some(mailbox), thread: Some(t), app, made: Made::here() },
             Err(e) => {
                 log::warn!("instance {app}: could not start the handler thread: {e}");
-                InstanceServer { mailbox: Some(mailbox), thread: None, app }
+                InstanceServer { mailbox: Some(mailbox), thread: None, app, made: Made::here() }
             }
         }
     }
@@ -493,6 +494,7 @@ pub struct InstanceServer {
     mailbox: Option<Arc<Mailbox>>,
     thread: Option<JoinHandle<()>>,
     app: Name,
+    made: Made,
 }
 
 impl InstanceServer {
@@ -504,6 +506,11 @@ impl InstanceServer {
 
 impl Drop for InstanceServer {
     fn drop(&mut self) {
+        if self.made.copied_by_fork() {
+            // The parent's thread (see `crate::fork`).
+            std::mem::forget(self.thread.take());
+            return;
+        }
         if let Some(m) = &self.mailbox {
             m.close();
         }

@@ -23,6 +23,27 @@ use crate::section::Access;
 
 pub(crate) use inherit::{Passed, prepare_inheritance, spawn_with_sections, take_inherited};
 
+/// How many `fork`s lie between this process and the first one of its
+/// line that used copydata: raised in the child of every `fork` (a
+/// `pthread_atfork` handler, registered at the first call). See
+/// `crate::fork`.
+pub(crate) fn forks() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static FORKS: AtomicU32 = AtomicU32::new(0);
+    static HANDLER: std::sync::Once = std::sync::Once::new();
+    extern "C" fn in_child() {
+        // (Async-signal-safe: an atomic add.)
+        FORKS.fetch_add(1, Ordering::Relaxed);
+    }
+    HANDLER.call_once(|| {
+        // SAFETY: registers a handler that only adds to an atomic; it can
+        // fail only for want of memory, which leaves copies in forked
+        // children taken for their parent's objects, as before.
+        let _ = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+    });
+    FORKS.load(Ordering::Relaxed)
+}
+
 /// A duration as the kernel's `timespec` (for `poll` and futex waits).
 pub(crate) fn timespec(d: std::time::Duration) -> rustix::time::Timespec {
     rustix::time::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }

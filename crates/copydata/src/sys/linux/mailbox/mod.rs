@@ -59,6 +59,7 @@ use crate::fast::region::{PROTOCOL, Region};
 use crate::fast::ring::LINE;
 use crate::fast::serve::{Dispatch, MAX_WORKERS};
 use crate::fast::{Bell, PARKED, PARKED_ASYNC, Park, Wait};
+use crate::fork::Made;
 use crate::mailbox::{MailboxInfo, MailboxOptions, Peer, Reply};
 use crate::name::Name;
 use crate::section::Section;
@@ -468,6 +469,7 @@ pub(crate) struct Mailbox {
     lock: OwnedFd,
     lock_path: PathBuf,
     socket_path: PathBuf,
+    made: Made,
 }
 
 fn dir_error((path, reason): runtime::DirError) -> BindError {
@@ -566,14 +568,27 @@ impl Mailbox {
             let _ = std::fs::remove_file(&socket_path);
             let _ = std::fs::remove_file(&lock_path);
         })?;
-        let mailbox =
-            Mailbox { dispatch: dispatch.clone(), stop, acceptor: Some(acceptor), lock, lock_path, socket_path };
+        let mailbox = Mailbox {
+            dispatch: dispatch.clone(),
+            stop,
+            acceptor: Some(acceptor),
+            lock,
+            lock_path,
+            socket_path,
+            made: Made::here(),
+        };
         Ok((mailbox, dispatch))
     }
 }
 
 impl Drop for Mailbox {
     fn drop(&mut self) {
+        if self.made.copied_by_fork() {
+            // The parent's: its acceptor thread, stop descriptor,
+            // connections and name (see `crate::fork`).
+            std::mem::forget(self.acceptor.take());
+            return;
+        }
         self.dispatch.close();
         let _ = rustix::io::write(&*self.stop, &1u64.to_ne_bytes());
         if let Some(t) = self.acceptor.take() {
