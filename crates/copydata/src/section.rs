@@ -113,7 +113,7 @@ impl Section {
     /// [`create`](Self::create) with options (permission bits for other
     /// users, see [`SectionOptions::mode`]).
     pub fn create_with(name: &str, size: u64, options: &SectionOptions) -> Result<Section, CreateError> {
-        let name = Name::new(name).map_err(|reason| CreateError::InvalidName { name: name.into(), reason })?;
+        let name = Name::section(name).map_err(|reason| CreateError::InvalidName { name: name.into(), reason })?;
         check_size(size)?;
         let inner = sys::Section::create(&name, size, options)?;
         Ok(Self::wrap(inner, Some(name), true))
@@ -141,7 +141,7 @@ impl Section {
     /// whether a section of another user is acceptable, see
     /// [`SectionOptions::allow_other_owner`]).
     pub fn open_with_options(name: &str, options: &SectionOptions) -> Result<Section, OpenError> {
-        let name = Name::new(name).map_err(|reason| OpenError::InvalidName { name: name.into(), reason })?;
+        let name = Name::section(name).map_err(|reason| OpenError::InvalidName { name: name.into(), reason })?;
         let inner = sys::Section::open(&name, options)?;
         Ok(Self::wrap(inner, Some(name), false))
     }
@@ -165,7 +165,7 @@ impl Section {
 
     /// [`open_or_create`](Self::open_or_create) with options.
     pub fn open_or_create_with(name: &str, size: u64, options: &SectionOptions) -> Result<Section, CreateError> {
-        let name = Name::new(name).map_err(|reason| CreateError::InvalidName { name: name.into(), reason })?;
+        let name = Name::section(name).map_err(|reason| CreateError::InvalidName { name: name.into(), reason })?;
         check_size(size)?;
         let (inner, created) = sys::Section::open_or_create(&name, size, options)?;
         Ok(Self::wrap(inner, Some(name), created))

@@ -473,12 +473,30 @@ fn an_unanswered_launch_gets_code_zero() {
 
 #[test]
 fn bad_app_ids_are_refused() {
-    for bad in ["", "a/b", "..", "with space", &"x".repeat(201)] {
+    let long = "x".repeat(copydata::instance::MAX_APP_ID_LEN + 1);
+    for bad in ["", "a/b", "..", "with space", &long] {
         assert!(
             matches!(SingleInstance::acquire(bad, &InstanceOptions::new()), Err(InstanceError::InvalidAppId { .. })),
             "{bad:?}"
         );
     }
+}
+
+/// The longest app id's primary is listed and reachable under its
+/// mailbox's name. App ids up to the longest name used to be taken, and
+/// their primary's mailbox (`instance.APP`) was then neither listed nor
+/// reachable by name.
+#[test]
+fn the_longest_app_ids_primary_is_listed_and_reachable() {
+    let app = unique("long");
+    let app = format!("{app}{}", "x".repeat(copydata::instance::MAX_APP_ID_LEN - app.len()));
+    let SingleInstance::Primary(primary) = SingleInstance::acquire(&app, &InstanceOptions::new()).unwrap() else {
+        panic!("a secondary of a fresh app id");
+    };
+    let mailbox = format!("instance.{app}");
+    assert!(copydata::mailboxes().unwrap().iter().any(|m| m.name == mailbox), "{mailbox} not listed");
+    assert!(copydata::validate_name(&mailbox).is_ok());
+    drop(primary);
 }
 
 #[test]

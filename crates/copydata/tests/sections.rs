@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::Ordering;
 
 use common::{Kid, hear, park_forever, say, unique};
-use copydata::{Access, AccessError, CreateError, InheritError, MapError, OpenError, Section};
+use copydata::{Access, AccessError, CreateError, InheritError, MapError, NameError, OpenError, Section};
 
 /// The entry point of every child process (see `common`); a no-op otherwise.
 #[test]
@@ -290,6 +290,18 @@ fn bad_names_are_refused_and_touch_nothing() {
     let long = "x".repeat(copydata::MAX_NAME_LEN + 1);
     let bad =
         ["", "../copydata-escape", "a/b", "a\\b", ".hidden", "..", "Global\\x", "/abs", "sp ace", "nul\0", "é", &long];
+    // The names of copydata's own locks, events and shared values are not
+    // sections' (a section could take one of theirs).
+    for name in ["copydata.mutex.x", "copydata.event.x", "copydata.shared.x"] {
+        let reserved = |e: &NameError| *e == NameError::Reserved;
+        assert!(
+            matches!(Section::create(name, 4096), Err(CreateError::InvalidName { reason, .. }) if reserved(&reason))
+        );
+        assert!(matches!(Section::open(name), Err(OpenError::InvalidName { reason, .. }) if reserved(&reason)));
+        assert!(
+            matches!(Section::open_or_create(name, 1), Err(CreateError::InvalidName { reason, .. }) if reserved(&reason))
+        );
+    }
     for name in bad {
         assert!(matches!(Section::create(name, 4096), Err(CreateError::InvalidName { .. })), "create {name:?}");
         assert!(matches!(Section::open(name), Err(OpenError::InvalidName { .. })), "open {name:?}");

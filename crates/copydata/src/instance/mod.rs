@@ -83,6 +83,10 @@ use crate::fork::Made;
 use crate::mailbox::{Mailbox, MailboxOptions, Reply, Request, Sender, SenderOptions, Wait};
 use crate::name::Name;
 
+/// The longest app id, in bytes: its primary binds the mailbox
+/// `instance.APP`, which must be a valid name too.
+pub const MAX_APP_ID_LEN: usize = crate::MAX_NAME_LEN - crate::name::INSTANCE_PREFIX.len();
+
 /// How long a secondary waits for the primary's answer unless told
 /// otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -216,7 +220,8 @@ impl SingleInstance {
     #[doc(alias = "FindWindowW")]
     #[doc(alias = "flock")]
     pub fn acquire(app_id: &str, options: &InstanceOptions) -> Result<SingleInstance, InstanceError> {
-        let app = Name::new(app_id).map_err(|reason| InstanceError::InvalidAppId { app_id: app_id.into(), reason })?;
+        let app =
+            Name::app_id(app_id).map_err(|reason| InstanceError::InvalidAppId { app_id: app_id.into(), reason })?;
         let name = Name::instance_mailbox(&app);
         let started = Instant::now();
         // A timeout too large to add (Duration::MAX) means "as long as it takes".
