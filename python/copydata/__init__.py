@@ -169,12 +169,15 @@ class Popen(_subprocess.Popen):
     the environment). Every other argument is ``subprocess.Popen``'s.
 
         >>> table = copydata.Section.anonymous(1 << 20)
+        >>> memoryview(table)[:5] = b"hello"
         >>> child = copydata.Popen([sys.executable, "worker.py"],
-        ...                        sections=[table, table.read_only()])
+        ...                        sections=[table.read_only()])
         >>> child.wait()
 
     Only the given sections reach the child, read-write or read-only as each
-    handle is (``Section.read_only()`` makes a read-only hand-out), and
+    handle is (``Section.read_only()`` makes a read-only hand-out; on Linux
+    an anonymous section of which one was made can no longer be mapped
+    writable by other processes, even through a writable handle), and
     nothing else of this process's: on Linux they go through ``pass_fds``,
     on Windows through ``STARTUPINFO``'s ``handle_list``.
     The child's environment is ``env`` (this process's if None) with

@@ -222,7 +222,7 @@ pub(crate) fn inherit_error(py: Python<'_>, e: InheritError) -> PyErr {
 pub(crate) fn map_error(py: Python<'_>, e: MapError) -> PyErr {
     let kind = match &e {
         MapError::ZeroLength | MapError::OutOfRange { .. } => Kind::InvalidArgument,
-        MapError::ReadOnly => Kind::PermissionDenied,
+        MapError::ReadOnly | MapError::Sealed => Kind::PermissionDenied,
         _ => Kind::Error,
     };
     convert(py, kind, &e)

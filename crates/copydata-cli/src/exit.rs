@@ -102,7 +102,7 @@ fn code_of(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
     if let Some(e) = e.downcast_ref::<MapError>() {
         return Some(match e {
             MapError::ZeroLength | MapError::OutOfRange { .. } => USAGE,
-            MapError::ReadOnly => REFUSED,
+            MapError::ReadOnly | MapError::Sealed => REFUSED,
             _ => OTHER,
         });
     }

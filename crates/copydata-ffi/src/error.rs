@@ -166,7 +166,7 @@ impl From<MapError> for Error {
     fn from(e: MapError) -> Error {
         let status = match &e {
             MapError::ZeroLength | MapError::OutOfRange { .. } => Status::InvalidArgument,
-            MapError::ReadOnly => Status::PermissionDenied,
+            MapError::ReadOnly | MapError::Sealed => Status::PermissionDenied,
             _ => Status::Io,
         };
         Error::new(status, e)

@@ -174,9 +174,15 @@ pub enum MapError {
         size: u64,
     },
     /// A writable view of a read-only section was asked for (or the
-    /// operating system refused write access, e.g. a sealed memfd).
+    /// operating system refused write access to the handle).
     #[error("the section is read-only")]
     ReadOnly,
+    /// A writable view of a writable section whose memory is sealed against
+    /// new writable views (Linux: a read-only hand-out of an anonymous
+    /// section seals it, see [`Section::read_only`](crate::Section::read_only));
+    /// views mapped writable before the hand-out stay writable.
+    #[error("the section's memory is sealed against new writable views (a read-only hand-out of it was made)")]
+    Sealed,
     /// Any other operating-system error (e.g. out of address space).
     #[error("mapping failed: {0}")]
     Io(#[source] io::Error),
@@ -389,7 +395,7 @@ into_io_error!(OpenError, |e| match &e {
 
 into_io_error!(MapError, |e| match &e {
     MapError::ZeroLength | MapError::OutOfRange { .. } => io::ErrorKind::InvalidInput,
-    MapError::ReadOnly => io::ErrorKind::PermissionDenied,
+    MapError::ReadOnly | MapError::Sealed => io::ErrorKind::PermissionDenied,
     _ => io::ErrorKind::Other,
 }, MapError::Io(source) => source);
 

@@ -40,8 +40,10 @@ pub const INHERIT_VAR: &str = "COPYDATA_SECTIONS";
 /// use copydata::{CommandExt, Section};
 ///
 /// let section = Section::anonymous(1 << 20)?;
+/// section.map_mut(0, 5)?.write_at(0, b"hello")?;
+/// // The worker reads it and cannot write it.
 /// let frozen = section.read_only()?;
-/// let mut child = Command::new("worker").spawn_with_sections(&[&section, &frozen])?;
+/// let mut child = Command::new("worker").spawn_with_sections(&[&frozen])?;
 /// child.wait()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -57,7 +59,10 @@ pub const INHERIT_VAR: &str = "COPYDATA_SECTIONS";
 pub trait CommandExt {
     /// Spawns the command with `sections` passed to the child, read-write or
     /// read-only as each handle is (use [`Section::read_only`] for a
-    /// read-only hand-out).
+    /// read-only hand-out). On Linux an anonymous section of which a
+    /// read-only hand-out was made takes no new writable view in the child
+    /// ([`MapError::Sealed`](crate::MapError::Sealed), see
+    /// [`Section::read_only`]).
     ///
     /// Windows: inheritable duplicates of the handles (`DuplicateHandle`
     /// with `bInheritHandle`, so they carry `HANDLE_FLAG_INHERIT`) live for

@@ -354,7 +354,11 @@ impl Section {
     /// read-only hand-out of an anonymous section, new writable views can only
     /// come from processes that already had one. This process keeps a
     /// writable mapping of the whole section for its own later
-    /// [`map_mut`](Self::map_mut) calls, so here nothing changes.
+    /// [`map_mut`](Self::map_mut) calls, so here nothing changes. Another
+    /// process given the writable section afterwards (a child, a hand-over)
+    /// gets [`MapError::Sealed`] from `map_mut`: give a process that must
+    /// write the section before making read-only hand-outs of it, or share
+    /// a named section instead.
     #[doc(alias = "DuplicateHandle")]
     #[doc(alias = "F_SEAL_FUTURE_WRITE")]
     #[doc(alias = "F_ADD_SEALS")]

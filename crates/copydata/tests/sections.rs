@@ -158,6 +158,13 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
                 seen.push(format!("{:?}:{}", ro.access(), text_at(&ro, 0, 64)?));
             }
             say("seen", &seen.join(","));
+            // The writable one, sealed by the parent's read-only hand-out,
+            // takes no new writable view (Linux), and says why.
+            let writable = match sections[0].map_mut(0, 1) {
+                Ok(_) => "writable".to_string(),
+                Err(e) => format!("{e:?}"),
+            };
+            say("writable", &writable);
             Ok(())
         }
         // Takes its sections, then drops them when told `drop` (or keeps
@@ -759,6 +766,7 @@ fn a_sealed_section_can_be_handed_out_read_only_again() {
     let frozen = s.read_only().unwrap();
     let mut kid = Kid::spawn_with("read-only-again", &[], &[&s, &frozen]);
     assert_eq!(kid.expect("seen"), "ReadOnly:sealed,ReadOnly:sealed");
+    assert_eq!(kid.expect("writable"), if cfg!(target_os = "linux") { "Sealed" } else { "writable" });
     kid.wait_ok();
 }
 

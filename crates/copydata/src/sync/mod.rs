@@ -33,6 +33,13 @@
 //! (Windows reports `WAIT_ABANDONED` only once; glibc would make an
 //! unmarked mutex unusable instead).
 //!
+//! The indication lives with the object, so it reaches a locker only if
+//! some process still held the object open when the owner died. If the
+//! owner was its last holder, the object went with it (see "Lifetime and
+//! names" below; a Windows mutex does the same), and the next `open_or_create`
+//! makes a fresh one with nothing to report: state that must survive
+//! every process belongs in a file.
+//!
 //! A [`MutexGuard`] borrows its mutex and stays on its thread; to keep a
 //! held lock in a structure (as language bindings do, locking and
 //! unlocking by separate calls), [`Mutex::lock_arc`] gives an

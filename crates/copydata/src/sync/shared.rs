@@ -112,7 +112,9 @@ fn open_value(
         Layout::Known { size, align } => {
             let invalid = |reason: String| SyncOpenError::InvalidLayout { name: name.into(), reason };
             if !align.is_power_of_two() || align > MAX_ALIGN {
-                return Err(invalid(format!("an alignment of {align} (a power of two, at most {MAX_ALIGN})")));
+                return Err(invalid(format!(
+                    "an alignment of {align} is refused: it must be a power of two, at most {MAX_ALIGN}"
+                )));
             }
             let (_, len) = span(size, align).ok_or_else(|| invalid(format!("{size} bytes do not fit in memory")))?;
             (Object::open(name, ObjectKind::Shared, len as u64, create)?, size, align)

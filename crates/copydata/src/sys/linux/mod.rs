@@ -382,7 +382,8 @@ fn map_fd(holder: &Arc<Holder>, offset: u64, len: usize, access: Access) -> Resu
     let ptr = unsafe { mm::mmap(std::ptr::null_mut(), map_len, prot, MapFlags::SHARED, &holder.fd, aligned) }.map_err(
         |e| match e {
             // EACCES: descriptor not open for writing; EPERM: write-sealed memfd.
-            Errno::ACCESS | Errno::PERM if access == Access::ReadWrite => MapError::ReadOnly,
+            Errno::ACCESS if access == Access::ReadWrite => MapError::ReadOnly,
+            Errno::PERM if access == Access::ReadWrite => MapError::Sealed,
             e => MapError::Io(io_err(e)),
         },
     )?;
