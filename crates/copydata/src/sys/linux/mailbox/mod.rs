@@ -893,7 +893,16 @@ impl Acceptor {
             let _ = Self::welcome(&stream, SETUP_BUSY, &reason, &[], 0);
         })?;
         let fds = [region_fd.as_fd(), bells_fd.as_fd(), theirs.as_fd()];
-        Self::welcome(&stream, SETUP_OK, "", &fds, self.max_payload).map_err(|e| format!("sending the region: {e}"))?;
+        match Self::welcome(&stream, SETUP_OK, "", &fds, self.max_payload) {
+            Ok(()) => {}
+            // The sender gave up meanwhile (its connect timeout ended, or it
+            // exited): nothing went wrong here.
+            Err(e) if matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset) => {
+                log::info!("mailbox {}: pid {} left during its set-up", self.name, peer.pid);
+                return Ok(None);
+            }
+            Err(e) => return Err(format!("sending the region: {e}")),
+        }
         stream.set_read_timeout(None).map_err(|e| e.to_string())?;
         let link = Link { region, sock: stream, bells: None, notify: Disarmed(notify) };
         let conn = Arc::new(ServerConn::new(link, peer, wait.expect("checked"), self.max_payload));
