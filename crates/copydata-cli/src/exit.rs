@@ -18,6 +18,9 @@ pub const PEER_DIED: u8 = 5;
 pub const EXISTS: u8 = 6;
 pub const REFUSED: u8 = 7;
 pub const BUSY: u8 = 8;
+/// Interrupted (Ctrl-C, SIGTERM, console close) before the command was
+/// done: 128 + SIGINT, as the shell reports an interrupted command.
+pub const INTERRUPTED: u8 = 130;
 
 pub const HELP: &str = "\
 Exit codes:
@@ -36,6 +39,10 @@ Exit codes:
   8  busy: the mailbox has as many senders connected as it takes,
      or its receiver is out of descriptors or memory just now
      (try again later)
+  130  interrupted before it was done: by Ctrl-C, and a lock, event or
+     shared command also by SIGTERM or console close (it lets go of its
+     objects first, so nothing is left behind); a holder (--hold),
+     listen and an instance primary stop with 0 instead
 
 Output that stops being read (`| head -1`) ends a command quietly with 0.";
 

@@ -966,6 +966,49 @@ fn shared_lock_and_event_from_the_shell() {
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
+/// A lock, event or shared command interrupted (Ctrl-C or SIGTERM) while
+/// it waits or counts lets go of its object, which goes with its last
+/// holder, and exits 130.
+#[cfg(target_os = "linux")]
+#[test]
+fn interrupted_sync_commands_leave_nothing_behind() {
+    use rustix::process::{Pid, Signal, kill_process};
+    let shm = |kind: &str, name: &str| std::path::Path::new("/dev/shm").join(format!("copydata.{kind}.{name}"));
+    let interrupt = |mut waiter: Listener, signal: Signal| {
+        kill_process(Pid::from_raw(waiter.child.id() as i32).unwrap(), signal).unwrap();
+        wait(&mut waiter.child, &["interrupted"])
+    };
+    for signal in [Signal::INT, Signal::TERM] {
+        // An event nobody sets.
+        let ev = unique("int-ev");
+        let waiter = Listener::spawn("event", &[&ev, "wait", "-v"]);
+        waiter.stderr_until("waiting for it");
+        assert!(shm("event", &ev).exists());
+        assert_eq!(interrupt(waiter, signal), 130, "event wait, {signal:?}");
+        assert!(!shm("event", &ev).exists(), "an interrupted event wait left its event ({signal:?})");
+
+        // A lock another process holds: the waiter lets go of it; the
+        // holder still has it.
+        let lock = unique("int-lock");
+        let owner = Listener::spawn("lock", &[&lock, "--hold"]);
+        assert_eq!(owner.line(), "acquired");
+        let waiter = Listener::spawn("lock", &[&lock, "-v"]);
+        waiter.stderr_until("waiting for it");
+        assert_eq!(interrupt(waiter, signal), 130, "lock, {signal:?}");
+        assert_eq!(run(&["lock", &lock, "--timeout", "0s"]).code, 4, "the owner still holds the lock");
+        drop(owner);
+        assert!(!shm("mutex", &lock).exists(), "an interrupted lock left its mutex ({signal:?})");
+
+        // A count that would take days.
+        let ctr = unique("int-ctr");
+        let counter = Listener::spawn("shared", &["incr", &ctr, "--times", "100000000000", "-v"]);
+        counter.stderr_until("incrementing it");
+        assert!(shm("shared", &ctr).exists());
+        assert_eq!(interrupt(counter, signal), 130, "shared incr, {signal:?}");
+        assert!(!shm("shared", &ctr).exists(), "an interrupted shared incr left its value ({signal:?})");
+    }
+}
+
 /// Issue: the demo wrote `/tmp/copydata-demo-PID.bin` with a plain create
 /// that followed a symlink planted there. Symlinks are planted for the pids
 /// the demo is likely to get; the file they point at must stay untouched.

@@ -325,7 +325,7 @@ impl OutFile {
                 if made.swap(false, Ordering::AcqRel) {
                     let _ = std::fs::remove_file(&path);
                 }
-                std::process::exit(130);
+                std::process::exit(i32::from(crate::exit::INTERRUPTED));
             });
         }
         Ok(OutFile { path: path.to_owned(), file, made })

@@ -3,11 +3,16 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args as ClapArgs, Subcommand};
-use copydata::sync::{Event, EventKind, Mutex, Shared, SyncOpenError};
+use copydata::sync::{Event, EventKind, LockError, Mutex, Shared, SyncOpenError, WaitError};
+
+use crate::exit;
 
 /// The type tag of the counter `copydata shared` keeps: a program opens the
 /// same counter with `Shared::<u64>::open_tagged(name, COUNTER_TAG)`.
@@ -42,7 +47,8 @@ pub struct LockArgs {
     /// Keep the lock until interrupted or killed.
     #[arg(long)]
     hold: bool,
-    /// Give up after this long (exit 4), e.g. 300ms, 10s.
+    /// Give up after this long (exit 4), e.g. 300ms, 10s. Interrupted
+    /// while it waits, it exits 130.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
     /// Mark the protected state consistent again (after a previous owner
@@ -68,7 +74,8 @@ pub enum EventAction {
     Set,
     /// Reset the event to unset.
     Reset,
-    /// Wait until the event is set (exit 4 on timeout).
+    /// Wait until the event is set (exit 4 on timeout, 130 if
+    /// interrupted).
     Wait {
         /// Give up after this long, e.g. 300ms, 10s.
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -76,16 +83,67 @@ pub enum EventAction {
     },
 }
 
-/// Catches Ctrl-C, SIGTERM and console close from now on; the receiver
-/// hears of them. A holder installs it before it says it holds, so a stop
-/// that comes right after the word still ends it cleanly (its objects
-/// released and, when it was the last, removed).
-fn catch_interrupts() -> anyhow::Result<std::sync::mpsc::Receiver<()>> {
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    ctrlc::set_handler(move || {
-        let _ = tx.send(());
-    })?;
-    Ok(rx)
+/// How long one wait lasts before the command looks whether it was
+/// interrupted.
+const SLICE: Duration = Duration::from_millis(50);
+
+/// Ctrl-C, SIGTERM and console close, caught from [`Interrupts::catch`]
+/// on. Every command here catches them before it opens its object and
+/// waits in slices of [`SLICE`], looking between them: an interrupted
+/// command drops its objects (the last holder's drop removes the name) and
+/// exits with [`exit::INTERRUPTED`], or 0 once it holds what it was asked
+/// to (`--hold`). A stop that comes right after the word "acquired" or the
+/// value still ends a holder cleanly.
+struct Interrupts {
+    came: Arc<AtomicBool>,
+    heard: Receiver<()>,
+}
+
+impl Interrupts {
+    fn catch() -> anyhow::Result<Interrupts> {
+        let came = Arc::new(AtomicBool::new(false));
+        let (tx, heard) = std::sync::mpsc::channel::<()>();
+        let flag = came.clone();
+        ctrlc::set_handler(move || {
+            flag.store(true, Ordering::Relaxed);
+            let _ = tx.send(());
+        })
+        .context("installing the interrupt handler")?;
+        Ok(Interrupts { came, heard })
+    }
+
+    /// Whether an interrupt has come.
+    fn came(&self) -> bool {
+        self.came.load(Ordering::Relaxed)
+    }
+
+    /// Waits for an interrupt (a holder's wait).
+    fn wait(&self) {
+        let _ = self.heard.recv();
+    }
+
+    /// Runs `attempt`, a wait of at most the time it is given, in slices of
+    /// [`SLICE`] until it succeeds, fails otherwise than by timing out
+    /// (`timed_out`), `timeout` has passed (its last timeout error), or an
+    /// interrupt comes (`Ok(None)`).
+    fn wait_for<T, E>(
+        &self,
+        timeout: Option<Duration>,
+        timed_out: impl Fn(&E) -> bool,
+        mut attempt: impl FnMut(Duration) -> Result<T, E>,
+    ) -> Result<Option<T>, E> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            if self.came() {
+                return Ok(None);
+            }
+            let slice = deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()).min(SLICE));
+            match attempt(slice) {
+                Err(e) if timed_out(&e) && deadline.is_none_or(|d| Instant::now() < d) => {}
+                done => return done.map(Some),
+            }
+        }
+    }
 }
 
 fn say(line: &str) -> anyhow::Result<()> {
@@ -95,25 +153,44 @@ fn say(line: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn lock_timed_out(e: &LockError) -> bool {
+    matches!(e, LockError::TimedOut)
+}
+
+fn interrupted() -> anyhow::Result<ExitCode> {
+    Ok(ExitCode::from(exit::INTERRUPTED))
+}
+
 pub fn shared(command: SharedCommand) -> anyhow::Result<ExitCode> {
+    let interrupts = Interrupts::catch()?;
     match command {
         SharedCommand::Incr { name, times, hold } => {
             let counter = Shared::<u64>::open_or_create_tagged(&name, COUNTER_TAG, || 0)?;
-            let mut last = *counter.lock()?;
+            log::info!("opened the counter {name}; incrementing it {times} times");
+            let Some(value) = interrupts.wait_for(None, lock_timed_out, |t| counter.lock_timeout(t))? else {
+                return interrupted();
+            };
+            let mut last = *value;
+            drop(value);
             for _ in 0..times {
-                let mut v = counter.lock()?;
-                *v += 1;
-                last = *v;
+                let Some(mut value) = interrupts.wait_for(None, lock_timed_out, |t| counter.lock_timeout(t))? else {
+                    return interrupted();
+                };
+                *value += 1;
+                last = *value;
             }
-            let interrupted = hold.then(catch_interrupts).transpose()?;
             say(&last.to_string())?;
-            if let Some(interrupted) = interrupted {
-                let _ = interrupted.recv();
+            if hold {
+                interrupts.wait();
             }
         }
         SharedCommand::Get { name } => {
             let counter = Shared::<u64>::open_tagged(&name, COUNTER_TAG)?;
-            let v = *counter.lock()?;
+            let Some(value) = interrupts.wait_for(None, lock_timed_out, |t| counter.lock_timeout(t))? else {
+                return interrupted();
+            };
+            let v = *value;
+            drop(value);
             say(&v.to_string())?;
         }
     }
@@ -121,14 +198,15 @@ pub fn shared(command: SharedCommand) -> anyhow::Result<ExitCode> {
 }
 
 pub fn lock(args: LockArgs) -> anyhow::Result<ExitCode> {
+    let interrupts = Interrupts::catch()?;
     let mutex = Mutex::open_or_create(&args.name)?;
     log::info!("opened the lock {}; waiting for it", args.name);
-    let mut guard = match args.timeout {
-        Some(t) => mutex.lock_timeout(t),
-        None => mutex.lock(),
-    }
-    .with_context(|| format!("lock {:?}", args.name))?;
-    let interrupted = args.hold.then(catch_interrupts).transpose()?;
+    let Some(mut guard) = interrupts
+        .wait_for(args.timeout, lock_timed_out, |t| mutex.lock_timeout(t))
+        .with_context(|| format!("lock {:?}", args.name))?
+    else {
+        return interrupted();
+    };
     if guard.owner_died() {
         say("acquired (previous owner died)")?;
     } else {
@@ -138,13 +216,14 @@ pub fn lock(args: LockArgs) -> anyhow::Result<ExitCode> {
         guard.mark_consistent();
         say("marked consistent")?;
     }
-    if let Some(interrupted) = interrupted {
-        let _ = interrupted.recv();
+    if args.hold {
+        interrupts.wait();
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn event(args: EventArgs) -> anyhow::Result<ExitCode> {
+    let interrupts = Interrupts::catch()?;
     let kind = if args.auto_reset { EventKind::AutoReset } else { EventKind::ManualReset };
     // An existing event keeps its kind; a missing one is made unset.
     let event = match Event::open(&args.name) {
@@ -157,11 +236,12 @@ pub fn event(args: EventArgs) -> anyhow::Result<ExitCode> {
         EventAction::Reset => event.reset()?,
         EventAction::Wait { timeout } => {
             log::info!("opened the event {}; waiting for it", args.name);
-            match timeout {
-                Some(t) => event.wait_timeout(t),
-                None => event.wait(),
+            let set = interrupts
+                .wait_for(timeout, |e| matches!(e, WaitError::TimedOut), |t| event.wait_timeout(t))
+                .with_context(|| format!("event {:?}", args.name))?;
+            if set.is_none() {
+                return interrupted();
             }
-            .with_context(|| format!("event {:?}", args.name))?;
             say("set")?;
         }
     }
