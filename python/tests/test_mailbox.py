@@ -1,7 +1,10 @@
 """Mailboxes from Python: errors, serve's reply conventions, closing, and
 waits that release the GIL and give way to Ctrl-C."""
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -283,3 +286,17 @@ def test_ctrl_c_interrupts_a_wait_without_timeout(python_child, name, what):
             holder.close()
     if holder is not None:
         del pending
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the runtime directory is Linux's")
+def test_mailboxes_with_an_unusable_runtime_directory_says_so(tmp_path):
+    """copydata.mailboxes() with a runtime directory it cannot make: the
+    error says that listing mailboxes failed, and names the directory."""
+    missing = tmp_path / "missing" / "runtime"
+    script = "import copydata\ntry:\n    copydata.mailboxes()\nexcept copydata.Error as e:\n    print(e)\n"
+    env = dict(os.environ, COPYDATA_RUNTIME_DIR=str(missing))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("listing mailboxes failed: "), out.stdout
+    assert str(missing) in out.stdout, out.stdout
+    assert not missing.exists()

@@ -84,6 +84,10 @@ enum Command {
     Event(cmd::sync::EventArgs),
     /// List live named objects (sections, mailboxes, locks, events and
     /// shared values).
+    ///
+    /// A kind that cannot be listed (mailboxes, when the runtime directory
+    /// cannot be used) is left out: the others are listed, stderr says what
+    /// failed and why, and the exit code is 1.
     Ls(cmd::ls::Args),
     /// Measure latency and throughput against OS baselines and floors.
     ///

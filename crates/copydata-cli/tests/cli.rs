@@ -1081,6 +1081,31 @@ fn a_fifo_in_the_runtime_directory_blocks_nothing() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `ls` with a runtime directory it cannot use lists the other kinds, says
+/// on stderr that listing mailboxes failed (not sections), and exits 1.
+#[cfg(target_os = "linux")]
+#[test]
+fn ls_lists_what_it_can_and_names_the_listing_that_failed() {
+    let name = unique("ls-part");
+    let _holder = Holder::start(&name, "4096");
+    let missing = std::env::temp_dir().join(unique("no-rt")).join("runtime");
+    let env = [("COPYDATA_RUNTIME_DIR", missing.as_path())];
+    for json in [false, true] {
+        let args: &[&str] = if json { &["ls", "--json"] } else { &["ls"] };
+        let (out, _) = run_env(args, &env);
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stderr);
+        assert!(out.out().contains(&name), "{args:?}: the section is listed: {}", out.out());
+        assert!(out.stderr.contains("listing mailboxes failed"), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(missing.to_str().unwrap()), "{args:?}: {}", out.stderr);
+        assert!(!out.stderr.contains("listing sections"), "{args:?}: {}", out.stderr);
+        if json {
+            let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ls --json prints JSON");
+            assert_eq!(doc["mailboxes"], serde_json::json!([]));
+        }
+    }
+    assert!(!missing.exists());
+}
+
 /// Issue: another user creating the runtime directory first (it is a
 /// predictable name in /tmp without XDG_RUNTIME_DIR) disabled every
 /// mailbox with an unclear error. Needs root (to hand the directory to

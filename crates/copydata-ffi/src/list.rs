@@ -22,7 +22,7 @@ pub struct List {
 impl From<copydata::ListError> for Error {
     fn from(e: copydata::ListError) -> Error {
         let status = match &e {
-            copydata::ListError::Unsupported => Status::Unsupported,
+            copydata::ListError::Unsupported { .. } => Status::Unsupported,
             _ => Status::Io,
         };
         Error::new(status, e)

@@ -277,16 +277,62 @@ pub enum RemoveError {
     },
 }
 
-/// Listing live named sections failed: [`list`](crate::list).
+/// What a listing that failed was listing (see [`ListError`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Listing {
+    /// Named sections: [`list`](crate::list).
+    Sections,
+    /// Mailboxes: [`mailboxes`](crate::mailboxes).
+    Mailboxes,
+    /// Mutexes, events and shared values:
+    /// [`sync::objects`](crate::sync::objects).
+    Objects,
+}
+
+impl std::fmt::Display for Listing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Listing::Sections => "sections",
+            Listing::Mailboxes => "mailboxes",
+            Listing::Objects => "synchronisation objects",
+        })
+    }
+}
+
+/// Listing live named objects failed: [`list`](crate::list) (sections),
+/// [`mailboxes`](crate::mailboxes) or
+/// [`sync::objects`](crate::sync::objects). The error says which
+/// ([`ListError::listing`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ListError {
-    /// Listing is not supported on this platform.
-    #[error("listing sections is not supported on this platform")]
-    Unsupported,
-    /// The operating system refused or failed.
-    #[error("listing sections failed: {0}")]
-    Io(#[source] io::Error),
+    /// Listing this kind of object is not supported on this platform.
+    #[error("listing {what} is not supported on this platform")]
+    Unsupported {
+        /// What was to be listed.
+        what: Listing,
+    },
+    /// The operating system refused or failed (for mailboxes on Linux,
+    /// also a runtime directory that cannot be used).
+    #[error("listing {what} failed: {source}")]
+    Io {
+        /// What was being listed.
+        what: Listing,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ListError {
+    /// What was being listed: sections, mailboxes or synchronisation
+    /// objects.
+    pub fn listing(&self) -> Listing {
+        match self {
+            ListError::Unsupported { what } | ListError::Io { what, .. } => *what,
+        }
+    }
 }
 
 /// Taking the sections a parent passed at spawn failed:
@@ -413,7 +459,7 @@ into_io_error!(RemoveError, |e| match &e {
     _ => io::ErrorKind::Other,
 }, RemoveError::Io { source, .. } => source, RemoveError::PermissionDenied { source, .. } => source);
 
-into_io_error!(ListError, |e| io::ErrorKind::Unsupported, ListError::Io(source) => source);
+into_io_error!(ListError, |e| io::ErrorKind::Unsupported, ListError::Io { source, .. } => source);
 
 into_io_error!(InheritError, |e| match &e {
     InheritError::Unsupported => io::ErrorKind::Unsupported,
@@ -886,3 +932,24 @@ into_io_error!(WaitError, |e| match &e {
     WaitError::TimedOut => io::ErrorKind::TimedOut,
     _ => io::ErrorKind::Other,
 }, WaitError::Io(source) => source);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_error_says_what_was_being_listed() {
+        let e = ListError::Io { what: Listing::Mailboxes, source: io::Error::other("/run/x: cannot create it") };
+        assert_eq!(e.to_string(), "listing mailboxes failed: /run/x: cannot create it");
+        assert_eq!(e.listing(), Listing::Mailboxes);
+        // The OS error stays the source (and is what an io::Error keeps).
+        assert_eq!(std::error::Error::source(&e).map(|s| s.to_string()).as_deref(), Some("/run/x: cannot create it"));
+        assert_eq!(io::Error::from(e).to_string(), "/run/x: cannot create it");
+        let e = ListError::Unsupported { what: Listing::Objects };
+        assert_eq!(e.to_string(), "listing synchronisation objects is not supported on this platform");
+        assert_eq!(
+            ListError::Io { what: Listing::Sections, source: io::Error::other("x") }.listing(),
+            Listing::Sections
+        );
+    }
+}

@@ -77,8 +77,8 @@ pub mod typed;
 mod view;
 
 pub use error::{
-    AccessError, BindError, CreateError, HandoverError, InheritError, InstanceError, ListError, LockError, MapError,
-    OpenError, ReadOnlyError, RecvError, RemoveError, ReplyError, SendError, SyncOpenError, WaitError,
+    AccessError, BindError, CreateError, HandoverError, InheritError, InstanceError, ListError, Listing, LockError,
+    MapError, OpenError, ReadOnlyError, RecvError, RemoveError, ReplyError, SendError, SyncOpenError, WaitError,
 };
 pub use inherit::{CommandExt, INHERIT_VAR, Inheritance, inherited_sections};
 pub use instance::SingleInstance;

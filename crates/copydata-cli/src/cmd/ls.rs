@@ -6,28 +6,38 @@ use std::process::ExitCode;
 use clap::Args as ClapArgs;
 use copydata::ListError;
 
+use crate::exit;
+
 #[derive(ClapArgs, Debug)]
 pub struct Args {
     /// Print one JSON document: {"sections": [{"name", "size"}], "mailboxes":
     /// [{"name", "pid"}], "objects": [{"name", "kind"}]} (kind: mutex, event
-    /// or shared).
+    /// or shared). A kind that could not be listed is empty there.
     #[arg(long)]
     json: bool,
 }
 
-/// A list, or an empty one where the platform cannot list that kind.
-fn or_empty<T>(list: Result<Vec<T>, ListError>) -> anyhow::Result<Vec<T>> {
+/// A list, or an empty one where the platform cannot list that kind or
+/// the listing failed; a failure is said on stderr and counted in `failed`.
+fn listed<T>(list: Result<Vec<T>, ListError>, failed: &mut u32) -> Vec<T> {
     match list {
-        Ok(v) => Ok(v),
-        Err(ListError::Unsupported) => Ok(Vec::new()),
-        Err(e) => Err(e.into()),
+        Ok(v) => v,
+        Err(ListError::Unsupported { .. }) => Vec::new(),
+        Err(e) => {
+            log::error!("{}", exit::one_line(&e.into()));
+            *failed += 1;
+            Vec::new()
+        }
     }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let sections = or_empty(copydata::list())?;
-    let mailboxes = or_empty(copydata::mailboxes())?;
-    let objects = or_empty(copydata::sync::objects())?;
+    // Each kind is listed even if another fails: the listing shows what
+    // could be listed, stderr says what could not, and the exit code is 1.
+    let mut failed = 0;
+    let sections = listed(copydata::list(), &mut failed);
+    let mailboxes = listed(copydata::mailboxes(), &mut failed);
+    let objects = listed(copydata::sync::objects(), &mut failed);
     let mut out = std::io::stdout().lock();
     if args.json {
         let sections: Vec<_> = sections.iter().map(|s| serde_json::json!({ "name": s.name, "size": s.size })).collect();
@@ -47,5 +57,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             writeln!(out, "{:<8} {:<40} {:>14} {:>8}", o.kind.to_string(), o.name, "-", "-")?;
         }
     }
-    Ok(ExitCode::SUCCESS)
+    out.flush()?;
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(exit::OTHER) })
 }

@@ -6,7 +6,7 @@ use std::io;
 use std::process::{Child, Command};
 use std::sync::Arc;
 
-use crate::error::{CreateError, InheritError, ListError, MapError, OpenError, ReadOnlyError, RemoveError};
+use crate::error::{CreateError, InheritError, ListError, Listing, MapError, OpenError, ReadOnlyError, RemoveError};
 use crate::name::Name;
 use crate::section::{Access, SectionInfo};
 
@@ -84,7 +84,7 @@ pub(crate) fn remove(_name: &Name) -> Result<(), RemoveError> {
 }
 
 pub(crate) fn list() -> Result<Vec<SectionInfo>, ListError> {
-    Err(ListError::Unsupported)
+    Err(ListError::Unsupported { what: Listing::Sections })
 }
 
 pub(crate) fn spawn_with_sections(_cmd: &mut Command, _sections: &[(&Section, Option<&Name>)]) -> io::Result<Child> {
@@ -107,7 +107,7 @@ pub(crate) mod sync {
     use std::io;
     use std::time::Instant;
 
-    use crate::error::{ListError, LockError, SyncOpenError, WaitError};
+    use crate::error::{ListError, Listing, LockError, SyncOpenError, WaitError};
     use crate::name::Name;
     use crate::section::Section;
     use crate::sync::header::ObjectKind;
@@ -132,7 +132,7 @@ pub(crate) mod sync {
     }
 
     pub(crate) fn list() -> Result<Vec<(&'static str, String)>, ListError> {
-        Err(ListError::Unsupported)
+        Err(ListError::Unsupported { what: Listing::Objects })
     }
 
     #[derive(Debug)]

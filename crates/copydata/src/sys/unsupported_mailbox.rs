@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
-use crate::error::{BindError, ListError, ReplyError, SendError};
+use crate::error::{BindError, ListError, Listing, ReplyError, SendError};
 use crate::fast::region::Region;
 use crate::fast::serve::Dispatch;
 use crate::fast::{Bell, Park, Wait};
@@ -115,5 +115,5 @@ pub(crate) fn connect(
 pub(crate) fn allow_foreground(_pid: u32) {}
 
 pub(crate) fn list() -> Result<Vec<MailboxInfo>, ListError> {
-    Err(ListError::Unsupported)
+    Err(ListError::Unsupported { what: Listing::Mailboxes })
 }

@@ -27,7 +27,7 @@ use rustix::fs::{self as rfs, AtFlags, FlockOperation, Mode, OFlags, RenameFlags
 use rustix::io::Errno;
 
 use super::{Kind, Section, io_err};
-use crate::error::{CreateError, ListError, OpenError, RemoveError};
+use crate::error::{CreateError, ListError, Listing, OpenError, RemoveError};
 use crate::name::Name;
 use crate::section::{Access, SectionInfo, SectionOptions};
 
@@ -461,14 +461,15 @@ pub(crate) fn remove(name: &Name) -> Result<(), RemoveError> {
 }
 
 pub(crate) fn list() -> Result<Vec<SectionInfo>, ListError> {
-    Ok(list_all()?.into_iter().filter(|(m, _)| *m == MARKER_VALUE).map(|(_, info)| info).collect())
+    let all = list_all().map_err(|source| ListError::Io { what: Listing::Sections, source })?;
+    Ok(all.into_iter().filter(|(m, _)| *m == MARKER_VALUE).map(|(_, info)| info).collect())
 }
 
 /// Every live copydata object with its marker (reclaiming dead ones).
-pub(crate) fn list_all() -> Result<Vec<(&'static [u8], SectionInfo)>, ListError> {
-    let dir = shm_dir().map_err(ListError::Io)?;
+pub(crate) fn list_all() -> io::Result<Vec<(&'static [u8], SectionInfo)>> {
+    let dir = shm_dir()?;
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(SHM_DIR).map_err(ListError::Io)? {
+    for entry in std::fs::read_dir(SHM_DIR)? {
         let Ok(entry) = entry else { continue };
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             continue;

@@ -32,7 +32,7 @@ use rustix::mm::{self, MapFlags, ProtFlags};
 use rustix::thread::futex;
 
 use super::namespace;
-use crate::error::{CreateError, LockError, OpenError, SyncOpenError, WaitError};
+use crate::error::{CreateError, ListError, Listing, LockError, OpenError, SyncOpenError, WaitError};
 use crate::name::Name;
 use crate::section::{Access, Section};
 use crate::sync::header::{EVENT_STATE, EVENT_WAITERS, HEADER_LEN, MUTEX_AT, ObjectKind};
@@ -147,8 +147,9 @@ pub(crate) fn open_object(
 }
 
 /// The live synchronisation objects: (kind, object name).
-pub(crate) fn list() -> Result<Vec<(&'static str, String)>, crate::error::ListError> {
-    Ok(namespace::list_all()?
+pub(crate) fn list() -> Result<Vec<(&'static str, String)>, ListError> {
+    let all = namespace::list_all().map_err(|source| ListError::Io { what: Listing::Objects, source })?;
+    Ok(all
         .into_iter()
         .filter_map(|(marker, info)| {
             let kind = ["mutex", "event", "shared"].into_iter().find(|k| k.as_bytes() == marker)?;

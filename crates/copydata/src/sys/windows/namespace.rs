@@ -14,7 +14,7 @@ use windows_sys::Win32::System::Memory::{FILE_MAP_READ, OpenFileMappingW};
 use windows_sys::Win32::System::RemoteDesktop::ProcessIdToSessionId;
 
 use super::{SECTION_QUERY, object_name, owned, raw, section_size};
-use crate::error::{ListError, RemoveError};
+use crate::error::{ListError, Listing, RemoveError};
 use crate::name::Name;
 use crate::section::SectionInfo;
 
@@ -134,21 +134,21 @@ fn section_names(dir: HANDLE) -> io::Result<Vec<String>> {
 /// The live named sections of the session, except copydata's own objects
 /// (named `copydata.KIND.NAME`, see [`crate::sync`]).
 pub(crate) fn list() -> Result<Vec<SectionInfo>, ListError> {
-    Ok(list_all()?.into_iter().filter(|s| !s.name.starts_with("copydata.")).collect())
+    let all = list_all().map_err(|source| ListError::Io { what: Listing::Sections, source })?;
+    Ok(all.into_iter().filter(|s| !s.name.starts_with("copydata.")).collect())
 }
 
 /// Every live named section of the session with a valid copydata name.
-pub(crate) fn list_all() -> Result<Vec<SectionInfo>, ListError> {
+pub(crate) fn list_all() -> io::Result<Vec<SectionInfo>> {
     let mut session = 0u32;
     // SAFETY: `session` is a writable u32; the pid is our own.
     if unsafe { ProcessIdToSessionId(std::process::id(), &mut session) } == 0 {
-        return Err(ListError::Io(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
     let dir = open_directory(&format!("\\Sessions\\{session}\\BaseNamedObjects"))
-        .or_else(|_| open_directory("\\BaseNamedObjects"))
-        .map_err(ListError::Io)?;
+        .or_else(|_| open_directory("\\BaseNamedObjects"))?;
     let mut out = Vec::new();
-    for name in section_names(raw(&dir)).map_err(ListError::Io)? {
+    for name in section_names(raw(&dir))? {
         let Ok(valid) = Name::new(&name) else { continue };
         let n = object_name(&valid);
         // SAFETY: `n` is a NUL-terminated UTF-16 string; the handle is not

@@ -26,7 +26,7 @@ use windows_sys::Win32::System::Threading::{
 };
 
 use super::{Section as SysSection, owned, raw, wide};
-use crate::error::{CreateError, LockError, OpenError, SyncOpenError, WaitError};
+use crate::error::{CreateError, ListError, Listing, LockError, OpenError, SyncOpenError, WaitError};
 use crate::name::Name;
 use crate::section::Section;
 use crate::sync::header::ObjectKind;
@@ -78,8 +78,9 @@ pub(crate) fn open_object(
 }
 
 /// The live synchronisation objects: (kind, object name).
-pub(crate) fn list() -> Result<Vec<(&'static str, String)>, crate::error::ListError> {
-    Ok(super::namespace::list_all()?
+pub(crate) fn list() -> Result<Vec<(&'static str, String)>, ListError> {
+    let all = super::namespace::list_all().map_err(|source| ListError::Io { what: Listing::Objects, source })?;
+    Ok(all
         .into_iter()
         .filter_map(|info| {
             let kind = ["mutex", "event", "shared"]

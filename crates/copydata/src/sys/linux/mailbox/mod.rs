@@ -53,7 +53,7 @@ use super::timespec;
 use self::wire::{Header, REPLY, REQUEST, STATUS_REFUSED};
 use super::scm::{self, Disarmed, FdKind, Patience};
 use super::{Kind, Section as SysSection, access_of, kind_of};
-use crate::error::{BindError, ListError, ReplyError, SendError};
+use crate::error::{BindError, ListError, Listing, ReplyError, SendError};
 use crate::fast::conn::ServerConn;
 use crate::fast::region::{PROTOCOL, Region};
 use crate::fast::ring::LINE;
@@ -1209,10 +1209,10 @@ fn reclaim_if_dead(dir: &std::path::Path, name: &Name) -> Option<u32> {
 pub(crate) fn allow_foreground(_pid: u32) {}
 
 pub(crate) fn list() -> Result<Vec<MailboxInfo>, ListError> {
-    let dir = runtime::runtime_dir()
-        .map_err(|(path, reason)| ListError::Io(io::Error::other(format!("{path}: {reason}"))))?;
+    let failed = |source| ListError::Io { what: Listing::Mailboxes, source };
+    let dir = runtime::runtime_dir().map_err(|(path, reason)| failed(io::Error::other(format!("{path}: {reason}"))))?;
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(&dir).map_err(ListError::Io)? {
+    for entry in std::fs::read_dir(&dir).map_err(failed)? {
         let Ok(entry) = entry else { continue };
         let Some(name) = entry.file_name().to_str().and_then(runtime::name_of_lock) else { continue };
         if let Some(pid) = reclaim_if_dead(&dir, &name) {
