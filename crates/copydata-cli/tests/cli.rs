@@ -1440,9 +1440,9 @@ fn man_page_is_roff_naming_every_subcommand() {
     }
     assert!(!page.contains("__demo") && !page.contains("\\-\\-demo\\-child"), "{page}");
 
-    // One page per subcommand into a folder.
-    let dir = std::env::temp_dir().join(unique("man"));
-    std::fs::create_dir_all(&dir).unwrap();
+    // One page per subcommand into a folder, made with its parents.
+    let top = std::env::temp_dir().join(unique("man"));
+    let dir = top.join("man1");
     let out = run(&["man", "--out-dir", dir.to_str().unwrap()]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     for file in ["copydata.1", "copydata-send.1", "copydata-section-create.1", "copydata-completions.1"] {
@@ -1452,7 +1452,7 @@ fn man_page_is_roff_naming_every_subcommand() {
     let size = std::fs::read_to_string(dir.join("copydata-section-create.1")).unwrap();
     assert!(size.contains("powers of 1000"), "{size}");
     assert!(!dir.join("copydata-__demo-child.1").exists());
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&top).unwrap();
 
     // Rendered by groff, where there is one, it reads as a manual, with no
     // warning (-ww) and plain text (-P -cbou: no colours, no overstrikes).

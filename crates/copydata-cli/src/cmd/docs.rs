@@ -18,7 +18,8 @@ pub struct CompletionsArgs {
 #[derive(ClapArgs, Debug)]
 pub struct ManArgs {
     /// Write copydata.1 and one page per subcommand (copydata-send.1,
-    /// copydata-section-create.1, ...) into this folder instead.
+    /// copydata-section-create.1, ...) into this folder instead (made,
+    /// with its parents, if missing).
     #[arg(long, value_name = "DIR")]
     out_dir: Option<PathBuf>,
 }
@@ -49,6 +50,7 @@ pub fn completions(args: CompletionsArgs, full: clap::Command) -> anyhow::Result
 pub fn man(args: ManArgs, command: clap::Command) -> anyhow::Result<ExitCode> {
     match args.out_dir {
         Some(dir) => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             clap_mangen::generate_to(command, &dir).with_context(|| format!("writing pages into {}", dir.display()))?
         }
         None => {
