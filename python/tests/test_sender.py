@@ -308,7 +308,7 @@ def test_sender_and_mailbox_options(name):
                 for i in range(20):
                     assert parked.send(b"p", tag=i, timeout=10.0) == (i, b"p")
                 # The mailbox takes one connection at a time.
-                with pytest.raises(copydata.Busy, match="limit"):
+                with pytest.raises(copydata.Busy, match="it already has 1 connection, its limit"):
                     copydata.Sender(name, timeout=5.0)
         finally:
             mailbox.close()

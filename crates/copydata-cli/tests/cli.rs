@@ -566,7 +566,11 @@ fn a_sender_beyond_listens_connection_limit_is_told_busy() {
     assert!(listener.line().ends_with("data=\"held\""));
     let out = run(&["send", &name, "x"]);
     assert_eq!(out.code, 8, "{}", out.stderr);
-    assert!(out.stderr.contains("busy") && out.stderr.contains("limit"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("busy") && out.stderr.contains("it already has 1 connection, its limit"),
+        "{}",
+        out.stderr
+    );
     drop(stdin);
     assert_eq!(wait(&mut holder, &["send", "--lines"]), 0);
     // Room again once the receiver has seen the holder leave.

@@ -654,6 +654,16 @@ impl MailboxOptions {
     }
 }
 
+/// Why a mailbox turns a sender away at its connection limit
+/// ([`MailboxOptions::max_connections`]), in the words
+/// [`SendError::Busy`] carries: `connected` senders are connected, as many
+/// as it takes.
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
+pub(crate) fn at_connection_limit(connected: usize) -> String {
+    let noun = if connected == 1 { "connection" } else { "connections" };
+    format!("it already has {connected} {noun}, its limit (no connection was made)")
+}
+
 /// A bound receiving endpoint; unbound on drop.
 ///
 /// Receive with [`recv`](Self::recv) / [`recv_timeout`](Self::recv_timeout)

@@ -2030,7 +2030,7 @@ fn connections_are_capped_and_cost_no_threads() {
     let mut senders: Vec<Sender> = (0..8).map(|_| Sender::connect(&name).unwrap()).collect();
     match Sender::connect(&name) {
         Err(e @ SendError::Busy { .. }) => {
-            assert!(e.to_string().contains("limit"), "{e}");
+            assert!(e.to_string().contains("it already has 8 connections, its limit"), "{e}");
             assert_eq!(std::io::Error::from(e).kind(), std::io::ErrorKind::ResourceBusy);
         }
         other => panic!("a ninth connection: {other:?}"),

@@ -1265,7 +1265,7 @@ fn set_up(state: &WindowState, sender: HWND, data: &[u8]) -> LRESULT {
         connected = state.conns.borrow().len();
     }
     if connected >= state.max_conns {
-        let reason = format!("it already has {connected} connections, its limit (no connection was made)");
+        let reason = crate::mailbox::at_connection_limit(connected);
         log::warn!("mailbox {}: refused a connection from pid {pid}: {reason}", state.name);
         answer_without_handles(state, sender, STATUS_BUSY, nonce, &reason);
         return 0;

@@ -871,7 +871,7 @@ impl Acceptor {
             return Err(reason);
         }
         if self.conns.len() >= self.max_conns {
-            let reason = format!("it already has {} connections, its limit (no connection was made)", self.conns.len());
+            let reason = crate::mailbox::at_connection_limit(self.conns.len());
             log::warn!("mailbox {}: refused a connection from pid {}: {reason}", self.name, peer.pid);
             let _ = Self::welcome(&stream, SETUP_BUSY, &reason, &[], 0);
             return Ok(None);
