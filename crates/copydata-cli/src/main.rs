@@ -64,9 +64,14 @@ enum Command {
     /// Send a message to a mailbox and print the reply.
     Send(cmd::send::Args),
     /// Run once per user: the first launch becomes the primary and prints
-    /// the launches that follow; a later launch forwards its arguments,
-    /// working directory and chosen variables to it, prints its answer and
-    /// exits with its code (4 if it did not answer in time).
+    /// its own launch, then the launches that follow; a later launch
+    /// forwards its arguments, working directory and chosen variables to
+    /// it, prints its answer and exits with its code (4 if it did not
+    /// answer in time).
+    ///
+    /// The primary prints "ready APP_ID", then one line per launch, its
+    /// own first: "launch pid=PID cwd=DIR argv=[ARGS] VAR=VALUE..." (or a
+    /// JSON object with --json), ARGS being the arguments after `--`.
     ///
     /// Strings that are not valid UTF-8 are printed losslessly: backslashes
     /// doubled, each invalid byte as \xNN (an unpaired surrogate as \uXXXX

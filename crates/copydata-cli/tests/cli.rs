@@ -687,10 +687,17 @@ fn launch(app: &str, extra: &[&str], args: &[std::ffi::OsString]) -> Output {
 #[test]
 fn instance_forwards_launches_losslessly_and_exits_with_the_answer() {
     let app = unique("inst");
-    let primary = Listener::spawn("instance", &[&app, "--json"]);
+    let primary = Listener::spawn("instance", &[&app, "--json", "--", "a.txt", "b c"]);
     let ready: serde_json::Value = serde_json::from_str(&primary.line()).unwrap();
     assert_eq!(ready["ready"], app.as_str());
     let pid = ready["pid"].as_u64().unwrap();
+    // The primary's own launch comes first, shown as a forwarded one is.
+    let own: serde_json::Value = serde_json::from_str(&primary.line()).unwrap();
+    assert_eq!(own["argv"], serde_json::json!(["a.txt", "b c"]), "{own}");
+    assert_eq!(own["pid"].as_u64(), Some(pid), "{own}");
+    assert!(own["cwd"].as_str().is_some_and(|c| !c.is_empty()), "{own}");
+    assert_eq!(own["env"], serde_json::json!({}), "{own}");
+    assert!(own.get("escaped").is_none(), "{own}");
     // Simultaneous launches with arguments that break other libraries.
     let tricky = |i: usize| -> Vec<std::ffi::OsString> {
         [format!("n{i}"), "a b".into(), "x|y".into(), String::new(), "q\"uote".into(), "ünï".into(), "new\nline".into()]
@@ -758,6 +765,8 @@ fn instance_forwards_launches_losslessly_and_exits_with_the_answer() {
     // Terminated, the primary released the id: the next launch is primary.
     let next = Listener::spawn("instance", &[&app]);
     assert_eq!(next.line(), format!("ready {app}"));
+    let own = next.line();
+    assert!(own.starts_with(&format!("launch pid={} cwd=", next.child.id())) && own.ends_with("argv=[]"), "{own}");
     assert_eq!(launch(&app, &[], &["x y".into()]).code, 0);
     let line = next.line();
     assert!(line.starts_with("launch pid=") && line.ends_with(r#"argv=["x y"]"#), "{line}");

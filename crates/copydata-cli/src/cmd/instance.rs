@@ -1,8 +1,10 @@
 //! `copydata instance APP_ID -- ARGS...`: run once; later launches forward.
 //!
-//! The first launch becomes the primary: it prints `ready APP_ID`, then one
-//! line per forwarded launch, and answers each with code 0 and the text
-//! `handled by PID`. A later launch forwards its arguments, working
+//! The first launch becomes the primary: it prints `ready APP_ID`, then a
+//! line for its own launch (its pid, working directory, the arguments after
+//! `--` and the variables `--forward-env` names, as a forwarded launch
+//! shows them), then one line per forwarded launch, and answers each with
+//! code 0 and the text `handled by PID`. A later launch forwards its arguments, working
 //! directory and chosen variables, prints the primary's text and exits with
 //! its code (4 if the primary did not answer within `--timeout`).
 //!
@@ -16,6 +18,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -30,14 +33,15 @@ pub struct Args {
     /// 10s); exit code 4 after it.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     timeout: Duration,
-    /// The primary prints one JSON object per launch: argv, cwd, pid, env
-    /// (and "escaped", see above).
+    /// The primary prints one JSON object per launch, its own first: argv,
+    /// cwd, pid, env (and "escaped", see above).
     #[arg(long)]
     json: bool,
     /// Forward this environment variable's value (repeatable).
     #[arg(long = "forward-env", value_name = "VAR", action = clap::ArgAction::Append)]
     forward_env: Vec<OsString>,
-    /// The arguments to forward, after `--`.
+    /// The arguments to forward, after `--` (the primary shows them as its
+    /// own launch's).
     #[arg(last = true, value_parser = clap::value_parser!(OsString))]
     args: Vec<OsString>,
 }
@@ -75,8 +79,23 @@ pub fn show(s: &OsStr) -> (String, bool) {
     (out, true)
 }
 
+/// What a launch line shows: a forwarded launch's, or the primary's own.
+pub struct Shown<'a> {
+    pid: u32,
+    args: &'a [OsString],
+    cwd: Option<&'a Path>,
+    env: &'a [(OsString, OsString)],
+    data: &'a [u8],
+}
+
+impl<'a> From<&'a Launch> for Shown<'a> {
+    fn from(launch: &'a Launch) -> Shown<'a> {
+        Shown { pid: launch.pid(), args: launch.args(), cwd: launch.cwd(), env: launch.env(), data: launch.data() }
+    }
+}
+
 /// One line describing a launch.
-pub fn describe(launch: &Launch, json: bool) -> String {
+pub fn describe(launch: Shown<'_>, json: bool) -> String {
     let mut escaped = Vec::new();
     // (The text line marks escaped strings with a `b`; JSON lists them.)
     let mut field = |s: &OsStr, path: &dyn Fn(&str) -> String| {
@@ -88,10 +107,10 @@ pub fn describe(launch: &Launch, json: bool) -> String {
         (text, if esc { format!("b{quoted}") } else { quoted })
     };
     let argv: Vec<(String, String)> =
-        launch.args().iter().enumerate().map(|(i, a)| field(a, &|_| format!("argv.{i}"))).collect();
-    let cwd = launch.cwd().map(|c| field(c.as_os_str(), &|_| "cwd".into()));
+        launch.args.iter().enumerate().map(|(i, a)| field(a, &|_| format!("argv.{i}"))).collect();
+    let cwd = launch.cwd.map(|c| field(c.as_os_str(), &|_| "cwd".into()));
     let env: Vec<((String, String), (String, String))> = launch
-        .env()
+        .env
         .iter()
         .map(|(k, v)| {
             let key = field(k, &|key| format!("env.{key}"));
@@ -104,11 +123,11 @@ pub fn describe(launch: &Launch, json: bool) -> String {
         let mut o = serde_json::json!({
             "argv": argv.iter().map(|(text, _)| text).collect::<Vec<_>>(),
             "cwd": cwd.as_ref().map(|(text, _)| text),
-            "pid": launch.pid(),
+            "pid": launch.pid,
             "env": env.iter().map(|((k, _), (v, _))| (k.clone(), serde_json::Value::from(v.as_str()))).collect::<serde_json::Map<_, _>>(),
         });
-        if !launch.data().is_empty() {
-            o["data"] = String::from_utf8_lossy(launch.data()).into();
+        if !launch.data.is_empty() {
+            o["data"] = String::from_utf8_lossy(launch.data).into();
         }
         if !escaped.is_empty() {
             o["escaped"] = escaped.into();
@@ -116,7 +135,7 @@ pub fn describe(launch: &Launch, json: bool) -> String {
         o.to_string()
     } else {
         let cwd = cwd.map_or("-".into(), |(_, shown)| shown);
-        let mut line = format!("launch pid={} cwd={cwd} argv=[", launch.pid());
+        let mut line = format!("launch pid={} cwd={cwd} argv=[", launch.pid);
         line.push_str(&argv.iter().map(|(_, shown)| shown.as_str()).collect::<Vec<_>>().join(", "));
         line.push(']');
         for ((k, shown_key), (_, v)) in &env {
@@ -164,6 +183,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         writeln!(out, "ready {}", args.app_id)?;
     }
+    // Its own launch, as a later launch would have forwarded it.
+    let cwd: Option<PathBuf> = std::env::current_dir().ok();
+    let env: Vec<(OsString, OsString)> =
+        args.forward_env.iter().filter_map(|k| std::env::var_os(k).map(|v| (k.clone(), v))).collect();
+    let own = Shown { pid: me, args: &args.args, cwd: cwd.as_deref(), env: &env, data: &[] };
+    writeln!(out, "{}", describe(own, args.json))?;
     out.flush()?;
     while stop_rx.try_recv().is_err() {
         let launch = match primary.recv_timeout(Duration::from_millis(100)) {
@@ -171,7 +196,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Err(copydata::RecvError::Timeout) => continue,
             Err(e) => return Err(e.into()),
         };
-        writeln!(out, "{}", describe(&launch, args.json))?;
+        writeln!(out, "{}", describe(Shown::from(&launch), args.json))?;
         out.flush()?;
         // A secondary that gave up meanwhile is no error for the primary.
         let _ = launch.answer(Answer::new(0, format!("handled by {me}")));
