@@ -17,6 +17,9 @@ build_c_example() {
     # rustc says which system libraries the static library needs.
     log=$(cargo rustc "${args[@]}" -- --print native-static-libs 2>&1) || { echo "$log" >&2; return 1; }
     libs=$(sed -n 's/^note: native-static-libs: //p' <<<"$log" | tail -1)
+    # instance.c reads its arguments from the wide command line on Windows
+    # (CommandLineToArgvW).
+    if [ -n "$target" ]; then libs+=" -lshell32"; fi
     mkdir -p target/c
     # shellcheck disable=SC2086 # one flag per word
     "$cc" -O2 -Wall -Wextra -std=c11 -Icrates/copydata-ffi/include -o "$out" \

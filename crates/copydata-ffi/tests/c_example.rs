@@ -1,7 +1,7 @@
 //! The C examples: examples/c/echo.c against a Rust mailbox in both
 //! directions, a Rust-created section, a mutex and an event held by Rust
 //! and a value Rust shares; examples/c/instance.c, a single-instance
-//! program launched three times; and examples/c/inherit.c, which hands
+//! program launched by itself and as the CLI launches; and examples/c/inherit.c, which hands
 //! sections to a child (itself, or started by Rust).
 //!
 //! scripts/test.sh compiles them against the library (gcc on Linux, mingw
@@ -232,6 +232,44 @@ fn the_c_instance_example_forwards_its_arguments() {
     let mut primary = primary;
     let line = primary.lines.recv_timeout(WAIT).unwrap();
     assert!(line.contains(" theme=- "), "not set, not forwarded: {line}");
+    primary.wait_success();
+}
+
+/// The C primary takes the launches `copydata instance APP -- ARGS` makes:
+/// those forward exactly ARGS (the CLI's `InstanceOptions::args`, as
+/// here), and the C program's own launches forward exactly the arguments
+/// after APP, so both show and count the same arguments, and "quit" as
+/// the first one stops the primary.
+#[test]
+fn the_c_instance_example_takes_the_clis_launches() {
+    use copydata::instance::{InstanceOptions, SingleInstance};
+    let Some(exe) = program("COPYDATA_FFI_C_INSTANCE") else { return };
+    let app = unique("inst-cli");
+    let mut primary = Kid::spawn(&exe, &[&app]);
+    primary.expect_line("primary");
+    // As `copydata instance APP -- ...` launches.
+    let cli_launch = |args: &[&str]| {
+        let options = InstanceOptions::new().args(args.iter().copied()).timeout(WAIT);
+        match SingleInstance::acquire(&app, &options).unwrap() {
+            SingleInstance::Secondary(answer) => (answer.code(), String::from_utf8_lossy(answer.data()).into_owned()),
+            SingleInstance::Primary(_) => panic!("the C primary is gone"),
+        }
+    };
+    assert_eq!(cli_launch(&["x", "y", "z"]), (3, "ok".to_owned()));
+    let line = primary.lines.recv_timeout(WAIT).unwrap();
+    assert!(line.starts_with("launch pid=") && line.ends_with(" args=x|y|z"), "{line}");
+    // The C program's own launch with the same arguments reads the same.
+    let out = Command::new(&exe).args([&app, "x", "y", "z"]).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), "answer 3 ok");
+    let line = primary.lines.recv_timeout(WAIT).unwrap();
+    assert!(line.ends_with(" args=x|y|z"), "{line}");
+    // No arguments at all: nothing shown, code 0, and the primary goes on.
+    assert_eq!(cli_launch(&[]), (0, "ok".to_owned()));
+    let line = primary.lines.recv_timeout(WAIT).unwrap();
+    assert!(line.ends_with(" args="), "{line}");
+    assert_eq!(cli_launch(&["quit"]), (0, "ok".to_owned()));
+    let line = primary.lines.recv_timeout(WAIT).unwrap();
+    assert!(line.ends_with(" args=quit"), "{line}");
     primary.wait_success();
 }
 

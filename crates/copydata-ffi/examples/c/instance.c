@@ -5,19 +5,30 @@
  *
  *     instance APP [ARGS...]
  *
- * The primary prints "primary", then a line per launch
+ * A launch forwards ARGS, the arguments after APP, and nothing else: the
+ * same arguments `copydata instance APP -- ARGS...` forwards, so either
+ * program can be the primary of the other's launches.
+ *
+ * The primary prints "primary", then a line per later launch
  * ("launch pid=PID theme=THEME cwd=DIR args=A|B|...", THEME being the
  * secondary's environment variable INSTANCE_THEME, forwarded, or "-")
- * and answers with the number of
- * arguments as the code and "ok" as the bytes; a launch whose first
- * argument is "quit" makes it answer 0 and exit. A secondary prints
- * "answer CODE DATA" and exits with CODE.
+ * and answers with the number of arguments as the code and "ok" as the
+ * bytes; a launch whose first argument is "quit" makes it answer 0 and
+ * exit. A secondary prints "answer CODE DATA" and exits with CODE.
  *
- * The arguments go as this process's own (argv NULL): copydata reads them
- * from the OS, so on Windows nothing is lost to main's ANSI code page.
+ * The arguments go as UTF-8 on Windows, where copydata takes that: there
+ * they are read from the wide command line (CommandLineToArgvW; link with
+ * -lshell32), so nothing is lost to the ANSI code page of main's argv. On
+ * Linux they are main's argv, bytes as the OS holds them.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#ifdef _WIN32
+#include <windows.h>
+#include <shellapi.h>
+#endif
 
 #include "copydata.h"
 
@@ -27,21 +38,80 @@ static int fail(const char *what, copydata_status st)
     return 1;
 }
 
+/* The arguments after APP: *count of them in *args, released by
+ * free_args. Returns 0, or -1 if they cannot be read. */
+#ifdef _WIN32
+static int forwarded_args(int argc, char **argv, size_t *count, char ***args)
+{
+    (void)argc;
+    (void)argv;
+    int n;
+    wchar_t **wide = CommandLineToArgvW(GetCommandLineW(), &n);
+    if (!wide)
+        return -1;
+    /* wide[0] is the program, wide[1] APP. */
+    size_t m = n > 2 ? (size_t)n - 2 : 0;
+    char **out = calloc(m ? m : 1, sizeof *out);
+    for (size_t i = 0; out && i < m; i++) {
+        int len = WideCharToMultiByte(CP_UTF8, 0, wide[i + 2], -1, NULL, 0, NULL, NULL);
+        if (len <= 0 || !(out[i] = malloc((size_t)len)) ||
+            !WideCharToMultiByte(CP_UTF8, 0, wide[i + 2], -1, out[i], len, NULL, NULL)) {
+            for (size_t j = 0; j <= i; j++)
+                free(out[j]);
+            free(out);
+            out = NULL;
+        }
+    }
+    LocalFree(wide);
+    if (!out)
+        return -1;
+    *count = m;
+    *args = out;
+    return 0;
+}
+
+static void free_args(size_t count, char **args)
+{
+    for (size_t i = 0; i < count; i++)
+        free(args[i]);
+    free(args);
+}
+#else
+static int forwarded_args(int argc, char **argv, size_t *count, char ***args)
+{
+    *count = (size_t)argc - 2;
+    *args = argv + 2;
+    return 0;
+}
+
+static void free_args(size_t count, char **args)
+{
+    (void)count;
+    (void)args;
+}
+#endif
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
         fprintf(stderr, "usage: instance APP [ARGS...]\n");
         return 2;
     }
-    (void)argv;
+    size_t nargs;
+    char **args;
+    if (forwarded_args(argc, argv, &nargs, &args)) {
+        fprintf(stderr, "instance: cannot read the arguments\n");
+        return 1;
+    }
     copydata_instance *primary;
     int32_t code;
     void *answer;
     size_t len;
     /* A later launch also hands over its INSTANCE_THEME, if set. */
     const char *forward[] = {"INSTANCE_THEME"};
-    copydata_status st =
-        copydata_instance_acquire_env(argv[1], 0, NULL, 1, forward, NULL, 0, 10000, &primary, &code, &answer, &len);
+    copydata_status st = copydata_instance_acquire_env(argv[1], nargs, (const char *const *)args, 1, forward, NULL, 0,
+                                                       10000, &primary, &code, &answer, &len);
+    free_args(nargs, args);
     if (st)
         return fail("acquiring", st);
     if (!primary) {
@@ -63,13 +133,13 @@ int main(int argc, char **argv)
         const char *theme = copydata_launch_env(launch, "INSTANCE_THEME");
         printf("launch pid=%u theme=%s cwd=%s args=", (unsigned)copydata_launch_pid(launch), theme ? theme : "-",
                cwd ? cwd : "-");
-        /* The first argument is the app id again, as the secondary's own. */
-        for (size_t i = 1; i < n; i++)
-            printf("%s%s", i > 1 ? "|" : "", copydata_launch_arg(launch, i));
+        /* Every argument is one the secondary was given after APP. */
+        for (size_t i = 0; i < n; i++)
+            printf("%s%s", i > 0 ? "|" : "", copydata_launch_arg(launch, i));
         printf("\n");
         fflush(stdout);
-        int quit = n > 1 && strcmp(copydata_launch_arg(launch, 1), "quit") == 0;
-        if ((st = copydata_launch_answer(launch, quit ? 0 : (int32_t)(n - 1), "ok", 2)))
+        int quit = n > 0 && strcmp(copydata_launch_arg(launch, 0), "quit") == 0;
+        if ((st = copydata_launch_answer(launch, quit ? 0 : (int32_t)n, "ok", 2)))
             fprintf(stderr, "instance: answering: %s\n", copydata_last_error());
         if (quit)
             break;
