@@ -1526,39 +1526,28 @@ fn a_read_only_section_of_a_writable_file_passes_on_read_only() {
     std::fs::remove_file(&path).unwrap();
 }
 
-/// A section whose name looks like a synchronisation object's
-/// (`copydata.mutex.NAME`) is a section, or, where the kind would be told by
-/// the name (no extended attributes on /dev/shm, before Linux 6.6), refused
-/// at creation: never taken for a mutex.
+/// A section cannot take a synchronisation object's name
+/// (`copydata.mutex.NAME`): creating or opening one is refused
+/// (`NameError::Reserved`), whether or not the mutex exists, and the mutex
+/// of that name is untouched. Such a section used to be made, and took
+/// the mutex's name from it.
 #[cfg(target_os = "linux")]
 #[test]
-fn a_section_named_like_a_mutex_stays_a_section() {
+fn a_section_cannot_take_a_mutexs_name() {
     let inner = unique("looks-like-mutex");
     let name = format!("copydata.mutex.{inner}");
-    let s = match Section::create(&name, 4096) {
-        Ok(s) => s,
-        // Refused where the name would decide the kind (no extended
-        // attributes): nothing left behind.
-        Err(copydata::CreateError::Io { source, .. }) if source.kind() == std::io::ErrorKind::InvalidInput => {
-            assert!(!std::path::Path::new(&format!("/dev/shm/{name}")).exists());
-            return;
-        }
-        Err(e) => panic!("{e:?}"),
-    };
-    // It is a section: it opens as one ...
+    let path = format!("/dev/shm/{name}");
+    let reserved = |e: &NameError| *e == NameError::Reserved;
+    let created = Section::create(&name, 4096).map(drop);
+    assert!(matches!(&created, Err(CreateError::InvalidName { reason, .. }) if reserved(reason)), "{created:?}");
+    assert!(!std::path::Path::new(&path).exists(), "a refused section left {path}");
+    let mutex = copydata::sync::Mutex::open_or_create(&inner).unwrap();
+    assert!(std::path::Path::new(&path).exists());
     let opened = Section::open(&name).map(drop);
-    // ... is listed as one ...
-    let listed = copydata::list().unwrap().into_iter().any(|i| i.name == name);
-    // ... and is no mutex (its bytes are no robust glibc mutex).
-    let as_mutex = copydata::sync::Mutex::open(&inner);
-    let taken_for_mutex = as_mutex.is_ok();
-    drop(as_mutex);
-    // ... and can be removed by name.
-    let removed = copydata::remove(&name);
-    drop(s);
-    let _ = std::fs::remove_file(format!("/dev/shm/{name}"));
-    assert!(opened.is_ok(), "a section could not be opened as a section: {opened:?}");
-    assert!(listed, "a live section is not listed");
-    assert!(!taken_for_mutex, "a section was taken for a mutex");
-    assert!(removed.is_ok(), "a section could not be removed: {removed:?}");
+    assert!(matches!(&opened, Err(OpenError::InvalidName { reason, .. }) if reserved(reason)), "{opened:?}");
+    let created = Section::open_or_create(&name, 4096).map(drop);
+    assert!(matches!(&created, Err(CreateError::InvalidName { reason, .. }) if reserved(reason)), "{created:?}");
+    drop(mutex.lock().unwrap());
+    drop(mutex);
+    assert!(!std::path::Path::new(&path).exists(), "the mutex's name outlived it");
 }
