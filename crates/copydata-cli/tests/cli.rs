@@ -310,6 +310,21 @@ fn create_without_hold_is_gone_when_the_command_ends() {
     assert_eq!(run(&["section", "read", &name]).code, 3);
 }
 
+/// A counter or an event made by a command that then ends is gone again
+/// with it: the command says so, and what keeps one.
+#[test]
+fn a_counter_or_event_made_without_a_holder_says_it_goes_again() {
+    let ctr = unique("lone-ctr");
+    let out = run(&["shared", "incr", &ctr]);
+    assert_eq!((out.code, out.out()), (0, "1\n".to_string()), "{}", out.stderr);
+    assert!(out.stderr.contains("gone again") && out.stderr.contains("--hold"), "{}", out.stderr);
+    assert_eq!(run(&["shared", "get", &ctr]).code, 3);
+    let ev = unique("lone-ev");
+    let out = run(&["event", &ev, "set"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("gone again"), "{}", out.stderr);
+}
+
 #[test]
 fn ls_lists_live_sections_and_rm_removes_names() {
     let name = unique("ls");
@@ -940,6 +955,9 @@ fn shared_lock_and_event_from_the_shell() {
     for i in incs {
         assert_eq!(i.join().unwrap(), 0);
     }
+    // A counter someone holds stays: no word of it going.
+    let out = run(&["shared", "incr", &ctr, "--times", "0"]);
+    assert!(!out.stderr.contains("gone again"), "{}", out.stderr);
     assert_eq!(run(&["shared", "get", &ctr]).out(), "1500\n");
     let doc: serde_json::Value = serde_json::from_slice(&run(&["ls", "--json"]).stdout).unwrap();
     assert!(doc["objects"].as_array().unwrap().iter().any(|o| o["name"] == ctr.as_str() && o["kind"] == "shared"));

@@ -157,6 +157,15 @@ fn lock_timed_out(e: &LockError) -> bool {
     matches!(e, LockError::TimedOut)
 }
 
+/// Says on stderr that the object this command made goes again as it ends,
+/// unless another process opened it meanwhile, and what keeps one.
+fn gone_again(kind: &str, name: &str, keeper: &str) {
+    eprintln!(
+        "copydata: created the {kind} {name:?}; it is gone again now that this command ends, unless another \
+         process holds it (keep one with {keeper})"
+    );
+}
+
 fn interrupted() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(exit::INTERRUPTED))
 }
@@ -165,7 +174,11 @@ pub fn shared(command: SharedCommand) -> anyhow::Result<ExitCode> {
     let interrupts = Interrupts::catch()?;
     match command {
         SharedCommand::Incr { name, times, hold } => {
-            let counter = Shared::<u64>::open_or_create_tagged(&name, COUNTER_TAG, || 0)?;
+            let created = std::cell::Cell::new(false);
+            let counter = Shared::<u64>::open_or_create_tagged(&name, COUNTER_TAG, || {
+                created.set(true);
+                0
+            })?;
             log::info!("opened the counter {name}; incrementing it {times} times");
             let Some(value) = interrupts.wait_for(None, lock_timed_out, |t| counter.lock_timeout(t))? else {
                 return interrupted();
@@ -182,6 +195,8 @@ pub fn shared(command: SharedCommand) -> anyhow::Result<ExitCode> {
             say(&last.to_string())?;
             if hold {
                 interrupts.wait();
+            } else if created.get() {
+                gone_again("counter", &name, "--hold");
             }
         }
         SharedCommand::Get { name } => {
@@ -226,14 +241,22 @@ pub fn event(args: EventArgs) -> anyhow::Result<ExitCode> {
     let interrupts = Interrupts::catch()?;
     let kind = if args.auto_reset { EventKind::AutoReset } else { EventKind::ManualReset };
     // An existing event keeps its kind; a missing one is made unset.
-    let event = match Event::open(&args.name) {
-        Ok(e) => e,
-        Err(SyncOpenError::NotFound { .. }) => Event::open_or_create(&args.name, kind)?,
+    let (event, created) = match Event::open(&args.name) {
+        Ok(e) => (e, false),
+        Err(SyncOpenError::NotFound { .. }) => (Event::open_or_create(&args.name, kind)?, true),
         Err(e) => return Err(e.into()),
     };
     match args.action {
-        EventAction::Set => event.set()?,
-        EventAction::Reset => event.reset()?,
+        EventAction::Set | EventAction::Reset => {
+            if matches!(args.action, EventAction::Set) {
+                event.set()?;
+            } else {
+                event.reset()?;
+            }
+            if created {
+                gone_again("event", &args.name, "a waiter (`event NAME wait`) or a program");
+            }
+        }
         EventAction::Wait { timeout } => {
             log::info!("opened the event {}; waiting for it", args.name);
             let set = interrupts
