@@ -4,9 +4,10 @@
 //! line for its own launch (its pid, working directory, the arguments after
 //! `--` and the variables `--forward-env` names, as a forwarded launch
 //! shows them), then one line per forwarded launch, and answers each with
-//! code 0 and the text `handled by PID`. A later launch forwards its arguments, working
-//! directory and chosen variables, prints the primary's text and exits with
-//! its code (4 if the primary did not answer within `--timeout`).
+//! code 0 and the text `handled by PID`. A later launch forwards its
+//! arguments, working directory and chosen variables, prints the primary's
+//! text and exits with its code (4 if the primary did not answer within
+//! `--timeout`).
 //!
 //! Strings that are not valid UTF-8 (UTF-16 on Windows) are shown
 //! losslessly: in such a string each backslash is doubled, each byte that
