@@ -636,6 +636,16 @@ fn listen_json_reports_each_message() {
     assert_eq!(doc["sha256"], "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     assert_eq!(doc["preview"], "abc");
     assert!(doc["pid"].as_u64().unwrap() > 0);
+    assert!(doc.get("hex").is_none());
+    assert_eq!(listener.wait(), 0);
+    // With --hex, the whole payload too, beyond the preview's 64 characters.
+    let listener = Listener::start(&[&name, "--count", "1", "--json", "--hex"]);
+    let payload = [&[b'x'; 70][..], b"\0\"\xff"].concat();
+    assert_eq!(run_with(&["send", &name, "-"], &payload).code, 0);
+    let doc: serde_json::Value = serde_json::from_str(&listener.line()).unwrap();
+    let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(doc["hex"], hex.as_str());
+    assert!(doc["preview"].as_str().unwrap().ends_with("..."));
     assert_eq!(listener.wait(), 0);
 }
 

@@ -29,11 +29,13 @@ pub struct Args {
     delay: Option<Duration>,
     /// One JSON object per line: first {"ready": NAME}, then one per
     /// message: tag, size, pid, uid, sections, post, utf8, sha256, preview
-    /// (the first 64 characters, as in the text line).
-    #[arg(long, conflicts_with_all = ["hex", "raw"])]
+    /// (the first 64 characters, as in the text line); with --hex also
+    /// hex, the whole payload in hexadecimal digits.
+    #[arg(long, conflicts_with = "raw")]
     json: bool,
     /// Show the whole payload as hexadecimal digits (data=48656c6c6f)
-    /// instead of as text.
+    /// instead of as text (with --json: in the field hex, beside the
+    /// preview).
     #[arg(long, conflicts_with = "raw")]
     hex: bool,
     /// Write each payload's bytes, unchanged and nothing else, to stdout
@@ -101,7 +103,7 @@ fn describe(msg: &Message, data: &[u8], args: &Args) -> String {
     let sender = msg.sender();
     if args.json {
         let sha: String = hex(&Sha256::digest(data));
-        serde_json::json!({
+        let mut o = serde_json::json!({
             "tag": msg.tag(),
             "size": data.len(),
             "pid": sender.pid,
@@ -111,8 +113,11 @@ fn describe(msg: &Message, data: &[u8], args: &Args) -> String {
             "utf8": std::str::from_utf8(data).is_ok(),
             "sha256": sha,
             "preview": text(data, PREVIEW),
-        })
-        .to_string()
+        });
+        if args.hex {
+            o["hex"] = hex(data).into();
+        }
+        o.to_string()
     } else {
         let uid = sender.uid.map(|u| format!(" uid={u}")).unwrap_or_default();
         let sections =
