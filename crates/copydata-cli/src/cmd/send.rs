@@ -147,7 +147,15 @@ fn print_reply(reply: &copydata::Reply, started: Instant, out: Option<&mut OutFi
     writeln!(stdout, "code {}", reply.code)?;
     match out {
         Some(file) => file.write(&data)?,
-        None => stdout.write_all(&data)?,
+        None => {
+            stdout.write_all(&data)?;
+            // On a terminal, a reply that does not end a line is not left
+            // for the shell's prompt to run on from; piped or redirected,
+            // the bytes stay exactly the reply's.
+            if !data.is_empty() && !data.ends_with(b"\n") && std::io::IsTerminal::is_terminal(&stdout) {
+                stdout.write_all(b"\n")?;
+            }
+        }
     }
     stdout.flush()?;
     Ok(ExitCode::SUCCESS)
