@@ -664,23 +664,38 @@ impl Event {
     /// `threading.Event.wait`. Ctrl-C interrupts the wait.
     #[pyo3(signature = (timeout = None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
-        let deadline = timeout_arg(py, timeout)?.and_then(|t| Instant::now().checked_add(t));
-        loop {
-            let event = self.get(py)?;
-            let slice = deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()).min(SLICE));
+        let timeout = timeout_arg(py, timeout)?;
+        let event = self.get(py)?;
+        // One wait (a set and reset that come between two slices still end
+        // it), which looks between slices for signals to handle and for a
+        // `close` from another thread.
+        let mut raised = None;
+        let closed = || self.event.lock().unwrap_or_else(|e| e.into_inner()).is_none();
+        let waited = py.detach(|| {
+            let waited = event.wait_checked(timeout, SLICE, || {
+                if closed() {
+                    return Err(std::io::Error::other("closed"));
+                }
+                Python::attach(|py| py.check_signals()).map_err(|e| {
+                    raised = Some(e);
+                    std::io::Error::from(std::io::ErrorKind::Interrupted)
+                })
+            });
             // (The reference goes before the interpreter is attached again,
             // as in `Locker::acquire`.)
-            let waited = py.detach(move || {
-                let waited = event.wait_timeout(slice);
-                drop(event);
-                waited
-            });
-            match waited {
-                Ok(()) => return Ok(true),
-                Err(WaitError::TimedOut) if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(false),
-                Err(WaitError::TimedOut) => py.check_signals()?,
-                Err(e) => return Err(errors::wait_error(py, e)),
+            drop(event);
+            waited
+        });
+        if let Some(e) = raised {
+            return Err(e);
+        }
+        match waited {
+            Ok(()) => Ok(true),
+            Err(WaitError::TimedOut) => Ok(false),
+            Err(WaitError::Io(_)) if closed() => {
+                Err(errors::raise(py, Kind::Closed, format!("event {:?} is closed", self.name)))
             }
+            Err(e) => Err(errors::wait_error(py, e)),
         }
     }
 

@@ -234,6 +234,51 @@ def test_an_auto_reset_event_wakes_one_waiter(name):
         copydata.Event("bad/name")
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGALRM")
+def test_a_wait_sees_a_set_and_reset_made_between_its_slices(name):
+    # The signal handler runs between two of the wait's slices and sets and
+    # at once resets the event (as another process could at that moment):
+    # the wait is one wait, so it ends, where a loop of short waits would
+    # miss the set and run to its timeout.
+    with copydata.Event(name) as ev:
+        other = copydata.Event.open(name)
+
+        def pulse(signum, frame):
+            other.set()
+            other.reset()
+
+        previous = signal.signal(signal.SIGALRM, pulse)
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            started = time.monotonic()
+            assert ev.wait(timeout=10.0)
+            assert time.monotonic() - started < 5.0
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        assert not ev.wait(timeout=0), "it was reset"
+        other.close()
+
+
+def test_closing_an_event_ends_another_threads_wait(name):
+    ev = copydata.Event(name)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(_wait_or_error(ev)))
+    waiter.start()
+    time.sleep(0.2)
+    ev.close()
+    waiter.join(timeout=10.0)
+    assert not waiter.is_alive()
+    assert got == ["Closed"]
+
+
+def _wait_or_error(ev):
+    try:
+        return ev.wait(timeout=30.0)
+    except copydata.Error as e:
+        return type(e).__name__
+
+
 WAIT_INTERRUPTED = """
 import sys, copydata
 ev = copydata.Event(sys.argv[1])

@@ -838,3 +838,46 @@ fn opening_a_value_still_being_initialised_does_not_wait_for_its_initialiser() {
         Err(_) => panic!("Shared::open waited for a creator's initialiser"),
     }
 }
+
+/// A wait in slices is one wait: a manual-reset event set and reset at once
+/// between two slices (here by the check itself, as another process could
+/// at that moment) ends it, where a loop of short waits would miss it.
+/// An error from the check ends the wait with that error, and the timeout
+/// holds.
+#[test]
+fn a_checked_wait_sees_a_set_between_its_slices() {
+    for kind in [EventKind::ManualReset, EventKind::AutoReset] {
+        let name = unique("checked");
+        let event = Event::open_or_create(&name, kind).unwrap();
+        let other = Event::open(&name).unwrap();
+        let mut checks = 0;
+        let started = Instant::now();
+        let waited = event.wait_checked(Some(Duration::from_secs(30)), Duration::from_millis(10), || {
+            checks += 1;
+            if checks == 2 {
+                other.set()?;
+                if kind == EventKind::ManualReset {
+                    other.reset()?;
+                }
+            }
+            Ok(())
+        });
+        assert!(waited.is_ok(), "{kind:?}: {waited:?}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{kind:?}: ended after {:?}", started.elapsed());
+        assert_eq!(checks, 2, "{kind:?}: the set was seen after the check that made it");
+        // An auto-reset event was taken by the wait; a manual one was reset.
+        assert!(matches!(event.wait_timeout(Duration::ZERO), Err(WaitError::TimedOut)), "{kind:?}");
+    }
+
+    let name = unique("checked-stop");
+    let event = Event::open_or_create(&name, EventKind::ManualReset).unwrap();
+    let stopped = event.wait_checked(None, Duration::from_millis(5), || {
+        Err(std::io::Error::new(std::io::ErrorKind::Interrupted, "stopped by the caller"))
+    });
+    assert!(matches!(&stopped, Err(WaitError::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted), "{stopped:?}");
+
+    let started = Instant::now();
+    let timed_out = event.wait_checked(Some(Duration::from_millis(200)), Duration::from_millis(30), || Ok(()));
+    assert!(matches!(timed_out, Err(WaitError::TimedOut)), "{timed_out:?}");
+    assert!(started.elapsed() >= Duration::from_millis(200), "timed out after {:?}", started.elapsed());
+}

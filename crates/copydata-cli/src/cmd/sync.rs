@@ -259,11 +259,16 @@ pub fn event(args: EventArgs) -> anyhow::Result<ExitCode> {
         }
         EventAction::Wait { timeout } => {
             log::info!("opened the event {}; waiting for it", args.name);
-            let set = interrupts
-                .wait_for(timeout, |e| matches!(e, WaitError::TimedOut), |t| event.wait_timeout(t))
-                .with_context(|| format!("event {:?}", args.name))?;
-            if set.is_none() {
-                return interrupted();
+            // One wait, looking for an interrupt between slices (a set and
+            // reset that come between two is still seen).
+            let stop = || {
+                if interrupts.came() { Err(std::io::Error::from(std::io::ErrorKind::Interrupted)) } else { Ok(()) }
+            };
+            match event.wait_checked(timeout, SLICE, stop) {
+                Err(WaitError::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted && interrupts.came() => {
+                    return interrupted();
+                }
+                waited => waited.with_context(|| format!("event {:?}", args.name))?,
             }
             say("set")?;
         }

@@ -648,7 +648,52 @@ impl Event {
     pub fn wait_timeout(&self, timeout: Duration) -> Result<(), WaitError> {
         self.raw.wait(&self.obj.header, crate::deadline(timeout))
     }
+
+    /// Waits as [`wait_timeout`](Self::wait_timeout) (`timeout` `None`: as
+    /// [`wait`](Self::wait)), for a caller that must stay responsive
+    /// meanwhile (a tool that stops on Ctrl-C, a language binding that runs
+    /// signal handlers): it sleeps at most `slice` at a time and calls
+    /// `check` between two sleeps; an error from `check` ends the wait as
+    /// [`WaitError::Io`] of that error.
+    ///
+    /// It is one wait, not a loop of short ones: a set that comes while
+    /// `check` runs ends it, also a set of a manual-reset event followed at
+    /// once by a reset, which a loop of `wait_timeout(slice)` calls could
+    /// miss between two of them. (On Windows this holds for sets made
+    /// through copydata; a program that sets the kernel event directly is
+    /// seen during the sleeps.)
+    ///
+    /// ```no_run
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::time::Duration;
+    /// use copydata::sync::{Event, EventKind};
+    ///
+    /// static STOP: AtomicBool = AtomicBool::new(false);
+    /// let ready = Event::open_or_create("ready", EventKind::ManualReset)?;
+    /// ready.wait_checked(None, Duration::from_millis(50), || {
+    ///     if STOP.load(Ordering::Relaxed) {
+    ///         Err(std::io::Error::from(std::io::ErrorKind::Interrupted))
+    ///     } else {
+    ///         Ok(())
+    ///     }
+    /// })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn wait_checked(
+        &self,
+        timeout: Option<Duration>,
+        slice: Duration,
+        mut check: impl FnMut() -> io::Result<()>,
+    ) -> Result<(), WaitError> {
+        let deadline = timeout.and_then(crate::deadline);
+        let slice = slice.max(Duration::from_millis(1));
+        self.raw.wait_checked(&self.obj.header, deadline, Some((slice, &mut check)))
+    }
 }
+
+/// What a wait in slices does between two of them (see
+/// [`Event::wait_checked`]): the longest sleep, and the check to call.
+pub(crate) type Between<'a> = Option<(Duration, &'a mut dyn FnMut() -> io::Result<()>)>;
 
 /// Which kind of object an [`ObjectInfo`] describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

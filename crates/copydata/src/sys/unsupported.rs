@@ -164,6 +164,14 @@ pub(crate) mod sync {
         pub(crate) fn wait(&self, _h: &ViewMut, _d: Option<Instant>) -> Result<(), WaitError> {
             Err(WaitError::Io(io::ErrorKind::Unsupported.into()))
         }
+        pub(crate) fn wait_checked(
+            &self,
+            _h: &ViewMut,
+            _d: Option<Instant>,
+            _between: crate::sync::Between<'_>,
+        ) -> Result<(), WaitError> {
+            Err(WaitError::Io(io::ErrorKind::Unsupported.into()))
+        }
     }
 }
 

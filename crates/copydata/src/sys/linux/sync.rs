@@ -25,7 +25,7 @@
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::mm::{self, MapFlags, ProtFlags};
@@ -367,7 +367,22 @@ impl RawEvent {
     }
 
     pub(crate) fn wait(&self, header: &ViewMut, deadline: Option<Instant>) -> Result<(), WaitError> {
+        self.wait_checked(header, deadline, None)
+    }
+
+    /// [`wait`](Self::wait), sleeping at most `slice` at a time and calling
+    /// `check` between two sleeps (an error from it ends the wait). What
+    /// the wait began with is kept across the sleeps, so a set that comes
+    /// between two of them ends it as it would end one long wait (a
+    /// manual-reset event set and reset at once included).
+    pub(crate) fn wait_checked(
+        &self,
+        header: &ViewMut,
+        deadline: Option<Instant>,
+        mut between: crate::sync::Between<'_>,
+    ) -> Result<(), WaitError> {
         let began = word(header, EVENT_STATE).load(Ordering::SeqCst);
+        let mut slept = false;
         loop {
             let expected = match self.take(header, began) {
                 Ok(()) => return Ok(()),
@@ -380,17 +395,34 @@ impl RawEvent {
                 },
                 None => None,
             };
-            let ts = left.map(super::timespec);
-            let waiters = word(header, EVENT_WAITERS);
-            waiters.fetch_add(1, Ordering::SeqCst);
-            // Sleeps only while the word is still what `take` saw: a `set`
-            // in between makes the call return at once.
-            let r = futex::wait(word(header, EVENT_STATE), futex::Flags::empty(), expected, ts.as_ref());
-            waiters.fetch_sub(1, Ordering::SeqCst);
-            match r {
-                Ok(()) | Err(Errno::AGAIN | Errno::INTR | Errno::TIMEDOUT) => {}
-                Err(e) => return Err(WaitError::Io(e.into())),
+            match between.as_mut() {
+                None => self.sleep(header, expected, left)?,
+                // After a sleep, `check`, then look again (it may have
+                // taken a while): the next sleep follows a look.
+                Some((_, check)) if slept => {
+                    check().map_err(WaitError::Io)?;
+                    slept = false;
+                }
+                Some((slice, _)) => {
+                    self.sleep(header, expected, Some(left.map_or(*slice, |l| l.min(*slice))))?;
+                    slept = true;
+                }
             }
+        }
+    }
+
+    /// Sleeps while the futex word is `expected`, at most `left`.
+    fn sleep(&self, header: &ViewMut, expected: u32, left: Option<Duration>) -> Result<(), WaitError> {
+        let ts = left.map(super::timespec);
+        let waiters = word(header, EVENT_WAITERS);
+        waiters.fetch_add(1, Ordering::SeqCst);
+        // Sleeps only while the word is still what `take` saw: a `set`
+        // in between makes the call return at once.
+        let r = futex::wait(word(header, EVENT_STATE), futex::Flags::empty(), expected, ts.as_ref());
+        waiters.fetch_sub(1, Ordering::SeqCst);
+        match r {
+            Ok(()) | Err(Errno::AGAIN | Errno::INTR | Errno::TIMEDOUT) => Ok(()),
+            Err(e) => Err(WaitError::Io(e.into())),
         }
     }
 }

@@ -205,10 +205,14 @@ impl RawMutex {
     }
 }
 
-/// The kernel event of an event object.
+/// The kernel event of an event object. A manual-reset event also counts
+/// its sets in the header's state word (unused otherwise on Windows), so
+/// that a wait in slices ([`RawEvent::wait_checked`]) sees a set that came
+/// between two of them, even one reset at once.
 #[derive(Debug)]
 pub(crate) struct RawEvent {
     handle: OwnedHandle,
+    auto: bool,
 }
 
 impl RawEvent {
@@ -218,10 +222,18 @@ impl RawEvent {
         // name outlives the call. Every opener asks for the kind recorded in
         // the header, so the kernel object always has it.
         let handle = owned(unsafe { CreateEventW(std::ptr::null(), i32::from(!auto), 0, n.as_ptr()) })?;
-        Ok(RawEvent { handle })
+        Ok(RawEvent { handle, auto })
     }
 
-    pub(crate) fn set(&self, _header: &ViewMut) -> io::Result<()> {
+    /// The count of a manual-reset event's sets.
+    fn sets(header: &ViewMut) -> &std::sync::atomic::AtomicU32 {
+        crate::sync::header::u32_at(header, crate::sync::header::EVENT_STATE)
+    }
+
+    pub(crate) fn set(&self, header: &ViewMut) -> io::Result<()> {
+        if !self.auto {
+            Self::sets(header).fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         // SAFETY: our own event handle.
         if unsafe { SetEvent(raw(&self.handle)) } == 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
@@ -231,11 +243,48 @@ impl RawEvent {
         if unsafe { ResetEvent(raw(&self.handle)) } == 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
-    pub(crate) fn wait(&self, _header: &ViewMut, deadline: Option<Instant>) -> Result<(), WaitError> {
-        match wait_until(&self.handle, deadline) {
-            WAIT_OBJECT_0 => Ok(()),
-            WAIT_TIMEOUT => Err(WaitError::TimedOut),
-            _ => Err(WaitError::Io(io::Error::last_os_error())),
+    pub(crate) fn wait(&self, header: &ViewMut, deadline: Option<Instant>) -> Result<(), WaitError> {
+        self.wait_checked(header, deadline, None)
+    }
+
+    /// [`wait`](Self::wait), waiting at most `slice` at a time and calling
+    /// `check` between two waits (an error from it ends the wait). A set
+    /// of a manual-reset event by copydata between two waits ends it, as
+    /// it would end one long wait, even if a reset followed at once (an
+    /// auto-reset event stays set for the next wait anyway).
+    pub(crate) fn wait_checked(
+        &self,
+        header: &ViewMut,
+        deadline: Option<Instant>,
+        mut between: crate::sync::Between<'_>,
+    ) -> Result<(), WaitError> {
+        let began = Self::sets(header).load(std::sync::atomic::Ordering::SeqCst);
+        loop {
+            let until = match &between {
+                None => deadline,
+                Some((slice, _)) => {
+                    let end = Instant::now().checked_add(*slice);
+                    match (deadline, end) {
+                        (Some(d), Some(e)) => Some(d.min(e)),
+                        (d, e) => d.or(e),
+                    }
+                }
+            };
+            match wait_until(&self.handle, until) {
+                WAIT_OBJECT_0 => return Ok(()),
+                WAIT_TIMEOUT => {}
+                _ => return Err(WaitError::Io(io::Error::last_os_error())),
+            }
+            if !self.auto && Self::sets(header).load(std::sync::atomic::Ordering::SeqCst) != began {
+                return Ok(());
+            }
+            // (`wait_until` returns a timeout only once its time is up.)
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(WaitError::TimedOut);
+            }
+            if let Some((_, check)) = between.as_mut() {
+                check().map_err(WaitError::Io)?;
+            }
         }
     }
 }
