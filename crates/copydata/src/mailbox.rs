@@ -456,6 +456,12 @@ impl Request {
         Request { message: Some(message), responder: Some(responder), made: Made::here() }
     }
 
+    /// Whether this is a copy in a child made by `fork` (the parent
+    /// answers it; see `crate::fork`).
+    pub(crate) fn copied_by_fork(&self) -> bool {
+        self.made.copied_by_fork()
+    }
+
     /// The message, mutably (to take its sections).
     pub fn message_mut(&mut self) -> &mut Message {
         self.message.as_mut().expect("a request holds its message until answered")
@@ -531,7 +537,9 @@ impl Deref for Request {
 impl Drop for Request {
     fn drop(&mut self) {
         if self.made.copied_by_fork() {
-            // The parent answers it (see `crate::fork`).
+            // The parent answers it, and reads its payload (see
+            // `crate::fork`): nothing of it is given back from here.
+            std::mem::forget(self.message.take());
             return;
         }
         if let Some(r) = self.responder.take() {

@@ -12,6 +12,7 @@ pub const MAX_NAME_LEN: usize = 200;
 
 /// Why a name was refused. Returned by every function that takes a name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NameError {
     /// The name is empty.
     #[error("the name is empty")]

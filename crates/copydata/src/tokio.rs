@@ -133,6 +133,7 @@ pub struct AsyncSender {
     /// left behind: the next call takes it over rather than start another
     /// beside it. Dropping the sender aborts it.
     setup: Option<Setup>,
+    made: crate::fork::Made,
 }
 
 /// A set-up on the blocking pool, and the means to end it early.
@@ -148,6 +149,11 @@ impl Drop for AsyncSender {
     /// set-up): it ends now rather than at its connect timeout, giving back
     /// its blocking thread and its socket (the receiver sees it go).
     fn drop(&mut self) {
+        if self.made.copied_by_fork() {
+            // The parent's set-up (see `crate::fork`).
+            std::mem::forget(self.setup.take());
+            return;
+        }
         if let Some(setup) = self.setup.take() {
             setup.abort.abort();
         }
@@ -173,7 +179,13 @@ impl AsyncSender {
     /// reported then).
     pub fn unconnected(name: &str, options: &SenderOptions) -> Result<AsyncSender, SendError> {
         let valid = Name::new(name).map_err(|reason| SendError::InvalidName { name: name.into(), reason })?;
-        Ok(AsyncSender { name: valid, options: options.clone(), conn: None, setup: None })
+        Ok(AsyncSender {
+            name: valid,
+            options: options.clone(),
+            conn: None,
+            setup: None,
+            made: crate::fork::Made::here(),
+        })
     }
 
     /// The process id of the receiver this sender is connected to, as
@@ -535,6 +547,7 @@ pub struct AsyncLoan<'a> {
     /// The start of the buffer (kept apart so accessors need no unwrap).
     ptr: *mut u8,
     len: usize,
+    made: crate::fork::Made,
 }
 
 // SAFETY: the buffer belongs to the pool of the sender's connection, which
@@ -547,7 +560,7 @@ unsafe impl Sync for AsyncLoan<'_> {}
 
 impl<'a> AsyncLoan<'a> {
     fn new(sender: &'a mut AsyncSender, buf: LentBuf, len: usize) -> AsyncLoan<'a> {
-        AsyncLoan { ptr: buf.ptr, buf: Some(buf), len, sender }
+        AsyncLoan { ptr: buf.ptr, buf: Some(buf), len, sender, made: crate::fork::Made::here() }
     }
 
     crate::loan::filling_methods!();
@@ -698,6 +711,10 @@ impl<'a> AsyncLoan<'a> {
 
 impl Drop for AsyncLoan<'_> {
     fn drop(&mut self) {
+        if self.made.copied_by_fork() {
+            // The parent's buffer (see `crate::fork`).
+            return;
+        }
         if let (Some(buf), Some(conn)) = (self.buf.take(), self.sender.conn.as_mut()) {
             conn.cancel(&buf);
         }

@@ -82,8 +82,17 @@ fn role(role: &str, args: &[String]) -> Result<(), String> {
         // this process answers it.
         #[cfg(target_os = "linux")]
         "fork-drop" => {
-            let server = Mailbox::bind(&args[0]).map_err(fail)?.serve(|m| Reply::code(m.tag() as i64));
-            let mut sender = Sender::connect_timeout(&args[0], Duration::from_secs(10)).map_err(fail)?;
+            // (Tag 2 takes long enough for the sender's wait to look at the
+            // connection's socket, which a copy that stopped it would have
+            // ended.)
+            let server = Mailbox::bind(&args[0]).map_err(fail)?.serve(|m| {
+                if m.tag() == 2 {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                Reply::code(m.tag() as i64)
+            });
+            let park = copydata::SenderOptions::new().wait(copydata::Wait::Park);
+            let mut sender = Sender::connect_with(&args[0], &park).map_err(fail)?;
             sender.send(1, b"before").map_err(fail)?;
             // SAFETY: the forked copy only drops the two and leaves with
             // _exit; the parent waits for it (killing it if it hangs).

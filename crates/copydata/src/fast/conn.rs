@@ -31,6 +31,7 @@ use super::pool::{
 use super::region::{REP_CAP, REQ_CAP, ReleaseWord, SLOTS, Side};
 use super::ring::{Consumer, Corrupt, Producer, Rec, RingPtr, max_inline, pack_flags, record_size, user_flags};
 use super::{Bell, INLINE_MAX, Park, Wait, spin};
+use crate::fork::Made;
 use crate::mailbox::{Message, Payload, Peer, Reply};
 use crate::section::Section;
 use crate::sys::mailbox::Link;
@@ -978,7 +979,7 @@ impl Client {
         let view = self.peer.view(b.slot, rec.len).map_err(Fail::Broken)?;
         if loaned {
             let word = self.link.region().release_word(Side::Receiver, b.slot as usize);
-            let release = Release::ToReceiver { word, use_no: b.use_no };
+            let release = Release::ToReceiver { word, use_no: b.use_no, made: Made::here() };
             return Ok(Payload::borrowed(crate::loan::LoanView::new(Some(view), len, Some(release))));
         }
         let mut out = Vec::new();
@@ -1294,7 +1295,12 @@ impl ServerConn {
                         Err(e) => return Err(e),
                     };
                     if b.flags & BUF_LOAN != 0 {
-                        let release = Release::ToSender { conn: self.clone(), slot: b.slot, use_no: b.use_no };
+                        let release = Release::ToSender {
+                            conn: self.clone(),
+                            slot: b.slot,
+                            use_no: b.use_no,
+                            made: Made::here(),
+                        };
                         Payload::borrowed(crate::loan::LoanView::new(Some(view), len, Some(release)))
                     } else if b.flags & BUF_STREAM != 0 {
                         if len > view.len() {
@@ -1684,21 +1690,24 @@ impl ServerConn {
     }
 }
 
-/// Releases a loaned buffer when the reader is done with it.
+/// Releases a loaned buffer when the reader is done with it (not a copy
+/// in a child made by `fork`: the parent still reads it, see
+/// `crate::fork`).
 #[derive(Debug)]
 pub(crate) enum Release {
     /// A sender's buffer read by this receiver (a sender waiting for a
     /// buffer is woken).
-    ToSender { conn: Arc<ServerConn>, slot: u32, use_no: u64 },
+    ToSender { conn: Arc<ServerConn>, slot: u32, use_no: u64, made: Made },
     /// A receiver's buffer (a loaned reply) read by this sender.
-    ToReceiver { word: ReleaseWord, use_no: u64 },
+    ToReceiver { word: ReleaseWord, use_no: u64, made: Made },
 }
 
 impl Drop for Release {
     fn drop(&mut self) {
         match self {
-            Release::ToSender { conn, slot, use_no } => conn.release(*slot, *use_no),
-            Release::ToReceiver { word, use_no } => word.store(*use_no),
+            Release::ToSender { made, .. } | Release::ToReceiver { made, .. } if made.copied_by_fork() => {}
+            Release::ToSender { conn, slot, use_no, .. } => conn.release(*slot, *use_no),
+            Release::ToReceiver { word, use_no, .. } => word.store(*use_no),
         }
     }
 }

@@ -23,26 +23,39 @@ use crate::section::Access;
 
 pub(crate) use inherit::{Passed, prepare_inheritance, spawn_with_sections, take_inherited};
 
-/// How many `fork`s lie between this process and the first one of its
-/// line that used copydata: raised in the child of every `fork` (a
-/// `pthread_atfork` handler, registered at the first call). See
-/// `crate::fork`.
+/// How many `fork`s lie between this process and its line's first: raised
+/// in the child of every `fork` by a `pthread_atfork` handler. See
+/// `crate::fork`. (`fork` through glibc runs the handler; a raw `clone`
+/// or glibc's `_Fork` does not.)
 pub(crate) fn forks() -> u32 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static FORKS: AtomicU32 = AtomicU32::new(0);
-    static HANDLER: std::sync::Once = std::sync::Once::new();
-    extern "C" fn in_child() {
-        // (Async-signal-safe: an atomic add.)
-        FORKS.fetch_add(1, Ordering::Relaxed);
-    }
-    HANDLER.call_once(|| {
-        // SAFETY: registers a handler that only adds to an atomic; it can
-        // fail only for want of memory, which leaves copies in forked
-        // children taken for their parent's objects, as before.
-        let _ = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
-    });
-    FORKS.load(Ordering::Relaxed)
+    FORKS.load(std::sync::atomic::Ordering::Relaxed)
 }
+
+static FORKS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+extern "C" fn forked_child() {
+    // (Async-signal-safe: an atomic add.)
+    FORKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+extern "C" fn register_fork_handler() {
+    // SAFETY: registers a handler that only adds to an atomic. It fails
+    // only for want of memory, which leaves copies in forked children
+    // taken for their parent's objects.
+    let _ = unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
+}
+
+/// The handler is registered as the program (or this library) is loaded,
+/// before any thread of it runs: registering it later, on first use, could
+/// meet a `fork` of another thread under way, and glibc holds the lock
+/// `pthread_atfork` takes across `fork`, leaving the child with a
+/// registration that never ends.
+// SAFETY: `.init_array` entries are functions the loader calls, without
+// arguments, before `main` (or at `dlopen`); this one only registers the
+// handler, which needs nothing else to be set up.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static REGISTER_FORK_HANDLER: extern "C" fn() = register_fork_handler;
 
 /// A duration as the kernel's `timespec` (for `poll` and futex waits).
 pub(crate) fn timespec(d: std::time::Duration) -> rustix::time::Timespec {

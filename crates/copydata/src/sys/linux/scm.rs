@@ -15,6 +15,8 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags,
 };
 
+use crate::fork::Made;
+
 /// The most descriptors one message may carry.
 pub(crate) const MAX_FDS: usize = 17;
 
@@ -525,13 +527,23 @@ impl Drop for Foreign {
     }
 }
 
-/// A socket a peer writes to, [`disarm`]ed before it is closed.
+/// A socket a peer writes to, [`disarm`]ed before it is closed (not a copy
+/// in a child made by `fork`: the socket is the parent's too, and the
+/// parent's alone to stop; see `crate::fork`).
 #[derive(Debug)]
-pub(crate) struct Disarmed<T: AsFd>(pub(crate) T);
+pub(crate) struct Disarmed<T: AsFd>(pub(crate) T, Made);
+
+impl<T: AsFd> Disarmed<T> {
+    pub(crate) fn new(sock: T) -> Disarmed<T> {
+        Disarmed(sock, Made::here())
+    }
+}
 
 impl<T: AsFd> Drop for Disarmed<T> {
     fn drop(&mut self) {
-        disarm(&self.0);
+        if !self.1.copied_by_fork() {
+            disarm(&self.0);
+        }
     }
 }
 

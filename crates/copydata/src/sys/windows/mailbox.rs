@@ -1623,11 +1623,11 @@ thread_local! {
     /// This thread's sender window (made on first use, destroyed with the thread).
     static SENDER_WINDOW: RefCell<Option<SenderWindow>> = const { RefCell::new(None) };
     /// While `send_to_window` waits: the window it sends to, and the reply
-    /// bytes that came back naming that window (`wParam`). Nothing is kept
-    /// at other times: any program may send to this thread's window. (A
-    /// send made by a window procedure run inside that wait puts the
-    /// outer send's entry back when it ends.)
-    static RECEIVING: RefCell<Option<(usize, Option<Vec<u8>>)>> = const { RefCell::new(None) };
+    /// bytes that came back naming that window (`wParam`), one entry per
+    /// send under way (a window procedure run inside one send's wait may
+    /// make another). Nothing is kept at other times: any program may send
+    /// to this thread's window.
+    static RECEIVING: RefCell<Vec<Receiving>> = const { RefCell::new(Vec::new()) };
     /// The hellos being sent: more than one when a window procedure run
     /// inside a set-up's wait sets up another connection.
     static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
@@ -1715,15 +1715,26 @@ unsafe extern "system" fn sender_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lpar
         // `send_to_window`: not a plain reply.
         return 0;
     }
-    // The reply bytes of the plain send under way, the first that name its
-    // target (see `send_to_window`); anything else is not taken.
-    RECEIVING.with(|r| match &mut *r.borrow_mut() {
-        Some((target, reply @ None)) if same_window(*target, wparam) => {
-            *reply = Some(data.to_vec());
-            1
+    // The reply bytes of a plain send under way, the first that name its
+    // target (see `send_to_window`; the innermost send to that window,
+    // when sends are nested); anything else is not taken.
+    RECEIVING.with(|r| {
+        let mut r = r.borrow_mut();
+        match r.iter_mut().rev().find(|e| e.reply.is_none() && same_window(e.target, wparam)) {
+            Some(e) => {
+                e.reply = Some(data.to_vec());
+                1
+            }
+            None => 0,
         }
-        _ => 0,
     })
+}
+
+/// A `send_to_window` under way on this thread (see `RECEIVING`).
+struct Receiving {
+    id: u64,
+    target: usize,
+    reply: Option<Vec<u8>>,
 }
 
 /// An answer to a hello: taken (returns [`ACCEPTED`]) only if it answers
@@ -2045,10 +2056,17 @@ pub fn send_to_window(
     // forges the target's handle in `wParam` is not caught: this is the
     // plain Win32 protocol's limit (copydata mailboxes answer through their
     // connection's private region instead).
-    let outer = RECEIVING.with(|r| r.borrow_mut().replace((target as usize, None)));
+    static SENDS: AtomicU64 = AtomicU64::new(0);
+    let id = SENDS.fetch_add(1, Ordering::Relaxed);
+    RECEIVING.with(|r| r.borrow_mut().push(Receiving { id, target: target as usize, reply: None }));
     let ms = timeout.as_millis().clamp(1, u128::from(FOREVER_MS)) as u32;
     let sent = send_copydata(target, from, tag as usize, data, ms);
-    let reply = RECEIVING.with(|r| std::mem::replace(&mut *r.borrow_mut(), outer)).and_then(|(_, reply)| reply);
+    // (Its own entry: nested sends have removed theirs.)
+    let reply = RECEIVING.with(|r| {
+        let mut r = r.borrow_mut();
+        let at = r.iter().rposition(|e| e.id == id)?;
+        r.remove(at).reply
+    });
     match sent {
         Ok(code) => Ok(Reply::new(code as i64, reply.unwrap_or_default())),
         Err(e) if e.raw_os_error() == Some(ERROR_TIMEOUT as i32) && is_window(target) => {
@@ -2795,33 +2813,44 @@ mod tests {
     }
 
     /// A `send_to_window` made by a window procedure run inside another's
-    /// wait leaves the outer one its reply bytes. The inner one used to
-    /// forget the outer's, which then returned no bytes.
+    /// wait leaves the outer one its reply bytes, whether they come before
+    /// the nested send begins or during it. The nested send used to forget
+    /// the outer's, which then returned no bytes.
     #[test]
     fn a_plain_send_inside_another_s_wait_leaves_it_its_reply() {
         let (outer, inner) = (unique("outer-plain"), unique("inner-plain"));
+        // How long each tag's handler takes, in ms.
         let slow = |name: &Name| {
             crate::Mailbox::bind(name.as_str()).unwrap().serve(|m| {
-                std::thread::sleep(Duration::from_millis(if m.tag() == 1 { 1500 } else { 0 }));
+                let ms = match m.tag() {
+                    1 | 4 => 1500,
+                    3 => 700,
+                    _ => 0,
+                };
+                std::thread::sleep(Duration::from_millis(ms));
                 Reply::new(m.tag() as i64, m.payload().to_vec())
             })
         };
         let (_a, _b) = (slow(&outer), slow(&inner));
         let class = |name: &Name| format!("copydata.mailbox.{name}");
-        let nested = std::rc::Rc::new(RefCell::new(None));
-        let reply = inside(
-            {
-                let (nested, class) = (nested.clone(), class(&inner));
-                move || {
-                    let got = send_to_window(Some(&class), None, 2, b"inner", Duration::from_secs(30));
-                    *nested.borrow_mut() = Some(got);
-                }
-            },
-            || send_to_window(Some(&class(&outer)), None, 1, b"outer", Duration::from_secs(30)),
-        );
-        let nested = nested.borrow_mut().take().expect("the inner send ran").unwrap();
-        assert_eq!((nested.code, &nested.data[..]), (2, &b"inner"[..]));
-        let reply = reply.unwrap();
-        assert_eq!((reply.code, &reply.data[..]), (1, &b"outer"[..]));
+        // (outer tag, inner tag): the outer's reply comes after the nested
+        // send, then while it waits.
+        for (outer_tag, inner_tag) in [(1, 2), (3, 4)] {
+            let nested = std::rc::Rc::new(RefCell::new(None));
+            let reply = inside(
+                {
+                    let (nested, class) = (nested.clone(), class(&inner));
+                    move || {
+                        let got = send_to_window(Some(&class), None, inner_tag, b"inner", Duration::from_secs(30));
+                        *nested.borrow_mut() = Some(got);
+                    }
+                },
+                || send_to_window(Some(&class(&outer)), None, outer_tag, b"outer", Duration::from_secs(30)),
+            );
+            let nested = nested.borrow_mut().take().expect("the inner send ran").unwrap();
+            assert_eq!((nested.code, &nested.data[..]), (inner_tag as i64, &b"inner"[..]));
+            let reply = reply.unwrap();
+            assert_eq!((reply.code, &reply.data[..]), (outer_tag as i64, &b"outer"[..]));
+        }
     }
 }

@@ -771,7 +771,7 @@ impl Acceptor {
                     Some(spare) => {
                         drop(spare);
                         if let Ok((s, _)) = listener.accept() {
-                            let s = Disarmed(s);
+                            let s = Disarmed::new(s);
                             let pid = peer_cred(&*s).map_or(0, |c| c.pid);
                             log::warn!(
                                 "mailbox {}: refused a connection from pid {pid}: out of descriptors ({e})",
@@ -803,7 +803,7 @@ impl Acceptor {
             log::warn!("mailbox {}: too many silent connections; dropped pid {}'s", self.name, oldest.peer.pid);
         }
         let deadline = Instant::now() + PEER_STEP;
-        self.pending.push(Pending { stream: Disarmed(stream), peer, uid: cred.uid, deadline, partial: false });
+        self.pending.push(Pending { stream: Disarmed::new(stream), peer, uid: cred.uid, deadline, partial: false });
     }
 
     fn set_up_and_add(&mut self, stream: Disarmed<UnixStream>, peer: Peer, uid: u32) {
@@ -904,7 +904,7 @@ impl Acceptor {
             Err(e) => return Err(format!("sending the region: {e}")),
         }
         stream.set_read_timeout(None).map_err(|e| e.to_string())?;
-        let link = Link { region, sock: stream, bells: None, notify: Disarmed(notify) };
+        let link = Link { region, sock: stream, bells: None, notify: Disarmed::new(notify) };
         let conn = Arc::new(ServerConn::new(link, peer, wait.expect("checked"), self.max_payload));
         Ok(Some((conn, w)))
     }
@@ -941,7 +941,7 @@ pub(crate) fn connect(
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => SendError::NoSuchMailbox { name: shown() },
             _ => io(e),
         })?;
-        let sock = Disarmed(sock);
+        let sock = Disarmed::new(sock);
         let cred = peer_cred(&*sock).map_err(io)?;
         if cred.uid != owner {
             return Err(SendError::Refused {
@@ -971,7 +971,7 @@ pub(crate) fn connect(
         }
         _ => io(e),
     })?;
-    set_up_connection(name, Disarmed(sock), wait, deadline, abort)
+    set_up_connection(name, Disarmed::new(sock), wait, deadline, abort)
 }
 
 /// The sender's side of the set-up, on a connected socket: the hello, then
@@ -1055,7 +1055,7 @@ fn set_up_connection(
     if !fds.0[..2].iter().all(|fd| scm::fd_kind(fd) == FdKind::File) {
         return Err(bad("the region or the doorbells are not memory".into()));
     }
-    let notify = Disarmed(fds.0.pop().expect("three descriptors"));
+    let notify = Disarmed::new(fds.0.pop().expect("three descriptors"));
     // Connected: not a listening socket.
     if scm::fd_kind(&*notify) != FdKind::UnixStream {
         return Err(bad("the readiness handle is not a Unix stream socket".into()));
