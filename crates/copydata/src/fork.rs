@@ -10,6 +10,13 @@
 //! remembers where it was [`Made`]; a copy in a forked child lets go of
 //! what it holds without acting (the child's share of the memory and
 //! descriptors goes when the child exits). Windows has no `fork`.
+//!
+//! Those objects: the Linux mailbox (its acceptor thread, stop descriptor
+//! and name), a served mailbox's handler threads (`Server`,
+//! `InstanceServer`, `AsyncMailbox`), a request or launch in hand, a
+//! connection's sockets (`Disarmed`), loaned buffers and their release
+//! (`Loan`, `ReplyLoan`, `AsyncLoan`, `Release`) and an async sender's
+//! set-up under way. Named sections do the same by process id (`Holder`).
 
 /// The process an object was made in, as far as `fork` is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

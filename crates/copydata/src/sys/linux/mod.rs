@@ -394,9 +394,16 @@ fn map_fd(holder: &Arc<Holder>, offset: u64, len: usize, access: Access) -> Resu
     //   pointers, never references.
     let ptr = unsafe { mm::mmap(std::ptr::null_mut(), map_len, prot, MapFlags::SHARED, &holder.fd, aligned) }.map_err(
         |e| match e {
-            // EACCES: descriptor not open for writing; EPERM: write-sealed memfd.
+            // EACCES: descriptor not open for writing; EPERM: a write-sealed
+            // memfd (or a security module's refusal, which keeps its code).
             Errno::ACCESS if access == Access::ReadWrite => MapError::ReadOnly,
-            Errno::PERM if access == Access::ReadWrite => MapError::Sealed,
+            Errno::PERM
+                if access == Access::ReadWrite
+                    && rfs::fcntl_get_seals(&holder.fd)
+                        .is_ok_and(|s| s.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE)) =>
+            {
+                MapError::Sealed
+            }
             e => MapError::Io(io_err(e)),
         },
     )?;
