@@ -1654,9 +1654,9 @@ fn said_hello(nonce: u64) {
     });
 }
 
-/// Whether `data` is an answer to one of this thread's last hellos.
-fn answers_an_earlier_hello(data: &[u8]) -> bool {
-    envelope::parse_answer(data).is_ok_and(|head| head.nonce != 0 && HELLOS.with(|h| h.borrow().contains(&head.nonce)))
+/// Whether `nonce` is one of this thread's last hellos'.
+fn said_earlier(nonce: u64) -> bool {
+    nonce != 0 && HELLOS.with(|h| h.borrow().contains(&nonce))
 }
 
 struct SenderWindow(HWND);
@@ -1693,20 +1693,20 @@ unsafe extern "system" fn sender_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lpar
     let (tag, data) = unsafe { copydata_of(lparam) };
     // An answer to a hello under way (by its nonce), if one is; with none,
     // bytes that look like an answer may be a plain program's reply (below).
-    if tag == ANSWER_TAG && data.starts_with(&ANSWER_MAGIC) {
-        let answered = envelope::parse_answer(data).ok().and_then(|head| {
-            PENDING.with(|p| {
-                let mut p = p.borrow_mut();
-                let pending = p.iter_mut().find(|pending| pending.nonce == head.nonce)?;
-                Some(take_answer(pending, wparam as HWND, data))
-            })
+    if tag == ANSWER_TAG
+        && let Ok(head) = envelope::parse_answer(data)
+    {
+        let answered = PENDING.with(|p| {
+            let mut p = p.borrow_mut();
+            let pending = p.iter_mut().find(|pending| pending.nonce == head.nonce)?;
+            Some(take_answer(pending, wparam as HWND, data))
         });
         if let Some(r) = answered {
             return r;
         }
         // A late answer to a hello whose set-up has ended: refused (the
         // mailbox gives up what it set up for it).
-        if answers_an_earlier_hello(data) {
+        if said_earlier(head.nonce) {
             return 0;
         }
     }
@@ -1732,7 +1732,6 @@ unsafe extern "system" fn sender_proc(hwnd: HWND, msg: u32, wparam: WPARAM, lpar
 
 /// A `send_to_window` under way on this thread (see `RECEIVING`).
 struct Receiving {
-    id: u64,
     target: usize,
     reply: Option<Vec<u8>>,
 }
@@ -1955,12 +1954,9 @@ fn hello(target: HWND, pid: u32, protocol: u32, wait_code: u32, ms: u32) -> io::
     hello.bytes(&HELLO_MAGIC).u32(protocol).u32(wait_code).u32(0).u64(nonce);
     PENDING.with(|p| p.borrow_mut().push(Pending { nonce, target: target as usize, pid, outcome: None }));
     let sent = send_copydata(target, from, HELLO_TAG, &hello.0, ms.min(FOREVER_MS));
-    // (Its own entry: nested set-ups have removed theirs.)
-    let outcome = PENDING.with(|p| {
-        let mut p = p.borrow_mut();
-        let at = p.iter().rposition(|pending| pending.nonce == nonce)?;
-        p.remove(at).outcome
-    });
+    // Its own entry is the last: a nested set-up runs, and removes its
+    // own, within this send.
+    let outcome = PENDING.with(|p| p.borrow_mut().pop()).and_then(|p| p.outcome);
     Ok((sent, outcome))
 }
 
@@ -2056,17 +2052,12 @@ pub fn send_to_window(
     // forges the target's handle in `wParam` is not caught: this is the
     // plain Win32 protocol's limit (copydata mailboxes answer through their
     // connection's private region instead).
-    static SENDS: AtomicU64 = AtomicU64::new(0);
-    let id = SENDS.fetch_add(1, Ordering::Relaxed);
-    RECEIVING.with(|r| r.borrow_mut().push(Receiving { id, target: target as usize, reply: None }));
+    RECEIVING.with(|r| r.borrow_mut().push(Receiving { target: target as usize, reply: None }));
     let ms = timeout.as_millis().clamp(1, u128::from(FOREVER_MS)) as u32;
     let sent = send_copydata(target, from, tag as usize, data, ms);
-    // (Its own entry: nested sends have removed theirs.)
-    let reply = RECEIVING.with(|r| {
-        let mut r = r.borrow_mut();
-        let at = r.iter().rposition(|e| e.id == id)?;
-        r.remove(at).reply
-    });
+    // Its own entry is the last: a nested send runs, and removes its own,
+    // within this send.
+    let reply = RECEIVING.with(|r| r.borrow_mut().pop()).and_then(|e| e.reply);
     match sent {
         Ok(code) => Ok(Reply::new(code as i64, reply.unwrap_or_default())),
         Err(e) if e.raw_os_error() == Some(ERROR_TIMEOUT as i32) && is_window(target) => {
