@@ -637,7 +637,7 @@ impl Event {
     #[doc(alias = "WaitForSingleObject")]
     #[doc(alias = "FUTEX_WAIT")]
     pub fn wait(&self) -> Result<(), WaitError> {
-        self.raw.wait(&self.obj.header, None)
+        self.raw.wait(&self.obj.header, None, None)
     }
 
     /// Waits at most `timeout` ([`WaitError::TimedOut`], never before
@@ -646,7 +646,7 @@ impl Event {
     #[doc(alias = "WaitForSingleObject")]
     #[doc(alias = "FUTEX_WAIT")]
     pub fn wait_timeout(&self, timeout: Duration) -> Result<(), WaitError> {
-        self.raw.wait(&self.obj.header, crate::deadline(timeout))
+        self.raw.wait(&self.obj.header, crate::deadline(timeout), None)
     }
 
     /// Waits as [`wait_timeout`](Self::wait_timeout) (`timeout` `None`: as
@@ -687,7 +687,7 @@ impl Event {
     ) -> Result<(), WaitError> {
         let deadline = timeout.and_then(crate::deadline);
         let slice = slice.max(Duration::from_millis(1));
-        self.raw.wait_checked(&self.obj.header, deadline, Some((slice, &mut check)))
+        self.raw.wait(&self.obj.header, deadline, Some((slice, &mut check)))
     }
 }
 

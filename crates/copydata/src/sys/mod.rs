@@ -60,9 +60,9 @@
 //!   the named object `object` (`copydata.KIND.NAME`), created zero-filled
 //!   (Linux: with its mutex initialised) before anyone can open it;
 //! - `RawMutex` (`attach`, `lock(header, deadline, try_only) -> Result<owner_died, LockError>`, `unlock`);
-//! - `RawEvent` (`attach`, `set`, `reset`, `wait(header, deadline)`,
-//!   `wait_checked(header, deadline, between)`: one wait in slices with a
-//!   check between them that still sees a set made between two);
+//! - `RawEvent` (`attach`, `set`, `reset`, `wait(header, deadline,
+//!   between)`: with `between`, one wait in slices with a check between
+//!   them that still sees a set made between two);
 //! - `list()`: (kind, object name) of the live objects.
 //!
 //! Platform-specific extras (hand-over to unrelated processes) are public

@@ -161,10 +161,7 @@ pub(crate) mod sync {
         pub(crate) fn reset(&self, _h: &ViewMut) -> io::Result<()> {
             Err(io::ErrorKind::Unsupported.into())
         }
-        pub(crate) fn wait(&self, _h: &ViewMut, _d: Option<Instant>) -> Result<(), WaitError> {
-            Err(WaitError::Io(io::ErrorKind::Unsupported.into()))
-        }
-        pub(crate) fn wait_checked(
+        pub(crate) fn wait(
             &self,
             _h: &ViewMut,
             _d: Option<Instant>,

@@ -366,16 +366,13 @@ impl RawEvent {
         }
     }
 
-    pub(crate) fn wait(&self, header: &ViewMut, deadline: Option<Instant>) -> Result<(), WaitError> {
-        self.wait_checked(header, deadline, None)
-    }
-
-    /// [`wait`](Self::wait), sleeping at most `slice` at a time and calling
-    /// `check` between two sleeps (an error from it ends the wait). What
-    /// the wait began with is kept across the sleeps, so a set that comes
-    /// between two of them ends it as it would end one long wait (a
-    /// manual-reset event set and reset at once included).
-    pub(crate) fn wait_checked(
+    /// Waits until the event is set or `deadline` passes. With `between`,
+    /// it sleeps at most `slice` at a time and calls `check` between two
+    /// sleeps (an error from it ends the wait). What the wait began with is
+    /// kept across the sleeps, so a set that comes between two of them ends
+    /// it as it would end one long wait (a manual-reset event set and reset
+    /// at once included).
+    pub(crate) fn wait(
         &self,
         header: &ViewMut,
         deadline: Option<Instant>,

@@ -18,6 +18,7 @@
 use std::ffi::c_void;
 use std::io;
 use std::os::windows::io::OwnedHandle;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use windows_sys::Win32::Foundation::{WAIT_ABANDONED, WAIT_OBJECT_0, WAIT_TIMEOUT};
@@ -207,7 +208,7 @@ impl RawMutex {
 
 /// The kernel event of an event object. A manual-reset event also counts
 /// its sets in the header's state word (unused otherwise on Windows), so
-/// that a wait in slices ([`RawEvent::wait_checked`]) sees a set that came
+/// that a wait in slices ([`RawEvent::wait`]) sees a set that came
 /// between two of them, even one reset at once.
 #[derive(Debug)]
 pub(crate) struct RawEvent {
@@ -226,13 +227,13 @@ impl RawEvent {
     }
 
     /// The count of a manual-reset event's sets.
-    fn sets(header: &ViewMut) -> &std::sync::atomic::AtomicU32 {
+    fn sets(header: &ViewMut) -> &AtomicU32 {
         crate::sync::header::u32_at(header, crate::sync::header::EVENT_STATE)
     }
 
     pub(crate) fn set(&self, header: &ViewMut) -> io::Result<()> {
         if !self.auto {
-            Self::sets(header).fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Self::sets(header).fetch_add(1, Ordering::SeqCst);
         }
         // SAFETY: our own event handle.
         if unsafe { SetEvent(raw(&self.handle)) } == 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
@@ -243,22 +244,19 @@ impl RawEvent {
         if unsafe { ResetEvent(raw(&self.handle)) } == 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
-    pub(crate) fn wait(&self, header: &ViewMut, deadline: Option<Instant>) -> Result<(), WaitError> {
-        self.wait_checked(header, deadline, None)
-    }
-
-    /// [`wait`](Self::wait), waiting at most `slice` at a time and calling
-    /// `check` between two waits (an error from it ends the wait). A set
-    /// of a manual-reset event by copydata between two waits ends it, as
-    /// it would end one long wait, even if a reset followed at once (an
-    /// auto-reset event stays set for the next wait anyway).
-    pub(crate) fn wait_checked(
+    /// Waits until the event is set or `deadline` passes. With `between`,
+    /// it waits at most `slice` at a time and calls `check` between two
+    /// waits (an error from it ends the wait). A set of a manual-reset event
+    /// by copydata between two waits ends it, as it would end one long
+    /// wait, even if a reset followed at once (an auto-reset event stays
+    /// set for the next wait anyway).
+    pub(crate) fn wait(
         &self,
         header: &ViewMut,
         deadline: Option<Instant>,
         mut between: crate::sync::Between<'_>,
     ) -> Result<(), WaitError> {
-        let began = Self::sets(header).load(std::sync::atomic::Ordering::SeqCst);
+        let began = Self::sets(header).load(Ordering::SeqCst);
         loop {
             let until = match &between {
                 None => deadline,
@@ -275,7 +273,7 @@ impl RawEvent {
                 WAIT_TIMEOUT => {}
                 _ => return Err(WaitError::Io(io::Error::last_os_error())),
             }
-            if !self.auto && Self::sets(header).load(std::sync::atomic::Ordering::SeqCst) != began {
+            if !self.auto && Self::sets(header).load(Ordering::SeqCst) != began {
                 return Ok(());
             }
             // (`wait_until` returns a timeout only once its time is up.)
