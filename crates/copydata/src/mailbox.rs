@@ -537,9 +537,8 @@ impl Deref for Request {
 impl Drop for Request {
     fn drop(&mut self) {
         if self.made.copied_by_fork() {
-            // The parent answers it, and reads its payload (see
-            // `crate::fork`): nothing of it is given back from here.
-            std::mem::forget(self.message.take());
+            // The parent answers it (see `crate::fork`; a loaned payload's
+            // release, dropped with the message, holds back too).
             return;
         }
         if let Some(r) = self.responder.take() {

@@ -595,8 +595,8 @@ impl Launch {
 impl Drop for Launch {
     fn drop(&mut self) {
         if self.request.as_ref().is_some_and(Request::copied_by_fork) {
-            // The parent's to answer (see `crate::fork`).
-            std::mem::forget(self.request.take());
+            // The parent's to answer (see `crate::fork`; the request's own
+            // drop does nothing here).
             return;
         }
         let _ = self.answer_in_place(Answer::default());

@@ -22,6 +22,7 @@ use crate::error::{CreateError, MapError, ReadOnlyError};
 use crate::section::Access;
 
 pub(crate) use inherit::{Passed, prepare_inheritance, spawn_with_sections, take_inherited};
+pub(crate) use namespace::{list, remove};
 
 /// How many `fork`s lie between this process and its line's first: raised
 /// in the child of every `fork` by a `pthread_atfork` handler. See
@@ -61,7 +62,6 @@ static REGISTER_FORK_HANDLER: extern "C" fn() = register_fork_handler;
 pub(crate) fn timespec(d: std::time::Duration) -> rustix::time::Timespec {
     rustix::time::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
 }
-pub(crate) use namespace::{list, remove};
 
 /// What kind of object a descriptor refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
