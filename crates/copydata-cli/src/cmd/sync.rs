@@ -122,24 +122,23 @@ impl Interrupts {
         let _ = self.heard.recv();
     }
 
-    /// Runs `attempt`, a wait of at most the time it is given, in slices of
-    /// [`SLICE`] until it succeeds, fails otherwise than by timing out
-    /// (`timed_out`), `timeout` has passed (its last timeout error), or an
-    /// interrupt comes (`Ok(None)`).
-    fn wait_for<T, E>(
+    /// Runs `lock`, a lock taken within the time it is given, in slices of
+    /// [`SLICE`] until it succeeds, fails otherwise than by timing out,
+    /// `timeout` has passed (its last `TimedOut`), or an interrupt comes
+    /// (`Ok(None)`).
+    fn lock<G>(
         &self,
         timeout: Option<Duration>,
-        timed_out: impl Fn(&E) -> bool,
-        mut attempt: impl FnMut(Duration) -> Result<T, E>,
-    ) -> Result<Option<T>, E> {
+        mut lock: impl FnMut(Duration) -> Result<G, LockError>,
+    ) -> Result<Option<G>, LockError> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             if self.came() {
                 return Ok(None);
             }
             let slice = deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()).min(SLICE));
-            match attempt(slice) {
-                Err(e) if timed_out(&e) && deadline.is_none_or(|d| Instant::now() < d) => {}
+            match lock(slice) {
+                Err(LockError::TimedOut) if deadline.is_none_or(|d| Instant::now() < d) => {}
                 done => return done.map(Some),
             }
         }
@@ -151,10 +150,6 @@ fn say(line: &str) -> anyhow::Result<()> {
     writeln!(out, "{line}")?;
     out.flush()?;
     Ok(())
-}
-
-fn lock_timed_out(e: &LockError) -> bool {
-    matches!(e, LockError::TimedOut)
 }
 
 /// Says on stderr that the object this command made goes again as it ends,
@@ -180,13 +175,13 @@ pub fn shared(command: SharedCommand) -> anyhow::Result<ExitCode> {
                 0
             })?;
             log::info!("opened the counter {name}; incrementing it {times} times");
-            let Some(value) = interrupts.wait_for(None, lock_timed_out, |t| counter.lock_timeout(t))? else {
+            let Some(value) = interrupts.lock(None, |t| counter.lock_timeout(t))? else {
                 return interrupted();
             };
             let mut last = *value;
             drop(value);
             for _ in 0..times {
-                let Some(mut value) = interrupts.wait_for(None, lock_timed_out, |t| counter.lock_timeout(t))? else {
+                let Some(mut value) = interrupts.lock(None, |t| counter.lock_timeout(t))? else {
                     return interrupted();
                 };
                 *value += 1;
@@ -201,7 +196,7 @@ pub fn shared(command: SharedCommand) -> anyhow::Result<ExitCode> {
         }
         SharedCommand::Get { name } => {
             let counter = Shared::<u64>::open_tagged(&name, COUNTER_TAG)?;
-            let Some(value) = interrupts.wait_for(None, lock_timed_out, |t| counter.lock_timeout(t))? else {
+            let Some(value) = interrupts.lock(None, |t| counter.lock_timeout(t))? else {
                 return interrupted();
             };
             let v = *value;
@@ -216,9 +211,8 @@ pub fn lock(args: LockArgs) -> anyhow::Result<ExitCode> {
     let interrupts = Interrupts::catch()?;
     let mutex = Mutex::open_or_create(&args.name)?;
     log::info!("opened the lock {}; waiting for it", args.name);
-    let Some(mut guard) = interrupts
-        .wait_for(args.timeout, lock_timed_out, |t| mutex.lock_timeout(t))
-        .with_context(|| format!("lock {:?}", args.name))?
+    let Some(mut guard) =
+        interrupts.lock(args.timeout, |t| mutex.lock_timeout(t)).with_context(|| format!("lock {:?}", args.name))?
     else {
         return interrupted();
     };
