@@ -606,7 +606,12 @@ pub(crate) struct Event {
 impl Event {
     fn get(&self, py: Python<'_>) -> PyResult<Arc<copydata::sync::Event>> {
         let event = self.event.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        event.ok_or_else(|| errors::raise(py, Kind::Closed, format!("event {:?} is closed", self.name)))
+        event.ok_or_else(|| self.closed(py))
+    }
+
+    /// The error of a call on a closed event.
+    fn closed(&self, py: Python<'_>) -> PyErr {
+        errors::raise(py, Kind::Closed, format!("event {:?} is closed", self.name))
     }
 
     fn of(py: Python<'_>, name: &str, opened: Result<copydata::sync::Event, SyncOpenError>) -> PyResult<Py<Event>> {
@@ -681,8 +686,8 @@ impl Event {
                     std::io::Error::from(std::io::ErrorKind::Interrupted)
                 })
             });
-            // (The reference goes before the interpreter is attached again,
-            // as in `Locker::acquire`.)
+            // (The reference goes before the interpreter is attached again
+            // for good, as in `Locker::acquire`.)
             drop(event);
             waited
         });
@@ -692,9 +697,7 @@ impl Event {
         match waited {
             Ok(()) => Ok(true),
             Err(WaitError::TimedOut) => Ok(false),
-            Err(WaitError::Io(_)) if closed() => {
-                Err(errors::raise(py, Kind::Closed, format!("event {:?} is closed", self.name)))
-            }
+            Err(WaitError::Io(_)) if closed() => Err(self.closed(py)),
             Err(e) => Err(errors::wait_error(py, e)),
         }
     }
