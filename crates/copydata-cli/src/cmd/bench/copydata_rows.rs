@@ -200,7 +200,8 @@ enum Between {
 
 /// `copydata bench --pauses`: what a pause before a call costs. `send` of
 /// 64 B and `loan` of 64 KiB, each sent right after the previous call and
-/// after the sender spun 1 ms and 8 ms on the clock (writing nothing), next
+/// after the sender spun 1 ms and 8 ms on the clock (writing nothing; the
+/// loan also after 0.3 ms and 3 ms, where the cost sets in), next
 /// to `loan` of 64 MiB sent after its filling (about 8 ms here; what the
 /// `loan` row at 64 MiB times) and `loan` of 64 KiB after the sender
 /// filled 64 MiB of its own memory (the same work, another size of loan).
@@ -213,14 +214,16 @@ enum Between {
 /// after the same pauses and after filling 64 KiB and 64 MiB, and
 /// [`cold_reads`].
 pub fn pauses(ctx: &Ctx) -> anyhow::Result<()> {
-    let spin1 = Between::Spin(Duration::from_millis(1));
-    let spin8 = Between::Spin(Duration::from_millis(8));
-    let cases: [(&str, usize, bool, Between); 8] = [
+    let spin = |micros| Between::Spin(Duration::from_micros(micros));
+    let (spin1, spin8) = (spin(1000), spin(8000));
+    let cases: [(&str, usize, bool, Between); 10] = [
         ("send 64 B, at once", 64, false, Between::Nothing),
         ("send 64 B, after 1 ms", 64, false, spin1),
         ("send 64 B, after 8 ms", 64, false, spin8),
         ("loan 64 KiB, at once", 64 << 10, true, Between::Nothing),
+        ("loan 64 KiB, after 0.3 ms", 64 << 10, true, spin(300)),
         ("loan 64 KiB, after 1 ms", 64 << 10, true, spin1),
+        ("loan 64 KiB, after 3 ms", 64 << 10, true, spin(3000)),
         ("loan 64 KiB, after 8 ms", 64 << 10, true, spin8),
         ("loan 64 MiB, after its filling", 64 << 20, true, Between::Fill),
         ("loan 64 KiB, after filling 64 MiB", 64 << 10, true, Between::FillElsewhere),
