@@ -39,10 +39,11 @@ Exit codes:
   8  busy: the mailbox has as many senders connected as it takes,
      or its receiver is out of descriptors or memory just now
      (try again later)
-  130  interrupted before it was done: by Ctrl-C, and a lock, event or
-     shared command also by SIGTERM or console close (it lets go of its
-     objects first, so nothing is left behind); a holder (--hold),
-     listen and an instance primary stop with 0 instead
+  130  interrupted before it was done: by Ctrl-C, and a lock, event,
+     shared or demo command also by SIGTERM or console close (it lets go
+     of its objects first, and demo stops its child processes, so nothing
+     is left behind); a holder (--hold), listen and an instance primary
+     stop with 0 instead
 
 Output that stops being read (`| head -1`) ends a command quietly with 0.";
 

@@ -6,6 +6,7 @@
 
 mod cmd;
 mod exit;
+mod interrupts;
 mod size;
 
 use std::process::ExitCode;

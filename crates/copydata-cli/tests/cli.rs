@@ -1050,6 +1050,222 @@ fn interrupted_sync_commands_leave_nothing_behind() {
     }
 }
 
+/// `copydata demo` run with a runtime directory of its own and a marker in
+/// its environment (inherited by its children, so that they can be found);
+/// killed, with whatever carries the marker, if the test fails half-way.
+#[cfg(target_os = "linux")]
+struct Demo {
+    child: Child,
+    pid: u32,
+    lines: std::sync::mpsc::Receiver<String>,
+    stderr: Option<std::sync::mpsc::Receiver<Vec<u8>>>,
+    dir: std::path::PathBuf,
+    mark: String,
+}
+
+#[cfg(target_os = "linux")]
+impl Demo {
+    const MARK: &str = "COPYDATA_TEST_DEMO_MARK";
+
+    fn start(args: &[&str]) -> Demo {
+        let dir = private_runtime("demo-rt");
+        let mark = unique("demo-mark");
+        let mut child = copydata()
+            .arg("demo")
+            .args(args)
+            .env("XDG_RUNTIME_DIR", &dir)
+            .env_remove("COPYDATA_RUNTIME_DIR")
+            .env(Demo::MARK, &mark)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (tx, stderr) = channel();
+        let mut err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = err.read_to_end(&mut bytes);
+            let _ = tx.send(bytes);
+        });
+        Demo { pid: child.id(), child, lines, stderr: Some(stderr), dir, mark }
+    }
+
+    /// Waits for a line of standard output that starts with `start`.
+    fn line_starting(&self, start: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.starts_with(start) => return,
+                Ok(_) => {}
+                Err(e) => panic!("the demo printed no line starting with {start:?} ({e})"),
+            }
+        }
+    }
+
+    /// The mailbox files in its runtime directory.
+    fn runtime_files(&self) -> Vec<String> {
+        match std::fs::read_dir(self.dir.join("copydata")) {
+            Ok(entries) => entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The objects in /dev/shm named after the demo (its names end in its pid
+    /// or in its pid and a number).
+    fn shm_objects(&self) -> Vec<String> {
+        let pid = format!("-{}", self.pid);
+        std::fs::read_dir("/dev/shm")
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("copydata-demo-") && (n.ends_with(&pid) || n.contains(&format!("{pid}-"))))
+            .collect()
+    }
+
+    /// The live processes with the demo's marker in their environment: the
+    /// demo and its children (zombies have no environment left).
+    fn marked(&self) -> Vec<u32> {
+        let needle = format!("{}={}\0", Demo::MARK, self.mark);
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            })
+            .collect()
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid as i32).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// Its exit code (under the deadline) and standard error.
+    fn end(&mut self) -> (i32, String) {
+        let code = wait(&mut self.child, &["demo"]);
+        let stderr = self.stderr.take().unwrap().recv_timeout(WAIT).expect("the demo's standard error stayed open");
+        (code, String::from_utf8_lossy(&stderr).into_owned())
+    }
+
+    /// Checks that no process of the demo is left, that nothing of it is
+    /// in its runtime directory or in /dev/shm, and removes the directory.
+    fn check_nothing_left(&self, what: &str) {
+        let left = self.marked();
+        assert!(left.is_empty(), "{what}: processes of the demo are left: {left:?}");
+        assert_eq!(self.runtime_files(), Vec::<String>::new(), "{what}: left in the runtime directory");
+        assert_eq!(self.shm_objects(), Vec::<String>::new(), "{what}: left in /dev/shm");
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in self.marked() {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+        // What a killed demo leaves, `ls` removes.
+        let _ = copydata().arg("ls").env("XDG_RUNTIME_DIR", &self.dir).env_remove("COPYDATA_RUNTIME_DIR").output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `copydata demo` interrupted part-way (Ctrl-C, SIGTERM) stops its
+/// children, removes every mailbox and named object it made, says so and
+/// exits 130.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_interrupted_demo_leaves_nothing_behind() {
+    use rustix::process::Signal;
+    // Sections, messages and a killed receiver are behind it; step 7's
+    // receiver is bound and busy with its slow message.
+    let mut demo = Demo::start(&[]);
+    demo.line_starting("[6/12] ok");
+    let deadline = Instant::now() + WAIT;
+    while !demo.runtime_files().iter().any(|f| f.ends_with(".mailbox")) {
+        assert!(Instant::now() < deadline, "step 7 bound no mailbox");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(demo.marked().len() > 1, "the demo has no child running");
+    demo.signal(Signal::INT);
+    let (code, stderr) = demo.end();
+    assert_eq!(code, 130, "{stderr}");
+    assert!(stderr.contains("demo interrupted during step 7"), "{stderr}");
+    demo.check_nothing_left("Ctrl-C in step 7");
+
+    // Step 12 holds a shared counter and a lock in /dev/shm for some
+    // milliseconds, while its children use them: SIGTERM as soon as one is
+    // there (tried again if the step was over first).
+    let mut caught = false;
+    for _ in 0..20 {
+        let mut demo = Demo::start(&["--step", "12"]);
+        let deadline = Instant::now() + WAIT;
+        let seen = loop {
+            if !demo.shm_objects().is_empty() {
+                break true;
+            }
+            if demo.child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        };
+        if !seen {
+            let (code, stderr) = demo.end();
+            assert_eq!(code, 0, "{stderr}");
+            continue;
+        }
+        demo.signal(Signal::TERM);
+        let (code, stderr) = demo.end();
+        assert!(code == 130 || code == 0, "exit {code}: {stderr}");
+        demo.check_nothing_left("SIGTERM in step 12");
+        if code == 130 {
+            assert!(stderr.contains("demo interrupted during step 12"), "{stderr}");
+            caught = true;
+            break;
+        }
+    }
+    assert!(caught, "step 12 was always over before it could be interrupted");
+}
+
+/// The children of a demo killed outright (SIGKILL) die with it.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_demos_children_die_with_it() {
+    let mut demo = Demo::start(&[]);
+    demo.line_starting("[6/12] ok");
+    let deadline = Instant::now() + WAIT;
+    while !demo.runtime_files().iter().any(|f| f.ends_with(".mailbox")) {
+        assert!(Instant::now() < deadline, "step 7 bound no mailbox");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let children: Vec<u32> = demo.marked().into_iter().filter(|&p| p != demo.pid).collect();
+    assert!(!children.is_empty(), "the demo has no child running");
+    demo.signal(rustix::process::Signal::KILL);
+    assert_eq!(demo.end().0, -1, "the demo was not killed");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = demo.marked();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the killed demo's children {left:?} still run");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Issue: the demo wrote `/tmp/copydata-demo-PID.bin` with a plain create
 /// that followed a symlink planted there. Symlinks are planted for the pids
 /// the demo is likely to get; the file they point at must stay untouched.

@@ -3,16 +3,27 @@
 //! The demo re-runs this executable as its children (`copydata __demo-child
 //! ROLE`), so each step crosses a real process boundary. Each step prints what
 //! happened; the exit code is non-zero if any step failed.
+//!
+//! Interrupted (Ctrl-C, SIGTERM, console close), the demo kills its children
+//! at once, so that the step waiting on them ends; the step drops what it
+//! made as it returns, the files of the mailboxes whose receivers were killed
+//! are removed, and the demo exits with [`crate::exit::INTERRUPTED`]. The
+//! children also die with the demo if it is killed outright (on Linux by
+//! `PR_SET_PDEATHSIG`, on Windows by a job object that kills its processes
+//! when its last handle, the demo's, closes).
 
-use std::io::Write;
 #[cfg(windows)]
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::io::{Read, Write};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use clap::Args as ClapArgs;
 use copydata::{CommandExt, MapError, Section};
+
+use crate::interrupts::{Interrupts, SLICE};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -54,20 +65,37 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     {
         return Err(crate::exit::Usage(format!("--step {n}: the steps are 1 to {}", steps.len())).into());
     }
+    // From here on an interrupt kills the children; the step under way then
+    // fails and drops what it made, and the demo ends.
+    let interrupts = Interrupts::catch_then(stop_children)?;
     // (Not locked: the steps' threads may print too.)
     let mut out = std::io::stdout();
     writeln!(out, "copydata demo: sections and messages across real processes (this is pid {})", std::process::id())?;
+    // The step under way, or the last one run.
+    let mut current = None;
     for (i, (title, step)) in steps.iter().enumerate() {
+        if interrupts.came() {
+            return Ok(interrupted(current));
+        }
         if args.step.is_some_and(|n| n != i + 1) {
             continue;
         }
-        match step() {
+        current = Some(i + 1);
+        let result = step();
+        if interrupts.came() && result.is_err() {
+            // Failed because its children were killed: not a failure to show.
+            return Ok(interrupted(current));
+        }
+        match result {
             Ok(what) => writeln!(out, "[{}/{}] ok   {title}: {what}", i + 1, steps.len())?,
             Err(e) => {
                 failed += 1;
                 writeln!(out, "[{}/{}] FAIL {title}: {}", i + 1, steps.len(), crate::exit::one_line(&e))?;
             }
         }
+    }
+    if interrupts.came() {
+        return Ok(interrupted(current));
     }
     if args.step.is_some() {
         return Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(crate::exit::OTHER) });
@@ -78,6 +106,207 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         writeln!(out, "{failed} of {} steps failed", steps.len())?;
         Ok(ExitCode::from(crate::exit::OTHER))
+    }
+}
+
+/// The end of an interrupted demo, once the step under way (`step`, if one
+/// was) has returned, dropping what it made: kills what children are left
+/// (none, as every step reaps its own), removes the files of the mailboxes
+/// whose receivers were killed while bound, and says so.
+fn interrupted(step: Option<usize>) -> ExitCode {
+    let left = std::mem::take(&mut children().running);
+    for (_, mut child) in left {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    // Listing removes what a killed binder left (Linux; on Windows the
+    // system removed it with the process).
+    let _ = copydata::mailboxes();
+    let during = step.map(|n| format!(" during step {n}")).unwrap_or_default();
+    eprintln!("copydata: demo interrupted{during}; its child processes were stopped and what it made was removed");
+    ExitCode::from(crate::exit::INTERRUPTED)
+}
+
+/// The demo's running children, and whether it was interrupted.
+///
+/// Every child is kept here from its start until its [`Kid`] is dropped, so
+/// that the interrupt handler, on a thread of its own, can kill them all:
+/// whatever a step waits for from a child (its exit, a line, a reply, a
+/// connection) then ends, the step fails and drops what it made. No child
+/// starts after an interrupt.
+struct Children {
+    stopping: bool,
+    next: u64,
+    running: Vec<(u64, Child)>,
+}
+
+static CHILDREN: Mutex<Children> = Mutex::new(Children { stopping: false, next: 0, running: Vec::new() });
+
+fn children() -> MutexGuard<'static, Children> {
+    CHILDREN.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The interrupt handler's work: kills every running child and lets no
+/// other start. (A child already reaped is left alone: `Child::kill` knows.)
+fn stop_children() {
+    let mut children = children();
+    children.stopping = true;
+    for (_, child) in &mut children.running {
+        let _ = child.kill();
+    }
+}
+
+/// Whether the demo was interrupted (for the waits that do not end with a
+/// child).
+fn stopping() -> bool {
+    children().stopping
+}
+
+/// A child of the demo, in [`CHILDREN`]; killed (kill -9, TerminateProcess
+/// on Windows) and reaped if dropped.
+struct Kid {
+    key: u64,
+    pid: u32,
+}
+
+impl Kid {
+    /// Starts `cmd`, handing `sections` to it, as a child that dies with the
+    /// demo.
+    fn spawn(cmd: &mut Command, sections: &[&Section]) -> anyhow::Result<Kid> {
+        die_with_parent(cmd);
+        let mut child = if sections.is_empty() { spawned(cmd) } else { spawned_with(cmd, sections) }?;
+        #[cfg(windows)]
+        job::adopt(&child);
+        let mut children = children();
+        if children.stopping {
+            drop(children);
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("interrupted");
+        }
+        let key = children.next;
+        children.next += 1;
+        let pid = child.id();
+        children.running.push((key, child));
+        Ok(Kid { key, pid })
+    }
+
+    fn id(&self) -> u32 {
+        self.pid
+    }
+
+    /// Runs `f` on the child (`None` once it is gone from [`CHILDREN`]).
+    fn with<T>(&self, f: impl FnOnce(&mut Child) -> T) -> Option<T> {
+        let mut children = children();
+        children.running.iter_mut().find(|(key, _)| *key == self.key).map(|(_, child)| f(child))
+    }
+
+    fn try_wait(&self) -> std::io::Result<Option<ExitStatus>> {
+        self.with(Child::try_wait).unwrap_or_else(|| Err(std::io::Error::other("the child is gone")))
+    }
+
+    fn kill(&self) -> std::io::Result<()> {
+        self.with(Child::kill).unwrap_or(Ok(()))
+    }
+
+    fn stdout(&self) -> anyhow::Result<std::process::ChildStdout> {
+        self.with(|c| c.stdout.take()).flatten().context("child stdout")
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let child = {
+            let mut children = children();
+            let at = children.running.iter().position(|(key, _)| *key == self.key);
+            at.map(|i| children.running.swap_remove(i).1)
+        };
+        if let Some(mut child) = child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Makes the child started by `cmd` die when the demo does, even by kill -9:
+/// `PR_SET_PDEATHSIG` (SIGKILL) set in the child before it runs copydata
+/// again. The signal comes when the thread that started the child ends: the
+/// demo starts every child from its main thread, which ends with the process.
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt as _;
+    let parent = rustix::process::getpid();
+    // SAFETY: the hook runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed: it makes two system calls
+    // (prctl, getppid) and allocates nothing (an error from the kind or the
+    // errno alone).
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            // The demo died before the signal was set: nobody will send it.
+            if rustix::process::getppid() != Some(parent) {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            Ok(())
+        })
+    };
+}
+
+/// On Windows the child is put in the demo's job object once it started
+/// (see `job`); elsewhere nothing more is done.
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}
+
+/// A job object that kills its processes when its last handle closes: the
+/// demo's, which closes when the demo ends, however it ends.
+#[cfg(windows)]
+mod job {
+    use std::os::windows::io::AsRawHandle;
+    use std::sync::OnceLock;
+
+    use windows_sys::Win32::System::JobObjects::{
+        AssignProcessToJobObject, CreateJobObjectW, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
+        JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JobObjectExtendedLimitInformation, SetInformationJobObject,
+    };
+
+    /// The job's handle, as an integer (a raw handle is not `Sync`); `None`
+    /// if the system would not make one.
+    static JOB: OnceLock<Option<usize>> = OnceLock::new();
+
+    fn job() -> Option<usize> {
+        *JOB.get_or_init(|| {
+            // SAFETY: no name and no security attributes (null pointers are
+            // allowed for both); the handle returned is checked for null.
+            let job = unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) };
+            if job.is_null() {
+                return None;
+            }
+            // SAFETY: the structure is plain data, valid all zero.
+            let mut info: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = unsafe { std::mem::zeroed() };
+            info.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
+            // SAFETY: `job` is the handle just made; `info` is the structure
+            // the class names, of the size given, alive for the call.
+            let set = unsafe {
+                SetInformationJobObject(
+                    job,
+                    JobObjectExtendedLimitInformation,
+                    (&raw const info).cast(),
+                    size_of::<JOBOBJECT_EXTENDED_LIMIT_INFORMATION>() as u32,
+                )
+            };
+            // (Without the limit the job would not kill anything: leave it.)
+            (set != 0).then_some(job as usize)
+        })
+    }
+
+    /// Puts `child` in the job: it is killed when the demo ends. Best effort
+    /// (a system that refuses leaves the child as it is).
+    pub fn adopt(child: &std::process::Child) {
+        if let Some(job) = job() {
+            // SAFETY: `job` is the job's handle, never closed; the process
+            // handle is `child`'s own, open while `child` lives.
+            let _ = unsafe { AssignProcessToJobObject(job as _, child.as_raw_handle()) };
+        }
     }
 }
 
@@ -116,8 +345,8 @@ fn retried(mut start: impl FnMut() -> std::io::Result<Child>) -> std::io::Result
 
 /// The first line `child` prints (its standard output piped), read on a
 /// thread of its own so that the caller can wait for it with a deadline.
-fn first_line(child: &mut Child) -> anyhow::Result<std::sync::mpsc::Receiver<String>> {
-    let stdout = child.stdout.take().context("child stdout")?;
+fn first_line(child: &Kid) -> anyhow::Result<std::sync::mpsc::Receiver<String>> {
+    let stdout = child.stdout()?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut line = String::new();
@@ -127,20 +356,66 @@ fn first_line(child: &mut Child) -> anyhow::Result<std::sync::mpsc::Receiver<Str
     Ok(rx)
 }
 
-/// Waits for `child` with a deadline; kills it if the deadline passes.
-fn wait(mut child: Child, what: &str) -> anyhow::Result<()> {
+/// Waits for `child` to exit, with a deadline.
+fn finished(child: &Kid, what: &str) -> anyhow::Result<ExitStatus> {
     let deadline = Instant::now() + CHILD_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait()? {
-            ensure!(status.success(), "{what} exited with {status}");
-            return Ok(());
+            return Ok(status);
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("{what} did not finish within {CHILD_TIMEOUT:?}");
-        }
+        ensure!(Instant::now() <= deadline, "{what} did not finish within {CHILD_TIMEOUT:?}");
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits for `child` with a deadline, which it must meet with success;
+/// kills it if the deadline passes.
+fn wait(child: Kid, what: &str) -> anyhow::Result<()> {
+    let status = finished(&child, what)?;
+    ensure!(status.success(), "{what} exited with {status}");
+    Ok(())
+}
+
+/// [`wait`] without the check of its status, collecting what `child` prints
+/// on its standard output (and reading its standard error, if piped too).
+fn output(child: Kid, what: &str) -> anyhow::Result<(ExitStatus, Vec<u8>)> {
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> Option<std::thread::JoinHandle<Vec<u8>>> {
+        pipe.map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                let _ = pipe.read_to_end(&mut bytes);
+                bytes
+            })
+        })
+    }
+    let stdout = drain(child.with(|c| c.stdout.take()).flatten());
+    let stderr = drain(child.with(|c| c.stderr.take()).flatten());
+    let status = finished(&child, what)?;
+    drop(stderr.map(std::thread::JoinHandle::join));
+    let stdout = stdout.and_then(|t| t.join().ok()).unwrap_or_default();
+    Ok((status, stdout))
+}
+
+/// The connection `from` makes to `listener`, waited for with a deadline;
+/// an error once `from` has exited without making it.
+#[cfg(unix)]
+fn accepted(listener: &std::os::unix::net::UnixListener, from: &Kid) -> anyhow::Result<std::os::unix::net::UnixStream> {
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + CHILD_TIMEOUT;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(status) = from.try_wait()? {
+            bail!("process {} exited with {status} before it connected", from.id());
+        }
+        ensure!(Instant::now() <= deadline, "process {} did not connect within {CHILD_TIMEOUT:?}", from.id());
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -157,7 +432,7 @@ fn write_text(section: &Section, text: &str) -> anyhow::Result<()> {
 
 fn inherit_step() -> anyhow::Result<String> {
     let section = Section::anonymous(4096)?;
-    let child = spawned_with(me()?.arg("inherit-write"), &[&section])?;
+    let child = Kid::spawn(me()?.arg("inherit-write"), &[&section])?;
     let pid = child.id();
     wait(child, "the child")?;
     let text = read_text(&section, 64)?;
@@ -169,7 +444,7 @@ fn by_name_step() -> anyhow::Result<String> {
     let name = format!("copydata-demo-{}", std::process::id());
     let section = Section::create(&name, 64 * 1024)?;
     write_text(&section, "hello from the creator")?;
-    let child = spawned(me()?.args(["by-name", &name]))?;
+    let child = Kid::spawn(me()?.args(["by-name", &name]), &[])?;
     let pid = child.id();
     wait(child, "the opener")?;
     let text = read_text(&section, 64)?;
@@ -187,11 +462,11 @@ fn read_only_step() -> anyhow::Result<String> {
     let section = Section::anonymous(4096)?;
     write_text(&section, "read-only data")?;
     let frozen = section.read_only()?;
-    let child = spawned_with(me()?.arg("read-only").stdout(Stdio::piped()), &[&frozen])?;
+    let child = Kid::spawn(me()?.arg("read-only").stdout(Stdio::piped()), &[&frozen])?;
     let pid = child.id();
-    let out = child.wait_with_output()?;
-    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    ensure!(out.status.success(), "child {pid} failed: {said}");
+    let (status, out) = output(child, "the child")?;
+    let said = String::from_utf8_lossy(&out).trim().to_string();
+    ensure!(status.success(), "child {pid} failed: {said}");
     // The owner still writes through its own handle.
     write_text(&section, "owner still writes")?;
     Ok(format!("child {pid}: {said}; the owner can still write"))
@@ -211,7 +486,7 @@ fn file_step() -> anyhow::Result<String> {
         .and_then(|mut f| std::io::Write::write_all(&mut f, &vec![b'.'; 256 * 1024]))
         .with_context(|| format!("creating {}", path.display()))?;
     let offset: u64 = 70_001; // neither page- nor 64 KiB-aligned
-    let child = spawned(me()?.args(["file-write", &path.to_string_lossy(), &offset.to_string()]))?;
+    let child = Kid::spawn(me()?.args(["file-write", &path.to_string_lossy(), &offset.to_string()]), &[])?;
     let pid = child.id();
     wait(child, "the writer")?;
     let data = std::fs::read(&path)?;
@@ -234,10 +509,9 @@ fn handover_step() -> anyhow::Result<String> {
     let listener = UnixListener::bind(&dir)?;
     let section = Section::anonymous(4096)?;
     write_text(&section, "handed over by SCM_RIGHTS")?;
-    let child = spawned(me()?.args(["handover", &dir.to_string_lossy()]))?;
+    let child = Kid::spawn(me()?.args(["handover", &dir.to_string_lossy()]), &[])?;
     let pid = child.id();
-    listener.set_nonblocking(false)?;
-    let (stream, _) = listener.accept()?;
+    let stream = accepted(&listener, &child)?;
     copydata::os::linux::send_section(&stream, &section)?;
     wait(child, "the receiver")?;
     let text = read_text(&section, 64)?;
@@ -249,10 +523,10 @@ fn handover_step() -> anyhow::Result<String> {
 fn handover_step() -> anyhow::Result<String> {
     let section = Section::anonymous(4096)?;
     write_text(&section, "handed over by DuplicateHandle")?;
-    let mut child = spawned(me()?.arg("handover").stdin(Stdio::piped()))?;
+    let child = Kid::spawn(me()?.arg("handover").stdin(Stdio::piped()), &[])?;
     let pid = child.id();
     let dup = copydata::os::windows::duplicate_into(&section, pid)?;
-    writeln!(child.stdin.take().context("child stdin")?, "{} {}", dup.handle, section.len())?;
+    writeln!(child.with(|c| c.stdin.take()).flatten().context("child stdin")?, "{} {}", dup.handle, section.len())?;
     wait(child, "the receiver")?;
     let text = read_text(&section, 64)?;
     ensure!(text == format!("received by {pid}"), "read back {text:?}");
@@ -276,7 +550,7 @@ const TAG_STOP: u64 = 99;
 
 /// A receiver child, bound to a fresh mailbox name; killed if dropped.
 struct Receiver {
-    child: Option<Child>,
+    child: Kid,
     name: String,
 }
 
@@ -285,31 +559,22 @@ impl Receiver {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("copydata-demo-{tag}-{}-{n}", std::process::id());
-        let mut child = spawned(me()?.args(["mailbox", &name]).stdout(Stdio::piped()))?;
-        let rx = first_line(&mut child)?;
+        let child = Kid::spawn(me()?.args(["mailbox", &name]).stdout(Stdio::piped()), &[])?;
+        let rx = first_line(&child)?;
         let pid = child.id();
-        let receiver = Receiver { child: Some(child), name };
+        let receiver = Receiver { child, name };
         let line = rx.recv_timeout(CHILD_TIMEOUT).context("the receiver did not start")?;
         ensure!(line.starts_with("ready"), "the receiver (pid {pid}) said {line:?}");
         Ok(receiver)
     }
 
     fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.child.id()
     }
 
-    fn stop(mut self) -> anyhow::Result<()> {
+    fn stop(self) -> anyhow::Result<()> {
         copydata::send_timeout(&self.name, TAG_STOP, b"", CHILD_TIMEOUT)?;
-        wait(self.child.take().context("the receiver is gone")?, "the receiver")
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        wait(self.child, "the receiver")
     }
 }
 
@@ -432,9 +697,9 @@ fn socket_round_trip(rounds: usize) -> anyhow::Result<Option<Duration>> {
     let dir = private_dir()?;
     let path = dir.path().join("s");
     let listener = std::os::unix::net::UnixListener::bind(&path)?;
-    let mut child = spawned(me()?.args(["socket-echo", &path.display().to_string()]))?;
+    let child = Kid::spawn(me()?.args(["socket-echo", &path.display().to_string()]), &[])?;
     let result = (|| {
-        let (mut stream, _) = listener.accept()?;
+        let mut stream = accepted(&listener, &child)?;
         stream.set_read_timeout(Some(CHILD_TIMEOUT))?;
         let mut buf = [7u8; 64];
         median_round_trip(rounds, || {
@@ -443,8 +708,7 @@ fn socket_round_trip(rounds: usize) -> anyhow::Result<Option<Duration>> {
             Ok(())
         })
     })();
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     drop(dir);
     result.map(Some)
 }
@@ -517,12 +781,13 @@ fn instance_step() -> anyhow::Result<String> {
     let exe = std::env::current_exe().context("locating the copydata executable")?;
     let mut launches = Vec::new();
     for i in 0..20 {
-        let child = spawned(
+        let child = Kid::spawn(
             Command::new(&exe)
                 .args(["instance", &app, "--"])
                 .args(launch_args(i))
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped()),
+            &[],
         )
         .with_context(|| format!("starting launch {i}"))?;
         launches.push(child);
@@ -532,7 +797,15 @@ fn instance_step() -> anyhow::Result<String> {
     let mut shown = Vec::new();
     while seen.iter().sum::<u32>() < 20 {
         let left = deadline.checked_duration_since(Instant::now()).context("the launches did not all arrive")?;
-        let launch = primary.recv_timeout(left).context("waiting for the launches")?;
+        // In slices: the launches killed by an interrupt never arrive.
+        let launch = match primary.recv_timeout(left.min(SLICE)) {
+            Ok(launch) => launch,
+            Err(copydata::RecvError::Timeout) => {
+                ensure!(!stopping(), "interrupted");
+                continue;
+            }
+            Err(e) => return Err(e).context("waiting for the launches"),
+        };
         let argv: Vec<String> = launch.args().iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let i: usize = argv.first().and_then(|a| a.strip_prefix("launch-")).context("an unknown launch")?.parse()?;
         ensure!(i < 20 && argv == launch_args(i), "launch {i} arrived with {argv:?}");
@@ -541,9 +814,9 @@ fn instance_step() -> anyhow::Result<String> {
         launch.answer(Answer::new(0, format!("handled by {me}")))?;
     }
     for (i, child) in launches.into_iter().enumerate() {
-        let out = child.wait_with_output()?;
-        ensure!(out.status.success(), "launch {i} exited with {}", out.status);
-        ensure!(out.stdout == format!("handled by {me}\n").as_bytes(), "launch {i} printed {:?}", out.stdout);
+        let (status, out) = output(child, &format!("launch {i}"))?;
+        ensure!(status.success(), "launch {i} exited with {status}");
+        ensure!(out == format!("handled by {me}\n").as_bytes(), "launch {i} printed {out:?}");
     }
     ensure!(seen.iter().all(|&n| n == 1), "launches arrived {seen:?} times");
     drop(primary);
@@ -573,7 +846,12 @@ fn shared_step() -> anyhow::Result<String> {
     let exe = std::env::current_exe().context("locating the copydata executable")?;
     let started = Instant::now();
     let incrementers = (0..4)
-        .map(|_| spawned(Command::new(&exe).args(["shared", "incr", &name, "--times", "10000"]).stdout(Stdio::null())))
+        .map(|_| {
+            Kid::spawn(
+                Command::new(&exe).args(["shared", "incr", &name, "--times", "10000"]).stdout(Stdio::null()),
+                &[],
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     for (i, child) in incrementers.into_iter().enumerate() {
         wait(child, &format!("incrementer {i}"))?;
@@ -586,18 +864,14 @@ fn shared_step() -> anyhow::Result<String> {
     // A lock whose owner is killed while holding it.
     let lock = format!("copydata-demo-lock-{me}");
     let mutex = Mutex::open_or_create(&lock)?;
-    let mut holder = spawned(Command::new(&exe).args(["lock", &lock, "--hold"]).stdout(Stdio::piped()))?;
-    let rx = first_line(&mut holder)?;
+    let holder = Kid::spawn(Command::new(&exe).args(["lock", &lock, "--hold"]).stdout(Stdio::piped()), &[])?;
+    let rx = first_line(&holder)?;
     let line = rx.recv_timeout(CHILD_TIMEOUT).unwrap_or_default();
-    if line.trim() != "acquired" {
-        let _ = holder.kill();
-        let _ = holder.wait();
-        bail!("the holder said {line:?}");
-    }
+    ensure!(line.trim() == "acquired", "the holder said {line:?}");
     let holder_pid = holder.id();
     let busy = matches!(mutex.try_lock(), Err(copydata::sync::LockError::WouldBlock));
     holder.kill()?; // kill -9 (TerminateProcess on Windows)
-    holder.wait()?;
+    finished(&holder, "the lock holder")?;
     let mut guard = mutex.lock_timeout(CHILD_TIMEOUT)?;
     ensure!(busy, "the lock was free while its owner held it");
     ensure!(guard.owner_died(), "the next locker was not told that the owner died");
@@ -610,40 +884,31 @@ fn shared_step() -> anyhow::Result<String> {
 }
 
 /// A child that is the primary of an app id; killed if dropped.
-struct InstanceChild(Option<Child>);
+struct InstanceChild(Kid);
 
 impl InstanceChild {
     fn start(app: &str) -> anyhow::Result<InstanceChild> {
-        let mut child = spawned(me()?.args(["instance-primary", app]).stdout(Stdio::piped()))?;
-        let rx = first_line(&mut child)?;
+        let child = Kid::spawn(me()?.args(["instance-primary", app]).stdout(Stdio::piped()), &[])?;
+        let rx = first_line(&child)?;
         let pid = child.id();
-        let me = InstanceChild(Some(child));
+        let me = InstanceChild(child);
         let line = rx.recv_timeout(CHILD_TIMEOUT).context("the primary did not start")?;
         ensure!(line.trim() == "primary", "pid {pid} said {line:?} instead of becoming primary");
         Ok(me)
     }
 
     fn pid(&self) -> u32 {
-        self.0.as_ref().map_or(0, Child::id)
+        self.0.id()
     }
 
     /// Stops it the way a later launch would: with a launch saying "stop".
-    fn stop(mut self, app: &str) -> anyhow::Result<()> {
+    fn stop(self, app: &str) -> anyhow::Result<()> {
         use copydata::instance::{InstanceOptions, SingleInstance};
         let options = InstanceOptions::new().args(["--stop"]).timeout(CHILD_TIMEOUT);
         let SingleInstance::Secondary(_) = SingleInstance::acquire(app, &options)? else {
             bail!("the primary was gone before it was told to stop");
         };
-        wait(self.0.take().context("the primary is gone")?, "the primary")
-    }
-}
-
-impl Drop for InstanceChild {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        wait(self.0, "the primary")
     }
 }
 

@@ -3,16 +3,14 @@
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args as ClapArgs, Subcommand};
-use copydata::sync::{Event, EventKind, LockError, Mutex, Shared, SyncOpenError, WaitError};
+use copydata::sync::{Event, EventKind, Mutex, Shared, SyncOpenError, WaitError};
 
 use crate::exit;
+use crate::interrupts::{Interrupts, SLICE};
 
 /// The type tag of the counter `copydata shared` keeps: a program opens the
 /// same counter with `Shared::<u64>::open_tagged(name, COUNTER_TAG)`.
@@ -81,68 +79,6 @@ pub enum EventAction {
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
     },
-}
-
-/// How long one wait lasts before the command looks whether it was
-/// interrupted.
-const SLICE: Duration = Duration::from_millis(50);
-
-/// Ctrl-C, SIGTERM and console close, caught from [`Interrupts::catch`]
-/// on. Every command here catches them before it opens its object and
-/// waits in slices of [`SLICE`], looking between them: an interrupted
-/// command drops its objects (the last holder's drop removes the name) and
-/// exits with [`exit::INTERRUPTED`], or 0 once it holds what it was asked
-/// to (`--hold`). A stop that comes right after the word "acquired" or the
-/// value still ends a holder cleanly.
-struct Interrupts {
-    came: Arc<AtomicBool>,
-    heard: Receiver<()>,
-}
-
-impl Interrupts {
-    fn catch() -> anyhow::Result<Interrupts> {
-        let came = Arc::new(AtomicBool::new(false));
-        let (tx, heard) = std::sync::mpsc::channel::<()>();
-        let flag = came.clone();
-        ctrlc::set_handler(move || {
-            flag.store(true, Ordering::Relaxed);
-            let _ = tx.send(());
-        })
-        .context("installing the interrupt handler")?;
-        Ok(Interrupts { came, heard })
-    }
-
-    /// Whether an interrupt has come.
-    fn came(&self) -> bool {
-        self.came.load(Ordering::Relaxed)
-    }
-
-    /// Waits for an interrupt (a holder's wait).
-    fn wait(&self) {
-        let _ = self.heard.recv();
-    }
-
-    /// Runs `lock`, a lock taken within the time it is given, in slices of
-    /// [`SLICE`] until it succeeds, fails otherwise than by timing out,
-    /// `timeout` has passed (its last `TimedOut`), or an interrupt comes
-    /// (`Ok(None)`).
-    fn lock<G>(
-        &self,
-        timeout: Option<Duration>,
-        mut lock: impl FnMut(Duration) -> Result<G, LockError>,
-    ) -> Result<Option<G>, LockError> {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        loop {
-            if self.came() {
-                return Ok(None);
-            }
-            let slice = deadline.map_or(SLICE, |d| d.saturating_duration_since(Instant::now()).min(SLICE));
-            match lock(slice) {
-                Err(LockError::TimedOut) if deadline.is_none_or(|d| Instant::now() < d) => {}
-                done => return done.map(Some),
-            }
-        }
-    }
 }
 
 fn say(line: &str) -> anyhow::Result<()> {
