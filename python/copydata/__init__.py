@@ -49,8 +49,17 @@ class PermissionDenied(Error, PermissionError):
 
 
 class TimedOut(Error, TimeoutError):
-    """No reply (or no message) in time. A message that timed out may still
-    be handled; its reply is discarded."""
+    """No reply (or no message) in time.
+
+    For a send, post, loan or flush, ``stage`` says what it was waiting
+    for, and so whether the message went out: ``"connecting"`` (the
+    connection's set-up) and ``"room"`` (room in the receiver's queue, or a
+    buffer for a loan) sent nothing, so sending again cannot have it
+    handled twice; ``"reply"``: the message was queued and may still be
+    handled, its reply discarded; ``"flush"``: the posts stay queued.
+    ``None`` for other time-outs (a receive, a lock, an event)."""
+
+    stage: str | None = None
 
 
 class Refused(Error):

@@ -115,6 +115,9 @@ pub(crate) fn os_error(code: i32) -> PyErr {
     pyo3::exceptions::PyOSError::new_err((code, strerror))
 }
 
+/// The exception for `e`; a time-out's says, in its `stage` attribute,
+/// what it was waiting for (`"connecting"`, `"room"`, `"reply"` or
+/// `"flush"`).
 pub(crate) fn send_error(py: Python<'_>, e: SendError) -> PyErr {
     let kind = match &e {
         SendError::InvalidName { .. } => Kind::InvalidName,
@@ -128,7 +131,11 @@ pub(crate) fn send_error(py: Python<'_>, e: SendError) -> PyErr {
         SendError::Full { .. } => Kind::Full,
         _ => Kind::Error,
     };
-    convert(py, kind, &e)
+    let exception = convert(py, kind, &e);
+    if let Some(stage) = e.timeout_stage() {
+        let _ = exception.value(py).setattr("stage", stage.to_string());
+    }
+    exception
 }
 
 pub(crate) fn bind_error(py: Python<'_>, e: BindError) -> PyErr {

@@ -39,8 +39,9 @@ fn loan_bytes<'py>(py: Python<'py>, loan: &copydata::LoanView) -> PyResult<Bound
 /// `sections` (a list of `Section`) travel with the message: the receiver
 /// gets handles to the same memory (`Request.sections`).
 ///
-/// Raises `NotFound` (no such mailbox), `TimedOut` (no reply in time; the
-/// message may still be handled, its reply is discarded), `ReceiverDied`,
+/// Raises `NotFound` (no such mailbox), `TimedOut` (its `stage` says what
+/// it waited for: `"connecting"`, nothing was sent; `"reply"`, the message
+/// may still be handled, its reply is discarded), `ReceiverDied`,
 /// `Refused`, `TooLarge`, `InvalidName`. Ctrl-C interrupts the wait; the
 /// message may then still be delivered.
 #[pyfunction]
@@ -158,7 +159,9 @@ fn send_with_sections(
     let left = timeout.map(|t| t.saturating_sub(started.elapsed()));
     sender.send_with_sections(tag, data, sections, left).map_err(|e| match (e, timeout) {
         // The whole timeout, not what was left of it after connecting.
-        (copydata::SendError::TimedOut { name, .. }, Some(timeout)) => copydata::SendError::TimedOut { name, timeout },
+        (copydata::SendError::TimedOut { name, stage, .. }, Some(timeout)) => {
+            copydata::SendError::TimedOut { name, timeout, stage }
+        }
         (e, _) => e,
     })
 }

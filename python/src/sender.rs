@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
-use copydata::{Reply, SendError, SenderOptions};
+use copydata::{Reply, SendError, SenderOptions, TimeoutStage};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
@@ -308,11 +308,19 @@ impl Sender {
 pub(crate) struct Budget {
     started: Instant,
     timeout: Option<Duration>,
+    /// The stage of a time-out before the call itself (waiting for its
+    /// turn): nothing was sent then, as when waiting for room.
+    stage: TimeoutStage,
 }
 
 impl Budget {
     pub(crate) fn new(timeout: Option<Duration>) -> Budget {
-        Budget { started: Instant::now(), timeout }
+        Budget { started: Instant::now(), timeout, stage: TimeoutStage::Room }
+    }
+
+    /// A flush's budget: its time-outs are all at the flush stage.
+    pub(crate) fn flush(timeout: Option<Duration>) -> Budget {
+        Budget { stage: TimeoutStage::Flush, ..Budget::new(timeout) }
     }
 
     /// The whole timeout (`None`: no limit).
@@ -326,7 +334,7 @@ impl Budget {
             None => Ok(None),
             Some(t) => match t.checked_sub(self.started.elapsed()) {
                 Some(left) if !left.is_zero() => Ok(Some(left)),
-                _ => Err(SendError::TimedOut { name: name.to_owned(), timeout: t }),
+                _ => Err(SendError::TimedOut { name: name.to_owned(), timeout: t, stage: self.stage }),
             },
         }
     }
@@ -352,10 +360,10 @@ impl Budget {
     }
 
     /// `e`, a time-out reported with the whole timeout, not what was left
-    /// of it when the call that timed out began.
+    /// of it when the call that timed out began (at its own stage).
     pub(crate) fn whole(&self, e: SendError) -> SendError {
         match (e, self.timeout) {
-            (SendError::TimedOut { name, .. }, Some(timeout)) => SendError::TimedOut { name, timeout },
+            (SendError::TimedOut { name, stage, .. }, Some(timeout)) => SendError::TimedOut { name, timeout, stage },
             (e, _) => e,
         }
     }
@@ -470,8 +478,10 @@ impl Sender {
     /// thread's call on this `Sender` and a new connection if one is due.
     ///
     /// `sections` travel with the message, as for `copydata.send`.
-    /// Raises `TimedOut` (the message may still be handled; its reply is
-    /// discarded), `ReceiverDied`, `Refused`, `TooLarge`, `Closed`, and
+    /// Raises `TimedOut` (its `stage` says what it waited for:
+    /// `"connecting"` or `"room"`, nothing was sent; `"reply"`, the message
+    /// may still be handled, its reply is discarded), `ReceiverDied`,
+    /// `Refused`, `TooLarge`, `Closed`, and
     /// `NotFound` when a new connection is due and nobody has bound the
     /// name.
     #[pyo3(signature = (data, tag = 0, timeout = None, sections = None))]
@@ -542,7 +552,7 @@ impl Sender {
     /// queued (they are lost).
     #[pyo3(signature = (timeout = None))]
     fn flush(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<()> {
-        let budget = Budget::new(timeout_arg(py, timeout)?);
+        let budget = Budget::flush(timeout_arg(py, timeout)?);
         let name = self.name.clone();
         let job: Job = Box::new(move |s| {
             // With no time left (a timeout of 0), still one look.

@@ -52,9 +52,10 @@ def test_timeouts_and_a_full_queue(name):
         with copydata.Sender(name) as sender:
             # Nobody answers: the call times out, no sooner than asked.
             started = time.monotonic()
-            with pytest.raises(copydata.TimedOut):
+            with pytest.raises(copydata.TimedOut) as e:
                 sender.send(b"anyone?", timeout=0.3)
             assert time.monotonic() - started >= 0.3
+            assert e.value.stage == "reply", e.value
             held = mailbox.recv(timeout=10.0)  # the timed-out call
             # Posts queue up while nothing is taken, until the queue is full.
             posted = 0
@@ -65,9 +66,10 @@ def test_timeouts_and_a_full_queue(name):
             assert isinstance(e.value, BlockingIOError)
             assert posted > 10
             started = time.monotonic()
-            with pytest.raises(copydata.TimedOut):
+            with pytest.raises(copydata.TimedOut) as e:
                 sender.post(b"y" * 1000, timeout=0.3)  # as large as those that filled it
             assert time.monotonic() - started >= 0.3
+            assert e.value.stage == "room", e.value
             # The timed-out call's connection was dropped: its reply finds no one.
             with pytest.raises(copydata.SenderGone):
                 held.reply(0)
@@ -80,6 +82,46 @@ def test_timeouts_and_a_full_queue(name):
             answer.start()
             assert sender.send(b"still there?", timeout=10.0) == (5, b"ok")
             answer.join(10.0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGSTOP")
+def test_a_time_out_says_what_it_was_waiting_for(cli, name):
+    """`TimedOut.stage`: "reply" (the message went out and may still be
+    handled), "room" and "connecting" (nothing was sent); None for a
+    time-out that is not a send's."""
+    listener = cli("listen", name, "--delay", "30s")
+    assert listener.readline() == f"ready {name}"
+    with copydata.Sender(name, timeout=5.0) as sender:
+        # The listener holds the message: no reply in time.
+        with pytest.raises(copydata.TimedOut) as e:
+            sender.send(b"held", timeout=0.3)
+        assert e.value.stage == "reply", e.value
+        assert "waiting for the reply of mailbox" in str(e.value)
+        # Behind the held message the queue fills: no room in time.
+        with pytest.raises(copydata.Full):
+            for _ in range(100_000):
+                sender.try_post(b"")
+        with pytest.raises(copydata.TimedOut) as e:
+            sender.post(b"more", timeout=0.3)
+        assert e.value.stage == "room", e.value
+        assert "waiting for room in the queue of mailbox" in str(e.value)
+    # A stopped receiver never completes a set-up.
+    listener.signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(copydata.TimedOut) as e:
+            copydata.send(name, b"x", timeout=0.3)
+        assert e.value.stage == "connecting", e.value
+        assert "connecting to mailbox" in str(e.value)
+        with pytest.raises(copydata.TimedOut) as e:
+            copydata.Sender(name, timeout=0.3)
+        assert e.value.stage == "connecting", e.value
+    finally:
+        listener.signal(signal.SIGCONT)
+    # Other time-outs have no stage.
+    with copydata.Mailbox(name + "-recv") as mailbox:
+        with pytest.raises(copydata.TimedOut) as e:
+            mailbox.recv(timeout=0.05)
+        assert e.value.stage is None
 
 
 def test_receiver_death_is_reported_and_a_new_receiver_is_reached(cli, serving, name):

@@ -657,6 +657,9 @@ fn mailbox_exit_codes() {
     let out = run(&["send", &name, "--timeout", "200ms", "x"]);
     assert_eq!(out.code, 4, "{}", out.stderr);
     assert!(out.stderr.contains(&name) && out.stderr.lines().count() == 1, "{}", out.stderr);
+    // It says what it waited for: the message went out, and may still be
+    // handled.
+    assert!(out.stderr.contains("timed out after 200ms waiting for the reply of mailbox"), "{}", out.stderr);
     // Posts to the busy listener: a small one returns at once; so does a
     // large one on Linux, while on Windows (where the listener takes its
     // buffer out of the sending process) it waits for the listener to take
@@ -911,7 +914,8 @@ fn an_interrupted_send_leaves_no_out_file() {
 }
 
 /// A post to a stopped receiver gives up after its timeout with exit 4 and
-/// says what it waited for (no reply is awaited by a post).
+/// says what it waited for (no reply is awaited by a post): the set-up,
+/// so nothing was posted.
 #[cfg(unix)]
 #[test]
 fn a_post_to_a_stopped_receiver_times_out() {
@@ -926,6 +930,7 @@ fn a_post_to_a_stopped_receiver_times_out() {
     kill_process(pid, Signal::CONT).unwrap();
     assert_eq!(out.code, 4, "{}", out.stderr);
     assert!(out.stderr.contains(&name) && out.stderr.contains("did not take the post within 300ms"), "{}", out.stderr);
+    assert!(out.stderr.contains("(timed out connecting to it; nothing was posted)"), "{}", out.stderr);
     assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(10), "{took:?}");
     terminate(&mut listener.child);
 }

@@ -121,6 +121,53 @@
 #define COPYDATA_AUTO_RESET 1
 
 /**
+ * What a send, post, loan or flush that failed with
+ * `COPYDATA_STATUS_TIMED_OUT` was waiting for when its time ran out, as
+ * `copydata_last_timeout_stage()` tells it: whether the message went out.
+ * New stages may be added; treat an unknown one like
+ * `COPYDATA_TIMEOUT_STAGE_REPLY` (the message may have gone out).
+ */
+enum copydata_timeout_stage
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The last failure on this thread was not the time-out of a send (a
+   * receive's, a lock's, another error), or none failed yet.
+   */
+  COPYDATA_TIMEOUT_STAGE_NONE = 0,
+  /**
+   * Setting up the connection: nothing was sent; sending again cannot
+   * have the message handled twice.
+   */
+  COPYDATA_TIMEOUT_STAGE_CONNECTING = 1,
+  /**
+   * Room in the receiver's queue (a post, a send into a full queue), or
+   * a buffer of the connection's pool (a loan): nothing was sent or
+   * lent, and the connection is kept.
+   */
+  COPYDATA_TIMEOUT_STAGE_ROOM = 2,
+  /**
+   * The reply: the message was queued and may still be handled (its
+   * reply is then discarded).
+   */
+  COPYDATA_TIMEOUT_STAGE_REPLY = 3,
+  /**
+   * `copydata_sender_flush`: the receiver taking what was posted. The
+   * posts stay queued and may still be handled.
+   */
+  COPYDATA_TIMEOUT_STAGE_FLUSH = 4,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum copydata_timeout_stage copydata_timeout_stage;
+#else
+typedef int32_t copydata_timeout_stage;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * What a function did: `COPYDATA_STATUS_OK` (zero) or why it failed.
  *
  * `copydata_last_error()` gives the details in words. New codes may be
@@ -151,7 +198,9 @@ enum copydata_status
    */
   COPYDATA_STATUS_ALREADY_EXISTS = 3,
   /**
-   * No reply (or no message) arrived in time.
+   * No reply (or no message) arrived in time. For a send, post, loan or
+   * flush, `copydata_last_timeout_stage()` says what it was waiting for,
+   * and so whether the message went out.
    */
   COPYDATA_STATUS_TIMED_OUT = 4,
   /**
@@ -350,6 +399,23 @@ void copydata_free(void *buffer);
  * call on the same thread.
  */
 const char *copydata_last_error(void);
+
+/**
+ * What the last call on this thread that failed was waiting for, when it
+ * was a send, post, loan or flush that failed with
+ * `COPYDATA_STATUS_TIMED_OUT`: whether the message went out. A time-out
+ * while connecting (`COPYDATA_TIMEOUT_STAGE_CONNECTING`) or while waiting
+ * for room in the receiver's queue (`COPYDATA_TIMEOUT_STAGE_ROOM`) sent
+ * nothing, so sending again cannot have the message handled twice; one
+ * while waiting for the reply (`COPYDATA_TIMEOUT_STAGE_REPLY`) left the
+ * message queued, and it may still be handled.
+ * `COPYDATA_TIMEOUT_STAGE_NONE` after any other failure (a receive's or a
+ * lock's time-out included) or when no call has failed on this thread.
+ *
+ * Like `copydata_last_error()`, meaningful only right after a call that
+ * failed, and per thread; successful calls leave it unchanged.
+ */
+copydata_timeout_stage copydata_last_timeout_stage(void);
 
 /**
  * The name of a status code as a static string (`"COPYDATA_STATUS_TIMED_OUT"`),

@@ -1,7 +1,7 @@
-//! Status codes, the thread's last error message, and the guard every
-//! exported function runs its body under.
+//! Status codes, the thread's last error message (and a send time-out's
+//! stage), and the guard every exported function runs its body under.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::fmt::Display;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -26,7 +26,9 @@ pub enum Status {
     /// A live section has this name, or a live process has bound this
     /// mailbox.
     AlreadyExists = 3,
-    /// No reply (or no message) arrived in time.
+    /// No reply (or no message) arrived in time. For a send, post, loan or
+    /// flush, `copydata_last_timeout_stage()` says what it was waiting for,
+    /// and so whether the message went out.
     TimedOut = 4,
     /// The receiver refused the message (its handler refused it, or it
     /// serves other users only).
@@ -112,16 +114,57 @@ impl Status {
     }
 }
 
-/// A failure on its way to C: the code and the message.
+/// What a send, post, loan or flush that failed with
+/// `COPYDATA_STATUS_TIMED_OUT` was waiting for when its time ran out, as
+/// `copydata_last_timeout_stage()` tells it: whether the message went out.
+/// New stages may be added; treat an unknown one like
+/// `COPYDATA_TIMEOUT_STAGE_REPLY` (the message may have gone out).
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutStage {
+    /// The last failure on this thread was not the time-out of a send (a
+    /// receive's, a lock's, another error), or none failed yet.
+    None = 0,
+    /// Setting up the connection: nothing was sent; sending again cannot
+    /// have the message handled twice.
+    Connecting = 1,
+    /// Room in the receiver's queue (a post, a send into a full queue), or
+    /// a buffer of the connection's pool (a loan): nothing was sent or
+    /// lent, and the connection is kept.
+    Room = 2,
+    /// The reply: the message was queued and may still be handled (its
+    /// reply is then discarded).
+    Reply = 3,
+    /// `copydata_sender_flush`: the receiver taking what was posted. The
+    /// posts stay queued and may still be handled.
+    Flush = 4,
+}
+
+impl From<copydata::TimeoutStage> for TimeoutStage {
+    fn from(stage: copydata::TimeoutStage) -> TimeoutStage {
+        match stage {
+            copydata::TimeoutStage::Connecting => TimeoutStage::Connecting,
+            copydata::TimeoutStage::Room => TimeoutStage::Room,
+            copydata::TimeoutStage::Flush => TimeoutStage::Flush,
+            // (And any later stage: the cautious answer, the message may
+            // have gone out.)
+            _ => TimeoutStage::Reply,
+        }
+    }
+}
+
+/// A failure on its way to C: the code, the message and, for a send's
+/// time-out, its stage.
 #[derive(Debug)]
 pub(crate) struct Error {
     pub(crate) status: Status,
     message: String,
+    stage: TimeoutStage,
 }
 
 impl Error {
     pub(crate) fn new(status: Status, message: impl Display) -> Error {
-        Error { status, message: message.to_string() }
+        Error { status, message: message.to_string(), stage: TimeoutStage::None }
     }
 
     pub(crate) fn invalid(message: impl Display) -> Error {
@@ -188,7 +231,8 @@ impl From<SendError> for Error {
             SendError::Full { .. } => Status::Full,
             _ => Status::Io,
         };
-        Error::new(status, e)
+        let stage = e.timeout_stage().map_or(TimeoutStage::None, TimeoutStage::from);
+        Error { stage, ..Error::new(status, e) }
     }
 }
 
@@ -244,17 +288,20 @@ impl From<ReplyError> for Error {
 thread_local! {
     /// The message of this thread's last failed call.
     static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
+    /// The stage of this thread's last failed call, if a send's time-out.
+    static LAST_STAGE: Cell<TimeoutStage> = const { Cell::new(TimeoutStage::None) };
 }
 
-fn set_last_error(message: &str) {
+fn set_last_error(message: &str, stage: TimeoutStage) {
     let text = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
-    // During thread teardown the slot may be gone; the code still says
+    // During thread teardown the slots may be gone; the code still says
     // what happened.
     let _ = LAST_ERROR.try_with(|slot| {
         if let Ok(mut slot) = slot.try_borrow_mut() {
             *slot = Some(text);
         }
     });
+    let _ = LAST_STAGE.try_with(|slot| slot.set(stage));
 }
 
 /// Runs an exported function's body: its error, or a panic, becomes a
@@ -263,7 +310,7 @@ pub(crate) fn guard(body: impl FnOnce() -> Result<(), Error>) -> Status {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => Status::Ok,
         Ok(Err(e)) => {
-            set_last_error(&e.message);
+            set_last_error(&e.message, e.stage);
             e.status
         }
         Err(panic) => {
@@ -272,7 +319,7 @@ pub(crate) fn guard(body: impl FnOnce() -> Result<(), Error>) -> Status {
                 .copied()
                 .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
                 .unwrap_or("unknown panic");
-            set_last_error(&format!("internal error in copydata (please report it): {what}"));
+            set_last_error(&format!("internal error in copydata (please report it): {what}"), TimeoutStage::None);
             // Dropping the payload could panic in turn (a payload type with a
             // panicking destructor); only then is that second payload kept.
             if let Err(again) = catch_unwind(AssertUnwindSafe(|| drop(panic))) {
@@ -318,6 +365,24 @@ pub extern "C" fn copydata_last_error() -> *const c_char {
             .flatten()
             .unwrap_or(c"".as_ptr())
     })
+}
+
+/// What the last call on this thread that failed was waiting for, when it
+/// was a send, post, loan or flush that failed with
+/// `COPYDATA_STATUS_TIMED_OUT`: whether the message went out. A time-out
+/// while connecting (`COPYDATA_TIMEOUT_STAGE_CONNECTING`) or while waiting
+/// for room in the receiver's queue (`COPYDATA_TIMEOUT_STAGE_ROOM`) sent
+/// nothing, so sending again cannot have the message handled twice; one
+/// while waiting for the reply (`COPYDATA_TIMEOUT_STAGE_REPLY`) left the
+/// message queued, and it may still be handled.
+/// `COPYDATA_TIMEOUT_STAGE_NONE` after any other failure (a receive's or a
+/// lock's time-out included) or when no call has failed on this thread.
+///
+/// Like `copydata_last_error()`, meaningful only right after a call that
+/// failed, and per thread; successful calls leave it unchanged.
+#[unsafe(no_mangle)]
+pub extern "C" fn copydata_last_timeout_stage() -> TimeoutStage {
+    guard_value(TimeoutStage::None, || LAST_STAGE.try_with(Cell::get).unwrap_or(TimeoutStage::None))
 }
 
 /// The name of a status code as a static string (`"COPYDATA_STATUS_TIMED_OUT"`),
@@ -503,6 +568,8 @@ pub(crate) unsafe fn out_arg<'a, T>(out: *mut *mut T) -> Result<&'a mut *mut T, 
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::test_util::last;
 
@@ -521,6 +588,34 @@ mod tests {
         assert_eq!(last(), "nothing here");
         assert_eq!(guard(|| Err(Error::invalid("nul\0inside"))), Status::InvalidArgument);
         assert_eq!(last(), "nul\\0inside");
+    }
+
+    #[test]
+    fn a_send_time_out_leaves_its_stage_and_other_failures_none() {
+        let timed_out = |stage| SendError::TimedOut { name: "m".into(), timeout: Duration::from_millis(5), stage };
+        let status = guard(|| Err(timed_out(copydata::TimeoutStage::Room).into()));
+        assert_eq!(status, Status::TimedOut);
+        assert_eq!(copydata_last_timeout_stage(), TimeoutStage::Room);
+        assert_eq!(last(), "timed out after 5ms waiting for room in the queue of mailbox \"m\"");
+        // A success leaves it, as it leaves the message.
+        assert_eq!(guard(|| Ok(())), Status::Ok);
+        assert_eq!(copydata_last_timeout_stage(), TimeoutStage::Room);
+        guard(|| Err(timed_out(copydata::TimeoutStage::Reply).into()));
+        assert_eq!(copydata_last_timeout_stage(), TimeoutStage::Reply);
+        guard(|| Err(timed_out(copydata::TimeoutStage::Connecting).into()));
+        assert_eq!(copydata_last_timeout_stage(), TimeoutStage::Connecting);
+        guard(|| Err(timed_out(copydata::TimeoutStage::Flush).into()));
+        assert_eq!(copydata_last_timeout_stage(), TimeoutStage::Flush);
+        // Another failure, a time-out of another kind included, is none.
+        assert_eq!(guard(|| Err(RecvError::Timeout.into())), Status::TimedOut);
+        assert_eq!(copydata_last_timeout_stage(), TimeoutStage::None);
+        guard(|| Err(timed_out(copydata::TimeoutStage::Reply).into()));
+        guard(|| Err(SendError::NoSuchMailbox { name: "m".into() }.into()));
+        assert_eq!(copydata_last_timeout_stage(), TimeoutStage::None);
+        // Another thread's stage is its own.
+        guard(|| Err(timed_out(copydata::TimeoutStage::Reply).into()));
+        std::thread::spawn(|| assert_eq!(copydata_last_timeout_stage(), TimeoutStage::None)).join().unwrap();
+        assert_eq!(copydata_last_timeout_stage(), TimeoutStage::Reply);
     }
 
     #[test]

@@ -166,7 +166,7 @@ mod sync;
 mod test_util;
 
 pub use buffer::copydata_free;
-pub use error::{Status, copydata_last_error, copydata_status_name};
+pub use error::{Status, TimeoutStage, copydata_last_error, copydata_last_timeout_stage, copydata_status_name};
 pub use handover::{
     copydata_section_adopt, copydata_section_duplicate_into, copydata_section_recv, copydata_section_send,
 };

@@ -542,6 +542,7 @@ pub unsafe extern "C" fn copydata_sender_close(sender: *mut Sender) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::{TimeoutStage, copydata_last_timeout_stage};
     use crate::mailbox::{
         COPYDATA_INFINITE, Mailbox, copydata_mailbox_bind, copydata_mailbox_close, copydata_mailbox_recv,
         copydata_request_data, copydata_request_loan, copydata_request_reply, copydata_request_tag, copydata_send,
@@ -744,6 +745,7 @@ mod tests {
             // No room: nothing sent, the loan stays out, still filled.
             assert_eq!(copydata_sender_post_loan(sender, 2, 0), Status::Full);
             assert_eq!(copydata_sender_post_loan(sender, 2, 50), Status::TimedOut);
+            assert_eq!(copydata_last_timeout_stage(), TimeoutStage::Room, "{}", last());
             go_tx.send(()).unwrap();
             assert_eq!(copydata_sender_post_loan(sender, 2, COPYDATA_INFINITE), Status::Ok, "{}", last());
             assert_eq!(copydata_sender_flush(sender, COPYDATA_INFINITE), Status::Ok, "{}", last());
@@ -835,6 +837,7 @@ mod tests {
             assert!(p.is_null());
             let started = std::time::Instant::now();
             assert_eq!(copydata_sender_loan(sender, len, 100, &mut p), Status::TimedOut);
+            assert_eq!(copydata_last_timeout_stage(), TimeoutStage::Room, "{}", last());
             assert!(started.elapsed() >= Duration::from_millis(100));
             // The receiver catches up: buffers come back.
             for i in 0..held {
@@ -892,6 +895,8 @@ mod tests {
                 copydata_sender_send(sender, 1, null(), 0, 50, null_mut(), null_mut(), null_mut()),
                 Status::TimedOut
             );
+            assert_eq!(copydata_last_timeout_stage(), TimeoutStage::Reply, "{}", last());
+            assert!(last().contains("waiting for the reply"), "{}", last());
             pid = 77;
             assert_eq!(copydata_sender_receiver_pid(sender, &mut pid), Status::Ok, "{}", last());
             assert_eq!(pid, 0, "no connection, no receiver");

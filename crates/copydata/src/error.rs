@@ -536,20 +536,28 @@ pub enum SendError {
         /// The name asked for.
         name: String,
     },
-    /// The time allowed ran out: waiting for the connection's set-up, for
-    /// room in the receiver's queue (a post, or a send into a full queue) or
-    /// for the reply. A message that went out may still be handled; its
-    /// reply is discarded and never taken for the answer to a later send.
+    /// The time allowed ran out. `stage` says what was being waited for,
+    /// and so whether the message went out: during the connection's set-up
+    /// ([`TimeoutStage::Connecting`]) or while waiting for room in the
+    /// receiver's queue ([`TimeoutStage::Room`]: a post, a send into a full
+    /// queue, a loan waiting for a buffer) nothing was sent, and sending
+    /// again cannot have it handled twice; while waiting for the reply
+    /// ([`TimeoutStage::Reply`]) the message was queued and may still be
+    /// handled, its reply discarded and never taken for the answer to a
+    /// later send. [`TimeoutStage::message_sent`] tells the two apart.
     /// On Linux a message that carries descriptors (sections, a new buffer)
     /// also waits while this user has as many descriptors in flight as its
     /// limit of open files (receivers of this user not taking theirs); a
-    /// time-out for that reason is logged (`log::warn!`) with its cause.
-    #[error("timed out after {timeout:?} waiting for mailbox {name:?}")]
+    /// time-out for that reason (stage `Room`: nothing was sent) is logged
+    /// (`log::warn!`) with its cause.
+    #[error("timed out after {timeout:?} {}", stage.waiting_on(name))]
     TimedOut {
         /// The name.
         name: String,
         /// The time allowed.
         timeout: std::time::Duration,
+        /// What was being waited for when the time ran out.
+        stage: TimeoutStage,
     },
     /// The receiving process exited, crashed or closed the mailbox before it
     /// replied (or, for a post, while the post waited for room).
@@ -629,6 +637,92 @@ pub enum SendError {
         #[source]
         source: io::Error,
     },
+}
+
+impl SendError {
+    /// What a [`SendError::TimedOut`] was waiting for when the time ran
+    /// out; `None` for every other error.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// let mut sender = copydata::Sender::unconnected("jobs", &copydata::SenderOptions::new())?;
+    /// let reply = loop {
+    ///     match sender.send_timeout(1, b"run job 7", Duration::from_secs(1)) {
+    ///         // Nothing went out: sending again cannot run the job twice.
+    ///         Err(e) if e.timeout_stage().is_some_and(|s| !s.message_sent()) => continue,
+    ///         other => break other?,
+    ///     }
+    /// };
+    /// # Ok::<(), copydata::SendError>(())
+    /// ```
+    pub fn timeout_stage(&self) -> Option<TimeoutStage> {
+        match self {
+            SendError::TimedOut { stage, .. } => Some(*stage),
+            _ => None,
+        }
+    }
+}
+
+/// What a send was waiting for when its time ran out
+/// ([`SendError::TimedOut`]): whether the message had gone out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TimeoutStage {
+    /// Setting up the connection (the receiver is stopped, wedged or too
+    /// busy to answer the set-up): nothing was sent.
+    Connecting,
+    /// Room in the receiver's queue: a free place in the connection's
+    /// queue, a buffer of its pool (a loan, a large payload) or, on Linux,
+    /// room for descriptors in flight. The receiver had not caught up;
+    /// nothing was sent (nor lent), and the connection is kept.
+    Room,
+    /// The reply: the message was queued and may still be handled (its
+    /// reply is then discarded). Also every time-out of a plain
+    /// `WM_COPYDATA` (Windows: `os::windows::send_to_window`),
+    /// where `SendMessageTimeoutW` does not say whether the window's
+    /// thread took the message before the time ran out.
+    Reply,
+    /// [`Sender::flush_timeout`](crate::Sender::flush_timeout): the
+    /// receiver taking what was posted. The posts were queued and stay so
+    /// (they may still be handled); the flush itself sent nothing.
+    Flush,
+}
+
+impl TimeoutStage {
+    /// Whether the message had gone out when the time ran out
+    /// ([`Reply`](Self::Reply), [`Flush`](Self::Flush)): it may then still
+    /// be handled. `false` ([`Connecting`](Self::Connecting),
+    /// [`Room`](Self::Room)): nothing was sent, so sending it again cannot
+    /// have it handled twice.
+    pub fn message_sent(self) -> bool {
+        match self {
+            TimeoutStage::Connecting | TimeoutStage::Room => false,
+            TimeoutStage::Reply | TimeoutStage::Flush => true,
+        }
+    }
+
+    /// The end of [`SendError::TimedOut`]'s message: what was waited for,
+    /// of the mailbox (or window) `name`.
+    fn waiting_on(self, name: &str) -> String {
+        match self {
+            TimeoutStage::Connecting => format!("connecting to mailbox {name:?}"),
+            TimeoutStage::Room => format!("waiting for room in the queue of mailbox {name:?}"),
+            TimeoutStage::Reply => format!("waiting for the reply of mailbox {name:?}"),
+            TimeoutStage::Flush => format!("waiting for mailbox {name:?} to take what was posted"),
+        }
+    }
+}
+
+impl std::fmt::Display for TimeoutStage {
+    /// One word: `connecting`, `room`, `reply` or `flush`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimeoutStage::Connecting => "connecting",
+            TimeoutStage::Room => "room",
+            TimeoutStage::Reply => "reply",
+            TimeoutStage::Flush => "flush",
+        })
+    }
 }
 
 /// Receiving from a mailbox failed: [`Mailbox::recv`](crate::Mailbox::recv).
@@ -936,6 +1030,30 @@ into_io_error!(WaitError, |e| match &e {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_send_time_out_says_what_it_was_waiting_for() {
+        let timeout = std::time::Duration::from_secs(1);
+        let at = |stage| SendError::TimedOut { name: "x".into(), timeout, stage };
+        let cases = [
+            (TimeoutStage::Connecting, "connecting to mailbox \"x\"", false, "connecting"),
+            (TimeoutStage::Room, "waiting for room in the queue of mailbox \"x\"", false, "room"),
+            (TimeoutStage::Reply, "waiting for the reply of mailbox \"x\"", true, "reply"),
+            (TimeoutStage::Flush, "waiting for mailbox \"x\" to take what was posted", true, "flush"),
+        ];
+        for (stage, waiting, sent, word) in cases {
+            let e = at(stage);
+            assert_eq!(e.to_string(), format!("timed out after 1s {waiting}"));
+            assert_eq!(e.timeout_stage(), Some(stage));
+            assert_eq!(stage.message_sent(), sent, "{stage:?}");
+            assert_eq!(stage.to_string(), word);
+            // An io::Error keeps the kind and the words.
+            let io = io::Error::from(e);
+            assert_eq!(io.kind(), io::ErrorKind::TimedOut);
+            assert_eq!(io.to_string(), format!("timed out after 1s {waiting}"));
+        }
+        assert_eq!(SendError::Full { name: "x".into() }.timeout_stage(), None);
+    }
 
     #[test]
     fn a_list_error_says_what_was_being_listed() {

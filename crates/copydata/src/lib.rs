@@ -78,7 +78,8 @@ mod view;
 
 pub use error::{
     AccessError, BindError, CreateError, HandoverError, InheritError, InstanceError, ListError, Listing, LockError,
-    MapError, OpenError, ReadOnlyError, RecvError, RemoveError, ReplyError, SendError, SyncOpenError, WaitError,
+    MapError, OpenError, ReadOnlyError, RecvError, RemoveError, ReplyError, SendError, SyncOpenError, TimeoutStage,
+    WaitError,
 };
 pub use inherit::{CommandExt, INHERIT_VAR, Inheritance, inherited_sections};
 pub use instance::SingleInstance;

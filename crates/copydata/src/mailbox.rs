@@ -60,7 +60,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::error::{BindError, ListError, RecvError, ReplyError, SendError};
+use crate::error::{BindError, ListError, RecvError, ReplyError, SendError, TimeoutStage};
 pub use crate::fast::Wait;
 use crate::fast::conn::{Body, CALL, Client, Fail, LentBuf, POST, ServerConn};
 use crate::fast::serve::{Dispatch, Next, WorkerState};
@@ -918,7 +918,8 @@ impl SenderOptions {
     }
 
     /// The longest a connection's set-up may take (a receiver that is
-    /// stopped or wedged gives [`SendError::TimedOut`] after it).
+    /// stopped or wedged gives [`SendError::TimedOut`] after it, at
+    /// [`TimeoutStage::Connecting`]: nothing was sent).
     pub fn connect_timeout(mut self, timeout: Duration) -> SenderOptions {
         self.connect_timeout = Some(timeout);
         self
@@ -953,14 +954,21 @@ pub struct Sender {
 /// Names a failed exchange with the mailbox `name`, and says whether the
 /// connection is still clean: refused before anything was queued (too
 /// large, queue full), or the refusal was the reply. Any other failure
-/// leaves the connection unusable: the caller drops it.
-pub(crate) fn failed(name: &Name, timeout: Option<Duration>, size: u64, f: Fail) -> (SendError, bool) {
+/// leaves the connection unusable: the caller drops it. A time-out is
+/// reported at `stage`, what the exchange was waiting for.
+pub(crate) fn failed(
+    name: &Name,
+    timeout: Option<Duration>,
+    stage: TimeoutStage,
+    size: u64,
+    f: Fail,
+) -> (SendError, bool) {
     let name = name.to_string();
     match f {
         Fail::TooLarge { max } => (SendError::PayloadTooLarge { name, size, max }, true),
         Fail::Full => (SendError::Full { name }, true),
         Fail::Refused(reason) => (SendError::Refused { name, reason }, true),
-        Fail::TimedOut => (SendError::TimedOut { name, timeout: timeout.unwrap_or_default() }, false),
+        Fail::TimedOut => (SendError::TimedOut { name, timeout: timeout.unwrap_or_default(), stage }, false),
         Fail::PeerGone => (SendError::ReceiverDied { name }, false),
         Fail::Broken(reason) => (SendError::Protocol { name, reason }, false),
         Fail::Io(source) => (SendError::Io { name, source }, false),
@@ -1055,8 +1063,9 @@ impl Sender {
         connect_client(&self.name, &self.options, deadline, timeout)
     }
 
-    /// Runs `f` on the connection (made first if needed); drops the
-    /// connection if `f` fails, except for errors that leave it clean.
+    /// Runs `f`, which queues nothing unless it succeeds (a post, a loan),
+    /// on the connection (made first if needed); drops the connection if
+    /// `f` fails, except for errors that leave it clean.
     #[inline(always)]
     fn with_client<T>(
         &mut self,
@@ -1066,7 +1075,7 @@ impl Sender {
         f: impl FnOnce(&mut Client) -> Result<T, Fail>,
     ) -> Result<T, SendError> {
         let result = f(self.connected(deadline, timeout)?);
-        result.map_err(|f| self.drop_unless_clean(timeout, size, f))
+        result.map_err(|f| self.drop_unless_clean(timeout, TimeoutStage::Room, size, f))
     }
 
     /// The connection, made first if there is none.
@@ -1077,20 +1086,24 @@ impl Sender {
         Ok(self.client.as_mut().expect("connected just above"))
     }
 
-    /// The error for a post's or a loan's `f`. Either times out only while
-    /// it waits for room or a buffer, before anything of it is queued: the
-    /// connection is clean then and kept; other failures are as for any
-    /// message.
-    fn unsent_failed(&mut self, timeout: Option<Duration>, size: u64, f: Fail) -> SendError {
+    /// The error for `f` of a wait that queues nothing (for room or a
+    /// buffer: a post, a loan, a call's `put`; a flush, `stage`
+    /// [`Flush`](TimeoutStage::Flush)). Such a wait times out before
+    /// anything is queued: the connection is clean then and kept; other
+    /// failures are as for any message.
+    fn unsent_failed(&mut self, timeout: Option<Duration>, stage: TimeoutStage, size: u64, f: Fail) -> SendError {
         match f {
-            Fail::TimedOut => SendError::TimedOut { name: self.name.to_string(), timeout: timeout.unwrap_or_default() },
-            f => self.drop_unless_clean(timeout, size, f),
+            Fail::TimedOut => {
+                SendError::TimedOut { name: self.name.to_string(), timeout: timeout.unwrap_or_default(), stage }
+            }
+            f => self.drop_unless_clean(timeout, stage, size, f),
         }
     }
 
-    /// The error for `f`; drops the connection unless `f` leaves it clean.
-    fn drop_unless_clean(&mut self, timeout: Option<Duration>, size: u64, f: Fail) -> SendError {
-        let (error, clean) = failed(&self.name, timeout, size, f);
+    /// The error for `f` (a time-out at `stage`); drops the connection
+    /// unless `f` leaves it clean.
+    fn drop_unless_clean(&mut self, timeout: Option<Duration>, stage: TimeoutStage, size: u64, f: Fail) -> SendError {
+        let (error, clean) = failed(&self.name, timeout, stage, size, f);
         if !clean {
             self.client = None;
         }
@@ -1129,10 +1142,10 @@ impl Sender {
     ) -> Result<Reply, SendError> {
         let c = self.connected(deadline, timeout)?;
         if let Err(f) = put(c) {
-            return Err(self.unsent_failed(timeout, size, f));
+            return Err(self.unsent_failed(timeout, TimeoutStage::Room, size, f));
         }
         let reply = self.client.as_mut().expect("connected above").reply(deadline);
-        reply.map_err(|f| self.drop_unless_clean(timeout, size, f))
+        reply.map_err(|f| self.drop_unless_clean(timeout, TimeoutStage::Reply, size, f))
     }
 
     /// Runs a call with the deadline `timeout` sets (none: the clock is not
@@ -1174,7 +1187,11 @@ impl Sender {
     /// handler answers while the sender takes its first look (tens of
     /// microseconds). A sender that must first connect cannot do so in zero
     /// time, and times out without sending. `Duration::MAX` waits for ever.
-    /// The `SendMessageTimeoutW(WM_COPYDATA)` of Win32.
+    /// The error's [`TimeoutStage`] says whether the message went out:
+    /// not while connecting or waiting for room in a full queue (the
+    /// connection is then kept), but while waiting for the reply it was
+    /// queued and may still be handled. The
+    /// `SendMessageTimeoutW(WM_COPYDATA)` of Win32.
     #[doc(alias = "SendMessageTimeout")]
     #[doc(alias = "SendMessageTimeoutW")]
     pub fn send_timeout(&mut self, tag: u64, data: &[u8], timeout: Duration) -> Result<Reply, SendError> {
@@ -1215,13 +1232,14 @@ impl Sender {
 
     /// Posts, waiting at most `timeout` for room in the queue (and for the
     /// connection's set-up, if it has to be made). A
-    /// [`SendError::TimedOut`] comes no sooner than `timeout`; nothing was
-    /// sent then, and the connection is kept, so the posts that follow stay
-    /// in order behind those already queued.
+    /// [`SendError::TimedOut`] comes no sooner than `timeout`, at
+    /// [`TimeoutStage::Room`] (or [`Connecting`](TimeoutStage::Connecting));
+    /// nothing was sent then, and the connection is kept, so the posts that
+    /// follow stay in order behind those already queued.
     pub fn post_timeout(&mut self, tag: u64, data: &[u8], timeout: Duration) -> Result<(), SendError> {
         self.timed(Some(timeout), |s, deadline| {
             let result = s.connected(deadline, Some(timeout))?.put(POST, tag, Body::Bytes(data), &[], true, deadline);
-            result.map_err(|f| s.unsent_failed(Some(timeout), data.len() as u64, f))
+            result.map_err(|f| s.unsent_failed(Some(timeout), TimeoutStage::Room, data.len() as u64, f))
         })
     }
 
@@ -1263,9 +1281,9 @@ impl Sender {
     }
 
     /// Like [`flush`](Self::flush), waiting at most `timeout`. On
-    /// [`SendError::TimedOut`] the connection is kept: the posts stay
-    /// queued (and are lost if this process exits before the receiver
-    /// takes them).
+    /// [`SendError::TimedOut`] (at [`TimeoutStage::Flush`]) the connection
+    /// is kept: the posts stay queued (and are lost if this process exits
+    /// before the receiver takes them).
     pub fn flush_timeout(&mut self, timeout: Duration) -> Result<(), SendError> {
         self.flush_until(Some(timeout))
     }
@@ -1274,12 +1292,12 @@ impl Sender {
         self.timed(timeout, |s, deadline| {
             if let Some(c) = s.client.as_mut() {
                 let result = c.settled(deadline);
-                result.map_err(|f| s.unsent_failed(timeout, 0, f))?;
+                result.map_err(|f| s.unsent_failed(timeout, TimeoutStage::Flush, 0, f))?;
             }
             if sys::mailbox::Link::await_lingering(deadline) {
                 Ok(())
             } else {
-                Err(s.unsent_failed(timeout, 0, Fail::TimedOut))
+                Err(s.unsent_failed(timeout, TimeoutStage::Flush, 0, Fail::TimedOut))
             }
         })
     }
@@ -1298,8 +1316,9 @@ impl Sender {
 
     /// Lends a buffer, waiting at most `timeout` for one of the pool's to
     /// come back (and for the connection's set-up, if it has to be made). A
-    /// [`SendError::TimedOut`] comes no sooner than `timeout`; nothing was
-    /// lent or sent then, and the connection is kept.
+    /// [`SendError::TimedOut`] comes no sooner than `timeout`, at
+    /// [`TimeoutStage::Room`] (or [`Connecting`](TimeoutStage::Connecting));
+    /// nothing was lent or sent then, and the connection is kept.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), copydata::SendError> {
@@ -1320,7 +1339,7 @@ impl Sender {
     pub fn loan_timeout(&mut self, len: usize, timeout: Duration) -> Result<Loan<'_>, SendError> {
         let buf = self.timed(Some(timeout), |s, deadline| {
             let result = s.connected(deadline, Some(timeout))?.lend(len, true, deadline);
-            result.map_err(|f| s.unsent_failed(Some(timeout), len as u64, f))
+            result.map_err(|f| s.unsent_failed(Some(timeout), TimeoutStage::Room, len as u64, f))
         })?;
         Ok(Loan::new(self, buf, len))
     }
@@ -1373,7 +1392,7 @@ impl Sender {
             // Without its connection, the buffer's is gone.
             let Some(c) = s.client.as_mut() else { return Err(SendError::ReceiverDied { name: s.name.to_string() }) };
             let result = c.put_lent(POST, tag, buf, len, block, deadline);
-            result.map_err(|f| s.unsent_failed(timeout, len as u64, f))
+            result.map_err(|f| s.unsent_failed(timeout, TimeoutStage::Room, len as u64, f))
         })
     }
 }
@@ -1479,6 +1498,7 @@ pub(crate) fn connect_client_abortable(
         SendError::TimedOut { name, .. } => SendError::TimedOut {
             name,
             timeout: timeout.or(options.connect_timeout).unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            stage: TimeoutStage::Connecting,
         },
         other => other,
     })?;
@@ -1499,24 +1519,24 @@ pub fn send(name: &str, tag: u64, data: &[u8]) -> Result<Reply, SendError> {
 /// Sends a message to the mailbox `name` and waits at most `timeout` for the
 /// reply, set-up included (`SendMessageTimeoutW(WM_COPYDATA)`). A new
 /// connection is made for the call, so a zero timeout always times out
-/// (see [`Sender::send_timeout`]).
+/// (see [`Sender::send_timeout`]). A time-out says at which
+/// [`TimeoutStage`] it came: whether the message went out.
 #[doc(alias = "SendMessageTimeout")]
 #[doc(alias = "SendMessageTimeoutW")]
 pub fn send_timeout(name: &str, tag: u64, data: &[u8], timeout: Duration) -> Result<Reply, SendError> {
     let started = Instant::now();
-    let mut sender =
-        Sender::connect_with(name, &SenderOptions::new().connect_timeout(timeout)).map_err(|e| match e {
-            SendError::TimedOut { name, .. } => SendError::TimedOut { name, timeout },
-            other => other,
-        })?;
+    // A time-out is reported with the whole timeout, at its own stage.
+    let whole = |e| match e {
+        SendError::TimedOut { name, stage, .. } => SendError::TimedOut { name, timeout, stage },
+        other => other,
+    };
+    let mut sender = Sender::connect_with(name, &SenderOptions::new().connect_timeout(timeout)).map_err(whole)?;
     let left = timeout.saturating_sub(started.elapsed());
     if left.is_zero() {
-        return Err(SendError::TimedOut { name: name.to_string(), timeout });
+        // Connected just as the time ran out: nothing was sent.
+        return Err(SendError::TimedOut { name: name.to_string(), timeout, stage: TimeoutStage::Connecting });
     }
-    sender.send_timeout(tag, data, left).map_err(|e| match e {
-        SendError::TimedOut { name, .. } => SendError::TimedOut { name, timeout },
-        other => other,
-    })
+    sender.send_timeout(tag, data, left).map_err(whole)
 }
 
 /// A live mailbox, as reported by [`mailboxes`].

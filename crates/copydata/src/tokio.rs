@@ -103,7 +103,7 @@ use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::error::{BindError, SendError};
+use crate::error::{BindError, SendError, TimeoutStage};
 use crate::fast::Bell;
 use crate::fast::conn::{Body, CALL, Client, Fail, LentBuf, POST};
 use crate::mailbox::{Abort, SenderOptions, connect_client_abortable, failed};
@@ -222,7 +222,7 @@ impl AsyncSender {
                     // (The set-up goes on, for the next call to take over.)
                     Err(_) => {
                         let timeout = timeout.unwrap_or_else(|| d.saturating_duration_since(Instant::now()));
-                        return Err(SendError::TimedOut { name: name(), timeout });
+                        return Err(SendError::TimedOut { name: name(), timeout, stage: TimeoutStage::Connecting });
                     }
                 },
             };
@@ -304,6 +304,10 @@ impl AsyncSender {
     }
 
     /// Sends and waits at most `timeout` for the reply, set-up included.
+    /// A time-out says at which [`TimeoutStage`] the call was when its
+    /// time ran out, as for [`Sender::send_timeout`](crate::Sender::send_timeout):
+    /// connecting or waiting for room (nothing sent, the connection kept),
+    /// or waiting for the reply (the message may still be handled).
     #[doc(alias = "SendMessageTimeout")]
     pub async fn send_timeout(&mut self, tag: u64, data: &[u8], timeout: Duration) -> Result<Reply, SendError> {
         self.call(tag, data, &[], Some(timeout)).await
@@ -332,7 +336,7 @@ impl AsyncSender {
     pub async fn post(&mut self, tag: u64, data: &[u8]) -> Result<(), SendError> {
         let conn = self.lease(None, None).await?;
         let result = conn.put(POST, tag, data, &[]).await;
-        self.settled(result, None, data.len())
+        self.settled(result, None, TimeoutStage::Room, data.len())
     }
 
     /// Posts, waiting at most `timeout` for room in the queue (and for the
@@ -343,16 +347,20 @@ impl AsyncSender {
     /// [`Sender::post_timeout`](crate::Sender::post_timeout)).
     #[doc(alias = "PostMessage")]
     pub async fn post_timeout(&mut self, tag: u64, data: &[u8], timeout: Duration) -> Result<(), SendError> {
-        self.with_room(data.len(), timeout, |c| c.put(POST, tag, Body::Bytes(data), &[], false, None)).await
+        let attempt = |c: &mut Client| c.put(POST, tag, Body::Bytes(data), &[], false, None);
+        self.with_room(data.len(), timeout, TimeoutStage::Room, attempt).await
     }
 
     /// Runs `attempt` on the connection (made first if there is none) until
     /// it finds room or a buffer, or `timeout` passes: a time-out, no
-    /// sooner than `timeout`, has sent nothing and keeps the connection.
+    /// sooner than `timeout`, has sent nothing and keeps the connection. It
+    /// is reported at `stage` (a flush's, or `Room`) once the connection is
+    /// there.
     async fn with_room<T>(
         &mut self,
         size: usize,
         timeout: Duration,
+        stage: TimeoutStage,
         attempt: impl FnMut(&mut Client) -> Result<T, Fail>,
     ) -> Result<T, SendError> {
         self.runtime()?;
@@ -361,8 +369,8 @@ impl AsyncSender {
         let result = async {
             let conn = self.lease(deadline, Some(timeout)).await?;
             match conn.until_room(deadline, attempt).await {
-                Err(Fail::TimedOut) => Err(self.timed_out(Some(timeout))),
-                result => self.settled(result, Some(timeout), size),
+                Err(Fail::TimedOut) => Err(self.timed_out(Some(timeout), stage)),
+                result => self.settled(result, Some(timeout), stage, size),
             }
         }
         .await;
@@ -375,7 +383,7 @@ impl AsyncSender {
     #[doc(alias = "PostMessage")]
     pub async fn try_post(&mut self, tag: u64, data: &[u8]) -> Result<(), SendError> {
         let result = self.lease(None, None).await?.try_put(POST, tag, data);
-        self.settled(result, None, data.len())
+        self.settled(result, None, TimeoutStage::Room, data.len())
     }
 
     /// Waits until the messages posted through this sender so far no longer
@@ -385,7 +393,7 @@ impl AsyncSender {
     pub async fn flush(&mut self) -> Result<(), SendError> {
         if let Some(conn) = self.here()? {
             let result = conn.until_room(None, Client::try_settled).await;
-            self.settled(result, None, 0)?;
+            self.settled(result, None, TimeoutStage::Flush, 0)?;
         }
         lingered(None).await;
         Ok(())
@@ -397,13 +405,9 @@ impl AsyncSender {
         self.runtime()?;
         let deadline = Instant::now().checked_add(timeout);
         if self.conn.is_some() {
-            self.with_room(0, timeout, Client::try_settled).await?;
+            self.with_room(0, timeout, TimeoutStage::Flush, Client::try_settled).await?;
         }
-        if lingered(deadline).await {
-            Ok(())
-        } else {
-            Err(SendError::TimedOut { name: self.name.to_string(), timeout })
-        }
+        if lingered(deadline).await { Ok(()) } else { Err(self.timed_out(Some(timeout), TimeoutStage::Flush)) }
     }
 
     /// Lends a buffer of `len` bytes in shared memory, to fill in place and
@@ -422,7 +426,7 @@ impl AsyncSender {
     /// [`SendError::TimedOut`] comes no sooner than `timeout`, nothing was
     /// lent then, and the connection is kept.
     pub async fn loan_timeout(&mut self, len: usize, timeout: Duration) -> Result<AsyncLoan<'_>, SendError> {
-        let buf = self.with_room(len, timeout, |c| c.lend(len, false, None)).await?;
+        let buf = self.with_room(len, timeout, TimeoutStage::Room, |c| c.lend(len, false, None)).await?;
         Ok(AsyncLoan::new(self, buf, len))
     }
 
@@ -444,7 +448,7 @@ impl AsyncSender {
             true => conn.until_room(None, |c| c.lend(len, false, None)).await,
             false => conn.client.lend(len, false, None),
         };
-        self.settled(result, None, len)
+        self.settled(result, None, TimeoutStage::Room, len)
     }
 
     async fn call(
@@ -457,37 +461,49 @@ impl AsyncSender {
         self.runtime()?;
         let started = Instant::now();
         let deadline = timeout.and_then(|t| started.checked_add(t));
+        // How far the exchange got, for a time-out that drops it.
+        let mut stage = TimeoutStage::Connecting;
         let exchange = async {
             // Queued with the connection in place: dropped while it waits
             // for room, the call has queued nothing (as a post), and the
             // connection stays, clean.
-            let queued = self.lease(deadline, timeout).await?.put(CALL, tag, data, sections).await;
+            let conn = self.lease(deadline, timeout).await?;
+            stage = TimeoutStage::Room;
+            let queued = conn.put(CALL, tag, data, sections).await;
             if let Err(f) = queued {
-                return self.settled(Err(f), timeout, data.len());
+                return self.settled(Err(f), timeout, TimeoutStage::Room, data.len());
             }
             // Queued: from here a dropped call takes its connection along,
             // whose late reply must not be taken for a later call's.
+            stage = TimeoutStage::Reply;
             let mut conn = self.conn.take().expect("leased above");
             let result = conn.reply().await;
-            self.settle(conn, result, timeout, data.len())
+            self.settle(conn, result, timeout, TimeoutStage::Reply, data.len())
         };
         // Past the deadline, the exchange was dropped (with the connection
         // if the call was queued).
-        let result = until(deadline, exchange).await.unwrap_or_else(|| Err(self.timed_out(timeout)));
+        let finished = until(deadline, exchange).await;
+        let result = finished.unwrap_or_else(|| Err(self.timed_out(timeout, stage)));
         not_early(result, started, timeout).await
     }
 
-    /// The error for a call or post that ran out of `timeout`.
-    fn timed_out(&self, timeout: Option<Duration>) -> SendError {
-        SendError::TimedOut { name: self.name.to_string(), timeout: timeout.unwrap_or_default() }
+    /// The error for a call or post that ran out of `timeout` at `stage`.
+    fn timed_out(&self, timeout: Option<Duration>, stage: TimeoutStage) -> SendError {
+        SendError::TimedOut { name: self.name.to_string(), timeout: timeout.unwrap_or_default(), stage }
     }
 
     /// The outcome of an exchange on the connection left in place
     /// ([`lease`](Self::lease)): dropped after an error that does not leave
-    /// it clean.
-    fn settled<T>(&mut self, result: Result<T, Fail>, timeout: Option<Duration>, size: usize) -> Result<T, SendError> {
+    /// it clean. A time-out is reported at `stage`.
+    fn settled<T>(
+        &mut self,
+        result: Result<T, Fail>,
+        timeout: Option<Duration>,
+        stage: TimeoutStage,
+        size: usize,
+    ) -> Result<T, SendError> {
         result.map_err(|f| {
-            let (error, clean) = failed(&self.name, timeout, size as u64, f);
+            let (error, clean) = failed(&self.name, timeout, stage, size as u64, f);
             if !clean {
                 self.conn = None;
             }
@@ -496,12 +512,13 @@ impl AsyncSender {
     }
 
     /// Keeps the connection after a success or an error that leaves it
-    /// clean; drops it otherwise.
+    /// clean; drops it otherwise. A time-out is reported at `stage`.
     fn settle<T>(
         &mut self,
         conn: Conn,
         result: Result<T, Fail>,
         timeout: Option<Duration>,
+        stage: TimeoutStage,
         size: usize,
     ) -> Result<T, SendError> {
         match result {
@@ -510,7 +527,7 @@ impl AsyncSender {
                 Ok(t)
             }
             Err(f) => {
-                let (error, clean) = failed(&self.name, timeout, size as u64, f);
+                let (error, clean) = failed(&self.name, timeout, stage, size as u64, f);
                 if clean {
                     self.conn = Some(conn);
                 }
@@ -589,6 +606,9 @@ impl<'a> AsyncLoan<'a> {
         let started = Instant::now();
         let deadline = timeout.and_then(|t| started.checked_add(t));
         let len = self.len;
+        // How far the exchange got, for a time-out that drops it (the
+        // connection is there: a loan comes from it).
+        let mut stage = TimeoutStage::Room;
         let exchange = async {
             // Without its connection, the buffer's is gone.
             let Some(conn) = self.sender.conn.as_mut() else {
@@ -604,18 +624,20 @@ impl<'a> AsyncLoan<'a> {
                 if !matches!(f, Fail::Full | Fail::TimedOut) {
                     self.buf = None;
                 }
-                return self.sender.settled(Err(f), timeout, len);
+                return self.sender.settled(Err(f), timeout, TimeoutStage::Room, len);
             }
             // Queued: the buffer is the receiver's to read, and from here a
             // dropped call takes its connection along.
+            stage = TimeoutStage::Reply;
             self.buf = None;
             let mut conn = self.sender.conn.take().expect("there above");
             let result = conn.reply().await;
-            self.sender.settle(conn, result, timeout, len)
+            self.sender.settle(conn, result, timeout, TimeoutStage::Reply, len)
         };
         // Past the deadline, the exchange was dropped (with the connection
         // if the call was queued).
-        let result = until(deadline, exchange).await.unwrap_or_else(|| Err(self.sender.timed_out(timeout)));
+        let finished = until(deadline, exchange).await;
+        let result = finished.unwrap_or_else(|| Err(self.sender.timed_out(timeout, stage)));
         not_early(result, started, timeout).await
     }
 
@@ -692,12 +714,12 @@ impl<'a> AsyncLoan<'a> {
     /// had no room, nothing was queued and the buffer is still lent.
     fn settle(mut self, result: Result<(), Fail>, timeout: Option<Duration>) -> Result<(), PostLoanError<Self>> {
         let error = match result {
-            Err(Fail::TimedOut) => self.sender.timed_out(timeout),
+            Err(Fail::TimedOut) => self.sender.timed_out(timeout, TimeoutStage::Room),
             Err(Fail::Full) => SendError::Full { name: self.sender.name.to_string() },
             // Sent, or failed with the buffer given back: the loan is done.
             other => {
                 self.buf = None;
-                return self.sender.settled(other, timeout, self.len).map_err(PostLoanError::gone);
+                return self.sender.settled(other, timeout, TimeoutStage::Room, self.len).map_err(PostLoanError::gone);
             }
         };
         Err(PostLoanError::back(error, self))

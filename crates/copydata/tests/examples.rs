@@ -83,7 +83,8 @@ fn handover_reaches_a_process_that_inherited_nothing() {
 #[test]
 fn echo_replies_and_a_slow_reply_times_out() {
     let Some((out, pid)) = run("echo") else { return };
-    let timed_out = format!("sender: timed out after 200ms waiting for mailbox \"copydata-example-echo-{pid}\"");
+    let timed_out =
+        format!("sender: timed out after 200ms waiting for the reply of mailbox \"copydata-example-echo-{pid}\"");
     assert_eq!(out, format!("sender: reply 0 \"hello\"\n{timed_out}\n"));
 }
 

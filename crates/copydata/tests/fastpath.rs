@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Kid, hear, pattern, say, unique};
-use copydata::{Mailbox, MailboxOptions, Message, Reply, SendError, Sender, SenderOptions, Wait};
+use copydata::{Mailbox, MailboxOptions, Message, Reply, SendError, Sender, SenderOptions, TimeoutStage, Wait};
 
 const MIB: usize = 1 << 20;
 /// How long a failure (a hang, a missed death) may take to surface.
@@ -1148,7 +1148,9 @@ fn post_timeout_gives_up_on_a_full_queue_and_keeps_the_order() {
     let t = Duration::from_millis(300);
     let started = Instant::now();
     match s.post_timeout(tag(REC, n), &pattern(100, n), t) {
-        Err(SendError::TimedOut { timeout, .. }) => assert_eq!(timeout, t, "the timeout reported"),
+        Err(SendError::TimedOut { timeout, stage, .. }) => {
+            assert_eq!((timeout, stage), (t, TimeoutStage::Room), "the timeout and stage reported");
+        }
         other => panic!("post_timeout on a full queue: {other:?}"),
     }
     let took = started.elapsed();
@@ -1194,7 +1196,9 @@ fn a_loan_posted_into_a_full_queue_comes_back() {
     let err = loan.post_timeout(tag(REC, n), t).expect_err("post_timeout into a full queue");
     let took = started.elapsed();
     match err.error() {
-        SendError::TimedOut { timeout, .. } => assert_eq!(*timeout, t, "the timeout reported"),
+        SendError::TimedOut { timeout, stage, .. } => {
+            assert_eq!((*timeout, *stage), (t, TimeoutStage::Room), "the timeout and stage reported");
+        }
         other => panic!("post_timeout into a full queue: {other:?}"),
     }
     assert!(took >= t, "gave up after {took:?}, before {t:?}");
@@ -1257,7 +1261,9 @@ fn a_loan_waits_for_a_buffer_only_as_long_as_asked() {
     let err = s.loan_timeout(len, t).expect_err("loan_timeout with every buffer held");
     let took = started.elapsed();
     match err {
-        SendError::TimedOut { timeout, .. } => assert_eq!(timeout, t, "the timeout reported"),
+        SendError::TimedOut { timeout, stage, .. } => {
+            assert_eq!((timeout, stage), (t, TimeoutStage::Room), "the timeout and stage reported");
+        }
         other => panic!("loan_timeout with every buffer held: {other:?}"),
     }
     assert!(took >= t, "gave up after {took:?}, before {t:?}");
@@ -1948,8 +1954,13 @@ fn timeouts_against_a_stopped_receiver() {
     procfs::eventually("the receiver stops", || procfs::state(srv.pid) == 'T');
     let timed_out = |what: &str, t: Duration, started: Instant, r: Result<(), SendError>| {
         let took = started.elapsed();
+        // A set-up sends nothing; a send on the live connection is queued
+        // (the receiver takes it once it goes on) and waits for its reply.
+        let want = if what == "send_timeout" { TimeoutStage::Reply } else { TimeoutStage::Connecting };
         match r {
-            Err(SendError::TimedOut { timeout, .. }) => assert_eq!(timeout, t, "{what}: the timeout reported"),
+            Err(SendError::TimedOut { timeout, stage, .. }) => {
+                assert_eq!((timeout, stage), (t, want), "{what}: the timeout and stage reported");
+            }
             other => panic!("{what}: {other:?}"),
         }
         assert!(took >= t, "{what}: gave up after {took:?}, before {t:?}");
@@ -1998,7 +2009,9 @@ fn a_loan_times_out_like_a_send() {
     loan.fill(7);
     let started = Instant::now();
     match loan.send_timeout(tag(SLEEP, 1500), t) {
-        Err(SendError::TimedOut { timeout, .. }) => assert_eq!(timeout, t, "the timeout reported"),
+        Err(SendError::TimedOut { timeout, stage, .. }) => {
+            assert_eq!((timeout, stage), (t, TimeoutStage::Reply), "the timeout and stage reported");
+        }
         other => panic!("a loan to a handler sleeping 1.5 s with a timeout of {t:?}: {other:?}"),
     }
     let took = started.elapsed();

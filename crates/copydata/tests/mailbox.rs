@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Kid, hear, pattern, say, unique};
-use copydata::{Mailbox, MailboxOptions, RecvError, Reply, SendError, Sender};
+use copydata::{Mailbox, MailboxOptions, RecvError, Reply, SendError, Sender, TimeoutStage};
 
 #[test]
 fn child_entry() {
@@ -532,6 +532,130 @@ fn a_late_reply_is_never_taken_for_a_later_one() {
     let reply = sender.send(0, b"").unwrap();
     check_echo(&reply, b"");
     stop_server(kid, &name);
+}
+
+/// The time-out of a call whose handler takes longer says it waited for
+/// the reply: the message went out (the handler has it) and may still be
+/// handled. The stage shows in the message, which an `io::Error` keeps;
+/// `copydata::send_timeout`, which connects first, reports the same.
+#[test]
+fn a_handler_slower_than_the_timeout_times_out_at_the_reply() {
+    let name = unique("stage-reply");
+    let mut kid = Kid::spawn("serve", &[&name, "1500", "tell"]);
+    kid.expect("ready");
+    let mut sender = Sender::connect(&name).unwrap();
+    let t = Duration::from_millis(300);
+    let err = sender.send_timeout(1, b"slow one", t).unwrap_err();
+    match &err {
+        SendError::TimedOut { name: n, timeout, stage } => {
+            assert_eq!((n, *timeout, *stage), (&name, t, TimeoutStage::Reply), "{err}");
+        }
+        other => panic!("a handler sleeping 1.5 s with a timeout of {t:?}: {other:?}"),
+    }
+    assert_eq!(err.timeout_stage(), Some(TimeoutStage::Reply));
+    assert!(TimeoutStage::Reply.message_sent(), "a message waiting for its reply went out");
+    assert_eq!(err.to_string(), format!("timed out after 300ms waiting for the reply of mailbox {name:?}"));
+    // It did go out: the handler took it.
+    kid.expect("held");
+    let io = std::io::Error::from(err);
+    assert_eq!(io.kind(), std::io::ErrorKind::TimedOut);
+    assert!(io.to_string().contains("waiting for the reply"), "{io}");
+    // A new connection, then the same wait.
+    let err = copydata::send_timeout(&name, 1, b"slow two", t).unwrap_err();
+    assert_eq!(err.timeout_stage(), Some(TimeoutStage::Reply), "{err}");
+    assert!(matches!(err, SendError::TimedOut { timeout, .. } if timeout == t), "{err:?}");
+    kid.expect("held");
+    // Other errors have no stage.
+    assert_eq!(SendError::NoSuchMailbox { name: name.clone() }.timeout_stage(), None);
+    stop_server(kid, &name);
+}
+
+/// A post or a call that finds the receiver's queue full and no room
+/// within its timeout says it waited for room: nothing was sent (the
+/// receiver never sees it) and the connection is kept.
+#[test]
+fn a_full_queue_times_out_at_the_room_stage_and_sends_nothing() {
+    let name = unique("stage-room");
+    let mut kid = Kid::spawn("serve", &[&name, "4000", "tell"]);
+    kid.expect("ready");
+    let mut sender = Sender::connect(&name).unwrap();
+    // The handler sleeps on the first post; the queue fills behind it.
+    sender.post(1, b"hold").unwrap();
+    kid.expect("held");
+    // (Empty posts: the smallest records, so that no message of any kind
+    // fits in what is left.)
+    let data = [7u8; 1000];
+    let mut posted = 0u64;
+    loop {
+        match sender.try_post(0, b"") {
+            Ok(()) => posted += 1,
+            Err(SendError::Full { .. }) => break,
+            Err(e) => panic!("try_post: {e}"),
+        }
+        assert!(posted < 1_000_000, "the queue never filled");
+    }
+    let t = Duration::from_millis(200);
+    let room = |what: &str, err: SendError| {
+        match &err {
+            SendError::TimedOut { timeout, stage, .. } => {
+                assert_eq!((*timeout, *stage), (t, TimeoutStage::Room), "{what}: {err}");
+            }
+            other => panic!("{what} into a full queue: {other:?}"),
+        }
+        assert!(!TimeoutStage::Room.message_sent(), "{what}: waiting for room sends nothing");
+        let want = format!("timed out after 200ms waiting for room in the queue of mailbox {name:?}");
+        assert_eq!(err.to_string(), want, "{what}");
+    };
+    room("post_timeout", sender.post_timeout(0, &data, t).unwrap_err());
+    room("send_timeout", sender.send_timeout(0, &data, t).unwrap_err());
+    let mut loan = sender.loan(data.len()).unwrap();
+    loan.fill(7);
+    let err = loan.post_timeout(0, t).expect_err("a loan posted into a full queue");
+    room("Loan::post_timeout", err.into_error());
+    // Still connected to the same queue.
+    assert!(sender.max_payload().is_some(), "the connection was dropped");
+    // Once the handler is done, a call behind the posts is answered after
+    // them; nothing else of this sender was taken.
+    check_echo(&sender.send_timeout(0, b"after", Duration::from_secs(30)).unwrap(), b"after".as_slice());
+    let served = stop_server(kid, &name);
+    assert_eq!(served, 1 + posted + 1 + 1, "the hold, the posts, the call and the stop, nothing more");
+}
+
+/// Against a receiver stopped with `SIGSTOP`, a set-up never completes:
+/// every way of connecting times out at the connecting stage, having sent
+/// nothing.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_stopped_receiver_times_out_at_the_connecting_stage() {
+    let name = unique("stage-connect");
+    let kid = server(&name, 0);
+    common::stop(kid.id());
+    let t = Duration::from_millis(300);
+    let connecting = |what: &str, err: SendError| {
+        match &err {
+            SendError::TimedOut { timeout, stage, .. } => {
+                assert_eq!((*timeout, *stage), (t, TimeoutStage::Connecting), "{what}: {err}");
+            }
+            other => panic!("{what} to a stopped receiver: {other:?}"),
+        }
+        assert!(!TimeoutStage::Connecting.message_sent(), "{what}: a set-up sends no message");
+        assert_eq!(err.to_string(), format!("timed out after 300ms connecting to mailbox {name:?}"), "{what}");
+    };
+    connecting("connect_timeout", Sender::connect_timeout(&name, t).unwrap_err());
+    connecting("copydata::send_timeout", copydata::send_timeout(&name, 0, b"x", t).unwrap_err());
+    let mut sender = Sender::unconnected(&name, &copydata::SenderOptions::new()).unwrap();
+    connecting("send_timeout with set-up", sender.send_timeout(0, b"x", t).unwrap_err());
+    connecting("post_timeout with set-up", sender.post_timeout(0, b"x", t).unwrap_err());
+    connecting("loan_timeout with set-up", sender.loan_timeout(10, t).map(drop).unwrap_err());
+    // Going on, the receiver serves again: none of those messages reached
+    // it, only this call and the stop.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(kid.id() as i32).unwrap(),
+        rustix::process::Signal::CONT,
+    )
+    .unwrap();
+    check_echo(&sender.send_timeout(0, b"after", Duration::from_secs(30)).unwrap(), b"after".as_slice());
+    assert_eq!(stop_server(kid, &name), 2, "only the call after SIGCONT and the stop were served");
 }
 
 #[test]
@@ -2658,12 +2782,49 @@ fn a_set_up_that_timed_out_leaves_nothing_to_fail_later() {
     let started = Instant::now();
     let first = Sender::connect_timeout(&name, Duration::from_millis(300));
     let took = started.elapsed();
-    assert!(matches!(first, Err(SendError::TimedOut { .. })), "{:?}", first.map(|_| ()));
+    let connecting = matches!(first, Err(SendError::TimedOut { stage: TimeoutStage::Connecting, .. }));
+    assert!(connecting, "{:?}", first.map(|_| ()));
     assert!(took < Duration::from_secs(5), "connect_timeout(300 ms) returned after {took:?}");
     let mut sender = Sender::connect_timeout(&name, Duration::from_secs(30)).expect("the next set-up");
     assert_eq!(sender.send(6, b"next").unwrap().code, 6);
     assert!(stall.join().unwrap().is_ok());
     drop(sender);
+    drop(server);
+}
+
+/// A plain `WM_COPYDATA` (`send_to_window`) that times out says it waited
+/// for the reply: `SendMessageTimeoutW` does not tell whether the window's
+/// thread took the message, so it may have been (or still be) handled.
+/// (Whether a message still queued when the time ran out is delivered
+/// later is up to the system: Wine drops it.)
+#[cfg(windows)]
+#[test]
+fn a_plain_send_that_times_out_says_it_waited_for_the_reply() {
+    let name = unique("plain-stage");
+    let (held_tx, held) = std::sync::mpsc::channel();
+    let server = Mailbox::bind(&name).unwrap().serve(move |m| {
+        if m.tag() == 1 {
+            let _ = held_tx.send(());
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        Reply::code(m.tag() as i64)
+    });
+    let class = format!("copydata.mailbox.{name}");
+    let stall = std::thread::spawn({
+        let class = class.clone();
+        move || copydata::os::windows::send_to_window(Some(&class), None, 1, b"held", Duration::from_secs(30))
+    });
+    // The mailbox's thread waits for the handler's answer from now on.
+    held.recv_timeout(Duration::from_secs(30)).expect("the handler got the first message");
+    let t = Duration::from_millis(300);
+    let err = copydata::os::windows::send_to_window(Some(&class), None, 2, b"late", t).unwrap_err();
+    match &err {
+        SendError::TimedOut { timeout, stage, .. } => assert_eq!((*timeout, *stage), (t, TimeoutStage::Reply), "{err}"),
+        other => panic!("a plain send to a held window: {other:?}"),
+    }
+    assert!(err.timeout_stage().is_some_and(TimeoutStage::message_sent), "{err}");
+    assert!(err.to_string().contains("waiting for the reply of mailbox"), "{err}");
+    assert!(stall.join().unwrap().is_ok());
     drop(server);
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::{Kid, say, unique};
 use copydata::tokio::{AsyncMailbox, AsyncSender};
-use copydata::{Mailbox, Reply, SendError, Sender};
+use copydata::{Mailbox, Reply, SendError, Sender, TimeoutStage};
 
 #[test]
 fn child_entry() {
@@ -357,6 +357,47 @@ fn cancelled_set_ups_are_taken_over_not_doubled() {
     drop(kid);
 }
 
+/// An async call times out at the stage it had reached: against a
+/// stopped receiver, every way of connecting at the set-up (nothing sent,
+/// also for a call that takes over the set-up an earlier one began); with
+/// the connection made and the receiver going again, a call whose handler
+/// takes longer at the reply.
+#[cfg(target_os = "linux")]
+#[test]
+fn async_time_outs_say_at_which_stage_they_came() {
+    let (kid, name) = echo_child();
+    let pid = kid.kid.as_ref().unwrap().id();
+    common::stop(pid);
+    within(async {
+        let t = Duration::from_millis(300);
+        let connecting = |what: &str, err: SendError| match err {
+            SendError::TimedOut { timeout, stage: TimeoutStage::Connecting, .. } => {
+                assert_eq!(timeout, t, "{what}: the timeout reported")
+            }
+            other => panic!("{what} to a stopped receiver: {other:?}"),
+        };
+        let mut sender = AsyncSender::unconnected(&name, &Default::default()).unwrap();
+        connecting("send_timeout", sender.send_timeout(1, b"x", t).await.unwrap_err());
+        // (The set-up the first call began is taken over, and still hangs.)
+        connecting("send_timeout again", sender.send_timeout(1, b"x", t).await.unwrap_err());
+        connecting("post_timeout", sender.post_timeout(1, b"x", t).await.unwrap_err());
+        connecting("loan_timeout", sender.loan_timeout(10, t).await.map(drop).unwrap_err());
+        let err = copydata::tokio::send_timeout(&name, 1, b"x", t).await.unwrap_err();
+        connecting("copydata::tokio::send_timeout", err);
+        // SAFETY: continues the child stopped above.
+        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        let reply = sender.send_timeout(5, b"after", Duration::from_secs(20)).await.unwrap();
+        assert_eq!((reply.code, &reply.data[..]), (5, &b"after"[..]));
+        let err = sender.send_timeout(6, b"sleep:1500", t).await.unwrap_err();
+        match &err {
+            SendError::TimedOut { timeout, stage: TimeoutStage::Reply, .. } => assert_eq!(*timeout, t, "{err}"),
+            other => panic!("a call to a handler sleeping 1.5 s: {other:?}"),
+        }
+        assert!(err.to_string().contains("waiting for the reply of mailbox"), "{err}");
+    });
+    drop(kid);
+}
+
 /// A set-up that nobody can take over any more (a dropped `connect`
 /// future, a sender dropped after a call cancelled during set-up, a task
 /// dropped with its runtime) ends at once, not at its connect timeout
@@ -436,7 +477,7 @@ fn a_cancelled_call_never_hands_its_reply_to_the_next_one() {
         // The same through send_timeout's own deadline.
         let started = Instant::now();
         let err = sender.send_timeout(HELD, b"never answered", Duration::from_millis(200)).await.unwrap_err();
-        assert!(matches!(err, SendError::TimedOut { .. }), "{err:?}");
+        assert!(matches!(err, SendError::TimedOut { stage: TimeoutStage::Reply, .. }), "{err:?}");
         assert!(started.elapsed() >= Duration::from_millis(200));
         // Never before the timeout, however short (timers of a millisecond's
         // grain may fire a little early).
@@ -591,7 +632,7 @@ fn async_posts_can_give_up_when_the_queue_stays_full() {
         // A bounded post gives up, no sooner than asked, having sent nothing.
         let started = Instant::now();
         let err = sender.post_timeout(queued, &data, Duration::from_millis(300)).await.unwrap_err();
-        assert!(matches!(err, SendError::TimedOut { .. }), "{err:?}");
+        assert!(matches!(err, SendError::TimedOut { stage: TimeoutStage::Room, .. }), "{err:?}");
         assert!(started.elapsed() >= Duration::from_millis(300), "gave up after {:?}", started.elapsed());
         // The connection was kept: once the receiver takes messages again,
         // the next posts follow those already queued, in order.
@@ -667,7 +708,7 @@ fn a_post_cancelled_while_waiting_for_room_keeps_the_connection() {
         assert!(cancelled.is_err(), "a call into a full queue completed: {cancelled:?}");
         assert_eq!(sender.receiver_pid(), Some(pid), "the connection was dropped with the call");
         let timed_out = sender.send_timeout(n, &data, Duration::from_millis(50)).await;
-        assert!(matches!(timed_out, Err(SendError::TimedOut { .. })), "{timed_out:?}");
+        assert!(matches!(timed_out, Err(SendError::TimedOut { stage: TimeoutStage::Room, .. })), "{timed_out:?}");
         assert_eq!(sender.receiver_pid(), Some(pid), "the connection was dropped with the timed-out call");
         // A loan's call, likewise: the buffer goes back, nothing is sent.
         let mut loan = sender.loan(100_000).await.unwrap();
@@ -678,7 +719,7 @@ fn a_post_cancelled_while_waiting_for_room_keeps_the_connection() {
         let mut loan = sender.loan(100_000).await.unwrap();
         loan.fill(7);
         let timed_out = loan.send_timeout(n, Duration::from_millis(50)).await;
-        assert!(matches!(timed_out, Err(SendError::TimedOut { .. })), "{timed_out:?}");
+        assert!(matches!(timed_out, Err(SendError::TimedOut { stage: TimeoutStage::Room, .. })), "{timed_out:?}");
         assert_eq!(sender.receiver_pid(), Some(pid), "the connection was dropped with the loan's timed-out call");
         // A loan's post, likewise: the buffer goes back, nothing is sent.
         let mut loan = sender.loan(100_000).await.unwrap();
@@ -761,7 +802,7 @@ fn async_flush_waits_until_the_posts_are_taken() {
         let flushed = sender.flush_timeout(Duration::from_millis(300)).await;
         if cfg!(windows) {
             let err = flushed.unwrap_err();
-            assert!(matches!(err, SendError::TimedOut { .. }), "{err:?}");
+            assert!(matches!(err, SendError::TimedOut { stage: TimeoutStage::Flush, .. }), "{err:?}");
             assert!(started.elapsed() >= Duration::from_millis(300), "gave up after {:?}", started.elapsed());
         } else {
             flushed.unwrap();
@@ -799,7 +840,9 @@ fn an_async_loan_posted_into_a_full_queue_comes_back() {
         let err = loan.post_timeout(n, t).await.expect_err("post_timeout into a full queue");
         let took = started.elapsed();
         match err.error() {
-            SendError::TimedOut { timeout, .. } => assert_eq!(*timeout, t, "the timeout reported"),
+            SendError::TimedOut { timeout, stage, .. } => {
+                assert_eq!((*timeout, *stage), (t, TimeoutStage::Room), "the timeout and stage reported");
+            }
             other => panic!("post_timeout into a full queue: {other:?}"),
         }
         assert!(took >= t, "gave up after {took:?}, before {t:?}");
@@ -863,7 +906,10 @@ fn an_async_loan_waits_for_a_buffer_only_as_long_as_asked() {
         let started = Instant::now();
         let err = sender.loan_timeout(len, t).await.expect_err("loan_timeout with every buffer held");
         let took = started.elapsed();
-        assert!(matches!(err, SendError::TimedOut { timeout, .. } if timeout == t), "{err:?}");
+        assert!(
+            matches!(err, SendError::TimedOut { timeout, stage: TimeoutStage::Room, .. } if timeout == t),
+            "{err:?}"
+        );
         assert!(took >= t, "gave up after {took:?}, before {t:?}");
         // The connection was kept: a post queues behind the loans.
         sender.post(held + 1, b"after").await.unwrap();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
-use copydata::{SendError, Sender};
+use copydata::{SendError, Sender, TimeoutStage};
 
 use crate::exit;
 
@@ -78,14 +78,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => None,
     };
     // A post waits for no reply: its timeout covers the set-up and room in
-    // the receiver's queue, which is worth saying (the library's wording
-    // only says what it waited for).
+    // the receiver's queue, and either way nothing was posted, which is
+    // worth saying.
     let post_timed_out = |e: SendError| -> anyhow::Error {
         match e {
-            SendError::TimedOut { name, timeout } => exit::TimedOut(format!(
-                "mailbox {name:?} did not take the post within {timeout:?} (connection set-up and room in its queue)"
-            ))
-            .into(),
+            SendError::TimedOut { name, timeout, stage } => {
+                let waited = match stage {
+                    TimeoutStage::Connecting => "connecting to it",
+                    TimeoutStage::Room => "waiting for room in its queue",
+                    _ => return SendError::TimedOut { name, timeout, stage }.into(),
+                };
+                exit::TimedOut(format!(
+                    "mailbox {name:?} did not take the post within {timeout:?} (timed out {waited}; nothing was posted)"
+                ))
+                .into()
+            }
             other => other.into(),
         }
     };
@@ -294,7 +301,7 @@ fn posted(args: &Args, sender: &mut Sender) -> anyhow::Result<ExitCode> {
     };
     match flushed {
         Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(SendError::TimedOut { name, timeout }) => Err(exit::TimedOut(format!(
+        Err(SendError::TimedOut { name, timeout, .. }) => Err(exit::TimedOut(format!(
             "mailbox {name:?} did not take the post off its queue within {timeout:?} (it stays queued, but its \
              buffer, which the mailbox takes out of this process, goes when the command exits)"
         ))

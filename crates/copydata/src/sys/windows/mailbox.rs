@@ -1973,7 +1973,8 @@ pub(crate) fn connect(
 ) -> Result<(Link, u64), SendError> {
     let shown = || name.to_string();
     let io = |source: io::Error| SendError::Io { name: shown(), source };
-    let timed_out = || SendError::TimedOut { name: shown(), timeout: Duration::ZERO };
+    let timed_out =
+        || SendError::TimedOut { name: shown(), timeout: Duration::ZERO, stage: crate::TimeoutStage::Connecting };
     let bad = |reason: String| SendError::Protocol { name: shown(), reason };
     let target = find_mailbox(name).ok_or_else(|| SendError::NoSuchMailbox { name: shown() })?;
     let pid = window_pid(target);
@@ -2060,8 +2061,12 @@ pub fn send_to_window(
     let reply = RECEIVING.with(|r| r.borrow_mut().pop()).and_then(|e| e.reply);
     match sent {
         Ok(code) => Ok(Reply::new(code as i64, reply.unwrap_or_default())),
+        // `SendMessageTimeoutW` does not say whether the window's thread
+        // took the message before the time ran out (its handler may be
+        // running, or run later from a message it had already taken): as
+        // for a reply that did not come, it may have been handled.
         Err(e) if e.raw_os_error() == Some(ERROR_TIMEOUT as i32) && is_window(target) => {
-            Err(SendError::TimedOut { name: shown, timeout })
+            Err(SendError::TimedOut { name: shown, timeout, stage: crate::TimeoutStage::Reply })
         }
         Err(_) if !is_window(target) => Err(SendError::ReceiverDied { name: shown }),
         // The window is there but refused (a process of higher integrity
@@ -2707,7 +2712,8 @@ mod tests {
         let _server = echo(&name);
         let held = Undelivered::held(&name, Duration::from_millis(1000));
         let failed = connect(&name, Wait::Park, Instant::now() + Duration::from_millis(300), None, None);
-        assert!(matches!(failed, Err(SendError::TimedOut { .. })), "{:?}", failed.map(|_| ()));
+        let connecting = matches!(failed, Err(SendError::TimedOut { stage: crate::TimeoutStage::Connecting, .. }));
+        assert!(connecting, "{:?}", failed.map(|_| ()));
         assert_eq!(held.hellos(), 1, "the mailbox got the hello");
         // Queued behind the hello: the mailbox answers the hello while this
         // thread waits here.

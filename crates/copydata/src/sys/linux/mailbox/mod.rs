@@ -929,7 +929,8 @@ pub(crate) fn connect(
 ) -> Result<(Link, u64), SendError> {
     let shown = || name.to_string();
     let io = |source: io::Error| SendError::Io { name: shown(), source };
-    let timed_out = || SendError::TimedOut { name: shown(), timeout: Duration::ZERO };
+    let timed_out =
+        || SendError::TimedOut { name: shown(), timeout: Duration::ZERO, stage: crate::TimeoutStage::Connecting };
     let me = rustix::process::getuid().as_raw();
     if let Some(owner) = owner.filter(|&o| o != me) {
         // Another user's mailbox, at its abstract address: anyone could
@@ -987,7 +988,8 @@ fn set_up_connection(
 ) -> Result<(Link, u64), SendError> {
     let shown = || name.to_string();
     let io = |source: io::Error| SendError::Io { name: shown(), source };
-    let timed_out = || SendError::TimedOut { name: shown(), timeout: Duration::ZERO };
+    let timed_out =
+        || SendError::TimedOut { name: shown(), timeout: Duration::ZERO, stage: crate::TimeoutStage::Connecting };
     // An abort from now on shuts the socket down: every wait below ends at
     // once. (The guard, a local, goes before `sock`, a parameter.)
     let _watched = match abort {
