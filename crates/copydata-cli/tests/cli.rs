@@ -848,6 +848,82 @@ fn instance_with_a_stopped_primary_exits_4_after_its_timeout() {
     terminate(&mut primary.child);
 }
 
+/// A plain message to the primary's mailbox (not a launch) is shown with
+/// its tag and bytes, losslessly. A primary whose output nobody reads any
+/// more does not answer a launch as handled: the launch gets exit code 1
+/// and the reason, and the next launch becomes primary.
+#[cfg(unix)]
+#[test]
+fn an_instance_primary_shows_plain_messages_and_refuses_launches_it_cannot_show() {
+    use std::os::unix::ffi::OsStrExt;
+    let app = unique("unread");
+    let mut primary =
+        copydata().args(["instance", &app]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(primary.stdout.take().unwrap());
+    let mut line = || {
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap();
+        l
+    };
+    assert_eq!(line(), format!("ready {app}\n"));
+    assert!(line().starts_with("launch pid="));
+    let mut cmd = copydata();
+    cmd.args(["send", &format!("instance.{app}"), "--tag", "5"]).arg(std::ffi::OsStr::from_bytes(b"gar\xffbage"));
+    let sent = run_command(cmd, &[], b"");
+    assert_eq!(sent.code, 0, "{}", sent.stderr);
+    let shown = line();
+    assert!(shown.starts_with("message pid=") && shown.ends_with("tag=5 data=b\"gar\\\\xFFbage\"\n"), "{shown}");
+    // Nobody reads the primary's output any more.
+    drop(out);
+    let refused = launch(&app, &[], &["important.txt".into()]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(refused.out().contains("could not show the launch"), "{}", refused.out());
+    wait(&mut primary, &["instance"]);
+    let next = Listener::spawn("instance", &[&app]);
+    assert_eq!(next.line(), format!("ready {app}"));
+}
+
+/// `send --timeout` is one budget for the whole command: a set-up that took
+/// most of it leaves the rest for the reply (each used to get the whole
+/// time). Here the receiver is stopped for 400 ms, then takes 400 ms to
+/// answer: 800 ms in all, against 600 ms given.
+#[cfg(unix)]
+#[test]
+fn send_timeout_covers_the_set_up_and_the_reply_together() {
+    use rustix::process::{Pid, Signal, kill_process};
+    let name = unique("budget");
+    let listener = Listener::start(&[&name, "--delay", "400ms"]);
+    let pid = Pid::from_raw(listener.child.id() as i32).unwrap();
+    kill_process(pid, Signal::STOP).unwrap();
+    let waker = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        kill_process(pid, Signal::CONT).unwrap();
+    });
+    let out = run(&["send", &name, "--timeout", "600ms", "x"]);
+    waker.join().unwrap();
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains("timed out after 600ms"), "{}", out.stderr);
+}
+
+/// `send --out` to something other than a regular file (here /dev/null)
+/// writes the reply there instead of failing after the message was handled;
+/// DATA may hold any bytes (Unix arguments are bytes).
+#[cfg(unix)]
+#[test]
+fn send_writes_replies_to_devices_and_sends_any_bytes() {
+    use std::os::unix::ffi::OsStrExt;
+    let name = unique("devnull");
+    let _listener = Listener::start(&[&name, "--echo"]);
+    let out = run(&["send", &name, "--out", "/dev/null", "hello"]);
+    assert_eq!((out.code, out.out()), (0, "code 0\n".to_string()), "{}", out.stderr);
+    let bytes = b"a\xffb\x00c";
+    let mut cmd = copydata();
+    cmd.args(["send", &name]).arg(std::ffi::OsStr::from_bytes(&bytes[..3]));
+    let out = run_command(cmd, &[], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, b"code 0\na\xffb");
+}
+
 /// A file larger than the mailbox takes (4 GiB by default) is refused with
 /// exit 7 before it is read: here a sparse file of 4 GiB + 1 byte, which
 /// would take seconds and 4 GiB of memory to read.
@@ -1714,6 +1790,10 @@ fn man_page_is_roff_naming_every_subcommand() {
     }
     let size = std::fs::read_to_string(dir.join("copydata-section-create.1")).unwrap();
     assert!(size.contains("powers of 1000"), "{size}");
+    // The folder's copydata.1 is the page printed above, and names no page
+    // the folder lacks (clap's `help` subcommand has none).
+    assert_eq!(std::fs::read_to_string(dir.join("copydata.1")).unwrap(), page);
+    assert!(!page.contains("copydata\\-help(1)"), "{page}");
     assert!(!dir.join("copydata-__demo-child.1").exists());
     std::fs::remove_dir_all(&top).unwrap();
 

@@ -27,7 +27,7 @@ pub enum NameError {
         max: usize,
     },
     /// The name holds a character outside `A-Z a-z 0-9 . _ -`.
-    #[error("the name contains {ch:?}; only letters, digits, '.', '_' and '-' are allowed")]
+    #[error("the name contains {ch:?}; only ASCII letters, digits, '.', '_' and '-' are allowed")]
     BadChar {
         /// The first refused character.
         ch: char,

@@ -475,7 +475,9 @@ fn check_size(size: u64) -> Result<(), CreateError> {
 /// Removes the name of a named section, like `shm_unlink`. Processes that
 /// hold it keep their memory; the name is free for a new section at once.
 /// The names under which copydata's locks, events and shared values live
-/// are not sections': [`RemoveError::NotFound`].
+/// (starting with `copydata.`) are not sections' and are refused, as
+/// [`Section::create`] refuses them: [`RemoveError::InvalidName`] with
+/// [`NameError::Reserved`](crate::NameError::Reserved).
 ///
 /// # Platform notes
 ///
@@ -483,7 +485,7 @@ fn check_size(size: u64) -> Result<(), CreateError> {
 /// handles), so there this returns [`RemoveError::Unsupported`].
 #[doc(alias = "shm_unlink")]
 pub fn remove(name: &str) -> Result<(), RemoveError> {
-    let valid = Name::new(name).map_err(|reason| RemoveError::InvalidName { name: name.into(), reason })?;
+    let valid = Name::section(name).map_err(|reason| RemoveError::InvalidName { name: name.into(), reason })?;
     sys::remove(&valid)
 }
 

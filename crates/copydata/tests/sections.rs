@@ -1547,6 +1547,13 @@ fn a_section_cannot_take_a_mutexs_name() {
     assert!(matches!(&opened, Err(OpenError::InvalidName { reason, .. }) if reserved(reason)), "{opened:?}");
     let created = Section::open_or_create(&name, 4096).map(drop);
     assert!(matches!(&created, Err(CreateError::InvalidName { reason, .. }) if reserved(reason)), "{created:?}");
+    // Nor can the section API remove it.
+    let removed = copydata::remove(&name);
+    assert!(
+        matches!(&removed, Err(copydata::RemoveError::InvalidName { reason, .. }) if reserved(reason)),
+        "{removed:?}"
+    );
+    assert!(std::path::Path::new(&path).exists(), "removing a section of the mutex's name took the mutex's");
     drop(mutex.lock().unwrap());
     drop(mutex);
     assert!(!std::path::Path::new(&path).exists(), "the mutex's name outlived it");

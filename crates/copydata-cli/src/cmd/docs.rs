@@ -54,6 +54,10 @@ pub fn man(args: ManArgs, command: clap::Command) -> anyhow::Result<ExitCode> {
             clap_mangen::generate_to(command, &dir).with_context(|| format!("writing pages into {}", dir.display()))?
         }
         None => {
+            // The page `--out-dir` writes as copydata.1: built the same way,
+            // without clap's `help` subcommand (which has no page of its own).
+            let mut command = command.disable_help_subcommand(true);
+            command.build();
             let mut out = std::io::stdout().lock();
             clap_mangen::Man::new(command).render(&mut out)?;
             out.flush()?;

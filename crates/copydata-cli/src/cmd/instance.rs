@@ -4,7 +4,10 @@
 //! line for its own launch (its pid, working directory, the arguments after
 //! `--` and the variables `--forward-env` names, as a forwarded launch
 //! shows them), then one line per forwarded launch, and answers each with
-//! code 0 and the text `handled by PID`. A later launch forwards its
+//! code 0 and the text `handled by PID` (code 1 and the reason if it could
+//! not show the launch: its output was closed, and it ends). A plain
+//! message to its mailbox shows as `message pid=.. tag=.. data=".."`. A
+//! later launch forwards its
 //! arguments, working directory and chosen variables, prints the primary's
 //! text and exits with its code (4 if the primary did not answer within
 //! `--timeout`).
@@ -50,23 +53,18 @@ pub struct Args {
 /// A string shown losslessly (see the module doc); `true` if it had to be
 /// escaped.
 pub fn show(s: &OsStr) -> (String, bool) {
-    if let Some(valid) = s.to_str() {
-        return (valid.to_owned(), false);
-    }
-    let mut out = String::new();
     #[cfg(unix)]
     {
         use std::os::unix::ffi::OsStrExt;
-        for chunk in s.as_bytes().utf8_chunks() {
-            out.push_str(&chunk.valid().replace('\\', "\\\\"));
-            for b in chunk.invalid() {
-                out.push_str(&format!("\\x{b:02X}"));
-            }
-        }
+        show_bytes(s.as_bytes())
     }
     #[cfg(windows)]
     {
         use std::os::windows::ffi::OsStrExt;
+        if let Some(valid) = s.to_str() {
+            return (valid.to_owned(), false);
+        }
+        let mut out = String::new();
         for c in char::decode_utf16(s.encode_wide()) {
             match c {
                 Ok('\\') => out.push_str("\\\\"),
@@ -74,9 +72,30 @@ pub fn show(s: &OsStr) -> (String, bool) {
                 Err(e) => out.push_str(&format!("\\u{:04X}", e.unpaired_surrogate())),
             }
         }
+        (out, true)
     }
     #[cfg(not(any(unix, windows)))]
-    out.push_str(&s.to_string_lossy());
+    {
+        match s.to_str() {
+            Some(valid) => (valid.to_owned(), false),
+            None => (s.to_string_lossy().into_owned(), true),
+        }
+    }
+}
+
+/// Bytes shown losslessly as text (see the module doc: valid UTF-8 as it
+/// is, otherwise `\xNN` for each byte that is not); `true` if escaped.
+pub fn show_bytes(bytes: &[u8]) -> (String, bool) {
+    if let Ok(valid) = std::str::from_utf8(bytes) {
+        return (valid.to_owned(), false);
+    }
+    let mut out = String::new();
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(&chunk.valid().replace('\\', "\\\\"));
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+    }
     (out, true)
 }
 
@@ -87,11 +106,14 @@ pub struct Shown<'a> {
     cwd: Option<&'a Path>,
     env: &'a [(OsString, OsString)],
     data: &'a [u8],
+    /// The tag of a plain message (not a launch: see [`Launch::tag`]).
+    tag: Option<u64>,
 }
 
 impl<'a> From<&'a Launch> for Shown<'a> {
     fn from(launch: &'a Launch) -> Shown<'a> {
-        Shown { pid: launch.pid(), args: launch.args(), cwd: launch.cwd(), env: launch.env(), data: launch.data() }
+        let tag = (launch.tag() != copydata::instance::LAUNCH_TAG).then(|| launch.tag());
+        Shown { pid: launch.pid(), args: launch.args(), cwd: launch.cwd(), env: launch.env(), data: launch.data(), tag }
     }
 }
 
@@ -119,6 +141,14 @@ pub fn describe(launch: Shown<'_>, json: bool) -> String {
             (key, value)
         })
         .collect();
+    let data = (!launch.data.is_empty()).then(|| {
+        let (text, esc) = show_bytes(launch.data);
+        if esc {
+            escaped.push("data".into());
+        }
+        let quoted = serde_json::Value::from(text.as_str()).to_string();
+        (text.clone(), if esc { format!("b{quoted}") } else { quoted })
+    });
     escaped.dedup();
     if json {
         let mut o = serde_json::json!({
@@ -127,8 +157,11 @@ pub fn describe(launch: Shown<'_>, json: bool) -> String {
             "pid": launch.pid,
             "env": env.iter().map(|((k, _), (v, _))| (k.clone(), serde_json::Value::from(v.as_str()))).collect::<serde_json::Map<_, _>>(),
         });
-        if !launch.data.is_empty() {
-            o["data"] = String::from_utf8_lossy(launch.data).into();
+        if let Some(tag) = launch.tag {
+            o["tag"] = tag.into();
+        }
+        if let Some((text, _)) = &data {
+            o["data"] = text.as_str().into();
         }
         if !escaped.is_empty() {
             o["escaped"] = escaped.into();
@@ -136,14 +169,23 @@ pub fn describe(launch: Shown<'_>, json: bool) -> String {
         o.to_string()
     } else {
         let cwd = cwd.map_or("-".into(), |(_, shown)| shown);
-        let mut line = format!("launch pid={} cwd={cwd} argv=[", launch.pid);
-        line.push_str(&argv.iter().map(|(_, shown)| shown.as_str()).collect::<Vec<_>>().join(", "));
-        line.push(']');
-        for ((k, shown_key), (_, v)) in &env {
-            // A name is shown bare, unless it had to be escaped: then
-            // quoted and marked like any escaped string.
-            let k = if shown_key.starts_with('b') { shown_key } else { k };
-            line.push_str(&format!(" {k}={v}"));
+        let mut line = match launch.tag {
+            // A plain message, not a launch: who sent it, its tag and bytes.
+            Some(tag) => format!("message pid={} tag={tag}", launch.pid),
+            None => format!("launch pid={} cwd={cwd} argv=[", launch.pid),
+        };
+        if launch.tag.is_none() {
+            line.push_str(&argv.iter().map(|(_, shown)| shown.as_str()).collect::<Vec<_>>().join(", "));
+            line.push(']');
+            for ((k, shown_key), (_, v)) in &env {
+                // A name is shown bare, unless it had to be escaped: then
+                // quoted and marked like any escaped string.
+                let k = if shown_key.starts_with('b') { shown_key } else { k };
+                line.push_str(&format!(" {k}={v}"));
+            }
+        }
+        if let Some((_, shown)) = &data {
+            line.push_str(&format!(" data={shown}"));
         }
         line
     }
@@ -188,7 +230,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let cwd: Option<PathBuf> = std::env::current_dir().ok();
     let env: Vec<(OsString, OsString)> =
         args.forward_env.iter().filter_map(|k| std::env::var_os(k).map(|v| (k.clone(), v))).collect();
-    let own = Shown { pid: me, args: &args.args, cwd: cwd.as_deref(), env: &env, data: &[] };
+    let own = Shown { pid: me, args: &args.args, cwd: cwd.as_deref(), env: &env, data: &[], tag: None };
     writeln!(out, "{}", describe(own, args.json))?;
     out.flush()?;
     while stop_rx.try_recv().is_err() {
@@ -197,8 +239,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Err(copydata::RecvError::Timeout) => continue,
             Err(e) => return Err(e.into()),
         };
-        writeln!(out, "{}", describe(Shown::from(&launch), args.json))?;
-        out.flush()?;
+        let shown = writeln!(out, "{}", describe(Shown::from(&launch), args.json)).and_then(|()| out.flush());
+        if let Err(e) = shown {
+            // Nobody reads the launches any more (the output was closed):
+            // the launch was not handled, and its secondary must not take
+            // it for handled. (A broken pipe ends the primary quietly.)
+            let why = format!("the primary (pid {me}) could not show the launch: {e}");
+            let _ = launch.answer(Answer::new(i32::from(crate::exit::OTHER), why));
+            return Err(e.into());
+        }
         // A secondary that gave up meanwhile is no error for the primary.
         let _ = launch.answer(Answer::new(0, format!("handled by {me}")));
     }

@@ -45,8 +45,8 @@ pub enum Command {
         /// text starting with `-` is written as it is, unless it is an
         /// option (-q, -v, -h): data that may start with `-` goes after
         /// `--`.
-        #[arg(conflicts_with = "file", allow_hyphen_values = true)]
-        data: Option<String>,
+        #[arg(conflicts_with = "file", allow_hyphen_values = true, value_parser = clap::value_parser!(std::ffi::OsString))]
+        data: Option<std::ffi::OsString>,
         /// Write the contents of this file.
         #[arg(long)]
         file: Option<PathBuf>,
@@ -137,18 +137,18 @@ fn create(name: &str, size: u64, hold: bool, options: &SectionOptions) -> anyhow
 fn write(
     name: &str,
     offset: u64,
-    data: Option<String>,
+    data: Option<std::ffi::OsString>,
     file: Option<PathBuf>,
     options: &SectionOptions,
 ) -> anyhow::Result<ExitCode> {
     let bytes = match (data.as_deref(), file) {
         (_, Some(path)) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-        (Some("-"), None) => {
+        (Some(d), None) if d == "-" => {
             let mut buf = Vec::new();
             io::stdin().read_to_end(&mut buf).context("reading standard input")?;
             buf
         }
-        (Some(data), None) => data.as_bytes().to_vec(),
+        (Some(data), None) => super::arg_bytes(data)?,
         (None, None) => {
             return Err(Usage("give DATA, --file PATH or - (standard input)".into()).into());
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
-use copydata::{SendError, Sender, TimeoutStage};
+use copydata::{PostLoanError, SendError, Sender, TimeoutStage};
 
 use crate::exit;
 
@@ -21,12 +21,14 @@ pub struct Args {
     /// The tag (`dwData`).
     #[arg(long, default_value_t = 0)]
     tag: u64,
-    /// Give up after this long (e.g. 500ms, 2s), the connection's set-up
-    /// included (so 0 always times out); default: the set-up gives up after
-    /// 10s (a stopped receiver), then the reply is awaited as long as the
-    /// receiver lives. With --post: how long to wait for the connection, for
-    /// room in the receiver's queue, and (on Windows, for a message above
-    /// 16 KiB) for the receiver to take the message off its queue.
+    /// Give up after this long (e.g. 500ms, 2s) in all: the connection's
+    /// set-up, the wait for room in the receiver's queue and the reply share
+    /// it (so 0 always times out; reading the payload is not counted);
+    /// default: the set-up gives up after 10s (a stopped receiver), then the
+    /// reply is awaited as long as the receiver lives. With --post: the
+    /// connection, room in the receiver's queue and (on Windows, for a
+    /// message above 16 KiB) the receiver taking the message off its queue.
+    /// With --lines: the set-up, then each message on its own.
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
     /// Write the reply payload to this file instead of stdout.
@@ -36,8 +38,8 @@ pub struct Args {
     /// Other text starting with `-` is sent as it is, unless it is an
     /// option (-q, -v, -h): a payload that may start with `-` goes after
     /// `--` (`copydata send app -- "$line"`).
-    #[arg(conflicts_with = "file", allow_hyphen_values = true)]
-    data: Option<String>,
+    #[arg(conflicts_with = "file", allow_hyphen_values = true, value_parser = clap::value_parser!(std::ffi::OsString))]
+    data: Option<std::ffi::OsString>,
     /// Send the contents of this file.
     #[arg(long)]
     file: Option<PathBuf>,
@@ -65,9 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // (A pipe or a device says nothing of its size: it is read to its end.)
     let file_len = file_meta.as_ref().filter(|m| m.is_file()).map(|m| m.len());
     let mut options = copydata::SenderOptions::new();
-    if let Some(t) = args.timeout {
-        options = options.connect_timeout(t);
-    }
+    let mut budget = Budget::new(args.timeout);
     if let Some(uid) = args.owner {
         options = options.owner(uid);
     }
@@ -96,7 +96,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             other => other.into(),
         }
     };
-    let connected = Sender::connect_with(&args.name, &options);
+    let connected = Budget::spend(&mut budget, |t| {
+        let options = match t {
+            Some(t) => options.connect_timeout(t),
+            None => options,
+        };
+        Sender::connect_with(&args.name, &options)
+    });
     let mut sender = if args.post { connected.map_err(post_timed_out)? } else { connected? };
     log::debug!("connected to mailbox {:?}", args.name);
     // A file larger than the mailbox takes is refused before it is read.
@@ -110,34 +116,35 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let (Some(path), Some(len)) = (&args.file, file_len)
         && len >= LEND_FROM
-        && let Some(code) = send_file(&args, &mut sender, path, len, out.as_mut(), &post_timed_out)?
+        && let Some(code) = send_file(&args, &mut sender, &mut budget, path, len, out.as_mut(), &post_timed_out)?
     {
         return Ok(code);
     }
     let payload = match (args.data.as_deref(), &args.file) {
         (_, Some(path)) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-        (Some("-"), None) => {
+        (Some(d), None) if d == "-" => {
             let mut buf = Vec::new();
             std::io::stdin().read_to_end(&mut buf).context("reading standard input")?;
             buf
         }
-        (Some(data), None) => data.as_bytes().to_vec(),
+        (Some(data), None) => super::arg_bytes(data)?,
         (None, None) => Vec::new(),
     };
     if args.post {
-        match args.timeout {
-            Some(t) => sender.post_timeout(args.tag, &payload, t).map_err(post_timed_out)?,
-            None => sender.post(args.tag, &payload)?,
-        }
+        Budget::spend(&mut budget, |t| match t {
+            Some(t) => sender.post_timeout(args.tag, &payload, t),
+            None => sender.post(args.tag, &payload),
+        })
+        .map_err(post_timed_out)?;
         log::debug!("posted tag {}, {} bytes", args.tag, payload.len());
-        return posted(&args, &mut sender);
+        return posted(&mut sender, &mut budget);
     }
-    log::debug!("sending tag {}, {} bytes (timeout {:?})", args.tag, payload.len(), args.timeout);
+    log::debug!("sending tag {}, {} bytes{}", args.tag, payload.len(), time_left(budget));
     let started = Instant::now();
-    let reply = match args.timeout {
-        Some(t) => sender.send_timeout(args.tag, &payload, t)?,
-        None => sender.send(args.tag, &payload)?,
-    };
+    let reply = Budget::spend(&mut budget, |t| match t {
+        Some(t) => sender.send_timeout(args.tag, &payload, t),
+        None => sender.send(args.tag, &payload),
+    })?;
     print_reply(&reply, started, out.as_mut())
 }
 
@@ -175,14 +182,15 @@ const LEND_FROM: u64 = 64 << 10;
 
 /// `--file` of a regular file: read straight into a buffer lent in shared
 /// memory (a loan), which then goes: one copy of the bytes on the sender's
-/// side, not two. `--timeout` bounds the wait for the buffer and then the
-/// exchange, each as it bounds the exchange of other payloads. `None` when
+/// side, not two. The wait for the buffer and the exchange spend one
+/// `--timeout` (reading the file is not counted). `None` when
 /// the file turns out not to have the size it said (a file still being
 /// written, or one of `/proc`): nothing was sent, and the caller reads it
 /// to its end instead.
 fn send_file(
     args: &Args,
     sender: &mut Sender,
+    budget: &mut Option<Budget>,
     path: &std::path::Path,
     len: u64,
     out: Option<&mut OutFile>,
@@ -191,10 +199,10 @@ fn send_file(
     let reading = || format!("reading {}", path.display());
     let len = usize::try_from(len).map_err(|_| anyhow::anyhow!("{} is larger than memory", path.display()))?;
     let mut file = std::fs::File::open(path).with_context(reading)?;
-    let lent = match args.timeout {
+    let lent = Budget::spend(budget, |t| match t {
         Some(t) => sender.loan_timeout(len, t),
         None => sender.loan(len),
-    };
+    });
     let mut loan = if args.post { lent.map_err(post_timed_out)? } else { lent? };
     // SAFETY: the loan's contract (`Loan::as_mut_slice`): no other process
     // writes the buffer before it is sent (the receiver was handed it
@@ -217,23 +225,24 @@ fn send_file(
         return Ok(None);
     }
     log::debug!(
-        "{} tag {}, {len} bytes lent (timeout {:?})",
+        "{} tag {}, {len} bytes lent{}",
         if args.post { "posting" } else { "sending" },
         args.tag,
-        args.timeout
+        time_left(*budget)
     );
     if args.post {
-        match args.timeout {
-            Some(t) => loan.post_timeout(args.tag, t).map_err(|e| post_timed_out(e.into_error()))?,
-            None => loan.post(args.tag)?,
-        }
-        return posted(args, sender).map(Some);
+        Budget::spend(budget, |t| match t {
+            Some(t) => loan.post_timeout(args.tag, t).map_err(PostLoanError::into_error),
+            None => loan.post(args.tag),
+        })
+        .map_err(post_timed_out)?;
+        return posted(sender, budget).map(Some);
     }
     let started = Instant::now();
-    let reply = match args.timeout {
-        Some(t) => loan.send_timeout(args.tag, t)?,
-        None => loan.send(args.tag)?,
-    };
+    let reply = Budget::spend(budget, |t| match t {
+        Some(t) => loan.send_timeout(args.tag, t),
+        None => loan.send(args.tag),
+    })?;
     print_reply(&reply, started, out).map(Some)
 }
 
@@ -284,7 +293,7 @@ fn lines(
     }
     log::debug!("{} {sent} lines", if args.post { "posted" } else { "sent" });
     if args.post {
-        return posted(args, sender);
+        return posted(sender, &mut Budget::new(args.timeout));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -294,11 +303,11 @@ fn lines(
 /// post's buffer out of the sending process when it takes the message off
 /// its queue, and would find it gone after the command's exit. Elsewhere,
 /// and for small posts, at once.
-fn posted(args: &Args, sender: &mut Sender) -> anyhow::Result<ExitCode> {
-    let flushed = match args.timeout {
+fn posted(sender: &mut Sender, budget: &mut Option<Budget>) -> anyhow::Result<ExitCode> {
+    let flushed = Budget::spend(budget, |t| match t {
         Some(t) => sender.flush_timeout(t),
         None => sender.flush(),
-    };
+    });
     match flushed {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(SendError::TimedOut { name, timeout, .. }) => Err(exit::TimedOut(format!(
@@ -310,6 +319,45 @@ fn posted(args: &Args, sender: &mut Sender) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// For the debug log: what is left of `--timeout`, if one was given.
+fn time_left(budget: Option<Budget>) -> String {
+    budget.map(|b| format!(" ({} of the timeout left)", humantime::format_duration(b.left))).unwrap_or_default()
+}
+
+/// What `--timeout` leaves of its time: one budget for the whole command
+/// (the set-up, the wait for a buffer or room, the reply, a post's flush),
+/// not the same time again at each step. Reading the payload (standard
+/// input, a file) is not counted: only waits on the mailbox are.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    /// The time given (`--timeout`), for the messages.
+    given: Duration,
+    /// What is left of it.
+    left: Duration,
+}
+
+impl Budget {
+    fn new(timeout: Option<Duration>) -> Option<Budget> {
+        timeout.map(|given| Budget { given, left: given })
+    }
+
+    /// Runs `wait` with the time left, then takes off the time it took. A
+    /// time-out says the whole time given, not what was left of it.
+    fn spend<T>(
+        budget: &mut Option<Budget>,
+        wait: impl FnOnce(Option<Duration>) -> Result<T, SendError>,
+    ) -> Result<T, SendError> {
+        let Some(b) = budget else { return wait(None) };
+        let started = Instant::now();
+        let result = wait(Some(b.left));
+        b.left = b.left.saturating_sub(started.elapsed());
+        result.map_err(|e| match e {
+            SendError::TimedOut { name, stage, .. } => SendError::TimedOut { name, timeout: b.given, stage },
+            other => other,
+        })
+    }
+}
+
 /// The reply's file, made before the message goes out. A file this command
 /// made is removed again if no reply gets written to it (the send failed,
 /// or Ctrl-C interrupted the wait), so a failed send leaves nothing behind;
@@ -317,6 +365,9 @@ fn posted(args: &Args, sender: &mut Sender) -> anyhow::Result<ExitCode> {
 struct OutFile {
     path: PathBuf,
     file: std::fs::File,
+    /// A regular file, emptied before the reply goes in; anything else
+    /// (`/dev/null`, `/dev/stdout`, a pipe) is written as it is.
+    regular: bool,
     /// Whether this command made the file and no reply is in it yet (read
     /// by the Ctrl-C handler too).
     made: Arc<AtomicBool>,
@@ -331,7 +382,8 @@ impl OutFile {
             .truncate(false)
             .open(path)
             .with_context(|| format!("creating {}", path.display()))?;
-        let made = Arc::new(AtomicBool::new(made));
+        let regular = file.metadata().with_context(|| format!("creating {}", path.display()))?.is_file();
+        let made = Arc::new(AtomicBool::new(made && regular));
         if made.load(Ordering::Acquire) {
             // Interrupted before the reply came: remove the empty file, then
             // exit as the shell does for Ctrl-C (128 + SIGINT).
@@ -343,12 +395,14 @@ impl OutFile {
                 std::process::exit(i32::from(crate::exit::INTERRUPTED));
             });
         }
-        Ok(OutFile { path: path.to_owned(), file, made })
+        Ok(OutFile { path: path.to_owned(), file, regular, made })
     }
 
     fn write(&mut self, data: &[u8]) -> anyhow::Result<()> {
         let what = || format!("writing {}", self.path.display());
-        self.file.set_len(0).with_context(what)?;
+        if self.regular {
+            self.file.set_len(0).with_context(what)?;
+        }
         self.file.write_all(data).with_context(what)?;
         self.made.store(false, Ordering::Release);
         Ok(())

@@ -472,8 +472,8 @@ pub(crate) struct Mailbox {
     made: Made,
 }
 
-fn dir_error((path, reason): runtime::DirError) -> BindError {
-    BindError::RuntimeDir { path, reason }
+fn dir_error(e: runtime::DirError) -> BindError {
+    BindError::RuntimeDir { path: e.path, reason: e.reason }
 }
 
 /// Whether `path` still names the file `fd` is open on.
@@ -953,10 +953,11 @@ pub(crate) fn connect(
         return set_up_connection(name, sock, wait, deadline, abort);
     }
     // A directory that is not safely ours could hold a planted mailbox:
-    // refuse to send there.
-    let dir = runtime::runtime_dir().map_err(|(path, reason)| SendError::Refused {
-        name: shown(),
-        reason: format!("runtime directory {path}: {reason}"),
+    // refuse to send there. One that cannot be made or looked at is an
+    // error of this side (no mailbox saw anything).
+    let dir = runtime::runtime_dir().map_err(|e| match e.kind {
+        None => SendError::Refused { name: shown(), reason: format!("runtime directory {}: {}", e.path, e.reason) },
+        Some(_) => io(e.to_io()),
     })?;
     let path = runtime::socket_path(&dir, name);
     let addr = rustix::net::SocketAddrUnix::new(&path).map_err(|e| io(e.into()))?;
@@ -1212,7 +1213,7 @@ pub(crate) fn allow_foreground(_pid: u32) {}
 
 pub(crate) fn list() -> Result<Vec<MailboxInfo>, ListError> {
     let failed = |source| ListError::Io { what: Listing::Mailboxes, source };
-    let dir = runtime::runtime_dir().map_err(|(path, reason)| failed(io::Error::other(format!("{path}: {reason}"))))?;
+    let dir = runtime::runtime_dir().map_err(|e| failed(e.to_io()))?;
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&dir).map_err(failed)? {
         let Ok(entry) = entry else { continue };

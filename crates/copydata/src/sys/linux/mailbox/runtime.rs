@@ -10,8 +10,24 @@ use std::path::{Path, PathBuf};
 
 use crate::name::Name;
 
-/// Why the runtime directory cannot be used: (path, reason).
-pub(crate) type DirError = (String, String);
+/// Why the runtime directory cannot be used.
+#[derive(Debug)]
+pub(crate) struct DirError {
+    pub(crate) path: String,
+    pub(crate) reason: String,
+    /// What kind of failure: a directory that could not be made or looked
+    /// at (the OS's kind of error), or not a directory; `None` for one that
+    /// is there but not safe (another user's, or open to others).
+    pub(crate) kind: Option<std::io::ErrorKind>,
+}
+
+impl DirError {
+    /// The failure as an I/O error (the path and reason in its text).
+    pub(crate) fn to_io(&self) -> std::io::Error {
+        let kind = self.kind.unwrap_or(std::io::ErrorKind::PermissionDenied);
+        std::io::Error::new(kind, format!("runtime directory {}: {}", self.path, self.reason))
+    }
+}
 
 pub(crate) fn runtime_dir() -> Result<PathBuf, DirError> {
     let uid = rustix::process::getuid().as_raw();
@@ -26,27 +42,34 @@ pub(crate) fn runtime_dir() -> Result<PathBuf, DirError> {
     if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(&dir)
         && e.kind() != std::io::ErrorKind::AlreadyExists
     {
-        return Err((shown, format!("cannot create it: {e}")));
+        return Err(DirError { path: shown, reason: format!("cannot create it: {e}"), kind: Some(e.kind()) });
     }
-    let meta = std::fs::symlink_metadata(&dir).map_err(|e| (shown.clone(), e.to_string()))?;
+    let meta = std::fs::symlink_metadata(&dir).map_err(|e| DirError {
+        path: shown.clone(),
+        reason: e.to_string(),
+        kind: Some(e.kind()),
+    })?;
     if !meta.file_type().is_dir() {
-        return Err((shown, "not a directory (or a symbolic link)".into()));
+        return Err(DirError {
+            path: shown,
+            reason: "not a directory (or a symbolic link)".into(),
+            kind: Some(std::io::ErrorKind::NotADirectory),
+        });
     }
     // Another user may have made the directory first (it is a predictable
     // name in a shared /tmp when XDG_RUNTIME_DIR is unset), to watch or
     // block this user's mailboxes: refuse it, and say how to get out.
     const WAY_OUT: &str = "set COPYDATA_RUNTIME_DIR to a directory of your own (mode 0700), or XDG_RUNTIME_DIR";
     if meta.uid() != uid {
-        return Err((shown, format!("owned by uid {}, not by this user (uid {uid}); {WAY_OUT}", meta.uid())));
+        let reason = format!("owned by uid {}, not by this user (uid {uid}); {WAY_OUT}", meta.uid());
+        return Err(DirError { path: shown, reason, kind: None });
     }
     if meta.permissions().mode() & 0o077 != 0 {
-        return Err((
-            shown,
-            format!(
-                "mode {:o} lets other users in; it must be 0700 (chmod 700 it, or {WAY_OUT})",
-                meta.permissions().mode() & 0o777
-            ),
-        ));
+        let reason = format!(
+            "mode {:o} lets other users in; it must be 0700 (chmod 700 it, or {WAY_OUT})",
+            meta.permissions().mode() & 0o777
+        );
+        return Err(DirError { path: shown, reason, kind: None });
     }
     Ok(dir)
 }
