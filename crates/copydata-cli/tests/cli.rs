@@ -1181,6 +1181,18 @@ impl Demo {
         Demo { pid: child.id(), child, lines, stderr: Some(stderr), dir, mark }
     }
 
+    /// Waits until step 7 runs: sections, messages and a killed receiver
+    /// are behind it, and its receiver is bound and busy with its slow
+    /// message.
+    fn into_step_7(&self) {
+        self.line_starting("[6/12] ok");
+        let deadline = Instant::now() + WAIT;
+        while !self.runtime_files().iter().any(|f| f.ends_with(".mailbox")) {
+            assert!(Instant::now() < deadline, "step 7 bound no mailbox");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Waits for a line of standard output that starts with `start`.
     fn line_starting(&self, start: &str) {
         let deadline = Instant::now() + WAIT;
@@ -1271,15 +1283,8 @@ impl Drop for Demo {
 #[test]
 fn an_interrupted_demo_leaves_nothing_behind() {
     use rustix::process::Signal;
-    // Sections, messages and a killed receiver are behind it; step 7's
-    // receiver is bound and busy with its slow message.
     let mut demo = Demo::start(&[]);
-    demo.line_starting("[6/12] ok");
-    let deadline = Instant::now() + WAIT;
-    while !demo.runtime_files().iter().any(|f| f.ends_with(".mailbox")) {
-        assert!(Instant::now() < deadline, "step 7 bound no mailbox");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    demo.into_step_7();
     assert!(demo.marked().len() > 1, "the demo has no child running");
     demo.signal(Signal::INT);
     let (code, stderr) = demo.end();
@@ -1326,12 +1331,7 @@ fn an_interrupted_demo_leaves_nothing_behind() {
 #[test]
 fn a_killed_demos_children_die_with_it() {
     let mut demo = Demo::start(&[]);
-    demo.line_starting("[6/12] ok");
-    let deadline = Instant::now() + WAIT;
-    while !demo.runtime_files().iter().any(|f| f.ends_with(".mailbox")) {
-        assert!(Instant::now() < deadline, "step 7 bound no mailbox");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    demo.into_step_7();
     let children: Vec<u32> = demo.marked().into_iter().filter(|&p| p != demo.pid).collect();
     assert!(!children.is_empty(), "the demo has no child running");
     demo.signal(rustix::process::Signal::KILL);

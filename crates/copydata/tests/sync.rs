@@ -275,12 +275,9 @@ fn a_killed_owner_is_reported_to_every_locker_until_marked_consistent() {
     assert!(gone(&name, ObjectType::Mutex));
 }
 
-/// An `ArcMutexGuard` unlocks when dropped on the thread that locked; sent
-/// to another thread and dropped there, it leaves the lock with its thread,
-/// which the OS frees (owner died) when that thread ends.
 /// The name under which a lock lives is no section's: removing it as one
-/// fails (it used to free the name, so that a second lock of the same name
-/// could be made beside the held one).
+/// is refused as a reserved name (it used to free the name, so that a
+/// second lock of the same name could be made beside the held one).
 #[cfg(target_os = "linux")]
 #[test]
 fn a_locks_name_is_not_removed_as_a_sections() {
@@ -288,12 +285,19 @@ fn a_locks_name_is_not_removed_as_a_sections() {
     let m = Mutex::open_or_create(&name).unwrap();
     let held = m.lock().unwrap();
     let object = format!("copydata.mutex.{name}");
-    assert!(matches!(copydata::remove(&object), Err(copydata::RemoveError::NotFound { .. })));
+    let removed = copydata::remove(&object);
+    assert!(
+        matches!(&removed, Err(copydata::RemoveError::InvalidName { reason: copydata::NameError::Reserved, .. })),
+        "{removed:?}"
+    );
     let again = Mutex::open_or_create(&name).unwrap();
     assert!(matches!(again.try_lock(), Err(LockError::WouldBlock | LockError::WouldDeadlock)), "a second lock");
     drop(held);
 }
 
+/// An `ArcMutexGuard` unlocks when dropped on the thread that locked; sent
+/// to another thread and dropped there, it leaves the lock with its thread,
+/// which the OS frees (owner died) when that thread ends.
 #[test]
 fn an_arc_guard_unlocks_only_on_its_own_thread() {
     let name = unique("arc");
