@@ -905,6 +905,21 @@ fn send_timeout_covers_the_set_up_and_the_reply_together() {
     assert!(out.stderr.contains("timed out after 600ms"), "{}", out.stderr);
 }
 
+/// `send --post --lines` into a queue that fills up (the receiver is busy
+/// with its first message) stops at the line that found no room, and says
+/// that the lines before it were posted: "nothing was posted" would have a
+/// script post them again.
+#[test]
+fn send_post_lines_that_time_out_say_how_many_lines_went() {
+    let name = unique("lines-full");
+    let _listener = Listener::start(&[&name, "--delay", "20s"]);
+    let input: String = (0..20_000).map(|i| format!("{i}\n")).collect();
+    let out = run_with(&["send", &name, "--post", "--lines", "--timeout", "300ms"], input.as_bytes());
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains("was not posted") && out.stderr.contains("lines before it were"), "{}", out.stderr);
+    assert!(!out.stderr.contains("nothing was posted"), "{}", out.stderr);
+}
+
 /// `send --out` to something other than a regular file (here /dev/null)
 /// writes the reply there instead of failing after the message was handled;
 /// DATA may hold any bytes (Unix arguments are bytes).
@@ -1184,7 +1199,7 @@ impl Demo {
     /// Waits until step 7 runs: sections, messages and a killed receiver
     /// are behind it, and its receiver is bound and busy with its slow
     /// message.
-    fn into_step_7(&self) {
+    fn wait_for_step_7(&self) {
         self.line_starting("[6/12] ok");
         let deadline = Instant::now() + WAIT;
         while !self.runtime_files().iter().any(|f| f.ends_with(".mailbox")) {
@@ -1284,7 +1299,7 @@ impl Drop for Demo {
 fn an_interrupted_demo_leaves_nothing_behind() {
     use rustix::process::Signal;
     let mut demo = Demo::start(&[]);
-    demo.into_step_7();
+    demo.wait_for_step_7();
     assert!(demo.marked().len() > 1, "the demo has no child running");
     demo.signal(Signal::INT);
     let (code, stderr) = demo.end();
@@ -1331,7 +1346,7 @@ fn an_interrupted_demo_leaves_nothing_behind() {
 #[test]
 fn a_killed_demos_children_die_with_it() {
     let mut demo = Demo::start(&[]);
-    demo.into_step_7();
+    demo.wait_for_step_7();
     let children: Vec<u32> = demo.marked().into_iter().filter(|&p| p != demo.pid).collect();
     assert!(!children.is_empty(), "the demo has no child running");
     demo.signal(rustix::process::Signal::KILL);

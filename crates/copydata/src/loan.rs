@@ -184,7 +184,9 @@ impl<'a> Loan<'a> {
     }
 
     /// Sends the loan and waits at most `timeout` for the reply (as
-    /// [`Sender::send_timeout`]).
+    /// [`Sender::send_timeout`]). The loan is used up whatever the outcome:
+    /// after a time-out at [`TimeoutStage::Room`](crate::TimeoutStage::Room)
+    /// nothing was sent, and sending again takes a new loan.
     pub fn send_timeout(mut self, tag: u64, timeout: Duration) -> Result<Reply, SendError> {
         let buf = self.take();
         self.sender.call_loan(tag, &buf, self.len, Some(timeout))

@@ -271,7 +271,19 @@ fn lines(
         }
         if args.post {
             match args.timeout {
-                Some(t) => sender.post_timeout(args.tag, &line, t).map_err(&post_timed_out)?,
+                Some(t) => sender.post_timeout(args.tag, &line, t).map_err(|e| match e {
+                    // The lines before it went: saying "nothing was posted"
+                    // would have a script post them again.
+                    SendError::TimedOut { .. } if sent > 0 => {
+                        let before = if sent == 1 {
+                            "the line before it was".into()
+                        } else {
+                            format!("the {sent} lines before it were")
+                        };
+                        exit::TimedOut(format!("line {} was not posted ({e}); {before}", sent + 1)).into()
+                    }
+                    e => post_timed_out(e),
+                })?,
                 None => sender.post(args.tag, &line)?,
             }
         } else {
