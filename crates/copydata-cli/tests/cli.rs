@@ -857,9 +857,16 @@ fn instance_with_a_stopped_primary_exits_4_after_its_timeout() {
 fn an_instance_primary_shows_plain_messages_and_refuses_launches_it_cannot_show() {
     use std::os::unix::ffi::OsStrExt;
     let app = unique("unread");
-    let mut primary =
-        copydata().args(["instance", &app]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut out = BufReader::new(primary.stdout.take().unwrap());
+    let primary = copydata().args(["instance", &app]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    // Stopped however the test ends.
+    struct Stopped(Child);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            terminate(&mut self.0);
+        }
+    }
+    let mut primary = Stopped(primary);
+    let mut out = BufReader::new(primary.0.stdout.take().unwrap());
     let mut line = || {
         let mut l = String::new();
         out.read_line(&mut l).unwrap();
@@ -878,7 +885,7 @@ fn an_instance_primary_shows_plain_messages_and_refuses_launches_it_cannot_show(
     let refused = launch(&app, &[], &["important.txt".into()]);
     assert_eq!(refused.code, 1, "{}", refused.stderr);
     assert!(refused.out().contains("could not show the launch"), "{}", refused.out());
-    wait(&mut primary, &["instance"]);
+    wait(&mut primary.0, &["instance"]);
     let next = Listener::spawn("instance", &[&app]);
     assert_eq!(next.line(), format!("ready {app}"));
 }
