@@ -938,6 +938,15 @@ fn send_writes_replies_to_devices_and_sends_any_bytes() {
     let _listener = Listener::start(&[&name, "--echo"]);
     let out = run(&["send", &name, "--out", "/dev/null", "hello"]);
     assert_eq!((out.code, out.out()), (0, "code 0\n".to_string()), "{}", out.stderr);
+    // `--out /dev/stdout` with standard output redirected to a file: the
+    // reply follows the code line (it used to empty the file and write
+    // over the code line).
+    let path = std::env::temp_dir().join(format!("{name}.stdout"));
+    let file = std::fs::File::create(&path).unwrap();
+    let mut child = copydata().args(["send", &name, "--out", "/dev/stdout", "hello"]).stdout(file).spawn().unwrap();
+    assert_eq!(wait(&mut child, &["send", "--out", "/dev/stdout"]), 0);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "code 0\nhello");
+    std::fs::remove_file(&path).unwrap();
     let bytes = b"a\xffb\x00c";
     let mut cmd = copydata();
     cmd.args(["send", &name]).arg(std::ffi::OsStr::from_bytes(&bytes[..3]));

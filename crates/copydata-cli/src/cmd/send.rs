@@ -74,7 +74,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Made before anything is sent: a reply with nowhere to go would leave
     // a message handled that cannot safely be sent again.
     let mut out = match &args.out {
-        Some(path) => Some(OutFile::create(path)?),
+        Some(path) => OutFile::create(path)?,
         None => None,
     };
     // A post waits for no reply: its timeout covers the set-up and room in
@@ -336,6 +336,26 @@ fn time_left(budget: Option<Budget>) -> String {
     budget.map(|b| format!(" ({} of the timeout left)", humantime::format_duration(b.left))).unwrap_or_default()
 }
 
+/// Whether `file` is the file standard output writes to (the same file on
+/// the same device). Windows: never said (`--out` there names another file).
+fn is_stdout(file: &std::fs::File) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let stdout = std::io::stdout().as_fd().try_clone_to_owned().map(std::fs::File::from).and_then(|f| f.metadata());
+        match (file.metadata(), stdout) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        false
+    }
+}
+
 /// What `--timeout` leaves of its time: one budget for the whole command
 /// (the set-up, the wait for a buffer or room, the reply, a post's flush),
 /// not the same time again at each step. Reading the payload (standard
@@ -386,7 +406,11 @@ struct OutFile {
 }
 
 impl OutFile {
-    fn create(path: &std::path::Path) -> anyhow::Result<OutFile> {
+    /// `None` when `path` is the file standard output writes to (`--out
+    /// /dev/stdout`, or the file it was redirected to): the reply goes to
+    /// standard output then, as without `--out` (two writers at offsets of
+    /// their own would write over each other).
+    fn create(path: &std::path::Path) -> anyhow::Result<Option<OutFile>> {
         let made = !path.exists();
         let file = std::fs::OpenOptions::new()
             .write(true)
@@ -394,6 +418,9 @@ impl OutFile {
             .truncate(false)
             .open(path)
             .with_context(|| format!("creating {}", path.display()))?;
+        if is_stdout(&file) {
+            return Ok(None);
+        }
         let regular = file.metadata().with_context(|| format!("creating {}", path.display()))?.is_file();
         let made = Arc::new(AtomicBool::new(made && regular));
         if made.load(Ordering::Acquire) {
@@ -407,7 +434,7 @@ impl OutFile {
                 std::process::exit(i32::from(crate::exit::INTERRUPTED));
             });
         }
-        Ok(OutFile { path: path.to_owned(), file, regular, made })
+        Ok(Some(OutFile { path: path.to_owned(), file, regular, made }))
     }
 
     fn write(&mut self, data: &[u8]) -> anyhow::Result<()> {
