@@ -121,8 +121,8 @@ impl<'a> From<&'a Launch> for Shown<'a> {
 pub fn describe(launch: Shown<'_>, json: bool) -> String {
     let mut escaped = Vec::new();
     // (The text line marks escaped strings with a `b`; JSON lists them.)
-    let mut field = |s: &OsStr, path: &dyn Fn(&str) -> String| {
-        let (text, esc) = show(s);
+    // `shown`: what `show` or `show_bytes` made of the string.
+    let mut field = |(text, esc): (String, bool), path: &dyn Fn(&str) -> String| {
         if esc {
             escaped.push(path(&text));
         }
@@ -130,25 +130,18 @@ pub fn describe(launch: Shown<'_>, json: bool) -> String {
         (text, if esc { format!("b{quoted}") } else { quoted })
     };
     let argv: Vec<(String, String)> =
-        launch.args.iter().enumerate().map(|(i, a)| field(a, &|_| format!("argv.{i}"))).collect();
-    let cwd = launch.cwd.map(|c| field(c.as_os_str(), &|_| "cwd".into()));
+        launch.args.iter().enumerate().map(|(i, a)| field(show(a), &|_| format!("argv.{i}"))).collect();
+    let cwd = launch.cwd.map(|c| field(show(c.as_os_str()), &|_| "cwd".into()));
     let env: Vec<((String, String), (String, String))> = launch
         .env
         .iter()
         .map(|(k, v)| {
-            let key = field(k, &|key| format!("env.{key}"));
-            let value = field(v, &|_| format!("env.{}", key.0));
+            let key = field(show(k), &|key| format!("env.{key}"));
+            let value = field(show(v), &|_| format!("env.{}", key.0));
             (key, value)
         })
         .collect();
-    let data = (!launch.data.is_empty()).then(|| {
-        let (text, esc) = show_bytes(launch.data);
-        if esc {
-            escaped.push("data".into());
-        }
-        let quoted = serde_json::Value::from(text.as_str()).to_string();
-        (text.clone(), if esc { format!("b{quoted}") } else { quoted })
-    });
+    let data = (!launch.data.is_empty()).then(|| field(show_bytes(launch.data), &|_| "data".into()));
     escaped.dedup();
     if json {
         let mut o = serde_json::json!({
